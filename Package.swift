@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Native libraries come from Debian packages via pkg-config (see README "Dependencies").
+func systemLibrary(_ name: String, _ pkg: String, _ apt: String) -> Target {
+    .systemLibrary(name: name, path: "Sources/\(name)", pkgConfig: pkg, providers: [.apt([apt])])
+}
+
+let package = Package(
+    name: "Starling",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "starling", targets: ["starling"]),
+        .library(name: "StarlingCore", targets: ["StarlingCore"]),
+        .library(name: "StarlingIO", targets: ["StarlingIO"]),
+        .library(name: "StarlingDistributed", targets: ["StarlingDistributed"]),
+        .library(name: "StarlingModels", targets: ["StarlingModels"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        systemLibrary("CMPI", "ompi-c", "libopenmpi-dev"),
+        systemLibrary("COpenBLAS", "openblas", "libopenblas-dev"),
+        systemLibrary("CHDF5", "hdf5-serial", "libhdf5-dev"),
+        systemLibrary("CTurboJPEG", "libturbojpeg", "libturbojpeg0-dev"),
+        systemLibrary("CPNG", "libpng", "libpng-dev"),
+        systemLibrary("CZlib", "zlib", "zlib1g-dev"),
+        .target(name: "StarlingCore", dependencies: ["COpenBLAS"]),
+        .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib"]),
+        .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
+        .target(name: "StarlingModels", dependencies: ["StarlingCore", "StarlingIO", "StarlingDistributed"]),
+        .executableTarget(name: "starling", dependencies: [
+            "StarlingModels",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "StarlingCoreTests", dependencies: ["StarlingCore"]),
+        .testTarget(name: "StarlingIOTests", dependencies: ["StarlingIO"]),
+        .testTarget(name: "StarlingModelsTests", dependencies: ["StarlingModels", "starling"]),
+    ]
+)

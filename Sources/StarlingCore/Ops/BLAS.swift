@@ -1,0 +1,44 @@
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The one door to OpenBLAS. Every sgemm goes through here so that the benchmark can measure the share of a
+/// training step spent inside BLAS (`BLAS.profile`).
+public enum BLAS {
+    /// Accumulated seconds inside sgemm while profiling is on (benchmarks only; off by default).
+    nonisolated(unsafe) public static var profiling = false
+    nonisolated(unsafe) public static var secondsInside: Double = 0
+    nonisolated(unsafe) public static var flops: Double = 0
+
+    public static var coreName: String {
+        guard let p = openblas_get_corename() else { return "unknown" }
+        return String(cString: p)
+    }
+    public static var threadCount: Int { Int(openblas_get_num_threads()) }
+    public static func setThreadCount(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+
+    /// C[m x n] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions given by the shapes.
+    @inline(__always)
+    public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        let start = profiling ? monotonicSeconds() : 0
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        if profiling {
+            secondsInside += monotonicSeconds() - start
+            flops += 2 * Double(m) * Double(n) * Double(k)
+        }
+    }
+}
+
+/// Seconds from a monotonic clock.
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}

@@ -1,0 +1,51 @@
+/// Matrix products on sgemm, forward and backward side by side.
+/// Shapes are row-major: a dense layer computes y[B, out] = x[B, in] W[in, out] + b[out] (Keras's kernel layout).
+extension Tensor {
+    /// a[M, K] x b[K, N] -> [M, N].
+    public func matmul(_ b: Tensor) -> Tensor {
+        let a = self
+        precondition(a.rank == 2 && b.rank == 2 && a.shape[1] == b.shape[0], "matmul \(a.shape) x \(b.shape)")
+        let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1])
+        let out = Tensor.result(shape: [m, n], inputs: [a, b]) { out in
+            let dy = out.grad
+            // dA[M,K] += dY[M,N] B^T ; dB[K,N] += A^T dY
+            if a.requiresGrad { BLAS.sgemm(transA: false, transB: true, m: m, n: k, k: n, a: dy, lda: n, b: b.data, ldb: n, beta: 1, c: a.grad, ldc: k) }
+            if b.requiresGrad { BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: m, a: a.data, lda: k, b: dy, ldb: n, beta: 1, c: b.grad, ldc: n) }
+        }
+        BLAS.sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, beta: 0, c: out.data, ldc: n)
+        return out
+    }
+
+    /// x[B, in] W[in, out] + bias[out], the dense layer. The bias is broadcast over rows.
+    public func linear(_ weight: Tensor, _ bias: Tensor?) -> Tensor {
+        let x = self
+        precondition(x.rank == 2 && weight.rank == 2 && x.shape[1] == weight.shape[0], "linear \(x.shape) x \(weight.shape)")
+        let (rows, k, n) = (x.shape[0], x.shape[1], weight.shape[1])
+        if let bias { precondition(bias.shape == [n], "bias \(bias.shape) for \(n) outputs") }
+        var inputs = [x, weight]
+        if let bias { inputs.append(bias) }
+        let out = Tensor.result(shape: [rows, n], inputs: inputs) { out in
+            let dy = out.grad
+            if x.requiresGrad { BLAS.sgemm(transA: false, transB: true, m: rows, n: k, k: n, a: dy, lda: n, b: weight.data, ldb: n, beta: 1, c: x.grad, ldc: k) }
+            if weight.requiresGrad { BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: rows, a: x.data, lda: k, b: dy, ldb: n, beta: 1, c: weight.grad, ldc: n) }
+            if let bias, bias.requiresGrad { accumulateColumnSums(dy, rows: rows, cols: n, into: bias.grad) }
+        }
+        let y = out.data
+        if let bias {
+            let bp = bias.data
+            for r in 0..<rows { (y + r * n).update(from: bp, count: n) }
+        }
+        BLAS.sgemm(transA: false, transB: false, m: rows, n: n, k: k, a: x.data, lda: k, b: weight.data, ldb: n,
+                   beta: bias == nil ? 0 : 1, c: y, ldc: n)
+        return out
+    }
+}
+
+/// out[c] += sum over rows of x[r, c].
+@inline(__always)
+func accumulateColumnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows {
+        let row = x + r * cols
+        for c in 0..<cols { out[c] += row[c] }
+    }
+}

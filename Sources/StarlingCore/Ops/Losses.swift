@@ -1,0 +1,67 @@
+/// Loss functions returning one-element tensors, each with its gradient written out by hand.
+extension Tensor {
+    /// Binary cross-entropy on logits, mean over all elements:
+    /// max(z, 0) - z t + log(1 + e^-|z|), the stable form; d/dz = sigmoid(z) - t.
+    /// Identical in value to sigmoid followed by `binaryCrossEntropy`, without its overflow at large |z|.
+    public func binaryCrossEntropy(logits targets: Tensor) -> Tensor {
+        let z = self
+        precondition(z.shape == targets.shape, "BCE logits \(z.shape) vs targets \(targets.shape)")
+        let n = z.count
+        let probabilities = FloatStorage(count: n)   // kept for backward: sigmoid(z)
+        let out = Tensor.result(shape: [1], inputs: [z, targets]) { out in
+            let g = out.grad[0] / Float(n), p = probabilities.pointer, t = targets.data
+            if z.requiresGrad { let dz = z.grad; for i in 0..<n { dz[i] += g * (p[i] - t[i]) } }
+            // d/dt = -z: targets are data here, but a model's own output may be a target.
+            if targets.requiresGrad { let dt = targets.grad, zp = z.data; for i in 0..<n { dt[i] -= g * zp[i] } }
+        }
+        out.data[0] = Float(bceLogitsSum(n, z.data, targets.data, probabilities.pointer) / Double(max(n, 1)))
+        return out
+    }
+
+    /// Mean squared error over all elements.
+    public func meanSquaredError(_ targets: Tensor) -> Tensor {
+        let y = self
+        precondition(y.shape == targets.shape, "MSE \(y.shape) vs targets \(targets.shape)")
+        let n = y.count
+        let out = Tensor.result(shape: [1], inputs: [y, targets]) { out in
+            let g = 2 * out.grad[0] / Float(n), a = y.data, b = targets.data
+            if y.requiresGrad { let d = y.grad; for i in 0..<n { d[i] += g * (a[i] - b[i]) } }
+            if targets.requiresGrad { let d = targets.grad; for i in 0..<n { d[i] -= g * (a[i] - b[i]) } }
+        }
+        var acc = 0.0
+        let a = y.data, b = targets.data
+        for i in 0..<n { let d = Double(a[i] - b[i]); acc += d * d }
+        out.data[0] = Float(acc / Double(max(n, 1)))
+        return out
+    }
+}
+
+/// Sum over i of the stable BCE on logits; writes sigmoid(z) to `p`. Vectorised: this runs on every pixel of
+/// every autoencoder batch.
+func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>) -> Double {
+    typealias V = VectorMath.V
+    var total = 0.0
+    var i = 0
+    while i + 8 <= n {
+        // Accumulate short runs in Float lanes, then in Double.
+        var acc = V(repeating: 0)
+        let end = min(n - (n - i) % 8, i + 1024)
+        while i < end {
+            let zv = VectorMath.load(z + i), tv = VectorMath.load(t + i)
+            let e = VectorMath.exp(-VectorMath.abs(zv))
+            let softplus = VectorMath.log(1 + e)
+            acc += zv.replacing(with: 0, where: zv .< 0) - zv * tv + softplus
+            let r = 1 / (1 + e)
+            VectorMath.store(r.replacing(with: e * r, where: zv .< 0), p + i)
+            i += 8
+        }
+        total += Double(acc.sum())
+    }
+    while i < n {
+        let zi = z[i], e = VectorMath.exp(-abs(zi))
+        total += Double(max(zi, 0) - zi * t[i] + VectorMath.log(1 + e))
+        p[i] = zi >= 0 ? 1 / (1 + e) : e / (1 + e)
+        i += 1
+    }
+    return total
+}

@@ -1,0 +1,136 @@
+/// How a parameter is initialised. Keras's defaults are the reference (Glorot-uniform kernels, zero biases).
+public enum Initializer: Sendable {
+    case zeros
+    case ones
+    case constant(Float)
+    /// U(-l, l) with l = sqrt(6 / (fanIn + fanOut)) (Glorot & Bengio 2010).
+    case glorotUniform(fanIn: Int, fanOut: Int)
+    /// U(-l, l) with l = sqrt(6 / fanIn) (He et al. 2015).
+    case heUniform(fanIn: Int)
+    case uniform(low: Float, high: Float)
+    case normal(mean: Float, std: Float)
+    /// A (rows x cols) matrix with orthonormal rows or columns, from QR of a Gaussian (Saxe et al. 2014);
+    /// repeated along the first axis when the shape holds several blocks.
+    case orthogonal(rows: Int, cols: Int)
+}
+
+/// A named model parameter. Its tensor is a view into the store's flat value buffer and its gradient a
+/// view into the flat gradient buffer; both exist once the store is allocated.
+public final class Parameter: @unchecked Sendable {
+    public let name: String
+    public let shape: [Int]
+    public let initializer: Initializer
+    public let offset: Int
+    public let count: Int
+    public fileprivate(set) var tensorStorage: Tensor?
+
+    fileprivate init(name: String, shape: [Int], initializer: Initializer, offset: Int) {
+        self.name = name
+        self.shape = shape
+        self.initializer = initializer
+        self.offset = offset
+        self.count = Tensor.elementCount(shape)
+    }
+
+    /// The parameter as a tensor that takes part in autodiff.
+    public var value: Tensor {
+        guard let t = tensorStorage else { preconditionFailure("parameter \(name) used before ParameterStore.allocate()") }
+        return t
+    }
+}
+
+/// All parameters of a model in one contiguous value buffer and one contiguous gradient buffer (as llm.c):
+/// zeroing gradients is one memset, an allreduce is one buffer, a checkpoint is one dataset per view.
+public final class ParameterStore: @unchecked Sendable {
+    public private(set) var parameters: [Parameter] = []
+    public private(set) var values = FloatStorage(count: 0)
+    public private(set) var gradients = FloatStorage(count: 0)
+    public private(set) var isAllocated = false
+    private var names = Set<String>()
+
+    public init() {}
+
+    /// Total number of scalars.
+    public var count: Int { parameters.last.map { $0.offset + $0.count } ?? 0 }
+
+    /// Declares a parameter; names are unique, Keras-like `layer/weight` paths.
+    @discardableResult
+    public func declare(_ name: String, shape: [Int], initializer: Initializer) -> Parameter {
+        precondition(!isAllocated, "declare \(name) after allocate()")
+        precondition(names.insert(name).inserted, "duplicate parameter name \(name)")
+        let p = Parameter(name: name, shape: shape, initializer: initializer, offset: count)
+        parameters.append(p)
+        return p
+    }
+
+    /// Allocates both flat buffers and initialises every parameter from `rng`, in declaration order,
+    /// so the same seed gives bit-identical weights.
+    public func allocate(rng: inout RandomGenerator) {
+        precondition(!isAllocated, "allocate() called twice")
+        values = FloatStorage(count: count)
+        gradients = FloatStorage(count: count)
+        for p in parameters {
+            let v = FloatStorage(viewOf: values, offset: p.offset, count: p.count)
+            let g = FloatStorage(viewOf: gradients, offset: p.offset, count: p.count)
+            p.tensorStorage = Tensor(shape: p.shape, storage: v, grad: g, name: p.name)
+            Self.initialize(v.buffer, p.initializer, &rng)
+        }
+        isAllocated = true
+    }
+
+    public func zeroGradients() { gradients.zero() }
+
+    public subscript(name: String) -> Parameter? { parameters.first { $0.name == name } }
+
+    static func initialize(_ out: UnsafeMutableBufferPointer<Float>, _ initializer: Initializer, _ rng: inout RandomGenerator) {
+        switch initializer {
+        case .zeros: out.update(repeating: 0)
+        case .ones: out.update(repeating: 1)
+        case .constant(let c): out.update(repeating: c)
+        case .glorotUniform(let fanIn, let fanOut):
+            let limit = (6 / Float(fanIn + fanOut)).squareRoot()
+            for i in out.indices { out[i] = rng.uniform(-limit, limit) }
+        case .heUniform(let fanIn):
+            let limit = (6 / Float(fanIn)).squareRoot()
+            for i in out.indices { out[i] = rng.uniform(-limit, limit) }
+        case .uniform(let lo, let hi):
+            for i in out.indices { out[i] = rng.uniform(lo, hi) }
+        case .normal(let mean, let std):
+            for i in out.indices { out[i] = mean + std * rng.normal() }
+        case .orthogonal(let rows, let cols):
+            let block = rows * cols
+            precondition(block > 0 && out.count % block == 0, "orthogonal block \(rows)x\(cols) does not tile \(out.count) values")
+            var start = 0
+            while start < out.count {
+                let q = orthogonalMatrix(rows: rows, cols: cols, rng: &rng)
+                for i in 0..<block { out[start + i] = q[i] }
+                start += block
+            }
+        }
+    }
+
+    /// Row-major (rows x cols) matrix with orthonormal columns (rows >= cols) or rows, via modified
+    /// Gram-Schmidt on a Gaussian matrix with the sign convention of QR (diag(R) > 0), in Double.
+    static func orthogonalMatrix(rows: Int, cols: Int, rng: inout RandomGenerator) -> [Float] {
+        let tall = rows >= cols
+        let (m, n) = tall ? (rows, cols) : (cols, rows)   // m >= n; orthonormalise the n columns of an m x n matrix
+        var a = [Double](repeating: 0, count: m * n)
+        for i in a.indices { a[i] = Double(rng.normal()) }
+        for j in 0..<n {
+            for k in 0..<j {
+                var dot = 0.0
+                for i in 0..<m { dot += a[i * n + j] * a[i * n + k] }
+                for i in 0..<m { a[i * n + j] -= dot * a[i * n + k] }
+            }
+            var norm = 0.0
+            for i in 0..<m { norm += a[i * n + j] * a[i * n + j] }
+            norm = norm.squareRoot()
+            for i in 0..<m { a[i * n + j] /= norm }
+        }
+        var out = [Float](repeating: 0, count: rows * cols)
+        for i in 0..<m { for j in 0..<n {
+            if tall { out[i * cols + j] = Float(a[i * n + j]) } else { out[j * cols + i] = Float(a[i * n + j]) }
+        } }
+        return out
+    }
+}

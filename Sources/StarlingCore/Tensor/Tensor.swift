@@ -1,0 +1,173 @@
+/// A Float32 tensor with define-by-run reverse-mode automatic differentiation.
+///
+/// Each op creates its result with `Tensor.result(...)`, passing its inputs and a closure that reads the
+/// result's gradient and accumulates (`+=`) into its inputs' gradients. `backward()` walks the recorded
+/// graph in reverse topological order. The closure receives the result as an argument instead of capturing
+/// it, so the graph (result -> closure -> inputs) has no reference cycles and is freed with the loss.
+/// Images are NCHW.
+public final class Tensor: @unchecked Sendable {
+    public let shape: [Int]
+    public let count: Int
+    public let storage: FloatStorage
+    public let name: String?
+    /// True for parameters and for every value computed from one while gradients are recorded.
+    public let requiresGrad: Bool
+    /// Gradient buffer; views into the flat gradient buffer for parameters, lazily allocated otherwise.
+    public private(set) var gradStorage: FloatStorage?
+
+    // The recorded graph: inputs of the op that produced this tensor and its backward closure.
+    internal private(set) var inputs: [Tensor]
+    internal private(set) var backwardFn: ((Tensor) -> Void)?
+    private let isLeaf: Bool
+
+    /// The raw data. Hoist it out of loops: `let x = t.data` then index `x`.
+    @inlinable public var data: UnsafeMutablePointer<Float> { storage.pointer }
+
+    /// A constant (no gradient) tensor of zeros.
+    public convenience init(zeros shape: [Int], name: String? = nil) {
+        self.init(shape: shape, storage: FloatStorage(count: Tensor.elementCount(shape)), requiresGrad: false, name: name)
+    }
+
+    /// A constant tensor holding `values`.
+    public convenience init(shape: [Int], values: [Float], name: String? = nil) {
+        precondition(values.count == Tensor.elementCount(shape), "value count \(values.count) does not match shape \(shape)")
+        let s = FloatStorage(count: values.count)
+        values.withUnsafeBufferPointer { s.pointer.update(from: $0.baseAddress!, count: values.count) }
+        self.init(shape: shape, storage: s, requiresGrad: false, name: name)
+    }
+
+    /// A leaf that takes part in autodiff with its own gradient buffer (tests, inputs one differentiates by).
+    public static func variable(shape: [Int], values: [Float], name: String? = nil) -> Tensor {
+        let t = Tensor(shape: shape, values: values)
+        return Tensor(shape: shape, storage: t.storage, grad: FloatStorage(count: t.count), name: name)
+    }
+
+    /// A leaf over existing storage. `grad` (a view into a flat gradient buffer) marks a parameter.
+    public init(shape: [Int], storage: FloatStorage, grad: FloatStorage? = nil, requiresGrad: Bool = false, name: String? = nil) {
+        let n = Tensor.elementCount(shape)
+        precondition(storage.count == n, "storage of \(storage.count) floats for shape \(shape)")
+        precondition(grad == nil || grad!.count == n, "gradient storage does not match shape \(shape)")
+        self.shape = shape
+        self.count = n
+        self.storage = storage
+        self.gradStorage = grad
+        self.requiresGrad = requiresGrad || grad != nil
+        self.name = name
+        self.inputs = []
+        self.backwardFn = nil
+        self.isLeaf = true
+    }
+
+    private init(shape: [Int], storage: FloatStorage, inputs: [Tensor], backward: ((Tensor) -> Void)?) {
+        self.shape = shape
+        self.count = storage.count
+        self.storage = storage
+        self.name = nil
+        self.requiresGrad = backward != nil
+        self.gradStorage = nil
+        self.inputs = backward == nil ? [] : inputs
+        self.backwardFn = backward
+        self.isLeaf = false
+    }
+
+    /// Creates an op's result. The graph is recorded only when gradients are enabled and an input needs one.
+    public static func result(shape: [Int], storage: FloatStorage? = nil, inputs: [Tensor],
+                              backward: @escaping (Tensor) -> Void) -> Tensor {
+        let s = storage ?? FloatStorage(count: elementCount(shape))
+        precondition(s.count == elementCount(shape), "result storage does not match shape \(shape)")
+        let record = GradMode.isEnabled && inputs.contains { $0.requiresGrad }
+        return Tensor(shape: shape, storage: s, inputs: inputs, backward: record ? backward : nil)
+    }
+
+    public static func elementCount(_ shape: [Int]) -> Int {
+        var n = 1
+        for d in shape { precondition(d >= 0, "negative dimension in \(shape)"); n *= d }
+        return n
+    }
+
+    public var rank: Int { shape.count }
+    public func toArray() -> [Float] { storage.toArray() }
+    public subscript(flat i: Int) -> Float { storage.pointer[i] }
+    /// The single value of a one-element tensor.
+    public var item: Float { precondition(count == 1, "item of a tensor of shape \(shape)"); return storage.pointer[0] }
+
+    /// Gradient pointer, allocated (zeroed) on first use. Backward closures accumulate into it.
+    public var grad: UnsafeMutablePointer<Float> {
+        if let g = gradStorage { return g.pointer }
+        let g = FloatStorage(count: count)
+        gradStorage = g
+        return g.pointer
+    }
+    public var gradArray: [Float]? { gradStorage?.toArray() }
+
+    /// Drops the gradient of a non-parameter tensor (parameters keep their view into the flat buffer).
+    public func clearGrad() { if !isLeaf || gradStorage == nil { gradStorage = nil } else { gradStorage?.zero() } }
+
+    /// Reverse-mode sweep from this tensor. `seed` is d(objective)/d(self); by default ones, so that a scalar
+    /// loss gets d loss/d loss = 1. Gradients accumulate into parameters; the graph is released afterwards.
+    public func backward(seed: [Float]? = nil) {
+        precondition(requiresGrad, "backward() on a tensor that does not depend on any parameter")
+        let g = grad
+        if let seed {
+            precondition(seed.count == count, "seed of \(seed.count) values for \(count) elements")
+            for i in 0..<count { g[i] += seed[i] }
+        } else {
+            for i in 0..<count { g[i] += 1 }
+        }
+        let order = topologicalOrder()
+        for node in order.reversed() {
+            if let fn = node.backwardFn { fn(node) }
+        }
+        for node in order where !node.isLeaf { node.release() }
+    }
+
+    private func release() {
+        inputs = []
+        backwardFn = nil
+        gradStorage = nil
+    }
+
+    /// Nodes reachable through recorded edges, inputs before the ops that use them (iterative DFS).
+    private func topologicalOrder() -> [Tensor] {
+        var order: [Tensor] = []
+        var visited = Set<ObjectIdentifier>()
+        var stack: [(Tensor, Int)] = [(self, 0)]
+        visited.insert(ObjectIdentifier(self))
+        while let (node, next) = stack.popLast() {
+            if next < node.inputs.count {
+                stack.append((node, next + 1))
+                let child = node.inputs[next]
+                if child.requiresGrad && visited.insert(ObjectIdentifier(child)).inserted {
+                    stack.append((child, 0))
+                }
+            } else {
+                order.append(node)
+            }
+        }
+        return order
+    }
+
+    /// A copy of the values that is cut off from the graph.
+    public func detached() -> Tensor {
+        let s = FloatStorage(count: count)
+        s.copy(from: storage)
+        return Tensor(shape: shape, storage: s)
+    }
+}
+
+/// Whether ops record the graph. Evaluation runs under `GradMode.disabled { ... }`.
+/// A task-local, so that concurrently running tests or threads do not switch each other's mode.
+public enum GradMode {
+    @TaskLocal private static var enabled = true
+    public static var isEnabled: Bool { enabled }
+    public static func disabled<T>(_ body: () throws -> T) rethrows -> T {
+        try $enabled.withValue(false) { try body() }
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String {
+        let values = count <= 8 ? toArray().map { "\($0)" }.joined(separator: ", ") : "\(count) values"
+        return "Tensor(\(shape): \(values))"
+    }
+}

@@ -1,0 +1,2 @@
+import StarlingModels
+print("starling")

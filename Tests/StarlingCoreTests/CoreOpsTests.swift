@@ -1,0 +1,151 @@
+import Testing
+@testable import StarlingCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct LinearTests {
+    @Test func matmulMatchesNaiveLoopsAtOddSizes() {
+        for (m, k, n) in [(1, 1, 1), (3, 5, 7), (17, 9, 13), (64, 33, 5)] {
+            let a = randomValues(m * k, seed: 1), b = randomValues(k * n, seed: 2)
+            let c = Tensor(shape: [m, k], values: a).matmul(Tensor(shape: [k, n], values: b))
+            expectClose(c.toArray(), referenceMatmul(a, b, m: m, k: k, n: n))
+        }
+    }
+
+    @Test func matmulGradient() {
+        checkGradients([randomVariable([3, 4], seed: 1), randomVariable([4, 5], seed: 2)]) { $0[0].matmul($0[1]) }
+    }
+
+    @Test func linearGradientAndBias() {
+        let x = randomVariable([5, 3], seed: 3), w = randomVariable([3, 4], seed: 4), b = randomVariable([4], seed: 5)
+        checkGradients([x, w, b]) { $0[0].linear($0[1], $0[2]) }
+        let y = x.linear(w, b).toArray()
+        let ref = referenceMatmul(x.toArray(), w.toArray(), m: 5, k: 3, n: 4)
+        expectClose(y, ref.enumerated().map { $0.element + b.toArray()[$0.offset % 4] })
+    }
+}
+
+@Suite struct ElementwiseTests {
+    @Test func binaryOpsSameShapeAndBroadcast() {
+        checkGradients([randomVariable([2, 3], seed: 1), randomVariable([2, 3], seed: 2, 0.5, 2)]) { ($0[0] + $0[1]) * $0[0] / $0[1] - $0[1] }
+        checkGradients([randomVariable([4, 3], seed: 3), randomVariable([3], seed: 4, 0.5, 2)]) { ($0[0] * $0[1] + $0[1]) / $0[1] }
+        checkGradients([randomVariable([4, 3], seed: 3), randomVariable([1], seed: 4, 0.5, 2)]) { $0[0] * $0[1] - $0[1] }
+    }
+
+    @Test func unaryOps() {
+        checkGradients([randomVariable([7], seed: 1)]) { $0[0].exp() }
+        checkGradients([randomVariable([7], seed: 1, 0.5, 3)]) { $0[0].log() }
+        checkGradients([randomVariable([7], seed: 1, 0.5, 3)]) { $0[0].sqrt() }
+        checkGradients([randomVariable([7], seed: 1)]) { $0[0].square() * 3 + 1 }
+        checkGradients([Tensor.variable(shape: [4], values: [-2, -0.3, 0.4, 2])]) { $0[0].clamp(-1, 1) }
+        checkGradients([randomVariable([3, 5], seed: 2)]) { $0[0].sum() }
+        checkGradients([randomVariable([3, 5], seed: 2)]) { $0[0].mean() }
+        checkGradients([randomVariable([3, 5], seed: 2)]) { $0[0].reshaped([5, -1]).matmul(Tensor(shape: [3, 2], values: randomValues(6, seed: 8))) }
+    }
+
+    @Test func activations() {
+        checkGradients([Tensor.variable(shape: [6], values: [-2, -1, -0.2, 0.3, 1, 2])]) { $0[0].relu() }
+        checkGradients([randomVariable([11], seed: 1, -6, 6)]) { $0[0].sigmoid() }
+        checkGradients([randomVariable([11], seed: 1, -3, 3)]) { $0[0].tanh() }
+        let s = Tensor(shape: [5], values: [-100, -3, 0, 3, 100]).sigmoid().toArray()
+        expectClose(s, [-100, -3, 0, 3, 100].map { Float(1 / (1 + Foundation_exp(-Double($0)))) }, tolerance: 1e-6)
+    }
+
+    @Test func reusedValueAccumulatesGradient() {
+        let x = Tensor.variable(shape: [1], values: [3])
+        let y = x * x + x   // dy/dx = 2x + 1 = 7
+        y.backward()
+        #expect(x.gradArray == [7])
+    }
+
+    @Test func vectorMathMatchesLibm() {
+        var worstExp: Float = 0, worstLog: Float = 0
+        for i in 0..<20_000 {
+            let x = -87 + Float(i) * (87.0 + 88) / 20_000
+            worstExp = max(worstExp, abs(VectorMath.exp(x) - expf(x)) / expf(x))
+            let y = Float(i + 1) * 1e-3 + 1e-30 * Float(i)
+            worstLog = max(worstLog, abs(VectorMath.log(y) - logf(y)) / max(1e-3, abs(logf(y))))
+        }
+        #expect(worstExp < 3e-7)
+        #expect(worstLog < 3e-7)
+    }
+}
+
+func Foundation_exp(_ x: Double) -> Double { exp(x) }
+
+@Suite struct LossTests {
+    @Test func bceOnLogitsMatchesHandComputedValues() {
+        // z = 0, t = 1: log 2; z = 2, t = 0: 2 + log(1 + e^-2); z = -1, t = 0.25: 0.25 + log(1 + e^-1)
+        let z = Tensor(shape: [3], values: [0, 2, -1]), t = Tensor(shape: [3], values: [1, 0, 0.25])
+        let expected = (log(2.0) + (2 + log(1 + exp(-2.0))) + (0.25 + log(1 + exp(-1.0)))) / 3
+        #expect(abs(Double(z.binaryCrossEntropy(logits: t).item) - expected) < 1e-6)
+        // Stable at extreme logits where sigmoid then log would give inf.
+        let far = Tensor(shape: [2], values: [200, -200]).binaryCrossEntropy(logits: Tensor(shape: [2], values: [0, 1]))
+        #expect(abs(far.item - 200) < 1e-3)
+    }
+
+    @Test func bceOnLogitsGradient() {
+        let t = Tensor(shape: [19], values: randomValues(19, seed: 7, 0, 1))
+        checkGradients([randomVariable([19], seed: 3, -5, 5)]) { $0[0].binaryCrossEntropy(logits: t) }
+    }
+
+    @Test func mse() {
+        let y = Tensor(shape: [2], values: [1, 3]), t = Tensor(shape: [2], values: [0, 1])
+        #expect(y.meanSquaredError(t).item == 2.5)
+        checkGradients([randomVariable([6], seed: 1), randomVariable([6], seed: 2)]) { $0[0].meanSquaredError($0[1]) }
+    }
+}
+
+@Suite struct ParameterTests {
+    @Test func sameSeedGivesBitIdenticalWeights() {
+        func build(_ seed: UInt64) -> [Float] {
+            let store = ParameterStore()
+            store.declare("dense/kernel", shape: [784, 32], initializer: .glorotUniform(fanIn: 784, fanOut: 32))
+            store.declare("dense/bias", shape: [32], initializer: .zeros)
+            store.declare("lstm/recurrent_kernel", shape: [8, 32], initializer: .orthogonal(rows: 8, cols: 32))
+            var rng = RandomGenerator(seed: seed)
+            store.allocate(rng: &rng)
+            return store.values.toArray()
+        }
+        #expect(build(1) == build(1))
+        #expect(build(1) != build(2))
+        let w = build(1)
+        let limit = (6.0 / Float(784 + 32)).squareRoot()
+        #expect(w[0..<(784 * 32)].allSatisfy { abs($0) <= limit })
+    }
+
+    @Test func parametersAreViewsIntoOneBuffer() {
+        let store = ParameterStore()
+        let a = store.declare("a", shape: [2, 3], initializer: .ones)
+        let b = store.declare("b", shape: [4], initializer: .constant(2))
+        var rng = RandomGenerator(seed: 0)
+        store.allocate(rng: &rng)
+        #expect(store.values.toArray() == [1, 1, 1, 1, 1, 1, 2, 2, 2, 2])
+        (a.value.sum() + b.value.sum() * 3).backward()
+        #expect(store.gradients.toArray() == [1, 1, 1, 1, 1, 1, 3, 3, 3, 3])
+        store.zeroGradients()
+        #expect(store.gradients.toArray().allSatisfy { $0 == 0 })
+    }
+
+    @Test func orthogonalRowsAreOrthonormal() {
+        var rng = RandomGenerator(seed: 5)
+        let q = ParameterStore.orthogonalMatrix(rows: 4, cols: 6, rng: &rng)
+        for i in 0..<4 { for j in 0..<4 {
+            var d: Float = 0
+            for k in 0..<6 { d += q[i * 6 + k] * q[j * 6 + k] }
+            #expect(abs(d - (i == j ? 1 : 0)) < 1e-5)
+        } }
+    }
+
+    @Test func graphIsFreedAfterBackward() {
+        weak var intermediate: Tensor?
+        let x = Tensor.variable(shape: [3], values: [1, 2, 3])
+        do {
+            let h = x.sigmoid()
+            intermediate = h
+            h.sum().backward()
+        }
+        #expect(intermediate == nil)
+    }
+}
