@@ -77,7 +77,7 @@ import Testing
             var whole = (0..<60).map { Float($0) * 0.5 - 7 }
             let dataset = try file.root.createDataset("x", type: .float32, shape: shape)
             try dataset.write(whole)
-            #expect(dataset.rowCount == 6)
+            #expect(dataset.elementsPerRow == 6)
 
             #expect(try dataset.readRows(2..<7, as: Float.self) == Array(whole[12..<42]))
             #expect(try dataset.readRows(9..<10, as: Float.self) == Array(whole[54..<60]))

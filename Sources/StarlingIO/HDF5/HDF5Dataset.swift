@@ -7,7 +7,7 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
     public let shape: [Int]
     public let elementType: HDF5ElementType
     /// Elements per row (the product of all dimensions but the first); 1 for 1-D and scalar datasets.
-    public let rowCount: Int
+    public let elementsPerRow: Int
     public let elementCount: Int
 
     /// Callers hold HDF5Library's lock. Takes ownership of `id` (closed here if the dataset is unusable).
@@ -33,7 +33,7 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
         }
         self.shape = dimensions.map { Int($0) }
         self.elementType = elementType
-        self.rowCount = shape.count <= 1 ? 1 : shape.dropFirst().reduce(1, *)
+        self.elementsPerRow = shape.count <= 1 ? 1 : shape.dropFirst().reduce(1, *)
         self.elementCount = shape.reduce(1, *)
         super.init(file: file, id: id, name: name)
     }
@@ -103,25 +103,25 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
     // MARK: - Row ranges (hyperslabs on axis 0)
 
     public func readRows<T: HDF5Scalar>(_ rows: Range<Int>, as: T.Type) throws -> [T] {
-        let count = rows.count * rowCount
+        let count = rows.count * elementsPerRow
         return try [T](unsafeUninitializedCapacity: count) { buffer, initialized in
             try readRows(rows, into: buffer)
             initialized = count
         }
     }
 
-    /// Reads rows `rows` into `buffer`, whose count must be `rows.count * rowCount`.
+    /// Reads rows `rows` into `buffer`, whose count must be `rows.count * elementsPerRow`.
     public func readRows<T: HDF5Scalar>(_ rows: Range<Int>, into buffer: UnsafeMutableBufferPointer<T>) throws {
         try checkRows(rows, valueCount: buffer.count)
         try transfer(rows: rows, T.hdf5Type, UnsafeMutableRawPointer(buffer.baseAddress), writing: false)
     }
 
-    /// Writes `values.count / rowCount` rows starting at `row`.
+    /// Writes `values.count / elementsPerRow` rows starting at `row`.
     public func writeRows<T: HDF5Scalar>(startingAt row: Int, _ values: UnsafeBufferPointer<T>) throws {
-        guard rowCount > 0, values.count % rowCount == 0 else {
-            throw error("\(values.count) values are not whole rows of \(rowCount) elements")
+        guard elementsPerRow > 0, values.count % elementsPerRow == 0 else {
+            throw error("\(values.count) values are not whole rows of \(elementsPerRow) elements")
         }
-        let rows = row ..< row + values.count / rowCount
+        let rows = row ..< row + values.count / elementsPerRow
         try checkRows(rows, valueCount: values.count)
         try transfer(rows: rows, T.hdf5Type, UnsafeMutableRawPointer(mutating: values.baseAddress), writing: true)
     }
@@ -137,15 +137,15 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
         guard rows.lowerBound >= 0, rows.upperBound <= shape[0] else {
             throw error("rows \(rows) out of range 0..<\(shape[0])")
         }
-        guard valueCount == rows.count * rowCount else {
-            throw error("rows \(rows) hold \(rows.count * rowCount) values, buffer has \(valueCount)")
+        guard valueCount == rows.count * elementsPerRow else {
+            throw error("rows \(rows) hold \(rows.count * elementsPerRow) values, buffer has \(valueCount)")
         }
     }
 
     /// Moves data between memory and the whole dataset (`rows == nil`) or a range of rows.
     private func transfer(rows: Range<Int>?, _ memoryType: HDF5ElementType, _ buffer: UnsafeMutableRawPointer?,
                           writing: Bool) throws {
-        let count = rows.map { $0.count * rowCount } ?? elementCount
+        let count = rows.map { $0.count * elementsPerRow } ?? elementCount
         guard count > 0, let buffer else { return }  // nothing to move; HDF5 wants a real buffer otherwise
         try HDF5Library.call {
             let id = try openID()

@@ -109,7 +109,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
                 guard H5Pset_chunk(creation, Int32(chunkShape.count), chunkShape.map { hsize_t($0) }) >= 0 else {
                     throw failure("cannot set chunk \(chunkShape)", object: full)
                 }
-                if let deflate, chunkable {
+                if let deflate {
                     if type.byteSize > 1, H5Pset_shuffle(creation) < 0 { throw failure("cannot set shuffle", object: full) }
                     guard H5Pset_deflate(creation, UInt32(deflate)) >= 0 else {
                         throw failure("cannot set deflate", object: full)
