@@ -1,0 +1,64 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Replaces files atomically: readers see either the old file or the complete new one, never a partial write,
+/// even if the process dies mid-write or the machine loses power after `replace` returns.
+public enum AtomicFile {
+    /// The temporary name used for `path`: same directory (so `rename` is atomic) and tagged with the process id
+    /// (so two processes, e.g. MPI ranks, never write each other's temporary).
+    public static func temporaryPath(for path: String) -> String { "\(path).tmp-\(getpid())" }
+
+    /// Calls `body` with a temporary path to write, then fsyncs it and renames it over `path`.
+    /// If `body` or any later step throws, the temporary is removed and `path` is left untouched.
+    public static func replace(_ path: String, _ body: (String) throws -> Void) throws {
+        let directory = parentDirectory(of: path)
+        var info = stat()
+        guard stat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw StarlingIOError(file: path, message: "no such directory \(directory)")
+        }
+        let temporary = temporaryPath(for: path)
+        unlink(temporary)  // a stale temporary of a crashed earlier run with the same pid
+        do {
+            try body(temporary)
+            try fsyncPath(temporary, reportAs: path)
+            guard rename(temporary, path) == 0 else {
+                throw StarlingIOError(file: path, message: "cannot rename \(temporary) over it: \(errnoString())")
+            }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+        // Make the rename itself durable. Some file systems refuse to fsync a directory; the data is safe anyway.
+        try? fsyncPath(directory, reportAs: directory)
+    }
+
+    /// Writes `bytes` to `path` atomically.
+    public static func write(_ bytes: [UInt8], to path: String) throws {
+        try replace(path) { temporary in
+            guard let handle = fopen(temporary, "wb") else {
+                throw StarlingIOError(file: temporary, message: "cannot create: \(errnoString())")
+            }
+            let written = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, handle) }
+            let closed = fclose(handle)
+            guard written == bytes.count, closed == 0 else {
+                throw StarlingIOError(file: temporary, message: "write failed: \(errnoString())")
+            }
+        }
+    }
+
+    static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let parent = String(path[..<slash])
+        return parent.isEmpty ? "/" : parent
+    }
+
+    private static func fsyncPath(_ path: String, reportAs name: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw StarlingIOError(file: name, message: "cannot open for fsync: \(errnoString())") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw StarlingIOError(file: name, message: "fsync failed: \(errnoString())") }
+    }
+}

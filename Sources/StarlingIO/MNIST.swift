@@ -1,0 +1,147 @@
+/// What `MNIST.convert` read and wrote.
+public struct MNISTSummary: Sendable, CustomStringConvertible {
+    public let sourceDirectory: String
+    public let outputPath: String
+    public let height: Int
+    public let width: Int
+    /// Images in the source files (from their IDX headers): 60000 and 10000 for MNIST.
+    public let trainAvailable: Int
+    public let testAvailable: Int
+    /// Images written (after `limitTrain` / `limitTest`).
+    public let trainCount: Int
+    public let testCount: Int
+    /// Written images per label 0...9.
+    public let trainLabelCounts: [Int]
+    public let testLabelCounts: [Int]
+
+    public var description: String {
+        "\(outputPath): \(trainCount) of \(trainAvailable) training and \(testCount) of \(testAvailable) test images, "
+            + "\(height)x\(width), from \(sourceDirectory)"
+    }
+}
+
+/// Converts the MNIST distribution (four IDX files) into one HDF5 file that Starling's data loader reads.
+///
+/// Output layout:
+/// ```
+/// /                attributes format="starling-mnist", format_version=1, source=<directory>, height, width
+/// /train           attribute count
+/// /train/images    uint8 [N, H, W], chunked [256, H, W] for 28x28 (see HDF5Dataset.defaultChunk)
+/// /train/labels    uint8 [N], values 0...9
+/// /test            the same for the t10k files
+/// ```
+public enum MNIST {
+    public static let format = "starling-mnist"
+    public static let formatVersion = 1
+
+    /// Reads train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte
+    /// (each optionally .gz, and also the dotted names such as train-images.idx3-ubyte) from `sourceDirectory`,
+    /// validates them all, then writes `outputPath` atomically. Nothing is written if any check fails.
+    ///
+    /// - limitTrain, limitTest: write only the first so many images of each split (for tests and quick runs);
+    ///   the whole files are still read and validated.
+    /// - deflate: optional gzip level for images and labels. Off by default: measured on the full set, the
+    ///   uncompressed file is 55 MB against 12-13 MB deflated, but reads whole in 0.02 s instead of 0.18 s and
+    ///   serves 2000 random 64-image batches in 0.06 s instead of 1.6 s (each batch inflates one or two chunks).
+    @discardableResult
+    public static func convert(sourceDirectory: String, outputPath: String, limitTrain: Int? = nil,
+                               limitTest: Int? = nil, deflate: Int? = nil) throws -> MNISTSummary {
+        for limit in [limitTrain, limitTest] {
+            if let limit, limit < 0 {
+                throw StarlingIOError(file: sourceDirectory, message: "image limit \(limit) is negative")
+            }
+        }
+        let train = try Split.load(directory: sourceDirectory, prefix: "train")
+        let test = try Split.load(directory: sourceDirectory, prefix: "t10k")
+        guard train.height == test.height, train.width == test.width else {
+            throw StarlingIOError(file: sourceDirectory, message:
+                "training images are \(train.height)x\(train.width) but test images are \(test.height)x\(test.width)")
+        }
+        let trainCount = min(train.count, limitTrain ?? train.count)
+        let testCount = min(test.count, limitTest ?? test.count)
+
+        try writeHDF5Atomically(to: outputPath) { file in
+            let root = file.root
+            try root.setAttribute("format", format)
+            try root.setAttribute("format_version", formatVersion)
+            try root.setAttribute("source", sourceDirectory)
+            try root.setAttribute("height", train.height)
+            try root.setAttribute("width", train.width)
+            try train.write(into: root, group: "train", count: trainCount, deflate: deflate)
+            try test.write(into: root, group: "test", count: testCount, deflate: deflate)
+        }
+        return MNISTSummary(sourceDirectory: sourceDirectory, outputPath: outputPath,
+                            height: train.height, width: train.width,
+                            trainAvailable: train.count, testAvailable: test.count,
+                            trainCount: trainCount, testCount: testCount,
+                            trainLabelCounts: train.labelCounts(first: trainCount),
+                            testLabelCounts: test.labelCounts(first: testCount))
+    }
+
+    /// The images and labels of one split, checked against each other.
+    private struct Split {
+        let images: IDXArray
+        let labels: IDXArray
+        var count: Int { labels.dimensions[0] }
+        var height: Int { images.dimensions[1] }
+        var width: Int { images.dimensions[2] }
+
+        static func load(directory: String, prefix: String) throws -> Split {
+            let imagesPath = try locate(directory: directory, prefix: prefix, kind: "images", rank: 3)
+            let labelsPath = try locate(directory: directory, prefix: prefix, kind: "labels", rank: 1)
+            let images = try IDX.read(imagesPath)
+            let labels = try IDX.read(labelsPath)
+            guard images.dimensions.count == 3 else {
+                throw StarlingIOError(file: imagesPath, message: "has dimensions \(images.dimensions); images need [count, height, width]")
+            }
+            guard labels.dimensions.count == 1 else {
+                throw StarlingIOError(file: labelsPath, message: "has dimensions \(labels.dimensions); labels need [count]")
+            }
+            guard images.dimensions[0] == labels.dimensions[0] else {
+                throw StarlingIOError(file: imagesPath, message:
+                    "holds \(images.dimensions[0]) images but \(labelsPath) holds \(labels.dimensions[0]) labels")
+            }
+            guard images.dimensions[1] > 0, images.dimensions[2] > 0 else {
+                throw StarlingIOError(file: imagesPath, message: "empty image size \(images.dimensions[1])x\(images.dimensions[2])")
+            }
+            if let index = labels.bytes.firstIndex(where: { $0 > 9 }) {
+                throw StarlingIOError(file: labelsPath, message: "label \(labels.bytes[index]) at index \(index) is not a digit 0...9")
+            }
+            return Split(images: images, labels: labels)
+        }
+
+        /// The first existing name of `<prefix>-<kind>-idx<rank>-ubyte`, its dotted variant
+        /// `<prefix>-<kind>.idx<rank>-ubyte`, each optionally gzipped.
+        private static func locate(directory: String, prefix: String, kind: String, rank: Int) throws -> String {
+            let base = "\(prefix)-\(kind)-idx\(rank)-ubyte"
+            let dotted = "\(prefix)-\(kind).idx\(rank)-ubyte"
+            let candidates = [base, base + ".gz", dotted, dotted + ".gz"].map { directory + "/" + $0 }
+            guard let found = candidates.first(where: fileExists) else {
+                throw StarlingIOError(file: directory, message: "no such file \(base)(.gz) or \(dotted)(.gz)")
+            }
+            return found
+        }
+
+        func write(into root: HDF5Group, group name: String, count: Int, deflate: Int?) throws {
+            let group = try root.createGroup(name)
+            try group.setAttribute("count", count)
+            let imageShape = [count, height, width]
+            let imageDataset = try group.createDataset(
+                "images", type: .uint8, shape: imageShape,
+                chunk: HDF5Dataset.defaultChunk(shape: imageShape, elementSize: 1), deflate: deflate)
+            try images.bytes.withUnsafeBufferPointer {
+                try imageDataset.write(UnsafeBufferPointer(rebasing: $0[0 ..< count * height * width]))
+            }
+            let labelDataset = try group.createDataset("labels", type: .uint8, shape: [count], deflate: deflate)
+            try labels.bytes.withUnsafeBufferPointer {
+                try labelDataset.write(UnsafeBufferPointer(rebasing: $0[0 ..< count]))
+            }
+        }
+
+        func labelCounts(first count: Int) -> [Int] {
+            var counts = [Int](repeating: 0, count: 10)
+            for label in labels.bytes.prefix(count) { counts[Int(label)] += 1 }
+            return counts
+        }
+    }
+}
