@@ -1,10 +1,19 @@
 import CMPI
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
 
-/// The MPI world this process belongs to. Without mpirun, MPI_Init gives a singleton world of size 1,
-/// which is the default way to run Starling.
+/// The MPI world this process belongs to, over Open MPI.
+///
+/// Started without mpirun, MPI_Init gives a singleton world of size 1: the default way to run Starling.
+/// Errors come back as return codes (MPI_ERRORS_RETURN) and are thrown as `CommunicatorError`.
+/// Every rank must call the collectives in the same order; all of them are called from one thread.
 public final class Communicator: @unchecked Sendable {
     public let rank: Int
     public let size: Int
+    private let comm = starling_mpi_comm_world()
     private var finalized = false
 
     /// Initialises MPI (once per process) and reads rank and size of MPI_COMM_WORLD.
@@ -14,7 +23,7 @@ public final class Communicator: @unchecked Sendable {
         if initialized == 0 {
             var provided: Int32 = 0
             let rc = MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided)
-            guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Init_thread", Int(rc)) }
+            guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Init_thread", rc) }
         }
         MPI_Comm_set_errhandler(starling_mpi_comm_world(), starling_mpi_errors_return())
         var r: Int32 = 0, s: Int32 = 0
@@ -34,13 +43,159 @@ public final class Communicator: @unchecked Sendable {
         MPI_Finalized(&done)
         if done == 0 { MPI_Finalize() }
     }
+
+    /// Ends every rank of the job with `code` (used when one rank fails, so the others do not hang).
+    public func abort(code: Int32) -> Never {
+        MPI_Abort(comm, code)
+        exit(code)
+    }
+
+    public enum Operation { case sum, max, min
+        var handle: MPI_Op {
+            switch self {
+            case .sum: return starling_mpi_sum()
+            case .max: return starling_mpi_max()
+            case .min: return starling_mpi_min()
+            }
+        }
+    }
+
+    /// MPI counts are Int32: large buffers go in pieces of at most this many elements.
+    static let maxChunk = 1 << 30
+
+    /// In-place allreduce of `count` floats.
+    public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: Operation = .sum) throws {
+        if size == 1 { return }
+        var start = 0
+        while start < count {
+            let n = min(Self.maxChunk, count - start)
+            try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), op.handle, comm))
+            start += n
+        }
+    }
+
+    /// In-place allreduce then division by the number of ranks.
+    public func allreduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        if size == 1 { return }
+        try allreduce(buffer, count: count, .sum)
+        let scale = 1 / Float(size)
+        for i in 0..<count { buffer[i] *= scale }
+    }
+
+    /// In-place allreduce of a few doubles (losses, counts, metrics).
+    public func allreduce(_ values: inout [Double], _ op: Operation = .sum) throws {
+        if size == 1 || values.isEmpty { return }
+        let n = Int32(values.count)
+        try values.withUnsafeMutableBufferPointer { buf in
+            try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buf.baseAddress, n, starling_mpi_double(), op.handle, comm))
+        }
+    }
+
+    public func allreduce(_ value: Double, _ op: Operation = .sum) throws -> Double {
+        var v = [value]
+        try allreduce(&v, op)
+        return v[0]
+    }
+
+    /// A non-blocking allreduce in flight; `wait()` before reading or reusing the buffer.
+    public final class Request {
+        fileprivate var handles: [MPI_Request?]
+        public let count: Int
+        fileprivate init(handles: [MPI_Request?], count: Int) { self.handles = handles; self.count = count }
+        /// Completes the request.
+        public func wait() throws {
+            for i in handles.indices {
+                let rc = MPI_Wait(&handles[i], starling_mpi_status_ignore())
+                guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Wait", rc) }
+            }
+            handles.removeAll()
+        }
+        /// Lets MPI make progress; true once complete.
+        @discardableResult
+        public func test() throws -> Bool {
+            var all = true
+            for i in handles.indices {
+                var flag: Int32 = 0
+                let rc = MPI_Test(&handles[i], &flag, starling_mpi_status_ignore())
+                guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Test", rc) }
+                if flag == 0 { all = false }
+            }
+            if all { handles.removeAll() }
+            return all
+        }
+    }
+
+    /// Starts an in-place sum allreduce of `count` floats; the buffer must stay untouched until `wait()`.
+    public func startAllreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> Request {
+        var handles: [MPI_Request?] = []
+        if size > 1 {
+            var start = 0
+            while start < count {
+                let n = min(Self.maxChunk, count - start)
+                var request: MPI_Request? = starling_mpi_request_null()
+                try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), starling_mpi_sum(), comm, &request))
+                handles.append(request)
+                start += n
+            }
+        }
+        return Request(handles: handles, count: count)
+    }
+
+    /// Copies `count` floats from `root` to every rank.
+    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) throws {
+        if size == 1 { return }
+        var start = 0
+        while start < count {
+            let n = min(Self.maxChunk, count - start)
+            try check("MPI_Bcast", MPI_Bcast(buffer + start, Int32(n), starling_mpi_float(), Int32(root), comm))
+            start += n
+        }
+    }
+
+    /// Root's string on every rank (configurations, checkpoint paths).
+    public func broadcast(_ text: String, root: Int = 0) throws -> String {
+        if size == 1 { return text }
+        var bytes = Array(text.utf8)
+        var length = [Int64(bytes.count)]
+        try length.withUnsafeMutableBufferPointer { try check("MPI_Bcast", MPI_Bcast($0.baseAddress, 1, starling_mpi_int64(), Int32(root), comm)) }
+        if rank != root { bytes = [UInt8](repeating: 0, count: Int(length[0])) }
+        try bytes.withUnsafeMutableBufferPointer { try check("MPI_Bcast", MPI_Bcast($0.baseAddress, Int32($0.count), starling_mpi_byte(), Int32(root), comm)) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    public func barrier() throws {
+        if size == 1 { return }
+        try check("MPI_Barrier", MPI_Barrier(comm))
+    }
+
+    /// Every rank's value, in rank order.
+    public func allgather(_ value: Int64) throws -> [Int64] {
+        if size == 1 { return [value] }
+        var mine = [value]
+        var all = [Int64](repeating: 0, count: size)
+        try mine.withUnsafeMutableBufferPointer { m in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check("MPI_Allgather", MPI_Allgather(m.baseAddress, 1, starling_mpi_int64(), a.baseAddress, 1, starling_mpi_int64(), comm))
+            }
+        }
+        return all
+    }
+
+    private func check(_ call: String, _ rc: Int32) throws {
+        guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi(call, rc) }
+    }
 }
 
 public enum CommunicatorError: Error, CustomStringConvertible {
-    case mpi(String, Int)
+    case mpi(String, Int32)
     public var description: String {
         switch self {
-        case .mpi(let call, let code): return "MPI error in \(call): code \(code)"
+        case .mpi(let call, let code):
+            var text = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
+            var length: Int32 = 0
+            MPI_Error_string(code, &text, &length)
+            let message = String(decoding: text.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return "MPI error in \(call): \(message) (code \(code))"
         }
     }
 }

@@ -149,3 +149,23 @@ func Foundation_exp(_ x: Double) -> Double { exp(x) }
         #expect(intermediate == nil)
     }
 }
+
+@Suite struct BackwardHookTests {
+    /// Each parameter is reported exactly once, and only after its gradient is final.
+    @Test func leavesAreReportedOnceWhenComplete() {
+        let store = ParameterStore()
+        let w1 = store.declare("l1/kernel", shape: [3, 4], initializer: .glorotUniform(fanIn: 3, fanOut: 4))
+        let w2 = store.declare("l2/kernel", shape: [4, 2], initializer: .glorotUniform(fanIn: 4, fanOut: 2))
+        var rng = RandomGenerator(seed: 3)
+        store.allocate(rng: &rng)
+        let x = Tensor(shape: [2, 3], values: randomValues(6, seed: 4))
+        // w1 is used twice (a residual-like reuse), so it is ready only after both uses pushed their gradients.
+        let h = x.matmul(w1.value)
+        let loss = (h + x.matmul(w1.value)).tanh().matmul(w2.value).sum()
+        var reported: [(String, [Float])] = []
+        loss.backward(onLeafReady: { leaf in reported.append((leaf.name ?? "?", leaf.gradArray ?? [])) })
+        #expect(reported.map(\.0) == ["l2/kernel", "l1/kernel"])
+        #expect(reported[1].1 == w1.value.gradArray)
+        #expect(reported[0].1 == w2.value.gradArray)
+    }
+}

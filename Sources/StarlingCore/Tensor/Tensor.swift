@@ -105,7 +105,10 @@ public final class Tensor: @unchecked Sendable {
 
     /// Reverse-mode sweep from this tensor. `seed` is d(objective)/d(self); by default ones, so that a scalar
     /// loss gets d loss/d loss = 1. Gradients accumulate into parameters; the graph is released afterwards.
-    public func backward(seed: [Float]? = nil) {
+    ///
+    /// `onLeafReady` is called for each leaf (parameter) as soon as every op that used it has pushed its gradient,
+    /// which lets a data-parallel trainer start allreducing gradient buckets while backward continues.
+    public func backward(seed: [Float]? = nil, onLeafReady: ((Tensor) -> Void)? = nil) {
         precondition(requiresGrad, "backward() on a tensor that does not depend on any parameter")
         let g = grad
         if let seed {
@@ -115,8 +118,26 @@ public final class Tensor: @unchecked Sendable {
             for i in 0..<count { g[i] += 1 }
         }
         let order = topologicalOrder()
+        guard let onLeafReady else {
+            for node in order.reversed() { node.backwardFn?(node) }
+            for node in order where !node.isLeaf { node.release() }
+            return
+        }
+        // Count, for each leaf, the ops still to push into it; a leaf is ready when its count reaches zero.
+        var pending: [ObjectIdentifier: Int] = [:]
+        for node in order where !node.isLeaf {
+            for leaf in Set(node.inputs.filter { $0.isLeaf && $0.requiresGrad }.map(ObjectIdentifier.init)) { pending[leaf, default: 0] += 1 }
+        }
+        if isLeaf { onLeafReady(self) }
         for node in order.reversed() {
-            if let fn = node.backwardFn { fn(node) }
+            node.backwardFn?(node)
+            var seen = Set<ObjectIdentifier>()
+            for input in node.inputs where input.isLeaf && input.requiresGrad && seen.insert(ObjectIdentifier(input)).inserted {
+                let id = ObjectIdentifier(input)
+                let left = (pending[id] ?? 1) - 1
+                pending[id] = left
+                if left == 0 { onLeafReady(input) }
+            }
         }
         for node in order where !node.isLeaf { node.release() }
     }

@@ -1,0 +1,22 @@
+import StarlingCore
+
+/// Model families by the name users type (`--model NAME`) and checkpoints record.
+public enum ModelRegistry {
+    public static let families = ["fc-ae"]
+
+    public static func defaultConfig(family: String) throws -> ModelConfig {
+        switch family {
+        case FCAutoencoder.family: return FCAutoencoder.defaultConfig()
+        default: throw ModelError.unknownFamily(family, known: families)
+        }
+    }
+
+    /// Builds a model with freshly initialised weights drawn from `seed`.
+    public static func build(_ config: ModelConfig, seed: UInt64) throws -> any Model {
+        var rng = RandomGenerator(seed: seed)
+        switch config.family {
+        case FCAutoencoder.family: return try FCAutoencoder(config: config, rng: &rng)
+        default: throw ModelError.unknownFamily(config.family, known: families)
+        }
+    }
+}

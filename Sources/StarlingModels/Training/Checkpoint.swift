@@ -1,0 +1,156 @@
+import StarlingCore
+import StarlingIO
+
+/// Starling's checkpoint: one HDF5 file, written atomically (temporary file, flush, fsync, rename), so a crash
+/// mid-write leaves the previous checkpoint intact.
+///
+/// Layout (format version 1):
+/// - root attributes: `format` = "starling-checkpoint", `format_version`, `model_config` (JSON of `ModelConfig`),
+///   `step`, `epoch`, `seed`, `world_size`, `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
+///   `best_validation_loss`;
+/// - `/model_weights/<layer>/<weight>`: float32 datasets in the parameter's shape (Keras-like names such as
+///   `encoder/kernel`), with `layer_names` on `/model_weights` and `weight_names` on each layer group;
+/// - `/optimizer_state/<name>`: float32 [P] flat buffers in the parameter layout (Adam's `m`, `v`).
+public enum Checkpoint {
+    public static let format = "starling-checkpoint"
+    public static let formatVersion = 1
+
+    /// Progress that a resumed run continues from.
+    public struct TrainingState: Codable, Equatable, Sendable {
+        public var step = 0
+        public var epoch = 0
+        public var seed: UInt64 = 0
+        public var worldSize = 1
+        /// Samples of the current epoch already consumed (global over ranks).
+        public var dataCursor = 0
+        public var bestValidationLoss = Double.infinity
+        public init() {}
+    }
+
+    public struct OptimizerConfig: Codable, Equatable, Sendable {
+        public var name: String
+        public var learningRate: Float
+        public var stepCount: Int
+        public init(name: String, learningRate: Float, stepCount: Int) {
+            self.name = name
+            self.learningRate = learningRate
+            self.stepCount = stepCount
+        }
+    }
+
+    public static func save(to path: String, model: any Model, optimizer: (any Optimizer)?, state: TrainingState) throws {
+        try writeHDF5Atomically(to: path) { file in
+            let root = file.root
+            try root.setAttribute("format", format)
+            try root.setAttribute("format_version", formatVersion)
+            try root.setJSONAttribute("model_config", model.config)
+            try root.setAttribute("step", state.step)
+            try root.setAttribute("epoch", state.epoch)
+            try root.setAttribute("seed", String(state.seed))
+            try root.setAttribute("world_size", state.worldSize)
+            try root.setAttribute("data_cursor", state.dataCursor)
+            try root.setAttribute("best_validation_loss", state.bestValidationLoss)
+            let weights = try root.createGroup("model_weights")
+            var layers: [String] = []
+            var weightNames: [String: [String]] = [:]
+            for p in model.parameters.parameters {
+                let dataset = try weights.createDataset(p.name, type: .float32, shape: p.shape)
+                try dataset.write(UnsafeBufferPointer(p.value.storage.buffer))
+                let layer = layerName(p.name)
+                if weightNames[layer] == nil { layers.append(layer) }
+                weightNames[layer, default: []].append(p.name)
+            }
+            try weights.setAttribute("layer_names", layers)
+            for layer in layers { try weights.group(layer).setAttribute("weight_names", weightNames[layer] ?? []) }
+            if let optimizer {
+                try root.setJSONAttribute("optimizer", OptimizerConfig(name: optimizerName(optimizer), learningRate: optimizer.learningRate, stepCount: optimizer.stepCount))
+                let group = try root.createGroup("optimizer_state")
+                for (name, storage) in optimizer.state {
+                    try group.createDataset(name, type: .float32, shape: [storage.count]).write(UnsafeBufferPointer(storage.buffer))
+                }
+            }
+        }
+    }
+
+    /// The layer part of a parameter name: "encoder/kernel" -> "encoder".
+    static func layerName(_ parameter: String) -> String {
+        guard let slash = parameter.lastIndex(of: "/") else { return parameter }
+        return String(parameter[..<slash])
+    }
+
+    static func optimizerName(_ optimizer: any Optimizer) -> String {
+        switch optimizer {
+        case let adam as Adam: return adam.decoupled ? "adamw" : "adam"
+        case is SGD: return "sgd"
+        default: return String(describing: type(of: optimizer))
+        }
+    }
+
+    /// A checkpoint read back: the rebuilt model with its weights, the training state and the optimizer's.
+    public struct Loaded {
+        public let model: any Model
+        public let state: TrainingState
+        public let optimizer: OptimizerConfig?
+        public let optimizerState: [String: [Float]]
+    }
+
+    /// Reads a checkpoint, refusing other files, other format versions and weights that do not fit the model.
+    public static func load(from path: String) throws -> Loaded {
+        let file = try HDF5File.open(path)
+        defer { file.close() }
+        let root = file.root
+        guard root.hasAttribute("format"), try root.stringAttribute("format") == format else {
+            throw CheckpointError(file: path, message: "not a Starling checkpoint (no format attribute '\(format)')")
+        }
+        let version = try root.intAttribute("format_version")
+        guard version == formatVersion else {
+            throw CheckpointError(file: path, message: "checkpoint format version \(version); this build reads version \(formatVersion)")
+        }
+        let config = try root.jsonAttribute("model_config", as: ModelConfig.self)
+        let model = try ModelRegistry.build(config, seed: 0)
+        guard root.contains("model_weights") else { throw CheckpointError(file: path, message: "no /model_weights group") }
+        let weights = try root.group("model_weights")
+        for p in model.parameters.parameters {
+            guard weights.contains(p.name) else {
+                throw CheckpointError(file: path, message: "model \(config.family) needs weight '\(p.name)', which the file lacks")
+            }
+            let dataset = try weights.dataset(p.name)
+            guard dataset.shape == p.shape else {
+                throw CheckpointError(file: path, message: "weight '\(p.name)' has shape \(dataset.shape); model \(config.family) needs \(p.shape)")
+            }
+            try dataset.read(into: p.value.storage.buffer)
+            for i in 0..<p.count where !p.value.data[i].isFinite {
+                throw CheckpointError(file: path, message: "weight '\(p.name)' holds a non-finite value at index \(i)")
+            }
+        }
+        var state = TrainingState()
+        state.step = try root.intAttribute("step")
+        state.epoch = try root.intAttribute("epoch")
+        state.seed = UInt64(try root.stringAttribute("seed")) ?? 0
+        state.worldSize = try root.intAttribute("world_size")
+        state.dataCursor = try root.intAttribute("data_cursor")
+        state.bestValidationLoss = try root.doubleAttribute("best_validation_loss")
+        var optimizer: OptimizerConfig?
+        var optimizerState: [String: [Float]] = [:]
+        if root.hasAttribute("optimizer") {
+            optimizer = try root.jsonAttribute("optimizer", as: OptimizerConfig.self)
+            if root.contains("optimizer_state") {
+                let group = try root.group("optimizer_state")
+                for name in try group.childNames() {
+                    let values = try group.dataset(name).read(as: Float.self)
+                    guard values.count == model.parameters.count else {
+                        throw CheckpointError(file: path, message: "optimizer state '\(name)' has \(values.count) values for \(model.parameters.count) parameters")
+                    }
+                    optimizerState[name] = values
+                }
+            }
+        }
+        return Loaded(model: model, state: state, optimizer: optimizer, optimizerState: optimizerState)
+    }
+}
+
+public struct CheckpointError: Error, CustomStringConvertible {
+    public let file: String
+    public let message: String
+    public var description: String { "\(file): \(message)" }
+}

@@ -1,0 +1,312 @@
+import StarlingCore
+import StarlingIO
+import StarlingDistributed
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The flags every model family shares (`starling train --model NAME ...`).
+public struct TrainingOptions: Sendable {
+    public var epochs = 1
+    public var batchSize = 256
+    public var learningRate: Float = 1e-3
+    public var seed: UInt64 = 0
+    /// Caps the steps of an epoch (nil: one pass over the training split).
+    public var stepsPerEpoch: Int?
+    /// Caps the images scored for the validation loss (nil: the whole validation split).
+    public var validationLimit: Int?
+    public var outputDirectory = "Checkpoints"
+    /// Also write the last checkpoint every N steps within an epoch (nil: at epoch ends only).
+    public var checkpointEverySteps: Int?
+    /// Size of a gradient allreduce bucket.
+    public var bucketBytes = 25 << 20
+    public init() {}
+}
+
+/// One epoch's figures, as printed and written to the CSV log.
+public struct EpochRecord: Sendable {
+    public var epoch: Int
+    public var step: Int
+    public var loss: Double
+    public var validationLoss: Double?
+    public var learningRate: Float
+    public var seconds: Double
+    public var imagesPerSecond: Double
+    public var dataWaitSeconds: Double
+}
+
+/// A training failure a user can act on (a non-finite loss, an unusable batch size, ...).
+public struct TrainingError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The data-parallel training loop (one process by default, N under mpirun).
+///
+/// Each epoch's order is a permutation seeded by (seed, epoch), the same on every rank. The global batch B is
+/// split into N equal slices; each rank reads only its slice from HDF5 on a background thread, computes the mean
+/// loss of its slice, and the gradient buckets are averaged over ranks while backward runs, so N ranks at global
+/// batch B compute the gradient one rank computes at batch B. Rank 0 prints and writes checkpoints; logged figures
+/// are averaged over ranks; a non-finite loss on any rank stops every rank at the same step.
+public final class Trainer {
+    public let model: any Model
+    public let optimizer: any Optimizer
+    public let train: ImageDataset
+    public let validation: ImageDataset?
+    public let options: TrainingOptions
+    public let world: Communicator
+    public private(set) var state = Checkpoint.TrainingState()
+    public private(set) var history: [EpochRecord] = []
+    private let synchronizer: GradientSynchronizer
+    private let log: (String) -> Void
+
+    public init(model: any Model, optimizer: any Optimizer, train: ImageDataset, validation: ImageDataset?,
+                options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
+                log: @escaping (String) -> Void = Trainer.printLine) throws {
+        let sample = model.config.inputShape.reduce(1, *)
+        guard train.sampleSize == sample else {
+            throw ModelError.inputShape(family: model.config.family, expected: model.config.inputShape, got: train.sampleShape, source: train.path)
+        }
+        if let validation, validation.sampleSize != sample {
+            throw ModelError.inputShape(family: model.config.family, expected: model.config.inputShape, got: validation.sampleShape, source: validation.path)
+        }
+        guard options.batchSize > 0 else { throw TrainingError("batch size must be positive, got \(options.batchSize)") }
+        guard options.batchSize % world.size == 0 else {
+            throw TrainingError("global batch size \(options.batchSize) does not split evenly over \(world.size) ranks; use a multiple of \(world.size)")
+        }
+        guard options.batchSize <= train.count else {
+            throw TrainingError("batch size \(options.batchSize) exceeds the \(train.count) training images in \(train.path)")
+        }
+        self.model = model
+        self.optimizer = optimizer
+        self.train = train
+        self.validation = validation
+        self.options = options
+        self.world = world
+        self.log = world.isRoot ? log : { _ in }
+        synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes)
+        state.seed = options.seed
+        state.worldSize = world.size
+        if let resume { try restore(resume) }
+        try synchronizeStart()
+    }
+
+    public static func printLine(_ line: String) {
+        print(line)
+        fflush(nil)   // under mpirun stdout is a block-buffered pipe
+    }
+
+    /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.
+    public var stepsPerEpoch: Int {
+        let full = train.count / options.batchSize
+        return min(full, options.stepsPerEpoch ?? full)
+    }
+
+    public var checkpointPrefix: String { "\(options.outputDirectory)/\(model.config.family)" }
+    public var lastCheckpointPath: String { "\(checkpointPrefix)-last.h5" }
+    public var bestCheckpointPath: String { "\(checkpointPrefix)-best.h5" }
+    public var logPath: String { "\(checkpointPrefix)-log.csv" }
+
+    /// Continues from a checkpoint: weights, optimizer moments and step, epoch and data cursor.
+    private func restore(_ loaded: Checkpoint.Loaded) throws {
+        guard loaded.model.config == model.config else {
+            throw TrainingError("the checkpoint holds model \(loaded.model.config.family) \(loaded.model.config.options), not \(model.config.family) \(model.config.options)")
+        }
+        model.parameters.values.copy(from: loaded.model.parameters.values)
+        for (name, storage) in optimizer.state {
+            guard let saved = loaded.optimizerState[name] else {
+                throw TrainingError("the checkpoint has no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from")
+            }
+            saved.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: storage.count) }
+        }
+        optimizer.stepCount = loaded.optimizer?.stepCount ?? loaded.state.step
+        let previousWorld = loaded.state.worldSize
+        state = loaded.state
+        state.worldSize = world.size
+        if previousWorld != world.size {
+            log("resuming a run of \(previousWorld) rank(s) on \(world.size): the data cursor is global, so the sample order is unchanged")
+        }
+        log("resumed at epoch \(state.epoch), step \(state.step), data cursor \(state.dataCursor)")
+    }
+
+    /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused.
+    private func synchronizeStart() throws {
+        guard world.size > 1 else { return }
+        let mine = "model=\(model.config) batch=\(options.batchSize) lr=\(options.learningRate) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
+        let root = try world.broadcast(mine)
+        let differs = try world.allreduce(root == mine ? 0 : 1)
+        if differs > 0 {
+            if root != mine { Trainer.printLine("rank \(world.rank): configuration differs from rank 0:\n  rank 0: \(root)\n  rank \(world.rank): \(mine)") }
+            throw TrainingError("ranks were started with different configurations (see the messages above); refusing to train")
+        }
+        try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
+        for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }
+        // Only rank 0 read a resumed checkpoint: its progress counters go to every rank (as text, so they stay exact).
+        let counters = try world.broadcast("\(state.epoch) \(state.step) \(state.dataCursor) \(optimizer.stepCount) \(state.bestValidationLoss)")
+        let parts = counters.split(separator: " ")
+        guard parts.count == 5, let epoch = Int(parts[0]), let step = Int(parts[1]), let cursor = Int(parts[2]),
+              let optimizerSteps = Int(parts[3]), let best = Double(parts[4]) else {
+            throw TrainingError("rank \(world.rank): unreadable training state from rank 0: \(counters)")
+        }
+        (state.epoch, state.step, state.dataCursor, state.bestValidationLoss) = (epoch, step, cursor, best)
+        optimizer.stepCount = optimizerSteps
+    }
+
+    /// Runs the remaining epochs; returns the per-epoch records.
+    @discardableResult
+    public func run() throws -> [EpochRecord] {
+        let csv = CSVLog(path: logPath)
+        if world.isRoot {
+            try makeDirectory(options.outputDirectory)
+            try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
+        }
+        let steps = stepsPerEpoch
+        let local = options.batchSize / world.size
+        let interactive = world.isRoot && isatty(STDOUT_FILENO) != 0
+        log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
+            "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
+            "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
+        optimizer.learningRate = options.learningRate
+        while state.epoch < options.epochs {
+            let epoch = state.epoch
+            var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
+            let order = rng.permutation(train.count)
+            let firstStep = state.dataCursor / options.batchSize
+            let slices = (firstStep..<steps).map { step -> [Int] in
+                let begin = step * options.batchSize + world.rank * local
+                return Array(order[begin..<(begin + local)])
+            }
+            let reader = Prefetcher(dataset: train, steps: slices, inputShape: model.config.inputShape)
+            let start = monotonicSeconds()
+            var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
+            var lastPrint = start
+            do {
+                defer { reader.finish() }
+                for step in firstStep..<steps {
+                    let batch = try reader.next()
+                    model.parameters.zeroGradients()
+                    synchronizer.beginStep()
+                    let loss = model.loss(batch, training: true)
+                    // Agree on the loss before acting on it: every rank stops at the same step or none does.
+                    let value = Double(loss.item)
+                    var agreed = [value.isFinite ? value : 0, value.isFinite ? 0 : 1]
+                    try world.allreduce(&agreed)
+                    guard agreed[1] == 0 else {
+                        throw TrainingError("loss became non-finite at epoch \(epoch + 1), step \(step + 1) on \(Int(agreed[1])) rank(s): training stopped; the last good checkpoint is \(lastCheckpointPath)")
+                    }
+                    loss.backward(onLeafReady: synchronizer.parameterReady)
+                    try synchronizer.finish()
+                    optimizer.step(model.parameters)
+                    sums[0] += agreed[0] / Double(world.size)
+                    sums[1] += 1
+                    state.step += 1
+                    state.dataCursor = (step + 1) * options.batchSize
+                    let now = monotonicSeconds()
+                    if step + 1 == steps || (interactive && now - lastPrint > 0.2) || (!interactive && (step + 1) % max(1, steps / 10) == 0) {
+                        lastPrint = now
+                        let done = Double(step + 1 - firstStep)
+                        let rate = done * Double(options.batchSize) / (now - start)
+                        let eta = (now - start) / done * Double(steps - step - 1)
+                        let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / sums[1]))"
+                        if interactive { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
+                    }
+                    if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps {
+                        if world.isRoot { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                    }
+                }
+            }
+            let seconds = monotonicSeconds() - start
+            let dataWait = try world.allreduce(reader.waitSeconds, .max)
+            let trainLoss = sums[0] / max(sums[1], 1)
+            let validationLoss = try validation.map { try evaluateLoss($0) }
+            state.epoch = epoch + 1
+            state.dataCursor = 0
+            let stepsRun = Double(sums[1])
+            let record = EpochRecord(epoch: epoch + 1, step: state.step, loss: trainLoss, validationLoss: validationLoss,
+                                     learningRate: optimizer.learningRate, seconds: seconds,
+                                     imagesPerSecond: stepsRun * Double(options.batchSize) / seconds, dataWaitSeconds: dataWait)
+            history.append(record)
+            var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"
+            if let validationLoss { summary += "  val_loss \(format(validationLoss))" }
+            summary += "  data wait \(formatDuration(dataWait))"
+            let monitored = validationLoss ?? trainLoss
+            let improved = monitored < state.bestValidationLoss
+            if improved { state.bestValidationLoss = monitored }
+            if world.isRoot {
+                try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
+                try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
+                if improved {
+                    try Checkpoint.save(to: bestCheckpointPath, model: model, optimizer: optimizer, state: state)
+                    summary += "  (best, saved)"
+                }
+            }
+            log(summary)
+        }
+        log("checkpoints: \(lastCheckpointPath), \(bestCheckpointPath); log: \(logPath)")
+        return history
+    }
+
+    /// Mean training objective over the validation split (or its first `validationLimit` images) without dropout
+    /// or noise: each rank scores an equal share, and the sums are allreduced.
+    public func evaluateLoss(_ data: ImageDataset) throws -> Double {
+        let n = min(data.count, options.validationLimit ?? data.count)
+        let share = (n + world.size - 1) / world.size
+        let mine = (world.rank * share)..<min(n, (world.rank + 1) * share)
+        var total = [0.0]
+        var start = mine.lowerBound
+        while start < mine.upperBound {
+            let end = min(mine.upperBound, start + options.batchSize)
+            let batch = try data.batch(indices: Array(start..<end), modelInputShape: model.config.inputShape)
+            let loss = GradMode.disabled { model.loss(batch, training: false) }
+            total[0] += Double(loss.item) * Double(end - start)
+            start = end
+        }
+        try world.allreduce(&total)
+        return total[0] / Double(max(n, 1))
+    }
+}
+
+func format(_ x: Double) -> String {
+    let scaled = (x * 1e5).rounded() / 1e5
+    return "\(scaled)"
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    if seconds < 60 { return "\((seconds * 10).rounded() / 10)s" }
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? "\(s / 3600)h\((s % 3600) / 60)m" : "\(s / 60)m\(s % 60)s"
+}
+
+/// Creates a directory and its parents; an existing one is fine.
+public func makeDirectory(_ path: String) throws {
+    var built = path.hasPrefix("/") ? "" : "."
+    for part in path.split(separator: "/") {
+        built += "/" + part
+        if mkdir(built, 0o755) != 0 && errno != EEXIST {
+            throw TrainingError("cannot create directory \(built): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// A CSV file written line by line and flushed, so a crashed run still leaves its log.
+final class CSVLog {
+    let path: String
+    private var handle: UnsafeMutablePointer<FILE>?
+    init(path: String) { self.path = path }
+    deinit { if let handle { fclose(handle) } }
+
+    func start(header: String, append: Bool) throws {
+        guard let f = fopen(path, append ? "a" : "w") else { throw TrainingError("cannot write log \(path): \(String(cString: strerror(errno)))") }
+        handle = f
+        fseek(f, 0, SEEK_END)
+        if !append || ftell(f) == 0 { try self.append(header) }
+    }
+
+    func append(_ line: String) throws {
+        guard let handle else { return }
+        guard fputs(line + "\n", handle) >= 0, fflush(handle) == 0 else { throw TrainingError("cannot write log \(path)") }
+    }
+}

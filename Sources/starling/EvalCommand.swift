@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import StarlingModels
+
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate a checkpoint on a dataset.")
+
+    @Option(help: "Checkpoint written by `starling train`.") var checkpoint: String
+    @Option(help: "Dataset in Starling's HDF5 layout.") var data: String
+    @Option(help: "Split to evaluate.") var split: String = "test"
+    @Option(help: "Images per batch.") var batchSize: Int = 256
+    @Option(help: "Evaluate only the first N images.") var limit: Int?
+    @Option(help: "Also write the figures as JSON to this file.") var json: String?
+    @Option(help: "Folder for pictures (default: next to the checkpoint).") var plots: String?
+
+    func validate() throws {
+        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        if let l = limit, l <= 0 { throw ValidationError("--limit must be positive") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let loaded = try Checkpoint.load(from: checkpoint)
+            let dataset = try ImageDataset(path: data, split: split)
+            guard let autoencoder = loaded.model as? any Autoencoder else {
+                throw CommandFailure(EvalError("\(checkpoint): model \(loaded.model.config.family) has no evaluation yet"))
+            }
+            guard dataset.sampleSize == autoencoder.config.inputShape.reduce(1, *) else {
+                throw ModelError.inputShape(family: autoencoder.config.family, expected: autoencoder.config.inputShape, got: dataset.sampleShape, source: data)
+            }
+            let report = try ReconstructionEvaluation.evaluate(autoencoder, data: dataset, batchSize: batchSize, limit: limit)
+            print("\(report.model) on \(report.data) [\(report.split)], \(report.images) images (checkpoint epoch \(loaded.state.epoch), step \(loaded.state.step))")
+            print("  reconstruction BCE per pixel (mean):  \(String(format: "%.5f", report.bcePerPixel))")
+            print("  reconstruction BCE per image (sum):   \(String(format: "%.2f", report.bcePerImage)) nats over \(report.pixelsPerImage) pixels")
+            print("  reconstruction MSE per pixel:         \(String(format: "%.5f", report.msePerPixel))")
+            let base = URL(fileURLWithPath: checkpoint).deletingPathExtension().lastPathComponent
+            let folder = plots ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
+            try makeDirectory(folder)
+            let grid = "\(folder)/\(base)-reconstructions.png"
+            try ReconstructionEvaluation.writeGrid(autoencoder, data: dataset, path: grid)
+            print("  originals over reconstructions:       \(grid)")
+            if let json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try encoder.encode(report).write(to: URL(fileURLWithPath: json), options: .atomic)
+                print("  figures as JSON:                      \(json)")
+            }
+        }
+    }
+}
+
+struct EvalError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}

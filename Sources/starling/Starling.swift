@@ -1,0 +1,22 @@
+import ArgumentParser
+import StarlingModels
+
+/// The `starling` command: data conversion, training, evaluation and benchmarks.
+@main
+struct Starling: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "starling",
+        abstract: "Data-parallel training of classic vision models: detection, segmentation, autoencoders.",
+        subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, BenchCommand.self])
+}
+
+/// Turns any error into the one-line message ArgumentParser prints before exiting non-zero.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ error: any Error) { description = String(describing: error) }
+}
+
+/// Runs `body`, reporting failures as one line naming what went wrong.
+func reportingErrors<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let error as CommandFailure { throw error } catch { throw CommandFailure(error) }
+}

@@ -1,0 +1,79 @@
+import ArgumentParser
+import StarlingCore
+import StarlingDistributed
+import StarlingModels
+
+/// Flags every model family shares.
+struct TrainingFlags: ParsableArguments {
+    @Option(help: "Passes over the training set.") var epochs: Int = 1
+    @Option(help: "Images per optimizer step.") var batchSize: Int = 256
+    @Option(help: "Learning rate.") var lr: Float = 1e-3
+    @Option(help: "Seed for weights, shuffling and noise: the same seed gives the same run.") var seed: UInt64 = 0
+    @Option(help: "Cap the steps of an epoch (default: a full pass).") var stepsPerEpoch: Int?
+    @Option(help: "Cap the validation images scored each epoch (default: the whole split).") var valLimit: Int?
+    @Option(help: "Output folder for checkpoints and logs.") var out: String = "Checkpoints"
+    @Option(help: "Also write the last checkpoint every N steps within an epoch.") var checkpointEvery: Int?
+    @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
+
+    func validate() throws {
+        guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
+        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
+        if let s = stepsPerEpoch, s <= 0 { throw ValidationError("--steps-per-epoch must be positive") }
+        if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
+        if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
+        guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
+    }
+
+    var options: TrainingOptions {
+        var o = TrainingOptions()
+        o.epochs = epochs
+        o.batchSize = batchSize
+        o.learningRate = lr
+        o.seed = seed
+        o.stepsPerEpoch = stepsPerEpoch
+        o.validationLimit = valLimit
+        o.outputDirectory = out
+        o.checkpointEverySteps = checkpointEvery
+        o.bucketBytes = Int(bucketMb * 1_048_576)
+        return o
+    }
+}
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "train", abstract: "Train a model (under mpirun: on every rank).")
+
+    @Option(help: "Model family: \(ModelRegistry.families.joined(separator: ", ")).") var model: String
+    @Option(help: "Dataset in Starling's HDF5 layout (e.g. from `starling data mnist`).") var data: String
+    @Option(help: "Split to train on.") var trainSplit: String = "train"
+    @Option(help: "Split for the validation loss ('none' to skip). The Keras tutorial validates on the test split.") var valSplit: String = "test"
+    @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
+    @OptionGroup var flags: TrainingFlags
+
+    func run() throws {
+        let world = try reportingErrors { try Communicator() }
+        do {
+            try reportingErrors {
+                let config = try ModelRegistry.defaultConfig(family: model)
+                let train = try ImageDataset(path: data, split: trainSplit)
+                let validation = valSplit == "none" ? nil : try ImageDataset(path: data, split: valSplit)
+                let network = try ModelRegistry.build(config, seed: flags.seed)
+                let optimizer = Adam(parameterCount: network.parameters.count, learningRate: flags.lr)
+                // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
+                let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
+                let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
+                                          options: flags.options, world: world, resume: loaded)
+                try trainer.run()
+            }
+        } catch {
+            // One rank failing must end the job rather than leave the others waiting in a collective.
+            if world.size > 1 {
+                Trainer.printLine("rank \(world.rank): error: \(error)")
+                world.abort(code: 1)
+            }
+            world.finalize()
+            throw error
+        }
+        world.finalize()
+    }
+}

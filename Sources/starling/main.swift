@@ -1,2 +1,0 @@
-import StarlingModels
-print("starling")
