@@ -69,6 +69,7 @@ import Glibc
         }
         #expect(worstExp < 3e-7)
         #expect(worstLog < 3e-7)
+        #expect(VectorMath.sigmoid(-100) > 0 && VectorMath.sigmoid(100) == 1 && VectorMath.sigmoid(0) == 0.5)
     }
 }
 

@@ -21,17 +21,8 @@ extension Tensor {
     }
 }
 
-/// y = sigmoid(x), vectorised; x and y may alias.
+/// y = sigmoid(x); x and y may alias. A plain loop over VectorMath.sigmoid, which LLVM vectorises.
 @inline(__always)
 func sigmoidForward(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-    VectorMath.map(n, x, y, vector: { v in
-        let e = VectorMath.exp(-VectorMath.abs(v))
-        let r = 1 / (1 + e)
-        var out = r
-        out.replace(with: e * r, where: v .< 0)
-        return out
-    }, scalar: { v in
-        let e = VectorMath.exp(-abs(v))
-        return v >= 0 ? 1 / (1 + e) : e / (1 + e)
-    })
+    for i in 0..<n { y[i] = VectorMath.sigmoid(x[i]) }
 }

@@ -36,32 +36,20 @@ extension Tensor {
     }
 }
 
-/// Sum over i of the stable BCE on logits; writes sigmoid(z) to `p`. Vectorised: this runs on every pixel of
-/// every autoencoder batch.
+/// Sum over i of the stable BCE on logits; writes sigmoid(z) to `p`. Runs on every pixel of every autoencoder
+/// batch: the elementwise loop has no reduction in it so that it vectorises, and the terms are summed after.
 func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>) -> Double {
-    typealias V = VectorMath.V
+    let terms = FloatStorage(count: n)
+    let l = terms.pointer
+    for i in 0..<n {
+        let zi = z[i]
+        let e = VectorMath.exp(-abs(zi))
+        l[i] = (zi > 0 ? zi : 0) - zi * t[i] + VectorMath.log(1 + e)
+        let r = 1 / (1 + e)
+        p[i] = zi < 0 ? e * r : r
+    }
     var total = 0.0
     var i = 0
-    while i + 8 <= n {
-        // Accumulate short runs in Float lanes, then in Double.
-        var acc = V(repeating: 0)
-        let end = min(n - (n - i) % 8, i + 1024)
-        while i < end {
-            let zv = VectorMath.load(z + i), tv = VectorMath.load(t + i)
-            let e = VectorMath.exp(-VectorMath.abs(zv))
-            let softplus = VectorMath.log(1 + e)
-            acc += zv.replacing(with: 0, where: zv .< 0) - zv * tv + softplus
-            let r = 1 / (1 + e)
-            VectorMath.store(r.replacing(with: e * r, where: zv .< 0), p + i)
-            i += 8
-        }
-        total += Double(acc.sum())
-    }
-    while i < n {
-        let zi = z[i], e = VectorMath.exp(-abs(zi))
-        total += Double(max(zi, 0) - zi * t[i] + VectorMath.log(1 + e))
-        p[i] = zi >= 0 ? 1 / (1 + e) : e / (1 + e)
-        i += 1
-    }
+    while i < n { let len = min(4096, n - i); total += Double(VectorMath.sum(len, l + i)); i += len }
     return total
 }

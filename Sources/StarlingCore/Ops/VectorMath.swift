@@ -1,60 +1,46 @@
-#if canImport(Glibc)
-import Glibc
-#else
-import Darwin
-#endif
-
-/// Vectorised exp and log for the hot elementwise loops (sigmoid, softplus, softmax, cross-entropies).
-/// libm's scalar expf/logf cost ~5-10 ns an element and would dominate a training step next to sgemm.
-/// Polynomials after Cephes (S. Moshier): relative error ~1e-7 over the ranges used, checked against libm
-/// in the tests.
+/// Fast exp and log for the hot elementwise loops (sigmoid, softplus, softmax, cross-entropies).
+///
+/// libm's expf/logf are opaque calls that stop LLVM from vectorising a loop. These are branch-free polynomials
+/// (after Cephes, S. Moshier; relative error ~1e-7 over the ranges used, checked against libm in the tests)
+/// written with plain Float arithmetic, selects and bit casts, so that a loop calling them - with no reduction
+/// inside it - auto-vectorises. Rounding and int<->float conversion go through the 1.5 * 2^23 "magic number":
+/// adding it leaves round(t) in the low mantissa bits. Swift's SIMD types were tried first: their generic
+/// lane conversions compiled to scalar code and ran 4x slower.
 public enum VectorMath {
-    public typealias V = SIMD8<Float>
-
-    @inline(__always) public static func load(_ p: UnsafePointer<Float>) -> V {
-        UnsafeRawPointer(p).loadUnaligned(as: V.self)
-    }
-    @inline(__always) public static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
-    }
-
-    @inline(__always) static func bits(_ v: V) -> SIMD8<UInt32> { unsafeBitCast(v, to: SIMD8<UInt32>.self) }
-    @inline(__always) static func floats(_ v: SIMD8<UInt32>) -> V { unsafeBitCast(v, to: V.self) }
-
-    @inline(__always) public static func abs(_ v: V) -> V {
-        floats(bits(v) & 0x7FFF_FFFF)
-    }
+    static let magic: Float = 12_582_912
 
     /// e^x for x <= 88 (inputs below -87.3 give ~1e-38 instead of 0 or a denormal).
-    @inline(__always) public static func exp(_ xIn: V) -> V {
-        var x = xIn.clamped(lowerBound: V(repeating: -87.3), upperBound: V(repeating: 88.0))
-        let fx = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+    @inline(__always) public static func exp(_ xIn: Float) -> Float {
+        var x = xIn < -87.3 ? -87.3 : xIn
+        x = x > 88 ? 88 : x
+        let shifted = x * 1.44269504088896341 + magic
+        let fx = shifted - magic                                  // round(x / ln 2)
         x = x - fx * 0.693359375
         x = x + fx * 2.12194440e-4
         let z = x * x
-        var y = V(repeating: 1.9875691500e-4)
+        var y: Float = 1.9875691500e-4
         y = y * x + 1.3981999507e-3
         y = y * x + 8.3334519073e-3
         y = y * x + 4.1665795894e-2
         y = y * x + 1.6666665459e-1
         y = y * x + 5.0000001201e-1
         y = y * z + x + 1
-        let n = SIMD8<Int32>(fx) &+ 127
-        let scale = floats(SIMD8<UInt32>(truncatingIfNeeded: n) &<< 23)
-        return y * scale
+        let n = shifted.bitPattern &- magic.bitPattern            // round(x / ln 2) as a two's-complement integer
+        return y * Float(bitPattern: (n &+ 127) &<< 23)
     }
 
     /// ln(x) for normal positive x.
-    @inline(__always) public static func log(_ xIn: V) -> V {
-        let bits = bits(xIn)
-        var e = V(SIMD8<Int32>(truncatingIfNeeded: bits &>> 23) &- 127)
-        var m = floats((bits & 0x007F_FFFF) | 0x3F80_0000)   // mantissa in [1, 2)
-        let big = m .> 1.41421356237
-        m.replace(with: m * 0.5, where: big)
-        e.replace(with: e + 1, where: big)
+    @inline(__always) public static func log(_ xIn: Float) -> Float {
+        let raw = xIn.bitPattern
+        // The biased exponent as a float, exactly: put it in the mantissa of 2^23 and subtract 2^23.
+        var e = Float(bitPattern: (raw &>> 23) | 0x4B00_0000) - (8_388_608 + 127)
+        var m = Float(bitPattern: (raw & 0x007F_FFFF) | 0x3F80_0000)   // mantissa in [1, 2)
+        let big = m > 1.41421356237
+        m = big ? m * 0.5 : m
+        e = big ? e + 1 : e
         let x = m - 1
         let z = x * x
-        var y = V(repeating: 7.0376836292e-2)
+        var y: Float = 7.0376836292e-2
         y = y * x - 1.1514610310e-1
         y = y * x + 1.1676998740e-1
         y = y * x - 1.2420140846e-1
@@ -68,26 +54,20 @@ public enum VectorMath {
         return x + y + e * 0.693147180559945
     }
 
-    /// Applies `vector` to full 8-lane blocks and `scalar` to the tail of n elements.
-    @inline(__always)
-    public static func map(_ n: Int, _ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
-                           vector: (V) -> V, scalar: (Float) -> Float) {
-        var i = 0
-        while i + 8 <= n { store(vector(load(x + i)), out + i); i += 8 }
-        while i < n { out[i] = scalar(x[i]); i += 1 }
+    /// 1 / (1 + e^-x) from e^-|x|, so it never overflows.
+    @inline(__always) public static func sigmoid(_ x: Float) -> Float {
+        let e = exp(-abs(x))
+        let r = 1 / (1 + e)
+        return x < 0 ? e * r : r
     }
 
-    /// Scalar versions with the same polynomials, for loop tails.
-    @inline(__always) public static func exp(_ x: Float) -> Float { exp(V(repeating: x))[0] }
-    @inline(__always) public static func log(_ x: Float) -> Float { log(V(repeating: x))[0] }
-
-    /// Sum of n floats with 8 lanes of partial sums (more accurate and faster than a serial sum).
+    /// Sum of n floats with 8 lanes of partial sums: vectorised, and more accurate than a serial sum.
     @inline(__always) public static func sum(_ n: Int, _ x: UnsafePointer<Float>) -> Float {
-        var acc = V(repeating: 0)
+        var acc = SIMD8<Float>(repeating: 0)
         var i = 0
-        while i + 8 <= n { acc += load(x + i); i += 8 }
+        while i &+ 8 <= n { acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self); i &+= 8 }
         var s = acc.sum()
-        while i < n { s += x[i]; i += 1 }
+        while i < n { s += x[i]; i &+= 1 }
         return s
     }
 }
