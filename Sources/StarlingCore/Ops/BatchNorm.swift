@@ -1,0 +1,225 @@
+/// Batch normalisation (Ioffe & Szegedy 2015) over the channel axis 1 of [N, C] or [N, C, H, W] (any number
+/// of trailing axes), forward and backward side by side.
+///
+/// Conventions, Keras's where Keras and PyTorch differ:
+/// - `momentum` is the weight of the old value: running = running * momentum + batch * (1 - momentum),
+///   default 0.99 (PyTorch's momentum 0.1 means 0.9 here). `epsilon` (default 1e-3) is added to the
+///   variance under the square root.
+/// - Training normalises with the batch mean and the biased batch variance (divided by the count m).
+/// - What the running variance averages differs between frameworks: PyTorch, the paper's inference rule
+///   (Algorithm 2) and Keras 2 on 4-D inputs (its fused kernel) use the unbiased estimate m / (m - 1) times the
+///   biased one; Keras 2 on 2-D inputs (its non-fused path) and Keras 3 use the biased one. `.unbiased` is the
+///   default; `.biased` reproduces the others. With m = 1 the biased value (0) is used.
+/// - Evaluation normalises with the running statistics and leaves them untouched.
+/// The running statistics are plain constant tensors updated in place; they are not differentiated.
+///
+/// ## Synchronised batch norm across data-parallel ranks
+/// Every quantity that mixes samples is a per-channel sum, so statistics over the global batch need one
+/// elementwise allreduce-sum of a small Double buffer per pass, supplied as `crossReplicaSum`:
+/// - forward: [sum x (C) | sum x^2 (C) | m (1)]. Mean, variance and the running averages come from the
+///   global sums, so they are identical on every rank and the running statistics stay in sync.
+/// - backward: [sum dy (C) | sum dy x^ (C)] (x^ the normalised input), from which dx follows for the global
+///   batch mean and variance. With the global count m, each rank's dx is then R times the gradient of the
+///   rank-averaged loss (each rank's dy comes from its own mean loss), which the trainer's averaging of
+///   parameter gradients over the R ranks divides back: the convention of PyTorch's SyncBatchNorm.
+/// gamma and beta get the local sums: their gradients are averaged by the trainer like every other parameter.
+/// The hook is called collectively: every rank must run the same batch-norm layers in the same order, which
+/// holds when all ranks run the same model. Without a hook the statistics are those of the local batch.
+///
+/// The sums are accumulated in Double, so the variance E[x^2] - E[x]^2 (the form that allreduces) stays
+/// accurate to Float precision unless a channel's mean exceeds its standard deviation by a factor of ~1e4.
+extension Tensor {
+    public func batchNorm(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+                          momentum: Float = 0.99, epsilon: Float = 1e-3,
+                          runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
+                          crossReplicaSum: CrossReplicaSum? = nil) -> Tensor {
+        precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
+        let (n, c) = (shape[0], shape[1])
+        let inner = n * c == 0 ? 0 : count / (n * c)
+        for (t, what) in [(gamma, "gamma"), (beta, "beta"), (runningMean, "running mean"), (runningVar, "running variance")] {
+            precondition(t.shape == [c], "batch norm \(what) \(t.shape) for \(c) channels")
+        }
+        precondition(!runningMean.requiresGrad && !runningVar.requiresGrad, "running statistics must be constants")
+        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: inner)
+        let x = self
+
+        // Per-channel values, as raw buffers so that the loops below index them without bounds checks.
+        let mean = FloatStorage(count: c), invStd = FloatStorage(count: c), scale = FloatStorage(count: c)
+        defer { withExtendedLifetime((mean, invStd, scale)) {} }   // also read after the graph may have dropped them
+        let mu = mean.pointer, inv = invStd.pointer
+        var batchCount = 0.0   // m, over all ranks when synchronised
+        if training {
+            var stats = [Double](repeating: 0, count: 2 * c + 1)
+            stats.withUnsafeMutableBufferPointer { s in
+                BatchNormKernel.channelSums(planes, x.data, x.data, shift: nil, into: s.baseAddress!)
+                s[2 * c] = Double(n * inner)
+                crossReplicaSum?(s)
+            }
+            batchCount = stats[2 * c]
+            precondition(batchCount > 0, "batch norm in training mode over an empty batch")
+            let rm = runningMean.data, rv = runningVar.data
+            for k in 0..<c {
+                let batchMean = stats[k] / batchCount
+                let variance = Swift.max(stats[c + k] / batchCount - batchMean * batchMean, 0)
+                mu[k] = Float(batchMean)
+                inv[k] = Float(1 / (variance + Double(epsilon)).squareRoot())
+                let unbiased = runningVarianceEstimator == .unbiased && batchCount > 1
+                let averaged = unbiased ? variance * batchCount / (batchCount - 1) : variance
+                rm[k] = rm[k] * momentum + Float(batchMean) * (1 - momentum)
+                rv[k] = rv[k] * momentum + Float(averaged) * (1 - momentum)
+            }
+        } else {
+            let rm = runningMean.data, rv = runningVar.data
+            for k in 0..<c {
+                mu[k] = rm[k]
+                inv[k] = 1 / (rv[k] + epsilon).squareRoot()
+            }
+        }
+        let g = gamma.data, sc = scale.pointer
+        for k in 0..<c { sc[k] = g[k] * inv[k] }   // y = scale (x - mean) + beta
+
+        let out = Tensor.result(shape: shape, inputs: [x, gamma, beta]) { out in
+            let dy = out.grad, xp = x.data, mu = mean.pointer, inv = invStd.pointer, sc = scale.pointer
+            // sums = [sum dy | sum dy x^] per channel, over the local batch.
+            var sums = [Double](repeating: 0, count: 2 * c)
+            sums.withUnsafeMutableBufferPointer { s in
+                BatchNormKernel.channelSums(planes, dy, xp, shift: mu, into: s.baseAddress!)
+            }
+            for k in 0..<c { sums[c + k] *= Double(inv[k]) }
+            if gamma.requiresGrad { let dg = gamma.grad; for k in 0..<c { dg[k] += Float(sums[c + k]) } }
+            if beta.requiresGrad { let db = beta.grad; for k in 0..<c { db[k] += Float(sums[k]) } }
+            guard x.requiresGrad else { return }
+            // dx = scale (dy - mean(dy) - x^ mean(dy x^)) in training, where the batch statistics depend on x;
+            // dx = scale dy in evaluation. Written as dx += scale dy + slope (x - mean) + offset.
+            let slope = FloatStorage(count: c), offset = FloatStorage(count: c)
+            defer { withExtendedLifetime((slope, offset)) {} }
+            if training {
+                sums.withUnsafeMutableBufferPointer { s in crossReplicaSum?(s) }
+                let sl = slope.pointer, of = offset.pointer
+                for k in 0..<c {
+                    let meanDy = sums[k] / batchCount, meanDyXhat = sums[c + k] / batchCount
+                    sl[k] = -sc[k] * inv[k] * Float(meanDyXhat)
+                    of[k] = -sc[k] * Float(meanDy)
+                }
+            }
+            BatchNormKernel.accumulateInputGradient(planes, dy: dy, x: xp, mean: mu, scale: sc,
+                                                    slope: slope.pointer, offset: offset.pointer, into: x.grad)
+        }
+        BatchNormKernel.normalize(planes, x: x.data, mean: mu, scale: sc, beta: beta.data, into: out.data)
+        return out
+    }
+}
+
+/// Which variance estimate the running variance averages (see `batchNorm`).
+public enum RunningVarianceEstimator: Sendable {
+    /// m / (m - 1) times the batch variance: PyTorch, Keras 2 on 4-D inputs.
+    case unbiased
+    /// The batch variance as used for normalising: Keras 2 on 2-D inputs, Keras 3.
+    case biased
+}
+
+/// Sums a buffer of per-channel statistics elementwise over all data-parallel ranks, in place: an
+/// allreduce with MPI_SUM on MPI_DOUBLE. See `batchNorm` for the buffer layouts and when it is called.
+public typealias CrossReplicaSum = (UnsafeMutableBufferPointer<Double>) -> Void
+
+/// The per-channel loops. A channel's data are `samples` planes of `inner` contiguous floats (H x W), the
+/// plane of (sample s, channel k) starting at (s C + k) inner. For [N, C] (inner 1) the loops run along rows
+/// of C channels instead, so that they vectorise over channels rather than paying a call per float.
+enum BatchNormKernel {
+    struct Planes {
+        let samples: Int
+        let channels: Int
+        let inner: Int
+    }
+
+    /// For every channel k: sums[k] += sum a, sums[C + k] += sum a (b - shift[k]) (shift 0 when nil).
+    static func channelSums(_ p: Planes, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                            shift: UnsafePointer<Float>?, into sums: UnsafeMutablePointer<Double>) {
+        let c = p.channels
+        if p.inner == 1 {
+            let zeros = FloatStorage(count: c)
+            defer { withExtendedLifetime(zeros) {} }
+            let sh = shift ?? UnsafePointer(zeros.pointer)
+            let products = sums + c
+            for s in 0..<p.samples {
+                let ar = a + s * c, br = b + s * c
+                for k in 0..<c {
+                    let av = Double(ar[k])
+                    sums[k] += av
+                    products[k] += av * Double(br[k] - sh[k])
+                }
+            }
+            return
+        }
+        for s in 0..<p.samples {
+            for k in 0..<c {
+                let start = (s * c + k) * p.inner
+                let (plain, product) = sumAndDot(p.inner, a + start, b + start, shift: shift?[k] ?? 0)
+                sums[k] += plain
+                sums[c + k] += product
+            }
+        }
+    }
+
+    /// (sum a, sum a (b - shift)) over n floats, accumulated in Double lanes.
+    @inline(__always)
+    static func sumAndDot(_ n: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: Float) -> (Double, Double) {
+        typealias D = SIMD8<Double>
+        var plain = D(repeating: 0), product = D(repeating: 0)
+        let sv = VectorMath.V(repeating: shift)
+        var i = 0
+        while i + 8 <= n {
+            let av = D(VectorMath.load(a + i)), bv = D(VectorMath.load(b + i) - sv)
+            plain += av
+            product += av * bv
+            i += 8
+        }
+        var s = plain.sum(), d = product.sum()
+        while i < n { s += Double(a[i]); d += Double(a[i]) * Double(b[i] - shift); i += 1 }
+        return (s, d)
+    }
+
+    /// y = scale[k] (x - mean[k]) + beta[k].
+    static func normalize(_ p: Planes, x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                          beta: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+        let c = p.channels
+        if p.inner == 1 {
+            for s in 0..<p.samples {
+                let xr = x + s * c, yr = y + s * c
+                for k in 0..<c { yr[k] = scale[k] * (xr[k] - mean[k]) + beta[k] }
+            }
+            return
+        }
+        for s in 0..<p.samples {
+            for k in 0..<c {
+                let start = (s * c + k) * p.inner
+                let xs = x + start, ys = y + start
+                let (mu, a, b) = (mean[k], scale[k], beta[k])
+                for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
+            }
+        }
+    }
+
+    /// dx += scale[k] dy + slope[k] (x - mean[k]) + offset[k].
+    static func accumulateInputGradient(_ p: Planes, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
+                                        into dx: UnsafeMutablePointer<Float>) {
+        let c = p.channels
+        if p.inner == 1 {
+            for s in 0..<p.samples {
+                let gr = dy + s * c, xr = x + s * c, dr = dx + s * c
+                for k in 0..<c { dr[k] += scale[k] * gr[k] + slope[k] * (xr[k] - mean[k]) + offset[k] }
+            }
+            return
+        }
+        for s in 0..<p.samples {
+            for k in 0..<c {
+                let start = (s * c + k) * p.inner
+                let gs = dy + start, xs = x + start, ds = dx + start
+                let (mu, a, b, o) = (mean[k], scale[k], slope[k], offset[k])
+                for i in 0..<p.inner { ds[i] += a * gs[i] + b * (xs[i] - mu) + o }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+/// ELU and leaky ReLU, forward and backward side by side (softmax has its own file).
+extension Tensor {
+    /// x for x > 0, alpha (e^x - 1) otherwise (Clevert et al. 2016). The derivative for x <= 0 is
+    /// alpha e^x = y + alpha, read from the output.
+    public func elu(alpha: Float = 1) -> Tensor {
+        let a = VectorMath.V(repeating: alpha)
+        return unary({ n, x, y in
+            VectorMath.map(n, x, y, vector: { v in
+                (a * (VectorMath.exp(v) - 1)).replacing(with: v, where: v .> 0)
+            }, scalar: { v in v > 0 ? v : alpha * (VectorMath.exp(v) - 1) })
+        }, backward: { n, x, y, dy, dx in
+            for i in 0..<n { dx[i] += x[i] > 0 ? dy[i] : dy[i] * (y[i] + alpha) }
+        })
+    }
+
+    /// x for x > 0, slope x otherwise. The default slope 0.3 is Keras's `LeakyReLU` default (PyTorch uses 0.01).
+    public func leakyRelu(slope: Float = 0.3) -> Tensor {
+        unary({ n, x, y in for i in 0..<n { y[i] = x[i] > 0 ? x[i] : slope * x[i] } },
+              backward: { n, x, _, dy, dx in for i in 0..<n { dx[i] += x[i] > 0 ? dy[i] : slope * dy[i] } })
+    }
+}
