@@ -166,10 +166,11 @@ enum BatchNormKernel {
     static func sumAndDot(_ n: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: Float) -> (Double, Double) {
         typealias D = SIMD8<Double>
         var plain = D(repeating: 0), product = D(repeating: 0)
-        let sv = VectorMath.V(repeating: shift)
+        let sv = SIMD8<Float>(repeating: shift)
         var i = 0
         while i + 8 <= n {
-            let av = D(VectorMath.load(a + i)), bv = D(VectorMath.load(b + i) - sv)
+            let av = D(UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self))
+            let bv = D(UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self) - sv)
             plain += av
             product += av * bv
             i += 8

@@ -3,11 +3,8 @@ extension Tensor {
     /// x for x > 0, alpha (e^x - 1) otherwise (Clevert et al. 2016). The derivative for x <= 0 is
     /// alpha e^x = y + alpha, read from the output.
     public func elu(alpha: Float = 1) -> Tensor {
-        let a = VectorMath.V(repeating: alpha)
-        return unary({ n, x, y in
-            VectorMath.map(n, x, y, vector: { v in
-                (a * (VectorMath.exp(v) - 1)).replacing(with: v, where: v .> 0)
-            }, scalar: { v in v > 0 ? v : alpha * (VectorMath.exp(v) - 1) })
+        unary({ n, x, y in
+            for i in 0..<n { let v = x[i]; y[i] = v > 0 ? v : alpha * (VectorMath.exp(Swift.min(v, 0)) - 1) }
         }, backward: { n, x, y, dy, dx in
             for i in 0..<n { dx[i] += x[i] > 0 ? dy[i] : dy[i] * (y[i] + alpha) }
         })

@@ -73,17 +73,10 @@ extension Tensor {
         let (low, high) = Tensor.probabilityClip
         let losses = FloatStorage(count: n)
         let x = p.data, t = targets.data, l = losses.pointer
-        let lowV = VectorMath.V(repeating: low), highV = VectorMath.V(repeating: high)
-        var i = 0
-        while i + 8 <= n {
-            let pv = VectorMath.load(x + i).clamped(lowerBound: lowV, upperBound: highV), tv = VectorMath.load(t + i)
-            VectorMath.store(-(tv * VectorMath.log(pv) + (1 - tv) * VectorMath.log(1 - pv)), l + i)
-            i += 8
-        }
-        while i < n {
-            let pc = Swift.min(Swift.max(x[i], low), high)
+        for i in 0..<n {
+            let v = x[i]
+            let pc = v < low ? low : (v > high ? high : v)
             l[i] = -(t[i] * VectorMath.log(pc) + (1 - t[i]) * VectorMath.log(1 - pc))
-            i += 1
         }
         return Tensor.lossResult(losses, positions: shape, reduction: reduction, inputs: [p, targets]) { g in
             let x = p.data, t = targets.data

@@ -28,8 +28,6 @@ extension Tensor {
 
 /// The loops behind `softmax`, `logSoftmax` and the softmax cross-entropies.
 enum SoftmaxKernel {
-    typealias V = VectorMath.V
-
     /// y = softmax(x) or log softmax(x) along the layout's axis. x and y may not alias.
     static func forward(_ layout: Tensor.AxisLayout, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, log: Bool) {
         let (length, inner) = (layout.length, layout.inner)
@@ -65,24 +63,15 @@ enum SoftmaxKernel {
             s.update(repeating: 0, count: inner)
             for c in 0..<length {
                 let xc = xb + c * inner, yc = yb + c * inner
-                var i = 0
-                while i + 8 <= inner {
-                    let e = VectorMath.exp(VectorMath.load(xc + i) - VectorMath.load(m + i))
-                    VectorMath.store(e, yc + i)
-                    VectorMath.store(VectorMath.load(s + i) + e, s + i)
-                    i += 8
-                }
-                if i < inner {
-                    let rest = inner - i
-                    let e = VectorMath.exp(loadPartial(xc + i, rest) - loadPartial(m + i, rest))
-                    storePartial(e, yc + i, rest)
-                    storePartial(loadPartial(s + i, rest) + e, s + i, rest)
+                for i in 0..<inner {
+                    let e = VectorMath.exp(xc[i] - m[i])
+                    yc[i] = e
+                    s[i] += e
                 }
             }
             if log {
                 // s becomes log sum e^x = m + log s.
-                VectorMath.map(inner, s, s, vector: { VectorMath.log($0) }, scalar: { VectorMath.log($0) })
-                for i in 0..<inner { s[i] += m[i] }
+                for i in 0..<inner { s[i] = m[i] + VectorMath.log(s[i]) }
                 for c in 0..<length {
                     let xc = xb + c * inner, yc = yb + c * inner
                     for i in 0..<inner { yc[i] = xc[i] - s[i] }
@@ -131,26 +120,9 @@ enum SoftmaxKernel {
         }
     }
 
-    /// y = e^(x - shift) for n floats; the last n mod 8 as one zero-padded vector, since a scalar call of
-    /// VectorMath.exp costs a whole vector (rows of 21 classes would otherwise pay 7 vector exps, not 3).
+    /// y = e^(x - shift) for n floats.
     @inline(__always)
     static func exponentiate(_ n: Int, _ x: UnsafePointer<Float>, minus shift: Float, into y: UnsafeMutablePointer<Float>) {
-        let sv = V(repeating: shift)
-        var i = 0
-        while i + 8 <= n { VectorMath.store(VectorMath.exp(VectorMath.load(x + i) - sv), y + i); i += 8 }
-        if i < n { storePartial(VectorMath.exp(loadPartial(x + i, n - i) - sv), y + i, n - i) }
-    }
-
-    /// The first n < 8 lanes from p, zeros after.
-    @inline(__always)
-    static func loadPartial(_ p: UnsafePointer<Float>, _ n: Int) -> V {
-        var v = V(repeating: 0)
-        for k in 0..<n { v[k] = p[k] }
-        return v
-    }
-
-    @inline(__always)
-    static func storePartial(_ v: V, _ p: UnsafeMutablePointer<Float>, _ n: Int) {
-        for k in 0..<n { p[k] = v[k] }
+        for i in 0..<n { y[i] = VectorMath.exp(x[i] - shift) }
     }
 }
