@@ -63,11 +63,11 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
     /// per-dataset chunk cache is 1 MiB, so a 256 KiB chunk stays cached while a batch straddles two chunks and
     /// a compressed chunk is inflated once per pass, not once per batch. For MNIST (784-byte rows) this gives
     /// [256, 28, 28]: a 64-image batch touches one or two chunks.
-    public static func defaultChunk(shape: [Int], elementSize: Int) -> [Int] {
+    public static func defaultChunk(shape: [Int], elementSize: Int, targetBytes: Int = 256 * 1024) -> [Int] {
         guard let rows = shape.first else { return [] }
         let rowBytes = max(1, shape.dropFirst().reduce(elementSize, *))
         var chunkRows = 1
-        while chunkRows * 2 * rowBytes <= 256 * 1024 { chunkRows *= 2 }
+        while chunkRows * 2 * rowBytes <= targetBytes { chunkRows *= 2 }
         return [max(1, min(rows, chunkRows))] + shape.dropFirst()
     }
 
