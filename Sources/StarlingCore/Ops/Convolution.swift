@@ -1,0 +1,278 @@
+/// 2-D convolution over NCHW images, forward and backward, on sgemm.
+///
+/// The kernel is lowered to matrix products with im2col: for one image and one group, the patch matrix
+/// col[Cin/groups * KH * KW, Hout * Wout] holds every receptive field as a column, so that
+///     y = W * col,   dW += dy * col^T,   dcol = W^T * dy (then col2im adds dcol back into dx).
+/// The patch matrix is built for a band of output rows at a time, never for the whole batch, so the scratch
+/// memory of one call stays under `ConvGeometry.scratchBudget` floats whatever the image size; the same buffer
+/// is reused for every image, group and band of the call.
+
+/// How a sliding-window op (convolution, pooling) treats the image border.
+public enum Padding: Sendable, Equatable {
+    /// No padding: only windows that fit inside the image (Keras `valid`).
+    case valid
+    /// Keras/TensorFlow `same`: output length ceil(n / stride), with total padding
+    /// max((out - 1) * stride + kernel - n, 0) split so the odd pixel goes to the bottom/right.
+    case same
+    /// Fixed amounts of zero (or, for max pooling, -infinity) padding on each side.
+    case explicit(top: Int, bottom: Int, left: Int, right: Int)
+
+    /// Output length and leading padding of a window of (dilated) length `kernel` sliding along an axis of
+    /// length `size`.
+    func window(size n: Int, kernel k: Int, stride s: Int, vertical: Bool) -> (output: Int, before: Int) {
+        precondition(k > 0 && s > 0, "kernel \(k) and stride \(s) must be positive")
+        switch self {
+        case .valid:
+            precondition(n >= k, "valid padding: kernel \(k) larger than input \(n)")
+            return ((n - k) / s + 1, 0)
+        case .same:
+            let out = (n + s - 1) / s
+            return (out, Swift.max((out - 1) * s + k - n, 0) / 2)
+        case .explicit(let top, let bottom, let left, let right):
+            let (before, after) = vertical ? (top, bottom) : (left, right)
+            precondition(before >= 0 && after >= 0, "negative padding \(self)")
+            precondition(n + before + after >= k, "kernel \(k) larger than padded input \(n + before + after)")
+            return ((n + before + after - k) / s + 1, before)
+        }
+    }
+}
+
+/// Shapes of one convolution and the im2col/col2im kernels on them. Shared with `conv2dTransposed`, which is
+/// the adjoint of the convolution whose input has the transposed op's output shape.
+struct ConvGeometry {
+    let batch: Int
+    let inChannels: Int, outChannels: Int, groups: Int
+    let height: Int, width: Int
+    let kernelH: Int, kernelW: Int
+    let strideH: Int, strideW: Int
+    let dilationH: Int, dilationW: Int
+    let padTop: Int, padLeft: Int
+    let outHeight: Int, outWidth: Int
+
+    /// Upper bound, in floats, on the patch matrix held at once (8 MB by default: a band stays in the
+    /// last-level cache between im2col and the sgemm that reads it). Tests lower it to exercise banding.
+    var scratchBudget = 1 << 21
+
+    var inPlane: Int { height * width }
+    var outPlane: Int { outHeight * outWidth }
+    var inPerGroup: Int { inChannels / groups }
+    var outPerGroup: Int { outChannels / groups }
+    /// Rows of the patch matrix, the inner dimension of the forward product.
+    var patch: Int { inPerGroup * kernelH * kernelW }
+
+    /// A 1x1 kernel at stride 1 without padding: the input planes already are the patch matrix.
+    var isPointwise: Bool {
+        kernelH == 1 && kernelW == 1 && strideH == 1 && strideW == 1 && padTop == 0 && padLeft == 0
+            && outHeight == height && outWidth == width
+    }
+
+    /// Output rows per band, so that a band's patch matrix fits the scratch budget (at least one row).
+    var rowsPerBand: Int {
+        isPointwise ? outHeight : Swift.max(1, Swift.min(outHeight, scratchBudget / Swift.max(1, patch * outWidth)))
+    }
+
+    /// Calls `body(n, group, firstRow, rows, scratch)` for every band of output rows of every image and group.
+    /// `scratch` holds `patch * rows * outWidth` floats, or is nil for pointwise kernels, which need none.
+    private func forEachBand(_ body: (Int, Int, Int, Int, UnsafeMutablePointer<Float>?) -> Void) {
+        let band = rowsPerBand
+        let scratch: UnsafeMutablePointer<Float>? = isPointwise ? nil : .allocate(capacity: patch * band * outWidth)
+        defer { scratch?.deallocate() }
+        for n in 0..<batch {
+            for g in 0..<groups {
+                var row = 0
+                while row < outHeight {
+                    let rows = Swift.min(band, outHeight - row)
+                    body(n, g, row, rows, scratch)
+                    row += rows
+                }
+            }
+        }
+    }
+
+    /// First channel plane of group `g` of image `n` in the input and output tensors.
+    private func inputBase(_ n: Int, _ g: Int) -> Int { (n * inChannels + g * inPerGroup) * inPlane }
+    private func outputBase(_ n: Int, _ g: Int) -> Int { (n * outChannels + g * outPerGroup) * outPlane }
+
+    /// y = W * im2col(x) + beta * y, for every image and group. W is [outChannels, patch].
+    func convolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+                  output y: UnsafeMutablePointer<Float>, beta: Float) {
+        forEachBand { n, g, row, rows, scratch in
+            let xg = x + inputBase(n, g)
+            let cols = rows * outWidth
+            var b = xg + row * width, ldb = inPlane
+            if let scratch { im2col(xg, firstRow: row, rows: rows, into: scratch); b = UnsafePointer(scratch); ldb = cols }
+            BLAS.sgemm(transA: false, transB: false, m: outPerGroup, n: cols, k: patch,
+                       a: w + g * outPerGroup * patch, lda: patch, b: b, ldb: ldb,
+                       beta: beta, c: y + outputBase(n, g) + row * outWidth, ldc: outPlane)
+        }
+    }
+
+    /// dW += dy * im2col(x)^T, summed over the batch.
+    func accumulateWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
+                                  into dw: UnsafeMutablePointer<Float>) {
+        forEachBand { n, g, row, rows, scratch in
+            let xg = x + inputBase(n, g)
+            let cols = rows * outWidth
+            var b = xg + row * width, ldb = inPlane
+            if let scratch { im2col(xg, firstRow: row, rows: rows, into: scratch); b = UnsafePointer(scratch); ldb = cols }
+            BLAS.sgemm(transA: false, transB: true, m: outPerGroup, n: patch, k: cols,
+                       a: dy + outputBase(n, g) + row * outWidth, lda: outPlane, b: b, ldb: ldb,
+                       beta: 1, c: dw + g * outPerGroup * patch, ldc: patch)
+        }
+    }
+
+    /// dx += col2im(W^T * dy).
+    func accumulateInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+                                 into dx: UnsafeMutablePointer<Float>) {
+        forEachBand { n, g, row, rows, scratch in
+            let dxg = dx + inputBase(n, g)
+            let cols = rows * outWidth
+            let a = w + g * outPerGroup * patch, b = dy + outputBase(n, g) + row * outWidth
+            if let scratch {
+                BLAS.sgemm(transA: true, transB: false, m: patch, n: cols, k: outPerGroup, a: a, lda: patch,
+                           b: b, ldb: outPlane, beta: 0, c: scratch, ldc: cols)
+                col2im(scratch, firstRow: row, rows: rows, into: dxg)
+            } else {
+                BLAS.sgemm(transA: true, transB: false, m: patch, n: cols, k: outPerGroup, a: a, lda: patch,
+                           b: b, ldb: outPlane, beta: 1, c: dxg + row * width, ldc: inPlane)
+            }
+        }
+    }
+
+    /// The output columns [lo, hi) whose input column ow * stride + offset lies inside [0, limit).
+    @inline(__always)
+    private static func validRange(offset: Int, stride s: Int, limit: Int, count: Int) -> (Int, Int) {
+        let lo = offset >= 0 ? 0 : (-offset + s - 1) / s
+        let last = limit - 1 - offset
+        let hi = last < 0 ? 0 : Swift.min(count, last / s + 1)
+        return (Swift.min(lo, hi), hi)
+    }
+
+    /// Patch matrix of output rows [firstRow, firstRow + rows) of one group: row (c, ki, kj), column
+    /// (oh - firstRow) * outWidth + ow holds x[c, oh * sh - padTop + ki * dh, ow * sw - padLeft + kj * dw],
+    /// or 0 in the padding.
+    private func im2col(_ x: UnsafePointer<Float>, firstRow: Int, rows: Int, into col: UnsafeMutablePointer<Float>) {
+        let cols = rows * outWidth
+        let (ow, sw, sh) = (outWidth, strideW, strideH)
+        var r = 0
+        for c in 0..<inPerGroup {
+            let plane = x + c * inPlane
+            for ki in 0..<kernelH {
+                for kj in 0..<kernelW {
+                    let offset = kj * dilationW - padLeft
+                    let (lo, hi) = Self.validRange(offset: offset, stride: sw, limit: width, count: ow)
+                    let dstRow = col + r * cols
+                    for i in 0..<rows {
+                        let d = dstRow + i * ow
+                        let ih = (firstRow + i) * sh - padTop + ki * dilationH
+                        if ih < 0 || ih >= height || lo == hi {
+                            d.update(repeating: 0, count: ow)
+                            continue
+                        }
+                        let s = plane + ih * width + lo * sw + offset
+                        for o in 0..<lo { d[o] = 0 }
+                        let dv = d + lo
+                        if sw == 1 {
+                            for o in 0..<(hi - lo) { dv[o] = s[o] }
+                        } else {
+                            for o in 0..<(hi - lo) { dv[o] = s[o &* sw] }
+                        }
+                        for o in hi..<ow { d[o] = 0 }
+                    }
+                    r += 1
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: adds every patch-matrix entry back onto the input pixel it was read from.
+    private func col2im(_ col: UnsafePointer<Float>, firstRow: Int, rows: Int, into x: UnsafeMutablePointer<Float>) {
+        let cols = rows * outWidth
+        let (ow, sw, sh) = (outWidth, strideW, strideH)
+        var r = 0
+        for c in 0..<inPerGroup {
+            let plane = x + c * inPlane
+            for ki in 0..<kernelH {
+                for kj in 0..<kernelW {
+                    let offset = kj * dilationW - padLeft
+                    let (lo, hi) = Self.validRange(offset: offset, stride: sw, limit: width, count: ow)
+                    let srcRow = col + r * cols
+                    r += 1
+                    if lo == hi { continue }
+                    for i in 0..<rows {
+                        let ih = (firstRow + i) * sh - padTop + ki * dilationH
+                        if ih < 0 || ih >= height { continue }
+                        let s = srcRow + i * ow + lo
+                        let d = plane + ih * width + lo * sw + offset
+                        if sw == 1 {
+                            for o in 0..<(hi - lo) { d[o] += s[o] }
+                        } else {
+                            for o in 0..<(hi - lo) { d[o &* sw] += s[o] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y[n, c, :] = values[c]: the bias as the starting value of an accumulating sgemm.
+func broadcastChannels(_ values: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, batch: Int, channels: Int, plane: Int) {
+    for n in 0..<batch {
+        for c in 0..<channels {
+            (y + (n * channels + c) * plane).update(repeating: values[c], count: plane)
+        }
+    }
+}
+
+/// out[c] += sum over n and the plane of dy[n, c, :], the gradient of a per-channel bias.
+func accumulateChannelSums(_ dy: UnsafePointer<Float>, batch: Int, channels: Int, plane: Int, into out: UnsafeMutablePointer<Float>) {
+    for n in 0..<batch {
+        for c in 0..<channels {
+            out[c] += VectorMath.sum(plane, dy + (n * channels + c) * plane)
+        }
+    }
+}
+
+extension Tensor {
+    /// Cross-correlation (what deep-learning libraries call convolution) of NCHW images.
+    ///
+    /// - Parameters:
+    ///   - weight: [Cout, Cin / groups, KH, KW], PyTorch's layout.
+    ///   - bias: [Cout], added to every pixel of its channel.
+    ///   - stride: (vertical, horizontal) step of the window.
+    ///   - padding: `.valid`, Keras's `.same`, or explicit amounts.
+    ///   - dilation: spacing between kernel taps; the window spans (k - 1) * d + 1 pixels.
+    ///   - groups: input and output channels split into this many independent convolutions.
+    /// - Returns: [N, Cout, Hout, Wout].
+    public func conv2d(_ weight: Tensor, bias: Tensor? = nil, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
+                       dilation: (Int, Int) = (1, 1), groups: Int = 1) -> Tensor {
+        let x = self
+        precondition(x.rank == 4 && weight.rank == 4, "conv2d expects NCHW input and a 4-D weight, got \(x.shape) and \(weight.shape)")
+        let (n, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (cout, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
+        precondition(groups > 0 && cin % groups == 0 && cout % groups == 0, "groups \(groups) must divide channels \(cin) -> \(cout)")
+        precondition(weight.shape[1] == cin / groups, "weight \(weight.shape) for \(cin) input channels in \(groups) groups")
+        precondition(dilation.0 > 0 && dilation.1 > 0, "dilation \(dilation) must be positive")
+        if let bias { precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels") }
+        let rows = padding.window(size: h, kernel: (kh - 1) * dilation.0 + 1, stride: stride.0, vertical: true)
+        let cols = padding.window(size: w, kernel: (kw - 1) * dilation.1 + 1, stride: stride.1, vertical: false)
+        let geometry = ConvGeometry(batch: n, inChannels: cin, outChannels: cout, groups: groups, height: h, width: w,
+                                    kernelH: kh, kernelW: kw, strideH: stride.0, strideW: stride.1,
+                                    dilationH: dilation.0, dilationW: dilation.1, padTop: rows.before, padLeft: cols.before,
+                                    outHeight: rows.output, outWidth: cols.output)
+        var inputs = [x, weight]
+        if let bias { inputs.append(bias) }
+        let out = Tensor.result(shape: [n, cout, rows.output, cols.output], inputs: inputs) { out in
+            let dy = UnsafePointer(out.grad)
+            if let bias, bias.requiresGrad {
+                accumulateChannelSums(dy, batch: n, channels: cout, plane: geometry.outPlane, into: bias.grad)
+            }
+            if weight.requiresGrad { geometry.accumulateWeightGradient(input: x.data, outputGrad: dy, into: weight.grad) }
+            if x.requiresGrad { geometry.accumulateInputGradient(outputGrad: dy, weight: weight.data, into: x.grad) }
+        }
+        if let bias { broadcastChannels(bias.data, into: out.data, batch: n, channels: cout, plane: geometry.outPlane) }
+        geometry.convolve(input: x.data, weight: weight.data, output: out.data, beta: bias == nil ? 0 : 1)
+        return out
+    }
+}
