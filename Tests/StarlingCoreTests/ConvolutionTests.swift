@@ -94,33 +94,57 @@ let convCases: [ConvCase] = [
         checkGradients([x, w, b], eps: 0.1) { c.apply($0[0], $0[1], $0[2]) }
     }
 
-    /// A small scratch budget splits each image into bands of output rows; the result must not change.
-    @Test func bandsOfRowsGiveTheSameResultAsWholeImages() {
-        let (x, w, _) = ConvCase(batch: 2, cin: 3, cout: 4, h: 9, w: 7, outH: 0, outW: 0, top: 0, left: 0).tensors(seed: 7)
-        for stride in [1, 2] {
-            let out = (9 + stride - 1) / stride, outW = (7 + stride - 1) / stride
-            let whole = ConvGeometry(batch: 2, inChannels: 3, outChannels: 4, groups: 1, height: 9, width: 7,
-                                     kernelH: 3, kernelW: 3, strideH: stride, strideW: stride, dilationH: 1, dilationW: 1,
-                                     padTop: 1, padLeft: 1, outHeight: out, outWidth: outW)
-            var banded = whole
-            banded.scratchBudget = 27 * outW * 2   // two output rows per band, a shorter last band
-            #expect(banded.rowsPerBand == 2 && whole.rowsPerBand == out)
-            let dy = randomValues(2 * 4 * out * outW, seed: 8)
-            func run(_ g: ConvGeometry) -> (y: [Float], dw: [Float], dx: [Float]) {
-                let y = FloatStorage(count: 2 * 4 * out * outW), dw = FloatStorage(count: w.count), dx = FloatStorage(count: x.count)
-                g.convolve(input: x.data, weight: w.data, output: y.pointer, beta: 0)
-                dy.withUnsafeBufferPointer { d in
-                    g.accumulateWeightGradient(input: x.data, outputGrad: d.baseAddress!, into: dw.pointer)
-                    g.accumulateInputGradient(outputGrad: d.baseAddress!, weight: w.data, into: dx.pointer)
-                }
-                return (y.toArray(), dw.toArray(), dx.toArray())
-            }
-            let a = run(banded), b = run(whole)
-            expectClose(a.y, referenceConv2d(x, w, nil, stride: (stride, stride), top: 1, left: 1, outH: out, outW: outW))
-            expectClose(a.y, b.y)
-            expectClose(a.dw, b.dw)
-            expectClose(a.dx, b.dx)
+    /// The three kernels of one geometry: output, weight gradient and input gradient for a given dy.
+    static func runKernels(_ g: ConvGeometry, _ x: Tensor, _ w: Tensor, dy: [Float]) -> (y: [Float], dw: [Float], dx: [Float]) {
+        let y = FloatStorage(count: dy.count), dw = FloatStorage(count: w.count), dx = FloatStorage(count: x.count)
+        g.convolve(input: x.data, weight: w.data, output: y.pointer, beta: 0)
+        dy.withUnsafeBufferPointer { d in
+            g.accumulateWeightGradient(input: x.data, outputGrad: d.baseAddress!, into: dw.pointer)
+            g.accumulateInputGradient(outputGrad: d.baseAddress!, weight: w.data, into: dx.pointer)
         }
+        return (y.toArray(), dw.toArray(), dx.toArray())
+    }
+
+    /// im2col in whole images or in bands of rows, and the shifted products for stride 1 in whole images or in
+    /// bands, must all give the direct loops' output and the same gradients.
+    @Test(arguments: convCases.indices)
+    func allKernelPathsAgree(_ index: Int) {
+        let c = convCases[index]
+        let (x, w, _) = c.tensors(seed: UInt64(10 * index + 200))
+        let base = ConvGeometry(input: x.shape, weight: w.shape, stride: c.stride, padding: c.padding,
+                                dilation: c.dilation, groups: c.groups)
+        var im2col = base, im2colBands = base, shifted = base, shiftedBands = base
+        im2col.shiftedMinChannels = .max
+        im2colBands.shiftedMinChannels = .max
+        im2colBands.scratchBudget = base.patch * c.outW * 2          // two output rows per band
+        shifted.shiftedMinChannels = 1
+        shiftedBands.shiftedMinChannels = 1
+        shiftedBands.shiftedBandBudget = (c.cout / c.groups) * shifted.paddedWidth * 2
+        #expect(im2colBands.isPointwise || im2colBands.rowsPerBand == min(2, c.outH))
+        #expect(shifted.usesShiftedProducts == (c.stride == (1, 1) && !base.isPointwise))
+        #expect(!im2col.usesShiftedProducts)
+        let dy = randomValues(c.batch * c.cout * c.outH * c.outW, seed: 8)
+        let reference = referenceConv2d(x, w, nil, stride: c.stride, top: c.top, left: c.left, outH: c.outH, outW: c.outW,
+                                        dilation: c.dilation, groups: c.groups)
+        let first = Self.runKernels(im2col, x, w, dy: dy)
+        expectClose(first.y, reference)
+        for g in [im2colBands, shifted, shiftedBands] {
+            let other = Self.runKernels(g, x, w, dy: dy)
+            expectClose(other.y, reference)
+            expectClose(other.dw, first.dw)
+            expectClose(other.dx, first.dx)
+        }
+    }
+
+    /// 16 input channels at stride 1 take the shifted products through the public op.
+    @Test func shiftedPathGradients() {
+        let x = randomVariable([2, 16, 5, 4], seed: 1), w = randomVariable([3, 16, 3, 2], seed: 2, -0.3, 0.3)
+        let b = randomVariable([3], seed: 3)
+        let geometry = ConvGeometry(input: x.shape, weight: w.shape, stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+        #expect(geometry.usesShiftedProducts)
+        expectClose(x.conv2d(w, bias: b, padding: .same).toArray(),
+                    referenceConv2d(x, w, b, stride: (1, 1), top: 1, left: 0, outH: 5, outW: 4))
+        checkGradients([x, w, b], eps: 0.1) { $0[0].conv2d($0[1], bias: $0[2], padding: .same) }
     }
 
     @Test func gradientsAccumulateOverTwoUses() {
@@ -198,6 +222,8 @@ let transposedCases: [TransposedCase] = [
     TransposedCase(cin: 4, h: 3, w: 3, kh: 2, kw: 2, groups: 2, outH: 6, outW: 6, top: 0, left: 0),
     // stride 1, same: a plain "full correlation" cropped back to the input size.
     TransposedCase(h: 4, w: 5, stride: (1, 1), outH: 4, outW: 5, top: 1, left: 1),
+    // 16 outputs at stride 1: the forward pass takes conv2d's shifted products (crop 2 rows, 1 column).
+    TransposedCase(batch: 1, cin: 2, coutPerGroup: 16, h: 3, w: 4, kh: 3, kw: 2, stride: (1, 1), outH: 3, outW: 4, top: 1, left: 0),
 ]
 
 @Suite struct TransposedConvolutionTests {

@@ -52,6 +52,12 @@ struct ConvGeometry {
     /// Upper bound, in floats, on the patch matrix held at once (8 MB by default: a band stays in the
     /// last-level cache between im2col and the sgemm that reads it). Tests lower it to exercise banding.
     var scratchBudget = 1 << 21
+    /// Stride-1 kernels with at least this many input channels per group use shifted products instead of
+    /// im2col (below it the products' inner dimension, the channel count, is too small for sgemm to run well).
+    var shiftedMinChannels = 16
+    /// Upper bound, in floats, on the band of output rows that the shifted products accumulate into; small
+    /// enough to stay in L2 across the KH * KW passes over it.
+    var shiftedBandBudget = 1 << 17
 
     var inPlane: Int { height * width }
     var outPlane: Int { outHeight * outWidth }
@@ -64,6 +70,10 @@ struct ConvGeometry {
     var isPointwise: Bool {
         kernelH == 1 && kernelW == 1 && strideH == 1 && strideW == 1 && padTop == 0 && padLeft == 0
             && outHeight == height && outWidth == width
+    }
+
+    var usesShiftedProducts: Bool {
+        strideH == 1 && strideW == 1 && !isPointwise && inPerGroup >= shiftedMinChannels
     }
 
     /// Output rows per band, so that a band's patch matrix fits the scratch budget (at least one row).
@@ -90,12 +100,13 @@ struct ConvGeometry {
     }
 
     /// First channel plane of group `g` of image `n` in the input and output tensors.
-    private func inputBase(_ n: Int, _ g: Int) -> Int { (n * inChannels + g * inPerGroup) * inPlane }
-    private func outputBase(_ n: Int, _ g: Int) -> Int { (n * outChannels + g * outPerGroup) * outPlane }
+    func inputBase(_ n: Int, _ g: Int) -> Int { (n * inChannels + g * inPerGroup) * inPlane }
+    func outputBase(_ n: Int, _ g: Int) -> Int { (n * outChannels + g * outPerGroup) * outPlane }
 
     /// y = W * im2col(x) + beta * y, for every image and group. W is [outChannels, patch].
     func convolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
                   output y: UnsafeMutablePointer<Float>, beta: Float) {
+        if usesShiftedProducts { return shiftedConvolve(input: x, weight: w, output: y, beta: beta) }
         forEachBand { n, g, row, rows, scratch in
             let xg = x + inputBase(n, g)
             let cols = rows * outWidth
@@ -110,6 +121,7 @@ struct ConvGeometry {
     /// dW += dy * im2col(x)^T, summed over the batch.
     func accumulateWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
                                   into dw: UnsafeMutablePointer<Float>) {
+        if usesShiftedProducts { return shiftedWeightGradient(input: x, outputGrad: dy, into: dw) }
         forEachBand { n, g, row, rows, scratch in
             let xg = x + inputBase(n, g)
             let cols = rows * outWidth
@@ -124,6 +136,7 @@ struct ConvGeometry {
     /// dx += col2im(W^T * dy).
     func accumulateInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
                                  into dx: UnsafeMutablePointer<Float>) {
+        if usesShiftedProducts { return shiftedInputGradient(outputGrad: dy, weight: w, into: dx) }
         forEachBand { n, g, row, rows, scratch in
             let dxg = dx + inputBase(n, g)
             let cols = rows * outWidth
@@ -216,6 +229,184 @@ struct ConvGeometry {
     }
 }
 
+extension ConvGeometry {
+    /// The geometry of conv2d on an NCHW input with a [Cout, Cin / groups, KH, KW] weight.
+    init(input: [Int], weight: [Int], stride: (Int, Int), padding: Padding, dilation: (Int, Int), groups: Int) {
+        precondition(input.count == 4 && weight.count == 4, "conv2d expects NCHW input and a 4-D weight, got \(input) and \(weight)")
+        let (n, cin, h, w) = (input[0], input[1], input[2], input[3])
+        let (cout, kh, kw) = (weight[0], weight[2], weight[3])
+        precondition(groups > 0 && cin % groups == 0 && cout % groups == 0, "groups \(groups) must divide channels \(cin) -> \(cout)")
+        precondition(weight[1] == cin / groups, "weight \(weight) for \(cin) input channels in \(groups) groups")
+        precondition(dilation.0 > 0 && dilation.1 > 0, "dilation \(dilation) must be positive")
+        let rows = padding.window(size: h, kernel: (kh - 1) * dilation.0 + 1, stride: stride.0, vertical: true)
+        let cols = padding.window(size: w, kernel: (kw - 1) * dilation.1 + 1, stride: stride.1, vertical: false)
+        self.init(batch: n, inChannels: cin, outChannels: cout, groups: groups, height: h, width: w,
+                  kernelH: kh, kernelW: kw, strideH: stride.0, strideW: stride.1,
+                  dilationH: dilation.0, dilationW: dilation.1, padTop: rows.before, padLeft: cols.before,
+                  outHeight: rows.output, outWidth: cols.output)
+    }
+}
+
+// MARK: - Stride 1 without im2col
+
+/// With stride 1 the patch matrix need not be built: pad each image once into planes of width
+/// Wp = outWidth + (KW - 1) * dw, and the input pixels under tap (ki, kj) for all outputs, read row by row in
+/// that padded layout, are the padded planes shifted by ki * dh * Wp + kj * dw. So the convolution is a sum of
+/// KH * KW products of [Cout, Cin] tap matrices with shifted views of the padded input, each computing
+/// Wp - outWidth junk columns per output row that are dropped (and, on the way back, zeros that add nothing).
+/// This costs one padding copy instead of an im2col KH * KW times the input's size.
+extension ConvGeometry {
+    var paddedWidth: Int { outWidth + (kernelW - 1) * dilationW }
+    /// One spare zero row keeps the junk columns of the last output row, under the last tap, inside the plane.
+    var paddedHeight: Int { outHeight + (kernelH - 1) * dilationH + 1 }
+    var taps: Int { kernelH * kernelW }
+    var tapSize: Int { outPerGroup * inPerGroup }
+    func tapOffset(_ t: Int) -> Int { (t / kernelW) * dilationH * paddedWidth + (t % kernelW) * dilationW }
+    var shiftedBandRows: Int {
+        Swift.max(1, Swift.min(outHeight, shiftedBandBudget / Swift.max(1, outPerGroup * paddedWidth)))
+    }
+
+    /// Scratch of one shifted call: a padded image group, a band of rows, the weight in tap-major order.
+    private struct ShiftedScratch {
+        let padded: UnsafeMutablePointer<Float>, band: UnsafeMutablePointer<Float>, taps: UnsafeMutablePointer<Float>
+        init(_ g: ConvGeometry) {
+            padded = .allocate(capacity: g.inPerGroup * g.paddedHeight * g.paddedWidth)
+            band = .allocate(capacity: g.outPerGroup * g.shiftedBandRows * g.paddedWidth)
+            taps = .allocate(capacity: g.outChannels * g.patch)
+        }
+        func deallocate() { padded.deallocate(); band.deallocate(); taps.deallocate() }
+    }
+
+    /// For every image and group: `start(n, group)`, then `band(n, group, firstRow, rows)` for each band of
+    /// output rows, then `finish(n, group)`.
+    private func forEachShiftedBand(start: (Int, Int) -> Void, finish: (Int, Int) -> Void = { _, _ in },
+                                    band body: (Int, Int, Int, Int) -> Void) {
+        let bandRows = shiftedBandRows
+        for n in 0..<batch {
+            for g in 0..<groups {
+                start(n, g)
+                var row = 0
+                while row < outHeight {
+                    let rows = Swift.min(bandRows, outHeight - row)
+                    body(n, g, row, rows)
+                    row += rows
+                }
+                finish(n, g)
+            }
+        }
+    }
+
+    /// [Cout, Cin/groups, KH, KW] -> [groups, taps, Cout/groups, Cin/groups], or back (adding) with `inverse`.
+    private func reorderTaps(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, inverse: Bool) {
+        for co in 0..<outChannels {
+            let (g, local) = (co / outPerGroup, co % outPerGroup)
+            for c in 0..<inPerGroup {
+                for t in 0..<taps {
+                    let original = (co * inPerGroup + c) * taps + t
+                    let tapMajor = ((g * taps + t) * outPerGroup + local) * inPerGroup + c
+                    if inverse { dst[original] += src[tapMajor] } else { dst[tapMajor] = src[original] }
+                }
+            }
+        }
+    }
+
+    /// The group's input planes with padTop zero rows above, padLeft zero columns to the left, zeros after.
+    private func pad(_ x: UnsafePointer<Float>, into p: UnsafeMutablePointer<Float>) {
+        let (wp, plane) = (paddedWidth, paddedHeight * paddedWidth)
+        p.update(repeating: 0, count: inPerGroup * plane)
+        for c in 0..<inPerGroup {
+            for ih in 0..<height {
+                let src = x + c * inPlane + ih * width, dst = p + c * plane + (ih + padTop) * wp + padLeft
+                for o in 0..<width { dst[o] = src[o] }
+            }
+        }
+    }
+
+    /// Output rows [firstRow, + rows) of the group's channels of dy, laid out with the padded width and
+    /// zeros in the junk columns.
+    private func stage(_ dy: UnsafePointer<Float>, firstRow: Int, rows: Int, into band: UnsafeMutablePointer<Float>) {
+        let (wp, ow) = (paddedWidth, outWidth)
+        for co in 0..<outPerGroup {
+            for i in 0..<rows {
+                let src = dy + co * outPlane + (firstRow + i) * ow, dst = band + (co * rows + i) * wp
+                for o in 0..<ow { dst[o] = src[o] }
+                for o in ow..<wp { dst[o] = 0 }
+            }
+        }
+    }
+
+    fileprivate func shiftedConvolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+                                     output y: UnsafeMutablePointer<Float>, beta: Float) {
+        let s = ShiftedScratch(self)
+        defer { s.deallocate() }
+        reorderTaps(w, s.taps, inverse: false)
+        let (wp, ow, plane) = (paddedWidth, outWidth, paddedHeight * paddedWidth)
+        forEachShiftedBand(start: { n, g in pad(x + inputBase(n, g), into: s.padded) }) { n, g, row, rows in
+            let cols = rows * wp
+            for t in 0..<taps {
+                BLAS.sgemm(transA: false, transB: false, m: outPerGroup, n: cols, k: inPerGroup,
+                           a: s.taps + (g * taps + t) * tapSize, lda: inPerGroup,
+                           b: s.padded + row * wp + tapOffset(t), ldb: plane, beta: t == 0 ? 0 : 1, c: s.band, ldc: cols)
+            }
+            let yg = y + outputBase(n, g) + row * ow
+            for co in 0..<outPerGroup {
+                for i in 0..<rows {
+                    let src = s.band + (co * rows + i) * wp, dst = yg + co * outPlane + i * ow
+                    if beta == 0 {
+                        for o in 0..<ow { dst[o] = src[o] }
+                    } else {
+                        for o in 0..<ow { dst[o] = src[o] + beta * dst[o] }
+                    }
+                }
+            }
+        }
+    }
+
+    fileprivate func shiftedWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
+                                           into dw: UnsafeMutablePointer<Float>) {
+        let s = ShiftedScratch(self)
+        defer { s.deallocate() }
+        s.taps.update(repeating: 0, count: outChannels * patch)
+        let (wp, plane) = (paddedWidth, paddedHeight * paddedWidth)
+        forEachShiftedBand(start: { n, g in pad(x + inputBase(n, g), into: s.padded) }) { n, g, row, rows in
+            let cols = rows * wp
+            stage(dy + outputBase(n, g), firstRow: row, rows: rows, into: s.band)
+            for t in 0..<taps {
+                BLAS.sgemm(transA: false, transB: true, m: outPerGroup, n: inPerGroup, k: cols,
+                           a: s.band, lda: cols, b: s.padded + row * wp + tapOffset(t), ldb: plane,
+                           beta: 1, c: s.taps + (g * taps + t) * tapSize, ldc: inPerGroup)
+            }
+        }
+        reorderTaps(s.taps, dw, inverse: true)
+    }
+
+    fileprivate func shiftedInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+                                          into dx: UnsafeMutablePointer<Float>) {
+        let s = ShiftedScratch(self)
+        defer { s.deallocate() }
+        reorderTaps(w, s.taps, inverse: false)
+        let (wp, plane) = (paddedWidth, paddedHeight * paddedWidth)
+        // s.padded accumulates the gradient of the padded image group; its interior is then added to dx.
+        forEachShiftedBand(start: { _, _ in s.padded.update(repeating: 0, count: inPerGroup * plane) }, finish: { n, g in
+            let dxg = dx + inputBase(n, g)
+            for c in 0..<inPerGroup {
+                for ih in 0..<height {
+                    let src = s.padded + c * plane + (ih + padTop) * wp + padLeft, dst = dxg + c * inPlane + ih * width
+                    for o in 0..<width { dst[o] += src[o] }
+                }
+            }
+        }) { n, g, row, rows in
+            let cols = rows * wp
+            stage(dy + outputBase(n, g), firstRow: row, rows: rows, into: s.band)
+            for t in 0..<taps {
+                BLAS.sgemm(transA: true, transB: false, m: inPerGroup, n: cols, k: outPerGroup,
+                           a: s.taps + (g * taps + t) * tapSize, lda: inPerGroup, b: s.band, ldb: cols,
+                           beta: 1, c: s.padded + row * wp + tapOffset(t), ldc: plane)
+            }
+        }
+    }
+}
+
 /// y[n, c, :] = values[c]: the bias as the starting value of an accumulating sgemm.
 func broadcastChannels(_ values: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, batch: Int, channels: Int, plane: Int) {
     for n in 0..<batch {
@@ -248,22 +439,13 @@ extension Tensor {
     public func conv2d(_ weight: Tensor, bias: Tensor? = nil, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
                        dilation: (Int, Int) = (1, 1), groups: Int = 1) -> Tensor {
         let x = self
-        precondition(x.rank == 4 && weight.rank == 4, "conv2d expects NCHW input and a 4-D weight, got \(x.shape) and \(weight.shape)")
-        let (n, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let (cout, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
-        precondition(groups > 0 && cin % groups == 0 && cout % groups == 0, "groups \(groups) must divide channels \(cin) -> \(cout)")
-        precondition(weight.shape[1] == cin / groups, "weight \(weight.shape) for \(cin) input channels in \(groups) groups")
-        precondition(dilation.0 > 0 && dilation.1 > 0, "dilation \(dilation) must be positive")
+        let geometry = ConvGeometry(input: x.shape, weight: weight.shape, stride: stride, padding: padding,
+                                    dilation: dilation, groups: groups)
+        let (n, cout) = (x.shape[0], weight.shape[0])
         if let bias { precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels") }
-        let rows = padding.window(size: h, kernel: (kh - 1) * dilation.0 + 1, stride: stride.0, vertical: true)
-        let cols = padding.window(size: w, kernel: (kw - 1) * dilation.1 + 1, stride: stride.1, vertical: false)
-        let geometry = ConvGeometry(batch: n, inChannels: cin, outChannels: cout, groups: groups, height: h, width: w,
-                                    kernelH: kh, kernelW: kw, strideH: stride.0, strideW: stride.1,
-                                    dilationH: dilation.0, dilationW: dilation.1, padTop: rows.before, padLeft: cols.before,
-                                    outHeight: rows.output, outWidth: cols.output)
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
-        let out = Tensor.result(shape: [n, cout, rows.output, cols.output], inputs: inputs) { out in
+        let out = Tensor.result(shape: [n, cout, geometry.outHeight, geometry.outWidth], inputs: inputs) { out in
             let dy = UnsafePointer(out.grad)
             if let bias, bias.requiresGrad {
                 accumulateChannelSums(dy, batch: n, channels: cout, plane: geometry.outPlane, into: bias.grad)
