@@ -166,9 +166,9 @@ let convCases: [ConvCase] = [
 }
 
 /// Transposed convolution as a plain scatter in Double: every input pixel (n, ci, ih, iw) adds
-/// x * w[ci, co - first co of the group, ki, kj] onto output pixel (ih * sh - top + ki, iw * sw - left + kj).
+/// x * w[ci, co - first co of the group, ki, kj] onto output pixel (ih * sh - top + ki * dh, iw * sw - left + kj * dw).
 func referenceConv2dTransposed(_ x: Tensor, _ w: Tensor, _ b: Tensor?, stride: (Int, Int), top: Int, left: Int,
-                               outH: Int, outW: Int, groups: Int = 1) -> [Float] {
+                               outH: Int, outW: Int, dilation: (Int, Int) = (1, 1), groups: Int = 1) -> [Float] {
     let (batch, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let (coutG, kh, kw) = (w.shape[1], w.shape[2], w.shape[3])
     let cout = coutG * groups, cinG = cin / groups
@@ -180,7 +180,7 @@ func referenceConv2dTransposed(_ x: Tensor, _ w: Tensor, _ b: Tensor?, stride: (
     for n in 0..<batch { for ci in 0..<cin { for ih in 0..<h { for iw in 0..<wd {
         let v = Double(xv[((n * cin + ci) * h + ih) * wd + iw])
         for c in 0..<coutG { for ki in 0..<kh { for kj in 0..<kw {
-            let oh = ih * stride.0 - top + ki, ow = iw * stride.1 - left + kj
+            let oh = ih * stride.0 - top + ki * dilation.0, ow = iw * stride.1 - left + kj * dilation.1
             if oh < 0 || oh >= outH || ow < 0 || ow >= outW { continue }
             let co = (ci / cinG) * coutG + c
             y[((n * cout + co) * outH + oh) * outW + ow] += v * Double(wv[((ci * coutG + c) * kh + ki) * kw + kj])
@@ -192,17 +192,17 @@ func referenceConv2dTransposed(_ x: Tensor, _ w: Tensor, _ b: Tensor?, stride: (
 /// A transposed-convolution configuration; output size and cropping (the padding of the matching conv) by hand.
 struct TransposedCase: CustomStringConvertible {
     var batch = 2, cin = 3, coutPerGroup = 2, h = 3, w = 4, kh = 3, kw = 3
-    var stride = (2, 2), padding = Padding.same, groups = 1
+    var stride = (2, 2), padding = Padding.same, dilation = (1, 1), groups = 1
     var outH: Int, outW: Int, top: Int, left: Int
 
-    var description: String { "\(cin)->\(coutPerGroup * groups) \(h)x\(w) k\(kh)x\(kw) s\(stride) \(padding) g\(groups)" }
+    var description: String { "\(cin)->\(coutPerGroup * groups) \(h)x\(w) k\(kh)x\(kw) s\(stride) \(padding) d\(dilation) g\(groups)" }
 
     func tensors(seed: UInt64) -> (Tensor, Tensor, Tensor) {
         (randomVariable([batch, cin, h, w], seed: seed), randomVariable([cin, coutPerGroup, kh, kw], seed: seed + 1),
          randomVariable([coutPerGroup * groups], seed: seed + 2))
     }
     func apply(_ x: Tensor, _ w: Tensor, _ b: Tensor?) -> Tensor {
-        x.conv2dTransposed(w, bias: b, stride: stride, padding: padding, groups: groups)
+        x.conv2dTransposed(w, bias: b, stride: stride, padding: padding, dilation: dilation, groups: groups)
     }
 }
 
@@ -222,6 +222,8 @@ let transposedCases: [TransposedCase] = [
     TransposedCase(cin: 4, h: 3, w: 3, kh: 2, kw: 2, groups: 2, outH: 6, outW: 6, top: 0, left: 0),
     // stride 1, same: a plain "full correlation" cropped back to the input size.
     TransposedCase(h: 4, w: 5, stride: (1, 1), outH: 4, outW: 5, top: 1, left: 1),
+    // dilation (2, 1), stride 1, same: the window spans 5 rows, so 4 rows are cropped (2 on top) and 2 columns.
+    TransposedCase(batch: 1, cin: 2, h: 4, w: 3, stride: (1, 1), dilation: (2, 1), outH: 4, outW: 3, top: 2, left: 1),
     // 16 outputs at stride 1: the forward pass takes conv2d's shifted products (crop 2 rows, 1 column).
     TransposedCase(batch: 1, cin: 2, coutPerGroup: 16, h: 3, w: 4, kh: 3, kw: 2, stride: (1, 1), outH: 3, outW: 4, top: 1, left: 0),
 ]
@@ -246,7 +248,7 @@ let transposedCases: [TransposedCase] = [
         let y = c.apply(x, w, b)
         #expect(y.shape == [c.batch, c.coutPerGroup * c.groups, c.outH, c.outW], "\(c)")
         expectClose(y.toArray(), referenceConv2dTransposed(x, w, b, stride: c.stride, top: c.top, left: c.left,
-                                                           outH: c.outH, outW: c.outW, groups: c.groups))
+                                                           outH: c.outH, outW: c.outW, dilation: c.dilation, groups: c.groups))
     }
 
     /// <conv2d(u), v> == <u, conv2dTransposed(v)> with the same weights, stride, padding and groups.
@@ -256,7 +258,7 @@ let transposedCases: [TransposedCase] = [
         let (v, w, _) = c.tensors(seed: UInt64(10 * index + 50))
         let tv = c.apply(v, w, nil)
         let u = Tensor(shape: tv.shape, values: randomValues(tv.count, seed: 77))
-        let cu = u.conv2d(w, stride: c.stride, padding: c.padding, groups: c.groups)
+        let cu = u.conv2d(w, stride: c.stride, padding: c.padding, dilation: c.dilation, groups: c.groups)
         #expect(cu.shape == v.shape, "\(c)")
         func dot(_ a: [Float], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + Double($1.0) * Double($1.1) } }
         let lhs = dot(cu.toArray(), v.toArray()), rhs = dot(u.toArray(), tv.toArray())
