@@ -1,0 +1,132 @@
+/// Pooling over NCHW images, forward and backward. Padded pixels never take part: max pooling pads with
+/// -infinity and average pooling divides by the number of real pixels in the window, as Keras/TensorFlow do.
+
+/// The input span [lo, hi) of every output position along one axis, with padding already clipped away.
+struct PoolAxis {
+    let lo: [Int]
+    let hi: [Int]
+    var count: Int { lo.count }
+
+    init(size n: Int, kernel k: Int, stride s: Int, padding: Padding, vertical: Bool) {
+        let (out, before) = padding.window(size: n, kernel: k, stride: s, vertical: vertical)
+        lo = (0..<out).map { Swift.max($0 * s - before, 0) }
+        hi = (0..<out).map { Swift.min($0 * s - before + k, n) }
+        for o in 0..<out {
+            precondition(lo[o] < hi[o], "pooling window \(o) lies entirely in the padding \(padding)")
+        }
+    }
+}
+
+extension Tensor {
+    private func poolAxes(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> (PoolAxis, PoolAxis) {
+        precondition(rank == 4, "pooling expects NCHW input, got \(shape)")
+        let s = stride ?? kernel
+        return (PoolAxis(size: shape[2], kernel: kernel.0, stride: s.0, padding: padding, vertical: true),
+                PoolAxis(size: shape[3], kernel: kernel.1, stride: s.1, padding: padding, vertical: false))
+    }
+
+    /// Max over each window (Keras MaxPooling2D: the stride defaults to the kernel). The position of each
+    /// maximum (the first one on ties) is remembered, and backward routes the gradient to it alone.
+    public func maxPool2d(kernel: (Int, Int), stride: (Int, Int)? = nil, padding: Padding = .valid) -> Tensor {
+        let x = self
+        let (rows, cols) = poolAxes(kernel: kernel, stride: stride, padding: padding)
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
+        let (oh, ow) = (rows.count, cols.count)
+        // Argmax as an offset within the input plane; Int32 halves the memory kept alive until backward.
+        precondition(h * w <= Int(Int32.max), "plane of \(h)x\(w) pixels too large for max-pool indices")
+        var indices = [Int32](repeating: 0, count: planes * oh * ow)
+        let values = FloatStorage(count: planes * oh * ow)
+        let xd = x.data, y = values.pointer
+        indices.withUnsafeMutableBufferPointer { idx in
+            for p in 0..<planes {
+                let xp = xd + p * h * w
+                for i in 0..<oh {
+                    let yrow = y + (p * oh + i) * ow, irow = idx.baseAddress! + (p * oh + i) * ow
+                    for j in 0..<ow {
+                        var best = -Float.infinity, at = rows.lo[i] * w + cols.lo[j]
+                        for r in rows.lo[i]..<rows.hi[i] {
+                            let xr = xp + r * w
+                            for c in cols.lo[j]..<cols.hi[j] where xr[c] > best {
+                                best = xr[c]
+                                at = r * w + c
+                            }
+                        }
+                        yrow[j] = best
+                        irow[j] = Int32(at)
+                    }
+                }
+            }
+        }
+        let argmax = indices
+        let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], storage: values, inputs: [x]) { out in
+            let dy = out.grad, dx = x.grad
+            argmax.withUnsafeBufferPointer { idx in
+                for p in 0..<planes {
+                    let dxp = dx + p * h * w, dyp = dy + p * oh * ow, ip = idx.baseAddress! + p * oh * ow
+                    for o in 0..<(oh * ow) { dxp[Int(ip[o])] += dyp[o] }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Mean over each window, counting only real pixels (Keras AveragePooling2D; with `.same` the border
+    /// windows are averaged over fewer pixels).
+    public func avgPool2d(kernel: (Int, Int), stride: (Int, Int)? = nil, padding: Padding = .valid) -> Tensor {
+        let x = self
+        let (rows, cols) = poolAxes(kernel: kernel, stride: stride, padding: padding)
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
+        let (oh, ow) = (rows.count, cols.count)
+        func scale(_ i: Int, _ j: Int) -> Float { 1 / Float((rows.hi[i] - rows.lo[i]) * (cols.hi[j] - cols.lo[j])) }
+        let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], inputs: [x]) { out in
+            let dy = out.grad, dx = x.grad
+            for p in 0..<planes {
+                let dxp = dx + p * h * w
+                for i in 0..<oh {
+                    let dyrow = dy + (p * oh + i) * ow
+                    for j in 0..<ow {
+                        let g = dyrow[j] * scale(i, j)
+                        for r in rows.lo[i]..<rows.hi[i] {
+                            let dxr = dxp + r * w
+                            for c in cols.lo[j]..<cols.hi[j] { dxr[c] += g }
+                        }
+                    }
+                }
+            }
+        }
+        let xd = x.data, y = out.data
+        for p in 0..<planes {
+            let xp = xd + p * h * w
+            for i in 0..<oh {
+                let yrow = y + (p * oh + i) * ow
+                for j in 0..<ow {
+                    var s: Float = 0
+                    for r in rows.lo[i]..<rows.hi[i] {
+                        let xr = xp + r * w
+                        for c in cols.lo[j]..<cols.hi[j] { s += xr[c] }
+                    }
+                    yrow[j] = s * scale(i, j)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Mean of each channel plane: [N, C, H, W] -> [N, C].
+    public func globalAveragePool() -> Tensor {
+        precondition(rank == 4, "globalAveragePool expects NCHW input, got \(shape)")
+        let x = self
+        let (planes, size) = (shape[0] * shape[1], shape[2] * shape[3])
+        let inv = 1 / Float(size)
+        let out = Tensor.result(shape: [shape[0], shape[1]], inputs: [x]) { out in
+            let dy = out.grad, dx = x.grad
+            for p in 0..<planes {
+                let g = dy[p] * inv, dxp = dx + p * size
+                for i in 0..<size { dxp[i] += g }
+            }
+        }
+        let xd = x.data, y = out.data
+        for p in 0..<planes { y[p] = VectorMath.sum(size, xd + p * size) * inv }
+        return out
+    }
+}

@@ -1,0 +1,63 @@
+import Testing
+@testable import StarlingCore
+
+@Suite struct UpsampleTests {
+    @Test func nearestHandComputed() {
+        let x = Tensor(shape: [1, 1, 2, 2], values: [1, 2, 3, 4])
+        let y = x.upsampleNearest(scale: (2, 3))
+        #expect(y.shape == [1, 1, 4, 6])
+        #expect(y.toArray() == [1, 1, 1, 2, 2, 2,
+                                1, 1, 1, 2, 2, 2,
+                                3, 3, 3, 4, 4, 4,
+                                3, 3, 3, 4, 4, 4])
+    }
+
+    @Test func nearestGradientSumsEachBlock() {
+        let x = Tensor.variable(shape: [1, 1, 1, 2], values: [0, 0])
+        x.upsampleNearest(scale: (2, 2)).backward(seed: [1, 2, 3, 4,
+                                                         5, 6, 7, 8])
+        #expect(x.gradArray == [1 + 2 + 5 + 6, 3 + 4 + 7 + 8])
+        checkGradients([randomVariable([2, 3, 3, 2], seed: 1)]) { $0[0].upsampleNearest(scale: (3, 2)) }
+    }
+
+    @Test func bilinearHalfPixelHandComputed() {
+        // 2 -> 4 samples at source positions -0.25 (clamped to 0), 0.25, 0.75, 1.25 (past the last centre).
+        let x = Tensor(shape: [1, 1, 2, 2], values: [0, 4,
+                                                     8, 12])
+        let y = x.resizeBilinear(height: 4, width: 4)
+        #expect(y.toArray() == [0, 1, 3, 4,
+                                2, 3, 5, 6,
+                                6, 7, 9, 10,
+                                8, 9, 11, 12])
+    }
+
+    @Test func bilinearAlignCornersHandComputed() {
+        let x = Tensor(shape: [1, 1, 1, 2], values: [0, 4])
+        #expect(x.resizeBilinear(height: 1, width: 3, alignCorners: true).toArray() == [0, 2, 4])
+        // A single output pixel reads the first input pixel.
+        #expect(x.resizeBilinear(height: 1, width: 1, alignCorners: true).toArray() == [0])
+    }
+
+    /// Bilinear interpolation reproduces an affine image exactly wherever it does not clamp at the border.
+    @Test func bilinearReproducesAffineImages() {
+        func ramp(_ h: Int, _ w: Int) -> Tensor {
+            Tensor(shape: [2, 1, h, w], values: (0..<2).flatMap { n in
+                (0..<(h * w)).map { Float(n) + 2 * Float($0 / w) + 3 * Float($0 % w) } })
+        }
+        func expected(_ h: Int, _ w: Int, row: (Int) -> Double, col: (Int) -> Double) -> [Float] {
+            (0..<2).flatMap { n in (0..<(h * w)).map { Float(Double(n) + 2 * row($0 / w) + 3 * col($0 % w)) } }
+        }
+        // Align corners, upsampling 4x5 -> 7x9: source position o * (in - 1) / (out - 1).
+        expectClose(ramp(4, 5).resizeBilinear(height: 7, width: 9, alignCorners: true).toArray(),
+                    expected(7, 9, row: { Double($0) * 3 / 6 }, col: { Double($0) * 4 / 8 }))
+        // Half-pixel, downsampling 8x9 -> 3x3: source position (o + 0.5) * in / out - 0.5, never clamped here.
+        expectClose(ramp(8, 9).resizeBilinear(height: 3, width: 3).toArray(),
+                    expected(3, 3, row: { (Double($0) + 0.5) * 8 / 3 - 0.5 }, col: { (Double($0) + 0.5) * 3 - 0.5 }))
+    }
+
+    @Test func bilinearGradients() {
+        checkGradients([randomVariable([2, 2, 3, 4], seed: 2)]) { $0[0].resizeBilinear(height: 7, width: 5) }
+        checkGradients([randomVariable([1, 2, 5, 6], seed: 3)]) { $0[0].resizeBilinear(height: 3, width: 4) }
+        checkGradients([randomVariable([1, 2, 3, 4], seed: 4)]) { $0[0].resizeBilinear(height: 5, width: 9, alignCorners: true) }
+    }
+}
