@@ -7,19 +7,6 @@ import Darwin
 
 /// Measurements behind `starling bench` and BENCHMARKS.md.
 public enum Benchmarks {
-    /// GFLOP/s of a square sgemm, after one warm-up call.
-    public static func sgemm(size n: Int, iterations: Int) -> Double {
-        let a = Tensor(zeros: [n, n]), b = Tensor(zeros: [n, n]), c = Tensor(zeros: [n, n])
-        var rng = RandomGenerator(seed: 1)
-        for i in 0..<(n * n) { a.data[i] = rng.uniform(-1, 1); b.data[i] = rng.uniform(-1, 1) }
-        BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.data, lda: n, b: b.data, ldb: n, beta: 0, c: c.data, ldc: n)
-        let start = monotonicSeconds()
-        for _ in 0..<iterations {
-            BLAS.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.data, lda: n, b: b.data, ldb: n, beta: 0, c: c.data, ldc: n)
-        }
-        return 2 * Double(n * n * n) * Double(iterations) / (monotonicSeconds() - start) / 1e9
-    }
-
     public struct TrainingThroughput {
         public var imagesPerSecond: Double
         public var secondsPerStep: Double
@@ -36,26 +23,29 @@ public enum Benchmarks {
         var rng = RandomGenerator(seed: 2)
         let synthetic = Tensor(zeros: [batchSize, 784])
         for i in 0..<synthetic.count { synthetic.data[i] = rng.uniform() }
+        // Real data flows as in training: shuffled batches read on the prefetch thread.
         let order = rng.permutation(data?.count ?? batchSize)
-        func step(_ s: Int) throws {
-            let batch: Batch
-            if let data {
+        let total = 10 + steps
+        let reader = data.map { data in
+            Prefetcher(dataset: data, steps: (0..<total).map { s in
                 let start = (s * batchSize) % (data.count - batchSize + 1)
-                batch = try data.batch(indices: Array(order[start..<(start + batchSize)]), modelInputShape: [784])
-            } else {
-                batch = Batch(images: synthetic)
-            }
+                return Array(order[start..<(start + batchSize)])
+            }, inputShape: [784])
+        }
+        defer { reader?.finish() }
+        func step() throws {
+            let batch = try reader?.next() ?? Batch(images: synthetic)
             model.parameters.zeroGradients()
             let loss = model.loss(batch, training: true)
             loss.backward()
             adam.step(model.parameters)
         }
-        for s in 0..<10 { try step(s) }
+        for _ in 0..<10 { try step() }
         BLAS.secondsInside = 0
         BLAS.profiling = true
         defer { BLAS.profiling = false }
         let start = monotonicSeconds()
-        for s in 0..<steps { try step(s) }
+        for _ in 0..<steps { try step() }
         let elapsed = monotonicSeconds() - start
         return TrainingThroughput(imagesPerSecond: Double(steps * batchSize) / elapsed, secondsPerStep: elapsed / Double(steps),
                                   shareOutsideBLAS: 1 - BLAS.secondsInside / elapsed)

@@ -23,8 +23,10 @@ struct BenchCommand: ParsableCommand {
             let rssMB = Double(Benchmarks.peakResidentBytes()) / 1_048_576
             print(String(format: "fc-ae training, batch 256: %.0f images/s (%.2f ms/step), outside BLAS %.1f%% of the step, peak RSS %.0f MB%@",
                          fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data == nil ? " (synthetic data)" : " (reading \(data!))"))
-            let gemm = Benchmarks.sgemm(size: 1024, iterations: 20)
-            print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", gemm))
+            let conv = ConvBenchmark.run(batch: 16, channels: 64, size: 56, iterations: 3)
+            print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
+            print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
+                         conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
         }
     }
 }

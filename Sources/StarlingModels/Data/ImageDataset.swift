@@ -14,9 +14,9 @@ public final class ImageDataset: @unchecked Sendable {
     public let sampleShape: [Int]
     private let file: HDF5File
     private let images: HDF5Dataset
-    private let labels: HDF5Dataset?
+    /// Labels are one byte a sample (22 KB for the 22,000 Udacity frames): read once, not per batch.
+    private let labels: [UInt8]?
     private var scratch: [UInt8] = []
-    private var labelScratch: [UInt8] = []
 
     public init(path: String, split: String) throws {
         file = try HDF5File.open(path)
@@ -42,7 +42,7 @@ public final class ImageDataset: @unchecked Sendable {
             guard l.shape == [count] else {
                 throw DataError(file: path, message: "/\(split)/labels has shape \(l.shape) for \(count) images")
             }
-            labels = l
+            labels = try l.read(as: UInt8.self)
         } else {
             labels = nil
         }
@@ -51,39 +51,34 @@ public final class ImageDataset: @unchecked Sendable {
     public var hasLabels: Bool { labels != nil }
     public var sampleSize: Int { sampleShape.reduce(1, *) }
 
-    /// Reads the samples at `indices` (in that order) as floats in [0, 1] into `out` (indices.count x sampleSize)
-    /// and returns their labels if the set has them. Consecutive indices are read as one row range.
+    /// Reads the samples at `indices` as floats in [0, 1] into `out` (indices.count x sampleSize) and returns
+    /// their labels if the set has them. Samples come back in ascending index order, each run of consecutive
+    /// indices read as one row range: the order inside a batch does not change its gradient, and sorted reads
+    /// walk the file forwards. (One HDF5 read over a union of row ranges was tried: HDF5 1.10 builds such a
+    /// selection in time quadratic in the ranges, 4x slower than a read per range at 256 rows.)
     public func read(indices: [Int], into out: UnsafeMutablePointer<Float>) throws -> [Int32]? {
         let size = sampleSize
-        for i in indices where i < 0 || i >= count {
+        let sorted = indices.sorted()
+        for i in sorted where i < 0 || i >= count {
             throw DataError(file: path, message: "sample index \(i) out of range 0..<\(count) in /\(split)")
         }
-        if scratch.count < size { scratch = [UInt8](repeating: 0, count: size) }
-        var result: [Int32]? = labels == nil ? nil : []
+        let need = sorted.count * size
+        if scratch.count < need { scratch = [UInt8](repeating: 0, count: need) }
         var k = 0
-        while k < indices.count {
-            // Extend a run of consecutive rows.
+        while k < sorted.count {
             var end = k + 1
-            while end < indices.count && indices[end] == indices[end - 1] + 1 { end += 1 }
-            let rows = indices[k]..<(indices[k] + end - k)
-            let need = rows.count * size
-            if scratch.count < need { scratch = [UInt8](repeating: 0, count: need) }
+            while end < sorted.count && sorted[end] == sorted[end - 1] + 1 { end += 1 }
+            let rows = sorted[k]..<(sorted[k] + end - k)
             try scratch.withUnsafeMutableBufferPointer { buf in
-                try images.readRows(rows, into: UnsafeMutableBufferPointer(rebasing: buf[0..<need]))
-                let src = buf.baseAddress!
-                let dst = out + k * size
-                for j in 0..<need { dst[j] = Float(src[j]) * (1 / 255) }
-            }
-            if let labels {
-                if labelScratch.count < rows.count { labelScratch = [UInt8](repeating: 0, count: rows.count) }
-                try labelScratch.withUnsafeMutableBufferPointer { buf in
-                    try labels.readRows(rows, into: UnsafeMutableBufferPointer(rebasing: buf[0..<rows.count]))
-                }
-                result?.append(contentsOf: labelScratch[0..<rows.count].map { Int32($0) })
+                try images.readRows(rows, into: UnsafeMutableBufferPointer(rebasing: buf[(k * size)..<(end * size)]))
             }
             k = end
         }
-        return result
+        scratch.withUnsafeBufferPointer { buf in
+            let src = buf.baseAddress!
+            for j in 0..<need { out[j] = Float(src[j]) * (1 / 255) }
+        }
+        return labels.map { all in sorted.map { Int32(all[$0]) } }
     }
 
     /// A batch of the samples at `indices`, shaped [B] + `modelInputShape` (which must hold sampleSize values).
@@ -96,7 +91,7 @@ public final class ImageDataset: @unchecked Sendable {
     /// All labels of the split (one byte each; small even for large sets).
     public func allLabels() throws -> [Int32] {
         guard let labels else { throw DataError(file: path, message: "/\(split) has no labels") }
-        return try labels.read(as: UInt8.self).map { Int32($0) }
+        return labels.map { Int32($0) }
     }
 }
 
