@@ -1,4 +1,5 @@
 import CMPI
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #else
@@ -16,14 +17,19 @@ public final class Communicator: @unchecked Sendable {
     private let comm = starling_mpi_comm_world()
     private var finalized = false
 
+    /// Serialises MPI initialisation: tests create communicators from concurrent tasks.
+    private static let initLock = NSLock()
+
     /// Initialises MPI (once per process) and reads rank and size of MPI_COMM_WORLD.
     public init() throws {
-        var initialized: Int32 = 0
-        MPI_Initialized(&initialized)
-        if initialized == 0 {
-            var provided: Int32 = 0
-            let rc = MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided)
-            guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Init_thread", rc) }
+        try Self.initLock.withLock {
+            var initialized: Int32 = 0
+            MPI_Initialized(&initialized)
+            if initialized == 0 {
+                var provided: Int32 = 0
+                let rc = MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided)
+                guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Init_thread", rc) }
+            }
         }
         MPI_Comm_set_errhandler(starling_mpi_comm_world(), starling_mpi_errors_return())
         var r: Int32 = 0, s: Int32 = 0

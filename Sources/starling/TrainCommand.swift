@@ -13,7 +13,9 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Cap the validation images scored each epoch (default: the whole split).") var valLimit: Int?
     @Option(help: "Output folder for checkpoints and logs.") var out: String = "Checkpoints"
     @Option(help: "Also write the last checkpoint every N steps within an epoch.") var checkpointEvery: Int?
+    @Option(help: "Stop after this many optimizer steps in total (with a checkpoint to resume from).") var maxSteps: Int?
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
+    @Option(help: "OpenBLAS threads per rank (default: 1 under mpirun, as the native-stack notes measured best; OpenBLAS's own choice otherwise).") var blasThreads: Int?
 
     func validate() throws {
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
@@ -22,7 +24,9 @@ struct TrainingFlags: ParsableArguments {
         if let s = stepsPerEpoch, s <= 0 { throw ValidationError("--steps-per-epoch must be positive") }
         if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
         if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
+        if let m = maxSteps, m <= 0 { throw ValidationError("--max-steps must be positive") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
+        if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
     }
 
     var options: TrainingOptions {
@@ -35,6 +39,7 @@ struct TrainingFlags: ParsableArguments {
         o.validationLimit = valLimit
         o.outputDirectory = out
         o.checkpointEverySteps = checkpointEvery
+        o.maxSteps = maxSteps
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }
@@ -52,6 +57,7 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let world = try reportingErrors { try Communicator() }
+        if let threads = flags.blasThreads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
         do {
             try reportingErrors {
                 let config = try ModelRegistry.defaultConfig(family: model)

@@ -20,6 +20,8 @@ public struct TrainingOptions: Sendable {
     public var outputDirectory = "Checkpoints"
     /// Also write the last checkpoint every N steps within an epoch (nil: at epoch ends only).
     public var checkpointEverySteps: Int?
+    /// Stop (with a checkpoint) once this many optimizer steps have been taken in total, mid-epoch or not.
+    public var maxSteps: Int?
     /// Size of a gradient allreduce bucket.
     public var bucketBytes = 25 << 20
     public init() {}
@@ -170,7 +172,7 @@ public final class Trainer {
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
         optimizer.learningRate = options.learningRate
-        while state.epoch < options.epochs {
+        while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
             let order = rng.permutation(train.count)
@@ -213,8 +215,14 @@ public final class Trainer {
                         let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / sums[1]))"
                         if interactive { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
                     }
-                    if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps {
+                    let stopping = options.maxSteps.map { state.step >= $0 } ?? false
+                    if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
                         if world.isRoot { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                    }
+                    if stopping && step + 1 < steps {
+                        if world.isRoot { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
+                        return history
                     }
                 }
             }

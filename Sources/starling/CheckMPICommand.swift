@@ -1,0 +1,45 @@
+import ArgumentParser
+import StarlingDistributed
+
+/// `starling check-mpi`: exercises every collective Starling uses on integer-valued floats, whose sums are
+/// exact, so a cluster's MPI setup can be checked before a long run (`mpirun -np N starling check-mpi`).
+struct CheckMPICommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-mpi", abstract: "Check the MPI collectives across the ranks of this job.")
+
+    @Option(help: "Floats in the large allreduce (exercises MPI's chunked paths).") var count: Int = 1 << 20
+
+    func run() throws {
+        let world = try reportingErrors { try Communicator() }
+        defer { world.finalize() }
+        try reportingErrors {
+            let n = world.size, r = world.rank
+            var failures: [String] = []
+            // Sum: rank r contributes (i mod 7) + r, so the sum is n (i mod 7) + n(n-1)/2.
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+            defer { buffer.deallocate() }
+            for i in 0..<count { buffer[i] = Float(i % 7 + r) }
+            try world.allreduce(buffer, count: count)
+            if (0..<count).contains(where: { buffer[$0] != Float(n * ($0 % 7) + n * (n - 1) / 2) }) { failures.append("allreduce sum") }
+            // Non-blocking, then average: rank r contributes 2r, the average is n - 1.
+            for i in 0..<count { buffer[i] = Float(2 * r) }
+            let request = try world.startAllreduce(buffer, count: count)
+            try request.wait()
+            for i in 0..<count { buffer[i] /= Float(n) }
+            if (0..<count).contains(where: { buffer[$0] != Float(n - 1) }) { failures.append("non-blocking allreduce") }
+            // Broadcast from the last rank.
+            for i in 0..<16 { buffer[i] = r == n - 1 ? Float(i * 3) : -1 }
+            try world.broadcast(buffer, count: 16, root: n - 1)
+            if (0..<16).contains(where: { buffer[$0] != Float($0 * 3) }) { failures.append("broadcast") }
+            if try world.broadcast("rank \(r) says hello", root: 0) != "rank 0 says hello" { failures.append("string broadcast") }
+            if try world.allgather(Int64(r * 10)) != (0..<n).map({ Int64($0 * 10) }) { failures.append("allgather") }
+            if try world.allreduce(Double(r), .max) != Double(n - 1) { failures.append("allreduce max") }
+            try world.barrier()
+            let bad = try world.allreduce(failures.isEmpty ? 0 : 1)
+            print("rank \(r) of \(n): \(failures.isEmpty ? "collectives ok" : "FAILED: \(failures.joined(separator: ", "))")")
+            if bad > 0 { throw CheckFailure(description: "\(Int(bad)) rank(s) saw wrong collective results") }
+        }
+    }
+}
+
+struct CheckFailure: Error, CustomStringConvertible { let description: String }

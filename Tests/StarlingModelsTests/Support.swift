@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+import StarlingIO
+@testable import StarlingModels
+
+/// Paths and helpers shared by the model, trainer and command-line tests.
+enum Fixture {
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let mnistSample = repository.appendingPathComponent("Launch/data/mnist-sample").path
+    /// The folder of the `starling` binary built beside the test bundle.
+    static let binaryDirectory: String = {
+        // swift test runs the .xctest bundle from the build folder; Swift Testing may report the bundle's inner binary.
+        var url = URL(fileURLWithPath: CommandLine.arguments[0])
+        while url.path != "/" {
+            let candidate = url.deletingLastPathComponent().appendingPathComponent("starling")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return url.deletingLastPathComponent().path }
+            url = url.deletingLastPathComponent()
+        }
+        return ""
+    }()
+    static var starling: String { binaryDirectory + "/starling" }
+
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var converted: String?
+
+    /// The committed MNIST sample converted to HDF5 once per test run.
+    static func sampleHDF5() throws -> String {
+        try lock.withLock {
+            if let converted { return converted }
+            let path = temporaryDirectory("sample") + "/mnist-sample.h5"
+            try MNIST.convert(sourceDirectory: mnistSample, outputPath: path)
+            converted = path
+            return path
+        }
+    }
+
+    static func temporaryDirectory(_ name: String) -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("starling-tests-\(getpid())-\(name)-\(UUID().uuidString.prefix(8))")
+        try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url.path
+    }
+}
+
+/// Result of running a command.
+struct Run {
+    var status: Int32
+    var output: String
+    var error: String
+}
+
+/// Runs an executable with arguments (no shell) and collects its output.
+func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Run {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    process.environment = env
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    // Read both pipes to the end before waiting, so a chatty child cannot block on a full pipe.
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return Run(status: process.terminationStatus, output: String(decoding: outData, as: UTF8.self), error: String(decoding: errData, as: UTF8.self))
+}
+
+/// `starling ARGS...`
+func starling(_ arguments: String...) throws -> Run { try run(Fixture.starling, arguments) }
+
+/// Root is allowed to run mpirun here, as in CI.
+let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+
+/// `mpirun -np N [--oversubscribe] starling ARGS...`
+func mpirun(_ ranks: Int, _ arguments: [String]) throws -> Run {
+    var args = ["-np", "\(ranks)"]
+    if ranks > 2 { args.append("--oversubscribe") }
+    return try run("/usr/bin/env", ["mpirun"] + args + [Fixture.starling] + arguments, environment: mpiEnvironment)
+}
+
+/// Parameters of a checkpoint, by name.
+func weights(_ path: String) throws -> [String: [Float]] {
+    let loaded = try Checkpoint.load(from: path)
+    var out: [String: [Float]] = [:]
+    for p in loaded.model.parameters.parameters { out[p.name] = p.value.toArray() }
+    return out
+}
+
+/// Largest |a - b| / max(|a|, |b|, 1e-3) over matching parameters.
+func maxRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Float {
+    var worst: Float = 0
+    for (name, x) in a {
+        guard let y = b[name], y.count == x.count else { return .infinity }
+        for i in x.indices { worst = max(worst, abs(x[i] - y[i]) / max(abs(x[i]), abs(y[i]), 1e-3)) }
+    }
+    return worst
+}
