@@ -1,0 +1,97 @@
+import Foundation
+import Testing
+@testable import StarlingModels
+
+/// Data-parallel runs under mpirun, as users launch them.
+@Suite(.serialized) struct DistributedTests {
+    @Test(arguments: [2, 3])
+    func collectivesAreExact(ranks: Int) throws {
+        let r = try mpirun(ranks, ["check-mpi", "--count", "300000"])
+        #expect(r.status == 0, "\(r.output)\(r.error)")
+        #expect(r.output.components(separatedBy: "collectives ok").count - 1 == ranks)
+    }
+
+    func trainArguments(_ data: String, _ out: String, extra: [String] = []) -> [String] {
+        ["train", "--model", "fc-ae", "--data", data, "--epochs", "2", "--steps-per-epoch", "10", "--batch-size", "96",
+         "--val-split", "none", "--seed", "4", "--out", out] + extra
+    }
+
+    /// N ranks at global batch B train the same model as one rank at batch B (20 steps).
+    @Test(arguments: [2, 3])
+    func ranksMatchOneProcess(ranks: Int) throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp\(ranks)")
+        let one = try run(Fixture.starling, trainArguments(data, dir + "/one"))
+        #expect(one.status == 0, "\(one.error)")
+        let many = try mpirun(ranks, trainArguments(data, dir + "/many"))
+        #expect(many.status == 0, "\(many.output)\(many.error)")
+        #expect(many.output.contains("over \(ranks) rank(s)"))
+        let a = try weights(dir + "/one/fc-ae-last.h5"), b = try weights(dir + "/many/fc-ae-last.h5")
+        #expect(maxRelativeDifference(a, b) < 1e-5)
+        #expect(try Checkpoint.load(from: dir + "/many/fc-ae-last.h5").state.worldSize == ranks)
+    }
+
+    /// Two ranks stopped mid-run and resumed equal two ranks uninterrupted, bit for bit; resuming on another
+    /// rank count continues the same sample order.
+    @Test func resumeOnRanks() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-resume")
+        #expect(try mpirun(2, trainArguments(data, dir + "/straight")).status == 0)
+        #expect(try mpirun(2, trainArguments(data, dir + "/split", extra: ["--max-steps", "13"])).status == 0)
+        let resumed = try mpirun(2, trainArguments(data, dir + "/split", extra: ["--resume", dir + "/split/fc-ae-last.h5"]))
+        #expect(resumed.status == 0, "\(resumed.error)")
+        #expect(resumed.output.contains("resumed at epoch 1, step 13"))
+        #expect(try weights(dir + "/split/fc-ae-last.h5") == weights(dir + "/straight/fc-ae-last.h5"))
+        // The same checkpoint resumed on one process.
+        #expect(try mpirun(2, trainArguments(data, dir + "/other", extra: ["--max-steps", "13"])).status == 0)
+        let single = try run(Fixture.starling, trainArguments(data, dir + "/other", extra: ["--resume", dir + "/other/fc-ae-last.h5"]))
+        #expect(single.status == 0 && single.output.contains("resuming a run of 2 rank(s) on 1"))
+        #expect(maxRelativeDifference(try weights(dir + "/other/fc-ae-last.h5"), try weights(dir + "/straight/fc-ae-last.h5")) < 1e-5)
+    }
+
+    /// Ranks started with different settings are refused before training.
+    @Test func mismatchedRanksAreRefused() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-mismatch")
+        // Open MPI's MPMD syntax gives each rank its own command line.
+        let args = ["mpirun", "-np", "1", Fixture.starling] + trainArguments(data, dir, extra: ["--lr", "0.001"]) +
+            [":", "-np", "1", Fixture.starling] + trainArguments(data, dir, extra: ["--lr", "0.002"])
+        let r = try run("/usr/bin/env", args, environment: mpiEnvironment)
+        #expect(r.status != 0)
+        #expect((r.output + r.error).contains("different configurations"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/fc-ae-last.h5"))
+    }
+
+    /// Killing one rank ends the job with a non-zero status within seconds; the last checkpoint still loads.
+    @Test func killedRankEndsTheJob() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-kill")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["mpirun", "-np", "2", Fixture.starling, "train", "--model", "fc-ae", "--data", data, "--epochs", "100000",
+                             "--batch-size", "32", "--val-split", "none", "--checkpoint-every", "5", "--out", dir]
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in mpiEnvironment { env[k] = v }
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        let checkpoint = dir + "/fc-ae-last.h5"
+        var waited = 0.0
+        while !FileManager.default.fileExists(atPath: checkpoint) && waited < 60 { usleep(100_000); waited += 0.1 }
+        #expect(FileManager.default.fileExists(atPath: checkpoint))
+        // Rank 1 is the second starling child of mpirun.
+        let children = try run("/usr/bin/env", ["pgrep", "-P", "\(process.processIdentifier)", "-f", "starling"]).output
+            .split(separator: "\n").compactMap { Int32($0) }.sorted()
+        #expect(children.count == 2, "children: \(children)")
+        guard let victim = children.last else { return }
+        kill(victim, SIGKILL)
+        let killedAt = Date()
+        while process.isRunning && Date().timeIntervalSince(killedAt) < 20 { usleep(100_000) }
+        #expect(!process.isRunning, "job still running 20 s after a rank was killed")
+        #expect(Date().timeIntervalSince(killedAt) < 10)
+        if !process.isRunning { #expect(process.terminationStatus != 0) }
+        #expect(try Checkpoint.load(from: checkpoint).state.step > 0)
+    }
+}
