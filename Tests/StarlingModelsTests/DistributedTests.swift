@@ -70,9 +70,7 @@ import Testing
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["mpirun", "-np", "2", Fixture.starling, "train", "--model", "fc-ae", "--data", data, "--epochs", "100000",
                              "--batch-size", "32", "--val-split", "none", "--checkpoint-every", "5", "--out", dir]
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in mpiEnvironment { env[k] = v }
-        process.environment = env
+        process.environment = childEnvironment(mpiEnvironment)
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -48,14 +48,22 @@ struct Run {
     var error: String
 }
 
+/// This process's environment without the variables MPI_Init put there (other tests in this process start a
+/// singleton MPI world): a child mpirun that saw them would take itself for a rank of that world and fail.
+func childEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
+    var env = ProcessInfo.processInfo.environment.filter { key, _ in
+        !["OMPI_", "PMIX_", "OPAL_", "ORTE_", "HYDRA_", "PMI_"].contains { key.hasPrefix($0) }
+    }
+    for (k, v) in extra { env[k] = v }
+    return env
+}
+
 /// Runs an executable with arguments (no shell) and collects its output.
 func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Run {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    var env = ProcessInfo.processInfo.environment
-    for (k, v) in environment { env[k] = v }
-    process.environment = env
+    process.environment = childEnvironment(environment)
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
