@@ -1,4 +1,5 @@
 import StarlingCore
+import StarlingDistributed
 #if canImport(Glibc)
 import Glibc
 #else
@@ -49,6 +50,59 @@ public enum Benchmarks {
         let elapsed = monotonicSeconds() - start
         return TrainingThroughput(imagesPerSecond: Double(steps * batchSize) / elapsed, secondsPerStep: elapsed / Double(steps),
                                   shareOutsideBLAS: 1 - BLAS.secondsInside / elapsed)
+    }
+
+    public struct DistributedThroughput {
+        public var imagesPerSecond: Double
+        /// Seconds per step spent waiting for gradient allreduces after backward (this rank).
+        public var exposedCommunicationPerStep: Double
+    }
+
+    /// Data-parallel training throughput of a model family on this job's ranks, from the second of two epochs
+    /// of `steps` steps (the first warms up), global batch `batchSize`, nothing written to disk.
+    public static func distributedTraining(family: String, dataPath: String, batchSize: Int, steps: Int,
+                                           world: Communicator, overlap: Bool = true, bucketBytes: Int = 25 << 20) throws -> DistributedThroughput {
+        let model = try ModelRegistry.build(try ModelRegistry.defaultConfig(family: family), seed: 1)
+        var options = TrainingOptions()
+        options.epochs = 2
+        options.batchSize = batchSize
+        options.stepsPerEpoch = steps
+        options.writeOutputs = false
+        options.progress = false
+        options.overlapCommunication = overlap
+        options.bucketBytes = bucketBytes
+        let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count),
+                                  train: try ImageDataset(path: dataPath, split: "train"), validation: nil,
+                                  options: options, world: world, log: { _ in })
+        let history = try trainer.run()
+        return DistributedThroughput(imagesPerSecond: history[1].imagesPerSecond,
+                                     exposedCommunicationPerStep: trainer.exposedCommunicationSeconds / Double(2 * steps))
+    }
+
+    /// Allreduce bandwidth (bytes reduced per second) of `megabytes` of floats: a plain MPI_Allreduce of the
+    /// whole buffer against Starling's gradient path (25 MB buckets started non-blocking, waited, averaged).
+    public static func allreduceBandwidth(world: Communicator, megabytes: Double, iterations: Int) throws -> (raw: Double, starling: Double) {
+        let store = ParameterStore()
+        let count = Int(megabytes * 1_048_576 / 4)
+        // Layers of 1 M floats, like a model's parameter list.
+        var left = count, k = 0
+        while left > 0 { let n = min(left, 1 << 20); store.declare("layer\(k)/w", shape: [n], initializer: .zeros); left -= n; k += 1 }
+        var rng = RandomGenerator(seed: 1)
+        store.allocate(rng: &rng)
+        let buffer = store.gradients.pointer
+        for i in 0..<count { buffer[i] = 1 }
+        let sync = GradientSynchronizer(store: store, communicator: world, overlap: false)
+        func time(_ body: () throws -> Void) throws -> Double {
+            try body()   // warm-up
+            try world.barrier()
+            let start = monotonicSeconds()
+            for _ in 0..<iterations { try body() }
+            let elapsed = try world.allreduce(monotonicSeconds() - start, .max)
+            return Double(count * 4 * iterations) / elapsed
+        }
+        let raw = try time { try world.allreduce(buffer, count: count) }
+        let ours = try time { sync.beginStep(); try sync.finish() }
+        return (raw, ours)
     }
 
     /// Peak resident set size of this process so far.

@@ -2,11 +2,12 @@ import StarlingCore
 
 /// Model families by the name users type (`--model NAME`) and checkpoints record.
 public enum ModelRegistry {
-    public static let families = ["fc-ae"]
+    public static let families = ["fc-ae", "conv-ae"]
 
     public static func defaultConfig(family: String) throws -> ModelConfig {
         switch family {
         case FCAutoencoder.family: return FCAutoencoder.defaultConfig()
+        case ConvAutoencoder.family: return ConvAutoencoder.defaultConfig()
         default: throw ModelError.unknownFamily(family, known: families)
         }
     }
@@ -16,6 +17,7 @@ public enum ModelRegistry {
         var rng = RandomGenerator(seed: seed)
         switch config.family {
         case FCAutoencoder.family: return try FCAutoencoder(config: config, rng: &rng)
+        case ConvAutoencoder.family: return try ConvAutoencoder(config: config, rng: &rng)
         default: throw ModelError.unknownFamily(config.family, known: families)
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StarlingCore
+import StarlingDistributed
 import StarlingModels
 
 /// `starling bench`: the numbers in BENCHMARKS.md. Build in release first (`swift build -c release`).
@@ -14,7 +15,14 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
 
+    @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
+    var distributed = false
+    @Option(help: "Model families for --distributed.") var models: [String] = ["fc-ae", "conv-ae"]
+    @Option(help: "Global batch for --distributed, per model family in --models order.") var batchSizes: [Int] = [256, 128]
+    @Option(help: "Gradient bucket size in MB for --distributed (small buckets show the overlap on small models).") var bucketMb: Double = 25
+
     func run() throws {
+        if distributed { return try runDistributed() }
         if let threads { BLAS.setThreadCount(threads) }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads")
         try reportingErrors {
@@ -27,6 +35,39 @@ struct BenchCommand: ParsableCommand {
             print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
             print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
                          conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
+        }
+    }
+
+    /// One line per model: images/s on this job's ranks and the communication left exposed after backward, with
+    /// and without overlap; then allreduce bandwidth against a raw MPI_Allreduce. Rank 0 prints.
+    func runDistributed() throws {
+        let world = try reportingErrors { try Communicator() }
+        defer { world.finalize() }
+        BLAS.setThreadCount(threads ?? 1)
+        guard let data else { throw ValidationError("--distributed needs --data MNIST.h5") }
+        guard batchSizes.count == models.count else { throw ValidationError("give one --batch-sizes value per --models entry") }
+        try reportingErrors {
+            func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
+            say("ranks \(world.size) x \(BLAS.threadCount) OpenBLAS thread(s), core \(BLAS.coreName)")
+            for (family, batch) in zip(models, batchSizes) {
+                let bucket = Int(bucketMb * 1_048_576)
+                let overlapped = try Benchmarks.distributedTraining(family: family, dataPath: data, batchSize: batch, steps: steps,
+                                                                    world: world, bucketBytes: bucket)
+                let blocking = try Benchmarks.distributedTraining(family: family, dataPath: data, batchSize: batch, steps: steps,
+                                                                  world: world, overlap: false, bucketBytes: bucket)
+                let exposed = try world.allreduce(overlapped.exposedCommunicationPerStep, .max)
+                let baseline = try world.allreduce(blocking.exposedCommunicationPerStep, .max)
+                let hidden = baseline > 0 ? max(0, 1 - exposed / baseline) : 0
+                say(String(format: "%@ batch %d, %@ MB buckets: %.0f images/s; allreduce wait after backward %.2f ms/step (%.2f ms without overlap, %.0f%% hidden)",
+                           family, batch, "\(bucketMb)", overlapped.imagesPerSecond, exposed * 1000, baseline * 1000, hidden * 100))
+            }
+            if world.size > 1 {
+                for mb in [1.0, 25.0, 100.0] {
+                    let bw = try Benchmarks.allreduceBandwidth(world: world, megabytes: mb, iterations: mb > 50 ? 5 : 20)
+                    say(String(format: "allreduce %.0f MB: raw MPI_Allreduce %.2f GB/s, Starling buckets %.2f GB/s (%.0f%%)",
+                               mb, bw.raw / 1e9, bw.starling / 1e9, bw.starling / bw.raw * 100))
+                }
+            }
         }
     }
 }

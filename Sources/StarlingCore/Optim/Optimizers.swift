@@ -13,8 +13,13 @@ public protocol Optimizer: AnyObject {
     var stepCount: Int { get set }
     /// Named state buffers of the parameter layout, for checkpoints.
     var state: [(name: String, storage: FloatStorage)] { get }
-    /// Applies one update to `store.values` from `store.gradients`.
-    func step(_ store: ParameterStore)
+    /// Applies one update to `store.values` from `gradientScale * store.gradients`. The scale lets a data-parallel
+    /// trainer turn summed gradients into their average inside this pass instead of a separate one over memory.
+    func step(_ store: ParameterStore, gradientScale: Float)
+}
+
+extension Optimizer {
+    public func step(_ store: ParameterStore) { step(store, gradientScale: 1) }
 }
 
 /// Stochastic gradient descent with momentum and L2 weight decay, as PyTorch's SGD:
@@ -37,12 +42,12 @@ public final class SGD: Optimizer {
 
     public var state: [(name: String, storage: FloatStorage)] { [("velocity", velocity)] }
 
-    public func step(_ store: ParameterStore) {
+    public func step(_ store: ParameterStore, gradientScale: Float) {
         precondition(store.count == velocity.count, "optimizer built for another parameter layout")
         let w = store.values.pointer, g = store.gradients.pointer, v = velocity.pointer
         let (lr, mu, wd) = (learningRate, momentum, weightDecay)
         for i in 0..<store.count {
-            let grad = g[i] + wd * w[i]
+            let grad = gradientScale * g[i] + wd * w[i]
             let vel = mu * v[i] + grad
             v[i] = vel
             w[i] -= lr * (nesterov ? grad + mu * vel : vel)
@@ -82,7 +87,7 @@ public final class Adam: Optimizer {
 
     public var state: [(name: String, storage: FloatStorage)] { [("m", m), ("v", v)] }
 
-    public func step(_ store: ParameterStore) {
+    public func step(_ store: ParameterStore, gradientScale: Float) {
         precondition(store.count == m.count, "optimizer built for another parameter layout")
         stepCount += 1
         let t = Double(stepCount)
@@ -93,7 +98,7 @@ public final class Adam: Optimizer {
         let coupledDecay: Float = decoupled ? 0 : wd
         let decoupledDecay: Float = decoupled ? lr * wd : 0
         for i in 0..<store.count {
-            let grad = g[i] + coupledDecay * w[i]
+            let grad = gradientScale * g[i] + coupledDecay * w[i]
             let mi = b1 * mp[i] + (1 - b1) * grad
             let vi = b2 * vp[i] + (1 - b2) * grad * grad
             mp[i] = mi

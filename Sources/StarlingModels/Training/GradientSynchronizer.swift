@@ -7,7 +7,12 @@ import StarlingDistributed
 /// Buckets are formed from the last parameter backwards (about `bucketBytes` each), because backward produces the
 /// last layers' gradients first. A bucket's non-blocking allreduce starts once all of its parameters are final
 /// *and* every bucket before it has started: the launch order is then the same fixed order on every rank, whatever
-/// order the graph reports leaves in, so collectives always match. `finish()` waits for all and divides by N.
+/// order the graph reports leaves in, so collectives always match. (Which buckets start during backward depends only
+/// on the graph's structure, which is the same on every rank for every model here: the same op sequence, whatever
+/// the data.) `finish()` reduces the buckets backward did not
+/// start with blocking MPI_Allreduce (Open MPI's tuned algorithms move large buffers ~2x faster than the libnbc
+/// schedules behind MPI_Iallreduce) and waits for the rest. Gradients are left summed: the optimizer scales them
+/// by `averagingScale` in its own pass.
 public final class GradientSynchronizer {
     struct Bucket {
         var range: Range<Int>
@@ -25,9 +30,13 @@ public final class GradientSynchronizer {
     /// Seconds spent waiting in `finish()` for allreduces that backward did not hide (for the benchmark).
     public private(set) var exposedSeconds = 0.0
 
-    public init(store: ParameterStore, communicator: Communicator, bucketBytes: Int = 25 << 20) {
+    /// Off: every bucket starts after backward (the benchmark's baseline for how much overlap hides).
+    public let overlap: Bool
+
+    public init(store: ParameterStore, communicator: Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
         self.store = store
         self.communicator = communicator
+        self.overlap = overlap
         let limit = max(1, bucketBytes / 4)
         var current: Bucket?
         for p in store.parameters.reversed() {
@@ -55,15 +64,16 @@ public final class GradientSynchronizer {
 
     /// The backward hook: a parameter's gradient is final.
     public func parameterReady(_ tensor: Tensor) {
-        guard communicator.size > 1, let k = bucketOf[ObjectIdentifier(tensor)] else { return }
+        guard overlap, communicator.size > 1, let k = bucketOf[ObjectIdentifier(tensor)] else { return }
         buckets[k].pending -= 1
         launchReady()
         // Give MPI a chance to progress the buckets in flight (Open MPI progresses only inside MPI calls).
         for b in buckets[..<nextToLaunch] { _ = try? b.request?.test() }
     }
 
+    /// The last bucket is complete only when backward ends, so it is left to `finish()`'s faster blocking path.
     private func launchReady() {
-        while nextToLaunch < buckets.count && buckets[nextToLaunch].pending == 0 {
+        while nextToLaunch < buckets.count - 1 && buckets[nextToLaunch].pending == 0 {
             launch(nextToLaunch)
         }
     }
@@ -75,17 +85,24 @@ public final class GradientSynchronizer {
         nextToLaunch = k + 1
     }
 
-    /// Starts what backward did not (parameters it never reached), waits for all, and averages.
+    /// 1/N: the factor that turns the summed gradients into the average over ranks.
+    public var averagingScale: Float { 1 / Float(communicator.size) }
+
+    /// Reduces what backward did not start (parameters it never reached, or everything without overlap) and
+    /// waits for the rest, in bucket order on every rank.
     public func finish() throws {
         guard communicator.size > 1 else { return }
         let start = monotonicSeconds()
-        for k in nextToLaunch..<buckets.count { buckets[k].pending = 0 }
-        launchReady()
-        for b in buckets { try b.request?.wait() }
+        for k in buckets.indices {
+            if let request = buckets[k].request {
+                try request.wait()
+            } else if k >= nextToLaunch {
+                let r = buckets[k].range
+                try communicator.allreduce(store.gradients.pointer + r.lowerBound, count: r.count)
+            }
+        }
+        nextToLaunch = buckets.count
         if let launchError { self.launchError = nil; throw launchError }
-        let scale = 1 / Float(communicator.size)
-        let g = store.gradients.pointer
-        for i in 0..<store.count { g[i] *= scale }
         exposedSeconds += monotonicSeconds() - start
     }
 }

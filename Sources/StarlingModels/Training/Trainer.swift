@@ -24,6 +24,12 @@ public struct TrainingOptions: Sendable {
     public var maxSteps: Int?
     /// Size of a gradient allreduce bucket.
     public var bucketBytes = 25 << 20
+    /// Start bucket allreduces during backward (off only to measure what the overlap hides).
+    public var overlapCommunication = true
+    /// Print the live progress line (off for benchmarks).
+    public var progress = true
+    /// Write checkpoints and the CSV log (off for benchmarks).
+    public var writeOutputs = true
     public init() {}
 }
 
@@ -62,6 +68,8 @@ public final class Trainer {
     public let world: Communicator
     public private(set) var state = Checkpoint.TrainingState()
     public private(set) var history: [EpochRecord] = []
+    /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
+    public var exposedCommunicationSeconds: Double { synchronizer.exposedSeconds }
     private let synchronizer: GradientSynchronizer
     private let log: (String) -> Void
 
@@ -89,7 +97,8 @@ public final class Trainer {
         self.options = options
         self.world = world
         self.log = world.isRoot ? log : { _ in }
-        synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes)
+        synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
+                                           overlap: options.overlapCommunication)
         state.seed = options.seed
         state.worldSize = world.size
         if let resume { try restore(resume) }
@@ -161,7 +170,8 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> [EpochRecord] {
         let csv = CSVLog(path: logPath)
-        if world.isRoot {
+        let writes = world.isRoot && options.writeOutputs
+        if writes {
             try makeDirectory(options.outputDirectory)
             try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
         }
@@ -201,7 +211,7 @@ public final class Trainer {
                     }
                     loss.backward(onLeafReady: synchronizer.parameterReady)
                     try synchronizer.finish()
-                    optimizer.step(model.parameters)
+                    optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
                     sums[0] += agreed[0] / Double(world.size)
                     sums[1] += 1
                     state.step += 1
@@ -213,14 +223,14 @@ public final class Trainer {
                         let rate = done * Double(options.batchSize) / (now - start)
                         let eta = (now - start) / done * Double(steps - step - 1)
                         let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / sums[1]))"
-                        if interactive { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
+                        if interactive && options.progress { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
-                        if world.isRoot { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
                     }
                     if stopping && step + 1 < steps {
-                        if world.isRoot { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
                         log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
                         return history
                     }
@@ -243,7 +253,7 @@ public final class Trainer {
             let monitored = validationLoss ?? trainLoss
             let improved = monitored < state.bestValidationLoss
             if improved { state.bestValidationLoss = monitored }
-            if world.isRoot {
+            if writes {
                 try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
                 try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
                 if improved {
