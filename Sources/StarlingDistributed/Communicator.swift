@@ -147,6 +147,14 @@ public final class Communicator: @unchecked Sendable {
         return Request(handles: handles, count: count)
     }
 
+    /// Starts an in-place allreduce of a few doubles; `values` must stay alive and untouched until `wait()`.
+    public func startAllreduce(_ values: UnsafeMutablePointer<Double>, count: Int, _ op: Operation = .sum) throws -> Request {
+        guard size > 1 else { return Request(handles: [], count: count) }
+        var request: MPI_Request? = starling_mpi_request_null()
+        try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), values, Int32(count), starling_mpi_double(), op.handle, comm, &request))
+        return Request(handles: [request], count: count)
+    }
+
     /// Copies `count` floats from `root` to every rank.
     public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) throws {
         if size == 1 { return }

@@ -13,7 +13,9 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Cap the validation images scored each epoch (default: the whole split).") var valLimit: Int?
     @Option(help: "Output folder for checkpoints and logs.") var out: String = "Checkpoints"
     @Option(help: "Also write the last checkpoint every N steps within an epoch.") var checkpointEvery: Int?
+    @Option(help: "Epoch checkpoints (<model>-epochNNNN.h5) to keep beside -last.h5 and -best.h5.") var keepCheckpoints: Int = 3
     @Option(help: "Stop after this many optimizer steps in total (with a checkpoint to resume from).") var maxSteps: Int?
+    @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = 60
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
     @Option(help: "OpenBLAS threads per rank (default: 1 under mpirun, as the native-stack notes measured best; OpenBLAS's own choice otherwise).") var blasThreads: Int?
 
@@ -25,6 +27,8 @@ struct TrainingFlags: ParsableArguments {
         if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
         if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
         if let m = maxSteps, m <= 0 { throw ValidationError("--max-steps must be positive") }
+        guard keepCheckpoints >= 0 else { throw ValidationError("--keep-checkpoints cannot be negative") }
+        guard watchdogSeconds > 0 else { throw ValidationError("--watchdog-seconds must be positive") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
         if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
     }
@@ -40,6 +44,8 @@ struct TrainingFlags: ParsableArguments {
         o.outputDirectory = out
         o.checkpointEverySteps = checkpointEvery
         o.maxSteps = maxSteps
+        o.watchdogSeconds = watchdogSeconds
+        o.keepCheckpoints = keepCheckpoints
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }

@@ -92,4 +92,18 @@ import Testing
         if !process.isRunning { #expect(process.terminationStatus != 0) }
         #expect(try Checkpoint.load(from: checkpoint).state.step > 0)
     }
+
+    /// A stuck rank: the others warn after the watchdog's timeout and rank 0 names the one missing.
+    @Test func watchdogNamesTheMissingRank() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-watchdog")
+        var env = mpiEnvironment
+        env["STARLING_TEST_STALL"] = "1:5:2.5"
+        let r = try run("/usr/bin/env", ["mpirun", "-np", "2", "-x", "STARLING_TEST_STALL", Fixture.starling, "train", "--model", "fc-ae",
+                                         "--data", data, "--epochs", "1", "--steps-per-epoch", "8", "--batch-size", "64",
+                                         "--val-split", "none", "--watchdog-seconds", "1", "--out", dir], environment: env)
+        #expect(r.status == 0, "\(r.error)")
+        #expect(r.output.contains("watchdog: rank 0 has waited 1 s in the loss allreduce at step 5; ranks not yet at this step: 1 (last seen at step 4)"),
+                "\(r.output)")
+    }
 }

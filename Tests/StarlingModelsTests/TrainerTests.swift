@@ -53,6 +53,7 @@ import StarlingDistributed
         let dir = Fixture.temporaryDirectory("log")
         var o = options(dir, epochs: 3)
         o.stepsPerEpoch = 10
+        o.keepCheckpoints = 2
         o.learningRate = 3e-3
         let data = try ImageDataset(path: try Fixture.sampleHDF5(), split: "train")
         let validation = try ImageDataset(path: try Fixture.sampleHDF5(), split: "test")
@@ -66,6 +67,10 @@ import StarlingDistributed
         #expect(csv.count == 4 && csv[0].hasPrefix("epoch,step,loss,val_loss"))
         #expect(FileManager.default.fileExists(atPath: dir + "/fc-ae-best.h5"))
         #expect(try Checkpoint.load(from: dir + "/fc-ae-last.h5").state.step == 30)
+        // Epoch files beyond the newest two are removed; last is the newest epoch's file under a second name.
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("fc-ae-epoch") }.sorted()
+        #expect(files == ["fc-ae-epoch0002.h5", "fc-ae-epoch0003.h5"])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/fc-ae-epoch0003.h5")) == Data(contentsOf: URL(fileURLWithPath: dir + "/fc-ae-last.h5")))
     }
 
     @Test func refusesBadBatchSizesAndShapes() throws {

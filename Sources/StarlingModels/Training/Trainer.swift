@@ -22,10 +22,14 @@ public struct TrainingOptions: Sendable {
     public var checkpointEverySteps: Int?
     /// Stop (with a checkpoint) once this many optimizer steps have been taken in total, mid-epoch or not.
     public var maxSteps: Int?
+    /// Epoch checkpoints kept beside `-last.h5` and `-best.h5` (0: none).
+    public var keepCheckpoints = 3
     /// Size of a gradient allreduce bucket.
     public var bucketBytes = 25 << 20
     /// Start bucket allreduces during backward (off only to measure what the overlap hides).
     public var overlapCommunication = true
+    /// Seconds a rank may wait in a step's first collective before the watchdog warns and names missing ranks.
+    public var watchdogSeconds: Double = 60
     /// Print the live progress line (off for benchmarks).
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
@@ -71,6 +75,9 @@ public final class Trainer {
     /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
     public var exposedCommunicationSeconds: Double { synchronizer.exposedSeconds }
     private let synchronizer: GradientSynchronizer
+    private let watchdog: Watchdog
+    /// The per-step [loss, non-finite flag] allreduce buffer (must outlive the non-blocking call).
+    private let agreement = UnsafeMutablePointer<Double>.allocate(capacity: 2)
     private let log: (String) -> Void
 
     public init(model: any Model, optimizer: any Optimizer, train: ImageDataset, validation: ImageDataset?,
@@ -99,10 +106,22 @@ public final class Trainer {
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
                                            overlap: options.overlapCommunication)
+        watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, log: Trainer.printLine)
         state.seed = options.seed
         state.worldSize = world.size
         if let resume { try restore(resume) }
         try synchronizeStart()
+    }
+
+    deinit { agreement.deallocate() }
+
+    /// Fault injection for the watchdog test: STARLING_TEST_STALL="rank:step:seconds" makes that rank sleep before
+    /// that step's collectives. Not a user setting; it stays out of the help.
+    private func stallForTesting(step: Int) {
+        guard let spec = getenv("STARLING_TEST_STALL").map({ String(cString: $0) }) else { return }
+        let parts = spec.split(separator: ":").compactMap { Double($0) }
+        guard parts.count == 3, Int(parts[0]) == world.rank, Int(parts[1]) == step else { return }
+        usleep(useconds_t(parts[2] * 1_000_000))
     }
 
     public static func printLine(_ line: String) {
@@ -202,10 +221,15 @@ public final class Trainer {
                     model.parameters.zeroGradients()
                     synchronizer.beginStep()
                     let loss = model.loss(batch, training: true)
-                    // Agree on the loss before acting on it: every rank stops at the same step or none does.
+                    // Agree on the loss before acting on it: every rank stops at the same step or none does. This is
+                    // the step's first collective, so the watchdog waits on it.
                     let value = Double(loss.item)
-                    var agreed = [value.isFinite ? value : 0, value.isFinite ? 0 : 1]
-                    try world.allreduce(&agreed)
+                    stallForTesting(step: state.step)
+                    try watchdog.heartbeat(step: state.step)
+                    agreement[0] = value.isFinite ? value : 0
+                    agreement[1] = value.isFinite ? 0 : 1
+                    try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
+                    let agreed = [agreement[0], agreement[1]]
                     guard agreed[1] == 0 else {
                         throw TrainingError("loss became non-finite at epoch \(epoch + 1), step \(step + 1) on \(Int(agreed[1])) rank(s): training stopped; the last good checkpoint is \(lastCheckpointPath)")
                     }
@@ -255,16 +279,37 @@ public final class Trainer {
             if improved { state.bestValidationLoss = monitored }
             if writes {
                 try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
-                try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
-                if improved {
-                    try Checkpoint.save(to: bestCheckpointPath, model: model, optimizer: optimizer, state: state)
-                    summary += "  (best, saved)"
-                }
+                try saveEpochCheckpoint(epoch: epoch + 1, best: improved)
+                if improved { summary += "  (best, saved)" }
             }
             log(summary)
         }
         log("checkpoints: \(lastCheckpointPath), \(bestCheckpointPath); log: \(logPath)")
         return history
+    }
+
+    /// Writes `<family>-epochNNNN.h5` once and publishes it as `-last.h5` (and `-best.h5`) by hard links, then
+    /// removes epoch files beyond the newest `keepCheckpoints`. With keepCheckpoints 0 only last and best are kept.
+    private func saveEpochCheckpoint(epoch: Int, best: Bool) throws {
+        guard options.keepCheckpoints > 0 else {
+            try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
+            if best { try AtomicFile.publish(lastCheckpointPath, as: bestCheckpointPath) }
+            return
+        }
+        let digits = String(epoch)
+        let path = "\(checkpointPrefix)-epoch\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits).h5"
+        try Checkpoint.save(to: path, model: model, optimizer: optimizer, state: state)
+        try AtomicFile.publish(path, as: lastCheckpointPath)
+        if best { try AtomicFile.publish(path, as: bestCheckpointPath) }
+        let prefix = "\(model.config.family)-epoch"
+        guard let dir = opendir(options.outputDirectory) else { return }
+        var epochFiles: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(prefix) && name.hasSuffix(".h5") { epochFiles.append(name) }
+        }
+        closedir(dir)
+        for name in epochFiles.sorted().dropLast(options.keepCheckpoints) { unlink("\(options.outputDirectory)/\(name)") }
     }
 
     /// Mean training objective over the validation split (or its first `validationLimit` images) without dropout
