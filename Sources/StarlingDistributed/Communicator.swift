@@ -195,6 +195,18 @@ public final class Communicator: @unchecked Sendable {
         return all
     }
 
+    /// Every rank's `values` (the same count on each), concatenated in rank order.
+    public func allgather(_ values: [Double]) throws -> [Double] {
+        if size == 1 { return values }
+        var all = [Double](repeating: 0, count: values.count * size)
+        try values.withUnsafeBufferPointer { m in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check("MPI_Allgather", MPI_Allgather(m.baseAddress, Int32(values.count), starling_mpi_double(), a.baseAddress, Int32(values.count), starling_mpi_double(), comm))
+            }
+        }
+        return all
+    }
+
     private func check(_ call: String, _ rc: Int32) throws {
         guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi(call, rc) }
     }

@@ -28,10 +28,10 @@ public enum Benchmarks {
         let order = rng.permutation(data?.count ?? batchSize)
         let total = 10 + steps
         let reader = data.map { data in
-            Prefetcher(dataset: data, steps: (0..<total).map { s in
+            Prefetcher(source: data, steps: (0..<total).map { s in
                 let start = (s * batchSize) % (data.count - batchSize + 1)
                 return Array(order[start..<(start + batchSize)])
-            }, inputShape: [784])
+            }, epoch: 0, config: model.config)
         }
         defer { reader?.finish() }
         func step() throws {

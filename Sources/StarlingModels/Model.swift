@@ -9,22 +9,29 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// Family-specific numbers (code size, penalties, ...), by name.
     public var options: [String: Double]
     public var classNames: [String]?
+    /// Detectors: their default boxes.
+    public var anchors: AnchorConfig?
 
-    public init(family: String, inputShape: [Int], options: [String: Double] = [:], classNames: [String]? = nil) {
+    public init(family: String, inputShape: [Int], options: [String: Double] = [:], classNames: [String]? = nil, anchors: AnchorConfig? = nil) {
         self.family = family
         self.inputShape = inputShape
         self.options = options
         self.classNames = classNames
+        self.anchors = anchors
     }
 
     public func option(_ name: String, default value: Double) -> Double { options[name] ?? value }
 }
 
-/// One step's worth of data: images scaled to [0, 1] (NCHW or flattened, as the model's input shape says)
-/// and, where the dataset has them, integer labels.
+/// One step's worth of data: images (NCHW or flattened, as the model's input shape says; MNIST scaled to [0, 1],
+/// detection images as 0...255) and, where the dataset has them, integer labels or a detector's anchor targets.
 public struct Batch {
     public var images: Tensor
     public var labels: [Int32]?
+    /// Detectors: per image, what each anchor should predict (image-major, as the model's predictions).
+    public var anchorTargets: [AnchorTargets]?
+    /// Detectors: the annotated objects per image (for evaluation and pictures).
+    public var objects: [[Object]]?
     public init(images: Tensor, labels: [Int32]? = nil) { self.images = images; self.labels = labels }
     public var size: Int { images.shape[0] }
 }
@@ -33,6 +40,9 @@ public struct Batch {
 public protocol Model: AnyObject {
     var config: ModelConfig { get }
     var parameters: ParameterStore { get }
+    /// State that is not trained by gradients but belongs to the model (batch norm's moving mean and variance):
+    /// checkpointed beside the weights and broadcast from rank 0 at start. Nil for models without any.
+    var buffers: ParameterStore? { get }
     /// The training objective on a batch (a one-element tensor), recorded for backward when gradients are on.
     func loss(_ batch: Batch, training: Bool) -> Tensor
 }
@@ -42,6 +52,10 @@ public protocol Autoencoder: Model {
     func reconstruction(_ images: Tensor) -> Tensor
     /// Logits whose sigmoid is the reconstruction: the per-pixel BCE of evaluation is computed on them.
     func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor
+}
+
+public extension Model {
+    var buffers: ParameterStore? { nil }
 }
 
 public extension Autoencoder {

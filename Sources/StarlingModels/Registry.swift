@@ -2,12 +2,13 @@ import StarlingCore
 
 /// Model families by the name users type (`--model NAME`) and checkpoints record.
 public enum ModelRegistry {
-    public static let families = ["fc-ae", "conv-ae"]
+    public static let families = ["fc-ae", "conv-ae", "ssd7"]
 
     public static func defaultConfig(family: String) throws -> ModelConfig {
         switch family {
         case FCAutoencoder.family: return FCAutoencoder.defaultConfig()
         case ConvAutoencoder.family: return ConvAutoencoder.defaultConfig()
+        case SSD7.family: return SSD7.defaultConfig()
         default: throw ModelError.unknownFamily(family, known: families)
         }
     }
@@ -18,6 +19,7 @@ public enum ModelRegistry {
         switch config.family {
         case FCAutoencoder.family: return try FCAutoencoder(config: config, rng: &rng)
         case ConvAutoencoder.family: return try ConvAutoencoder(config: config, rng: &rng)
+        case SSD7.family: return try SSD7(config: config, rng: &rng)
         default: throw ModelError.unknownFamily(config.family, known: families)
         }
     }

@@ -17,6 +17,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Stop after this many optimizer steps in total (with a checkpoint to resume from).") var maxSteps: Int?
     @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = 60
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
+    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = false
     @Option(help: "OpenBLAS threads per rank (default: 1 under mpirun, as the native-stack notes measured best; OpenBLAS's own choice otherwise).") var blasThreads: Int?
 
     func validate() throws {
@@ -46,6 +47,7 @@ struct TrainingFlags: ParsableArguments {
         o.maxSteps = maxSteps
         o.watchdogSeconds = watchdogSeconds
         o.keepCheckpoints = keepCheckpoints
+        o.synchronizeBatchNorm = syncBn
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }

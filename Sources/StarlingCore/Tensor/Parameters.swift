@@ -7,6 +7,9 @@ public enum Initializer: Sendable {
     case glorotUniform(fanIn: Int, fanOut: Int)
     /// U(-l, l) with l = sqrt(6 / fanIn) (He et al. 2015).
     case heUniform(fanIn: Int)
+    /// Keras's he_normal: a normal truncated at two standard deviations, with standard deviation
+    /// sqrt(2 / fanIn) / 0.87962566 so that the truncated distribution keeps variance 2 / fanIn.
+    case heNormal(fanIn: Int)
     case uniform(low: Float, high: Float)
     case normal(mean: Float, std: Float)
     /// A (rows x cols) matrix with orthonormal rows or columns, from QR of a Gaussian (Saxe et al. 2014);
@@ -47,8 +50,10 @@ public final class ParameterStore: @unchecked Sendable {
     public private(set) var gradients = FloatStorage(count: 0)
     public private(set) var isAllocated = false
     private var names = Set<String>()
+    /// False for a store of buffers (batch norm's moving statistics): its tensors take no gradient.
+    public let trainable: Bool
 
-    public init() {}
+    public init(trainable: Bool = true) { self.trainable = trainable }
 
     /// Total number of scalars.
     public var count: Int { parameters.last.map { $0.offset + $0.count } ?? 0 }
@@ -72,7 +77,7 @@ public final class ParameterStore: @unchecked Sendable {
         for p in parameters {
             let v = FloatStorage(viewOf: values, offset: p.offset, count: p.count)
             let g = FloatStorage(viewOf: gradients, offset: p.offset, count: p.count)
-            p.tensorStorage = Tensor(shape: p.shape, storage: v, grad: g, name: p.name)
+            p.tensorStorage = trainable ? Tensor(shape: p.shape, storage: v, grad: g, name: p.name) : Tensor(shape: p.shape, storage: v, name: p.name)
             Self.initialize(v.buffer, p.initializer, &rng)
         }
         isAllocated = true
@@ -93,6 +98,13 @@ public final class ParameterStore: @unchecked Sendable {
         case .heUniform(let fanIn):
             let limit = (6 / Float(fanIn)).squareRoot()
             for i in out.indices { out[i] = rng.uniform(-limit, limit) }
+        case .heNormal(let fanIn):
+            let std = (2 / Float(fanIn)).squareRoot() / 0.879_625_66
+            for i in out.indices {
+                var z = rng.normal()
+                while abs(z) > 2 { z = rng.normal() }
+                out[i] = std * z
+            }
         case .uniform(let lo, let hi):
             for i in out.indices { out[i] = rng.uniform(lo, hi) }
         case .normal(let mean, let std):

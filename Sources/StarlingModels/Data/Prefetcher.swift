@@ -17,7 +17,7 @@ final class Prefetcher: @unchecked Sendable {
     /// Seconds the consumer spent blocked in `next()`.
     private(set) var waitSeconds = 0.0
 
-    init(dataset: ImageDataset, steps: [[Int]], inputShape: [Int], depth: Int = 2) {
+    init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, depth: Int = 2) {
         self.depth = depth
         self.total = steps.count
         let thread = Thread { [self] in
@@ -27,7 +27,7 @@ final class Prefetcher: @unchecked Sendable {
                 let stop = stopped
                 condition.unlock()
                 if stop { break }
-                let result = Result { try dataset.batch(indices: indices, modelInputShape: inputShape) }
+                let result = Result { try source.batch(indices: indices, epoch: epoch, training: true, config: config) }
                 condition.lock()
                 ready.append(result)
                 produced += 1

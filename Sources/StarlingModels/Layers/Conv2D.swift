@@ -10,10 +10,10 @@ public struct Conv2D: Sendable {
     public let padding: Padding
 
     public init(_ store: ParameterStore, name: String, inputs: Int, outputs: Int, kernelSize: (Int, Int) = (3, 3),
-                stride: (Int, Int) = (1, 1), padding: Padding = .same) {
+                stride: (Int, Int) = (1, 1), padding: Padding = .same, initializer: Initializer? = nil) {
         let (kh, kw) = kernelSize
         kernel = store.declare("\(name)/kernel", shape: [outputs, inputs, kh, kw],
-                               initializer: .glorotUniform(fanIn: inputs * kh * kw, fanOut: outputs * kh * kw))
+                               initializer: initializer ?? .glorotUniform(fanIn: inputs * kh * kw, fanOut: outputs * kh * kw))
         bias = store.declare("\(name)/bias", shape: [outputs], initializer: .zeros)
         self.stride = stride
         self.padding = padding

@@ -9,7 +9,8 @@ import StarlingIO
 ///   `step`, `epoch`, `seed`, `world_size`, `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
 ///   `best_validation_loss`;
 /// - `/model_weights/<layer>/<weight>`: float32 datasets in the parameter's shape (Keras-like names such as
-///   `encoder/kernel`), with `layer_names` on `/model_weights` and `weight_names` on each layer group;
+///   `encoder/kernel`, and the buffers such as `bn1/moving_mean`), with `layer_names` on `/model_weights` and
+///   `weight_names` on each layer group;
 /// - `/optimizer_state/<name>`: float32 [P] flat buffers in the parameter layout (Adam's `m`, `v`).
 public enum Checkpoint {
     public static let format = "starling-checkpoint"
@@ -53,7 +54,7 @@ public enum Checkpoint {
             let weights = try root.createGroup("model_weights")
             var layers: [String] = []
             var weightNames: [String: [String]] = [:]
-            for p in model.parameters.parameters {
+            for p in model.parameters.parameters + (model.buffers?.parameters ?? []) {
                 let dataset = try weights.createDataset(p.name, type: .float32, shape: p.shape)
                 try dataset.write(UnsafeBufferPointer(p.value.storage.buffer))
                 let layer = layerName(p.name)
@@ -110,7 +111,7 @@ public enum Checkpoint {
         let model = try ModelRegistry.build(config, seed: 0)
         guard root.contains("model_weights") else { throw CheckpointError(file: path, message: "no /model_weights group") }
         let weights = try root.group("model_weights")
-        for p in model.parameters.parameters {
+        for p in model.parameters.parameters + (model.buffers?.parameters ?? []) {
             guard weights.contains(p.name) else {
                 throw CheckpointError(file: path, message: "model \(config.family) needs weight '\(p.name)', which the file lacks")
             }

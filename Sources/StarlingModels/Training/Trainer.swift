@@ -28,6 +28,8 @@ public struct TrainingOptions: Sendable {
     public var bucketBytes = 25 << 20
     /// Start bucket allreduces during backward (off only to measure what the overlap hides).
     public var overlapCommunication = true
+    /// Batch norm statistics over the global batch (`--sync-bn`) rather than each rank's slice.
+    public var synchronizeBatchNorm = false
     /// Seconds a rank may wait in a step's first collective before the watchdog warns and names missing ranks.
     public var watchdogSeconds: Double = 60
     /// Print the live progress line (off for benchmarks).
@@ -66,8 +68,8 @@ public struct TrainingError: Error, CustomStringConvertible {
 public final class Trainer {
     public let model: any Model
     public let optimizer: any Optimizer
-    public let train: ImageDataset
-    public let validation: ImageDataset?
+    public let train: any TrainingSource
+    public let validation: (any TrainingSource)?
     public let options: TrainingOptions
     public let world: Communicator
     public private(set) var state = Checkpoint.TrainingState()
@@ -80,16 +82,11 @@ public final class Trainer {
     private let agreement = UnsafeMutablePointer<Double>.allocate(capacity: 2)
     private let log: (String) -> Void
 
-    public init(model: any Model, optimizer: any Optimizer, train: ImageDataset, validation: ImageDataset?,
+    public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
                 options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
                 log: @escaping (String) -> Void = Trainer.printLine) throws {
-        let sample = model.config.inputShape.reduce(1, *)
-        guard train.sampleSize == sample else {
-            throw ModelError.inputShape(family: model.config.family, expected: model.config.inputShape, got: train.sampleShape, source: train.path)
-        }
-        if let validation, validation.sampleSize != sample {
-            throw ModelError.inputShape(family: model.config.family, expected: model.config.inputShape, got: validation.sampleShape, source: validation.path)
-        }
+        try train.checkCompatible(with: model.config)
+        try validation?.checkCompatible(with: model.config)
         guard options.batchSize > 0 else { throw TrainingError("batch size must be positive, got \(options.batchSize)") }
         guard options.batchSize % world.size == 0 else {
             throw TrainingError("global batch size \(options.batchSize) does not split evenly over \(world.size) ranks; use a multiple of \(world.size)")
@@ -107,6 +104,10 @@ public final class Trainer {
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
                                            overlap: options.overlapCommunication)
         watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, log: Trainer.printLine)
+        if let aware = model as? CrossReplicaAware {
+            aware.crossReplica = CrossReplica(world)
+            aware.synchronizeBatchNorm = options.synchronizeBatchNorm
+        }
         state.seed = options.seed
         state.worldSize = world.size
         if let resume { try restore(resume) }
@@ -146,6 +147,7 @@ public final class Trainer {
             throw TrainingError("the checkpoint holds model \(loaded.model.config.family) \(loaded.model.config.options), not \(model.config.family) \(model.config.options)")
         }
         model.parameters.values.copy(from: loaded.model.parameters.values)
+        if let mine = model.buffers, let saved = loaded.model.buffers { mine.values.copy(from: saved.values) }
         for (name, storage) in optimizer.state {
             guard let saved = loaded.optimizerState[name] else {
                 throw TrainingError("the checkpoint has no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from")
@@ -173,6 +175,7 @@ public final class Trainer {
             throw TrainingError("ranks were started with different configurations (see the messages above); refusing to train")
         }
         try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
+        if let buffers = model.buffers { try world.broadcast(buffers.values.pointer, count: buffers.count) }
         for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }
         // Only rank 0 read a resumed checkpoint: its progress counters go to every rank (as text, so they stay exact).
         let counters = try world.broadcast("\(state.epoch) \(state.step) \(state.dataCursor) \(optimizer.stepCount) \(state.bestValidationLoss)")
@@ -210,7 +213,7 @@ public final class Trainer {
                 let begin = step * options.batchSize + world.rank * local
                 return Array(order[begin..<(begin + local)])
             }
-            let reader = Prefetcher(dataset: train, steps: slices, inputShape: model.config.inputShape)
+            let reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config)
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
             var lastPrint = start
@@ -314,7 +317,7 @@ public final class Trainer {
 
     /// Mean training objective over the validation split (or its first `validationLimit` images) without dropout
     /// or noise: each rank scores an equal share, and the sums are allreduced.
-    public func evaluateLoss(_ data: ImageDataset) throws -> Double {
+    public func evaluateLoss(_ data: any TrainingSource) throws -> Double {
         let n = min(data.count, options.validationLimit ?? data.count)
         let share = (n + world.size - 1) / world.size
         let mine = (world.rank * share)..<min(n, (world.rank + 1) * share)
@@ -322,7 +325,7 @@ public final class Trainer {
         var start = mine.lowerBound
         while start < mine.upperBound {
             let end = min(mine.upperBound, start + options.batchSize)
-            let batch = try data.batch(indices: Array(start..<end), modelInputShape: model.config.inputShape)
+            let batch = try data.batch(indices: Array(start..<end), epoch: 0, training: false, config: model.config)
             let loss = GradMode.disabled { model.loss(batch, training: false) }
             total[0] += Double(loss.item) * Double(end - start)
             start = end

@@ -1,0 +1,65 @@
+/// A detected object in pixels of the model's input image.
+public struct DetectedBox: Equatable, Sendable {
+    public var box: BoxCorners
+    public var classID: Int
+    public var score: Float
+    public init(box: BoxCorners, classID: Int, score: Float) { self.box = box; self.classID = classID; self.score = score }
+}
+
+/// Greedy non-maximum suppression: in descending score order (stable for ties), keep a box unless it overlaps an
+/// already kept box by IoU > `iouThreshold` (strictly, as ssd_keras and torchvision). Returns kept indices.
+public func nonMaximumSuppression(_ boxes: [BoxCorners], scores: [Float], iouThreshold: Float) -> [Int] {
+    let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+    var kept: [Int] = []
+    for i in order where !kept.contains(where: { intersectionOverUnion(boxes[$0], boxes[i]) > iouThreshold }) {
+        kept.append(i)
+    }
+    return kept
+}
+
+/// How raw SSD predictions become detections (ssd_keras's decode_detections): per class, anchors with confidence
+/// above `confidenceThreshold` are decoded, suppressed by greedy NMS at `iouThreshold`, and the best `topK` over all
+/// classes are kept. `globalNMS` suppresses across classes instead (one NMS over every class's candidates, faster
+/// and what a user wants when classes should not overlap).
+public struct DetectionDecoding: Codable, Equatable, Sendable {
+    public var confidenceThreshold: Float = 0.5
+    public var iouThreshold: Float = 0.45
+    public var topK = 200
+    public var globalNMS = false
+    public init(confidenceThreshold: Float = 0.5, iouThreshold: Float = 0.45, topK: Int = 200, globalNMS: Bool = false) {
+        self.confidenceThreshold = confidenceThreshold
+        self.iouThreshold = iouThreshold
+        self.topK = topK
+        self.globalNMS = globalNMS
+    }
+    /// The settings for evaluation (mAP needs the low-confidence tail).
+    public static let evaluation = DetectionDecoding(confidenceThreshold: 0.01)
+    /// The settings for pictures.
+    public static let display = DetectionDecoding(confidenceThreshold: 0.5)
+
+    /// Detections of one image from its class probabilities [A x C] (column 0 background) and offsets [A x 4].
+    public func decode(probabilities: UnsafePointer<Float>, offsets: UnsafePointer<Float>, classCount c: Int,
+                       encoder: SSDBoxEncoder) -> [DetectedBox] {
+        var candidates: [DetectedBox] = []
+        var perClass: [[DetectedBox]] = Array(repeating: [], count: c)
+        for j in 0..<encoder.anchorCount {
+            let row = probabilities + j * c
+            var decoded: BoxCorners?
+            for k in 1..<c where row[k] > confidenceThreshold {
+                let box = decoded ?? encoder.decode(offsets + 4 * j, anchor: j)
+                decoded = box
+                perClass[k].append(DetectedBox(box: box, classID: k, score: row[k]))
+            }
+        }
+        if globalNMS {
+            let all = perClass.flatMap { $0 }
+            candidates = nonMaximumSuppression(all.map(\.box), scores: all.map(\.score), iouThreshold: iouThreshold).map { all[$0] }
+        } else {
+            for list in perClass where !list.isEmpty {
+                candidates += nonMaximumSuppression(list.map(\.box), scores: list.map(\.score), iouThreshold: iouThreshold).map { list[$0] }
+            }
+        }
+        let ranked = candidates.enumerated().sorted { $0.element.score > $1.element.score || ($0.element.score == $1.element.score && $0.offset < $1.offset) }
+        return ranked.prefix(topK).map(\.element)
+    }
+}
