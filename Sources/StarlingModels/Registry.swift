@@ -23,4 +23,19 @@ public enum ModelRegistry {
         default: throw ModelError.unknownFamily(config.family, known: families)
         }
     }
+
+    /// Families trained on detection datasets (`starling data detection`).
+    public static func isDetector(_ family: String) -> Bool { family == SSD7.family }
+
+    /// A detector's configuration for a dataset: its image size and class list.
+    public static func detectorConfig(family: String, for dataset: DetectionDataset) throws -> ModelConfig {
+        switch family {
+        case SSD7.family:
+            guard dataset.imageHeight >= 64, dataset.imageWidth >= 64 else {
+                throw DataError(file: dataset.path, message: "images of \(dataset.imageHeight)x\(dataset.imageWidth) are too small for SSD7 (at least 64x64)")
+            }
+            return SSD7.defaultConfig(height: dataset.imageHeight, width: dataset.imageWidth, classNames: dataset.classNames)
+        default: throw ModelError.unknownFamily(family, known: families.filter(isDetector))
+        }
+    }
 }

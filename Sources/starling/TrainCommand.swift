@@ -59,7 +59,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Model family: \(ModelRegistry.families.joined(separator: ", ")).") var model: String
     @Option(help: "Dataset in Starling's HDF5 layout (e.g. from `starling data mnist`).") var data: String
     @Option(help: "Split to train on.") var trainSplit: String = "train"
-    @Option(help: "Split for the validation loss ('none' to skip). The Keras tutorial validates on the test split.") var valSplit: String = "test"
+    @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @OptionGroup var flags: TrainingFlags
 
@@ -68,9 +68,19 @@ struct TrainCommand: ParsableCommand {
         if let threads = flags.blasThreads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
         do {
             try reportingErrors {
-                let config = try ModelRegistry.defaultConfig(family: model)
-                let train = try ImageDataset(path: data, split: trainSplit)
-                let validation = valSplit == "none" ? nil : try ImageDataset(path: data, split: valSplit)
+                var config = try ModelRegistry.defaultConfig(family: model)
+                let train: any TrainingSource, validation: (any TrainingSource)?
+                if ModelRegistry.isDetector(model) {
+                    let dataset = try DetectionDataset(path: data, split: trainSplit)
+                    config = try ModelRegistry.detectorConfig(family: model, for: dataset)
+                    train = DetectionSource(dataset: dataset, augment: nil)
+                    let split = valSplit ?? "val"
+                    validation = split == "none" ? nil : DetectionSource(dataset: try DetectionDataset(path: data, split: split))
+                } else {
+                    train = try ImageDataset(path: data, split: trainSplit)
+                    let split = valSplit ?? "test"
+                    validation = split == "none" ? nil : try ImageDataset(path: data, split: split)
+                }
                 let network = try ModelRegistry.build(config, seed: flags.seed)
                 let optimizer = Adam(parameterCount: network.parameters.count, learningRate: flags.lr)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
