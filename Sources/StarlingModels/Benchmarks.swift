@@ -105,6 +105,53 @@ public enum Benchmarks {
         return (raw, ours)
     }
 
+    public struct DetectorThroughput {
+        public var trainImagesPerSecond: Double
+        public var inferenceFPS: [Int: Double]
+    }
+
+    /// SSD7 at the project's 300 x 480 on synthetic frames (random pixels, three boxes each): training steps at
+    /// `batchSize` (forward, loss, backward, Adam) and inference (forward, softmax, decoding with NMS) at each of
+    /// `inferenceBatches`.
+    public static func ssd7(batchSize: Int, steps: Int, inferenceBatches: [Int] = [1, 8]) throws -> DetectorThroughput {
+        let model = try ModelRegistry.build(SSD7.defaultConfig(), seed: 1) as! SSD7
+        let adam = Adam(parameterCount: model.parameters.count)
+        var rng = RandomGenerator(seed: 5)
+        func frames(_ n: Int) -> Batch {
+            let images = Tensor(zeros: [n, 3, 300, 480])
+            for i in 0..<images.count { images.data[i] = Float(rng.next() % 256) }
+            var batch = Batch(images: images)
+            batch.anchorTargets = (0..<n).map { _ in
+                model.encoder.encode((0..<3).map { k in
+                    let x = rng.uniform(0, 400), y = rng.uniform(0, 220)
+                    return Object(box: BoxCorners(xmin: x, ymin: y, xmax: x + rng.uniform(10, 80), ymax: y + rng.uniform(10, 80)), classID: 1 + k)
+                })
+            }
+            return batch
+        }
+        let batch = frames(batchSize)
+        func step() {
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+        }
+        step()
+        var start = monotonicSeconds()
+        for _ in 0..<steps { step() }
+        let train = Double(steps * batchSize) / (monotonicSeconds() - start)
+        var fps: [Int: Double] = [:]
+        for n in inferenceBatches {
+            let images = frames(n).images
+            _ = model.detect(images, decoding: .display)
+            let repeats = max(2, 16 / n)
+            start = monotonicSeconds()
+            for _ in 0..<repeats { _ = model.detect(images, decoding: .display) }
+            fps[n] = Double(repeats * n) / (monotonicSeconds() - start)
+        }
+        return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps)
+    }
+
     /// Peak resident set size of this process so far.
     public static func peakResidentBytes() -> Int {
         var usage = rusage()

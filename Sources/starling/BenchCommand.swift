@@ -14,6 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7.") var only: String = "all"
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
     var distributed = false
@@ -26,15 +27,24 @@ struct BenchCommand: ParsableCommand {
         if let threads { BLAS.setThreadCount(threads) }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads")
         try reportingErrors {
-            // The training run first, so the process's peak RSS is that run's.
-            let fc = try Benchmarks.fcAutoencoderTraining(dataPath: data, batchSize: 256, steps: steps)
-            let rssMB = Double(Benchmarks.peakResidentBytes()) / 1_048_576
-            print(String(format: "fc-ae training, batch 256: %.0f images/s (%.2f ms/step), outside BLAS %.1f%% of the step, peak RSS %.0f MB%@",
-                         fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data == nil ? " (synthetic data)" : " (reading \(data!))"))
-            let conv = ConvBenchmark.run(batch: 16, channels: 64, size: 56, iterations: 3)
-            print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
-            print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
-                         conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
+            if only == "all" || only == "fc-ae" {
+                // The training run first, so the process's peak RSS is that run's.
+                let fc = try Benchmarks.fcAutoencoderTraining(dataPath: data, batchSize: 256, steps: steps)
+                let rssMB = Double(Benchmarks.peakResidentBytes()) / 1_048_576
+                print(String(format: "fc-ae training, batch 256: %.0f images/s (%.2f ms/step), outside BLAS %.1f%% of the step, peak RSS %.0f MB%@",
+                             fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data == nil ? " (synthetic data)" : " (reading \(data!))"))
+            }
+            if only == "all" || only == "conv" {
+                let conv = ConvBenchmark.run(batch: 16, channels: 64, size: 56, iterations: 3)
+                print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
+                print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
+                             conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
+            }
+            if only == "all" || only == "ssd7" {
+                let ssd = try Benchmarks.ssd7(batchSize: 16, steps: max(2, steps / 50))
+                print(String(format: "ssd7 300x480: training %.1f images/s at batch 16; inference %.1f FPS at batch 1, %.1f FPS at batch 8; peak RSS %.0f MB",
+                             ssd.trainImagesPerSecond, ssd.inferenceFPS[1] ?? 0, ssd.inferenceFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            }
         }
     }
 

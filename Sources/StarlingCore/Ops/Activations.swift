@@ -2,7 +2,10 @@
 extension Tensor {
     public func relu() -> Tensor {
         unary({ n, x, y in for i in 0..<n { y[i] = x[i] > 0 ? x[i] : 0 } },
-              backward: { n, x, _, dy, dx in for i in 0..<n where x[i] > 0 { dx[i] += dy[i] } })
+              backward: { n, x, _, dy, dx in
+                  // Every load unconditional: a load behind a branch stops LLVM from vectorising the loop.
+                  for i in 0..<n { let g = dy[i], v = x[i]; dx[i] += v > 0 ? g : 0 }
+              })
     }
 
     /// 1 / (1 + e^-x), computed from e^-|x| so it never overflows.

@@ -107,7 +107,9 @@ extension Tensor {
     public func clamp(_ low: Float, _ high: Float) -> Tensor {
         precondition(low <= high, "clamp range [\(low), \(high)]")
         return unary({ n, x, y in for i in 0..<n { y[i] = Swift.min(Swift.max(x[i], low), high) } },
-                     backward: { n, x, _, dy, dx in for i in 0..<n where x[i] >= low && x[i] <= high { dx[i] += dy[i] } })
+                     backward: { n, x, _, dy, dx in
+                         for i in 0..<n { let g = dy[i], v = x[i]; dx[i] += v >= low && v <= high ? g : 0 }
+                     })
     }
 }
 

@@ -34,14 +34,40 @@ extension Tensor {
         let (oh, ow) = (rows.count, cols.count)
         // Argmax as an offset within the input plane; Int32 halves the memory kept alive until backward.
         precondition(h * w <= Int(Int32.max), "plane of \(h)x\(w) pixels too large for max-pool indices")
-        var indices = [Int32](repeating: 0, count: planes * oh * ow)
+        // Kept in a FloatStorage block (as Int32 bits) so the block cache reuses it step after step.
+        let indexBlock = FloatStorage(count: planes * oh * ow)
+        let ip = UnsafeMutableRawPointer(indexBlock.pointer).assumingMemoryBound(to: Int32.self)
         let values = FloatStorage(count: planes * oh * ow)
         let xd = x.data, y = values.pointer
-        indices.withUnsafeMutableBufferPointer { idx in
+        let step = stride ?? kernel
+        let rowsRegular = (0..<oh).allSatisfy { (i: Int) -> Bool in rows.lo[i] == 2 * i && rows.hi[i] == 2 * i + 2 }
+        let colsRegular = (0..<ow).allSatisfy { (j: Int) -> Bool in cols.lo[j] == 2 * j && cols.hi[j] == 2 * j + 2 }
+        let twoByTwo: Bool = kernel.0 == 2 && kernel.1 == 2 && step.0 == 2 && step.1 == 2 && rowsRegular && colsRegular
+        // The common 2x2/2 window inside the image (SSD, U-Net, the autoencoders): four loads, no index arrays.
+        if twoByTwo {
+            for p in 0..<planes {
+                let xp = xd + p &* h &* w
+                for i in 0..<oh {
+                    let r0 = xp + 2 &* i &* w, r1 = r0 + w
+                    let base = 2 &* i &* w
+                    let yrow = y + (p &* oh &+ i) &* ow, irow = ip + (p &* oh &+ i) &* ow
+                    for j in 0..<ow {
+                        let c = 2 &* j
+                        // First maximum in row-major order wins ties, as the general loop.
+                        var best = r0[c], at = base &+ c
+                        if r0[c &+ 1] > best { best = r0[c &+ 1]; at = base &+ c &+ 1 }
+                        if r1[c] > best { best = r1[c]; at = base &+ w &+ c }
+                        if r1[c &+ 1] > best { best = r1[c &+ 1]; at = base &+ w &+ c &+ 1 }
+                        yrow[j] = best
+                        irow[j] = Int32(truncatingIfNeeded: at)
+                    }
+                }
+            }
+        } else {
             for p in 0..<planes {
                 let xp = xd + p * h * w
                 for i in 0..<oh {
-                    let yrow = y + (p * oh + i) * ow, irow = idx.baseAddress! + (p * oh + i) * ow
+                    let yrow = y + (p * oh + i) * ow, irow = ip + (p * oh + i) * ow
                     for j in 0..<ow {
                         var best = -Float.infinity, at = rows.lo[i] * w + cols.lo[j]
                         for r in rows.lo[i]..<rows.hi[i] {
@@ -57,14 +83,12 @@ extension Tensor {
                 }
             }
         }
-        let argmax = indices
         let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], storage: values, inputs: [x]) { out in
             let dy = out.grad, dx = x.grad
-            argmax.withUnsafeBufferPointer { idx in
-                for p in 0..<planes {
-                    let dxp = dx + p * h * w, dyp = dy + p * oh * ow, ip = idx.baseAddress! + p * oh * ow
-                    for o in 0..<(oh * ow) { dxp[Int(ip[o])] += dyp[o] }
-                }
+            let ip0 = UnsafeMutableRawPointer(indexBlock.pointer).assumingMemoryBound(to: Int32.self)
+            for p in 0..<planes {
+                let dxp = dx + p * h * w, dyp = dy + p * oh * ow, ip = ip0 + p * oh * ow
+                for o in 0..<(oh * ow) { dxp[Int(ip[o])] += dyp[o] }
             }
         }
         return out

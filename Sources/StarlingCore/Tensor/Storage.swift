@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
 /// A fixed-size block of Float32 memory, owned or borrowed from a parent block.
 ///
 /// Parameters and gradients live in one allocation each (see `ParameterStore`); a parameter tensor is
@@ -11,7 +17,7 @@ public final class FloatStorage: @unchecked Sendable {
     /// A new zero-filled block of `count` floats, 64-byte aligned for vector loads.
     public init(count: Int) {
         precondition(count >= 0, "negative storage size")
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+        let raw = BlockCache.shared.take(floats: max(count, 1))
         raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
         pointer = raw.assumingMemoryBound(to: Float.self)
         self.count = count
@@ -27,7 +33,7 @@ public final class FloatStorage: @unchecked Sendable {
     }
 
     deinit {
-        if parent == nil { UnsafeMutableRawPointer(pointer).deallocate() }
+        if parent == nil { BlockCache.shared.give(UnsafeMutableRawPointer(pointer), floats: max(count, 1)) }
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
@@ -38,4 +44,59 @@ public final class FloatStorage: @unchecked Sendable {
         pointer.update(from: other.pointer, count: count)
     }
     public func toArray() -> [Float] { Array(buffer) }
+}
+
+/// Keeps freed large blocks for reuse. Every training step allocates the same activations again; blocks above
+/// glibc's mmap threshold (32 MB at most) would otherwise be mapped fresh each time, and the kernel's page faults and
+/// page zeroing cost more than the step's BLAS work on SSD-sized images. Small blocks go straight to malloc.
+final class BlockCache: @unchecked Sendable {
+    static let shared = BlockCache()
+    /// Blocks below this go to malloc directly.
+    let minimumBytes = 1 << 20
+    /// Total bytes kept idle at most.
+    let limitBytes: Int
+    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var idleBytes = 0
+    private let lock = PThreadMutex()
+
+    init() {
+        let mb = getenv("STARLING_BLOCK_CACHE_MB").flatMap { Int(String(cString: $0)) } ?? 4096
+        limitBytes = max(0, mb) << 20
+    }
+
+    func take(floats: Int) -> UnsafeMutableRawPointer {
+        let bytes = floats * 4
+        if bytes >= minimumBytes {
+            lock.lock()
+            let block = free[bytes]?.popLast()
+            if block != nil { idleBytes -= bytes }
+            lock.unlock()
+            if let block { return block }
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+    }
+
+    func give(_ block: UnsafeMutableRawPointer, floats: Int) {
+        let bytes = floats * 4
+        if bytes >= minimumBytes {
+            lock.lock()
+            if idleBytes + bytes <= limitBytes {
+                free[bytes, default: []].append(block)
+                idleBytes += bytes
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+        }
+        block.deallocate()
+    }
+}
+
+/// A pthread mutex (the core module does not import Foundation).
+final class PThreadMutex: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() { pthread_mutex_init(mutex, nil) }
+    deinit { pthread_mutex_destroy(mutex); mutex.deallocate() }
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
 }
