@@ -26,6 +26,12 @@ public final class Communicator: @unchecked Sendable {
             var initialized: Int32 = 0
             MPI_Initialized(&initialized)
             if initialized == 0 {
+                // Started without mpirun: an isolated singleton. Otherwise Open MPI forks a helper daemon inside
+                // MPI_Init, and a fork while OpenBLAS threads are busy on another thread deadlocks in OpenBLAS's
+                // fork handler (seen in the test process, where suites run BLAS in parallel).
+                if getenv("OMPI_COMM_WORLD_SIZE") == nil && getenv("PMIX_RANK") == nil {
+                    setenv("OMPI_MCA_ess_singleton_isolated", "1", 0)
+                }
                 var provided: Int32 = 0
                 let rc = MPI_Init_thread(nil, nil, Int32(MPI_THREAD_FUNNELED), &provided)
                 guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Init_thread", rc) }

@@ -25,15 +25,41 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
 /// One step's worth of data: images (NCHW or flattened, as the model's input shape says; MNIST scaled to [0, 1],
 /// detection images as 0...255) and, where the dataset has them, integer labels or a detector's anchor targets.
+///
+/// Models that draw noise per sample (the denoiser's corruption, a VAE's latent sample) key it on where the batch
+/// came from: each sample's dataset index, and during training the run's seed and the epoch. So a sample gets the
+/// same noise whichever batch, step or rank it lands in, fresh noise every epoch, and a resumed run repeats it.
 public struct Batch {
     public var images: Tensor
     public var labels: [Int32]?
+    /// Dataset index of each sample, in batch order (set by the data sources); nil: the position in the batch.
+    public var indices: [Int]?
+    /// The epoch (0-based) and the run's seed during training (set by the Trainer); nil outside training.
+    public var epoch: Int?
+    public var seed: UInt64?
     /// Detectors: per image, what each anchor should predict (image-major, as the model's predictions).
     public var anchorTargets: [AnchorTargets]?
     /// Detectors: the annotated objects per image (for evaluation and pictures).
     public var objects: [[Object]]?
-    public init(images: Tensor, labels: [Int32]? = nil) { self.images = images; self.labels = labels }
+    public init(images: Tensor, labels: [Int32]? = nil, indices: [Int]? = nil, epoch: Int? = nil, seed: UInt64? = nil) {
+        self.images = images
+        self.labels = labels
+        self.indices = indices
+        self.epoch = epoch
+        self.seed = seed
+    }
     public var size: Int { images.shape[0] }
+
+    /// The seed of all noise drawn outside training (validation loss, `starling eval`): fixed, so that figures repeat.
+    public static let evaluationSeed: UInt64 = 0x5EED_E7A1
+
+    /// The random stream of sample `r`: keyed by (seed, epoch, dataset index) when training, by
+    /// (evaluationSeed, dataset index) otherwise. `purpose` separates independent uses of one sample's stream.
+    public func randomStream(sample r: Int, purpose: UInt64, training: Bool) -> RandomGenerator {
+        let index = UInt64(indices?[r] ?? r)
+        if training { return RandomGenerator(seed: seed ?? 0, stream: purpose, UInt64(epoch ?? 0), index) }
+        return RandomGenerator(seed: Batch.evaluationSeed, stream: purpose, index)
+    }
 }
 
 /// A trainable model: its parameters in one flat store, and a loss on a batch.
@@ -56,6 +82,12 @@ public protocol Autoencoder: Model {
 
 public extension Model {
     var buffers: ParameterStore? { nil }
+}
+
+/// Models with an encoder: `code` is its output for a batch of images, flattened to [N, D] (a VAE's posterior mean).
+/// Plots, outlier scores and image indexes work on it.
+public protocol Encoding: Model {
+    func code(_ images: Tensor) -> Tensor
 }
 
 public extension Autoencoder {

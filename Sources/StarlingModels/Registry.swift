@@ -2,13 +2,23 @@ import StarlingCore
 
 /// Model families by the name users type (`--model NAME`) and checkpoints record.
 public enum ModelRegistry {
-    public static let families = ["fc-ae", "conv-ae", "ssd7"]
+    public static let families = ["fc-ae", "sparse-ae", "deep-ae", "conv-ae", "denoising-ae", "seq2seq-ae", "vae", "conv-vae", "ssd7"]
+
+    /// The sparse autoencoder of the Keras tutorial is the fully connected one with an L1 activity penalty of
+    /// 1e-4 (the tutorial's `10e-5`) on the 32-unit code.
+    public static let sparseFamily = "sparse-ae"
 
     public static func defaultConfig(family: String) throws -> ModelConfig {
         switch family {
         case FCAutoencoder.family: return FCAutoencoder.defaultConfig()
+        case sparseFamily: return ModelConfig(family: sparseFamily, inputShape: [784], options: ["code_size": 32, "l1_activity": 1e-4])
+        case DeepAutoencoder.family: return DeepAutoencoder.defaultConfig()
         case ConvAutoencoder.family: return ConvAutoencoder.defaultConfig()
         case SSD7.family: return SSD7.defaultConfig()
+        case DenoisingAutoencoder.family: return DenoisingAutoencoder.defaultConfig()
+        case Seq2SeqAutoencoder.family: return Seq2SeqAutoencoder.defaultConfig()
+        case VariationalAutoencoder.family: return VariationalAutoencoder.defaultConfig()
+        case ConvVariationalAutoencoder.family: return ConvVariationalAutoencoder.defaultConfig()
         default: throw ModelError.unknownFamily(family, known: families)
         }
     }
@@ -17,12 +27,20 @@ public enum ModelRegistry {
     public static func build(_ config: ModelConfig, seed: UInt64) throws -> any Model {
         var rng = RandomGenerator(seed: seed)
         switch config.family {
-        case FCAutoencoder.family: return try FCAutoencoder(config: config, rng: &rng)
+        case FCAutoencoder.family, sparseFamily: return try FCAutoencoder(config: config, rng: &rng)
+        case DeepAutoencoder.family: return try DeepAutoencoder(config: config, rng: &rng)
         case ConvAutoencoder.family: return try ConvAutoencoder(config: config, rng: &rng)
         case SSD7.family: return try SSD7(config: config, rng: &rng)
+        case DenoisingAutoencoder.family: return try DenoisingAutoencoder(config: config, rng: &rng)
+        case Seq2SeqAutoencoder.family: return try Seq2SeqAutoencoder(config: config, rng: &rng)
+        case VariationalAutoencoder.family: return try VariationalAutoencoder(config: config, rng: &rng)
+        case ConvVariationalAutoencoder.family: return try ConvVariationalAutoencoder(config: config, rng: &rng)
         default: throw ModelError.unknownFamily(config.family, known: families)
         }
     }
+
+    /// The autoencoder families (trained and evaluated on image datasets such as MNIST).
+    public static var autoencoders: [String] { families.filter { !isDetector($0) } }
 
     /// Families trained on detection datasets (`starling data detection`).
     public static func isDetector(_ family: String) -> Bool { family == SSD7.family }

@@ -33,12 +33,34 @@ struct EvalCommand: ParsableCommand {
             print("  reconstruction BCE per pixel (mean):  \(String(format: "%.5f", report.bcePerPixel))")
             print("  reconstruction BCE per image (sum):   \(String(format: "%.2f", report.bcePerImage)) nats over \(report.pixelsPerImage) pixels")
             print("  reconstruction MSE per pixel:         \(String(format: "%.5f", report.msePerPixel))")
+            if let size = report.codeSize, let activation = report.meanCodeActivation {
+                print("  code: \(size) values, mean value       \(String(format: "%.4f", activation))")
+            }
+            if let kl = report.klPerImage, let atMean = report.elboAtMean, let sampled = report.elboOneSample,
+               let sampledBCE = report.bcePerImageOneSample {
+                print("  (VAE: reconstruction above decoded at z = posterior mean)")
+                print("  KL(q(z|x) || N(0, I)) per image:      \(String(format: "%.2f", kl)) nats")
+                print("  ELBO per image, z = mean:             \(String(format: "%.2f", atMean)) nats (= -(BCE per image + KL))")
+                print("  ELBO per image, one sample of z:      \(String(format: "%.2f", sampled)) nats (reconstruction \(String(format: "%.2f", sampledBCE)); eps from the fixed evaluation seed)")
+            }
+            if let factor = report.noiseFactor, let noisy = report.psnrNoisy, let denoised = report.psnrDenoised,
+               let pixelBCE = report.denoisedBcePerPixel, let imageBCE = report.denoisedBcePerImage {
+                print("  denoising (noise factor \(factor), fixed evaluation seed):")
+                print("    PSNR noisy vs clean:                \(String(format: "%.2f", noisy)) dB")
+                print("    PSNR denoised vs clean:             \(String(format: "%.2f", denoised)) dB")
+                print("    BCE denoised vs clean per pixel:    \(String(format: "%.5f", pixelBCE))")
+                print("    BCE denoised vs clean per image:    \(String(format: "%.2f", imageBCE)) nats")
+            }
             let base = URL(fileURLWithPath: checkpoint).deletingPathExtension().lastPathComponent
             let folder = plots ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
             try makeDirectory(folder)
             let grid = "\(folder)/\(base)-reconstructions.png"
             try ReconstructionEvaluation.writeGrid(autoencoder, data: dataset, path: grid)
-            print("  originals over reconstructions:       \(grid)")
+            if autoencoder is DenoisingAutoencoder {
+                print("  clean over noisy over denoised:       \(grid)")
+            } else {
+                print("  originals over reconstructions:       \(grid)")
+            }
             if let json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -4,8 +4,9 @@ import StarlingCore
 /// 784 -> 32 (ReLU) -> 784 (sigmoid), trained with per-pixel binary cross-entropy.
 ///
 /// The sigmoid is fused into the loss (BCE on logits): the same objective, without the log(0) that Keras avoids
-/// by clipping. With `l1Activity > 0` it is the tutorial's sparse autoencoder (an L1 activity penalty on the code).
-public final class FCAutoencoder: Autoencoder {
+/// by clipping. With `l1Activity > 0` it is the tutorial's sparse autoencoder (an L1 activity penalty on the code):
+/// the registry's `sparse-ae` is this class with `l1_activity` 1e-4.
+public final class FCAutoencoder: Autoencoder, Encoding {
     public static let family = "fc-ae"
     public let config: ModelConfig
     public let parameters = ParameterStore()

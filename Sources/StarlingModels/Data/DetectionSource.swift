@@ -51,7 +51,7 @@ public final class DetectionSource: TrainingSource, @unchecked Sendable {
                 }
             }
         }
-        var batch = Batch(images: images)
+        var batch = Batch(images: images, indices: indices)
         batch.objects = objects
         if let anchors = config.anchors {
             let encoder = self.encoder(anchors)

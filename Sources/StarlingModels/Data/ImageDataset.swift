@@ -81,11 +81,12 @@ public final class ImageDataset: @unchecked Sendable {
         return labels.map { all in sorted.map { Int32(all[$0]) } }
     }
 
-    /// A batch of the samples at `indices`, shaped [B] + `modelInputShape` (which must hold sampleSize values).
+    /// A batch of the samples at `indices`, shaped [B] + `modelInputShape` (which must hold sampleSize values),
+    /// in ascending index order (see `read`), with the indices it holds.
     public func batch(indices: [Int], modelInputShape: [Int]) throws -> Batch {
         let t = Tensor(zeros: [indices.count] + modelInputShape)
         let labels = try read(indices: indices, into: t.data)
-        return Batch(images: t, labels: labels)
+        return Batch(images: t, labels: labels, indices: indices.sorted())
     }
 
     /// All labels of the split (one byte each; small even for large sets).

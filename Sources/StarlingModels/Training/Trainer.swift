@@ -220,7 +220,8 @@ public final class Trainer {
             do {
                 defer { reader.finish() }
                 for step in firstStep..<steps {
-                    let batch = try reader.next()
+                    var batch = try reader.next()
+                    (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
                     model.parameters.zeroGradients()
                     synchronizer.beginStep()
                     let loss = model.loss(batch, training: true)
@@ -315,8 +316,9 @@ public final class Trainer {
         for name in epochFiles.sorted().dropLast(options.keepCheckpoints) { unlink("\(options.outputDirectory)/\(name)") }
     }
 
-    /// Mean training objective over the validation split (or its first `validationLimit` images) without dropout
-    /// or noise: each rank scores an equal share, and the sums are allreduced.
+    /// Mean training objective over the validation split (or its first `validationLimit` images) without dropout,
+    /// and with the fixed evaluation noise where a model draws any: each rank scores an equal share, and the sums
+    /// are allreduced.
     public func evaluateLoss(_ data: any TrainingSource) throws -> Double {
         let n = min(data.count, options.validationLimit ?? data.count)
         let share = (n + world.size - 1) / world.size
