@@ -34,6 +34,10 @@ public final class DetectionDataset: @unchecked Sendable {
     /// Index 0 is "background".
     public let classNames: [String]
     public let imageIDs: [Int64]
+    /// Each image's source file (the split's `file_names` attribute); nil if the file has none.
+    public let fileNames: [String]?
+    /// Each image's height and width before resizing (`original_sizes`); nil if the file has none.
+    public let originalSizes: [(height: Int, width: Int)]?
     private let file: HDF5File
     private let images: HDF5Dataset
     // Annotations are small (20 bytes a box): read once.
@@ -79,6 +83,19 @@ public final class DetectionDataset: @unchecked Sendable {
         let lengthsValid = boxes.count == 4 * m && difficult.count == m && imageIDs.count == count
         guard offsetsValid && lengthsValid else {
             throw DataError(file: path, message: "/\(split): box_offsets, boxes, classes, difficult and image_ids do not agree with \(count) images and \(m) boxes")
+        }
+        fileNames = group.hasAttribute("file_names") ? try group.stringArrayAttribute("file_names") : nil
+        if let fileNames, fileNames.count != count {
+            throw DataError(file: path, message: "/\(split) attribute file_names has \(fileNames.count) names for \(count) images")
+        }
+        if group.contains("original_sizes") {
+            let sizes = try group.dataset("original_sizes").read(as: Int32.self)
+            guard sizes.count == 2 * count else {
+                throw DataError(file: path, message: "/\(split)/original_sizes holds \(sizes.count) values for \(count) images")
+            }
+            originalSizes = (0..<count).map { (Int(sizes[2 * $0]), Int(sizes[2 * $0 + 1])) }
+        } else {
+            originalSizes = nil
         }
         if let bad = classes.firstIndex(where: { $0 < 1 || Int($0) >= classNames.count }) {
             throw DataError(file: path, message: "/\(split)/classes[\(bad)] = \(classes[bad]) is outside 1...\(classNames.count - 1)")
