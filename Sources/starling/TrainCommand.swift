@@ -8,6 +8,9 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Passes over the training set.") var epochs: Int = 1
     @Option(help: "Images per optimizer step.") var batchSize: Int = 256
     @Option(help: "Learning rate.") var lr: Float = 1e-3
+    @Option(help: "Optimizer: adam (Keras's defaults), adamw (decoupled weight decay) or sgd (with --momentum).") var optimizer: String = "adam"
+    @Option(help: "Momentum for sgd.") var momentum: Float = 0.9
+    @Option(help: "Weight decay: L2 added to the gradient for adam and sgd, decoupled for adamw.") var weightDecay: Float = 0
     @Option(help: "Seed for weights, shuffling and noise: the same seed gives the same run.") var seed: UInt64 = 0
     @Option(help: "Cap the steps of an epoch (default: a full pass).") var stepsPerEpoch: Int?
     @Option(help: "Cap the validation images scored each epoch (default: the whole split).") var valLimit: Int?
@@ -24,6 +27,8 @@ struct TrainingFlags: ParsableArguments {
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
+        guard ["adam", "adamw", "sgd"].contains(optimizer) else { throw ValidationError("--optimizer must be adam, adamw or sgd, not '\(optimizer)'") }
+        guard weightDecay >= 0, momentum >= 0, momentum < 1 else { throw ValidationError("--weight-decay must be >= 0 and --momentum in [0, 1)") }
         if let s = stepsPerEpoch, s <= 0 { throw ValidationError("--steps-per-epoch must be positive") }
         if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
         if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
@@ -32,6 +37,15 @@ struct TrainingFlags: ParsableArguments {
         guard watchdogSeconds > 0 else { throw ValidationError("--watchdog-seconds must be positive") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
         if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
+    }
+
+    /// The optimizer the flags name, over `count` parameters.
+    func makeOptimizer(parameterCount count: Int) -> any Optimizer {
+        switch optimizer {
+        case "sgd": return SGD(parameterCount: count, learningRate: lr, momentum: momentum, weightDecay: weightDecay)
+        case "adamw": return Adam(parameterCount: count, learningRate: lr, epsilon: 1e-7, weightDecay: weightDecay, decoupled: true)
+        default: return Adam(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
+        }
     }
 
     var options: TrainingOptions {
@@ -61,6 +75,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Split to train on.") var trainSplit: String = "train"
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
+    @Flag(inversion: .prefixedNo, help: "Detectors: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -73,7 +88,11 @@ struct TrainCommand: ParsableCommand {
                 if ModelRegistry.isDetector(model) {
                     let dataset = try DetectionDataset(path: data, split: trainSplit)
                     config = try ModelRegistry.detectorConfig(family: model, for: dataset)
-                    train = DetectionSource(dataset: dataset, augment: nil)
+                    let (seed, height, width) = (flags.seed, dataset.imageHeight, dataset.imageWidth)
+                    let augmentation = DetectionAugmentation()
+                    train = DetectionSource(dataset: dataset, augment: augment ? { pixels, objects, epoch, index in
+                        augmentation.apply(pixels: pixels, objects: objects, height: height, width: width, seed: seed, epoch: epoch, sampleIndex: index)
+                    } : nil)
                     let split = valSplit ?? "val"
                     validation = split == "none" ? nil : DetectionSource(dataset: try DetectionDataset(path: data, split: split))
                 } else {
@@ -82,7 +101,7 @@ struct TrainCommand: ParsableCommand {
                     validation = split == "none" ? nil : try ImageDataset(path: data, split: split)
                 }
                 let network = try ModelRegistry.build(config, seed: flags.seed)
-                let optimizer = Adam(parameterCount: network.parameters.count, learningRate: flags.lr)
+                let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
                 let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,

@@ -106,4 +106,41 @@ import Testing
         #expect(r.output.contains("watchdog: rank 0 has waited 1 s in the loss allreduce at step 5; ranks not yet at this step: 1 (last seen at step 4)"),
                 "\(r.output)")
     }
+
+    /// SSD7 on the two real Udacity frames (resized to 96 x 160): two ranks with --sync-bn train the same model as one
+    /// process on the same global batch, including SSD's global positive count and hard-negative cut-off.
+    @Test func ssd7RanksMatchOneProcessWithSyncBN() throws {
+        let udacity = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/udacity").path
+        guard FileManager.default.fileExists(atPath: udacity + "/labels.csv") else { return }   // shared data not here
+        let dir = Fixture.temporaryDirectory("dp-ssd7")
+        let data = dir + "/udacity.h5"
+        let convert = try starling("data", "detection", "--format", "udacity", "--images", udacity + "/images", "--labels", udacity + "/labels.csv",
+                                   "--out", data, "--height", "96", "--width", "160", "--val-fraction", "0")
+        #expect(convert.status == 0, "\(convert.error)")
+        let args = ["train", "--model", "ssd7", "--data", data, "--epochs", "3", "--batch-size", "2", "--no-augment",
+                    "--val-split", "none", "--sync-bn", "--seed", "2"]
+        let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
+        #expect(one.status == 0, "\(one.error)")
+        let two = try mpirun(2, args + ["--out", dir + "/two"])
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        // The SSD loss, epoch by epoch, agrees to float precision.
+        func losses(_ log: String) throws -> [Double] {
+            try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").dropFirst().compactMap { Double($0.split(separator: ",")[2]) }
+        }
+        let (a, b) = (try losses(dir + "/one/ssd7-log.csv"), try losses(dir + "/two/ssd7-log.csv"))
+        #expect(a.count == 3 && b.count == 3)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
+        // Weights agree to rounding under plain SGD. (Adam would not show it: it turns the rounding noise of
+        // gradients that are exactly zero - the conv biases in front of batch norm - into steps of size lr.)
+        let step = ["--optimizer", "sgd", "--lr", "0.01", "--out"]
+        #expect(try run(Fixture.starling, args + step + [dir + "/one1"]).status == 0)
+        #expect(try mpirun(2, args + step + [dir + "/two1"]).status == 0)
+        let (wa, wb) = (try weights(dir + "/one1/ssd7-last.h5"), try weights(dir + "/two1/ssd7-last.h5"))
+        for (name, x) in wa {
+            let y = wb[name] ?? []
+            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
+            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 1e-2), "\(name): largest difference \(worst) at scale \(scale)")
+        }
+    }
 }

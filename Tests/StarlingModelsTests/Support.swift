@@ -92,7 +92,7 @@ func mpirun(_ ranks: Int, _ arguments: [String]) throws -> Run {
 func weights(_ path: String) throws -> [String: [Float]] {
     let loaded = try Checkpoint.load(from: path)
     var out: [String: [Float]] = [:]
-    for p in loaded.model.parameters.parameters { out[p.name] = p.value.toArray() }
+    for p in loaded.model.parameters.parameters + (loaded.model.buffers?.parameters ?? []) { out[p.name] = p.value.toArray() }
     return out
 }
 
