@@ -116,7 +116,7 @@ import Testing
     }
 
     @Test func decodesARealDashcamFrame() throws {
-        let image = try JPEGImage.decode(path: "/work/shared/data/udacity/images/1478019952686311006.jpg")
+        let image = try JPEGImage.decode(path: sharedData + "/udacity/images/1478019952686311006.jpg")
         #expect(image.width == 480 && image.height == 300)
         #expect(image.pixels.count == 480 * 300 * 3)
         // A daytime street scene: neither black nor flat.

@@ -96,7 +96,7 @@ import Testing
 
     /// The real MNIST download: full headers and labels are read and validated, only a few images written.
     @Test func convertsTheRealMNIST() throws {
-        let source = "/work/shared/data/mnist"
+        let source = sharedData + "/mnist"
         try withTemporaryDirectory { dir in
             let output = dir + "/mnist.h5"
             let summary = try MNIST.convert(sourceDirectory: source, outputPath: output, limitTrain: 300, limitTest: 20)

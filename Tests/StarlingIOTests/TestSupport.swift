@@ -42,3 +42,10 @@ func expectError<E: Error & CustomStringConvertible>(
         Issue.record("expected \(E.self), got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
     }
 }
+
+/// The team's real data, beside the repository (`../shared/data`), as in CI's checkout.
+let sharedData: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<4 { url = url.deletingLastPathComponent() }   // TestSupport.swift, StarlingIOTests, Tests, repository
+    return url.appendingPathComponent("shared/data").path
+}()
