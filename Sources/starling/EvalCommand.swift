@@ -5,22 +5,31 @@ import StarlingModels
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate a checkpoint on a dataset.")
 
-    @Option(help: "Checkpoint written by `starling train`.") var checkpoint: String
+    @Option(help: "Checkpoint written by `starling train` (not needed with --detections).") var checkpoint: String?
     @Option(help: "Dataset in Starling's HDF5 layout.") var data: String
-    @Option(help: "Split to evaluate.") var split: String = "test"
-    @Option(help: "Images per batch.") var batchSize: Int = 256
+    @Option(help: "Split to evaluate (default: test for MNIST, val for detection sets).") var split: String?
+    @Option(help: "Images per batch (default: 256 for autoencoders, 8 for detectors).") var batchSize: Int?
+    @OptionGroup var detection: DetectionEvalOptions
     @Option(help: "Evaluate only the first N images.") var limit: Int?
     @Option(help: "Also write the figures as JSON to this file.") var json: String?
     @Option(help: "Folder for pictures (default: next to the checkpoint).") var plots: String?
 
     func validate() throws {
-        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        if let b = batchSize, b <= 0 { throw ValidationError("--batch-size must be positive") }
+        if checkpoint == nil && detection.detections == nil { throw ValidationError("give --checkpoint, or --detections to score a detections file") }
         if let l = limit, l <= 0 { throw ValidationError("--limit must be positive") }
     }
 
     func run() throws {
         try reportingErrors {
+            guard let checkpoint else {
+                return try detection.scoreFile(data: data, split: split ?? "val", json: json)
+            }
             let loaded = try Checkpoint.load(from: checkpoint)
+            if let detector = loaded.model as? SSD7 {
+                return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 8, limit: limit, json: json)
+            }
+            let split = self.split ?? "test", batchSize = self.batchSize ?? 256
             let dataset = try ImageDataset(path: data, split: split)
             guard let autoencoder = loaded.model as? any Autoencoder else {
                 throw CommandFailure(EvalError("\(checkpoint): model \(loaded.model.config.family) has no evaluation yet"))

@@ -18,8 +18,8 @@ public func nonMaximumSuppression(_ boxes: [BoxCorners], scores: [Float], iouThr
 }
 
 /// How raw SSD predictions become detections (ssd_keras's decode_detections): per class, anchors with confidence
-/// above `confidenceThreshold` are decoded, suppressed by greedy NMS at `iouThreshold`, and the best `topK` over all
-/// classes are kept. `globalNMS` suppresses across classes instead (one NMS over every class's candidates, faster
+/// above `confidenceThreshold` are decoded (and clipped to the image), suppressed by greedy NMS at `iouThreshold`, and
+/// the best `topK` over all classes are kept. `globalNMS` suppresses across classes instead (one NMS over every class's candidates, faster
 /// and what a user wants when classes should not overlap).
 public struct DetectionDecoding: Codable, Equatable, Sendable {
     public var confidenceThreshold: Float = 0.5
@@ -42,13 +42,19 @@ public struct DetectionDecoding: Codable, Equatable, Sendable {
                        encoder: SSDBoxEncoder) -> [DetectedBox] {
         var candidates: [DetectedBox] = []
         var perClass: [[DetectedBox]] = Array(repeating: [], count: c)
+        let (width, height) = (Float(encoder.config.imageWidth), Float(encoder.config.imageHeight))
         for j in 0..<encoder.anchorCount {
             let row = probabilities + j * c
             var decoded: BoxCorners?
             for k in 1..<c where row[k] > confidenceThreshold {
-                let box = decoded ?? encoder.decode(offsets + 4 * j, anchor: j)
-                decoded = box
-                perClass[k].append(DetectedBox(box: box, classID: k, score: row[k]))
+                if decoded == nil {
+                    // Clipped to the image; a box with nothing left inside it (or a degenerate decoding) is no detection.
+                    var b = encoder.decode(offsets + 4 * j, anchor: j)
+                    b = BoxCorners(xmin: max(0, b.xmin), ymin: max(0, b.ymin), xmax: min(width, b.xmax), ymax: min(height, b.ymax))
+                    guard b.xmax - b.xmin > 1e-3, b.ymax - b.ymin > 1e-3, b.xmin.isFinite, b.ymin.isFinite, b.xmax.isFinite, b.ymax.isFinite else { break }
+                    decoded = b
+                }
+                perClass[k].append(DetectedBox(box: decoded!, classID: k, score: row[k]))
             }
         }
         if globalNMS {
