@@ -30,6 +30,15 @@ import Testing
         #expect(try mAP(dir + "/summary.json") == mAP(dir + "/again.json"))
         let annotations = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/gt.json"))) as? [String: Any]
         #expect((annotations?["annotations"] as? [Any])?.count == 5)
+        // predict: the course's table and a picture per image, for dataset images and for an image file.
+        let predict = try starling("predict", "--checkpoint", dir + "/ssd7-last.h5", "--data", data, "--split", "train",
+                                   "--limit", "2", "--confidence", "0.01", "--top-k", "3", "--out", dir + "/pictures")
+        #expect(predict.status == 0, "\(predict.error)")
+        #expect(predict.output.contains("class        conf    xmin    ymin    xmax    ymax"))
+        #expect(FileManager.default.fileExists(atPath: dir + "/pictures/train-1-predictions.png"))
+        let file = try starling("predict", "--checkpoint", dir + "/ssd7-last.h5", "--image", Self.udacity + "/images/1478019952686311006.jpg",
+                                "--out", dir + "/pictures")
+        #expect(file.status == 0 && FileManager.default.fileExists(atPath: dir + "/pictures/1478019952686311006-predictions.png"))
         // A checkpoint evaluated on data with other classes is refused by name.
         let mnist = try starling("eval", "--checkpoint", dir + "/ssd7-last.h5", "--data", try Fixture.sampleHDF5())
         #expect(mnist.status != 0 && mnist.error.contains("not a Starling detection dataset"))

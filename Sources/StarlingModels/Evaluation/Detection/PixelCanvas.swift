@@ -34,6 +34,14 @@ public struct PixelCanvas: Sendable {
         fillRect(x: 0, y: 0, width: width, height: height, color: background)
     }
 
+    /// A canvas over an existing RGB image (row-major, 3 bytes a pixel), to draw on it.
+    public init(width: Int, height: Int, rgb: [UInt8]) {
+        precondition(width > 0 && height > 0 && rgb.count == width * height * 3, "RGB image of \(rgb.count) bytes for \(width)x\(height)")
+        self.width = width
+        self.height = height
+        pixels = rgb
+    }
+
     public func pixel(x: Int, y: Int) -> RGB {
         let i = 3 * (y * width + x)
         return RGB(pixels[i], pixels[i + 1], pixels[i + 2])

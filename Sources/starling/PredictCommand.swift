@@ -1,0 +1,79 @@
+import ArgumentParser
+import Foundation
+import StarlingCore
+import StarlingIO
+import StarlingModels
+
+/// `starling predict`: a detector's boxes on an image file or on a dataset's images, as a table and as pictures.
+struct PredictCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "predict", abstract: "Detect objects: print `class conf xmin ymin xmax ymax` and draw the boxes.")
+
+    @Option(help: "Detector checkpoint.") var checkpoint: String
+    @Option(help: "A JPEG or PNG image (resized to the model's input; boxes reported in the image's own pixels).") var image: String?
+    @Option(help: "A detection dataset (`starling data detection`): predictions drawn beside the ground truth.") var data: String?
+    @Option(help: "Split of --data.") var split: String = "val"
+    @Option(help: "Images of --data to predict.") var limit: Int = 8
+    @Option(help: "Confidence threshold (0.5 for display).") var confidence: Float = 0.5
+    @Option(help: "Per-class NMS IoU.") var nmsIou: Float = 0.45
+    @Option(help: "Detections kept per image.") var topK: Int = 200
+    @Option(help: "Folder for the pictures (default: next to the checkpoint).") var out: String?
+
+    func validate() throws {
+        guard (image == nil) != (data == nil) else { throw ValidationError("give exactly one of --image and --data") }
+        guard limit > 0 else { throw ValidationError("--limit must be positive") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let loaded = try Checkpoint.load(from: checkpoint)
+            guard let model = loaded.model as? SSD7, let names = model.config.classNames else {
+                throw EvalError("\(checkpoint): model \(loaded.model.config.family) is not a detector")
+            }
+            let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)
+            let folder = out ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
+            try makeDirectory(folder)
+            let (h, w) = (model.config.inputShape[1], model.config.inputShape[2])
+            if let image {
+                let picture = try ImageFile.readRGB(path: image)
+                let resized = ImageResize.bilinear(picture.pixels, width: picture.width, height: picture.height, channels: 3, toWidth: w, toHeight: h)
+                let found = model.detect(Self.tensor(resized, height: h, width: w), decoding: decoding)[0].map { d -> DetectedBox in
+                    // Back to the image's own pixels.
+                    let (sx, sy) = (Float(picture.width) / Float(w), Float(picture.height) / Float(h))
+                    var d = d
+                    d.box = BoxCorners(xmin: d.box.xmin * sx, ymin: d.box.ymin * sy, xmax: d.box.xmax * sx, ymax: d.box.ymax * sy)
+                    return d
+                }
+                print(image)
+                print(DetectionDrawing.table(found, classNames: names))
+                let path = "\(folder)/\(URL(fileURLWithPath: image).deletingPathExtension().lastPathComponent)-predictions.png"
+                try DetectionDrawing.draw(rgb: picture.pixels, width: picture.width, height: picture.height, detections: found, groundTruth: [], classNames: names).writePNG(path: path)
+                print("picture: \(path)")
+            }
+            if let data {
+                let dataset = try DetectionDataset(path: data, split: split)
+                guard dataset.classNames == names, dataset.imageHeight == h, dataset.imageWidth == w else {
+                    throw EvalError("\(data) holds \(dataset.imageHeight)x\(dataset.imageWidth) images of classes \(dataset.classNames.dropFirst().joined(separator: ", ")); the model takes \(h)x\(w) and \(names.dropFirst().joined(separator: ", "))")
+                }
+                for i in 0..<min(limit, dataset.count) {
+                    var rgb = [UInt8](repeating: 0, count: h * w * 3)
+                    try rgb.withUnsafeMutableBufferPointer { try dataset.readImages([i], into: $0) }
+                    let found = model.detect(Self.tensor(rgb, height: h, width: w), decoding: decoding)[0]
+                    let name = dataset.fileNames?[i] ?? "image \(dataset.imageIDs[i])"
+                    print("\(name) (ground truth \(dataset.objects(of: i).count) boxes)")
+                    print(DetectionDrawing.table(found, classNames: names))
+                    let path = "\(folder)/\(split)-\(i)-predictions.png"
+                    try DetectionDrawing.draw(rgb: rgb, width: w, height: h, detections: found, groundTruth: dataset.objects(of: i), classNames: names).writePNG(path: path)
+                    print("picture (predictions in colour, ground truth in white): \(path)\n")
+                }
+            }
+        }
+    }
+
+    /// HWC bytes to a [1, 3, H, W] tensor of 0...255 values.
+    static func tensor(_ rgb: [UInt8], height h: Int, width w: Int) -> Tensor {
+        let t = Tensor(zeros: [1, 3, h, w])
+        for c in 0..<3 { for p in 0..<(h * w) { t.data[c * h * w + p] = Float(rgb[3 * p + c]) } }
+        return t
+    }
+}
