@@ -7,7 +7,7 @@ struct Starling: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "starling",
         abstract: "Data-parallel training of classic vision models: detection, segmentation, autoencoders.",
-        subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, EvalDetectionsCommand.self, BenchCommand.self,
+        subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, EvalDetectionsCommand.self, AnchorsCommand.self, BenchCommand.self,
                       CheckMPICommand.self])
 }
 
