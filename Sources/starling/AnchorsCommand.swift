@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import StarlingModels
 
 /// `starling anchors`: anchor shapes clustered from a detection dataset's training boxes.
@@ -22,15 +23,10 @@ struct AnchorsCommand: ParsableCommand {
             print("\(sizes.count) boxes of \(data) [\(split)], \(dataset.imageWidth)x\(dataset.imageHeight) images, k = \(k)")
             print("  width  height   w/img   h/img  aspect  boxes")
             for c in result.clusters {
-                func f(_ v: Float, _ digits: Int) -> String {
-                    var scale: Float = 1
-                    for _ in 0..<digits { scale *= 10 }
-                    let text = "\(Double((v * scale).rounded() / scale))"
-                    return String(repeating: " ", count: max(0, 7 - text.count)) + text
-                }
-                print("\(f(c.width, 1)) \(f(c.height, 1)) \(f(c.width / Float(dataset.imageWidth), 3)) \(f(c.height / Float(dataset.imageHeight), 3)) \(f(c.width / c.height, 2))  \(c.count)")
+                print(String(format: "%7.1f %7.1f %7.3f %7.3f %7.2f  %d", c.width, c.height, c.width / Float(dataset.imageWidth),
+                             c.height / Float(dataset.imageHeight), c.width / c.height, c.count))
             }
-            print("mean IoU of a box with its best cluster: \(Double((result.meanIoU * 10_000).rounded()) / 10_000)")
+            print(String(format: "mean IoU of a box with its best cluster: %.4f", result.meanIoU))
         }
     }
 }
