@@ -21,6 +21,11 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = 60
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
     @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = false
+    @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
+    @Option(help: "Improvement smaller than this does not count (early stopping).") var minDelta: Double = 0
+    @Option(help: "Multiply the learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau).") var plateauPatience: Int?
+    @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
+    @Option(help: "Lowest learning rate on plateaus.") var minLr: Float = 1e-5
     @Option(help: "OpenBLAS threads per rank (default: 1 under mpirun, as the native-stack notes measured best; OpenBLAS's own choice otherwise).") var blasThreads: Int?
 
     func validate() throws {
@@ -33,6 +38,9 @@ struct TrainingFlags: ParsableArguments {
         if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
         if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
         if let m = maxSteps, m <= 0 { throw ValidationError("--max-steps must be positive") }
+        if let e = earlyStopping, e <= 0 { throw ValidationError("--early-stopping must be positive") }
+        if let p = plateauPatience, p <= 0 { throw ValidationError("--plateau-patience must be positive") }
+        guard plateauFactor > 0 && plateauFactor < 1 else { throw ValidationError("--plateau-factor must lie in (0, 1)") }
         guard keepCheckpoints >= 0 else { throw ValidationError("--keep-checkpoints cannot be negative") }
         guard watchdogSeconds > 0 else { throw ValidationError("--watchdog-seconds must be positive") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
@@ -62,6 +70,9 @@ struct TrainingFlags: ParsableArguments {
         o.watchdogSeconds = watchdogSeconds
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
+        o.earlyStoppingPatience = earlyStopping
+        o.minDelta = minDelta
+        o.reduceOnPlateau = plateauPatience.map { ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr) }
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }

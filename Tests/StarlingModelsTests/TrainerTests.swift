@@ -68,9 +68,11 @@ import StarlingDistributed
         #expect(FileManager.default.fileExists(atPath: dir + "/fc-ae-best.h5"))
         #expect(try Checkpoint.load(from: dir + "/fc-ae-last.h5").state.step == 30)
         // Epoch files beyond the newest two are removed; last is the newest epoch's file under a second name.
+        // Names carry the epoch and the losses, as ssd_keras's ModelCheckpoint writes them.
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("fc-ae-epoch") }.sorted()
-        #expect(files == ["fc-ae-epoch0002.h5", "fc-ae-epoch0003.h5"])
-        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/fc-ae-epoch0003.h5")) == Data(contentsOf: URL(fileURLWithPath: dir + "/fc-ae-last.h5")))
+        #expect(files.count == 2 && files[0].hasPrefix("fc-ae-epoch0002_loss-0.") && files[1].hasPrefix("fc-ae-epoch0003_loss-0."))
+        #expect(files.allSatisfy { $0.contains("_val_loss-0.") && $0.hasSuffix(".h5") })
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/" + files[1])) == Data(contentsOf: URL(fileURLWithPath: dir + "/fc-ae-last.h5")))
     }
 
     @Test func refusesBadBatchSizesAndShapes() throws {
@@ -86,5 +88,26 @@ import StarlingDistributed
         #expect(throws: TrainingError.self) {
             _ = try Trainer(model: fc, optimizer: Adam(parameterCount: fc.parameters.count), train: data, validation: nil, options: o, world: try Communicator())
         }
+    }
+
+    /// Early stopping and the plateau schedule act on the monitored loss at epoch ends, and a resumed run keeps their
+    /// memory. A huge min-delta makes every epoch count as "no improvement".
+    @Test func earlyStoppingAndPlateau() throws {
+        let dir = Fixture.temporaryDirectory("callbacks")
+        var o = options(dir, epochs: 6)
+        o.earlyStoppingPatience = 3
+        o.minDelta = 10
+        o.reduceOnPlateau = ReduceOnPlateau(factor: 0.5, patience: 1, minimum: 1e-4, minDelta: 10)
+        let data = try ImageDataset(path: try Fixture.sampleHDF5(), split: "train")
+        let model = try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 1)
+        let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count), train: data, validation: nil,
+                                  options: o, world: try Communicator(), log: { _ in })
+        let history = try trainer.run()
+        // The first epoch sets the best value; epochs 2, 3 and 4 do not improve on it, so training stops after 4.
+        #expect(history.count == 4)
+        // Each epoch without improvement halves the rate for the next: epoch 2 still ran at 1e-3.
+        #expect(history.map(\.learningRate) == [1e-3, 1e-3, 5e-4, 2.5e-4])
+        let saved = try Checkpoint.load(from: dir + "/fc-ae-last.h5").state
+        #expect(saved.epochsWithoutImprovement == 3 && saved.learningRate == 1.25e-4)
     }
 }

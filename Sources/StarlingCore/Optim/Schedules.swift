@@ -61,7 +61,7 @@ public struct LinearWarmup: LearningRateSchedule {
 /// Keras's ReduceLROnPlateau: when the monitored value has not improved by more than `minDelta` for `patience`
 /// epochs, multiply the rate by `factor`, not below `minimum`, then wait `cooldown` epochs.
 /// It is fed values every rank agrees on (averaged over ranks), so every rank changes its rate together.
-public struct ReduceOnPlateau: Sendable, Codable {
+public struct ReduceOnPlateau: Sendable, Codable, Equatable {
     public let factor: Float, patience: Int, minimum: Float, minDelta: Float, cooldown: Int
     public private(set) var best: Float = .infinity
     public private(set) var wait = 0

@@ -25,6 +25,11 @@ public enum Checkpoint {
         /// Samples of the current epoch already consumed (global over ranks).
         public var dataCursor = 0
         public var bestValidationLoss = Double.infinity
+        /// Callbacks' memory: epochs since the monitored loss last improved (early stopping), the plateau schedule
+        /// and the learning rate it set, so a resumed run continues them.
+        public var epochsWithoutImprovement = 0
+        public var plateau: ReduceOnPlateau?
+        public var learningRate: Float?
         public init() {}
     }
 
@@ -51,6 +56,7 @@ public enum Checkpoint {
             try root.setAttribute("world_size", state.worldSize)
             try root.setAttribute("data_cursor", state.dataCursor)
             try root.setAttribute("best_validation_loss", state.bestValidationLoss)
+            try root.setJSONAttribute("callbacks", CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau, learningRate: state.learningRate))
             let weights = try root.createGroup("model_weights")
             var layers: [String] = []
             var weightNames: [String: [String]] = [:]
@@ -85,6 +91,12 @@ public enum Checkpoint {
         case is SGD: return "sgd"
         default: return String(describing: type(of: optimizer))
         }
+    }
+
+    struct CallbackState: Codable {
+        var epochsWithoutImprovement: Int
+        var plateau: ReduceOnPlateau?
+        var learningRate: Float?
     }
 
     /// A checkpoint read back: the rebuilt model with its weights, the training state and the optimizer's.
@@ -131,6 +143,10 @@ public enum Checkpoint {
         state.worldSize = try root.intAttribute("world_size")
         state.dataCursor = try root.intAttribute("data_cursor")
         state.bestValidationLoss = try root.doubleAttribute("best_validation_loss")
+        if root.hasAttribute("callbacks") {
+            let callbacks = try root.jsonAttribute("callbacks", as: CallbackState.self)
+            (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (callbacks.epochsWithoutImprovement, callbacks.plateau, callbacks.learningRate)
+        }
         var optimizer: OptimizerConfig?
         var optimizerState: [String: [Float]] = [:]
         if root.hasAttribute("optimizer") {

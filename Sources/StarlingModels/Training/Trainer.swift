@@ -28,6 +28,12 @@ public struct TrainingOptions: Sendable {
     public var bucketBytes = 25 << 20
     /// Start bucket allreduces during backward (off only to measure what the overlap hides).
     public var overlapCommunication = true
+    /// Stop when the monitored loss (validation, or training without validation) has not improved by more than
+    /// `minDelta` for this many epochs (Keras's EarlyStopping).
+    public var earlyStoppingPatience: Int?
+    public var minDelta = 0.0
+    /// Keras's ReduceLROnPlateau on the monitored loss.
+    public var reduceOnPlateau: ReduceOnPlateau?
     /// Batch norm statistics over the global batch (`--sync-bn`) rather than each rank's slice.
     public var synchronizeBatchNorm = false
     /// Seconds a rank may wait in a step's first collective before the watchdog warns and names missing ranks.
@@ -203,7 +209,8 @@ public final class Trainer {
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
-        optimizer.learningRate = options.learningRate
+        optimizer.learningRate = state.learningRate ?? options.learningRate
+        if state.plateau == nil { state.plateau = options.reduceOnPlateau }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
@@ -278,30 +285,53 @@ public final class Trainer {
             var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"
             if let validationLoss { summary += "  val_loss \(format(validationLoss))" }
             summary += "  data wait \(formatDuration(dataWait))"
+            // Callbacks act on the monitored loss, which is averaged over ranks: every rank takes the same decision.
             let monitored = validationLoss ?? trainLoss
-            let improved = monitored < state.bestValidationLoss
-            if improved { state.bestValidationLoss = monitored }
+            let improved = monitored < state.bestValidationLoss - options.minDelta
+            if monitored < state.bestValidationLoss { state.bestValidationLoss = monitored }
+            state.epochsWithoutImprovement = improved ? 0 : state.epochsWithoutImprovement + 1
+            if var plateau = state.plateau {
+                let rate = plateau.observe(Float(monitored), currentRate: optimizer.learningRate)
+                if rate != optimizer.learningRate { summary += "  lr -> \(rate) (plateau)" }
+                optimizer.learningRate = rate
+                state.plateau = plateau
+            }
+            state.learningRate = optimizer.learningRate
             if writes {
                 try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
-                try saveEpochCheckpoint(epoch: epoch + 1, best: improved)
-                if improved { summary += "  (best, saved)" }
+                try saveEpochCheckpoint(epoch: epoch + 1, best: monitored <= state.bestValidationLoss, loss: trainLoss, validationLoss: validationLoss)
+                if monitored <= state.bestValidationLoss { summary += "  (best, saved)" }
             }
             log(summary)
+            if let patience = options.earlyStoppingPatience, state.epochsWithoutImprovement >= patience {
+                log("early stopping: \(validation == nil ? "loss" : "val_loss") has not improved by more than \(options.minDelta) for \(patience) epochs")
+                break
+            }
         }
         log("checkpoints: \(lastCheckpointPath), \(bestCheckpointPath); log: \(logPath)")
         return history
     }
 
-    /// Writes `<family>-epochNNNN.h5` once and publishes it as `-last.h5` (and `-best.h5`) by hard links, then
+    /// Four decimals, as in a file name.
+    private func fixed(_ x: Double) -> String {
+        let scaled = Int((x * 10_000).rounded())
+        let digits = String(abs(scaled) % 10_000)
+        return (scaled < 0 ? "-" : "") + "\(abs(scaled) / 10_000)." + String(repeating: "0", count: 4 - digits.count) + digits
+    }
+
+    /// Writes `<family>-epochNNNN_loss-L[_val_loss-V].h5` once and publishes it as `-last.h5` (and `-best.h5`) by hard links, then
     /// removes epoch files beyond the newest `keepCheckpoints`. With keepCheckpoints 0 only last and best are kept.
-    private func saveEpochCheckpoint(epoch: Int, best: Bool) throws {
+    private func saveEpochCheckpoint(epoch: Int, best: Bool, loss: Double, validationLoss: Double?) throws {
         guard options.keepCheckpoints > 0 else {
             try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
             if best { try AtomicFile.publish(lastCheckpointPath, as: bestCheckpointPath) }
             return
         }
         let digits = String(epoch)
-        let path = "\(checkpointPrefix)-epoch\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits).h5"
+        // Epoch and losses in the name, as ssd_keras's ModelCheckpoint names them.
+        var path = "\(checkpointPrefix)-epoch\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits)_loss-\(fixed(loss))"
+        if let validationLoss { path += "_val_loss-\(fixed(validationLoss))" }
+        path += ".h5"
         try Checkpoint.save(to: path, model: model, optimizer: optimizer, state: state)
         try AtomicFile.publish(path, as: lastCheckpointPath)
         if best { try AtomicFile.publish(path, as: bestCheckpointPath) }
