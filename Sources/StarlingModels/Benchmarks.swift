@@ -152,6 +152,26 @@ public enum Benchmarks {
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps)
     }
 
+    /// The SSD input pipeline alone, as training runs it: read frames from the HDF5 file, augment (ssd_keras's chain),
+    /// convert to floats and encode the anchor targets; images per second on one thread.
+    public static func detectionPipeline(dataPath: String, batchSize: Int, batches: Int) throws -> Double {
+        let dataset = try DetectionDataset(path: dataPath, split: "train")
+        let config = try ModelRegistry.detectorConfig(family: SSD7.family, for: dataset)
+        let augmentation = DetectionAugmentation()
+        let (h, w) = (dataset.imageHeight, dataset.imageWidth)
+        let source = DetectionSource(dataset: dataset) { pixels, objects, epoch, index in
+            augmentation.apply(pixels: pixels, objects: objects, height: h, width: w, seed: 1, epoch: epoch, sampleIndex: index)
+        }
+        _ = try source.batch(indices: Array(0..<min(batchSize, dataset.count)), epoch: 0, training: true, config: config)
+        let start = monotonicSeconds()
+        var images = 0
+        for b in 0..<batches {
+            let indices = (0..<batchSize).map { (b * batchSize + $0) % dataset.count }
+            images += try source.batch(indices: indices, epoch: 1, training: true, config: config).size
+        }
+        return Double(images) / (monotonicSeconds() - start)
+    }
+
     /// Peak resident set size of this process so far.
     public static func peakResidentBytes() -> Int {
         var usage = rusage()

@@ -14,7 +14,8 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7.") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, pipeline (needs --detection-data), map.") var only: String = "all"
+    @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
     var distributed = false
@@ -39,6 +40,16 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
                 print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
                              conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
+            }
+            if only == "all" || only == "map" {
+                for mode in [APMode.voc07, .voc, .coco] {
+                    let seconds = try DetectionEvaluationBenchmark.run(mode: mode)
+                    print(String(format: "mAP scoring, 5,000 images x 100 detections, %@: %.2f s", mode.rawValue, seconds))
+                }
+            }
+            if let detectionData, only == "all" || only == "pipeline" {
+                let rate = try Benchmarks.detectionPipeline(dataPath: detectionData, batchSize: 16, batches: 8)
+                print(String(format: "ssd7 input pipeline (read, augment, encode), one thread: %.1f images/s", rate))
             }
             if only == "all" || only == "ssd7" {
                 let ssd = try Benchmarks.ssd7(batchSize: 16, steps: max(2, steps / 50))
