@@ -43,7 +43,7 @@ struct EvalCommand: ParsableCommand {
             print("  reconstruction BCE per image (sum):   \(String(format: "%.2f", report.bcePerImage)) nats over \(report.pixelsPerImage) pixels")
             print("  reconstruction MSE per pixel:         \(String(format: "%.5f", report.msePerPixel))")
             if let size = report.codeSize, let activation = report.meanCodeActivation {
-                print("  code: \(size) values, mean value       \(String(format: "%.4f", activation))")
+                print("  mean code value (\(size) units):".padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%.4f", activation))
             }
             if let kl = report.klPerImage, let atMean = report.elboAtMean, let sampled = report.elboOneSample,
                let sampledBCE = report.bcePerImageOneSample {

@@ -357,7 +357,7 @@ import StarlingDistributed
         let eval = try starling("eval", "--checkpoint", dir + "/\(family)-best.h5", "--data", data, "--limit", "40", "--batch-size", "16",
                                 "--json", dir + "/eval.json")
         #expect(eval.status == 0, "\(eval.error)")
-        var lines = ["BCE per pixel (mean)", "BCE per image (sum)", "code:"]
+        var lines = ["BCE per pixel (mean)", "BCE per image (sum)", "mean code value"]
         var keys = ["bcePerPixel", "bcePerImage", "codeSize", "meanCodeActivation"]
         if family.hasSuffix("vae") {
             lines += ["KL(q(z|x) || N(0, I)) per image", "ELBO per image, z = mean", "ELBO per image, one sample of z"]

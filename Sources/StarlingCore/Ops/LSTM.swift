@@ -107,13 +107,11 @@ private func lstmForward(_ d: LSTMShape, x: UnsafePointer<Float>, kernel: Unsafe
             for j in (2 &* h)..<(3 &* h) { z[j] = fastTanh(z[j]) }                      // g
             for j in (3 &* h)..<g4 { z[j] = VectorMath.sigmoid(z[j]) }                 // o
             let gi = z, gf = z + h, gg = z + 2 &* h, go = z + 3 &* h
-            for j in 0..<h {
-                let cell = gf[j] * previous[j] + gi[j] * gg[j]
-                let squashed = fastTanh(cell)
-                c[j] = cell
-                tc[j] = squashed
-                out[j] = go[j] * squashed
-            }
+            // Short passes over few pointers: one loop writing c, tanh(c) and h stayed scalar (too many pointers
+            // for LLVM's runtime alias checks); these vectorise.
+            for j in 0..<h { c[j] = gf[j] * previous[j] + gi[j] * gg[j] }
+            for j in 0..<h { tc[j] = fastTanh(c[j]) }
+            for j in 0..<h { out[j] = go[j] * tc[j] }
         }
     }
     withExtendedLifetime(zeros) {}
@@ -129,8 +127,8 @@ private func lstmBackward(_ d: LSTMShape, x: Tensor, kernel: Tensor, recurrentKe
                           cells: UnsafePointer<Float>, cellTanh: UnsafePointer<Float>) {
     let (n, steps, h, g4) = (d.batch, d.steps, d.units, d.gates)
     let gateGrads = FloatStorage(count: d.rows * g4)
-    let hiddenCarry = FloatStorage(count: n * h)   // d loss / d h_{t} arriving from step t + 1
-    let cellCarry = FloatStorage(count: n * h)     // d loss / d c_{t} arriving from step t + 1
+    let hiddenCarry = FloatStorage(count: n * h)   // d loss / d h_t arriving from step t + 1 (then dh_t in full)
+    let cellCarry = FloatStorage(count: n * h)     // d loss / d c_t arriving from step t + 1 (then dc_t in full)
     let zeros = FloatStorage(count: h)
     let dz = gateGrads.pointer, dhCarry = hiddenCarry.pointer, dcCarry = cellCarry.pointer
     let u = recurrentKernel.data
@@ -144,16 +142,14 @@ private func lstmBackward(_ d: LSTMShape, x: Tensor, kernel: Tensor, recurrentKe
             let dh = dhCarry + s &* h, dc = dcCarry + s &* h
             let gi = z, gf = z + h, gg = z + 2 &* h, go = z + 3 &* h
             let di = dzr, df = dzr + h, dg = dzr + 2 &* h, dout = dzr + 3 &* h
-            for j in 0..<h {
-                let i = gi[j], f = gf[j], g = gg[j], o = go[j], squashed = tc[j]
-                let dhj = dy[j] + dh[j]
-                let dcj = dc[j] + dhj * o * (1 - squashed * squashed)
-                di[j] = dcj * g * i * (1 - i)
-                df[j] = dcj * previous[j] * f * (1 - f)
-                dg[j] = dcj * i * (1 - g * g)
-                dout[j] = dhj * squashed * o * (1 - o)
-                dc[j] = dcj * f
-            }
+            // Short passes, as in forward, so that each vectorises. dh and dc become dh_t and dc_t in place.
+            for j in 0..<h { dh[j] += dy[j] }
+            for j in 0..<h { dout[j] = dh[j] * tc[j] * go[j] * (1 - go[j]) }
+            for j in 0..<h { dc[j] += dh[j] * go[j] * (1 - tc[j] * tc[j]) }
+            for j in 0..<h { di[j] = dc[j] * gg[j] * gi[j] * (1 - gi[j]) }
+            for j in 0..<h { df[j] = dc[j] * previous[j] * gf[j] * (1 - gf[j]) }
+            for j in 0..<h { dg[j] = dc[j] * gi[j] * (1 - gg[j] * gg[j]) }
+            for j in 0..<h { dc[j] *= gf[j] }   // carried to step t - 1
         }
         // The hidden carry for step t - 1 (for t = 0: the gradient of h_0).
         if t > 0 || initialHidden?.requiresGrad == true {
