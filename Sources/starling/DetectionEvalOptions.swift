@@ -23,7 +23,7 @@ struct DetectionEvalOptions: ParsableArguments {
         DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK, globalNMS: globalNms)
     }
 
-    func evaluate(_ model: SSD7, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
+    func evaluate(_ model: any Detector, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
         let dataset = try DetectionDataset(path: data, split: split)
         guard dataset.classNames == model.config.classNames ?? [] else {
             throw EvalError("\(checkpoint) was trained on classes \(model.config.classNames?.dropFirst().joined(separator: ", ") ?? "?"); \(data) has \(dataset.classNames.dropFirst().joined(separator: ", "))")

@@ -26,7 +26,7 @@ struct EvalCommand: ParsableCommand {
                 return try detection.scoreFile(data: data, split: split ?? "val", json: json)
             }
             let loaded = try Checkpoint.load(from: checkpoint)
-            if let detector = loaded.model as? SSD7 {
+            if let detector = loaded.model as? any Detector {
                 return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 8, limit: limit, json: json)
             }
             let split = self.split ?? "test", batchSize = self.batchSize ?? 256

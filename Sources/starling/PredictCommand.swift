@@ -27,7 +27,7 @@ struct PredictCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let loaded = try Checkpoint.load(from: checkpoint)
-            guard let model = loaded.model as? SSD7, let names = model.config.classNames else {
+            guard let model = loaded.model as? any Detector, let names = model.config.classNames else {
                 throw EvalError("\(checkpoint): model \(loaded.model.config.family) is not a detector")
             }
             let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)

@@ -87,6 +87,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @Flag(inversion: .prefixedNo, help: "Detectors: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
+    @Option(help: "ssd300: multiply every layer's channels (1: the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double = 1
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -99,6 +100,10 @@ struct TrainCommand: ParsableCommand {
                 if ModelRegistry.isDetector(model) {
                     let dataset = try DetectionDataset(path: data, split: trainSplit)
                     config = try ModelRegistry.detectorConfig(family: model, for: dataset)
+                    if model == SSD300.family {
+                        guard widthMultiplier > 0 && widthMultiplier <= 1 else { throw EvalError("--width-multiplier must lie in (0, 1]") }
+                        config.options["width"] = widthMultiplier
+                    }
                     let (seed, height, width) = (flags.seed, dataset.imageHeight, dataset.imageWidth)
                     let augmentation = DetectionAugmentation()
                     train = DetectionSource(dataset: dataset, augment: augment ? { pixels, objects, epoch, index in

@@ -170,3 +170,14 @@ func Foundation_exp(_ x: Double) -> Double { exp(x) }
         #expect(reported[0].1 == w2.value.gradArray)
     }
 }
+
+@Suite struct L2NormalizationTests {
+    @Test func valuesAndGradient() {
+        // One position, channels (3, 4): norm 5, so y = gamma * (0.6, 0.8).
+        let y = Tensor(shape: [1, 2, 1, 1], values: [3, 4]).l2NormalizeChannels(gamma: Tensor(shape: [2], values: [20, 10]))
+        expectClose(y.toArray(), [12, 8], tolerance: 1e-5)
+        checkGradients([randomVariable([2, 3, 2, 3], seed: 4), randomVariable([3], seed: 5, 0.5, 2)]) {
+            $0[0].l2NormalizeChannels(gamma: $0[1])
+        }
+    }
+}

@@ -212,3 +212,44 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         }
     }
 }
+
+@Suite struct SSD300Tests {
+    @Test func layoutMatchesThePaper() throws {
+        let config = SSD300.defaultConfig()
+        #expect(config.anchors?.featureMapSizes == [[38, 38], [19, 19], [10, 10], [5, 5], [3, 3], [1, 1]])
+        #expect(config.anchors?.anchorCount == 8_732)
+        // First anchor: step 8, offset 0.5 -> centre (4, 4); scale 0.1 of 300, aspect ratio 1 -> 30 x 30.
+        let a = config.anchors!.anchors()
+        expectNear(Array(a.prefix(4)), [4.0 / 300, 4.0 / 300, 0.1, 0.1])
+    }
+
+    /// A narrow SSD300 (1/16 of the channels) runs forward, names its layers as ssd_keras, and learns.
+    @Test func narrowNetworkTrains() throws {
+        var config = SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 1.0 / 16)
+        config.options["l2_regularization"] = 0
+        let model = try ModelRegistry.build(config, seed: 1) as! SSD300
+        let names = model.parameters.parameters.map(\.name)
+        #expect(names.contains("conv4_3_norm/gamma") && names.contains("fc6/kernel") && names.contains("conv9_2_mbox_loc/kernel"))
+        #expect(model.parameters["fc6/kernel"]?.shape == [64, 32, 3, 3])
+        let images = Tensor(zeros: [1, 3, 300, 300])
+        for i in 0..<images.count { images.data[i] = Float(i % 251) }
+        var batch = Batch(images: images)
+        batch.anchorTargets = [model.encoder.encode([Object(box: BoxCorners(xmin: 100, ymin: 80, xmax: 180, ymax: 200), classID: 2)])]
+        let (classes, boxes) = GradMode.disabled { model.predict(images, training: false) }
+        #expect(classes.shape == [8_732, 3] && boxes.shape == [8_732, 4])
+        let adam = Adam(parameterCount: model.parameters.count, learningRate: 1e-3)
+        var losses: [Float] = []
+        for _ in 0..<4 {
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+            losses.append(loss.item)
+        }
+        #expect(losses.allSatisfy(\.isFinite) && losses.last! < losses.first!, "\(losses)")
+    }
+}
+
+private func expectNear(_ a: [Float], _ b: [Double], sourceLocation: SourceLocation = #_sourceLocation) {
+    for (x, y) in zip(a, b) { #expect(abs(Double(x) - y) < 1e-6, "\(a) vs \(b)", sourceLocation: sourceLocation) }
+}

@@ -14,7 +14,7 @@ import StarlingCore
 ///
 /// Deviation from ssd_keras: kernels are stored [out, in, kh, kw] (the converter writes Keras's [kh, kw, in, out]);
 /// the softmax is fused into the loss and applied at prediction.
-public final class SSD7: Model, CrossReplicaAware {
+public final class SSD7: Detector {
     public static let family = "ssd7"
     public static let filters = [32, 48, 64, 64, 48, 48, 32]
     public let config: ModelConfig
@@ -119,18 +119,4 @@ public final class SSD7: Model, CrossReplicaAware {
         let kernels = (convs + classHeads + boxHeads).map { $0.kernel.value.l2Penalty(l2) }
         return kernels.reduce(detection) { $0 + $1 }
     }
-
-    /// Detections per image, in pixels of the model's input.
-    public func detect(_ images: Tensor, decoding: DetectionDecoding) -> [[DetectedBox]] {
-        GradMode.disabled {
-            let (classes, boxes) = predict(images, training: false)
-            let probabilities = classes.softmax(axis: -1)
-            let a = encoder.anchorCount
-            return (0..<images.shape[0]).map { i in
-                decoding.decode(probabilities: probabilities.data + i * a * classCount, offsets: boxes.data + i * a * 4,
-                                classCount: classCount, encoder: encoder)
-            }
-        }
-    }
 }
-

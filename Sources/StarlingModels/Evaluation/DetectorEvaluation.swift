@@ -21,7 +21,7 @@ public enum DetectorEvaluation {
     }
 
     /// The model's detections on the first `limit` images (all by default), in batches.
-    public static func detect(_ model: SSD7, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int, limit: Int? = nil) throws -> [Detection] {
+    public static func detect(_ model: any Detector, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int, limit: Int? = nil) throws -> [Detection] {
         let source = DetectionSource(dataset: dataset)
         let n = min(dataset.count, limit ?? dataset.count)
         var found: [Detection] = []
@@ -43,7 +43,7 @@ public enum DetectorEvaluation {
     }
 
     /// Frames per second of detection (forward, softmax, decoding, NMS) at `batchSize`, after one warm-up batch.
-    public static func framesPerSecond(_ model: SSD7, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int, batches: Int = 3) throws -> Double {
+    public static func framesPerSecond(_ model: any Detector, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int, batches: Int = 3) throws -> Double {
         let source = DetectionSource(dataset: dataset)
         let indices = (0..<batchSize).map { $0 % dataset.count }
         let batch = try source.batch(indices: indices, epoch: 0, training: false, config: model.config)

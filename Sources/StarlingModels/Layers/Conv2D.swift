@@ -8,18 +8,20 @@ public struct Conv2D: Sendable {
     public let bias: Parameter
     public let stride: (Int, Int)
     public let padding: Padding
+    public let dilation: (Int, Int)
 
     public init(_ store: ParameterStore, name: String, inputs: Int, outputs: Int, kernelSize: (Int, Int) = (3, 3),
-                stride: (Int, Int) = (1, 1), padding: Padding = .same, initializer: Initializer? = nil) {
+                stride: (Int, Int) = (1, 1), padding: Padding = .same, dilation: (Int, Int) = (1, 1), initializer: Initializer? = nil) {
         let (kh, kw) = kernelSize
         kernel = store.declare("\(name)/kernel", shape: [outputs, inputs, kh, kw],
                                initializer: initializer ?? .glorotUniform(fanIn: inputs * kh * kw, fanOut: outputs * kh * kw))
         bias = store.declare("\(name)/bias", shape: [outputs], initializer: .zeros)
         self.stride = stride
         self.padding = padding
+        self.dilation = dilation
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        x.conv2d(kernel.value, bias: bias.value, stride: stride, padding: padding)
+        x.conv2d(kernel.value, bias: bias.value, stride: stride, padding: padding, dilation: dilation)
     }
 }
