@@ -9,7 +9,7 @@ bin=$(swift build -c release --show-bin-path)/starling
 out=${STARLING_OUT:-Checkpoints/quickstart}
 mkdir -p "$out"
 "$bin" data mnist --source Launch/data/mnist-sample --out "$out/mnist-sample.h5"
-"$bin" train --model fc-ae --data "$out/mnist-sample.h5" --epochs "${EPOCHS:-10}" --batch-size 256 --out "$out"
+"$bin" train --model fc-ae --data "$out/mnist-sample.h5" --epochs "${EPOCHS:-30}" --batch-size 256 --out "$out"
 "$bin" eval --checkpoint "$out/fc-ae-best.h5" --data "$out/mnist-sample.h5" --json "$out/fc-ae-eval.json"
 echo
 echo "outputs in $out: checkpoints fc-ae-best.h5 and fc-ae-last.h5, training log fc-ae-log.csv,"
