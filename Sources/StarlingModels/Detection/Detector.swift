@@ -10,6 +10,18 @@ public protocol Detector: Model, CrossReplicaAware {
 }
 
 extension Detector {
+    /// The SSD objective on a batch plus Keras's L2 kernel penalty: `l2 * sum(w^2)` for each of `kernels`, added once
+    /// per step.
+    func detectionLoss(_ batch: Batch, training: Bool, lossFunction: SSDLoss, kernels: [Parameter], l2: Float) -> Tensor {
+        precondition(batch.anchorTargets != nil, "\(config.family) needs anchor targets in its batches")
+        let (classes, boxes) = predict(batch.images, training: training)
+        let targets = batch.anchorTargets ?? []
+        let (detection, _) = lossFunction(classLogits: classes, boxOffsets: boxes, targetClasses: targets.flatMap(\.classes),
+                                          targetOffsets: targets.flatMap(\.offsets), crossReplica: crossReplica)
+        guard l2 > 0 else { return detection }
+        return kernels.map { $0.value.l2Penalty(l2) }.reduce(detection) { $0 + $1 }
+    }
+
     /// Detections per image, in pixels of the model's input.
     public func detect(_ images: Tensor, decoding: DetectionDecoding) -> [[DetectedBox]] {
         GradMode.disabled {

@@ -145,13 +145,8 @@ public final class SSD300: Detector {
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
-        let (classes, boxes) = predict(batch.images, training: training)
-        let targets = batch.anchorTargets ?? []
-        let (detection, _) = lossFunction(classLogits: classes, boxOffsets: boxes, targetClasses: targets.flatMap(\.classes),
-                                          targetOffsets: targets.flatMap(\.offsets), crossReplica: crossReplica)
-        guard l2 > 0 else { return detection }
-        let kernels = (base.map(\.conv) + extras.map(\.conv) + classHeads + boxHeads).map { $0.kernel.value.l2Penalty(l2) }
-        return kernels.reduce(detection) { $0 + $1 }
+        detectionLoss(batch, training: training, lossFunction: lossFunction,
+                      kernels: (base.map(\.conv) + extras.map(\.conv) + classHeads + boxHeads).map(\.kernel), l2: l2)
     }
 }
 

@@ -108,15 +108,6 @@ public final class SSD7: Detector {
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
-        precondition(batch.anchorTargets != nil, "SSD7 needs anchor targets in its batches")
-        let (classes, boxes) = predict(batch.images, training: training)
-        let targets = batch.anchorTargets ?? []
-        let (detection, _) = lossFunction(classLogits: classes, boxOffsets: boxes,
-                                          targetClasses: targets.flatMap(\.classes), targetOffsets: targets.flatMap(\.offsets),
-                                          crossReplica: crossReplica)
-        guard l2 > 0 else { return detection }
-        // Keras adds each kernel's l2 * sum(w^2) to the loss once per step.
-        let kernels = (convs + classHeads + boxHeads).map { $0.kernel.value.l2Penalty(l2) }
-        return kernels.reduce(detection) { $0 + $1 }
+        detectionLoss(batch, training: training, lossFunction: lossFunction, kernels: (convs + classHeads + boxHeads).map(\.kernel), l2: l2)
     }
 }
