@@ -8,7 +8,9 @@ struct Starling: ParsableCommand {
         commandName: "starling",
         abstract: "Data-parallel training of classic vision models: detection, segmentation, autoencoders.",
         subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, EvalDetectionsCommand.self, BenchCommand.self,
-                      CheckMPICommand.self])
+                      CheckMPICommand.self,
+                      OutliersCommand.self,
+                      IndexCommand.self])
 }
 
 /// Turns any error into the one-line message ArgumentParser prints before exiting non-zero.
