@@ -35,7 +35,7 @@ struct OutliersCommand: ParsableCommand {
             // Every check that can fail comes before the first file is written.
             let loaded = try Checkpoint.load(from: checkpoint)
             guard let model = loaded.model as? any Autoencoder else {
-                throw EvalError("\(checkpoint): model \(loaded.model.config.family) does not reconstruct images; outlier scores need an autoencoder")
+                throw DataError(file: checkpoint, message: "model \(loaded.model.config.family) does not reconstruct images; outlier scores need an autoencoder")
             }
             let dataset = try ImageDataset(path: data, split: split)
             try DatasetEncoder.checkFits(model, dataset)

@@ -160,7 +160,7 @@ import StarlingIO
     @Test func evalWritesTheFigures() throws {
         let (data, checkpoint) = try TrainedFixture.fcAE()
         let dir = Fixture.temporaryDirectory("eval-plots")
-        let run = try starling("eval", "--checkpoint", checkpoint, "--data", data, "--plots", dir)
+        let run = try starling("eval", "--checkpoint", checkpoint, "--data", data, "--plots", dir, "--json", dir + "/eval.json")
         #expect(run.status == 0, "\(run.error)")
         for name in ["reconstructions", "code-histogram", "loss"] {
             #expect(FileManager.default.fileExists(atPath: "\(dir)/fc-ae-best-\(name).png"), "\(name)")
@@ -168,9 +168,9 @@ import StarlingIO
         let histogram = try PNGImage.read(path: dir + "/fc-ae-best-code-histogram.png")
         #expect(histogram.width == 640 && histogram.height == 480)
         // The histogram's mean is the evaluation's mean code value.
-        let lines = run.output.split(separator: "\n")
-        let reported = lines.first { $0.contains("code: 32 values, mean value") }?.split(separator: " ").last
-        #expect(reported != nil && lines.contains { $0.contains("code values (mean \(reported ?? "?"))") }, "\(run.output)")
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/eval.json"))) as? [String: Any]
+        let mean = try #require(json?["meanCodeActivation"] as? Double)
+        #expect(run.output.contains("code values (mean \(String(format: "%.4f", mean)))"), "\(run.output)")
 
         // A VAE with a 2-D latent (untrained, no log beside it): scatter and manifold, loss curves skipped.
         let vaeDir = Fixture.temporaryDirectory("eval-vae")

@@ -106,11 +106,17 @@ public enum NearestNeighbours {
 
     /// |row|^2 of each row.
     static func squaredNorms(_ values: [Float], dimension: Int) -> [Float] {
-        (0..<(values.count / dimension)).map { r in
-            var sum: Float = 0
-            for j in 0..<dimension { sum += values[r * dimension + j] * values[r * dimension + j] }
-            return sum
+        let rows = values.count / dimension
+        var norms = [Float](repeating: 0, count: rows)
+        values.withUnsafeBufferPointer { v in
+            for r in 0..<rows {
+                let row = v.baseAddress! + r &* dimension
+                var sum: Float = 0
+                for j in 0..<dimension { sum += row[j] * row[j] }
+                norms[r] = sum
+            }
         }
+        return norms
     }
 
     /// Mean over the queries of the fraction of their neighbours that share their label: precision@k of a
