@@ -25,14 +25,21 @@ struct MNISTCommand: ParsableCommand {
     @Option(help: "Keep only the first N test images.")
     var limitTest: Int?
 
+    @Option(help: "Leave the training images of this digit out of /train (to detect it as an outlier later).")
+    var excludeTrainLabel: Int?
+
     func validate() throws {
         if let n = limitTrain, n <= 0 { throw ValidationError("--limit-train must be positive") }
         if let n = limitTest, n <= 0 { throw ValidationError("--limit-test must be positive") }
+        if let l = excludeTrainLabel, !(0...9).contains(l) { throw ValidationError("--exclude-train-label must be a digit 0...9") }
     }
 
     func run() throws {
-        let summary = try reportingErrors { try MNIST.convert(sourceDirectory: source, outputPath: out, limitTrain: limitTrain, limitTest: limitTest) }
+        let summary = try reportingErrors {
+            try MNIST.convert(sourceDirectory: source, outputPath: out, limitTrain: limitTrain, limitTest: limitTest, excludeTrainLabel: excludeTrainLabel)
+        }
         print("wrote \(summary)")
+        if let l = excludeTrainLabel { print("left \(summary.trainExcluded) training images of digit \(l) out of /train") }
     }
 }
 

@@ -70,6 +70,8 @@ struct EvalCommand: ParsableCommand {
             } else {
                 print("  originals over reconstructions:       \(grid)")
             }
+            let figures = try AutoencoderFigures.write(autoencoder, data: dataset, limit: limit, batchSize: batchSize, checkpoint: checkpoint, folder: folder)
+            for line in figures { print("  " + line) }
             if let json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -103,6 +103,22 @@ public struct PixelCanvas: Sendable {
         }
     }
 
+    /// Draws an image of `height` x `width` pixels with `channels` (1 gray, 3 RGB) values each in [0, 1], row-major,
+    /// with its top-left corner at (x, y), each image pixel as a `scale` x `scale` square.
+    public mutating func image(_ values: [Float], height: Int, width: Int, channels: Int, x: Int, y: Int, scale: Int = 1) {
+        precondition(channels == 1 || channels == 3, "images are gray or RGB")
+        precondition(values.count == height * width * channels, "\(values.count) values for a \(height)x\(width)x\(channels) image")
+        func byte(_ v: Float) -> UInt8 { UInt8(max(0, min(255, (v * 255).rounded()))) }
+        for row in 0..<height {
+            for column in 0..<width {
+                let i = (row * width + column) * channels
+                let color = channels == 1 ? RGB(byte(values[i]), byte(values[i]), byte(values[i]))
+                    : RGB(byte(values[i]), byte(values[i + 1]), byte(values[i + 2]))
+                fillRect(x: x + column * scale, y: y + row * scale, width: scale, height: scale, color: color)
+            }
+        }
+    }
+
     /// Writes the canvas as an RGB PNG (atomically).
     public func writePNG(path: String) throws {
         try PNGImage.write(path: path, width: width, height: height, channels: 3, pixels: pixels)
