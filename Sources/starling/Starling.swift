@@ -8,6 +8,7 @@ struct Starling: ParsableCommand {
         commandName: "starling",
         abstract: "Data-parallel training of classic vision models: detection, segmentation, autoencoders.",
         subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, EvalDetectionsCommand.self, AnchorsCommand.self, BenchCommand.self,
+                      ConvertCommand.self, InspectCommand.self,
                       CheckMPICommand.self])
 }
 
