@@ -138,7 +138,10 @@ public enum KerasWeights {
                 throw fail("layer '\(extra.name)' (\(extra.weights.count) weights) has no counterpart in model \(family), whose layers are \(groups.map(\.layer).joined(separator: ", "))")
             }
             let byName = Dictionary(fileLayers.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-            pairs = groups.map { (byName[$0.layer]!, $0) }   // present: checked above
+            pairs = try groups.map { group in
+                guard let layer = byName[group.layer] else { throw fail("layer '\(group.layer)' holds no weights, which model \(family) needs") }
+                return (layer, group)
+            }
         } else if groups.allSatisfy({ !fileNames.contains($0.layer) }) {
             guard fileLayers.count == groups.count else {
                 throw fail("the file's \(fileLayers.count) layers with weights (\(fileLayers.map(\.name).joined(separator: ", "))) neither carry model \(family)'s names nor match its \(groups.count) layers by order")
@@ -146,7 +149,7 @@ public enum KerasWeights {
             pairs = Array(zip(fileLayers, groups))
             byOrder = pairs.map { ($0.file.name, $0.group.layer) }
         } else {
-            let missing = groups.first { !fileNames.contains($0.layer) }!.layer
+            let missing = groups.first { !fileNames.contains($0.layer) }?.layer ?? "?"
             throw fail("no layer '\(missing)', which model \(family) needs (the file's layers with weights: \(fileLayers.map(\.name).joined(separator: ", ")))")
         }
         for (fileLayer, group) in pairs {

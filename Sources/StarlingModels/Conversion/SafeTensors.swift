@@ -106,11 +106,8 @@ public struct SafeTensorsFile {
             }
             let begin = data.count
             switch t.dtype {
-            case .f32:
-                data.reserveCapacity(data.count + 4 * t.values.count)
-                for x in t.values { appendLittleEndian(x.bitPattern, to: &data) }
-            case .f16:
-                for bits in try HalfPrecision.bits(t.values, name: t.name, file: file) { appendLittleEndian(bits, to: &data) }
+            case .f32: appendLittleEndian(t.values.map(\.bitPattern), to: &data)
+            case .f16: appendLittleEndian(try HalfPrecision.bits(t.values, name: t.name, file: file), to: &data)
             case .bf16, .f64:
                 throw ConversionError(file: file, message: "tensor '\(t.name)': writing \(t.dtype.rawValue) is not supported (F32, F16)")
             }
@@ -122,7 +119,7 @@ public struct SafeTensorsFile {
         while header.count % 8 != 0 { header.append(0x20) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(8 + header.count + data.count)
-        appendLittleEndian(UInt64(header.count), to: &bytes)
+        appendLittleEndian([UInt64(header.count)], to: &bytes)
         return bytes + header + data
     }
 
@@ -148,7 +145,7 @@ public struct SafeTensorsFile {
     public static func decode(_ bytes: [UInt8], file: String = "") throws -> SafeTensorsFile {
         func fail(_ message: String) -> ConversionError { ConversionError(file: file, message: "not a valid safetensors file: \(message)") }
         guard bytes.count >= 8 else { throw fail("\(bytes.count) bytes, shorter than the 8-byte header length") }
-        let length = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[$1]) << (8 * UInt64($1)) }
+        let length = words(bytes, at: 0, count: 1, as: UInt64.self)[0]
         guard length <= UInt64(min(headerLimit, bytes.count - 8)) else {
             throw fail("header length \(length) exceeds the file's \(bytes.count - 8) remaining bytes")
         }
@@ -165,23 +162,23 @@ public struct SafeTensorsFile {
             guard let dtype = DType(rawValue: entry.dtype) else { throw fail("tensor '\(name)' has dtype \(entry.dtype); readable: F32, F16, BF16, F64") }
             guard entry.shape.allSatisfy({ $0 >= 0 }), entry.data_offsets.count == 2 else { throw fail("tensor '\(name)' has a malformed shape or data_offsets") }
             let (begin, end) = (entry.data_offsets[0], entry.data_offsets[1])
-            let count = entry.shape.reduce(1, *)
             guard 0 <= begin, begin <= end, end <= bufferSize else {
                 throw fail("tensor '\(name)' spans bytes \(begin)..<\(end) of a \(bufferSize)-byte buffer")
             }
-            guard end - begin == count * dtype.byteSize else {
-                throw fail("tensor '\(name)' of shape \(entry.shape) and dtype \(entry.dtype) needs \(count * dtype.byteSize) bytes, its offsets give \(end - begin)")
+            // The shape's byte count, refusing shapes whose product overflows (a corrupt header must not trap).
+            let size = entry.shape.reduce(Optional(dtype.byteSize)) { total, n in
+                total.flatMap { let (p, overflow) = $0.multipliedReportingOverflow(by: n); return overflow ? nil : p }
             }
-            let base = headerEnd + begin
-            var values = [Float](repeating: 0, count: count)
-            for i in 0..<count {
-                let at = base + i * dtype.byteSize
-                switch dtype {
-                case .f32: values[i] = Float(bitPattern: UInt32(littleEndianAt: at, in: bytes))
-                case .f16: values[i] = try HalfPrecision.float(bits: UInt16(littleEndianAt: at, in: bytes))
-                case .bf16: values[i] = Float(bitPattern: UInt32(UInt16(littleEndianAt: at, in: bytes)) << 16)
-                case .f64: values[i] = Float(Double(bitPattern: UInt64(littleEndianAt: at, in: bytes)))
-                }
+            guard let size, size == end - begin else {
+                throw fail("tensor '\(name)' of shape \(entry.shape) and dtype \(entry.dtype) does not fill its \(end - begin) bytes")
+            }
+            let count = size / dtype.byteSize, base = headerEnd + begin
+            let values: [Float]
+            switch dtype {
+            case .f32: values = words(bytes, at: base, count: count, as: UInt32.self).map { Float(bitPattern: $0) }
+            case .f16: values = try words(bytes, at: base, count: count, as: UInt16.self).map { try HalfPrecision.float(bits: $0) }
+            case .bf16: values = words(bytes, at: base, count: count, as: UInt16.self).map { Float(bitPattern: UInt32($0) << 16) }
+            case .f64: values = words(bytes, at: base, count: count, as: UInt64.self).map { Float(Double(bitPattern: $0)) }
             }
             tensors.append((begin, end, Tensor(name: name, dtype: dtype, shape: entry.shape, values: values)))
         }
@@ -198,16 +195,18 @@ public struct SafeTensorsFile {
     }
 }
 
-private func appendLittleEndian<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
-    var v = value.littleEndian
-    withUnsafeBytes(of: &v) { bytes.append(contentsOf: $0) }
+/// Appends `words` to `bytes`, each little-endian.
+private func appendLittleEndian<T: FixedWidthInteger>(_ words: [T], to bytes: inout [UInt8]) {
+    words.map(\.littleEndian).withUnsafeBytes { bytes.append(contentsOf: $0) }
 }
 
-private extension FixedWidthInteger {
-    /// The value stored little-endian at `offset` of `bytes`.
-    init(littleEndianAt offset: Int, in bytes: [UInt8]) {
-        var value: Self = 0
-        for k in 0..<(Self.bitWidth / 8) { value |= Self(bytes[offset + k]) << (8 * k) }
-        self = value
+/// `count` little-endian words of type T stored from byte `offset` of `bytes` (the caller has checked the range).
+private func words<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, count: Int, as: T.Type) -> [T] {
+    var out = [T](repeating: 0, count: count)
+    out.withUnsafeMutableBytes { target in
+        bytes.withUnsafeBytes { source in
+            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<(offset + target.count)]))
+        }
     }
+    return out.map { T(littleEndian: $0) }
 }
