@@ -8,7 +8,8 @@ struct Starling: ParsableCommand {
         commandName: "starling",
         abstract: "Data-parallel training of classic vision models: detection, segmentation, autoencoders.",
         subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, EvalDetectionsCommand.self,
-                      AnchorsCommand.self, OutliersCommand.self, IndexCommand.self, BenchCommand.self, CheckMPICommand.self])
+                      AnchorsCommand.self, OutliersCommand.self, IndexCommand.self, ConvertCommand.self, InspectCommand.self,
+                      BenchCommand.self, CheckMPICommand.self])
 }
 
 /// Turns any error into the one-line message ArgumentParser prints before exiting non-zero.

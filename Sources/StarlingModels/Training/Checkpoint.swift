@@ -8,10 +8,11 @@ import StarlingIO
 /// - root attributes: `format` = "starling-checkpoint", `format_version`, `model_config` (JSON of `ModelConfig`),
 ///   `step`, `epoch`, `seed`, `world_size`, `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
 ///   `best_validation_loss`;
-/// - `/model_weights/<layer>/<weight>`: float32 datasets in the parameter's shape (Keras-like names such as
-///   `encoder/kernel`, and the buffers such as `bn1/moving_mean`), with `layer_names` on `/model_weights` and
-///   `weight_names` on each layer group;
-/// - `/optimizer_state/<name>`: float32 [P] flat buffers in the parameter layout (Adam's `m`, `v`).
+/// - `/model_weights/<layer>/<weight>`: float32 datasets (float16 after `starling convert --half`) in the
+///   parameter's shape (Keras-like names such as `encoder/kernel`, and the buffers such as `bn1/moving_mean`), with
+///   `layer_names` on `/model_weights` and `weight_names` on each layer group;
+/// - `/optimizer_state/<name>`: float32 [P] flat buffers in the parameter layout (Adam's `m`, `v`); absent, with
+///   the `optimizer` attribute, in inference-only checkpoints (`starling convert --inference-only`, imports).
 public enum Checkpoint {
     public static let format = "starling-checkpoint"
     public static let formatVersion = 1
@@ -45,6 +46,18 @@ public enum Checkpoint {
     }
 
     public static func save(to path: String, model: any Model, optimizer: (any Optimizer)?, state: TrainingState) throws {
+        let config = optimizer.map { OptimizerConfig(name: optimizerName($0), learningRate: $0.learningRate, stepCount: $0.stepCount) }
+        try save(to: path, model: model, optimizer: config, optimizerState: optimizer?.state ?? [], state: state)
+    }
+
+    /// Writes a checkpoint from an optimizer's recorded configuration and state buffers (what `load` returns), so
+    /// converters can rewrite a checkpoint without an optimizer object. `weightType` `.float16` stores the weights
+    /// and buffers in half precision (rounded to nearest, ties to even; `load` widens them back to float32); the
+    /// optimizer state always stays float32.
+    public static func save(to path: String, model: any Model, optimizer: OptimizerConfig?,
+                            optimizerState: [(name: String, storage: FloatStorage)], state: TrainingState,
+                            weightType: HDF5ElementType = .float32) throws {
+        precondition(weightType == .float32 || weightType == .float16, "checkpoint weights are float32 or float16")
         try writeHDF5Atomically(to: path) { file in
             let root = file.root
             try root.setAttribute("format", format)
@@ -61,8 +74,12 @@ public enum Checkpoint {
             var layers: [String] = []
             var weightNames: [String: [String]] = [:]
             for p in model.parameters.parameters + (model.buffers?.parameters ?? []) {
-                let dataset = try weights.createDataset(p.name, type: .float32, shape: p.shape)
-                try dataset.write(UnsafeBufferPointer(p.value.storage.buffer))
+                let dataset = try weights.createDataset(p.name, type: weightType, shape: p.shape)
+                if weightType == .float16 {
+                    try HalfPrecision.write(UnsafeBufferPointer(p.value.storage.buffer), to: dataset, name: p.name, file: path)
+                } else {
+                    try dataset.write(UnsafeBufferPointer(p.value.storage.buffer))
+                }
                 let layer = layerName(p.name)
                 if weightNames[layer] == nil { layers.append(layer) }
                 weightNames[layer, default: []].append(p.name)
@@ -70,9 +87,9 @@ public enum Checkpoint {
             try weights.setAttribute("layer_names", layers)
             for layer in layers { try weights.group(layer).setAttribute("weight_names", weightNames[layer] ?? []) }
             if let optimizer {
-                try root.setJSONAttribute("optimizer", OptimizerConfig(name: optimizerName(optimizer), learningRate: optimizer.learningRate, stepCount: optimizer.stepCount))
+                try root.setJSONAttribute("optimizer", optimizer)
                 let group = try root.createGroup("optimizer_state")
-                for (name, storage) in optimizer.state {
+                for (name, storage) in optimizerState {
                     try group.createDataset(name, type: .float32, shape: [storage.count]).write(UnsafeBufferPointer(storage.buffer))
                 }
             }
