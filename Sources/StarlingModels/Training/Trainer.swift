@@ -1,3 +1,4 @@
+import Foundation
 import StarlingCore
 import StarlingIO
 import StarlingDistributed
@@ -192,6 +193,12 @@ public final class Trainer {
         }
         (state.epoch, state.step, state.dataCursor, state.bestValidationLoss) = (epoch, step, cursor, best)
         optimizer.stepCount = optimizerSteps
+        // The callbacks' memory too (learning rate, plateau, early-stopping count), so resumed ranks act alike.
+        let callbacks = Checkpoint.CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau,
+                                                 learningRate: state.learningRate)
+        let text = try world.broadcast(String(decoding: try JSONEncoder().encode(callbacks), as: UTF8.self))
+        let agreed = try JSONDecoder().decode(Checkpoint.CallbackState.self, from: Data(text.utf8))
+        (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (agreed.epochsWithoutImprovement, agreed.plateau, agreed.learningRate)
     }
 
     /// Runs the remaining epochs; returns the per-epoch records.
