@@ -22,7 +22,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
     @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = false
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
-    @Option(help: "Improvement smaller than this does not count (early stopping).") var minDelta: Double = 0
+    @Option(help: "Improvement smaller than this does not count (early stopping and plateaus; Keras's plateau default 1e-4 applies when unset).") var minDelta: Double?
     @Option(help: "Multiply the learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau).") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest learning rate on plateaus.") var minLr: Float = 1e-5
@@ -71,8 +71,8 @@ struct TrainingFlags: ParsableArguments {
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
         o.earlyStoppingPatience = earlyStopping
-        o.minDelta = minDelta
-        o.reduceOnPlateau = plateauPatience.map { ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr) }
+        o.minDelta = minDelta ?? 0
+        o.reduceOnPlateau = plateauPatience.map { ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: Float(minDelta ?? 1e-4)) }
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }

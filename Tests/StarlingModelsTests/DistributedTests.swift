@@ -49,6 +49,24 @@ import Testing
         #expect(maxRelativeDifference(try weights(dir + "/other/fc-ae-last.h5"), try weights(dir + "/straight/fc-ae-last.h5")) < 1e-5)
     }
 
+    /// A run stopped in the middle of a plateau schedule resumes on two ranks with rank 0's learning rate and plateau
+    /// memory on both (a huge --min-delta makes every epoch a plateau epoch, halving the rate each time).
+    @Test func resumeKeepsTheScheduleOnEveryRank() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-plateau")
+        let schedule = ["--min-delta", "10", "--plateau-patience", "1", "--plateau-factor", "0.5", "--epochs", "4", "--steps-per-epoch", "3"]
+        func args(_ out: String, _ extra: [String] = []) -> [String] {
+            ["train", "--model", "fc-ae", "--data", data, "--batch-size", "64", "--val-split", "none", "--out", out] + schedule + extra
+        }
+        #expect(try mpirun(2, args(dir + "/straight")).status == 0)
+        #expect(try mpirun(2, args(dir + "/split", ["--max-steps", "7"])).status == 0)   // step 1 of epoch 3, rate 5e-4
+        let resumed = try mpirun(2, args(dir + "/split", ["--resume", dir + "/split/fc-ae-last.h5"]))
+        #expect(resumed.status == 0, "\(resumed.error)")
+        #expect(try weights(dir + "/split/fc-ae-last.h5") == weights(dir + "/straight/fc-ae-last.h5"))
+        let rates = try String(contentsOfFile: dir + "/straight/fc-ae-log.csv", encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false)[4] }
+        #expect(rates == ["0.001", "0.001", "0.0005", "0.00025"])
+    }
+
     /// Ranks started with different settings are refused before training.
     @Test func mismatchedRanksAreRefused() throws {
         let data = try Fixture.sampleHDF5()
