@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data-parallel scaling on this machine: 1 rank x 1 thread, then 2 ranks x 1 thread, on the full MNIST
 # (converted once to Checkpoints/bench/mnist.h5). Prints images/s per model, the scaling, and allreduce bandwidth.
-# OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are left as the machine has them; the kernel is printed beside the numbers.
+# The machine's OpenBLAS kernel settings are left as they are; the kernel in use is printed beside the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product starling >&2
