@@ -18,6 +18,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         systemLibrary("CMPI", "ompi-c", "libopenmpi-dev"),
@@ -29,7 +30,12 @@ let package = Package(
         .target(name: "StarlingCore", dependencies: ["COpenBLAS"]),
         .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib"]),
         .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
-        .target(name: "StarlingModels", dependencies: ["StarlingCore", "StarlingIO", "StarlingDistributed"]),
+        // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.
+        .target(name: "ONNXProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "StarlingModels", dependencies: [
+            "StarlingCore", "StarlingIO", "StarlingDistributed", "ONNXProto",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .executableTarget(name: "starling", dependencies: [
             "StarlingModels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -8,10 +8,11 @@ extension WeightFormat: ExpressibleByArgument {}
 struct ConvertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "convert",
-        abstract: "Convert weights between Starling checkpoints, Keras HDF5 and safetensors; slim a checkpoint; re-sample a detector's classes.",
+        abstract: "Convert weights between Starling checkpoints, Keras HDF5 and safetensors; export ONNX; slim a checkpoint; re-sample a detector's classes.",
         discussion: """
             starling convert --to keras CKPT OUT.h5              Keras 2 / tf.keras save_weights layout
             starling convert --to safetensors CKPT OUT.safetensors   PyTorch state-dict names
+            starling convert --to onnx CKPT OUT.onnx             inference graph, opset 13 (input "images")
             starling convert --from keras IN.h5 OUT.h5 --model ssd7 [--config-from CKPT]
             starling convert --inference-only --half CKPT OUT.h5
             starling convert --num-classes 3 --keep-classes 0,1,3 --class-names car,pedestrian,bus CKPT OUT.h5
@@ -75,6 +76,13 @@ struct ConvertCommand: ParsableCommand {
             if inferenceOnly { checkpoint = CheckpointConversion.inferenceOnly(checkpoint) }
             try CheckpointConversion.write(checkpoint, to: output, format: to, half: half)
             let model = checkpoint.model
+            if to == .onnx {
+                let (_, outputs) = try ONNXExport.graph(of: model)
+                print("wrote \(output): ONNX opset \(ONNXGraph.opset), model \(model.config.family)")
+                print("  input images: float32 [N, \(model.config.inputShape.map(String.init).joined(separator: ", "))]")
+                for o in outputs { print("  output \(o.name): \(o.meaning)") }
+                return
+            }
             let values = model.parameters.count + (model.buffers?.count ?? 0)
             let optimizer = to == .starling && checkpoint.optimizer != nil ? ", with optimizer state" : ""
             print("wrote \(output): \(to.rawValue), model \(model.config.family), \(values) values as \(half ? "float16" : "float32")\(optimizer)")

@@ -22,7 +22,7 @@ public enum Padding: Sendable, Equatable {
 
     /// Output length and leading padding of a window of (dilated) length `kernel` sliding along an axis of
     /// length `size`.
-    func window(size n: Int, kernel k: Int, stride s: Int, vertical: Bool) -> (output: Int, before: Int) {
+    public func window(size n: Int, kernel k: Int, stride s: Int, vertical: Bool) -> (output: Int, before: Int) {
         precondition(k > 0 && s > 0, "kernel \(k) and stride \(s) must be positive")
         switch self {
         case .valid:

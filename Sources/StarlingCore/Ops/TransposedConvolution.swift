@@ -8,7 +8,7 @@ extension Padding {
     /// Output length of a transposed window op on an axis of length `m`, following Keras:
     /// `.same` gives m * stride; `.valid` gives m * stride + max(kernel - stride, 0), which is (m - 1) * stride + kernel
     /// whenever kernel >= stride; explicit padding (PyTorch's rule) gives (m - 1) * stride + kernel - before - after.
-    func transposedOutput(size m: Int, kernel k: Int, stride s: Int, vertical: Bool) -> Int {
+    public func transposedOutput(size m: Int, kernel k: Int, stride s: Int, vertical: Bool) -> Int {
         precondition(k > 0 && s > 0, "kernel \(k) and stride \(s) must be positive")
         switch self {
         case .valid: return m * s + Swift.max(k - s, 0)

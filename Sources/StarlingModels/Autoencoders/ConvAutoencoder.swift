@@ -55,3 +55,19 @@ public final class ConvAutoencoder: Autoencoder, Encoding {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
     }
 }
+
+extension ConvAutoencoder: ONNXAutoencoder {
+    func featureMap(_ images: ONNXValue) -> ONNXValue {
+        var h = images
+        for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
+        return h
+    }
+
+    public func onnxCode(_ images: ONNXValue) -> ONNXValue { featureMap(images).flattened() }
+
+    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
+        var h = featureMap(images)
+        for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
+        return output(h)
+    }
+}

@@ -73,3 +73,18 @@ public final class ConvVariationalAutoencoder: VariationalModel {
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor { negativeELBO(batch, training: training).total }
 }
+
+extension ConvVariationalAutoencoder: ONNXVariational {
+    public func onnxPosterior(_ images: ONNXValue) -> (mean: ONNXValue, logVariance: ONNXValue) {
+        var h = images
+        for conv in convolutions { h = conv(h).relu() }
+        let features = hidden(h.flattened()).relu()
+        return (mean(features), logVariance(features))
+    }
+
+    public func onnxDecoderLogits(_ z: ONNXValue, imageShape: [Int]) -> ONNXValue {
+        var h = decoderHidden(z).relu().reshaped([-1] + bottleneck)
+        for layer in transposed.dropLast() { h = layer(h).relu() }
+        return transposed[transposed.count - 1](h).reshaped(imageShape)
+    }
+}

@@ -48,3 +48,17 @@ public final class DeepAutoencoder: Autoencoder, Encoding {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
     }
 }
+
+extension DeepAutoencoder: ONNXAutoencoder {
+    public func onnxCode(_ images: ONNXValue) -> ONNXValue {
+        var h = images.flattened()
+        for layer in encoder { h = layer(h).relu() }
+        return h
+    }
+
+    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
+        var h = onnxCode(images)
+        for layer in decoder.dropLast() { h = layer(h).relu() }
+        return decoder[decoder.count - 1](h).reshaped(images.shape)
+    }
+}

@@ -48,3 +48,11 @@ public final class FCAutoencoder: Autoencoder, Encoding {
         return bce + h.sum() * (l1Activity / Float(batch.size))   // h >= 0 after ReLU, so sum h = sum abs(h)
     }
 }
+
+extension FCAutoencoder: ONNXAutoencoder {
+    public func onnxCode(_ images: ONNXValue) -> ONNXValue { encoder(images.flattened()).relu() }
+
+    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
+        decoder(onnxCode(images)).reshaped(images.shape)
+    }
+}

@@ -60,3 +60,16 @@ public final class Seq2SeqAutoencoder: Autoencoder, Encoding {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
     }
 }
+
+extension Seq2SeqAutoencoder: ONNXAutoencoder {
+    /// ONNX's LSTM runs time-major: [N, T, F] becomes [T, N, F].
+    public func onnxCode(_ images: ONNXValue) -> ONNXValue {
+        encoder(timeMajor: images.reshaped([-1, steps, features]).transposed([1, 0, 2])).last
+    }
+
+    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
+        let states = decoder(timeMajor: onnxCode(images).repeated(steps)).states      // [T, N, decoder_units]
+        let rows = states.transposed([1, 0, 2]).reshaped([-1, decoder.units])
+        return output(rows).reshaped(images.shape)
+    }
+}

@@ -115,3 +115,14 @@ extension VariationalModel {
         return NegativeELBO(reconstruction: reconstruction, kl: kl)
     }
 }
+
+extension VariationalAutoencoder: ONNXVariational {
+    public func onnxPosterior(_ images: ONNXValue) -> (mean: ONNXValue, logVariance: ONNXValue) {
+        let h = hidden(images.flattened()).relu()
+        return (mean(h), logVariance(h))
+    }
+
+    public func onnxDecoderLogits(_ z: ONNXValue, imageShape: [Int]) -> ONNXValue {
+        decoderOutput(decoderHidden(z).relu()).reshaped(imageShape)
+    }
+}

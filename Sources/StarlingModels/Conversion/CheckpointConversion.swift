@@ -9,6 +9,8 @@ public enum WeightFormat: String, CaseIterable, Sendable {
     case keras
     /// PyTorch state-dict names in a safetensors file (see `PyTorchWeights`).
     case safetensors
+    /// The inference graph with its weights as an ONNX model (see `ONNXExport`); written, not read.
+    case onnx
 }
 
 /// `starling convert`: any format in, optional changes, any format out. A checkpoint is the common currency
@@ -29,6 +31,8 @@ public enum CheckpointConversion {
             let file = try SafeTensorsFile.read(from: path)
             guard let config = try config ?? PyTorchWeights.recordedConfig(in: file, path: path) else { throw missingConfig(path) }
             return (fresh(try PyTorchWeights.read(file, path: path, config: config)), nil)
+        case .onnx:
+            throw ConversionError(file: path, message: "ONNX is an export format: Starling writes ONNX graphs but reads weights from checkpoints, Keras or safetensors")
         }
     }
 
@@ -38,6 +42,7 @@ public enum CheckpointConversion {
         case .starling: return try Checkpoint.load(from: path).model.config
         case .keras: return try KerasWeights.recordedConfig(in: path)
         case .safetensors: return try PyTorchWeights.recordedConfig(in: SafeTensorsFile.read(from: path), path: path)
+        case .onnx: return nil
         }
     }
 
@@ -59,6 +64,9 @@ public enum CheckpointConversion {
             try KerasWeights.write(checkpoint.model, to: path, half: half)
         case .safetensors:
             try PyTorchWeights.write(checkpoint.model, to: path, half: half)
+        case .onnx:
+            if half { throw ConversionError(file: path, message: "--half is for checkpoints, Keras and safetensors; ONNX graphs are written in float32") }
+            try ONNXExport.write(checkpoint.model, to: path)
         }
     }
 

@@ -150,6 +150,29 @@ public final class SSD300: Detector {
     }
 }
 
+extension SSD300: ONNXDetector {
+    public func onnxPredict(_ images: ONNXValue) -> (classLogits: ONNXValue, boxOffsets: ONNXValue) {
+        var x = images - images.graph.constant("channel_means", [123, 117, 104], shape: [1, 3, 1, 1])
+        var features: [ONNXValue] = []
+        var layer = 0
+        for (name, _, _, _, _, _) in Self.layout {
+            if name == "pool5" { x = x.maxPool2d(kernel: (3, 3), stride: (1, 1), padding: .same); continue }
+            if name == "pool" { x = x.maxPool2d(kernel: (2, 2), padding: .same); continue }
+            x = base[layer].conv(x).relu()
+            layer += 1
+            if name == "conv4_3" { features.append(x.l2NormalizeChannels(gamma: conv4_3Scale)) }
+            if name == "fc7" { features.append(x) }
+        }
+        for (name, conv) in extras {
+            x = conv(x).relu()
+            if name.hasSuffix("_2") { features.append(x) }
+        }
+        let classes = ONNXValue.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
+        let boxes = ONNXValue.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
+        return (classes, boxes)
+    }
+}
+
 /// The PASCAL VOC classes, SSD300's default.
 public enum VOC {
     public static let classNames = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -111,3 +111,18 @@ public final class SSD7: Detector {
         detectionLoss(batch, training: training, lossFunction: lossFunction, kernels: (convs + classHeads + boxHeads).map(\.kernel), l2: l2)
     }
 }
+
+extension SSD7: ONNXDetector {
+    public func onnxPredict(_ images: ONNXValue) -> (classLogits: ONNXValue, boxOffsets: ONNXValue) {
+        var h = images.affine(scale: 1 / 127.5, shift: -1)
+        var features: [ONNXValue] = []
+        for k in 0..<7 {
+            h = norms[k](convs[k](h)).elu()
+            if k >= 3 { features.append(h) }
+            if k < 6 { h = h.maxPool2d(kernel: (2, 2)) }
+        }
+        let classes = ONNXValue.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
+        let boxes = ONNXValue.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
+        return (classes, boxes)
+    }
+}

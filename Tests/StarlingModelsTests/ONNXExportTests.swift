@@ -1,0 +1,230 @@
+import Foundation
+import ONNXProto
+import Testing
+import StarlingCore
+import StarlingIO
+@testable import StarlingModels
+
+/// Runs an ONNX model under onnxruntime after `onnx.checker` (with strict shape inference), on an input read from a
+/// raw float32 file; writes each output as a raw file and prints their shapes and types as JSON.
+private let onnxRunner = """
+import json, sys
+import numpy as np, onnx, onnxruntime as ort
+model_path, input_path, shape, out_dir = sys.argv[1:]
+onnx.checker.check_model(onnx.load(model_path), full_check=True)
+x = np.fromfile(input_path, dtype=np.float32).reshape(json.loads(shape))
+session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+meta = {}
+for info, value in zip(session.get_outputs(), session.run(None, {"images": x})):
+    value = np.ascontiguousarray(value)
+    value.tofile(f"{out_dir}/{info.name}.bin")
+    meta[info.name] = {"shape": list(value.shape), "dtype": str(value.dtype)}
+print(json.dumps(meta))
+"""
+
+/// onnxruntime's outputs by name: float32 outputs as `floats`, int64 as `ints`.
+private struct RuntimeOutputs {
+    var shapes: [String: [Int]] = [:]
+    var floats: [String: [Float]] = [:]
+    var ints: [String: [Int64]] = [:]
+}
+
+/// Whether python3 with onnx and onnxruntime is here (Launch/install-deps.sh installs them from PyPI).
+private let onnxRuntimeAvailable: Bool = {
+    (try? run("/usr/bin/env", ["python3", "-c", "import onnx, onnxruntime, numpy"]).status) == 0
+}()
+
+private func runONNX(_ modelPath: String, input: Tensor, in dir: String) throws -> RuntimeOutputs {
+    let inputPath = dir + "/input.bin"
+    let bytes = input.toArray().withUnsafeBytes { Array($0) }
+    try AtomicFile.write(bytes, to: inputPath)
+    let result = try run("/usr/bin/env", ["python3", "-c", onnxRunner, modelPath, inputPath, "\(input.shape)", dir])
+    guard result.status == 0 else { throw ConversionError(file: modelPath, message: "onnxruntime failed: \(result.error)") }
+    let meta = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: [String: Any]] ?? [:]
+    var out = RuntimeOutputs()
+    for (name, info) in meta {
+        let data = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(name).bin"))
+        out.shapes[name] = info["shape"] as? [Int] ?? []
+        if info["dtype"] as? String == "int64" {
+            out.ints[name] = data.withUnsafeBytes { Array($0.bindMemory(to: Int64.self)) }
+        } else {
+            out.floats[name] = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        }
+    }
+    return out
+}
+
+/// Largest |a - b| relative to the scale of `b` (its largest magnitude, at least 1e-3), and where: rounding in
+/// long sums (a deep network's) is relative to the terms summed, not to each result.
+private func worstDifference(_ a: [Float], _ b: [Float]) -> (value: Float, at: String) {
+    guard a.count == b.count else { return (.infinity, "\(a.count) values for \(b.count)") }
+    let scale = max(b.map(abs).max() ?? 0, 1e-3)
+    let d = zip(a, b).map { abs($0 - $1) / scale }
+    guard let k = d.indices.max(by: { d[$0] < d[$1] }) else { return (0, "") }
+    return (d[k], "index \(k): \(a[k]) for \(b[k])")
+}
+
+/// A model with every weight random, biases and batch-norm statistics included, so a misplaced or dropped one shows.
+private func randomized(_ config: ModelConfig, seed: UInt64) throws -> any Model {
+    let model = try ModelRegistry.build(config, seed: seed)
+    var rng = RandomGenerator(seed: seed &+ 77)
+    for p in model.parameters.parameters where p.name.hasSuffix("bias") || p.name.hasSuffix("beta") || p.name.hasSuffix("gamma") {
+        for i in 0..<p.count { p.value.data[i] = p.name.hasSuffix("gamma") ? rng.uniform(0.5, 1.5) : 0.1 * rng.normal() }
+    }
+    for p in model.buffers?.parameters ?? [] {
+        for i in 0..<p.count { p.value.data[i] = p.name.hasSuffix("variance") ? rng.uniform(0.5, 2) : 0.1 * rng.normal() }
+    }
+    return model
+}
+
+/// Every family, at sizes a debug build runs in a moment.
+private func exportConfigs() throws -> [ModelConfig] {
+    let narrow: [String: [String: Double]] = [
+        "fc-ae": ["code_size": 6], "sparse-ae": ["code_size": 5], "deep-ae": ["units_1": 16, "units_2": 8, "code_size": 4],
+        "denoising-ae": ["filters": 4], "seq2seq-ae": ["code_size": 8, "decoder_units": 6], "vae": ["intermediate_dim": 8],
+        "conv-vae": ["filters_1": 4, "filters_2": 6, "hidden": 5, "latent_dim": 3]]
+    return try ModelRegistry.families.map { family in
+        switch family {
+        case SSD7.family: return SSD7.defaultConfig(height: 96, width: 128)
+        case SSD300.family: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        default:
+            var config = try ModelRegistry.defaultConfig(family: family)
+            config.options.merge(narrow[family] ?? [:]) { $1 }
+            return config
+        }
+    }
+}
+
+@Suite struct ONNXExportTests {
+    @Test func graphIsOpset13WithTheWeightsOnce() throws {
+        let config = try ModelRegistry.defaultConfig(family: "conv-ae")
+        let model = try randomized(config, seed: 1)
+        let dir = Fixture.temporaryDirectory("onnx-structure")
+        try ONNXExport.write(model, to: dir + "/conv-ae.onnx")
+        let proto = try Onnx_ModelProto(serializedBytes: try Data(contentsOf: URL(fileURLWithPath: dir + "/conv-ae.onnx")))
+        #expect(proto.irVersion == 7 && proto.opsetImport.map(\.version) == [13])
+        #expect(proto.graph.input.map(\.name) == ["images"])
+        #expect(proto.graph.input[0].type.tensorType.shape.dim.map { $0.dimParam.isEmpty ? Int($0.dimValue) : -1 } == [-1, 1, 28, 28])
+        #expect(proto.graph.output.map(\.name) == ["reconstruction", "code"])
+        // The code and the reconstruction share the encoder: each weight is stored once, as the checkpoint has it.
+        let weights = proto.graph.initializer.filter { $0.name.contains("/") }
+        #expect(weights.map(\.name).sorted() == model.parameters.parameters.map(\.name).sorted())
+        for t in weights {
+            let stored = t.rawData.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            #expect(stored == model.parameters[t.name]?.value.toArray(), "\(t.name)")
+        }
+        #expect(proto.graph.node.filter { $0.opType == "Conv" }.count == 7)
+        #expect(proto.metadataProps.contains { $0.key == PyTorchWeights.configKey })
+    }
+
+    /// Every family's exported graph, run by onnxruntime, gives Starling's outputs on the same input.
+    @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"),
+          arguments: try exportConfigs())
+    func onnxRuntimeReproducesStarling(config: ModelConfig) throws {
+        let model = try randomized(config, seed: 3)
+        let dir = Fixture.temporaryDirectory("onnx-\(config.family)")
+        let path = dir + "/model.onnx"
+        try ONNXExport.write(model, to: path)
+        let batch = 3
+        var rng = RandomGenerator(seed: 11)
+        let images = Tensor(zeros: [batch] + config.inputShape)
+        let scale: Float = model is any Detector ? 255 : 1
+        for i in 0..<images.count { images.data[i] = scale * rng.uniform(0, 1) }
+        let onnx = try runONNX(path, input: images, in: dir)
+
+        func expectClose(_ name: String, _ expected: Tensor, tolerance: Float = 1e-4) {
+            #expect(onnx.shapes[name]?.reduce(1, *) == expected.count, "\(config.family) \(name) shape \(onnx.shapes[name] ?? [])")
+            let worst = worstDifference(onnx.floats[name] ?? [], expected.toArray())
+            #expect(worst.value < tolerance, "\(config.family) \(name): worst difference \(worst.value) at \(worst.at)")
+        }
+        try GradMode.disabled {
+            switch model {
+            case let vae as any VariationalModel:
+                let (mean, logVariance) = vae.posterior(images)
+                expectClose("z_mean", mean)
+                expectClose("z_log_var", logVariance)
+                expectClose("reconstruction", vae.reconstruction(images))
+            case let ae as any Autoencoder & Encoding:
+                expectClose("reconstruction", ae.reconstruction(images))
+                expectClose("code", ae.code(images))
+                #expect(onnx.shapes["reconstruction"] == [batch] + config.inputShape)
+            case let detector as any Detector:
+                try expectSameDetections(detector, images: images, onnx: onnx, expectClose: expectClose)
+            default:
+                Issue.record("\(config.family) is neither an autoencoder nor a detector")
+            }
+        }
+    }
+
+    /// Raw predictions, decoded boxes, and the per-class NMS against `DetectionDecoding.decode`.
+    private func expectSameDetections(_ detector: any Detector, images: Tensor, onnx: RuntimeOutputs,
+                                      expectClose: (String, Tensor, Float) -> Void) throws {
+        let (logits, offsets) = detector.predict(images, training: false)
+        let c = detector.classCount, a = detector.encoder.anchorCount, n = images.shape[0]
+        let probabilities = logits.softmax(axis: -1)
+        expectClose("class_probabilities", probabilities, 1e-4)
+        expectClose("box_offsets", offsets, 1e-4)
+        // Boxes as DetectionDecoding decodes them (clipped to the image).
+        let config = detector.encoder.config
+        let (width, height) = (Float(config.imageWidth), Float(config.imageHeight))
+        let decoded = Tensor(zeros: [n, a, 4])
+        for j in 0..<(n * a) {
+            let b = detector.encoder.decode(offsets.data + 4 * j, anchor: j % a)
+            // Every coordinate inside the image (DetectionDecoding clips only the outer side, then drops what is empty).
+            let clipped = [min(max(0, b.xmin), width), min(max(0, b.ymin), height), min(max(0, b.xmax), width), min(max(0, b.ymax), height)]
+            for k in 0..<4 { decoded.data[4 * j + k] = clipped[k] }
+        }
+        expectClose("boxes", decoded, 1e-4)
+
+        // NMS: the same (image, class, box, score) detections per image; neither side is cut by a global top k here.
+        let rows = onnx.ints["detections"] ?? []
+        #expect(rows.count % 3 == 0 && !rows.isEmpty)
+        var fromONNX: [Int: [DetectedBox]] = [:]
+        let boxes = onnx.floats["boxes"] ?? [], scores = onnx.floats["class_probabilities"] ?? []
+        for r in stride(from: 0, to: rows.count, by: 3) {
+            let (image, cls, anchor) = (Int(rows[r]), Int(rows[r + 1]), Int(rows[r + 2]))
+            #expect(cls >= 1 && cls < c, "class id \(cls)")
+            let o = 4 * (image * a + anchor)
+            let box = BoxCorners(xmin: boxes[o], ymin: boxes[o + 1], xmax: boxes[o + 2], ymax: boxes[o + 3])
+            fromONNX[image, default: []].append(DetectedBox(box: box, classID: cls, score: scores[(image * a + anchor) * c + cls]))
+        }
+        var decoding = DetectionDecoding.evaluation
+        decoding.topK = .max
+        // Boxes agree as the decoded ones do: to 1e-4 of the image's size.
+        let slack = 1e-4 * max(width, height)
+        func close(_ x: DetectedBox, _ y: DetectedBox) -> Bool {
+            x.classID == y.classID && abs(x.score - y.score) < 1e-4 && abs(x.box.xmin - y.box.xmin) < slack && abs(x.box.ymin - y.box.ymin) < slack
+                && abs(x.box.xmax - y.box.xmax) < slack && abs(x.box.ymax - y.box.ymax) < slack
+        }
+        for i in 0..<n {
+            var perClass: [Int: [DetectedBox]] = [:]
+            for d in decoding.decode(probabilities: probabilities.data + i * a * c, offsets: offsets.data + i * a * 4,
+                                     classCount: c, encoder: detector.encoder) { perClass[d.classID, default: []].append(d) }
+            // ONNX keeps at most topK boxes a class.
+            let expected = perClass.values.flatMap { $0.sorted { $0.score > $1.score }.prefix(DetectionDecoding.evaluation.topK) }
+            var unmatched = fromONNX[i, default: []]
+            #expect(!expected.isEmpty && unmatched.count == expected.count, "image \(i): ONNX \(unmatched.count) detections, Starling \(expected.count)")
+            var missing: [DetectedBox] = []
+            for d in expected {
+                if let k = unmatched.firstIndex(where: { close($0, d) }) { unmatched.remove(at: k) } else { missing.append(d) }
+            }
+            #expect(missing.isEmpty && unmatched.isEmpty, "image \(i): Starling's \(missing) not in ONNX's; ONNX's \(unmatched) not in Starling's")
+        }
+    }
+
+    @Test func convertCommandWritesONNXAndRefusesWhatItCannot() throws {
+        let dir = Fixture.temporaryDirectory("onnx-command")
+        let model = try randomized(try ModelRegistry.defaultConfig(family: "vae"), seed: 5)
+        let checkpoint = dir + "/vae.h5"
+        try Checkpoint.save(to: checkpoint, model: model, optimizer: nil, optimizerState: [], state: Checkpoint.TrainingState())
+        let ok = try starling("convert", "--to", "onnx", checkpoint, dir + "/vae.onnx")
+        #expect(ok.status == 0, "\(ok.error)")
+        #expect(ok.output.contains("output z_mean"))
+        #expect(FileManager.default.fileExists(atPath: dir + "/vae.onnx"))
+        let half = try starling("convert", "--to", "onnx", "--half", checkpoint, dir + "/half.onnx")
+        #expect(half.status != 0 && half.error.contains("float32"))
+        let back = try starling("convert", "--from", "onnx", "--model", "vae", dir + "/vae.onnx", dir + "/back.h5")
+        #expect(back.status != 0 && back.error.contains("export format"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/half.onnx") && !FileManager.default.fileExists(atPath: dir + "/back.h5"))
+    }
+}
