@@ -586,13 +586,14 @@ private func writeKerasFile(_ path: String, layers: [(name: String, weights: [(n
         try writeKerasFile(dir + "/shape.h5", layers: [("encoder", [("encoder/kernel:0", [6, 3], [Float](repeating: 0, count: 18)), ("encoder/bias:0", [2], [0, 0])]),
                                                      ("decoder", [("decoder/kernel:0", [2, 6], [Float](repeating: 0, count: 12)), ("decoder/bias:0", [6], [Float](repeating: 0, count: 6))])])
         let before = listing(dir)
-        for (arguments, words) in [(["--to", "onnx", "a.h5", "out.onnx"], ["onnx"]),
+        for (arguments, words) in [(["--to", "onnx", "--half", "a.h5", "out.onnx"], ["out.onnx", "float32"]),
+                                   (["--to", "tflite", "a.h5", "out.tflite"], ["tflite"]),
                                    (["--from", "keras", "missing.h5", "out.h5", "--config-from", "a.h5"], ["missing.h5", "no layer 'decoder'"]),
                                    (["--from", "keras", "shape.h5", "out.h5", "--config-from", "a.h5"], ["shape.h5", "'encoder'", "[6, 3]", "[6, 2]"]),
                                    (["--from", "keras", "a.h5", "out.h5", "--model", "fc-ae"], ["Starling checkpoint"]),
                                    (["--from", "safetensors", "a.h5", "out.h5", "--model", "fc-ae"], ["a.h5", "safetensors"]),
                                    (["--num-classes", "2", "--keep-classes", "0,1", "a.h5", "out.h5"], ["not a detector"])] {
-            let run = try starling(["convert"] + arguments.map { $0.hasSuffix(".h5") || $0.hasSuffix(".onnx") ? dir + "/" + $0 : $0 })
+            let run = try starling(["convert"] + arguments.map { $0.hasSuffix(".h5") || $0.hasSuffix(".onnx") || $0.hasSuffix(".tflite") ? dir + "/" + $0 : $0 })
             #expect(run.status != 0, "\(arguments) succeeded")
             let message = run.error.trimmingCharacters(in: .whitespacesAndNewlines)
             for w in words { #expect(message.contains(w), "'\(message)' lacks '\(w)'") }

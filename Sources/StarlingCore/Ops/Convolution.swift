@@ -449,7 +449,10 @@ extension Tensor {
         if let bias { precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels") }
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
-        let out = Tensor.result(shape: [n, cout, geometry.outHeight, geometry.outWidth], inputs: inputs) { out in
+        // With a bias the output is first overwritten by the broadcast bias, then accumulated into (beta 1).
+        let outCount = n * cout * geometry.outHeight * geometry.outWidth
+        let storage = bias == nil ? FloatStorage(count: outCount) : FloatStorage(uninitializedCount: outCount)
+        let out = Tensor.result(shape: [n, cout, geometry.outHeight, geometry.outWidth], storage: storage, inputs: inputs) { out in
             let dy = UnsafePointer(out.grad)
             if let bias, bias.requiresGrad {
                 accumulateChannelSums(dy, batch: n, channels: cout, plane: geometry.outPlane, into: bias.grad)

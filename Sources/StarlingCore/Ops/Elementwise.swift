@@ -12,7 +12,8 @@ extension Tensor {
     public func unary(_ forward: (Int, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
                       backward: @escaping (Int, UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) -> Tensor {
         let x = self
-        let out = Tensor.result(shape: shape, inputs: [x]) { out in
+        // `forward` writes every output element.
+        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x]) { out in
             backward(x.count, x.data, out.data, out.grad, x.grad)
         }
         forward(count, x.data, out.data)

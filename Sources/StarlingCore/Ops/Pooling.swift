@@ -35,9 +35,10 @@ extension Tensor {
         // Argmax as an offset within the input plane; Int32 halves the memory kept alive until backward.
         precondition(h * w <= Int(Int32.max), "plane of \(h)x\(w) pixels too large for max-pool indices")
         // Kept in a FloatStorage block (as Int32 bits) so the block cache reuses it step after step.
-        let indexBlock = FloatStorage(count: planes * oh * ow)
+        // Both blocks are written in full below (every output cell has a window).
+        let indexBlock = FloatStorage(uninitializedCount: planes * oh * ow)
         let ip = UnsafeMutableRawPointer(indexBlock.pointer).assumingMemoryBound(to: Int32.self)
-        let values = FloatStorage(count: planes * oh * ow)
+        let values = FloatStorage(uninitializedCount: planes * oh * ow)
         let xd = x.data, y = values.pointer
         let step = stride ?? kernel
         let rowsRegular = (0..<oh).allSatisfy { (i: Int) -> Bool in rows.lo[i] == 2 * i && rows.hi[i] == 2 * i + 2 }

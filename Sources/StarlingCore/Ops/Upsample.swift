@@ -32,7 +32,8 @@ extension Tensor {
         let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
         let (sh, sw) = scale
         let (oh, ow) = (h * sh, w * sw)
-        let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], inputs: [x]) { out in
+        // Every output pixel is a copy of one input pixel, written below.
+        let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], storage: FloatStorage(uninitializedCount: planes * oh * ow), inputs: [x]) { out in
             let dy = out.grad, dx = x.grad
             for p in 0..<planes {
                 for r in 0..<h {

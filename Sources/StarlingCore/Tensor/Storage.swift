@@ -24,6 +24,16 @@ public final class FloatStorage: @unchecked Sendable {
         parent = nil
     }
 
+    /// A block of `count` floats left as its last user wrote it (or uninitialised), for an op output the op
+    /// overwrites in full before anything reads it: zero-filling a 300x480 activation costs as much as a ReLU on it.
+    public init(uninitializedCount count: Int) {
+        precondition(count >= 0, "negative storage size")
+        let raw = BlockCache.shared.take(floats: max(count, 1))
+        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        self.count = count
+        parent = nil
+    }
+
     /// A view of `count` floats of `parent` starting at `offset`.
     public init(viewOf parent: FloatStorage, offset: Int, count: Int) {
         precondition(offset >= 0 && offset + count <= parent.count, "view out of bounds")

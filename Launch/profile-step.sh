@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Where a training step's time goes: samples one rank (1 OpenBLAS thread) training MODEL at BATCH on the full MNIST
+# with perf, and sums the samples by kind of work (sgemm and its packing, im2col and other convolution glue, zeroing
+# fresh buffers, pooling, upsampling, activations, loss, optimizer, data). Needs perf (Debian: linux-perf).
+#   Launch/profile-step.sh conv-ae 128 [STEPS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:?model family}
+batch=${2:?batch size}
+steps=${3:-80}
+command -v perf >/dev/null || { echo "error: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+swift build -c release --product starling >&2
+bin=$(swift build -c release --show-bin-path)/starling
+data=Checkpoints/bench/mnist.h5
+mkdir -p Checkpoints/bench
+[ -f "$data" ] || "$bin" data mnist --source "${MNIST_DIR:-../shared/data/mnist}" --out "$data" >&2
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+perf record -F 999 -o "$out/perf.data" "$bin" train --model "$model" --data "$data" --epochs 1 --steps-per-epoch "$steps" \
+  --batch-size "$batch" --blas-threads 1 --out "$out/run" > "$out/train.log" 2>&1
+echo "$model, batch $batch, $steps steps, 1 rank, OpenBLAS $(grep -o 'BLAS [A-Za-z0-9]* x[0-9]*' "$out/train.log" | head -1 | cut -d' ' -f2-)"
+grep -o "[0-9]* img/s" "$out/train.log" | tail -1 | sed 's/^/throughput at the end of the epoch: /'
+perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | swift demangle --simplified \
+  | awk '
+    {
+      pct = $1; sub(/%/, "", pct); line = $0
+      if (line ~ /libopenblas/) kind = "sgemm (OpenBLAS kernel and packing)"
+      else if (line ~ /memset/) kind = "zeroing fresh buffers (memset)"
+      else if (line ~ /memmove|memcpy/) kind = "copies (memmove)"
+      else if (line ~ /ConvGeometry|conv2d|Transposed|im2col|col2im/) kind = "convolution glue (im2col, col2im, padding, bias)"
+      else if (line ~ /maxPool|avgPool/) kind = "pooling"
+      else if (line ~ /upsample/) kind = "upsampling"
+      else if (line ~ /relu|elu|sigmoid|tanh|Activation/) kind = "activations"
+      else if (line ~ /bce|[Ee]ntropy|Loss|kl/) kind = "loss"
+      else if (line ~ /Adam|SGD|Optimizer|step\(/) kind = "optimizer"
+      else if (line ~ /lstm|LSTM/) kind = "LSTM cell"
+      else if (line ~ /H5|hdf5|Dataset|read\(/) kind = "data (HDF5 read, conversion)"
+      else if (line ~ /kernel\.kallsyms|\[k\]/) kind = "kernel (page faults, scheduling)"
+      else kind = "other"
+      share[kind] += pct
+    }
+    END { for (k in share) printf "%6.1f %%  %s\n", share[k], k }' | sort -rn
