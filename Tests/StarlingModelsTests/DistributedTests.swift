@@ -67,6 +67,18 @@ import Testing
         #expect(rates == ["0.001", "0.001", "0.0005", "0.00025"])
     }
 
+    /// Models with several options start on 2 ranks: the ranks compare their configurations in a canonical form
+    /// (a dictionary's printed order differs between processes).
+    @Test func modelsWithSeveralOptionsStartOnTwoRanks() throws {
+        let data = try Fixture.sampleHDF5()
+        for family in ["deep-ae", "conv-vae", "denoising-ae"] {
+            let dir = Fixture.temporaryDirectory("dp-options-\(family)")
+            let r = try mpirun(2, ["train", "--model", family, "--data", data, "--epochs", "1", "--steps-per-epoch", "2",
+                                   "--batch-size", "16", "--val-split", "none", "--out", dir])
+            #expect(r.status == 0, "\(family): \(r.error)")
+        }
+    }
+
     /// Ranks started with different settings are refused before training.
     @Test func mismatchedRanksAreRefused() throws {
         let data = try Fixture.sampleHDF5()

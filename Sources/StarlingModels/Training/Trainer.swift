@@ -174,7 +174,12 @@ public final class Trainer {
     /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused.
     private func synchronizeStart() throws {
         guard world.size > 1 else { return }
-        let mine = "model=\(model.config) batch=\(options.batchSize) lr=\(options.learningRate) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
+        // The configuration as sorted-key JSON: a dictionary's description lists its keys in an order that differs
+        // from process to process (hashing is seeded per process), which would refuse every model with two options.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let config = String(decoding: try encoder.encode(model.config), as: UTF8.self)
+        let mine = "model=\(config) batch=\(options.batchSize) lr=\(options.learningRate) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
         let root = try world.broadcast(mine)
         let differs = try world.allreduce(root == mine ? 0 : 1)
         if differs > 0 {
