@@ -17,7 +17,7 @@ mkdir -p Checkpoints/bench
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 perf record -F 999 -o "$out/perf.data" "$bin" train --model "$model" --data "$data" --epochs 1 --steps-per-epoch "$steps" \
-  --batch-size "$batch" --blas-threads 1 --out "$out/run" > "$out/train.log" 2>&1
+  --batch-size "$batch" --blas-threads 1 --val-split none --out "$out/run" > "$out/train.log" 2>&1
 echo "$model, batch $batch, $steps steps, 1 rank, OpenBLAS $(grep -o 'BLAS [A-Za-z0-9]* x[0-9]*' "$out/train.log" | head -1 | cut -d' ' -f2-)"
 grep -o "[0-9]* img/s" "$out/train.log" | tail -1 | sed 's/^/throughput at the end of the epoch: /'
 perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | swift demangle --simplified \
