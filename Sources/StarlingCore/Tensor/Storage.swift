@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import CMalloc
 import Glibc
 #else
 import Darwin
@@ -56,9 +57,13 @@ public final class FloatStorage: @unchecked Sendable {
     public func toArray() -> [Float] { Array(buffer) }
 }
 
-/// Keeps freed large blocks for reuse. Every training step allocates the same activations again; blocks above
-/// glibc's mmap threshold (32 MB at most) would otherwise be mapped fresh each time, and the kernel's page faults and
-/// page zeroing cost more than the step's BLAS work on SSD-sized images. Small blocks go straight to malloc.
+/// Where large blocks come from. Every training step allocates the same activations again, and glibc serves blocks
+/// above its mmap threshold (32 MB at most by default) with fresh mappings that it unmaps on free: every step then
+/// page-faulted and the kernel zeroed its activations again, which cost more than the step's BLAS work on SSD-sized
+/// images. On glibc the threshold is raised to 1 GB and the heap is never trimmed, so freed activations go back to
+/// malloc's best-fit heap and serve the next layer or step (measured on SSD7 at batch 16, 1 thread: the speed of
+/// keeping every block, 5.9-6.2 images/s, at 1.9 GB peak instead of 3.2 GB). Elsewhere, and on request with
+/// STARLING_BLOCK_CACHE_MB, freed blocks of 1 MB or more are kept by exact size up to that many megabytes.
 final class BlockCache: @unchecked Sendable {
     static let shared = BlockCache()
     /// Blocks below this go to malloc directly.
@@ -70,7 +75,14 @@ final class BlockCache: @unchecked Sendable {
     private let lock = PThreadMutex()
 
     init() {
-        let mb = getenv("STARLING_BLOCK_CACHE_MB").flatMap { Int(String(cString: $0)) } ?? 4096
+        #if canImport(Glibc)
+        // M_TOP_PAD 0: measured 12 % less peak memory than the default 128 KB pad, and no slower.
+        let heapServesLargeBlocks = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 && mallopt(M_TRIM_THRESHOLD, Int32.max) == 1
+            && mallopt(M_TOP_PAD, 0) == 1
+        #else
+        let heapServesLargeBlocks = false
+        #endif
+        let mb = getenv("STARLING_BLOCK_CACHE_MB").flatMap { Int(String(cString: $0)) } ?? (heapServesLargeBlocks ? 0 : 4096)
         limitBytes = max(0, mb) << 20
     }
 
