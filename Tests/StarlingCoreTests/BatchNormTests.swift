@@ -110,6 +110,33 @@ private func constants(_ values: [Float]) -> Tensor { Tensor(shape: [values.coun
         }
     }
 
+    @Test func fusedELUGradients() {
+        for (shape, training) in [([3, 2, 3, 4], true), ([5, 3], true), ([2, 3, 5], false)] {
+            let c = shape[1]
+            checkGradients([randomVariable(shape, seed: 20, -2, 2), randomVariable([c], seed: 21, 0.5, 2), randomVariable([c], seed: 22)]) {
+                $0[0].batchNormELU(gamma: $0[1], beta: $0[2], runningMean: constants(Array(repeating: 0.1, count: c)),
+                                   runningVar: constants(Array(repeating: 1.5, count: c)), training: training)   // alpha 1: no kink at 0
+            }
+        }
+    }
+
+    /// The fused op gives batchNorm followed by elu bit for bit: outputs, running statistics and all three gradients.
+    @Test func fusedELUEqualsBatchNormThenELU() {
+        for (training, alpha) in [(true, Float(1)), (false, 1), (true, 0.7)] {
+            func run(fused: Bool) -> [[Float]] {
+                let x = randomVariable([4, 3, 5, 6], seed: 30, -3, 3), gamma = randomVariable([3], seed: 31, 0.5, 2), beta = randomVariable([3], seed: 32)
+                let mean = constants([0.2, -0.1, 0]), variance = constants([1, 2, 0.5])
+                let y = fused
+                    ? x.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, alpha: alpha)
+                    : x.batchNorm(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training).elu(alpha: alpha)
+                let values = y.toArray()
+                (y * randomVariable([4, 3, 5, 6], seed: 33)).sum().backward()
+                return [values, mean.toArray(), variance.toArray(), x.gradArray ?? [], gamma.gradArray ?? [], beta.gradArray ?? []]
+            }
+            #expect(run(fused: true) == run(fused: false), "training \(training), alpha \(alpha)")
+        }
+    }
+
     /// Two "ranks" each holding half of a batch, with a hook that adds the other half's statistics (recorded in a
     /// first pass), must reproduce the full batch's output, input gradient and (summed) gamma and beta gradients.
     @Test func crossReplicaHookReproducesTheFullBatch() {

@@ -33,6 +33,27 @@ extension Tensor {
                           momentum: Float = 0.99, epsilon: Float = 1e-3,
                           runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                           crossReplicaSum: CrossReplicaSum? = nil) -> Tensor {
+        normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
+                   epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: nil)
+    }
+
+    /// `batchNorm(...).elu(alpha:)` as one op, bit for bit the same values and gradients: in-place activated batch
+    /// norm (S. Rota Bulo, L. Porzi, P. Kontschieder, "In-Place Activated BatchNorm for Memory-Optimized Training of
+    /// DNNs", CVPR 2018) in its simplest form. The normalised values are never stored: backward needs only the input
+    /// (for the statistics) and the output y, whose ELU derivative is 1 where y > 0 and y + alpha elsewhere. That
+    /// saves one activation-sized tensor, its gradient and a pass over memory per layer (SSD7's seven blocks).
+    public func batchNormELU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+                             momentum: Float = 0.99, epsilon: Float = 1e-3,
+                             runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
+                             crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
+        precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
+        return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
+                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: alpha)
+    }
+
+    private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+                            momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
+                            crossReplicaSum: CrossReplicaSum?, eluAlpha: Float?) -> Tensor {
         precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
         let (n, c) = (shape[0], shape[1])
         let inner = n * c == 0 ? 0 : count / (n * c)
@@ -78,8 +99,17 @@ extension Tensor {
         let g = gamma.data, sc = scale.pointer
         for k in 0..<c { sc[k] = g[k] * inv[k] }   // y = scale (x - mean) + beta
 
-        let out = Tensor.result(shape: shape, inputs: [x, gamma, beta]) { out in
-            let dy = out.grad, xp = x.data, mu = mean.pointer, inv = invStd.pointer, sc = scale.pointer
+        // `normalize` writes every output element.
+        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
+            let xp = x.data, mu = mean.pointer, inv = invStd.pointer, sc = scale.pointer
+            // With the ELU fused in, the gradient reaching the normalisation is dy times ELU's derivative, from y.
+            let activationGradient = eluAlpha.map { alpha in
+                let dz = FloatStorage(uninitializedCount: out.count)
+                BatchNormKernel.eluGradient(out.count, dy: out.grad, y: out.data, alpha: alpha, into: dz.pointer)
+                return dz
+            }
+            defer { withExtendedLifetime(activationGradient) {} }
+            let dy = activationGradient.map { UnsafeMutablePointer($0.pointer) } ?? out.grad
             // sums = [sum dy | sum dy x^] per channel, over the local batch.
             var sums = [Double](repeating: 0, count: 2 * c)
             sums.withUnsafeMutableBufferPointer { s in
@@ -105,7 +135,7 @@ extension Tensor {
             BatchNormKernel.accumulateInputGradient(planes, dy: dy, x: xp, mean: mu, scale: sc,
                                                     slope: slope.pointer, offset: offset.pointer, into: x.grad)
         }
-        BatchNormKernel.normalize(planes, x: x.data, mean: mu, scale: sc, beta: beta.data, into: out.data)
+        BatchNormKernel.normalize(planes, x: x.data, mean: mu, scale: sc, beta: beta.data, into: out.data, eluAlpha: eluAlpha)
         return out
     }
 }
@@ -180,15 +210,16 @@ enum BatchNormKernel {
         return (s, d)
     }
 
-    /// y = scale[k] (x - mean[k]) + beta[k].
+    /// y = scale[k] (x - mean[k]) + beta[k], then ELU with `eluAlpha` if given (the same expression as `Tensor.elu`).
     static func normalize(_ p: Planes, x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
-                          beta: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+                          beta: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, eluAlpha: Float? = nil) {
         let c = p.channels
         if p.inner == 1 {
             for s in 0..<p.samples {
                 let xr = x + s * c, yr = y + s * c
                 for k in 0..<c { yr[k] = scale[k] * (xr[k] - mean[k]) + beta[k] }
             }
+            if let alpha = eluAlpha { elu(p.samples * c, y, alpha: alpha) }
             return
         }
         for s in 0..<p.samples {
@@ -197,7 +228,24 @@ enum BatchNormKernel {
                 let xs = x + start, ys = y + start
                 let (mu, a, b) = (mean[k], scale[k], beta[k])
                 for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
+                // While the plane is still in cache.
+                if let alpha = eluAlpha { elu(p.inner, ys, alpha: alpha) }
             }
+        }
+    }
+
+    /// ELU in place, as `Tensor.elu` computes it.
+    @inline(__always)
+    static func elu(_ n: Int, _ y: UnsafeMutablePointer<Float>, alpha: Float) {
+        for i in 0..<n { let v = y[i]; y[i] = v > 0 ? v : alpha * (VectorMath.exp(Swift.min(v, 0)) - 1) }
+    }
+
+    /// dz = dy * ELU'(z) from the output y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
+    static func eluGradient(_ n: Int, dy: UnsafePointer<Float>, y: UnsafePointer<Float>, alpha: Float, into dz: UnsafeMutablePointer<Float>) {
+        for i in 0..<n {
+            let g = dy[i], out = y[i]
+            let slope: Float = out > 0 ? 1 : out + alpha
+            dz[i] = g * slope
         }
     }
 

@@ -95,7 +95,7 @@ public final class SSD7: Detector {
         var h = images.affine(scale: 1 / 127.5, shift: -1)
         var features: [Tensor] = []
         for k in 0..<7 {
-            h = norms[k](convs[k](h), training: training, crossReplicaSum: sum).elu()
+            h = norms[k].withELU(convs[k](h), training: training, crossReplicaSum: sum)
             if k >= 3 { features.append(h) }
             if k < 6 { h = h.maxPool2d(kernel: (2, 2)) }
         }
