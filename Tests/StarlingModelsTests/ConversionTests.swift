@@ -13,15 +13,8 @@ private func smallSSD7Config() -> ModelConfig {
 
 /// Every family, narrowed where its options allow (the layouts are the same, the tests faster in a debug build).
 private func everyFamilyConfig() throws -> [ModelConfig] {
-    let narrow: [String: [String: Double]] = [
-        "fc-ae": ["code_size": 4], "sparse-ae": ["code_size": 4], "deep-ae": ["units_1": 16, "units_2": 8, "code_size": 4],
-        "denoising-ae": ["filters": 4], "seq2seq-ae": ["code_size": 8, "decoder_units": 6], "vae": ["intermediate_dim": 8],
-        "conv-vae": ["filters_1": 4, "filters_2": 6, "hidden": 5, "latent_dim": 3]]
-    return try ModelRegistry.families.map { family in
-        if family == SSD7.family { return smallSSD7Config() }
-        var config = try ModelRegistry.defaultConfig(family: family)
-        config.options.merge(narrow[family] ?? [:]) { $1 }
-        return config
+    try everyFamilyConfig { family in
+        family == SSD7.family ? smallSSD7Config() : (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
     }
 }
 

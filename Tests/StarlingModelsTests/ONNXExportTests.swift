@@ -79,19 +79,9 @@ private func randomized(_ config: ModelConfig, seed: UInt64) throws -> any Model
 
 /// Every family, at sizes a debug build runs in a moment.
 private func exportConfigs() throws -> [ModelConfig] {
-    let narrow: [String: [String: Double]] = [
-        "fc-ae": ["code_size": 6], "sparse-ae": ["code_size": 5], "deep-ae": ["units_1": 16, "units_2": 8, "code_size": 4],
-        "denoising-ae": ["filters": 4], "seq2seq-ae": ["code_size": 8, "decoder_units": 6], "vae": ["intermediate_dim": 8],
-        "conv-vae": ["filters_1": 4, "filters_2": 6, "hidden": 5, "latent_dim": 3]]
-    return try ModelRegistry.families.map { family in
-        switch family {
-        case SSD7.family: return SSD7.defaultConfig(height: 96, width: 128)
-        case SSD300.family: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
-        default:
-            var config = try ModelRegistry.defaultConfig(family: family)
-            config.options.merge(narrow[family] ?? [:]) { $1 }
-            return config
-        }
+    try everyFamilyConfig { family in
+        family == SSD7.family ? SSD7.defaultConfig(height: 96, width: 128)
+            : SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
     }
 }
 

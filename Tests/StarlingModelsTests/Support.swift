@@ -41,6 +41,22 @@ enum Fixture {
     }
 }
 
+/// Options that narrow each autoencoder family (same layout, faster tests in a debug build).
+let narrowAutoencoderOptions: [String: [String: Double]] = [
+    "fc-ae": ["code_size": 4], "sparse-ae": ["code_size": 4], "deep-ae": ["units_1": 16, "units_2": 8, "code_size": 4],
+    "denoising-ae": ["filters": 4], "seq2seq-ae": ["code_size": 8, "decoder_units": 6], "vae": ["intermediate_dim": 8],
+    "conv-vae": ["filters_1": 4, "filters_2": 6, "hidden": 5, "latent_dim": 3]]
+
+/// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
+func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
+    try ModelRegistry.families.map { family in
+        if ModelRegistry.isDetector(family) { return detector(family) }
+        var config = try ModelRegistry.defaultConfig(family: family)
+        config.options.merge(narrowAutoencoderOptions[family] ?? [:]) { $1 }
+        return config
+    }
+}
+
 /// Result of running a command.
 struct Run {
     var status: Int32
