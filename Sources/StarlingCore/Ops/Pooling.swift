@@ -34,7 +34,7 @@ extension Tensor {
         let (oh, ow) = (rows.count, cols.count)
         // Argmax as an offset within the input plane; Int32 halves the memory kept alive until backward.
         precondition(h * w <= Int(Int32.max), "plane of \(h)x\(w) pixels too large for max-pool indices")
-        // Kept in a FloatStorage block (as Int32 bits) so the block cache reuses it step after step.
+        // Kept in a FloatStorage block (as Int32 bits) so that the allocator reuses it step after step.
         // Both blocks are written in full below (every output cell has a window).
         let indexBlock = FloatStorage(uninitializedCount: planes * oh * ow)
         let ip = UnsafeMutableRawPointer(indexBlock.pointer).assumingMemoryBound(to: Int32.self)
