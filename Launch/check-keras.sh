@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Checks Starling's Keras export in the course's own framework: tf.keras 2.15 (Keras 2) builds the Keras tutorial's
-# fc-ae and ssd_keras's SSD7 with their layer names, loads `starling convert --to keras` files with
-# load_weights(by_name=True), and compares its outputs with onnxruntime running `--to onnx` of the same checkpoint (which
-# the test suite holds to Starling's own outputs). Not part of CI: it installs TensorFlow (~600 MB) into a venv.
+# Checks Starling's Keras conversion both ways in the course's own framework, tf.keras 2.15 (Keras 2). Out: tf.keras
+# builds the Keras tutorial's fc-ae and ssd_keras's SSD7 with their layer names, loads `starling convert --to keras`
+# files with load_weights(by_name=True), and its outputs are compared with onnxruntime running `--to onnx` of the same
+# checkpoint (which the test suite holds to Starling's own outputs). In: weights that tf.keras itself saved
+# (save_weights, random batch-norm statistics) are imported with `--from keras`, exported to ONNX and compared with
+# tf.keras's predictions. Not part of CI: it installs TensorFlow (~600 MB) into a venv.
 #   Launch/check-keras.sh FC_AE_CHECKPOINT SSD7_CHECKPOINT      (an SSD7 at 300x480 with 5 object classes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fc=${1:?fc-ae checkpoint}
-ssd=${2:?ssd7 checkpoint}
+ssd=$(cd "$(dirname "${2:?ssd7 checkpoint}")" && pwd)/$(basename "$2")
 venv=${KERAS_VENV:-.build/keras-venv}
+case $venv in /*) ;; *) venv=$PWD/$venv ;; esac
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c "import tensorflow, onnxruntime" 2>/dev/null || "$venv/bin/pip" install --quiet "tensorflow-cpu==2.15.*" onnxruntime
 swift build -c release --product starling >&2
@@ -55,4 +58,22 @@ p, o = ssd7.predict(x.transpose(0, 2, 3, 1), verbose=0)
 rp, ro = ort.InferenceSession('ssd7.onnx').run(['class_probabilities', 'box_offsets'], {'images': x})
 print(f'ssd7: class probabilities max |diff| {np.abs(p - rp).max():.2e}, box offsets {np.abs(o - ro).max():.2e} '
       f'(largest offset {np.abs(ro).max():.1f}), same top class on {(p.argmax(-1) == rp.argmax(-1)).mean() * 100:.1f} % of anchors')
+
+# The other way: fresh tf.keras weights, saved by tf.keras itself, for Starling to import.
+for layer in ssd7.layers:
+    if isinstance(layer, L.BatchNormalization):
+        g, b, m, v = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape), rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 2, v.shape)])
+ssd7.save_weights('tf-saved.h5')
+p, o = ssd7.predict(x.transpose(0, 2, 3, 1), verbose=0)
+np.save('tf-probs.npy', p); np.save('tf-offsets.npy', o); np.save('x.npy', x)
+EOF
+"$bin" convert --from keras tf-saved.h5 imported.h5 --model ssd7 --config-from "$ssd" > /dev/null
+"$bin" convert --to onnx imported.h5 imported.onnx > /dev/null
+"$venv/bin/python" - <<'EOF'
+import numpy as np, onnxruntime as ort
+p, o, x = np.load('tf-probs.npy'), np.load('tf-offsets.npy'), np.load('x.npy')
+rp, ro = ort.InferenceSession('imported.onnx').run(['class_probabilities', 'box_offsets'], {'images': x})
+print(f'ssd7 saved by tf.keras, imported: class probabilities max |diff| {np.abs(p - rp).max():.2e}, '
+      f'box offsets {np.abs(o - ro).max():.2e} (largest offset {np.abs(o).max():.1f})')
 EOF
