@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fc=${1:?fc-ae checkpoint}
 ssd=$(cd "$(dirname "${2:?ssd7 checkpoint}")" && pwd)/$(basename "$2")
-venv=${KERAS_VENV:-.build/keras-venv}
+venv=${KERAS_VENV:-.build/keras-venv}   # the venv Launch/test.sh makes
 case $venv in /*) ;; *) venv=$PWD/$venv ;; esac
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c "import tensorflow, onnxruntime" 2>/dev/null || "$venv/bin/pip" install --quiet "tensorflow-cpu==2.15.*" onnxruntime

@@ -8,5 +8,12 @@ if command -v python3 >/dev/null && ! python3 -c "import onnx, onnxruntime, nump
   python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy \
     || echo "warning: onnx/onnxruntime could not be installed: the ONNX runtime comparison will be skipped" >&2
 fi
+# Test-only, from PyPI into a venv (its numpy and protobuf pins clash with onnx's): tf.keras 2.15, the course's
+# Keras 2, loads Starling's Keras files and saves weights for Starling to import (KerasRuntimeTests).
+venv=.build/keras-venv
+if command -v python3 >/dev/null && ! "$venv/bin/python" -c "import tensorflow" 2>/dev/null; then
+  { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "tensorflow-cpu==2.15.*"; } \
+    || echo "warning: tensorflow-cpu 2.15 could not be installed: the Keras runtime comparison will be skipped" >&2
+fi
 swift build --build-tests
 swift test --skip-build
