@@ -13,55 +13,14 @@ private let kerasAvailable: Bool = {
         && (try? run(kerasPython, ["-c", "import tensorflow"], environment: ["TF_CPP_MIN_LOG_LEVEL": "3"]).status) == 0
 }()
 
-/// Builds the Keras tutorial's fc-ae or ssd_keras's SSD7 (up to its predictions) with their layer names; then either
-/// loads a weights file by name ("load") or gives its batch norms random statistics and saves its weights ("save");
-/// runs it on a raw float32 input (NCHW for SSD7, transposed to Keras's NHWC) and writes each output as raw floats.
-private let kerasScript = """
-import json, sys
-import numpy as np
-from tensorflow import keras
-L = keras.layers
-mode, family, weights, input_path, shape, out_dir = sys.argv[1:7]
-shape = json.loads(shape)
-if family == 'fc-ae':
-    inp = keras.Input(shape=(shape[1],))
-    code = L.Dense(32, activation='relu', name='encoder')(inp)
-    model = keras.Model(inp, [L.Dense(shape[1], activation='sigmoid', name='decoder')(code), code])
-    names = ['reconstruction', 'code']
-else:
-    n_classes, boxes = 6, 4
-    inp = keras.Input(shape=(shape[2], shape[3], 3))
-    h = L.Lambda(lambda z: (z - 127.5) / 127.5)(inp)
-    feats = []
-    for k, f in enumerate([32, 48, 64, 64, 48, 48, 32], start=1):
-        h = L.Conv2D(f, (5, 5) if k == 1 else (3, 3), padding='same', name=f'conv{k}')(h)
-        h = L.ELU(name=f'elu{k}')(L.BatchNormalization(axis=3, momentum=0.99, name=f'bn{k}')(h))
-        if k >= 4: feats.append(h)
-        if k <= 6: h = L.MaxPooling2D(pool_size=(2, 2), name=f'pool{k}')(h)
-    classes = [L.Reshape((-1, n_classes))(L.Conv2D(boxes * n_classes, (3, 3), padding='same', name=f'classes{k}')(t)) for k, t in zip(range(4, 8), feats)]
-    offsets = [L.Reshape((-1, 4))(L.Conv2D(boxes * 4, (3, 3), padding='same', name=f'boxes{k}')(t)) for k, t in zip(range(4, 8), feats)]
-    model = keras.Model(inp, [L.Activation('softmax')(L.Concatenate(axis=1)(classes)), L.Concatenate(axis=1)(offsets)])
-    names = ['class_probabilities', 'box_offsets']
-if mode == 'load':
-    model.load_weights(weights, by_name=True)
-else:
-    rng = np.random.default_rng(7)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            g, b, m, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape), rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 2, v.shape)])
-    model.save_weights(weights)
-x = np.fromfile(input_path, dtype=np.float32).reshape(shape)
-if family != 'fc-ae': x = x.transpose(0, 2, 3, 1)
-for name, value in zip(names, model.predict(x, verbose=0)):
-    np.ascontiguousarray(value, dtype=np.float32).tofile(f'{out_dir}/{name}.bin')
-"""
+/// Launch/keras_reference.py: the reference models (see its header).
+private let kerasScript = Fixture.repository.appendingPathComponent("Launch/keras_reference.py").path
 
 /// Runs the script; returns its outputs by name.
 private func runKeras(_ mode: String, family: String, weights: String, input: Tensor, names: [String], in dir: String) throws -> [String: [Float]] {
     let inputPath = dir + "/input.bin"
     try AtomicFile.write(input.toArray().withUnsafeBytes { Array($0) }, to: inputPath)
-    let r = try run(kerasPython, ["-c", kerasScript, mode, family, weights, inputPath, "\(input.shape)", dir], environment: ["TF_CPP_MIN_LOG_LEVEL": "3"])
+    let r = try run(kerasPython, [kerasScript, mode, family, weights, inputPath, "\(input.shape)", dir], environment: ["TF_CPP_MIN_LOG_LEVEL": "3"])
     guard r.status == 0 else { throw ConversionError(file: weights, message: "tf.keras failed: \(r.error.suffix(2000))") }
     var out: [String: [Float]] = [:]
     for name in names {
