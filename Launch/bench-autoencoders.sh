@@ -5,23 +5,17 @@
 #   Launch/bench-autoencoders.sh            STEPS=40 by default (timed steps per model, after as many to warm up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build -c release --product starling >&2
-bin=$(swift build -c release --show-bin-path)/starling
-data=Checkpoints/bench/mnist.h5
-mkdir -p Checkpoints/bench
-[ -f "$data" ] || "$bin" data mnist --source "${MNIST_DIR:-../shared/data/mnist}" --out "$data" >&2
+source Launch/bench-setup.sh
 steps=${STEPS:-40}
 models=(fc-ae sparse-ae deep-ae conv-ae denoising-ae seq2seq-ae vae conv-vae)
 batches=(256 256 256 128 128 128 32 128)
 args=()
 for i in "${!models[@]}"; do args+=(--models "${models[$i]}" --batch-sizes "${batches[$i]}"); done
-extra=()
-[ "$(id -u)" -eq 0 ] && extra+=(--allow-run-as-root)
 echo "== 1 rank"
-one=$(mpirun -np 1 "${extra[@]}" "$bin" bench --distributed --data "$data" --steps "$steps" "${args[@]}")
+one=$(mpirun -np 1 "${mpi_root[@]}" "$bin" bench --distributed --data "$data" --steps "$steps" "${args[@]}")
 echo "$one"
 echo "== 2 ranks"
-two=$(mpirun -np 2 "${extra[@]}" "$bin" bench --distributed --data "$data" --steps "$steps" "${args[@]}" | grep -v '^allreduce')
+two=$(mpirun -np 2 "${mpi_root[@]}" "$bin" bench --distributed --data "$data" --steps "$steps" "${args[@]}" | grep -v '^allreduce')
 echo "$two"
 echo "== scaling (2 ranks over 1, same global batch)"
 for model in "${models[@]}"; do

@@ -9,11 +9,7 @@ model=${1:?model family}
 batch=${2:?batch size}
 steps=${3:-80}
 command -v perf >/dev/null || { echo "error: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
-swift build -c release --product starling >&2
-bin=$(swift build -c release --show-bin-path)/starling
-data=Checkpoints/bench/mnist.h5
-mkdir -p Checkpoints/bench
-[ -f "$data" ] || "$bin" data mnist --source "${MNIST_DIR:-../shared/data/mnist}" --out "$data" >&2
+source Launch/bench-setup.sh
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 perf record -F 999 -o "$out/perf.data" "$bin" train --model "$model" --data "$data" --epochs 1 --steps-per-epoch "$steps" \
