@@ -33,7 +33,7 @@ struct BenchCommand: ParsableCommand {
                 let fc = try Benchmarks.fcAutoencoderTraining(dataPath: data, batchSize: 256, steps: steps)
                 let rssMB = Double(Benchmarks.peakResidentBytes()) / 1_048_576
                 print(String(format: "fc-ae training, batch 256: %.0f images/s (%.2f ms/step), outside BLAS %.1f%% of the step, peak RSS %.0f MB%@",
-                             fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data == nil ? " (synthetic data)" : " (reading \(data!))"))
+                             fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data.map { " (reading \($0))" } ?? " (synthetic data)"))
             }
             if only == "all" || only == "conv" {
                 let conv = ConvBenchmark.run(batch: 16, channels: 64, size: 56, iterations: 3)
