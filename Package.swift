@@ -27,9 +27,9 @@ let package = Package(
         systemLibrary("CTurboJPEG", "libturbojpeg", "libturbojpeg0-dev"),
         systemLibrary("CPNG", "libpng", "libpng-dev"),
         systemLibrary("CZlib", "zlib", "zlib1g-dev"),
-        // glibc's mallopt (Storage.swift): part of libc, so no package and nothing to link.
-        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
-        .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CMalloc"]),
+        // oneDNN (Debian: libdnnl-dev) ships no pkg-config file; its module map links libdnnl.
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
+        .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL"]),
         .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib"]),
         .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
         // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.

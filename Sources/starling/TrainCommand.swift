@@ -26,7 +26,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Multiply the learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau).") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest learning rate on plateaus.") var minLr: Float = 1e-5
-    @Option(help: "OpenBLAS threads per rank (default: 1 under mpirun, as the native-stack notes measured best; OpenBLAS's own choice otherwise).") var blasThreads: Int?
+    @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; the libraries' own choice, all cores, otherwise).") var blasThreads: Int?
 
     func validate() throws {
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import StarlingCore
 
@@ -62,6 +63,8 @@ let convCases: [ConvCase] = [
     ConvCase(cin: 3, cout: 4, h: 4, w: 5, kh: 1, kw: 1, padding: .valid, outH: 4, outW: 5, top: 0, left: 0),
     // 1x1 at stride 2 with groups goes through im2col.
     ConvCase(cin: 4, cout: 2, h: 5, w: 5, kh: 1, kw: 1, stride: (2, 2), padding: .valid, groups: 2, outH: 3, outW: 3, top: 0, left: 0),
+    // 16 channels, 5 images: SSD7's kind of layer; oneDNN takes it in chunks of two images and a tail of one.
+    ConvCase(batch: 5, cin: 16, cout: 8, h: 6, w: 9, kh: 5, kw: 5, outH: 6, outW: 9, top: 2, left: 2),
 ]
 
 @Suite struct ConvolutionTests {
@@ -105,15 +108,17 @@ let convCases: [ConvCase] = [
         return (y.toArray(), dw.toArray(), dx.toArray())
     }
 
-    /// im2col in whole images or in bands of rows, and the shifted products for stride 1 in whole images or in
-    /// bands, must all give the direct loops' output and the same gradients.
+    /// im2col in whole images or in bands of rows, the shifted products for stride 1 in whole images or in
+    /// bands, and oneDNN in whole batches or two images at a time must all give the direct loops' output and the same gradients.
     @Test(arguments: convCases.indices)
     func allKernelPathsAgree(_ index: Int) {
         let c = convCases[index]
         let (x, w, _) = c.tensors(seed: UInt64(10 * index + 200))
         let base = ConvGeometry(input: x.shape, weight: w.shape, stride: c.stride, padding: c.padding,
                                 dilation: c.dilation, groups: c.groups)
-        var im2col = base, im2colBands = base, shifted = base, shiftedBands = base
+        var im2col = base, im2colBands = base, shifted = base, shiftedBands = base, dnnlChunks = base
+        im2col.useDNNL = false; im2colBands.useDNNL = false; shifted.useDNNL = false; shiftedBands.useDNNL = false
+        dnnlChunks.dnnlChunkBudget = 2 * (c.cin * c.h * c.w + c.cout * c.outH * c.outW)   // two images per oneDNN call
         im2col.shiftedMinChannels = .max
         im2colBands.shiftedMinChannels = .max
         im2colBands.scratchBudget = base.patch * c.outW * 2          // two output rows per band
@@ -128,12 +133,35 @@ let convCases: [ConvCase] = [
                                         dilation: c.dilation, groups: c.groups)
         let first = Self.runKernels(im2col, x, w, dy: dy)
         expectClose(first.y, reference)
-        for g in [im2colBands, shifted, shiftedBands] {
+        // oneDNN (whole batch, and two images per call) against the sgemm lowerings.
+        #expect(DNNLConvPlans.plan(base, images: base.batch, variant: .backward) != nil, "oneDNN has no plan for case \(index)")
+        #expect(dnnlChunks.dnnlChunk == min(2, c.batch))
+        for g in [im2colBands, shifted, shiftedBands, base, dnnlChunks] {
             let other = Self.runKernels(g, x, w, dy: dy)
             expectClose(other.y, reference)
             expectClose(other.dw, first.dw)
             expectClose(other.dx, first.dx)
         }
+    }
+
+    /// oneDNN's convolution with the ELU fused in (inference), called directly and through `conv2dELU`, against the
+    /// direct loops followed by ELU.
+    @Test(arguments: convCases.indices.filter { convCases[$0].groups == 1 })
+    func fusedELUMatchesConvolutionThenELU(_ index: Int) {
+        let c = convCases[index]
+        let (x, w, b) = c.tensors(seed: UInt64(10 * index + 300))
+        let alpha: Float = 0.7
+        let reference = referenceConv2d(x, w, b, stride: c.stride, top: c.top, left: c.left, outH: c.outH, outW: c.outW,
+                                        dilation: c.dilation).map { $0 > 0 ? $0 : alpha * (exp($0) - 1) }
+        let geometry = ConvGeometry(input: x.shape, weight: w.shape, stride: c.stride, padding: c.padding,
+                                    dilation: c.dilation, groups: 1)
+        let y = FloatStorage(count: reference.count)
+        #expect(geometry.dnnlConvolve(input: x.data, weight: w.data, bias: b.data, output: y.pointer, beta: 0, eluAlpha: alpha))
+        expectClose(y.toArray(), reference)
+        let fused = GradMode.disabled {
+            x.conv2dELU(w, bias: b, stride: c.stride, padding: c.padding, dilation: c.dilation, alpha: alpha)
+        }
+        expectClose(fused.toArray(), reference)
     }
 
     /// 16 input channels at stride 1 take the shifted products through the public op.

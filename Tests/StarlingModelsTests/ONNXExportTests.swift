@@ -56,7 +56,7 @@ private func runONNX(_ modelPath: String, input: Tensor, in dir: String) throws 
 
 /// Largest |a - b| relative to the scale of `b` (its largest magnitude, at least 1e-3), and where: rounding in
 /// long sums (a deep network's) is relative to the terms summed, not to each result.
-private func worstDifference(_ a: [Float], _ b: [Float]) -> (value: Float, at: String) {
+func worstDifference(_ a: [Float], _ b: [Float]) -> (value: Float, at: String) {
     guard a.count == b.count else { return (.infinity, "\(a.count) values for \(b.count)") }
     let scale = max(b.map(abs).max() ?? 0, 1e-3)
     let d = zip(a, b).map { abs($0 - $1) / scale }
@@ -152,8 +152,11 @@ private func exportConfigs() throws -> [ModelConfig] {
         let (logits, offsets) = detector.predict(images, training: false)
         let c = detector.classCount, a = detector.encoder.anchorCount, n = images.shape[0]
         let probabilities = logits.softmax(axis: -1)
-        expectClose("class_probabilities", probabilities, 1e-4)
-        expectClose("box_offsets", offsets, 1e-4)
+        // SSD300's base is 13 convolutions deep with random weights: oneDNN and onnxruntime sum in different orders
+        // and their rounding grows to ~1.5e-4 of the largest output (SSD7 and the autoencoders stay under 1e-4).
+        let tolerance: Float = detector is SSD300 ? 3e-4 : 1e-4
+        expectClose("class_probabilities", probabilities, tolerance)
+        expectClose("box_offsets", offsets, tolerance)
         // Boxes as DetectionDecoding decodes them (clipped to the image).
         let config = detector.encoder.config
         let (width, height) = (Float(config.imageWidth), Float(config.imageHeight))
@@ -164,7 +167,7 @@ private func exportConfigs() throws -> [ModelConfig] {
             let clipped = [min(max(0, b.xmin), width), min(max(0, b.ymin), height), min(max(0, b.xmax), width), min(max(0, b.ymax), height)]
             for k in 0..<4 { decoded.data[4 * j + k] = clipped[k] }
         }
-        expectClose("boxes", decoded, 1e-4)
+        expectClose("boxes", decoded, tolerance)
 
         // NMS: the same (image, class, box, score) detections per image; neither side is cut by a global top k here.
         let rows = onnx.ints["detections"] ?? []

@@ -171,6 +171,33 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         #expect(classes.shape == [2 * anchors, 3] && boxes.shape == [2 * anchors, 4])
     }
 
+    /// At inference each block runs as one convolution with batch norm folded in and the ELU fused
+    /// (`BatchNormalization.inferenceConvELU`); it must give what the two layers give in eval mode, here with moving
+    /// statistics far from their initial 0 and 1 so that the folding is exercised.
+    @Test func foldedInferenceMatchesEvalMode() throws {
+        let model = try ModelRegistry.build(Self.smallConfig(), seed: 3) as! SSD7
+        var rng = RandomGenerator(seed: 9)
+        for name in model.parameters.parameters.map(\.name) + (model.buffers?.parameters.map(\.name) ?? []) {
+            guard let t = model.parameters[name]?.value ?? model.buffers?[name]?.value else { continue }
+            if name.hasSuffix("moving_variance") || name.hasSuffix("gamma") {
+                for i in 0..<t.count { t.data[i] = rng.uniform(0.3, 2) }
+            } else if name.hasPrefix("bn") {
+                for i in 0..<t.count { t.data[i] = rng.uniform(-0.5, 0.5) }
+            }
+        }
+        let images = Tensor(shape: [2, 3, 64, 96], values: (0..<(2 * 3 * 64 * 96)).map { _ in rng.uniform(0, 255) })
+        var h = images.affine(scale: 1 / 127.5, shift: -1)
+        GradMode.disabled {
+            for k in 0..<3 {
+                let fused = model.norms[k].inferenceConvELU(model.convs[k], h)
+                let reference = model.norms[k](model.convs[k](h), training: false).elu()
+                let worst = worstDifference(fused.toArray(), reference.toArray())
+                #expect(worst.value < 1e-4, "block \(k + 1): worst difference \(worst.value) at \(worst.at)")
+                h = reference.maxPool2d(kernel: (2, 2))
+            }
+        }
+    }
+
     /// Three 96 x 128 windows cut from the two real Udacity frames in ../shared/data/udacity (480 x 300 and 512 x 512
     /// JPEGs decoded by libjpeg-turbo, boxes from its labels.csv): two cars, a pedestrian and two traffic lights, at
     /// the sizes they have in the frames. SSD7 drives its loss down tenfold and then finds every object where it is.

@@ -18,7 +18,11 @@ public enum BLAS {
         return String(cString: p)
     }
     public static var threadCount: Int { Int(openblas_get_num_threads()) }
-    public static func setThreadCount(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    /// Threads of OpenBLAS and of oneDNN's convolutions (its OpenMP pool) together.
+    public static func setThreadCount(_ n: Int) {
+        openblas_set_num_threads(Int32(n))
+        DNNL.setThreadCount(n)
+    }
 
     /// C[m x n] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions given by the shapes.
     @inline(__always)

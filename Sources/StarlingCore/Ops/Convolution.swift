@@ -9,6 +9,7 @@
 ///   patch matrix, only one zero-padded copy of the current image group; 15-20% faster than im2col at 32-64 channels.
 /// - pointwise (1x1, stride 1, no padding): the input planes are the patch matrix as they stand.
 /// Each call allocates its scratch once and reuses it for every image, group and band.
+/// All three are the fallback: every kernel first tries oneDNN (DNNLConvolution.swift), which is faster where it runs.
 
 /// How a sliding-window op (convolution, pooling) treats the image border.
 public enum Padding: Sendable, Equatable {
@@ -61,6 +62,12 @@ struct ConvGeometry {
     /// Upper bound, in floats, on the band of output rows that the shifted products accumulate into; small
     /// enough to stay in L2 across the KH * KW passes over it.
     var shiftedBandBudget = 1 << 17
+    /// Whether the kernels may run on oneDNN (DNNLConvolution.swift) before falling back to the sgemm lowerings
+    /// below. Tests turn it off to check one against the other.
+    var useDNNL = true
+    /// Floats of blocked copies one oneDNN call may hold (32 MB): the batch goes through in chunks of images whose
+    /// input and output fit, at least one image at a time. Tests lower it to exercise the chunking.
+    var dnnlChunkBudget = 1 << 23
 
     var inPlane: Int { height * width }
     var outPlane: Int { outHeight * outWidth }
@@ -107,9 +114,16 @@ struct ConvGeometry {
     func inputBase(_ n: Int, _ g: Int) -> Int { (n * inChannels + g * inPerGroup) * inPlane }
     func outputBase(_ n: Int, _ g: Int) -> Int { (n * outChannels + g * outPerGroup) * outPlane }
 
-    /// y = W * im2col(x) + beta * y, for every image and group. W is [outChannels, patch].
-    func convolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    /// y = W * im2col(x) (+ bias) + beta * y, for every image and group. W is [outChannels, patch]; a bias needs beta 0.
+    func convolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>? = nil,
                   output y: UnsafeMutablePointer<Float>, beta: Float) {
+        precondition(bias == nil || beta == 0, "a bias is the starting value: beta must be 0")
+        if dnnlConvolve(input: x, weight: w, bias: bias, output: y, beta: beta) { return }
+        var beta = beta
+        if let bias {
+            broadcastChannels(bias, into: y, batch: batch, channels: outChannels, plane: outPlane)
+            beta = 1
+        }
         if usesShiftedProducts { return shiftedConvolve(input: x, weight: w, output: y, beta: beta) }
         forEachBand { n, g, row, rows, scratch in
             let xg = x + inputBase(n, g)
@@ -125,6 +139,7 @@ struct ConvGeometry {
     /// dW += dy * im2col(x)^T, summed over the batch.
     func accumulateWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
                                   into dw: UnsafeMutablePointer<Float>) {
+        if dnnlAccumulateWeightGradient(input: x, outputGrad: dy, into: dw) { return }
         if usesShiftedProducts { return shiftedWeightGradient(input: x, outputGrad: dy, into: dw) }
         forEachBand { n, g, row, rows, scratch in
             let xg = x + inputBase(n, g)
@@ -140,6 +155,7 @@ struct ConvGeometry {
     /// dx += col2im(W^T * dy).
     func accumulateInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
                                  into dx: UnsafeMutablePointer<Float>) {
+        if dnnlAccumulateInputGradient(outputGrad: dy, weight: w, into: dx) { return }
         if usesShiftedProducts { return shiftedInputGradient(outputGrad: dy, weight: w, into: dx) }
         forEachBand { n, g, row, rows, scratch in
             let dxg = dx + inputBase(n, g)
@@ -449,9 +465,10 @@ extension Tensor {
         if let bias { precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels") }
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
-        // With a bias the output is first overwritten by the broadcast bias, then accumulated into (beta 1).
+        if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { geometry.prepareDNNLBackward() }
+        // `convolve` overwrites every output (with the bias as its starting value).
         let outCount = n * cout * geometry.outHeight * geometry.outWidth
-        let storage = bias == nil ? FloatStorage(count: outCount) : FloatStorage(uninitializedCount: outCount)
+        let storage = FloatStorage(uninitializedCount: outCount)
         let out = Tensor.result(shape: [n, cout, geometry.outHeight, geometry.outWidth], storage: storage, inputs: inputs) { out in
             let dy = UnsafePointer(out.grad)
             if let bias, bias.requiresGrad {
@@ -460,8 +477,29 @@ extension Tensor {
             if weight.requiresGrad { geometry.accumulateWeightGradient(input: x.data, outputGrad: dy, into: weight.grad) }
             if x.requiresGrad { geometry.accumulateInputGradient(outputGrad: dy, weight: weight.data, into: x.grad) }
         }
-        if let bias { broadcastChannels(bias.data, into: out.data, batch: n, channels: cout, plane: geometry.outPlane) }
-        geometry.convolve(input: x.data, weight: weight.data, output: out.data, beta: bias == nil ? 0 : 1)
+        geometry.convolve(input: x.data, weight: weight.data, bias: bias.map { UnsafePointer($0.data) }, output: out.data, beta: 0)
+        return out
+    }
+}
+
+extension Tensor {
+    /// elu(conv2d(x, weight, bias)) for inference, the ELU applied by oneDNN as the convolution stores its output
+    /// (a post-op: no second pass over a large activation); without oneDNN, the convolution then the ELU in place.
+    /// With batch normalisation folded into `weight` and `bias` this is a whole conv + batch norm + ELU block of
+    /// SSD7 at inference. No gradient: gradients must be off (`GradMode.disabled`, as `Detector.detect` runs).
+    public func conv2dELU(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
+                          dilation: (Int, Int) = (1, 1), alpha: Float = 1) -> Tensor {
+        precondition(!GradMode.isEnabled, "conv2dELU is for inference: run it inside GradMode.disabled")
+        let geometry = ConvGeometry(input: shape, weight: weight.shape, stride: stride, padding: padding,
+                                    dilation: dilation, groups: 1)
+        let cout = weight.shape[0]
+        precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels")
+        let outShape = [shape[0], cout, geometry.outHeight, geometry.outWidth]
+        let out = Tensor(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)))
+        if !geometry.dnnlConvolve(input: data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, eluAlpha: alpha) {
+            geometry.convolve(input: data, weight: weight.data, bias: bias.data, output: out.data, beta: 0)
+            BatchNormKernel.elu(out.count, out.data, alpha: alpha)
+        }
         return out
     }
 }

@@ -1,5 +1,4 @@
 #if canImport(Glibc)
-import CMalloc
 import Glibc
 #else
 import Darwin
@@ -57,64 +56,77 @@ public final class FloatStorage: @unchecked Sendable {
     public func toArray() -> [Float] { Array(buffer) }
 }
 
-/// Where large blocks come from. Every training step allocates the same activations again, and glibc serves blocks
-/// above its mmap threshold (32 MB at most by default) with fresh mappings that it unmaps on free: every step then
+/// Where large blocks come from. Every training step allocates the same activations again. glibc serves blocks above
+/// its mmap threshold (32 MB at most by default) with fresh mappings that it unmaps on free: every step then
 /// page-faulted and the kernel zeroed its activations again, which cost more than the step's BLAS work on SSD-sized
-/// images. On glibc the threshold is raised to 1 GB and the heap is never trimmed, so freed activations go back to
-/// malloc's best-fit heap and serve the next layer or step (measured on SSD7 at batch 16, 1 thread: the speed of
-/// keeping every block, 5.9-6.2 images/s, at 1.9 GB peak instead of 3.2 GB). Elsewhere, and on request with
-/// STARLING_BLOCK_CACHE_MB, freed blocks of 1 MB or more are kept by exact size up to that many megabytes.
+/// images. With the threshold raised they come from glibc's heap, but there the small blocks that live as long as the
+/// process (oneDNN's primitives and JIT code, made during the first step) landed inside freed activations and split
+/// them, so the heap grew instead of reusing them (SSD7: 2.7 GB peak instead of 2.1).
+///
+/// So blocks of 1 MB or more come from mappings of their own, never returned to the system (as the heap never
+/// trimmed), carved best-fit with neighbours coalesced on free: only large blocks share them, so a freed activation
+/// is whole again for the next layer or step. Blocks are 64-byte aligned, at 4 KB granularity.
 final class BlockCache: @unchecked Sendable {
     static let shared = BlockCache()
     /// Blocks below this go to malloc directly.
     let minimumBytes = 1 << 20
-    /// Total bytes kept idle at most.
-    let limitBytes: Int
-    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
-    private var idleBytes = 0
+    /// New mappings are at least this large, so that small large blocks do not each take a mapping.
+    let mappingBytes = 64 << 20
+    /// Free extents (address, bytes), sorted by address.
+    private var free: [(address: Int, bytes: Int)] = []
     private let lock = PThreadMutex()
 
-    init() {
-        #if canImport(Glibc)
-        // M_TOP_PAD 0: measured 12 % less peak memory than the default 128 KB pad, and no slower.
-        let heapServesLargeBlocks = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 && mallopt(M_TRIM_THRESHOLD, Int32.max) == 1
-            && mallopt(M_TOP_PAD, 0) == 1
-        #else
-        let heapServesLargeBlocks = false
-        #endif
-        let mb = getenv("STARLING_BLOCK_CACHE_MB").flatMap { Int(String(cString: $0)) } ?? (heapServesLargeBlocks ? 0 : 4096)
-        limitBytes = max(0, mb) << 20
-    }
-
     func take(floats: Int) -> UnsafeMutableRawPointer {
-        let bytes = floats * 4
-        if bytes >= minimumBytes {
-            lock.lock()
-            let block = free[bytes]?.popLast()
-            if block != nil { idleBytes -= bytes }
-            lock.unlock()
-            if let block { return block }
+        let requested = floats * 4
+        if requested < minimumBytes { return UnsafeMutableRawPointer.allocate(byteCount: requested, alignment: 64) }
+        let bytes = (requested + 4095) & ~4095
+        lock.lock()
+        defer { lock.unlock() }
+        if let block = carve(bytes) { return block }
+        let size = Swift.max(bytes, mappingBytes)
+        guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              mapping != UnsafeMutableRawPointer(bitPattern: -1) else {
+            preconditionFailure("out of memory: a block of \(bytes) bytes")
         }
-        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        insert(address: Int(bitPattern: mapping), bytes: size)
+        return carve(bytes)!
     }
 
     func give(_ block: UnsafeMutableRawPointer, floats: Int) {
-        let bytes = floats * 4
-        if bytes >= minimumBytes {
-            lock.lock()
-            if idleBytes + bytes <= limitBytes {
-                free[bytes, default: []].append(block)
-                idleBytes += bytes
-                lock.unlock()
-                return
-            }
-            lock.unlock()
+        let requested = floats * 4
+        if requested < minimumBytes { return block.deallocate() }
+        lock.lock()
+        insert(address: Int(bitPattern: block), bytes: (requested + 4095) & ~4095)
+        lock.unlock()
+    }
+
+    /// Takes `bytes` from the smallest free extent that holds them (its low end), or nil.
+    private func carve(_ bytes: Int) -> UnsafeMutableRawPointer? {
+        var best = -1
+        for i in free.indices where free[i].bytes >= bytes && (best < 0 || free[i].bytes < free[best].bytes) { best = i }
+        if best < 0 { return nil }
+        let extent = free[best]
+        if extent.bytes == bytes { free.remove(at: best) } else { free[best] = (extent.address + bytes, extent.bytes - bytes) }
+        return UnsafeMutableRawPointer(bitPattern: extent.address)
+    }
+
+    /// Returns an extent to the free list, merged with the free extents that touch it.
+    private func insert(address: Int, bytes: Int) {
+        var lo = 0, hi = free.count
+        while lo < hi { let mid = (lo + hi) / 2; if free[mid].address < address { lo = mid + 1 } else { hi = mid } }
+        var extent = (address: address, bytes: bytes)
+        if lo < free.count && extent.address + extent.bytes == free[lo].address {
+            extent.bytes += free[lo].bytes
+            free.remove(at: lo)
         }
-        block.deallocate()
+        if lo > 0 && free[lo - 1].address + free[lo - 1].bytes == extent.address {
+            free[lo - 1].bytes += extent.bytes
+        } else {
+            free.insert(extent, at: lo)
+        }
     }
 }
 
-/// A pthread mutex (the core module does not import Foundation).
 final class PThreadMutex: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     init() { pthread_mutex_init(mutex, nil) }

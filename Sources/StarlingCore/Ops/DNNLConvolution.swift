@@ -1,0 +1,464 @@
+import CDNNL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Convolution on oneDNN (Intel's deep-neural-network library, libdnnl 2.x: what PyTorch's CPU convolutions run on).
+///
+/// Its JIT kernels work in blocked layouts (8 channels innermost for AVX2), keep the outputs of a whole receptive
+/// field in registers and never build a patch matrix: on SSD7's layers they run 1.3-1.7x the GFLOP/s of the sgemm
+/// lowerings in Convolution.swift (BENCHMARKS.md). Starling's tensors stay NCHW; each call reorders its inputs into
+/// the layouts oneDNN picked and its result back, adding into the destination (a reorder with a `sum` post-op),
+/// which is the accumulate-into-gradient contract of `ConvGeometry`. The reorders are memory-bound passes, cheap
+/// next to the convolution they feed. Large batches go through in chunks of images so that the blocked copies stay
+/// under `ConvGeometry.dnnlChunkBudget` floats.
+///
+/// A geometry oneDNN refuses (for example a negative right padding that no legal amount fixes) has no plan, and
+/// `ConvGeometry` falls back to sgemm; so does everything when `STARLING_CONV=sgemm` is set.
+enum DNNL {
+    /// The CPU engine, or nil if oneDNN cannot start (then every convolution takes the sgemm path).
+    nonisolated(unsafe) static let engine: dnnl_engine_t? = {
+        var engine: dnnl_engine_t?
+        return dnnl_engine_create(&engine, dnnl_cpu, 0) == dnnl_success ? engine : nil
+    }()
+
+    static func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) {
+        precondition(status == dnnl_success, "oneDNN: \(what()) failed with status \(status.rawValue)")
+    }
+
+    /// Sets the thread count of oneDNN's OpenMP pool (done together with OpenBLAS's, see `BLAS.setThreadCount`).
+    static func setThreadCount(_ n: Int) { _ = starling_omp_set_num_threads(Int32(n)) }
+
+    /// The memory descriptor of a dense f32 tensor in a plain layout.
+    static func descriptor(_ dims: [Int], _ tag: dnnl_format_tag_t) -> dnnl_memory_desc_t {
+        var md = dnnl_memory_desc_t()
+        check(dnnl_memory_desc_init_by_tag(&md, Int32(dims.count), dims.map { Int64($0) }, dnnl_f32, tag), "memory descriptor \(dims)")
+        return md
+    }
+
+    static func equal(_ a: dnnl_memory_desc_t, _ b: dnnl_memory_desc_t) -> Bool {
+        withUnsafePointer(to: a) { pa in withUnsafePointer(to: b) { pb in dnnl_memory_desc_equal(pa, pb) != 0 } }
+    }
+
+    /// A memory object over `pointer` (a tensor's buffer), or over a block of `arena` when `pointer` is nil.
+    final class Memory {
+        let handle: dnnl_memory_t
+        init(_ md: dnnl_memory_desc_t, _ pointer: UnsafeMutableRawPointer) {
+            var memory: dnnl_memory_t?
+            withUnsafePointer(to: md) { check(dnnl_memory_create(&memory, $0, DNNL.engine, pointer), "memory") }
+            handle = memory!
+        }
+        convenience init(_ md: dnnl_memory_desc_t, arena: Arena) {
+            self.init(md, arena.allocate(withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) }))
+        }
+        deinit { dnnl_memory_destroy(handle) }
+    }
+
+    /// The blocked copies and scratchpads of one call, bump-allocated from one mapping that is kept for the next call
+    /// and grown to the largest call seen. Not from the heap: there these short-lived blocks, placed between the
+    /// activations, fragmented it (peak RSS of SSD7 training 2.5 -> 3.1 GB), and blocks from oneDNN's own allocator
+    /// were unmapped and faulted in again every call (page zeroing took 12 % of a step).
+    final class Arena: @unchecked Sendable {
+        private var base: UnsafeMutableRawPointer?
+        private var capacity = 0, used = 0, requested = 0
+        private var overflow: [(UnsafeMutableRawPointer, Int)] = []
+
+        func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+            let size = (bytes + 4095) & ~4095
+            requested += size
+            if let base, used + size <= capacity {
+                used += size
+                return base + (used - size)
+            }
+            let block = Self.map(size)
+            overflow.append((block, size))
+            return block
+        }
+
+        /// Frees this call's blocks; the mapping grows to what the call asked for in all.
+        func reset() {
+            for (block, size) in overflow { munmap(block, size) }
+            overflow.removeAll(keepingCapacity: true)
+            if requested > capacity {
+                if let base { munmap(base, capacity) }
+                base = Self.map(requested)
+                capacity = requested
+            }
+            used = 0
+            requested = 0
+        }
+
+        private static func map(_ size: Int) -> UnsafeMutableRawPointer {
+            let block = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            guard let block, block != UnsafeMutableRawPointer(bitPattern: -1) else {
+                preconditionFailure("out of memory: oneDNN scratch of \(size) bytes")
+            }
+            return block
+        }
+
+        nonisolated(unsafe) private static var idle: [Arena] = []
+        private static let lock = PThreadMutex()
+
+        /// Runs `body` with an arena of its own (one per concurrent caller; a training loop keeps reusing one).
+        static func with<R>(_ body: (Arena) -> R) -> R {
+            lock.lock()
+            let arena = idle.popLast() ?? Arena()
+            lock.unlock()
+            defer {
+                arena.reset()
+                lock.lock()
+                idle.append(arena)
+                lock.unlock()
+            }
+            return body(arena)
+        }
+    }
+
+    /// A primitive with its descriptor; the scratchpad is the caller's (user mode), so that one primitive can run
+    /// on several threads at once.
+    final class Primitive: @unchecked Sendable {
+        let descriptor: dnnl_primitive_desc_t
+        let primitive: dnnl_primitive_t
+        let scratchpad: dnnl_memory_desc_t?
+
+        init?(_ descriptor: dnnl_primitive_desc_t?) {
+            guard let descriptor else { return nil }
+            var primitive: dnnl_primitive_t?
+            guard dnnl_primitive_create(&primitive, descriptor) == dnnl_success, let primitive else {
+                dnnl_primitive_desc_destroy(descriptor)
+                return nil
+            }
+            self.descriptor = descriptor
+            self.primitive = primitive
+            let md = dnnl_primitive_desc_query_md(descriptor, dnnl_query_scratchpad_md, 0)!.pointee
+            self.scratchpad = withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) } > 0 ? md : nil
+        }
+        deinit { dnnl_primitive_destroy(primitive); dnnl_primitive_desc_destroy(descriptor) }
+
+        func md(_ query: dnnl_query_t) -> dnnl_memory_desc_t { dnnl_primitive_desc_query_md(descriptor, query, 0)!.pointee }
+
+        /// Runs the primitive on `arguments` to completion.
+        func execute(_ arguments: [(Int32, Memory)], arena: Arena) {
+            let scratch = scratchpad.map { Memory($0, arena: arena) }
+            var args = arguments.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.handle) }
+            if let scratch { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: scratch.handle)) }
+            var stream: dnnl_stream_t?
+            check(dnnl_stream_create(&stream, DNNL.engine, dnnl_stream_default_flags.rawValue), "stream")
+            defer { dnnl_stream_destroy(stream) }
+            check(dnnl_primitive_execute(primitive, stream, Int32(args.count), args), "execute")
+            check(dnnl_stream_wait(stream), "wait")
+            withExtendedLifetime(arguments) { withExtendedLifetime(scratch) {} }
+        }
+    }
+
+    /// Attributes: scratchpad in user mode; if `accumulate`, a sum post-op (destination += result); with `eluAlpha`,
+    /// an ELU applied to the result before it is stored.
+    static func attributes(accumulate: Bool, eluAlpha: Float? = nil) -> dnnl_primitive_attr_t? {
+        var attr: dnnl_primitive_attr_t?
+        check(dnnl_primitive_attr_create(&attr), "attributes")
+        check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode")
+        if accumulate || eluAlpha != nil {
+            var ops: dnnl_post_ops_t?
+            check(dnnl_post_ops_create(&ops), "post-ops")
+            if accumulate { check(dnnl_post_ops_append_sum(ops, 1), "sum post-op") }
+            if let eluAlpha { check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_elu, eluAlpha, 0), "ELU post-op") }
+            check(dnnl_primitive_attr_set_post_ops(attr, ops), "set post-ops")
+            dnnl_post_ops_destroy(ops)
+        }
+        return attr
+    }
+
+    /// A reorder from `source` to `destination` layouts, adding into the destination if `accumulate`.
+    static func reorder(from source: dnnl_memory_desc_t, to destination: dnnl_memory_desc_t, accumulate: Bool) -> Primitive? {
+        let attr = attributes(accumulate: accumulate)
+        defer { dnnl_primitive_attr_destroy(attr) }
+        var pd: dnnl_primitive_desc_t?
+        let status = withUnsafePointer(to: source) { s in
+            withUnsafePointer(to: destination) { d in dnnl_reorder_primitive_desc_create(&pd, s, engine, d, engine, attr) }
+        }
+        return status == dnnl_success ? Primitive(pd) : nil
+    }
+}
+
+/// The convolution primitives of one geometry at a fixed number of images, and the reorders around them: a forward
+/// plan (with or without bias, optionally with an ELU fused in for inference) or a backward plan (both gradients).
+final class DNNLConvPlan: @unchecked Sendable {
+    enum Variant: Hashable {
+        case forward(bias: Bool, eluAlpha: Float?)
+        case backward
+    }
+
+    let images: Int
+    let sourceUser: dnnl_memory_desc_t, weightsUser: dnnl_memory_desc_t, destinationUser: dnnl_memory_desc_t
+    let biasUser: dnnl_memory_desc_t
+    /// A backward plan's forward primitive is only the hint its backward ones are made from; it never runs.
+    let forward: DNNL.Primitive
+    let backwardData: DNNL.Primitive?, backwardWeights: DNNL.Primitive?
+
+    /// Reorders, created on first use: (from, to, accumulate) -> primitive.
+    private var reorders: [ReorderKey: DNNL.Primitive] = [:]
+    private let lock = PThreadMutex()
+
+    private struct ReorderKey: Hashable { let role: Int; let accumulate: Bool }
+
+    init?(_ g: ConvGeometry, images: Int, variant: Variant) {
+        guard DNNL.engine != nil else { return nil }
+        self.images = images
+        let (kh, kw) = (g.kernelH, g.kernelW)
+        let effH = (kh - 1) * g.dilationH + 1, effW = (kw - 1) * g.dilationW + 1
+        // oneDNN wants (in + left + right - kernel) / stride + 1 == out: any right padding in a range of `stride`
+        // values works; take the smallest that is not negative.
+        func rightPad(_ input: Int, _ output: Int, _ before: Int, _ kernel: Int, _ stride: Int) -> Int? {
+            let exact = (output - 1) * stride + kernel - input - before
+            let pad = Swift.max(exact, 0)
+            return pad <= exact + stride - 1 ? pad : nil
+        }
+        guard let padBottom = rightPad(g.height, g.outHeight, g.padTop, effH, g.strideH),
+              let padRight = rightPad(g.width, g.outWidth, g.padLeft, effW, g.strideW) else { return nil }
+
+        sourceUser = DNNL.descriptor([images, g.inChannels, g.height, g.width], dnnl_nchw)
+        destinationUser = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], dnnl_nchw)
+        weightsUser = g.groups == 1
+            ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_oihw)
+            : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
+        biasUser = DNNL.descriptor([g.outChannels], dnnl_x)
+
+        var source = DNNL.descriptor([images, g.inChannels, g.height, g.width], dnnl_format_tag_any)
+        var destination = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], dnnl_format_tag_any)
+        var weights = g.groups == 1
+            ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_format_tag_any)
+            : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_format_tag_any)
+        let biasMD = UnsafeMutablePointer<dnnl_memory_desc_t>.allocate(capacity: 1)
+        biasMD.initialize(to: biasUser)
+        defer { biasMD.deallocate() }
+        let strides: [Int64] = [Int64(g.strideH), Int64(g.strideW)]
+        let dilates: [Int64] = [Int64(g.dilationH - 1), Int64(g.dilationW - 1)]
+        let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)], padR: [Int64] = [Int64(padBottom), Int64(padRight)]
+
+        var (bias, eluAlpha): (Bool, Float?) = (false, nil)
+        if case .forward(let b, let alpha) = variant { (bias, eluAlpha) = (b, alpha) }
+        let attr = DNNL.attributes(accumulate: false)
+        let forwardAttr = DNNL.attributes(accumulate: false, eluAlpha: eluAlpha)
+        defer { dnnl_primitive_attr_destroy(attr); dnnl_primitive_attr_destroy(forwardAttr) }
+        func create(_ desc: inout dnnl_convolution_desc_t, hint: dnnl_primitive_desc_t?,
+                    attr: dnnl_primitive_attr_t? = attr) -> DNNL.Primitive? {
+            var pd: dnnl_primitive_desc_t?
+            guard dnnl_primitive_desc_create(&pd, &desc, attr, DNNL.engine, hint) == dnnl_success else { return nil }
+            return DNNL.Primitive(pd)
+        }
+        var fd = dnnl_convolution_desc_t(), bd = dnnl_convolution_desc_t(), wd = dnnl_convolution_desc_t()
+        guard dnnl_dilated_convolution_forward_desc_init(&fd, eluAlpha == nil ? dnnl_forward_training : dnnl_forward_inference,
+                                                         dnnl_convolution_direct, &source, &weights, bias ? UnsafePointer(biasMD) : nil,
+                                                         &destination, strides, dilates, padL, padR) == dnnl_success,
+              let forward = create(&fd, hint: nil, attr: forwardAttr)
+        else { return nil }
+        self.forward = forward
+        guard variant == .backward else {
+            (backwardData, backwardWeights) = (nil, nil)
+            return
+        }
+        guard dnnl_dilated_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &source, &weights, &destination,
+                                                               strides, dilates, padL, padR) == dnnl_success,
+              let backwardData = create(&bd, hint: forward.descriptor),
+              dnnl_dilated_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &source, &weights, nil, &destination,
+                                                                  strides, dilates, padL, padR) == dnnl_success,
+              let backwardWeights = create(&wd, hint: forward.descriptor)
+        else { return nil }
+        self.backwardData = backwardData
+        self.backwardWeights = backwardWeights
+    }
+
+    /// Makes the reorders this plan's calls need now instead of on first use (see `ConvGeometry.prepareDNNLBackward`).
+    func prepareReorders() {
+        func make(_ role: Role, _ from: dnnl_memory_desc_t, _ to: dnnl_memory_desc_t, accumulate: Bool) {
+            if accumulate || !DNNL.equal(from, to) { _ = reorder(role.rawValue, from: from, to: to, accumulate: accumulate) }
+        }
+        if let backwardData, let backwardWeights {
+            make(.dataDiffDestination, destinationUser, backwardData.md(dnnl_query_diff_dst_md), accumulate: false)
+            make(.dataWeights, weightsUser, backwardData.md(dnnl_query_weights_md), accumulate: false)
+            make(.dataDiffSource, backwardData.md(dnnl_query_diff_src_md), sourceUser, accumulate: true)
+            make(.weightsSource, sourceUser, backwardWeights.md(dnnl_query_src_md), accumulate: false)
+            make(.weightsDiffDestination, destinationUser, backwardWeights.md(dnnl_query_diff_dst_md), accumulate: false)
+            make(.weightsDiffWeights, backwardWeights.md(dnnl_query_diff_weights_md), weightsUser, accumulate: true)
+        } else {
+            make(.forwardSource, sourceUser, forward.md(dnnl_query_src_md), accumulate: false)
+            make(.forwardWeights, weightsUser, forward.md(dnnl_query_weights_md), accumulate: false)
+            make(.forwardDestination, forward.md(dnnl_query_dst_md), destinationUser, accumulate: false)
+        }
+    }
+
+    /// The reorder for `role` (an index that names a (from, to) pair of this plan), made once.
+    private func reorder(_ role: Int, from: dnnl_memory_desc_t, to: dnnl_memory_desc_t, accumulate: Bool) -> DNNL.Primitive {
+        lock.lock()
+        defer { lock.unlock() }
+        let key = ReorderKey(role: role, accumulate: accumulate)
+        if let r = reorders[key] { return r }
+        guard let r = DNNL.reorder(from: from, to: to, accumulate: accumulate) else {
+            preconditionFailure("oneDNN: no reorder between the layouts of one of its own convolutions")
+        }
+        reorders[key] = r
+        return r
+    }
+
+    /// `user` (a plain-layout tensor) as the memory a primitive reads in layout `md`: the tensor itself if the
+    /// layouts agree, else a reordered copy.
+    private func input(_ user: UnsafePointer<Float>, userMD: dnnl_memory_desc_t, md: dnnl_memory_desc_t, role: Role,
+                       arena: DNNL.Arena) -> DNNL.Memory {
+        let plain = DNNL.Memory(userMD, UnsafeMutableRawPointer(mutating: user))
+        if DNNL.equal(userMD, md) { return plain }
+        let copy = DNNL.Memory(md, arena: arena)
+        reorder(role.rawValue, from: userMD, to: md, accumulate: false)
+            .execute([(DNNL_ARG_FROM, plain), (DNNL_ARG_TO, copy)], arena: arena)
+        return copy
+    }
+
+    /// Runs `body` on memory in layout `md` and leaves its result in `user`: added to it if `accumulate`, else
+    /// overwriting it (in place when the layouts agree).
+    private func output(_ user: UnsafeMutablePointer<Float>, userMD: dnnl_memory_desc_t, md: dnnl_memory_desc_t, role: Role,
+                        accumulate: Bool, arena: DNNL.Arena, _ body: (DNNL.Memory) -> Void) {
+        let plain = DNNL.Memory(userMD, UnsafeMutableRawPointer(user))
+        if !accumulate && DNNL.equal(userMD, md) { return body(plain) }
+        let result = DNNL.Memory(md, arena: arena)
+        body(result)
+        reorder(role.rawValue, from: md, to: userMD, accumulate: accumulate)
+            .execute([(DNNL_ARG_FROM, result), (DNNL_ARG_TO, plain)], arena: arena)
+    }
+
+    private enum Role: Int { case forwardSource, forwardWeights, forwardDestination, dataDiffDestination, dataWeights,
+                             dataDiffSource, weightsSource, weightsDiffDestination, weightsDiffWeights }
+
+    /// y = conv(x, w) (+ bias), or y += conv(x, w) if `accumulate`, for `images` images starting at x and y.
+    func convolve(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                  _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        DNNL.Arena.with { arena in
+            let src = input(x, userMD: sourceUser, md: forward.md(dnnl_query_src_md), role: .forwardSource, arena: arena)
+            let wei = input(w, userMD: weightsUser, md: forward.md(dnnl_query_weights_md), role: .forwardWeights, arena: arena)
+            let b = bias.map { DNNL.Memory(biasUser, UnsafeMutableRawPointer(mutating: $0)) }
+            output(y, userMD: destinationUser, md: forward.md(dnnl_query_dst_md), role: .forwardDestination,
+                   accumulate: accumulate, arena: arena) { dst in
+                var args = [(DNNL_ARG_SRC, src), (DNNL_ARG_WEIGHTS, wei), (DNNL_ARG_DST, dst)]
+                if let b { args.append((DNNL_ARG_BIAS, b)) }
+                forward.execute(args, arena: arena)
+            }
+        }
+    }
+
+    /// dx += conv^T(dy, w).
+    func accumulateInputGradient(_ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>) {
+        guard let backwardData else { preconditionFailure("a forward plan has no backward primitives") }
+        DNNL.Arena.with { arena in
+            let diffDst = input(dy, userMD: destinationUser, md: backwardData.md(dnnl_query_diff_dst_md),
+                                role: .dataDiffDestination, arena: arena)
+            let wei = input(w, userMD: weightsUser, md: backwardData.md(dnnl_query_weights_md), role: .dataWeights, arena: arena)
+            output(dx, userMD: sourceUser, md: backwardData.md(dnnl_query_diff_src_md), role: .dataDiffSource,
+                   accumulate: true, arena: arena) { diffSrc in
+                backwardData.execute([(DNNL_ARG_DIFF_DST, diffDst), (DNNL_ARG_WEIGHTS, wei), (DNNL_ARG_DIFF_SRC, diffSrc)], arena: arena)
+            }
+        }
+    }
+
+    /// dw += the weight gradient over these images.
+    func accumulateWeightGradient(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>) {
+        guard let backwardWeights else { preconditionFailure("a forward plan has no backward primitives") }
+        DNNL.Arena.with { arena in
+            let src = input(x, userMD: sourceUser, md: backwardWeights.md(dnnl_query_src_md), role: .weightsSource, arena: arena)
+            let diffDst = input(dy, userMD: destinationUser, md: backwardWeights.md(dnnl_query_diff_dst_md),
+                                role: .weightsDiffDestination, arena: arena)
+            output(dw, userMD: weightsUser, md: backwardWeights.md(dnnl_query_diff_weights_md), role: .weightsDiffWeights,
+                   accumulate: true, arena: arena) { diffWei in
+                backwardWeights.execute([(DNNL_ARG_SRC, src), (DNNL_ARG_DIFF_DST, diffDst), (DNNL_ARG_DIFF_WEIGHTS, diffWei)],
+                                        arena: arena)
+            }
+        }
+    }
+}
+
+/// Plans by geometry, made once per process (creating one JIT-compiles its kernels).
+enum DNNLConvPlans {
+    struct Key: Hashable {
+        let dims: [Int]
+        let variant: DNNLConvPlan.Variant
+    }
+    nonisolated(unsafe) private static var plans: [Key: DNNLConvPlan?] = [:]
+    private static let lock = PThreadMutex()
+
+    /// Whether convolutions may use oneDNN: yes unless `STARLING_CONV=sgemm` (for comparisons) or oneDNN is missing.
+    static let enabled: Bool = {
+        if let value = getenv("STARLING_CONV"), String(cString: value) == "sgemm" { return false }
+        return DNNL.engine != nil
+    }()
+
+    static func plan(_ g: ConvGeometry, images: Int, variant: DNNLConvPlan.Variant) -> DNNLConvPlan? {
+        let key = Key(dims: [images, g.inChannels, g.outChannels, g.groups, g.height, g.width, g.kernelH, g.kernelW,
+                             g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth],
+                      variant: variant)
+        lock.lock()
+        defer { lock.unlock() }
+        if let plan = plans[key] { return plan }
+        let plan = DNNLConvPlan(g, images: images, variant: variant)
+        plan?.prepareReorders()
+        plans[key] = plan
+        return plan
+    }
+}
+
+extension ConvGeometry {
+    /// Images per oneDNN call: as many as keep one chunk's input and output under `dnnlChunkBudget` floats.
+    var dnnlChunk: Int {
+        Swift.max(1, Swift.min(batch, dnnlChunkBudget / Swift.max(1, inChannels * inPlane + outChannels * outPlane)))
+    }
+
+    /// Makes the backward plans of this geometry if they do not exist yet. A plan's primitives, JIT code and reorders
+    /// are small blocks that live as long as the process: made during a first backward pass, they land inside the
+    /// large freed activations and split them, so the heap grows instead of reusing them (SSD7: 3.5 GB peak instead
+    /// of 2.1). Made during the forward pass, they sit at the top of the heap like the activations being allocated.
+    func prepareDNNLBackward() {
+        guard useDNNL, DNNLConvPlans.enabled else { return }
+        let chunk = dnnlChunk
+        _ = DNNLConvPlans.plan(self, images: chunk, variant: .backward)
+        if batch % chunk > 0 { _ = DNNLConvPlans.plan(self, images: batch % chunk, variant: .backward) }
+    }
+
+    /// Calls `body(plan, firstImage)` for each chunk of images, or returns false (doing nothing) when oneDNN has
+    /// no plan for this geometry.
+    func withDNNLChunks(_ variant: DNNLConvPlan.Variant, _ body: (DNNLConvPlan, Int) -> Void) -> Bool {
+        guard useDNNL, DNNLConvPlans.enabled else { return false }
+        let chunk = dnnlChunk
+        guard let full = DNNLConvPlans.plan(self, images: chunk, variant: variant) else { return false }
+        let tail = batch % chunk
+        var last: DNNLConvPlan? = full
+        if tail > 0 { last = DNNLConvPlans.plan(self, images: tail, variant: variant) }
+        guard let last else { return false }
+        var n = 0
+        while n < batch {
+            body(batch - n >= chunk ? full : last, n)
+            n += chunk
+        }
+        return true
+    }
+
+    /// oneDNN's y = conv(x) (+ bias) + beta * y, or with `eluAlpha` y = elu(conv(x) + bias) (beta 0); false if it
+    /// has no plan for this geometry.
+    func dnnlConvolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                      output y: UnsafeMutablePointer<Float>, beta: Float, eluAlpha: Float? = nil) -> Bool {
+        precondition(beta == 0 || beta == 1, "beta \(beta): oneDNN's path overwrites or adds")
+        precondition(eluAlpha == nil || beta == 0, "a fused ELU overwrites its output")
+        return withDNNLChunks(.forward(bias: bias != nil, eluAlpha: eluAlpha)) { plan, n in
+            plan.convolve(x + n * inChannels * inPlane, w, bias: bias, y + n * outChannels * outPlane, accumulate: beta == 1)
+        }
+    }
+
+    func dnnlAccumulateWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
+                                      into dw: UnsafeMutablePointer<Float>) -> Bool {
+        withDNNLChunks(.backward) { plan, n in
+            plan.accumulateWeightGradient(x + n * inChannels * inPlane, dy + n * outChannels * outPlane, dw)
+        }
+    }
+
+    func dnnlAccumulateInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+                                     into dx: UnsafeMutablePointer<Float>) -> Bool {
+        withDNNLChunks(.backward) { plan, n in
+            plan.accumulateInputGradient(dy + n * outChannels * outPlane, w, dx + n * inChannels * inPlane)
+        }
+    }
+}
