@@ -6,8 +6,8 @@ import Glibc
 /// Convolution on oneDNN (Intel's deep-neural-network library, libdnnl 2.x: what PyTorch's CPU convolutions run on).
 ///
 /// Its JIT kernels work in blocked layouts (8 channels innermost for AVX2), keep the outputs of a whole receptive
-/// field in registers and never build a patch matrix: on SSD7's layers they run 1.3-1.7x the GFLOP/s of the sgemm
-/// lowerings in Convolution.swift (BENCHMARKS.md). Starling's tensors stay NCHW; each call reorders its inputs into
+/// field in registers and never build a patch matrix: on SSD7's 3x3 layers they run 1.2-1.6x the GFLOP/s of the sgemm
+/// lowerings in Convolution.swift (conv1's weight gradient, from 3 channels, is slower; BENCHMARKS.md). Starling's tensors stay NCHW; each call reorders its inputs into
 /// the layouts oneDNN picked and its result back, adding into the destination (a reorder with a `sum` post-op),
 /// which is the accumulate-into-gradient contract of `ConvGeometry`. The reorders are memory-bound passes, cheap
 /// next to the convolution they feed. Large batches go through in chunks of images so that the blocked copies stay
@@ -40,7 +40,7 @@ enum DNNL {
         withUnsafePointer(to: a) { pa in withUnsafePointer(to: b) { pb in dnnl_memory_desc_equal(pa, pb) != 0 } }
     }
 
-    /// A memory object over `pointer` (a tensor's buffer), or over a block of `arena` when `pointer` is nil.
+    /// A memory object over a tensor's buffer, or over a block of an arena.
     final class Memory {
         let handle: dnnl_memory_t
         init(_ md: dnnl_memory_desc_t, _ pointer: UnsafeMutableRawPointer) {
