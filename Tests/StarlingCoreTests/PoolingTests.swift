@@ -95,6 +95,23 @@ let poolCases: [PoolCase] = [
         }
     }
 
+    /// Every max-pool path against the loops: with gradients (argmax kept) and without (inference: the 2x2 windows
+    /// eight at a time), each on one thread and shared over two (the planes split between oneDNN's OpenMP threads).
+    /// 2 x 8 planes of 65 x 70 pixels: enough work to be split, an odd row left over, 35 windows a row (4 x 8 + 3).
+    @Test func maxPoolPathsAgree() {
+        let x = tieFreeVariable([2, 8, 65, 70], seed: 5)
+        let reference = referencePool(x, max: true, kernel: (2, 2), stride: (2, 2), top: 0, left: 0, outH: 32, outW: 35)
+        let threads = BLAS.threadCount
+        defer { BLAS.setThreadCount(threads) }
+        for count in [1, 2] {
+            BLAS.setThreadCount(count)
+            expectClose(x.maxPool2d(kernel: (2, 2)).toArray(), reference, tolerance: 0)
+            expectClose(GradMode.disabled { x.maxPool2d(kernel: (2, 2)) }.toArray(), reference, tolerance: 0)
+            let y = x.maxPool2d(kernel: (3, 2), stride: (2, 2), padding: .same)   // the general loop, both ways
+            expectClose(GradMode.disabled { x.maxPool2d(kernel: (3, 2), stride: (2, 2), padding: .same) }.toArray(), y.toArray(), tolerance: 0)
+        }
+    }
+
     @Test(arguments: poolCases.indices)
     func gradients(_ index: Int) {
         let c = poolCases[index]

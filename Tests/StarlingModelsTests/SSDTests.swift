@@ -87,6 +87,23 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         let boxes = [box(0, 0, 10, 10), box(1, 1, 11, 11), box(20, 20, 30, 30), box(0, 0, 10, 10), box(25, 25, 35, 35)]
         #expect(nonMaximumSuppression(boxes, scores: [0.9, 0.8, 0.7, 0.9, 0.6], iouThreshold: 0.45) == [0, 2, 4])
         #expect(nonMaximumSuppression(boxes, scores: [0.9, 0.8, 0.7, 0.9, 0.6], iouThreshold: 0.7) == [0, 1, 2, 4])
+        #expect(nonMaximumSuppression([], scores: [], iouThreshold: 0.45) == [])
+    }
+
+    /// The flat-buffer NMS against the greedy rule written plainly, on 600 random overlapping boxes with tied scores.
+    @Test func matchesThePlainGreedyRule() {
+        var rng = RandomGenerator(seed: 21)
+        let boxes = (0..<600).map { _ -> BoxCorners in
+            let x = rng.uniform(0, 200), y = rng.uniform(0, 120)
+            return BoxCorners(xmin: x, ymin: y, xmax: x + rng.uniform(1, 60), ymax: y + rng.uniform(1, 60))
+        }
+        let scores = (0..<600).map { _ in Float(Int(rng.uniform(0, 50))) / 50 }
+        for threshold: Float in [0.3, 0.45, 0.7] {
+            let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+            var plain: [Int] = []
+            for i in order where !plain.contains(where: { intersectionOverUnion(boxes[$0], boxes[i]) > threshold }) { plain.append(i) }
+            #expect(nonMaximumSuppression(boxes, scores: scores, iouThreshold: threshold) == plain)
+        }
     }
 
     @Test func decodingThresholdsPerClassAndTopK() {

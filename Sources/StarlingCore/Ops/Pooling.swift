@@ -34,9 +34,11 @@ extension Tensor {
         let (oh, ow) = (rows.count, cols.count)
         // Argmax as an offset within the input plane; Int32 halves the memory kept alive until backward.
         precondition(h * w <= Int(Int32.max), "plane of \(h)x\(w) pixels too large for max-pool indices")
-        // Kept in a FloatStorage block (as Int32 bits) so that the allocator reuses it step after step.
+        // Kept in a FloatStorage block (as Int32 bits) so that the allocator reuses it step after step; not made at
+        // all when no gradient will flow (inference), where the window maxima alone are computed.
         // Both blocks are written in full below (every output cell has a window).
-        let indexBlock = FloatStorage(uninitializedCount: planes * oh * ow)
+        let needsIndices = GradMode.isEnabled && x.requiresGrad
+        let indexBlock = needsIndices ? FloatStorage(uninitializedCount: planes * oh * ow) : FloatStorage(uninitializedCount: 1)
         let ip = UnsafeMutableRawPointer(indexBlock.pointer).assumingMemoryBound(to: Int32.self)
         let values = FloatStorage(uninitializedCount: planes * oh * ow)
         let xd = x.data, y = values.pointer
@@ -44,42 +46,71 @@ extension Tensor {
         let rowsRegular = (0..<oh).allSatisfy { (i: Int) -> Bool in rows.lo[i] == 2 * i && rows.hi[i] == 2 * i + 2 }
         let colsRegular = (0..<ow).allSatisfy { (j: Int) -> Bool in cols.lo[j] == 2 * j && cols.hi[j] == 2 * j + 2 }
         let twoByTwo: Bool = kernel.0 == 2 && kernel.1 == 2 && step.0 == 2 && step.1 == 2 && rowsRegular && colsRegular
-        // The common 2x2/2 window inside the image (SSD, U-Net, the autoencoders): four loads, no index arrays.
-        if twoByTwo {
-            for p in 0..<planes {
-                let xp = xd + p &* h &* w
-                for i in 0..<oh {
-                    let r0 = xp + 2 &* i &* w, r1 = r0 + w
-                    let base = 2 &* i &* w
-                    let yrow = y + (p &* oh &+ i) &* ow, irow = ip + (p &* oh &+ i) &* ow
-                    for j in 0..<ow {
-                        let c = 2 &* j
-                        // First maximum in row-major order wins ties, as the general loop.
-                        var best = r0[c], at = base &+ c
-                        if r0[c &+ 1] > best { best = r0[c &+ 1]; at = base &+ c &+ 1 }
-                        if r1[c] > best { best = r1[c]; at = base &+ w &+ c }
-                        if r1[c &+ 1] > best { best = r1[c &+ 1]; at = base &+ w &+ c &+ 1 }
-                        yrow[j] = best
-                        irow[j] = Int32(truncatingIfNeeded: at)
+        // Planes are independent: with more than one thread (`BLAS.setThreadCount`) they are shared out.
+        Parallel.forEachChunk(of: planes, work: planes * h * w) { range in
+            // The common 2x2/2 window inside the image (SSD, U-Net, the autoencoders): four loads, no index arrays.
+            if twoByTwo && !needsIndices {
+                for p in range {
+                    let xp = xd + p &* h &* w
+                    for i in 0..<oh {
+                        let r0 = xp + 2 &* i &* w, r1 = r0 + w
+                        let yrow = y + (p &* oh &+ i) &* ow
+                        // Eight windows at a time: 16 floats of each row, split into even and odd columns.
+                        var j = 0
+                        while j &+ 8 <= ow {
+                            let a = UnsafeRawPointer(r0 + 2 &* j).loadUnaligned(as: SIMD16<Float>.self)
+                            let b = UnsafeRawPointer(r1 + 2 &* j).loadUnaligned(as: SIMD16<Float>.self)
+                            // Masked selects: `pointwiseMax` compiled to an unspecialised call per vector.
+                            @inline(__always) func maximum(_ x: SIMD8<Float>, _ y: SIMD8<Float>) -> SIMD8<Float> {
+                                x.replacing(with: y, where: y .> x)
+                            }
+                            let m = maximum(maximum(a.evenHalf, a.oddHalf), maximum(b.evenHalf, b.oddHalf))
+                            UnsafeMutableRawPointer(yrow + j).storeBytes(of: m, as: SIMD8<Float>.self)
+                            j &+= 8
+                        }
+                        while j < ow {
+                            let c = 2 &* j
+                            yrow[j] = Swift.max(Swift.max(r0[c], r0[c &+ 1]), Swift.max(r1[c], r1[c &+ 1]))
+                            j &+= 1
+                        }
                     }
                 }
-            }
-        } else {
-            for p in 0..<planes {
-                let xp = xd + p * h * w
-                for i in 0..<oh {
-                    let yrow = y + (p * oh + i) * ow, irow = ip + (p * oh + i) * ow
-                    for j in 0..<ow {
-                        var best = -Float.infinity, at = rows.lo[i] * w + cols.lo[j]
-                        for r in rows.lo[i]..<rows.hi[i] {
-                            let xr = xp + r * w
-                            for c in cols.lo[j]..<cols.hi[j] where xr[c] > best {
-                                best = xr[c]
-                                at = r * w + c
-                            }
+            } else if twoByTwo {
+                for p in range {
+                    let xp = xd + p &* h &* w
+                    for i in 0..<oh {
+                        let r0 = xp + 2 &* i &* w, r1 = r0 + w
+                        let base = 2 &* i &* w
+                        let yrow = y + (p &* oh &+ i) &* ow, irow = ip + (p &* oh &+ i) &* ow
+                        for j in 0..<ow {
+                            let c = 2 &* j
+                            // First maximum in row-major order wins ties, as the general loop.
+                            var best = r0[c], at = base &+ c
+                            if r0[c &+ 1] > best { best = r0[c &+ 1]; at = base &+ c &+ 1 }
+                            if r1[c] > best { best = r1[c]; at = base &+ w &+ c }
+                            if r1[c &+ 1] > best { best = r1[c &+ 1]; at = base &+ w &+ c &+ 1 }
+                            yrow[j] = best
+                            irow[j] = Int32(truncatingIfNeeded: at)
                         }
-                        yrow[j] = best
-                        irow[j] = Int32(at)
+                    }
+                }
+            } else {
+                for p in range {
+                    let xp = xd + p * h * w
+                    for i in 0..<oh {
+                        let yrow = y + (p * oh + i) * ow, irow = ip + (p * oh + i) * ow
+                        for j in 0..<ow {
+                            var best = -Float.infinity, at = rows.lo[i] * w + cols.lo[j]
+                            for r in rows.lo[i]..<rows.hi[i] {
+                                let xr = xp + r * w
+                                for c in cols.lo[j]..<cols.hi[j] where xr[c] > best {
+                                    best = xr[c]
+                                    at = r * w + c
+                                }
+                            }
+                            yrow[j] = best
+                            if needsIndices { irow[j] = Int32(at) }
+                        }
                     }
                 }
             }
