@@ -137,6 +137,26 @@ private func constants(_ values: [Float]) -> Tensor { Tensor(shape: [values.coun
         }
     }
 
+    /// Channels are shared over the threads (`BLAS.setThreadCount`); each channel's sums keep their order, so one and
+    /// two threads give the same outputs, statistics and gradients bit for bit. 4 x 6 x 60 x 50 is enough work to split.
+    @Test func threadCountDoesNotChangeAnyBit() {
+        func run() -> [[Float]] {
+            let x = randomVariable([4, 6, 60, 50], seed: 40, -3, 3), gamma = randomVariable([6], seed: 41, 0.5, 2)
+            let beta = randomVariable([6], seed: 42)
+            let mean = constants(Array(repeating: 0.1, count: 6)), variance = constants(Array(repeating: 1.5, count: 6))
+            let y = x.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true)
+            let values = y.toArray()
+            (y * randomVariable([4, 6, 60, 50], seed: 43)).sum().backward()
+            return [values, mean.toArray(), variance.toArray(), x.gradArray ?? [], gamma.gradArray ?? [], beta.gradArray ?? []]
+        }
+        let threads = BLAS.threadCount
+        defer { BLAS.setThreadCount(threads) }
+        BLAS.setThreadCount(1)
+        let one = run()
+        BLAS.setThreadCount(2)
+        #expect(run() == one)
+    }
+
     /// Two "ranks" each holding half of a batch, with a hook that adds the other half's statistics (recorded in a
     /// first pass), must reproduce the full batch's output, input gradient and (summed) gamma and beta gradients.
     @Test func crossReplicaHookReproducesTheFullBatch() {

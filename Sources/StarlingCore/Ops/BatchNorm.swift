@@ -181,12 +181,15 @@ enum BatchNormKernel {
             }
             return
         }
-        for s in 0..<p.samples {
-            for k in 0..<c {
-                let start = (s * c + k) * p.inner
-                let (plain, product) = sumAndDot(p.inner, a + start, b + start, shift: shift?[k] ?? 0)
-                sums[k] += plain
-                sums[c + k] += product
+        // Channels are shared over the threads; each channel's sum runs in the same order whatever their number.
+        Parallel.forEachChunk(of: c, work: p.samples * c * p.inner) { channels in
+            for s in 0..<p.samples {
+                for k in channels {
+                    let start = (s * c + k) * p.inner
+                    let (plain, product) = sumAndDot(p.inner, a + start, b + start, shift: shift?[k] ?? 0)
+                    sums[k] += plain
+                    sums[c + k] += product
+                }
             }
         }
     }
@@ -222,14 +225,16 @@ enum BatchNormKernel {
             if let alpha = eluAlpha { elu(p.samples * c, y, alpha: alpha) }
             return
         }
-        for s in 0..<p.samples {
-            for k in 0..<c {
-                let start = (s * c + k) * p.inner
-                let xs = x + start, ys = y + start
-                let (mu, a, b) = (mean[k], scale[k], beta[k])
-                for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
-                // While the plane is still in cache.
-                if let alpha = eluAlpha { elu(p.inner, ys, alpha: alpha) }
+        Parallel.forEachChunk(of: c, work: p.samples * c * p.inner) { channels in
+            for s in 0..<p.samples {
+                for k in channels {
+                    let start = (s * c + k) * p.inner
+                    let xs = x + start, ys = y + start
+                    let (mu, a, b) = (mean[k], scale[k], beta[k])
+                    for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
+                    // While the plane is still in cache.
+                    if let alpha = eluAlpha { elu(p.inner, ys, alpha: alpha) }
+                }
             }
         }
     }
@@ -242,10 +247,12 @@ enum BatchNormKernel {
 
     /// dz = dy * ELU'(z) from the output y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
     static func eluGradient(_ n: Int, dy: UnsafePointer<Float>, y: UnsafePointer<Float>, alpha: Float, into dz: UnsafeMutablePointer<Float>) {
-        for i in 0..<n {
-            let g = dy[i], out = y[i]
-            let slope: Float = out > 0 ? 1 : out + alpha
-            dz[i] = g * slope
+        Parallel.forEachChunk(of: n, work: n) { range in
+            for i in range {
+                let g = dy[i], out = y[i]
+                let slope: Float = out > 0 ? 1 : out + alpha
+                dz[i] = g * slope
+            }
         }
     }
 
@@ -262,12 +269,14 @@ enum BatchNormKernel {
             }
             return
         }
-        for s in 0..<p.samples {
-            for k in 0..<c {
-                let start = (s * c + k) * p.inner
-                let gs = dy + start, xs = x + start, ds = dx + start
-                let (mu, a, b, o) = (mean[k], scale[k], slope[k], offset[k])
-                for i in 0..<p.inner { ds[i] += a * gs[i] + b * (xs[i] - mu) + o }
+        Parallel.forEachChunk(of: c, work: p.samples * c * p.inner) { channels in
+            for s in 0..<p.samples {
+                for k in channels {
+                    let start = (s * c + k) * p.inner
+                    let gs = dy + start, xs = x + start, ds = dx + start
+                    let (mu, a, b, o) = (mean[k], scale[k], slope[k], offset[k])
+                    for i in 0..<p.inner { ds[i] += a * gs[i] + b * (xs[i] - mu) + o }
+                }
             }
         }
     }

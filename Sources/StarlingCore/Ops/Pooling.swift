@@ -118,9 +118,11 @@ extension Tensor {
         let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], storage: values, inputs: [x]) { out in
             let dy = out.grad, dx = x.grad
             let ip0 = UnsafeMutableRawPointer(indexBlock.pointer).assumingMemoryBound(to: Int32.self)
-            for p in 0..<planes {
-                let dxp = dx + p * h * w, dyp = dy + p * oh * ow, ip = ip0 + p * oh * ow
-                for o in 0..<(oh * ow) { dxp[Int(ip[o])] += dyp[o] }
+            Parallel.forEachChunk(of: planes, work: planes * oh * ow) { range in
+                for p in range {
+                    let dxp = dx + p * h * w, dyp = dy + p * oh * ow, ip = ip0 + p * oh * ow
+                    for o in 0..<(oh * ow) { dxp[Int(ip[o])] += dyp[o] }
+                }
             }
         }
         return out
