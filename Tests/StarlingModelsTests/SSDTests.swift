@@ -215,6 +215,27 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         }
     }
 
+    /// With gradients off, `predict` keeps every activation in oneDNN's layout (`DNNLActivation`: folded batch norm,
+    /// fused ELU, blocked pooling); with them on, eval mode runs the plain layers. Both must give the same outputs, on
+    /// a map size with odd rows to drop at pooling (66 x 98 -> 33 x 49 -> 16 x 24 ...).
+    @Test func blockedLayoutInferenceMatchesEvalMode() throws {
+        let config = SSD7.defaultConfig(height: 66, width: 98, classNames: ["background", "car", "pedestrian"])
+        let model = try ModelRegistry.build(config, seed: 4) as! SSD7
+        var rng = RandomGenerator(seed: 10)
+        for name in model.buffers?.parameters.map(\.name) ?? [] {
+            guard let t = model.buffers?[name]?.value else { continue }
+            for i in 0..<t.count { t.data[i] = name.hasSuffix("variance") ? rng.uniform(0.3, 2) : rng.uniform(-0.5, 0.5) }
+        }
+        let images = Tensor(shape: [2, 3, 66, 98], values: (0..<(2 * 3 * 66 * 98)).map { _ in rng.uniform(0, 255) })
+        let fast = try #require(GradMode.disabled { model.inferenceInBlockedLayout(images) }, "oneDNN refused a layer")
+        let plain = model.predict(images, training: false)
+        for (a, b, what) in [(fast.classLogits, plain.classLogits, "class logits"), (fast.boxOffsets, plain.boxOffsets, "box offsets")] {
+            #expect(a.shape == b.shape)
+            let worst = worstDifference(a.toArray(), b.toArray())
+            #expect(worst.value < 1e-4, "\(what): worst difference \(worst.value) at \(worst.at)")
+        }
+    }
+
     /// Three 96 x 128 windows cut from the two real Udacity frames in ../shared/data/udacity (480 x 300 and 512 x 512
     /// JPEGs decoded by libjpeg-turbo, boxes from its labels.csv): two cars, a pedestrian and two traffic lights, at
     /// the sizes they have in the frames. SSD7 drives its loss down tenfold and then finds every object where it is.

@@ -302,7 +302,7 @@ final class DNNLConvPlan: @unchecked Sendable {
 
     /// `user` (a plain-layout tensor) as the memory a primitive reads in layout `md`: the tensor itself if the
     /// layouts agree, else a reordered copy.
-    private func input(_ user: UnsafePointer<Float>, userMD: dnnl_memory_desc_t, md: dnnl_memory_desc_t, role: Role,
+    func input(_ user: UnsafePointer<Float>, userMD: dnnl_memory_desc_t, md: dnnl_memory_desc_t, role: Role,
                        arena: DNNL.Arena) -> DNNL.Memory {
         let plain = DNNL.Memory(userMD, UnsafeMutableRawPointer(mutating: user))
         if DNNL.equal(userMD, md) { return plain }
@@ -324,7 +324,7 @@ final class DNNLConvPlan: @unchecked Sendable {
             .execute([(DNNL_ARG_FROM, result), (DNNL_ARG_TO, plain)], arena: arena)
     }
 
-    private enum Role: Int { case forwardSource, forwardWeights, forwardDestination, dataDiffDestination, dataWeights,
+    enum Role: Int { case forwardSource, forwardWeights, forwardDestination, dataDiffDestination, dataWeights,
                              dataDiffSource, weightsSource, weightsDiffDestination, weightsDiffWeights }
 
     /// y = conv(x, w) (+ bias), or y += conv(x, w) if `accumulate`, for `images` images starting at x and y.

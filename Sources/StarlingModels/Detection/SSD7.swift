@@ -91,6 +91,9 @@ public final class SSD7: Detector {
 
     /// Class logits [N x A, classes] and box offsets [N x A, 4], image-major in anchor order.
     public func predict(_ images: Tensor, training: Bool) -> (classLogits: Tensor, boxOffsets: Tensor) {
+        if !training && !GradMode.isEnabled && DNNLActivation.isAvailable, let result = inferenceInBlockedLayout(images) {
+            return result
+        }
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
         var h = images.affine(scale: 1 / 127.5, shift: -1)
         var features: [Tensor] = []
@@ -107,6 +110,35 @@ public final class SSD7: Detector {
         let classes = Tensor.concat(zip(classHeads, features).map { rows($0($1), depth: classCount) }, axis: 1)
         let boxes = Tensor.concat(zip(boxHeads, features).map { rows($0($1), depth: 4) }, axis: 1)
         return (classes.reshaped([-1, classCount]), boxes.reshaped([-1, 4]))
+    }
+
+    /// The inference pass with every activation in oneDNN's layout from one layer to the next (`DNNLActivation`):
+    /// each block one convolution with batch norm folded in and ELU fused, pooling in that layout, and only the heads'
+    /// outputs back in NCHW. The same values as `predict` in eval mode (tested). Nil if oneDNN refuses a layer.
+    func inferenceInBlockedLayout(_ images: Tensor) -> (classLogits: Tensor, boxOffsets: Tensor)? {
+        guard convs.allSatisfy({ $0.dilation == (1, 1) }) else { return nil }
+        var h = DNNLActivation(images.affine(scale: 1 / 127.5, shift: -1))
+        var features: [DNNLActivation] = []
+        for k in 0..<7 {
+            let (kernel, bias) = norms[k].folded(into: convs[k])
+            guard let next = h.conv2d(kernel, bias: bias, stride: convs[k].stride, padding: convs[k].padding, eluAlpha: 1)
+            else { return nil }
+            h = next
+            if k >= 3 { features.append(h) }
+            if k < 6 { h = h.maxPool2x2() }
+        }
+        let n = images.shape[0]
+        func rows(_ head: Conv2D, _ feature: DNNLActivation, depth: Int) -> Tensor? {
+            feature.conv2d(head.kernel.value, bias: head.bias.value, stride: head.stride, padding: head.padding)
+                .map { $0.tensor().transposed([0, 2, 3, 1]).reshaped([n, -1, depth]) }
+        }
+        var classes: [Tensor] = [], boxes: [Tensor] = []
+        for (k, feature) in features.enumerated() {
+            guard let c = rows(classHeads[k], feature, depth: classCount), let b = rows(boxHeads[k], feature, depth: 4) else { return nil }
+            classes.append(c)
+            boxes.append(b)
+        }
+        return (Tensor.concat(classes, axis: 1).reshaped([-1, classCount]), Tensor.concat(boxes, axis: 1).reshaped([-1, 4]))
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {

@@ -24,11 +24,10 @@ public struct BatchNormalization: Sendable {
                     training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum)
     }
 
-    /// elu(self(conv(x))) at inference, as one convolution: with the moving statistics fixed, the normalisation is
-    /// an affine map per output channel, folded into the kernel (scaled by gamma / sqrt(var + eps)) and the bias
-    /// ((b - mean) * that scale + beta), and the ELU runs as the convolution stores its output (`Tensor.conv2dELU`).
-    /// Gradients must be off.
-    public func inferenceConvELU(_ conv: Conv2D, _ x: Tensor, alpha: Float = 1) -> Tensor {
+    /// `conv` followed by this layer at inference, as one convolution: with the moving statistics fixed, the
+    /// normalisation is an affine map per output channel, folded into the kernel (scaled by gamma / sqrt(var + eps))
+    /// and the bias ((b - mean) * that scale + beta).
+    public func folded(into conv: Conv2D) -> (kernel: Tensor, bias: Tensor) {
         let w = conv.kernel.value, b = conv.bias.value
         let cout = w.shape[0], perChannel = w.count / cout
         let kernel = FloatStorage(uninitializedCount: w.count), bias = FloatStorage(uninitializedCount: cout)
@@ -39,8 +38,14 @@ public struct BatchNormalization: Sendable {
             for i in 0..<perChannel { dst[i] = src[i] * scale }
             bias.pointer[c] = (b.data[c] - mean[c]) * scale + bt[c]
         }
-        return x.conv2dELU(Tensor(shape: w.shape, storage: kernel), bias: Tensor(shape: [cout], storage: bias),
-                           stride: conv.stride, padding: conv.padding, dilation: conv.dilation, alpha: alpha)
+        return (Tensor(shape: w.shape, storage: kernel), Tensor(shape: [cout], storage: bias))
+    }
+
+    /// elu(self(conv(x))) at inference, as one convolution (`folded(into:)`) whose ELU runs as it stores its output
+    /// (`Tensor.conv2dELU`). Gradients must be off.
+    public func inferenceConvELU(_ conv: Conv2D, _ x: Tensor, alpha: Float = 1) -> Tensor {
+        let (kernel, bias) = folded(into: conv)
+        return x.conv2dELU(kernel, bias: bias, stride: conv.stride, padding: conv.padding, dilation: conv.dilation, alpha: alpha)
     }
 
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).

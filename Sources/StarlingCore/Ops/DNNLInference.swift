@@ -1,0 +1,134 @@
+import CDNNL
+
+/// An activation that stays in the layout oneDNN chose for it (8 channels innermost on AVX2) from one inference op to
+/// the next: a convolution's output feeds the pooling and the next convolution with no reorder to NCHW and back.
+/// At batch 1 on 2 threads those reorders took ~2.5 ms of SSD7's ~27 ms frame (`DNNL_VERBOSE=1`). Inference only
+/// (no gradient); `tensor()` returns to NCHW where Starling's own ops take over.
+public final class DNNLActivation {
+    /// NCHW dimensions.
+    public let shape: [Int]
+    let md: dnnl_memory_desc_t
+    let storage: FloatStorage
+
+    /// Whether this path can run (oneDNN loaded and not switched off with `STARLING_CONV=sgemm`).
+    public static var isAvailable: Bool { DNNLConvPlans.enabled }
+
+    init(shape: [Int], md: dnnl_memory_desc_t) {
+        self.shape = shape
+        self.md = md
+        let bytes = withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) }
+        storage = FloatStorage(uninitializedCount: (bytes + 3) / 4)
+    }
+
+    /// An NCHW tensor, shared as it is (no copy).
+    public init(_ tensor: Tensor) {
+        precondition(tensor.rank == 4, "an activation is NCHW, got \(tensor.shape)")
+        shape = tensor.shape
+        md = DNNL.descriptor(tensor.shape, dnnl_nchw)
+        storage = tensor.storage
+    }
+
+    var memory: DNNL.Memory { DNNL.Memory(md, UnsafeMutableRawPointer(storage.pointer)) }
+
+    /// This activation in `target`'s layout: itself if it already is, else a reordered copy.
+    func laidOut(as target: dnnl_memory_desc_t) -> DNNLActivation {
+        if DNNL.equal(md, target) { return self }
+        let copy = DNNLActivation(shape: shape, md: target)
+        guard let reorder = DNNL.reorder(from: md, to: target, accumulate: false) else {
+            preconditionFailure("oneDNN: no reorder between two layouts of \(shape)")
+        }
+        DNNL.Arena.with { reorder.execute([(DNNL_ARG_FROM, memory), (DNNL_ARG_TO, copy.memory)], arena: $0) }
+        return copy
+    }
+
+    /// The activation as an NCHW tensor.
+    public func tensor() -> Tensor {
+        let plain = laidOut(as: DNNL.descriptor(shape, dnnl_nchw))
+        return Tensor(shape: shape, storage: plain.storage === storage ? copyOfStorage() : plain.storage)
+    }
+
+    private func copyOfStorage() -> FloatStorage {
+        let copy = FloatStorage(uninitializedCount: Tensor.elementCount(shape))
+        copy.pointer.update(from: storage.pointer, count: copy.count)
+        return copy
+    }
+
+    /// conv2d(self, weight) + bias, then ELU with `eluAlpha` if given (as `Tensor.conv2dELU`), in oneDNN's layout;
+    /// nil if oneDNN has no plan for this geometry.
+    public func conv2d(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
+                       eluAlpha: Float? = nil) -> DNNLActivation? {
+        let g = ConvGeometry(input: shape, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
+        precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
+        guard DNNLConvPlans.enabled,
+              let plan = DNNLConvPlans.plan(g, images: g.batch, variant: .forward(bias: true, eluAlpha: eluAlpha)) else { return nil }
+        let source = laidOut(as: plan.forward.md(dnnl_query_src_md))
+        let result = DNNLActivation(shape: [g.batch, g.outChannels, g.outHeight, g.outWidth], md: plan.forward.md(dnnl_query_dst_md))
+        DNNL.Arena.with { arena in
+            let w = plan.input(weight.data, userMD: plan.weightsUser, md: plan.forward.md(dnnl_query_weights_md),
+                               role: .forwardWeights, arena: arena)
+            let b = DNNL.Memory(plan.biasUser, UnsafeMutableRawPointer(bias.data))
+            plan.forward.execute([(DNNL_ARG_SRC, source.memory), (DNNL_ARG_WEIGHTS, w), (DNNL_ARG_BIAS, b),
+                                  (DNNL_ARG_DST, result.memory)], arena: arena)
+        }
+        return result
+    }
+
+    /// Max over each 2x2 window at stride 2 (`maxPool2d(kernel: (2, 2))`, valid padding: an odd last row or column is
+    /// dropped), in this activation's layout. In the 8-channel blocked layout (AVX2's) it is Starling's own loop: each
+    /// pixel's 8 channels are one vector, so a window is 4 vector loads and 3 maxima, rows shared over the threads
+    /// (oneDNN 2.6's pooling took 4 ms on SSD7's first 32 x 300 x 480 map, this 0.4-0.6 ms). Other layouts (nChw16c
+    /// on AVX-512 machines) go to oneDNN's pooling.
+    public func maxPool2x2() -> DNNLActivation {
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
+        let outShape = [n, c, h / 2, w / 2]
+        if DNNL.equal(md, DNNL.descriptor(shape, dnnl_aBcd8b)) {
+            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, dnnl_aBcd8b))
+            let (oh, ow, blocks) = (h / 2, w / 2, (c + 7) / 8)
+            let x = UnsafePointer(storage.pointer), y = result.storage.pointer
+            Parallel.forEachChunk(of: n * blocks * oh, work: n * blocks * 8 * h * w) { rows in
+                for r in rows {
+                    let plane = r / oh, i = r % oh
+                    let top = x + ((plane * h + 2 * i) * w) * 8, bottom = top + w * 8
+                    let out = y + ((plane * oh + i) * ow) * 8
+                    for j in 0..<ow {
+                        func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+                        @inline(__always) func maximum(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { a.replacing(with: b, where: b .> a) }
+                        let m = maximum(maximum(load(top + 16 * j), load(top + 16 * j + 8)),
+                                        maximum(load(bottom + 16 * j), load(bottom + 16 * j + 8)))
+                        UnsafeMutableRawPointer(out + 8 * j).storeBytes(of: m, as: SIMD8<Float>.self)
+                    }
+                }
+            }
+            return result
+        }
+        let pooling = DNNLPoolingPlans.plan(source: md, shape: shape)
+        let result = DNNLActivation(shape: outShape, md: pooling.md(dnnl_query_dst_md))
+        DNNL.Arena.with { pooling.execute([(DNNL_ARG_SRC, memory), (DNNL_ARG_DST, result.memory)], arena: $0) }
+        return result
+    }
+}
+
+/// 2x2/2 max-pooling primitives (inference), made once per input shape and layout.
+enum DNNLPoolingPlans {
+    nonisolated(unsafe) private static var plans: [(shape: [Int], source: dnnl_memory_desc_t, primitive: DNNL.Primitive)] = []
+    private static let lock = PThreadMutex()
+
+    static func plan(source: dnnl_memory_desc_t, shape: [Int]) -> DNNL.Primitive {
+        lock.lock()
+        defer { lock.unlock() }
+        if let hit = plans.first(where: { $0.shape == shape && DNNL.equal($0.source, source) }) { return hit.primitive }
+        var src = source
+        var dst = DNNL.descriptor([shape[0], shape[1], shape[2] / 2, shape[3] / 2], dnnl_format_tag_any)
+        var desc = dnnl_pooling_v2_desc_t()
+        let two: [Int64] = [2, 2], zero: [Int64] = [0, 0]
+        DNNL.check(dnnl_pooling_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_pooling_max, &src, &dst,
+                                                      two, two, zero, zero, zero), "pooling descriptor \(shape)")
+        let attr = DNNL.attributes(accumulate: false)
+        defer { dnnl_primitive_attr_destroy(attr) }
+        var pd: dnnl_primitive_desc_t?
+        DNNL.check(dnnl_primitive_desc_create(&pd, &desc, attr, DNNL.engine, nil), "pooling \(shape)")
+        guard let primitive = DNNL.Primitive(pd) else { preconditionFailure("oneDNN: no pooling primitive for \(shape)") }
+        plans.append((shape, source, primitive))
+        return primitive
+    }
+}
