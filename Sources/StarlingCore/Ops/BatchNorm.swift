@@ -103,13 +103,10 @@ extension Tensor {
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
             let xp = x.data, mu = mean.pointer, inv = invStd.pointer, sc = scale.pointer
             // With the ELU fused in, the gradient reaching the normalisation is dy times ELU's derivative, from y.
-            let activationGradient = eluAlpha.map { alpha in
-                let dz = FloatStorage(uninitializedCount: out.count)
-                BatchNormKernel.eluGradient(out.count, dy: out.grad, y: out.data, alpha: alpha, into: dz.pointer)
-                return dz
-            }
-            defer { withExtendedLifetime(activationGradient) {} }
-            let dy = activationGradient.map { UnsafeMutablePointer($0.pointer) } ?? out.grad
+            // It overwrites dy in place: this closure is dy's last reader (the node and its gradient are released
+            // right after it), and a separate buffer cost as much memory as the activation (295 MB for SSD7's first).
+            let dy = out.grad
+            if let alpha = eluAlpha { BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy) }
             // sums = [sum dy | sum dy x^] per channel, over the local batch.
             var sums = [Double](repeating: 0, count: 2 * c)
             sums.withUnsafeMutableBufferPointer { s in
