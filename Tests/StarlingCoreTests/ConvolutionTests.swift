@@ -144,24 +144,19 @@ let convCases: [ConvCase] = [
         }
     }
 
-    /// oneDNN's convolution with the ELU fused in (inference), called directly and through `conv2dELU`, against the
-    /// direct loops followed by ELU.
-    @Test(arguments: convCases.indices.filter { convCases[$0].groups == 1 })
-    func fusedELUMatchesConvolutionThenELU(_ index: Int) {
+    /// Inference convolutions in oneDNN's layout (`DNNLActivation.conv2d`), plain and with the ELU fused in as a
+    /// post-op, against the direct loops (followed by ELU), back in NCHW.
+    @Test(arguments: convCases.indices.filter { convCases[$0].groups == 1 && convCases[$0].dilation == (1, 1) })
+    func blockedInferenceConvolutionMatchesLoops(_ index: Int) throws {
         let c = convCases[index]
         let (x, w, b) = c.tensors(seed: UInt64(10 * index + 300))
-        let alpha: Float = 0.7
-        let reference = referenceConv2d(x, w, b, stride: c.stride, top: c.top, left: c.left, outH: c.outH, outW: c.outW,
-                                        dilation: c.dilation).map { $0 > 0 ? $0 : alpha * (exp($0) - 1) }
-        let geometry = ConvGeometry(input: x.shape, weight: w.shape, stride: c.stride, padding: c.padding,
-                                    dilation: c.dilation, groups: 1)
-        let y = FloatStorage(count: reference.count)
-        #expect(geometry.dnnlConvolve(input: x.data, weight: w.data, bias: b.data, output: y.pointer, beta: 0, eluAlpha: alpha))
-        expectClose(y.toArray(), reference)
-        let fused = GradMode.disabled {
-            x.conv2dELU(w, bias: b, stride: c.stride, padding: c.padding, dilation: c.dilation, alpha: alpha)
+        let plain = referenceConv2d(x, w, b, stride: c.stride, top: c.top, left: c.left, outH: c.outH, outW: c.outW)
+        for alpha: Float? in [nil, 0.7] {
+            let reference = alpha.map { a in plain.map { $0 > 0 ? $0 : a * (exp($0) - 1) } } ?? plain
+            let y = try #require(DNNLActivation(x).conv2d(w, bias: b, stride: c.stride, padding: c.padding, eluAlpha: alpha))
+            #expect(y.shape == [c.batch, c.cout, c.outH, c.outW])
+            expectClose(y.tensor().toArray(), reference)
         }
-        expectClose(fused.toArray(), reference)
     }
 
     /// 16 input channels at stride 1 take the shifted products through the public op.

@@ -481,25 +481,3 @@ extension Tensor {
         return out
     }
 }
-
-extension Tensor {
-    /// elu(conv2d(x, weight, bias)) for inference, the ELU applied by oneDNN as the convolution stores its output
-    /// (a post-op: no second pass over a large activation); without oneDNN, the convolution then the ELU in place.
-    /// With batch normalisation folded into `weight` and `bias` this is a whole conv + batch norm + ELU block of
-    /// SSD7 at inference. No gradient: gradients must be off (`GradMode.disabled`, as `Detector.detect` runs).
-    public func conv2dELU(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
-                          dilation: (Int, Int) = (1, 1), alpha: Float = 1) -> Tensor {
-        precondition(!GradMode.isEnabled, "conv2dELU is for inference: run it inside GradMode.disabled")
-        let geometry = ConvGeometry(input: shape, weight: weight.shape, stride: stride, padding: padding,
-                                    dilation: dilation, groups: 1)
-        let cout = weight.shape[0]
-        precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels")
-        let outShape = [shape[0], cout, geometry.outHeight, geometry.outWidth]
-        let out = Tensor(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)))
-        if !geometry.dnnlConvolve(input: data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, eluAlpha: alpha) {
-            geometry.convolve(input: data, weight: weight.data, bias: bias.data, output: out.data, beta: 0)
-            BatchNormKernel.elu(out.count, out.data, alpha: alpha)
-        }
-        return out
-    }
-}

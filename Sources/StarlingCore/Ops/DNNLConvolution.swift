@@ -36,6 +36,14 @@ enum DNNL {
         return md
     }
 
+    /// A memory descriptor of a primitive descriptor (its source, weights, scratchpad...).
+    static func query(_ pd: dnnl_primitive_desc_t, _ what: dnnl_query_t) -> dnnl_memory_desc_t {
+        guard let md = dnnl_primitive_desc_query_md(pd, what, 0) else {
+            preconditionFailure("oneDNN: a primitive descriptor without the memory descriptor \(what.rawValue)")
+        }
+        return md.pointee
+    }
+
     static func equal(_ a: dnnl_memory_desc_t, _ b: dnnl_memory_desc_t) -> Bool {
         withUnsafePointer(to: a) { pa in withUnsafePointer(to: b) { pb in dnnl_memory_desc_equal(pa, pb) != 0 } }
     }
@@ -46,7 +54,8 @@ enum DNNL {
         init(_ md: dnnl_memory_desc_t, _ pointer: UnsafeMutableRawPointer) {
             var memory: dnnl_memory_t?
             withUnsafePointer(to: md) { check(dnnl_memory_create(&memory, $0, DNNL.engine, pointer), "memory") }
-            handle = memory!
+            guard let memory else { preconditionFailure("oneDNN: memory creation succeeded without a memory object") }
+            handle = memory
         }
         convenience init(_ md: dnnl_memory_desc_t, arena: Arena) {
             self.init(md, arena.allocate(withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) }))
@@ -130,12 +139,12 @@ enum DNNL {
             }
             self.descriptor = descriptor
             self.primitive = primitive
-            let md = dnnl_primitive_desc_query_md(descriptor, dnnl_query_scratchpad_md, 0)!.pointee
+            let md = DNNL.query(descriptor, dnnl_query_scratchpad_md)
             self.scratchpad = withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) } > 0 ? md : nil
         }
         deinit { dnnl_primitive_destroy(primitive); dnnl_primitive_desc_destroy(descriptor) }
 
-        func md(_ query: dnnl_query_t) -> dnnl_memory_desc_t { dnnl_primitive_desc_query_md(descriptor, query, 0)!.pointee }
+        func md(_ query: dnnl_query_t) -> dnnl_memory_desc_t { DNNL.query(descriptor, query) }
 
         /// Runs the primitive on `arguments` to completion.
         func execute(_ arguments: [(Int32, Memory)], arena: Arena) {
@@ -437,13 +446,11 @@ extension ConvGeometry {
         return true
     }
 
-    /// oneDNN's y = conv(x) (+ bias) + beta * y, or with `eluAlpha` y = elu(conv(x) + bias) (beta 0); false if it
-    /// has no plan for this geometry.
+    /// oneDNN's y = conv(x) (+ bias) + beta * y; false if it has no plan for this geometry.
     func dnnlConvolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                      output y: UnsafeMutablePointer<Float>, beta: Float, eluAlpha: Float? = nil) -> Bool {
+                      output y: UnsafeMutablePointer<Float>, beta: Float) -> Bool {
         precondition(beta == 0 || beta == 1, "beta \(beta): oneDNN's path overwrites or adds")
-        precondition(eluAlpha == nil || beta == 0, "a fused ELU overwrites its output")
-        return withDNNLChunks(.forward(bias: bias != nil, eluAlpha: eluAlpha)) { plan, n in
+        return withDNNLChunks(.forward(bias: bias != nil, eluAlpha: nil)) { plan, n in
             plan.convolve(x + n * inChannels * inPlane, w, bias: bias, y + n * outChannels * outPlane, accumulate: beta == 1)
         }
     }

@@ -53,8 +53,8 @@ public final class DNNLActivation {
         return copy
     }
 
-    /// conv2d(self, weight) + bias, then ELU with `eluAlpha` if given (as `Tensor.conv2dELU`), in oneDNN's layout;
-    /// nil if oneDNN has no plan for this geometry.
+    /// conv2d(self, weight) + bias, then ELU with `eluAlpha` if given (as `Tensor.elu`), in oneDNN's layout; the ELU
+    /// runs as the convolution stores its output (a post-op). Nil if oneDNN has no plan for this geometry.
     public func conv2d(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
                        eluAlpha: Float? = nil) -> DNNLActivation? {
         let g = ConvGeometry(input: shape, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)

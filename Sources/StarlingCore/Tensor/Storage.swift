@@ -17,7 +17,7 @@ public final class FloatStorage: @unchecked Sendable {
     /// A new zero-filled block of `count` floats, 64-byte aligned for vector loads.
     public init(count: Int) {
         precondition(count >= 0, "negative storage size")
-        let raw = BlockCache.shared.take(floats: max(count, 1))
+        let raw = LargeBlocks.shared.take(floats: max(count, 1))
         raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
         pointer = raw.assumingMemoryBound(to: Float.self)
         self.count = count
@@ -28,7 +28,7 @@ public final class FloatStorage: @unchecked Sendable {
     /// overwrites in full before anything reads it: zero-filling a 300x480 activation costs as much as a ReLU on it.
     public init(uninitializedCount count: Int) {
         precondition(count >= 0, "negative storage size")
-        let raw = BlockCache.shared.take(floats: max(count, 1))
+        let raw = LargeBlocks.shared.take(floats: max(count, 1))
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         self.count = count
         parent = nil
@@ -43,7 +43,7 @@ public final class FloatStorage: @unchecked Sendable {
     }
 
     deinit {
-        if parent == nil { BlockCache.shared.give(UnsafeMutableRawPointer(pointer), floats: max(count, 1)) }
+        if parent == nil { LargeBlocks.shared.give(UnsafeMutableRawPointer(pointer), floats: max(count, 1)) }
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
@@ -66,8 +66,8 @@ public final class FloatStorage: @unchecked Sendable {
 /// So blocks of 1 MB or more come from mappings of their own, never returned to the system (as the heap never
 /// trimmed), carved best-fit with neighbours coalesced on free: only large blocks share them, so a freed activation
 /// is whole again for the next layer or step. Blocks are 64-byte aligned, at 4 KB granularity.
-final class BlockCache: @unchecked Sendable {
-    static let shared = BlockCache()
+final class LargeBlocks: @unchecked Sendable {
+    static let shared = LargeBlocks()
     /// Blocks below this go to malloc directly.
     let minimumBytes = 1 << 20
     /// New mappings are at least this large, so that small large blocks do not each take a mapping.

@@ -98,9 +98,7 @@ public final class SSD7: Detector {
         var h = images.affine(scale: 1 / 127.5, shift: -1)
         var features: [Tensor] = []
         for k in 0..<7 {
-            // At inference (gradients off) each block is one convolution with batch norm folded in and ELU fused.
-            h = !training && !GradMode.isEnabled ? norms[k].inferenceConvELU(convs[k], h)
-                : norms[k].withELU(convs[k](h), training: training, crossReplicaSum: sum)
+            h = norms[k].withELU(convs[k](h), training: training, crossReplicaSum: sum)
             if k >= 3 { features.append(h) }
             if k < 6 { h = h.maxPool2d(kernel: (2, 2)) }
         }

@@ -41,13 +41,6 @@ public struct BatchNormalization: Sendable {
         return (Tensor(shape: w.shape, storage: kernel), Tensor(shape: [cout], storage: bias))
     }
 
-    /// elu(self(conv(x))) at inference, as one convolution (`folded(into:)`) whose ELU runs as it stores its output
-    /// (`Tensor.conv2dELU`). Gradients must be off.
-    public func inferenceConvELU(_ conv: Conv2D, _ x: Tensor, alpha: Float = 1) -> Tensor {
-        let (kernel, bias) = folded(into: conv)
-        return x.conv2dELU(kernel, bias: bias, stride: conv.stride, padding: conv.padding, dilation: conv.dilation, alpha: alpha)
-    }
-
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
     public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
         x.batchNormELU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
