@@ -6,6 +6,17 @@ func systemLibrary(_ name: String, _ pkg: String, _ apt: String) -> Target {
     .systemLibrary(name: name, path: "Sources/\(name)", pkgConfig: pkg, providers: [.apt([apt])])
 }
 
+// StarlingKernelsAVX2 holds the element-wise kernels compiled for Haswell's instruction set (AVX2, FMA); everything
+// else is built for baseline x86-64, and StarlingCore calls those kernels only on CPUs that report it (KernelDispatch).
+// -fno-math-errno: Swift's squareRoot() goes through a C shim that otherwise branches to libm's sqrtf for negative
+// inputs (to set errno, which nothing reads), and that branch keeps loops with a square root from vectorising.
+let noMathErrno: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-fno-math-errno"])]
+#if arch(x86_64)
+let haswell: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])] + noMathErrno
+#else
+let haswell: [SwiftSetting] = noMathErrno
+#endif
+
 let package = Package(
     name: "Starling",
     platforms: [.macOS(.v13)],
@@ -29,7 +40,12 @@ let package = Package(
         systemLibrary("CZlib", "zlib", "zlib1g-dev"),
         // oneDNN (Debian: libdnnl-dev) ships no pkg-config file; its module map links libdnnl.
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
-        .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL"]),
+        // cpuid, header-only.
+        .systemLibrary(name: "CCPU", path: "Sources/CCPU"),
+        .target(name: "StarlingKernels"),
+        .target(name: "StarlingKernelsAVX2", dependencies: ["StarlingKernels"], swiftSettings: haswell),
+        .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL", "CCPU", "StarlingKernels", "StarlingKernelsAVX2"],
+                swiftSettings: noMathErrno),
         .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib"]),
         .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
         // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.

@@ -139,7 +139,7 @@ public enum Benchmarks {
             adam.step(model.parameters)
         }
         step()
-        var start = monotonicSeconds()
+        let start = monotonicSeconds()
         for _ in 0..<steps { step() }
         let train = Double(steps * batchSize) / (monotonicSeconds() - start)
         var fps: [Int: Double] = [:], forward: [Int: Double] = [:]

@@ -26,7 +26,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         if distributed { return try runDistributed() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; element-wise kernels \(KernelDispatch.current.rawValue) (STARLING_KERNELS=baseline for the baseline build)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.

@@ -27,11 +27,13 @@ private func store(_ values: [Float], grads: [Float]) -> ParameterStore {
     }
 
     /// Adam against the textbook formula evaluated in Double, three steps with changing gradients.
-    @Test func adamMatchesReferenceFormula() {
+    /// Each build of the update loop this CPU runs (`KernelDispatch`).
+    @Test(arguments: KernelDispatch.supported) func adamMatchesReferenceFormula(_ level: KernelDispatch.Level) {
         let grads: [[Double]] = [[0.3, -1.0, 1e-3], [0.1, -0.5, 2e-3], [-0.2, 0.4, 0]]
         var w: [Double] = [0.5, -0.25, 2], m = [0.0, 0, 0], v = [0.0, 0, 0]
         let s = store(w.map(Float.init), grads: [0, 0, 0])
         let adam = Adam(parameterCount: 3, learningRate: 0.01)
+        adam.kernels = level
         for (t, g) in grads.enumerated() {
             for i in 0..<3 { s.gradients.pointer[i] = Float(g[i]) }
             adam.step(s)

@@ -219,7 +219,7 @@ enum BatchNormKernel {
                 let xr = x + s * c, yr = y + s * c
                 for k in 0..<c { yr[k] = scale[k] * (xr[k] - mean[k]) + beta[k] }
             }
-            if let alpha = eluAlpha { elu(p.samples * c, y, alpha: alpha) }
+            if let alpha = eluAlpha { KernelDispatch.elu(p.samples * c, y, y, alpha: alpha) }
             return
         }
         Parallel.forEachChunk(of: c, work: p.samples * c * p.inner) { channels in
@@ -228,18 +228,14 @@ enum BatchNormKernel {
                     let start = (s * c + k) * p.inner
                     let xs = x + start, ys = y + start
                     let (mu, a, b) = (mean[k], scale[k], beta[k])
-                    for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
-                    // While the plane is still in cache.
-                    if let alpha = eluAlpha { elu(p.inner, ys, alpha: alpha) }
+                    if let alpha = eluAlpha {
+                        KernelDispatch.affineELU(p.inner, xs, ys, mean: mu, scale: a, shift: b, alpha: alpha)
+                    } else {
+                        for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
+                    }
                 }
             }
         }
-    }
-
-    /// ELU in place, as `Tensor.elu` computes it.
-    @inline(__always)
-    static func elu(_ n: Int, _ y: UnsafeMutablePointer<Float>, alpha: Float) {
-        for i in 0..<n { let v = y[i]; y[i] = v > 0 ? v : alpha * (VectorMath.exp(Swift.min(v, 0)) - 1) }
     }
 
     /// dz = dy * ELU'(z) from the output y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).

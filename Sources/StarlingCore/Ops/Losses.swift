@@ -38,16 +38,11 @@ extension Tensor {
 
 /// Sum over i of the stable BCE on logits; writes sigmoid(z) to `p`. Runs on every pixel of every autoencoder
 /// batch: the elementwise loop has no reduction in it so that it vectorises, and the terms are summed after.
-func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>) -> Double {
-    let terms = FloatStorage(count: n)
+func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>,
+                  kernels: KernelDispatch.Level = KernelDispatch.current) -> Double {
+    let terms = FloatStorage(uninitializedCount: n)
     let l = terms.pointer
-    for i in 0..<n {
-        let zi = z[i]
-        let e = VectorMath.exp(-abs(zi))
-        l[i] = (zi > 0 ? zi : 0) - zi * t[i] + VectorMath.log(1 + e)
-        let r = 1 / (1 + e)
-        p[i] = zi < 0 ? e * r : r
-    }
+    KernelDispatch.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l, kernels: kernels)
     var total = 0.0
     var i = 0
     while i < n { let len = min(4096, n - i); total += Double(VectorMath.sum(len, l + i)); i += len }

@@ -3,9 +3,7 @@ extension Tensor {
     /// x for x > 0, alpha (e^x - 1) otherwise (Clevert et al. 2016). The derivative for x <= 0 is
     /// alpha e^x = y + alpha, read from the output.
     public func elu(alpha: Float = 1) -> Tensor {
-        unary({ n, x, y in
-            for i in 0..<n { let v = x[i]; y[i] = v > 0 ? v : alpha * (VectorMath.exp(Swift.min(v, 0)) - 1) }
-        }, backward: { n, x, y, dy, dx in
+        unary({ n, x, y in KernelDispatch.elu(n, x, y, alpha: alpha) }, backward: { n, x, y, dy, dx in
             // Loads before the select so that the loop vectorises: the derivative is 1 for x > 0 and y + alpha otherwise.
             for i in 0..<n {
                 let v = x[i], out = y[i]

@@ -66,6 +66,8 @@ public final class Adam: Optimizer {
     public let weightDecay: Float
     public let decoupled: Bool
     public var stepCount = 0
+    /// Which build of the update loop runs (`KernelDispatch`); tests pin it to compare the two.
+    public var kernels = KernelDispatch.current
     private let m: FloatStorage, v: FloatStorage
 
     /// Keras's defaults: beta1 0.9, beta2 0.999, epsilon 1e-7.
@@ -97,13 +99,7 @@ public final class Adam: Optimizer {
         let (b1, b2, eps, wd, lr) = (beta1, beta2, epsilon, weightDecay, learningRate)
         let coupledDecay: Float = decoupled ? 0 : wd
         let decoupledDecay: Float = decoupled ? lr * wd : 0
-        for i in 0..<store.count {
-            let grad = gradientScale * g[i] + coupledDecay * w[i]
-            let mi = b1 * mp[i] + (1 - b1) * grad
-            let vi = b2 * vp[i] + (1 - b2) * grad * grad
-            mp[i] = mi
-            vp[i] = vi
-            w[i] -= lrT * mi / (vi.squareRoot() + eps) + decoupledDecay * w[i]
-        }
+        KernelDispatch.adam(store.count, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: b1, beta2: b2,
+                            epsilon: eps, correctedRate: lrT, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay, kernels: kernels)
     }
 }

@@ -6,31 +6,40 @@
 /// inside it - auto-vectorises. Rounding and int<->float conversion go through the 1.5 * 2^23 "magic number":
 /// adding it leaves round(t) in the low mantissa bits. Swift's SIMD types were tried first: their generic
 /// lane conversions compiled to scalar code and ran 4x slower.
+///
+/// Each function is generic over how a multiply-add is computed (`MultiplyAdd`): the default, separate rounding,
+/// is what baseline x86-64 has; `StarlingKernelsAVX2` instantiates the same code with fused multiply-adds.
 public enum VectorMath {
-    static let magic: Float = 12_582_912
+    @usableFromInline static let magic: Float = 12_582_912
 
     /// e^x for x <= 88 (inputs below -87.3 give ~1e-38 instead of 0 or a denormal).
-    @inline(__always) public static func exp(_ xIn: Float) -> Float {
+    @inlinable @inline(__always) public static func exp(_ x: Float) -> Float { exp(x, SeparateMultiplyAdd.self) }
+
+    @inlinable @inline(__always)
+    public static func exp<M: MultiplyAdd>(_ xIn: Float, _: M.Type) -> Float {
         var x = xIn < -87.3 ? -87.3 : xIn
         x = x > 88 ? 88 : x
-        let shifted = x * 1.44269504088896341 + magic
+        let shifted = M.multiplyAdd(x, 1.44269504088896341, magic)
         let fx = shifted - magic                                  // round(x / ln 2)
-        x = x - fx * 0.693359375
-        x = x + fx * 2.12194440e-4
+        x = M.multiplyAdd(-fx, 0.693359375, x)
+        x = M.multiplyAdd(fx, 2.12194440e-4, x)
         let z = x * x
         var y: Float = 1.9875691500e-4
-        y = y * x + 1.3981999507e-3
-        y = y * x + 8.3334519073e-3
-        y = y * x + 4.1665795894e-2
-        y = y * x + 1.6666665459e-1
-        y = y * x + 5.0000001201e-1
-        y = y * z + x + 1
+        y = M.multiplyAdd(y, x, 1.3981999507e-3)
+        y = M.multiplyAdd(y, x, 8.3334519073e-3)
+        y = M.multiplyAdd(y, x, 4.1665795894e-2)
+        y = M.multiplyAdd(y, x, 1.6666665459e-1)
+        y = M.multiplyAdd(y, x, 5.0000001201e-1)
+        y = M.multiplyAdd(y, z, x) + 1
         let n = shifted.bitPattern &- magic.bitPattern            // round(x / ln 2) as a two's-complement integer
         return y * Float(bitPattern: (n &+ 127) &<< 23)
     }
 
     /// ln(x) for normal positive x.
-    @inline(__always) public static func log(_ xIn: Float) -> Float {
+    @inlinable @inline(__always) public static func log(_ x: Float) -> Float { log(x, SeparateMultiplyAdd.self) }
+
+    @inlinable @inline(__always)
+    public static func log<M: MultiplyAdd>(_ xIn: Float, _: M.Type) -> Float {
         let raw = xIn.bitPattern
         // The biased exponent as a float, exactly: put it in the mantissa of 2^23 and subtract 2^23.
         var e = Float(bitPattern: (raw &>> 23) | 0x4B00_0000) - (8_388_608 + 127)
@@ -41,28 +50,31 @@ public enum VectorMath {
         let x = m - 1
         let z = x * x
         var y: Float = 7.0376836292e-2
-        y = y * x - 1.1514610310e-1
-        y = y * x + 1.1676998740e-1
-        y = y * x - 1.2420140846e-1
-        y = y * x + 1.4249322787e-1
-        y = y * x - 1.6668057665e-1
-        y = y * x + 2.0000714765e-1
-        y = y * x - 2.4999993993e-1
-        y = y * x + 3.3333331174e-1
+        y = M.multiplyAdd(y, x, -1.1514610310e-1)
+        y = M.multiplyAdd(y, x, 1.1676998740e-1)
+        y = M.multiplyAdd(y, x, -1.2420140846e-1)
+        y = M.multiplyAdd(y, x, 1.4249322787e-1)
+        y = M.multiplyAdd(y, x, -1.6668057665e-1)
+        y = M.multiplyAdd(y, x, 2.0000714765e-1)
+        y = M.multiplyAdd(y, x, -2.4999993993e-1)
+        y = M.multiplyAdd(y, x, 3.3333331174e-1)
         y = y * x * z
-        y = y - 0.5 * z
-        return x + y + e * 0.693147180559945
+        y = M.multiplyAdd(-0.5, z, y)
+        return M.multiplyAdd(e, 0.693147180559945, x + y)
     }
 
     /// 1 / (1 + e^-x) from e^-|x|, so it never overflows.
-    @inline(__always) public static func sigmoid(_ x: Float) -> Float {
-        let e = exp(-abs(x))
+    @inlinable @inline(__always) public static func sigmoid(_ x: Float) -> Float { sigmoid(x, SeparateMultiplyAdd.self) }
+
+    @inlinable @inline(__always)
+    public static func sigmoid<M: MultiplyAdd>(_ x: Float, _ m: M.Type) -> Float {
+        let e = exp(-abs(x), m)
         let r = 1 / (1 + e)
         return x < 0 ? e * r : r
     }
 
     /// Sum of n floats with 8 lanes of partial sums: vectorised, and more accurate than a serial sum.
-    @inline(__always) public static func sum(_ n: Int, _ x: UnsafePointer<Float>) -> Float {
+    @inlinable @inline(__always) public static func sum(_ n: Int, _ x: UnsafePointer<Float>) -> Float {
         var acc = SIMD8<Float>(repeating: 0)
         var i = 0
         while i &+ 8 <= n { acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self); i &+= 8 }

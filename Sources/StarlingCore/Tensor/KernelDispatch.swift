@@ -1,0 +1,73 @@
+import CCPU
+#if canImport(Glibc)
+import Glibc
+#endif
+@_exported import StarlingKernels
+import StarlingKernelsAVX2
+
+/// Which build of the element-wise kernels this process runs. Starling is compiled for baseline x86-64 so that one
+/// binary runs on every node of a cluster; the hot element-wise loops are compiled a second time for
+/// Haswell's instruction set (AVX2, FMA) in `StarlingKernelsAVX2` and chosen here once, from what the CPU reports, the way numpy and
+/// PyTorch dispatch their kernels. `STARLING_KERNELS=baseline` forces the baseline build (benchmarks compare the
+/// two). The two builds round differently (a fused multiply-add rounds once), by a few units in the last place.
+public enum KernelDispatch {
+    public enum Level: String, Sendable, CaseIterable {
+        case baseline
+        case avx2
+    }
+
+    /// What this CPU can run.
+    public static let supported: [Level] = starling_cpu_supports_haswell() != 0 ? [.baseline, .avx2] : [.baseline]
+
+    /// The level in use: the highest the CPU supports, unless STARLING_KERNELS names a lower one.
+    public static let current: Level = {
+        if let raw = getenv("STARLING_KERNELS"), let level = Level(rawValue: String(cString: raw)), supported.contains(level) {
+            return level
+        }
+        return supported.last ?? .baseline
+    }()
+}
+
+/// The dispatched entry points, for kernels called from more than one place.
+extension KernelDispatch {
+    /// y = ELU(x) (`ActivationKernels.elu`); x and y may be the same buffer.
+    static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float, kernels: Level = current) {
+        switch kernels {
+        case .baseline: ActivationKernels.elu(n, x, y, alpha: alpha, SeparateMultiplyAdd.self)
+        case .avx2: AVX2Kernels.elu(n, x, y, alpha: alpha)
+        }
+    }
+
+    /// y = ELU(scale (x - mean) + shift) (`ActivationKernels.affineELU`).
+    static func affineELU(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: Float, scale: Float,
+                          shift: Float, alpha: Float, kernels: Level = current) {
+        switch kernels {
+        case .baseline: ActivationKernels.affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, SeparateMultiplyAdd.self)
+        case .avx2: AVX2Kernels.affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
+        }
+    }
+
+    /// Binary cross-entropy terms and sigmoid on logits (`LossKernels.bceLogitsTerms`).
+    static func bceLogitsTerms(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                               probabilities p: UnsafeMutablePointer<Float>, terms l: UnsafeMutablePointer<Float>, kernels: Level = current) {
+        switch kernels {
+        case .baseline: LossKernels.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l, SeparateMultiplyAdd.self)
+        case .avx2: AVX2Kernels.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l)
+        }
+    }
+
+    /// One Adam update of n parameters (`OptimizerKernels.adam`).
+    static func adam(_ n: Int, weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                     m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>, gradientScale: Float, beta1: Float,
+                     beta2: Float, epsilon: Float, correctedRate: Float, coupledDecay: Float, decoupledDecay: Float, kernels: Level = current) {
+        switch kernels {
+        case .baseline:
+            OptimizerKernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
+                                  epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay,
+                                  decoupledDecay: decoupledDecay, SeparateMultiplyAdd.self)
+        case .avx2:
+            AVX2Kernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
+                             epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+/// The per-element loops of the losses that run on every output of a model.
+public enum LossKernels {
+    /// Binary cross-entropy on logits, one term per element: l = max(z, 0) - z t + log(1 + e^-|z|), the stable
+    /// form, and p = sigmoid(z) for the backward pass. No reduction inside, so that the loop vectorises; the
+    /// caller sums the terms.
+    @inlinable @inline(__always)
+    public static func bceLogitsTerms<M: MultiplyAdd>(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                                                       probabilities p: UnsafeMutablePointer<Float>,
+                                                       terms l: UnsafeMutablePointer<Float>, _ m: M.Type) {
+        for i in 0..<n {
+            let zi = z[i]
+            let e = VectorMath.exp(-abs(zi), m)
+            l[i] = (zi > 0 ? zi : 0) - zi * t[i] + VectorMath.log(1 + e, m)
+            let r = 1 / (1 + e)
+            p[i] = zi < 0 ? e * r : r
+        }
+    }
+}
+
+/// Optimizer updates over the flat parameter buffer.
+public enum OptimizerKernels {
+    /// Adam as Keras writes it (see `Adam`): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    /// w -= lrT m / (sqrt(v) + eps) + decoupledDecay w, with g = scale g + coupledDecay w.
+    @inlinable @inline(__always)
+    public static func adam<M: MultiplyAdd>(_ n: Int, weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                                            m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>,
+                                            gradientScale: Float, beta1 b1: Float, beta2 b2: Float, epsilon eps: Float,
+                                            correctedRate lrT: Float, coupledDecay: Float, decoupledDecay: Float, _: M.Type) {
+        for i in 0..<n {
+            let wi = w[i]
+            let grad = M.multiplyAdd(coupledDecay, wi, gradientScale * g[i])
+            let mi = M.multiplyAdd(b1, mp[i], (1 - b1) * grad)
+            let vi = M.multiplyAdd(b2, vp[i], (1 - b2) * grad * grad)
+            mp[i] = mi
+            vp[i] = vi
+            w[i] = wi - M.multiplyAdd(decoupledDecay, wi, lrT * mi / (vi.squareRoot() + eps))
+        }
+    }
+}
+
+/// Activations whose cost is a transcendental per element.
+public enum ActivationKernels {
+    /// y = x for x > 0, alpha (e^x - 1) otherwise. x and y may be the same buffer.
+    @inlinable @inline(__always)
+    public static func elu<M: MultiplyAdd>(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float, _ m: M.Type) {
+        for i in 0..<n { let v = x[i]; y[i] = v > 0 ? v : alpha * (VectorMath.exp(Swift.min(v, 0), m) - 1) }
+    }
+
+    /// y = ELU(scale (x - mean) + shift): batch norm's output with the ELU applied in the same pass. The affine part
+    /// is written as batch norm writes it without the ELU, so that the fused op matches the pair bit for bit.
+    @inlinable @inline(__always)
+    public static func affineELU<M: MultiplyAdd>(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                                 mean: Float, scale: Float, shift: Float, alpha: Float, _ m: M.Type) {
+        for i in 0..<n {
+            let v = scale * (x[i] - mean) + shift
+            y[i] = v > 0 ? v : alpha * (VectorMath.exp(Swift.min(v, 0), m) - 1)
+        }
+    }
+}

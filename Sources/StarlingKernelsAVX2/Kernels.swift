@@ -1,0 +1,37 @@
+/// The kernels of `StarlingKernels` instantiated with fused multiply-adds, in a module compiled for Haswell's
+/// instruction set (AVX2 and FMA: eight lanes and one rounding per multiply-add, against four lanes and two for baseline
+/// x86-64). Nothing here may run on a CPU without it: StarlingCore's `KernelDispatch` calls these only
+/// after asking the CPU (cpuid). Each entry point is kept out of cross-module inlining, which would compile its
+/// body again in the caller's module, for the caller's (baseline) CPU.
+import StarlingKernels
+
+public enum AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func bceLogitsTerms(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                                      probabilities p: UnsafeMutablePointer<Float>, terms l: UnsafeMutablePointer<Float>) {
+        LossKernels.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l, FusedMultiplyAdd.self)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func adam(_ n: Int, weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                            m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>,
+                            gradientScale: Float, beta1: Float, beta2: Float, epsilon: Float,
+                            correctedRate: Float, coupledDecay: Float, decoupledDecay: Float) {
+        OptimizerKernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
+                              epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay,
+                              decoupledDecay: decoupledDecay, FusedMultiplyAdd.self)
+    }
+}
+
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float) {
+        ActivationKernels.elu(n, x, y, alpha: alpha, FusedMultiplyAdd.self)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func affineELU(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                 mean: Float, scale: Float, shift: Float, alpha: Float) {
+        ActivationKernels.affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+@testable import StarlingCore
+
+extension KernelDispatch.Level: CustomTestStringConvertible {
+    public var testDescription: String { rawValue }
+}
+
+/// Every build of the dispatched kernels this CPU can run, each against values computed in Double with libm.
+@Suite struct KernelDispatchTests {
+    /// cpuid's answer against the kernel's (/proc/cpuinfo), flag by flag.
+    @Test func detectionAgreesWithProcCpuinfo() throws {
+        #if os(Linux) && arch(x86_64)
+        let text = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("flags") })
+        let flags = Set(line.split(separator: ":")[1].split(separator: " ").map(String.init))
+        let needed = ["pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"]
+        #expect(KernelDispatch.supported.contains(.avx2) == needed.allSatisfy(flags.contains))
+        #endif
+        #expect(KernelDispatch.supported.first == .baseline && KernelDispatch.supported.contains(KernelDispatch.current))
+    }
+
+    @Test(arguments: KernelDispatch.supported) func bceOnLogitsTerms(_ level: KernelDispatch.Level) {
+        let n = 4099   // not a multiple of any vector width: the tail runs too
+        var z = randomValues(n, seed: 11, -30, 30), t = randomValues(n, seed: 12, 0, 1)
+        z[0] = 0; z[1] = 88; z[2] = -88; z[3] = 1e-30; t[0] = 1; t[1] = 0; t[2] = 1
+        var p = [Float](repeating: .nan, count: n), l = p
+        z.withUnsafeBufferPointer { zp in t.withUnsafeBufferPointer { tp in
+            p.withUnsafeMutableBufferPointer { pp in l.withUnsafeMutableBufferPointer { lp in
+                KernelDispatch.bceLogitsTerms(n, logits: zp.baseAddress!, targets: tp.baseAddress!, probabilities: pp.baseAddress!,
+                                              terms: lp.baseAddress!, kernels: level)
+            } }
+        } }
+        var worstTerm = 0.0, worstSigmoid = 0.0
+        for i in 0..<n {
+            let zi = Double(z[i]), ti = Double(t[i])
+            let term = max(zi, 0) - zi * ti + log1p(exp(-abs(zi)))
+            let sigmoid = 1 / (1 + exp(-zi))
+            worstTerm = max(worstTerm, abs(Double(l[i]) - term) / max(1, abs(term)))
+            worstSigmoid = max(worstSigmoid, abs(Double(p[i]) - sigmoid) / max(1e-30, sigmoid))
+        }
+        #expect(worstTerm < 2e-6)
+        #expect(worstSigmoid < 1e-6)
+    }
+
+    @Test(arguments: KernelDispatch.supported) func eluAndAffineELU(_ level: KernelDispatch.Level) {
+        let n = 1031
+        let x = randomValues(n, seed: 5, -20, 5)
+        var y = [Float](repeating: .nan, count: n), affine = y
+        let (mean, scale, shift, alpha): (Float, Float, Float, Float) = (0.25, 1.5, -0.5, 0.7)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { KernelDispatch.elu(n, xp.baseAddress!, $0.baseAddress!, alpha: alpha, kernels: level) }
+            affine.withUnsafeMutableBufferPointer {
+                KernelDispatch.affineELU(n, xp.baseAddress!, $0.baseAddress!, mean: mean, scale: scale, shift: shift, alpha: alpha, kernels: level)
+            }
+        }
+        func elu(_ v: Double) -> Double { v > 0 ? v : Double(alpha) * expm1(v) }
+        for i in 0..<n {
+            let v = Double(x[i])
+            #expect(abs(Double(y[i]) - elu(v)) <= 1e-6 * max(1, abs(elu(v))))
+            // The affine part rounds in Float as batch norm does; the reference takes that Float value.
+            let a = Double(scale * (x[i] - mean) + shift)
+            #expect(abs(Double(affine[i]) - elu(a)) <= 1e-6 * max(1, abs(elu(a))))
+        }
+        // In place, as batch norm's 2-D path calls it.
+        var inPlace = x
+        inPlace.withUnsafeMutableBufferPointer { KernelDispatch.elu(n, $0.baseAddress!, $0.baseAddress!, alpha: alpha, kernels: level) }
+        #expect(inPlace == y)
+    }
+
+    /// Adam over 37 parameters (vector loop and tail), with coupled (L2) and decoupled (AdamW) decay, against
+    /// Keras's formula in Double.
+    @Test(arguments: KernelDispatch.supported, [false, true]) func adamOverManyParameters(_ level: KernelDispatch.Level, decoupled: Bool) {
+        let n = 37, steps = 3
+        let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-7, 0.05)
+        let params = ParameterStore()
+        params.declare("w", shape: [n], initializer: .zeros)
+        var rng = RandomGenerator(seed: 1)
+        params.allocate(rng: &rng)
+        let start = randomValues(n, seed: 21, -2, 2)
+        for i in 0..<n { params.values.pointer[i] = start[i] }
+        var w = start.map(Double.init), m = [Double](repeating: 0, count: n), v = m
+        let adam = Adam(parameterCount: n, learningRate: Float(lr), epsilon: Float(eps), weightDecay: Float(wd), decoupled: decoupled)
+        adam.kernels = level
+        for step in 1...steps {
+            let g = randomValues(n, seed: UInt64(30 + step), -1, 1)
+            for i in 0..<n { params.gradients.pointer[i] = g[i] }
+            adam.step(params, gradientScale: 0.5)
+            let lrT = lr * (1 - pow(b2, Double(step))).squareRoot() / (1 - pow(b1, Double(step)))
+            for i in 0..<n {
+                let grad = 0.5 * Double(g[i]) + (decoupled ? 0 : wd * w[i])
+                m[i] = b1 * m[i] + (1 - b1) * grad
+                v[i] = b2 * v[i] + (1 - b2) * grad * grad
+                w[i] -= lrT * m[i] / (v[i].squareRoot() + eps) + (decoupled ? lr * wd * w[i] : 0)
+            }
+        }
+        for i in 0..<n { #expect(abs(Double(params.values.pointer[i]) - w[i]) < 2e-6) }
+    }
+}
