@@ -35,6 +35,29 @@ public enum VectorMath {
         return y * Float(bitPattern: (n &+ 127) &<< 23)
     }
 
+    /// e^x on eight lanes, for kernels that hold one vector per pixel (the blocked layout): the same operations as
+    /// the scalar `exp`, so each lane gives the scalar result bit for bit.
+    @inlinable @inline(__always)
+    public static func exp<M: MultiplyAdd>(_ xIn: SIMD8<Float>, _: M.Type) -> SIMD8<Float> {
+        typealias V = SIMD8<Float>
+        var x = xIn.replacing(with: -87.3, where: xIn .< -87.3)
+        x = x.replacing(with: 88, where: x .> 88)
+        let shifted = M.multiplyAdd(x, V(repeating: 1.44269504088896341), V(repeating: magic))
+        let fx = shifted - magic
+        x = M.multiplyAdd(-fx, V(repeating: 0.693359375), x)
+        x = M.multiplyAdd(fx, V(repeating: 2.12194440e-4), x)
+        let z = x * x
+        var y = V(repeating: 1.9875691500e-4)
+        y = M.multiplyAdd(y, x, V(repeating: 1.3981999507e-3))
+        y = M.multiplyAdd(y, x, V(repeating: 8.3334519073e-3))
+        y = M.multiplyAdd(y, x, V(repeating: 4.1665795894e-2))
+        y = M.multiplyAdd(y, x, V(repeating: 1.6666665459e-1))
+        y = M.multiplyAdd(y, x, V(repeating: 5.0000001201e-1))
+        y = M.multiplyAdd(y, z, x) + 1
+        let n = unsafeBitCast(shifted, to: SIMD8<UInt32>.self) &- magic.bitPattern
+        return y * unsafeBitCast((n &+ 127) &<< 23, to: V.self)
+    }
+
     /// ln(x) for normal positive x.
     @inlinable @inline(__always) public static func log(_ x: Float) -> Float { log(x, SeparateMultiplyAdd.self) }
 

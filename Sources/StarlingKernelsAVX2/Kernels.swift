@@ -35,3 +35,11 @@ extension AVX2Kernels {
         ActivationKernels.affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
     }
 }
+
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                        mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float) {
+        BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
+    }
+}

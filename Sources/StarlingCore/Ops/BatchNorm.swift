@@ -32,9 +32,10 @@ extension Tensor {
     public func batchNorm(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                           momentum: Float = 0.99, epsilon: Float = 1e-3,
                           runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
-                          crossReplicaSum: CrossReplicaSum? = nil) -> Tensor {
+                          crossReplicaSum: CrossReplicaSum? = nil, layout: ChannelLayout = .planar) -> Tensor {
         normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
-                   epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: nil)
+                   epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: nil,
+                   layout: layout)
     }
 
     /// `batchNorm(...).elu(alpha:)` as one op, bit for bit the same values and gradients: in-place activated batch
@@ -45,23 +46,29 @@ extension Tensor {
     public func batchNormELU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                              momentum: Float = 0.99, epsilon: Float = 1e-3,
                              runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
-                             crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
+                             crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1, layout: ChannelLayout = .planar) -> Tensor {
         precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
         return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
-                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: alpha)
+                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: alpha,
+                          layout: layout)
     }
 
     private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
-                            crossReplicaSum: CrossReplicaSum?, eluAlpha: Float?) -> Tensor {
-        precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
-        let (n, c) = (shape[0], shape[1])
-        let inner = n * c == 0 ? 0 : count / (n * c)
+                            crossReplicaSum: CrossReplicaSum?, eluAlpha: Float?, layout: ChannelLayout) -> Tensor {
+        let blocked = layout == .blocked8
+        if blocked {
+            precondition(rank == 5 && shape[4] == 8, "batch norm in the blocked layout needs [N, C/8, H, W, 8], got \(shape)")
+        } else {
+            precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
+        }
+        let (n, c) = (shape[0], blocked ? shape[1] * 8 : shape[1])
+        let inner = blocked ? shape[2] * shape[3] : (n * c == 0 ? 0 : count / (n * c))
         for (t, what) in [(gamma, "gamma"), (beta, "beta"), (runningMean, "running mean"), (runningVar, "running variance")] {
             precondition(t.shape == [c], "batch norm \(what) \(t.shape) for \(c) channels")
         }
         precondition(!runningMean.requiresGrad && !runningVar.requiresGrad, "running statistics must be constants")
-        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: inner)
+        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: inner, blocked: blocked)
         let x = self
 
         // Per-channel values, as raw buffers so that the loops below index them without bounds checks.
@@ -129,8 +136,9 @@ extension Tensor {
                     of[k] = -sc[k] * Float(meanDy)
                 }
             }
-            BatchNormKernel.accumulateInputGradient(planes, dy: dy, x: xp, mean: mu, scale: sc,
-                                                    slope: slope.pointer, offset: offset.pointer, into: x.grad)
+            let (dx, overwrite) = x.gradientForWriting()
+            BatchNormKernel.inputGradient(planes, dy: dy, x: xp, mean: mu, scale: sc, slope: slope.pointer, offset: offset.pointer,
+                                          into: dx, overwrite: overwrite)
         }
         BatchNormKernel.normalize(planes, x: x.data, mean: mu, scale: sc, beta: beta.data, into: out.data, eluAlpha: eluAlpha)
         return out
@@ -157,12 +165,32 @@ enum BatchNormKernel {
         let samples: Int
         let channels: Int
         let inner: Int
+        /// The 8-channel blocked layout: channel k of sample s is lane k % 8 of the plane (s, k / 8), whose `inner`
+        /// pixels are vectors of 8 floats at (s C / 8 + k / 8) 8 inner.
+        var blocked = false
     }
 
     /// For every channel k: sums[k] += sum a, sums[C + k] += sum a (b - shift[k]) (shift 0 when nil).
     static func channelSums(_ p: Planes, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                             shift: UnsafePointer<Float>?, into sums: UnsafeMutablePointer<Double>) {
         let c = p.channels
+        if p.blocked {
+            let blocks = c / 8
+            Parallel.forEachChunk(of: blocks, work: p.samples * c * p.inner) { range in
+                for block in range {
+                    let shift8 = shift.map { BlockedKernels.load($0 + 8 * block) } ?? BlockedKernels.Vector(repeating: 0)
+                    var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
+                    for s in 0..<p.samples {
+                        let start = (s * blocks + block) * p.inner * 8
+                        let (sp, dp) = BlockedKernels.sumAndDot(p.inner, a + start, b + start, shift: shift8)
+                        plain += sp
+                        product += dp
+                    }
+                    for l in 0..<8 { sums[8 * block + l] += plain[l]; sums[c + 8 * block + l] += product[l] }
+                }
+            }
+            return
+        }
         if p.inner == 1 {
             let zeros = FloatStorage(count: c)
             defer { withExtendedLifetime(zeros) {} }
@@ -214,6 +242,21 @@ enum BatchNormKernel {
     static func normalize(_ p: Planes, x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
                           beta: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, eluAlpha: Float? = nil) {
         let c = p.channels
+        if p.blocked {
+            let blocks = c / 8
+            Parallel.forEachChunk(of: p.samples * blocks, work: p.samples * c * p.inner) { planes in
+                for plane in planes {
+                    let k = 8 * (plane % blocks), start = plane * p.inner * 8
+                    let (mu, a, b) = (BlockedKernels.load(mean + k), BlockedKernels.load(scale + k), BlockedKernels.load(beta + k))
+                    if let alpha = eluAlpha {
+                        KernelDispatch.affineELUBlocked(p.inner, x + start, y + start, mean: mu, scale: a, shift: b, alpha: alpha)
+                    } else {
+                        for i in 0..<p.inner { BlockedKernels.store(a * (BlockedKernels.load(x + start + 8 * i) - mu) + b, y + start + 8 * i) }
+                    }
+                }
+            }
+            return
+        }
         if p.inner == 1 {
             for s in 0..<p.samples {
                 let xr = x + s * c, yr = y + s * c
@@ -249,16 +292,32 @@ enum BatchNormKernel {
         }
     }
 
-    /// dx += scale[k] dy + slope[k] (x - mean[k]) + offset[k].
-    static func accumulateInputGradient(_ p: Planes, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
-                                        slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
-                                        into dx: UnsafeMutablePointer<Float>) {
+    /// dx = scale[k] dy + slope[k] (x - mean[k]) + offset[k], added to dx unless `overwrite` (dx fresh).
+    static func inputGradient(_ p: Planes, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                              mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                              slope: UnsafePointer<Float>, offset: UnsafePointer<Float>,
+                              into dx: UnsafeMutablePointer<Float>, overwrite: Bool) {
         let c = p.channels
+        if p.blocked {
+            let blocks = c / 8
+            Parallel.forEachChunk(of: p.samples * blocks, work: p.samples * c * p.inner) { planes in
+                for plane in planes {
+                    let k = 8 * (plane % blocks), start = plane * p.inner * 8
+                    BlockedKernels.inputGradient(p.inner, dy: dy + start, x: x + start, into: dx + start,
+                                                 mean: BlockedKernels.load(mean + k), scale: BlockedKernels.load(scale + k),
+                                                 slope: BlockedKernels.load(slope + k), offset: BlockedKernels.load(offset + k),
+                                                 overwrite: overwrite)
+                }
+            }
+            return
+        }
         if p.inner == 1 {
             for s in 0..<p.samples {
                 let gr = dy + s * c, xr = x + s * c, dr = dx + s * c
-                for k in 0..<c { dr[k] += scale[k] * gr[k] + slope[k] * (xr[k] - mean[k]) + offset[k] }
+                for k in 0..<c {
+                    let g = scale[k] * gr[k] + slope[k] * (xr[k] - mean[k]) + offset[k]
+                    dr[k] = overwrite ? g : dr[k] + g
+                }
             }
             return
         }
@@ -268,7 +327,11 @@ enum BatchNormKernel {
                     let start = (s * c + k) * p.inner
                     let gs = dy + start, xs = x + start, ds = dx + start
                     let (mu, a, b, o) = (mean[k], scale[k], slope[k], offset[k])
-                    for i in 0..<p.inner { ds[i] += a * gs[i] + b * (xs[i] - mu) + o }
+                    if overwrite {
+                        for i in 0..<p.inner { ds[i] = a * gs[i] + b * (xs[i] - mu) + o }
+                    } else {
+                        for i in 0..<p.inner { ds[i] += a * gs[i] + b * (xs[i] - mu) + o }
+                    }
                 }
             }
         }

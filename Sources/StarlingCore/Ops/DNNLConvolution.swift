@@ -197,6 +197,15 @@ final class DNNLConvPlan: @unchecked Sendable {
         case backward
     }
 
+    /// The layouts of the caller's source and destination (and of their gradients): NCHW, or the 8-channel blocked
+    /// layout of `Tensor.blocked8()` ([N, C/8, H, W, 8], oneDNN's nChw8c), in which AVX2's kernels compute, so that
+    /// a blocked caller needs no reorder at all.
+    struct Layouts: Hashable {
+        var sourceBlocked = false
+        var destinationBlocked = false
+        static let planar = Layouts()
+    }
+
     let images: Int
     let sourceUser: dnnl_memory_desc_t, weightsUser: dnnl_memory_desc_t, destinationUser: dnnl_memory_desc_t
     let biasUser: dnnl_memory_desc_t
@@ -210,7 +219,7 @@ final class DNNLConvPlan: @unchecked Sendable {
 
     private struct ReorderKey: Hashable { let role: Int; let accumulate: Bool }
 
-    init?(_ g: ConvGeometry, images: Int, variant: Variant) {
+    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar) {
         guard DNNL.engine != nil else { return nil }
         self.images = images
         let (kh, kw) = (g.kernelH, g.kernelW)
@@ -225,8 +234,11 @@ final class DNNLConvPlan: @unchecked Sendable {
         guard let padBottom = rightPad(g.height, g.outHeight, g.padTop, effH, g.strideH),
               let padRight = rightPad(g.width, g.outWidth, g.padLeft, effW, g.strideW) else { return nil }
 
-        sourceUser = DNNL.descriptor([images, g.inChannels, g.height, g.width], dnnl_nchw)
-        destinationUser = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], dnnl_nchw)
+        precondition(!layouts.sourceBlocked || g.inChannels % 8 == 0, "a blocked source needs a multiple of 8 channels")
+        precondition(!layouts.destinationBlocked || g.outChannels % 8 == 0, "a blocked destination needs a multiple of 8 channels")
+        sourceUser = DNNL.descriptor([images, g.inChannels, g.height, g.width], layouts.sourceBlocked ? dnnl_aBcd8b : dnnl_nchw)
+        destinationUser = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth],
+                                          layouts.destinationBlocked ? dnnl_aBcd8b : dnnl_nchw)
         weightsUser = g.groups == 1
             ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_oihw)
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
@@ -286,6 +298,7 @@ final class DNNLConvPlan: @unchecked Sendable {
             make(.dataDiffDestination, destinationUser, backwardData.md(dnnl_query_diff_dst_md), accumulate: false)
             make(.dataWeights, weightsUser, backwardData.md(dnnl_query_weights_md), accumulate: false)
             make(.dataDiffSource, backwardData.md(dnnl_query_diff_src_md), sourceUser, accumulate: true)
+            make(.dataDiffSource, backwardData.md(dnnl_query_diff_src_md), sourceUser, accumulate: false)
             make(.weightsSource, sourceUser, backwardWeights.md(dnnl_query_src_md), accumulate: false)
             make(.weightsDiffDestination, destinationUser, backwardWeights.md(dnnl_query_diff_dst_md), accumulate: false)
             make(.weightsDiffWeights, backwardWeights.md(dnnl_query_diff_weights_md), weightsUser, accumulate: true)
@@ -352,15 +365,16 @@ final class DNNLConvPlan: @unchecked Sendable {
         }
     }
 
-    /// dx += conv^T(dy, w).
-    func accumulateInputGradient(_ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>) {
+    /// dx += conv^T(dy, w), or dx = conv^T(dy, w) without `accumulate`.
+    func accumulateInputGradient(_ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+                                 accumulate: Bool = true) {
         guard let backwardData else { preconditionFailure("a forward plan has no backward primitives") }
         DNNL.Arena.with { arena in
             let diffDst = input(dy, userMD: destinationUser, md: backwardData.md(dnnl_query_diff_dst_md),
                                 role: .dataDiffDestination, arena: arena)
             let wei = input(w, userMD: weightsUser, md: backwardData.md(dnnl_query_weights_md), role: .dataWeights, arena: arena)
             output(dx, userMD: sourceUser, md: backwardData.md(dnnl_query_diff_src_md), role: .dataDiffSource,
-                   accumulate: true, arena: arena) { diffSrc in
+                   accumulate: accumulate, arena: arena) { diffSrc in
                 backwardData.execute([(DNNL_ARG_DIFF_DST, diffDst), (DNNL_ARG_WEIGHTS, wei), (DNNL_ARG_DIFF_SRC, diffSrc)], arena: arena)
             }
         }
@@ -387,6 +401,7 @@ enum DNNLConvPlans {
     struct Key: Hashable {
         let dims: [Int]
         let variant: DNNLConvPlan.Variant
+        let layouts: DNNLConvPlan.Layouts
     }
     nonisolated(unsafe) private static var plans: [Key: DNNLConvPlan?] = [:]
     private static let lock = PThreadMutex()
@@ -397,14 +412,15 @@ enum DNNLConvPlans {
         return DNNL.engine != nil
     }()
 
-    static func plan(_ g: ConvGeometry, images: Int, variant: DNNLConvPlan.Variant) -> DNNLConvPlan? {
+    static func plan(_ g: ConvGeometry, images: Int, variant: DNNLConvPlan.Variant,
+                     layouts: DNNLConvPlan.Layouts = .planar) -> DNNLConvPlan? {
         let key = Key(dims: [images, g.inChannels, g.outChannels, g.groups, g.height, g.width, g.kernelH, g.kernelW,
                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth],
-                      variant: variant)
+                      variant: variant, layouts: layouts)
         lock.lock()
         defer { lock.unlock() }
         if let plan = plans[key] { return plan }
-        let plan = DNNLConvPlan(g, images: images, variant: variant)
+        let plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts)
         plan?.prepareReorders()
         plans[key] = plan
         return plan
@@ -421,22 +437,33 @@ extension ConvGeometry {
     /// are small blocks that live as long as the process: made during a first backward pass, they land inside the
     /// large freed activations and split them, so the heap grows instead of reusing them (SSD7: 3.5 GB peak instead
     /// of 2.1). Made during the forward pass, they sit at the top of the heap like the activations being allocated.
-    func prepareDNNLBackward() {
+    func prepareDNNLBackward(_ layouts: DNNLConvPlan.Layouts = .planar) {
         guard useDNNL, DNNLConvPlans.enabled else { return }
         let chunk = dnnlChunk
-        _ = DNNLConvPlans.plan(self, images: chunk, variant: .backward)
-        if batch % chunk > 0 { _ = DNNLConvPlans.plan(self, images: batch % chunk, variant: .backward) }
+        _ = DNNLConvPlans.plan(self, images: chunk, variant: .backward, layouts: layouts)
+        if batch % chunk > 0 { _ = DNNLConvPlans.plan(self, images: batch % chunk, variant: .backward, layouts: layouts) }
+    }
+
+    /// Whether oneDNN has every plan a training step of this geometry needs in `layouts` (making them).
+    func dnnlCanTrain(_ layouts: DNNLConvPlan.Layouts, bias: Bool) -> Bool {
+        guard useDNNL, DNNLConvPlans.enabled else { return false }
+        let chunk = dnnlChunk
+        return [chunk, batch % chunk].filter { $0 > 0 }.allSatisfy { images in
+            DNNLConvPlans.plan(self, images: images, variant: .forward(bias: bias, eluAlpha: nil), layouts: layouts) != nil
+                && DNNLConvPlans.plan(self, images: images, variant: .backward, layouts: layouts) != nil
+        }
     }
 
     /// Calls `body(plan, firstImage)` for each chunk of images, or returns false (doing nothing) when oneDNN has
     /// no plan for this geometry.
-    func withDNNLChunks(_ variant: DNNLConvPlan.Variant, _ body: (DNNLConvPlan, Int) -> Void) -> Bool {
+    func withDNNLChunks(_ variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts = .planar,
+                        _ body: (DNNLConvPlan, Int) -> Void) -> Bool {
         guard useDNNL, DNNLConvPlans.enabled else { return false }
         let chunk = dnnlChunk
-        guard let full = DNNLConvPlans.plan(self, images: chunk, variant: variant) else { return false }
+        guard let full = DNNLConvPlans.plan(self, images: chunk, variant: variant, layouts: layouts) else { return false }
         let tail = batch % chunk
         var last: DNNLConvPlan? = full
-        if tail > 0 { last = DNNLConvPlans.plan(self, images: tail, variant: variant) }
+        if tail > 0 { last = DNNLConvPlans.plan(self, images: tail, variant: variant, layouts: layouts) }
         guard let last else { return false }
         var n = 0
         while n < batch {
@@ -447,25 +474,28 @@ extension ConvGeometry {
     }
 
     /// oneDNN's y = conv(x) (+ bias) + beta * y; false if it has no plan for this geometry.
+    /// With blocked layouts the channel counts are multiples of 8, so an image takes the same number of floats in
+    /// either layout and the chunk offsets below hold for both.
     func dnnlConvolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                      output y: UnsafeMutablePointer<Float>, beta: Float) -> Bool {
+                      output y: UnsafeMutablePointer<Float>, beta: Float, layouts: DNNLConvPlan.Layouts = .planar) -> Bool {
         precondition(beta == 0 || beta == 1, "beta \(beta): oneDNN's path overwrites or adds")
-        return withDNNLChunks(.forward(bias: bias != nil, eluAlpha: nil)) { plan, n in
+        return withDNNLChunks(.forward(bias: bias != nil, eluAlpha: nil), layouts: layouts) { plan, n in
             plan.convolve(x + n * inChannels * inPlane, w, bias: bias, y + n * outChannels * outPlane, accumulate: beta == 1)
         }
     }
 
     func dnnlAccumulateWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
-                                      into dw: UnsafeMutablePointer<Float>) -> Bool {
-        withDNNLChunks(.backward) { plan, n in
+                                      into dw: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts = .planar) -> Bool {
+        withDNNLChunks(.backward, layouts: layouts) { plan, n in
             plan.accumulateWeightGradient(x + n * inChannels * inPlane, dy + n * outChannels * outPlane, dw)
         }
     }
 
     func dnnlAccumulateInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
-                                     into dx: UnsafeMutablePointer<Float>) -> Bool {
-        withDNNLChunks(.backward) { plan, n in
-            plan.accumulateInputGradient(dy + n * outChannels * outPlane, w, dx + n * inChannels * inPlane)
+                                     into dx: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts = .planar,
+                                     accumulate: Bool = true) -> Bool {
+        withDNNLChunks(.backward, layouts: layouts) { plan, n in
+            plan.accumulateInputGradient(dy + n * outChannels * outPlane, w, dx + n * inChannels * inPlane, accumulate: accumulate)
         }
     }
 }

@@ -70,4 +70,13 @@ extension KernelDispatch {
                              epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay)
         }
     }
+
+    /// y = ELU(scale (x - mean) + shift) over a plane of the 8-channel blocked layout (`BlockedKernels.affineELU`).
+    static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
+                                 scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, kernels: Level = current) {
+        switch kernels {
+        case .baseline: BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, SeparateMultiplyAdd.self)
+        case .avx2: AVX2Kernels.affineELUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
+        }
+    }
 }

@@ -100,6 +100,16 @@ public final class Tensor: @unchecked Sendable {
     }
     public var gradArray: [Float]? { gradStorage?.toArray() }
 
+    /// The gradient buffer for a backward closure about to produce a value for every element. `overwrite` is true
+    /// when no gradient exists yet: the buffer is then fresh and uninitialised, and the closure must write, not add,
+    /// every element (which saves zeroing it and reading it back). Otherwise the closure adds, as into `grad`.
+    public func gradientForWriting() -> (pointer: UnsafeMutablePointer<Float>, overwrite: Bool) {
+        if let g = gradStorage { return (g.pointer, false) }
+        let g = FloatStorage(uninitializedCount: count)
+        gradStorage = g
+        return (g.pointer, true)
+    }
+
     /// Drops the gradient of a non-parameter tensor (parameters keep their view into the flat buffer).
     public func clearGrad() { if !isLeaf || gradStorage == nil { gradStorage = nil } else { gradStorage?.zero() } }
 

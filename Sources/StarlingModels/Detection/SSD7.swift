@@ -31,6 +31,7 @@ public final class SSD7: Detector {
     let classHeads: [Conv2D]
     let boxHeads: [Conv2D]
     let l2: Float
+    private var blockedLayoutShapes: [[Int]: Bool] = [:]
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
         guard config.inputShape.count == 3, config.inputShape[0] == 3, let anchors = config.anchors, let names = config.classNames else {
@@ -95,6 +96,13 @@ public final class SSD7: Detector {
             return result
         }
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
+        return predictInBlockedLayout(images, training: training, crossReplicaSum: sum)
+            ?? predictInPlanarLayout(images, training: training, crossReplicaSum: sum)
+    }
+
+    /// The pass in NCHW, every op Starling's general one.
+    func predictInPlanarLayout(_ images: Tensor, training: Bool, crossReplicaSum sum: CrossReplicaSum?)
+        -> (classLogits: Tensor, boxOffsets: Tensor) {
         var h = images.affine(scale: 1 / 127.5, shift: -1)
         var features: [Tensor] = []
         for k in 0..<7 {
@@ -137,6 +145,54 @@ public final class SSD7: Detector {
             boxes.append(b)
         }
         return (Tensor.concat(classes, axis: 1).reshaped([-1, classCount]), Tensor.concat(boxes, axis: 1).reshaped([-1, 4]))
+    }
+
+    /// The pass with gradients (training, or evaluation with gradients recorded) in the 8-channel blocked layout
+    /// (BlockedLayout.swift): each block's convolution, batch norm + ELU and pooling, forward and backward, read and
+    /// write that layout, and only the heads write NCHW. The same values and gradients as the NCHW pass (tested);
+    /// no reorders around the convolutions. Nil (the NCHW pass runs) when oneDNN cannot run a layer at this input
+    /// size, or with `STARLING_LAYOUT=nchw`.
+    func predictInBlockedLayout(_ images: Tensor, training: Bool, crossReplicaSum sum: CrossReplicaSum?)
+        -> (classLogits: Tensor, boxOffsets: Tensor)? {
+        guard ChannelLayout.blockedTrainingEnabled, blockedLayoutFits(images.shape) else { return nil }
+        var h = images.affine(scale: 1 / 127.5, shift: -1)
+        var features: [Tensor] = []
+        for k in 0..<7 {
+            h = h.conv2dBlocked(convs[k].kernel.value, bias: convs[k].bias.value, stride: convs[k].stride, padding: convs[k].padding)
+            h = norms[k].withELU(h, training: training, crossReplicaSum: sum, layout: .blocked8)
+            if k >= 3 { features.append(h) }
+            if k < 6 { h = h.maxPool2x2Blocked() }
+        }
+        let n = images.shape[0]
+        func rows(_ head: Conv2D, _ feature: Tensor, depth: Int) -> Tensor {
+            feature.conv2dBlocked(head.kernel.value, bias: head.bias.value, stride: head.stride, padding: head.padding, blockedOutput: false)
+                .transposed([0, 2, 3, 1]).reshaped([n, -1, depth])
+        }
+        let classes = Tensor.concat(zip(classHeads, features).map { rows($0, $1, depth: classCount) }, axis: 1)
+        let boxes = Tensor.concat(zip(boxHeads, features).map { rows($0, $1, depth: 4) }, axis: 1)
+        return (classes.reshaped([-1, classCount]), boxes.reshaped([-1, 4]))
+    }
+
+    /// Whether every convolution of the blocked pass has oneDNN plans for images of `shape` (remembered per shape).
+    private func blockedLayoutFits(_ shape: [Int]) -> Bool {
+        if let known = blockedLayoutShapes[shape] { return known }
+        let layers = convs + classHeads + boxHeads
+        var fits = shape.count == 4 && layers.allSatisfy { $0.stride == (1, 1) && $0.padding == .same && $0.dilation == (1, 1) }
+        var (c, h, w) = (shape.count == 4 ? shape[1] : 0, shape.count == 4 ? shape[2] : 0, shape.count == 4 ? shape[3] : 0)
+        for k in 0..<7 where fits {
+            fits = Tensor.canConvolveBlocked(input: [shape[0], c, h, w], weight: convs[k].kernel.value.shape, padding: .same,
+                                             blockedInput: k > 0, blockedOutput: true)
+            c = convs[k].kernel.value.shape[0]
+            if k >= 3, fits {
+                fits = [classHeads[k - 3], boxHeads[k - 3]].allSatisfy {
+                    Tensor.canConvolveBlocked(input: [shape[0], c, h, w], weight: $0.kernel.value.shape, padding: .same,
+                                              blockedInput: true, blockedOutput: false)
+                }
+            }
+            if k < 6 { (h, w) = (h / 2, w / 2) }
+        }
+        blockedLayoutShapes[shape] = fits
+        return fits
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {

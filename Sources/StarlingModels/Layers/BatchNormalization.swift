@@ -42,8 +42,10 @@ public struct BatchNormalization: Sendable {
     }
 
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
-    public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
+    public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
+                        layout: ChannelLayout = .planar) -> Tensor {
         x.batchNormELU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
-                       training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, alpha: alpha)
+                       training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, alpha: alpha,
+                       layout: layout)
     }
 }

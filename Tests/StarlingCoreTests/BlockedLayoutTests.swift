@@ -1,0 +1,131 @@
+import Testing
+@testable import StarlingCore
+
+/// The blocked-layout ops against their NCHW counterparts (values and every gradient) and against finite differences.
+@Suite struct BlockedLayoutTests {
+    /// Runs `f` on fresh copies of `inputs`, back-propagates fixed random weights, and returns the output (as NCHW
+    /// values) and each input's gradient.
+    private func run(_ inputs: [Tensor], _ f: ([Tensor]) -> Tensor) -> (output: [Float], gradients: [[Float]]) {
+        let copies = inputs.map { Tensor.variable(shape: $0.shape, values: $0.toArray()) }
+        let out = f(copies)
+        out.backward(seed: randomValues(out.count, seed: 77, 0.5, 1.5))
+        return (out.toArray(), copies.map { $0.gradArray ?? [] })
+    }
+
+    @Test func reblockingRoundTripsAndItsGradient() {
+        let x = randomVariable([2, 16, 3, 5], seed: 1)
+        let blocked = x.blocked8()
+        #expect(blocked.shape == [2, 2, 3, 5, 8])
+        // Element (n, c, h, w) lands at (n, c / 8, h, w, c % 8).
+        #expect(blocked.data[(((1 * 2 + 1) * 3 + 2) * 5 + 4) * 8 + 3] == x.data[((1 * 16 + 11) * 3 + 2) * 5 + 4])
+        #expect(blocked.unblocked8().toArray() == x.toArray())
+        checkGradients([randomVariable([1, 8, 2, 3], seed: 2)]) { $0[0].blocked8() }
+        checkGradients([randomVariable([1, 1, 2, 3, 8], seed: 3)]) { $0[0].unblocked8() }
+    }
+
+    /// Every layout pair against conv2d in NCHW: odd sizes, strides 1 and 2, same and valid padding, 3 or 16 input channels.
+    @Test(arguments: [(false, true), (true, true), (true, false)]) func convolutionMatchesNCHW(blockedInput: Bool, blockedOutput: Bool) throws {
+        for (stride, padding, kernel) in [((1, 1), Padding.same, 3), ((2, 2), Padding.valid, 3), ((1, 1), Padding.same, 5)] {
+            let cin = blockedInput ? 16 : 3
+            let x = randomVariable([3, cin, 9, 11], seed: 4), w = randomVariable([8, cin, kernel, kernel], seed: 5)
+            let b = randomVariable([8], seed: 6)
+            try #require(Tensor.canConvolveBlocked(input: x.shape, weight: w.shape, stride: stride, padding: padding,
+                                                   blockedInput: blockedInput, blockedOutput: blockedOutput))
+            let reference = run([x, w, b]) { $0[0].conv2d($0[1], bias: $0[2], stride: stride, padding: padding) }
+            let blocked = run([x, w, b]) { t in
+                let input = blockedInput ? t[0].blocked8() : t[0]
+                let y = input.conv2dBlocked(t[1], bias: t[2], stride: stride, padding: padding, blockedOutput: blockedOutput)
+                return blockedOutput ? y.unblocked8() : y
+            }
+            expectClose(blocked.output, reference.output, tolerance: 1e-4)
+            for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+        }
+    }
+
+    @Test func convolutionFiniteDifferences() {
+        let w = randomVariable([8, 8, 3, 3], seed: 7), b = randomVariable([8], seed: 8)
+        checkGradients([randomVariable([2, 1, 5, 4, 8], seed: 9), w, b]) {
+            $0[0].conv2dBlocked($0[1], bias: $0[2], stride: (1, 1), padding: .same)
+        }
+    }
+
+    /// Batch norm + ELU (and plain batch norm) in training mode: outputs, running statistics and the gradients of x,
+    /// gamma and beta against the NCHW op.
+    @Test(arguments: [true, false]) func batchNormMatchesNCHW(withELU: Bool) {
+        let x = randomVariable([3, 16, 5, 7], seed: 10, -2, 3)
+        let gamma = randomVariable([16], seed: 11, 0.5, 1.5), beta = randomVariable([16], seed: 12)
+        func stats() -> (Tensor, Tensor) { (Tensor(shape: [16], values: randomValues(16, seed: 13)), Tensor(shape: [16], values: randomValues(16, seed: 14, 0.5, 2))) }
+        let (meanA, varA) = stats(), (meanB, varB) = stats()
+        func op(_ t: [Tensor], _ layout: ChannelLayout, _ mean: Tensor, _ variance: Tensor) -> Tensor {
+            let input = layout == .blocked8 ? t[0].blocked8() : t[0]
+            let y = withELU
+                ? input.batchNormELU(gamma: t[1], beta: t[2], runningMean: mean, runningVar: variance, training: true, layout: layout)
+                : input.batchNorm(gamma: t[1], beta: t[2], runningMean: mean, runningVar: variance, training: true, layout: layout)
+            return layout == .blocked8 ? y.unblocked8() : y
+        }
+        let reference = run([x, gamma, beta]) { op($0, .planar, meanA, varA) }
+        let blocked = run([x, gamma, beta]) { op($0, .blocked8, meanB, varB) }
+        expectClose(blocked.output, reference.output, tolerance: 1e-5)
+        for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+        expectClose(meanB.toArray(), meanA.toArray(), tolerance: 1e-6)
+        expectClose(varB.toArray(), varA.toArray(), tolerance: 1e-6)
+        // Evaluation mode, from the running statistics.
+        let eval = GradMode.disabled {
+            (x.blocked8().batchNormELU(gamma: gamma, beta: beta, runningMean: meanA, runningVar: varA, training: false, layout: .blocked8).unblocked8(),
+             x.batchNormELU(gamma: gamma, beta: beta, runningMean: meanA, runningVar: varA, training: false))
+        }
+        #expect(eval.0.toArray() == eval.1.toArray())
+    }
+
+    @Test func batchNormFiniteDifferences() {
+        let gamma = randomVariable([8], seed: 15, 0.5, 1.5), beta = randomVariable([8], seed: 16)
+        let mean = Tensor(shape: [8], values: [Float](repeating: 0, count: 8)), variance = Tensor(shape: [8], values: [Float](repeating: 1, count: 8))
+        checkGradients([randomVariable([2, 1, 3, 3, 8], seed: 17, -2, 2), gamma, beta], eps: 1e-2, rtol: 3e-2, atol: 3e-3) {
+            $0[0].batchNormELU(gamma: $0[1], beta: $0[2], runningMean: mean, runningVar: variance, training: true, layout: .blocked8)
+        }
+    }
+
+    /// Odd sizes (the last row and column dropped) and ties (small integers), where the gradient must go to the same
+    /// input as maxPool2d's argmax.
+    @Test func maxPoolMatchesNCHW() {
+        for (h, w) in [(5, 7), (4, 6), (3, 2)] {
+            let values = randomValues(2 * 16 * h * w, seed: 18, 0, 4).map { $0.rounded(.down) }
+            let x = Tensor.variable(shape: [2, 16, h, w], values: values)
+            let reference = run([x]) { $0[0].maxPool2d(kernel: (2, 2)) }
+            let blocked = run([x]) { $0[0].blocked8().maxPool2x2Blocked().unblocked8() }
+            #expect(blocked.output == reference.output)
+            #expect(blocked.gradients[0] == reference.gradients[0])
+        }
+        // Distinct values 0.05 apart, so that no window has a near tie within the finite-difference step.
+        let distinct = (0..<160).map { Float(($0 * 37) % 160) * 0.05 }
+        checkGradients([Tensor.variable(shape: [1, 1, 5, 4, 8], values: distinct)]) { $0[0].maxPool2x2Blocked() }
+    }
+
+    /// The AVX2 build of the blocked batch norm + ELU against the baseline one, and each lane against the scalar kernel.
+    @Test(arguments: KernelDispatch.supported) func blockedELUMatchesTheScalarKernel(_ level: KernelDispatch.Level) {
+        let pixels = 37
+        let x = randomValues(8 * pixels, seed: 20, -6, 4)
+        let mean = SIMD8<Float>(randomValues(8, seed: 21)), scale = SIMD8<Float>(randomValues(8, seed: 22, 0.5, 2))
+        let shift = SIMD8<Float>(randomValues(8, seed: 23))
+        var y = [Float](repeating: .nan, count: 8 * pixels)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer {
+                KernelDispatch.affineELUBlocked(pixels, xp.baseAddress!, $0.baseAddress!, mean: mean, scale: scale, shift: shift,
+                                                alpha: 0.7, kernels: level)
+            }
+        }
+        var expected = [Float](repeating: .nan, count: 8 * pixels)
+        for l in 0..<8 {
+            let lane = (0..<pixels).map { x[8 * $0 + l] }
+            var out = [Float](repeating: 0, count: pixels)
+            lane.withUnsafeBufferPointer { lp in
+                out.withUnsafeMutableBufferPointer {
+                    KernelDispatch.affineELU(pixels, lp.baseAddress!, $0.baseAddress!, mean: mean[l], scale: scale[l], shift: shift[l],
+                                             alpha: 0.7, kernels: level)
+                }
+            }
+            for p in 0..<pixels { expected[8 * p + l] = out[p] }
+        }
+        #expect(y == expected)
+    }
+}
