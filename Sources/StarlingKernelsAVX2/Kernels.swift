@@ -43,3 +43,16 @@ extension AVX2Kernels {
         BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
     }
 }
+
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int,
+                                              padLeft: Int, outHeight: Int, outWidth: Int, outBlocks: Int,
+                                              x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                                              blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>) {
+        FiveWideWeightGradient.accumulate(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
+                                          padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
+                                          outBlocks: outBlocks, x: x, dy: dy, dw: dw, blockPairs: blockPairs, padded: padded,
+                                          FusedMultiplyAdd.self)
+    }
+}

@@ -79,4 +79,14 @@ extension KernelDispatch {
         case .avx2: AVX2Kernels.affineELUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
         }
     }
+
+    /// `FiveWideWeightGradient.accumulate`, only in the AVX2 build (the baseline one would be slower than oneDNN).
+    static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
+                                       outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                       dw: UnsafeMutablePointer<Float>, blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>) {
+        precondition(current == .avx2, "the five-wide weight gradient runs in the AVX2 build only")
+        AVX2Kernels.fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
+                                           padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
+                                           outBlocks: outBlocks, x: x, dy: dy, dw: dw, blockPairs: blockPairs, padded: padded)
+    }
 }
