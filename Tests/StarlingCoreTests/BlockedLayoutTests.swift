@@ -87,6 +87,34 @@ import Testing
         }
     }
 
+    /// The fused batch norm + ELU + pooling against the two ops it replaces: output, running statistics and the
+    /// gradients of x, gamma and beta, in training and evaluation, on even and odd sizes.
+    @Test(arguments: [true, false]) func fusedPoolingMatchesTheTwoOps(training: Bool) {
+        for (h, w) in [(6, 8), (7, 5), (1, 4)] {
+            let x = randomVariable([2, 2, h, w, 8], seed: 24, -2, 3)
+            let gamma = randomVariable([16], seed: 25, 0.5, 1.5), beta = randomVariable([16], seed: 26)
+            func stats() -> (Tensor, Tensor) { (Tensor(shape: [16], values: randomValues(16, seed: 27)), Tensor(shape: [16], values: randomValues(16, seed: 28, 0.5, 2))) }
+            let (meanA, varA) = stats(), (meanB, varB) = stats()
+            let reference = run([x, gamma, beta]) {
+                $0[0].batchNormELU(gamma: $0[1], beta: $0[2], runningMean: meanA, runningVar: varA, training: training, alpha: 0.8,
+                                   layout: .blocked8).maxPool2x2Blocked()
+            }
+            let fused = run([x, gamma, beta]) {
+                $0[0].batchNormELUMaxPool2x2Blocked(gamma: $0[1], beta: $0[2], runningMean: meanB, runningVar: varB, training: training, alpha: 0.8)
+            }
+            #expect(fused.output == reference.output, "\(h)x\(w)")
+            for k in 0..<3 { expectClose(fused.gradients[k], reference.gradients[k], tolerance: 1e-5) }
+            #expect(meanA.toArray() == meanB.toArray() && varA.toArray() == varB.toArray())
+        }
+        let gamma = randomVariable([8], seed: 29, 0.5, 1.5), beta = randomVariable([8], seed: 30)
+        let mean = Tensor(shape: [8], values: [Float](repeating: 0, count: 8)), variance = Tensor(shape: [8], values: [Float](repeating: 1, count: 8))
+        // Distinct inputs, so that no window has a near tie within the finite-difference step.
+        let distinct = (0..<192).map { Float(($0 * 37) % 192) * 0.02 - 2 }
+        checkGradients([Tensor.variable(shape: [2, 1, 4, 3, 8], values: distinct), gamma, beta], rtol: 3e-2, atol: 3e-3) {
+            $0[0].batchNormELUMaxPool2x2Blocked(gamma: $0[1], beta: $0[2], runningMean: mean, runningVar: variance, training: training)
+        }
+    }
+
     /// Odd sizes (the last row and column dropped) and ties (small integers), where the gradient must go to the same
     /// input as maxPool2d's argmax.
     @Test func maxPoolMatchesNCHW() {

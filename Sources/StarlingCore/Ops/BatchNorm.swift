@@ -71,16 +71,56 @@ extension Tensor {
         let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: inner, blocked: blocked)
         let x = self
 
-        // Per-channel values, as raw buffers so that the loops below index them without bounds checks.
-        let mean = FloatStorage(count: c), invStd = FloatStorage(count: c), scale = FloatStorage(count: c)
-        defer { withExtendedLifetime((mean, invStd, scale)) {} }   // also read after the graph may have dropped them
+        let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
+                                        momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
+                                        crossReplicaSum: crossReplicaSum)
+        // `normalize` writes every output element.
+        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
+            // With the ELU fused in, the gradient reaching the normalisation is dy times ELU's derivative, from y.
+            // It overwrites dy in place: this closure is dy's last reader (the node and its gradient are released
+            // right after it), and a separate buffer cost as much memory as the activation (295 MB for SSD7's first).
+            let dy = out.grad
+            if let alpha = eluAlpha { BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy) }
+            // sums = [sum dy | sum dy (x - mean)] per channel, over the local batch.
+            var sums = [Double](repeating: 0, count: 2 * c)
+            sums.withUnsafeMutableBufferPointer { s in
+                BatchNormKernel.channelSums(planes, dy, x.data, shift: stats.mean.pointer, into: s.baseAddress!)
+            }
+            guard let (slope, offset) = stats.backward(&sums, x: x, gamma: gamma, beta: beta, crossReplicaSum: crossReplicaSum) else { return }
+            defer { withExtendedLifetime((slope, offset)) {} }
+            let (dx, overwrite) = x.gradientForWriting()
+            BatchNormKernel.inputGradient(planes, dy: dy, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer,
+                                          slope: slope.pointer, offset: offset.pointer, into: dx, overwrite: overwrite)
+        }
+        BatchNormKernel.normalize(planes, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer, beta: beta.data,
+                                  into: out.data, eluAlpha: eluAlpha)
+        return out
+    }
+}
+
+/// A batch-norm op's per-channel values: the statistics it normalises with (and, in training, the running averages
+/// it updates), then in backward the coefficients of the input gradient.
+final class BatchNormStatistics {
+    let mean: FloatStorage, invStd: FloatStorage, scale: FloatStorage
+    /// m, the count the statistics are over, over all ranks when synchronised (training only).
+    private(set) var batchCount = 0.0
+    let channels: Int
+    let training: Bool
+
+    init(_ x: Tensor, _ planes: BatchNormKernel.Planes, gamma: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+         momentum: Float, epsilon: Float, estimator: RunningVarianceEstimator, crossReplicaSum: CrossReplicaSum?) {
+        let c = planes.channels
+        channels = c
+        self.training = training
+        mean = FloatStorage(count: c)
+        invStd = FloatStorage(count: c)
+        scale = FloatStorage(count: c)
         let mu = mean.pointer, inv = invStd.pointer
-        var batchCount = 0.0   // m, over all ranks when synchronised
         if training {
             var stats = [Double](repeating: 0, count: 2 * c + 1)
             stats.withUnsafeMutableBufferPointer { s in
                 BatchNormKernel.channelSums(planes, x.data, x.data, shift: nil, into: s.baseAddress!)
-                s[2 * c] = Double(n * inner)
+                s[2 * c] = Double(planes.samples * planes.inner)
                 crossReplicaSum?(s)
             }
             batchCount = stats[2 * c]
@@ -91,7 +131,7 @@ extension Tensor {
                 let variance = Swift.max(stats[c + k] / batchCount - batchMean * batchMean, 0)
                 mu[k] = Float(batchMean)
                 inv[k] = Float(1 / (variance + Double(epsilon)).squareRoot())
-                let unbiased = runningVarianceEstimator == .unbiased && batchCount > 1
+                let unbiased = estimator == .unbiased && batchCount > 1
                 let averaged = unbiased ? variance * batchCount / (batchCount - 1) : variance
                 rm[k] = rm[k] * momentum + Float(batchMean) * (1 - momentum)
                 rv[k] = rv[k] * momentum + Float(averaged) * (1 - momentum)
@@ -105,43 +145,30 @@ extension Tensor {
         }
         let g = gamma.data, sc = scale.pointer
         for k in 0..<c { sc[k] = g[k] * inv[k] }   // y = scale (x - mean) + beta
+    }
 
-        // `normalize` writes every output element.
-        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
-            let xp = x.data, mu = mean.pointer, inv = invStd.pointer, sc = scale.pointer
-            // With the ELU fused in, the gradient reaching the normalisation is dy times ELU's derivative, from y.
-            // It overwrites dy in place: this closure is dy's last reader (the node and its gradient are released
-            // right after it), and a separate buffer cost as much memory as the activation (295 MB for SSD7's first).
-            let dy = out.grad
-            if let alpha = eluAlpha { BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy) }
-            // sums = [sum dy | sum dy x^] per channel, over the local batch.
-            var sums = [Double](repeating: 0, count: 2 * c)
-            sums.withUnsafeMutableBufferPointer { s in
-                BatchNormKernel.channelSums(planes, dy, xp, shift: mu, into: s.baseAddress!)
+    /// From sums = [sum dy | sum dy (x - mean)] over the local batch: adds gamma's and beta's gradients, then returns
+    /// (slope, offset) with dx = scale dy + slope (x - mean) + offset, or nil when x needs no gradient. In training,
+    /// where the batch statistics depend on x, dx = scale (dy - mean(dy) - x^ mean(dy x^)), with the sums over all
+    /// ranks when synchronised; in evaluation dx = scale dy.
+    func backward(_ sums: inout [Double], x: Tensor, gamma: Tensor, beta: Tensor, crossReplicaSum: CrossReplicaSum?)
+        -> (slope: FloatStorage, offset: FloatStorage)? {
+        let c = channels, inv = invStd.pointer, sc = scale.pointer
+        for k in 0..<c { sums[c + k] *= Double(inv[k]) }   // sum dy x^
+        if gamma.requiresGrad { let dg = gamma.grad; for k in 0..<c { dg[k] += Float(sums[c + k]) } }
+        if beta.requiresGrad { let db = beta.grad; for k in 0..<c { db[k] += Float(sums[k]) } }
+        guard x.requiresGrad else { return nil }
+        let slope = FloatStorage(count: c), offset = FloatStorage(count: c)
+        if training {
+            sums.withUnsafeMutableBufferPointer { s in crossReplicaSum?(s) }
+            let sl = slope.pointer, of = offset.pointer
+            for k in 0..<c {
+                let meanDy = sums[k] / batchCount, meanDyXhat = sums[c + k] / batchCount
+                sl[k] = -sc[k] * inv[k] * Float(meanDyXhat)
+                of[k] = -sc[k] * Float(meanDy)
             }
-            for k in 0..<c { sums[c + k] *= Double(inv[k]) }
-            if gamma.requiresGrad { let dg = gamma.grad; for k in 0..<c { dg[k] += Float(sums[c + k]) } }
-            if beta.requiresGrad { let db = beta.grad; for k in 0..<c { db[k] += Float(sums[k]) } }
-            guard x.requiresGrad else { return }
-            // dx = scale (dy - mean(dy) - x^ mean(dy x^)) in training, where the batch statistics depend on x;
-            // dx = scale dy in evaluation. Written as dx += scale dy + slope (x - mean) + offset.
-            let slope = FloatStorage(count: c), offset = FloatStorage(count: c)
-            defer { withExtendedLifetime((slope, offset)) {} }
-            if training {
-                sums.withUnsafeMutableBufferPointer { s in crossReplicaSum?(s) }
-                let sl = slope.pointer, of = offset.pointer
-                for k in 0..<c {
-                    let meanDy = sums[k] / batchCount, meanDyXhat = sums[c + k] / batchCount
-                    sl[k] = -sc[k] * inv[k] * Float(meanDyXhat)
-                    of[k] = -sc[k] * Float(meanDy)
-                }
-            }
-            let (dx, overwrite) = x.gradientForWriting()
-            BatchNormKernel.inputGradient(planes, dy: dy, x: xp, mean: mu, scale: sc, slope: slope.pointer, offset: offset.pointer,
-                                          into: dx, overwrite: overwrite)
         }
-        BatchNormKernel.normalize(planes, x: x.data, mean: mu, scale: sc, beta: beta.data, into: out.data, eluAlpha: eluAlpha)
-        return out
+        return (slope, offset)
     }
 }
 

@@ -159,6 +159,10 @@ public final class SSD7: Detector {
         var features: [Tensor] = []
         for k in 0..<7 {
             h = h.conv2dBlocked(convs[k].kernel.value, bias: convs[k].bias.value, stride: convs[k].stride, padding: convs[k].padding)
+            if k < 3 {   // the block's output feeds only the pooling: one op, and its gradient is never stored
+                h = norms[k].withELUAndMaxPool2x2(h, training: training, crossReplicaSum: sum)
+                continue
+            }
             h = norms[k].withELU(h, training: training, crossReplicaSum: sum, layout: .blocked8)
             if k >= 3 { features.append(h) }
             if k < 6 { h = h.maxPool2x2Blocked() }

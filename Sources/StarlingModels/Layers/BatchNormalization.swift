@@ -42,6 +42,14 @@ public struct BatchNormalization: Sendable {
     }
 
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
+    /// The layer, an ELU and 2x2 max-pooling as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`),
+    /// for a block whose normalised output feeds only the pooling.
+    public func withELUAndMaxPool2x2(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
+        x.batchNormELUMaxPool2x2Blocked(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value,
+                                        runningVar: movingVariance.value, training: training, momentum: momentum, epsilon: epsilon,
+                                        crossReplicaSum: crossReplicaSum, alpha: alpha)
+    }
+
     public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
                         layout: ChannelLayout = .planar) -> Tensor {
         x.batchNormELU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
