@@ -26,6 +26,9 @@
 /// The hook is called collectively: every rank must run the same batch-norm layers in the same order, which
 /// holds when all ranks run the same model. Without a hook the statistics are those of the local batch.
 ///
+/// With `layout: .blocked8` the input is [N, C/8, H, W, 8] (BlockedLayout.swift) and each loop takes a pixel's 8
+/// channels as one vector; the values are those of the NCHW op up to the order of Double sums (tested).
+///
 /// The sums are accumulated in Double, so the variance E[x^2] - E[x]^2 (the form that allreduces) stays
 /// accurate to Float precision unless a channel's mean exceeds its standard deviation by a factor of ~1e4.
 extension Tensor {

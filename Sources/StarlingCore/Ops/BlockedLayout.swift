@@ -161,9 +161,8 @@ extension Tensor {
                     if h % 2 == 1 && i == oh - 1 { (dx + (plane * h + h - 1) * w * 8).update(repeating: 0, count: w * 8) }
                 }
             }
-            // A plane with no window at all (H or W of 1) has rows the loop above never visits.
+            // With a single row no window exists and the loop above never ran.
             if overwrite && oh == 0 { dx.update(repeating: 0, count: x.count) }
-            if overwrite && ow == 0 && oh > 0 { dx.update(repeating: 0, count: x.count) }
         }
         let xp = x.data, y = out.data
         Parallel.forEachChunk(of: planes * oh, work: planes * h * w * 8) { rows in

@@ -149,7 +149,8 @@ public final class SSD7: Detector {
 
     /// The pass with gradients (training, or evaluation with gradients recorded) in the 8-channel blocked layout
     /// (BlockedLayout.swift): each block's convolution, batch norm + ELU and pooling, forward and backward, read and
-    /// write that layout, and only the heads write NCHW. The same values and gradients as the NCHW pass (tested);
+    /// write that layout (in the first three blocks, whose output only the pooling reads, batch norm + ELU + pooling
+    /// are one op), and only the heads write NCHW. The same values and gradients as the NCHW pass (tested);
     /// no reorders around the convolutions. Nil (the NCHW pass runs) when oneDNN cannot run a layer at this input
     /// size, or with `STARLING_LAYOUT=nchw`.
     func predictInBlockedLayout(_ images: Tensor, training: Bool, crossReplicaSum sum: CrossReplicaSum?)
@@ -164,7 +165,7 @@ public final class SSD7: Detector {
                 continue
             }
             h = norms[k].withELU(h, training: training, crossReplicaSum: sum, layout: .blocked8)
-            if k >= 3 { features.append(h) }
+            features.append(h)
             if k < 6 { h = h.maxPool2x2Blocked() }
         }
         let n = images.shape[0]
