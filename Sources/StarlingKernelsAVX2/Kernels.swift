@@ -56,3 +56,38 @@ extension AVX2Kernels {
                                           FusedMultiplyAdd.self)
     }
 }
+
+/// The blocked layout's memory-bound loops: one 8-channel vector per pixel is one ymm register here, two xmm ones in
+/// the baseline build (and the Double sums four).
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>)
+        -> (SIMD8<Double>, SIMD8<Double>) {
+        BlockedKernels.sumAndDot(pixels, a, b, shift: shift)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>,
+                                            mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
+                                            overwrite: Bool) {
+        BlockedKernels.inputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset, overwrite: overwrite)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func blockedELUDerivative(_ pixels: Int, _ dz: UnsafeMutablePointer<Float>, y: UnsafePointer<Float>, alpha: Float) {
+        BlockedKernels.eluDerivative(pixels, dz, y: y, alpha: alpha)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+        BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
+                                          dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+                                          bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool) {
+        BlockedKernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+                                          bottomGradient: bottomGradient, overwrite: overwrite)
+    }
+}

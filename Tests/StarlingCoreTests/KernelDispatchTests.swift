@@ -96,4 +96,36 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         }
         for i in 0..<n { #expect(abs(Double(params.values.pointer[i]) - w[i]) < 2e-6) }
     }
+
+    /// The blocked layout's loops (no multiply-add to fuse in them) give the same bits in both builds.
+    @Test func blockedLoopsAgreeAcrossBuilds() throws {
+        try #require(KernelDispatch.supported.contains(.avx2), "this CPU runs the baseline build only")
+        let pixels = 29
+        let a = randomValues(16 * pixels, seed: 40, -3, 3), b = randomValues(16 * pixels, seed: 41, -3, 3)
+        let v = { (seed: UInt64) in SIMD8<Float>(randomValues(8, seed: seed)) }
+        func results(_ level: KernelDispatch.Level) -> [[Float]] {
+            var sums: (SIMD8<Double>, SIMD8<Double>) = (.zero, .zero)
+            var dx = b, dz = a, pooled = [Float](repeating: 0, count: 8 * pixels / 2), routed = [Float](repeating: 1, count: 16 * pixels)
+            a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in
+                let (x, y) = (ap.baseAddress!, bp.baseAddress!)
+                sums = KernelDispatch.blockedSumAndDot(pixels, x, y, shift: v(42), kernels: level)
+                dx.withUnsafeMutableBufferPointer {
+                    KernelDispatch.blockedInputGradient(pixels, dy: x, x: y, into: $0.baseAddress!, mean: v(43), scale: v(44), slope: v(45),
+                                                        offset: v(46), overwrite: false, kernels: level)
+                }
+                dz.withUnsafeMutableBufferPointer { KernelDispatch.blockedELUDerivative(pixels, $0.baseAddress!, y: y, alpha: 0.6, kernels: level) }
+                pooled.withUnsafeMutableBufferPointer {
+                    KernelDispatch.maxPoolRow(pixels / 2, top: x, bottom: x + 8 * pixels, into: $0.baseAddress!, kernels: level)
+                }
+                pooled.withUnsafeBufferPointer { pp in routed.withUnsafeMutableBufferPointer { r in
+                    KernelDispatch.maxPoolRowGradient(pixels / 2, top: x, bottom: x + 8 * pixels, y: pp.baseAddress!, dy: y,
+                                                      topGradient: r.baseAddress!, bottomGradient: r.baseAddress! + 8 * pixels,
+                                                      overwrite: false, kernels: level)
+                } }
+            } }
+            let flat = (0..<8).flatMap { [Float(sums.0[$0]), Float(sums.1[$0])] }
+            return [flat, dx, dz, pooled, routed]
+        }
+        #expect(results(.baseline) == results(.avx2))
+    }
 }

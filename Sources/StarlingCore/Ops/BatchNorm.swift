@@ -212,7 +212,7 @@ enum BatchNormKernel {
                     var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
                     for s in 0..<p.samples {
                         let start = (s * blocks + block) * p.inner * 8
-                        let (sp, dp) = BlockedKernels.sumAndDot(p.inner, a + start, b + start, shift: shift8)
+                        let (sp, dp) = KernelDispatch.blockedSumAndDot(p.inner, a + start, b + start, shift: shift8)
                         plain += sp
                         product += dp
                     }
@@ -333,7 +333,7 @@ enum BatchNormKernel {
             Parallel.forEachChunk(of: p.samples * blocks, work: p.samples * c * p.inner) { planes in
                 for plane in planes {
                     let k = 8 * (plane % blocks), start = plane * p.inner * 8
-                    BlockedKernels.inputGradient(p.inner, dy: dy + start, x: x + start, into: dx + start,
+                    KernelDispatch.blockedInputGradient(p.inner, dy: dy + start, x: x + start, into: dx + start,
                                                  mean: BlockedKernels.load(mean + k), scale: BlockedKernels.load(scale + k),
                                                  slope: BlockedKernels.load(slope + k), offset: BlockedKernels.load(offset + k),
                                                  overwrite: overwrite)

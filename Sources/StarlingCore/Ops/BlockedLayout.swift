@@ -150,7 +150,7 @@ extension Tensor {
                 for r in rows {
                     let (plane, i) = r.quotientAndRemainder(dividingBy: oh)
                     let top = (plane * h + 2 * i) * w * 8, bottom = top + w * 8, o = (plane * oh + i) * ow * 8
-                    BlockedKernels.maxPoolRowGradient(ow, top: xp + top, bottom: xp + bottom, y: y + o, dy: dy + o,
+                    KernelDispatch.maxPoolRowGradient(ow, top: xp + top, bottom: xp + bottom, y: y + o, dy: dy + o,
                                                       topGradient: dx + top, bottomGradient: dx + bottom, overwrite: overwrite)
                     guard overwrite else { continue }
                     // Inputs no window covers get no gradient; written, since dx is fresh.
@@ -169,7 +169,7 @@ extension Tensor {
             for r in rows {
                 let (plane, i) = r.quotientAndRemainder(dividingBy: oh)
                 let top = (plane * h + 2 * i) * w * 8
-                BlockedKernels.maxPoolRow(ow, top: xp + top, bottom: xp + top + w * 8, into: y + (plane * oh + i) * ow * 8)
+                KernelDispatch.maxPoolRow(ow, top: xp + top, bottom: xp + top + w * 8, into: y + (plane * oh + i) * ow * 8)
             }
         }
         return out
@@ -243,10 +243,10 @@ extension Tensor {
             /// maximum, zero where no window reaches (an odd last column), times ELU's derivative.
             func rowPairGradient(_ plane: Int, _ i: Int, into dz: UnsafeMutablePointer<Float>) {
                 let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * 8
-                BlockedKernels.maxPoolRowGradient(ow, top: yp + top, bottom: yp + top + row, y: pooled + o, dy: dPooled + o,
+                KernelDispatch.maxPoolRowGradient(ow, top: yp + top, bottom: yp + top + row, y: pooled + o, dy: dPooled + o,
                                                   topGradient: dz, bottomGradient: dz + row, overwrite: true)
                 if w % 2 == 1 { (dz + row - 8).update(repeating: 0, count: 8); (dz + 2 * row - 8).update(repeating: 0, count: 8) }
-                BlockedKernels.eluDerivative(2 * w, dz, y: yp + top, alpha: alpha)
+                KernelDispatch.blockedELUDerivative(2 * w, dz, y: yp + top, alpha: alpha)
             }
             // Pass 1: sums = [sum dz | sum dz (x - mean)] per channel, channel blocks over the threads.
             var sums = [Double](repeating: 0, count: 2 * c)
@@ -262,7 +262,7 @@ extension Tensor {
                             let plane = sample * blocks + b
                             for i in 0..<oh {
                                 rowPairGradient(plane, i, into: dz)
-                                let (sumDz, dot) = BlockedKernels.sumAndDot(2 * w, dz, xp + (plane * h + 2 * i) * row, shift: shift)
+                                let (sumDz, dot) = KernelDispatch.blockedSumAndDot(2 * w, dz, xp + (plane * h + 2 * i) * row, shift: shift)
                                 plain += sumDz
                                 product += dot
                             }
@@ -284,13 +284,13 @@ extension Tensor {
                     for i in 0..<oh {
                         rowPairGradient(plane, i, into: dz)
                         let at = (plane * h + 2 * i) * row
-                        BlockedKernels.inputGradient(2 * w, dy: dz, x: xp + at, into: dx + at, mean: mean, scale: scale, slope: sl,
+                        KernelDispatch.blockedInputGradient(2 * w, dy: dz, x: xp + at, into: dx + at, mean: mean, scale: scale, slope: sl,
                                                      offset: of, overwrite: overwrite)
                     }
                     if h % 2 == 1 {
                         dz.update(repeating: 0, count: row)
                         let at = (plane * h + h - 1) * row
-                        BlockedKernels.inputGradient(w, dy: dz, x: xp + at, into: dx + at, mean: mean, scale: scale, slope: sl,
+                        KernelDispatch.blockedInputGradient(w, dy: dz, x: xp + at, into: dx + at, mean: mean, scale: scale, slope: sl,
                                                      offset: of, overwrite: overwrite)
                     }
                 }
@@ -310,7 +310,7 @@ extension Tensor {
                 for i in 0..<oh {
                     normalise(2 * i, rows: 2)
                     let top = yp + (plane * h + 2 * i) * row
-                    BlockedKernels.maxPoolRow(ow, top: top, bottom: top + row, into: pooled + (plane * oh + i) * ow * 8)
+                    KernelDispatch.maxPoolRow(ow, top: top, bottom: top + row, into: pooled + (plane * oh + i) * ow * 8)
                 }
                 if h % 2 == 1 { normalise(h - 1, rows: 1) }
             }

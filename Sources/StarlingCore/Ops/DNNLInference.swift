@@ -88,15 +88,8 @@ public final class DNNLActivation {
             Parallel.forEachChunk(of: n * blocks * oh, work: n * blocks * 8 * h * w) { rows in
                 for r in rows {
                     let plane = r / oh, i = r % oh
-                    let top = x + ((plane * h + 2 * i) * w) * 8, bottom = top + w * 8
-                    let out = y + ((plane * oh + i) * ow) * 8
-                    for j in 0..<ow {
-                        func load(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
-                        @inline(__always) func maximum(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { a.replacing(with: b, where: b .> a) }
-                        let m = maximum(maximum(load(top + 16 * j), load(top + 16 * j + 8)),
-                                        maximum(load(bottom + 16 * j), load(bottom + 16 * j + 8)))
-                        UnsafeMutableRawPointer(out + 8 * j).storeBytes(of: m, as: SIMD8<Float>.self)
-                    }
+                    let top = x + ((plane * h + 2 * i) * w) * 8
+                    KernelDispatch.maxPoolRow(ow, top: top, bottom: top + w * 8, into: y + ((plane * oh + i) * ow) * 8)
                 }
             }
             return result

@@ -89,4 +89,44 @@ extension KernelDispatch {
                                            padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
                                            outBlocks: outBlocks, x: x, dy: dy, dw: dw, blockPairs: blockPairs, padded: padded)
     }
+
+    // The blocked layout's loops (`BlockedKernels`).
+
+    static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>,
+                                 kernels: Level = current) -> (SIMD8<Double>, SIMD8<Double>) {
+        kernels == .avx2 ? AVX2Kernels.blockedSumAndDot(pixels, a, b, shift: shift) : BlockedKernels.sumAndDot(pixels, a, b, shift: shift)
+    }
+
+    static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>,
+                                     mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>, overwrite: Bool,
+                                     kernels: Level = current) {
+        if kernels == .avx2 {
+            AVX2Kernels.blockedInputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
+                                             overwrite: overwrite)
+        } else {
+            BlockedKernels.inputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
+                                         overwrite: overwrite)
+        }
+    }
+
+    static func blockedELUDerivative(_ pixels: Int, _ dz: UnsafeMutablePointer<Float>, y: UnsafePointer<Float>, alpha: Float, kernels: Level = current) {
+        if kernels == .avx2 { AVX2Kernels.blockedELUDerivative(pixels, dz, y: y, alpha: alpha) } else { BlockedKernels.eluDerivative(pixels, dz, y: y, alpha: alpha) }
+    }
+
+    static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                           kernels: Level = current) {
+        if kernels == .avx2 { AVX2Kernels.maxPoolRow(width, top: top, bottom: bottom, into: y) } else { BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y) }
+    }
+
+    static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
+                                   dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+                                   bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool, kernels: Level = current) {
+        if kernels == .avx2 {
+            AVX2Kernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+                                           bottomGradient: bottomGradient, overwrite: overwrite)
+        } else {
+            BlockedKernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+                                              bottomGradient: bottomGradient, overwrite: overwrite)
+        }
+    }
 }
