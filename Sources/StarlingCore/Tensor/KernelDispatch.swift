@@ -5,11 +5,12 @@ import Glibc
 @_exported import StarlingKernels
 import StarlingKernelsAVX2
 
-/// Which build of the element-wise kernels this process runs. Starling is compiled for baseline x86-64 so that one
-/// binary runs on every node of a cluster; the hot element-wise loops are compiled a second time for
-/// Haswell's instruction set (AVX2, FMA) in `StarlingKernelsAVX2` and chosen here once, from what the CPU reports, the way numpy and
-/// PyTorch dispatch their kernels. `STARLING_KERNELS=baseline` forces the baseline build (benchmarks compare the
-/// two). The two builds round differently (a fused multiply-add rounds once), by a few units in the last place.
+/// Which build of the hot loops this process runs. Starling is compiled for baseline x86-64 so that one binary runs on
+/// every node of a cluster; the loops of `StarlingKernels` are compiled a second time for Haswell's instruction set
+/// (AVX2, FMA) in `StarlingKernelsAVX2` and chosen here once, from what the CPU reports, the way numpy and PyTorch
+/// dispatch their kernels. `STARLING_KERNELS=baseline` forces the baseline build (benchmarks compare the two). The
+/// two builds round differently where a loop multiplies and adds (a fused multiply-add rounds once), by a few units
+/// in the last place; the blocked layout's loops give the same bits in both (tested).
 public enum KernelDispatch {
     public enum Level: String, Sendable, CaseIterable {
         case baseline
@@ -28,7 +29,8 @@ public enum KernelDispatch {
     }()
 }
 
-/// The dispatched entry points, for kernels called from more than one place.
+/// The entry points. Most take the build to run (`kernels`, the process's by default) so that tests can run both;
+/// conv1's weight gradient exists in the AVX2 build only (its baseline build would be slower than oneDNN).
 extension KernelDispatch {
     /// y = ELU(x) (`ActivationKernels.elu`); x and y may be the same buffer.
     static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float, kernels: Level = current) {
