@@ -86,6 +86,32 @@ public enum VectorMath {
         return M.multiplyAdd(e, 0.693147180559945, x + y)
     }
 
+    /// ln(x) on eight lanes: the same operations as the scalar `log`, lane for lane.
+    @inlinable @inline(__always)
+    public static func log<M: MultiplyAdd>(_ xIn: SIMD8<Float>, _: M.Type) -> SIMD8<Float> {
+        typealias V = SIMD8<Float>
+        let raw = unsafeBitCast(xIn, to: SIMD8<UInt32>.self)
+        var e = unsafeBitCast((raw &>> 23) | 0x4B00_0000, to: V.self) - (8_388_608 + 127)
+        var m = unsafeBitCast((raw & 0x007F_FFFF) | 0x3F80_0000, to: V.self)
+        let big = m .> 1.41421356237
+        m = m.replacing(with: m * 0.5, where: big)
+        e = e.replacing(with: e + 1, where: big)
+        let x = m - 1
+        let z = x * x
+        var y = V(repeating: 7.0376836292e-2)
+        y = M.multiplyAdd(y, x, V(repeating: -1.1514610310e-1))
+        y = M.multiplyAdd(y, x, V(repeating: 1.1676998740e-1))
+        y = M.multiplyAdd(y, x, V(repeating: -1.2420140846e-1))
+        y = M.multiplyAdd(y, x, V(repeating: 1.4249322787e-1))
+        y = M.multiplyAdd(y, x, V(repeating: -1.6668057665e-1))
+        y = M.multiplyAdd(y, x, V(repeating: 2.0000714765e-1))
+        y = M.multiplyAdd(y, x, V(repeating: -2.4999993993e-1))
+        y = M.multiplyAdd(y, x, V(repeating: 3.3333331174e-1))
+        y = y * x * z
+        y = M.multiplyAdd(V(repeating: -0.5), z, y)
+        return M.multiplyAdd(e, V(repeating: 0.693147180559945), x + y)
+    }
+
     /// 1 / (1 + e^-x) from e^-|x|, so it never overflows.
     @inlinable @inline(__always) public static func sigmoid(_ x: Float) -> Float { sigmoid(x, SeparateMultiplyAdd.self) }
 

@@ -91,3 +91,11 @@ extension AVX2Kernels {
                                           bottomGradient: bottomGradient, overwrite: overwrite)
     }
 }
+
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                                    probabilities p: UnsafeMutablePointer<Float>) -> Double {
+        LossKernels.bceLogitsSum(n, logits: z, targets: t, probabilities: p, FusedMultiplyAdd.self)
+    }
+}

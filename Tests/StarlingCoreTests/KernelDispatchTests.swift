@@ -43,6 +43,30 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         #expect(worstSigmoid < 1e-6)
     }
 
+    /// The fused sum gives the stored terms' chunked sum bit for bit, and the same sigmoid.
+    @Test(arguments: KernelDispatch.supported) func bceOnLogitsSumMatchesTheTerms(_ level: KernelDispatch.Level) {
+        let n = 10_007   // two full chunks of 4096, a partial one and a tail that is no whole vector
+        var z = randomValues(n, seed: 31, -40, 40)
+        z[5] = -0.0; z[6] = 0; z[7] = 90
+        let t = randomValues(n, seed: 32, 0, 1)
+        var p = [Float](repeating: .nan, count: n), terms = p, q = p
+        var fused = 0.0, reference = 0.0
+        z.withUnsafeBufferPointer { zp in t.withUnsafeBufferPointer { tp in
+            p.withUnsafeMutableBufferPointer { pp in
+                fused = KernelDispatch.bceLogitsSum(n, logits: zp.baseAddress!, targets: tp.baseAddress!, probabilities: pp.baseAddress!,
+                                                    kernels: level)
+            }
+            q.withUnsafeMutableBufferPointer { qp in terms.withUnsafeMutableBufferPointer { lp in
+                KernelDispatch.bceLogitsTerms(n, logits: zp.baseAddress!, targets: tp.baseAddress!, probabilities: qp.baseAddress!,
+                                              terms: lp.baseAddress!, kernels: level)
+                var i = 0
+                while i < n { let len = min(4096, n - i); reference += Double(VectorMath.sum(len, lp.baseAddress! + i)); i += len }
+            } }
+        } }
+        #expect(fused == reference)
+        #expect(p == q)
+    }
+
     @Test(arguments: KernelDispatch.supported) func eluAndAffineELU(_ level: KernelDispatch.Level) {
         let n = 1031
         let x = randomValues(n, seed: 5, -20, 5)

@@ -37,14 +37,8 @@ extension Tensor {
 }
 
 /// Sum over i of the stable BCE on logits; writes sigmoid(z) to `p`. Runs on every pixel of every autoencoder
-/// batch: the elementwise loop has no reduction in it so that it vectorises, and the terms are summed after.
+/// batch (`LossKernels.bceLogitsSum`).
 func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>,
                   kernels: KernelDispatch.Level = KernelDispatch.current) -> Double {
-    let terms = FloatStorage(uninitializedCount: n)
-    let l = terms.pointer
-    KernelDispatch.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l, kernels: kernels)
-    var total = 0.0
-    var i = 0
-    while i < n { let len = min(4096, n - i); total += Double(VectorMath.sum(len, l + i)); i += len }
-    return total
+    KernelDispatch.bceLogitsSum(n, logits: z, targets: t, probabilities: p, kernels: kernels)
 }

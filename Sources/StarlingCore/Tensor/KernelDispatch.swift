@@ -58,6 +58,15 @@ extension KernelDispatch {
         }
     }
 
+    /// The sum of the binary cross-entropy terms on logits, the sigmoid written to p (`LossKernels.bceLogitsSum`).
+    static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                             probabilities p: UnsafeMutablePointer<Float>, kernels: Level = current) -> Double {
+        switch kernels {
+        case .baseline: LossKernels.bceLogitsSum(n, logits: z, targets: t, probabilities: p, SeparateMultiplyAdd.self)
+        case .avx2: AVX2Kernels.bceLogitsSum(n, logits: z, targets: t, probabilities: p)
+        }
+    }
+
     /// One Adam update of n parameters (`OptimizerKernels.adam`).
     static func adam(_ n: Int, weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
                      m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>, gradientScale: Float, beta1: Float,
