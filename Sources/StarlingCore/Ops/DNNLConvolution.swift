@@ -207,6 +207,8 @@ final class DNNLConvPlan: @unchecked Sendable {
     }
 
     let images: Int
+    /// Whether callers overwrite (rather than add to) the input gradient: only blocked ones do (`conv2dBlocked`).
+    private let overwritesInputGradient: Bool
     let sourceUser: dnnl_memory_desc_t, weightsUser: dnnl_memory_desc_t, destinationUser: dnnl_memory_desc_t
     let biasUser: dnnl_memory_desc_t
     /// A backward plan's forward primitive is only the hint its backward ones are made from; it never runs.
@@ -222,6 +224,7 @@ final class DNNLConvPlan: @unchecked Sendable {
     init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar) {
         guard DNNL.engine != nil else { return nil }
         self.images = images
+        overwritesInputGradient = layouts.sourceBlocked
         let (kh, kw) = (g.kernelH, g.kernelW)
         let effH = (kh - 1) * g.dilationH + 1, effW = (kw - 1) * g.dilationW + 1
         // oneDNN wants (in + left + right - kernel) / stride + 1 == out: any right padding in a range of `stride`
@@ -298,7 +301,7 @@ final class DNNLConvPlan: @unchecked Sendable {
             make(.dataDiffDestination, destinationUser, backwardData.md(dnnl_query_diff_dst_md), accumulate: false)
             make(.dataWeights, weightsUser, backwardData.md(dnnl_query_weights_md), accumulate: false)
             make(.dataDiffSource, backwardData.md(dnnl_query_diff_src_md), sourceUser, accumulate: true)
-            make(.dataDiffSource, backwardData.md(dnnl_query_diff_src_md), sourceUser, accumulate: false)
+            if overwritesInputGradient { make(.dataDiffSource, backwardData.md(dnnl_query_diff_src_md), sourceUser, accumulate: false) }
             make(.weightsSource, sourceUser, backwardWeights.md(dnnl_query_src_md), accumulate: false)
             make(.weightsDiffDestination, destinationUser, backwardWeights.md(dnnl_query_diff_dst_md), accumulate: false)
             make(.weightsDiffWeights, backwardWeights.md(dnnl_query_diff_weights_md), weightsUser, accumulate: true)
