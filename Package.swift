@@ -8,6 +8,9 @@ func systemLibrary(_ name: String, _ pkg: String, _ apt: String) -> Target {
 
 // StarlingKernelsAVX2 holds the element-wise kernels compiled for Haswell's instruction set (AVX2, FMA); everything
 // else is built for baseline x86-64, and StarlingCore calls those kernels only on CPUs that report it (KernelDispatch).
+// Incremental builds do not recompile StarlingKernelsAVX2 when only an @inlinable body in StarlingKernels changes (seen
+// with Swift 6.3.1: the AVX2 build kept running the old loop): after editing a kernel, touch
+// Sources/StarlingKernelsAVX2/Kernels.swift. Clean builds (CI) are unaffected.
 // -fno-math-errno: Swift's squareRoot() goes through a C shim that otherwise branches to libm's sqrtf for negative
 // inputs (to set errno, which nothing reads), and that branch keeps loops with a square root from vectorising.
 // The core and the kernels are optimised in debug builds too: the test suite runs them on real-sized data, and

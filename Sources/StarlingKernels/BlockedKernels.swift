@@ -102,6 +102,92 @@ public enum BlockedKernels {
     }
 }
 
+/// Batch norm + ELU + 2x2/2 max-pooling pooled before the ELU. ELU and z = scale (x - mean) + shift are monotonic in
+/// z, so the maximum of ELU(z) over a window is ELU(max z) (to the last place of `VectorMath.exp`, which is not
+/// exactly monotonic): the exp runs on a quarter of the pixels and the full-size ELU output is never stored. What the
+/// backward needs instead is x at each window's maximum (a quarter of x), from which it finds the window's maximum again.
+public enum PooledELUKernels {
+    public typealias Vector = SIMD8<Float>
+
+    @inlinable @inline(__always)
+    static func elu<M: MultiplyAdd>(_ v: Vector, alpha: Float, _ m: M.Type) -> Vector {
+        let zero = Vector(repeating: 0)
+        let negative = Vector(repeating: alpha) * (VectorMath.exp(v.replacing(with: zero, where: v .> zero), m) - 1)
+        return negative.replacing(with: v, where: v .> zero)
+    }
+
+    /// ELU'(z) read from y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
+    @inlinable @inline(__always)
+    static func eluDerivative(_ y: Vector, alpha: Float) -> Vector {
+        (y + Vector(repeating: alpha)).replacing(with: Vector(repeating: 1), where: y .> Vector(repeating: 0))
+    }
+
+    /// One pooled row: y = ELU(max over the window of z) and, in `argmaxInput`, x at the window's first maximum of z in
+    /// row-major order (the input `maxPool2d` records as the argmax).
+    @inlinable @inline(__always)
+    public static func forwardRow<M: MultiplyAdd>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                  mean: Vector, scale: Vector, shift: Vector, alpha: Float,
+                                                  into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>,
+                                                  _ m: M.Type) {
+        for j in 0..<width {
+            let o = 16 &* j
+            let x0 = BlockedKernels.load(top + o), x1 = BlockedKernels.load(top + (o &+ 8))
+            let x2 = BlockedKernels.load(bottom + o), x3 = BlockedKernels.load(bottom + (o &+ 8))
+            let z0 = scale * (x0 - mean) + shift, z1 = scale * (x1 - mean) + shift
+            let z2 = scale * (x2 - mean) + shift, z3 = scale * (x3 - mean) + shift
+            let right = z1 .> z0, lowerRight = z3 .> z2
+            let zTop = z0.replacing(with: z1, where: right), xTop = x0.replacing(with: x1, where: right)
+            let zBottom = z2.replacing(with: z3, where: lowerRight), xBottom = x2.replacing(with: x3, where: lowerRight)
+            let lower = zBottom .> zTop
+            BlockedKernels.store(elu(zTop.replacing(with: zBottom, where: lower), alpha: alpha, m), y + 8 &* j)
+            BlockedKernels.store(xTop.replacing(with: xBottom, where: lower), xm + 8 &* j)
+        }
+    }
+
+    /// (sum dz, sum dz (x - mean)) per lane over `pixels` pooled vectors, dz = dy ELU'(y) at each window's maximum
+    /// (zero elsewhere, so the rest of the window adds nothing), in Double.
+    @inlinable @inline(__always)
+    public static func gradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                    mean: Vector, alpha: Float) -> (SIMD8<Double>, SIMD8<Double>) {
+        var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
+        for p in 0..<pixels {
+            let o = 8 &* p
+            let dz = SIMD8<Double>(BlockedKernels.load(dy + o) * eluDerivative(BlockedKernels.load(y + o), alpha: alpha))
+            plain += dz
+            product += dz * SIMD8<Double>(BlockedKernels.load(xm + o) - mean)
+        }
+        return (plain, product)
+    }
+
+    /// dx = scale dz + slope (x - mean) + offset over the two input rows of one pooled row, dz = dy ELU'(y) at the
+    /// first input of each window equal to `argmaxInput` and zero elsewhere; added to dx unless `overwrite`. The first
+    /// x equal to x at the first maximum of z is that input: an earlier equal x would have had the same z.
+    @inlinable @inline(__always)
+    public static func inputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                        y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                        topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                        mean: Vector, scale: Vector, slope: Vector, offset: Vector, alpha: Float, overwrite: Bool) {
+        let zero = Vector(repeating: 0)
+        for j in 0..<width {
+            let o = 16 &* j, q = 8 &* j
+            let g = BlockedKernels.load(dy + q) * eluDerivative(BlockedKernels.load(y + q), alpha: alpha)
+            let at = BlockedKernels.load(xm + q)
+            let x = (BlockedKernels.load(top + o), BlockedKernels.load(top + (o &+ 8)),
+                     BlockedKernels.load(bottom + o), BlockedKernels.load(bottom + (o &+ 8)))
+            let first = x.0 .== at
+            let second = x.1 .== at .& .!first
+            let third = x.2 .== at .& .!(first .| second)
+            let fourth = x.3 .== at .& .!(first .| second .| third)
+            @inline(__always) func gradient(_ xv: Vector, _ taken: SIMDMask<SIMD8<Int32>>, _ target: UnsafeMutablePointer<Float>) {
+                let dx = scale * zero.replacing(with: g, where: taken) + slope * (xv - mean) + offset
+                BlockedKernels.store(overwrite ? dx : BlockedKernels.load(target) + dx, target)
+            }
+            gradient(x.0, first, topGradient + o); gradient(x.1, second, topGradient + (o &+ 8))
+            gradient(x.2, third, bottomGradient + o); gradient(x.3, fourth, bottomGradient + (o &+ 8))
+        }
+    }
+}
+
 /// The weight gradient of a stride-1 convolution with a 5-wide kernel, few input channels in NCHW and the output
 /// gradient in the blocked layout: SSD7's conv1 (3 -> 32 channels, 5x5), where oneDNN 2.6's AVX2 kernel runs at ~40
 /// GFLOP/s against ~80 for its 3x3 layers. Each output pixel is an 8-channel vector of dy; a row of them against

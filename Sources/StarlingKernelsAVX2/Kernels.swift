@@ -99,3 +99,31 @@ extension AVX2Kernels {
         LossKernels.bceLogitsSum(n, logits: z, targets: t, probabilities: p, FusedMultiplyAdd.self)
     }
 }
+
+/// Batch norm + ELU + 2x2 max-pooling pooled before the ELU (`PooledELUKernels`).
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
+                                           scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
+                                           argmaxInput xm: UnsafeMutablePointer<Float>) {
+        PooledELUKernels.forwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
+                                    argmaxInput: xm, FusedMultiplyAdd.self)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                             mean: SIMD8<Float>, alpha: Float) -> (SIMD8<Double>, SIMD8<Double>) {
+        PooledELUKernels.gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func pooledELUInputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
+                                                 dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                                 topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                                 mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
+                                                 alpha: Float, overwrite: Bool) {
+        PooledELUKernels.inputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+                                          bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
+                                          alpha: alpha, overwrite: overwrite)
+    }
+}

@@ -147,9 +147,54 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
                                                       overwrite: false, kernels: level)
                 } }
             } }
-            let flat = (0..<8).flatMap { [Float(sums.0[$0]), Float(sums.1[$0])] }
-            return [flat, dx, dz, pooled, routed]
+            // The pooled batch norm + ELU's backward loops, from the forward's pooled output and argmax inputs.
+            var pooledELU = [Float](repeating: 0, count: 8 * pixels / 2), argmax = pooledELU, pooledSums: (SIMD8<Double>, SIMD8<Double>) = (.zero, .zero)
+            var pooledDx = b
+            a.withUnsafeBufferPointer { ap in
+                let x = ap.baseAddress!
+                pooledELU.withUnsafeMutableBufferPointer { yp in argmax.withUnsafeMutableBufferPointer { mp in
+                    KernelDispatch.pooledELUForwardRow(pixels / 2, top: x, bottom: x + 8 * pixels, mean: v(47), scale: v(48), shift: v(49),
+                                                       alpha: 0.6, into: yp.baseAddress!, argmaxInput: mp.baseAddress!, kernels: .baseline)
+                } }
+                pooledELU.withUnsafeBufferPointer { yp in argmax.withUnsafeBufferPointer { mp in b.withUnsafeBufferPointer { bp in
+                    pooledSums = KernelDispatch.pooledELUGradientSums(pixels / 2, y: yp.baseAddress!, dy: bp.baseAddress!,
+                                                                      argmaxInput: mp.baseAddress!, mean: v(47), alpha: 0.6, kernels: level)
+                    pooledDx.withUnsafeMutableBufferPointer {
+                        KernelDispatch.pooledELUInputGradientRow(pixels / 2, top: x, bottom: x + 8 * pixels, y: yp.baseAddress!, dy: bp.baseAddress!,
+                                                                 argmaxInput: mp.baseAddress!, topGradient: $0.baseAddress!,
+                                                                 bottomGradient: $0.baseAddress! + 8 * pixels, mean: v(47), scale: v(48),
+                                                                 slope: v(45), offset: v(46), alpha: 0.6, overwrite: false, kernels: level)
+                    }
+                } } }
+            }
+            let flat = (0..<8).flatMap { [Float(sums.0[$0]), Float(sums.1[$0]), Float(pooledSums.0[$0]), Float(pooledSums.1[$0])] }
+            return [flat, dx, dz, pooled, routed, pooledDx]
         }
         #expect(results(.baseline) == results(.avx2))
+    }
+
+    /// The pooled batch norm + ELU's forward row in each build against a Double reference: the window's maximum of
+    /// scale (x - mean) + shift through ELU, and x at the first maximum.
+    @Test(arguments: KernelDispatch.supported) func pooledELUForwardRow(level: KernelDispatch.Level) {
+        let width = 13
+        let x = randomValues(32 * width, seed: 50, -3, 3).enumerated().map { $0.offset % 5 == 0 ? 0.5 : $0.element }   // some ties
+        let (mean, scale, shift) = (randomValues(8, seed: 51), randomValues(8, seed: 52, -2, 2), randomValues(8, seed: 53))
+        var y = [Float](repeating: 0, count: 8 * width), argmax = y
+        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in argmax.withUnsafeMutableBufferPointer { mp in
+            KernelDispatch.pooledELUForwardRow(width, top: xp.baseAddress!, bottom: xp.baseAddress! + 16 * width, mean: SIMD8(mean),
+                                               scale: SIMD8(scale), shift: SIMD8(shift), alpha: 0.7, into: yp.baseAddress!,
+                                               argmaxInput: mp.baseAddress!, kernels: level)
+        } } }
+        for j in 0..<width {
+            for l in 0..<8 {
+                let window = [16 * j + l, 16 * j + 8 + l, 16 * width + 16 * j + l, 16 * width + 16 * j + 8 + l].map { x[$0] }
+                let z = window.map { Float(scale[l]) * ($0 - mean[l]) + shift[l] }
+                let first = z.firstIndex(of: z.max()!)!
+                let top = Double(z[first])
+                let expected = top > 0 ? top : 0.7 * (Foundation.exp(top) - 1)
+                #expect(abs(Double(y[8 * j + l]) - expected) <= 1e-6 * max(1, abs(expected)), "pixel \(j) lane \(l)")
+                #expect(argmax[8 * j + l] == window[first], "pixel \(j) lane \(l)")
+            }
+        }
     }
 }

@@ -210,10 +210,11 @@ extension ConvGeometry {
 extension Tensor {
     /// `batchNormELU(..., layout: .blocked8).maxPool2x2Blocked()` as one op, for a block whose normalised output feeds
     /// nothing but the pooling (SSD7's first three): the same values and gradients (tested), in fewer passes over
-    /// memory. The normalised output y is kept for backward, its gradient never exists: backward routes the pooled
-    /// gradient to each window's maximum and applies ELU's derivative two rows at a time in a small buffer, once for
-    /// the statistics' sums and once for the input gradient. Per element of y (SSD7's conv1: 295 MB at batch 16) that
-    /// is ~9 passes instead of ~15, and one activation-sized buffer fewer.
+    /// memory. It pools before the ELU (`PooledELUKernels`): ELU(max z) is max ELU(z), so the exp runs on a quarter of
+    /// the pixels, and neither the full-size ELU output nor its gradient ever exists. Backward keeps x at each window's
+    /// maximum (a quarter of x's size), reads only pooled-size tensors for the statistics' sums, and finds each window's
+    /// maximum again from x as it writes the input gradient. Per element of x (SSD7's conv1: 295 MB at batch 16) that is
+    /// ~5 passes over memory instead of ~9, and one activation-sized buffer fewer.
     public func batchNormELUMaxPool2x2Blocked(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                               momentum: Float = 0.99, epsilon: Float = 1e-3,
                                               runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
@@ -231,88 +232,79 @@ extension Tensor {
         let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
                                         momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
                                         crossReplicaSum: crossReplicaSum)
-        let y = FloatStorage(uninitializedCount: count)
         let outShape = [n, blocks, oh, ow, 8]
+        let pooledCount = Tensor.elementCount(outShape)
+        // x at each window's maximum, for backward; nothing needs it at inference.
+        let argmaxInput = FloatStorage(uninitializedCount: GradMode.isEnabled && [x, gamma, beta].contains { $0.requiresGrad } ? pooledCount : 0)
         let work = count * 4
         func vector(_ p: UnsafeMutablePointer<Float>, _ block: Int) -> SIMD8<Float> { BlockedKernels.load(p + 8 * block) }
 
-        let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)),
-                                inputs: [x, gamma, beta]) { out in
-            let (xp, yp, pooled, dPooled) = (UnsafePointer(x.data), UnsafePointer(y.pointer), UnsafePointer(out.data), UnsafePointer(out.grad))
-            /// dz of rows 2i and 2i + 1 of a plane into `dz` (2 rows): the pooled gradient routed to each window's
-            /// maximum, zero where no window reaches (an odd last column), times ELU's derivative.
-            func rowPairGradient(_ plane: Int, _ i: Int, into dz: UnsafeMutablePointer<Float>) {
-                let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * 8
-                KernelDispatch.maxPoolRowGradient(ow, top: yp + top, bottom: yp + top + row, y: pooled + o, dy: dPooled + o,
-                                                  topGradient: dz, bottomGradient: dz + row, overwrite: true)
-                if w % 2 == 1 { (dz + row - 8).update(repeating: 0, count: 8); (dz + 2 * row - 8).update(repeating: 0, count: 8) }
-                KernelDispatch.blockedELUDerivative(2 * w, dz, y: yp + top, alpha: alpha)
-            }
-            // Pass 1: sums = [sum dz | sum dz (x - mean)] per channel, channel blocks over the threads.
+        let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: pooledCount), inputs: [x, gamma, beta]) { out in
+            let (xp, xm, pooled, dPooled) = (UnsafePointer(x.data), UnsafePointer(argmaxInput.pointer), UnsafePointer(out.data),
+                                             UnsafePointer(out.grad))
+            // Pass 1: sums = [sum dz | sum dz (x - mean)] per channel over the windows' maxima, channel blocks over the threads.
             var sums = [Double](repeating: 0, count: 2 * c)
             sums.withUnsafeMutableBufferPointer { s in
                 let sp = s.baseAddress!
-                Parallel.forEachChunk(of: blocks, work: work) { range in
-                    let dz = UnsafeMutablePointer<Float>.allocate(capacity: 2 * row)
-                    defer { dz.deallocate() }
+                Parallel.forEachChunk(of: blocks, work: work / 4) { range in
                     for b in range {
-                        let shift = vector(stats.mean.pointer, b)
+                        let mean = vector(stats.mean.pointer, b)
                         var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
                         for sample in 0..<n {
-                            let plane = sample * blocks + b
-                            for i in 0..<oh {
-                                rowPairGradient(plane, i, into: dz)
-                                let (sumDz, dot) = KernelDispatch.blockedSumAndDot(2 * w, dz, xp + (plane * h + 2 * i) * row, shift: shift)
-                                plain += sumDz
-                                product += dot
-                            }
+                            let at = (sample * blocks + b) * oh * ow * 8
+                            let (sumDz, dot) = KernelDispatch.pooledELUGradientSums(oh * ow, y: pooled + at, dy: dPooled + at,
+                                                                                    argmaxInput: xm + at, mean: mean, alpha: alpha)
+                            plain += sumDz
+                            product += dot
                         }
                         for l in 0..<8 { sp[8 * b + l] = plain[l]; sp[c + 8 * b + l] = product[l] }
                     }
                 }
             }
             guard let (slope, offset) = stats.backward(&sums, x: x, gamma: gamma, beta: beta, crossReplicaSum: crossReplicaSum) else { return }
-            // Pass 2: dx = scale dz + slope (x - mean) + offset, planes over the threads; rows no window reaches have dz = 0.
+            // Pass 2: dx = scale dz + slope (x - mean) + offset, planes over the threads; pixels no window reaches
+            // (an odd last row or column) have dz = 0.
             let (dx, overwrite) = x.gradientForWriting()
+            let noGradient = UnsafeMutablePointer<Float>.allocate(capacity: row)
+            noGradient.initialize(repeating: 0, count: row)
+            defer { noGradient.deallocate() }
             Parallel.forEachChunk(of: n * blocks, work: work) { range in
-                let dz = UnsafeMutablePointer<Float>.allocate(capacity: 2 * row)
-                defer { dz.deallocate() }
                 for plane in range {
                     let b = plane % blocks
                     let (mean, scale) = (vector(stats.mean.pointer, b), vector(stats.scale.pointer, b))
                     let (sl, of) = (vector(slope.pointer, b), vector(offset.pointer, b))
+                    func unreached(_ at: Int, pixels: Int) {
+                        KernelDispatch.blockedInputGradient(pixels, dy: noGradient, x: xp + at, into: dx + at, mean: mean, scale: scale,
+                                                            slope: sl, offset: of, overwrite: overwrite)
+                    }
                     for i in 0..<oh {
-                        rowPairGradient(plane, i, into: dz)
-                        let at = (plane * h + 2 * i) * row
-                        KernelDispatch.blockedInputGradient(2 * w, dy: dz, x: xp + at, into: dx + at, mean: mean, scale: scale, slope: sl,
-                                                     offset: of, overwrite: overwrite)
+                        let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * 8
+                        KernelDispatch.pooledELUInputGradientRow(ow, top: xp + top, bottom: xp + top + row, y: pooled + o, dy: dPooled + o,
+                                                                 argmaxInput: xm + o, topGradient: dx + top, bottomGradient: dx + top + row,
+                                                                 mean: mean, scale: scale, slope: sl, offset: of, alpha: alpha,
+                                                                 overwrite: overwrite)
+                        if w % 2 == 1 { unreached(top + row - 8, pixels: 1); unreached(top + 2 * row - 8, pixels: 1) }
                     }
-                    if h % 2 == 1 {
-                        dz.update(repeating: 0, count: row)
-                        let at = (plane * h + h - 1) * row
-                        KernelDispatch.blockedInputGradient(w, dy: dz, x: xp + at, into: dx + at, mean: mean, scale: scale, slope: sl,
-                                                     offset: of, overwrite: overwrite)
-                    }
+                    if h % 2 == 1 { unreached((plane * h + h - 1) * row, pixels: w) }
                 }
             }
-            withExtendedLifetime((slope, offset, y)) {}
+            withExtendedLifetime((slope, offset, argmaxInput)) {}
         }
-        // Forward: two rows of y at a time, then their pooled row while they are in cache.
-        let (xp, yp, pooled, betaPointer) = (UnsafePointer(x.data), y.pointer, out.data, beta.data)
+        // Forward: one pooled row at a time from two rows of x.
+        let (xp, xm, pooled, betaPointer) = (UnsafePointer(x.data), argmaxInput.pointer, out.data, beta.data)
+        let keepArgmax = argmaxInput.count > 0
         Parallel.forEachChunk(of: n * blocks, work: work) { range in
+            // Where the argmax input goes when nothing keeps it: one row's scratch.
+            let scratch = keepArgmax ? nil : UnsafeMutablePointer<Float>.allocate(capacity: max(1, ow * 8))
+            defer { scratch?.deallocate() }
             for plane in range {
                 let b = plane % blocks
                 let (mean, scale, shift) = (vector(stats.mean.pointer, b), vector(stats.scale.pointer, b), vector(betaPointer, b))
-                func normalise(_ firstRow: Int, rows: Int) {
-                    let at = (plane * h + firstRow) * row
-                    KernelDispatch.affineELUBlocked(rows * w, xp + at, yp + at, mean: mean, scale: scale, shift: shift, alpha: alpha)
-                }
                 for i in 0..<oh {
-                    normalise(2 * i, rows: 2)
-                    let top = yp + (plane * h + 2 * i) * row
-                    KernelDispatch.maxPoolRow(ow, top: top, bottom: top + row, into: pooled + (plane * oh + i) * ow * 8)
+                    let top = xp + (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * 8
+                    KernelDispatch.pooledELUForwardRow(ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
+                                                       alpha: alpha, into: pooled + o, argmaxInput: scratch ?? xm + o)
                 }
-                if h % 2 == 1 { normalise(h - 1, rows: 1) }
             }
         }
         return out

@@ -140,4 +140,42 @@ extension KernelDispatch {
                                               bottomGradient: bottomGradient, overwrite: overwrite)
         }
     }
+
+    // Batch norm + ELU + 2x2 max-pooling pooled before the ELU (`PooledELUKernels`).
+
+    static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
+                                    scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
+                                    argmaxInput xm: UnsafeMutablePointer<Float>, kernels: Level = current) {
+        switch kernels {
+        case .baseline:
+            PooledELUKernels.forwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
+                                        argmaxInput: xm, SeparateMultiplyAdd.self)
+        case .avx2:
+            AVX2Kernels.pooledELUForwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
+                                            argmaxInput: xm)
+        }
+    }
+
+    static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                      mean: SIMD8<Float>, alpha: Float, kernels: Level = current) -> (SIMD8<Double>, SIMD8<Double>) {
+        kernels == .avx2
+            ? AVX2Kernels.pooledELUGradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
+            : PooledELUKernels.gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
+    }
+
+    static func pooledELUInputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
+                                          dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                          topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                          mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
+                                          alpha: Float, overwrite: Bool, kernels: Level = current) {
+        if kernels == .avx2 {
+            AVX2Kernels.pooledELUInputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+                                                  bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
+                                                  alpha: alpha, overwrite: overwrite)
+        } else {
+            PooledELUKernels.inputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+                                              bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
+                                              alpha: alpha, overwrite: overwrite)
+        }
+    }
 }
