@@ -109,16 +109,9 @@ public enum BlockedKernels {
 public enum PooledELUKernels {
     public typealias Vector = SIMD8<Float>
 
-    @inlinable @inline(__always)
-    static func elu<M: MultiplyAdd>(_ v: Vector, alpha: Float, _ m: M.Type) -> Vector {
-        let zero = Vector(repeating: 0)
-        let negative = Vector(repeating: alpha) * (VectorMath.exp(v.replacing(with: zero, where: v .> zero), m) - 1)
-        return negative.replacing(with: v, where: v .> zero)
-    }
-
     /// ELU'(z) read from y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
     @inlinable @inline(__always)
-    static func eluDerivative(_ y: Vector, alpha: Float) -> Vector {
+    public static func eluDerivative(_ y: Vector, alpha: Float) -> Vector {
         (y + Vector(repeating: alpha)).replacing(with: Vector(repeating: 1), where: y .> Vector(repeating: 0))
     }
 
@@ -139,7 +132,10 @@ public enum PooledELUKernels {
             let zTop = z0.replacing(with: z1, where: right), xTop = x0.replacing(with: x1, where: right)
             let zBottom = z2.replacing(with: z3, where: lowerRight), xBottom = x2.replacing(with: x3, where: lowerRight)
             let lower = zBottom .> zTop
-            BlockedKernels.store(elu(zTop.replacing(with: zBottom, where: lower), alpha: alpha, m), y + 8 &* j)
+            // ELU, written out: as a call (even marked inline-always) it stayed out of line, one call per pixel.
+            let z = zTop.replacing(with: zBottom, where: lower), zero = Vector(repeating: 0)
+            let negative = Vector(repeating: alpha) * (VectorMath.exp(z.replacing(with: zero, where: z .> zero), m) - 1)
+            BlockedKernels.store(negative.replacing(with: z, where: z .> zero), y + 8 &* j)
             BlockedKernels.store(xTop.replacing(with: xBottom, where: lower), xm + 8 &* j)
         }
     }
@@ -184,81 +180,6 @@ public enum PooledELUKernels {
             }
             gradient(x.0, first, topGradient + o); gradient(x.1, second, topGradient + (o &+ 8))
             gradient(x.2, third, bottomGradient + o); gradient(x.3, fourth, bottomGradient + (o &+ 8))
-        }
-    }
-}
-
-/// The weight gradient of a stride-1 convolution with a 5-wide kernel, few input channels in NCHW and the output
-/// gradient in the blocked layout: SSD7's conv1 (3 -> 32 channels, 5x5), where oneDNN 2.6's AVX2 kernel runs at ~40
-/// GFLOP/s against ~80 for its 3x3 layers. Each output pixel is an 8-channel vector of dy; a row of them against
-/// the five taps of an input row is 10 multiply-adds into 10 vectors held in registers (two blocks of 8 output
-/// channels x 5 taps), the whole row at a time, so that the loop is bound by multiply-adds, not loads.
-public enum FiveWideWeightGradient {
-    /// dw[o][c][kh][5] += sum over images and output pixels of dy[n][o][y][x] x[n][c][y + kh - padTop][x + kw - padLeft]
-    /// for the output-channel blocks in `blockPairs` (pairs of blocks of 8). `padded` is scratch of (width + 4 + 8) floats.
-    @inlinable @inline(__always)
-    public static func accumulate<M: MultiplyAdd>(images: Int, channels: Int, height: Int, width: Int, kernelH: Int,
-                                                  padTop: Int, padLeft: Int, outHeight: Int, outWidth: Int, outBlocks: Int,
-                                                  x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
-                                                  blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>, _: M.Type) {
-        typealias V = SIMD8<Float>
-        let taps = 5
-        // Sums per (pair, c, kh): 10 vectors, [block 0 taps 0-4, block 1 taps 0-4], in Double: a row's 10 vectors
-        // start from zero and are added here, so that millions of terms do not pile up in Float.
-        let sums = UnsafeMutablePointer<SIMD8<Double>>.allocate(capacity: blockPairs.count * channels * kernelH * 10)
-        sums.initialize(repeating: SIMD8<Double>(repeating: 0), count: blockPairs.count * channels * kernelH * 10)
-        defer { sums.deallocate() }
-        let paddedWidth = width + taps - 1 + 8
-        for n in 0..<images {
-            for c in 0..<channels {
-                for iy in 0..<height {
-                    // The input row with padLeft zeros in front and zeros after: every tap reads inside it.
-                    padded.initialize(repeating: 0, count: paddedWidth)
-                    (padded + padLeft).update(from: x + ((n * channels + c) * height + iy) * width, count: width)
-                    for kh in 0..<kernelH {
-                        let y = iy - kh + padTop   // the output row this input row meets through tap row kh
-                        guard y >= 0 && y < outHeight else { continue }
-                        for (p, pair) in blockPairs.enumerated() {
-                            let dy0 = dy + ((n * outBlocks + 2 * pair) * outHeight + y) * outWidth * 8
-                            let dy1 = dy0 + outHeight * outWidth * 8
-                            let s = sums + ((p * channels + c) * kernelH + kh) * 10
-                            let zero = V(repeating: 0)
-                            var (a0, a1, a2, a3, a4) = (zero, zero, zero, zero, zero)
-                            var (b0, b1, b2, b3, b4) = (zero, zero, zero, zero, zero)
-                            for ox in 0..<outWidth {
-                                let d0 = BlockedKernels.load(dy0 + 8 &* ox), d1 = BlockedKernels.load(dy1 + 8 &* ox)
-                                let r = padded + ox
-                                let t0 = V(repeating: r[0]), t1 = V(repeating: r[1]), t2 = V(repeating: r[2])
-                                let t3 = V(repeating: r[3]), t4 = V(repeating: r[4])
-                                a0 = M.multiplyAdd(d0, t0, a0); a1 = M.multiplyAdd(d0, t1, a1); a2 = M.multiplyAdd(d0, t2, a2)
-                                a3 = M.multiplyAdd(d0, t3, a3); a4 = M.multiplyAdd(d0, t4, a4)
-                                b0 = M.multiplyAdd(d1, t0, b0); b1 = M.multiplyAdd(d1, t1, b1); b2 = M.multiplyAdd(d1, t2, b2)
-                                b3 = M.multiplyAdd(d1, t3, b3); b4 = M.multiplyAdd(d1, t4, b4)
-                            }
-                            s[0] += SIMD8<Double>(a0); s[1] += SIMD8<Double>(a1); s[2] += SIMD8<Double>(a2)
-                            s[3] += SIMD8<Double>(a3); s[4] += SIMD8<Double>(a4); s[5] += SIMD8<Double>(b0)
-                            s[6] += SIMD8<Double>(b1); s[7] += SIMD8<Double>(b2); s[8] += SIMD8<Double>(b3)
-                            s[9] += SIMD8<Double>(b4)
-                        }
-                    }
-                }
-            }
-        }
-        for (p, pair) in blockPairs.enumerated() {
-            for c in 0..<channels {
-                for kh in 0..<kernelH {
-                    let s = sums + ((p * channels + c) * kernelH + kh) * 10
-                    for half in 0..<2 {
-                        for kw in 0..<taps {
-                            let v = s[half * 5 + kw]
-                            for l in 0..<8 {
-                                let o = (2 * pair + half) * 8 + l
-                                dw[((o * channels + c) * kernelH + kh) * taps + kw] += Float(v[l])
-                            }
-                        }
-                    }
-                }
-            }
         }
     }
 }

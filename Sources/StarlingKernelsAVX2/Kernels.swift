@@ -57,6 +57,16 @@ extension AVX2Kernels {
     }
 }
 
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
+                                                   outputGradient: UnsafePointer<Float>, outBlockCount: Int,
+                                                   partial: UnsafeMutablePointer<SIMD8<Float>>) {
+        BlockedWeightGradient3x3.accumulateRow(y, height: height, width: width, input: input, outputGradient: outputGradient,
+                                               outBlockCount: outBlockCount, partial: partial, FusedMultiplyAdd.self)
+    }
+}
+
 /// The blocked layout's memory-bound loops: one 8-channel vector per pixel is one ymm register here, two xmm ones in
 /// the baseline build (and the Double sums four).
 extension AVX2Kernels {

@@ -24,10 +24,14 @@ import Testing
     }
 
     /// Every layout pair against conv2d in NCHW: odd sizes, strides 1 and 2, same and valid padding, 3 or 16 input
-    /// channels. The 5x5 cases with 32 outputs from an NCHW input take `FiveWideWeightGradient` on AVX2 machines.
+    /// channels. The 5x5 cases with 32 outputs from an NCHW input take `FiveWideWeightGradient` on AVX2 machines, the
+    /// 3x3 "same" ones with 16 to 64 outputs between blocked tensors `BlockedWeightGradient3x3` (groups of 2 and 3
+    /// output blocks: 2, 3, 2 + 2, 3 + 2, 3 + 3 + 2).
     @Test(arguments: [(false, true), (true, true), (true, false)]) func convolutionMatchesNCHW(blockedInput: Bool, blockedOutput: Bool) throws {
         for (stride, padding, kernel, cout) in [((1, 1), Padding.same, 3, 8), ((2, 2), Padding.valid, 3, 8), ((1, 1), Padding.same, 5, 8),
-                                                ((1, 1), Padding.same, 5, 32), ((1, 1), Padding.valid, 5, 16)] {
+                                                ((1, 1), Padding.same, 5, 32), ((1, 1), Padding.valid, 5, 16), ((1, 1), Padding.same, 3, 16),
+                                                ((1, 1), Padding.same, 3, 24), ((1, 1), Padding.same, 3, 32), ((1, 1), Padding.same, 3, 40),
+                                                ((1, 1), Padding.same, 3, 64), ((1, 1), Padding.valid, 3, 16)] {
             let cin = blockedInput ? 16 : 3
             let x = randomVariable([3, cin, 9, 11], seed: 4), w = randomVariable([cout, cin, kernel, kernel], seed: 5)
             let b = randomVariable([cout], seed: 6)

@@ -117,7 +117,8 @@ extension Tensor {
                     accumulateChannelSums(dy, batch: n, channels: cout, plane: g.outPlane, into: bias.grad)
                 }
             }
-            if weight.requiresGrad && !g.fiveWideWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts) {
+            if weight.requiresGrad && !g.fiveWideWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts)
+                && !g.blockedWeightGradient3x3(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts) {
                 let done = g.dnnlAccumulateWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts)
                 precondition(done, "oneDNN lost the plan of a blocked convolution")
             }
@@ -188,6 +189,57 @@ func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, planes: Int, blocks
 }
 
 extension ConvGeometry {
+    /// Whether `blockedWeightGradient3x3` applies; `STARLING_WGRAD=dnnl` leaves every weight gradient to oneDNN (benchmarks).
+    static let ownWeightGradients = getenv("STARLING_WGRAD").map { String(cString: $0) } != "dnnl"
+
+    /// The weight gradient by `BlockedWeightGradient3x3` (AVX2 builds only) when it applies: a 3x3 kernel at stride 1
+    /// with one pixel of padding, input and output gradient both blocked, at least two output blocks. False, doing
+    /// nothing, otherwise. Work items are (input block, group of 2-3 output blocks) pairs, each writing its own
+    /// weights, so the result does not depend on the thread count.
+    func blockedWeightGradient3x3(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
+                                  into dw: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
+        guard Self.ownWeightGradients, KernelDispatch.current == .avx2, layouts.sourceBlocked, layouts.destinationBlocked,
+              kernelH == 3, kernelW == 3, groups == 1, strideH == 1, strideW == 1, dilationH == 1, dilationW == 1,
+              padTop == 1, padLeft == 1, outHeight == height, outWidth == width, inChannels % 8 == 0, outChannels % 8 == 0,
+              outChannels >= 16 else { return false }
+        let (inBlocks, outBlocks) = (inChannels / 8, outChannels / 8)
+        // Output blocks in groups of 3, the remainder in groups of 2 (4 = 2 + 2, 5 = 3 + 2, 8 = 3 + 3 + 2).
+        var groupSizes = [Int](repeating: 3, count: outBlocks / 3)
+        switch outBlocks % 3 {
+        case 1: groupSizes.removeLast(); groupSizes += [2, 2]
+        case 2: groupSizes.append(2)
+        default: break
+        }
+        let starts = groupSizes.indices.map { groupSizes[..<$0].reduce(0, +) }
+        let items = inBlocks * groupSizes.count, plane = outPlane * 8
+        Parallel.forEachChunk(of: items, work: batch * outChannels * outPlane * inChannels * 9) { range in
+            // Per pair: Float sums over an image's rows, Double sums over the batch.
+            let stride = BlockedWeightGradient3x3.sumCount(outBlockCount: 3)
+            let partial = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: range.count * stride)
+            let sums = UnsafeMutablePointer<SIMD8<Double>>.allocate(capacity: range.count * stride)
+            partial.initialize(repeating: SIMD8<Float>(repeating: 0), count: range.count * stride)
+            sums.initialize(repeating: SIMD8<Double>(repeating: 0), count: range.count * stride)
+            defer { partial.deallocate(); sums.deallocate() }
+            for n in 0..<batch {
+                for y in 0..<height {
+                    for (k, item) in range.enumerated() {
+                        let (inBlock, group) = item.quotientAndRemainder(dividingBy: groupSizes.count)
+                        KernelDispatch.blockedWeightGradient3x3Row(y, height: height, width: width, input: x + (n * inBlocks + inBlock) * plane,
+                                                                   outputGradient: dy + (n * outBlocks + starts[group]) * plane,
+                                                                   outBlockCount: groupSizes[group], partial: partial + k * stride)
+                    }
+                }
+                BlockedWeightGradient3x3.flush(partial, into: sums, count: range.count * stride)
+            }
+            for (k, item) in range.enumerated() {
+                let (inBlock, group) = item.quotientAndRemainder(dividingBy: groupSizes.count)
+                BlockedWeightGradient3x3.addSums(sums + k * stride, into: dw, channels: inChannels, inBlock: inBlock,
+                                                 firstOutBlock: starts[group], outBlockCount: groupSizes[group])
+            }
+        }
+        return true
+    }
+
     /// The weight gradient by `FiveWideWeightGradient` (AVX2 builds only) when it applies: a 5-wide kernel at stride 1,
     /// an NCHW input of at most 4 channels, a blocked output gradient with an even number of 8-channel blocks. False,
     /// doing nothing, otherwise. SSD7's conv1: 0.27 -> ~0.1 s a step of 16 images on one thread (BENCHMARKS.md).

@@ -101,6 +101,15 @@ extension KernelDispatch {
                                            outBlocks: outBlocks, x: x, dy: dy, dw: dw, blockPairs: blockPairs, padded: padded)
     }
 
+    /// `BlockedWeightGradient3x3.accumulateRow`, only in the AVX2 build (the baseline one would be slower than oneDNN).
+    static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
+                                            outputGradient: UnsafePointer<Float>, outBlockCount: Int,
+                                            partial: UnsafeMutablePointer<SIMD8<Float>>) {
+        precondition(current == .avx2, "the blocked 3x3 weight gradient runs in the AVX2 build only")
+        AVX2Kernels.blockedWeightGradient3x3Row(y, height: height, width: width, input: input, outputGradient: outputGradient,
+                                                outBlockCount: outBlockCount, partial: partial)
+    }
+
     // The blocked layout's loops (`BlockedKernels`).
 
     static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>,

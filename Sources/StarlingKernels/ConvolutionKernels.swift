@@ -1,0 +1,175 @@
+/// Convolution weight gradients that Starling computes itself where oneDNN 2.6's AVX2 kernels run well below the
+/// machine's multiply-add rate (~105 GFLOP/s a core here, which oneDNN's forward and input-gradient kernels reach):
+/// conv1's 5-wide kernel on 3 input channels (~40 GFLOP/s in oneDNN) and the 3x3 layers in the blocked layout (~70-79).
+/// Both keep 10-12 independent vector sums in registers over a row of pixels, so that multiply-adds, not loads or
+/// their latency, bound the loop, and sum in Double beyond a row (conv1's) or an image (the 3x3 layers').
+
+/// The weight gradient of a stride-1 convolution with a 5-wide kernel, few input channels in NCHW and the output
+/// gradient in the blocked layout: SSD7's conv1 (3 -> 32 channels, 5x5), where oneDNN 2.6's AVX2 kernel runs at ~40
+/// GFLOP/s against ~80 for its 3x3 layers. Each output pixel is an 8-channel vector of dy; a row of them against
+/// the five taps of an input row is 10 multiply-adds into 10 vectors held in registers (two blocks of 8 output
+/// channels x 5 taps), the whole row at a time, so that the loop is bound by multiply-adds, not loads.
+public enum FiveWideWeightGradient {
+    /// dw[o][c][kh][5] += sum over images and output pixels of dy[n][o][y][x] x[n][c][y + kh - padTop][x + kw - padLeft]
+    /// for the output-channel blocks in `blockPairs` (pairs of blocks of 8). `padded` is scratch of (width + 4 + 8) floats.
+    @inlinable @inline(__always)
+    public static func accumulate<M: MultiplyAdd>(images: Int, channels: Int, height: Int, width: Int, kernelH: Int,
+                                                  padTop: Int, padLeft: Int, outHeight: Int, outWidth: Int, outBlocks: Int,
+                                                  x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                                                  blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>, _: M.Type) {
+        typealias V = SIMD8<Float>
+        let taps = 5
+        // Sums per (pair, c, kh): 10 vectors, [block 0 taps 0-4, block 1 taps 0-4], in Double: a row's 10 vectors
+        // start from zero and are added here, so that millions of terms do not pile up in Float.
+        let sums = UnsafeMutablePointer<SIMD8<Double>>.allocate(capacity: blockPairs.count * channels * kernelH * 10)
+        sums.initialize(repeating: SIMD8<Double>(repeating: 0), count: blockPairs.count * channels * kernelH * 10)
+        defer { sums.deallocate() }
+        let paddedWidth = width + taps - 1 + 8
+        for n in 0..<images {
+            for c in 0..<channels {
+                for iy in 0..<height {
+                    // The input row with padLeft zeros in front and zeros after: every tap reads inside it.
+                    padded.initialize(repeating: 0, count: paddedWidth)
+                    (padded + padLeft).update(from: x + ((n * channels + c) * height + iy) * width, count: width)
+                    for kh in 0..<kernelH {
+                        let y = iy - kh + padTop   // the output row this input row meets through tap row kh
+                        guard y >= 0 && y < outHeight else { continue }
+                        for (p, pair) in blockPairs.enumerated() {
+                            let dy0 = dy + ((n * outBlocks + 2 * pair) * outHeight + y) * outWidth * 8
+                            let dy1 = dy0 + outHeight * outWidth * 8
+                            let s = sums + ((p * channels + c) * kernelH + kh) * 10
+                            let zero = V(repeating: 0)
+                            var (a0, a1, a2, a3, a4) = (zero, zero, zero, zero, zero)
+                            var (b0, b1, b2, b3, b4) = (zero, zero, zero, zero, zero)
+                            for ox in 0..<outWidth {
+                                let d0 = BlockedKernels.load(dy0 + 8 &* ox), d1 = BlockedKernels.load(dy1 + 8 &* ox)
+                                let r = padded + ox
+                                let t0 = V(repeating: r[0]), t1 = V(repeating: r[1]), t2 = V(repeating: r[2])
+                                let t3 = V(repeating: r[3]), t4 = V(repeating: r[4])
+                                a0 = M.multiplyAdd(d0, t0, a0); a1 = M.multiplyAdd(d0, t1, a1); a2 = M.multiplyAdd(d0, t2, a2)
+                                a3 = M.multiplyAdd(d0, t3, a3); a4 = M.multiplyAdd(d0, t4, a4)
+                                b0 = M.multiplyAdd(d1, t0, b0); b1 = M.multiplyAdd(d1, t1, b1); b2 = M.multiplyAdd(d1, t2, b2)
+                                b3 = M.multiplyAdd(d1, t3, b3); b4 = M.multiplyAdd(d1, t4, b4)
+                            }
+                            s[0] += SIMD8<Double>(a0); s[1] += SIMD8<Double>(a1); s[2] += SIMD8<Double>(a2)
+                            s[3] += SIMD8<Double>(a3); s[4] += SIMD8<Double>(a4); s[5] += SIMD8<Double>(b0)
+                            s[6] += SIMD8<Double>(b1); s[7] += SIMD8<Double>(b2); s[8] += SIMD8<Double>(b3)
+                            s[9] += SIMD8<Double>(b4)
+                        }
+                    }
+                }
+            }
+        }
+        for (p, pair) in blockPairs.enumerated() {
+            for c in 0..<channels {
+                for kh in 0..<kernelH {
+                    let s = sums + ((p * channels + c) * kernelH + kh) * 10
+                    for half in 0..<2 {
+                        for kw in 0..<taps {
+                            let v = s[half * 5 + kw]
+                            for l in 0..<8 {
+                                let o = (2 * pair + half) * 8 + l
+                                dw[((o * channels + c) * kernelH + kh) * taps + kw] += Float(v[l])
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight gradient of a stride-1 3x3 convolution with one pixel of zero padding ("same"), its input and output
+/// gradient both in the blocked layout: dw[o][c][kh][kw] += sum over images and pixels of dy[n][o][y][x] x[n][c][y + kh
+/// - 1][x + kw - 1]. For a group of three output-channel blocks and four lanes (input channels) of one input block, 12
+/// vectors of 8 output channels accumulate along a row: three loads of dy and four broadcasts of x feed 12
+/// multiply-adds, and 12 independent sums hide the multiply-add latency (5 cycles, 2 a cycle). Groups of two blocks
+/// (8 sums) take what is left of an output-channel count that is not a multiple of 24. The caller walks images and
+/// rows outermost and the (input block, output group) pairs innermost, so that a row of dy and three rows of x are
+/// read from memory once and then from cache by every pair.
+public enum BlockedWeightGradient3x3 {
+    /// Vectors one (input block, output group) pair sums into: 9 taps x 2 lane groups x 4 lanes x (2 or 3) blocks.
+    public static func sumCount(outBlockCount: Int) -> Int { 9 * 2 * 4 * outBlockCount }
+
+    /// Adds output row `y`'s terms to `partial` ([tap][lane group][lane][block]): `input` is the input block's plane of
+    /// one image, `outputGradient` the first block's plane of dy, the next blocks `plane` floats on. The registers start
+    /// from `partial` and are stored back, so that a row costs 12 loads and stores beyond its multiply-adds (adding
+    /// each row into Double sums instead made SSD7's 60-pixel rows 20 % slower); the caller moves `partial` into
+    /// Double sums once per image.
+    @inlinable @inline(__always)
+    public static func accumulateRow<M: MultiplyAdd>(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
+                                                     outputGradient: UnsafePointer<Float>, outBlockCount: Int,
+                                                     partial: UnsafeMutablePointer<SIMD8<Float>>, _: M.Type) {
+        typealias V = SIMD8<Float>
+        let perTap = 2 * 4 * outBlockCount
+        let row = width * 8, plane = height * row
+        let d0 = outputGradient + y * row, d1 = d0 + plane, d2 = d1 + plane
+        for kh in 0..<3 {
+            let iy = y + kh - 1
+            guard iy >= 0 && iy < height else { continue }
+            for kw in 0..<3 {
+                // Output pixels whose tap kw falls inside the row; `shifted` is the input pixel of output pixel 0.
+                let first = kw == 0 ? 1 : 0, last = kw == 2 ? width - 1 : width
+                let shifted = input + iy * row + (kw - 1) * 8
+                for laneGroup in 0..<2 {
+                    let s = partial + (kh * 3 + kw) * perTap + laneGroup * 4 * outBlockCount
+                    let lanes = shifted + 4 * laneGroup
+                    if outBlockCount == 3 {
+                        var (a0, b0, c0, a1, b1, c1) = (s[0], s[1], s[2], s[3], s[4], s[5])
+                        var (a2, b2, c2, a3, b3, c3) = (s[6], s[7], s[8], s[9], s[10], s[11])
+                        for p in first..<last {
+                            let o = 8 &* p
+                            let g0 = BlockedKernels.load(d0 + o), g1 = BlockedKernels.load(d1 + o), g2 = BlockedKernels.load(d2 + o)
+                            let i = lanes + o
+                            let t0 = V(repeating: i[0]), t1 = V(repeating: i[1]), t2 = V(repeating: i[2]), t3 = V(repeating: i[3])
+                            a0 = M.multiplyAdd(g0, t0, a0); b0 = M.multiplyAdd(g1, t0, b0); c0 = M.multiplyAdd(g2, t0, c0)
+                            a1 = M.multiplyAdd(g0, t1, a1); b1 = M.multiplyAdd(g1, t1, b1); c1 = M.multiplyAdd(g2, t1, c1)
+                            a2 = M.multiplyAdd(g0, t2, a2); b2 = M.multiplyAdd(g1, t2, b2); c2 = M.multiplyAdd(g2, t2, c2)
+                            a3 = M.multiplyAdd(g0, t3, a3); b3 = M.multiplyAdd(g1, t3, b3); c3 = M.multiplyAdd(g2, t3, c3)
+                        }
+                        (s[0], s[1], s[2], s[3], s[4], s[5]) = (a0, b0, c0, a1, b1, c1)
+                        (s[6], s[7], s[8], s[9], s[10], s[11]) = (a2, b2, c2, a3, b3, c3)
+                    } else {
+                        var (a0, b0, a1, b1, a2, b2, a3, b3) = (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7])
+                        for p in first..<last {
+                            let o = 8 &* p
+                            let g0 = BlockedKernels.load(d0 + o), g1 = BlockedKernels.load(d1 + o)
+                            let i = lanes + o
+                            let t0 = V(repeating: i[0]), t1 = V(repeating: i[1]), t2 = V(repeating: i[2]), t3 = V(repeating: i[3])
+                            a0 = M.multiplyAdd(g0, t0, a0); b0 = M.multiplyAdd(g1, t0, b0)
+                            a1 = M.multiplyAdd(g0, t1, a1); b1 = M.multiplyAdd(g1, t1, b1)
+                            a2 = M.multiplyAdd(g0, t2, a2); b2 = M.multiplyAdd(g1, t2, b2)
+                            a3 = M.multiplyAdd(g0, t3, a3); b3 = M.multiplyAdd(g1, t3, b3)
+                        }
+                        (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]) = (a0, b0, a1, b1, a2, b2, a3, b3)
+                    }
+                }
+            }
+        }
+    }
+
+    /// sums += partial, partial = 0, over `count` vectors.
+    @inlinable
+    public static func flush(_ partial: UnsafeMutablePointer<SIMD8<Float>>, into sums: UnsafeMutablePointer<SIMD8<Double>>, count: Int) {
+        for k in 0..<count {
+            sums[k] += SIMD8<Double>(partial[k])
+            partial[k] = SIMD8<Float>(repeating: 0)
+        }
+    }
+
+    /// Adds one pair's sums into dw ([O, C, 3, 3], C = `channels`).
+    @inlinable
+    public static func addSums(_ sums: UnsafePointer<SIMD8<Double>>, into dw: UnsafeMutablePointer<Float>, channels: Int,
+                               inBlock: Int, firstOutBlock: Int, outBlockCount: Int) {
+        let perTap = 2 * 4 * outBlockCount
+        for tap in 0..<9 {
+            for lane in 0..<8 {
+                let c = inBlock * 8 + lane
+                for j in 0..<outBlockCount {
+                    let v = sums[tap * perTap + lane * outBlockCount + j]
+                    for l in 0..<8 { dw[(((firstOutBlock + j) * 8 + l) * channels + c) * 9 + tap] += Float(v[l]) }
+                }
+            }
+        }
+    }
+}
