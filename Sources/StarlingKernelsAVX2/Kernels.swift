@@ -67,6 +67,16 @@ extension AVX2Kernels {
     }
 }
 
+extension AVX2Kernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func fiveByFiveForwardRow(_ y: Int, width: Int, paddedWidth: Int, padded: UnsafePointer<Float>,
+                                            steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
+                                            bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>) {
+        FiveByFiveForward.row(y, width: width, paddedWidth: paddedWidth, padded: padded, steps: steps, stepCount: stepCount,
+                              weights: weights, bias: bias, out0: out0, out1: out1, FusedMultiplyAdd.self)
+    }
+}
+
 /// The blocked layout's memory-bound loops: one 8-channel vector per pixel is one ymm register here, two xmm ones in
 /// the baseline build (and the Double sums four).
 extension AVX2Kernels {

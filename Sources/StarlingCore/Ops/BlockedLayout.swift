@@ -129,7 +129,8 @@ extension Tensor {
                 precondition(done, "oneDNN lost the plan of a blocked convolution")
             }
         }
-        let done = g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
+        let done = g.fiveByFiveForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
+            || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
         return out
     }
@@ -189,8 +190,49 @@ func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, planes: Int, blocks
 }
 
 extension ConvGeometry {
-    /// Whether `blockedWeightGradient3x3` applies; `STARLING_WGRAD=dnnl` leaves every weight gradient to oneDNN (benchmarks).
-    static let ownWeightGradients = getenv("STARLING_WGRAD").map { String(cString: $0) } != "dnnl"
+    /// Whether Starling's own convolution kernels (below) may run where they apply: yes on AVX2 machines unless
+    /// `STARLING_CONV=dnnl`, which leaves every pass to oneDNN (for comparisons).
+    static let ownKernels = KernelDispatch.current == .avx2 && getenv("STARLING_CONV").map { String(cString: $0) } != "dnnl"
+
+    /// The forward pass by `FiveByFiveForward` when it applies: a 5x5 "same" kernel at stride 1 from an NCHW input of at
+    /// most 4 channels to a blocked output with an even number of 8-channel blocks. False, doing nothing, otherwise.
+    /// Images go over the threads, each padded once into a scratch copy with zero borders.
+    func fiveByFiveForward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                           output y: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
+        guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, kernelH == 5, kernelW == 5, groups == 1,
+              strideH == 1, strideW == 1, dilationH == 1, dilationW == 1, padTop == 2, padLeft == 2, outHeight == height,
+              outWidth == width, inChannels <= 4, outChannels % 16 == 0 else { return false }
+        let packed = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * inChannels * 25)
+        defer { packed.deallocate() }
+        FiveByFiveForward.pack(w, outChannels: outChannels, channels: inChannels, into: packed)
+        let (paddedWidth, paddedHeight) = (width + 4, height + 4)
+        let paddedPlane = paddedWidth * paddedHeight, outBlocks = outChannels / 8, plane = outPlane * 8
+        let steps = FiveByFiveForward.stepOffsets(channels: inChannels, paddedWidth: paddedWidth, paddedPlane: paddedPlane)
+        Parallel.forEachChunk(of: batch, work: batch * outChannels * outPlane * inChannels * 25) { images in
+            let padded = UnsafeMutablePointer<Float>.allocate(capacity: inChannels * paddedPlane)
+            padded.initialize(repeating: 0, count: inChannels * paddedPlane)
+            defer { padded.deallocate() }
+            for n in images {
+                for c in 0..<inChannels {
+                    for row in 0..<height {
+                        (padded + c * paddedPlane + (row + 2) * paddedWidth + 2).update(from: x + ((n * inChannels + c) * height + row) * width, count: width)
+                    }
+                }
+                for pair in 0..<outBlocks / 2 {
+                    let first = y + (n * outBlocks + 2 * pair) * plane
+                    for row in 0..<height {
+                        steps.withUnsafeBufferPointer { offsets in
+                            KernelDispatch.fiveByFiveForwardRow(row, width: width, paddedWidth: paddedWidth, padded: padded,
+                                                                steps: offsets.baseAddress!, stepCount: offsets.count,
+                                                                weights: packed + pair * 16 * inChannels * 25, bias: bias + 16 * pair,
+                                                                out0: first + row * width * 8, out1: first + plane + row * width * 8)
+                        }
+                    }
+                }
+            }
+        }
+        return true
+    }
 
     /// The weight gradient by `BlockedWeightGradient3x3` (AVX2 builds only) when it applies: a 3x3 kernel at stride 1
     /// with one pixel of padding, input and output gradient both blocked, at least two output blocks. False, doing
@@ -198,7 +240,7 @@ extension ConvGeometry {
     /// weights, so the result does not depend on the thread count.
     func blockedWeightGradient3x3(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
                                   into dw: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
-        guard Self.ownWeightGradients, KernelDispatch.current == .avx2, layouts.sourceBlocked, layouts.destinationBlocked,
+        guard Self.ownKernels, layouts.sourceBlocked, layouts.destinationBlocked,
               kernelH == 3, kernelW == 3, groups == 1, strideH == 1, strideW == 1, dilationH == 1, dilationW == 1,
               padTop == 1, padLeft == 1, outHeight == height, outWidth == width, inChannels % 8 == 0, outChannels % 8 == 0,
               outChannels >= 16 else { return false }
@@ -245,7 +287,7 @@ extension ConvGeometry {
     /// doing nothing, otherwise. SSD7's conv1: 0.27 -> ~0.1 s a step of 16 images on one thread (BENCHMARKS.md).
     func fiveWideWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
                                 into dw: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
-        guard KernelDispatch.current == .avx2, !layouts.sourceBlocked, layouts.destinationBlocked, kernelW == 5, groups == 1,
+        guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, kernelW == 5, groups == 1,
               strideH == 1, strideW == 1, dilationH == 1, dilationW == 1, inChannels <= 4, outChannels % 16 == 0 else { return false }
         let pairs = outChannels / 16
         Parallel.forEachChunk(of: pairs, work: batch * outChannels * outPlane * inChannels * kernelH * kernelW) { range in
