@@ -176,60 +176,65 @@ public enum BlockedWeightGradient3x3 {
     }
 }
 
-/// The forward pass of a stride-1 5x5 convolution with two pixels of zero padding ("same") from a few NCHW input
-/// channels to the blocked layout: SSD7's conv1 (3 -> 32 channels at 300 x 480, a quarter of its forward FLOPs),
-/// where oneDNN 2.6 runs at ~81 GFLOP/s. Six output pixels x two output blocks make 12 register sums; each of the 75
-/// (channel, tap) steps loads two weight vectors and broadcasts six inputs for 12 multiply-adds.
-public enum FiveByFiveForward {
-    /// Weights [O, C, 5, 5] repacked as [O / 16][C][5][5][16]: one pair of output blocks' 16 channels per tap, contiguous.
+/// The forward pass of a stride-1 K x K convolution with "same" zero padding into the blocked layout, from an NCHW input
+/// of a few channels (SSD7's conv1: 3 -> 32 channels, 5x5, at 300 x 480, where oneDNN 2.6 runs at ~81 GFLOP/s) or a
+/// blocked one. Six output pixels x two output blocks make 12 register sums; each (input channel, tap) step loads two
+/// weight vectors and broadcasts six inputs for 12 multiply-adds. The steps are one loop with a run-time trip count
+/// over a table of input offsets: with the taps as nested constant loops LLVM unrolled them and reused broadcasts
+/// across taps, which needed more than 16 registers (the spilled loop ran at ~82 GFLOP/s).
+public enum DirectForward {
+    /// Weights [O, C, K, K] repacked as [O / 16][C][K * K][16]: one pair of output blocks' 16 channels per step, contiguous.
     @inlinable
-    public static func pack(_ w: UnsafePointer<Float>, outChannels: Int, channels: Int, into packed: UnsafeMutablePointer<Float>) {
+    public static func pack(_ w: UnsafePointer<Float>, outChannels: Int, channels: Int, taps: Int, into packed: UnsafeMutablePointer<Float>) {
         for o in 0..<outChannels {
             for c in 0..<channels {
-                for tap in 0..<25 { packed[((o / 16 * channels + c) * 25 + tap) * 16 + o % 16] = w[(o * channels + c) * 25 + tap] }
+                for tap in 0..<taps { packed[((o / 16 * channels + c) * taps + tap) * 16 + o % 16] = w[(o * channels + c) * taps + tap] }
             }
         }
     }
 
-    /// Where each of the `channels` x 25 (channel, tap) steps reads, from an output pixel's top-left input in the padded
-    /// planes: the steps are one loop with a run-time trip count and offsets from a table, because with the taps as
-    /// nested constant loops LLVM unrolled them and reused broadcasts across taps, which needed more than 16 registers
-    /// (the spilled loop ran at ~82 GFLOP/s).
+    /// Where each (channel, tap) step reads, in floats from an output pixel's top-left input in the padded copy:
+    /// planar, channel c's plane at c `paddedPlane`; blocked, channel c is lane c % 8 of block c / 8's plane.
     @inlinable
-    public static func stepOffsets(channels: Int, paddedWidth: Int, paddedPlane: Int) -> [Int] {
-        (0..<channels * 25).map { s in (s / 25) * paddedPlane + (s % 25 / 5) * paddedWidth + s % 5 }
+    public static func stepOffsets(channels: Int, kernel: Int, paddedWidth: Int, paddedPlane: Int, blocked: Bool) -> [Int] {
+        let taps = kernel * kernel
+        return (0..<channels * taps).map { s in
+            let (c, tap) = s.quotientAndRemainder(dividingBy: taps)
+            let (kh, kw) = tap.quotientAndRemainder(dividingBy: kernel)
+            return blocked ? (c / 8) * paddedPlane + (kh * paddedWidth + kw) * 8 + c % 8 : c * paddedPlane + kh * paddedWidth + kw
+        }
     }
 
-    /// Output row `y` of one image for one pair of output blocks: `padded` holds the image's planes with two zero rows
-    /// and columns on every side (rows `paddedWidth` = width + 4 floats long), `steps` their `stepOffsets`, `weights`
-    /// the pair's packed weights, `bias` its 16 biases; the row goes to `out0` (first block) and `out1` (second).
+    /// Output row `y` of one image for one pair of output blocks: `padded` holds the image's input with zero borders
+    /// (rows `rowFloats` apart, pixels `pixelStride` floats apart: 1 planar, 8 blocked), `steps` its `stepOffsets`,
+    /// `weights` the pair's packed weights, `bias` its 16 biases; the row goes to `out0` (first block) and `out1` (second).
     @inlinable @inline(__always)
-    public static func row<M: MultiplyAdd>(_ y: Int, width: Int, paddedWidth: Int, padded: UnsafePointer<Float>,
+    public static func row<M: MultiplyAdd>(_ y: Int, width: Int, rowFloats: Int, pixelStride: Int, padded: UnsafePointer<Float>,
                                            steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
                                            bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>,
                                            out1: UnsafeMutablePointer<Float>, _: M.Type) {
         typealias V = SIMD8<Float>
         let bias0 = BlockedKernels.load(bias), bias1 = BlockedKernels.load(bias + 8)
-        let top = padded + y * paddedWidth
+        let top = padded + y * rowFloats
         var x = 0
         while x + 6 <= width {
             var (a0, a1, a2, a3, a4, a5) = (bias0, bias0, bias0, bias0, bias0, bias0)
             var (b0, b1, b2, b3, b4, b5) = (bias1, bias1, bias1, bias1, bias1, bias1)
-            let r = top + x
+            let r = top + x * pixelStride
             for s in 0..<stepCount {
                 let w0 = BlockedKernels.load(weights + 16 &* s), w1 = BlockedKernels.load(weights + (16 &* s &+ 8))
                 let i = r + steps[s]
                 var t = V(repeating: i[0])
                 a0 = M.multiplyAdd(w0, t, a0); b0 = M.multiplyAdd(w1, t, b0)
-                t = V(repeating: i[1])
+                t = V(repeating: i[pixelStride])
                 a1 = M.multiplyAdd(w0, t, a1); b1 = M.multiplyAdd(w1, t, b1)
-                t = V(repeating: i[2])
+                t = V(repeating: i[2 * pixelStride])
                 a2 = M.multiplyAdd(w0, t, a2); b2 = M.multiplyAdd(w1, t, b2)
-                t = V(repeating: i[3])
+                t = V(repeating: i[3 * pixelStride])
                 a3 = M.multiplyAdd(w0, t, a3); b3 = M.multiplyAdd(w1, t, b3)
-                t = V(repeating: i[4])
+                t = V(repeating: i[4 * pixelStride])
                 a4 = M.multiplyAdd(w0, t, a4); b4 = M.multiplyAdd(w1, t, b4)
-                t = V(repeating: i[5])
+                t = V(repeating: i[5 * pixelStride])
                 a5 = M.multiplyAdd(w0, t, a5); b5 = M.multiplyAdd(w1, t, b5)
             }
             let o = 8 &* x
@@ -241,8 +246,9 @@ public enum FiveByFiveForward {
         }
         while x < width {
             var a = bias0, b = bias1
+            let r = top + x * pixelStride
             for s in 0..<stepCount {
-                let t = V(repeating: top[x + steps[s]])
+                let t = V(repeating: r[steps[s]])
                 a = M.multiplyAdd(BlockedKernels.load(weights + 16 &* s), t, a)
                 b = M.multiplyAdd(BlockedKernels.load(weights + (16 &* s &+ 8)), t, b)
             }

@@ -48,6 +48,24 @@ import Testing
         }
     }
 
+    /// The maps `DirectForward` takes (a blocked input, output channels not a multiple of 32, at least 24 pixels wide;
+    /// or few NCHW input channels): the 26-pixel width leaves two single pixels after four six-pixel tiles.
+    @Test func directForwardMatchesNCHW() throws {
+        for (cin, cout, kernel) in [(16, 48, 3), (8, 16, 3), (3, 32, 5), (2, 16, 3)] {
+            let x = randomVariable([2, cin, 5, 26], seed: 31), w = randomVariable([cout, cin, kernel, kernel], seed: 32)
+            let b = randomVariable([cout], seed: 33)
+            let blockedInput = cin % 8 == 0
+            try #require(Tensor.canConvolveBlocked(input: x.shape, weight: w.shape, stride: (1, 1), padding: .same,
+                                                   blockedInput: blockedInput, blockedOutput: true))
+            let reference = run([x, w, b]) { $0[0].conv2d($0[1], bias: $0[2], stride: (1, 1), padding: .same) }
+            let blocked = run([x, w, b]) { t in
+                (blockedInput ? t[0].blocked8() : t[0]).conv2dBlocked(t[1], bias: t[2], stride: (1, 1), padding: .same).unblocked8()
+            }
+            expectClose(blocked.output, reference.output, tolerance: 1e-4)
+            for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+        }
+    }
+
     @Test func convolutionFiniteDifferences() {
         let w = randomVariable([8, 8, 3, 3], seed: 7), b = randomVariable([8], seed: 8)
         checkGradients([randomVariable([2, 1, 5, 4, 8], seed: 9), w, b]) {

@@ -129,7 +129,7 @@ extension Tensor {
                 precondition(done, "oneDNN lost the plan of a blocked convolution")
             }
         }
-        let done = g.fiveByFiveForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
+        let done = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
         return out
@@ -194,44 +194,60 @@ extension ConvGeometry {
     /// `STARLING_CONV=dnnl`, which leaves every pass to oneDNN (for comparisons).
     static let ownKernels = KernelDispatch.current == .avx2 && getenv("STARLING_CONV").map { String(cString: $0) } != "dnnl"
 
-    /// The forward pass by `FiveByFiveForward` when it applies: a 5x5 "same" kernel at stride 1 from an NCHW input of at
-    /// most 4 channels to a blocked output with an even number of 8-channel blocks. False, doing nothing, otherwise.
-    /// Images go over the threads, each padded once into a scratch copy with zero borders.
-    func fiveByFiveForward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>,
-                           output y: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
-        guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, kernelH == 5, kernelW == 5, groups == 1,
-              strideH == 1, strideW == 1, dilationH == 1, dilationW == 1, padTop == 2, padLeft == 2, outHeight == height,
-              outWidth == width, inChannels <= 4, outChannels % 16 == 0 else { return false }
-        let packed = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * inChannels * 25)
+    /// The forward pass by `DirectForward` when it applies: a K x K "same" kernel at stride 1 into a blocked output with an
+    /// even number of 8-channel blocks, from an NCHW input of at most 4 channels (conv1) or a blocked one. False, doing
+    /// nothing, otherwise. Images go over the threads, each copied once into scratch with zero borders.
+    func directForward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                       output y: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
+        let blocked = layouts.sourceBlocked
+        guard Self.ownKernels, layouts.destinationBlocked, kernelH == kernelW, kernelH % 2 == 1, groups == 1, strideH == 1, strideW == 1,
+              dilationH == 1, dilationW == 1, padTop == kernelH / 2, padLeft == kernelW / 2, outHeight == height, outWidth == width,
+              outChannels % 16 == 0, blocked ? inChannels % 8 == 0 : inChannels <= 4,
+              Self.directForwardTakes(inChannels: inChannels, outChannels: outChannels, width: width) else { return false }
+        let taps = kernelH * kernelW, border = kernelH / 2, pixel = blocked ? 8 : 1
+        let packed = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * inChannels * taps)
         defer { packed.deallocate() }
-        FiveByFiveForward.pack(w, outChannels: outChannels, channels: inChannels, into: packed)
-        let (paddedWidth, paddedHeight) = (width + 4, height + 4)
-        let paddedPlane = paddedWidth * paddedHeight, outBlocks = outChannels / 8, plane = outPlane * 8
-        let steps = FiveByFiveForward.stepOffsets(channels: inChannels, paddedWidth: paddedWidth, paddedPlane: paddedPlane)
-        Parallel.forEachChunk(of: batch, work: batch * outChannels * outPlane * inChannels * 25) { images in
-            let padded = UnsafeMutablePointer<Float>.allocate(capacity: inChannels * paddedPlane)
-            padded.initialize(repeating: 0, count: inChannels * paddedPlane)
+        DirectForward.pack(w, outChannels: outChannels, channels: inChannels, taps: taps, into: packed)
+        let (paddedWidth, paddedHeight) = (width + 2 * border, height + 2 * border)
+        // Planes of the padded copy: one per input channel, or one per block of 8.
+        let (planes, paddedPlane) = blocked ? (inChannels / 8, paddedWidth * paddedHeight * 8) : (inChannels, paddedWidth * paddedHeight)
+        let outBlocks = outChannels / 8, plane = outPlane * 8, rowFloats = paddedWidth * pixel
+        let steps = DirectForward.stepOffsets(channels: inChannels, kernel: kernelH, paddedWidth: paddedWidth, paddedPlane: paddedPlane,
+                                              blocked: blocked)
+        Parallel.forEachChunk(of: batch, work: batch * outChannels * outPlane * inChannels * taps) { images in
+            let padded = UnsafeMutablePointer<Float>.allocate(capacity: planes * paddedPlane)
+            padded.initialize(repeating: 0, count: planes * paddedPlane)
             defer { padded.deallocate() }
-            for n in images {
-                for c in 0..<inChannels {
-                    for row in 0..<height {
-                        (padded + c * paddedPlane + (row + 2) * paddedWidth + 2).update(from: x + ((n * inChannels + c) * height + row) * width, count: width)
+            steps.withUnsafeBufferPointer { offsets in
+                for n in images {
+                    for p in 0..<planes {
+                        for row in 0..<height {
+                            (padded + p * paddedPlane + (row + border) * rowFloats + border * pixel)
+                                .update(from: x + ((n * planes + p) * height + row) * width * pixel, count: width * pixel)
+                        }
                     }
-                }
-                for pair in 0..<outBlocks / 2 {
-                    let first = y + (n * outBlocks + 2 * pair) * plane
-                    for row in 0..<height {
-                        steps.withUnsafeBufferPointer { offsets in
-                            KernelDispatch.fiveByFiveForwardRow(row, width: width, paddedWidth: paddedWidth, padded: padded,
-                                                                steps: offsets.baseAddress!, stepCount: offsets.count,
-                                                                weights: packed + pair * 16 * inChannels * 25, bias: bias + 16 * pair,
-                                                                out0: first + row * width * 8, out1: first + plane + row * width * 8)
+                    for pair in 0..<outBlocks / 2 {
+                        let first = y + (n * outBlocks + 2 * pair) * plane
+                        for row in 0..<height {
+                            KernelDispatch.directForwardRow(row, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded,
+                                                            steps: offsets.baseAddress!, stepCount: offsets.count,
+                                                            weights: packed + pair * 16 * inChannels * taps, bias: bias + 16 * pair,
+                                                            out0: first + row * width * 8, out1: first + plane + row * width * 8)
                         }
                     }
                 }
             }
         }
         return true
+    }
+
+    /// Which convolutions `directForward` takes over from oneDNN, from per-layer timings at batch 16 on one thread
+    /// (BENCHMARKS.md): conv1's few input channels (99 against 81 GFLOP/s), and output channels that are not a multiple
+    /// of 32, which oneDNN 2.6's AVX2 kernel tiles 32 at a time (conv2, 32 -> 48: 95 against 82), on maps at least 24
+    /// pixels wide (on SSD7's 15-pixel conv6 map the single pixels left after the six-pixel tiles made it slower).
+    /// Elsewhere oneDNN's kernel is as fast or faster (conv3 and conv4: 97 against 100, 96 against 104).
+    static func directForwardTakes(inChannels: Int, outChannels: Int, width: Int) -> Bool {
+        inChannels <= 4 || (outChannels % 32 != 0 && width >= 24)
     }
 
     /// The weight gradient by `BlockedWeightGradient3x3` (AVX2 builds only) when it applies: a 3x3 kernel at stride 1

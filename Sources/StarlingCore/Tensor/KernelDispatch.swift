@@ -110,13 +110,13 @@ extension KernelDispatch {
                                                 outBlockCount: outBlockCount, partial: partial)
     }
 
-    /// `FiveByFiveForward.row`, only in the AVX2 build (the baseline one would be slower than oneDNN).
-    static func fiveByFiveForwardRow(_ y: Int, width: Int, paddedWidth: Int, padded: UnsafePointer<Float>,
-                                     steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
-                                     bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>) {
-        precondition(current == .avx2, "the 5x5 forward kernel runs in the AVX2 build only")
-        AVX2Kernels.fiveByFiveForwardRow(y, width: width, paddedWidth: paddedWidth, padded: padded, steps: steps, stepCount: stepCount,
-                                         weights: weights, bias: bias, out0: out0, out1: out1)
+    /// `DirectForward.row`, only in the AVX2 build (the baseline one would be slower than oneDNN).
+    static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
+                                 steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
+                                 bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>) {
+        precondition(current == .avx2, "the direct forward kernel runs in the AVX2 build only")
+        AVX2Kernels.directForwardRow(y, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded, steps: steps,
+                                     stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1)
     }
 
     // The blocked layout's loops (`BlockedKernels`).
