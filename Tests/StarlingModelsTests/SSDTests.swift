@@ -147,6 +147,29 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         #expect(none.item == 0)
     }
 
+    /// The hardest negatives by selection against the full sort they replace: random losses with many ties (a few
+    /// distinct values), every count from 0 past the number of rows, rows not contiguous; and NaN (the sort's path).
+    @Test func hardestNegativesMatchTheFullSort() {
+        var rng = RandomGenerator(seed: 9)
+        for distinct in [3, 50, 100_000] {
+            let loss = (0..<400).map { _ in Float(rng.next() % UInt64(distinct)) * 0.25 }
+            let rows = (0..<400).filter { $0 % 3 != 1 }
+            let sorted = rows.sorted { loss[$0] > loss[$1] || (loss[$0] == loss[$1] && $0 < $1) }
+            for count in [0, 1, 2, 7, 100, 265, 266, 267, 500] {
+                #expect(SSDLoss.hardest(rows, by: loss, count: count) == Array(sorted.prefix(count)), "\(distinct) values, \(count) kept")
+            }
+        }
+        var withNaN = (0..<20).map { Float($0 % 4) }
+        withNaN[5] = .nan
+        #expect(SSDLoss.hardest(Array(0..<20), by: withNaN, count: 3).count == 3)
+        // The k-th largest alone, against sorting.
+        for k in [1, 13, 200] {
+            var values = (0..<200).map { _ in Float(rng.next() % 17) }
+            let expected = values.sorted(by: >)[k - 1]
+            #expect(values.withUnsafeMutableBufferPointer { SSDLoss.kthLargest($0, k) } == expected)
+        }
+    }
+
     @Test func lossGradient() {
         let logits = Tensor.variable(shape: [6, 4], values: (0..<24).map { Float(($0 * 7) % 11) / 5 - 1 })
         let offsets = Tensor.variable(shape: [6, 4], values: (0..<24).map { Float(($0 * 5) % 13) / 4 - 1.4 })

@@ -47,11 +47,11 @@ public struct SSDLoss: Sendable {
         counts.withUnsafeMutableBufferPointer { crossReplica.sum($0) }
         let globalPositives = Int(counts[0]), globalNegatives = Int(counts[1])
         let keep = min(negativesPerPositive * globalPositives, globalNegatives)
-        let ranked = negativeRows.sorted { crossEntropy[$0] > crossEntropy[$1] || (crossEntropy[$0] == crossEntropy[$1] && $0 < $1) }
+        let ranked = Self.hardest(negativeRows, by: crossEntropy, count: keep)
         var selected: ArraySlice<Int> = []
         if keep > 0 {
             if crossReplica.size == 1 {
-                selected = ranked.prefix(keep)
+                selected = ranked[...]
             } else {
                 // The k-th largest over all ranks: each rank offers its own top k (padded), everyone sorts the lot.
                 var offer = ranked.prefix(keep).map { Double(crossEntropy[$0]) }
@@ -93,5 +93,40 @@ public struct SSDLoss: Sendable {
         }
         out.data[0] = Float((classSum + Double(alpha) * locationSum) * Double(scale))
         return (out, globalPositives)
+    }
+
+    /// The first `count` of `rows` ranked by `loss`, largest first, ties by row (rows ascending): what sorting all of
+    /// them and taking a prefix gives, from a selection of the count-th largest loss and a sort of the rows at or above
+    /// it. The negatives are ~11,700 per image, the kept ones three per positive: the full sort was ~2 % of an SSD7 step.
+    static func hardest(_ rows: [Int], by loss: [Float], count: Int) -> [Int] {
+        let rank: (Int, Int) -> Bool = { loss[$0] > loss[$1] || (loss[$0] == loss[$1] && $0 < $1) }
+        guard count > 0 else { return [] }
+        var values = rows.map { loss[$0] }
+        // NaN has no place in the order a selection needs (the step stops on a non-finite loss anyway).
+        guard count < rows.count, !values.contains(where: \.isNaN) else { return Array(rows.sorted(by: rank).prefix(count)) }
+        let threshold = values.withUnsafeMutableBufferPointer { kthLargest($0, count) }
+        var chosen = rows.filter { loss[$0] > threshold }
+        chosen += rows.lazy.filter { loss[$0] == threshold }.prefix(count - chosen.count)
+        return chosen.sorted(by: rank)
+    }
+
+    /// The k-th largest of `v` (k from 1), reordering it: quickselect with a median-of-three pivot and a three-way
+    /// partition, so that runs of equal losses (untrained heads give many) do not make it quadratic.
+    static func kthLargest(_ v: UnsafeMutableBufferPointer<Float>, _ k: Int) -> Float {
+        precondition(k >= 1 && k <= v.count, "k \(k) of \(v.count)")
+        var (lo, hi, target) = (0, v.count - 1, k - 1)
+        while lo < hi {
+            let (a, b, c) = (v[lo], v[(lo + hi) / 2], v[hi])
+            let pivot = max(min(a, b), min(max(a, b), c))
+            // v[lo..<above] > pivot, v[above...below] == pivot, v[below + 1...hi] < pivot
+            var (above, i, below) = (lo, lo, hi)
+            while i <= below {
+                if v[i] > pivot { v.swapAt(above, i); above += 1; i += 1 }
+                else if v[i] < pivot { v.swapAt(i, below); below -= 1 }
+                else { i += 1 }
+            }
+            if target < above { hi = above - 1 } else if target > below { lo = below + 1 } else { return pivot }
+        }
+        return v[lo]
     }
 }
