@@ -11,11 +11,13 @@
 /// channels x 5 taps), the whole row at a time, so that the loop is bound by multiply-adds, not loads.
 public enum FiveWideWeightGradient {
     /// dw[o][c][kh][5] += sum over images and output pixels of dy[n][o][y][x] x[n][c][y + kh - padTop][x + kw - padLeft]
-    /// for the output-channel blocks in `blockPairs` (pairs of blocks of 8). `padded` is scratch of (width + 4 + 8) floats.
+    /// for the output-channel blocks in `blockPairs` (pairs of blocks of 8), and the bias gradient (the sums of dy) into
+    /// `biasGradient` when given, from each row of dy while it is in cache. `padded` is scratch of (width + 4 + 8) floats.
     @inlinable @inline(__always)
     public static func accumulate<M: MultiplyAdd>(images: Int, channels: Int, height: Int, width: Int, kernelH: Int,
                                                   padTop: Int, padLeft: Int, outHeight: Int, outWidth: Int, outBlocks: Int,
                                                   x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                                                  biasGradient: UnsafeMutablePointer<Float>?,
                                                   blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>, _: M.Type) {
         typealias V = SIMD8<Float>
         let taps = 5
@@ -23,7 +25,9 @@ public enum FiveWideWeightGradient {
         // start from zero and are added here, so that millions of terms do not pile up in Float.
         let sums = UnsafeMutablePointer<SIMD8<Double>>.allocate(capacity: blockPairs.count * channels * kernelH * 10)
         sums.initialize(repeating: SIMD8<Double>(repeating: 0), count: blockPairs.count * channels * kernelH * 10)
-        defer { sums.deallocate() }
+        let biasSums = UnsafeMutablePointer<SIMD8<Double>>.allocate(capacity: 2 * blockPairs.count)
+        biasSums.initialize(repeating: SIMD8<Double>(repeating: 0), count: 2 * blockPairs.count)
+        defer { sums.deallocate(); biasSums.deallocate() }
         let paddedWidth = width + taps - 1 + 8
         // Rows outermost, channels inside: the five rows of dy an input row meets stay in cache for every channel
         // (channels outermost read all of dy from memory once per channel: 3 x 295 MB a step for conv1).
@@ -57,12 +61,22 @@ public enum FiveWideWeightGradient {
                             s[3] += SIMD8<Double>(a3); s[4] += SIMD8<Double>(a4); s[5] += SIMD8<Double>(b0)
                             s[6] += SIMD8<Double>(b1); s[7] += SIMD8<Double>(b2); s[8] += SIMD8<Double>(b3)
                             s[9] += SIMD8<Double>(b4)
+                            // Each row of dy once: the input row level with it (every output row has one).
+                            if biasGradient != nil && c == 0 && kh == padTop {
+                                var (u, v) = (zero, zero)
+                                for ox in 0..<outWidth { u += BlockedKernels.load(dy0 + 8 &* ox); v += BlockedKernels.load(dy1 + 8 &* ox) }
+                                biasSums[2 * p] += SIMD8<Double>(u)
+                                biasSums[2 * p + 1] += SIMD8<Double>(v)
+                            }
                         }
                     }
                 }
             }
         }
         for (p, pair) in blockPairs.enumerated() {
+            if let bias = biasGradient {
+                for half in 0..<2 { for l in 0..<8 { bias[(2 * pair + half) * 8 + l] += Float(biasSums[2 * p + half][l]) } }
+            }
             for c in 0..<channels {
                 for kh in 0..<kernelH {
                     let s = sums + ((p * channels + c) * kernelH + kh) * 10
@@ -90,22 +104,33 @@ public enum FiveWideWeightGradient {
 /// rows outermost and the (input block, output group) pairs innermost, so that a row of dy and three rows of x are
 /// read from memory once and then from cache by every pair.
 public enum BlockedWeightGradient3x3 {
-    /// Vectors one (input block, output group) pair sums into: 9 taps x 2 lane groups x 4 lanes x (2 or 3) blocks.
-    public static func sumCount(outBlockCount: Int) -> Int { 9 * 2 * 4 * outBlockCount }
+    /// Vectors one (input block, output group) pair sums into: 9 taps x 2 lane groups x 4 lanes x (2 or 3) blocks, then
+    /// one per block for the bias gradient.
+    public static func sumCount(outBlockCount: Int) -> Int { 9 * 2 * 4 * outBlockCount + outBlockCount }
 
     /// Adds output row `y`'s terms to `partial` ([tap][lane group][lane][block]): `input` is the input block's plane of
     /// one image, `outputGradient` the first block's plane of dy, the next blocks `plane` floats on. The registers start
     /// from `partial` and are stored back, so that a row costs 12 loads and stores beyond its multiply-adds (adding
     /// each row into Double sums instead made SSD7's 60-pixel rows 20 % slower); the caller moves `partial` into
-    /// Double sums once per image.
+    /// Double sums once per image. With `withBias`, row y of dy is also summed into the bias vectors after the taps.
     @inlinable @inline(__always)
     public static func accumulateRow<M: MultiplyAdd>(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
                                                      outputGradient: UnsafePointer<Float>, outBlockCount: Int,
-                                                     partial: UnsafeMutablePointer<SIMD8<Float>>, _: M.Type) {
+                                                     partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool, _: M.Type) {
         typealias V = SIMD8<Float>
         let perTap = 2 * 4 * outBlockCount
         let row = width * 8, plane = height * row
         let d0 = outputGradient + y * row, d1 = d0 + plane, d2 = d1 + plane
+        if withBias {
+            let b = partial + 9 * perTap
+            var (u0, u1, u2) = (b[0], b[1], outBlockCount == 3 ? b[2] : V(repeating: 0))
+            for p in 0..<width {
+                u0 += BlockedKernels.load(d0 + 8 &* p); u1 += BlockedKernels.load(d1 + 8 &* p)
+                if outBlockCount == 3 { u2 += BlockedKernels.load(d2 + 8 &* p) }
+            }
+            b[0] = u0; b[1] = u1
+            if outBlockCount == 3 { b[2] = u2 }
+        }
         for kh in 0..<3 {
             let iy = y + kh - 1
             guard iy >= 0 && iy < height else { continue }
@@ -159,11 +184,14 @@ public enum BlockedWeightGradient3x3 {
         }
     }
 
-    /// Adds one pair's sums into dw ([O, C, 3, 3], C = `channels`).
+    /// Adds one pair's sums into dw ([O, C, 3, 3], C = `channels`), and its bias sums into `biasGradient` when given.
     @inlinable
     public static func addSums(_ sums: UnsafePointer<SIMD8<Double>>, into dw: UnsafeMutablePointer<Float>, channels: Int,
-                               inBlock: Int, firstOutBlock: Int, outBlockCount: Int) {
+                               inBlock: Int, firstOutBlock: Int, outBlockCount: Int, biasGradient: UnsafeMutablePointer<Float>?) {
         let perTap = 2 * 4 * outBlockCount
+        if let bias = biasGradient {
+            for j in 0..<outBlockCount { for l in 0..<8 { bias[(firstOutBlock + j) * 8 + l] += Float(sums[9 * perTap + j][l]) } }
+        }
         for tap in 0..<9 {
             for lane in 0..<8 {
                 let c = inBlock * 8 + lane

@@ -49,11 +49,12 @@ extension AVX2Kernels {
     public static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int,
                                               padLeft: Int, outHeight: Int, outWidth: Int, outBlocks: Int,
                                               x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
+                                              biasGradient: UnsafeMutablePointer<Float>?,
                                               blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>) {
         FiveWideWeightGradient.accumulate(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
                                           padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
-                                          outBlocks: outBlocks, x: x, dy: dy, dw: dw, blockPairs: blockPairs, padded: padded,
-                                          FusedMultiplyAdd.self)
+                                          outBlocks: outBlocks, x: x, dy: dy, dw: dw, biasGradient: biasGradient,
+                                          blockPairs: blockPairs, padded: padded, FusedMultiplyAdd.self)
     }
 }
 
@@ -61,9 +62,9 @@ extension AVX2Kernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
                                                    outputGradient: UnsafePointer<Float>, outBlockCount: Int,
-                                                   partial: UnsafeMutablePointer<SIMD8<Float>>) {
+                                                   partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool) {
         BlockedWeightGradient3x3.accumulateRow(y, height: height, width: width, input: input, outputGradient: outputGradient,
-                                               outBlockCount: outBlockCount, partial: partial, FusedMultiplyAdd.self)
+                                               outBlockCount: outBlockCount, partial: partial, withBias: withBias, FusedMultiplyAdd.self)
     }
 }
 

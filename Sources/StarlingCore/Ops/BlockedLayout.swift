@@ -110,17 +110,24 @@ extension Tensor {
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias]) { out in
             let dy = UnsafePointer(out.grad)
-            if bias.requiresGrad {
-                if blockedOutput {
-                    accumulateBlockedChannelSums(dy, planes: n * cout / 8, blocks: cout / 8, pixels: g.outPlane, into: bias.grad)
+            // Starling's weight-gradient kernels sum the bias gradient from dy as they read it.
+            let biasGradient = bias.requiresGrad ? bias.grad : nil
+            var biasDone = false
+            if weight.requiresGrad {
+                if g.fiveWideWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, biasGradient: biasGradient, layouts: layouts)
+                    || g.blockedWeightGradient3x3(input: x.data, outputGrad: dy, into: weight.grad, biasGradient: biasGradient, layouts: layouts) {
+                    biasDone = true
                 } else {
-                    accumulateChannelSums(dy, batch: n, channels: cout, plane: g.outPlane, into: bias.grad)
+                    let done = g.dnnlAccumulateWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts)
+                    precondition(done, "oneDNN lost the plan of a blocked convolution")
                 }
             }
-            if weight.requiresGrad && !g.fiveWideWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts)
-                && !g.blockedWeightGradient3x3(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts) {
-                let done = g.dnnlAccumulateWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts)
-                precondition(done, "oneDNN lost the plan of a blocked convolution")
+            if let biasGradient, !biasDone {
+                if blockedOutput {
+                    accumulateBlockedChannelSums(dy, planes: n * cout / 8, blocks: cout / 8, pixels: g.outPlane, into: biasGradient)
+                } else {
+                    accumulateChannelSums(dy, batch: n, channels: cout, plane: g.outPlane, into: biasGradient)
+                }
             }
             if x.requiresGrad {
                 let (dx, overwrite) = x.gradientForWriting()
@@ -254,8 +261,8 @@ extension ConvGeometry {
     /// with one pixel of padding, input and output gradient both blocked, at least two output blocks. False, doing
     /// nothing, otherwise. Work items are (input block, group of 2-3 output blocks) pairs, each writing its own
     /// weights, so the result does not depend on the thread count.
-    func blockedWeightGradient3x3(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
-                                  into dw: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
+    func blockedWeightGradient3x3(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
+                                  biasGradient: UnsafeMutablePointer<Float>?, layouts: DNNLConvPlan.Layouts) -> Bool {
         guard Self.ownKernels, layouts.sourceBlocked, layouts.destinationBlocked,
               kernelH == 3, kernelW == 3, groups == 1, strideH == 1, strideW == 1, dilationH == 1, dilationW == 1,
               padTop == 1, padLeft == 1, outHeight == height, outWidth == width, inChannels % 8 == 0, outChannels % 8 == 0,
@@ -284,7 +291,8 @@ extension ConvGeometry {
                         let (inBlock, group) = item.quotientAndRemainder(dividingBy: groupSizes.count)
                         KernelDispatch.blockedWeightGradient3x3Row(y, height: height, width: width, input: x + (n * inBlocks + inBlock) * plane,
                                                                    outputGradient: dy + (n * outBlocks + starts[group]) * plane,
-                                                                   outBlockCount: groupSizes[group], partial: partial + k * stride)
+                                                                   outBlockCount: groupSizes[group], partial: partial + k * stride,
+                                                                   withBias: biasGradient != nil && inBlock == 0)
                     }
                 }
                 BlockedWeightGradient3x3.flush(partial, into: sums, count: range.count * stride)
@@ -292,7 +300,8 @@ extension ConvGeometry {
             for (k, item) in range.enumerated() {
                 let (inBlock, group) = item.quotientAndRemainder(dividingBy: groupSizes.count)
                 BlockedWeightGradient3x3.addSums(sums + k * stride, into: dw, channels: inChannels, inBlock: inBlock,
-                                                 firstOutBlock: starts[group], outBlockCount: groupSizes[group])
+                                                 firstOutBlock: starts[group], outBlockCount: groupSizes[group],
+                                                 biasGradient: inBlock == 0 ? biasGradient : nil)
             }
         }
         return true
@@ -301,8 +310,8 @@ extension ConvGeometry {
     /// The weight gradient by `FiveWideWeightGradient` (AVX2 builds only) when it applies: a 5-wide kernel at stride 1,
     /// an NCHW input of at most 4 channels, a blocked output gradient with an even number of 8-channel blocks. False,
     /// doing nothing, otherwise. SSD7's conv1: 0.27 -> ~0.1 s a step of 16 images on one thread (BENCHMARKS.md).
-    func fiveWideWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
-                                into dw: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
+    func fiveWideWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
+                                biasGradient: UnsafeMutablePointer<Float>?, layouts: DNNLConvPlan.Layouts) -> Bool {
         guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, kernelW == 5, groups == 1,
               strideH == 1, strideW == 1, dilationH == 1, dilationW == 1, inChannels <= 4, outChannels % 16 == 0 else { return false }
         let pairs = outChannels / 16
@@ -311,7 +320,8 @@ extension ConvGeometry {
             defer { padded.deallocate() }
             KernelDispatch.fiveWideWeightGradient(images: batch, channels: inChannels, height: height, width: width, kernelH: kernelH,
                                                   padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
-                                                  outBlocks: outChannels / 8, x: x, dy: dy, dw: dw, blockPairs: range, padded: padded)
+                                                  outBlocks: outChannels / 8, x: x, dy: dy, dw: dw, biasGradient: biasGradient,
+                                                  blockPairs: range, padded: padded)
         }
         return true
     }

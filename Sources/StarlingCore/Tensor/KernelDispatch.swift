@@ -94,20 +94,22 @@ extension KernelDispatch {
     /// `FiveWideWeightGradient.accumulate`, only in the AVX2 build (the baseline one would be slower than oneDNN).
     static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
                                        outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                       dw: UnsafeMutablePointer<Float>, blockPairs: Range<Int>, padded: UnsafeMutablePointer<Float>) {
+                                       dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, blockPairs: Range<Int>,
+                                       padded: UnsafeMutablePointer<Float>) {
         precondition(current == .avx2, "the five-wide weight gradient runs in the AVX2 build only")
         AVX2Kernels.fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
                                            padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
-                                           outBlocks: outBlocks, x: x, dy: dy, dw: dw, blockPairs: blockPairs, padded: padded)
+                                           outBlocks: outBlocks, x: x, dy: dy, dw: dw, biasGradient: biasGradient,
+                                           blockPairs: blockPairs, padded: padded)
     }
 
     /// `BlockedWeightGradient3x3.accumulateRow`, only in the AVX2 build (the baseline one would be slower than oneDNN).
     static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
                                             outputGradient: UnsafePointer<Float>, outBlockCount: Int,
-                                            partial: UnsafeMutablePointer<SIMD8<Float>>) {
+                                            partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool) {
         precondition(current == .avx2, "the blocked 3x3 weight gradient runs in the AVX2 build only")
         AVX2Kernels.blockedWeightGradient3x3Row(y, height: height, width: width, input: input, outputGradient: outputGradient,
-                                                outBlockCount: outBlockCount, partial: partial)
+                                                outBlockCount: outBlockCount, partial: partial, withBias: withBias)
     }
 
     /// `DirectForward.row`, only in the AVX2 build (the baseline one would be slower than oneDNN).
