@@ -1,8 +1,9 @@
-/// Convolution weight gradients that Starling computes itself where oneDNN 2.6's AVX2 kernels run well below the
-/// machine's multiply-add rate (~105 GFLOP/s a core here, which oneDNN's forward and input-gradient kernels reach):
-/// conv1's 5-wide kernel on 3 input channels (~40 GFLOP/s in oneDNN) and the 3x3 layers in the blocked layout (~70-79).
-/// Both keep 10-12 independent vector sums in registers over a row of pixels, so that multiply-adds, not loads or
-/// their latency, bound the loop, and sum in Double beyond a row (conv1's) or an image (the 3x3 layers').
+/// Convolution passes that Starling computes itself where oneDNN 2.6's AVX2 kernels run well below the machine's
+/// multiply-add rate (~105 GFLOP/s a core here, which most of oneDNN's forward and input-gradient kernels reach): the
+/// weight gradients of conv1's 5-wide kernel on 3 input channels (~40 GFLOP/s in oneDNN) and of the 3x3 layers in the
+/// blocked layout (~70-79), and the forward pass of conv1 and of layers with 48 output channels (~81-85). Each keeps
+/// 10-12 independent vector sums in registers over a row of pixels, so that multiply-adds, not loads or their latency,
+/// bound the loop; the weight gradients sum in Double beyond a row (conv1's) or an image (the 3x3 layers').
 
 /// The weight gradient of a stride-1 convolution with a 5-wide kernel, few input channels in NCHW and the output
 /// gradient in the blocked layout: SSD7's conv1 (3 -> 32 channels, 5x5), where oneDNN 2.6's AVX2 kernel runs at ~40

@@ -309,7 +309,7 @@ extension ConvGeometry {
 
     /// The weight gradient by `FiveWideWeightGradient` (AVX2 builds only) when it applies: a 5-wide kernel at stride 1,
     /// an NCHW input of at most 4 channels, a blocked output gradient with an even number of 8-channel blocks. False,
-    /// doing nothing, otherwise. SSD7's conv1: 0.27 -> ~0.1 s a step of 16 images on one thread (BENCHMARKS.md).
+    /// doing nothing, otherwise. SSD7's conv1: 0.27 s in oneDNN -> 0.12 s a step of 16 images on one thread (BENCHMARKS.md).
     func fiveWideWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
                                 biasGradient: UnsafeMutablePointer<Float>?, layouts: DNNLConvPlan.Layouts) -> Bool {
         guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, kernelW == 5, groups == 1,

@@ -30,7 +30,7 @@ public enum KernelDispatch {
 }
 
 /// The entry points. Most take the build to run (`kernels`, the process's by default) so that tests can run both;
-/// conv1's weight gradient exists in the AVX2 build only (its baseline build would be slower than oneDNN).
+/// the convolution kernels (`ConvolutionKernels.swift`) exist in the AVX2 build only (their baseline builds would be slower than oneDNN).
 extension KernelDispatch {
     /// y = ELU(x) (`ActivationKernels.elu`); x and y may be the same buffer.
     static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float, kernels: Level = current) {

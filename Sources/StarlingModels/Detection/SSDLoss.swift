@@ -97,7 +97,7 @@ public struct SSDLoss: Sendable {
 
     /// The first `count` of `rows` ranked by `loss`, largest first, ties by row (rows ascending): what sorting all of
     /// them and taking a prefix gives, from a selection of the count-th largest loss and a sort of the rows at or above
-    /// it. The negatives are ~11,700 per image, the kept ones three per positive: the full sort was ~2 % of an SSD7 step.
+    /// it. The negatives are ~11,700 per image, the kept ones three per positive: the full sort was ~1 % of an SSD7 step.
     static func hardest(_ rows: [Int], by loss: [Float], count: Int) -> [Int] {
         let rank: (Int, Int) -> Bool = { loss[$0] > loss[$1] || (loss[$0] == loss[$1] && $0 < $1) }
         guard count > 0 else { return [] }
