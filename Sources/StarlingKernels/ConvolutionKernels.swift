@@ -237,11 +237,14 @@ public enum DirectForward {
     /// Output row `y` of one image for one pair of output blocks: `padded` holds the image's input with zero borders
     /// (rows `rowFloats` apart, pixels `pixelStride` floats apart: 1 planar, 8 blocked), `steps` its `stepOffsets`,
     /// `weights` the pair's packed weights, `bias` its 16 biases; the row goes to `out0` (first block) and `out1` (second).
+    /// With `moments`, the outputs' sums and sums of squares are added to it as they are stored ([sum, sum] of the two
+    /// blocks, then [sum of squares, sum of squares]), in Float over a six-pixel tile and in Double beyond: the
+    /// statistics a training-mode batch norm reads next, without another pass over the output.
     @inlinable @inline(__always)
     public static func row<M: MultiplyAdd>(_ y: Int, width: Int, rowFloats: Int, pixelStride: Int, padded: UnsafePointer<Float>,
                                            steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
                                            bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>,
-                                           out1: UnsafeMutablePointer<Float>, _: M.Type) {
+                                           out1: UnsafeMutablePointer<Float>, moments: UnsafeMutablePointer<SIMD8<Double>>?, _: M.Type) {
         typealias V = SIMD8<Float>
         let bias0 = BlockedKernels.load(bias), bias1 = BlockedKernels.load(bias + 8)
         let top = padded + y * rowFloats
@@ -271,6 +274,12 @@ public enum DirectForward {
             BlockedKernels.store(a3, out0 + (o &+ 24)); BlockedKernels.store(a4, out0 + (o &+ 32)); BlockedKernels.store(a5, out0 + (o &+ 40))
             BlockedKernels.store(b0, out1 + o); BlockedKernels.store(b1, out1 + (o &+ 8)); BlockedKernels.store(b2, out1 + (o &+ 16))
             BlockedKernels.store(b3, out1 + (o &+ 24)); BlockedKernels.store(b4, out1 + (o &+ 32)); BlockedKernels.store(b5, out1 + (o &+ 40))
+            if let m = moments {
+                m[0] += SIMD8<Double>(((a0 + a1) + (a2 + a3)) + (a4 + a5))
+                m[1] += SIMD8<Double>(((b0 + b1) + (b2 + b3)) + (b4 + b5))
+                m[2] += SIMD8<Double>(M.multiplyAdd(a5, a5, M.multiplyAdd(a4, a4, M.multiplyAdd(a3, a3, M.multiplyAdd(a2, a2, M.multiplyAdd(a1, a1, a0 * a0))))))
+                m[3] += SIMD8<Double>(M.multiplyAdd(b5, b5, M.multiplyAdd(b4, b4, M.multiplyAdd(b3, b3, M.multiplyAdd(b2, b2, M.multiplyAdd(b1, b1, b0 * b0))))))
+            }
             x += 6
         }
         while x < width {
@@ -282,6 +291,10 @@ public enum DirectForward {
                 b = M.multiplyAdd(BlockedKernels.load(weights + (16 &* s &+ 8)), t, b)
             }
             BlockedKernels.store(a, out0 + 8 &* x); BlockedKernels.store(b, out1 + 8 &* x)
+            if let m = moments {
+                m[0] += SIMD8<Double>(a); m[1] += SIMD8<Double>(b)
+                m[2] += SIMD8<Double>(a * a); m[3] += SIMD8<Double>(b * b)
+            }
             x += 1
         }
     }

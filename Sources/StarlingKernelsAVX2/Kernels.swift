@@ -72,14 +72,15 @@ extension AVX2Kernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
                                         steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
-                                        bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>) {
+                                        bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>,
+                                        moments: UnsafeMutablePointer<SIMD8<Double>>?) {
         // Two instantiations, so that the pixel stride is a constant in each loop.
         if blocked {
             DirectForward.row(y, width: width, rowFloats: rowFloats, pixelStride: 8, padded: padded, steps: steps, stepCount: stepCount,
-                              weights: weights, bias: bias, out0: out0, out1: out1, FusedMultiplyAdd.self)
+                              weights: weights, bias: bias, out0: out0, out1: out1, moments: moments, FusedMultiplyAdd.self)
         } else {
             DirectForward.row(y, width: width, rowFloats: rowFloats, pixelStride: 1, padded: padded, steps: steps, stepCount: stepCount,
-                              weights: weights, bias: bias, out0: out0, out1: out1, FusedMultiplyAdd.self)
+                              weights: weights, bias: bias, out0: out0, out1: out1, moments: moments, FusedMultiplyAdd.self)
         }
     }
 }

@@ -63,7 +63,44 @@ import Testing
             }
             expectClose(blocked.output, reference.output, tolerance: 1e-4)
             for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+            // The statistics the kernel sums as it writes: [sum | sum of squares] per channel, against the output's own.
+            let moments = ChannelMoments()
+            let y = GradMode.disabled { (blockedInput ? x.blocked8() : x).conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same, moments: moments) }
+            let sums = try #require(moments.sums)
+            let planar = y.unblocked8().toArray(), plane = 5 * 26
+            for c in 0..<cout {
+                var (sum, squares) = (0.0, 0.0)
+                for n in 0..<2 { for i in 0..<plane { let v = Double(planar[(n * cout + c) * plane + i]); sum += v; squares += v * v } }
+                #expect(abs(sums[c] - sum) <= 1e-5 * max(1, abs(sum)), "channel \(c) sum")
+                #expect(abs(sums[cout + c] - squares) <= 1e-5 * max(1, squares), "channel \(c) squares")
+            }
         }
+        // oneDNN's kernels leave the statistics to batch norm.
+        let moments = ChannelMoments()
+        _ = GradMode.disabled { randomVariable([1, 64, 5, 26], seed: 34).blocked8().conv2dBlocked(randomVariable([64, 64, 3, 3], seed: 35),
+                                                                                                   bias: randomVariable([64], seed: 36),
+                                                                                                   stride: (1, 1), padding: .same, moments: moments) }
+        #expect(moments.sums == nil)
+    }
+
+    /// Batch norm from the convolution's statistics gives what its own pass gives.
+    @Test func batchNormFromConvolutionMoments() {
+        let x = randomVariable([2, 16, 5, 26], seed: 37, -1, 2), w = randomVariable([48, 16, 3, 3], seed: 38), b = randomVariable([48], seed: 39)
+        let gamma = randomVariable([48], seed: 40, 0.5, 1.5), beta = randomVariable([48], seed: 41)
+        func pass(_ useMoments: Bool) -> (output: [Float], gradients: [[Float]], running: [Float]) {
+            let (mean, variance) = (Tensor(shape: [48], values: [Float](repeating: 0, count: 48)), Tensor(shape: [48], values: [Float](repeating: 1, count: 48)))
+            let result = run([x, w, b, gamma, beta]) { t in
+                let moments = useMoments ? ChannelMoments() : nil
+                let y = t[0].blocked8().conv2dBlocked(t[1], bias: t[2], stride: (1, 1), padding: .same, moments: moments)
+                return y.batchNormELUMaxPool2x2Blocked(gamma: t[3], beta: t[4], runningMean: mean, runningVar: variance, training: true,
+                                                      moments: moments).unblocked8()
+            }
+            return (result.output, result.gradients, mean.toArray() + variance.toArray())
+        }
+        let (own, fromConvolution) = (pass(false), pass(true))
+        expectClose(fromConvolution.output, own.output, tolerance: 1e-5)
+        for k in 0..<5 { expectClose(fromConvolution.gradients[k], own.gradients[k], tolerance: 1e-4) }
+        expectClose(fromConvolution.running, own.running, tolerance: 1e-6)
     }
 
     @Test func convolutionFiniteDifferences() {

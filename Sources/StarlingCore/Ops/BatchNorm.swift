@@ -49,16 +49,18 @@ extension Tensor {
     public func batchNormELU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                              momentum: Float = 0.99, epsilon: Float = 1e-3,
                              runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
-                             crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1, layout: ChannelLayout = .planar) -> Tensor {
+                             crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1, layout: ChannelLayout = .planar,
+                             moments: ChannelMoments? = nil) -> Tensor {
         precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
         return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
                           epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: alpha,
-                          layout: layout)
+                          layout: layout, moments: moments)
     }
 
     private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
-                            crossReplicaSum: CrossReplicaSum?, eluAlpha: Float?, layout: ChannelLayout) -> Tensor {
+                            crossReplicaSum: CrossReplicaSum?, eluAlpha: Float?, layout: ChannelLayout,
+                            moments: ChannelMoments? = nil) -> Tensor {
         let blocked = layout == .blocked8
         if blocked {
             precondition(rank == 5 && shape[4] == 8, "batch norm in the blocked layout needs [N, C/8, H, W, 8], got \(shape)")
@@ -76,7 +78,7 @@ extension Tensor {
 
         let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
                                         momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
-                                        crossReplicaSum: crossReplicaSum)
+                                        crossReplicaSum: crossReplicaSum, moments: moments)
         // `normalize` writes every output element.
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
             // With the ELU fused in, the gradient reaching the normalisation is dy times ELU's derivative, from y.
@@ -103,6 +105,15 @@ extension Tensor {
 
 /// A batch-norm op's per-channel values: the statistics it normalises with (and, in training, the running averages
 /// it updates), then in backward the coefficients of the input gradient.
+/// A convolution's output statistics for the batch norm that reads it next: [sum x | sum x^2] per channel over the
+/// batch, in Double, filled by `conv2dBlocked` when its kernel computed them as it wrote the output (Starling's own
+/// forward kernels do; oneDNN's do not, and then `sums` stays nil and batch norm makes its own pass over the output).
+/// The model passes one object from the convolution to the batch norm, for a tensor nothing modifies in between.
+public final class ChannelMoments: @unchecked Sendable {
+    public internal(set) var sums: [Double]?
+    public init() {}
+}
+
 final class BatchNormStatistics {
     let mean: FloatStorage, invStd: FloatStorage, scale: FloatStorage
     /// m, the count the statistics are over, over all ranks when synchronised (training only).
@@ -111,7 +122,8 @@ final class BatchNormStatistics {
     let training: Bool
 
     init(_ x: Tensor, _ planes: BatchNormKernel.Planes, gamma: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
-         momentum: Float, epsilon: Float, estimator: RunningVarianceEstimator, crossReplicaSum: CrossReplicaSum?) {
+         momentum: Float, epsilon: Float, estimator: RunningVarianceEstimator, crossReplicaSum: CrossReplicaSum?,
+         moments: ChannelMoments? = nil) {
         let c = planes.channels
         channels = c
         self.training = training
@@ -122,7 +134,11 @@ final class BatchNormStatistics {
         if training {
             var stats = [Double](repeating: 0, count: 2 * c + 1)
             stats.withUnsafeMutableBufferPointer { s in
-                BatchNormKernel.channelSums(planes, x.data, x.data, shift: nil, into: s.baseAddress!)
+                if let known = moments?.sums, known.count == 2 * c {
+                    for k in 0..<2 * c { s[k] = known[k] }
+                } else {
+                    BatchNormKernel.channelSums(planes, x.data, x.data, shift: nil, into: s.baseAddress!)
+                }
                 s[2 * c] = Double(planes.samples * planes.inner)
                 crossReplicaSum?(s)
             }

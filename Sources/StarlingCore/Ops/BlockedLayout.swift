@@ -96,7 +96,7 @@ extension Tensor {
     /// (rank 5), the output blocked or, with `blockedOutput: false`, NCHW. Call `canConvolveBlocked` first: without a
     /// oneDNN plan this traps.
     public func conv2dBlocked(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
-                              blockedOutput: Bool = true) -> Tensor {
+                              blockedOutput: Bool = true, moments: ChannelMoments? = nil) -> Tensor {
         let x = self
         let blockedInput = x.rank == 5
         precondition(x.rank == 4 || (blockedInput && x.shape[4] == 8), "conv2dBlocked input \(x.shape)")
@@ -136,7 +136,7 @@ extension Tensor {
                 precondition(done, "oneDNN lost the plan of a blocked convolution")
             }
         }
-        let done = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
+        let done = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
         return out
@@ -205,7 +205,7 @@ extension ConvGeometry {
     /// even number of 8-channel blocks, from an NCHW input of at most 4 channels (conv1) or a blocked one. False, doing
     /// nothing, otherwise. Images go over the threads, each copied once into scratch with zero borders.
     func directForward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>,
-                       output y: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts) -> Bool {
+                       output y: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts, moments: ChannelMoments? = nil) -> Bool {
         let blocked = layouts.sourceBlocked
         guard Self.ownKernels, layouts.destinationBlocked, kernelH == kernelW, kernelH % 2 == 1, groups == 1, strideH == 1, strideW == 1,
               dilationH == 1, dilationW == 1, padTop == kernelH / 2, padLeft == kernelW / 2, outHeight == height, outWidth == width,
@@ -221,6 +221,12 @@ extension ConvGeometry {
         let outBlocks = outChannels / 8, plane = outPlane * 8, rowFloats = paddedWidth * pixel
         let steps = DirectForward.stepOffsets(channels: inChannels, kernel: kernelH, paddedWidth: paddedWidth, paddedPlane: paddedPlane,
                                               blocked: blocked)
+        // Moments per image and block pair ([sum, sum, squares, squares]), added in image order after the loop, so that
+        // they do not depend on how the images went over the threads.
+        let pairs = outBlocks / 2
+        let perImage = moments == nil ? nil : UnsafeMutablePointer<SIMD8<Double>>.allocate(capacity: batch * pairs * 4)
+        perImage?.initialize(repeating: SIMD8<Double>(repeating: 0), count: batch * pairs * 4)
+        defer { perImage?.deallocate() }
         Parallel.forEachChunk(of: batch, work: batch * outChannels * outPlane * inChannels * taps) { images in
             let padded = UnsafeMutablePointer<Float>.allocate(capacity: planes * paddedPlane)
             padded.initialize(repeating: 0, count: planes * paddedPlane)
@@ -233,17 +239,34 @@ extension ConvGeometry {
                                 .update(from: x + ((n * planes + p) * height + row) * width * pixel, count: width * pixel)
                         }
                     }
-                    for pair in 0..<outBlocks / 2 {
+                    for pair in 0..<pairs {
                         let first = y + (n * outBlocks + 2 * pair) * plane
                         for row in 0..<height {
                             KernelDispatch.directForwardRow(row, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded,
                                                             steps: offsets.baseAddress!, stepCount: offsets.count,
                                                             weights: packed + pair * 16 * inChannels * taps, bias: bias + 16 * pair,
-                                                            out0: first + row * width * 8, out1: first + plane + row * width * 8)
+                                                            out0: first + row * width * 8, out1: first + plane + row * width * 8,
+                                                            moments: perImage.map { $0 + (n * pairs + pair) * 4 })
                         }
                     }
                 }
             }
+        }
+        if let moments, let perImage {
+            var sums = [Double](repeating: 0, count: 2 * outChannels)
+            for n in 0..<batch {
+                for pair in 0..<pairs {
+                    let m = perImage + (n * pairs + pair) * 4
+                    for half in 0..<2 {
+                        for l in 0..<8 {
+                            let channel = (2 * pair + half) * 8 + l
+                            sums[channel] += m[half][l]
+                            sums[outChannels + channel] += m[2 + half][l]
+                        }
+                    }
+                }
+            }
+            moments.sums = sums
         }
         return true
     }
@@ -338,7 +361,8 @@ extension Tensor {
     public func batchNormELUMaxPool2x2Blocked(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                               momentum: Float = 0.99, epsilon: Float = 1e-3,
                                               runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
-                                              crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
+                                              crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
+                                              moments: ChannelMoments? = nil) -> Tensor {
         precondition(rank == 5 && shape[4] == 8, "batchNormELUMaxPool2x2Blocked needs [N, C/8, H, W, 8], got \(shape)")
         precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
         let x = self
@@ -351,7 +375,7 @@ extension Tensor {
         let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: h * w, blocked: true)
         let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
                                         momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
-                                        crossReplicaSum: crossReplicaSum)
+                                        crossReplicaSum: crossReplicaSum, moments: moments)
         let outShape = [n, blocks, oh, ow, 8]
         let pooledCount = Tensor.elementCount(outShape)
         // x at each window's maximum, for backward; nothing needs it at inference.

@@ -115,10 +115,11 @@ extension KernelDispatch {
     /// `DirectForward.row`, only in the AVX2 build (the baseline one would be slower than oneDNN).
     static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
                                  steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
-                                 bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>) {
+                                 bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>,
+                                 moments: UnsafeMutablePointer<SIMD8<Double>>?) {
         precondition(current == .avx2, "the direct forward kernel runs in the AVX2 build only")
         AVX2Kernels.directForwardRow(y, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded, steps: steps,
-                                     stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1)
+                                     stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1, moments: moments)
     }
 
     // The blocked layout's loops (`BlockedKernels`).

@@ -159,12 +159,15 @@ public final class SSD7: Detector {
         var h = images.affine(scale: 1 / 127.5, shift: -1)
         var features: [Tensor] = []
         for k in 0..<7 {
-            h = h.conv2dBlocked(convs[k].kernel.value, bias: convs[k].bias.value, stride: convs[k].stride, padding: convs[k].padding)
+            // Training-mode batch norm reads its input's statistics from the convolution when its kernel computed them.
+            let moments = training ? ChannelMoments() : nil
+            h = h.conv2dBlocked(convs[k].kernel.value, bias: convs[k].bias.value, stride: convs[k].stride, padding: convs[k].padding,
+                                moments: moments)
             if k < 3 {   // the block's output feeds only the pooling: one op, and its gradient is never stored
-                h = norms[k].withELUAndMaxPool2x2(h, training: training, crossReplicaSum: sum)
+                h = norms[k].withELUAndMaxPool2x2(h, training: training, crossReplicaSum: sum, moments: moments)
                 continue
             }
-            h = norms[k].withELU(h, training: training, crossReplicaSum: sum, layout: .blocked8)
+            h = norms[k].withELU(h, training: training, crossReplicaSum: sum, layout: .blocked8, moments: moments)
             features.append(h)
             if k < 6 { h = h.maxPool2x2Blocked() }
         }

@@ -41,19 +41,21 @@ public struct BatchNormalization: Sendable {
         return (Tensor(shape: w.shape, storage: kernel), Tensor(shape: [cout], storage: bias))
     }
 
-    /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
     /// The layer, an ELU and 2x2 max-pooling as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`),
-    /// for a block whose normalised output feeds only the pooling.
-    public func withELUAndMaxPool2x2(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1) -> Tensor {
+    /// for a block whose normalised output feeds only the pooling. `moments`: x's statistics from the convolution
+    /// that wrote it, when it computed them (`ChannelMoments`).
+    public func withELUAndMaxPool2x2(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
+                                     moments: ChannelMoments? = nil) -> Tensor {
         x.batchNormELUMaxPool2x2Blocked(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value,
                                         runningVar: movingVariance.value, training: training, momentum: momentum, epsilon: epsilon,
-                                        crossReplicaSum: crossReplicaSum, alpha: alpha)
+                                        crossReplicaSum: crossReplicaSum, alpha: alpha, moments: moments)
     }
 
+    /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
     public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
-                        layout: ChannelLayout = .planar) -> Tensor {
+                        layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {
         x.batchNormELU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
                        training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, alpha: alpha,
-                       layout: layout)
+                       layout: layout, moments: moments)
     }
 }
