@@ -103,8 +103,6 @@ extension Tensor {
     }
 }
 
-/// A batch-norm op's per-channel values: the statistics it normalises with (and, in training, the running averages
-/// it updates), then in backward the coefficients of the input gradient.
 /// A convolution's output statistics for the batch norm that reads it next: [sum x | sum x^2] per channel over the
 /// batch, in Double, filled by `conv2dBlocked` when its kernel computed them as it wrote the output (Starling's own
 /// forward kernels do; oneDNN's do not, and then `sums` stays nil and batch norm makes its own pass over the output).
@@ -114,6 +112,8 @@ public final class ChannelMoments: @unchecked Sendable {
     public init() {}
 }
 
+/// A batch-norm op's per-channel values: the statistics it normalises with (and, in training, the running averages
+/// it updates), then in backward the coefficients of the input gradient.
 final class BatchNormStatistics {
     let mean: FloatStorage, invStd: FloatStorage, scale: FloatStorage
     /// m, the count the statistics are over, over all ranks when synchronised (training only).
