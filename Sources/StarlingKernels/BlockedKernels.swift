@@ -52,16 +52,6 @@ public enum BlockedKernels {
         }
     }
 
-    /// dz *= ELU'(z) read from the output y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
-    @inlinable @inline(__always)
-    public static func eluDerivative(_ pixels: Int, _ dz: UnsafeMutablePointer<Float>, y: UnsafePointer<Float>, alpha: Float) {
-        let one = Vector(repeating: 1), zero = Vector(repeating: 0), a = Vector(repeating: alpha)
-        for p in 0..<pixels {
-            let out = load(y + 8 &* p)
-            store(load(dz + 8 &* p) * (out + a).replacing(with: one, where: out .> zero), dz + 8 &* p)
-        }
-    }
-
     /// One output row of 2x2/2 max-pooling: `width` output pixels from two input rows.
     @inlinable @inline(__always)
     public static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {

@@ -102,11 +102,6 @@ extension AVX2Kernels {
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func blockedELUDerivative(_ pixels: Int, _ dz: UnsafeMutablePointer<Float>, y: UnsafePointer<Float>, alpha: Float) {
-        BlockedKernels.eluDerivative(pixels, dz, y: y, alpha: alpha)
-    }
-
-    @inline(never) @_semantics("optimize.no.crossmodule")
     public static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
         BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y)
     }

@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, pipeline (needs --detection-data), map.") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map.") var only: String = "all"
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
@@ -50,6 +50,13 @@ struct BenchCommand: ParsableCommand {
             if let detectionData, only == "all" || only == "pipeline" {
                 let rate = try Benchmarks.detectionPipeline(dataPath: detectionData, batchSize: 16, batches: 8)
                 print(String(format: "ssd7 input pipeline (read, augment, encode), one thread: %.1f images/s", rate))
+            }
+            if only == "all" || only == "ssd7-layers" {
+                print("ssd7 convolutions, batch 16, blocked layout, \(SSD7LayerBenchmark.ownKernels ? "Starling's kernels where they apply" : "every pass on oneDNN"):")
+                for layer in SSD7LayerBenchmark.run() {
+                    print(String(format: "  %@: forward %.1f ms (%.0f GFLOP/s), backward %.1f ms (%.0f GFLOP/s)", layer.name,
+                                 layer.forwardSeconds * 1000, layer.forwardGFLOPS, layer.backwardSeconds * 1000, layer.backwardGFLOPS))
+                }
             }
             if only == "all" || only == "ssd7" {
                 let ssd = try Benchmarks.ssd7(batchSize: 16, steps: max(2, steps / 50))

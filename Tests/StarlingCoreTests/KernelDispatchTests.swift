@@ -137,7 +137,6 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
                     KernelDispatch.blockedInputGradient(pixels, dy: x, x: y, into: $0.baseAddress!, mean: v(43), scale: v(44), slope: v(45),
                                                         offset: v(46), overwrite: false, kernels: level)
                 }
-                dz.withUnsafeMutableBufferPointer { KernelDispatch.blockedELUDerivative(pixels, $0.baseAddress!, y: y, alpha: 0.6, kernels: level) }
                 pooled.withUnsafeMutableBufferPointer {
                     KernelDispatch.maxPoolRow(pixels / 2, top: x, bottom: x + 8 * pixels, into: $0.baseAddress!, kernels: level)
                 }

@@ -109,32 +109,9 @@ extension Tensor {
         if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias]) { out in
-            let dy = UnsafePointer(out.grad)
-            // Starling's weight-gradient kernels sum the bias gradient from dy as they read it.
-            let biasGradient = bias.requiresGrad ? bias.grad : nil
-            var biasDone = false
-            if weight.requiresGrad {
-                if g.fiveWideWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, biasGradient: biasGradient, layouts: layouts)
-                    || g.blockedWeightGradient3x3(input: x.data, outputGrad: dy, into: weight.grad, biasGradient: biasGradient, layouts: layouts) {
-                    biasDone = true
-                } else {
-                    let done = g.dnnlAccumulateWeightGradient(input: x.data, outputGrad: dy, into: weight.grad, layouts: layouts)
-                    precondition(done, "oneDNN lost the plan of a blocked convolution")
-                }
-            }
-            if let biasGradient, !biasDone {
-                if blockedOutput {
-                    accumulateBlockedChannelSums(dy, planes: n * cout / 8, blocks: cout / 8, pixels: g.outPlane, into: biasGradient)
-                } else {
-                    accumulateChannelSums(dy, batch: n, channels: cout, plane: g.outPlane, into: biasGradient)
-                }
-            }
-            if x.requiresGrad {
-                let (dx, overwrite) = x.gradientForWriting()
-                let done = g.dnnlAccumulateInputGradient(outputGrad: dy, weight: weight.data, into: dx, layouts: layouts,
-                                                         accumulate: !overwrite)
-                precondition(done, "oneDNN lost the plan of a blocked convolution")
-            }
+            g.blockedBackward(input: x.data, weight: weight.data, outputGrad: UnsafePointer(out.grad),
+                              weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
+                              inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
         }
         let done = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
@@ -197,6 +174,35 @@ func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, planes: Int, blocks
 }
 
 extension ConvGeometry {
+    /// The backward of `conv2dBlocked`: weight and bias gradients added into `weightGradient` and `biasGradient` (by
+    /// Starling's kernels where they apply, which sum the bias from dy as they read it; else oneDNN and a pass over dy),
+    /// and the input gradient written or added into `inputGradient`. Nil skips a gradient.
+    func blockedBackward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
+                         weightGradient: UnsafeMutablePointer<Float>?, biasGradient: UnsafeMutablePointer<Float>?,
+                         inputGradient: (pointer: UnsafeMutablePointer<Float>, overwrite: Bool)?, layouts: DNNLConvPlan.Layouts) {
+        var biasDone = false
+        if let weightGradient {
+            if fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
+                || blockedWeightGradient3x3(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts) {
+                biasDone = true
+            } else {
+                let done = dnnlAccumulateWeightGradient(input: x, outputGrad: dy, into: weightGradient, layouts: layouts)
+                precondition(done, "oneDNN lost the plan of a blocked convolution")
+            }
+        }
+        if let biasGradient, !biasDone {
+            if layouts.destinationBlocked {
+                accumulateBlockedChannelSums(dy, planes: batch * outChannels / 8, blocks: outChannels / 8, pixels: outPlane, into: biasGradient)
+            } else {
+                accumulateChannelSums(dy, batch: batch, channels: outChannels, plane: outPlane, into: biasGradient)
+            }
+        }
+        if let (dx, overwrite) = inputGradient {
+            let done = dnnlAccumulateInputGradient(outputGrad: dy, weight: w, into: dx, layouts: layouts, accumulate: !overwrite)
+            precondition(done, "oneDNN lost the plan of a blocked convolution")
+        }
+    }
+
     /// Whether Starling's own convolution kernels (below) may run where they apply: yes on AVX2 machines unless
     /// `STARLING_CONV=dnnl`, which leaves every pass to oneDNN (for comparisons).
     static let ownKernels = KernelDispatch.current == .avx2 && getenv("STARLING_CONV").map { String(cString: $0) } != "dnnl"
@@ -209,7 +215,7 @@ extension ConvGeometry {
         let blocked = layouts.sourceBlocked
         guard Self.ownKernels, layouts.destinationBlocked, kernelH == kernelW, kernelH % 2 == 1, groups == 1, strideH == 1, strideW == 1,
               dilationH == 1, dilationW == 1, padTop == kernelH / 2, padLeft == kernelW / 2, outHeight == height, outWidth == width,
-              outChannels % 16 == 0, blocked ? inChannels % 8 == 0 : inChannels <= 4,
+              outChannels % 16 == 0, blocked ? inChannels % 8 == 0 : (1...4).contains(inChannels),
               Self.directForwardTakes(inChannels: inChannels, outChannels: outChannels, width: width) else { return false }
         let taps = kernelH * kernelW, border = kernelH / 2, pixel = blocked ? 8 : 1
         let packed = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * inChannels * taps)
@@ -272,7 +278,8 @@ extension ConvGeometry {
     }
 
     /// Which convolutions `directForward` takes over from oneDNN, from per-layer timings at batch 16 on one thread
-    /// (BENCHMARKS.md): conv1's few input channels (99 against 81 GFLOP/s), and output channels that are not a multiple
+    /// (BENCHMARKS.md): conv1's few input channels (inside a training step 111 against oneDNN's 135 ms; alone, in
+    /// `bench --only ssd7-layers`, level with it), and output channels that are not a multiple
     /// of 32, which oneDNN 2.6's AVX2 kernel tiles 32 at a time (conv2, 32 -> 48: 95 against 82), on maps at least 24
     /// pixels wide (on SSD7's 15-pixel conv6 map the single pixels left after the six-pixel tiles made it slower).
     /// Elsewhere oneDNN's kernel is as fast or faster (conv3 and conv4: 97 against 100, 96 against 104).
@@ -281,15 +288,16 @@ extension ConvGeometry {
     }
 
     /// The weight gradient by `BlockedWeightGradient3x3` (AVX2 builds only) when it applies: a 3x3 kernel at stride 1
-    /// with one pixel of padding, input and output gradient both blocked, at least two output blocks. False, doing
-    /// nothing, otherwise. Work items are (input block, group of 2-3 output blocks) pairs, each writing its own
+    /// with one pixel of padding, input and output gradient both blocked, at least two output blocks, a map at least 24
+    /// pixels wide (`bench --only ssd7-layers`: on SSD7's 15- and 7-pixel maps oneDNN's kernel was as fast or faster,
+    /// its rows too short for 12 register sums to pay off). False, doing nothing, otherwise. Work items are (input block, group of 2-3 output blocks) pairs, each writing its own
     /// weights, so the result does not depend on the thread count.
     func blockedWeightGradient3x3(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
                                   biasGradient: UnsafeMutablePointer<Float>?, layouts: DNNLConvPlan.Layouts) -> Bool {
         guard Self.ownKernels, layouts.sourceBlocked, layouts.destinationBlocked,
               kernelH == 3, kernelW == 3, groups == 1, strideH == 1, strideW == 1, dilationH == 1, dilationW == 1,
               padTop == 1, padLeft == 1, outHeight == height, outWidth == width, inChannels % 8 == 0, outChannels % 8 == 0,
-              outChannels >= 16 else { return false }
+              outChannels >= 16, width >= 24 else { return false }
         let (inBlocks, outBlocks) = (inChannels / 8, outChannels / 8)
         // Output blocks in groups of 3, the remainder in groups of 2 (4 = 2 + 2, 5 = 3 + 2, 8 = 3 + 3 + 2).
         var groupSizes = [Int](repeating: 3, count: outBlocks / 3)

@@ -141,10 +141,6 @@ extension KernelDispatch {
         }
     }
 
-    static func blockedELUDerivative(_ pixels: Int, _ dz: UnsafeMutablePointer<Float>, y: UnsafePointer<Float>, alpha: Float, kernels: Level = current) {
-        if kernels == .avx2 { AVX2Kernels.blockedELUDerivative(pixels, dz, y: y, alpha: alpha) } else { BlockedKernels.eluDerivative(pixels, dz, y: y, alpha: alpha) }
-    }
-
     static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
                            kernels: Level = current) {
         if kernels == .avx2 { AVX2Kernels.maxPoolRow(width, top: top, bottom: bottom, into: y) } else { BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y) }
