@@ -31,7 +31,7 @@ public enum Benchmarks {
             Prefetcher(source: data, steps: (0..<total).map { s in
                 let start = (s * batchSize) % (data.count - batchSize + 1)
                 return Array(order[start..<(start + batchSize)])
-            }, epoch: 0, config: model.config)
+            }, epoch: 0, config: model.config, targetEncoder: model.targetEncoder)
         }
         defer { reader?.finish() }
         func step() throws {
@@ -167,18 +167,22 @@ public enum Benchmarks {
     /// convert to floats and encode the anchor targets; images per second on one thread.
     public static func detectionPipeline(dataPath: String, batchSize: Int, batches: Int) throws -> Double {
         let dataset = try DetectionDataset(path: dataPath, split: "train")
-        let config = try ModelRegistry.detectorConfig(family: SSD7.family, for: dataset)
+        let config = try SSD7.configuration(for: DetectionSource(dataset: dataset).datasetDescription)
+        let model = try ModelRegistry.build(config, seed: 1)
         let augmentation = DetectionAugmentation()
         let (h, w) = (dataset.imageHeight, dataset.imageWidth)
         let source = DetectionSource(dataset: dataset) { pixels, objects, epoch, index in
             augmentation.apply(pixels: pixels, objects: objects, height: h, width: w, seed: 1, epoch: epoch, sampleIndex: index)
         }
-        _ = try source.batch(indices: Array(0..<min(batchSize, dataset.count)), epoch: 0, training: true, config: config)
+        func batch(_ indices: [Int], epoch: Int) throws -> Batch {
+            try source.batch(indices: indices, epoch: epoch, training: true, for: model)
+        }
+        _ = try batch(Array(0..<min(batchSize, dataset.count)), epoch: 0)
         let start = monotonicSeconds()
         var images = 0
         for b in 0..<batches {
             let indices = (0..<batchSize).map { (b * batchSize + $0) % dataset.count }
-            images += try source.batch(indices: indices, epoch: 1, training: true, config: config).size
+            images += try batch(indices, epoch: 1).size
         }
         return Double(images) / (monotonicSeconds() - start)
     }

@@ -37,10 +37,13 @@ public struct Batch {
     /// The epoch (0-based) and the run's seed during training (set by the Trainer); nil outside training.
     public var epoch: Int?
     public var seed: UInt64?
-    /// Detectors: per image, what each anchor should predict (image-major, as the model's predictions).
-    public var anchorTargets: [AnchorTargets]?
-    /// Detectors: the annotated objects per image (for evaluation and pictures).
+    /// Detection and instance data: the annotated objects per image.
     public var objects: [[Object]]?
+    /// Segmentation data: the class of every pixel and, for instance data, each object's mask.
+    public var segmentation: SegmentationMaps?
+    /// What the model's loss compares its outputs with, encoded from the annotations by the model's
+    /// `targetEncoder` on the data thread (SSD: `SSDTargets`).
+    public var targets: (any BatchTargets)?
     public init(images: Tensor, labels: [Int32]? = nil, indices: [Int]? = nil, epoch: Int? = nil, seed: UInt64? = nil) {
         self.images = images
         self.labels = labels
@@ -62,6 +65,25 @@ public struct Batch {
     }
 }
 
+/// Per-pixel annotations of a segmentation batch, in the model's input size.
+public struct SegmentationMaps: Sendable {
+    /// The class of each pixel, [N, H, W] row-major; `voidLabel` marks pixels that count for nothing.
+    public var classes: [UInt8]
+    public var height: Int, width: Int
+    public var voidLabel: UInt8
+    /// Instance data: per image, one H x W mask per object of `Batch.objects` (1 inside, 0 outside), in that order.
+    public var instanceMasks: [[[UInt8]]]?
+
+    public init(classes: [UInt8], height: Int, width: Int, voidLabel: UInt8 = 255, instanceMasks: [[[UInt8]]]? = nil) {
+        precondition(height > 0 && width > 0 && classes.count % (height * width) == 0, "class maps of \(classes.count) bytes for \(height)x\(width)")
+        self.classes = classes
+        self.height = height
+        self.width = width
+        self.voidLabel = voidLabel
+        self.instanceMasks = instanceMasks
+    }
+}
+
 /// A trainable model: its parameters in one flat store, and a loss on a batch.
 public protocol Model: AnyObject {
     var config: ModelConfig { get }
@@ -69,6 +91,9 @@ public protocol Model: AnyObject {
     /// State that is not trained by gradients but belongs to the model (batch norm's moving mean and variance):
     /// checkpointed beside the weights and broadcast from rank 0 at start. Nil for models without any.
     var buffers: ParameterStore? { get }
+    /// Encodes a batch's annotations into `Batch.targets` before the loss reads them (nil: the loss reads the images
+    /// or labels as they are).
+    var targetEncoder: (any TargetEncoder)? { get }
     /// The training objective on a batch (a one-element tensor), recorded for backward when gradients are on.
     func loss(_ batch: Batch, training: Bool) -> Tensor
 }
@@ -82,6 +107,7 @@ public protocol Autoencoder: Model {
 
 public extension Model {
     var buffers: ParameterStore? { nil }
+    var targetEncoder: (any TargetEncoder)? { nil }
 }
 
 /// Models with an encoder: `code` is its output for a batch of images, flattened to [N, D] (a VAE's posterior mean).
@@ -100,12 +126,18 @@ public extension Autoencoder {
 public enum ModelError: Error, CustomStringConvertible {
     case unknownFamily(String, known: [String])
     case inputShape(family: String, expected: [Int], got: [Int], source: String)
+    case unsupportedOption(family: String, flag: String)
+    case optionOutOfRange(flag: String, value: Double, range: ClosedRange<Double>)
     public var description: String {
         switch self {
         case .unknownFamily(let name, let known):
             return "unknown model '\(name)'; known models: \(known.joined(separator: ", "))"
         case .inputShape(let family, let expected, let got, let source):
             return "\(source): samples of shape \(got) do not fit model \(family), which takes \(expected)"
+        case .unsupportedOption(let family, let flag):
+            return "model \(family) has no option \(flag)"
+        case .optionOutOfRange(let flag, let value, let range):
+            return "\(flag) must lie in [\(range.lowerBound), \(range.upperBound)], got \(value)"
         }
     }
 }

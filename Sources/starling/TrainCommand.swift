@@ -81,13 +81,13 @@ struct TrainingFlags: ParsableArguments {
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Train a model (under mpirun: on every rank).")
 
-    @Option(help: "Model family: \(ModelRegistry.families.joined(separator: ", ")).") var model: String
+    @Option(help: "Model family: \(ModelRegistry.familyNames.joined(separator: ", ")).") var model: String
     @Option(help: "Dataset in Starling's HDF5 layout (e.g. from `starling data mnist`).") var data: String
     @Option(help: "Split to train on.") var trainSplit: String = "train"
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
-    @Flag(inversion: .prefixedNo, help: "Detectors: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
-    @Option(help: "ssd300: multiply every layer's channels (1: the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double = 1
+    @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
+    @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -95,28 +95,14 @@ struct TrainCommand: ParsableCommand {
         if let threads = flags.blasThreads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
         do {
             try reportingErrors {
-                var config = try ModelRegistry.defaultConfig(family: model)
-                let train: any TrainingSource, validation: (any TrainingSource)?
-                if ModelRegistry.isDetector(model) {
-                    let dataset = try DetectionDataset(path: data, split: trainSplit)
-                    config = try ModelRegistry.detectorConfig(family: model, for: dataset)
-                    if model == SSD300.family {
-                        guard widthMultiplier > 0 && widthMultiplier <= 1 else { throw EvalError("--width-multiplier must lie in (0, 1]") }
-                        config.options["width"] = widthMultiplier
-                    }
-                    let (seed, height, width) = (flags.seed, dataset.imageHeight, dataset.imageWidth)
-                    let augmentation = DetectionAugmentation()
-                    train = DetectionSource(dataset: dataset, augment: augment ? { pixels, objects, epoch, index in
-                        augmentation.apply(pixels: pixels, objects: objects, height: height, width: width, seed: seed, epoch: epoch, sampleIndex: index)
-                    } : nil)
-                    let split = valSplit ?? "val"
-                    validation = split == "none" ? nil : DetectionSource(dataset: try DetectionDataset(path: data, split: split))
-                } else {
-                    train = try ImageDataset(path: data, split: trainSplit)
-                    let split = valSplit ?? "test"
-                    validation = split == "none" ? nil : try ImageDataset(path: data, split: split)
+                let family = try ModelRegistry.family(named: model)
+                let (train, validation) = try TrainingData.open(family.dataKind, path: data, trainSplit: trainSplit, validationSplit: valSplit,
+                                                                augment: augment, seed: flags.seed)
+                var config = try family.configuration(for: train.datasetDescription)
+                if let widthMultiplier {
+                    config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier")
                 }
-                let network = try ModelRegistry.build(config, seed: flags.seed)
+                let network = try family.build(config, seed: flags.seed)
                 let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }

@@ -71,7 +71,7 @@ import StarlingDistributed
         let bias = parameter(seq, "encoder_lstm/bias")
         #expect(bias[64..<128].allSatisfy { $0 == 1 } && bias[0..<64].allSatisfy { $0 == 0 } && bias[128...].allSatisfy { $0 == 0 })
         // Every family encodes to [N, D].
-        for family in ModelRegistry.autoencoders {
+        for family in ModelRegistry.names(trainingOn: .images) {
             let model = try ModelRegistry.build(try ModelRegistry.defaultConfig(family: family), seed: 1)
             let images = Tensor(zeros: [3] + model.config.inputShape)
             let code = try #require(model as? any Encoding, "\(family) has no code").code(images)
@@ -347,7 +347,7 @@ import StarlingDistributed
         #expect(GradMode.disabled { loaded.model.loss(batch, training: false).item } == before)
     }
 
-    @Test(arguments: ModelRegistry.autoencoders.filter { !["fc-ae", "conv-ae"].contains($0) })
+    @Test(arguments: ModelRegistry.names(trainingOn: .images).filter { !["fc-ae", "conv-ae"].contains($0) })
     func trainAndEvalThroughTheBinary(family: String) throws {
         let dir = Fixture.temporaryDirectory("family-cli-\(family)")
         let data = try Fixture.sampleHDF5()

@@ -149,8 +149,10 @@ private func exportConfigs() throws -> [ModelConfig] {
     /// Raw predictions, decoded boxes, and the per-class NMS against `DetectionDecoding.decode`.
     private func expectSameDetections(_ detector: any Detector, images: Tensor, onnx: RuntimeOutputs,
                                       expectClose: (String, Tensor, Float) -> Void) throws {
-        let (logits, offsets) = detector.predict(images, training: false)
-        let c = detector.classCount, a = detector.encoder.anchorCount, n = images.shape[0]
+        let outputs = detector.headOutputs(images, training: false)
+        let (logits, offsets) = (outputs[0], outputs[1])
+        let encoder = try #require(detector.head as? SSDHead).encoder
+        let c = detector.classCount, a = encoder.anchorCount, n = images.shape[0]
         let probabilities = logits.softmax(axis: -1)
         // SSD300's base is 13 convolutions deep with random weights: oneDNN and onnxruntime sum in different orders
         // and their rounding grows to ~1.5e-4 of the largest output (SSD7 and the autoencoders stay under 1e-4).
@@ -158,11 +160,11 @@ private func exportConfigs() throws -> [ModelConfig] {
         expectClose("class_probabilities", probabilities, tolerance)
         expectClose("box_offsets", offsets, tolerance)
         // Boxes as DetectionDecoding decodes them (clipped to the image).
-        let config = detector.encoder.config
+        let config = encoder.config
         let (width, height) = (Float(config.imageWidth), Float(config.imageHeight))
         let decoded = Tensor(zeros: [n, a, 4])
         for j in 0..<(n * a) {
-            let b = detector.encoder.decode(offsets.data + 4 * j, anchor: j % a)
+            let b = encoder.decode(offsets.data + 4 * j, anchor: j % a)
             // Every coordinate inside the image (DetectionDecoding clips only the outer side, then drops what is empty).
             let clipped = [min(max(0, b.xmin), width), min(max(0, b.ymin), height), min(max(0, b.xmax), width), min(max(0, b.ymax), height)]
             for k in 0..<4 { decoded.data[4 * j + k] = clipped[k] }
@@ -192,7 +194,7 @@ private func exportConfigs() throws -> [ModelConfig] {
         for i in 0..<n {
             var perClass: [Int: [DetectedBox]] = [:]
             for d in decoding.decode(probabilities: probabilities.data + i * a * c, offsets: offsets.data + i * a * 4,
-                                     classCount: c, encoder: detector.encoder) { perClass[d.classID, default: []].append(d) }
+                                     classCount: c, encoder: encoder) { perClass[d.classID, default: []].append(d) }
             // ONNX keeps at most topK boxes a class.
             let expected = perClass.values.flatMap { $0.sorted { $0.score > $1.score }.prefix(DetectionDecoding.evaluation.topK) }
             var unmatched = fromONNX[i, default: []]

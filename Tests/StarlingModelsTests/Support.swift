@@ -49,8 +49,8 @@ let narrowAutoencoderOptions: [String: [String: Double]] = [
 
 /// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
 func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
-    try ModelRegistry.families.map { family in
-        if ModelRegistry.isDetector(family) { return detector(family) }
+    try ModelRegistry.familyNames.map { family in
+        if try ModelRegistry.family(named: family).dataKind == .detection { return detector(family) }
         var config = try ModelRegistry.defaultConfig(family: family)
         config.options.merge(narrowAutoencoderOptions[family] ?? [:]) { $1 }
         return config

@@ -32,7 +32,7 @@ public enum ClassResampling {
     public static func resample(_ model: any Model, _ selection: ClassSelection, file: String) throws -> any Model {
         func fail(_ message: String) -> ConversionError { ConversionError(file: file, message: message) }
         let config = model.config
-        guard ModelRegistry.isDetector(config.family), let sourceNames = config.classNames else {
+        guard model is any Detector, let sourceNames = config.classNames else {
             throw fail("model \(config.family) is not a detector; only detectors' classes can be re-sampled")
         }
         let (keep, total) = (selection.keep, selection.objectClasses + 1)

@@ -1,7 +1,7 @@
 import StarlingCore
 
 /// Batches for a detector from a `DetectionDataset`: images as float NCHW in 0...255 (the model maps intensities
-/// itself), each image's objects, and their anchor targets from the model's own encoder.
+/// itself) and each image's objects; the model's head encodes its targets from them (`Model.targetEncoder`).
 ///
 /// `augment` (training only) receives (pixels HWC, objects, epoch, sample index) and returns the augmented pair; it
 /// must draw its randomness from (seed, epoch, sample index) so every rank augments a sample the same way.
@@ -9,7 +9,6 @@ public final class DetectionSource: TrainingSource, @unchecked Sendable {
     public typealias Augmentation = (_ pixels: [UInt8], _ objects: [Object], _ epoch: Int, _ index: Int) -> ([UInt8], [Object])
     public let dataset: DetectionDataset
     public let augment: Augmentation?
-    private var encoders: [String: SSDBoxEncoder] = [:]
 
     public init(dataset: DetectionDataset, augment: Augmentation? = nil) {
         self.dataset = dataset
@@ -27,7 +26,6 @@ public final class DetectionSource: TrainingSource, @unchecked Sendable {
         guard let names = config.classNames, names == dataset.classNames else {
             throw DataError(file: path, message: "classes \(dataset.classNames.dropFirst()) differ from the model's \(config.classNames?.dropFirst().map { $0 } ?? [])")
         }
-        guard config.anchors != nil else { throw DataError(file: path, message: "model \(config.family) has no anchor configuration") }
     }
 
     public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
@@ -53,18 +51,10 @@ public final class DetectionSource: TrainingSource, @unchecked Sendable {
         }
         var batch = Batch(images: images, indices: indices)
         batch.objects = objects
-        if let anchors = config.anchors {
-            let encoder = self.encoder(anchors)
-            batch.anchorTargets = objects.map { encoder.encode($0) }
-        }
         return batch
     }
 
-    private func encoder(_ config: AnchorConfig) -> SSDBoxEncoder {
-        let key = "\(config)"
-        if let e = encoders[key] { return e }
-        let e = SSDBoxEncoder(config: config)
-        encoders[key] = e
-        return e
+    public var datasetDescription: DatasetDescription {
+        DatasetDescription(path: path, sampleShape: [3, dataset.imageHeight, dataset.imageWidth], classNames: dataset.classNames)
     }
 }

@@ -17,7 +17,8 @@ final class Prefetcher: @unchecked Sendable {
     /// Seconds the consumer spent blocked in `next()`.
     private(set) var waitSeconds = 0.0
 
-    init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, depth: Int = 2) {
+    /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`).
+    init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int = 2) {
         self.depth = depth
         self.total = steps.count
         let thread = Thread { [self] in
@@ -27,7 +28,11 @@ final class Prefetcher: @unchecked Sendable {
                 let stop = stopped
                 condition.unlock()
                 if stop { break }
-                let result = Result { try source.batch(indices: indices, epoch: epoch, training: true, config: config) }
+                let result = Result {
+                    var batch = try source.batch(indices: indices, epoch: epoch, training: true, config: config)
+                    targetEncoder?.encodeTargets(into: &batch)
+                    return batch
+                }
                 condition.lock()
                 ready.append(result)
                 produced += 1

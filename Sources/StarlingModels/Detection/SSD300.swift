@@ -18,9 +18,10 @@ public final class SSD300: Detector {
     public let parameters = ParameterStore()
     public var crossReplica = CrossReplica.single
     public var synchronizeBatchNorm = false   // no batch norm in SSD300
-    public let encoder: SSDBoxEncoder
-    public let classCount: Int
-    public var lossFunction = SSDLoss()
+    /// The anchors, matching, loss and decoding.
+    public let ssd: SSDHead
+    public var head: any DetectionHead { ssd }
+    public var encoder: SSDBoxEncoder { ssd.encoder }
     let base: [(name: String, conv: Conv2D)]
     let extras: [(name: String, conv: Conv2D)]
     let conv4_3Scale: Parameter
@@ -51,8 +52,7 @@ public final class SSD300: Detector {
             throw ModelError.inputShape(family: config.family, expected: [3, 300, 300], got: config.inputShape, source: "model configuration (needs class names and six predictor layers of anchors)")
         }
         self.config = config
-        classCount = names.count
-        encoder = SSDBoxEncoder(config: anchors)
+        ssd = SSDHead(anchors: anchors, classCount: names.count)
         l2 = Float(config.option("l2_regularization", default: 5e-4))
         let width = config.option("width", default: 1)
         func channels(_ c: Int) -> Int { max(4, Int((Double(c) * width).rounded())) }
@@ -117,6 +117,22 @@ public final class SSD300: Detector {
                            classNames: classNames, anchors: anchors)
     }
 
+    /// The family's configuration for a detection dataset: its image size and classes (nil: `defaultConfig()`).
+    public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
+        guard let dataset else { return defaultConfig() }
+        let (height, width, classNames) = try dataset.detectionImages()
+        guard featureMapSizes(height: height, width: width).allSatisfy({ $0.allSatisfy { $0 >= 1 } }) else {
+            throw DataError(file: dataset.path, message: "images of \(height)x\(width) are too small for SSD300 (at least 260x260)")
+        }
+        return defaultConfig(height: height, width: width, classNames: classNames)
+    }
+
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        let (classes, boxes) = predict(images, training: training)
+        return [classes, boxes]
+    }
+
+    /// Class logits [N x A, classes] and box offsets [N x A, 4], image-major in anchor order.
     public func predict(_ images: Tensor, training: Bool) -> (classLogits: Tensor, boxOffsets: Tensor) {
         // ImageNet channel means, as ssd_keras's subtract_mean for SSD300.
         let means: [Float] = [123, 117, 104]
@@ -145,13 +161,12 @@ public final class SSD300: Detector {
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
-        detectionLoss(batch, training: training, lossFunction: lossFunction,
-                      kernels: (base.map(\.conv) + extras.map(\.conv) + classHeads + boxHeads).map(\.kernel), l2: l2)
+        detectionLoss(batch, training: training, kernels: (base.map(\.conv) + extras.map(\.conv) + classHeads + boxHeads).map(\.kernel), l2: l2)
     }
 }
 
 extension SSD300: ONNXDetector {
-    public func onnxPredict(_ images: ONNXValue) -> (classLogits: ONNXValue, boxOffsets: ONNXValue) {
+    public func onnxHeadOutputs(_ images: ONNXValue) -> [ONNXValue] {
         var x = images - images.graph.constant("channel_means", [123, 117, 104], shape: [1, 3, 1, 1])
         var features: [ONNXValue] = []
         var layer = 0
@@ -169,7 +184,7 @@ extension SSD300: ONNXDetector {
         }
         let classes = ONNXValue.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
         let boxes = ONNXValue.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
-        return (classes, boxes)
+        return [classes, boxes]
     }
 }
 

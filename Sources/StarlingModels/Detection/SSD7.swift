@@ -23,9 +23,10 @@ public final class SSD7: Detector {
     public var buffers: ParameterStore? { buffersStore }
     public var crossReplica = CrossReplica.single
     public var synchronizeBatchNorm = false
-    public let encoder: SSDBoxEncoder
-    public let classCount: Int   // with background
-    public var lossFunction = SSDLoss()
+    /// The anchors, matching, loss and decoding.
+    public let ssd: SSDHead
+    public var head: any DetectionHead { ssd }
+    public var encoder: SSDBoxEncoder { ssd.encoder }
     let convs: [Conv2D]
     let norms: [BatchNormalization]
     let classHeads: [Conv2D]
@@ -38,8 +39,7 @@ public final class SSD7: Detector {
             throw ModelError.inputShape(family: config.family, expected: [3, 300, 480], got: config.inputShape, source: "model configuration (needs class names and anchors)")
         }
         self.config = config
-        classCount = names.count
-        encoder = SSDBoxEncoder(config: anchors)
+        ssd = SSDHead(anchors: anchors, classCount: names.count)
         l2 = Float(config.option("l2_regularization", default: 5e-4))
         var inputs = 3
         var c: [Conv2D] = [], n: [BatchNormalization] = []
@@ -88,6 +88,21 @@ public final class SSD7: Detector {
                                    scales: [0.08, 0.16, 0.32, 0.64, 0.96], aspectRatios: Array(repeating: [0.5, 1, 2], count: 4))
         return ModelConfig(family: family, inputShape: [3, height, width], options: ["l2_regularization": 5e-4],
                            classNames: classNames, anchors: anchors)
+    }
+
+    /// The family's configuration for a detection dataset: its image size and classes (nil: `defaultConfig()`).
+    public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
+        guard let dataset else { return defaultConfig() }
+        let (height, width, classNames) = try dataset.detectionImages()
+        guard height >= 64, width >= 64 else {
+            throw DataError(file: dataset.path, message: "images of \(height)x\(width) are too small for SSD7 (at least 64x64)")
+        }
+        return defaultConfig(height: height, width: width, classNames: classNames)
+    }
+
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        let (classes, boxes) = predict(images, training: training)
+        return [classes, boxes]
     }
 
     /// Class logits [N x A, classes] and box offsets [N x A, 4], image-major in anchor order.
@@ -204,12 +219,12 @@ public final class SSD7: Detector {
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
-        detectionLoss(batch, training: training, lossFunction: lossFunction, kernels: (convs + classHeads + boxHeads).map(\.kernel), l2: l2)
+        detectionLoss(batch, training: training, kernels: (convs + classHeads + boxHeads).map(\.kernel), l2: l2)
     }
 }
 
 extension SSD7: ONNXDetector {
-    public func onnxPredict(_ images: ONNXValue) -> (classLogits: ONNXValue, boxOffsets: ONNXValue) {
+    public func onnxHeadOutputs(_ images: ONNXValue) -> [ONNXValue] {
         var h = images.affine(scale: 1 / 127.5, shift: -1)
         var features: [ONNXValue] = []
         for k in 0..<7 {
@@ -219,6 +234,6 @@ extension SSD7: ONNXDetector {
         }
         let classes = ONNXValue.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
         let boxes = ONNXValue.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
-        return (classes, boxes)
+        return [classes, boxes]
     }
 }

@@ -232,7 +232,7 @@ public final class Trainer {
                 let begin = step * options.batchSize + world.rank * local
                 return Array(order[begin..<(begin + local)])
             }
-            let reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config)
+            let reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder)
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
             var lastPrint = start
@@ -369,7 +369,7 @@ public final class Trainer {
         var start = mine.lowerBound
         while start < mine.upperBound {
             let end = min(mine.upperBound, start + options.batchSize)
-            let batch = try data.batch(indices: Array(start..<end), epoch: 0, training: false, config: model.config)
+            let batch = try data.batch(indices: Array(start..<end), epoch: 0, training: false, for: model)
             let loss = GradMode.disabled { model.loss(batch, training: false) }
             total[0] += Double(loss.item) * Double(end - start)
             start = end
