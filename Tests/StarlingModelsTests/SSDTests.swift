@@ -36,10 +36,10 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
     }
 
     @Test func iouByHand() {
-        #expect(intersectionOverUnion(box(0, 0, 10, 10), box(0, 0, 10, 10)) == 1)
-        #expect(intersectionOverUnion(box(0, 0, 10, 10), box(5, 0, 15, 10)) == Float(50) / 150)
-        #expect(intersectionOverUnion(box(0, 0, 10, 10), box(10, 0, 20, 10)) == 0)   // touching is not overlapping
-        #expect(intersectionOverUnion(box(0, 0, 10, 10), box(2, 2, 4, 4)) == Float(4) / 100)
+        #expect(iou(box(0, 0, 10, 10), box(0, 0, 10, 10)) == 1)
+        #expect(iou(box(0, 0, 10, 10), box(5, 0, 15, 10)) == Float(50) / 150)
+        #expect(iou(box(0, 0, 10, 10), box(10, 0, 20, 10)) == 0)   // touching is not overlapping
+        #expect(iou(box(0, 0, 10, 10), box(2, 2, 4, 4)) == Float(4) / 100)
     }
 }
 
@@ -101,7 +101,7 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         for threshold: Float in [0.3, 0.45, 0.7] {
             let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
             var plain: [Int] = []
-            for i in order where !plain.contains(where: { intersectionOverUnion(boxes[$0], boxes[i]) > threshold }) { plain.append(i) }
+            for i in order where !plain.contains(where: { iou(boxes[$0], boxes[i]) > threshold }) { plain.append(i) }
             #expect(nonMaximumSuppression(boxes, scores: scores, iouThreshold: threshold) == plain)
         }
     }
@@ -325,7 +325,7 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         }
         for (n, objs) in objects.enumerated() {
             for o in objs {
-                let hit = found[n].contains { $0.classID == o.classID && intersectionOverUnion($0.box, o.box) >= 0.5 }
+                let hit = found[n].contains { $0.classID == o.classID && iou($0.box, o.box) >= 0.5 }
                 #expect(hit, "window \(n): no detection of class \(o.classID) at \(o.box); found \(found[n].prefix(4))")
             }
             #expect(found[n].count <= 2 * objs.count, "window \(n): \(found[n].count) detections for \(objs.count) objects")

@@ -133,17 +133,6 @@ public final class DetectionDataset: @unchecked Sendable {
     }
 }
 
-/// An axis-aligned box in the Starling convention (see `DetectionDataset`).
-public struct BoxCorners: Equatable, Sendable {
-    public var xmin: Float, ymin: Float, xmax: Float, ymax: Float
-    public init(xmin: Float, ymin: Float, xmax: Float, ymax: Float) {
-        self.xmin = xmin; self.ymin = ymin; self.xmax = xmax; self.ymax = ymax
-    }
-    public var width: Float { xmax - xmin }
-    public var height: Float { ymax - ymin }
-    public var area: Float { max(0, width) * max(0, height) }
-}
-
 /// One annotated object.
 public struct Object: Equatable, Sendable {
     public var box: BoxCorners

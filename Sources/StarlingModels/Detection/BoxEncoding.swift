@@ -4,17 +4,6 @@ import Glibc
 import Darwin
 #endif
 
-/// Intersection over union of two corner boxes (xmin, ymin, xmax, ymax); 0 when either is empty.
-@inline(__always)
-public func intersectionOverUnion(_ a: BoxCorners, _ b: BoxCorners) -> Float {
-    let w = min(a.xmax, b.xmax) - max(a.xmin, b.xmin)
-    let h = min(a.ymax, b.ymax) - max(a.ymin, b.ymin)
-    guard w > 0, h > 0 else { return 0 }
-    let inter = w * h
-    let union = a.area + b.area - inter
-    return union > 0 ? inter / union : 0
-}
-
 /// What each anchor should predict for one image: a class (0 background, `neutral` for anchors that count as
 /// neither) and, for positives, the encoded offsets to its matched ground truth.
 public struct AnchorTargets: Sendable {
@@ -66,7 +55,7 @@ public struct SSDBoxEncoder: Sendable {
         var iou = [Float](repeating: 0, count: g * a)
         for j in 0..<a {
             let anchor = anchorCorners(j)
-            for i in 0..<g { iou[i * a + j] = intersectionOverUnion(gt[i], anchor) }
+            for i in 0..<g { iou[i * a + j] = StarlingModels.iou(gt[i], anchor) }
         }
         var match = [Int](repeating: -1, count: a)
         // 1. Bipartite: repeatedly the largest remaining entry; its row and column leave the matrix. Each row keeps

@@ -11,7 +11,7 @@ public struct DetectedBox: Equatable, Sendable {
 ///
 /// The kept boxes' corners and areas are kept column by column, so the inner loop (every candidate against every kept
 /// box, the decoder's hot spot at evaluation's 0.01 threshold) compares a candidate with 8 kept boxes at a time. The
-/// IoU arithmetic is `intersectionOverUnion`'s, operation for operation in each lane, so the result is the same bit
+/// IoU arithmetic is `iou`'s, operation for operation in each lane, so the result is the same bit
 /// for bit; unused lanes hold empty boxes (xmin = +inf, xmax = -inf) that overlap nothing.
 public func nonMaximumSuppression(_ boxes: [BoxCorners], scores: [Float], iouThreshold: Float) -> [Int] {
     if boxes.isEmpty { return [] }

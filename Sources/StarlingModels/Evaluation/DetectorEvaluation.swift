@@ -11,7 +11,7 @@ public enum DetectorEvaluation {
         for i in 0..<n {
             for o in dataset.objects(of: i) {
                 boxes.append(GroundTruthBox(imageID: Int(dataset.imageIDs[i]), classID: o.classID,
-                                            box: BoundingBox(xmin: Double(o.box.xmin), ymin: Double(o.box.ymin), xmax: Double(o.box.xmax), ymax: Double(o.box.ymax)),
+                                            box: o.box.inDouble,
                                             difficult: o.difficult))
             }
         }
@@ -33,7 +33,7 @@ public enum DetectorEvaluation {
                 let id = Int(dataset.imageIDs[indices[k]])
                 for d in boxes {
                     found.append(Detection(imageID: id, classID: d.classID,
-                                           box: BoundingBox(xmin: Double(d.box.xmin), ymin: Double(d.box.ymin), xmax: Double(d.box.xmax), ymax: Double(d.box.ymax)),
+                                           box: d.box.inDouble,
                                            score: Double(d.score)))
                 }
             }
