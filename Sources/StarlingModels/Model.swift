@@ -84,6 +84,16 @@ public struct SegmentationMaps: Sendable {
     }
 }
 
+/// What a model's loss compares its outputs with, encoded from a batch's annotations (an SSD's class and offsets
+/// per anchor, a YOLO's responsible cell and anchor per box). Families define their own; `Batch.targets` holds them.
+public protocol BatchTargets: Sendable {}
+
+/// Turns a batch's annotations into the targets of a model's loss. It runs on the data thread beside reading, so it
+/// holds only immutable state (anchors, thresholds) and never touches the model.
+public protocol TargetEncoder: Sendable {
+    func encodeTargets(into batch: inout Batch)
+}
+
 /// A trainable model: its parameters in one flat store, and a loss on a batch.
 public protocol Model: AnyObject {
     var config: ModelConfig { get }

@@ -27,7 +27,8 @@ extension TrainingSource {
 public enum TrainingData {
     /// `validationSplit` nil: the kind's usual split (`test` for image sets, as the Keras tutorial validates on the
     /// test set; `val` otherwise); "none": no validation. `augment`: detection's box-aware augmentation of training
-    /// images (ssd_keras's chain), drawn from (seed, epoch, sample).
+    /// images (ssd_keras's chain), drawn from (seed, epoch, sample); segmentation sets are read as stored until the
+    /// mask-aware augmentation of the segmentation models arrives.
     public static func open(_ kind: DataKind, path: String, trainSplit: String, validationSplit: String?, augment: Bool,
                             seed: UInt64) throws -> (train: any TrainingSource, validation: (any TrainingSource)?) {
         switch kind {
@@ -44,7 +45,12 @@ public enum TrainingData {
             let split = validationSplit ?? "val"
             return (train, split == "none" ? nil : DetectionSource(dataset: try DetectionDataset(path: path, split: split)))
         case .segmentation, .instances:
-            throw DataError(file: path, message: "no \(kind.rawValue) dataset reader in this build")
+            let dataset = try SegmentationDataset(path: path, split: trainSplit)
+            if kind == .instances && !dataset.hasInstances {
+                throw DataError(file: path, message: "/\(trainSplit) has no instance masks (instance_offsets); this model trains on instance data")
+            }
+            let split = validationSplit ?? "val"
+            return (SegmentationSource(dataset: dataset), split == "none" ? nil : SegmentationSource(dataset: try SegmentationDataset(path: path, split: split)))
         }
     }
 }

@@ -1,15 +1,5 @@
 import StarlingCore
 
-/// What a model's loss compares its outputs with, encoded from a batch's annotations (an SSD's class and offsets
-/// per anchor, a YOLO's responsible cell and anchor per box). Families define their own; `Batch.targets` holds them.
-public protocol BatchTargets: Sendable {}
-
-/// Turns a batch's annotations into the targets of a model's loss. It runs on the data thread beside reading, so it
-/// holds only immutable state (anchors, thresholds) and never touches the model.
-public protocol TargetEncoder: Sendable {
-    func encodeTargets(into batch: inout Batch)
-}
-
 /// How a detector's raw outputs relate to boxes: the part of a single-stage detector that torchvision calls the
 /// head's box coder plus its matcher and loss. SSD's anchors and matching are one implementation (`SSDHead`).
 ///
