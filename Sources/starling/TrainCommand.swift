@@ -3,26 +3,30 @@ import StarlingCore
 import StarlingDistributed
 import StarlingModels
 
-/// Flags every model family shares.
+/// Flags every model family shares. Their defaults are read from `TrainingOptions` (and the optimizer's and the
+/// plateau's named constants), never repeated here, so the library and the command line cannot drift apart.
+/// Flags for settings `TrainingOptions` does not hold (optimizer, plateau factor and floor, threads) own theirs.
 struct TrainingFlags: ParsableArguments {
-    @Option(help: "Passes over the training set.") var epochs: Int = 1
-    @Option(help: "Images per optimizer step.") var batchSize: Int = 256
-    @Option(help: "Learning rate.") var lr: Float = 1e-3
-    @Option(help: "Optimizer: adam (Keras's defaults), adamw (decoupled weight decay) or sgd (with --momentum).") var optimizer: String = "adam"
+    private static let defaults = TrainingOptions()
+
+    @Option(help: "Passes over the training set.") var epochs: Int = TrainingFlags.defaults.epochs
+    @Option(help: "Images per optimizer step.") var batchSize: Int = TrainingFlags.defaults.batchSize
+    @Option(help: "Learning rate.") var lr: Float = TrainingFlags.defaults.learningRate
+    @Option(help: "Optimizer: adam (Keras's defaults), adamw (decoupled weight decay, Keras's epsilon) or sgd (with --momentum).") var optimizer: String = "adam"
     @Option(help: "Momentum for sgd.") var momentum: Float = 0.9
     @Option(help: "Weight decay: L2 added to the gradient for adam and sgd, decoupled for adamw.") var weightDecay: Float = 0
-    @Option(help: "Seed for weights, shuffling and noise: the same seed gives the same run.") var seed: UInt64 = 0
+    @Option(help: "Seed for weights, shuffling and noise: the same seed gives the same run.") var seed: UInt64 = TrainingFlags.defaults.seed
     @Option(help: "Cap the steps of an epoch (default: a full pass).") var stepsPerEpoch: Int?
     @Option(help: "Cap the validation images scored each epoch (default: the whole split).") var valLimit: Int?
-    @Option(help: "Output folder for checkpoints and logs.") var out: String = "Checkpoints"
+    @Option(help: "Output folder for checkpoints and logs.") var out: String = TrainingFlags.defaults.outputDirectory
     @Option(help: "Also write the last checkpoint every N steps within an epoch.") var checkpointEvery: Int?
-    @Option(help: "Epoch checkpoints (<model>-epochNNNN.h5) to keep beside -last.h5 and -best.h5.") var keepCheckpoints: Int = 3
+    @Option(help: "Epoch checkpoints (<model>-epochNNNN.h5) to keep beside -last.h5 and -best.h5.") var keepCheckpoints: Int = TrainingFlags.defaults.keepCheckpoints
     @Option(help: "Stop after this many optimizer steps in total (with a checkpoint to resume from).") var maxSteps: Int?
-    @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = 60
-    @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
-    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = false
+    @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = TrainingFlags.defaults.watchdogSeconds
+    @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
+    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
-    @Option(help: "Improvement smaller than this does not count (early stopping and plateaus; Keras's plateau default 1e-4 applies when unset).") var minDelta: Double?
+    @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
     @Option(help: "Multiply the learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau).") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest learning rate on plateaus.") var minLr: Float = 1e-5
@@ -51,7 +55,7 @@ struct TrainingFlags: ParsableArguments {
     func makeOptimizer(parameterCount count: Int) -> any Optimizer {
         switch optimizer {
         case "sgd": return SGD(parameterCount: count, learningRate: lr, momentum: momentum, weightDecay: weightDecay)
-        case "adamw": return Adam(parameterCount: count, learningRate: lr, epsilon: 1e-7, weightDecay: weightDecay, decoupled: true)
+        case "adamw": return Adam.adamW(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
         default: return Adam(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
         }
     }
@@ -71,8 +75,10 @@ struct TrainingFlags: ParsableArguments {
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
         o.earlyStoppingPatience = earlyStopping
-        o.minDelta = minDelta ?? 0
-        o.reduceOnPlateau = plateauPatience.map { ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: Float(minDelta ?? 1e-4)) }
+        o.minDelta = minDelta ?? o.minDelta
+        o.reduceOnPlateau = plateauPatience.map {
+            ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: minDelta.map { Float($0) } ?? ReduceOnPlateau.kerasMinDelta)
+        }
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }

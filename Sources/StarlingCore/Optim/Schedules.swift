@@ -67,7 +67,10 @@ public struct ReduceOnPlateau: Sendable, Codable, Equatable {
     public private(set) var wait = 0
     public private(set) var cooldownLeft = 0
 
-    public init(factor: Float = 0.1, patience: Int = 10, minimum: Float = 0, minDelta: Float = 1e-4, cooldown: Int = 0) {
+    /// Keras's min_delta: the improvement that counts when none is given.
+    public static let kerasMinDelta: Float = 1e-4
+
+    public init(factor: Float = 0.1, patience: Int = 10, minimum: Float = 0, minDelta: Float = kerasMinDelta, cooldown: Int = 0) {
         precondition(factor > 0 && factor < 1, "plateau factor must lie in (0, 1)")
         self.factor = factor
         self.patience = patience

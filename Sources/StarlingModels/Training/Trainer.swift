@@ -8,7 +8,8 @@ import Glibc
 import Darwin
 #endif
 
-/// The flags every model family shares (`starling train --model NAME ...`).
+/// The flags every model family shares (`starling train --model NAME ...`). The defaults here are the flags'
+/// defaults too: `TrainingFlags` reads them from a default instance rather than repeating them.
 public struct TrainingOptions: Sendable {
     public var epochs = 1
     public var batchSize = 256
