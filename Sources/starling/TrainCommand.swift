@@ -8,10 +8,21 @@ import StarlingModels
 /// Flags for settings `TrainingOptions` does not hold (optimizer, plateau factor and floor, threads) own theirs.
 struct TrainingFlags: ParsableArguments {
     private static let defaults = TrainingOptions()
+    private static let scheduleDefaults = defaults.schedule
 
     @Option(help: "Passes over the training set.") var epochs: Int = TrainingFlags.defaults.epochs
     @Option(help: "Images per optimizer step.") var batchSize: Int = TrainingFlags.defaults.batchSize
-    @Option(help: "Learning rate.") var lr: Float = TrainingFlags.defaults.learningRate
+    @Option(help: "Base learning rate: plateaus lower it, --lr-schedule shapes it step by step.") var lr: Float = TrainingFlags.defaults.learningRate
+    @Option(help: "Learning-rate schedule: constant, step (--step-every, --step-factor) or cosine (--cosine-min-lr). It is applied every optimizer step, from the global step, to the base rate; --plateau-patience lowers that base at epoch ends, and the schedule shapes the lowered base from the next step on.")
+    var lrSchedule: String = TrainingFlags.scheduleDefaults.shape.rawValue
+    @Option(help: "Ramp the rate up linearly over the first X epochs' worth of optimizer steps (Goyal et al. 2017; X may be fractional, rounded to whole steps): step s of W runs at (s+1)/W of the scheduled rate; a cosine starts after the warmup.")
+    var warmupEpochs: Double = TrainingFlags.scheduleDefaults.warmupEpochs
+    @Option(help: "Step schedule: multiply the rate by --step-factor every N epochs, as PyTorch's StepLR (default: \(TrainingFlags.scheduleDefaults.stepEveryEpochs)).")
+    var stepEvery: Int?
+    @Option(help: "Step schedule: the factor applied every --step-every epochs (default: \(TrainingFlags.scheduleDefaults.stepFactor)).")
+    var stepFactor: Float?
+    @Option(help: "Cosine schedule: the rate at the run's last step, the cosine running over epochs x steps per epoch (capped by --max-steps, as the run starts; a resumed run keeps its checkpoint's schedule) (default: \(TrainingFlags.scheduleDefaults.cosineMinimum)).")
+    var cosineMinLr: Float?
     @Option(help: "Optimizer: adam (Keras's defaults), adamw (decoupled weight decay, Keras's epsilon) or sgd (with --momentum).") var optimizer: String = "adam"
     @Option(help: "Momentum for sgd.") var momentum: Float = 0.9
     @Option(help: "Weight decay: L2 added to the gradient for adam and sgd, decoupled for adamw.") var weightDecay: Float = 0
@@ -27,9 +38,9 @@ struct TrainingFlags: ParsableArguments {
     @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
     @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
-    @Option(help: "Multiply the learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau).") var plateauPatience: Int?
+    @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
-    @Option(help: "Lowest learning rate on plateaus.") var minLr: Float = 1e-5
+    @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
     @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; the libraries' own choice, all cores, otherwise).") var blasThreads: Int?
 
     func validate() throws {
@@ -38,6 +49,15 @@ struct TrainingFlags: ParsableArguments {
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
         guard ["adam", "adamw", "sgd"].contains(optimizer) else { throw ValidationError("--optimizer must be adam, adamw or sgd, not '\(optimizer)'") }
         guard weightDecay >= 0, momentum >= 0, momentum < 1 else { throw ValidationError("--weight-decay must be >= 0 and --momentum in [0, 1)") }
+        guard let shape = ScheduleShape(rawValue: lrSchedule) else {
+            let names = ScheduleShape.allCases.map(\.rawValue)
+            throw ValidationError("--lr-schedule must be \(names.dropLast().joined(separator: ", ")) or \(names.last ?? ""), not '\(lrSchedule)'")
+        }
+        // A decay flag without its schedule would be silently ignored.
+        if shape != .step, stepEvery != nil || stepFactor != nil { throw ValidationError("--step-every and --step-factor apply to --lr-schedule step only") }
+        if shape != .cosine, cosineMinLr != nil { throw ValidationError("--cosine-min-lr applies to --lr-schedule cosine only") }
+        if let problem = options.schedule.problem { throw ValidationError(problem) }
+        if let minimum = cosineMinLr, minimum >= lr { throw ValidationError("--cosine-min-lr must lie below --lr (\(lr)), not \(minimum)") }
         if let s = stepsPerEpoch, s <= 0 { throw ValidationError("--steps-per-epoch must be positive") }
         if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
         if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
@@ -65,6 +85,11 @@ struct TrainingFlags: ParsableArguments {
         o.epochs = epochs
         o.batchSize = batchSize
         o.learningRate = lr
+        o.schedule.shape = ScheduleShape(rawValue: lrSchedule) ?? o.schedule.shape   // validate() refuses other names
+        o.schedule.warmupEpochs = warmupEpochs
+        if let stepEvery { o.schedule.stepEveryEpochs = stepEvery }
+        if let stepFactor { o.schedule.stepFactor = stepFactor }
+        if let cosineMinLr { o.schedule.cosineMinimum = cosineMinLr }
         o.seed = seed
         o.stepsPerEpoch = stepsPerEpoch
         o.validationLimit = valLimit
