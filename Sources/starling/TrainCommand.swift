@@ -3,29 +3,44 @@ import StarlingCore
 import StarlingDistributed
 import StarlingModels
 
-/// Flags every model family shares.
+/// Flags every model family shares. Their defaults are read from `TrainingOptions` (and the optimizer's and the
+/// plateau's named constants), never repeated here, so the library and the command line cannot drift apart.
+/// Flags for settings `TrainingOptions` does not hold (optimizer, plateau factor and floor, threads) own theirs.
 struct TrainingFlags: ParsableArguments {
-    @Option(help: "Passes over the training set.") var epochs: Int = 1
-    @Option(help: "Images per optimizer step.") var batchSize: Int = 256
-    @Option(help: "Learning rate.") var lr: Float = 1e-3
-    @Option(help: "Optimizer: adam (Keras's defaults), adamw (decoupled weight decay) or sgd (with --momentum).") var optimizer: String = "adam"
+    private static let defaults = TrainingOptions()
+    private static let scheduleDefaults = defaults.schedule
+
+    @Option(help: "Passes over the training set.") var epochs: Int = TrainingFlags.defaults.epochs
+    @Option(help: "Images per optimizer step.") var batchSize: Int = TrainingFlags.defaults.batchSize
+    @Option(help: "Base learning rate: plateaus lower it, --lr-schedule shapes it step by step.") var lr: Float = TrainingFlags.defaults.learningRate
+    @Option(help: "Learning-rate schedule: constant, step (--step-every, --step-factor) or cosine (--cosine-min-lr). It is applied every optimizer step, from the global step, to the base rate; --plateau-patience lowers that base at epoch ends, and the schedule shapes the lowered base from the next step on.")
+    var lrSchedule: String = TrainingFlags.scheduleDefaults.shape.rawValue
+    @Option(help: "Ramp the rate up linearly over the first X epochs' worth of optimizer steps (Goyal et al. 2017; X may be fractional, rounded to whole steps): step s of W runs at (s+1)/W of the scheduled rate; a cosine starts after the warmup.")
+    var warmupEpochs: Double = TrainingFlags.scheduleDefaults.warmupEpochs
+    @Option(help: "Step schedule: multiply the rate by --step-factor every N epochs, as PyTorch's StepLR (default: \(TrainingFlags.scheduleDefaults.stepEveryEpochs)).")
+    var stepEvery: Int?
+    @Option(help: "Step schedule: the factor applied every --step-every epochs (default: \(TrainingFlags.scheduleDefaults.stepFactor)).")
+    var stepFactor: Float?
+    @Option(help: "Cosine schedule: the rate at the run's last step, the cosine running over epochs x steps per epoch (capped by --max-steps, as the run starts; a resumed run keeps its checkpoint's schedule) (default: \(TrainingFlags.scheduleDefaults.cosineMinimum)).")
+    var cosineMinLr: Float?
+    @Option(help: "Optimizer: adam (Keras's defaults), adamw (decoupled weight decay, Keras's epsilon) or sgd (with --momentum).") var optimizer: String = "adam"
     @Option(help: "Momentum for sgd.") var momentum: Float = 0.9
     @Option(help: "Weight decay: L2 added to the gradient for adam and sgd, decoupled for adamw.") var weightDecay: Float = 0
-    @Option(help: "Seed for weights, shuffling and noise: the same seed gives the same run.") var seed: UInt64 = 0
+    @Option(help: "Seed for weights, shuffling and noise: the same seed gives the same run.") var seed: UInt64 = TrainingFlags.defaults.seed
     @Option(help: "Cap the steps of an epoch (default: a full pass).") var stepsPerEpoch: Int?
     @Option(help: "Cap the validation images scored each epoch (default: the whole split).") var valLimit: Int?
-    @Option(help: "Output folder for checkpoints and logs.") var out: String = "Checkpoints"
+    @Option(help: "Output folder for checkpoints and logs.") var out: String = TrainingFlags.defaults.outputDirectory
     @Option(help: "Also write the last checkpoint every N steps within an epoch.") var checkpointEvery: Int?
-    @Option(help: "Epoch checkpoints (<model>-epochNNNN.h5) to keep beside -last.h5 and -best.h5.") var keepCheckpoints: Int = 3
+    @Option(help: "Epoch checkpoints (<model>-epochNNNN.h5) to keep beside -last.h5 and -best.h5.") var keepCheckpoints: Int = TrainingFlags.defaults.keepCheckpoints
     @Option(help: "Stop after this many optimizer steps in total (with a checkpoint to resume from).") var maxSteps: Int?
-    @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = 60
-    @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = 25
-    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = false
+    @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = TrainingFlags.defaults.watchdogSeconds
+    @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
+    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
-    @Option(help: "Improvement smaller than this does not count (early stopping and plateaus; Keras's plateau default 1e-4 applies when unset).") var minDelta: Double?
-    @Option(help: "Multiply the learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau).") var plateauPatience: Int?
+    @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
+    @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
-    @Option(help: "Lowest learning rate on plateaus.") var minLr: Float = 1e-5
+    @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
     @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; the libraries' own choice, all cores, otherwise).") var blasThreads: Int?
 
     func validate() throws {
@@ -34,6 +49,15 @@ struct TrainingFlags: ParsableArguments {
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
         guard ["adam", "adamw", "sgd"].contains(optimizer) else { throw ValidationError("--optimizer must be adam, adamw or sgd, not '\(optimizer)'") }
         guard weightDecay >= 0, momentum >= 0, momentum < 1 else { throw ValidationError("--weight-decay must be >= 0 and --momentum in [0, 1)") }
+        guard let shape = ScheduleShape(rawValue: lrSchedule) else {
+            let names = ScheduleShape.allCases.map(\.rawValue)
+            throw ValidationError("--lr-schedule must be \(names.dropLast().joined(separator: ", ")) or \(names.last ?? ""), not '\(lrSchedule)'")
+        }
+        // A decay flag without its schedule would be silently ignored.
+        if shape != .step, stepEvery != nil || stepFactor != nil { throw ValidationError("--step-every and --step-factor apply to --lr-schedule step only") }
+        if shape != .cosine, cosineMinLr != nil { throw ValidationError("--cosine-min-lr applies to --lr-schedule cosine only") }
+        if let problem = options.schedule.problem { throw ValidationError(problem) }
+        if let minimum = cosineMinLr, minimum >= lr { throw ValidationError("--cosine-min-lr must lie below --lr (\(lr)), not \(minimum)") }
         if let s = stepsPerEpoch, s <= 0 { throw ValidationError("--steps-per-epoch must be positive") }
         if let v = valLimit, v <= 0 { throw ValidationError("--val-limit must be positive") }
         if let c = checkpointEvery, c <= 0 { throw ValidationError("--checkpoint-every must be positive") }
@@ -51,7 +75,7 @@ struct TrainingFlags: ParsableArguments {
     func makeOptimizer(parameterCount count: Int) -> any Optimizer {
         switch optimizer {
         case "sgd": return SGD(parameterCount: count, learningRate: lr, momentum: momentum, weightDecay: weightDecay)
-        case "adamw": return Adam(parameterCount: count, learningRate: lr, epsilon: 1e-7, weightDecay: weightDecay, decoupled: true)
+        case "adamw": return Adam.adamW(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
         default: return Adam(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
         }
     }
@@ -61,6 +85,11 @@ struct TrainingFlags: ParsableArguments {
         o.epochs = epochs
         o.batchSize = batchSize
         o.learningRate = lr
+        o.schedule.shape = ScheduleShape(rawValue: lrSchedule) ?? o.schedule.shape   // validate() refuses other names
+        o.schedule.warmupEpochs = warmupEpochs
+        if let stepEvery { o.schedule.stepEveryEpochs = stepEvery }
+        if let stepFactor { o.schedule.stepFactor = stepFactor }
+        if let cosineMinLr { o.schedule.cosineMinimum = cosineMinLr }
         o.seed = seed
         o.stepsPerEpoch = stepsPerEpoch
         o.validationLimit = valLimit
@@ -71,8 +100,10 @@ struct TrainingFlags: ParsableArguments {
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
         o.earlyStoppingPatience = earlyStopping
-        o.minDelta = minDelta ?? 0
-        o.reduceOnPlateau = plateauPatience.map { ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: Float(minDelta ?? 1e-4)) }
+        o.minDelta = minDelta ?? o.minDelta
+        o.reduceOnPlateau = plateauPatience.map {
+            ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: minDelta.map { Float($0) } ?? ReduceOnPlateau.kerasMinDelta)
+        }
         o.bucketBytes = Int(bucketMb * 1_048_576)
         return o
     }

@@ -56,6 +56,14 @@ private func store(_ values: [Float], grads: [Float]) -> ParameterStore {
         expectClose(s.values.toArray(), [0.95], tolerance: 1e-6)
     }
 
+    /// adam and adamw both take Keras's epsilon, from one constant (the library's adamW once used PyTorch's 1e-8
+    /// while `train --optimizer adamw` passed 1e-7).
+    @Test func adamAndAdamWShareKerasEpsilon() {
+        #expect(Adam.kerasEpsilon == 1e-7)
+        #expect(Adam(parameterCount: 1).epsilon == 1e-7)
+        #expect(Adam.adamW(parameterCount: 1).epsilon == 1e-7)
+    }
+
     @Test func schedules() {
         #expect(StepDecay(factor: 0.5, everyEpochs: 2).rate(base: 1, step: 0, epoch: 5) == 0.25)
         let cosine = CosineDecay(totalSteps: 100, minimum: 0.1)

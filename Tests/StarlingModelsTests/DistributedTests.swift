@@ -92,6 +92,19 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: dir + "/fc-ae-last.h5"))
     }
 
+    /// Ranks started with different learning-rate schedules are refused too: each would step at its own rate.
+    @Test func ranksWithDifferentSchedulesAreRefused() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-schedule-mismatch")
+        let args = ["mpirun", "-np", "1", Fixture.starling] + trainArguments(data, dir, extra: ["--lr-schedule", "cosine"]) +
+            [":", "-np", "1", Fixture.starling] + trainArguments(data, dir, extra: ["--lr-schedule", "cosine", "--warmup-epochs", "1"])
+        let r = try run("/usr/bin/env", args, environment: mpiEnvironment)
+        #expect(r.status != 0)
+        #expect((r.output + r.error).contains("different configurations"))
+        #expect((r.output + r.error).contains("schedule=cosine warmup-epochs=1.0"), "\(r.output)\(r.error)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/fc-ae-last.h5"))
+    }
+
     /// Killing one rank ends the job with a non-zero status within seconds; the last checkpoint still loads.
     @Test func killedRankEndsTheJob() throws {
         let data = try Fixture.sampleHDF5()

@@ -70,9 +70,13 @@ public final class Adam: Optimizer {
     public var kernels = KernelDispatch.current
     private let m: FloatStorage, v: FloatStorage
 
+    /// Keras's epsilon for Adam and AdamW alike (PyTorch's is 1e-8): the one value both of Starling's variants
+    /// default to, so `adam` and `adamw` differ only in how they apply weight decay.
+    public static let kerasEpsilon: Float = 1e-7
+
     /// Keras's defaults: beta1 0.9, beta2 0.999, epsilon 1e-7.
     public init(parameterCount: Int, learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999,
-                epsilon: Float = 1e-7, weightDecay: Float = 0, decoupled: Bool = false) {
+                epsilon: Float = Adam.kerasEpsilon, weightDecay: Float = 0, decoupled: Bool = false) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
@@ -83,8 +87,9 @@ public final class Adam: Optimizer {
         v = FloatStorage(count: parameterCount)
     }
 
+    /// AdamW with Keras's epsilon, as `starling train --optimizer adamw` builds it.
     public static func adamW(parameterCount: Int, learningRate: Float = 1e-3, weightDecay: Float = 1e-2) -> Adam {
-        Adam(parameterCount: parameterCount, learningRate: learningRate, epsilon: 1e-8, weightDecay: weightDecay, decoupled: true)
+        Adam(parameterCount: parameterCount, learningRate: learningRate, epsilon: kerasEpsilon, weightDecay: weightDecay, decoupled: true)
     }
 
     public var state: [(name: String, storage: FloatStorage)] { [("m", m), ("v", v)] }

@@ -7,7 +7,8 @@ import StarlingIO
 /// Layout (format version 1):
 /// - root attributes: `format` = "starling-checkpoint", `format_version`, `model_config` (JSON of `ModelConfig`),
 ///   `step`, `epoch`, `seed`, `world_size`, `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
-///   `best_validation_loss`;
+///   `best_validation_loss`, `callbacks` (JSON of `CallbackState`: early stopping's count, the plateau, the base
+///   learning rate and, since schedules, the learning-rate schedule; a file without the schedule resumes as constant);
 /// - `/model_weights/<layer>/<weight>`: float32 datasets (float16 after `starling convert --half`) in the
 ///   parameter's shape (Keras-like names such as `encoder/kernel`, and the buffers such as `bn1/moving_mean`), with
 ///   `layer_names` on `/model_weights` and `weight_names` on each layer group;
@@ -27,10 +28,12 @@ public enum Checkpoint {
         public var dataCursor = 0
         public var bestValidationLoss = Double.infinity
         /// Callbacks' memory: epochs since the monitored loss last improved (early stopping), the plateau schedule
-        /// and the learning rate it set, so a resumed run continues them.
+        /// and the base learning rate it set, so a resumed run continues them.
         public var epochsWithoutImprovement = 0
         public var plateau: ReduceOnPlateau?
         public var learningRate: Float?
+        /// The run's learning-rate schedule in steps, fixed when it started, so a resumed run continues it exactly.
+        public var learningRateSchedule = ResolvedSchedule.constant
         public init() {}
     }
 
@@ -69,7 +72,8 @@ public enum Checkpoint {
             try root.setAttribute("world_size", state.worldSize)
             try root.setAttribute("data_cursor", state.dataCursor)
             try root.setAttribute("best_validation_loss", state.bestValidationLoss)
-            try root.setJSONAttribute("callbacks", CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau, learningRate: state.learningRate))
+            try root.setJSONAttribute("callbacks", CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau,
+                                                                 learningRate: state.learningRate, schedule: state.learningRateSchedule))
             let weights = try root.createGroup("model_weights")
             var layers: [String] = []
             var weightNames: [String: [String]] = [:]
@@ -110,10 +114,13 @@ public enum Checkpoint {
         }
     }
 
+    /// The `callbacks` attribute. Fields added later are optional, so older files still decode.
     struct CallbackState: Codable {
         var epochsWithoutImprovement: Int
         var plateau: ReduceOnPlateau?
         var learningRate: Float?
+        /// Absent in checkpoints written before schedules existed: those runs continue at a constant rate.
+        var schedule: ResolvedSchedule?
     }
 
     /// A checkpoint read back: the rebuilt model with its weights, the training state and the optimizer's.
@@ -163,6 +170,10 @@ public enum Checkpoint {
         if root.hasAttribute("callbacks") {
             let callbacks = try root.jsonAttribute("callbacks", as: CallbackState.self)
             (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (callbacks.epochsWithoutImprovement, callbacks.plateau, callbacks.learningRate)
+            if let schedule = callbacks.schedule {
+                if let problem = schedule.problem { throw CheckpointError(file: path, message: "unusable learning-rate schedule in the callbacks attribute: \(problem)") }
+                state.learningRateSchedule = schedule
+            }
         }
         var optimizer: OptimizerConfig?
         var optimizerState: [String: [Float]] = [:]

@@ -8,11 +8,15 @@ import Glibc
 import Darwin
 #endif
 
-/// The flags every model family shares (`starling train --model NAME ...`).
+/// The flags every model family shares (`starling train --model NAME ...`). The defaults here are the flags'
+/// defaults too: `TrainingFlags` reads them from a default instance rather than repeating them.
 public struct TrainingOptions: Sendable {
     public var epochs = 1
     public var batchSize = 256
+    /// The base learning rate: plateaus lower it, `schedule` shapes it step by step.
     public var learningRate: Float = 1e-3
+    /// The learning-rate schedule (warmup, step decay, cosine), resolved to optimizer steps when a run starts.
+    public var schedule = ScheduleSettings()
     public var seed: UInt64 = 0
     /// Caps the steps of an epoch (nil: one pass over the training split).
     public var stepsPerEpoch: Int?
@@ -33,7 +37,7 @@ public struct TrainingOptions: Sendable {
     /// `minDelta` for this many epochs (Keras's EarlyStopping).
     public var earlyStoppingPatience: Int?
     public var minDelta = 0.0
-    /// Keras's ReduceLROnPlateau on the monitored loss.
+    /// Keras's ReduceLROnPlateau on the monitored loss; it lowers the base rate, which `schedule` then shapes.
     public var reduceOnPlateau: ReduceOnPlateau?
     /// Batch norm statistics over the global batch (`--sync-bn`) rather than each rank's slice.
     public var synchronizeBatchNorm = false
@@ -101,6 +105,7 @@ public final class Trainer {
         guard options.batchSize <= train.count else {
             throw TrainingError("batch size \(options.batchSize) exceeds the \(train.count) training images in \(train.path)")
         }
+        if let problem = options.schedule.problem { throw TrainingError(problem) }
         self.model = model
         self.optimizer = optimizer
         self.train = train
@@ -117,6 +122,7 @@ public final class Trainer {
         }
         state.seed = options.seed
         state.worldSize = world.size
+        state.learningRateSchedule = requestedSchedule
         if let resume { try restore(resume) }
         try synchronizeStart()
     }
@@ -143,6 +149,20 @@ public final class Trainer {
         return min(full, options.stepsPerEpoch ?? full)
     }
 
+    /// The run's optimizer steps in all, the cosine's horizon: every epoch's steps, capped by --max-steps.
+    public var plannedSteps: Int {
+        let (all, overflow) = options.epochs.multipliedReportingOverflow(by: stepsPerEpoch)
+        return min(overflow ? Int.max : all, options.maxSteps ?? Int.max)
+    }
+
+    /// The schedule these options ask for, in this run's steps. A resumed run continues its checkpoint's instead.
+    public var requestedSchedule: ResolvedSchedule {
+        options.schedule.resolved(stepsPerEpoch: stepsPerEpoch, totalSteps: plannedSteps)
+    }
+
+    /// The rate plateaus have left (--lr until the first one), which the schedule shapes per step.
+    private var baseLearningRate: Float { state.learningRate ?? options.learningRate }
+
     public var checkpointPrefix: String { "\(options.outputDirectory)/\(model.config.family)" }
     public var lastCheckpointPath: String { "\(checkpointPrefix)-last.h5" }
     public var bestCheckpointPath: String { "\(checkpointPrefix)-best.h5" }
@@ -168,6 +188,10 @@ public final class Trainer {
         if previousWorld != world.size {
             log("resuming a run of \(previousWorld) rank(s) on \(world.size): the data cursor is global, so the sample order is unchanged")
         }
+        // The schedule is part of the run being continued (old checkpoints hold none: constant).
+        if state.learningRateSchedule != requestedSchedule {
+            log("continuing the checkpoint's learning-rate schedule (\(state.learningRateSchedule)); this run's flags would give \(requestedSchedule)")
+        }
         log("resumed at epoch \(state.epoch), step \(state.step), data cursor \(state.dataCursor)")
     }
 
@@ -179,7 +203,7 @@ public final class Trainer {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let config = String(decoding: try encoder.encode(model.config), as: UTF8.self)
-        let mine = "model=\(config) batch=\(options.batchSize) lr=\(options.learningRate) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
+        let mine = "model=\(config) batch=\(options.batchSize) lr=\(options.learningRate) schedule=\(options.schedule.summary) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
         let root = try world.broadcast(mine)
         let differs = try world.allreduce(root == mine ? 0 : 1)
         if differs > 0 {
@@ -198,12 +222,13 @@ public final class Trainer {
         }
         (state.epoch, state.step, state.dataCursor, state.bestValidationLoss) = (epoch, step, cursor, best)
         optimizer.stepCount = optimizerSteps
-        // The callbacks' memory too (learning rate, plateau, early-stopping count), so resumed ranks act alike.
+        // The callbacks' memory too (learning rate, plateau, early-stopping count, schedule), so resumed ranks act alike.
         let callbacks = Checkpoint.CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau,
-                                                 learningRate: state.learningRate)
+                                                 learningRate: state.learningRate, schedule: state.learningRateSchedule)
         let text = try world.broadcast(String(decoding: try JSONEncoder().encode(callbacks), as: UTF8.self))
         let agreed = try JSONDecoder().decode(Checkpoint.CallbackState.self, from: Data(text.utf8))
         (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (agreed.epochsWithoutImprovement, agreed.plateau, agreed.learningRate)
+        state.learningRateSchedule = agreed.schedule ?? .constant
     }
 
     /// Runs the remaining epochs; returns the per-epoch records.
@@ -221,7 +246,9 @@ public final class Trainer {
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
-        optimizer.learningRate = state.learningRate ?? options.learningRate
+        let schedule = state.learningRateSchedule
+        if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
+        optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
         if state.plateau == nil { state.plateau = options.reduceOnPlateau }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
@@ -258,6 +285,8 @@ public final class Trainer {
                     }
                     loss.backward(onLeafReady: synchronizer.parameterReady)
                     try synchronizer.finish()
+                    // From the global step and epoch, which every rank shares and a checkpoint restores.
+                    optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
                     optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
                     sums[0] += agreed[0] / Double(world.size)
                     sums[1] += 1
@@ -302,13 +331,16 @@ public final class Trainer {
             let improved = monitored < state.bestValidationLoss - options.minDelta
             if monitored < state.bestValidationLoss { state.bestValidationLoss = monitored }
             state.epochsWithoutImprovement = improved ? 0 : state.epochsWithoutImprovement + 1
+            // The plateau lowers the base rate; the schedule shapes the new base from the next step on.
+            var base = baseLearningRate
             if var plateau = state.plateau {
-                let rate = plateau.observe(Float(monitored), currentRate: optimizer.learningRate)
-                if rate != optimizer.learningRate { summary += "  lr -> \(rate) (plateau)" }
-                optimizer.learningRate = rate
+                let lowered = plateau.observe(Float(monitored), currentRate: base)
+                if lowered != base { summary += "  \(schedule.isConstant ? "lr" : "base lr") -> \(lowered) (plateau)" }
+                base = lowered
                 state.plateau = plateau
             }
-            state.learningRate = optimizer.learningRate
+            state.learningRate = base
+            optimizer.learningRate = schedule.rate(base: base, step: state.step, epoch: state.epoch)
             if writes {
                 try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
                 try saveEpochCheckpoint(epoch: epoch + 1, best: monitored <= state.bestValidationLoss, loss: trainLoss, validationLoss: validationLoss)
