@@ -7,7 +7,7 @@ import StarlingCore
 /// 2x upsampling (4 -> 8 -> 16), a valid 3x3 convolution of 16 filters (16 -> 14), 2x upsampling (28) and a 3x3
 /// convolution to one channel whose sigmoid is the image. As the FC autoencoder, the sigmoid is fused into the
 /// binary cross-entropy. Images are NCHW [N, 1, 28, 28].
-public final class ConvAutoencoder: Autoencoder, Encoding {
+public final class ConvAutoencoder: ONNXAutoencoder {
     public static let family = "conv-ae"
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -36,16 +36,16 @@ public final class ConvAutoencoder: Autoencoder, Encoding {
     }
 
     /// The 4x4x8 code, [N, 8, 4, 4].
-    func featureMap(_ images: Tensor) -> Tensor {
+    func featureMap<Value: NetworkValue>(_ images: Value) -> Value {
         var h = images
         for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
         return h
     }
 
     /// The code flattened to [N, 128] (channel-major, as the NCHW feature map lies in memory).
-    public func code(_ images: Tensor) -> Tensor { featureMap(images).reshaped([images.shape[0], -1]) }
+    public func code<Value: NetworkValue>(_ images: Value) -> Value { featureMap(images).flattened() }
 
-    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+    public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         var h = featureMap(images)
         for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
         return output(h)
@@ -53,21 +53,5 @@ public final class ConvAutoencoder: Autoencoder, Encoding {
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
-    }
-}
-
-extension ConvAutoencoder: ONNXAutoencoder {
-    func featureMap(_ images: ONNXValue) -> ONNXValue {
-        var h = images
-        for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
-        return h
-    }
-
-    public func onnxCode(_ images: ONNXValue) -> ONNXValue { featureMap(images).flattened() }
-
-    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
-        var h = featureMap(images)
-        for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
-        return output(h)
     }
 }

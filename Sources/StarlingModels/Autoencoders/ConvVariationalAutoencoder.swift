@@ -18,7 +18,7 @@ import StarlingCore
 /// z = mean + exp(logvar / 2) * eps.
 ///
 /// Options: `filters_1` (32), `filters_2` (64), `hidden` (16), `latent_dim` (2).
-public final class ConvVariationalAutoencoder: VariationalModel {
+public final class ConvVariationalAutoencoder: ONNXVariational {
     public static let family = "conv-vae"
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -58,33 +58,18 @@ public final class ConvVariationalAutoencoder: VariationalModel {
         ModelConfig(family: family, inputShape: [1, 28, 28], options: ["filters_1": 32, "filters_2": 64, "hidden": 16, "latent_dim": 2])
     }
 
-    public func posterior(_ images: Tensor) -> (mean: Tensor, logVariance: Tensor) {
-        var h = images
-        for conv in convolutions { h = conv(h).relu() }
-        let features = hidden(h.reshaped([images.shape[0], -1])).relu()
-        return (mean(features), logVariance(features))
-    }
-
-    public func decoderLogits(_ z: Tensor, imageShape: [Int]) -> Tensor {
-        var h = decoderHidden(z).relu().reshaped([z.shape[0]] + bottleneck)
-        for layer in transposed.dropLast() { h = layer(h).relu() }
-        return transposed[transposed.count - 1](h).reshaped(imageShape)
-    }
-
-    public func loss(_ batch: Batch, training: Bool) -> Tensor { negativeELBO(batch, training: training).total }
-}
-
-extension ConvVariationalAutoencoder: ONNXVariational {
-    public func onnxPosterior(_ images: ONNXValue) -> (mean: ONNXValue, logVariance: ONNXValue) {
+    public func posterior<Value: NetworkValue>(_ images: Value) -> (mean: Value, logVariance: Value) {
         var h = images
         for conv in convolutions { h = conv(h).relu() }
         let features = hidden(h.flattened()).relu()
         return (mean(features), logVariance(features))
     }
 
-    public func onnxDecoderLogits(_ z: ONNXValue, imageShape: [Int]) -> ONNXValue {
-        var h = decoderHidden(z).relu().reshaped([-1] + bottleneck)
+    public func decoderLogits<Value: NetworkValue>(_ z: Value, imageShape: [Int]) -> Value {
+        var h = decoderHidden(z).relu().reshaped([z.shape[0]] + bottleneck)
         for layer in transposed.dropLast() { h = layer(h).relu() }
         return transposed[transposed.count - 1](h).reshaped(imageShape)
     }
+
+    public func loss(_ batch: Batch, training: Bool) -> Tensor { negativeELBO(batch, training: training).total }
 }

@@ -6,7 +6,7 @@ import StarlingCore
 ///
 /// Options: `units_1` (128), `units_2` (64), `code_size` (32); the decoder mirrors the encoder.
 /// Weights: `encoder_1`..`encoder_3`, `decoder_1`..`decoder_3`, each `kernel` [in, out] and `bias` [out].
-public final class DeepAutoencoder: Autoencoder, Encoding {
+public final class DeepAutoencoder: ONNXAutoencoder {
     public static let family = "deep-ae"
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -32,13 +32,13 @@ public final class DeepAutoencoder: Autoencoder, Encoding {
     }
 
     /// The 32-unit code, [N, 32].
-    public func code(_ images: Tensor) -> Tensor {
-        var h = images.rank == 2 ? images : images.reshaped([images.shape[0], -1])
+    public func code<Value: NetworkValue>(_ images: Value) -> Value {
+        var h = images.flattened()
         for layer in encoder { h = layer(h).relu() }
         return h
     }
 
-    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+    public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         var h = code(images)
         for layer in decoder.dropLast() { h = layer(h).relu() }
         return decoder[decoder.count - 1](h).reshaped(images.shape)
@@ -46,19 +46,5 @@ public final class DeepAutoencoder: Autoencoder, Encoding {
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
-    }
-}
-
-extension DeepAutoencoder: ONNXAutoencoder {
-    public func onnxCode(_ images: ONNXValue) -> ONNXValue {
-        var h = images.flattened()
-        for layer in encoder { h = layer(h).relu() }
-        return h
-    }
-
-    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
-        var h = onnxCode(images)
-        for layer in decoder.dropLast() { h = layer(h).relu() }
-        return decoder[decoder.count - 1](h).reshaped(images.shape)
     }
 }

@@ -14,7 +14,7 @@ import StarlingCore
 /// twice; outside training it comes from a fixed seed, so validation and `starling eval` figures repeat.
 ///
 /// Options: `filters` (32), `noise_factor` (0.5). Weights `conv2d_1`..`conv2d_5`, kernels [out, in, 3, 3].
-public final class DenoisingAutoencoder: Autoencoder, Encoding {
+public final class DenoisingAutoencoder: ONNXAutoencoder {
     public static let family = "denoising-ae"
     /// Separates this model's noise stream from other per-sample streams.
     static let noisePurpose: UInt64 = 0xD3_0153
@@ -61,17 +61,17 @@ public final class DenoisingAutoencoder: Autoencoder, Encoding {
     }
 
     /// The 7x7x32 code, [N, 32, 7, 7].
-    func featureMap(_ images: Tensor) -> Tensor {
+    func featureMap<Value: NetworkValue>(_ images: Value) -> Value {
         var h = images
         for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
         return h
     }
 
     /// The code flattened to [N, 1568] (channel-major).
-    public func code(_ images: Tensor) -> Tensor { featureMap(images).reshaped([images.shape[0], -1]) }
+    public func code<Value: NetworkValue>(_ images: Value) -> Value { featureMap(images).flattened() }
 
     /// Logits of the clean image the model sees in `images` (pass `corrupted(...)` to denoise).
-    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+    public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         var h = featureMap(images)
         for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
         return output(h)
@@ -80,21 +80,5 @@ public final class DenoisingAutoencoder: Autoencoder, Encoding {
     /// Per-pixel BCE of the reconstruction of the noisy images against the clean ones.
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         reconstructionLogits(corrupted(batch, training: training), training: training).binaryCrossEntropy(logits: batch.images)
-    }
-}
-
-extension DenoisingAutoencoder: ONNXAutoencoder {
-    func featureMap(_ images: ONNXValue) -> ONNXValue {
-        var h = images
-        for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
-        return h
-    }
-
-    public func onnxCode(_ images: ONNXValue) -> ONNXValue { featureMap(images).flattened() }
-
-    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
-        var h = featureMap(images)
-        for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
-        return output(h)
     }
 }

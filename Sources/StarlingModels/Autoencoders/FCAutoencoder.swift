@@ -6,7 +6,7 @@ import StarlingCore
 /// The sigmoid is fused into the loss (BCE on logits): the same objective, without the log(0) that Keras avoids
 /// by clipping. With `l1Activity > 0` it is the tutorial's sparse autoencoder (an L1 activity penalty on the code):
 /// the registry's `sparse-ae` is this class with `l1_activity` 1e-4.
-public final class FCAutoencoder: Autoencoder, Encoding {
+public final class FCAutoencoder: ONNXAutoencoder {
     public static let family = "fc-ae"
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -29,30 +29,23 @@ public final class FCAutoencoder: Autoencoder, Encoding {
         ModelConfig(family: family, inputShape: inputShape, options: ["code_size": 32])
     }
 
-    func flat(_ images: Tensor) -> Tensor {
-        images.rank == 2 ? images : images.reshaped([images.shape[0], -1])
+    /// The code, [N, code_size].
+    public func code<Value: NetworkValue>(_ images: Value) -> Value { encoder(images.flattened()).relu() }
+
+    /// The decoder's logits for codes [N, code_size]: [N, pixels].
+    func decoderLogits<Value: NetworkValue>(_ code: Value) -> Value { decoder(code) }
+
+    public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
+        decoderLogits(code(images)).reshaped(images.shape)
     }
 
-    public func code(_ images: Tensor) -> Tensor { encoder(flat(images)).relu() }
-
-    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
-        decoder(code(images)).reshaped(images.shape)
-    }
-
+    /// The BCE of the flat [N, pixels] logits and, for the sparse autoencoder, the L1 penalty on the same code.
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
-        let x = flat(batch.images)
-        let h = encoder(x).relu()
-        let bce = decoder(h).binaryCrossEntropy(logits: x)
+        let x = batch.images.flattened()
+        let h = code(x)
+        let bce = decoderLogits(h).binaryCrossEntropy(logits: x)
         guard l1Activity > 0 else { return bce }
         // Keras's activity_regularizer adds l1 * sum|h| averaged over the batch to the loss.
         return bce + h.sum() * (l1Activity / Float(batch.size))   // h >= 0 after ReLU, so sum h = sum abs(h)
-    }
-}
-
-extension FCAutoencoder: ONNXAutoencoder {
-    public func onnxCode(_ images: ONNXValue) -> ONNXValue { encoder(images.flattened()).relu() }
-
-    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
-        decoder(onnxCode(images)).reshaped(images.shape)
     }
 }

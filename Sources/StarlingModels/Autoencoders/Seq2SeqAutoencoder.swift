@@ -12,7 +12,7 @@ import StarlingCore
 ///
 /// Input shape [T, F]. Weights: `encoder_lstm` and `decoder_lstm` (`kernel`, `recurrent_kernel`, `bias`),
 /// `output_dense` (`kernel` [H, F], `bias` [F]).
-public final class Seq2SeqAutoencoder: Autoencoder, Encoding {
+public final class Seq2SeqAutoencoder: ONNXAutoencoder {
     public static let family = "seq2seq-ae"
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -43,33 +43,17 @@ public final class Seq2SeqAutoencoder: Autoencoder, Encoding {
     }
 
     /// The encoder's last hidden state, [N, code_size].
-    public func code(_ images: Tensor) -> Tensor {
+    public func code<Value: NetworkValue>(_ images: Value) -> Value {
         encoder(images.reshaped([images.shape[0], steps, features])).lastTimestep()
     }
 
-    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
-        let n = images.shape[0]
-        let h = code(images)
+    public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         // RepeatVector: the code is every step's input to the decoder.
-        let repeated = Tensor.concat(Array(repeating: h.reshaped([n, 1, encoder.units]), count: steps), axis: 1)
-        let states = decoder(repeated)                                          // [N, T, decoder_units]
-        return output(states.reshaped([n * steps, decoder.units])).reshaped(images.shape)
+        let states = decoder(code(images).repeatedOverSteps(steps))                // [N, T, decoder_units]
+        return output(states.reshaped([-1, decoder.units])).reshaped(images.shape)
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
-    }
-}
-
-extension Seq2SeqAutoencoder: ONNXAutoencoder {
-    /// ONNX's LSTM runs time-major: [N, T, F] becomes [T, N, F].
-    public func onnxCode(_ images: ONNXValue) -> ONNXValue {
-        encoder(timeMajor: images.reshaped([-1, steps, features]).transposed([1, 0, 2])).last
-    }
-
-    public func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue {
-        let states = decoder(timeMajor: onnxCode(images).repeated(steps)).states      // [T, N, decoder_units]
-        let rows = states.transposed([1, 0, 2]).reshaped([-1, decoder.units])
-        return output(rows).reshaped(images.shape)
     }
 }

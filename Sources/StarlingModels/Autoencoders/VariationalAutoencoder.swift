@@ -17,7 +17,7 @@ import StarlingCore
 ///
 /// Options: `intermediate_dim` (64), `latent_dim` (2). Weights: `encoder_hidden`, `z_mean`, `z_log_var`,
 /// `decoder_hidden`, `decoder_output`, each `kernel` [in, out] and `bias` [out].
-public final class VariationalAutoencoder: VariationalModel {
+public final class VariationalAutoencoder: ONNXVariational {
     public static let family = "vae"
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -45,24 +45,26 @@ public final class VariationalAutoencoder: VariationalModel {
         ModelConfig(family: family, inputShape: [784], options: ["intermediate_dim": 64, "latent_dim": 2])
     }
 
-    public func posterior(_ images: Tensor) -> (mean: Tensor, logVariance: Tensor) {
-        let h = hidden(images.reshaped([images.shape[0], -1])).relu()
+    public func posterior<Value: NetworkValue>(_ images: Value) -> (mean: Value, logVariance: Value) {
+        let h = hidden(images.flattened()).relu()
         return (mean(h), logVariance(h))
     }
 
-    public func decoderLogits(_ z: Tensor, imageShape: [Int]) -> Tensor {
+    public func decoderLogits<Value: NetworkValue>(_ z: Value, imageShape: [Int]) -> Value {
         decoderOutput(decoderHidden(z).relu()).reshaped(imageShape)
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor { negativeELBO(batch, training: training).total }
 }
 
-/// A VAE with a diagonal Gaussian posterior and a Bernoulli decoder: what training and evaluation need of it.
+/// A VAE with a diagonal Gaussian posterior and a Bernoulli decoder: what training and evaluation need of it. The
+/// encoder and decoder are written once, over `NetworkValue`: training and inference run them on `Tensor`s, the
+/// ONNX export (`ONNXVariational`) on `ONNXValue`s.
 public protocol VariationalModel: Autoencoder, Encoding {
     /// q(z|x): mean and log-variance, [N, latent] each.
-    func posterior(_ images: Tensor) -> (mean: Tensor, logVariance: Tensor)
+    func posterior<Value: NetworkValue>(_ images: Value) -> (mean: Value, logVariance: Value)
     /// Logits of p(x|z) for latents z [N, latent], shaped `imageShape` ([N] + the input shape).
-    func decoderLogits(_ z: Tensor, imageShape: [Int]) -> Tensor
+    func decoderLogits<Value: NetworkValue>(_ z: Value, imageShape: [Int]) -> Value
 }
 
 /// The two terms of the negative ELBO of a batch, each a one-element tensor averaged over the images (nats/image).
@@ -79,10 +81,10 @@ extension VariationalModel {
     static var latentPurpose: UInt64 { 0x1A7E_27 }
 
     /// The posterior mean, [N, latent].
-    public func code(_ images: Tensor) -> Tensor { posterior(images).mean }
+    public func code<Value: NetworkValue>(_ images: Value) -> Value { posterior(images).mean }
 
     /// The reconstruction at z = mean (deterministic).
-    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+    public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         decoderLogits(posterior(images).mean, imageShape: images.shape)
     }
 
@@ -113,16 +115,5 @@ extension VariationalModel {
         let reconstruction = logits.binaryCrossEntropy(logits: batch.images) * pixels
         let kl = Tensor.klDivergenceStandardNormal(mean: mean, logVariance: logVariance, reduction: .meanOfSampleSums)
         return NegativeELBO(reconstruction: reconstruction, kl: kl)
-    }
-}
-
-extension VariationalAutoencoder: ONNXVariational {
-    public func onnxPosterior(_ images: ONNXValue) -> (mean: ONNXValue, logVariance: ONNXValue) {
-        let h = hidden(images.flattened()).relu()
-        return (mean(h), logVariance(h))
-    }
-
-    public func onnxDecoderLogits(_ z: ONNXValue, imageShape: [Int]) -> ONNXValue {
-        decoderOutput(decoderHidden(z).relu()).reshaped(imageShape)
     }
 }

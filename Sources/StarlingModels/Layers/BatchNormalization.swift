@@ -19,9 +19,9 @@ public struct BatchNormalization: Sendable {
         movingVariance = buffers.declare("\(name)/moving_variance", shape: [channels], initializer: .ones)
     }
 
-    public func callAsFunction(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil) -> Tensor {
-        x.batchNorm(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
-                    training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum)
+    /// On a Tensor, or an ONNXValue (the export), which always infers whatever `training` says.
+    public func callAsFunction<Value: NetworkValue>(_ x: Value, training: Bool, crossReplicaSum: CrossReplicaSum? = nil) -> Value {
+        x.applying(self, training: training, crossReplicaSum: crossReplicaSum)
     }
 
     /// `conv` followed by this layer at inference, as one convolution: with the moving statistics fixed, the

@@ -21,7 +21,6 @@ public struct Conv2D: Sendable {
         self.dilation = dilation
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        x.conv2d(kernel.value, bias: bias.value, stride: stride, padding: padding, dilation: dilation)
-    }
+    /// On a Tensor (training, inference) or an ONNXValue (the export): `NetworkValue.applying(_:)`.
+    public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
 }

@@ -20,7 +20,6 @@ public struct Conv2DTranspose: Sendable {
         self.padding = padding
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        x.conv2dTransposed(kernel.value, bias: bias.value, stride: stride, padding: padding)
-    }
+    /// On a Tensor (training, inference) or an ONNXValue (the export): `NetworkValue.applying(_:)`.
+    public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
 }

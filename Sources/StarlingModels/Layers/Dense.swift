@@ -14,5 +14,6 @@ public struct Dense: Sendable {
         bias = store.declare("\(name)/bias", shape: [outputs], initializer: .zeros)
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor { x.linear(kernel.value, bias.value) }
+    /// On a Tensor (training, inference) or an ONNXValue (the export): `NetworkValue.applying(_:)`.
+    public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
 }

@@ -26,8 +26,6 @@ public struct LSTMLayer: Sendable {
         for j in units..<(2 * units) { b[j] = 1 }
     }
 
-    /// All hidden states, [N, T, H].
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        x.lstm(kernel: kernel.value, recurrentKernel: recurrentKernel.value, bias: bias.value)
-    }
+    /// All hidden states, [N, T, H], of a Tensor or an ONNXValue (`NetworkValue.applying(_:)`).
+    public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
 }

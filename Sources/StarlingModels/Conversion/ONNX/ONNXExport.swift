@@ -22,30 +22,31 @@ public protocol ONNXExportable: Model {
     func onnxOutputs(_ images: ONNXValue) -> [ONNXOutput]
 }
 
-/// Autoencoders export their reconstruction (the sigmoid of the logits the loss is fused with) and their code.
-public protocol ONNXAutoencoder: ONNXExportable, Encoding {
-    func onnxCode(_ images: ONNXValue) -> ONNXValue
-    func onnxReconstructionLogits(_ images: ONNXValue) -> ONNXValue
+/// An autoencoder whose forward pass is written once, over `NetworkValue`: training and inference run it on
+/// `Tensor`s (these generic methods are also `Autoencoder`'s and `Encoding`'s), the export on `ONNXValue`s. The
+/// graph's outputs are the reconstruction (the sigmoid of the logits the loss is fused with) and the code.
+public protocol ONNXAutoencoder: ONNXExportable, Autoencoder, Encoding {
+    /// The encoder's output, flattened to [N, D].
+    func code<Value: NetworkValue>(_ images: Value) -> Value
+    /// Logits whose sigmoid is the reconstruction, shaped like `images`.
+    func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value
 }
 
 extension ONNXAutoencoder {
     public func onnxOutputs(_ images: ONNXValue) -> [ONNXOutput] {
-        [ONNXOutput(name: "reconstruction", value: onnxReconstructionLogits(images).sigmoid(), meaning: "reconstructed image, probabilities in [0, 1], shape of the input"),
-         ONNXOutput(name: "code", value: onnxCode(images), meaning: "the encoder's code [N, code size] (what `starling index` stores)")]
+        [ONNXOutput(name: "reconstruction", value: reconstructionLogits(images, training: false).sigmoid(), meaning: "reconstructed image, probabilities in [0, 1], shape of the input"),
+         ONNXOutput(name: "code", value: code(images), meaning: "the encoder's code [N, code size] (what `starling index` stores)")]
     }
 }
 
 /// Variational autoencoders export the posterior's mean and log-variance, and the reconstruction decoded from the
-/// mean (what `starling eval` reports at z = mean).
-public protocol ONNXVariational: ONNXExportable, VariationalModel {
-    func onnxPosterior(_ images: ONNXValue) -> (mean: ONNXValue, logVariance: ONNXValue)
-    func onnxDecoderLogits(_ z: ONNXValue, imageShape: [Int]) -> ONNXValue
-}
+/// mean (what `starling eval` reports at z = mean), from `VariationalModel`'s forward pass on `ONNXValue`s.
+public protocol ONNXVariational: ONNXExportable, VariationalModel {}
 
 extension ONNXVariational {
     public func onnxOutputs(_ images: ONNXValue) -> [ONNXOutput] {
-        let (mean, logVariance) = onnxPosterior(images)
-        return [ONNXOutput(name: "reconstruction", value: onnxDecoderLogits(mean, imageShape: images.shape).sigmoid(), meaning: "image decoded from z = mean, probabilities in [0, 1]"),
+        let (mean, logVariance) = posterior(images)
+        return [ONNXOutput(name: "reconstruction", value: reconstructionLogits(images, training: false).sigmoid(), meaning: "image decoded from z = mean, probabilities in [0, 1]"),
                 ONNXOutput(name: "z_mean", value: mean, meaning: "posterior mean [N, latent]"),
                 ONNXOutput(name: "z_log_var", value: logVariance, meaning: "posterior log-variance [N, latent]")]
     }
@@ -69,24 +70,14 @@ extension ONNXValue {
         transposed([0, 2, 3, 1]).reshaped([-1, shape[1] * shape[2] * shape[3] / depth, depth])
     }
 
-    /// Everything but the batch axis flattened: [N, ...] -> [N, product].
-    func flattened() -> ONNXValue { shape.count == 2 ? self : reshaped([-1, shape.dropFirst().reduce(1, *)]) }
-
     /// Channel-wise L2 normalisation with a learned scale (Tensor.l2NormalizeChannels).
-    func l2NormalizeChannels(gamma: Parameter, epsilon: Float = 1e-10) -> ONNXValue {
+    public func l2NormalizeChannels(gamma: Parameter, epsilon: Float = 1e-10) -> ONNXValue {
         let g = graph
         let squares = g.node("ReduceSumSquare", [name], shape: [shape[0], 1] + shape.dropFirst(2), attributes: [
             ONNXAttribute.ints("axes", [1]), ONNXAttribute.int("keepdims", 1)])
         let norm = g.node("Sqrt", [(squares + g.constant("epsilon", [epsilon], shape: [])).name], shape: squares.shape)
         let scale = g.constant(gamma.name, gamma.value.toArray(), shape: [1, gamma.count, 1, 1])
         return self / norm * scale
-    }
-
-    /// Repeats along a new leading axis: [N, H] -> [T, N, H] (Keras's RepeatVector, time-major).
-    func repeated(_ times: Int) -> ONNXValue {
-        let leading = reshaped([1] + shape)
-        let target = graph.int64Constant("repeat_shape", [Int64(times)] + Array(repeating: 1, count: shape.count))
-        return graph.node("Expand", [leading.name, target.name], shape: [times] + shape)
     }
 }
 

@@ -5,10 +5,10 @@ import StarlingCore
 /// An ONNX inference graph under construction (`starling convert --to onnx`), written at opset 13 (IR version 7),
 /// which every current runtime reads.
 ///
-/// Models describe their inference pass on `ONNXValue`s with the same names as their `Tensor` forward pass
-/// (`conv(h).relu().maxPool2d(...)`), so the two read side by side; each value knows its static shape (axis 0
-/// the batch, symbolic "N"), from which padding and reshapes are worked out as the Tensor ops work them out. Weights
-/// become initializers named as in the checkpoint ("conv1/kernel"), in ONNX's layouts.
+/// A model's forward pass, written once over `NetworkValue`, builds the graph when it runs on `ONNXValue`s
+/// (`conv(h).relu().maxPool2d(...)` appends a Conv, a Relu and a MaxPool node); each value knows its static shape
+/// (axis 0 the batch, symbolic "N"), from which padding and reshapes are worked out as the Tensor ops work them out.
+/// Weights become initializers named as in the checkpoint ("conv1/kernel"), in ONNX's layouts.
 public final class ONNXGraph {
     public static let opset: Int64 = 13
     public static let irVersion: Int64 = 7
@@ -21,6 +21,13 @@ public final class ONNXGraph {
     /// Values already in the graph by what they compute, so that a model describing a shared prefix twice (the
     /// code, then the reconstruction from it) gets one copy of each weight and node.
     private var known: [String: ONNXValue] = [:]
+    /// The outputs of nodes already in the graph (all of a node's outputs), by what they compute, as `known`.
+    private var knownNodes: [String: [ONNXValue]] = [:]
+    /// Each Transpose node's output: the value it transposes and how, so that a transposition back is no node.
+    var transposeInputs: [String: (input: ONNXValue, permutation: [Int])] = [:]
+    /// The batch-major hidden states of each LSTM node: that node's last hidden state (its output Y_h), which is
+    /// what `lastTimestep()` of those states reads.
+    var lastStates: [String: ONNXValue] = [:]
 
     public init() {}
 
@@ -85,20 +92,27 @@ public final class ONNXGraph {
     /// Appends a node with one output of the given static shape.
     @discardableResult
     func node(_ op: String, _ inputs: [String], name hint: String? = nil, shape: [Int], attributes: [Onnx_AttributeProto] = []) -> ONNXValue {
+        node(op, inputs, names: [hint ?? op.lowercased()], shapes: [shape], attributes: attributes)[0]
+    }
+
+    /// Appends a node with an output per name hint, of the given static shapes; the same node asked for again is
+    /// the one already in the graph.
+    func node(_ op: String, _ inputs: [String], names hints: [String], shapes: [[Int]], attributes: [Onnx_AttributeProto] = []) -> [ONNXValue] {
+        precondition(hints.count == shapes.count, "\(op): \(hints.count) output names for \(shapes.count) shapes")
         let encoded = attributes.map { (try? $0.serializedBytes() as [UInt8]) ?? [] }
-        let key = "node \(op) \(inputs) \(encoded) \(hint ?? "")"
-        if let value = known[key] { return value }
+        let key = "node \(op) \(inputs) \(encoded) \(hints)"
+        if let values = knownNodes[key] { return values }
         var n = Onnx_NodeProto()
         n.opType = op
         n.name = fresh("\(op)_node")
         n.input = inputs
-        let output = fresh(hint ?? op.lowercased())
-        n.output = [output]
+        let outputs = hints.map { fresh($0) }
+        n.output = outputs
         n.attribute = attributes
         nodes.append(n)
-        let value = ONNXValue(graph: self, name: output, shape: shape)
-        known[key] = value
-        return value
+        let values = zip(outputs, shapes).map { ONNXValue(graph: self, name: $0, shape: $1) }
+        knownNodes[key] = values
+        return values
     }
 
     /// The finished model.
@@ -176,9 +190,10 @@ enum ONNXAttribute {
     }
 }
 
-/// A symbolic tensor of an `ONNXGraph`: a name and a static shape (axis 0 the batch, -1 while symbolic). Its methods
-/// append nodes to the graph and mirror `Tensor`'s forward ops, with the same semantics.
-public struct ONNXValue {
+/// A symbolic tensor of an `ONNXGraph`: a name and a static shape (axis 0 the batch, -1 while symbolic). Its ops
+/// (`NetworkValue`'s, and the elementwise ones the detectors' decoding uses) append nodes to the graph, with the
+/// semantics of `Tensor`'s ops of the same names.
+public struct ONNXValue: NetworkValue {
     let graph: ONNXGraph
     public let name: String
     public let shape: [Int]
@@ -219,8 +234,17 @@ public struct ONNXValue {
         return graph.node("Reshape", [name, target.name], shape: newShape)
     }
 
+    /// Everything but the batch axis flattened: [N, ...] -> [N, product].
+    public func flattened() -> ONNXValue { shape.count == 2 ? self : reshaped([-1, shape.dropFirst().reduce(1, *)]) }
+
+    /// A Transpose node, or none when `self` is a Transpose's output and `permutation` undoes it (an LSTM's input
+    /// and output go time-major and back; two LSTMs in a row, or a repeat feeding one, would otherwise transpose
+    /// there and back between them).
     public func transposed(_ permutation: [Int]) -> ONNXValue {
-        graph.node("Transpose", [name], shape: permutation.map { shape[$0] }, attributes: [ONNXAttribute.ints("perm", permutation)])
+        if let (input, first) = graph.transposeInputs[name], permutation.count == first.count, permutation.map({ first[$0] }) == Array(first.indices) { return input }
+        let out = graph.node("Transpose", [name], shape: permutation.map { shape[$0] }, attributes: [ONNXAttribute.ints("perm", permutation)])
+        graph.transposeInputs[out.name] = (self, permutation)
+        return out
     }
 
     public static func concat(_ values: [ONNXValue], axis: Int) -> ONNXValue {
@@ -230,8 +254,10 @@ public struct ONNXValue {
         return values[0].graph.node("Concat", values.map(\.name), shape: shape, attributes: [ONNXAttribute.int("axis", axis)])
     }
 
-    /// Softmax over the last axis.
-    public func softmax() -> ONNXValue { unary("Softmax", attributes: [ONNXAttribute.int("axis", shape.count - 1)]) }
+    /// Softmax over `axis` (the last by default): at opset 13, ONNX's Softmax normalises over that one axis.
+    public func softmax(axis: Int = -1) -> ONNXValue {
+        unary("Softmax", attributes: [ONNXAttribute.int("axis", axis < 0 ? shape.count + axis : axis)])
+    }
 
     /// Elements [start, end) of `axis`.
     public func slice(axis: Int, _ range: Range<Int>) -> ONNXValue {
@@ -242,10 +268,20 @@ public struct ONNXValue {
         return graph.node("Slice", [name, starts.name, ends.name, axes.name], shape: out)
     }
 
-    /// y = x W + b for x [N, in] and a Keras-layout kernel [in, out] (Gemm takes it as it is).
-    func dense(kernel: Parameter, bias: Parameter) -> ONNXValue {
-        let w = graph.weight(kernel), b = graph.weight(bias)
-        return graph.node("Gemm", [name, w.name, b.name], shape: [shape[0], kernel.shape[1]])
+    /// [N, T, H] -> [N, H]. An LSTM's states give their node's own last hidden state (Y_h); other sequences are sliced.
+    public func lastTimestep() -> ONNXValue {
+        if let last = graph.lastStates[name] { return last }
+        precondition(shape.count == 3 && shape[1] > 0, "lastTimestep expects [N, T, H] with T > 0, got \(shape)")
+        return slice(axis: 1, (shape[1] - 1)..<shape[1]).reshaped([shape[0], shape[2]])
+    }
+
+    /// [N, H] -> [N, steps, H]: an Expand to time-major [steps, N, H], ONNX's LSTM's layout, transposed to batch-major
+    /// (an LSTM reading it cancels that transposition).
+    public func repeatedOverSteps(_ steps: Int) -> ONNXValue {
+        precondition(shape.count == 2, "repeating \(shape) over steps: [N, H] expected")
+        let leading = reshaped([1] + shape)
+        let target = graph.int64Constant("repeat_shape", [Int64(steps)] + Array(repeating: 1, count: shape.count))
+        return graph.node("Expand", [leading.name, target.name], shape: [steps] + shape).transposed([1, 0, 2])
     }
 
     /// Max pooling with Tensor.maxPool2d's geometry (padded cells never win, as ONNX's MaxPool also treats them).
@@ -276,63 +312,59 @@ public struct ONNXValue {
         let right = max((output.1 - 1) * stride.1 + kernel.1 - input.1 - before.1, 0)
         return [before.0, before.1, bottom, right]
     }
-}
 
-extension Conv2D {
-    /// The layer as an ONNX Conv (kernels are already [out, in, kh, kw]).
-    public func callAsFunction(_ x: ONNXValue) -> ONNXValue {
+    /// y = x W + b for x [N, in] and a Keras-layout kernel [in, out] (Gemm takes it as it is).
+    public func applying(_ layer: Dense) -> ONNXValue {
+        let w = graph.weight(layer.kernel), b = graph.weight(layer.bias)
+        return graph.node("Gemm", [name, w.name, b.name], shape: [shape[0], layer.kernel.shape[1]])
+    }
+
+    /// An ONNX Conv (kernels are already [out, in, kh, kw]).
+    public func applying(_ layer: Conv2D) -> ONNXValue {
+        let (kernel, stride, dilation) = (layer.kernel, layer.stride, layer.dilation)
         let (kh, kw) = (kernel.shape[2], kernel.shape[3])
         let (k0, k1) = ((kh - 1) * dilation.0 + 1, (kw - 1) * dilation.1 + 1)
-        let rows = padding.window(size: x.shape[2], kernel: k0, stride: stride.0, vertical: true)
-        let cols = padding.window(size: x.shape[3], kernel: k1, stride: stride.1, vertical: false)
-        let pads = ONNXValue.pads(input: (x.shape[2], x.shape[3]), output: (rows.output, cols.output), before: (rows.before, cols.before),
-                                  kernel: (k0, k1), stride: stride)
-        let w = x.graph.weight(kernel), b = x.graph.weight(bias)
-        return x.graph.node("Conv", [x.name, w.name, b.name], shape: [x.shape[0], kernel.shape[0], rows.output, cols.output], attributes: [
+        let rows = layer.padding.window(size: shape[2], kernel: k0, stride: stride.0, vertical: true)
+        let cols = layer.padding.window(size: shape[3], kernel: k1, stride: stride.1, vertical: false)
+        let pads = Self.pads(input: (shape[2], shape[3]), output: (rows.output, cols.output), before: (rows.before, cols.before),
+                             kernel: (k0, k1), stride: stride)
+        let w = graph.weight(kernel), b = graph.weight(layer.bias)
+        return graph.node("Conv", [name, w.name, b.name], shape: [shape[0], kernel.shape[0], rows.output, cols.output], attributes: [
             ONNXAttribute.ints("kernel_shape", [kh, kw]), ONNXAttribute.ints("strides", [stride.0, stride.1]),
             ONNXAttribute.ints("dilations", [dilation.0, dilation.1]), ONNXAttribute.ints("pads", pads)])
     }
-}
 
-extension Conv2DTranspose {
-    /// The layer as an ONNX ConvTranspose: the adjoint of the convolution of the output's size, so its padding is
-    /// that convolution's, and output_padding supplies what the strided windows leave uncovered.
-    public func callAsFunction(_ x: ONNXValue) -> ONNXValue {
+    /// An ONNX ConvTranspose: the adjoint of the convolution of the output's size, so its padding is that
+    /// convolution's, and output_padding supplies what the strided windows leave uncovered.
+    public func applying(_ layer: Conv2DTranspose) -> ONNXValue {
+        let (kernel, stride, padding) = (layer.kernel, layer.stride, layer.padding)
         let (kh, kw) = (kernel.shape[2], kernel.shape[3])
-        let outH = padding.transposedOutput(size: x.shape[2], kernel: kh, stride: stride.0, vertical: true)
-        let outW = padding.transposedOutput(size: x.shape[3], kernel: kw, stride: stride.1, vertical: false)
+        let outH = padding.transposedOutput(size: shape[2], kernel: kh, stride: stride.0, vertical: true)
+        let outW = padding.transposedOutput(size: shape[3], kernel: kw, stride: stride.1, vertical: false)
         let rows = padding.window(size: outH, kernel: kh, stride: stride.0, vertical: true)
         let cols = padding.window(size: outW, kernel: kw, stride: stride.1, vertical: false)
-        let pads = ONNXValue.pads(input: (outH, outW), output: (x.shape[2], x.shape[3]), before: (rows.before, cols.before),
-                                  kernel: (kh, kw), stride: stride)
+        let pads = Self.pads(input: (outH, outW), output: (shape[2], shape[3]), before: (rows.before, cols.before),
+                             kernel: (kh, kw), stride: stride)
         // ONNX: out = stride * (in - 1) + output_padding + kernel - pad_begin - pad_end.
-        let extra = [outH - (stride.0 * (x.shape[2] - 1) + kh - pads[0] - pads[2]), outW - (stride.1 * (x.shape[3] - 1) + kw - pads[1] - pads[3])]
-        let w = x.graph.weight(kernel), b = x.graph.weight(bias)
-        return x.graph.node("ConvTranspose", [x.name, w.name, b.name], shape: [x.shape[0], kernel.shape[1], outH, outW], attributes: [
+        let extra = [outH - (stride.0 * (shape[2] - 1) + kh - pads[0] - pads[2]), outW - (stride.1 * (shape[3] - 1) + kw - pads[1] - pads[3])]
+        let w = graph.weight(kernel), b = graph.weight(layer.bias)
+        return graph.node("ConvTranspose", [name, w.name, b.name], shape: [shape[0], kernel.shape[1], outH, outW], attributes: [
             ONNXAttribute.ints("kernel_shape", [kh, kw]), ONNXAttribute.ints("strides", [stride.0, stride.1]),
             ONNXAttribute.ints("pads", pads), ONNXAttribute.ints("output_padding", extra)])
     }
-}
 
-extension Dense {
-    public func callAsFunction(_ x: ONNXValue) -> ONNXValue { x.dense(kernel: kernel, bias: bias) }
-}
-
-extension BatchNormalization {
-    /// Inference-mode batch norm on the moving statistics.
-    public func callAsFunction(_ x: ONNXValue) -> ONNXValue {
-        let g = x.graph
-        let inputs = [x.name, g.weight(gamma).name, g.weight(beta).name, g.weight(movingMean).name, g.weight(movingVariance).name]
-        return g.node("BatchNormalization", inputs, shape: x.shape, attributes: [ONNXAttribute.float("epsilon", epsilon)])
+    /// Inference-mode batch norm on the moving statistics, whatever `training` says: an exported graph infers.
+    public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> ONNXValue {
+        let inputs = [name, graph.weight(layer.gamma).name, graph.weight(layer.beta).name, graph.weight(layer.movingMean).name,
+                      graph.weight(layer.movingVariance).name]
+        return graph.node("BatchNormalization", inputs, shape: shape, attributes: [ONNXAttribute.float("epsilon", layer.epsilon)])
     }
-}
 
-extension LSTMLayer {
-    /// The layer as ONNX's LSTM over a time-major sequence [T, N, F]: all hidden states [T, N, H] and the last [N, H].
+    /// ONNX's LSTM, which runs time-major: [N, T, F] is transposed to [T, N, F] and the hidden states [T, N, H] back.
     /// ONNX orders the gates i, o, f, c where Keras has i, f, c, o, and keeps the weights transposed; its second bias
-    /// (the recurrent one) is zero.
-    public func callAsFunction(timeMajor x: ONNXValue) -> (states: ONNXValue, last: ONNXValue) {
-        let g = x.graph, h = units
+    /// (the recurrent one) is zero. The node's last hidden state (Y_h) is what `lastTimestep()` of the result gives.
+    public func applying(_ layer: LSTMLayer) -> ONNXValue {
+        let h = layer.units
         let order = [0, 3, 1, 2]   // ONNX gate k is Keras gate order[k]
         func gates(_ p: Parameter) -> [Float] {    // [rows, 4H] Keras -> [4H, rows] ONNX, gate blocks reordered
             let rows = p.shape[0], v = p.value.toArray()
@@ -340,24 +372,25 @@ extension LSTMLayer {
             for (k, gate) in order.enumerated() { for j in 0..<h { for r in 0..<rows { out[(k * h + j) * rows + r] = v[r * 4 * h + gate * h + j] } } }
             return out
         }
-        let b = bias.value.toArray()
+        let b = layer.bias.value.toArray()
         var biases = [Float](repeating: 0, count: 8 * h)
         for (k, gate) in order.enumerated() { for j in 0..<h { biases[k * h + j] = b[gate * h + j] } }
-        let w = g.constant(kernel.name, gates(kernel), shape: [1, 4 * h, kernel.shape[0]])
-        let r = g.constant(recurrentKernel.name, gates(recurrentKernel), shape: [1, 4 * h, h])
-        let bb = g.constant(bias.name, biases, shape: [1, 8 * h])
-        var n = Onnx_NodeProto()
-        n.opType = "LSTM"
-        n.name = g.fresh("LSTM_node")
-        n.input = [x.name, w.name, r.name, bb.name]
-        let states = g.fresh("lstm_states"), last = g.fresh("lstm_last")
-        n.output = [states, last]
-        n.attribute = [ONNXAttribute.int("hidden_size", h)]
-        g.nodes.append(n)
+        let (kernel, recurrentKernel, bias) = (layer.kernel, layer.recurrentKernel, layer.bias)
+        let w = graph.constant(kernel.name, gates(kernel), shape: [1, 4 * h, kernel.shape[0]], key: "lstm \(kernel.name)")
+        let r = graph.constant(recurrentKernel.name, gates(recurrentKernel), shape: [1, 4 * h, h], key: "lstm \(recurrentKernel.name)")
+        let bb = graph.constant(bias.name, biases, shape: [1, 8 * h], key: "lstm \(bias.name)")
+        let x = transposed([1, 0, 2])
         let (t, batch) = (x.shape[0], x.shape[1])
         precondition(batch < 0, "the LSTM's batch axis is the symbolic one")
-        let y = ONNXValue(graph: g, name: states, shape: [t, 1, batch, h])
-        let yh = ONNXValue(graph: g, name: last, shape: [1, batch, h])
-        return (y.reshaped([t, -1, h]), yh.reshaped([-1, h]))
+        let outputs = graph.node("LSTM", [x.name, w.name, r.name, bb.name], names: ["lstm_states", "lstm_last"],
+                                 shapes: [[t, 1, batch, h], [1, batch, h]], attributes: [ONNXAttribute.int("hidden_size", h)])
+        let states = outputs[0].reshaped([t, -1, h]).transposed([1, 0, 2])
+        graph.lastStates[states.name] = outputs[1].reshaped([-1, h])
+        return states
     }
+}
+
+extension BatchNormalization {
+    /// The layer in an ONNX graph, which is always the inference pass (`NetworkValue.applying(_:training:...)`).
+    public func callAsFunction(_ x: ONNXValue) -> ONNXValue { x.applying(self, training: false, crossReplicaSum: nil) }
 }

@@ -1,0 +1,93 @@
+import StarlingCore
+
+/// What a network's forward pass computes on: a `Tensor` when it trains or infers, an `ONNXValue` when it is written
+/// out as an ONNX graph. A model writes its forward pass once, generic over this protocol, and the one description
+/// serves training, inference and export, so the exported graph cannot drift from the network Starling trains.
+///
+/// The requirements are the ops the models' forward passes use, with `Tensor`'s semantics (ONNXValue's doc comments
+/// say how each maps onto ONNX operators). A layer is applied by `applying(_:)`: a `Tensor` reads the layer's
+/// parameters as values, an `ONNXValue` makes them initializers named as in the checkpoint. Behaviour that only
+/// training has (batch norm's batch statistics) is chosen by a `training` argument; an ONNX graph is always the
+/// inference pass and ignores it.
+///
+/// Axis 0 is the batch. A `Tensor` knows its size; an `ONNXValue`'s is symbolic, -1 in `shape`. So a forward pass
+/// names the batch as `shape[0]` (a reshape to `[x.shape[0], ...]` works for both), never as a count it computed.
+public protocol NetworkValue {
+    /// Axis 0 the batch: its size for a `Tensor`, -1 for an `ONNXValue`.
+    var shape: [Int] { get }
+
+    func relu() -> Self
+    func sigmoid() -> Self
+    func elu(alpha: Float) -> Self
+    /// `self * scale + shift`.
+    func affine(scale: Float, shift: Float) -> Self
+    func softmax(axis: Int) -> Self
+
+    /// The same values in `newShape`; one axis may be -1 (inferred), and it may be the batch (`shape[0]` of an
+    /// `ONNXValue`).
+    func reshaped(_ newShape: [Int]) -> Self
+    /// Everything but the batch axis in one: [N, ...] -> [N, product]; the value itself when it is already [N, D].
+    func flattened() -> Self
+    func transposed(_ permutation: [Int]) -> Self
+    static func concat(_ values: [Self], axis: Int) -> Self
+    /// The last step of a sequence: [N, T, H] -> [N, H] (a recurrent encoder's final hidden state).
+    func lastTimestep() -> Self
+    /// [N, H] -> [N, steps, H], the vector at every step (Keras's RepeatVector).
+    func repeatedOverSteps(_ steps: Int) -> Self
+
+    /// `Tensor.maxPool2d`: a nil stride is the kernel's size.
+    func maxPool2d(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> Self
+    /// Nearest-neighbour upsampling by integer factors.
+    func upsampleNearest(scale: (Int, Int)) -> Self
+    /// Channel-wise L2 normalisation with the learned per-channel scale `gamma` [C] (SSD300's conv4_3).
+    func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Self
+
+    /// [N, inputs] -> [N, outputs].
+    func applying(_ layer: Dense) -> Self
+    func applying(_ layer: Conv2D) -> Self
+    func applying(_ layer: Conv2DTranspose) -> Self
+    /// Training: normalised by the batch's statistics (over every rank with a `crossReplicaSum`), the moving ones
+    /// updated; otherwise by the moving statistics, the only mode of an ONNX graph.
+    func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
+    /// [N, T, F] -> every hidden state, [N, T, H].
+    func applying(_ layer: LSTMLayer) -> Self
+}
+
+extension NetworkValue {
+    /// Pooling windows that step by their own size.
+    public func maxPool2d(kernel: (Int, Int), padding: Padding) -> Self { maxPool2d(kernel: kernel, stride: nil, padding: padding) }
+}
+
+/// The ops `Tensor` does not have under these names: the layers read their parameters' current values.
+extension Tensor: NetworkValue {
+    public func flattened() -> Tensor { rank == 2 ? self : reshaped([shape[0], -1]) }
+
+    public func repeatedOverSteps(_ steps: Int) -> Tensor {
+        precondition(rank == 2, "repeating \(shape) over steps: [N, H] expected")
+        return Tensor.concat(Array(repeating: reshaped([shape[0], 1, shape[1]]), count: steps), axis: 1)
+    }
+
+    public func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Tensor {
+        l2NormalizeChannels(gamma: gamma.value, epsilon: epsilon)
+    }
+
+    public func applying(_ layer: Dense) -> Tensor { linear(layer.kernel.value, layer.bias.value) }
+
+    public func applying(_ layer: Conv2D) -> Tensor {
+        conv2d(layer.kernel.value, bias: layer.bias.value, stride: layer.stride, padding: layer.padding, dilation: layer.dilation)
+    }
+
+    public func applying(_ layer: Conv2DTranspose) -> Tensor {
+        conv2dTransposed(layer.kernel.value, bias: layer.bias.value, stride: layer.stride, padding: layer.padding)
+    }
+
+    public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Tensor {
+        batchNorm(gamma: layer.gamma.value, beta: layer.beta.value, runningMean: layer.movingMean.value,
+                  runningVar: layer.movingVariance.value, training: training, momentum: layer.momentum, epsilon: layer.epsilon,
+                  crossReplicaSum: crossReplicaSum)
+    }
+
+    public func applying(_ layer: LSTMLayer) -> Tensor {
+        lstm(kernel: layer.kernel.value, recurrentKernel: layer.recurrentKernel.value, bias: layer.bias.value)
+    }
+}
