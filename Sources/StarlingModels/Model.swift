@@ -9,15 +9,19 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// Family-specific numbers (code size, penalties, ...), by name.
     public var options: [String: Double]
     public var classNames: [String]?
-    /// Detectors: their default boxes.
+    /// SSD's default boxes (scales, aspect ratios and feature maps).
     public var anchors: AnchorConfig?
+    /// YOLO's anchors from v2 on: [width, height] in pixels of the input image, smallest first.
+    public var anchorSizes: [[Double]]?
 
-    public init(family: String, inputShape: [Int], options: [String: Double] = [:], classNames: [String]? = nil, anchors: AnchorConfig? = nil) {
+    public init(family: String, inputShape: [Int], options: [String: Double] = [:], classNames: [String]? = nil, anchors: AnchorConfig? = nil,
+                anchorSizes: [[Double]]? = nil) {
         self.family = family
         self.inputShape = inputShape
         self.options = options
         self.classNames = classNames
         self.anchors = anchors
+        self.anchorSizes = anchorSizes
     }
 
     public func option(_ name: String, default value: Double) -> Double { options[name] ?? value }

@@ -11,6 +11,7 @@ struct AnchorsCommand: ParsableCommand {
     @Option(help: "Split whose boxes are clustered.") var split: String = "train"
     @Option(name: .short, help: "Number of clusters.") var k: Int = 5
     @Option(help: "Seed of the k-means++ initialisation.") var seed: UInt64 = 0
+    @Option(help: "Write the anchors for `train --anchors-from`: one width,height a line, smallest first (the order YOLO's heads hand them out, finest grid first).") var out: String?
 
     func validate() throws { guard k > 0 else { throw ValidationError("-k must be positive") } }
 
@@ -27,6 +28,10 @@ struct AnchorsCommand: ParsableCommand {
                              c.height / Float(dataset.imageHeight), c.width / c.height, c.count))
             }
             print(String(format: "mean IoU of a box with its best cluster: %.4f", result.meanIoU))
+            if let out {
+                try AnchorFile.write(result.clusters, to: out, comment: "k = \(k) anchors of \(data) [\(split)], \(dataset.imageWidth)x\(dataset.imageHeight) images, mean IoU \(result.meanIoU)")
+                print("anchors: \(out) (train --anchors-from \(out))")
+            }
         }
     }
 }

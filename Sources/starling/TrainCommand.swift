@@ -118,6 +118,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
+    @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
     @OptionGroup var flags: TrainingFlags
 
@@ -132,6 +133,14 @@ struct TrainCommand: ParsableCommand {
                 var config = try family.configuration(for: train.datasetDescription)
                 if let widthMultiplier {
                     config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier")
+                }
+                if let anchorsFrom {
+                    guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }
+                    let sizes = try AnchorFile.read(anchorsFrom)
+                    guard sizes.count == expected else {
+                        throw DataError(file: anchorsFrom, message: "\(sizes.count) anchors; model \(model) takes \(expected)")
+                    }
+                    config.anchorSizes = sizes
                 }
                 let network = try family.build(config, seed: flags.seed)
                 let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count)

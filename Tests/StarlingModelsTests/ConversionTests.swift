@@ -14,7 +14,11 @@ private func smallSSD7Config() -> ModelConfig {
 /// Every family, narrowed where its options allow (the layouts are the same, the tests faster in a debug build).
 private func everyFamilyConfig() throws -> [ModelConfig] {
     try everyFamilyConfig { family in
-        family == SSD7.family ? smallSSD7Config() : (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
+        switch family {
+        case SSD7.family: return smallSSD7Config()
+        case YOLOv3Tiny.family: return YOLOv3Tiny.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.125)
+        default: return (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
+        }
     }
 }
 

@@ -80,8 +80,11 @@ private func randomized(_ config: ModelConfig, seed: UInt64) throws -> any Model
 /// Every family, at sizes a debug build runs in a moment.
 private func exportConfigs() throws -> [ModelConfig] {
     try everyFamilyConfig { family in
-        family == SSD7.family ? SSD7.defaultConfig(height: 96, width: 128)
-            : SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        switch family {
+        case SSD7.family: return SSD7.defaultConfig(height: 96, width: 128)
+        case YOLOv3Tiny.family: return YOLOv3Tiny.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.125)
+        default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        }
     }
 }
 
@@ -138,6 +141,8 @@ private func exportConfigs() throws -> [ModelConfig] {
                 expectClose("reconstruction", ae.reconstruction(images))
                 expectClose("code", ae.code(images))
                 #expect(onnx.shapes["reconstruction"] == [batch] + config.inputShape)
+            case let detector as any Detector where detector.head is YOLOHead:
+                try expectSameYOLODetections(detector, images: images, onnx: onnx)
             case let detector as any Detector:
                 try expectSameDetections(detector, images: images, onnx: onnx, expectClose: expectClose)
             default:
@@ -202,6 +207,58 @@ private func exportConfigs() throws -> [ModelConfig] {
             var missing: [DetectedBox] = []
             for d in expected {
                 if let k = unmatched.firstIndex(where: { close($0, d) }) { unmatched.remove(at: k) } else { missing.append(d) }
+            }
+            #expect(missing.isEmpty && unmatched.isEmpty, "image \(i): Starling's \(missing) not in ONNX's; ONNX's \(unmatched) not in Starling's")
+        }
+    }
+
+    /// YOLO: the raw predictions laid out scale by scale, anchor by anchor, cell by cell, and the per-class NMS
+    /// against `YOLOHead.decode`.
+    private func expectSameYOLODetections(_ detector: any Detector, images: Tensor, onnx: RuntimeOutputs) throws {
+        let head = try #require(detector.head as? YOLOHead)
+        let maps = detector.headOutputs(images, training: false)
+        let (n, d) = (images.shape[0], head.depth)
+        var rows: [Float] = []
+        var predictions = 0
+        for i in 0..<n {
+            for (scale, map) in zip(head.scales, maps) {
+                let plane = scale.height * scale.width
+                for a in 0..<scale.anchors.count {
+                    for cell in 0..<plane {
+                        rows += (0..<d).map { map.data[((i * scale.anchors.count + a) * d + $0) * plane + cell] }
+                    }
+                }
+                if i == 0 { predictions += scale.anchors.count * plane }
+            }
+        }
+        #expect(onnx.shapes["predictions"] == [n, predictions, d])
+        let worst = worstDifference(onnx.floats["predictions"] ?? [], rows)
+        #expect(worst.value < 1e-4, "predictions: worst difference \(worst.value) at \(worst.at)")
+        var decoding = DetectionDecoding.evaluation
+        decoding.topK = .max
+        let found = head.decode(maps, decoding: decoding)
+        let detections = onnx.ints["detections"] ?? [], boxes = onnx.floats["boxes"] ?? [], scores = onnx.floats["scores"] ?? []
+        let c = head.classCount - 1
+        var fromONNX: [Int: [DetectedBox]] = [:]
+        for r in stride(from: 0, to: detections.count, by: 3) {
+            let (image, cls, p) = (Int(detections[r]), Int(detections[r + 1]), Int(detections[r + 2]))
+            let o = 4 * (image * predictions + p)
+            fromONNX[image, default: []].append(DetectedBox(box: BoxCorners(xmin: boxes[o], ymin: boxes[o + 1], xmax: boxes[o + 2], ymax: boxes[o + 3]),
+                                                            classID: cls, score: scores[(image * predictions + p) * c + cls - 1]))
+        }
+        let slack = 1e-4 * Float(max(head.imageWidth, head.imageHeight))
+        func close(_ x: DetectedBox, _ y: DetectedBox) -> Bool {
+            x.classID == y.classID && abs(x.score - y.score) < 1e-4 && abs(x.box.xmin - y.box.xmin) < slack && abs(x.box.ymin - y.box.ymin) < slack
+                && abs(x.box.xmax - y.box.xmax) < slack && abs(x.box.ymax - y.box.ymax) < slack
+        }
+        for i in 0..<n {
+            // ONNX keeps at most topK boxes a class.
+            let expected = Dictionary(grouping: found[i], by: \.classID).values.flatMap { $0.prefix(DetectionDecoding.evaluation.topK) }
+            var unmatched = fromONNX[i, default: []]
+            #expect(!expected.isEmpty && unmatched.count == expected.count, "image \(i): ONNX \(unmatched.count) detections, Starling \(expected.count)")
+            var missing: [DetectedBox] = []
+            for e in expected {
+                if let k = unmatched.firstIndex(where: { close($0, e) }) { unmatched.remove(at: k) } else { missing.append(e) }
             }
             #expect(missing.isEmpty && unmatched.isEmpty, "image \(i): Starling's \(missing) not in ONNX's; ONNX's \(unmatched) not in Starling's")
         }

@@ -64,6 +64,22 @@ import StarlingDistributed
         #expect(resumedMatches)
     }
 
+    /// A plateau schedule's best loss is +inf until its first epoch ends: a checkpoint written before then (here by
+    /// --max-steps) is still written, and resumes to the uninterrupted run's weights bit for bit.
+    @Test func plateauCheckpointInsideTheFirstEpoch() throws {
+        func plateau(_ dir: String, maxSteps: Int? = nil) -> TrainingOptions {
+            var o = options(dir, epochs: 2, maxSteps: maxSteps)
+            o.reduceOnPlateau = ReduceOnPlateau(factor: 0.5, patience: 1)
+            return o
+        }
+        let straight = try train(plateau(Fixture.temporaryDirectory("plateau-straight")))
+        let dir = Fixture.temporaryDirectory("plateau-split")
+        _ = try train(plateau(dir, maxSteps: 1))
+        #expect(try Checkpoint.load(from: dir + "/fc-ae-last.h5").state.plateau?.best == .infinity)
+        let resumedMatches = try train(plateau(dir), resume: dir + "/fc-ae-last.h5") == straight
+        #expect(resumedMatches)
+    }
+
     /// Checkpoints from before schedules (no `schedule` in the callbacks attribute) load as constant and resume
     /// as constant, whatever schedule the resuming run's options ask for.
     @Test func checkpointWithoutAScheduleResumesAsConstant() throws {

@@ -71,6 +71,7 @@ extension HDF5Object {
     public func setJSONAttribute<T: Encodable>(_ name: String, _ value: T) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
+        encoder.nonConformingFloatEncodingStrategy = Self.nonFiniteNumbers
         let data: Data
         do {
             data = try encoder.encode(value)
@@ -152,11 +153,18 @@ extension HDF5Object {
     public func jsonAttribute<T: Decodable>(_ name: String, as type: T.Type) throws -> T {
         let text = try stringAttribute(name)
         do {
-            return try JSONDecoder().decode(T.self, from: Data(text.utf8))
+            let decoder = JSONDecoder()
+            decoder.nonConformingFloatDecodingStrategy = Self.nonFiniteDecoding
+            return try decoder.decode(T.self, from: Data(text.utf8))
         } catch {
             throw self.error("attribute \"\(name)\": invalid JSON for \(T.self): \(oneLine(error))")
         }
     }
+
+    /// Infinities and NaN in JSON attributes (a plateau schedule's best loss before its first epoch ends is +inf) as
+    /// the strings Python's json module spells them with; JSON itself has no such numbers.
+    static let nonFiniteNumbers = JSONEncoder.NonConformingFloatEncodingStrategy.convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+    static let nonFiniteDecoding = JSONDecoder.NonConformingFloatDecodingStrategy.convertFromString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
 
     // MARK: - Helpers (callers hold HDF5Library's lock)
 

@@ -45,6 +45,9 @@ public enum CheckpointInspection {
         if let anchors = config.anchors {
             line("anchors     \(anchors.anchorCount) for \(anchors.imageHeight)x\(anchors.imageWidth): feature maps \(anchors.featureMapSizes), scales \(anchors.scales.map(number)), aspect ratios \(anchors.aspectRatios.map { $0.map(number) })")
         }
+        if let sizes = config.anchorSizes {
+            line("anchors     \(sizes.count) sizes (width x height, pixels): " + sizes.map { $0.map(number).joined(separator: "x") }.joined(separator: ", "))
+        }
 
         // Weights: the table, then what the file holds beyond the model.
         line("")

@@ -1,3 +1,5 @@
+import Foundation
+import StarlingIO
 import StarlingCore
 
 /// Anchor shapes from the data: k-means over the training boxes' (width, height) with 1 - IoU as the distance
@@ -64,5 +66,33 @@ public struct AnchorClustering: Sendable {
             .sorted { $0.width * $0.height < $1.width * $1.height }
         let best = sizes.map { s in centroids.map { Self.shapeIoU(s.0, s.1, $0.0, $0.1) }.max() ?? 0 }
         meanIoU = best.reduce(0, +) / Float(sizes.count)
+    }
+}
+
+/// Anchor sizes as `starling anchors --out` writes them and `train --anchors-from` reads them: one "width,height" a
+/// line, in pixels of the dataset's stored images, smallest area first (the order `ModelConfig.anchorSizes` keeps and
+/// YOLO's heads hand out, the finest grid taking the smallest). Lines starting with # are comments.
+public enum AnchorFile {
+    public static func write(_ clusters: [AnchorClustering.Cluster], to path: String, comment: String) throws {
+        let lines = ["# " + comment] + clusters.map { "\($0.width),\($0.height)" }
+        try AtomicFile.write(Array((lines.joined(separator: "\n") + "\n").utf8), to: path)
+    }
+
+    public static func read(_ path: String) throws -> [[Double]] {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw DataError(file: path, message: "cannot read the anchor file")
+        }
+        var sizes: [[Double]] = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let parts = line.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+            guard parts.count == 2, let w = parts[0], let h = parts[1], w > 0, h > 0, w.isFinite, h.isFinite else {
+                throw DataError(file: path, message: "line \(n + 1): expected 'width,height' with two positive numbers, got '\(line)'")
+            }
+            sizes.append([w, h])
+        }
+        guard !sizes.isEmpty else { throw DataError(file: path, message: "no anchors") }
+        return sizes.sorted { $0[0] * $0[1] < $1[0] * $1[1] }
     }
 }

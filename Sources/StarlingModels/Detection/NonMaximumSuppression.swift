@@ -77,7 +77,6 @@ public struct DetectionDecoding: Codable, Equatable, Sendable {
     /// Detections of one image from its class probabilities [A x C] (column 0 background) and offsets [A x 4].
     public func decode(probabilities: UnsafePointer<Float>, offsets: UnsafePointer<Float>, classCount c: Int,
                        encoder: SSDBoxEncoder) -> [DetectedBox] {
-        var candidates: [DetectedBox] = []
         var perClass: [[DetectedBox]] = Array(repeating: [], count: c)
         let (width, height) = (Float(encoder.config.imageWidth), Float(encoder.config.imageHeight))
         for j in 0..<encoder.anchorCount {
@@ -94,6 +93,13 @@ public struct DetectionDecoding: Codable, Equatable, Sendable {
                 perClass[k].append(DetectedBox(box: decoded!, classID: k, score: row[k]))
             }
         }
+        return suppress(perClass)
+    }
+
+    /// One image's candidates, grouped by class, after NMS (per class, or over all of them with `globalNMS`): the best
+    /// `topK` by score, ties in candidate order. Every head's decoding ends here.
+    public func suppress(_ perClass: [[DetectedBox]]) -> [DetectedBox] {
+        var candidates: [DetectedBox] = []
         if globalNMS {
             let all = perClass.flatMap { $0 }
             candidates = nonMaximumSuppression(all.map(\.box), scores: all.map(\.score), iouThreshold: iouThreshold).map { all[$0] }

@@ -19,6 +19,8 @@ public protocol NetworkValue {
     func relu() -> Self
     func sigmoid() -> Self
     func elu(alpha: Float) -> Self
+    /// x for x > 0, slope x otherwise.
+    func leakyRelu(slope: Float) -> Self
     /// `self * scale + shift`.
     func affine(scale: Float, shift: Float) -> Self
     func softmax(axis: Int) -> Self

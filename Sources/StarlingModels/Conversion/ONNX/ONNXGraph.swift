@@ -206,6 +206,7 @@ public struct ONNXValue: NetworkValue {
     public func sigmoid() -> ONNXValue { unary("Sigmoid") }
     public func exp() -> ONNXValue { unary("Exp") }
     public func elu(alpha: Float = 1) -> ONNXValue { unary("Elu", attributes: [ONNXAttribute.float("alpha", alpha)]) }
+    public func leakyRelu(slope: Float) -> ONNXValue { unary("LeakyRelu", attributes: [ONNXAttribute.float("alpha", slope)]) }
 
     /// Elementwise with numpy broadcasting; the result has `self`'s shape (callers broadcast constants into it).
     func binary(_ op: String, _ other: ONNXValue) -> ONNXValue {
