@@ -186,4 +186,41 @@ import Testing
             #expect(y.count == x.count && worst <= 1e-4 * max(scale, 1e-2), "\(name): largest difference \(worst) at scale \(scale)")
         }
     }
+
+    /// yolov3-tiny on KITTI frames (64 x 192): 2 and 3 ranks with --sync-bn train the same model as one process on the
+    /// same global batch. YOLO's loss is a sum over the rank's images divided by their number, equal on every rank, so
+    /// averaging the ranks' gradients gives one process's; the ignore rule and the targets are per image.
+    @Test(arguments: [2, 3])
+    func yoloRanksMatchOneProcessWithSyncBN(ranks: Int) throws {
+        let kitti = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/kitti/kitti_tiny/training").path
+        guard FileManager.default.fileExists(atPath: kitti + "/label_2") else { return }   // shared data not here
+        let dir = Fixture.temporaryDirectory("dp-yolo\(ranks)")
+        let data = dir + "/kitti.h5"
+        let convert = try starling("data", "detection", "--format", "kitti", "--images", kitti + "/image_2", "--labels", kitti + "/label_2",
+                                   "--out", data, "--height", "64", "--width", "192", "--val-fraction", "0")
+        #expect(convert.status == 0, "\(convert.error)")
+        let args = ["train", "--model", "yolov3-tiny", "--data", data, "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "6",
+                    "--no-augment", "--val-split", "none", "--sync-bn", "--seed", "2", "--width-multiplier", "0.125",
+                    "--optimizer", "sgd", "--lr", "0.0001"]
+        let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
+        #expect(one.status == 0, "\(one.error)")
+        let many = try mpirun(ranks, args + ["--out", dir + "/many"])
+        #expect(many.status == 0, "\(many.output)\(many.error)")
+        func losses(_ log: String) throws -> [Double] {
+            try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").dropFirst().compactMap { Double($0.split(separator: ",")[2]) }
+        }
+        let (a, b) = (try losses(dir + "/one/yolov3-tiny-log.csv"), try losses(dir + "/many/yolov3-tiny-log.csv"))
+        #expect(a.count == 2 && b.count == 2)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
+        let (wa, wb) = (try weights(dir + "/one/yolov3-tiny-last.h5"), try weights(dir + "/many/yolov3-tiny-last.h5"))
+        for (name, x) in wa {
+            let y = wb[name] ?? []
+            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
+            // Batch norm's betas start at zero and their gradients sum every pixel's with heavy cancellation, so the
+            // order of float32 sums (one process, or ranks) shows at ~1e-3 of their still small values: the floor
+            // of the scale is the size of the network's other weights.
+            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
+        }
+    }
 }
