@@ -116,19 +116,30 @@ public enum Benchmarks {
     /// `batchSize` (forward, loss, backward, Adam) and inference (forward, softmax, decoding with NMS; and the forward
     /// pass alone) at each of `inferenceBatches`.
     public static func ssd7(batchSize: Int, steps: Int, inferenceBatches: [Int] = [1, 8]) throws -> DetectorThroughput {
-        let model = try ModelRegistry.build(SSD7.defaultConfig(), seed: 1) as! SSD7
+        try detector(SSD7.defaultConfig(), batchSize: batchSize, steps: steps, inferenceBatches: inferenceBatches)
+    }
+
+    /// Any detector family on synthetic frames of its input size (random pixels, three boxes each, targets from its own
+    /// head): training steps at `batchSize` (forward, loss, backward, Adam) and inference (forward, decoding with NMS;
+    /// and the network alone) at each of `inferenceBatches`.
+    public static func detector(_ config: ModelConfig, batchSize: Int, steps: Int, inferenceBatches: [Int] = [1, 8]) throws -> DetectorThroughput {
+        guard let model = try ModelRegistry.build(config, seed: 1) as? any Detector, config.inputShape.count == 3 else {
+            throw TrainingError("model \(config.family) is not a detector")
+        }
+        let (height, width) = (config.inputShape[1], config.inputShape[2])
         let adam = Adam(parameterCount: model.parameters.count)
         var rng = RandomGenerator(seed: 5)
         func frames(_ n: Int) -> Batch {
-            let images = Tensor(zeros: [n, 3, 300, 480])
+            let images = Tensor(zeros: [n, 3, height, width])
             for i in 0..<images.count { images.data[i] = Float(rng.next() % 256) }
             var batch = Batch(images: images)
-            batch.anchorTargets = (0..<n).map { _ in
-                model.encoder.encode((0..<3).map { k in
-                    let x = rng.uniform(0, 400), y = rng.uniform(0, 220)
-                    return Object(box: BoxCorners(xmin: x, ymin: y, xmax: x + rng.uniform(10, 80), ymax: y + rng.uniform(10, 80)), classID: 1 + k)
-                })
+            batch.objects = (0..<n).map { _ in
+                (0..<3).map { k in
+                    let x = rng.uniform(0, Float(width) - 80), y = rng.uniform(0, Float(height) - 80)
+                    return Object(box: BoxCorners(xmin: x, ymin: y, xmax: x + rng.uniform(10, 80), ymax: y + rng.uniform(10, 80)), classID: 1 + k % (model.classCount - 1))
+                }
             }
+            model.targetEncoder?.encodeTargets(into: &batch)
             return batch
         }
         let batch = frames(batchSize)
@@ -158,7 +169,7 @@ public enum Benchmarks {
                 return Double(repeats * n) / best
             }
             fps[n] = imagesPerSecond { _ = model.detect(images, decoding: .display) }
-            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.predict(images, training: false) } }
+            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.headOutputs(images, training: false) } }
         }
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
     }

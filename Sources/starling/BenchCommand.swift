@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map.") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, yolov3-tiny, ssd7-layers, pipeline (needs --detection-data), map.") var only: String = "all"
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
@@ -63,6 +63,14 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "ssd7 300x480: training %.1f images/s at batch 16; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
                              ssd.trainImagesPerSecond, ssd.inferenceFPS[1] ?? 0, ssd.inferenceFPS[8] ?? 0,
                              ssd.forwardFPS[1] ?? 0, ssd.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            }
+            if only == "all" || only == "yolov3-tiny" {
+                // darknet's 416 x 416 at the batch of the PyTorch comparison (issue 20).
+                let config = YOLOv3Tiny.defaultConfig(height: 416, width: 416, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
+                let yolo = try Benchmarks.detector(config, batchSize: 8, steps: max(2, steps / 25))
+                print(String(format: "yolov3-tiny 416x416: training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
+                             yolo.trainImagesPerSecond, yolo.inferenceFPS[1] ?? 0, yolo.inferenceFPS[8] ?? 0,
+                             yolo.forwardFPS[1] ?? 0, yolo.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
             }
         }
     }
