@@ -26,6 +26,7 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func elu(alpha: Float) -> Recorded { record("elu \(alpha)", base.elu(alpha: alpha)) }
     func leakyRelu(slope: Float) -> Recorded { record("leakyRelu \(slope)", base.leakyRelu(slope: slope)) }
     func affine(scale: Float, shift: Float) -> Recorded { record("affine \(scale) \(shift)", base.affine(scale: scale, shift: shift)) }
+    func subtractingChannelMeans(_ means: [Float]) -> Recorded { record("subtract \(means)", base.subtractingChannelMeans(means)) }
     func softmax(axis: Int) -> Recorded { record("softmax \(axis)", base.softmax(axis: axis)) }
     func reshaped(_ newShape: [Int]) -> Recorded { record("reshape", base.reshaped(newShape)) }
     func flattened() -> Recorded { record("flatten", base.flattened()) }
@@ -47,6 +48,10 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func applying(_ layer: Conv2DTranspose) -> Recorded { record("convTranspose \(layer.kernel.name)", base.applying(layer)) }
     func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Recorded {
         record("batchNorm \(layer.gamma.name) training \(training)", base.applying(layer, training: training, crossReplicaSum: crossReplicaSum))
+    }
+    func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Recorded {
+        record("batchNormELU \(layer.gamma.name) \(alpha) training \(training)",
+               base.applyingWithELU(layer, alpha: alpha, training: training, crossReplicaSum: crossReplicaSum))
     }
     func applying(_ layer: LSTMLayer) -> Recorded { record("lstm \(layer.kernel.name)", base.applying(layer)) }
 }
