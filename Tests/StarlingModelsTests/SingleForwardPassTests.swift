@@ -26,6 +26,7 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func elu(alpha: Float) -> Recorded { record("elu \(alpha)", base.elu(alpha: alpha)) }
     func leakyRelu(slope: Float) -> Recorded { record("leakyRelu \(slope)", base.leakyRelu(slope: slope)) }
     func affine(scale: Float, shift: Float) -> Recorded { record("affine \(scale) \(shift)", base.affine(scale: scale, shift: shift)) }
+    func subtractingChannelMeans(_ means: [Float]) -> Recorded { record("subtract \(means)", base.subtractingChannelMeans(means)) }
     func softmax(axis: Int) -> Recorded { record("softmax \(axis)", base.softmax(axis: axis)) }
     func reshaped(_ newShape: [Int]) -> Recorded { record("reshape", base.reshaped(newShape)) }
     func flattened() -> Recorded { record("flatten", base.flattened()) }
@@ -48,6 +49,10 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Recorded {
         record("batchNorm \(layer.gamma.name) training \(training)", base.applying(layer, training: training, crossReplicaSum: crossReplicaSum))
     }
+    func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Recorded {
+        record("batchNormELU \(layer.gamma.name) \(alpha) training \(training)",
+               base.applyingWithELU(layer, alpha: alpha, training: training, crossReplicaSum: crossReplicaSum))
+    }
     func applying(_ layer: LSTMLayer) -> Recorded { record("lstm \(layer.kernel.name)", base.applying(layer)) }
 }
 
@@ -66,9 +71,90 @@ private func exportedOutputs<Base: NetworkValue>(_ model: any Model, _ images: R
     }
 }
 
-/// Issue 15: each network's forward pass is written once. For every autoencoder family the pass runs on a third
-/// kind of value that logs its ops: on Tensors it gives, bit for bit, what training, evaluation and indexing get
-/// through `Autoencoder`/`Encoding`/`VariationalModel`; on ONNXValues it takes the same path op for op and builds
+/// SSD7's NCHW pass as it was written before `SSD7.predictionMaps` replaced it (and its ONNX copy), in Tensor ops:
+/// the generic pass must give its values and gradients bit for bit.
+private func ssd7PlanarReference(_ model: SSD7, _ images: Tensor, training: Bool) -> [Tensor] {
+    var h = images.affine(scale: 1 / 127.5, shift: -1)
+    var features: [Tensor] = []
+    for k in 0..<7 {
+        h = model.norms[k].withELU(model.convs[k](h), training: training, crossReplicaSum: nil)
+        if k >= 3 { features.append(h) }
+        if k < 6 { h = h.maxPool2d(kernel: (2, 2)) }
+    }
+    let n = images.shape[0]
+    func rows(_ t: Tensor, depth: Int) -> Tensor { t.transposed([0, 2, 3, 1]).reshaped([n, -1, depth]) }
+    let classes = Tensor.concat(zip(model.classHeads, features).map { rows($0($1), depth: model.classCount) }, axis: 1)
+    let boxes = Tensor.concat(zip(model.boxHeads, features).map { rows($0($1), depth: 4) }, axis: 1)
+    return [classes.reshaped([-1, model.classCount]), boxes.reshaped([-1, 4])]
+}
+
+/// SSD300's `predict` as it was written before `SSD300.predictionMaps` replaced it (and its ONNX copy).
+private func ssd300Reference(_ model: SSD300, _ images: Tensor) -> [Tensor] {
+    let means: [Float] = [123, 117, 104]
+    let (n, h, w) = (images.shape[0], images.shape[2], images.shape[3])
+    let shift = Tensor(zeros: [3, h, w])
+    for c in 0..<3 { for p in 0..<(h * w) { shift.data[c * h * w + p] = means[c] } }
+    var x = images - shift
+    var features: [Tensor] = []
+    var layer = 0
+    for (name, _, _, _, _, _) in SSD300.layout {
+        if name == "pool5" { x = x.maxPool2d(kernel: (3, 3), stride: (1, 1), padding: .same); continue }
+        if name == "pool" { x = x.maxPool2d(kernel: (2, 2), padding: .same); continue }
+        x = model.base[layer].conv(x).relu()
+        layer += 1
+        if name == "conv4_3" { features.append(x.l2NormalizeChannels(gamma: model.conv4_3Scale.value)) }
+        if name == "fc7" { features.append(x) }
+    }
+    for (name, conv) in model.extras {
+        x = conv(x).relu()
+        if name.hasSuffix("_2") { features.append(x) }
+    }
+    func rows(_ t: Tensor, depth: Int) -> Tensor { t.transposed([0, 2, 3, 1]).reshaped([n, -1, depth]) }
+    let classes = Tensor.concat(zip(model.classHeads, features).map { rows($0($1), depth: model.classCount) }, axis: 1)
+    let boxes = Tensor.concat(zip(model.boxHeads, features).map { rows($0($1), depth: 4) }, axis: 1)
+    return [classes.reshaped([-1, model.classCount]), boxes.reshaped([-1, 4])]
+}
+
+/// A loss whose gradient differs from output to output (fixed weights), to compare two passes' backward.
+private func weightedSum(_ outputs: [Tensor]) -> Tensor {
+    let sums = outputs.enumerated().map { k, t in
+        (t * Tensor(shape: t.shape, values: (0..<t.count).map { Float(($0 * (7 + 2 * k)) % 13) / 13 - 0.5 })).sum()
+    }
+    return sums.dropFirst().reduce(sums[0], +)
+}
+
+/// Pixels in [0, 255], as detectors are fed.
+private func detectorImages(_ shape: [Int], seed: UInt64) -> Tensor {
+    var rng = RandomGenerator(seed: seed)
+    return Tensor(shape: shape, values: (0..<shape.reduce(1, *)).map { _ in rng.uniform(0, 255) })
+}
+
+/// A detector's generic pass run on recorded ONNX values takes the ops `tensorOps` lists, and with the head's outputs
+/// declared as `ONNXExport` declares them it builds exactly the graph `starling convert --to onnx` writes.
+private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String],
+                                   _ pass: (Recorded<ONNXValue>) -> [Recorded<ONNXValue>]) throws {
+    let family = model.config.family
+    let graph = ONNXGraph()
+    let log = OpLog()
+    let maps = pass(Recorded(base: graph.input("images", shape: [-1] + model.config.inputShape), log: log)).map(\.base)
+    #expect(log.ops == tensorOps, "\(family): the Tensor and ONNX passes took different paths")
+    for output in model.head.onnxOutputs(maps, decoding: .evaluation) {
+        graph.output(output.value, as: output.name, type: output.type, batchName: output.batchName)
+    }
+    let exported = try ONNXExport.graph(of: model).graph
+    func nodes(_ g: ONNXGraph) -> [String] { g.nodes.map { "\($0.opType) \($0.input) -> \($0.output)" } }
+    #expect(nodes(exported) == nodes(graph), "\(family): the export is not the generic pass")
+    #expect(exported.nodes == graph.nodes && exported.initializers == graph.initializers && exported.outputs == graph.outputs,
+            "\(family): attributes, weights or outputs differ")
+    let weights = exported.initializers.map(\.name).filter { $0.contains("/") }
+    let stored = (model.parameters.parameters + (model.buffers?.parameters ?? [])).map(\.name)
+    #expect(weights.sorted() == stored.sorted(), "\(family): every weight and buffer once, under its checkpoint name")
+}
+
+/// Issue 15: each network's forward pass is written once. For every autoencoder family, and for SSD7 and SSD300, the
+/// pass runs on a third kind of value that logs its ops: on Tensors it gives, bit for bit, what training, evaluation
+/// and indexing get through `Autoencoder`/`Encoding`/`VariationalModel` (the detectors: what their Tensor pass gave
+/// before it became the generic one, gradients included); on ONNXValues it takes the same path op for op and builds
 /// exactly the exported graph. A change to the pass (another activation, a layer more) therefore changes the
 /// trained network and its export together, and a second, ONNX-only or Tensor-only, copy of it fails here.
 @Suite struct SingleForwardPassTests {
@@ -119,5 +205,78 @@ private func exportedOutputs<Base: NetworkValue>(_ model: any Model, _ images: R
         // Every weight once, under its checkpoint name (the shared encoder is not exported twice).
         let weights = exported.initializers.map(\.name).filter { $0.contains("/") }
         #expect(weights.sorted() == model.parameters.parameters.map(\.name).sorted(), "\(config.family)")
+    }
+
+    /// SSD7 at 96 x 128 (feature maps 12 x 16 down to 1 x 2). Its generic pass on Tensors is the NCHW pass it replaced,
+    /// bit for bit in outputs, gradients and the moving statistics training updates, in both modes, with batch norm
+    /// moved off its initial values so that evaluation reads statistics that matter. (`predict` runs the blocked-
+    /// layout passes where oneDNN can, which `SSD7Tests` holds to the NCHW pass within rounding.)
+    @Test func ssd7PassIsTheNCHWPassAndTheExport() throws {
+        let config = SSD7.defaultConfig(height: 96, width: 128, classNames: ["background", "car", "pedestrian"])
+        let models = try (0..<2).map { _ in try ModelRegistry.build(config, seed: 8) as! SSD7 }
+        var rng = RandomGenerator(seed: 12)
+        for parameter in models[0].parameters.parameters.filter({ $0.name.hasPrefix("bn") }) + models[0].buffersStore.parameters {
+            let positive = parameter.name.hasSuffix("variance") || parameter.name.hasSuffix("gamma")
+            let values = (0..<parameter.count).map { _ in positive ? rng.uniform(0.3, 2) : rng.uniform(-0.5, 0.5) }
+            for model in models {
+                let t = try #require(model.parameters[parameter.name] ?? model.buffersStore[parameter.name]).value
+                for (i, v) in values.enumerated() { t.data[i] = v }
+            }
+        }
+        let images = detectorImages([2] + config.inputShape, seed: 13)
+        let anchors = models[0].encoder.anchorCount
+        var evaluationOps: [String] = []
+        for training in [true, false] {
+            let log = OpLog()
+            let maps = models[0].predictionMaps(Recorded(base: images, log: log), training: training, crossReplicaSum: nil).map(\.base)
+            #expect(maps.map(\.shape) == [[2, anchors, 3], [2, anchors, 4]])
+            let outputs = [maps[0].reshaped([-1, 3]), maps[1].reshaped([-1, 4])]
+            let reference = ssd7PlanarReference(models[1], images, training: training)
+            #expect(outputs[0].toArray() == reference[0].toArray(), "class logits, training \(training)")
+            #expect(outputs[1].toArray() == reference[1].toArray(), "box offsets, training \(training)")
+            if training {
+                weightedSum(outputs).backward()
+                weightedSum(reference).backward()
+                for parameter in models[0].parameters.parameters {
+                    let gradient = try #require(models[1].parameters[parameter.name]).value.gradArray
+                    #expect(parameter.value.gradArray != nil && parameter.value.gradArray == gradient, "\(parameter.name) gradient")
+                }
+                for buffer in models[0].buffersStore.parameters {
+                    #expect(buffer.value.toArray() == (try #require(models[1].buffersStore[buffer.name])).value.toArray(), "\(buffer.name)")
+                }
+            } else {
+                evaluationOps = log.ops
+                let planar = GradMode.disabled { models[0].predictInPlanarLayout(images, training: false, crossReplicaSum: nil) }
+                #expect(planar.classLogits.toArray() == reference[0].toArray() && planar.boxOffsets.toArray() == reference[1].toArray())
+            }
+        }
+        #expect(evaluationOps.filter { $0.hasPrefix("batchNormELU") }.count == 7)
+        try expectExportIsThePass(models[0], tensorOps: evaluationOps) { models[0].predictionMaps($0, training: false, crossReplicaSum: nil) }
+    }
+
+    /// SSD300 at 1/16 of its channels on 300 x 300 images: the generic pass on Tensors is the `predict` it replaced,
+    /// bit for bit in outputs and gradients, and `predict` returns it.
+    @Test func ssd300PassIsPredictAndTheExport() throws {
+        let config = SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        let models = try (0..<2).map { _ in try ModelRegistry.build(config, seed: 9) as! SSD300 }
+        let images = detectorImages([2] + config.inputShape, seed: 14)
+        let anchors = models[0].encoder.anchorCount
+        let log = OpLog()
+        let maps = models[0].predictionMaps(Recorded(base: images, log: log), training: true).map(\.base)
+        #expect(maps.map(\.shape) == [[2, anchors, 3], [2, anchors, 4]])
+        let outputs = [maps[0].reshaped([-1, 3]), maps[1].reshaped([-1, 4])]
+        let reference = ssd300Reference(models[1], images)
+        #expect(outputs[0].toArray() == reference[0].toArray(), "class logits")
+        #expect(outputs[1].toArray() == reference[1].toArray(), "box offsets")
+        weightedSum(outputs).backward()
+        weightedSum(reference).backward()
+        for parameter in models[0].parameters.parameters {
+            let gradient = try #require(models[1].parameters[parameter.name]).value.gradArray
+            #expect(parameter.value.gradArray != nil && parameter.value.gradArray == gradient, "\(parameter.name) gradient")
+        }
+        let predicted = GradMode.disabled { models[0].predict(images, training: false) }
+        #expect(predicted.classLogits.toArray() == reference[0].toArray() && predicted.boxOffsets.toArray() == reference[1].toArray())
+        #expect(log.ops.first == "subtract [123.0, 117.0, 104.0]")
+        try expectExportIsThePass(models[0], tensorOps: log.ops) { models[0].predictionMaps($0, training: false) }
     }
 }

@@ -134,30 +134,32 @@ public final class SSD300: Detector {
 
     /// Class logits [N x A, classes] and box offsets [N x A, 4], image-major in anchor order.
     public func predict(_ images: Tensor, training: Bool) -> (classLogits: Tensor, boxOffsets: Tensor) {
-        // ImageNet channel means, as ssd_keras's subtract_mean for SSD300.
-        let means: [Float] = [123, 117, 104]
-        let (n, h, w) = (images.shape[0], images.shape[2], images.shape[3])
-        let shift = Tensor(zeros: [3, h, w])
-        for c in 0..<3 { for p in 0..<(h * w) { shift.data[c * h * w + p] = means[c] } }
-        var x = images - shift
-        var features: [Tensor] = []
+        let maps = predictionMaps(images, training: training)
+        return (maps[0].reshaped([-1, classCount]), maps[1].reshaped([-1, 4]))
+    }
+
+    /// Class logits [N, A, classes] and box offsets [N, A, 4], anchors in the encoder's order: the one forward pass,
+    /// run on Tensors to train and infer and on ONNX values to export. `training` changes nothing here (no batch norm
+    /// or dropout).
+    func predictionMaps<Value: NetworkValue>(_ images: Value, training: Bool) -> [Value] {
+        var x = images.subtractingChannelMeans([123, 117, 104])        // ImageNet's, as ssd_keras's subtract_mean
+        var features: [Value] = []
         var layer = 0
         for (name, _, _, _, _, _) in Self.layout {
             if name == "pool5" { x = x.maxPool2d(kernel: (3, 3), stride: (1, 1), padding: .same); continue }
             if name == "pool" { x = x.maxPool2d(kernel: (2, 2), padding: .same); continue }
             x = base[layer].conv(x).relu()
             layer += 1
-            if name == "conv4_3" { features.append(x.l2NormalizeChannels(gamma: conv4_3Scale.value)) }
+            if name == "conv4_3" { features.append(x.l2NormalizeChannels(gamma: conv4_3Scale, epsilon: 1e-10)) }    // conv4_3_norm
             if name == "fc7" { features.append(x) }
         }
         for (name, conv) in extras {
             x = conv(x).relu()
-            if name.hasSuffix("_2") { features.append(x) }
+            if name.hasSuffix("_2") { features.append(x) }                // conv6_2 ... conv9_2
         }
-        func rows(_ t: Tensor, depth: Int) -> Tensor { t.transposed([0, 2, 3, 1]).reshaped([n, -1, depth]) }
-        let classes = Tensor.concat(zip(classHeads, features).map { rows($0($1), depth: classCount) }, axis: 1)
-        let boxes = Tensor.concat(zip(boxHeads, features).map { rows($0($1), depth: 4) }, axis: 1)
-        return (classes.reshaped([-1, classCount]), boxes.reshaped([-1, 4]))
+        let classes = Value.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
+        let boxes = Value.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
+        return [classes, boxes]
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
@@ -166,26 +168,7 @@ public final class SSD300: Detector {
 }
 
 extension SSD300: ONNXDetector {
-    public func onnxHeadOutputs(_ images: ONNXValue) -> [ONNXValue] {
-        var x = images - images.graph.constant("channel_means", [123, 117, 104], shape: [1, 3, 1, 1])
-        var features: [ONNXValue] = []
-        var layer = 0
-        for (name, _, _, _, _, _) in Self.layout {
-            if name == "pool5" { x = x.maxPool2d(kernel: (3, 3), stride: (1, 1), padding: .same); continue }
-            if name == "pool" { x = x.maxPool2d(kernel: (2, 2), padding: .same); continue }
-            x = base[layer].conv(x).relu()
-            layer += 1
-            if name == "conv4_3" { features.append(x.l2NormalizeChannels(gamma: conv4_3Scale)) }
-            if name == "fc7" { features.append(x) }
-        }
-        for (name, conv) in extras {
-            x = conv(x).relu()
-            if name.hasSuffix("_2") { features.append(x) }
-        }
-        let classes = ONNXValue.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
-        let boxes = ONNXValue.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
-        return [classes, boxes]
-    }
+    public func onnxHeadOutputs(_ images: ONNXValue) -> [ONNXValue] { predictionMaps(images, training: false) }
 }
 
 /// The PASCAL VOC classes, SSD300's default.

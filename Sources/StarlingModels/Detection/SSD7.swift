@@ -115,22 +115,27 @@ public final class SSD7: Detector {
             ?? predictInPlanarLayout(images, training: training, crossReplicaSum: sum)
     }
 
-    /// The pass in NCHW, every op Starling's general one.
+    /// The pass in NCHW, every op Starling's general one: `predictionMaps` on Tensors.
     func predictInPlanarLayout(_ images: Tensor, training: Bool, crossReplicaSum sum: CrossReplicaSum?)
         -> (classLogits: Tensor, boxOffsets: Tensor) {
-        var h = images.affine(scale: 1 / 127.5, shift: -1)
-        var features: [Tensor] = []
+        let maps = predictionMaps(images, training: training, crossReplicaSum: sum)
+        return (maps[0].reshaped([-1, classCount]), maps[1].reshaped([-1, 4]))
+    }
+
+    /// Class logits [N, A, classes] and box offsets [N, A, 4], anchors in the encoder's order: the one forward pass,
+    /// run on Tensors to train and infer in NCHW and on ONNX values to export. The two blocked-layout passes below
+    /// are faster Tensor-only versions of it, tested to give its values.
+    func predictionMaps<Value: NetworkValue>(_ images: Value, training: Bool, crossReplicaSum sum: CrossReplicaSum?) -> [Value] {
+        var h = images.affine(scale: 1 / 127.5, shift: -1)                                    // (x - 127.5) / 127.5
+        var features: [Value] = []
         for k in 0..<7 {
-            h = norms[k].withELU(convs[k](h), training: training, crossReplicaSum: sum)
-            if k >= 3 { features.append(h) }
-            if k < 6 { h = h.maxPool2d(kernel: (2, 2)) }
+            h = convs[k](h).applyingWithELU(norms[k], alpha: 1, training: training, crossReplicaSum: sum)   // conv, bn, ELU
+            if k >= 3 { features.append(h) }                                                  // conv4 ... conv7 predict
+            if k < 6 { h = h.maxPool2d(kernel: (2, 2), padding: .valid) }
         }
-        let n = images.shape[0]
-        // [N, boxes x depth, H, W] -> [N, H x W x boxes, depth]: the order ssd_keras's Reshape gives.
-        func rows(_ t: Tensor, depth: Int) -> Tensor { t.transposed([0, 2, 3, 1]).reshaped([n, -1, depth]) }
-        let classes = Tensor.concat(zip(classHeads, features).map { rows($0($1), depth: classCount) }, axis: 1)
-        let boxes = Tensor.concat(zip(boxHeads, features).map { rows($0($1), depth: 4) }, axis: 1)
-        return (classes.reshaped([-1, classCount]), boxes.reshaped([-1, 4]))
+        let classes = Value.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
+        let boxes = Value.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
+        return [classes, boxes]
     }
 
     /// The inference pass with every activation in oneDNN's layout from one layer to the next (`DNNLActivation`):
@@ -224,16 +229,5 @@ public final class SSD7: Detector {
 }
 
 extension SSD7: ONNXDetector {
-    public func onnxHeadOutputs(_ images: ONNXValue) -> [ONNXValue] {
-        var h = images.affine(scale: 1 / 127.5, shift: -1)
-        var features: [ONNXValue] = []
-        for k in 0..<7 {
-            h = norms[k](convs[k](h)).elu()
-            if k >= 3 { features.append(h) }
-            if k < 6 { h = h.maxPool2d(kernel: (2, 2)) }
-        }
-        let classes = ONNXValue.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
-        let boxes = ONNXValue.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
-        return [classes, boxes]
-    }
+    public func onnxHeadOutputs(_ images: ONNXValue) -> [ONNXValue] { predictionMaps(images, training: false, crossReplicaSum: nil) }
 }

@@ -99,6 +99,14 @@ public struct SSDHead: DetectionHead {
     }
 }
 
+extension NetworkValue {
+    /// An SSD predictor's output [N, boxes x depth, H, W] as rows [N, H x W x boxes, depth], the anchors' order (that
+    /// of ssd_keras's Reshape). The row count is spelled out: ONNX allows one -1, and the batch is already symbolic.
+    func anchorRows(depth: Int) -> Self {
+        transposed([0, 2, 3, 1]).reshaped([shape[0], shape[1] * shape[2] * shape[3] / depth, depth])
+    }
+}
+
 /// SSD's targets for a batch: per image, what each anchor should predict.
 public struct SSDTargets: BatchTargets {
     public var images: [AnchorTargets]

@@ -23,6 +23,9 @@ public protocol NetworkValue {
     func leakyRelu(slope: Float) -> Self
     /// `self * scale + shift`.
     func affine(scale: Float, shift: Float) -> Self
+    /// [N, C, H, W] minus `means[c]` in channel c: input normalisation by a dataset's channel means (SSD300's ImageNet
+    /// means).
+    func subtractingChannelMeans(_ means: [Float]) -> Self
     func softmax(axis: Int) -> Self
 
     /// The same values in `newShape`; one axis may be -1 (inferred), and it may be the batch (`shape[0]` of an
@@ -51,6 +54,9 @@ public protocol NetworkValue {
     /// Training: normalised by the batch's statistics (over every rank with a `crossReplicaSum`), the moving ones
     /// updated; otherwise by the moving statistics, the only mode of an ONNX graph.
     func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
+    /// `applying(layer, ...)` then `elu(alpha:)`, a requirement of its own because a `Tensor` runs the two as one op
+    /// (`Tensor.batchNormELU`) that stores no normalised copy for backward (SSD7's seven blocks).
+    func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
     /// [N, T, F] -> every hidden state, [N, T, H].
     func applying(_ layer: LSTMLayer) -> Self
 }
@@ -67,6 +73,15 @@ extension Tensor: NetworkValue {
     public func repeatedOverSteps(_ steps: Int) -> Tensor {
         precondition(rank == 2, "repeating \(shape) over steps: [N, H] expected")
         return Tensor.concat(Array(repeating: reshaped([shape[0], 1, shape[1]]), count: steps), axis: 1)
+    }
+
+    /// The means as a [C, H, W] constant: `-` broadcasts a trailing shape over the leading axes.
+    public func subtractingChannelMeans(_ means: [Float]) -> Tensor {
+        precondition(rank == 4 && shape[1] == means.count, "subtracting \(means.count) channel means from \(shape)")
+        let (h, w) = (shape[2], shape[3])
+        let shift = Tensor(zeros: [means.count, h, w])
+        for c in 0..<means.count { for p in 0..<(h * w) { shift.data[c * h * w + p] = means[c] } }
+        return self - shift
     }
 
     public func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Tensor {
@@ -87,6 +102,10 @@ extension Tensor: NetworkValue {
         batchNorm(gamma: layer.gamma.value, beta: layer.beta.value, runningMean: layer.movingMean.value,
                   runningVar: layer.movingVariance.value, training: training, momentum: layer.momentum, epsilon: layer.epsilon,
                   crossReplicaSum: crossReplicaSum)
+    }
+
+    public func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Tensor {
+        layer.withELU(self, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha)
     }
 
     public func applying(_ layer: LSTMLayer) -> Tensor {

@@ -65,11 +65,6 @@ extension ONNXDetector {
 }
 
 extension ONNXValue {
-    /// [N, boxes x depth, H, W] predictor maps -> [N, H x W x boxes, depth] rows, the order of the anchors.
-    func anchorRows(depth: Int) -> ONNXValue {
-        transposed([0, 2, 3, 1]).reshaped([-1, shape[1] * shape[2] * shape[3] / depth, depth])
-    }
-
     /// Channel-wise L2 normalisation with a learned scale (Tensor.l2NormalizeChannels).
     public func l2NormalizeChannels(gamma: Parameter, epsilon: Float = 1e-10) -> ONNXValue {
         let g = graph

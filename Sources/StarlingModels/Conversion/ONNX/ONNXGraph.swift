@@ -227,6 +227,11 @@ public struct ONNXValue: NetworkValue {
         return shift == 0 ? scaled : scaled + graph.constant("shift", [shift], shape: [])
     }
 
+    /// A Sub of the initializer "channel_means", [1, C, 1, 1], which ONNX broadcasts over the batch and the pixels.
+    public func subtractingChannelMeans(_ means: [Float]) -> ONNXValue {
+        self - graph.constant("channel_means", means, shape: [1, means.count, 1, 1])
+    }
+
     /// Reshape to `newShape`, which spells out every axis but one: -1 there stands for the symbolic batch (ONNX
     /// infers it at run time).
     public func reshaped(_ newShape: [Int]) -> ONNXValue {
@@ -361,6 +366,11 @@ public struct ONNXValue: NetworkValue {
         return graph.node("BatchNormalization", inputs, shape: shape, attributes: [ONNXAttribute.float("epsilon", layer.epsilon)])
     }
 
+    /// BatchNormalization then Elu: ONNX has no fused op, and the fusion only saves memory in training.
+    public func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> ONNXValue {
+        applying(layer, training: training, crossReplicaSum: crossReplicaSum).elu(alpha: alpha)
+    }
+
     /// ONNX's LSTM, which runs time-major: [N, T, F] is transposed to [T, N, F] and the hidden states [T, N, H] back.
     /// ONNX orders the gates i, o, f, c where Keras has i, f, c, o, and keeps the weights transposed; its second bias
     /// (the recurrent one) is zero. The node's last hidden state (Y_h) is what `lastTimestep()` of the result gives.
@@ -389,9 +399,4 @@ public struct ONNXValue: NetworkValue {
         graph.lastStates[states.name] = outputs[1].reshaped([-1, h])
         return states
     }
-}
-
-extension BatchNormalization {
-    /// The layer in an ONNX graph, which is always the inference pass (`NetworkValue.applying(_:training:...)`).
-    public func callAsFunction(_ x: ONNXValue) -> ONNXValue { x.applying(self, training: false, crossReplicaSum: nil) }
 }
