@@ -167,10 +167,7 @@ import Testing
         let two = try mpirun(2, args + ["--out", dir + "/two"])
         #expect(two.status == 0, "\(two.output)\(two.error)")
         // The SSD loss, epoch by epoch, agrees to float precision.
-        func losses(_ log: String) throws -> [Double] {
-            try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").dropFirst().compactMap { Double($0.split(separator: ",")[2]) }
-        }
-        let (a, b) = (try losses(dir + "/one/ssd7-log.csv"), try losses(dir + "/two/ssd7-log.csv"))
+        let (a, b) = (try epochLosses(dir + "/one/ssd7-log.csv"), try epochLosses(dir + "/two/ssd7-log.csv"))
         #expect(a.count == 3 && b.count == 3)
         for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
         // Weights agree to rounding under plain SGD. (Adam would not show it: it turns the rounding noise of
@@ -206,10 +203,7 @@ import Testing
         #expect(one.status == 0, "\(one.error)")
         let many = try mpirun(ranks, args + ["--out", dir + "/many"])
         #expect(many.status == 0, "\(many.output)\(many.error)")
-        func losses(_ log: String) throws -> [Double] {
-            try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").dropFirst().compactMap { Double($0.split(separator: ",")[2]) }
-        }
-        let (a, b) = (try losses(dir + "/one/yolov3-tiny-log.csv"), try losses(dir + "/many/yolov3-tiny-log.csv"))
+        let (a, b) = (try epochLosses(dir + "/one/yolov3-tiny-log.csv"), try epochLosses(dir + "/many/yolov3-tiny-log.csv"))
         #expect(a.count == 2 && b.count == 2)
         for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
         let (wa, wb) = (try weights(dir + "/one/yolov3-tiny-last.h5"), try weights(dir + "/many/yolov3-tiny-last.h5"))
@@ -222,5 +216,10 @@ import Testing
             // of the scale is the size of the network's other weights.
             #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
         }
+    }
+
+    /// The training loss of each epoch, from a run's CSV log.
+    func epochLosses(_ log: String) throws -> [Double] {
+        try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").dropFirst().compactMap { Double($0.split(separator: ",")[2]) }
     }
 }

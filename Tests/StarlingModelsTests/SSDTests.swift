@@ -280,29 +280,11 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
     /// JPEGs decoded by libjpeg-turbo, boxes from its labels.csv): two cars, a pedestrian and two traffic lights, at
     /// the sizes they have in the frames. SSD7 drives its loss down tenfold and then finds every object where it is.
     @Test func overfitsRealFrames() throws {
-        let folder = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/udacity/images").path
-        // (frame, window origin x, y; the frame's objects as labelled: xmin, xmax, ymin, ymax, class 1 car, 3 pedestrian, 5 light)
-        let windows: [(String, Int, Int, [(Float, Float, Float, Float, Int)])] = [
-            ("1478019952686311006.jpg", 190, 100, [(237, 251, 143, 155, 1)]),
-            ("1478019952686311006.jpg", 352, 100, [(437, 454, 120, 186, 3)]),
-            ("1478020202688242798_jpg.rf.49c13f8414aaebf9a018f6c0fcc82a0e.jpg", 180, 180,
-             [(214, 231, 238, 259, 1), (238, 246, 215, 235, 5), (267, 278, 224, 241, 5)]),
-        ]
-        let (h, w) = (96, 128)
-        let names = ["background", "car", "truck", "pedestrian", "bicyclist", "light"]
+        let (images, objects, names) = try udacityWindows()
+        let (h, w) = (images.shape[2], images.shape[3])
         var config = SSD7.defaultConfig(height: h, width: w, classNames: names)
         config.options["l2_regularization"] = 0   // the detection loss alone, so "tenfold" is about fitting
         let model = try ModelRegistry.build(config, seed: 3) as! SSD7
-        let images = Tensor(zeros: [windows.count, 3, h, w])
-        var objects: [[Object]] = []
-        for (n, (file, x0, y0, labelled)) in windows.enumerated() {
-            let frame = try ImageFile.readRGB(path: folder + "/" + file)
-            try #require(frame.width >= x0 + w && frame.height >= y0 + h, "\(file) is \(frame.width)x\(frame.height)")
-            for c in 0..<3 { for y in 0..<h { for x in 0..<w {
-                images.data[((n * 3 + c) * h + y) * w + x] = Float(frame.pixels[((y0 + y) * frame.width + x0 + x) * 3 + c])
-            } } }
-            objects.append(labelled.map { Object(box: box($0.0 - Float(x0), $0.2 - Float(y0), $0.1 - Float(x0), $0.3 - Float(y0)), classID: $0.4) })
-        }
         var batch = Batch(images: images)
         batch.anchorTargets = objects.map { model.encoder.encode($0) }
         let adam = Adam(parameterCount: model.parameters.count, learningRate: 5e-3)
@@ -321,7 +303,7 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
             let (classes, boxes) = model.predict(images, training: true)
             let p = classes.softmax(axis: -1)
             let a = model.encoder.anchorCount, c = names.count
-            return (0..<windows.count).map { i in DetectionDecoding.display.decode(probabilities: p.data + i * a * c, offsets: boxes.data + i * a * 4, classCount: c, encoder: model.encoder) }
+            return (0..<objects.count).map { i in DetectionDecoding.display.decode(probabilities: p.data + i * a * c, offsets: boxes.data + i * a * 4, classCount: c, encoder: model.encoder) }
         }
         for (n, objs) in objects.enumerated() {
             for o in objs {

@@ -144,27 +144,9 @@ private func tinyHead(classes: Int = 3) -> YOLOHead {
     /// Three windows of real Udacity frames (the objects as labelled: two cars, a pedestrian, two traffic lights):
     /// yolov3-tiny at half width drives its loss down tenfold and then finds every object where it is.
     @Test func overfitsRealFrames() throws {
-        let folder = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/udacity/images").path
-        let windows: [(String, Int, Int, [(Float, Float, Float, Float, Int)])] = [
-            ("1478019952686311006.jpg", 190, 100, [(237, 251, 143, 155, 1)]),
-            ("1478019952686311006.jpg", 352, 100, [(437, 454, 120, 186, 3)]),
-            ("1478020202688242798_jpg.rf.49c13f8414aaebf9a018f6c0fcc82a0e.jpg", 180, 180,
-             [(214, 231, 238, 259, 1), (238, 246, 215, 235, 5), (267, 278, 224, 241, 5)]),
-        ]
-        let (h, w) = (96, 128)
-        let names = ["background", "car", "truck", "pedestrian", "bicyclist", "light"]
-        let config = YOLOv3Tiny.defaultConfig(height: h, width: w, classNames: names, widthMultiplier: 0.5)
+        let (images, objects, names) = try udacityWindows()
+        let config = YOLOv3Tiny.defaultConfig(height: images.shape[2], width: images.shape[3], classNames: names, widthMultiplier: 0.5)
         let model = try ModelRegistry.build(config, seed: 3) as! YOLOv3Tiny
-        let images = Tensor(zeros: [windows.count, 3, h, w])
-        var objects: [[Object]] = []
-        for (n, (file, x0, y0, labelled)) in windows.enumerated() {
-            let frame = try ImageFile.readRGB(path: folder + "/" + file)
-            try #require(frame.width >= x0 + w && frame.height >= y0 + h, "\(file) is \(frame.width)x\(frame.height)")
-            for c in 0..<3 { for y in 0..<h { for x in 0..<w {
-                images.data[((n * 3 + c) * h + y) * w + x] = Float(frame.pixels[((y0 + y) * frame.width + x0 + x) * 3 + c])
-            } } }
-            objects.append(labelled.map { Object(box: box($0.0 - Float(x0), $0.2 - Float(y0), $0.1 - Float(x0), $0.3 - Float(y0)), classID: $0.4) })
-        }
         var batch = Batch(images: images)
         batch.objects = objects
         model.targetEncoder?.encodeTargets(into: &batch)

@@ -27,3 +27,17 @@ public struct DatasetDescription: Sendable {
         self.classNames = classNames
     }
 }
+
+extension DatasetDescription {
+    /// Throws, naming the file, when a model's configuration was made for images of another size or other classes
+    /// (a detector or segmentation model trained on one file, given another).
+    public func checkImagesAndClasses(fit config: ModelConfig) throws {
+        guard config.inputShape == sampleShape else {
+            let stored = sampleShape.count == 3 ? [sampleShape[1], sampleShape[2], sampleShape[0]] : sampleShape
+            throw ModelError.inputShape(family: config.family, expected: config.inputShape, got: stored, source: path)
+        }
+        guard let names = config.classNames, names == classNames else {
+            throw DataError(file: path, message: "classes \(classNames?.dropFirst().map { $0 } ?? []) differ from the model's \(config.classNames?.dropFirst().map { $0 } ?? [])")
+        }
+    }
+}

@@ -166,14 +166,7 @@ public final class SegmentationSource: TrainingSource, @unchecked Sendable {
         DatasetDescription(path: path, sampleShape: [3, dataset.imageHeight, dataset.imageWidth], classNames: dataset.classNames)
     }
 
-    public func checkCompatible(with config: ModelConfig) throws {
-        guard config.inputShape == [3, dataset.imageHeight, dataset.imageWidth] else {
-            throw ModelError.inputShape(family: config.family, expected: config.inputShape, got: [dataset.imageHeight, dataset.imageWidth, 3], source: path)
-        }
-        guard let names = config.classNames, names == dataset.classNames else {
-            throw DataError(file: path, message: "classes \(dataset.classNames.dropFirst()) differ from the model's \(config.classNames?.dropFirst().map { $0 } ?? [])")
-        }
-    }
+    public func checkCompatible(with config: ModelConfig) throws { try datasetDescription.checkImagesAndClasses(fit: config) }
 
     public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
         let (h, w) = (dataset.imageHeight, dataset.imageWidth)

@@ -1,3 +1,4 @@
+import ONNXProto
 import StarlingCore
 
 /// How a detector's raw outputs relate to boxes: the part of a single-stage detector that torchvision calls the
@@ -55,5 +56,27 @@ extension DatasetDescription {
             throw DataError(file: path, message: "not a detection dataset (samples \(sampleShape), classes \(classNames ?? [])); make one with `starling data detection`")
         }
         return (sampleShape[1], sampleShape[2], classNames)
+    }
+}
+
+extension DetectionDecoding {
+    /// `suppress` in ONNX operators, for boxes [N, P, 4] in input pixels, already clipped to the image, and object-class
+    /// scores [N, P, C - 1] (class 1 first). A box the clipping left (nearly) empty scores 0, as decoding drops it;
+    /// then ONNX's per-class NonMaxSuppression. Returns the scores so masked and the rows (image, class id 1...C - 1,
+    /// box index) it keeps; the global top k is left to the caller.
+    func onnxSuppress(boxes: ONNXValue, scores: ONNXValue) -> (scores: ONNXValue, detections: ONNXValue) {
+        let g = boxes.graph, p = boxes.shape[1]
+        let sides = boxes.slice(axis: 2, 2..<4) - boxes.slice(axis: 2, 0..<2)
+        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, p], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
+        let nonEmpty = g.node("Greater", [shortest.name, g.constant("smallest_side", [1e-3], shape: []).name], shape: [-1, p])
+        let mask = g.node("Cast", [nonEmpty.name], shape: [-1, p], attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
+        let masked = scores * mask.reshaped([-1, p, 1])
+        let perClass = g.int64Constant("max_output_boxes_per_class", [Int64(topK)])
+        let iou = g.constant("iou_threshold", [iouThreshold], shape: [1])
+        let threshold = g.constant("score_threshold", [confidenceThreshold], shape: [1])
+        // NonMaxSuppression takes scores [N, classes, P] and gives rows (image, class index from 0, box).
+        let selected = g.node("NonMaxSuppression", [boxes.name, masked.transposed([0, 2, 1]).name, perClass.name, iou.name, threshold.name], shape: [-1, 3])
+        let classShift = g.int64Constant("class_shift", [0, 1, 0], shape: [1, 3])
+        return (masked, g.node("Add", [selected.name, classShift.name], shape: [-1, 3]))
     }
 }

@@ -1,4 +1,3 @@
-import ONNXProto
 import StarlingCore
 
 /// SSD's head (W. Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016, as ssd_keras implements it): default
@@ -42,25 +41,9 @@ public struct SSDHead: DetectionHead {
     public func onnxOutputs(_ outputs: [ONNXValue], decoding: DetectionDecoding) -> [ONNXOutput] {
         precondition(outputs.count == 2, "SSD's head reads class logits and box offsets")
         let (logits, offsets) = (outputs[0], outputs[1])
-        let g = logits.graph
         let probabilities = logits.softmax()
         let boxes = onnxDecode(offsets)
-        // ONNX NonMaxSuppression: boxes [N, A, 4] (any corner order: IoU does not care), scores [N, classes, A].
-        // Background is left out, so the class column is shifted back by one afterwards.
-        // A box the clipping left (nearly) empty is no detection, as in DetectionDecoding: its scores become 0.
-        let sides = boxes.slice(axis: 2, 2..<4) - boxes.slice(axis: 2, 0..<2)
-        let a = encoder.anchorCount
-        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, a], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
-        let nonEmpty = g.node("Greater", [shortest.name, g.constant("smallest_side", [1e-3], shape: []).name], shape: [-1, a])
-        let mask = g.node("Cast", [nonEmpty.name], shape: [-1, a], attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
-        let classScores = probabilities.slice(axis: 2, 1..<classCount).transposed([0, 2, 1])       // [N, classes - 1, A]
-        let scores = classScores * mask.reshaped([-1, 1, a])
-        let perClass = g.int64Constant("max_output_boxes_per_class", [Int64(decoding.topK)])
-        let iou = g.constant("iou_threshold", [decoding.iouThreshold], shape: [1])
-        let threshold = g.constant("score_threshold", [decoding.confidenceThreshold], shape: [1])
-        let selected = g.node("NonMaxSuppression", [boxes.name, scores.name, perClass.name, iou.name, threshold.name], shape: [-1, 3])
-        let classShift = g.int64Constant("class_shift", [0, 1, 0], shape: [1, 3])
-        let detections = g.node("Add", [selected.name, classShift.name], shape: [-1, 3])
+        let (_, detections) = decoding.onnxSuppress(boxes: boxes, scores: probabilities.slice(axis: 2, 1..<classCount))
         return [
             ONNXOutput(name: "class_probabilities", value: probabilities, meaning: "softmax over classes [N, A, \(classCount)], column 0 background"),
             ONNXOutput(name: "box_offsets", value: offsets, meaning: "encoded box offsets [N, A, 4] (centroid encoding, variances \(encoder.config.variances))"),

@@ -3,7 +3,6 @@ import Glibc
 #else
 import Darwin
 #endif
-import ONNXProto
 import StarlingCore
 
 /// YOLOv3's head (J. Redmon and A. Farhadi, "YOLOv3: An Incremental Improvement", 2018), as darknet's yolo_layer.c
@@ -262,18 +261,7 @@ public struct YOLOHead: DetectionHead {
         let (width, height) = (Float(letterbox.inputWidth), Float(letterbox.inputHeight))
         let low = g.node("Max", [corners.name, g.constant("zero", [0], shape: []).name], shape: corners.shape)
         let boxes = g.node("Min", [low.name, g.constant("image_size", [width, height, width, height], shape: [4]).name], shape: corners.shape)
-        // A box the clipping left (nearly) empty is no detection, as in `decode`: its scores become 0.
-        let sides = boxes.slice(axis: 2, 2..<4) - boxes.slice(axis: 2, 0..<2)
-        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, p], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
-        let nonEmpty = g.node("Greater", [shortest.name, g.constant("smallest_side", [1e-3], shape: []).name], shape: [-1, p])
-        let mask = g.node("Cast", [nonEmpty.name], shape: [-1, p], attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
-        let scores: ONNXValue = rows.slice(axis: 2, 4..<5).sigmoid() * rows.slice(axis: 2, 5..<(5 + c)).sigmoid() * mask.reshaped([-1, p, 1])
-        let perClass = g.int64Constant("max_output_boxes_per_class", [Int64(decoding.topK)])
-        let iouThreshold = g.constant("iou_threshold", [decoding.iouThreshold], shape: [1])
-        let threshold = g.constant("score_threshold", [decoding.confidenceThreshold], shape: [1])
-        let selected = g.node("NonMaxSuppression", [boxes.name, scores.transposed([0, 2, 1]).name, perClass.name, iouThreshold.name, threshold.name], shape: [-1, 3])
-        let classShift = g.int64Constant("class_shift", [0, 1, 0], shape: [1, 3])
-        let detections = g.node("Add", [selected.name, classShift.name], shape: [-1, 3])
+        let (scores, detections) = decoding.onnxSuppress(boxes: boxes, scores: rows.slice(axis: 2, 4..<5).sigmoid() * rows.slice(axis: 2, 5..<(5 + c)).sigmoid())
         return [
             ONNXOutput(name: "predictions", value: rows, meaning: "raw predictions [N, P, \(depth)]: tx, ty, tw, th, objectness and \(c) class logits, scale by scale, anchor by anchor, cell by cell"),
             ONNXOutput(name: "boxes", value: boxes, meaning: "decoded boxes [N, P, 4], xmin ymin xmax ymax in input pixels (before letterboxing), clipped to the image"),
