@@ -27,12 +27,12 @@ public struct Box<Scalar: BinaryFloatingPoint & Sendable>: Equatable, Hashable, 
     }
 
     /// From COCO's `[x, y, w, h]`.
-    public init(cocoX x: Scalar, y: Scalar, width: Scalar, height: Scalar) {
+    @inlinable public init(cocoX x: Scalar, y: Scalar, width: Scalar, height: Scalar) {
         self.init(xmin: x, ymin: y, xmax: x + width, ymax: y + height)
     }
 
     /// COCO's `[x, y, w, h]`.
-    public var cocoXYWH: [Scalar] { [xmin, ymin, xmax - xmin, ymax - ymin] }
+    @inlinable public var cocoXYWH: [Scalar] { [xmin, ymin, xmax - xmin, ymax - ymin] }
 
     @inlinable public var width: Scalar { xmax - xmin }
     @inlinable public var height: Scalar { ymax - ymin }
@@ -40,7 +40,7 @@ public struct Box<Scalar: BinaryFloatingPoint & Sendable>: Equatable, Hashable, 
     @inlinable public var area: Scalar { max(0, width) * max(0, height) }
 
     /// All four coordinates finite, and `xmax > xmin`, `ymax > ymin` (a box of zero width is empty).
-    public var isValid: Bool {
+    @inlinable public var isValid: Bool {
         xmin.isFinite && ymin.isFinite && xmax.isFinite && ymax.isFinite && xmax > xmin && ymax > ymin
     }
 }
@@ -52,7 +52,7 @@ public typealias BoundingBox = Box<Double>
 
 extension Box where Scalar == Float {
     /// The same box in Double, for the evaluators.
-    public var inDouble: BoundingBox { BoundingBox(xmin: Double(xmin), ymin: Double(ymin), xmax: Double(xmax), ymax: Double(ymax)) }
+    @inlinable public var inDouble: BoundingBox { BoundingBox(xmin: Double(xmin), ymin: Double(ymin), xmax: Double(xmax), ymax: Double(ymax)) }
 }
 
 /// Intersection over union of two boxes: |a ∩ b| / |a ∪ b|, 0 for disjoint or touching boxes and for empty ones.

@@ -20,7 +20,7 @@ public struct BatchNormalization: Sendable {
     }
 
     /// On a Tensor, or an ONNXValue (the export), which always infers whatever `training` says.
-    public func callAsFunction<Value: NetworkValue>(_ x: Value, training: Bool, crossReplicaSum: CrossReplicaSum? = nil) -> Value {
+    @inlinable public func callAsFunction<Value: NetworkValue>(_ x: Value, training: Bool, crossReplicaSum: CrossReplicaSum? = nil) -> Value {
         x.applying(self, training: training, crossReplicaSum: crossReplicaSum)
     }
 

@@ -21,5 +21,5 @@ public struct Conv2DTranspose: Sendable {
     }
 
     /// On a Tensor (training, inference) or an ONNXValue (the export): `NetworkValue.applying(_:)`.
-    public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
+    @inlinable public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
 }

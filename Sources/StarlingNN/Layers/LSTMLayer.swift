@@ -27,5 +27,5 @@ public struct LSTMLayer: Sendable {
     }
 
     /// All hidden states, [N, T, H], of a Tensor or an ONNXValue (`NetworkValue.applying(_:)`).
-    public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
+    @inlinable public func callAsFunction<Value: NetworkValue>(_ x: Value) -> Value { x.applying(self) }
 }
