@@ -13,7 +13,7 @@ import StarlingONNX
 /// objectness logit and one independent logit per class (sigmoids, so a box may carry overlapping labels).
 ///
 /// - Decoding: centre ((column + sigmoid(tx)) / W, (row + sigmoid(ty)) / H) times the image size, size
-///   (exp(tw) anchor width, exp(th) anchor height) with anchors in pixels of the input image; the score of class k is
+///   (exp(tw) anchor width, exp(th) anchor height) with anchors in pixels of the network's input; the score of class k is
 ///   sigmoid(objectness) sigmoid(class k). Then per-class NMS (`DetectionDecoding`).
 /// - Targets: each box is given to the one anchor, over every scale, whose shape matches it best (IoU of the two
 ///   sizes laid on a common corner; the first of equal IoUs), in the cell holding its centre (a centre on a cell
@@ -44,18 +44,25 @@ public struct YOLOHead: DetectionHead {
     public let scales: [Scale]
     /// Anchor widths and heights in pixels of the input image.
     public let anchorSizes: [(width: Float, height: Float)]
+    /// The network's input size; `letterbox` places the model's input images in it.
     public let imageHeight: Int, imageWidth: Int
+    /// Ground truth goes into network pixels through it before targets are assigned, detections come back to the
+    /// input's pixels through it.
+    public let letterbox: Letterbox
     /// Classes with background (the head predicts classCount - 1 of them).
     public let classCount: Int
     public var ignoreThreshold: Float = 0.7
 
-    public init(scales: [Scale], anchorSizes: [(width: Float, height: Float)], imageHeight: Int, imageWidth: Int, classCount: Int) {
+    public init(scales: [Scale], anchorSizes: [(width: Float, height: Float)], imageHeight: Int, imageWidth: Int, classCount: Int,
+                letterbox: Letterbox? = nil) {
         precondition(classCount >= 2 && scales.allSatisfy { $0.anchors.allSatisfy(anchorSizes.indices.contains) }, "YOLO head configuration")
         self.scales = scales
         self.anchorSizes = anchorSizes
         self.imageHeight = imageHeight
         self.imageWidth = imageWidth
         self.classCount = classCount
+        self.letterbox = letterbox ?? Letterbox(input: (imageHeight, imageWidth), network: (imageHeight, imageWidth))
+        precondition(self.letterbox.networkHeight == imageHeight && self.letterbox.networkWidth == imageWidth, "letterbox into another size")
     }
 
     /// Channels per anchor: four box values, the objectness and the object classes.
@@ -77,7 +84,7 @@ public struct YOLOHead: DetectionHead {
         public var classID: Int
     }
 
-    /// The assignments of one image's objects (see the type's documentation for the rules).
+    /// The assignments of one image's objects, in network pixels (see the type's documentation for the rules).
     public func assign(_ objects: [Object]) -> [Assignment] {
         var assignments: [Assignment] = []
         let (imageW, imageH) = (Float(imageWidth), Float(imageHeight))
@@ -107,7 +114,7 @@ public struct YOLOHead: DetectionHead {
     }
 
     public func encodeTargets(into batch: inout Batch) {
-        let objects = batch.objects ?? []
+        let objects = (batch.objects ?? []).map { $0.map { Object(box: letterbox.toNetwork($0.box), classID: $0.classID, difficult: $0.difficult) } }
         batch.targets = YOLOTargets(assignments: objects.map(assign), boxes: objects.map { $0.map(\.box) })
     }
 
@@ -191,7 +198,7 @@ public struct YOLOHead: DetectionHead {
     public func decode(_ outputs: [Tensor], decoding: DetectionDecoding) -> [[DetectedBox]] {
         precondition(outputs.count == scales.count, "YOLO's head reads \(scales.count) outputs, got \(outputs.count)")
         let images = outputs[0].shape[0], d = depth
-        let (width, height) = (Float(imageWidth), Float(imageHeight))
+        let (width, height) = (Float(letterbox.inputWidth), Float(letterbox.inputHeight))
         return (0..<images).map { n in
             var perClass: [[DetectedBox]] = Array(repeating: [], count: classCount)
             for (s, scale) in scales.enumerated() {
@@ -206,8 +213,8 @@ public struct YOLOHead: DetectionHead {
                             let score = objectness * VectorMath.sigmoid(x[base + (4 + c) * plane + cell])
                             guard score > decoding.confidenceThreshold else { continue }
                             if decoded == nil {
-                                var b = box(x[base + cell], x[base + plane + cell], x[base + 2 * plane + cell], x[base + 3 * plane + cell],
-                                            anchor: k, row: cell / scale.width, column: cell % scale.width, scale: scale)
+                                var b = letterbox.toInput(box(x[base + cell], x[base + plane + cell], x[base + 2 * plane + cell], x[base + 3 * plane + cell],
+                                                              anchor: k, row: cell / scale.width, column: cell % scale.width, scale: scale))
                                 b = BoxCorners(xmin: max(0, b.xmin), ymin: max(0, b.ymin), xmax: min(width, b.xmax), ymax: min(height, b.ymax))
                                 guard b.width > 1e-3, b.height > 1e-3, b.xmin.isFinite, b.ymin.isFinite, b.xmax.isFinite, b.ymax.isFinite else { break }
                                 decoded = b
@@ -249,8 +256,12 @@ public struct YOLOHead: DetectionHead {
         let centre: ONNXValue = (rows.slice(axis: 2, 0..<2).sigmoid() + g.constant("yolo_cells", cells, shape: [p, 2])) * g.constant("yolo_strides", strides, shape: [p, 2])
         let size: ONNXValue = rows.slice(axis: 2, 2..<4).exp() * g.constant("yolo_anchors", anchors, shape: [p, 2])
         let half: ONNXValue = size * g.constant("half", [0.5], shape: [])
-        let corners = ONNXValue.concat([centre - half, centre + half], axis: 2)
-        let (width, height) = (Float(imageWidth), Float(imageHeight))
+        var corners = ONNXValue.concat([centre - half, centre + half], axis: 2)
+        if !letterbox.isIdentity {   // network pixels to input pixels, as Letterbox.toInput
+            let (l, t, sx, sy) = (Float(letterbox.left), Float(letterbox.top), letterbox.scaleX, letterbox.scaleY)
+            corners = (corners - g.constant("letterbox_offset", [l, t, l, t], shape: [4])) / g.constant("letterbox_scale", [sx, sy, sx, sy], shape: [4])
+        }
+        let (width, height) = (Float(letterbox.inputWidth), Float(letterbox.inputHeight))
         let low = g.node("Max", [corners.name, g.constant("zero", [0], shape: []).name], shape: corners.shape)
         let boxes = g.node("Min", [low.name, g.constant("image_size", [width, height, width, height], shape: [4]).name], shape: corners.shape)
         // A box the clipping left (nearly) empty is no detection, as in `decode`: its scores become 0.
@@ -267,7 +278,7 @@ public struct YOLOHead: DetectionHead {
         let detections = g.node("Add", [selected.name, classShift.name], shape: [-1, 3])
         return [
             ONNXOutput(name: "predictions", value: rows, meaning: "raw predictions [N, P, \(depth)]: tx, ty, tw, th, objectness and \(c) class logits, scale by scale, anchor by anchor, cell by cell"),
-            ONNXOutput(name: "boxes", value: boxes, meaning: "decoded boxes [N, P, 4], xmin ymin xmax ymax in input pixels, clipped to the image"),
+            ONNXOutput(name: "boxes", value: boxes, meaning: "decoded boxes [N, P, 4], xmin ymin xmax ymax in input pixels (before letterboxing), clipped to the image"),
             ONNXOutput(name: "scores", value: scores, meaning: "sigmoid(objectness) sigmoid(class) [N, P, \(c)] for classes 1...\(c)"),
             ONNXOutput(name: "detections", value: detections, type: .int64, batchName: "K",
                        meaning: "per-class NMS (IoU \(decoding.iouThreshold), score > \(decoding.confidenceThreshold), empty boxes dropped, at most \(decoding.topK) per class): rows (image, class id, prediction)"),

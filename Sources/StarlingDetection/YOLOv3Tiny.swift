@@ -10,7 +10,12 @@ import StarlingONNX
 /// 10 conv 512, 11 max-pool 2/1 (padded right and below), 12 conv 1024, 13 conv 256 1x1, 14 conv 512, 15 conv 1x1 to
 /// 3 x (5 + C) linear: the stride-32 output (anchors 3, 4, 5); 17 route 13, 18 conv 128 1x1, 19 upsample x2, 20 route
 /// 19 and 8 (concatenated in that order), 21 conv 256, 22 conv 1x1 to 3 x (5 + C) linear: the stride-16 output
-/// (anchors 0, 1, 2). Input pixels 0...255 scaled to [0, 1]; any height and width that are multiples of 32.
+/// (anchors 0, 1, 2). Input pixels 0...255 scaled to [0, 1].
+///
+/// The network's input (options `network_height`, `network_width`: multiples of 32) need not be the data's size: the
+/// images are letterboxed into it (`Letterbox`: resized to fit, centred, grey around) and the head maps boxes both
+/// ways. By default it is the data's size rounded up to multiples of 32, so nothing is resized (300 x 480 frames get 10
+/// grey rows above and below); `--network-size 416x416` is darknet's square input.
 ///
 /// `width` multiplies every layer's channel count (1: darknet's network). Deviations from darknet: Keras's batch-norm
 /// defaults (momentum 0.99, epsilon 1e-3) and initialisation (he_normal kernels), and a bias in every convolution
@@ -35,17 +40,21 @@ public final class YOLOv3Tiny: Detector {
     let outputs: [Conv2D]
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
-        guard config.inputShape.count == 3, config.inputShape[0] == 3, config.inputShape[1] % 32 == 0, config.inputShape[2] % 32 == 0,
-              config.inputShape[1] >= 32, config.inputShape[2] >= 32, let names = config.classNames, names.count >= 2,
+        guard config.inputShape.count == 3, config.inputShape[0] == 3, config.inputShape[1] > 0, config.inputShape[2] > 0,
+              let names = config.classNames, names.count >= 2,
               let sizes = config.anchorSizes, sizes.count == 6, sizes.allSatisfy({ $0.count == 2 && $0[0] > 0 && $0[1] > 0 }) else {
             throw ModelError.inputShape(family: config.family, expected: [3, 416, 416], got: config.inputShape,
-                                        source: "model configuration (needs sides that are multiples of 32, class names and six anchors)")
+                                        source: "model configuration (needs colour images, class names and six anchors)")
+        }
+        let (height, width) = Self.networkSize(config)
+        guard height % 32 == 0, width % 32 == 0, height >= 32, width >= 32 else {
+            throw ModelError.configuration(family: config.family, problem: "network size \(height)x\(width): its sides must be multiples of 32")
         }
         self.config = config
-        let (height, width) = (config.inputShape[1], config.inputShape[2])
         yolo = YOLOHead(scales: [.init(height: height / 32, width: width / 32, anchors: [3, 4, 5]),
                                  .init(height: height / 16, width: width / 16, anchors: [0, 1, 2])],
-                        anchorSizes: sizes.map { (Float($0[0]), Float($0[1])) }, imageHeight: height, imageWidth: width, classCount: names.count)
+                        anchorSizes: sizes.map { (Float($0[0]), Float($0[1])) }, imageHeight: height, imageWidth: width, classCount: names.count,
+                        letterbox: Letterbox(input: (config.inputShape[1], config.inputShape[2]), network: (height, width)))
         let multiplier = config.option("width", default: 1)
         func channels(_ c: Int) -> Int { max(4, Int((Double(c) * multiplier).rounded())) }
         // (cfg layer, filters, kernel size, input channels)
@@ -68,16 +77,20 @@ public final class YOLOv3Tiny: Detector {
     }
 
     /// The family's configuration: darknet's 416 x 416 with the driving classes, or a detection dataset's image size
-    /// (sides multiples of 32) and classes.
+    /// and classes (the network's input that size rounded up to multiples of 32).
     public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
         guard let dataset else {
             return defaultConfig(height: 416, width: 416, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
         }
         let (height, width, classNames) = try dataset.detectionImages()
-        guard height % 32 == 0, width % 32 == 0, height >= 32, width >= 32 else {
-            throw DataError(file: dataset.path, message: "images of \(height)x\(width): yolov3-tiny takes sides that are multiples of 32 (import with `starling data detection --height 320 --width 480`, say)")
-        }
         return defaultConfig(height: height, width: width, classNames: classNames)
+    }
+
+    /// The network's input size: the options, or the data's size rounded up to multiples of 32.
+    static func networkSize(_ config: ModelConfig) -> (height: Int, width: Int) {
+        func roundedUp(_ n: Int) -> Int { (n + 31) / 32 * 32 }
+        let (h, w) = (config.inputShape.count == 3 ? config.inputShape[1] : 0, config.inputShape.count == 3 ? config.inputShape[2] : 0)
+        return (Int(config.option("network_height", default: Double(roundedUp(h)))), Int(config.option("network_width", default: Double(roundedUp(w)))))
     }
 
     public static func defaultConfig(height: Int, width: Int, classNames: [String], anchorSizes: [[Double]] = defaultAnchors,
@@ -91,7 +104,7 @@ public final class YOLOv3Tiny: Detector {
     func outputMaps<Value: NetworkValue>(_ images: Value, training: Bool) -> [Value] {
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
         func block(_ k: Int, _ x: Value) -> Value { blocks[k](x, training: training, crossReplicaSum: sum) }
-        var h = images.affine(scale: 1 / 255, shift: 0)
+        var h = images.letterboxed(yolo.letterbox).affine(scale: 1 / 255, shift: 0)
         for k in 0..<4 { h = block(k, h).maxPool2d(kernel: (2, 2), padding: .valid) }        // layers 0-7
         let fine = block(4, h)                                                                // 8: stride 16
         h = block(5, fine.maxPool2d(kernel: (2, 2), padding: .valid))                         // 9, 10: stride 32

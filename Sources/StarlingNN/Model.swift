@@ -142,6 +142,7 @@ public enum ModelError: Error, CustomStringConvertible {
     case inputShape(family: String, expected: [Int], got: [Int], source: String)
     case unsupportedOption(family: String, flag: String)
     case optionOutOfRange(flag: String, value: Double, range: ClosedRange<Double>)
+    case configuration(family: String, problem: String)
     public var description: String {
         switch self {
         case .unknownFamily(let name, let known):
@@ -150,6 +151,8 @@ public enum ModelError: Error, CustomStringConvertible {
             return "\(source): samples of shape \(got) do not fit model \(family), which takes \(expected)"
         case .unsupportedOption(let family, let flag):
             return "model \(family) has no option \(flag)"
+        case .configuration(let family, let problem):
+            return "model \(family): \(problem)"
         case .optionOutOfRange(let flag, let value, let range):
             return "\(flag) must lie in [\(range.lowerBound), \(range.upperBound)], got \(value)"
         }

@@ -304,6 +304,26 @@ public struct ONNXValue: NetworkValue {
     }
 
     /// Nearest-neighbour upsampling by integer factors: output pixel i reads input pixel floor(i / scale).
+    /// ONNX's Resize, linear with half-pixel centres, to a size given in full: the symbolic batch and the channels
+    /// read from the input's shape at run time (Shape, Slice), then the fixed height and width.
+    public func resized(height: Int, width: Int) -> ONNXValue {
+        let whole = graph.node("Shape", [name], name: "shape", shape: [4])
+        let leading = whole.slice(axis: 0, 0..<2)
+        let sizes = graph.node("Concat", [leading.name, graph.int64Constant("resized_size", [Int64(height), Int64(width)]).name],
+                               shape: [4], attributes: [ONNXAttribute.int("axis", 0)])
+        let roi = graph.constant("roi", [], shape: [0])
+        return graph.node("Resize", [name, roi.name, "", sizes.name], shape: [shape[0], shape[1], height, width], attributes: [
+            ONNXAttribute.string("mode", "linear"), ONNXAttribute.string("coordinate_transformation_mode", "half_pixel")])
+    }
+
+    /// ONNX's constant Pad.
+    public func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> ONNXValue {
+        let pads = graph.int64Constant("pads", [0, 0, Int64(top), Int64(left), 0, 0, Int64(bottom), Int64(right)])
+        let fill = graph.constant("pad_value", [value], shape: [])
+        return graph.node("Pad", [name, pads.name, fill.name], shape: [shape[0], shape[1], shape[2] + top + bottom, shape[3] + left + right],
+                          attributes: [ONNXAttribute.string("mode", "constant")])
+    }
+
     public func upsampleNearest(scale: (Int, Int)) -> ONNXValue {
         let roi = graph.constant("roi", [], shape: [0])
         let scales = graph.constant("scales", [1, 1, Float(scale.0), Float(scale.1)], shape: [4])

@@ -92,7 +92,8 @@ public enum ModelRegistry {
         ModelFamily("ssd7", trainsOn: .detection, configure: SSD7.configuration(for:), build: SSD7.init),
         ModelFamily("ssd300", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
                     configure: SSD300.configuration(for:), build: SSD300.init),
-        ModelFamily("yolov3-tiny", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+        ModelFamily("yolov3-tiny", trainsOn: .detection,
+                    tunables: [.init("width", range: 0.001...1), .init("network_height", range: 32...4096), .init("network_width", range: 32...4096)],
                     configure: YOLOv3Tiny.configuration(for:), build: YOLOv3Tiny.init),
     ]
 

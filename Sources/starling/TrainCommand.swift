@@ -119,6 +119,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
+    @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
     @OptionGroup var flags: TrainingFlags
 
@@ -133,6 +134,12 @@ struct TrainCommand: ParsableCommand {
                 var config = try family.configuration(for: train.datasetDescription)
                 if let widthMultiplier {
                     config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier")
+                }
+                if let networkSize {
+                    let sides = networkSize.lowercased().split(separator: "x").compactMap { Double($0) }
+                    guard sides.count == 2 else { throw ValidationError("--network-size takes HEIGHTxWIDTH, e.g. 416x416, not '\(networkSize)'") }
+                    config = try family.setting("network_height", to: sides[0], in: config, flag: "--network-size")
+                    config = try family.setting("network_width", to: sides[1], in: config, flag: "--network-size")
                 }
                 if let anchorsFrom {
                     guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }

@@ -60,4 +60,18 @@ import Testing
         checkGradients([randomVariable([1, 2, 5, 6], seed: 3)]) { $0[0].resizeBilinear(height: 3, width: 4) }
         checkGradients([randomVariable([1, 2, 3, 4], seed: 4)]) { $0[0].resizeBilinear(height: 5, width: 9, alignCorners: true) }
     }
+
+    /// A 2 x 3 plane framed by one row above, two below and one column each side, by hand; the frame's gradient is
+    /// dropped and the interior's passed through (finite differences).
+    @Test func paddingByHandAndGradient() {
+        let x = Tensor.variable(shape: [1, 1, 2, 3], values: [1, 2, 3, 4, 5, 6])
+        let y = x.padded(top: 1, left: 1, bottom: 2, right: 1, value: 9)
+        #expect(y.shape == [1, 1, 5, 5])
+        #expect(y.toArray() == [9, 9, 9, 9, 9,
+                                9, 1, 2, 3, 9,
+                                9, 4, 5, 6, 9,
+                                9, 9, 9, 9, 9,
+                                9, 9, 9, 9, 9])
+        checkGradients([randomVariable([2, 3, 3, 2], seed: 4)]) { $0[0].padded(top: 2, left: 0, bottom: 1, right: 3, value: -1) }
+    }
 }

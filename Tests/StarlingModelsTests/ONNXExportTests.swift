@@ -82,7 +82,12 @@ private func exportConfigs() throws -> [ModelConfig] {
     try everyFamilyConfig { family in
         switch family {
         case SSD7.family: return SSD7.defaultConfig(height: 96, width: 128)
-        case YOLOv3Tiny.family: return YOLOv3Tiny.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.125)
+        case YOLOv3Tiny.family:
+            // Letterboxed: 50 x 90 frames resized to 53 x 96 and framed into the 64 x 96 network input (Resize and Pad).
+            var config = YOLOv3Tiny.defaultConfig(height: 50, width: 90, classNames: ["background", "car", "person"], widthMultiplier: 0.125)
+            config.options["network_height"] = 64
+            config.options["network_width"] = 96
+            return config
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
     }

@@ -42,6 +42,10 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
         record("maxPool \(kernel) \(String(describing: stride)) \(padding)", base.maxPool2d(kernel: kernel, stride: stride, padding: padding))
     }
     func upsampleNearest(scale: (Int, Int)) -> Recorded { record("upsample \(scale)", base.upsampleNearest(scale: scale)) }
+    func resized(height: Int, width: Int) -> Recorded { record("resize \(height) \(width)", base.resized(height: height, width: width)) }
+    func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Recorded {
+        record("pad \(top) \(left) \(bottom) \(right) \(value)", base.padded(top: top, left: left, bottom: bottom, right: right, value: value))
+    }
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Recorded {
         record("l2Normalize \(gamma.name)", base.l2NormalizeChannels(gamma: gamma, epsilon: epsilon))
     }

@@ -111,3 +111,31 @@ extension Tensor {
         return out
     }
 }
+
+extension Tensor {
+    /// NCHW images framed by `top`, `left`, `bottom` and `right` rows and columns of `value` (ONNX's constant Pad,
+    /// PyTorch's F.pad): what letterboxing puts around a resized image. The gradient of the frame is dropped.
+    public func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Tensor {
+        precondition(rank == 4, "padded expects NCHW input, got \(shape)")
+        precondition(top >= 0 && left >= 0 && bottom >= 0 && right >= 0, "padding \(top), \(left), \(bottom), \(right) must not be negative")
+        let x = self
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
+        let (oh, ow) = (h + top + bottom, w + left + right)
+        let out = Tensor.result(shape: [shape[0], shape[1], oh, ow], storage: FloatStorage(uninitializedCount: planes * oh * ow), inputs: [x]) { out in
+            let dy = out.grad, dx = x.grad
+            for p in 0..<planes {
+                for r in 0..<h {
+                    let source = dy + (p * oh + r + top) * ow + left, target = dx + (p * h + r) * w
+                    for c in 0..<w { target[c] += source[c] }
+                }
+            }
+        }
+        let y = out.data, xp = x.data
+        for p in 0..<planes {
+            let plane = y + p * oh * ow
+            plane.update(repeating: value, count: oh * ow)
+            for r in 0..<h { (plane + (r + top) * ow + left).update(from: xp + (p * h + r) * w, count: w) }
+        }
+        return out
+    }
+}

@@ -44,6 +44,11 @@ public protocol NetworkValue {
     func maxPool2d(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> Self
     /// Nearest-neighbour upsampling by integer factors.
     func upsampleNearest(scale: (Int, Int)) -> Self
+    /// Bilinear resize to height x width with half-pixel centres (`Tensor.resizeBilinear`, PyTorch's
+    /// align_corners=false, ONNX's half_pixel).
+    func resized(height: Int, width: Int) -> Self
+    /// Framed by rows and columns of a constant (`Tensor.padded`).
+    func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Self
     /// Channel-wise L2 normalisation with the learned per-channel scale `gamma` [C] (SSD300's conv4_3).
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Self
 
@@ -68,6 +73,8 @@ extension NetworkValue {
 
 /// The ops `Tensor` does not have under these names: the layers read their parameters' current values.
 extension Tensor: NetworkValue {
+    public func resized(height: Int, width: Int) -> Tensor { resizeBilinear(height: height, width: width) }
+
     public func flattened() -> Tensor { rank == 2 ? self : reshaped([shape[0], -1]) }
 
     public func repeatedOverSteps(_ steps: Int) -> Tensor {
