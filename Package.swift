@@ -55,9 +55,41 @@ let package = Package(
         .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
         // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.
         .target(name: "ONNXProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // Starling's model code, one target per concern, bottom to top: each uses only targets above it in this list (SwiftPM
+        // refuses cycles). Formerly internal symbols another of these targets uses are `package`, not `public`.
+        //   StarlingNN:           Model protocols, ModelConfig/AnchorConfig, Batch, layers, NetworkValue, Box, Object, CrossReplica, helpers; uses Core, Distributed
+        //   StarlingPlots:        PNG canvas, bitmap font, plots, tile sheets, training-log plots (no models); uses NN, IO
+        //   StarlingONNX:         ONNXGraph, ONNXValue (a NetworkValue), ONNXExportable, ONNXAutoencoder; uses NN, ONNXProto
+        //   StarlingData:         datasets, training sources, prefetcher, detection augmentation, label import; uses NN, IO
+        //   StarlingDetection:    detector families, SSD/YOLO heads and losses, box encoding, NMS, anchor clustering, drawing; uses NN, ONNX, Plots
+        //   StarlingAutoencoders: autoencoder families, VariationalModel, ONNXVariational; uses NN, ONNX
+        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks; uses NN, Data, Detection, Autoencoders
+        //   StarlingEvaluation:   detection evaluation, reconstruction/segmentation metrics, outliers, code index, autoencoder figures; uses NN, Plots, Data, Detection, Autoencoders, Training
+        //   StarlingConversion:   Keras, safetensors, PyTorch weights, ONNX files, inspection, class re-sampling; uses NN, ONNX, Detection, Autoencoders, Training
+        //   StarlingModels:       umbrella that re-exports all of the above (the CLI and the tests import it)
+        .target(name: "StarlingNN", dependencies: ["StarlingCore", "StarlingDistributed"]),
+        .target(name: "StarlingPlots", dependencies: ["StarlingNN", "StarlingIO"]),
+        .target(name: "StarlingONNX", dependencies: ["StarlingNN", "StarlingCore", "ONNXProto"]),
+        .target(name: "StarlingData", dependencies: ["StarlingNN", "StarlingCore", "StarlingIO"]),
+        .target(name: "StarlingDetection", dependencies: [
+            "StarlingNN", "StarlingONNX", "StarlingPlots", "StarlingCore", "StarlingIO", "ONNXProto",
+        ]),
+        .target(name: "StarlingAutoencoders", dependencies: ["StarlingNN", "StarlingONNX", "StarlingCore"]),
+        .target(name: "StarlingTraining", dependencies: [
+            "StarlingNN", "StarlingData", "StarlingDetection", "StarlingAutoencoders",
+            "StarlingCore", "StarlingIO", "StarlingDistributed",
+        ]),
+        .target(name: "StarlingEvaluation", dependencies: [
+            "StarlingNN", "StarlingPlots", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingTraining",
+            "StarlingCore", "StarlingIO",
+        ]),
+        .target(name: "StarlingConversion", dependencies: [
+            "StarlingNN", "StarlingONNX", "StarlingDetection", "StarlingAutoencoders", "StarlingTraining",
+            "StarlingCore", "StarlingIO", "ONNXProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .target(name: "StarlingModels", dependencies: [
-            "StarlingCore", "StarlingIO", "StarlingDistributed", "ONNXProto",
-            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            "StarlingNN", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingDetection", "StarlingAutoencoders",
+            "StarlingTraining", "StarlingEvaluation", "StarlingConversion",
         ]),
         .executableTarget(name: "starling", dependencies: [
             "StarlingModels",
@@ -65,6 +97,10 @@ let package = Package(
         ]),
         .testTarget(name: "StarlingCoreTests", dependencies: ["StarlingCore"]),
         .testTarget(name: "StarlingIOTests", dependencies: ["StarlingIO"]),
-        .testTarget(name: "StarlingModelsTests", dependencies: ["StarlingModels", "starling"]),
+        // The umbrella for what the tests use publicly; the targets whose internals they test, for `@testable import`.
+        .testTarget(name: "StarlingModelsTests", dependencies: [
+            "StarlingModels", "starling", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingDetection",
+            "StarlingAutoencoders", "StarlingEvaluation", "StarlingConversion",
+        ]),
     ]
 )

@@ -1,6 +1,6 @@
 """PyTorch peer of `starling bench --only yolov3-tiny`: the same network, loss and synthetic frames, timed the same way.
 
-yolov3-tiny as darknet's yolov3-tiny.cfg lays it out (and Sources/StarlingModels/Detection/YOLOv3Tiny.swift builds it):
+yolov3-tiny as darknet's yolov3-tiny.cfg lays it out (and Sources/StarlingDetection/YOLOv3Tiny.swift builds it):
 batch norm + leaky ReLU 0.1 after every convolution but the two output ones, max-pooling 2/2 (and 2/1 padded right and
 below before layer 12), a route and a 2x upsampling to the stride-16 head. The loss is YOLOv3's as YOLOHead computes
 it: squared errors on sigmoid offsets and log sizes weighted by 2 - wh, binary cross-entropy for objectness and each

@@ -1,5 +1,6 @@
 import Testing
 @testable import StarlingModels
+@testable import StarlingDetection
 
 @Suite struct AnchorClusteringTests {
     @Test func shapeIoUByHand() {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import StarlingCore
 @testable import StarlingModels
+@testable import StarlingData
 
 @Suite struct AugmentationTests {
     static let (height, width) = (30, 48)

@@ -3,6 +3,7 @@ import Testing
 import StarlingCore
 import StarlingDistributed
 @testable import StarlingModels
+@testable import StarlingAutoencoders
 
 /// The autoencoder family of the Keras tutorial: shapes and initialisation, each loss against a plain Double
 /// computation on a tiny configuration, whole-model finite differences, the VAE's terms against hand-computed

@@ -3,6 +3,7 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingConversion
 
 // MARK: - Helpers
 

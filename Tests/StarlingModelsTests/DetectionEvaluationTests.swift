@@ -3,6 +3,7 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingEvaluation
 
 // Worked examples for the detection evaluators. Boxes are corners in pixels; "TP/FP" sequences list the
 // detections in descending score order. Unless said otherwise every match is exact (IoU 1), so the COCO

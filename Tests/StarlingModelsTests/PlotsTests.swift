@@ -3,6 +3,7 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingPlots
 
 /// The plot API draws where the documented layout says, and `eval --plots` writes the autoencoder figures.
 @Suite struct PlotsTests {

@@ -3,6 +3,7 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingDetection
 
 /// A 100 x 100 image with one 2 x 2 feature map of 50 x 50 anchors: centres (25, 25), (75, 25), (25, 75), (75, 75).
 private func quadrantEncoder() -> SSDBoxEncoder {

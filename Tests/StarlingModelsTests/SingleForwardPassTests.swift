@@ -3,6 +3,8 @@ import ONNXProto
 import Testing
 import StarlingCore
 @testable import StarlingModels
+@testable import StarlingDetection
+@testable import StarlingONNX
 
 /// The ops a forward pass ran, in order, shared by every value derived from one input.
 private final class OpLog {

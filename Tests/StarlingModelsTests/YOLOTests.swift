@@ -3,6 +3,7 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingDetection
 
 private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorners { BoxCorners(xmin: x0, ymin: y0, xmax: x1, ymax: y1) }
 private func sigmoid(_ x: Double) -> Double { 1 / (1 + exp(-x)) }

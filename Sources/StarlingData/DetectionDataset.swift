@@ -1,0 +1,135 @@
+import StarlingCore
+import StarlingIO
+import StarlingNN
+
+/// A split of a detection dataset in HDF5, the layout `starling data detection` writes:
+///
+/// ```
+/// /                     format = "starling-detection", format_version = 1,
+///                       class_names (string array; index 0 is "background", never a stored class),
+///                       image_height, image_width (every stored image has this size), source,
+///                       box_convention = "corners-absolute-pixels"
+/// /<split>/images       uint8   [N, H, W, 3]  RGB, chunked one image per chunk
+/// /<split>/box_offsets  int64   [N + 1]       the boxes of image i are rows box_offsets[i] ..< box_offsets[i + 1]
+/// /<split>/boxes        float32 [M, 4]        xmin, ymin, xmax, ymax in pixels of the stored (resized) image
+/// /<split>/classes      int32   [M]           1 ... C, indices into class_names
+/// /<split>/difficult    uint8   [M]           1: neither positive nor negative (VOC difficult, KITTI DontCare, COCO crowd)
+/// /<split>/image_ids    int64   [N]           stable ids (COCO's image ids; otherwise the index in source order)
+/// /<split>/original_sizes int32 [N, 2]        height and width before resizing
+/// /<split>              attribute file_names (string array): each image's source file
+/// ```
+/// Splits are `train` and `val`.
+///
+/// Box convention, used everywhere in Starling: corners (xmin, ymin, xmax, ymax) in continuous pixel coordinates,
+/// x to the right and y down from the image's top-left corner; a box covering pixel columns 0...9 has xmin 0 and
+/// xmax 10 (width = xmax - xmin, no +1). COCO's [x, y, w, h] and VOC's 1-based inclusive integers are converted at
+/// import and export.
+public final class DetectionDataset: @unchecked Sendable {
+    public static let format = "starling-detection"
+    public static let formatVersion = 1
+
+    public let path: String
+    public let split: String
+    public let count: Int
+    public let imageHeight: Int, imageWidth: Int
+    /// Index 0 is "background".
+    public let classNames: [String]
+    public let imageIDs: [Int64]
+    /// Each image's source file (the split's `file_names` attribute); nil if the file has none.
+    public let fileNames: [String]?
+    /// Each image's height and width before resizing (`original_sizes`); nil if the file has none.
+    public let originalSizes: [(height: Int, width: Int)]?
+    private let file: HDF5File
+    private let images: HDF5Dataset
+    // Annotations are small (20 bytes a box): read once.
+    private let offsets: [Int64]
+    private let boxes: [Float]
+    private let classes: [Int32]
+    private let difficult: [UInt8]
+    private var scratch: [UInt8] = []
+
+    public init(path: String, split: String) throws {
+        file = try HDF5File.open(path)
+        self.path = path
+        self.split = split
+        let root = file.root
+        guard root.hasAttribute("format"), try root.stringAttribute("format") == Self.format else {
+            throw DataError(file: path, message: "not a Starling detection dataset (no format attribute '\(Self.format)'); make one with `starling data detection`")
+        }
+        let version = try root.intAttribute("format_version")
+        guard version == Self.formatVersion else {
+            throw DataError(file: path, message: "detection dataset format version \(version); this build reads version \(Self.formatVersion)")
+        }
+        classNames = try root.stringArrayAttribute("class_names")
+        imageHeight = try root.intAttribute("image_height")
+        imageWidth = try root.intAttribute("image_width")
+        guard root.contains(split) else { throw DataError(file: path, message: "no split '/\(split)'") }
+        let group = try root.group(split)
+        for name in ["images", "box_offsets", "boxes", "classes", "difficult", "image_ids"] where !group.contains(name) {
+            throw DataError(file: path, message: "no dataset '/\(split)/\(name)'")
+        }
+        images = try group.dataset("images")
+        guard images.shape.count == 4, images.shape[1] == imageHeight, images.shape[2] == imageWidth, images.shape[3] == 3 else {
+            throw DataError(file: path, message: "/\(split)/images has shape \(images.shape); expected [N, \(imageHeight), \(imageWidth), 3]")
+        }
+        count = images.shape[0]
+        offsets = try group.dataset("box_offsets").read(as: Int64.self)
+        boxes = try group.dataset("boxes").read(as: Float.self)
+        classes = try group.dataset("classes").read(as: Int32.self)
+        difficult = try group.dataset("difficult").read(as: UInt8.self)
+        imageIDs = try group.dataset("image_ids").read(as: Int64.self)
+        let m = classes.count
+        let offsetsValid = offsets.count == count + 1 && offsets.first == 0 && offsets.last == Int64(m)
+            && zip(offsets, offsets.dropFirst()).allSatisfy { $0 <= $1 }
+        let lengthsValid = boxes.count == 4 * m && difficult.count == m && imageIDs.count == count
+        guard offsetsValid && lengthsValid else {
+            throw DataError(file: path, message: "/\(split): box_offsets, boxes, classes, difficult and image_ids do not agree with \(count) images and \(m) boxes")
+        }
+        fileNames = group.hasAttribute("file_names") ? try group.stringArrayAttribute("file_names") : nil
+        if let fileNames, fileNames.count != count {
+            throw DataError(file: path, message: "/\(split) attribute file_names has \(fileNames.count) names for \(count) images")
+        }
+        if group.contains("original_sizes") {
+            let sizes = try group.dataset("original_sizes").read(as: Int32.self)
+            guard sizes.count == 2 * count else {
+                throw DataError(file: path, message: "/\(split)/original_sizes holds \(sizes.count) values for \(count) images")
+            }
+            originalSizes = (0..<count).map { (Int(sizes[2 * $0]), Int(sizes[2 * $0 + 1])) }
+        } else {
+            originalSizes = nil
+        }
+        if let bad = classes.firstIndex(where: { $0 < 1 || Int($0) >= classNames.count }) {
+            throw DataError(file: path, message: "/\(split)/classes[\(bad)] = \(classes[bad]) is outside 1...\(classNames.count - 1)")
+        }
+        func valid(_ b: Int) -> Bool {
+            let (x0, y0, x1, y1) = (boxes[4 * b], boxes[4 * b + 1], boxes[4 * b + 2], boxes[4 * b + 3])
+            return x0.isFinite && y0.isFinite && x1.isFinite && y1.isFinite && x0 < x1 && y0 < y1
+        }
+        if let bad = (0..<m).first(where: { !valid($0) }) {
+            throw DataError(file: path, message: "/\(split)/boxes[\(bad)] = \(Array(boxes[(4 * bad)..<(4 * bad + 4)])) is empty, inverted or not finite")
+        }
+    }
+
+    /// Number of foreground classes (without background).
+    public var classCount: Int { classNames.count - 1 }
+
+    /// The annotated objects of image `i`.
+    public func objects(of i: Int) -> [Object] {
+        (Int(offsets[i])..<Int(offsets[i + 1])).map { b in
+            Object(box: BoxCorners(xmin: boxes[4 * b], ymin: boxes[4 * b + 1], xmax: boxes[4 * b + 2], ymax: boxes[4 * b + 3]),
+                   classID: Int(classes[b]), difficult: difficult[b] != 0)
+        }
+    }
+
+    /// Reads images `indices` (in the order given) as uint8 HWC pixels into one buffer of indices.count x H x W x 3.
+    public func readImages(_ indices: [Int], into out: UnsafeMutableBufferPointer<UInt8>) throws {
+        let size = imageHeight * imageWidth * 3
+        guard out.count == indices.count * size else {
+            throw DataError(file: path, message: "buffer of \(out.count) bytes for \(indices.count) images")
+        }
+        for (k, i) in indices.enumerated() {
+            guard i >= 0 && i < count else { throw DataError(file: path, message: "image index \(i) out of range 0..<\(count) in /\(split)") }
+            try images.readRows(i..<(i + 1), into: UnsafeMutableBufferPointer(rebasing: out[(k * size)..<((k + 1) * size)]))
+        }
+    }
+}

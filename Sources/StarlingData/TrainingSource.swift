@@ -1,0 +1,73 @@
+import StarlingCore
+import StarlingNN
+
+/// Where the trainer's batches come from: a split of a dataset file, read a batch at a time.
+/// `epoch` and `training` let a source draw augmentation or noise deterministically from (seed, epoch, sample).
+public protocol TrainingSource: AnyObject, Sendable {
+    var path: String { get }
+    var split: String { get }
+    var count: Int { get }
+    /// The samples at `indices` as one batch for `model`'s input.
+    func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch
+    /// Throws a one-line error when the samples do not fit the model.
+    func checkCompatible(with config: ModelConfig) throws
+    /// What a family needs to know to size itself to these samples.
+    var datasetDescription: DatasetDescription { get }
+}
+
+extension TrainingSource {
+    /// The samples at `indices` as one batch for `model`, with the targets its loss reads (`Model.targetEncoder`).
+    public func batch(indices: [Int], epoch: Int, training: Bool, for model: any Model) throws -> Batch {
+        var batch = try self.batch(indices: indices, epoch: epoch, training: training, config: model.config)
+        model.targetEncoder?.encodeTargets(into: &batch)
+        return batch
+    }
+}
+
+/// The training and validation sources of a dataset file, opened by the kind of data a family trains on.
+public enum TrainingData {
+    /// `validationSplit` nil: the kind's usual split (`test` for image sets, as the Keras tutorial validates on the
+    /// test set; `val` otherwise); "none": no validation. `augment`: detection's box-aware augmentation of training
+    /// images (ssd_keras's chain), drawn from (seed, epoch, sample); segmentation sets are read as stored until the
+    /// mask-aware augmentation of the segmentation models arrives.
+    public static func open(_ kind: DataKind, path: String, trainSplit: String, validationSplit: String?, augment: Bool,
+                            seed: UInt64) throws -> (train: any TrainingSource, validation: (any TrainingSource)?) {
+        switch kind {
+        case .images:
+            let split = validationSplit ?? "test"
+            return (try ImageDataset(path: path, split: trainSplit), split == "none" ? nil : try ImageDataset(path: path, split: split))
+        case .detection:
+            let dataset = try DetectionDataset(path: path, split: trainSplit)
+            let (height, width) = (dataset.imageHeight, dataset.imageWidth)
+            let augmentation = DetectionAugmentation()
+            let train = DetectionSource(dataset: dataset, augment: augment ? { pixels, objects, epoch, index in
+                augmentation.apply(pixels: pixels, objects: objects, height: height, width: width, seed: seed, epoch: epoch, sampleIndex: index)
+            } : nil)
+            let split = validationSplit ?? "val"
+            return (train, split == "none" ? nil : DetectionSource(dataset: try DetectionDataset(path: path, split: split)))
+        case .segmentation, .instances:
+            let dataset = try SegmentationDataset(path: path, split: trainSplit)
+            if kind == .instances && !dataset.hasInstances {
+                throw DataError(file: path, message: "/\(trainSplit) has no instance masks (instance_offsets); this model trains on instance data")
+            }
+            let split = validationSplit ?? "val"
+            return (SegmentationSource(dataset: dataset), split == "none" ? nil : SegmentationSource(dataset: try SegmentationDataset(path: path, split: split)))
+        }
+    }
+}
+
+extension ImageDataset: TrainingSource {
+    public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
+        try batch(indices: indices, modelInputShape: config.inputShape)
+    }
+
+    public var datasetDescription: DatasetDescription {
+        DatasetDescription(path: path, sampleShape: sampleShape)
+    }
+
+    public func checkCompatible(with config: ModelConfig) throws {
+        guard sampleSize == config.inputShape.reduce(1, *) else {
+            throw ModelError.inputShape(family: config.family, expected: config.inputShape, got: sampleShape, source: path)
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import StarlingCore
+
+/// Batch normalisation (Ioffe & Szegedy 2015) over the channel axis, with Keras's defaults (momentum 0.99,
+/// epsilon 1e-3) and names (gamma, beta, moving_mean, moving_variance). The moving statistics live in the model's
+/// buffer store: checkpointed, broadcast from rank 0, never touched by the optimizer.
+///
+/// With a `crossReplicaSum` (`--sync-bn`) training statistics are over the global batch across ranks; without, each
+/// rank normalises by its own slice, the default of Keras/Horovod and PyTorch DDP.
+public struct BatchNormalization: Sendable {
+    public let gamma: Parameter, beta: Parameter
+    public let movingMean: Parameter, movingVariance: Parameter
+    public var momentum: Float = 0.99
+    public var epsilon: Float = 1e-3
+
+    public init(_ store: ParameterStore, buffers: ParameterStore, name: String, channels: Int) {
+        gamma = store.declare("\(name)/gamma", shape: [channels], initializer: .ones)
+        beta = store.declare("\(name)/beta", shape: [channels], initializer: .zeros)
+        movingMean = buffers.declare("\(name)/moving_mean", shape: [channels], initializer: .zeros)
+        movingVariance = buffers.declare("\(name)/moving_variance", shape: [channels], initializer: .ones)
+    }
+
+    /// On a Tensor, or an ONNXValue (the export), which always infers whatever `training` says.
+    @inlinable public func callAsFunction<Value: NetworkValue>(_ x: Value, training: Bool, crossReplicaSum: CrossReplicaSum? = nil) -> Value {
+        x.applying(self, training: training, crossReplicaSum: crossReplicaSum)
+    }
+
+    /// `conv` followed by this layer at inference, as one convolution: with the moving statistics fixed, the
+    /// normalisation is an affine map per output channel, folded into the kernel (scaled by gamma / sqrt(var + eps))
+    /// and the bias ((b - mean) * that scale + beta).
+    public func folded(into conv: Conv2D) -> (kernel: Tensor, bias: Tensor) {
+        let w = conv.kernel.value, b = conv.bias.value
+        let cout = w.shape[0], perChannel = w.count / cout
+        let kernel = FloatStorage(uninitializedCount: w.count), bias = FloatStorage(uninitializedCount: cout)
+        let (g, bt, mean, variance) = (gamma.value.data, beta.value.data, movingMean.value.data, movingVariance.value.data)
+        for c in 0..<cout {
+            let scale = g[c] * (1 / (variance[c] + epsilon).squareRoot())
+            let src = w.data + c * perChannel, dst = kernel.pointer + c * perChannel
+            for i in 0..<perChannel { dst[i] = src[i] * scale }
+            bias.pointer[c] = (b.data[c] - mean[c]) * scale + bt[c]
+        }
+        return (Tensor(shape: w.shape, storage: kernel), Tensor(shape: [cout], storage: bias))
+    }
+
+    /// The layer, an ELU and 2x2 max-pooling as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`),
+    /// for a block whose normalised output feeds only the pooling. `moments`: x's statistics from the convolution
+    /// that wrote it, when it computed them (`ChannelMoments`).
+    public func withELUAndMaxPool2x2(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
+                                     moments: ChannelMoments? = nil) -> Tensor {
+        x.batchNormELUMaxPool2x2Blocked(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value,
+                                        runningVar: movingVariance.value, training: training, momentum: momentum, epsilon: epsilon,
+                                        crossReplicaSum: crossReplicaSum, alpha: alpha, moments: moments)
+    }
+
+    /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
+    public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
+                        layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {
+        x.batchNormELU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
+                       training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, alpha: alpha,
+                       layout: layout, moments: moments)
+    }
+}

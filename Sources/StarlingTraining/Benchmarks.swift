@@ -1,0 +1,211 @@
+import StarlingCore
+import StarlingDistributed
+import StarlingNN
+import StarlingData
+import StarlingDetection
+import StarlingAutoencoders
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// Measurements behind `starling bench` and BENCHMARKS.md.
+public enum Benchmarks {
+    public struct TrainingThroughput {
+        public var imagesPerSecond: Double
+        public var secondsPerStep: Double
+        /// Fraction of the step spent outside sgemm (elementwise ops, loss, optimizer, data).
+        public var shareOutsideBLAS: Double
+    }
+
+    /// Training steps of the FC autoencoder (784-32-784, Adam) at `batchSize`, on real data when a path is given.
+    public static func fcAutoencoderTraining(dataPath: String?, batchSize: Int, steps: Int) throws -> TrainingThroughput {
+        let model = try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 1)
+        let adam = Adam(parameterCount: model.parameters.count)
+        let data = try dataPath.map { try ImageDataset(path: $0, split: "train") }
+        if let data, data.count < batchSize { throw TrainingError("\(data.path): fewer than \(batchSize) training images") }
+        var rng = RandomGenerator(seed: 2)
+        let synthetic = Tensor(zeros: [batchSize, 784])
+        for i in 0..<synthetic.count { synthetic.data[i] = rng.uniform() }
+        // Real data flows as in training: shuffled batches read on the prefetch thread.
+        let order = rng.permutation(data?.count ?? batchSize)
+        let total = 10 + steps
+        let reader = data.map { data in
+            Prefetcher(source: data, steps: (0..<total).map { s in
+                let start = (s * batchSize) % (data.count - batchSize + 1)
+                return Array(order[start..<(start + batchSize)])
+            }, epoch: 0, config: model.config, targetEncoder: model.targetEncoder)
+        }
+        defer { reader?.finish() }
+        func step() throws {
+            let batch = try reader?.next() ?? Batch(images: synthetic)
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+        }
+        for _ in 0..<10 { try step() }
+        BLAS.secondsInside = 0
+        BLAS.profiling = true
+        defer { BLAS.profiling = false }
+        let start = monotonicSeconds()
+        for _ in 0..<steps { try step() }
+        let elapsed = monotonicSeconds() - start
+        return TrainingThroughput(imagesPerSecond: Double(steps * batchSize) / elapsed, secondsPerStep: elapsed / Double(steps),
+                                  shareOutsideBLAS: 1 - BLAS.secondsInside / elapsed)
+    }
+
+    public struct DistributedThroughput {
+        public var imagesPerSecond: Double
+        /// Seconds per step spent waiting for gradient allreduces after backward (this rank).
+        public var exposedCommunicationPerStep: Double
+    }
+
+    /// Data-parallel training throughput of a model family on this job's ranks, from the second of two epochs
+    /// of `steps` steps (the first warms up), global batch `batchSize`, nothing written to disk.
+    public static func distributedTraining(family: String, dataPath: String, batchSize: Int, steps: Int,
+                                           world: Communicator, overlap: Bool = true, bucketBytes: Int = 25 << 20) throws -> DistributedThroughput {
+        let model = try ModelRegistry.build(try ModelRegistry.defaultConfig(family: family), seed: 1)
+        var options = TrainingOptions()
+        options.epochs = 2
+        options.batchSize = batchSize
+        options.stepsPerEpoch = steps
+        options.writeOutputs = false
+        options.progress = false
+        options.overlapCommunication = overlap
+        options.bucketBytes = bucketBytes
+        let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count),
+                                  train: try ImageDataset(path: dataPath, split: "train"), validation: nil,
+                                  options: options, world: world, log: { _ in })
+        let history = try trainer.run()
+        return DistributedThroughput(imagesPerSecond: history[1].imagesPerSecond,
+                                     exposedCommunicationPerStep: trainer.exposedCommunicationSeconds / Double(2 * steps))
+    }
+
+    /// Allreduce bandwidth (bytes reduced per second) of `megabytes` of floats: a plain MPI_Allreduce of the
+    /// whole buffer against Starling's gradient path (25 MB buckets started non-blocking, waited, averaged).
+    public static func allreduceBandwidth(world: Communicator, megabytes: Double, iterations: Int) throws -> (raw: Double, starling: Double) {
+        let store = ParameterStore()
+        let count = Int(megabytes * 1_048_576 / 4)
+        // Layers of 1 M floats, like a model's parameter list.
+        var left = count, k = 0
+        while left > 0 { let n = min(left, 1 << 20); store.declare("layer\(k)/w", shape: [n], initializer: .zeros); left -= n; k += 1 }
+        var rng = RandomGenerator(seed: 1)
+        store.allocate(rng: &rng)
+        let buffer = store.gradients.pointer
+        for i in 0..<count { buffer[i] = 1 }
+        let sync = GradientSynchronizer(store: store, communicator: world, overlap: false)
+        func time(_ body: () throws -> Void) throws -> Double {
+            try body()   // warm-up
+            try world.barrier()
+            let start = monotonicSeconds()
+            for _ in 0..<iterations { try body() }
+            let elapsed = try world.allreduce(monotonicSeconds() - start, .max)
+            return Double(count * 4 * iterations) / elapsed
+        }
+        let raw = try time { try world.allreduce(buffer, count: count) }
+        let ours = try time { sync.beginStep(); try sync.finish() }
+        return (raw, ours)
+    }
+
+    public struct DetectorThroughput {
+        public var trainImagesPerSecond: Double
+        public var inferenceFPS: [Int: Double]
+        /// The network alone (no softmax, no decoding): what a framework's forward-pass benchmark times.
+        public var forwardFPS: [Int: Double]
+    }
+
+    /// SSD7 at the project's 300 x 480 on synthetic frames (random pixels, three boxes each): training steps at
+    /// `batchSize` (forward, loss, backward, Adam) and inference (forward, softmax, decoding with NMS; and the forward
+    /// pass alone) at each of `inferenceBatches`.
+    public static func ssd7(batchSize: Int, steps: Int, inferenceBatches: [Int] = [1, 8]) throws -> DetectorThroughput {
+        try detector(SSD7.defaultConfig(), batchSize: batchSize, steps: steps, inferenceBatches: inferenceBatches)
+    }
+
+    /// Any detector family on synthetic frames of its input size (random pixels, three boxes each, targets from its own
+    /// head): training steps at `batchSize` (forward, loss, backward, Adam) and inference (forward, decoding with NMS;
+    /// and the network alone) at each of `inferenceBatches`.
+    public static func detector(_ config: ModelConfig, batchSize: Int, steps: Int, inferenceBatches: [Int] = [1, 8]) throws -> DetectorThroughput {
+        guard let model = try ModelRegistry.build(config, seed: 1) as? any Detector, config.inputShape.count == 3 else {
+            throw TrainingError("model \(config.family) is not a detector")
+        }
+        let (height, width) = (config.inputShape[1], config.inputShape[2])
+        let adam = Adam(parameterCount: model.parameters.count)
+        var rng = RandomGenerator(seed: 5)
+        func frames(_ n: Int) -> Batch {
+            let images = Tensor(zeros: [n, 3, height, width])
+            for i in 0..<images.count { images.data[i] = Float(rng.next() % 256) }
+            var batch = Batch(images: images)
+            batch.objects = (0..<n).map { _ in
+                (0..<3).map { k in
+                    let x = rng.uniform(0, Float(width) - 80), y = rng.uniform(0, Float(height) - 80)
+                    return Object(box: BoxCorners(xmin: x, ymin: y, xmax: x + rng.uniform(10, 80), ymax: y + rng.uniform(10, 80)), classID: 1 + k % (model.classCount - 1))
+                }
+            }
+            model.targetEncoder?.encodeTargets(into: &batch)
+            return batch
+        }
+        let batch = frames(batchSize)
+        func step() {
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+        }
+        step()
+        let start = monotonicSeconds()
+        for _ in 0..<steps { step() }
+        let train = Double(steps * batchSize) / (monotonicSeconds() - start)
+        var fps: [Int: Double] = [:], forward: [Int: Double] = [:]
+        for n in inferenceBatches {
+            let images = frames(n).images
+            // The best of three rounds of 16 images, as the machine is shared (single rounds varied by 15 %).
+            func imagesPerSecond(_ body: () -> Void) -> Double {
+                body()
+                let repeats = max(2, 16 / n)
+                var best = Double.infinity
+                for _ in 0..<3 {
+                    let start = monotonicSeconds()
+                    for _ in 0..<repeats { body() }
+                    best = min(best, monotonicSeconds() - start)
+                }
+                return Double(repeats * n) / best
+            }
+            fps[n] = imagesPerSecond { _ = model.detect(images, decoding: .display) }
+            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.headOutputs(images, training: false) } }
+        }
+        return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
+    }
+
+    /// The SSD input pipeline alone, as training runs it: read frames from the HDF5 file, augment (ssd_keras's chain),
+    /// convert to floats and encode the anchor targets; images per second on one thread.
+    public static func detectionPipeline(dataPath: String, batchSize: Int, batches: Int) throws -> Double {
+        let dataset = try DetectionDataset(path: dataPath, split: "train")
+        let config = try SSD7.configuration(for: DetectionSource(dataset: dataset).datasetDescription)
+        let model = try ModelRegistry.build(config, seed: 1)
+        let augmentation = DetectionAugmentation()
+        let (h, w) = (dataset.imageHeight, dataset.imageWidth)
+        let source = DetectionSource(dataset: dataset) { pixels, objects, epoch, index in
+            augmentation.apply(pixels: pixels, objects: objects, height: h, width: w, seed: 1, epoch: epoch, sampleIndex: index)
+        }
+        func batch(_ indices: [Int], epoch: Int) throws -> Batch {
+            try source.batch(indices: indices, epoch: epoch, training: true, for: model)
+        }
+        _ = try batch(Array(0..<min(batchSize, dataset.count)), epoch: 0)
+        let start = monotonicSeconds()
+        var images = 0
+        for b in 0..<batches {
+            let indices = (0..<batchSize).map { (b * batchSize + $0) % dataset.count }
+            images += try batch(indices, epoch: 1).size
+        }
+        return Double(images) / (monotonicSeconds() - start)
+    }
+
+    /// Peak resident set size of this process so far.
+    public static func peakResidentBytes() -> Int {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Int(usage.ru_maxrss) * 1024
+    }
+}

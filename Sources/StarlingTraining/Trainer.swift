@@ -1,0 +1,430 @@
+import Foundation
+import StarlingCore
+import StarlingIO
+import StarlingDistributed
+import StarlingNN
+import StarlingData
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The flags every model family shares (`starling train --model NAME ...`). The defaults here are the flags'
+/// defaults too: `TrainingFlags` reads them from a default instance rather than repeating them.
+public struct TrainingOptions: Sendable {
+    public var epochs = 1
+    public var batchSize = 256
+    /// The base learning rate: plateaus lower it, `schedule` shapes it step by step.
+    public var learningRate: Float = 1e-3
+    /// The learning-rate schedule (warmup, step decay, cosine), resolved to optimizer steps when a run starts.
+    public var schedule = ScheduleSettings()
+    public var seed: UInt64 = 0
+    /// Caps the steps of an epoch (nil: one pass over the training split).
+    public var stepsPerEpoch: Int?
+    /// Caps the images scored for the validation loss (nil: the whole validation split).
+    public var validationLimit: Int?
+    public var outputDirectory = "Checkpoints"
+    /// Also write the last checkpoint every N steps within an epoch (nil: at epoch ends only).
+    public var checkpointEverySteps: Int?
+    /// Stop (with a checkpoint) once this many optimizer steps have been taken in total, mid-epoch or not.
+    public var maxSteps: Int?
+    /// Epoch checkpoints kept beside `-last.h5` and `-best.h5` (0: none).
+    public var keepCheckpoints = 3
+    /// Size of a gradient allreduce bucket.
+    public var bucketBytes = 25 << 20
+    /// Start bucket allreduces during backward (off only to measure what the overlap hides).
+    public var overlapCommunication = true
+    /// Stop when the monitored loss (validation, or training without validation) has not improved by more than
+    /// `minDelta` for this many epochs (Keras's EarlyStopping).
+    public var earlyStoppingPatience: Int?
+    public var minDelta = 0.0
+    /// Keras's ReduceLROnPlateau on the monitored loss; it lowers the base rate, which `schedule` then shapes.
+    public var reduceOnPlateau: ReduceOnPlateau?
+    /// Batch norm statistics over the global batch (`--sync-bn`) rather than each rank's slice.
+    public var synchronizeBatchNorm = false
+    /// Seconds a rank may wait in a step's first collective before the watchdog warns and names missing ranks.
+    public var watchdogSeconds: Double = 60
+    /// Print the live progress line (off for benchmarks).
+    public var progress = true
+    /// Write checkpoints and the CSV log (off for benchmarks).
+    public var writeOutputs = true
+    public init() {}
+}
+
+/// One epoch's figures, as printed and written to the CSV log.
+public struct EpochRecord: Sendable {
+    public var epoch: Int
+    public var step: Int
+    public var loss: Double
+    public var validationLoss: Double?
+    public var learningRate: Float
+    public var seconds: Double
+    public var imagesPerSecond: Double
+    public var dataWaitSeconds: Double
+}
+
+/// The data-parallel training loop (one process by default, N under mpirun).
+///
+/// Each epoch's order is a permutation seeded by (seed, epoch), the same on every rank. The global batch B is
+/// split into N equal slices; each rank reads only its slice from HDF5 on a background thread, computes the mean
+/// loss of its slice, and the gradient buckets are averaged over ranks while backward runs, so N ranks at global
+/// batch B compute the gradient one rank computes at batch B. Rank 0 prints and writes checkpoints; logged figures
+/// are averaged over ranks; a non-finite loss on any rank stops every rank at the same step.
+public final class Trainer {
+    public let model: any Model
+    public let optimizer: any Optimizer
+    public let train: any TrainingSource
+    public let validation: (any TrainingSource)?
+    public let options: TrainingOptions
+    public let world: Communicator
+    public private(set) var state = Checkpoint.TrainingState()
+    public private(set) var history: [EpochRecord] = []
+    /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
+    public var exposedCommunicationSeconds: Double { synchronizer.exposedSeconds }
+    private let synchronizer: GradientSynchronizer
+    private let watchdog: Watchdog
+    /// The per-step [loss, non-finite flag] allreduce buffer (must outlive the non-blocking call).
+    private let agreement = UnsafeMutablePointer<Double>.allocate(capacity: 2)
+    private let log: (String) -> Void
+
+    public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
+                options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
+                log: @escaping (String) -> Void = Trainer.printLine) throws {
+        try train.checkCompatible(with: model.config)
+        try validation?.checkCompatible(with: model.config)
+        guard options.batchSize > 0 else { throw TrainingError("batch size must be positive, got \(options.batchSize)") }
+        guard options.batchSize % world.size == 0 else {
+            throw TrainingError("global batch size \(options.batchSize) does not split evenly over \(world.size) ranks; use a multiple of \(world.size)")
+        }
+        guard options.batchSize <= train.count else {
+            throw TrainingError("batch size \(options.batchSize) exceeds the \(train.count) training images in \(train.path)")
+        }
+        if let problem = options.schedule.problem { throw TrainingError(problem) }
+        self.model = model
+        self.optimizer = optimizer
+        self.train = train
+        self.validation = validation
+        self.options = options
+        self.world = world
+        self.log = world.isRoot ? log : { _ in }
+        synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
+                                           overlap: options.overlapCommunication)
+        watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, log: Trainer.printLine)
+        if let aware = model as? CrossReplicaAware {
+            aware.crossReplica = CrossReplica(world)
+            aware.synchronizeBatchNorm = options.synchronizeBatchNorm
+        }
+        state.seed = options.seed
+        state.worldSize = world.size
+        state.learningRateSchedule = requestedSchedule
+        if let resume { try restore(resume) }
+        try synchronizeStart()
+    }
+
+    deinit { agreement.deallocate() }
+
+    /// Fault injection for the watchdog test: STARLING_TEST_STALL="rank:step:seconds" makes that rank sleep before
+    /// that step's collectives. Not a user setting; it stays out of the help.
+    private func stallForTesting(step: Int) {
+        guard let spec = getenv("STARLING_TEST_STALL").map({ String(cString: $0) }) else { return }
+        let parts = spec.split(separator: ":").compactMap { Double($0) }
+        guard parts.count == 3, Int(parts[0]) == world.rank, Int(parts[1]) == step else { return }
+        usleep(useconds_t(parts[2] * 1_000_000))
+    }
+
+    public static func printLine(_ line: String) { StarlingNN.printLine(line) }
+
+    /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.
+    public var stepsPerEpoch: Int {
+        let full = train.count / options.batchSize
+        return min(full, options.stepsPerEpoch ?? full)
+    }
+
+    /// The run's optimizer steps in all, the cosine's horizon: every epoch's steps, capped by --max-steps.
+    public var plannedSteps: Int {
+        let (all, overflow) = options.epochs.multipliedReportingOverflow(by: stepsPerEpoch)
+        return min(overflow ? Int.max : all, options.maxSteps ?? Int.max)
+    }
+
+    /// The schedule these options ask for, in this run's steps. A resumed run continues its checkpoint's instead.
+    public var requestedSchedule: ResolvedSchedule {
+        options.schedule.resolved(stepsPerEpoch: stepsPerEpoch, totalSteps: plannedSteps)
+    }
+
+    /// The rate plateaus have left (--lr until the first one), which the schedule shapes per step.
+    private var baseLearningRate: Float { state.learningRate ?? options.learningRate }
+
+    public var checkpointPrefix: String { "\(options.outputDirectory)/\(model.config.family)" }
+    public var lastCheckpointPath: String { "\(checkpointPrefix)-last.h5" }
+    public var bestCheckpointPath: String { "\(checkpointPrefix)-best.h5" }
+    public var logPath: String { "\(checkpointPrefix)-log.csv" }
+
+    /// Continues from a checkpoint: weights, optimizer moments and step, epoch and data cursor.
+    private func restore(_ loaded: Checkpoint.Loaded) throws {
+        guard loaded.model.config == model.config else {
+            throw TrainingError("the checkpoint holds model \(loaded.model.config.family) \(loaded.model.config.options), not \(model.config.family) \(model.config.options)")
+        }
+        model.parameters.values.copy(from: loaded.model.parameters.values)
+        if let mine = model.buffers, let saved = loaded.model.buffers { mine.values.copy(from: saved.values) }
+        for (name, storage) in optimizer.state {
+            guard let saved = loaded.optimizerState[name] else {
+                throw TrainingError("the checkpoint has no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from")
+            }
+            saved.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: storage.count) }
+        }
+        optimizer.stepCount = loaded.optimizer?.stepCount ?? loaded.state.step
+        let previousWorld = loaded.state.worldSize
+        state = loaded.state
+        state.worldSize = world.size
+        if previousWorld != world.size {
+            log("resuming a run of \(previousWorld) rank(s) on \(world.size): the data cursor is global, so the sample order is unchanged")
+        }
+        // The schedule is part of the run being continued (old checkpoints hold none: constant).
+        if state.learningRateSchedule != requestedSchedule {
+            log("continuing the checkpoint's learning-rate schedule (\(state.learningRateSchedule)); this run's flags would give \(requestedSchedule)")
+        }
+        log("resumed at epoch \(state.epoch), step \(state.step), data cursor \(state.dataCursor)")
+    }
+
+    /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused.
+    private func synchronizeStart() throws {
+        guard world.size > 1 else { return }
+        // The configuration as sorted-key JSON: a dictionary's description lists its keys in an order that differs
+        // from process to process (hashing is seeded per process), which would refuse every model with two options.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let config = String(decoding: try encoder.encode(model.config), as: UTF8.self)
+        let mine = "model=\(config) batch=\(options.batchSize) lr=\(options.learningRate) schedule=\(options.schedule.summary) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
+        let root = try world.broadcast(mine)
+        let differs = try world.allreduce(root == mine ? 0 : 1)
+        if differs > 0 {
+            if root != mine { Trainer.printLine("rank \(world.rank): configuration differs from rank 0:\n  rank 0: \(root)\n  rank \(world.rank): \(mine)") }
+            throw TrainingError("ranks were started with different configurations (see the messages above); refusing to train")
+        }
+        try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
+        if let buffers = model.buffers { try world.broadcast(buffers.values.pointer, count: buffers.count) }
+        for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }
+        // Only rank 0 read a resumed checkpoint: its progress counters go to every rank (as text, so they stay exact).
+        let counters = try world.broadcast("\(state.epoch) \(state.step) \(state.dataCursor) \(optimizer.stepCount) \(state.bestValidationLoss)")
+        let parts = counters.split(separator: " ")
+        guard parts.count == 5, let epoch = Int(parts[0]), let step = Int(parts[1]), let cursor = Int(parts[2]),
+              let optimizerSteps = Int(parts[3]), let best = Double(parts[4]) else {
+            throw TrainingError("rank \(world.rank): unreadable training state from rank 0: \(counters)")
+        }
+        (state.epoch, state.step, state.dataCursor, state.bestValidationLoss) = (epoch, step, cursor, best)
+        optimizer.stepCount = optimizerSteps
+        // The callbacks' memory too (learning rate, plateau, early-stopping count, schedule), so resumed ranks act alike.
+        let callbacks = Checkpoint.CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau,
+                                                 learningRate: state.learningRate, schedule: state.learningRateSchedule)
+        let text = try world.broadcast(String(decoding: try JSONEncoder().encode(callbacks), as: UTF8.self))
+        let agreed = try JSONDecoder().decode(Checkpoint.CallbackState.self, from: Data(text.utf8))
+        (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (agreed.epochsWithoutImprovement, agreed.plateau, agreed.learningRate)
+        state.learningRateSchedule = agreed.schedule ?? .constant
+    }
+
+    /// Runs the remaining epochs; returns the per-epoch records.
+    @discardableResult
+    public func run() throws -> [EpochRecord] {
+        let csv = CSVLog(path: logPath)
+        let writes = world.isRoot && options.writeOutputs
+        if writes {
+            try makeDirectory(options.outputDirectory)
+            try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
+        }
+        let steps = stepsPerEpoch
+        let local = options.batchSize / world.size
+        let interactive = world.isRoot && isatty(STDOUT_FILENO) != 0
+        log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
+            "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
+            "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
+        let schedule = state.learningRateSchedule
+        if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
+        optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
+        if state.plateau == nil { state.plateau = options.reduceOnPlateau }
+        while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
+            let epoch = state.epoch
+            var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
+            let order = rng.permutation(train.count)
+            let firstStep = state.dataCursor / options.batchSize
+            let slices = (firstStep..<steps).map { step -> [Int] in
+                let begin = step * options.batchSize + world.rank * local
+                return Array(order[begin..<(begin + local)])
+            }
+            let reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder)
+            let start = monotonicSeconds()
+            var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
+            var lastPrint = start
+            do {
+                defer { reader.finish() }
+                for step in firstStep..<steps {
+                    var batch = try reader.next()
+                    (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
+                    model.parameters.zeroGradients()
+                    synchronizer.beginStep()
+                    let loss = model.loss(batch, training: true)
+                    // Agree on the loss before acting on it: every rank stops at the same step or none does. This is
+                    // the step's first collective, so the watchdog waits on it.
+                    let value = Double(loss.item)
+                    stallForTesting(step: state.step)
+                    try watchdog.heartbeat(step: state.step)
+                    agreement[0] = value.isFinite ? value : 0
+                    agreement[1] = value.isFinite ? 0 : 1
+                    try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
+                    let agreed = [agreement[0], agreement[1]]
+                    guard agreed[1] == 0 else {
+                        throw TrainingError("loss became non-finite at epoch \(epoch + 1), step \(step + 1) on \(Int(agreed[1])) rank(s): training stopped; the last good checkpoint is \(lastCheckpointPath)")
+                    }
+                    loss.backward(onLeafReady: synchronizer.parameterReady)
+                    try synchronizer.finish()
+                    // From the global step and epoch, which every rank shares and a checkpoint restores.
+                    optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
+                    optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
+                    sums[0] += agreed[0] / Double(world.size)
+                    sums[1] += 1
+                    state.step += 1
+                    state.dataCursor = (step + 1) * options.batchSize
+                    let now = monotonicSeconds()
+                    if step + 1 == steps || (interactive && now - lastPrint > 0.2) || (!interactive && (step + 1) % max(1, steps / 10) == 0) {
+                        lastPrint = now
+                        let done = Double(step + 1 - firstStep)
+                        let rate = done * Double(options.batchSize) / (now - start)
+                        let eta = (now - start) / done * Double(steps - step - 1)
+                        let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / sums[1]))"
+                        if interactive && options.progress { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
+                    }
+                    let stopping = options.maxSteps.map { state.step >= $0 } ?? false
+                    if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
+                        if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                    }
+                    if stopping && step + 1 < steps {
+                        if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
+                        return history
+                    }
+                }
+            }
+            let seconds = monotonicSeconds() - start
+            let dataWait = try world.allreduce(reader.waitSeconds, .max)
+            let trainLoss = sums[0] / max(sums[1], 1)
+            let validationLoss = try validation.map { try evaluateLoss($0) }
+            state.epoch = epoch + 1
+            state.dataCursor = 0
+            let stepsRun = Double(sums[1])
+            let record = EpochRecord(epoch: epoch + 1, step: state.step, loss: trainLoss, validationLoss: validationLoss,
+                                     learningRate: optimizer.learningRate, seconds: seconds,
+                                     imagesPerSecond: stepsRun * Double(options.batchSize) / seconds, dataWaitSeconds: dataWait)
+            history.append(record)
+            var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"
+            if let validationLoss { summary += "  val_loss \(format(validationLoss))" }
+            summary += "  data wait \(formatDuration(dataWait))"
+            // Callbacks act on the monitored loss, which is averaged over ranks: every rank takes the same decision.
+            let monitored = validationLoss ?? trainLoss
+            let improved = monitored < state.bestValidationLoss - options.minDelta
+            if monitored < state.bestValidationLoss { state.bestValidationLoss = monitored }
+            state.epochsWithoutImprovement = improved ? 0 : state.epochsWithoutImprovement + 1
+            // The plateau lowers the base rate; the schedule shapes the new base from the next step on.
+            var base = baseLearningRate
+            if var plateau = state.plateau {
+                let lowered = plateau.observe(Float(monitored), currentRate: base)
+                if lowered != base { summary += "  \(schedule.isConstant ? "lr" : "base lr") -> \(lowered) (plateau)" }
+                base = lowered
+                state.plateau = plateau
+            }
+            state.learningRate = base
+            optimizer.learningRate = schedule.rate(base: base, step: state.step, epoch: state.epoch)
+            if writes {
+                try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
+                try saveEpochCheckpoint(epoch: epoch + 1, best: monitored <= state.bestValidationLoss, loss: trainLoss, validationLoss: validationLoss)
+                if monitored <= state.bestValidationLoss { summary += "  (best, saved)" }
+            }
+            log(summary)
+            if let patience = options.earlyStoppingPatience, state.epochsWithoutImprovement >= patience {
+                log("early stopping: \(validation == nil ? "loss" : "val_loss") has not improved by more than \(options.minDelta) for \(patience) epochs")
+                break
+            }
+        }
+        log("checkpoints: \(lastCheckpointPath), \(bestCheckpointPath); log: \(logPath)")
+        return history
+    }
+
+    /// Four decimals, as in a file name.
+    private func fixed(_ x: Double) -> String {
+        let scaled = Int((x * 10_000).rounded())
+        let digits = String(abs(scaled) % 10_000)
+        return (scaled < 0 ? "-" : "") + "\(abs(scaled) / 10_000)." + String(repeating: "0", count: 4 - digits.count) + digits
+    }
+
+    /// Writes `<family>-epochNNNN_loss-L[_val_loss-V].h5` once and publishes it as `-last.h5` (and `-best.h5`) by hard links, then
+    /// removes epoch files beyond the newest `keepCheckpoints`. With keepCheckpoints 0 only last and best are kept.
+    private func saveEpochCheckpoint(epoch: Int, best: Bool, loss: Double, validationLoss: Double?) throws {
+        guard options.keepCheckpoints > 0 else {
+            try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
+            if best { try AtomicFile.publish(lastCheckpointPath, as: bestCheckpointPath) }
+            return
+        }
+        let digits = String(epoch)
+        // Epoch and losses in the name, as ssd_keras's ModelCheckpoint names them.
+        var path = "\(checkpointPrefix)-epoch\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits)_loss-\(fixed(loss))"
+        if let validationLoss { path += "_val_loss-\(fixed(validationLoss))" }
+        path += ".h5"
+        try Checkpoint.save(to: path, model: model, optimizer: optimizer, state: state)
+        try AtomicFile.publish(path, as: lastCheckpointPath)
+        if best { try AtomicFile.publish(path, as: bestCheckpointPath) }
+        let prefix = "\(model.config.family)-epoch"
+        guard let dir = opendir(options.outputDirectory) else { return }
+        var epochFiles: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(prefix) && name.hasSuffix(".h5") { epochFiles.append(name) }
+        }
+        closedir(dir)
+        for name in epochFiles.sorted().dropLast(options.keepCheckpoints) { unlink("\(options.outputDirectory)/\(name)") }
+    }
+
+    /// Mean training objective over the validation split (or its first `validationLimit` images) without dropout,
+    /// and with the fixed evaluation noise where a model draws any: each rank scores an equal share, and the sums
+    /// are allreduced.
+    public func evaluateLoss(_ data: any TrainingSource) throws -> Double {
+        let n = min(data.count, options.validationLimit ?? data.count)
+        let share = (n + world.size - 1) / world.size
+        let mine = (world.rank * share)..<min(n, (world.rank + 1) * share)
+        var total = [0.0]
+        var start = mine.lowerBound
+        while start < mine.upperBound {
+            let end = min(mine.upperBound, start + options.batchSize)
+            let batch = try data.batch(indices: Array(start..<end), epoch: 0, training: false, for: model)
+            let loss = GradMode.disabled { model.loss(batch, training: false) }
+            total[0] += Double(loss.item) * Double(end - start)
+            start = end
+        }
+        try world.allreduce(&total)
+        return total[0] / Double(max(n, 1))
+    }
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    if seconds < 60 { return "\((seconds * 10).rounded() / 10)s" }
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? "\(s / 3600)h\((s % 3600) / 60)m" : "\(s / 60)m\(s % 60)s"
+}
+
+/// A CSV file written line by line and flushed, so a crashed run still leaves its log.
+final class CSVLog {
+    let path: String
+    private var handle: UnsafeMutablePointer<FILE>?
+    init(path: String) { self.path = path }
+    deinit { if let handle { fclose(handle) } }
+
+    func start(header: String, append: Bool) throws {
+        guard let f = fopen(path, append ? "a" : "w") else { throw TrainingError("cannot write log \(path): \(String(cString: strerror(errno)))") }
+        handle = f
+        fseek(f, 0, SEEK_END)
+        if !append || ftell(f) == 0 { try self.append(header) }
+    }
+
+    func append(_ line: String) throws {
+        guard let handle else { return }
+        guard fputs(line + "\n", handle) >= 0, fflush(handle) == 0 else { throw TrainingError("cannot write log \(path)") }
+    }
+}
