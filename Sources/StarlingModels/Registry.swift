@@ -91,6 +91,8 @@ public enum ModelRegistry {
                     configure: SSD300.configuration(for:), build: SSD300.init),
         ModelFamily("yolov3-tiny", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
                     configure: YOLOv3Tiny.configuration(for:), build: YOLOv3Tiny.init),
+        ModelFamily("yolov3", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("depth", range: 0.001...1)],
+                    configure: YOLOv3.configuration(for:), build: YOLOv3.init),
     ]
 
     /// Every family's name, in registry order.

@@ -120,6 +120,7 @@ struct TrainCommand: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
+    @Option(help: "Multiply every stage's residual blocks (rounded, at least one each), for families that take it (yolov3: 1 is darknet's Darknet-53).") var depthMultiplier: Double?
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -133,6 +134,9 @@ struct TrainCommand: ParsableCommand {
                 var config = try family.configuration(for: train.datasetDescription)
                 if let widthMultiplier {
                     config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier")
+                }
+                if let depthMultiplier {
+                    config = try family.setting("depth", to: depthMultiplier, in: config, flag: "--depth-multiplier")
                 }
                 if let anchorsFrom {
                     guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }

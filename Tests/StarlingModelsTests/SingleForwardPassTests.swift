@@ -26,6 +26,7 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func elu(alpha: Float) -> Recorded { record("elu \(alpha)", base.elu(alpha: alpha)) }
     func leakyRelu(slope: Float) -> Recorded { record("leakyRelu \(slope)", base.leakyRelu(slope: slope)) }
     func affine(scale: Float, shift: Float) -> Recorded { record("affine \(scale) \(shift)", base.affine(scale: scale, shift: shift)) }
+    static func + (lhs: Recorded, rhs: Recorded) -> Recorded { lhs.record("add", lhs.base + rhs.base) }
     func subtractingChannelMeans(_ means: [Float]) -> Recorded { record("subtract \(means)", base.subtractingChannelMeans(means)) }
     func softmax(axis: Int) -> Recorded { record("softmax \(axis)", base.softmax(axis: axis)) }
     func reshaped(_ newShape: [Int]) -> Recorded { record("reshape", base.reshaped(newShape)) }

@@ -23,6 +23,8 @@ public protocol NetworkValue {
     func leakyRelu(slope: Float) -> Self
     /// `self * scale + shift`.
     func affine(scale: Float, shift: Float) -> Self
+    /// Elementwise sum of two values of one shape (a residual connection, darknet's `[shortcut]`).
+    static func + (lhs: Self, rhs: Self) -> Self
     /// [N, C, H, W] minus `means[c]` in channel c: input normalisation by a dataset's channel means (SSD300's ImageNet
     /// means).
     func subtractingChannelMeans(_ means: [Float]) -> Self
