@@ -93,6 +93,8 @@ public enum ModelRegistry {
                     configure: YOLOv3Tiny.configuration(for:), build: YOLOv3Tiny.init),
         ModelFamily("yolov3", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("depth", range: 0.001...1)],
                     configure: YOLOv3.configuration(for:), build: YOLOv3.init),
+        ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+                    configure: YOLOv2.configuration(for:), build: YOLOv2.init),
     ]
 
     /// Every family's name, in registry order.

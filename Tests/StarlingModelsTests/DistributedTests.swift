@@ -203,6 +203,11 @@ import Testing
         try yoloRanksMatchOneProcess(family: "yolov3", ranks: 2, epochs: 1, options: ["--width-multiplier", "0.125", "--depth-multiplier", "0.1"])
     }
 
+    /// yolov2 (region-layer loss, passthrough) the same way as yolov3.
+    @Test func yolov2RanksMatchOneProcessWithSyncBN() throws {
+        try yoloRanksMatchOneProcess(family: "yolov2", ranks: 2, epochs: 1, options: ["--width-multiplier", "0.125"])
+    }
+
     private func yoloRanksMatchOneProcess(family: String, ranks: Int, epochs: Int = 2, options: [String]) throws {
         let kitti = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/kitti/kitti_tiny/training").path
         guard FileManager.default.fileExists(atPath: kitti + "/label_2") else { return }   // shared data not here

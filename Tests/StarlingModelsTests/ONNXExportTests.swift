@@ -84,6 +84,7 @@ private func exportConfigs() throws -> [ModelConfig] {
         case SSD7.family: return SSD7.defaultConfig(height: 96, width: 128)
         case YOLOv3Tiny.family: return YOLOv3Tiny.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.125)
         case YOLOv3.family: return YOLOv3.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, depthMultiplier: 0.1)
+        case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
     }

@@ -41,6 +41,7 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
         record("maxPool \(kernel) \(String(describing: stride)) \(padding)", base.maxPool2d(kernel: kernel, stride: stride, padding: padding))
     }
     func upsampleNearest(scale: (Int, Int)) -> Recorded { record("upsample \(scale)", base.upsampleNearest(scale: scale)) }
+    func spaceToDepth(blockSize: Int) -> Recorded { record("spaceToDepth \(blockSize)", base.spaceToDepth(blockSize: blockSize)) }
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Recorded {
         record("l2Normalize \(gamma.name)", base.l2NormalizeChannels(gamma: gamma, epsilon: epsilon))
     }

@@ -46,6 +46,8 @@ public protocol NetworkValue {
     func maxPool2d(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> Self
     /// Nearest-neighbour upsampling by integer factors.
     func upsampleNearest(scale: (Int, Int)) -> Self
+    /// `Tensor.spaceToDepth`: every b x b block of pixels stacked along the channels (ONNX's SpaceToDepth).
+    func spaceToDepth(blockSize: Int) -> Self
     /// Channel-wise L2 normalisation with the learned per-channel scale `gamma` [C] (SSD300's conv4_3).
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Self
 
