@@ -95,6 +95,8 @@ public enum ModelRegistry {
                     configure: YOLOv3.configuration(for:), build: YOLOv3.init),
         ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
+        ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+                    configure: YOLOv1.configuration(for:), build: YOLOv1.init),
     ]
 
     /// Every family's name, in registry order.

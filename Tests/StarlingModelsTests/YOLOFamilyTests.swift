@@ -6,9 +6,9 @@ import StarlingIO
 
 private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorners { BoxCorners(xmin: x0, ymin: y0, xmax: x1, ymax: y1) }
 
-/// Three 96 x 128 windows of real Udacity frames (the objects as labelled: two cars, a pedestrian, two traffic
-/// lights), classes background, car, truck, pedestrian, bicyclist, light.
-func udacityWindows() throws -> Batch {
+/// Three windows of real Udacity frames (the objects as labelled: two cars, a pedestrian, two traffic lights), 96 x
+/// 128 unless said, classes background, car, truck, pedestrian, bicyclist, light.
+func udacityWindows(height h: Int = 96, width w: Int = 128) throws -> Batch {
     let folder = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/udacity/images").path
     let windows: [(String, Int, Int, [(Float, Float, Float, Float, Int)])] = [
         ("1478019952686311006.jpg", 190, 100, [(237, 251, 143, 155, 1)]),
@@ -16,12 +16,14 @@ func udacityWindows() throws -> Batch {
         ("1478020202688242798_jpg.rf.49c13f8414aaebf9a018f6c0fcc82a0e.jpg", 180, 180,
          [(214, 231, 238, 259, 1), (238, 246, 215, 235, 5), (267, 278, 224, 241, 5)]),
     ]
-    let (h, w) = (96, 128)
     let images = Tensor(zeros: [windows.count, 3, h, w])
     var objects: [[Object]] = []
-    for (n, (file, x0, y0, labelled)) in windows.enumerated() {
+    for (n, (file, left, top, labelled)) in windows.enumerated() {
         let frame = try ImageFile.readRGB(path: folder + "/" + file)
-        try #require(frame.width >= x0 + w && frame.height >= y0 + h, "\(file) is \(frame.width)x\(frame.height)")
+        // A window larger than 96 x 128 moves left and up as far as it must to stay in the frame.
+        let (x0, y0) = (min(left, frame.width - w), min(top, frame.height - h))
+        try #require(x0 >= 0 && y0 >= 0, "\(file) is \(frame.width)x\(frame.height)")
+        try #require(labelled.allSatisfy { Int($0.0) >= x0 && Int($0.1) <= x0 + w && Int($0.2) >= y0 && Int($0.3) <= y0 + h }, "\(file): an object outside the window")
         for c in 0..<3 { for y in 0..<h { for x in 0..<w {
             images.data[((n * 3 + c) * h + y) * w + x] = Float(frame.pixels[((y0 + y) * frame.width + x0 + x) * 3 + c])
         } } }
@@ -38,7 +40,7 @@ let udacityClasses = ["background", "car", "truck", "pedestrian", "bicyclist", "
 /// object to be found (right class, IoU >= 0.5) by the decoding in training mode (the moving averages need many more
 /// steps to settle than these).
 func expectOverfitsUdacityWindows(_ model: any Detector, steps: Int, learningRate: Float = 3e-3) throws {
-    var batch = try udacityWindows()
+    var batch = try udacityWindows(height: model.config.inputShape[1], width: model.config.inputShape[2])
     model.targetEncoder?.encodeTargets(into: &batch)
     let adam = Adam(parameterCount: model.parameters.count, learningRate: learningRate)
     var first: Float = 0, last: Float = 0
