@@ -28,6 +28,13 @@ import StarlingONNX
 ///
 /// Outputs, one per scale in `scales` order: [N, A x (5 + C), H, W] with anchor a's channels a (5 + C) + (tx, ty, tw,
 /// th, objectness, class 1 ... C); C counts the object classes (no background channel).
+///
+/// YOLOv2's head (J. Redmon and A. Farhadi, "YOLO9000: Better, Faster, Stronger", CVPR 2017), darknet's region_layer.c,
+/// is this one with options (`regionLayer(...)`): class scores a softmax over the classes (`classScores`), the
+/// objectness a squared error on its sigmoid scaled by darknet's object_scale and noobject_scale (`objectness`), its
+/// target the IoU of the decoded prediction with its box (`rescore`, the IoU a constant), the ignore threshold 0.6,
+/// and `coordinateScale` and `classScale` multiplying the box and class terms. The targets and the decoding of boxes
+/// are v3's (v2 introduced both).
 public struct YOLOHead: DetectionHead {
     /// One output grid and the anchors (indices into `anchorSizes`) its cells predict with.
     public struct Scale: Sendable, Equatable {
@@ -51,6 +58,44 @@ public struct YOLOHead: DetectionHead {
     /// Classes with background (the head predicts classCount - 1 of them).
     public let classCount: Int
     public var ignoreThreshold: Float = 0.7
+
+    /// How class scores are made from their logits.
+    public enum ClassScores: Sendable, Equatable {
+        /// Independent sigmoids, each trained by binary cross-entropy (YOLOv3).
+        case sigmoid
+        /// One softmax over the classes, trained by cross-entropy (YOLOv2).
+        case softmax
+    }
+    public var classScores = ClassScores.sigmoid
+    /// The objectness term.
+    public enum Objectness: Sendable, Equatable {
+        /// Binary cross-entropy of sigmoid(objectness) (YOLOv3).
+        case crossEntropy
+        /// object / 2 (sigmoid(objectness) - target)^2 for the responsible predictions, noObject / 2
+        /// sigmoid(objectness)^2 for the others (YOLOv2: darknet's deltas times the logistic's gradient).
+        case squaredError(object: Float, noObject: Float)
+    }
+    public var objectness = Objectness.crossEntropy
+    /// A responsible prediction's objectness target: the IoU of its decoded box with its ground-truth box (a
+    /// constant of the loss, as darknet computes it), instead of 1.
+    public var rescore = false
+    /// Multiplies the box terms (darknet's coord_scale) and the class terms (class_scale).
+    public var coordinateScale: Float = 1, classScale: Float = 1
+
+    /// This head as darknet's region layer (YOLOv2) computes its loss, with yolov2-voc.cfg's scales: softmax classes,
+    /// squared-error objectness (object 5, no object 1) towards the IoU, ignore threshold 0.6. darknet's extra term
+    /// for the first 12,800 images seen (every prediction's box pulled towards its anchor, scale 0.01) is left out.
+    public func regionLayer(objectScale: Float = 5, noObjectScale: Float = 1, coordinateScale: Float = 1, classScale: Float = 1,
+                            ignoreThreshold: Float = 0.6) -> YOLOHead {
+        var head = self
+        head.classScores = .softmax
+        head.objectness = .squaredError(object: objectScale, noObject: noObjectScale)
+        head.rescore = true
+        head.coordinateScale = coordinateScale
+        head.classScale = classScale
+        head.ignoreThreshold = ignoreThreshold
+        return head
+    }
 
     public init(scales: [Scale], anchorSizes: [(width: Float, height: Float)], imageHeight: Int, imageWidth: Int, classCount: Int,
                 letterbox: Letterbox? = nil) {
@@ -147,24 +192,48 @@ public struct YOLOHead: DetectionHead {
                     let base = (n * a + j) * d * plane
                     for cell in 0..<plane {
                         let at = { (channel: Int) in base + channel * plane + cell }
-                        let objectness = x[at(4)]
                         if let t = responsible[j * plane + cell] {
+                            let weight = coordinateScale * t.weight
                             for (channel, target) in [(0, t.x), (1, t.y)] {
                                 let p = VectorMath.sigmoid(x[at(channel)]), e = p - target
-                                total += Double(0.5 * t.weight * e * e)
-                                g[at(channel)] = t.weight * e * p * (1 - p)
+                                total += Double(0.5 * weight * e * e)
+                                g[at(channel)] = weight * e * p * (1 - p)
                             }
                             for (channel, target) in [(2, t.w), (3, t.h)] {
                                 let e = x[at(channel)] - target
-                                total += Double(0.5 * t.weight * e * e)
-                                g[at(channel)] = t.weight * e
+                                total += Double(0.5 * weight * e * e)
+                                g[at(channel)] = weight * e
                             }
-                            total += Double(Self.softplus(-objectness))
-                            g[at(4)] = VectorMath.sigmoid(objectness) - 1
-                            for k in 0..<foreground {
-                                let z = x[at(5 + k)], target: Float = k + 1 == t.classID ? 1 : 0
-                                total += Double(Self.softplus(z) - target * z)
-                                g[at(5 + k)] = VectorMath.sigmoid(z) - target
+                            var target: Float = 1
+                            if rescore {
+                                let predicted = box(x[at(0)], x[at(1)], x[at(2)], x[at(3)], anchor: scale.anchors[j], row: t.row, column: t.column, scale: scale)
+                                target = iou(predicted, truthBox(t, anchor: scale.anchors[j], scale: scale))
+                            }
+                            switch objectness {
+                            case .crossEntropy:
+                                total += Double(Self.softplus(x[at(4)]) - target * x[at(4)])
+                                g[at(4)] = VectorMath.sigmoid(x[at(4)]) - target
+                            case .squaredError(let object, _):
+                                let p = VectorMath.sigmoid(x[at(4)]), e = p - target
+                                total += Double(0.5 * object * e * e)
+                                g[at(4)] = object * e * p * (1 - p)
+                            }
+                            switch classScores {
+                            case .sigmoid:
+                                for k in 0..<foreground {
+                                    let z = x[at(5 + k)], target: Float = k + 1 == t.classID ? 1 : 0
+                                    total += Double(classScale * (Self.softplus(z) - target * z))
+                                    g[at(5 + k)] = classScale * (VectorMath.sigmoid(z) - target)
+                                }
+                            case .softmax:
+                                var largest = -Float.infinity
+                                for k in 0..<foreground { largest = max(largest, x[at(5 + k)]) }
+                                var sum: Float = 0
+                                for k in 0..<foreground { sum += expf(x[at(5 + k)] - largest) }
+                                total += Double(classScale * (largest + logf(sum) - x[at(4 + t.classID)]))
+                                for k in 0..<foreground {
+                                    g[at(5 + k)] = classScale * (expf(x[at(5 + k)] - largest) / sum - (k + 1 == t.classID ? 1 : 0))
+                                }
                             }
                             continue
                         }
@@ -172,8 +241,15 @@ public struct YOLOHead: DetectionHead {
                             let predicted = box(x[at(0)], x[at(1)], x[at(2)], x[at(3)], anchor: scale.anchors[j], row: cell / w, column: cell % w, scale: scale)
                             if truths.contains(where: { iou(predicted, $0) > ignoreThreshold }) { continue }
                         }
-                        total += Double(Self.softplus(objectness))
-                        g[at(4)] = VectorMath.sigmoid(objectness)
+                        switch objectness {
+                        case .crossEntropy:
+                            total += Double(Self.softplus(x[at(4)]))
+                            g[at(4)] = VectorMath.sigmoid(x[at(4)])
+                        case .squaredError(_, let noObject):
+                            let p = VectorMath.sigmoid(x[at(4)])
+                            total += Double(0.5 * noObject * p * p)
+                            g[at(4)] = noObject * p * p * (1 - p)
+                        }
                     }
                 }
             }
@@ -188,6 +264,27 @@ public struct YOLOHead: DetectionHead {
         }
         out.data[0] = Float(total) * normaliser
         return out
+    }
+
+    /// The ground-truth box of an assignment, from its encoding (anchor index `k` into `anchorSizes`).
+    func truthBox(_ t: Assignment, anchor k: Int, scale: Scale) -> BoxCorners {
+        let cx = (Float(t.column) + t.x) / Float(scale.width) * Float(imageWidth)
+        let cy = (Float(t.row) + t.y) / Float(scale.height) * Float(imageHeight)
+        let w = expf(t.w) * anchorSizes[k].width, h = expf(t.h) * anchorSizes[k].height
+        return BoxCorners(xmin: cx - w / 2, ymin: cy - h / 2, xmax: cx + w / 2, ymax: cy + h / 2)
+    }
+
+    /// The class probabilities of the prediction whose class logits start at `first`, `stride` apart: sigmoids or
+    /// one softmax (`classScores`); index k for class k + 1.
+    func classProbabilities(_ x: UnsafeMutablePointer<Float>, first: Int, stride: Int) -> [Float] {
+        let logits = (0..<(classCount - 1)).map { x[first + $0 * stride] }
+        switch classScores {
+        case .sigmoid: return logits.map(VectorMath.sigmoid)
+        case .softmax:
+            let largest = logits.max() ?? 0
+            let e = logits.map { expf($0 - largest) }, sum = e.reduce(0, +)
+            return e.map { $0 / sum }
+        }
     }
 
     /// log(1 + e^z) without overflow.
@@ -208,8 +305,9 @@ public struct YOLOHead: DetectionHead {
                         let objectness = VectorMath.sigmoid(x[base + 4 * plane + cell])
                         guard objectness > decoding.confidenceThreshold else { continue }   // every score is at most this
                         var decoded: BoxCorners?
+                        let probabilities = classProbabilities(x, first: base + 5 * plane + cell, stride: plane)
                         for c in 1..<classCount {
-                            let score = objectness * VectorMath.sigmoid(x[base + (4 + c) * plane + cell])
+                            let score = objectness * probabilities[c - 1]
                             guard score > decoding.confidenceThreshold else { continue }
                             if decoded == nil {
                                 var b = letterbox.toInput(box(x[base + cell], x[base + plane + cell], x[base + 2 * plane + cell], x[base + 3 * plane + cell],
@@ -263,11 +361,13 @@ public struct YOLOHead: DetectionHead {
         let (width, height) = (Float(letterbox.inputWidth), Float(letterbox.inputHeight))
         let low = g.node("Max", [corners.name, g.constant("zero", [0], shape: []).name], shape: corners.shape)
         let boxes = g.node("Min", [low.name, g.constant("image_size", [width, height, width, height], shape: [4]).name], shape: corners.shape)
-        let (scores, detections) = decoding.onnxSuppress(boxes: boxes, scores: rows.slice(axis: 2, 4..<5).sigmoid() * rows.slice(axis: 2, 5..<(5 + c)).sigmoid())
+        let logits = rows.slice(axis: 2, 5..<(5 + c))
+        let probabilities = classScores == .softmax ? logits.softmax(axis: 2) : logits.sigmoid()
+        let (scores, detections) = decoding.onnxSuppress(boxes: boxes, scores: rows.slice(axis: 2, 4..<5).sigmoid() * probabilities)
         return [
             ONNXOutput(name: "predictions", value: rows, meaning: "raw predictions [N, P, \(depth)]: tx, ty, tw, th, objectness and \(c) class logits, scale by scale, anchor by anchor, cell by cell"),
             ONNXOutput(name: "boxes", value: boxes, meaning: "decoded boxes [N, P, 4], xmin ymin xmax ymax in input pixels (before letterboxing), clipped to the image"),
-            ONNXOutput(name: "scores", value: scores, meaning: "sigmoid(objectness) sigmoid(class) [N, P, \(c)] for classes 1...\(c)"),
+            ONNXOutput(name: "scores", value: scores, meaning: "sigmoid(objectness) \(classScores == .softmax ? "softmax(classes)" : "sigmoid(class)") [N, P, \(c)] for classes 1...\(c)"),
             ONNXOutput(name: "detections", value: detections, type: .int64, batchName: "K",
                        meaning: "per-class NMS (IoU \(decoding.iouThreshold), score > \(decoding.confidenceThreshold), empty boxes dropped, at most \(decoding.topK) per class): rows (image, class id, prediction)"),
         ]

@@ -123,14 +123,17 @@ public final class YOLOv3Tiny: Detector {
     }
 }
 
-/// darknet's `[convolutional]` with `batch_normalize=1` and `activation=leaky`: convolution (same padding, stride 1),
-/// batch norm, leaky ReLU with slope 0.1. Named `conv_<layer>` and `bn_<layer>` after the cfg's layer index.
+/// darknet's `[convolutional]` with `batch_normalize=1`, `pad=1` and `activation=leaky`: convolution (stride 1: same
+/// padding; stride 2: darknet's size / 2 pixels on every side, so even sides halve), batch norm, leaky ReLU with slope
+/// 0.1. Named `conv_<layer>` and `bn_<layer>` after the cfg's layer index.
 struct DarknetConvolution {
     let conv: Conv2D
     let norm: BatchNormalization
 
-    init(_ store: ParameterStore, buffers: ParameterStore, layer: Int, inputs: Int, outputs: Int, kernelSize: Int) {
+    init(_ store: ParameterStore, buffers: ParameterStore, layer: Int, inputs: Int, outputs: Int, kernelSize: Int, stride: Int = 1) {
+        let pad = kernelSize / 2
         conv = Conv2D(store, name: "conv_\(layer)", inputs: inputs, outputs: outputs, kernelSize: (kernelSize, kernelSize),
+                      stride: (stride, stride), padding: stride == 1 ? .same : .explicit(top: pad, bottom: pad, left: pad, right: pad),
                       initializer: .heNormal(fanIn: inputs * kernelSize * kernelSize))
         norm = BatchNormalization(store, buffers: buffers, name: "bn_\(layer)", channels: outputs)
     }

@@ -332,6 +332,12 @@ public struct ONNXValue: NetworkValue {
             ONNXAttribute.string("nearest_mode", "floor")])
     }
 
+    /// ONNX's SpaceToDepth, whose order (DCR: the block offset outermost) is Tensor.spaceToDepth's.
+    public func spaceToDepth(blockSize: Int) -> ONNXValue {
+        graph.node("SpaceToDepth", [name], shape: [shape[0], shape[1] * blockSize * blockSize, shape[2] / blockSize, shape[3] / blockSize],
+                   attributes: [ONNXAttribute.int("blocksize", blockSize)])
+    }
+
     /// ONNX pads [top, left, bottom, right] that give `output` windows with `before` leading padding.
     static func pads(input: (Int, Int), output: (Int, Int), before: (Int, Int), kernel: (Int, Int), stride: (Int, Int)) -> [Int] {
         // The trailing padding is whatever the last window needs beyond the input (never negative).

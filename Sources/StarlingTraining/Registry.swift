@@ -95,6 +95,12 @@ public enum ModelRegistry {
         ModelFamily("yolov3-tiny", trainsOn: .detection,
                     tunables: [.init("width", range: 0.001...1), .init("network_height", range: 32...4096), .init("network_width", range: 32...4096)],
                     configure: YOLOv3Tiny.configuration(for:), build: YOLOv3Tiny.init),
+        ModelFamily("yolov3", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("depth", range: 0.001...1)],
+                    configure: YOLOv3.configuration(for:), build: YOLOv3.init),
+        ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+                    configure: YOLOv2.configuration(for:), build: YOLOv2.init),
+        ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+                    configure: YOLOv1.configuration(for:), build: YOLOv1.init),
     ]
 
     /// Every family's name, in registry order.

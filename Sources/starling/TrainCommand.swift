@@ -121,6 +121,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
+    @Option(help: "Multiply every stage's residual blocks (rounded, at least one each), for families that take it (yolov3: 1 is darknet's Darknet-53).") var depthMultiplier: Double?
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -140,6 +141,9 @@ struct TrainCommand: ParsableCommand {
                     guard sides.count == 2 else { throw ValidationError("--network-size takes HEIGHTxWIDTH, e.g. 416x416, not '\(networkSize)'") }
                     config = try family.setting("network_height", to: sides[0], in: config, flag: "--network-size")
                     config = try family.setting("network_width", to: sides[1], in: config, flag: "--network-size")
+                }
+                if let depthMultiplier {
+                    config = try family.setting("depth", to: depthMultiplier, in: config, flag: "--depth-multiplier")
                 }
                 if let anchorsFrom {
                     guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }

@@ -18,6 +18,9 @@ private func everyFamilyConfig() throws -> [ModelConfig] {
         switch family {
         case SSD7.family: return smallSSD7Config()
         case YOLOv3Tiny.family: return YOLOv3Tiny.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.125)
+        case YOLOv3.family: return YOLOv3.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, depthMultiplier: 0.1)
+        case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        case YOLOv1.family: return YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         default: return (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
         }
     }

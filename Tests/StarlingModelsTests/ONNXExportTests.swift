@@ -88,6 +88,9 @@ private func exportConfigs() throws -> [ModelConfig] {
             config.options["network_height"] = 64
             config.options["network_width"] = 96
             return config
+        case YOLOv3.family: return YOLOv3.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, depthMultiplier: 0.1)
+        case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        case YOLOv1.family: return YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
     }
@@ -148,6 +151,8 @@ private func exportConfigs() throws -> [ModelConfig] {
                 #expect(onnx.shapes["reconstruction"] == [batch] + config.inputShape)
             case let detector as any Detector where detector.head is YOLOHead:
                 try expectSameYOLODetections(detector, images: images, onnx: onnx)
+            case let detector as any Detector where detector.head is YOLOv1Head:
+                try expectSameYOLOv1Detections(detector, images: images, onnx: onnx)
             case let detector as any Detector:
                 try expectSameDetections(detector, images: images, onnx: onnx, expectClose: expectClose)
             default:
@@ -239,6 +244,24 @@ private func exportConfigs() throws -> [ModelConfig] {
         #expect(onnx.shapes["predictions"] == [n, predictions, d])
         let worst = worstDifference(onnx.floats["predictions"] ?? [], rows)
         #expect(worst.value < 1e-4, "predictions: worst difference \(worst.value) at \(worst.at)")
+        expectSameSuppression(head, maps: maps, onnx: onnx, predictions: predictions, imageSide: max(head.imageWidth, head.imageHeight))
+    }
+
+    /// YOLOv1's raw grid as Starling computes it, and the same detections after per-class NMS.
+    private func expectSameYOLOv1Detections(_ detector: any Detector, images: Tensor, onnx: RuntimeOutputs) throws {
+        let head = try #require(detector.head as? YOLOv1Head)
+        let maps = detector.headOutputs(images, training: false)
+        #expect(onnx.shapes["predictions"] == maps[0].shape)
+        let worst = worstDifference(onnx.floats["predictions"] ?? [], maps[0].toArray())
+        #expect(worst.value < 1e-4, "predictions: worst difference \(worst.value) at \(worst.at)")
+        expectSameSuppression(head, maps: maps, onnx: onnx, predictions: head.gridHeight * head.gridWidth * head.boxesPerCell,
+                              imageSide: max(head.imageWidth, head.imageHeight))
+    }
+
+    /// `head.decode` with every box kept against the ONNX graph's `detections` rows, their `boxes` and `scores`
+    /// (`predictions` boxes an image).
+    private func expectSameSuppression(_ head: any DetectionHead, maps: [Tensor], onnx: RuntimeOutputs, predictions: Int, imageSide: Int) {
+        let n = maps[0].shape[0]
         var decoding = DetectionDecoding.evaluation
         decoding.topK = .max
         let found = head.decode(maps, decoding: decoding)
@@ -251,7 +274,7 @@ private func exportConfigs() throws -> [ModelConfig] {
             fromONNX[image, default: []].append(DetectedBox(box: BoxCorners(xmin: boxes[o], ymin: boxes[o + 1], xmax: boxes[o + 2], ymax: boxes[o + 3]),
                                                             classID: cls, score: scores[(image * predictions + p) * c + cls - 1]))
         }
-        let slack = 1e-4 * Float(max(head.imageWidth, head.imageHeight))
+        let slack = 1e-4 * Float(imageSide)
         func close(_ x: DetectedBox, _ y: DetectedBox) -> Bool {
             x.classID == y.classID && abs(x.score - y.score) < 1e-4 && abs(x.box.xmin - y.box.xmin) < slack && abs(x.box.ymin - y.box.ymin) < slack
                 && abs(x.box.xmax - y.box.xmax) < slack && abs(x.box.ymax - y.box.ymax) < slack

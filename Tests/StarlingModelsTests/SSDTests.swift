@@ -281,7 +281,8 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
     /// JPEGs decoded by libjpeg-turbo, boxes from its labels.csv): two cars, a pedestrian and two traffic lights, at
     /// the sizes they have in the frames. SSD7 drives its loss down tenfold and then finds every object where it is.
     @Test func overfitsRealFrames() throws {
-        let (images, objects, names) = try udacityWindows()
+        let windows = try udacityWindows()
+        let (images, objects, names) = (windows.images, windows.objects ?? [], udacityClasses)
         let (h, w) = (images.shape[2], images.shape[3])
         var config = SSD7.defaultConfig(height: h, width: w, classNames: names)
         config.options["l2_regularization"] = 0   // the detection loss alone, so "tenfold" is about fitting

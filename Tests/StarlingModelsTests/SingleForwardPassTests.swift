@@ -28,6 +28,7 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func elu(alpha: Float) -> Recorded { record("elu \(alpha)", base.elu(alpha: alpha)) }
     func leakyRelu(slope: Float) -> Recorded { record("leakyRelu \(slope)", base.leakyRelu(slope: slope)) }
     func affine(scale: Float, shift: Float) -> Recorded { record("affine \(scale) \(shift)", base.affine(scale: scale, shift: shift)) }
+    static func + (lhs: Recorded, rhs: Recorded) -> Recorded { lhs.record("add", lhs.base + rhs.base) }
     func subtractingChannelMeans(_ means: [Float]) -> Recorded { record("subtract \(means)", base.subtractingChannelMeans(means)) }
     func softmax(axis: Int) -> Recorded { record("softmax \(axis)", base.softmax(axis: axis)) }
     func reshaped(_ newShape: [Int]) -> Recorded { record("reshape", base.reshaped(newShape)) }
@@ -46,6 +47,7 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Recorded {
         record("pad \(top) \(left) \(bottom) \(right) \(value)", base.padded(top: top, left: left, bottom: bottom, right: right, value: value))
     }
+    func spaceToDepth(blockSize: Int) -> Recorded { record("spaceToDepth \(blockSize)", base.spaceToDepth(blockSize: blockSize)) }
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Recorded {
         record("l2Normalize \(gamma.name)", base.l2NormalizeChannels(gamma: gamma, epsilon: epsilon))
     }

@@ -123,30 +123,3 @@ func maxRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Fl
     return worst
 }
 
-/// Three 96 x 128 windows cut from the two real Udacity frames in ../shared/data/udacity (480 x 300 and 512 x 512
-/// JPEGs decoded by libjpeg-turbo, boxes from its labels.csv): two cars, a pedestrian and two traffic lights, at the
-/// sizes they have in the frames; classes as the driving set names them. The detectors' overfitting tests train on them.
-func udacityWindows() throws -> (images: Tensor, objects: [[Object]], classNames: [String]) {
-    let folder = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/udacity/images").path
-    // (frame, window origin x, y; the frame's objects as labelled: xmin, xmax, ymin, ymax, class 1 car, 3 pedestrian, 5 light)
-    let windows: [(String, Int, Int, [(Float, Float, Float, Float, Int)])] = [
-        ("1478019952686311006.jpg", 190, 100, [(237, 251, 143, 155, 1)]),
-        ("1478019952686311006.jpg", 352, 100, [(437, 454, 120, 186, 3)]),
-        ("1478020202688242798_jpg.rf.49c13f8414aaebf9a018f6c0fcc82a0e.jpg", 180, 180,
-         [(214, 231, 238, 259, 1), (238, 246, 215, 235, 5), (267, 278, 224, 241, 5)]),
-    ]
-    let (h, w) = (96, 128)
-    let images = Tensor(zeros: [windows.count, 3, h, w])
-    var objects: [[Object]] = []
-    for (n, (file, x0, y0, labelled)) in windows.enumerated() {
-        let frame = try ImageFile.readRGB(path: folder + "/" + file)
-        try #require(frame.width >= x0 + w && frame.height >= y0 + h, "\(file) is \(frame.width)x\(frame.height)")
-        for c in 0..<3 { for y in 0..<h { for x in 0..<w {
-            images.data[((n * 3 + c) * h + y) * w + x] = Float(frame.pixels[((y0 + y) * frame.width + x0 + x) * 3 + c])
-        } } }
-        objects.append(labelled.map {
-            Object(box: BoxCorners(xmin: $0.0 - Float(x0), ymin: $0.2 - Float(y0), xmax: $0.1 - Float(x0), ymax: $0.3 - Float(y0)), classID: $0.4)
-        })
-    }
-    return (images, objects, ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
-}

@@ -145,31 +145,8 @@ private func tinyHead(classes: Int = 3) -> YOLOHead {
     /// Three windows of real Udacity frames (the objects as labelled: two cars, a pedestrian, two traffic lights):
     /// yolov3-tiny at half width drives its loss down tenfold and then finds every object where it is.
     @Test func overfitsRealFrames() throws {
-        let (images, objects, names) = try udacityWindows()
-        let config = YOLOv3Tiny.defaultConfig(height: images.shape[2], width: images.shape[3], classNames: names, widthMultiplier: 0.5)
-        let model = try ModelRegistry.build(config, seed: 3) as! YOLOv3Tiny
-        var batch = Batch(images: images)
-        batch.objects = objects
-        model.targetEncoder?.encodeTargets(into: &batch)
-        let adam = Adam(parameterCount: model.parameters.count, learningRate: 3e-3)
-        var first: Float = 0, last: Float = 0
-        for step in 0..<120 {
-            model.parameters.zeroGradients()
-            let loss = model.loss(batch, training: true)
-            loss.backward()
-            adam.step(model.parameters)
-            if step == 0 { first = loss.item }
-            last = loss.item
-        }
-        #expect(last < first / 10, "loss \(first) -> \(last)")
-        // Training-mode statistics: the moving averages need many more steps to settle than these.
-        let found = GradMode.disabled { model.head.decode(model.headOutputs(images, training: true), decoding: .display) }
-        for (n, objs) in objects.enumerated() {
-            for o in objs {
-                let hit = found[n].contains { $0.classID == o.classID && iou($0.box, o.box) >= 0.5 }
-                #expect(hit, "window \(n): no detection of class \(o.classID) at \(o.box); found \(found[n].prefix(4))")
-            }
-        }
+        let config = YOLOv3Tiny.defaultConfig(height: 96, width: 128, classNames: udacityClasses, widthMultiplier: 0.5)
+        try expectOverfitsUdacityWindows(try ModelRegistry.build(config, seed: 3) as! YOLOv3Tiny, steps: 120)
     }
 }
 

@@ -23,6 +23,8 @@ public protocol NetworkValue {
     func leakyRelu(slope: Float) -> Self
     /// `self * scale + shift`.
     func affine(scale: Float, shift: Float) -> Self
+    /// Elementwise sum of two values of one shape (a residual connection, darknet's `[shortcut]`).
+    static func + (lhs: Self, rhs: Self) -> Self
     /// [N, C, H, W] minus `means[c]` in channel c: input normalisation by a dataset's channel means (SSD300's ImageNet
     /// means).
     func subtractingChannelMeans(_ means: [Float]) -> Self
@@ -49,6 +51,8 @@ public protocol NetworkValue {
     func resized(height: Int, width: Int) -> Self
     /// Framed by rows and columns of a constant (`Tensor.padded`).
     func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Self
+    /// `Tensor.spaceToDepth`: every b x b block of pixels stacked along the channels (ONNX's SpaceToDepth).
+    func spaceToDepth(blockSize: Int) -> Self
     /// Channel-wise L2 normalisation with the learned per-channel scale `gamma` [C] (SSD300's conv4_3).
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Self
 
