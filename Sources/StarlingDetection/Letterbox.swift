@@ -46,6 +46,25 @@ public struct Letterbox: Sendable, Equatable {
     }
 }
 
+extension Letterbox {
+    /// The network input of a letterboxing family's configuration and the letterbox that places the data's images in
+    /// it: the options `network_height` and `network_width`, or the data's size rounded up to multiples of `multiple`
+    /// (padding, never resizing). Throws naming the model when the options are not such multiples.
+    public static func network(of config: ModelConfig, multiple: Int) throws -> Letterbox {
+        guard config.inputShape.count == 3, config.inputShape[1] > 0, config.inputShape[2] > 0 else {
+            throw ModelError.inputShape(family: config.family, expected: [3, 416, 416], got: config.inputShape, source: "model configuration")
+        }
+        let (h, w) = (config.inputShape[1], config.inputShape[2])
+        func roundedUp(_ n: Int) -> Int { (n + multiple - 1) / multiple * multiple }
+        let height = Int(config.option("network_height", default: Double(roundedUp(h))))
+        let width = Int(config.option("network_width", default: Double(roundedUp(w))))
+        guard height % multiple == 0, width % multiple == 0, height >= multiple, width >= multiple else {
+            throw ModelError.configuration(family: config.family, problem: "network size \(height)x\(width): its sides must be multiples of \(multiple)")
+        }
+        return Letterbox(input: (h, w), network: (height, width))
+    }
+}
+
 extension NetworkValue {
     /// The images placed in the network's input by `letterbox` (the values themselves when it is the identity).
     public func letterboxed(_ letterbox: Letterbox) -> Self {

@@ -11,7 +11,7 @@ import StarlingONNX
 /// (stride 16), 18 conv 1024, 19 conv 512 1x1, 20 conv 1024, 21 conv 512 1x1, 22 conv 1024; then the detection
 /// layers 23 conv 1024, 24 conv 1024, the passthrough (25 route 16, 26 conv 64 1x1, 27 reorg stride 2, 28 route 27
 /// and 24, concatenated in that order), 29 conv 1024, 30 conv 1x1 to 5 x (5 + C) linear, 31 region: one stride-32
-/// grid, five anchors per cell. Input pixels 0...255 scaled to [0, 1]; any height and width that are multiples of 32.
+/// grid, five anchors per cell. Input pixels 0...255 scaled to [0, 1]; images letterboxed into the network's input (as yolov3-tiny).
 ///
 /// The reorg is pjreddie's darknet's (`darknetReorg`): its reorg_cpu, called with forward = 0 on the input's sizes,
 /// reads the [C, H, W] input as [C/4, 2H, 2W], takes ONNX's space-to-depth of that and writes the result's memory as
@@ -56,17 +56,17 @@ public final class YOLOv2: Detector {
     let output: Conv2D
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
-        guard config.inputShape.count == 3, config.inputShape[0] == 3, config.inputShape[1] % 32 == 0, config.inputShape[2] % 32 == 0,
-              config.inputShape[1] >= 32, config.inputShape[2] >= 32, let names = config.classNames, names.count >= 2,
+        guard config.inputShape.count == 3, config.inputShape[0] == 3, let names = config.classNames, names.count >= 2,
               let sizes = config.anchorSizes, sizes.count == 5, sizes.allSatisfy({ $0.count == 2 && $0[0] > 0 && $0[1] > 0 }) else {
             throw ModelError.inputShape(family: config.family, expected: [3, 416, 416], got: config.inputShape,
-                                        source: "model configuration (needs sides that are multiples of 32, class names and five anchors)")
+                                        source: "model configuration (needs colour images, class names and five anchors)")
         }
+        let letterbox = try Letterbox.network(of: config, multiple: 32)
+        let (height, width) = (letterbox.networkHeight, letterbox.networkWidth)
         self.config = config
-        let (height, width) = (config.inputShape[1], config.inputShape[2])
         yolo = YOLOHead(scales: [.init(height: height / 32, width: width / 32, anchors: [0, 1, 2, 3, 4])],
                         anchorSizes: sizes.map { (Float($0[0]), Float($0[1])) }, imageHeight: height, imageWidth: width,
-                        classCount: names.count).regionLayer()
+                        classCount: names.count, letterbox: letterbox).regionLayer()
         let multiplier = config.option("width", default: 1)
         func channels(_ c: Int) -> Int { max(4, Int((Double(c) * multiplier).rounded())) }
         let store = parameters, buffers = buffersStore
@@ -95,16 +95,13 @@ public final class YOLOv2: Detector {
         buffersStore.allocate(rng: &unused)
     }
 
-    /// The family's configuration: darknet's 416 x 416 with the driving classes, or a detection dataset's image size
-    /// (sides multiples of 32) and classes.
+    /// The family's configuration: darknet's 416 x 416 with the driving classes, or a detection dataset's image size and
+    /// classes (letterboxed into the network's input, by default that size rounded up to multiples of 32).
     public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
         guard let dataset else {
             return defaultConfig(height: 416, width: 416, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
         }
         let (height, width, classNames) = try dataset.detectionImages()
-        guard height % 32 == 0, width % 32 == 0, height >= 32, width >= 32 else {
-            throw DataError(file: dataset.path, message: "images of \(height)x\(width): yolov2 takes sides that are multiples of 32 (import with `starling data detection --height 320 --width 480`, say)")
-        }
         return defaultConfig(height: height, width: width, classNames: classNames)
     }
 
@@ -127,7 +124,7 @@ public final class YOLOv2: Detector {
     func outputMaps<Value: NetworkValue>(_ images: Value, training: Bool) -> [Value] {
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
         func apply(_ layer: DarknetConvolution, _ x: Value) -> Value { layer(x, training: training, crossReplicaSum: sum) }
-        var h = images.affine(scale: 1 / 255, shift: 0)
+        var h = images.letterboxed(yolo.letterbox).affine(scale: 1 / 255, shift: 0)
         var fine = h
         for (layer, plan) in zip(backbone, Self.darknet19) {
             h = apply(layer, h)

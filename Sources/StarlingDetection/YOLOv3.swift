@@ -17,7 +17,7 @@ import StarlingONNX
 /// - stride 8: 95 route 91, 96 conv 128 1x1, 97 upsample, 98 route 97 and 36, 99-103 conv 128 1x1, 256, ..., 104
 ///   conv 256, 105 conv 1x1 linear, 106 yolo (anchors 0, 1, 2).
 ///
-/// Input pixels 0...255 scaled to [0, 1]; any height and width that are multiples of 32. The stride-2 convolutions pad
+/// Input pixels 0...255 scaled to [0, 1], letterboxed into the network's input (as yolov3-tiny). The stride-2 convolutions pad
 /// one pixel on every side as darknet does.
 ///
 /// `width` multiplies every layer's channel count and `depth` the residual blocks of each stage (rounded, at least one
@@ -55,18 +55,19 @@ public final class YOLOv3: Detector {
     let branches: [Branch]
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
-        guard config.inputShape.count == 3, config.inputShape[0] == 3, config.inputShape[1] % 32 == 0, config.inputShape[2] % 32 == 0,
-              config.inputShape[1] >= 32, config.inputShape[2] >= 32, let names = config.classNames, names.count >= 2,
+        guard config.inputShape.count == 3, config.inputShape[0] == 3, let names = config.classNames, names.count >= 2,
               let sizes = config.anchorSizes, sizes.count == 9, sizes.allSatisfy({ $0.count == 2 && $0[0] > 0 && $0[1] > 0 }) else {
             throw ModelError.inputShape(family: config.family, expected: [3, 416, 416], got: config.inputShape,
-                                        source: "model configuration (needs sides that are multiples of 32, class names and nine anchors)")
+                                        source: "model configuration (needs colour images, class names and nine anchors)")
         }
+        let letterbox = try Letterbox.network(of: config, multiple: 32)
+        let (height, width) = (letterbox.networkHeight, letterbox.networkWidth)
         self.config = config
-        let (height, width) = (config.inputShape[1], config.inputShape[2])
         yolo = YOLOHead(scales: [.init(height: height / 32, width: width / 32, anchors: [6, 7, 8]),
                                  .init(height: height / 16, width: width / 16, anchors: [3, 4, 5]),
                                  .init(height: height / 8, width: width / 8, anchors: [0, 1, 2])],
-                        anchorSizes: sizes.map { (Float($0[0]), Float($0[1])) }, imageHeight: height, imageWidth: width, classCount: names.count)
+                        anchorSizes: sizes.map { (Float($0[0]), Float($0[1])) }, imageHeight: height, imageWidth: width, classCount: names.count,
+                        letterbox: letterbox)
         let multiplier = config.option("width", default: 1), depth = config.option("depth", default: 1)
         func channels(_ c: Int) -> Int { max(4, Int((Double(c) * multiplier).rounded())) }
         let store = parameters, buffers = buffersStore
@@ -113,16 +114,13 @@ public final class YOLOv3: Detector {
         buffersStore.allocate(rng: &unused)
     }
 
-    /// The family's configuration: darknet's 416 x 416 with the driving classes, or a detection dataset's image size
-    /// (sides multiples of 32) and classes.
+    /// The family's configuration: darknet's 416 x 416 with the driving classes, or a detection dataset's image size and
+    /// classes (letterboxed into the network's input, by default that size rounded up to multiples of 32).
     public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
         guard let dataset else {
             return defaultConfig(height: 416, width: 416, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
         }
         let (height, width, classNames) = try dataset.detectionImages()
-        guard height % 32 == 0, width % 32 == 0, height >= 32, width >= 32 else {
-            throw DataError(file: dataset.path, message: "images of \(height)x\(width): yolov3 takes sides that are multiples of 32 (import with `starling data detection --height 320 --width 480`, say)")
-        }
         return defaultConfig(height: height, width: width, classNames: classNames)
     }
 
@@ -137,7 +135,7 @@ public final class YOLOv3: Detector {
     func outputMaps<Value: NetworkValue>(_ images: Value, training: Bool) -> [Value] {
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
         func apply(_ layer: DarknetConvolution, _ x: Value) -> Value { layer(x, training: training, crossReplicaSum: sum) }
-        var h = apply(stem, images.affine(scale: 1 / 255, shift: 0))
+        var h = apply(stem, images.letterboxed(yolo.letterbox).affine(scale: 1 / 255, shift: 0))
         var features: [Value] = []                                                    // strides 2, 4, 8, 16, 32
         for stage in stages {
             h = apply(stage.down, h)

@@ -46,15 +46,13 @@ public final class YOLOv3Tiny: Detector {
             throw ModelError.inputShape(family: config.family, expected: [3, 416, 416], got: config.inputShape,
                                         source: "model configuration (needs colour images, class names and six anchors)")
         }
-        let (height, width) = Self.networkSize(config)
-        guard height % 32 == 0, width % 32 == 0, height >= 32, width >= 32 else {
-            throw ModelError.configuration(family: config.family, problem: "network size \(height)x\(width): its sides must be multiples of 32")
-        }
+        let letterbox = try Letterbox.network(of: config, multiple: 32)
+        let (height, width) = (letterbox.networkHeight, letterbox.networkWidth)
         self.config = config
         yolo = YOLOHead(scales: [.init(height: height / 32, width: width / 32, anchors: [3, 4, 5]),
                                  .init(height: height / 16, width: width / 16, anchors: [0, 1, 2])],
                         anchorSizes: sizes.map { (Float($0[0]), Float($0[1])) }, imageHeight: height, imageWidth: width, classCount: names.count,
-                        letterbox: Letterbox(input: (config.inputShape[1], config.inputShape[2]), network: (height, width)))
+                        letterbox: letterbox)
         let multiplier = config.option("width", default: 1)
         func channels(_ c: Int) -> Int { max(4, Int((Double(c) * multiplier).rounded())) }
         // (cfg layer, filters, kernel size, input channels)
@@ -84,13 +82,6 @@ public final class YOLOv3Tiny: Detector {
         }
         let (height, width, classNames) = try dataset.detectionImages()
         return defaultConfig(height: height, width: width, classNames: classNames)
-    }
-
-    /// The network's input size: the options, or the data's size rounded up to multiples of 32.
-    static func networkSize(_ config: ModelConfig) -> (height: Int, width: Int) {
-        func roundedUp(_ n: Int) -> Int { (n + 31) / 32 * 32 }
-        let (h, w) = (config.inputShape.count == 3 ? config.inputShape[1] : 0, config.inputShape.count == 3 ? config.inputShape[2] : 0)
-        return (Int(config.option("network_height", default: Double(roundedUp(h)))), Int(config.option("network_width", default: Double(roundedUp(w)))))
     }
 
     public static func defaultConfig(height: Int, width: Int, classNames: [String], anchorSizes: [[Double]] = defaultAnchors,

@@ -70,6 +70,11 @@ public struct ModelFamily: Sendable {
     }
 }
 
+extension [ModelFamily.Tunable] {
+    /// A letterboxing family's network input (`--network-size HxW`).
+    static let networkSize: [ModelFamily.Tunable] = [.init("network_height", range: 32...4096), .init("network_width", range: 32...4096)]
+}
+
 /// The model families by the name users type (`--model NAME`) and checkpoints record: one line a family.
 public enum ModelRegistry {
     public static let families: [ModelFamily] = [
@@ -93,11 +98,11 @@ public enum ModelRegistry {
         ModelFamily("ssd300", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
                     configure: SSD300.configuration(for:), build: SSD300.init),
         ModelFamily("yolov3-tiny", trainsOn: .detection,
-                    tunables: [.init("width", range: 0.001...1), .init("network_height", range: 32...4096), .init("network_width", range: 32...4096)],
+                    tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv3Tiny.configuration(for:), build: YOLOv3Tiny.init),
-        ModelFamily("yolov3", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("depth", range: 0.001...1)],
+        ModelFamily("yolov3", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("depth", range: 0.001...1)] + .networkSize,
                     configure: YOLOv3.configuration(for:), build: YOLOv3.init),
-        ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+        ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
         ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
                     configure: YOLOv1.configuration(for:), build: YOLOv1.init),

@@ -171,7 +171,7 @@ private func tinyHead(classes: Int = 3) -> YOLOHead {
 @Suite struct LetterboxTests {
     /// 300 x 480 frames into darknet's 416 x 416: one factor 416 / 480 on both axes gives 260 x 416, centred 78 rows
     /// down; boxes go there and back.
-    @Test func geometryByHand() {
+    @Test func geometryByHand() throws {
         let l = Letterbox(input: (300, 480), network: (416, 416))
         #expect([l.resizedHeight, l.resizedWidth, l.top, l.left] == [Int]([260, 416, 78, 0]))
         let b = box(48, 30, 96, 90)
@@ -182,8 +182,8 @@ private func tinyHead(classes: Int = 3) -> YOLOHead {
         #expect(abs(back.xmin - 48) < 1e-4 && abs(back.ymin - 30) < 1e-4 && abs(back.xmax - 96) < 1e-4 && abs(back.ymax - 90) < 1e-4)
         // The default network size of yolov3-tiny for 300 x 480 data: 320 x 480, nothing resized, 10 grey rows above.
         let config = YOLOv3Tiny.defaultConfig(height: 300, width: 480, classNames: ["background", "car"])
-        let network = YOLOv3Tiny.networkSize(config)
-        #expect(network.height == 320 && network.width == 480)
+        let network = try Letterbox.network(of: config, multiple: 32)
+        #expect(network.networkHeight == 320 && network.networkWidth == 480)
         let padOnly = Letterbox(input: (300, 480), network: (320, 480))
         #expect([padOnly.resizedHeight, padOnly.resizedWidth, padOnly.top, padOnly.left] == [Int]([300, 480, 10, 0]))
     }
