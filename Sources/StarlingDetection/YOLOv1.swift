@@ -9,8 +9,9 @@ import StarlingONNX
 /// conv 64 7x7 stride 2, max-pool 2/2; conv 192, max-pool; conv 128 1x1, 256, 256 1x1, 512, max-pool;
 /// four times (conv 256 1x1, 512), conv 512 1x1, 1024, max-pool; twice (conv 512 1x1, 1024), conv 1024, conv 1024
 /// stride 2; conv 1024, conv 1024. Then two fully connected layers: 4096 (leaky ReLU) and S x S x (5B + C), linear,
-/// read as the [N, Sh, Sw, 5B + C] grid. The network's stride is 64, so an input of H x W (multiples of 64) gives an
-/// H/64 x W/64 grid. Input pixels 0...255 scaled to [0, 1].
+/// read as the [N, Sh, Sw, 5B + C] grid. The network's stride is 64, so a network input of H x W (multiples of 64)
+/// gives an H/64 x W/64 grid; images are letterboxed into it as yolov3-tiny's (`--network-size`, by default the data's
+/// size rounded up to multiples of 64). Input pixels 0...255 scaled to [0, 1].
 ///
 /// `width` multiplies every convolution's channels and the 4096 units. Named `conv_0` ... `conv_23`, `fc_0`, `fc_1` in
 /// figure 3's order. Deviations from the paper: batch norm after every convolution (darknet's later yolov1 cfgs, and
@@ -42,16 +43,16 @@ public final class YOLOv1: Detector {
     let output: Dense
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
-        guard config.inputShape.count == 3, config.inputShape[0] == 3, config.inputShape[1] % 64 == 0, config.inputShape[2] % 64 == 0,
-              config.inputShape[1] >= 64, config.inputShape[2] >= 64, let names = config.classNames, names.count >= 2 else {
+        guard config.inputShape.count == 3, config.inputShape[0] == 3, let names = config.classNames, names.count >= 2 else {
             throw ModelError.inputShape(family: config.family, expected: [3, 448, 448], got: config.inputShape,
-                                        source: "model configuration (needs sides that are multiples of 64 and class names)")
+                                        source: "model configuration (needs colour images and class names)")
         }
+        let letterbox = try Letterbox.network(of: config, multiple: 64)
+        let (height, width) = (letterbox.networkHeight, letterbox.networkWidth)
         self.config = config
-        let (height, width) = (config.inputShape[1], config.inputShape[2])
         let boxes = Int(config.option("boxes", default: 2))
         yolo = YOLOv1Head(gridHeight: height / 64, gridWidth: width / 64, boxesPerCell: boxes, imageHeight: height, imageWidth: width,
-                          classCount: names.count)
+                          classCount: names.count, letterbox: letterbox)
         let multiplier = config.option("width", default: 1)
         func channels(_ c: Int) -> Int { max(4, Int((Double(c) * multiplier).rounded())) }
         let store = parameters, buffers = buffersStore
@@ -70,15 +71,12 @@ public final class YOLOv1: Detector {
     }
 
     /// The family's configuration: the paper's 448 x 448 with the driving classes, or a detection dataset's image size
-    /// (sides multiples of 64) and classes.
+    /// and classes (letterboxed into the network's input, by default that size rounded up to multiples of 64).
     public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
         guard let dataset else {
             return defaultConfig(height: 448, width: 448, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
         }
         let (height, width, classNames) = try dataset.detectionImages()
-        guard height % 64 == 0, width % 64 == 0, height >= 64, width >= 64 else {
-            throw DataError(file: dataset.path, message: "images of \(height)x\(width): yolov1 takes sides that are multiples of 64 (import with `starling data detection --height 448 --width 448`, say)")
-        }
         return defaultConfig(height: height, width: width, classNames: classNames)
     }
 
@@ -91,7 +89,7 @@ public final class YOLOv1: Detector {
     /// export.
     func outputMaps<Value: NetworkValue>(_ images: Value, training: Bool) -> [Value] {
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
-        var h = images.affine(scale: 1 / 255, shift: 0)
+        var h = images.letterboxed(yolo.letterbox).affine(scale: 1 / 255, shift: 0)
         for (layer, plan) in zip(convs, Self.convolutions) {
             h = layer(h, training: training, crossReplicaSum: sum)
             if plan.pool { h = h.maxPool2d(kernel: (2, 2), padding: .valid) }

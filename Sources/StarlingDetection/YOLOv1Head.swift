@@ -3,7 +3,6 @@ import Glibc
 #else
 import Darwin
 #endif
-import ONNXProto
 import StarlingCore
 import StarlingNN
 import StarlingONNX
@@ -34,18 +33,23 @@ public struct YOLOv1Head: DetectionHead {
     /// Boxes per cell, B.
     public let boxesPerCell: Int
     public let imageHeight: Int, imageWidth: Int
+    /// Ground truth goes into network pixels through it, detections come back to the input's pixels (as `YOLOHead`).
+    public let letterbox: Letterbox
     /// Classes with background (the head predicts classCount - 1 of them).
     public let classCount: Int
     public var coordinateScale: Float = 5, noObjectScale: Float = 0.5
     public var rescore = true
 
-    public init(gridHeight: Int, gridWidth: Int, boxesPerCell: Int, imageHeight: Int, imageWidth: Int, classCount: Int) {
+    public init(gridHeight: Int, gridWidth: Int, boxesPerCell: Int, imageHeight: Int, imageWidth: Int, classCount: Int,
+                letterbox: Letterbox? = nil) {
         precondition(gridHeight > 0 && gridWidth > 0 && boxesPerCell > 0 && classCount >= 2, "YOLOv1 head configuration")
         self.gridHeight = gridHeight
         self.gridWidth = gridWidth
         self.boxesPerCell = boxesPerCell
         self.imageHeight = imageHeight
         self.imageWidth = imageWidth
+        self.letterbox = letterbox ?? Letterbox(input: (imageHeight, imageWidth), network: (imageHeight, imageWidth))
+        precondition(self.letterbox.networkHeight == imageHeight && self.letterbox.networkWidth == imageWidth, "letterbox into another size")
         self.classCount = classCount
     }
 
@@ -86,7 +90,8 @@ public struct YOLOv1Head: DetectionHead {
     }
 
     public func encodeTargets(into batch: inout Batch) {
-        batch.targets = YOLOv1Targets(cells: (batch.objects ?? []).map(assign))
+        let objects = (batch.objects ?? []).map { $0.map { Object(box: letterbox.toNetwork($0.box), classID: $0.classID, difficult: $0.difficult) } }
+        batch.targets = YOLOv1Targets(cells: objects.map(assign))
     }
 
     /// The box predicted from raw (x, y, sqrt w, sqrt h) in cell (row, column), in pixels.
@@ -174,7 +179,7 @@ public struct YOLOv1Head: DetectionHead {
     public func decode(_ outputs: [Tensor], decoding: DetectionDecoding) -> [[DetectedBox]] {
         precondition(outputs.count == 1, "YOLOv1's head reads one output, got \(outputs.count)")
         let x = outputs[0].data, images = outputs[0].shape[0], d = depth
-        let (width, height) = (Float(imageWidth), Float(imageHeight))
+        let (width, height) = (Float(letterbox.inputWidth), Float(letterbox.inputHeight))
         return (0..<images).map { n in
             var perClass: [[DetectedBox]] = Array(repeating: [], count: classCount)
             for c in 0..<(gridHeight * gridWidth) {
@@ -186,7 +191,7 @@ public struct YOLOv1Head: DetectionHead {
                         let score = x[p + 4] * x[cell + 5 * boxesPerCell + k - 1]
                         guard score > decoding.confidenceThreshold else { continue }
                         if decoded == nil {
-                            var b = box(x[p], x[p + 1], x[p + 2], x[p + 3], row: c / gridWidth, column: c % gridWidth)
+                            var b = letterbox.toInput(box(x[p], x[p + 1], x[p + 2], x[p + 3], row: c / gridWidth, column: c % gridWidth))
                             b = BoxCorners(xmin: max(0, b.xmin), ymin: max(0, b.ymin), xmax: min(width, b.xmax), ymax: min(height, b.ymax))
                             guard b.width > 1e-3, b.height > 1e-3, b.xmin.isFinite, b.ymin.isFinite, b.xmax.isFinite, b.ymax.isFinite else { break }
                             decoded = b
@@ -218,27 +223,21 @@ public struct YOLOv1Head: DetectionHead {
         let roots = predictors.slice(axis: 2, 2..<4)
         let size: ONNXValue = roots * roots * g.constant("image_size_wh", [Float(imageWidth), Float(imageHeight)], shape: [2])
         let half: ONNXValue = size * g.constant("half", [0.5], shape: [])
-        let unclipped = ONNXValue.concat([centre - half, centre + half], axis: 2)
-        let (width, height) = (Float(imageWidth), Float(imageHeight))
+        var unclipped = ONNXValue.concat([centre - half, centre + half], axis: 2)
+        if !letterbox.isIdentity {   // network pixels to input pixels, as Letterbox.toInput
+            let (l, t, sx, sy) = (Float(letterbox.left), Float(letterbox.top), letterbox.scaleX, letterbox.scaleY)
+            unclipped = (unclipped - g.constant("letterbox_offset", [l, t, l, t], shape: [4])) / g.constant("letterbox_scale", [sx, sy, sx, sy], shape: [4])
+        }
+        let (width, height) = (Float(letterbox.inputWidth), Float(letterbox.inputHeight))
         let low = g.node("Max", [unclipped.name, g.constant("zero", [0], shape: []).name], shape: unclipped.shape)
         let boxes = g.node("Min", [low.name, g.constant("image_size", [width, height, width, height], shape: [4]).name], shape: unclipped.shape)
-        let sides = boxes.slice(axis: 2, 2..<4) - boxes.slice(axis: 2, 0..<2)
-        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, p], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
-        let nonEmpty = g.node("Greater", [shortest.name, g.constant("smallest_side", [1e-3], shape: []).name], shape: [-1, p])
-        let mask = g.node("Cast", [nonEmpty.name], shape: [-1, p], attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
         // Pr(class | object) of the cell [N, cells, 1, C] times each predictor's confidence [N, cells, B, 1].
         let classes = rows.slice(axis: 2, (5 * boxesPerCell)..<depth).reshaped([-1, cells, 1, c])
         let confidence = predictors.slice(axis: 2, 4..<5).reshaped([-1, cells, boxesPerCell, 1])
-        let scores: ONNXValue = (confidence * classes).reshaped([-1, p, c]) * mask.reshaped([-1, p, 1])
-        let perClass = g.int64Constant("max_output_boxes_per_class", [Int64(decoding.topK)])
-        let iouThreshold = g.constant("iou_threshold", [decoding.iouThreshold], shape: [1])
-        let threshold = g.constant("score_threshold", [decoding.confidenceThreshold], shape: [1])
-        let selected = g.node("NonMaxSuppression", [boxes.name, scores.transposed([0, 2, 1]).name, perClass.name, iouThreshold.name, threshold.name], shape: [-1, 3])
-        let classShift = g.int64Constant("class_shift", [0, 1, 0], shape: [1, 3])
-        let detections = g.node("Add", [selected.name, classShift.name], shape: [-1, 3])
+        let (scores, detections) = decoding.onnxSuppress(boxes: boxes, scores: (confidence * classes).reshaped([-1, p, c]))
         return [
             ONNXOutput(name: "predictions", value: grid, meaning: "raw grid [N, \(gridHeight), \(gridWidth), \(depth)]: per cell \(boxesPerCell) x (x, y, sqrt w, sqrt h, confidence), then \(c) class probabilities"),
-            ONNXOutput(name: "boxes", value: boxes, meaning: "decoded boxes [N, \(p), 4], cell by cell and predictor by predictor, xmin ymin xmax ymax in input pixels, clipped to the image"),
+            ONNXOutput(name: "boxes", value: boxes, meaning: "decoded boxes [N, \(p), 4], cell by cell and predictor by predictor, xmin ymin xmax ymax in input pixels (before letterboxing), clipped to the image"),
             ONNXOutput(name: "scores", value: scores, meaning: "class-specific confidences Pr(class | object) x confidence [N, \(p), \(c)] for classes 1...\(c)"),
             ONNXOutput(name: "detections", value: detections, type: .int64, batchName: "K",
                        meaning: "per-class NMS (IoU \(decoding.iouThreshold), score > \(decoding.confidenceThreshold), empty boxes dropped, at most \(decoding.topK) per class): rows (image, class id, prediction)"),

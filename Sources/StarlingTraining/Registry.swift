@@ -104,7 +104,7 @@ public enum ModelRegistry {
                     configure: YOLOv3.configuration(for:), build: YOLOv3.init),
         ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
-        ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)],
+        ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv1.configuration(for:), build: YOLOv1.init),
     ]
 

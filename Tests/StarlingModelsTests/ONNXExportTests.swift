@@ -90,7 +90,8 @@ private func exportConfigs() throws -> [ModelConfig] {
             return config
         case YOLOv3.family: return YOLOv3.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, depthMultiplier: 0.1)
         case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
-        case YOLOv1.family: return YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        // Letterboxed: 100 x 170 frames resized to 113 x 192 and framed into the 128 x 192 network input.
+        case YOLOv1.family: return YOLOv1.defaultConfig(height: 100, width: 170, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
     }

@@ -155,11 +155,16 @@ private func overlap(_ a: (Double, Double, Double, Double), _ b: (Double, Double
         #expect(model.hidden.kernel.shape == [32 * 49, 128])
         let wide = try ModelRegistry.build(YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car"], widthMultiplier: 0.0625), seed: 1)
         #expect(GradMode.disabled { (wide as! YOLOv1).headOutputs(Tensor(zeros: [2, 3, 128, 192]), training: false) }.map(\.shape) == [[2, 2, 3, 11]])
+        // Other sizes are letterboxed into the next multiples of 64; a network size that is none is refused.
+        let frames = try family.configuration(for: DatasetDescription(path: "d.h5", sampleShape: [3, 96, 128], classNames: voc))
+        #expect(try Letterbox.network(of: frames, multiple: 64) == Letterbox(input: (96, 128), network: (128, 128)))
+        var odd = frames
+        odd.options["network_width"] = 96
         do {
-            _ = try family.configuration(for: DatasetDescription(path: "d.h5", sampleShape: [3, 96, 128], classNames: voc))
-            Issue.record("96 x 128 accepted")
+            _ = try ModelRegistry.build(odd, seed: 1)
+            Issue.record("a 128 x 96 network accepted")
         } catch {
-            #expect("\(error)".hasPrefix("d.h5: images of 96x128: yolov1 takes sides that are multiples of 64"))
+            #expect("\(error)" == "model yolov1: network size 128x96: its sides must be multiples of 64")
         }
     }
 
