@@ -199,7 +199,10 @@ public final class Trainer {
         let root = try world.broadcast(mine)
         let differs = try world.allreduce(root == mine ? 0 : 1)
         if differs > 0 {
-            if root != mine { Trainer.printLine("rank \(world.rank): configuration differs from rank 0:\n  rank 0: \(root)\n  rank \(world.rank): \(mine)") }
+            // One line, and every rank past its line before any rank aborts: mpirun forwards output line by line and
+            // drops what has not reached it when the job is killed.
+            if root != mine { Trainer.printLine("rank \(world.rank): configuration differs from rank 0: rank 0 has \(root); rank \(world.rank) has \(mine)") }
+            try world.barrier()
             throw TrainingError("ranks were started with different configurations (see the messages above); refusing to train")
         }
         try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
