@@ -94,3 +94,8 @@ extension ONNXDetector {
         head.onnxOutputs(onnxHeadOutputs(images), decoding: .evaluation)
     }
 }
+
+/// The driving classes of the course's Udacity set (background first), the detectors' reference classes.
+public enum Udacity {
+    public static let classNames = ["background", "car", "truck", "pedestrian", "bicyclist", "light"]
+}

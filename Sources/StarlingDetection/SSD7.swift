@@ -85,7 +85,7 @@ public final class SSD7: Detector {
 
     /// The project's configuration: 300 x 480 Udacity frames, five classes.
     public static func defaultConfig(height: Int = 300, width: Int = 480,
-                                     classNames: [String] = ["background", "car", "truck", "pedestrian", "bicyclist", "light"]) -> ModelConfig {
+                                     classNames: [String] = Udacity.classNames) -> ModelConfig {
         let anchors = AnchorConfig(imageHeight: height, imageWidth: width, featureMapSizes: featureMapSizes(height: height, width: width),
                                    scales: [0.08, 0.16, 0.32, 0.64, 0.96], aspectRatios: Array(repeating: [0.5, 1, 2], count: 4))
         return ModelConfig(family: family, inputShape: [3, height, width], options: ["l2_regularization": 5e-4],

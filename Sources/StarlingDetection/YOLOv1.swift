@@ -74,7 +74,7 @@ public final class YOLOv1: Detector {
     /// and classes (letterboxed into the network's input, by default that size rounded up to multiples of 64).
     public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
         guard let dataset else {
-            return defaultConfig(height: 448, width: 448, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
+            return defaultConfig(height: 448, width: 448, classNames: Udacity.classNames)
         }
         let (height, width, classNames) = try dataset.detectionImages()
         return defaultConfig(height: height, width: width, classNames: classNames)

@@ -78,7 +78,7 @@ public final class YOLOv3Tiny: Detector {
     /// and classes (the network's input that size rounded up to multiples of 32).
     public static func configuration(for dataset: DatasetDescription?) throws -> ModelConfig {
         guard let dataset else {
-            return defaultConfig(height: 416, width: 416, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
+            return defaultConfig(height: 416, width: 416, classNames: Udacity.classNames)
         }
         let (height, width, classNames) = try dataset.detectionImages()
         return defaultConfig(height: height, width: width, classNames: classNames)

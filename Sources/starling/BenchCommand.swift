@@ -66,7 +66,7 @@ struct BenchCommand: ParsableCommand {
             }
             if only == "all" || only == "yolov3-tiny" {
                 // darknet's 416 x 416 at the batch of the PyTorch comparison (issue 20).
-                let config = YOLOv3Tiny.defaultConfig(height: 416, width: 416, classNames: ["background", "car", "truck", "pedestrian", "bicyclist", "light"])
+                let config = YOLOv3Tiny.defaultConfig(height: 416, width: 416, classNames: Udacity.classNames)
                 let yolo = try Benchmarks.detector(config, batchSize: 8, steps: max(2, steps / 25))
                 print(String(format: "yolov3-tiny 416x416: training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
                              yolo.trainImagesPerSecond, yolo.inferenceFPS[1] ?? 0, yolo.inferenceFPS[8] ?? 0,
