@@ -5,7 +5,7 @@ import StarlingModels
 
 struct DataCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "data", abstract: "Convert datasets into Starling's HDF5 layout.", subcommands: [MNISTCommand.self, DetectionDataCommand.self])
+        commandName: "data", abstract: "Convert datasets into Starling's HDF5 layout.", subcommands: [MNISTCommand.self, DetectionDataCommand.self, SegmentationDataCommand.self])
 }
 
 struct MNISTCommand: ParsableCommand {
@@ -125,5 +125,50 @@ struct DetectionDataCommand: ParsableCommand {
         var text = issues.prefix(shown).map { "\($0)\n" }.joined()
         if issues.count > shown { text += "... and \(issues.count - shown) more\n" }
         FileHandle.standardError.write(Data(text.utf8))
+    }
+}
+
+struct SegmentationDataCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segmentation",
+        abstract: "Convert a segmentation set into one HDF5 file with /train and /val (and CamVid's /test when present).",
+        discussion: """
+            Formats: membrane (ISBI-2012 EM, zhixuhao/unet's layout: train/image, train/label; labels 255 cell, 0 \
+            membrane; --val-count images held out, default 5), camvid (SegNet's layout: train, trainannot and, when \
+            present, val, valannot, test, testannot; labels gray class indices 0-11 or RGB colours, Unlabelled void; \
+            without a val folder the sequence --val-sequence is held out, default 0001TP), pennfudan (PNGImages and \
+            PedMasks; per-instance masks kept; --val-count default 50). Images are streamed one at a time; any bad \
+            input (unreadable file, a label of another size, an unknown CamVid colour or index, an empty instance) \
+            stops the import with one line naming the file, and nothing is written.
+            """)
+
+    @Option(help: "Set layout: \(SegmentationImportFormat.allCases.map(\.rawValue).joined(separator: ", ")).") var format: String
+    @Option(help: "The set's folder.") var source: String
+    @Option(help: "The HDF5 file to write (written atomically).") var out: String
+    @Option(help: "Stored height (default: the images' own; needed for sets of mixed sizes such as Penn-Fudan).") var height: Int?
+    @Option(help: "Stored width (default: the images' own).") var width: Int?
+    @Option(help: "membrane, pennfudan: images held out for /val, spread evenly over the set.") var valCount: Int?
+    @Option(help: "camvid without a val folder: the sequence held out for /val (default 0001TP).") var valSequence: String?
+
+    func validate() throws {
+        guard SegmentationImportFormat(rawValue: format) != nil else {
+            throw ValidationError("unknown --format '\(format)'; use one of \(SegmentationImportFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let h = height, h <= 0 { throw ValidationError("--height must be positive") }
+        if let w = width, w <= 0 { throw ValidationError("--width must be positive") }
+        if (height == nil) != (width == nil) { throw ValidationError("give --height and --width together") }
+        if let n = valCount, n < 0 { throw ValidationError("--val-count must not be negative") }
+    }
+
+    func run() throws {
+        guard let format = SegmentationImportFormat(rawValue: format) else { throw ValidationError("unknown --format '\(self.format)'") }
+        var options = SegmentationImportOptions(format: format, source: source, output: out)
+        options.height = height
+        options.width = width
+        options.valCount = valCount
+        options.valSequence = valSequence
+        options.progress = { line in print(line); fflush(nil) }
+        let summary = try reportingErrors { try SegmentationImport.run(options) }
+        print(summary)
     }
 }
