@@ -63,8 +63,9 @@ let package = Package(
         //   StarlingData:         datasets, training sources, prefetcher, detection augmentation, label import; uses NN, IO
         //   StarlingDetection:    detector families, SSD/YOLO heads and losses, box encoding, NMS, anchor clustering, drawing; uses NN, ONNX, Plots
         //   StarlingAutoencoders: autoencoder families, VariationalModel, ONNXVariational; uses NN, ONNX
-        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks; uses NN, Data, Detection, Autoencoders
-        //   StarlingEvaluation:   detection evaluation, reconstruction/segmentation metrics, outliers, code index, autoencoder figures; uses NN, Plots, Data, Detection, Autoencoders, Training
+        //   StarlingSegmentation: segmentation families (U-Net), their pixel weights and loss; uses NN, ONNX
+        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks; uses NN, Data, Detection, Autoencoders, Segmentation
+        //   StarlingEvaluation:   detection evaluation, reconstruction/segmentation metrics and pictures, outliers, code index, autoencoder figures; uses NN, Plots, Data, Detection, Autoencoders, Segmentation, Training
         //   StarlingConversion:   Keras, safetensors, PyTorch weights, ONNX files, inspection, class re-sampling; uses NN, ONNX, Detection, Autoencoders, Training
         //   StarlingModels:       umbrella that re-exports all of the above (the CLI and the tests import it)
         .target(name: "StarlingNN", dependencies: ["StarlingCore", "StarlingDistributed"]),
@@ -75,12 +76,13 @@ let package = Package(
             "StarlingNN", "StarlingONNX", "StarlingPlots", "StarlingCore", "StarlingIO", "ONNXProto",
         ]),
         .target(name: "StarlingAutoencoders", dependencies: ["StarlingNN", "StarlingONNX", "StarlingCore"]),
+        .target(name: "StarlingSegmentation", dependencies: ["StarlingNN", "StarlingONNX", "StarlingCore"]),
         .target(name: "StarlingTraining", dependencies: [
-            "StarlingNN", "StarlingData", "StarlingDetection", "StarlingAutoencoders",
+            "StarlingNN", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation",
             "StarlingCore", "StarlingIO", "StarlingDistributed",
         ]),
         .target(name: "StarlingEvaluation", dependencies: [
-            "StarlingNN", "StarlingPlots", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingTraining",
+            "StarlingNN", "StarlingPlots", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation", "StarlingTraining",
             "StarlingCore", "StarlingIO",
         ]),
         .target(name: "StarlingConversion", dependencies: [
@@ -89,7 +91,7 @@ let package = Package(
         ]),
         .target(name: "StarlingModels", dependencies: [
             "StarlingNN", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingDetection", "StarlingAutoencoders",
-            "StarlingTraining", "StarlingEvaluation", "StarlingConversion",
+            "StarlingSegmentation", "StarlingTraining", "StarlingEvaluation", "StarlingConversion",
         ]),
         .executableTarget(name: "starling", dependencies: [
             "StarlingModels",
@@ -100,7 +102,7 @@ let package = Package(
         // The umbrella for what the tests use publicly; the targets whose internals they test, for `@testable import`.
         .testTarget(name: "StarlingModelsTests", dependencies: [
             "StarlingModels", "starling", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingDetection",
-            "StarlingAutoencoders", "StarlingEvaluation", "StarlingConversion",
+            "StarlingAutoencoders", "StarlingSegmentation", "StarlingEvaluation", "StarlingConversion",
         ]),
     ]
 )

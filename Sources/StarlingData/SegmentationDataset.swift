@@ -154,10 +154,21 @@ public final class SegmentationDataset: @unchecked Sendable {
 
 /// Batches for a segmentation model from a `SegmentationDataset`: images as float NCHW in 0...255, the class maps
 /// (`Batch.segmentation`) and, for instance data, each image's objects and masks.
+///
+/// `augment` (training only) receives one sample (pixels HWC, class map, instance masks, epoch, sample index) and
+/// returns it transformed (`SegmentationAugmentation`); it must draw its randomness from (seed, epoch, sample index) so
+/// every rank augments a sample the same way. Objects are then the tight boxes of the moved masks (a mask moved out of
+/// the image is dropped).
 public final class SegmentationSource: TrainingSource, @unchecked Sendable {
+    public typealias Augmentation = (_ pixels: [UInt8], _ classMap: [UInt8], _ instances: [[UInt8]]?, _ epoch: Int, _ index: Int)
+        -> (pixels: [UInt8], classMap: [UInt8], instances: [[UInt8]]?)
     public let dataset: SegmentationDataset
+    public let augment: Augmentation?
 
-    public init(dataset: SegmentationDataset) { self.dataset = dataset }
+    public init(dataset: SegmentationDataset, augment: Augmentation? = nil) {
+        self.dataset = dataset
+        self.augment = augment
+    }
 
     public var path: String { dataset.path }
     public var split: String { dataset.split }
@@ -172,7 +183,28 @@ public final class SegmentationSource: TrainingSource, @unchecked Sendable {
     public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
         let (h, w) = (dataset.imageHeight, dataset.imageWidth)
         let plane = h * w
-        let (pixels, maps) = try dataset.read(indices)
+        var (pixels, maps) = try dataset.read(indices)
+        var objects: [[Object]] = [], perImage: [[[UInt8]]] = []
+        if dataset.hasInstances {
+            for i in indices {
+                let (o, m) = try dataset.instances(of: i)
+                objects.append(o)
+                perImage.append(m)
+            }
+        }
+        if training, let augment {
+            for (k, i) in indices.enumerated() {
+                let (image, map) = ((k * plane * 3)..<((k + 1) * plane * 3), (k * plane)..<((k + 1) * plane))
+                let moved = augment(Array(pixels[image]), Array(maps[map]), dataset.hasInstances ? perImage[k] : nil, epoch, i)
+                pixels.replaceSubrange(image, with: moved.pixels)
+                maps.replaceSubrange(map, with: moved.classMap)
+                guard let masks = moved.instances else { continue }
+                let kept = zip(objects[k], masks).compactMap { object, mask in
+                    SegmentationDataset.tightBox(mask, height: h, width: w).map { (Object(box: $0, classID: object.classID), mask) }
+                }
+                (objects[k], perImage[k]) = (kept.map(\.0), kept.map(\.1))
+            }
+        }
         let images = Tensor(zeros: [indices.count, 3, h, w])
         pixels.withUnsafeBufferPointer { src in
             guard let base = src.baseAddress else { return }
@@ -184,12 +216,6 @@ public final class SegmentationSource: TrainingSource, @unchecked Sendable {
         var batch = Batch(images: images, indices: indices)
         var masks: [[[UInt8]]]?
         if dataset.hasInstances {
-            var objects: [[Object]] = [], perImage: [[[UInt8]]] = []
-            for i in indices {
-                let (o, m) = try dataset.instances(of: i)
-                objects.append(o)
-                perImage.append(m)
-            }
             batch.objects = objects
             masks = perImage
         }

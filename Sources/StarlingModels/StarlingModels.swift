@@ -6,6 +6,7 @@
 @_exported import StarlingData
 @_exported import StarlingDetection
 @_exported import StarlingAutoencoders
+@_exported import StarlingSegmentation
 @_exported import StarlingTraining
 @_exported import StarlingEvaluation
 @_exported import StarlingConversion

@@ -324,6 +324,14 @@ public struct ONNXValue: NetworkValue {
                           attributes: [ONNXAttribute.string("mode", "constant")])
     }
 
+    /// ONNX's Slice on axes 2 and 3 (`Tensor.cropped`).
+    public func cropped(top: Int, left: Int, height: Int, width: Int) -> ONNXValue {
+        let starts = graph.int64Constant("starts", [Int64(top), Int64(left)])
+        let ends = graph.int64Constant("ends", [Int64(top + height), Int64(left + width)])
+        let axes = graph.int64Constant("axes", [2, 3])
+        return graph.node("Slice", [name, starts.name, ends.name, axes.name], shape: [shape[0], shape[1], height, width])
+    }
+
     public func upsampleNearest(scale: (Int, Int)) -> ONNXValue {
         let roi = graph.constant("roi", [], shape: [0])
         let scales = graph.constant("scales", [1, 1, Float(scale.0), Float(scale.1)], shape: [4])

@@ -2,6 +2,7 @@ import StarlingCore
 import StarlingNN
 import StarlingDetection
 import StarlingAutoencoders
+import StarlingSegmentation
 
 /// A model family as users name it (`--model NAME`) and checkpoints record it: everything the rest of Starling needs
 /// to know about a family without naming its type. Each family is one entry of `ModelRegistry.families`; nothing else
@@ -73,6 +74,13 @@ public struct ModelFamily: Sendable {
 extension [ModelFamily.Tunable] {
     /// A letterboxing family's network input (`--network-size HxW`).
     static let networkSize: [ModelFamily.Tunable] = [.init("network_height", range: 32...4096), .init("network_width", range: 32...4096)]
+
+    /// U-Net's options (`UNet`): set with `--width-multiplier` and `--option NAME=VALUE`; class weights for up to 64
+    /// classes.
+    static let unet: [ModelFamily.Tunable] = [
+        .init("width", range: 0.001...4), .init("levels", range: 2...7), .init("valid", range: 0...1), .init("sigmoid", range: 0...1),
+        .init("border_weight", range: 0...1000), .init("border_sigma", range: 0.1...1000),
+    ] + (0..<64).map { .init("class_weight_\($0)", range: 0...1e6) }
 }
 
 /// The model families by the name users type (`--model NAME`) and checkpoints record: one line a family.
@@ -106,6 +114,7 @@ public enum ModelRegistry {
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
         ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv1.configuration(for:), build: YOLOv1.init),
+        ModelFamily("unet", trainsOn: .segmentation, tunables: .unet, configure: UNet.configuration(for:), build: UNet.init),
     ]
 
     /// Every family's name, in registry order.

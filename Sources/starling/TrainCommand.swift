@@ -117,11 +117,14 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Split to train on.") var trainSplit: String = "train"
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
-    @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images.") var augment = true
+    @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images; segmentation data: flips, zoom and crop moving the masks with the images.") var augment = true
+    @Flag(help: "Segmentation data: add the U-Net paper's elastic deformation (3x3 grid, 10 px) to the augmentation (membranes).") var elastic = false
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
     @Option(help: "Multiply every stage's residual blocks (rounded, at least one each), for families that take it (yolov3: 1 is darknet's Darknet-53).") var depthMultiplier: Double?
+    @Option(name: .customLong("option"), help: "A family's configuration option, NAME=VALUE, repeatable (unet: levels, valid, sigmoid, border_weight, border_sigma, class_weight_<c>; see the README).")
+    var familyOptions: [String] = []
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -131,7 +134,7 @@ struct TrainCommand: ParsableCommand {
             try reportingErrors {
                 let family = try ModelRegistry.family(named: model)
                 let (train, validation) = try TrainingData.open(family.dataKind, path: data, trainSplit: trainSplit, validationSplit: valSplit,
-                                                                augment: augment, seed: flags.seed)
+                                                                augment: augment, seed: flags.seed, elastic: elastic)
                 var config = try family.configuration(for: train.datasetDescription)
                 if let widthMultiplier {
                     config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier")
@@ -144,6 +147,13 @@ struct TrainCommand: ParsableCommand {
                 }
                 if let depthMultiplier {
                     config = try family.setting("depth", to: depthMultiplier, in: config, flag: "--depth-multiplier")
+                }
+                for setting in familyOptions {
+                    let parts = setting.split(separator: "=", maxSplits: 1).map(String.init)
+                    guard parts.count == 2, let value = Double(parts[1]) else {
+                        throw ValidationError("--option takes NAME=VALUE with a number, e.g. levels=4, not '\(setting)'")
+                    }
+                    config = try family.setting(parts[0], to: value, in: config, flag: "--option \(parts[0])")
                 }
                 if let anchorsFrom {
                     guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }

@@ -74,4 +74,16 @@ import Testing
                                 9, 9, 9, 9, 9])
         checkGradients([randomVariable([2, 3, 3, 2], seed: 4)]) { $0[0].padded(top: 2, left: 0, bottom: 1, right: 3, value: -1) }
     }
+
+    /// U-Net's skip crop: a 2 x 2 window at (1, 2) of a 4 x 5 plane by hand; its gradient lands back in the window
+    /// and nowhere else (finite differences); cropping what `padded` framed gives the input back.
+    @Test func croppingByHandAndGradient() {
+        let x = Tensor.variable(shape: [1, 1, 4, 5], values: (0..<20).map(Float.init))
+        let y = x.cropped(top: 1, left: 2, height: 2, width: 2)
+        #expect(y.shape == [1, 1, 2, 2])
+        #expect(y.toArray() == [7, 8, 12, 13])
+        checkGradients([randomVariable([2, 3, 5, 4], seed: 5)]) { $0[0].cropped(top: 1, left: 0, height: 3, width: 3) }
+        let z = randomVariable([2, 2, 3, 4], seed: 6)
+        #expect(z.padded(top: 2, left: 1, bottom: 0, right: 3, value: 7).cropped(top: 2, left: 1, height: 3, width: 4).toArray() == z.toArray())
+    }
 }

@@ -130,7 +130,7 @@ private func exportConfigs() throws -> [ModelConfig] {
         let batch = 3
         var rng = RandomGenerator(seed: 11)
         let images = Tensor(zeros: [batch] + config.inputShape)
-        let scale: Float = model is any Detector ? 255 : 1
+        let scale: Float = model is any Detector || model is UNet ? 255 : 1
         for i in 0..<images.count { images.data[i] = scale * rng.uniform(0, 1) }
         let onnx = try runONNX(path, input: images, in: dir)
 
@@ -150,6 +150,10 @@ private func exportConfigs() throws -> [ModelConfig] {
                 expectClose("reconstruction", ae.reconstruction(images))
                 expectClose("code", ae.code(images))
                 #expect(onnx.shapes["reconstruction"] == [batch] + config.inputShape)
+            case let unet as UNet:
+                expectClose("logits", unet.logits(images))
+                expectClose("probabilities", unet.probabilities(images))
+                #expect(onnx.shapes["logits"] == [batch, 3, 4, 4])
             case let detector as any Detector where detector.head is YOLOHead:
                 try expectSameYOLODetections(detector, images: images, onnx: onnx)
             case let detector as any Detector where detector.head is YOLOv1Head:

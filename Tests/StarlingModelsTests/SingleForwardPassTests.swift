@@ -47,6 +47,9 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
     func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Recorded {
         record("pad \(top) \(left) \(bottom) \(right) \(value)", base.padded(top: top, left: left, bottom: bottom, right: right, value: value))
     }
+    func cropped(top: Int, left: Int, height: Int, width: Int) -> Recorded {
+        record("crop \(top) \(left) \(height) \(width)", base.cropped(top: top, left: left, height: height, width: width))
+    }
     func spaceToDepth(blockSize: Int) -> Recorded { record("spaceToDepth \(blockSize)", base.spaceToDepth(blockSize: blockSize)) }
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Recorded {
         record("l2Normalize \(gamma.name)", base.l2NormalizeChannels(gamma: gamma, epsilon: epsilon))

@@ -48,10 +48,16 @@ let narrowAutoencoderOptions: [String: [String: Double]] = [
     "denoising-ae": ["filters": 4], "seq2seq-ae": ["code_size": 8, "decoder_units": 6], "vae": ["intermediate_dim": 8],
     "conv-vae": ["filters_1": 4, "filters_2": 6, "hidden": 5, "latent_dim": 3]]
 
+/// U-Net at a size a debug build runs in a moment: valid padding (cropped skips), three levels, four channels at the
+/// first; 44 x 44 images give a 4 x 4 output.
+let smallUNetConfig = ModelConfig(family: UNet.family, inputShape: [3, 44, 44], options: ["width": 0.0625, "levels": 3, "valid": 1],
+                                  classNames: ["background", "road", "car"])
+
 /// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
 func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
     try ModelRegistry.familyNames.map { family in
         if try ModelRegistry.family(named: family).dataKind == .detection { return detector(family) }
+        if family == UNet.family { return smallUNetConfig }
         var config = try ModelRegistry.defaultConfig(family: family)
         config.options.merge(narrowAutoencoderOptions[family] ?? [:]) { $1 }
         return config

@@ -139,3 +139,31 @@ extension Tensor {
         return out
     }
 }
+
+extension Tensor {
+    /// The `height` x `width` window of NCHW images whose top-left pixel is (`top`, `left`): U-Net's valid-padding skip
+    /// features, centre-cropped to the expanding path's smaller map before they are concatenated (ONNX's Slice on the
+    /// two spatial axes). The adjoint of `padded`: backward adds the window's gradient back at its place.
+    public func cropped(top: Int, left: Int, height: Int, width: Int) -> Tensor {
+        precondition(rank == 4, "cropped expects NCHW input, got \(shape)")
+        let (h, w) = (shape[2], shape[3])
+        precondition(top >= 0 && left >= 0 && height > 0 && width > 0 && top + height <= h && left + width <= w,
+                     "crop of \(height)x\(width) at (\(top), \(left)) outside \(h)x\(w)")
+        let x = self, planes = shape[0] * shape[1]
+        let out = Tensor.result(shape: [shape[0], shape[1], height, width], storage: FloatStorage(uninitializedCount: planes * height * width),
+                                inputs: [x]) { out in
+            let dy = out.grad, dx = x.grad
+            for p in 0..<planes {
+                for r in 0..<height {
+                    let source = dy + (p * height + r) * width, target = dx + (p * h + r + top) * w + left
+                    for c in 0..<width { target[c] += source[c] }
+                }
+            }
+        }
+        let y = out.data, xp = x.data
+        for p in 0..<planes {
+            for r in 0..<height { (y + (p * height + r) * width).update(from: xp + (p * h + r + top) * w + left, count: width) }
+        }
+        return out
+    }
+}

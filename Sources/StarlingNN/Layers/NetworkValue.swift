@@ -51,6 +51,8 @@ public protocol NetworkValue {
     func resized(height: Int, width: Int) -> Self
     /// Framed by rows and columns of a constant (`Tensor.padded`).
     func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> Self
+    /// The height x width window at (top, left) of [N, C, H, W] (`Tensor.cropped`; U-Net's valid-padding skips).
+    func cropped(top: Int, left: Int, height: Int, width: Int) -> Self
     /// `Tensor.spaceToDepth`: every b x b block of pixels stacked along the channels (ONNX's SpaceToDepth).
     func spaceToDepth(blockSize: Int) -> Self
     /// Channel-wise L2 normalisation with the learned per-channel scale `gamma` [C] (SSD300's conv4_3).
