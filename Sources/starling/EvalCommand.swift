@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StarlingIO
 import StarlingModels
 
 struct EvalCommand: ParsableCommand {
@@ -7,8 +8,8 @@ struct EvalCommand: ParsableCommand {
 
     @Option(help: "Checkpoint written by `starling train` (not needed with --detections).") var checkpoint: String?
     @Option(help: "Dataset in Starling's HDF5 layout.") var data: String
-    @Option(help: "Split to evaluate (default: test for MNIST, val for detection sets).") var split: String?
-    @Option(help: "Images per batch (default: 256 for autoencoders, 8 for detectors).") var batchSize: Int?
+    @Option(help: "Split to evaluate (default: test for MNIST, val for detection and segmentation sets).") var split: String?
+    @Option(help: "Images per batch (default: 256 for autoencoders, 8 for detectors, 4 for segmentation).") var batchSize: Int?
     @OptionGroup var detection: DetectionEvalOptions
     @Option(help: "Evaluate only the first N images.") var limit: Int?
     @Option(help: "Also write the figures as JSON to this file.") var json: String?
@@ -26,6 +27,23 @@ struct EvalCommand: ParsableCommand {
                 return try detection.scoreFile(data: data, split: split ?? "val", json: json)
             }
             let loaded = try Checkpoint.load(from: checkpoint)
+            if let unet = loaded.model as? UNet {
+                let dataset = try SegmentationDataset(path: data, split: split ?? "val")
+                let report = try SegmentationEvaluation.evaluate(unet, data: dataset, batchSize: batchSize ?? 4, limit: limit)
+                print(SegmentationEvaluation.table(report))
+                let folder = plots ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
+                try makeDirectory(folder)
+                let picture = "\(folder)/\(URL(fileURLWithPath: checkpoint).deletingPathExtension().lastPathComponent)-segmentation.png"
+                try SegmentationEvaluation.picture(unet, data: dataset, indices: Array(0..<min(4, report.images))).writePNG(path: picture)
+                print("  image, truth, prediction:  \(picture)")
+                if let json {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    try AtomicFile.write(Array(try encoder.encode(report)), to: json)
+                    print("  figures as JSON:           \(json)")
+                }
+                return
+            }
             if let detector = loaded.model as? any Detector {
                 return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 8, limit: limit, json: json)
             }

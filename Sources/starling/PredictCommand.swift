@@ -7,7 +7,7 @@ import StarlingModels
 /// `starling predict`: a detector's boxes on an image file or on a dataset's images, as a table and as pictures.
 struct PredictCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "predict", abstract: "Detect objects: print `class conf xmin ymin xmax ymax` and draw the boxes.")
+        commandName: "predict", abstract: "Detect objects (print `class conf xmin ymin xmax ymax` and draw the boxes) or segment an image (draw its classes).")
 
     @Option(help: "Detector checkpoint.") var checkpoint: String
     @Option(help: "A JPEG or PNG image (resized to the model's input; boxes reported in the image's own pixels).") var image: String?
@@ -27,6 +27,7 @@ struct PredictCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let loaded = try Checkpoint.load(from: checkpoint)
+            if let unet = loaded.model as? UNet { return try segment(unet) }
             guard let model = loaded.model as? any Detector, let names = model.config.classNames else {
                 throw EvalError("\(checkpoint): model \(loaded.model.config.family) is not a detector")
             }
@@ -67,6 +68,45 @@ struct PredictCommand: ParsableCommand {
                     print("picture (predictions in colour, ground truth in white): \(path)\n")
                 }
             }
+        }
+    }
+
+    /// A segmentation model: each pixel's class on an image file (resized to the model's input) or beside the truth
+    /// on a dataset's images; the share of each class printed, the picture drawn in the class palette.
+    func segment(_ model: UNet) throws {
+        let folder = out ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
+        try makeDirectory(folder)
+        let names = model.config.classNames ?? []
+        let (h, w) = (model.config.inputShape[1], model.config.inputShape[2])
+        if let image {
+            let picture = try ImageFile.readRGB(path: image)
+            let resized = ImageResize.bilinear(picture.pixels, width: picture.width, height: picture.height, channels: 3, toWidth: w, toHeight: h)
+            let classes = model.predictClasses(Self.tensor(resized, height: h, width: w))
+            let window = model.outputWindow
+            print("\(image) (\(picture.width)x\(picture.height), segmented at \(w)x\(h), window \(window.width)x\(window.height))")
+            for (c, name) in names.enumerated() {
+                let share = Double(classes.filter { $0 == Int32(c) }.count) / Double(max(classes.count, 1))
+                print("  " + name.padding(toLength: 14, withPad: " ", startingAt: 0) + String(format: " %6.2f %%", 100 * share))
+            }
+            var canvas = PixelCanvas(width: 2 * w + 4, height: h)
+            canvas.image(resized.map { Float($0) / 255 }, height: h, width: w, channels: 3, x: 0, y: 0)
+            for p in 0..<classes.count {
+                canvas.set(x: w + 4 + window.left + p % window.width, y: window.top + p / window.width,
+                           SegmentationEvaluation.colour(UInt8(classes[p]), void: 255))
+            }
+            let path = "\(folder)/\(URL(fileURLWithPath: image).deletingPathExtension().lastPathComponent)-segmentation.png"
+            try canvas.writePNG(path: path)
+            print("picture (image, prediction): \(path)")
+            print("palette: " + names.enumerated().map { c, name in
+                let colour = SegmentationEvaluation.colour(UInt8(c), void: 255)
+                return "\(name) (\(colour.r), \(colour.g), \(colour.b))"
+            }.joined(separator: ", "))
+        }
+        if let data {
+            let dataset = try SegmentationDataset(path: data, split: split)
+            let path = "\(folder)/\(split)-segmentation.png"
+            try SegmentationEvaluation.picture(model, data: dataset, indices: Array(0..<min(limit, dataset.count))).writePNG(path: path)
+            print("picture (image, truth, prediction for \(min(limit, dataset.count)) images of \(data) [\(split)]): \(path)")
         }
     }
 

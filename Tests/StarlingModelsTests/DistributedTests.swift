@@ -241,6 +241,26 @@ import Testing
         }
     }
 
+    /// U-Net (issue 19): two ranks at global batch 4 train the model one process trains at batch 4, with the mask-aware
+    /// augmentation (elastic deformation included) and the paper's border weight map on: both are drawn or computed per
+    /// sample, and the loss is divided by the pixels of the batch, which the ranks share equally.
+    @Test func unetRanksMatchOneProcess() throws {
+        let dir = Fixture.temporaryDirectory("dp-unet")
+        let data = dir + "/discs.h5"
+        try tinySegmentationSet(data)
+        let args = ["train", "--model", "unet", "--data", data, "--width-multiplier", "0.0625", "--option", "levels=3", "--option", "valid=1",
+                    "--option", "border_weight=10", "--elastic", "--epochs", "3", "--batch-size", "4", "--val-split", "none", "--seed", "5"]
+        let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
+        #expect(one.status == 0, "\(one.error)")
+        let many = try mpirun(2, args + ["--out", dir + "/many"])
+        #expect(many.status == 0, "\(many.output)\(many.error)")
+        let (a, b) = (try epochLosses(dir + "/one/unet-log.csv"), try epochLosses(dir + "/many/unet-log.csv"))
+        #expect(a.count == 3 && b.count == 3)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
+        let (wa, wb) = (try weights(dir + "/one/unet-last.h5"), try weights(dir + "/many/unet-last.h5"))
+        #expect(wa.count == wb.count && maxRelativeDifference(wa, wb) < 1e-4)
+    }
+
     /// The training loss of each epoch, from a run's CSV log.
     func epochLosses(_ log: String) throws -> [Double] {
         try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").dropFirst().compactMap { Double($0.split(separator: ",")[2]) }

@@ -5,6 +5,7 @@ import StarlingCore
 @testable import StarlingModels
 @testable import StarlingDetection
 @testable import StarlingONNX
+@testable import StarlingSegmentation
 
 /// The ops a forward pass ran, in order, shared by every value derived from one input.
 private final class OpLog {
@@ -289,5 +290,26 @@ private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String
         #expect(predicted.classLogits.toArray() == reference[0].toArray() && predicted.boxOffsets.toArray() == reference[1].toArray())
         #expect(log.ops.first == "subtract [123.0, 117.0, 104.0]")
         try expectExportIsThePass(models[0], tensorOps: log.ops) { models[0].predictionMaps($0, training: false) }
+    }
+
+    /// U-Net (valid padding: the skips cropped; and same padding on odd sizes: the up-convolutions padded): the pass
+    /// on logging Tensors is `logits` bit for bit, the pass on logging ONNX values takes the same ops, and it builds
+    /// exactly the exported graph with every weight once under its checkpoint name.
+    @Test(arguments: [smallUNetConfig, ModelConfig(family: UNet.family, inputShape: [3, 21, 30], options: ["width": 0.0625, "levels": 3],
+                                                   classNames: ["membrane", "cell"])])
+    func unetPassIsLogitsAndTheExport(config: ModelConfig) throws {
+        let model = try #require(try ModelRegistry.build(config, seed: 4) as? UNet)
+        let images = detectorImages([2] + config.inputShape, seed: 6)
+        let tensorLog = OpLog(), onnxLog = OpLog()
+        let recorded = GradMode.disabled { model.logits(Recorded(base: images, log: tensorLog)).base }
+        #expect(recorded.toArray() == GradMode.disabled { model.logits(images) }.toArray())
+        let graph = ONNXGraph()
+        let logits = model.logits(Recorded(base: graph.input("images", shape: [-1] + config.inputShape), log: onnxLog)).base
+        #expect(tensorLog.ops == onnxLog.ops && tensorLog.ops.contains { $0.hasPrefix(config.options["valid"] == 1 ? "crop" : "pad") })
+        let exported = try ONNXExport.graph(of: model).graph
+        #expect(Array(exported.nodes.prefix(graph.nodes.count)) == graph.nodes, "the export's logits are not the generic pass")
+        #expect(exported.nodes.contains { $0.output == [logits.name] })
+        let weights = exported.initializers.map(\.name).filter { $0.contains("/") }
+        #expect(weights.sorted() == model.parameters.parameters.map(\.name).sorted())
     }
 }

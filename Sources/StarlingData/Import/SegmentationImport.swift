@@ -70,6 +70,8 @@ public enum SegmentationImport {
         ("Car", (64, 0, 128)), ("Pedestrian", (64, 64, 0)), ("Bicyclist", (0, 128, 192)),
     ]
     static let camvidVoidIndex: UInt8 = 11
+    /// The membrane set's classes: the ISBI pixel error is reported for models trained on them.
+    public static let membraneClassNames = ["membrane", "cell"]
     static let camvidVoidColour: (UInt8, UInt8, UInt8) = (0, 0, 0)
 
     /// One image of the set: its file, its label's file and the split it goes to.
@@ -85,7 +87,7 @@ public enum SegmentationImport {
         switch options.format {
         case .membrane:
             entries = try membraneEntries(options)
-            classNames = ["membrane", "cell"]
+            classNames = membraneClassNames
         case .camvid:
             entries = try camvidEntries(options)
             classNames = camvidClasses.map(\.name)
