@@ -4,6 +4,7 @@ import StarlingNN
 import StarlingData
 import StarlingDetection
 import StarlingAutoencoders
+import StarlingSegmentation
 #if canImport(Glibc)
 import Glibc
 #else
@@ -126,6 +127,61 @@ public enum Benchmarks {
     /// Any detector family on synthetic frames of its input size (random pixels, three boxes each, targets from its own
     /// head): training steps at `batchSize` (forward, loss, backward, Adam) and inference (forward, decoding with NMS;
     /// and the network alone) at each of `inferenceBatches`.
+    /// U-Net's training steps (Adam) at `batchSize` on random images with random disc-shaped class maps (targets encoded
+    /// once, outside the timing, as the data thread does it beside training), then inference (`predictClasses`) at
+    /// batch 1 and 8, each the best of three rounds.
+    public static func segmentation(_ config: ModelConfig, batchSize: Int, steps: Int) throws -> DetectorThroughput {
+        guard let model = try ModelRegistry.build(config, seed: 1) as? UNet, config.inputShape.count == 3 else {
+            throw TrainingError("model \(config.family) is not a segmentation model")
+        }
+        let (height, width) = (config.inputShape[1], config.inputShape[2])
+        let adam = Adam(parameterCount: model.parameters.count)
+        var rng = RandomGenerator(seed: 5)
+        func frames(_ n: Int) -> Batch {
+            let images = Tensor(zeros: [n, 3, height, width])
+            for i in 0..<images.count { images.data[i] = Float(rng.next() % 256) }
+            var classes = [UInt8](repeating: 0, count: n * height * width)
+            for image in 0..<n {
+                for _ in 0..<6 {
+                    let (cx, cy, r) = (rng.uniform(0, Float(width)), rng.uniform(0, Float(height)), rng.uniform(4, Float(min(height, width)) / 4))
+                    let c = UInt8(1 + Int(rng.next() % UInt64(model.classCount - 1)))
+                    for y in 0..<height { for x in 0..<width where (Float(x) - cx) * (Float(x) - cx) + (Float(y) - cy) * (Float(y) - cy) < r * r {
+                        classes[(image * height + y) * width + x] = c
+                    } }
+                }
+            }
+            var batch = Batch(images: images)
+            batch.segmentation = SegmentationMaps(classes: classes, height: height, width: width)
+            model.targetEncoder?.encodeTargets(into: &batch)
+            return batch
+        }
+        let batch = frames(batchSize)
+        func step() {
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+        }
+        step()
+        let start = monotonicSeconds()
+        for _ in 0..<steps { step() }
+        let train = Double(steps * batchSize) / (monotonicSeconds() - start)
+        var fps: [Int: Double] = [:]
+        for n in [1, 8] {
+            let images = frames(n).images
+            _ = model.predictClasses(images)
+            let repeats = max(2, 16 / n)
+            var best = Double.infinity
+            for _ in 0..<3 {
+                let start = monotonicSeconds()
+                for _ in 0..<repeats { _ = model.predictClasses(images) }
+                best = min(best, monotonicSeconds() - start)
+            }
+            fps[n] = Double(repeats * n) / best
+        }
+        return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: fps)
+    }
+
     public static func detector(_ config: ModelConfig, batchSize: Int, steps: Int, inferenceBatches: [Int] = [1, 8]) throws -> DetectorThroughput {
         guard let model = try ModelRegistry.build(config, seed: 1) as? any Detector, config.inputShape.count == 3 else {
             throw TrainingError("model \(config.family) is not a detector")

@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, yolov3-tiny, ssd7-layers, pipeline (needs --detection-data), map.") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, yolov3-tiny, unet, ssd7-layers, pipeline (needs --detection-data), map.") var only: String = "all"
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
@@ -71,6 +71,17 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "yolov3-tiny 416x416: training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
                              yolo.trainImagesPerSecond, yolo.inferenceFPS[1] ?? 0, yolo.inferenceFPS[8] ?? 0,
                              yolo.forwardFPS[1] ?? 0, yolo.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            }
+            if only == "all" || only == "unet" {
+                // The paper's network (width 1, five levels) at issue 19's 128 x 128, batch 8, same padding, two classes.
+                // And a quarter of its width (16 ... 256 channels), the size that trains on a CPU.
+                for width in [1.0, 0.25] {
+                    let config = ModelConfig(family: "unet", inputShape: [3, 128, 128], options: ["width": width, "levels": 5, "valid": 0],
+                                             classNames: ["membrane", "cell"])
+                    let unet = try Benchmarks.segmentation(config, batchSize: 8, steps: max(2, steps / (width == 1 ? 25 : 5)))
+                    print(String(format: "unet 128x128 (width %.2f, 5 levels, 2 classes): training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8; peak RSS %.0f MB",
+                                 width, unet.trainImagesPerSecond, unet.inferenceFPS[1] ?? 0, unet.inferenceFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+                }
             }
         }
     }
