@@ -46,7 +46,7 @@ public enum SegmentationEvaluation {
         var voidPixels = 0
         for start in stride(from: 0, to: count, by: batchSize) {
             let indices = Array(start..<min(start + batchSize, count))
-            let (images, maps) = try batch(dataset, indices)
+            let (images, maps) = try batch(dataset, indices, model)
             let predicted = model.predictClasses(images)
             let truth = cut(maps, images: indices.count, height: dataset.imageHeight, width: dataset.imageWidth, window: window)
             try metrics.add(truth: truth.map(Int32.init), predicted: predicted)
@@ -91,7 +91,7 @@ public enum SegmentationEvaluation {
         var canvas = PixelCanvas(width: 3 * w + 2 * gap, height: header + indices.count * (h + gap))
         for (column, title) in ["image", "truth", "prediction"].enumerated() { canvas.text(title, x: column * (w + gap), y: 1, color: .black) }
         for (row, i) in indices.enumerated() {
-            let (images, maps) = try batch(dataset, [i])
+            let (images, maps) = try batch(dataset, [i], model)
             let predicted = model.predictClasses(images)
             let y = header + row * (h + gap)
             let (pixels, _) = try dataset.read([i])
@@ -120,8 +120,8 @@ public enum SegmentationEvaluation {
     }
 
     /// Images [N, 3, H, W] in 0...255 and their class maps.
-    static func batch(_ dataset: SegmentationDataset, _ indices: [Int]) throws -> (Tensor, [UInt8]) {
-        let b = try SegmentationSource(dataset: dataset).batch(indices: indices, epoch: 0, training: false, config: ModelConfig(family: "", inputShape: []))
+    static func batch(_ dataset: SegmentationDataset, _ indices: [Int], _ model: UNet) throws -> (Tensor, [UInt8]) {
+        let b = try SegmentationSource(dataset: dataset).batch(indices: indices, epoch: 0, training: false, config: model.config)
         return (b.images, b.segmentation?.classes ?? [])
     }
 

@@ -64,6 +64,10 @@ public final class UNet: Model {
         if sigmoidOutput && classCount != 2 {
             throw ModelError.configuration(family: config.family, problem: "sigmoid output needs two classes, the data has \(classCount)")
         }
+        let classes = names.count
+        if let stray = config.options.keys.first(where: { $0.hasPrefix("class_weight_") && (Int($0.dropFirst(13)) ?? classes) >= classes }) {
+            throw ModelError.configuration(family: config.family, problem: "\(stray) names no class of 0...\(classes - 1)")
+        }
         let (height, width) = (config.inputShape[1], config.inputShape[2])
         guard let rows = Self.geometry(height, levels: levels, valid: valid), let cols = Self.geometry(width, levels: levels, valid: valid) else {
             let sizes = Self.validInputSizes(near: max(height, width), levels: levels).map(String.init).joined(separator: ", ")

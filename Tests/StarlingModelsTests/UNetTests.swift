@@ -88,6 +88,7 @@ private func expectGradientMatchesFiniteDifferences(_ x: Tensor, eps: Float = 1e
             "\(error)".contains("valid padding with 5 levels does not fit 512x512") && "\(error)".contains("508")
         }
         #expect(throws: ModelError.self) { try UNet(config: unetConfig(height: 64, width: 64, classes: 3, ["sigmoid": 1]), rng: &rng) }
+        #expect(throws: ModelError.self) { try UNet(config: unetConfig(height: 64, width: 64, classes: 3, ["class_weight_3": 2]), rng: &rng) }
     }
 
     /// Softmax cross-entropy per pixel with class weights and a void pixel, by hand: logits (z0, z1) per pixel,
