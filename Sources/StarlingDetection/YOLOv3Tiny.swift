@@ -107,7 +107,9 @@ public final class YOLOv3Tiny: Detector {
         return [coarse, fineOutput]
     }
 
-    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] { outputMaps(images, training: training) }
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        outputMaps(LayoutTensor(images), training: training).map(\.tensor)
+    }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         detectionLoss(batch, training: training, kernels: [], l2: 0)
@@ -130,7 +132,7 @@ struct DarknetConvolution {
     }
 
     func callAsFunction<Value: NetworkValue>(_ x: Value, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Value {
-        norm(conv(x), training: training, crossReplicaSum: crossReplicaSum).leakyRelu(slope: 0.1)
+        conv(x).applyingWithLeakyReLU(norm, slope: 0.1, training: training, crossReplicaSum: crossReplicaSum)
     }
 }
 

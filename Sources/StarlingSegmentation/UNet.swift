@@ -147,7 +147,8 @@ public final class UNet: Model {
     }
 
     /// The class scores [N, C, h, w] (sigmoid: [N, 1, h, w], class 1's logit), h x w the output window: the one
-    /// forward pass, run on Tensors to train and infer and on ONNX values to export.
+    /// forward pass, run on LayoutTensors to train and infer (`loss`, `predictClasses`: the blocked layout in training,
+    /// oneDNN's with fused ReLUs in inference), on plain Tensors by the tests, and on ONNX values to export.
     public func logits<Value: NetworkValue>(_ images: Value) -> Value {
         var h = images.affine(scale: 1 / 255, shift: 0)
         var skips: [Value] = []
@@ -186,7 +187,7 @@ public final class UNet: Model {
 
     /// The most likely class of every pixel of the output window, [N x h x w] row-major.
     public func predictClasses(_ images: Tensor) -> [Int32] {
-        let z = GradMode.disabled { logits(images) }
+        let z = GradMode.disabled { logits(LayoutTensor(images)).tensor }
         let (n, c, plane) = (z.shape[0], z.shape[1], z.shape[2] * z.shape[3])
         var classes = [Int32](repeating: 0, count: n * plane)
         let data = z.data
@@ -208,7 +209,7 @@ public final class UNet: Model {
         var batch = batch
         if !(batch.targets is UNetTargets) { encoder.encodeTargets(into: &batch) }
         guard let targets = batch.targets as? UNetTargets else { preconditionFailure("U-Net needs segmentation data (Batch.segmentation)") }
-        return Self.pixelLoss(logits: logits(batch.images), targets: targets)
+        return Self.pixelLoss(logits: logits(LayoutTensor(batch.images)).tensor, targets: targets)
     }
 
     /// sum over pixels of weight x cross-entropy of the pixel's class, over the pixel count (void pixels weigh 0).

@@ -125,6 +125,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Multiply every stage's residual blocks (rounded, at least one each), for families that take it (yolov3: 1 is darknet's Darknet-53).") var depthMultiplier: Double?
     @Option(name: .customLong("option"), help: "A family's configuration option, NAME=VALUE, repeatable (unet: levels, valid, sigmoid, border_weight, border_sigma, class_weight_<c>; see the README).")
     var familyOptions: [String] = []
+    @Flag(inversion: .prefixedNo, help: "yolov2: the passthrough layer from the stride-16 features (darknet's reorg; default on, as yolov2.cfg).") var passthrough: Bool?
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -154,6 +155,9 @@ struct TrainCommand: ParsableCommand {
                         throw ValidationError("--option takes NAME=VALUE with a number, e.g. levels=4, not '\(setting)'")
                     }
                     config = try family.setting(parts[0], to: value, in: config, flag: "--option \(parts[0])")
+                }
+                if let passthrough {
+                    config = try family.setting("passthrough", to: passthrough ? 1 : 0, in: config, flag: passthrough ? "--passthrough" : "--no-passthrough")
                 }
                 if let anchorsFrom {
                     guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }
