@@ -177,6 +177,44 @@ private func expectGradientMatchesFiniteDifferences(_ x: Tensor, eps: Float = 1e
         #expect(Set(a.classMap).isSubset(of: [0, 2, 255]))
     }
 
+    /// Instance data through the training source with augmentation on: each moved mask lies on its class in the moved
+    /// class map, each object's box is its moved mask's tight box, and a second read gives the same batch.
+    @Test func augmentedInstancesStayWithTheirMasks() throws {
+        let dir = Fixture.temporaryDirectory("unet-instances")
+        let (h, w) = (30, 40)
+        func sample(_ k: Int) -> SegmentationWriter.Sample {
+            var map = [UInt8](repeating: 0, count: h * w)
+            var masks: [[UInt8]] = []
+            for (x0, y0) in [(5 + k, 6), (24, 12 + k)] {
+                var mask = [UInt8](repeating: 0, count: h * w)
+                for y in y0..<(y0 + 10) { for x in x0..<(x0 + 8) { mask[y * w + x] = 1; map[y * w + x] = 1 } }
+                masks.append(mask)
+            }
+            return .init(pixels: (0..<(h * w * 3)).map { UInt8(($0 * 5 + k) % 256) }, classMap: map, imageID: Int64(k),
+                         instances: masks.map { (classID: 1, mask: $0) })
+        }
+        let path = dir + "/people.h5"
+        try SegmentationWriter.write(to: path, classNames: ["background", "person"], height: h, width: w, instances: true, source: "test",
+                                     splits: [("train", 3, { sample($0) })])
+        let (train, _) = try TrainingData.open(.segmentation, path: path, trainSplit: "train", validationSplit: "none", augment: true, seed: 9)
+        let config = ModelConfig(family: UNet.family, inputShape: [3, h, w], classNames: ["background", "person"])
+        let batch = try train.batch(indices: [0, 1, 2], epoch: 4, training: true, config: config)
+        let again = try train.batch(indices: [0, 1, 2], epoch: 4, training: true, config: config)
+        #expect(batch.images.toArray() == again.images.toArray() && batch.segmentation?.classes == again.segmentation?.classes)
+        let maps = try #require(batch.segmentation), masks = try #require(maps.instanceMasks), objects = try #require(batch.objects)
+        var moved = 0
+        for k in 0..<3 {
+            let map = Array(maps.classes[(k * h * w)..<((k + 1) * h * w)])
+            #expect(masks[k].count == objects[k].count)
+            for (object, mask) in zip(objects[k], masks[k]) {
+                #expect((0..<(h * w)).allSatisfy { mask[$0] == 0 || map[$0] == 1 })
+                #expect(object.box == SegmentationDataset.tightBox(mask, height: h, width: w))
+            }
+            if map != sample(k).classMap { moved += 1 }
+        }
+        #expect(moved > 0, "the augmentation left every image as stored")
+    }
+
     /// Real membranes: four 64 x 64 crops of two training images, learned to over 95% pixel accuracy (the cells
     /// and membranes of these crops, not held-out ones) with Adam in 120 steps.
     @Test(.enabled(if: SegmentationImportTests.has("membrane/train/label/0.png")))
