@@ -7,8 +7,9 @@ import StarlingONNX
 ///
 /// Contracting path: at each level two 3x3 convolutions with ReLU, then a 2x2 max-pool (stride 2), the channels
 /// doubling from level to level (64, 128, 256, 512, 1024 in the paper's five levels). Expanding path: a 2x2
-/// up-convolution (transposed convolution, stride 2) halving the channels, the contracting path's features of that
-/// level concatenated before it (skip first), two 3x3 convolutions with ReLU; a 1x1 convolution to the class scores.
+/// up-convolution (transposed convolution, stride 2) halving the channels, its output concatenated after the
+/// contracting path's features of that level (skip first, then up-convolution, along the channels), two 3x3
+/// convolutions with ReLU; a 1x1 convolution to the class scores.
 ///
 /// Options (`ModelConfig.options`):
 /// - `width` multiplies every level's channels (1: the paper's 64 at the first level).
@@ -28,9 +29,11 @@ import StarlingONNX
 /// pixels (void pixels weigh 0 but still count in the divisor), so ranks that share a global batch equally average to
 /// exactly one process's loss. Input pixels 0...255 are scaled to [0, 1].
 ///
-/// Deviations from the paper: no dropout at the end of the contracting path, Adam rather than SGD with momentum 0.99
-/// on single-image batches (any `--optimizer` works), and He-normal initialisation (the paper's sqrt(2 / N) Gaussian,
-/// N = inputs x kernel area) with zero biases.
+/// Initialisation as the paper's: Gaussian weights with standard deviation sqrt(2 / N), N = inputs x kernel area
+/// (Keras's he_normal, truncated at two standard deviations and rescaled to that variance), zero biases; the
+/// up-convolutions keep the layer's Glorot-uniform default. Deviations from the paper: RGB input (three channels
+/// rather than one), no dropout at the end of the contracting path, Adam rather than SGD with momentum 0.99 on
+/// single-image batches (any `--optimizer` works).
 public final class UNet: Model {
     public static let family = "unet"
 
