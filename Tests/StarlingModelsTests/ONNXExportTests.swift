@@ -119,6 +119,47 @@ private func exportConfigs() throws -> [ModelConfig] {
         #expect(proto.metadataProps.contains { $0.key == PyTorchWeights.configKey })
     }
 
+    /// RoI max pooling and RoIAlign (both modes, fixed and adaptive sampling) as ONNX's MaxRoiPool and RoiAlign, run by
+    /// onnxruntime (after the checker) on the Tensor ops' input: the same values. The graph needs opset 16 (RoiAlign's
+    /// coordinate_transformation_mode) and says so; the regions include rounding halves, borders, a sample outside the
+    /// map and a region narrower than a cell.
+    @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"))
+    func regionPoolingMatchesOnnxRuntime() throws {
+        let shape = [2, 3, 9, 11]
+        var rng = RandomGenerator(seed: 21)
+        let features = Tensor(shape: shape, values: (0..<shape.reduce(1, *)).map { _ in rng.uniform(-1, 1) })
+        let rows: [[Float]] = [[0, 0, 0, 21, 17], [1, 3, 5, 15, 11], [1, 6, 6, 10, 7], [0, -3, -2, 25, 20], [1, 13, 3, 13.5, 3.2],
+                               [0, 4.6, 2.2, 19.8, 16.4], [1, 20, 16, 23, 19]]
+        let rois = Tensor(shape: [rows.count, 5], values: rows.flatMap { $0 })
+        let scale: Float = 0.5
+        let aligns: [(ratio: Int, aligned: Bool)] = [(2, true), (0, true), (2, false), (0, false)]
+        let g = ONNXGraph()
+        let x = g.input("images", shape: [-1] + shape.dropFirst())
+        let r = g.constant("rois", rois.toArray(), shape: rois.shape)
+        g.output(x.roiMaxPool(rois: r, outputHeight: 3, outputWidth: 4, spatialScale: scale), as: "pooled")
+        for (k, a) in aligns.enumerated() {
+            g.output(x.roiAlign(rois: r, outputHeight: 3, outputWidth: 4, spatialScale: scale, samplingRatio: a.ratio, aligned: a.aligned),
+                     as: "aligned\(k)")
+        }
+        let proto = g.model(producerVersion: "test", docString: "RoI pooling")
+        #expect(proto.opsetImport.map(\.version) == [16] && proto.irVersion == 8)
+        let dir = Fixture.temporaryDirectory("onnx-roi")
+        try AtomicFile.write(try proto.serializedBytes() as [UInt8], to: dir + "/roi.onnx")
+        let onnx = try runONNX(dir + "/roi.onnx", input: features, in: dir)
+        let pooled = features.roiMaxPool(rois: rois, outputHeight: 3, outputWidth: 4, spatialScale: scale)
+        #expect(onnx.shapes["pooled"] == pooled.shape)
+        #expect(onnx.floats["pooled"] == pooled.toArray())
+        for (k, a) in aligns.enumerated() {
+            let expected = features.roiAlign(rois: rois, outputHeight: 3, outputWidth: 4, spatialScale: scale,
+                                             samplingRatio: a.ratio, aligned: a.aligned)
+            #expect(onnx.shapes["aligned\(k)"] == expected.shape)
+            let worst = worstDifference(onnx.floats["aligned\(k)"] ?? [], expected.toArray())
+            #expect(worst.value < 1e-5, "RoiAlign ratio \(a.ratio) aligned \(a.aligned): worst difference \(worst.value) at \(worst.at)")
+        }
+        // The families' graphs stay at opset 13.
+        #expect(ONNXGraph().model(producerVersion: "test", docString: "").opsetImport.map(\.version) == [13])
+    }
+
     /// Every family's exported graph, run by onnxruntime, gives Starling's outputs on the same input.
     @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"),
           arguments: try exportConfigs())

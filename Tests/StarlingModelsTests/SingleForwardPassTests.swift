@@ -48,6 +48,15 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
         record("pad \(top) \(left) \(bottom) \(right) \(value)", base.padded(top: top, left: left, bottom: bottom, right: right, value: value))
     }
     func spaceToDepth(blockSize: Int) -> Recorded { record("spaceToDepth \(blockSize)", base.spaceToDepth(blockSize: blockSize)) }
+    func roiMaxPool(rois: Recorded, outputHeight: Int, outputWidth: Int, spatialScale: Float) -> Recorded {
+        record("roiMaxPool \(outputHeight) \(outputWidth) \(spatialScale)",
+               base.roiMaxPool(rois: rois.base, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale))
+    }
+    func roiAlign(rois: Recorded, outputHeight: Int, outputWidth: Int, spatialScale: Float, samplingRatio: Int, aligned: Bool) -> Recorded {
+        record("roiAlign \(outputHeight) \(outputWidth) \(spatialScale) \(samplingRatio) \(aligned)",
+               base.roiAlign(rois: rois.base, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale,
+                             samplingRatio: samplingRatio, aligned: aligned))
+    }
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Recorded {
         record("l2Normalize \(gamma.name)", base.l2NormalizeChannels(gamma: gamma, epsilon: epsilon))
     }
