@@ -25,8 +25,9 @@
 ///
 /// Deviations from the authors' code, which mixes Matlab and C: the texture derivatives are central differences of
 /// the Gaussian-smoothed channel; orientation o's response is the positive part of the derivative along angle
-/// o x 45 degrees, binned over [0, the channel's largest gradient magnitude]; the segmentation reads each colour
-/// space scaled to [0, 255] per channel (L, a, b as their ranges allow).
+/// o x 45 degrees, binned over [0, the channel's largest gradient magnitude]. The segmentation reads each colour
+/// space as the authors' code's 8-bit version of it: every channel scaled to [0, 255] (Lab: L x 255 / 100, a + 128,
+/// b + 128).
 
 import Foundation
 import StarlingCore
@@ -115,6 +116,9 @@ public struct SelectiveSearch: Sendable {
         return ranked.compactMap { seen.insert($0.box).inserted ? $0.box : nil }
     }
 
+    /// The ranking seed of image `index` of a set searched with `seed` (`starling proposals`).
+    public static func imageSeed(_ seed: UInt64, index: Int) -> UInt64 { seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15 }
+
     private struct SegmentationKey: Hashable { let space: ColourSpace; let k: Float }
 }
 
@@ -185,9 +189,12 @@ struct RegionPixels {
         textureBin = texture
     }
 
-    /// The image the segmentation reads: every channel scaled to [0, 255] and smoothed.
+    /// The image the segmentation reads: every channel scaled to [0, 255] and smoothed. A single channel (H, I) is
+    /// scaled by a further sqrt(3): the authors' code segments it repeated in three channels, which makes every edge
+    /// sqrt(3) times heavier against the same k.
     func segmentationImage(sigma: Float) -> PlanarImage {
-        PlanarImage(height: height, width: width, channels: channels, values: image.values.map { $0 * 255 }).smoothed(sigma: sigma)
+        let scale: Float = channels == 1 ? 255 * Float(3).squareRoot() : 255
+        return PlanarImage(height: height, width: width, channels: channels, values: image.values.map { $0 * scale }).smoothed(sigma: sigma)
     }
 }
 

@@ -117,3 +117,21 @@ import StarlingNN
         #expect(SelectiveSearch.strategies(.fast).count == 8 && SelectiveSearch.strategies(.quality).count == 80)
     }
 }
+
+@Suite struct ProposalRecallTests {
+    /// Two boxes, four ranked proposals: box A is matched at IoU 1 by rank 2 and at 0.5 by rank 0; box B only at IoU
+    /// 0.6 (rank 3). Budgets 1, 3 and all: A at 0.5 from budget 1, at 0.7 from 3; B at 0.5 only in "all".
+    @Test func recallByBudgetAndThreshold() {
+        let a = BoxCorners(xmin: 0, ymin: 0, xmax: 10, ymax: 10), b = BoxCorners(xmin: 50, ymin: 50, xmax: 60, ymax: 60)
+        let ranked = [BoxCorners(xmin: 0, ymin: 0, xmax: 10, ymax: 5),       // IoU 0.5 with A
+                      BoxCorners(xmin: 20, ymin: 20, xmax: 30, ymax: 30),    // nothing
+                      a,                                                     // IoU 1 with A
+                      BoxCorners(xmin: 50, ymin: 50, xmax: 60, ymax: 56)]    // IoU 0.6 with B
+        var recall = ProposalRecall(budgets: [1, 3], thresholds: [0.5, 0.7])
+        recall.add(proposals: ranked, truths: [a, b])
+        recall.add(proposals: [], truths: [])
+        #expect(recall.recalled == [[1, 0], [1, 1], [2, 1]])
+        #expect(recall.recall(budget: 2, threshold: 0) == 1 && recall.recall(budget: 0, threshold: 1) == 0)
+        #expect(recall.truths == 2 && recall.images == 2 && recall.proposalsPerImage == 2)
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+import StarlingCore
+import StarlingNN
+@testable import StarlingDetection
+
+@Suite struct TwoStagePartsTests {
+    // MARK: Matcher
+
+    @Test func matcherBandsAndLowQualityMatches() {
+        let quality: [[Float]] = [[0.7, 0.2, 0.1, 0.00],
+                                  [0.1, 0.4, 0.4, 0.05]]
+        // >= 0.5 matched, [0.3, 0.5) between, < 0.3 below.
+        #expect(Matcher(high: 0.5, low: 0.3)(quality: quality, predictions: 4) == [.matched(0), .between, .between, .below])
+        // Box 1's best quality, 0.4, is shared by predictions 1 and 2: both become its matches.
+        #expect(Matcher(high: 0.5, low: 0.3, allowLowQualityMatches: true)(quality: quality, predictions: 4)
+                == [.matched(0), .matched(1), .matched(1), .below])
+        // A prediction that is some box's best but overlaps another more is matched to the other (torchvision's rule).
+        let crossed: [[Float]] = [[0.30, 0.1], [0.35, 0.2]]
+        #expect(Matcher(high: 0.5, low: 0.3, allowLowQualityMatches: true)(quality: crossed, predictions: 2) == [.matched(1), .below])
+        // Fast R-CNN's bands: [0.1, 0.5) between (its background), quality exactly at a threshold goes up.
+        #expect(Matcher(high: 0.5, low: 0.1)(quality: [[0.5, 0.1, 0.0999]], predictions: 3) == [.matched(0), .between, .below])
+        #expect(Matcher(high: 0.5, low: 0.1)(quality: [], predictions: 2) == [.below, .below])
+        // By boxes: a proposal equal to the box matches it; one half over it has IoU 1/3.
+        let truth = BoxCorners(xmin: 0, ymin: 0, xmax: 10, ymax: 10)
+        let proposals = [truth, BoxCorners(xmin: 5, ymin: 0, xmax: 15, ymax: 10), BoxCorners(xmin: 50, ymin: 50, xmax: 60, ymax: 60)]
+        #expect(Matcher(high: 0.5, low: 0.1)(truths: [truth], predictions: proposals) == [.matched(0), .between, .below])
+    }
+
+    // MARK: Sampler
+
+    @Test func samplerKeepsTheFractionAndIsDeterministic() {
+        func labels(positives: Int, negatives: Int, ignored: Int) -> [BalancedSampler.Label] {
+            var rng = RandomGenerator(seed: 3)
+            var l = [BalancedSampler.Label](repeating: .positive, count: positives) + Array(repeating: .negative, count: negatives)
+                + Array(repeating: .ignored, count: ignored)
+            l.shuffle(using: &rng)
+            return l
+        }
+        let sampler = BalancedSampler(size: 64, positiveFraction: 0.25)
+        // Few positives: all of them, negatives fill the rest.
+        let few = labels(positives: 10, negatives: 100, ignored: 20)
+        var rng = RandomGenerator(seed: 1)
+        let a = sampler.sample(few, using: &rng)
+        #expect(a.positives.count == 10 && a.negatives.count == 54)
+        #expect(a.positives.allSatisfy { few[$0] == .positive } && a.negatives.allSatisfy { few[$0] == .negative })
+        #expect(Set(a.negatives).count == 54 && a.negatives == a.negatives.sorted())
+        // Many positives: 16 (25 % of 64) and 48 negatives; too few negatives: what there is.
+        let many = labels(positives: 30, negatives: 100, ignored: 0)
+        let b = sampler.sample(many, using: &rng)
+        #expect(b.positives.count == 16 && b.negatives.count == 48)
+        let scarce = sampler.sample(labels(positives: 30, negatives: 5, ignored: 3), using: &rng)
+        #expect(scarce.positives.count == 16 && scarce.negatives.count == 5)
+        // Per (seed, epoch, sample): the same draw for the same sample, another for another epoch.
+        var batch = Batch(images: Tensor(zeros: [2, 1]), indices: [7, 8], epoch: 3, seed: 11)
+        let first = sampler.sample(many, batch: batch, sample: 0, training: true)
+        #expect(sampler.sample(many, batch: batch, sample: 0, training: true) == first)
+        #expect(sampler.sample(many, batch: batch, sample: 1, training: true) != first)
+        batch.epoch = 4
+        #expect(sampler.sample(many, batch: batch, sample: 0, training: true) != first)
+    }
+
+    // MARK: Box coder
+
+    @Test func boxCoderOnWorkedBoxes() {
+        let coder = BoxCoder()
+        let reference = BoxCorners(xmin: 0, ymin: 0, xmax: 10, ymax: 20)   // centre (5, 10), 10 x 20
+        // Shifted by (2, 4): dx = 10 x 2 / 10, dy = 10 x 4 / 20, sizes equal.
+        #expect(coder.encode(BoxCorners(xmin: 2, ymin: 4, xmax: 12, ymax: 24), reference: reference) == SIMD4(2, 2, 0, 0))
+        // 20 x 10 at (10, 5): dx = 10 x 5 / 10, dy = 10 x (-5) / 20, dw = 5 ln 2, dh = 5 ln(1/2).
+        let wide = BoxCorners(xmin: 0, ymin: 0, xmax: 20, ymax: 10)
+        let d = coder.encode(wide, reference: reference)
+        let expected = SIMD4<Float>(5, -2.5, 5 * Float(log(2.0)), -5 * Float(log(2.0)))
+        #expect((0..<4).allSatisfy { abs(d[$0] - expected[$0]) < 1e-6 })
+        let back = coder.decode(d, reference: reference)
+        #expect(abs(back.xmin) < 1e-5 && abs(back.ymin) < 1e-5 && abs(back.xmax - 20) < 1e-5 && abs(back.ymax - 10) < 1e-5)
+        // Unit weights (the RPN's): plain offsets and log ratios.
+        #expect(BoxCoder(weights: (1, 1, 1, 1)).encode(wide, reference: reference) == SIMD4(0.5, -0.25, Float(log(2.0)), Float(log(0.5))))
+        // Growth is clamped at 1000/16 times.
+        let huge = coder.decode(SIMD4(0, 0, 100, 0), reference: reference)
+        #expect(abs(huge.width - 625) < 1e-2 && huge.height == 20)
+    }
+}
