@@ -81,3 +81,43 @@ import StarlingNN
         #expect(abs(huge.width - 625) < 1e-2 && huge.height == 20)
     }
 }
+
+@Suite struct FastRCNNPartsTests {
+    /// Box A (class 2): proposal 0 is A (IoU 1), 1 its top half (IoU 0.5), 2 half over it (IoU 1/3), 3 far away (0);
+    /// A itself joins as a candidate. Foreground {0, 1, A}, background {2}, 3 ignored.
+    @Test func roiMinibatchOnWorkedBoxes() {
+        let a = BoxCorners(xmin: 0, ymin: 0, xmax: 10, ymax: 10)
+        let top = BoxCorners(xmin: 0, ymin: 0, xmax: 10, ymax: 5), side = BoxCorners(xmin: 5, ymin: 0, xmax: 15, ymax: 10)
+        let far = BoxCorners(xmin: 50, ymin: 50, xmax: 60, ymax: 60)
+        let objects = [Object(box: a, classID: 2)]
+        var rng = RandomGenerator(seed: 5)
+        // 4 RoIs at 50 %: 2 of the 3 foreground, the 1 background.
+        let small = FastRCNNTargets(roisPerImage: 4, foregroundFraction: 0.5).sample(proposals: [a, top, side, far], objects: objects, using: &rng)
+        #expect(small.labels == [2, 2, 0] && small.rois.last == side && !small.rois.contains(far))
+        // All of them (64 at 25 %: 16 foreground allowed): the top half regresses by dy = 10 x 2.5 / 5, dh = 5 ln 2.
+        let all = FastRCNNTargets().sample(proposals: [a, top, side, far], objects: objects, using: &rng)
+        #expect(all.rois == [a, top, a, side] && all.labels == [2, 2, 2, 0] && all.foregroundCount == 3)
+        #expect(all.targets[0] == .zero && all.targets[3] == .zero)
+        #expect(abs(all.targets[1][1] - 5) < 1e-5 && all.targets[1][0] == 0 && abs(all.targets[1][3] - 5 * Float(log(2.0))) < 1e-5)
+        // A difficult box's overlaps are neither; no boxes at all, no RoIs.
+        let hard = FastRCNNTargets().sample(proposals: [a, side], objects: [Object(box: a, classID: 1, difficult: true)], using: &rng)
+        #expect(hard.rois.isEmpty)
+        #expect(FastRCNNTargets().sample(proposals: [a, side], objects: [], using: &rng).rois.isEmpty)
+    }
+
+    /// Two RoIs, K = 1: logits (0, 0) for class 1 and (ln 3, 0) for background give ln 2 and ln(4/3), mean ln(8/3) / 2;
+    /// the foreground RoI's class-1 deltas (0.5, 2, 0, 0) against zero targets give 0.125 + 1.5 over R = 2.
+    @Test func multiTaskLossOnWorkedValues() {
+        let logits = Tensor.variable(shape: [2, 2], values: [0, 0, Float(log(3.0)), 0])
+        let deltas = Tensor.variable(shape: [2, 8], values: [9, 9, 9, 9, 0.5, 2, 0, 0,
+                                                             7, 7, 7, 7, 7, 7, 7, 7])
+        let loss = Tensor.fastRCNNLoss(classLogits: logits, boxDeltas: deltas, labels: [1, 0], targets: [.zero, .zero])
+        #expect(abs(loss.item - (Float(log(8.0 / 3)) / 2 + 1.625 / 2)) < 1e-5)
+        loss.backward()
+        // Only the foreground RoI's own class columns move: d/dx = x / R inside |x| < 1, sign / R outside.
+        #expect(deltas.gradArray == [0, 0, 0, 0, 0.25, 0.5, 0, 0,  0, 0, 0, 0, 0, 0, 0, 0])
+        // d/dlogits = (softmax - onehot) / R.
+        let g = logits.gradArray ?? []
+        #expect(abs(g[0] - 0.25) < 1e-6 && abs(g[1] + 0.25) < 1e-6 && abs(g[2] + 0.125) < 1e-6 && abs(g[3] - 0.125) < 1e-6)
+    }
+}
