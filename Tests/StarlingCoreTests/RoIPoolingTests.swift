@@ -88,6 +88,18 @@ import Testing
         }
     }
 
+    /// An image without regions (Fast R-CNN's, when no proposal overlaps a box enough): [0, C, h, w], and backward
+    /// leaves the features' gradient zero.
+    @Test func noRegions() {
+        let x = Tensor.variable(shape: [1, 2, 4, 4], values: (0..<32).map(Float.init))
+        let none = Tensor(zeros: [0, 5])
+        let pooled = x.roiMaxPool(rois: none, outputHeight: 2, outputWidth: 2, spatialScale: 1)
+        let aligned = x.roiAlign(rois: none, outputHeight: 2, outputWidth: 2, spatialScale: 1, samplingRatio: 2, aligned: true)
+        #expect(pooled.shape == [0, 2, 2, 2] && aligned.shape == [0, 2, 2, 2])
+        (pooled.sum() + aligned.sum()).backward()
+        #expect(x.gradArray == [Float](repeating: 0, count: 32))
+    }
+
     @Test func alignGradientsMatchFiniteDifferences() {
         let r = rois([[1, 0.3, 0.7, 9.1, 12.2], [0, -1.5, 2, 4, 3.3], [1, 8, 8, 30, 30]])
         for (ratio, aligned) in [(2, false), (0, true), (1, true)] {

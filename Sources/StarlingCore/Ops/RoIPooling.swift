@@ -54,7 +54,7 @@ extension Tensor {
         }
         let xd = x.data, y = values.pointer
         argmax.withUnsafeMutableBufferPointer { am in
-            let ap = am.baseAddress!
+            guard let ap = am.baseAddress else { return }   // no regions
             for k in 0..<r {
                 let row = rd + k * 5
                 let image = Int(row[0])
@@ -90,7 +90,7 @@ extension Tensor {
         return Tensor.result(shape: [r, c, oh, ow], storage: values, inputs: [x]) { out in
             let dy = out.grad, dx = x.grad
             argmax.withUnsafeBufferPointer { am in
-                let ap = am.baseAddress!
+                guard let ap = am.baseAddress else { return }
                 for k in 0..<r {
                     for ch in 0..<c {
                         let plane = dx + (imageOf[k] * c + ch) * h * w
