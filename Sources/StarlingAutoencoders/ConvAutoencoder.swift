@@ -53,6 +53,13 @@ public final class ConvAutoencoder: ONNXAutoencoder {
         return output(h)
     }
 
+    /// The passes on Tensors run on `LayoutTensor`s, which choose the fast layout op by op.
+    public func code(_ images: Tensor) -> Tensor { code(LayoutTensor(images)).tensor }
+
+    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+        reconstructionLogits(LayoutTensor(images), training: training).tensor
+    }
+
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         reconstructionLogits(batch.images, training: training).binaryCrossEntropy(logits: batch.images)
     }

@@ -79,6 +79,13 @@ public final class DenoisingAutoencoder: ONNXAutoencoder {
         return output(h)
     }
 
+    /// The passes on Tensors run on `LayoutTensor`s, which choose the fast layout op by op.
+    public func code(_ images: Tensor) -> Tensor { code(LayoutTensor(images)).tensor }
+
+    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+        reconstructionLogits(LayoutTensor(images), training: training).tensor
+    }
+
     /// Per-pixel BCE of the reconstruction of the noisy images against the clean ones.
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         reconstructionLogits(corrupted(batch, training: training), training: training).binaryCrossEntropy(logits: batch.images)

@@ -90,6 +90,13 @@ extension VariationalModel {
         decoderLogits(posterior(images).mean, imageShape: images.shape)
     }
 
+    /// The passes on Tensors run on `LayoutTensor`s, which choose the fast layout op by op.
+    public func code(_ images: Tensor) -> Tensor { posterior(LayoutTensor(images)).mean.tensor }
+
+    public func reconstructionLogits(_ images: Tensor, training: Bool) -> Tensor {
+        reconstructionLogits(LayoutTensor(images), training: training).tensor
+    }
+
     /// eps ~ N(0, I), [N, dimensions], each row from its sample's stream.
     public func latentNoise(_ batch: Batch, dimensions: Int, training: Bool) -> Tensor {
         let eps = Tensor(zeros: [batch.size, dimensions])
@@ -108,10 +115,11 @@ extension VariationalModel {
 
     /// The negative ELBO of a batch with one latent sample per image.
     public func negativeELBO(_ batch: Batch, training: Bool) -> NegativeELBO {
-        let (mean, logVariance) = posterior(batch.images)
+        let posterior = posterior(LayoutTensor(batch.images))
+        let (mean, logVariance) = (posterior.mean.tensor, posterior.logVariance.tensor)
         let z = sampleLatent(mean: mean, logVariance: logVariance,
                              noise: latentNoise(batch, dimensions: mean.shape[1], training: training))
-        let logits = decoderLogits(z, imageShape: batch.images.shape)
+        let logits = decoderLogits(LayoutTensor(z), imageShape: batch.images.shape).tensor
         // The per-pixel mean times the pixels of an image is the per-image sum averaged over the batch.
         let pixels = Float(batch.images.count / max(batch.size, 1))
         let reconstruction = logits.binaryCrossEntropy(logits: batch.images) * pixels

@@ -136,12 +136,12 @@ public final class SSD300: Detector {
 
     /// Class logits [N x A, classes] and box offsets [N x A, 4], image-major in anchor order.
     public func predict(_ images: Tensor, training: Bool) -> (classLogits: Tensor, boxOffsets: Tensor) {
-        let maps = predictionMaps(images, training: training)
+        let maps = predictionMaps(LayoutTensor(images), training: training).map(\.tensor)
         return (maps[0].reshaped([-1, classCount]), maps[1].reshaped([-1, 4]))
     }
 
     /// Class logits [N, A, classes] and box offsets [N, A, 4], anchors in the encoder's order: the one forward pass,
-    /// run on Tensors to train and infer and on ONNX values to export. `training` changes nothing here (no batch norm
+    /// run on Tensors (`LayoutTensor`) to train and infer and on ONNX values to export. `training` changes nothing here (no batch norm
     /// or dropout).
     func predictionMaps<Value: NetworkValue>(_ images: Value, training: Bool) -> [Value] {
         var x = images.subtractingChannelMeans([123, 117, 104])        // ImageNet's, as ssd_keras's subtract_mean

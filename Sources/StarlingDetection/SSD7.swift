@@ -34,7 +34,6 @@ public final class SSD7: Detector {
     let classHeads: [Conv2D]
     let boxHeads: [Conv2D]
     let l2: Float
-    private var blockedLayoutShapes: [[Int]: Bool] = [:]
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
         guard config.inputShape.count == 3, config.inputShape[0] == 3, let anchors = config.anchors, let names = config.classNames else {
@@ -109,120 +108,31 @@ public final class SSD7: Detector {
 
     /// Class logits [N x A, classes] and box offsets [N x A, 4], image-major in anchor order.
     public func predict(_ images: Tensor, training: Bool) -> (classLogits: Tensor, boxOffsets: Tensor) {
-        if !training && !GradMode.isEnabled && DNNLActivation.isAvailable, let result = inferenceInBlockedLayout(images) {
-            return result
-        }
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
-        return predictInBlockedLayout(images, training: training, crossReplicaSum: sum)
-            ?? predictInPlanarLayout(images, training: training, crossReplicaSum: sum)
-    }
-
-    /// The pass in NCHW, every op Starling's general one: `predictionMaps` on Tensors.
-    func predictInPlanarLayout(_ images: Tensor, training: Bool, crossReplicaSum sum: CrossReplicaSum?)
-        -> (classLogits: Tensor, boxOffsets: Tensor) {
-        let maps = predictionMaps(images, training: training, crossReplicaSum: sum)
+        let maps = predictionMaps(LayoutTensor(images), training: training, crossReplicaSum: sum).map(\.tensor)
         return (maps[0].reshaped([-1, classCount]), maps[1].reshaped([-1, 4]))
     }
 
     /// Class logits [N, A, classes] and box offsets [N, A, 4], anchors in the encoder's order: the one forward pass,
-    /// run on Tensors to train and infer in NCHW and on ONNX values to export. The two blocked-layout passes below
-    /// are faster Tensor-only versions of it, tested to give its values.
+    /// run on Tensors (`LayoutTensor`: blocked layout in training, folded batch norm in inference) and on ONNX values to
+    /// export. The first three blocks' normalised outputs feed only their pooling, which lets the blocked layout run
+    /// batch norm, ELU and pooling as one op.
     func predictionMaps<Value: NetworkValue>(_ images: Value, training: Bool, crossReplicaSum sum: CrossReplicaSum?) -> [Value] {
         var h = images.affine(scale: 1 / 127.5, shift: -1)                                    // (x - 127.5) / 127.5
         var features: [Value] = []
         for k in 0..<7 {
-            h = convs[k](h).applyingWithELU(norms[k], alpha: 1, training: training, crossReplicaSum: sum)   // conv, bn, ELU
-            if k >= 3 { features.append(h) }                                                  // conv4 ... conv7 predict
+            h = convs[k](h)
+            if k < 3 {                                                                         // conv, bn, ELU, pool
+                h = h.applyingWithELUAndMaxPool2x2(norms[k], alpha: 1, training: training, crossReplicaSum: sum)
+                continue
+            }
+            h = h.applyingWithELU(norms[k], alpha: 1, training: training, crossReplicaSum: sum)   // conv4 ... conv7 predict
+            features.append(h)
             if k < 6 { h = h.maxPool2d(kernel: (2, 2), padding: .valid) }
         }
         let classes = Value.concat(zip(classHeads, features).map { $0($1).anchorRows(depth: classCount) }, axis: 1)
         let boxes = Value.concat(zip(boxHeads, features).map { $0($1).anchorRows(depth: 4) }, axis: 1)
         return [classes, boxes]
-    }
-
-    /// The inference pass with every activation in oneDNN's layout from one layer to the next (`DNNLActivation`):
-    /// each block one convolution with batch norm folded in and ELU fused, pooling in that layout, and only the heads'
-    /// outputs back in NCHW. The same values as `predict` in eval mode (tested). Nil if oneDNN refuses a layer.
-    func inferenceInBlockedLayout(_ images: Tensor) -> (classLogits: Tensor, boxOffsets: Tensor)? {
-        guard convs.allSatisfy({ $0.dilation == (1, 1) }) else { return nil }
-        var h = DNNLActivation(images.affine(scale: 1 / 127.5, shift: -1))
-        var features: [DNNLActivation] = []
-        for k in 0..<7 {
-            let (kernel, bias) = norms[k].folded(into: convs[k])
-            guard let next = h.conv2d(kernel, bias: bias, stride: convs[k].stride, padding: convs[k].padding, eluAlpha: 1)
-            else { return nil }
-            h = next
-            if k >= 3 { features.append(h) }
-            if k < 6 { h = h.maxPool2x2() }
-        }
-        let n = images.shape[0]
-        func rows(_ head: Conv2D, _ feature: DNNLActivation, depth: Int) -> Tensor? {
-            feature.conv2d(head.kernel.value, bias: head.bias.value, stride: head.stride, padding: head.padding)
-                .map { $0.tensor().transposed([0, 2, 3, 1]).reshaped([n, -1, depth]) }
-        }
-        var classes: [Tensor] = [], boxes: [Tensor] = []
-        for (k, feature) in features.enumerated() {
-            guard let c = rows(classHeads[k], feature, depth: classCount), let b = rows(boxHeads[k], feature, depth: 4) else { return nil }
-            classes.append(c)
-            boxes.append(b)
-        }
-        return (Tensor.concat(classes, axis: 1).reshaped([-1, classCount]), Tensor.concat(boxes, axis: 1).reshaped([-1, 4]))
-    }
-
-    /// The pass with gradients (training, or evaluation with gradients recorded) in the 8-channel blocked layout
-    /// (BlockedLayout.swift): each block's convolution, batch norm + ELU and pooling, forward and backward, read and
-    /// write that layout (in the first three blocks, whose output only the pooling reads, batch norm + ELU + pooling
-    /// are one op), and only the heads write NCHW. The same values and gradients as the NCHW pass (tested);
-    /// no reorders around the convolutions. Nil (the NCHW pass runs) when oneDNN cannot run a layer at this input
-    /// size, or with `STARLING_LAYOUT=nchw`.
-    func predictInBlockedLayout(_ images: Tensor, training: Bool, crossReplicaSum sum: CrossReplicaSum?)
-        -> (classLogits: Tensor, boxOffsets: Tensor)? {
-        guard ChannelLayout.blockedTrainingEnabled, blockedLayoutFits(images.shape) else { return nil }
-        var h = images.affine(scale: 1 / 127.5, shift: -1)
-        var features: [Tensor] = []
-        for k in 0..<7 {
-            // Training-mode batch norm reads its input's statistics from the convolution when its kernel computed them.
-            let moments = training ? ChannelMoments() : nil
-            h = h.conv2dBlocked(convs[k].kernel.value, bias: convs[k].bias.value, stride: convs[k].stride, padding: convs[k].padding,
-                                moments: moments)
-            if k < 3 {   // the block's output feeds only the pooling: one op, and its gradient is never stored
-                h = norms[k].withELUAndMaxPool2x2(h, training: training, crossReplicaSum: sum, moments: moments)
-                continue
-            }
-            h = norms[k].withELU(h, training: training, crossReplicaSum: sum, layout: .blocked8, moments: moments)
-            features.append(h)
-            if k < 6 { h = h.maxPool2x2Blocked() }
-        }
-        let n = images.shape[0]
-        func rows(_ head: Conv2D, _ feature: Tensor, depth: Int) -> Tensor {
-            feature.conv2dBlocked(head.kernel.value, bias: head.bias.value, stride: head.stride, padding: head.padding, blockedOutput: false)
-                .transposed([0, 2, 3, 1]).reshaped([n, -1, depth])
-        }
-        let classes = Tensor.concat(zip(classHeads, features).map { rows($0, $1, depth: classCount) }, axis: 1)
-        let boxes = Tensor.concat(zip(boxHeads, features).map { rows($0, $1, depth: 4) }, axis: 1)
-        return (classes.reshaped([-1, classCount]), boxes.reshaped([-1, 4]))
-    }
-
-    /// Whether every convolution of the blocked pass has oneDNN plans for images of `shape` (remembered per shape).
-    private func blockedLayoutFits(_ shape: [Int]) -> Bool {
-        if let known = blockedLayoutShapes[shape] { return known }
-        let layers = convs + classHeads + boxHeads
-        var fits = shape.count == 4 && layers.allSatisfy { $0.stride == (1, 1) && $0.padding == .same && $0.dilation == (1, 1) }
-        var (c, h, w) = (shape.count == 4 ? shape[1] : 0, shape.count == 4 ? shape[2] : 0, shape.count == 4 ? shape[3] : 0)
-        for k in 0..<7 where fits {
-            fits = Tensor.canConvolveBlocked(input: [shape[0], c, h, w], weight: convs[k].kernel.value.shape, padding: .same,
-                                             blockedInput: k > 0, blockedOutput: true)
-            c = convs[k].kernel.value.shape[0]
-            if k >= 3, fits {
-                fits = [classHeads[k - 3], boxHeads[k - 3]].allSatisfy {
-                    Tensor.canConvolveBlocked(input: [shape[0], c, h, w], weight: $0.kernel.value.shape, padding: .same,
-                                              blockedInput: true, blockedOutput: false)
-                }
-            }
-            if k < 6 { (h, w) = (h / 2, w / 2) }
-        }
-        blockedLayoutShapes[shape] = fits
-        return fits
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {

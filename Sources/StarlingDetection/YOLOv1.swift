@@ -98,7 +98,9 @@ public final class YOLOv1: Detector {
         return [grid.reshaped([h.shape[0], yolo.gridHeight, yolo.gridWidth, yolo.depth])]
     }
 
-    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] { outputMaps(images, training: training) }
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        outputMaps(LayoutTensor(images), training: training).map(\.tensor)
+    }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         detectionLoss(batch, training: training, kernels: [], l2: 0)

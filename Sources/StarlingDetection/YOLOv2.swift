@@ -138,7 +138,9 @@ public final class YOLOv2: Detector {
         return [output(apply(merge, h))]                                              // 29, 30
     }
 
-    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] { outputMaps(images, training: training) }
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        outputMaps(LayoutTensor(images), training: training).map(\.tensor)
+    }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         detectionLoss(batch, training: training, kernels: [], l2: 0)

@@ -154,7 +154,9 @@ public final class YOLOv3: Detector {
         return outputs
     }
 
-    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] { outputMaps(images, training: training) }
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        outputMaps(LayoutTensor(images), training: training).map(\.tensor)
+    }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         detectionLoss(batch, training: training, kernels: [], l2: 0)

@@ -107,7 +107,9 @@ public final class YOLOv3Tiny: Detector {
         return [coarse, fineOutput]
     }
 
-    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] { outputMaps(images, training: training) }
+    public func headOutputs(_ images: Tensor, training: Bool) -> [Tensor] {
+        outputMaps(LayoutTensor(images), training: training).map(\.tensor)
+    }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         detectionLoss(batch, training: training, kernels: [], l2: 0)

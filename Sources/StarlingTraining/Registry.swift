@@ -102,7 +102,7 @@ public enum ModelRegistry {
                     configure: YOLOv3Tiny.configuration(for:), build: YOLOv3Tiny.init),
         ModelFamily("yolov3", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("depth", range: 0.001...1)] + .networkSize,
                     configure: YOLOv3.configuration(for:), build: YOLOv3.init),
-        ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
+        ModelFamily("yolov2", trainsOn: .detection, tunables: [.init("width", range: 0.001...1), .init("passthrough", range: 0...1)] + .networkSize,
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
         ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv1.configuration(for:), build: YOLOv1.init),

@@ -122,6 +122,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
     @Option(help: "Multiply every stage's residual blocks (rounded, at least one each), for families that take it (yolov3: 1 is darknet's Darknet-53).") var depthMultiplier: Double?
+    @Flag(inversion: .prefixedNo, help: "yolov2: the passthrough layer from the stride-16 features (darknet's reorg; default on, as yolov2.cfg).") var passthrough: Bool?
     @OptionGroup var flags: TrainingFlags
 
     func run() throws {
@@ -144,6 +145,9 @@ struct TrainCommand: ParsableCommand {
                 }
                 if let depthMultiplier {
                     config = try family.setting("depth", to: depthMultiplier, in: config, flag: "--depth-multiplier")
+                }
+                if let passthrough {
+                    config = try family.setting("passthrough", to: passthrough ? 1 : 0, in: config, flag: passthrough ? "--passthrough" : "--no-passthrough")
                 }
                 if let anchorsFrom {
                     guard let expected = config.anchorSizes?.count else { throw ModelError.unsupportedOption(family: model, flag: "--anchors-from") }

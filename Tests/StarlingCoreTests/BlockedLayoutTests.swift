@@ -23,6 +23,17 @@ import Testing
         checkGradients([randomVariable([1, 1, 2, 3, 8], seed: 3)]) { $0[0].unblocked8() }
     }
 
+    @Test func upsamplingMatchesNCHW() {
+        for scale in [(2, 2), (1, 3), (3, 1)] {
+            let x = randomVariable([2, 16, 3, 5], seed: 7)
+            let reference = run([x]) { $0[0].upsampleNearest(scale: scale) }
+            let blocked = run([x]) { $0[0].blocked8().upsampleNearestBlocked(scale: scale).unblocked8() }
+            #expect(blocked.output == reference.output)
+            expectClose(blocked.gradients[0], reference.gradients[0], tolerance: 1e-6)
+        }
+        checkGradients([randomVariable([1, 1, 2, 3, 8], seed: 8)]) { $0[0].upsampleNearestBlocked(scale: (2, 2)) }
+    }
+
     /// Every layout pair against conv2d in NCHW: odd sizes (25 wide, as Starling's kernels take maps of 24 or more),
     /// strides 1 and 2, same and valid padding, 3 or 16 input
     /// channels. The 5x5 cases with 32 outputs from an NCHW input take `FiveWideWeightGradient` on AVX2 machines, the

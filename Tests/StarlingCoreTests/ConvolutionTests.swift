@@ -144,18 +144,21 @@ let convCases: [ConvCase] = [
         }
     }
 
-    /// Inference convolutions in oneDNN's layout (`DNNLActivation.conv2d`), plain and with the ELU fused in as a
-    /// post-op, against the direct loops (followed by ELU), back in NCHW.
+    /// Inference convolutions in oneDNN's layout (`DNNLActivation.conv2d`), plain and with each activation fused in as
+    /// a post-op, against the direct loops followed by that activation, back in NCHW.
     @Test(arguments: convCases.indices.filter { convCases[$0].groups == 1 && convCases[$0].dilation == (1, 1) })
     func blockedInferenceConvolutionMatchesLoops(_ index: Int) throws {
         let c = convCases[index]
         let (x, w, b) = c.tensors(seed: UInt64(10 * index + 300))
         let plain = referenceConv2d(x, w, b, stride: c.stride, top: c.top, left: c.left, outH: c.outH, outW: c.outW)
-        for alpha: Float? in [nil, 0.7] {
-            let reference = alpha.map { a in plain.map { $0 > 0 ? $0 : a * (exp($0) - 1) } } ?? plain
-            let y = try #require(DNNLActivation(x).conv2d(w, bias: b, stride: c.stride, padding: c.padding, eluAlpha: alpha))
+        let activations: [(FusedActivation, (Float) -> Float)] = [
+            (.identity, { $0 }), (.elu(alpha: 0.7), { $0 > 0 ? $0 : 0.7 * (exp($0) - 1) }), (.leakyRelu(slope: 0), { max($0, 0) }),
+            (.leakyRelu(slope: 0.1), { $0 > 0 ? $0 : 0.1 * $0 }), (.logistic, { 1 / (1 + exp(-$0)) }),
+        ]
+        for (activation, reference) in activations {
+            let y = try #require(DNNLActivation(x).conv2d(w, bias: b, stride: c.stride, padding: c.padding, activation: activation))
             #expect(y.shape == [c.batch, c.cout, c.outH, c.outW])
-            expectClose(y.tensor().toArray(), reference)
+            expectClose(y.tensor().toArray(), plain.map(reference))
         }
     }
 

@@ -133,7 +133,7 @@ private func ssd300Reference(_ model: SSD300, _ images: Tensor) -> [Tensor] {
 }
 
 /// A loss whose gradient differs from output to output (fixed weights), to compare two passes' backward.
-private func weightedSum(_ outputs: [Tensor]) -> Tensor {
+func weightedSum(_ outputs: [Tensor]) -> Tensor {
     let sums = outputs.enumerated().map { k, t in
         (t * Tensor(shape: t.shape, values: (0..<t.count).map { Float(($0 * (7 + 2 * k)) % 13) / 13 - 0.5 })).sum()
     }
@@ -141,7 +141,7 @@ private func weightedSum(_ outputs: [Tensor]) -> Tensor {
 }
 
 /// Pixels in [0, 255], as detectors are fed.
-private func detectorImages(_ shape: [Int], seed: UInt64) -> Tensor {
+func detectorImages(_ shape: [Int], seed: UInt64) -> Tensor {
     var rng = RandomGenerator(seed: seed)
     return Tensor(shape: shape, values: (0..<shape.reduce(1, *)).map { _ in rng.uniform(0, 255) })
 }
@@ -263,8 +263,11 @@ private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String
                 }
             } else {
                 evaluationOps = log.ops
-                let planar = GradMode.disabled { models[0].predictInPlanarLayout(images, training: false, crossReplicaSum: nil) }
-                #expect(planar.classLogits.toArray() == reference[0].toArray() && planar.boxOffsets.toArray() == reference[1].toArray())
+                let planar = GradMode.disabled { models[0].predictionMaps(images, training: false, crossReplicaSum: nil) }
+                #expect(planar[0].toArray() == reference[0].toArray() && planar[1].toArray() == reference[1].toArray())
+                let predicted = GradMode.disabled { models[0].predict(images, training: false) }   // on LayoutTensors
+                #expect(worstDifference(predicted.classLogits.toArray(), reference[0].toArray()).value < 1e-4)
+                #expect(worstDifference(predicted.boxOffsets.toArray(), reference[1].toArray()).value < 1e-4)
             }
         }
         #expect(evaluationOps.filter { $0.hasPrefix("batchNormELU") }.count == 7)
@@ -291,9 +294,45 @@ private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String
             let gradient = try #require(models[1].parameters[parameter.name]).value.gradArray
             #expect(parameter.value.gradArray != nil && parameter.value.gradArray == gradient, "\(parameter.name) gradient")
         }
-        let predicted = GradMode.disabled { models[0].predict(images, training: false) }
-        #expect(predicted.classLogits.toArray() == reference[0].toArray() && predicted.boxOffsets.toArray() == reference[1].toArray())
+        let planar = GradMode.disabled { models[0].predictionMaps(images, training: false) }
+        #expect(planar[0].toArray() == reference[0].toArray() && planar[1].toArray() == reference[1].toArray())
+        let predicted = GradMode.disabled { models[0].predict(images, training: false) }   // on LayoutTensors
+        #expect(worstDifference(predicted.classLogits.toArray(), reference[0].toArray()).value < 1e-4)
+        #expect(worstDifference(predicted.boxOffsets.toArray(), reference[1].toArray()).value < 1e-4)
         #expect(log.ops.first == "subtract [123.0, 117.0, 104.0]")
         try expectExportIsThePass(models[0], tensorOps: log.ops) { models[0].predictionMaps($0, training: false) }
+    }
+
+    /// The YOLO families, small: each one's pass on Tensors gives what `headOutputs` gives (which runs it on
+    /// LayoutTensors: within rounding), and on ONNX values it takes the same ops and builds exactly the exported graph
+    /// (yolov3-tiny and yolov1 letterbox frames of another size inside the graph).
+    @Test(arguments: [YOLOv3Tiny.defaultConfig(height: 100, width: 170, classNames: ["background", "car", "person"], widthMultiplier: 0.25),
+                      YOLOv3.defaultConfig(height: 64, width: 64, classNames: ["background", "car", "person"], widthMultiplier: 0.125, depthMultiplier: 0.2),
+                      YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.125),
+                      YOLOv1.defaultConfig(height: 100, width: 170, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)])
+    func yoloPassIsHeadOutputsAndTheExport(config: ModelConfig) throws {
+        let model = try #require(try ModelRegistry.build(config, seed: 3) as? any Detector & ONNXDetector)
+        let images = detectorImages([2] + config.inputShape, seed: 15)
+        let log = OpLog()
+        let maps = GradMode.disabled { yoloPass(model, Recorded(base: images, log: log)) }.map(\.base)
+        let outputs = GradMode.disabled { model.headOutputs(images, training: false) }
+        #expect(maps.map(\.shape) == outputs.map(\.shape))
+        for (a, b) in zip(maps, outputs) {
+            let worst = worstDifference(b.toArray(), a.toArray())
+            #expect(worst.value < 1e-4, "\(config.family): worst difference \(worst.value) at \(worst.at)")
+        }
+        try expectExportIsThePass(model, tensorOps: log.ops) { yoloPass(model, $0) }
+    }
+
+}
+
+/// A YOLO family's one forward pass, in inference mode, on any kind of value.
+private func yoloPass<Value: NetworkValue>(_ model: any Detector, _ x: Value) -> [Value] {
+    switch model {
+    case let m as YOLOv3Tiny: m.outputMaps(x, training: false)
+    case let m as YOLOv3: m.outputMaps(x, training: false)
+    case let m as YOLOv2: m.outputMaps(x, training: false)
+    case let m as YOLOv1: m.outputMaps(x, training: false)
+    default: preconditionFailure("\(model.config.family) is not a YOLO")
     }
 }

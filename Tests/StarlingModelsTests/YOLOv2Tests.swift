@@ -156,8 +156,9 @@ private func pjreddieReorg(_ x: [Float], w: Int, h: Int, c: Int, batch: Int, str
         #expect(kernels == ([0, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 26, 29, 30].map { "conv_\($0)/kernel" }))
         // Layer 29 reads the reorganised 4 x 8 channels of layer 26 and the 128 of layer 24.
         #expect(model.merge.conv.kernel.shape[1] == 32 + 128)
-        var plain = small
-        plain.options["passthrough"] = 0
+        // `train --no-passthrough` sets the option through the registry, which refuses it for other families.
+        let plain = try family.setting("passthrough", to: 0, in: small, flag: "--no-passthrough")
+        #expect(throws: ModelError.self) { try ModelRegistry.family(named: "yolov3").setting("passthrough", to: 0, in: small, flag: "--no-passthrough") }
         let without = try ModelRegistry.build(plain, seed: 1) as! YOLOv2
         #expect(without.passthrough == nil && without.merge.conv.kernel.shape[1] == 128)
         #expect(GradMode.disabled { without.headOutputs(Tensor(zeros: [1, 3, 96, 128]), training: false) }.map(\.shape) == [[1, 35, 3, 4]])

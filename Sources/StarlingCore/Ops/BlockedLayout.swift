@@ -162,6 +162,52 @@ extension Tensor {
     }
 }
 
+extension Tensor {
+    /// `upsampleNearest` in the blocked layout: every pixel's 8 channels (one vector) repeated scale.0 times vertically
+    /// and scale.1 times horizontally; backward sums each pixel's copies.
+    public func upsampleNearestBlocked(scale: (Int, Int)) -> Tensor {
+        precondition(rank == 5 && shape[4] == 8, "upsampleNearestBlocked needs [N, C/8, H, W, 8], got \(shape)")
+        precondition(scale.0 > 0 && scale.1 > 0, "upsampling scale \(scale) must be positive")
+        let x = self
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
+        let (sh, sw) = scale
+        let (oh, ow) = (h * sh, w * sw)
+        let outShape = [shape[0], shape[1], oh, ow, 8]
+        // Every output pixel is a copy of one input pixel, written below.
+        let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)),
+                                inputs: [x]) { out in
+            let dy = UnsafePointer(out.grad), dx = x.grad
+            Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * 8) { rows in
+                for row in rows {
+                    let (p, r) = row.quotientAndRemainder(dividingBy: h)
+                    let dxr = dx + row * w * 8
+                    for c in 0..<w {
+                        var sum = BlockedKernels.load(dxr + 8 * c)
+                        for k in 0..<sh {
+                            let dyr = dy + ((p * oh + r * sh + k) * ow + c * sw) * 8
+                            for q in 0..<sw { sum += BlockedKernels.load(dyr + 8 * q) }
+                        }
+                        BlockedKernels.store(sum, dxr + 8 * c)
+                    }
+                }
+            }
+        }
+        let xd = UnsafePointer(x.data), y = out.data
+        Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * 8) { rows in
+            for row in rows {
+                let (p, r) = row.quotientAndRemainder(dividingBy: h)
+                let xr = xd + row * w * 8, first = y + (p * oh + r * sh) * ow * 8
+                for c in 0..<w {
+                    let v = BlockedKernels.load(xr + 8 * c)
+                    for q in 0..<sw { BlockedKernels.store(v, first + (c * sw + q) * 8) }
+                }
+                for k in 1..<sh { (first + k * ow * 8).update(from: first, count: ow * 8) }
+            }
+        }
+        return out
+    }
+}
+
 /// out[8 b + l] += the sum over planes and pixels of lane l of the blocked tensor x, b = plane % blocks.
 func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, planes: Int, blocks: Int, pixels: Int, into out: UnsafeMutablePointer<Float>) {
     for plane in 0..<planes {

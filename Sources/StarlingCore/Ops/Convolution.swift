@@ -446,6 +446,13 @@ func accumulateChannelSums(_ dy: UnsafePointer<Float>, batch: Int, channels: Int
 }
 
 extension Tensor {
+    /// The shape `conv2d` gives for an NCHW input of `input` and a kernel of `weight`.
+    public static func conv2dShape(input: [Int], weight: [Int], stride: (Int, Int) = (1, 1), padding: Padding = .valid,
+                                   dilation: (Int, Int) = (1, 1), groups: Int = 1) -> [Int] {
+        let g = ConvGeometry(input: input, weight: weight, stride: stride, padding: padding, dilation: dilation, groups: groups)
+        return [g.batch, g.outChannels, g.outHeight, g.outWidth]
+    }
+
     /// Cross-correlation (what deep-learning libraries call convolution) of NCHW images.
     ///
     /// - Parameters:

@@ -160,17 +160,23 @@ enum DNNL {
         }
     }
 
-    /// Attributes: scratchpad in user mode; if `accumulate`, a sum post-op (destination += result); with `eluAlpha`,
-    /// an ELU applied to the result before it is stored.
-    static func attributes(accumulate: Bool, eluAlpha: Float? = nil) -> dnnl_primitive_attr_t? {
+    /// Attributes: scratchpad in user mode; if `accumulate`, a sum post-op (destination += result); with an
+    /// `activation`, that activation applied to the result before it is stored.
+    static func attributes(accumulate: Bool, activation: FusedActivation? = nil) -> dnnl_primitive_attr_t? {
         var attr: dnnl_primitive_attr_t?
         check(dnnl_primitive_attr_create(&attr), "attributes")
         check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode")
-        if accumulate || eluAlpha != nil {
+        let eltwise: (kind: dnnl_alg_kind_t, alpha: Float)? = switch activation {
+        case .none, .identity?: nil
+        case .elu(let alpha)?: (dnnl_eltwise_elu, alpha)
+        case .leakyRelu(let slope)?: (dnnl_eltwise_relu, slope)   // oneDNN's relu takes the negative slope as alpha
+        case .logistic?: (dnnl_eltwise_logistic, 0)
+        }
+        if accumulate || eltwise != nil {
             var ops: dnnl_post_ops_t?
             check(dnnl_post_ops_create(&ops), "post-ops")
             if accumulate { check(dnnl_post_ops_append_sum(ops, 1), "sum post-op") }
-            if let eluAlpha { check(dnnl_post_ops_append_eltwise(ops, 1, dnnl_eltwise_elu, eluAlpha, 0), "ELU post-op") }
+            if let eltwise { check(dnnl_post_ops_append_eltwise(ops, 1, eltwise.kind, eltwise.alpha, 0), "activation post-op") }
             check(dnnl_primitive_attr_set_post_ops(attr, ops), "set post-ops")
             dnnl_post_ops_destroy(ops)
         }
@@ -190,10 +196,12 @@ enum DNNL {
 }
 
 /// The convolution primitives of one geometry at a fixed number of images, and the reorders around them: a forward
-/// plan (with or without bias, optionally with an ELU fused in for inference) or a backward plan (both gradients).
+/// plan (with or without bias; for training, or for inference with an activation fused in) or a backward plan (both
+/// gradients).
 final class DNNLConvPlan: @unchecked Sendable {
     enum Variant: Hashable {
-        case forward(bias: Bool, eluAlpha: Float?)
+        /// `inference`: nil for a training forward pass, else the activation applied as the output is stored.
+        case forward(bias: Bool, inference: FusedActivation?)
         case backward
     }
 
@@ -259,10 +267,10 @@ final class DNNLConvPlan: @unchecked Sendable {
         let dilates: [Int64] = [Int64(g.dilationH - 1), Int64(g.dilationW - 1)]
         let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)], padR: [Int64] = [Int64(padBottom), Int64(padRight)]
 
-        var (bias, eluAlpha): (Bool, Float?) = (false, nil)
-        if case .forward(let b, let alpha) = variant { (bias, eluAlpha) = (b, alpha) }
+        var (bias, inference): (Bool, FusedActivation?) = (false, nil)
+        if case .forward(let b, let activation) = variant { (bias, inference) = (b, activation) }
         let attr = DNNL.attributes(accumulate: false)
-        let forwardAttr = DNNL.attributes(accumulate: false, eluAlpha: eluAlpha)
+        let forwardAttr = DNNL.attributes(accumulate: false, activation: inference)
         defer { dnnl_primitive_attr_destroy(attr); dnnl_primitive_attr_destroy(forwardAttr) }
         func create(_ desc: inout dnnl_convolution_desc_t, hint: dnnl_primitive_desc_t?,
                     attr: dnnl_primitive_attr_t? = attr) -> DNNL.Primitive? {
@@ -271,7 +279,7 @@ final class DNNLConvPlan: @unchecked Sendable {
             return DNNL.Primitive(pd)
         }
         var fd = dnnl_convolution_desc_t(), bd = dnnl_convolution_desc_t(), wd = dnnl_convolution_desc_t()
-        guard dnnl_dilated_convolution_forward_desc_init(&fd, eluAlpha == nil ? dnnl_forward_training : dnnl_forward_inference,
+        guard dnnl_dilated_convolution_forward_desc_init(&fd, inference == nil ? dnnl_forward_training : dnnl_forward_inference,
                                                          dnnl_convolution_direct, &source, &weights, bias ? UnsafePointer(biasMD) : nil,
                                                          &destination, strides, dilates, padL, padR) == dnnl_success,
               let forward = create(&fd, hint: nil, attr: forwardAttr)
@@ -452,7 +460,7 @@ extension ConvGeometry {
         guard useDNNL, DNNLConvPlans.enabled else { return false }
         let chunk = dnnlChunk
         return [chunk, batch % chunk].filter { $0 > 0 }.allSatisfy { images in
-            DNNLConvPlans.plan(self, images: images, variant: .forward(bias: bias, eluAlpha: nil), layouts: layouts) != nil
+            DNNLConvPlans.plan(self, images: images, variant: .forward(bias: bias, inference: nil), layouts: layouts) != nil
                 && DNNLConvPlans.plan(self, images: images, variant: .backward, layouts: layouts) != nil
         }
     }
@@ -482,7 +490,7 @@ extension ConvGeometry {
     func dnnlConvolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                       output y: UnsafeMutablePointer<Float>, beta: Float, layouts: DNNLConvPlan.Layouts = .planar) -> Bool {
         precondition(beta == 0 || beta == 1, "beta \(beta): oneDNN's path overwrites or adds")
-        return withDNNLChunks(.forward(bias: bias != nil, eluAlpha: nil), layouts: layouts) { plan, n in
+        return withDNNLChunks(.forward(bias: bias != nil, inference: nil), layouts: layouts) { plan, n in
             plan.convolve(x + n * inChannels * inPlane, w, bias: bias, y + n * outChannels * outPlane, accumulate: beta == 1)
         }
     }

@@ -53,14 +53,14 @@ public final class DNNLActivation {
         return copy
     }
 
-    /// conv2d(self, weight) + bias, then ELU with `eluAlpha` if given (as `Tensor.elu`), in oneDNN's layout; the ELU
-    /// runs as the convolution stores its output (a post-op). Nil if oneDNN has no plan for this geometry.
+    /// conv2d(self, weight) + bias, then `activation` (as `Tensor`'s op of that name), in oneDNN's layout; the
+    /// activation runs as the convolution stores its output (a post-op). Nil if oneDNN has no plan for this geometry.
     public func conv2d(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
-                       eluAlpha: Float? = nil) -> DNNLActivation? {
+                       activation: FusedActivation = .identity) -> DNNLActivation? {
         let g = ConvGeometry(input: shape, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
         precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
         guard DNNLConvPlans.enabled,
-              let plan = DNNLConvPlans.plan(g, images: g.batch, variant: .forward(bias: true, eluAlpha: eluAlpha)) else { return nil }
+              let plan = DNNLConvPlans.plan(g, images: g.batch, variant: .forward(bias: true, inference: activation)) else { return nil }
         let source = laidOut(as: plan.forward.md(dnnl_query_src_md))
         let result = DNNLActivation(shape: [g.batch, g.outChannels, g.outHeight, g.outWidth], md: plan.forward.md(dnnl_query_dst_md))
         DNNL.Arena.with { arena in
@@ -99,6 +99,16 @@ public final class DNNLActivation {
         DNNL.Arena.with { pooling.execute([(DNNL_ARG_SRC, memory), (DNNL_ARG_DST, result.memory)], arena: $0) }
         return result
     }
+}
+
+/// An activation a convolution applies to its output as it stores it (a oneDNN post-op), with the semantics of
+/// `Tensor`'s op of that name.
+public enum FusedActivation: Hashable, Sendable {
+    case identity
+    case elu(alpha: Float)
+    /// x for x > 0, slope x otherwise; slope 0 is ReLU.
+    case leakyRelu(slope: Float)
+    case logistic
 }
 
 /// 2x2/2 max-pooling primitives (inference), made once per input shape and layout.

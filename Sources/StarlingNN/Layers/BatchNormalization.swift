@@ -28,17 +28,28 @@ public struct BatchNormalization: Sendable {
     /// normalisation is an affine map per output channel, folded into the kernel (scaled by gamma / sqrt(var + eps))
     /// and the bias ((b - mean) * that scale + beta).
     public func folded(into conv: Conv2D) -> (kernel: Tensor, bias: Tensor) {
-        let w = conv.kernel.value, b = conv.bias.value
+        folded(kernel: conv.kernel.value, bias: conv.bias.value)
+    }
+
+    /// A convolution's `kernel` [Cout, ...] and `bias` [Cout] with this layer folded in (see `folded(into:)`).
+    public func folded(kernel w: Tensor, bias b: Tensor) -> (kernel: Tensor, bias: Tensor) {
         let cout = w.shape[0], perChannel = w.count / cout
         let kernel = FloatStorage(uninitializedCount: w.count), bias = FloatStorage(uninitializedCount: cout)
         let (g, bt, mean, variance) = (gamma.value.data, beta.value.data, movingMean.value.data, movingVariance.value.data)
+        let (source, sourceBias) = (w.data, b.data)
         for c in 0..<cout {
             let scale = g[c] * (1 / (variance[c] + epsilon).squareRoot())
-            let src = w.data + c * perChannel, dst = kernel.pointer + c * perChannel
+            let src = source + c * perChannel, dst = kernel.pointer + c * perChannel
             for i in 0..<perChannel { dst[i] = src[i] * scale }
-            bias.pointer[c] = (b.data[c] - mean[c]) * scale + bt[c]
+            bias.pointer[c] = (sourceBias[c] - mean[c]) * scale + bt[c]
         }
         return (Tensor(shape: w.shape, storage: kernel), Tensor(shape: [cout], storage: bias))
+    }
+
+    /// The layer on `x` in `layout` (`Tensor.batchNorm`).
+    public func normalizing(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum?, layout: ChannelLayout) -> Tensor {
+        x.batchNorm(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
+                    training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, layout: layout)
     }
 
     /// The layer, an ELU and 2x2 max-pooling as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`),

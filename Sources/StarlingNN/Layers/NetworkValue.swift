@@ -72,6 +72,9 @@ public protocol NetworkValue {
     /// `applying(layer, ...)` then `elu(alpha:)`, a requirement of its own because a `Tensor` runs the two as one op
     /// (`Tensor.batchNormELU`) that stores no normalised copy for backward (SSD7's seven blocks).
     func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
+    /// `applyingWithELU(...)` then 2x2 max-pooling at stride 2 (valid), for a block whose normalised output feeds only
+    /// the pooling: `LayoutTensor` runs it as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`).
+    func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
     /// [N, T, F] -> every hidden state, [N, T, H].
     func applying(_ layer: LSTMLayer) -> Self
 }
@@ -79,6 +82,12 @@ public protocol NetworkValue {
 extension NetworkValue {
     /// Pooling windows that step by their own size.
     public func maxPool2d(kernel: (Int, Int), padding: Padding) -> Self { maxPool2d(kernel: kernel, stride: nil, padding: padding) }
+
+    public func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool,
+                                             crossReplicaSum: CrossReplicaSum?) -> Self {
+        applyingWithELU(layer, alpha: alpha, training: training, crossReplicaSum: crossReplicaSum)
+            .maxPool2d(kernel: (2, 2), stride: nil, padding: .valid)
+    }
 }
 
 /// The ops `Tensor` does not have under these names: the layers read their parameters' current values.
@@ -116,9 +125,7 @@ extension Tensor: NetworkValue {
     }
 
     public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Tensor {
-        batchNorm(gamma: layer.gamma.value, beta: layer.beta.value, runningMean: layer.movingMean.value,
-                  runningVar: layer.movingVariance.value, training: training, momentum: layer.momentum, epsilon: layer.epsilon,
-                  crossReplicaSum: crossReplicaSum)
+        layer.normalizing(self, training: training, crossReplicaSum: crossReplicaSum, layout: .planar)
     }
 
     public func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Tensor {

@@ -1,0 +1,294 @@
+import StarlingCore
+
+/// What a network's forward pass runs on when it trains or infers on Tensors: a `Tensor` in whichever memory layout its
+/// ops chose, so that the fast paths live behind the ops and every convolutional network gets them from the one forward
+/// pass it writes (`NetworkValue`). A model runs its pass on `LayoutTensor(images)` and reads `.tensor` (NCHW) at the end.
+///
+/// Three layouts, chosen op by op from the shapes, the CPU and what oneDNN has plans for:
+/// - planar: NCHW, every op of `Tensor`; any op without a faster path converts its input to it first.
+/// - blocked (training, and any pass that records gradients): [N, C/8, H, W, 8], oneDNN's nChw8c
+///   (BlockedLayout.swift). A convolution with a multiple of 8 output channels writes it; batch norm (with or without
+///   ELU), 2x2 max-pooling, nearest upsampling, element-wise activations, sums and channel concatenation read and write
+///   it with their backward; no reorder to NCHW runs around the convolutions. A convolution may hand its output's channel statistics to the
+///   batch norm that follows (`ChannelMoments`). `STARLING_LAYOUT=nchw` switches it off.
+/// - inference (no gradients recorded): oneDNN's own layout (`DNNLActivation`), a convolution run lazily so that a
+///   following batch norm in inference mode is folded into its kernel and bias and an activation into its store
+///   (a post-op); 2x2 max-pooling stays in that layout.
+///
+/// The values are those of the planar ops up to float rounding: folding, fused activations and blocked sums reorder
+/// arithmetic (tested per family against the planar pass, values and gradients).
+public struct LayoutTensor: NetworkValue {
+    enum Form {
+        case planar(Tensor)
+        /// [N, C/8, H, W, 8]; `moments`: the per-channel sums the convolution that wrote it computed, if it did.
+        case blocked(Tensor, moments: ChannelMoments?)
+        case inference(DNNLActivation)
+        case pending(PendingConvolution)
+    }
+
+    let form: Form
+
+    /// Counts the convolutions each path ran, for tests that check a pass took the fast paths
+    /// (`LayoutTensor.$census.withValue(LayoutCensus()) { ... }`; a task-local, so tests running alongside do not count).
+    @TaskLocal package static var census: LayoutCensus?
+
+    /// The NCHW shape (the values' logical shape whatever their layout).
+    public let shape: [Int]
+
+    /// `tensor` as it is (planar).
+    public init(_ tensor: Tensor) {
+        form = .planar(tensor)
+        shape = tensor.shape
+    }
+
+    init(_ form: Form) {
+        self.form = form
+        switch form {
+        case .planar(let x): shape = x.shape
+        case .blocked(let x, _): shape = [x.shape[0], x.shape[1] * 8, x.shape[2], x.shape[3]]
+        case .inference(let a): shape = a.shape
+        case .pending(let p): shape = p.shape
+        }
+    }
+
+    /// The values as a planar (NCHW) Tensor, converted if they are laid out otherwise (with their gradient).
+    public var tensor: Tensor {
+        switch form {
+        case .planar(let x): return x
+        case .blocked(let x, _): return x.unblocked8()
+        case .inference(let a): return a.tensor()
+        case .pending(let p): return p.result.tensor
+        }
+    }
+
+    /// A planar op applied to the planar values.
+    private func planar(_ op: (Tensor) -> Tensor) -> LayoutTensor { LayoutTensor(op(tensor)) }
+
+    /// The blocked tensor, if the values are blocked.
+    private var blocked: Tensor? {
+        if case .blocked(let x, _) = form { return x }
+        return nil
+    }
+
+    /// The values for an inference op in oneDNN's layouts: a pending convolution run, planar values shared.
+    fileprivate var inferenceInput: DNNLActivation? {
+        switch form {
+        case .inference(let a): return a
+        case .pending(let p): return p.result.inferenceInput
+        case .planar(let x): return x.rank == 4 ? DNNLActivation(x) : nil
+        case .blocked: return nil
+        }
+    }
+
+    /// The activation fused into a pending convolution that has none yet, or nil.
+    private func fusing(_ activation: FusedActivation) -> LayoutTensor? {
+        guard case .pending(let p) = form, p.activation == .identity else { return nil }
+        return LayoutTensor(.pending(p.with(activation: activation)))
+    }
+
+    // MARK: Element-wise: any layout, kept.
+
+    private func elementwise(_ op: (Tensor) -> Tensor) -> LayoutTensor {
+        if case .blocked(let x, _) = form { return LayoutTensor(.blocked(op(x), moments: nil)) }
+        return planar(op)
+    }
+
+    public func relu() -> LayoutTensor { fusing(.leakyRelu(slope: 0)) ?? elementwise { $0.relu() } }
+    public func sigmoid() -> LayoutTensor { fusing(.logistic) ?? elementwise { $0.sigmoid() } }
+    public func elu(alpha: Float) -> LayoutTensor { fusing(.elu(alpha: alpha)) ?? elementwise { $0.elu(alpha: alpha) } }
+    public func leakyRelu(slope: Float) -> LayoutTensor { fusing(.leakyRelu(slope: slope)) ?? elementwise { $0.leakyRelu(slope: slope) } }
+    public func affine(scale: Float, shift: Float) -> LayoutTensor { elementwise { $0.affine(scale: scale, shift: shift) } }
+
+    public static func + (lhs: LayoutTensor, rhs: LayoutTensor) -> LayoutTensor {
+        if let a = lhs.blocked, let b = rhs.blocked { return LayoutTensor(.blocked(a + b, moments: nil)) }
+        return LayoutTensor(lhs.tensor + rhs.tensor)
+    }
+
+    // MARK: Layers
+
+    public func applying(_ layer: Conv2D) -> LayoutTensor {
+        let (w, b) = (layer.kernel.value, layer.bias.value)
+        guard shape.count == 4, layer.dilation == (1, 1) else {
+            Self.census?.count(.planar)
+            return planar { $0.conv2d(w, bias: b, stride: layer.stride, padding: layer.padding, dilation: layer.dilation) }
+        }
+        if !GradMode.isEnabled && DNNLActivation.isAvailable, blocked == nil {
+            Self.census?.count(.pending)
+            return LayoutTensor(.pending(PendingConvolution(input: self, kernel: w, bias: b, stride: layer.stride, padding: layer.padding)))
+        }
+        let blockedInput = blocked != nil, blockedOutput = w.shape[0] % 8 == 0
+        if ChannelLayout.blockedTrainingEnabled, blockedInput || blockedOutput,
+           Tensor.canConvolveBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                     blockedInput: blockedInput, blockedOutput: blockedOutput) {
+            let source = blocked ?? tensor
+            let moments = blockedOutput && GradMode.isEnabled ? ChannelMoments() : nil
+            let y = source.conv2dBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, blockedOutput: blockedOutput,
+                                         moments: moments)
+            Self.census?.count(.blocked)
+            return LayoutTensor(blockedOutput ? .blocked(y, moments: moments) : .planar(y))
+        }
+        Self.census?.count(.planar)
+        return planar { $0.conv2d(w, bias: b, stride: layer.stride, padding: layer.padding) }
+    }
+
+    public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
+        switch form {
+        case .blocked(let x, _):
+            return LayoutTensor(.blocked(layer.normalizing(x, training: training, crossReplicaSum: crossReplicaSum, layout: .blocked8),
+                                         moments: nil))
+        case .pending(let p) where !training && p.activation == .identity:
+            return LayoutTensor(.pending(p.folding(layer)))
+        default:
+            return planar { layer.normalizing($0, training: training, crossReplicaSum: crossReplicaSum, layout: .planar) }
+        }
+    }
+
+    public func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
+        switch form {
+        case .blocked(let x, let moments):
+            return LayoutTensor(.blocked(layer.withELU(x, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha,
+                                                       layout: .blocked8, moments: moments), moments: nil))
+        case .pending(let p) where !training && p.activation == .identity:
+            return LayoutTensor(.pending(p.folding(layer).with(activation: .elu(alpha: alpha))))
+        default:
+            return planar { layer.withELU($0, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha) }
+        }
+    }
+
+    public func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool,
+                                             crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
+        if case .blocked(let x, let moments) = form {
+            return LayoutTensor(.blocked(layer.withELUAndMaxPool2x2(x, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha,
+                                                                    moments: moments), moments: nil))
+        }
+        return applyingWithELU(layer, alpha: alpha, training: training, crossReplicaSum: crossReplicaSum)
+            .maxPool2d(kernel: (2, 2), stride: nil, padding: .valid)
+    }
+
+    public func applying(_ layer: Dense) -> LayoutTensor { planar { $0.applying(layer) } }
+    public func applying(_ layer: Conv2DTranspose) -> LayoutTensor { planar { $0.applying(layer) } }
+    public func applying(_ layer: LSTMLayer) -> LayoutTensor { planar { $0.applying(layer) } }
+
+    // MARK: Pooling and channel concatenation: blocked and inference paths for what they have, planar otherwise.
+
+    public func maxPool2d(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> LayoutTensor {
+        let stride = stride ?? kernel
+        // 2x2 windows at stride 2 cover an even map exactly: "same" pads nothing there and equals "valid".
+        let evenMap = shape.count == 4 && shape[2] % 2 == 0 && shape[3] % 2 == 0
+        let halving = kernel == (2, 2) && stride == (2, 2) && (padding == .valid || (padding == .same && evenMap))
+        if halving, let x = blocked { return LayoutTensor(.blocked(x.maxPool2x2Blocked(), moments: nil)) }
+        if halving, !GradMode.isEnabled, let a = inferenceInput { return LayoutTensor(.inference(a.maxPool2x2())) }
+        return planar { $0.maxPool2d(kernel: kernel, stride: stride, padding: padding) }
+    }
+
+    public func upsampleNearest(scale: (Int, Int)) -> LayoutTensor {
+        if let x = blocked { return LayoutTensor(.blocked(x.upsampleNearestBlocked(scale: scale), moments: nil)) }
+        return planar { $0.upsampleNearest(scale: scale) }
+    }
+
+    public static func concat(_ values: [LayoutTensor], axis: Int) -> LayoutTensor {
+        let blocks = values.compactMap(\.blocked)
+        if axis == 1, blocks.count == values.count { return LayoutTensor(.blocked(Tensor.concat(blocks, axis: 1), moments: nil)) }
+        return LayoutTensor(Tensor.concat(values.map(\.tensor), axis: axis))
+    }
+
+    // MARK: Planar only
+
+    public func subtractingChannelMeans(_ means: [Float]) -> LayoutTensor { planar { $0.subtractingChannelMeans(means) } }
+    public func softmax(axis: Int) -> LayoutTensor { planar { $0.softmax(axis: axis) } }
+    public func reshaped(_ newShape: [Int]) -> LayoutTensor { planar { $0.reshaped(newShape) } }
+    public func flattened() -> LayoutTensor { planar { $0.flattened() } }
+    public func transposed(_ permutation: [Int]) -> LayoutTensor { planar { $0.transposed(permutation) } }
+    public func lastTimestep() -> LayoutTensor { planar { $0.lastTimestep() } }
+    public func repeatedOverSteps(_ steps: Int) -> LayoutTensor { planar { $0.repeatedOverSteps(steps) } }
+    public func resized(height: Int, width: Int) -> LayoutTensor { planar { $0.resized(height: height, width: width) } }
+    public func padded(top: Int, left: Int, bottom: Int, right: Int, value: Float) -> LayoutTensor {
+        planar { $0.padded(top: top, left: left, bottom: bottom, right: right, value: value) }
+    }
+    public func spaceToDepth(blockSize: Int) -> LayoutTensor { planar { $0.spaceToDepth(blockSize: blockSize) } }
+    /// Region pooling reads the features planar (NCHW); its result, one small map a region, is planar too.
+    public func roiMaxPool(rois: LayoutTensor, outputHeight: Int, outputWidth: Int, spatialScale: Float) -> LayoutTensor {
+        planar { $0.roiMaxPool(rois: rois.tensor, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale) }
+    }
+    public func roiAlign(rois: LayoutTensor, outputHeight: Int, outputWidth: Int, spatialScale: Float, samplingRatio: Int,
+                         aligned: Bool) -> LayoutTensor {
+        planar {
+            $0.roiAlign(rois: rois.tensor, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale,
+                        samplingRatio: samplingRatio, aligned: aligned)
+        }
+    }
+    public func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> LayoutTensor {
+        planar { $0.l2NormalizeChannels(gamma: gamma.value, epsilon: epsilon) }
+    }
+}
+
+/// How many convolutions ran in each layout (`LayoutTensor.census`).
+package final class LayoutCensus: @unchecked Sendable {
+    /// Blocked (training) convolutions, inference convolutions (run later in oneDNN's layout, or planar where oneDNN has
+    /// no plan: then counted in `planar` too), planar ones.
+    package private(set) var blocked = 0, pending = 0, planar = 0
+    package init() {}
+
+    /// Only the task that set the census counts (a forward pass runs its ops on one thread).
+    func count(_ path: Path) {
+        switch path {
+        case .blocked: blocked += 1
+        case .pending: pending += 1
+        case .planar: planar += 1
+        }
+    }
+
+    enum Path { case blocked, pending, planar }
+}
+
+/// An inference convolution not run yet: a batch norm in inference mode that follows is folded into its kernel and
+/// bias, an activation into its store; it runs (once) when another op reads it.
+final class PendingConvolution {
+    let input: LayoutTensor
+    let kernel: Tensor, bias: Tensor
+    let stride: (Int, Int), padding: Padding
+    let activation: FusedActivation
+    let shape: [Int]
+    private var computed: LayoutTensor?
+
+    init(input: LayoutTensor, kernel: Tensor, bias: Tensor, stride: (Int, Int), padding: Padding, activation: FusedActivation = .identity) {
+        self.input = input
+        self.kernel = kernel
+        self.bias = bias
+        self.stride = stride
+        self.padding = padding
+        self.activation = activation
+        shape = Tensor.conv2dShape(input: input.shape, weight: kernel.shape, stride: stride, padding: padding)
+    }
+
+    func with(activation: FusedActivation) -> PendingConvolution {
+        PendingConvolution(input: input, kernel: kernel, bias: bias, stride: stride, padding: padding, activation: activation)
+    }
+
+    func folding(_ norm: BatchNormalization) -> PendingConvolution {
+        let (k, b) = norm.folded(kernel: kernel, bias: bias)
+        return PendingConvolution(input: input, kernel: k, bias: b, stride: stride, padding: padding, activation: activation)
+    }
+
+    /// The convolution in oneDNN's layout, or planar where oneDNN has no plan for it.
+    var result: LayoutTensor {
+        if let computed { return computed }
+        let value: LayoutTensor
+        if let source = input.inferenceInput,
+           let y = source.conv2d(kernel, bias: bias, stride: stride, padding: padding, activation: activation) {
+            value = LayoutTensor(.inference(y))
+        } else {
+            LayoutTensor.census?.count(.planar)
+            let y = input.tensor.conv2d(kernel, bias: bias, stride: stride, padding: padding)
+            let activated: Tensor = switch activation {
+            case .identity: y
+            case .elu(let alpha): y.elu(alpha: alpha)
+            case .leakyRelu(let slope): slope == 0 ? y.relu() : y.leakyRelu(slope: slope)
+            case .logistic: y.sigmoid()
+            }
+            value = LayoutTensor(activated)
+        }
+        computed = value
+        return value
+    }
+}

@@ -1,0 +1,207 @@
+import Testing
+import StarlingCore
+@testable import StarlingNN
+@testable import StarlingModels
+@testable import StarlingDetection
+@testable import StarlingAutoencoders
+
+/// Every convolutional family's one forward pass run on `LayoutTensor`s (the blocked layout in training, oneDNN's
+/// layout with folded batch norm and fused activations in inference) against the same pass on plain Tensors (every op
+/// NCHW): outputs, every parameter's gradient and the moving statistics, with batch norm's parameters and statistics
+/// moved off their initial values so that folding is exercised. The census checks the fast paths actually ran.
+struct LayoutTensorTests {
+    /// A family at a small size, and its forward pass on either kind of value.
+    struct Family: CustomTestStringConvertible, Sendable {
+        let name: String
+        let config: @Sendable () -> ModelConfig
+        let images: [Int]
+        let pixelScale: Float
+        let planar: @Sendable (any Model, Tensor, Bool) -> [Tensor]
+        let laidOut: @Sendable (any Model, Tensor, Bool) -> [Tensor]
+        /// Convolutions (blocked, planar) of the training pass and (oneDNN's layout, planar) of the inference pass: the
+        /// planar ones are those no fast path covers (SSD300's dilated fc6, and a predictor with 12 outputs on its L2-normalised conv4_3).
+        let training: (blocked: Int, planar: Int), inference: (laidOut: Int, planar: Int)
+        /// Gradients agree to this, relative to the largest (see `trainingPassMatchesThePlanarOne`).
+        var gradientTolerance: Float = 1e-3
+        var testDescription: String { name }
+    }
+
+    static let classes = ["background", "car", "pedestrian"]
+
+    static let families: [Family] = [
+        Family(name: "ssd7", config: { SSD7.defaultConfig(height: 66, width: 98, classNames: classes) }, images: [2, 3, 66, 98],
+               pixelScale: 255,
+               planar: { m, x, t in (m as! SSD7).predictionMaps(x, training: t, crossReplicaSum: nil) },
+               laidOut: { m, x, t in (m as! SSD7).predictionMaps(LayoutTensor(x), training: t, crossReplicaSum: nil).map(\.tensor) },
+               training: (15, 0), inference: (15, 0)),
+        Family(name: "ssd300", config: { SSD300.defaultConfig(classNames: classes, widthMultiplier: 0.125) }, images: [1, 3, 300, 300],
+               pixelScale: 255,
+               planar: { m, x, t in (m as! SSD300).predictionMaps(x, training: t) },
+               laidOut: { m, x, t in (m as! SSD300).predictionMaps(LayoutTensor(x), training: t).map(\.tensor) },
+               training: (33, 2), inference: (34, 1), gradientTolerance: 1e-2),
+        Family(name: "yolov3-tiny", config: { YOLOv3Tiny.defaultConfig(height: 96, width: 128, classNames: classes, widthMultiplier: 0.5) },
+               images: [2, 3, 96, 128], pixelScale: 255,
+               planar: { m, x, t in (m as! YOLOv3Tiny).outputMaps(x, training: t) },
+               laidOut: { m, x, t in (m as! YOLOv3Tiny).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
+               training: (13, 0), inference: (13, 0)),
+        Family(name: "yolov3", config: { YOLOv3.defaultConfig(height: 64, width: 64, classNames: classes, widthMultiplier: 0.25, depthMultiplier: 0.2) },
+               images: [2, 3, 64, 64], pixelScale: 255,
+               planar: { m, x, t in (m as! YOLOv3).outputMaps(x, training: t) },
+               laidOut: { m, x, t in (m as! YOLOv3).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
+               training: (43, 0), inference: (43, 0)),
+        Family(name: "yolov2", config: { YOLOv2.defaultConfig(height: 64, width: 96, classNames: classes, widthMultiplier: 0.25) },
+               images: [2, 3, 64, 96], pixelScale: 255,
+               planar: { m, x, t in (m as! YOLOv2).outputMaps(x, training: t) },
+               laidOut: { m, x, t in (m as! YOLOv2).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
+               training: (23, 0), inference: (23, 0)),
+        Family(name: "yolov1", config: { YOLOv1.defaultConfig(height: 64, width: 128, classNames: classes, widthMultiplier: 0.125) },
+               images: [2, 3, 64, 128], pixelScale: 255,
+               planar: { m, x, t in (m as! YOLOv1).outputMaps(x, training: t) },
+               laidOut: { m, x, t in (m as! YOLOv1).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
+               training: (24, 0), inference: (24, 0)),
+        Family(name: "conv-ae", config: { ConvAutoencoder.defaultConfig() }, images: [4, 1, 28, 28], pixelScale: 1,
+               planar: { m, x, t in [reconstruction(m as! ConvAutoencoder, x, training: t)] },
+               laidOut: { m, x, t in [(m as! ConvAutoencoder).reconstructionLogits(LayoutTensor(x), training: t).tensor] },
+               training: (7, 0), inference: (7, 0)),
+        Family(name: "denoising-ae", config: { DenoisingAutoencoder.defaultConfig() }, images: [4, 1, 28, 28], pixelScale: 1,
+               planar: { m, x, t in [reconstruction(m as! DenoisingAutoencoder, x, training: t)] },
+               laidOut: { m, x, t in [(m as! DenoisingAutoencoder).reconstructionLogits(LayoutTensor(x), training: t).tensor] },
+               training: (5, 0), inference: (5, 0)),
+        Family(name: "conv-vae", config: { ConvVariationalAutoencoder.defaultConfig() }, images: [4, 1, 28, 28], pixelScale: 1,
+               planar: { m, x, t in let (mean, v) = (m as! ConvVariationalAutoencoder).posterior(x); return [mean, v] },
+               laidOut: { m, x, t in let (mean, v) = (m as! ConvVariationalAutoencoder).posterior(LayoutTensor(x)); return [mean.tensor, v.tensor] },
+               training: (2, 0), inference: (2, 0)),
+    ]
+
+    /// The autoencoders' pass on plain Tensors: from a generic context, which calls the generic pass (a Tensor argument
+    /// elsewhere picks the overload that runs on LayoutTensors).
+    static func reconstruction<Value: NetworkValue>(_ model: ConvAutoencoder, _ x: Value, training: Bool) -> Value {
+        model.reconstructionLogits(x, training: training)
+    }
+
+    static func reconstruction<Value: NetworkValue>(_ model: DenoisingAutoencoder, _ x: Value, training: Bool) -> Value {
+        model.reconstructionLogits(x, training: training)
+    }
+
+    /// Two models with the same weights, batch norm's moved off 1, 0, 0, 1 alike.
+    static func twins(_ family: Family) throws -> [any Model] {
+        let config = family.config()
+        let models = try (0..<2).map { _ in try ModelRegistry.build(config, seed: 21) }
+        var rng = RandomGenerator(seed: 22)
+        let normalisation = models[0].parameters.parameters.filter { $0.name.contains("bn") } + (models[0].buffers?.parameters ?? [])
+        for parameter in normalisation {
+            let positive = parameter.name.hasSuffix("variance") || parameter.name.hasSuffix("gamma")
+            let values = (0..<parameter.count).map { _ in positive ? rng.uniform(0.5, 1.5) : rng.uniform(-0.3, 0.3) }
+            for model in models {
+                let t = try #require(model.parameters[parameter.name] ?? model.buffers?[parameter.name]).value
+                for (i, v) in values.enumerated() { t.data[i] = v }
+            }
+        }
+        return models
+    }
+
+    static func images(_ family: Family) -> Tensor {
+        var rng = RandomGenerator(seed: 23)
+        return Tensor(shape: family.images, values: (0..<family.images.reduce(1, *)).map { _ in rng.uniform(0, family.pixelScale) })
+    }
+
+    /// RoI pooling and RoIAlign of blocked features read them planar: the Tensor ops' values and gradients.
+    @Test func regionPoolingOfBlockedFeatures() {
+        var rng = RandomGenerator(seed: 9)
+        let values = (0..<(2 * 16 * 6 * 7)).map { _ in rng.uniform(-1, 1) }
+        let rois = Tensor(shape: [3, 5], values: [0, 1, 1, 10, 9, 1, 0, 2, 13, 11, 1, 4.5, 3.2, 8.1, 7.7])
+        func run(_ laidOut: Bool) -> (values: [Float], gradient: [Float]) {
+            let x = Tensor.variable(shape: [2, 16, 6, 7], values: values)
+            let features = laidOut ? LayoutTensor(.blocked(x.blocked8(), moments: nil)) : LayoutTensor(x)
+            let pooled = features.roiMaxPool(rois: LayoutTensor(rois), outputHeight: 2, outputWidth: 2, spatialScale: 0.5).tensor
+            let aligned = features.roiAlign(rois: LayoutTensor(rois), outputHeight: 3, outputWidth: 3, spatialScale: 0.5, samplingRatio: 0,
+                                            aligned: true).tensor
+            (pooled.sum() + aligned.sum()).backward()
+            return (pooled.toArray() + aligned.toArray(), x.gradArray ?? [])
+        }
+        let (planar, blocked) = (run(false), run(true))
+        #expect(planar.values == blocked.values && !planar.values.isEmpty)
+        let worst = zip(planar.gradient, blocked.gradient).map { abs($0 - $1) }.max() ?? .infinity
+        // The two maps' gradients meet in another order (each through its own unblocking): rounding apart.
+        #expect(planar.gradient.count == blocked.gradient.count && worst < 1e-6, "gradient differs by \(worst)")
+    }
+
+    @Test(arguments: families) func trainingPassMatchesThePlanarOne(_ family: Family) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }   // STARLING_LAYOUT=nchw or no oneDNN: nothing to compare
+        let models = try Self.twins(family)
+        let x = Self.images(family)
+        let census = LayoutCensus()
+        let fast = LayoutTensor.$census.withValue(census) { family.laidOut(models[0], x, true) }
+        let plain = family.planar(models[1], x, true)
+        #expect(census.blocked == family.training.blocked && census.planar == family.training.planar,
+                "\(census.blocked) convolutions ran blocked, \(census.planar) planar")
+        for (k, (a, b)) in zip(fast, plain).enumerated() {
+            #expect(a.shape == b.shape)
+            let worst = worstDifference(a.toArray(), b.toArray())
+            #expect(worst.value < 1e-4, "output \(k): worst difference \(worst.value) at \(worst.at)")
+        }
+        weightedSum(fast).backward()
+        weightedSum(plain).backward()
+        // Relative to each parameter's largest gradient, except biases in front of batch norm, whose gradients are zero
+        // up to rounding (the normalisation removes the mean): relative to the whole model's largest. SSD300's ReLUs and
+        // max-pooling route whole gradients by comparisons that rounding can flip (0.2-0.7 % of the largest gradient in
+        // its first ten layers with Starling's kernels, under 0.1 % with `STARLING_CONV=dnnl`): a looser bound there.
+        let largest = models[1].parameters.gradients.toArray().map(abs).max() ?? 1
+        for parameter in models[0].parameters.parameters {
+            let other = try #require(models[1].parameters[parameter.name])
+            let (a, b) = (parameter.value.gradArray ?? [], other.value.gradArray ?? [])
+            #expect(a.count == b.count, "\(parameter.name): a gradient on one side only")
+            let worst = min(worstDifference(a, b).value, worstDifference(a + [largest], b + [largest]).value)
+            #expect(worst < family.gradientTolerance, "\(parameter.name) gradient: worst relative difference \(worst) (largest \(a.map(abs).max() ?? 0) of \(largest))")
+        }
+        for buffer in models[0].buffers?.parameters ?? [] {
+            let worst = worstDifference(buffer.value.toArray(), try #require(models[1].buffers?[buffer.name]).value.toArray())
+            #expect(worst.value < 1e-4, "\(buffer.name): worst difference \(worst.value)")
+        }
+    }
+
+    @Test(arguments: families) func inferencePassMatchesThePlanarOne(_ family: Family) throws {
+        guard DNNLActivation.isAvailable else { return }
+        let model = try Self.twins(family)[0]
+        let x = Self.images(family)
+        let census = LayoutCensus()
+        let fast = GradMode.disabled { LayoutTensor.$census.withValue(census) { family.laidOut(model, x, false) } }
+        let plain = GradMode.disabled { family.planar(model, x, false) }
+        #expect(census.pending == family.inference.laidOut && census.planar == family.inference.planar,
+                "\(census.pending) convolutions ran in oneDNN's layout, \(census.planar) planar")
+        for (k, (a, b)) in zip(fast, plain).enumerated() {
+            #expect(a.shape == b.shape)
+            let worst = worstDifference(a.toArray(), b.toArray())
+            #expect(worst.value < 1e-4, "output \(k): worst difference \(worst.value) at \(worst.at)")
+        }
+    }
+
+    /// What training, evaluation and indexing call (through the protocols, as the Trainer and the evaluator do) runs
+    /// on LayoutTensors: the training loss blocked, reconstructions and codes and detections in oneDNN's layout.
+    @Test(arguments: ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny"]) func entryPointsTakeTheFastPaths(_ name: String) throws {
+        guard ChannelLayout.blockedTrainingEnabled, DNNLActivation.isAvailable else { return }
+        let family = try #require(Self.families.first { $0.name == name })
+        let model = try Self.twins(family)[0]
+        let x = Self.images(family)
+        var batch = Batch(images: x, indices: Array(0..<x.shape[0]), epoch: 0, seed: 1)
+        if let encoder = model.targetEncoder {
+            batch.objects = Array(repeating: [Object(box: BoxCorners(xmin: 10, ymin: 10, xmax: 40, ymax: 50), classID: 1)], count: x.shape[0])
+            encoder.encodeTargets(into: &batch)
+        }
+        let training = LayoutCensus(), inference = LayoutCensus()
+        LayoutTensor.$census.withValue(training) { model.loss(batch, training: true).backward() }
+        #expect(training.blocked > 0, "\(name): the loss ran \(training.blocked) convolutions blocked, \(training.planar) planar")
+        GradMode.disabled {
+            LayoutTensor.$census.withValue(inference) {
+                if let autoencoder = model as? any Autoencoder & Encoding {
+                    _ = autoencoder.reconstruction(x)
+                    _ = autoencoder.code(x)
+                } else if let detector = model as? any Detector {
+                    _ = detector.detect(x, decoding: .evaluation)
+                }
+            }
+        }
+        #expect(inference.pending > 0 && inference.planar == 0, "\(name): inference ran \(inference.pending) convolutions laid out, \(inference.planar) planar")
+    }
+
+}
