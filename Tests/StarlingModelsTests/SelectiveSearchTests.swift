@@ -55,6 +55,17 @@ import StarlingNN
         #expect(graphSegmentation(weak, k: 300, minSize: 1).count == 1)
     }
 
+    /// scikit-image's segmentation of the same images (Fixtures/felzenszwalb_skimage.py): the same partition, pixel for
+    /// pixel, on colour and grey images, with and without the minimum-size pass.
+    @Test func graphSegmentationMatchesScikitImage() {
+        for c in FelzenszwalbFixtures.cases {
+            let image = PlanarImage(height: c.height, width: c.width, channels: c.channels, values: c.values.map { $0 * 255 })
+            let (labels, count) = graphSegmentation(image, k: c.k, minSize: c.minSize)
+            #expect(count == Int((c.labels.max() ?? -1) + 1), "\(c.name): \(count) segments")
+            #expect(labels == c.labels, "\(c.name): \(zip(labels, c.labels).filter { $0 != $1 }.count) pixels differ")
+        }
+    }
+
     @Test func colourSpacesOnWorkedPixels() {
         let pixels: [UInt8] = [255, 0, 0, 255, 255, 255, 30, 60, 90]
         pixels.withUnsafeBufferPointer { p in
