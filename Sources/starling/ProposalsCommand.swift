@@ -44,7 +44,8 @@ struct ProposalsCommand: ParsableCommand {
                     search.proposals(pixels: $0, height: h, width: w, seed: SelectiveSearch.imageSeed(seed, index: i))
                 }.prefix(keep))
                 seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                recall.add(proposals: proposals, truths: dataset.objects(of: i).filter { !$0.difficult }.map(\.box))
+                let objects = dataset.objects(of: i).filter { !$0.difficult }
+                recall.add(proposals: proposals, truths: objects.map(\.box), classes: objects.map(\.classID))
                 if store { stored.append(proposals) }
                 if (i + 1) % 10 == 0 || i + 1 == count {
                     FileHandle.standardError.write(Data(String(format: "\r%d/%d images, %.2f s an image", i + 1, count, seconds / Double(i + 1)).utf8))
@@ -58,6 +59,7 @@ struct ProposalsCommand: ParsableCommand {
                 let padded = label.count < 9 ? String(repeating: " ", count: 9 - label.count) + label : label
                 print(padded + String(format: "  %10.4f  %10.4f", recall.recall(budget: b, threshold: 0), recall.recall(budget: b, threshold: 1)))
             }
+            print(String(format: "MABO (mean over classes of each box's best IoU with the kept proposals): %.4f", recall.meanAverageBestOverlap))
             print(String(format: "proposals per image: %.1f (at most %d kept); seconds per image: %.3f (one thread)", recall.proposalsPerImage, keep,
                          seconds / Double(count)))
             if store {

@@ -144,5 +144,11 @@ import StarlingNN
         #expect(recall.recalled == [[1, 0], [1, 1], [2, 1]])
         #expect(recall.recall(budget: 2, threshold: 0) == 1 && recall.recall(budget: 0, threshold: 1) == 0)
         #expect(recall.truths == 2 && recall.images == 2 && recall.proposalsPerImage == 2)
+        // Best overlaps 1 (A) and 0.6 (B): one class, MABO 0.8; as two classes, (1 + 0.6) / 2 too; a third class with
+        // one unmatched box pulls the mean of three classes down to 1.6 / 3.
+        #expect(abs(recall.meanAverageBestOverlap - 0.8) < 1e-6)
+        var classes = ProposalRecall()
+        classes.add(proposals: ranked, truths: [a, b, BoxCorners(xmin: 80, ymin: 80, xmax: 90, ymax: 90)], classes: [1, 2, 3])
+        #expect(abs(classes.meanAverageBestOverlap - 1.6 / 3) < 1e-6)
     }
 }
