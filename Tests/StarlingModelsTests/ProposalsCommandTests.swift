@@ -20,7 +20,8 @@ import StarlingIO
         #expect(report.output.contains("recall@0.5") && report.output.contains("seconds per image"))
         #expect(report.output.split(separator: "\n").contains { $0.hasPrefix("      100") })
 
-        let store = try starling("proposals", "--data", data, "--mode", "single", "--keep", "300", "--seed", "4", "--store")
+        // Two images searched side by side store what one thread finds (checked against the search run here below).
+        let store = try starling("proposals", "--data", data, "--mode", "single", "--keep", "300", "--seed", "4", "--store", "--threads", "2")
         #expect(store.status == 0, "\(store.error)")
         let (stored, method) = try ProposalStore.read(path: data, split: "train")
         #expect(method.contains("single") && method.contains("seed 4"))
