@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# yolov3-tiny beside SSD7 and beside PyTorch's yolov3-tiny, in one run (issue 20: training at 416x416, batch 8, on the
-# whole machine; inference at batch 1 and 8).
-#   1. Starling, synthetic 416x416 frames (`bench --only yolov3-tiny`) on 1 thread and on all threads; SSD7 the same way.
+# The YOLOs beside SSD7 and yolov3-tiny beside PyTorch's yolov3-tiny, in one run (issue 20: training at 416x416, batch 8,
+# on the whole machine; inference at batch 1 and 8).
+#   1. Starling, synthetic frames at each paper's input (`bench --only FAMILY`: 416x416, yolov1 448x448) on 1 thread
+#      and on all threads; SSD7 the same way at 300x480.
 #   2. Starling training through `train` on the KITTI sample at 192x640 (real reads, augmentation, targets on the
-#      prefetch thread), 1 rank and 2 ranks x 1 thread, global batch 8; the last of 3 epochs is timed.
+#      prefetch thread), 1 rank and 2 ranks x 1 thread, global batch 8; the last of 3 epochs is timed. Every YOLO at
+#      its full width (YOLOS="yolov3-tiny" to time only that one).
 #   3. PyTorch (CPU wheel from PyPI in .build/torch-venv, benchmark-only) in its best configuration: jemalloc preloaded,
 #      all threads, NCHW and channels-last; then the ratio of the training figures.
 set -euo pipefail
@@ -11,13 +13,17 @@ cd "$(dirname "$0")/.."
 swift build -c release --product starling >&2
 bin=$(swift build -c release --show-bin-path)/starling
 threads=$(nproc)
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $threads cores"
+echo "cpu: $(lscpu | sed -n "s/^Model name: *//p"), family $(lscpu | sed -n "s/^CPU family: *//p") model $(lscpu | sed -n "s/^Model: *//p"), $threads cores"
 "$bin" bench --only ssd7 --threads 1 | head -1    # the machine line: OpenBLAS core and kernels
+yolos=${YOLOS:-yolov3-tiny yolov3 yolov2 yolov1}
 for t in 1 "$threads"; do
   echo "$t thread(s):"
   line=$("$bin" bench --only yolov3-tiny --steps 100 --threads "$t" | tail -1)
   echo "  $line"
   [ "$t" = "$threads" ] && starling_line=$line
+  for family in $yolos; do
+    [ "$family" = yolov3-tiny ] || echo "  $("$bin" bench --only "$family" --steps 50 --threads "$t" | tail -1)"
+  done
   echo "  $("$bin" bench --only ssd7 --steps 100 --threads "$t" | tail -1)"
 done
 
@@ -29,11 +35,14 @@ extra=()
 [ "$(id -u)" -eq 0 ] && extra+=(--allow-run-as-root)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for ranks in 1 2; do
-  mpirun -np "$ranks" "${extra[@]}" "$bin" train --model yolov3-tiny --data "$data" --batch-size 8 --epochs 3 \
-    --steps-per-epoch 6 --val-split none --blas-threads 1 --out "$out/r$ranks" > "$out/r$ranks.log" 2>&1
-  secs=$(grep -o 'epoch 3/3 done in [0-9.]*s' "$out/r$ranks.log" | grep -o '[0-9.]*s$' | tr -d s)
-  awk -v r="$ranks" -v s="$secs" 'BEGIN { printf "yolov3-tiny training on KITTI 192x640, %d rank(s) x 1 thread, global batch 8: %.1f images/s\n", r, 8 * 6 / s }'
+for family in $yolos ssd7; do
+  for ranks in 1 2; do
+    run="$out/$family-r$ranks"
+    mpirun -np "$ranks" "${extra[@]}" "$bin" train --model "$family" --data "$data" --batch-size 8 --epochs 3 \
+      --steps-per-epoch 6 --val-split none --blas-threads 1 --out "$run" > "$run.log" 2>&1
+    secs=$(grep -o 'epoch 3/3 done in [0-9.]*s' "$run.log" | grep -o '[0-9.]*s$' | tr -d s)
+    awk -v f="$family" -v r="$ranks" -v s="$secs" 'BEGIN { printf "%s training on KITTI 192x640, %d rank(s) x 1 thread, global batch 8: %.1f images/s\n", f, r, 8 * 6 / s }'
+  done
 done
 
 venv=.build/torch-venv

@@ -132,7 +132,7 @@ struct DarknetConvolution {
     }
 
     func callAsFunction<Value: NetworkValue>(_ x: Value, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Value {
-        norm(conv(x), training: training, crossReplicaSum: crossReplicaSum).leakyRelu(slope: 0.1)
+        conv(x).applyingWithLeakyReLU(norm, slope: 0.1, training: training, crossReplicaSum: crossReplicaSum)
     }
 }
 

@@ -14,7 +14,8 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, yolov3-tiny, ssd7-layers, pipeline (needs --detection-data), map.") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8).") var only: String = "all"
+    @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
@@ -26,7 +27,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         if distributed { return try runDistributed() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; element-wise kernels \(KernelDispatch.current.rawValue) (STARLING_KERNELS=baseline for the baseline build)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) (STARLING_KERNELS=baseline for the baseline build)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.
@@ -64,13 +65,20 @@ struct BenchCommand: ParsableCommand {
                              ssd.trainImagesPerSecond, ssd.inferenceFPS[1] ?? 0, ssd.inferenceFPS[8] ?? 0,
                              ssd.forwardFPS[1] ?? 0, ssd.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
             }
-            if only == "all" || only == "yolov3-tiny" {
-                // darknet's 416 x 416 at the batch of the PyTorch comparison (issue 20).
-                let config = YOLOv3Tiny.defaultConfig(height: 416, width: 416, classNames: Udacity.classNames)
-                let yolo = try Benchmarks.detector(config, batchSize: 8, steps: max(2, steps / 25))
-                print(String(format: "yolov3-tiny 416x416: training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
-                             yolo.trainImagesPerSecond, yolo.inferenceFPS[1] ?? 0, yolo.inferenceFPS[8] ?? 0,
-                             yolo.forwardFPS[1] ?? 0, yolo.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            // Any other detection family (all: yolov3-tiny) at its paper's input size and the batch of the PyTorch
+            // comparison (issue 20), on synthetic frames.
+            let detectors = ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }
+            if only == "all" || detectors.contains(only) {
+                let family = try ModelRegistry.family(named: only == "all" ? "yolov3-tiny" : only)
+                var config = try family.configuration()
+                if let widthMultiplier { config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier") }
+                let result = try Benchmarks.detector(config, batchSize: 8, steps: max(2, steps / 25))
+                let width = widthMultiplier.map { String(format: " (width %g)", $0) } ?? ""
+                print("\(family.name)\(width) \(config.inputShape[1])x\(config.inputShape[2]): " + String(format: "training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
+                             result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[8] ?? 0,
+                             result.forwardFPS[1] ?? 0, result.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            } else if !["fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map"].contains(only) {
+                throw ValidationError("--only \(only): not something bench measures (see --help)")
             }
         }
     }

@@ -137,6 +137,35 @@ private func constants(_ values: [Float]) -> Tensor { Tensor(shape: [values.coun
         }
     }
 
+    /// The fused leaky ReLU (darknet's blocks) gives batchNorm followed by leakyRelu bit for bit, in NCHW and (against the
+    /// blocked unfused pair) in the blocked layout, and its gradients pass finite differences.
+    @Test func fusedLeakyReLUEqualsBatchNormThenLeakyReLU() {
+        for training in [true, false] {
+            for layout in [ChannelLayout.planar, .blocked8] {
+                func run(fused: Bool) -> [[Float]] {
+                    let x = randomVariable([4, 8, 5, 6], seed: 34, -3, 3), gamma = randomVariable([8], seed: 35, 0.5, 2)
+                    let beta = randomVariable([8], seed: 36)
+                    let mean = constants([0.2, -0.1, 0, 0.3, 0.1, -0.2, 0, 0.05]), variance = constants([1, 2, 0.5, 1, 1.5, 0.7, 1, 2])
+                    let input = layout == .blocked8 ? x.blocked8() : x
+                    let y = fused
+                        ? input.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
+                                                   slope: 0.1, layout: layout)
+                        : input.batchNorm(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
+                                          layout: layout).leakyRelu(slope: 0.1)
+                    let planar = layout == .blocked8 ? y.unblocked8() : y
+                    let values = planar.toArray()
+                    (planar * randomVariable([4, 8, 5, 6], seed: 37)).sum().backward()
+                    return [values, mean.toArray(), variance.toArray(), x.gradArray ?? [], gamma.gradArray ?? [], beta.gradArray ?? []]
+                }
+                #expect(run(fused: true) == run(fused: false), "training \(training), \(layout)")
+            }
+        }
+        checkGradients([randomVariable([3, 2, 3, 4], seed: 38, -2, 2), randomVariable([2], seed: 39, 0.5, 2), randomVariable([2], seed: 40)]) {
+            $0[0].batchNormLeakyReLU(gamma: $0[1], beta: $0[2], runningMean: constants([0.1, 0.1]), runningVar: constants([1.5, 1.5]),
+                                     training: true, slope: 0.1)
+        }
+    }
+
     /// Channels are shared over the threads (`BLAS.setThreadCount`); each channel's sums keep their order, so one and
     /// two threads give the same outputs, statistics and gradients bit for bit. 4 x 6 x 60 x 50 is enough work to split.
     @Test func threadCountDoesNotChangeAnyBit() {

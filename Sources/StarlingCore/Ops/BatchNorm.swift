@@ -37,7 +37,7 @@ extension Tensor {
                           runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                           crossReplicaSum: CrossReplicaSum? = nil, layout: ChannelLayout = .planar) -> Tensor {
         normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
-                   epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: nil,
+                   epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, activation: nil,
                    layout: layout)
     }
 
@@ -53,13 +53,26 @@ extension Tensor {
                              moments: ChannelMoments? = nil) -> Tensor {
         precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
         return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
-                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, eluAlpha: alpha,
+                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum, activation: .elu(alpha: alpha),
                           layout: layout, moments: moments)
+    }
+
+    /// `batchNorm(...).leakyRelu(slope:)` as one op, as `batchNormELU` fuses the ELU (darknet's convolutional blocks):
+    /// leaky ReLU's derivative, 1 where y > 0 and `slope` elsewhere, is read from the output.
+    public func batchNormLeakyReLU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+                                   momentum: Float = 0.99, epsilon: Float = 1e-3,
+                                   runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
+                                   crossReplicaSum: CrossReplicaSum? = nil, slope: Float, layout: ChannelLayout = .planar,
+                                   moments: ChannelMoments? = nil) -> Tensor {
+        precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
+        return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
+                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum,
+                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments)
     }
 
     private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
-                            crossReplicaSum: CrossReplicaSum?, eluAlpha: Float?, layout: ChannelLayout,
+                            crossReplicaSum: CrossReplicaSum?, activation: BatchNormKernel.Activation?, layout: ChannelLayout,
                             moments: ChannelMoments? = nil) -> Tensor {
         let blocked = layout == .blocked8
         if blocked {
@@ -81,11 +94,15 @@ extension Tensor {
                                         crossReplicaSum: crossReplicaSum, moments: moments)
         // `normalize` writes every output element.
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
-            // With the ELU fused in, the gradient reaching the normalisation is dy times ELU's derivative, from y.
+            // With an activation fused in, the gradient reaching the normalisation is dy times its derivative, from y.
             // It overwrites dy in place: this closure is dy's last reader (the node and its gradient are released
             // right after it), and a separate buffer cost as much memory as the activation (295 MB for SSD7's first).
             let dy = out.grad
-            if let alpha = eluAlpha { BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy) }
+            switch activation {
+            case .elu(let alpha)?: BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy)
+            case .leakyRelu(let slope)?: BatchNormKernel.leakyReLUGradient(out.count, dy: dy, y: out.data, slope: slope, into: dy)
+            case nil: break
+            }
             // sums = [sum dy | sum dy (x - mean)] per channel, over the local batch.
             var sums = [Double](repeating: 0, count: 2 * c)
             sums.withUnsafeMutableBufferPointer { s in
@@ -98,7 +115,7 @@ extension Tensor {
                                           slope: slope.pointer, offset: offset.pointer, into: dx, overwrite: overwrite)
         }
         BatchNormKernel.normalize(planes, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer, beta: beta.data,
-                                  into: out.data, eluAlpha: eluAlpha)
+                                  into: out.data, activation: activation)
         return out
     }
 }
@@ -284,9 +301,22 @@ enum BatchNormKernel {
         return (s, d)
     }
 
-    /// y = scale[k] (x - mean[k]) + beta[k], then ELU with `eluAlpha` if given (the same expression as `Tensor.elu`).
+    /// An activation fused into batch norm, its derivative read from the output.
+    enum Activation {
+        case elu(alpha: Float)
+        /// 0 < slope < 1: then leaky ReLU is max(z, slope z).
+        case leakyRelu(slope: Float)
+    }
+
+    /// y = scale[k] (x - mean[k]) + beta[k], then the activation if given (the same expression as `Tensor`'s op).
     static func normalize(_ p: Planes, x: UnsafePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
-                          beta: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, eluAlpha: Float? = nil) {
+                          beta: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, activation: Activation? = nil) {
+        var eluAlpha: Float?, slope: Float?
+        switch activation {
+        case .elu(let alpha)?: eluAlpha = alpha
+        case .leakyRelu(let s)?: slope = s
+        case nil: break
+        }
         let c = p.channels
         if p.blocked {
             let blocks = c / 8
@@ -296,6 +326,11 @@ enum BatchNormKernel {
                     let (mu, a, b) = (BlockedKernels.load(mean + k), BlockedKernels.load(scale + k), BlockedKernels.load(beta + k))
                     if let alpha = eluAlpha {
                         KernelDispatch.affineELUBlocked(p.inner, x + start, y + start, mean: mu, scale: a, shift: b, alpha: alpha)
+                    } else if let slope {
+                        for i in 0..<p.inner {
+                            let z = a * (BlockedKernels.load(x + start + 8 * i) - mu) + b
+                            BlockedKernels.store(pointwiseMax(z, z * slope), y + start + 8 * i)
+                        }
                     } else {
                         for i in 0..<p.inner { BlockedKernels.store(a * (BlockedKernels.load(x + start + 8 * i) - mu) + b, y + start + 8 * i) }
                     }
@@ -309,6 +344,7 @@ enum BatchNormKernel {
                 for k in 0..<c { yr[k] = scale[k] * (xr[k] - mean[k]) + beta[k] }
             }
             if let alpha = eluAlpha { KernelDispatch.elu(p.samples * c, y, y, alpha: alpha) }
+            if let slope { for i in 0..<(p.samples * c) { y[i] = max(y[i], slope * y[i]) } }
             return
         }
         Parallel.forEachChunk(of: c, work: p.samples * c * p.inner) { channels in
@@ -319,6 +355,8 @@ enum BatchNormKernel {
                     let (mu, a, b) = (mean[k], scale[k], beta[k])
                     if let alpha = eluAlpha {
                         KernelDispatch.affineELU(p.inner, xs, ys, mean: mu, scale: a, shift: b, alpha: alpha)
+                    } else if let slope {
+                        for i in 0..<p.inner { let z = a * (xs[i] - mu) + b; ys[i] = max(z, slope * z) }
                     } else {
                         for i in 0..<p.inner { ys[i] = a * (xs[i] - mu) + b }
                     }
@@ -334,6 +372,17 @@ enum BatchNormKernel {
                 let g = dy[i], out = y[i]
                 let slope: Float = out > 0 ? 1 : out + alpha
                 dz[i] = g * slope
+            }
+        }
+    }
+
+    /// dz = dy * leakyReLU'(z) from the output y: 1 where y > 0, `slope` elsewhere (as `Tensor.leakyRelu`'s backward,
+    /// whose input z has the sign of y).
+    static func leakyReLUGradient(_ n: Int, dy: UnsafePointer<Float>, y: UnsafePointer<Float>, slope: Float, into dz: UnsafeMutablePointer<Float>) {
+        Parallel.forEachChunk(of: n, work: n) { range in
+            for i in range {
+                let g = dy[i]
+                dz[i] = y[i] > 0 ? g : slope * g
             }
         }
     }

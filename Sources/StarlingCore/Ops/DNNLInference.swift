@@ -13,6 +13,22 @@ public final class DNNLActivation {
     /// Whether this path can run (oneDNN loaded and not switched off with `STARLING_CONV=sgemm`).
     public static var isAvailable: Bool { DNNLConvPlans.enabled }
 
+    /// The instruction set oneDNN's JIT kernels use on this CPU (what cpuid reports, capped by `ONEDNN_MAX_CPU_ISA`),
+    /// printed beside benchmark figures: AVX2 kernels compute 8 channels at a time, AVX-512 ones 16.
+    public static var instructionSet: String {
+        switch dnnl_get_effective_cpu_isa() {
+        case dnnl_cpu_isa_sse41: "sse41"
+        case dnnl_cpu_isa_avx: "avx"
+        case dnnl_cpu_isa_avx2: "avx2"
+        case dnnl_cpu_isa_avx2_vnni: "avx2_vnni"
+        case dnnl_cpu_isa_avx512_core: "avx512_core"
+        case dnnl_cpu_isa_avx512_core_vnni: "avx512_core_vnni"
+        case dnnl_cpu_isa_avx512_core_bf16: "avx512_core_bf16"
+        case dnnl_cpu_isa_avx512_core_amx: "avx512_core_amx"
+        case let other: "isa 0x\(String(other.rawValue, radix: 16))"
+        }
+    }
+
     init(shape: [Int], md: dnnl_memory_desc_t) {
         self.shape = shape
         self.md = md

@@ -62,6 +62,14 @@ public struct BatchNormalization: Sendable {
                                         crossReplicaSum: crossReplicaSum, alpha: alpha, moments: moments)
     }
 
+    /// The layer followed by a leaky ReLU, as one op that keeps no normalised copy (`Tensor.batchNormLeakyReLU`).
+    public func withLeakyReLU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
+                              layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {
+        x.batchNormLeakyReLU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
+                             training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
+                             layout: layout, moments: moments)
+    }
+
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
     public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
                         layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {

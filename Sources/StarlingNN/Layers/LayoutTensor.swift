@@ -7,10 +7,11 @@ import StarlingCore
 /// Three layouts, chosen op by op from the shapes, the CPU and what oneDNN has plans for:
 /// - planar: NCHW, every op of `Tensor`; any op without a faster path converts its input to it first.
 /// - blocked (training, and any pass that records gradients): [N, C/8, H, W, 8], oneDNN's nChw8c
-///   (BlockedLayout.swift). A convolution with a multiple of 8 output channels writes it; batch norm (with or without
-///   ELU), 2x2 max-pooling, nearest upsampling, element-wise activations, sums and channel concatenation read and write
-///   it with their backward; no reorder to NCHW runs around the convolutions. A convolution may hand its output's channel statistics to the
-///   batch norm that follows (`ChannelMoments`). `STARLING_LAYOUT=nchw` switches it off.
+///   (BlockedLayout.swift). A convolution with a multiple of 8 output channels writes it; batch norm (alone, or with an
+///   ELU or leaky ReLU fused in), 2x2 max-pooling, nearest upsampling, element-wise activations, sums and channel
+///   concatenation read and write it with their backward; no reorder to NCHW runs around the convolutions. A
+///   convolution may hand its output's channel statistics to the batch norm that follows (`ChannelMoments`).
+///   `STARLING_LAYOUT=nchw` switches it off.
 /// - inference (no gradients recorded): oneDNN's own layout (`DNNLActivation`), a convolution run lazily so that a
 ///   following batch norm in inference mode is folded into its kernel and bias and an activation into its store
 ///   (a post-op); 2x2 max-pooling stays in that layout.
@@ -152,6 +153,18 @@ public struct LayoutTensor: NetworkValue {
             return LayoutTensor(.pending(p.folding(layer).with(activation: .elu(alpha: alpha))))
         default:
             return planar { layer.withELU($0, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha) }
+        }
+    }
+
+    public func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
+        switch form {
+        case .blocked(let x, let moments):
+            return LayoutTensor(.blocked(layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope,
+                                                             layout: .blocked8, moments: moments), moments: nil))
+        case .pending(let p) where !training && p.activation == .identity:
+            return LayoutTensor(.pending(p.folding(layer).with(activation: .leakyRelu(slope: slope))))
+        default:
+            return planar { layer.withLeakyReLU($0, training: training, crossReplicaSum: crossReplicaSum, slope: slope) }
         }
     }
 

@@ -72,6 +72,8 @@ public protocol NetworkValue {
     /// `applying(layer, ...)` then `elu(alpha:)`, a requirement of its own because a `Tensor` runs the two as one op
     /// (`Tensor.batchNormELU`) that stores no normalised copy for backward (SSD7's seven blocks).
     func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
+    /// `applying(layer, ...)` then `leakyRelu(slope:)`, one op on Tensors (`Tensor.batchNormLeakyReLU`; darknet's blocks).
+    func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
     /// `applyingWithELU(...)` then 2x2 max-pooling at stride 2 (valid), for a block whose normalised output feeds only
     /// the pooling: `LayoutTensor` runs it as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`).
     func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
@@ -82,6 +84,10 @@ public protocol NetworkValue {
 extension NetworkValue {
     /// Pooling windows that step by their own size.
     public func maxPool2d(kernel: (Int, Int), padding: Padding) -> Self { maxPool2d(kernel: kernel, stride: nil, padding: padding) }
+
+    public func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self {
+        applying(layer, training: training, crossReplicaSum: crossReplicaSum).leakyRelu(slope: slope)
+    }
 
     public func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool,
                                              crossReplicaSum: CrossReplicaSum?) -> Self {
@@ -130,6 +136,10 @@ extension Tensor: NetworkValue {
 
     public func applyingWithELU(_ layer: BatchNormalization, alpha: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Tensor {
         layer.withELU(self, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha)
+    }
+
+    public func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Tensor {
+        layer.withLeakyReLU(self, training: training, crossReplicaSum: crossReplicaSum, slope: slope)
     }
 
     public func applying(_ layer: LSTMLayer) -> Tensor {
