@@ -100,6 +100,30 @@ import Testing
         #expect(x.gradArray == [Float](repeating: 0, count: 32))
     }
 
+    /// Regions are shared over the threads (`BLAS.setThreadCount`); each writes its own outputs, so one and two threads
+    /// give the same values and gradients bit for bit (40 regions of a 16-channel map: enough work to split).
+    @Test func threadCountDoesNotChangeAnyBit() {
+        var rng = RandomGenerator(seed: 12)
+        let values = (0..<(2 * 16 * 20 * 24)).map { _ in rng.uniform(-1, 1) }
+        let r = rois((0..<40).map { k in
+            let x0 = rng.uniform(-4, 40), y0 = rng.uniform(-4, 30)
+            return [Float(k % 2), x0, y0, x0 + rng.uniform(1, 30), y0 + rng.uniform(1, 25)]
+        })
+        func run() -> [[Float]] {
+            let x = Tensor.variable(shape: [2, 16, 20, 24], values: values)
+            let pooled = x.roiMaxPool(rois: r, outputHeight: 7, outputWidth: 7, spatialScale: 0.5)
+            let aligned = x.roiAlign(rois: r, outputHeight: 7, outputWidth: 7, spatialScale: 0.5, samplingRatio: 0, aligned: true)
+            (pooled.sum() + aligned.sum()).backward()
+            return [pooled.toArray(), aligned.toArray(), x.gradArray ?? []]
+        }
+        let threads = BLAS.threadCount
+        defer { BLAS.setThreadCount(threads) }
+        BLAS.setThreadCount(1)
+        let one = run()
+        BLAS.setThreadCount(2)
+        #expect(run() == one)
+    }
+
     @Test func alignGradientsMatchFiniteDifferences() {
         let r = rois([[1, 0.3, 0.7, 9.1, 12.2], [0, -1.5, 2, 4, 3.3], [1, 8, 8, 30, 30]])
         for (ratio, aligned) in [(2, false), (0, true), (1, true)] {

@@ -55,31 +55,34 @@ extension Tensor {
         let xd = x.data, y = values.pointer
         argmax.withUnsafeMutableBufferPointer { am in
             guard let ap = am.baseAddress else { return }   // no regions
-            for k in 0..<r {
-                let row = rd + k * 5
-                let image = Int(row[0])
-                let x1 = Int((row[1] * spatialScale).rounded()), y1 = Int((row[2] * spatialScale).rounded())
-                let x2 = Int((row[3] * spatialScale).rounded()), y2 = Int((row[4] * spatialScale).rounded())
-                let rows = spans(start: y1, end: y2, bins: oh, size: h)
-                let cols = spans(start: x1, end: x2, bins: ow, size: w)
-                for ch in 0..<c {
-                    let plane = xd + (image * c + ch) * h * w
-                    let out = k * c * binCount + ch * binCount
-                    for i in 0..<oh {
-                        let (r0, r1) = rows[i]
-                        for j in 0..<ow {
-                            let (c0, c1) = cols[j]
-                            guard r0 < r1 && c0 < c1 else { continue }   // empty: 0, no argmax
-                            var best = -Float.greatestFiniteMagnitude, at = -1
-                            for yy in r0..<r1 {
-                                let line = plane + yy * w
-                                for xx in c0..<c1 where line[xx] > best {
-                                    best = line[xx]
-                                    at = yy * w + xx
+            // Regions write disjoint outputs: shared out over the threads (`Parallel`).
+            Parallel.forEachChunk(of: r, work: r * c * binCount * 8) { range in
+                for k in range {
+                    let row = rd + k * 5
+                    let image = Int(row[0])
+                    let x1 = Int((row[1] * spatialScale).rounded()), y1 = Int((row[2] * spatialScale).rounded())
+                    let x2 = Int((row[3] * spatialScale).rounded()), y2 = Int((row[4] * spatialScale).rounded())
+                    let rows = spans(start: y1, end: y2, bins: oh, size: h)
+                    let cols = spans(start: x1, end: x2, bins: ow, size: w)
+                    for ch in 0..<c {
+                        let plane = xd + (image * c + ch) * h * w
+                        let out = k * c * binCount + ch * binCount
+                        for i in 0..<oh {
+                            let (r0, r1) = rows[i]
+                            for j in 0..<ow {
+                                let (c0, c1) = cols[j]
+                                guard r0 < r1 && c0 < c1 else { continue }   // empty: 0, no argmax
+                                var best = -Float.greatestFiniteMagnitude, at = -1
+                                for yy in r0..<r1 {
+                                    let line = plane + yy * w
+                                    for xx in c0..<c1 where line[xx] > best {
+                                        best = line[xx]
+                                        at = yy * w + xx
+                                    }
                                 }
+                                y[out + i * ow + j] = best
+                                ap[out + i * ow + j] = Int32(at)
                             }
-                            y[out + i * ow + j] = best
-                            ap[out + i * ow + j] = Int32(at)
                         }
                     }
                 }
