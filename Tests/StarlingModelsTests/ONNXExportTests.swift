@@ -160,6 +160,32 @@ private func exportConfigs() throws -> [ModelConfig] {
         #expect(ONNXGraph().model(producerVersion: "test", docString: "").opsetImport.map(\.version) == [13])
     }
 
+    /// Fast R-CNN's RoI head, written once over NetworkValue, exported (MaxRoiPool, fully connected layers) and run by
+    /// onnxruntime on the feature map: the Tensor pass's logits and deltas.
+    @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"))
+    func fastRCNNPredictorMatchesOnnxRuntime() throws {
+        let store = ParameterStore()
+        let predictor = FastRCNNPredictor(store, channels: 6, hidden: 10, classCount: 4, spatialScale: 0.25)
+        var rng = RandomGenerator(seed: 31)
+        store.allocate(rng: &rng)
+        for p in store.parameters where p.name.hasSuffix("bias") { for i in 0..<p.count { p.value.data[i] = rng.uniform(-0.5, 0.5) } }
+        let features = Tensor(shape: [2, 6, 10, 12], values: (0..<1440).map { _ in rng.uniform(-1, 1) })
+        let rois = Tensor(shape: [3, 5], values: [0, 0, 0, 47, 39, 1, 8.6, 4.2, 30, 22, 1, 20, 12, 26, 18])
+        let g = ONNXGraph()
+        let (logits, deltas) = predictor(g.input("images", shape: [-1, 6, 10, 12]), rois: g.constant("rois", rois.toArray(), shape: [3, 5]))
+        g.output(logits, as: "class_logits")
+        g.output(deltas, as: "box_deltas")
+        let dir = Fixture.temporaryDirectory("onnx-fast-rcnn-head")
+        try AtomicFile.write(try g.model(producerVersion: "test", docString: "Fast R-CNN head").serializedBytes() as [UInt8], to: dir + "/head.onnx")
+        let onnx = try runONNX(dir + "/head.onnx", input: features, in: dir)
+        let expected = GradMode.disabled { predictor(features, rois: rois) }
+        for (name, value) in [("class_logits", expected.classLogits), ("box_deltas", expected.boxDeltas)] {
+            #expect(onnx.shapes[name] == value.shape)
+            let worst = worstDifference(onnx.floats[name] ?? [], value.toArray())
+            #expect(worst.value < 1e-5, "\(name): worst difference \(worst.value) at \(worst.at)")
+        }
+    }
+
     /// Every family's exported graph, run by onnxruntime, gives Starling's outputs on the same input.
     @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"),
           arguments: try exportConfigs())

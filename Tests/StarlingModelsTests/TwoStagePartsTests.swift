@@ -121,3 +121,56 @@ import StarlingNN
         #expect(abs(g[0] - 0.25) < 1e-6 && abs(g[1] + 0.25) < 1e-6 && abs(g[2] + 0.125) < 1e-6 && abs(g[3] - 0.125) < 1e-6)
     }
 }
+
+@Suite struct FastRCNNPredictorTests {
+    /// The predictor and the multi-task loss learn a fixed minibatch: three regions of one map (two foreground of
+    /// classes 1 and 2, one background) with regression targets; 300 plain gradient steps take the loss below a tenth.
+    @Test func predictorAndLossLearnAMinibatch() {
+        let store = ParameterStore()
+        let predictor = FastRCNNPredictor(store, channels: 4, hidden: 16, classCount: 3, spatialScale: 0.5, pooledSize: 2)
+        var rng = RandomGenerator(seed: 3)
+        store.allocate(rng: &rng)
+        let features = Tensor(shape: [1, 4, 8, 8], values: (0..<256).map { _ in rng.uniform(0, 1) })
+        let rois = Tensor(shape: [3, 5], values: [0, 0, 0, 8, 8, 0, 6, 4, 16, 14, 0, 2, 10, 7, 15])
+        let labels: [Int32] = [1, 2, 0], targets: [SIMD4<Float>] = [SIMD4(0.5, -0.5, 0.2, 0), SIMD4(-1, 0.3, 0, 0.4), .zero]
+        func loss() -> Tensor {
+            let (logits, deltas) = predictor(features, rois: rois)
+            #expect(logits.shape == [3, 3] && deltas.shape == [3, 12])
+            return Tensor.fastRCNNLoss(classLogits: logits, boxDeltas: deltas, labels: labels, targets: targets)
+        }
+        let first = loss().item
+        for _ in 0..<300 {
+            store.zeroGradients()
+            loss().backward()
+            for p in store.parameters {
+                let v = p.value, g = v.grad
+                for i in 0..<p.count { v.data[i] -= 0.1 * g[i] }
+            }
+        }
+        let last = GradMode.disabled { loss().item }
+        #expect(first > 1 && last < first / 10, "loss \(first) -> \(last)")
+    }
+
+    /// Two regions, K = 2: region 0 is class 1 at 0.9 with zero deltas (its own box), class 2 at 0.05 (under the 0.1
+    /// threshold); region 1 is class 1 at 0.6, shifted right by dx = 10 x 2 / 20 = 1 (2 pixels of its width 20),
+    /// overlapping region 0 by IoU 0.81 > 0.45: suppressed. Region 1's class 2 at 0.3 decodes past the image's right
+    /// edge and is clipped.
+    @Test func decodingOnWorkedRegions() {
+        let rois = [BoxCorners(xmin: 10, ymin: 10, xmax: 30, ymax: 30), BoxCorners(xmin: 10, ymin: 10, xmax: 30, ymax: 30)]
+        let probabilities: [Float] = [0.05, 0.9, 0.05,
+                                      0.1, 0.6, 0.3]
+        var deltas = [Float](repeating: 0, count: 2 * 12)
+        deltas[12 + 4] = 1                      // region 1, class 1: dx = 1 -> +2 pixels
+        deltas[12 + 8] = 10                     // region 1, class 2: dx = 10 -> +20 pixels, to 30 ... 50, clipped at 40
+        var decoding = DetectionDecoding(confidenceThreshold: 0.1)
+        decoding.iouThreshold = 0.45
+        let found = probabilities.withUnsafeBufferPointer { p in
+            deltas.withUnsafeBufferPointer { d in
+                decoding.decodeFastRCNN(probabilities: p.baseAddress!, deltas: d.baseAddress!, rois: rois, classCount: 3,
+                                        imageHeight: 40, imageWidth: 40)
+            }
+        }
+        #expect(found == [DetectedBox(box: rois[0], classID: 1, score: 0.9),
+                          DetectedBox(box: BoxCorners(xmin: 30, ymin: 10, xmax: 40, ymax: 30), classID: 2, score: 0.3)])
+    }
+}
