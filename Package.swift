@@ -61,6 +61,8 @@ let package = Package(
         //   StarlingPlots:        PNG canvas, bitmap font, plots, tile sheets, training-log plots (no models); uses NN, IO
         //   StarlingONNX:         ONNXGraph, ONNXValue (a NetworkValue), ONNXExportable, ONNXAutoencoder; uses NN, ONNXProto
         //   StarlingData:         datasets, training sources, prefetcher, detection augmentation, label import; uses NN, IO
+        //   StarlingProposals:    selective search (Felzenszwalb-Huttenlocher segmentation, hierarchical grouping, ranking); uses NN, Core.
+        //                         Optimised in debug builds too, as the core: its tests segment real-sized images
         //   StarlingDetection:    detector families, SSD/YOLO heads and losses, box encoding, NMS, anchor clustering, drawing; uses NN, ONNX, Plots
         //   StarlingAutoencoders: autoencoder families, VariationalModel, ONNXVariational; uses NN, ONNX
         //   StarlingSegmentation: segmentation families (U-Net), their pixel weights and loss; uses NN, ONNX
@@ -72,6 +74,7 @@ let package = Package(
         .target(name: "StarlingPlots", dependencies: ["StarlingNN", "StarlingIO"]),
         .target(name: "StarlingONNX", dependencies: ["StarlingNN", "StarlingCore", "ONNXProto"]),
         .target(name: "StarlingData", dependencies: ["StarlingNN", "StarlingCore", "StarlingIO"]),
+        .target(name: "StarlingProposals", dependencies: ["StarlingNN", "StarlingCore"], swiftSettings: noMathErrno),
         .target(name: "StarlingDetection", dependencies: [
             "StarlingNN", "StarlingONNX", "StarlingPlots", "StarlingCore", "StarlingIO", "ONNXProto",
         ]),
@@ -90,19 +93,20 @@ let package = Package(
             "StarlingCore", "StarlingIO", "ONNXProto", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .target(name: "StarlingModels", dependencies: [
-            "StarlingNN", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingDetection", "StarlingAutoencoders",
-            "StarlingSegmentation", "StarlingTraining", "StarlingEvaluation", "StarlingConversion",
+            "StarlingNN", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingProposals", "StarlingDetection",
+            "StarlingAutoencoders", "StarlingSegmentation", "StarlingTraining", "StarlingEvaluation", "StarlingConversion",
         ]),
         .executableTarget(name: "starling", dependencies: [
             "StarlingModels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "StarlingCoreTests", dependencies: ["StarlingCore"]),
+        .testTarget(name: "StarlingCoreTests", dependencies: ["StarlingCore"],
+                    exclude: ["Fixtures/roi_align_torchvision.py"]),   // the script that wrote RoIAlignFixtures.swift
         .testTarget(name: "StarlingIOTests", dependencies: ["StarlingIO"]),
         // The umbrella for what the tests use publicly; the targets whose internals they test, for `@testable import`.
         .testTarget(name: "StarlingModelsTests", dependencies: [
-            "StarlingModels", "starling", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingDetection",
+            "StarlingModels", "starling", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingProposals", "StarlingDetection",
             "StarlingAutoencoders", "StarlingSegmentation", "StarlingEvaluation", "StarlingConversion",
-        ]),
+        ], exclude: ["Fixtures/felzenszwalb_skimage.py"]),   // the script that wrote FelzenszwalbFixtures.swift
     ]
 )

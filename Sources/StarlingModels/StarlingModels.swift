@@ -4,6 +4,7 @@
 @_exported import StarlingPlots
 @_exported import StarlingONNX
 @_exported import StarlingData
+@_exported import StarlingProposals
 @_exported import StarlingDetection
 @_exported import StarlingAutoencoders
 @_exported import StarlingSegmentation

@@ -4,7 +4,8 @@ import StarlingCore
 import StarlingNN
 
 /// An ONNX inference graph under construction (`starling convert --to onnx`), written at opset 13 (IR version 7),
-/// which every current runtime reads.
+/// which every current runtime reads; a graph with an operator that needs a later opset (RoiAlign's
+/// coordinate_transformation_mode: 16, IR version 8) is written at that one.
 ///
 /// A model's forward pass, written once over `NetworkValue`, builds the graph when it runs on `ONNXValue`s
 /// (`conv(h).relu().maxPool2d(...)` appends a Conv, a Relu and a MaxPool node); each value knows its static shape
@@ -13,6 +14,13 @@ import StarlingNN
 public final class ONNXGraph {
     public static let opset: Int64 = 13
     public static let irVersion: Int64 = 7
+    /// The opset this graph is written at: `opset` unless one of its operators needs a later one (`require(opset:)`).
+    /// Every operator this builder writes means the same at 13 and 16 (their later versions add types and optional
+    /// attributes whose defaults are the earlier behaviour).
+    public private(set) var opsetVersion: Int64 = ONNXGraph.opset
+
+    /// Raises the graph's opset to at least `version`.
+    package func require(opset version: Int64) { opsetVersion = max(opsetVersion, version) }
 
     var nodes: [Onnx_NodeProto] = []
     var initializers: [Onnx_TensorProto] = []
@@ -125,13 +133,14 @@ public final class ONNXGraph {
         graph.input = inputs
         graph.output = outputs
         var model = Onnx_ModelProto()
-        model.irVersion = Self.irVersion
+        // Opset 16 came with IR version 8 (ONNX 1.10); IR 7 carries opsets up to 15.
+        model.irVersion = opsetVersion > 15 ? 8 : Self.irVersion
         model.producerName = "starling"
         model.producerVersion = producerVersion
         model.docString = docString
         var opset = Onnx_OperatorSetIdProto()
         opset.domain = ""
-        opset.version = Self.opset
+        opset.version = opsetVersion
         model.opsetImport = [opset]
         model.graph = graph
         return model
@@ -344,6 +353,32 @@ public struct ONNXValue: NetworkValue {
     public func spaceToDepth(blockSize: Int) -> ONNXValue {
         graph.node("SpaceToDepth", [name], shape: [shape[0], shape[1] * blockSize * blockSize, shape[2] / blockSize, shape[3] / blockSize],
                    attributes: [ONNXAttribute.int("blocksize", blockSize)])
+    }
+
+    /// ONNX's MaxRoiPool, whose quantisation (corners rounded to cells, bins floor/ceil) is Tensor.roiMaxPool's.
+    public func roiMaxPool(rois: ONNXValue, outputHeight: Int, outputWidth: Int, spatialScale: Float) -> ONNXValue {
+        precondition(shape.count == 4 && rois.shape.count == 2 && rois.shape[1] == 5, "roiMaxPool of \(shape) by rois \(rois.shape)")
+        return graph.node("MaxRoiPool", [name, rois.name], shape: [rois.shape[0], shape[1], outputHeight, outputWidth], attributes: [
+            ONNXAttribute.ints("pooled_shape", [outputHeight, outputWidth]), ONNXAttribute.float("spatial_scale", spatialScale)])
+    }
+
+    /// ONNX's RoiAlign (opset 16), mode avg: the regions' corners (columns 1-4) and their batch indices (column 0, cast
+    /// to int64) as its two inputs; `aligned` is coordinate_transformation_mode half_pixel, otherwise
+    /// output_half_pixel (no half-cell shift, regions widened to one cell), Tensor.roiAlign's two modes.
+    public func roiAlign(rois: ONNXValue, outputHeight: Int, outputWidth: Int, spatialScale: Float, samplingRatio: Int,
+                         aligned: Bool) -> ONNXValue {
+        precondition(shape.count == 4 && rois.shape.count == 2 && rois.shape[1] == 5, "roiAlign of \(shape) by rois \(rois.shape)")
+        graph.require(opset: 16)
+        let r = rois.shape[0]
+        let corners = rois.slice(axis: 1, 1..<5)
+        let column = rois.slice(axis: 1, 0..<1).reshaped([r])
+        let indices = graph.node("Cast", [column.name], name: "batch_indices", shape: [r],
+                                 attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.int64.rawValue))])
+        return graph.node("RoiAlign", [name, corners.name, indices.name], shape: [r, shape[1], outputHeight, outputWidth], attributes: [
+            ONNXAttribute.string("mode", "avg"), ONNXAttribute.int("output_height", outputHeight),
+            ONNXAttribute.int("output_width", outputWidth), ONNXAttribute.int("sampling_ratio", samplingRatio),
+            ONNXAttribute.float("spatial_scale", spatialScale),
+            ONNXAttribute.string("coordinate_transformation_mode", aligned ? "half_pixel" : "output_half_pixel")])
     }
 
     /// ONNX pads [top, left, bottom, right] that give `output` windows with `before` leading padding.

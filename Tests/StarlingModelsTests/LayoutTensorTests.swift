@@ -117,6 +117,27 @@ struct LayoutTensorTests {
         return Tensor(shape: family.images, values: (0..<family.images.reduce(1, *)).map { _ in rng.uniform(0, family.pixelScale) })
     }
 
+    /// RoI pooling and RoIAlign of blocked features read them planar: the Tensor ops' values and gradients.
+    @Test func regionPoolingOfBlockedFeatures() {
+        var rng = RandomGenerator(seed: 9)
+        let values = (0..<(2 * 16 * 6 * 7)).map { _ in rng.uniform(-1, 1) }
+        let rois = Tensor(shape: [3, 5], values: [0, 1, 1, 10, 9, 1, 0, 2, 13, 11, 1, 4.5, 3.2, 8.1, 7.7])
+        func run(_ laidOut: Bool) -> (values: [Float], gradient: [Float]) {
+            let x = Tensor.variable(shape: [2, 16, 6, 7], values: values)
+            let features = laidOut ? LayoutTensor(.blocked(x.blocked8(), moments: nil)) : LayoutTensor(x)
+            let pooled = features.roiMaxPool(rois: LayoutTensor(rois), outputHeight: 2, outputWidth: 2, spatialScale: 0.5).tensor
+            let aligned = features.roiAlign(rois: LayoutTensor(rois), outputHeight: 3, outputWidth: 3, spatialScale: 0.5, samplingRatio: 0,
+                                            aligned: true).tensor
+            (pooled.sum() + aligned.sum()).backward()
+            return (pooled.toArray() + aligned.toArray(), x.gradArray ?? [])
+        }
+        let (planar, blocked) = (run(false), run(true))
+        #expect(planar.values == blocked.values && !planar.values.isEmpty)
+        let worst = zip(planar.gradient, blocked.gradient).map { abs($0 - $1) }.max() ?? .infinity
+        // The two maps' gradients meet in another order (each through its own unblocking): rounding apart.
+        #expect(planar.gradient.count == blocked.gradient.count && worst < 1e-6, "gradient differs by \(worst)")
+    }
+
     @Test(arguments: families) func trainingPassMatchesThePlanarOne(_ family: Family) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }   // STARLING_LAYOUT=nchw or no oneDNN: nothing to compare
         let models = try Self.twins(family)

@@ -119,6 +119,73 @@ private func exportConfigs() throws -> [ModelConfig] {
         #expect(proto.metadataProps.contains { $0.key == PyTorchWeights.configKey })
     }
 
+    /// RoI max pooling and RoIAlign (both modes, fixed and adaptive sampling) as ONNX's MaxRoiPool and RoiAlign, run by
+    /// onnxruntime (after the checker) on the Tensor ops' input: the same values. The graph needs opset 16 (RoiAlign's
+    /// coordinate_transformation_mode) and says so; the regions include rounding halves, borders, a sample outside the
+    /// map and a region narrower than a cell.
+    @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"))
+    func regionPoolingMatchesOnnxRuntime() throws {
+        let shape = [2, 3, 9, 11]
+        var rng = RandomGenerator(seed: 21)
+        let features = Tensor(shape: shape, values: (0..<shape.reduce(1, *)).map { _ in rng.uniform(-1, 1) })
+        let rows: [[Float]] = [[0, 0, 0, 21, 17], [1, 3, 5, 15, 11], [1, 6, 6, 10, 7], [0, -3, -2, 25, 20], [1, 13, 3, 13.5, 3.2],
+                               [0, 4.6, 2.2, 19.8, 16.4], [1, 20, 16, 23, 19]]
+        let rois = Tensor(shape: [rows.count, 5], values: rows.flatMap { $0 })
+        let scale: Float = 0.5
+        let aligns: [(ratio: Int, aligned: Bool)] = [(2, true), (0, true), (2, false), (0, false)]
+        let g = ONNXGraph()
+        let x = g.input("images", shape: [-1] + shape.dropFirst())
+        let r = g.constant("rois", rois.toArray(), shape: rois.shape)
+        g.output(x.roiMaxPool(rois: r, outputHeight: 3, outputWidth: 4, spatialScale: scale), as: "pooled")
+        for (k, a) in aligns.enumerated() {
+            g.output(x.roiAlign(rois: r, outputHeight: 3, outputWidth: 4, spatialScale: scale, samplingRatio: a.ratio, aligned: a.aligned),
+                     as: "aligned\(k)")
+        }
+        let proto = g.model(producerVersion: "test", docString: "RoI pooling")
+        #expect(proto.opsetImport.map(\.version) == [16] && proto.irVersion == 8)
+        let dir = Fixture.temporaryDirectory("onnx-roi")
+        try AtomicFile.write(try proto.serializedBytes() as [UInt8], to: dir + "/roi.onnx")
+        let onnx = try runONNX(dir + "/roi.onnx", input: features, in: dir)
+        let pooled = features.roiMaxPool(rois: rois, outputHeight: 3, outputWidth: 4, spatialScale: scale)
+        #expect(onnx.shapes["pooled"] == pooled.shape)
+        #expect(onnx.floats["pooled"] == pooled.toArray())
+        for (k, a) in aligns.enumerated() {
+            let expected = features.roiAlign(rois: rois, outputHeight: 3, outputWidth: 4, spatialScale: scale,
+                                             samplingRatio: a.ratio, aligned: a.aligned)
+            #expect(onnx.shapes["aligned\(k)"] == expected.shape)
+            let worst = worstDifference(onnx.floats["aligned\(k)"] ?? [], expected.toArray())
+            #expect(worst.value < 1e-5, "RoiAlign ratio \(a.ratio) aligned \(a.aligned): worst difference \(worst.value) at \(worst.at)")
+        }
+        // The families' graphs stay at opset 13.
+        #expect(ONNXGraph().model(producerVersion: "test", docString: "").opsetImport.map(\.version) == [13])
+    }
+
+    /// Fast R-CNN's RoI head, written once over NetworkValue, exported (MaxRoiPool, fully connected layers) and run by
+    /// onnxruntime on the feature map: the Tensor pass's logits and deltas.
+    @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"))
+    func fastRCNNPredictorMatchesOnnxRuntime() throws {
+        let store = ParameterStore()
+        let predictor = FastRCNNPredictor(store, channels: 6, hidden: 10, classCount: 4, spatialScale: 0.25)
+        var rng = RandomGenerator(seed: 31)
+        store.allocate(rng: &rng)
+        for p in store.parameters where p.name.hasSuffix("bias") { for i in 0..<p.count { p.value.data[i] = rng.uniform(-0.5, 0.5) } }
+        let features = Tensor(shape: [2, 6, 10, 12], values: (0..<1440).map { _ in rng.uniform(-1, 1) })
+        let rois = Tensor(shape: [3, 5], values: [0, 0, 0, 47, 39, 1, 8.6, 4.2, 30, 22, 1, 20, 12, 26, 18])
+        let g = ONNXGraph()
+        let (logits, deltas) = predictor(g.input("images", shape: [-1, 6, 10, 12]), rois: g.constant("rois", rois.toArray(), shape: [3, 5]))
+        g.output(logits, as: "class_logits")
+        g.output(deltas, as: "box_deltas")
+        let dir = Fixture.temporaryDirectory("onnx-fast-rcnn-head")
+        try AtomicFile.write(try g.model(producerVersion: "test", docString: "Fast R-CNN head").serializedBytes() as [UInt8], to: dir + "/head.onnx")
+        let onnx = try runONNX(dir + "/head.onnx", input: features, in: dir)
+        let expected = GradMode.disabled { predictor(features, rois: rois) }
+        for (name, value) in [("class_logits", expected.classLogits), ("box_deltas", expected.boxDeltas)] {
+            #expect(onnx.shapes[name] == value.shape)
+            let worst = worstDifference(onnx.floats[name] ?? [], value.toArray())
+            #expect(worst.value < 1e-5, "\(name): worst difference \(worst.value) at \(worst.at)")
+        }
+    }
+
     /// Every family's exported graph, run by onnxruntime, gives Starling's outputs on the same input.
     @Test(.enabled(if: onnxRuntimeAvailable, "python3 with onnx and onnxruntime (pip install onnx onnxruntime)"),
           arguments: try exportConfigs())

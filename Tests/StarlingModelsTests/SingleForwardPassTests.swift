@@ -52,6 +52,15 @@ private struct Recorded<Base: NetworkValue>: NetworkValue {
         record("crop \(top) \(left) \(height) \(width)", base.cropped(top: top, left: left, height: height, width: width))
     }
     func spaceToDepth(blockSize: Int) -> Recorded { record("spaceToDepth \(blockSize)", base.spaceToDepth(blockSize: blockSize)) }
+    func roiMaxPool(rois: Recorded, outputHeight: Int, outputWidth: Int, spatialScale: Float) -> Recorded {
+        record("roiMaxPool \(outputHeight) \(outputWidth) \(spatialScale)",
+               base.roiMaxPool(rois: rois.base, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale))
+    }
+    func roiAlign(rois: Recorded, outputHeight: Int, outputWidth: Int, spatialScale: Float, samplingRatio: Int, aligned: Bool) -> Recorded {
+        record("roiAlign \(outputHeight) \(outputWidth) \(spatialScale) \(samplingRatio) \(aligned)",
+               base.roiAlign(rois: rois.base, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale,
+                             samplingRatio: samplingRatio, aligned: aligned))
+    }
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Recorded {
         record("l2Normalize \(gamma.name)", base.l2NormalizeChannels(gamma: gamma, epsilon: epsilon))
     }

@@ -58,6 +58,18 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
         }
     }
 
+    /// Removes the link `path` (a dataset or a group) from this group. HDF5 does not reclaim the space the object used
+    /// until the file is rewritten.
+    public func remove(_ path: String) throws {
+        try HDF5Library.call {
+            let id = try openID()
+            let full = childPath(path)
+            guard file.isWritable else { throw error("cannot remove: file is read-only", object: full) }
+            guard try linkExists(path, in: id) else { throw error("no such dataset or group", object: full) }
+            guard H5Ldelete(id, path, hid_t(H5P_DEFAULT)) >= 0 else { throw failure("cannot remove", object: full) }
+        }
+    }
+
     /// Opens an existing dataset.
     public func dataset(_ path: String) throws -> HDF5Dataset {
         try HDF5Library.call {

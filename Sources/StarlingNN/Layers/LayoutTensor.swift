@@ -222,6 +222,17 @@ public struct LayoutTensor: NetworkValue {
         planar { $0.cropped(top: top, left: left, height: height, width: width) }
     }
     public func spaceToDepth(blockSize: Int) -> LayoutTensor { planar { $0.spaceToDepth(blockSize: blockSize) } }
+    /// Region pooling reads the features planar (NCHW); its result, one small map a region, is planar too.
+    public func roiMaxPool(rois: LayoutTensor, outputHeight: Int, outputWidth: Int, spatialScale: Float) -> LayoutTensor {
+        planar { $0.roiMaxPool(rois: rois.tensor, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale) }
+    }
+    public func roiAlign(rois: LayoutTensor, outputHeight: Int, outputWidth: Int, spatialScale: Float, samplingRatio: Int,
+                         aligned: Bool) -> LayoutTensor {
+        planar {
+            $0.roiAlign(rois: rois.tensor, outputHeight: outputHeight, outputWidth: outputWidth, spatialScale: spatialScale,
+                        samplingRatio: samplingRatio, aligned: aligned)
+        }
+    }
     public func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> LayoutTensor {
         planar { $0.l2NormalizeChannels(gamma: gamma.value, epsilon: epsilon) }
     }

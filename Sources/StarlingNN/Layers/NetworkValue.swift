@@ -55,6 +55,12 @@ public protocol NetworkValue {
     func cropped(top: Int, left: Int, height: Int, width: Int) -> Self
     /// `Tensor.spaceToDepth`: every b x b block of pixels stacked along the channels (ONNX's SpaceToDepth).
     func spaceToDepth(blockSize: Int) -> Self
+    /// `Tensor.roiMaxPool`: Fast R-CNN's RoI max pooling of the regions `rois` [R, 5] (batch index, x1, y1, x2, y2 in
+    /// image coordinates) into [R, C, outputHeight, outputWidth] (ONNX's MaxRoiPool).
+    func roiMaxPool(rois: Self, outputHeight: Int, outputWidth: Int, spatialScale: Float) -> Self
+    /// `Tensor.roiAlign`: Mask R-CNN's RoIAlign (average) of the regions `rois` [R, 5] (ONNX's RoiAlign, opset 16,
+    /// half_pixel when `aligned`, output_half_pixel otherwise).
+    func roiAlign(rois: Self, outputHeight: Int, outputWidth: Int, spatialScale: Float, samplingRatio: Int, aligned: Bool) -> Self
     /// Channel-wise L2 normalisation with the learned per-channel scale `gamma` [C] (SSD300's conv4_3).
     func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> Self
 
