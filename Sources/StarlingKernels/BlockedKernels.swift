@@ -22,6 +22,17 @@ public enum BlockedKernels {
         }
     }
 
+    /// y = leaky ReLU(scale (x - mean) + shift) over a plane, for 0 < slope < 1 (`Tensor.leakyRelu`'s expression).
+    @inlinable @inline(__always)
+    public static func affineLeakyReLU(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                       mean: Vector, scale: Vector, shift: Vector, slope: Float) {
+        let zero = Vector(repeating: 0), s = Vector(repeating: slope)
+        for p in 0..<pixels {
+            let v = scale * (load(x + 8 &* p) - mean) + shift
+            store(v.replacing(with: s * v, where: v .<= zero), y + 8 &* p)
+        }
+    }
+
     /// (sum a, sum a (b - shift)) per lane over a plane, in Double.
     @inlinable @inline(__always)
     public static func sumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: Vector)

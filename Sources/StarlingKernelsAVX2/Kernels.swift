@@ -42,6 +42,11 @@ extension AVX2Kernels {
                                         mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float) {
         BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
     }
+
+    public static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                              mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float) {
+        BlockedKernels.affineLeakyReLU(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+    }
 }
 
 extension AVX2Kernels {

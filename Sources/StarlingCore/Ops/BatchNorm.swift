@@ -327,10 +327,7 @@ enum BatchNormKernel {
                     if let alpha = eluAlpha {
                         KernelDispatch.affineELUBlocked(p.inner, x + start, y + start, mean: mu, scale: a, shift: b, alpha: alpha)
                     } else if let slope {
-                        for i in 0..<p.inner {
-                            let z = a * (BlockedKernels.load(x + start + 8 * i) - mu) + b
-                            BlockedKernels.store(pointwiseMax(z, z * slope), y + start + 8 * i)
-                        }
+                        KernelDispatch.affineLeakyReLUBlocked(p.inner, x + start, y + start, mean: mu, scale: a, shift: b, slope: slope)
                     } else {
                         for i in 0..<p.inner { BlockedKernels.store(a * (BlockedKernels.load(x + start + 8 * i) - mu) + b, y + start + 8 * i) }
                     }

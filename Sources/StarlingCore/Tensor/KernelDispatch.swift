@@ -91,6 +91,15 @@ extension KernelDispatch {
         }
     }
 
+    /// y = leaky ReLU(scale (x - mean) + shift) over a plane of the 8-channel blocked layout (`BlockedKernels.affineLeakyReLU`).
+    static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
+                                       scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float, kernels: Level = current) {
+        switch kernels {
+        case .baseline: BlockedKernels.affineLeakyReLU(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+        case .avx2: AVX2Kernels.affineLeakyReLUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+        }
+    }
+
     /// `FiveWideWeightGradient.accumulate`, only in the AVX2 build (the baseline one would be slower than oneDNN).
     static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
                                        outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
