@@ -14,7 +14,7 @@ swift build -c release --product starling >&2
 bin=$(swift build -c release --show-bin-path)/starling
 threads=$(nproc)
 echo "cpu: $(lscpu | sed -n "s/^Model name: *//p"), family $(lscpu | sed -n "s/^CPU family: *//p") model $(lscpu | sed -n "s/^Model: *//p"), $threads cores"
-"$bin" bench --only ssd7 --threads 1 | head -1    # the machine line: OpenBLAS core and kernels
+"$bin" bench --only map --threads 1 | head -1    # the machine line: OpenBLAS core, oneDNN's instruction set, kernels
 yolos=${YOLOS:-yolov3-tiny yolov3 yolov2 yolov1}
 for t in 1 "$threads"; do
   echo "$t thread(s):"
@@ -38,8 +38,11 @@ trap 'rm -rf "$out"' EXIT
 for family in $yolos ssd7; do
   for ranks in 1 2; do
     run="$out/$family-r$ranks"
-    mpirun -np "$ranks" "${extra[@]}" "$bin" train --model "$family" --data "$data" --batch-size 8 --epochs 3 \
-      --steps-per-epoch 6 --val-split none --blas-threads 1 --out "$run" > "$run.log" 2>&1
+    if ! mpirun -np "$ranks" "${extra[@]}" "$bin" train --model "$family" --data "$data" --batch-size 8 --epochs 3 \
+      --steps-per-epoch 6 --val-split none --blas-threads 1 --out "$run" > "$run.log" 2>&1; then
+      echo "$family on $ranks rank(s) failed: $(grep -m1 -i error "$run.log" || tail -1 "$run.log")"
+      continue
+    fi
     secs=$(grep -o 'epoch 3/3 done in [0-9.]*s' "$run.log" | grep -o '[0-9.]*s$' | tr -d s)
     awk -v f="$family" -v r="$ranks" -v s="$secs" 'BEGIN { printf "%s training on KITTI 192x640, %d rank(s) x 1 thread, global batch 8: %.1f images/s\n", f, r, 8 * 6 / s }'
   done
