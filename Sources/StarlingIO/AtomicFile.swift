@@ -49,22 +49,27 @@ public enum AtomicFile {
         }
     }
 
+    /// The bytes of `source` into a new file `destination` (errors name `reportedAs`, the file the user asked for).
+    static func copy(_ source: String, to destination: String, reportedAs path: String) throws {
+        guard let input = fopen(source, "rb") else { throw StarlingIOError(file: source, message: "cannot open: \(errnoString())") }
+        defer { fclose(input) }
+        guard let output = fopen(destination, "wb") else { throw StarlingIOError(file: destination, message: "cannot create: \(errnoString())") }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var failed = false
+        while true {
+            let n = buffer.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, input) }
+            if n == 0 { failed = ferror(input) != 0; break }
+            if buffer.withUnsafeBytes({ fwrite($0.baseAddress, 1, n, output) }) != n { failed = true; break }
+        }
+        if fclose(output) != 0 || failed { throw StarlingIOError(file: path, message: "cannot copy \(source) to \(destination): \(errnoString())") }
+    }
+
     /// Makes `path` a second name of the complete file `source` (a hard link, or a copy where the file system has
     /// none), atomically: `path` is always either its old content or all of `source`'s.
     public static func publish(_ source: String, as path: String) throws {
         try replace(path) { temporary in
             if link(source, temporary) == 0 { return }
-            guard let input = fopen(source, "rb") else { throw StarlingIOError(file: source, message: "cannot open: \(errnoString())") }
-            defer { fclose(input) }
-            guard let output = fopen(temporary, "wb") else { throw StarlingIOError(file: temporary, message: "cannot create: \(errnoString())") }
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            var failed = false
-            while true {
-                let n = buffer.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, input) }
-                if n == 0 { failed = ferror(input) != 0; break }
-                if buffer.withUnsafeBytes({ fwrite($0.baseAddress, 1, n, output) }) != n { failed = true; break }
-            }
-            if fclose(output) != 0 || failed { throw StarlingIOError(file: path, message: "cannot copy \(source): \(errnoString())") }
+            try copy(source, to: temporary, reportedAs: path)
         }
     }
 

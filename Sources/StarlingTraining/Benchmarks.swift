@@ -130,6 +130,20 @@ public enum Benchmarks {
     /// U-Net's training steps (Adam) at `batchSize` on random images with random disc-shaped class maps (targets encoded
     /// once, outside the timing, as the data thread does it beside training), then inference (`predictClasses`) at
     /// batch 1 and 8, each the best of three rounds.
+    /// Images per second over `steps` training steps (forward, loss, backward, Adam) on one batch, after one untimed.
+    static func trainingImagesPerSecond(_ model: any Model, _ adam: Adam, _ batch: Batch, steps: Int) -> Double {
+        func step() {
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+        }
+        step()
+        let start = monotonicSeconds()
+        for _ in 0..<steps { step() }
+        return Double(steps * batch.size) / (monotonicSeconds() - start)
+    }
+
     public static func segmentation(_ config: ModelConfig, batchSize: Int, steps: Int) throws -> DetectorThroughput {
         guard let model = try ModelRegistry.build(config, seed: 1) as? UNet, config.inputShape.count == 3 else {
             throw TrainingError("model \(config.family) is not a segmentation model")
@@ -155,17 +169,7 @@ public enum Benchmarks {
             model.targetEncoder?.encodeTargets(into: &batch)
             return batch
         }
-        let batch = frames(batchSize)
-        func step() {
-            model.parameters.zeroGradients()
-            let loss = model.loss(batch, training: true)
-            loss.backward()
-            adam.step(model.parameters)
-        }
-        step()
-        let start = monotonicSeconds()
-        for _ in 0..<steps { step() }
-        let train = Double(steps * batchSize) / (monotonicSeconds() - start)
+        let train = trainingImagesPerSecond(model, adam, frames(batchSize), steps: steps)
         var fps: [Int: Double] = [:]
         for n in [1, 8] {
             let images = frames(n).images
@@ -202,17 +206,7 @@ public enum Benchmarks {
             model.targetEncoder?.encodeTargets(into: &batch)
             return batch
         }
-        let batch = frames(batchSize)
-        func step() {
-            model.parameters.zeroGradients()
-            let loss = model.loss(batch, training: true)
-            loss.backward()
-            adam.step(model.parameters)
-        }
-        step()
-        let start = monotonicSeconds()
-        for _ in 0..<steps { step() }
-        let train = Double(steps * batchSize) / (monotonicSeconds() - start)
+        let train = trainingImagesPerSecond(model, adam, frames(batchSize), steps: steps)
         var fps: [Int: Double] = [:], forward: [Int: Double] = [:]
         for n in inferenceBatches {
             let images = frames(n).images

@@ -125,17 +125,7 @@ public func writeHDF5Atomically(to path: String, _ body: (HDF5File) throws -> Vo
 /// temporary is removed and `path` is untouched; a reader sees the old file or the whole new one.
 public func updateHDF5Atomically(_ path: String, _ body: (HDF5File) throws -> Void) throws {
     try AtomicFile.replace(path) { temporary in
-        guard let input = fopen(path, "rb") else { throw StarlingIOError(file: path, message: "cannot open: \(errnoString())") }
-        defer { fclose(input) }
-        guard let output = fopen(temporary, "wb") else { throw StarlingIOError(file: temporary, message: "cannot create: \(errnoString())") }
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var failed = false
-        while true {
-            let n = buffer.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, input) }
-            if n == 0 { failed = ferror(input) != 0; break }
-            if buffer.withUnsafeBytes({ fwrite($0.baseAddress, 1, n, output) }) != n { failed = true; break }
-        }
-        if fclose(output) != 0 || failed { throw StarlingIOError(file: path, message: "cannot copy to \(temporary): \(errnoString())") }
+        try AtomicFile.copy(path, to: temporary, reportedAs: path)
         let file = try HDF5File.open(temporary, writable: true)
         do {
             try body(file)
