@@ -230,8 +230,8 @@ private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String
 
     /// SSD7 at 96 x 128 (feature maps 12 x 16 down to 1 x 2). Its generic pass on Tensors is the NCHW pass it replaced,
     /// bit for bit in outputs, gradients and the moving statistics training updates, in both modes, with batch norm
-    /// moved off its initial values so that evaluation reads statistics that matter. (`predict` runs the blocked-
-    /// layout passes where oneDNN can, which `SSD7Tests` holds to the NCHW pass within rounding.)
+    /// moved off its initial values so that evaluation reads statistics that matter. (`predict` runs the same pass on
+    /// LayoutTensors, which `LayoutTensorTests` holds to this one within rounding.)
     @Test func ssd7PassIsTheNCHWPassAndTheExport() throws {
         let config = SSD7.defaultConfig(height: 96, width: 128, classNames: ["background", "car", "pedestrian"])
         let models = try (0..<2).map { _ in try ModelRegistry.build(config, seed: 8) as! SSD7 }
