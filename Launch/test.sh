@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash Launch/install-deps.sh
-# Test-only, from PyPI: onnx (its checker) and onnxruntime run the exported ONNX graphs against Starling's outputs.
-if command -v python3 >/dev/null && ! python3 -c "import onnx, onnxruntime, numpy" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy \
-    || echo "warning: onnx/onnxruntime could not be installed: the ONNX runtime comparison will be skipped" >&2
+# Test-only, from PyPI: onnx (its checker) and onnxruntime run the exported ONNX graphs against Starling's outputs;
+# pycocotools (the COCO API) checks the run-length masks of mask AP.
+if command -v python3 >/dev/null && ! python3 -c "import onnx, onnxruntime, numpy, pycocotools.mask" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy pycocotools \
+    || echo "warning: onnx/onnxruntime/pycocotools could not be installed: the comparisons with them will be skipped" >&2
 fi
 # Test-only, from PyPI into a venv (its numpy and protobuf pins clash with onnx's): tf.keras 2.15, the course's
 # Keras 2, loads Starling's Keras files and saves weights for Starling to import (KerasRuntimeTests).

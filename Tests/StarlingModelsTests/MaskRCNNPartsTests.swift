@@ -1,0 +1,159 @@
+import Foundation
+import Testing
+import StarlingCore
+import StarlingNN
+@testable import StarlingDetection
+@testable import StarlingEvaluation
+
+/// Mask R-CNN's own parts (issue 19): the mask head, its targets through RoIAlign, the paste back into the image, and
+/// COCO's run-length masks against the COCO API.
+@Suite(.serialized) struct MaskRCNNPartsTests {
+    /// A 56 x 56 mask of random 2x2 blocks.
+    static func blockMask(seed: UInt64) -> [UInt8] {
+        var rng = RandomGenerator(seed: seed)
+        let blocks = (0..<(28 * 28)).map { _ in rng.uniform(0, 1) < 0.4 ? UInt8(1) : 0 }
+        return (0..<(56 * 56)).map { p in blocks[(p / 56 / 2) * 28 + (p % 56) / 2] }
+    }
+
+    @Test func headShapesAndLoss() {
+        let store = ParameterStore()
+        let head = MaskHead(store, channels: 8, width: 16, classCount: 3)
+        var rng = RandomGenerator(seed: 1)
+        store.allocate(rng: &rng)
+        let pooled = Tensor(shape: [5, 8, 14, 14], values: (0..<(5 * 8 * 196)).map { _ in rng.uniform(-1, 1) })
+        let logits = head(pooled)
+        #expect(logits.shape == [5, 3, 28, 28])
+        #expect(store.parameters.map(\.name) == ["mask_fcn1/kernel", "mask_fcn1/bias", "mask_fcn2/kernel", "mask_fcn2/bias", "mask_fcn3/kernel",
+                                                 "mask_fcn3/bias", "mask_fcn4/kernel", "mask_fcn4/bias", "conv5_mask/kernel", "conv5_mask/bias",
+                                                 "mask_fcn_logits/kernel", "mask_fcn_logits/bias"])
+        // L_mask: the selected channels' mean BCE over the RoIs of the global batch; two simulated ranks of 3 and 2
+        // RoIs average to it.
+        let targets = Tensor(shape: [5, 28, 28], values: (0..<(5 * 784)).map { _ in rng.uniform(0, 1) < 0.5 ? 0 : 1 })
+        let classes: [Int32] = [1, 2, 2, 1, 1]
+        let whole = head.loss(maskLogits: logits, classes: classes, targets: targets, crossReplica: .single)!.item
+        let sum = logits.selectedChannelBCESum(classes: classes, targets: targets).item
+        #expect(abs(whole - sum / (5 * 784)) <= 1e-6 * whole)
+        func part(_ range: Range<Int>, other: Double) -> Float {
+            let l = Tensor(shape: [range.count, 3, 28, 28], values: Array(logits.toArray()[(range.lowerBound * 3 * 784)..<(range.upperBound * 3 * 784)]))
+            let t = Tensor(shape: [range.count, 28, 28], values: Array(targets.toArray()[(range.lowerBound * 784)..<(range.upperBound * 784)]))
+            return head.loss(maskLogits: l, classes: Array(classes[range]), targets: t,
+                             crossReplica: CrossReplica(size: 2, sum: { $0[0] += other }, allgather: { $0 }))!.item
+        }
+        #expect(abs((part(0..<3, other: 2) + part(3..<5, other: 3)) / 2 - whole) <= 1e-5 * whole)
+        // A rank without positive RoIs joins the sum and gets nil.
+        #expect(head.loss(maskLogits: Tensor(zeros: [0, 3, 28, 28]), classes: [], targets: Tensor(zeros: [0, 28, 28]),
+                          crossReplica: CrossReplica(size: 2, sum: { $0[0] += 5 }, allgather: { $0 })) == nil)
+    }
+
+    /// RoIAlign with a pixel-aligned RoI reads the mask exactly: a 28 x 28 RoI gives the mask's pixels, a 56 x 56 one
+    /// the 2x2 blocks' means binarised at 0.5 (here every block is all 0 or all 1, so the blocks themselves).
+    @Test func targetsCutAndResampleTheInstanceMask() {
+        let (h, w) = (64, 72)
+        let block = Self.blockMask(seed: 3)
+        var mask = [UInt8](repeating: 0, count: h * w)
+        for y in 0..<56 { for x in 0..<56 { mask[(y + 4) * w + x + 8] = block[y * 56 + x] } }
+        var other = [UInt8](repeating: 1, count: h * w)
+        other[0] = 0
+        let rois = [BoxCorners(xmin: 8, ymin: 4, xmax: 64, ymax: 60), BoxCorners(xmin: 20, ymin: 10, xmax: 48, ymax: 38),
+                    BoxCorners(xmin: 30, ymin: 30, xmax: 40, ymax: 45)]
+        let t = MaskTargets.targets(masks: [other, mask], height: h, width: w, rois: rois, instances: [1, 1, 0])
+        #expect(t.shape == [3, 28, 28])
+        for y in 0..<28 {
+            for x in 0..<28 {
+                #expect(t.data[y * 28 + x] == Float(block[(2 * y) * 56 + 2 * x]), "whole RoI at (\(y), \(x))")
+                #expect(t.data[784 + y * 28 + x] == Float(mask[(10 + y) * w + 20 + x]), "pixel RoI at (\(y), \(x))")
+            }
+        }
+        #expect((0..<784).allSatisfy { t.data[2 * 784 + $0] == 1 }, "the all-ones instance")
+    }
+
+    @Test func pasteFollowsTheBox() {
+        // A pixel-aligned 28 x 28 box: the mask lands as it is.
+        let block = Self.blockMask(seed: 4)
+        let probabilities = (0..<784).map { Float(block[(2 * ($0 / 28)) * 56 + 2 * ($0 % 28)]) * 0.9 }
+        let pasted = probabilities.withUnsafeBufferPointer {
+            MaskTargets.paste($0.baseAddress!, box: BoxCorners(xmin: 10, ymin: 6, xmax: 38, ymax: 34), height: 40, width: 50)
+        }
+        for y in 0..<40 {
+            for x in 0..<50 {
+                let inside = (6..<34).contains(y) && (10..<38).contains(x)
+                #expect(pasted[y * 50 + x] == (inside && probabilities[(y - 6) * 28 + x - 10] >= 0.5 ? 1 : 0), "(\(y), \(x))")
+            }
+        }
+        // A constant mask fills exactly the pixels whose centres lie in a fractional box: x 10...20, y 5...15.
+        let ones = [Float](repeating: 1, count: 784)
+        let filled = ones.withUnsafeBufferPointer {
+            MaskTargets.paste($0.baseAddress!, box: BoxCorners(xmin: 10.3, ymin: 5.2, xmax: 20.7, ymax: 15.9), height: 30, width: 30)
+        }
+        for y in 0..<30 { for x in 0..<30 { #expect(filled[y * 30 + x] == ((10...20).contains(x) && (5...15).contains(y) ? 1 : 0)) } }
+        // A box twice the mask: a left-half mask covers the box's left half.
+        let left = (0..<784).map { Float($0 % 28 < 14 ? 1 : 0) }
+        let half = left.withUnsafeBufferPointer { MaskTargets.paste($0.baseAddress!, box: BoxCorners(xmin: 0, ymin: 0, xmax: 56, ymax: 56), height: 56, width: 56) }
+        #expect((0..<56).allSatisfy { y in (0..<56).allSatisfy { x in half[y * 56 + x] == (x < 28 ? 1 : 0) } })
+    }
+
+    @Test func runLengthByHand() {
+        // Rows [0 1 1] and [1 1 0]: column by column 0,1 | 1,1 | 1,0: runs 1, 4, 1.
+        let rle = RunLengthMask(mask: [0, 1, 1, 1, 1, 0], height: 2, width: 3)
+        #expect(rle.counts == [1, 4, 1] && rle.area == 4 && rle.compressed == "141")
+        #expect(rle.boundingBox == (0, 0, 3, 2))
+        #expect(rle.decoded() == [0, 1, 1, 1, 1, 0])
+        #expect(RunLengthMask(compressed: "141", height: 2, width: 3) == rle)
+        #expect(RunLengthMask(compressed: "141", height: 2, width: 4) == nil, "counts that do not cover the image")
+        // Starting inside: an empty first run of 0s.
+        #expect(RunLengthMask(mask: [1, 0, 0, 0], height: 2, width: 2).counts == [0, 1, 3])
+        let a = RunLengthMask(mask: [1, 1, 0, 0, 1, 1], height: 3, width: 2), b = RunLengthMask(mask: [1, 0, 1, 0, 1, 0], height: 3, width: 2)
+        // a: pixels (0,0) (0,1) (2,0) (2,1); b: (0,0) (1,0) (2,0). Intersection 2, union 5; crowd: 2 / |a| = 0.5.
+        #expect(RunLengthMask.iou(a, b, crowd: false) == 0.4 && RunLengthMask.iou(a, b, crowd: true) == 0.5)
+    }
+
+    /// Random blob masks encoded here and by pycocotools (`maskUtils.encode`, `area`, `toBbox`, `iou` with crowd flags,
+    /// and decoding this encoding's strings): identical. Skipped where python3 lacks pycocotools.
+    @Test func runLengthMatchesTheCOCOAPI() throws {
+        guard (try? run("/usr/bin/env", ["python3", "-c", "import pycocotools.mask"]))?.status == 0 else { return }
+        let (h, w, n) = (37, 53, 12)
+        var rng = RandomGenerator(seed: 21)
+        var masks: [[UInt8]] = []
+        for k in 0..<n {
+            // Ellipses and rectangles of random size, some touching the border, one empty, one full.
+            let (cx, cy) = (rng.uniform(-5, Float(w) + 5), rng.uniform(-5, Float(h) + 5))
+            let (rx, ry) = (rng.uniform(2, 30), rng.uniform(2, 20))
+            masks.append((0..<(h * w)).map { p in
+                if k == 0 { return 0 }
+                if k == 1 { return 1 }
+                let (x, y) = (Float(p % w), Float(p / w))
+                let inside = k % 2 == 0 ? ((x - cx) / rx) * ((x - cx) / rx) + ((y - cy) / ry) * ((y - cy) / ry) <= 1 : abs(x - cx) <= rx && abs(y - cy) <= ry
+                return inside ? 1 : 0
+            })
+        }
+        let dir = Fixture.temporaryDirectory("rle-coco")
+        try Data(masks.flatMap { $0 }).write(to: URL(fileURLWithPath: dir + "/masks.bin"))
+        let encoded = masks.map { RunLengthMask(mask: $0, height: h, width: w) }
+        let script = """
+        import json, sys, numpy as np, pycocotools.mask as m
+        a = np.fromfile(sys.argv[1], dtype=np.uint8).reshape(\(n), \(h), \(w))
+        rles = [m.encode(np.asfortranarray(x)) for x in a]
+        crowd = [k % 3 == 0 for k in range(\(n))]
+        ours = [{"size": [\(h), \(w)], "counts": s} for s in json.loads(sys.argv[2])]
+        print(json.dumps({"counts": [r["counts"].decode() for r in rles], "area": [int(x) for x in m.area(rles)],
+                          "bbox": m.toBbox(rles).tolist(), "iou": m.iou(rles, rles, crowd).tolist(),
+                          "decoded": [m.decode(r).T.flatten().tolist() == a[k].T.flatten().tolist() for k, r in enumerate(ours)]}))
+        """
+        let ours = String(decoding: try JSONEncoder().encode(encoded.map(\.compressed)), as: UTF8.self)
+        let result = try run("/usr/bin/env", ["python3", "-c", script, dir + "/masks.bin", ours])
+        try #require(result.status == 0, "\(result.error)")
+        struct Reference: Decodable { var counts: [String]; var area: [Int]; var bbox: [[Double]]; var iou: [[Double]]; var decoded: [Bool] }
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(result.output.utf8))
+        #expect(reference.counts == encoded.map(\.compressed))
+        #expect(reference.area == encoded.map(\.area))
+        #expect(reference.decoded.allSatisfy { $0 })
+        for k in 0..<n {
+            let b = encoded[k].boundingBox
+            #expect(reference.bbox[k] == [b.x, b.y, b.width, b.height], "mask \(k)")
+            for g in 0..<n {
+                // pycocotools' iou(dt, gt, iscrowd) is [dt][gt] with the crowd flag of the gt.
+                #expect(abs(reference.iou[k][g] - RunLengthMask.iou(encoded[k], encoded[g], crowd: g % 3 == 0)) < 1e-12, "dt \(k) gt \(g)")
+            }
+        }
+    }
+}
