@@ -156,4 +156,54 @@ import StarlingNN
             }
         }
     }
+    // MARK: ResNet-FPN and multi-scale RoIAlign
+
+    @Test func pyramidLevelsAndTheFastPathsAgree() {
+        let store = ParameterStore(), buffers = ParameterStore(trainable: false)
+        let fpn = ResNetFPN(store, buffers: buffers, width: 1.0 / 16, depth: 1.0 / 3)
+        var rng = RandomGenerator(seed: 2)
+        store.allocate(rng: &rng)
+        var unused = RandomGenerator(seed: 0)
+        buffers.allocate(rng: &unused)
+        #expect(fpn.pyramidChannels == 16)
+        // Depth 1/3: 1, 1, 2, 1 blocks; the first of each stage projects its shortcut.
+        let names = store.parameters.map(\.name)
+        #expect(names.contains("layer3.1.conv3/kernel") && !names.contains("layer3.2.conv1/kernel") && !names.contains("layer2.1.conv1/kernel"))
+        #expect(names.filter { $0.hasSuffix("downsample/kernel") }.count == 4)
+        let images = Tensor(shape: [2, 3, 64, 96], values: (0..<(2 * 3 * 64 * 96)).map { _ in rng.uniform(-1, 1) })
+        let planar = fpn(images, training: true, crossReplicaSum: nil)
+        #expect(planar.map(\.shape) == [[2, 16, 16, 24], [2, 16, 8, 12], [2, 16, 4, 6], [2, 16, 2, 3], [2, 16, 1, 2]])
+        // The same pass through the layouts' fast paths (blocked convolutions, additions, upsampling, pooling).
+        let laidOut = fpn(LayoutTensor(images), training: true, crossReplicaSum: nil).map(\.tensor)
+        for (a, b) in zip(planar, laidOut) {
+            let worst = zip(a.toArray(), b.toArray()).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = a.toArray().reduce(Float(0)) { max($0, abs($1)) }
+            #expect(a.shape == b.shape && worst <= 1e-4 * max(scale, 1), "level \(a.shape): \(worst) at scale \(scale)")
+        }
+    }
+
+    @Test func roisGoToTheLevelOfTheirSize() {
+        func square(_ side: Float) -> BoxCorners { BoxCorners(xmin: 0, ymin: 0, xmax: side, ymax: side) }
+        // 224 x 224 reads P4; each halving one level down, each doubling one up, clamped to P2 ... P5.
+        #expect([224, 112, 56, 448, 1000, 10, 223.9, 8].map { MultiScaleRoIAlign.level(of: square($0)) } == [4, 3, 2, 5, 5, 2, 3, 2])
+        #expect(MultiScaleRoIAlign.level(of: BoxCorners(xmin: 0, ymin: 0, xmax: 448, ymax: 112)) == 4)
+
+        var rng = RandomGenerator(seed: 6)
+        let pyramid = [16, 8, 4, 2].map { side in Tensor(shape: [2, 3, side, side * 2], values: (0..<(2 * 3 * side * side * 2)).map { _ in rng.uniform(-1, 1) }) }
+        let rois: [(image: Int, box: BoxCorners)] = [(0, BoxCorners(xmin: 2, ymin: 3, xmax: 60, ymax: 50)), (1, BoxCorners(xmin: 1, ymin: 1, xmax: 20, ymax: 15)),
+                                                    (0, BoxCorners(xmin: 0, ymin: 0, xmax: 120, ymax: 60)), (1, BoxCorners(xmin: 30, ymin: 10, xmax: 40, ymax: 24))]
+        let order = MultiScaleRoIAlign.order(rois)
+        #expect(order.map { MultiScaleRoIAlign.level(of: rois[$0].box) } == order.map { MultiScaleRoIAlign.level(of: rois[$0].box) }.sorted())
+        let pooled = MultiScaleRoIAlign(outputSize: 3)(pyramid, rois: order.map { rois[$0] })
+        #expect(pooled.shape == [4, 3, 3, 3])
+        // Row by row: RoIAlign of that RoI alone on its level.
+        for (row, r) in order.enumerated() {
+            let k = MultiScaleRoIAlign.level(of: rois[r].box), b = rois[r].box
+            let alone = pyramid[k - 2].roiAlign(rois: Tensor(shape: [1, 5], values: [Float(rois[r].image), b.xmin, b.ymin, b.xmax, b.ymax]),
+                                                outputHeight: 3, outputWidth: 3, spatialScale: 1 / Float(1 << k), samplingRatio: 2, aligned: true)
+            #expect(Array(pooled.toArray()[(row * 27)..<((row + 1) * 27)]) == alone.toArray(), "RoI \(r) on P\(k)")
+        }
+        #expect(MultiScaleRoIAlign.restore(order.map { "roi \($0)" }, order: order) == ["roi 0", "roi 1", "roi 2", "roi 3"])
+    }
 }
+
