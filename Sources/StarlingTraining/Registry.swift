@@ -114,6 +114,10 @@ public enum ModelRegistry {
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
         ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv1.configuration(for:), build: YOLOv1.init),
+        ModelFamily("rcnn", trainsOn: .detectionProposals,
+                    tunables: [.init("width", range: 0.001...4), .init("hidden", range: 1...65536), .init("warp", range: 16...1024),
+                               .init("rois_per_image", range: 1...4096), .init("test_proposals", range: 1...100_000)],
+                    configure: RCNN.configuration(for:), build: RCNN.init),
         ModelFamily("unet", trainsOn: .segmentation, tunables: .unet, configure: UNet.configuration(for:), build: UNet.init),
     ]
 
