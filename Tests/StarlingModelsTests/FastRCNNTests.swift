@@ -38,7 +38,7 @@ private func proposals(around objects: [Object], height: Int, width: Int, rng: i
 /// Four real Penn-Fudan frames (FudanPed00001-4) imported at 128 x 160 with `starling data detection --format voc` (no
 /// validation split) and their selective-search proposals stored with `starling proposals --store` (fast mode); nil
 /// when the shared data is not here.
-private func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true) throws -> String? {
+func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true) throws -> String? {
     let root = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/pennfudan/PennFudanPed").path
     guard FileManager.default.fileExists(atPath: root + "/PNGImages/FudanPed00001.png") else { return nil }
     let fm = FileManager.default
@@ -238,8 +238,8 @@ private func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool
         guard let data = try pennFudanFrames(dir) else { return }   // shared data not here
         let source = try DetectionSource.withProposals(path: data, split: "train")
         var config = try FastRCNN.configuration(for: source.datasetDescription)
-        config.options["width"] = 0.125
-        config.options["hidden"] = 128
+        config.options["width"] = 0.0625
+        config.options["hidden"] = 64
         let model = try ModelRegistry.build(config, seed: 2) as! FastRCNN
         var batch = try source.batch(indices: Array(0..<source.count), epoch: 0, training: true, config: config)
         batch.seed = 1
@@ -251,6 +251,7 @@ private func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool
             let loss = model.loss(batch, training: true)
             loss.backward()
             adam.step(model.parameters)
+
             if step == 0 { first = loss.item }
             last = loss.item
         }
