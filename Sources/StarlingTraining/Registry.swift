@@ -75,6 +75,12 @@ extension [ModelFamily.Tunable] {
     /// A letterboxing family's network input (`--network-size HxW`).
     static let networkSize: [ModelFamily.Tunable] = [.init("network_height", range: 32...4096), .init("network_width", range: 32...4096)]
 
+    /// Fast R-CNN's options (`FastRCNN`): `--width-multiplier` and `--option NAME=VALUE`.
+    static let fastRCNN: [ModelFamily.Tunable] = [
+        .init("width", range: 0.001...1), .init("hidden", range: 1...65536), .init("rois_per_image", range: 1...4096),
+        .init("foreground_fraction", range: 0...1), .init("test_proposals", range: 1...100_000),
+    ]
+
     /// U-Net's options (`UNet`): set with `--width-multiplier` and `--option NAME=VALUE`; class weights for up to 64
     /// classes.
     static let unet: [ModelFamily.Tunable] = [
@@ -118,6 +124,7 @@ public enum ModelRegistry {
                     tunables: [.init("width", range: 0.001...4), .init("hidden", range: 1...65536), .init("warp", range: 16...1024),
                                .init("rois_per_image", range: 1...4096), .init("test_proposals", range: 1...100_000)],
                     configure: RCNN.configuration(for:), build: RCNN.init),
+        ModelFamily("fast-rcnn", trainsOn: .detectionProposals, tunables: .fastRCNN, configure: FastRCNN.configuration(for:), build: FastRCNN.init),
         ModelFamily("unet", trainsOn: .segmentation, tunables: .unet, configure: UNet.configuration(for:), build: UNet.init),
     ]
 
