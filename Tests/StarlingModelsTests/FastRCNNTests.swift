@@ -268,4 +268,36 @@ func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true)
             }
         }
     }
+
+    /// The commands a user runs after `proposals --store`: `train`, `eval` (mAP, proposals and seconds per image),
+    /// `predict` on a stored sample and on a raw image (selective search on the fly), `convert --to onnx` (images and
+    /// rois inputs); `eval` on a file whose split has no proposals stops with one line naming it.
+    @Test func commandsRunEndToEnd() throws {
+        let dir = Fixture.temporaryDirectory("fast-rcnn-cli")
+        guard let data = try pennFudanFrames(dir, count: 2) else { return }   // shared data not here
+        let trained = try starling("train", "--model", "fast-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32",
+                                   "--batch-size", "2", "--epochs", "1", "--val-split", "none", "--out", dir + "/ck")
+        #expect(trained.status == 0, "\(trained.error)")
+        let checkpoint = dir + "/ck/fast-rcnn-last.h5"
+        let evaluated = try starling("eval", "--checkpoint", checkpoint, "--data", data, "--split", "train")
+        #expect(evaluated.status == 0, "\(evaluated.error)")
+        let stored = try ProposalStore.read(path: data, split: "train").proposals
+        let perImage = Double(stored.map { min($0.count, 2000) }.reduce(0, +)) / 2
+        #expect(evaluated.output.contains(String(format: "proposals per image: %.1f scored; seconds per image: ", perImage)), "\(evaluated.output)")
+        #expect(evaluated.output.contains("mAP"))
+        let predicted = try starling("predict", "--checkpoint", checkpoint, "--data", data, "--split", "train", "--limit", "1", "--out", dir + "/p")
+        #expect(predicted.status == 0 && predicted.output.contains("FudanPed00001.png"), "\(predicted.error)")
+        let image = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/pennfudan/PennFudanPed/PNGImages/FudanPed00003.png").path
+        let raw = try starling("predict", "--checkpoint", checkpoint, "--image", image, "--confidence", "0.01", "--out", dir + "/p")
+        #expect(raw.status == 0 && raw.output.contains("class") && FileManager.default.fileExists(atPath: dir + "/p/FudanPed00003-predictions.png"), "\(raw.error)")
+        let converted = try starling("convert", checkpoint, dir + "/fast-rcnn.onnx", "--to", "onnx")
+        #expect(converted.status == 0 && converted.output.contains("input rois: float32 [R, 5]"), "\(converted.error)")
+
+        let bare = try starling("data", "detection", "--format", "voc", "--images", dir + "/images", "--labels", dir + "/labels", "--out", dir + "/bare.h5",
+                                "--height", "128", "--width", "160", "--val-fraction", "0")
+        #expect(bare.status == 0)
+        let refused = try starling("eval", "--checkpoint", checkpoint, "--data", dir + "/bare.h5", "--split", "train")
+        #expect(refused.status != 0 && refused.error.split(separator: "\n").count == 1
+                && refused.error.contains("\(dir)/bare.h5: no proposals in /train; store them with `starling proposals"), "\(refused.error)")
+    }
 }
