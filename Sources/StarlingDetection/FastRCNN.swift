@@ -39,6 +39,7 @@ public final class FastRCNN: TwoStageDetector {
     public var crossReplica = CrossReplica.single
     public var synchronizeBatchNorm = false
     public let roiHeads: RoIHeads
+    public var readsProposals: Bool { true }
     let convolutions: [(conv: Conv2D, norm: BatchNormalization, poolAfter: Bool)]
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
@@ -138,11 +139,11 @@ extension FastRCNN: ONNXExportable {
     /// class-specific deltas; decoding and NMS per class are left to the caller (`DetectionDecoding.decodeFastRCNN`),
     /// as the box count per class varies with the RoIs.
     public func onnxOutputs(_ images: ONNXValue) -> [ONNXOutput] {
-        let rois = images.graph.input("rois", shape: [-1, 5])
+        let rois = images.graph.input("rois", shape: [-1, 5], batchName: "R")
         let (logits, deltas) = regionOutputs(images, rois: rois, training: false)
-        return [ONNXOutput(name: "class_logits", value: logits, meaning: "[R, K + 1] class logits of each RoI, background first"),
-                ONNXOutput(name: "class_probabilities", value: logits.softmax(axis: 1), meaning: "[R, K + 1] softmax of class_logits"),
-                ONNXOutput(name: "box_deltas", value: deltas,
+        return [ONNXOutput(name: "class_logits", value: logits, batchName: "R", meaning: "[R, K + 1] class logits of each RoI, background first"),
+                ONNXOutput(name: "class_probabilities", value: logits.softmax(axis: 1), batchName: "R", meaning: "[R, K + 1] softmax of class_logits"),
+                ONNXOutput(name: "box_deltas", value: deltas, batchName: "R",
                            meaning: "[R, 4 (K + 1)] class-specific deltas (dx, dy, dw, dh) scaled by BoxCoder's weights (10, 10, 5, 5)")]
     }
 }

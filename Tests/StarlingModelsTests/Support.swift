@@ -53,10 +53,17 @@ let narrowAutoencoderOptions: [String: [String: Double]] = [
 let smallUNetConfig = ModelConfig(family: UNet.family, inputShape: [3, 44, 44], options: ["width": 0.0625, "levels": 3, "valid": 1],
                                   classNames: ["background", "road", "car"])
 
+/// fast-rcnn at 1/8 of VGG16's channels and 32 hidden units.
+func smallFastRCNNConfig(height: Int, width: Int, classNames: [String]) -> ModelConfig {
+    var config = FastRCNN.defaultConfig(height: height, width: width, classNames: classNames, widthMultiplier: 0.125)
+    config.options["hidden"] = 32
+    return config
+}
+
 /// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
 func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
     try ModelRegistry.familyNames.map { family in
-        if try ModelRegistry.family(named: family).dataKind == .detection { return detector(family) }
+        if try [.detection, .detectionProposals].contains(ModelRegistry.family(named: family).dataKind) { return detector(family) }
         if family == UNet.family { return smallUNetConfig }
         var config = try ModelRegistry.defaultConfig(family: family)
         config.options.merge(narrowAutoencoderOptions[family] ?? [:]) { $1 }

@@ -19,6 +19,9 @@ public protocol TwoStageDetector: Model, CrossReplicaAware {
     /// The regions to classify in each image of `batch` and the proposal stage's own loss, if it has one (an RPN's;
     /// normalised over the global batch like the RoI heads' loss). Stored proposals have no loss.
     func proposals(for batch: Batch, features: Tensor, training: Bool) -> RegionProposals
+    /// Whether the model reads its proposals from the batch (`Batch.proposals`: stored with the data, or searched by
+    /// `predict` for a raw image) rather than computing them. Default false.
+    var readsProposals: Bool { get }
 }
 
 /// Each image's regions of interest, best first, and the loss of the stage that proposed them (nil: none, as for stored
@@ -33,6 +36,8 @@ public struct RegionProposals {
 }
 
 extension TwoStageDetector {
+    public var readsProposals: Bool { false }
+
     /// Classes with background.
     public var classCount: Int { roiHeads.classCount }
 
