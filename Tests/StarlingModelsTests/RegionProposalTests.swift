@@ -81,7 +81,7 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         let first = RPNTargets().sample(anchors: many, objects: objects, batch: batch, sample: 0, training: true)
         #expect(RPNTargets().sample(anchors: many, objects: objects, batch: batch, sample: 0, training: true) == first)
         #expect(RPNTargets().sample(anchors: many, objects: objects, batch: batch, sample: 1, training: true) != first)
-        var roiStream = batch.randomStream(sample: 0, purpose: BalancedSampler.purpose, training: true)
+        var roiStream = batch.randomStream(sample: 0, purpose: RoIHeads.samplingPurpose, training: true)
         #expect(RPNTargets().sample(anchors: many, objects: objects, using: &roiStream) != first)
         batch.epoch = 2
         #expect(RPNTargets().sample(anchors: many, objects: objects, batch: batch, sample: 0, training: true) != first)
