@@ -108,6 +108,35 @@ func pennFudanFrames(height: Int = 96, width: Int = 128) throws -> (batch: Batch
     }
 }
 
+extension FasterRCNNTests {
+    /// The commands end to end on a plain detection set (no stored proposals): train, eval (mAP, seconds and proposals
+    /// per image: the RPN's test-time 300 at most), predict on the set and on a raw image, convert the weights; bad
+    /// input refused in one line.
+    @Test func commandsEndToEnd() throws {
+        guard let (_, data) = try pennFudanFrames() else { return }
+        let dir = Fixture.temporaryDirectory("faster-rcnn-commands")
+        let trained = try starling("train", "--model", "faster-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32",
+                                   "--epochs", "2", "--batch-size", "2", "--val-split", "none", "--out", dir)
+        #expect(trained.status == 0, "\(trained.error)")
+        let checkpoint = dir + "/faster-rcnn-last.h5"
+        let evaluated = try starling("eval", "--checkpoint", checkpoint, "--data", data, "--split", "train")
+        #expect(evaluated.status == 0, "\(evaluated.error)")
+        let line = evaluated.output.split(separator: "\n").first { $0.hasPrefix("proposals per image: ") }
+        let perImage = line.flatMap { Double($0.dropFirst("proposals per image: ".count).split(separator: " ")[0]) }
+        #expect(perImage.map { $0 > 0 && $0 <= 300 } == true && line?.contains("seconds per image: ") == true, "\(evaluated.output)")
+        #expect(evaluated.output.contains("mAP"))
+        let predicted = try starling("predict", "--checkpoint", checkpoint, "--data", data, "--split", "train", "--limit", "1", "--out", dir + "/p")
+        #expect(predicted.status == 0 && predicted.output.contains("FudanPed00001.png"), "\(predicted.error)")
+        let image = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/pennfudan/PennFudanPed/PNGImages/FudanPed00003.png").path
+        let raw = try starling("predict", "--checkpoint", checkpoint, "--image", image, "--confidence", "0.01", "--out", dir + "/p")
+        #expect(raw.status == 0 && FileManager.default.fileExists(atPath: dir + "/p/FudanPed00003-predictions.png"), "\(raw.error)")
+        let converted = try starling("convert", checkpoint, dir + "/faster-rcnn.safetensors", "--to", "safetensors")
+        #expect(converted.status == 0, "\(converted.error)")
+        let missing = try starling("eval", "--checkpoint", checkpoint, "--data", dir + "/missing.h5")
+        #expect(missing.status != 0 && missing.error.contains("missing.h5"), "\(missing.error)")
+    }
+}
+
 extension DistributedTests {
     /// faster-rcnn on the four Penn-Fudan frames at global batch 4: two ranks with --sync-bn train the model one process
     /// trains. Each image's 256 anchors and its RoIs are drawn from its own (seed, epoch, index) stream, and both losses

@@ -60,6 +60,13 @@ struct LayoutTensorTests {
                planar: { m, x, t in (m as! YOLOv1).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv1).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
                training: (24, 0), inference: (24, 0)),
+        Family(name: "fast-rcnn", config: { smallFastRCNNConfig(height: 64, width: 96, classNames: classes) }, images: [2, 3, 64, 96], pixelScale: 255,
+               planar: { m, x, t in let (l, d) = (m as! FastRCNN).regionOutputs(x, rois: fastRCNNRoIs(), training: t); return [l, d] },
+               laidOut: { m, x, t in
+                   let (l, d) = (m as! FastRCNN).regionOutputs(LayoutTensor(x), rois: LayoutTensor(fastRCNNRoIs()), training: t)
+                   return [l.tensor, d.tensor]
+               },
+               training: (13, 0), inference: (13, 0)),
         // U-Net with same padding on odd sizes (the up-convolutions padded back) and with valid padding (skips cropped).
         Family(name: "unet", config: { ModelConfig(family: UNet.family, inputShape: [3, 36, 50], options: ["width": 0.25, "levels": 3], classNames: classes) },
                images: [2, 3, 36, 50], pixelScale: 255,
@@ -93,6 +100,11 @@ struct LayoutTensorTests {
 
     static func reconstruction<Value: NetworkValue>(_ model: DenoisingAutoencoder, _ x: Value, training: Bool) -> Value {
         model.reconstructionLogits(x, training: training)
+    }
+
+    /// Regions on both images of fast-rcnn's 64 x 96 inputs, one reaching past the border.
+    static func fastRCNNRoIs() -> Tensor {
+        Tensor(shape: [3, 5], values: [0, 4, 6, 50, 60, 1, 30, 2, 95, 40, 1, 60, 20, 110, 70])
     }
 
     /// Two models with the same weights, batch norm's moved off 1, 0, 0, 1 alike.

@@ -19,6 +19,9 @@ public protocol TwoStageDetector: Model, CrossReplicaAware {
     /// The regions to classify in each image of `batch` and the proposal stage's own loss, if it has one (an RPN's;
     /// normalised over the global batch like the RoI heads' loss). Stored proposals have no loss.
     func proposals(for batch: Batch, features: Tensor, training: Bool) -> RegionProposals
+    /// Whether the model reads its proposals from the batch (`Batch.proposals`: stored with the data, or searched by
+    /// `predict` for a raw image) rather than computing them. Default false.
+    var readsProposals: Bool { get }
 }
 
 /// Each image's regions of interest, best first, and the loss of the stage that proposed them (nil: none, as for stored
@@ -33,6 +36,8 @@ public struct RegionProposals {
 }
 
 extension TwoStageDetector {
+    public var readsProposals: Bool { false }
+
     /// Classes with background.
     public var classCount: Int { roiHeads.classCount }
 
@@ -52,11 +57,18 @@ extension TwoStageDetector {
     /// Detections per image of `batch.images` (pixels of the input), from the proposal stage's regions: for Fast R-CNN
     /// the batch must carry `proposals`.
     public func detect(_ batch: Batch, decoding: DetectionDecoding) -> [[DetectedBox]] {
+        detectCountingProposals(batch, decoding: decoding).detections
+    }
+
+    /// `detect`, with the number of proposals the RoI heads scored in each image (at most `roiHeads.testProposals`):
+    /// what `eval` reports beside mAP, for stored proposals and computed ones (an RPN's) alike.
+    public func detectCountingProposals(_ batch: Batch, decoding: DetectionDecoding) -> (detections: [[DetectedBox]], proposals: [Int]) {
         GradMode.disabled {
             let map = features(batch.images, training: false)
             let regions = proposals(for: batch, features: map, training: false)
-            return roiHeads.detect(features: map, proposals: regions.boxes, imageHeight: batch.images.shape[2],
-                                   imageWidth: batch.images.shape[3], decoding: decoding)
+            let found = roiHeads.detect(features: map, proposals: regions.boxes, imageHeight: batch.images.shape[2],
+                                        imageWidth: batch.images.shape[3], decoding: decoding)
+            return (found, regions.boxes.map { min($0.count, roiHeads.testProposals) })
         }
     }
 }
