@@ -27,10 +27,7 @@ import StarlingONNX
 public final class FastRCNN: TwoStageDetector {
     public static let family = "fast-rcnn"
     /// Feature stride of conv5_3: four 2 x 2 max-poolings.
-    public static let stride = 16
-
-    /// VGG16's convolutions by block, channels at width 1.
-    static let blocks: [[Int]] = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+    public static let stride = VGGBackbone.stride
 
     public let config: ModelConfig
     public let parameters = ParameterStore()
@@ -40,7 +37,8 @@ public final class FastRCNN: TwoStageDetector {
     public var synchronizeBatchNorm = false
     public let roiHeads: RoIHeads
     public var readsProposals: Bool { true }
-    let convolutions: [(conv: Conv2D, norm: BatchNormalization, poolAfter: Bool)]
+    /// VGG16's convolutions, shared with faster-rcnn (the same layer names, so the two families' checkpoints share them).
+    let backbone: VGGBackbone
 
     public init(config: ModelConfig, rng: inout RandomGenerator) throws {
         guard config.inputShape.count == 3, config.inputShape[0] == 3, let names = config.classNames, names.count >= 2 else {
@@ -56,21 +54,9 @@ public final class FastRCNN: TwoStageDetector {
             throw ModelError.configuration(family: config.family, problem: "width \(width), hidden \(hidden), rois_per_image \(roisPerImage), foreground_fraction \(foreground) and test_proposals \(testProposals) must be positive (the fraction in [0, 1])")
         }
         self.config = config
-        func channels(_ c: Int) -> Int { max(4, Int((Double(c) * width).rounded())) }
-        let store = parameters, buffers = buffersStore
-        var inputs = 3
-        var layers: [(conv: Conv2D, norm: BatchNormalization, poolAfter: Bool)] = []
-        for (b, block) in Self.blocks.enumerated() {
-            for (l, out) in block.enumerated() {
-                let name = "conv\(b + 1)_\(l + 1)", c = channels(out)
-                layers.append((Conv2D(store, name: name, inputs: inputs, outputs: c, initializer: .heNormal(fanIn: inputs * 9)),
-                               BatchNormalization(store, buffers: buffers, name: name + "_bn", channels: c),
-                               l == block.count - 1 && b < Self.blocks.count - 1))
-                inputs = c
-            }
-        }
-        convolutions = layers
-        let predictor = FastRCNNPredictor(store, channels: inputs, hidden: hidden, classCount: names.count, spatialScale: 1 / Float(Self.stride))
+        let store = parameters
+        backbone = VGGBackbone(store, buffers: buffersStore, width: width)
+        let predictor = FastRCNNPredictor(store, channels: backbone.channels, hidden: hidden, classCount: names.count, spatialScale: 1 / Float(Self.stride))
         roiHeads = RoIHeads(predictor: predictor, sampling: FastRCNNTargets(roisPerImage: roisPerImage, foregroundFraction: foreground),
                             testProposals: testProposals)
         parameters.allocate(rng: &rng)
@@ -99,14 +85,7 @@ public final class FastRCNN: TwoStageDetector {
     /// to export.
     func featureMap<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
-        var x = images.subtractingChannelMeans([123, 117, 104])
-        for layer in convolutions {
-            // Batch norm then ReLU as two ops: the fused batch norm + leaky ReLU needs a slope in (0, 1), its derivative
-            // being read from its output.
-            x = layer.norm(layer.conv(x), training: training, crossReplicaSum: sum).relu()
-            if layer.poolAfter { x = x.maxPool2d(kernel: (2, 2), padding: .valid) }
-        }
-        return x
+        return backbone(images, training: training, crossReplicaSum: sum)
     }
 
     /// Class logits [R, K + 1] and box deltas [R, 4 (K + 1)] of `rois` [R, 5] (batch index, x1, y1, x2, y2 in input

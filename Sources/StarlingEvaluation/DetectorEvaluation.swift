@@ -69,9 +69,9 @@ public enum DetectorEvaluation {
             let indices = Array(start..<min(n, start + batchSize))
             let batch = try source.batch(indices: indices, epoch: 0, training: false, config: model.config)
             let t0 = monotonicSeconds()
-            let boxes = model.detect(batch, decoding: decoding)
+            let (boxes, proposals) = model.detectCountingProposals(batch, decoding: decoding)
             seconds += monotonicSeconds() - t0
-            scored += (batch.proposals ?? []).reduce(0) { $0 + min($1.count, model.roiHeads.testProposals) }
+            scored += proposals.reduce(0, +)
             for (k, list) in boxes.enumerated() {
                 let id = Int(dataset.imageIDs[indices[k]])
                 for d in list { found.append(Detection(imageID: id, classID: d.classID, box: d.box.inDouble, score: Double(d.score))) }

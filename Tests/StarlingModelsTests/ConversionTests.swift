@@ -22,6 +22,7 @@ private func everyFamilyConfig() throws -> [ModelConfig] {
         case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         case YOLOv1.family: return YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         case FastRCNN.family: return smallFastRCNNConfig(height: 64, width: 96, classNames: ["background", "car", "person"])
+        case FasterRCNN.family: return smallFasterRCNNConfig
         default: return (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
         }
     }

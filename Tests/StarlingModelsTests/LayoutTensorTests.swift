@@ -67,6 +67,15 @@ struct LayoutTensorTests {
                    return [l.tensor, d.tensor]
                },
                training: (13, 0), inference: (13, 0)),
+        // faster-rcnn's one pass over the shared map: the backbone's features and the RPN's objectness and deltas (its 1x1
+        // outputs, 9 and 36 channels, train planar).
+        Family(name: "faster-rcnn", config: { smallFasterRCNNConfig }, images: [2, 3, 64, 96], pixelScale: 255,
+               planar: { m, x, t in let (f, rpn) = (m as! FasterRCNN).network(x, training: t); return [f, rpn[0].objectness, rpn[0].deltas] },
+               laidOut: { m, x, t in
+                   let (f, rpn) = (m as! FasterRCNN).network(LayoutTensor(x), training: t)
+                   return [f.tensor, rpn[0].objectness.tensor, rpn[0].deltas.tensor]
+               },
+               training: (14, 2), inference: (16, 0)),
         // U-Net with same padding on odd sizes (the up-convolutions padded back) and with valid padding (skips cropped).
         Family(name: "unet", config: { ModelConfig(family: UNet.family, inputShape: [3, 36, 50], options: ["width": 0.25, "levels": 3], classNames: classes) },
                images: [2, 3, 36, 50], pixelScale: 255,

@@ -60,6 +60,13 @@ func smallFastRCNNConfig(height: Int, width: Int, classNames: [String]) -> Model
     return config
 }
 
+/// Faster R-CNN at a size a debug build runs in a moment: 64 x 96 images (a 4 x 6 map), 4 ... 32 channels, 32 hidden units.
+let smallFasterRCNNConfig: ModelConfig = {
+    var config = FasterRCNN.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, anchorSize: 16)
+    config.options["hidden"] = 32
+    return config
+}()
+
 /// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
 func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
     try ModelRegistry.familyNames.map { family in

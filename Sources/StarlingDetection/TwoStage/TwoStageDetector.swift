@@ -57,11 +57,18 @@ extension TwoStageDetector {
     /// Detections per image of `batch.images` (pixels of the input), from the proposal stage's regions: for Fast R-CNN
     /// the batch must carry `proposals`.
     public func detect(_ batch: Batch, decoding: DetectionDecoding) -> [[DetectedBox]] {
+        detectCountingProposals(batch, decoding: decoding).detections
+    }
+
+    /// `detect`, with the number of proposals the RoI heads scored in each image (at most `roiHeads.testProposals`):
+    /// what `eval` reports beside mAP, for stored proposals and computed ones (an RPN's) alike.
+    public func detectCountingProposals(_ batch: Batch, decoding: DetectionDecoding) -> (detections: [[DetectedBox]], proposals: [Int]) {
         GradMode.disabled {
             let map = features(batch.images, training: false)
             let regions = proposals(for: batch, features: map, training: false)
-            return roiHeads.detect(features: map, proposals: regions.boxes, imageHeight: batch.images.shape[2],
-                                   imageWidth: batch.images.shape[3], decoding: decoding)
+            let found = roiHeads.detect(features: map, proposals: regions.boxes, imageHeight: batch.images.shape[2],
+                                        imageWidth: batch.images.shape[3], decoding: decoding)
+            return (found, regions.boxes.map { min($0.count, roiHeads.testProposals) })
         }
     }
 }
