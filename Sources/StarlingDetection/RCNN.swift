@@ -27,7 +27,7 @@ import StarlingNN
 /// 32, 64, 128, 128 filters times `width`, then fc6 and fc7 of `hidden` units), trained from scratch rather than from
 /// ImageNet weights, on `warp` = 64 pixel windows; pool5 is the last pooling's output. SVM scores are reported through
 /// the logistic function so that detections carry a confidence in (0, 1) (the ranking, hence AP, is the SVM's).
-public final class RCNN: Model, CrossReplicaAware {
+public final class RCNN: RegionDetector {
     public static let family = "rcnn"
     public static let filters = [32, 64, 128, 128]
     public let config: ModelConfig
@@ -233,9 +233,17 @@ public final class RCNN: Model, CrossReplicaAware {
 
     // MARK: Stage 3, detection
 
+    /// R-CNN classifies the proposals stored with its data (or searched by `predict` for a raw image).
+    public var readsProposals: Bool { true }
+
+    public func detectCountingProposals(_ batch: Batch, decoding: DetectionDecoding) -> (detections: [[DetectedBox]], proposals: [Int]) {
+        let found = detections(batch, decoding: decoding)
+        return (found, (batch.proposals ?? []).map { min($0.count, testProposals) })
+    }
+
     /// Detections per image of `batch` (its `proposals` required): every proposal up to `testProposals` warped and
     /// scored, by the SVMs and regressors once installed, else by the softmax with the proposal's own box.
-    public func detect(_ batch: Batch, decoding: DetectionDecoding) -> [[DetectedBox]] {
+    func detections(_ batch: Batch, decoding: DetectionDecoding) -> [[DetectedBox]] {
         guard let proposals = batch.proposals else { preconditionFailure("\(config.family) needs proposals to detect") }
         let (height, width) = (Float(batch.images.shape[2]), Float(batch.images.shape[3]))
         let svms = hasSVMs ? self.svms : [], regressors = hasSVMs ? self.regressors : []

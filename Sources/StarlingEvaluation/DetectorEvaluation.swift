@@ -58,7 +58,7 @@ public enum DetectorEvaluation {
     /// A two-stage detector's detections on the first `limit` images, in batches, with the proposals it scored per
     /// image and the seconds per image of detection (backbone, RoI head, decoding, NMS; a model that reads stored
     /// proposals does not search them here, see `starling proposals` for the search's time).
-    public static func detect(_ model: any TwoStageDetector, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int,
+    public static func detect(_ model: any RegionDetector, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int,
                               limit: Int? = nil) throws -> (detections: [Detection], proposalsPerImage: Double, secondsPerImage: Double) {
         let source = model.readsProposals ? DetectionSource(dataset: dataset, proposals: try ProposalReader(dataset: dataset)) : DetectionSource(dataset: dataset)
         let n = min(dataset.count, limit ?? dataset.count)

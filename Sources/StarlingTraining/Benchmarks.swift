@@ -235,8 +235,8 @@ public enum Benchmarks {
     /// rounds.
     public static func twoStageDetector(_ config: ModelConfig, batchSize: Int, steps: Int, proposals: Int = 2000,
                                         inferenceBatches: [Int] = [1, 2]) throws -> DetectorThroughput {
-        guard let model = try ModelRegistry.build(config, seed: 1) as? any TwoStageDetector, config.inputShape.count == 3 else {
-            throw TrainingError("model \(config.family) is not a two-stage detector")
+        guard let model = try ModelRegistry.build(config, seed: 1) as? any RegionDetector, config.inputShape.count == 3 else {
+            throw TrainingError("model \(config.family) is not a region detector")
         }
         let (height, width) = (Float(config.inputShape[1]), Float(config.inputShape[2]))
         let adam = Adam(parameterCount: model.parameters.count)
@@ -269,7 +269,10 @@ public enum Benchmarks {
                 return Double(2 * n) / best
             }
             fps[n] = imagesPerSecond { _ = model.detect(batch, decoding: .evaluation) }
-            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.features(batch.images, training: false) } }
+            // R-CNN has no shared backbone pass: its network runs on each warped proposal, inside `detect`.
+            if let twoStage = model as? any TwoStageDetector {
+                forward[n] = imagesPerSecond { _ = GradMode.disabled { twoStage.features(batch.images, training: false) } }
+            }
         }
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
     }

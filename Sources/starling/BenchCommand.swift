@@ -73,7 +73,7 @@ struct BenchCommand: ParsableCommand {
                 var config = try family.configuration()
                 if let widthMultiplier { config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier") }
                 let width = widthMultiplier.map { String(format: " (width %g)", $0) } ?? ""
-                if try ModelRegistry.build(config, seed: 1) is any TwoStageDetector {
+                if try ModelRegistry.build(config, seed: 1) is any RegionDetector {
                     // A two-stage family that proposes its own regions (faster-rcnn): Fast R-CNN's 2 images a step.
                     let result = try Benchmarks.twoStageDetector(config, batchSize: 2, steps: max(2, steps / 50))
                     print("\(family.name)\(width) \(config.inputShape[1])x\(config.inputShape[2]), its own proposals: "
@@ -93,10 +93,11 @@ struct BenchCommand: ParsableCommand {
                 var config = try family.configuration()
                 if let widthMultiplier { config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier") }
                 let result = try Benchmarks.twoStageDetector(config, batchSize: 2, steps: max(2, steps / 50))
+                let backbone = result.forwardFPS.isEmpty ? "" : String(format: " (backbone alone %.1f / %.1f)", result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0)
                 print("\(family.name) (width \(config.option("width", default: 1))) \(config.inputShape[1])x\(config.inputShape[2]), 2,000 random proposals an image: "
-                      + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2 (backbone alone %.1f / %.1f); peak RSS %.0f MB",
-                               result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
-                               result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+                      + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2", result.trainImagesPerSecond,
+                               result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0)
+                      + backbone + String(format: "; peak RSS %.0f MB", Double(Benchmarks.peakResidentBytes()) / 1_048_576))
             } else if !["fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }

@@ -37,7 +37,7 @@ struct DetectionEvalOptions: ParsableArguments {
 
     /// A two-stage detector (fast-rcnn: the split's stored proposals): the same report, with the proposals scored
     /// and the seconds of detection per image.
-    func evaluate(_ model: any TwoStageDetector, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
+    func evaluate(_ model: any RegionDetector, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
         let dataset = try dataset(for: model.config, checkpoint: checkpoint, data: data, split: split)
         let truth = DetectorEvaluation.groundTruth(dataset, limit: limit)
         let (found, proposals, seconds) = try DetectorEvaluation.detect(model, dataset: dataset, decoding: decoding, batchSize: batchSize, limit: limit)

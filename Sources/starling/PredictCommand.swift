@@ -29,7 +29,7 @@ struct PredictCommand: ParsableCommand {
             let loaded = try Checkpoint.load(from: checkpoint)
             if let unet = loaded.model as? UNet { return try segment(unet) }
             let model = loaded.model
-            guard model is any Detector || model is any TwoStageDetector, let names = model.config.classNames else {
+            guard model is any Detector || model is any RegionDetector, let names = model.config.classNames else {
                 throw EvalError("\(checkpoint): model \(loaded.model.config.family) is not a detector")
             }
             let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)
@@ -57,7 +57,7 @@ struct PredictCommand: ParsableCommand {
                 guard dataset.classNames == names, dataset.imageHeight == h, dataset.imageWidth == w else {
                     throw EvalError("\(data) holds \(dataset.imageHeight)x\(dataset.imageWidth) images of classes \(dataset.classNames.dropFirst().joined(separator: ", ")); the model takes \(h)x\(w) and \(names.dropFirst().joined(separator: ", "))")
                 }
-                let reader = (model as? any TwoStageDetector)?.readsProposals == true ? try ProposalReader(dataset: dataset) : nil
+                let reader = (model as? any RegionDetector)?.readsProposals == true ? try ProposalReader(dataset: dataset) : nil
                 for i in 0..<min(limit, dataset.count) {
                     var rgb = [UInt8](repeating: 0, count: h * w * 3)
                     try rgb.withUnsafeMutableBufferPointer { try dataset.readImages([i], into: $0) }
@@ -116,7 +116,7 @@ struct PredictCommand: ParsableCommand {
     /// detector that reads them.
     func detect(_ model: any Model, _ rgb: [UInt8], proposals: () throws -> [BoxCorners], decoding: DetectionDecoding) throws -> [DetectedBox] {
         let (h, w) = (model.config.inputShape[1], model.config.inputShape[2])
-        if let twoStage = model as? any TwoStageDetector {
+        if let twoStage = model as? any RegionDetector {
             var batch = Batch(images: Self.tensor(rgb, height: h, width: w))
             if twoStage.readsProposals { batch.proposals = [try proposals()] }
             return twoStage.detect(batch, decoding: decoding)[0]

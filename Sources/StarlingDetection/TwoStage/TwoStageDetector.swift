@@ -11,7 +11,7 @@ import StarlingNN
 ///
 /// Training runs `twoStageLoss`: features, proposals, the RoI minibatch of each image (drawn from the sample's own random
 /// stream, so ranks draw alike) and the multi-task loss over the RoIs of the global batch. Inference runs `detect`.
-public protocol TwoStageDetector: Model, CrossReplicaAware {
+public protocol TwoStageDetector: RegionDetector {
     /// The RoI heads: predictor, minibatch sampling, loss and decoding.
     var roiHeads: RoIHeads { get }
     /// The backbone's feature map [N, C, H, W] of `images`, at `roiHeads.predictor.spatialScale` of the input.
@@ -19,9 +19,27 @@ public protocol TwoStageDetector: Model, CrossReplicaAware {
     /// The regions to classify in each image of `batch` and the proposal stage's own loss, if it has one (an RPN's;
     /// normalised over the global batch like the RoI heads' loss). Stored proposals have no loss.
     func proposals(for batch: Batch, features: Tensor, training: Bool) -> RegionProposals
+}
+
+/// A detector that classifies regions of each image rather than a fixed grid of anchors: the R-CNN family. R-CNN
+/// (`RCNN`) cuts each stored proposal out of the image; the two-stage detectors (`TwoStageDetector`) pool them from a
+/// shared feature map. `eval`, `predict` and `bench` take them through this protocol.
+public protocol RegionDetector: Model, CrossReplicaAware {
+    /// Classes with background.
+    var classCount: Int { get }
     /// Whether the model reads its proposals from the batch (`Batch.proposals`: stored with the data, or searched by
-    /// `predict` for a raw image) rather than computing them. Default false.
+    /// `predict` for a raw image) rather than computing them. Default false for two-stage detectors.
     var readsProposals: Bool { get }
+    /// Detections per image of `batch.images` (pixels of the input), with the number of proposals scored in each image:
+    /// what `eval` reports beside mAP, for stored proposals and computed ones (an RPN's) alike.
+    func detectCountingProposals(_ batch: Batch, decoding: DetectionDecoding) -> (detections: [[DetectedBox]], proposals: [Int])
+}
+
+extension RegionDetector {
+    /// Detections per image of `batch.images` (pixels of the input); a model that reads proposals needs them in the batch.
+    public func detect(_ batch: Batch, decoding: DetectionDecoding) -> [[DetectedBox]] {
+        detectCountingProposals(batch, decoding: decoding).detections
+    }
 }
 
 /// Each image's regions of interest, best first, and the loss of the stage that proposed them (nil: none, as for stored
@@ -54,14 +72,8 @@ extension TwoStageDetector {
         return regions.loss.map { $0 + heads } ?? heads
     }
 
-    /// Detections per image of `batch.images` (pixels of the input), from the proposal stage's regions: for Fast R-CNN
-    /// the batch must carry `proposals`.
-    public func detect(_ batch: Batch, decoding: DetectionDecoding) -> [[DetectedBox]] {
-        detectCountingProposals(batch, decoding: decoding).detections
-    }
-
-    /// `detect`, with the number of proposals the RoI heads scored in each image (at most `roiHeads.testProposals`):
-    /// what `eval` reports beside mAP, for stored proposals and computed ones (an RPN's) alike.
+    /// Detections from the proposal stage's regions (for Fast R-CNN the batch must carry `proposals`), with the number of
+    /// proposals the RoI heads scored in each image (at most `roiHeads.testProposals`).
     public func detectCountingProposals(_ batch: Batch, decoding: DetectionDecoding) -> (detections: [[DetectedBox]], proposals: [Int]) {
         GradMode.disabled {
             let map = features(batch.images, training: false)
