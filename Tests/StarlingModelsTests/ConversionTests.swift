@@ -23,6 +23,8 @@ private func everyFamilyConfig() throws -> [ModelConfig] {
         case YOLOv1.family: return YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         case FastRCNN.family: return smallFastRCNNConfig(height: 64, width: 96, classNames: ["background", "car", "person"])
         case FasterRCNN.family: return smallFasterRCNNConfig
+        case RCNN.family: return ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.125, "hidden": 32, "warp": 32],
+                                             classNames: ["background", "car", "person"])
         default: return (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
         }
     }

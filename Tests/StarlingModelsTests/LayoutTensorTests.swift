@@ -76,6 +76,12 @@ struct LayoutTensorTests {
                    return [f.tensor, rpn[0].objectness.tensor, rpn[0].deltas.tensor]
                },
                training: (14, 2), inference: (16, 0)),
+        // rcnn's CNN on warped windows (the "images" here are the windows, already scaled).
+        Family(name: "rcnn", config: { ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.25, "hidden": 32, "warp": 32], classNames: classes) },
+               images: [6, 3, 32, 32], pixelScale: 1,
+               planar: { m, x, t in let o = (m as! RCNN).network(x); return [o.pool5, o.fc7, o.logits] },
+               laidOut: { m, x, t in let o = (m as! RCNN).network(LayoutTensor(x)); return [o.pool5.tensor, o.fc7.tensor, o.logits.tensor] },
+               training: (4, 0), inference: (4, 0)),
         // U-Net with same padding on odd sizes (the up-convolutions padded back) and with valid padding (skips cropped).
         Family(name: "unet", config: { ModelConfig(family: UNet.family, inputShape: [3, 36, 50], options: ["width": 0.25, "levels": 3], classNames: classes) },
                images: [2, 3, 36, 50], pixelScale: 255,

@@ -190,5 +190,11 @@ private func smallRCNN(height: Int, width: Int, classNames: [String], seed: UInt
             }
         }
         #expect(one.output.contains("on 1 rank(s)") && two.output.contains("on 2 rank(s)"))
+        // The SVM checkpoint evaluates and predicts through the commands (the frames' own split: no validation split).
+        let scored = try run(Fixture.starling, ["eval", "--checkpoint", dir + "/one.h5", "--data", data, "--split", "train"])
+        #expect(scored.status == 0 && scored.output.contains("proposals per image") && scored.output.contains("mAP"), "\(scored.output)\(scored.error)")
+        let drawn = try run(Fixture.starling, ["predict", "--checkpoint", dir + "/one.h5", "--data", data, "--split", "train", "--limit", "1",
+                                                "--confidence", "0.3", "--out", dir + "/pictures"])
+        #expect(drawn.status == 0 && FileManager.default.fileExists(atPath: dir + "/pictures/train-0-predictions.png"), "\(drawn.error)")
     }
 }
