@@ -47,9 +47,9 @@ public final class ONNXGraph {
         return k == 0 && !hint.isEmpty ? hint : "\(hint)_\(k)"
     }
 
-    /// A graph input of float32 values; axis 0 is the batch ("N").
-    public func input(_ name: String, shape: [Int]) -> ONNXValue {
-        inputs.append(Self.valueInfo(name, shape: shape, type: .float))
+    /// A graph input of float32 values; a symbolic axis 0 is called `batchName` (the batch, "N", by default).
+    public func input(_ name: String, shape: [Int], batchName: String = "N") -> ONNXValue {
+        inputs.append(Self.valueInfo(name, shape: shape, type: .float, batchName: batchName))
         return ONNXValue(graph: self, name: name, shape: shape)
     }
 

@@ -44,6 +44,9 @@ struct EvalCommand: ParsableCommand {
                 }
                 return
             }
+            if let detector = loaded.model as? any RegionDetector {
+                return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 2, limit: limit, json: json)
+            }
             if let detector = loaded.model as? any Detector {
                 return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 8, limit: limit, json: json)
             }

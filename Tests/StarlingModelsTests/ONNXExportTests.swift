@@ -4,18 +4,21 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingDetection
 
 /// Runs an ONNX model under onnxruntime after `onnx.checker` (with strict shape inference), on an input read from a
 /// raw float32 file; writes each output as a raw file and prints their shapes and types as JSON.
 private let onnxRunner = """
 import json, sys
 import numpy as np, onnx, onnxruntime as ort
-model_path, input_path, shape, out_dir = sys.argv[1:]
+model_path, input_path, shape, out_dir = sys.argv[1:5]
 onnx.checker.check_model(onnx.load(model_path), full_check=True)
-x = np.fromfile(input_path, dtype=np.float32).reshape(json.loads(shape))
+feed = {"images": np.fromfile(input_path, dtype=np.float32).reshape(json.loads(shape))}
+if len(sys.argv) > 5:
+    feed["rois"] = np.fromfile(sys.argv[5], dtype=np.float32).reshape(json.loads(sys.argv[6]))
 session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
 meta = {}
-for info, value in zip(session.get_outputs(), session.run(None, {"images": x})):
+for info, value in zip(session.get_outputs(), session.run(None, feed)):
     value = np.ascontiguousarray(value)
     value.tofile(f"{out_dir}/{info.name}.bin")
     meta[info.name] = {"shape": list(value.shape), "dtype": str(value.dtype)}
@@ -34,11 +37,17 @@ private let onnxRuntimeAvailable: Bool = {
     (try? run("/usr/bin/env", ["python3", "-c", "import onnx, onnxruntime, numpy"]).status) == 0
 }()
 
-private func runONNX(_ modelPath: String, input: Tensor, in dir: String) throws -> RuntimeOutputs {
+/// `rois`: a second input, the regions of a graph that takes them (fast-rcnn's).
+private func runONNX(_ modelPath: String, input: Tensor, rois: Tensor? = nil, in dir: String) throws -> RuntimeOutputs {
     let inputPath = dir + "/input.bin"
     let bytes = input.toArray().withUnsafeBytes { Array($0) }
     try AtomicFile.write(bytes, to: inputPath)
-    let result = try run("/usr/bin/env", ["python3", "-c", onnxRunner, modelPath, inputPath, "\(input.shape)", dir])
+    var extra: [String] = []
+    if let rois {
+        try AtomicFile.write(rois.toArray().withUnsafeBytes { Array($0) }, to: dir + "/rois.bin")
+        extra = [dir + "/rois.bin", "\(rois.shape)"]
+    }
+    let result = try run("/usr/bin/env", ["python3", "-c", onnxRunner, modelPath, inputPath, "\(input.shape)", dir] + extra)
     guard result.status == 0 else { throw ConversionError(file: modelPath, message: "onnxruntime failed: \(result.error)") }
     let meta = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: [String: Any]] ?? [:]
     var out = RuntimeOutputs()
@@ -92,6 +101,7 @@ private func exportConfigs() throws -> [ModelConfig] {
         case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         // Letterboxed: 100 x 170 frames resized to 113 x 192 and framed into the 128 x 192 network input.
         case YOLOv1.family: return YOLOv1.defaultConfig(height: 100, width: 170, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        case FastRCNN.family: return smallFastRCNNConfig(height: 64, width: 96, classNames: ["background", "car", "person"])
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
     }
@@ -197,9 +207,11 @@ private func exportConfigs() throws -> [ModelConfig] {
         let batch = 3
         var rng = RandomGenerator(seed: 11)
         let images = Tensor(zeros: [batch] + config.inputShape)
-        let scale: Float = model is any Detector || model is UNet ? 255 : 1
+        let scale: Float = model is any Detector || model is UNet || model is FastRCNN ? 255 : 1
         for i in 0..<images.count { images.data[i] = scale * rng.uniform(0, 1) }
-        let onnx = try runONNX(path, input: images, in: dir)
+        // fast-rcnn's graph also takes the regions: some on each image, one reaching past the border, one tiny.
+        let rois = Tensor(shape: [5, 5], values: [0, 4, 6, 50, 60, 1, 30, 2, 95, 40, 2, 60, 20, 110, 70, 0, 0, 0, 96, 64, 2, 10, 10, 12, 13])
+        let onnx = try runONNX(path, input: images, rois: model is FastRCNN ? rois : nil, in: dir)
 
         func expectClose(_ name: String, _ expected: Tensor, tolerance: Float = 1e-4) {
             #expect(onnx.shapes[name]?.reduce(1, *) == expected.count, "\(config.family) \(name) shape \(onnx.shapes[name] ?? [])")
@@ -221,6 +233,12 @@ private func exportConfigs() throws -> [ModelConfig] {
                 expectClose("logits", unet.logits(images))
                 expectClose("probabilities", unet.probabilities(images))
                 #expect(onnx.shapes["logits"] == [batch, 3, 4, 4])
+            case let fast as FastRCNN:
+                let (logits, deltas) = fast.regionOutputs(LayoutTensor(images), rois: LayoutTensor(rois), training: false)
+                expectClose("class_logits", logits.tensor)
+                expectClose("class_probabilities", logits.tensor.softmax(axis: 1))
+                expectClose("box_deltas", deltas.tensor)
+                #expect(onnx.shapes["box_deltas"] == [5, 12])
             case let detector as any Detector where detector.head is YOLOHead:
                 try expectSameYOLODetections(detector, images: images, onnx: onnx)
             case let detector as any Detector where detector.head is YOLOv1Head:
