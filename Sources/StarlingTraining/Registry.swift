@@ -81,6 +81,10 @@ extension [ModelFamily.Tunable] {
         .init("foreground_fraction", range: 0...1), .init("test_proposals", range: 1...100_000),
     ]
 
+    /// Mask R-CNN's options (`MaskRCNN`): Faster R-CNN's with the backbone's depth and the mask head's width.
+    static let maskRCNN: [ModelFamily.Tunable] = fasterRCNN.map { $0.option == "width" ? .init("width", range: 0.001...4) : $0 }
+        + [.init("depth", range: 0.001...4), .init("mask_width", range: 1...4096)]
+
     /// Faster R-CNN's options (`FasterRCNN`): `--width-multiplier` and `--option NAME=VALUE`.
     static let fasterRCNN: [ModelFamily.Tunable] = [
         .init("width", range: 0.001...1), .init("hidden", range: 1...65536), .init("rois_per_image", range: 1...4096),
@@ -134,6 +138,7 @@ public enum ModelRegistry {
                     configure: RCNN.configuration(for:), build: RCNN.init),
         ModelFamily("fast-rcnn", trainsOn: .detectionProposals, tunables: .fastRCNN, configure: FastRCNN.configuration(for:), build: FastRCNN.init),
         ModelFamily("faster-rcnn", trainsOn: .detection, tunables: .fasterRCNN, configure: FasterRCNN.configuration(for:), build: FasterRCNN.init),
+        ModelFamily("mask-rcnn", trainsOn: .instances, tunables: .maskRCNN, configure: MaskRCNN.configuration(for:), build: MaskRCNN.init),
         ModelFamily("unet", trainsOn: .segmentation, tunables: .unet, configure: UNet.configuration(for:), build: UNet.init),
     ]
 

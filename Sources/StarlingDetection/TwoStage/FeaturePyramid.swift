@@ -74,6 +74,11 @@ public struct ResNetFPN: Sendable {
         smoothing = (0..<4).map { s in Conv2D(store, name: "fpn_layer\(s + 2)", inputs: d, outputs: d, initializer: .heNormal(fanIn: d * 9)) }
     }
 
+    /// The sizes of P2 ... P6 for an input of `height` x `width` (multiples of 32): P6 subsamples P5 by 2, rounding up.
+    public static func levelSizes(height: Int, width: Int) -> [(height: Int, width: Int)] {
+        strides.prefix(4).map { (height / $0, width / $0) } + [((height / 32 + 1) / 2, (width / 32 + 1) / 2)]
+    }
+
     /// P2, P3, P4, P5, P6 of `images` (NCHW, already normalised), at strides 4 ... 64.
     public func callAsFunction<Value: NetworkValue>(_ images: Value, training: Bool, crossReplicaSum sum: CrossReplicaSum?) -> [Value] {
         precondition(images.shape.count == 4 && images.shape[2] % 32 == 0 && images.shape[3] % 32 == 0,
