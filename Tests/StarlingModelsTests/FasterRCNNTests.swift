@@ -110,7 +110,7 @@ func pennFudanFrames(height: Int = 96, width: Int = 128) throws -> (batch: Batch
 
 extension FasterRCNNTests {
     /// The commands end to end on a plain detection set (no stored proposals): train, eval (mAP, seconds and proposals
-    /// per image: the RPN's test-time 300 at most), predict on the set and on a raw image, convert the weights; bad
+    /// per image: the RPN's test-time 300 at most), predict on the set and on a raw image, convert (safetensors, ONNX); bad
     /// input refused in one line.
     @Test func commandsEndToEnd() throws {
         guard let (_, data) = try pennFudanFrames() else { return }
@@ -132,6 +132,8 @@ extension FasterRCNNTests {
         #expect(raw.status == 0 && FileManager.default.fileExists(atPath: dir + "/p/FudanPed00003-predictions.png"), "\(raw.error)")
         let converted = try starling("convert", checkpoint, dir + "/faster-rcnn.safetensors", "--to", "safetensors")
         #expect(converted.status == 0, "\(converted.error)")
+        let onnx = try starling("convert", checkpoint, dir + "/faster-rcnn.onnx", "--to", "onnx")
+        #expect(onnx.status == 0 && FileManager.default.fileExists(atPath: dir + "/faster-rcnn.onnx"), "\(onnx.error)")
         let missing = try starling("eval", "--checkpoint", checkpoint, "--data", dir + "/missing.h5")
         #expect(missing.status != 0 && missing.error.contains("missing.h5"), "\(missing.error)")
     }
