@@ -169,3 +169,21 @@ extension DistributedTests {
         }
     }
 }
+
+extension DistributedTests {
+    /// faster-rcnn's validation loss on ranks whose shares of the split differ in batches (5 images over 2 ranks at
+    /// batch 2), as fast-rcnn's test: neither the RPN's anchor count nor the RoI count is allreduced outside training, so
+    /// the run ends instead of one rank waiting in a collective the other never calls.
+    @Test func fasterRCNNValidatesOnUnequalShares() throws {
+        let dir = Fixture.temporaryDirectory("dp-faster-rcnn-val")
+        guard let data = try pennFudanFrames(dir, count: 6) else { return }   // shared data not here
+        let args = ["train", "--model", "faster-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32", "--epochs", "1",
+                    "--steps-per-epoch", "1", "--batch-size", "2", "--val-split", "train", "--val-limit", "5", "--seed", "2"]
+        let two = try run("/usr/bin/env", ["timeout", "-k", "5", "60", "mpirun", "-np", "2", Fixture.starling] + args + ["--out", dir + "/two"],
+                          environment: mpiEnvironment)
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        let log = try String(contentsOfFile: dir + "/two/faster-rcnn-log.csv", encoding: .utf8).split(separator: "\n")
+        let validation = log.dropFirst().compactMap { Double($0.split(separator: ",")[3]) }
+        #expect(validation.count == 1 && validation.allSatisfy(\.isFinite), "\(log)")
+    }
+}
