@@ -1,5 +1,7 @@
 import StarlingCore
 import StarlingNN
+import StarlingONNX
+import ONNXProto
 
 /// Faster R-CNN (S. Ren, K. He, R. Girshick, J. Sun, "Faster R-CNN: Towards Real-Time Object Detection with Region
 /// Proposal Networks", NeurIPS 2015): a region proposal network on the backbone's feature map proposes the regions
@@ -129,10 +131,78 @@ public final class FasterRCNN: TwoStageDetector {
                                     imageHeight: batch.images.shape[2], imageWidth: batch.images.shape[3]).map { $0.map(\.box) }
         guard let objects = batch.objects else { return RegionProposals(boxes: boxes) }
         let samples = objects.indices.map { k in rpnTargets.sample(anchors: anchors, objects: objects[k], batch: batch, sample: k, training: training) }
-        return RegionProposals(boxes: boxes, loss: Tensor.rpnLoss(objectness: objectness, deltas: deltas, samples: samples, crossReplica: crossReplica))
+        // The sampled-anchor count is summed over ranks in training steps only, which every rank runs in step; outside
+        // training (the validation loss, where ranks score unequal shares in unequal numbers of batches) it is this
+        // rank's own, as the RoI heads' count.
+        return RegionProposals(boxes: boxes, loss: Tensor.rpnLoss(objectness: objectness, deltas: deltas, samples: samples,
+                                                                  crossReplica: training ? crossReplica : .single))
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         twoStageLoss(batch, training: training)
+    }
+}
+
+extension FasterRCNN: ONNXExportable {
+    /// The whole detector up to the RoI head's outputs, from `images` alone: the backbone and the RPN (the one pass of
+    /// `network`), the test-time proposal layer in ONNX operators (anchors as a constant, `BoxCoder` (1, 1, 1, 1)
+    /// decoding with its clamp, clipping, TopK of the logits, boxes with a side under `minimumSize` scored -1, batched
+    /// NonMaxSuppression at `rpn_nms` keeping `rpn_post_nms_test` an image), then MaxRoiPool and the RoI head on those
+    /// proposals. Outputs `rois` [R, 5] (image, x1, y1, x2, y2), each RoI's class logits and probabilities [R, K + 1] and
+    /// class-specific deltas [R, 4 (K + 1)]; class-specific decoding and NMS are left to the caller
+    /// (`DetectionDecoding.decodeFastRCNN`), as for fast-rcnn.
+    public func onnxOutputs(_ images: ONNXValue) -> [ONNXOutput] {
+        let g = images.graph
+        let (features, rpnOutputs) = network(images, training: false)
+        let (objectness, deltas) = rpnOutputs[0]
+        let (h, w, a) = (featureSize.height, featureSize.width, anchorGenerator.levels[0].anchorsPerLocation)
+        let p = h * w * a, layer = testingProposals
+        // Anchor order: location-major, anchor-minor (AnchorGenerator's).
+        let logits = objectness.transposed([0, 2, 3, 1]).reshaped([-1, p])
+        let rows = deltas.reshaped([-1, a, 4, h, w]).transposed([0, 3, 4, 1, 2]).reshaped([-1, p, 4])
+        var centres = [Float](), sizes = [Float]()
+        for anchor in anchors {
+            centres += [anchor.xmin + 0.5 * anchor.width, anchor.ymin + 0.5 * anchor.height]
+            sizes += [anchor.width, anchor.height]
+        }
+        let anchorCentres = g.constant("anchor_centres", centres, shape: [p, 2]), anchorSizes = g.constant("anchor_sizes", sizes, shape: [p, 2])
+        let centre = rows.slice(axis: 2, 0..<2) * anchorSizes + anchorCentres
+        let clamp = g.constant("scale_clamp", [BoxCoder.scaleClamp], shape: [])
+        let growth = g.node("Min", [rows.slice(axis: 2, 2..<4).name, clamp.name], shape: [-1, p, 2])
+        let half = growth.exp() * anchorSizes * g.constant("half", [0.5], shape: [])
+        let corners = ONNXValue.concat([centre - half, centre + half], axis: 2)
+        let (width, height) = (Float(config.inputShape[2]), Float(config.inputShape[1]))
+        let floor = g.node("Max", [corners.name, g.constant("zero", [0], shape: []).name], shape: [-1, p, 4])
+        let boxes = g.node("Min", [floor.name, g.constant("image_size", [width, height, width, height], shape: [4]).name], shape: [-1, p, 4])
+        // The best pre-NMS logits of each image (ties to the lower index, as Starling's stable order), their boxes.
+        let k = min(layer.preNMSTopN, p)
+        let top = g.node("TopK", [logits.name, g.int64Constant("pre_nms_top_n", [Int64(k)]).name], names: ["top_logits", "top_indices"],
+                         shapes: [[-1, k], [-1, k]], attributes: [ONNXAttribute.int("axis", 1), ONNXAttribute.int("largest", 1), ONNXAttribute.int("sorted", 1)])
+        let indices = top[1].reshaped([-1, k, 1])
+        let topBoxes = g.node("GatherND", [boxes.name, indices.name], shape: [-1, k, 4], attributes: [ONNXAttribute.int("batch_dims", 1)])
+        let sides = topBoxes.slice(axis: 2, 2..<4) - topBoxes.slice(axis: 2, 0..<2)
+        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, k], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
+        let large = g.node("GreaterOrEqual", [shortest.name, g.constant("minimum_size", [layer.minimumSize], shape: []).name], shape: [-1, k])
+        let keep = g.node("Cast", [large.name], shape: [-1, k], attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
+        // Kept boxes score their sigmoid, dropped ones -1, under NonMaxSuppression's score threshold of 0.
+        let scores = top[0].sigmoid() * keep + keep - g.constant("one", [1], shape: [])
+        let selected = g.node("NonMaxSuppression", [topBoxes.name, scores.reshaped([-1, 1, k]).name,
+                                                    g.int64Constant("post_nms_top_n", [Int64(layer.postNMSTopN)]).name,
+                                                    g.constant("rpn_nms_threshold", [layer.nmsThreshold], shape: [1]).name,
+                                                    g.constant("score_threshold", [-0.5], shape: [1]).name], shape: [-1, 3])
+        // Rows (image, 0, index among the top k): the proposal's image and box.
+        let imageAndIndex = g.node("Gather", [selected.name, g.int64Constant("image_and_index", [0, 2]).name], shape: [-1, 2],
+                                   attributes: [ONNXAttribute.int("axis", 1)])
+        let proposals = g.node("GatherND", [topBoxes.name, imageAndIndex.name], shape: [-1, 4])
+        let image = g.node("Cast", [imageAndIndex.slice(axis: 1, 0..<1).name], shape: [-1, 1],
+                           attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
+        let rois = ONNXValue.concat([image, proposals], axis: 1)
+        let (classLogits, boxDeltas) = roiHeads.predictor(features, rois: rois)
+        return [ONNXOutput(name: "rois", value: rois, batchName: "R",
+                           meaning: "[R, 5] the RPN's proposals (image, x1, y1, x2, y2 in input pixels), at most \(layer.postNMSTopN) an image, best first"),
+                ONNXOutput(name: "class_logits", value: classLogits, batchName: "R", meaning: "[R, K + 1] class logits of each RoI, background first"),
+                ONNXOutput(name: "class_probabilities", value: classLogits.softmax(axis: 1), batchName: "R", meaning: "[R, K + 1] softmax of class_logits"),
+                ONNXOutput(name: "box_deltas", value: boxDeltas, batchName: "R",
+                           meaning: "[R, 4 (K + 1)] class-specific deltas (dx, dy, dw, dh) scaled by BoxCoder's weights (10, 10, 5, 5)")]
     }
 }

@@ -106,7 +106,7 @@ public final class ONNXGraph {
 
     /// Appends a node with an output per name hint, of the given static shapes; the same node asked for again is
     /// the one already in the graph.
-    func node(_ op: String, _ inputs: [String], names hints: [String], shapes: [[Int]], attributes: [Onnx_AttributeProto] = []) -> [ONNXValue] {
+    package func node(_ op: String, _ inputs: [String], names hints: [String], shapes: [[Int]], attributes: [Onnx_AttributeProto] = []) -> [ONNXValue] {
         precondition(hints.count == shapes.count, "\(op): \(hints.count) output names for \(shapes.count) shapes")
         let encoded = attributes.map { (try? $0.serializedBytes() as [UInt8]) ?? [] }
         let key = "node \(op) \(inputs) \(encoded) \(hints)"

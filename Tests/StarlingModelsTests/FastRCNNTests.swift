@@ -159,6 +159,17 @@ func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true)
         let global = Double(counts.reduce(0, +))
         let mean = Double(perRank.reduce(0, +)) / 2
         #expect(abs(mean - separate.reduce(0, +) / global) <= 1e-5 * mean, "ranks \(perRank), expected \(separate.map { $0 / global })")
+
+        // A rank whose images have no boxes samples no RoIs (nothing is background without a box to measure it by):
+        // its loss is 0, and its backward pass runs to zero gradients, as the gradient allreduce needs.
+        var empty = slice(2..<3)
+        empty.objects = [[]]
+        model.parameters.zeroGradients()
+        let nothing = model.loss(empty, training: true)
+        nothing.backward()
+        #expect(nothing.item == 0)
+        let gradients = model.parameters.gradients.toArray()
+        #expect(gradients.count == model.parameters.count && gradients.allSatisfy { $0 == 0 })
     }
 
     /// Proposals move with the image as its boxes do: a proposal equal to a box stays equal to it (clipped alike)

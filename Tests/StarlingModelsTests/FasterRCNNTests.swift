@@ -110,7 +110,7 @@ func pennFudanFrames(height: Int = 96, width: Int = 128) throws -> (batch: Batch
 
 extension FasterRCNNTests {
     /// The commands end to end on a plain detection set (no stored proposals): train, eval (mAP, seconds and proposals
-    /// per image: the RPN's test-time 300 at most), predict on the set and on a raw image, convert the weights; bad
+    /// per image: the RPN's test-time 300 at most), predict on the set and on a raw image, convert (safetensors, ONNX); bad
     /// input refused in one line.
     @Test func commandsEndToEnd() throws {
         guard let (_, data) = try pennFudanFrames() else { return }
@@ -132,6 +132,8 @@ extension FasterRCNNTests {
         #expect(raw.status == 0 && FileManager.default.fileExists(atPath: dir + "/p/FudanPed00003-predictions.png"), "\(raw.error)")
         let converted = try starling("convert", checkpoint, dir + "/faster-rcnn.safetensors", "--to", "safetensors")
         #expect(converted.status == 0, "\(converted.error)")
+        let onnx = try starling("convert", checkpoint, dir + "/faster-rcnn.onnx", "--to", "onnx")
+        #expect(onnx.status == 0 && FileManager.default.fileExists(atPath: dir + "/faster-rcnn.onnx"), "\(onnx.error)")
         let missing = try starling("eval", "--checkpoint", checkpoint, "--data", dir + "/missing.h5")
         #expect(missing.status != 0 && missing.error.contains("missing.h5"), "\(missing.error)")
     }
@@ -165,5 +167,23 @@ extension DistributedTests {
             let scale = x.reduce(Float(0)) { max($0, abs($1)) }
             #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
         }
+    }
+}
+
+extension DistributedTests {
+    /// faster-rcnn's validation loss on ranks whose shares of the split differ in batches (5 images over 2 ranks at
+    /// batch 2), as fast-rcnn's test: neither the RPN's anchor count nor the RoI count is allreduced outside training, so
+    /// the run ends instead of one rank waiting in a collective the other never calls.
+    @Test func fasterRCNNValidatesOnUnequalShares() throws {
+        let dir = Fixture.temporaryDirectory("dp-faster-rcnn-val")
+        guard let data = try pennFudanFrames(dir, count: 6) else { return }   // shared data not here
+        let args = ["train", "--model", "faster-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32", "--epochs", "1",
+                    "--steps-per-epoch", "1", "--batch-size", "2", "--val-split", "train", "--val-limit", "5", "--seed", "2"]
+        let two = try run("/usr/bin/env", ["timeout", "-k", "5", "60", "mpirun", "-np", "2", Fixture.starling] + args + ["--out", dir + "/two"],
+                          environment: mpiEnvironment)
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        let log = try String(contentsOfFile: dir + "/two/faster-rcnn-log.csv", encoding: .utf8).split(separator: "\n")
+        let validation = log.dropFirst().compactMap { Double($0.split(separator: ",")[3]) }
+        #expect(validation.count == 1 && validation.allSatisfy(\.isFinite), "\(log)")
     }
 }

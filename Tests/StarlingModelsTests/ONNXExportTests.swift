@@ -102,6 +102,7 @@ private func exportConfigs() throws -> [ModelConfig] {
         // Letterboxed: 100 x 170 frames resized to 113 x 192 and framed into the 128 x 192 network input.
         case YOLOv1.family: return YOLOv1.defaultConfig(height: 100, width: 170, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         case FastRCNN.family: return smallFastRCNNConfig(height: 64, width: 96, classNames: ["background", "car", "person"])
+        case FasterRCNN.family: return smallFasterRCNNConfig
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
     }
@@ -207,7 +208,7 @@ private func exportConfigs() throws -> [ModelConfig] {
         let batch = 3
         var rng = RandomGenerator(seed: 11)
         let images = Tensor(zeros: [batch] + config.inputShape)
-        let scale: Float = model is any Detector || model is UNet || model is FastRCNN ? 255 : 1
+        let scale: Float = model is any Detector || model is UNet || model is any TwoStageDetector ? 255 : 1
         for i in 0..<images.count { images.data[i] = scale * rng.uniform(0, 1) }
         // fast-rcnn's graph also takes the regions: some on each image, one reaching past the border, one tiny.
         let rois = Tensor(shape: [5, 5], values: [0, 4, 6, 50, 60, 1, 30, 2, 95, 40, 2, 60, 20, 110, 70, 0, 0, 0, 96, 64, 2, 10, 10, 12, 13])
@@ -239,6 +240,15 @@ private func exportConfigs() throws -> [ModelConfig] {
                 expectClose("class_probabilities", logits.tensor.softmax(axis: 1))
                 expectClose("box_deltas", deltas.tensor)
                 #expect(onnx.shapes["box_deltas"] == [5, 12])
+            case let faster as FasterRCNN:
+                // The RPN's test-time proposals (TopK, NonMaxSuppression), then the RoI head on them.
+                let map = faster.features(images, training: false)
+                let rois = RoIHeads.roiTensor(faster.proposals(for: Batch(images: images), features: map, training: false).boxes)
+                #expect(rois.shape[0] > batch && onnx.shapes["rois"] == rois.shape, "rois \(onnx.shapes["rois"] ?? []) vs \(rois.shape)")
+                expectClose("rois", rois, tolerance: 1e-3)
+                let (logits, deltas) = faster.roiHeads.predictor(map, rois: rois)
+                expectClose("class_probabilities", logits.softmax(axis: 1))
+                expectClose("box_deltas", deltas)
             case let detector as any Detector where detector.head is YOLOHead:
                 try expectSameYOLODetections(detector, images: images, onnx: onnx)
             case let detector as any Detector where detector.head is YOLOv1Head:
