@@ -43,8 +43,12 @@ public struct TrainingOptions: Sendable {
     public var reduceOnPlateau: ReduceOnPlateau?
     /// Batch norm statistics over the global batch (`--sync-bn`) rather than each rank's slice.
     public var synchronizeBatchNorm = false
-    /// Seconds a rank may wait in a step's first collective before the watchdog warns and names missing ranks.
+    /// Seconds a rank may wait in any collective before the watchdog warns and names missing ranks.
     public var watchdogSeconds: Double = 60
+    /// Seconds after that warning before the watchdog aborts the whole job (MPI_Abort), naming the last good checkpoint.
+    public var watchdogAbortSeconds: Double = 300
+    /// The checkpoint this run resumes from (the last good one until the run writes its own).
+    public var resumePath: String?
     /// Print the live progress line (off for benchmarks).
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
@@ -110,7 +114,10 @@ public final class Trainer {
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
                                            overlap: options.overlapCommunication)
-        watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, log: Trainer.printLine)
+        watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, abortTimeout: options.watchdogAbortSeconds,
+                            log: { Trainer.printLine($0) })
+        watchdog.lastGoodCheckpoint = options.resumePath
+        watchdog.start()
         if let aware = model as? CrossReplicaAware {
             aware.crossReplica = CrossReplica(world)
             aware.synchronizeBatchNorm = options.synchronizeBatchNorm
@@ -119,10 +126,19 @@ public final class Trainer {
         state.worldSize = world.size
         state.learningRateSchedule = requestedSchedule
         if let resume { try restore(resume) }
-        try synchronizeStart()
+        watchdog.at("the start-up agreement", step: state.step)
+        do { try synchronizeStart() } catch { watchdog.stop(); throw error }
     }
 
-    deinit { agreement.deallocate() }
+    deinit {
+        watchdog.stop()
+        agreement.deallocate()
+    }
+
+    /// The checkpoint a stopped job resumes from: every rank records it, since any rank's watchdog may be the one to abort.
+    private func published(_ path: String) {
+        watchdog.lastGoodCheckpoint = path
+    }
 
     /// Fault injection for the watchdog test: STARLING_TEST_STALL="rank:step:seconds" makes that rank sleep before
     /// that step's collectives. Not a user setting; it stays out of the help.
@@ -265,12 +281,12 @@ public final class Trainer {
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
                     model.parameters.zeroGradients()
                     synchronizer.beginStep()
+                    watchdog.at("the forward pass (cross-replica statistics)", step: state.step)
                     let loss = model.loss(batch, training: true)
                     // Agree on the loss before acting on it: every rank stops at the same step or none does. This is
                     // the step's first collective, so the watchdog waits on it.
                     let value = Double(loss.item)
                     stallForTesting(step: state.step)
-                    try watchdog.heartbeat(step: state.step)
                     agreement[0] = value.isFinite ? value : 0
                     agreement[1] = value.isFinite ? 0 : 1
                     try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
@@ -278,8 +294,10 @@ public final class Trainer {
                     guard agreed[1] == 0 else {
                         throw TrainingError("loss became non-finite at epoch \(epoch + 1), step \(step + 1) on \(Int(agreed[1])) rank(s): training stopped; the last good checkpoint is \(lastCheckpointPath)")
                     }
+                    watchdog.at("the gradient allreduce", step: state.step)
                     loss.backward(onLeafReady: synchronizer.parameterReady)
                     try synchronizer.finish()
+                    watchdog.at("training", step: state.step + 1)
                     // From the global step and epoch, which every rank shares and a checkpoint restores.
                     optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
                     optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
@@ -299,15 +317,18 @@ public final class Trainer {
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
                         if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if options.writeOutputs { published(lastCheckpointPath) }
                     }
                     if stopping && step + 1 < steps {
                         if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if options.writeOutputs { published(lastCheckpointPath) }
                         log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
                         return history
                     }
                 }
             }
             let seconds = monotonicSeconds() - start
+            watchdog.at("the epoch's end (data-wait and validation-loss allreduces)", step: state.step)
             let dataWait = try world.allreduce(reader.waitSeconds, .max)
             let trainLoss = sums[0] / max(sums[1], 1)
             let validationLoss = try validation.map { try evaluateLoss($0) }
@@ -341,6 +362,8 @@ public final class Trainer {
                 try saveEpochCheckpoint(epoch: epoch + 1, best: monitored <= state.bestValidationLoss, loss: trainLoss, validationLoss: validationLoss)
                 if monitored <= state.bestValidationLoss { summary += "  (best, saved)" }
             }
+            if options.writeOutputs { published(lastCheckpointPath) }
+            watchdog.at("training", step: state.step)
             log(summary)
             if let patience = options.earlyStoppingPatience, state.epochsWithoutImprovement >= patience {
                 log("early stopping: \(validation == nil ? "loss" : "val_loss") has not improved by more than \(options.minDelta) for \(patience) epochs")
