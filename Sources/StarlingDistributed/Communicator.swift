@@ -239,6 +239,36 @@ public final class Communicator: @unchecked Sendable {
         return all
     }
 
+    /// Every rank's `values` (the same count on each), concatenated in rank order.
+    public func allgather(_ values: [Int64]) throws -> [Int64] {
+        if size == 1 { return values }
+        var all = [Int64](repeating: 0, count: values.count * size)
+        try observed("MPI_Allgather") { try values.withUnsafeBufferPointer { m in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check("MPI_Allgather", MPI_Allgather(m.baseAddress, Int32(values.count), starling_mpi_int64(), a.baseAddress, Int32(values.count), starling_mpi_int64(), comm))
+            }
+        } }
+        return all
+    }
+
+    /// Every rank's text, in rank order: the lengths first, then the bytes padded to the longest, so both
+    /// collectives have the same size on every rank whatever the texts are.
+    public func allgatherText(_ text: String) throws -> [String] {
+        if size == 1 { return [text] }
+        let bytes = Array(text.utf8)
+        let lengths = try allgather(Int64(bytes.count))
+        let width = Int(lengths.max() ?? 0)
+        guard width > 0 else { return lengths.map { _ in "" } }
+        let padded = bytes + [UInt8](repeating: 0, count: width - bytes.count)
+        var all = [UInt8](repeating: 0, count: width * size)
+        try observed("MPI_Allgather of texts") { try padded.withUnsafeBufferPointer { m in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check("MPI_Allgather", MPI_Allgather(m.baseAddress, Int32(width), starling_mpi_byte(), a.baseAddress, Int32(width), starling_mpi_byte(), comm))
+            }
+        } }
+        return (0..<size).map { String(decoding: all[($0 * width)..<($0 * width + Int(lengths[$0]))], as: UTF8.self) }
+    }
+
     private func check(_ call: String, _ rc: Int32) throws {
         guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi(call, rc) }
     }

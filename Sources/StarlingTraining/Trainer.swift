@@ -203,24 +203,12 @@ public final class Trainer {
         log("resumed at epoch \(state.epoch), step \(state.step), data cursor \(state.dataCursor)")
     }
 
-    /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused.
+    /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused
+    /// first (`RunAgreement`), before any collective whose size depends on the settings.
     private func synchronizeStart() throws {
         guard world.size > 1 else { return }
-        // The configuration as sorted-key JSON: a dictionary's description lists its keys in an order that differs
-        // from process to process (hashing is seeded per process), which would refuse every model with two options.
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let config = String(decoding: try encoder.encode(model.config), as: UTF8.self)
-        let mine = "model=\(config) batch=\(options.batchSize) lr=\(options.learningRate) schedule=\(options.schedule.summary) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
-        let root = try world.broadcast(mine)
-        let differs = try world.allreduce(root == mine ? 0 : 1)
-        if differs > 0 {
-            // One line, and every rank past its line before any rank aborts: mpirun forwards output line by line and
-            // drops what has not reached it when the job is killed.
-            if root != mine { Trainer.printLine("rank \(world.rank): configuration differs from rank 0: rank 0 has \(root); rank \(world.rank) has \(mine)") }
-            try world.barrier()
-            throw TrainingError("ranks were started with different configurations (see the messages above); refusing to train")
-        }
+        try RunAgreement(model: model, optimizer: optimizer, options: options, train: train, validation: validation,
+                         stepsPerEpoch: stepsPerEpoch).check(on: world)
         try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
         if let buffers = model.buffers { try world.broadcast(buffers.values.pointer, count: buffers.count) }
         for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }

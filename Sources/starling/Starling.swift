@@ -15,7 +15,12 @@ struct Starling: ParsableCommand {
 /// Turns any error into the one-line message ArgumentParser prints before exiting non-zero.
 struct CommandFailure: Error, CustomStringConvertible {
     let description: String
-    init(_ error: any Error) { description = String(describing: error) }
+    /// Every MPI rank failed with this at the same point (`AgreedRefusal`): the job can end without MPI_Abort.
+    let agreedByAllRanks: Bool
+    init(_ error: any Error) {
+        description = String(describing: error)
+        agreedByAllRanks = error is AgreedRefusal
+    }
 }
 
 /// Runs `body`, reporting failures as one line naming what went wrong.

@@ -82,4 +82,55 @@ import Testing
             #expect(try Checkpoint.load(from: checkpoint).state.step > 0)
         }
     }
+
+    /// `mpirun -np 1 starling ARGS0 : -np 1 starling ARGS1`: each rank with its own command line.
+    func twoRanks(_ rank0: [String], _ rank1: [String]) throws -> Run {
+        try run("/usr/bin/env", ["mpirun", "-np", "1", Fixture.starling] + rank0 + [":", "-np", "1", Fixture.starling] + rank1,
+                environment: mpiEnvironment)
+    }
+
+    /// Item 2 of issue 16: ranks started with settings that change the computation are refused before training,
+    /// the refusal naming the setting and what each rank has, with an ordinary exit code (no trap, no segmentation
+    /// fault from a collective of mismatched sizes), and nothing written.
+    @Test func ranksDisagreeingOnAnySettingAreRefused() throws {
+        let sample = Fixture.mnistSample
+        let dir = Fixture.temporaryDirectory("agreement")
+        // Two files of the same shape (2,600 training digits) and different contents: the sample's first 2,600 digits,
+        // and its first 2,600 that are not 1s.
+        let plain = dir + "/plain.h5", other = dir + "/other.h5"
+        #expect(try starling("data", "mnist", "--source", sample, "--out", plain, "--limit-train", "2600").status == 0)
+        #expect(try starling("data", "mnist", "--source", sample, "--out", other, "--limit-train", "2600", "--exclude-train-label", "1").status == 0)
+        func train(_ data: String, _ out: String, _ extra: [String] = []) -> [String] {
+            ["train", "--model", "fc-ae", "--data", data, "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "64",
+             "--val-split", "none", "--out", out] + extra
+        }
+        let resumable = dir + "/first"
+        #expect(try run(Fixture.starling, train(plain, resumable, ["--max-steps", "2"])).status == 0)
+        let checkpoint = resumable + "/fc-ae-last.h5"
+        let cases: [(name: String, rank0: [String], rank1: [String], data1: String, expected: [String])] = [
+            ("optimizer", ["--optimizer", "adam"], ["--optimizer", "sgd"], plain,
+             ["--optimizer: rank 0 has adam beta1=0.9", "rank 1 has sgd momentum=0.9"]),
+            ("weight decay", ["--weight-decay", "0"], ["--weight-decay", "0.1"], plain,
+             ["--optimizer: rank 0 has adam", "weight-decay=0.0; rank 1 has adam", "weight-decay=0.1"]),
+            ("resume on one rank", [], ["--resume", checkpoint], plain,
+             ["--resume: rank 0 has none; rank 1 has \(checkpoint)", "the resume checkpoint's contents: rank 0 has none; rank 1 has "]),
+            ("data", [], [], other,
+             ["the training data: rank 0 has split train, 2600 samples of [28, 28], content hash", "rank 1 has split train, 2600 samples of [28, 28], content hash"]),
+        ]
+        for c in cases {
+            let out = dir + "/" + c.name.replacingOccurrences(of: " ", with: "-")
+            let r = try twoRanks(train(plain, out, c.rank0), train(c.data1, out, c.rank1))
+            let text = r.output + r.error
+            #expect(r.status != 0 && r.status < 128, "\(c.name): exit \(r.status)\n\(text)")
+            #expect(text.contains("ranks were started with different configurations"), "\(c.name):\n\(text)")
+            for e in c.expected { #expect(text.contains(e), "\(c.name): missing '\(e)'\n\(text)") }
+            #expect(!text.contains("Read -1"), "\(c.name):\n\(text)")
+            #expect(!FileManager.default.fileExists(atPath: out + "/fc-ae-last.h5"), "\(c.name)")
+        }
+        // The same settings and the same data (converted twice) train.
+        let twin = dir + "/twin.h5"
+        #expect(try starling("data", "mnist", "--source", sample, "--out", twin, "--limit-train", "2600").status == 0)
+        let agreed = try twoRanks(train(plain, dir + "/agreed"), train(twin, dir + "/agreed"))
+        #expect(agreed.status == 0, "\(agreed.output)\(agreed.error)")
+    }
 }
