@@ -179,13 +179,13 @@ public final class Trainer {
     /// Continues from a checkpoint: weights, optimizer moments and step, epoch and data cursor.
     private func restore(_ loaded: Checkpoint.Loaded) throws {
         guard loaded.model.config == model.config else {
-            throw TrainingError("the checkpoint holds model \(loaded.model.config.family) \(loaded.model.config.options), not \(model.config.family) \(model.config.options)")
+            throw CheckpointError(file: loaded.path, message: "holds model \(loaded.model.config.family) \(loaded.model.config.options), not the \(model.config.family) \(model.config.options) this run trains")
         }
         model.parameters.values.copy(from: loaded.model.parameters.values)
         if let mine = model.buffers, let saved = loaded.model.buffers { mine.values.copy(from: saved.values) }
         for (name, storage) in optimizer.state {
             guard let saved = loaded.optimizerState[name] else {
-                throw TrainingError("the checkpoint has no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from")
+                throw CheckpointError(file: loaded.path, message: "no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from (an inference-only checkpoint, or one of another optimizer)")
             }
             saved.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: storage.count) }
         }
@@ -237,6 +237,8 @@ public final class Trainer {
         let writes = world.isRoot && options.writeOutputs
         if writes {
             try makeDirectory(options.outputDirectory)
+            let stale = AtomicFile.removeStaleTemporaries(in: options.outputDirectory)
+            if !stale.isEmpty { log("removed \(stale.count) temporary file(s) left in \(options.outputDirectory) by a killed write: \(stale.joined(separator: ", "))") }
             try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
         }
         let steps = stepsPerEpoch

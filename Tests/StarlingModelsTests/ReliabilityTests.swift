@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import StarlingModels
+import StarlingIO
 
 /// Faults a user meets on a shared cluster: a rank that stops answering must end the job, not hang it.
 @Suite(.serialized) struct ReliabilityTests {
@@ -132,5 +133,54 @@ import Testing
         #expect(try starling("data", "mnist", "--source", sample, "--out", twin, "--limit-train", "2600").status == 0)
         let agreed = try twoRanks(train(plain, dir + "/agreed"), train(twin, dir + "/agreed"))
         #expect(agreed.status == 0, "\(agreed.output)\(agreed.error)")
+    }
+
+    /// Item 4 and the checkpoint refusals of "What failed": impossible counters are refused by `inspect` and
+    /// `train --resume`, a checkpoint of another family or without optimizer state is refused naming the file, and
+    /// a temporary left by a dead writer is removed when training starts (a live writer's is kept).
+    @Test func checkpointFaultsAreRefusedNamingTheFile() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("checkpoint-faults")
+        func train(_ family: String, _ out: String, _ extra: [String] = []) throws -> Run {
+            try run(Fixture.starling, ["train", "--model", family, "--data", data, "--epochs", "1", "--steps-per-epoch", "2",
+                                       "--batch-size", "64", "--val-split", "none", "--out", out] + extra)
+        }
+        #expect(try train("fc-ae", dir + "/a").status == 0)
+        let good = dir + "/a/fc-ae-last.h5"
+
+        let negative = dir + "/negative-step.h5"
+        try FileManager.default.copyItem(atPath: good, toPath: negative)
+        try updateHDF5Atomically(negative) { try $0.root.setAttribute("step", -5) }
+        let inspected = try starling("inspect", negative)
+        #expect(inspected.status == 1, "\(inspected.output)\(inspected.error)")
+        #expect(inspected.error.contains("\(negative): integrity check failed: impossible step -5 (negative)"), "\(inspected.error)")
+        let fromNegative = try train("fc-ae", dir + "/b", ["--resume", negative])
+        #expect(fromNegative.status == 1 && fromNegative.error.contains("\(negative): impossible step -5 (negative)"), "\(fromNegative.error)")
+
+        #expect(try train("deep-ae", dir + "/deep").status == 0)
+        let otherFamily = dir + "/deep/deep-ae-last.h5"
+        let fromOther = try train("fc-ae", dir + "/c", ["--resume", otherFamily])
+        #expect(fromOther.status == 1 && fromOther.error.contains("\(otherFamily): holds model deep-ae"), "\(fromOther.error)")
+
+        let inferenceOnly = dir + "/inference-only.h5"
+        #expect(try starling("convert", good, inferenceOnly, "--inference-only").status == 0)
+        let fromInference = try train("fc-ae", dir + "/d", ["--resume", inferenceOnly])
+        #expect(fromInference.status == 1 && fromInference.error.contains("\(inferenceOnly): no optimizer state 'm'"), "\(fromInference.error)")
+        for r in [fromNegative, fromOther, fromInference] {
+            #expect(r.error.split(separator: "\n").count == 1, "one line: \(r.error)")
+        }
+
+        // A temporary of a process that has ended, and one of a process still running (this one).
+        let ended = Process()
+        ended.executableURL = URL(fileURLWithPath: "/bin/true")
+        try ended.run()
+        ended.waitUntilExit()
+        let stale = dir + "/a/fc-ae-last.h5.tmp-\(ended.processIdentifier)", live = dir + "/a/fc-ae-last.h5.tmp-\(getpid())"
+        for path in [stale, live] { FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3])) }
+        let again = try train("fc-ae", dir + "/a")
+        #expect(again.status == 0 && again.output.contains("removed 1 temporary file(s) left in \(dir)/a by a killed write: fc-ae-last.h5.tmp-\(ended.processIdentifier)"),
+                "\(again.output)")
+        #expect(!FileManager.default.fileExists(atPath: stale))
+        #expect(FileManager.default.fileExists(atPath: live))
     }
 }
