@@ -183,4 +183,70 @@ import StarlingIO
         #expect(!FileManager.default.fileExists(atPath: stale))
         #expect(FileManager.default.fileExists(atPath: live))
     }
+
+    /// The shared data folder (`../shared/data`), where the real label sets live; nil where it is not mounted.
+    static var sharedData: String? {
+        let path = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data").path
+        return FileManager.default.fileExists(atPath: path + "/udacity/labels.csv") ? path : nil
+    }
+
+    /// Bad label files of "What failed", made from the real Udacity and KITTI samples: each is refused with one line
+    /// naming the file (and line) and the problem, exit code 1, and no output file.
+    @Test func badLabelFilesAreRefusedNamingTheFile() throws {
+        guard let shared = Self.sharedData else { return }
+        let dir = Fixture.temporaryDirectory("bad-labels")
+        let udacityLines = try String(contentsOfFile: shared + "/udacity/labels.csv", encoding: .utf8).split(separator: "\n").map(String.init)
+        let extraField = dir + "/extra-field.csv"
+        try (udacityLines.prefix(2) + [udacityLines[2] + ",7"] + udacityLines.dropFirst(3)).joined(separator: "\n").write(toFile: extraField, atomically: true, encoding: .utf8)
+        let headerOnly = dir + "/header-only.csv"
+        try (udacityLines[0] + "\n").write(toFile: headerOnly, atomically: true, encoding: .utf8)
+        // KITTI label folders: a copy of the sample's with one file emptied, one line cut short, one line with a field too many.
+        let kittiLabels = shared + "/kitti/kitti_tiny/training/label_2", kittiImages = shared + "/kitti/kitti_tiny/training/image_2"
+        func kittiCopy(_ name: String, change: (inout [String]) -> Void) throws -> String {
+            let folder = dir + "/" + name
+            try FileManager.default.copyItem(atPath: kittiLabels, toPath: folder)
+            var lines = try String(contentsOfFile: folder + "/000003.txt", encoding: .utf8).split(separator: "\n").map(String.init)
+            change(&lines)
+            try lines.joined(separator: "\n").write(toFile: folder + "/000003.txt", atomically: true, encoding: .utf8)
+            return folder
+        }
+        let kittiEmpty = try kittiCopy("kitti-empty") { $0 = [] }
+        let kittiShort = try kittiCopy("kitti-short") { $0[0] = $0[0].split(separator: " ").prefix(7).joined(separator: " ") }
+        let kittiLong = try kittiCopy("kitti-long") { $0[0] += " 0.5 0.5" }
+        // A VOC folder whose one annotation is an empty file, beside a real image.
+        let vocImages = dir + "/voc-images", vocLabels = dir + "/voc-labels"
+        try FileManager.default.createDirectory(atPath: vocImages, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: vocLabels, withIntermediateDirectories: true)
+        let frame = udacityLines[1].split(separator: ",")[0]
+        try FileManager.default.copyItem(atPath: shared + "/udacity/images/\(frame)", toPath: vocImages + "/\(frame)")
+        let stem = (String(frame) as NSString).deletingPathExtension
+        FileManager.default.createFile(atPath: vocLabels + "/\(stem).xml", contents: Data())
+
+        let cases: [(name: String, arguments: [String], expected: String)] = [
+            ("udacity row with an extra field", ["--format", "udacity", "--images", shared + "/udacity/images", "--labels", extraField],
+             "\(extraField):3: malformed label: 7 fields, the header has 6"),
+            ("udacity header only", ["--format", "udacity", "--images", shared + "/udacity/images", "--labels", headerOnly],
+             "\(headerOnly): no labelled images"),
+            ("kitti empty label file", ["--format", "kitti", "--images", kittiImages, "--labels", kittiEmpty],
+             "\(kittiEmpty)/000003.txt: malformed label: empty label file"),
+            ("kitti line cut short", ["--format", "kitti", "--images", kittiImages, "--labels", kittiShort],
+             "\(kittiShort)/000003.txt:1: malformed label: 7 fields; expected 15"),
+            ("kitti line with extra fields", ["--format", "kitti", "--images", kittiImages, "--labels", kittiLong],
+             "\(kittiLong)/000003.txt:1: malformed label: 17 fields; expected 15"),
+            ("voc empty annotation", ["--format", "voc", "--images", vocImages, "--labels", vocLabels, "--classes", "car"],
+             "\(vocLabels)/\(stem).xml: malformed label: empty file"),
+        ]
+        for c in cases {
+            let out = dir + "/out-" + c.name.replacingOccurrences(of: " ", with: "-") + ".h5"
+            let r = try run(Fixture.starling, ["data", "detection"] + c.arguments + ["--out", out, "--height", "60", "--width", "96"])
+            #expect(r.status == 1, "\(c.name): exit \(r.status)\n\(r.output)\(r.error)")
+            #expect(r.error.contains(c.expected), "\(c.name): \(r.error)")
+            // Strict imports list every bad row before the refusal: each line names the file.
+            let file = c.expected.split(separator: ":")[0]
+            #expect(r.error.split(separator: "\n").allSatisfy { $0.contains(file) }, "\(c.name): \(r.error)")
+            #expect(!FileManager.default.fileExists(atPath: out), "\(c.name)")
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }
+            #expect(leftovers.isEmpty, "\(c.name): \(leftovers)")
+        }
+    }
 }

@@ -157,6 +157,9 @@ public enum DetectionImport {
             parsed = try source.parse(columns: options.labelColumns)
             ssd = source
         }
+        guard !parsed.images.isEmpty else {
+            throw DataError(file: options.labels, message: "no labelled images: an empty dataset (a label file with only its header, or an empty folder)")
+        }
         let mapping = try classMapping(options, parsed)
 
         // 2. Images located, sizes read, boxes checked and scaled.
@@ -174,6 +177,9 @@ public enum DetectionImport {
         let issues = looseIssues + prepared.flatMap(\.problems)
         if !issues.isEmpty && !options.skipBad { throw DetectionImportError(issues: issues) }
         summary.issues = issues
+        guard prepared.contains(where: { $0.problems.isEmpty }) else {
+            throw DataError(file: options.labels, message: "--skip-bad skipped every image (\(issues.count) problem(s), the first: \(issues.first.map { "\($0)" } ?? "none")): an empty dataset")
+        }
         for issue in looseIssues { summary.skippedRows[issue.problem, default: 0] += 1 }
         for image in prepared { if let first = image.problems.first { summary.skippedImages[first.problem, default: 0] += 1 } }
 

@@ -36,6 +36,12 @@ enum VOCLabels {
             image.report(.malformed, "cannot read the file", at: LabelLocation(file: path))
             return image
         }
+        // FoundationXML on Linux parses an empty document without an error, as an annotation without objects.
+        guard !data.isEmpty else {
+            var image = SourceImage(reference: .stem(stem), location: LabelLocation(file: path))
+            image.report(.malformed, "empty file", at: LabelLocation(file: path))
+            return image
+        }
         let parser = XMLParser(data: data)
         parser.delegate = reader
         // FoundationXML on Linux can return true and still set parserError (an unclosed element, say).
