@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import StarlingModels
 
@@ -20,6 +21,18 @@ struct CommandFailure: Error, CustomStringConvertible {
     init(_ error: any Error) {
         description = String(describing: error)
         agreedByAllRanks = error is AgreedRefusal
+    }
+}
+
+/// Refuses output files whose folder does not exist, before any work: found after the pictures of an evaluation
+/// are written, the refusal would come with half the outputs on disk.
+func checkOutputFolders(_ outputs: [(flag: String, path: String?)]) throws {
+    for case let (flag, path?) in outputs {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
+            throw CommandFailure(DataError(file: path, message: "cannot write \(flag): no folder \(folder)"))
+        }
     }
 }
 

@@ -249,4 +249,37 @@ import StarlingIO
             #expect(leftovers.isEmpty, "\(c.name): \(leftovers)")
         }
     }
+
+    /// KITTI's DontCare regions are ignore regions for every class: COCO scoring counts only the real objects and
+    /// `eval --detections F --save-gt G` writes them with iscrowd 1 (it used to ignore --save-gt).
+    @Test func kittiDontCareIsAnIgnoreRegion() throws {
+        guard let shared = Self.sharedData else { return }
+        let dir = Fixture.temporaryDirectory("kitti-dontcare")
+        let data = dir + "/kitti.h5"
+        let imported = try starling("data", "detection", "--format", "kitti", "--images", shared + "/kitti/kitti_tiny/training/image_2",
+                                    "--labels", shared + "/kitti/kitti_tiny/training/label_2", "--out", data, "--height", "64", "--width", "192")
+        #expect(imported.status == 0, "\(imported.error)")
+        let dataset = try DetectionDataset(path: data, split: "val")
+        let objects = (0..<dataset.count).flatMap { dataset.objects(of: $0) }
+        let real = objects.filter { !$0.difficult }.count, ignore = objects.filter(\.ignoreRegion).count
+        #expect(real > 0 && ignore > 0)
+        let truth = DetectorEvaluation.groundTruth(dataset)
+        #expect(truth.boxes.filter(\.isCrowd).count == ignore)
+        let empty = dir + "/no-detections.json"
+        try "[]".write(toFile: empty, atomically: true, encoding: .utf8)
+        let report = try DetectionEvaluationReport.evaluate(groundTruth: truth, detections: [], mode: .coco)
+        #expect(report.summary.perClass.reduce(0) { $0 + $1.groundTruth } == real)
+        let gt = dir + "/gt.json"
+        let scored = try starling("eval", "--data", data, "--detections", empty, "--ap-mode", "coco", "--save-gt", gt)
+        #expect(scored.status == 0, "\(scored.error)")
+        #expect(scored.output.contains("\(objects.count) ground-truth boxes (\(real) to find"), "\(scored.output)")
+        let written = try COCOJSON.readAnnotations(path: gt)
+        #expect(written.boxes.filter(\.isCrowd).count == ignore)
+        #expect(written.boxes.filter { !$0.isCrowd && !$0.difficult }.count == real)
+        // A missing output folder is refused before anything is written.
+        let missing = dir + "/no-such-folder/summary.json"
+        let refused = try starling("eval", "--data", data, "--detections", empty, "--json", missing)
+        #expect(refused.status == 1 && refused.error.contains("\(missing): cannot write --json: no folder \(dir)/no-such-folder"), "\(refused.error)")
+        #expect(!refused.error.contains("NSCocoaErrorDomain"))
+    }
 }

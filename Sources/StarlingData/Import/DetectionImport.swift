@@ -116,7 +116,7 @@ public struct DetectionImportSummary: Sendable, CustomStringConvertible {
         if clippedBoxes > 0 { lines.append("boxes clipped to the image: \(clippedBoxes)") }
         if rescaledAnnotations > 0 { lines.append("images whose annotations were made for another size (rescaled): \(rescaledAnnotations)") }
         if roboflowNames > 0 { lines.append("images found under their Roboflow export name: \(roboflowNames)") }
-        if dontCareRegions > 0 { lines.append("DontCare regions: \(dontCareRegions) (each stored as \(classNames.count) difficult boxes, one per class)") }
+        if dontCareRegions > 0 { lines.append("DontCare regions: \(dontCareRegions) (each stored as \(classNames.count) ignore regions, one per class: difficult for training and VOC, iscrowd for COCO)") }
         for label in droppedObjects.keys.sorted() { lines.append("dropped \(label) objects: \(droppedObjects[label]!)") }
         lines += notes
         return lines.joined(separator: "\n")
@@ -315,7 +315,7 @@ public enum DetectionImport {
                 out.boxes += box; out.classes.append(Int32(id)); out.difficult.append(object.difficult ? 1 : 0)
             case .dontCare:
                 out.dontCare += 1
-                for id in 1...mapping.names.count { out.boxes += box; out.classes.append(Int32(id)); out.difficult.append(1) }
+                for id in 1...mapping.names.count { out.boxes += box; out.classes.append(Int32(id)); out.difficult.append(DetectionDataset.ignoreRegion) }
             case .drop:
                 break
             }
