@@ -49,6 +49,8 @@ public struct TrainingOptions: Sendable {
     public var watchdogAbortSeconds: Double = 300
     /// The checkpoint this run resumes from (the last good one until the run writes its own).
     public var resumePath: String?
+    /// Steps with a non-finite loss or gradient that are skipped (no update) before the run stops (0: stop at the first).
+    public var skipNonFinite = 0
     /// Print the live progress line (off for benchmarks).
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
@@ -150,6 +152,31 @@ public final class Trainer {
     }
 
     public static func printLine(_ line: String) { StarlingNN.printLine(line) }
+
+    /// Fault injection for the non-finite tests: STARLING_TEST_NONFINITE="rank:step:loss" or "rank:step:gradient" makes
+    /// that rank's loss NaN, or one of its gradients infinite, at that global step. Not a user setting.
+    private func nonFiniteForTesting(step: Int) -> String? {
+        guard let spec = getenv("STARLING_TEST_NONFINITE").map({ String(cString: $0) }) else { return nil }
+        let parts = spec.split(separator: ":").map(String.init)
+        guard parts.count == 3, Int(parts[0]) == world.rank, Int(parts[1]) == step else { return nil }
+        return parts[2]
+    }
+
+    /// Steps skipped for a non-finite loss or gradient in this run.
+    private var skippedSteps = 0
+
+    /// The first non-finite value of the averaged gradients, named. The allreduced gradients are the same on every
+    /// rank and a NaN or infinity in any rank's makes their sum non-finite on all, so every rank decides alike
+    /// without another collective.
+    private func nonFiniteGradient() -> String? {
+        let store = model.parameters
+        let g = store.gradients.pointer
+        for i in 0..<store.count where !g[i].isFinite {
+            let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
+            return "a gradient became non-finite (\(g[i]) in \(name))"
+        }
+        return nil
+    }
 
     /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.
     public var stepsPerEpoch: Int {
@@ -275,24 +302,41 @@ public final class Trainer {
                     let loss = model.loss(batch, training: true)
                     // Agree on the loss before acting on it: every rank stops at the same step or none does. This is
                     // the step's first collective, so the watchdog waits on it.
-                    let value = Double(loss.item)
                     stallForTesting(step: state.step)
+                    let injected = nonFiniteForTesting(step: state.step)
+                    let value = injected == "loss" ? Double.nan : Double(loss.item)
                     agreement[0] = value.isFinite ? value : 0
                     agreement[1] = value.isFinite ? 0 : 1
                     try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
                     let agreed = [agreement[0], agreement[1]]
-                    guard agreed[1] == 0 else {
-                        throw TrainingError("loss became non-finite at epoch \(epoch + 1), step \(step + 1) on \(Int(agreed[1])) rank(s): training stopped; the last good checkpoint is \(lastCheckpointPath)")
+                    var fault: String?
+                    if agreed[1] != 0 {
+                        // Every rank skips backward together, so no rank is left alone in the gradient allreduce.
+                        fault = "the loss became non-finite on \(Int(agreed[1])) rank(s)"
+                    } else {
+                        watchdog.at("the gradient allreduce", step: state.step)
+                        loss.backward(onLeafReady: synchronizer.parameterReady)
+                        if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
+                        try synchronizer.finish()
+                        fault = nonFiniteGradient()
                     }
-                    watchdog.at("the gradient allreduce", step: state.step)
-                    loss.backward(onLeafReady: synchronizer.parameterReady)
-                    try synchronizer.finish()
                     watchdog.at("training", step: state.step + 1)
-                    // From the global step and epoch, which every rank shares and a checkpoint restores.
-                    optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
-                    optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
-                    sums[0] += agreed[0] / Double(world.size)
-                    sums[1] += 1
+                    if let fault {
+                        skippedSteps += 1
+                        let place = "at epoch \(epoch + 1), step \(step + 1) (global step \(state.step))"
+                        guard skippedSteps <= options.skipNonFinite else {
+                            let resume = watchdog.lastGoodCheckpoint.map { "the last good checkpoint is \($0)" } ?? "no checkpoint was written"
+                            let budget = options.skipNonFinite > 0 ? " after \(options.skipNonFinite) skipped step(s) (--skip-nonfinite)" : " (--skip-nonfinite N skips such steps)"
+                            throw AgreedRefusal("\(fault) \(place): training stopped on every rank\(budget); \(resume)")
+                        }
+                        log("\(fault) \(place): step skipped without an update (\(skippedSteps) of \(options.skipNonFinite) allowed by --skip-nonfinite)")
+                    } else {
+                        // From the global step and epoch, which every rank shares and a checkpoint restores.
+                        optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
+                        optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
+                        sums[0] += agreed[0] / Double(world.size)
+                        sums[1] += 1
+                    }
                     state.step += 1
                     state.dataCursor = (step + 1) * options.batchSize
                     let now = monotonicSeconds()
@@ -301,7 +345,7 @@ public final class Trainer {
                         let done = Double(step + 1 - firstStep)
                         let rate = done * Double(options.batchSize) / (now - start)
                         let eta = (now - start) / done * Double(steps - step - 1)
-                        let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / sums[1]))"
+                        let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / max(sums[1], 1)))"
                         if interactive && options.progress { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false

@@ -37,6 +37,8 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Warn (naming the missing ranks) when a collective has waited this many seconds.") var watchdogSeconds: Double = TrainingFlags.defaults.watchdogSeconds
     @Option(help: "Abort the whole job (exit code 3, the last good checkpoint named) when a collective is still waiting this many seconds after the watchdog's warning.")
     var watchdogAbortSeconds: Double = TrainingFlags.defaults.watchdogAbortSeconds
+    @Option(help: "Skip up to N steps whose loss or gradient is NaN or infinite (no update, on every rank alike) before stopping; 0 stops at the first.")
+    var skipNonfinite: Int = TrainingFlags.defaults.skipNonFinite
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
     @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
@@ -71,6 +73,7 @@ struct TrainingFlags: ParsableArguments {
         guard keepCheckpoints >= 0 else { throw ValidationError("--keep-checkpoints cannot be negative") }
         guard watchdogSeconds > 0, watchdogSeconds.isFinite else { throw ValidationError("--watchdog-seconds must be positive") }
         guard watchdogAbortSeconds > 0, watchdogAbortSeconds.isFinite else { throw ValidationError("--watchdog-abort-seconds must be positive") }
+        guard skipNonfinite >= 0 else { throw ValidationError("--skip-nonfinite cannot be negative") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
         if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
     }
@@ -102,6 +105,7 @@ struct TrainingFlags: ParsableArguments {
         o.maxSteps = maxSteps
         o.watchdogSeconds = watchdogSeconds
         o.watchdogAbortSeconds = watchdogAbortSeconds
+        o.skipNonFinite = skipNonfinite
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
         o.earlyStoppingPatience = earlyStopping

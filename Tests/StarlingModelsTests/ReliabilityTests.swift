@@ -282,4 +282,40 @@ import StarlingIO
         #expect(refused.status == 1 && refused.error.contains("\(missing): cannot write --json: no folder \(dir)/no-such-folder"), "\(refused.error)")
         #expect(!refused.error.contains("NSCocoaErrorDomain"))
     }
+
+    /// Item 5: a NaN loss or an infinite gradient on one rank is seen by every rank at the same step: the run stops
+    /// together (exit 1, no checkpoint written after the fault) or, with --skip-nonfinite, skips the step on every
+    /// rank and ends with finite weights.
+    @Test func nonFiniteValuesStopOrSkipOnEveryRank() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("nonfinite")
+        func job(_ fault: String, _ out: String, _ extra: [String] = []) throws -> Run {
+            var env = mpiEnvironment
+            env["STARLING_TEST_NONFINITE"] = fault
+            return try run("/usr/bin/env", ["mpirun", "-np", "2", "-x", "STARLING_TEST_NONFINITE", Fixture.starling, "train", "--model", "fc-ae",
+                                            "--data", data, "--epochs", "2", "--steps-per-epoch", "4", "--batch-size", "64",
+                                            "--val-split", "none", "--out", out] + extra, environment: env)
+        }
+        // Stop: the gradient of rank 1 at global step 5 (epoch 2), after epoch 1's checkpoint.
+        let stopped = try job("1:5:gradient", dir + "/stop")
+        let text = stopped.output + stopped.error
+        #expect(stopped.status == 1, "\(text)")
+        #expect(text.contains("a gradient became non-finite (inf in "), "\(text)")
+        #expect(text.contains("at epoch 2, step 2 (global step 5): training stopped on every rank"), "\(text)")
+        #expect(text.contains("the last good checkpoint is \(dir)/stop/fc-ae-last.h5"), "\(text)")
+        #expect(try Checkpoint.load(from: dir + "/stop/fc-ae-last.h5").state.step == 4)
+        // Stop: the loss of rank 0 at step 2, before any checkpoint.
+        let lossStopped = try job("0:2:loss", dir + "/loss")
+        #expect(lossStopped.status == 1 && (lossStopped.output + lossStopped.error).contains("the loss became non-finite on 1 rank(s) at epoch 1, step 3"),
+                "\(lossStopped.output)\(lossStopped.error)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/loss/fc-ae-last.h5"))
+        // Skip: both kinds, within the allowance.
+        for fault in ["1:5:gradient", "0:2:loss"] {
+            let skipped = try job(fault, dir + "/skip-\(fault.split(separator: ":").last!)", ["--skip-nonfinite", "1"])
+            #expect(skipped.status == 0, "\(skipped.output)\(skipped.error)")
+            #expect(skipped.output.contains("step skipped without an update (1 of 1 allowed by --skip-nonfinite)"), "\(skipped.output)")
+            let weights = try weights(dir + "/skip-\(fault.split(separator: ":").last!)/fc-ae-last.h5")
+            #expect(weights.values.allSatisfy { $0.allSatisfy(\.isFinite) })
+        }
+    }
 }
