@@ -33,7 +33,8 @@ public enum CheckpointInspection {
         }
         let version = try root.intAttribute("format_version")
         let config = try root.jsonAttribute("model_config", as: ModelConfig.self)
-        let model = try ModelRegistry.build(config, seed: 0)
+        let model: any Model
+        do { model = try ModelRegistry.build(config, seed: 0) } catch { throw CheckpointError(file: path, message: "model_config: \(error)") }
 
         line("checkpoint  \(path)")
         line("format      \(Checkpoint.format), version \(version)\(version == Checkpoint.formatVersion ? "" : " (this build reads version \(Checkpoint.formatVersion))")")

@@ -154,7 +154,9 @@ public enum Checkpoint {
             throw CheckpointError(file: path, message: "checkpoint format version \(version); this build reads version \(formatVersion)")
         }
         let config = try root.jsonAttribute("model_config", as: ModelConfig.self)
-        let model = try ModelRegistry.build(config, seed: 0)
+        // The registry's refusal (an unknown family, an impossible option) does not know which file it came from.
+        let model: any Model
+        do { model = try ModelRegistry.build(config, seed: 0) } catch { throw CheckpointError(file: path, message: "model_config: \(error)") }
         guard root.contains("model_weights") else { throw CheckpointError(file: path, message: "no /model_weights group") }
         let weights = try root.group("model_weights")
         for p in model.parameters.parameters + (model.buffers?.parameters ?? []) {
