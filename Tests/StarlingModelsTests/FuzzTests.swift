@@ -83,6 +83,9 @@ import StarlingIO
         let coco = Array(("{\"images\": [{\"id\": 1, \"file_name\": \"a.jpg\", \"width\": 480, \"height\": 300}], \"categories\": [{\"id\": 1, \"name\": \"car\"}], " +
                           "\"annotations\": [{\"id\": 1, \"image_id\": 1, \"category_id\": 1, \"bbox\": [237, 143, 14, 12], \"iscrowd\": 0, \"area\": 168}]}").utf8)
         try Self.fuzz("coco json", input: coco, path: dir + "/coco.json") { _ = try COCOLabels.parse($0) }
+        // Regression: a byte that is not UTF-8 where a key starts made Foundation's JSON5 scanner trap (seed 7).
+        try Data([UInt8]("[{\"image_id\": 1, ".utf8) + [0xFF] + [UInt8]("a\": 1}]".utf8)).write(to: URL(fileURLWithPath: dir + "/regression.json"))
+        #expect(throws: DataError.self) { try COCOJSON.readResults(path: dir + "/regression.json") }
         try Self.fuzz("coco results", input: Array("[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [1, 2, 3, 4], \"score\": 0.5}]".utf8), path: dir + "/results.json") {
             _ = try COCOJSON.readResults(path: $0)
         }

@@ -148,6 +148,17 @@ import StarlingIO
         #expect(try train("fc-ae", dir + "/a").status == 0)
         let good = dir + "/a/fc-ae-last.h5"
 
+        // A write cut at any byte is never taken for a complete checkpoint (what a killed writer leaves in its
+        // temporary): 40 cut points spread over the file, the first and last bytes included.
+        let full = try Data(contentsOf: URL(fileURLWithPath: good))
+        let cuts = Set((0..<40).map { $0 * (full.count - 1) / 39 } + [full.count - 1])
+        for cut in cuts.sorted() {
+            let partial = dir + "/cut-\(cut).h5"
+            try full.prefix(cut).write(to: URL(fileURLWithPath: partial))
+            #expect(throws: (any Error).self, "cut at byte \(cut) of \(full.count) loaded") { try Checkpoint.load(from: partial) }
+            try FileManager.default.removeItem(atPath: partial)
+        }
+
         let negative = dir + "/negative-step.h5"
         try FileManager.default.copyItem(atPath: good, toPath: negative)
         try updateHDF5Atomically(negative) { try $0.root.setAttribute("step", -5) }
