@@ -119,7 +119,6 @@ public final class Trainer {
         watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, abortTimeout: options.watchdogAbortSeconds,
                             log: { Trainer.printLine($0) })
         watchdog.lastGoodCheckpoint = options.resumePath
-        watchdog.start()
         if let aware = model as? CrossReplicaAware {
             aware.crossReplica = CrossReplica(world)
             aware.synchronizeBatchNorm = options.synchronizeBatchNorm
@@ -128,6 +127,8 @@ public final class Trainer {
         state.worldSize = world.size
         state.learningRateSchedule = requestedSchedule
         if let resume { try restore(resume) }
+        // Started only now, so that a refusal above leaves no watch thread behind.
+        watchdog.start()
         watchdog.at("the start-up agreement", step: state.step)
         do { try synchronizeStart() } catch { watchdog.stop(); throw error }
     }
