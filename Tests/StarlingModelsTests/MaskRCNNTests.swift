@@ -90,4 +90,23 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
             }
         }
     }
+    /// `train --model mask-rcnn` on instance data, then `eval`: box AP and mask AP (COCO's twelve figures each, the
+    /// protocol pycocotools computes, `MaskRCNNPartsTests.maskAPMatchesTheCOCOAPI`) printed and written as JSON.
+    @Test func trainsAndEvaluatesThroughTheCommands() throws {
+        let dir = Fixture.temporaryDirectory("mask-rcnn-commands")
+        guard let data = try pennFudanInstances(dir) else { return }   // shared data not here
+        let trained = try run(Fixture.starling, ["train", "--model", "mask-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32",
+                                                 "--option", "mask_width=8", "--option", "rois_per_image=16", "--option", "rpn_post_nms_train=100",
+                                                 "--epochs", "1", "--batch-size", "2", "--val-split", "none", "--out", dir + "/ck"])
+        try #require(trained.status == 0, "\(trained.error)")
+        let scored = try run(Fixture.starling, ["eval", "--checkpoint", dir + "/ck/mask-rcnn-last.h5", "--data", data, "--split", "train",
+                                                "--json", dir + "/figures.json"])
+        #expect(scored.status == 0 && scored.output.contains("boxes     masks") && scored.output.contains("seconds per image"), "\(scored.output)\(scored.error)")
+        let report = try JSONDecoder().decode(InstanceEvaluation.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/figures.json")))
+        #expect(report.images == 4 && report.instances == 6 && report.boxStats.count == 12 && report.maskStats.count == 12)
+        // Instance data is required: a detection set is refused naming its file.
+        let refused = try run(Fixture.starling, ["train", "--model", "mask-rcnn", "--data", dir + "/missing.h5", "--out", dir + "/no"])
+        #expect(refused.status != 0 && refused.error.contains("missing.h5"))
+    }
 }
+

@@ -67,11 +67,19 @@ let smallFasterRCNNConfig: ModelConfig = {
     return config
 }()
 
+/// Mask R-CNN at a size a debug build runs in a moment: 64 x 96 images, 1/16 of the channels, 32 hidden units.
+let smallMaskRCNNConfig: ModelConfig = {
+    var config = ModelConfig(family: MaskRCNN.family, inputShape: [3, 64, 96], options: MaskRCNN.defaults, classNames: ["background", "car", "person"])
+    for (name, value) in ["width": 0.0625, "hidden": 32, "mask_width": 8, "anchor_size": 16] { config.options[name] = value }
+    return config
+}()
+
 /// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
 func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
     try ModelRegistry.familyNames.map { family in
         if try [.detection, .detectionProposals].contains(ModelRegistry.family(named: family).dataKind) { return detector(family) }
         if family == UNet.family { return smallUNetConfig }
+        if family == MaskRCNN.family { return smallMaskRCNNConfig }
         var config = try ModelRegistry.defaultConfig(family: family)
         config.options.merge(narrowAutoencoderOptions[family] ?? [:]) { $1 }
         return config
