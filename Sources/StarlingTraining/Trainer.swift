@@ -49,6 +49,8 @@ public struct TrainingOptions: Sendable {
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
     public var writeOutputs = true
+    /// The run's resolved configuration (YAML), written as `<model>-config.yaml` beside the checkpoints and into each.
+    public var runConfiguration: String?
     public init() {}
 }
 
@@ -118,6 +120,7 @@ public final class Trainer {
         state.seed = options.seed
         state.worldSize = world.size
         state.learningRateSchedule = requestedSchedule
+        state.runConfiguration = options.runConfiguration
         if let resume { try restore(resume) }
         try synchronizeStart()
     }
@@ -159,6 +162,7 @@ public final class Trainer {
     public var lastCheckpointPath: String { "\(checkpointPrefix)-last.h5" }
     public var bestCheckpointPath: String { "\(checkpointPrefix)-best.h5" }
     public var logPath: String { "\(checkpointPrefix)-log.csv" }
+    public var configurationPath: String { "\(checkpointPrefix)-config.yaml" }
 
     /// Continues from a checkpoint: weights, optimizer moments and step, epoch and data cursor.
     private func restore(_ loaded: Checkpoint.Loaded) throws {
@@ -177,6 +181,7 @@ public final class Trainer {
         let previousWorld = loaded.state.worldSize
         state = loaded.state
         state.worldSize = world.size
+        state.runConfiguration = options.runConfiguration
         if previousWorld != world.size {
             log("resuming a run of \(previousWorld) rank(s) on \(world.size): the data cursor is global, so the sample order is unchanged")
         }
@@ -234,6 +239,10 @@ public final class Trainer {
         if writes {
             try makeDirectory(options.outputDirectory)
             try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
+            if let configuration = options.runConfiguration {
+                try AtomicFile.write(Array(configuration.utf8), to: configurationPath)
+                log("configuration: \(configurationPath)")
+            }
         }
         let steps = stepsPerEpoch
         let local = options.batchSize / world.size

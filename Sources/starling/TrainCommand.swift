@@ -126,7 +126,13 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("option"), help: "A family's configuration option, NAME=VALUE, repeatable (unet: levels, valid, sigmoid, border_weight, border_sigma, class_weight_<c>; see the README).")
     var familyOptions: [String] = []
     @Flag(inversion: .prefixedNo, help: "yolov2: the passthrough layer from the stride-16 features (darknet's reorg; default on, as yolov2.cfg).") var passthrough: Bool?
+    @Option(help: "A run configuration (YAML, e.g. Launch/configs/fc-ae.yaml): model, data, optimizer, schedule, callbacks, checkpoints, launch. Flags on the command line override it.") var config: String?
+    @Option(help: "MPI ranks to start (with mpirun) when not already running under mpirun.") var ranks: Int?
     @OptionGroup var flags: TrainingFlags
+
+    func validate() throws {
+        if let r = ranks, r <= 0 { throw ValidationError("--ranks must be positive") }
+    }
 
     func run() throws {
         let world = try reportingErrors { try Communicator() }
@@ -169,10 +175,15 @@ struct TrainCommand: ParsableCommand {
                 }
                 let network = try family.build(config, seed: flags.seed)
                 let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count)
+                if let ranks, ranks != world.size, world.isRoot {
+                    Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
+                }
+                var options = flags.options
+                options.runConfiguration = try RunConfiguration.resolved(from: self, source: self.config)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
                 let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
-                                          options: flags.options, world: world, resume: loaded)
+                                          options: options, world: world, resume: loaded)
                 try trainer.run()
             }
         } catch {
