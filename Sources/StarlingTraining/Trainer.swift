@@ -246,7 +246,9 @@ public final class Trainer {
         }
         let steps = stepsPerEpoch
         let local = options.batchSize / world.size
-        let interactive = world.isRoot && isatty(STDOUT_FILENO) != 0
+        // Only rank 0 prints; the others' plain lines go to their no-op log.
+        var display = world.isRoot && options.progress ? ProgressDisplay.forStandardOutput(worldSize: world.size) : ProgressDisplay(mode: .plain)
+        let live = display.mode == .live
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
@@ -268,7 +270,7 @@ public final class Trainer {
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
             var lastPrint = start
             do {
-                defer { reader.finish() }
+                defer { reader.finish(); display.finishLine() }
                 for step in firstStep..<steps {
                     var batch = try reader.next()
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
@@ -297,13 +299,13 @@ public final class Trainer {
                     state.step += 1
                     state.dataCursor = (step + 1) * options.batchSize
                     let now = monotonicSeconds()
-                    if step + 1 == steps || (interactive && now - lastPrint > 0.2) || (!interactive && (step + 1) % max(1, steps / 10) == 0) {
+                    if step + 1 == steps || (live && now - lastPrint > 0.2) || (!live && ProgressDisplay.plainLineDue(step: step, steps: steps)) {
                         lastPrint = now
                         let done = Double(step + 1 - firstStep)
                         let rate = done * Double(options.batchSize) / (now - start)
                         let eta = (now - start) / done * Double(steps - step - 1)
-                        let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / sums[1]))"
-                        if interactive && options.progress { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
+                        display.show(epoch: epoch + 1, epochs: options.epochs, step: step + 1, steps: steps, imagesPerSecond: rate, eta: eta,
+                                     loss: format(sums[0] / sums[1]), plain: log)
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
@@ -311,6 +313,7 @@ public final class Trainer {
                     }
                     if stopping && step + 1 < steps {
                         if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        display.finishLine()
                         log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
                         return history
                     }
