@@ -51,6 +51,8 @@ public struct TrainingOptions: Sendable {
     public var writeOutputs = true
     /// The run's resolved configuration (YAML), written as `<model>-config.yaml` beside the checkpoints and into each.
     public var runConfiguration: String?
+    /// Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, validation pictures.
+    public var tensorBoardDirectory: String?
     public init() {}
 }
 
@@ -235,10 +237,15 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> [EpochRecord] {
         let csv = CSVLog(path: logPath)
+        var board: TrainingBoard?
         let writes = world.isRoot && options.writeOutputs
         if writes {
             try makeDirectory(options.outputDirectory)
             try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
+            if let directory = options.tensorBoardDirectory {
+                board = try TrainingBoard(directory: directory)
+                log("TensorBoard events: \(board?.writer.path ?? directory)")
+            }
             if let configuration = options.runConfiguration {
                 try AtomicFile.write(Array(configuration.utf8), to: configurationPath)
                 log("configuration: \(configurationPath)")
@@ -306,6 +313,7 @@ public final class Trainer {
                         let eta = (now - start) / done * Double(steps - step - 1)
                         display.show(epoch: epoch + 1, epochs: options.epochs, step: step + 1, steps: steps, imagesPerSecond: rate, eta: eta,
                                      loss: format(sums[0] / sums[1]), plain: log)
+                        try board?.progress(step: state.step, loss: sums[0] / sums[1], learningRate: optimizer.learningRate, imagesPerSecond: rate)
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
@@ -330,6 +338,10 @@ public final class Trainer {
                                      learningRate: optimizer.learningRate, seconds: seconds,
                                      imagesPerSecond: stepsRun * Double(options.batchSize) / seconds, dataWaitSeconds: dataWait)
             history.append(record)
+            if let board {
+                try board.epoch(record)
+                if let validation { try board.validationPictures(model: model, validation: validation, step: state.step) }
+            }
             var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"
             if let validationLoss { summary += "  val_loss \(format(validationLoss))" }
             summary += "  data wait \(formatDuration(dataWait))"

@@ -96,6 +96,7 @@ enum RunConfiguration {
         Key(section: "callbacks", name: "plateau_patience", flag: "--plateau-patience", kind: .integer) { int($0.flags.plateauPatience) },
         Key(section: "callbacks", name: "plateau_factor", flag: "--plateau-factor", kind: .number) { number($0.flags.plateauFactor) },
         Key(section: "callbacks", name: "min_lr", flag: "--min-lr", kind: .number) { number($0.flags.minLr) },
+        Key(section: "callbacks", name: "tensorboard", flag: "--tensorboard", kind: .text) { text($0.flags.tensorboard) },
         Key(section: "checkpoints", name: "out", flag: "--out", kind: .text) { text($0.flags.out) },
         Key(section: "checkpoints", name: "every", flag: "--checkpoint-every", kind: .integer) { int($0.flags.checkpointEvery) },
         Key(section: "checkpoints", name: "keep", flag: "--keep-checkpoints", kind: .integer) { int($0.flags.keepCheckpoints) },

@@ -41,6 +41,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
+    @Option(help: "Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, and at each validation the validation loss and a picture (reconstructions, drawn detections).") var tensorboard: String?
     @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; the libraries' own choice, all cores, otherwise).") var blasThreads: Int?
 
     func validate() throws {
@@ -105,6 +106,7 @@ struct TrainingFlags: ParsableArguments {
             ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: minDelta.map { Float($0) } ?? ReduceOnPlateau.kerasMinDelta)
         }
         o.bucketBytes = Int(bucketMb * 1_048_576)
+        o.tensorBoardDirectory = tensorboard
         return o
     }
 }
