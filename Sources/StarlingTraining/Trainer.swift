@@ -53,6 +53,9 @@ public struct TrainingOptions: Sendable {
     public var runConfiguration: String?
     /// Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, validation pictures.
     public var tensorBoardDirectory: String?
+    /// Figures of the model on the validation split for TensorBoard (e.g. detectors' mAP), computed by rank 0 at each
+    /// validation; they are logged only and never steer training, so the other ranks need not see them.
+    public var validationMetrics: (@Sendable (any Model) throws -> [(name: String, value: Double)])?
     public init() {}
 }
 
@@ -341,6 +344,9 @@ public final class Trainer {
             if let board {
                 try board.epoch(record)
                 if let validation { try board.validationPictures(model: model, validation: validation, step: state.step) }
+                if validation != nil, let metrics = options.validationMetrics {
+                    for (name, value) in try GradMode.disabled({ try metrics(model) }) { try board.writer.scalar("validation/\(name)", value, step: state.step) }
+                }
             }
             var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"
             if let validationLoss { summary += "  val_loss \(format(validationLoss))" }

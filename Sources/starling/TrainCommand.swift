@@ -112,6 +112,20 @@ struct TrainingFlags: ParsableArguments {
 }
 
 struct TrainCommand: ParsableCommand {
+    /// TensorBoard's validation mAP for detectors: eval's default protocol (VOC all-point AP at IoU 0.5, confidence
+    /// 0.01, NMS 0.45, top 200) on the validation split, or its first --val-limit images.
+    static func detectionMetrics(path: String, split: String, limit: Int?) -> @Sendable (any Model) throws -> [(name: String, value: Double)] {
+        { model in
+            guard let detector = model as? any Detector else { return [] }
+            let dataset = try DetectionDataset(path: path, split: split)
+            let truth = DetectorEvaluation.groundTruth(dataset, limit: limit)
+            let found = try DetectorEvaluation.detect(detector, dataset: dataset, decoding: DetectionDecoding(confidenceThreshold: 0.01),
+                                                      batchSize: 8, limit: limit)
+            let report = try DetectionEvaluationReport.evaluate(groundTruth: truth, detections: found, mode: .voc, iouThreshold: 0.5)
+            return report.summary.mAP.map { [(name: "mAP_voc_iou0.5", value: $0)] } ?? []
+        }
+    }
+
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Train a model (under mpirun: on every rank).")
 
     @Option(help: "Model family: \(ModelRegistry.familyNames.joined(separator: ", ")).") var model: String
@@ -181,6 +195,9 @@ struct TrainCommand: ParsableCommand {
                     Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
                 }
                 var options = flags.options
+                if flags.tensorboard != nil, family.dataKind == .detection, let validation {
+                    options.validationMetrics = Self.detectionMetrics(path: validation.path, split: validation.split, limit: flags.valLimit)
+                }
                 options.runConfiguration = try RunConfiguration.resolved(from: self, source: self.config)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }

@@ -72,4 +72,29 @@ print(json.dumps(out))
             #expect(picture[1] as? Int == 8 * 28 && picture[2] as? Int == 2 * 28 && picture[3] as? String == "89504e470d0a1a0a")
         }
     }
+
+    /// A detector's events: the validation mAP (eval's VOC protocol) and the drawn detections at each validation.
+    @Test(.enabled(if: tensorBoardAvailable, "python3 with the tensorboard package (pip install tensorboard)"))
+    func detectorEventsHoldMAPAndDetections() throws {
+        let udacity = DetectorCommandTests.udacity
+        guard FileManager.default.fileExists(atPath: udacity + "/labels.csv") else { return }   // shared data not here
+        let dir = Fixture.temporaryDirectory("tensorboard-ssd7")
+        let data = dir + "/udacity.h5"
+        #expect(try starling("data", "detection", "--format", "udacity", "--images", udacity + "/images", "--labels", udacity + "/labels.csv",
+                             "--out", data, "--height", "64", "--width", "96", "--val-fraction", "0").status == 0)
+        let train = try starling("train", "--model", "ssd7", "--data", data, "--batch-size", "2", "--epochs", "1", "--val-split", "train",
+                                 "--out", dir + "/out", "--tensorboard", dir + "/board")
+        #expect(train.status == 0, "\(train.error)")
+        try reader.write(toFile: dir + "/read.py", atomically: true, encoding: .utf8)
+        let read = try run("/usr/bin/env", ["python3", dir + "/read.py", dir + "/board"])
+        #expect(read.status == 0, "\(read.error)")
+        let json = try JSONSerialization.jsonObject(with: Data(read.output.utf8)) as? [String: Any] ?? [:]
+        let mAP = (json["scalars"] as? [String: [[Double]]])?["validation/mAP_voc_iou0.5"] ?? []
+        #expect(mAP.count == 1 && mAP[0][0] == 1 && (0...1).contains(mAP[0][1]), "\(mAP)")
+        let images = json["images"] as? [String: [[Any]]] ?? [:]
+        for tag in ["validation/detections_0", "validation/detections_1"] {
+            let picture = images[tag]?.first ?? []
+            #expect(picture.count == 4 && picture[1] as? Int == 96 && picture[2] as? Int == 64 && picture[3] as? String == "89504e470d0a1a0a", "\(tag): \(picture)")
+        }
+    }
 }
