@@ -33,7 +33,8 @@ public enum CheckpointInspection {
         }
         let version = try root.intAttribute("format_version")
         let config = try root.jsonAttribute("model_config", as: ModelConfig.self)
-        let model = try ModelRegistry.build(config, seed: 0)
+        let model: any Model
+        do { model = try ModelRegistry.build(config, seed: 0) } catch { throw CheckpointError(file: path, message: "model_config: \(error)") }
 
         line("checkpoint  \(path)")
         line("format      \(Checkpoint.format), version \(version)\(version == Checkpoint.formatVersion ? "" : " (this build reads version \(Checkpoint.formatVersion))")")
@@ -128,6 +129,12 @@ public enum CheckpointInspection {
             problem("no attribute 'best_validation_loss'")
         }
         line("training    \(counters.joined(separator: ", "))")
+        if let step = try? root.intAttribute("step"), let epoch = try? root.intAttribute("epoch"), let world = try? root.intAttribute("world_size"),
+           let cursor = try? root.intAttribute("data_cursor"), let best = try? root.doubleAttribute("best_validation_loss") {
+            let optimizerSteps = (try? root.jsonAttribute("optimizer", as: Checkpoint.OptimizerConfig.self))?.stepCount
+            for p in Checkpoint.counterProblems(step: step, epoch: epoch, worldSize: world, dataCursor: cursor,
+                                                optimizerSteps: optimizerSteps, bestValidationLoss: best) { problem(p) }
+        }
         if report.problems.isEmpty {
             line("integrity   ok: every weight present with its shape and finite" + (stateNames.isEmpty ? "" : ", optimizer state sized to the parameters"))
         } else {

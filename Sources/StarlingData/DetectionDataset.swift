@@ -13,7 +13,8 @@ import StarlingNN
 /// /<split>/box_offsets  int64   [N + 1]       the boxes of image i are rows box_offsets[i] ..< box_offsets[i + 1]
 /// /<split>/boxes        float32 [M, 4]        xmin, ymin, xmax, ymax in pixels of the stored (resized) image
 /// /<split>/classes      int32   [M]           1 ... C, indices into class_names
-/// /<split>/difficult    uint8   [M]           1: neither positive nor negative (VOC difficult, KITTI DontCare, COCO crowd)
+/// /<split>/difficult    uint8   [M]           1: neither positive nor negative (VOC difficult, COCO crowd); 2: the same,
+///                                             and an ignore region (KITTI DontCare) that COCO scoring treats as iscrowd
 /// /<split>/image_ids    int64   [N]           stable ids (COCO's image ids; otherwise the index in source order)
 /// /<split>/original_sizes int32 [N, 2]        height and width before resizing
 /// /<split>              attribute file_names (string array): each image's source file
@@ -46,6 +47,8 @@ public final class DetectionDataset: @unchecked Sendable {
     private let boxes: [Float]
     private let classes: [Int32]
     private let difficult: [UInt8]
+    /// The `difficult` value of an ignore region (KITTI DontCare): difficult, and COCO's `iscrowd` when scored.
+    public static let ignoreRegion: UInt8 = 2
     private var scratch: [UInt8] = []
 
     public init(path: String, split: String) throws {
@@ -117,7 +120,7 @@ public final class DetectionDataset: @unchecked Sendable {
     public func objects(of i: Int) -> [Object] {
         (Int(offsets[i])..<Int(offsets[i + 1])).map { b in
             Object(box: BoxCorners(xmin: boxes[4 * b], ymin: boxes[4 * b + 1], xmax: boxes[4 * b + 2], ymax: boxes[4 * b + 3]),
-                   classID: Int(classes[b]), difficult: difficult[b] != 0)
+                   classID: Int(classes[b]), difficult: difficult[b] != 0, ignoreRegion: difficult[b] == Self.ignoreRegion)
         }
     }
 

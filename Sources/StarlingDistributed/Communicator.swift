@@ -16,6 +16,16 @@ public final class Communicator: @unchecked Sendable {
     public let size: Int
     private let comm = starling_mpi_comm_world()
     private var finalized = false
+    /// Told about every collective this rank enters and leaves (the watchdog); nil: nobody watches.
+    public weak var observer: (any CollectiveObserver)?
+
+    /// Runs a blocking collective with the observer told before and after.
+    private func observed<T>(_ call: String, _ body: () throws -> T) rethrows -> T {
+        guard let observer else { return try body() }
+        observer.enterCollective(call)
+        defer { observer.leaveCollective() }
+        return try body()
+    }
 
     /// Serialises MPI initialisation: tests create communicators from concurrent tasks.
     private static let initLock = NSLock()
@@ -78,11 +88,13 @@ public final class Communicator: @unchecked Sendable {
     /// In-place allreduce of `count` floats.
     public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: Operation = .sum) throws {
         if size == 1 { return }
-        var start = 0
-        while start < count {
-            let n = min(Self.maxChunk, count - start)
-            try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), op.handle, comm))
-            start += n
+        try observed("MPI_Allreduce of \(count) floats") {
+            var start = 0
+            while start < count {
+                let n = min(Self.maxChunk, count - start)
+                try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), op.handle, comm))
+                start += n
+            }
         }
     }
 
@@ -98,9 +110,9 @@ public final class Communicator: @unchecked Sendable {
     public func allreduce(_ values: inout [Double], _ op: Operation = .sum) throws {
         if size == 1 || values.isEmpty { return }
         let n = Int32(values.count)
-        try values.withUnsafeMutableBufferPointer { buf in
+        try observed("MPI_Allreduce of \(n) doubles") { try values.withUnsafeMutableBufferPointer { buf in
             try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buf.baseAddress, n, starling_mpi_double(), op.handle, comm))
-        }
+        } }
     }
 
     public func allreduce(_ value: Double, _ op: Operation = .sum) throws -> Double {
@@ -113,9 +125,17 @@ public final class Communicator: @unchecked Sendable {
     public final class Request {
         fileprivate var handles: [MPI_Request?]
         public let count: Int
-        fileprivate init(handles: [MPI_Request?], count: Int) { self.handles = handles; self.count = count }
+        fileprivate weak var observer: (any CollectiveObserver)?
+        fileprivate init(handles: [MPI_Request?], count: Int, observer: (any CollectiveObserver)?) {
+            self.handles = handles
+            self.count = count
+            self.observer = observer
+        }
         /// Completes the request.
         public func wait() throws {
+            if handles.isEmpty { return }
+            observer?.enterCollective("MPI_Wait on an allreduce of \(count) values")
+            defer { observer?.leaveCollective() }
             for i in handles.indices {
                 let rc = MPI_Wait(&handles[i], starling_mpi_status_ignore())
                 guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Wait", rc) }
@@ -150,31 +170,37 @@ public final class Communicator: @unchecked Sendable {
                 start += n
             }
         }
-        return Request(handles: handles, count: count)
+        return Request(handles: handles, count: count, observer: observer)
     }
 
     /// Starts an in-place allreduce of a few doubles; `values` must stay alive and untouched until `wait()`.
     public func startAllreduce(_ values: UnsafeMutablePointer<Double>, count: Int, _ op: Operation = .sum) throws -> Request {
-        guard size > 1 else { return Request(handles: [], count: count) }
+        guard size > 1 else { return Request(handles: [], count: count, observer: nil) }
         var request: MPI_Request? = starling_mpi_request_null()
         try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), values, Int32(count), starling_mpi_double(), op.handle, comm, &request))
-        return Request(handles: [request], count: count)
+        return Request(handles: [request], count: count, observer: observer)
     }
 
     /// Copies `count` floats from `root` to every rank.
     public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) throws {
         if size == 1 { return }
-        var start = 0
-        while start < count {
-            let n = min(Self.maxChunk, count - start)
-            try check("MPI_Bcast", MPI_Bcast(buffer + start, Int32(n), starling_mpi_float(), Int32(root), comm))
-            start += n
+        try observed("MPI_Bcast of \(count) floats") {
+            var start = 0
+            while start < count {
+                let n = min(Self.maxChunk, count - start)
+                try check("MPI_Bcast", MPI_Bcast(buffer + start, Int32(n), starling_mpi_float(), Int32(root), comm))
+                start += n
+            }
         }
     }
 
     /// Root's string on every rank (configurations, checkpoint paths).
     public func broadcast(_ text: String, root: Int = 0) throws -> String {
         if size == 1 { return text }
+        return try observed("MPI_Bcast of a text") { try broadcastText(text, root: root) }
+    }
+
+    private func broadcastText(_ text: String, root: Int) throws -> String {
         var bytes = Array(text.utf8)
         var length = [Int64(bytes.count)]
         try length.withUnsafeMutableBufferPointer { try check("MPI_Bcast", MPI_Bcast($0.baseAddress, 1, starling_mpi_int64(), Int32(root), comm)) }
@@ -185,7 +211,7 @@ public final class Communicator: @unchecked Sendable {
 
     public func barrier() throws {
         if size == 1 { return }
-        try check("MPI_Barrier", MPI_Barrier(comm))
+        try observed("MPI_Barrier") { try check("MPI_Barrier", MPI_Barrier(comm)) }
     }
 
     /// Every rank's value, in rank order.
@@ -193,11 +219,11 @@ public final class Communicator: @unchecked Sendable {
         if size == 1 { return [value] }
         var mine = [value]
         var all = [Int64](repeating: 0, count: size)
-        try mine.withUnsafeMutableBufferPointer { m in
+        try observed("MPI_Allgather") { try mine.withUnsafeMutableBufferPointer { m in
             try all.withUnsafeMutableBufferPointer { a in
                 try check("MPI_Allgather", MPI_Allgather(m.baseAddress, 1, starling_mpi_int64(), a.baseAddress, 1, starling_mpi_int64(), comm))
             }
-        }
+        } }
         return all
     }
 
@@ -205,12 +231,42 @@ public final class Communicator: @unchecked Sendable {
     public func allgather(_ values: [Double]) throws -> [Double] {
         if size == 1 { return values }
         var all = [Double](repeating: 0, count: values.count * size)
-        try values.withUnsafeBufferPointer { m in
+        try observed("MPI_Allgather") { try values.withUnsafeBufferPointer { m in
             try all.withUnsafeMutableBufferPointer { a in
                 try check("MPI_Allgather", MPI_Allgather(m.baseAddress, Int32(values.count), starling_mpi_double(), a.baseAddress, Int32(values.count), starling_mpi_double(), comm))
             }
-        }
+        } }
         return all
+    }
+
+    /// Every rank's `values` (the same count on each), concatenated in rank order.
+    public func allgather(_ values: [Int64]) throws -> [Int64] {
+        if size == 1 { return values }
+        var all = [Int64](repeating: 0, count: values.count * size)
+        try observed("MPI_Allgather") { try values.withUnsafeBufferPointer { m in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check("MPI_Allgather", MPI_Allgather(m.baseAddress, Int32(values.count), starling_mpi_int64(), a.baseAddress, Int32(values.count), starling_mpi_int64(), comm))
+            }
+        } }
+        return all
+    }
+
+    /// Every rank's text, in rank order: the lengths first, then the bytes padded to the longest, so both
+    /// collectives have the same size on every rank whatever the texts are.
+    public func allgatherText(_ text: String) throws -> [String] {
+        if size == 1 { return [text] }
+        let bytes = Array(text.utf8)
+        let lengths = try allgather(Int64(bytes.count))
+        let width = Int(lengths.max() ?? 0)
+        guard width > 0 else { return lengths.map { _ in "" } }
+        let padded = bytes + [UInt8](repeating: 0, count: width - bytes.count)
+        var all = [UInt8](repeating: 0, count: width * size)
+        try observed("MPI_Allgather of texts") { try padded.withUnsafeBufferPointer { m in
+            try all.withUnsafeMutableBufferPointer { a in
+                try check("MPI_Allgather", MPI_Allgather(m.baseAddress, Int32(width), starling_mpi_byte(), a.baseAddress, Int32(width), starling_mpi_byte(), comm))
+            }
+        } }
+        return (0..<size).map { String(decoding: all[($0 * width)..<($0 * width + Int(lengths[$0]))], as: UTF8.self) }
     }
 
     private func check(_ call: String, _ rc: Int32) throws {

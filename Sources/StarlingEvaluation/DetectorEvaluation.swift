@@ -14,7 +14,7 @@ public enum DetectorEvaluation {
             for o in dataset.objects(of: i) {
                 boxes.append(GroundTruthBox(imageID: Int(dataset.imageIDs[i]), classID: o.classID,
                                             box: o.box.inDouble,
-                                            difficult: o.difficult))
+                                            difficult: o.difficult, isCrowd: o.ignoreRegion))
             }
         }
         let images = (0..<n).map { DetectionGroundTruth.Image(id: Int(dataset.imageIDs[$0]), width: dataset.imageWidth, height: dataset.imageHeight) }

@@ -11,6 +11,28 @@ public enum AtomicFile {
     /// (so two processes, e.g. MPI ranks, never write each other's temporary).
     public static func temporaryPath(for path: String) -> String { "\(path).tmp-\(getpid())" }
 
+    /// Removes the temporaries (`NAME.tmp-PID`) in `directory` whose writer is no longer running on this machine: a
+    /// killed write leaves its temporary behind, and nothing else would ever remove it. Returns the names removed.
+    /// A temporary of a live process is kept, whoever it is: it may be mid-write.
+    @discardableResult
+    public static func removeStaleTemporaries(in directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            names.append(name)
+        }
+        closedir(dir)
+        var removed: [String] = []
+        for name in names {
+            guard let marker = name.range(of: ".tmp-", options: .backwards), let pid = pid_t(name[marker.upperBound...]), pid > 0 else { continue }
+            // ESRCH: no such process. EPERM means it exists under another user, so it is left alone.
+            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            if unlink(directory + "/" + name) == 0 { removed.append(name) }
+        }
+        return removed.sorted()
+    }
+
     /// Calls `body` with a temporary path to write, then fsyncs it and renames it over `path`.
     /// If `body` or any later step throws, the temporary is removed and `path` is left untouched.
     public static func replace(_ path: String, _ body: (String) throws -> Void) throws {

@@ -135,6 +135,8 @@ public enum Checkpoint {
         public let state: TrainingState
         public let optimizer: OptimizerConfig?
         public let optimizerState: [String: [Float]]
+        /// The file it was read from, for refusals.
+        public internal(set) var path = ""
 
         package init(model: any Model, state: TrainingState, optimizer: OptimizerConfig?, optimizerState: [String: [Float]]) {
             self.model = model
@@ -157,7 +159,9 @@ public enum Checkpoint {
             throw CheckpointError(file: path, message: "checkpoint format version \(version); this build reads version \(formatVersion)")
         }
         let config = try root.jsonAttribute("model_config", as: ModelConfig.self)
-        let model = try ModelRegistry.build(config, seed: 0)
+        // The registry's refusal (an unknown family, an impossible option) does not know which file it came from.
+        let model: any Model
+        do { model = try ModelRegistry.build(config, seed: 0) } catch { throw CheckpointError(file: path, message: "model_config: \(error)") }
         guard root.contains("model_weights") else { throw CheckpointError(file: path, message: "no /model_weights group") }
         let weights = try root.group("model_weights")
         for p in model.parameters.parameters + (model.buffers?.parameters ?? []) {
@@ -204,7 +208,28 @@ public enum Checkpoint {
                 }
             }
         }
-        return Loaded(model: model, state: state, optimizer: optimizer, optimizerState: optimizerState)
+        if let problem = counterProblems(step: state.step, epoch: state.epoch, worldSize: state.worldSize, dataCursor: state.dataCursor,
+                                         optimizerSteps: optimizer?.stepCount, bestValidationLoss: state.bestValidationLoss).first {
+            throw CheckpointError(file: path, message: problem)
+        }
+        var loaded = Loaded(model: model, state: state, optimizer: optimizer, optimizerState: optimizerState)
+        loaded.path = path
+        return loaded
+    }
+
+    /// What makes a checkpoint's training counters impossible (a file edited by hand, or corrupted where no checksum
+    /// looks): a run resumed from them would count from a negative step or divide by zero ranks.
+    public static func counterProblems(step: Int, epoch: Int, worldSize: Int, dataCursor: Int, optimizerSteps: Int?,
+                                       bestValidationLoss: Double) -> [String] {
+        var problems: [String] = []
+        if step < 0 { problems.append("impossible step \(step) (negative)") }
+        if epoch < 0 { problems.append("impossible epoch \(epoch) (negative)") }
+        if step >= 0 && epoch > step { problems.append("impossible epoch \(epoch) after step \(step) (every epoch takes at least one step)") }
+        if worldSize < 1 { problems.append("impossible world size \(worldSize) (at least 1 rank)") }
+        if dataCursor < 0 { problems.append("impossible data cursor \(dataCursor) (negative)") }
+        if let optimizerSteps, optimizerSteps < 0 { problems.append("impossible optimizer step count \(optimizerSteps) (negative)") }
+        if bestValidationLoss.isNaN || bestValidationLoss == -.infinity { problems.append("impossible best validation loss \(bestValidationLoss)") }
+        return problems
     }
 }
 

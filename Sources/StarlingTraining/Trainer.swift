@@ -43,8 +43,14 @@ public struct TrainingOptions: Sendable {
     public var reduceOnPlateau: ReduceOnPlateau?
     /// Batch norm statistics over the global batch (`--sync-bn`) rather than each rank's slice.
     public var synchronizeBatchNorm = false
-    /// Seconds a rank may wait in a step's first collective before the watchdog warns and names missing ranks.
+    /// Seconds a rank may wait in any collective before the watchdog warns and names missing ranks.
     public var watchdogSeconds: Double = 60
+    /// Seconds after that warning before the watchdog aborts the whole job (MPI_Abort), naming the last good checkpoint.
+    public var watchdogAbortSeconds: Double = 300
+    /// The checkpoint this run resumes from (the last good one until the run writes its own).
+    public var resumePath: String?
+    /// Steps with a non-finite loss or gradient that are skipped (no update) before the run stops (0: stop at the first).
+    public var skipNonFinite = 0
     /// Print the live progress line (off for benchmarks).
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
@@ -117,7 +123,9 @@ public final class Trainer {
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
                                            overlap: options.overlapCommunication)
-        watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, log: Trainer.printLine)
+        watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, abortTimeout: options.watchdogAbortSeconds,
+                            log: { Trainer.printLine($0) })
+        watchdog.lastGoodCheckpoint = options.resumePath
         if let aware = model as? CrossReplicaAware {
             aware.crossReplica = CrossReplica(world)
             aware.synchronizeBatchNorm = options.synchronizeBatchNorm
@@ -127,10 +135,21 @@ public final class Trainer {
         state.learningRateSchedule = requestedSchedule
         state.runConfiguration = options.runConfiguration
         if let resume { try restore(resume) }
-        try synchronizeStart()
+        // Started only now, so that a refusal above leaves no watch thread behind.
+        watchdog.start()
+        watchdog.at("the start-up agreement", step: state.step)
+        do { try synchronizeStart() } catch { watchdog.stop(); throw error }
     }
 
-    deinit { agreement.deallocate() }
+    deinit {
+        watchdog.stop()
+        agreement.deallocate()
+    }
+
+    /// The checkpoint a stopped job resumes from: every rank records it, since any rank's watchdog may be the one to abort.
+    private func published(_ path: String) {
+        watchdog.lastGoodCheckpoint = path
+    }
 
     /// Fault injection for the watchdog test: STARLING_TEST_STALL="rank:step:seconds" makes that rank sleep before
     /// that step's collectives. Not a user setting; it stays out of the help.
@@ -142,6 +161,31 @@ public final class Trainer {
     }
 
     public static func printLine(_ line: String) { StarlingNN.printLine(line) }
+
+    /// Fault injection for the non-finite tests: STARLING_TEST_NONFINITE="rank:step:loss" or "rank:step:gradient" makes
+    /// that rank's loss NaN, or one of its gradients infinite, at that global step. Not a user setting.
+    private func nonFiniteForTesting(step: Int) -> String? {
+        guard let spec = getenv("STARLING_TEST_NONFINITE").map({ String(cString: $0) }) else { return nil }
+        let parts = spec.split(separator: ":").map(String.init)
+        guard parts.count == 3, Int(parts[0]) == world.rank, Int(parts[1]) == step else { return nil }
+        return parts[2]
+    }
+
+    /// Steps skipped for a non-finite loss or gradient in this run.
+    private var skippedSteps = 0
+
+    /// The first non-finite value of the averaged gradients, named. The allreduced gradients are the same on every
+    /// rank and a NaN or infinity in any rank's makes their sum non-finite on all, so every rank decides alike
+    /// without another collective.
+    private func nonFiniteGradient() -> String? {
+        let store = model.parameters
+        let g = store.gradients.pointer
+        for i in 0..<store.count where !g[i].isFinite {
+            let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
+            return "a gradient became non-finite (\(g[i]) in \(name))"
+        }
+        return nil
+    }
 
     /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.
     public var stepsPerEpoch: Int {
@@ -172,13 +216,13 @@ public final class Trainer {
     /// Continues from a checkpoint: weights, optimizer moments and step, epoch and data cursor.
     private func restore(_ loaded: Checkpoint.Loaded) throws {
         guard loaded.model.config == model.config else {
-            throw TrainingError("the checkpoint holds model \(loaded.model.config.family) \(loaded.model.config.options), not \(model.config.family) \(model.config.options)")
+            throw CheckpointError(file: loaded.path, message: "holds model \(loaded.model.config.family) \(loaded.model.config.options), not the \(model.config.family) \(model.config.options) this run trains")
         }
         model.parameters.values.copy(from: loaded.model.parameters.values)
         if let mine = model.buffers, let saved = loaded.model.buffers { mine.values.copy(from: saved.values) }
         for (name, storage) in optimizer.state {
             guard let saved = loaded.optimizerState[name] else {
-                throw TrainingError("the checkpoint has no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from")
+                throw CheckpointError(file: loaded.path, message: "no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from (an inference-only checkpoint, or one of another optimizer)")
             }
             saved.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: storage.count) }
         }
@@ -197,24 +241,12 @@ public final class Trainer {
         log("resumed at epoch \(state.epoch), step \(state.step), data cursor \(state.dataCursor)")
     }
 
-    /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused.
+    /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused
+    /// first (`RunAgreement`), before any collective whose size depends on the settings.
     private func synchronizeStart() throws {
         guard world.size > 1 else { return }
-        // The configuration as sorted-key JSON: a dictionary's description lists its keys in an order that differs
-        // from process to process (hashing is seeded per process), which would refuse every model with two options.
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let config = String(decoding: try encoder.encode(model.config), as: UTF8.self)
-        let mine = "model=\(config) batch=\(options.batchSize) lr=\(options.learningRate) schedule=\(options.schedule.summary) seed=\(options.seed) epochs=\(options.epochs) steps=\(stepsPerEpoch) data=\(train.count) parameters=\(model.parameters.count)"
-        let root = try world.broadcast(mine)
-        let differs = try world.allreduce(root == mine ? 0 : 1)
-        if differs > 0 {
-            // One line, and every rank past its line before any rank aborts: mpirun forwards output line by line and
-            // drops what has not reached it when the job is killed.
-            if root != mine { Trainer.printLine("rank \(world.rank): configuration differs from rank 0: rank 0 has \(root); rank \(world.rank) has \(mine)") }
-            try world.barrier()
-            throw TrainingError("ranks were started with different configurations (see the messages above); refusing to train")
-        }
+        try RunAgreement(model: model, optimizer: optimizer, options: options, train: train, validation: validation,
+                         stepsPerEpoch: stepsPerEpoch).check(on: world)
         try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
         if let buffers = model.buffers { try world.broadcast(buffers.values.pointer, count: buffers.count) }
         for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }
@@ -244,6 +276,8 @@ public final class Trainer {
         let writes = world.isRoot && options.writeOutputs
         if writes {
             try makeDirectory(options.outputDirectory)
+            let stale = AtomicFile.removeStaleTemporaries(in: options.outputDirectory)
+            if !stale.isEmpty { log("removed \(stale.count) temporary file(s) left in \(options.outputDirectory) by a killed write: \(stale.joined(separator: ", "))") }
             try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
             if let directory = options.tensorBoardDirectory {
                 board = try TrainingBoard(directory: directory)
@@ -286,26 +320,45 @@ public final class Trainer {
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
                     model.parameters.zeroGradients()
                     synchronizer.beginStep()
+                    watchdog.at("the forward pass (cross-replica statistics)", step: state.step)
                     let loss = model.loss(batch, training: true)
                     // Agree on the loss before acting on it: every rank stops at the same step or none does. This is
                     // the step's first collective, so the watchdog waits on it.
-                    let value = Double(loss.item)
                     stallForTesting(step: state.step)
-                    try watchdog.heartbeat(step: state.step)
+                    let injected = nonFiniteForTesting(step: state.step)
+                    let value = injected == "loss" ? Double.nan : Double(loss.item)
                     agreement[0] = value.isFinite ? value : 0
                     agreement[1] = value.isFinite ? 0 : 1
                     try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
                     let agreed = [agreement[0], agreement[1]]
-                    guard agreed[1] == 0 else {
-                        throw TrainingError("loss became non-finite at epoch \(epoch + 1), step \(step + 1) on \(Int(agreed[1])) rank(s): training stopped; the last good checkpoint is \(lastCheckpointPath)")
+                    var fault: String?
+                    if agreed[1] != 0 {
+                        // Every rank skips backward together, so no rank is left alone in the gradient allreduce.
+                        fault = "the loss became non-finite on \(Int(agreed[1])) rank(s)"
+                    } else {
+                        watchdog.at("the gradient allreduce", step: state.step)
+                        loss.backward(onLeafReady: synchronizer.parameterReady)
+                        if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
+                        try synchronizer.finish()
+                        fault = nonFiniteGradient()
                     }
-                    loss.backward(onLeafReady: synchronizer.parameterReady)
-                    try synchronizer.finish()
-                    // From the global step and epoch, which every rank shares and a checkpoint restores.
-                    optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
-                    optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
-                    sums[0] += agreed[0] / Double(world.size)
-                    sums[1] += 1
+                    watchdog.at("training", step: state.step + 1)
+                    if let fault {
+                        skippedSteps += 1
+                        let place = "at epoch \(epoch + 1), step \(step + 1) (global step \(state.step))"
+                        guard skippedSteps <= options.skipNonFinite else {
+                            let resume = watchdog.lastGoodCheckpoint.map { "the last good checkpoint is \($0)" } ?? "no checkpoint was written"
+                            let budget = options.skipNonFinite > 0 ? " after \(options.skipNonFinite) skipped step(s) (--skip-nonfinite)" : " (--skip-nonfinite N skips such steps)"
+                            throw AgreedRefusal("\(fault) \(place): training stopped on every rank\(budget); \(resume)")
+                        }
+                        log("\(fault) \(place): step skipped without an update (\(skippedSteps) of \(options.skipNonFinite) allowed by --skip-nonfinite)")
+                    } else {
+                        // From the global step and epoch, which every rank shares and a checkpoint restores.
+                        optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
+                        optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
+                        sums[0] += agreed[0] / Double(world.size)
+                        sums[1] += 1
+                    }
                     state.step += 1
                     state.dataCursor = (step + 1) * options.batchSize
                     let now = monotonicSeconds()
@@ -315,15 +368,17 @@ public final class Trainer {
                         let rate = done * Double(options.batchSize) / (now - start)
                         let eta = (now - start) / done * Double(steps - step - 1)
                         display.show(epoch: epoch + 1, epochs: options.epochs, step: step + 1, steps: steps, imagesPerSecond: rate, eta: eta,
-                                     loss: format(sums[0] / sums[1]), plain: log)
-                        try board?.progress(step: state.step, loss: sums[0] / sums[1], learningRate: optimizer.learningRate, imagesPerSecond: rate)
+                                     loss: format(sums[0] / max(sums[1], 1)), plain: log)
+                        try board?.progress(step: state.step, loss: sums[0] / max(sums[1], 1), learningRate: optimizer.learningRate, imagesPerSecond: rate)
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
                         if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if options.writeOutputs { published(lastCheckpointPath) }
                     }
                     if stopping && step + 1 < steps {
                         if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if options.writeOutputs { published(lastCheckpointPath) }
                         display.finishLine()
                         log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
                         return history
@@ -331,6 +386,7 @@ public final class Trainer {
                 }
             }
             let seconds = monotonicSeconds() - start
+            watchdog.at("the epoch's end (data-wait and validation-loss allreduces)", step: state.step)
             let dataWait = try world.allreduce(reader.waitSeconds, .max)
             let trainLoss = sums[0] / max(sums[1], 1)
             let validationLoss = try validation.map { try evaluateLoss($0) }
@@ -371,6 +427,8 @@ public final class Trainer {
                 try saveEpochCheckpoint(epoch: epoch + 1, best: monitored <= state.bestValidationLoss, loss: trainLoss, validationLoss: validationLoss)
                 if monitored <= state.bestValidationLoss { summary += "  (best, saved)" }
             }
+            if options.writeOutputs { published(lastCheckpointPath) }
+            watchdog.at("training", step: state.step)
             log(summary)
             if let patience = options.earlyStoppingPatience, state.epochsWithoutImprovement >= patience {
                 log("early stopping: \(validation == nil ? "loss" : "val_loss") has not improved by more than \(options.minDelta) for \(patience) epochs")

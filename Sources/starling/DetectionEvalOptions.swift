@@ -54,6 +54,8 @@ struct DetectionEvalOptions: ParsableArguments {
         let found = try COCOJSON.readResults(path: detections, groundTruth: truth)
         print("\(detections) on \(data) [\(split)], \(truth.images.count) images")
         try report(truth: truth, found: found, json: json)
+        if let saveDetections { try COCOJSON.writeResults(found, to: saveDetections); print("detections (COCO results): \(saveDetections)") }
+        if let saveGt { try COCOJSON.writeAnnotations(truth, to: saveGt); print("ground truth (COCO annotations): \(saveGt)") }
     }
 
     private func report(truth: DetectionGroundTruth, found: [Detection], json: String?) throws {

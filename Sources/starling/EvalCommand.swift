@@ -23,6 +23,7 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            try checkOutputFolders([("--json", json), ("--save-detections", detection.saveDetections), ("--save-gt", detection.saveGt)])
             guard let checkpoint else {
                 return try detection.scoreFile(data: data, split: split ?? "val", json: json)
             }
@@ -93,7 +94,7 @@ struct EvalCommand: ParsableCommand {
             if let json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try encoder.encode(report).write(to: URL(fileURLWithPath: json), options: .atomic)
+                try AtomicFile.write(Array(try encoder.encode(report)), to: json)
                 print("  figures as JSON:                      \(json)")
             }
         }

@@ -29,7 +29,24 @@ struct Starling: ParsableCommand {
 /// Turns any error into the one-line message ArgumentParser prints before exiting non-zero.
 struct CommandFailure: Error, CustomStringConvertible {
     let description: String
-    init(_ error: any Error) { description = String(describing: error) }
+    /// Every MPI rank failed with this at the same point (`AgreedRefusal`): the job can end without MPI_Abort.
+    let agreedByAllRanks: Bool
+    init(_ error: any Error) {
+        description = String(describing: error)
+        agreedByAllRanks = error is AgreedRefusal
+    }
+}
+
+/// Refuses output files whose folder does not exist, before any work: found after the pictures of an evaluation
+/// are written, the refusal would come with half the outputs on disk.
+func checkOutputFolders(_ outputs: [(flag: String, path: String?)]) throws {
+    for case let (flag, path?) in outputs {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
+            throw CommandFailure(DataError(file: path, message: "cannot write \(flag): no folder \(folder)"))
+        }
+    }
 }
 
 /// Runs `body`, reporting failures as one line naming what went wrong.

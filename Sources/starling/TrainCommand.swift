@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import StarlingCore
 import StarlingDistributed
@@ -33,7 +34,11 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Also write the last checkpoint every N steps within an epoch.") var checkpointEvery: Int?
     @Option(help: "Epoch checkpoints (<model>-epochNNNN.h5) to keep beside -last.h5 and -best.h5.") var keepCheckpoints: Int = TrainingFlags.defaults.keepCheckpoints
     @Option(help: "Stop after this many optimizer steps in total (with a checkpoint to resume from).") var maxSteps: Int?
-    @Option(help: "Warn (naming the missing ranks) when a step's collective has waited this many seconds.") var watchdogSeconds: Double = TrainingFlags.defaults.watchdogSeconds
+    @Option(help: "Warn (naming the missing ranks) when a collective has waited this many seconds.") var watchdogSeconds: Double = TrainingFlags.defaults.watchdogSeconds
+    @Option(help: "Abort the whole job (exit code 3, the last good checkpoint named) when a collective is still waiting this many seconds after the watchdog's warning.")
+    var watchdogAbortSeconds: Double = TrainingFlags.defaults.watchdogAbortSeconds
+    @Option(help: "Skip up to N steps whose loss or gradient is NaN or infinite (no update, on every rank alike) before stopping; 0 stops at the first.")
+    var skipNonfinite: Int = TrainingFlags.defaults.skipNonFinite
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
     @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
@@ -67,7 +72,9 @@ struct TrainingFlags: ParsableArguments {
         if let p = plateauPatience, p <= 0 { throw ValidationError("--plateau-patience must be positive") }
         guard plateauFactor > 0 && plateauFactor < 1 else { throw ValidationError("--plateau-factor must lie in (0, 1)") }
         guard keepCheckpoints >= 0 else { throw ValidationError("--keep-checkpoints cannot be negative") }
-        guard watchdogSeconds > 0 else { throw ValidationError("--watchdog-seconds must be positive") }
+        guard watchdogSeconds > 0, watchdogSeconds.isFinite else { throw ValidationError("--watchdog-seconds must be positive") }
+        guard watchdogAbortSeconds > 0, watchdogAbortSeconds.isFinite else { throw ValidationError("--watchdog-abort-seconds must be positive") }
+        guard skipNonfinite >= 0 else { throw ValidationError("--skip-nonfinite cannot be negative") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
         if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
     }
@@ -98,6 +105,8 @@ struct TrainingFlags: ParsableArguments {
         o.checkpointEverySteps = checkpointEvery
         o.maxSteps = maxSteps
         o.watchdogSeconds = watchdogSeconds
+        o.watchdogAbortSeconds = watchdogAbortSeconds
+        o.skipNonFinite = skipNonfinite
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
         o.earlyStoppingPatience = earlyStopping
@@ -201,11 +210,20 @@ struct TrainCommand: ParsableCommand {
                 options.runConfiguration = try RunConfiguration.resolved(from: self, source: self.config)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
+                options.resumePath = resume
                 let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
                                           options: options, world: world, resume: loaded)
                 try trainer.run()
             }
         } catch {
+            // A refusal all ranks reached together ends cleanly, said once by rank 0.
+            // The barrier keeps every rank alive until the line is out (mpirun kills the rest when one exits non-zero).
+            if world.size > 1, (error as? CommandFailure)?.agreedByAllRanks == true {
+                if world.isRoot { FileHandle.standardError.write(Data("Error: \(error)\n".utf8)) }
+                try? world.barrier()
+                world.finalize()
+                throw ExitCode(1)
+            }
             // One rank failing must end the job rather than leave the others waiting in a collective.
             if world.size > 1 {
                 Trainer.printLine("rank \(world.rank): error: \(error)")

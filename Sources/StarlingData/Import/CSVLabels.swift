@@ -36,7 +36,8 @@ enum CSVLabels {
                 continue
             }
             let i = parsed.image(named: frame, reference: .file(frame), at: location, index: &index)
-            guard fields.count >= header.count else {
+            // Extra fields too: a row with one more comma than the header has is shifted or merged, not data to drop.
+            guard fields.count == header.count else {
                 parsed.images[i].report(.malformed, "\(fields.count) fields, the header has \(header.count)", at: location)
                 continue
             }

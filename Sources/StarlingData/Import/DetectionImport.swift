@@ -116,7 +116,7 @@ public struct DetectionImportSummary: Sendable, CustomStringConvertible {
         if clippedBoxes > 0 { lines.append("boxes clipped to the image: \(clippedBoxes)") }
         if rescaledAnnotations > 0 { lines.append("images whose annotations were made for another size (rescaled): \(rescaledAnnotations)") }
         if roboflowNames > 0 { lines.append("images found under their Roboflow export name: \(roboflowNames)") }
-        if dontCareRegions > 0 { lines.append("DontCare regions: \(dontCareRegions) (each stored as \(classNames.count) difficult boxes, one per class)") }
+        if dontCareRegions > 0 { lines.append("DontCare regions: \(dontCareRegions) (each stored as \(classNames.count) ignore regions, one per class: difficult for training and VOC, iscrowd for COCO)") }
         for label in droppedObjects.keys.sorted() { lines.append("dropped \(label) objects: \(droppedObjects[label]!)") }
         lines += notes
         return lines.joined(separator: "\n")
@@ -157,6 +157,9 @@ public enum DetectionImport {
             parsed = try source.parse(columns: options.labelColumns)
             ssd = source
         }
+        guard !parsed.images.isEmpty else {
+            throw DataError(file: options.labels, message: "no labelled images: an empty dataset (a label file with only its header, or an empty folder)")
+        }
         let mapping = try classMapping(options, parsed)
 
         // 2. Images located, sizes read, boxes checked and scaled.
@@ -174,6 +177,9 @@ public enum DetectionImport {
         let issues = looseIssues + prepared.flatMap(\.problems)
         if !issues.isEmpty && !options.skipBad { throw DetectionImportError(issues: issues) }
         summary.issues = issues
+        guard prepared.contains(where: { $0.problems.isEmpty }) else {
+            throw DataError(file: options.labels, message: "--skip-bad skipped every image (\(issues.count) problem(s), the first: \(issues.first.map { "\($0)" } ?? "none")): an empty dataset")
+        }
         for issue in looseIssues { summary.skippedRows[issue.problem, default: 0] += 1 }
         for image in prepared { if let first = image.problems.first { summary.skippedImages[first.problem, default: 0] += 1 } }
 
@@ -309,7 +315,7 @@ public enum DetectionImport {
                 out.boxes += box; out.classes.append(Int32(id)); out.difficult.append(object.difficult ? 1 : 0)
             case .dontCare:
                 out.dontCare += 1
-                for id in 1...mapping.names.count { out.boxes += box; out.classes.append(Int32(id)); out.difficult.append(1) }
+                for id in 1...mapping.names.count { out.boxes += box; out.classes.append(Int32(id)); out.difficult.append(DetectionDataset.ignoreRegion) }
             case .drop:
                 break
             }

@@ -14,11 +14,18 @@ enum KITTILabels {
         for name in try listFiles(directory, extensions: ["txt"]) {
             let path = directory + "/" + name
             var image = SourceImage(reference: .stem((name as NSString).deletingPathExtension), location: LabelLocation(file: path))
-            for (n, line) in try readLines(path).enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
+            let lines = try readLines(path)
+            // KITTI writes a line for every object and DontCare region; an empty file is a truncated copy, not a
+            // frame without objects (which would teach the detector that everything in it is background).
+            if !lines.contains(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+                image.report(.malformed, "empty label file", at: LabelLocation(file: path))
+            }
+            for (n, line) in lines.enumerated() where !line.trimmingCharacters(in: .whitespaces).isEmpty {
                 let location = LabelLocation(file: path, line: n + 1)
                 let fields = splitWords(line)
-                guard fields.count >= 8 else {
-                    image.report(.malformed, "\(fields.count) fields; expected type truncated occluded alpha x1 y1 x2 y2 ...", at: location)
+                // 15 fields, 16 in result files (a score at the end).
+                guard fields.count == 15 || fields.count == 16 else {
+                    image.report(.malformed, "\(fields.count) fields; expected 15: type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y", at: location)
                     continue
                 }
                 guard let x1 = parseNumber(fields[4]), let y1 = parseNumber(fields[5]),

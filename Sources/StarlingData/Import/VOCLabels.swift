@@ -36,6 +36,21 @@ enum VOCLabels {
             image.report(.malformed, "cannot read the file", at: LabelLocation(file: path))
             return image
         }
+        // FoundationXML on Linux parses an empty document without an error, as an annotation without objects.
+        guard !data.isEmpty else {
+            var image = SourceImage(reference: .stem(stem), location: LabelLocation(file: path))
+            image.report(.malformed, "empty file", at: LabelLocation(file: path))
+            return image
+        }
+        // FoundationXML traps (SIGILL) on an element name that is not valid UTF-8 (found by FuzzTests): refuse bytes
+        // that are not UTF-8 unless the prolog declares another encoding, which libxml2 then converts first.
+        let prolog = String(decoding: data.prefix(100), as: UTF8.self).lowercased()
+        let declaresOther = prolog.hasPrefix("<?xml") && prolog.contains("encoding") && !prolog.contains("utf-8")
+        if !declaresOther, String(data: data, encoding: .utf8) == nil {
+            var image = SourceImage(reference: .stem(stem), location: LabelLocation(file: path))
+            image.report(.malformed, "not UTF-8 text (and no other encoding declared)", at: LabelLocation(file: path))
+            return image
+        }
         let parser = XMLParser(data: data)
         parser.delegate = reader
         // FoundationXML on Linux can return true and still set parserError (an unclosed element, say).

@@ -230,6 +230,9 @@ public enum COCOJSON {
     private static func decode<T: Decodable>(_ data: Data, source: String) throws -> T {
         let decoder = JSONDecoder()
         decoder.allowsJSON5 = true   // accepts NaN / Infinity literals, so that they are reported by entry
+        // Foundation's JSON5 scanner traps on bytes that are not UTF-8 where it expects a key (found by FuzzTests);
+        // JSON is UTF-8, so such a file is refused before it is scanned.
+        guard String(data: data, encoding: .utf8) != nil else { throw DataError(file: source, message: "not UTF-8 text, so not JSON") }
         do {
             return try decoder.decode(T.self, from: data)
         } catch let error as DecodingError {

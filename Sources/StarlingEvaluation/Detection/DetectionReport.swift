@@ -232,7 +232,10 @@ public struct DetectionEvaluationReport: Sendable {
         let counted = summary.perClass.filter { $0.ap != nil }.count
         let name = summary.evaluationProtocol.apMode == .coco ? "AP@[.50:.95]" : "mAP"
         lines.append("\(name) \(f(summary.mAP)) over \(counted) of \(summary.perClass.count) classes (classes without ground truth left out); AP50 \(f(summary.ap50)), AP75 \(f(summary.ap75))")
-        lines.append("\(summary.images) images, \(summary.groundTruth) ground-truth boxes, \(summary.detections) detections")
+        // The protocol's own count beside the stored boxes: difficult boxes and ignore regions (KITTI's DontCare, one
+        // per class) are stored but not objects to find.
+        let toFind = summary.perClass.reduce(0) { $0 + $1.groundTruth }
+        lines.append("\(summary.images) images, \(summary.groundTruth) ground-truth boxes (\(toFind) to find; the rest difficult or ignore regions), \(summary.detections) detections")
         if let coco = summary.coco {
             let rows: [(String, String, String, Int)] = [
                 ("Precision", "0.50:0.95", "all", 100), ("Precision", "0.50", "all", 100), ("Precision", "0.75", "all", 100),
