@@ -157,4 +157,28 @@ import Testing
         #expect(refused.error.contains("bad.yaml: unknown key 'schedule.batch'"), "\(refused.error)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/bad"))
     }
+
+    /// `launch.ranks` outside mpirun: train starts itself again under mpirun on that many ranks.
+    @Test func launchRanksStartsMPIRun() throws {
+        let dir = Fixture.temporaryDirectory("run-config-ranks")
+        let file = try write("""
+            model:
+              name: fc-ae
+            data:
+              path: \(try Fixture.sampleHDF5())
+              val_split: none
+            schedule:
+              epochs: 1
+              batch_size: 64
+              steps_per_epoch: 2
+            checkpoints:
+              out: \(dir)/out
+            launch:
+              ranks: 2
+            """, "ranks.yaml")
+        let run = try run(Fixture.starling, ["train", "--config", file], environment: mpiEnvironment)
+        #expect(run.status == 0, "\(run.error)")
+        #expect(run.output.contains("starting 2 ranks: mpirun -np 2") && run.output.contains("over 2 rank(s)"), "\(run.output)")
+        #expect(try String(contentsOfFile: dir + "/out/fc-ae-config.yaml", encoding: .utf8).contains("ranks: 2"))
+    }
 }
