@@ -35,6 +35,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         systemLibrary("CMPI", "ompi-c", "libopenmpi-dev"),
@@ -99,6 +100,8 @@ let package = Package(
         .executableTarget(name: "starling", dependencies: [
             "StarlingModels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            // Run configurations in YAML files (`train --config`).
+            .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "StarlingCoreTests", dependencies: ["StarlingCore"],
                     exclude: ["Fixtures/roi_align_torchvision.py"]),   // the script that wrote RoIAlignFixtures.swift

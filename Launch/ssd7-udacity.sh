@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The course project: SSD7 on the Udacity driving set, configured as ssd_keras's SSD7 training notebook:
-# 300x480 frames, classes car, truck, pedestrian, bicyclist, light; Adam lr 1e-3, batch 16, L2 5e-4 (the model's
-# default), 20 epochs of 1,000 steps, early stopping after 10 epochs without val_loss improvement, learning rate x0.2
-# after 8 (not below 1e-5), checkpoints named with epoch and losses, a CSV log.
+# The course project: SSD7 on the Udacity driving set, configured as ssd_keras's SSD7 training notebook. The settings
+# are Launch/configs/ssd7-udacity.yaml (300x480 frames, Adam lr 1e-3, batch 16, 20 epochs of 1,000 steps, early
+# stopping, plateau); this script converts the data and runs that configuration, overriding only data, output and ranks.
 #
 #   Launch/ssd7-udacity.sh IMAGES_DIR LABELS_CSV [RANKS]
 # With no arguments it runs on the two-frame sample in ../shared/data/udacity (a smoke test: a few steps).
@@ -22,12 +21,7 @@ if [ ! -f "$data" ]; then
   [ $# -eq 0 ] && split=(--val-fraction 0)
   "$bin" data detection --format udacity --images "$images" --labels "$labels" --out "$data" --height 300 --width 480 "${split[@]}"
 fi
-args=(train --model ssd7 --data "$data" --batch-size 16 --lr 1e-3 --epochs 20 --steps-per-epoch 1000
-      --early-stopping 10 --plateau-patience 8 --plateau-factor 0.2 --min-lr 1e-5 --out "$out")
-[ $# -eq 0 ] && args=(train --model ssd7 --data "$data" --batch-size 2 --epochs 2 --val-split none --out "$out")
-if [ "$ranks" -gt 1 ]; then
-  STARLING_BIN="$bin" Launch/local.sh "$ranks" "${args[@]}"
-else
-  "$bin" "${args[@]}"
-fi
+args=(train --config Launch/configs/ssd7-udacity.yaml --data "$data" --out "$out" --ranks "$ranks")
+[ $# -eq 0 ] && args+=(--batch-size 2 --epochs 2 --val-split none)
+"$bin" "${args[@]}"
 "$bin" predict --checkpoint "$out/ssd7-last.h5" --data "$data" --split "$([ $# -eq 0 ] && echo train || echo val)" --limit 2 --out "$out"

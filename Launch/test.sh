@@ -9,6 +9,11 @@ if command -v python3 >/dev/null && ! python3 -c "import onnx, onnxruntime, nump
   python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy pycocotools \
     || echo "warning: onnx/onnxruntime/pycocotools could not be installed: the comparisons with them will be skipped" >&2
 fi
+# Test-only, from PyPI: tensorboard's own event reader reads the event files `train --tensorboard` writes.
+if command -v python3 >/dev/null && ! python3 -c "import tensorboard" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check tensorboard \
+    || echo "warning: tensorboard could not be installed: the event-file test will be skipped" >&2
+fi
 # Test-only, from PyPI into a venv (its numpy and protobuf pins clash with onnx's): tf.keras 2.15, the course's
 # Keras 2, loads Starling's Keras files and saves weights for Starling to import (KerasRuntimeTests).
 venv=.build/keras-venv

@@ -29,6 +29,30 @@ public enum PNGImage {
         }
     }
 
+    /// An 8-bit gray (1), RGB (3) or RGBA (4) image as PNG bytes in memory (TensorBoard's image summaries).
+    public static func encode(width: Int, height: Int, channels: Int, pixels: [UInt8]) throws -> [UInt8] {
+        guard let format = format(channels: channels), width > 0, height > 0, width * channels <= Int(Int32.max),
+              pixels.count == width * height * channels else {
+            throw StarlingIOError(file: "(PNG in memory)", message: "cannot encode \(pixels.count) values as \(width)x\(height)x\(channels)")
+        }
+        var image = png_image()
+        image.version = starling_png_image_version()
+        image.width = UInt32(width)
+        image.height = UInt32(height)
+        image.format = format
+        defer { png_image_free(&image) }
+        // The first call measures, the second writes.
+        var size: png_alloc_size_t = 0
+        let measured = pixels.withUnsafeBytes { png_image_write_to_memory(&image, nil, &size, 0, $0.baseAddress, Int32(width * channels), nil) }
+        guard measured != 0, size > 0 else { throw StarlingIOError(file: "(PNG in memory)", message: "cannot encode PNG: \(message(of: &image))") }
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        let written = bytes.withUnsafeMutableBytes { out in
+            pixels.withUnsafeBytes { png_image_write_to_memory(&image, out.baseAddress, &size, 0, $0.baseAddress, Int32(width * channels), nil) }
+        }
+        guard written != 0 else { throw StarlingIOError(file: "(PNG in memory)", message: "cannot encode PNG: \(message(of: &image))") }
+        return Array(bytes.prefix(Int(size)))
+    }
+
     /// Reads an image as 8-bit pixels. `channels` picks the output layout (1 gray, 3 RGB, 4 RGBA; libpng
     /// converts, compositing alpha onto black when it is dropped); by default the file's own: 1 for
     /// gray, 3 for color, 4 for anything with transparency.

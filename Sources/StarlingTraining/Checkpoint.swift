@@ -9,7 +9,8 @@ import StarlingNN
 /// - root attributes: `format` = "starling-checkpoint", `format_version`, `model_config` (JSON of `ModelConfig`),
 ///   `step`, `epoch`, `seed`, `world_size`, `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
 ///   `best_validation_loss`, `callbacks` (JSON of `CallbackState`: early stopping's count, the plateau, the base
-///   learning rate and, since schedules, the learning-rate schedule; a file without the schedule resumes as constant);
+///   learning rate and, since schedules, the learning-rate schedule; a file without the schedule resumes as constant),
+///   `run_config` (the resolved run configuration as YAML, in checkpoints written by `starling train`);
 /// - `/model_weights/<layer>/<weight>`: float32 datasets (float16 after `starling convert --half`) in the
 ///   parameter's shape (Keras-like names such as `encoder/kernel`, and the buffers such as `bn1/moving_mean`), with
 ///   `layer_names` on `/model_weights` and `weight_names` on each layer group;
@@ -35,6 +36,9 @@ public enum Checkpoint {
         public var learningRate: Float?
         /// The run's learning-rate schedule in steps, fixed when it started, so a resumed run continues it exactly.
         public var learningRateSchedule = ResolvedSchedule.constant
+        /// The run's resolved configuration (YAML, as `train --config` reads it), when the run was started from the
+        /// command line; a resumed run records its own.
+        public var runConfiguration: String?
         public init() {}
     }
 
@@ -73,6 +77,7 @@ public enum Checkpoint {
             try root.setAttribute("world_size", state.worldSize)
             try root.setAttribute("data_cursor", state.dataCursor)
             try root.setAttribute("best_validation_loss", state.bestValidationLoss)
+            if let runConfiguration = state.runConfiguration { try root.setAttribute("run_config", runConfiguration) }
             try root.setJSONAttribute("callbacks", CallbackState(epochsWithoutImprovement: state.epochsWithoutImprovement, plateau: state.plateau,
                                                                  learningRate: state.learningRate, schedule: state.learningRateSchedule))
             let weights = try root.createGroup("model_weights")
@@ -179,6 +184,7 @@ public enum Checkpoint {
         state.worldSize = try root.intAttribute("world_size")
         state.dataCursor = try root.intAttribute("data_cursor")
         state.bestValidationLoss = try root.doubleAttribute("best_validation_loss")
+        if root.hasAttribute("run_config") { state.runConfiguration = try root.stringAttribute("run_config") }
         if root.hasAttribute("callbacks") {
             let callbacks = try root.jsonAttribute("callbacks", as: CallbackState.self)
             (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (callbacks.epochsWithoutImprovement, callbacks.plateau, callbacks.learningRate)

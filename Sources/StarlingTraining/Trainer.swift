@@ -55,6 +55,13 @@ public struct TrainingOptions: Sendable {
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
     public var writeOutputs = true
+    /// The run's resolved configuration (YAML), written as `<model>-config.yaml` beside the checkpoints and into each.
+    public var runConfiguration: String?
+    /// Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, validation pictures.
+    public var tensorBoardDirectory: String?
+    /// Figures of the model on the validation split for TensorBoard (e.g. detectors' mAP), computed by rank 0 at each
+    /// validation; they are logged only and never steer training, so the other ranks need not see them.
+    public var validationMetrics: (@Sendable (any Model) throws -> [(name: String, value: Double)])?
     public init() {}
 }
 
@@ -126,6 +133,7 @@ public final class Trainer {
         state.seed = options.seed
         state.worldSize = world.size
         state.learningRateSchedule = requestedSchedule
+        state.runConfiguration = options.runConfiguration
         if let resume { try restore(resume) }
         // Started only now, so that a refusal above leaves no watch thread behind.
         watchdog.start()
@@ -203,6 +211,7 @@ public final class Trainer {
     public var lastCheckpointPath: String { "\(checkpointPrefix)-last.h5" }
     public var bestCheckpointPath: String { "\(checkpointPrefix)-best.h5" }
     public var logPath: String { "\(checkpointPrefix)-log.csv" }
+    public var configurationPath: String { "\(checkpointPrefix)-config.yaml" }
 
     /// Continues from a checkpoint: weights, optimizer moments and step, epoch and data cursor.
     private func restore(_ loaded: Checkpoint.Loaded) throws {
@@ -221,6 +230,7 @@ public final class Trainer {
         let previousWorld = loaded.state.worldSize
         state = loaded.state
         state.worldSize = world.size
+        state.runConfiguration = options.runConfiguration
         if previousWorld != world.size {
             log("resuming a run of \(previousWorld) rank(s) on \(world.size): the data cursor is global, so the sample order is unchanged")
         }
@@ -262,16 +272,27 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> [EpochRecord] {
         let csv = CSVLog(path: logPath)
+        var board: TrainingBoard?
         let writes = world.isRoot && options.writeOutputs
         if writes {
             try makeDirectory(options.outputDirectory)
             let stale = AtomicFile.removeStaleTemporaries(in: options.outputDirectory)
             if !stale.isEmpty { log("removed \(stale.count) temporary file(s) left in \(options.outputDirectory) by a killed write: \(stale.joined(separator: ", "))") }
             try csv.start(header: "epoch,step,loss,val_loss,lr,seconds,images_per_second,data_wait_seconds", append: state.epoch > 0 || state.dataCursor > 0)
+            if let directory = options.tensorBoardDirectory {
+                board = try TrainingBoard(directory: directory)
+                log("TensorBoard events: \(board?.writer.path ?? directory)")
+            }
+            if let configuration = options.runConfiguration {
+                try AtomicFile.write(Array(configuration.utf8), to: configurationPath)
+                log("configuration: \(configurationPath)")
+            }
         }
         let steps = stepsPerEpoch
         let local = options.batchSize / world.size
-        let interactive = world.isRoot && isatty(STDOUT_FILENO) != 0
+        // Only rank 0 prints; the others' plain lines go to their no-op log.
+        var display = world.isRoot && options.progress ? ProgressDisplay.forStandardOutput(worldSize: world.size) : ProgressDisplay(mode: .plain)
+        let live = display.mode == .live
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
@@ -293,7 +314,7 @@ public final class Trainer {
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
             var lastPrint = start
             do {
-                defer { reader.finish() }
+                defer { reader.finish(); display.finishLine() }
                 for step in firstStep..<steps {
                     var batch = try reader.next()
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
@@ -341,13 +362,14 @@ public final class Trainer {
                     state.step += 1
                     state.dataCursor = (step + 1) * options.batchSize
                     let now = monotonicSeconds()
-                    if step + 1 == steps || (interactive && now - lastPrint > 0.2) || (!interactive && (step + 1) % max(1, steps / 10) == 0) {
+                    if step + 1 == steps || (live && now - lastPrint > 0.2) || (!live && ProgressDisplay.plainLineDue(step: step, steps: steps)) {
                         lastPrint = now
                         let done = Double(step + 1 - firstStep)
                         let rate = done * Double(options.batchSize) / (now - start)
                         let eta = (now - start) / done * Double(steps - step - 1)
-                        let line = "epoch \(epoch + 1)/\(options.epochs)  step \(step + 1)/\(steps)  \(Int(rate)) img/s  ETA \(formatDuration(eta))  loss \(format(sums[0] / max(sums[1], 1)))"
-                        if interactive && options.progress { print("\r" + line, terminator: step + 1 == steps ? "\n" : ""); fflush(nil) } else { log(line) }
+                        display.show(epoch: epoch + 1, epochs: options.epochs, step: step + 1, steps: steps, imagesPerSecond: rate, eta: eta,
+                                     loss: format(sums[0] / max(sums[1], 1)), plain: log)
+                        try board?.progress(step: state.step, loss: sums[0] / max(sums[1], 1), learningRate: optimizer.learningRate, imagesPerSecond: rate)
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
@@ -357,6 +379,7 @@ public final class Trainer {
                     if stopping && step + 1 < steps {
                         if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
                         if options.writeOutputs { published(lastCheckpointPath) }
+                        display.finishLine()
                         log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
                         return history
                     }
@@ -374,6 +397,13 @@ public final class Trainer {
                                      learningRate: optimizer.learningRate, seconds: seconds,
                                      imagesPerSecond: stepsRun * Double(options.batchSize) / seconds, dataWaitSeconds: dataWait)
             history.append(record)
+            if let board {
+                try board.epoch(record)
+                if let validation { try board.validationPictures(model: model, validation: validation, step: state.step) }
+                if validation != nil, let metrics = options.validationMetrics {
+                    for (name, value) in try GradMode.disabled({ try metrics(model) }) { try board.writer.scalar("validation/\(name)", value, step: state.step) }
+                }
+            }
             var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"
             if let validationLoss { summary += "  val_loss \(format(validationLoss))" }
             summary += "  data wait \(formatDuration(dataWait))"

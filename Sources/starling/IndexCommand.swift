@@ -8,7 +8,7 @@ struct IndexCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "index",
         abstract: "Inverse image search: index a split by an encoder's codes, query it by image or id, measure precision@k.",
-        subcommands: [IndexBuildCommand.self, IndexQueryCommand.self, IndexEvalCommand.self])
+        subcommands: [IndexBuildCommand.self, IndexQueryCommand.self, IndexEvalCommand.self, IndexMapCommand.self])
 }
 
 struct IndexBuildCommand: ParsableCommand {
@@ -162,5 +162,55 @@ enum IndexImages {
             throw DataError(file: path, message: "image is \(png.width)x\(png.height); the index's model \(index.modelConfig.family) takes \(shape[1])x\(shape[0]) images")
         }
         return png.pixels.map { Float($0) / 255 }
+    }
+}
+
+struct IndexMapCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "map", abstract: "The index's codes projected to 2-D (t-SNE or PCA) and drawn coloured by label.")
+
+    @Option(help: "Index written by `starling index build`.") var index: String
+    @Option(help: "The picture to write (PNG).") var out: String
+    @Option(help: "Projection: tsne (exact up to --exact-up-to points, Barnes-Hut beyond) or pca.") var method: String = CodeMap.Method.tsne.rawValue
+    @Option(help: "t-SNE: the perplexity, about the neighbours each point keeps close.") var perplexity: Double = CodeMap.TSNESettings().perplexity
+    @Option(help: "t-SNE: optimisation steps.") var iterations: Int = CodeMap.TSNESettings().iterations
+    @Option(help: "t-SNE: the exact gradient up to this many points, Barnes-Hut (theta 0.5) beyond.") var exactUpTo: Int = CodeMap.TSNESettings().exactUpTo
+    @Option(help: "t-SNE: seed of the starting positions.") var seed: UInt64 = 0
+    @Option(help: "Map only the first N codes.") var limit: Int?
+
+    func validate() throws {
+        guard CodeMap.Method(rawValue: method) != nil else { throw ValidationError("--method must be tsne or pca, not '\(method)'") }
+        guard perplexity > 0, perplexity.isFinite else { throw ValidationError("--perplexity must be positive") }
+        guard iterations > 0 else { throw ValidationError("--iterations must be positive") }
+        guard exactUpTo >= 0 else { throw ValidationError("--exact-up-to cannot be negative") }
+        if let l = limit, l <= 1 { throw ValidationError("--limit must be at least 2") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let index = try CodeIndex.read(from: index)
+            let n = min(index.count, limit ?? index.count)
+            guard n >= 2 else { throw IndexError(file: index.path, message: "\(index.count) codes: a map needs at least 2") }
+            let codes = Array(index.codes.prefix(n * index.dimension))
+            let method = CodeMap.Method(rawValue: method) ?? .tsne
+            let start = Date()
+            let points: [Double]
+            var how: String
+            switch method {
+            case .pca:
+                points = CodeMap.pca(codes, count: n, dimension: index.dimension)
+                how = "first two principal components"
+            case .tsne:
+                var settings = CodeMap.TSNESettings()
+                (settings.perplexity, settings.iterations, settings.seed, settings.exactUpTo) = (perplexity, iterations, seed, exactUpTo)
+                points = CodeMap.tsne(codes, count: n, dimension: index.dimension, settings: settings)
+                how = "t-SNE, perplexity \(perplexity), \(iterations) iterations, " + (n <= exactUpTo ? "exact" : "Barnes-Hut")
+            }
+            let labels = index.labels.map { Array($0.prefix(n)) }
+            let title = "\(index.modelConfig.family) codes of \(n) images of [\(index.split)]: \(method == .pca ? "PCA" : "t-SNE")"
+            try CodeMap.plot(points, labels: labels, title: title, method: method).writePNG(path: out)
+            print("\(n) codes (\(index.dimension) values each) of \(index.data) [\(index.split)] mapped to 2-D (\(how)) in "
+                  + "\(String(format: "%.1f", Date().timeIntervalSince(start))) s: \(out)")
+        }
     }
 }

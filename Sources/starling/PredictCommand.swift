@@ -17,16 +17,20 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Confidence threshold (0.5 for display).") var confidence: Float = 0.5
     @Option(help: "Per-class NMS IoU.") var nmsIou: Float = 0.45
     @Option(help: "Detections kept per image.") var topK: Int = 200
-    @Option(help: "Folder for the pictures (default: next to the checkpoint).") var out: String?
+    @Option(help: "A folder of JPEG or PNG frames (in the natural order of their names) or a numbered sequence such as clip/frame%05d.jpg: every frame predicted, drawn into --out, the loop's FPS printed; detectors, autoencoders (reconstructions) and segmentation models.") var frames: String?
+    @Option(help: "--frames with a detector: the COCO results JSON (default: detections.json in --out); image_id is the frame's number in order, from 1.") var detections: String?
+    @Option(help: "Folder for the pictures (default: next to the checkpoint; --frames: a folder 'frames' there).") var out: String?
 
     func validate() throws {
-        guard (image == nil) != (data == nil) else { throw ValidationError("give exactly one of --image and --data") }
+        guard [image, data, frames].compactMap({ $0 }).count == 1 else { throw ValidationError("give exactly one of --image, --data and --frames") }
+        if detections != nil, frames == nil { throw ValidationError("--detections goes with --frames") }
         guard limit > 0 else { throw ValidationError("--limit must be positive") }
     }
 
     func run() throws {
         try reportingErrors {
             let loaded = try Checkpoint.load(from: checkpoint)
+            if let frames { return try predictFrames(loaded.model, frames: frames) }
             if let unet = loaded.model as? UNet { return try segment(unet) }
             let model = loaded.model
             guard model is any Detector || model is any RegionDetector, let names = model.config.classNames else {

@@ -1,5 +1,5 @@
-import Foundation
 import ArgumentParser
+import Foundation
 import StarlingModels
 
 /// The `starling` command: data conversion, training, evaluation and benchmarks.
@@ -11,6 +11,19 @@ struct Starling: ParsableCommand {
         subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, EvalDetectionsCommand.self,
                       AnchorsCommand.self, OutliersCommand.self, IndexCommand.self, ConvertCommand.self, InspectCommand.self,
                       ProposalsCommand.self, RCNNSVMCommand.self, BenchCommand.self, CheckMPICommand.self])
+
+    /// Expands `train --config FILE` into flags before parsing, and starts `--ranks N` under mpirun.
+    static func main() {
+        let given = Array(CommandLine.arguments.dropFirst())
+        let arguments: [String]
+        do {
+            arguments = try RunConfiguration.expand(given)
+            try MPILaunch.relaunchIfAsked(ranks: MPILaunch.requestedRanks(arguments), arguments: given)
+        } catch {
+            exit(withError: CommandFailure(error))
+        }
+        main(arguments)
+    }
 }
 
 /// Turns any error into the one-line message ArgumentParser prints before exiting non-zero.

@@ -46,6 +46,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
+    @Option(help: "Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, and at each validation the validation loss and a picture (reconstructions, drawn detections).") var tensorboard: String?
     @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; the libraries' own choice, all cores, otherwise).") var blasThreads: Int?
 
     func validate() throws {
@@ -114,11 +115,26 @@ struct TrainingFlags: ParsableArguments {
             ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: minDelta.map { Float($0) } ?? ReduceOnPlateau.kerasMinDelta)
         }
         o.bucketBytes = Int(bucketMb * 1_048_576)
+        o.tensorBoardDirectory = tensorboard
         return o
     }
 }
 
 struct TrainCommand: ParsableCommand {
+    /// TensorBoard's validation mAP for detectors: eval's default protocol (VOC all-point AP at IoU 0.5, confidence
+    /// 0.01, NMS 0.45, top 200) on the validation split, or its first --val-limit images.
+    static func detectionMetrics(path: String, split: String, limit: Int?) -> @Sendable (any Model) throws -> [(name: String, value: Double)] {
+        { model in
+            guard let detector = model as? any Detector else { return [] }
+            let dataset = try DetectionDataset(path: path, split: split)
+            let truth = DetectorEvaluation.groundTruth(dataset, limit: limit)
+            let found = try DetectorEvaluation.detect(detector, dataset: dataset, decoding: DetectionDecoding(confidenceThreshold: 0.01),
+                                                      batchSize: 8, limit: limit)
+            let report = try DetectionEvaluationReport.evaluate(groundTruth: truth, detections: found, mode: .voc, iouThreshold: 0.5)
+            return report.summary.mAP.map { [(name: "mAP_voc_iou0.5", value: $0)] } ?? []
+        }
+    }
+
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Train a model (under mpirun: on every rank).")
 
     @Option(help: "Model family: \(ModelRegistry.familyNames.joined(separator: ", ")).") var model: String
@@ -135,7 +151,13 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("option"), help: "A family's configuration option, NAME=VALUE, repeatable (unet: levels, valid, sigmoid, border_weight, border_sigma, class_weight_<c>; fast-rcnn: hidden, rois_per_image, foreground_fraction, test_proposals; faster-rcnn: hidden, rois_per_image, foreground_fraction, anchor_size, rpn_batch, rpn_positive_fraction, rpn_nms, rpn_pre_nms_train, rpn_post_nms_train, rpn_pre_nms_test, rpn_post_nms_test; see the README).")
     var familyOptions: [String] = []
     @Flag(inversion: .prefixedNo, help: "yolov2: the passthrough layer from the stride-16 features (darknet's reorg; default on, as yolov2.cfg).") var passthrough: Bool?
+    @Option(help: "A run configuration (YAML, e.g. Launch/configs/fc-ae.yaml): model, data, optimizer, schedule, callbacks, checkpoints, launch. Flags on the command line override it.") var config: String?
+    @Option(help: "MPI ranks to start (with mpirun) when not already running under mpirun.") var ranks: Int?
     @OptionGroup var flags: TrainingFlags
+
+    func validate() throws {
+        if let r = ranks, r <= 0 { throw ValidationError("--ranks must be positive") }
+    }
 
     func run() throws {
         let world = try reportingErrors { try Communicator() }
@@ -178,9 +200,16 @@ struct TrainCommand: ParsableCommand {
                 }
                 let network = try family.build(config, seed: flags.seed)
                 let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count)
+                if let ranks, ranks != world.size, world.isRoot {
+                    Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
+                }
+                var options = flags.options
+                if flags.tensorboard != nil, family.dataKind == .detection, let validation {
+                    options.validationMetrics = Self.detectionMetrics(path: validation.path, split: validation.split, limit: flags.valLimit)
+                }
+                options.runConfiguration = try RunConfiguration.resolved(from: self, source: self.config)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
-                var options = flags.options
                 options.resumePath = resume
                 let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
                                           options: options, world: world, resume: loaded)
