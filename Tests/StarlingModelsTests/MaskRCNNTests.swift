@@ -110,3 +110,33 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
     }
 }
 
+
+extension DistributedTests {
+    /// mask-rcnn on four Penn-Fudan frames with their masks at global batch 4: two ranks with --sync-bn train the model
+    /// one process trains. Anchors and RoIs are drawn from each image's own stream; the RPN, box and mask losses are
+    /// divided by the sampled anchors, RoIs and positive RoIs of the global batch. Minibatches larger than the
+    /// candidates make images, and ranks, sample different counts. Three SGD steps.
+    @Test func maskRCNNRanksMatchOneProcessWithSyncBN() throws {
+        let dir = Fixture.temporaryDirectory("dp-mask-rcnn")
+        guard let data = try pennFudanInstances(dir) else { return }   // shared data not here
+        let args = ["train", "--model", "mask-rcnn", "--data", data, "--epochs", "3", "--batch-size", "4", "--no-augment", "--val-split", "none",
+                    "--sync-bn", "--seed", "2", "--optimizer", "sgd", "--lr", "0.001", "--width-multiplier", "0.0625",
+                    "--option", "hidden=32", "--option", "mask_width=8", "--option", "rpn_batch=5000", "--option", "rois_per_image=1000",
+                    "--option", "rpn_post_nms_train=200"]
+        let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
+        #expect(one.status == 0, "\(one.error)")
+        let two = try mpirun(2, args + ["--out", dir + "/two"])
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        let (a, b) = (try epochLosses(dir + "/one/mask-rcnn-log.csv"), try epochLosses(dir + "/two/mask-rcnn-log.csv"))
+        #expect(a.count == 3 && b.count == 3)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
+        let (wa, wb) = (try weights(dir + "/one/mask-rcnn-last.h5"), try weights(dir + "/two/mask-rcnn-last.h5"))
+        #expect(wa.count == wb.count && !wa.isEmpty)
+        for (name, x) in wa {
+            let y = wb[name] ?? []
+            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
+            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
+        }
+    }
+}
