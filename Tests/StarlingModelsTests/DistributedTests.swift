@@ -269,20 +269,24 @@ import Testing
         }
     }
 
-    /// fast-rcnn's validation loss on ranks whose shares of the split differ in batches (5 images over 2 ranks at batch
-    /// 2: three and two images, two batches and one): no collective inside it, so the run ends instead of waiting (with
-    /// the RoI count allreduced in validation too, rank 0 waits for ever in an allreduce rank 1 never joins).
-    @Test func fastRCNNValidatesOnUnequalShares() throws {
-        let dir = Fixture.temporaryDirectory("dp-fast-rcnn-val")
+    /// The validation loss on ranks whose shares of the split differ in batches (5 images over 2 ranks at batch 2: three
+    /// and two images, two batches and one): the trainer runs it with no collective inside the loss (SSD's positive
+    /// count, YOLO's and Fast R-CNN's normalisers are this rank's), so the run ends instead of waiting (with a count
+    /// allreduced in validation, rank 0 waits for ever in an allreduce rank 1 never joins).
+    @Test(arguments: ["fast-rcnn", "ssd7", "yolov3-tiny"])
+    func validatesOnUnequalShares(family: String) throws {
+        let dir = Fixture.temporaryDirectory("dp-\(family)-val")
         guard let data = try pennFudanFrames(dir, count: 6) else { return }   // shared data not here
-        let args = ["train", "--model", "fast-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32", "--epochs", "1",
-                    "--steps-per-epoch", "1", "--batch-size", "2", "--val-split", "train", "--val-limit", "5", "--seed", "2"]
+        let options = family == "fast-rcnn" ? ["--width-multiplier", "0.0625", "--option", "hidden=32"]
+            : family == "yolov3-tiny" ? ["--width-multiplier", "0.125"] : []
+        let args = ["train", "--model", family, "--data", data, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+                    "--val-split", "train", "--val-limit", "5", "--seed", "2"] + options
         // Under `timeout`: ranks waiting in a collective the other never calls would wait for ever (mpirun ignores the
         // TERM, so KILL follows; a rank left spinning after that is the price of a failing run only).
         let two = try run("/usr/bin/env", ["timeout", "-k", "5", "60", "mpirun", "-np", "2", Fixture.starling] + args + ["--out", dir + "/two"],
                           environment: mpiEnvironment)
         #expect(two.status == 0, "\(two.output)\(two.error)")
-        let log = try String(contentsOfFile: dir + "/two/fast-rcnn-log.csv", encoding: .utf8).split(separator: "\n")
+        let log = try String(contentsOfFile: dir + "/two/\(family)-log.csv", encoding: .utf8).split(separator: "\n")
         let validation = log.dropFirst().compactMap { Double($0.split(separator: ",")[3]) }
         #expect(validation.count == 1 && validation.allSatisfy(\.isFinite), "\(log)")
     }
