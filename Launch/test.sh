@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash Launch/install-deps.sh
-# Test-only, from PyPI: onnx (its checker) and onnxruntime run the exported ONNX graphs against Starling's outputs.
-if command -v python3 >/dev/null && ! python3 -c "import onnx, onnxruntime, numpy" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy \
-    || echo "warning: onnx/onnxruntime could not be installed: the ONNX runtime comparison will be skipped" >&2
+# Test-only, from PyPI: onnx (its checker) and onnxruntime run the exported ONNX graphs against Starling's outputs;
+# pycocotools (the COCO API) checks the run-length masks of mask AP.
+if command -v python3 >/dev/null && ! python3 -c "import onnx, onnxruntime, numpy, pycocotools.mask" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check onnx onnxruntime numpy pycocotools \
+    || echo "warning: onnx/onnxruntime/pycocotools could not be installed: the comparisons with them will be skipped" >&2
 fi
 # Test-only, from PyPI: tensorboard's own event reader reads the event files `train --tensorboard` writes.
 if command -v python3 >/dev/null && ! python3 -c "import tensorboard" 2>/dev/null; then

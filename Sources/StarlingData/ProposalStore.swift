@@ -66,3 +66,59 @@ public enum ProposalStore {
         return (lists, method)
     }
 }
+
+/// Reads one split's stored proposals image by image (a hyperslab of `proposal_offsets` and one of `proposals` per
+/// image), so a split of 22,000 images x 2,000 proposals never sits in memory whole. Opening it checks that the split
+/// has proposals, one offset per image and rows for the last offset; each image's boxes are checked as they are read.
+public final class ProposalReader: @unchecked Sendable {
+    public let path: String
+    public let split: String
+    public let count: Int
+    public let method: String
+    let imageHeight: Float, imageWidth: Float
+    private let file: HDF5File
+    private let offsets: HDF5Dataset
+    private let boxes: HDF5Dataset
+    private let rows: Int
+
+    /// The proposals of `dataset`'s split; an error naming the file, and the command that stores them, when there are none.
+    public init(dataset: DetectionDataset) throws {
+        path = dataset.path
+        split = dataset.split
+        count = dataset.count
+        (imageHeight, imageWidth) = (Float(dataset.imageHeight), Float(dataset.imageWidth))
+        file = try HDF5File.open(path)
+        let group = try file.root.group(split)
+        guard group.contains("proposals") && group.contains("proposal_offsets") else {
+            throw DataError(file: path, message: "no proposals in /\(split); store them with `starling proposals --data \(path) --split \(split) --store`")
+        }
+        offsets = try group.dataset("proposal_offsets")
+        boxes = try group.dataset("proposals")
+        guard offsets.shape == [count + 1], boxes.shape.count == 2, boxes.shape[1] == 4 else {
+            throw DataError(file: path, message: "/\(split)/proposal_offsets \(offsets.shape) and proposals \(boxes.shape) do not fit the split's \(count) images")
+        }
+        rows = boxes.shape[0]
+        let last = try offsets.readRows(count..<(count + 1), as: Int64.self)[0]
+        guard last == Int64(rows) else {
+            throw DataError(file: path, message: "/\(split)/proposal_offsets ends at \(last), but /\(split)/proposals has \(rows) rows")
+        }
+        method = group.hasAttribute("proposals_method") ? try group.stringAttribute("proposals_method") : "unknown"
+    }
+
+    /// Image `i`'s proposals, best first.
+    public func proposals(of i: Int) throws -> [BoxCorners] {
+        guard i >= 0 && i < count else { throw DataError(file: path, message: "image index \(i) out of range 0..<\(count) in /\(split)") }
+        let range = try offsets.readRows(i..<(i + 2), as: Int64.self)
+        guard range[0] >= 0, range[0] <= range[1], range[1] <= Int64(rows) else {
+            throw DataError(file: path, message: "/\(split)/proposal_offsets[\(i)...\(i + 1)] = \(range) is not a range of the \(rows) proposals")
+        }
+        let values = try boxes.readRows(Int(range[0])..<Int(range[1]), as: Float.self)
+        return try (0..<(values.count / 4)).map { r in
+            let b = BoxCorners(xmin: values[4 * r], ymin: values[4 * r + 1], xmax: values[4 * r + 2], ymax: values[4 * r + 3])
+            guard b.isValid, b.xmin >= 0, b.ymin >= 0, b.xmax <= imageWidth, b.ymax <= imageHeight else {
+                throw DataError(file: path, message: "/\(split)/proposals row \(Int(range[0]) + r) of image \(i) is \(b): empty, not finite or outside the \(Int(imageWidth))x\(Int(imageHeight)) images")
+            }
+            return b
+        }
+    }
+}

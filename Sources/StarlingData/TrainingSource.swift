@@ -45,6 +45,10 @@ public enum TrainingData {
             } : nil)
             let split = validationSplit ?? "val"
             return (train, split == "none" ? nil : DetectionSource(dataset: try DetectionDataset(path: path, split: split)))
+        case .detectionProposals:
+            let train = try DetectionSource.withProposals(path: path, split: trainSplit, augmentation: augment ? DetectionAugmentation() : nil, seed: seed)
+            let split = validationSplit ?? "val"
+            return (train, split == "none" ? nil : try DetectionSource.withProposals(path: path, split: split))
         case .segmentation, .instances:
             let dataset = try SegmentationDataset(path: path, split: trainSplit)
             if kind == .instances && !dataset.hasInstances {

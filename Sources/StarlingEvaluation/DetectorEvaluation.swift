@@ -54,4 +54,30 @@ public enum DetectorEvaluation {
         for _ in 0..<batches { _ = model.detect(batch.images, decoding: decoding) }
         return Double(batches * batchSize) / (monotonicSeconds() - start)
     }
+
+    /// A two-stage detector's detections on the first `limit` images, in batches, with the proposals it scored per
+    /// image and the seconds per image of detection (backbone, RoI head, decoding, NMS; a model that reads stored
+    /// proposals does not search them here, see `starling proposals` for the search's time).
+    public static func detect(_ model: any RegionDetector, dataset: DetectionDataset, decoding: DetectionDecoding, batchSize: Int,
+                              limit: Int? = nil) throws -> (detections: [Detection], proposalsPerImage: Double, secondsPerImage: Double) {
+        let source = model.readsProposals ? DetectionSource(dataset: dataset, proposals: try ProposalReader(dataset: dataset)) : DetectionSource(dataset: dataset)
+        let n = min(dataset.count, limit ?? dataset.count)
+        var found: [Detection] = []
+        var (scored, seconds) = (0, 0.0)
+        var start = 0
+        while start < n {
+            let indices = Array(start..<min(n, start + batchSize))
+            let batch = try source.batch(indices: indices, epoch: 0, training: false, config: model.config)
+            let t0 = monotonicSeconds()
+            let (boxes, proposals) = model.detectCountingProposals(batch, decoding: decoding)
+            seconds += monotonicSeconds() - t0
+            scored += proposals.reduce(0, +)
+            for (k, list) in boxes.enumerated() {
+                let id = Int(dataset.imageIDs[indices[k]])
+                for d in list { found.append(Detection(imageID: id, classID: d.classID, box: d.box.inDouble, score: Double(d.score))) }
+            }
+            start += batchSize
+        }
+        return (found, Double(scored) / Double(max(n, 1)), seconds / Double(max(n, 1)))
+    }
 }

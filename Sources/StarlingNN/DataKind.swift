@@ -6,6 +6,9 @@ public enum DataKind: String, Sendable, CaseIterable {
     case images
     /// Detection datasets (`starling data detection`): images and their boxes (`Batch.objects`).
     case detection
+    /// Detection datasets with region proposals stored beside each split (`starling proposals --store`): images, boxes
+    /// and each image's proposals (`Batch.objects`, `Batch.proposals`). Fast R-CNN trains on them.
+    case detectionProposals
     /// Semantic segmentation: images and a class per pixel (`Batch.segmentation`'s class maps).
     case segmentation
     /// Instance segmentation: images, boxes and a mask per object (`Batch.objects` and `Batch.segmentation`'s masks).

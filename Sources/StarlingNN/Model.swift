@@ -45,6 +45,9 @@ public struct Batch {
     public var objects: [[Object]]?
     /// Segmentation data: the class of every pixel and, for instance data, each object's mask.
     public var segmentation: SegmentationMaps?
+    /// Detection data with stored region proposals (`DataKind.detectionProposals`): each image's proposals in pixels of
+    /// the model's input, best first, moved with the image by augmentation.
+    public var proposals: [[BoxCorners]]?
     /// What the model's loss compares its outputs with, encoded from the annotations by the model's
     /// `targetEncoder` on the data thread (SSD: `SSDTargets`).
     public var targets: (any BatchTargets)?

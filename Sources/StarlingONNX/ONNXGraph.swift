@@ -47,9 +47,9 @@ public final class ONNXGraph {
         return k == 0 && !hint.isEmpty ? hint : "\(hint)_\(k)"
     }
 
-    /// A graph input of float32 values; axis 0 is the batch ("N").
-    public func input(_ name: String, shape: [Int]) -> ONNXValue {
-        inputs.append(Self.valueInfo(name, shape: shape, type: .float))
+    /// A graph input of float32 values; a symbolic axis 0 is called `batchName` (the batch, "N", by default).
+    public func input(_ name: String, shape: [Int], batchName: String = "N") -> ONNXValue {
+        inputs.append(Self.valueInfo(name, shape: shape, type: .float, batchName: batchName))
         return ONNXValue(graph: self, name: name, shape: shape)
     }
 
@@ -106,7 +106,7 @@ public final class ONNXGraph {
 
     /// Appends a node with an output per name hint, of the given static shapes; the same node asked for again is
     /// the one already in the graph.
-    func node(_ op: String, _ inputs: [String], names hints: [String], shapes: [[Int]], attributes: [Onnx_AttributeProto] = []) -> [ONNXValue] {
+    package func node(_ op: String, _ inputs: [String], names hints: [String], shapes: [[Int]], attributes: [Onnx_AttributeProto] = []) -> [ONNXValue] {
         precondition(hints.count == shapes.count, "\(op): \(hints.count) output names for \(shapes.count) shapes")
         let encoded = attributes.map { (try? $0.serializedBytes() as [UInt8]) ?? [] }
         let key = "node \(op) \(inputs) \(encoded) \(hints)"

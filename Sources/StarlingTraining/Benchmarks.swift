@@ -228,6 +228,55 @@ public enum Benchmarks {
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
     }
 
+    /// A two-stage detector on synthetic frames of its input size (random pixels, three boxes each, `proposals` random
+    /// regions per image standing in for selective search's, whose own time `starling proposals` reports): training
+    /// steps at `batchSize` (Fast R-CNN's 2 images: forward, RoI sampling, loss, backward, Adam) and inference
+    /// (backbone, the RoI head on every proposal, decoding with NMS) at each of `inferenceBatches`, the best of three
+    /// rounds.
+    public static func twoStageDetector(_ config: ModelConfig, batchSize: Int, steps: Int, proposals: Int = 2000,
+                                        inferenceBatches: [Int] = [1, 2]) throws -> DetectorThroughput {
+        guard let model = try ModelRegistry.build(config, seed: 1) as? any RegionDetector, config.inputShape.count == 3 else {
+            throw TrainingError("model \(config.family) is not a region detector")
+        }
+        let (height, width) = (Float(config.inputShape[1]), Float(config.inputShape[2]))
+        let adam = Adam(parameterCount: model.parameters.count)
+        var rng = RandomGenerator(seed: 5)
+        func region(largest: Float) -> BoxCorners {
+            let w = rng.uniform(8, min(largest, width)), h = rng.uniform(8, min(largest, height))
+            let x = rng.uniform(0, width - w), y = rng.uniform(0, height - h)
+            return BoxCorners(xmin: x, ymin: y, xmax: x + w, ymax: y + h)
+        }
+        func frames(_ n: Int) -> Batch {
+            let images = Tensor(zeros: [n] + config.inputShape)
+            for i in 0..<images.count { images.data[i] = Float(rng.next() % 256) }
+            var batch = Batch(images: images, indices: Array(0..<n), epoch: 0, seed: 1)
+            batch.objects = (0..<n).map { _ in (0..<3).map { k in Object(box: region(largest: 120), classID: 1 + k % (model.classCount - 1)) } }
+            batch.proposals = (0..<n).map { _ in (0..<proposals).map { _ in region(largest: max(width, height)) } }
+            return batch
+        }
+        let train = trainingImagesPerSecond(model, adam, frames(batchSize), steps: steps)
+        var fps: [Int: Double] = [:], forward: [Int: Double] = [:]
+        for n in inferenceBatches {
+            let batch = frames(n)
+            func imagesPerSecond(_ body: () -> Void) -> Double {
+                body()
+                var best = Double.infinity
+                for _ in 0..<3 {
+                    let start = monotonicSeconds()
+                    for _ in 0..<2 { body() }
+                    best = min(best, monotonicSeconds() - start)
+                }
+                return Double(2 * n) / best
+            }
+            fps[n] = imagesPerSecond { _ = model.detect(batch, decoding: .evaluation) }
+            // R-CNN has no shared backbone pass: its network runs on each warped proposal, inside `detect`.
+            if let twoStage = model as? any TwoStageDetector {
+                forward[n] = imagesPerSecond { _ = GradMode.disabled { twoStage.features(batch.images, training: false) } }
+            }
+        }
+        return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
+    }
+
     /// The SSD input pipeline alone, as training runs it: read frames from the HDF5 file, augment (ssd_keras's chain),
     /// convert to floats and encode the anchor targets; images per second on one thread.
     public static func detectionPipeline(dataPath: String, batchSize: Int, batches: Int) throws -> Double {

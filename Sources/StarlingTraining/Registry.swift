@@ -75,6 +75,24 @@ extension [ModelFamily.Tunable] {
     /// A letterboxing family's network input (`--network-size HxW`).
     static let networkSize: [ModelFamily.Tunable] = [.init("network_height", range: 32...4096), .init("network_width", range: 32...4096)]
 
+    /// Fast R-CNN's options (`FastRCNN`): `--width-multiplier` and `--option NAME=VALUE`.
+    static let fastRCNN: [ModelFamily.Tunable] = [
+        .init("width", range: 0.001...1), .init("hidden", range: 1...65536), .init("rois_per_image", range: 1...4096),
+        .init("foreground_fraction", range: 0...1), .init("test_proposals", range: 1...100_000),
+    ]
+
+    /// Mask R-CNN's options (`MaskRCNN`): Faster R-CNN's with the backbone's depth and the mask head's width.
+    static let maskRCNN: [ModelFamily.Tunable] = fasterRCNN.map { $0.option == "width" ? .init("width", range: 0.001...4) : $0 }
+        + [.init("depth", range: 0.001...4), .init("mask_width", range: 1...4096)]
+
+    /// Faster R-CNN's options (`FasterRCNN`): `--width-multiplier` and `--option NAME=VALUE`.
+    static let fasterRCNN: [ModelFamily.Tunable] = [
+        .init("width", range: 0.001...1), .init("hidden", range: 1...65536), .init("rois_per_image", range: 1...4096),
+        .init("foreground_fraction", range: 0...1), .init("anchor_size", range: 1...4096), .init("rpn_batch", range: 1...65536),
+        .init("rpn_positive_fraction", range: 0...1), .init("rpn_nms", range: 0...1), .init("rpn_pre_nms_train", range: 1...100_000),
+        .init("rpn_post_nms_train", range: 1...100_000), .init("rpn_pre_nms_test", range: 1...100_000), .init("rpn_post_nms_test", range: 1...100_000),
+    ]
+
     /// U-Net's options (`UNet`): set with `--width-multiplier` and `--option NAME=VALUE`; class weights for up to 64
     /// classes.
     static let unet: [ModelFamily.Tunable] = [
@@ -114,6 +132,13 @@ public enum ModelRegistry {
                     configure: YOLOv2.configuration(for:), build: YOLOv2.init),
         ModelFamily("yolov1", trainsOn: .detection, tunables: [.init("width", range: 0.001...1)] + .networkSize,
                     configure: YOLOv1.configuration(for:), build: YOLOv1.init),
+        ModelFamily("rcnn", trainsOn: .detectionProposals,
+                    tunables: [.init("width", range: 0.001...4), .init("hidden", range: 1...65536), .init("warp", range: 16...1024),
+                               .init("rois_per_image", range: 1...4096), .init("test_proposals", range: 1...100_000)],
+                    configure: RCNN.configuration(for:), build: RCNN.init),
+        ModelFamily("fast-rcnn", trainsOn: .detectionProposals, tunables: .fastRCNN, configure: FastRCNN.configuration(for:), build: FastRCNN.init),
+        ModelFamily("faster-rcnn", trainsOn: .detection, tunables: .fasterRCNN, configure: FasterRCNN.configuration(for:), build: FasterRCNN.init),
+        ModelFamily("mask-rcnn", trainsOn: .instances, tunables: .maskRCNN, configure: MaskRCNN.configuration(for:), build: MaskRCNN.init),
         ModelFamily("unet", trainsOn: .segmentation, tunables: .unet, configure: UNet.configuration(for:), build: UNet.init),
     ]
 

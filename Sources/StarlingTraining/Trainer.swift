@@ -480,6 +480,13 @@ public final class Trainer {
         let n = min(data.count, options.validationLimit ?? data.count)
         let share = (n + world.size - 1) / world.size
         let mine = (world.rank * share)..<min(n, (world.rank + 1) * share)
+        // The ranks' shares may hold different numbers of batches, so no collective may run inside the loss here: a
+        // model that normalises over the global batch in training (SSD's positive anchors, the R-CNN family's sampled
+        // RoIs) normalises over this rank's batch while it validates; the total below is the one allreduce.
+        let aware = model as? any CrossReplicaAware
+        let crossReplica = aware?.crossReplica
+        aware?.crossReplica = .single
+        defer { if let crossReplica { aware?.crossReplica = crossReplica } }
         var total = [0.0]
         var start = mine.lowerBound
         while start < mine.upperBound {

@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8).") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
@@ -72,11 +72,32 @@ struct BenchCommand: ParsableCommand {
                 let family = try ModelRegistry.family(named: only == "all" ? "yolov3-tiny" : only)
                 var config = try family.configuration()
                 if let widthMultiplier { config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier") }
-                let result = try Benchmarks.detector(config, batchSize: 8, steps: max(2, steps / 25))
                 let width = widthMultiplier.map { String(format: " (width %g)", $0) } ?? ""
+                if try ModelRegistry.build(config, seed: 1) is any RegionDetector {
+                    // A two-stage family that proposes its own regions (faster-rcnn): Fast R-CNN's 2 images a step.
+                    let result = try Benchmarks.twoStageDetector(config, batchSize: 2, steps: max(2, steps / 50))
+                    print("\(family.name)\(width) \(config.inputShape[1])x\(config.inputShape[2]), its own proposals: "
+                          + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2 (backbone alone %.1f / %.1f); peak RSS %.0f MB",
+                                   result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
+                                   result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+                    return
+                }
+                let result = try Benchmarks.detector(config, batchSize: 8, steps: max(2, steps / 25))
                 print("\(family.name)\(width) \(config.inputShape[1])x\(config.inputShape[2]): " + String(format: "training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8 (forward pass alone %.1f / %.1f); peak RSS %.0f MB",
                              result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[8] ?? 0,
                              result.forwardFPS[1] ?? 0, result.forwardFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            } else if ModelRegistry.names(trainingOn: .detectionProposals).contains(only) {
+                // Two-stage families that read stored proposals (not in `all`): the data's default size (VOC's 375 x 500),
+                // the paper's 2 images a step.
+                let family = try ModelRegistry.family(named: only)
+                var config = try family.configuration()
+                if let widthMultiplier { config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier") }
+                let result = try Benchmarks.twoStageDetector(config, batchSize: 2, steps: max(2, steps / 50))
+                let backbone = result.forwardFPS.isEmpty ? "" : String(format: " (backbone alone %.1f / %.1f)", result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0)
+                print("\(family.name) (width \(config.option("width", default: 1))) \(config.inputShape[1])x\(config.inputShape[2]), 2,000 random proposals an image: "
+                      + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2", result.trainImagesPerSecond,
+                               result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0)
+                      + backbone + String(format: "; peak RSS %.0f MB", Double(Benchmarks.peakResidentBytes()) / 1_048_576))
             } else if !["fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }

@@ -80,6 +80,9 @@ struct ConvertCommand: ParsableCommand {
                 let (_, outputs) = try ONNXExport.graph(of: model)
                 print("wrote \(output): ONNX opset \(ONNXGraph.opset), model \(model.config.family)")
                 print("  input images: float32 [N, \(model.config.inputShape.map(String.init).joined(separator: ", "))]")
+                if (model as? any TwoStageDetector)?.readsProposals == true {
+                    print("  input rois: float32 [R, 5], each region's image index in the batch and x1, y1, x2, y2 in input pixels")
+                }
                 for o in outputs { print("  output \(o.name): \(o.meaning)") }
                 return
             }

@@ -23,14 +23,34 @@ struct DetectionEvalOptions: ParsableArguments {
         DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK, globalNMS: globalNms)
     }
 
-    func evaluate(_ model: any Detector, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
+    /// The split, or an error when its images or classes are not the model's.
+    private func dataset(for config: ModelConfig, checkpoint: String, data: String, split: String) throws -> DetectionDataset {
         let dataset = try DetectionDataset(path: data, split: split)
-        guard dataset.classNames == model.config.classNames ?? [] else {
-            throw EvalError("\(checkpoint) was trained on classes \(model.config.classNames?.dropFirst().joined(separator: ", ") ?? "?"); \(data) has \(dataset.classNames.dropFirst().joined(separator: ", "))")
+        guard dataset.classNames == config.classNames ?? [] else {
+            throw EvalError("\(checkpoint) was trained on classes \(config.classNames?.dropFirst().joined(separator: ", ") ?? "?"); \(data) has \(dataset.classNames.dropFirst().joined(separator: ", "))")
         }
-        guard model.config.inputShape == [3, dataset.imageHeight, dataset.imageWidth] else {
-            throw ModelError.inputShape(family: model.config.family, expected: model.config.inputShape, got: [dataset.imageHeight, dataset.imageWidth, 3], source: data)
+        guard config.inputShape == [3, dataset.imageHeight, dataset.imageWidth] else {
+            throw ModelError.inputShape(family: config.family, expected: config.inputShape, got: [dataset.imageHeight, dataset.imageWidth, 3], source: data)
         }
+        return dataset
+    }
+
+    /// A two-stage detector (fast-rcnn: the split's stored proposals): the same report, with the proposals scored
+    /// and the seconds of detection per image.
+    func evaluate(_ model: any RegionDetector, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
+        let dataset = try dataset(for: model.config, checkpoint: checkpoint, data: data, split: split)
+        let truth = DetectorEvaluation.groundTruth(dataset, limit: limit)
+        let (found, proposals, seconds) = try DetectorEvaluation.detect(model, dataset: dataset, decoding: decoding, batchSize: batchSize, limit: limit)
+        print("\(model.config.family) on \(data) [\(split)], \(truth.images.count) images")
+        print(String(format: "proposals per image: %.1f scored; seconds per image: %.3f (batch %d, %d OpenBLAS threads, 1 rank%@)", proposals, seconds,
+                     batchSize, BLAS.threadCount, model.readsProposals ? "; stored proposals, their search not included" : ""))
+        try report(truth: truth, found: found, json: json)
+        if let saveDetections { try COCOJSON.writeResults(found, to: saveDetections); print("detections (COCO results): \(saveDetections)") }
+        if let saveGt { try COCOJSON.writeAnnotations(truth, to: saveGt); print("ground truth (COCO annotations): \(saveGt)") }
+    }
+
+    func evaluate(_ model: any Detector, checkpoint: String, data: String, split: String, batchSize: Int, limit: Int?, json: String?) throws {
+        let dataset = try dataset(for: model.config, checkpoint: checkpoint, data: data, split: split)
         let truth = DetectorEvaluation.groundTruth(dataset, limit: limit)
         let found = try DetectorEvaluation.detect(model, dataset: dataset, decoding: decoding, batchSize: batchSize, limit: limit)
         print("\(model.config.family) on \(data) [\(split)], \(truth.images.count) images")

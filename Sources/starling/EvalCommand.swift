@@ -28,6 +28,18 @@ struct EvalCommand: ParsableCommand {
                 return try detection.scoreFile(data: data, split: split ?? "val", json: json)
             }
             let loaded = try Checkpoint.load(from: checkpoint)
+            if let maskRCNN = loaded.model as? MaskRCNN {
+                let dataset = try SegmentationDataset(path: data, split: split ?? "val")
+                let (report, _, _) = try InstanceEvaluation.evaluate(maskRCNN, data: dataset, batchSize: batchSize ?? 2, limit: limit)
+                print(InstanceEvaluation.table(report))
+                if let json {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    try AtomicFile.write(Array(try encoder.encode(report)), to: json)
+                    print("figures as JSON: \(json)")
+                }
+                return
+            }
             if let unet = loaded.model as? UNet {
                 let dataset = try SegmentationDataset(path: data, split: split ?? "val")
                 let report = try SegmentationEvaluation.evaluate(unet, data: dataset, batchSize: batchSize ?? 4, limit: limit)
@@ -44,6 +56,9 @@ struct EvalCommand: ParsableCommand {
                     print("  figures as JSON:           \(json)")
                 }
                 return
+            }
+            if let detector = loaded.model as? any RegionDetector {
+                return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 2, limit: limit, json: json)
             }
             if let detector = loaded.model as? any Detector {
                 return try detection.evaluate(detector, checkpoint: checkpoint, data: data, split: split ?? "val", batchSize: batchSize ?? 8, limit: limit, json: json)

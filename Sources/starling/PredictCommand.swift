@@ -32,7 +32,8 @@ struct PredictCommand: ParsableCommand {
             let loaded = try Checkpoint.load(from: checkpoint)
             if let frames { return try predictFrames(loaded.model, frames: frames) }
             if let unet = loaded.model as? UNet { return try segment(unet) }
-            guard let model = loaded.model as? any Detector, let names = model.config.classNames else {
+            let model = loaded.model
+            guard model is any Detector || model is any RegionDetector, let names = model.config.classNames else {
                 throw EvalError("\(checkpoint): model \(loaded.model.config.family) is not a detector")
             }
             let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)
@@ -42,7 +43,7 @@ struct PredictCommand: ParsableCommand {
             if let image {
                 let picture = try ImageFile.readRGB(path: image)
                 let resized = ImageResize.bilinear(picture.pixels, width: picture.width, height: picture.height, channels: 3, toWidth: w, toHeight: h)
-                let found = model.detect(Self.tensor(resized, height: h, width: w), decoding: decoding)[0].map { d -> DetectedBox in
+                let found = try detect(model, resized, proposals: { Self.searchProposals(resized, height: h, width: w) }, decoding: decoding).map { d -> DetectedBox in
                     // Back to the image's own pixels.
                     let (sx, sy) = (Float(picture.width) / Float(w), Float(picture.height) / Float(h))
                     var d = d
@@ -60,10 +61,11 @@ struct PredictCommand: ParsableCommand {
                 guard dataset.classNames == names, dataset.imageHeight == h, dataset.imageWidth == w else {
                     throw EvalError("\(data) holds \(dataset.imageHeight)x\(dataset.imageWidth) images of classes \(dataset.classNames.dropFirst().joined(separator: ", ")); the model takes \(h)x\(w) and \(names.dropFirst().joined(separator: ", "))")
                 }
+                let reader = (model as? any RegionDetector)?.readsProposals == true ? try ProposalReader(dataset: dataset) : nil
                 for i in 0..<min(limit, dataset.count) {
                     var rgb = [UInt8](repeating: 0, count: h * w * 3)
                     try rgb.withUnsafeMutableBufferPointer { try dataset.readImages([i], into: $0) }
-                    let found = model.detect(Self.tensor(rgb, height: h, width: w), decoding: decoding)[0]
+                    let found = try detect(model, rgb, proposals: { try reader?.proposals(of: i) ?? [] }, decoding: decoding)
                     let name = dataset.fileNames?[i] ?? "image \(dataset.imageIDs[i])"
                     print("\(name) (ground truth \(dataset.objects(of: i).count) boxes)")
                     print(DetectionDrawing.table(found, classNames: names))
@@ -112,6 +114,28 @@ struct PredictCommand: ParsableCommand {
             try SegmentationEvaluation.picture(model, data: dataset, indices: Array(0..<min(limit, dataset.count))).writePNG(path: path)
             print("picture (image, truth, prediction for \(min(limit, dataset.count)) images of \(data) [\(split)]): \(path)")
         }
+    }
+
+    /// One image's detections (HWC bytes at the model's input size); `proposals` gives its regions to a two-stage
+    /// detector that reads them.
+    func detect(_ model: any Model, _ rgb: [UInt8], proposals: () throws -> [BoxCorners], decoding: DetectionDecoding) throws -> [DetectedBox] {
+        let (h, w) = (model.config.inputShape[1], model.config.inputShape[2])
+        if let twoStage = model as? any RegionDetector {
+            var batch = Batch(images: Self.tensor(rgb, height: h, width: w))
+            if twoStage.readsProposals { batch.proposals = [try proposals()] }
+            return twoStage.detect(batch, decoding: decoding)[0]
+        }
+        guard let detector = model as? any Detector else { return [] }
+        return detector.detect(Self.tensor(rgb, height: h, width: w), decoding: decoding)[0]
+    }
+
+    /// Selective search's fast mode on an image at the model's input size (seed 0, the best 2,000 kept), as
+    /// `starling proposals --store` searches a dataset's images: the proposals of a raw image for fast-rcnn.
+    static func searchProposals(_ rgb: [UInt8], height: Int, width: Int) -> [BoxCorners] {
+        let found = rgb.withUnsafeBufferPointer {
+            SelectiveSearch(mode: .fast).proposals(pixels: $0, height: height, width: width, seed: SelectiveSearch.imageSeed(0, index: 0))
+        }
+        return Array(found.prefix(2000))
     }
 
     /// HWC bytes to a [1, 3, H, W] tensor of 0...255 values.

@@ -10,7 +10,7 @@ struct Starling: ParsableCommand {
         abstract: "Data-parallel training of classic vision models: detection, segmentation, autoencoders.",
         subcommands: [DataCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, EvalDetectionsCommand.self,
                       AnchorsCommand.self, OutliersCommand.self, IndexCommand.self, ConvertCommand.self, InspectCommand.self,
-                      ProposalsCommand.self, BenchCommand.self, CheckMPICommand.self])
+                      ProposalsCommand.self, RCNNSVMCommand.self, BenchCommand.self, CheckMPICommand.self])
 
     /// Expands `train --config FILE` into flags before parsing, and starts `--ranks N` under mpirun.
     static func main() {

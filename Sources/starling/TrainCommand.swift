@@ -148,7 +148,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
     @Option(help: "Multiply every stage's residual blocks (rounded, at least one each), for families that take it (yolov3: 1 is darknet's Darknet-53).") var depthMultiplier: Double?
-    @Option(name: .customLong("option"), help: "A family's configuration option, NAME=VALUE, repeatable (unet: levels, valid, sigmoid, border_weight, border_sigma, class_weight_<c>; see the README).")
+    @Option(name: .customLong("option"), help: "A family's configuration option, NAME=VALUE, repeatable (unet: levels, valid, sigmoid, border_weight, border_sigma, class_weight_<c>; fast-rcnn: hidden, rois_per_image, foreground_fraction, test_proposals; faster-rcnn: hidden, rois_per_image, foreground_fraction, anchor_size, rpn_batch, rpn_positive_fraction, rpn_nms, rpn_pre_nms_train, rpn_post_nms_train, rpn_pre_nms_test, rpn_post_nms_test; see the README).")
     var familyOptions: [String] = []
     @Flag(inversion: .prefixedNo, help: "yolov2: the passthrough layer from the stride-16 features (darknet's reorg; default on, as yolov2.cfg).") var passthrough: Bool?
     @Option(help: "A run configuration (YAML, e.g. Launch/configs/fc-ae.yaml): model, data, optimizer, schedule, callbacks, checkpoints, launch. Flags on the command line override it.") var config: String?

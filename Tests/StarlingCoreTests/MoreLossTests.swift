@@ -196,3 +196,36 @@ private func naiveSparseCrossEntropy(_ z: [Float], _ labels: [Int32], outer: Int
         }
     }
 }
+
+/// Mask R-CNN's L_mask before normalisation: only the RoI's own class's channel counts.
+@Suite struct SelectedChannelBCETests {
+    @Test func valueByHandAndOtherChannelsUntouched() {
+        // Two RoIs, three classes, 2x2 masks; RoI 0 reads channel 2, RoI 1 channel 1.
+        let z = randomVariable([2, 3, 2, 2], seed: 5, -3, 3)
+        let t = Tensor(shape: [2, 2, 2], values: [1, 0, 0, 1, 1, 1, 0, 0])
+        let classes: [Int32] = [2, 1]
+        let loss = z.selectedChannelBCESum(classes: classes, targets: t)
+        var expected = 0.0
+        for r in 0..<2 {
+            for j in 0..<4 {
+                let x = Double(z.data[(r * 3 + Int(classes[r])) * 4 + j]), y = Double(t.data[r * 4 + j])
+                let p = 1 / (1 + exp(-x))
+                expected -= y * log(p) + (1 - y) * log(1 - p)
+            }
+        }
+        #expect(isClose(loss.item, expected, 1e-5))
+        loss.backward()
+        let g = z.gradArray ?? []
+        for r in 0..<2 {
+            for c in 0..<3 where c != Int(classes[r]) {
+                #expect((0..<4).allSatisfy { g[(r * 3 + c) * 4 + $0] == 0 }, "RoI \(r) channel \(c) received a gradient")
+            }
+        }
+    }
+
+    @Test func gradientMatchesFiniteDifferences() {
+        let z = randomVariable([3, 4, 3, 3], seed: 8, -2, 2)
+        let t = Tensor(shape: [3, 3, 3], values: randomValues(27, seed: 9, 0, 1).map { $0 < 0.5 ? 0 : 1 })
+        checkGradients([z]) { $0[0].selectedChannelBCESum(classes: [3, 0, 1], targets: t) }
+    }
+}

@@ -21,6 +21,10 @@ private func everyFamilyConfig() throws -> [ModelConfig] {
         case YOLOv3.family: return YOLOv3.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, depthMultiplier: 0.1)
         case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         case YOLOv1.family: return YOLOv1.defaultConfig(height: 128, width: 192, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        case FastRCNN.family: return smallFastRCNNConfig(height: 64, width: 96, classNames: ["background", "car", "person"])
+        case FasterRCNN.family: return smallFasterRCNNConfig
+        case RCNN.family: return ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.125, "hidden": 32, "warp": 32],
+                                             classNames: ["background", "car", "person"])
         default: return (try? ModelRegistry.defaultConfig(family: family)) ?? SSD300.defaultConfig()
         }
     }

@@ -242,6 +242,55 @@ import Testing
         }
     }
 
+    /// fast-rcnn on four Penn-Fudan frames with their stored proposals, augmentation on: two ranks with --sync-bn train
+    /// the model one process trains at the same global batch. Each image's augmentation (which moves its proposals)
+    /// and RoI minibatch are drawn from its own (seed, epoch, index) stream, and the loss is divided by the RoIs of the
+    /// global batch, so ranks holding different numbers of RoIs still average to one process's gradient. 400 RoIs an
+    /// image is more than these images' candidates give, so the ranks' counts differ (a rank-local normaliser fails
+    /// this test by 6e-4 of the loss).
+    @Test func fastRCNNRanksMatchOneProcessWithSyncBN() throws {
+        let dir = Fixture.temporaryDirectory("dp-fast-rcnn")
+        guard let data = try pennFudanFrames(dir) else { return }   // shared data not here
+        let args = ["train", "--model", "fast-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32", "--option", "rois_per_image=400", "--epochs", "2",
+                    "--batch-size", "4", "--val-split", "none", "--sync-bn", "--seed", "2", "--optimizer", "sgd", "--lr", "0.001"]
+        let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
+        #expect(one.status == 0, "\(one.error)")
+        let two = try mpirun(2, args + ["--out", dir + "/two"])
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        let (a, b) = (try epochLosses(dir + "/one/fast-rcnn-log.csv"), try epochLosses(dir + "/two/fast-rcnn-log.csv"))
+        #expect(a.count == 2 && b.count == 2)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
+        let (wa, wb) = (try weights(dir + "/one/fast-rcnn-last.h5"), try weights(dir + "/two/fast-rcnn-last.h5"))
+        for (name, x) in wa {
+            let y = wb[name] ?? []
+            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
+            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
+        }
+    }
+
+    /// The validation loss on ranks whose shares of the split differ in batches (5 images over 2 ranks at batch 2: three
+    /// and two images, two batches and one): the trainer runs it with no collective inside the loss (SSD's positive
+    /// count, YOLO's and Fast R-CNN's normalisers are this rank's), so the run ends instead of waiting (with a count
+    /// allreduced in validation, rank 0 waits for ever in an allreduce rank 1 never joins).
+    @Test(arguments: ["fast-rcnn", "ssd7", "yolov3-tiny"])
+    func validatesOnUnequalShares(family: String) throws {
+        let dir = Fixture.temporaryDirectory("dp-\(family)-val")
+        guard let data = try pennFudanFrames(dir, count: 6) else { return }   // shared data not here
+        let options = family == "fast-rcnn" ? ["--width-multiplier", "0.0625", "--option", "hidden=32"]
+            : family == "yolov3-tiny" ? ["--width-multiplier", "0.125"] : []
+        let args = ["train", "--model", family, "--data", data, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+                    "--val-split", "train", "--val-limit", "5", "--seed", "2"] + options
+        // Under `timeout`: ranks waiting in a collective the other never calls would wait for ever (mpirun ignores the
+        // TERM, so KILL follows; a rank left spinning after that is the price of a failing run only).
+        let two = try run("/usr/bin/env", ["timeout", "-k", "5", "60", "mpirun", "-np", "2", Fixture.starling] + args + ["--out", dir + "/two"],
+                          environment: mpiEnvironment)
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        let log = try String(contentsOfFile: dir + "/two/\(family)-log.csv", encoding: .utf8).split(separator: "\n")
+        let validation = log.dropFirst().compactMap { Double($0.split(separator: ",")[3]) }
+        #expect(validation.count == 1 && validation.allSatisfy(\.isFinite), "\(log)")
+    }
+
     /// U-Net (issue 19): two ranks at global batch 4 train the model one process trains at batch 4, with the mask-aware
     /// augmentation (elastic deformation included) and the paper's border weight map on: both are drawn or computed per
     /// sample, and the loss is divided by the pixels of the batch, which the ranks share equally.

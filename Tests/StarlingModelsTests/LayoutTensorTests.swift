@@ -60,6 +60,28 @@ struct LayoutTensorTests {
                planar: { m, x, t in (m as! YOLOv1).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv1).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
                training: (24, 0), inference: (24, 0)),
+        Family(name: "fast-rcnn", config: { smallFastRCNNConfig(height: 64, width: 96, classNames: classes) }, images: [2, 3, 64, 96], pixelScale: 255,
+               planar: { m, x, t in let (l, d) = (m as! FastRCNN).regionOutputs(x, rois: fastRCNNRoIs(), training: t); return [l, d] },
+               laidOut: { m, x, t in
+                   let (l, d) = (m as! FastRCNN).regionOutputs(LayoutTensor(x), rois: LayoutTensor(fastRCNNRoIs()), training: t)
+                   return [l.tensor, d.tensor]
+               },
+               training: (13, 0), inference: (13, 0)),
+        // faster-rcnn's one pass over the shared map: the backbone's features and the RPN's objectness and deltas (its 1x1
+        // outputs, 9 and 36 channels, train planar).
+        Family(name: "faster-rcnn", config: { smallFasterRCNNConfig }, images: [2, 3, 64, 96], pixelScale: 255,
+               planar: { m, x, t in let (f, rpn) = (m as! FasterRCNN).network(x, training: t); return [f, rpn[0].objectness, rpn[0].deltas] },
+               laidOut: { m, x, t in
+                   let (f, rpn) = (m as! FasterRCNN).network(LayoutTensor(x), training: t)
+                   return [f.tensor, rpn[0].objectness.tensor, rpn[0].deltas.tensor]
+               },
+               training: (14, 2), inference: (16, 0)),
+        // rcnn's CNN on warped windows (the "images" here are the windows, already scaled).
+        Family(name: "rcnn", config: { ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.25, "hidden": 32, "warp": 32], classNames: classes) },
+               images: [6, 3, 32, 32], pixelScale: 1,
+               planar: { m, x, t in let o = (m as! RCNN).network(x); return [o.pool5, o.fc7, o.logits] },
+               laidOut: { m, x, t in let o = (m as! RCNN).network(LayoutTensor(x)); return [o.pool5.tensor, o.fc7.tensor, o.logits.tensor] },
+               training: (4, 0), inference: (4, 0)),
         // U-Net with same padding on odd sizes (the up-convolutions padded back) and with valid padding (skips cropped).
         Family(name: "unet", config: { ModelConfig(family: UNet.family, inputShape: [3, 36, 50], options: ["width": 0.25, "levels": 3], classNames: classes) },
                images: [2, 3, 36, 50], pixelScale: 255,
@@ -93,6 +115,11 @@ struct LayoutTensorTests {
 
     static func reconstruction<Value: NetworkValue>(_ model: DenoisingAutoencoder, _ x: Value, training: Bool) -> Value {
         model.reconstructionLogits(x, training: training)
+    }
+
+    /// Regions on both images of fast-rcnn's 64 x 96 inputs, one reaching past the border.
+    static func fastRCNNRoIs() -> Tensor {
+        Tensor(shape: [3, 5], values: [0, 4, 6, 50, 60, 1, 30, 2, 95, 40, 1, 60, 20, 110, 70])
     }
 
     /// Two models with the same weights, batch norm's moved off 1, 0, 0, 1 alike.

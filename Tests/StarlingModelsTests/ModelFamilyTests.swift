@@ -8,7 +8,8 @@ import StarlingCore
     @Test func registryNamesEveryFamilyOnceWithItsDataKind() throws {
         let names = ModelRegistry.familyNames
         #expect(Set(names).count == names.count)
-        #expect(ModelRegistry.names(trainingOn: .detection) == ["ssd7", "ssd300", "yolov3-tiny", "yolov3", "yolov2", "yolov1"])
+        #expect(ModelRegistry.names(trainingOn: .detection) == ["ssd7", "ssd300", "yolov3-tiny", "yolov3", "yolov2", "yolov1", "faster-rcnn"])
+        #expect(ModelRegistry.names(trainingOn: .detectionProposals) == ["rcnn", "fast-rcnn"])
         #expect(ModelRegistry.names(trainingOn: .images) == ["fc-ae", "sparse-ae", "deep-ae", "conv-ae", "denoising-ae", "seq2seq-ae", "vae", "conv-vae"])
         for family in ModelRegistry.families {
             // The reference configuration names its family and builds.

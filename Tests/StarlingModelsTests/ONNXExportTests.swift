@@ -4,18 +4,21 @@ import Testing
 import StarlingCore
 import StarlingIO
 @testable import StarlingModels
+@testable import StarlingDetection
 
 /// Runs an ONNX model under onnxruntime after `onnx.checker` (with strict shape inference), on an input read from a
 /// raw float32 file; writes each output as a raw file and prints their shapes and types as JSON.
 private let onnxRunner = """
 import json, sys
 import numpy as np, onnx, onnxruntime as ort
-model_path, input_path, shape, out_dir = sys.argv[1:]
+model_path, input_path, shape, out_dir = sys.argv[1:5]
 onnx.checker.check_model(onnx.load(model_path), full_check=True)
-x = np.fromfile(input_path, dtype=np.float32).reshape(json.loads(shape))
+feed = {"images": np.fromfile(input_path, dtype=np.float32).reshape(json.loads(shape))}
+if len(sys.argv) > 5:
+    feed["rois"] = np.fromfile(sys.argv[5], dtype=np.float32).reshape(json.loads(sys.argv[6]))
 session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
 meta = {}
-for info, value in zip(session.get_outputs(), session.run(None, {"images": x})):
+for info, value in zip(session.get_outputs(), session.run(None, feed)):
     value = np.ascontiguousarray(value)
     value.tofile(f"{out_dir}/{info.name}.bin")
     meta[info.name] = {"shape": list(value.shape), "dtype": str(value.dtype)}
@@ -34,11 +37,17 @@ private let onnxRuntimeAvailable: Bool = {
     (try? run("/usr/bin/env", ["python3", "-c", "import onnx, onnxruntime, numpy"]).status) == 0
 }()
 
-private func runONNX(_ modelPath: String, input: Tensor, in dir: String) throws -> RuntimeOutputs {
+/// `rois`: a second input, the regions of a graph that takes them (fast-rcnn's).
+private func runONNX(_ modelPath: String, input: Tensor, rois: Tensor? = nil, in dir: String) throws -> RuntimeOutputs {
     let inputPath = dir + "/input.bin"
     let bytes = input.toArray().withUnsafeBytes { Array($0) }
     try AtomicFile.write(bytes, to: inputPath)
-    let result = try run("/usr/bin/env", ["python3", "-c", onnxRunner, modelPath, inputPath, "\(input.shape)", dir])
+    var extra: [String] = []
+    if let rois {
+        try AtomicFile.write(rois.toArray().withUnsafeBytes { Array($0) }, to: dir + "/rois.bin")
+        extra = [dir + "/rois.bin", "\(rois.shape)"]
+    }
+    let result = try run("/usr/bin/env", ["python3", "-c", onnxRunner, modelPath, inputPath, "\(input.shape)", dir] + extra)
     guard result.status == 0 else { throw ConversionError(file: modelPath, message: "onnxruntime failed: \(result.error)") }
     let meta = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: [String: Any]] ?? [:]
     var out = RuntimeOutputs()
@@ -77,7 +86,8 @@ private func randomized(_ config: ModelConfig, seed: UInt64) throws -> any Model
     return model
 }
 
-/// Every family, at sizes a debug build runs in a moment.
+/// Every family with an ONNX export, at sizes a debug build runs in a moment. Not exported yet: rcnn (a crop of the
+/// image per proposal) and mask-rcnn.
 private func exportConfigs() throws -> [ModelConfig] {
     try everyFamilyConfig { family in
         switch family {
@@ -92,9 +102,12 @@ private func exportConfigs() throws -> [ModelConfig] {
         case YOLOv2.family: return YOLOv2.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         // Letterboxed: 100 x 170 frames resized to 113 x 192 and framed into the 128 x 192 network input.
         case YOLOv1.family: return YOLOv1.defaultConfig(height: 100, width: 170, classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
+        case FastRCNN.family: return smallFastRCNNConfig(height: 64, width: 96, classNames: ["background", "car", "person"])
+        case FasterRCNN.family: return smallFasterRCNNConfig
+        case RCNN.family: return ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], classNames: ["background", "car", "person"])
         default: return SSD300.defaultConfig(classNames: ["background", "car", "person"], widthMultiplier: 0.0625)
         }
-    }
+    }.filter { ![RCNN.family, MaskRCNN.family].contains($0.family) }
 }
 
 @Suite struct ONNXExportTests {
@@ -197,9 +210,11 @@ private func exportConfigs() throws -> [ModelConfig] {
         let batch = 3
         var rng = RandomGenerator(seed: 11)
         let images = Tensor(zeros: [batch] + config.inputShape)
-        let scale: Float = model is any Detector || model is UNet ? 255 : 1
+        let scale: Float = model is any Detector || model is UNet || model is any TwoStageDetector ? 255 : 1
         for i in 0..<images.count { images.data[i] = scale * rng.uniform(0, 1) }
-        let onnx = try runONNX(path, input: images, in: dir)
+        // fast-rcnn's graph also takes the regions: some on each image, one reaching past the border, one tiny.
+        let rois = Tensor(shape: [5, 5], values: [0, 4, 6, 50, 60, 1, 30, 2, 95, 40, 2, 60, 20, 110, 70, 0, 0, 0, 96, 64, 2, 10, 10, 12, 13])
+        let onnx = try runONNX(path, input: images, rois: model is FastRCNN ? rois : nil, in: dir)
 
         func expectClose(_ name: String, _ expected: Tensor, tolerance: Float = 1e-4) {
             #expect(onnx.shapes[name]?.reduce(1, *) == expected.count, "\(config.family) \(name) shape \(onnx.shapes[name] ?? [])")
@@ -221,6 +236,21 @@ private func exportConfigs() throws -> [ModelConfig] {
                 expectClose("logits", unet.logits(images))
                 expectClose("probabilities", unet.probabilities(images))
                 #expect(onnx.shapes["logits"] == [batch, 3, 4, 4])
+            case let fast as FastRCNN:
+                let (logits, deltas) = fast.regionOutputs(LayoutTensor(images), rois: LayoutTensor(rois), training: false)
+                expectClose("class_logits", logits.tensor)
+                expectClose("class_probabilities", logits.tensor.softmax(axis: 1))
+                expectClose("box_deltas", deltas.tensor)
+                #expect(onnx.shapes["box_deltas"] == [5, 12])
+            case let faster as FasterRCNN:
+                // The RPN's test-time proposals (TopK, NonMaxSuppression), then the RoI head on them.
+                let map = faster.features(images, training: false)
+                let rois = RoIHeads.roiTensor(faster.proposals(for: Batch(images: images), features: map, training: false).boxes)
+                #expect(rois.shape[0] > batch && onnx.shapes["rois"] == rois.shape, "rois \(onnx.shapes["rois"] ?? []) vs \(rois.shape)")
+                expectClose("rois", rois, tolerance: 1e-3)
+                let (logits, deltas) = faster.roiHeads.predictor(map, rois: rois)
+                expectClose("class_probabilities", logits.softmax(axis: 1))
+                expectClose("box_deltas", deltas)
             case let detector as any Detector where detector.head is YOLOHead:
                 try expectSameYOLODetections(detector, images: images, onnx: onnx)
             case let detector as any Detector where detector.head is YOLOv1Head:

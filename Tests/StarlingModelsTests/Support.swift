@@ -53,11 +53,33 @@ let narrowAutoencoderOptions: [String: [String: Double]] = [
 let smallUNetConfig = ModelConfig(family: UNet.family, inputShape: [3, 44, 44], options: ["width": 0.0625, "levels": 3, "valid": 1],
                                   classNames: ["background", "road", "car"])
 
+/// fast-rcnn at 1/8 of VGG16's channels and 32 hidden units.
+func smallFastRCNNConfig(height: Int, width: Int, classNames: [String]) -> ModelConfig {
+    var config = FastRCNN.defaultConfig(height: height, width: width, classNames: classNames, widthMultiplier: 0.125)
+    config.options["hidden"] = 32
+    return config
+}
+
+/// Faster R-CNN at a size a debug build runs in a moment: 64 x 96 images (a 4 x 6 map), 4 ... 32 channels, 32 hidden units.
+let smallFasterRCNNConfig: ModelConfig = {
+    var config = FasterRCNN.defaultConfig(height: 64, width: 96, classNames: ["background", "car", "person"], widthMultiplier: 0.0625, anchorSize: 16)
+    config.options["hidden"] = 32
+    return config
+}()
+
+/// Mask R-CNN at a size a debug build runs in a moment: 64 x 96 images, 1/16 of the channels, 32 hidden units.
+let smallMaskRCNNConfig: ModelConfig = {
+    var config = ModelConfig(family: MaskRCNN.family, inputShape: [3, 64, 96], options: MaskRCNN.defaults, classNames: ["background", "car", "person"])
+    for (name, value) in ["width": 0.0625, "hidden": 32, "mask_width": 8, "anchor_size": 16] { config.options[name] = value }
+    return config
+}()
+
 /// Every family's configuration, autoencoders narrowed, detectors from `detector` (family -> configuration).
 func everyFamilyConfig(detector: (String) -> ModelConfig) throws -> [ModelConfig] {
     try ModelRegistry.familyNames.map { family in
-        if try ModelRegistry.family(named: family).dataKind == .detection { return detector(family) }
+        if try [.detection, .detectionProposals].contains(ModelRegistry.family(named: family).dataKind) { return detector(family) }
         if family == UNet.family { return smallUNetConfig }
+        if family == MaskRCNN.family { return smallMaskRCNNConfig }
         var config = try ModelRegistry.defaultConfig(family: family)
         config.options.merge(narrowAutoencoderOptions[family] ?? [:]) { $1 }
         return config

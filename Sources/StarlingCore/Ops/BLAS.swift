@@ -38,6 +38,16 @@ public enum BLAS {
             flops += 2 * Double(m) * Double(n) * Double(k)
         }
     }
+
+    /// `sgemm` in double precision, for sums that must stay exact over many rows (R-CNN's ridge statistics); not
+    /// profiled, it runs outside training steps.
+    public static func dgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double = 1,
+                             a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+                             beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+    }
 }
 
 /// Seconds from a monotonic clock.

@@ -27,6 +27,11 @@ import StarlingNN
 ///   are clipped to the image (ssd_keras leaves them reaching outside by default; Starling's box convention keeps
 ///   boxes inside).
 ///
+/// Region proposals (Fast R-CNN's, `apply(pixels:objects:proposals:...)`) move with the image as its boxes do, but take
+/// no part in any decision, so an image draws the same augmentation with or without them: after a kept translation or
+/// zoom they are clipped to the image, and a proposal with nothing left inside is dropped (no area or visible-fraction
+/// filter: a proposal is a candidate region, not an object).
+///
 /// Deterministic: every draw comes from the `RandomGenerator` passed in; `apply(..., seed:epoch:sampleIndex:)`
 /// seeds it from (seed, epoch, sample index), so a sample is augmented the same way on 1 rank or N.
 public struct DetectionAugmentation: Sendable {
@@ -66,16 +71,32 @@ public struct DetectionAugmentation: Sendable {
     /// Augments one image with the random stream of (seed, epoch, sampleIndex).
     public func apply(pixels: [UInt8], objects: [Object], height: Int, width: Int,
                       seed: UInt64, epoch: Int, sampleIndex: Int) -> (pixels: [UInt8], objects: [Object]) {
+        let out = apply(pixels: pixels, objects: objects, proposals: [], height: height, width: width, seed: seed, epoch: epoch, sampleIndex: sampleIndex)
+        return (out.pixels, out.objects)
+    }
+
+    /// Augments one image, its objects and its region proposals with the random stream of (seed, epoch, sampleIndex).
+    public func apply(pixels: [UInt8], objects: [Object], proposals: [BoxCorners], height: Int, width: Int,
+                      seed: UInt64, epoch: Int, sampleIndex: Int) -> (pixels: [UInt8], objects: [Object], proposals: [BoxCorners]) {
         var rng = RandomGenerator(seed: seed, stream: UInt64(epoch), UInt64(sampleIndex))
-        var pixels = pixels, objects = objects
-        apply(pixels: &pixels, objects: &objects, height: height, width: width, rng: &rng)
-        return (pixels, objects)
+        var pixels = pixels, objects = objects, proposals = proposals
+        apply(pixels: &pixels, objects: &objects, proposals: &proposals, height: height, width: width, rng: &rng)
+        return (pixels, objects, proposals)
     }
 
     /// Augments `pixels` (uint8 HWC RGB, height x width x 3) and `objects` in place.
     public func apply(pixels: inout [UInt8], objects: inout [Object], height: Int, width: Int, rng: inout RandomGenerator) {
+        var proposals: [BoxCorners] = []
+        apply(pixels: &pixels, objects: &objects, proposals: &proposals, height: height, width: width, rng: &rng)
+    }
+
+    /// Augments `pixels`, `objects` and region `proposals` in place.
+    public func apply(pixels: inout [UInt8], objects: inout [Object], proposals: inout [BoxCorners], height: Int, width: Int,
+                      rng: inout RandomGenerator) {
         precondition(pixels.count == height * width * 3, "pixels do not match \(height)x\(width)x3")
         var image = Image(pixels: pixels, objects: objects, height: height, width: width)
+        image.proposals = proposals
+        proposals = []
         pixels = []  // let the image own the only copy, so the in-place kernels do not copy it
         if rng.uniform() < 0.5 {
             brightness(&image, &rng); contrast(&image, &rng); colour(&image, &rng)
@@ -87,6 +108,7 @@ public struct DetectionAugmentation: Sendable {
         image.flushTone()
         pixels = image.pixels
         objects = image.objects
+        proposals = image.proposals
     }
 
     // MARK: - Steps
@@ -98,6 +120,17 @@ public struct DetectionAugmentation: Sendable {
         var objects: [Object]
         let height: Int, width: Int
         var tone: [Float]? = nil
+        var proposals: [BoxCorners] = []
+
+        /// Moves the proposals by `transform`, then clips them to the image, dropping those with nothing inside.
+        mutating func moveProposals(_ transform: (BoxCorners) -> BoxCorners) {
+            let (w, h) = (Float(width), Float(height))
+            proposals = proposals.compactMap { p in
+                let m = transform(p)
+                let clipped = BoxCorners(xmin: max(m.xmin, 0), ymin: max(m.ymin, 0), xmax: min(m.xmax, w), ymax: min(m.ymax, h))
+                return clipped.isValid ? clipped : nil
+            }
+        }
 
         mutating func mapTone(_ f: (Float) -> Float) {
             var table = tone ?? (0..<256).map(Float.init)
@@ -147,6 +180,7 @@ public struct DetectionAugmentation: Sendable {
             let b = image.objects[k].box
             image.objects[k].box = BoxCorners(xmin: W - b.xmax, ymin: b.ymin, xmax: W - b.xmin, ymax: b.ymax)
         }
+        image.moveProposals { BoxCorners(xmin: W - $0.xmax, ymin: $0.ymin, xmax: W - $0.xmin, ymax: $0.ymax) }
     }
 
     private func translate(_ image: inout Image, _ rng: inout RandomGenerator) {
@@ -169,6 +203,8 @@ public struct DetectionAugmentation: Sendable {
                 AugmentationKernels.translate(source, into: target, height: h, width: w, dx: dx, dy: dy, background: background)
             }
             image.objects = filtered(moved, height: h, width: w)
+            let (x, y) = (Float(dx), Float(dy))
+            image.moveProposals { BoxCorners(xmin: $0.xmin + x, ymin: $0.ymin + y, xmax: $0.xmax + x, ymax: $0.ymax + y) }
             return
         }
     }
@@ -192,6 +228,10 @@ public struct DetectionAugmentation: Sendable {
                 AugmentationKernels.zoom(source, into: target, height: h, width: w, factor: factor, background: background)
             }
             image.objects = filtered(moved, height: h, width: w)
+            image.moveProposals {
+                BoxCorners(xmin: cx + factor * ($0.xmin - cx), ymin: cy + factor * ($0.ymin - cy),
+                           xmax: cx + factor * ($0.xmax - cx), ymax: cy + factor * ($0.ymax - cy))
+            }
             return
         }
     }

@@ -33,16 +33,19 @@ public struct GroundTruthBox: Equatable, Sendable {
     public var area: Double
     /// The annotation's id in a COCO file (any integer, 0 included; nothing depends on it being non-zero).
     public var id: Int?
+    /// The instance's mask, for mask AP (`COCOEvaluator(iouType: .segm)`); its area is then `area`'s default.
+    public var mask: RunLengthMask?
 
     public init(imageID: Int, classID: Int, box: BoundingBox, difficult: Bool = false, isCrowd: Bool = false,
-                area: Double? = nil, id: Int? = nil) {
+                area: Double? = nil, id: Int? = nil, mask: RunLengthMask? = nil) {
         self.imageID = imageID
         self.classID = classID
         self.box = box
         self.difficult = difficult
         self.isCrowd = isCrowd
-        self.area = area ?? box.area
+        self.area = area ?? mask.map { Double($0.area) } ?? box.area
         self.id = id
+        self.mask = mask
     }
 }
 
@@ -52,12 +55,15 @@ public struct Detection: Equatable, Sendable {
     public var classID: Int
     public var box: BoundingBox
     public var score: Double
+    /// The instance's mask, for mask AP (`COCOEvaluator(iouType: .segm)`).
+    public var mask: RunLengthMask?
 
-    public init(imageID: Int, classID: Int, box: BoundingBox, score: Double) {
+    public init(imageID: Int, classID: Int, box: BoundingBox, score: Double, mask: RunLengthMask? = nil) {
         self.imageID = imageID
         self.classID = classID
         self.box = box
         self.score = score
+        self.mask = mask
     }
 }
 

@@ -60,16 +60,30 @@ public struct COCOEvaluator: Sendable {
         func contains(_ area: Double) -> Bool { !(area < lower || area > upper) }
     }
 
-    public init() {}
+    /// What a detection's overlap with a ground-truth object is measured on: boxes (pycocotools' `bbox`) or masks
+    /// (`segm`: `RunLengthMask.iou`, and a detection's own area for the area ranges is its mask's, as the COCO API's
+    /// `loadRes` sets it). With `segm` every entry must carry a mask of its image's size.
+    public enum IoUType: String, Sendable {
+        case bbox, segm
+    }
+
+    public var iouType: IoUType
+
+    public init(iouType: IoUType = .bbox) { self.iouType = iouType }
 
     /// Scores `detections` against `groundTruth`. `classIDs` lists the classes to evaluate (default: every class
     /// in either list); entries of other classes are left out. Throws on a non-finite score or box.
     public func evaluate(groundTruth: [GroundTruthBox], detections: [Detection], classIDs: [Int]? = nil) throws -> COCOResult {
         try validate(groundTruth: groundTruth, detections: detections)
+        if iouType == .segm {
+            if let g = groundTruth.firstIndex(where: { $0.mask == nil }) { throw DetectionEvaluationError("ground-truth object \(g) (image \(groundTruth[g].imageID)) has no mask for mask AP") }
+            if let d = detections.firstIndex(where: { $0.mask == nil }) { throw DetectionEvaluationError("detection \(d) (image \(detections[d].imageID)) has no mask for mask AP") }
+        }
+        var matcher = ImageMatcher()
+        matcher.iouType = iouType
         let groups = DetectionGrouping(groundTruth: groundTruth, detections: detections, classIDs: classIDs)
         var result = COCOResult(classIDs: groups.classIDs)
         let scores = detections.map(\.score)
-        var matcher = ImageMatcher()
         var ranked = RankedDetections()
         var curve = CurveBuilder()
         for c in groups.classIDs.indices {
@@ -196,6 +210,7 @@ struct RankedDetections {
 
 /// Greedy matching in one image for one class (pycocotools' evaluateImg), with scratch space reused across images.
 struct ImageMatcher {
+    var iouType = COCOEvaluator.IoUType.bbox
     private var overlaps: [Double] = []   // [detection][ground truth]
     private var crowd: [Bool] = []        // [ground truth]
     private var ignore: [Bool] = []       // [area range][ground truth]
@@ -212,7 +227,12 @@ struct ImageMatcher {
         let thresholds = COCOEvaluator.iouThresholds, ranges = COCOEvaluator.areaRanges
         let T = thresholds.count, A = ranges.count, cells = A * T
         overlaps.removeAll(keepingCapacity: true)
-        for d in dts { for g in gts { overlaps.append(cocoOverlap(detection: d.box, groundTruth: g.box, crowd: g.isCrowd)) } }
+        switch iouType {
+        case .bbox: for d in dts { for g in gts { overlaps.append(cocoOverlap(detection: d.box, groundTruth: g.box, crowd: g.isCrowd)) } }
+        case .segm:
+            // evaluate() checked that every entry has a mask; masks of another size overlap by -1, as in the COCO API.
+            for d in dts { for g in gts { overlaps.append(RunLengthMask.iou(d.mask!, g.mask!, crowd: g.isCrowd)) } }
+        }
         crowd.removeAll(keepingCapacity: true)
         ignore.removeAll(keepingCapacity: true)
         order.removeAll(keepingCapacity: true)
@@ -224,7 +244,7 @@ struct ImageMatcher {
             for j in 0..<G where !ignore[a * G + j] { order.append(j) }
             positives[a] += order.count - a * G
             for j in 0..<G where ignore[a * G + j] { order.append(j) }
-            for d in dts { inRange.append(range.contains(d.box.width * d.box.height)) }
+            for d in dts { inRange.append(range.contains(iouType == .segm ? Double(d.mask!.area) : d.box.width * d.box.height)) }
         }
         for (rank, d) in dts.enumerated() { ranked.scores.append(d.score); ranked.ranks.append(rank) }
         outcomes.removeAll(keepingCapacity: true)

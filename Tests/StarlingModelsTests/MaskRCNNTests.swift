@@ -1,0 +1,142 @@
+import Foundation
+import Testing
+import StarlingCore
+import StarlingIO
+@testable import StarlingModels
+@testable import StarlingData
+@testable import StarlingDetection
+
+/// Four real Penn-Fudan frames (FudanPed00001-4) with their instance masks, imported at 96 x 128 by
+/// `starling data segmentation --format pennfudan` (all in /train); nil when the shared data is not here.
+func pennFudanInstances(_ dir: String, count: Int = 4) throws -> String? {
+    let root = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/pennfudan/PennFudanPed").path
+    guard FileManager.default.fileExists(atPath: root + "/PNGImages/FudanPed00001.png") else { return nil }
+    let fm = FileManager.default
+    for sub in ["PNGImages", "PedMasks"] { try fm.createDirectory(atPath: dir + "/src/" + sub, withIntermediateDirectories: true) }
+    for k in 1...count {
+        let name = String(format: "FudanPed%05d", k)
+        for (sub, file) in [("PNGImages", name + ".png"), ("PedMasks", name + "_mask.png")] {
+            try? fm.removeItem(atPath: "\(dir)/src/\(sub)/\(file)")
+            try fm.createSymbolicLink(atPath: "\(dir)/src/\(sub)/\(file)", withDestinationPath: "\(root)/\(sub)/\(file)")
+        }
+    }
+    let data = dir + "/pf.h5"
+    let imported = try starling("data", "segmentation", "--format", "pennfudan", "--source", dir + "/src", "--out", data,
+                                "--height", "96", "--width", "128", "--val-count", "0")
+    try #require(imported.status == 0, "\(imported.error)")
+    return data
+}
+
+/// IoU of two row-major binary masks.
+private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
+    var (i, u) = (0, 0)
+    for (x, y) in zip(a, b) {
+        if x != 0 || y != 0 { u += 1 }
+        if x != 0 && y != 0 { i += 1 }
+    }
+    return u == 0 ? 0 : Double(i) / Double(u)
+}
+
+@Suite(.serialized) struct MaskRCNNTests {
+    @Test func configurationRefusesSidesOutsideThePyramid() throws {
+        let family = try ModelRegistry.family(named: "mask-rcnn")
+        #expect(family.dataKind == .instances)
+        let config = try family.configuration(for: DatasetDescription(path: "pf.h5", sampleShape: [3, 96, 128], classNames: ["background", "person"]))
+        #expect(config.inputShape == [3, 96, 128])
+        do {
+            _ = try family.configuration(for: DatasetDescription(path: "odd.h5", sampleShape: [3, 100, 128], classNames: ["background", "person"]))
+            Issue.record("100-pixel sides accepted")
+        } catch {
+            #expect("\(error)".hasPrefix("odd.h5: images of 100x128 do not fit mask-rcnn"))
+        }
+        let model = try family.build(config, seed: 1) as! MaskRCNN
+        // P2 ... P6 at 96 x 128: 24x32, 12x16, 6x8, 3x4 and 2x2, three anchors a location.
+        #expect(model.anchors.map(\.count) == [24 * 32 * 3, 12 * 16 * 3, 6 * 8 * 3, 3 * 4 * 3, 2 * 2 * 3])
+    }
+
+    /// Four real frames, trained until the loss falls: every pedestrian is found with a box at IoU >= 0.5 and a mask at
+    /// IoU >= 0.5 with its own instance mask.
+    @Test func overfitsRealFramesWithTheirMasks() throws {
+        let dir = Fixture.temporaryDirectory("mask-rcnn-overfit")
+        guard let data = try pennFudanInstances(dir) else { return }   // shared data not here
+        let source = SegmentationSource(dataset: try SegmentationDataset(path: data, split: "train"))
+        var config = try MaskRCNN.configuration(for: source.datasetDescription)
+        for (name, value) in ["width": 0.0625, "hidden": 64, "mask_width": 16, "rois_per_image": 32, "rpn_post_nms_train": 300,
+                              "rpn_pre_nms_train": 300, "rpn_pre_nms_test": 300, "rpn_post_nms_test": 100, "anchor_size": 16] {
+            config.options[name] = value
+        }
+        let model = try ModelRegistry.build(config, seed: 3) as! MaskRCNN
+        var batch = try source.batch(indices: Array(0..<source.count), epoch: 0, training: true, config: config)
+        batch.seed = 1
+        let adam = Adam(parameterCount: model.parameters.count, learningRate: 2e-3)
+        var first: Float = 0, last: Float = 0
+        for step in 0..<100 {
+            batch.epoch = step
+            model.parameters.zeroGradients()
+            let loss = model.loss(batch, training: true)
+            loss.backward()
+            adam.step(model.parameters)
+            if step == 0 { first = loss.item }
+            last = loss.item
+        }
+        #expect(last < first / 4, "loss \(first) -> \(last)")
+        // Training-mode statistics, as the other families' overfitting tests: the moving averages settle later.
+        let found = model.detectInstances(batch, decoding: .display, batchStatistics: true)
+        let masks = batch.segmentation?.instanceMasks ?? []
+        for (n, objects) in (batch.objects ?? []).enumerated() {
+            for (k, o) in objects.enumerated() where !o.difficult {
+                let hit = found[n].contains { iou($0.detection.box, o.box) >= 0.5 && maskIoU($0.mask, masks[n][k]) >= 0.5 }
+                #expect(hit, "frame \(n) pedestrian \(k) at \(o.box): found \(found[n].map(\.detection).prefix(3))")
+            }
+        }
+    }
+    /// `train --model mask-rcnn` on instance data, then `eval`: box AP and mask AP (COCO's twelve figures each, the
+    /// protocol pycocotools computes, `MaskRCNNPartsTests.maskAPMatchesTheCOCOAPI`) printed and written as JSON.
+    @Test func trainsAndEvaluatesThroughTheCommands() throws {
+        let dir = Fixture.temporaryDirectory("mask-rcnn-commands")
+        guard let data = try pennFudanInstances(dir) else { return }   // shared data not here
+        let trained = try run(Fixture.starling, ["train", "--model", "mask-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32",
+                                                 "--option", "mask_width=8", "--option", "rois_per_image=16", "--option", "rpn_post_nms_train=100",
+                                                 "--epochs", "1", "--batch-size", "2", "--val-split", "none", "--out", dir + "/ck"])
+        try #require(trained.status == 0, "\(trained.error)")
+        let scored = try run(Fixture.starling, ["eval", "--checkpoint", dir + "/ck/mask-rcnn-last.h5", "--data", data, "--split", "train",
+                                                "--json", dir + "/figures.json"])
+        #expect(scored.status == 0 && scored.output.contains("boxes     masks") && scored.output.contains("seconds per image"), "\(scored.output)\(scored.error)")
+        let report = try JSONDecoder().decode(InstanceEvaluation.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/figures.json")))
+        #expect(report.images == 4 && report.instances == 6 && report.boxStats.count == 12 && report.maskStats.count == 12)
+        // Instance data is required: a detection set is refused naming its file.
+        let refused = try run(Fixture.starling, ["train", "--model", "mask-rcnn", "--data", dir + "/missing.h5", "--out", dir + "/no"])
+        #expect(refused.status != 0 && refused.error.contains("missing.h5"))
+    }
+}
+
+
+extension DistributedTests {
+    /// mask-rcnn on four Penn-Fudan frames with their masks at global batch 4: two ranks with --sync-bn train the model
+    /// one process trains. Anchors and RoIs are drawn from each image's own stream; the RPN, box and mask losses are
+    /// divided by the sampled anchors, RoIs and positive RoIs of the global batch. Minibatches larger than the
+    /// candidates make images, and ranks, sample different counts. Three SGD steps.
+    @Test func maskRCNNRanksMatchOneProcessWithSyncBN() throws {
+        let dir = Fixture.temporaryDirectory("dp-mask-rcnn")
+        guard let data = try pennFudanInstances(dir) else { return }   // shared data not here
+        let args = ["train", "--model", "mask-rcnn", "--data", data, "--epochs", "3", "--batch-size", "4", "--no-augment", "--val-split", "none",
+                    "--sync-bn", "--seed", "2", "--optimizer", "sgd", "--lr", "0.001", "--width-multiplier", "0.0625",
+                    "--option", "hidden=32", "--option", "mask_width=8", "--option", "rpn_batch=5000", "--option", "rois_per_image=1000",
+                    "--option", "rpn_post_nms_train=200"]
+        let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
+        #expect(one.status == 0, "\(one.error)")
+        let two = try mpirun(2, args + ["--out", dir + "/two"])
+        #expect(two.status == 0, "\(two.output)\(two.error)")
+        let (a, b) = (try epochLosses(dir + "/one/mask-rcnn-log.csv"), try epochLosses(dir + "/two/mask-rcnn-log.csv"))
+        #expect(a.count == 3 && b.count == 3)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
+        let (wa, wb) = (try weights(dir + "/one/mask-rcnn-last.h5"), try weights(dir + "/two/mask-rcnn-last.h5"))
+        #expect(wa.count == wb.count && !wa.isEmpty)
+        for (name, x) in wa {
+            let y = wb[name] ?? []
+            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
+            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
+        }
+    }
+}
