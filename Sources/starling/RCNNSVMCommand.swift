@@ -52,12 +52,7 @@ struct RCNNSVMCommand: ParsableCommand {
                 }
             }
         } catch {
-            if world.size > 1 {
-                Trainer.printLine("rank \(world.rank): error: \(error)")
-                world.abort(code: 1)
-            }
-            world.finalize()
-            throw error
+            try endRanks(world, after: error)
         }
         world.finalize()
     }

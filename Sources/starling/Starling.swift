@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StarlingDistributed
 import StarlingModels
 
 /// The `starling` command: data conversion, training, evaluation and benchmarks.
@@ -52,4 +53,22 @@ func checkOutputFolders(_ outputs: [(flag: String, path: String?)]) throws {
 /// Runs `body`, reporting failures as one line naming what went wrong.
 func reportingErrors<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as CommandFailure { throw error } catch { throw CommandFailure(error) }
+}
+
+/// How a command that runs on every rank ends after `error`: a refusal all ranks reached together ends cleanly, said
+/// once by rank 0 (the barrier keeps every rank alive until the line is out; mpirun kills the rest when one exits
+/// non-zero); any other failure of one rank ends the whole job rather than leave the others waiting in a collective.
+func endRanks(_ world: Communicator, after error: any Error) throws -> Never {
+    if world.size > 1, (error as? CommandFailure)?.agreedByAllRanks == true {
+        if world.isRoot { FileHandle.standardError.write(Data("Error: \(error)\n".utf8)) }
+        try? world.barrier()
+        world.finalize()
+        throw ExitCode(1)
+    }
+    if world.size > 1 {
+        Trainer.printLine("rank \(world.rank): error: \(error)")
+        world.abort(code: 1)
+    }
+    world.finalize()
+    throw error
 }

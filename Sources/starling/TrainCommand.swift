@@ -216,21 +216,7 @@ struct TrainCommand: ParsableCommand {
                 try trainer.run()
             }
         } catch {
-            // A refusal all ranks reached together ends cleanly, said once by rank 0.
-            // The barrier keeps every rank alive until the line is out (mpirun kills the rest when one exits non-zero).
-            if world.size > 1, (error as? CommandFailure)?.agreedByAllRanks == true {
-                if world.isRoot { FileHandle.standardError.write(Data("Error: \(error)\n".utf8)) }
-                try? world.barrier()
-                world.finalize()
-                throw ExitCode(1)
-            }
-            // One rank failing must end the job rather than leave the others waiting in a collective.
-            if world.size > 1 {
-                Trainer.printLine("rank \(world.rank): error: \(error)")
-                world.abort(code: 1)
-            }
-            world.finalize()
-            throw error
+            try endRanks(world, after: error)
         }
         world.finalize()
     }

@@ -227,19 +227,7 @@ import Testing
         #expect(one.status == 0, "\(one.error)")
         let many = try mpirun(ranks, args + ["--out", dir + "/many"])
         #expect(many.status == 0, "\(many.output)\(many.error)")
-        let (a, b) = (try epochLosses(dir + "/one/\(family)-log.csv"), try epochLosses(dir + "/many/\(family)-log.csv"))
-        #expect(a.count == epochs && b.count == epochs)
-        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
-        let (wa, wb) = (try weights(dir + "/one/\(family)-last.h5"), try weights(dir + "/many/\(family)-last.h5"))
-        for (name, x) in wa {
-            let y = wb[name] ?? []
-            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
-            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
-            // Batch norm's betas start at zero and their gradients sum every pixel's with heavy cancellation, so the
-            // order of float32 sums (one process, or ranks) shows at ~1e-3 of their still small values: the floor
-            // of the scale is the size of the network's other weights.
-            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
-        }
+        try expectSameRun(dir + "/one", dir + "/many", family: family, epochs: epochs)
     }
 
     /// fast-rcnn on four Penn-Fudan frames with their stored proposals, augmentation on: two ranks with --sync-bn train
@@ -257,16 +245,7 @@ import Testing
         #expect(one.status == 0, "\(one.error)")
         let two = try mpirun(2, args + ["--out", dir + "/two"])
         #expect(two.status == 0, "\(two.output)\(two.error)")
-        let (a, b) = (try epochLosses(dir + "/one/fast-rcnn-log.csv"), try epochLosses(dir + "/two/fast-rcnn-log.csv"))
-        #expect(a.count == 2 && b.count == 2)
-        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
-        let (wa, wb) = (try weights(dir + "/one/fast-rcnn-last.h5"), try weights(dir + "/two/fast-rcnn-last.h5"))
-        for (name, x) in wa {
-            let y = wb[name] ?? []
-            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
-            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
-            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
-        }
+        try expectSameRun(dir + "/one", dir + "/two", family: "fast-rcnn", epochs: 2)
     }
 
     /// The validation loss on ranks whose shares of the split differ in batches (5 images over 2 ranks at batch 2: three
@@ -309,6 +288,24 @@ import Testing
         for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
         let (wa, wb) = (try weights(dir + "/one/unet-last.h5"), try weights(dir + "/many/unet-last.h5"))
         #expect(wa.count == wb.count && maxRelativeDifference(wa, wb) < 1e-4)
+    }
+
+    /// Two runs of `family` trained alike (one process's in `one`, the ranks' in `other`): every epoch's loss to 1e-5 and
+    /// every weight to 1e-4 of its tensor's largest value. Batch norm's betas start at zero and their gradients sum every
+    /// pixel's with heavy cancellation, so the order of float32 sums (one process, or ranks) shows at ~1e-3 of their
+    /// still small values: the floor of the scale, 0.1, is the size of the network's other weights.
+    func expectSameRun(_ one: String, _ other: String, family: String, epochs: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let (a, b) = (try epochLosses(one + "/\(family)-log.csv"), try epochLosses(other + "/\(family)-log.csv"))
+        #expect(a.count == epochs && b.count == epochs, sourceLocation: sourceLocation)
+        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)", sourceLocation: sourceLocation) }
+        let (wa, wb) = (try weights(one + "/\(family)-last.h5"), try weights(other + "/\(family)-last.h5"))
+        #expect(wa.count == wb.count && !wa.isEmpty, sourceLocation: sourceLocation)
+        for (name, x) in wa {
+            let y = wb[name] ?? []
+            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
+            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)", sourceLocation: sourceLocation)
+        }
     }
 
     /// The training loss of each epoch, from a run's CSV log.

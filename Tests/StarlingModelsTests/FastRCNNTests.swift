@@ -254,18 +254,7 @@ func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true)
         let model = try ModelRegistry.build(config, seed: 2) as! FastRCNN
         var batch = try source.batch(indices: Array(0..<source.count), epoch: 0, training: true, config: config)
         batch.seed = 1
-        let adam = Adam(parameterCount: model.parameters.count, learningRate: 2e-3)
-        var first: Float = 0, last: Float = 0
-        for step in 0..<40 {
-            batch.epoch = step
-            model.parameters.zeroGradients()
-            let loss = model.loss(batch, training: true)
-            loss.backward()
-            adam.step(model.parameters)
-
-            if step == 0 { first = loss.item }
-            last = loss.item
-        }
+        let (first, last) = overfit(model, &batch, steps: 40, learningRate: 2e-3)
         #expect(last < first / 5, "loss \(first) -> \(last)")
         // Training-mode statistics, as the other families' overfitting tests: the moving averages settle later.
         let found = GradMode.disabled {

@@ -156,17 +156,7 @@ extension DistributedTests {
         #expect(one.status == 0, "\(one.error)")
         let two = try mpirun(2, args + ["--out", dir + "/two"])
         #expect(two.status == 0, "\(two.output)\(two.error)")
-        let (a, b) = (try epochLosses(dir + "/one/faster-rcnn-log.csv"), try epochLosses(dir + "/two/faster-rcnn-log.csv"))
-        #expect(a.count == 3 && b.count == 3)
-        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
-        let (wa, wb) = (try weights(dir + "/one/faster-rcnn-last.h5"), try weights(dir + "/two/faster-rcnn-last.h5"))
-        #expect(wa.count == wb.count && !wa.isEmpty)
-        for (name, x) in wa {
-            let y = wb[name] ?? []
-            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
-            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
-            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
-        }
+        try expectSameRun(dir + "/one", dir + "/two", family: "faster-rcnn", epochs: 3)
     }
 }
 

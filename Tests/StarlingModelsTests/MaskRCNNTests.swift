@@ -68,17 +68,7 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
         let model = try ModelRegistry.build(config, seed: 3) as! MaskRCNN
         var batch = try source.batch(indices: Array(0..<source.count), epoch: 0, training: true, config: config)
         batch.seed = 1
-        let adam = Adam(parameterCount: model.parameters.count, learningRate: 2e-3)
-        var first: Float = 0, last: Float = 0
-        for step in 0..<100 {
-            batch.epoch = step
-            model.parameters.zeroGradients()
-            let loss = model.loss(batch, training: true)
-            loss.backward()
-            adam.step(model.parameters)
-            if step == 0 { first = loss.item }
-            last = loss.item
-        }
+        let (first, last) = overfit(model, &batch, steps: 100, learningRate: 2e-3)
         #expect(last < first / 4, "loss \(first) -> \(last)")
         // Training-mode statistics, as the other families' overfitting tests: the moving averages settle later.
         let found = model.detectInstances(batch, decoding: .display, batchStatistics: true)
@@ -127,16 +117,6 @@ extension DistributedTests {
         #expect(one.status == 0, "\(one.error)")
         let two = try mpirun(2, args + ["--out", dir + "/two"])
         #expect(two.status == 0, "\(two.output)\(two.error)")
-        let (a, b) = (try epochLosses(dir + "/one/mask-rcnn-log.csv"), try epochLosses(dir + "/two/mask-rcnn-log.csv"))
-        #expect(a.count == 3 && b.count == 3)
-        for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)") }
-        let (wa, wb) = (try weights(dir + "/one/mask-rcnn-last.h5"), try weights(dir + "/two/mask-rcnn-last.h5"))
-        #expect(wa.count == wb.count && !wa.isEmpty)
-        for (name, x) in wa {
-            let y = wb[name] ?? []
-            let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
-            let scale = x.reduce(Float(0)) { max($0, abs($1)) }
-            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)")
-        }
+        try expectSameRun(dir + "/one", dir + "/two", family: "mask-rcnn", epochs: 3)
     }
 }

@@ -117,17 +117,7 @@ private func smallRCNN(height: Int, width: Int, classNames: [String], seed: UInt
         let model = try ModelRegistry.build(config, seed: 2) as! RCNN
         var batch = try source.batch(indices: Array(0..<source.count), epoch: 0, training: true, config: config)
         batch.seed = 1
-        let adam = Adam(parameterCount: model.parameters.count, learningRate: 1e-3)
-        var first: Float = 0, last: Float = 0
-        for step in 0..<50 {
-            batch.epoch = step
-            model.parameters.zeroGradients()
-            let loss = model.loss(batch, training: true)
-            loss.backward()
-            adam.step(model.parameters)
-            if step == 0 { first = loss.item }
-            last = loss.item
-        }
+        let (first, last) = overfit(model, &batch, steps: 50, learningRate: 1e-3)
         #expect(last < first / 4, "loss \(first) -> \(last)")
 
         var settings = RCNNSVMTraining.Settings()

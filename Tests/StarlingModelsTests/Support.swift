@@ -151,3 +151,20 @@ func maxRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Fl
     return worst
 }
 
+
+/// `steps` Adam steps on one batch, its epoch advancing each step (so the per-sample draws - RoI and anchor minibatches,
+/// noise - are fresh each step, as over training's epochs): the first step's loss and the last's.
+func overfit(_ model: any Model, _ batch: inout Batch, steps: Int, learningRate: Float) -> (first: Float, last: Float) {
+    let adam = Adam(parameterCount: model.parameters.count, learningRate: learningRate)
+    var first: Float = 0, last: Float = 0
+    for step in 0..<steps {
+        batch.epoch = step
+        model.parameters.zeroGradients()
+        let loss = model.loss(batch, training: true)
+        loss.backward()
+        adam.step(model.parameters)
+        if step == 0 { first = loss.item }
+        last = loss.item
+    }
+    return (first, last)
+}
