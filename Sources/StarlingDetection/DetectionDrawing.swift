@@ -28,6 +28,34 @@ public enum DetectionDrawing {
         return canvas
     }
 
+    /// Instances (Mask R-CNN): each mask blended into the image at half strength in a colour of its own (instances of
+    /// one class must stay apart), then the boxes and labels of `draw`; `truthMasks`' outlines in white.
+    public static func draw(rgb: [UInt8], width: Int, height: Int, instances: [(detection: DetectedBox, mask: [UInt8])],
+                            truthMasks: [[UInt8]] = [], classNames: [String]) -> PixelCanvas {
+        precondition(rgb.count == width * height * 3 && instances.allSatisfy { $0.mask.count == width * height }, "instance picture sizes")
+        var blended = rgb
+        for (k, instance) in instances.enumerated() {
+            let color = RGB.palette[k % RGB.palette.count]
+            for p in 0..<(width * height) where instance.mask[p] != 0 {
+                blended[3 * p] = UInt8((Int(blended[3 * p]) + Int(color.r)) / 2)
+                blended[3 * p + 1] = UInt8((Int(blended[3 * p + 1]) + Int(color.g)) / 2)
+                blended[3 * p + 2] = UInt8((Int(blended[3 * p + 2]) + Int(color.b)) / 2)
+            }
+        }
+        var canvas = draw(rgb: blended, width: width, height: height, detections: instances.map(\.detection), groundTruth: [], classNames: classNames)
+        // A truth mask's outline: its pixels with a 4-neighbour outside it.
+        for mask in truthMasks where mask.count == width * height {
+            for y in 0..<height {
+                for x in 0..<width where mask[y * width + x] != 0 {
+                    let edge = x == 0 || y == 0 || x == width - 1 || y == height - 1 || mask[y * width + x - 1] == 0 || mask[y * width + x + 1] == 0
+                        || mask[(y - 1) * width + x] == 0 || mask[(y + 1) * width + x] == 0
+                    if edge { canvas.set(x: x, y: y, .white) }
+                }
+            }
+        }
+        return canvas
+    }
+
     /// The course's table: `class conf xmin ymin xmax ymax`, one row per detection.
     public static func table(_ detections: [DetectedBox], classNames: [String]) -> String {
         var lines = ["class        conf    xmin    ymin    xmax    ymax"]

@@ -32,6 +32,7 @@ struct PredictCommand: ParsableCommand {
             let loaded = try Checkpoint.load(from: checkpoint)
             if let frames { return try predictFrames(loaded.model, frames: frames) }
             if let unet = loaded.model as? UNet { return try segment(unet) }
+            if let maskRCNN = loaded.model as? MaskRCNN { return try instances(maskRCNN) }
             let model = loaded.model
             guard model is any Detector || model is any RegionDetector, let names = model.config.classNames else {
                 throw EvalError("\(checkpoint): model \(loaded.model.config.family) is not a detector")
@@ -73,6 +74,55 @@ struct PredictCommand: ParsableCommand {
                     try DetectionDrawing.draw(rgb: rgb, width: w, height: h, detections: found, groundTruth: dataset.objects(of: i), classNames: names).writePNG(path: path)
                     print("picture (predictions in colour, ground truth in white): \(path)\n")
                 }
+            }
+        }
+    }
+
+    /// Mask R-CNN: each instance's class, score, box and mask, on an image file (resized to the model's input and drawn
+    /// at that size) or on an instance dataset's images (the truth's mask outlines in white).
+    func instances(_ model: MaskRCNN) throws {
+        let folder = out ?? URL(fileURLWithPath: checkpoint).deletingLastPathComponent().path
+        try makeDirectory(folder)
+        let names = model.config.classNames ?? []
+        let (h, w) = (model.config.inputShape[1], model.config.inputShape[2])
+        let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)
+        func predict(_ rgb: [UInt8]) -> [(detection: DetectedBox, mask: [UInt8])] {
+            model.detectInstances(Batch(images: Self.tensor(rgb, height: h, width: w)), decoding: decoding)[0].map { ($0.detection, $0.mask) }
+        }
+        func report(_ found: [(detection: DetectedBox, mask: [UInt8])]) {
+            print(DetectionDrawing.table(found.map(\.detection), classNames: names))
+            let pixels = found.map { $0.mask.reduce(0) { $0 + Int($1) } }
+            print("\(found.count) instances, \(pixels.reduce(0, +)) mask pixels in all")
+        }
+        if let image {
+            let picture = try ImageFile.readRGB(path: image)
+            let resized = ImageResize.bilinear(picture.pixels, width: picture.width, height: picture.height, channels: 3, toWidth: w, toHeight: h)
+            let found = predict(resized)
+            print("\(image) (\(picture.width)x\(picture.height), predicted and drawn at \(w)x\(h))")
+            report(found)
+            let path = "\(folder)/\(URL(fileURLWithPath: image).deletingPathExtension().lastPathComponent)-instances.png"
+            try DetectionDrawing.draw(rgb: resized, width: w, height: h, instances: found, classNames: names).writePNG(path: path)
+            print("picture: \(path)")
+        }
+        if let data {
+            let dataset = try SegmentationDataset(path: data, split: split)
+            let source = SegmentationSource(dataset: dataset)
+            try source.checkCompatible(with: model.config)
+            var pictures: [(path: String, canvas: PixelCanvas)] = []
+            for i in 0..<min(limit, dataset.count) {
+                let batch = try source.batch(indices: [i], epoch: 0, training: false, config: model.config)
+                let rgb = (0..<(h * w * 3)).map { UInt8(batch.images.data[($0 % 3) * h * w + $0 / 3]) }
+                let found = predict(rgb)
+                print("\(split) image \(i) (ground truth \(batch.objects?[0].count ?? 0) instances)")
+                report(found)
+                pictures.append(("\(folder)/\(split)-\(i)-instances.png",
+                                 DetectionDrawing.draw(rgb: rgb, width: w, height: h, instances: found,
+                                                       truthMasks: batch.segmentation?.instanceMasks?[0] ?? [], classNames: names)))
+            }
+            // Written after every image predicted, so a bad image leaves no pictures behind.
+            for picture in pictures {
+                try picture.canvas.writePNG(path: picture.path)
+                print("picture (instances in colour, truth outlines in white): \(picture.path)")
             }
         }
     }

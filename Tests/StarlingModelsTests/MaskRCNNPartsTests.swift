@@ -4,6 +4,7 @@ import StarlingCore
 import StarlingNN
 @testable import StarlingDetection
 @testable import StarlingEvaluation
+import StarlingPlots
 
 /// Mask R-CNN's own parts (issue 19): the mask head, its targets through RoIAlign, the paste back into the image, and
 /// COCO's run-length masks against the COCO API.
@@ -274,6 +275,22 @@ import StarlingNN
             _ = try COCOEvaluator(iouType: .segm).evaluate(groundTruth: truths, detections: [Detection(imageID: 1, classID: 1, box: truths[0].box, score: 1)])
         }
     }
+    /// Instance pictures: a mask's pixels take half its colour, the rest of the image stays, a truth mask's outline is white.
+    @Test func instancePicturesBlendMasksAndOutlineTheTruth() {
+        let (h, w) = (20, 30)
+        let rgb = [UInt8](repeating: 100, count: h * w * 3)
+        var mask = [UInt8](repeating: 0, count: h * w), truth = mask
+        for y in 12..<16 { for x in 20..<26 { mask[y * w + x] = 1 } }
+        for y in 2..<8 { for x in 2..<8 { truth[y * w + x] = 1 } }
+        let box = DetectedBox(box: BoxCorners(xmin: 18, ymin: 10, xmax: 28, ymax: 18), classID: 1, score: 0.9)
+        let canvas = DetectionDrawing.draw(rgb: rgb, width: w, height: h, instances: [(box, mask)], truthMasks: [truth], classNames: ["background", "person"])
+        let color = RGB.palette[0]
+        let half = RGB(UInt8((100 + Int(color.r)) / 2), UInt8((100 + Int(color.g)) / 2), UInt8((100 + Int(color.b)) / 2))
+        #expect(canvas.pixel(x: 22, y: 14) == half)
+        #expect(canvas.pixel(x: 12, y: 4) == RGB(100, 100, 100), "outside every mask and box")
+        #expect(canvas.pixel(x: 2, y: 4) == .white && canvas.pixel(x: 4, y: 4) == RGB(100, 100, 100), "truth outline, and its inside")
+    }
 }
+
 
 

@@ -94,6 +94,15 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
         #expect(scored.status == 0 && scored.output.contains("boxes     masks") && scored.output.contains("seconds per image"), "\(scored.output)\(scored.error)")
         let report = try JSONDecoder().decode(InstanceEvaluation.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/figures.json")))
         #expect(report.images == 4 && report.instances == 6 && report.boxStats.count == 12 && report.maskStats.count == 12)
+        // predict draws the instances of the set's images and of an image file.
+        let frame = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/pennfudan/PennFudanPed/PNGImages/FudanPed00001.png").path
+        for input in [["--data", data, "--split", "train", "--limit", "2"], ["--image", frame]] {
+            let drawn = try run(Fixture.starling, ["predict", "--checkpoint", dir + "/ck/mask-rcnn-last.h5", "--confidence", "0.01", "--out", dir + "/pictures"] + input)
+            #expect(drawn.status == 0 && drawn.output.contains("mask pixels in all"), "\(drawn.output)\(drawn.error)")
+        }
+        for picture in ["train-0-instances.png", "train-1-instances.png", "FudanPed00001-instances.png"] {
+            #expect(FileManager.default.fileExists(atPath: dir + "/pictures/" + picture), "no \(picture)")
+        }
         // Instance data is required: a detection set is refused naming its file.
         let refused = try run(Fixture.starling, ["train", "--model", "mask-rcnn", "--data", dir + "/missing.h5", "--out", dir + "/no"])
         #expect(refused.status != 0 && refused.error.contains("missing.h5"))
