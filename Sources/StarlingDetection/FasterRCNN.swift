@@ -131,11 +131,8 @@ public final class FasterRCNN: TwoStageDetector {
                                     imageHeight: batch.images.shape[2], imageWidth: batch.images.shape[3]).map { $0.map(\.box) }
         guard let objects = batch.objects else { return RegionProposals(boxes: boxes) }
         let samples = objects.indices.map { k in rpnTargets.sample(anchors: anchors, objects: objects[k], batch: batch, sample: k, training: training) }
-        // The sampled-anchor count is summed over ranks in training steps only, which every rank runs in step; outside
-        // training (the validation loss, where ranks score unequal shares in unequal numbers of batches) it is this
-        // rank's own, as the RoI heads' count.
         return RegionProposals(boxes: boxes, loss: Tensor.rpnLoss(objectness: objectness, deltas: deltas, samples: samples,
-                                                                  crossReplica: training ? crossReplica : .single))
+                                                                  crossReplica: crossReplica))
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {

@@ -153,8 +153,6 @@ public final class MaskRCNN: Model, CrossReplicaAware {
         guard let objects = batch.objects, let masks = batch.segmentation?.instanceMasks else {
             preconditionFailure("\(config.family) needs the annotated objects and their masks in its batches")
         }
-        // Counts are summed over ranks only in training: in validation ranks may score different numbers of batches.
-        let crossReplica = training ? self.crossReplica : .single
         let p = pass(batch, training: training)
         let allAnchors = anchors.flatMap { $0 }
         let rpnSamples = objects.indices.map { k in rpnTargets.sample(anchors: allAnchors, objects: objects[k], batch: batch, sample: k, training: training) }

@@ -161,8 +161,6 @@ public final class RCNN: RegionDetector {
     public func loss(_ batch: Batch, training: Bool) -> Tensor {
         let samples = sample(batch, training: training)
         let local = samples.reduce(0) { $0 + $1.rois.count }
-        // Summed over ranks only in training: in validation ranks may score different numbers of batches.
-        let crossReplica = training ? self.crossReplica : .single
         var count = [Double(local)]
         count.withUnsafeMutableBufferPointer { crossReplica.sum($0) }
         guard local > 0 else {

@@ -128,15 +128,7 @@ func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true)
         #expect(abs(Double(loss) - expected) <= 1e-5 * abs(expected), "family \(loss), by hand \(expected)")
 
         // Two simulated ranks: images 0-1 and image 2 (unequal RoI counts when an image has few candidates).
-        func slice(_ range: Range<Int>) -> Batch {
-            let per = 3 * h * w
-            var b = Batch(images: Tensor(shape: [range.count, 3, h, w], values: Array(images.toArray()[(range.lowerBound * per)..<(range.upperBound * per)])),
-                          indices: Array(batch.indices![range]), epoch: 2, seed: 17)
-            b.objects = Array(objects[range])
-            b.proposals = Array(batch.proposals![range])
-            return b
-        }
-        let halves = [slice(0..<2), slice(2..<3)]
+        let halves = [slice(batch, 0..<2), slice(batch, 2..<3)]
         let counts = halves.map { half in
             model.roiHeads.sample(proposals: half.proposals!, objects: half.objects!, batch: half, training: true).reduce(0) { $0 + $1.rois.count }
         }
@@ -162,7 +154,7 @@ func pennFudanFrames(_ dir: String, count: Int = 4, storeProposals: Bool = true)
 
         // A rank whose images have no boxes samples no RoIs (nothing is background without a box to measure it by):
         // its loss is 0, and its backward pass runs to zero gradients, as the gradient allreduce needs.
-        var empty = slice(2..<3)
+        var empty = slice(batch, 2..<3)
         empty.objects = [[]]
         model.parameters.zeroGradients()
         let nothing = model.loss(empty, training: true)

@@ -121,6 +121,14 @@ import StarlingCore
         }
     }
 
+    /// A class with no box and no negative anywhere (images without proposals): the zero machine, not a crash.
+    @Test func miningWithNothingGivesTheZeroMachine() {
+        var miner = HardNegativeMiner(dimension: 3)
+        miner.add(positives: [], hardNegatives: [])
+        miner.finish()
+        #expect(miner.svm == LinearSVM(dimension: 3) && miner.solves == 1)
+    }
+
     // MARK: Ridge box regression
 
     @Test func ridgeRecoversAnExactMapAndMatchesTheNormalEquations() {

@@ -81,15 +81,7 @@ private func smallRCNN(height: Int, width: Int, classNames: [String], seed: UInt
         expected /= Double(labels.count)
         #expect(abs(Double(loss) - expected) <= 1e-5 * abs(expected), "family \(loss), by hand \(expected)")
 
-        func slice(_ range: Range<Int>) -> Batch {
-            let per = 3 * h * w
-            var b = Batch(images: Tensor(shape: [range.count, 3, h, w], values: Array(images.toArray()[(range.lowerBound * per)..<(range.upperBound * per)])),
-                          indices: Array(batch.indices![range]), epoch: 2, seed: 17)
-            b.objects = Array(objects[range])
-            b.proposals = Array(batch.proposals![range])
-            return b
-        }
-        let halves = [slice(0..<2), slice(2..<3)]
+        let halves = [slice(batch, 0..<2), slice(batch, 2..<3)]
         let counts = halves.map { model.sample($0, training: true).reduce(0) { $0 + $1.rois.count } }
         var perRank: [Double] = []
         for (k, half) in halves.enumerated() {

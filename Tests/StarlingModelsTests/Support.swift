@@ -152,6 +152,18 @@ func maxRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Fl
 }
 
 
+/// Images `range` of a detection batch, with their indices, epoch, seed, objects and proposals: one simulated rank's
+/// slice of the global batch.
+func slice(_ batch: Batch, _ range: Range<Int>) -> Batch {
+    let per = batch.images.count / max(batch.size, 1)
+    var b = Batch(images: Tensor(shape: [range.count] + Array(batch.images.shape.dropFirst()),
+                                 values: Array(batch.images.toArray()[(range.lowerBound * per)..<(range.upperBound * per)])),
+                  indices: batch.indices.map { Array($0[range]) }, epoch: batch.epoch, seed: batch.seed)
+    b.objects = batch.objects.map { Array($0[range]) }
+    b.proposals = batch.proposals.map { Array($0[range]) }
+    return b
+}
+
 /// `steps` Adam steps on one batch, its epoch advancing each step (so the per-sample draws - RoI and anchor minibatches,
 /// noise - are fresh each step, as over training's epochs): the first step's loss and the last's.
 func overfit(_ model: any Model, _ batch: inout Batch, steps: Int, learningRate: Float) -> (first: Float, last: Float) {

@@ -184,7 +184,10 @@ public struct HardNegativeMiner: Sendable {
     mutating func solveAndEvict() {
         let labels = Array(repeating: true, count: positiveCount) + Array(repeating: false, count: negativeCount)
         let samples = positives + negatives
-        svm = samples.withUnsafeBufferPointer { solver.solve(features: $0.baseAddress!, positive: labels, dimension: dimension) }
+        // Nothing to learn from (a class without boxes in images without proposals): the zero machine, which scores
+        // every window 0.
+        svm = samples.isEmpty ? LinearSVM(dimension: dimension)
+            : samples.withUnsafeBufferPointer { solver.solve(features: $0.baseAddress!, positive: labels, dimension: dimension) }
         solves += 1
         joinedSinceSolve = 0
         var keptKeys: [NegativeKey] = [], kept: [Float] = []

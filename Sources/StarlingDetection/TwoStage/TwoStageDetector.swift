@@ -93,8 +93,8 @@ extension TwoStageDetector {
 /// divided by the RoIs of the global batch (summed over ranks through `CrossReplica`) and multiplied by the number of
 /// ranks, whose gradients the trainer averages: N ranks give the gradient one process gives at the same global batch,
 /// even when images yield different numbers of RoIs (an image with few proposals, or without boxes, gives fewer).
-/// Only training steps take part in the collective, which every rank runs in step; a loss outside training (the
-/// validation loss, where ranks score unequal shares in unequal numbers of batches) is this rank's own mean.
+/// The validation loss, where ranks score unequal shares in unequal numbers of batches, runs with `CrossReplica.single`
+/// (`Trainer.evaluateLoss`), so it is this rank's own mean.
 public struct RoIHeads: Sendable {
     public let predictor: FastRCNNPredictor
     public var sampling: FastRCNNTargets
@@ -127,9 +127,8 @@ public struct RoIHeads: Sendable {
                      crossReplica: CrossReplica) -> Tensor {
         let samples = sample(proposals: proposals, objects: objects, batch: batch, training: training)
         let local = samples.reduce(0) { $0 + $1.rois.count }
-        let replicas = training ? crossReplica : .single
         var count = [Double(local)]
-        count.withUnsafeMutableBufferPointer { replicas.sum($0) }
+        count.withUnsafeMutableBufferPointer { crossReplica.sum($0) }
         let global = Int(count[0])
         // A rank whose images gave no RoIs still takes part in the sum above and returns a zero that reaches the
         // parameters, so its backward pass (and the gradient allreduce after it) runs as on the other ranks.
@@ -139,7 +138,7 @@ public struct RoIHeads: Sendable {
         let labels = samples.flatMap(\.labels), targets = samples.flatMap(\.targets)
         // fastRCNNLoss divides by this rank's RoIs; rescaled to the global count (times the ranks, which the
         // gradient average divides out again).
-        let scale = Float(local) * Float(replicas.size) / Float(global)
+        let scale = Float(local) * Float(crossReplica.size) / Float(global)
         return Tensor.fastRCNNLoss(classLogits: logits, boxDeltas: deltas, labels: labels, targets: targets) * scale
     }
 
