@@ -109,6 +109,15 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
         #expect(refused.status != 0 && refused.error.contains("missing.h5"))
     }
 
+    /// `bench --only mask-rcnn` prints training images/s and inference FPS (masks pasted) at the configuration's input
+    /// with the machine's kernels; one step at a sixteenth of the width keeps it short.
+    @Test func benchPrintsTrainingAndInferenceRates() throws {
+        let bench = try starling("bench", "--only", "mask-rcnn", "--width-multiplier", "0.0625", "--steps", "1")
+        #expect(bench.status == 0, "\(bench.error)")
+        #expect(bench.output.contains("OpenBLAS core") && bench.output.contains("mask-rcnn (width 0.0625, depth 0.34) 320x416, its own proposals: training ")
+                && bench.output.contains("FPS at batch 2, masks pasted"), "\(bench.output)")
+    }
+
     /// The files of `eval --save-detections` and `--save-gt` (boxes and masks as compressed RLE) scored by pycocotools'
     /// COCOeval, `bbox` on the file as written and `segm` with each detection's `bbox` dropped (as detectron2 does, so
     /// that loadRes takes a detection's area from its mask): the twelve figures of each equal `eval`'s. Skipped where
