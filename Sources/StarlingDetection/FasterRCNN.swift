@@ -152,37 +152,10 @@ extension FasterRCNN: ONNXExportable {
         let g = images.graph
         let (features, rpnOutputs) = network(images, training: false)
         let (objectness, deltas) = rpnOutputs[0]
-        let (h, w, a) = (featureSize.height, featureSize.width, anchorGenerator.levels[0].anchorsPerLocation)
-        let p = h * w * a, layer = testingProposals
-        // Anchor order: location-major, anchor-minor (AnchorGenerator's).
-        let logits = objectness.transposed([0, 2, 3, 1]).reshaped([-1, p])
-        let rows = deltas.reshaped([-1, a, 4, h, w]).transposed([0, 3, 4, 1, 2]).reshaped([-1, p, 4])
-        var centres = [Float](), sizes = [Float]()
-        for anchor in anchors {
-            centres += [anchor.xmin + 0.5 * anchor.width, anchor.ymin + 0.5 * anchor.height]
-            sizes += [anchor.width, anchor.height]
-        }
-        let anchorCentres = g.constant("anchor_centres", centres, shape: [p, 2]), anchorSizes = g.constant("anchor_sizes", sizes, shape: [p, 2])
-        let centre = rows.slice(axis: 2, 0..<2) * anchorSizes + anchorCentres
-        let clamp = g.constant("scale_clamp", [BoxCoder.scaleClamp], shape: [])
-        let growth = g.node("Min", [rows.slice(axis: 2, 2..<4).name, clamp.name], shape: [-1, p, 2])
-        let half = growth.exp() * anchorSizes * g.constant("half", [0.5], shape: [])
-        let corners = ONNXValue.concat([centre - half, centre + half], axis: 2)
-        let (width, height) = (Float(config.inputShape[2]), Float(config.inputShape[1]))
-        let floor = g.node("Max", [corners.name, g.constant("zero", [0], shape: []).name], shape: [-1, p, 4])
-        let boxes = g.node("Min", [floor.name, g.constant("image_size", [width, height, width, height], shape: [4]).name], shape: [-1, p, 4])
-        // The best pre-NMS logits of each image (ties to the lower index, as Starling's stable order), their boxes.
-        let k = min(layer.preNMSTopN, p)
-        let top = g.node("TopK", [logits.name, g.int64Constant("pre_nms_top_n", [Int64(k)]).name], names: ["top_logits", "top_indices"],
-                         shapes: [[-1, k], [-1, k]], attributes: [ONNXAttribute.int("axis", 1), ONNXAttribute.int("largest", 1), ONNXAttribute.int("sorted", 1)])
-        let indices = top[1].reshaped([-1, k, 1])
-        let topBoxes = g.node("GatherND", [boxes.name, indices.name], shape: [-1, k, 4], attributes: [ONNXAttribute.int("batch_dims", 1)])
-        let sides = topBoxes.slice(axis: 2, 2..<4) - topBoxes.slice(axis: 2, 0..<2)
-        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, k], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
-        let large = g.node("GreaterOrEqual", [shortest.name, g.constant("minimum_size", [layer.minimumSize], shape: []).name], shape: [-1, k])
-        let keep = g.node("Cast", [large.name], shape: [-1, k], attributes: [ONNXAttribute.int("to", Int(Onnx_TensorProto.DataType.float.rawValue))])
-        // Kept boxes score their sigmoid, dropped ones -1, under NonMaxSuppression's score threshold of 0.
-        let scores = top[0].sigmoid() * keep + keep - g.constant("one", [1], shape: [])
+        let layer = testingProposals
+        let (topBoxes, scores) = layer.onnxCandidates(objectness: objectness, deltas: deltas, anchors: anchors,
+                                                      imageHeight: config.inputShape[1], imageWidth: config.inputShape[2])
+        let k = scores.shape[1]
         let selected = g.node("NonMaxSuppression", [topBoxes.name, scores.reshaped([-1, 1, k]).name,
                                                     g.int64Constant("post_nms_top_n", [Int64(layer.postNMSTopN)]).name,
                                                     g.constant("rpn_nms_threshold", [layer.nmsThreshold], shape: [1]).name,

@@ -1,6 +1,8 @@
 import Foundation
 import StarlingCore
 import StarlingNN
+import StarlingONNX
+import ONNXProto
 
 /// Mask R-CNN (K. He, G. Gkioxari, P. Dollár, R. Girshick, "Mask R-CNN", ICCV 2017): Faster R-CNN with a feature
 /// pyramid, RoIAlign in place of RoI pooling, and a mask branch beside the box head, trained on instance data
@@ -124,8 +126,8 @@ public final class MaskRCNN: Model, CrossReplicaAware {
         return (pyramid, rpn(pyramid))
     }
 
-    /// Class logits and deltas of RoIs pooled 7 x 7 (level order).
-    func boxHead(_ pooled: Tensor) -> (logits: Tensor, deltas: Tensor) {
+    /// Class logits and deltas of RoIs pooled 7 x 7, on Tensors and ONNX values alike.
+    func boxHead<Value: NetworkValue>(_ pooled: Value) -> (logits: Value, deltas: Value) {
         let h = fc7(fc6(pooled.flattened()).relu()).relu()
         return (classScore(h), boxDeltas(h))
     }
@@ -213,6 +215,17 @@ public final class MaskRCNN: Model, CrossReplicaAware {
     /// Instances per image of `batch.images`, from the RPN's test proposals. `batchStatistics`: batch norm with the
     /// batch's own statistics, for a model whose moving averages have not settled (a few steps of overfitting).
     public func detectInstances(_ batch: Batch, decoding: DetectionDecoding, batchStatistics: Bool = false) -> [[Instance]] {
+        let (h, w) = (batch.images.shape[2], batch.images.shape[3])
+        return detectionsAndMasks(batch, decoding: decoding, batchStatistics: batchStatistics).map { list in
+            list.map { d, probabilities in
+                Instance(detection: d, mask: probabilities.withUnsafeBufferPointer { MaskTargets.paste($0.baseAddress!, box: d.box, height: h, width: w) })
+            }
+        }
+    }
+
+    /// Detections per image of `batch.images` and, for each, the 28 x 28 mask probabilities of its class (row-major,
+    /// before the paste): what the exported graph outputs.
+    public func detectionsAndMasks(_ batch: Batch, decoding: DetectionDecoding, batchStatistics: Bool = false) -> [[(detection: DetectedBox, mask: [Float])]] {
         GradMode.disabled {
             let p = pass(batch, training: false, batchStatistics: batchStatistics)
             let (h, w) = (batch.images.shape[2], batch.images.shape[3])
@@ -237,23 +250,157 @@ public final class MaskRCNN: Model, CrossReplicaAware {
                 first += boxes.count
                 detections.append(boxes.isEmpty ? [] : decoding.decodeFastRCNN(probabilities: probs, deltas: dels, rois: boxes, classCount: c, imageHeight: h, imageWidth: w))
             }
-            // The mask head on the kept boxes, level by level, each mask pasted at its box.
+            // The mask head on the kept boxes, level by level, each its class's map.
             let kept = detections.enumerated().flatMap { k, list in list.map { (image: k, box: $0.box) } }
             guard !kept.isEmpty else { return detections.map { _ in [] } }
             let maskOrder = MultiScaleRoIAlign.order(kept)
             let maskProbabilities = maskHead(LayoutTensor(maskPool(p.pyramid, rois: maskOrder.map { kept[$0] }))).tensor.sigmoid()
             let plane = MaskHead.maskSize * MaskHead.maskSize
-            var pasted = [[UInt8]](repeating: [], count: kept.count)
+            var masks = [[Float]](repeating: [], count: kept.count)
             let classes = detections.flatMap { $0.map(\.classID) }
             for (row, r) in maskOrder.enumerated() {
-                let channel = maskProbabilities.data + (row * c + classes[r]) * plane
-                pasted[r] = MaskTargets.paste(channel, box: kept[r].box, height: h, width: w)
+                masks[r] = Array(UnsafeBufferPointer(start: maskProbabilities.data + (row * c + classes[r]) * plane, count: plane))
             }
             var next = 0
             return detections.map { list in list.map { d in
                 defer { next += 1 }
-                return Instance(detection: d, mask: pasted[next])
+                return (d, masks[next])
             } }
         }
+    }
+}
+
+extension MaskRCNN: ONNXExportable {
+    /// The decoding written into the exported graph: `DetectionDecoding.evaluation` (class probability above 0.01,
+    /// per-class NMS at 0.45, the best 200 an image), which keeps what `eval` scores; a user filters higher scores.
+    public static let onnxDecoding = DetectionDecoding.evaluation
+
+    /// The whole of `detectionsAndMasks` from `images` alone: the one pass of `network` (backbone, pyramid, RPN), each
+    /// level's proposal candidates (`ProposalLayer.onnxCandidates`) suppressed level by level (one NonMaxSuppression
+    /// whose classes are the levels) and the best `rpn_post_nms_test` an image over the levels (ScatterND of the
+    /// survivors' scores, TopK); FPN's box head on `MultiScaleRoIAlign` 7 x 7; Fast R-CNN's class-specific decoding
+    /// (`decodeFastRCNN`: `BoxCoder` (10, 10, 5, 5), clipping, `onnxDecoding`'s threshold) and per-class NMS (one
+    /// NonMaxSuppression with a batch an image and a class a foreground class, each class's boxes its own), the best
+    /// `topK` an image; then the mask head on the kept boxes, 14 x 14 RoIAlign, and each box's own class's sigmoid.
+    /// Outputs detections (image, box, score, label) and their 28 x 28 mask probabilities; pasting a mask into the
+    /// image (`MaskTargets.paste`: bilinear, at 0.5) is left to the caller.
+    public func onnxOutputs(_ images: ONNXValue) -> [ONNXOutput] {
+        let g = images.graph
+        let (pyramid, rpnOutputs) = network(images, training: false)
+        let (height, width) = (config.inputShape[1], config.inputShape[2])
+        let layer = testingProposals, decoding = Self.onnxDecoding
+        let one = g.constant("one", [1], shape: []), absentScore = g.constant("absent_score", [-1], shape: [])
+        let scoreThreshold = g.constant("score_threshold", [-0.5], shape: [1])
+        func int64Cast(_ v: ONNXValue) -> ONNXValue { v.cast(to: .int64) }
+        /// Image indices [N, k] (0, 1, ...) of a value [N, k]: a running sum of ones down the batch.
+        func imageIndices(_ like: ONNXValue) -> ONNXValue {
+            let ones = like * g.constant("zero", [0], shape: []) + one
+            return g.node("CumSum", [ones.name, g.int64Constant("batch_axis", [0], shape: []).name], shape: like.shape) - one
+        }
+
+        // Proposals: each level's candidates, NMS within each level, the best postNMSTopN of an image over the levels.
+        let levels = rpnOutputs.enumerated().map { l, o in
+            layer.onnxCandidates(objectness: o.objectness, deltas: o.deltas, anchors: anchors[l], imageHeight: height, imageWidth: width, suffix: "_p\(l + 2)")
+        }
+        let total = levels.map { $0.scores.shape[1] }.reduce(0, +)
+        let candidates = ONNXValue.concat(levels.map(\.boxes), axis: 1)
+        let absent = levels.map { $0.scores * g.constant("zero", [0], shape: []) + absentScore }
+        let byLevel = ONNXValue.concat(levels.indices.map { l in
+            ONNXValue.concat(levels.indices.map { $0 == l ? levels[$0].scores : absent[$0] }, axis: 1).reshaped([-1, 1, total])
+        }, axis: 1)
+        let survivors = g.node("NonMaxSuppression", [candidates.name, byLevel.name, g.int64Constant("level_nms_keep_all", [Int64(total)]).name,
+                                                     g.constant("rpn_nms_threshold", [layer.nmsThreshold], shape: [1]).name, scoreThreshold.name], shape: [-1, 3])
+        let imageAndIndex = g.node("Gather", [survivors.name, g.int64Constant("image_and_index", [0, 2]).name], shape: [-1, 2],
+                                   attributes: [ONNXAttribute.int("axis", 1)])
+        let allScores = ONNXValue.concat(levels.map(\.scores), axis: 1)
+        let survivorScores = g.node("GatherND", [allScores.name, imageAndIndex.name], shape: [-1])
+        let ranked = g.node("ScatterND", [ONNXValue.concat(absent, axis: 1).name, imageAndIndex.name, survivorScores.name], shape: [-1, total])
+        let n = min(layer.postNMSTopN, total)
+        let best = g.node("TopK", [ranked.name, g.int64Constant("post_nms_top_n", [Int64(n)]).name], names: ["proposal_scores", "proposal_indices"],
+                          shapes: [[-1, n], [-1, n]], attributes: [ONNXAttribute.int("axis", 1), ONNXAttribute.int("largest", 1), ONNXAttribute.int("sorted", 1)])
+        let proposalBoxes = g.node("GatherND", [candidates.name, best[1].reshaped([-1, n, 1]).name], shape: [-1, n, 4],
+                                   attributes: [ONNXAttribute.int("batch_dims", 1)])
+        let proposalRows = ONNXValue.concat([imageIndices(best[0]).reshaped([-1, n, 1]), proposalBoxes], axis: 2).reshaped([-1, 5])
+        let isProposal = g.node("GreaterOrEqual", [best[0].name, g.constant("zero", [0], shape: []).name], shape: [-1, n]).reshaped([-1])
+        let rois = g.node("Compress", [proposalRows.name, isProposal.name], shape: [-1, 5], attributes: [ONNXAttribute.int("axis", 0)])
+
+        // The box head and Fast R-CNN's class-specific decoding of each foreground class.
+        let c = classCount, f = classCount - 1
+        let (logits, deltas) = boxHead(boxPool.onnx(pyramid, rois: rois))
+        let probabilities = logits.softmax(axis: 1).slice(axis: 1, 1..<c)
+        let classDeltas = deltas.reshaped([-1, c, 4]).slice(axis: 1, 1..<c)
+        let corners = rois.slice(axis: 1, 1..<5)
+        let sizes = (corners.slice(axis: 1, 2..<4) - corners.slice(axis: 1, 0..<2)).reshaped([-1, 1, 2])
+        let centres = corners.slice(axis: 1, 0..<2).reshaped([-1, 1, 2]) + sizes * g.constant("half", [0.5], shape: [])
+        let coder = BoxCoder()
+        let centre = classDeltas.slice(axis: 2, 0..<2) / g.constant("centre_weights", [coder.weights.x, coder.weights.y], shape: [2]) * sizes + centres
+        let scaled = classDeltas.slice(axis: 2, 2..<4) / g.constant("size_weights", [coder.weights.w, coder.weights.h], shape: [2])
+        let growth = g.node("Min", [scaled.name, g.constant("scale_clamp", [BoxCoder.scaleClamp], shape: []).name], shape: scaled.shape)
+        let half = growth.exp() * sizes * g.constant("half", [0.5], shape: [])
+        // decodeFastRCNN clips each corner on its outer side only.
+        let big = Float.greatestFiniteMagnitude
+        let raised = g.node("Max", [ONNXValue.concat([centre - half, centre + half], axis: 2).name,
+                                    g.constant("box_floor", [0, 0, -big, -big], shape: [4]).name], shape: [-1, f, 4])
+        let boxes = g.node("Min", [raised.name, g.constant("box_ceiling", [big, big, Float(width), Float(height)], shape: [4]).name], shape: [-1, f, 4])
+        let sides = boxes.slice(axis: 2, 2..<4) - boxes.slice(axis: 2, 0..<2)
+        let shortest = g.node("ReduceMin", [sides.name], shape: [-1, f], attributes: [ONNXAttribute.ints("axes", [2]), ONNXAttribute.int("keepdims", 0)])
+        let nonEmpty = g.node("Greater", [shortest.name, g.constant("minimum_side", [1e-3], shape: []).name], shape: [-1, f])
+        let confident = g.node("Greater", [probabilities.name, g.constant("confidence_threshold", [decoding.confidenceThreshold], shape: []).name], shape: [-1, f])
+        let valid = g.node("And", [nonEmpty.name, confident.name], shape: [-1, f])
+        let scores = g.node("Where", [valid.name, probabilities.name, absentScore.name], shape: [-1, f])
+
+        // Per-class NMS within each image: NonMaxSuppression's batch is the image, its class the foreground class, and
+        // its boxes every (RoI, class) pair, scored -1 outside their own image and class.
+        var identity = [Float](repeating: 0, count: f * f)
+        for k in 0..<f { identity[k * f + k] = 1 }
+        let sameClass = g.constant("same_class", identity, shape: [f, 1, f])
+        let byClass = scores.reshaped([1, -1, f]) * sameClass + sameClass - one                                  // [f, R, f]
+        let imageCount = g.node("Slice", [g.node("Shape", [images.name], shape: [4]).name, g.int64Constant("starts", [0]).name,
+                                          g.int64Constant("ends", [1]).name], shape: [1])
+        let imageRange = g.node("Range", [g.int64Constant("range_start", [0], shape: []).name, imageCount.reshaped([]).name,
+                                          g.int64Constant("range_step", [1], shape: []).name], shape: [-1]).cast(to: .float)
+        let roiImage = rois.slice(axis: 1, 0..<1).reshaped([1, -1])
+        let inImage = g.node("Equal", [roiImage.name, imageRange.reshaped([-1, 1]).name], shape: [-1, -1])       // [N, R]
+        let perImage = g.node("Where", [inImage.reshapedKeeping([0, 1, -1, 1]).name, byClass.name, absentScore.name], shape: [-1, f, -1, f])
+        let nmsScores = perImage.reshapedKeeping([0, 0, -1])                                               // [N, f, R f]
+        let expandShape = ONNXValue.concat([imageCount, g.int64Constant("box_expand", [1, 1])], axis: 0)
+        let nmsBoxes = g.node("Expand", [boxes.reshaped([1, -1, 4]).name, expandShape.name], shape: [-1, -1, 4])
+        let kept = g.node("NonMaxSuppression", [nmsBoxes.name, nmsScores.name, g.int64Constant("top_k", [Int64(decoding.topK)]).name,
+                                                g.constant("iou_threshold", [decoding.iouThreshold], shape: [1]).name, scoreThreshold.name], shape: [-1, 3])
+        // The best topK of each image over its classes.
+        let keptScores = g.node("GatherND", [nmsScores.name, kept.name], shape: [-1])
+        let pairs = g.node("Gather", [kept.name, g.int64Constant("image_and_index", [0, 2]).name], shape: [-1, 2], attributes: [ONNXAttribute.int("axis", 1)])
+        let none = nmsScores.slice(axis: 1, 0..<1).reshapedKeeping([0, -1]) * g.constant("zero", [0], shape: []) + absentScore
+        let keptByImage = g.node("ScatterND", [none.name, pairs.name, keptScores.name], shape: [-1, -1])
+        let pairCount = g.node("Slice", [g.node("Shape", [keptByImage.name], shape: [2]).name, g.int64Constant("starts", [1]).name,
+                                         g.int64Constant("ends", [2]).name], shape: [1])
+        let limit = g.node("Min", [pairCount.name, g.int64Constant("top_k", [Int64(decoding.topK)]).name], shape: [1])
+        let top = g.node("TopK", [keptByImage.name, limit.name], names: ["detection_scores", "detection_indices"], shapes: [[-1, -1], [-1, -1]],
+                         attributes: [ONNXAttribute.int("axis", 1), ONNXAttribute.int("largest", 1), ONNXAttribute.int("sorted", 1)])
+        let isDetection = g.node("GreaterOrEqual", [top[0].name, g.constant("zero", [0], shape: []).name], shape: [-1, -1]).reshaped([-1])
+        func detections(_ v: ONNXValue, _ shape: [Int]) -> ONNXValue {
+            g.node("Compress", [v.name, isDetection.name], shape: shape, attributes: [ONNXAttribute.int("axis", 0)])
+        }
+        let pairBoxes = g.node("GatherND", [nmsBoxes.name, top[1].reshapedKeeping([0, -1, 1]).name], shape: [-1, -1, 4],
+                               attributes: [ONNXAttribute.int("batch_dims", 1)])
+        let detectedBoxes = detections(pairBoxes.reshaped([-1, 4]), [-1, 4])
+        let detectedScores = detections(top[0].reshaped([-1]), [-1])
+        let classIndex = g.node("Mod", [top[1].name, g.int64Constant("foreground_classes", [Int64(f)], shape: []).name], shape: [-1, -1])
+        let labels = detections((classIndex + g.int64Constant("first_class", [1], shape: [])).reshaped([-1]), [-1])
+        let detectedImages = detections(imageIndices(top[0]).reshaped([-1]), [-1])
+
+        // The mask head on the kept boxes, each its class's probabilities.
+        let maskRois = ONNXValue.concat([detectedImages.reshaped([-1, 1]), detectedBoxes], axis: 1)
+        let maskLogits = maskHead(maskPool.onnx(pyramid, rois: maskRois))
+        let s = MaskHead.maskSize
+        let masks = g.node("GatherND", [maskLogits.sigmoid().name, labels.reshaped([-1, 1]).name], shape: [-1, s, s], attributes: [ONNXAttribute.int("batch_dims", 1)])
+        return [ONNXOutput(name: "images_of_detections", value: int64Cast(detectedImages), type: .int64, batchName: "D",
+                           meaning: "[D] the image of each detection, images in order, each image's best score first"),
+                ONNXOutput(name: "boxes", value: detectedBoxes, batchName: "D", meaning: "[D, 4] x1, y1, x2, y2 in input pixels"),
+                ONNXOutput(name: "scores", value: detectedScores, batchName: "D",
+                           meaning: "[D] class probability (above \(decoding.confidenceThreshold), NMS at \(decoding.iouThreshold) per class, at most \(decoding.topK) an image)"),
+                ONNXOutput(name: "labels", value: labels, type: .int64, batchName: "D", meaning: "[D] class index (1 ... K, 0 is background)"),
+                ONNXOutput(name: "masks", value: masks, batchName: "D",
+                           meaning: "[D, \(s), \(s)] mask probabilities of the detection's class over its box, to paste into the image at 0.5")]
     }
 }

@@ -74,11 +74,14 @@ struct ConvertCommand: ParsableCommand {
                 print("re-sampled classes: training state reset to step 0, optimizer state dropped")
             }
             if inferenceOnly { checkpoint = CheckpointConversion.inferenceOnly(checkpoint) }
+            if to == .onnx && !(checkpoint.model is any ONNXExportable) {
+                throw ConversionError(file: input, message: "model \(checkpoint.model.config.family) has no ONNX export")
+            }
             try CheckpointConversion.write(checkpoint, to: output, format: to, half: half)
             let model = checkpoint.model
             if to == .onnx {
-                let (_, outputs) = try ONNXExport.graph(of: model)
-                print("wrote \(output): ONNX opset \(ONNXGraph.opset), model \(model.config.family)")
+                let (graph, outputs) = try ONNXExport.graph(of: model)
+                print("wrote \(output): ONNX opset \(graph.opsetVersion), model \(model.config.family)")
                 print("  input images: float32 [N, \(model.config.inputShape.map(String.init).joined(separator: ", "))]")
                 if (model as? any TwoStageDetector)?.readsProposals == true {
                     print("  input rois: float32 [R, 5], each region's image index in the batch and x1, y1, x2, y2 in input pixels")
