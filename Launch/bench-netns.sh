@@ -2,7 +2,8 @@
 # Training throughput against network bandwidth, two "hosts" on this machine (needs root): two network namespaces
 # joined through a bridge by veth pairs (Launch/netns.sh), each link limited by tc (token bucket + netem delay), one
 # rank and one OpenBLAS thread per host, launched through Launch/multihost.sh; against one rank without a network.
-#   Launch/bench-netns.sh                      RATES="none 10gbit 5gbit 2500mbit 1gbit" DELAY=0.1ms STEPS=4 EPOCHS=2
+#   Launch/bench-netns.sh                      RATES="none 10gbit 5gbit 2500mbit 1gbit" DELAY= STEPS=4 EPOCHS=2
+#   DELAY=0.1ms adds a latency on each end of each link (tc netem: needs sch_netem, which this VM's kernel lacks)
 #   MODELS="ssd7 ssd300" VARIANTS="fp32 fp32-1mb bf16 fp16"                      (the defaults; the last epoch is timed)
 #   OVERLAP_RATE=1gbit                         the link for the overlap figures at the end ("" skips them)
 # ssd7: 300x480 KITTI frames, global batch 16. ssd300: width multiplier 0.25 (1/16 of the paper's weights), 300x300
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source Launch/bench-setup.sh
 rates=${RATES:-none 10gbit 5gbit 2500mbit 1gbit}
-delay=${DELAY:-0.1ms}
+delay=${DELAY:-}
 steps=${STEPS:-4}
 epochs=${EPOCHS:-2}
 models=${MODELS:-ssd7 ssd300}
@@ -37,7 +38,7 @@ export STARLING_BIN=$bin
 
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu | sed -n 's/^Model: *//p')"
 "$bin" bench --only conv --threads 1 | head -1
-echo "links: tc tbf at RATE + netem delay $delay on both ends of each host's veth (a round trip crosses 4 delays); $steps steps an epoch, epoch $epochs of $epochs timed"
+echo "links: tc tbf at RATE${delay:+ + netem delay $delay} on both ends of each host's veth${delay:+ (a round trip crosses 4 delays)}; $steps steps an epoch, epoch $epochs of $epochs timed"
 
 arguments() { # model -> train arguments
     case $1 in
