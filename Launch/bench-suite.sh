@@ -8,15 +8,19 @@
 #   Launch/bench-suite.sh --quick          the quick entries, ~1.5 s of steps each (a few minutes on 2 cores)
 #   Launch/bench-suite.sh                  every entry, ~6 s of steps each (~30-40 min on 2 cores)
 #   ENTRIES="ssd7 unet-128" Launch/bench-suite.sh     these entries only
-# Environment: TORCH_VENV (default .build/torch-venv, created from pip when torch is missing), JEMALLOC (path of
+# Environment: STARLING_BIN (a release build of starling; built with swift build -c release otherwise), TORCH_VENV (default .build/torch-venv, created from pip when torch is missing), JEMALLOC (path of
 # libjemalloc.so.2; found under /usr/lib otherwise), OUT (the rows and the table; default Checkpoints/bench/suite-DATE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=()
 seconds=6
 [ "${1:-}" = "--quick" ] && { quick=(--quick); seconds=1.5; }
-swift build -c release --product starling >&2
-bin=$(swift build -c release --show-bin-path)/starling
+if [ -n "${STARLING_BIN:-}" ]; then
+  bin=$STARLING_BIN
+else
+  swift build -c release --product starling >&2
+  bin=$(swift build -c release --show-bin-path)/starling
+fi
 cores=$(nproc)
 out=${OUT:-Checkpoints/bench/suite-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
