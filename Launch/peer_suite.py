@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # What differs from Starling's training step, per entry (printed in the row's "kernels" note and in BENCHMARKS.md).
 DIFFERENCES = {
     "ssd7": "SSD loss on fixed random matches (24 positive anchors an image, hard negatives 3:1) instead of matching the boxes each step",
+    "conv-vae": "Keras's odd same padding below and right, PyTorch's symmetric (same shapes and FLOPs)",
     "yolov3-tiny": "targets assigned once (as Starling's encoder does it on the data thread)",
 }
 
@@ -116,6 +117,37 @@ class VAE(nn.Module):
         mean, log_var = self.mean(h), self.log_var(h)
         z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
         logits = self.decoder_output(F.relu(self.decoder_hidden(z)))
+        reconstruction = F.binary_cross_entropy_with_logits(logits, x) * 784
+        kl = (-0.5 * (1 + log_var - mean ** 2 - log_var.exp()).sum(1)).mean()
+        return reconstruction + kl
+
+
+class ConvVAE(nn.Module):
+    """conv-vae: 3x3 stride-2 convolutions 1-32-64 with ReLU (28 -> 14 -> 7), 3136-16 ReLU to a 2-d mean and
+    log-variance, 2-3136 ReLU, 3x3 transposed convolutions 64-64 and 64-32 at stride 2 with ReLU (7 -> 14 -> 28) and
+    32-1 at stride 1; the VAE's loss. Same shapes and weights as Keras's same padding, whose odd padding sits below and
+    right where PyTorch's is symmetric (the FLOPs are equal)."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.Conv2d(32, 64, 3, stride=2, padding=1)])
+        self.hidden, self.mean, self.log_var = nn.Linear(3136, 16), nn.Linear(16, 2), nn.Linear(16, 2)
+        self.decoder_hidden = nn.Linear(2, 3136)
+        self.transposed = nn.ModuleList([nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1, output_padding=1),
+                                         nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
+                                         nn.ConvTranspose2d(32, 1, 3, padding=1)])
+
+    def loss(self, x):
+        h = x
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        h = F.relu(self.hidden(h.flatten(1)))
+        mean, log_var = self.mean(h), self.log_var(h)
+        z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        h = F.relu(self.decoder_hidden(z)).view(-1, 64, 7, 7)
+        for layer in self.transposed[:-1]:
+            h = F.relu(layer(h))
+        logits = self.transposed[-1](h)
         reconstruction = F.binary_cross_entropy_with_logits(logits, x) * 784
         kl = (-0.5 * (1 + log_var - mean ** 2 - log_var.exp()).sum(1)).mean()
         return reconstruction + kl
@@ -237,11 +269,11 @@ def disc_labels(n, height, width, classes, gen):
 # ------------------------------------------------------------------------------------------------------------- entries
 def entry(name, gen):
     """(model, batch, inputs, loss closure taking the model and the images), or None when there is no peer."""
-    if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae"):
+    if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae", "conv-vae"):
         batch = {"fc-ae": 256, "sparse-ae": 256, "deep-ae": 256, "vae": 32}.get(name, 128)
         model = {"fc-ae": lambda: FCAutoencoder(), "sparse-ae": lambda: FCAutoencoder(l1=1e-4), "deep-ae": DeepAutoencoder, "vae": VAE,
                  "conv-ae": lambda: ConvAutoencoder([16, 8, 8], [8, 8, 16], valid_last=True),
-                 "denoising-ae": lambda: ConvAutoencoder([32, 32], [32, 32], noise=0.5)}[name]()
+                 "denoising-ae": lambda: ConvAutoencoder([32, 32], [32, 32], noise=0.5), "conv-vae": ConvVAE}[name]()
         x = torch.rand(batch, 1, 28, 28, generator=gen)
         return model, x, lambda m, images: m.loss(images)
     if name == "ssd7":
@@ -276,7 +308,7 @@ def entry(name, gen):
     return None
 
 
-SPATIAL = ["conv-ae", "denoising-ae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128", "unet-membrane", "unet-camvid"]
+SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128", "unet-membrane", "unet-camvid"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "vae"] + SPATIAL
 
 
