@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # What differs from Starling's training step, per entry (printed in the row's "kernels" note and in BENCHMARKS.md).
 DIFFERENCES = {
     "ssd7": "SSD loss on fixed random matches (24 positive anchors an image, hard negatives 3:1) instead of matching the boxes each step",
+    "seq2seq-ae": "PyTorch's LSTM has a second bias vector (512 more parameters)",
     "conv-vae": "Keras's odd same padding below and right, PyTorch's symmetric (same shapes and FLOPs)",
     "yolov3-tiny": "targets assigned once (as Starling's encoder does it on the data thread)",
 }
@@ -120,6 +121,24 @@ class VAE(nn.Module):
         reconstruction = F.binary_cross_entropy_with_logits(logits, x) * 784
         kl = (-0.5 * (1 + log_var - mean ** 2 - log_var.exp()).sum(1)).mean()
         return reconstruction + kl
+
+
+class Seq2SeqAutoencoder(nn.Module):
+    """seq2seq-ae: an LSTM of 64 units over the 28 rows of 28 pixels, its last state repeated 28 times into an LSTM of
+    64 units, a 64-28 dense layer on every step, sigmoid cross-entropy. PyTorch's LSTM has two bias vectors where Keras's
+    has one: 512 more parameters, the same FLOPs to within the bias additions."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.LSTM(28, 64, batch_first=True)
+        self.decoder = nn.LSTM(64, 64, batch_first=True)
+        self.output = nn.Linear(64, 28)
+
+    def loss(self, x):
+        rows = x.view(-1, 28, 28)
+        _, (code, _) = self.encoder(rows)
+        states, _ = self.decoder(code[-1].unsqueeze(1).expand(-1, 28, -1))
+        return F.binary_cross_entropy_with_logits(self.output(states), rows)
 
 
 class ConvVAE(nn.Module):
@@ -269,11 +288,12 @@ def disc_labels(n, height, width, classes, gen):
 # ------------------------------------------------------------------------------------------------------------- entries
 def entry(name, gen):
     """(model, batch, inputs, loss closure taking the model and the images), or None when there is no peer."""
-    if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae", "conv-vae"):
+    if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae", "conv-vae", "seq2seq-ae"):
         batch = {"fc-ae": 256, "sparse-ae": 256, "deep-ae": 256, "vae": 32}.get(name, 128)
         model = {"fc-ae": lambda: FCAutoencoder(), "sparse-ae": lambda: FCAutoencoder(l1=1e-4), "deep-ae": DeepAutoencoder, "vae": VAE,
                  "conv-ae": lambda: ConvAutoencoder([16, 8, 8], [8, 8, 16], valid_last=True),
-                 "denoising-ae": lambda: ConvAutoencoder([32, 32], [32, 32], noise=0.5), "conv-vae": ConvVAE}[name]()
+                 "denoising-ae": lambda: ConvAutoencoder([32, 32], [32, 32], noise=0.5), "conv-vae": ConvVAE,
+                 "seq2seq-ae": Seq2SeqAutoencoder}[name]()
         x = torch.rand(batch, 1, 28, 28, generator=gen)
         return model, x, lambda m, images: m.loss(images)
     if name == "ssd7":
@@ -309,7 +329,7 @@ def entry(name, gen):
 
 
 SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128", "unet-membrane", "unet-camvid"]
-ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "vae"] + SPATIAL
+ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 
 def main():
