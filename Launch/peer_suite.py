@@ -318,10 +318,10 @@ def entry(name, gen):
         truths = torch.tensor(boxes, dtype=torch.float32)
         return model, x, lambda m, images: tiny.yolo_loss(m(images), targets, truths, size, size, scales, classes)
     unets = {"unet-128-w0.25": (8, 128, 128, 0.25, 2), "unet-128": (8, 128, 128, 1.0, 2),
-             "unet-membrane": (4, 512, 512, 0.25, 2), "unet-camvid": (4, 360, 480, 0.25, 12)}
+             "unet-membrane": (4, 512, 512, 0.25, 2), "unet-camvid": (4, 180, 240, 0.25, 11)}
     if name in unets:
         batch, height, width, multiplier, classes = unets[name]
-        model = UNet(multiplier, classes)
+        model = UNet(multiplier, classes, levels=4 if name == "unet-camvid" else 5)
         x = torch.randint(0, 256, (batch, 3, height, width), generator=gen).float()
         labels = disc_labels(batch, height, width, classes, gen)
         return model, x, lambda m, images: m.loss(images, labels)

@@ -37,15 +37,16 @@ public enum BenchmarkSuite {
         public func configuration() throws -> ModelConfig { try configure() }
     }
 
-    static func unet(size: (Int, Int), width: Double, classes: Int) -> @Sendable () throws -> ModelConfig {
-        { ModelConfig(family: "unet", inputShape: [3, size.0, size.1], options: ["width": width, "levels": 5, "valid": 0],
+    static func unet(size: (Int, Int), width: Double, classes: Int, levels: Int = 5) -> @Sendable () throws -> ModelConfig {
+        { ModelConfig(family: "unet", inputShape: [3, size.0, size.1], options: ["width": width, "levels": Double(levels), "valid": 0],
                       classNames: (0..<classes).map { "class\($0)" }) }
     }
 
     /// The course's batch sizes (issue 18's table; Launch/bench-autoencoders.sh) at each family's default input; the
     /// detectors at their papers' inputs and the YOLO comparison's batch 8 (issue 20); the region detectors at Fast
     /// R-CNN's 2 images of 2,000 proposals; U-Net at issue 19's 128 x 128 batch 8 (the paper's width and a quarter of
-    /// it) and at the membrane (512 x 512) and CamVid (360 x 480) sizes at the configs' width 0.25 and batch 4.
+    /// it) and at the membrane (512 x 512) size and CamVid's (Launch/configs/unet-camvid.yaml: 180 x 240, four levels,
+    /// 11 classes) at the configs' width 0.25 and batch 4.
     public static let entries: [Entry] = [
         Entry("fc-ae", batch: 256, quick: true),
         Entry("sparse-ae", batch: 256, quick: true),
@@ -62,8 +63,8 @@ public enum BenchmarkSuite {
         Entry("unet-128", family: "unet", batch: 8, quick: false, note: "128x128, width 1", configure: unet(size: (128, 128), width: 1, classes: 2)),
         Entry("unet-membrane", family: "unet", batch: 4, quick: false, note: "512x512, width 0.25",
               configure: unet(size: (512, 512), width: 0.25, classes: 2)),
-        Entry("unet-camvid", family: "unet", batch: 4, quick: false, note: "360x480, width 0.25, 12 classes",
-              configure: unet(size: (360, 480), width: 0.25, classes: 12)),
+        Entry("unet-camvid", family: "unet", batch: 4, quick: false, note: "180x240, width 0.25, 4 levels, 11 classes",
+              configure: unet(size: (180, 240), width: 0.25, classes: 11, levels: 4)),
         Entry("ssd300", batch: 8, quick: false, note: "300x300"),
         Entry("yolov2", batch: 8, quick: false, note: "416x416"),
         Entry("yolov1", batch: 8, quick: false, note: "448x448"),
