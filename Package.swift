@@ -83,7 +83,7 @@ let package = Package(
         .target(name: "StarlingSegmentation", dependencies: ["StarlingNN", "StarlingONNX", "StarlingCore"]),
         .target(name: "StarlingTraining", dependencies: [
             "StarlingNN", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation",
-            "StarlingCore", "StarlingIO", "StarlingDistributed",
+            "StarlingCore", "StarlingIO", "StarlingDistributed", "StarlingONNX",
         ]),
         .target(name: "StarlingEvaluation", dependencies: [
             "StarlingNN", "StarlingPlots", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation", "StarlingTraining",
