@@ -26,3 +26,21 @@ static inline int starling_cpu_supports_haswell(void) {
     return 0;
 #endif
 }
+
+// 1 when, beyond Haswell's set, the CPU and the OS support what LLVM may emit for ordinary code compiled with
+// -target-cpu skylake-avx512, as StarlingKernelsAVX512 is: AVX-512 F, CD, BW, DQ and VL (the x86-64-v4 set), and the
+// opmask and ZMM register state saved by the OS (XCR0 bits 5-7; a kernel may leave them off even where cpuid has AVX-512).
+static inline int starling_cpu_supports_avx512(void) {
+#if defined(__x86_64__)
+    if (!starling_cpu_supports_haswell()) return 0;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const unsigned needed = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31);   // F, DQ, CD, BW, VL
+    if ((b & needed) != needed) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xE6) == 0xE6;   // XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM
+#else
+    return 0;
+#endif
+}
