@@ -44,3 +44,23 @@ static inline int starling_cpu_supports_avx512(void) {
     return 0;
 #endif
 }
+
+// The processor's brand string (cpuid leaves 0x80000002-4) into out[49], and its display family and model; an empty
+// string and zeros where cpuid does not say.
+static inline void starling_cpu_identity(char out[49], unsigned *family, unsigned *model) {
+    out[0] = 0; *family = 0; *model = 0;
+#if defined(__x86_64__)
+    unsigned r[4];
+    if (__get_cpuid(1, &r[0], &r[1], &r[2], &r[3])) {
+        unsigned base = (r[0] >> 8) & 0xF, baseModel = (r[0] >> 4) & 0xF;
+        *family = base == 0xF ? base + ((r[0] >> 20) & 0xFF) : base;
+        *model = (base == 0x6 || base == 0xF) ? (((r[0] >> 16) & 0xF) << 4) + baseModel : baseModel;
+    }
+    if (!__get_cpuid(0x80000000, &r[0], &r[1], &r[2], &r[3]) || r[0] < 0x80000004) return;
+    for (unsigned leaf = 0; leaf < 3; leaf++) {
+        __get_cpuid(0x80000002 + leaf, &r[0], &r[1], &r[2], &r[3]);
+        __builtin_memcpy(out + 16 * leaf, r, 16);
+    }
+    out[48] = 0;
+#endif
+}

@@ -171,6 +171,69 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         }
     }
 
+    /// Starling's convolution kernels (AVX2 and AVX-512 builds only) give the same bits in both: the same operations on
+    /// 8-lane vectors. Their values are checked against oneDNN and direct loops in BlockedLayoutTests, in the build the
+    /// process runs; this carries that check over to the other build.
+    @Test func convolutionKernelsAgreeAcrossFusedBuilds() throws {
+        let fused = KernelDispatch.supported.filter { $0 != .baseline }
+        try #require(fused.count > 1, "this CPU runs one fused build at most")
+        func outputs(_ level: KernelDispatch.Level) -> [[Float]] {
+            // Conv1's 5-wide weight gradient: 2 images of 3 x 7 x 13 (NCHW), dy in two blocks of 8 channels.
+            let (images, channels, height, width) = (2, 3, 7, 13)
+            let x = randomValues(images * channels * height * width, seed: 70), dy = randomValues(images * 2 * height * width * 8, seed: 71)
+            var dw = [Float](repeating: 0, count: 16 * channels * 25), bias = [Float](repeating: 0, count: 16)
+            var padded = [Float](repeating: 0, count: width + 12)
+            x.withUnsafeBufferPointer { xp in dy.withUnsafeBufferPointer { dp in
+                dw.withUnsafeMutableBufferPointer { wp in bias.withUnsafeMutableBufferPointer { bp in padded.withUnsafeMutableBufferPointer { pp in
+                    KernelDispatch.fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: 5,
+                                                          padTop: 2, padLeft: 2, outHeight: height, outWidth: width, outBlocks: 2,
+                                                          x: xp.baseAddress!, dy: dp.baseAddress!, dw: wp.baseAddress!,
+                                                          biasGradient: bp.baseAddress!, blockPairs: 0..<1, padded: pp.baseAddress!,
+                                                          kernels: level)
+                } } }
+            } }
+            // A 3x3 weight gradient's rows: one input block of 5 x 11, dy in three blocks.
+            let (h3, w3) = (5, 11)
+            let input = randomValues(h3 * w3 * 8, seed: 72), gradient = randomValues(3 * h3 * w3 * 8, seed: 73)
+            var partial = [SIMD8<Float>](repeating: .zero, count: BlockedWeightGradient3x3.sumCount(outBlockCount: 3))
+            input.withUnsafeBufferPointer { ip in gradient.withUnsafeBufferPointer { gp in partial.withUnsafeMutableBufferPointer { pp in
+                for y in 0..<h3 {
+                    KernelDispatch.blockedWeightGradient3x3Row(y, height: h3, width: w3, input: ip.baseAddress!, outputGradient: gp.baseAddress!,
+                                                               outBlockCount: 3, partial: pp.baseAddress!, withBias: true, kernels: level)
+                }
+            } } }
+            // The direct forward pass: a blocked input of 8 channels, 4 x 14, 3x3 "same", into one pair of output blocks.
+            let (hf, wf, k) = (4, 14, 3)
+            let (paddedWidth, paddedHeight) = (wf + k - 1, hf + k - 1)
+            var image = [Float](repeating: 0, count: paddedWidth * paddedHeight * 8)
+            let values = randomValues(hf * wf * 8, seed: 74)
+            for row in 0..<hf { for i in 0..<(wf * 8) { image[((row + 1) * paddedWidth + 1) * 8 + i] = values[row * wf * 8 + i] } }
+            let w = randomValues(16 * 8 * k * k, seed: 75), b = randomValues(16, seed: 76)
+            var packed = [Float](repeating: 0, count: w.count)
+            w.withUnsafeBufferPointer { wp in
+                packed.withUnsafeMutableBufferPointer { DirectForward.pack(wp.baseAddress!, outChannels: 16, channels: 8, taps: k * k, into: $0.baseAddress!) }
+            }
+            let steps = DirectForward.stepOffsets(channels: 8, kernel: k, paddedWidth: paddedWidth, paddedPlane: paddedWidth * paddedHeight * 8,
+                                                  blocked: true)
+            var out = [Float](repeating: .nan, count: 2 * hf * wf * 8)
+            var moments = [SIMD8<Double>](repeating: .zero, count: 4)
+            image.withUnsafeBufferPointer { ip in steps.withUnsafeBufferPointer { sp in packed.withUnsafeBufferPointer { wp in
+                b.withUnsafeBufferPointer { bp in out.withUnsafeMutableBufferPointer { op in moments.withUnsafeMutableBufferPointer { mp in
+                    for row in 0..<hf {
+                        KernelDispatch.directForwardRow(row, width: wf, rowFloats: paddedWidth * 8, blocked: true, padded: ip.baseAddress!,
+                                                        steps: sp.baseAddress!, stepCount: sp.count, weights: wp.baseAddress!,
+                                                        bias: bp.baseAddress!, out0: op.baseAddress! + row * wf * 8,
+                                                        out1: op.baseAddress! + (hf + row) * wf * 8, moments: mp.baseAddress!, kernels: level)
+                    }
+                } } }
+            } } }
+            return [dw, bias, partial.flatMap { v in (0..<8).map { v[$0] } }, out, moments.flatMap { m in (0..<8).map { Float(m[$0]) } }]
+        }
+        let first = outputs(fused[0])
+        #expect(!first[3].contains { $0.isNaN })   // every output pixel written
+        for level in fused.dropFirst() { #expect(outputs(level) == first, "\(level.rawValue) against \(fused[0].rawValue)") }
+    }
+
     /// The blocked layout's loops (no multiply-add to fuse in them) give the same bits in every build.
     @Test func blockedLoopsAgreeAcrossBuilds() throws {
         try #require(KernelDispatch.supported.count > 1, "this CPU runs the baseline build only")

@@ -25,6 +25,16 @@ public enum KernelDispatch {
     public static let supported: [Level] = starling_cpu_supports_avx512() != 0 ? [.baseline, .avx2, .avx512]
         : starling_cpu_supports_haswell() != 0 ? [.baseline, .avx2] : [.baseline]
 
+    /// The CPU as cpuid names it, with its family and model (what benchmarks print beside each figure).
+    public static let cpuDescription: String = {
+        var brand = [CChar](repeating: 0, count: 49)
+        var family: UInt32 = 0, model: UInt32 = 0
+        starling_cpu_identity(&brand, &family, &model)
+        let name = String(decoding: brand.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            .split(separator: " ").joined(separator: " ")
+        return "\(name.isEmpty ? "unnamed CPU" : name) (family \(family) model \(model))"
+    }()
+
     /// The module of fused kernels for a level above baseline.
     static func fused(_ level: Level) -> any FusedKernelSet.Type {
         switch level {
@@ -119,9 +129,9 @@ extension KernelDispatch {
     static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
                                        outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                                        dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, blockPairs: Range<Int>,
-                                       padded: UnsafeMutablePointer<Float>) {
-        precondition(current != .baseline, "the five-wide weight gradient runs in the AVX2 and AVX-512 builds only")
-        fused(current).fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
+                                       padded: UnsafeMutablePointer<Float>, kernels: Level = current) {
+        precondition(kernels != .baseline, "the five-wide weight gradient runs in the AVX2 and AVX-512 builds only")
+        fused(kernels).fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
                                            padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
                                            outBlocks: outBlocks, x: x, dy: dy, dw: dw, biasGradient: biasGradient,
                                            blockPairs: blockPairs, padded: padded)
@@ -130,9 +140,10 @@ extension KernelDispatch {
     /// `BlockedWeightGradient3x3.accumulateRow`, only in the AVX2 and AVX-512 builds (the baseline one would be slower than oneDNN).
     static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
                                             outputGradient: UnsafePointer<Float>, outBlockCount: Int,
-                                            partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool) {
-        precondition(current != .baseline, "the blocked 3x3 weight gradient runs in the AVX2 and AVX-512 builds only")
-        fused(current).blockedWeightGradient3x3Row(y, height: height, width: width, input: input, outputGradient: outputGradient,
+                                            partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool,
+                                            kernels: Level = current) {
+        precondition(kernels != .baseline, "the blocked 3x3 weight gradient runs in the AVX2 and AVX-512 builds only")
+        fused(kernels).blockedWeightGradient3x3Row(y, height: height, width: width, input: input, outputGradient: outputGradient,
                                                 outBlockCount: outBlockCount, partial: partial, withBias: withBias)
     }
 
@@ -140,9 +151,9 @@ extension KernelDispatch {
     static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
                                  steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
                                  bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>,
-                                 moments: UnsafeMutablePointer<SIMD8<Double>>?) {
-        precondition(current != .baseline, "the direct forward kernel runs in the AVX2 and AVX-512 builds only")
-        fused(current).directForwardRow(y, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded, steps: steps,
+                                 moments: UnsafeMutablePointer<SIMD8<Double>>?, kernels: Level = current) {
+        precondition(kernels != .baseline, "the direct forward kernel runs in the AVX2 and AVX-512 builds only")
+        fused(kernels).directForwardRow(y, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded, steps: steps,
                                      stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1, moments: moments)
     }
 
