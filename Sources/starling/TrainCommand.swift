@@ -40,7 +40,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Skip up to N steps whose loss or gradient is NaN or infinite (no update, on every rank alike) before stopping; 0 stops at the first.")
     var skipNonfinite: Int = TrainingFlags.defaults.skipNonFinite
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
-    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
+    @Flag(inversion: .prefixedNo, help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
     @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
     @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
@@ -143,7 +143,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images; segmentation data: flips, zoom and crop moving the masks with the images.") var augment = true
-    @Flag(help: "Segmentation data: add the U-Net paper's elastic deformation (3x3 grid, 10 px) to the augmentation (membranes).") var elastic = false
+    @Flag(inversion: .prefixedNo, help: "Segmentation data: add the U-Net paper's elastic deformation (3x3 grid, 10 px) to the augmentation (membranes).") var elastic = false
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
