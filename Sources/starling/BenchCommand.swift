@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
+    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
@@ -51,7 +51,7 @@ struct BenchCommand: ParsableCommand {
         }
         if suite { return try runSuite() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) (STARLING_KERNELS=baseline for the baseline build)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.
@@ -65,6 +65,14 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
                 print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
                              conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
+            }
+            if only == "all" || only == "kernels" {
+                print("element-wise kernels on \(KernelDispatch.cpuDescription), every build interleaved, 7 rounds (median rate; speed-up against avx2: median, lowest-highest):")
+                for line in KernelBenchmark.run() {
+                    let rates = line.rates.map { String(format: "%@ %.2f G/s", $0.level.rawValue, $0.elementsPerSecond / 1e9) }
+                    let ratios = line.againstAVX2.map { String(format: "%@/avx2 %.2fx (%.2f-%.2f)", $0.level.rawValue, $0.median, $0.low, $0.high) }
+                    print("  \(line.kernel), \(line.floats) floats: " + (rates + ratios).joined(separator: "; "))
+                }
             }
             if only == "all" || only == "map" {
                 for mode in [APMode.voc07, .voc, .coco] {
@@ -132,7 +140,7 @@ struct BenchCommand: ParsableCommand {
                       + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2, masks pasted (backbone and RPN alone %.1f / %.1f); peak RSS %.0f MB",
                                result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
                                result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
-            } else if !["fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet"].contains(only) {
+            } else if !["fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }
             if only == "all" || only == "unet" {
