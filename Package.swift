@@ -67,7 +67,7 @@ let package = Package(
         //   StarlingDetection:    detector families, SSD/YOLO heads and losses, box encoding, NMS, anchor clustering, drawing; uses NN, ONNX, Plots
         //   StarlingAutoencoders: autoencoder families, VariationalModel, ONNXVariational; uses NN, ONNX
         //   StarlingSegmentation: segmentation families (U-Net), their pixel weights and loss; uses NN, ONNX
-        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks; uses NN, Data, Detection, Autoencoders, Segmentation
+        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks and the suite (FLOPs from the ONNX description); uses NN, ONNX, Data, Detection, Autoencoders, Segmentation
         //   StarlingEvaluation:   detection evaluation, reconstruction/segmentation metrics and pictures, outliers, code index, autoencoder figures; uses NN, Plots, Data, Detection, Autoencoders, Segmentation, Training
         //   StarlingConversion:   Keras, safetensors, PyTorch weights, ONNX files, inspection, class re-sampling; uses NN, ONNX, Detection, Autoencoders, Training
         //   StarlingModels:       umbrella that re-exports all of the above (the CLI and the tests import it)
@@ -83,7 +83,7 @@ let package = Package(
         .target(name: "StarlingSegmentation", dependencies: ["StarlingNN", "StarlingONNX", "StarlingCore"]),
         .target(name: "StarlingTraining", dependencies: [
             "StarlingNN", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation",
-            "StarlingCore", "StarlingIO", "StarlingDistributed",
+            "StarlingCore", "StarlingIO", "StarlingDistributed", "StarlingONNX",
         ]),
         .target(name: "StarlingEvaluation", dependencies: [
             "StarlingNN", "StarlingPlots", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation", "StarlingTraining",
