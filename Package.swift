@@ -112,12 +112,15 @@ let package = Package(
             // Run configurations in YAML files (`train --config`).
             .product(name: "Yams", package: "Yams"),
         ]),
+        // Issue 16 item 7: libFuzzer targets when Launch/fuzz.sh builds it with --sanitize=fuzzer (into .build-fuzz);
+        // in this ordinary build, a tool that replays saved inputs through the same targets and writes the seed corpora.
+        .executableTarget(name: "starling-fuzz", dependencies: ["StarlingData", "StarlingEvaluation", "StarlingIO", "StarlingNN", "StarlingTraining"]),
         .testTarget(name: "StarlingCoreTests", dependencies: ["StarlingCore"],
                     exclude: ["Fixtures/roi_align_torchvision.py"]),   // the script that wrote RoIAlignFixtures.swift
         .testTarget(name: "StarlingIOTests", dependencies: ["StarlingIO"]),
         // The umbrella for what the tests use publicly; the targets whose internals they test, for `@testable import`.
         .testTarget(name: "StarlingModelsTests", dependencies: [
-            "StarlingModels", "starling", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingProposals", "StarlingDetection",
+            "StarlingModels", "starling", "starling-fuzz", "StarlingPlots", "StarlingONNX", "StarlingData", "StarlingProposals", "StarlingDetection",
             "StarlingAutoencoders", "StarlingSegmentation", "StarlingEvaluation", "StarlingConversion",
         ], exclude: ["Fixtures/felzenszwalb_skimage.py"]),   // the script that wrote FelzenszwalbFixtures.swift
     ]

@@ -53,7 +53,8 @@ public enum MNIST {
     ///   serves 2000 random 64-image batches in 0.06 s instead of 1.6 s (each batch inflates one or two chunks).
     @discardableResult
     public static func convert(sourceDirectory: String, outputPath: String, limitTrain: Int? = nil,
-                               limitTest: Int? = nil, deflate: Int? = nil, excludeTrainLabel: Int? = nil) throws -> MNISTSummary {
+                               limitTest: Int? = nil, deflate: Int? = nil, excludeTrainLabel: Int? = nil,
+                               imageSize: (height: Int, width: Int)? = nil) throws -> MNISTSummary {
         for limit in [limitTrain, limitTest] {
             if let limit, limit < 0 {
                 throw StarlingIOError(file: sourceDirectory, message: "image limit \(limit) is negative")
@@ -68,6 +69,13 @@ public enum MNIST {
         guard train.height == test.height, train.width == test.width else {
             throw StarlingIOError(file: sourceDirectory, message:
                 "training images are \(train.height)x\(train.width) but test images are \(test.height)x\(test.width)")
+        }
+        // `data mnist` passes 28x28: an IDX set of another size (27x28 in both files) is a cut copy or another set.
+        if let size = imageSize {
+            for split in [train, test] where split.height != size.height || split.width != size.width {
+                throw StarlingIOError(file: split.imagesPath, message:
+                    "holds \(split.height)x\(split.width) images; MNIST's are \(size.height)x\(size.width) (--any-size converts other sizes)")
+            }
         }
         let trainCount = min(train.count, limitTrain ?? train.count)
         let testCount = min(test.count, limitTest ?? test.count)
@@ -95,6 +103,7 @@ public enum MNIST {
 
     /// The images and labels of one split, checked against each other.
     private struct Split {
+        let imagesPath: String
         let images: IDXArray
         let labels: IDXArray
         var count: Int { labels.dimensions[0] }
@@ -122,7 +131,7 @@ public enum MNIST {
             if let index = labels.bytes.firstIndex(where: { $0 > 9 }) {
                 throw StarlingIOError(file: labelsPath, message: "label \(labels.bytes[index]) at index \(index) is not a digit 0...9")
             }
-            return Split(images: images, labels: labels)
+            return Split(imagesPath: imagesPath, images: images, labels: labels)
         }
 
         /// The first existing name of `<prefix>-<kind>-idx<rank>-ubyte`, its dotted variant
@@ -161,7 +170,7 @@ public enum MNIST {
                 keptLabels.append(labels.bytes[i])
                 keptImages.append(contentsOf: images.bytes[(i * size)..<((i + 1) * size)])
             }
-            return Split(images: IDXArray(dimensions: [keptLabels.count, height, width], bytes: keptImages),
+            return Split(imagesPath: imagesPath, images: IDXArray(dimensions: [keptLabels.count, height, width], bytes: keptImages),
                          labels: IDXArray(dimensions: [keptLabels.count], bytes: keptLabels))
         }
 

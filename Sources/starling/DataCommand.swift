@@ -28,6 +28,9 @@ struct MNISTCommand: ParsableCommand {
     @Option(help: "Leave the training images of this digit out of /train (to detect it as an outlier later).")
     var excludeTrainLabel: Int?
 
+    @Flag(help: "Convert IDX images of any size (train and test must still agree); without it images must be 28x28.")
+    var anySize = false
+
     func validate() throws {
         if let n = limitTrain, n <= 0 { throw ValidationError("--limit-train must be positive") }
         if let n = limitTest, n <= 0 { throw ValidationError("--limit-test must be positive") }
@@ -36,7 +39,8 @@ struct MNISTCommand: ParsableCommand {
 
     func run() throws {
         let summary = try reportingErrors {
-            try MNIST.convert(sourceDirectory: source, outputPath: out, limitTrain: limitTrain, limitTest: limitTest, excludeTrainLabel: excludeTrainLabel)
+            try MNIST.convert(sourceDirectory: source, outputPath: out, limitTrain: limitTrain, limitTest: limitTest, excludeTrainLabel: excludeTrainLabel,
+                              imageSize: anySize ? nil : (28, 28))
         }
         print("wrote \(summary)")
         if let l = excludeTrainLabel { print("left \(summary.trainExcluded) training images of digit \(l) out of /train") }

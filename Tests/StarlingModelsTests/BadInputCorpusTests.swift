@@ -67,15 +67,23 @@ import StarlingIO
             ("missing-labels", "train-labels-idx1-ubyte", nil),
             ("garbage-gz", "train-images-idx3-ubyte.gz", Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 7) })),
             ("27x28", "t10k-images-idx3-ubyte", Self.idx([1000, 27, 28], Array(testImages.bytes.prefix(1000 * 27 * 28)))),
+            // Both splits 27x28: they agree, but MNIST's images are 28x28 (`--any-size` converts other sizes).
+            ("27x28-both", "train-images-idx3-ubyte", Self.idx([3000, 27, 28], Array(trainImages.bytes.prefix(3000 * 27 * 28)))),
         ]
         for (name, file, data) in mnistCases {
             var (folder, path) = try mnistFolder(name, spoil: file, with: data)
             if name == "garbage-gz" { try fm.removeItem(atPath: folder + "/train-images-idx3-ubyte") }
+            if name == "27x28-both" { _ = try write("mnist-\(name)/t10k-images-idx3-ubyte", Self.idx([1000, 27, 28], Array(testImages.bytes.prefix(1000 * 27 * 28)))) }
             // A missing file, or two files that disagree: the error names the folder (and both sizes).
             if data == nil || name == "27x28" { path = folder }
             let output = out + "/mnist-\(name).h5"
             cases.append(Case(name: "mnist \(name)", arguments: ["data", "mnist", "--source", folder, "--out", output], names: path, outputs: [output]))
         }
+
+        // The same 27x28 set is converted when asked for: `--any-size` keeps the check that train and test agree only.
+        let anySize = try run(Fixture.starling, ["data", "mnist", "--source", dir + "/mnist-27x28-both", "--out", out + "/any-size.h5", "--any-size"])
+        #expect(anySize.status == 0 && anySize.output.contains("27x28"), "\(anySize.error)\(anySize.output)")
+        try? fm.removeItem(atPath: out + "/any-size.h5")
 
         // HDF5 datasets given to train.
         let good = try Fixture.sampleHDF5()
@@ -94,6 +102,24 @@ import StarlingIO
         }
         cases += [trainCase("truncated dataset", truncatedSet), trainCase("corrupt dataset header", corruptHeader),
                   trainCase("empty dataset file", emptySet), trainCase("text as dataset", textSet)]
+        // NaN and infinite pixels: an image set whose pixels are float32 (NaN, Inf and ordinary values). Pixels are
+        // uint8 in every Starling dataset (the importers quantise), so a float set is refused naming the file before any
+        // pixel is read, by `train` and by `eval`, rather than scanned for non-finite values.
+        let floatPixels = dir + "/float-pixels.h5"
+        try fm.copyItem(atPath: good, toPath: floatPixels)
+        try updateHDF5Atomically(floatPixels) { file in
+            for split in ["train", "test"] where file.root.contains(split) {
+                let group = try file.root.group(split)
+                let shape = try group.dataset("images").shape
+                try group.remove("images")
+                var values = [Float](repeating: 0.5, count: shape.reduce(1, *))
+                values[0] = .nan
+                values[1] = .infinity
+                values[2] = -.infinity
+                try group.createDataset("images", type: .float32, shape: shape).write(values)
+            }
+        }
+        cases.append(trainCase("nan and inf pixels", floatPixels))
 
         // A checkpoint trained here, and spoiled copies.
         let trained = dir + "/trained"
@@ -101,6 +127,9 @@ import StarlingIO
                                            "--batch-size", "64", "--val-split", "none", "--out", trained]).status == 0)
         let checkpoint = trained + "/fc-ae-last.h5"
         let checkpointBytes = try bytes(checkpoint)
+        cases.append(Case(name: "eval nan and inf pixels", arguments: ["eval", "--checkpoint", checkpoint, "--data", floatPixels, "--limit", "64",
+                                                                       "--plots", out + "/eval-float-pixels"],
+                          names: floatPixels, outputs: [out + "/eval-float-pixels/fc-ae-last-reconstructions.png"]))
         func spoiled(_ name: String, _ change: (HDF5File) throws -> Void) throws -> String {
             let path = dir + "/" + name + ".h5"
             try fm.copyItem(atPath: checkpoint, toPath: path)
@@ -194,6 +223,60 @@ import StarlingIO
                                                                    "--labels", shared + "/udacity/labels.csv", "--out", output, "--height", "60", "--width", "96"],
                               names: victim, outputs: [output]))
         }
+
+        // A PNG cut short reaching `data detection`: the first Udacity frame written as PNG, then truncated.
+        let pngFolder = dir + "/images-png-cut-short"
+        try fm.createDirectory(atPath: pngFolder, withIntermediateDirectories: true)
+        for frame in frames.dropFirst() { try fm.copyItem(atPath: udacityImages + "/" + frame, toPath: pngFolder + "/" + frame) }
+        let firstFrame = try JPEGImage.decode(data: [UInt8](try bytes(udacityImages + "/" + frames[0])), name: frames[0])
+        let pngVictim = pngFolder + "/" + (frames[0] as NSString).deletingPathExtension + ".png"
+        try PNGImage.write(path: pngVictim, width: firstFrame.width, height: firstFrame.height, channels: 3, pixels: firstFrame.pixels)
+        try bytes(pngVictim).prefix(try bytes(pngVictim).count / 2).write(to: URL(fileURLWithPath: pngVictim))
+        let pngLabels = try text("udacity-png.csv", String(decoding: try bytes(shared + "/udacity/labels.csv"), as: UTF8.self)
+            .replacingOccurrences(of: frames[0], with: (frames[0] as NSString).deletingPathExtension + ".png"))
+        cases.append(Case(name: "udacity png-cut-short", arguments: ["data", "detection", "--format", "udacity", "--images", pngFolder,
+                                                                     "--labels", pngLabels, "--out", out + "/png-cut-short.h5", "--height", "60", "--width", "96"],
+                          names: pngVictim, outputs: [out + "/png-cut-short.h5"]))
+
+        // Segmentation imports (issue 16 item 3): two membrane images with one file spoiled, and a Penn-Fudan mask
+        // whose instance 2 is empty, through the binary (SegmentationImportTests checks the same refusals in process).
+        func membrane(_ name: String, spoil: (String) throws -> Void) throws -> String {
+            let folder = dir + "/membrane-" + name
+            for k in 0..<2 {
+                for part in ["image", "label"] {
+                    try fm.createDirectory(atPath: "\(folder)/train/\(part)", withIntermediateDirectories: true)
+                    try fm.copyItem(atPath: shared + "/membrane/train/\(part)/\(k).png", toPath: "\(folder)/train/\(part)/\(k).png")
+                }
+            }
+            try spoil(folder)
+            return folder
+        }
+        let membraneCases: [(String, String, (String) throws -> Void)] = [
+            ("png-cut-short", "train/image/1.png", { folder in
+                let path = folder + "/train/image/1.png"
+                try bytes(path).prefix(try bytes(path).count / 3).write(to: URL(fileURLWithPath: path))
+            }),
+            ("label-of-another-size", "train/label/1.png", { folder in
+                try PNGImage.write(path: folder + "/train/label/1.png", width: 10, height: 10, channels: 1, pixels: [UInt8](repeating: 255, count: 100))
+            }),
+        ]
+        for (name, file, spoil) in membraneCases {
+            let folder = try membrane(name, spoil: spoil)
+            let output = out + "/membrane-\(name).h5"
+            cases.append(Case(name: "membrane \(name)", arguments: ["data", "segmentation", "--format", "membrane", "--source", folder, "--out", output,
+                                                                     "--val-count", "1"], names: folder + "/" + file, outputs: [output]))
+        }
+        let pennFudan = dir + "/pennfudan-empty-instance"
+        for part in ["PNGImages/FudanPed00001.png", "PNGImages/FudanPed00002.png", "PedMasks/FudanPed00002_mask.png"] {
+            try fm.createDirectory(atPath: pennFudan + "/" + (part as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try fm.copyItem(atPath: shared + "/pennfudan/PennFudanPed/" + part, toPath: pennFudan + "/" + part)
+        }
+        var mask = try PNGImage.read(path: shared + "/pennfudan/PennFudanPed/PedMasks/FudanPed00001_mask.png")
+        mask.pixels = mask.pixels.map { $0 == 2 ? 3 : $0 }
+        try PNGImage.write(path: pennFudan + "/PedMasks/FudanPed00001_mask.png", width: mask.width, height: mask.height, channels: 1, pixels: mask.pixels)
+        cases.append(Case(name: "pennfudan empty instance", arguments: ["data", "segmentation", "--format", "pennfudan", "--source", pennFudan,
+                                                                         "--out", out + "/pennfudan.h5", "--val-count", "1", "--height", "96", "--width", "128"],
+                          names: pennFudan + "/PedMasks/FudanPed00001_mask.png", outputs: [out + "/pennfudan.h5"]))
 
         // KITTI label folders: the sample's, with one file spoiled.
         let kitti = shared + "/kitti/kitti_tiny/training"

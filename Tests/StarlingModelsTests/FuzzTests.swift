@@ -105,4 +105,30 @@ import StarlingIO
         try Self.fuzz("jpeg", input: jpeg, path: dir + "/mutated.jpg") { _ = try ImageFile.readRGB(path: $0) }
         try Self.fuzz("png", input: try read(dir + "/frame.png"), path: dir + "/mutated.png") { _ = try ImageFile.readRGB(path: $0) }
     }
+
+    /// The checkpoint reader, whose bytes HDF5's C library parses: a crash there would take this process with it, so
+    /// the mutated checkpoints go through `starling-fuzz checkpoint` (the libFuzzer target's replay mode) in a child
+    /// process, which must exit normally having refused or read each. Launch/fuzz.sh runs the same target under
+    /// libFuzzer with coverage; this keeps a seeded pass in every test run.
+    @Test func checkpointReaderSurvivesMutatedFiles() throws {
+        guard let shared = ReliabilityTests.sharedData else { return }
+        let dir = Fixture.temporaryDirectory("fuzz-checkpoint")
+        let tool = Fixture.binaryDirectory + "/starling-fuzz"
+        let made = try run(tool, ["seeds", dir + "/seeds", shared, Fixture.mnistSample])
+        #expect(made.status == 0, "\(made.error)")
+        let input = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/seeds/checkpoint/fc-ae-step12.h5")))
+        var rng = SplitMix64(state: Self.seed ^ 0x4844_4635)
+        var paths: [String] = []
+        for i in 0..<Self.iterations {
+            let path = dir + "/mutated-\(i).h5"
+            try Data(Self.mutate(input, &rng)).write(to: URL(fileURLWithPath: path))
+            paths.append(path)
+        }
+        let replay = try run(tool, ["checkpoint"] + paths)
+        let lines = replay.output.split(separator: "\n")
+        let crashedOn = lines.count < paths.count ? paths[lines.count] : "none"
+        #expect(replay.status == 0 && lines.count == paths.count, "starling-fuzz exited \(replay.status) on \(crashedOn): \(replay.error.suffix(2000))")
+        let accepted = lines.filter { $0.hasSuffix(": accepted") }.count
+        print("fuzz checkpoint: \(paths.count) mutations (seed \(Self.seed)), \(paths.count - accepted) refused, none crashed")
+    }
 }

@@ -8,7 +8,7 @@ import StarlingNN
 /// objects, as COCO intends. JSON has no useful line numbers: problems name `annotations[i]` instead.
 ///
 /// The whole file is decoded in memory (about 1.5 GB of memory for the 450 MB train2017 file).
-enum COCOLabels {
+package enum COCOLabels {
     private struct File: Decodable {
         struct Image: Decodable { let id: Int64; let file_name: String; let width: Int?; let height: Int? }
         struct Annotation: Decodable {
@@ -24,7 +24,7 @@ enum COCOLabels {
         let categories: [Category]
     }
 
-    static func parse(_ path: String) throws -> ParsedLabels {
+    package static func parse(_ path: String) throws -> ParsedLabels {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DataError(file: path, message: FileManager.default.fileExists(atPath: path) ? "cannot read" : "no such file")
         }

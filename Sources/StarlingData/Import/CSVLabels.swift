@@ -13,9 +13,9 @@ import StarlingNN
 // Coordinates are taken as the Starling continuous corners as they stand (no +-1): none of these sources says
 // its integers are inclusive pixel indices, and ssd_keras uses them the same way.
 
-enum CSVLabels {
+package enum CSVLabels {
     /// The ssd_keras course CSV.
-    static func parseUdacity(_ path: String) throws -> ParsedLabels {
+    package static func parseUdacity(_ path: String) throws -> ParsedLabels {
         let lines = try readLines(path)
         guard let header = lines.first.map({ splitCSV($0).map { $0.lowercased() } }) else {
             throw DataError(file: path, message: "empty label file")

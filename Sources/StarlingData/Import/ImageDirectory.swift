@@ -7,13 +7,13 @@ import StarlingIO
 /// - the labels give a path ("PennFudanPed/PNGImages/FudanPed00001.png") and the folder holds its last component;
 /// - Roboflow exports rename `1478020202688242798.jpg` to `1478020202688242798_jpg.rf.<hash>.jpg`; labels made
 ///   for the original (the Autti XML) then find the renamed file. Each such match is counted in the summary.
-struct ImageDirectory {
+package struct ImageDirectory {
     let root: String
     private let names: Set<String>
     private let byStem: [String: [String]]
     private let byOriginalName: [String: [String]]
 
-    init(root: String) throws {
+    package init(root: String) throws {
         self.root = root
         let files = try listFiles(root, extensions: imageExtensions)
         names = Set(files)

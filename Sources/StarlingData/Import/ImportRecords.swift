@@ -66,7 +66,7 @@ enum ImageReference {
 }
 
 /// One labelled image as the source gives it.
-struct SourceImage {
+package struct SourceImage {
     var reference: ImageReference
     /// Where the image is (first) named.
     var location: LabelLocation
@@ -79,7 +79,7 @@ struct SourceImage {
     /// COCO's image id; otherwise the index in source order is used.
     var imageID: Int64? = nil
     /// Problems found while parsing: the image is refused (--strict) or skipped (--skip-bad).
-    var problems: [ImportIssue] = []
+    package var problems: [ImportIssue] = []
     /// Objects dropped on purpose (KITTI Misc and Tram), by label, for the summary.
     var dropped: [String: Int] = [:]
 
@@ -94,7 +94,7 @@ struct SourceImage {
 }
 
 /// What a label parser returns.
-struct ParsedLabels {
+package struct ParsedLabels {
     var images: [SourceImage] = []
     /// Problems not tied to one image (a row too broken to name its frame): the row is skipped.
     var looseIssues: [ImportIssue] = []

@@ -8,8 +8,8 @@ import Foundation
 /// Types become the driving classes (see `ClassMapping.kitti`): Car and Van are cars, Truck trucks, Pedestrian and
 /// Person_sitting pedestrians, Cyclist bicyclists; DontCare regions become difficult boxes; Misc and Tram are dropped
 /// and counted.
-enum KITTILabels {
-    static func parse(directory: String) throws -> ParsedLabels {
+package enum KITTILabels {
+    package static func parse(directory: String) throws -> ParsedLabels {
         var parsed = ParsedLabels()
         for name in try listFiles(directory, extensions: ["txt"]) {
             let path = directory + "/" + name

@@ -12,7 +12,7 @@ import FoundationXML
 /// converted to VOC XML by BeSlower/Udacity_object_dataset) copy the original 0-based labels unchanged, so for
 /// them `oneBased` is false. `<difficult>1</difficult>` marks a difficult object; `<size>` is the size the boxes
 /// were drawn on.
-enum VOCLabels {
+package enum VOCLabels {
     static func parse(directory: String, oneBased: Bool) throws -> ParsedLabels {
         var parsed = ParsedLabels()
         let xml = try listFiles(directory, extensions: ["xml"])
@@ -28,7 +28,7 @@ enum VOCLabels {
 
     // MARK: - VOC XML
 
-    static func parseXML(_ path: String, oneBased: Bool) -> SourceImage {
+    package static func parseXML(_ path: String, oneBased: Bool) -> SourceImage {
         let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let reader = VOCReader(path: path)
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -5,8 +5,8 @@ import Foundation
 ///
 /// Every image is imported; an image without a label file has no objects (YOLO's convention for background
 /// images, counted in the summary). A label file without an image is bad input.
-enum YOLOLabels {
-    static func parse(labels directory: String, images: ImageDirectory) throws -> ParsedLabels {
+package enum YOLOLabels {
+    package static func parse(labels directory: String, images: ImageDirectory) throws -> ParsedLabels {
         var parsed = ParsedLabels()
         let labelFiles = Set(try listFiles(directory, extensions: ["txt"]).map { ($0 as NSString).deletingPathExtension })
         let imageStems = images.allNames.map { ($0 as NSString).deletingPathExtension }
