@@ -30,6 +30,16 @@ enum Parallel {
         }
     }
 
+    /// `forEachChunk` over elements 0..<count in ranges that start at multiples of `alignment`, so that a vectorised
+    /// loop run on each range puts every element in the same lane and the same main-loop-or-tail part as one call over
+    /// the whole: the results are the same bits for any thread count. `work` defaults to `count`.
+    static func forEachAlignedChunk(of count: Int, alignment: Int = 64, work: Int? = nil, _ body: (Range<Int>) -> Void) {
+        let blocks = (count + alignment - 1) / alignment
+        forEachChunk(of: blocks, work: work ?? count) { range in
+            body((range.lowerBound * alignment)..<Swift.min(count, range.upperBound * alignment))
+        }
+    }
+
     /// The body, handed to other threads; the ranges it is given never overlap.
     private final class Job: @unchecked Sendable {
         let body: (Range<Int>) -> Void
