@@ -180,11 +180,9 @@ public final class Trainer {
     private func nonFiniteGradient() -> String? {
         let store = model.parameters
         let g = store.gradients.pointer
-        for i in 0..<store.count where !g[i].isFinite {
-            let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
-            return "a gradient became non-finite (\(g[i]) in \(name))"
-        }
-        return nil
+        guard let i = firstNonFiniteIndex(g, count: store.count) else { return nil }
+        let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
+        return "a gradient became non-finite (\(g[i]) in \(name))"
     }
 
     /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.

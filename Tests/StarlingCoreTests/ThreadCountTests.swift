@@ -120,4 +120,26 @@ import Testing
         let (one, two) = onOneAndTwoThreads(run)
         #expect(one == two)
     }
+
+    /// The parallel search finds the first non-finite value a plain scan finds, wherever it is and whatever follows.
+    @Test func firstNonFiniteIndexMatchesAScan() {
+        let n = Self.count
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { values.deallocate() }
+        let clean = randomValues(n, seed: 3, -1e30, 1e30)
+        for threads in [1, 2] {
+            let saved = BLAS.threadCount
+            BLAS.setThreadCount(threads)
+            defer { BLAS.setThreadCount(saved) }
+            for i in 0..<n { values[i] = clean[i] }
+            #expect(firstNonFiniteIndex(values, count: n) == nil)
+            #expect(firstNonFiniteIndex(values, count: 0) == nil)
+            for (at, bad) in [(0, Float.nan), (n - 1, .infinity), (40_000, -.infinity), (1 << 14, .nan)] {
+                values[at] = bad
+                values[n - 2] = .nan   // a later one must not win
+                #expect(firstNonFiniteIndex(values, count: n) == Swift.min(at, n - 2), "\(bad) at \(at), \(threads) thread(s)")
+                for i in 0..<n { values[i] = clean[i] }
+            }
+        }
+    }
 }

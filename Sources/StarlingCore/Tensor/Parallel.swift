@@ -46,3 +46,27 @@ enum Parallel {
         init(_ body: @escaping (Range<Int>) -> Void) { self.body = body }
     }
 }
+
+/// The first index of a non-finite value (NaN or infinity) in p[0..<count], or nil: the trainer's check of every
+/// gradient after each step. Pieces are tested over the process's threads with a loop that vectorises (x * 0 is NaN
+/// exactly when x is not finite), and only a piece that holds one is searched element by element, so the answer is
+/// the same index a plain scan finds.
+public func firstNonFiniteIndex(_ p: UnsafePointer<Float>, count: Int) -> Int? {
+    let piece = 1 << 14
+    let pieces = (count + piece - 1) / piece
+    guard pieces > 0 else { return nil }
+    let flagged = UnsafeMutablePointer<Bool>.allocate(capacity: pieces)
+    defer { flagged.deallocate() }
+    Parallel.forEachChunk(of: pieces, work: count) { range in
+        for k in range {
+            let start = k * piece, end = Swift.min(count, start + piece)
+            var acc: Float = 0
+            for i in start..<end { acc += p[i] * 0 }
+            flagged[k] = acc != acc
+        }
+    }
+    for k in 0..<pieces where flagged[k] {
+        for i in (k * piece)..<Swift.min(count, (k + 1) * piece) where !p[i].isFinite { return i }
+    }
+    return nil
+}
