@@ -118,7 +118,7 @@ public final class MaskRCNN: Model, CrossReplicaAware {
 
     /// The pyramid P2-P6 of `images` (0...255) and the RPN's objectness and deltas on each level: the one pass over the
     /// whole image, on Tensors (`LayoutTensor`) and ONNX values alike.
-    func network<Value: NetworkValue>(_ images: Value, training: Bool) -> (pyramid: [Value], rpn: [(objectness: Value, deltas: Value)]) {
+    public func network<Value: NetworkValue>(_ images: Value, training: Bool) -> (pyramid: [Value], rpn: [(objectness: Value, deltas: Value)]) {
         let sum: CrossReplicaSum? = synchronizeBatchNorm && crossReplica.size > 1 ? crossReplica.sum : nil
         let pyramid = backbone(images.affine(scale: 1 / 127.5, shift: -1), training: training, crossReplicaSum: sum)
         return (pyramid, rpn(pyramid))

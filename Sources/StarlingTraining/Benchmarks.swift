@@ -228,6 +228,61 @@ public enum Benchmarks {
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
     }
 
+    /// Mask R-CNN at the configuration's input size on synthetic frames (random pixels, three elliptic instances each,
+    /// their boxes and masks): training steps at `batchSize` (backbone, RPN, box and mask heads, backward, Adam), and
+    /// inference as `eval` runs it (RPN, box head, NMS, mask head, paste) at batch 1 and `batchSize`.
+    public static func maskRCNN(_ config: ModelConfig, batchSize: Int, steps: Int) throws -> DetectorThroughput {
+        guard let model = try ModelRegistry.build(config, seed: 1) as? MaskRCNN, config.inputShape.count == 3 else {
+            throw TrainingError("model \(config.family) is not mask-rcnn")
+        }
+        let (height, width) = (config.inputShape[1], config.inputShape[2])
+        let adam = Adam(parameterCount: model.parameters.count)
+        var rng = RandomGenerator(seed: 5)
+        func frames(_ n: Int) -> Batch {
+            let images = Tensor(zeros: [n] + config.inputShape)
+            for i in 0..<images.count { images.data[i] = Float(rng.next() % 256) }
+            var batch = Batch(images: images, indices: Array(0..<n), epoch: 0, seed: 1)
+            var objects: [[Object]] = [], masks: [[[UInt8]]] = []
+            for _ in 0..<n {
+                var mine: [Object] = [], theirs: [[UInt8]] = []
+                for k in 0..<3 {
+                    let (w, h) = (rng.uniform(16, Float(width) / 2), rng.uniform(16, Float(height) / 2))
+                    let (x, y) = (rng.uniform(0, Float(width) - w), rng.uniform(0, Float(height) - h))
+                    let (cx, cy) = (x + w / 2, y + h / 2)
+                    theirs.append((0..<(height * width)).map { p in
+                        let (dx, dy) = ((Float(p % width) + 0.5 - cx) / (w / 2), (Float(p / width) + 0.5 - cy) / (h / 2))
+                        return dx * dx + dy * dy <= 1 ? 1 : 0
+                    })
+                    mine.append(Object(box: BoxCorners(xmin: x, ymin: y, xmax: x + w, ymax: y + h), classID: 1 + k % (model.classCount - 1)))
+                }
+                objects.append(mine)
+                masks.append(theirs)
+            }
+            batch.objects = objects
+            batch.segmentation = SegmentationMaps(classes: [UInt8](repeating: 0, count: n * height * width), height: height, width: width,
+                                                  instanceMasks: masks)
+            return batch
+        }
+        let train = trainingImagesPerSecond(model, adam, frames(batchSize), steps: steps)
+        var fps: [Int: Double] = [:], forward: [Int: Double] = [:]
+        for n in Set([1, batchSize]).sorted() {
+            let batch = frames(n)
+            func imagesPerSecond(_ body: () -> Void) -> Double {
+                body()
+                var best = Double.infinity
+                for _ in 0..<3 {
+                    let start = monotonicSeconds()
+                    for _ in 0..<2 { body() }
+                    best = min(best, monotonicSeconds() - start)
+                }
+                return Double(2 * n) / best
+            }
+            fps[n] = imagesPerSecond { _ = model.detectInstances(batch, decoding: .evaluation) }
+            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.network(LayoutTensor(batch.images), training: false) } }
+        }
+        return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
+    }
+
     /// A two-stage detector on synthetic frames of its input size (random pixels, three boxes each, `proposals` random
     /// regions per image standing in for selective search's, whose own time `starling proposals` reports): training
     /// steps at `batchSize` (Fast R-CNN's 2 images: forward, RoI sampling, loss, backward, Adam) and inference

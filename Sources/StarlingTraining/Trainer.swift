@@ -62,6 +62,9 @@ public struct TrainingOptions: Sendable {
     /// Figures of the model on the validation split for TensorBoard (e.g. detectors' mAP), computed by rank 0 at each
     /// validation; they are logged only and never steer training, so the other ranks need not see them.
     public var validationMetrics: (@Sendable (any Model) throws -> [(name: String, value: Double)])?
+    /// Pictures of the model on the validation split for TensorBoard (PNG bytes, RGB), made by rank 0 at each
+    /// validation beside `validationMetrics`: segmentation's image | truth | prediction, Mask R-CNN's drawn instances.
+    public var validationPictures: (@Sendable (any Model) throws -> [(name: String, png: [UInt8], width: Int, height: Int)])?
     public init() {}
 }
 
@@ -400,6 +403,11 @@ public final class Trainer {
                 if let validation { try board.validationPictures(model: model, validation: validation, step: state.step) }
                 if validation != nil, let metrics = options.validationMetrics {
                     for (name, value) in try GradMode.disabled({ try metrics(model) }) { try board.writer.scalar("validation/\(name)", value, step: state.step) }
+                }
+                if validation != nil, let pictures = options.validationPictures {
+                    for picture in try GradMode.disabled({ try pictures(model) }) {
+                        try board.writer.image("validation/\(picture.name)", png: picture.png, width: picture.width, height: picture.height, channels: 3, step: state.step)
+                    }
                 }
             }
             var summary = "epoch \(epoch + 1)/\(options.epochs) done in \(formatDuration(seconds))  loss \(format(trainLoss))"

@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image).") var only: String = "all"
+    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
@@ -99,6 +99,16 @@ struct BenchCommand: ParsableCommand {
                       + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2", result.trainImagesPerSecond,
                                result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0)
                       + backbone + String(format: "; peak RSS %.0f MB", Double(Benchmarks.peakResidentBytes()) / 1_048_576))
+            } else if only == MaskRCNN.family {
+                // Mask R-CNN (not in `all`): the configuration's Penn-Fudan input, the paper's 2 images a step.
+                let family = try ModelRegistry.family(named: only)
+                var config = try family.configuration()
+                if let widthMultiplier { config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier") }
+                let result = try Benchmarks.maskRCNN(config, batchSize: 2, steps: max(2, steps / 50))
+                print("mask-rcnn (width \(config.option("width", default: 1)), depth \(config.option("depth", default: 1))) \(config.inputShape[1])x\(config.inputShape[2]), its own proposals: "
+                      + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2, masks pasted (backbone and RPN alone %.1f / %.1f); peak RSS %.0f MB",
+                               result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
+                               result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
             } else if !["gemm", "fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }

@@ -30,8 +30,21 @@ struct EvalCommand: ParsableCommand {
             let loaded = try Checkpoint.load(from: checkpoint)
             if let maskRCNN = loaded.model as? MaskRCNN {
                 let dataset = try SegmentationDataset(path: data, split: split ?? "val")
-                let (report, _, _) = try InstanceEvaluation.evaluate(maskRCNN, data: dataset, batchSize: batchSize ?? 2, limit: limit)
+                let (report, truth, found) = try InstanceEvaluation.evaluate(maskRCNN, data: dataset, batchSize: batchSize ?? 2, limit: limit)
                 print(InstanceEvaluation.table(report))
+                if let saveDetections = detection.saveDetections {
+                    try COCOJSON.writeResults(found, to: saveDetections)
+                    print("detections with their masks (COCO results, segmentation as compressed RLE): \(saveDetections)")
+                }
+                if let saveGt = detection.saveGt {
+                    let names = maskRCNN.config.classNames ?? []
+                    let images = dataset.imageIDs.prefix(report.images).map {
+                        DetectionGroundTruth.Image(id: Int($0), width: dataset.imageWidth, height: dataset.imageHeight)
+                    }
+                    let categories = (1..<maskRCNN.classCount).map { DetectionGroundTruth.Category(id: $0, name: $0 < names.count ? names[$0] : "\($0)") }
+                    try COCOJSON.writeAnnotations(DetectionGroundTruth(boxes: truth, images: images, categories: categories), to: saveGt)
+                    print("ground truth with its masks (COCO annotations, segmentation as compressed RLE): \(saveGt)")
+                }
                 if let json {
                     let encoder = JSONEncoder()
                     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -18,7 +18,7 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Per-class NMS IoU.") var nmsIou: Float = 0.45
     @Option(help: "Detections kept per image.") var topK: Int = 200
     @Option(help: "A folder of JPEG or PNG frames (in the natural order of their names) or a numbered sequence such as clip/frame%05d.jpg: every frame predicted, drawn into --out, the loop's FPS printed; detectors, autoencoders (reconstructions) and segmentation models.") var frames: String?
-    @Option(help: "--frames with a detector: the COCO results JSON (default: detections.json in --out); image_id is the frame's number in order, from 1.") var detections: String?
+    @Option(help: "--frames with a detector or mask-rcnn: the COCO results JSON (default: detections.json in --out; mask-rcnn's masks as compressed RLE of the frame's size); image_id is the frame's number in order, from 1.") var detections: String?
     @Option(help: "Folder for the pictures (default: next to the checkpoint; --frames: a folder 'frames' there).") var out: String?
 
     func validate() throws {

@@ -7,8 +7,8 @@ import StarlingModels
 extension PredictCommand {
     /// Seconds spent in each part of the per-frame loop, summed over the frames.
     struct FrameTimes {
-        var decodeAndResize = 0.0, forward = 0.0, draw = 0.0, write = 0.0
-        var loop: Double { decodeAndResize + forward + draw }
+        var decodeAndResize = 0.0, proposals = 0.0, forward = 0.0, masks = 0.0, draw = 0.0, write = 0.0
+        var loop: Double { decodeAndResize + proposals + forward + masks + draw }
     }
 
     func predictFrames(_ model: any Model, frames spec: String) throws {
@@ -18,12 +18,15 @@ extension PredictCommand {
         var times = FrameTimes()
         let inputShape = model.config.inputShape
         switch model {
-        case let detector as any Detector:
-            guard let names = detector.config.classNames, inputShape.count == 3 else {
+        case let maskRCNN as MaskRCNN:
+            try predictInstanceFrames(maskRCNN, paths: paths, spec: spec, folder: folder, times: &times)
+        case is any Detector, is any RegionDetector:
+            guard let names = model.config.classNames, inputShape.count == 3 else {
                 throw EvalError("\(checkpoint): detector \(model.config.family) has no class names")
             }
             let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)
             let (h, w) = (inputShape[1], inputShape[2])
+            let searches = (model as? any RegionDetector)?.readsProposals == true
             var results: [Detection] = []
             var pictures: [(String, PixelCanvas)] = []
             for (index, path) in paths.enumerated() {
@@ -33,8 +36,16 @@ extension PredictCommand {
                 var now = monotonicSeconds()
                 times.decodeAndResize += now - start
                 start = now
+                // rcnn and fast-rcnn score selective search's regions of the frame, searched here as for `--image`.
+                var proposals: [BoxCorners] = []
+                if searches {
+                    proposals = Self.searchProposals(resized, height: h, width: w)
+                    now = monotonicSeconds()
+                    times.proposals += now - start
+                    start = now
+                }
                 let (sx, sy) = (Float(picture.width) / Float(w), Float(picture.height) / Float(h))
-                let found = detector.detect(Self.tensor(resized, height: h, width: w), decoding: decoding)[0].map { d -> DetectedBox in
+                let found = try detect(model, resized, proposals: { proposals }, decoding: decoding).map { d -> DetectedBox in
                     var d = d
                     d.box = BoxCorners(xmin: d.box.xmin * sx, ymin: d.box.ymin * sy, xmax: d.box.xmax * sx, ymax: d.box.ymax * sy)
                     return d
@@ -122,10 +133,72 @@ extension PredictCommand {
             throw EvalError("\(checkpoint): model \(model.config.family) is neither a detector, an autoencoder nor a segmentation model")
         }
         let n = Double(paths.count)
-        print(String(format: "%.1f FPS over the loop (decode and resize %.1f ms, forward and decoding %.1f ms, draw %.1f ms a frame; batch 1, %d BLAS threads); writing the pictures took %.1f ms a frame",
-                     n / max(times.loop, 1e-9), 1000 * times.decodeAndResize / n, 1000 * times.forward / n, 1000 * times.draw / n,
-                     BLAS.threadCount, 1000 * times.write / n))
+        var parts = [String(format: "decode and resize %.1f ms", 1000 * times.decodeAndResize / n)]
+        if times.proposals > 0 { parts.append(String(format: "selective search %.1f ms", 1000 * times.proposals / n)) }
+        parts.append(String(format: "forward and decoding (NMS) %.1f ms", 1000 * times.forward / n))
+        if times.masks > 0 { parts.append(String(format: "masks to the frame's size and RLE %.1f ms", 1000 * times.masks / n)) }
+        parts.append(String(format: "draw %.1f ms", 1000 * times.draw / n))
+        print(String(format: "%.1f FPS over the loop (%@ a frame; batch 1, %d BLAS threads); writing the pictures took %.1f ms a frame",
+                     n / max(times.loop, 1e-9), parts.joined(separator: ", "), BLAS.threadCount, 1000 * times.write / n))
         print("pictures: \(folder)")
+    }
+
+    /// Mask R-CNN over frames: each frame resized to the model's input (sides multiples of 32), its instances found
+    /// there, their boxes scaled back and their masks resized to the frame's pixels by nearest neighbour; drawn on the
+    /// frame and written as COCO results with each mask as compressed RLE of the frame's size.
+    func predictInstanceFrames(_ model: MaskRCNN, paths: [String], spec: String, folder: String, times: inout FrameTimes) throws {
+        let names = model.config.classNames ?? []
+        let (h, w) = (model.config.inputShape[1], model.config.inputShape[2])
+        let decoding = DetectionDecoding(confidenceThreshold: confidence, iouThreshold: nmsIou, topK: topK)
+        var results: [Detection] = []
+        var pictures: [(String, PixelCanvas)] = []
+        for (index, path) in paths.enumerated() {
+            var start = monotonicSeconds()
+            let picture = try ImageFile.readRGB(path: path)
+            let resized = ImageResize.bilinear(picture.pixels, width: picture.width, height: picture.height, channels: 3, toWidth: w, toHeight: h)
+            var now = monotonicSeconds()
+            times.decodeAndResize += now - start
+            start = now
+            let found = model.detectInstances(Batch(images: Self.tensor(resized, height: h, width: w)), decoding: decoding)[0]
+            now = monotonicSeconds()
+            times.forward += now - start
+            start = now
+            let (sx, sy) = (Float(picture.width) / Float(w), Float(picture.height) / Float(h))
+            let instances = found.map { instance -> (detection: DetectedBox, mask: [UInt8]) in
+                var d = instance.detection
+                d.box = BoxCorners(xmin: d.box.xmin * sx, ymin: d.box.ymin * sy, xmax: d.box.xmax * sx, ymax: d.box.ymax * sy)
+                return (d, Self.nearest(instance.mask, height: h, width: w, toHeight: picture.height, toWidth: picture.width))
+            }
+            results += instances.map {
+                Detection(imageID: index + 1, classID: $0.detection.classID, box: $0.detection.box.inDouble, score: Double($0.detection.score),
+                          mask: RunLengthMask(mask: $0.mask, height: picture.height, width: picture.width))
+            }
+            now = monotonicSeconds()
+            times.masks += now - start
+            start = now
+            let canvas = DetectionDrawing.draw(rgb: picture.pixels, width: picture.width, height: picture.height, instances: instances, classNames: names)
+            times.draw += monotonicSeconds() - start
+            pictures.append((path, canvas))
+        }
+        try makeDirectory(folder)
+        let start = monotonicSeconds()
+        for (path, canvas) in pictures { try canvas.writePNG(path: Self.picturePath(folder, path)) }
+        times.write = monotonicSeconds() - start
+        let json = detections ?? folder + "/detections.json"
+        try COCOJSON.writeResults(results, to: json)
+        print("\(paths.count) frames of \(spec): \(results.count) instances at confidence \(confidence) (COCO results with masks as compressed RLE, image_id = frame number from 1): \(json)")
+    }
+
+    /// A row-major mask resized by nearest neighbour (the source pixel under each target pixel's centre).
+    static func nearest(_ mask: [UInt8], height: Int, width: Int, toHeight: Int, toWidth: Int) -> [UInt8] {
+        if height == toHeight && width == toWidth { return mask }
+        let columns = (0..<toWidth).map { min(width - 1, Int((Double($0) + 0.5) * Double(width) / Double(toWidth))) }
+        var out = [UInt8](repeating: 0, count: toHeight * toWidth)
+        for y in 0..<toHeight {
+            let row = min(height - 1, Int((Double(y) + 0.5) * Double(height) / Double(toHeight))) * width
+            for x in 0..<toWidth { out[y * toWidth + x] = mask[row + columns[x]] }
+        }
+        return out
     }
 
     /// `frame0001.jpg` -> `FOLDER/frame0001.png`.

@@ -16,10 +16,8 @@ import Yams
 enum RunConfiguration {
     enum Kind {
         case integer, number, text
-        /// A flag with a `--no-` inversion: true and false both reach the command.
+        /// A flag with a `--no-` inversion: true and false both reach the command, so the command line can undo the file.
         case toggle
-        /// A flag without an inversion: true sets it, false leaves it off.
-        case flag
         /// `model.options`: a mapping of names to numbers, each `--option NAME=VALUE`.
         case familyOptions
 
@@ -28,7 +26,7 @@ enum RunConfiguration {
             case .integer: return "an integer"
             case .number: return "a number"
             case .text: return "a string"
-            case .toggle, .flag: return "true or false"
+            case .toggle: return "true or false"
             case .familyOptions: return "a mapping of option names to numbers"
             }
         }
@@ -76,7 +74,7 @@ enum RunConfiguration {
         Key(section: "data", name: "val_split", flag: "--val-split", kind: .text) { text($0.valSplit) },
         Key(section: "data", name: "val_limit", flag: "--val-limit", kind: .integer) { int($0.flags.valLimit) },
         Key(section: "data", name: "augment", flag: "--augment", kind: .toggle) { bool($0.augment) },
-        Key(section: "data", name: "elastic", flag: "--elastic", kind: .flag) { bool($0.elastic) },
+        Key(section: "data", name: "elastic", flag: "--elastic", kind: .toggle) { bool($0.elastic) },
         Key(section: "optimizer", name: "name", flag: "--optimizer", kind: .text) { text($0.flags.optimizer) },
         Key(section: "optimizer", name: "lr", flag: "--lr", kind: .number) { number($0.flags.lr) },
         Key(section: "optimizer", name: "momentum", flag: "--momentum", kind: .number) { number($0.flags.momentum) },
@@ -104,7 +102,7 @@ enum RunConfiguration {
         Key(section: "launch", name: "ranks", flag: "--ranks", kind: .integer) { int($0.ranks) },
         Key(section: "launch", name: "blas_threads", flag: "--blas-threads", kind: .integer) { int($0.flags.blasThreads) },
         Key(section: "launch", name: "bucket_mb", flag: "--bucket-mb", kind: .number) { number($0.flags.bucketMb) },
-        Key(section: "launch", name: "sync_bn", flag: "--sync-bn", kind: .flag) { bool($0.flags.syncBn) },
+        Key(section: "launch", name: "sync_bn", flag: "--sync-bn", kind: .toggle) { bool($0.flags.syncBn) },
         Key(section: "launch", name: "watchdog_seconds", flag: "--watchdog-seconds", kind: .number) { number($0.flags.watchdogSeconds) },
     ]
 
@@ -189,9 +187,6 @@ enum RunConfiguration {
         case .toggle:
             guard value.tagName == .bool, let on = value.bool else { throw wrongType }
             return [on ? key.flag : "--no-" + key.flag.dropFirst(2)]
-        case .flag:
-            guard value.tagName == .bool, let on = value.bool else { throw wrongType }
-            return on ? [key.flag] : []
         case .familyOptions:
             return []   // handled above
         }

@@ -2,6 +2,7 @@ import Foundation
 import ArgumentParser
 import StarlingCore
 import StarlingDistributed
+import StarlingIO
 import StarlingModels
 
 /// Flags every model family shares. Their defaults are read from `TrainingOptions` (and the optimizer's and the
@@ -40,13 +41,13 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Skip up to N steps whose loss or gradient is NaN or infinite (no update, on every rank alike) before stopping; 0 stops at the first.")
     var skipNonfinite: Int = TrainingFlags.defaults.skipNonFinite
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
-    @Flag(help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
+    @Flag(inversion: .prefixedNo, help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
     @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
     @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
-    @Option(help: "Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, and at each validation the validation loss and a picture (reconstructions, drawn detections).") var tensorboard: String?
+    @Option(help: "Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, and at each validation the validation loss, figures (detectors: mAP; unet: mean IoU, Dice, pixel accuracy; mask-rcnn: box and mask AP) and pictures (reconstructions, drawn detections, segmentations, drawn instances).") var tensorboard: String?
     @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; otherwise all cores, or OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when set).") var blasThreads: Int?
 
     func validate() throws {
@@ -135,6 +136,55 @@ struct TrainCommand: ParsableCommand {
         }
     }
 
+    /// TensorBoard's validation figures for U-Net, as `eval` computes them: mean IoU, mean Dice, pixel accuracy (and the
+    /// ISBI pixel error on the membranes).
+    static func segmentationMetrics(path: String, split: String, limit: Int?) -> @Sendable (any Model) throws -> [(name: String, value: Double)] {
+        { model in
+            guard let unet = model as? UNet else { return [] }
+            let report = try SegmentationEvaluation.evaluate(unet, data: try SegmentationDataset(path: path, split: split), batchSize: 4, limit: limit)
+            return [("mean_iou", report.meanIoU), ("mean_dice", report.meanDice), ("pixel_accuracy", report.pixelAccuracy),
+                    ("isbi_pixel_error", report.isbiPixelError)].compactMap { name, value in value.map { (name: name, value: $0) } }
+        }
+    }
+
+    /// The first four validation images as image | truth | prediction in the class palette, as `eval` draws them.
+    static func segmentationPictures(path: String, split: String) -> @Sendable (any Model) throws -> [(name: String, png: [UInt8], width: Int, height: Int)] {
+        { model in
+            guard let unet = model as? UNet else { return [] }
+            let dataset = try SegmentationDataset(path: path, split: split)
+            guard dataset.count > 0 else { return [] }
+            let canvas = try SegmentationEvaluation.picture(unet, data: dataset, indices: Array(0..<min(4, dataset.count)))
+            return [("segmentation", try PNGImage.encode(width: canvas.width, height: canvas.height, channels: 3, pixels: canvas.pixels), canvas.width, canvas.height)]
+        }
+    }
+
+    /// TensorBoard's validation figures for Mask R-CNN, as `eval` computes them: box and mask AP (COCO, IoU
+    /// 0.50:0.95) and AP50.
+    static func instanceMetrics(path: String, split: String, limit: Int?) -> @Sendable (any Model) throws -> [(name: String, value: Double)] {
+        { model in
+            guard let maskRCNN = model as? MaskRCNN else { return [] }
+            let report = try InstanceEvaluation.evaluate(maskRCNN, data: try SegmentationDataset(path: path, split: split), batchSize: 2, limit: limit).report
+            return [("box_AP", report.boxStats[0]), ("box_AP50", report.boxStats[1]), ("mask_AP", report.maskStats[0]), ("mask_AP50", report.maskStats[1])]
+        }
+    }
+
+    /// The first two validation images with their instances drawn (masks in colour, the truth's outlines in white).
+    static func instancePictures(path: String, split: String) -> @Sendable (any Model) throws -> [(name: String, png: [UInt8], width: Int, height: Int)] {
+        { model in
+            guard let maskRCNN = model as? MaskRCNN else { return [] }
+            let source = SegmentationSource(dataset: try SegmentationDataset(path: path, split: split))
+            let (h, w) = (maskRCNN.config.inputShape[1], maskRCNN.config.inputShape[2])
+            return try (0..<min(2, source.count)).map { k in
+                let batch = try source.batch(indices: [k], epoch: 0, training: false, config: maskRCNN.config)
+                let rgb = (0..<(h * w * 3)).map { UInt8(max(0, min(255, batch.images.data[($0 % 3) * h * w + $0 / 3]))) }
+                let found = maskRCNN.detectInstances(batch, decoding: .display)[0].map { ($0.detection, $0.mask) }
+                let canvas = DetectionDrawing.draw(rgb: rgb, width: w, height: h, instances: found,
+                                                   truthMasks: batch.segmentation?.instanceMasks?[0] ?? [], classNames: maskRCNN.config.classNames ?? [])
+                return ("instances_\(k)", try PNGImage.encode(width: w, height: h, channels: 3, pixels: canvas.pixels), w, h)
+            }
+        }
+    }
+
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Train a model (under mpirun: on every rank).")
 
     @Option(help: "Model family: \(ModelRegistry.familyNames.joined(separator: ", ")).") var model: String
@@ -143,7 +193,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Split for the validation loss ('none' to skip). Default: 'test' for MNIST (as the Keras tutorial), 'val' for detection sets.") var valSplit: String?
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images; segmentation data: flips, zoom and crop moving the masks with the images.") var augment = true
-    @Flag(help: "Segmentation data: add the U-Net paper's elastic deformation (3x3 grid, 10 px) to the augmentation (membranes).") var elastic = false
+    @Flag(inversion: .prefixedNo, help: "Segmentation data: add the U-Net paper's elastic deformation (3x3 grid, 10 px) to the augmentation (membranes).") var elastic = false
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
@@ -206,8 +256,19 @@ struct TrainCommand: ParsableCommand {
                     Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
                 }
                 var options = flags.options
-                if flags.tensorboard != nil, family.dataKind == .detection, let validation {
-                    options.validationMetrics = Self.detectionMetrics(path: validation.path, split: validation.split, limit: flags.valLimit)
+                if flags.tensorboard != nil, let validation {
+                    switch family.dataKind {
+                    case .detection:
+                        options.validationMetrics = Self.detectionMetrics(path: validation.path, split: validation.split, limit: flags.valLimit)
+                    case .segmentation:
+                        options.validationMetrics = Self.segmentationMetrics(path: validation.path, split: validation.split, limit: flags.valLimit)
+                        options.validationPictures = Self.segmentationPictures(path: validation.path, split: validation.split)
+                    case .instances:
+                        options.validationMetrics = Self.instanceMetrics(path: validation.path, split: validation.split, limit: flags.valLimit)
+                        options.validationPictures = Self.instancePictures(path: validation.path, split: validation.split)
+                    case .images, .detectionProposals:
+                        break
+                    }
                 }
                 options.runConfiguration = try RunConfiguration.resolved(from: self, source: self.config)
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.

@@ -270,6 +270,17 @@ import StarlingPlots
         #expect(reference.count == 12 && ours.count == 12)
         for (k, (a, b)) in zip(ours, reference).enumerated() { #expect(abs(a - b) < 1e-9, "stat \(k): \(a) against pycocotools' \(b)") }
         #expect(ours[0] > 0.1 && ours[0] < 0.99, "a mask AP that tells nothing: \(ours[0])")
+        // The same through Starling's own files (`eval --save-gt` and `--save-detections`: masks as compressed RLE beside
+        // the boxes), each detection's bbox dropped before loadRes as detectron2 does, so its area is its mask's.
+        try COCOJSON.writeAnnotations(DetectionGroundTruth(boxes: truths, images: (1...3).map { .init(id: $0, width: w, height: h) },
+                                                           categories: [.init(id: 1, name: "a"), .init(id: 2, name: "b")]), to: dir + "/gt-written.json")
+        try COCOJSON.writeResults(found, to: dir + "/dt-written.json")
+        let dropBoxes = script.replacingOccurrences(of: "dt = gt.loadRes(sys.argv[2])",
+                                                    with: "rows = json.load(open(sys.argv[2]))\n    for r in rows: r.pop('bbox')\n    dt = gt.loadRes(rows)")
+        let written = try run("/usr/bin/env", ["python3", "-c", dropBoxes, dir + "/gt-written.json", dir + "/dt-written.json"])
+        try #require(written.status == 0, "\(written.error)")
+        let fromFiles = try JSONDecoder().decode([Double].self, from: Data(written.output.utf8))
+        for (k, (a, b)) in zip(ours, fromFiles).enumerated() { #expect(abs(a - b) < 1e-9, "stat \(k): \(a) against pycocotools' \(b) on the written files") }
         // Masks required.
         #expect(throws: DetectionEvaluationError.self) {
             _ = try COCOEvaluator(iouType: .segm).evaluate(groundTruth: truths, detections: [Detection(imageID: 1, classID: 1, box: truths[0].box, score: 1)])

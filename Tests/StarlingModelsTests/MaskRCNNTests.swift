@@ -90,10 +90,11 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
                                                  "--epochs", "1", "--batch-size", "2", "--val-split", "none", "--out", dir + "/ck"])
         try #require(trained.status == 0, "\(trained.error)")
         let scored = try run(Fixture.starling, ["eval", "--checkpoint", dir + "/ck/mask-rcnn-last.h5", "--data", data, "--split", "train",
-                                                "--json", dir + "/figures.json"])
+                                                "--json", dir + "/figures.json", "--save-detections", dir + "/dt.json", "--save-gt", dir + "/gt.json"])
         #expect(scored.status == 0 && scored.output.contains("boxes     masks") && scored.output.contains("seconds per image"), "\(scored.output)\(scored.error)")
         let report = try JSONDecoder().decode(InstanceEvaluation.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/figures.json")))
         #expect(report.images == 4 && report.instances == 6 && report.boxStats.count == 12 && report.maskStats.count == 12)
+        try expectCOCOAPIAgrees(report, groundTruth: dir + "/gt.json", detections: dir + "/dt.json")
         // predict draws the instances of the set's images and of an image file.
         let frame = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/pennfudan/PennFudanPed/PNGImages/FudanPed00001.png").path
         for input in [["--data", data, "--split", "train", "--limit", "2"], ["--image", frame]] {
@@ -106,6 +107,48 @@ private func maskIoU(_ a: [UInt8], _ b: [UInt8]) -> Double {
         // Instance data is required: a detection set is refused naming its file.
         let refused = try run(Fixture.starling, ["train", "--model", "mask-rcnn", "--data", dir + "/missing.h5", "--out", dir + "/no"])
         #expect(refused.status != 0 && refused.error.contains("missing.h5"))
+    }
+
+    /// `bench --only mask-rcnn` prints training images/s and inference FPS (masks pasted) at the configuration's input
+    /// with the machine's kernels; one step at a sixteenth of the width keeps it short.
+    @Test func benchPrintsTrainingAndInferenceRates() throws {
+        let bench = try starling("bench", "--only", "mask-rcnn", "--width-multiplier", "0.0625", "--steps", "1")
+        #expect(bench.status == 0, "\(bench.error)")
+        #expect(bench.output.contains("OpenBLAS core") && bench.output.contains("mask-rcnn (width 0.0625, depth 0.34) 320x416, its own proposals: training ")
+                && bench.output.contains("FPS at batch 2, masks pasted"), "\(bench.output)")
+    }
+
+    /// The files of `eval --save-detections` and `--save-gt` (boxes and masks as compressed RLE) scored by pycocotools'
+    /// COCOeval, `bbox` on the file as written and `segm` with each detection's `bbox` dropped (as detectron2 does, so
+    /// that loadRes takes a detection's area from its mask): the twelve figures of each equal `eval`'s. Skipped where
+    /// python3 lacks pycocotools (`Launch/test.sh` installs it).
+    func expectCOCOAPIAgrees(_ report: InstanceEvaluation.Report, groundTruth: String, detections: String) throws {
+        let results = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: detections))) as? [[String: Any]] ?? []
+        #expect(results.count == report.detections && results.allSatisfy { ($0["segmentation"] as? [String: Any])?["counts"] is String })
+        guard (try? run("/usr/bin/env", ["python3", "-c", "import pycocotools.cocoeval"]))?.status == 0 else { return }
+        try #require(report.detections > 0, "no detections to score")
+        let script = """
+        import json, sys, io, contextlib
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+        stats = []
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(sys.argv[1])
+            found = json.load(open(sys.argv[2]))
+            for kind in ['bbox', 'segm']:
+                rows = [dict(r) for r in found]
+                if kind == 'segm':
+                    for r in rows: r.pop('bbox')
+                e = COCOeval(gt, gt.loadRes(rows), kind); e.evaluate(); e.accumulate(); e.summarize()
+                stats.append(list(e.stats))
+        print(json.dumps(stats))
+        """
+        let result = try run("/usr/bin/env", ["python3", "-c", script, groundTruth, detections])
+        try #require(result.status == 0, "\(result.error)")
+        let reference = try JSONDecoder().decode([[Double]].self, from: Data(result.output.utf8))
+        try #require(reference.count == 2 && reference.allSatisfy { $0.count == 12 })
+        for (k, (a, b)) in zip(report.boxStats, reference[0]).enumerated() { #expect(abs(a - b) < 1e-9, "box stat \(k): \(a) against pycocotools' \(b)") }
+        for (k, (a, b)) in zip(report.maskStats, reference[1]).enumerated() { #expect(abs(a - b) < 1e-9, "mask stat \(k): \(a) against pycocotools' \(b)") }
     }
 }
 

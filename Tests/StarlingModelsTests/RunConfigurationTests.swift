@@ -64,6 +64,9 @@ import Testing
         // The file's options come first, so a family applies the command line's value of an option last.
         #expect(overridden.familyOptions == ["levels=4.0", "border_weight=10.0", "levels=3"])
         #expect(overridden.flags.optimizer == "sgd" && overridden.flags.batchSize == 4)
+        // Every true-or-false key the file sets can be undone on the command line.
+        let undone = try parse(["--config", file, "--no-elastic", "--no-sync-bn"])
+        #expect(!undone.elastic && !undone.flags.syncBn && undone.augment == false)
         #expect(MPILaunch.requestedRanks(try RunConfiguration.expand(["train", "--config", file, "--ranks", "3"])) == 3)
         #expect(MPILaunch.requestedRanks(try RunConfiguration.expand(["train", "--config", file])) == 2)
     }

@@ -97,4 +97,60 @@ print(json.dumps(out))
             #expect(picture.count == 4 && picture[1] as? Int == 96 && picture[2] as? Int == 64 && picture[3] as? String == "89504e470d0a1a0a", "\(tag): \(picture)")
         }
     }
+
+    /// U-Net's events: at each validation `eval`'s mean IoU, mean Dice, pixel accuracy and ISBI pixel error (equal, as
+    /// float32, to `eval --json` of the checkpoint written at that epoch) and the image | truth | prediction picture.
+    @Test(.enabled(if: tensorBoardAvailable, "python3 with the tensorboard package (pip install tensorboard)"))
+    func segmentationEventsHoldEvalFiguresAndPictures() throws {
+        let dir = Fixture.temporaryDirectory("tensorboard-unet")
+        let data = dir + "/discs.h5"
+        try tinySegmentationSet(data)
+        let train = try starling("train", "--model", "unet", "--data", data, "--width-multiplier", "0.0625", "--option", "levels=3",
+                                 "--batch-size", "2", "--epochs", "1", "--out", dir + "/out", "--tensorboard", dir + "/board")
+        try #require(train.status == 0, "\(train.error)")
+        let eval = try starling("eval", "--checkpoint", dir + "/out/unet-last.h5", "--data", data, "--json", dir + "/eval.json", "--plots", dir)
+        try #require(eval.status == 0, "\(eval.error)")
+        let report = try JSONDecoder().decode(SegmentationEvaluation.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/eval.json")))
+        try reader.write(toFile: dir + "/read.py", atomically: true, encoding: .utf8)
+        let read = try run("/usr/bin/env", ["python3", dir + "/read.py", dir + "/board"])
+        try #require(read.status == 0, "\(read.error)")
+        let json = try JSONSerialization.jsonObject(with: Data(read.output.utf8)) as? [String: Any] ?? [:]
+        let scalars = json["scalars"] as? [String: [[Double]]] ?? [:]
+        for (tag, value) in [("mean_iou", report.meanIoU), ("mean_dice", report.meanDice), ("pixel_accuracy", report.pixelAccuracy),
+                             ("isbi_pixel_error", report.isbiPixelError)] {
+            let logged = scalars["validation/" + tag] ?? []
+            #expect(logged.count == 1 && logged[0][0] == 2 && Float(logged[0][1]) == Float(value ?? -1), "\(tag): \(logged) against \(String(describing: value))")
+        }
+        let picture = (json["images"] as? [String: [[Any]]])?["validation/segmentation"]?.first ?? []
+        #expect(picture.count == 4 && picture[3] as? String == "89504e470d0a1a0a", "\(picture)")
+    }
+
+    /// Mask R-CNN's events: box and mask AP (and AP50) equal to `eval --json` of the epoch's checkpoint, and two
+    /// validation images with their instances drawn.
+    @Test(.enabled(if: tensorBoardAvailable, "python3 with the tensorboard package (pip install tensorboard)"))
+    func maskRCNNEventsHoldAPAndInstances() throws {
+        let dir = Fixture.temporaryDirectory("tensorboard-mask-rcnn")
+        guard let data = try pennFudanInstances(dir) else { return }   // shared data not here
+        let train = try starling("train", "--model", "mask-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32",
+                                 "--option", "mask_width=8", "--option", "rois_per_image=16", "--option", "rpn_post_nms_train=100",
+                                 "--epochs", "1", "--batch-size", "2", "--val-split", "train", "--out", dir + "/out", "--tensorboard", dir + "/board")
+        try #require(train.status == 0, "\(train.error)")
+        let eval = try starling("eval", "--checkpoint", dir + "/out/mask-rcnn-last.h5", "--data", data, "--split", "train", "--json", dir + "/eval.json")
+        try #require(eval.status == 0, "\(eval.error)")
+        let report = try JSONDecoder().decode(InstanceEvaluation.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/eval.json")))
+        try reader.write(toFile: dir + "/read.py", atomically: true, encoding: .utf8)
+        let read = try run("/usr/bin/env", ["python3", dir + "/read.py", dir + "/board"])
+        try #require(read.status == 0, "\(read.error)")
+        let json = try JSONSerialization.jsonObject(with: Data(read.output.utf8)) as? [String: Any] ?? [:]
+        let scalars = json["scalars"] as? [String: [[Double]]] ?? [:]
+        for (tag, value) in [("box_AP", report.boxStats[0]), ("box_AP50", report.boxStats[1]), ("mask_AP", report.maskStats[0]), ("mask_AP50", report.maskStats[1])] {
+            let logged = scalars["validation/" + tag] ?? []
+            #expect(logged.count == 1 && logged[0][0] == 2 && Float(logged[0][1]) == Float(value), "\(tag): \(logged) against \(value)")
+        }
+        let images = json["images"] as? [String: [[Any]]] ?? [:]
+        for tag in ["validation/instances_0", "validation/instances_1"] {
+            let picture = images[tag]?.first ?? []
+            #expect(picture.count == 4 && picture[1] as? Int == 128 && picture[2] as? Int == 96 && picture[3] as? String == "89504e470d0a1a0a", "\(tag): \(picture)")
+        }
+    }
 }

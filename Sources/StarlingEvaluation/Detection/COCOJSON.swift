@@ -108,7 +108,8 @@ public enum COCOJSON {
             var id = g.id
             if id == nil { id = next; next += 1 }
             return Annotation(id: id, imageID: g.imageID, categoryID: g.classID, bbox: XYWH(g.box), area: g.area,
-                              iscrowd: g.isCrowd ? 1 : 0, difficult: g.difficult ? 1 : nil, ignore: nil)
+                              iscrowd: g.isCrowd ? 1 : 0, difficult: g.difficult ? 1 : nil, ignore: nil,
+                              segmentation: g.mask.map(CompressedRLE.init))
         }
         let file = AnnotationFile(
             info: .init(description: "written by Starling"),
@@ -118,9 +119,14 @@ public enum COCOJSON {
         try write(file, to: path)
     }
 
-    /// Writes a COCO results file (the format pycocotools' `loadRes` reads) atomically.
+    /// Writes a COCO results file (the format pycocotools' `loadRes` reads) atomically. Detections with a mask carry
+    /// it as `segmentation`, compressed RLE, beside their box. pycocotools' `loadRes` then sets each detection's area
+    /// from its box, not its mask; for `segm` drop `bbox` first, as detectron2 does, so that the small, medium and large
+    /// figures use the mask's area as `COCOEvaluator(iouType: .segm)` does (AP over all areas is the same either way).
     public static func writeResults(_ detections: [Detection], to path: String) throws {
-        try write(detections.map { Result(imageID: $0.imageID, categoryID: $0.classID, bbox: XYWH($0.box), score: $0.score) }, to: path)
+        try write(detections.map {
+            Result(imageID: $0.imageID, categoryID: $0.classID, bbox: XYWH($0.box), score: $0.score, segmentation: $0.mask.map(CompressedRLE.init))
+        }, to: path)
     }
 
     // MARK: File layout
@@ -150,9 +156,38 @@ public enum COCOJSON {
         var iscrowd: Int?
         var difficult: Int?
         var ignore: Int?
+        /// Written for instances with a mask; read only when it is compressed RLE (polygons and uncompressed RLE of
+        /// COCO's own files are skipped: box AP does not need them).
+        var segmentation: CompressedRLE?
         enum CodingKeys: String, CodingKey {
-            case id, imageID = "image_id", categoryID = "category_id", bbox, area, iscrowd, difficult, ignore
+            case id, imageID = "image_id", categoryID = "category_id", bbox, area, iscrowd, difficult, ignore, segmentation
         }
+
+        init(id: Int?, imageID: Int, categoryID: Int, bbox: XYWH, area: Double?, iscrowd: Int?, difficult: Int?, ignore: Int?,
+             segmentation: CompressedRLE?) {
+            self.id = id; self.imageID = imageID; self.categoryID = categoryID; self.bbox = bbox; self.area = area
+            self.iscrowd = iscrowd; self.difficult = difficult; self.ignore = ignore; self.segmentation = segmentation
+        }
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            id = try c.decodeIfPresent(Int.self, forKey: .id)
+            imageID = try c.decode(Int.self, forKey: .imageID)
+            categoryID = try c.decode(Int.self, forKey: .categoryID)
+            bbox = try c.decode(XYWH.self, forKey: .bbox)
+            area = try c.decodeIfPresent(Double.self, forKey: .area)
+            iscrowd = try c.decodeIfPresent(Int.self, forKey: .iscrowd)
+            difficult = try c.decodeIfPresent(Int.self, forKey: .difficult)
+            ignore = try c.decodeIfPresent(Int.self, forKey: .ignore)
+            segmentation = try? c.decodeIfPresent(CompressedRLE.self, forKey: .segmentation)
+        }
+    }
+
+    /// COCO's `{"size": [h, w], "counts": "..."}`, the counts compressed as maskApi's `rleToString`.
+    struct CompressedRLE: Codable {
+        var size: [Int]
+        var counts: String
+        init(_ mask: RunLengthMask) { size = [mask.height, mask.width]; counts = mask.compressed }
     }
 
     /// One detection of a results file. Decoded by hand: a results file holds hundreds of thousands, and the
@@ -162,10 +197,11 @@ public enum COCOJSON {
         var categoryID: Int
         var bbox: XYWH
         var score: Double
-        enum CodingKeys: String, CodingKey { case imageID = "image_id", categoryID = "category_id", bbox, score }
+        var segmentation: CompressedRLE?
+        enum CodingKeys: String, CodingKey { case imageID = "image_id", categoryID = "category_id", bbox, score, segmentation }
 
-        init(imageID: Int, categoryID: Int, bbox: XYWH, score: Double) {
-            self.imageID = imageID; self.categoryID = categoryID; self.bbox = bbox; self.score = score
+        init(imageID: Int, categoryID: Int, bbox: XYWH, score: Double, segmentation: CompressedRLE? = nil) {
+            self.imageID = imageID; self.categoryID = categoryID; self.bbox = bbox; self.score = score; self.segmentation = segmentation
         }
 
         init(from decoder: any Decoder) throws {
