@@ -3,9 +3,10 @@ import Testing
 @testable import StarlingCore
 
 /// The element-wise ops and the optimizers share their loops over the process's threads (`Parallel`); one thread
-/// and two give the same bits. Sizes are odd and above `Parallel.minimumWork` so that the ranges split and end mid-vector.
+/// and two give the same bits. Sizes are odd and above `Parallel.minimumElementwiseWork` so that the ranges split and
+/// end mid-vector.
 @Suite(.serialized) struct ThreadCountTests {
-    static let count = 3 * Parallel.minimumWork + 37
+    static let count = Parallel.minimumElementwiseWork + 37
 
     /// Runs `body` on one thread, then on two, and returns both results.
     func onOneAndTwoThreads<T>(_ body: () -> T) -> (T, T) {
@@ -134,7 +135,7 @@ import Testing
             for i in 0..<n { values[i] = clean[i] }
             #expect(firstNonFiniteIndex(values, count: n) == nil)
             #expect(firstNonFiniteIndex(values, count: 0) == nil)
-            for (at, bad) in [(0, Float.nan), (n - 1, .infinity), (40_000, -.infinity), (1 << 14, .nan)] {
+            for (at, bad) in [(0, Float.nan), (n - 1, .infinity), (40_000, -.infinity), (1 << 14, .nan), (700_001, .nan)] {
                 values[at] = bad
                 values[n - 2] = .nan   // a later one must not win
                 #expect(firstNonFiniteIndex(values, count: n) == Swift.min(at, n - 2), "\(bad) at \(at), \(threads) thread(s)")

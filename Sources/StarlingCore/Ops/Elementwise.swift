@@ -68,7 +68,7 @@ extension Tensor {
             }
         } else {
             // Broadcast rows of m, shared out row by row.
-            Parallel.forEachChunk(of: n / m, work: n) { rows in
+            Parallel.forEachChunk(of: n / m, work: n >= Parallel.minimumElementwiseWork ? n : 0) { rows in
             for start in stride(from: rows.lowerBound * m, to: rows.upperBound * m, by: m) {
                 let xs = x + start, zs = z + start
                 switch op {

@@ -50,7 +50,7 @@ func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>
     var sums = [Double](repeating: 0, count: pieces)
     sums.withUnsafeMutableBufferPointer { sums in
         let sums = sums.baseAddress!
-        Parallel.forEachChunk(of: pieces, work: 3 * n) { range in
+        Parallel.forEachChunk(of: pieces, work: 3 * n >= Parallel.minimumElementwiseWork ? 3 * n : 0) { range in
             for piece in range {
                 let start = piece * bceSumPiece, count = Swift.min(bceSumPiece, n - start)
                 sums[piece] = KernelDispatch.bceLogitsSum(count, logits: z + start, targets: t + start, probabilities: p + start,
