@@ -6,11 +6,14 @@ func systemLibrary(_ name: String, _ pkg: String, _ apt: String) -> Target {
     .systemLibrary(name: name, path: "Sources/\(name)", pkgConfig: pkg, providers: [.apt([apt])])
 }
 
-// StarlingKernelsAVX2 holds the element-wise kernels compiled for Haswell's instruction set (AVX2, FMA); everything
-// else is built for baseline x86-64, and StarlingCore calls those kernels only on CPUs that report it (KernelDispatch).
+// StarlingKernelsAVX2 holds the element-wise kernels compiled for Haswell's instruction set (AVX2, FMA), and
+// StarlingKernelsAVX512 the same file (a symbolic link) compiled for Skylake-SP's (AVX-512 F/CD/BW/DQ/VL); everything
+// else is built for baseline x86-64, and StarlingCore calls those kernels only on CPUs that report the set (KernelDispatch).
+// LLVM's Skylake-SP tuning prefers 256-bit vectors (Intel's early AVX-512 parts lowered their clock on 512-bit code);
+// "-prefer-256-bit" turns that off so that the loops vectorise 16 lanes wide, which is the point of the module.
 // Incremental builds do not recompile StarlingKernelsAVX2 when only an @inlinable body in StarlingKernels changes (seen
 // with Swift 6.3.1: the AVX2 build kept running the old loop): after editing a kernel, touch
-// Sources/StarlingKernelsAVX2/Kernels.swift. Clean builds (CI) are unaffected.
+// Sources/StarlingKernelsAVX2/Kernels.swift (both modules' file). Clean builds (CI) are unaffected.
 // -fno-math-errno: Swift's squareRoot() goes through a C shim that otherwise branches to libm's sqrtf for negative
 // inputs (to set errno, which nothing reads), and that branch keeps loops with a square root from vectorising.
 // The core and the kernels are optimised in debug builds too: the test suite runs them on real-sized data, and
@@ -18,8 +21,12 @@ func systemLibrary(_ name: String, _ pkg: String, _ apt: String) -> Target {
 let noMathErrno: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-fno-math-errno"]), .unsafeFlags(["-O"], .when(configuration: .debug))]
 #if arch(x86_64)
 let haswell: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])] + noMathErrno
+let skylakeAVX512: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512",
+                                                    "-Xcc", "-Xclang", "-Xcc", "-target-feature", "-Xcc", "-Xclang", "-Xcc", "-prefer-256-bit"])]
+    + noMathErrno
 #else
 let haswell: [SwiftSetting] = noMathErrno
+let skylakeAVX512: [SwiftSetting] = noMathErrno
 #endif
 
 let package = Package(
@@ -50,7 +57,9 @@ let package = Package(
         .systemLibrary(name: "CCPU", path: "Sources/CCPU"),
         .target(name: "StarlingKernels"),
         .target(name: "StarlingKernelsAVX2", dependencies: ["StarlingKernels"], swiftSettings: haswell),
-        .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL", "CCPU", "StarlingKernels", "StarlingKernelsAVX2"],
+        .target(name: "StarlingKernelsAVX512", dependencies: ["StarlingKernels"], swiftSettings: skylakeAVX512),
+        .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL", "CCPU", "StarlingKernels", "StarlingKernelsAVX2",
+                                                     "StarlingKernelsAVX512"],
                 swiftSettings: noMathErrno),
         .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib"]),
         .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
@@ -67,7 +76,7 @@ let package = Package(
         //   StarlingDetection:    detector families, SSD/YOLO heads and losses, box encoding, NMS, anchor clustering, drawing; uses NN, ONNX, Plots
         //   StarlingAutoencoders: autoencoder families, VariationalModel, ONNXVariational; uses NN, ONNX
         //   StarlingSegmentation: segmentation families (U-Net), their pixel weights and loss; uses NN, ONNX
-        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks; uses NN, Data, Detection, Autoencoders, Segmentation
+        //   StarlingTraining:     Trainer, Checkpoint (+ its half precision), GradientSynchronizer, registry of all families, benchmarks and the suite (FLOPs from the ONNX description); uses NN, ONNX, Data, Detection, Autoencoders, Segmentation
         //   StarlingEvaluation:   detection evaluation, reconstruction/segmentation metrics and pictures, outliers, code index, autoencoder figures; uses NN, Plots, Data, Detection, Autoencoders, Segmentation, Training
         //   StarlingConversion:   Keras, safetensors, PyTorch weights, ONNX files, inspection, class re-sampling; uses NN, ONNX, Detection, Autoencoders, Training
         //   StarlingModels:       umbrella that re-exports all of the above (the CLI and the tests import it)
@@ -83,7 +92,7 @@ let package = Package(
         .target(name: "StarlingSegmentation", dependencies: ["StarlingNN", "StarlingONNX", "StarlingCore"]),
         .target(name: "StarlingTraining", dependencies: [
             "StarlingNN", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation",
-            "StarlingCore", "StarlingIO", "StarlingDistributed",
+            "StarlingCore", "StarlingIO", "StarlingDistributed", "StarlingONNX",
         ]),
         .target(name: "StarlingEvaluation", dependencies: [
             "StarlingNN", "StarlingPlots", "StarlingData", "StarlingDetection", "StarlingAutoencoders", "StarlingSegmentation", "StarlingTraining",

@@ -50,7 +50,8 @@ done
 
 venv=.build/torch-venv
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0+cpu" numpy >&2
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0+cpu" numpy \
+    --extra-index-url https://download.pytorch.org/whl/cpu >&2
 fi
 jemalloc=$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -1 || true)
 if [ -z "$jemalloc" ]; then

@@ -26,3 +26,41 @@ static inline int starling_cpu_supports_haswell(void) {
     return 0;
 #endif
 }
+
+// 1 when, beyond Haswell's set, the CPU and the OS support what LLVM may emit for ordinary code compiled with
+// -target-cpu skylake-avx512, as StarlingKernelsAVX512 is: AVX-512 F, CD, BW, DQ and VL (the x86-64-v4 set), and the
+// opmask and ZMM register state saved by the OS (XCR0 bits 5-7; a kernel may leave them off even where cpuid has AVX-512).
+static inline int starling_cpu_supports_avx512(void) {
+#if defined(__x86_64__)
+    if (!starling_cpu_supports_haswell()) return 0;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const unsigned needed = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31);   // F, DQ, CD, BW, VL
+    if ((b & needed) != needed) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xE6) == 0xE6;   // XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM
+#else
+    return 0;
+#endif
+}
+
+// The processor's brand string (cpuid leaves 0x80000002-4) into out[49], and its display family and model; an empty
+// string and zeros where cpuid does not say.
+static inline void starling_cpu_identity(char out[49], unsigned *family, unsigned *model) {
+    out[0] = 0; *family = 0; *model = 0;
+#if defined(__x86_64__)
+    unsigned r[4];
+    if (__get_cpuid(1, &r[0], &r[1], &r[2], &r[3])) {
+        unsigned base = (r[0] >> 8) & 0xF, baseModel = (r[0] >> 4) & 0xF;
+        *family = base == 0xF ? base + ((r[0] >> 20) & 0xFF) : base;
+        *model = (base == 0x6 || base == 0xF) ? (((r[0] >> 16) & 0xF) << 4) + baseModel : baseModel;
+    }
+    if (!__get_cpuid(0x80000000, &r[0], &r[1], &r[2], &r[3]) || r[0] < 0x80000004) return;
+    for (unsigned leaf = 0; leaf < 3; leaf++) {
+        __get_cpuid(0x80000002 + leaf, &r[0], &r[1], &r[2], &r[3]);
+        __builtin_memcpy(out + 16 * leaf, r, 16);
+    }
+    out[48] = 0;
+#endif
+}

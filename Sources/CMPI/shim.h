@@ -15,3 +15,5 @@ static inline void *starling_mpi_in_place(void) { return MPI_IN_PLACE; }
 static inline MPI_Status *starling_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
 static inline MPI_Request starling_mpi_request_null(void) { return MPI_REQUEST_NULL; }
 static inline MPI_Errhandler starling_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }
+static inline MPI_Datatype starling_mpi_uint16(void) { return MPI_UINT16_T; }
+static inline MPI_Op starling_mpi_op_null(void) { return MPI_OP_NULL; }

@@ -16,6 +16,8 @@ public final class Communicator: @unchecked Sendable {
     public let size: Int
     private let comm = starling_mpi_comm_world()
     private var finalized = false
+    /// The reductions of 16-bit gradients, made on first use (MPI_Op_create needs MPI started).
+    private var halfSums: [GradientWire: MPI_Op?] = [:]
     /// Told about every collective this rank enters and leaves (the watchdog); nil: nobody watches.
     public weak var observer: (any CollectiveObserver)?
 
@@ -166,6 +168,60 @@ public final class Communicator: @unchecked Sendable {
                 let n = min(Self.maxChunk, count - start)
                 var request: MPI_Request? = starling_mpi_request_null()
                 try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), starling_mpi_sum(), comm, &request))
+                handles.append(request)
+                start += n
+            }
+        }
+        return Request(handles: handles, count: count, observer: observer)
+    }
+
+    /// The MPI sum over 16-bit floats of `wire` (MPI has none): widen, add in float32, round back. Commutative, so
+    /// MPI's algorithms give every rank the same bits, as with float32.
+    private func halfSum(_ wire: GradientWire) -> MPI_Op? {
+        if let op = halfSums[wire] { return op }
+        var op: MPI_Op? = starling_mpi_op_null()
+        switch wire {
+        case .bfloat16:
+            MPI_Op_create({ input, accumulator, length, _ in
+                guard let input, let accumulator, let length else { return }
+                let a = input.assumingMemoryBound(to: UInt16.self), b = accumulator.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<Int(length.pointee) { b[i] = GradientWire.bfloat16Bits(GradientWire.bfloat16Value(a[i]) + GradientWire.bfloat16Value(b[i])) }
+            }, 1, &op)
+        default:
+            MPI_Op_create({ input, accumulator, length, _ in
+                guard let input, let accumulator, let length else { return }
+                let a = input.assumingMemoryBound(to: UInt16.self), b = accumulator.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<Int(length.pointee) { b[i] = GradientWire.float16Bits(GradientWire.float16Value(a[i]) + GradientWire.float16Value(b[i])) }
+            }, 1, &op)
+        }
+        halfSums[wire] = op
+        return op
+    }
+
+    /// In-place sum allreduce of `count` 16-bit floats of `wire` (bf16 or fp16).
+    public func allreduce(_ buffer: UnsafeMutablePointer<UInt16>, count: Int, wire: GradientWire) throws {
+        if size == 1 { return }
+        let op = halfSum(wire)
+        try observed("MPI_Allreduce of \(count) \(wire.rawValue) values") {
+            var start = 0
+            while start < count {
+                let n = min(Self.maxChunk, count - start)
+                try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_uint16(), op, comm))
+                start += n
+            }
+        }
+    }
+
+    /// Starts an in-place sum allreduce of `count` 16-bit floats of `wire`; the buffer must stay untouched until `wait()`.
+    public func startAllreduce(_ buffer: UnsafeMutablePointer<UInt16>, count: Int, wire: GradientWire) throws -> Request {
+        var handles: [MPI_Request?] = []
+        if size > 1 {
+            let op = halfSum(wire)
+            var start = 0
+            while start < count {
+                let n = min(Self.maxChunk, count - start)
+                var request: MPI_Request? = starling_mpi_request_null()
+                try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_uint16(), op, comm, &request))
                 handles.append(request)
                 start += n
             }

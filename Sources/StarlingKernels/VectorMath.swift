@@ -10,7 +10,10 @@
 /// Each function is generic over how a multiply-add is computed (`MultiplyAdd`): the default, separate rounding,
 /// is what baseline x86-64 has; `StarlingKernelsAVX2` instantiates the same code with fused multiply-adds.
 public enum VectorMath {
-    @usableFromInline static let magic: Float = 12_582_912
+    // A computed constant, not a stored `static let`: a stored one is a lazily initialised global that other modules
+    // reach through an accessor call, and where that call sat in a branch of a loop (ELU's negative side) LLVM could not
+    // hoist it, and the loop stayed scalar (elu and affineELU ran one element at a time in the AVX2 build).
+    @inlinable @inline(__always) static var magic: Float { 12_582_912 }
 
     /// e^x for x <= 88 (inputs below -87.3 give ~1e-38 instead of 0 or a denormal).
     @inlinable @inline(__always) public static func exp(_ x: Float) -> Float { exp(x, SeparateMultiplyAdd.self) }

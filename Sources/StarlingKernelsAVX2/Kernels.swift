@@ -1,11 +1,14 @@
-/// The kernels of `StarlingKernels` instantiated with fused multiply-adds, in a module compiled for Haswell's
-/// instruction set (AVX2 and FMA: eight lanes and one rounding per multiply-add, against four lanes and two for baseline
-/// x86-64). Nothing here may run on a CPU without it: StarlingCore's `KernelDispatch` calls these only
-/// after asking the CPU (cpuid). Each entry point is kept out of cross-module inlining, which would compile its
-/// body again in the caller's module, for the caller's (baseline) CPU.
+/// The kernels of `StarlingKernels` instantiated with fused multiply-adds, in a module compiled for a wider instruction set
+/// than baseline x86-64. This one file is compiled twice: as `StarlingKernelsAVX2` for Haswell's set (AVX2 and FMA: eight
+/// float lanes a register and one rounding per multiply-add, against four lanes and two for baseline x86-64), and through
+/// a symbolic link as `StarlingKernelsAVX512` for Skylake-SP's (AVX-512 F/CD/BW/DQ/VL, with LLVM's preference for 256-bit
+/// vectors turned off: the loops written over scalars vectorise sixteen lanes wide, the ones written on SIMD8 stay eight
+/// lanes but get 32 registers). Nothing here may run on a CPU without the module's set: StarlingCore's `KernelDispatch`
+/// calls these only after asking the CPU (cpuid, xgetbv). Each entry point is kept out of cross-module inlining, which
+/// would compile its body again in the caller's module, for the caller's (baseline) CPU.
 import StarlingKernels
 
-public enum AVX2Kernels {
+public enum FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func bceLogitsTerms(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
                                       probabilities p: UnsafeMutablePointer<Float>, terms l: UnsafeMutablePointer<Float>) {
@@ -23,7 +26,7 @@ public enum AVX2Kernels {
     }
 }
 
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float) {
         ActivationKernels.elu(n, x, y, alpha: alpha, FusedMultiplyAdd.self)
@@ -36,20 +39,21 @@ extension AVX2Kernels {
     }
 }
 
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                         mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float) {
         BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
     }
 
+    @inline(never) @_semantics("optimize.no.crossmodule")
     public static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                               mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float) {
         BlockedKernels.affineLeakyReLU(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
     }
 }
 
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int,
                                               padLeft: Int, outHeight: Int, outWidth: Int, outBlocks: Int,
@@ -63,7 +67,7 @@ extension AVX2Kernels {
     }
 }
 
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
                                                    outputGradient: UnsafePointer<Float>, outBlockCount: Int,
@@ -73,7 +77,7 @@ extension AVX2Kernels {
     }
 }
 
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
                                         steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
@@ -90,9 +94,9 @@ extension AVX2Kernels {
     }
 }
 
-/// The blocked layout's memory-bound loops: one 8-channel vector per pixel is one ymm register here, two xmm ones in
-/// the baseline build (and the Double sums four).
-extension AVX2Kernels {
+/// The blocked layout's memory-bound loops: one 8-channel vector per pixel is one ymm register in the AVX2 and AVX-512
+/// builds, two xmm ones in the baseline build (the sums in Double: two ymm, one zmm, four xmm).
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>)
         -> (SIMD8<Double>, SIMD8<Double>) {
@@ -120,7 +124,7 @@ extension AVX2Kernels {
     }
 }
 
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
                                     probabilities p: UnsafeMutablePointer<Float>) -> Double {
@@ -129,7 +133,7 @@ extension AVX2Kernels {
 }
 
 /// Batch norm + ELU + 2x2 max-pooling pooled before the ELU (`PooledELUKernels`).
-extension AVX2Kernels {
+extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
     public static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
                                            scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
@@ -155,3 +159,4 @@ extension AVX2Kernels {
                                           alpha: alpha, overwrite: overwrite)
     }
 }
+extension FusedKernels: FusedKernelSet {}

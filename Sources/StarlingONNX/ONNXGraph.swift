@@ -34,6 +34,8 @@ public final class ONNXGraph {
     private var knownNodes: [String: [ONNXValue]] = [:]
     /// Each Transpose node's output: the value it transposes and how, so that a transposition back is no node.
     var transposeInputs: [String: (input: ONNXValue, permutation: [Int])] = [:]
+    /// The static shape of every input and node output by name (-1 for the symbolic batch), for `multiplyAddsPerImage`.
+    var shapes: [String: [Int]] = [:]
     /// The batch-major hidden states of each LSTM node: that node's last hidden state (its output Y_h), which is
     /// what `lastTimestep()` of those states reads.
     var lastStates: [String: ONNXValue] = [:]
@@ -50,6 +52,7 @@ public final class ONNXGraph {
     /// A graph input of float32 values; a symbolic axis 0 is called `batchName` (the batch, "N", by default).
     public func input(_ name: String, shape: [Int], batchName: String = "N") -> ONNXValue {
         inputs.append(Self.valueInfo(name, shape: shape, type: .float, batchName: batchName))
+        shapes[name] = shape
         return ONNXValue(graph: self, name: name, shape: shape)
     }
 
@@ -120,6 +123,7 @@ public final class ONNXGraph {
         n.attribute = attributes
         nodes.append(n)
         let values = zip(outputs, shapes).map { ONNXValue(graph: self, name: $0, shape: $1) }
+        for value in values { self.shapes[value.name] = value.shape }
         knownNodes[key] = values
         return values
     }

@@ -66,7 +66,8 @@ public enum Benchmarks {
     /// Data-parallel training throughput of a model family on this job's ranks, from the second of two epochs
     /// of `steps` steps (the first warms up), global batch `batchSize`, nothing written to disk.
     public static func distributedTraining(family: String, dataPath: String, batchSize: Int, steps: Int,
-                                           world: Communicator, overlap: Bool = true, bucketBytes: Int = 25 << 20) throws -> DistributedThroughput {
+                                           world: Communicator, overlap: Bool = true, bucketBytes: Int = 25 << 20,
+                                           wire: GradientWire = .float32) throws -> DistributedThroughput {
         let model = try ModelRegistry.build(try ModelRegistry.defaultConfig(family: family), seed: 1)
         var options = TrainingOptions()
         options.epochs = 2
@@ -76,6 +77,7 @@ public enum Benchmarks {
         options.progress = false
         options.overlapCommunication = overlap
         options.bucketBytes = bucketBytes
+        options.gradientWire = wire
         let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count),
                                   train: try ImageDataset(path: dataPath, split: "train"), validation: nil,
                                   options: options, world: world, log: { _ in })

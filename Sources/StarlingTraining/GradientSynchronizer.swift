@@ -13,12 +13,22 @@ import StarlingDistributed
 /// start with blocking MPI_Allreduce (Open MPI's tuned algorithms move large buffers ~2x faster than the libnbc
 /// schedules behind MPI_Iallreduce) and waits for the rest. Gradients are left summed: the optimizer scales them
 /// by `averagingScale` in its own pass.
+///
+/// With a 16-bit `wire` (`--gradient-precision bf16|fp16`) a bucket is encoded into a 16-bit copy just before its
+/// allreduce and the sum decoded back into the float32 gradients: half the bytes on the network, the weights and
+/// the optimizer still float32. Every rank decodes the same summed bits, so the models stay identical. float16's
+/// range needs a scale: a bucket's first step goes as float32, and each step sets the next step's scale to the power
+/// of two that puts the largest summed gradient near 2^14 (a quarter of float16's largest, room for growth), from
+/// the sum every rank holds. A sum that overflows all the same is redone in float32 from the untouched gradients.
 public final class GradientSynchronizer {
     struct Bucket {
         var range: Range<Int>
         var parameterCount: Int
         var pending = 0
         var request: Communicator.Request?
+        /// float16 only: the factor applied before encoding; nil until a float32 step has measured the sums.
+        var scale: Float? = 1
+        var sentAs16 = false
     }
 
     public let communicator: Communicator
@@ -33,11 +43,20 @@ public final class GradientSynchronizer {
     /// Off: every bucket starts after backward (the benchmark's baseline for how much overlap hides).
     public let overlap: Bool
 
-    public init(store: ParameterStore, communicator: Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
+    /// The number format of the gradients on the network.
+    public let wire: GradientWire
+    private let wireBuffer: UnsafeMutablePointer<UInt16>?
+    /// Buckets redone in float32 after a float16 sum overflowed (for tests and the benchmark).
+    public private(set) var overflowCount = 0
+
+    public init(store: ParameterStore, communicator: Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true,
+                wire: GradientWire = .float32) {
         self.store = store
         self.communicator = communicator
         self.overlap = overlap
-        let limit = max(1, bucketBytes / 4)
+        self.wire = wire
+        wireBuffer = wire == .float32 || communicator.size == 1 ? nil : .allocate(capacity: max(1, store.gradients.count))
+        let limit = max(1, bucketBytes / wire.bytesPerValue)
         var current: Bucket?
         for p in store.parameters.reversed() {
             let range = p.offset..<(p.offset + p.count)
@@ -52,7 +71,10 @@ public final class GradientSynchronizer {
             bucketOf[ObjectIdentifier(p.value)] = buckets.count
         }
         if let b = current { buckets.append(b) }
+        if wire == .float16 { for k in buckets.indices { buckets[k].scale = nil } }
     }
+
+    deinit { wireBuffer?.deallocate() }
 
     public var bucketCount: Int { buckets.count }
 
@@ -81,8 +103,59 @@ public final class GradientSynchronizer {
     private func launch(_ k: Int) {
         let r = buckets[k].range
         // Backward cannot throw: a failed start is kept and rethrown by finish().
-        do { buckets[k].request = try communicator.startAllreduce(store.gradients.pointer + r.lowerBound, count: r.count) } catch { launchError = error }
+        do {
+            if let wireBuffer, let scale = buckets[k].scale {
+                wire.encode(store.gradients.pointer + r.lowerBound, scale: scale, into: wireBuffer + r.lowerBound, count: r.count)
+                buckets[k].request = try communicator.startAllreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
+                buckets[k].sentAs16 = true
+            } else {
+                buckets[k].request = try communicator.startAllreduce(store.gradients.pointer + r.lowerBound, count: r.count)
+            }
+        } catch { launchError = error }
         nextToLaunch = k + 1
+    }
+
+    /// A bucket's blocking allreduce, in the wire's format when it has a scale.
+    private func reduce(_ k: Int) throws {
+        let r = buckets[k].range
+        if let wireBuffer, let scale = buckets[k].scale {
+            wire.encode(store.gradients.pointer + r.lowerBound, scale: scale, into: wireBuffer + r.lowerBound, count: r.count)
+            try communicator.allreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
+            buckets[k].sentAs16 = true
+        } else {
+            try communicator.allreduce(store.gradients.pointer + r.lowerBound, count: r.count)
+        }
+    }
+
+    /// Turns a bucket's 16-bit sum into float32 gradients and sets float16's next scale, from the sum all ranks share.
+    /// A float16 sum that overflowed (the same on every rank) is redone in float32 from the gradients, still intact.
+    private func decode(_ k: Int) throws {
+        guard let wireBuffer, wire != .float32 else { return }
+        let r = buckets[k].range
+        let gradients = store.gradients.pointer + r.lowerBound
+        if buckets[k].sentAs16, let scale = buckets[k].scale {
+            buckets[k].sentAs16 = false
+            if wire == .float16 && !GradientWire.float16AllFinite(wireBuffer + r.lowerBound, count: r.count) {
+                overflowCount += 1
+                try communicator.allreduce(gradients, count: r.count)
+            } else {
+                let largest = wire.decode(wireBuffer + r.lowerBound, scale: scale, into: gradients, count: r.count)
+                if wire == .float16 { buckets[k].scale = Self.float16Scale(largest: largest, previous: scale) }
+                return
+            }
+        }
+        if wire == .float16 {
+            var largest: Float = 0
+            for i in 0..<r.count { largest = max(largest, abs(gradients[i])) }
+            buckets[k].scale = Self.float16Scale(largest: largest, previous: buckets[k].scale ?? 1)
+        }
+    }
+
+    /// The power of two that maps `largest` to [2^13, 2^14]; `previous` when the sum is zero or not finite.
+    static func float16Scale(largest: Float, previous: Float) -> Float {
+        guard largest > 0, largest.isFinite else { return previous }
+        let exponent = 13 - Int(largest.exponent)
+        return Float(sign: .plus, exponent: max(-100, min(100, exponent)), significand: 1)
     }
 
     /// 1/N: the factor that turns the summed gradients into the average over ranks.
@@ -97,9 +170,9 @@ public final class GradientSynchronizer {
             if let request = buckets[k].request {
                 try request.wait()
             } else if k >= nextToLaunch {
-                let r = buckets[k].range
-                try communicator.allreduce(store.gradients.pointer + r.lowerBound, count: r.count)
+                try reduce(k)
             }
+            try decode(k)
         }
         nextToLaunch = buckets.count
         if let launchError { self.launchError = nil; throw launchError }

@@ -60,6 +60,7 @@ public struct RunAgreement {
             Setting("--plateau-patience", options.reduceOnPlateau.map { "\($0)" } ?? "none"),
             Setting("--sync-bn", "\(options.synchronizeBatchNorm)"),
             Setting("--bucket-mb", "\(options.bucketBytes)"),
+            Setting("--gradient-precision", options.gradientWire.rawValue),
             Setting("--skip-nonfinite", "\(options.skipNonFinite)"),
             Setting("--resume", options.resumePath ?? "none"),
             Setting("the resume checkpoint's contents", options.resumePath.map { Self.fileFingerprint($0) } ?? "none"),

@@ -35,6 +35,8 @@ public struct TrainingOptions: Sendable {
     public var bucketBytes = 25 << 20
     /// Start bucket allreduces during backward (off only to measure what the overlap hides).
     public var overlapCommunication = true
+    /// The number format of gradients on the network (`--gradient-precision`).
+    public var gradientWire = GradientWire.float32
     /// Stop when the monitored loss (validation, or training without validation) has not improved by more than
     /// `minDelta` for this many epochs (Keras's EarlyStopping).
     public var earlyStoppingPatience: Int?
@@ -125,7 +127,7 @@ public final class Trainer {
         self.world = world
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
-                                           overlap: options.overlapCommunication)
+                                           overlap: options.overlapCommunication, wire: options.gradientWire)
         watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, abortTimeout: options.watchdogAbortSeconds,
                             log: { Trainer.printLine($0) })
         watchdog.lastGoodCheckpoint = options.resumePath

@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
+    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
@@ -24,10 +24,34 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Global batch for --distributed, per model family in --models order.") var batchSizes: [Int] = [256, 128]
     @Option(help: "Gradient bucket size in MB for --distributed (small buckets show the overlap on small models).") var bucketMb: Double = 25
 
+    @Flag(help: "The suite (issue 18): every family's training step and inference at the course's batch size in this process's layout (--threads; the ranks of mpirun), one JSON row each. Peak memory is the process's: Launch/bench-suite.sh runs one entry a process, beside the PyTorch peer, and prints the table.")
+    var suite = false
+    @Flag(help: "With --suite: the quick entries (\(BenchmarkSuite.entries.filter(\.quick).map(\.name).joined(separator: ", "))) and about 1.5 s of steps each.")
+    var quick = false
+    @Option(help: "With --suite: these entries only (\(BenchmarkSuite.entries.map(\.name).joined(separator: ", "))).") var entries: [String] = []
+    @Flag(help: "Print the suite's entries (name, family, batch, quick or full) and the families it leaves out.") var suiteList = false
+    @Option(help: "Print the Markdown table of the suite rows in this file (Starling's and the peer's JSON lines).") var suiteTable: String?
+
     func run() throws {
         if distributed { return try runDistributed() }
+        if suiteList {
+            for entry in BenchmarkSuite.entries { print("\(entry.name) \(entry.family) \(entry.batch) \(entry.quick ? "quick" : "full")") }
+            for family in BenchmarkSuite.missing { print("# not measured: \(family)") }
+            return
+        }
+        if let suiteTable {
+            try reportingErrors {
+                let text: String
+                do { text = try String(contentsOfFile: suiteTable, encoding: .utf8) } catch {
+                    throw ValidationError("\(suiteTable): cannot read (\(error.localizedDescription))")
+                }
+                print(SuiteTable.markdown(try SuiteTable.rows(parsing: text, file: suiteTable)), terminator: "")
+            }
+            return
+        }
+        if suite { return try runSuite() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) (STARLING_KERNELS=baseline for the baseline build); \(GEMMSelection.summary)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another); \(GEMMSelection.summary)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.
@@ -42,6 +66,14 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
                 print(String(format: "conv2d 3x3 64->64 56x56 batch 16, forward+backward: %.1f GFLOP/s (forward %.1f ms, backward %.1f ms), %.0f%% of sgemm",
                              conv.convGFLOPS, conv.forwardSeconds * 1000, conv.backwardSeconds * 1000, conv.ratio * 100))
+            }
+            if only == "all" || only == "kernels" {
+                print("element-wise kernels on \(KernelDispatch.cpuDescription), every build interleaved, 7 rounds (median rate; speed-up against avx2: median, lowest-highest):")
+                for line in KernelBenchmark.run() {
+                    let rates = line.rates.map { String(format: "%@ %.2f G/s", $0.level.rawValue, $0.elementsPerSecond / 1e9) }
+                    let ratios = line.againstAVX2.map { String(format: "%@/avx2 %.2fx (%.2f-%.2f)", $0.level.rawValue, $0.median, $0.low, $0.high) }
+                    print("  \(line.kernel), \(line.floats) floats: " + (rates + ratios).joined(separator: "; "))
+                }
             }
             if only == "all" || only == "map" {
                 for mode in [APMode.voc07, .voc, .coco] {
@@ -109,7 +141,7 @@ struct BenchCommand: ParsableCommand {
                       + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2, masks pasted (backbone and RPN alone %.1f / %.1f); peak RSS %.0f MB",
                                result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
                                result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
-            } else if !["gemm", "fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet"].contains(only) {
+            } else if !["gemm", "fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }
             if only == "all" || only == "unet" {
@@ -122,6 +154,34 @@ struct BenchCommand: ParsableCommand {
                     print(String(format: "unet 128x128 (width %.2f, 5 levels, 2 classes): training %.1f images/s at batch 8; inference %.1f FPS at batch 1, %.1f FPS at batch 8; peak RSS %.0f MB",
                                  width, unet.trainImagesPerSecond, unet.inferenceFPS[1] ?? 0, unet.inferenceFPS[8] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
                 }
+            }
+        }
+    }
+
+    /// The suite's entries one at a time on this job's ranks: a line for people and a JSON row for the table (rank 0).
+    func runSuite() throws {
+        let world = try reportingErrors { try Communicator() }
+        defer { world.finalize() }
+        if let threads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
+        try reportingErrors {
+            let chosen = try entries.isEmpty ? BenchmarkSuite.entries.filter { !quick || $0.quick } : entries.map { try BenchmarkSuite.entry(named: $0) }
+            let cpu = BenchmarkSuite.cpuModel
+            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue)"
+            func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
+            say("suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s); \(kernels)")
+            let sgemm = try BenchmarkSuite.sgemmPeak(world: world)
+            say(String(format: "sgemm 1024^3 on every rank at once: %.1f GFLOP/s", sgemm))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            for entry in chosen {
+                let row = try BenchmarkSuite.measure(entry, world: world, seconds: quick ? 1.5 : 6, sgemm: sgemm, kernels: kernels)
+                let gflops = row.trainGFLOPS.map { String(format: ", %.1f GFLOP/s (%.0f%% of sgemm)", $0, 100 * $0 / sgemm) } ?? ""
+                let b = row.breakdown
+                say(String(format: "%@ batch %d%@: training %.1f images/s%@; step %.1f ms forward, %.1f backward, %.1f allreduce wait, %.1f optimizer, %.1f data wait; inference %.1f images/s; peak RSS %.0f MB over %d rank(s)",
+                           entry.name, entry.batch, entry.note.isEmpty ? "" : " (\(entry.note))", row.trainImagesPerSecond, gflops,
+                           (b?.forward ?? 0) * 1000, (b?.backward ?? 0) * 1000, (b?.allreduce ?? 0) * 1000, (b?.optimizer ?? 0) * 1000,
+                           (b?.data ?? 0) * 1000, row.inferenceImagesPerSecond, row.peakMB, world.size))
+                say("suite-row " + String(decoding: try encoder.encode(row), as: UTF8.self))
             }
         }
     }

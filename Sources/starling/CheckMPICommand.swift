@@ -9,6 +9,10 @@ struct CheckMPICommand: ParsableCommand {
 
     @Option(help: "Floats in the large allreduce (exercises MPI's chunked paths).") var count: Int = 1 << 20
 
+    func validate() throws {
+        guard count >= 16 else { throw ValidationError("--count must be at least 16 (the broadcast check uses 16 floats)") }
+    }
+
     func run() throws {
         let world = try reportingErrors { try Communicator() }
         defer { world.finalize() }
@@ -34,6 +38,35 @@ struct CheckMPICommand: ParsableCommand {
             if try world.broadcast("rank \(r) says hello", root: 0) != "rank 0 says hello" { failures.append("string broadcast") }
             if try world.allgather(Int64(r * 10)) != (0..<n).map({ Int64($0 * 10) }) { failures.append("allgather") }
             if try world.allreduce(Double(r), .max) != Double(n - 1) { failures.append("allreduce max") }
+            // 16-bit gradients (--gradient-precision): halves of small integers sum exactly in both formats, blocking and
+            // not; on two ranks 1 + (1 + 2^-7) is a tie between bfloat16's neighbours 2 and 2 + 2^-6, and rounds to
+            // even (2); binary16 holds 2 + 2^-7 exactly. Every rank must hold the same bits.
+            for wire in [GradientWire.bfloat16, .float16] where wire != .float16 || GradientWire.float16Available {
+                let bits = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
+                defer { bits.deallocate() }
+                let values = UnsafeMutablePointer<Float>.allocate(capacity: count)
+                defer { values.deallocate() }
+                for i in 0..<count { values[i] = Float(i % 7 + r) / 2 }
+                wire.encode(values, scale: 1, into: bits, count: count)
+                try world.allreduce(bits, count: count, wire: wire)
+                wire.decode(bits, scale: 1, into: values, count: count)
+                if (0..<count).contains(where: { values[$0] != Float(n * ($0 % 7) + n * (n - 1) / 2) / 2 }) { failures.append("\(wire.rawValue) allreduce") }
+                for i in 0..<count { values[i] = Float(r) }
+                wire.encode(values, scale: 1, into: bits, count: count)
+                try world.startAllreduce(bits, count: count, wire: wire).wait()
+                wire.decode(bits, scale: 1, into: values, count: count)
+                if (0..<count).contains(where: { values[$0] != Float(n * (n - 1) / 2) }) { failures.append("\(wire.rawValue) non-blocking allreduce") }
+                if n == 2 {
+                    values[0] = r == 0 ? 1 : 1 + 0x1p-7
+                    wire.encode(values, scale: 1, into: bits, count: 1)
+                    try world.allreduce(bits, count: 1, wire: wire)
+                    wire.decode(bits, scale: 1, into: values, count: 1)
+                    if values[0] != (wire == .bfloat16 ? 2 : 2 + 0x1p-7) { failures.append("\(wire.rawValue) rounding (\(values[0]))") }
+                }
+                var checksum: Int64 = 0
+                for i in 0..<count { checksum = checksum &* 31 &+ Int64(bits[i]) }
+                if Set(try world.allgather(checksum)).count != 1 { failures.append("\(wire.rawValue) results differ between ranks") }
+            }
             try world.barrier()
             let bad = try world.allreduce(failures.isEmpty ? 0 : 1)
             print("rank \(r) of \(n): \(failures.isEmpty ? "collectives ok" : "FAILED: \(failures.joined(separator: ", "))")")

@@ -40,6 +40,8 @@ struct TrainingFlags: ParsableArguments {
     var watchdogAbortSeconds: Double = TrainingFlags.defaults.watchdogAbortSeconds
     @Option(help: "Skip up to N steps whose loss or gradient is NaN or infinite (no update, on every rank alike) before stopping; 0 stops at the first.")
     var skipNonfinite: Int = TrainingFlags.defaults.skipNonFinite
+    @Option(help: "Number format of gradients between ranks: fp32, bf16 or fp16 (half the bytes; weights stay float32).")
+    var gradientPrecision: String = TrainingFlags.defaults.gradientWire.rawValue
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
     @Flag(inversion: .prefixedNo, help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
@@ -77,6 +79,10 @@ struct TrainingFlags: ParsableArguments {
         guard watchdogAbortSeconds > 0, watchdogAbortSeconds.isFinite else { throw ValidationError("--watchdog-abort-seconds must be positive") }
         guard skipNonfinite >= 0 else { throw ValidationError("--skip-nonfinite cannot be negative") }
         guard bucketMb > 0 else { throw ValidationError("--bucket-mb must be positive") }
+        guard let wire = GradientWire(rawValue: gradientPrecision) else {
+            throw ValidationError("--gradient-precision must be fp32, bf16 or fp16, not '\(gradientPrecision)'")
+        }
+        if wire == .float16 && !GradientWire.float16Available { throw ValidationError("--gradient-precision fp16 needs Swift's Float16, which Intel Macs lack: use bf16") }
         if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
     }
 
@@ -116,6 +122,7 @@ struct TrainingFlags: ParsableArguments {
             ReduceOnPlateau(factor: plateauFactor, patience: $0, minimum: minLr, minDelta: minDelta.map { Float($0) } ?? ReduceOnPlateau.kerasMinDelta)
         }
         o.bucketBytes = Int(bucketMb * 1_048_576)
+        o.gradientWire = GradientWire(rawValue: gradientPrecision) ?? .float32
         o.tensorBoardDirectory = tensorboard
         return o
     }

@@ -16,6 +16,9 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         let flags = Set(line.split(separator: ":")[1].split(separator: " ").map(String.init))
         let needed = ["pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"]
         #expect(KernelDispatch.supported.contains(.avx2) == needed.allSatisfy(flags.contains))
+        // Linux lists the AVX-512 flags only where the OS saves the ZMM state too, as the dispatch asks of xgetbv.
+        let avx512 = needed + ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"]
+        #expect(KernelDispatch.supported.contains(.avx512) == avx512.allSatisfy(flags.contains))
         #endif
         #expect(KernelDispatch.supported.first == .baseline && KernelDispatch.supported.contains(KernelDispatch.current))
     }
@@ -121,9 +124,119 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         for i in 0..<n { #expect(abs(Double(params.values.pointer[i]) - w[i]) < 2e-6) }
     }
 
-    /// The blocked layout's loops (no multiply-add to fuse in them) give the same bits in both builds.
+    /// Every build against every other on the same inputs, kernel by kernel: the fused builds (AVX2, AVX-512) do the
+    /// same operations lane for lane, 8 or 16 lanes at a time, and must give the same bits; the baseline build rounds
+    /// each multiply-add twice and may differ from them by a few units in the last place.
+    @Test func buildsAgreeWithEachOther() throws {
+        try #require(KernelDispatch.supported.count > 1, "this CPU runs the baseline build only")
+        let n = 4133   // a 16-lane loop, an 8-lane remainder and a scalar tail
+        var z = randomValues(n, seed: 61, -30, 30)
+        z[0] = 0; z[1] = 88; z[2] = -88; z[3] = -0.0
+        let t = randomValues(n, seed: 62, 0, 1), g = randomValues(n, seed: 63, -1, 1)
+        func outputs(_ level: KernelDispatch.Level) -> [[Float]] {
+            var p = [Float](repeating: .nan, count: n), l = p, e = p, a = p, q = p
+            var w = randomValues(n, seed: 64, -2, 2), m = randomValues(n, seed: 65, -0.1, 0.1), v = randomValues(n, seed: 66, 0, 0.01)
+            var sum = 0.0
+            z.withUnsafeBufferPointer { zp in t.withUnsafeBufferPointer { tp in
+                let (zb, tb) = (zp.baseAddress!, tp.baseAddress!)
+                p.withUnsafeMutableBufferPointer { pp in l.withUnsafeMutableBufferPointer { lp in
+                    KernelDispatch.bceLogitsTerms(n, logits: zb, targets: tb, probabilities: pp.baseAddress!, terms: lp.baseAddress!, kernels: level)
+                } }
+                q.withUnsafeMutableBufferPointer {
+                    sum = KernelDispatch.bceLogitsSum(n, logits: zb, targets: tb, probabilities: $0.baseAddress!, kernels: level)
+                }
+                e.withUnsafeMutableBufferPointer { KernelDispatch.elu(n, zb, $0.baseAddress!, alpha: 0.7, kernels: level) }
+                a.withUnsafeMutableBufferPointer {
+                    KernelDispatch.affineELU(n, zb, $0.baseAddress!, mean: 0.3, scale: 0.2, shift: -0.4, alpha: 0.7, kernels: level)
+                }
+            } }
+            g.withUnsafeBufferPointer { gp in w.withUnsafeMutableBufferPointer { wp in
+                m.withUnsafeMutableBufferPointer { mp in v.withUnsafeMutableBufferPointer { vp in
+                    KernelDispatch.adam(n, weights: wp.baseAddress!, gradients: gp.baseAddress!, m: mp.baseAddress!, v: vp.baseAddress!,
+                                        gradientScale: 0.5, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, correctedRate: 0.003,
+                                        coupledDecay: 0.01, decoupledDecay: 0.0002, kernels: level)
+                } }
+            } }
+            return [p, l, q, [Float(sum)], e, a, w, m, v]
+        }
+        let baseline = outputs(.baseline)
+        var fused: [[Float]]?
+        for level in KernelDispatch.supported.dropFirst() {
+            let out = outputs(level)
+            if let first = fused { #expect(out == first, "\(level.rawValue) against the first fused build") } else { fused = out }
+            for (k, (mine, reference)) in zip(out, baseline).enumerated() {
+                let worst = zip(mine, reference).map { abs(Double($0) - Double($1)) / max(1e-3, abs(Double($1))) }.max() ?? 0
+                #expect(worst < 4e-6, "\(level.rawValue) against baseline, output \(k)")
+            }
+        }
+    }
+
+    /// Starling's convolution kernels (AVX2 and AVX-512 builds only) give the same bits in both: the same operations on
+    /// 8-lane vectors. Their values are checked against oneDNN and direct loops in BlockedLayoutTests, in the build the
+    /// process runs; this carries that check over to the other build.
+    @Test func convolutionKernelsAgreeAcrossFusedBuilds() throws {
+        let fused = KernelDispatch.supported.filter { $0 != .baseline }
+        try #require(fused.count > 1, "this CPU runs one fused build at most")
+        func outputs(_ level: KernelDispatch.Level) -> [[Float]] {
+            // Conv1's 5-wide weight gradient: 2 images of 3 x 7 x 13 (NCHW), dy in two blocks of 8 channels.
+            let (images, channels, height, width) = (2, 3, 7, 13)
+            let x = randomValues(images * channels * height * width, seed: 70), dy = randomValues(images * 2 * height * width * 8, seed: 71)
+            var dw = [Float](repeating: 0, count: 16 * channels * 25), bias = [Float](repeating: 0, count: 16)
+            var padded = [Float](repeating: 0, count: width + 12)
+            x.withUnsafeBufferPointer { xp in dy.withUnsafeBufferPointer { dp in
+                dw.withUnsafeMutableBufferPointer { wp in bias.withUnsafeMutableBufferPointer { bp in padded.withUnsafeMutableBufferPointer { pp in
+                    KernelDispatch.fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: 5,
+                                                          padTop: 2, padLeft: 2, outHeight: height, outWidth: width, outBlocks: 2,
+                                                          x: xp.baseAddress!, dy: dp.baseAddress!, dw: wp.baseAddress!,
+                                                          biasGradient: bp.baseAddress!, blockPairs: 0..<1, padded: pp.baseAddress!,
+                                                          kernels: level)
+                } } }
+            } }
+            // A 3x3 weight gradient's rows: one input block of 5 x 11, dy in three blocks.
+            let (h3, w3) = (5, 11)
+            let input = randomValues(h3 * w3 * 8, seed: 72), gradient = randomValues(3 * h3 * w3 * 8, seed: 73)
+            var partial = [SIMD8<Float>](repeating: .zero, count: BlockedWeightGradient3x3.sumCount(outBlockCount: 3))
+            input.withUnsafeBufferPointer { ip in gradient.withUnsafeBufferPointer { gp in partial.withUnsafeMutableBufferPointer { pp in
+                for y in 0..<h3 {
+                    KernelDispatch.blockedWeightGradient3x3Row(y, height: h3, width: w3, input: ip.baseAddress!, outputGradient: gp.baseAddress!,
+                                                               outBlockCount: 3, partial: pp.baseAddress!, withBias: true, kernels: level)
+                }
+            } } }
+            // The direct forward pass: a blocked input of 8 channels, 4 x 14, 3x3 "same", into one pair of output blocks.
+            let (hf, wf, k) = (4, 14, 3)
+            let (paddedWidth, paddedHeight) = (wf + k - 1, hf + k - 1)
+            var image = [Float](repeating: 0, count: paddedWidth * paddedHeight * 8)
+            let values = randomValues(hf * wf * 8, seed: 74)
+            for row in 0..<hf { for i in 0..<(wf * 8) { image[((row + 1) * paddedWidth + 1) * 8 + i] = values[row * wf * 8 + i] } }
+            let w = randomValues(16 * 8 * k * k, seed: 75), b = randomValues(16, seed: 76)
+            var packed = [Float](repeating: 0, count: w.count)
+            w.withUnsafeBufferPointer { wp in
+                packed.withUnsafeMutableBufferPointer { DirectForward.pack(wp.baseAddress!, outChannels: 16, channels: 8, taps: k * k, into: $0.baseAddress!) }
+            }
+            let steps = DirectForward.stepOffsets(channels: 8, kernel: k, paddedWidth: paddedWidth, paddedPlane: paddedWidth * paddedHeight * 8,
+                                                  blocked: true)
+            var out = [Float](repeating: .nan, count: 2 * hf * wf * 8)
+            var moments = [SIMD8<Double>](repeating: .zero, count: 4)
+            image.withUnsafeBufferPointer { ip in steps.withUnsafeBufferPointer { sp in packed.withUnsafeBufferPointer { wp in
+                b.withUnsafeBufferPointer { bp in out.withUnsafeMutableBufferPointer { op in moments.withUnsafeMutableBufferPointer { mp in
+                    for row in 0..<hf {
+                        KernelDispatch.directForwardRow(row, width: wf, rowFloats: paddedWidth * 8, blocked: true, padded: ip.baseAddress!,
+                                                        steps: sp.baseAddress!, stepCount: sp.count, weights: wp.baseAddress!,
+                                                        bias: bp.baseAddress!, out0: op.baseAddress! + row * wf * 8,
+                                                        out1: op.baseAddress! + (hf + row) * wf * 8, moments: mp.baseAddress!, kernels: level)
+                    }
+                } } }
+            } } }
+            return [dw, bias, partial.flatMap { v in (0..<8).map { v[$0] } }, out, moments.flatMap { m in (0..<8).map { Float(m[$0]) } }]
+        }
+        let first = outputs(fused[0])
+        #expect(!first[3].contains { $0.isNaN })   // every output pixel written
+        for level in fused.dropFirst() { #expect(outputs(level) == first, "\(level.rawValue) against \(fused[0].rawValue)") }
+    }
+
+    /// The blocked layout's loops (no multiply-add to fuse in them) give the same bits in every build.
     @Test func blockedLoopsAgreeAcrossBuilds() throws {
-        try #require(KernelDispatch.supported.contains(.avx2), "this CPU runs the baseline build only")
+        try #require(KernelDispatch.supported.count > 1, "this CPU runs the baseline build only")
         let pixels = 29
         let a = randomValues(16 * pixels, seed: 40, -3, 3), b = randomValues(16 * pixels, seed: 41, -3, 3)
         let v = { (seed: UInt64) in SIMD8<Float>(randomValues(8, seed: seed)) }
@@ -169,7 +282,8 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
             let flat = (0..<8).flatMap { [Float(sums.0[$0]), Float(sums.1[$0]), Float(pooledSums.0[$0]), Float(pooledSums.1[$0])] }
             return [flat, dx, dz, pooled, routed, pooledDx]
         }
-        #expect(results(.baseline) == results(.avx2))
+        let baseline = results(.baseline)
+        for level in KernelDispatch.supported.dropFirst() { #expect(results(level) == baseline, "\(level.rawValue)") }
     }
 
     /// The pooled batch norm + ELU's forward row in each build against a Double reference: the window's maximum of

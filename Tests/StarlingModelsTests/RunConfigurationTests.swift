@@ -128,6 +128,15 @@ import Testing
         for model in ["fc-ae", "sparse-ae", "deep-ae", "conv-ae", "denoising-ae", "seq2seq-ae", "vae", "conv-vae"] {
             #expect(files.contains(model + ".yaml"), "no configuration for \(model)")
         }
+        // Every family has at least one run, whose file is named after it (yolov3-voc.yaml, not yolov3-tiny-*.yaml).
+        let families = Set(try files.map { try parse(["--config", directory + "/" + $0]).model })
+        for family in ModelRegistry.familyNames {
+            #expect(families.contains(family), "no configuration for \(family)")
+        }
+        for name in files {
+            let family = try parse(["--config", directory + "/" + name]).model
+            #expect(name == family + ".yaml" || name.hasPrefix(family + "-"), "\(name) runs \(family)")
+        }
     }
 
     /// Through the binary: the resolved file beside the checkpoints and inside them; a bad file writes nothing.

@@ -249,9 +249,9 @@ extension ConvGeometry {
         }
     }
 
-    /// Whether Starling's own convolution kernels (below) may run where they apply: yes on AVX2 machines unless
+    /// Whether Starling's own convolution kernels (below) may run where they apply: yes on AVX2 and AVX-512 machines unless
     /// `STARLING_CONV=dnnl`, which leaves every pass to oneDNN (for comparisons).
-    static let ownKernels = KernelDispatch.current == .avx2 && getenv("STARLING_CONV").map { String(cString: $0) } != "dnnl"
+    static let ownKernels = KernelDispatch.current != .baseline && getenv("STARLING_CONV").map { String(cString: $0) } != "dnnl"
 
     /// The forward pass by `DirectForward` when it applies: a K x K "same" kernel at stride 1 into a blocked output with an
     /// even number of 8-channel blocks, from an NCHW input of at most 4 channels (conv1) or a blocked one. False, doing

@@ -4,21 +4,45 @@ import Glibc
 #endif
 @_exported import StarlingKernels
 import StarlingKernelsAVX2
+import StarlingKernelsAVX512
 
 /// Which build of the hot loops this process runs. Starling is compiled for baseline x86-64 so that one binary runs on
 /// every node of a cluster; the loops of `StarlingKernels` are compiled a second time for Haswell's instruction set
-/// (AVX2, FMA) in `StarlingKernelsAVX2` and chosen here once, from what the CPU reports, the way numpy and PyTorch
-/// dispatch their kernels. `STARLING_KERNELS=baseline` forces the baseline build (benchmarks compare the two). The
-/// two builds round differently where a loop multiplies and adds (a fused multiply-add rounds once), by a few units
-/// in the last place; the blocked layout's loops give the same bits in both (tested).
+/// (AVX2, FMA) in `StarlingKernelsAVX2` and a third for Skylake-SP's (AVX-512, 16-lane loops) in `StarlingKernelsAVX512`,
+/// and chosen here once, from what the CPU and the OS report (cpuid, xgetbv), the way numpy and PyTorch dispatch their
+/// kernels. `STARLING_KERNELS=baseline` or `avx2` forces a lower build (benchmarks compare them). The builds round
+/// differently where a loop multiplies and adds (a fused multiply-add rounds once), by a few units in the last place;
+/// the AVX2 and AVX-512 builds differ only where a sum's order differs with the vector width; the blocked layout's
+/// loops give the same bits in all three (tested).
 public enum KernelDispatch {
     public enum Level: String, Sendable, CaseIterable {
         case baseline
         case avx2
+        case avx512
     }
 
-    /// What this CPU can run.
-    public static let supported: [Level] = starling_cpu_supports_haswell() != 0 ? [.baseline, .avx2] : [.baseline]
+    /// What this CPU can run, lowest first.
+    public static let supported: [Level] = starling_cpu_supports_avx512() != 0 ? [.baseline, .avx2, .avx512]
+        : starling_cpu_supports_haswell() != 0 ? [.baseline, .avx2] : [.baseline]
+
+    /// The CPU as cpuid names it, with its family and model (what benchmarks print beside each figure).
+    public static let cpuDescription: String = {
+        var brand = [CChar](repeating: 0, count: 49)
+        var family: UInt32 = 0, model: UInt32 = 0
+        starling_cpu_identity(&brand, &family, &model)
+        let name = String(decoding: brand.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            .split(separator: " ").joined(separator: " ")
+        return "\(name.isEmpty ? "unnamed CPU" : name) (family \(family) model \(model))"
+    }()
+
+    /// The module of fused kernels for a level above baseline.
+    static func fused(_ level: Level) -> any FusedKernelSet.Type {
+        switch level {
+        case .baseline: preconditionFailure("the baseline build has no fused kernels")
+        case .avx2: StarlingKernelsAVX2.FusedKernels.self
+        case .avx512: StarlingKernelsAVX512.FusedKernels.self
+        }
+    }
 
     /// The level in use: the highest the CPU supports, unless STARLING_KERNELS names a lower one.
     public static let current: Level = {
@@ -29,14 +53,15 @@ public enum KernelDispatch {
     }()
 }
 
-/// The entry points. Most take the build to run (`kernels`, the process's by default) so that tests can run both;
-/// the convolution kernels (`ConvolutionKernels.swift`) exist in the AVX2 build only (their baseline builds would be slower than oneDNN).
+/// The entry points. Most take the build to run (`kernels`, the process's by default) so that tests can run every one;
+/// the convolution kernels (`ConvolutionKernels.swift`) exist in the AVX2 and AVX-512 builds only (their baseline builds
+/// would be slower than oneDNN).
 extension KernelDispatch {
     /// y = ELU(x) (`ActivationKernels.elu`); x and y may be the same buffer.
     static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float, kernels: Level = current) {
         switch kernels {
         case .baseline: ActivationKernels.elu(n, x, y, alpha: alpha, SeparateMultiplyAdd.self)
-        case .avx2: AVX2Kernels.elu(n, x, y, alpha: alpha)
+        default: fused(kernels).elu(n, x, y, alpha: alpha)
         }
     }
 
@@ -45,7 +70,7 @@ extension KernelDispatch {
                           shift: Float, alpha: Float, kernels: Level = current) {
         switch kernels {
         case .baseline: ActivationKernels.affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, SeparateMultiplyAdd.self)
-        case .avx2: AVX2Kernels.affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
+        default: fused(kernels).affineELU(n, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
         }
     }
 
@@ -54,7 +79,7 @@ extension KernelDispatch {
                                probabilities p: UnsafeMutablePointer<Float>, terms l: UnsafeMutablePointer<Float>, kernels: Level = current) {
         switch kernels {
         case .baseline: LossKernels.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l, SeparateMultiplyAdd.self)
-        case .avx2: AVX2Kernels.bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l)
+        default: fused(kernels).bceLogitsTerms(n, logits: z, targets: t, probabilities: p, terms: l)
         }
     }
 
@@ -63,7 +88,7 @@ extension KernelDispatch {
                              probabilities p: UnsafeMutablePointer<Float>, kernels: Level = current) -> Double {
         switch kernels {
         case .baseline: LossKernels.bceLogitsSum(n, logits: z, targets: t, probabilities: p, SeparateMultiplyAdd.self)
-        case .avx2: AVX2Kernels.bceLogitsSum(n, logits: z, targets: t, probabilities: p)
+        default: fused(kernels).bceLogitsSum(n, logits: z, targets: t, probabilities: p)
         }
     }
 
@@ -76,8 +101,8 @@ extension KernelDispatch {
             OptimizerKernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
                                   epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay,
                                   decoupledDecay: decoupledDecay, SeparateMultiplyAdd.self)
-        case .avx2:
-            AVX2Kernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
+        default:
+            fused(kernels).adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
                              epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay)
         }
     }
@@ -87,7 +112,7 @@ extension KernelDispatch {
                                  scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, kernels: Level = current) {
         switch kernels {
         case .baseline: BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, SeparateMultiplyAdd.self)
-        case .avx2: AVX2Kernels.affineELUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
+        default: fused(kernels).affineELUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
         }
     }
 
@@ -96,38 +121,39 @@ extension KernelDispatch {
                                        scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float, kernels: Level = current) {
         switch kernels {
         case .baseline: BlockedKernels.affineLeakyReLU(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
-        case .avx2: AVX2Kernels.affineLeakyReLUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+        default: fused(kernels).affineLeakyReLUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
         }
     }
 
-    /// `FiveWideWeightGradient.accumulate`, only in the AVX2 build (the baseline one would be slower than oneDNN).
+    /// `FiveWideWeightGradient.accumulate`, only in the AVX2 and AVX-512 builds (the baseline one would be slower than oneDNN).
     static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
                                        outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                                        dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, blockPairs: Range<Int>,
-                                       padded: UnsafeMutablePointer<Float>) {
-        precondition(current == .avx2, "the five-wide weight gradient runs in the AVX2 build only")
-        AVX2Kernels.fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
+                                       padded: UnsafeMutablePointer<Float>, kernels: Level = current) {
+        precondition(kernels != .baseline, "the five-wide weight gradient runs in the AVX2 and AVX-512 builds only")
+        fused(kernels).fiveWideWeightGradient(images: images, channels: channels, height: height, width: width, kernelH: kernelH,
                                            padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth,
                                            outBlocks: outBlocks, x: x, dy: dy, dw: dw, biasGradient: biasGradient,
                                            blockPairs: blockPairs, padded: padded)
     }
 
-    /// `BlockedWeightGradient3x3.accumulateRow`, only in the AVX2 build (the baseline one would be slower than oneDNN).
+    /// `BlockedWeightGradient3x3.accumulateRow`, only in the AVX2 and AVX-512 builds (the baseline one would be slower than oneDNN).
     static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
                                             outputGradient: UnsafePointer<Float>, outBlockCount: Int,
-                                            partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool) {
-        precondition(current == .avx2, "the blocked 3x3 weight gradient runs in the AVX2 build only")
-        AVX2Kernels.blockedWeightGradient3x3Row(y, height: height, width: width, input: input, outputGradient: outputGradient,
+                                            partial: UnsafeMutablePointer<SIMD8<Float>>, withBias: Bool,
+                                            kernels: Level = current) {
+        precondition(kernels != .baseline, "the blocked 3x3 weight gradient runs in the AVX2 and AVX-512 builds only")
+        fused(kernels).blockedWeightGradient3x3Row(y, height: height, width: width, input: input, outputGradient: outputGradient,
                                                 outBlockCount: outBlockCount, partial: partial, withBias: withBias)
     }
 
-    /// `DirectForward.row`, only in the AVX2 build (the baseline one would be slower than oneDNN).
+    /// `DirectForward.row`, only in the AVX2 and AVX-512 builds (the baseline one would be slower than oneDNN).
     static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
                                  steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>,
                                  bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>,
-                                 moments: UnsafeMutablePointer<SIMD8<Double>>?) {
-        precondition(current == .avx2, "the direct forward kernel runs in the AVX2 build only")
-        AVX2Kernels.directForwardRow(y, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded, steps: steps,
+                                 moments: UnsafeMutablePointer<SIMD8<Double>>?, kernels: Level = current) {
+        precondition(kernels != .baseline, "the direct forward kernel runs in the AVX2 and AVX-512 builds only")
+        fused(kernels).directForwardRow(y, width: width, rowFloats: rowFloats, blocked: blocked, padded: padded, steps: steps,
                                      stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1, moments: moments)
     }
 
@@ -135,14 +161,14 @@ extension KernelDispatch {
 
     static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>,
                                  kernels: Level = current) -> (SIMD8<Double>, SIMD8<Double>) {
-        kernels == .avx2 ? AVX2Kernels.blockedSumAndDot(pixels, a, b, shift: shift) : BlockedKernels.sumAndDot(pixels, a, b, shift: shift)
+        kernels != .baseline ? fused(kernels).blockedSumAndDot(pixels, a, b, shift: shift) : BlockedKernels.sumAndDot(pixels, a, b, shift: shift)
     }
 
     static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>,
                                      mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>, overwrite: Bool,
                                      kernels: Level = current) {
-        if kernels == .avx2 {
-            AVX2Kernels.blockedInputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
+        if kernels != .baseline {
+            fused(kernels).blockedInputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
                                              overwrite: overwrite)
         } else {
             BlockedKernels.inputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
@@ -152,14 +178,14 @@ extension KernelDispatch {
 
     static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
                            kernels: Level = current) {
-        if kernels == .avx2 { AVX2Kernels.maxPoolRow(width, top: top, bottom: bottom, into: y) } else { BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y) }
+        if kernels != .baseline { fused(kernels).maxPoolRow(width, top: top, bottom: bottom, into: y) } else { BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y) }
     }
 
     static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
                                    dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
                                    bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool, kernels: Level = current) {
-        if kernels == .avx2 {
-            AVX2Kernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+        if kernels != .baseline {
+            fused(kernels).maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
                                            bottomGradient: bottomGradient, overwrite: overwrite)
         } else {
             BlockedKernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
@@ -176,16 +202,16 @@ extension KernelDispatch {
         case .baseline:
             PooledELUKernels.forwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
                                         argmaxInput: xm, SeparateMultiplyAdd.self)
-        case .avx2:
-            AVX2Kernels.pooledELUForwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
+        default:
+            fused(kernels).pooledELUForwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
                                             argmaxInput: xm)
         }
     }
 
     static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
                                       mean: SIMD8<Float>, alpha: Float, kernels: Level = current) -> (SIMD8<Double>, SIMD8<Double>) {
-        kernels == .avx2
-            ? AVX2Kernels.pooledELUGradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
+        kernels != .baseline
+            ? fused(kernels).pooledELUGradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
             : PooledELUKernels.gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
     }
 
@@ -194,8 +220,8 @@ extension KernelDispatch {
                                           topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
                                           mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
                                           alpha: Float, overwrite: Bool, kernels: Level = current) {
-        if kernels == .avx2 {
-            AVX2Kernels.pooledELUInputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+        if kernels != .baseline {
+            fused(kernels).pooledELUInputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
                                                   bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
                                                   alpha: alpha, overwrite: overwrite)
         } else {

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Every family beside PyTorch in one run (issue 18 items 4 and 5): `starling bench --suite` one entry a process (so that
+# ru_maxrss is that entry's peak) on 1 rank x 1 thread, 1 process x all threads and N ranks x 1 thread (mpirun), then the
+# PyTorch peer (Launch/peer_suite.py; the CPU wheel from PyPI in a venv, benchmark-only) in its best configuration
+# (jemalloc preloaded; NCHW and channels-last both measured for the convolutional entries) on 1 and all threads, then
+# one Markdown table with the ratios, the step breakdown, GFLOP/s against sgemm measured in the same run, peak memory
+# on both sides and the targets per entry. One measurement at a time, never two at once.
+#   Launch/bench-suite.sh --quick          the quick entries, ~1.5 s of steps each (a few minutes on 2 cores)
+#   Launch/bench-suite.sh                  every entry, ~6 s of steps each (~30-40 min on 2 cores)
+#   ENTRIES="ssd7 unet-128" Launch/bench-suite.sh     these entries only
+# Environment: STARLING_BIN (a release build of starling; built with swift build -c release otherwise), TORCH_VENV (default .build/torch-venv, created from pip when torch is missing), JEMALLOC (path of
+# libjemalloc.so.2; found under /usr/lib otherwise), OUT (the rows and the table; default Checkpoints/bench/suite-DATE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=()
+seconds=6
+[ "${1:-}" = "--quick" ] && { quick=(--quick); seconds=1.5; }
+if [ -n "${STARLING_BIN:-}" ]; then
+  bin=$STARLING_BIN
+else
+  swift build -c release --product starling >&2
+  bin=$(swift build -c release --show-bin-path)/starling
+fi
+cores=$(nproc)
+out=${OUT:-Checkpoints/bench/suite-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+rows="$out/rows.jsonl"
+: > "$rows"
+mpi_root=()
+[ "$(id -u)" -eq 0 ] && mpi_root+=(--allow-run-as-root)
+
+venv=${TORCH_VENV:-.build/torch-venv}
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0+cpu" numpy \
+    --extra-index-url https://download.pytorch.org/whl/cpu >&2
+fi
+jemalloc=${JEMALLOC:-$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -1 || true)}
+[ -n "$jemalloc" ] || echo "warning: no libjemalloc.so.2 (apt-get install libjemalloc2): PyTorch runs on glibc's allocator, not its best configuration" >&2
+
+if [ -n "${ENTRIES:-}" ]; then
+  entries=($ENTRIES)
+else
+  mapfile -t entries < <("$bin" bench --suite-list | awk -v q="${#quick[@]}" '!/^#/ && (q == 0 || $4 == "quick") { print $1 }')
+fi
+echo "cpu: $(lscpu | sed -n "s/^Model name: *//p"), family $(lscpu | sed -n "s/^CPU family: *//p") model $(lscpu | sed -n "s/^Model: *//p"), $cores cores" | tee "$out/header.txt"
+"$bin" bench --suite-list | grep '^#' | tee -a "$out/header.txt" || true
+peers=$("$venv/bin/python" Launch/peer_suite.py --list)
+
+starling() {   # ranks threads entry
+  local log="$out/starling-$3-r$1-t$2.log"
+  if ! timeout -k 10 1800 mpirun -np "$1" "${mpi_root[@]}" --bind-to none "$bin" bench --suite "${quick[@]}" --entries "$3" --threads "$2" > "$log" 2>&1; then
+    echo "  starling $3 on $1 rank(s) x $2 thread(s) failed: $(grep -m1 -i error "$log" || tail -1 "$log")"
+    return
+  fi
+  grep -v '^suite-row ' "$log" | tail -1 | sed 's/^/  /'
+  grep '^suite-row ' "$log" >> "$rows"
+}
+pytorch() {    # threads layout-flag entry
+  local log="$out/pytorch-$3-t$1${2:+-cl}.log"
+  if ! LD_PRELOAD="$jemalloc" timeout -k 10 1800 "$venv/bin/python" Launch/peer_suite.py "$3" --threads "$1" $2 --seconds "$seconds" > "$log" 2>&1; then
+    echo "  pytorch $3 on $1 thread(s) $2 failed: $(tail -1 "$log")"
+    return
+  fi
+  grep '^suite-row ' "$log" | tee -a "$rows" | sed -E 's/.*"trainImagesPerSecond": ([0-9.]+).*/  pytorch training \1 images\/s/' | sed "s/^/  [$1 thread(s) ${2:-NCHW}] /"
+}
+
+for entry in "${entries[@]}"; do
+  echo "== $entry"
+  starling 1 1 "$entry"
+  if [ "$cores" -gt 1 ]; then
+    starling 1 "$cores" "$entry"
+    starling "$cores" 1 "$entry"
+  fi
+  kind=$(awk -v e="$entry" '$1 == e { print $2 }' <<<"$peers")
+  if [ -z "$kind" ]; then
+    echo "  no PyTorch peer for $entry"
+    continue
+  fi
+  for t in $(printf '%s\n' 1 "$cores" | sort -un); do
+    pytorch "$t" "" "$entry"
+    if [ "$kind" = spatial ]; then pytorch "$t" --channels-last "$entry"; fi
+  done
+done
+
+"$bin" bench --suite-table "$rows" > "$out/table.md"
+echo
+cat "$out/header.txt"
+grep -o '"kernels": *"[^"]*"' "$rows" | sort -u | sed 's/"kernels": *//' || true
+echo
+cat "$out/table.md"
+echo "rows: $rows; table: $out/table.md"

@@ -1,0 +1,47 @@
+/// The entry points of a module that instantiates these kernels for an instruction set above baseline x86-64
+/// (`StarlingKernelsAVX2`, `StarlingKernelsAVX512`: one source file compiled twice), so that `KernelDispatch` picks the
+/// module once and calls through it instead of repeating a case per level at every entry point.
+public protocol FusedKernelSet {
+    static func bceLogitsTerms(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                     probabilities p: UnsafeMutablePointer<Float>, terms l: UnsafeMutablePointer<Float>)
+    static func adam(_ n: Int, weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                     m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>, gradientScale: Float, beta1: Float,
+                     beta2: Float, epsilon: Float, correctedRate: Float, coupledDecay: Float, decoupledDecay: Float)
+    static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float)
+    static func affineELU(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: Float, scale: Float, shift: Float,
+                     alpha: Float)
+    static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
+                     scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float)
+    static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
+                     scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float)
+    static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
+                     outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                     dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, blockPairs: Range<Int>,
+                     padded: UnsafeMutablePointer<Float>)
+    static func blockedWeightGradient3x3Row(_ y: Int, height: Int, width: Int, input: UnsafePointer<Float>,
+                     outputGradient: UnsafePointer<Float>, outBlockCount: Int, partial: UnsafeMutablePointer<SIMD8<Float>>,
+                     withBias: Bool)
+    static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
+                     steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                     out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>, moments: UnsafeMutablePointer<SIMD8<Double>>?)
+    static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     shift: SIMD8<Float>) -> (SIMD8<Double>, SIMD8<Double>)
+    static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                     into dx: UnsafeMutablePointer<Float>, mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>,
+                     offset: SIMD8<Float>, overwrite: Bool)
+    static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>)
+    static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
+                     dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                     overwrite: Bool)
+    static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
+                     probabilities p: UnsafeMutablePointer<Float>) -> Double
+    static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
+                     scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
+                     argmaxInput xm: UnsafeMutablePointer<Float>)
+    static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                     argmaxInput xm: UnsafePointer<Float>, mean: SIMD8<Float>, alpha: Float) -> (SIMD8<Double>, SIMD8<Double>)
+    static func pooledELUInputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
+                     dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+                     bottomGradient: UnsafeMutablePointer<Float>, mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>,
+                     offset: SIMD8<Float>, alpha: Float, overwrite: Bool)
+}

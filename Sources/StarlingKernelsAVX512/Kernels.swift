@@ -1,0 +1,1 @@
+../StarlingKernelsAVX2/Kernels.swift

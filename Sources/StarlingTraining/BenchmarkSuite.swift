@@ -1,0 +1,354 @@
+import Foundation
+import StarlingCore
+import StarlingDistributed
+import StarlingNN
+import StarlingData
+import StarlingDetection
+import StarlingONNX
+
+/// `starling bench --suite` (issue 18): every family's training step and inference at the course's batch size in this
+/// process's layout (its threads, and its ranks under mpirun), one entry at a time, with the step's breakdown, peak
+/// memory, achieved FLOP/s against sgemm measured in the same run, and a JSON row per entry that
+/// `Launch/bench-suite.sh` joins with the PyTorch peer's rows (Launch/peer_suite.py) into one table (`SuiteTable`).
+public enum BenchmarkSuite {
+    /// One model at one batch size and input size.
+    public struct Entry: Sendable {
+        public let name: String
+        public let family: String
+        /// The global batch (split over ranks).
+        public let batch: Int
+        /// In `--quick` (a few minutes on 2 cores over the three layouts).
+        public let quick: Bool
+        /// What the row says about the setting, beside the family's name.
+        public let note: String
+        let configure: @Sendable () throws -> ModelConfig
+
+        init(_ name: String, family: String? = nil, batch: Int, quick: Bool, note: String = "",
+             configure: (@Sendable () throws -> ModelConfig)? = nil) {
+            self.name = name
+            self.family = family ?? name
+            self.batch = batch
+            self.quick = quick
+            self.note = note
+            let family = self.family
+            self.configure = configure ?? { try ModelRegistry.defaultConfig(family: family) }
+        }
+
+        public func configuration() throws -> ModelConfig { try configure() }
+    }
+
+    static func unet(size: (Int, Int), width: Double, classes: Int, levels: Int = 5) -> @Sendable () throws -> ModelConfig {
+        { ModelConfig(family: "unet", inputShape: [3, size.0, size.1], options: ["width": width, "levels": Double(levels), "valid": 0],
+                      classNames: (0..<classes).map { "class\($0)" }) }
+    }
+
+    /// The course's batch sizes (issue 18's table; Launch/bench-autoencoders.sh) at each family's default input; the
+    /// detectors at their papers' inputs and the YOLO comparison's batch 8 (issue 20); the region detectors at Fast
+    /// R-CNN's 2 images of 2,000 proposals; U-Net at issue 19's 128 x 128 batch 8 (the paper's width and a quarter of
+    /// it) and at the membrane (512 x 512) size and CamVid's (Launch/configs/unet-camvid.yaml: 180 x 240, four levels,
+    /// 11 classes) at the configs' width 0.25 and batch 4.
+    public static let entries: [Entry] = [
+        Entry("fc-ae", batch: 256, quick: true),
+        Entry("sparse-ae", batch: 256, quick: true),
+        Entry("deep-ae", batch: 256, quick: true),
+        Entry("conv-ae", batch: 128, quick: true),
+        Entry("denoising-ae", batch: 128, quick: true),
+        Entry("seq2seq-ae", batch: 128, quick: false),
+        Entry("vae", batch: 32, quick: true),
+        Entry("conv-vae", batch: 128, quick: false),
+        Entry("ssd7", batch: 16, quick: true, note: "300x480"),
+        Entry("yolov3-tiny", batch: 8, quick: true, note: "416x416"),
+        Entry("unet-128-w0.25", family: "unet", batch: 8, quick: true, note: "128x128, width 0.25",
+              configure: unet(size: (128, 128), width: 0.25, classes: 2)),
+        Entry("unet-128", family: "unet", batch: 8, quick: false, note: "128x128, width 1", configure: unet(size: (128, 128), width: 1, classes: 2)),
+        Entry("unet-membrane", family: "unet", batch: 4, quick: false, note: "512x512, width 0.25",
+              configure: unet(size: (512, 512), width: 0.25, classes: 2)),
+        Entry("unet-camvid", family: "unet", batch: 4, quick: false, note: "180x240, width 0.25, 4 levels, 11 classes",
+              configure: unet(size: (180, 240), width: 0.25, classes: 11, levels: 4)),
+        Entry("ssd300", batch: 8, quick: false, note: "300x300"),
+        Entry("yolov2", batch: 8, quick: false, note: "416x416"),
+        Entry("yolov1", batch: 8, quick: false, note: "448x448"),
+        Entry("yolov3", batch: 8, quick: false, note: "416x416"),
+        Entry("faster-rcnn", batch: 2, quick: false, note: "its own proposals"),
+        Entry("fast-rcnn", batch: 2, quick: false, note: "2,000 random proposals an image"),
+        Entry("rcnn", batch: 2, quick: false, note: "2,000 random proposals an image"),
+    ]
+
+    /// Families the suite does not measure yet, and why (printed by `--suite-list`, stated in BENCHMARKS.md).
+    public static let missing = ["mask-rcnn (no synthetic instance masks in the suite yet)"]
+
+    public static func entry(named name: String) throws -> Entry {
+        guard let entry = entries.first(where: { $0.name == name }) else {
+            throw TrainingError("suite entry \(name): not one of \(entries.map(\.name).joined(separator: ", "))")
+        }
+        return entry
+    }
+
+    /// Seconds per step spent in each part, averaged over the timed steps and the ranks.
+    public struct Breakdown: Codable, Sendable, Equatable {
+        /// `model.loss` (forward and loss).
+        public var forward: Double
+        public var backward: Double
+        /// Waiting in the gradient allreduce after backward (what overlap did not hide).
+        public var allreduce: Double
+        public var optimizer: Double
+        /// Blocked on the prefetch thread (synthetic samples drawn and targets encoded there, as training reads them).
+        public var data: Double
+        public init(forward: Double, backward: Double, allreduce: Double, optimizer: Double, data: Double) {
+            (self.forward, self.backward, self.allreduce, self.optimizer, self.data) = (forward, backward, allreduce, optimizer, data)
+        }
+    }
+
+    /// One measurement: a suite entry on one side (Starling or the PyTorch peer) in one layout. The JSON the two sides
+    /// exchange (Launch/peer_suite.py writes the same keys).
+    public struct Row: Codable, Sendable, Equatable {
+        public var side: String
+        public var entry: String
+        public var batch: Int
+        public var ranks: Int
+        public var threads: Int
+        /// PyTorch: "NCHW" or "channels-last"; Starling: nil.
+        public var layout: String?
+        public var trainImagesPerSecond: Double
+        /// Forward pass and loss without gradients at the training batch, over all ranks.
+        public var inferenceImagesPerSecond: Double
+        /// Peak resident memory summed over ranks (each process's ru_maxrss).
+        public var peakMB: Double
+        public var parameters: Int
+        /// FLOPs of one image's training step (3 x 2 x the forward pass's multiply-adds); nil where not counted.
+        public var trainFLOPsPerImage: Double?
+        /// sgemm 1024^3 measured in the same process layout (all ranks at once, summed).
+        public var sgemmGFLOPS: Double?
+        public var breakdown: Breakdown?
+        /// The CPU and kernels the row ran on.
+        public var kernels: String?
+
+        public init(side: String, entry: String, batch: Int, ranks: Int, threads: Int, layout: String? = nil, trainImagesPerSecond: Double,
+                    inferenceImagesPerSecond: Double, peakMB: Double, parameters: Int, trainFLOPsPerImage: Double? = nil,
+                    sgemmGFLOPS: Double? = nil, breakdown: Breakdown? = nil, kernels: String? = nil) {
+            (self.side, self.entry, self.batch, self.ranks, self.threads, self.layout) = (side, entry, batch, ranks, threads, layout)
+            (self.trainImagesPerSecond, self.inferenceImagesPerSecond, self.peakMB, self.parameters) = (trainImagesPerSecond, inferenceImagesPerSecond, peakMB, parameters)
+            (self.trainFLOPsPerImage, self.sgemmGFLOPS, self.breakdown, self.kernels) = (trainFLOPsPerImage, sgemmGFLOPS, breakdown, kernels)
+        }
+
+        public var trainGFLOPS: Double? { trainFLOPsPerImage.map { $0 * trainImagesPerSecond / 1e9 } }
+    }
+
+    /// FLOPs of one image's training step: the forward pass's multiply-adds (from the network's ONNX description, at
+    /// the config's input size) x 2 FLOPs x 3 for forward and backward (backward computes two products per forward
+    /// one). Nil for the region detectors, whose head runs on a sampled number of regions the export does not fix.
+    public static func trainFLOPsPerImage(_ model: any Model) -> Double? {
+        guard let exportable = model as? any ONNXExportable, !(model is any RegionDetector) else { return nil }
+        return 6 * forwardMultiplyAdds(exportable)
+    }
+
+    public static func forwardMultiplyAdds(_ model: any ONNXExportable) -> Double {
+        let graph = ONNXGraph()
+        let images = graph.input("images", shape: [-1] + model.config.inputShape)
+        _ = GradMode.disabled { model.onnxOutputs(images) }
+        return graph.multiplyAddsPerImage
+    }
+
+    /// The CPU's model name, family and model as Linux reports them (/proc/cpuinfo), for the table's header.
+    public static var cpuModel: String {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "CPU model unknown" }
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            if line.isEmpty { break }
+            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2, fields[parts[0]] == nil { fields[parts[0]] = parts[1] }
+        }
+        let name = fields["model name"] ?? "CPU model unknown"
+        return "\(name) (family \(fields["cpu family"] ?? "?") model \(fields["model"] ?? "?"), \(ProcessInfo.processInfo.activeProcessorCount) cores)"
+    }
+
+    /// sgemm 1024^3 on every rank at once, summed: the machine's measured peak in this layout.
+    public static func sgemmPeak(world: Communicator) throws -> Double {
+        _ = ConvBenchmark.sgemmGFLOPS(size: 1024, iterations: 1)
+        try world.barrier()
+        return try world.allreduce(ConvBenchmark.sgemmGFLOPS(size: 1024, iterations: 4), .sum)
+    }
+
+    /// Measures `entry` on this job's ranks with this process's threads: warm-up steps, then timed steps for about
+    /// `seconds` (the count agreed by all ranks from the slowest warm-up), then inference for a third of that.
+    public static func measure(_ entry: Entry, world: Communicator, seconds: Double, sgemm: Double?, kernels: String) throws -> Row {
+        let config = try entry.configuration()
+        guard entry.batch % world.size == 0 else {
+            throw TrainingError("suite entry \(entry.name): batch \(entry.batch) does not split over \(world.size) ranks")
+        }
+        let family = try ModelRegistry.family(named: config.family)
+        let model = try family.build(config, seed: 1)
+        let aware = model as? CrossReplicaAware
+        aware?.crossReplica = CrossReplica(world)
+        let adam = Adam(parameterCount: model.parameters.count)
+        let sync = GradientSynchronizer(store: model.parameters, communicator: world)
+        let local = entry.batch / world.size
+        // A pool of one local batch: the peer, too, keeps one batch of data.
+        let source = SyntheticSource(kind: family.dataKind, config: config, classCount: config.classNames?.count ?? 2, poolSize: local)
+        func slices(_ steps: Int, from first: Int) -> [[Int]] {
+            (first..<(first + steps)).map { s in Array((s * entry.batch + world.rank * local)..<(s * entry.batch + (world.rank + 1) * local)) }
+        }
+        var sums = [Double](repeating: 0, count: 5)   // forward, backward, allreduce, optimizer, data
+        var lastBatch: Batch?
+        func run(_ reader: Prefetcher, steps: Int, epoch: Int) throws {
+            for _ in 0..<steps {
+                let t0 = monotonicSeconds()
+                var batch = try reader.next()
+                let t1 = monotonicSeconds()
+                (batch.epoch, batch.seed) = (epoch, 1)
+                model.parameters.zeroGradients()
+                sync.beginStep()
+                let t2 = monotonicSeconds()
+                let loss = model.loss(batch, training: true)
+                let t3 = monotonicSeconds()
+                loss.backward(onLeafReady: sync.parameterReady)
+                let t4 = monotonicSeconds()
+                try sync.finish()
+                let t5 = monotonicSeconds()
+                adam.step(model.parameters, gradientScale: sync.averagingScale)
+                let t6 = monotonicSeconds()
+                for (k, d) in [t3 - t2, t4 - t3, t5 - t4, t6 - t5, t1 - t0].enumerated() { sums[k] += d }
+                lastBatch = batch
+            }
+        }
+        // Warm-up: two steps (the first allocates), the second timed to size the run.
+        let warmup = Prefetcher(source: source, steps: slices(2, from: 0), epoch: 0, config: config, targetEncoder: model.targetEncoder)
+        try run(warmup, steps: 1, epoch: 0)
+        let before = monotonicSeconds()
+        try run(warmup, steps: 1, epoch: 0)
+        warmup.finish()
+        let stepSeconds = try world.allreduce(monotonicSeconds() - before, .max)
+        let steps = max(2, min(500, Int(seconds / max(stepSeconds, 1e-6))))
+        sums = [Double](repeating: 0, count: 5)
+        let reader = Prefetcher(source: source, steps: slices(steps, from: 2), epoch: 1, config: config, targetEncoder: model.targetEncoder)
+        try world.barrier()
+        let start = monotonicSeconds()
+        do {
+            defer { reader.finish() }
+            try run(reader, steps: steps, epoch: 1)
+        }
+        let elapsed = try world.allreduce(monotonicSeconds() - start, .max)
+        var perStep = sums.map { $0 / Double(steps) }
+        try world.allreduce(&perStep, .sum)
+        perStep = perStep.map { $0 / Double(world.size) }
+
+        // Inference: every rank on its own slice, the best of three rounds; images/s summed over ranks.
+        guard var batch = lastBatch else { throw TrainingError("suite entry \(entry.name): no step ran") }
+        batch.epoch = nil
+        aware?.crossReplica = .single
+        let repeats = max(1, Int(seconds / 3 / max(perStep[0], 1e-6) / 3))
+        func infer() { _ = GradMode.disabled { model.loss(batch, training: false) } }
+        infer()
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let t = monotonicSeconds()
+            for _ in 0..<repeats { infer() }
+            best = min(best, monotonicSeconds() - t)
+        }
+        let inference = try world.allreduce(Double(repeats * local) / best, .sum)
+        // Peak memory before anything else allocates (the FLOP count copies the weights into an ONNX graph).
+        let peak = try world.allreduce(Double(Benchmarks.peakResidentBytes()) / 1_048_576, .sum)
+        return Row(side: "starling", entry: entry.name, batch: entry.batch, ranks: world.size, threads: BLAS.threadCount,
+                   trainImagesPerSecond: Double(steps * entry.batch) / elapsed, inferenceImagesPerSecond: inference, peakMB: peak,
+                   parameters: model.parameters.count, trainFLOPsPerImage: trainFLOPsPerImage(model), sgemmGFLOPS: sgemm,
+                   breakdown: Breakdown(forward: perStep[0], backward: perStep[1], allreduce: perStep[2], optimizer: perStep[3], data: perStep[4]),
+                   kernels: kernels)
+    }
+}
+
+/// Deterministic random samples of a family's kind of data: images in [0, 1] (MNIST-like) or pixels in 0...255 with
+/// three boxes each (detection), 2,000 random proposals (region detectors), six discs of random classes
+/// (segmentation). A pool of `poolSize` samples is drawn once; a batch copies its samples out of the pool (index modulo
+/// the pool) on the prefetch thread, where the model's targets are then encoded, as training reads decoded samples.
+/// Drawing every pixel anew per step would cost more than reading one (fc-ae: 12 ms a batch of 256).
+final class SyntheticSource: TrainingSource {
+    let kind: DataKind
+    let config: ModelConfig
+    let classCount: Int
+    let poolSize: Int
+    private let poolImages: Tensor
+    private let poolObjects: [[Object]]?
+    private let poolProposals: [[BoxCorners]]?
+    private let poolMaps: SegmentationMaps?
+    init(kind: DataKind, config: ModelConfig, classCount: Int, poolSize: Int) {
+        self.kind = kind
+        self.config = config
+        self.classCount = max(2, classCount)
+        self.poolSize = max(1, poolSize)
+        let pool = Self.draw(indices: Array(0..<max(1, poolSize)), kind: kind, config: config, classCount: max(2, classCount))
+        (poolImages, poolObjects, poolProposals, poolMaps) = (pool.images, pool.objects, pool.proposals, pool.segmentation)
+    }
+
+    var path: String { "synthetic \(config.family)" }
+    var split: String { "train" }
+    var count: Int { Int.max / 2 }
+    func checkCompatible(with config: ModelConfig) throws {}
+    var datasetDescription: DatasetDescription { DatasetDescription(path: path, sampleShape: config.inputShape, classNames: config.classNames) }
+
+    func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
+        let perImage = config.inputShape.reduce(1, *)
+        let images = Tensor(shape: [indices.count] + config.inputShape, storage: FloatStorage(uninitializedCount: indices.count * perImage))
+        let slots = indices.map { $0 % poolSize }
+        for (n, slot) in slots.enumerated() { (images.data + n * perImage).update(from: poolImages.data + slot * perImage, count: perImage) }
+        var batch = Batch(images: images, labels: [Int32](repeating: 0, count: indices.count), indices: indices, epoch: epoch, seed: 1)
+        batch.objects = poolObjects.map { objects in slots.map { objects[$0] } }
+        batch.proposals = poolProposals.map { proposals in slots.map { proposals[$0] } }
+        if let maps = poolMaps {
+            let plane = maps.height * maps.width
+            batch.segmentation = SegmentationMaps(classes: slots.flatMap { maps.classes[($0 * plane)..<(($0 + 1) * plane)] }, height: maps.height, width: maps.width)
+        }
+        return batch
+    }
+
+    static func draw(indices: [Int], kind: DataKind, config: ModelConfig, classCount: Int) -> Batch {
+        let images = Tensor(zeros: [indices.count] + config.inputShape)
+        let perImage = config.inputShape.reduce(1, *)
+        var batch = Batch(images: images)
+        let spatial = config.inputShape.count == 3
+        let (height, width) = spatial ? (config.inputShape[1], config.inputShape[2]) : (1, 1)
+        var objects: [[Object]] = [], proposals: [[BoxCorners]] = []
+        var classes = [UInt8](repeating: 0, count: kind == .segmentation ? indices.count * height * width : 0)
+        let pixels = images.data
+        for (n, index) in indices.enumerated() {
+            var rng = RandomGenerator(seed: 0x5017E, stream: UInt64(index))
+            let base = pixels + n * perImage
+            if kind == .images {
+                for i in 0..<perImage { base[i] = rng.uniform() }
+            } else {
+                for i in 0..<perImage { base[i] = Float(rng.next() % 256) }
+            }
+            func region(largest: Float) -> BoxCorners {
+                let (fw, fh) = (Float(width), Float(height))
+                let w = rng.uniform(8, min(largest, fw)), h = rng.uniform(8, min(largest, fh))
+                let x = rng.uniform(0, fw - w), y = rng.uniform(0, fh - h)
+                return BoxCorners(xmin: x, ymin: y, xmax: x + w, ymax: y + h)
+            }
+            switch kind {
+            case .detection, .detectionProposals:
+                objects.append((0..<3).map { k in Object(box: region(largest: 120), classID: 1 + k % (classCount - 1)) })
+                if kind == .detectionProposals { proposals.append((0..<2000).map { _ in region(largest: Float(max(width, height))) }) }
+            case .segmentation:
+                for _ in 0..<6 {
+                    let (cx, cy) = (rng.uniform(0, Float(width)), rng.uniform(0, Float(height)))
+                    let r = rng.uniform(4, Float(min(height, width)) / 4)
+                    let c = UInt8(1 + Int(rng.next() % UInt64(classCount - 1)))
+                    for y in max(0, Int(cy - r))..<min(height, Int(cy + r) + 1) {
+                        for x in max(0, Int(cx - r))..<min(width, Int(cx + r) + 1)
+                        where (Float(x) - cx) * (Float(x) - cx) + (Float(y) - cy) * (Float(y) - cy) < r * r {
+                            classes[(n * height + y) * width + x] = c
+                        }
+                    }
+                }
+            default:
+                break
+            }
+        }
+        switch kind {
+        case .detection: batch.objects = objects
+        case .detectionProposals: (batch.objects, batch.proposals) = (objects, proposals)
+        case .segmentation: batch.segmentation = SegmentationMaps(classes: classes, height: height, width: width)
+        default: break
+        }
+        return batch
+    }
+}
