@@ -166,7 +166,7 @@ struct BenchCommand: ParsableCommand {
         try reportingErrors {
             let chosen = try entries.isEmpty ? BenchmarkSuite.entries.filter { !quick || $0.quick } : entries.map { try BenchmarkSuite.entry(named: $0) }
             let cpu = BenchmarkSuite.cpuModel
-            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue)"
+            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
             say("suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s); \(kernels)")
             let sgemm = try BenchmarkSuite.sgemmPeak(world: world)
