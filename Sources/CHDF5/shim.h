@@ -34,6 +34,7 @@ static inline hid_t starling_h5t_create_f16le(void) {
 }
 static inline hid_t starling_h5t_c_s1(void) { return H5T_C_S1; }
 static inline hid_t starling_h5p_file_access(void) { return H5P_FILE_ACCESS; }
+static inline hid_t starling_h5p_file_create(void) { return H5P_FILE_CREATE; }
 static inline hid_t starling_h5p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t starling_h5p_link_create(void) { return H5P_LINK_CREATE; }
 static inline unsigned starling_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }

@@ -3,7 +3,8 @@ import StarlingIO
 import StarlingNN
 
 /// Starling's checkpoint: one HDF5 file, written atomically (temporary file, flush, fsync, rename), so a crash
-/// mid-write leaves the previous checkpoint intact.
+/// mid-write leaves the previous checkpoint intact, and sealed (`HDF5Seal`: the length and CRC-32 of the HDF5 part in
+/// a 512-byte user block), so a file damaged afterwards is refused before HDF5 parses it.
 ///
 /// Layout (format version 1):
 /// - root attributes: `format` = "starling-checkpoint", `format_version`, `model_config` (JSON of `ModelConfig`),
@@ -66,7 +67,7 @@ public enum Checkpoint {
                             optimizerState: [(name: String, storage: FloatStorage)], state: TrainingState,
                             weightType: HDF5ElementType = .float32) throws {
         precondition(weightType == .float32 || weightType == .float16, "checkpoint weights are float32 or float16")
-        try writeHDF5Atomically(to: path) { file in
+        try writeHDF5Atomically(to: path, sealed: true) { file in
             let root = file.root
             try root.setAttribute("format", format)
             try root.setAttribute("format_version", formatVersion)

@@ -185,11 +185,9 @@ public final class Trainer {
     private func nonFiniteGradient() -> String? {
         let store = model.parameters
         let g = store.gradients.pointer
-        for i in 0..<store.count where !g[i].isFinite {
-            let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
-            return "a gradient became non-finite (\(g[i]) in \(name))"
-        }
-        return nil
+        guard let i = firstNonFiniteIndex(g, count: store.count) else { return nil }
+        let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
+        return "a gradient became non-finite (\(g[i]) in \(name))"
     }
 
     /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.
@@ -300,7 +298,7 @@ public final class Trainer {
         let live = display.mode == .live
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
-            "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount)")
+            "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary)")
         let schedule = state.learningRateSchedule
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)

@@ -136,7 +136,13 @@ enum FuzzTarget: String, CaseIterable {
         state.epoch = 2
         state.bestValidationLoss = 0.25
         try Checkpoint.save(to: out + "/checkpoint.h5", model: model, optimizer: nil, state: state)
-        try put(.checkpoint, "fc-ae-step12.h5", try file(out + "/checkpoint.h5"))
+        let sealed = try file(out + "/checkpoint.h5")
+        try put(.checkpoint, "fc-ae-step12.h5", sealed)
+        // The same file with its seal's magic wiped: read as an unsealed checkpoint, so mutations reach HDF5's parser
+        // instead of stopping at the checksum (HDF5Seal).
+        var unsealed = sealed
+        unsealed.replaceSubrange(0..<16, with: Data(count: 16))
+        try put(.checkpoint, "fc-ae-step12-unsealed.h5", unsealed)
         try fm.removeItem(atPath: out + "/checkpoint.h5")
     }
 }

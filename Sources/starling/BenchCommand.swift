@@ -14,7 +14,7 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
+    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
 
@@ -51,7 +51,7 @@ struct BenchCommand: ParsableCommand {
         }
         if suite { return try runSuite() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another); \(GEMMSelection.summary)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.
@@ -60,6 +60,7 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "fc-ae training, batch 256: %.0f images/s (%.2f ms/step), outside BLAS %.1f%% of the step, peak RSS %.0f MB%@",
                              fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data.map { " (reading \($0))" } ?? " (synthetic data)"))
             }
+            if only == "gemm" { printGEMMTable() }
             if only == "all" || only == "conv" {
                 let conv = ConvBenchmark.run(batch: 16, channels: 64, size: 56, iterations: 3)
                 print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
@@ -140,7 +141,7 @@ struct BenchCommand: ParsableCommand {
                       + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2, masks pasted (backbone and RPN alone %.1f / %.1f); peak RSS %.0f MB",
                                result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
                                result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
-            } else if !["fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
+            } else if !["gemm", "fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }
             if only == "all" || only == "unet" {
@@ -165,7 +166,7 @@ struct BenchCommand: ParsableCommand {
         try reportingErrors {
             let chosen = try entries.isEmpty ? BenchmarkSuite.entries.filter { !quick || $0.quick } : entries.map { try BenchmarkSuite.entry(named: $0) }
             let cpu = BenchmarkSuite.cpuModel
-            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue)"
+            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
             say("suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s); \(kernels)")
             let sgemm = try BenchmarkSuite.sgemmPeak(world: world)
@@ -195,7 +196,7 @@ struct BenchCommand: ParsableCommand {
         guard batchSizes.count == models.count else { throw ValidationError("give one --batch-sizes value per --models entry") }
         try reportingErrors {
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
-            say("ranks \(world.size) x \(BLAS.threadCount) OpenBLAS thread(s), core \(BLAS.coreName)")
+            say("ranks \(world.size) x \(BLAS.threadCount) OpenBLAS thread(s), core \(BLAS.coreName); \(GEMMSelection.summary)")
             for (family, batch) in zip(models, batchSizes) {
                 let bucket = Int(bucketMb * 1_048_576)
                 let overlapped = try Benchmarks.distributedTraining(family: family, dataPath: data, batchSize: batch, steps: steps,
@@ -215,6 +216,20 @@ struct BenchCommand: ParsableCommand {
                                mb, bw.raw / 1e9, bw.starling / 1e9, bw.starling / bw.raw * 100))
                 }
             }
+        }
+    }
+
+    /// `--only gemm`: GFLOP/s of OpenBLAS (with the core it runs, OPENBLAS_CORETYPE honoured) and oneDNN's sgemm on
+    /// each shape, three interleaved rounds each: the best and the spread (min-max).
+    func printGEMMTable() {
+        print("sgemm GFLOP/s, \(BLAS.threadCount) thread(s), best of 3 interleaved rounds [min-max]; OpenBLAS core \(BLAS.coreName), oneDNN \(DNNLActivation.instructionSet), CPU \(VectorISA.thisCPU):")
+        print("| shape | OpenBLAS \(BLAS.coreName) | dnnl_sgemm | dnnl / OpenBLAS |")
+        print("|---|---|---|---|")
+        for row in GEMMBenchmark.run() {
+            let open = row.rounds[.openblas] ?? [], dnnl = row.rounds[.dnnl] ?? []
+            func cell(_ v: [Double]) -> String { String(format: "%.1f [%.1f-%.1f]", v.max() ?? 0, v.min() ?? 0, v.max() ?? 0) }
+            print("| \(row.shape.label) | \(cell(open)) | \(cell(dnnl)) | " + String(format: "%.2f", (dnnl.max() ?? 0) / max(open.max() ?? 1, 1e-9)) + " |")
+            fflush(nil)
         }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StarlingCore
 import StarlingDistributed
 import StarlingModels
 
@@ -18,6 +19,7 @@ struct Starling: ParsableCommand {
         let given = Array(CommandLine.arguments.dropFirst())
         let arguments: [String]
         do {
+            if let error = GEMMSelection.overrideError { throw error }
             arguments = try RunConfiguration.expand(given)
             try MPILaunch.relaunchIfAsked(ranks: MPILaunch.requestedRanks(arguments), arguments: given)
         } catch {

@@ -50,7 +50,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
     @Option(help: "Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, and at each validation the validation loss, figures (detectors: mAP; unet: mean IoU, Dice, pixel accuracy; mask-rcnn: box and mask AP) and pictures (reconstructions, drawn detections, segmentations, drawn instances).") var tensorboard: String?
-    @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; the libraries' own choice, all cores, otherwise).") var blasThreads: Int?
+    @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; otherwise all cores, or OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when set).") var blasThreads: Int?
 
     func validate() throws {
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
@@ -218,7 +218,9 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let world = try reportingErrors { try Communicator() }
-        if let threads = flags.blasThreads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
+        // Without mpirun: every core (OpenBLAS's count, which follows OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set),
+        // given to oneDNN's pool and Starling's loops too, so that one count rules all three.
+        BLAS.setThreadCount(flags.blasThreads ?? (world.size > 1 ? 1 : BLAS.threadCount))
         do {
             try reportingErrors {
                 let family = try ModelRegistry.family(named: model)

@@ -29,6 +29,45 @@ import StarlingIO
         #expect(try file.root.dataset("model_weights/encoder/kernel").shape == [784, 32])
     }
 
+    /// A checkpoint is sealed: any byte changed after writing, a cut or an append is refused before HDF5 parses the
+    /// file (HDF5 itself can loop for ever on a damaged global heap), while files without a seal open as before.
+    @Test func sealRefusesDamagedCheckpoints() throws {
+        let dir = Fixture.temporaryDirectory("seal")
+        let model = try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 3)
+        let good = dir + "/good.h5"
+        try Checkpoint.save(to: good, model: model, optimizer: Adam(parameterCount: model.parameters.count), state: .init())
+        #expect(HDF5Seal.isSealed(good))
+        #expect(try HDF5Seal.verify(good))
+        #expect(try Checkpoint.load(from: good).model.parameters.values.toArray() == model.parameters.values.toArray())
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
+        func refused(_ name: String, _ damaged: Data, _ expected: String) throws {
+            let path = dir + "/" + name
+            try damaged.write(to: URL(fileURLWithPath: path))
+            do { _ = try Checkpoint.load(from: path); Issue.record("\(name) loaded") } catch {
+                #expect("\(error)".hasPrefix(path + ": ") && "\(error)".contains(expected) && !"\(error)".contains("\n"), "\(error)")
+            }
+        }
+        // One bit anywhere after the block: in the superblock, in the middle (weights), in the last byte.
+        for offset in [HDF5Seal.blockSize + 3, bytes.count / 2, bytes.count - 1] {
+            var flipped = bytes
+            flipped[offset] ^= 0x10
+            try refused("flip\(offset).h5", flipped, "checksum does not match")
+        }
+        try refused("cut.h5", bytes.prefix(bytes.count - 100), "cut short or appended to")
+        try refused("appended.h5", bytes + Data([0]), "cut short or appended to")
+        var newer = bytes
+        newer[16] = 9
+        try refused("version.h5", newer, "format version 9")
+        // The seal survives an atomic update (sealed again over the new contents) and files without one still open.
+        try updateHDF5Atomically(good) { file in try file.root.setAttribute("note", "updated") }
+        #expect(try HDF5Seal.verify(good))
+        #expect(try HDF5File.open(good).root.stringAttribute("note") == "updated")
+        let plain = dir + "/plain.h5"
+        try writeHDF5Atomically(to: plain) { file in try file.root.setAttribute("x", 1) }
+        #expect(!HDF5Seal.isSealed(plain))
+        #expect(try HDF5File.open(plain).root.intAttribute("x") == 1)
+    }
+
     @Test func refusesOtherFilesWithOneLineErrors() throws {
         let dir = Fixture.temporaryDirectory("bad-ckpt")
         // Not HDF5 at all.

@@ -16,7 +16,7 @@ public enum ConvBenchmark {
         public var summary: String {
             func f(_ v: Double) -> String { let tenths = Int((v * 10).rounded()); return "\(tenths / 10).\(tenths % 10)" }
             return "conv fwd+bwd \(f(convGFLOPS)) GFLOP/s (fwd \(f(forwardSeconds * 1000)) ms, bwd \(f(backwardSeconds * 1000)) ms), "
-                + "sgemm \(f(sgemmGFLOPS)) GFLOP/s, ratio \(f(ratio * 100))%, core \(coreName), \(threadCount) BLAS thread(s)"
+                + "sgemm \(f(sgemmGFLOPS)) GFLOP/s, ratio \(f(ratio * 100))%, core \(coreName), \(threadCount) BLAS thread(s), GEMM \(GEMMSelection.backend.rawValue)"
         }
     }
 

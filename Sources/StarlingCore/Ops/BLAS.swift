@@ -1,3 +1,4 @@
+import CDNNL
 import COpenBLAS
 #if canImport(Glibc)
 import Glibc
@@ -6,7 +7,8 @@ import Darwin
 #endif
 
 /// The one door to OpenBLAS. Every sgemm goes through here so that the benchmark can measure the share of a
-/// training step spent inside BLAS (`BLAS.profile`).
+/// training step spent inside BLAS (`BLAS.profile`), and so that the process runs the GEMM chosen for its CPU
+/// (`GEMMSelection`: OpenBLAS, or oneDNN's sgemm where OpenBLAS fell back to a generic kernel).
 public enum BLAS {
     /// Accumulated seconds inside sgemm while profiling is on (benchmarks only; off by default).
     nonisolated(unsafe) public static var profiling = false
@@ -24,19 +26,42 @@ public enum BLAS {
         DNNL.setThreadCount(n)
     }
 
-    /// C[m x n] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions given by the shapes.
+    /// C[m x n] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions given by the shapes; on the
+    /// process's GEMM (`GEMMSelection.backend`) unless `backend` names one (tests run both). With beta 0, C is not read.
     @inline(__always)
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, backend: GEMMBackend = GEMMSelection.backend) {
         if m == 0 || n == 0 { return }
         let start = profiling ? monotonicSeconds() : 0
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        switch backend {
+        case .openblas:
+            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                        blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        case .dnnl:
+            dnnlSGEMM(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                      beta: beta, c: c, ldc: ldc)
+        }
         if profiling {
             secondsInside += monotonicSeconds() - start
             flops += 2 * Double(m) * Double(n) * Double(k)
         }
+    }
+
+    /// oneDNN's row-major sgemm. An empty product (k = 0) leaves beta * C, as cblas does, without asking oneDNN.
+    private static func dnnlSGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if k == 0 {
+            for i in 0..<m {
+                let row = c + i * ldc
+                for j in 0..<n { row[j] = beta == 0 ? 0 : beta * row[j] }
+            }
+            return
+        }
+        let status = dnnl_sgemm(transA ? 84 : 78, transB ? 84 : 78, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda),
+                                b, Int64(ldb), beta, c, Int64(ldc))   // 'T' and 'N'
+        precondition(status == dnnl_success, "dnnl_sgemm \(m)x\(n)x\(k) (lda \(lda), ldb \(ldb), ldc \(ldc)): status \(status.rawValue)")
     }
 
     /// `sgemm` in double precision, for sums that must stay exact over many rows (R-CNN's ridge statistics); not

@@ -13,10 +13,15 @@ extension Tensor {
                       backward: @escaping (Int, UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) -> Tensor {
         let x = self
         // `forward` writes every output element.
+        // Both closures are element by element, so they run over the process's threads in aligned ranges (same bits).
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x]) { out in
-            backward(x.count, x.data, out.data, out.grad, x.grad)
+            let (xp, yp, dy, dx) = (x.data, out.data, out.grad, x.grad)
+            Parallel.forEachAlignedChunk(of: x.count) { r in
+                backward(r.count, xp + r.lowerBound, yp + r.lowerBound, dy + r.lowerBound, dx + r.lowerBound)
+            }
         }
-        forward(count, x.data, out.data)
+        let (xp, yp) = (x.data, out.data)
+        Parallel.forEachAlignedChunk(of: count) { r in forward(r.count, xp + r.lowerBound, yp + r.lowerBound) }
         return out
     }
 
@@ -32,10 +37,12 @@ extension Tensor {
             let dy = out.grad, x = a.data, y = b.data
             if a.requiresGrad {
                 let dx = a.grad
-                switch op {
-                case .add, .sub: for i in 0..<n { dx[i] += dy[i] }
-                case .mul: for i in 0..<n { dx[i] += dy[i] * y[i % m] }
-                case .div: for i in 0..<n { dx[i] += dy[i] / y[i % m] }
+                Parallel.forEachAlignedChunk(of: n) { r in
+                    switch op {
+                    case .add, .sub: for i in r { dx[i] += dy[i] }
+                    case .mul: for i in r { dx[i] += dy[i] * y[i % m] }
+                    case .div: for i in r { dx[i] += dy[i] / y[i % m] }
+                    }
                 }
             }
             if b.requiresGrad {
@@ -50,14 +57,19 @@ extension Tensor {
         }
         let x = a.data, y = b.data, z = out.data
         if m == n {
-            switch op {
-            case .add: for i in 0..<n { z[i] = x[i] + y[i] }
-            case .sub: for i in 0..<n { z[i] = x[i] - y[i] }
-            case .mul: for i in 0..<n { z[i] = x[i] * y[i] }
-            case .div: for i in 0..<n { z[i] = x[i] / y[i] }
+            Parallel.forEachAlignedChunk(of: n) { r in
+                let (x, y, z, n) = (x + r.lowerBound, y + r.lowerBound, z + r.lowerBound, r.count)
+                switch op {
+                case .add: for i in 0..<n { z[i] = x[i] + y[i] }
+                case .sub: for i in 0..<n { z[i] = x[i] - y[i] }
+                case .mul: for i in 0..<n { z[i] = x[i] * y[i] }
+                case .div: for i in 0..<n { z[i] = x[i] / y[i] }
+                }
             }
         } else {
-            for start in stride(from: 0, to: n, by: m) {
+            // Broadcast rows of m, shared out row by row.
+            Parallel.forEachChunk(of: n / m, work: n >= Parallel.minimumElementwiseWork ? n : 0) { rows in
+            for start in stride(from: rows.lowerBound * m, to: rows.upperBound * m, by: m) {
                 let xs = x + start, zs = z + start
                 switch op {
                 case .add: for j in 0..<m { zs[j] = xs[j] + y[j] }
@@ -65,6 +77,7 @@ extension Tensor {
                 case .mul: for j in 0..<m { zs[j] = xs[j] * y[j] }
                 case .div: for j in 0..<m { zs[j] = xs[j] / y[j] }
                 }
+            }
             }
         }
         return out

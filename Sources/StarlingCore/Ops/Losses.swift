@@ -10,7 +10,10 @@ extension Tensor {
         let probabilities = FloatStorage(count: n)   // kept for backward: sigmoid(z)
         let out = Tensor.result(shape: [1], inputs: [z, targets]) { out in
             let g = out.grad[0] / Float(n), p = probabilities.pointer, t = targets.data
-            if z.requiresGrad { let dz = z.grad; for i in 0..<n { dz[i] += g * (p[i] - t[i]) } }
+            if z.requiresGrad {
+                let dz = z.grad
+                Parallel.forEachAlignedChunk(of: n, work: 3 * n) { r in for i in r { dz[i] += g * (p[i] - t[i]) } }
+            }
             // d/dt = -z: targets are data here, but a model's own output may be a target.
             if targets.requiresGrad { let dt = targets.grad, zp = z.data; for i in 0..<n { dt[i] -= g * zp[i] } }
         }
@@ -38,7 +41,25 @@ extension Tensor {
 
 /// Sum over i of the stable BCE on logits; writes sigmoid(z) to `p`. Runs on every pixel of every autoencoder
 /// batch (`LossKernels.bceLogitsSum`).
+/// Large batches are summed in fixed pieces of `bceSumPiece` over the process's threads, the pieces' sums added in
+/// order: the same bits for any thread count.
 func bceLogitsSum(_ n: Int, _ z: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>,
                   kernels: KernelDispatch.Level = KernelDispatch.current) -> Double {
-    KernelDispatch.bceLogitsSum(n, logits: z, targets: t, probabilities: p, kernels: kernels)
+    let pieces = (n + bceSumPiece - 1) / bceSumPiece
+    if pieces <= 1 { return KernelDispatch.bceLogitsSum(n, logits: z, targets: t, probabilities: p, kernels: kernels) }
+    var sums = [Double](repeating: 0, count: pieces)
+    sums.withUnsafeMutableBufferPointer { sums in
+        let sums = sums.baseAddress!
+        Parallel.forEachChunk(of: pieces, work: 3 * n >= Parallel.minimumElementwiseWork ? 3 * n : 0) { range in
+            for piece in range {
+                let start = piece * bceSumPiece, count = Swift.min(bceSumPiece, n - start)
+                sums[piece] = KernelDispatch.bceLogitsSum(count, logits: z + start, targets: t + start, probabilities: p + start,
+                                                          kernels: kernels)
+            }
+        }
+    }
+    return sums.reduce(0, +)
 }
+
+/// Elements in one piece of `bceLogitsSum` (a multiple of the kernels' vector width).
+let bceSumPiece = 1 << 15

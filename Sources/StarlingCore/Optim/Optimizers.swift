@@ -45,12 +45,14 @@ public final class SGD: Optimizer {
     public func step(_ store: ParameterStore, gradientScale: Float) {
         precondition(store.count == velocity.count, "optimizer built for another parameter layout")
         let w = store.values.pointer, g = store.gradients.pointer, v = velocity.pointer
-        let (lr, mu, wd) = (learningRate, momentum, weightDecay)
-        for i in 0..<store.count {
-            let grad = gradientScale * g[i] + wd * w[i]
-            let vel = mu * v[i] + grad
-            v[i] = vel
-            w[i] -= lr * (nesterov ? grad + mu * vel : vel)
+        let (lr, mu, wd, nesterov) = (learningRate, momentum, weightDecay, nesterov)
+        Parallel.forEachAlignedChunk(of: store.count, work: 3 * store.count) { r in
+            for i in r {
+                let grad = gradientScale * g[i] + wd * w[i]
+                let vel = mu * v[i] + grad
+                v[i] = vel
+                w[i] -= lr * (nesterov ? grad + mu * vel : vel)
+            }
         }
         stepCount += 1
     }
@@ -104,7 +106,13 @@ public final class Adam: Optimizer {
         let (b1, b2, eps, wd, lr) = (beta1, beta2, epsilon, weightDecay, learningRate)
         let coupledDecay: Float = decoupled ? 0 : wd
         let decoupledDecay: Float = decoupled ? lr * wd : 0
-        KernelDispatch.adam(store.count, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: b1, beta2: b2,
-                            epsilon: eps, correctedRate: lrT, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay, kernels: kernels)
+        // Parameter by parameter, so over the process's threads in aligned ranges (the same bits for any count).
+        let kernels = kernels
+        Parallel.forEachAlignedChunk(of: store.count, work: 4 * store.count) { r in
+            let o = r.lowerBound
+            KernelDispatch.adam(r.count, weights: w + o, gradients: g + o, m: mp + o, v: vp + o, gradientScale: gradientScale,
+                                beta1: b1, beta2: b2, epsilon: eps, correctedRate: lrT, coupledDecay: coupledDecay,
+                                decoupledDecay: decoupledDecay, kernels: kernels)
+        }
     }
 }

@@ -22,21 +22,30 @@ public final class HDF5File: @unchecked Sendable {
 
     deinit { close() }
 
-    /// Creates `path`, truncating any existing file.
-    public static func create(_ path: String) throws -> HDF5File {
+    /// Creates `path`, truncating any existing file; `userBlock` bytes (0, or a power of two from 512) are reserved
+    /// in front of HDF5's superblock for `HDF5Seal`.
+    public static func create(_ path: String, userBlock: Int = 0) throws -> HDF5File {
         try HDF5Library.call {
             let access = try fileAccessList(path)
             defer { H5Pclose(access) }
-            let id = H5Fcreate(path, starling_h5f_acc_trunc(), hid_t(H5P_DEFAULT), access)
+            let creation = H5Pcreate(starling_h5p_file_create())
+            guard creation >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot set up file creation properties") }
+            defer { H5Pclose(creation) }
+            if userBlock > 0 && H5Pset_userblock(creation, hsize_t(userBlock)) < 0 {
+                throw HDF5Library.failure(file: path, object: "/", "cannot reserve a \(userBlock)-byte user block")
+            }
+            let id = H5Fcreate(path, starling_h5f_acc_trunc(), creation, access)
             guard id >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot create file") }
             return HDF5File(path: path, id: id, writable: true)
         }
     }
 
-    /// Opens an existing file, read-only unless `writable`.
+    /// Opens an existing file, read-only unless `writable`. A sealed file (`HDF5Seal`) is checked against its seal
+    /// first, so a damaged one is refused before HDF5 parses it.
     public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
         try HDF5Library.call {
             guard fileExists(path) else { throw HDF5Error(file: path, object: "/", message: "no such file") }
+            try HDF5Seal.verify(path)
             guard H5Fis_hdf5(path) > 0 else {
                 H5Eclear2(hid_t(H5E_DEFAULT))
                 throw HDF5Error(file: path, object: "/", message: "not an HDF5 file")
@@ -106,9 +115,10 @@ public final class HDF5File: @unchecked Sendable {
 /// Writes a new HDF5 file atomically: `body` writes into `<path>.tmp-<pid>` in the same directory, the file is
 /// flushed and closed, fsync'ed, then renamed over `path`. On any thrown error the temporary is removed and
 /// `path` is untouched, so a checkpoint or dataset on disk is always complete.
-public func writeHDF5Atomically(to path: String, _ body: (HDF5File) throws -> Void) throws {
+/// With `sealed`, the closed file gets a checksum in its user block (`HDF5Seal`) before the rename.
+public func writeHDF5Atomically(to path: String, sealed: Bool = false, _ body: (HDF5File) throws -> Void) throws {
     try AtomicFile.replace(path) { temporary in
-        let file = try HDF5File.create(temporary)
+        let file = try HDF5File.create(temporary, userBlock: sealed ? HDF5Seal.blockSize : 0)
         do {
             try body(file)
             try file.flush()
@@ -117,12 +127,14 @@ public func writeHDF5Atomically(to path: String, _ body: (HDF5File) throws -> Vo
             file.close()
             throw error
         }
+        if sealed { try HDF5Seal.seal(temporary, reportAs: path) }
     }
 }
 
 /// Changes an existing HDF5 file atomically: the file is copied to `<path>.tmp-<pid>` beside it, `body` changes the
 /// copy (opened writable), which is flushed, closed, fsync'ed and renamed over `path`. On any thrown error the
-/// temporary is removed and `path` is untouched; a reader sees the old file or the whole new one.
+/// temporary is removed and `path` is untouched; a reader sees the old file or the whole new one. A sealed file is
+/// sealed again over its new contents.
 public func updateHDF5Atomically(_ path: String, _ body: (HDF5File) throws -> Void) throws {
     try AtomicFile.replace(path) { temporary in
         try AtomicFile.copy(path, to: temporary, reportedAs: path)
@@ -135,5 +147,6 @@ public func updateHDF5Atomically(_ path: String, _ body: (HDF5File) throws -> Vo
             file.close()
             throw error
         }
+        if HDF5Seal.isSealed(temporary) { try HDF5Seal.seal(temporary, reportAs: path) }
     }
 }

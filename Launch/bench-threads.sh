@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One process on 1 thread against the same process on 2 threads (issue 18: `starling train` without mpirun should run
+# at least 1.8x its one-thread rate on 2 cores), family by family, the two runs interleaved ROUNDS times (1 2 1 2 ...)
+# so that a busy machine disturbs both alike. Autoencoders: `train` on the full MNIST (the last img/s of the epoch,
+# data pipeline included); the others: `bench --only FAMILY` (its training figure, synthetic frames). Prints each
+# round's rates, the ratio of the medians and the spread of the per-round ratios, with the kernels.
+#   Launch/bench-threads.sh [FAMILY...]       ROUNDS=3 STEPS=40 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source Launch/bench-setup.sh
+rounds=${ROUNDS:-3}
+steps=${STEPS:-40}
+families=("$@")
+[ ${#families[@]} -gt 0 ] || families=(fc-ae deep-ae conv-ae denoising-ae seq2seq-ae vae conv-vae ssd7 yolov3-tiny unet)
+declare -A batch=([fc-ae]=256 [sparse-ae]=256 [deep-ae]=256 [conv-ae]=128 [denoising-ae]=128 [seq2seq-ae]=128 [vae]=32 [conv-vae]=128)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+rate() {   # family threads -> images/s
+  local f=$1 t=$2
+  if [ -n "${batch[$f]:-}" ]; then
+    "$bin" train --model "$f" --data "$data" --epochs 1 --steps-per-epoch "$steps" --batch-size "${batch[$f]}" \
+      --blas-threads "$t" --val-split none --out "$out/$f-$t" > "$out/log" 2>&1
+    grep -o '[0-9]* img/s' "$out/log" | tail -1 | cut -d' ' -f1
+  elif [ "$f" = unet ]; then
+    "$bin" bench --only unet --threads "$t" --steps "$steps" > "$out/log"
+    grep 'width 0.25' "$out/log" | sed -E 's/.*training ([0-9.]+) images.*/\1/'
+  else
+    "$bin" bench --only "$f" --threads "$t" --steps "$steps" > "$out/log"
+    grep -E 'training [0-9.]+ images' "$out/log" | sed -E 's/.*training ([0-9.]+) images.*/\1/'
+  fi
+  # The kernels, once: the train header's or bench's first line.
+  [ -f "$out/said" ] || { grep -m1 -E 'GEMM' "$out/log" | sed -E 's/.*(BLAS [^;]*; GEMM)/\1/' >&2; touch "$out/said"; }
+}
+for f in "${families[@]}"; do
+  ones=() twos=()
+  for _ in $(seq "$rounds"); do ones+=("$(rate "$f" 1)"); twos+=("$(rate "$f" 2)"); done
+  python3 - "$f" "${ones[*]}" "${twos[*]}" <<'PY'
+import statistics, sys
+f, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+r = [y / x for x, y in zip(a, b)]
+print(f"{f:13s} 1 thread {a}  2 threads {b}  ratio of medians {statistics.median(b) / statistics.median(a):.2f}x (rounds {min(r):.2f}-{max(r):.2f}x)")
+PY
+done

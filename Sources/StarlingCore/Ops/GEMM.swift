@@ -1,0 +1,123 @@
+import CCPU
+import CDNNL
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The library that runs Starling's single-precision matrix products (`BLAS.sgemm`).
+public enum GEMMBackend: String, Sendable, CaseIterable {
+    /// OpenBLAS's cblas_sgemm, with the kernel OpenBLAS chose for the CPU (`BLAS.coreName`).
+    case openblas
+    /// oneDNN's dnnl_sgemm, which picks its JIT kernel (AVX2, AVX-512, AMX) from cpuid on every CPU.
+    case dnnl
+}
+
+/// The vector instruction sets that matter for an sgemm kernel, in the order each adds to the one before.
+public enum VectorISA: Int, Sendable, Comparable, CaseIterable, CustomStringConvertible {
+    case sse2, sse3, avx, avx2, avx512
+
+    public static func < (a: VectorISA, b: VectorISA) -> Bool { a.rawValue < b.rawValue }
+
+    public var description: String {
+        switch self {
+        case .sse2: "SSE2"
+        case .sse3: "SSE3"
+        case .avx: "AVX"
+        case .avx2: "AVX2+FMA"
+        case .avx512: "AVX-512"
+        }
+    }
+
+    /// What this CPU and its OS support (cpuid and xgetbv).
+    public static let thisCPU: VectorISA = VectorISA(rawValue: Int(starling_cpu_vector_isa())) ?? .sse2
+}
+
+/// Which GEMM a process runs, and why: the decision behind `BLAS.sgemm`.
+///
+/// A Debian OpenBLAS that does not know a CPU model falls back to its Prescott (SSE3) kernels: on an Emerald Rapids
+/// Xeon (family 6 model 207, AVX-512) that made sgemm 4-5x slower than the SkylakeX kernels the CPU can run, and
+/// OpenBLAS only says so through its core name. oneDNN's sgemm reads cpuid itself and has kernels for every x86 vector
+/// level, so when OpenBLAS's kernel is below what the CPU offers, or its name is one this table does not know, the
+/// product runs oneDNN's instead. Where OpenBLAS has the right kernel it stays: it is as fast or faster on Starling's
+/// shapes (BENCHMARKS.md, "Which GEMM") and its threading is what the rest of the project was tuned with.
+/// `STARLING_GEMM=openblas|dnnl` overrides the choice. Tests and CI leave OPENBLAS_CORETYPE alone; this choice is
+/// made at run time from what OpenBLAS reports.
+public enum GEMMSelection {
+    public struct Choice: Sendable, Equatable {
+        public let backend: GEMMBackend
+        /// One line for run headers: what runs and why.
+        public let reason: String
+    }
+
+    /// The vector instruction set of the sgemm kernel OpenBLAS 0.3's DYNAMIC_ARCH build runs for a core name
+    /// (`openblas_get_corename`), or nil for a name not in its x86-64 table.
+    public static func kernelInstructionSet(ofOpenBLASCore name: String) -> VectorISA? {
+        switch name.lowercased() {
+        case "katmai", "coppermine", "northwood", "banias", "athlon": .sse2
+        case "prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "nano", "opteron", "opteron_sse3",
+             "barcelona", "bobcat": .sse3
+        case "sandybridge", "bulldozer", "piledriver", "steamroller", "excavator": .avx
+        case "haswell", "zen": .avx2
+        case "skylakex", "cooperlake", "sapphirerapids": .avx512
+        default: nil
+        }
+    }
+
+    /// The choice for an OpenBLAS core name on a CPU, with STARLING_GEMM's value if set. A pure function: the table
+    /// of cases is tested (`GEMMSelectionTests`). An override other than `openblas` or `dnnl` is an error.
+    public static func choose(openBLASCore core: String, cpu: VectorISA, override: String?) -> Result<Choice, GEMMOverrideError> {
+        if let override {
+            guard let backend = GEMMBackend(rawValue: override.lowercased()) else { return .failure(GEMMOverrideError(value: override)) }
+            return .success(Choice(backend: backend, reason: "STARLING_GEMM=\(backend.rawValue)"))
+        }
+        guard let kernel = kernelInstructionSet(ofOpenBLASCore: core) else {
+            // A name this table does not know: oneDNN's kernel follows cpuid, OpenBLAS's is a guess. On a CPU without
+            // AVX oneDNN's sgemm is no better than OpenBLAS's SSE kernels, so OpenBLAS stays.
+            return cpu >= .avx
+                ? .success(Choice(backend: .dnnl, reason: "OpenBLAS core \(core) is not a known kernel; the CPU has \(cpu)"))
+                : .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core), the CPU has \(cpu) only"))
+        }
+        // oneDNN's sgemm has AVX, AVX2 and AVX-512 kernels; below AVX it has nothing better than OpenBLAS's SSE ones.
+        if kernel < cpu && cpu >= .avx {
+            return .success(Choice(backend: .dnnl, reason: "OpenBLAS core \(core) runs \(kernel) kernels on a CPU with \(cpu)"))
+        }
+        return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu)"))
+    }
+
+    /// STARLING_GEMM's value, checked (the CLI refuses to start with a bad one: `overrideError`).
+    public static let selected: Result<Choice, GEMMOverrideError> = {
+        let override = getenv("STARLING_GEMM").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        return choose(openBLASCore: BLAS.coreName, cpu: VectorISA.thisCPU, override: override)
+    }()
+
+    /// The choice this process runs: with a bad STARLING_GEMM (which the CLI reports before starting), the automatic one.
+    public static let current: Choice = {
+        switch selected {
+        case .success(let choice): return choice
+        case .failure: return (try? choose(openBLASCore: BLAS.coreName, cpu: VectorISA.thisCPU, override: nil).get())
+            ?? Choice(backend: .openblas, reason: "")
+        }
+    }()
+
+    public static var backend: GEMMBackend { current.backend }
+
+    /// The error a bad STARLING_GEMM gives, or nil.
+    public static var overrideError: GEMMOverrideError? {
+        if case .failure(let error) = selected { return error }
+        return nil
+    }
+
+    /// For run headers and benchmarks: "GEMM openblas (OpenBLAS core Cooperlake matches the CPU's AVX-512)".
+    public static var summary: String {
+        let kernel = current.backend == .dnnl ? "dnnl_sgemm, oneDNN \(DNNLActivation.instructionSet)" : "openblas, core \(BLAS.coreName)"
+        return "GEMM \(kernel) (\(current.reason))"
+    }
+}
+
+public struct GEMMOverrideError: Error, Equatable, CustomStringConvertible {
+    public let value: String
+    public var description: String { "STARLING_GEMM=\(value): expected openblas or dnnl" }
+}

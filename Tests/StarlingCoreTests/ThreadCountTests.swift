@@ -1,0 +1,146 @@
+import Foundation
+import Testing
+@testable import StarlingCore
+
+/// The element-wise ops and the optimizers share their loops over the process's threads (`Parallel`); one thread
+/// and two give the same bits. Sizes are odd and above `Parallel.minimumElementwiseWork` so that the ranges split and
+/// end mid-vector.
+@Suite(.serialized) struct ThreadCountTests {
+    static let count = Parallel.minimumElementwiseWork + 37
+
+    /// Runs `body` on one thread, then on two, and returns both results.
+    func onOneAndTwoThreads<T>(_ body: () -> T) -> (T, T) {
+        let threads = BLAS.threadCount
+        defer { BLAS.setThreadCount(threads) }
+        BLAS.setThreadCount(1)
+        let one = body()
+        BLAS.setThreadCount(2)
+        return (one, body())
+    }
+
+    @Test func alignedChunksCoverEveryElementOnce() {
+        let threads = BLAS.threadCount
+        defer { BLAS.setThreadCount(threads) }
+        BLAS.setThreadCount(2)
+        let n = Self.count
+        let hits = UnsafeMutablePointer<Int32>.allocate(capacity: n)
+        defer { hits.deallocate() }
+        hits.initialize(repeating: 0, count: n)
+        nonisolated(unsafe) var starts: [Int] = []
+        Parallel.forEachAlignedChunk(of: n, alignment: 64) { r in
+            for i in r { hits[i] += 1 }
+            if r.lowerBound % 64 != 0 { starts.append(r.lowerBound) }
+        }
+        #expect((0..<n).allSatisfy { hits[$0] == 1 })
+        #expect(starts.isEmpty)
+    }
+
+    @Test func unaryOpsForwardAndBackward() {
+        func run() -> [[Float]] {
+            let shape = [Self.count]
+            var results: [[Float]] = []
+            for op in 0..<4 {
+                let x = randomVariable(shape, seed: 70 + UInt64(op), -4, 4)
+                let y: Tensor
+                switch op {
+                case 0: y = x.elu()
+                case 1: y = x.sigmoid()
+                case 2: y = x.relu()
+                default: y = x.exp()
+                }
+                (y * randomVariable(shape, seed: 80)).sum().backward()
+                results += [y.toArray(), x.gradArray ?? []]
+            }
+            return results
+        }
+        let (one, two) = onOneAndTwoThreads(run)
+        #expect(one == two)
+        #expect(one[0].count == Self.count && one[1].contains { $0 != 0 })
+    }
+
+    @Test func binaryOpsWithAndWithoutBroadcast() {
+        func run() -> [[Float]] {
+            var results: [[Float]] = []
+            for rowWidth in [Self.count, 301] {
+                let rows = rowWidth == Self.count ? 1 : Self.count / rowWidth
+                let shape = rows == 1 ? [rowWidth] : [rows, rowWidth]
+                let a = randomVariable(shape, seed: 90, -2, 2), b = randomVariable([rowWidth], seed: 91, 0.5, 2)
+                let y = (a * b) / b + a - b
+                (y * randomVariable(shape, seed: 92)).sum().backward()
+                results += [y.toArray(), a.gradArray ?? [], b.gradArray ?? []]
+            }
+            return results
+        }
+        let (one, two) = onOneAndTwoThreads(run)
+        #expect(one == two)
+    }
+
+    @Test func binaryCrossEntropyOnLogits() {
+        func run() -> [[Float]] {
+            let z = randomVariable([Self.count], seed: 60, -6, 6), t = randomVariable([Self.count], seed: 61, 0, 1)
+            let loss = z.binaryCrossEntropy(logits: t)
+            loss.backward()
+            return [loss.toArray(), z.gradArray ?? []]
+        }
+        let (one, two) = onOneAndTwoThreads(run)
+        #expect(one == two)
+        // The pieces' sum against one sum in Double over the stable form.
+        let z = randomValues(Self.count, seed: 60, -6, 6), t = randomValues(Self.count, seed: 61, 0, 1)
+        var expected = 0.0
+        for i in 0..<Self.count {
+            let (zd, td) = (Double(z[i]), Double(t[i]))
+            expected += Swift.max(zd, 0) - zd * td + Foundation.log(1 + Foundation.exp(-abs(zd)))
+        }
+        expected /= Double(Self.count)
+        #expect(abs(Double(one[0][0]) - expected) < 1e-6 * (1 + abs(expected)))
+    }
+
+    @Test func optimizersStepTheSameBits() {
+        func run() -> [[Float]] {
+            var results: [[Float]] = []
+            for optimizer in 0..<3 {
+                let store = ParameterStore()
+                store.declare("w", shape: [Self.count], initializer: .uniform(low: -1, high: 1))
+                var rng = RandomGenerator(seed: 5)
+                store.allocate(rng: &rng)
+                let step: (ParameterStore) -> Void
+                switch optimizer {
+                case 0: let o = Adam(parameterCount: store.count, learningRate: 0.01); step = { o.step($0, gradientScale: 0.5) }
+                case 1: let o = Adam.adamW(parameterCount: store.count); step = { o.step($0) }
+                default: let o = SGD(parameterCount: store.count, learningRate: 0.1, momentum: 0.9, weightDecay: 0.01, nesterov: true); step = { o.step($0) }
+                }
+                for s in 0..<3 {
+                    let g = randomValues(store.count, seed: 100 + UInt64(s))
+                    for i in 0..<store.count { store.gradients.pointer[i] = g[i] }
+                    step(store)
+                }
+                results.append(Array(UnsafeBufferPointer(start: store.values.pointer, count: store.count)))
+            }
+            return results
+        }
+        let (one, two) = onOneAndTwoThreads(run)
+        #expect(one == two)
+    }
+
+    /// The parallel search finds the first non-finite value a plain scan finds, wherever it is and whatever follows.
+    @Test func firstNonFiniteIndexMatchesAScan() {
+        let n = Self.count
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { values.deallocate() }
+        let clean = randomValues(n, seed: 3, -1e30, 1e30)
+        for threads in [1, 2] {
+            let saved = BLAS.threadCount
+            BLAS.setThreadCount(threads)
+            defer { BLAS.setThreadCount(saved) }
+            for i in 0..<n { values[i] = clean[i] }
+            #expect(firstNonFiniteIndex(values, count: n) == nil)
+            #expect(firstNonFiniteIndex(values, count: 0) == nil)
+            for (at, bad) in [(0, Float.nan), (n - 1, .infinity), (40_000, -.infinity), (1 << 14, .nan), (700_001, .nan)] {
+                values[at] = bad
+                values[n - 2] = .nan   // a later one must not win
+                #expect(firstNonFiniteIndex(values, count: n) == Swift.min(at, n - 2), "\(bad) at \(at), \(threads) thread(s)")
+                for i in 0..<n { values[i] = clean[i] }
+            }
+        }
+    }
+}
