@@ -64,3 +64,23 @@ static inline void starling_cpu_identity(char out[49], unsigned *family, unsigne
     out[48] = 0;
 #endif
 }
+
+// The widest vector instruction set the CPU and the OS both support, for choosing a GEMM (GEMMSelection):
+// 0 SSE2 (baseline x86-64) or not x86; 1 SSE3; 2 AVX; 3 the Haswell set above (AVX2 with FMA); 4 the AVX-512 set
+// above (Skylake-X and later, Zen 4), what OpenBLAS's SkylakeX kernels and oneDNN's avx512_core need. The top two
+// levels are the kernel modules' own tests, so the GEMM and the element-wise kernels never disagree about a CPU.
+static inline int starling_cpu_vector_isa(void) {
+#if defined(__x86_64__)
+    if (starling_cpu_supports_avx512()) return 4;
+    if (starling_cpu_supports_haswell()) return 3;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & 1u)) return 0;   // SSE3
+    const unsigned osxsave = 1u << 27, avx = 1u << 28;
+    if ((c & (osxsave | avx)) != (osxsave | avx)) return 1;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6) == 6 ? 2 : 1;                                 // XMM and YMM state
+#else
+    return 0;
+#endif
+}
