@@ -213,19 +213,9 @@ public enum Benchmarks {
         for n in inferenceBatches {
             let images = frames(n).images
             // The best of three rounds of 16 images, as the machine is shared (single rounds varied by 15 %).
-            func imagesPerSecond(_ body: () -> Void) -> Double {
-                body()
-                let repeats = max(2, 16 / n)
-                var best = Double.infinity
-                for _ in 0..<3 {
-                    let start = monotonicSeconds()
-                    for _ in 0..<repeats { body() }
-                    best = min(best, monotonicSeconds() - start)
-                }
-                return Double(repeats * n) / best
-            }
-            fps[n] = imagesPerSecond { _ = model.detect(images, decoding: .display) }
-            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.headOutputs(images, training: false) } }
+            let repeats = max(2, 16 / n)
+            fps[n] = imagesPerSecond(n, repeats: repeats) { _ = model.detect(images, decoding: .display) }
+            forward[n] = imagesPerSecond(n, repeats: repeats) { _ = GradMode.disabled { model.headOutputs(images, training: false) } }
         }
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
     }
@@ -269,20 +259,22 @@ public enum Benchmarks {
         var fps: [Int: Double] = [:], forward: [Int: Double] = [:]
         for n in Set([1, batchSize]).sorted() {
             let batch = frames(n)
-            func imagesPerSecond(_ body: () -> Void) -> Double {
-                body()
-                var best = Double.infinity
-                for _ in 0..<3 {
-                    let start = monotonicSeconds()
-                    for _ in 0..<2 { body() }
-                    best = min(best, monotonicSeconds() - start)
-                }
-                return Double(2 * n) / best
-            }
-            fps[n] = imagesPerSecond { _ = model.detectInstances(batch, decoding: .evaluation) }
-            forward[n] = imagesPerSecond { _ = GradMode.disabled { model.network(LayoutTensor(batch.images), training: false) } }
+            fps[n] = imagesPerSecond(n) { _ = model.detectInstances(batch, decoding: .evaluation) }
+            forward[n] = imagesPerSecond(n) { _ = GradMode.disabled { model.network(LayoutTensor(batch.images), training: false) } }
         }
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)
+    }
+
+    /// Images a second of `body` on a batch of `n`: one warm-up call, then the best of three rounds of `repeats` calls.
+    private static func imagesPerSecond(_ n: Int, repeats: Int = 2, _ body: () -> Void) -> Double {
+        body()
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let start = monotonicSeconds()
+            for _ in 0..<repeats { body() }
+            best = min(best, monotonicSeconds() - start)
+        }
+        return Double(repeats * n) / best
     }
 
     /// A two-stage detector on synthetic frames of its input size (random pixels, three boxes each, `proposals` random
@@ -315,20 +307,10 @@ public enum Benchmarks {
         var fps: [Int: Double] = [:], forward: [Int: Double] = [:]
         for n in inferenceBatches {
             let batch = frames(n)
-            func imagesPerSecond(_ body: () -> Void) -> Double {
-                body()
-                var best = Double.infinity
-                for _ in 0..<3 {
-                    let start = monotonicSeconds()
-                    for _ in 0..<2 { body() }
-                    best = min(best, monotonicSeconds() - start)
-                }
-                return Double(2 * n) / best
-            }
-            fps[n] = imagesPerSecond { _ = model.detect(batch, decoding: .evaluation) }
+            fps[n] = imagesPerSecond(n) { _ = model.detect(batch, decoding: .evaluation) }
             // R-CNN has no shared backbone pass: its network runs on each warped proposal, inside `detect`.
             if let twoStage = model as? any TwoStageDetector {
-                forward[n] = imagesPerSecond { _ = GradMode.disabled { twoStage.features(batch.images, training: false) } }
+                forward[n] = imagesPerSecond(n) { _ = GradMode.disabled { twoStage.features(batch.images, training: false) } }
             }
         }
         return DetectorThroughput(trainImagesPerSecond: train, inferenceFPS: fps, forwardFPS: forward)

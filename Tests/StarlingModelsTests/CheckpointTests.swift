@@ -58,10 +58,22 @@ import StarlingIO
         var newer = bytes
         newer[16] = 9
         try refused("version.h5", newer, "format version 9")
-        // The seal survives an atomic update (sealed again over the new contents) and files without one still open.
+        // The seal survives an atomic update and an edit in place through Starling (sealed again as the file closes),
+        // an edit by another tool is refused until resealed, and files without a seal still open.
         try updateHDF5Atomically(good) { file in try file.root.setAttribute("note", "updated") }
         #expect(try HDF5Seal.verify(good))
         #expect(try HDF5File.open(good).root.stringAttribute("note") == "updated")
+        let inPlace = try HDF5File.open(good, writable: true)
+        try inPlace.root.setAttribute("note", "in place")
+        inPlace.close()
+        #expect(try Checkpoint.load(from: good).model.parameters.count == model.parameters.count)
+        var edited = try Data(contentsOf: URL(fileURLWithPath: good))
+        edited[edited.count - 1] ^= 1
+        let other = dir + "/edited.h5"
+        try edited.write(to: URL(fileURLWithPath: other))
+        #expect(throws: (any Error).self) { try HDF5Seal.verify(other) }
+        try HDF5Seal.seal(other, reportAs: other)
+        #expect(try HDF5Seal.verify(other))
         let plain = dir + "/plain.h5"
         try writeHDF5Atomically(to: plain) { file in try file.root.setAttribute("x", 1) }
         #expect(!HDF5Seal.isSealed(plain))

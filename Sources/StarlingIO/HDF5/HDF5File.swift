@@ -13,11 +13,14 @@ public final class HDF5File: @unchecked Sendable {
     // Guarded by HDF5Library's lock.
     private var id: hid_t
     private var closed = false
+    /// A sealed file opened writable: sealed again over its new contents when it closes (`HDF5Seal`).
+    private let resealsOnClose: Bool
 
-    private init(path: String, id: hid_t, writable: Bool) {
+    private init(path: String, id: hid_t, writable: Bool, reseals: Bool = false) {
         self.path = path
         self.id = id
         self.isWritable = writable
+        self.resealsOnClose = reseals
     }
 
     deinit { close() }
@@ -45,7 +48,7 @@ public final class HDF5File: @unchecked Sendable {
     public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
         try HDF5Library.call {
             guard fileExists(path) else { throw HDF5Error(file: path, object: "/", message: "no such file") }
-            try HDF5Seal.verify(path)
+            let sealed = try HDF5Seal.verify(path)
             guard H5Fis_hdf5(path) > 0 else {
                 H5Eclear2(hid_t(H5E_DEFAULT))
                 throw HDF5Error(file: path, object: "/", message: "not an HDF5 file")
@@ -55,7 +58,7 @@ public final class HDF5File: @unchecked Sendable {
             let flags = writable ? starling_h5f_acc_rdwr() : starling_h5f_acc_rdonly()
             let id = H5Fopen(path, flags, access)
             guard id >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot open file") }
-            return HDF5File(path: path, id: id, writable: writable)
+            return HDF5File(path: path, id: id, writable: writable, reseals: writable && sealed)
         }
     }
 
@@ -91,6 +94,7 @@ public final class HDF5File: @unchecked Sendable {
             if closed { return }
             closed = true
             guard H5Fclose(id) >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot close file") }
+            if resealsOnClose { try HDF5Seal.seal(path, reportAs: path) }
         }
     }
 
@@ -134,7 +138,7 @@ public func writeHDF5Atomically(to path: String, sealed: Bool = false, _ body: (
 /// Changes an existing HDF5 file atomically: the file is copied to `<path>.tmp-<pid>` beside it, `body` changes the
 /// copy (opened writable), which is flushed, closed, fsync'ed and renamed over `path`. On any thrown error the
 /// temporary is removed and `path` is untouched; a reader sees the old file or the whole new one. A sealed file is
-/// sealed again over its new contents.
+/// sealed again over its new contents as it closes.
 public func updateHDF5Atomically(_ path: String, _ body: (HDF5File) throws -> Void) throws {
     try AtomicFile.replace(path) { temporary in
         try AtomicFile.copy(path, to: temporary, reportedAs: path)
@@ -147,6 +151,5 @@ public func updateHDF5Atomically(_ path: String, _ body: (HDF5File) throws -> Vo
             file.close()
             throw error
         }
-        if HDF5Seal.isSealed(temporary) { try HDF5Seal.seal(temporary, reportAs: path) }
     }
 }

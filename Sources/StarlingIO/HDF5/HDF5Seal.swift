@@ -30,7 +30,7 @@ public enum HDF5Seal {
     }
 
     /// Writes the seal into the user block of a closed HDF5 file created with a `blockSize` user block.
-    static func seal(_ path: String, reportAs name: String) throws {
+    public static func seal(_ path: String, reportAs name: String) throws {
         let fd = Glibc.open(path, O_RDWR)
         guard fd >= 0 else { throw StarlingIOError(file: name, message: "cannot open to seal: \(errnoString())") }
         defer { Glibc.close(fd) }
