@@ -87,15 +87,22 @@ public final class Communicator: @unchecked Sendable {
     /// MPI counts are Int32: large buffers go in pieces of at most this many elements.
     static let maxChunk = 1 << 30
 
+    /// Calls `body` with the start and the Int32 length of each piece of `count` elements, in order.
+    private static func forEachChunk(of count: Int, _ body: (Int, Int32) throws -> Void) rethrows {
+        var start = 0
+        while start < count {
+            let n = min(maxChunk, count - start)
+            try body(start, Int32(n))
+            start += n
+        }
+    }
+
     /// In-place allreduce of `count` floats.
     public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: Operation = .sum) throws {
         if size == 1 { return }
         try observed("MPI_Allreduce of \(count) floats") {
-            var start = 0
-            while start < count {
-                let n = min(Self.maxChunk, count - start)
-                try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), op.handle, comm))
-                start += n
+            try Self.forEachChunk(of: count) { start, n in
+                try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, n, starling_mpi_float(), op.handle, comm))
             }
         }
     }
@@ -163,13 +170,10 @@ public final class Communicator: @unchecked Sendable {
     public func startAllreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> Request {
         var handles: [MPI_Request?] = []
         if size > 1 {
-            var start = 0
-            while start < count {
-                let n = min(Self.maxChunk, count - start)
+            try Self.forEachChunk(of: count) { start, n in
                 var request: MPI_Request? = starling_mpi_request_null()
-                try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_float(), starling_mpi_sum(), comm, &request))
+                try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, n, starling_mpi_float(), starling_mpi_sum(), comm, &request))
                 handles.append(request)
-                start += n
             }
         }
         return Request(handles: handles, count: count, observer: observer)
@@ -203,11 +207,8 @@ public final class Communicator: @unchecked Sendable {
         if size == 1 { return }
         let op = halfSum(wire)
         try observed("MPI_Allreduce of \(count) \(wire.rawValue) values") {
-            var start = 0
-            while start < count {
-                let n = min(Self.maxChunk, count - start)
-                try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_uint16(), op, comm))
-                start += n
+            try Self.forEachChunk(of: count) { start, n in
+                try check("MPI_Allreduce", MPI_Allreduce(starling_mpi_in_place(), buffer + start, n, starling_mpi_uint16(), op, comm))
             }
         }
     }
@@ -217,13 +218,10 @@ public final class Communicator: @unchecked Sendable {
         var handles: [MPI_Request?] = []
         if size > 1 {
             let op = halfSum(wire)
-            var start = 0
-            while start < count {
-                let n = min(Self.maxChunk, count - start)
+            try Self.forEachChunk(of: count) { start, n in
                 var request: MPI_Request? = starling_mpi_request_null()
-                try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, Int32(n), starling_mpi_uint16(), op, comm, &request))
+                try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), buffer + start, n, starling_mpi_uint16(), op, comm, &request))
                 handles.append(request)
-                start += n
             }
         }
         return Request(handles: handles, count: count, observer: observer)
@@ -241,11 +239,8 @@ public final class Communicator: @unchecked Sendable {
     public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) throws {
         if size == 1 { return }
         try observed("MPI_Bcast of \(count) floats") {
-            var start = 0
-            while start < count {
-                let n = min(Self.maxChunk, count - start)
-                try check("MPI_Bcast", MPI_Bcast(buffer + start, Int32(n), starling_mpi_float(), Int32(root), comm))
-                start += n
+            try Self.forEachChunk(of: count) { start, n in
+                try check("MPI_Bcast", MPI_Bcast(buffer + start, n, starling_mpi_float(), Int32(root), comm))
             }
         }
     }
