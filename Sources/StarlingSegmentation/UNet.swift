@@ -157,7 +157,7 @@ public final class UNet: Model {
         var skips: [Value] = []
         for level in 0..<levels {
             let (first, second) = contracting[level]
-            h = second(first(h).relu()).relu()
+            h = h.applyingWithReLU(first).applyingWithReLU(second)
             if level < levels - 1 {
                 skips.append(h)
                 h = h.maxPool2d(kernel: (2, 2), padding: .valid)
@@ -175,7 +175,7 @@ public final class UNet: Model {
                 if upH != skipH || upW != skipW { h = h.padded(top: 0, left: 0, bottom: skipH - upH, right: skipW - upW, value: 0) }
             }
             let (first, second) = expanding[level]
-            h = second(first(Value.concat([aligned, h], axis: 1)).relu()).relu()
+            h = Value.concat([aligned, h], axis: 1).applyingWithReLU(first).applyingWithReLU(second)
         }
         return classifier(h)
     }

@@ -202,6 +202,10 @@ final class DNNLConvPlan: @unchecked Sendable {
     enum Variant: Hashable {
         /// `inference`: nil for a training forward pass, else the activation applied as the output is stored.
         case forward(bias: Bool, inference: FusedActivation?)
+        /// A training forward pass with `activation` applied as the output is stored (`conv2dBlockedReLU`): the training
+        /// propagation kind, whose kernels compute in the blocked layouts the backward plans use (an inference plan may
+        /// pick NHWC and reorder around every call).
+        case activatedTrainingForward(bias: Bool, activation: FusedActivation)
         case backward
     }
 
@@ -267,10 +271,14 @@ final class DNNLConvPlan: @unchecked Sendable {
         let dilates: [Int64] = [Int64(g.dilationH - 1), Int64(g.dilationW - 1)]
         let padL: [Int64] = [Int64(g.padTop), Int64(g.padLeft)], padR: [Int64] = [Int64(padBottom), Int64(padRight)]
 
-        var (bias, inference): (Bool, FusedActivation?) = (false, nil)
-        if case .forward(let b, let activation) = variant { (bias, inference) = (b, activation) }
+        var (bias, inference, activation): (Bool, FusedActivation?, FusedActivation?) = (false, nil, nil)
+        switch variant {
+        case .forward(let b, let fused): (bias, inference, activation) = (b, fused, fused)
+        case .activatedTrainingForward(let b, let fused): (bias, activation) = (b, fused)
+        case .backward: break
+        }
         let attr = DNNL.attributes(accumulate: false)
-        let forwardAttr = DNNL.attributes(accumulate: false, activation: inference)
+        let forwardAttr = DNNL.attributes(accumulate: false, activation: activation)
         defer { dnnl_primitive_attr_destroy(attr); dnnl_primitive_attr_destroy(forwardAttr) }
         func create(_ desc: inout dnnl_convolution_desc_t, hint: dnnl_primitive_desc_t?,
                     attr: dnnl_primitive_attr_t? = attr) -> DNNL.Primitive? {

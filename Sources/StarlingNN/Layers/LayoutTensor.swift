@@ -132,6 +132,18 @@ public struct LayoutTensor: NetworkValue {
         return planar { $0.conv2d(w, bias: b, stride: layer.stride, padding: layer.padding) }
     }
 
+    /// In training, one blocked op (`conv2dBlockedReLU`) where the convolution would write a blocked output; otherwise
+    /// the two ops (in inference the ReLU is fused into the pending convolution's store).
+    public func applyingWithReLU(_ layer: Conv2D) -> LayoutTensor {
+        let w = layer.kernel.value
+        guard GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, shape.count == 4, layer.dilation == (1, 1), w.shape[0] % 8 == 0,
+              Tensor.canConvolveBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                        blockedInput: blocked != nil, blockedOutput: true) else { return applying(layer).relu() }
+        Self.census?.count(.blocked)
+        let y = (blocked ?? tensor).conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding)
+        return LayoutTensor(.blocked(y, moments: nil))
+    }
+
     public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
         switch form {
         case .blocked(let x, _):
@@ -179,7 +191,13 @@ public struct LayoutTensor: NetworkValue {
     }
 
     public func applying(_ layer: Dense) -> LayoutTensor { planar { $0.applying(layer) } }
-    public func applying(_ layer: Conv2DTranspose) -> LayoutTensor { planar { $0.applying(layer) } }
+    public func applying(_ layer: Conv2DTranspose) -> LayoutTensor {
+        let (w, b) = (layer.kernel.value, layer.bias.value)
+        if let x = blocked, Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding) {
+            return LayoutTensor(.blocked(x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding), moments: nil))
+        }
+        return planar { $0.applying(layer) }
+    }
     public func applying(_ layer: LSTMLayer) -> LayoutTensor { planar { $0.applying(layer) } }
 
     // MARK: Pooling and channel concatenation: blocked and inference paths for what they have, planar otherwise.

@@ -67,6 +67,9 @@ public protocol NetworkValue {
     /// [N, inputs] -> [N, outputs].
     func applying(_ layer: Dense) -> Self
     func applying(_ layer: Conv2D) -> Self
+    /// `applying(layer)` then `relu()`, a requirement of its own because `LayoutTensor` trains the two as one op
+    /// (`Tensor.conv2dBlockedReLU`) that keeps no copy of the values before the ReLU (U-Net's blocks).
+    func applyingWithReLU(_ layer: Conv2D) -> Self
     func applying(_ layer: Conv2DTranspose) -> Self
     /// Training: normalised by the batch's statistics (over every rank with a `crossReplicaSum`), the moving ones
     /// updated; otherwise by the moving statistics, the only mode of an ONNX graph.
@@ -90,6 +93,8 @@ extension NetworkValue {
     public func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self {
         applying(layer, training: training, crossReplicaSum: crossReplicaSum).leakyRelu(slope: slope)
     }
+
+    public func applyingWithReLU(_ layer: Conv2D) -> Self { applying(layer).relu() }
 
     public func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool,
                                              crossReplicaSum: CrossReplicaSum?) -> Self {
