@@ -6,8 +6,8 @@
 /// Here input, output and both gradients stay blocked. As the planar op, it is the adjoint of the convolution whose input
 /// has this op's output shape, run on that convolution's oneDNN primitives (`ConvGeometry`'s blocked plans): forward is
 /// its input-gradient kernel, the input gradient its forward kernel, the weight gradient its weight-gradient kernel with
-/// the roles of input and output gradient swapped. (oneDNN's deconvolution primitive does the same through a reference
-/// wrapper that adds the bias in a separate scalar pass.) The weights keep PyTorch's ConvTranspose2d layout
+/// the roles of input and output gradient swapped (oneDNN's own deconvolution primitive, tried first, ran slower per call
+/// than these plans on U-Net's up-convolutions, `DNNL_VERBOSE=1`). The weights keep PyTorch's ConvTranspose2d layout
 /// [Cin, Cout, kh, kw], which is that convolution's [out, in, kh, kw].
 extension Tensor {
     /// The convolution this transposed convolution of `input` (NCHW shape) by `weight` ([Cin, Cout, kh, kw]) is the

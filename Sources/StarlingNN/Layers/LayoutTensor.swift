@@ -136,7 +136,7 @@ public struct LayoutTensor: NetworkValue {
     /// the two ops (in inference the ReLU is fused into the pending convolution's store).
     public func applyingWithReLU(_ layer: Conv2D) -> LayoutTensor {
         let w = layer.kernel.value
-        guard GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, shape.count == 4, layer.dilation == (1, 1), w.shape[0] % 8 == 0,
+        guard GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, shape.count == 4, layer.dilation == (1, 1),
               Tensor.canConvolveBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
                                         blockedInput: blocked != nil, blockedOutput: true) else { return applying(layer).relu() }
         Self.census?.count(.blocked)
