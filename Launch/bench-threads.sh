@@ -7,7 +7,8 @@
 # run a third way in each round, `train` without --blas-threads ("auto": the trainer times 2 threads against 1 over its
 # first steps and keeps the faster, ThreadCalibration), whose ratio to one thread must not fall below 1; their STEPS
 # should leave room for the calibration (up to ~390 steps for ~1 ms steps; the rate is the epoch's, calibration included).
-#   Launch/bench-threads.sh [FAMILY...]       ROUNDS=3 STEPS=40 by default
+#   Launch/bench-threads.sh [FAMILY...]       ROUNDS=3 STEPS=40 by default; SKIP_TWO=1 leaves out the fixed 2-thread
+#                                             runs (on a loaded machine they take minutes; auto's log line still times 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Launch/bench-setup.sh
@@ -40,16 +41,17 @@ rate() {   # family threads (or auto) -> images/s
 for f in "${families[@]}"; do
   ones=() twos=() autos=()
   for _ in $(seq "$rounds"); do
-    ones+=("$(rate "$f" 1)"); twos+=("$(rate "$f" 2)")
+    ones+=("$(rate "$f" 1)")
+    [ -n "${SKIP_TWO:-}" ] || twos+=("$(rate "$f" 2)")
     [ -n "${batch[$f]:-}" ] && autos+=("$(rate "$f" auto)")
   done
-  python3 - "$f" "${ones[*]}" "${twos[*]}" "${autos[*]:-}" <<'PY'
+  python3 - "$f" "${ones[*]}" "${twos[*]:-}" "${autos[*]:-}" <<'PY'
 import statistics, sys
 f, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
 def ratio(name, c):
     r = [y / x for x, y in zip(a, c)]
     return f"{name} {c}  ratio of medians {statistics.median(c) / statistics.median(a):.2f}x (rounds {min(r):.2f}-{max(r):.2f}x)"
-line = f"{f:13s} 1 thread {a}  " + ratio("2 threads", b)
+line = f"{f:13s} 1 thread {a}" + ("  " + ratio("2 threads", b) if b else "")
 if sys.argv[4].strip():
     line += "  " + ratio("auto", [float(x) for x in sys.argv[4].split()])
 print(line)
