@@ -1,6 +1,7 @@
 /// SSD7's seven convolutions at the project's 300 x 480 and batch 16, one at a time, as its training runs them in the
-/// 8-channel blocked layout: the forward pass, then backward from a given dy (weight and bias gradients, and the input
-/// gradient where the input is not the image), each in GFLOP/s. Starling's own kernels run where they apply (`ConvolutionKernels`);
+/// blocked layout of `ChannelLayout.blockWidth` (16 on AVX-512 CPUs; `STARLING_BLOCK=8` for the 8-channel one): the forward
+/// pass, then backward from a given dy (weight and bias gradients, and the input gradient where the input is not the
+/// image), each in GFLOP/s. Starling's own kernels run where they apply (`ConvolutionKernels`, 8-channel blocks only);
 /// `STARLING_CONV=dnnl` gives every pass to oneDNN, which is the comparison BENCHMARKS.md quotes per layer.
 public enum SSD7LayerBenchmark {
     public struct Layer: Sendable {
