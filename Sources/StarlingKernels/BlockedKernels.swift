@@ -1,75 +1,73 @@
-/// Loops over the 8-channel blocked layout ([N, C/8, H, W, 8], oneDNN's nChw8c): the plane of one sample and one
-/// block of 8 channels is `pixels` vectors of 8 floats, lane l holding channel 8 b + l, so that every per-channel
-/// constant is one vector and every pixel one load.
+/// Loops over the blocked layout ([N, C/B, H, W, B], oneDNN's nChw8c for B = 8, nChw16c for B = 16): the plane of one
+/// sample and one block of B channels is `pixels` vectors of B floats, lane l holding channel B b + l, so that every
+/// per-channel constant is one vector and every pixel one load. Each loop is written once over the pixel vector
+/// (`BlockVector`: SIMD8 or SIMD16) and has a form that takes the width at run time, with the per-channel constants as
+/// pointers to the block's first channel, which is what the entry points of every build call.
 public enum BlockedKernels {
-    public typealias Vector = SIMD8<Float>
-
-    @inlinable @inline(__always)
-    public static func load(_ p: UnsafePointer<Float>) -> Vector { UnsafeRawPointer(p).loadUnaligned(as: Vector.self) }
-
-    @inlinable @inline(__always)
-    public static func store(_ v: Vector, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Vector.self) }
-
     /// y = ELU(scale (x - mean) + shift) over a plane, each lane as `ActivationKernels.affineELU` computes it.
     @inlinable @inline(__always)
-    public static func affineELU<M: MultiplyAdd>(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                                                 mean: Vector, scale: Vector, shift: Vector, alpha: Float, _ m: M.Type) {
-        let zero = Vector(repeating: 0), a = Vector(repeating: alpha)
+    public static func affineELU<M: MultiplyAdd, V: BlockVector>(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                                                 mean: V, scale: V, shift: V, alpha: Float, _ m: M.Type) {
+        let zero = V(repeating: 0), a = V(repeating: alpha), one = V(repeating: 1)
         for p in 0..<pixels {
-            let v = scale * (load(x + 8 &* p) - mean) + shift
-            let negative = a * (VectorMath.exp(v.replacing(with: zero, where: v .> zero), m) - 1)
-            store(negative.replacing(with: v, where: v .> zero), y + 8 &* p)
+            let v = scale * (V.load(x + V.scalarCount &* p) - mean) + shift
+            let positive = V.greater(v, zero)
+            let negative = a * (VectorMath.exp(V.select(v, zero, where: positive), m) - one)
+            V.select(negative, v, where: positive).store(y + V.scalarCount &* p)
         }
     }
 
     /// y = leaky ReLU(scale (x - mean) + shift) over a plane, for 0 < slope < 1 (`Tensor.leakyRelu`'s expression).
     @inlinable @inline(__always)
-    public static func affineLeakyReLU(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                                       mean: Vector, scale: Vector, shift: Vector, slope: Float) {
-        let zero = Vector(repeating: 0), s = Vector(repeating: slope)
+    public static func affineLeakyReLU<V: BlockVector>(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                                       mean: V, scale: V, shift: V, slope: Float) {
+        let zero = V(repeating: 0), s = V(repeating: slope)
         for p in 0..<pixels {
-            let v = scale * (load(x + 8 &* p) - mean) + shift
-            store(v.replacing(with: s * v, where: v .<= zero), y + 8 &* p)
+            let v = scale * (V.load(x + V.scalarCount &* p) - mean) + shift
+            V.select(s * v, v, where: V.greater(v, zero)).store(y + V.scalarCount &* p)
         }
     }
 
     /// (sum a, sum a (b - shift)) per lane over a plane, in Double.
     @inlinable @inline(__always)
-    public static func sumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: Vector)
-        -> (SIMD8<Double>, SIMD8<Double>) {
-        var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
+    public static func sumAndDot<V: BlockVector>(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: V)
+        -> (V.Sums, V.Sums) {
+        var plain = V.Sums(repeating: 0), product = V.Sums(repeating: 0)
         for p in 0..<pixels {
-            let av = SIMD8<Double>(load(a + 8 &* p))
+            let av = V.widened(V.load(a + V.scalarCount &* p))
             plain += av
-            product += av * SIMD8<Double>(load(b + 8 &* p) - shift)
+            product += av * V.widened(V.load(b + V.scalarCount &* p) - shift)
         }
         return (plain, product)
     }
 
     /// dx = scale dy + slope (x - mean) + offset over a plane, added to dx unless `overwrite`.
     @inlinable @inline(__always)
-    public static func inputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>,
-                                     mean: Vector, scale: Vector, slope: Vector, offset: Vector, overwrite: Bool) {
+    public static func inputGradient<V: BlockVector>(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                                     into dx: UnsafeMutablePointer<Float>, mean: V, scale: V, slope: V, offset: V,
+                                                     overwrite: Bool) {
         if overwrite {
             for p in 0..<pixels {
-                let o = 8 &* p
-                store(scale * load(dy + o) + slope * (load(x + o) - mean) + offset, dx + o)
+                let o = V.scalarCount &* p
+                (scale * V.load(dy + o) + slope * (V.load(x + o) - mean) + offset).store(dx + o)
             }
         } else {
             for p in 0..<pixels {
-                let o = 8 &* p
-                store(load(dx + o) + (scale * load(dy + o) + slope * (load(x + o) - mean) + offset), dx + o)
+                let o = V.scalarCount &* p
+                (V.load(dx + o) + (scale * V.load(dy + o) + slope * (V.load(x + o) - mean) + offset)).store(dx + o)
             }
         }
     }
 
     /// One output row of 2x2/2 max-pooling: `width` output pixels from two input rows.
     @inlinable @inline(__always)
-    public static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
-        @inline(__always) func maximum(_ a: Vector, _ b: Vector) -> Vector { a.replacing(with: b, where: b .> a) }
+    public static func maxPoolRow<V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                  into y: UnsafeMutablePointer<Float>, _: V.Type) {
+        let b = V.scalarCount
         for j in 0..<width {
-            let o = 16 &* j
-            store(maximum(maximum(load(top + o), load(top + (o &+ 8))), maximum(load(bottom + o), load(bottom + (o &+ 8)))), y + 8 &* j)
+            let o = 2 &* b &* j
+            V.maximum(V.maximum(V.load(top + o), V.load(top + (o &+ b))), V.maximum(V.load(bottom + o), V.load(bottom + (o &+ b))))
+                .store(y + b &* j)
         }
     }
 
@@ -77,28 +75,94 @@ public enum BlockedKernels {
     /// order, that equals the window's output (the argmax `maxPool2d` records), lane by lane. Added into dx, or
     /// written (zeros elsewhere in the window) with `overwrite`.
     @inlinable @inline(__always)
-    public static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                          topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                          overwrite: Bool) {
-        let zero = Vector(repeating: 0)
+    public static func maxPoolRowGradient<V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                                          topGradient: UnsafeMutablePointer<Float>,
+                                                          bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool, _: V.Type) {
+        let zero = V(repeating: 0), b = V.scalarCount
         for j in 0..<width {
-            let o = 16 &* j
-            let out = load(y + 8 &* j), g = load(dy + 8 &* j)
-            let inputs = (load(top + o), load(top + (o &+ 8)), load(bottom + o), load(bottom + (o &+ 8)))
-            let first = inputs.0 .== out
-            let second = inputs.1 .== out .& .!first
-            let third = inputs.2 .== out .& .!(first .| second)
-            let fourth = inputs.3 .== out .& .!(first .| second .| third)
-            let targets = (topGradient + o, topGradient + (o &+ 8), bottomGradient + o, bottomGradient + (o &+ 8))
-            let parts = (zero.replacing(with: g, where: first), zero.replacing(with: g, where: second),
-                         zero.replacing(with: g, where: third), zero.replacing(with: g, where: fourth))
-            if overwrite {
-                store(parts.0, targets.0); store(parts.1, targets.1); store(parts.2, targets.2); store(parts.3, targets.3)
-            } else {
-                store(load(targets.0) + parts.0, targets.0); store(load(targets.1) + parts.1, targets.1)
-                store(load(targets.2) + parts.2, targets.2); store(load(targets.3) + parts.3, targets.3)
+            let o = 2 &* b &* j
+            let out = V.load(y + b &* j), g = V.load(dy + b &* j)
+            let first = V.equal(V.load(top + o), out)
+            let second = V.lanes(V.equal(V.load(top + (o &+ b)), out), without: first)
+            let third = V.lanes(V.equal(V.load(bottom + o), out), without: V.union(first, second))
+            let fourth = V.lanes(V.equal(V.load(bottom + (o &+ b)), out), without: V.union(V.union(first, second), third))
+            @inline(__always) func put(_ taken: V.Lanes, _ target: UnsafeMutablePointer<Float>) {
+                let part = V.select(zero, g, where: taken)
+                (overwrite ? part : V.load(target) + part).store(target)
             }
+            put(first, topGradient + o); put(second, topGradient + (o &+ b))
+            put(third, bottomGradient + o); put(fourth, bottomGradient + (o &+ b))
+        }
+    }
+}
+
+/// The loops above at a width chosen at run time (8 or 16), per-channel constants read from the block's first channel.
+extension BlockedKernels {
+    @inlinable @inline(__always)
+    public static func affineELU<M: MultiplyAdd>(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                                 mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                                                 alpha: Float, _ m: M.Type) {
+        if width == 16 {
+            affineELU(pixels, x, y, mean: SIMD16.load(mean), scale: SIMD16.load(scale), shift: SIMD16.load(shift), alpha: alpha, m)
+        } else {
+            affineELU(pixels, x, y, mean: SIMD8.load(mean), scale: SIMD8.load(scale), shift: SIMD8.load(shift), alpha: alpha, m)
+        }
+    }
+
+    @inlinable @inline(__always)
+    public static func affineLeakyReLU(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                       mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, slope: Float) {
+        if width == 16 {
+            affineLeakyReLU(pixels, x, y, mean: SIMD16.load(mean), scale: SIMD16.load(scale), shift: SIMD16.load(shift), slope: slope)
+        } else {
+            affineLeakyReLU(pixels, x, y, mean: SIMD8.load(mean), scale: SIMD8.load(scale), shift: SIMD8.load(shift), slope: slope)
+        }
+    }
+
+    /// sums[l] += sum a, products[l] += sum a (b - shift) for the block's `width` lanes; shift nil is zero.
+    @inlinable @inline(__always)
+    public static func sumAndDot(width: Int, _ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                                 shift: UnsafePointer<Float>?, sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
+        if width == 16 {
+            let (s, p) = sumAndDot(pixels, a, b, shift: shift.map { SIMD16.load($0) } ?? SIMD16(repeating: 0))
+            for l in 0..<16 { sums[l] += s[l]; products[l] += p[l] }
+        } else {
+            let (s, p) = sumAndDot(pixels, a, b, shift: shift.map { SIMD8.load($0) } ?? SIMD8(repeating: 0))
+            for l in 0..<8 { sums[l] += s[l]; products[l] += p[l] }
+        }
+    }
+
+    @inlinable @inline(__always)
+    public static func inputGradient(width: Int, _ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                     into dx: UnsafeMutablePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                     slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, overwrite: Bool) {
+        if width == 16 {
+            inputGradient(pixels, dy: dy, x: x, into: dx, mean: SIMD16.load(mean), scale: SIMD16.load(scale), slope: SIMD16.load(slope),
+                          offset: SIMD16.load(offset), overwrite: overwrite)
+        } else {
+            inputGradient(pixels, dy: dy, x: x, into: dx, mean: SIMD8.load(mean), scale: SIMD8.load(scale), slope: SIMD8.load(slope),
+                          offset: SIMD8.load(offset), overwrite: overwrite)
+        }
+    }
+
+    @inlinable @inline(__always)
+    public static func maxPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                  into y: UnsafeMutablePointer<Float>) {
+        if width == 16 { maxPoolRow(pixels, top: top, bottom: bottom, into: y, SIMD16<Float>.self) }
+        else { maxPoolRow(pixels, top: top, bottom: bottom, into: y, SIMD8<Float>.self) }
+    }
+
+    @inlinable @inline(__always)
+    public static func maxPoolRowGradient(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+                                          bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool) {
+        if width == 16 {
+            maxPoolRowGradient(pixels, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient, bottomGradient: bottomGradient,
+                               overwrite: overwrite, SIMD16<Float>.self)
+        } else {
+            maxPoolRowGradient(pixels, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient, bottomGradient: bottomGradient,
+                               overwrite: overwrite, SIMD8<Float>.self)
         }
     }
 }
@@ -108,50 +172,50 @@ public enum BlockedKernels {
 /// exactly monotonic): the exp runs on a quarter of the pixels and the full-size ELU output is never stored. What the
 /// backward needs instead is x at each window's maximum (a quarter of x), from which it finds the window's maximum again.
 public enum PooledELUKernels {
-    public typealias Vector = SIMD8<Float>
-
     /// ELU'(z) read from y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
     @inlinable @inline(__always)
-    public static func eluDerivative(_ y: Vector, alpha: Float) -> Vector {
-        (y + Vector(repeating: alpha)).replacing(with: Vector(repeating: 1), where: y .> Vector(repeating: 0))
+    public static func eluDerivative<V: BlockVector>(_ y: V, alpha: Float) -> V {
+        V.select(y + V(repeating: alpha), V(repeating: 1), where: V.greater(y, V(repeating: 0)))
     }
 
     /// One pooled row: y = ELU(max over the window of z) and, in `argmaxInput`, x at the window's first maximum of z in
     /// row-major order (the input `maxPool2d` records as the argmax).
     @inlinable @inline(__always)
-    public static func forwardRow<M: MultiplyAdd>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                                  mean: Vector, scale: Vector, shift: Vector, alpha: Float,
-                                                  into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>,
-                                                  _ m: M.Type) {
+    public static func forwardRow<M: MultiplyAdd, V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                                  mean: V, scale: V, shift: V, alpha: Float,
+                                                                  into y: UnsafeMutablePointer<Float>,
+                                                                  argmaxInput xm: UnsafeMutablePointer<Float>, _ m: M.Type) {
+        let b = V.scalarCount, zero = V(repeating: 0), one = V(repeating: 1), a = V(repeating: alpha)
         for j in 0..<width {
-            let o = 16 &* j
-            let x0 = BlockedKernels.load(top + o), x1 = BlockedKernels.load(top + (o &+ 8))
-            let x2 = BlockedKernels.load(bottom + o), x3 = BlockedKernels.load(bottom + (o &+ 8))
+            let o = 2 &* b &* j
+            let x0 = V.load(top + o), x1 = V.load(top + (o &+ b))
+            let x2 = V.load(bottom + o), x3 = V.load(bottom + (o &+ b))
             let z0 = scale * (x0 - mean) + shift, z1 = scale * (x1 - mean) + shift
             let z2 = scale * (x2 - mean) + shift, z3 = scale * (x3 - mean) + shift
-            let right = z1 .> z0, lowerRight = z3 .> z2
-            let zTop = z0.replacing(with: z1, where: right), xTop = x0.replacing(with: x1, where: right)
-            let zBottom = z2.replacing(with: z3, where: lowerRight), xBottom = x2.replacing(with: x3, where: lowerRight)
-            let lower = zBottom .> zTop
+            let right = V.greater(z1, z0), lowerRight = V.greater(z3, z2)
+            let zTop = V.select(z0, z1, where: right), xTop = V.select(x0, x1, where: right)
+            let zBottom = V.select(z2, z3, where: lowerRight), xBottom = V.select(x2, x3, where: lowerRight)
+            let lower = V.greater(zBottom, zTop)
             // ELU, written out: as a call (even marked inline-always) it stayed out of line, one call per pixel.
-            let z = zTop.replacing(with: zBottom, where: lower), zero = Vector(repeating: 0)
-            let negative = Vector(repeating: alpha) * (VectorMath.exp(z.replacing(with: zero, where: z .> zero), m) - 1)
-            BlockedKernels.store(negative.replacing(with: z, where: z .> zero), y + 8 &* j)
-            BlockedKernels.store(xTop.replacing(with: xBottom, where: lower), xm + 8 &* j)
+            let z = V.select(zTop, zBottom, where: lower)
+            let positive = V.greater(z, zero)
+            let negative = a * (VectorMath.exp(V.select(z, zero, where: positive), m) - one)
+            V.select(negative, z, where: positive).store(y + b &* j)
+            V.select(xTop, xBottom, where: lower).store(xm + b &* j)
         }
     }
 
     /// (sum dz, sum dz (x - mean)) per lane over `pixels` pooled vectors, dz = dy ELU'(y) at each window's maximum
     /// (zero elsewhere, so the rest of the window adds nothing), in Double.
     @inlinable @inline(__always)
-    public static func gradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
-                                    mean: Vector, alpha: Float) -> (SIMD8<Double>, SIMD8<Double>) {
-        var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
+    public static func gradientSums<V: BlockVector>(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                                    argmaxInput xm: UnsafePointer<Float>, mean: V, alpha: Float) -> (V.Sums, V.Sums) {
+        var plain = V.Sums(repeating: 0), product = V.Sums(repeating: 0)
         for p in 0..<pixels {
-            let o = 8 &* p
-            let dz = SIMD8<Double>(BlockedKernels.load(dy + o) * eluDerivative(BlockedKernels.load(y + o), alpha: alpha))
+            let o = V.scalarCount &* p
+            let dz = V.widened(V.load(dy + o) * eluDerivative(V.load(y + o), alpha: alpha))
             plain += dz
-            product += dz * SIMD8<Double>(BlockedKernels.load(xm + o) - mean)
+            product += dz * V.widened(V.load(xm + o) - mean)
         }
         return (plain, product)
     }
@@ -160,27 +224,74 @@ public enum PooledELUKernels {
     /// first input of each window equal to `argmaxInput` and zero elsewhere; added to dx unless `overwrite`. The first
     /// x equal to x at the first maximum of z is that input: an earlier equal x would have had the same z.
     @inlinable @inline(__always)
-    public static func inputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+    public static func inputGradientRow<V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                        y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                                        topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                                        mean: V, scale: V, slope: V, offset: V, alpha: Float, overwrite: Bool) {
+        let zero = V(repeating: 0), b = V.scalarCount
+        for j in 0..<width {
+            let o = 2 &* b &* j, q = b &* j
+            let g = V.load(dy + q) * eluDerivative(V.load(y + q), alpha: alpha)
+            let at = V.load(xm + q)
+            let x = (V.load(top + o), V.load(top + (o &+ b)), V.load(bottom + o), V.load(bottom + (o &+ b)))
+            let first = V.equal(x.0, at)
+            let second = V.lanes(V.equal(x.1, at), without: first)
+            let third = V.lanes(V.equal(x.2, at), without: V.union(first, second))
+            let fourth = V.lanes(V.equal(x.3, at), without: V.union(V.union(first, second), third))
+            @inline(__always) func gradient(_ xv: V, _ taken: V.Lanes, _ target: UnsafeMutablePointer<Float>) {
+                let dx = scale * V.select(zero, g, where: taken) + slope * (xv - mean) + offset
+                (overwrite ? dx : V.load(target) + dx).store(target)
+            }
+            gradient(x.0, first, topGradient + o); gradient(x.1, second, topGradient + (o &+ b))
+            gradient(x.2, third, bottomGradient + o); gradient(x.3, fourth, bottomGradient + (o &+ b))
+        }
+    }
+}
+
+/// The loops above at a width chosen at run time (8 or 16), per-channel constants read from the block's first channel.
+extension PooledELUKernels {
+    @inlinable @inline(__always)
+    public static func forwardRow<M: MultiplyAdd>(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                  mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                                                  alpha: Float, into y: UnsafeMutablePointer<Float>,
+                                                  argmaxInput xm: UnsafeMutablePointer<Float>, _ m: M.Type) {
+        if width == 16 {
+            forwardRow(pixels, top: top, bottom: bottom, mean: SIMD16.load(mean), scale: SIMD16.load(scale), shift: SIMD16.load(shift),
+                       alpha: alpha, into: y, argmaxInput: xm, m)
+        } else {
+            forwardRow(pixels, top: top, bottom: bottom, mean: SIMD8.load(mean), scale: SIMD8.load(scale), shift: SIMD8.load(shift),
+                       alpha: alpha, into: y, argmaxInput: xm, m)
+        }
+    }
+
+    /// sums[l] += sum dz, products[l] += sum dz (x - mean) for the block's `width` lanes.
+    @inlinable @inline(__always)
+    public static func gradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                    argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
+                                    sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
+        if width == 16 {
+            let (s, p) = gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: SIMD16.load(mean), alpha: alpha)
+            for l in 0..<16 { sums[l] += s[l]; products[l] += p[l] }
+        } else {
+            let (s, p) = gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: SIMD8.load(mean), alpha: alpha)
+            for l in 0..<8 { sums[l] += s[l]; products[l] += p[l] }
+        }
+    }
+
+    @inlinable @inline(__always)
+    public static func inputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
                                         y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
                                         topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                        mean: Vector, scale: Vector, slope: Vector, offset: Vector, alpha: Float, overwrite: Bool) {
-        let zero = Vector(repeating: 0)
-        for j in 0..<width {
-            let o = 16 &* j, q = 8 &* j
-            let g = BlockedKernels.load(dy + q) * eluDerivative(BlockedKernels.load(y + q), alpha: alpha)
-            let at = BlockedKernels.load(xm + q)
-            let x = (BlockedKernels.load(top + o), BlockedKernels.load(top + (o &+ 8)),
-                     BlockedKernels.load(bottom + o), BlockedKernels.load(bottom + (o &+ 8)))
-            let first = x.0 .== at
-            let second = x.1 .== at .& .!first
-            let third = x.2 .== at .& .!(first .| second)
-            let fourth = x.3 .== at .& .!(first .| second .| third)
-            @inline(__always) func gradient(_ xv: Vector, _ taken: SIMDMask<SIMD8<Int32>>, _ target: UnsafeMutablePointer<Float>) {
-                let dx = scale * zero.replacing(with: g, where: taken) + slope * (xv - mean) + offset
-                BlockedKernels.store(overwrite ? dx : BlockedKernels.load(target) + dx, target)
-            }
-            gradient(x.0, first, topGradient + o); gradient(x.1, second, topGradient + (o &+ 8))
-            gradient(x.2, third, bottomGradient + o); gradient(x.3, fourth, bottomGradient + (o &+ 8))
+                                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+                                        offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool) {
+        if width == 16 {
+            inputGradientRow(pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+                             bottomGradient: bottomGradient, mean: SIMD16.load(mean), scale: SIMD16.load(scale), slope: SIMD16.load(slope),
+                             offset: SIMD16.load(offset), alpha: alpha, overwrite: overwrite)
+        } else {
+            inputGradientRow(pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+                             bottomGradient: bottomGradient, mean: SIMD8.load(mean), scale: SIMD8.load(scale), slope: SIMD8.load(slope),
+                             offset: SIMD8.load(offset), alpha: alpha, overwrite: overwrite)
         }
     }
 }

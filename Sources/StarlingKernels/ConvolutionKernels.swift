@@ -49,7 +49,7 @@ public enum FiveWideWeightGradient {
                             var (a0, a1, a2, a3, a4) = (zero, zero, zero, zero, zero)
                             var (b0, b1, b2, b3, b4) = (zero, zero, zero, zero, zero)
                             for ox in 0..<outWidth {
-                                let d0 = BlockedKernels.load(dy0 + 8 &* ox), d1 = BlockedKernels.load(dy1 + 8 &* ox)
+                                let d0 = SIMD8<Float>.load(dy0 + 8 &* ox), d1 = SIMD8<Float>.load(dy1 + 8 &* ox)
                                 let r = padded + ox
                                 let t0 = V(repeating: r[0]), t1 = V(repeating: r[1]), t2 = V(repeating: r[2])
                                 let t3 = V(repeating: r[3]), t4 = V(repeating: r[4])
@@ -65,7 +65,7 @@ public enum FiveWideWeightGradient {
                             // Each row of dy once: the input row level with it (every output row has one).
                             if biasGradient != nil && c == 0 && kh == padTop {
                                 var (u, v) = (zero, zero)
-                                for ox in 0..<outWidth { u += BlockedKernels.load(dy0 + 8 &* ox); v += BlockedKernels.load(dy1 + 8 &* ox) }
+                                for ox in 0..<outWidth { u += SIMD8<Float>.load(dy0 + 8 &* ox); v += SIMD8<Float>.load(dy1 + 8 &* ox) }
                                 biasSums[2 * p] += SIMD8<Double>(u)
                                 biasSums[2 * p + 1] += SIMD8<Double>(v)
                             }
@@ -126,8 +126,8 @@ public enum BlockedWeightGradient3x3 {
             let b = partial + 9 * perTap
             var (u0, u1, u2) = (b[0], b[1], outBlockCount == 3 ? b[2] : V(repeating: 0))
             for p in 0..<width {
-                u0 += BlockedKernels.load(d0 + 8 &* p); u1 += BlockedKernels.load(d1 + 8 &* p)
-                if outBlockCount == 3 { u2 += BlockedKernels.load(d2 + 8 &* p) }
+                u0 += SIMD8<Float>.load(d0 + 8 &* p); u1 += SIMD8<Float>.load(d1 + 8 &* p)
+                if outBlockCount == 3 { u2 += SIMD8<Float>.load(d2 + 8 &* p) }
             }
             b[0] = u0; b[1] = u1
             if outBlockCount == 3 { b[2] = u2 }
@@ -147,7 +147,7 @@ public enum BlockedWeightGradient3x3 {
                         var (a2, b2, c2, a3, b3, c3) = (s[6], s[7], s[8], s[9], s[10], s[11])
                         for p in first..<last {
                             let o = 8 &* p
-                            let g0 = BlockedKernels.load(d0 + o), g1 = BlockedKernels.load(d1 + o), g2 = BlockedKernels.load(d2 + o)
+                            let g0 = SIMD8<Float>.load(d0 + o), g1 = SIMD8<Float>.load(d1 + o), g2 = SIMD8<Float>.load(d2 + o)
                             let i = lanes + o
                             let t0 = V(repeating: i[0]), t1 = V(repeating: i[1]), t2 = V(repeating: i[2]), t3 = V(repeating: i[3])
                             a0 = M.multiplyAdd(g0, t0, a0); b0 = M.multiplyAdd(g1, t0, b0); c0 = M.multiplyAdd(g2, t0, c0)
@@ -161,7 +161,7 @@ public enum BlockedWeightGradient3x3 {
                         var (a0, b0, a1, b1, a2, b2, a3, b3) = (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7])
                         for p in first..<last {
                             let o = 8 &* p
-                            let g0 = BlockedKernels.load(d0 + o), g1 = BlockedKernels.load(d1 + o)
+                            let g0 = SIMD8<Float>.load(d0 + o), g1 = SIMD8<Float>.load(d1 + o)
                             let i = lanes + o
                             let t0 = V(repeating: i[0]), t1 = V(repeating: i[1]), t2 = V(repeating: i[2]), t3 = V(repeating: i[3])
                             a0 = M.multiplyAdd(g0, t0, a0); b0 = M.multiplyAdd(g1, t0, b0)
@@ -246,7 +246,7 @@ public enum DirectForward {
                                            bias: UnsafePointer<Float>, out0: UnsafeMutablePointer<Float>,
                                            out1: UnsafeMutablePointer<Float>, moments: UnsafeMutablePointer<SIMD8<Double>>?, _: M.Type) {
         typealias V = SIMD8<Float>
-        let bias0 = BlockedKernels.load(bias), bias1 = BlockedKernels.load(bias + 8)
+        let bias0 = SIMD8<Float>.load(bias), bias1 = SIMD8<Float>.load(bias + 8)
         let top = padded + y * rowFloats
         var x = 0
         while x + 6 <= width {
@@ -254,7 +254,7 @@ public enum DirectForward {
             var (b0, b1, b2, b3, b4, b5) = (bias1, bias1, bias1, bias1, bias1, bias1)
             let r = top + x * pixelStride
             for s in 0..<stepCount {
-                let w0 = BlockedKernels.load(weights + 16 &* s), w1 = BlockedKernels.load(weights + (16 &* s &+ 8))
+                let w0 = SIMD8<Float>.load(weights + 16 &* s), w1 = SIMD8<Float>.load(weights + (16 &* s &+ 8))
                 let i = r + steps[s]
                 var t = V(repeating: i[0])
                 a0 = M.multiplyAdd(w0, t, a0); b0 = M.multiplyAdd(w1, t, b0)
@@ -270,10 +270,10 @@ public enum DirectForward {
                 a5 = M.multiplyAdd(w0, t, a5); b5 = M.multiplyAdd(w1, t, b5)
             }
             let o = 8 &* x
-            BlockedKernels.store(a0, out0 + o); BlockedKernels.store(a1, out0 + (o &+ 8)); BlockedKernels.store(a2, out0 + (o &+ 16))
-            BlockedKernels.store(a3, out0 + (o &+ 24)); BlockedKernels.store(a4, out0 + (o &+ 32)); BlockedKernels.store(a5, out0 + (o &+ 40))
-            BlockedKernels.store(b0, out1 + o); BlockedKernels.store(b1, out1 + (o &+ 8)); BlockedKernels.store(b2, out1 + (o &+ 16))
-            BlockedKernels.store(b3, out1 + (o &+ 24)); BlockedKernels.store(b4, out1 + (o &+ 32)); BlockedKernels.store(b5, out1 + (o &+ 40))
+            a0.store(out0 + o); a1.store(out0 + (o &+ 8)); a2.store(out0 + (o &+ 16))
+            a3.store(out0 + (o &+ 24)); a4.store(out0 + (o &+ 32)); a5.store(out0 + (o &+ 40))
+            b0.store(out1 + o); b1.store(out1 + (o &+ 8)); b2.store(out1 + (o &+ 16))
+            b3.store(out1 + (o &+ 24)); b4.store(out1 + (o &+ 32)); b5.store(out1 + (o &+ 40))
             if let m = moments {
                 m[0] += SIMD8<Double>(((a0 + a1) + (a2 + a3)) + (a4 + a5))
                 m[1] += SIMD8<Double>(((b0 + b1) + (b2 + b3)) + (b4 + b5))
@@ -287,10 +287,10 @@ public enum DirectForward {
             let r = top + x * pixelStride
             for s in 0..<stepCount {
                 let t = V(repeating: r[steps[s]])
-                a = M.multiplyAdd(BlockedKernels.load(weights + 16 &* s), t, a)
-                b = M.multiplyAdd(BlockedKernels.load(weights + (16 &* s &+ 8)), t, b)
+                a = M.multiplyAdd(SIMD8<Float>.load(weights + 16 &* s), t, a)
+                b = M.multiplyAdd(SIMD8<Float>.load(weights + (16 &* s &+ 8)), t, b)
             }
-            BlockedKernels.store(a, out0 + 8 &* x); BlockedKernels.store(b, out1 + 8 &* x)
+            a.store(out0 + 8 &* x); b.store(out1 + 8 &* x)
             if let m = moments {
                 m[0] += SIMD8<Double>(a); m[1] += SIMD8<Double>(b)
                 m[2] += SIMD8<Double>(a * a); m[3] += SIMD8<Double>(b * b)

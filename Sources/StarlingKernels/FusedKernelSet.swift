@@ -10,10 +10,6 @@ public protocol FusedKernelSet {
     static func elu(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, alpha: Float)
     static func affineELU(_ n: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: Float, scale: Float, shift: Float,
                      alpha: Float)
-    static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
-                     scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float)
-    static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
-                     scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float)
     static func fiveWideWeightGradient(images: Int, channels: Int, height: Int, width: Int, kernelH: Int, padTop: Int, padLeft: Int,
                      outHeight: Int, outWidth: Int, outBlocks: Int, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                      dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>?, blockPairs: Range<Int>,
@@ -24,24 +20,32 @@ public protocol FusedKernelSet {
     static func directForwardRow(_ y: Int, width: Int, rowFloats: Int, blocked: Bool, padded: UnsafePointer<Float>,
                      steps: UnsafePointer<Int>, stepCount: Int, weights: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                      out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>, moments: UnsafeMutablePointer<SIMD8<Double>>?)
-    static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-                     shift: SIMD8<Float>) -> (SIMD8<Double>, SIMD8<Double>)
-    static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                     into dx: UnsafeMutablePointer<Float>, mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>,
-                     offset: SIMD8<Float>, overwrite: Bool)
-    static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>)
-    static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
-                     dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                     overwrite: Bool)
     static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
                      probabilities p: UnsafeMutablePointer<Float>) -> Double
-    static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
-                     scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
-                     argmaxInput xm: UnsafeMutablePointer<Float>)
-    static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                     argmaxInput xm: UnsafePointer<Float>, mean: SIMD8<Float>, alpha: Float) -> (SIMD8<Double>, SIMD8<Double>)
-    static func pooledELUInputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
-                     dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
-                     bottomGradient: UnsafeMutablePointer<Float>, mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>,
-                     offset: SIMD8<Float>, alpha: Float, overwrite: Bool)
+    // The blocked layout's loops, at width 8 or 16, per-channel constants from the block's first channel.
+    static func affineELUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                     mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float)
+    static func affineLeakyReLUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                     mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, slope: Float)
+    static func blockedSumAndDot(width: Int, _ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     shift: UnsafePointer<Float>?, sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>)
+    static func blockedInputGradient(width: Int, _ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                     into dx: UnsafeMutablePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                     slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, overwrite: Bool)
+    static func maxPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     into y: UnsafeMutablePointer<Float>)
+    static func maxPoolRowGradient(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     y: UnsafePointer<Float>, dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+                     bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool)
+    static func pooledELUForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float,
+                     into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>)
+    static func pooledELUGradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                     argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
+                     sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>)
+    static func pooledELUInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                     topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                     mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+                     offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool)
 }

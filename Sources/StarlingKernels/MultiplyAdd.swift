@@ -5,6 +5,8 @@
 public protocol MultiplyAdd {
     static func multiplyAdd(_ a: Float, _ b: Float, _ c: Float) -> Float
     static func multiplyAdd(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>) -> SIMD8<Float>
+    /// On a pixel of the blocked layout, at either width.
+    static func multiplyAdd<V: BlockVector>(_ a: V, _ b: V, _ c: V) -> V
 }
 
 /// a * b rounded, then + c rounded: what Swift computes for `a * b + c`.
@@ -14,6 +16,9 @@ public enum SeparateMultiplyAdd: MultiplyAdd {
 
     @inlinable @inline(__always)
     public static func multiplyAdd(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>) -> SIMD8<Float> { a * b + c }
+
+    @inlinable @inline(__always)
+    public static func multiplyAdd<V: BlockVector>(_ a: V, _ b: V, _ c: V) -> V { a * b + c }
 }
 
 /// a * b + c rounded once (llvm.fma: one vfmadd instruction where the target has FMA).
@@ -23,4 +28,7 @@ public enum FusedMultiplyAdd: MultiplyAdd {
 
     @inlinable @inline(__always)
     public static func multiplyAdd(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>) -> SIMD8<Float> { c.addingProduct(a, b) }
+
+    @inlinable @inline(__always)
+    public static func multiplyAdd<V: BlockVector>(_ a: V, _ b: V, _ c: V) -> V { V.fusedMultiplyAdd(a, b, c) }
 }

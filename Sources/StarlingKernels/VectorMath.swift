@@ -38,15 +38,15 @@ public enum VectorMath {
         return y * Float(bitPattern: (n &+ 127) &<< 23)
     }
 
-    /// e^x on eight lanes, for kernels that hold one vector per pixel (the blocked layout): the same operations as
-    /// the scalar `exp`, so each lane gives the scalar result bit for bit.
+    /// e^x on a pixel of the blocked layout (8 or 16 lanes): the same operations as the scalar `exp`, so each lane
+    /// gives the scalar result bit for bit.
     @inlinable @inline(__always)
-    public static func exp<M: MultiplyAdd>(_ xIn: SIMD8<Float>, _: M.Type) -> SIMD8<Float> {
-        typealias V = SIMD8<Float>
-        var x = xIn.replacing(with: -87.3, where: xIn .< -87.3)
-        x = x.replacing(with: 88, where: x .> 88)
+    public static func exp<M: MultiplyAdd, V: BlockVector>(_ xIn: V, _: M.Type) -> V {
+        let low = V(repeating: -87.3), high = V(repeating: 88)
+        var x = V.select(xIn, low, where: V.greater(low, xIn))
+        x = V.select(x, high, where: V.greater(x, high))
         let shifted = M.multiplyAdd(x, V(repeating: 1.44269504088896341), V(repeating: magic))
-        let fx = shifted - magic
+        let fx = shifted - V(repeating: magic)
         x = M.multiplyAdd(-fx, V(repeating: 0.693359375), x)
         x = M.multiplyAdd(fx, V(repeating: 2.12194440e-4), x)
         let z = x * x
@@ -56,9 +56,8 @@ public enum VectorMath {
         y = M.multiplyAdd(y, x, V(repeating: 4.1665795894e-2))
         y = M.multiplyAdd(y, x, V(repeating: 1.6666665459e-1))
         y = M.multiplyAdd(y, x, V(repeating: 5.0000001201e-1))
-        y = M.multiplyAdd(y, z, x) + 1
-        let n = unsafeBitCast(shifted, to: SIMD8<UInt32>.self) &- magic.bitPattern
-        return y * unsafeBitCast((n &+ 127) &<< 23, to: V.self)
+        y = M.multiplyAdd(y, z, x) + V(repeating: 1)
+        return y * V.powerOfTwo(fromShifted: shifted, magic: magic)
     }
 
     /// ln(x) for normal positive x.

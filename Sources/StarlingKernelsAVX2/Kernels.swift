@@ -39,17 +39,20 @@ extension FusedKernels {
     }
 }
 
+/// The blocked layout's loops take the block width (8 or 16) and the per-channel constants as pointers to the block's first
+/// channel: a 16-channel pixel is one zmm register in the AVX-512 build, two ymm ones in the AVX2 build.
 extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                                        mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float) {
-        BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
+    public static func affineELUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float) {
+        BlockedKernels.affineELU(width: width, pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, FusedMultiplyAdd.self)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                                              mean: SIMD8<Float>, scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float) {
-        BlockedKernels.affineLeakyReLU(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+    public static func affineLeakyReLUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                              mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                                              slope: Float) {
+        BlockedKernels.affineLeakyReLU(width: width, pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
     }
 }
 
@@ -94,32 +97,33 @@ extension FusedKernels {
     }
 }
 
-/// The blocked layout's memory-bound loops: one 8-channel vector per pixel is one ymm register in the AVX2 and AVX-512
-/// builds, two xmm ones in the baseline build (the sums in Double: two ymm, one zmm, four xmm).
+/// The blocked layout's memory-bound loops.
 extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>)
-        -> (SIMD8<Double>, SIMD8<Double>) {
-        BlockedKernels.sumAndDot(pixels, a, b, shift: shift)
+    public static func blockedSumAndDot(width: Int, _ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                                        shift: UnsafePointer<Float>?, sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
+        BlockedKernels.sumAndDot(width: width, pixels, a, b, shift: shift, sums: sums, products: products)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>,
-                                            mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
-                                            overwrite: Bool) {
-        BlockedKernels.inputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset, overwrite: overwrite)
+    public static func blockedInputGradient(width: Int, _ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                            into dx: UnsafeMutablePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                            slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, overwrite: Bool) {
+        BlockedKernels.inputGradient(width: width, pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
+                                     overwrite: overwrite)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
-        BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y)
+    public static func maxPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                  into y: UnsafeMutablePointer<Float>) {
+        BlockedKernels.maxPoolRow(width: width, pixels, top: top, bottom: bottom, into: y)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
-                                          dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+    public static func maxPoolRowGradient(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
                                           bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool) {
-        BlockedKernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+        BlockedKernels.maxPoolRowGradient(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
                                           bottomGradient: bottomGradient, overwrite: overwrite)
     }
 }
@@ -135,28 +139,30 @@ extension FusedKernels {
 /// Batch norm + ELU + 2x2 max-pooling pooled before the ELU (`PooledELUKernels`).
 extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
-                                           scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
-                                           argmaxInput xm: UnsafeMutablePointer<Float>) {
-        PooledELUKernels.forwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
-                                    argmaxInput: xm, FusedMultiplyAdd.self)
+    public static func pooledELUForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                           mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                                           alpha: Float, into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>) {
+        PooledELUKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha,
+                                    into: y, argmaxInput: xm, FusedMultiplyAdd.self)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
-                                             mean: SIMD8<Float>, alpha: Float) -> (SIMD8<Double>, SIMD8<Double>) {
-        PooledELUKernels.gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
+    public static func pooledELUGradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                             argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
+                                             sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
+        PooledELUKernels.gradientSums(width: width, pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha, sums: sums,
+                                      products: products)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func pooledELUInputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
-                                                 dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+    public static func pooledELUInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                 y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
                                                  topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                                 mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
-                                                 alpha: Float, overwrite: Bool) {
-        PooledELUKernels.inputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
-                                          bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
-                                          alpha: alpha, overwrite: overwrite)
+                                                 mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+                                                 offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool) {
+        PooledELUKernels.inputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm,
+                                          topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
+                                          slope: slope, offset: offset, alpha: alpha, overwrite: overwrite)
     }
 }
 extension FusedKernels: FusedKernelSet {}

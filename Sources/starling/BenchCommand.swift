@@ -51,7 +51,7 @@ struct BenchCommand: ParsableCommand {
         }
         if suite { return try runSuite() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another); \(GEMMSelection.summary)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another); blocked layout \(ChannelLayout.blockWidth) channels wide (STARLING_BLOCK=8 or 16); \(GEMMSelection.summary)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.

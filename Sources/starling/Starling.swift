@@ -20,6 +20,7 @@ struct Starling: ParsableCommand {
         let arguments: [String]
         do {
             if let error = GEMMSelection.overrideError { throw error }
+            if let error = ChannelLayout.blockWidthError { throw error }
             arguments = try RunConfiguration.expand(given)
             try MPILaunch.relaunchIfAsked(ranks: MPILaunch.requestedRanks(arguments), arguments: given)
         } catch {

@@ -3,8 +3,11 @@ import Testing
 
 /// The blocked ops of U-Net's path: the transposed convolution (`conv2dTransposedBlocked`) against the NCHW op, and the
 /// convolution with its ReLU as one op (`conv2dBlockedReLU`) against the two ops; values and every gradient, and each
-/// against finite differences.
+/// against finite differences; at block widths 8 and 16 (a side whose channels are not a multiple of 16 stays 8 wide in a
+/// 16-wide pass, as the layers choose).
 @Suite struct BlockedUpPathTests {
+    private func side(_ channels: Int, _ preferred: Int) -> Int { channels % preferred == 0 ? preferred : 8 }
+
     /// Runs `f` on fresh copies of `inputs`, back-propagates fixed random weights, and returns the output (NCHW values)
     /// and each input's gradient.
     private func run(_ inputs: [Tensor], _ f: ([Tensor]) -> Tensor) -> (output: [Float], gradients: [[Float]]) {
@@ -16,16 +19,21 @@ import Testing
 
     /// U-Net's 2x2 at stride 2 (even and odd maps), and overlapping windows: 3x3 at stride 2 "same" and "valid", 3x3 at
     /// stride 1; 16 -> 8 and 8 -> 24 channels.
-    @Test func transposedConvolutionMatchesNCHW() throws {
+    @Test(arguments: [8, 16]) func transposedConvolutionMatchesNCHW(preferred: Int) throws {
         for (kernel, stride, padding, cin, cout, h, w) in [(2, 2, Padding.valid, 16, 8, 6, 7), (2, 2, Padding.valid, 8, 24, 5, 3),
                                                            (3, 2, Padding.same, 16, 8, 4, 5), (3, 2, Padding.valid, 8, 16, 3, 4),
                                                            (3, 1, Padding.valid, 16, 16, 5, 5), (2, 2, Padding.same, 8, 8, 9, 2)] {
             let x = randomVariable([2, cin, h, w], seed: 51), weight = randomVariable([cin, cout, kernel, kernel], seed: 52)
             let b = randomVariable([cout], seed: 53)
-            try #require(Tensor.canConvolveTransposedBlocked(input: x.shape, weight: weight.shape, stride: (stride, stride), padding: padding))
+            let (inWidth, outWidth) = (side(cin, preferred), side(cout, preferred))
+            try #require(Tensor.canConvolveTransposedBlocked(input: x.shape, weight: weight.shape, stride: (stride, stride), padding: padding,
+                                                             width: outWidth, inputWidth: inWidth))
             let reference = run([x, weight, b]) { $0[0].conv2dTransposed($0[1], bias: $0[2], stride: (stride, stride), padding: padding) }
             let blocked = run([x, weight, b]) {
-                $0[0].blocked8().conv2dTransposedBlocked($0[1], bias: $0[2], stride: (stride, stride), padding: padding).unblocked8()
+                let y = $0[0].blocked(width: inWidth).conv2dTransposedBlocked($0[1], bias: $0[2], stride: (stride, stride), padding: padding,
+                                                                              width: outWidth)
+                #expect(y.shape[4] == outWidth)
+                return y.unblocked()
             }
             expectClose(blocked.output, reference.output, tolerance: 1e-5)
             for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
@@ -33,17 +41,17 @@ import Testing
     }
 
     /// An input read by two transposed convolutions: the second backward adds to the gradient the first wrote.
-    @Test func transposedConvolutionAddsToAnExistingGradient() {
-        let x = randomVariable([2, 8, 3, 4], seed: 54)
-        let (w1, w2) = (randomVariable([8, 8, 2, 2], seed: 55), randomVariable([8, 16, 2, 2], seed: 56))
-        let (b1, b2) = (randomVariable([8], seed: 57), randomVariable([16], seed: 58))
+    @Test(arguments: [8, 16]) func transposedConvolutionAddsToAnExistingGradient(preferred: Int) {
+        let x = randomVariable([2, 16, 3, 4], seed: 54)
+        let (w1, w2) = (randomVariable([16, 16, 2, 2], seed: 55), randomVariable([16, 32, 2, 2], seed: 56))
+        let (b1, b2) = (randomVariable([16], seed: 57), randomVariable([32], seed: 58))
         let reference = run([x, w1, b1, w2, b2]) { t in
             Tensor.concat([t[0].conv2dTransposed(t[1], bias: t[2], stride: (2, 2)), t[0].conv2dTransposed(t[3], bias: t[4], stride: (2, 2))], axis: 1)
         }
         let blocked = run([x, w1, b1, w2, b2]) { t in
-            let xb = t[0].blocked8()
+            let xb = t[0].blocked(width: preferred)
             return Tensor.concat([xb.conv2dTransposedBlocked(t[1], bias: t[2], stride: (2, 2), padding: .valid),
-                                  xb.conv2dTransposedBlocked(t[3], bias: t[4], stride: (2, 2), padding: .valid)], axis: 1).unblocked8()
+                                  xb.conv2dTransposedBlocked(t[3], bias: t[4], stride: (2, 2), padding: .valid)], axis: 1).unblocked()
         }
         expectClose(blocked.output, reference.output, tolerance: 1e-5)
         for k in 0..<5 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
@@ -57,24 +65,34 @@ import Testing
         checkGradients([randomVariable([1, 1, 3, 3, 8], seed: 62), randomVariable([8, 8, 3, 3], seed: 63), b]) {
             $0[0].conv2dTransposedBlocked($0[1], bias: $0[2], stride: (2, 2), padding: .same)
         }
+        // 16 wide in, 16 wide out; and 16 wide in, 8 wide out.
+        checkGradients([randomVariable([1, 1, 2, 2, 16], seed: 70), randomVariable([16, 16, 2, 2], seed: 71), randomVariable([16], seed: 72)]) {
+            $0[0].conv2dTransposedBlocked($0[1], bias: $0[2], stride: (2, 2), padding: .valid)
+        }
+        checkGradients([randomVariable([1, 1, 2, 2, 16], seed: 73), randomVariable([16, 8, 2, 2], seed: 74), b]) {
+            $0[0].conv2dTransposedBlocked($0[1], bias: $0[2], stride: (2, 2), padding: .valid, width: 8)
+        }
     }
 
     /// Against `conv2dBlocked(...).relu()`: a blocked input 26 pixels wide (Starling's own forward kernel where the CPU
     /// has it, then the ReLU pass), a blocked input into 32 channels and a strided one (oneDNN with the ReLU fused into
     /// its store), an NCHW input of 3 channels (the first layer).
-    @Test func convolutionReLUMatchesTheTwoOps() throws {
+    @Test(arguments: [8, 16]) func convolutionReLUMatchesTheTwoOps(preferred: Int) throws {
         for (cin, cout, stride, padding, width) in [(16, 16, 1, Padding.same, 26), (16, 32, 1, Padding.same, 9), (8, 16, 2, Padding.valid, 11),
                                                     (3, 16, 1, Padding.same, 26)] {
             let blockedInput = cin % 8 == 0
             let x = randomVariable([2, cin, 5, width], seed: 64), w = randomVariable([cout, cin, 3, 3], seed: 65)
             let b = randomVariable([cout], seed: 66)
+            let (inWidth, outWidth) = (side(cin, preferred), side(cout, preferred))
             try #require(Tensor.canConvolveBlocked(input: x.shape, weight: w.shape, stride: (stride, stride), padding: padding,
-                                                   blockedInput: blockedInput, blockedOutput: true))
-            func input(_ t: Tensor) -> Tensor { blockedInput ? t.blocked8() : t }
+                                                   blockedInput: blockedInput, blockedOutput: true, width: outWidth, inputWidth: inWidth))
+            func input(_ t: Tensor) -> Tensor { blockedInput ? t.blocked(width: inWidth) : t }
             let reference = run([x, w, b]) {
-                input($0[0]).conv2dBlocked($0[1], bias: $0[2], stride: (stride, stride), padding: padding).relu().unblocked8()
+                input($0[0]).conv2dBlocked($0[1], bias: $0[2], stride: (stride, stride), padding: padding, width: outWidth).relu().unblocked()
             }
-            let fused = run([x, w, b]) { input($0[0]).conv2dBlockedReLU($0[1], bias: $0[2], stride: (stride, stride), padding: padding).unblocked8() }
+            let fused = run([x, w, b]) {
+                input($0[0]).conv2dBlockedReLU($0[1], bias: $0[2], stride: (stride, stride), padding: padding, width: outWidth).unblocked()
+            }
             #expect(reference.output.contains { $0 == 0 } && reference.output.contains { $0 > 0 })
             expectClose(fused.output, reference.output, tolerance: 1e-5)
             for k in 0..<3 { expectClose(fused.gradients[k], reference.gradients[k], tolerance: 1e-4) }
@@ -83,6 +101,10 @@ import Testing
 
     @Test func convolutionReLUFiniteDifferences() {
         checkGradients([randomVariable([2, 1, 4, 3, 8], seed: 67), randomVariable([8, 8, 3, 3], seed: 68), randomVariable([8], seed: 69)],
+                       eps: 1e-3) {
+            $0[0].conv2dBlockedReLU($0[1], bias: $0[2], stride: (1, 1), padding: .same)
+        }
+        checkGradients([randomVariable([1, 1, 3, 3, 16], seed: 75), randomVariable([16, 16, 3, 3], seed: 76), randomVariable([16], seed: 77)],
                        eps: 1e-3) {
             $0[0].conv2dBlockedReLU($0[1], bias: $0[2], stride: (1, 1), padding: .same)
         }

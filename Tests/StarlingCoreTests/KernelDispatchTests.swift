@@ -234,79 +234,157 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         for level in fused.dropFirst() { #expect(outputs(level) == first, "\(level.rawValue) against \(fused[0].rawValue)") }
     }
 
-    /// The blocked layout's loops (no multiply-add to fuse in them) give the same bits in every build.
-    @Test func blockedLoopsAgreeAcrossBuilds() throws {
+    /// The blocked layout's loops (no multiply-add to fuse in them) give the same bits in every build, at both block
+    /// widths; and a 16-channel block gives what two 8-channel blocks give, lane for lane (the sums in the same order).
+    @Test(arguments: [8, 16]) func blockedLoopsAgreeAcrossBuilds(width: Int) throws {
         try #require(KernelDispatch.supported.count > 1, "this CPU runs the baseline build only")
         let pixels = 29
-        let a = randomValues(16 * pixels, seed: 40, -3, 3), b = randomValues(16 * pixels, seed: 41, -3, 3)
-        let v = { (seed: UInt64) in SIMD8<Float>(randomValues(8, seed: seed)) }
+        let a = randomValues(2 * width * pixels, seed: 40, -3, 3), b = randomValues(2 * width * pixels, seed: 41, -3, 3)
+        let v = { (seed: UInt64) in randomValues(width, seed: seed) }
         func results(_ level: KernelDispatch.Level) -> [[Float]] {
-            var sums: (SIMD8<Double>, SIMD8<Double>) = (.zero, .zero)
-            var dx = b, dz = a, pooled = [Float](repeating: 0, count: 8 * pixels / 2), routed = [Float](repeating: 1, count: 16 * pixels)
-            a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in
-                let (x, y) = (ap.baseAddress!, bp.baseAddress!)
-                sums = KernelDispatch.blockedSumAndDot(pixels, x, y, shift: v(42), kernels: level)
+            var sums = [Double](repeating: 0, count: 4 * width)
+            var dx = b, dz = a, pooled = [Float](repeating: 0, count: width * pixels / 2), routed = [Float](repeating: 1, count: 2 * width * pixels)
+            a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in sums.withUnsafeMutableBufferPointer { s in
+                let (x, y, sp) = (ap.baseAddress!, bp.baseAddress!, s.baseAddress!)
+                KernelDispatch.blockedSumAndDot(width: width, pixels, x, y, shift: v(42), sums: sp, products: sp + width, kernels: level)
                 dx.withUnsafeMutableBufferPointer {
-                    KernelDispatch.blockedInputGradient(pixels, dy: x, x: y, into: $0.baseAddress!, mean: v(43), scale: v(44), slope: v(45),
-                                                        offset: v(46), overwrite: false, kernels: level)
+                    KernelDispatch.blockedInputGradient(width: width, pixels, dy: x, x: y, into: $0.baseAddress!, mean: v(43), scale: v(44),
+                                                        slope: v(45), offset: v(46), overwrite: false, kernels: level)
                 }
                 pooled.withUnsafeMutableBufferPointer {
-                    KernelDispatch.maxPoolRow(pixels / 2, top: x, bottom: x + 8 * pixels, into: $0.baseAddress!, kernels: level)
+                    KernelDispatch.maxPoolRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, into: $0.baseAddress!, kernels: level)
                 }
                 pooled.withUnsafeBufferPointer { pp in routed.withUnsafeMutableBufferPointer { r in
-                    KernelDispatch.maxPoolRowGradient(pixels / 2, top: x, bottom: x + 8 * pixels, y: pp.baseAddress!, dy: y,
-                                                      topGradient: r.baseAddress!, bottomGradient: r.baseAddress! + 8 * pixels,
+                    KernelDispatch.maxPoolRowGradient(width: width, pixels / 2, top: x, bottom: x + width * pixels, y: pp.baseAddress!, dy: y,
+                                                      topGradient: r.baseAddress!, bottomGradient: r.baseAddress! + width * pixels,
                                                       overwrite: false, kernels: level)
                 } }
-            } }
+            } } }
             // The pooled batch norm + ELU's backward loops, from the forward's pooled output and argmax inputs.
-            var pooledELU = [Float](repeating: 0, count: 8 * pixels / 2), argmax = pooledELU, pooledSums: (SIMD8<Double>, SIMD8<Double>) = (.zero, .zero)
+            var pooledELU = [Float](repeating: 0, count: width * pixels / 2), argmax = pooledELU
             var pooledDx = b
-            a.withUnsafeBufferPointer { ap in
-                let x = ap.baseAddress!
+            a.withUnsafeBufferPointer { ap in sums.withUnsafeMutableBufferPointer { s in
+                let (x, sp) = (ap.baseAddress!, s.baseAddress! + 2 * width)
                 pooledELU.withUnsafeMutableBufferPointer { yp in argmax.withUnsafeMutableBufferPointer { mp in
-                    KernelDispatch.pooledELUForwardRow(pixels / 2, top: x, bottom: x + 8 * pixels, mean: v(47), scale: v(48), shift: v(49),
-                                                       alpha: 0.6, into: yp.baseAddress!, argmaxInput: mp.baseAddress!, kernels: .baseline)
+                    KernelDispatch.pooledELUForwardRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, mean: v(47), scale: v(48),
+                                                       shift: v(49), alpha: 0.6, into: yp.baseAddress!, argmaxInput: mp.baseAddress!,
+                                                       kernels: .baseline)
                 } }
                 pooledELU.withUnsafeBufferPointer { yp in argmax.withUnsafeBufferPointer { mp in b.withUnsafeBufferPointer { bp in
-                    pooledSums = KernelDispatch.pooledELUGradientSums(pixels / 2, y: yp.baseAddress!, dy: bp.baseAddress!,
-                                                                      argmaxInput: mp.baseAddress!, mean: v(47), alpha: 0.6, kernels: level)
+                    KernelDispatch.pooledELUGradientSums(width: width, pixels / 2, y: yp.baseAddress!, dy: bp.baseAddress!,
+                                                         argmaxInput: mp.baseAddress!, mean: v(47), alpha: 0.6, sums: sp, products: sp + width,
+                                                         kernels: level)
                     pooledDx.withUnsafeMutableBufferPointer {
-                        KernelDispatch.pooledELUInputGradientRow(pixels / 2, top: x, bottom: x + 8 * pixels, y: yp.baseAddress!, dy: bp.baseAddress!,
-                                                                 argmaxInput: mp.baseAddress!, topGradient: $0.baseAddress!,
-                                                                 bottomGradient: $0.baseAddress! + 8 * pixels, mean: v(47), scale: v(48),
+                        KernelDispatch.pooledELUInputGradientRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, y: yp.baseAddress!,
+                                                                 dy: bp.baseAddress!, argmaxInput: mp.baseAddress!, topGradient: $0.baseAddress!,
+                                                                 bottomGradient: $0.baseAddress! + width * pixels, mean: v(47), scale: v(48),
                                                                  slope: v(45), offset: v(46), alpha: 0.6, overwrite: false, kernels: level)
                     }
                 } } }
-            }
-            let flat = (0..<8).flatMap { [Float(sums.0[$0]), Float(sums.1[$0]), Float(pooledSums.0[$0]), Float(pooledSums.1[$0])] }
-            return [flat, dx, dz, pooled, routed, pooledDx]
+            } }
+            return [sums.map { Float($0) }, dx, dz, pooled, routed, pooledDx]
         }
         let baseline = results(.baseline)
         for level in KernelDispatch.supported.dropFirst() { #expect(results(level) == baseline, "\(level.rawValue)") }
     }
 
+    /// Each blocked loop on 16-channel blocks against the same loop on the two 8-channel blocks holding the same
+    /// channels (lanes 0-7 and 8-15 of each pixel), in every build: the same bits, the sums included (each lane's sum
+    /// runs over the pixels in the same order at either width).
+    @Test(arguments: KernelDispatch.supported) func sixteenChannelBlocksMatchTwoBlocksOfEight(level: KernelDispatch.Level) {
+        let pixels = 24   // a plane; the pooling reads it as two rows of 12 pixels
+        let a = randomValues(16 * pixels, seed: 60, -3, 3), b = randomValues(16 * pixels, seed: 61, -3, 3)
+        let constants = (62...65).map { randomValues(16, seed: UInt64($0), -1, 2) }
+        /// [count, 16] as two [count, 8] planes: lanes 0-7 of every pixel, then lanes 8-15.
+        func split(_ x: [Float], _ count: Int) -> [Float] {
+            var planes: [Float] = []
+            for h in 0..<2 { for p in 0..<count { let at = 16 * p + 8 * h; planes += x[at..<(at + 8)] } }
+            return planes
+        }
+        func run(width: Int, _ a: [Float], _ b: [Float]) -> [[Float]] {
+            var y = [Float](repeating: 0, count: 16 * pixels), leaky = y, dx = b, routed = y, pooledDx = b
+            var maxima = [Float](repeating: 0, count: 4 * pixels), pooled = maxima, argmax = maxima, sums = [Double](repeating: 0, count: 64)
+            for h in 0..<(16 / width) {
+                let (at, k, o) = (h * width * pixels, h * width, h * width * pixels / 4)
+                let (mean, scale, shift, offset) = (Array(constants[0][k...]), Array(constants[1][k...]), Array(constants[2][k...]),
+                                                    Array(constants[3][k...]))
+                a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in
+                    let (x, g) = (ap.baseAddress! + at, bp.baseAddress! + at)
+                    let (top, bottom) = (x, x + width * pixels / 2)
+                    y.withUnsafeMutableBufferPointer {
+                        KernelDispatch.affineELUBlocked(width: width, pixels, x, $0.baseAddress! + at, mean: mean, scale: scale, shift: shift,
+                                                        alpha: 0.8, kernels: level)
+                    }
+                    leaky.withUnsafeMutableBufferPointer {
+                        KernelDispatch.affineLeakyReLUBlocked(width: width, pixels, x, $0.baseAddress! + at, mean: mean, scale: scale,
+                                                              shift: shift, slope: 0.1, kernels: level)
+                    }
+                    dx.withUnsafeMutableBufferPointer {
+                        KernelDispatch.blockedInputGradient(width: width, pixels, dy: g, x: x, into: $0.baseAddress! + at, mean: mean,
+                                                            scale: scale, slope: shift, offset: offset, overwrite: false, kernels: level)
+                    }
+                    maxima.withUnsafeMutableBufferPointer {
+                        KernelDispatch.maxPoolRow(width: width, pixels / 4, top: top, bottom: bottom, into: $0.baseAddress! + o, kernels: level)
+                    }
+                    pooled.withUnsafeMutableBufferPointer { pp in argmax.withUnsafeMutableBufferPointer { mp in
+                        KernelDispatch.pooledELUForwardRow(width: width, pixels / 4, top: top, bottom: bottom, mean: mean, scale: scale,
+                                                           shift: shift, alpha: 0.8, into: pp.baseAddress! + o, argmaxInput: mp.baseAddress! + o,
+                                                           kernels: level)
+                    } }
+                    maxima.withUnsafeBufferPointer { yp in routed.withUnsafeMutableBufferPointer { r in
+                        KernelDispatch.maxPoolRowGradient(width: width, pixels / 4, top: top, bottom: bottom, y: yp.baseAddress! + o, dy: g,
+                                                          topGradient: r.baseAddress! + at, bottomGradient: r.baseAddress! + at + width * pixels / 2,
+                                                          overwrite: true, kernels: level)
+                    } }
+                    pooled.withUnsafeBufferPointer { pp in argmax.withUnsafeBufferPointer { mp in sums.withUnsafeMutableBufferPointer { s in
+                        KernelDispatch.blockedSumAndDot(width: width, pixels, x, g, shift: mean, sums: s.baseAddress! + k,
+                                                        products: s.baseAddress! + 16 + k, kernels: level)
+                        KernelDispatch.pooledELUGradientSums(width: width, pixels / 4, y: pp.baseAddress! + o, dy: g, argmaxInput: mp.baseAddress! + o,
+                                                             mean: mean, alpha: 0.8, sums: s.baseAddress! + 32 + k, products: s.baseAddress! + 48 + k,
+                                                             kernels: level)
+                        pooledDx.withUnsafeMutableBufferPointer {
+                            KernelDispatch.pooledELUInputGradientRow(width: width, pixels / 4, top: top, bottom: bottom, y: pp.baseAddress! + o,
+                                                                     dy: g, argmaxInput: mp.baseAddress! + o, topGradient: $0.baseAddress! + at,
+                                                                     bottomGradient: $0.baseAddress! + at + width * pixels / 2, mean: mean,
+                                                                     scale: scale, slope: shift, offset: offset, alpha: 0.8, overwrite: false,
+                                                                     kernels: level)
+                        }
+                    } } }
+                } }
+            }
+            return [y, leaky, dx, routed, pooledDx, maxima, pooled, argmax, sums.map { Float($0) }]
+        }
+        let wide = run(width: 16, a, b), narrow = run(width: 8, split(a, pixels), split(b, pixels))
+        let names = ["ELU", "leaky ReLU", "input gradient", "pooling gradient", "pooled ELU gradient", "maxima", "pooled ELU", "argmax input"]
+        for (k, name) in names.enumerated() {
+            #expect(split(wide[k], k < 5 ? pixels : pixels / 4) == narrow[k], "\(name)")
+        }
+        #expect(wide[8] == narrow[8], "sums")
+        #expect(!wide[6].contains { $0 == 0 } && !wide[3].allSatisfy { $0 == 0 }, "every loop wrote its output")
+    }
+
     /// The pooled batch norm + ELU's forward row in each build against a Double reference: the window's maximum of
     /// scale (x - mean) + shift through ELU, and x at the first maximum.
-    @Test(arguments: KernelDispatch.supported) func pooledELUForwardRow(level: KernelDispatch.Level) {
+    @Test(arguments: KernelDispatch.supported, [8, 16]) func pooledELUForwardRow(level: KernelDispatch.Level, block: Int) {
         let width = 13
-        let x = randomValues(32 * width, seed: 50, -3, 3).enumerated().map { $0.offset % 5 == 0 ? 0.5 : $0.element }   // some ties
-        let (mean, scale, shift) = (randomValues(8, seed: 51), randomValues(8, seed: 52, -2, 2), randomValues(8, seed: 53))
-        var y = [Float](repeating: 0, count: 8 * width), argmax = y
+        let x = randomValues(4 * block * width, seed: 50, -3, 3).enumerated().map { $0.offset % 5 == 0 ? 0.5 : $0.element }   // some ties
+        let (mean, scale, shift) = (randomValues(block, seed: 51), randomValues(block, seed: 52, -2, 2), randomValues(block, seed: 53))
+        var y = [Float](repeating: 0, count: block * width), argmax = y
         x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in argmax.withUnsafeMutableBufferPointer { mp in
-            KernelDispatch.pooledELUForwardRow(width, top: xp.baseAddress!, bottom: xp.baseAddress! + 16 * width, mean: SIMD8(mean),
-                                               scale: SIMD8(scale), shift: SIMD8(shift), alpha: 0.7, into: yp.baseAddress!,
-                                               argmaxInput: mp.baseAddress!, kernels: level)
+            KernelDispatch.pooledELUForwardRow(width: block, width, top: xp.baseAddress!, bottom: xp.baseAddress! + 2 * block * width, mean: mean,
+                                               scale: scale, shift: shift, alpha: 0.7, into: yp.baseAddress!, argmaxInput: mp.baseAddress!,
+                                               kernels: level)
         } } }
         for j in 0..<width {
-            for l in 0..<8 {
-                let window = [16 * j + l, 16 * j + 8 + l, 16 * width + 16 * j + l, 16 * width + 16 * j + 8 + l].map { x[$0] }
+            for l in 0..<block {
+                let (row, pixel) = (2 * block * width, 2 * block * j)
+                let window = [pixel + l, pixel + block + l, row + pixel + l, row + pixel + block + l].map { x[$0] }
                 let z = window.map { Float(scale[l]) * ($0 - mean[l]) + shift[l] }
                 let first = z.firstIndex(of: z.max()!)!
                 let top = Double(z[first])
                 let expected = top > 0 ? top : 0.7 * (Foundation.exp(top) - 1)
-                #expect(abs(Double(y[8 * j + l]) - expected) <= 1e-6 * max(1, abs(expected)), "pixel \(j) lane \(l)")
-                #expect(argmax[8 * j + l] == window[first], "pixel \(j) lane \(l)")
+                #expect(abs(Double(y[block * j + l]) - expected) <= 1e-6 * max(1, abs(expected)), "pixel \(j) lane \(l)")
+                #expect(argmax[block * j + l] == window[first], "pixel \(j) lane \(l)")
             }
         }
     }

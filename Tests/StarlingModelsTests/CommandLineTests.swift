@@ -48,6 +48,12 @@ import StarlingIO
                       mentioning: ["/validation"])
         expectFailure(try starling("train", "--model", "fc-ae", "--data", data, "--batch-size", "0"), mentioning: ["--batch-size"])
         expectFailure(try starling("eval", "--checkpoint", data, "--data", data), mentioning: ["not a Starling checkpoint"])
+        for width in ["12", "sixteen"] {
+            let bad = try run(Fixture.starling, ["train", "--model", "fc-ae", "--data", data, "--out", dir + "/block"],
+                              environment: ["STARLING_BLOCK": width])
+            expectFailure(bad, mentioning: ["STARLING_BLOCK=\(width): expected 8 or 16"])
+            #expect(!FileManager.default.fileExists(atPath: dir + "/block"), "nothing written before the refusal")
+        }
         // A truncated IDX file: an error naming it, and no HDF5 file left behind.
         let idx = dir + "/idx"
         try FileManager.default.createDirectory(atPath: idx, withIntermediateDirectories: true)

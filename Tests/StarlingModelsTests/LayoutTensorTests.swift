@@ -199,6 +199,41 @@ struct LayoutTensorTests {
         }
     }
 
+    /// A training pass (outputs, every parameter's gradient, the moving statistics) in 8-channel blocks against the same
+    /// pass in 16-channel blocks, whatever the CPU: the two widths run different kernels (Starling's own convolutions at 8,
+    /// oneDNN's nChw16c ones at 16) and sum in other orders, so they agree to rounding, as each agrees with the planar pass.
+    @Test(arguments: ["ssd7", "yolov3-tiny"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let family = try #require(Self.families.first { $0.name == name })
+        let models = try Self.twins(family)
+        let x = Self.images(family)
+        var censuses: [LayoutCensus] = []
+        let outputs = [8, 16].enumerated().map { k, width in
+            let census = LayoutCensus()
+            censuses.append(census)
+            let y = LayoutTensor.$blockWidth.withValue(width) { LayoutTensor.$census.withValue(census) { family.laidOut(models[k], x, true) } }
+            weightedSum(y).backward()
+            return y
+        }
+        for census in censuses { #expect(census.blocked == family.training.blocked && census.planar == family.training.planar) }
+        for (k, (a, b)) in zip(outputs[0], outputs[1]).enumerated() {
+            #expect(a.shape == b.shape)
+            let worst = worstDifference(a.toArray(), b.toArray())
+            #expect(worst.value < 1e-4, "output \(k): worst difference \(worst.value) at \(worst.at)")
+        }
+        let largest = models[0].parameters.gradients.toArray().map(abs).max() ?? 1
+        for parameter in models[0].parameters.parameters {
+            let (a, b) = (parameter.value.gradArray ?? [], try #require(models[1].parameters[parameter.name]).value.gradArray ?? [])
+            #expect(a.count == b.count && !a.isEmpty, "\(parameter.name): a gradient on one side only")
+            let worst = min(worstDifference(a, b).value, worstDifference(a + [largest], b + [largest]).value)
+            #expect(worst < family.gradientTolerance, "\(parameter.name) gradient: worst relative difference \(worst)")
+        }
+        for buffer in models[0].buffers?.parameters ?? [] {
+            let worst = worstDifference(buffer.value.toArray(), try #require(models[1].buffers?[buffer.name]).value.toArray())
+            #expect(worst.value < 1e-4, "\(buffer.name): worst difference \(worst.value)")
+        }
+    }
+
     @Test(arguments: families) func inferencePassMatchesThePlanarOne(_ family: Family) throws {
         guard DNNLActivation.isAvailable else { return }
         let model = try Self.twins(family)[0]

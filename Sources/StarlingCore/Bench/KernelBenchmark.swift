@@ -25,8 +25,9 @@ public enum KernelBenchmark {
             for i in 0..<n {
                 x[i] = rng.uniform(-4, 4); t[i] = rng.uniform(0, 1); y[i] = 0; p[i] = 0; m[i] = 0; v[i] = rng.uniform(0, 0.01)
             }
-            let pixels = n / 8
-            let half = SIMD8<Float>(repeating: 0.5), shift = SIMD8<Float>(repeating: -0.1)
+            // Per-channel constants of one block (16 channels; the 8-channel rows read the first 8).
+            let half = [Float](repeating: 0.5, count: 16), shift = [Float](repeating: -0.1, count: 16)
+            var sums = [Double](repeating: 0, count: 32)
             let kernels: [(String, (KernelDispatch.Level) -> Void)] = [
                 ("elu", { KernelDispatch.elu(n, x, y, alpha: 1, kernels: $0) }),
                 ("batch norm + ELU", { KernelDispatch.affineELU(n, x, y, mean: 0.1, scale: 0.9, shift: 0.05, alpha: 1, kernels: $0) }),
@@ -36,11 +37,17 @@ public enum KernelBenchmark {
                     KernelDispatch.adam(n, weights: y, gradients: x, m: m, v: v, gradientScale: 1, beta1: 0.9, beta2: 0.999, epsilon: 1e-7,
                                         correctedRate: 1e-9, coupledDecay: 0, decoupledDecay: 0, kernels: $0)
                 }),
-                ("blocked batch norm + ELU (8 channels)", {
-                    KernelDispatch.affineELUBlocked(pixels, x, y, mean: shift, scale: half, shift: shift, alpha: 1, kernels: $0)
-                }),
-                ("blocked batch norm sums (8 channels)", { _ = KernelDispatch.blockedSumAndDot(pixels, x, t, shift: shift, kernels: $0) }),
-            ]
+            ] + [8, 16].flatMap { width -> [(String, (KernelDispatch.Level) -> Void)] in
+                [("blocked batch norm + ELU (\(width) channels)", { level in
+                    KernelDispatch.affineELUBlocked(width: width, n / width, x, y, mean: shift, scale: half, shift: shift, alpha: 1, kernels: level)
+                 }),
+                 ("blocked batch norm sums (\(width) channels)", { level in
+                    sums.withUnsafeMutableBufferPointer { s in
+                        KernelDispatch.blockedSumAndDot(width: width, n / width, x, t, shift: shift, sums: s.baseAddress!,
+                                                        products: s.baseAddress! + 16, kernels: level)
+                    }
+                 })]
+            }
             for (name, body) in kernels {
                 let levels = KernelDispatch.supported
                 var times = [[Double]](repeating: [], count: levels.count)

@@ -1,6 +1,7 @@
 /// SSD7's seven convolutions at the project's 300 x 480 and batch 16, one at a time, as its training runs them in the
-/// 8-channel blocked layout: the forward pass, then backward from a given dy (weight and bias gradients, and the input
-/// gradient where the input is not the image), each in GFLOP/s. Starling's own kernels run where they apply (`ConvolutionKernels`);
+/// blocked layout of `ChannelLayout.blockWidth` (16 on AVX-512 CPUs; `STARLING_BLOCK=8` for the 8-channel one): the forward
+/// pass, then backward from a given dy (weight and bias gradients, and the input gradient where the input is not the
+/// image), each in GFLOP/s. Starling's own kernels run where they apply (`ConvolutionKernels`, 8-channel blocks only);
 /// `STARLING_CONV=dnnl` gives every pass to oneDNN, which is the comparison BENCHMARKS.md quotes per layer.
 public enum SSD7LayerBenchmark {
     public struct Layer: Sendable {
@@ -21,7 +22,8 @@ public enum SSD7LayerBenchmark {
         return layers.enumerated().map { index, layer in
             let (cin, cout, k, h, w) = layer
             let imageInput = index == 0   // conv1 reads the NCHW image, which needs no gradient
-            let xShape = imageInput ? [batch, cin, h, w] : [batch, cin / 8, h, w, 8]
+            let b = ChannelLayout.blockWidth   // the layout training runs in on this CPU (STARLING_BLOCK)
+            let xShape = imageInput ? [batch, cin, h, w] : [batch, cin / b, h, w, b]
             let xValues = (0..<Tensor.elementCount(xShape)).map { _ in rng.uniform(-1, 1) }
             let wValues = (0..<cout * cin * k * k).map { _ in rng.uniform(-0.05, 0.05) }
             let bValues = (0..<cout).map { _ in rng.uniform(-0.1, 0.1) }
@@ -31,7 +33,7 @@ public enum SSD7LayerBenchmark {
             // gradients added, the input gradient written (conv1's input, the image, needs none).
             let g = ConvGeometry(input: [batch, cin, h, w], weight: [cout, cin, k, k], stride: (1, 1), padding: .same,
                                  dilation: (1, 1), groups: 1)
-            let layouts = DNNLConvPlan.Layouts(sourceBlocked: !imageInput, destinationBlocked: true)
+            let layouts = DNNLConvPlan.Layouts(sourceBlocked: !imageInput, destinationBlocked: true, sourceWidth: b, destinationWidth: b)
             g.prepareDNNLBackward(layouts)
             let dy = FloatStorage(count: batch * cout * h * w), dw = FloatStorage(count: cout * cin * k * k), db = FloatStorage(count: cout)
             for i in 0..<dy.count { dy.pointer[i] = rng.uniform(-1, 1) }
@@ -39,7 +41,7 @@ public enum SSD7LayerBenchmark {
             var (forward, backward) = (Double.infinity, Double.infinity)
             for _ in 0...max(repeats, 1) {
                 let t0 = monotonicSeconds()
-                _ = GradMode.disabled { x.conv2dBlocked(weight, bias: bias, stride: (1, 1), padding: .same) }
+                _ = GradMode.disabled { x.conv2dBlocked(weight, bias: bias, stride: (1, 1), padding: .same, width: b) }
                 let t1 = monotonicSeconds()
                 g.blockedBackward(input: x.data, weight: weight.data, outputGrad: dy.pointer, weightGradient: dw.pointer,
                                   biasGradient: db.pointer, inputGradient: imageInput ? nil : (dx.pointer, true), layouts: layouts)

@@ -26,8 +26,8 @@
 /// The hook is called collectively: every rank must run the same batch-norm layers in the same order, which
 /// holds when all ranks run the same model. Without a hook the statistics are those of the local batch.
 ///
-/// With `layout: .blocked8` the input is [N, C/8, H, W, 8] (BlockedLayout.swift) and each loop takes a pixel's 8
-/// channels as one vector; the values are those of the NCHW op up to the order of Double sums (tested).
+/// With `layout: .blocked` the input is [N, C/B, H, W, B], B = 8 or 16 (BlockedLayout.swift), and each loop takes a
+/// pixel's B channels as one vector; the values are those of the NCHW op up to the order of Double sums (tested).
 ///
 /// The sums are accumulated in Double, so the variance E[x^2] - E[x]^2 (the form that allreduces) stays
 /// accurate to Float precision unless a channel's mean exceeds its standard deviation by a factor of ~1e4.
@@ -74,19 +74,16 @@ extension Tensor {
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
                             crossReplicaSum: CrossReplicaSum?, activation: BatchNormKernel.Activation?, layout: ChannelLayout,
                             moments: ChannelMoments? = nil) -> Tensor {
-        let blocked = layout == .blocked8
-        if blocked {
-            precondition(rank == 5 && shape[4] == 8, "batch norm in the blocked layout needs [N, C/8, H, W, 8], got \(shape)")
-        } else {
-            precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
-        }
-        let (n, c) = (shape[0], blocked ? shape[1] * 8 : shape[1])
+        let blocked = layout == .blocked
+        precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
+        let width = blocked ? blockWidth : 0
+        let (n, c) = (shape[0], blocked ? shape[1] * width : shape[1])
         let inner = blocked ? shape[2] * shape[3] : (n * c == 0 ? 0 : count / (n * c))
         for (t, what) in [(gamma, "gamma"), (beta, "beta"), (runningMean, "running mean"), (runningVar, "running variance")] {
             precondition(t.shape == [c], "batch norm \(what) \(t.shape) for \(c) channels")
         }
         precondition(!runningMean.requiresGrad && !runningVar.requiresGrad, "running statistics must be constants")
-        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: inner, blocked: blocked)
+        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: inner, width: width)
         let x = self
 
         let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
@@ -228,9 +225,10 @@ enum BatchNormKernel {
         let samples: Int
         let channels: Int
         let inner: Int
-        /// The 8-channel blocked layout: channel k of sample s is lane k % 8 of the plane (s, k / 8), whose `inner`
-        /// pixels are vectors of 8 floats at (s C / 8 + k / 8) 8 inner.
-        var blocked = false
+        /// The blocked layout's block width B (8 or 16), 0 for planar: channel k of sample s is lane k % B of the plane
+        /// (s, k / B), whose `inner` pixels are vectors of B floats at (s C / B + k / B) B inner.
+        var width = 0
+        var blocked: Bool { width > 0 }
     }
 
     /// For every channel k: sums[k] += sum a, sums[C + k] += sum a (b - shift[k]) (shift 0 when nil).
@@ -238,18 +236,19 @@ enum BatchNormKernel {
                             shift: UnsafePointer<Float>?, into sums: UnsafeMutablePointer<Double>) {
         let c = p.channels
         if p.blocked {
-            let blocks = c / 8
+            let width = p.width, blocks = c / width
             Parallel.forEachChunk(of: blocks, work: p.samples * c * p.inner) { range in
+                // Per block, the sums over the samples first, then added to `sums` (as the planar loop adds per sample).
+                let local = UnsafeMutablePointer<Double>.allocate(capacity: 2 * width)
+                defer { local.deallocate() }
                 for block in range {
-                    let shift8 = shift.map { BlockedKernels.load($0 + 8 * block) } ?? BlockedKernels.Vector(repeating: 0)
-                    var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
+                    local.initialize(repeating: 0, count: 2 * width)
                     for s in 0..<p.samples {
-                        let start = (s * blocks + block) * p.inner * 8
-                        let (sp, dp) = KernelDispatch.blockedSumAndDot(p.inner, a + start, b + start, shift: shift8)
-                        plain += sp
-                        product += dp
+                        let start = (s * blocks + block) * p.inner * width
+                        KernelDispatch.blockedSumAndDot(width: width, p.inner, a + start, b + start, shift: shift.map { $0 + width * block },
+                                                        sums: local, products: local + width)
                     }
-                    for l in 0..<8 { sums[8 * block + l] += plain[l]; sums[c + 8 * block + l] += product[l] }
+                    for l in 0..<width { sums[width * block + l] += local[l]; sums[c + width * block + l] += local[width + l] }
                 }
             }
             return
@@ -319,17 +318,18 @@ enum BatchNormKernel {
         }
         let c = p.channels
         if p.blocked {
-            let blocks = c / 8
+            let width = p.width, blocks = c / width
+            // Plain batch norm: the leaky ReLU's loop with slope 1.
+            let slope = eluAlpha == nil ? slope ?? 1 : nil
             Parallel.forEachChunk(of: p.samples * blocks, work: p.samples * c * p.inner) { planes in
                 for plane in planes {
-                    let k = 8 * (plane % blocks), start = plane * p.inner * 8
-                    let (mu, a, b) = (BlockedKernels.load(mean + k), BlockedKernels.load(scale + k), BlockedKernels.load(beta + k))
+                    let k = width * (plane % blocks), start = plane * p.inner * width
+                    let (mu, a, b) = (mean + k, scale + k, beta + k)
                     if let alpha = eluAlpha {
-                        KernelDispatch.affineELUBlocked(p.inner, x + start, y + start, mean: mu, scale: a, shift: b, alpha: alpha)
+                        KernelDispatch.affineELUBlocked(width: width, p.inner, x + start, y + start, mean: mu, scale: a, shift: b, alpha: alpha)
                     } else if let slope {
-                        KernelDispatch.affineLeakyReLUBlocked(p.inner, x + start, y + start, mean: mu, scale: a, shift: b, slope: slope)
-                    } else {
-                        for i in 0..<p.inner { BlockedKernels.store(a * (BlockedKernels.load(x + start + 8 * i) - mu) + b, y + start + 8 * i) }
+                        KernelDispatch.affineLeakyReLUBlocked(width: width, p.inner, x + start, y + start, mean: mu, scale: a, shift: b,
+                                                              slope: slope)
                     }
                 }
             }
@@ -391,14 +391,12 @@ enum BatchNormKernel {
                               into dx: UnsafeMutablePointer<Float>, overwrite: Bool) {
         let c = p.channels
         if p.blocked {
-            let blocks = c / 8
+            let width = p.width, blocks = c / width
             Parallel.forEachChunk(of: p.samples * blocks, work: p.samples * c * p.inner) { planes in
                 for plane in planes {
-                    let k = 8 * (plane % blocks), start = plane * p.inner * 8
-                    KernelDispatch.blockedInputGradient(p.inner, dy: dy + start, x: x + start, into: dx + start,
-                                                 mean: BlockedKernels.load(mean + k), scale: BlockedKernels.load(scale + k),
-                                                 slope: BlockedKernels.load(slope + k), offset: BlockedKernels.load(offset + k),
-                                                 overwrite: overwrite)
+                    let k = width * (plane % blocks), start = plane * p.inner * width
+                    KernelDispatch.blockedInputGradient(width: width, p.inner, dy: dy + start, x: x + start, into: dx + start, mean: mean + k,
+                                                        scale: scale + k, slope: slope + k, offset: offset + k, overwrite: overwrite)
                 }
             }
             return

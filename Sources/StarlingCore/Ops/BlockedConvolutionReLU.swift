@@ -9,17 +9,22 @@
 /// gradient in place before the convolution's backward reads it. One activation and one gradient of the output's
 /// size fewer, and one pass fewer each way.
 extension Tensor {
-    /// `conv2dBlocked(weight, bias:, stride:, padding:).relu()` with a blocked output, as one op. Call
+    /// `conv2dBlocked(weight, bias:, stride:, padding:, width:).relu()` with a blocked output, as one op. Call
     /// `canConvolveBlocked(..., blockedOutput: true)` first: without a oneDNN plan this traps.
-    public func conv2dBlockedReLU(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid) -> Tensor {
+    public func conv2dBlockedReLU(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
+                                  width: Int? = nil) -> Tensor {
         let x = self
         let blockedInput = x.rank == 5
-        precondition(x.rank == 4 || (blockedInput && x.shape[4] == 8), "conv2dBlockedReLU input \(x.shape)")
-        let planar = blockedInput ? [x.shape[0], x.shape[1] * 8, x.shape[2], x.shape[3]] : x.shape
+        precondition(x.rank == 4 || blockedInput, "conv2dBlockedReLU input \(x.shape)")
+        let inBlock = blockedInput ? x.blockWidth : 8
+        let block = width ?? (blockedInput ? inBlock : ChannelLayout.blockWidth)
+        let planar = blockedInput ? [x.shape[0], x.shape[1] * inBlock, x.shape[2], x.shape[3]] : x.shape
         let g = ConvGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
         precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
-        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: true)
-        let shape = [g.batch, g.outChannels / 8, g.outHeight, g.outWidth, 8]
+        // A side that is not blocked has width 8 in the plan's key, as `canConvolveBlocked` makes it.
+        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: true, sourceWidth: inBlock,
+                                           destinationWidth: block)
+        let shape = [g.batch, g.outChannels / block, g.outHeight, g.outWidth, block]
         if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias]) { out in

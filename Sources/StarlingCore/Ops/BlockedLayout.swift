@@ -2,79 +2,116 @@
 import Glibc
 #endif
 
-/// Training in the 8-channel blocked layout: [N, C/8, H, W, 8], oneDNN's nChw8c, the layout its AVX2 convolutions
-/// compute in. A convolutional stack kept in it end to end (convolution, batch norm + ELU, max-pooling, each with its
-/// backward) never converts between layouts: in NCHW every convolution reorders its input, output and both gradients
-/// (SSD7: ~0.3 s of a 2.5 s step of 16 images on one thread, `DNNL_VERBOSE=1`). Channel counts in this layout are
-/// multiples of 8, so a tensor holds exactly N C H W floats and channel k of a pixel is lane k % 8 of block k / 8.
+/// Training in the blocked layout: [N, C/B, H, W, B], B = 8 (oneDNN's nChw8c, the layout its AVX2 convolutions
+/// compute in) or 16 (nChw16c, its AVX-512 kernels' layout). A convolutional stack kept in it end to end (convolution,
+/// batch norm + ELU, max-pooling, each with its backward) never converts between layouts: in NCHW every convolution
+/// reorders its input, output and both gradients (SSD7: ~0.3 s of a 2.5 s step of 16 images on one thread,
+/// `DNNL_VERBOSE=1`), and in blocks of the width oneDNN does not compute in it reorders 8 <-> 16 instead. Channel counts
+/// in this layout are multiples of B, so a tensor holds exactly N C H W floats and channel k of a pixel is lane k % B
+/// of block k / B. B is the tensor's last dimension: every op reads it from there, so both widths run in one process
+/// (the tests compare them); models take `ChannelLayout.blockWidth`.
 ///
-/// Ops, forward and backward side by side: `blocked8()` and `unblocked8()` (layout changes, for the ends of a
+/// Ops, forward and backward side by side: `blocked(width:)` and `unblocked()` (layout changes, for the ends of a
 /// stack), `conv2dBlocked` (oneDNN, from an NCHW or blocked input to a blocked or NCHW output), batch norm with
-/// `layout: .blocked8` (BatchNorm.swift), and `maxPool2x2Blocked`. Each is tested against its NCHW counterpart.
+/// `layout: .blocked` (BatchNorm.swift), and `maxPool2x2Blocked`. Each is tested against its NCHW counterpart.
 public enum ChannelLayout: Sendable {
     /// [N, C, ...], each channel's plane contiguous.
     case planar
-    /// [N, C/8, H, W, 8].
-    case blocked8
+    /// [N, C/B, H, W, B], B = 8 or 16.
+    case blocked
 
     /// Whether models that can train in the blocked layout do: yes unless `STARLING_LAYOUT=nchw` (for comparisons).
     public static let blockedTrainingEnabled: Bool = {
         if let value = getenv("STARLING_LAYOUT"), String(cString: value) == "nchw" { return false }
         return DNNLConvPlans.enabled
     }()
+
+    /// The block width models train in: 16 where cpuid reports AVX-512 (oneDNN's kernels compute in 16-channel blocks
+    /// there, and Starling's blocked loops fill a zmm register), 8 elsewhere; `STARLING_BLOCK=8` or `16` overrides it
+    /// (both are correct on every CPU). With any other value the CLI refuses to start (`blockWidthError`).
+    public static let blockWidth: Int = (try? blockWidthSetting.get()) ?? (KernelDispatch.supported.contains(.avx512) ? 16 : 8)
+
+    /// STARLING_BLOCK's width, nil when unset or empty.
+    private static let blockWidthSetting: Result<Int?, BlockWidthError> = {
+        guard let raw = getenv("STARLING_BLOCK"), raw.pointee != 0 else { return .success(nil) }
+        let value = String(cString: raw)
+        guard let width = Int(value), width == 8 || width == 16 else { return .failure(BlockWidthError(value: value)) }
+        return .success(width)
+    }()
+
+    /// The error a bad STARLING_BLOCK gives, or nil.
+    public static var blockWidthError: BlockWidthError? {
+        if case .failure(let error) = blockWidthSetting { return error }
+        return nil
+    }
+}
+
+public struct BlockWidthError: Error, Equatable, CustomStringConvertible {
+    public let value: String
+    public var description: String { "STARLING_BLOCK=\(value): expected 8 or 16" }
 }
 
 extension Tensor {
-    /// NCHW [N, C, H, W] (C a multiple of 8) as [N, C/8, H, W, 8].
-    public func blocked8() -> Tensor {
-        precondition(rank == 4 && shape[1] % 8 == 0, "blocked8 needs [N, C, H, W] with C a multiple of 8, got \(shape)")
-        let (n, blocks, plane) = (shape[0], shape[1] / 8, shape[2] * shape[3])
+    /// NCHW [N, C, H, W] (C a multiple of `width`, 8 or 16) as [N, C/width, H, W, width].
+    public func blocked(width: Int) -> Tensor {
+        precondition(width == 8 || width == 16, "block width \(width): 8 or 16")
+        precondition(rank == 4 && shape[1] % width == 0, "blocked(width: \(width)) needs [N, C, H, W] with C a multiple of \(width), got \(shape)")
+        let (n, blocks, plane) = (shape[0], shape[1] / width, shape[2] * shape[3])
         let x = self
-        let out = Tensor.result(shape: [n, blocks, shape[2], shape[3], 8], storage: FloatStorage(uninitializedCount: count),
+        let out = Tensor.result(shape: [n, blocks, shape[2], shape[3], width], storage: FloatStorage(uninitializedCount: count),
                                 inputs: [x]) { out in
-            Tensor.reblock(n * blocks, plane: plane, from: out.grad, toPlanar: x.gradientForWriting())
+            Tensor.reblock(n * blocks, width: width, plane: plane, from: out.grad, toPlanar: x.gradientForWriting())
         }
-        Tensor.reblock(n * blocks, plane: plane, from: x.data, toBlocked: (out.data, true))
+        Tensor.reblock(n * blocks, width: width, plane: plane, from: x.data, toBlocked: (out.data, true))
         return out
     }
 
-    /// [N, C/8, H, W, 8] as NCHW [N, C, H, W].
-    public func unblocked8() -> Tensor {
-        precondition(rank == 5 && shape[4] == 8, "unblocked8 needs [N, C/8, H, W, 8], got \(shape)")
-        let (n, blocks, plane) = (shape[0], shape[1], shape[2] * shape[3])
+    /// `blocked(width: 8)`.
+    public func blocked8() -> Tensor { blocked(width: 8) }
+
+    /// [N, C/B, H, W, B] as NCHW [N, C, H, W].
+    public func unblocked() -> Tensor {
+        precondition(rank == 5 && (shape[4] == 8 || shape[4] == 16), "unblocked needs [N, C/B, H, W, B] with B 8 or 16, got \(shape)")
+        let (n, blocks, plane, width) = (shape[0], shape[1], shape[2] * shape[3], shape[4])
         let x = self
-        let out = Tensor.result(shape: [n, blocks * 8, shape[2], shape[3]], storage: FloatStorage(uninitializedCount: count),
+        let out = Tensor.result(shape: [n, blocks * width, shape[2], shape[3]], storage: FloatStorage(uninitializedCount: count),
                                 inputs: [x]) { out in
-            Tensor.reblock(n * blocks, plane: plane, from: out.grad, toBlocked: x.gradientForWriting())
+            Tensor.reblock(n * blocks, width: width, plane: plane, from: out.grad, toBlocked: x.gradientForWriting())
         }
-        Tensor.reblock(n * blocks, plane: plane, from: x.data, toPlanar: (out.data, true))
+        Tensor.reblock(n * blocks, width: width, plane: plane, from: x.data, toPlanar: (out.data, true))
         return out
     }
 
-    /// Planar -> blocked for `groups` groups of 8 planes, written or added.
-    private static func reblock(_ groups: Int, plane: Int, from x: UnsafePointer<Float>,
+    /// The width of a blocked tensor's blocks (its last dimension).
+    var blockWidth: Int {
+        precondition(rank == 5 && (shape[4] == 8 || shape[4] == 16), "a blocked tensor is [N, C/B, H, W, B] with B 8 or 16, got \(shape)")
+        return shape[4]
+    }
+
+    /// Planar -> blocked for `groups` groups of `width` planes, written or added.
+    private static func reblock(_ groups: Int, width: Int, plane: Int, from x: UnsafePointer<Float>,
                                 toBlocked target: (pointer: UnsafeMutablePointer<Float>, overwrite: Bool)) {
         let y = target.pointer
         for g in 0..<groups {
-            let source = x + g * 8 * plane, destination = y + g * 8 * plane
+            let source = x + g * width * plane, destination = y + g * width * plane
             for p in 0..<plane {
-                for l in 0..<8 {
+                for l in 0..<width {
                     let v = source[l * plane + p]
-                    destination[8 * p + l] = target.overwrite ? v : destination[8 * p + l] + v
+                    destination[width * p + l] = target.overwrite ? v : destination[width * p + l] + v
                 }
             }
         }
     }
 
-    /// Blocked -> planar for `groups` groups of 8 planes, written or added.
-    private static func reblock(_ groups: Int, plane: Int, from x: UnsafePointer<Float>,
+    /// Blocked -> planar for `groups` groups of `width` planes, written or added.
+    private static func reblock(_ groups: Int, width: Int, plane: Int, from x: UnsafePointer<Float>,
                                 toPlanar target: (pointer: UnsafeMutablePointer<Float>, overwrite: Bool)) {
         let y = target.pointer
         for g in 0..<groups {
-            let source = x + g * 8 * plane, destination = y + g * 8 * plane
-            for l in 0..<8 {
+            let source = x + g * width * plane, destination = y + g * width * plane
+            for l in 0..<width {
                 for p in 0..<plane {
-                    let v = source[8 * p + l]
+                    let v = source[width * p + l]
                     destination[l * plane + p] = target.overwrite ? v : destination[l * plane + p] + v
                 }
             }
@@ -82,30 +119,40 @@ extension Tensor {
     }
 
     /// Whether `conv2dBlocked` can run this convolution: oneDNN is there and has plans for the training step of this
-    /// geometry, input and output channels are multiples of 8 where blocked. `input` is the NCHW shape.
+    /// geometry, input and output channels are multiples of their block widths where blocked (`width` the output's,
+    /// `inputWidth` the input's, by default the same). `input` is the NCHW shape.
     public static func canConvolveBlocked(input: [Int], weight: [Int], stride: (Int, Int) = (1, 1), padding: Padding = .valid,
-                                          blockedInput: Bool, blockedOutput: Bool) -> Bool {
-        guard DNNLConvPlans.enabled, input.count == 4, weight.count == 4, input[1] == weight[1],
-              !blockedInput || input[1] % 8 == 0, !blockedOutput || weight[0] % 8 == 0 else { return false }
+                                          blockedInput: Bool, blockedOutput: Bool, width: Int = ChannelLayout.blockWidth,
+                                          inputWidth: Int? = nil) -> Bool {
+        let inputWidth = inputWidth ?? width
+        guard DNNLConvPlans.enabled, [width, inputWidth].allSatisfy({ $0 == 8 || $0 == 16 }), input.count == 4, weight.count == 4,
+              input[1] == weight[1], !blockedInput || input[1] % inputWidth == 0, !blockedOutput || weight[0] % width == 0 else { return false }
         let g = ConvGeometry(input: input, weight: weight, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
         guard g.outHeight > 0, g.outWidth > 0 else { return false }
-        return g.dnnlCanTrain(DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput), bias: true)
+        return g.dnnlCanTrain(DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput,
+                                                   sourceWidth: blockedInput ? inputWidth : 8, destinationWidth: blockedOutput ? width : 8),
+                              bias: true)
     }
 
     /// conv2d(self, weight) + bias on oneDNN with no layout change around it: the input is NCHW (rank 4) or blocked
-    /// (rank 5), the output blocked or, with `blockedOutput: false`, NCHW. Call `canConvolveBlocked` first: without a
-    /// oneDNN plan this traps.
+    /// (rank 5), the output blocked or, with `blockedOutput: false`, NCHW. A blocked output is `width` channels wide (by
+    /// default the input's width, or `ChannelLayout.blockWidth` after an NCHW input); the two widths may differ. Call
+    /// `canConvolveBlocked` first: without a oneDNN plan this traps.
     public func conv2dBlocked(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
-                              blockedOutput: Bool = true, moments: ChannelMoments? = nil) -> Tensor {
+                              blockedOutput: Bool = true, width: Int? = nil, moments: ChannelMoments? = nil) -> Tensor {
         let x = self
         let blockedInput = x.rank == 5
-        precondition(x.rank == 4 || (blockedInput && x.shape[4] == 8), "conv2dBlocked input \(x.shape)")
-        let planar = blockedInput ? [x.shape[0], x.shape[1] * 8, x.shape[2], x.shape[3]] : x.shape
+        precondition(x.rank == 4 || blockedInput, "conv2dBlocked input \(x.shape)")
+        let inBlock = blockedInput ? x.blockWidth : 8
+        let block = width ?? (blockedInput ? inBlock : ChannelLayout.blockWidth)
+        let planar = blockedInput ? [x.shape[0], x.shape[1] * inBlock, x.shape[2], x.shape[3]] : x.shape
         let g = ConvGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
         precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
-        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput)
+        // A side that is not blocked has width 8 in the plan's key, as `canConvolveBlocked` makes it.
+        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput, sourceWidth: inBlock,
+                                           destinationWidth: blockedOutput ? block : 8)
         let (n, cout) = (g.batch, g.outChannels)
-        let shape = blockedOutput ? [n, cout / 8, g.outHeight, g.outWidth, 8] : [n, cout, g.outHeight, g.outWidth]
+        let shape = blockedOutput ? [n, cout / block, g.outHeight, g.outWidth, block] : [n, cout, g.outHeight, g.outWidth]
         if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias]) { out in
@@ -123,39 +170,38 @@ extension Tensor {
     /// finds each window's maximum again from the input and output instead of keeping an argmax: the gradient goes
     /// to the first input equal to the output, in row-major order, as `maxPool2d`'s argmax does.
     public func maxPool2x2Blocked() -> Tensor {
-        precondition(rank == 5 && shape[4] == 8, "maxPool2x2Blocked needs [N, C/8, H, W, 8], got \(shape)")
-        let x = self
+        let x = self, b = blockWidth
         let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
         let (oh, ow) = (h / 2, w / 2)
-        let outShape = [shape[0], shape[1], oh, ow, 8]
+        let outShape = [shape[0], shape[1], oh, ow, b]
         let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)),
                                 inputs: [x]) { out in
             let (dx, overwrite) = x.gradientForWriting()
             let xp = x.data, y = out.data, dy = out.grad
-            Parallel.forEachChunk(of: planes * oh, work: planes * h * w * 8) { rows in
+            Parallel.forEachChunk(of: planes * oh, work: planes * h * w * b) { rows in
                 for r in rows {
                     let (plane, i) = r.quotientAndRemainder(dividingBy: oh)
-                    let top = (plane * h + 2 * i) * w * 8, bottom = top + w * 8, o = (plane * oh + i) * ow * 8
-                    KernelDispatch.maxPoolRowGradient(ow, top: xp + top, bottom: xp + bottom, y: y + o, dy: dy + o,
+                    let top = (plane * h + 2 * i) * w * b, bottom = top + w * b, o = (plane * oh + i) * ow * b
+                    KernelDispatch.maxPoolRowGradient(width: b, ow, top: xp + top, bottom: xp + bottom, y: y + o, dy: dy + o,
                                                       topGradient: dx + top, bottomGradient: dx + bottom, overwrite: overwrite)
                     guard overwrite else { continue }
                     // Inputs no window covers get no gradient; written, since dx is fresh.
                     if w % 2 == 1 {
-                        (dx + top + (w - 1) * 8).update(repeating: 0, count: 8)
-                        (dx + bottom + (w - 1) * 8).update(repeating: 0, count: 8)
+                        (dx + top + (w - 1) * b).update(repeating: 0, count: b)
+                        (dx + bottom + (w - 1) * b).update(repeating: 0, count: b)
                     }
-                    if h % 2 == 1 && i == oh - 1 { (dx + (plane * h + h - 1) * w * 8).update(repeating: 0, count: w * 8) }
+                    if h % 2 == 1 && i == oh - 1 { (dx + (plane * h + h - 1) * w * b).update(repeating: 0, count: w * b) }
                 }
             }
             // With a single row no window exists and the loop above never ran.
             if overwrite && oh == 0 { dx.update(repeating: 0, count: x.count) }
         }
         let xp = x.data, y = out.data
-        Parallel.forEachChunk(of: planes * oh, work: planes * h * w * 8) { rows in
+        Parallel.forEachChunk(of: planes * oh, work: planes * h * w * b) { rows in
             for r in rows {
                 let (plane, i) = r.quotientAndRemainder(dividingBy: oh)
-                let top = (plane * h + 2 * i) * w * 8
-                KernelDispatch.maxPoolRow(ow, top: xp + top, bottom: xp + top + w * 8, into: y + (plane * oh + i) * ow * 8)
+                let top = (plane * h + 2 * i) * w * b
+                KernelDispatch.maxPoolRow(width: b, ow, top: xp + top, bottom: xp + top + w * b, into: y + (plane * oh + i) * ow * b)
             }
         }
         return out
@@ -163,60 +209,68 @@ extension Tensor {
 }
 
 extension Tensor {
-    /// `upsampleNearest` in the blocked layout: every pixel's 8 channels (one vector) repeated scale.0 times vertically
-    /// and scale.1 times horizontally; backward sums each pixel's copies.
+    /// `upsampleNearest` in the blocked layout: every pixel's B channels repeated scale.0 times vertically and scale.1
+    /// times horizontally; backward sums each pixel's copies.
     public func upsampleNearestBlocked(scale: (Int, Int)) -> Tensor {
-        precondition(rank == 5 && shape[4] == 8, "upsampleNearestBlocked needs [N, C/8, H, W, 8], got \(shape)")
         precondition(scale.0 > 0 && scale.1 > 0, "upsampling scale \(scale) must be positive")
-        let x = self
+        let x = self, b = blockWidth
         let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
         let (sh, sw) = scale
         let (oh, ow) = (h * sh, w * sw)
-        let outShape = [shape[0], shape[1], oh, ow, 8]
+        let outShape = [shape[0], shape[1], oh, ow, b]
         // Every output pixel is a copy of one input pixel, written below.
-        let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)),
-                                inputs: [x]) { out in
-            let dy = UnsafePointer(out.grad), dx = x.grad
-            Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * 8) { rows in
-                for row in rows {
-                    let (p, r) = row.quotientAndRemainder(dividingBy: h)
-                    let dxr = dx + row * w * 8
-                    for c in 0..<w {
-                        var sum = BlockedKernels.load(dxr + 8 * c)
-                        for k in 0..<sh {
-                            let dyr = dy + ((p * oh + r * sh + k) * ow + c * sw) * 8
-                            for q in 0..<sw { sum += BlockedKernels.load(dyr + 8 * q) }
+        // One pixel's B channels as one vector (SIMD8 or SIMD16), so that a copy or a sum is one load and store.
+        @inline(__always) func upsample<V: BlockVector>(_: V.Type) -> Tensor {
+            let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(outShape)),
+                                    inputs: [x]) { out in
+                let dy = UnsafePointer(out.grad), dx = x.grad
+                Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * b) { rows in
+                    for row in rows {
+                        let (p, r) = row.quotientAndRemainder(dividingBy: h)
+                        let dxr = dx + row * w * b
+                        for c in 0..<w {
+                            var sum = V.load(dxr + b * c)
+                            for k in 0..<sh {
+                                let dyr = dy + ((p * oh + r * sh + k) * ow + c * sw) * b
+                                for q in 0..<sw { sum += V.load(dyr + b * q) }
+                            }
+                            sum.store(dxr + b * c)
                         }
-                        BlockedKernels.store(sum, dxr + 8 * c)
                     }
                 }
             }
-        }
-        let xd = UnsafePointer(x.data), y = out.data
-        Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * 8) { rows in
-            for row in rows {
-                let (p, r) = row.quotientAndRemainder(dividingBy: h)
-                let xr = xd + row * w * 8, first = y + (p * oh + r * sh) * ow * 8
-                for c in 0..<w {
-                    let v = BlockedKernels.load(xr + 8 * c)
-                    for q in 0..<sw { BlockedKernels.store(v, first + (c * sw + q) * 8) }
+            let xd = UnsafePointer(x.data), y = out.data
+            Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * b) { rows in
+                for row in rows {
+                    let (p, r) = row.quotientAndRemainder(dividingBy: h)
+                    let xr = xd + row * w * b, first = y + (p * oh + r * sh) * ow * b
+                    for c in 0..<w {
+                        let v = V.load(xr + b * c)
+                        for q in 0..<sw { v.store(first + (c * sw + q) * b) }
+                    }
+                    for k in 1..<sh { (first + k * ow * b).update(from: first, count: ow * b) }
                 }
-                for k in 1..<sh { (first + k * ow * 8).update(from: first, count: ow * 8) }
             }
+            return out
         }
-        return out
+        return b == 16 ? upsample(SIMD16<Float>.self) : upsample(SIMD8<Float>.self)
     }
 }
 
-/// out[8 b + l] += the sum over planes and pixels of lane l of the blocked tensor x, b = plane % blocks.
-func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, planes: Int, blocks: Int, pixels: Int, into out: UnsafeMutablePointer<Float>) {
-    for plane in 0..<planes {
-        var sum = SIMD8<Float>(repeating: 0)
-        let start = x + plane * pixels * 8
-        for p in 0..<pixels { sum += BlockedKernels.load(start + 8 * p) }
-        let b = plane % blocks
-        for l in 0..<8 { out[8 * b + l] += sum[l] }
+/// out[B b + l] += the sum over planes and pixels of lane l of the blocked tensor x (blocks of `width` = B channels),
+/// b = plane % blocks.
+func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, width: Int, planes: Int, blocks: Int, pixels: Int,
+                                  into out: UnsafeMutablePointer<Float>) {
+    @inline(__always) func sums<V: BlockVector>(_: V.Type) {
+        for plane in 0..<planes {
+            var sum = V(repeating: 0)
+            let start = x + plane * pixels * width
+            for p in 0..<pixels { sum += V.load(start + width * p) }
+            let b = plane % blocks
+            for l in 0..<width { out[width * b + l] += sum[l] }
+        }
     }
+    if width == 16 { sums(SIMD16<Float>.self) } else { sums(SIMD8<Float>.self) }
 }
 
 extension ConvGeometry {
@@ -238,7 +292,9 @@ extension ConvGeometry {
         }
         if let biasGradient, !biasDone {
             if layouts.destinationBlocked {
-                accumulateBlockedChannelSums(dy, planes: batch * outChannels / 8, blocks: outChannels / 8, pixels: outPlane, into: biasGradient)
+                let width = layouts.destinationWidth
+                accumulateBlockedChannelSums(dy, width: width, planes: batch * outChannels / width, blocks: outChannels / width, pixels: outPlane,
+                                             into: biasGradient)
             } else {
                 accumulateChannelSums(dy, batch: batch, channels: outChannels, plane: outPlane, into: biasGradient)
             }
@@ -259,7 +315,7 @@ extension ConvGeometry {
     func directForward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                        output y: UnsafeMutablePointer<Float>, layouts: DNNLConvPlan.Layouts, moments: ChannelMoments? = nil) -> Bool {
         let blocked = layouts.sourceBlocked
-        guard Self.ownKernels, layouts.destinationBlocked, kernelH == kernelW, kernelH % 2 == 1, groups == 1, strideH == 1, strideW == 1,
+        guard Self.ownKernels, layouts.destinationBlocked, layouts.eightWide, kernelH == kernelW, kernelH % 2 == 1, groups == 1, strideH == 1, strideW == 1,
               dilationH == 1, dilationW == 1, padTop == kernelH / 2, padLeft == kernelW / 2, outHeight == height, outWidth == width,
               outChannels % 16 == 0, blocked ? inChannels % 8 == 0 : (1...4).contains(inChannels),
               Self.directForwardTakes(inChannels: inChannels, outChannels: outChannels, width: width) else { return false }
@@ -340,7 +396,7 @@ extension ConvGeometry {
     /// weights, so the result does not depend on the thread count.
     func blockedWeightGradient3x3(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
                                   biasGradient: UnsafeMutablePointer<Float>?, layouts: DNNLConvPlan.Layouts) -> Bool {
-        guard Self.ownKernels, layouts.sourceBlocked, layouts.destinationBlocked,
+        guard Self.ownKernels, layouts.sourceBlocked, layouts.destinationBlocked, layouts.eightWide,
               kernelH == 3, kernelW == 3, groups == 1, strideH == 1, strideW == 1, dilationH == 1, dilationW == 1,
               padTop == 1, padLeft == 1, outHeight == height, outWidth == width, inChannels % 8 == 0, outChannels % 8 == 0,
               outChannels >= 16, width >= 24 else { return false }
@@ -389,7 +445,7 @@ extension ConvGeometry {
     /// doing nothing, otherwise. SSD7's conv1: 0.27 s in oneDNN -> 0.12 s a step of 16 images on one thread (BENCHMARKS.md).
     func fiveWideWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
                                 biasGradient: UnsafeMutablePointer<Float>?, layouts: DNNLConvPlan.Layouts) -> Bool {
-        guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, kernelW == 5, groups == 1,
+        guard Self.ownKernels, !layouts.sourceBlocked, layouts.destinationBlocked, layouts.eightWide, kernelW == 5, groups == 1,
               strideH == 1, strideW == 1, dilationH == 1, dilationW == 1, inChannels <= 4, outChannels % 16 == 0 else { return false }
         let pairs = outChannels / 16
         Parallel.forEachChunk(of: pairs, work: batch * outChannels * outPlane * inChannels * kernelH * kernelW) { range in
@@ -405,7 +461,7 @@ extension ConvGeometry {
 }
 
 extension Tensor {
-    /// `batchNormELU(..., layout: .blocked8).maxPool2x2Blocked()` as one op, for a block whose normalised output feeds
+    /// `batchNormELU(..., layout: .blocked).maxPool2x2Blocked()` as one op, for a block whose normalised output feeds
     /// nothing but the pooling (SSD7's first three): the same values and gradients (tested), in fewer passes over
     /// memory. It pools before the ELU (`PooledELUKernels`): ELU(max z) is max ELU(z), so the exp runs on a quarter of
     /// the pixels, and neither the full-size ELU output nor its gradient ever exists. Backward keeps x at each window's
@@ -417,25 +473,25 @@ extension Tensor {
                                               runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                                               crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
                                               moments: ChannelMoments? = nil) -> Tensor {
-        precondition(rank == 5 && shape[4] == 8, "batchNormELUMaxPool2x2Blocked needs [N, C/8, H, W, 8], got \(shape)")
         precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
-        let x = self
+        let x = self, bw = blockWidth
         let (n, blocks, h, w) = (shape[0], shape[1], shape[2], shape[3])
-        let (c, oh, ow, row) = (blocks * 8, h / 2, w / 2, w * 8)
+        let (c, oh, ow, row) = (blocks * bw, h / 2, w / 2, w * bw)
         for (t, what) in [(gamma, "gamma"), (beta, "beta"), (runningMean, "running mean"), (runningVar, "running variance")] {
             precondition(t.shape == [c], "batch norm \(what) \(t.shape) for \(c) channels")
         }
         precondition(!runningMean.requiresGrad && !runningVar.requiresGrad, "running statistics must be constants")
-        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: h * w, blocked: true)
+        let planes = BatchNormKernel.Planes(samples: n, channels: c, inner: h * w, width: bw)
         let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
                                         momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
                                         crossReplicaSum: crossReplicaSum, moments: moments)
-        let outShape = [n, blocks, oh, ow, 8]
+        let outShape = [n, blocks, oh, ow, bw]
         let pooledCount = Tensor.elementCount(outShape)
         // x at each window's maximum, for backward; nothing needs it at inference.
         let argmaxInput = FloatStorage(uninitializedCount: GradMode.isEnabled && [x, gamma, beta].contains { $0.requiresGrad } ? pooledCount : 0)
         let work = count * 4
-        func vector(_ p: UnsafeMutablePointer<Float>, _ block: Int) -> SIMD8<Float> { BlockedKernels.load(p + 8 * block) }
+        // Per-channel constants of block b.
+        func constants(_ p: UnsafeMutablePointer<Float>, _ block: Int) -> UnsafePointer<Float> { UnsafePointer(p + bw * block) }
 
         let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: pooledCount), inputs: [x, gamma, beta]) { out in
             let (xp, xm, pooled, dPooled) = (UnsafePointer(x.data), UnsafePointer(argmaxInput.pointer), UnsafePointer(out.data),
@@ -446,16 +502,12 @@ extension Tensor {
                 let sp = s.baseAddress!
                 Parallel.forEachChunk(of: blocks, work: work / 4) { range in
                     for b in range {
-                        let mean = vector(stats.mean.pointer, b)
-                        var plain = SIMD8<Double>(repeating: 0), product = SIMD8<Double>(repeating: 0)
+                        let mean = constants(stats.mean.pointer, b)
                         for sample in 0..<n {
-                            let at = (sample * blocks + b) * oh * ow * 8
-                            let (sumDz, dot) = KernelDispatch.pooledELUGradientSums(oh * ow, y: pooled + at, dy: dPooled + at,
-                                                                                    argmaxInput: xm + at, mean: mean, alpha: alpha)
-                            plain += sumDz
-                            product += dot
+                            let at = (sample * blocks + b) * oh * ow * bw
+                            KernelDispatch.pooledELUGradientSums(width: bw, oh * ow, y: pooled + at, dy: dPooled + at, argmaxInput: xm + at,
+                                                                 mean: mean, alpha: alpha, sums: sp + bw * b, products: sp + c + bw * b)
                         }
-                        for l in 0..<8 { sp[8 * b + l] = plain[l]; sp[c + 8 * b + l] = product[l] }
                     }
                 }
             }
@@ -469,19 +521,19 @@ extension Tensor {
             Parallel.forEachChunk(of: n * blocks, work: work) { range in
                 for plane in range {
                     let b = plane % blocks
-                    let (mean, scale) = (vector(stats.mean.pointer, b), vector(stats.scale.pointer, b))
-                    let (sl, of) = (vector(slope.pointer, b), vector(offset.pointer, b))
+                    let (mean, scale) = (constants(stats.mean.pointer, b), constants(stats.scale.pointer, b))
+                    let (sl, of) = (constants(slope.pointer, b), constants(offset.pointer, b))
                     func unreached(_ at: Int, pixels: Int) {
-                        KernelDispatch.blockedInputGradient(pixels, dy: noGradient, x: xp + at, into: dx + at, mean: mean, scale: scale,
+                        KernelDispatch.blockedInputGradient(width: bw, pixels, dy: noGradient, x: xp + at, into: dx + at, mean: mean, scale: scale,
                                                             slope: sl, offset: of, overwrite: overwrite)
                     }
                     for i in 0..<oh {
-                        let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * 8
-                        KernelDispatch.pooledELUInputGradientRow(ow, top: xp + top, bottom: xp + top + row, y: pooled + o, dy: dPooled + o,
+                        let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
+                        KernelDispatch.pooledELUInputGradientRow(width: bw, ow, top: xp + top, bottom: xp + top + row, y: pooled + o, dy: dPooled + o,
                                                                  argmaxInput: xm + o, topGradient: dx + top, bottomGradient: dx + top + row,
                                                                  mean: mean, scale: scale, slope: sl, offset: of, alpha: alpha,
                                                                  overwrite: overwrite)
-                        if w % 2 == 1 { unreached(top + row - 8, pixels: 1); unreached(top + 2 * row - 8, pixels: 1) }
+                        if w % 2 == 1 { unreached(top + row - bw, pixels: 1); unreached(top + 2 * row - bw, pixels: 1) }
                     }
                     if h % 2 == 1 { unreached((plane * h + h - 1) * row, pixels: w) }
                 }
@@ -493,14 +545,14 @@ extension Tensor {
         let keepArgmax = argmaxInput.count > 0
         Parallel.forEachChunk(of: n * blocks, work: work) { range in
             // Where the argmax input goes when nothing keeps it: one row's scratch.
-            let scratch = keepArgmax ? nil : UnsafeMutablePointer<Float>.allocate(capacity: max(1, ow * 8))
+            let scratch = keepArgmax ? nil : UnsafeMutablePointer<Float>.allocate(capacity: max(1, ow * bw))
             defer { scratch?.deallocate() }
             for plane in range {
                 let b = plane % blocks
-                let (mean, scale, shift) = (vector(stats.mean.pointer, b), vector(stats.scale.pointer, b), vector(betaPointer, b))
+                let (mean, scale, shift) = (constants(stats.mean.pointer, b), constants(stats.scale.pointer, b), constants(betaPointer, b))
                 for i in 0..<oh {
-                    let top = xp + (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * 8
-                    KernelDispatch.pooledELUForwardRow(ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
+                    let top = xp + (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
+                    KernelDispatch.pooledELUForwardRow(width: bw, ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
                                                        alpha: alpha, into: pooled + o, argmaxInput: scratch ?? xm + o)
                 }
             }

@@ -1,4 +1,4 @@
-/// Transposed convolution (`conv2dTransposed`) in the blocked layout [N, C/8, H, W, 8].
+/// Transposed convolution (`conv2dTransposed`) in the blocked layout [N, C/B, H, W, B], B 8 or 16.
 ///
 /// Between blocked convolutions (a U-Net's up-convolutions) the planar op costs a reorder of its input to NCHW, one of
 /// its output back to the blocked layout, oneDNN's own reorders from NCHW to the layout it computes in, the same again
@@ -27,32 +27,41 @@ extension Tensor {
     }
 
     /// Whether `conv2dTransposedBlocked` can run this transposed convolution: oneDNN is there with the plans of its
-    /// adjoint convolution in the blocked layout, and input and output channels are multiples of 8. `input` is the
-    /// NCHW shape.
-    public static func canConvolveTransposedBlocked(input: [Int], weight: [Int], stride: (Int, Int), padding: Padding) -> Bool {
-        guard DNNLConvPlans.enabled, let g = transposedGeometry(input: input, weight: weight, stride: stride, padding: padding),
-              g.inChannels % 8 == 0, g.outChannels % 8 == 0 else { return false }
-        return g.dnnlCanTrain(DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true), bias: false)
+    /// adjoint convolution in the blocked layout, the input's channels are a multiple of `inputWidth` and the output's of
+    /// `width`. `input` is the NCHW shape.
+    public static func canConvolveTransposedBlocked(input: [Int], weight: [Int], stride: (Int, Int), padding: Padding,
+                                                    width: Int, inputWidth: Int) -> Bool {
+        guard DNNLConvPlans.enabled, [width, inputWidth].allSatisfy({ $0 == 8 || $0 == 16 }),
+              let g = transposedGeometry(input: input, weight: weight, stride: stride, padding: padding),
+              g.inChannels % width == 0, g.outChannels % inputWidth == 0 else { return false }
+        return g.dnnlCanTrain(adjointLayouts(width: width, inputWidth: inputWidth), bias: false)
     }
 
-    /// `conv2dTransposed(weight, bias:, stride:, padding:)` of a blocked input [N, Cin/8, H, W, 8] into a blocked output
-    /// [N, Cout/8, Hout, Wout, 8]. Call `canConvolveTransposedBlocked` first: without oneDNN's plans this traps.
-    public func conv2dTransposedBlocked(_ weight: Tensor, bias: Tensor, stride: (Int, Int), padding: Padding) -> Tensor {
+    /// The adjoint convolution's layouts: its source is this op's output (`width` wide), its destination this op's input.
+    private static func adjointLayouts(width: Int, inputWidth: Int) -> DNNLConvPlan.Layouts {
+        DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: width, destinationWidth: inputWidth)
+    }
+
+    /// `conv2dTransposed(weight, bias:, stride:, padding:)` of a blocked input [N, Cin/B, H, W, B] into a blocked output
+    /// [N, Cout/W, Hout, Wout, W], W = `width` (by default the input's B). Call `canConvolveTransposedBlocked` first:
+    /// without oneDNN's plans this traps.
+    public func conv2dTransposedBlocked(_ weight: Tensor, bias: Tensor, stride: (Int, Int), padding: Padding, width: Int? = nil) -> Tensor {
         let x = self
-        precondition(x.rank == 5 && x.shape[4] == 8, "conv2dTransposedBlocked needs a blocked input [N, C/8, H, W, 8], got \(x.shape)")
-        let planar = [x.shape[0], x.shape[1] * 8, x.shape[2], x.shape[3]]
+        let inBlock = x.blockWidth, block = width ?? inBlock
+        let planar = [x.shape[0], x.shape[1] * inBlock, x.shape[2], x.shape[3]]
         guard let g = Tensor.transposedGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding) else {
             preconditionFailure("conv2dTransposedBlocked of \(planar) by \(weight.shape): no geometry (check canConvolveTransposedBlocked first)")
         }
         let cout = g.inChannels
         precondition(bias.shape == [cout], "bias \(bias.shape) for \(cout) output channels")
-        let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true)
+        let layouts = Tensor.adjointLayouts(width: block, inputWidth: inBlock)
         if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
-        let shape = [g.batch, cout / 8, g.height, g.width, 8]
+        let shape = [g.batch, cout / block, g.height, g.width, block]
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)), inputs: [x, weight, bias]) { out in
             let dy = UnsafePointer(out.grad)
             if bias.requiresGrad {
-                accumulateBlockedChannelSums(dy, planes: g.batch * cout / 8, blocks: cout / 8, pixels: g.inPlane, into: bias.grad)
+                accumulateBlockedChannelSums(dy, width: block, planes: g.batch * cout / block, blocks: cout / block, pixels: g.inPlane,
+                                             into: bias.grad)
             }
             if weight.requiresGrad {
                 let done = g.dnnlAccumulateWeightGradient(input: dy, outputGrad: x.data, into: weight.grad, layouts: layouts)
@@ -67,13 +76,16 @@ extension Tensor {
         let y = out.data
         let done = g.dnnlAccumulateInputGradient(outputGrad: x.data, weight: weight.data, into: y, layouts: layouts, accumulate: false)
         precondition(done, "conv2dTransposedBlocked without oneDNN's plans for \(planar) x \(weight.shape): check canConvolveTransposedBlocked first")
-        // The bias, one 8-channel vector a block, added to every pixel of the block.
-        let (planes, blocks, pixels, b) = (g.batch * cout / 8, cout / 8, g.inPlane, UnsafePointer(bias.data))
+        // The bias, one B-channel vector a block, added to every pixel of the block.
+        let (planes, blocks, pixels, b) = (g.batch * cout / block, cout / block, g.inPlane, UnsafePointer(bias.data))
         Parallel.forEachChunk(of: planes, work: out.count) { range in
             for plane in range {
-                let vector = BlockedKernels.load(b + 8 * (plane % blocks))
-                let start = y + plane * pixels * 8
-                for p in 0..<pixels { BlockedKernels.store(BlockedKernels.load(start + 8 * p) + vector, start + 8 * p) }
+                let vector = b + block * (plane % blocks)
+                let start = y + plane * pixels * block
+                for p in 0..<pixels {
+                    let pixel = start + block * p
+                    for lane in 0..<block { pixel[lane] += vector[lane] }
+                }
             }
         }
         return out

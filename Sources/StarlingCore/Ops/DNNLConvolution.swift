@@ -209,13 +209,24 @@ final class DNNLConvPlan: @unchecked Sendable {
         case backward
     }
 
-    /// The layouts of the caller's source and destination (and of their gradients): NCHW, or the 8-channel blocked
-    /// layout of `Tensor.blocked8()` ([N, C/8, H, W, 8], oneDNN's nChw8c), in which AVX2's kernels compute, so that
-    /// a blocked caller needs no reorder at all.
+    /// The layouts of the caller's source and destination (and of their gradients): NCHW, or the blocked layout of
+    /// `Tensor.blocked(width:)` ([N, C/B, H, W, B], oneDNN's nChw8c or nChw16c), in which its AVX2 (B = 8) or AVX-512
+    /// (B = 16) kernels compute, so that a blocked caller of the CPU's width needs no reorder at all.
     struct Layouts: Hashable {
         var sourceBlocked = false
         var destinationBlocked = false
+        /// B of a blocked source and of a blocked destination: they may differ (a 16-channel model's layer of 8 or 24
+        /// channels is 8 wide).
+        var sourceWidth = 8
+        var destinationWidth = 8
         static let planar = Layouts()
+
+        /// Both blocked sides (if any) 8 wide: the layout Starling's own convolution kernels are written for.
+        var eightWide: Bool { (!sourceBlocked || sourceWidth == 8) && (!destinationBlocked || destinationWidth == 8) }
+
+        static func tag(_ blocked: Bool, width: Int) -> dnnl_format_tag_t {
+            blocked ? (width == 16 ? dnnl_aBcd16b : dnnl_aBcd8b) : dnnl_nchw
+        }
     }
 
     let images: Int
@@ -249,11 +260,12 @@ final class DNNLConvPlan: @unchecked Sendable {
         guard let padBottom = rightPad(g.height, g.outHeight, g.padTop, effH, g.strideH),
               let padRight = rightPad(g.width, g.outWidth, g.padLeft, effW, g.strideW) else { return nil }
 
-        precondition(!layouts.sourceBlocked || g.inChannels % 8 == 0, "a blocked source needs a multiple of 8 channels")
-        precondition(!layouts.destinationBlocked || g.outChannels % 8 == 0, "a blocked destination needs a multiple of 8 channels")
-        sourceUser = DNNL.descriptor([images, g.inChannels, g.height, g.width], layouts.sourceBlocked ? dnnl_aBcd8b : dnnl_nchw)
+        let (inBlock, outBlock) = (layouts.sourceWidth, layouts.destinationWidth)
+        precondition(!layouts.sourceBlocked || g.inChannels % inBlock == 0, "a blocked source needs a multiple of \(inBlock) channels")
+        precondition(!layouts.destinationBlocked || g.outChannels % outBlock == 0, "a blocked destination needs a multiple of \(outBlock) channels")
+        sourceUser = DNNL.descriptor([images, g.inChannels, g.height, g.width], Layouts.tag(layouts.sourceBlocked, width: inBlock))
         destinationUser = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth],
-                                          layouts.destinationBlocked ? dnnl_aBcd8b : dnnl_nchw)
+                                          Layouts.tag(layouts.destinationBlocked, width: outBlock))
         weightsUser = g.groups == 1
             ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_oihw)
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
@@ -497,7 +509,7 @@ extension ConvGeometry {
     }
 
     /// oneDNN's y = conv(x) (+ bias) + beta * y; false if it has no plan for this geometry.
-    /// With blocked layouts the channel counts are multiples of 8, so an image takes the same number of floats in
+    /// With blocked layouts the channel counts are multiples of the block width, so an image takes the same number of floats in
     /// either layout and the chunk offsets below hold for both.
     func dnnlConvolve(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                       output y: UnsafeMutablePointer<Float>, beta: Float, layouts: DNNLConvPlan.Layouts = .planar) -> Bool {

@@ -90,22 +90,22 @@ public final class DNNLActivation {
     }
 
     /// Max over each 2x2 window at stride 2 (`maxPool2d(kernel: (2, 2))`, valid padding: an odd last row or column is
-    /// dropped), in this activation's layout. In the 8-channel blocked layout (AVX2's) it is Starling's own loop: each
-    /// pixel's 8 channels are one vector, so a window is 4 vector loads and 3 maxima, rows shared over the threads
-    /// (oneDNN 2.6's pooling took 4 ms on SSD7's first 32 x 300 x 480 map, this 0.4-0.6 ms). Other layouts (nChw16c
-    /// on AVX-512 machines) go to oneDNN's pooling.
+    /// dropped), in this activation's layout. In the blocked layouts of 8 channels (AVX2's nChw8c) and 16 (AVX-512's
+    /// nChw16c) it is Starling's own loop: each pixel's channels are one vector, so a window is 4 vector loads and 3
+    /// maxima, rows shared over the threads (oneDNN 2.6's pooling took 4 ms on SSD7's first 32 x 300 x 480 map, this
+    /// 0.4-0.6 ms). Other layouts go to oneDNN's pooling.
     public func maxPool2x2() -> DNNLActivation {
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
         let outShape = [n, c, h / 2, w / 2]
-        if DNNL.equal(md, DNNL.descriptor(shape, dnnl_aBcd8b)) {
-            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, dnnl_aBcd8b))
-            let (oh, ow, blocks) = (h / 2, w / 2, (c + 7) / 8)
+        for (width, tag) in [(8, dnnl_aBcd8b), (16, dnnl_aBcd16b)] where DNNL.equal(md, DNNL.descriptor(shape, tag)) {
+            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, tag))
+            let (oh, ow, blocks) = (h / 2, w / 2, (c + width - 1) / width)
             let x = UnsafePointer(storage.pointer), y = result.storage.pointer
-            Parallel.forEachChunk(of: n * blocks * oh, work: n * blocks * 8 * h * w) { rows in
+            Parallel.forEachChunk(of: n * blocks * oh, work: n * blocks * width * h * w) { rows in
                 for r in rows {
                     let plane = r / oh, i = r % oh
-                    let top = x + ((plane * h + 2 * i) * w) * 8
-                    KernelDispatch.maxPoolRow(ow, top: top, bottom: top + w * 8, into: y + ((plane * oh + i) * ow) * 8)
+                    let top = x + ((plane * h + 2 * i) * w) * width
+                    KernelDispatch.maxPoolRow(width: width, ow, top: top, bottom: top + w * width, into: y + ((plane * oh + i) * ow) * width)
                 }
             }
             return result

@@ -107,21 +107,25 @@ extension KernelDispatch {
         }
     }
 
-    /// y = ELU(scale (x - mean) + shift) over a plane of the 8-channel blocked layout (`BlockedKernels.affineELU`).
-    static func affineELUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
-                                 scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, kernels: Level = current) {
+    /// y = ELU(scale (x - mean) + shift) over a plane of the blocked layout (`BlockedKernels.affineELU`), blocks of
+    /// `width` (8 or 16) channels, the per-channel constants from the block's first channel.
+    static func affineELUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                 mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float,
+                                 kernels: Level = current) {
         switch kernels {
-        case .baseline: BlockedKernels.affineELU(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, SeparateMultiplyAdd.self)
-        default: fused(kernels).affineELUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
+        case .baseline:
+            BlockedKernels.affineELU(width: width, pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha, SeparateMultiplyAdd.self)
+        default: fused(kernels).affineELUBlocked(width: width, pixels, x, y, mean: mean, scale: scale, shift: shift, alpha: alpha)
         }
     }
 
-    /// y = leaky ReLU(scale (x - mean) + shift) over a plane of the 8-channel blocked layout (`BlockedKernels.affineLeakyReLU`).
-    static func affineLeakyReLUBlocked(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, mean: SIMD8<Float>,
-                                       scale: SIMD8<Float>, shift: SIMD8<Float>, slope: Float, kernels: Level = current) {
+    /// y = leaky ReLU(scale (x - mean) + shift) over a plane of the blocked layout (`BlockedKernels.affineLeakyReLU`).
+    static func affineLeakyReLUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                       mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, slope: Float,
+                                       kernels: Level = current) {
         switch kernels {
-        case .baseline: BlockedKernels.affineLeakyReLU(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
-        default: fused(kernels).affineLeakyReLUBlocked(pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+        case .baseline: BlockedKernels.affineLeakyReLU(width: width, pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
+        default: fused(kernels).affineLeakyReLUBlocked(width: width, pixels, x, y, mean: mean, scale: scale, shift: shift, slope: slope)
         }
     }
 
@@ -157,77 +161,90 @@ extension KernelDispatch {
                                      stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1, moments: moments)
     }
 
-    // The blocked layout's loops (`BlockedKernels`).
+    // The blocked layout's loops (`BlockedKernels`, `PooledELUKernels`), blocks of `width` (8 or 16) channels.
 
-    static func blockedSumAndDot(_ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: SIMD8<Float>,
-                                 kernels: Level = current) -> (SIMD8<Double>, SIMD8<Double>) {
-        kernels != .baseline ? fused(kernels).blockedSumAndDot(pixels, a, b, shift: shift) : BlockedKernels.sumAndDot(pixels, a, b, shift: shift)
+    /// sums[l] += sum a, products[l] += sum a (b - shift) over a plane, for the block's lanes.
+    static func blockedSumAndDot(width: Int, _ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: UnsafePointer<Float>?,
+                                 sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>, kernels: Level = current) {
+        if kernels != .baseline {
+            fused(kernels).blockedSumAndDot(width: width, pixels, a, b, shift: shift, sums: sums, products: products)
+        } else {
+            BlockedKernels.sumAndDot(width: width, pixels, a, b, shift: shift, sums: sums, products: products)
+        }
     }
 
-    static func blockedInputGradient(_ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>,
-                                     mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>, overwrite: Bool,
-                                     kernels: Level = current) {
+    static func blockedInputGradient(width: Int, _ pixels: Int, dy: UnsafePointer<Float>, x: UnsafePointer<Float>,
+                                     into dx: UnsafeMutablePointer<Float>, mean: UnsafePointer<Float>, scale: UnsafePointer<Float>,
+                                     slope: UnsafePointer<Float>, offset: UnsafePointer<Float>, overwrite: Bool, kernels: Level = current) {
         if kernels != .baseline {
-            fused(kernels).blockedInputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
-                                             overwrite: overwrite)
+            fused(kernels).blockedInputGradient(width: width, pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope,
+                                                offset: offset, overwrite: overwrite)
         } else {
-            BlockedKernels.inputGradient(pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
+            BlockedKernels.inputGradient(width: width, pixels, dy: dy, x: x, into: dx, mean: mean, scale: scale, slope: slope, offset: offset,
                                          overwrite: overwrite)
         }
     }
 
-    static func maxPoolRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
-                           kernels: Level = current) {
-        if kernels != .baseline { fused(kernels).maxPoolRow(width, top: top, bottom: bottom, into: y) } else { BlockedKernels.maxPoolRow(width, top: top, bottom: bottom, into: y) }
+    static func maxPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                           into y: UnsafeMutablePointer<Float>, kernels: Level = current) {
+        if kernels != .baseline {
+            fused(kernels).maxPoolRow(width: width, pixels, top: top, bottom: bottom, into: y)
+        } else {
+            BlockedKernels.maxPoolRow(width: width, pixels, top: top, bottom: bottom, into: y)
+        }
     }
 
-    static func maxPoolRowGradient(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
-                                   dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
+    static func maxPoolRowGradient(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                   y: UnsafePointer<Float>, dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
                                    bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool, kernels: Level = current) {
         if kernels != .baseline {
-            fused(kernels).maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
-                                           bottomGradient: bottomGradient, overwrite: overwrite)
+            fused(kernels).maxPoolRowGradient(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+                                              bottomGradient: bottomGradient, overwrite: overwrite)
         } else {
-            BlockedKernels.maxPoolRowGradient(width, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
+            BlockedKernels.maxPoolRowGradient(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, topGradient: topGradient,
                                               bottomGradient: bottomGradient, overwrite: overwrite)
         }
     }
 
-    // Batch norm + ELU + 2x2 max-pooling pooled before the ELU (`PooledELUKernels`).
-
-    static func pooledELUForwardRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, mean: SIMD8<Float>,
-                                    scale: SIMD8<Float>, shift: SIMD8<Float>, alpha: Float, into y: UnsafeMutablePointer<Float>,
-                                    argmaxInput xm: UnsafeMutablePointer<Float>, kernels: Level = current) {
+    static func pooledELUForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                    mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float,
+                                    into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>,
+                                    kernels: Level = current) {
         switch kernels {
         case .baseline:
-            PooledELUKernels.forwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
-                                        argmaxInput: xm, SeparateMultiplyAdd.self)
+            PooledELUKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha,
+                                        into: y, argmaxInput: xm, SeparateMultiplyAdd.self)
         default:
-            fused(kernels).pooledELUForwardRow(width, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha, into: y,
-                                            argmaxInput: xm)
+            fused(kernels).pooledELUForwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift,
+                                               alpha: alpha, into: y, argmaxInput: xm)
         }
     }
 
-    static func pooledELUGradientSums(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
-                                      mean: SIMD8<Float>, alpha: Float, kernels: Level = current) -> (SIMD8<Double>, SIMD8<Double>) {
-        kernels != .baseline
-            ? fused(kernels).pooledELUGradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
-            : PooledELUKernels.gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha)
+    static func pooledELUGradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                      argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
+                                      sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>, kernels: Level = current) {
+        if kernels != .baseline {
+            fused(kernels).pooledELUGradientSums(width: width, pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha, sums: sums,
+                                                 products: products)
+        } else {
+            PooledELUKernels.gradientSums(width: width, pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha, sums: sums,
+                                          products: products)
+        }
     }
 
-    static func pooledELUInputGradientRow(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>, y: UnsafePointer<Float>,
-                                          dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+    static func pooledELUInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
                                           topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                          mean: SIMD8<Float>, scale: SIMD8<Float>, slope: SIMD8<Float>, offset: SIMD8<Float>,
-                                          alpha: Float, overwrite: Bool, kernels: Level = current) {
+                                          mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+                                          offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool, kernels: Level = current) {
         if kernels != .baseline {
-            fused(kernels).pooledELUInputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
-                                                  bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
-                                                  alpha: alpha, overwrite: overwrite)
+            fused(kernels).pooledELUInputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm,
+                                                     topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
+                                                     slope: slope, offset: offset, alpha: alpha, overwrite: overwrite)
         } else {
-            PooledELUKernels.inputGradientRow(width, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
-                                              bottomGradient: bottomGradient, mean: mean, scale: scale, slope: slope, offset: offset,
-                                              alpha: alpha, overwrite: overwrite)
+            PooledELUKernels.inputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm,
+                                              topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
+                                              slope: slope, offset: offset, alpha: alpha, overwrite: overwrite)
         }
     }
 }

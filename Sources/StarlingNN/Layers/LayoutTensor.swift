@@ -6,8 +6,10 @@ import StarlingCore
 ///
 /// Three layouts, chosen op by op from the shapes, the CPU and what oneDNN has plans for:
 /// - planar: NCHW, every op of `Tensor`; any op without a faster path converts its input to it first.
-/// - blocked (training, and any pass that records gradients): [N, C/8, H, W, 8], oneDNN's nChw8c
-///   (BlockedLayout.swift). A convolution with a multiple of 8 output channels writes it; batch norm (alone, or with an
+/// - blocked (training, and any pass that records gradients): [N, C/B, H, W, B], oneDNN's nChw8c or nChw16c
+///   (BlockedLayout.swift), B = `ChannelLayout.blockWidth` (16 on AVX-512 CPUs, 8 elsewhere). A convolution with a
+///   multiple of B output channels writes it, one with a multiple of 8 but not of 16 writes 8-channel blocks (so a
+///   16-wide model's narrow layers stay blocked, in AVX2's blocks), any other count NCHW; batch norm (alone, or with an
 ///   ELU or leaky ReLU fused in), 2x2 max-pooling, nearest upsampling, element-wise activations, sums and channel
 ///   concatenation read and write it with their backward; no reorder to NCHW runs around the convolutions. A
 ///   convolution may hand its output's channel statistics to the batch norm that follows (`ChannelMoments`).
@@ -21,7 +23,7 @@ import StarlingCore
 public struct LayoutTensor: NetworkValue {
     enum Form {
         case planar(Tensor)
-        /// [N, C/8, H, W, 8]; `moments`: the per-channel sums the convolution that wrote it computed, if it did.
+        /// [N, C/B, H, W, B]; `moments`: the per-channel sums the convolution that wrote it computed, if it did.
         case blocked(Tensor, moments: ChannelMoments?)
         case inference(DNNLActivation)
         case pending(PendingConvolution)
@@ -32,6 +34,10 @@ public struct LayoutTensor: NetworkValue {
     /// Counts the convolutions each path ran, for tests that check a pass took the fast paths
     /// (`LayoutTensor.$census.withValue(LayoutCensus()) { ... }`; a task-local, so tests running alongside do not count).
     @TaskLocal package static var census: LayoutCensus?
+
+    /// The block width a pass that starts from planar values blocks them in: `ChannelLayout.blockWidth` (the CPU's, or
+    /// STARLING_BLOCK), which tests set per pass to compare the widths (`LayoutTensor.$blockWidth.withValue(8) { ... }`).
+    @TaskLocal package static var blockWidth: Int = ChannelLayout.blockWidth
 
     /// The NCHW shape (the values' logical shape whatever their layout).
     public let shape: [Int]
@@ -46,7 +52,7 @@ public struct LayoutTensor: NetworkValue {
         self.form = form
         switch form {
         case .planar(let x): shape = x.shape
-        case .blocked(let x, _): shape = [x.shape[0], x.shape[1] * 8, x.shape[2], x.shape[3]]
+        case .blocked(let x, _): shape = [x.shape[0], x.shape[1] * x.shape[4], x.shape[2], x.shape[3]]
         case .inference(let a): shape = a.shape
         case .pending(let p): shape = p.shape
         }
@@ -56,7 +62,7 @@ public struct LayoutTensor: NetworkValue {
     public var tensor: Tensor {
         switch form {
         case .planar(let x): return x
-        case .blocked(let x, _): return x.unblocked8()
+        case .blocked(let x, _): return x.unblocked()
         case .inference(let a): return a.tensor()
         case .pending(let p): return p.result.tensor
         }
@@ -101,7 +107,7 @@ public struct LayoutTensor: NetworkValue {
     public func affine(scale: Float, shift: Float) -> LayoutTensor { elementwise { $0.affine(scale: scale, shift: shift) } }
 
     public static func + (lhs: LayoutTensor, rhs: LayoutTensor) -> LayoutTensor {
-        if let a = lhs.blocked, let b = rhs.blocked { return LayoutTensor(.blocked(a + b, moments: nil)) }
+        if let a = lhs.blocked, let b = rhs.blocked, a.shape == b.shape { return LayoutTensor(.blocked(a + b, moments: nil)) }
         return LayoutTensor(lhs.tensor + rhs.tensor)
     }
 
@@ -117,14 +123,16 @@ public struct LayoutTensor: NetworkValue {
             Self.census?.count(.pending)
             return LayoutTensor(.pending(PendingConvolution(input: self, kernel: w, bias: b, stride: layer.stride, padding: layer.padding)))
         }
-        let blockedInput = blocked != nil, blockedOutput = w.shape[0] % 8 == 0
+        let width = w.shape[0] % Self.blockWidth == 0 ? Self.blockWidth : 8
+        let blockedInput = blocked != nil, blockedOutput = w.shape[0] % width == 0
         if ChannelLayout.blockedTrainingEnabled, blockedInput || blockedOutput,
            Tensor.canConvolveBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
-                                     blockedInput: blockedInput, blockedOutput: blockedOutput) {
+                                     blockedInput: blockedInput, blockedOutput: blockedOutput, width: width,
+                                     inputWidth: blocked?.shape[4]) {
             let source = blocked ?? tensor
             let moments = blockedOutput && GradMode.isEnabled ? ChannelMoments() : nil
             let y = source.conv2dBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, blockedOutput: blockedOutput,
-                                         moments: moments)
+                                         width: width, moments: moments)
             Self.census?.count(.blocked)
             return LayoutTensor(blockedOutput ? .blocked(y, moments: moments) : .planar(y))
         }
@@ -136,18 +144,21 @@ public struct LayoutTensor: NetworkValue {
     /// the two ops (in inference the ReLU is fused into the pending convolution's store).
     public func applyingWithReLU(_ layer: Conv2D) -> LayoutTensor {
         let w = layer.kernel.value
+        let width = w.shape.first.map { $0 % Self.blockWidth == 0 } == true ? Self.blockWidth : 8
         guard GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, shape.count == 4, layer.dilation == (1, 1),
               Tensor.canConvolveBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
-                                        blockedInput: blocked != nil, blockedOutput: true) else { return applying(layer).relu() }
+                                        blockedInput: blocked != nil, blockedOutput: true, width: width,
+                                        inputWidth: blocked?.shape[4]) else { return applying(layer).relu() }
         Self.census?.count(.blocked)
-        let y = (blocked ?? tensor).conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding)
+        let y = (blocked ?? tensor).conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding,
+                                                      width: width)
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
     public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
         switch form {
         case .blocked(let x, _):
-            return LayoutTensor(.blocked(layer.normalizing(x, training: training, crossReplicaSum: crossReplicaSum, layout: .blocked8),
+            return LayoutTensor(.blocked(layer.normalizing(x, training: training, crossReplicaSum: crossReplicaSum, layout: .blocked),
                                          moments: nil))
         case .pending(let p) where !training && p.activation == .identity:
             return LayoutTensor(.pending(p.folding(layer)))
@@ -160,7 +171,7 @@ public struct LayoutTensor: NetworkValue {
         switch form {
         case .blocked(let x, let moments):
             return LayoutTensor(.blocked(layer.withELU(x, training: training, crossReplicaSum: crossReplicaSum, alpha: alpha,
-                                                       layout: .blocked8, moments: moments), moments: nil))
+                                                       layout: .blocked, moments: moments), moments: nil))
         case .pending(let p) where !training && p.activation == .identity:
             return LayoutTensor(.pending(p.folding(layer).with(activation: .elu(alpha: alpha))))
         default:
@@ -172,7 +183,7 @@ public struct LayoutTensor: NetworkValue {
         switch form {
         case .blocked(let x, let moments):
             return LayoutTensor(.blocked(layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope,
-                                                             layout: .blocked8, moments: moments), moments: nil))
+                                                             layout: .blocked, moments: moments), moments: nil))
         case .pending(let p) where !training && p.activation == .identity:
             return LayoutTensor(.pending(p.folding(layer).with(activation: .leakyRelu(slope: slope))))
         default:
@@ -193,8 +204,12 @@ public struct LayoutTensor: NetworkValue {
     public func applying(_ layer: Dense) -> LayoutTensor { planar { $0.applying(layer) } }
     public func applying(_ layer: Conv2DTranspose) -> LayoutTensor {
         let (w, b) = (layer.kernel.value, layer.bias.value)
-        if let x = blocked, Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding) {
-            return LayoutTensor(.blocked(x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding), moments: nil))
+        // As a convolution's: a layer of 8k channels (not 16k) writes 8-channel blocks in a 16-wide pass.
+        let width = w.shape.count == 4 && w.shape[1] % Self.blockWidth == 0 ? Self.blockWidth : 8
+        if let x = blocked, Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                                                width: width, inputWidth: x.shape[4]) {
+            return LayoutTensor(.blocked(x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, width: width),
+                                         moments: nil))
         }
         return planar { $0.applying(layer) }
     }
@@ -219,7 +234,7 @@ public struct LayoutTensor: NetworkValue {
 
     public static func concat(_ values: [LayoutTensor], axis: Int) -> LayoutTensor {
         let blocks = values.compactMap(\.blocked)
-        if axis == 1, blocks.count == values.count { return LayoutTensor(.blocked(Tensor.concat(blocks, axis: 1), moments: nil)) }
+        if axis == 1, blocks.count == values.count, Set(blocks.map { $0.shape[4] }).count == 1 { return LayoutTensor(.blocked(Tensor.concat(blocks, axis: 1), moments: nil)) }
         return LayoutTensor(Tensor.concat(values.map(\.tensor), axis: axis))
     }
 
