@@ -12,7 +12,7 @@
 # ASan sees their heap through its allocator but not their stack or globals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-filter=${1:-"StarlingIOTests|FuzzTests|DetectionImportTests|SegmentationImportTests|CheckpointTests|BadInputCorpusTests"}
+filter=${1:-"StarlingIOTests|FuzzTests|DetectionImportTests|SegmentationImportTests|CheckpointTests|BadInputCorpusTests|DatasetChecksTests"}
 flags=(--scratch-path .build-asan --sanitize=address)
 nice -n 10 swift build "${flags[@]}" --build-tests
 # Leaks are not looked for: the Swift runtime's metadata caches and Foundation's singletons live until exit.

@@ -42,3 +42,17 @@ static inline unsigned starling_h5f_acc_excl(void) { return H5F_ACC_EXCL; }
 static inline unsigned starling_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
 static inline unsigned starling_h5f_acc_rdwr(void) { return H5F_ACC_RDWR; }
 static inline size_t starling_h5t_variable(void) { return H5T_VARIABLE; }
+#include <sys/types.h>
+/// The per-file state of Starling's guarded file driver (StarlingIO's HDF5GuardedDriver.swift). HDF5 requires the
+/// public H5FD_t to be the first member of a driver's file struct.
+typedef struct starling_guarded_file {
+    H5FD_t pub;
+    int fd;
+    haddr_t eoa;
+    haddr_t eof;
+    dev_t device;
+    ino_t inode;
+    /// The global heap collection last checked, [start, end): reads inside it are its continuation.
+    haddr_t checked_start;
+    haddr_t checked_end;
+} starling_guarded_file;

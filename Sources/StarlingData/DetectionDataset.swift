@@ -66,43 +66,56 @@ public final class DetectionDataset: @unchecked Sendable {
         classNames = try root.stringArrayAttribute("class_names")
         imageHeight = try root.intAttribute("image_height")
         imageWidth = try root.intAttribute("image_width")
+        guard imageHeight > 0, imageWidth > 0 else {
+            throw DataError(file: path, message: "image_height \(imageHeight) and image_width \(imageWidth) must be positive")
+        }
         guard root.contains(split) else { throw DataError(file: path, message: "no split '/\(split)'") }
         let group = try root.group(split)
         for name in ["images", "box_offsets", "boxes", "classes", "difficult", "image_ids"] where !group.contains(name) {
             throw DataError(file: path, message: "no dataset '/\(split)/\(name)'")
         }
         images = try group.dataset("images")
-        guard images.shape.count == 4, images.shape[1] == imageHeight, images.shape[2] == imageWidth, images.shape[3] == 3 else {
-            throw DataError(file: path, message: "/\(split)/images has shape \(images.shape); expected [N, \(imageHeight), \(imageWidth), 3]")
-        }
+        try images.require(.bytes, shape: [nil, imageHeight, imageWidth, 3], in: path, what: "RGB pixels of \(imageHeight)x\(imageWidth) images")
         count = images.shape[0]
-        offsets = try group.dataset("box_offsets").read(as: Int64.self)
-        boxes = try group.dataset("boxes").read(as: Float.self)
-        classes = try group.dataset("classes").read(as: Int32.self)
-        difficult = try group.dataset("difficult").read(as: UInt8.self)
-        imageIDs = try group.dataset("image_ids").read(as: Int64.self)
-        let m = classes.count
-        let offsetsValid = offsets.count == count + 1 && offsets.first == 0 && offsets.last == Int64(m)
-            && zip(offsets, offsets.dropFirst()).allSatisfy { $0 <= $1 }
-        let lengthsValid = boxes.count == 4 * m && difficult.count == m && imageIDs.count == count
-        guard offsetsValid && lengthsValid else {
-            throw DataError(file: path, message: "/\(split): box_offsets, boxes, classes, difficult and image_ids do not agree with \(count) images and \(m) boxes")
+        // Every array's type and shape before its values: HDF5 would convert floats to integers and clip wide
+        // integers without a word (see StoredElements).
+        let classesArray = try group.dataset("classes")
+        try classesArray.require(.integers, shape: [nil], in: path, what: "a class id a box")
+        let m = classesArray.shape[0]
+        let offsetsArray = try group.dataset("box_offsets"), boxesArray = try group.dataset("boxes")
+        let difficultArray = try group.dataset("difficult"), idsArray = try group.dataset("image_ids")
+        try offsetsArray.require(.integers, shape: [count + 1], in: path, what: "the first box of each of \(count) images, then \(m)")
+        try boxesArray.require(.numbers, shape: [m, 4], in: path, what: "xmin, ymin, xmax, ymax of \(m) boxes")
+        try difficultArray.require(.integers, shape: [m], in: path, what: "a flag for each of \(m) boxes")
+        try idsArray.require(.integers, shape: [count], in: path, what: "an id for each of \(count) images")
+        offsets = try offsetsArray.read(as: Int64.self)
+        boxes = try boxesArray.read(as: Float.self)
+        let classValues = try classesArray.read(as: Int64.self)
+        let difficultValues = try difficultArray.read(as: Int64.self)
+        imageIDs = try idsArray.read(as: Int64.self)
+        guard offsets.first == 0, offsets.last == Int64(m), zip(offsets, offsets.dropFirst()).allSatisfy({ $0 <= $1 }) else {
+            throw DataError(file: path, message: "/\(split)/box_offsets does not run from 0 up to the \(m) boxes")
         }
+        let classCount = Int64(classNames.count), ignoreRegion = Int64(Self.ignoreRegion)
+        if let bad = classValues.firstIndex(where: { $0 < 1 || $0 >= classCount }) {
+            throw DataError(file: path, message: "/\(split)/classes[\(bad)] = \(classValues[bad]) is outside 1...\(classCount - 1)")
+        }
+        if let bad = difficultValues.firstIndex(where: { !(0...ignoreRegion).contains($0) }) {
+            throw DataError(file: path, message: "/\(split)/difficult[\(bad)] = \(difficultValues[bad]); expected 0, 1 or \(Self.ignoreRegion)")
+        }
+        classes = classValues.map { Int32($0) }
+        difficult = difficultValues.map { UInt8($0) }
         fileNames = group.hasAttribute("file_names") ? try group.stringArrayAttribute("file_names") : nil
         if let fileNames, fileNames.count != count {
             throw DataError(file: path, message: "/\(split) attribute file_names has \(fileNames.count) names for \(count) images")
         }
         if group.contains("original_sizes") {
-            let sizes = try group.dataset("original_sizes").read(as: Int32.self)
-            guard sizes.count == 2 * count else {
-                throw DataError(file: path, message: "/\(split)/original_sizes holds \(sizes.count) values for \(count) images")
-            }
+            let array = try group.dataset("original_sizes")
+            try array.require(.integers, shape: [count, 2], in: path, what: "height and width of \(count) images")
+            let sizes = try array.read(as: Int32.self)
             originalSizes = (0..<count).map { (Int(sizes[2 * $0]), Int(sizes[2 * $0 + 1])) }
         } else {
             originalSizes = nil
-        }
-        if let bad = classes.firstIndex(where: { $0 < 1 || Int($0) >= classNames.count }) {
-            throw DataError(file: path, message: "/\(split)/classes[\(bad)] = \(classes[bad]) is outside 1...\(classNames.count - 1)")
         }
         func valid(_ b: Int) -> Bool {
             let (x0, y0, x1, y1) = (boxes[4 * b], boxes[4 * b + 1], boxes[4 * b + 2], boxes[4 * b + 3])

@@ -39,11 +39,14 @@ public final class ImageDataset: @unchecked Sendable {
         count = shape[0]
         sampleShape = Array(shape.dropFirst())
         if group.contains("labels") {
+            // Any integer type, each value a byte: HDF5 would truncate float labels and clip wide ones silently.
             let l = try group.dataset("labels")
-            guard l.shape == [count] else {
-                throw DataError(file: path, message: "/\(split)/labels has shape \(l.shape) for \(count) images")
+            try l.require(.integers, shape: [count], in: path, what: "a label for each of \(count) images")
+            let values = try l.read(as: Int64.self)
+            if let bad = values.firstIndex(where: { !(0...255).contains($0) }) {
+                throw DataError(file: path, message: "/\(split)/labels[\(bad)] = \(values[bad]) is not a label 0...255")
             }
-            labels = try l.read(as: UInt8.self)
+            labels = values.map { UInt8($0) }
         } else {
             labels = nil
         }

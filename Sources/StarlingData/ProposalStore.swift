@@ -46,8 +46,11 @@ public enum ProposalStore {
         guard group.contains("proposals") && group.contains("proposal_offsets") else {
             throw DataError(file: path, message: "no proposals in /\(split); store them with `starling proposals --data \(path) --split \(split) --store`")
         }
-        let offsets = try group.dataset("proposal_offsets").read(as: Int64.self)
-        let values = try group.dataset("proposals").read(as: Float.self)
+        let offsetsArray = try group.dataset("proposal_offsets"), boxesArray = try group.dataset("proposals")
+        try offsetsArray.require(.integers, shape: [dataset.count + 1], in: path, what: "the first proposal of each of \(dataset.count) images, then their count")
+        try boxesArray.require(.numbers, shape: [nil, 4], in: path, what: "xmin, ymin, xmax, ymax of each proposal")
+        let offsets = try offsetsArray.read(as: Int64.self)
+        let values = try boxesArray.read(as: Float.self)
         guard offsets.count == dataset.count + 1, offsets.first == 0, offsets.last.map({ Int($0) * 4 }) == values.count,
               zip(offsets, offsets.dropFirst()).allSatisfy({ $0 <= $1 }) else {
             throw DataError(file: path, message: "/\(split)/proposal_offsets and proposals do not fit the split's \(dataset.count) images")
@@ -94,9 +97,8 @@ public final class ProposalReader: @unchecked Sendable {
         }
         offsets = try group.dataset("proposal_offsets")
         boxes = try group.dataset("proposals")
-        guard offsets.shape == [count + 1], boxes.shape.count == 2, boxes.shape[1] == 4 else {
-            throw DataError(file: path, message: "/\(split)/proposal_offsets \(offsets.shape) and proposals \(boxes.shape) do not fit the split's \(count) images")
-        }
+        try offsets.require(.integers, shape: [count + 1], in: path, what: "the first proposal of each of \(count) images, then their count")
+        try boxes.require(.numbers, shape: [nil, 4], in: path, what: "xmin, ymin, xmax, ymax of each proposal")
         rows = boxes.shape[0]
         let last = try offsets.readRows(count..<(count + 1), as: Int64.self)[0]
         guard last == Int64(rows) else {

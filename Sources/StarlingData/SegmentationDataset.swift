@@ -68,34 +68,35 @@ public final class SegmentationDataset: @unchecked Sendable {
             throw DataError(file: path, message: "no dataset '/\(split)/\(name)'")
         }
         images = try group.dataset("images")
-        guard images.shape.count == 4, images.shape[1] == imageHeight, images.shape[2] == imageWidth, images.shape[3] == 3,
-              images.elementType == .uint8 else {
-            throw DataError(file: path, message: "/\(split)/images has shape \(images.shape); expected uint8 [N, \(imageHeight), \(imageWidth), 3]")
-        }
+        try images.require(.bytes, shape: [nil, imageHeight, imageWidth, 3], in: path, what: "RGB pixels of \(imageHeight)x\(imageWidth) images")
         count = images.shape[0]
         classMaps = try group.dataset("class_maps")
-        guard classMaps.shape == [count, imageHeight, imageWidth], classMaps.elementType == .uint8 else {
-            throw DataError(file: path, message: "/\(split)/class_maps has shape \(classMaps.shape); expected uint8 [\(count), \(imageHeight), \(imageWidth)]")
-        }
-        imageIDs = try group.dataset("image_ids").read(as: Int64.self)
-        guard imageIDs.count == count else { throw DataError(file: path, message: "/\(split)/image_ids holds \(imageIDs.count) ids for \(count) images") }
+        try classMaps.require(.bytes, shape: [count, imageHeight, imageWidth], in: path, what: "a class a pixel of \(count) images")
+        let idsArray = try group.dataset("image_ids")
+        try idsArray.require(.integers, shape: [count], in: path, what: "an id for each of \(count) images")
+        imageIDs = try idsArray.read(as: Int64.self)
         if group.contains("instance_offsets") {
             for name in ["instance_masks", "instance_classes"] where !group.contains(name) {
                 throw DataError(file: path, message: "/\(split) has instance_offsets but no dataset '\(name)'")
             }
-            let offsets = try group.dataset("instance_offsets").read(as: Int64.self)
-            let classes = try group.dataset("instance_classes").read(as: Int32.self)
+            // Types and shapes before values (see StoredElements).
+            let classesArray = try group.dataset("instance_classes")
+            try classesArray.require(.integers, shape: [nil], in: path, what: "a class id an object")
+            let m = classesArray.shape[0]
+            let offsetsArray = try group.dataset("instance_offsets")
+            try offsetsArray.require(.integers, shape: [count + 1], in: path, what: "the first object of each of \(count) images, then \(m)")
             let masks = try group.dataset("instance_masks")
-            let m = classes.count
-            guard offsets.count == count + 1, offsets.first == 0, offsets.last == Int64(m), zip(offsets, offsets.dropFirst()).allSatisfy({ $0 <= $1 }),
-                  masks.shape == [m, imageHeight, imageWidth], masks.elementType == .uint8 else {
-                throw DataError(file: path, message: "/\(split): instance_offsets, instance_masks \(masks.shape) and instance_classes do not agree with \(count) images and \(m) objects")
+            try masks.require(.bytes, shape: [m, imageHeight, imageWidth], in: path, what: "a \(imageHeight)x\(imageWidth) mask for each of \(m) objects")
+            let offsets = try offsetsArray.read(as: Int64.self)
+            let classValues = try classesArray.read(as: Int64.self)
+            guard offsets.first == 0, offsets.last == Int64(m), zip(offsets, offsets.dropFirst()).allSatisfy({ $0 <= $1 }) else {
+                throw DataError(file: path, message: "/\(split)/instance_offsets does not run from 0 up to the \(m) objects")
             }
             let classCount = classNames.count
-            if let bad = classes.firstIndex(where: { $0 < 1 || Int($0) >= classCount }) {
-                throw DataError(file: path, message: "/\(split)/instance_classes[\(bad)] = \(classes[bad]) is outside 1...\(classCount - 1)")
+            if let bad = classValues.firstIndex(where: { $0 < 1 || $0 >= Int64(classCount) }) {
+                throw DataError(file: path, message: "/\(split)/instance_classes[\(bad)] = \(classValues[bad]) is outside 1...\(classCount - 1)")
             }
-            (instanceOffsets, instanceClasses, instanceMasks) = (offsets, classes, masks)
+            (instanceOffsets, instanceClasses, instanceMasks) = (offsets, classValues.map { Int32($0) }, masks)
         } else {
             (instanceOffsets, instanceClasses, instanceMasks) = (nil, nil, nil)
         }

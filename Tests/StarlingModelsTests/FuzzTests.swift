@@ -110,6 +110,71 @@ import StarlingIO
         try Self.fuzz("png", input: try read(dir + "/frame.png"), path: dir + "/mutated.png") { _ = try ImageFile.readRGB(path: $0) }
     }
 
+    /// Regression: `Launch/fuzz.sh checkpoint` found unsealed checkpoints (the seal wiped, as a checkpoint written
+    /// before sealing) on which HDF5 1.10.8 read forever: `Checkpoint.load` -> `H5Aread` of the `format` string ->
+    /// `H5HG_read` decoding a global heap collection whose free space had size 0. The cases are made here from a real
+    /// checkpoint, each damaging its collection as the fuzzer's inputs did (or past it), and read by
+    /// `starling-fuzz checkpoint` in a child process under a time limit, so that a regression fails rather than hangs.
+    @Test func corruptGlobalHeapsInUnsealedCheckpointsAreRefused() throws {
+        let dir = Fixture.temporaryDirectory("fuzz-global-heap")
+        let model = try ModelRegistry.build(ModelConfig(family: "fc-ae", inputShape: [16], options: ["code_size": 4]), seed: 1)
+        var state = Checkpoint.TrainingState()
+        state.step = 12
+        try Checkpoint.save(to: dir + "/sealed.h5", model: model, optimizer: nil, state: state)
+        var unsealed = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/sealed.h5")))
+        unsealed.replaceSubrange(0..<16, with: [UInt8](repeating: 0, count: 16))
+        func load(_ bytes: [UInt8], _ at: Int, _ width: Int) -> Int {
+            (0..<width).reversed().reduce(0) { $0 << 8 | Int(bytes[at + $1]) }
+        }
+        func store(_ value: UInt64, _ bytes: inout [UInt8], _ at: Int) {
+            for i in 0..<8 { bytes[at + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+        }
+        let signature = Array("GCOL".utf8)
+        let heap = try #require((0..<(unsealed.count - 4)).first { Array(unsealed[$0..<($0 + 4)]) == signature })
+        let size = load(unsealed, heap + 8, 8)
+        // Walk to the free space (object 0), the collection's last object.
+        var free = heap + 16, firstObject: Int?
+        while load(unsealed, free, 2) != 0 {
+            firstObject = firstObject ?? free
+            free += 16 + (load(unsealed, free + 8, 8) + 7) / 8 * 8
+            try #require(free + 16 <= heap + size)
+        }
+        var cases: [(String, [UInt8], String)] = [("intact", unsealed, "accepted")]
+        var zeroFree = unsealed
+        store(0, &zeroFree, free + 8)
+        cases.append(("free-space-0", zeroFree, "its free space at byte \(free) has size 0"))
+        var overrun = unsealed
+        store(UInt64(size), &overrun, try #require(firstObject) + 8)
+        cases.append(("object-past-end", overrun, "past the collection's end"))
+        var huge = unsealed
+        store(1 << 40, &huge, heap + 8)
+        cases.append(("collection-past-file", huge, "past the end of the file"))
+        var paths: [String] = []
+        for (name, bytes, _) in cases {
+            paths.append(dir + "/\(name).h5")
+            try Data(bytes).write(to: URL(fileURLWithPath: paths.last!))
+        }
+        let started = Date()
+        let replay = try run("/usr/bin/timeout", ["-k", "5", "60", Fixture.binaryDirectory + "/starling-fuzz", "checkpoint"] + paths)
+        #expect(replay.status == 0, "starling-fuzz exited \(replay.status) (124: HDF5 read forever): \(replay.error.suffix(1000))")
+        let lines = replay.output.split(separator: "\n").map(String.init)
+        for ((name, _, expected), path) in zip(cases, paths) {
+            let line = lines.first { $0.hasPrefix(path + ": ") } ?? "no line"
+            if expected == "accepted" {
+                #expect(line == path + ": accepted", "\(name): \(line)")
+            } else {
+                #expect(line.contains("refused: ") && line.contains("attribute \"format\"") && line.contains("corrupt global heap collection at byte \(heap)")
+                        && line.contains(expected), "\(name): \(line)")
+            }
+        }
+        // What a user sees: one line naming the file, exit code 1, well within the time limit.
+        let inspected = try run("/usr/bin/timeout", ["-k", "5", "60", Fixture.starling, "inspect", paths[1]])
+        let error = inspected.error.split(separator: "\n").filter { !$0.isEmpty }
+        #expect(inspected.status == 1 && error.count == 1 && error[0].contains(paths[1]) && error[0].contains("corrupt global heap"),
+                "exit \(inspected.status): \(inspected.error)")
+        print("fuzz global heap: \(cases.count - 1) corrupt collections refused, the intact file read, in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+    }
+
     /// The checkpoint reader, whose bytes HDF5's C library parses: a crash there would take this process with it, so
     /// the mutated checkpoints go through `starling-fuzz checkpoint` (the libFuzzer target's replay mode) in a child
     /// process, which must exit normally having refused or read each. Launch/fuzz.sh runs the same target under
@@ -120,13 +185,17 @@ import StarlingIO
         let tool = Fixture.binaryDirectory + "/starling-fuzz"
         let made = try run(tool, ["seeds", dir + "/seeds", shared, Fixture.mnistSample])
         #expect(made.status == 0, "\(made.error)")
-        let input = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/seeds/checkpoint/fc-ae-step12.h5")))
+        // The sealed seed (mutations stop at the seal) and the same file with its seal wiped (they reach HDF5's parser
+        // and the guarded driver, as a checkpoint written before sealing would).
         var rng = SplitMix64(state: Self.seed ^ 0x4844_4635)
         var paths: [String] = []
-        for i in 0..<Self.iterations {
-            let path = dir + "/mutated-\(i).h5"
-            try Data(Self.mutate(input, &rng)).write(to: URL(fileURLWithPath: path))
-            paths.append(path)
+        for seed in ["fc-ae-step12.h5", "fc-ae-step12-unsealed.h5"] {
+            let input = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/seeds/checkpoint/" + seed)))
+            for _ in 0..<Self.iterations {
+                let path = dir + "/mutated-\(paths.count).h5"
+                try Data(Self.mutate(input, &rng)).write(to: URL(fileURLWithPath: path))
+                paths.append(path)
+            }
         }
         let replay = try run(tool, ["checkpoint"] + paths)
         let lines = replay.output.split(separator: "\n")

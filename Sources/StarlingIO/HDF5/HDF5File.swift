@@ -44,7 +44,8 @@ public final class HDF5File: @unchecked Sendable {
     }
 
     /// Opens an existing file, read-only unless `writable`. A sealed file (`HDF5Seal`) is checked against its seal
-    /// first, so a damaged one is refused before HDF5 parses it.
+    /// first, so a damaged one is refused before HDF5 parses it; any file is read through `HDF5GuardedDriver`, so a
+    /// corrupt global heap is refused rather than read forever.
     public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
         try HDF5Library.call {
             guard fileExists(path) else { throw HDF5Error(file: path, object: "/", message: "no such file") }
@@ -53,7 +54,7 @@ public final class HDF5File: @unchecked Sendable {
                 H5Eclear2(hid_t(H5E_DEFAULT))
                 throw HDF5Error(file: path, object: "/", message: "not an HDF5 file")
             }
-            let access = try fileAccessList(path)
+            let access = try fileAccessList(path, guarded: true)
             defer { H5Pclose(access) }
             let flags = writable ? starling_h5f_acc_rdwr() : starling_h5f_acc_rdonly()
             let id = H5Fopen(path, flags, access)
@@ -104,9 +105,11 @@ public final class HDF5File: @unchecked Sendable {
         return id
     }
 
-    private static func fileAccessList(_ path: String) throws -> hid_t {
+    /// `guarded`: through `HDF5GuardedDriver`, for files HDF5 did not just write in this process.
+    private static func fileAccessList(_ path: String, guarded: Bool = false) throws -> hid_t {
         let access = H5Pcreate(starling_h5p_file_access())
         guard access >= 0,
+              !guarded || H5Pset_driver(access, HDF5GuardedDriver.id, nil) >= 0,
               H5Pset_fclose_degree(access, H5F_CLOSE_STRONG) >= 0,
               H5Pset_libver_bounds(access, H5F_LIBVER_V18, H5F_LIBVER_V18) >= 0 else {
             if access >= 0 { H5Pclose(access) }

@@ -32,6 +32,7 @@ enum HDF5Library {
         lock.lock()
         defer { lock.unlock() }
         H5Eset_auto2(hid_t(H5E_DEFAULT), nil, nil)
+        HDF5GuardedDriver.lastProblem = nil
         return try body()
     }
 
@@ -47,7 +48,10 @@ enum HDF5Library {
             }, messagesPointer)
         }
         H5Eclear2(hid_t(H5E_DEFAULT))
-        let detail = messages.first(where: { !$0.isEmpty }).map { " (\($0))" } ?? ""
+        // A read the guarded driver refused says why better than HDF5's "read failed".
+        let guarded = HDF5GuardedDriver.lastProblem
+        HDF5GuardedDriver.lastProblem = nil
+        let detail = (guarded ?? messages.first(where: { !$0.isEmpty })).map { " (\($0))" } ?? ""
         return HDF5Error(file: file, object: object, message: context + detail)
     }
 }
