@@ -51,6 +51,7 @@ let package = Package(
         systemLibrary("CTurboJPEG", "libturbojpeg", "libturbojpeg0-dev"),
         systemLibrary("CPNG", "libpng", "libpng-dev"),
         systemLibrary("CZlib", "zlib", "zlib1g-dev"),
+        systemLibrary("CXML2", "libxml-2.0", "libxml2-dev"),
         // oneDNN (Debian: libdnnl-dev) ships no pkg-config file; its module map links libdnnl.
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
         // cpuid, header-only.
@@ -61,7 +62,7 @@ let package = Package(
         .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL", "CCPU", "StarlingKernels", "StarlingKernelsAVX2",
                                                      "StarlingKernelsAVX512"],
                 swiftSettings: noMathErrno),
-        .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib"]),
+        .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib", "CXML2"]),
         .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
         // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.
         .target(name: "ONNXProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),

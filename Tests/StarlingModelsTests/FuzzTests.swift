@@ -79,6 +79,10 @@ import StarlingIO
         try Data([UInt8]("<annotation><filename>a.jpg</filename><dept".utf8) + [0xE8] + [UInt8](">3</depth></annotation>".utf8))
             .write(to: URL(fileURLWithPath: dir + "/regression.xml"))
         #expect(VOCLabels.parseXML(dir + "/regression.xml", oneBased: true).problems.first?.message == "not UTF-8 text (and no other encoding declared)")
+        // Regression: a processing instruction without data made FoundationXML's SAX callback call strlen on a null
+        // pointer (found by `Launch/fuzz.sh voc`); VOC files are now read with libxml2's reader directly.
+        try Data("<?ewidth?>3eth?>3e".utf8).write(to: URL(fileURLWithPath: dir + "/regression-pi.xml"))
+        #expect(VOCLabels.parseXML(dir + "/regression-pi.xml", oneBased: true).problems.first?.message == "invalid XML: Document is empty")
         try Self.fuzz("voc xml", input: voc, path: dir + "/a.xml") { _ = VOCLabels.parseXML($0, oneBased: true) }
         let coco = Array(("{\"images\": [{\"id\": 1, \"file_name\": \"a.jpg\", \"width\": 480, \"height\": 300}], \"categories\": [{\"id\": 1, \"name\": \"car\"}], " +
                           "\"annotations\": [{\"id\": 1, \"image_id\": 1, \"category_id\": 1, \"bbox\": [237, 143, 14, 12], \"iscrowd\": 0, \"area\": 168}]}").utf8)

@@ -1,8 +1,6 @@
 import Foundation
+import StarlingIO
 import StarlingNN
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
 
 /// Pascal VOC annotations (`Annotations/*.xml`, one file per image) and the older "PASCAL Annotation Version 1.00"
 /// text files that Penn-Fudan ships (`Annotation/*.txt`).
@@ -30,20 +28,17 @@ package enum VOCLabels {
 
     package static func parseXML(_ path: String, oneBased: Bool) -> SourceImage {
         let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
-        let reader = VOCReader(path: path)
         guard let data = FileManager.default.contents(atPath: path) else {
             var image = SourceImage(reference: .stem(stem), location: LabelLocation(file: path))
             image.report(.malformed, "cannot read the file", at: LabelLocation(file: path))
             return image
         }
-        // FoundationXML on Linux parses an empty document without an error, as an annotation without objects.
         guard !data.isEmpty else {
             var image = SourceImage(reference: .stem(stem), location: LabelLocation(file: path))
             image.report(.malformed, "empty file", at: LabelLocation(file: path))
             return image
         }
-        // FoundationXML traps (SIGILL) on an element name that is not valid UTF-8 (found by FuzzTests): refuse bytes
-        // that are not UTF-8 unless the prolog declares another encoding, which libxml2 then converts first.
+        // libxml2 would refuse these too, as "Input is not proper UTF-8, indicate encoding !"; this says it plainly.
         let prolog = String(decoding: data.prefix(100), as: UTF8.self).lowercased()
         let declaresOther = prolog.hasPrefix("<?xml") && prolog.contains("encoding") && !prolog.contains("utf-8")
         if !declaresOther, String(data: data, encoding: .utf8) == nil {
@@ -51,19 +46,15 @@ package enum VOCLabels {
             image.report(.malformed, "not UTF-8 text (and no other encoding declared)", at: LabelLocation(file: path))
             return image
         }
-        let parser = XMLParser(data: data)
-        parser.delegate = reader
-        // FoundationXML on Linux can return true and still set parserError (an unclosed element, say).
-        let ok = parser.parse() && parser.parserError == nil
-        var image = SourceImage(reference: reader.fileName.map { .file($0) } ?? .stem(stem), location: LabelLocation(file: path))
-        guard ok else {
-            let code = (parser.parserError as NSError?)?.code ?? 0
-            let reasons = [4: "empty or not XML", 5: "the document ends inside an element (an unclosed or mismatched tag)",
-                           26: "an undeclared entity", 76: "a mismatched closing tag"]
-            image.report(.malformed, "invalid XML: \(reasons[code] ?? "XML parser error \(code)")",
-                         at: LabelLocation(file: path, line: parser.lineNumber))
+        var reader = VOCReader()
+        do {
+            try XMLEvents.read(data) { reader.take($0) }
+        } catch {
+            var image = SourceImage(reference: .stem(stem), location: LabelLocation(file: path))
+            image.report(.malformed, "invalid XML: \(error.message)", at: LabelLocation(file: path, line: error.line))
             return image
         }
+        var image = SourceImage(reference: reader.fileName.map { .file($0) } ?? .stem(stem), location: LabelLocation(file: path))
         if let width = reader.width, let height = reader.height, width > 0, height > 0 {
             image.declaredSize = (width, height)
         }
@@ -89,46 +80,44 @@ package enum VOCLabels {
 
     /// Collects what a VOC annotation holds, by element path (`annotation/object/bndbox/xmin`); the boxes of
     /// an object's parts (`object/part/bndbox`) are not the object's box and are ignored.
-    private final class VOCReader: NSObject, XMLParserDelegate {
+    private struct VOCReader {
         struct Object {
             var line: Int
             var name: String?, difficult: String?
             var xmin: String?, ymin: String?, xmax: String?, ymax: String?
         }
-        let path: String
         var stack: [String] = []
         var text = ""
         var fileName: String?
         var width: Int?, height: Int?
         var objects: [Object] = []
 
-        init(path: String) { self.path = path }
-
-        func parser(_ parser: XMLParser, didStartElement element: String, namespaceURI: String?,
-                    qualifiedName: String?, attributes: [String: String] = [:]) {
-            stack.append(element)
-            text = ""
-            if stack == ["annotation", "object"] { objects.append(Object(line: parser.lineNumber)) }
-        }
-
-        func parser(_ parser: XMLParser, foundCharacters string: String) { text += string }
-
-        func parser(_ parser: XMLParser, didEndElement element: String, namespaceURI: String?, qualifiedName: String?) {
-            let value = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            switch stack {
-            case ["annotation", "filename"]: fileName = value
-            case ["annotation", "size", "width"]: width = Int(value)
-            case ["annotation", "size", "height"]: height = Int(value)
-            case ["annotation", "object", "name"]: objects[objects.count - 1].name = value
-            case ["annotation", "object", "difficult"]: objects[objects.count - 1].difficult = value
-            case ["annotation", "object", "bndbox", "xmin"]: objects[objects.count - 1].xmin = value
-            case ["annotation", "object", "bndbox", "ymin"]: objects[objects.count - 1].ymin = value
-            case ["annotation", "object", "bndbox", "xmax"]: objects[objects.count - 1].xmax = value
-            case ["annotation", "object", "bndbox", "ymax"]: objects[objects.count - 1].ymax = value
-            default: break
+        mutating func take(_ event: XMLEvent) {
+            switch event {
+            case .start(let element, let line):
+                stack.append(element)
+                text = ""
+                if stack == ["annotation", "object"] { objects.append(Object(line: line)) }
+            case .text(let string):
+                text += string
+            case .end:
+                let value = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                switch stack {
+                case ["annotation", "filename"]: fileName = value
+                case ["annotation", "size", "width"]: width = Int(value)
+                case ["annotation", "size", "height"]: height = Int(value)
+                case ["annotation", "object", "name"]: objects[objects.count - 1].name = value
+                case ["annotation", "object", "difficult"]: objects[objects.count - 1].difficult = value
+                case ["annotation", "object", "bndbox", "xmin"]: objects[objects.count - 1].xmin = value
+                case ["annotation", "object", "bndbox", "ymin"]: objects[objects.count - 1].ymin = value
+                case ["annotation", "object", "bndbox", "xmax"]: objects[objects.count - 1].xmax = value
+                case ["annotation", "object", "bndbox", "ymax"]: objects[objects.count - 1].ymax = value
+                default: break
+                }
+                // libxml2 reports a mismatched closing tag before it gets here, so the stack is never empty.
+                stack.removeLast()
+                text = ""
             }
-            stack.removeLast()
-            text = ""
         }
     }
 
