@@ -3,8 +3,12 @@
 # at least 1.8x its one-thread rate on 2 cores), family by family, the two runs interleaved ROUNDS times (1 2 1 2 ...)
 # so that a busy machine disturbs both alike. Autoencoders: `train` on the full MNIST (the last img/s of the epoch,
 # data pipeline included); the others: `bench --only FAMILY` (its training figure, synthetic frames). Prints each
-# round's rates, the ratio of the medians and the spread of the per-round ratios, with the kernels.
-#   Launch/bench-threads.sh [FAMILY...]       ROUNDS=3 STEPS=40 by default
+# round's rates, the ratio of the medians and the spread of the per-round ratios, with the kernels. The autoencoders also
+# run a third way in each round, `train` without --blas-threads ("auto": the trainer times 2 threads against 1 over its
+# first steps and keeps the faster, ThreadCalibration), whose ratio to one thread must not fall below 1; their STEPS
+# should leave room for the calibration (up to ~390 steps for ~1 ms steps; the rate is the epoch's, calibration included).
+#   Launch/bench-threads.sh [FAMILY...]       ROUNDS=3 STEPS=40 by default; SKIP_TWO=1 leaves out the fixed 2-thread
+#                                             runs (on a loaded machine they take minutes; auto's log line still times 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Launch/bench-setup.sh
@@ -15,11 +19,14 @@ families=("$@")
 declare -A batch=([fc-ae]=256 [sparse-ae]=256 [deep-ae]=256 [conv-ae]=128 [denoising-ae]=128 [seq2seq-ae]=128 [vae]=32 [conv-vae]=128)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-rate() {   # family threads -> images/s
+rate() {   # family threads (or auto) -> images/s
   local f=$1 t=$2
   if [ -n "${batch[$f]:-}" ]; then
+    local fixed=(--blas-threads "$t")
+    [ "$t" = auto ] && fixed=()
     "$bin" train --model "$f" --data "$data" --epochs 1 --steps-per-epoch "$steps" --batch-size "${batch[$f]}" \
-      --blas-threads "$t" --val-split none --out "$out/$f-$t" > "$out/log" 2>&1
+      "${fixed[@]}" --val-split none --out "$out/$f-$t" > "$out/log" 2>&1
+    [ "$t" = auto ] && grep -m1 '^threads: ' "$out/log" | sed 's/^/    auto: /' >&2
     grep -o '[0-9]* img/s' "$out/log" | tail -1 | cut -d' ' -f1
   elif [ "$f" = unet ]; then
     "$bin" bench --only unet --threads "$t" --steps "$steps" > "$out/log"
@@ -32,12 +39,21 @@ rate() {   # family threads -> images/s
   [ -f "$out/said" ] || { grep -m1 -E 'GEMM' "$out/log" | sed -E 's/.*(BLAS [^;]*; GEMM)/\1/' >&2; touch "$out/said"; }
 }
 for f in "${families[@]}"; do
-  ones=() twos=()
-  for _ in $(seq "$rounds"); do ones+=("$(rate "$f" 1)"); twos+=("$(rate "$f" 2)"); done
-  python3 - "$f" "${ones[*]}" "${twos[*]}" <<'PY'
+  ones=() twos=() autos=()
+  for _ in $(seq "$rounds"); do
+    ones+=("$(rate "$f" 1)")
+    [ -n "${SKIP_TWO:-}" ] || twos+=("$(rate "$f" 2)")
+    [ -n "${batch[$f]:-}" ] && autos+=("$(rate "$f" auto)")
+  done
+  python3 - "$f" "${ones[*]}" "${twos[*]:-}" "${autos[*]:-}" <<'PY'
 import statistics, sys
 f, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
-r = [y / x for x, y in zip(a, b)]
-print(f"{f:13s} 1 thread {a}  2 threads {b}  ratio of medians {statistics.median(b) / statistics.median(a):.2f}x (rounds {min(r):.2f}-{max(r):.2f}x)")
+def ratio(name, c):
+    r = [y / x for x, y in zip(a, c)]
+    return f"{name} {c}  ratio of medians {statistics.median(c) / statistics.median(a):.2f}x (rounds {min(r):.2f}-{max(r):.2f}x)"
+line = f"{f:13s} 1 thread {a}" + ("  " + ratio("2 threads", b) if b else "")
+if sys.argv[4].strip():
+    line += "  " + ratio("auto", [float(x) for x in sys.argv[4].split()])
+print(line)
 PY
 done

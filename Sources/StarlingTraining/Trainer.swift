@@ -53,6 +53,10 @@ public struct TrainingOptions: Sendable {
     public var resumePath: String?
     /// Steps with a non-finite loss or gradient that are skipped (no update) before the run stops (0: stop at the first).
     public var skipNonFinite = 0
+    /// Time the first steps on this many threads against one and keep the faster count for the rest of the run
+    /// (`ThreadCalibration`); nil keeps the count the process was given. `train` sets it on one process when
+    /// `--blas-threads` is not given.
+    public var calibrateThreads: Int?
     /// Print the live progress line (off for benchmarks).
     public var progress = true
     /// Write checkpoints and the CSV log (off for benchmarks).
@@ -105,6 +109,8 @@ public final class Trainer {
     /// The per-step [loss, non-finite flag] allreduce buffer (must outlive the non-blocking call).
     private let agreement = UnsafeMutablePointer<Double>.allocate(capacity: 2)
     private let log: (String) -> Void
+    /// The thread count being chosen over the first steps (nil when the count is fixed).
+    public private(set) var threadCalibration: ThreadCalibration?
 
     public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
                 options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
@@ -135,6 +141,7 @@ public final class Trainer {
             aware.crossReplica = CrossReplica(world)
             aware.synchronizeBatchNorm = options.synchronizeBatchNorm
         }
+        if let threads = options.calibrateThreads, threads > 1 { threadCalibration = ThreadCalibration(threads: threads) }
         state.seed = options.seed
         state.worldSize = world.size
         state.learningRateSchedule = requestedSchedule
@@ -319,6 +326,8 @@ public final class Trainer {
             do {
                 defer { reader.finish(); display.finishLine() }
                 for step in firstStep..<steps {
+                    let stepStart = monotonicSeconds()
+                    if let threads = threadCalibration?.threadsForNextStep, threads != BLAS.threadCount { BLAS.setThreadCount(threads) }
                     var batch = try reader.next()
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
                     model.parameters.zeroGradients()
@@ -364,6 +373,7 @@ public final class Trainer {
                     }
                     state.step += 1
                     state.dataCursor = (step + 1) * options.batchSize
+                    try recordForThreadCalibration(stepSeconds: monotonicSeconds() - stepStart)
                     let now = monotonicSeconds()
                     if step + 1 == steps || (live && now - lastPrint > 0.2) || (!live && ProgressDisplay.plainLineDue(step: step, steps: steps)) {
                         lastPrint = now
@@ -447,6 +457,26 @@ public final class Trainer {
         return history
     }
 
+    /// Feeds the step's time to the thread calibration; the figures it asks the ranks to agree on are the largest over
+    /// ranks (the slowest rank sets the step), so every rank switches and decides at the same step.
+    private func recordForThreadCalibration(stepSeconds: Double) throws {
+        guard var calibration = threadCalibration, calibration.chosen == nil else { return }
+        if var figures = calibration.record(seconds: stepSeconds) {
+            if world.size > 1 {
+                watchdog.at("the thread calibration's allreduce", step: state.step)
+                try world.allreduce(&figures, .max)
+            }
+            calibration.agree(figures)
+        }
+        threadCalibration = calibration
+        guard let chosen = calibration.chosen else { return }
+        BLAS.setThreadCount(chosen)
+        let times = zip(calibration.candidates, calibration.medianSecondsPerStep)
+            .map { "\($0.0) thread\($0.0 == 1 ? "" : "s") \(formatMilliseconds($0.1))" }.joined(separator: ", ")
+        log("threads: \(chosen), the faster over the first \(calibration.steps) steps (a step: \(times); median of " +
+            "\(calibration.secondsPerStep.count) round(s) of \(calibration.blockSteps ?? 1) step(s)); --blas-threads N fixes the count")
+    }
+
     /// Four decimals, as in a file name.
     private func fixed(_ x: Double) -> String {
         let scaled = Int((x * 10_000).rounded())
@@ -507,6 +537,15 @@ public final class Trainer {
         try world.allreduce(&total)
         return total[0] / Double(max(n, 1))
     }
+}
+
+/// Milliseconds with three significant digits (thread calibration's log line).
+func formatMilliseconds(_ seconds: Double) -> String {
+    let ms = seconds * 1000
+    let digits = ms >= 100 ? 0 : ms >= 10 ? 1 : 2
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    return "\((ms * scale).rounded() / scale) ms"
 }
 
 func formatDuration(_ seconds: Double) -> String {

@@ -50,7 +50,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Learning-rate factor on a plateau.") var plateauFactor: Float = 0.2
     @Option(help: "Lowest base learning rate on plateaus (a schedule can still take the applied rate below it).") var minLr: Float = 1e-5
     @Option(help: "Write TensorBoard event files into this folder (rank 0): losses, learning rate, images/s, and at each validation the validation loss, figures (detectors: mAP; unet: mean IoU, Dice, pixel accuracy; mask-rcnn: box and mask AP) and pictures (reconstructions, drawn detections, segmentations, drawn instances).") var tensorboard: String?
-    @Option(help: "OpenBLAS and oneDNN threads per rank (default: 1 under mpirun, as the native-stack notes measured best; otherwise all cores, or OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when set).") var blasThreads: Int?
+    @Option(help: "OpenBLAS, oneDNN and Starling threads per rank, fixed for the run (default: 1 under mpirun, as the native-stack notes measured best; otherwise all cores, or OPENBLAS_NUM_THREADS / OMP_NUM_THREADS when set, timed against one thread over the first steps and the faster kept).") var blasThreads: Int?
 
     func validate() throws {
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
@@ -263,6 +263,8 @@ struct TrainCommand: ParsableCommand {
                     Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
                 }
                 var options = flags.options
+                // One process with the default count: time it against one thread over the first steps (ThreadCalibration).
+                if flags.blasThreads == nil && world.size == 1 && BLAS.threadCount > 1 { options.calibrateThreads = BLAS.threadCount }
                 if flags.tensorboard != nil, let validation {
                     switch family.dataKind {
                     case .detection:

@@ -407,12 +407,16 @@ final class DNNLConvPlan: @unchecked Sendable {
     }
 }
 
-/// Plans by geometry, made once per process (creating one JIT-compiles its kernels).
+/// Plans by geometry and thread count, made once per process (creating one JIT-compiles its kernels). The thread
+/// count is part of the key because a oneDNN primitive divides its work for the threads there were when it was made
+/// and runs on that many (`num_threads` of its own parallel regions) whatever the count is later: a process that
+/// changes its count (the trainer's thread calibration) must get primitives made for the new one.
 enum DNNLConvPlans {
     struct Key: Hashable {
         let dims: [Int]
         let variant: DNNLConvPlan.Variant
         let layouts: DNNLConvPlan.Layouts
+        let threads: Int
     }
     nonisolated(unsafe) private static var plans: [Key: DNNLConvPlan?] = [:]
     private static let lock = PThreadMutex()
@@ -427,7 +431,7 @@ enum DNNLConvPlans {
                      layouts: DNNLConvPlan.Layouts = .planar) -> DNNLConvPlan? {
         let key = Key(dims: [images, g.inChannels, g.outChannels, g.groups, g.height, g.width, g.kernelH, g.kernelW,
                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth],
-                      variant: variant, layouts: layouts)
+                      variant: variant, layouts: layouts, threads: BLAS.threadCount)
         lock.lock()
         defer { lock.unlock() }
         if let plan = plans[key] { return plan }

@@ -17,7 +17,7 @@ public final class FloatStorage: @unchecked Sendable {
     /// A new zero-filled block of `count` floats, 64-byte aligned for vector loads.
     public init(count: Int) {
         precondition(count >= 0, "negative storage size")
-        let raw = LargeBlocks.shared.take(floats: max(count, 1))
+        let raw = LargeBlocks.take(floats: max(count, 1))
         raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
         pointer = raw.assumingMemoryBound(to: Float.self)
         self.count = count
@@ -28,7 +28,7 @@ public final class FloatStorage: @unchecked Sendable {
     /// overwrites in full before anything reads it: zero-filling a 300x480 activation costs as much as a ReLU on it.
     public init(uninitializedCount count: Int) {
         precondition(count >= 0, "negative storage size")
-        let raw = LargeBlocks.shared.take(floats: max(count, 1))
+        let raw = LargeBlocks.take(floats: max(count, 1))
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         self.count = count
         parent = nil
@@ -43,7 +43,7 @@ public final class FloatStorage: @unchecked Sendable {
     }
 
     deinit {
-        if parent == nil { LargeBlocks.shared.give(UnsafeMutableRawPointer(pointer), floats: max(count, 1)) }
+        if parent == nil { LargeBlocks.give(UnsafeMutableRawPointer(pointer), floats: max(count, 1)) }
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
@@ -66,19 +66,40 @@ public final class FloatStorage: @unchecked Sendable {
 /// So blocks of 1 MB or more come from mappings of their own, never returned to the system (as the heap never
 /// trimmed), carved best-fit with neighbours coalesced on free: only large blocks share them, so a freed activation
 /// is whole again for the next layer or step. Blocks are 64-byte aligned, at 4 KB granularity.
+///
+/// Blocks of 64 KB up to 1 MB (the small autoencoders' activations: fc-ae's 256 x 784 floats are 784 KB) come from
+/// a second set of mappings, kept apart so that they never split a large block's extent. From glibc they came off
+/// the top of its heap, which glibc trimmed when they were freed (its trim threshold follows its mmap threshold, 2 x
+/// the largest block freed): each ~1 ms step faulted its activations in, zeroed, again.
 final class LargeBlocks: @unchecked Sendable {
-    static let shared = LargeBlocks()
+    static let shared = LargeBlocks(mappingBytes: 64 << 20)
+    static let medium = LargeBlocks(mappingBytes: 8 << 20)
     /// Blocks below this go to malloc directly.
-    let minimumBytes = 1 << 20
-    /// New mappings are at least this large, so that small large blocks do not each take a mapping.
-    let mappingBytes = 64 << 20
+    static let minimumBytes = 64 << 10
+    /// Blocks from this size on go to `shared`, smaller ones to `medium`.
+    static let largeBytes = 1 << 20
+
+    static func take(floats: Int) -> UnsafeMutableRawPointer {
+        let requested = floats * 4
+        if requested < minimumBytes { return UnsafeMutableRawPointer.allocate(byteCount: requested, alignment: 64) }
+        return (requested < largeBytes ? medium : shared).take(bytes: requested)
+    }
+
+    static func give(_ block: UnsafeMutableRawPointer, floats: Int) {
+        let requested = floats * 4
+        if requested < minimumBytes { return block.deallocate() }
+        (requested < largeBytes ? medium : shared).give(block, bytes: requested)
+    }
+
+    /// New mappings are at least this large, so that small blocks do not each take a mapping.
+    let mappingBytes: Int
     /// Free extents (address, bytes), sorted by address.
     private var free: [(address: Int, bytes: Int)] = []
     private let lock = PThreadMutex()
 
-    func take(floats: Int) -> UnsafeMutableRawPointer {
-        let requested = floats * 4
-        if requested < minimumBytes { return UnsafeMutableRawPointer.allocate(byteCount: requested, alignment: 64) }
+    init(mappingBytes: Int) { self.mappingBytes = mappingBytes }
+
+    func take(bytes requested: Int) -> UnsafeMutableRawPointer {
         let bytes = (requested + 4095) & ~4095
         lock.lock()
         defer { lock.unlock() }
@@ -92,9 +113,7 @@ final class LargeBlocks: @unchecked Sendable {
         return carve(bytes)!
     }
 
-    func give(_ block: UnsafeMutableRawPointer, floats: Int) {
-        let requested = floats * 4
-        if requested < minimumBytes { return block.deallocate() }
+    func give(_ block: UnsafeMutableRawPointer, bytes requested: Int) {
         lock.lock()
         insert(address: Int(bitPattern: block), bytes: (requested + 4095) & ~4095)
         lock.unlock()
