@@ -14,8 +14,10 @@ struct RCNNSVMCommand: ParsableCommand {
     @Option(help: "Split whose images and proposals train the SVMs.") var split = "train"
     @Option(help: "The checkpoint to write (written atomically, by rank 0).") var out: String
     @Option(help: "SVM regularisation C (R-CNN: 0.001).") var c: Float = 0.001
-    @Option(help: "Negatives that join the cache before the SVMs are solved again (R-CNN: 2,000).") var retrainLimit = 2000
-    @Option(help: "Images visited between exchanges of the ranks' hard negatives.") var imagesPerRound = 16
+    @Option(help: "The SVMs are solved again once more than this many negatives have joined the cache since the last solve (R-CNN: 2,000).")
+    var retrainLimit = 2000
+    @Option(help: "Images whose features a rank computes before they are mined, one by one (the SVMs do not depend on it).")
+    var imagesPerRound = 16
 
     func validate() throws {
         guard c > 0 else { throw ValidationError("--c must be positive") }

@@ -121,6 +121,44 @@ import StarlingCore
         }
     }
 
+    /// The retrain trigger of the released code's `rcnn_train`: every positive first, a solve the first time negatives
+    /// join, then a solve only once more than `retrainLimit` have joined since the last one (duplicates and evicted
+    /// negatives do not join again), and a closing solve only if something joined after the last.
+    @Test func miningSolvesOnItsFirstNegativesThenPastTheRetrainLimit() {
+        let d = 2
+        var miner = HardNegativeMiner(dimension: d, solver: LinearSVM.Solver(c: 1, positiveWeight: 1, biasMultiplier: 1), retrainLimit: 3)
+        let positives: [[Float]] = [[2, 2], [2.5, 1.5], [1.5, 2.5]]
+        miner.add(positives: positives, hardNegatives: [])
+        #expect(miner.solves == 0 && miner.positiveCount == 3, "positives alone solved")
+        var next = 0
+        func negatives(_ n: Int, at point: [Float] = [-2, -2]) -> [(key: HardNegativeMiner.NegativeKey, features: [Float])] {
+            defer { next += n }
+            return (next..<(next + n)).map { (HardNegativeMiner.NegativeKey(image: $0, proposal: 0), point) }
+        }
+        // The first negatives: solved at once, on every positive, although far fewer than the limit joined.
+        miner.add(positives: [], hardNegatives: negatives(1))
+        #expect(miner.solves == 1)
+        for p in positives { #expect(p.withUnsafeBufferPointer { miner.svm.score($0.baseAddress!) } > 0, "positive \(p) scored negative") }
+        // Up to the limit: no solve; one past it: a solve, and the count starts again.
+        miner.add(positives: [], hardNegatives: negatives(2))
+        miner.add(positives: [], hardNegatives: negatives(1))
+        #expect(miner.solves == 1, "solved at \(3) joins with a limit of 3")
+        miner.add(positives: [], hardNegatives: negatives(1))
+        #expect(miner.solves == 2)
+        // Keys the miner has seen (cached or evicted) do not join again, so they do not count.
+        let seen = (0..<next).map { (key: HardNegativeMiner.NegativeKey(image: $0, proposal: 0), features: [Float]([0, 0])) }
+        miner.add(positives: [], hardNegatives: seen + seen)
+        #expect(miner.solves == 2 && miner.negativeCount <= next)
+        miner.add(positives: [], hardNegatives: negatives(4))
+        #expect(miner.solves == 3)
+        miner.finish()
+        #expect(miner.solves == 3, "the closing solve ran with nothing new")
+        miner.add(positives: [], hardNegatives: negatives(1))
+        miner.finish()
+        #expect(miner.solves == 4)
+        #expect(miner.hard([(HardNegativeMiner.NegativeKey(image: 0, proposal: 0), [1, 1])]).isEmpty, "a seen key was offered again")
+    }
+
     /// A class with no box and no negative anywhere (images without proposals): the zero machine, not a crash.
     @Test func miningWithNothingGivesTheZeroMachine() {
         var miner = HardNegativeMiner(dimension: 3)

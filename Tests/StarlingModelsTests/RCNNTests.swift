@@ -118,6 +118,12 @@ private func smallRCNN(height: Int, width: Int, classNames: [String], seed: UInt
         let report = try RCNNSVMTraining.train(model, source: source, settings: settings)
         #expect(model.hasSVMs && report.positives == [batch.objects!.reduce(0) { $0 + $1.filter { !$0.difficult }.count }])
         #expect(report.solves[0] >= 2 && report.cachedNegatives[0] > 0 && report.regressionSamples[0] > 0)
+        // Mining goes image by image whatever the rounds: rounds of one image give the same machines and regressors.
+        let (svms, regressors) = (model.svms, model.regressors)
+        settings.imagesPerRound = 1
+        let again = try RCNNSVMTraining.train(model, source: source, settings: settings)
+        #expect(model.svms == svms && again.solves == report.solves && again.featureScale == report.featureScale)
+        #expect(zip(model.regressors, regressors).allSatisfy { $0.weights == $1.weights && $0.bias == $1.bias })
 
         let plain = try source.batch(indices: Array(0..<source.count), epoch: 0, training: false, config: config)
         // Evaluation's decoding: with four frames' positives, C = 0.001 keeps the margins small (scores near 0.5), and
@@ -153,10 +159,11 @@ private func smallRCNN(height: Int, width: Int, classNames: [String], seed: UInt
                                                  "--option", "warp=32", "--epochs", "3", "--batch-size", "2", "--val-split", "none", "--seed", "4",
                                                  "--no-augment", "--out", dir + "/ck"])
         try #require(trained.status == 0, "\(trained.error)")
-        let args = ["rcnn-svm", "--checkpoint", dir + "/ck/rcnn-last.h5", "--data", data, "--retrain-limit", "100", "--images-per-round", "2"]
-        let one = try run(Fixture.starling, args + ["--out", dir + "/one.h5"])
+        // Rounds of different sizes on one rank and on two: the machines do not depend on them.
+        let args = ["rcnn-svm", "--checkpoint", dir + "/ck/rcnn-last.h5", "--data", data, "--retrain-limit", "100"]
+        let one = try run(Fixture.starling, args + ["--images-per-round", "3", "--out", dir + "/one.h5"])
         #expect(one.status == 0, "\(one.error)")
-        let two = try mpirun(2, args + ["--out", dir + "/two.h5"])
+        let two = try mpirun(2, args + ["--images-per-round", "2", "--out", dir + "/two.h5"])
         #expect(two.status == 0, "\(two.output)\(two.error)")
         let (a, b) = (try Checkpoint.load(from: dir + "/one.h5").model as! RCNN, try Checkpoint.load(from: dir + "/two.h5").model as! RCNN)
         #expect(a.hasSVMs && b.hasSVMs)

@@ -110,13 +110,16 @@ public struct LinearSVM: Equatable, Sendable {
 
 /// R-CNN's hard negative mining for one class (section 2.3; the released code's `rcnn_train`): the negatives (features
 /// of proposals overlapping no box of the class by IoU 0.3 or more) are far too many to train on at once, so a cache
-/// holds the "hard" ones. Images are visited in order; a negative scoring above `hardThreshold` (-1, inside the margin)
-/// under the current machine joins the cache; once `retrainLimit` negatives have joined since the last solve, the
-/// machine is solved again on the positives and the cache, and cached negatives it scores under `evictThreshold` (-1.2)
-/// leave the cache. One pass over the images, as the paper found enough; a last solve closes it.
+/// holds the "hard" ones. Every positive is added before the first negative (the released code caches the positives of
+/// the whole set first). Images are visited in order; a negative scoring above `hardThreshold` (-1, inside the margin)
+/// under the current machine joins the cache; the machine is solved on the positives and the cache the first time
+/// negatives join and then whenever more than `retrainLimit` have joined since the last solve, and cached negatives it
+/// scores under `evictThreshold` (-1.2) leave the cache. One pass over the images, as the paper found enough; a last
+/// solve closes it.
 ///
-/// What joins is decided per batch of images (`add`), not per rank: a data-parallel run hands every rank's finds for
-/// the same images to `add` in image order, so every rank keeps the same cache and solves the same machine as one rank.
+/// What joins is decided per call of `add` (one image's finds, in `RCNNSVMTraining`), not per rank: a data-parallel
+/// run hands every rank's finds for the same image to `add`, so every rank keeps the same cache and solves the same
+/// machine as one rank.
 public struct HardNegativeMiner: Sendable {
     public var solver: LinearSVM.Solver
     public var hardThreshold: Float = -1
@@ -159,8 +162,9 @@ public struct HardNegativeMiner: Sendable {
         }
     }
 
-    /// Adds a batch of images' positives and hard negatives (every rank's, in any order: they are sorted by key), then
-    /// solves again if `retrainLimit` negatives have joined since the last solve.
+    /// Adds positives and hard negatives (every rank's, in any order: they are sorted by key), then solves if these are
+    /// the first negatives to join or more than `retrainLimit` have joined since the last solve (the released code's
+    /// `first_time || num_added > retrain_limit`).
     public mutating func add(positives newPositives: [[Float]], hardNegatives: [(key: NegativeKey, features: [Float])]) {
         for p in newPositives {
             precondition(p.count == dimension, "positive of \(p.count) features for a \(dimension)-feature SVM")
@@ -173,7 +177,7 @@ public struct HardNegativeMiner: Sendable {
             negatives += n.features
             joinedSinceSolve += 1
         }
-        if joinedSinceSolve >= retrainLimit { solveAndEvict() }
+        if joinedSinceSolve > 0 && (solves == 0 || joinedSinceSolve > retrainLimit) { solveAndEvict() }
     }
 
     /// The closing solve, after the last batch (the cache's evictions do not matter any more).
