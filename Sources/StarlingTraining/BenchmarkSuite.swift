@@ -237,15 +237,8 @@ public enum BenchmarkSuite {
         batch.epoch = nil
         aware?.crossReplica = .single
         let repeats = max(1, Int(seconds / 3 / max(perStep[0], 1e-6) / 3))
-        func infer() { _ = GradMode.disabled { model.loss(batch, training: false) } }
-        infer()
-        var best = Double.infinity
-        for _ in 0..<3 {
-            let t = monotonicSeconds()
-            for _ in 0..<repeats { infer() }
-            best = min(best, monotonicSeconds() - t)
-        }
-        let inference = try world.allreduce(Double(repeats * local) / best, .sum)
+        let rate = Benchmarks.imagesPerSecond(local, repeats: repeats) { _ = GradMode.disabled { model.loss(batch, training: false) } }
+        let inference = try world.allreduce(rate, .sum)
         // Peak memory before anything else allocates (the FLOP count copies the weights into an ONNX graph).
         let peak = try world.allreduce(Double(Benchmarks.peakResidentBytes()) / 1_048_576, .sum)
         return Row(side: "starling", entry: entry.name, batch: entry.batch, ranks: world.size, threads: BLAS.threadCount,

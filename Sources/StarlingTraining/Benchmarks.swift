@@ -266,7 +266,7 @@ public enum Benchmarks {
     }
 
     /// Images a second of `body` on a batch of `n`: one warm-up call, then the best of three rounds of `repeats` calls.
-    private static func imagesPerSecond(_ n: Int, repeats: Int = 2, _ body: () -> Void) -> Double {
+    static func imagesPerSecond(_ n: Int, repeats: Int = 2, _ body: () -> Void) -> Double {
         body()
         var best = Double.infinity
         for _ in 0..<3 {

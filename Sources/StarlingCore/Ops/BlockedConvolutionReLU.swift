@@ -14,18 +14,8 @@ extension Tensor {
     public func conv2dBlockedReLU(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
                                   width: Int? = nil) -> Tensor {
         let x = self
-        let blockedInput = x.rank == 5
-        precondition(x.rank == 4 || blockedInput, "conv2dBlockedReLU input \(x.shape)")
-        let inBlock = blockedInput ? x.blockWidth : 8
-        let block = width ?? (blockedInput ? inBlock : ChannelLayout.blockWidth)
-        let planar = blockedInput ? [x.shape[0], x.shape[1] * inBlock, x.shape[2], x.shape[3]] : x.shape
-        let g = ConvGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
-        precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
-        // A side that is not blocked has width 8 in the plan's key, as `canConvolveBlocked` makes it.
-        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: true, sourceWidth: inBlock,
-                                           destinationWidth: block)
-        let shape = [g.batch, g.outChannels / block, g.outHeight, g.outWidth, block]
-        if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
+        let (g, layouts, shape, planar) = blockedConvolutionPlan(weight, bias: bias, stride: stride, padding: padding,
+                                                                 blockedOutput: true, width: width)
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias]) { out in
             // The ReLU's backward: the output gradient where the output is positive, 0 elsewhere, in place (this op's

@@ -141,19 +141,8 @@ extension Tensor {
     public func conv2dBlocked(_ weight: Tensor, bias: Tensor, stride: (Int, Int) = (1, 1), padding: Padding = .valid,
                               blockedOutput: Bool = true, width: Int? = nil, moments: ChannelMoments? = nil) -> Tensor {
         let x = self
-        let blockedInput = x.rank == 5
-        precondition(x.rank == 4 || blockedInput, "conv2dBlocked input \(x.shape)")
-        let inBlock = blockedInput ? x.blockWidth : 8
-        let block = width ?? (blockedInput ? inBlock : ChannelLayout.blockWidth)
-        let planar = blockedInput ? [x.shape[0], x.shape[1] * inBlock, x.shape[2], x.shape[3]] : x.shape
-        let g = ConvGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
-        precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
-        // A side that is not blocked has width 8 in the plan's key, as `canConvolveBlocked` makes it.
-        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput, sourceWidth: inBlock,
-                                           destinationWidth: blockedOutput ? block : 8)
-        let (n, cout) = (g.batch, g.outChannels)
-        let shape = blockedOutput ? [n, cout / block, g.outHeight, g.outWidth, block] : [n, cout, g.outHeight, g.outWidth]
-        if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
+        let (g, layouts, shape, planar) = blockedConvolutionPlan(weight, bias: bias, stride: stride, padding: padding,
+                                                                 blockedOutput: blockedOutput, width: width)
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias]) { out in
             g.blockedBackward(input: x.data, weight: weight.data, outputGrad: UnsafePointer(out.grad),
@@ -164,6 +153,27 @@ extension Tensor {
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
         return out
+    }
+
+    /// The geometry, oneDNN layouts and output shape of a blocked convolution of this input (NCHW, rank 4, or blocked,
+    /// rank 5) by `weight`, for `conv2dBlocked` and `conv2dBlockedReLU`; makes the backward plans when gradients are
+    /// recorded. `planar` is the input's NCHW shape.
+    func blockedConvolutionPlan(_ weight: Tensor, bias: Tensor, stride: (Int, Int), padding: Padding, blockedOutput: Bool,
+                                width: Int?) -> (geometry: ConvGeometry, layouts: DNNLConvPlan.Layouts, shape: [Int], planar: [Int]) {
+        let blockedInput = rank == 5
+        precondition(rank == 4 || blockedInput, "blocked convolution input \(shape)")
+        let inBlock = blockedInput ? blockWidth : 8
+        let block = width ?? (blockedInput ? inBlock : ChannelLayout.blockWidth)
+        let planar = blockedInput ? [shape[0], shape[1] * inBlock, shape[2], shape[3]] : shape
+        let g = ConvGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
+        precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
+        // A side that is not blocked has width 8 in the plan's key, as `canConvolveBlocked` makes it.
+        let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput, sourceWidth: inBlock,
+                                           destinationWidth: blockedOutput ? block : 8)
+        let (n, cout) = (g.batch, g.outChannels)
+        let outShape = blockedOutput ? [n, cout / block, g.outHeight, g.outWidth, block] : [n, cout, g.outHeight, g.outWidth]
+        if GradMode.isEnabled && (requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
+        return (g, layouts, outShape, planar)
     }
 
     /// 2x2 max-pooling at stride 2 (valid: an odd last row or column is dropped) in the blocked layout. Backward
