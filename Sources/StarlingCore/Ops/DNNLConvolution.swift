@@ -63,31 +63,21 @@ enum DNNL {
         deinit { dnnl_memory_destroy(handle) }
     }
 
-    /// The blocked copies and scratchpads of one call. By default they are blocks of Starling's allocator
-    /// (`LargeBlocks`), given back when the call ends: a weight gradient's scratch during backward then lands in the
-    /// extents of activations already freed instead of in a mapping of its own kept at the largest call's size beside
-    /// them (issue 18 item 5's memory). `STARLING_SCRATCH=mapped` keeps the former arena: one mapping bump-allocated,
-    /// kept for the next call and grown to the largest call seen. Never from glibc's heap: there these short-lived
-    /// blocks, placed between the activations, fragmented it (peak RSS of SSD7 training 2.5 -> 3.1 GB), and blocks
-    /// from oneDNN's own allocator were unmapped and faulted in again every call (page zeroing took 12 % of a step).
+    /// The blocked copies and scratchpads of one call, bump-allocated from one mapping that is kept for the next call
+    /// and grown to the largest call seen. Not from the heap: there these short-lived blocks, placed between the
+    /// activations, fragmented it (peak RSS of SSD7 training 2.5 -> 3.1 GB), and blocks from oneDNN's own allocator
+    /// were unmapped and faulted in again every call (page zeroing took 12 % of a step). Nor from Starling's own blocks
+    /// (`LargeBlocks`), given back at the end of each call: on SSD7 (batch 16, 1 process x 2 threads, one run each) the
+    /// large blocks' mappings grew 847 -> 988 MB and the peak RSS 951 -> 1,079 MB for a largest call of 13 MB.
     final class Arena: @unchecked Sendable {
-        /// False under STARLING_SCRATCH=mapped.
-        static let fromBlocks = getenv("STARLING_SCRATCH").map { String(cString: $0) } != "mapped"
         private var base: UnsafeMutableRawPointer?
         private var capacity = 0, used = 0, requested = 0
         private var overflow: [(UnsafeMutableRawPointer, Int)] = []
-        /// This call's blocks from `LargeBlocks.shared` (when `fromBlocks`).
-        private var blocks: [(UnsafeMutableRawPointer, Int)] = []
 
         func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
             let size = (bytes + 4095) & ~4095
             requested += size
             Self.noteRequest(requested)
-            if Self.fromBlocks {
-                let block = LargeBlocks.shared.take(bytes: size)
-                blocks.append((block, size))
-                return block
-            }
             if let base, used + size <= capacity {
                 used += size
                 return base + (used - size)
@@ -99,11 +89,9 @@ enum DNNL {
 
         /// Frees this call's blocks; the mapping grows to what the call asked for in all.
         func reset() {
-            for (block, size) in blocks { LargeBlocks.shared.give(block, bytes: size) }
-            blocks.removeAll(keepingCapacity: true)
             for (block, size) in overflow { munmap(block, size) }
             overflow.removeAll(keepingCapacity: true)
-            if requested > capacity && !Self.fromBlocks {
+            if requested > capacity {
                 if let base { munmap(base, capacity) }
                 base = Self.map(requested)
                 Self.lock.lock()
