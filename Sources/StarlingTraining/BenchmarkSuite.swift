@@ -173,7 +173,9 @@ public enum BenchmarkSuite {
 
     /// Measures `entry` on this job's ranks with this process's threads: warm-up steps, then timed steps for about
     /// `seconds` (the count agreed by all ranks from the slowest warm-up), then inference for a third of that.
-    public static func measure(_ entry: Entry, world: Communicator, seconds: Double, sgemm: Double?, kernels: String) throws -> Row {
+    public static func measure(_ entry: Entry, world: Communicator, seconds: Double, sgemm: Double?, kernels: String,
+                               memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
+        let residentAtStart = MemoryLedger.residentBytes().now
         let config = try entry.configuration()
         guard entry.batch % world.size == 0 else {
             throw TrainingError("suite entry \(entry.name): batch \(entry.batch) does not split over \(world.size) ranks")
@@ -213,12 +215,21 @@ public enum BenchmarkSuite {
                 lastBatch = batch
             }
         }
+        let residentWithModel = MemoryLedger.residentBytes().now
         // Warm-up: two steps (the first allocates), the second timed to size the run.
         let warmup = Prefetcher(source: source, steps: slices(2, from: 0), epoch: 0, config: config, targetEncoder: model.targetEncoder)
         try run(warmup, steps: 1, epoch: 0)
         let before = monotonicSeconds()
         try run(warmup, steps: 1, epoch: 0)
         warmup.finish()
+        if let memoryBreakdown {
+            let reader = Prefetcher(source: source, steps: slices(1, from: 0), epoch: 0, config: config, targetEncoder: model.targetEncoder)
+            defer { reader.finish() }
+            for line in try MemoryBreakdown.step(model: model, adam: adam, sync: sync, reader: reader, residentAtStart: residentAtStart,
+                                                 residentWithModel: residentWithModel) {
+                memoryBreakdown("\(entry.name) rank \(world.rank): " + line)
+            }
+        }
         let stepSeconds = try world.allreduce(monotonicSeconds() - before, .max)
         let steps = max(2, min(500, Int(seconds / max(stepSeconds, 1e-6))))
         sums = [Double](repeating: 0, count: 5)
@@ -230,6 +241,7 @@ public enum BenchmarkSuite {
             try run(reader, steps: steps, epoch: 1)
         }
         let elapsed = try world.allreduce(monotonicSeconds() - start, .max)
+        let peakAfterTraining = MemoryLedger.residentBytes().peak
         var perStep = sums.map { $0 / Double(steps) }
         try world.allreduce(&perStep, .sum)
         perStep = perStep.map { $0 / Double(world.size) }
@@ -241,6 +253,12 @@ public enum BenchmarkSuite {
         let repeats = max(1, Int(seconds / 3 / max(perStep[0], 1e-6) / 3))
         let rate = Benchmarks.imagesPerSecond(local, repeats: repeats) { _ = GradMode.disabled { model.loss(batch, training: false) } }
         let inference = try world.allreduce(rate, .sum)
+        if let memoryBreakdown {
+            let ledger = MemoryLedger.snapshot()
+            memoryBreakdown(String(format: "%@ rank %d: resident peak after the timed training steps %.1f MB, after inference %.1f MB (scratch arenas mapped %.1f MB, large blocks mapped %.1f MB)",
+                                   entry.name, world.rank, Double(peakAfterTraining) / 1_048_576, Double(ledger.residentPeak) / 1_048_576,
+                                   Double(ledger.scratchMapped) / 1_048_576, Double(ledger.largeMapped) / 1_048_576))
+        }
         // Peak memory before anything else allocates (the FLOP count copies the weights into an ONNX graph).
         let peak = try world.allreduce(Double(Benchmarks.peakResidentBytes()) / 1_048_576, .sum)
         return Row(side: "starling", entry: entry.name, batch: entry.batch, ranks: world.size, threads: BLAS.threadCount,
@@ -248,6 +266,49 @@ public enum BenchmarkSuite {
                    parameters: model.parameters.count, trainFLOPsPerImage: trainFLOPsPerImage(model), sgemmGFLOPS: sgemm,
                    breakdown: Breakdown(forward: perStep[0], backward: perStep[1], allreduce: perStep[2], optimizer: perStep[3], data: perStep[4]),
                    kernels: kernels)
+    }
+}
+
+/// One training step with the memory ledger read around each phase (`bench --suite --memory-breakdown`): the
+/// parameters, gradients and Adam's moments, the values the graph holds at the end of forward grouped by shape, what
+/// the ops keep beside the graph (closures' captures), the peak of live blocks during backward, oneDNN's scratch, the
+/// allocators' mappings against their live peak (what they retain), glibc's heap and the runtime's resident baseline.
+enum MemoryBreakdown {
+    static func step(model: any Model, adam: Adam, sync: GradientSynchronizer, reader: Prefetcher,
+                     residentAtStart: Int, residentWithModel: Int) throws -> [String] {
+        func mb(_ bytes: Int) -> String { String(format: "%.1f MB", Double(bytes) / 1_048_576) }
+        var lines: [String] = []
+        var batch = try reader.next()
+        (batch.epoch, batch.seed) = (0, 1)
+        model.parameters.zeroGradients()
+        sync.beginStep()
+        MemoryLedger.resetPeaks()
+        let start = MemoryLedger.snapshot()
+        let loss = model.loss(batch, training: true)
+        let forward = MemoryLedger.snapshot()
+        let excluded = [model.parameters.values, model.parameters.gradients] + [model.buffers?.values].compactMap { $0 }
+        let tape = loss.tapeValues(excluding: excluded)
+        let tapeBytes = tape.reduce(0) { $0 + $1.bytes }
+        loss.backward(onLeafReady: sync.parameterReady)
+        try sync.finish()
+        let backward = MemoryLedger.snapshot()
+        adam.step(model.parameters, gradientScale: sync.averagingScale)
+        let end = MemoryLedger.snapshot()
+        let parameters = model.parameters.count * 4
+        let live = { (s: MemoryLedger.Snapshot) in s.largeLive + s.mediumLive }
+        lines.append("process before the model (runtime, libraries, MPI, earlier entries): resident \(mb(residentAtStart))")
+        lines.append("model built (weights, gradients, Adam's moments: \(mb(parameters)) each, \(mb(4 * parameters)) in all): resident \(mb(residentWithModel))")
+        lines.append("between steps (warm): blocks live \(mb(live(start))); resident \(mb(start.resident))")
+        lines.append("forward: blocks live \(mb(live(forward))) (+\(mb(live(forward) - live(start)))); the graph holds \(mb(tapeBytes)) in \(tape.reduce(0) { $0 + $1.blocks }) blocks; ops' captures beside the graph \(mb(live(forward) - live(start) - tapeBytes))")
+        for group in tape.prefix(12) {
+            lines.append("  graph values \(group.shape.map(String.init).joined(separator: "x")): \(group.blocks) block(s), \(mb(group.bytes))")
+        }
+        if tape.count > 12 { lines.append("  graph values, \(tape.count - 12) more shapes: \(mb(tape.dropFirst(12).reduce(0) { $0 + $1.bytes }))") }
+        lines.append("step peak of live blocks: \(mb(backward.largePeak + backward.mediumPeak)) (large \(mb(backward.largePeak)), medium \(mb(backward.mediumPeak))); after backward \(mb(live(backward))), after the optimizer \(mb(live(end)))")
+        lines.append("allocators' mappings: large \(mb(end.largeMapped)), medium \(mb(end.mediumMapped)) (retained beyond this step's peak: \(mb(end.largeMapped + end.mediumMapped - backward.largePeak - backward.mediumPeak)))")
+        lines.append("oneDNN scratch arenas: mapped \(mb(end.scratchMapped)); the largest call this step \(mb(end.scratchPeakCall))")
+        lines.append("resident now \(mb(end.resident)), peak \(mb(end.residentPeak)); resident beyond Starling's mappings (runtime, libraries, glibc's heap, oneDNN's primitives): \(mb(end.resident - end.mapped)) (less any mapped page never touched)")
+        return lines
     }
 }
 

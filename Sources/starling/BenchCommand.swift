@@ -29,6 +29,8 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "With --suite: the quick entries (\(BenchmarkSuite.entries.filter(\.quick).map(\.name).joined(separator: ", "))) and about 1.5 s of steps each.")
     var quick = false
     @Option(help: "With --suite: these entries only (\(BenchmarkSuite.entries.map(\.name).joined(separator: ", "))).") var entries: [String] = []
+    @Flag(help: "With --suite: before the timed steps, one step with the memory ledger read around each phase: weights, gradients and Adam's moments, the values the graph holds after forward by shape, what ops keep beside it, the peak of live blocks, oneDNN's scratch, the allocators' retained mappings, glibc's heap and the runtime's baseline (every rank prints its own).")
+    var memoryBreakdown = false
     @Flag(help: "Print the suite's entries (name, family, batch, quick or full) and the families it leaves out.") var suiteList = false
     @Option(help: "Print the Markdown table of the suite rows in this file (Starling's and the peer's JSON lines).") var suiteTable: String?
 
@@ -174,7 +176,8 @@ struct BenchCommand: ParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             for entry in chosen {
-                let row = try BenchmarkSuite.measure(entry, world: world, seconds: quick ? 1.5 : 6, sgemm: sgemm, kernels: kernels)
+                let row = try BenchmarkSuite.measure(entry, world: world, seconds: quick ? 1.5 : 6, sgemm: sgemm, kernels: kernels,
+                                                     memoryBreakdown: memoryBreakdown ? { print("memory: " + $0); fflush(nil) } : nil)
                 let gflops = row.trainGFLOPS.map { String(format: ", %.1f GFLOP/s (%.0f%% of sgemm)", $0, 100 * $0 / sgemm) } ?? ""
                 let b = row.breakdown
                 say(String(format: "%@ batch %d%@: training %.1f images/s%@; step %.1f ms forward, %.1f backward, %.1f allreduce wait, %.1f optimizer, %.1f data wait; inference %.1f images/s; peak RSS %.0f MB over %d rank(s)",

@@ -107,7 +107,7 @@ extension Tensor {
             }
             guard let (slope, offset) = stats.backward(&sums, x: x, gamma: gamma, beta: beta, crossReplicaSum: crossReplicaSum) else { return }
             defer { withExtendedLifetime((slope, offset)) {} }
-            let (dx, overwrite) = x.gradientForWriting()
+            let (dx, overwrite) = x.gradientForWriting(overValues: true)   // element-wise: dx may be x's own block
             BatchNormKernel.inputGradient(planes, dy: dy, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer,
                                           slope: slope.pointer, offset: offset.pointer, into: dx, overwrite: overwrite)
         }

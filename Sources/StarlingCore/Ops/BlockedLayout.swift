@@ -144,7 +144,7 @@ extension Tensor {
         let (g, layouts, shape, planar) = blockedConvolutionPlan(weight, bias: bias, stride: stride, padding: padding,
                                                                  blockedOutput: blockedOutput, width: width)
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
-                                inputs: [x, weight, bias]) { out in
+                                inputs: [x, weight, bias], backwardReadsResult: false) { out in
             g.blockedBackward(input: x.data, weight: weight.data, outputGrad: UnsafePointer(out.grad),
                               weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
                               inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
@@ -524,7 +524,8 @@ extension Tensor {
             guard let (slope, offset) = stats.backward(&sums, x: x, gamma: gamma, beta: beta, crossReplicaSum: crossReplicaSum) else { return }
             // Pass 2: dx = scale dz + slope (x - mean) + offset, planes over the threads; pixels no window reaches
             // (an odd last row or column) have dz = 0.
-            let (dx, overwrite) = x.gradientForWriting()
+            // Each window's four inputs are read before their gradients are stored, so dx may be x's own block.
+            let (dx, overwrite) = x.gradientForWriting(overValues: true)
             let noGradient = UnsafeMutablePointer<Float>.allocate(capacity: row)
             noGradient.initialize(repeating: 0, count: row)
             defer { noGradient.deallocate() }

@@ -46,6 +46,9 @@ public final class FloatStorage: @unchecked Sendable {
         if parent == nil { LargeBlocks.give(UnsafeMutableRawPointer(pointer), floats: max(count, 1)) }
     }
 
+    /// The storage that owns the memory (itself unless a view).
+    var root: FloatStorage { parent?.root ?? self }
+
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
 
     public func zero() { pointer.update(repeating: 0, count: count) }
@@ -96,6 +99,22 @@ final class LargeBlocks: @unchecked Sendable {
     /// Free extents (address, bytes), sorted by address.
     private var free: [(address: Int, bytes: Int)] = []
     private let lock = PThreadMutex()
+    /// Bytes handed out and not yet given back, their highest value since `resetPeak`, and bytes mapped in all
+    /// (what the process keeps resident once touched): the memory ledger's figures (`MemoryLedger`).
+    private var liveBytes = 0, peakBytes = 0, mappedBytes = 0
+
+    /// (live, peak since the last reset, mapped) bytes.
+    var usage: (live: Int, peak: Int, mapped: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (liveBytes, peakBytes, mappedBytes)
+    }
+
+    func resetPeak() {
+        lock.lock()
+        peakBytes = liveBytes
+        lock.unlock()
+    }
 
     init(mappingBytes: Int) { self.mappingBytes = mappingBytes }
 
@@ -103,19 +122,24 @@ final class LargeBlocks: @unchecked Sendable {
         let bytes = (requested + 4095) & ~4095
         lock.lock()
         defer { lock.unlock() }
+        liveBytes += bytes
+        peakBytes = Swift.max(peakBytes, liveBytes)
         if let block = carve(bytes) { return block }
         let size = Swift.max(bytes, mappingBytes)
         guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               mapping != UnsafeMutableRawPointer(bitPattern: -1) else {
             preconditionFailure("out of memory: a block of \(bytes) bytes")
         }
+        mappedBytes += size
         insert(address: Int(bitPattern: mapping), bytes: size)
         return carve(bytes)!
     }
 
     func give(_ block: UnsafeMutableRawPointer, bytes requested: Int) {
         lock.lock()
-        insert(address: Int(bitPattern: block), bytes: (requested + 4095) & ~4095)
+        let bytes = (requested + 4095) & ~4095
+        liveBytes -= bytes
+        insert(address: Int(bitPattern: block), bytes: bytes)
         lock.unlock()
     }
 

@@ -19,6 +19,10 @@ public final class Tensor: @unchecked Sendable {
     internal private(set) var inputs: [Tensor]
     internal private(set) var backwardFn: ((Tensor) -> Void)?
     private let isLeaf: Bool
+    /// False when the op that made this tensor reads only its gradient, never its values, in backward.
+    private let backwardReadsValues: Bool
+    /// During a backward sweep, the recorded ops that take this tensor as an input and whose backward has not run.
+    private var pendingUsers = 0
 
     /// The raw data. Hoist it out of loops: `let x = t.data` then index `x`.
     @inlinable public var data: UnsafeMutablePointer<Float> { storage.pointer }
@@ -56,9 +60,10 @@ public final class Tensor: @unchecked Sendable {
         self.inputs = []
         self.backwardFn = nil
         self.isLeaf = true
+        self.backwardReadsValues = true
     }
 
-    private init(shape: [Int], storage: FloatStorage, inputs: [Tensor], backward: ((Tensor) -> Void)?) {
+    private init(shape: [Int], storage: FloatStorage, inputs: [Tensor], backward: ((Tensor) -> Void)?, backwardReadsValues: Bool) {
         self.shape = shape
         self.count = storage.count
         self.storage = storage
@@ -68,15 +73,18 @@ public final class Tensor: @unchecked Sendable {
         self.inputs = backward == nil ? [] : inputs
         self.backwardFn = backward
         self.isLeaf = false
+        self.backwardReadsValues = backwardReadsValues
     }
 
     /// Creates an op's result. The graph is recorded only when gradients are enabled and an input needs one.
-    public static func result(shape: [Int], storage: FloatStorage? = nil, inputs: [Tensor],
+    /// `backwardReadsResult: false` declares that `backward` reads the result's gradient but never its values, which
+    /// lets the one op left to read the values write its input gradient over them (`gradientForWriting(overValues:)`).
+    public static func result(shape: [Int], storage: FloatStorage? = nil, inputs: [Tensor], backwardReadsResult: Bool = true,
                               backward: @escaping (Tensor) -> Void) -> Tensor {
         let s = storage ?? FloatStorage(count: elementCount(shape))
         precondition(s.count == elementCount(shape), "result storage does not match shape \(shape)")
         let record = GradMode.isEnabled && inputs.contains { $0.requiresGrad }
-        return Tensor(shape: shape, storage: s, inputs: inputs, backward: record ? backward : nil)
+        return Tensor(shape: shape, storage: s, inputs: inputs, backward: record ? backward : nil, backwardReadsValues: backwardReadsResult)
     }
 
     public static func elementCount(_ shape: [Int]) -> Int {
@@ -103,8 +111,18 @@ public final class Tensor: @unchecked Sendable {
     /// The gradient buffer for a backward closure about to produce a value for every element. `overwrite` is true
     /// when no gradient exists yet: the buffer is then fresh and uninitialised, and the closure must write, not add,
     /// every element (which saves zeroing it and reading it back). Otherwise the closure adds, as into `grad`.
-    public func gradientForWriting() -> (pointer: UnsafeMutablePointer<Float>, overwrite: Bool) {
+    ///
+    /// `overValues: true` is for a closure that writes each gradient element after its last read of the same value
+    /// element (element-wise: batch norm's input gradient): when nothing else will read the values (this op is the
+    /// last of the sweep's users to run and the op that made them reads only its gradient), the gradient is written
+    /// over the values instead of into a new buffer, one activation less at the sweep's peak (SSD7's first
+    /// convolution's output: 295 MB at batch 16). The values then hold the gradient.
+    public func gradientForWriting(overValues: Bool = false) -> (pointer: UnsafeMutablePointer<Float>, overwrite: Bool) {
         if let g = gradStorage { return (g.pointer, false) }
+        if overValues && !isLeaf && !backwardReadsValues && pendingUsers == 1 {
+            gradStorage = storage
+            return (storage.pointer, true)
+        }
         let g = FloatStorage(uninitializedCount: count)
         gradStorage = g
         return (g.pointer, true)
@@ -140,8 +158,10 @@ public final class Tensor: @unchecked Sendable {
             }
             if isLeaf { onLeafReady?(self) }
         }
+        for node in order { for input in node.inputs { input.pendingUsers += 1 } }
         while let node = order.popLast() {
             node.backwardFn?(node)
+            for input in node.inputs { input.pendingUsers -= 1 }
             if let onLeafReady {
                 var seen = Set<ObjectIdentifier>()
                 for input in node.inputs where input.isLeaf && input.requiresGrad && seen.insert(ObjectIdentifier(input)).inserted {
@@ -179,6 +199,29 @@ public final class Tensor: @unchecked Sendable {
             }
         }
         return order
+    }
+
+    /// The values the recorded graph under this tensor keeps alive (each owning block once, views counted as their
+    /// owner, blocks in `excluding` left out: the parameters), grouped by the shape of the first node seen holding
+    /// them, largest total first. Closures' captures are not seen: what an op keeps only there is live memory the
+    /// graph does not show (the memory ledger prints the difference).
+    public func tapeValues(excluding: [FloatStorage] = []) -> [(shape: [Int], blocks: Int, bytes: Int)] {
+        var seen = Set(excluding.map { ObjectIdentifier($0.root) })
+        var groups: [[Int]: (blocks: Int, bytes: Int)] = [:]
+        var visited = Set<ObjectIdentifier>()
+        var stack: [Tensor] = [self]
+        visited.insert(ObjectIdentifier(self))
+        while let node = stack.popLast() {
+            for storage in [node.storage, node.gradStorage].compactMap({ $0 }) {
+                let root = storage.root
+                if seen.insert(ObjectIdentifier(root)).inserted {
+                    groups[node.shape, default: (0, 0)].blocks += 1
+                    groups[node.shape, default: (0, 0)].bytes += max(root.count, 1) * 4
+                }
+            }
+            for input in node.inputs where visited.insert(ObjectIdentifier(input)).inserted { stack.append(input) }
+        }
+        return groups.map { (shape: $0.key, blocks: $0.value.blocks, bytes: $0.value.bytes) }.sorted { $0.bytes > $1.bytes }
     }
 
     /// A copy of the values that is cut off from the graph.

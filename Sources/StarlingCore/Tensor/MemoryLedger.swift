@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a process's memory is, from the allocators' own counts (issue 18 item 5: peak memory against PyTorch's):
+/// Starling's block allocator (`LargeBlocks`: tensors of 64 KB and more, live, peak and mapped), oneDNN's scratch
+/// arenas (reorder copies and scratchpads, mapped and the most one call asked for) and the kernel's resident counts;
+/// the resident rest is glibc's heap (small tensors, Swift objects, oneDNN's primitives and JIT code), the libraries'
+/// code and data and the runtime's.
+public enum MemoryLedger {
+    public struct Snapshot: Sendable {
+        /// Blocks of 1 MB and more: live, peak since `resetPeaks`, mapped.
+        public var largeLive = 0, largePeak = 0, largeMapped = 0
+        /// Blocks of 64 KB up to 1 MB.
+        public var mediumLive = 0, mediumPeak = 0, mediumMapped = 0
+        /// Mapped by Starling's allocators in all (its blocks and the scratch arenas).
+        public var mapped: Int { largeMapped + mediumMapped + scratchMapped }
+        /// oneDNN's scratch arenas: mapped in all, the largest call since `resetPeaks`.
+        public var scratchMapped = 0, scratchPeakCall = 0
+        /// /proc/self/status: VmRSS and VmHWM (resident now, its peak).
+        public var resident = 0, residentPeak = 0
+    }
+
+    public static func snapshot() -> Snapshot {
+        var s = Snapshot()
+        (s.largeLive, s.largePeak, s.largeMapped) = LargeBlocks.shared.usage
+        (s.mediumLive, s.mediumPeak, s.mediumMapped) = LargeBlocks.medium.usage
+        (s.scratchMapped, s.scratchPeakCall) = DNNL.Arena.usage
+        (s.resident, s.residentPeak) = residentBytes()
+        return s
+    }
+
+    /// Starts a new peak for the live blocks and the scratch calls.
+    public static func resetPeaks() {
+        LargeBlocks.shared.resetPeak()
+        LargeBlocks.medium.resetPeak()
+        DNNL.Arena.resetPeak()
+    }
+
+    /// VmRSS and VmHWM of this process in bytes (0 where /proc is not there).
+    public static func residentBytes() -> (now: Int, peak: Int) {
+        guard let file = fopen("/proc/self/status", "r") else { return (0, 0) }
+        defer { fclose(file) }
+        var now = 0, peak = 0
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, Int32(line.count), file) != nil {
+            let text = String(cString: line)
+            let value = { Int(text.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first.map(String.init) ?? "") ?? 0 }
+            if text.hasPrefix("VmRSS:") { now = value() * 1024 }
+            if text.hasPrefix("VmHWM:") { peak = value() * 1024 }
+        }
+        return (now, peak)
+    }
+}

@@ -1,0 +1,74 @@
+import Testing
+@testable import StarlingCore
+
+@Suite struct MemoryLedgerTests {
+    /// The allocator's counts against blocks taken and given by hand, on an allocator of the test's own (other tests
+    /// allocate from the shared one at the same time).
+    @Test func blockCountsFollowTakesAndGives() {
+        let blocks = LargeBlocks(mappingBytes: 4 << 20)
+        let a = blocks.take(bytes: 1_500_000)                     // 1,503,232 bytes at 4 KB granularity
+        #expect(blocks.usage.live == 1_503_232 && blocks.usage.peak == 1_503_232 && blocks.usage.mapped == 4 << 20)
+        let b = blocks.take(bytes: 3 << 20)                       // does not fit the 2.5 MB left: a second mapping
+        #expect(blocks.usage.live == 1_503_232 + (3 << 20) && blocks.usage.mapped == 8 << 20)
+        blocks.give(a, bytes: 1_500_000)
+        #expect(blocks.usage.live == 3 << 20 && blocks.usage.peak == 1_503_232 + (3 << 20))
+        blocks.resetPeak()
+        #expect(blocks.usage.peak == 3 << 20)
+        let c = blocks.take(bytes: 1 << 20)                       // reuses the first mapping: nothing new mapped
+        #expect(blocks.usage.mapped == 8 << 20 && blocks.usage.peak == 4 << 20)
+        blocks.give(b, bytes: 3 << 20)
+        blocks.give(c, bytes: 1 << 20)
+        #expect(blocks.usage.live == 0 && blocks.usage.mapped == 8 << 20)
+    }
+
+    /// The graph's values after a forward pass, against the blocks counted by hand: every value and gradient block
+    /// once, the excluded (parameter) blocks left out, grouped by the shape of the node holding them.
+    @Test func tapeValuesCountEachBlockOnce() {
+        let x = Tensor.variable(shape: [2, 3], values: [1, 2, 3, 4, 5, 6])
+        let w = Tensor.variable(shape: [3, 5], values: (0..<15).map { Float($0) })
+        let y = x.matmul(w)
+        let loss = (y.sum() + y.sum()).sum()                      // y read twice: its block still counted once
+        let groups = loss.tapeValues(excluding: [w.storage, w.gradStorage!])
+        let bytes = Dictionary(uniqueKeysWithValues: groups.map { ($0.shape, $0.bytes) })
+        let blocks = Dictionary(uniqueKeysWithValues: groups.map { ($0.shape, $0.blocks) })
+        #expect(bytes[[2, 3]] == 2 * 6 * 4 && blocks[[2, 3]] == 2)          // x's values and its gradient buffer
+        #expect(bytes[[2, 5]] == 10 * 4 && blocks[[2, 5]] == 1)
+        #expect(bytes[[1]] == 4 * 4 && blocks[[1]] == 4)                    // the two sums, their sum, the loss
+        #expect(bytes[[3, 5]] == nil)
+        #expect(groups.map(\.bytes) == groups.map(\.bytes).sorted(by: >))
+        loss.backward()
+        #expect(w.gradArray == [10, 10, 10, 10, 10, 14, 14, 14, 14, 14, 18, 18, 18, 18, 18])   // 2 x^T 1
+        // The sweep released the graph: only the loss's own value is left.
+        #expect(loss.tapeValues().map(\.bytes) == [4])
+    }
+}
+
+/// Batch norm writing its input gradient over a blocked convolution's output (`gradientForWriting(overValues:)`):
+/// the same gradients to the bit as with a second reader of the output, which keeps the values and takes the path
+/// through a buffer of its own.
+@Suite struct GradientOverValuesTests {
+    @Test(arguments: [8, 16], [true, false]) func batchNormGradientOverConvolutionOutputIsBitIdentical(width: Int, pooled: Bool) {
+        let x = randomVariable([2, 16, 6, 10], seed: 50, -1, 2), w = randomVariable([32, 16, 3, 3], seed: 51), b = randomVariable([32], seed: 52)
+        let gamma = randomVariable([32], seed: 53, 0.5, 1.5), beta = randomVariable([32], seed: 54)
+        let leaves = [x, w, b, gamma, beta]
+        func pass(secondReader: Bool) -> (gradients: [[Float]], before: [Float], after: [Float]) {
+            for leaf in leaves { leaf.clearGrad() }
+            let mean = Tensor(shape: [32], values: [Float](repeating: 0, count: 32))
+            let variance = Tensor(shape: [32], values: [Float](repeating: 1, count: 32))
+            let y = x.blocked(width: width).conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same)
+            let before = y.toArray()
+            let z = pooled
+                ? y.batchNormELUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true)
+                : y.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true, layout: .blocked)
+            let planar = z.unblocked()
+            var loss = (planar * Tensor(shape: planar.shape, values: randomValues(planar.count, seed: 55))).sum()
+            if secondReader { loss = loss + y.sum() * 0 }     // adds exact zeros to y's gradient
+            loss.backward()
+            return (leaves.map { $0.gradArray ?? [] }, before, y.toArray())
+        }
+        let alone = pass(secondReader: false), read = pass(secondReader: true)
+        for k in leaves.indices { #expect(alone.gradients[k] == read.gradients[k], "gradient \(k)") }
+        #expect(read.after == read.before)           // a second reader: the values stay
+        #expect(alone.after != alone.before)         // batch norm alone: its gradient went over them
+    }
+}
