@@ -55,4 +55,6 @@ typedef struct starling_guarded_file {
     /// The global heap collection last checked, [start, end): reads inside it are its continuation.
     haddr_t checked_start;
     haddr_t checked_end;
+    /// Seconds each read sleeps (a test hook: an HDF5 call that does not return); 0 outside tests.
+    double stall_seconds;
 } starling_guarded_file;

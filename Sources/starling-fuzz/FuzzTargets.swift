@@ -16,8 +16,11 @@ import StarlingTraining
 enum FuzzTarget: String, CaseIterable {
     case idx, csv, kitti, voc, coco, cocoResults = "coco-results", yolo, jpeg, png, checkpoint
 
+    /// Where inputs are written: STARLING_FUZZ_WORK (Launch/fuzz.sh gives every fuzzer run the same relative path, as
+    /// a path that varies reaches the comparisons libFuzzer steers by), else a folder of this process's own.
     static let workDirectory: String = {
-        let dir = NSTemporaryDirectory() + "/starling-fuzz-\(getpid())"
+        let given = ProcessInfo.processInfo.environment["STARLING_FUZZ_WORK"].flatMap { $0.isEmpty ? nil : $0 }
+        let dir = given ?? NSTemporaryDirectory() + "/starling-fuzz-\(getpid())"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return dir
     }()

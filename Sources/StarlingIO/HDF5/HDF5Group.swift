@@ -5,7 +5,7 @@ import CHDF5
 public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendable {
     /// Opens an existing group.
     public func group(_ path: String) throws -> HDF5Group {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard try linkExists(path, in: id) else { throw error("no such group", object: full) }
@@ -18,7 +18,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
     /// Creates a group, and any missing groups on the way ("a/b/c" creates "a" and "a/b" if needed).
     /// Throws if it already exists.
     public func createGroup(_ path: String) throws -> HDF5Group {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard file.isWritable else { throw error("cannot create group: file is read-only", object: full) }
@@ -33,7 +33,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
 
     /// True if a group or dataset exists at `path`.
     public func contains(_ path: String) -> Bool {
-        HDF5Library.call {
+        HDF5Library.call(file.path) {
             guard let id = try? openID() else { return false }
             return (try? linkExists(path, in: id)) ?? false
         }
@@ -41,7 +41,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
 
     /// The names of the direct children (groups and datasets), sorted.
     public func childNames() throws -> [String] {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             var info = H5G_info_t()
             guard H5Gget_info(id, &info) >= 0 else { throw failure("cannot list group") }
@@ -61,7 +61,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
     /// Removes the link `path` (a dataset or a group) from this group. HDF5 does not reclaim the space the object used
     /// until the file is rewritten.
     public func remove(_ path: String) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard file.isWritable else { throw error("cannot remove: file is read-only", object: full) }
@@ -72,7 +72,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
 
     /// Opens an existing dataset.
     public func dataset(_ path: String) throws -> HDF5Dataset {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard try linkExists(path, in: id) else { throw error("no such dataset", object: full) }
@@ -91,7 +91,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
     ///   of equal significance and typically makes float data compress much better.
     public func createDataset(_ path: String, type: HDF5ElementType, shape: [Int], chunk: [Int]? = nil,
                               deflate: Int? = nil) throws -> HDF5Dataset {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard file.isWritable else { throw error("cannot create dataset: file is read-only", object: full) }
