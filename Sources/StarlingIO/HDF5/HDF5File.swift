@@ -37,6 +37,10 @@ public final class HDF5File: @unchecked Sendable {
             let creation = H5Pcreate(starling_h5p_file_create())
             guard creation >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot set up file creation properties") }
             defer { H5Pclose(creation) }
+            // The root group records no times, as no group or dataset Starling makes does (HDF5Group).
+            guard H5Pset_obj_track_times(creation, false) >= 0 else {
+                throw HDF5Library.failure(file: path, object: "/", "cannot set up file creation properties")
+            }
             if userBlock > 0 && H5Pset_userblock(creation, hsize_t(userBlock)) < 0 {
                 throw HDF5Library.failure(file: path, object: "/", "cannot reserve a \(userBlock)-byte user block")
             }
