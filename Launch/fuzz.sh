@@ -58,9 +58,9 @@ fuzzer=$(swift build "${flags[@]}" --show-bin-path)/starling-fuzz
 
 mkdir -p .build-fuzz/crashes
 root=$PWD
-# Address-space randomisation off for the fuzzer (when the kernel lets setarch do it): addresses reach the
-# comparisons libFuzzer records (a dictionary keyed by an object's address probes in another order), and those
-# records steer its mutations.
+# Address-space randomisation off for the fuzzer (when the kernel lets setarch do it), a precaution: addresses can
+# reach the comparisons libFuzzer records (a dictionary keyed by an object's address probes in another order), and
+# those records steer its mutations.
 no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" true 2>/dev/null || { echo "fuzz.sh: setarch -R is not permitted here; address randomisation stays on" >&2; no_aslr=(); }
 failed=()
@@ -79,10 +79,11 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus"
   log=.build-fuzz/$target.log
   start=$(date +%s)
-  # The fuzzer runs in a fresh folder of its own and writes each input to the same relative path there
-  # (STARLING_FUZZ_WORK): the path reaches the string comparisons libFuzzer records (HDF5's and Foundation's, through
-  # the sanitizer's strcmp and memcmp hooks), and a process id or a checkout's location in it made the checkpoint
-  # target's mutations differ from run to run.
+  # What made counted runs of the checkpoint target differ was its seeds (HDF5 stamped each object header with the
+  # second it was written; Starling's files no longer record times). The rest are precautions, measured not to
+  # matter over 1,500 inputs: the fuzzer runs in a fresh folder of its own and writes each input to the same
+  # relative path there (STARLING_FUZZ_WORK), as the path can reach the string comparisons libFuzzer records (HDF5's
+  # and Foundation's, through the sanitizer's strcmp and memcmp hooks) and held the process id.
   # Swift's backtracer would spend seconds on every crash; leaks are not what these runs look for (the Swift
   # runtime keeps allocations until exit); deterministic hashing keeps Swift's dictionaries, and so the coverage
   # libFuzzer steers by, the same in every process; one thread for OpenBLAS, OpenMP and Starling's loops, and no
@@ -99,7 +100,7 @@ for target in "${targets[@]}"; do
       -seed=1 "${bound[@]}" -timeout=10 -rss_limit_mb=3072 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$root/.build-fuzz/crashes/$target-") >"$log" 2>&1; then
     executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    coverage=$(grep -E '^#[0-9]+ +DONE' "$log" | grep -oE 'cov: [0-9]+ ft: [0-9]+' | tail -1)
+    coverage=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | grep -oE 'cov: [0-9]+ ft: [0-9]+' | tail -1)
     echo "fuzz $target: ${executed:-?} inputs in $(($(date +%s) - start)) s, no crash (corpus $(ls "$corpus" | wc -l) files; ${coverage:-coverage ?})"
     if [ -n "$runs" ] && [ "${executed:-0}" -lt "$count" ]; then
       # The time cap ended the run early, before the count: said, not a failure (a very slow machine).
