@@ -325,7 +325,7 @@ def entry(name, gen):
         targets = tiny.assign(boxes, [[1, 2, 3]] * 8, size, size, scales)
         truths = torch.tensor(boxes, dtype=torch.float32)
         return model, x, lambda m, images: tiny.yolo_loss(m(images), targets, truths, size, size, scales, classes)
-    unets = {"unet-128-w0.25": (8, 128, 128, 0.25, 2), "unet-128": (8, 128, 128, 1.0, 2),
+    unets = {"unet-128-w0.25": (8, 128, 128, 0.25, 2), "unet-128-w0.125": (8, 128, 128, 0.125, 2), "unet-128": (8, 128, 128, 1.0, 2),
              "unet-membrane": (4, 512, 512, 0.25, 2), "unet-camvid": (4, 180, 240, 0.25, 11)}
     if name in unets:
         batch, height, width, multiplier, classes = unets[name]
@@ -336,7 +336,7 @@ def entry(name, gen):
     return None
 
 
-SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128", "unet-membrane", "unet-camvid"]
+SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane", "unet-camvid"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 
