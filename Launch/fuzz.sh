@@ -12,7 +12,7 @@
 # A counted run (STARLING_FUZZ_RUNS) does not depend on the machine's speed: it starts from the seeds in an empty
 # corpus and runs exactly N inputs with -seed=1 and nothing else that varies from process to process (below), so a
 # failure in CI replays with the same command (and its input is saved): every target runs the very same inputs
-# every time, the checkpoint target's path through HDF5 included.
+# every time (the checkpoint target for its first few thousand inputs; README "Reliability").
 # A timed run keeps the inputs libFuzzer finds interesting in .build-fuzz/corpus/TARGET for the next run; how far it
 # gets depends on the machine's speed.
 # A crash, a sanitizer report, a hang (-timeout, 10 s), or an input that needs more than -rss_limit_mb ends the
@@ -80,10 +80,11 @@ for target in "${targets[@]}"; do
   log=.build-fuzz/$target.log
   start=$(date +%s)
   # What made counted runs of the checkpoint target differ was its seeds (HDF5 stamped each object header with the
-  # second it was written; Starling's files no longer record times). The rest are precautions, measured not to
-  # matter over 1,500 inputs: the fuzzer runs in a fresh folder of its own and writes each input to the same
-  # relative path there (STARLING_FUZZ_WORK), as the path can reach the string comparisons libFuzzer records (HDF5's
-  # and Foundation's, through the sanitizer's strcmp and memcmp hooks) and held the process id.
+  # second it was written; Starling's files no longer record times) and the random name of the temporary file the
+  # target wrote each input through (now written in place). The rest are precautions, which alone did not change
+  # 1,500-input runs: the fuzzer runs in a fresh folder of its own and writes each input to the same relative path
+  # there (STARLING_FUZZ_WORK), as the path can reach the string comparisons libFuzzer records (HDF5's and
+  # Foundation's, through the sanitizer's strcmp and memcmp hooks) and held the process id.
   # Swift's backtracer would spend seconds on every crash; leaks are not what these runs look for (the Swift
   # runtime keeps allocations until exit); deterministic hashing keeps Swift's dictionaries, and so the coverage
   # libFuzzer steers by, the same in every process; one thread for OpenBLAS, OpenMP and Starling's loops, and no
