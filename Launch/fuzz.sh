@@ -10,9 +10,9 @@
 # The targets are built with libFuzzer and AddressSanitizer into .build-fuzz (the main build never sees these
 # flags). The seed corpora are written from the sample data by `starling-fuzz seeds` (nothing is committed).
 # A counted run (STARLING_FUZZ_RUNS) does not depend on the machine's speed: it starts from the seeds in an empty
-# corpus and runs exactly N inputs with -seed=1 and Swift's hashing made deterministic, so a failure in CI replays
-# with the same command (and its input is saved). The parsers' targets run the very same inputs every time; the
-# checkpoint target's path through HDF5 is not quite deterministic, so its later inputs can differ between runs.
+# corpus and runs exactly N inputs with -seed=1 and nothing else that varies from process to process (below), so a
+# failure in CI replays with the same command (and its input is saved): every target runs the very same inputs
+# every time (the checkpoint target for its first few thousand inputs; README "Reliability").
 # A timed run keeps the inputs libFuzzer finds interesting in .build-fuzz/corpus/TARGET for the next run; how far it
 # gets depends on the machine's speed.
 # A crash, a sanitizer report, a hang (-timeout, 10 s), or an input that needs more than -rss_limit_mb ends the
@@ -57,6 +57,12 @@ nice -n 10 swift build "${flags[@]}" --product starling-fuzz
 fuzzer=$(swift build "${flags[@]}" --show-bin-path)/starling-fuzz
 
 mkdir -p .build-fuzz/crashes
+root=$PWD
+# Address-space randomisation off for the fuzzer (when the kernel lets setarch do it), a precaution: addresses can
+# reach the comparisons libFuzzer records (a dictionary keyed by an object's address probes in another order), and
+# those records steer its mutations.
+no_aslr=(setarch "$(uname -m)" -R)
+"${no_aslr[@]}" true 2>/dev/null || { echo "fuzz.sh: setarch -R is not permitted here; address randomisation stays on" >&2; no_aslr=(); }
 failed=()
 for target in "${targets[@]}"; do
   if [ -n "$runs" ]; then
@@ -73,16 +79,30 @@ for target in "${targets[@]}"; do
   mkdir -p "$corpus"
   log=.build-fuzz/$target.log
   start=$(date +%s)
+  # What made counted runs of the checkpoint target differ was its seeds (HDF5 stamped each object header with the
+  # second it was written; Starling's files no longer record times) and the random name of the temporary file the
+  # target wrote each input through (now written in place). The rest are precautions, which alone did not change
+  # 1,500-input runs: the fuzzer runs in a fresh folder of its own and writes each input to the same relative path
+  # there (STARLING_FUZZ_WORK), as the path can reach the string comparisons libFuzzer records (HDF5's and
+  # Foundation's, through the sanitizer's strcmp and memcmp hooks) and held the process id.
   # Swift's backtracer would spend seconds on every crash; leaks are not what these runs look for (the Swift
   # runtime keeps allocations until exit); deterministic hashing keeps Swift's dictionaries, and so the coverage
-  # libFuzzer steers by, the same in every process; one job, so that the machine's other work keeps its cores.
-  if STARLING_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no SWIFT_DETERMINISTIC_HASHING=1 \
+  # libFuzzer steers by, the same in every process; one thread for OpenBLAS, OpenMP and Starling's loops, and no
+  # HDF5 call watchdog (libFuzzer's -timeout is the limit here), so that no other thread runs instrumented code
+  # while an input runs (its edges would count towards that input's coverage, by the clock); one job, so that the
+  # machine's other work keeps its cores.
+  run_dir=$root/.build-fuzz/run/$target
+  rm -rf "$run_dir"
+  mkdir -p "$run_dir"
+  if (cd "$run_dir" && STARLING_FUZZ_TARGET=$target STARLING_FUZZ_WORK=work SWIFT_BACKTRACE=enable=no \
+      SWIFT_DETERMINISTIC_HASHING=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 STARLING_HDF5_CALL_SECONDS=0 \
       ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
-      nice -n 10 timeout -k 10 $((seconds + 60)) "$fuzzer" "$corpus" "$seeds/$target" \
+      nice -n 10 timeout -k 10 $((seconds + 60)) "${no_aslr[@]}" "$fuzzer" "$root/$corpus" "$root/$seeds/$target" \
       -seed=1 "${bound[@]}" -timeout=10 -rss_limit_mb=3072 -max_len=65536 -print_final_stats=1 \
-      -artifact_prefix=".build-fuzz/crashes/$target-" >"$log" 2>&1; then
+      -artifact_prefix="$root/.build-fuzz/crashes/$target-") >"$log" 2>&1; then
     executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    echo "fuzz $target: ${executed:-?} inputs in $(($(date +%s) - start)) s, no crash (corpus $(ls "$corpus" | wc -l) files)"
+    coverage=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | grep -oE 'cov: [0-9]+ ft: [0-9]+' | tail -1)
+    echo "fuzz $target: ${executed:-?} inputs in $(($(date +%s) - start)) s, no crash (corpus $(ls "$corpus" | wc -l) files; ${coverage:-coverage ?})"
     if [ -n "$runs" ] && [ "${executed:-0}" -lt "$count" ]; then
       # The time cap ended the run early, before the count: said, not a failure (a very slow machine).
       echo "fuzz $target: stopped by the ${seconds}-s cap after ${executed:-0} of $count inputs" >&2

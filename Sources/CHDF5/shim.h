@@ -37,6 +37,7 @@ static inline hid_t starling_h5p_file_access(void) { return H5P_FILE_ACCESS; }
 static inline hid_t starling_h5p_file_create(void) { return H5P_FILE_CREATE; }
 static inline hid_t starling_h5p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t starling_h5p_link_create(void) { return H5P_LINK_CREATE; }
+static inline hid_t starling_h5p_group_create(void) { return H5P_GROUP_CREATE; }
 static inline unsigned starling_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline unsigned starling_h5f_acc_excl(void) { return H5F_ACC_EXCL; }
 static inline unsigned starling_h5f_acc_rdonly(void) { return H5F_ACC_RDONLY; }
@@ -55,4 +56,6 @@ typedef struct starling_guarded_file {
     /// The global heap collection last checked, [start, end): reads inside it are its continuation.
     haddr_t checked_start;
     haddr_t checked_end;
+    /// Seconds each read sleeps (a test hook: an HDF5 call that does not return); 0 outside tests.
+    double stall_seconds;
 } starling_guarded_file;

@@ -68,6 +68,18 @@ public final class Communicator: @unchecked Sendable {
         if done == 0 { MPI_Finalize() }
     }
 
+    /// Ends every rank of the job with `code` if this process is one rank of several in a running MPI job; returns
+    /// otherwise. Safe from any thread (HDF5CallWatchdog's, while the training thread is stuck).
+    public static func abortJobIfRunning(code: Int32) {
+        var initialized: Int32 = 0, finalized: Int32 = 0
+        MPI_Initialized(&initialized)
+        MPI_Finalized(&finalized)
+        guard initialized != 0, finalized == 0 else { return }
+        var size: Int32 = 0
+        MPI_Comm_size(starling_mpi_comm_world(), &size)
+        if size > 1 { MPI_Abort(starling_mpi_comm_world(), code) }
+    }
+
     /// Ends every rank of the job with `code` (used when one rank fails, so the others do not hang).
     public func abort(code: Int32) -> Never {
         MPI_Abort(comm, code)

@@ -16,8 +16,11 @@ import StarlingTraining
 enum FuzzTarget: String, CaseIterable {
     case idx, csv, kitti, voc, coco, cocoResults = "coco-results", yolo, jpeg, png, checkpoint
 
+    /// Where inputs are written: STARLING_FUZZ_WORK (Launch/fuzz.sh gives every fuzzer run the same relative path, as
+    /// a path that varies reaches the comparisons libFuzzer steers by), else a folder of this process's own.
     static let workDirectory: String = {
-        let dir = NSTemporaryDirectory() + "/starling-fuzz-\(getpid())"
+        let given = ProcessInfo.processInfo.environment["STARLING_FUZZ_WORK"].flatMap { $0.isEmpty ? nil : $0 }
+        let dir = given ?? NSTemporaryDirectory() + "/starling-fuzz-\(getpid())"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return dir
     }()
@@ -53,7 +56,13 @@ enum FuzzTarget: String, CaseIterable {
     func run(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
         let path = inputPath
         try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        guard FileManager.default.createFile(atPath: path, contents: Data(buffer: bytes)) else { return "cannot write \(path)" }
+        // Written in place: FileManager's atomic write goes through a temporary file with a random name, and such
+        // bytes can reach the comparisons libFuzzer steers by.
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { return "cannot write \(path)" }
+        let written = bytes.count == 0 ? 0 : write(fd, bytes.baseAddress!, bytes.count)
+        close(fd)
+        guard written == bytes.count else { return "cannot write \(path)" }
         do {
             switch self {
             case .idx: _ = try IDX.read(path)

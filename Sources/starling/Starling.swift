@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StarlingCore
 import StarlingDistributed
+import StarlingIO
 import StarlingModels
 
 /// The `starling` command: data conversion, training, evaluation and benchmarks.
@@ -21,6 +22,10 @@ struct Starling: ParsableCommand {
         do {
             if let error = GEMMSelection.overrideError { throw error }
             if let error = ChannelLayout.blockWidthError { throw error }
+            if let error = KernelDispatch.overrideError { throw error }
+            if let error = HDF5CallWatchdog.settingError { throw error }
+            // A rank stuck in an HDF5 call ends the whole job (the others would wait for it in a collective).
+            HDF5CallWatchdog.abortJob = { Communicator.abortJobIfRunning(code: $0) }
             arguments = try RunConfiguration.expand(given)
             try MPILaunch.relaunchIfAsked(ranks: MPILaunch.requestedRanks(arguments), arguments: given)
         } catch {

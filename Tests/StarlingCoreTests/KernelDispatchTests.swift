@@ -23,6 +23,25 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         #expect(KernelDispatch.supported.first == .baseline && KernelDispatch.supported.contains(KernelDispatch.current))
     }
 
+    /// STARLING_KERNELS: a level the CPU runs is taken, anything else refused (the CLI then exits with the message).
+    @Test func environmentOverrideIsCheckedAgainstTheCPU() {
+        let avx2Only: [KernelDispatch.Level] = [.baseline, .avx2]
+        #expect(KernelDispatch.level(named: nil, supported: avx2Only) == .success(nil))
+        #expect(KernelDispatch.level(named: "", supported: avx2Only) == .success(nil))
+        #expect(KernelDispatch.level(named: "baseline", supported: avx2Only) == .success(.baseline))
+        #expect(KernelDispatch.level(named: "avx2", supported: avx2Only) == .success(.avx2))
+        #expect(KernelDispatch.level(named: "avx512", supported: KernelDispatch.Level.allCases) == .success(.avx512))
+        guard case .failure(let unsupported) = KernelDispatch.level(named: "avx512", supported: avx2Only),
+              case .failure(let unknown) = KernelDispatch.level(named: "AVX2", supported: avx2Only),
+              case .failure(let below) = KernelDispatch.level(named: "avx2", supported: [.baseline]) else {
+            Issue.record("a bad value was accepted")
+            return
+        }
+        #expect(unsupported.description == "STARLING_KERNELS=avx512: this CPU runs only baseline, avx2 (cpuid)")
+        #expect(unknown.description == "STARLING_KERNELS=AVX2: expected baseline, avx2, avx512")
+        #expect(below.description == "STARLING_KERNELS=avx2: this CPU runs only baseline (cpuid)")
+    }
+
     @Test(arguments: KernelDispatch.supported) func bceOnLogitsTerms(_ level: KernelDispatch.Level) {
         let n = 4099   // not a multiple of any vector width: the tail runs too
         var z = randomValues(n, seed: 11, -30, 30), t = randomValues(n, seed: 12, 0, 1)

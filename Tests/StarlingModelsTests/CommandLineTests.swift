@@ -54,6 +54,13 @@ import StarlingIO
             expectFailure(bad, mentioning: ["STARLING_BLOCK=\(width): expected 8 or 16"])
             #expect(!FileManager.default.fileExists(atPath: dir + "/block"), "nothing written before the refusal")
         }
+        for (name, value) in [("STARLING_KERNELS", "avx1024"), ("STARLING_KERNELS", "sse"), ("STARLING_GEMM", "mkl")] {
+            let bad = try run(Fixture.starling, ["train", "--model", "fc-ae", "--data", data, "--out", dir + "/kernels"],
+                              environment: [name: value])
+            expectFailure(bad, mentioning: ["\(name)=\(value): expected "])
+            #expect(bad.error.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").count == 1, "one line: \(bad.error)")
+            #expect(!FileManager.default.fileExists(atPath: dir + "/kernels"), "nothing written before the refusal")
+        }
         // A truncated IDX file: an error naming it, and no HDF5 file left behind.
         let idx = dir + "/idx"
         try FileManager.default.createDirectory(atPath: idx, withIntermediateDirectories: true)

@@ -329,4 +329,42 @@ import StarlingIO
             #expect(weights.values.allSatisfy { $0.allSatisfy(\.isFinite) })
         }
     }
+
+    /// The fallback for an HDF5 call that never returns (a loop inside the library the guarded driver does not know):
+    /// past STARLING_HDF5_CALL_SECONDS the process prints one line naming the file and exits 1; in an MPI job the rank
+    /// aborts the job, so the other rank does not wait for it in a collective. The stall is injected in the driver's
+    /// reads (STARLING_TEST_HDF5_READ_STALL, 30 s a read); without the watchdog each run would take minutes.
+    @Test func stuckHDF5CallEndsTheRun() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("hdf5-stall")
+        let checkpoint = dir + "/fc-ae.h5"
+        try Checkpoint.save(to: checkpoint, model: try ModelRegistry.build(ModelConfig(family: "fc-ae", inputShape: [16], options: ["code_size": 4]), seed: 1),
+                            optimizer: nil, state: .init())
+        let stall = ["STARLING_TEST_HDF5_READ_STALL": "30", "STARLING_HDF5_CALL_SECONDS": "2"]
+        var started = Date()
+        let inspected = try run("/usr/bin/timeout", ["-k", "5", "60", Fixture.starling, "inspect", checkpoint], environment: stall)
+        let inspectSeconds = Date().timeIntervalSince(started)
+        let lines = inspected.error.split(separator: "\n").filter { !$0.isEmpty }
+        #expect(inspected.status == 1 && lines.count == 1, "exit \(inspected.status): \(inspected.error)")
+        #expect(lines.first?.hasPrefix("Error: \(checkpoint): an HDF5 call has not returned after 2 s") == true, "\(inspected.error)")
+        #expect(inspectSeconds < 20, "ended after \(inspectSeconds) s")
+        // Two ranks, rank 1's reads stalled (an MPMD launch gives it its own environment): the job ends, not hangs.
+        started = Date()
+        let job = try run("/usr/bin/timeout", ["-k", "5", "120", "mpirun", "-np", "1", Fixture.starling, "train", "--model", "fc-ae", "--data", data,
+                                               "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64", "--out", dir + "/out", ":",
+                                               "-np", "1", "/usr/bin/env", "STARLING_TEST_HDF5_READ_STALL=30", "STARLING_HDF5_CALL_SECONDS=2",
+                                               Fixture.starling, "train", "--model", "fc-ae", "--data", data, "--epochs", "1",
+                                               "--steps-per-epoch", "2", "--batch-size", "64", "--out", dir + "/out"],
+                      environment: mpiEnvironment)
+        let jobSeconds = Date().timeIntervalSince(started)
+        let text = job.output + job.error
+        #expect(job.status != 0 && job.status < 124, "exit \(job.status) (124: the job hung): \(text)")
+        #expect(text.contains("Error: \(data): an HDF5 call has not returned after 2 s"), "\(text)")
+        #expect(jobSeconds < 60, "ended after \(jobSeconds) s")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out/fc-ae-last.h5"))
+        // A limit that is no number is refused before anything runs.
+        let bad = try run(Fixture.starling, ["inspect", checkpoint], environment: ["STARLING_HDF5_CALL_SECONDS": "soon"])
+        #expect(bad.status != 0 && bad.error.contains("STARLING_HDF5_CALL_SECONDS=soon: expected a number of seconds"), "\(bad.error)")
+        print("stuck HDF5 call: inspect ended in \(String(format: "%.1f", inspectSeconds)) s, the 2-rank job in \(String(format: "%.1f", jobSeconds)) s")
+    }
 }

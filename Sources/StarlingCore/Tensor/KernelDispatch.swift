@@ -10,10 +10,10 @@ import StarlingKernelsAVX512
 /// every node of a cluster; the loops of `StarlingKernels` are compiled a second time for Haswell's instruction set
 /// (AVX2, FMA) in `StarlingKernelsAVX2` and a third for Skylake-SP's (AVX-512, 16-lane loops) in `StarlingKernelsAVX512`,
 /// and chosen here once, from what the CPU and the OS report (cpuid, xgetbv), the way numpy and PyTorch dispatch their
-/// kernels. `STARLING_KERNELS=baseline` or `avx2` forces a lower build (benchmarks compare them). The builds round
-/// differently where a loop multiplies and adds (a fused multiply-add rounds once), by a few units in the last place;
-/// the AVX2 and AVX-512 builds differ only where a sum's order differs with the vector width; the blocked layout's
-/// loops give the same bits in all three (tested).
+/// kernels. `STARLING_KERNELS=baseline` or `avx2` forces a lower build (benchmarks compare them); any other value, or a
+/// level the CPU cannot run, is refused by the CLI. The builds round differently where a loop multiplies and adds (a
+/// fused multiply-add rounds once), by a few units in the last place; the AVX2 and AVX-512 builds differ only where a
+/// sum's order differs with the vector width; the blocked layout's loops give the same bits in all three (tested).
 public enum KernelDispatch {
     public enum Level: String, Sendable, CaseIterable {
         case baseline
@@ -44,13 +44,42 @@ public enum KernelDispatch {
         }
     }
 
-    /// The level in use: the highest the CPU supports, unless STARLING_KERNELS names a lower one.
-    public static let current: Level = {
-        if let raw = getenv("STARLING_KERNELS"), let level = Level(rawValue: String(cString: raw)), supported.contains(level) {
-            return level
-        }
-        return supported.last ?? .baseline
-    }()
+    /// The level in use: the highest the CPU supports, unless STARLING_KERNELS names another it supports. With a value
+    /// that is no level, or a level this CPU cannot run, the CLI refuses to start (`overrideError`), as it does for
+    /// STARLING_GEMM and STARLING_BLOCK: a benchmark asked for one build must not time another.
+    public static let current: Level = (try? setting.get()) ?? supported.last ?? .baseline
+
+    /// STARLING_KERNELS's level, nil when unset or empty.
+    private static let setting: Result<Level?, KernelLevelError> =
+        level(named: getenv("STARLING_KERNELS").map { String(cString: $0) }, supported: supported)
+
+    /// The level `value` names if this CPU (`supported`) runs it; nil for no value. A pure function, for the tests.
+    public static func level(named value: String?, supported: [Level]) -> Result<Level?, KernelLevelError> {
+        guard let value, !value.isEmpty else { return .success(nil) }
+        guard let level = Level(rawValue: value) else { return .failure(KernelLevelError(value: value, supported: supported, known: false)) }
+        guard supported.contains(level) else { return .failure(KernelLevelError(value: value, supported: supported, known: true)) }
+        return .success(level)
+    }
+
+    /// The error a bad STARLING_KERNELS gives, or nil.
+    public static var overrideError: KernelLevelError? {
+        if case .failure(let error) = setting { return error }
+        return nil
+    }
+}
+
+public struct KernelLevelError: Error, Equatable, CustomStringConvertible {
+    public let value: String
+    /// The levels this CPU runs.
+    public let supported: [KernelDispatch.Level]
+    /// Whether `value` names a level (one this CPU cannot run) rather than nothing known.
+    public let known: Bool
+
+    public var description: String {
+        let levels = supported.map(\.rawValue).joined(separator: ", ")
+        return known ? "STARLING_KERNELS=\(value): this CPU runs only \(levels) (cpuid)"
+            : "STARLING_KERNELS=\(value): expected \(KernelDispatch.Level.allCases.map(\.rawValue).joined(separator: ", "))"
+    }
 }
 
 /// The entry points. Most take the build to run (`kernels`, the process's by default) so that tests can run every one;

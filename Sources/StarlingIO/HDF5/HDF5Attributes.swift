@@ -10,7 +10,7 @@ import Foundation
 
 extension HDF5Object {
     public func setAttribute(_ name: String, _ value: String) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let type = try stringType(size: starling_h5t_variable(), utf8: true, attribute: name)
             defer { H5Tclose(type) }
             try writeAttribute(name, type: type, dimensions: nil) { attribute in
@@ -23,7 +23,7 @@ extension HDF5Object {
     }
 
     public func setAttribute(_ name: String, _ value: Int) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             var stored = Int64(value)
             try writeAttribute(name, type: starling_h5t_std_i64le(), dimensions: nil) {
                 H5Awrite($0, starling_h5t_native_int64(), &stored)
@@ -32,7 +32,7 @@ extension HDF5Object {
     }
 
     public func setAttribute(_ name: String, _ value: Double) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             var stored = value
             try writeAttribute(name, type: starling_h5t_ieee_f64le(), dimensions: nil) {
                 H5Awrite($0, starling_h5t_native_double(), &stored)
@@ -41,7 +41,7 @@ extension HDF5Object {
     }
 
     public func setAttribute(_ name: String, _ value: [Int]) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             // One spare element so the buffer has an address even for an empty array.
             let stored = value.map(Int64.init) + [0]
             try writeAttribute(name, type: starling_h5t_std_i64le(), dimensions: [value.count]) { attribute in
@@ -51,7 +51,7 @@ extension HDF5Object {
     }
 
     public func setAttribute(_ name: String, _ value: [String]) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let encoded = value.map { Array($0.utf8) }
             let width = max(1, encoded.map(\.count).max() ?? 1)
             var buffer = [UInt8](repeating: 0, count: width * max(1, value.count))
@@ -82,7 +82,7 @@ extension HDF5Object {
     }
 
     public func hasAttribute(_ name: String) -> Bool {
-        HDF5Library.call {
+        HDF5Library.call(file.path) {
             guard let id = try? openID() else { return false }
             let exists = H5Aexists(id, name)
             if exists < 0 { H5Eclear2(hid_t(H5E_DEFAULT)) }
@@ -105,7 +105,7 @@ extension HDF5Object {
     }
 
     public func doubleAttribute(_ name: String) throws -> Double {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             try withAttribute(name) { attribute, type, count in
                 let typeClass = H5Tget_class(type)
                 guard typeClass == H5T_FLOAT || typeClass == H5T_INTEGER else {
@@ -122,7 +122,7 @@ extension HDF5Object {
     }
 
     public func intArrayAttribute(_ name: String) throws -> [Int] {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             try withAttribute(name) { attribute, type, count in
                 guard H5Tget_class(type) == H5T_INTEGER else {
                     throw error("attribute \"\(name)\" is a \(HDF5TypeID.describe(type)), not an integer")
@@ -138,7 +138,7 @@ extension HDF5Object {
     }
 
     public func stringArrayAttribute(_ name: String) throws -> [String] {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             try withAttribute(name) { attribute, type, count in
                 guard H5Tget_class(type) == H5T_STRING else {
                     throw error("attribute \"\(name)\" is a \(HDF5TypeID.describe(type)), not a string")
@@ -226,6 +226,7 @@ extension HDF5Object {
         let memoryType = try stringType(size: starling_h5t_variable(), utf8: H5Tget_cset(fileType) == H5T_CSET_UTF8,
                                         attribute: name)
         defer { H5Tclose(memoryType) }
+        try checkVariableLengthReferences(count: count, elementSize: 1, what: "attribute \"\(name)\"") { H5Aread(attribute, $0, $1) }
         var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count + 1)
         let status = pointers.withUnsafeMutableBufferPointer { H5Aread(attribute, memoryType, $0.baseAddress) }
         guard status >= 0 else { throw failure("cannot read attribute \"\(name)\"") }

@@ -41,7 +41,7 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
     /// The chunk shape, or nil for contiguous storage.
     public var chunk: [Int]? {
         get throws {
-            try HDF5Library.call {
+            try HDF5Library.call(file.path) {
                 let id = try openID()
                 let creation = H5Dget_create_plist(id)
                 guard creation >= 0 else { throw failure("cannot read storage properties") }
@@ -147,7 +147,7 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
                           writing: Bool) throws {
         let count = rows.map { $0.count * elementsPerRow } ?? elementCount
         guard count > 0, let buffer else { return }  // nothing to move; HDF5 wants a real buffer otherwise
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             if writing && !file.isWritable { throw error("cannot write: file is read-only") }
             var fileSpace = H5S_ALL
@@ -171,6 +171,8 @@ public final class HDF5Dataset: HDF5Object, HDF5AttributeHolder, @unchecked Send
             }
             let type = HDF5TypeID.memory(memoryType)
             defer { type.close() }
+            HDF5GuardedDriver.numericTransfer = true
+            defer { HDF5GuardedDriver.numericTransfer = false }
             let status = writing
                 ? H5Dwrite(id, type.id, memorySpace, fileSpace, hid_t(H5P_DEFAULT), buffer)
                 : H5Dread(id, type.id, memorySpace, fileSpace, hid_t(H5P_DEFAULT), buffer)

@@ -15,12 +15,15 @@ public final class HDF5File: @unchecked Sendable {
     private var closed = false
     /// A sealed file opened writable: sealed again over its new contents when it closes (`HDF5Seal`).
     private let resealsOnClose: Bool
+    /// Opened through `HDF5GuardedDriver` (an existing file), not created by HDF5 in this process.
+    let isGuarded: Bool
 
-    private init(path: String, id: hid_t, writable: Bool, reseals: Bool = false) {
+    private init(path: String, id: hid_t, writable: Bool, reseals: Bool = false, guarded: Bool = false) {
         self.path = path
         self.id = id
         self.isWritable = writable
         self.resealsOnClose = reseals
+        self.isGuarded = guarded
     }
 
     deinit { close() }
@@ -28,12 +31,16 @@ public final class HDF5File: @unchecked Sendable {
     /// Creates `path`, truncating any existing file; `userBlock` bytes (0, or a power of two from 512) are reserved
     /// in front of HDF5's superblock for `HDF5Seal`.
     public static func create(_ path: String, userBlock: Int = 0) throws -> HDF5File {
-        try HDF5Library.call {
+        try HDF5Library.call(path) {
             let access = try fileAccessList(path)
             defer { H5Pclose(access) }
             let creation = H5Pcreate(starling_h5p_file_create())
             guard creation >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot set up file creation properties") }
             defer { H5Pclose(creation) }
+            // The root group records no times, as no group or dataset Starling makes does (HDF5Group).
+            guard H5Pset_obj_track_times(creation, false) >= 0 else {
+                throw HDF5Library.failure(file: path, object: "/", "cannot set up file creation properties")
+            }
             if userBlock > 0 && H5Pset_userblock(creation, hsize_t(userBlock)) < 0 {
                 throw HDF5Library.failure(file: path, object: "/", "cannot reserve a \(userBlock)-byte user block")
             }
@@ -47,7 +54,7 @@ public final class HDF5File: @unchecked Sendable {
     /// first, so a damaged one is refused before HDF5 parses it; any file is read through `HDF5GuardedDriver`, so a
     /// corrupt global heap is refused rather than read forever.
     public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
-        try HDF5Library.call {
+        try HDF5Library.call(path) {
             guard fileExists(path) else { throw HDF5Error(file: path, object: "/", message: "no such file") }
             let sealed = try HDF5Seal.verify(path)
             guard H5Fis_hdf5(path) > 0 else {
@@ -59,24 +66,24 @@ public final class HDF5File: @unchecked Sendable {
             let flags = writable ? starling_h5f_acc_rdwr() : starling_h5f_acc_rdonly()
             let id = H5Fopen(path, flags, access)
             guard id >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot open file") }
-            return HDF5File(path: path, id: id, writable: writable, reseals: writable && sealed)
+            return HDF5File(path: path, id: id, writable: writable, reseals: writable && sealed, guarded: true)
         }
     }
 
     /// The root group "/".
     public var root: HDF5Group {
-        HDF5Library.call {
+        HDF5Library.call(path) {
             // Opening "/" of an open file cannot fail; on a closed file the group gets an invalid id and its
             // methods throw "file is closed".
             HDF5Group(file: self, id: closed ? -1 : H5Gopen2(id, "/", hid_t(H5P_DEFAULT)), name: "/")
         }
     }
 
-    public var isOpen: Bool { HDF5Library.call { !closed } }
+    public var isOpen: Bool { HDF5Library.call(path) { !closed } }
 
     /// Writes all buffered data and metadata to the operating system.
     public func flush() throws {
-        try HDF5Library.call {
+        try HDF5Library.call(path) {
             let id = try openID(object: "/")
             guard H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0 else {
                 throw HDF5Library.failure(file: path, object: "/", "cannot flush file")
@@ -91,7 +98,7 @@ public final class HDF5File: @unchecked Sendable {
 
     /// `close()` that reports a failure to write the file's final metadata (used before an atomic rename).
     func closeChecked() throws {
-        try HDF5Library.call {
+        try HDF5Library.call(path) {
             if closed { return }
             closed = true
             guard H5Fclose(id) >= 0 else { throw HDF5Library.failure(file: path, object: "/", "cannot close file") }

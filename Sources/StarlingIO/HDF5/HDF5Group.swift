@@ -5,7 +5,7 @@ import CHDF5
 public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendable {
     /// Opens an existing group.
     public func group(_ path: String) throws -> HDF5Group {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard try linkExists(path, in: id) else { throw error("no such group", object: full) }
@@ -18,14 +18,15 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
     /// Creates a group, and any missing groups on the way ("a/b/c" creates "a" and "a/b" if needed).
     /// Throws if it already exists.
     public func createGroup(_ path: String) throws -> HDF5Group {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard file.isWritable else { throw error("cannot create group: file is read-only", object: full) }
             guard try !linkExists(path, in: id) else { throw error("already exists", object: full) }
-            let links = try intermediateGroupLinkList(object: full)
-            defer { H5Pclose(links) }
-            let child = H5Gcreate2(id, path, links, hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
+            try createParents(of: path, in: id, object: full)
+            let creation = try untimedCreationList(starling_h5p_group_create(), object: full)
+            defer { H5Pclose(creation) }
+            let child = H5Gcreate2(id, path, hid_t(H5P_DEFAULT), creation, hid_t(H5P_DEFAULT))
             guard child >= 0 else { throw failure("cannot create group", object: full) }
             return HDF5Group(file: file, id: child, name: full)
         }
@@ -33,7 +34,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
 
     /// True if a group or dataset exists at `path`.
     public func contains(_ path: String) -> Bool {
-        HDF5Library.call {
+        HDF5Library.call(file.path) {
             guard let id = try? openID() else { return false }
             return (try? linkExists(path, in: id)) ?? false
         }
@@ -41,7 +42,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
 
     /// The names of the direct children (groups and datasets), sorted.
     public func childNames() throws -> [String] {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             var info = H5G_info_t()
             guard H5Gget_info(id, &info) >= 0 else { throw failure("cannot list group") }
@@ -61,7 +62,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
     /// Removes the link `path` (a dataset or a group) from this group. HDF5 does not reclaim the space the object used
     /// until the file is rewritten.
     public func remove(_ path: String) throws {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard file.isWritable else { throw error("cannot remove: file is read-only", object: full) }
@@ -72,7 +73,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
 
     /// Opens an existing dataset.
     public func dataset(_ path: String) throws -> HDF5Dataset {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard try linkExists(path, in: id) else { throw error("no such dataset", object: full) }
@@ -91,7 +92,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
     ///   of equal significance and typically makes float data compress much better.
     public func createDataset(_ path: String, type: HDF5ElementType, shape: [Int], chunk: [Int]? = nil,
                               deflate: Int? = nil) throws -> HDF5Dataset {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard file.isWritable else { throw error("cannot create dataset: file is read-only", object: full) }
@@ -114,8 +115,7 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
                 : H5Screate_simple(Int32(shape.count), shape.map { hsize_t($0) }, nil)
             guard space >= 0 else { throw failure("cannot make a dataspace for shape \(shape)", object: full) }
             defer { H5Sclose(space) }
-            let creation = H5Pcreate(starling_h5p_dataset_create())
-            guard creation >= 0 else { throw failure("cannot make dataset properties", object: full) }
+            let creation = try untimedCreationList(starling_h5p_dataset_create(), object: full)
             defer { H5Pclose(creation) }
             if let chunkShape {
                 guard H5Pset_chunk(creation, Int32(chunkShape.count), chunkShape.map { hsize_t($0) }) >= 0 else {
@@ -128,11 +128,10 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
                     }
                 }
             }
-            let links = try intermediateGroupLinkList(object: full)
-            defer { H5Pclose(links) }
+            try createParents(of: path, in: id, object: full)
             let fileType = HDF5TypeID.file(type)
             defer { fileType.close() }
-            let child = H5Dcreate2(id, path, fileType.id, space, links, creation, hid_t(H5P_DEFAULT))
+            let child = H5Dcreate2(id, path, fileType.id, space, hid_t(H5P_DEFAULT), creation, hid_t(H5P_DEFAULT))
             guard child >= 0 else { throw failure("cannot create dataset", object: full) }
             return try HDF5Dataset(file: file, datasetID: child, name: full)
         }
@@ -160,12 +159,33 @@ public final class HDF5Group: HDF5Object, HDF5AttributeHolder, @unchecked Sendab
         return true
     }
 
-    private func intermediateGroupLinkList(object: String) throws -> hid_t {
-        let links = H5Pcreate(starling_h5p_link_create())
-        guard links >= 0, H5Pset_create_intermediate_group(links, 1) >= 0 else {
-            if links >= 0 { H5Pclose(links) }
-            throw failure("cannot make link properties", object: object)
+    /// Creates the missing groups on the way to `path` ("a/b/c": "a" and "a/b"), untimed. Starling makes them
+    /// itself rather than through HDF5's intermediate-group link property, whose groups always record times.
+    private func createParents(of path: String, in id: hid_t, object: String) throws {
+        let components = path.split(separator: "/", omittingEmptySubsequences: true).dropLast()
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for component in components {
+            prefix += "/" + component
+            let exists = H5Lexists(id, prefix, hid_t(H5P_DEFAULT))
+            if exists > 0 { continue }
+            guard exists == 0 else { throw failure("cannot look up \(prefix): is it a group?", object: object) }
+            let creation = try untimedCreationList(starling_h5p_group_create(), object: object)
+            defer { H5Pclose(creation) }
+            let group = H5Gcreate2(id, prefix, hid_t(H5P_DEFAULT), creation, hid_t(H5P_DEFAULT))
+            guard group >= 0 else { throw failure("cannot create group \(prefix)", object: object) }
+            H5Gclose(group)
         }
-        return links
+    }
+
+    /// A creation property list of `kind` (group or dataset) whose objects record no times: HDF5 otherwise stamps
+    /// every object header with the second it was made, and the same checkpoint written twice differed in 67 bytes
+    /// (the fuzzer's checkpoint seeds, written afresh for each run, with them).
+    private func untimedCreationList(_ kind: hid_t, object: String) throws -> hid_t {
+        let list = H5Pcreate(kind)
+        guard list >= 0, H5Pset_obj_track_times(list, false) >= 0 else {
+            if list >= 0 { H5Pclose(list) }
+            throw failure("cannot make creation properties", object: object)
+        }
+        return list
     }
 }

@@ -25,6 +25,26 @@ enum HDF5GuardedDriver {
     /// What the last refused read found, for `HDF5Library.failure`'s message; read and cleared under HDF5Library's lock.
     nonisolated(unsafe) static var lastProblem: String?
 
+    /// Set (under HDF5Library's lock) while `HDF5Dataset` moves a numeric dataset's elements (`H5Dread`, `H5Dwrite`,
+    /// which may read to fill its sieve buffer): the raw-data reads HDF5 makes then are the dataset's elements, never
+    /// a global heap collection, however their bytes start. HDF5 1.10 hands heap loads to the driver as raw data too
+    /// (`H5F_block_read` maps H5FD_MEM_GHEAP to H5FD_MEM_DRAW), so the read's type alone cannot tell them apart; a
+    /// numeric transfer cannot load a heap (HDF5 has no conversion from a variable-length type to a number, and a
+    /// numeric fill value lives in the object header). Everything else - attributes, variable-length datasets, the
+    /// heap loads of attribute deletes and overwrites - stays checked.
+    nonisolated(unsafe) static var numericTransfer = false
+
+    /// Test hooks for `HDF5CallWatchdog` (HDF5GuardTests): files opened while set sleep this long in every read, as
+    /// an HDF5 call that never returns would. `stalledReads` stalls the file at `path` only (the test process runs
+    /// other HDF5 tests alongside); STARLING_TEST_HDF5_READ_STALL=SECONDS every file of the process (the CLI's test).
+    nonisolated(unsafe) static var stalledReads: (path: String, seconds: Double)?
+    static let environmentReadStall: Double = getenv("STARLING_TEST_HDF5_READ_STALL").flatMap { Double(String(cString: $0)) } ?? 0
+
+    static func readStall(path: String) -> Double {
+        if let stalled = stalledReads, stalled.path == path { return stalled.seconds }
+        return environmentReadStall
+    }
+
     /// The registered driver's id (registered once, for the life of the process).
     static let id: hid_t = HDF5Library.call {
         var driver = H5FD_class_t()
@@ -88,6 +108,7 @@ private let guardedOpen: @convention(c) (UnsafePointer<CChar>?, UInt32, hid_t, h
     file.pointee.eof = haddr_t(status.st_size)
     file.pointee.device = status.st_dev
     file.pointee.inode = status.st_ino
+    file.pointee.stall_seconds = HDF5GuardedDriver.readStall(path: String(cString: name))
     return raw.assumingMemoryBound(to: H5FD_t.self)
 }
 
@@ -117,11 +138,14 @@ private let guardedRead: @convention(c) (UnsafeMutablePointer<H5FD_t>?, H5FD_mem
     guard let file, let buffer, address <= haddr_t(Int64.max), size <= Int.max - Int(address) else { return -1 }
     let state = guarded(file)
     let fd = state.pointee.fd
+    if state.pointee.stall_seconds > 0 { usleep(useconds_t(state.pointee.stall_seconds * 1_000_000)) }
     guard readFully(fd, buffer, size, off_t(address)) else { return -1 }
-    // Global heap collections arrive as raw data (H5F_block_read maps H5FD_MEM_GHEAP to H5FD_MEM_DRAW). A read that
-    // continues the collection last checked (HDF5 reads the first 4 KiB, then the rest) is not a new one.
+    // Global heap collections arrive as raw data in HDF5 1.10 (H5F_block_read maps H5FD_MEM_GHEAP to H5FD_MEM_DRAW;
+    // later releases may pass the type through); a numeric dataset's elements are raw data that is never one. A read
+    // that continues the collection last checked (HDF5 reads the first 4 KiB, then the rest) is not a new one.
     let continuing = address > state.pointee.checked_start && address < state.pointee.checked_end
-    if type == H5FD_MEM_DRAW, !continuing, HDF5GlobalHeapCheck.startsCollection(UnsafeRawBufferPointer(start: buffer, count: size)) {
+    let mayBeHeap = type == H5FD_MEM_GHEAP || (type == H5FD_MEM_DRAW && !HDF5GuardedDriver.numericTransfer)
+    if mayBeHeap, !continuing, HDF5GlobalHeapCheck.startsCollection(UnsafeRawBufferPointer(start: buffer, count: size)) {
         switch HDF5GlobalHeapCheck.check(fd: fd, at: address, fileSize: state.pointee.eof) {
         case .success(let end):
             state.pointee.checked_start = address
@@ -204,9 +228,18 @@ public enum HDF5GlobalHeapCheck {
 
     /// Reads the collection at `address` and checks it; returns where it ends.
     static func check(fd: Int32, at address: haddr_t, fileSize: haddr_t) -> Result<haddr_t, Problem> {
+        objects(fd: fd, at: address, fileSize: fileSize).map { $0.end }
+    }
+
+    /// Reads the collection at `address` and checks it; returns where it ends and its objects' sizes by index (as
+    /// HDF5 decodes them: a later object of the same index replaces an earlier one).
+    static func objects(fd: Int32, at address: haddr_t, fileSize: haddr_t) -> Result<(end: haddr_t, sizes: [UInt16: UInt64]), Problem> {
         var header = [UInt8](repeating: 0, count: headerSize)
         guard header.withUnsafeMutableBytes({ readFully(fd, $0.baseAddress!, headerSize, off_t(address)) }) else {
             return .failure(Problem(message: "cannot read the global heap collection at byte \(address)"))
+        }
+        guard header.withUnsafeBytes({ startsCollection($0) }) else {
+            return .failure(Problem(message: "no global heap collection at byte \(address)"))
         }
         let size = haddr_t(load(UInt64.self, header, 8))
         guard size <= maximumSize, address <= fileSize, size <= fileSize - address else {
@@ -216,20 +249,30 @@ public enum HDF5GlobalHeapCheck {
         guard bytes.withUnsafeMutableBytes({ size == 0 || readFully(fd, $0.baseAddress!, Int(size), off_t(address)) }) else {
             return .failure(Problem(message: "cannot read the global heap collection at byte \(address)"))
         }
-        if let problem = problem(inCollection: bytes, at: Int(address)) {
-            return .failure(Problem(message: "corrupt global heap collection at byte \(address): \(problem)"))
+        switch walk(bytes, at: Int(address)) {
+        case .failure(let problem):
+            return .failure(Problem(message: "corrupt global heap collection at byte \(address): \(problem.message)"))
+        case .success(let sizes):
+            return .success((address + size, sizes))
         }
-        return .success(address + size)
     }
 
     /// What is wrong with a whole collection's bytes, or nil if HDF5 can decode it: its walk over the objects ends
     /// exactly at the collection's end, every step moving forward and staying inside. Messages give byte offsets
     /// from `base`, the collection's place in its file.
     public static func problem(inCollection bytes: [UInt8], at base: Int = 0) -> String? {
-        guard bytes.count >= headerSize else { return "\(bytes.count) bytes, shorter than its header" }
+        if case .failure(let problem) = walk(bytes, at: base) { return problem.message }
+        return nil
+    }
+
+    /// The walk `problem(inCollection:)` describes; the objects' sizes by index when it ends well.
+    static func walk(_ bytes: [UInt8], at base: Int) -> Result<[UInt16: UInt64], Problem> {
+        func fail(_ message: String) -> Result<[UInt16: UInt64], Problem> { .failure(Problem(message: message)) }
+        guard bytes.count >= headerSize else { return fail("\(bytes.count) bytes, shorter than its header") }
         let size = load(UInt64.self, bytes, 8)
-        guard size == UInt64(bytes.count) else { return "its header gives \(size) bytes where \(bytes.count) were read" }
-        guard size >= UInt64(minimumSize) else { return "\(size) bytes, less than the 4096 of the smallest collection" }
+        guard size == UInt64(bytes.count) else { return fail("its header gives \(size) bytes where \(bytes.count) were read") }
+        guard size >= UInt64(minimumSize) else { return fail("\(size) bytes, less than the 4096 of the smallest collection") }
+        var sizes: [UInt16: UInt64] = [:]
         var offset = headerSize
         while offset < bytes.count {
             let remaining = bytes.count - offset
@@ -243,18 +286,19 @@ public enum HDF5GlobalHeapCheck {
             } else {
                 // 16 + the size rounded up to 8, without wrapping around as HDF5's arithmetic would.
                 let (padded, overflow) = objectSize.addingReportingOverflow(7)
-                guard !overflow else { return "object \(index) at byte \(base + offset) claims \(objectSize) bytes" }
+                guard !overflow else { return fail("object \(index) at byte \(base + offset) claims \(objectSize) bytes") }
                 step = UInt64(objectHeaderSize) + padded / 8 * 8
+                sizes[index] = objectSize
             }
             guard step > 0 else {
-                return "its free space at byte \(base + offset) has size 0 (HDF5 1.10 would read it forever)"
+                return fail("its free space at byte \(base + offset) has size 0 (HDF5 1.10 would read it forever)")
             }
             guard step <= UInt64(remaining) else {
-                return "object \(index) at byte \(base + offset) claims \(objectSize) bytes, past the collection's end (\(remaining) left)"
+                return fail("object \(index) at byte \(base + offset) claims \(objectSize) bytes, past the collection's end (\(remaining) left)")
             }
             offset += Int(step)
         }
-        return nil
+        return .success(sizes)
     }
 
     private static func load<T: FixedWidthInteger>(_: T.Type, _ bytes: [UInt8], _ offset: Int) -> T {

@@ -34,7 +34,7 @@ public class HDF5Object: @unchecked Sendable {
     deinit {
         // After the file is closed its strong close degree has already closed this object.
         let id = self.id, file = self.file
-        HDF5Library.call {
+        HDF5Library.call(file.path) {
             if id >= 0 && file.isOpen { H5Oclose(id) }
         }
     }

@@ -65,7 +65,7 @@ public final class HDF5VariableLengthDataset: HDF5Object, @unchecked Sendable {
 
     /// Element `index` of an enum (h5py bool) or integer sequence as flags: true where the stored value is non-zero.
     public func flags(_ index: Int) throws -> [Bool] {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let fileType = H5Dget_type(id)
             guard fileType >= 0 else { throw failure("cannot read the element type") }
@@ -91,7 +91,7 @@ public final class HDF5VariableLengthDataset: HDF5Object, @unchecked Sendable {
     /// All elements as strings (UTF-8).
     public func strings() throws -> [String] {
         guard content == .strings else { throw error("holds \(content), not strings") }
-        return try HDF5Library.call {
+        return try HDF5Library.call(file.path) {
             let id = try openID()
             let fileType = H5Dget_type(id)
             guard fileType >= 0 else { throw failure("cannot read the element type") }
@@ -101,6 +101,9 @@ public final class HDF5VariableLengthDataset: HDF5Object, @unchecked Sendable {
                 guard memoryType >= 0, H5Tset_size(memoryType, starling_h5t_variable()) >= 0,
                       H5Tset_cset(memoryType, H5Tget_cset(fileType)) >= 0 else { throw failure("cannot make a string type") }
                 defer { H5Tclose(memoryType) }
+                try checkVariableLengthReferences(count: count, elementSize: 1, what: "strings") {
+                    H5Dread(id, $0, H5S_ALL, H5S_ALL, hid_t(H5P_DEFAULT), $1)
+                }
                 var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count + 1)
                 guard pointers.withUnsafeMutableBufferPointer({
                     H5Dread(id, memoryType, H5S_ALL, H5S_ALL, hid_t(H5P_DEFAULT), $0.baseAddress)
@@ -128,7 +131,7 @@ public final class HDF5VariableLengthDataset: HDF5Object, @unchecked Sendable {
     /// Reads element `index` as a sequence of `base` values and hands the library's buffer to `body`.
     private func readSequence<R>(_ index: Int, base: hid_t, _ body: (UnsafeMutableRawPointer?, Int) throws -> R) throws -> R {
         guard index >= 0 && index < count else { throw error("element \(index) out of range 0..<\(count)") }
-        return try HDF5Library.call {
+        return try HDF5Library.call(file.path) {
             let id = try openID()
             let memoryType = H5Tvlen_create(base)
             guard memoryType >= 0 else { throw failure("cannot make a variable-length type") }
@@ -143,6 +146,15 @@ public final class HDF5VariableLengthDataset: HDF5Object, @unchecked Sendable {
             let memorySpace = H5Screate_simple(1, &extent, nil)
             guard memorySpace >= 0 else { throw failure("cannot make a dataspace") }
             defer { H5Sclose(memorySpace) }
+            let fileType = H5Dget_type(id)
+            let fileBase = fileType >= 0 ? H5Tget_super(fileType) : -1
+            let elementSize = fileBase >= 0 ? H5Tget_size(fileBase) : 0
+            if fileBase >= 0 { H5Tclose(fileBase) }
+            if fileType >= 0 { H5Tclose(fileType) }
+            guard elementSize > 0 else { throw failure("cannot read the element type") }
+            try checkVariableLengthReferences(count: 1, elementSize: elementSize, what: "element \(index)", firstElement: index) {
+                H5Dread(id, $0, memorySpace, fileSpace, hid_t(H5P_DEFAULT), $1)
+            }
             var sequence = hvl_t()
             guard H5Dread(id, memoryType, memorySpace, fileSpace, hid_t(H5P_DEFAULT), &sequence) >= 0 else {
                 throw failure("cannot read element \(index)")
@@ -156,7 +168,7 @@ public final class HDF5VariableLengthDataset: HDF5Object, @unchecked Sendable {
 extension HDF5Group {
     /// Opens an existing variable-length (ragged or string) dataset.
     public func variableLengthDataset(_ path: String) throws -> HDF5VariableLengthDataset {
-        try HDF5Library.call {
+        try HDF5Library.call(file.path) {
             let id = try openID()
             let full = childPath(path)
             guard contains(path) else { throw error("no such dataset", object: full) }
@@ -173,7 +185,7 @@ extension HDF5Dataset {
     /// expect and learn only while writing that some are missing.
     public func truncatingRows(to rows: Int) throws -> HDF5Dataset {
         guard !shape.isEmpty, rows >= 0, rows <= shape[0] else { throw error("cannot truncate shape \(shape) to \(rows) rows") }
-        return try HDF5Library.call {
+        return try HDF5Library.call(file.path) {
             let id = try openID()
             var extent = shape.map { hsize_t($0) }
             extent[0] = hsize_t(rows)
