@@ -788,7 +788,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--check", action="store_true", help="print the parameter count, the output shapes and the forward pass's "
-                        "multiply-adds per image (compare with Starling's row: parameters, trainFLOPsPerImage / 6), then one step's loss")
+                        "multiply-adds per image (compare with Starling's row: parameters, trainFLOPsPerImage / 6), then one "
+                        "training step's loss and the peak resident memory after it")
     parser.add_argument("--export", metavar="DIR", help="write the weights under Starling's names, one image and the float64 forward "
                         "pass for Launch/check-peers.sh (ssd300, yolov1, yolov2, yolov3)")
     args = parser.parse_args()
@@ -822,10 +823,14 @@ def main():
         with torch.no_grad(), counter:
             out = model(x[:1]) if type(model).forward is not nn.Module.forward else None
         shapes = [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out])] if out is not None else []
+        model.train()
         loss = loss_of(model, x)
         loss.backward()
+        optimizer.step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{args.entry}: {sum(p.numel() for p in model.parameters())} parameters, outputs {shapes}, "
-              f"{counter.get_total_flops() / 2:.6g} forward multiply-adds an image, loss {loss.item():.6g}")
+              f"{counter.get_total_flops() / 2:.6g} forward multiply-adds an image, loss {loss.item():.6g}, "
+              f"peak {peak:.0f} MB after one training step")
         return
 
     def step():
