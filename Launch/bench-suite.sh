@@ -8,6 +8,8 @@
 #   Launch/bench-suite.sh --quick          the quick entries, ~1.5 s of steps each (a few minutes on 2 cores)
 #   Launch/bench-suite.sh                  every entry, ~6 s of steps each (~30-40 min on 2 cores)
 #   ENTRIES="ssd7 unet-128" Launch/bench-suite.sh     these entries only
+#   ISA=avx2 Launch/bench-suite.sh --quick  both sides capped to AVX2 on an AVX-512 machine: the nearest this machine
+#                                          gets to an AVX2-only node (the header says so; the real one is still better)
 # Environment: STARLING_BIN (a release build of starling; built with swift build -c release otherwise), TORCH_VENV (default .build/torch-venv, created from pip when torch is missing), JEMALLOC (path of
 # libjemalloc.so.2; found under /usr/lib otherwise), OUT (the rows and the table; default Checkpoints/bench/suite-DATE).
 set -euo pipefail
@@ -45,6 +47,18 @@ fi
 echo "cpu: $(lscpu | sed -n "s/^Model name: *//p"), family $(lscpu | sed -n "s/^CPU family: *//p") model $(lscpu | sed -n "s/^Model: *//p"), $cores cores" | tee "$out/header.txt"
 "$bin" bench --suite-list | grep '^#' | tee -a "$out/header.txt" || true
 peers=$("$venv/bin/python" Launch/peer_suite.py --list)
+
+# ISA=avx2 caps every library on both sides by its own documented switch (a benchmark may set OPENBLAS_CORETYPE in its
+# own command; the kernels each side ran are printed with its rows). STARLING_GEMM=openblas keeps the GEMM an AVX2-only
+# node would run: there OpenBLAS's Haswell/Zen kernel matches the CPU and the rule keeps it.
+case "${ISA:-}" in
+  "") ;;
+  avx2)
+    export STARLING_KERNELS=avx2 STARLING_BLOCK=8 STARLING_GEMM=openblas OPENBLAS_CORETYPE=Haswell ONEDNN_MAX_CPU_ISA=AVX2
+    export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+    echo "capped to AVX2 on this CPU (ISA=avx2): STARLING_KERNELS=avx2 STARLING_BLOCK=8 STARLING_GEMM=openblas OPENBLAS_CORETYPE=Haswell ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2" | tee -a "$out/header.txt" ;;
+  *) echo "bench-suite.sh: ISA=${ISA} is not a cap this script knows (avx2)" >&2; exit 2 ;;
+esac
 
 starling() {   # ranks threads entry
   local log="$out/starling-$3-r$1-t$2.log"

@@ -763,7 +763,7 @@ def entry(name, gen):
         x = torch.randint(0, 256, (8, 3, size, size), generator=gen).float()
         targets = yolov1_targets(random_boxes(8, size, size, gen), [[1, 2, 3]] * 8, size, grid)
         return model, x, lambda m, images: yolov1_loss(m(images), targets, size)
-    unets = {"unet-128-w0.25": (8, 128, 128, 0.25, 2), "unet-128": (8, 128, 128, 1.0, 2),
+    unets = {"unet-128-w0.25": (8, 128, 128, 0.25, 2), "unet-128-w0.125": (8, 128, 128, 0.125, 2), "unet-128": (8, 128, 128, 1.0, 2),
              "unet-membrane": (4, 512, 512, 0.25, 2), "unet-camvid": (4, 180, 240, 0.25, 11)}
     if name in unets:
         batch, height, width, multiplier, classes = unets[name]
@@ -774,8 +774,8 @@ def entry(name, gen):
     return None
 
 
-SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128", "unet-membrane", "unet-camvid",
-           "ssd300", "yolov2", "yolov1", "yolov3"]
+SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane",
+           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 

@@ -44,8 +44,8 @@ public enum BenchmarkSuite {
 
     /// The course's batch sizes (issue 18's table; Launch/bench-autoencoders.sh) at each family's default input; the
     /// detectors at their papers' inputs and the YOLO comparison's batch 8 (issue 20); the region detectors at Fast
-    /// R-CNN's 2 images of 2,000 proposals; U-Net at issue 19's 128 x 128 batch 8 (the paper's width and a quarter of
-    /// it) and at the membrane (512 x 512) size and CamVid's (Launch/configs/unet-camvid.yaml: 180 x 240, four levels,
+    /// R-CNN's 2 images of 2,000 proposals; U-Net at issue 19's 128 x 128 batch 8 (the paper's width, a quarter and an
+    /// eighth of it) and at the membrane (512 x 512) size and CamVid's (Launch/configs/unet-camvid.yaml: 180 x 240, four levels,
     /// 11 classes) at the configs' width 0.25 and batch 4.
     public static let entries: [Entry] = [
         Entry("fc-ae", batch: 256, quick: true),
@@ -60,6 +60,8 @@ public enum BenchmarkSuite {
         Entry("yolov3-tiny", batch: 8, quick: true, note: "416x416"),
         Entry("unet-128-w0.25", family: "unet", batch: 8, quick: true, note: "128x128, width 0.25",
               configure: unet(size: (128, 128), width: 0.25, classes: 2)),
+        Entry("unet-128-w0.125", family: "unet", batch: 8, quick: false, note: "128x128, width 0.125",
+              configure: unet(size: (128, 128), width: 0.125, classes: 2)),
         Entry("unet-128", family: "unet", batch: 8, quick: false, note: "128x128, width 1", configure: unet(size: (128, 128), width: 1, classes: 2)),
         Entry("unet-membrane", family: "unet", batch: 4, quick: false, note: "512x512, width 0.25",
               configure: unet(size: (512, 512), width: 0.25, classes: 2)),
