@@ -1,3 +1,4 @@
+import Foundation
 import StarlingCore
 import StarlingNN
 import StarlingONNX
@@ -9,8 +10,9 @@ import ONNXProto
 /// the RoI head's loss does not flow back through the proposals' coordinates).
 ///
 /// - Backbone: `VGGBackbone` (VGG16's convolutions with batch norm, stride 16), `width` its channel multiplier.
-/// - RPN (`RPNHead`, `AnchorGenerator`, `RPNTargets`, `Tensor.rpnLoss`, `ProposalLayer`): one level, three sizes
-///   (`anchor_size` s, 2s, 4s) x ratios 1:2, 1:1, 2:1; 256 anchors an image at 1:1 (`rpn_batch`); proposals by NMS at 0.7
+/// - RPN (`RPNHead`, `AnchorGenerator`, `RPNTargets`, `Tensor.rpnLoss`, `ProposalLayer`): one level, the sizes
+///   s 2^(k / m) for k < `anchor_octaves` m (`anchorSizes`: s = `anchor_size`, m = `anchor_scales_per_octave`; the
+///   defaults 3 and 1 give the paper's s, 2s, 4s) x ratios 1:2, 1:1, 2:1; 256 anchors an image at 1:1 (`rpn_batch`); proposals by NMS at 0.7
 ///   (`rpn_nms`), `rpn_pre_nms_train` / `rpn_post_nms_train` (2,000 / 2,000, torchvision's) in training and
 ///   `rpn_pre_nms_test` / `rpn_post_nms_test` (1,000 / 300: the paper's 300 proposals at test time, section 4.1) otherwise.
 /// - RoI head (`RoIHeads`): `rois_per_image` (128, py-faster-rcnn's) RoIs at `foreground_fraction` (0.25) from the
@@ -19,7 +21,10 @@ import ONNXProto
 /// - Loss: the RPN's plus the RoI head's, each normalised by its sampled anchors or RoIs over the global batch.
 ///
 /// Anchors: with a dataset, `anchor_size` defaults to the paper's 128 scaled from its ~600-pixel shorter side to the
-/// data's (at least 8); without one (VOC at 375 x 500), 128, the paper's 128, 256, 512.
+/// data's (at least 8); without one (VOC at 375 x 500), 128, the paper's 128, 256, 512. Data whose boxes are small
+/// against the image (KITTI's cars) need smaller and denser sizes, as detectron2's users set `ANCHOR_GENERATOR.SIZES` per
+/// dataset: more octaves from a smaller s, and with `anchor_scales_per_octave` 2 or 3 the intermediate sizes of
+/// RetinaNet's anchors (detectron2's `[x, x 2^(1/3), x 2^(2/3)]`).
 ///
 /// Deviations from the paper: no ImageNet pretraining (hence batch norm in the backbone); one scale (the data's image
 /// size) instead of a shorter side of 600; anchors crossing the border are kept in training (torchvision's choice,
@@ -46,7 +51,8 @@ public final class FasterRCNN: TwoStageDetector {
 
     /// The options a user may set (`--width-multiplier`, `--option NAME=VALUE`) and their defaults.
     public static let defaults: [String: Double] = [
-        "width": 0.25, "hidden": 1024, "rois_per_image": 128, "foreground_fraction": 0.25, "anchor_size": 128,
+        "width": 0.25, "hidden": 1024, "rois_per_image": 128, "foreground_fraction": 0.25,
+        "anchor_size": 128, "anchor_octaves": 3, "anchor_scales_per_octave": 1,
         "rpn_batch": 256, "rpn_positive_fraction": 0.5, "rpn_nms": 0.7,
         "rpn_pre_nms_train": 2000, "rpn_post_nms_train": 2000, "rpn_pre_nms_test": 1000, "rpn_post_nms_test": 300,
     ]
@@ -58,10 +64,11 @@ public final class FasterRCNN: TwoStageDetector {
         }
         func option(_ name: String) -> Double { config.option(name, default: Self.defaults[name] ?? 0) }
         let (height, width) = (config.inputShape[1], config.inputShape[2])
-        let counts = ["hidden", "rois_per_image", "rpn_batch", "rpn_pre_nms_train", "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test"]
+        let counts = ["hidden", "rois_per_image", "anchor_octaves", "anchor_scales_per_octave", "rpn_batch", "rpn_pre_nms_train", "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test"]
         let fractions = ["foreground_fraction", "rpn_positive_fraction", "rpn_nms"]
-        guard option("width") > 0, option("anchor_size") > 0, counts.allSatisfy({ option($0) >= 1 }), fractions.allSatisfy({ (0...1).contains(option($0)) }) else {
-            throw ModelError.configuration(family: config.family, problem: "width and anchor_size must be positive, \(counts.joined(separator: ", ")) at least 1, \(fractions.joined(separator: ", ")) in [0, 1]")
+        guard option("width") > 0, option("anchor_size") > 0, counts.allSatisfy({ option($0) >= 1 && option($0) == option($0).rounded() }),
+              fractions.allSatisfy({ (0...1).contains(option($0)) }) else {
+            throw ModelError.configuration(family: config.family, problem: "width and anchor_size must be positive, \(counts.joined(separator: ", ")) whole numbers at least 1, \(fractions.joined(separator: ", ")) in [0, 1]")
         }
         guard height >= VGGBackbone.stride && width >= VGGBackbone.stride else {
             throw ModelError.configuration(family: config.family, problem: "images of \(height)x\(width) are smaller than the feature stride \(VGGBackbone.stride)")
@@ -69,8 +76,9 @@ public final class FasterRCNN: TwoStageDetector {
         self.config = config
         let store = parameters
         backbone = VGGBackbone(store, buffers: buffersStore, width: option("width"))
-        let size = Float(option("anchor_size"))
-        anchorGenerator = .singleLevel(sizes: [size, 2 * size, 4 * size], stride: VGGBackbone.stride)
+        anchorGenerator = .singleLevel(sizes: Self.anchorSizes(smallest: option("anchor_size"), octaves: Int(option("anchor_octaves")),
+                                                               scalesPerOctave: Int(option("anchor_scales_per_octave"))),
+                                       stride: VGGBackbone.stride)
         rpn = RPNHead(store, channels: backbone.channels, anchorsPerLocation: anchorGenerator.levels[0].anchorsPerLocation)
         rpnTargets = RPNTargets(batchSize: Int(option("rpn_batch")), positiveFraction: Float(option("rpn_positive_fraction")))
         let nms = Float(option("rpn_nms"))
@@ -86,6 +94,11 @@ public final class FasterRCNN: TwoStageDetector {
         parameters.allocate(rng: &rng)
         var unused = RandomGenerator(seed: 0)
         buffersStore.allocate(rng: &unused)
+    }
+
+    /// The RPN's anchor sizes: `smallest` 2^(k / `scalesPerOctave`) for k < `octaves` `scalesPerOctave`, smallest first.
+    public static func anchorSizes(smallest: Double, octaves: Int, scalesPerOctave: Int) -> [Float] {
+        (0..<(octaves * scalesPerOctave)).map { Float(smallest * pow(2, Double($0) / Double(scalesPerOctave))) }
     }
 
     public static func defaultConfig(height: Int = 375, width: Int = 500, classNames: [String] = VOC.classNames, widthMultiplier: Double = 0.25,
@@ -133,6 +146,15 @@ public final class FasterRCNN: TwoStageDetector {
         let samples = objects.indices.map { k in rpnTargets.sample(anchors: anchors, objects: objects[k], batch: batch, sample: k, training: training) }
         return RegionProposals(boxes: boxes, loss: Tensor.rpnLoss(objectness: objectness, deltas: deltas, samples: samples,
                                                                   crossReplica: crossReplica))
+    }
+
+    /// Each image's proposals from the RPN on `features` through `layer` (for example more of them than the model keeps,
+    /// to measure their recall: `starling proposals --checkpoint`), best first, without gradient.
+    public func proposals(features: Tensor, layer: ProposalLayer, imageHeight: Int, imageWidth: Int) -> [[ScoredBox]] {
+        GradMode.disabled {
+            let outputs = rpn([LayoutTensor(features)]).map { ($0.objectness.tensor, $0.deltas.tensor) }
+            return layer.proposals(objectness: outputs.map(\.0), deltas: outputs.map(\.1), anchors: [anchors], imageHeight: imageHeight, imageWidth: imageWidth)
+        }
     }
 
     public func loss(_ batch: Batch, training: Bool) -> Tensor {

@@ -82,13 +82,16 @@ extension [ModelFamily.Tunable] {
     ]
 
     /// Mask R-CNN's options (`MaskRCNN`): Faster R-CNN's with the backbone's depth and the mask head's width.
-    static let maskRCNN: [ModelFamily.Tunable] = fasterRCNN.map { $0.option == "width" ? .init("width", range: 0.001...4) : $0 }
+    /// (Its pyramid has one size a level, so not Faster R-CNN's octaves of anchor sizes.)
+    static let maskRCNN: [ModelFamily.Tunable] = fasterRCNN.filter { !["anchor_octaves", "anchor_scales_per_octave"].contains($0.option) }
+        .map { $0.option == "width" ? .init("width", range: 0.001...4) : $0 }
         + [.init("depth", range: 0.001...4), .init("mask_width", range: 1...4096)]
 
     /// Faster R-CNN's options (`FasterRCNN`): `--width-multiplier` and `--option NAME=VALUE`.
     static let fasterRCNN: [ModelFamily.Tunable] = [
         .init("width", range: 0.001...1), .init("hidden", range: 1...65536), .init("rois_per_image", range: 1...4096),
-        .init("foreground_fraction", range: 0...1), .init("anchor_size", range: 1...4096), .init("rpn_batch", range: 1...65536),
+        .init("foreground_fraction", range: 0...1), .init("anchor_size", range: 1...4096),
+        .init("anchor_octaves", range: 1...8), .init("anchor_scales_per_octave", range: 1...4), .init("rpn_batch", range: 1...65536),
         .init("rpn_positive_fraction", range: 0...1), .init("rpn_nms", range: 0...1), .init("rpn_pre_nms_train", range: 1...100_000),
         .init("rpn_post_nms_train", range: 1...100_000), .init("rpn_pre_nms_test", range: 1...100_000), .init("rpn_post_nms_test", range: 1...100_000),
     ]

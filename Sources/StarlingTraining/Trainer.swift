@@ -141,12 +141,15 @@ public final class Trainer {
             aware.crossReplica = CrossReplica(world)
             aware.synchronizeBatchNorm = options.synchronizeBatchNorm
         }
-        if let threads = options.calibrateThreads, threads > 1 { threadCalibration = ThreadCalibration(threads: threads) }
         state.seed = options.seed
         state.worldSize = world.size
         state.learningRateSchedule = requestedSchedule
         state.runConfiguration = options.runConfiguration
         if let resume { try restore(resume) }
+        // After the restore: the settling and the budget are shares of the steps left to train.
+        if let threads = options.calibrateThreads, threads > 1 {
+            threadCalibration = ThreadCalibration(threads: threads, plannedSteps: plannedSteps - state.step)
+        }
         // Started only now, so that a refusal above leaves no watch thread behind.
         watchdog.start()
         watchdog.at("the start-up agreement", step: state.step)
@@ -474,7 +477,8 @@ public final class Trainer {
         let times = zip(calibration.candidates, calibration.medianSecondsPerStep)
             .map { "\($0.0) thread\($0.0 == 1 ? "" : "s") \(formatMilliseconds($0.1))" }.joined(separator: ", ")
         log("threads: \(chosen), the faster over the first \(calibration.steps) steps (a step: \(times); median of " +
-            "\(calibration.secondsPerStep.count) round(s) of \(calibration.blockSteps ?? 1) step(s)); --blas-threads N fixes the count")
+            "\(calibration.secondsPerStep.count) round(s) of \(calibration.blockSteps ?? 1) timed step(s) a count, after " +
+            "\(calibration.settleSteps) on one thread); --blas-threads N fixes the count")
     }
 
     /// Four decimals, as in a file name.

@@ -71,6 +71,54 @@ func pennFudanFrames(height: Int = 96, width: Int = 128) throws -> (batch: Batch
         }
     }
 
+    /// Anchor sizes from `anchor_size` s, `anchor_octaves` and `anchor_scales_per_octave` m: s 2^(k / m), here 16 x 1,
+    /// 1.414, 2, ..., 11.31 (8 sizes, 24 anchors a location over the 4 x 10 map of 64 x 160), through the RPN's
+    /// proposals and loss; the options survive a checkpoint; a configuration without them (written before they existed)
+    /// keeps s, 2s, 4s; fractions are refused, and Mask R-CNN, whose pyramid has one size a level, does not take them.
+    @Test func anchorOctavesAndTheirRoundTrip() throws {
+        let names = ["background", "car"]
+        let family = try ModelRegistry.family(named: FasterRCNN.family)
+        var config = try family.configuration(for: DatasetDescription(path: "kitti.h5", sampleShape: [3, 64, 160], classNames: names))
+        #expect(config.options["anchor_size"] == 14)
+        for (name, value) in [("width", 0.0625), ("hidden", 16), ("anchor_size", 16), ("anchor_octaves", 4), ("anchor_scales_per_octave", 2)] {
+            config = try family.setting(name, to: value, in: config, flag: "--option \(name)")
+        }
+        let model = try #require(try family.build(config, seed: 1) as? FasterRCNN)
+        let sizes = model.anchorGenerator.levels[0].sizes
+        let expected: [Float] = [16, 22.627417, 32, 45.254834, 64, 90.509668, 128, 181.019336]
+        #expect(sizes.count == 8 && zip(sizes, expected).allSatisfy { abs($0 - $1) < 1e-4 })
+        #expect(model.anchorGenerator.levels[0].anchorsPerLocation == 24 && model.anchors.count == 4 * 10 * 24)
+        var rng = RandomGenerator(seed: 2)
+        var batch = Batch(images: Tensor(shape: [2, 3, 64, 160], values: (0..<(2 * 3 * 64 * 160)).map { _ in rng.uniform(0, 255) }),
+                          indices: [0, 1], epoch: 0, seed: 1)
+        batch.objects = [[Object(box: BoxCorners(xmin: 20, ymin: 20, xmax: 44, ymax: 36), classID: 1)], []]
+        let regions = GradMode.disabled { model.proposals(for: batch, features: model.features(batch.images, training: false), training: false) }
+        #expect(regions.boxes.count == 2 && regions.boxes.allSatisfy { !$0.isEmpty && $0.count <= 300 })
+        #expect(regions.loss.map { $0.data[0].isFinite && $0.data[0] > 0 } == true)
+        let path = Fixture.temporaryDirectory("faster-rcnn-octaves") + "/octaves.h5"
+        try Checkpoint.save(to: path, model: model, optimizer: nil as (any Optimizer)?, state: Checkpoint.TrainingState())
+        let loaded = try #require(try Checkpoint.load(from: path).model as? FasterRCNN)
+        #expect(loaded.config.options["anchor_octaves"] == 4 && loaded.config.options["anchor_scales_per_octave"] == 2)
+        #expect(loaded.anchorGenerator == model.anchorGenerator && loaded.anchors == model.anchors)
+
+        var older = config
+        older.options["anchor_octaves"] = nil
+        older.options["anchor_scales_per_octave"] = nil
+        let old = try #require(try family.build(older, seed: 1) as? FasterRCNN)
+        #expect(old.anchorGenerator.levels[0].sizes == [16, 32, 64])
+        #expect(FasterRCNN.anchorSizes(smallest: 41, octaves: 3, scalesPerOctave: 1) == [41, 82, 164])
+
+        var fractional = config
+        fractional.options["anchor_octaves"] = 2.5
+        #expect(throws: (any Error).self) { try family.build(fractional, seed: 1) }
+        do {
+            _ = try ModelRegistry.family(named: MaskRCNN.family).setting("anchor_octaves", to: 4, in: MaskRCNN.configuration(for: nil), flag: "--option anchor_octaves")
+            Issue.record("mask-rcnn took anchor_octaves")
+        } catch {
+            #expect("\(error)" == "model mask-rcnn has no option --option anchor_octaves")
+        }
+    }
+
     /// End to end on four real Penn-Fudan frames: the RPN and the RoI head learn together (Adam), the loss falls
     /// fivefold over 100 steps, and then every pedestrian is detected (class 1, IoU >= 0.5, confidence 0.5) from the RPN's own
     /// test-time proposals. Batch norm in training mode, as the other families' overfitting tests: the moving averages

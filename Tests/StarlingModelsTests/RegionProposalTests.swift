@@ -34,6 +34,18 @@ private func box(_ x0: Float, _ y0: Float, _ x1: Float, _ y1: Float) -> BoxCorne
         #expect(all[18] == box(-32, -32, 32, 32) && all[19] == box(0, -32, 64, 32))
     }
 
+    /// Anchors a (0, 0, 10, 10) and b (20, 0, 40, 20). Boxes: a itself (best IoU 1), a's top half (50 / 100 = 0.5),
+    /// (25, 5, 35, 15) inside b (100 / 400 = 0.25) and one far from both (0): three under 0.7, two under 0.5 and 0.3,
+    /// mean 1.75 / 4, median (0.25 + 0.5) / 2.
+    @Test func anchorCoverageByHand() {
+        let coverage = AnchorCoverage(boxes: [box(0, 0, 10, 10), box(0, 0, 10, 5), box(25, 5, 35, 15), box(100, 100, 110, 110)],
+                                      anchors: [box(0, 0, 10, 10), box(20, 0, 40, 20)])
+        #expect(coverage.bestIoU == [1, 0.5, 0.25, 0])
+        #expect(coverage.count(below: 0.7) == 3 && coverage.count(below: 0.5) == 2 && coverage.count(below: 0.3) == 2)
+        #expect(coverage.meanBestIoU == 0.4375 && coverage.medianBestIoU == 0.375)
+        #expect(AnchorCoverage(boxes: [], anchors: [box(0, 0, 1, 1)]).meanBestIoU == 0)
+    }
+
     // MARK: Targets and sampling
 
     /// Box T (0, 0, 10, 10) and box U (100, 100, 110, 110). Anchors: 0 is T (IoU 1), 1 T stretched down (0.83), 2 twice

@@ -4,13 +4,13 @@ import StarlingCore
 import StarlingDistributed
 @testable import StarlingModels
 
-/// The trainer's choice of thread count from its first steps (`ThreadCalibration`): the schedule of thread counts, the
+/// The trainer's choice of thread count from its steady steps (`ThreadCalibration`): the schedule of thread counts, the
 /// decision from given step times, and a real run that ends on the chosen count.
 @Suite(.serialized) struct ThreadCalibrationTests {
     /// Runs a calibration with a step time per thread count, as one process (the figures agreed as they are); returns
     /// the thread count of every step and the decision.
-    func simulate(threads: Int = 2, rounds: Int = 3, seconds: (Int, Int) -> Double) -> (schedule: [Int], chosen: Int?, calibration: ThreadCalibration) {
-        var calibration = ThreadCalibration(threads: threads, rounds: rounds, targetBlockSeconds: 0.0095)
+    func simulate(threads: Int = 2, plannedSteps: Int = 1000, rounds: Int = 3, seconds: (Int, Int) -> Double) -> (schedule: [Int], chosen: Int?, calibration: ThreadCalibration) {
+        var calibration = ThreadCalibration(threads: threads, plannedSteps: plannedSteps, rounds: rounds)
         var schedule: [Int] = []
         while calibration.chosen == nil && schedule.count < 1000 {
             let t = calibration.threadsForNextStep
@@ -21,24 +21,31 @@ import StarlingDistributed
     }
 
     @Test func keepsOneThreadWhenTwoAreSlower() {
-        // fc-ae's case: 1.2 ms a step on one thread, 2 ms on two.
+        // fc-ae's case: 1.2 ms a step on one thread, 2 ms on two, in a run of 1000 steps.
         let (schedule, chosen, calibration) = simulate { t, _ in t == 1 ? 0.0012 : 0.002 }
         #expect(chosen == 1)
-        // Warm-up 2, 1, 2; the last 2-thread step (2 ms) sets blocks of 9.5 ms / 2 ms, rounded up: 5 steps.
-        #expect(Array(schedule.prefix(3)) == [2, 1, 2])
-        #expect(calibration.blockSteps == 5)
-        // 2.0 / 1.2 = 1.67 > 1.5: decided after the first round, 2 then 1.
-        #expect(Array(schedule.dropFirst(3)) == Array(repeating: 2, count: 5) + Array(repeating: 1, count: 5))
-        #expect(calibration.secondsPerStep.count == 1)
-        #expect(calibration.steps == 13)
+        // Settling: 2 % of 1000 steps on one thread. Blocks: 30 ms / 1.2 ms wants 25 timed steps, but the rounds may
+        // take 6 % of the run, 60 steps: 6 blocks of 10, each a switch step and 9 timed ones.
+        #expect(calibration.settleSteps == 20 && calibration.budgetSteps == 60 && calibration.blockSteps == 9)
+        #expect(Array(schedule.prefix(20)) == Array(repeating: 1, count: 20))
+        // 2.0 / 1.2 = 1.67 > 1.5, but blocks of 9 steps of 1.2 ms are shorter than 30 ms, too short a sample to decide
+        // on one round: all three rounds, 2,1 / 1,2 / 2,1.
+        let blocks = Array(repeating: 2, count: 10) + Array(repeating: 1, count: 10)
+        #expect(Array(schedule.dropFirst(20)) == blocks + blocks.reversed() + blocks)
+        #expect(calibration.secondsPerStep.count == 3)
+        #expect(calibration.steps == 80)
+
+        // The same with 4 ms steps on one thread (blocks of 8 steps, 32 ms): decided after the first round.
+        let (_, early, longer) = simulate { t, _ in t == 1 ? 0.004 : 0.0065 }
+        #expect(early == 1 && longer.blockSteps == 8 && longer.secondsPerStep.count == 1 && longer.steps == 20 + 18)
     }
 
     @Test func keepsAllThreadsWhenTheyPay() {
-        // SSD7's case: 1.3 s on one thread, 0.7 s on two; blocks of one step.
-        let (schedule, chosen, calibration) = simulate { t, _ in t == 1 ? 1.3 : 0.7 }
+        // SSD7's case: 1.3 s on one thread, 0.7 s on two, a run of 200 steps; blocks of one timed step.
+        let (schedule, chosen, calibration) = simulate(plannedSteps: 200) { t, _ in t == 1 ? 1.3 : 0.7 }
         #expect(chosen == 2)
-        #expect(schedule == [2, 1, 2, 2, 1])
-        #expect(calibration.blockSteps == 1)
+        #expect(calibration.settleSteps == 4 && calibration.blockSteps == 1)
+        #expect(schedule == [1, 1, 1, 1, 2, 2, 1, 1])
     }
 
     @Test func closeCallsRunEveryRoundInAlternatingOrderAndTakeTheMedian() {
@@ -47,11 +54,11 @@ import StarlingDistributed
         // median does.
         let (schedule, chosen, calibration) = simulate { t, step in
             let base = t == 1 ? 0.0011 : 0.0010
-            return t == 2 && (3...12).contains(step) ? base * 1.4 : base
+            return t == 2 && (20...29).contains(step) ? base * 1.4 : base
         }
         #expect(chosen == 2)
-        #expect(calibration.blockSteps == 10)
-        let rounds = Array(schedule.dropFirst(3))
+        #expect(calibration.blockSteps == 9)
+        let rounds = Array(schedule.dropFirst(20))
         #expect(rounds.count == 60)
         let blocks = stride(from: 0, to: 60, by: 10).map { rounds[$0] }
         #expect(blocks == [2, 1, 1, 2, 2, 1])
@@ -64,19 +71,45 @@ import StarlingDistributed
         #expect(other == 1)
     }
 
+    @Test func neitherTheFirstStepsNorTheSwitchStepsAreTimed() {
+        // Two threads lose in the steady state (1.5 ms against 1.2 ms), but the first ten steps are slow on one thread
+        // (allocation, page faults) and the first step after each switch to one thread takes 20 ms: timed, those would
+        // make one thread look the slower (a block of nine with one such step averages 3.3 ms against 1.5).
+        let (schedule, chosen, calibration) = simulate { t, step in
+            if step < 10 { return 0.005 }
+            let switched = step > 0 && step >= 20 && (step - 20) % 10 == 0 && t == 1
+            return switched ? 0.02 : (t == 1 ? 0.0012 : 0.0015)
+        }
+        #expect(chosen == 1)
+        #expect(schedule.count == 80)
+        let medians = calibration.medianSecondsPerStep
+        #expect(abs(medians[0] - 0.0015) < 1e-12 && abs(medians[1] - 0.0012) < 1e-12)
+        // The block length comes from the settling's second half only (1.2 ms): 25 wanted, 9 affordable.
+        #expect(calibration.blockSteps == 9)
+    }
+
+    @Test func theSettlingAndTheBudgetAreSharesOfTheRun() {
+        func blocks(_ planned: Int, stepSeconds: Double) -> (settle: Int, block: Int?) {
+            var c = ThreadCalibration(threads: 2, plannedSteps: planned)
+            while c.blockSteps == nil { if let f = c.record(seconds: stepSeconds) { c.agree(f) } }
+            return (c.settleSteps, c.blockSteps)
+        }
+        // A short run: the shortest settling (4 steps) and blocks of one timed step (12 steps in the rounds).
+        #expect(blocks(100, stepSeconds: 0.001) == (4, 1))
+        // fc-ae's 400-step epoch: 8 steps, 24 in the rounds: 3 timed steps a block.
+        #expect(blocks(400, stepSeconds: 0.001) == (8, 3))
+        // A long run: the longest settling, and blocks of 30 ms, at most 32 steps.
+        #expect(blocks(100_000, stepSeconds: 0.002) == (40, 15))
+        #expect(blocks(100_000, stepSeconds: 1e-6) == (40, ThreadCalibration.maximumBlockSteps))
+        // Long steps: one timed step a block.
+        #expect(blocks(100_000, stepSeconds: 3.0) == (40, 1))
+    }
+
     @Test func oneThreadNeedsNoCalibration() {
-        let calibration = ThreadCalibration(threads: 1)
+        let calibration = ThreadCalibration(threads: 1, plannedSteps: 1000)
         #expect(calibration.chosen == 1 && calibration.threadsForNextStep == 1)
         var copy = calibration
         #expect(copy.record(seconds: 1) == nil && copy.steps == 0)
-    }
-
-    @Test func longStepsKeepBlocksOfOneAndShortOnesAreCapped() {
-        let (_, _, slow) = simulate { t, _ in t == 1 ? 5.0 : 3.0 }
-        #expect(slow.blockSteps == 1)
-        var fast = ThreadCalibration(threads: 2, targetBlockSeconds: 0.05)
-        for _ in 0..<3 { if let f = fast.record(seconds: 1e-6) { fast.agree(f) } }
-        #expect(fast.blockSteps == ThreadCalibration.maximumBlockSteps)
     }
 
     /// A real run: fc-ae trained with the calibration on. It ends on the thread count it chose, says so once in the
@@ -89,7 +122,7 @@ import StarlingDistributed
         func run(calibrate: Int?) throws -> (lines: [String], trainer: Trainer, weights: [Float]) {
             BLAS.setThreadCount(calibrate ?? 1)
             var o = TrainingOptions()
-            // 5 epochs of 93 steps: room for the longest calibration (3 + 3 rounds x 2 blocks x 64 steps = 387).
+            // 5 epochs of 93 steps: 9 settling steps, at most 27 in the rounds (6 % of 465).
             (o.epochs, o.batchSize, o.seed) = (5, 32, 5)
             o.outputDirectory = Fixture.temporaryDirectory("calibrate-\(calibrate ?? 1)")
             o.writeOutputs = false
@@ -107,7 +140,7 @@ import StarlingDistributed
         let chosen = try #require(calibration.chosen)
         #expect([1, 2].contains(chosen))
         #expect(BLAS.threadCount == chosen)
-        #expect(calibration.steps <= 387 && calibration.secondsPerStep.count >= 1)
+        #expect(calibration.settleSteps == 9 && calibration.steps <= 9 + 27 && calibration.secondsPerStep.count >= 1)
         let said = calibrated.lines.filter { $0.hasPrefix("threads: ") }
         #expect(said.count == 1 && said[0].hasPrefix("threads: \(chosen), the faster over the first \(calibration.steps) steps"), "\(said)")
         let fixed = try run(calibrate: nil)

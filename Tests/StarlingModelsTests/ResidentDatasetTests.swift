@@ -1,0 +1,35 @@
+import Testing
+import StarlingCore
+@testable import StarlingModels
+
+/// A small split is held in memory after its first batch (`ImageDataset.residentLimit`); its batches must be the
+/// ones read from the file, value for value, labels and order included.
+@Suite struct ResidentDatasetTests {
+    @Test func batchesFromMemoryEqualBatchesFromTheFile() throws {
+        let path = try Fixture.sampleHDF5()
+        let resident = try ImageDataset(path: path, split: "train")
+        let fromFile = try ImageDataset(path: path, split: "train", residentLimit: 0)
+        #expect(!resident.isResident)
+        var rng = RandomGenerator(seed: 3, stream: 0)
+        let size = resident.sampleSize
+        // Scattered rows, a run of consecutive ones, a repeated one, the first and the last.
+        var batches = (0..<4).map { _ in Array(rng.permutation(resident.count).prefix(37)) }
+        batches.append([5, 6, 7, 8, 2, 2, 0, resident.count - 1])
+        for indices in batches {
+            var a = [Float](repeating: -1, count: indices.count * size), b = a
+            let labelsA = try a.withUnsafeMutableBufferPointer { try resident.read(indices: indices, into: $0.baseAddress!) }
+            let labelsB = try b.withUnsafeMutableBufferPointer { try fromFile.read(indices: indices, into: $0.baseAddress!) }
+            #expect(a.map(\.bitPattern) == b.map(\.bitPattern))
+            #expect(labelsA == labelsB && labelsA != nil)
+            #expect(a.contains { $0 > 0 } && !a.contains { $0 < 0 || $0 > 1 })
+        }
+        #expect(resident.isResident && !fromFile.isResident)
+        // A bad index is refused as before, naming the file.
+        var out = [Float](repeating: 0, count: size)
+        #expect(throws: (any Error).self) { try out.withUnsafeMutableBufferPointer { _ = try resident.read(indices: [resident.count], into: $0.baseAddress!) } }
+        // A split larger than the limit is read from the file.
+        let small = try ImageDataset(path: path, split: "train", residentLimit: resident.count * size - 1)
+        _ = try out.withUnsafeMutableBufferPointer { try small.read(indices: [1], into: $0.baseAddress!) }
+        #expect(!small.isResident)
+    }
+}
