@@ -4,10 +4,13 @@ reads beside Starling's.
 
     python Launch/peer_suite.py --list                 entry names, and whether channels-last applies
     python Launch/peer_suite.py ENTRY --threads T [--channels-last] [--compile] [--seconds S]
+    python Launch/peer_suite.py ENTRY --check           parameters, output shapes, forward multiply-adds, one step's loss
+    python Launch/peer_suite.py ENTRY --export DIR      weights under Starling's names and a float64 forward pass
+                                                        (Launch/check-peers.sh: SSD300 and the YOLOs against Starling)
 
-Each network is written layer for layer after Starling's (Sources/StarlingAutoencoders, SSD7.swift, UNet.swift; yolov3-tiny
-from Launch/peer_yolov3_tiny.py), with the same widths; the row carries the parameter count, and the table flags a count
-that differs from Starling's. Timing: two warm-up steps, then as many steps as fit in --seconds (at least 2), forward,
+Each network is written layer for layer after Starling's (Sources/StarlingAutoencoders, SSD7.swift, SSD300.swift,
+YOLOv1.swift, YOLOv2.swift, YOLOv3.swift, UNet.swift; yolov3-tiny and the YOLO losses in Launch/peer_yolov3_tiny.py),
+with the same widths; the row carries the parameter count, and the table flags a count that differs from Starling's. Timing: two warm-up steps, then as many steps as fit in --seconds (at least 2), forward,
 loss, backward and Adam (Keras's epsilon 1e-7); inference is the forward pass and loss without gradients at the training
 batch, the best of three rounds. --compile runs the network through torch.compile (Inductor's C++ kernels, which fuse
 the element-wise passes between convolutions: batch norm, ELU, pooling) after warm-up steps that include the
@@ -37,6 +40,10 @@ DIFFERENCES = {
     "seq2seq-ae": "PyTorch's LSTM has a second bias vector (512 more parameters)",
     "conv-vae": "Keras's odd same padding below and right, PyTorch's symmetric (same shapes and FLOPs)",
     "yolov3-tiny": "targets assigned once (as Starling's encoder does it on the data thread)",
+    "ssd300": "SSD loss on fixed random matches (24 positive anchors an image, hard negatives 3:1) instead of matching the boxes each step",
+    "yolov2": "targets assigned once (as Starling's encoder does it on the data thread)",
+    "yolov3": "targets assigned once (as Starling's encoder does it on the data thread)",
+    "yolov1": "cells assigned once (as Starling's encoder does it on the data thread); the responsible predictor chosen in the step",
 }
 
 
@@ -293,6 +300,413 @@ def disc_labels(n, height, width, classes, gen):
     return labels
 
 
+# ---------------------------------------------------------------------------------------- SSD300 and the full-size YOLOs
+def random_matches(anchors, classes, n, gen, positives=24):
+    """Fixed anchor matches for the SSD peers (Starling matches on its data thread, outside the step): `positives`
+    random anchors an image with random object classes, random box offsets."""
+    labels = torch.zeros(n, anchors, dtype=torch.long)
+    offsets = torch.randn(n, anchors, 4, generator=gen) * 0.1
+    for i in range(n):
+        chosen = torch.randperm(anchors, generator=gen)[:positives]
+        labels[i, chosen] = 1 + torch.randint(0, classes - 1, (positives,), generator=gen)
+    return labels, offsets
+
+
+def ssd_loss(classes, boxes, labels, offsets, kernels, l2=5e-4):
+    """SSDLoss: softmax cross-entropy over the positives and the 3 x positives hardest negatives of the batch, smooth-L1
+    on the positives' offsets, over the positives; plus Keras's L2 penalty on `kernels`."""
+    positive = labels > 0
+    count = positive.sum().clamp(min=1)
+    ce = F.cross_entropy(classes.reshape(-1, classes.shape[-1]), labels.reshape(-1), reduction="none").view(labels.shape)
+    negatives = ce.masked_fill(positive, 0)
+    k = min(int(3 * count), negatives.numel())
+    hard = negatives.flatten().topk(k).values.sum()
+    localization = F.smooth_l1_loss(boxes[positive], offsets[positive], reduction="sum")
+    penalty = sum((w ** 2).sum() for w in kernels)
+    return (ce[positive].sum() + hard + localization) / count + l2 * penalty
+
+
+def random_boxes(n, height, width, gen, count=3, largest=120):
+    """Three boxes an image, sides 8 ... 120 pixels, as the Starling suite's synthetic detection samples."""
+    boxes = []
+    for _ in range(n):
+        image = []
+        for _ in range(count):
+            w = 8 + float(torch.rand(1, generator=gen)) * (min(largest, width) - 8)
+            h = 8 + float(torch.rand(1, generator=gen)) * (min(largest, height) - 8)
+            x, y = float(torch.rand(1, generator=gen)) * (width - w), float(torch.rand(1, generator=gen)) * (height - h)
+            image.append((x, y, x + w, y + h))
+        boxes.append(image)
+    return boxes
+
+
+class SSD300(nn.Module):
+    """SSD300 as SSD300.swift (ssd_keras's keras_ssd300.py): VGG-16 conv1_1 ... conv5_3 with ReLU and 2x2 same (ceil)
+    max-pooling, pool5 3x3 stride 1, fc6 3x3 dilated by 6, fc7 1x1, conv6_1/6_2 and conv7_1/7_2 (stride 2, padding
+    1), conv8_1/8_2 and conv9_1/9_2 (valid); no batch norm. Predictors (3x3) on conv4_3 (L2-normalised per pixel,
+    scale 20 per channel), fc7, conv6_2 ... conv9_2 with 4, 6, 6, 6, 4, 4 boxes a cell (8,732 anchors at 300 x 300).
+    Input minus the channel means (123, 117, 104); L2 5e-4 on every kernel. `width` multiplies every channel count."""
+
+    base = [64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512, "pool5"]
+    extras = [(256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1), (128, 1, 1, 0), (256, 3, 1, 0), (128, 1, 1, 0), (256, 3, 1, 0)]
+    boxes_per_cell = [4, 6, 6, 6, 4, 4]
+
+    def __init__(self, classes=21, width=1.0):
+        super().__init__()
+        ch = lambda c: max(4, round(c * width))
+        cin, predictor = 3, []
+        self.convs = nn.ModuleList()
+        for item in self.base:
+            if isinstance(item, int):
+                self.convs.append(nn.Conv2d(cin, ch(item), 3, padding=1))
+                cin = ch(item)
+        predictor.append(ch(512))                                          # conv4_3
+        self.fc6 = nn.Conv2d(cin, ch(1024), 3, padding=6, dilation=6)
+        self.fc7 = nn.Conv2d(ch(1024), ch(1024), 1)
+        cin = ch(1024)
+        predictor.append(cin)
+        self.extra = nn.ModuleList()
+        for k, (c, size, stride, pad) in enumerate(self.extras):
+            self.extra.append(nn.Conv2d(cin, ch(c), size, stride=stride, padding=pad))
+            cin = ch(c)
+            if k % 2:
+                predictor.append(cin)
+        self.conv4_3_scale = nn.Parameter(torch.full((predictor[0],), 20.0))
+        self.class_heads = nn.ModuleList(nn.Conv2d(c, b * classes, 3, padding=1) for c, b in zip(predictor, self.boxes_per_cell))
+        self.box_heads = nn.ModuleList(nn.Conv2d(c, b * 4, 3, padding=1) for c, b in zip(predictor, self.boxes_per_cell))
+        self.register_buffer("means", torch.tensor([123.0, 117.0, 104.0]).view(1, 3, 1, 1), persistent=False)
+        self.classes = classes
+
+    def forward(self, x):
+        h, features, k = x - self.means, [], 0
+        for item in self.base:
+            if item == "pool":
+                h = F.max_pool2d(h, 2, ceil_mode=True)
+            elif item == "pool5":
+                h = F.max_pool2d(h, 3, stride=1, padding=1)
+            else:
+                h = F.relu(self.convs[k](h), inplace=True)
+                k += 1
+                if k == 10:                                                # conv4_3_norm
+                    features.append(h * torch.rsqrt((h * h).sum(1, keepdim=True) + 1e-10) * self.conv4_3_scale.view(1, -1, 1, 1))
+        h = F.relu(self.fc7(F.relu(self.fc6(h), inplace=True)), inplace=True)
+        features.append(h)
+        for k, conv in enumerate(self.extra):
+            h = F.relu(conv(h), inplace=True)
+            if k % 2:
+                features.append(h)
+        n = x.shape[0]
+        classes = torch.cat([head(f).permute(0, 2, 3, 1).reshape(n, -1, self.classes) for head, f in zip(self.class_heads, features)], 1)
+        boxes = torch.cat([head(f).permute(0, 2, 3, 1).reshape(n, -1, 4) for head, f in zip(self.box_heads, features)], 1)
+        return classes, boxes
+
+    def kernels(self):
+        return [m.weight for m in self.modules() if isinstance(m, nn.Conv2d)]
+
+
+class DarknetConv(nn.Sequential):
+    """DarknetConvolution: a convolution with a bias (padding k // 2), batch norm with Keras's defaults, leaky ReLU 0.1."""
+
+    def __init__(self, cin, cout, k, stride=1):
+        super().__init__(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
+                         nn.LeakyReLU(0.1, inplace=True))
+
+
+class YOLOv2(nn.Module):
+    """YOLOv2 as YOLOv2.swift (darknet's yolov2-voc.cfg): Darknet-19 to layer 22 (max-pool 2/2 after layers 0, 2, 6, 10
+    and 16), layers 23 and 24 (conv 1024), the passthrough (layer 26: conv 64 1x1 on layer 16, pjreddie's reorg),
+    concatenated before layer 24's output, layer 29 (conv 1024) and the linear 1x1 output, 5 anchors x (5 + C)."""
+
+    darknet19 = [(32, 3, True), (64, 3, True), (128, 3, False), (64, 1, False), (128, 3, True), (256, 3, False), (128, 1, False),
+                 (256, 3, True), (512, 3, False), (256, 1, False), (512, 3, False), (256, 1, False), (512, 3, True),
+                 (1024, 3, False), (512, 1, False), (1024, 3, False), (512, 1, False), (1024, 3, False)]
+
+    def __init__(self, classes=5, width=1.0):
+        super().__init__()
+        ch = lambda c: max(4, round(c * width))
+        cin = 3
+        self.backbone = nn.ModuleList()
+        for f, k, _ in self.darknet19:
+            self.backbone.append(DarknetConv(cin, ch(f), k))
+            cin = ch(f)
+        self.detection = nn.Sequential(DarknetConv(ch(1024), ch(1024), 3), DarknetConv(ch(1024), ch(1024), 3))
+        reorg = 4 * max(1, round(16 * width))
+        self.passthrough = DarknetConv(ch(512), reorg, 1)
+        self.merge = DarknetConv(ch(1024) + 4 * reorg, ch(1024), 3)
+        self.output = nn.Conv2d(ch(1024), 5 * (5 + classes), 1)
+
+    @staticmethod
+    def reorg(x):
+        """pjreddie's reorg_cpu (YOLOv2.darknetReorg): [N, C, H, W] read as [N, C/4, 2H, 2W], ONNX's space-to-depth of
+        that, the result's memory read as [N, 4C, H/2, W/2]."""
+        n, c, h, w = x.shape
+        y = x.reshape(n, c // 4, h, 2, w, 2).permute(0, 3, 5, 1, 2, 4)      # [N, by, bx, C/4, H, W]
+        return y.reshape(n, 4 * c, h // 2, w // 2)
+
+    def forward(self, x):
+        h = x / 255
+        fine = None
+        for k, (layer, (_, _, pool)) in enumerate(zip(self.backbone, self.darknet19)):
+            h = layer(h)
+            if k == 12:                                                    # cfg layer 16
+                fine = h
+            if pool:
+                h = F.max_pool2d(h, 2)
+        h = self.detection(h)
+        h = torch.cat([self.reorg(self.passthrough(fine)), h], 1)
+        return [self.output(self.merge(h))]
+
+
+class YOLOv1(nn.Module):
+    """YOLOv1 as YOLOv1.swift (the paper's figure 3 with batch norm, darknet's later cfgs): 24 convolutions with batch
+    norm and leaky ReLU 0.1, max-pool 2/2 after the 1st, 2nd, 6th and 16th, a 4096-unit leaky layer and the linear
+    S x S x (5B + C) output read as [N, S, S, 5B + C]; no dropout (Starling has none)."""
+
+    def __init__(self, classes=5, boxes=2, grid=7, width=1.0):
+        super().__init__()
+        ch = lambda c: max(4, round(c * width))
+        plan = [(64, 7, 2, True), (192, 3, 1, True), (128, 1, 1, False), (256, 3, 1, False), (256, 1, 1, False), (512, 3, 1, True)]
+        plan += [(256, 1, 1, False), (512, 3, 1, False)] * 4 + [(512, 1, 1, False), (1024, 3, 1, True)]
+        plan += [(512, 1, 1, False), (1024, 3, 1, False)] * 2
+        plan += [(1024, 3, 1, False), (1024, 3, 2, False), (1024, 3, 1, False), (1024, 3, 1, False)]
+        self.pools = [pool for *_, pool in plan]
+        cin = 3
+        self.convs = nn.ModuleList()
+        for f, k, stride, _ in plan:
+            self.convs.append(DarknetConv(cin, ch(f), k, stride))
+            cin = ch(f)
+        self.hidden = nn.Linear(ch(1024) * grid * grid, ch(4096))
+        self.output = nn.Linear(ch(4096), grid * grid * (5 * boxes + classes))
+        self.grid, self.depth = grid, 5 * boxes + classes
+
+    def forward(self, x):
+        h = x / 255
+        for conv, pool in zip(self.convs, self.pools):
+            h = conv(h)
+            if pool:
+                h = F.max_pool2d(h, 2)
+        h = self.output(F.leaky_relu(self.hidden(h.flatten(1)), 0.1))
+        return h.view(-1, self.grid, self.grid, self.depth)
+
+
+def yolov1_targets(boxes, classes, size, grid):
+    """YOLOv1Head.assign: each box to the cell holding its centre (the later box keeps a cell): tensors of the image,
+    row, column, (x, y, sqrt w, sqrt h), class and the box in pixels."""
+    cells = {}
+    for n, image in enumerate(boxes):
+        for (x0, y0, x1, y1), c in zip(image, classes[n]):
+            cx, cy = (x0 + x1) / 2 / size * grid, (y0 + y1) / 2 / size * grid
+            col, row = min(int(cx), grid - 1), min(int(cy), grid - 1)
+            cells[(n, row, col)] = (cx - col, cy - row, ((x1 - x0) / size) ** 0.5, ((y1 - y0) / size) ** 0.5, c, (x0, y0, x1, y1))
+    keys = list(cells)
+    index = [torch.tensor([k[j] for k in keys]) for j in range(3)]
+    values = torch.tensor([cells[k][:4] for k in keys], dtype=torch.float32)
+    cls = torch.tensor([cells[k][4] for k in keys])
+    truth = torch.tensor([cells[k][5] for k in keys], dtype=torch.float32)
+    return index, values, cls, truth
+
+
+def yolov1_loss(out, targets, size, boxes=2, coord=5.0, noobj=0.5):
+    """YOLOv1Head's loss (equation 3 with darknet's rescore): the responsible predictor of each held cell chosen from the
+    current predictions (highest IoU with the box, else the smallest RMSE of x, y, w, h), squared errors, / images."""
+    (n, r, c), values, cls, truth = targets
+    grid = out.shape[1]
+    held = out[n, r, c]                                                    # [T, 5B + C]
+    pred = held[:, :5 * boxes].view(-1, boxes, 5)
+    with torch.no_grad():
+        cx = (c[:, None] + pred[..., 0]) / grid * size
+        cy = (r[:, None] + pred[..., 1]) / grid * size
+        w, h = pred[..., 2] ** 2 * size, pred[..., 3] ** 2 * size
+        iw = (torch.minimum(cx + w / 2, truth[:, None, 2]) - torch.maximum(cx - w / 2, truth[:, None, 0])).clamp(min=0)
+        ih = (torch.minimum(cy + h / 2, truth[:, None, 3]) - torch.maximum(cy - h / 2, truth[:, None, 1])).clamp(min=0)
+        area = (truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1])
+        iou = iw * ih / (w * h + area[:, None] - iw * ih)
+        centre = torch.stack([(truth[:, 0] + truth[:, 2]) / 2 / size, (truth[:, 1] + truth[:, 3]) / 2 / size,
+                              (truth[:, 2] - truth[:, 0]) / size, (truth[:, 3] - truth[:, 1]) / size], 1)
+        rmse = ((cx / size - centre[:, None, 0]) ** 2 + (cy / size - centre[:, None, 1]) ** 2
+                + (w / size - centre[:, None, 2]) ** 2 + (h / size - centre[:, None, 3]) ** 2).sqrt()
+        best = torch.where(iou.amax(1) > 0, iou.argmax(1), rmse.argmin(1))
+        target_confidence = iou.gather(1, best[:, None]).squeeze(1)
+        responsible = torch.zeros(out.shape[0], grid, grid, boxes, dtype=torch.bool)
+        responsible[n, r, c, best] = True
+    chosen = pred[torch.arange(pred.shape[0]), best]                       # [T, 5]
+    total = coord * ((chosen[:, :4] - values) ** 2).sum() + ((chosen[:, 4] - target_confidence) ** 2).sum()
+    confidence = out[..., 4:5 * boxes:5]
+    total = total + noobj * (confidence[~responsible] ** 2).sum()
+    total = total + ((held[:, 5 * boxes:] - F.one_hot(cls - 1, held.shape[1] - 5 * boxes).float()) ** 2).sum()
+    return total / out.shape[0]
+
+
+class YOLOv3(nn.Module):
+    """YOLOv3 as YOLOv3.swift (darknet's yolov3.cfg): Darknet-53 (conv 32, five stages of a 3x3 stride-2 convolution
+    and 1, 2, 8, 8, 4 residual blocks of 1x1 to half and 3x3 back), three branches (coarsest first) of a 1x1 lateral
+    and 2x upsampling concatenated before the stage's output (not on the coarsest), five alternating 1x1 and 3x3
+    convolutions, a 3x3 and the linear 1x1 output, 3 anchors x (5 + C)."""
+
+    def __init__(self, classes=5, width=1.0, depth=1.0, blocks=(1, 2, 8, 8, 4)):
+        super().__init__()
+        ch = lambda c: max(4, round(c * width))
+        self.stem = DarknetConv(3, ch(32), 3)
+        self.stages = nn.ModuleList()
+        for s, count in enumerate(blocks):
+            down = DarknetConv(ch(32 << s), ch(64 << s), 3, stride=2)
+            residuals = nn.ModuleList(nn.Sequential(DarknetConv(ch(64 << s), ch(32 << s), 1), DarknetConv(ch(32 << s), ch(64 << s), 3))
+                                      for _ in range(max(1, round(count * depth))))
+            self.stages.append(nn.ModuleList([down, residuals]))
+        self.laterals, self.necks, self.predicts, self.outputs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for k in range(3):
+            c = 512 >> k
+            cin = ch(1024)
+            if k > 0:
+                self.laterals.append(DarknetConv(ch(2 * c), ch(c), 1))
+                cin = ch(c) + ch(2 * c)
+            self.necks.append(nn.Sequential(DarknetConv(cin, ch(c), 1), DarknetConv(ch(c), ch(2 * c), 3), DarknetConv(ch(2 * c), ch(c), 1),
+                                            DarknetConv(ch(c), ch(2 * c), 3), DarknetConv(ch(2 * c), ch(c), 1)))
+            self.predicts.append(DarknetConv(ch(c), ch(2 * c), 3))
+            self.outputs.append(nn.Conv2d(ch(2 * c), 3 * (5 + classes), 1))
+
+    def forward(self, x):
+        h = self.stem(x / 255)
+        features = []
+        for down, residuals in self.stages:
+            h = down(h)
+            for block in residuals:
+                h = h + block(h)
+            features.append(h)
+        outputs, route = [], features[4]
+        for k in range(3):
+            if k > 0:
+                route = torch.cat([F.interpolate(self.laterals[k - 1](route), scale_factor=2, mode="nearest"), features[4 - k]], 1)
+            route = self.necks[k](route)
+            outputs.append(self.outputs[k](self.predicts[k](route)))
+        return outputs
+
+
+YOLOV3_ANCHORS = [(10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326)]
+YOLOV2_ANCHORS = [(w * 32, h * 32) for w, h in [(1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071)]]
+
+
+# ------------------------------------------------------------------------ weights under Starling's names (check-peers.sh)
+def darknet_state(conv, layer):
+    c, bn = conv[0], conv[1]
+    return [(f"conv_{layer}.weight", c.weight), (f"conv_{layer}.bias", c.bias), (f"bn_{layer}.weight", bn.weight),
+            (f"bn_{layer}.bias", bn.bias), (f"bn_{layer}.running_mean", bn.running_mean), (f"bn_{layer}.running_var", bn.running_var)]
+
+
+def conv_state(conv, name):
+    return [(f"{name}.weight", conv.weight), (f"{name}.bias", conv.bias)]
+
+
+def starling_state(name, model):
+    """The peer's weights under the names `starling convert --to safetensors` gives Starling's (PyTorchWeights), so that
+    `starling convert --from safetensors` loads them into Starling's network of the entry, checking every shape."""
+    out = []
+    if name == "ssd300":
+        names = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3",
+                 "conv5_1", "conv5_2", "conv5_3"]
+        for n, conv in zip(names, model.convs):
+            out += conv_state(conv, n)
+        out += conv_state(model.fc6, "fc6") + conv_state(model.fc7, "fc7")
+        for n, conv in zip([f"conv{k}_{j}" for k in range(6, 10) for j in (1, 2)], model.extra):
+            out += conv_state(conv, n)
+        out.append(("conv4_3_norm.gamma", model.conv4_3_scale))
+        predictors = ["conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"]
+        for n, head in zip(predictors, model.class_heads):
+            out += conv_state(head, f"{n}_mbox_conf")
+        for n, head in zip(predictors, model.box_heads):
+            out += conv_state(head, f"{n}_mbox_loc")
+    elif name == "yolov2":
+        for layer, conv in zip([0, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22], model.backbone):
+            out += darknet_state(conv, layer)
+        out += darknet_state(model.detection[0], 23) + darknet_state(model.detection[1], 24)
+        out += darknet_state(model.passthrough, 26) + darknet_state(model.merge, 29) + conv_state(model.output, "conv_30")
+    elif name == "yolov1":
+        for layer, conv in enumerate(model.convs):
+            out += darknet_state(conv, layer)
+        out += conv_state(model.hidden, "fc_0") + conv_state(model.output, "fc_1")
+    elif name == "yolov3":
+        layer = 0
+
+        def take(conv):
+            nonlocal layer
+            out.extend(darknet_state(conv, layer))
+            layer += 1
+        take(model.stem)
+        for down, residuals in model.stages:
+            take(down)
+            for block in residuals:
+                take(block[0])
+                take(block[1])
+                layer += 1                                                 # the [shortcut]
+        for k in range(3):
+            if k > 0:
+                layer += 1                                                 # route
+                take(model.laterals[k - 1])
+                layer += 2                                                 # upsample, route
+            for conv in model.necks[k]:
+                take(conv)
+            take(model.predicts[k])
+            out += conv_state(model.outputs[k], f"conv_{layer}")
+            layer += 2                                                     # the output convolution, yolo
+    else:
+        raise SystemExit(f"peer_suite.py: no Starling names for {name}")
+    return out
+
+
+def export_check(name, model, x, directory):
+    """Writes DIR/weights.safetensors (Starling's names, random batch-norm statistics so that inference uses them),
+    DIR/input.f32 (one image) and DIR/outputs.f64 with DIR/outputs.json: the peer's forward pass in float64 in
+    inference mode, in the rows Starling's ONNX export names (Launch/check-peers.sh compares them)."""
+    os.makedirs(directory, exist_ok=True)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    state = starling_state(name, model)
+    if sum(t.numel() for _, t in state) != sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))):
+        raise SystemExit("peer_suite.py: the Starling names do not cover every weight")
+    header, blobs, offset = {}, [], 0
+    for key, tensor in state:
+        data = tensor.detach().float().contiguous().numpy().tobytes()
+        header[key] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(os.path.join(directory, "weights.safetensors"), "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    image = x[:1].contiguous()
+    image.numpy().astype("<f4").tofile(os.path.join(directory, "input.f32"))
+    model = model.double().eval()
+    with torch.no_grad():
+        out = model(image.double())
+    n = image.shape[0]
+    if name == "ssd300":
+        rows = {"class_probabilities": out[0].softmax(-1), "box_offsets": out[1]}
+    elif name == "yolov1":
+        rows = {"predictions": out}
+    else:
+        # [N, A (5 + C), H, W] to rows [N, A H W, 5 + C], scale by scale, anchor by anchor, cell by cell (YOLOHead.onnxRows)
+        rows = {"predictions": torch.cat([o.reshape(n, len(a), -1, o.shape[2] * o.shape[3]).transpose(2, 3).reshape(n, -1, o.shape[1] // len(a))
+                                          for o, a in zip(out, YOLO_SCALES[name])], 1)}
+    meta = {}
+    with open(os.path.join(directory, "outputs.f64"), "wb") as f:
+        for key, value in rows.items():
+            meta[key] = list(value.shape)
+            f.write(value.contiguous().numpy().astype("<f8").tobytes())
+    with open(os.path.join(directory, "outputs.json"), "w") as f:
+        json.dump({"outputs": meta, "input": list(image.shape)}, f)
+
+
+YOLO_SCALES = {"yolov3": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov2": [[0, 1, 2, 3, 4]]}
+
+
 # ------------------------------------------------------------------------------------------------------------- entries
 def entry(name, gen):
     """(model, batch, inputs, loss closure taking the model and the images), or None when there is no peer."""
@@ -325,6 +739,30 @@ def entry(name, gen):
         targets = tiny.assign(boxes, [[1, 2, 3]] * 8, size, size, scales)
         truths = torch.tensor(boxes, dtype=torch.float32)
         return model, x, lambda m, images: tiny.yolo_loss(m(images), targets, truths, size, size, scales, classes)
+    if name == "ssd300":
+        model = SSD300()
+        x = torch.randint(0, 256, (8, 3, 300, 300), generator=gen).float()
+        labels, offsets = random_matches(8732, model.classes, 8, gen)
+        return model, x, lambda m, images: ssd_loss(*m(images), labels, offsets, m.kernels())
+    yolos = {"yolov3": (416, 32, [(13, 13, [6, 7, 8]), (26, 26, [3, 4, 5]), (52, 52, [0, 1, 2])], YOLOV3_ANCHORS, False),
+             "yolov2": (416, 32, [(13, 13, [0, 1, 2, 3, 4])], YOLOV2_ANCHORS, True)}
+    if name in yolos:
+        import peer_yolov3_tiny as tiny
+        size, _, scales, anchor_sizes, region = yolos[name]
+        classes = 5
+        model = YOLOv3(classes) if name == "yolov3" else YOLOv2(classes)
+        x = torch.randint(0, 256, (8, 3, size, size), generator=gen).float()
+        boxes = random_boxes(8, size, size, gen)
+        targets = tiny.assign(boxes, [[1, 2, 3]] * 8, size, size, scales, anchor_sizes)
+        truths = torch.tensor(boxes, dtype=torch.float32)
+        return model, x, lambda m, images: tiny.yolo_loss(m(images), targets, truths, size, size, scales, classes,
+                                                          anchor_sizes=anchor_sizes, region=region)
+    if name == "yolov1":
+        size, grid = 448, 7
+        model = YOLOv1(5)
+        x = torch.randint(0, 256, (8, 3, size, size), generator=gen).float()
+        targets = yolov1_targets(random_boxes(8, size, size, gen), [[1, 2, 3]] * 8, size, grid)
+        return model, x, lambda m, images: yolov1_loss(m(images), targets, size)
     unets = {"unet-128-w0.25": (8, 128, 128, 0.25, 2), "unet-128-w0.125": (8, 128, 128, 0.125, 2), "unet-128": (8, 128, 128, 1.0, 2),
              "unet-membrane": (4, 512, 512, 0.25, 2), "unet-camvid": (4, 180, 240, 0.25, 11)}
     if name in unets:
@@ -336,7 +774,8 @@ def entry(name, gen):
     return None
 
 
-SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane", "unet-camvid"]
+SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane",
+           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 
@@ -348,6 +787,11 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (forward, or the autoencoders' loss)")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--check", action="store_true", help="print the parameter count, the output shapes and the forward pass's "
+                        "multiply-adds per image (compare with Starling's row: parameters, trainFLOPsPerImage / 6), then one "
+                        "training step's loss and the peak resident memory after it")
+    parser.add_argument("--export", metavar="DIR", help="write the weights under Starling's names, one image and the float64 forward "
+                        "pass for Launch/check-peers.sh (ssd300, yolov1, yolov2, yolov3)")
     args = parser.parse_args()
     if args.list:
         for name in ENTRIES:
@@ -370,6 +814,24 @@ def main():
         name = "forward" if type(model).forward is not nn.Module.forward else "loss"
         setattr(model, name, torch.compile(getattr(model, name)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    if args.export:
+        export_check(args.entry, model, x, args.export)
+        return
+    if args.check:
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            out = model(x[:1]) if type(model).forward is not nn.Module.forward else None
+        shapes = [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out])] if out is not None else []
+        model.train()
+        loss = loss_of(model, x)
+        loss.backward()
+        optimizer.step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{args.entry}: {sum(p.numel() for p in model.parameters())} parameters, outputs {shapes}, "
+              f"{counter.get_total_flops() / 2:.6g} forward multiply-adds an image, loss {loss.item():.6g}, "
+              f"peak {peak:.0f} MB after one training step")
+        return
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -57,32 +57,38 @@ class YOLOv3Tiny(nn.Module):
         return [coarse, self.fine_out(self.fine(torch.cat([up, fine], 1)))]
 
 
-def assign(boxes, classes, height, width, scales):
-    """Per scale: (image, anchor, row, column, tx, ty, tw, th, weight, class) of each box's best anchor over all scales."""
+def assign(boxes, classes, height, width, scales, anchor_sizes=ANCHORS):
+    """Per scale: (image, anchor, row, column, tx, ty, tw, th, weight, class) of each box's best anchor over all scales;
+    `anchor_sizes` in pixels of the input (yolov3-tiny's by default; yolov3 and yolov2 pass theirs)."""
     out = [[] for _ in scales]
     for n, image in enumerate(boxes):
         for (x0, y0, x1, y1), c in zip(image, classes[n]):
             w, h = x1 - x0, y1 - y0
-            ious = [min(w, aw) * min(h, ah) / (w * h + aw * ah - min(w, aw) * min(h, ah)) for aw, ah in ANCHORS]
-            best = max(range(len(ANCHORS)), key=lambda k: ious[k])
+            ious = [min(w, aw) * min(h, ah) / (w * h + aw * ah - min(w, aw) * min(h, ah)) for aw, ah in anchor_sizes]
+            best = max(range(len(anchor_sizes)), key=lambda k: ious[k])
             for s, (gh, gw, anchors) in enumerate(scales):
                 if best in anchors:
                     cx, cy = (x0 + x1) / 2 / width * gw, (y0 + y1) / 2 / height * gh
                     col, row = min(int(cx), gw - 1), min(int(cy), gh - 1)
-                    out[s].append((n, anchors.index(best), row, col, cx - col, cy - row, math.log(w / ANCHORS[best][0]),
-                                   math.log(h / ANCHORS[best][1]), 2 - w * h / (width * height), c))
+                    out[s].append((n, anchors.index(best), row, col, cx - col, cy - row, math.log(w / anchor_sizes[best][0]),
+                                   math.log(h / anchor_sizes[best][1]), 2 - w * h / (width * height), c))
     return out
 
 
-def yolo_loss(outputs, targets, truths, height, width, scales, classes, ignore=0.7):
+def yolo_loss(outputs, targets, truths, height, width, scales, classes, ignore=0.7, anchor_sizes=ANCHORS, region=False):
+    """YOLOv3's loss (YOLOHead); `region` makes it darknet's region layer as YOLOHead.regionLayer() does for YOLOv2:
+    softmax cross-entropy over the classes, objectness 5/2 (sigmoid - IoU)^2 for the responsible predictions (the IoU
+    of the decoded prediction with its box, a constant) and 1/2 sigmoid^2 for the others, ignore threshold 0.6."""
+    if region:
+        ignore = 0.6
     total = outputs[0].new_zeros(())
     n = outputs[0].shape[0]
     for out, assigned, (gh, gw, anchors) in zip(outputs, targets, scales):
-        p = out.view(n, 3, 5 + classes, gh, gw)
+        p = out.view(n, len(anchors), 5 + classes, gh, gw)
         # Decoded boxes, for the ignore rule.
         ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        aw = torch.tensor([ANCHORS[k][0] for k in anchors], dtype=torch.float32).view(1, 3, 1, 1)
-        ah = torch.tensor([ANCHORS[k][1] for k in anchors], dtype=torch.float32).view(1, 3, 1, 1)
+        aw = torch.tensor([anchor_sizes[k][0] for k in anchors], dtype=torch.float32).view(1, -1, 1, 1)
+        ah = torch.tensor([anchor_sizes[k][1] for k in anchors], dtype=torch.float32).view(1, -1, 1, 1)
         with torch.no_grad():
             cx = (xs + torch.sigmoid(p[:, :, 0])) / gw * width
             cy = (ys + torch.sigmoid(p[:, :, 1])) / gh * height
@@ -93,7 +99,7 @@ def yolo_loss(outputs, targets, truths, height, width, scales, classes, ignore=0
             inter = iw * ih
             area_p = ((pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1]))[:, :, None]
             area_t = ((truths[..., 2] - truths[..., 0]) * (truths[..., 3] - truths[..., 1]))[:, None, :]
-            negative = (inter / (area_p + area_t - inter)).amax(-1).view(n, 3, gh, gw) <= ignore
+            negative = (inter / (area_p + area_t - inter)).amax(-1).view(n, len(anchors), gh, gw) <= ignore
         objectness = p[:, :, 4]
         if assigned:
             i, a, r, c = (torch.tensor([t[k] for t in assigned]) for k in range(4))
@@ -103,9 +109,25 @@ def yolo_loss(outputs, targets, truths, height, width, scales, classes, ignore=0
             chosen = p[i, a, :, r, c]
             total = total + (0.5 * weight * ((torch.sigmoid(chosen[:, 0]) - tx) ** 2 + (torch.sigmoid(chosen[:, 1]) - ty) ** 2
                                              + (chosen[:, 2] - tw) ** 2 + (chosen[:, 3] - th) ** 2)).sum()
-            total = total + F.softplus(-chosen[:, 4]).sum()
-            total = total + F.binary_cross_entropy_with_logits(chosen[:, 5:], F.one_hot(cls - 1, classes).float(), reduction="sum")
-        total = total + F.softplus(objectness[negative]).sum()
+            if region:
+                with torch.no_grad():   # the objectness target: IoU of the decoded prediction with the assigned box
+                    sw, sh = aw.view(-1)[a], ah.view(-1)[a]
+                    px, py = (c + torch.sigmoid(chosen[:, 0])) / gw * width, (r + torch.sigmoid(chosen[:, 1])) / gh * height
+                    pw, ph = torch.exp(chosen[:, 2]) * sw, torch.exp(chosen[:, 3]) * sh
+                    gx, gy = (c + tx) / gw * width, (r + ty) / gh * height
+                    gwid, ghei = torch.exp(tw) * sw, torch.exp(th) * sh
+                    iw = (torch.minimum(px + pw / 2, gx + gwid / 2) - torch.maximum(px - pw / 2, gx - gwid / 2)).clamp(min=0)
+                    ih = (torch.minimum(py + ph / 2, gy + ghei / 2) - torch.maximum(py - ph / 2, gy - ghei / 2)).clamp(min=0)
+                    iou = iw * ih / (pw * ph + gwid * ghei - iw * ih)
+                total = total + (2.5 * (torch.sigmoid(chosen[:, 4]) - iou) ** 2).sum()
+                total = total + F.cross_entropy(chosen[:, 5:], cls - 1, reduction="sum")
+            else:
+                total = total + F.softplus(-chosen[:, 4]).sum()
+                total = total + F.binary_cross_entropy_with_logits(chosen[:, 5:], F.one_hot(cls - 1, classes).float(), reduction="sum")
+        if region:
+            total = total + (0.5 * torch.sigmoid(objectness[negative]) ** 2).sum()
+        else:
+            total = total + F.softplus(objectness[negative]).sum()
     return total / n
 
 
