@@ -94,7 +94,7 @@ public final class ImageDataset: @unchecked Sendable {
         }
         if let resident {
             resident.withUnsafeBufferPointer { all in
-                let all = all.baseAddress!
+                guard let all = all.baseAddress else { return }   // an empty split: no index passed the check above
                 for (k, i) in sorted.enumerated() {
                     let (src, dst) = (all + i * size, out + k * size)
                     for j in 0..<size { dst[j] = Float(src[j]) * (1 / 255) }
@@ -114,7 +114,7 @@ public final class ImageDataset: @unchecked Sendable {
             k = end
         }
         scratch.withUnsafeBufferPointer { buf in
-            let src = buf.baseAddress!
+            guard let src = buf.baseAddress else { return }      // no indices, nothing read
             for j in 0..<need { out[j] = Float(src[j]) * (1 / 255) }
         }
         return labels.map { all in sorted.map { Int32(all[$0]) } }

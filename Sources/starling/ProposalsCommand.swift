@@ -70,14 +70,7 @@ struct ProposalsCommand: ParsableCommand {
             }
             let wall = Double(DispatchTime.now().uptimeNanoseconds - wallStart) / 1e9
             FileHandle.standardError.write(Data("\n".utf8))
-            print("\(recall.truths) ground-truth boxes (difficult ones left out)")
-            print("proposals  recall@0.5  recall@0.7")
-            for b in 0...recall.budgets.count {
-                let label = b < recall.budgets.count ? String(recall.budgets[b]) : "all"
-                let padded = label.count < 9 ? String(repeating: " ", count: 9 - label.count) + label : label
-                print(padded + String(format: "  %10.4f  %10.4f", recall.recall(budget: b, threshold: 0), recall.recall(budget: b, threshold: 1)))
-            }
-            print(String(format: "MABO (mean over classes of each box's best IoU with the kept proposals): %.4f", recall.meanAverageBestOverlap))
+            printRecallTable(recall)
             print(String(format: "proposals per image: %.1f (at most %d kept); seconds per image: %.3f searching (one thread an image), %.3f of wall time on %d thread%@",
                          recall.proposalsPerImage, keep, seconds / Double(count), wall / Double(count), threads, threads == 1 ? "" : "s"))
             if store {
@@ -90,6 +83,18 @@ struct ProposalsCommand: ParsableCommand {
 }
 
 extension ProposalsCommand {
+    /// The recall of the ground-truth boxes at IoU 0.5 and 0.7 against the number of proposals kept, and MABO.
+    func printRecallTable(_ recall: ProposalRecall) {
+        print("\(recall.truths) ground-truth boxes (difficult ones left out)")
+        print("proposals  recall@0.5  recall@0.7")
+        for b in 0...recall.budgets.count {
+            let label = b < recall.budgets.count ? String(recall.budgets[b]) : "all"
+            let padded = label.count < 9 ? String(repeating: " ", count: 9 - label.count) + label : label
+            print(padded + String(format: "  %10.4f  %10.4f", recall.recall(budget: b, threshold: 0), recall.recall(budget: b, threshold: 1)))
+        }
+        print(String(format: "MABO (mean over classes of each box's best IoU with the kept proposals): %.4f", recall.meanAverageBestOverlap))
+    }
+
     /// A Faster R-CNN checkpoint's RPN on the first `count` images of `dataset`, two at a time, batch norm in inference
     /// mode: the recall of its test-time proposals against their number, and the RoI minibatch its RoI head would
     /// sample from its training-time proposals (the ground-truth boxes added, as in training) without augmentation.
@@ -134,14 +139,7 @@ extension ProposalsCommand {
             FileHandle.standardError.write(Data(String(format: "\r%d/%d images, %.2f s an image", images, count, seconds / Double(images)).utf8))
         }
         FileHandle.standardError.write(Data("\n".utf8))
-        print("\(recall.truths) ground-truth boxes (difficult ones left out)")
-        print("proposals  recall@0.5  recall@0.7")
-        for b in 0...recall.budgets.count {
-            let label = b < recall.budgets.count ? String(recall.budgets[b]) : "all"
-            let padded = label.count < 9 ? String(repeating: " ", count: 9 - label.count) + label : label
-            print(padded + String(format: "  %10.4f  %10.4f", recall.recall(budget: b, threshold: 0), recall.recall(budget: b, threshold: 1)))
-        }
-        print(String(format: "MABO (mean over classes of each box's best IoU with the kept proposals): %.4f", recall.meanAverageBestOverlap))
+        printRecallTable(recall)
         print(String(format: "proposals per image: %.1f (at most %d kept); seconds per image: %.3f (backbone, RPN and proposal layer, batch 2)",
                      recall.proposalsPerImage, keep, seconds / Double(max(images, 1))))
         let n = Double(max(images, 1))

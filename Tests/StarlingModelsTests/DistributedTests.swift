@@ -294,7 +294,8 @@ import Testing
     /// every weight to 1e-4 of its tensor's largest value. Batch norm's betas start at zero and their gradients sum every
     /// pixel's with heavy cancellation, so the order of float32 sums (one process, or ranks) shows at ~1e-3 of their
     /// still small values: the floor of the scale, 0.1, is the size of the network's other weights.
-    func expectSameRun(_ one: String, _ other: String, family: String, epochs: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func expectSameRun(_ one: String, _ other: String, family: String, epochs: Int, relativeTolerance: Float = 1e-4,
+                       sourceLocation: SourceLocation = #_sourceLocation) throws {
         let (a, b) = (try epochLosses(one + "/\(family)-log.csv"), try epochLosses(other + "/\(family)-log.csv"))
         #expect(a.count == epochs && b.count == epochs, sourceLocation: sourceLocation)
         for (x, y) in zip(a, b) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(a) vs \(b)", sourceLocation: sourceLocation) }
@@ -304,7 +305,7 @@ import Testing
             let y = wb[name] ?? []
             let worst = zip(x, y).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
             let scale = x.reduce(Float(0)) { max($0, abs($1)) }
-            #expect(y.count == x.count && worst <= 1e-4 * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)", sourceLocation: sourceLocation)
+            #expect(y.count == x.count && worst <= relativeTolerance * max(scale, 0.1), "\(name): largest difference \(worst) at scale \(scale)", sourceLocation: sourceLocation)
         }
     }
 
