@@ -91,16 +91,17 @@ extension ConvGeometry {
 
     /// Where Winograd beat oneDNN's direct kernels, per layer and pass, on one thread of an AVX-512 core (AMD EPYC
     /// family 25 model 17, oneDNN 2.6.3's avx512_core kernels, the blocked layout 16 channels wide, reorders included;
-    /// `bench --only conv-algorithms`, BENCHMARKS.md "Winograd for the 3x3 convolutions"): 1.4-3.4x on every pass of
-    /// U-Net's, yolov3-tiny's and SSD7's layers of 32 channels or more, 1.2-1.5x on U-Net's 16-channel ones at 128 x 128.
-    /// It lost on three kinds of pass, which stay direct:
-    /// - a few input channels (an image: U-Net's 3 -> 64, 0.39x forward and 0.41x weight gradient), so both sides
+    /// `bench --only conv-algorithms`, BENCHMARKS.md "Winograd for the 3x3 convolutions"): 1.36-3.39x on every pass of
+    /// U-Net's, yolov3-tiny's and SSD7's conv2-conv5 layers of 32 channels or more, 1.05-1.35x on U-Net's 16-channel ones
+    /// at 128 x 128, 1.02-1.17x on SSD7's 9 x 15 conv6 and denoising-ae's 14 x 14 layers. It lost on three kinds of
+    /// pass, which stay direct:
+    /// - a few input channels (an image: U-Net's 3 -> 64, 0.29x forward and 0.39x weight gradient), so both sides
     ///   need at least 16 channels;
-    /// - small maps, where 4 x 4 output tiles waste much of their work at the border (denoising-ae's 7 x 7: level,
-    ///   1.03-1.06x), so both sides of the output need at least 8 pixels;
+    /// - small maps, where 4 x 4 output tiles waste much of their work at the border (denoising-ae's 7 x 7 won only
+    ///   tenths of a millisecond, and nothing smaller was measured), so both sides of the output need 8 pixels;
     /// - a pass that sums over fewer than 32 channels into more (16 -> 32 forward, 32 -> 16 input gradient) on maps
-    ///   below 32,768 pixels: U-Net's at width 0.25, 0.88x at 64 x 64 and 0.95x at 128 x 128, where yolov3-tiny's
-    ///   16 -> 32 forward on 208 x 208 won 1.42x.
+    ///   below 32,768 pixels: U-Net's at width 0.25, 0.88x at 64 x 64 and 0.87x at 128 x 128, where yolov3-tiny's
+    ///   16 -> 32 forward on 208 x 208 won 1.39x.
     func winogradPays(_ pass: ConvolutionPass) -> Bool {
         guard inChannels >= 16, outChannels >= 16, outHeight >= 8, outWidth >= 8 else { return false }
         // The channels a pass sums over and the channels it writes (the weight gradient sums over images and pixels).
