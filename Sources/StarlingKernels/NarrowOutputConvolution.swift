@@ -21,6 +21,10 @@ public struct NarrowConvolutionShape: Sendable {
         (self.kernelH, self.kernelW, self.padTop, self.padLeft) = (kernelH, kernelW, padTop, padLeft)
     }
 
+    /// Floats of scratch `NarrowOutputConvolution.forward` takes: the input padded to the taps' reach.
+    @inlinable
+    public func forwardScratch(block: Int) -> Int { blocks * (outHeight + kernelH - 1) * (outWidth + kernelW - 1) * block }
+
     /// The output columns tap column kw reaches inside the input: ox with 0 <= ox + kw - padLeft < width.
     @inlinable @inline(__always)
     public func columns(_ kw: Int) -> Range<Int> {
@@ -42,35 +46,68 @@ public enum NarrowOutputConvolution {
         }
     }
 
-    /// One image's output: y = bias + the convolution. `scratch` holds outWidth vectors.
+    /// One image's output: y = bias + the convolution. `scratch` holds `forwardScratch(block:)` floats: the image copied
+    /// with zero borders, so that each output pixel sums its taps in registers, four pixels at a time, without bounds
+    /// checks (summing into memory made the loop wait on its stores).
     @inlinable @inline(__always)
     public static func forward<V: BlockVector, M: MultiplyAdd>(_ s: NarrowConvolutionShape, x: UnsafePointer<Float>,
                                                                 weights: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                                                                 y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                                                                 _: V.Type, _: M.Type) {
-        let b = V.scalarCount, plane = s.height * s.width * b, taps = s.kernelH * s.kernelW
+        let b = V.scalarCount, taps = s.kernelH * s.kernelW
+        let (ph, pw) = (s.outHeight + s.kernelH - 1, s.outWidth + s.kernelW - 1)
+        scratch.initialize(repeating: 0, count: s.blocks * ph * pw * b)
+        // Input row iy lands on padded row iy + padTop, column ix on ix + padLeft (those inside the padded map).
+        let columns = max(0, -s.padLeft)..<min(s.width, pw - s.padLeft)
+        for cb in 0..<s.blocks {
+            for iy in max(0, -s.padTop)..<min(s.height, ph - s.padTop) where !columns.isEmpty {
+                (scratch + ((cb * ph + iy + s.padTop) * pw + columns.lowerBound + s.padLeft) * b)
+                    .update(from: x + ((cb * s.height + iy) * s.width + columns.lowerBound) * b, count: columns.count * b)
+            }
+        }
         for o in 0..<s.outChannels {
             for oy in 0..<s.outHeight {
-                for ox in 0..<s.outWidth { V(repeating: 0).store(scratch + ox &* b) }
-                for cb in 0..<s.blocks {
-                    for kh in 0..<s.kernelH {
-                        let iy = oy + kh - s.padTop
-                        guard iy >= 0 && iy < s.height else { continue }
-                        let row = x + cb * plane + iy * s.width * b
-                        for kw in 0..<s.kernelW {
-                            let w = V.load(weights + ((o * s.blocks + cb) * taps + kh * s.kernelW + kw) * b)
-                            let shifted = row + (kw - s.padLeft) * b
-                            for ox in s.columns(kw) {
-                                let acc = scratch + ox &* b
-                                M.multiplyAdd(V.load(shifted + ox &* b), w, V.load(acc)).store(acc)
+                let out = y + (o * s.outHeight + oy) * s.outWidth
+                var ox = 0
+                while ox < s.outWidth {
+                    let tile = min(4, s.outWidth - ox)
+                    var (a0, a1, a2, a3) = (V(repeating: 0), V(repeating: 0), V(repeating: 0), V(repeating: 0))
+                    for cb in 0..<s.blocks {
+                        for kh in 0..<s.kernelH {
+                            let row = scratch + ((cb * ph + oy + kh) * pw + ox) * b
+                            let w = weights + ((o * s.blocks + cb) * taps + kh * s.kernelW) * b
+                            for kw in 0..<s.kernelW {
+                                let wv = V.load(w + kw &* b), p = row + kw &* b
+                                a0 = M.multiplyAdd(V.load(p), wv, a0)
+                                if tile == 4 {
+                                    a1 = M.multiplyAdd(V.load(p + b), wv, a1)
+                                    a2 = M.multiplyAdd(V.load(p + 2 &* b), wv, a2)
+                                    a3 = M.multiplyAdd(V.load(p + 3 &* b), wv, a3)
+                                }
                             }
                         }
                     }
+                    out[ox] = bias[o] + laneSum(a0)
+                    if tile == 4 {
+                        out[ox + 1] = bias[o] + laneSum(a1)
+                        out[ox + 2] = bias[o] + laneSum(a2)
+                        out[ox + 3] = bias[o] + laneSum(a3)
+                        ox += 4
+                    } else {
+                        ox += 1
+                    }
                 }
-                let out = y + (o * s.outHeight + oy) * s.outWidth
-                for ox in 0..<s.outWidth { out[ox] = bias[o] + V.load(scratch + ox &* b).sum() }
             }
         }
+    }
+
+    /// The sum of a pixel's lanes as a tree of halves (SIMD's generic `sum()` compiled to a chain of 16 dependent adds).
+    @inlinable @inline(__always)
+    static func laneSum<V: BlockVector>(_ v: V) -> Float {
+        let eight: SIMD8<Float> = V.scalarCount == 16 ? { let w = unsafeBitCast(v, to: SIMD16<Float>.self); return w.lowHalf + w.highHalf }()
+            : unsafeBitCast(v, to: SIMD8<Float>.self)
+        let four = eight.lowHalf + eight.highHalf, two = four.lowHalf + four.highHalf
+        return two[0] + two[1]
     }
 
     /// One image's input gradient, written (`overwrite`) or added into dx [C/B, H, W, B]. `scratch` holds width vectors.
@@ -120,9 +157,8 @@ public enum NarrowOutputConvolution {
             for cb in 0..<s.blocks {
                 for kh in 0..<s.kernelH {
                     for kw in 0..<s.kernelW {
-                        // Four sums over alternate rows' halves would shorten the dependency chain; one row of 28 pixels
-                        // is short enough that two suffice.
-                        var (even, odd) = (V(repeating: 0), V(repeating: 0))
+                        // Four independent sums, so that multiply-adds overlap instead of waiting on one another.
+                        var (s0, s1, s2, s3) = (V(repeating: 0), V(repeating: 0), V(repeating: 0), V(repeating: 0))
                         let columns = s.columns(kw)
                         for oy in 0..<s.outHeight {
                             let iy = oy + kh - s.padTop
@@ -130,14 +166,19 @@ public enum NarrowOutputConvolution {
                             let gradientRow = dy + (o * s.outHeight + oy) * s.outWidth
                             let shifted = x + cb * plane + iy * s.width * b + (kw - s.padLeft) * b
                             var ox = columns.lowerBound
-                            while ox + 1 < columns.upperBound {
-                                even = M.multiplyAdd(V(repeating: gradientRow[ox]), V.load(shifted + ox &* b), even)
-                                odd = M.multiplyAdd(V(repeating: gradientRow[ox + 1]), V.load(shifted + (ox + 1) &* b), odd)
-                                ox += 2
+                            while ox + 3 < columns.upperBound {
+                                s0 = M.multiplyAdd(V(repeating: gradientRow[ox]), V.load(shifted + ox &* b), s0)
+                                s1 = M.multiplyAdd(V(repeating: gradientRow[ox + 1]), V.load(shifted + (ox + 1) &* b), s1)
+                                s2 = M.multiplyAdd(V(repeating: gradientRow[ox + 2]), V.load(shifted + (ox + 2) &* b), s2)
+                                s3 = M.multiplyAdd(V(repeating: gradientRow[ox + 3]), V.load(shifted + (ox + 3) &* b), s3)
+                                ox += 4
                             }
-                            if ox < columns.upperBound { even = M.multiplyAdd(V(repeating: gradientRow[ox]), V.load(shifted + ox &* b), even) }
+                            while ox < columns.upperBound {
+                                s0 = M.multiplyAdd(V(repeating: gradientRow[ox]), V.load(shifted + ox &* b), s0)
+                                ox += 1
+                            }
                         }
-                        (even + odd).store(partial + ((o * s.blocks + cb) * taps + kh * s.kernelW + kw) * b)
+                        ((s0 + s1) + (s2 + s3)).store(partial + ((o * s.blocks + cb) * taps + kh * s.kernelW + kw) * b)
                     }
                 }
             }
