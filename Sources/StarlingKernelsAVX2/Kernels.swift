@@ -134,9 +134,9 @@ extension FusedKernels {
                                     probabilities p: UnsafeMutablePointer<Float>) -> Double {
         // The terms loop (written over scalars, so it vectorises as wide as the build allows: sixteen lanes in the AVX-512
         // module) into a chunk that stays in L1, then the chunk summed as `LossKernels.bceLogitsSum` sums its lanes: the
-        // same bits. `LossKernels.bceLogitsSum` is written on SIMD8 and stays eight lanes wide there; this ran fc-ae's
-        // 200,704 logits 2.1x faster in the AVX-512 build and as fast in the AVX2 one (BENCHMARKS.md, "The fully
-        // connected autoencoders' step").
+        // same bits. `LossKernels.bceLogitsSum` is written on SIMD8 and stays eight lanes wide there; this runs 1.3-1.9x
+        // faster in the AVX-512 build and level in the AVX2 one (`bench --only kernels`; BENCHMARKS.md, "The fully connected
+        // autoencoders' step").
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 4096) { chunk in
             let terms = chunk.baseAddress!
             var total = 0.0
