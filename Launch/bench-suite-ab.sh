@@ -6,7 +6,9 @@
 # and layout the medians of A and B, the ratio B / A of the medians and the range of the per-round ratios.
 #   A=/path/to/main/starling B=.build/release/starling ROUNDS=5 Launch/bench-suite-ab.sh fc-ae sparse-ae deep-ae
 #   A=.build/release/starling B=.build/release/starling Launch/bench-suite-ab.sh sparse-ae    # one build: its spread
-# LAYOUTS (default "1x1 1x2 2x1") chooses the layouts, as RANKSxTHREADS.
+#   A=BIN B=BIN A_ENV="STARLING_GEMM=openblas" B_ENV="STARLING_GEMM=dnnl" Launch/bench-suite-ab.sh fc-ae   # one build, two settings
+# LAYOUTS (default "1x1 1x2 2x1") chooses the layouts, as RANKSxTHREADS; A_ENV and B_ENV (VAR=value ...) each side's
+# environment (local ranks inherit mpirun's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=${A:?A=path of the first starling binary}
@@ -20,17 +22,18 @@ mpi_root=()
 runs=$(mktemp)
 trap 'rm -f "$runs"' EXIT
 field() { sed -nE "s/.*\"$1\":([0-9.e+-]+).*/\1/p"; }
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); A=$a B=$b"
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); A=${A_ENV:-} $a; B=${B_ENV:-} $b"
 said=
 for round in $(seq 1 "$rounds"); do
   for entry in "${entries[@]}"; do
     for layout in $layouts; do
       for side in A B; do
-        bin=$a; [ "$side" = B ] && bin=$b
-        row=$(timeout -k 10 600 mpirun -np "${layout%x*}" "${mpi_root[@]}" --bind-to none "$bin" bench --suite --quick \
+        bin=$a; settings=${A_ENV:-}
+        [ "$side" = B ] && { bin=$b; settings=${B_ENV:-}; }
+        row=$(env $settings timeout -k 10 600 mpirun -np "${layout%x*}" "${mpi_root[@]}" --bind-to none "$bin" bench --suite --quick \
           --entries "$entry" --threads "${layout#*x}" 2>&1 | grep '^suite-row ' || true)
         if [ -z "$row" ]; then echo "round $round $entry $layout $side: failed"; continue; fi
-        [ -n "$said" ] || { said=1; echo "kernels: $(echo "$row" | sed -nE 's/.*"kernels":"([^"]*)".*/\1/p')"; }
+        case " $said " in *" $side "*) ;; *) said="$said $side"; echo "kernels $side: $(echo "$row" | sed -nE 's/.*"kernels":"([^"]*)".*/\1/p')" ;; esac
         train=$(echo "$row" | field trainImagesPerSecond); infer=$(echo "$row" | field inferenceImagesPerSecond)
         ms=$(for k in forward backward allreduce optimizer data; do echo "$row" | field "$k"; done | awk '{ printf "%.2f ", $1 * 1000 }')
         printf 'round %s %-10s %s %s: training %8.0f images/s, inference %8.0f; ms fwd/bwd/allreduce/optim/data %s\n' \
