@@ -250,6 +250,17 @@ final class DNNLConvPlan: @unchecked Sendable {
         /// Both blocked sides (if any) 8 wide: the layout Starling's own convolution kernels are written for.
         var eightWide: Bool { (!sourceBlocked || sourceWidth == 8) && (!destinationBlocked || destinationWidth == 8) }
 
+        /// Whether oneDNN must compute in the caller's 8-channel blocks rather than choose its layout: where a blocked
+        /// side of 8-channel blocks holds a channel count that is not a multiple of 16 (a 16-wide model's layers of 8 or
+        /// 24 channels). Left to choose, oneDNN's AVX-512 kernels pad such a side to 16-channel blocks: a convolution of 8
+        /// to 8 channels computed 16 x 16 (4x its multiply-adds) with a reorder 8 <-> 16 around each pass (U-Net at an
+        /// eighth of the width: its first level's layers took half of oneDNN's time for a quarter of the FLOPs,
+        /// BENCHMARKS.md). Fixed to nChw8c it runs its AVX2 kernels on them, unpadded, with no reorder; on AVX2 CPUs
+        /// (8-channel blocks everywhere) it chose nChw8c anyway.
+        func keepsEightChannelBlocks(inChannels: Int, outChannels: Int) -> Bool {
+            (sourceBlocked && sourceWidth == 8 && inChannels % 16 != 0) || (destinationBlocked && destinationWidth == 8 && outChannels % 16 != 0)
+        }
+
         static func tag(_ blocked: Bool, width: Int) -> dnnl_format_tag_t {
             blocked ? (width == 16 ? dnnl_aBcd16b : dnnl_aBcd8b) : dnnl_nchw
         }
@@ -297,8 +308,12 @@ final class DNNLConvPlan: @unchecked Sendable {
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
         biasUser = DNNL.descriptor([g.outChannels], dnnl_x)
 
-        var source = DNNL.descriptor([images, g.inChannels, g.height, g.width], dnnl_format_tag_any)
-        var destination = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], dnnl_format_tag_any)
+        let eightChannelBlocks = layouts.keepsEightChannelBlocks(inChannels: g.inChannels, outChannels: g.outChannels)
+        func computeTag(_ blocked: Bool, _ width: Int) -> dnnl_format_tag_t {
+            eightChannelBlocks && blocked && width == 8 ? dnnl_aBcd8b : dnnl_format_tag_any
+        }
+        var source = DNNL.descriptor([images, g.inChannels, g.height, g.width], computeTag(layouts.sourceBlocked, inBlock))
+        var destination = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], computeTag(layouts.destinationBlocked, outBlock))
         var weights = g.groups == 1
             ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_format_tag_any)
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_format_tag_any)
