@@ -120,6 +120,8 @@ import Testing
             let g = ConvGeometry(input: x.shape, weight: w.shape, stride: (1, 1), padding: padding, dilation: (1, 1), groups: 1)
             let plan = try #require(DNNLConvPlans.plan(g, images: g.dnnlChunk, variant: .backward, layouts: layouts))
             let backwardData = try #require(plan.backwardData), backwardWeights = try #require(plan.backwardWeights)
+            #expect(!plan.runsReferenceKernels)
+            #expect(plan.keepsEightChannelBlocks == layouts.keepsEightChannelBlocks(inChannels: cin, outChannels: cout))
             if blockedInput && inWidth == 8 {
                 for md in [plan.forward.md(dnnl_query_src_md), backwardData.md(dnnl_query_diff_src_md), backwardWeights.md(dnnl_query_src_md)] {
                     #expect(DNNL.equal(md, plan.sourceUser), "\(cin) -> \(cout): oneDNN copies the 8-channel source into its own layout")

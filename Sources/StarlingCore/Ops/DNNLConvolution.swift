@@ -281,7 +281,11 @@ final class DNNLConvPlan: @unchecked Sendable {
 
     private struct ReorderKey: Hashable { let role: Int; let accumulate: Bool }
 
-    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar) {
+    /// Whether this plan computes in the caller's 8-channel blocks (`Layouts.keepsEightChannelBlocks`).
+    let keepsEightChannelBlocks: Bool
+
+    /// `keepingEightChannelBlocks: false` lets oneDNN choose every layout, as for other channel counts.
+    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar, keepingEightChannelBlocks: Bool = true) {
         guard DNNL.engine != nil else { return nil }
         self.images = images
         overwritesInputGradient = layouts.sourceBlocked
@@ -308,7 +312,8 @@ final class DNNLConvPlan: @unchecked Sendable {
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
         biasUser = DNNL.descriptor([g.outChannels], dnnl_x)
 
-        let eightChannelBlocks = layouts.keepsEightChannelBlocks(inChannels: g.inChannels, outChannels: g.outChannels)
+        let eightChannelBlocks = keepingEightChannelBlocks && layouts.keepsEightChannelBlocks(inChannels: g.inChannels, outChannels: g.outChannels)
+        keepsEightChannelBlocks = eightChannelBlocks
         func computeTag(_ blocked: Bool, _ width: Int) -> dnnl_format_tag_t {
             eightChannelBlocks && blocked && width == 8 ? dnnl_aBcd8b : dnnl_format_tag_any
         }
@@ -359,6 +364,16 @@ final class DNNLConvPlan: @unchecked Sendable {
         else { return nil }
         self.backwardData = backwardData
         self.backwardWeights = backwardWeights
+    }
+
+    /// Whether oneDNN gave any of this plan's primitives its reference implementation (plain loops, ~1,000x slower
+    /// than its JIT kernels): what it falls back to for a layout none of its kernels for this CPU computes in.
+    var runsReferenceKernels: Bool {
+        [forward, backwardData, backwardWeights].compactMap { $0 }.contains { primitive in
+            var info: UnsafePointer<CChar>?
+            guard dnnl_primitive_desc_query(primitive.descriptor, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info else { return false }
+            return String(cString: info).hasPrefix("ref")
+        }
     }
 
     /// Makes the reorders this plan's calls need now instead of on first use (see `ConvGeometry.prepareDNNLBackward`).
@@ -496,7 +511,12 @@ enum DNNLConvPlans {
         lock.lock()
         defer { lock.unlock() }
         if let plan = plans[key] { return plan }
-        let plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts)
+        var plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts)
+        // 8-channel blocks are what oneDNN's AVX2 and SSE4.1 kernels compute in, so every x86 CPU with a JIT kernel has
+        // one for them; should a CPU have none, its own layout with reorders is still far faster than reference loops.
+        if let fixed = plan, fixed.keepsEightChannelBlocks, fixed.runsReferenceKernels {
+            plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, keepingEightChannelBlocks: false)
+        }
         plan?.prepareReorders()
         plans[key] = plan
         return plan
