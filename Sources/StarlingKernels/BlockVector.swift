@@ -24,6 +24,11 @@ public protocol BlockVector: SIMD where Scalar == Float {
     static func select(_ a: Self, _ b: Self, where mask: Lanes) -> Self
     /// c + a b, rounded once.
     static func fusedMultiplyAdd(_ a: Self, _ b: Self, _ c: Self) -> Self
+    /// 2x2 pooling windows' 2-bit indices, one a lane (lane l in bits 2l and 2l + 1): bit 1 set in `lower` lanes, bit 0
+    /// where the maximum is the right input of its row (`bottomRight` in lower lanes, `topRight` elsewhere).
+    static func packedWindowIndices(lower: Lanes, topRight: Lanes, bottomRight: Lanes) -> UInt32
+    /// The lanes whose window index (`packedWindowIndices`) is 0, 1, 2 and 3.
+    static func windowLanes(_ packed: UInt32) -> (Lanes, Lanes, Lanes, Lanes)
     /// 2^n from `shifted` = t + `magic` (`VectorMath.exp`'s rounding trick), n = round(t) read from its low mantissa bits.
     static func powerOfTwo(fromShifted shifted: Self, magic: Float) -> Self
 }
@@ -51,6 +56,20 @@ extension SIMD8: BlockVector where Scalar == Float {
     @inlinable @inline(__always) public static func union(_ a: Lanes, _ b: Lanes) -> Lanes { a .| b }
     @inlinable @inline(__always) public static func select(_ a: Self, _ b: Self, where mask: Lanes) -> Self { a.replacing(with: b, where: mask) }
     @inlinable @inline(__always) public static func fusedMultiplyAdd(_ a: Self, _ b: Self, _ c: Self) -> Self { c.addingProduct(a, b) }
+    /// Each lane's shift in a packed word of window indices.
+    @inlinable static var windowShifts: SIMD8<Int32> { SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14) }
+    @inlinable @inline(__always)
+    public static func packedWindowIndices(lower: Lanes, topRight: Lanes, bottomRight: Lanes) -> UInt32 {
+        let zero = SIMD8<Int32>(repeating: 0)
+        let right = (lower .& bottomRight) .| (.!lower .& topRight)
+        let index = zero.replacing(with: 2, where: lower) | zero.replacing(with: 1, where: right)
+        return UInt32(bitPattern: (index &<< windowShifts).wrappedSum())   // disjoint bits: the sum is their union
+    }
+    @inlinable @inline(__always)
+    public static func windowLanes(_ packed: UInt32) -> (Lanes, Lanes, Lanes, Lanes) {
+        let index = (SIMD8<Int32>(repeating: Int32(bitPattern: packed)) &>> windowShifts) & 3
+        return (index .== 0, index .== 1, index .== 2, index .== 3)
+    }
     @inlinable @inline(__always)
     public static func powerOfTwo(fromShifted shifted: Self, magic: Float) -> Self {
         let n = unsafeBitCast(shifted, to: SIMD8<UInt32>.self) &- magic.bitPattern
@@ -73,6 +92,20 @@ extension SIMD16: BlockVector where Scalar == Float {
     @inlinable @inline(__always) public static func union(_ a: Lanes, _ b: Lanes) -> Lanes { a .| b }
     @inlinable @inline(__always) public static func select(_ a: Self, _ b: Self, where mask: Lanes) -> Self { a.replacing(with: b, where: mask) }
     @inlinable @inline(__always) public static func fusedMultiplyAdd(_ a: Self, _ b: Self, _ c: Self) -> Self { c.addingProduct(a, b) }
+    /// Each lane's shift in a packed word of window indices.
+    @inlinable static var windowShifts: SIMD16<Int32> { SIMD16<Int32>(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) }
+    @inlinable @inline(__always)
+    public static func packedWindowIndices(lower: Lanes, topRight: Lanes, bottomRight: Lanes) -> UInt32 {
+        let zero = SIMD16<Int32>(repeating: 0)
+        let right = (lower .& bottomRight) .| (.!lower .& topRight)
+        let index = zero.replacing(with: 2, where: lower) | zero.replacing(with: 1, where: right)
+        return UInt32(bitPattern: (index &<< windowShifts).wrappedSum())   // disjoint bits: the sum is their union
+    }
+    @inlinable @inline(__always)
+    public static func windowLanes(_ packed: UInt32) -> (Lanes, Lanes, Lanes, Lanes) {
+        let index = (SIMD16<Int32>(repeating: Int32(bitPattern: packed)) &>> windowShifts) & 3
+        return (index .== 0, index .== 1, index .== 2, index .== 3)
+    }
     @inlinable @inline(__always)
     public static func powerOfTwo(fromShifted shifted: Self, magic: Float) -> Self {
         let n = unsafeBitCast(shifted, to: SIMD16<UInt32>.self) &- magic.bitPattern
