@@ -29,9 +29,10 @@ public enum TrainingData {
     /// `validationSplit` nil: the kind's usual split (`test` for image sets, as the Keras tutorial validates on the
     /// test set; `val` otherwise); "none": no validation. `augment`: detection's box-aware augmentation of training
     /// images (ssd_keras's chain) and segmentation's mask-aware one (`SegmentationAugmentation`: flip, zoom and crop,
-    /// and with `elastic` the U-Net paper's elastic deformation), drawn from (seed, epoch, sample).
+    /// with `elastic` the U-Net paper's elastic deformation, with `photometric` SSD's colour distortions of the image),
+    /// drawn from (seed, epoch, sample).
     public static func open(_ kind: DataKind, path: String, trainSplit: String, validationSplit: String?, augment: Bool,
-                            seed: UInt64, elastic: Bool = false) throws -> (train: any TrainingSource, validation: (any TrainingSource)?) {
+                            seed: UInt64, elastic: Bool = false, photometric: Bool = false) throws -> (train: any TrainingSource, validation: (any TrainingSource)?) {
         switch kind {
         case .images:
             let split = validationSplit ?? "test"
@@ -55,7 +56,7 @@ public enum TrainingData {
                 throw DataError(file: path, message: "/\(trainSplit) has no instance masks (instance_offsets); this model trains on instance data")
             }
             let (height, width, void) = (dataset.imageHeight, dataset.imageWidth, dataset.voidLabel)
-            let augmentation = SegmentationAugmentation(elastic: elastic)
+            let augmentation = SegmentationAugmentation(elastic: elastic, photometric: photometric)
             let train = SegmentationSource(dataset: dataset, augment: augment ? { pixels, map, instances, epoch, index in
                 augmentation.apply(pixels: pixels, classMap: map, instances: instances, height: height, width: width, voidLabel: void,
                                    seed: seed, epoch: epoch, sampleIndex: index)

@@ -75,6 +75,7 @@ enum RunConfiguration {
         Key(section: "data", name: "val_limit", flag: "--val-limit", kind: .integer) { int($0.flags.valLimit) },
         Key(section: "data", name: "augment", flag: "--augment", kind: .toggle) { bool($0.augment) },
         Key(section: "data", name: "elastic", flag: "--elastic", kind: .toggle) { bool($0.elastic) },
+        Key(section: "data", name: "photometric", flag: "--photometric", kind: .toggle) { bool($0.photometric) },
         Key(section: "optimizer", name: "name", flag: "--optimizer", kind: .text) { text($0.flags.optimizer) },
         Key(section: "optimizer", name: "lr", flag: "--lr", kind: .number) { number($0.flags.lr) },
         Key(section: "optimizer", name: "momentum", flag: "--momentum", kind: .number) { number($0.flags.momentum) },

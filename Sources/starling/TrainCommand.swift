@@ -201,6 +201,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Continue from this checkpoint (weights, optimizer state, step, epoch, data cursor).") var resume: String?
     @Flag(inversion: .prefixedNo, help: "Detection data: ssd_keras's photometric and geometric augmentation of training images; segmentation data: flips, zoom and crop moving the masks with the images.") var augment = true
     @Flag(inversion: .prefixedNo, help: "Segmentation data: add the U-Net paper's elastic deformation (3x3 grid, 10 px) to the augmentation (membranes).") var elastic = false
+    @Flag(inversion: .prefixedNo, help: "Segmentation data: add SSD's photometric distortions of the image (brightness, contrast, saturation, hue; the labels untouched) to the augmentation.") var photometric = false
     @Option(help: "Anchor sizes for the families that take them (YOLO), as `starling anchors --out` writes them.") var anchorsFrom: String?
     @Option(help: "The network's input, HEIGHTxWIDTH, for the families that letterbox into it (YOLO: multiples of 32; default: the data's size rounded up to them).") var networkSize: String?
     @Option(help: "Multiply every layer's channels, for families that take it (ssd300: 1 is the paper's network; 0.25 or less trains on a CPU).") var widthMultiplier: Double?
@@ -225,7 +226,7 @@ struct TrainCommand: ParsableCommand {
             try reportingErrors {
                 let family = try ModelRegistry.family(named: model)
                 let (train, validation) = try TrainingData.open(family.dataKind, path: data, trainSplit: trainSplit, validationSplit: valSplit,
-                                                                augment: augment, seed: flags.seed, elastic: elastic)
+                                                                augment: augment, seed: flags.seed, elastic: elastic, photometric: photometric)
                 var config = try family.configuration(for: train.datasetDescription)
                 if let widthMultiplier {
                     config = try family.setting("width", to: widthMultiplier, in: config, flag: "--width-multiplier")

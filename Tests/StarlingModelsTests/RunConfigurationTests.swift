@@ -29,6 +29,7 @@ import Testing
           path: membrane.h5
           augment: false
           elastic: true
+          photometric: true
         optimizer:
           name: sgd
           lr: 0.01
@@ -49,7 +50,7 @@ import Testing
         let fromFile = try parse(["--config", file])
         #expect(fromFile.model == "unet" && fromFile.data == "membrane.h5")
         #expect(fromFile.widthMultiplier == 0.25 && fromFile.familyOptions == ["levels=4.0", "border_weight=10.0"])
-        #expect(fromFile.augment == false && fromFile.elastic && fromFile.flags.syncBn)
+        #expect(fromFile.augment == false && fromFile.elastic && fromFile.photometric && fromFile.flags.syncBn)
         #expect(fromFile.flags.optimizer == "sgd" && fromFile.flags.lr == 0.01 && fromFile.flags.epochs == 5)
         #expect(fromFile.flags.lrSchedule == "cosine" && fromFile.flags.cosineMinLr == 0.0001 && fromFile.flags.earlyStopping == 3)
         #expect(fromFile.ranks == 2 && fromFile.config == file)
@@ -110,7 +111,7 @@ import Testing
         let resolved = try RunConfiguration.resolved(from: command, source: file)
         let again = try parse(["--config", try write(resolved, "resolved.yaml")])
         #expect(again.flags.epochs == 9 && again.valSplit == "none" && again.familyOptions == ["levels=3.0", "border_weight=10.0"])
-        #expect(again.flags.options.schedule == command.flags.options.schedule && again.flags.syncBn && again.elastic)
+        #expect(again.flags.options.schedule == command.flags.options.schedule && again.flags.syncBn && again.elastic && again.photometric)
         let body = { (text: String) in text.split(separator: "\n").filter { !$0.hasPrefix("#") } }
         #expect(body(try RunConfiguration.resolved(from: again, source: nil)) == body(resolved))
     }

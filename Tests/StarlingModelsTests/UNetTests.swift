@@ -177,6 +177,43 @@ private func expectGradientMatchesFiniteDifferences(_ x: Tensor, eps: Float = 1e
         #expect(Set(a.classMap).isSubset(of: [0, 2, 255]))
     }
 
+    /// The photometric option changes only the image's values: the class map, the instance masks and every geometric draw
+    /// are those of the same sample without it, equal colours stay equal (each step is a function of a pixel's value),
+    /// the same (seed, epoch, sample) gives the same image, and some samples come out changed.
+    @Test func photometricAugmentationLeavesTheLabelsAndTheGeometry() {
+        let (h, w) = (24, 32)
+        var pixels = [UInt8](repeating: 0, count: h * w * 3), map = [UInt8](repeating: 0, count: h * w)
+        for p in 0..<(h * w) {
+            let stripe = (p % w) / 8
+            map[p] = UInt8(stripe)
+            for c in 0..<3 { pixels[3 * p + c] = UInt8(40 + 50 * stripe + 20 * c) }
+        }
+        var geometric = SegmentationAugmentation()
+        geometric.scales = 1...1
+        geometric.flip = false
+        var coloured = geometric
+        coloured.photometric = true
+        var changed = 0
+        for sample in 0..<8 {
+            let a = geometric.apply(pixels: pixels, classMap: map, instances: [map.map { $0 == 1 ? 1 : 0 }], height: h, width: w, voidLabel: 255,
+                                    seed: 3, epoch: 1, sampleIndex: sample)
+            let b = coloured.apply(pixels: pixels, classMap: map, instances: [map.map { $0 == 1 ? 1 : 0 }], height: h, width: w, voidLabel: 255,
+                                   seed: 3, epoch: 1, sampleIndex: sample)
+            let again = coloured.apply(pixels: pixels, classMap: map, instances: nil, height: h, width: w, voidLabel: 255,
+                                       seed: 3, epoch: 1, sampleIndex: sample)
+            #expect(a.classMap == map && b.classMap == a.classMap && b.instances == a.instances)
+            #expect(a.pixels == pixels)
+            #expect(b.pixels == again.pixels)
+            var colourOf: [[UInt8]: [UInt8]] = [:]
+            for p in 0..<(h * w) {
+                let input = Array(pixels[(3 * p)..<(3 * p + 3)]), output = Array(b.pixels[(3 * p)..<(3 * p + 3)])
+                if let seen = colourOf[input] { #expect(seen == output) } else { colourOf[input] = output }
+            }
+            if b.pixels != a.pixels { changed += 1 }
+        }
+        #expect(changed >= 4, "the photometric steps changed \(changed) of 8 samples (each happens with probability 1/2)")
+    }
+
     /// Instance data through the training source with augmentation on: each moved mask lies on its class in the moved
     /// class map, each object's box is its moved mask's tight box, and a second read gives the same batch.
     @Test func augmentedInstancesStayWithTheirMasks() throws {

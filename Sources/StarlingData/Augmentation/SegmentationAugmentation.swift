@@ -10,6 +10,11 @@ import StarlingNN
 /// is resampled once: bilinearly for the image, nearest for the class map and the instance masks (no class appears that
 /// was not there). Source points outside the image give black pixels, void labels and no instance.
 ///
+/// With `photometric`, the image's values are then distorted as SSD's augmentation does (`DetectionAugmentation`'s
+/// brightness, contrast, saturation and hue, each with probability 1/2, in one of its two orders); the labels are
+/// untouched. Off by default (torchvision's segmentation reference has no colour distortion); it is for held-out
+/// scenes lit unlike the training ones, such as CamVid's darker 0001TP sequence.
+///
 /// Random draws come from (seed, epoch, sample index) only, so a sample is augmented alike on any number of ranks and
 /// in a resumed run.
 public struct SegmentationAugmentation: Sendable {
@@ -18,18 +23,41 @@ public struct SegmentationAugmentation: Sendable {
     public var elastic = false
     public var grid = 3
     public var sigma: Float = 10
+    public var photometric = false
     /// Separates this stream from the other per-sample draws (`Batch.randomStream`'s purposes).
     static let purpose: UInt64 = 0x5E6_A06
+    /// The photometric draws' own stream, so that turning them on leaves every geometric draw as it was.
+    static let photometricPurpose: UInt64 = 0x5E6_C01
 
-    public init(elastic: Bool = false) { self.elastic = elastic }
+    /// SSD's photometric steps alone: every geometric step of the detection chain has probability 0.
+    static let photometricSteps: DetectionAugmentation = {
+        var steps = DetectionAugmentation.none
+        let defaults = DetectionAugmentation()
+        steps.brightnessProbability = defaults.brightnessProbability
+        steps.contrastProbability = defaults.contrastProbability
+        steps.saturationProbability = defaults.saturationProbability
+        steps.hueProbability = defaults.hueProbability
+        return steps
+    }()
+
+    public init(elastic: Bool = false, photometric: Bool = false) {
+        self.elastic = elastic
+        self.photometric = photometric
+    }
 
     /// One sample: pixels H x W x 3, its class map and instance masks (H x W each), transformed alike.
     public func apply(pixels: [UInt8], classMap: [UInt8], instances: [[UInt8]]?, height: Int, width: Int, voidLabel: UInt8,
                       seed: UInt64, epoch: Int, sampleIndex: Int) -> (pixels: [UInt8], classMap: [UInt8], instances: [[UInt8]]?) {
         var rng = RandomGenerator(seed: seed, stream: Self.purpose, UInt64(epoch), UInt64(sampleIndex))
         let map = sourcePoints(height: height, width: width, rng: &rng)
-        return Self.resample(pixels: pixels, classMap: classMap, instances: instances, height: height, width: width, voidLabel: voidLabel,
-                             sourceX: map.x, sourceY: map.y)
+        var out = Self.resample(pixels: pixels, classMap: classMap, instances: instances, height: height, width: width, voidLabel: voidLabel,
+                                sourceX: map.x, sourceY: map.y)
+        if photometric {
+            var toneRNG = RandomGenerator(seed: seed, stream: Self.photometricPurpose, UInt64(epoch), UInt64(sampleIndex))
+            var noObjects: [Object] = []
+            Self.photometricSteps.apply(pixels: &out.pixels, objects: &noObjects, height: height, width: width, rng: &toneRNG)
+        }
+        return out
     }
 
     /// For every output pixel, the point of the source image it shows (pixel centres at integer coordinates).
