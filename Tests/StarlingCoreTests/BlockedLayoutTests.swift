@@ -1,3 +1,4 @@
+import CDNNL
 import Testing
 @testable import StarlingCore
 
@@ -86,6 +87,51 @@ import Testing
             }
             expectClose(blocked.output, reference.output, tolerance: 1e-4)
             for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+        }
+    }
+
+    /// U-Net's first level at an eighth of the width in a 16-wide pass: 8-channel sides stay in 8-channel blocks (3 -> 8
+    /// from the NCHW image, 8 -> 8, the concatenation's 16 channels in two 8-channel blocks -> 8, 8 -> 16 into the next
+    /// level, 8 -> 2 into the NCHW classifier output; and 24 -> 24, 8 -> 24). oneDNN computes in those blocks as they
+    /// are (its plans' source and destination are the caller's memory, no padded copy) and the values and gradients
+    /// are the NCHW convolution's.
+    @Test func narrowLayersComputeInEightChannelBlocks() throws {
+        for (cin, cout, inWidth, outWidth, kernel) in [(3, 8, 0, 8, 3), (8, 8, 8, 8, 3), (16, 8, 8, 8, 3), (8, 16, 8, 16, 3), (8, 2, 8, 0, 1),
+                                                       (24, 24, 8, 8, 3), (8, 24, 8, 8, 3)] {
+            let (blockedInput, blockedOutput) = (inWidth > 0, outWidth > 0)
+            let padding: Padding = kernel == 1 ? .valid : .same
+            let x = randomVariable([2, cin, 6, 25], seed: 91), w = randomVariable([cout, cin, kernel, kernel], seed: 92)
+            let b = randomVariable([cout], seed: 93)
+            try #require(Tensor.canConvolveBlocked(input: x.shape, weight: w.shape, stride: (1, 1), padding: padding, blockedInput: blockedInput,
+                                                   blockedOutput: blockedOutput, width: blockedOutput ? outWidth : 8,
+                                                   inputWidth: blockedInput ? inWidth : nil))
+            let reference = run([x, w, b]) { $0[0].conv2d($0[1], bias: $0[2], stride: (1, 1), padding: padding) }
+            let blocked = run([x, w, b]) { t in
+                let y = (blockedInput ? t[0].blocked(width: inWidth) : t[0])
+                    .conv2dBlocked(t[1], bias: t[2], stride: (1, 1), padding: padding, blockedOutput: blockedOutput, width: blockedOutput ? outWidth : nil)
+                return blockedOutput ? y.unblocked() : y
+            }
+            expectClose(blocked.output, reference.output, tolerance: 1e-4)
+            for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+
+            let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput, sourceWidth: blockedInput ? inWidth : 8,
+                                               destinationWidth: blockedOutput ? outWidth : 8)
+            #expect(layouts.keepsEightChannelBlocks(inChannels: cin, outChannels: cout) == (cin % 16 != 0 && blockedInput || cout % 16 != 0 && blockedOutput))
+            let g = ConvGeometry(input: x.shape, weight: w.shape, stride: (1, 1), padding: padding, dilation: (1, 1), groups: 1)
+            let plan = try #require(DNNLConvPlans.plan(g, images: g.dnnlChunk, variant: .backward, layouts: layouts))
+            let backwardData = try #require(plan.backwardData), backwardWeights = try #require(plan.backwardWeights)
+            #expect(!plan.runsReferenceKernels)
+            #expect(plan.keepsEightChannelBlocks == layouts.keepsEightChannelBlocks(inChannels: cin, outChannels: cout))
+            if blockedInput && inWidth == 8 {
+                for md in [plan.forward.md(dnnl_query_src_md), backwardData.md(dnnl_query_diff_src_md), backwardWeights.md(dnnl_query_src_md)] {
+                    #expect(DNNL.equal(md, plan.sourceUser), "\(cin) -> \(cout): oneDNN copies the 8-channel source into its own layout")
+                }
+            }
+            if blockedOutput && outWidth == 8 {
+                for md in [plan.forward.md(dnnl_query_dst_md), backwardData.md(dnnl_query_diff_dst_md), backwardWeights.md(dnnl_query_diff_dst_md)] {
+                    #expect(DNNL.equal(md, plan.destinationUser), "\(cin) -> \(cout): oneDNN copies the 8-channel destination into its own layout")
+                }
+            }
         }
     }
 

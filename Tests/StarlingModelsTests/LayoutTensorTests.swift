@@ -96,6 +96,12 @@ struct LayoutTensorTests {
                planar: { m, x, t in [(m as! UNet).logits(x)] },
                laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
                training: (11, 0), inference: (11, 0)),
+        // An eighth of the width: the first level's 8 channels in 8-channel blocks in a 16-wide pass (oneDNN in nChw8c).
+        Family(name: "unet-eighth", config: { ModelConfig(family: UNet.family, inputShape: [3, 32, 48], options: ["width": 0.125, "levels": 3], classNames: classes) },
+               images: [2, 3, 32, 48], pixelScale: 255,
+               planar: { m, x, t in [(m as! UNet).logits(x)] },
+               laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
+               training: (11, 0), inference: (11, 0)),
         Family(name: "conv-ae", config: { ConvAutoencoder.defaultConfig() }, images: [4, 1, 28, 28], pixelScale: 1,
                planar: { m, x, t in [reconstruction(m as! ConvAutoencoder, x, training: t)] },
                laidOut: { m, x, t in [(m as! ConvAutoencoder).reconstructionLogits(LayoutTensor(x), training: t).tensor] },
@@ -208,7 +214,7 @@ struct LayoutTensorTests {
     /// A training pass (outputs, every parameter's gradient, the moving statistics) in 8-channel blocks against the same
     /// pass in 16-channel blocks, whatever the CPU: the two widths run different kernels (Starling's own convolutions at 8,
     /// oneDNN's nChw16c ones at 16) and sum in other orders, so they agree to rounding, as each agrees with the planar pass.
-    @Test(arguments: ["ssd7", "yolov3-tiny"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
+    @Test(arguments: ["ssd7", "yolov3-tiny", "unet-eighth"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }
         let family = try #require(Self.families.first { $0.name == name })
         let models = try Self.twins(family)
