@@ -153,33 +153,33 @@ extension FusedKernels {
     }
 }
 
-/// Batch norm + ELU + 2x2 max-pooling pooled before the ELU (`PooledELUKernels`).
+/// Batch norm + activation + 2x2 max-pooling pooled before the activation (`PooledActivationKernels`).
 extension FusedKernels {
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func pooledELUForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                           mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                                           alpha: Float, into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>) {
-        PooledELUKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha,
-                                    into: y, argmaxInput: xm, FusedMultiplyAdd.self)
+    public static func pooledForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                        mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                                        activation: PooledActivation, into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer?) {
+        PooledActivationKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift,
+                                           activation: activation, into: y, windows: windows, FusedMultiplyAdd.self)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func pooledELUGradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                             argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
-                                             sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
-        PooledELUKernels.gradientSums(width: width, pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha, sums: sums,
-                                      products: products)
+    public static func pooledGradientSums(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer, mean: UnsafePointer<Float>,
+                                          activation: PooledActivation, sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
+        PooledActivationKernels.gradientSums(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, mean: mean,
+                                             activation: activation, sums: sums, products: products)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func pooledELUInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                                 y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
-                                                 topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                                 mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
-                                                 offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool) {
-        PooledELUKernels.inputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm,
-                                          topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
-                                          slope: slope, offset: offset, alpha: alpha, overwrite: overwrite)
+    public static func pooledInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                              y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
+                                              topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                              mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+                                              offset: UnsafePointer<Float>, activation: PooledActivation, overwrite: Bool) {
+        PooledActivationKernels.inputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows,
+                                                 topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
+                                                 slope: slope, offset: offset, activation: activation, overwrite: overwrite)
     }
 }
 extension FusedKernels: FusedKernelSet {}

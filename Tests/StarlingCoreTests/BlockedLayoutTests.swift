@@ -239,40 +239,52 @@ import Testing
         }
     }
 
-    /// The fused batch norm + ELU + pooling against the two ops it replaces: output, running statistics and the
-    /// gradients of x, gamma and beta, in training and evaluation, on even and odd sizes, with negative gammas (where
-    /// the window's maximum of z is its minimum of x) and with ties (small integers). The fused op pools before the
-    /// ELU, so its output may differ in the last place where the exp approximation is not monotonic.
+    /// The fused batch norm + activation (ELU, leaky ReLU) + pooling against the two ops it replaces: output, running
+    /// statistics and the gradients of x, gamma and beta, in training and evaluation, on even and odd sizes, with
+    /// negative gammas (where the window's maximum of z is its minimum of x) and with ties (small integers); and against
+    /// finite differences. The fused op pools before the activation, so an ELU output may differ in the last place
+    /// where the exp approximation is not monotonic; the leaky ReLU's is exact.
     @Test(arguments: [true, false], [8, 16]) func fusedPoolingMatchesTheTwoOps(training: Bool, width: Int) {
-        for (h, w, ties) in [(6, 8, false), (7, 5, false), (1, 4, false), (5, 6, true)] {
-            let shape = [2, 16 / width, h, w, width]
-            let x = ties ? Tensor.variable(shape: shape, values: randomValues(2 * 16 * h * w, seed: 24, -2, 3).map { $0.rounded(.down) })
-                         : randomVariable(shape, seed: 24, -2, 3)
-            let signs = (0..<16).map { $0 % 3 == 1 ? Float(-1) : 1 }
-            let gamma = Tensor.variable(shape: [16], values: zip(randomValues(16, seed: 25, 0.5, 1.5), signs).map { $0 * $1 })
-            let beta = randomVariable([16], seed: 26)
-            func stats() -> (Tensor, Tensor) { (Tensor(shape: [16], values: randomValues(16, seed: 27)), Tensor(shape: [16], values: randomValues(16, seed: 28, 0.5, 2))) }
-            let (meanA, varA) = stats(), (meanB, varB) = stats()
-            let reference = run([x, gamma, beta]) {
-                $0[0].batchNormELU(gamma: $0[1], beta: $0[2], runningMean: meanA, runningVar: varA, training: training, alpha: 0.8,
-                                   layout: .blocked).maxPool2x2Blocked()
+        for leaky in [false, true] {
+            func unfused(_ x: Tensor, _ gamma: Tensor, _ beta: Tensor, _ mean: Tensor, _ variance: Tensor) -> Tensor {
+                (leaky ? x.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, slope: 0.1,
+                                              layout: .blocked)
+                       : x.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, alpha: 0.8,
+                                        layout: .blocked)).maxPool2x2Blocked()
             }
-            let fused = run([x, gamma, beta]) {
-                $0[0].batchNormELUMaxPool2x2Blocked(gamma: $0[1], beta: $0[2], runningMean: meanB, runningVar: varB, training: training, alpha: 0.8)
+            func fused(_ x: Tensor, _ gamma: Tensor, _ beta: Tensor, _ mean: Tensor, _ variance: Tensor) -> Tensor {
+                leaky ? x.batchNormLeakyReLUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
+                                                              slope: 0.1)
+                      : x.batchNormELUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
+                                                        alpha: 0.8)
             }
-            expectClose(fused.output, reference.output, tolerance: 1e-6)
-            for k in 0..<3 { expectClose(fused.gradients[k], reference.gradients[k], tolerance: 1e-5) }
-            #expect(meanA.toArray() == meanB.toArray() && varA.toArray() == varB.toArray())
-        }
-        let gamma = Tensor.variable(shape: [width], values: randomValues(width, seed: 29, 0.5, 1.5).enumerated().map { $0.offset % 2 == 1 ? -$0.element : $0.element })
-        let beta = randomVariable([width], seed: 30)
-        let mean = Tensor(shape: [width], values: [Float](repeating: 0, count: width))
-        let variance = Tensor(shape: [width], values: [Float](repeating: 1, count: width))
-        // Distinct inputs, so that no window has a near tie within the finite-difference step.
-        let count = 24 * width
-        let distinct = (0..<count).map { Float(($0 * 37) % count) * 0.02 * 192 / Float(count) - 2 }
-        checkGradients([Tensor.variable(shape: [2, 1, 4, 3, width], values: distinct), gamma, beta], rtol: 3e-2, atol: 3e-3) {
-            $0[0].batchNormELUMaxPool2x2Blocked(gamma: $0[1], beta: $0[2], runningMean: mean, runningVar: variance, training: training)
+            for (h, w, ties) in [(6, 8, false), (7, 5, false), (1, 4, false), (5, 6, true)] {
+                let shape = [2, 16 / width, h, w, width]
+                let x = ties ? Tensor.variable(shape: shape, values: randomValues(2 * 16 * h * w, seed: 24, -2, 3).map { $0.rounded(.down) })
+                             : randomVariable(shape, seed: 24, -2, 3)
+                let signs = (0..<16).map { $0 % 3 == 1 ? Float(-1) : 1 }
+                let gamma = Tensor.variable(shape: [16], values: zip(randomValues(16, seed: 25, 0.5, 1.5), signs).map { $0 * $1 })
+                let beta = randomVariable([16], seed: 26)
+                func stats() -> (Tensor, Tensor) { (Tensor(shape: [16], values: randomValues(16, seed: 27)), Tensor(shape: [16], values: randomValues(16, seed: 28, 0.5, 2))) }
+                let (meanA, varA) = stats(), (meanB, varB) = stats()
+                let reference = run([x, gamma, beta]) { unfused($0[0], $0[1], $0[2], meanA, varA) }
+                let pooled = run([x, gamma, beta]) { fused($0[0], $0[1], $0[2], meanB, varB) }
+                if leaky { #expect(pooled.output == reference.output, "\(h) x \(w)") }
+                expectClose(pooled.output, reference.output, tolerance: 1e-6)
+                for k in 0..<3 { expectClose(pooled.gradients[k], reference.gradients[k], tolerance: 1e-5) }
+                #expect(meanA.toArray() == meanB.toArray() && varA.toArray() == varB.toArray())
+            }
+            let gamma = Tensor.variable(shape: [width], values: randomValues(width, seed: 29, 0.5, 1.5).enumerated().map { $0.offset % 2 == 1 ? -$0.element : $0.element })
+            let beta = randomVariable([width], seed: 30)
+            let mean = Tensor(shape: [width], values: [Float](repeating: 0, count: width))
+            let variance = Tensor(shape: [width], values: [Float](repeating: 1, count: width))
+            // Distinct inputs, so that no window has a near tie within the finite-difference step, and a step small
+            // enough that no z crosses the activations' kink at 0 (the ELU's at alpha 0.8, the leaky ReLU's).
+            let count = 24 * width
+            let distinct = (0..<count).map { Float(($0 * 37) % count) * 0.02 * 192 / Float(count) - 2 }
+            checkGradients([Tensor.variable(shape: [2, 1, 4, 3, width], values: distinct), gamma, beta], eps: 2e-3, rtol: 3e-2, atol: 3e-3) {
+                fused($0[0], $0[1], $0[2], mean, variance)
+            }
         }
     }
 
