@@ -183,3 +183,24 @@ extension FusedKernels {
     }
 }
 extension FusedKernels: FusedKernelSet {}
+
+extension FusedKernels: NarrowConvolutionKernelSet {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func narrowForward(block: Int, _ s: NarrowConvolutionShape, x: UnsafePointer<Float>, weights: UnsafePointer<Float>,
+                                     bias: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
+        NarrowOutputConvolution.forward(block: block, s, x: x, weights: weights, bias: bias, y: y, scratch: scratch, FusedMultiplyAdd.self)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func narrowInputGradient(block: Int, _ s: NarrowConvolutionShape, dy: UnsafePointer<Float>, weights: UnsafePointer<Float>,
+                                           dx: UnsafeMutablePointer<Float>, overwrite: Bool, scratch: UnsafeMutablePointer<Float>) {
+        NarrowOutputConvolution.inputGradient(block: block, s, dy: dy, weights: weights, dx: dx, overwrite: overwrite, scratch: scratch,
+                                              FusedMultiplyAdd.self)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func narrowWeightGradient(block: Int, _ s: NarrowConvolutionShape, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                            partial: UnsafeMutablePointer<Float>) {
+        NarrowOutputConvolution.weightGradient(block: block, s, x: x, dy: dy, partial: partial, FusedMultiplyAdd.self)
+    }
+}

@@ -149,7 +149,8 @@ extension Tensor {
                               weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
                               inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
         }
-        let done = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
+        let done = g.narrowOutputForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
+            || g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
         return out
@@ -290,6 +291,8 @@ extension ConvGeometry {
     func blockedBackward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
                          weightGradient: UnsafeMutablePointer<Float>?, biasGradient: UnsafeMutablePointer<Float>?,
                          inputGradient: (pointer: UnsafeMutablePointer<Float>, overwrite: Bool)?, layouts: DNNLConvPlan.Layouts) {
+        if narrowOutputBackward(input: x, weight: w, outputGrad: dy, weightGradient: weightGradient, biasGradient: biasGradient,
+                                inputGradient: inputGradient, layouts: layouts) { return }
         var biasDone = false
         if let weightGradient {
             if fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
