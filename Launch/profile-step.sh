@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Where a training step's time goes: samples one rank (1 OpenBLAS thread) training MODEL at BATCH on the full MNIST
-# with perf, and sums the samples by kind of work (sgemm and its packing, im2col and other convolution glue, zeroing
-# fresh buffers, pooling, upsampling, activations, loss, optimizer, data). Needs perf (Debian: linux-perf).
+# with perf, and sums the samples by kind of work (oneDNN's convolutions and reorders, Starling's own convolution
+# kernels, sgemm and its packing, im2col and other convolution glue, zeroing fresh buffers, pooling, upsampling,
+# activations, loss, optimizer, data). Needs perf (Debian: linux-perf). BIN=path profiles another build (e.g. main's,
+# for a before/after) on the same data.
 #   Launch/profile-step.sh conv-ae 128 [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,7 @@ batch=${2:?batch size}
 steps=${3:-80}
 command -v perf >/dev/null || { echo "error: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 source Launch/bench-setup.sh
+bin=${BIN:-$bin}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 perf record -F 999 -o "$out/perf.data" "$bin" train --model "$model" --data "$data" --epochs 1 --steps-per-epoch "$steps" \
@@ -21,6 +24,10 @@ perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/n
     {
       pct = $1; sub(/%/, "", pct); line = $0
       if (line ~ /libopenblas/) kind = "sgemm (OpenBLAS kernel and packing)"
+      else if (line ~ /\[JIT\]|libdnnl/) kind = "oneDNN (convolutions, reorders: JIT code)"
+      else if (line ~ /narrow(Forward|InputGradient|WeightGradient)|NarrowOutput/) kind = "narrow-output convolution (own kernels)"
+      else if (line ~ /directForward|WeightGradient3x3|fiveWide/) kind = "other own convolution kernels"
+      else if (line ~ /conv2dBlockedReLU/) kind = "activations"
       else if (line ~ /memset/) kind = "zeroing fresh buffers (memset)"
       else if (line ~ /memmove|memcpy/) kind = "copies (memmove)"
       else if (line ~ /ConvGeometry|conv2d|Transposed|im2col|col2im/) kind = "convolution glue (im2col, col2im, padding, bias)"

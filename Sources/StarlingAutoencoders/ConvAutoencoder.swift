@@ -40,7 +40,7 @@ public final class ConvAutoencoder: ONNXAutoencoder {
     /// The 4x4x8 code, [N, 8, 4, 4].
     func featureMap<Value: NetworkValue>(_ images: Value) -> Value {
         var h = images
-        for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
+        for conv in encoder { h = h.applyingWithReLU(conv).maxPool2d(kernel: (2, 2), padding: .same) }
         return h
     }
 
@@ -49,7 +49,7 @@ public final class ConvAutoencoder: ONNXAutoencoder {
 
     public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         var h = featureMap(images)
-        for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
+        for conv in decoder { h = h.applyingWithReLU(conv).upsampleNearest(scale: (2, 2)) }
         return output(h)
     }
 

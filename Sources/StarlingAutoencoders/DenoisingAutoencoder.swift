@@ -65,7 +65,7 @@ public final class DenoisingAutoencoder: ONNXAutoencoder {
     /// The 7x7x32 code, [N, 32, 7, 7].
     func featureMap<Value: NetworkValue>(_ images: Value) -> Value {
         var h = images
-        for conv in encoder { h = conv(h).relu().maxPool2d(kernel: (2, 2), padding: .same) }
+        for conv in encoder { h = h.applyingWithReLU(conv).maxPool2d(kernel: (2, 2), padding: .same) }
         return h
     }
 
@@ -75,7 +75,7 @@ public final class DenoisingAutoencoder: ONNXAutoencoder {
     /// Logits of the clean image the model sees in `images` (pass `corrupted(...)` to denoise).
     public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         var h = featureMap(images)
-        for conv in decoder { h = conv(h).relu().upsampleNearest(scale: (2, 2)) }
+        for conv in decoder { h = h.applyingWithReLU(conv).upsampleNearest(scale: (2, 2)) }
         return output(h)
     }
 

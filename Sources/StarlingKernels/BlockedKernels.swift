@@ -167,77 +167,120 @@ extension BlockedKernels {
     }
 }
 
-/// Batch norm + ELU + 2x2/2 max-pooling pooled before the ELU. ELU and z = scale (x - mean) + shift are monotonic in
-/// z, so the maximum of ELU(z) over a window is ELU(max z) (to the last place of `VectorMath.exp`, which is not
-/// exactly monotonic): the exp runs on a quarter of the pixels and the full-size ELU output is never stored. What the
-/// backward needs instead is x at each window's maximum (a quarter of x), from which it finds the window's maximum again.
-public enum PooledELUKernels {
-    /// ELU'(z) read from y = ELU(z): 1 where y > 0, y + alpha elsewhere (as `Tensor.elu`'s backward).
+/// An activation that batch norm + 2x2/2 max-pooling applies after pooling (`PooledActivationKernels`): monotonic
+/// non-decreasing in its input, so that the maximum of f(z) over a window is f(max z), and with a derivative that its
+/// output determines.
+public enum PooledActivation: Sendable, Equatable {
+    /// alpha (e^z - 1) for z <= 0, alpha > 0.
+    case elu(alpha: Float)
+    /// slope z for z <= 0, 0 < slope < 1.
+    case leakyReLU(slope: Float)
+}
+
+/// Batch norm + activation + 2x2/2 max-pooling, pooled before the activation. The activation (`PooledActivation`) and
+/// z = scale (x - mean) + shift are monotonic in z, so the maximum of f(z) over a window is f(max z) (for the ELU to
+/// the last place of `VectorMath.exp`, which is not exactly monotonic; for the leaky ReLU exactly, a rounded product by
+/// a positive constant being non-decreasing): the activation runs on a quarter of the pixels and the full-size
+/// activated output is never stored. What backward needs instead is which input of each window was the maximum: a
+/// 2-bit index a channel (0 top left, 1 top right, 2 bottom left, 3 bottom right), a pixel's `B` indices packed into
+/// B / 4 bytes (lane 0 in the lowest bits), 1/16 of the pooled output's size. The index of the pooled float at offset
+/// o is then at byte offset o / 4.
+public enum PooledActivationKernels {
+    /// f'(z) read from y = f(z): 1 where y > 0; y + alpha (ELU) or the slope (leaky ReLU) elsewhere.
     @inlinable @inline(__always)
-    public static func eluDerivative<V: BlockVector>(_ y: V, alpha: Float) -> V {
-        V.select(y + V(repeating: alpha), V(repeating: 1), where: V.greater(y, V(repeating: 0)))
+    public static func derivative<V: BlockVector>(_ y: V, _ activation: PooledActivation) -> V {
+        let below: V = switch activation {
+        case .elu(let alpha): y + V(repeating: alpha)
+        case .leakyReLU(let slope): V(repeating: slope)
+        }
+        return V.select(below, V(repeating: 1), where: V.greater(y, V(repeating: 0)))
     }
 
-    /// One pooled row: y = ELU(max over the window of z) and, in `argmaxInput`, x at the window's first maximum of z in
-    /// row-major order (the input `maxPool2d` records as the argmax).
+    /// The window index of each lane, packed as above.
     @inlinable @inline(__always)
-    public static func forwardRow<M: MultiplyAdd, V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                                                  mean: V, scale: V, shift: V, alpha: Float,
-                                                                  into y: UnsafeMutablePointer<Float>,
-                                                                  argmaxInput xm: UnsafeMutablePointer<Float>, _ m: M.Type) {
-        let b = V.scalarCount, zero = V(repeating: 0), one = V(repeating: 1), a = V(repeating: alpha)
-        for j in 0..<width {
-            let o = 2 &* b &* j
-            let x0 = V.load(top + o), x1 = V.load(top + (o &+ b))
-            let x2 = V.load(bottom + o), x3 = V.load(bottom + (o &+ b))
-            let z0 = scale * (x0 - mean) + shift, z1 = scale * (x1 - mean) + shift
-            let z2 = scale * (x2 - mean) + shift, z3 = scale * (x3 - mean) + shift
-            let right = V.greater(z1, z0), lowerRight = V.greater(z3, z2)
-            let zTop = V.select(z0, z1, where: right), xTop = V.select(x0, x1, where: right)
-            let zBottom = V.select(z2, z3, where: lowerRight), xBottom = V.select(x2, x3, where: lowerRight)
-            let lower = V.greater(zBottom, zTop)
-            // ELU, written out: as a call (even marked inline-always) it stayed out of line, one call per pixel.
-            let z = V.select(zTop, zBottom, where: lower)
-            let positive = V.greater(z, zero)
-            let negative = a * (VectorMath.exp(V.select(z, zero, where: positive), m) - one)
-            V.select(negative, z, where: positive).store(y + b &* j)
-            V.select(xTop, xBottom, where: lower).store(xm + b &* j)
+    static func storeIndices<V: BlockVector>(lower: V.Lanes, topRight: V.Lanes, bottomRight: V.Lanes, at windows: UnsafeMutableRawPointer,
+                                             pixel j: Int, _: V.Type) {
+        let packed = V.packedWindowIndices(lower: lower, topRight: topRight, bottomRight: bottomRight)
+        if V.scalarCount == 16 {
+            windows.storeBytes(of: packed, toByteOffset: 4 &* j, as: UInt32.self)
+        } else {
+            windows.storeBytes(of: UInt16(truncatingIfNeeded: packed), toByteOffset: 2 &* j, as: UInt16.self)
         }
     }
 
-    /// (sum dz, sum dz (x - mean)) per lane over `pixels` pooled vectors, dz = dy ELU'(y) at each window's maximum
-    /// (zero elsewhere, so the rest of the window adds nothing), in Double.
+    /// The lanes whose window maximum was input 0, 1, 2 and 3, from the packed indices.
     @inlinable @inline(__always)
-    public static func gradientSums<V: BlockVector>(_ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                                    argmaxInput xm: UnsafePointer<Float>, mean: V, alpha: Float) -> (V.Sums, V.Sums) {
+    static func loadIndices<V: BlockVector>(_ windows: UnsafeRawPointer, pixel j: Int, _: V.Type) -> (V.Lanes, V.Lanes, V.Lanes, V.Lanes) {
+        let packed = V.scalarCount == 16 ? windows.loadUnaligned(fromByteOffset: 4 &* j, as: UInt32.self)
+                                         : UInt32(windows.loadUnaligned(fromByteOffset: 2 &* j, as: UInt16.self))
+        return V.windowLanes(packed)
+    }
+
+    /// One pooled row: y = f(max over the window of z) and the window index of the first maximum of z in row-major
+    /// order (the input `maxPool2d` records as the argmax).
+    @inlinable @inline(__always)
+    public static func forwardRow<M: MultiplyAdd, V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                                  mean: V, scale: V, shift: V, activation: PooledActivation,
+                                                                  into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer?,
+                                                                  _ m: M.Type) {
+        let b = V.scalarCount, zero = V(repeating: 0), one = V(repeating: 1)
+        let (isELU, parameter): (Bool, Float) = switch activation {
+        case .elu(let alpha): (true, alpha)
+        case .leakyReLU(let slope): (false, slope)
+        }
+        let a = V(repeating: parameter)
+        for j in 0..<width {
+            let o = 2 &* b &* j
+            let z0 = scale * (V.load(top + o) - mean) + shift, z1 = scale * (V.load(top + (o &+ b)) - mean) + shift
+            let z2 = scale * (V.load(bottom + o) - mean) + shift, z3 = scale * (V.load(bottom + (o &+ b)) - mean) + shift
+            let right = V.greater(z1, z0), lowerRight = V.greater(z3, z2)
+            let zTop = V.select(z0, z1, where: right), zBottom = V.select(z2, z3, where: lowerRight)
+            let lower = V.greater(zBottom, zTop)
+            let z = V.select(zTop, zBottom, where: lower)
+            let positive = V.greater(z, zero)
+            // The ELU written out: as a call (even marked inline-always) it stayed out of line, one call per pixel.
+            let below = isELU ? a * (VectorMath.exp(V.select(z, zero, where: positive), m) - one) : a * z
+            V.select(below, z, where: positive).store(y + b &* j)
+            if let windows { storeIndices(lower: lower, topRight: right, bottomRight: lowerRight, at: windows, pixel: j, V.self) }
+        }
+    }
+
+    /// (sum dz, sum dz (x - mean)) per lane over one pooled row, dz = dy f'(y) at each window's maximum (zero
+    /// elsewhere, so the rest of the window adds nothing), in Double; x at the maximum read from the two input rows.
+    @inlinable @inline(__always)
+    public static func gradientSums<V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                    y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
+                                                    mean: V, activation: PooledActivation) -> (V.Sums, V.Sums) {
+        let b = V.scalarCount
         var plain = V.Sums(repeating: 0), product = V.Sums(repeating: 0)
-        for p in 0..<pixels {
-            let o = V.scalarCount &* p
-            let dz = V.widened(V.load(dy + o) * eluDerivative(V.load(y + o), alpha: alpha))
+        for j in 0..<width {
+            let o = 2 &* b &* j, q = b &* j
+            let (_, second, third, fourth) = loadIndices(windows, pixel: j, V.self)
+            var x = V.select(V.load(top + o), V.load(top + (o &+ b)), where: second)
+            x = V.select(x, V.load(bottom + o), where: third)
+            x = V.select(x, V.load(bottom + (o &+ b)), where: fourth)
+            let dz = V.widened(V.load(dy + q) * derivative(V.load(y + q), activation))
             plain += dz
-            product += dz * V.widened(V.load(xm + o) - mean)
+            product += dz * V.widened(x - mean)
         }
         return (plain, product)
     }
 
-    /// dx = scale dz + slope (x - mean) + offset over the two input rows of one pooled row, dz = dy ELU'(y) at the
-    /// first input of each window equal to `argmaxInput` and zero elsewhere; added to dx unless `overwrite`. The first
-    /// x equal to x at the first maximum of z is that input: an earlier equal x would have had the same z.
+    /// dx = scale dz + slope (x - mean) + offset over the two input rows of one pooled row, dz = dy f'(y) at each
+    /// window's maximum and zero elsewhere; added to dx unless `overwrite`. Each window's four inputs are read before
+    /// their gradients are stored, so dx may be x's own memory.
     @inlinable @inline(__always)
     public static func inputGradientRow<V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                                        y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                                        y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
                                                         topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                                        mean: V, scale: V, slope: V, offset: V, alpha: Float, overwrite: Bool) {
+                                                        mean: V, scale: V, slope: V, offset: V, activation: PooledActivation,
+                                                        overwrite: Bool) {
         let zero = V(repeating: 0), b = V.scalarCount
         for j in 0..<width {
             let o = 2 &* b &* j, q = b &* j
-            let g = V.load(dy + q) * eluDerivative(V.load(y + q), alpha: alpha)
-            let at = V.load(xm + q)
+            let g = V.load(dy + q) * derivative(V.load(y + q), activation)
+            let (first, second, third, fourth) = loadIndices(windows, pixel: j, V.self)
             let x = (V.load(top + o), V.load(top + (o &+ b)), V.load(bottom + o), V.load(bottom + (o &+ b)))
-            let first = V.equal(x.0, at)
-            let second = V.lanes(V.equal(x.1, at), without: first)
-            let third = V.lanes(V.equal(x.2, at), without: V.union(first, second))
-            let fourth = V.lanes(V.equal(x.3, at), without: V.union(V.union(first, second), third))
             @inline(__always) func gradient(_ xv: V, _ taken: V.Lanes, _ target: UnsafeMutablePointer<Float>) {
                 let dx = scale * V.select(zero, g, where: taken) + slope * (xv - mean) + offset
                 (overwrite ? dx : V.load(target) + dx).store(target)
@@ -249,49 +292,52 @@ public enum PooledELUKernels {
 }
 
 /// The loops above at a width chosen at run time (8 or 16), per-channel constants read from the block's first channel.
-extension PooledELUKernels {
+extension PooledActivationKernels {
     @inlinable @inline(__always)
     public static func forwardRow<M: MultiplyAdd>(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
                                                   mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
-                                                  alpha: Float, into y: UnsafeMutablePointer<Float>,
-                                                  argmaxInput xm: UnsafeMutablePointer<Float>, _ m: M.Type) {
+                                                  activation: PooledActivation, into y: UnsafeMutablePointer<Float>,
+                                                  windows: UnsafeMutableRawPointer?, _ m: M.Type) {
         if width == 16 {
             forwardRow(pixels, top: top, bottom: bottom, mean: SIMD16.load(mean), scale: SIMD16.load(scale), shift: SIMD16.load(shift),
-                       alpha: alpha, into: y, argmaxInput: xm, m)
+                       activation: activation, into: y, windows: windows, m)
         } else {
             forwardRow(pixels, top: top, bottom: bottom, mean: SIMD8.load(mean), scale: SIMD8.load(scale), shift: SIMD8.load(shift),
-                       alpha: alpha, into: y, argmaxInput: xm, m)
+                       activation: activation, into: y, windows: windows, m)
         }
     }
 
     /// sums[l] += sum dz, products[l] += sum dz (x - mean) for the block's `width` lanes.
     @inlinable @inline(__always)
-    public static func gradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                    argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
+    public static func gradientSums(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                    y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
+                                    mean: UnsafePointer<Float>, activation: PooledActivation,
                                     sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>) {
         if width == 16 {
-            let (s, p) = gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: SIMD16.load(mean), alpha: alpha)
+            let (s, p) = gradientSums(pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, mean: SIMD16.load(mean),
+                                      activation: activation)
             for l in 0..<16 { sums[l] += s[l]; products[l] += p[l] }
         } else {
-            let (s, p) = gradientSums(pixels, y: y, dy: dy, argmaxInput: xm, mean: SIMD8.load(mean), alpha: alpha)
+            let (s, p) = gradientSums(pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, mean: SIMD8.load(mean),
+                                      activation: activation)
             for l in 0..<8 { sums[l] += s[l]; products[l] += p[l] }
         }
     }
 
     @inlinable @inline(__always)
     public static func inputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                        y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+                                        y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
                                         topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
                                         mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
-                                        offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool) {
+                                        offset: UnsafePointer<Float>, activation: PooledActivation, overwrite: Bool) {
         if width == 16 {
-            inputGradientRow(pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+            inputGradientRow(pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, topGradient: topGradient,
                              bottomGradient: bottomGradient, mean: SIMD16.load(mean), scale: SIMD16.load(scale), slope: SIMD16.load(slope),
-                             offset: SIMD16.load(offset), alpha: alpha, overwrite: overwrite)
+                             offset: SIMD16.load(offset), activation: activation, overwrite: overwrite)
         } else {
-            inputGradientRow(pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm, topGradient: topGradient,
+            inputGradientRow(pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, topGradient: topGradient,
                              bottomGradient: bottomGradient, mean: SIMD8.load(mean), scale: SIMD8.load(scale), slope: SIMD8.load(slope),
-                             offset: SIMD8.load(offset), alpha: alpha, overwrite: overwrite)
+                             offset: SIMD8.load(offset), activation: activation, overwrite: overwrite)
         }
     }
 }

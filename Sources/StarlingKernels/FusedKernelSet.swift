@@ -37,15 +37,15 @@ public protocol FusedKernelSet {
     static func maxPoolRowGradient(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
                      y: UnsafePointer<Float>, dy: UnsafePointer<Float>, topGradient: UnsafeMutablePointer<Float>,
                      bottomGradient: UnsafeMutablePointer<Float>, overwrite: Bool)
-    static func pooledELUForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                     mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float,
-                     into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>)
-    static func pooledELUGradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                     argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
-                     sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>)
-    static func pooledELUInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                     y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
+    static func pooledForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, activation: PooledActivation,
+                     into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer?)
+    static func pooledGradientSums(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer, mean: UnsafePointer<Float>,
+                     activation: PooledActivation, sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>)
+    static func pooledInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
                      topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
                      mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
-                     offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool)
+                     offset: UnsafePointer<Float>, activation: PooledActivation, overwrite: Bool)
 }

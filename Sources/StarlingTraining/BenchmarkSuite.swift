@@ -96,8 +96,12 @@ public enum BenchmarkSuite {
         public var optimizer: Double
         /// Blocked on the prefetch thread (synthetic samples drawn and targets encoded there, as training reads them).
         public var data: Double
-        public init(forward: Double, backward: Double, allreduce: Double, optimizer: Double, data: Double) {
-            (self.forward, self.backward, self.allreduce, self.optimizer, self.data) = (forward, backward, allreduce, optimizer, data)
+        /// The process's CPU time (user and system, every thread) a timed step, averaged over the ranks: on a machine
+        /// shared with other work the step's wall time measures the load, this what the step itself costs (one thread:
+        /// its work; more: their work and their waiting at barriers). Nil in rows from before it was recorded.
+        public var cpu: Double?
+        public init(forward: Double, backward: Double, allreduce: Double, optimizer: Double, data: Double, cpu: Double? = nil) {
+            (self.forward, self.backward, self.allreduce, self.optimizer, self.data, self.cpu) = (forward, backward, allreduce, optimizer, data, cpu)
         }
     }
 
@@ -173,8 +177,9 @@ public enum BenchmarkSuite {
 
     /// Measures `entry` on this job's ranks with this process's threads: warm-up steps, then timed steps for about
     /// `seconds` (the count agreed by all ranks from the slowest warm-up), then inference for a third of that.
-    public static func measure(_ entry: Entry, world: Communicator, seconds: Double, sgemm: Double?, kernels: String,
-                               memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
+    /// `steps` fixes the timed steps' count instead (for profiles and comparisons on a loaded machine).
+    public static func measure(_ entry: Entry, world: Communicator, seconds: Double, steps fixedSteps: Int? = nil, sgemm: Double?,
+                               kernels: String, memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
         let residentAtStart = MemoryLedger.residentBytes().now
         let config = try entry.configuration()
         guard entry.batch % world.size == 0 else {
@@ -231,15 +236,16 @@ public enum BenchmarkSuite {
             }
         }
         let stepSeconds = try world.allreduce(monotonicSeconds() - before, .max)
-        let steps = max(2, min(500, Int(seconds / max(stepSeconds, 1e-6))))
+        let steps = fixedSteps ?? max(2, min(500, Int(seconds / max(stepSeconds, 1e-6))))
         sums = [Double](repeating: 0, count: 5)
         let reader = Prefetcher(source: source, steps: slices(steps, from: 2), epoch: 1, config: config, targetEncoder: model.targetEncoder)
         try world.barrier()
-        let start = monotonicSeconds()
+        let start = monotonicSeconds(), cpuStart = Benchmarks.processCPUSeconds()
         do {
             defer { reader.finish() }
             try run(reader, steps: steps, epoch: 1)
         }
+        let cpuPerStep = try world.allreduce((Benchmarks.processCPUSeconds() - cpuStart) / Double(steps), .sum) / Double(world.size)
         let elapsed = try world.allreduce(monotonicSeconds() - start, .max)
         let peakAfterTraining = MemoryLedger.residentBytes().peak
         var perStep = sums.map { $0 / Double(steps) }
@@ -264,7 +270,8 @@ public enum BenchmarkSuite {
         return Row(side: "starling", entry: entry.name, batch: entry.batch, ranks: world.size, threads: BLAS.threadCount,
                    trainImagesPerSecond: Double(steps * entry.batch) / elapsed, inferenceImagesPerSecond: inference, peakMB: peak,
                    parameters: model.parameters.count, trainFLOPsPerImage: trainFLOPsPerImage(model), sgemmGFLOPS: sgemm,
-                   breakdown: Breakdown(forward: perStep[0], backward: perStep[1], allreduce: perStep[2], optimizer: perStep[3], data: perStep[4]),
+                   breakdown: Breakdown(forward: perStep[0], backward: perStep[1], allreduce: perStep[2], optimizer: perStep[3], data: perStep[4],
+                                        cpu: cpuPerStep),
                    kernels: kernels)
     }
 }

@@ -33,6 +33,7 @@ struct BenchCommand: ParsableCommand {
     var suite = false
     @Flag(help: "With --suite: the quick entries (\(BenchmarkSuite.entries.filter(\.quick).map(\.name).joined(separator: ", "))) and about 1.5 s of steps each.")
     var quick = false
+    @Option(help: "With --suite: this many timed steps an entry instead of about 6 s (1.5 s with --quick) of them (profiles; a loaded machine, where the line's CPU ms a step is the figure to compare).") var suiteSteps: Int?
     @Option(help: "With --suite: these entries only (\(BenchmarkSuite.entries.map(\.name).joined(separator: ", "))).") var entries: [String] = []
     @Flag(help: "With --suite: before the timed steps, one step with the memory ledger read around each phase: weights, gradients and Adam's moments, the values the graph holds after forward by shape, what ops keep beside it, the peak of live blocks, oneDNN's scratch, the allocators' retained mappings, glibc's heap and the runtime's baseline (every rank prints its own).")
     var memoryBreakdown = false
@@ -212,6 +213,7 @@ struct BenchCommand: ParsableCommand {
 
     /// The suite's entries one at a time on this job's ranks: a line for people and a JSON row for the table (rank 0).
     func runSuite() throws {
+        if let suiteSteps, suiteSteps < 1 { throw ValidationError("--suite-steps \(suiteSteps): at least 1") }
         let world = try reportingErrors { try Communicator() }
         defer { world.finalize() }
         if let threads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
@@ -226,14 +228,14 @@ struct BenchCommand: ParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             for entry in chosen {
-                let row = try BenchmarkSuite.measure(entry, world: world, seconds: quick ? 1.5 : 6, sgemm: sgemm, kernels: kernels,
+                let row = try BenchmarkSuite.measure(entry, world: world, seconds: quick ? 1.5 : 6, steps: suiteSteps, sgemm: sgemm, kernels: kernels,
                                                      memoryBreakdown: memoryBreakdown ? { print("memory: " + $0); fflush(nil) } : nil)
                 let gflops = row.trainGFLOPS.map { String(format: ", %.1f GFLOP/s (%.0f%% of sgemm)", $0, 100 * $0 / sgemm) } ?? ""
                 let b = row.breakdown
-                say(String(format: "%@ batch %d%@: training %.1f images/s%@; step %.1f ms forward, %.1f backward, %.1f allreduce wait, %.1f optimizer, %.1f data wait; inference %.1f images/s; peak RSS %.0f MB over %d rank(s)",
+                say(String(format: "%@ batch %d%@: training %.1f images/s%@; step %.1f ms forward, %.1f backward, %.1f allreduce wait, %.1f optimizer, %.1f data wait, %.1f ms of CPU a rank; inference %.1f images/s; peak RSS %.0f MB over %d rank(s)",
                            entry.name, entry.batch, entry.note.isEmpty ? "" : " (\(entry.note))", row.trainImagesPerSecond, gflops,
                            (b?.forward ?? 0) * 1000, (b?.backward ?? 0) * 1000, (b?.allreduce ?? 0) * 1000, (b?.optimizer ?? 0) * 1000,
-                           (b?.data ?? 0) * 1000, row.inferenceImagesPerSecond, row.peakMB, world.size))
+                           (b?.data ?? 0) * 1000, (b?.cpu ?? 0) * 1000, row.inferenceImagesPerSecond, row.peakMB, world.size))
                 say("suite-row " + String(decoding: try encoder.encode(row), as: UTF8.self))
             }
         }

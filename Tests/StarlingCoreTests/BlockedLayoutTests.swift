@@ -1,3 +1,4 @@
+import CDNNL
 import Testing
 @testable import StarlingCore
 
@@ -86,6 +87,51 @@ import Testing
             }
             expectClose(blocked.output, reference.output, tolerance: 1e-4)
             for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+        }
+    }
+
+    /// U-Net's first level at an eighth of the width in a 16-wide pass: 8-channel sides stay in 8-channel blocks (3 -> 8
+    /// from the NCHW image, 8 -> 8, the concatenation's 16 channels in two 8-channel blocks -> 8, 8 -> 16 into the next
+    /// level, 8 -> 2 into the NCHW classifier output; and 24 -> 24, 8 -> 24). oneDNN computes in those blocks as they
+    /// are (its plans' source and destination are the caller's memory, no padded copy) and the values and gradients
+    /// are the NCHW convolution's.
+    @Test func narrowLayersComputeInEightChannelBlocks() throws {
+        for (cin, cout, inWidth, outWidth, kernel) in [(3, 8, 0, 8, 3), (8, 8, 8, 8, 3), (16, 8, 8, 8, 3), (8, 16, 8, 16, 3), (8, 2, 8, 0, 1),
+                                                       (24, 24, 8, 8, 3), (8, 24, 8, 8, 3)] {
+            let (blockedInput, blockedOutput) = (inWidth > 0, outWidth > 0)
+            let padding: Padding = kernel == 1 ? .valid : .same
+            let x = randomVariable([2, cin, 6, 25], seed: 91), w = randomVariable([cout, cin, kernel, kernel], seed: 92)
+            let b = randomVariable([cout], seed: 93)
+            try #require(Tensor.canConvolveBlocked(input: x.shape, weight: w.shape, stride: (1, 1), padding: padding, blockedInput: blockedInput,
+                                                   blockedOutput: blockedOutput, width: blockedOutput ? outWidth : 8,
+                                                   inputWidth: blockedInput ? inWidth : nil))
+            let reference = run([x, w, b]) { $0[0].conv2d($0[1], bias: $0[2], stride: (1, 1), padding: padding) }
+            let blocked = run([x, w, b]) { t in
+                let y = (blockedInput ? t[0].blocked(width: inWidth) : t[0])
+                    .conv2dBlocked(t[1], bias: t[2], stride: (1, 1), padding: padding, blockedOutput: blockedOutput, width: blockedOutput ? outWidth : nil)
+                return blockedOutput ? y.unblocked() : y
+            }
+            expectClose(blocked.output, reference.output, tolerance: 1e-4)
+            for k in 0..<3 { expectClose(blocked.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+
+            let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput, sourceWidth: blockedInput ? inWidth : 8,
+                                               destinationWidth: blockedOutput ? outWidth : 8)
+            #expect(layouts.keepsEightChannelBlocks(inChannels: cin, outChannels: cout) == (cin % 16 != 0 && blockedInput || cout % 16 != 0 && blockedOutput))
+            let g = ConvGeometry(input: x.shape, weight: w.shape, stride: (1, 1), padding: padding, dilation: (1, 1), groups: 1)
+            let plan = try #require(DNNLConvPlans.plan(g, images: g.dnnlChunk, variant: .backward, layouts: layouts))
+            let backwardData = try #require(plan.backwardData), backwardWeights = try #require(plan.backwardWeights)
+            #expect(!plan.runsReferenceKernels)
+            #expect(plan.keepsEightChannelBlocks == layouts.keepsEightChannelBlocks(inChannels: cin, outChannels: cout))
+            if blockedInput && inWidth == 8 {
+                for md in [plan.forward.md(dnnl_query_src_md), backwardData.md(dnnl_query_diff_src_md), backwardWeights.md(dnnl_query_src_md)] {
+                    #expect(DNNL.equal(md, plan.sourceUser), "\(cin) -> \(cout): oneDNN copies the 8-channel source into its own layout")
+                }
+            }
+            if blockedOutput && outWidth == 8 {
+                for md in [plan.forward.md(dnnl_query_dst_md), backwardData.md(dnnl_query_diff_dst_md), backwardWeights.md(dnnl_query_diff_dst_md)] {
+                    #expect(DNNL.equal(md, plan.destinationUser), "\(cin) -> \(cout): oneDNN copies the 8-channel destination into its own layout")
+                }
+            }
         }
     }
 
@@ -193,40 +239,52 @@ import Testing
         }
     }
 
-    /// The fused batch norm + ELU + pooling against the two ops it replaces: output, running statistics and the
-    /// gradients of x, gamma and beta, in training and evaluation, on even and odd sizes, with negative gammas (where
-    /// the window's maximum of z is its minimum of x) and with ties (small integers). The fused op pools before the
-    /// ELU, so its output may differ in the last place where the exp approximation is not monotonic.
+    /// The fused batch norm + activation (ELU, leaky ReLU) + pooling against the two ops it replaces: output, running
+    /// statistics and the gradients of x, gamma and beta, in training and evaluation, on even and odd sizes, with
+    /// negative gammas (where the window's maximum of z is its minimum of x) and with ties (small integers); and against
+    /// finite differences. The fused op pools before the activation, so an ELU output may differ in the last place
+    /// where the exp approximation is not monotonic; the leaky ReLU's is exact.
     @Test(arguments: [true, false], [8, 16]) func fusedPoolingMatchesTheTwoOps(training: Bool, width: Int) {
-        for (h, w, ties) in [(6, 8, false), (7, 5, false), (1, 4, false), (5, 6, true)] {
-            let shape = [2, 16 / width, h, w, width]
-            let x = ties ? Tensor.variable(shape: shape, values: randomValues(2 * 16 * h * w, seed: 24, -2, 3).map { $0.rounded(.down) })
-                         : randomVariable(shape, seed: 24, -2, 3)
-            let signs = (0..<16).map { $0 % 3 == 1 ? Float(-1) : 1 }
-            let gamma = Tensor.variable(shape: [16], values: zip(randomValues(16, seed: 25, 0.5, 1.5), signs).map { $0 * $1 })
-            let beta = randomVariable([16], seed: 26)
-            func stats() -> (Tensor, Tensor) { (Tensor(shape: [16], values: randomValues(16, seed: 27)), Tensor(shape: [16], values: randomValues(16, seed: 28, 0.5, 2))) }
-            let (meanA, varA) = stats(), (meanB, varB) = stats()
-            let reference = run([x, gamma, beta]) {
-                $0[0].batchNormELU(gamma: $0[1], beta: $0[2], runningMean: meanA, runningVar: varA, training: training, alpha: 0.8,
-                                   layout: .blocked).maxPool2x2Blocked()
+        for leaky in [false, true] {
+            func unfused(_ x: Tensor, _ gamma: Tensor, _ beta: Tensor, _ mean: Tensor, _ variance: Tensor) -> Tensor {
+                (leaky ? x.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, slope: 0.1,
+                                              layout: .blocked)
+                       : x.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, alpha: 0.8,
+                                        layout: .blocked)).maxPool2x2Blocked()
             }
-            let fused = run([x, gamma, beta]) {
-                $0[0].batchNormELUMaxPool2x2Blocked(gamma: $0[1], beta: $0[2], runningMean: meanB, runningVar: varB, training: training, alpha: 0.8)
+            func fused(_ x: Tensor, _ gamma: Tensor, _ beta: Tensor, _ mean: Tensor, _ variance: Tensor) -> Tensor {
+                leaky ? x.batchNormLeakyReLUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
+                                                              slope: 0.1)
+                      : x.batchNormELUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
+                                                        alpha: 0.8)
             }
-            expectClose(fused.output, reference.output, tolerance: 1e-6)
-            for k in 0..<3 { expectClose(fused.gradients[k], reference.gradients[k], tolerance: 1e-5) }
-            #expect(meanA.toArray() == meanB.toArray() && varA.toArray() == varB.toArray())
-        }
-        let gamma = Tensor.variable(shape: [width], values: randomValues(width, seed: 29, 0.5, 1.5).enumerated().map { $0.offset % 2 == 1 ? -$0.element : $0.element })
-        let beta = randomVariable([width], seed: 30)
-        let mean = Tensor(shape: [width], values: [Float](repeating: 0, count: width))
-        let variance = Tensor(shape: [width], values: [Float](repeating: 1, count: width))
-        // Distinct inputs, so that no window has a near tie within the finite-difference step.
-        let count = 24 * width
-        let distinct = (0..<count).map { Float(($0 * 37) % count) * 0.02 * 192 / Float(count) - 2 }
-        checkGradients([Tensor.variable(shape: [2, 1, 4, 3, width], values: distinct), gamma, beta], rtol: 3e-2, atol: 3e-3) {
-            $0[0].batchNormELUMaxPool2x2Blocked(gamma: $0[1], beta: $0[2], runningMean: mean, runningVar: variance, training: training)
+            for (h, w, ties) in [(6, 8, false), (7, 5, false), (1, 4, false), (5, 6, true)] {
+                let shape = [2, 16 / width, h, w, width]
+                let x = ties ? Tensor.variable(shape: shape, values: randomValues(2 * 16 * h * w, seed: 24, -2, 3).map { $0.rounded(.down) })
+                             : randomVariable(shape, seed: 24, -2, 3)
+                let signs = (0..<16).map { $0 % 3 == 1 ? Float(-1) : 1 }
+                let gamma = Tensor.variable(shape: [16], values: zip(randomValues(16, seed: 25, 0.5, 1.5), signs).map { $0 * $1 })
+                let beta = randomVariable([16], seed: 26)
+                func stats() -> (Tensor, Tensor) { (Tensor(shape: [16], values: randomValues(16, seed: 27)), Tensor(shape: [16], values: randomValues(16, seed: 28, 0.5, 2))) }
+                let (meanA, varA) = stats(), (meanB, varB) = stats()
+                let reference = run([x, gamma, beta]) { unfused($0[0], $0[1], $0[2], meanA, varA) }
+                let pooled = run([x, gamma, beta]) { fused($0[0], $0[1], $0[2], meanB, varB) }
+                if leaky { #expect(pooled.output == reference.output, "\(h) x \(w)") }
+                expectClose(pooled.output, reference.output, tolerance: 1e-6)
+                for k in 0..<3 { expectClose(pooled.gradients[k], reference.gradients[k], tolerance: 1e-5) }
+                #expect(meanA.toArray() == meanB.toArray() && varA.toArray() == varB.toArray())
+            }
+            let gamma = Tensor.variable(shape: [width], values: randomValues(width, seed: 29, 0.5, 1.5).enumerated().map { $0.offset % 2 == 1 ? -$0.element : $0.element })
+            let beta = randomVariable([width], seed: 30)
+            let mean = Tensor(shape: [width], values: [Float](repeating: 0, count: width))
+            let variance = Tensor(shape: [width], values: [Float](repeating: 1, count: width))
+            // Distinct inputs, so that no window has a near tie within the finite-difference step, and a step small
+            // enough that no z crosses the activations' kink at 0 (the ELU's at alpha 0.8, the leaky ReLU's).
+            let count = 24 * width
+            let distinct = (0..<count).map { Float(($0 * 37) % count) * 0.02 * 192 / Float(count) - 2 }
+            checkGradients([Tensor.variable(shape: [2, 1, 4, 3, width], values: distinct), gamma, beta], eps: 2e-3, rtol: 3e-2, atol: 3e-3) {
+                fused($0[0], $0[1], $0[2], mean, variance)
+            }
         }
     }
 

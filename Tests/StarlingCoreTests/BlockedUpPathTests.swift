@@ -79,7 +79,7 @@ import Testing
     /// its store), an NCHW input of 3 channels (the first layer).
     @Test(arguments: [8, 16]) func convolutionReLUMatchesTheTwoOps(preferred: Int) throws {
         for (cin, cout, stride, padding, width) in [(16, 16, 1, Padding.same, 26), (16, 32, 1, Padding.same, 9), (8, 16, 2, Padding.valid, 11),
-                                                    (3, 16, 1, Padding.same, 26)] {
+                                                    (3, 16, 1, Padding.same, 26), (8, 8, 1, Padding.same, 13), (16, 8, 1, Padding.same, 7)] {
             let blockedInput = cin % 8 == 0
             let x = randomVariable([2, cin, 5, width], seed: 64), w = randomVariable([cout, cin, 3, 3], seed: 65)
             let b = randomVariable([cout], seed: 66)
@@ -97,6 +97,35 @@ import Testing
             expectClose(fused.output, reference.output, tolerance: 1e-5)
             for k in 0..<3 { expectClose(fused.gradients[k], reference.gradients[k], tolerance: 1e-4) }
         }
+    }
+
+    /// The forward pass into one 8-channel block by the adjoint's data-gradient kernel (`adjointForward`, what
+    /// `conv2dBlockedReLU` runs there) against oneDNN's forward kernel: 3x3, 5x5 and 1x1 kernels, one to three input blocks,
+    /// odd map sizes, with and without the ReLU.
+    @Test func adjointForwardMatchesTheForwardKernel() throws {
+        for (cin, kernel) in [(8, 3), (16, 3), (8, 5), (24, 1)] {
+            let (n, h, w) = (3, 7, 19)
+            let x = randomVariable([n, cin, h, w], seed: 81).blocked(width: 8), weight = randomVariable([8, cin, kernel, kernel], seed: 82)
+            let b = randomVariable([8], seed: 83)
+            let g = ConvGeometry(input: [n, cin, h, w], weight: weight.shape, stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+            let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: 8, destinationWidth: 8)
+            guard ConvGeometry.ownKernels else { #expect(!g.adjointForwardApplies(layouts)); continue }
+            let reference = FloatStorage(count: n * 8 * h * w)
+            try #require(g.dnnlConvolve(input: x.data, weight: weight.data, bias: b.data, output: reference.pointer, beta: 0, layouts: layouts))
+            for relu in [false, true] {
+                let y = FloatStorage(count: n * 8 * h * w)
+                #expect(g.adjointForward(input: x.data, weight: weight.data, bias: b.data, output: y.pointer, layouts: layouts, relu: relu))
+                expectClose(y.toArray(), reference.toArray().map { relu ? max($0, 0) : $0 }, tolerance: 1e-4)
+            }
+        }
+        // Not taken: 16 output channels, a stride of 2, a 16-wide side.
+        let eight = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: 8, destinationWidth: 8)
+        #expect(!ConvGeometry(input: [1, 8, 6, 6], weight: [16, 8, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+            .adjointForwardApplies(eight))
+        #expect(!ConvGeometry(input: [1, 8, 6, 6], weight: [8, 8, 3, 3], stride: (2, 2), padding: .same, dilation: (1, 1), groups: 1)
+            .adjointForwardApplies(eight))
+        #expect(!ConvGeometry(input: [1, 16, 6, 6], weight: [8, 16, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+            .adjointForwardApplies(DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: 16, destinationWidth: 8)))
     }
 
     @Test func convolutionReLUFiniteDifferences() {

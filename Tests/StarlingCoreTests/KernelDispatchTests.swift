@@ -261,7 +261,7 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         let a = randomValues(2 * width * pixels, seed: 40, -3, 3), b = randomValues(2 * width * pixels, seed: 41, -3, 3)
         let v = { (seed: UInt64) in randomValues(width, seed: seed) }
         func results(_ level: KernelDispatch.Level) -> [[Float]] {
-            var sums = [Double](repeating: 0, count: 4 * width)
+            var sums = [Double](repeating: 0, count: 6 * width)
             var dx = b, dz = a, pooled = [Float](repeating: 0, count: width * pixels / 2), routed = [Float](repeating: 1, count: 2 * width * pixels)
             a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in sums.withUnsafeMutableBufferPointer { s in
                 let (x, y, sp) = (ap.baseAddress!, bp.baseAddress!, s.baseAddress!)
@@ -279,28 +279,32 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
                                                       overwrite: false, kernels: level)
                 } }
             } } }
-            // The pooled batch norm + ELU's backward loops, from the forward's pooled output and argmax inputs.
-            var pooledELU = [Float](repeating: 0, count: width * pixels / 2), argmax = pooledELU
+            // The pooled batch norm + activation's backward loops, from the forward's pooled output and window indices (the
+            // forward in the baseline build: its ELU's exp rounds differently with fused multiply-adds).
             var pooledDx = b
-            a.withUnsafeBufferPointer { ap in sums.withUnsafeMutableBufferPointer { s in
-                let (x, sp) = (ap.baseAddress!, s.baseAddress! + 2 * width)
-                pooledELU.withUnsafeMutableBufferPointer { yp in argmax.withUnsafeMutableBufferPointer { mp in
-                    KernelDispatch.pooledELUForwardRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, mean: v(47), scale: v(48),
-                                                       shift: v(49), alpha: 0.6, into: yp.baseAddress!, argmaxInput: mp.baseAddress!,
-                                                       kernels: .baseline)
+            for (k, activation) in [PooledActivation.elu(alpha: 0.6), .leakyReLU(slope: 0.1)].enumerated() {
+                var pooledY = [Float](repeating: 0, count: width * pixels / 2), windows = [UInt8](repeating: 0, count: width * pixels / 8)
+                a.withUnsafeBufferPointer { ap in sums.withUnsafeMutableBufferPointer { s in
+                    let (x, sp) = (ap.baseAddress!, s.baseAddress! + 2 * width)
+                    pooledY.withUnsafeMutableBufferPointer { yp in windows.withUnsafeMutableBytes { wp in
+                        KernelDispatch.pooledForwardRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, mean: v(47), scale: v(48),
+                                                        shift: v(49), activation: activation, into: yp.baseAddress!, windows: wp.baseAddress!,
+                                                        kernels: .baseline)
+                    } }
+                    pooledY.withUnsafeBufferPointer { yp in windows.withUnsafeBytes { wp in b.withUnsafeBufferPointer { bp in
+                        KernelDispatch.pooledGradientSums(width: width, pixels / 2, top: x, bottom: x + width * pixels, y: yp.baseAddress!,
+                                                          dy: bp.baseAddress!, windows: wp.baseAddress!, mean: v(47), activation: activation,
+                                                          sums: sp + 2 * k * width, products: sp + (2 * k + 1) * width, kernels: level)
+                        pooledDx.withUnsafeMutableBufferPointer {
+                            KernelDispatch.pooledInputGradientRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, y: yp.baseAddress!,
+                                                                  dy: bp.baseAddress!, windows: wp.baseAddress!, topGradient: $0.baseAddress!,
+                                                                  bottomGradient: $0.baseAddress! + width * pixels, mean: v(47), scale: v(48),
+                                                                  slope: v(45), offset: v(46), activation: activation, overwrite: false,
+                                                                  kernels: level)
+                        }
+                    } } }
                 } }
-                pooledELU.withUnsafeBufferPointer { yp in argmax.withUnsafeBufferPointer { mp in b.withUnsafeBufferPointer { bp in
-                    KernelDispatch.pooledELUGradientSums(width: width, pixels / 2, y: yp.baseAddress!, dy: bp.baseAddress!,
-                                                         argmaxInput: mp.baseAddress!, mean: v(47), alpha: 0.6, sums: sp, products: sp + width,
-                                                         kernels: level)
-                    pooledDx.withUnsafeMutableBufferPointer {
-                        KernelDispatch.pooledELUInputGradientRow(width: width, pixels / 2, top: x, bottom: x + width * pixels, y: yp.baseAddress!,
-                                                                 dy: bp.baseAddress!, argmaxInput: mp.baseAddress!, topGradient: $0.baseAddress!,
-                                                                 bottomGradient: $0.baseAddress! + width * pixels, mean: v(47), scale: v(48),
-                                                                 slope: v(45), offset: v(46), alpha: 0.6, overwrite: false, kernels: level)
-                    }
-                } } }
-            } }
+            }
             return [sums.map { Float($0) }, dx, dz, pooled, routed, pooledDx]
         }
         let baseline = results(.baseline)
@@ -322,7 +326,8 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         }
         func run(width: Int, _ a: [Float], _ b: [Float]) -> [[Float]] {
             var y = [Float](repeating: 0, count: 16 * pixels), leaky = y, dx = b, routed = y, pooledDx = b
-            var maxima = [Float](repeating: 0, count: 4 * pixels), pooled = maxima, argmax = maxima, sums = [Double](repeating: 0, count: 64)
+            var maxima = [Float](repeating: 0, count: 4 * pixels), pooled = maxima, sums = [Double](repeating: 0, count: 64)
+            var windows = [UInt8](repeating: 0, count: pixels)   // 2 bits for each of the 4 x pixels pooled values
             for h in 0..<(16 / width) {
                 let (at, k, o) = (h * width * pixels, h * width, h * width * pixels / 4)
                 let (mean, scale, shift, offset) = (Array(constants[0][k...]), Array(constants[1][k...]), Array(constants[2][k...]),
@@ -345,36 +350,36 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
                     maxima.withUnsafeMutableBufferPointer {
                         KernelDispatch.maxPoolRow(width: width, pixels / 4, top: top, bottom: bottom, into: $0.baseAddress! + o, kernels: level)
                     }
-                    pooled.withUnsafeMutableBufferPointer { pp in argmax.withUnsafeMutableBufferPointer { mp in
-                        KernelDispatch.pooledELUForwardRow(width: width, pixels / 4, top: top, bottom: bottom, mean: mean, scale: scale,
-                                                           shift: shift, alpha: 0.8, into: pp.baseAddress! + o, argmaxInput: mp.baseAddress! + o,
-                                                           kernels: level)
+                    pooled.withUnsafeMutableBufferPointer { pp in windows.withUnsafeMutableBytes { wp in
+                        KernelDispatch.pooledForwardRow(width: width, pixels / 4, top: top, bottom: bottom, mean: mean, scale: scale,
+                                                        shift: shift, activation: .elu(alpha: 0.8), into: pp.baseAddress! + o,
+                                                        windows: wp.baseAddress! + o / 4, kernels: level)
                     } }
                     maxima.withUnsafeBufferPointer { yp in routed.withUnsafeMutableBufferPointer { r in
                         KernelDispatch.maxPoolRowGradient(width: width, pixels / 4, top: top, bottom: bottom, y: yp.baseAddress! + o, dy: g,
                                                           topGradient: r.baseAddress! + at, bottomGradient: r.baseAddress! + at + width * pixels / 2,
                                                           overwrite: true, kernels: level)
                     } }
-                    pooled.withUnsafeBufferPointer { pp in argmax.withUnsafeBufferPointer { mp in sums.withUnsafeMutableBufferPointer { s in
+                    pooled.withUnsafeBufferPointer { pp in windows.withUnsafeBytes { wp in sums.withUnsafeMutableBufferPointer { s in
                         KernelDispatch.blockedSumAndDot(width: width, pixels, x, g, shift: mean, sums: s.baseAddress! + k,
                                                         products: s.baseAddress! + 16 + k, kernels: level)
-                        KernelDispatch.pooledELUGradientSums(width: width, pixels / 4, y: pp.baseAddress! + o, dy: g, argmaxInput: mp.baseAddress! + o,
-                                                             mean: mean, alpha: 0.8, sums: s.baseAddress! + 32 + k, products: s.baseAddress! + 48 + k,
-                                                             kernels: level)
+                        KernelDispatch.pooledGradientSums(width: width, pixels / 4, top: top, bottom: bottom, y: pp.baseAddress! + o, dy: g,
+                                                          windows: wp.baseAddress! + o / 4, mean: mean, activation: .elu(alpha: 0.8),
+                                                          sums: s.baseAddress! + 32 + k, products: s.baseAddress! + 48 + k, kernels: level)
                         pooledDx.withUnsafeMutableBufferPointer {
-                            KernelDispatch.pooledELUInputGradientRow(width: width, pixels / 4, top: top, bottom: bottom, y: pp.baseAddress! + o,
-                                                                     dy: g, argmaxInput: mp.baseAddress! + o, topGradient: $0.baseAddress! + at,
-                                                                     bottomGradient: $0.baseAddress! + at + width * pixels / 2, mean: mean,
-                                                                     scale: scale, slope: shift, offset: offset, alpha: 0.8, overwrite: false,
-                                                                     kernels: level)
+                            KernelDispatch.pooledInputGradientRow(width: width, pixels / 4, top: top, bottom: bottom, y: pp.baseAddress! + o,
+                                                                  dy: g, windows: wp.baseAddress! + o / 4, topGradient: $0.baseAddress! + at,
+                                                                  bottomGradient: $0.baseAddress! + at + width * pixels / 2, mean: mean,
+                                                                  scale: scale, slope: shift, offset: offset, activation: .elu(alpha: 0.8),
+                                                                  overwrite: false, kernels: level)
                         }
                     } } }
                 } }
             }
-            return [y, leaky, dx, routed, pooledDx, maxima, pooled, argmax, sums.map { Float($0) }]
+            return [y, leaky, dx, routed, pooledDx, maxima, pooled, windowIndices(windows, count: 4 * pixels), sums.map { Float($0) }]
         }
         let wide = run(width: 16, a, b), narrow = run(width: 8, split(a, pixels), split(b, pixels))
-        let names = ["ELU", "leaky ReLU", "input gradient", "pooling gradient", "pooled ELU gradient", "maxima", "pooled ELU", "argmax input"]
+        let names = ["ELU", "leaky ReLU", "input gradient", "pooling gradient", "pooled ELU gradient", "maxima", "pooled ELU", "window indices"]
         for (k, name) in names.enumerated() {
             #expect(split(wide[k], k < 5 ? pixels : pixels / 4) == narrow[k], "\(name)")
         }
@@ -382,29 +387,40 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         #expect(!wide[6].contains { $0 == 0 } && !wide[3].allSatisfy { $0 == 0 }, "every loop wrote its output")
     }
 
-    /// The pooled batch norm + ELU's forward row in each build against a Double reference: the window's maximum of
-    /// scale (x - mean) + shift through ELU, and x at the first maximum.
-    @Test(arguments: KernelDispatch.supported, [8, 16]) func pooledELUForwardRow(level: KernelDispatch.Level, block: Int) {
+    /// The pooled batch norm + activation's forward row in each build against a Double reference: the window's maximum
+    /// of scale (x - mean) + shift through the activation, and the index of the first maximum in row-major order.
+    @Test(arguments: KernelDispatch.supported, [8, 16]) func pooledForwardRow(level: KernelDispatch.Level, block: Int) {
         let width = 13
         let x = randomValues(4 * block * width, seed: 50, -3, 3).enumerated().map { $0.offset % 5 == 0 ? 0.5 : $0.element }   // some ties
         let (mean, scale, shift) = (randomValues(block, seed: 51), randomValues(block, seed: 52, -2, 2), randomValues(block, seed: 53))
-        var y = [Float](repeating: 0, count: block * width), argmax = y
-        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in argmax.withUnsafeMutableBufferPointer { mp in
-            KernelDispatch.pooledELUForwardRow(width: block, width, top: xp.baseAddress!, bottom: xp.baseAddress! + 2 * block * width, mean: mean,
-                                               scale: scale, shift: shift, alpha: 0.7, into: yp.baseAddress!, argmaxInput: mp.baseAddress!,
-                                               kernels: level)
-        } } }
-        for j in 0..<width {
-            for l in 0..<block {
-                let (row, pixel) = (2 * block * width, 2 * block * j)
-                let window = [pixel + l, pixel + block + l, row + pixel + l, row + pixel + block + l].map { x[$0] }
-                let z = window.map { Float(scale[l]) * ($0 - mean[l]) + shift[l] }
-                let first = z.firstIndex(of: z.max()!)!
-                let top = Double(z[first])
-                let expected = top > 0 ? top : 0.7 * (Foundation.exp(top) - 1)
-                #expect(abs(Double(y[block * j + l]) - expected) <= 1e-6 * max(1, abs(expected)), "pixel \(j) lane \(l)")
-                #expect(argmax[block * j + l] == window[first], "pixel \(j) lane \(l)")
+        for activation in [PooledActivation.elu(alpha: 0.7), .leakyReLU(slope: 0.1)] {
+            var y = [Float](repeating: 0, count: block * width), windows = [UInt8](repeating: 0, count: block * width / 4)
+            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in windows.withUnsafeMutableBytes { wp in
+                KernelDispatch.pooledForwardRow(width: block, width, top: xp.baseAddress!, bottom: xp.baseAddress! + 2 * block * width, mean: mean,
+                                                scale: scale, shift: shift, activation: activation, into: yp.baseAddress!,
+                                                windows: wp.baseAddress!, kernels: level)
+            } } }
+            let indices = windowIndices(windows, count: block * width)
+            for j in 0..<width {
+                for l in 0..<block {
+                    let (row, pixel) = (2 * block * width, 2 * block * j)
+                    let window = [pixel + l, pixel + block + l, row + pixel + l, row + pixel + block + l].map { x[$0] }
+                    let z = window.map { Float(scale[l]) * ($0 - mean[l]) + shift[l] }
+                    let first = z.firstIndex(of: z.max()!)!
+                    let top = Double(z[first])
+                    let expected = switch activation {
+                    case .elu(let alpha): top > 0 ? top : Double(alpha) * (Foundation.exp(top) - 1)
+                    case .leakyReLU(let slope): top > 0 ? top : Double(slope) * top
+                    }
+                    #expect(abs(Double(y[block * j + l]) - expected) <= 1e-6 * max(1, abs(expected)), "\(activation) pixel \(j) lane \(l)")
+                    #expect(indices[block * j + l] == Float(first), "\(activation) pixel \(j) lane \(l)")
+                }
             }
         }
+    }
+
+    /// The 2-bit window index of each of `count` pooled values: the one at offset o in bits 2 (o % 4) of byte o / 4.
+    func windowIndices(_ bytes: [UInt8], count: Int) -> [Float] {
+        (0..<count).map { Float((bytes[$0 / 4] >> (2 * UInt8($0 % 4))) & 3) }
     }
 }

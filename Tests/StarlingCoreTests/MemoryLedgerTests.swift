@@ -47,7 +47,7 @@ import Testing
 /// the same gradients to the bit as with a second reader of the output, which keeps the values and takes the path
 /// through a buffer of its own.
 @Suite struct GradientOverValuesTests {
-    @Test(arguments: [8, 16], [true, false]) func batchNormGradientOverConvolutionOutputIsBitIdentical(width: Int, pooled: Bool) {
+    @Test(arguments: [8, 16], ["elu", "pooled elu", "pooled leaky"]) func batchNormGradientOverConvolutionOutputIsBitIdentical(width: Int, op: String) {
         let x = randomVariable([2, 16, 6, 10], seed: 50, -1, 2), w = randomVariable([32, 16, 3, 3], seed: 51), b = randomVariable([32], seed: 52)
         let gamma = randomVariable([32], seed: 53, 0.5, 1.5), beta = randomVariable([32], seed: 54)
         let leaves = [x, w, b, gamma, beta]
@@ -57,9 +57,12 @@ import Testing
             let variance = Tensor(shape: [32], values: [Float](repeating: 1, count: 32))
             let y = x.blocked(width: width).conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same)
             let before = y.toArray()
-            let z = pooled
-                ? y.batchNormELUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true)
-                : y.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true, layout: .blocked)
+            let z = switch op {
+            case "pooled elu": y.batchNormELUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true)
+            case "pooled leaky": y.batchNormLeakyReLUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance,
+                                                                      training: true, slope: 0.1)
+            default: y.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true, layout: .blocked)
+            }
             let planar = z.unblocked()
             var loss = (planar * Tensor(shape: planar.shape, values: randomValues(planar.count, seed: 55))).sum()
             if secondReader { loss = loss + y.sum() * 0 }     // adds exact zeros to y's gradient

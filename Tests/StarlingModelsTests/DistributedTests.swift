@@ -31,6 +31,20 @@ import Testing
         #expect(try Checkpoint.load(from: dir + "/many/fc-ae-last.h5").state.worldSize == ranks)
     }
 
+    /// sparse-ae's activity penalty is l1 sum(h) over a rank's local batch divided by that batch: averaged over the
+    /// ranks it is the penalty over the global batch, so 2 ranks train the same model as one process, as fc-ae does.
+    @Test func sparseAutoencoderRanksMatchOneProcess() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("dp-sparse")
+        func arguments(_ out: String) -> [String] { trainArguments(data, out).map { $0 == "fc-ae" ? "sparse-ae" : $0 } }
+        let one = try run(Fixture.starling, arguments(dir + "/one"))
+        #expect(one.status == 0, "\(one.error)")
+        let many = try mpirun(2, arguments(dir + "/many"))
+        #expect(many.status == 0, "\(many.output)\(many.error)")
+        let a = try weights(dir + "/one/sparse-ae-last.h5"), b = try weights(dir + "/many/sparse-ae-last.h5")
+        #expect(maxRelativeDifference(a, b) < 1e-5)
+    }
+
     /// Two ranks stopped mid-run and resumed equal two ranks uninterrupted, bit for bit; resuming on another
     /// rank count continues the same sample order.
     @Test func resumeOnRanks() throws {

@@ -24,6 +24,9 @@ struct LayoutTensorTests {
         let training: (blocked: Int, planar: Int), inference: (laidOut: Int, planar: Int)
         /// Gradients agree to this, relative to the largest (see `trainingPassMatchesThePlanarOne`).
         var gradientTolerance: Float = 1e-3
+        /// Batch norm + leaky ReLU run with the 2x2 pooling after them as one op in the training pass, and those of them
+        /// read again by something else after the pooling (`DeferredNormalization`).
+        var pooledNormalizations: (fused: Int, readAgain: Int) = (0, 0)
         var testDescription: String { name }
     }
 
@@ -44,7 +47,7 @@ struct LayoutTensorTests {
                images: [2, 3, 96, 128], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3Tiny).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv3Tiny).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (13, 0), inference: (13, 0)),
+               training: (13, 0), inference: (13, 0), pooledNormalizations: (5, 1)),
         Family(name: "yolov3", config: { YOLOv3.defaultConfig(height: 64, width: 64, classNames: classes, widthMultiplier: 0.25, depthMultiplier: 0.2) },
                images: [2, 3, 64, 64], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3).outputMaps(x, training: t) },
@@ -54,12 +57,12 @@ struct LayoutTensorTests {
                images: [2, 3, 64, 96], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv2).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv2).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (23, 0), inference: (23, 0)),
+               training: (23, 0), inference: (23, 0), pooledNormalizations: (5, 1)),
         Family(name: "yolov1", config: { YOLOv1.defaultConfig(height: 64, width: 128, classNames: classes, widthMultiplier: 0.125) },
                images: [2, 3, 64, 128], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv1).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv1).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (24, 0), inference: (24, 0)),
+               training: (24, 0), inference: (24, 0), pooledNormalizations: (4, 0)),
         Family(name: "fast-rcnn", config: { smallFastRCNNConfig(height: 64, width: 96, classNames: classes) }, images: [2, 3, 64, 96], pixelScale: 255,
                planar: { m, x, t in let (l, d) = (m as! FastRCNN).regionOutputs(x, rois: fastRCNNRoIs(), training: t); return [l, d] },
                laidOut: { m, x, t in
@@ -90,6 +93,12 @@ struct LayoutTensorTests {
                training: (11, 0), inference: (11, 0)),
         Family(name: "unet-valid", config: { ModelConfig(family: UNet.family, inputShape: [3, 44, 44], options: ["width": 0.25, "levels": 3, "valid": 1], classNames: classes) },
                images: [2, 3, 44, 44], pixelScale: 255,
+               planar: { m, x, t in [(m as! UNet).logits(x)] },
+               laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
+               training: (11, 0), inference: (11, 0)),
+        // An eighth of the width: the first level's 8 channels in 8-channel blocks in a 16-wide pass (oneDNN in nChw8c).
+        Family(name: "unet-eighth", config: { ModelConfig(family: UNet.family, inputShape: [3, 32, 48], options: ["width": 0.125, "levels": 3], classNames: classes) },
+               images: [2, 3, 32, 48], pixelScale: 255,
                planar: { m, x, t in [(m as! UNet).logits(x)] },
                laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
                training: (11, 0), inference: (11, 0)),
@@ -174,6 +183,9 @@ struct LayoutTensorTests {
         let plain = family.planar(models[1], x, true)
         #expect(census.blocked == family.training.blocked && census.planar == family.training.planar,
                 "\(census.blocked) convolutions ran blocked, \(census.planar) planar")
+        #expect(census.pooledNormalizations == family.pooledNormalizations.fused
+                    && census.normalizationsReadAfterPooling == family.pooledNormalizations.readAgain,
+                "\(census.pooledNormalizations) batch norms pooled in one op, \(census.normalizationsReadAfterPooling) read again")
         for (k, (a, b)) in zip(fast, plain).enumerated() {
             #expect(a.shape == b.shape)
             let worst = worstDifference(a.toArray(), b.toArray())
@@ -202,7 +214,7 @@ struct LayoutTensorTests {
     /// A training pass (outputs, every parameter's gradient, the moving statistics) in 8-channel blocks against the same
     /// pass in 16-channel blocks, whatever the CPU: the two widths run different kernels (Starling's own convolutions at 8,
     /// oneDNN's nChw16c ones at 16) and sum in other orders, so they agree to rounding, as each agrees with the planar pass.
-    @Test(arguments: ["ssd7", "yolov3-tiny"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
+    @Test(arguments: ["ssd7", "yolov3-tiny", "unet-eighth"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }
         let family = try #require(Self.families.first { $0.name == name })
         let models = try Self.twins(family)

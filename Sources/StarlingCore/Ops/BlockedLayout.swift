@@ -149,7 +149,8 @@ extension Tensor {
                               weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
                               inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
         }
-        let done = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
+        let done = g.narrowOutputForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
+            || g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
         return out
@@ -290,6 +291,8 @@ extension ConvGeometry {
     func blockedBackward(input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>,
                          weightGradient: UnsafeMutablePointer<Float>?, biasGradient: UnsafeMutablePointer<Float>?,
                          inputGradient: (pointer: UnsafeMutablePointer<Float>, overwrite: Bool)?, layouts: DNNLConvPlan.Layouts) {
+        if narrowOutputBackward(input: x, weight: w, outputGrad: dy, weightGradient: weightGradient, biasGradient: biasGradient,
+                                inputGradient: inputGradient, layouts: layouts) { return }
         var biasDone = false
         if let weightGradient {
             if fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
@@ -473,17 +476,42 @@ extension ConvGeometry {
 extension Tensor {
     /// `batchNormELU(..., layout: .blocked).maxPool2x2Blocked()` as one op, for a block whose normalised output feeds
     /// nothing but the pooling (SSD7's first three): the same values and gradients (tested), in fewer passes over
-    /// memory. It pools before the ELU (`PooledELUKernels`): ELU(max z) is max ELU(z), so the exp runs on a quarter of
-    /// the pixels, and neither the full-size ELU output nor its gradient ever exists. Backward keeps x at each window's
-    /// maximum (a quarter of x's size), reads only pooled-size tensors for the statistics' sums, and finds each window's
-    /// maximum again from x as it writes the input gradient. Per element of x (SSD7's conv1: 295 MB at batch 16) that is
-    /// ~5 passes over memory instead of ~9, and one activation-sized buffer fewer.
+    /// memory and one activation-sized buffer fewer (`normalizedMaxPool2x2Blocked`).
     public func batchNormELUMaxPool2x2Blocked(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                               momentum: Float = 0.99, epsilon: Float = 1e-3,
                                               runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                                               crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
                                               moments: ChannelMoments? = nil) -> Tensor {
         precondition(alpha > 0, "ELU alpha \(alpha) must be positive for its output to determine its derivative")
+        return normalizedMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training,
+                                           momentum: momentum, epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator,
+                                           crossReplicaSum: crossReplicaSum, activation: .elu(alpha: alpha), moments: moments)
+    }
+
+    /// `batchNormLeakyReLU(..., layout: .blocked).maxPool2x2Blocked()` as one op (darknet's blocks before a pooling
+    /// layer: yolov3-tiny's first five), as `batchNormELUMaxPool2x2Blocked` fuses the ELU.
+    public func batchNormLeakyReLUMaxPool2x2Blocked(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+                                                    momentum: Float = 0.99, epsilon: Float = 1e-3,
+                                                    runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
+                                                    crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
+                                                    moments: ChannelMoments? = nil) -> Tensor {
+        precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
+        return normalizedMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training,
+                                           momentum: momentum, epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator,
+                                           crossReplicaSum: crossReplicaSum, activation: .leakyReLU(slope: slope), moments: moments)
+    }
+
+    /// Batch norm, a monotonic activation and 2x2/2 max-pooling (valid) as one op in the blocked layout. It pools
+    /// before the activation (`PooledActivationKernels`): f(max z) is max f(z), so the activation (an ELU's exp) runs on
+    /// a quarter of the pixels, and neither the full-size activated output nor its gradient ever exists. What backward
+    /// keeps beside the input (which batch norm's backward needs anyway) is the pooled output and a 2-bit index a
+    /// pooled value saying which input of its window was the maximum (1/16 of the pooled output's size; keeping x at
+    /// the maximum as a Float cost 109 MB in SSD7 at batch 16, the indices 7 MB). Backward reads x at the maxima through
+    /// the indices for the statistics' sums, then writes the input gradient, over x's own values when nothing else reads
+    /// them. Per element of x (SSD7's conv1: 295 MB at batch 16) that is ~6 passes over memory instead of ~9.
+    func normalizedMaxPool2x2Blocked(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
+                                     momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
+                                     crossReplicaSum: CrossReplicaSum?, activation: PooledActivation, moments: ChannelMoments?) -> Tensor {
         let x = self, bw = blockWidth
         let (n, blocks, h, w) = (shape[0], shape[1], shape[2], shape[3])
         let (c, oh, ow, row) = (blocks * bw, h / 2, w / 2, w * bw)
@@ -497,26 +525,32 @@ extension Tensor {
                                         crossReplicaSum: crossReplicaSum, moments: moments)
         let outShape = [n, blocks, oh, ow, bw]
         let pooledCount = Tensor.elementCount(outShape)
-        // x at each window's maximum, for backward; nothing needs it at inference.
-        let argmaxInput = FloatStorage(uninitializedCount: GradMode.isEnabled && [x, gamma, beta].contains { $0.requiresGrad } ? pooledCount : 0)
+        // The window indices, pooledCount / 4 bytes (a whole number: B is 8 or 16), in a Float block for the ledger's
+        // counts; nothing needs them at inference.
+        let keepWindows = GradMode.isEnabled && [x, gamma, beta].contains { $0.requiresGrad }
+        let windows = FloatStorage(uninitializedCount: keepWindows ? (pooledCount / 4 + 3) / 4 : 0)
         let work = count * 4
         // Per-channel constants of block b.
         func constants(_ p: UnsafeMutablePointer<Float>, _ block: Int) -> UnsafePointer<Float> { UnsafePointer(p + bw * block) }
 
         let out = Tensor.result(shape: outShape, storage: FloatStorage(uninitializedCount: pooledCount), inputs: [x, gamma, beta]) { out in
-            let (xp, xm, pooled, dPooled) = (UnsafePointer(x.data), UnsafePointer(argmaxInput.pointer), UnsafePointer(out.data),
-                                             UnsafePointer(out.grad))
+            let (xp, indices, pooled, dPooled) = (UnsafePointer(x.data), UnsafeRawPointer(windows.pointer), UnsafePointer(out.data),
+                                                  UnsafePointer(out.grad))
             // Pass 1: sums = [sum dz | sum dz (x - mean)] per channel over the windows' maxima, channel blocks over the threads.
             var sums = [Double](repeating: 0, count: 2 * c)
             sums.withUnsafeMutableBufferPointer { s in
                 let sp = s.baseAddress!
-                Parallel.forEachChunk(of: blocks, work: work / 4) { range in
+                Parallel.forEachChunk(of: blocks, work: work / 2) { range in
                     for b in range {
                         let mean = constants(stats.mean.pointer, b)
                         for sample in 0..<n {
-                            let at = (sample * blocks + b) * oh * ow * bw
-                            KernelDispatch.pooledELUGradientSums(width: bw, oh * ow, y: pooled + at, dy: dPooled + at, argmaxInput: xm + at,
-                                                                 mean: mean, alpha: alpha, sums: sp + bw * b, products: sp + c + bw * b)
+                            let plane = sample * blocks + b
+                            for i in 0..<oh {
+                                let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
+                                KernelDispatch.pooledGradientSums(width: bw, ow, top: xp + top, bottom: xp + top + row, y: pooled + o,
+                                                                  dy: dPooled + o, windows: indices + o / 4, mean: mean, activation: activation,
+                                                                  sums: sp + bw * b, products: sp + c + bw * b)
+                            }
                         }
                     }
                 }
@@ -540,31 +574,28 @@ extension Tensor {
                     }
                     for i in 0..<oh {
                         let top = (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
-                        KernelDispatch.pooledELUInputGradientRow(width: bw, ow, top: xp + top, bottom: xp + top + row, y: pooled + o, dy: dPooled + o,
-                                                                 argmaxInput: xm + o, topGradient: dx + top, bottomGradient: dx + top + row,
-                                                                 mean: mean, scale: scale, slope: sl, offset: of, alpha: alpha,
-                                                                 overwrite: overwrite)
+                        KernelDispatch.pooledInputGradientRow(width: bw, ow, top: xp + top, bottom: xp + top + row, y: pooled + o, dy: dPooled + o,
+                                                              windows: indices + o / 4, topGradient: dx + top, bottomGradient: dx + top + row,
+                                                              mean: mean, scale: scale, slope: sl, offset: of, activation: activation,
+                                                              overwrite: overwrite)
                         if w % 2 == 1 { unreached(top + row - bw, pixels: 1); unreached(top + 2 * row - bw, pixels: 1) }
                     }
                     if h % 2 == 1 { unreached((plane * h + h - 1) * row, pixels: w) }
                 }
             }
-            withExtendedLifetime((slope, offset, argmaxInput)) {}
+            withExtendedLifetime((slope, offset, windows)) {}
         }
         // Forward: one pooled row at a time from two rows of x.
-        let (xp, xm, pooled, betaPointer) = (UnsafePointer(x.data), argmaxInput.pointer, out.data, beta.data)
-        let keepArgmax = argmaxInput.count > 0
+        let (xp, pooled, betaPointer) = (UnsafePointer(x.data), out.data, beta.data)
+        let indices = keepWindows ? UnsafeMutableRawPointer(windows.pointer) : nil
         Parallel.forEachChunk(of: n * blocks, work: work) { range in
-            // Where the argmax input goes when nothing keeps it: one row's scratch.
-            let scratch = keepArgmax ? nil : UnsafeMutablePointer<Float>.allocate(capacity: max(1, ow * bw))
-            defer { scratch?.deallocate() }
             for plane in range {
                 let b = plane % blocks
                 let (mean, scale, shift) = (constants(stats.mean.pointer, b), constants(stats.scale.pointer, b), constants(betaPointer, b))
                 for i in 0..<oh {
                     let top = xp + (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
-                    KernelDispatch.pooledELUForwardRow(width: bw, ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
-                                                       alpha: alpha, into: pooled + o, argmaxInput: scratch ?? xm + o)
+                    KernelDispatch.pooledForwardRow(width: bw, ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
+                                                    activation: activation, into: pooled + o, windows: indices.map { $0 + o / 4 })
                 }
             }
         }

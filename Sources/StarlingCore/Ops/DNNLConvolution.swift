@@ -250,6 +250,17 @@ final class DNNLConvPlan: @unchecked Sendable {
         /// Both blocked sides (if any) 8 wide: the layout Starling's own convolution kernels are written for.
         var eightWide: Bool { (!sourceBlocked || sourceWidth == 8) && (!destinationBlocked || destinationWidth == 8) }
 
+        /// Whether oneDNN must compute in the caller's 8-channel blocks rather than choose its layout: where a blocked
+        /// side of 8-channel blocks holds a channel count that is not a multiple of 16 (a 16-wide model's layers of 8 or
+        /// 24 channels). Left to choose, oneDNN's AVX-512 kernels pad such a side to 16-channel blocks: a convolution of 8
+        /// to 8 channels computed 16 x 16 (4x its multiply-adds) with a reorder 8 <-> 16 around each pass (U-Net at an
+        /// eighth of the width: its first level's layers took half of oneDNN's time for a quarter of the FLOPs,
+        /// BENCHMARKS.md). Fixed to nChw8c it runs its AVX2 kernels on them, unpadded, with no reorder; on AVX2 CPUs
+        /// (8-channel blocks everywhere) it chose nChw8c anyway.
+        func keepsEightChannelBlocks(inChannels: Int, outChannels: Int) -> Bool {
+            (sourceBlocked && sourceWidth == 8 && inChannels % 16 != 0) || (destinationBlocked && destinationWidth == 8 && outChannels % 16 != 0)
+        }
+
         static func tag(_ blocked: Bool, width: Int) -> dnnl_format_tag_t {
             blocked ? (width == 16 ? dnnl_aBcd16b : dnnl_aBcd8b) : dnnl_nchw
         }
@@ -298,7 +309,12 @@ final class DNNLConvPlan: @unchecked Sendable {
 
     private struct ReorderKey: Hashable { let role: Int; let accumulate: Bool }
 
-    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar, algorithms requested: Algorithms = .direct) {
+    /// Whether this plan computes in the caller's 8-channel blocks (`Layouts.keepsEightChannelBlocks`).
+    let keepsEightChannelBlocks: Bool
+
+    /// `keepingEightChannelBlocks: false` lets oneDNN choose every layout, as for other channel counts.
+    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar, algorithms requested: Algorithms = .direct,
+          keepingEightChannelBlocks: Bool = true) {
         guard DNNL.engine != nil else { return nil }
         self.images = images
         overwritesInputGradient = layouts.sourceBlocked
@@ -325,8 +341,13 @@ final class DNNLConvPlan: @unchecked Sendable {
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
         biasUser = DNNL.descriptor([g.outChannels], dnnl_x)
 
-        var source = DNNL.descriptor([images, g.inChannels, g.height, g.width], dnnl_format_tag_any)
-        var destination = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], dnnl_format_tag_any)
+        let eightChannelBlocks = keepingEightChannelBlocks && layouts.keepsEightChannelBlocks(inChannels: g.inChannels, outChannels: g.outChannels)
+        keepsEightChannelBlocks = eightChannelBlocks
+        func computeTag(_ blocked: Bool, _ width: Int) -> dnnl_format_tag_t {
+            eightChannelBlocks && blocked && width == 8 ? dnnl_aBcd8b : dnnl_format_tag_any
+        }
+        var source = DNNL.descriptor([images, g.inChannels, g.height, g.width], computeTag(layouts.sourceBlocked, inBlock))
+        var destination = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], computeTag(layouts.destinationBlocked, outBlock))
         var weights = g.groups == 1
             ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_format_tag_any)
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_format_tag_any)
@@ -409,6 +430,16 @@ final class DNNLConvPlan: @unchecked Sendable {
         names[.backwardData] = name(backwardData)
         names[.backwardWeights] = name(backwardWeights)
         return names
+    }
+
+    /// Whether oneDNN gave any of this plan's primitives its reference implementation (plain loops, ~1,000x slower
+    /// than its JIT kernels): what it falls back to for a layout none of its kernels for this CPU computes in.
+    var runsReferenceKernels: Bool {
+        [forward, backwardData, backwardWeights].compactMap { $0 }.contains { primitive in
+            var info: UnsafePointer<CChar>?
+            guard dnnl_primitive_desc_query(primitive.descriptor, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info else { return false }
+            return String(cString: info).hasPrefix("ref")
+        }
     }
 
     /// Makes the reorders this plan's calls need now instead of on first use (see `ConvGeometry.prepareDNNLBackward`).
@@ -548,7 +579,13 @@ enum DNNLConvPlans {
         lock.lock()
         defer { lock.unlock() }
         if let plan = plans[key] { return plan }
-        let plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms)
+        var plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms)
+        // 8-channel blocks are what oneDNN's AVX2 and SSE4.1 kernels compute in, so every x86 CPU with a JIT kernel has
+        // one for them; should a CPU have none, its own layout with reorders is still far faster than reference loops.
+        if let fixed = plan, fixed.keepsEightChannelBlocks, fixed.runsReferenceKernels {
+            plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms,
+                                keepingEightChannelBlocks: false)
+        }
         plan?.prepareReorders()
         plans[key] = plan
         return plan

@@ -6,10 +6,14 @@ extension Tensor {
         let a = self
         precondition(a.rank == 2 && b.rank == 2 && a.shape[1] == b.shape[0], "matmul \(a.shape) x \(b.shape)")
         let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1])
-        let out = Tensor.result(shape: [m, n], inputs: [a, b]) { out in
+        // sgemm with beta 0 writes every element: the result needs no zeroing.
+        let out = Tensor.result(shape: [m, n], storage: FloatStorage(uninitializedCount: m * n), inputs: [a, b]) { out in
             let dy = out.grad
             // dA[M,K] += dY[M,N] B^T ; dB[K,N] += A^T dY
-            if a.requiresGrad { BLAS.sgemm(transA: false, transB: true, m: m, n: k, k: n, a: dy, lda: n, b: b.data, ldb: n, beta: 1, c: a.grad, ldc: k) }
+            if a.requiresGrad {
+                let (da, overwrite) = a.gradientForWriting()
+                BLAS.sgemm(transA: false, transB: true, m: m, n: k, k: n, a: dy, lda: n, b: b.data, ldb: n, beta: overwrite ? 0 : 1, c: da, ldc: k)
+            }
             if b.requiresGrad { BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: m, a: a.data, lda: k, b: dy, ldb: n, beta: 1, c: b.grad, ldc: n) }
         }
         BLAS.sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, beta: 0, c: out.data, ldc: n)
@@ -24,9 +28,17 @@ extension Tensor {
         if let bias { precondition(bias.shape == [n], "bias \(bias.shape) for \(n) outputs") }
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
-        let out = Tensor.result(shape: [rows, n], inputs: inputs) { out in
+        // Every element is written below (the bias's rows, or sgemm with beta 0): the result needs no zeroing (fc-ae's
+        // decoder output, 784 KB a step).
+        let out = Tensor.result(shape: [rows, n], storage: FloatStorage(uninitializedCount: rows * n), inputs: inputs) { out in
             let dy = out.grad
-            if x.requiresGrad { BLAS.sgemm(transA: false, transB: true, m: rows, n: k, k: n, a: dy, lda: n, b: weight.data, ldb: n, beta: 1, c: x.grad, ldc: k) }
+            // The input's gradient, when no other user has written one yet, goes into a fresh buffer with beta 0 instead of a
+            // zeroed one that sgemm reads back.
+            if x.requiresGrad {
+                let (dx, overwrite) = x.gradientForWriting()
+                BLAS.sgemm(transA: false, transB: true, m: rows, n: k, k: n, a: dy, lda: n, b: weight.data, ldb: n, beta: overwrite ? 0 : 1,
+                           c: dx, ldc: k)
+            }
             if weight.requiresGrad { BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: rows, a: x.data, lda: k, b: dy, ldb: n, beta: 1, c: weight.grad, ldc: n) }
             if let bias, bias.requiresGrad { accumulateColumnSums(dy, rows: rows, cols: n, into: bias.grad) }
         }

@@ -190,7 +190,7 @@ extension KernelDispatch {
                                      stepCount: stepCount, weights: weights, bias: bias, out0: out0, out1: out1, moments: moments)
     }
 
-    // The blocked layout's loops (`BlockedKernels`, `PooledELUKernels`), blocks of `width` (8 or 16) channels.
+    // The blocked layout's loops (`BlockedKernels`, `PooledActivationKernels`), blocks of `width` (8 or 16) channels.
 
     /// sums[l] += sum a, products[l] += sum a (b - shift) over a plane, for the block's lanes.
     static func blockedSumAndDot(width: Int, _ pixels: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, shift: UnsafePointer<Float>?,
@@ -235,45 +235,46 @@ extension KernelDispatch {
         }
     }
 
-    static func pooledELUForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                    mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float,
-                                    into y: UnsafeMutablePointer<Float>, argmaxInput xm: UnsafeMutablePointer<Float>,
-                                    kernels: Level = current) {
+    static func pooledForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                 mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
+                                 activation: PooledActivation, into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer?,
+                                 kernels: Level = current) {
         switch kernels {
         case .baseline:
-            PooledELUKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift, alpha: alpha,
-                                        into: y, argmaxInput: xm, SeparateMultiplyAdd.self)
+            PooledActivationKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift,
+                                               activation: activation, into: y, windows: windows, SeparateMultiplyAdd.self)
         default:
-            fused(kernels).pooledELUForwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift,
-                                               alpha: alpha, into: y, argmaxInput: xm)
+            fused(kernels).pooledForwardRow(width: width, pixels, top: top, bottom: bottom, mean: mean, scale: scale, shift: shift,
+                                            activation: activation, into: y, windows: windows)
         }
     }
 
-    static func pooledELUGradientSums(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                                      argmaxInput xm: UnsafePointer<Float>, mean: UnsafePointer<Float>, alpha: Float,
-                                      sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>, kernels: Level = current) {
+    static func pooledGradientSums(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                   y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer, mean: UnsafePointer<Float>,
+                                   activation: PooledActivation, sums: UnsafeMutablePointer<Double>, products: UnsafeMutablePointer<Double>,
+                                   kernels: Level = current) {
         if kernels != .baseline {
-            fused(kernels).pooledELUGradientSums(width: width, pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha, sums: sums,
-                                                 products: products)
+            fused(kernels).pooledGradientSums(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, mean: mean,
+                                              activation: activation, sums: sums, products: products)
         } else {
-            PooledELUKernels.gradientSums(width: width, pixels, y: y, dy: dy, argmaxInput: xm, mean: mean, alpha: alpha, sums: sums,
-                                          products: products)
+            PooledActivationKernels.gradientSums(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows, mean: mean,
+                                                 activation: activation, sums: sums, products: products)
         }
     }
 
-    static func pooledELUInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
-                                          y: UnsafePointer<Float>, dy: UnsafePointer<Float>, argmaxInput xm: UnsafePointer<Float>,
-                                          topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
-                                          mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
-                                          offset: UnsafePointer<Float>, alpha: Float, overwrite: Bool, kernels: Level = current) {
+    static func pooledInputGradientRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                       y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
+                                       topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                       mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
+                                       offset: UnsafePointer<Float>, activation: PooledActivation, overwrite: Bool, kernels: Level = current) {
         if kernels != .baseline {
-            fused(kernels).pooledELUInputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm,
+            fused(kernels).pooledInputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows,
+                                                  topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
+                                                  slope: slope, offset: offset, activation: activation, overwrite: overwrite)
+        } else {
+            PooledActivationKernels.inputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, windows: windows,
                                                      topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
-                                                     slope: slope, offset: offset, alpha: alpha, overwrite: overwrite)
-        } else {
-            PooledELUKernels.inputGradientRow(width: width, pixels, top: top, bottom: bottom, y: y, dy: dy, argmaxInput: xm,
-                                              topGradient: topGradient, bottomGradient: bottomGradient, mean: mean, scale: scale,
-                                              slope: slope, offset: offset, alpha: alpha, overwrite: overwrite)
+                                                     slope: slope, offset: offset, activation: activation, overwrite: overwrite)
         }
     }
 }

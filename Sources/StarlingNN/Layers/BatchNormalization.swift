@@ -62,12 +62,26 @@ public struct BatchNormalization: Sendable {
                                         crossReplicaSum: crossReplicaSum, alpha: alpha, moments: moments)
     }
 
+    /// The layer, a leaky ReLU and 2x2 max-pooling as one op in the blocked layout
+    /// (`Tensor.batchNormLeakyReLUMaxPool2x2Blocked`), as `withELUAndMaxPool2x2`.
+    public func withLeakyReLUAndMaxPool2x2(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
+                                           moments: ChannelMoments? = nil) -> Tensor {
+        x.batchNormLeakyReLUMaxPool2x2Blocked(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value,
+                                              runningVar: movingVariance.value, training: training, momentum: momentum, epsilon: epsilon,
+                                              crossReplicaSum: crossReplicaSum, slope: slope, moments: moments)
+    }
+
     /// The layer followed by a leaky ReLU, as one op that keeps no normalised copy (`Tensor.batchNormLeakyReLU`).
+    /// `updatingRunningStatistics: false` runs it on copies of the moving statistics (for a second run over the same
+    /// batch, whose first run updated them).
     public func withLeakyReLU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
-                              layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {
-        x.batchNormLeakyReLU(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
-                             training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
-                             layout: layout, moments: moments)
+                              layout: ChannelLayout = .planar, moments: ChannelMoments? = nil,
+                              updatingRunningStatistics: Bool = true) -> Tensor {
+        let (mean, variance) = updatingRunningStatistics ? (movingMean.value, movingVariance.value)
+                                                         : (movingMean.value.detached(), movingVariance.value.detached())
+        return x.batchNormLeakyReLU(gamma: gamma.value, beta: beta.value, runningMean: mean, runningVar: variance,
+                                    training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
+                                    layout: layout, moments: moments)
     }
 
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).

@@ -29,7 +29,21 @@ public struct LayoutTensor: NetworkValue {
         case pending(PendingConvolution)
     }
 
-    let form: Form
+    /// The values, or a batch norm not run yet whose first reader chooses how it runs (`DeferredNormalization`).
+    private enum State {
+        case ready(Form)
+        case deferred(DeferredNormalization)
+    }
+
+    private let state: State
+
+    /// The values in their layout (a deferred batch norm run now, once).
+    var form: Form {
+        switch state {
+        case .ready(let form): form
+        case .deferred(let normalization): normalization.result.form
+        }
+    }
 
     /// Counts the convolutions each path ran, for tests that check a pass took the fast paths
     /// (`LayoutTensor.$census.withValue(LayoutCensus()) { ... }`; a task-local, so tests running alongside do not count).
@@ -44,12 +58,17 @@ public struct LayoutTensor: NetworkValue {
 
     /// `tensor` as it is (planar).
     public init(_ tensor: Tensor) {
-        form = .planar(tensor)
+        state = .ready(.planar(tensor))
         shape = tensor.shape
     }
 
+    private init(deferring normalization: DeferredNormalization, shape: [Int]) {
+        state = .deferred(normalization)
+        self.shape = shape
+    }
+
     init(_ form: Form) {
-        self.form = form
+        state = .ready(form)
         switch form {
         case .planar(let x): shape = x.shape
         case .blocked(let x, _): shape = [x.shape[0], x.shape[1] * x.shape[4], x.shape[2], x.shape[3]]
@@ -179,11 +198,13 @@ public struct LayoutTensor: NetworkValue {
         }
     }
 
+    /// On blocked values, deferred until something reads the result (`DeferredNormalization`): a 2x2 max-pooling that
+    /// reads it first runs batch norm, leaky ReLU and pooling as one op, which keeps no full-size activated copy.
     public func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
         switch form {
         case .blocked(let x, let moments):
-            return LayoutTensor(.blocked(layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope,
-                                                             layout: .blocked, moments: moments), moments: nil))
+            return LayoutTensor(deferring: DeferredNormalization(input: x, moments: moments, layer: layer, slope: slope, training: training,
+                                                                 crossReplicaSum: crossReplicaSum), shape: shape)
         case .pending(let p) where !training && p.activation == .identity:
             return LayoutTensor(.pending(p.folding(layer).with(activation: .leakyRelu(slope: slope))))
         default:
@@ -222,6 +243,7 @@ public struct LayoutTensor: NetworkValue {
         // 2x2 windows at stride 2 cover an even map exactly: "same" pads nothing there and equals "valid".
         let evenMap = shape.count == 4 && shape[2] % 2 == 0 && shape[3] % 2 == 0
         let halving = kernel == (2, 2) && stride == (2, 2) && (padding == .valid || (padding == .same && evenMap))
+        if halving, case .deferred(let normalization) = state, let pooled = normalization.pooled() { return pooled }
         if halving, let x = blocked { return LayoutTensor(.blocked(x.maxPool2x2Blocked(), moments: nil)) }
         if halving, !GradMode.isEnabled, let a = inferenceInput { return LayoutTensor(.inference(a.maxPool2x2())) }
         return planar { $0.maxPool2d(kernel: kernel, stride: stride, padding: padding) }
@@ -276,6 +298,9 @@ package final class LayoutCensus: @unchecked Sendable {
     /// Blocked (training) convolutions, inference convolutions (run later in oneDNN's layout, or planar where oneDNN has
     /// no plan: then counted in `planar` too), planar ones.
     package private(set) var blocked = 0, pending = 0, planar = 0
+    /// Deferred batch norms run with the pooling after them as one op, and those read again after that
+    /// (`DeferredNormalization`).
+    package private(set) var pooledNormalizations = 0, normalizationsReadAfterPooling = 0
     package init() {}
 
     /// Only the task that set the census counts (a forward pass runs its ops on one thread).
@@ -284,10 +309,66 @@ package final class LayoutCensus: @unchecked Sendable {
         case .blocked: blocked += 1
         case .pending: pending += 1
         case .planar: planar += 1
+        case .pooledNormalization: pooledNormalizations += 1
+        case .normalizationReadAfterPooling: normalizationsReadAfterPooling += 1
         }
     }
 
-    enum Path { case blocked, pending, planar }
+    enum Path { case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling }
+}
+
+/// A batch norm + leaky ReLU on blocked values (darknet's blocks), not run until something reads its result, so that
+/// what follows chooses how it runs: a 2x2 max-pooling at stride 2 reading it first runs the three as one op
+/// (`Tensor.batchNormLeakyReLUMaxPool2x2Blocked`), which keeps the pooled map and 2-bit window indices instead of the
+/// full-size activated output (yolov3-tiny at 416 x 416, batch 8: 84.5 MB at layer 0 alone); anything else runs batch
+/// norm + leaky ReLU alone, once. Nothing in the model says which: the pass is written once over `NetworkValue`.
+///
+/// A value read by the pooling and then by something else (yolov3-tiny's layer 8, pooled and routed to layer 20) is
+/// computed a second time for the later reader, as a graph node of its own from the same input: the same batch
+/// statistics (the same sums in the same order, or the convolution's), the running statistics updated once (the second
+/// run updates throwaway copies), and the two nodes' gradients adding up to the one op's within rounding. That costs
+/// what the unfused ops cost; it happens on deeper, smaller maps.
+///
+/// The forward pass runs its ops in program order on one task, so the deferred op runs inside the same pass, on every
+/// rank at the same point (with `--sync-bn` its collectives keep their order across ranks).
+final class DeferredNormalization {
+    let input: Tensor
+    let moments: ChannelMoments?
+    let layer: BatchNormalization
+    let slope: Float
+    let training: Bool
+    let crossReplicaSum: CrossReplicaSum?
+    private var full: LayoutTensor?
+    private var pooledAlready = false
+
+    init(input: Tensor, moments: ChannelMoments?, layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) {
+        self.input = input
+        self.moments = moments
+        self.layer = layer
+        self.slope = slope
+        self.training = training
+        self.crossReplicaSum = crossReplicaSum
+    }
+
+    /// Batch norm, leaky ReLU and 2x2/2 max-pooling as one op, if nothing has read the values yet; nil otherwise.
+    func pooled() -> LayoutTensor? {
+        guard full == nil, !pooledAlready else { return nil }
+        pooledAlready = true
+        LayoutTensor.census?.count(.pooledNormalization)
+        let y = layer.withLeakyReLUAndMaxPool2x2(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, moments: moments)
+        return LayoutTensor(.blocked(y, moments: nil))
+    }
+
+    /// Batch norm + leaky ReLU, run on first use.
+    var result: LayoutTensor {
+        if let full { return full }
+        if pooledAlready { LayoutTensor.census?.count(.normalizationReadAfterPooling) }
+        let y = layer.withLeakyReLU(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
+                                    moments: moments, updatingRunningStatistics: !pooledAlready)
+        let value = LayoutTensor(.blocked(y, moments: nil))
+        full = value
+        return value
+    }
 }
 
 /// An inference convolution not run yet: a batch norm in inference mode that follows is folded into its kernel and
