@@ -308,7 +308,7 @@ public final class Trainer {
         let live = display.mode == .live
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
-            "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary)")
+            "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary); \(WinogradSetting.summary)")
         let schedule = state.learningRateSchedule
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)

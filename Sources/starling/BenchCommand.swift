@@ -14,9 +14,14 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
+    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, conv-algorithms (not in all: every 3x3 layer of the suite's conv models, direct against Winograd, pass by pass), conv-accuracy (not in all: those layers' errors against a float64 reference, both algorithms), ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
+    @Option(help: "With --only conv-algorithms: these models' layers only (unet-w1, unet-w0.25, yolov3-tiny, ssd7, denoising-ae).")
+    var layers: [String] = []
+    @Option(help: "With --only conv-algorithms: rounds of each pass and algorithm, interleaved.") var rounds: Int = 3
+    @Option(help: "With --only conv-algorithms: wall or cpu (the process's CPU time: on one thread, what a loaded machine disturbs least).")
+    var clock: String = "wall"
 
     @Flag(help: "Data-parallel figures for this job's ranks (run under mpirun; see Launch/bench-distributed.sh).")
     var distributed = false
@@ -54,7 +59,7 @@ struct BenchCommand: ParsableCommand {
         }
         if suite { return try runSuite() }
         if let threads { BLAS.setThreadCount(threads) }
-        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another); blocked layout \(ChannelLayout.blockWidth) channels wide (STARLING_BLOCK=8 or 16); \(GEMMSelection.summary)")
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS core \(BLAS.coreName), \(BLAS.threadCount) threads; oneDNN \(DNNLActivation.instructionSet); element-wise kernels \(KernelDispatch.current.rawValue) of \(KernelDispatch.supported.map(\.rawValue).joined(separator: ", ")) (STARLING_KERNELS=baseline, avx2 or avx512 for another); blocked layout \(ChannelLayout.blockWidth) channels wide (STARLING_BLOCK=8 or 16); \(GEMMSelection.summary); \(WinogradSetting.summary)")
         try reportingErrors {
             if only == "all" || only == "fc-ae" {
                 // The training run first, so the process's peak RSS is that run's.
@@ -64,6 +69,8 @@ struct BenchCommand: ParsableCommand {
                              fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data.map { " (reading \($0))" } ?? " (synthetic data)"))
             }
             if only == "gemm" { printGEMMTable() }
+            if only == "conv-algorithms" { try printConvAlgorithms() }
+            if only == "conv-accuracy" { try printConvAccuracy() }
             if only == "all" || only == "conv" {
                 let conv = ConvBenchmark.run(batch: 16, channels: 64, size: 56, iterations: 3)
                 print(String(format: "sgemm 1024x1024x1024: %.1f GFLOP/s", conv.sgemmGFLOPS))
@@ -144,7 +151,7 @@ struct BenchCommand: ParsableCommand {
                       + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2, masks pasted (backbone and RPN alone %.1f / %.1f); peak RSS %.0f MB",
                                result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
                                result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
-            } else if !["gemm", "fc-ae", "conv", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
+            } else if !["gemm", "fc-ae", "conv", "conv-algorithms", "conv-accuracy", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }
             if only == "all" || only == "unet" {
@@ -161,6 +168,49 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
+    /// `--only conv-algorithms`: each layer's passes, direct against Winograd, and what the rule runs.
+    func printConvAlgorithms() throws {
+        guard let clock = ConvAlgorithmBenchmark.Clock(rawValue: clock) else { throw ValidationError("--clock \(clock): expected wall or cpu") }
+        let models = Set(ConvAlgorithmBenchmark.layers.map(\.model))
+        if let unknown = layers.first(where: { !models.contains($0) }) {
+            throw ValidationError("--layers \(unknown): expected one of \(models.sorted().joined(separator: ", "))")
+        }
+        print("3x3 convolutions, oneDNN direct against Winograd F(4x4, 3x3), \(rounds) rounds interleaved, \(clock == .cpu ? "process CPU time" : "wall time"), median ms (GFLOP/s), speed-up median (lowest-highest round); \(BLAS.threadCount) thread(s), \(BenchmarkSuite.cpuModel)")
+        for layer in ConvAlgorithmBenchmark.layers where layers.isEmpty || layers.contains(layer.model) {
+            guard let passes = ConvAlgorithmBenchmark.run(layer, rounds: rounds, clock: clock) else {
+                print("  \(layer.description): no Winograd from oneDNN here")
+                continue
+            }
+            let text = passes.map { p in
+                let (d, w) = (ConvAlgorithmBenchmark.median(p.direct), ConvAlgorithmBenchmark.median(p.winograd))
+                let s = p.speedup
+                return String(format: "%@ %.1f (%.0f) / %.1f (%.0f) %.2fx (%.2f-%.2f) rule %@", p.pass.rawValue, d * 1000, p.flops / d / 1e9,
+                              w * 1000, p.flops / w / 1e9, s.median, s.low, s.high, p.rule.rawValue)
+            }
+            let names = Set(passes.flatMap { [$0.directImplementation, $0.winogradImplementation] }).sorted().joined(separator: ", ")
+            print("  \(layer.description): " + text.joined(separator: "; ") + " [\(names)]")
+            fflush(nil)
+        }
+    }
+
+    /// `--only conv-accuracy`: each layer's passes by both algorithms against float64 at sampled points.
+    func printConvAccuracy() throws {
+        let models = Set(ConvAlgorithmBenchmark.layers.map(\.model))
+        if let unknown = layers.first(where: { !models.contains($0) }) {
+            throw ValidationError("--layers \(unknown): expected one of \(models.sorted().joined(separator: ", "))")
+        }
+        print("3x3 convolutions against a float64 reference at 400 sampled outputs (50 weights of the weight gradient): largest error over the result's largest magnitude, direct / Winograd; oneDNN \(DNNLActivation.instructionSet), \(BenchmarkSuite.cpuModel)")
+        for layer in ConvAlgorithmBenchmark.layers where layers.isEmpty || layers.contains(layer.model) {
+            let direct = ConvolutionAccuracy.measure(layer, setting: .never), winograd = ConvolutionAccuracy.measure(layer, setting: .always)
+            let text = ConvolutionPass.allCases.map { pass in
+                String(format: "%@ %.1e / %.1e (%@)", pass.rawValue, direct.relative[pass] ?? .nan, winograd.relative[pass] ?? .nan,
+                       winograd.algorithms[pass]?.rawValue ?? "?")
+            }
+            print("  \(layer.description): " + text.joined(separator: "; "))
+            fflush(nil)
+        }
+    }
+
     /// The suite's entries one at a time on this job's ranks: a line for people and a JSON row for the table (rank 0).
     func runSuite() throws {
         if let suiteSteps, suiteSteps < 1 { throw ValidationError("--suite-steps \(suiteSteps): at least 1") }
@@ -170,7 +220,7 @@ struct BenchCommand: ParsableCommand {
         try reportingErrors {
             let chosen = try entries.isEmpty ? BenchmarkSuite.entries.filter { !quick || $0.quick } : entries.map { try BenchmarkSuite.entry(named: $0) }
             let cpu = BenchmarkSuite.cpuModel
-            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue)"
+            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue); \(WinogradSetting.summary)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
             say("suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s); \(kernels)")
             let sgemm = try BenchmarkSuite.sgemmPeak(world: world)

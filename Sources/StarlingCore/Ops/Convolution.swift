@@ -65,6 +65,9 @@ struct ConvGeometry {
     /// Whether the kernels may run on oneDNN (DNNLConvolution.swift) before falling back to the sgemm lowerings
     /// below. Tests turn it off to check one against the other.
     var useDNNL = true
+    /// Whether oneDNN may run Winograd's algorithm here (`ConvolutionAlgorithm.swift`): nil follows STARLING_WINOGRAD.
+    /// Tests set it to run both algorithms in one process.
+    var winograd: WinogradSetting? = nil
     /// Floats of blocked copies one oneDNN call may hold (32 MB): the batch goes through in chunks of images whose
     /// input and output fit, at least one image at a time. Tests lower it to exercise the chunking.
     var dnnlChunkBudget = 1 << 23

@@ -266,7 +266,35 @@ final class DNNLConvPlan: @unchecked Sendable {
         }
     }
 
+    /// The algorithm of each pass: what was asked for, or direct where oneDNN refused Winograd (an AVX2 CPU, a
+    /// post-op its Winograd kernel lacks).
+    struct Algorithms: Hashable {
+        var forward = ConvolutionAlgorithm.direct, backwardData = ConvolutionAlgorithm.direct, backwardWeights = ConvolutionAlgorithm.direct
+        static let direct = Algorithms()
+
+        /// The algorithms `g` asks for in training (see `ConvGeometry.requestedAlgorithm`). Inference plans run direct:
+        /// their outputs then match the ONNX export's and PyTorch's to float32 rounding, where Winograd's rounding,
+        /// compounded over SSD300's convolutions at random weights, moved a box by 0.036 pixels (past the export test's
+        /// 1e-4 of the image).
+        init(_ g: ConvGeometry, variant: Variant) {
+            if case .forward(_, _?) = variant { return }
+            (forward, backwardData, backwardWeights) = (g.requestedAlgorithm(.forward), g.requestedAlgorithm(.backwardData),
+                                                        g.requestedAlgorithm(.backwardWeights))
+        }
+        init() {}
+
+        subscript(pass: ConvolutionPass) -> ConvolutionAlgorithm {
+            switch pass {
+            case .forward: forward
+            case .backwardData: backwardData
+            case .backwardWeights: backwardWeights
+            }
+        }
+    }
+
     let images: Int
+    /// The algorithms this plan's primitives run (a backward plan's forward primitive is only a hint).
+    let algorithms: Algorithms
     /// Whether callers overwrite (rather than add to) the input gradient: only blocked ones do (`conv2dBlocked`).
     private let overwritesInputGradient: Bool
     let sourceUser: dnnl_memory_desc_t, weightsUser: dnnl_memory_desc_t, destinationUser: dnnl_memory_desc_t
@@ -285,7 +313,8 @@ final class DNNLConvPlan: @unchecked Sendable {
     let keepsEightChannelBlocks: Bool
 
     /// `keepingEightChannelBlocks: false` lets oneDNN choose every layout, as for other channel counts.
-    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar, keepingEightChannelBlocks: Bool = true) {
+    init?(_ g: ConvGeometry, images: Int, variant: Variant, layouts: Layouts = .planar, algorithms requested: Algorithms = .direct,
+          keepingEightChannelBlocks: Bool = true) {
         guard DNNL.engine != nil else { return nil }
         self.images = images
         overwritesInputGradient = layouts.sourceBlocked
@@ -344,26 +373,63 @@ final class DNNLConvPlan: @unchecked Sendable {
             guard dnnl_primitive_desc_create(&pd, &desc, attr, DNNL.engine, hint) == dnnl_success else { return nil }
             return DNNL.Primitive(pd)
         }
-        var fd = dnnl_convolution_desc_t(), bd = dnnl_convolution_desc_t(), wd = dnnl_convolution_desc_t()
-        guard dnnl_dilated_convolution_forward_desc_init(&fd, inference == nil ? dnnl_forward_training : dnnl_forward_inference,
-                                                         dnnl_convolution_direct, &source, &weights, bias ? UnsafePointer(biasMD) : nil,
-                                                         &destination, strides, dilates, padL, padR) == dnnl_success,
-              let forward = create(&fd, hint: nil, attr: forwardAttr)
-        else { return nil }
+        // Each pass with the algorithm asked for, or direct where oneDNN has no Winograd primitive for it.
+        func algorithm(_ asked: ConvolutionAlgorithm) -> [dnnl_alg_kind_t] {
+            asked == .winograd ? [dnnl_convolution_winograd, dnnl_convolution_direct] : [dnnl_convolution_direct]
+        }
+        func kind(_ alg: dnnl_alg_kind_t) -> ConvolutionAlgorithm { alg == dnnl_convolution_winograd ? .winograd : .direct }
+        var chosen = Algorithms()
+        var forwardPrimitive: DNNL.Primitive?
+        for alg in algorithm(requested.forward) where forwardPrimitive == nil {
+            var fd = dnnl_convolution_desc_t()
+            guard dnnl_dilated_convolution_forward_desc_init(&fd, inference == nil ? dnnl_forward_training : dnnl_forward_inference,
+                                                             alg, &source, &weights, bias ? UnsafePointer(biasMD) : nil,
+                                                             &destination, strides, dilates, padL, padR) == dnnl_success else { continue }
+            forwardPrimitive = create(&fd, hint: nil, attr: forwardAttr)
+            chosen.forward = kind(alg)
+        }
+        guard let forward = forwardPrimitive else { return nil }
         self.forward = forward
         guard variant == .backward else {
             (backwardData, backwardWeights) = (nil, nil)
+            algorithms = chosen
             return
         }
-        guard dnnl_dilated_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &source, &weights, &destination,
-                                                               strides, dilates, padL, padR) == dnnl_success,
-              let backwardData = create(&bd, hint: forward.descriptor),
-              dnnl_dilated_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &source, &weights, nil, &destination,
-                                                                  strides, dilates, padL, padR) == dnnl_success,
-              let backwardWeights = create(&wd, hint: forward.descriptor)
-        else { return nil }
-        self.backwardData = backwardData
-        self.backwardWeights = backwardWeights
+        var data: DNNL.Primitive?, gradient: DNNL.Primitive?
+        for alg in algorithm(requested.backwardData) where data == nil {
+            var bd = dnnl_convolution_desc_t()
+            guard dnnl_dilated_convolution_backward_data_desc_init(&bd, alg, &source, &weights, &destination,
+                                                                   strides, dilates, padL, padR) == dnnl_success else { continue }
+            data = create(&bd, hint: forward.descriptor)
+            chosen.backwardData = kind(alg)
+        }
+        for alg in algorithm(requested.backwardWeights) where gradient == nil {
+            var wd = dnnl_convolution_desc_t()
+            guard dnnl_dilated_convolution_backward_weights_desc_init(&wd, alg, &source, &weights, nil, &destination,
+                                                                      strides, dilates, padL, padR) == dnnl_success else { continue }
+            gradient = create(&wd, hint: forward.descriptor)
+            chosen.backwardWeights = kind(alg)
+        }
+        guard let data, let gradient else { return nil }
+        self.backwardData = data
+        self.backwardWeights = gradient
+        algorithms = chosen
+    }
+
+    /// oneDNN's name for the implementation of each primitive (`jit_wino_4x3:avx512_core`, `jit:avx2`...): what
+    /// `DNNL_VERBOSE=1` prints, for tests and benchmarks.
+    var implementations: [ConvolutionPass: String] {
+        func name(_ p: DNNL.Primitive?) -> String? {
+            guard let p else { return nil }
+            var text: UnsafePointer<CChar>?
+            guard dnnl_primitive_desc_query(p.descriptor, dnnl_query_impl_info_str, 0, &text) == dnnl_success, let text else { return nil }
+            return String(cString: text)
+        }
+        var names: [ConvolutionPass: String] = [:]
+        if backwardData == nil { names[.forward] = name(forward) }
+        names[.backwardData] = name(backwardData)
+        names[.backwardWeights] = name(backwardWeights)
+        return names
     }
 
     /// Whether oneDNN gave any of this plan's primitives its reference implementation (plain loops, ~1,000x slower
@@ -493,6 +559,7 @@ enum DNNLConvPlans {
         let variant: DNNLConvPlan.Variant
         let layouts: DNNLConvPlan.Layouts
         let threads: Int
+        let algorithms: DNNLConvPlan.Algorithms
     }
     nonisolated(unsafe) private static var plans: [Key: DNNLConvPlan?] = [:]
     private static let lock = PThreadMutex()
@@ -507,15 +574,17 @@ enum DNNLConvPlans {
                      layouts: DNNLConvPlan.Layouts = .planar) -> DNNLConvPlan? {
         let key = Key(dims: [images, g.inChannels, g.outChannels, g.groups, g.height, g.width, g.kernelH, g.kernelW,
                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth],
-                      variant: variant, layouts: layouts, threads: BLAS.threadCount)
+                      variant: variant, layouts: layouts, threads: BLAS.threadCount,
+                      algorithms: DNNLConvPlan.Algorithms(g, variant: variant))
         lock.lock()
         defer { lock.unlock() }
         if let plan = plans[key] { return plan }
-        var plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts)
+        var plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms)
         // 8-channel blocks are what oneDNN's AVX2 and SSE4.1 kernels compute in, so every x86 CPU with a JIT kernel has
         // one for them; should a CPU have none, its own layout with reorders is still far faster than reference loops.
         if let fixed = plan, fixed.keepsEightChannelBlocks, fixed.runsReferenceKernels {
-            plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, keepingEightChannelBlocks: false)
+            plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms,
+                                keepingEightChannelBlocks: false)
         }
         plan?.prepareReorders()
         plans[key] = plan

@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Which algorithm oneDNN computes a convolution pass with.
+public enum ConvolutionAlgorithm: String, Sendable, Hashable {
+    /// oneDNN's direct kernels: every multiply-add of every window (`dnnl_convolution_direct`).
+    case direct
+    /// Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+    /// 2016): each 6x6 input tile and 3x3 kernel are transformed, multiplied element by element (a batched product over
+    /// the channels) and the 4x4 output tile transformed back: 36 multiplications for 16 outputs instead of 144.
+    /// oneDNN 2.x has it for f32 on AVX-512 CPUs only (`jit_avx512_core_f32_wino_conv_4x3`: forward, backward data and
+    /// backward weights, 3x3 at stride 1 without dilation, padding at most 1); elsewhere it refuses the descriptor.
+    case winograd
+}
+
+/// The three passes of a training convolution, each of which may run its own algorithm.
+public enum ConvolutionPass: String, Sendable, Hashable, CaseIterable {
+    case forward, backwardData, backwardWeights
+}
+
+/// STARLING_WINOGRAD: whether convolutions may run Winograd's algorithm.
+public enum WinogradSetting: String, Sendable, Equatable {
+    /// Unset: per pass, where `ConvGeometry.winogradPays` says it is faster (measured per layer, BENCHMARKS.md).
+    case rule
+    /// `STARLING_WINOGRAD=1`: every pass oneDNN can run with Winograd (for comparisons).
+    case always
+    /// `STARLING_WINOGRAD=0`: never; every pass direct, as before.
+    case never
+
+    /// STARLING_WINOGRAD's value, checked (the CLI refuses to start with a bad one: `settingError`).
+    static let selected: Result<WinogradSetting, WinogradSettingError> = parse(getenv("STARLING_WINOGRAD").map { String(cString: $0) })
+
+    /// The setting for a value of STARLING_WINOGRAD: nil or empty is the rule, 1 always, 0 never.
+    public static func parse(_ value: String?) -> Result<WinogradSetting, WinogradSettingError> {
+        switch value {
+        case nil, "": .success(.rule)
+        case "1": .success(.always)
+        case "0": .success(.never)
+        case let other?: .failure(WinogradSettingError(value: other))
+        }
+    }
+
+    /// The setting this process runs: with a bad STARLING_WINOGRAD (which the CLI reports before starting), the rule.
+    public static let current: WinogradSetting = (try? selected.get()) ?? .rule
+
+    /// The error a bad STARLING_WINOGRAD gives, or nil.
+    public static var settingError: WinogradSettingError? {
+        if case .failure(let error) = selected { return error }
+        return nil
+    }
+
+    /// For run headers and benchmarks.
+    public static var summary: String {
+        // oneDNN 2.x's only f32 Winograd kernel is its avx512_core one: say so rather than promise it elsewhere.
+        guard DNNLActivation.instructionSet.hasPrefix("avx512") || current == .never else {
+            return "no Winograd on oneDNN \(DNNLActivation.instructionSet) (oneDNN 2.x has it for AVX-512 only)"
+        }
+        return switch current {
+        case .rule: "Winograd where it pays (STARLING_WINOGRAD=0 or 1 to change)"
+        case .always: "Winograd wherever oneDNN has it (STARLING_WINOGRAD=1)"
+        case .never: "no Winograd (STARLING_WINOGRAD=0)"
+        }
+    }
+}
+
+public struct WinogradSettingError: Error, Equatable, CustomStringConvertible {
+    public let value: String
+    public var description: String { "STARLING_WINOGRAD=\(value): expected 0 or 1" }
+}
+
+extension ConvGeometry {
+    /// A shape oneDNN's Winograd F(4x4, 3x3) kernels take: 3x3 at stride 1, no dilation, one group, padding at most 1
+    /// on each side. The CPU is oneDNN's to judge: it refuses the descriptor below AVX-512, and the plan then runs direct.
+    var winogradShape: Bool {
+        kernelH == 3 && kernelW == 3 && strideH == 1 && strideW == 1 && dilationH == 1 && dilationW == 1 && groups == 1
+            && padTop <= 1 && padLeft <= 1 && outHeight + 2 - height - padTop <= 1 && outWidth + 2 - width - padLeft <= 1
+    }
+
+    /// The algorithm to ask oneDNN for on `pass`, under `setting` (by default this geometry's `winograd`, else
+    /// STARLING_WINOGRAD's). Depends on the shape of one image and the pass only, never on the batch or the thread
+    /// count, so that every rank of a job (each with its share of the batch) and every thread count runs the same one.
+    func requestedAlgorithm(_ pass: ConvolutionPass, setting: WinogradSetting? = nil) -> ConvolutionAlgorithm {
+        guard winogradShape else { return .direct }
+        switch setting ?? winograd ?? WinogradSetting.current {
+        case .never: return .direct
+        case .always: return .winograd
+        case .rule: return winogradPays(pass) ? .winograd : .direct
+        }
+    }
+
+    /// Where Winograd beat oneDNN's direct kernels, per layer and pass, on one thread of an AVX-512 core (AMD EPYC
+    /// family 25 model 17, oneDNN 2.6.3's avx512_core kernels, the blocked layout 16 channels wide, reorders included;
+    /// `bench --only conv-algorithms`, BENCHMARKS.md "Winograd for the 3x3 convolutions"): 1.36-3.39x on every pass of
+    /// U-Net's, yolov3-tiny's and SSD7's conv2-conv5 layers of 32 channels or more, 1.05-1.35x on U-Net's 16-channel ones
+    /// at 128 x 128, 1.02-1.17x on SSD7's 9 x 15 conv6 and denoising-ae's 14 x 14 layers. It lost on three kinds of
+    /// pass, which stay direct:
+    /// - a few input channels (an image: U-Net's 3 -> 64, 0.29x forward and 0.39x weight gradient), so both sides
+    ///   need at least 16 channels;
+    /// - small maps, where 4 x 4 output tiles waste much of their work at the border (denoising-ae's 7 x 7 won only
+    ///   tenths of a millisecond, and nothing smaller was measured), so both sides of the output need 8 pixels;
+    /// - a pass that sums over fewer than 32 channels into more (16 -> 32 forward, 32 -> 16 input gradient) on maps
+    ///   below 32,768 pixels: U-Net's at width 0.25, 0.88x at 64 x 64 and 0.87x at 128 x 128, where yolov3-tiny's
+    ///   16 -> 32 forward on 208 x 208 won 1.39x.
+    func winogradPays(_ pass: ConvolutionPass) -> Bool {
+        guard inChannels >= 16, outChannels >= 16, outHeight >= 8, outWidth >= 8 else { return false }
+        // The channels a pass sums over and the channels it writes (the weight gradient sums over images and pixels).
+        let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
+        if pass != .backwardWeights && summed < 32 && written > summed { return outHeight * outWidth >= 32_768 }
+        return true
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Testing
+@testable import StarlingCore
+
+/// The convolution algorithm (`ConvolutionAlgorithm.swift`): STARLING_WINOGRAD's values, a rule that no batch or thread
+/// count changes, Winograd's passes where oneDNN has them (direct elsewhere), and both algorithms' errors against a
+/// float64 reference on layers of the models' size.
+@Suite struct ConvolutionAlgorithmTests {
+    @Test func settingValues() {
+        #expect(WinogradSetting.parse(nil) == .success(.rule))
+        #expect(WinogradSetting.parse("") == .success(.rule))
+        #expect(WinogradSetting.parse("1") == .success(.always))
+        #expect(WinogradSetting.parse("0") == .success(.never))
+        for bad in ["yes", "2", "on", " 1", "winograd"] {
+            #expect(WinogradSetting.parse(bad) == .failure(WinogradSettingError(value: bad)))
+            #expect(WinogradSettingError(value: bad).description == "STARLING_WINOGRAD=\(bad): expected 0 or 1")
+        }
+    }
+
+    static func geometry(batch: Int, _ cin: Int, _ cout: Int, _ size: Int, kernel: Int = 3, stride: Int = 1,
+                         padding: Padding = .same) -> ConvGeometry {
+        ConvGeometry(input: [batch, cin, size, size], weight: [cout, cin, kernel, kernel], stride: (stride, stride), padding: padding,
+                     dilation: (1, 1), groups: 1)
+    }
+
+    /// Every rank of a job asks for the same algorithm whatever its share of the batch: the rule reads one image's shape.
+    @Test func ruleIgnoresTheBatch() {
+        for layer in ConvAlgorithmBenchmark.layers {
+            let asked = [1, 2, 3, 8, 16, 128].map { batch in
+                ConvolutionPass.allCases.map {
+                    Self.geometry(batch: batch, layer.inChannels, layer.outChannels, layer.height).requestedAlgorithm($0, setting: .rule)
+                }
+            }
+            #expect(Set(asked).count == 1, "\(layer.description): \(asked)")
+        }
+    }
+
+    /// Only 3x3 kernels at stride 1 with at most one pixel of padding ask for Winograd, whatever the setting.
+    @Test func shapesWinogradTakes() {
+        #expect(Self.geometry(batch: 2, 64, 64, 32).winogradShape)
+        #expect(Self.geometry(batch: 2, 64, 64, 32, padding: .valid).winogradShape)
+        #expect(!Self.geometry(batch: 2, 64, 64, 32, kernel: 5).winogradShape)
+        #expect(!Self.geometry(batch: 2, 64, 64, 32, stride: 2).winogradShape)
+        #expect(!Self.geometry(batch: 2, 64, 64, 32, kernel: 1).winogradShape)
+        #expect(!Self.geometry(batch: 2, 64, 64, 32, padding: .explicit(top: 2, bottom: 2, left: 2, right: 2)).winogradShape)
+        for pass in ConvolutionPass.allCases {
+            #expect(Self.geometry(batch: 2, 64, 64, 32, kernel: 5).requestedAlgorithm(pass, setting: .always) == .direct)
+            #expect(Self.geometry(batch: 2, 64, 64, 32).requestedAlgorithm(pass, setting: .always) == .winograd)
+            #expect(Self.geometry(batch: 2, 64, 64, 32).requestedAlgorithm(pass, setting: .never) == .direct)
+        }
+    }
+
+    /// Asked for Winograd, oneDNN runs its `jit_wino_4x3` kernels where its CPU level is AVX-512 and refuses elsewhere,
+    /// where the plan runs direct: a plan exists either way.
+    @Test func winogradWhereOneDNNHasIt() throws {
+        var g = Self.geometry(batch: 2, 32, 32, 16)
+        g.winograd = .always
+        let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: 16, destinationWidth: 16)
+        let backward = try #require(DNNLConvPlans.plan(g, images: 2, variant: .backward, layouts: layouts))
+        let forward = try #require(DNNLConvPlans.plan(g, images: 2, variant: .forward(bias: true, inference: nil), layouts: layouts))
+        let hasWinograd = DNNLActivation.instructionSet.hasPrefix("avx512")
+        let expected: ConvolutionAlgorithm = hasWinograd ? .winograd : .direct
+        #expect(forward.algorithms.forward == expected)
+        #expect(backward.algorithms.backwardData == expected && backward.algorithms.backwardWeights == expected)
+        let names = forward.implementations.values.joined(separator: " ") + " " + backward.implementations.values.joined(separator: " ")
+        #expect(names.contains("wino") == hasWinograd, "\(names)")
+        // Inference runs direct (its outputs match the ONNX export's to float32 rounding), with or without a post-op.
+        for activation in [FusedActivation.identity, .elu(alpha: 1), .leakyRelu(slope: 0)] {
+            let inference = try #require(DNNLConvPlans.plan(g, images: 1, variant: .forward(bias: true, inference: activation), layouts: layouts))
+            #expect(inference.algorithms.forward == .direct)
+        }
+        // A post-op oneDNN's Winograd lacks refuses it, and the plan runs direct; the ReLU it has (U-Net's blocks in training).
+        var refused = DNNLConvPlan.Algorithms()
+        refused.forward = .winograd
+        let elu = try #require(DNNLConvPlan(g, images: 1, variant: .activatedTrainingForward(bias: true, activation: .elu(alpha: 1)),
+                                            layouts: layouts, algorithms: refused))
+        #expect(elu.algorithms.forward == .direct)
+        let relu = try #require(DNNLConvPlans.plan(g, images: 2, variant: .activatedTrainingForward(bias: true, activation: .leakyRelu(slope: 0)),
+                                                   layouts: layouts))
+        #expect(relu.algorithms.forward == expected)
+    }
+
+    /// Both algorithms against float64 at sampled points, on layers of the models' channel counts and maps (fewer
+    /// images): direct within 1e-6 of the result's scale, Winograd within `winogradBound` (README, "Winograd for the 3x3
+    /// convolutions"), a bound a wrong transform (a wrong tap, tile or sign) misses by orders of magnitude.
+    @Test(arguments: [
+        ConvAlgorithmBenchmark.Layer(model: "unet-w1", name: "down1_conv2", batch: 2, inChannels: 128, outChannels: 128, height: 32, width: 32),
+        ConvAlgorithmBenchmark.Layer(model: "unet-w0.25", name: "up0_conv1", batch: 2, inChannels: 32, outChannels: 16, height: 40, width: 40),
+        ConvAlgorithmBenchmark.Layer(model: "ssd7", name: "conv4", batch: 2, inChannels: 64, outChannels: 64, height: 37, width: 60),
+        ConvAlgorithmBenchmark.Layer(model: "yolov3-tiny", name: "conv_21", batch: 1, inChannels: 384, outChannels: 256, height: 13, width: 13),
+        ConvAlgorithmBenchmark.Layer(model: "odd", name: "24 channels", batch: 2, inChannels: 24, outChannels: 40, height: 11, width: 9),
+    ])
+    func errorsAgainstFloat64(_ layer: ConvAlgorithmBenchmark.Layer) {
+        let direct = ConvolutionAccuracy.measure(layer, setting: .never, samples: 300)
+        let winograd = ConvolutionAccuracy.measure(layer, setting: .always, samples: 300)
+        for pass in ConvolutionPass.allCases {
+            let d = direct.relative[pass] ?? .infinity, w = winograd.relative[pass] ?? .infinity
+            #expect(direct.algorithms[pass] == .direct)
+            #expect(d < 1e-6, "\(layer.description) \(pass) direct: \(d)")
+            if layer.model != "odd" {
+                #expect(winograd.algorithms[pass] == (DNNLActivation.instructionSet.hasPrefix("avx512") ? .winograd : .direct))
+            }
+            #expect(w < ConvolutionAccuracy.winogradBound, "\(layer.description) \(pass) \(winograd.algorithms[pass]?.rawValue ?? "?"): \(w)")
+        }
+    }
+}
