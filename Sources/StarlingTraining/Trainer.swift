@@ -99,7 +99,7 @@ public final class Trainer {
     public let train: any TrainingSource
     public let validation: (any TrainingSource)?
     public let options: TrainingOptions
-    public let world: Communicator
+    public let world: any Collective
     public private(set) var state = Checkpoint.TrainingState()
     public private(set) var history: [EpochRecord] = []
     /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
@@ -113,7 +113,7 @@ public final class Trainer {
     public private(set) var threadCalibration: ThreadCalibration?
 
     public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
-                options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
+                options: TrainingOptions, world: any Collective, resume: Checkpoint.Loaded? = nil,
                 log: @escaping (String) -> Void = Trainer.printLine) throws {
         try train.checkCompatible(with: model.config)
         try validation?.checkCompatible(with: model.config)
