@@ -3,7 +3,7 @@ import Testing
 @testable import StarlingModels
 import StarlingDistributed
 
-/// The in-process collective (replicas on threads).
+/// The in-process collective (replicas on threads) and `train --replicas N`.
 @Suite struct InProcessCollectiveTests {
     /// `check-mpi`'s checks, whose results are known exactly, over replicas on threads.
     @Test(arguments: [1, 2, 3, 4])
@@ -96,5 +96,78 @@ import StarlingDistributed
         for result in results {
             #expect(try result.get() == ["from 2", "", "x", "xx", "\([Float](repeating: 1, count: 5))", "\([0.0, 0.5, 1.0, 0.5, 2.0, 0.5])"])
         }
+    }
+}
+
+/// `train --replicas N` against one process and against N MPI ranks.
+@Suite(.serialized) struct ReplicaTrainingTests {
+    func arguments(_ family: String, _ data: String, _ out: String, extra: [String] = []) -> [String] {
+        ["train", "--model", family, "--data", data, "--epochs", "2", "--steps-per-epoch", "10", "--batch-size", "96",
+         "--val-split", "test", "--val-limit", "200", "--seed", "4", "--out", out] + extra
+    }
+
+    /// 2 replicas in one process train the model 2 MPI ranks train, bit for bit (each replica's slice is the rank's,
+    /// one thread each, and a + b = b + a), and the model one process trains at the full batch within the 2-rank
+    /// tests' tolerance; checkpoints and the log are written once, with the layout in the header. conv-ae runs its
+    /// convolutions on oneDNN from both replicas' threads at once.
+    @Test(arguments: ["fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae"])
+    func replicasMatchRanksAndOneProcess(family: String) throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-\(family)")
+        let one = try run(Fixture.starling, arguments(family, data, dir + "/one", extra: ["--replicas", "1"]))
+        #expect(one.status == 0, "\(one.error)")
+        let replicas = try run(Fixture.starling, arguments(family, data, dir + "/replicas", extra: ["--replicas", "2"]))
+        #expect(replicas.status == 0, "\(replicas.output)\(replicas.error)")
+        #expect(replicas.output.contains("over 2 replica(s) on threads of one process"), "\(replicas.output)")
+        #expect(replicas.output.components(separatedBy: "epoch 2/2 done").count == 2, "one writer: \(replicas.output)")
+        let ranks = try mpirun(2, arguments(family, data, dir + "/ranks"))
+        #expect(ranks.status == 0, "\(ranks.output)\(ranks.error)")
+        let (a, b, c) = (try weights(dir + "/one/\(family)-last.h5"), try weights(dir + "/replicas/\(family)-last.h5"),
+                         try weights(dir + "/ranks/\(family)-last.h5"))
+        #expect(b == c, "2 replicas and 2 ranks differ: \(maxRelativeDifference(b, c))")
+        // oneDNN's weight gradients sum a batch of 48 in another order than one of 96: conv-ae to the looser bound
+        // the convolutional 2-rank tests use.
+        #expect(maxRelativeDifference(a, b) < (family == "conv-ae" ? 1e-4 : 1e-5))
+        let logs = try [dir + "/replicas", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/\(family)-log.csv", encoding: .utf8) }
+        let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
+        #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
+        #expect(try Checkpoint.load(from: dir + "/replicas/\(family)-last.h5").state.worldSize == 2)
+    }
+
+    /// Without --replicas or --blas-threads, one process times both layouts on the first batch, says which it chose
+    /// and why, and trains on it.
+    @Test func theLayoutIsMeasuredByDefault() throws {
+        guard ProcessInfo.processInfo.activeProcessorCount > 1, ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil else { return }
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-auto")
+        let r = try run(Fixture.starling, arguments("fc-ae", data, dir))
+        #expect(r.status == 0, "\(r.error)")
+        let line = try #require(r.output.split(separator: "\n").first { $0.hasPrefix("replicas: ") }, "\(r.output)")
+        #expect(line.contains("the faster layout on this run's first batch") && line.contains("--replicas N fixes the count"))
+        let chosen = line.hasPrefix("replicas: 1 ") ? "1 rank(s)" : "replica(s) on threads of one process"
+        #expect(r.output.contains(chosen), "\(r.output)")
+    }
+
+    /// A non-finite loss on replica 1 stops every replica at the same step with the agreed message, and the run
+    /// ends (non-zero) instead of waiting.
+    @Test func nonFiniteLossOnOneReplicaStopsAll() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-nan")
+        let r = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: ["--replicas", "2"]),
+                        environment: ["STARLING_TEST_NONFINITE": "1:3:loss"])
+        #expect(r.status != 0)
+        #expect((r.output + r.error).contains("the loss became non-finite on 1 rank(s) at epoch 1, step 4"), "\(r.output)\(r.error)")
+    }
+
+    /// Bad settings are refused in one line before anything runs.
+    @Test func badReplicaSettingsAreRefused() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-bad")
+        let odd = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: ["--replicas", "5"]))
+        #expect(odd.status != 0 && odd.error.contains("does not split evenly over 5 replicas"), "\(odd.error)")
+        let both = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: ["--replicas", "2", "--blas-threads", "2"]))
+        #expect(both.status != 0 && both.error.contains("--blas-threads 2 cannot apply"), "\(both.error)")
+        let zero = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: ["--replicas", "0"]))
+        #expect(zero.status != 0 && zero.error.contains("--replicas must be positive"), "\(zero.error)")
     }
 }
