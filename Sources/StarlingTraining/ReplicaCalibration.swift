@@ -27,6 +27,11 @@ public struct ReplicaCalibration: Sendable {
 
     public static let targetBlockSeconds = 0.03
     public static let maximumBlockSteps = 50
+    /// A layout this many times slower than the other on a step of at least `targetBlockSeconds` loses at once.
+    public static let clearRatio = 1.5
+    /// The calibration's copies of the model (parameters, gradients and optimizer state, `replicas` + 1 of them) may
+    /// take at most this share of the machine's memory; beyond it the run keeps one replica without timing.
+    public static let memoryShare = 1.0 / 32
 
     /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer (same seed, so the
     /// copies start alike).
@@ -82,10 +87,18 @@ public struct ReplicaCalibration: Sendable {
             // Warm-up: the first step of each layout allocates and faults its buffers in; the second sizes the blocks.
             _ = try threadBlock(1)
             _ = try replicaBlock(1)
-            // Every replica must run the same steps: the block length comes from the largest time any replica saw.
-            var perStep = [max(try threadBlock(1), try replicaBlock(1), 1e-6)]
-            try member.allreduce(&perStep, .max)
-            let blockSteps = max(1, min(maximumBlockSteps, Int(targetBlockSeconds / perStep[0])))
+            // Every replica must run the same steps and decide alike: the sizing step's times are agreed (replica 0
+            // alone times the one-replica step; the replicas' step is the slowest replica's).
+            var sizing = [try threadBlock(1), try replicaBlock(1)]
+            try member.allreduce(&sizing, .max)
+            let perStep = max(sizing[0], sizing[1], 1e-6)
+            let blockSteps = max(1, min(maximumBlockSteps, Int(targetBlockSeconds / perStep)))
+            // A long step (a block's worth) that is `clearRatio` times slower in one layout decides at once: timing a
+            // large model's slow layout three more times would cost more than it could tell.
+            if perStep >= targetBlockSeconds && perStep >= clearRatio * min(sizing[0], sizing[1]) {
+                if r == 0 { times.record(thread: sizing[0], replica: sizing[1], blockSteps: 1) }
+                return
+            }
             for round in 0..<rounds {
                 var t = 0.0, p = 0.0
                 if round % 2 == 0 {
@@ -117,6 +130,13 @@ public struct ReplicaCalibration: Sendable {
         return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
+    /// Whether `replicas` + 1 copies of a model of `parameters` parameters and an optimizer of `optimizerBuffers`
+    /// buffers of as many values fit in `memoryShare` of the machine's memory.
+    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int) -> Bool {
+        let bytes = Double(parameters) * 4 * Double(2 + optimizerBuffers) * Double(replicas + 1)
+        return bytes <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
+    }
+
     /// The faster layout's replica count: `replicas`, or 1 (one replica on `replicas` threads).
     public var chosen: Int { Self.median(replicaSeconds) < Self.median(threadSeconds) ? replicas : 1 }
 
@@ -125,7 +145,7 @@ public struct ReplicaCalibration: Sendable {
         let replicaStep = formatMilliseconds(Self.median(replicaSeconds)), threadStep = formatMilliseconds(Self.median(threadSeconds))
         let choice = chosen > 1 ? "\(replicas) on threads of this process, one thread each" : "1 (one replica on \(replicas) threads)"
         return "replicas: \(choice), the faster layout on this run's first batch (a step: \(replicas) replicas x 1 thread \(replicaStep), " +
-            "1 replica x \(replicas) threads \(threadStep); median of \(replicaSeconds.count) round(s) of \(blockSteps) step(s) a layout); " +
+            "1 replica x \(replicas) threads \(threadStep); \(replicaSeconds.count == 1 && blockSteps == 1 ? "one step each, \(Self.clearRatio)x apart" : "median of \(replicaSeconds.count) round(s) of \(blockSteps) step(s) a layout")); " +
             "--replicas N fixes the count"
     }
 }

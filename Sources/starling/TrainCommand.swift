@@ -300,7 +300,9 @@ struct TrainCommand: ParsableCommand {
                 if let replicas, replicas > 1 {
                     Trainer.printLine("replicas: \(replicas) on threads of this process, one thread each (--replicas \(replicas))")
                 } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1
-                            && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count {
+                            && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count
+                            && ReplicaCalibration.copiesFit(parameters: network.parameters.count, optimizerBuffers: optimizer.state.count,
+                                                            replicas: BLAS.threadCount) {
                     // One process with the default threads: one replica on every thread, or one replica a thread,
                     // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
                     let threads = BLAS.threadCount
