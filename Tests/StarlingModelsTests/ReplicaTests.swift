@@ -134,6 +134,27 @@ import StarlingDistributed
         #expect(try Checkpoint.load(from: dir + "/replicas/\(family)-last.h5").state.worldSize == 2)
     }
 
+    /// SSD7 with --sync-bn: the forward pass's own collectives (batch-norm statistics and SSD's positive count over the
+    /// global batch, `CrossReplica`) run between the replicas' threads, oneDNN's convolutions in both at once; two
+    /// replicas train the weights two ranks train, bit for bit.
+    @Test func ssd7ReplicasMatchRanksWithSyncBN() throws {
+        let udacity = Fixture.repository.deletingLastPathComponent().appendingPathComponent("shared/data/udacity").path
+        guard FileManager.default.fileExists(atPath: udacity + "/labels.csv") else { return }   // shared data not here
+        let dir = Fixture.temporaryDirectory("replicas-ssd7")
+        let data = dir + "/udacity.h5"
+        let convert = try starling("data", "detection", "--format", "udacity", "--images", udacity + "/images", "--labels", udacity + "/labels.csv",
+                                   "--out", data, "--height", "96", "--width", "160", "--val-fraction", "0")
+        #expect(convert.status == 0, "\(convert.error)")
+        let args = ["train", "--model", "ssd7", "--data", data, "--epochs", "3", "--batch-size", "2", "--no-augment",
+                    "--val-split", "none", "--sync-bn", "--seed", "2"]
+        let replicas = try run(Fixture.starling, args + ["--replicas", "2", "--out", dir + "/replicas"])
+        #expect(replicas.status == 0, "\(replicas.output)\(replicas.error)")
+        let ranks = try mpirun(2, args + ["--out", dir + "/ranks"])
+        #expect(ranks.status == 0, "\(ranks.output)\(ranks.error)")
+        let (a, b) = (try weights(dir + "/replicas/ssd7-last.h5"), try weights(dir + "/ranks/ssd7-last.h5"))
+        #expect(!a.isEmpty && a == b, "largest relative difference \(maxRelativeDifference(a, b))")
+    }
+
     /// Without --replicas or --blas-threads, one process times both layouts on the first batch, says which it chose
     /// and why, and trains on it.
     @Test func theLayoutIsMeasuredByDefault() throws {
