@@ -322,22 +322,22 @@ public final class Trainer {
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
             let order = rng.permutation(train.count)
             let firstStep = state.dataCursor / options.batchSize
-            let slices = (firstStep..<steps).map { step -> [Int] in
-                let begin = step * options.batchSize + world.rank * local
+            // Rank (or replica) r's images of a step: its slice of the global batch.
+            func slice(_ step: Int, _ r: Int) -> [Int] {
+                let begin = step * options.batchSize + r * local
                 return Array(order[begin..<(begin + local)])
             }
             let reader: any BatchStream
             if let feed {
                 // One prefetcher for every replica: each step's slices in replica order.
                 reader = feed.stream(epoch: epoch, replica: world.rank) {
-                    let all = (firstStep..<steps).flatMap { step in
-                        (0..<world.size).map { r in Array(order[(step * options.batchSize + r * local)..<(step * options.batchSize + (r + 1) * local)]) }
-                    }
+                    let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }
                     return Prefetcher(source: train, steps: all, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder,
                                       depth: 2 * world.size)
                 }
             } else {
-                reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder)
+                reader = Prefetcher(source: train, steps: (firstStep..<steps).map { slice($0, world.rank) }, epoch: epoch,
+                                    config: model.config, targetEncoder: model.targetEncoder)
             }
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
