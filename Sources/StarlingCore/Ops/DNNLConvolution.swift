@@ -435,7 +435,8 @@ final class DNNLConvPlan: @unchecked Sendable {
     var runsWinograd: Bool { callBytes.keys.contains { algorithms[$0] == .winograd } }
 
     /// Bytes of the scratchpad oneDNN asks for on each pass this plan runs (a backward plan's forward primitive never
-    /// runs and is left out). Winograd's holds the transformed tiles of every image of the call, so it grows with `images`.
+    /// runs and is left out). Winograd's holds the transformed weights and the transformed tiles of every image of the
+    /// call, so it grows with `images`; direct's is nil or a few hundred KB.
     var scratchpadBytes: [ConvolutionPass: Int] {
         var bytes: [ConvolutionPass: Int] = [:]
         if backwardData == nil { bytes[.forward] = forward.scratchpadBytes }
@@ -641,9 +642,9 @@ enum DNNLConvPlans {
     /// The algorithms `g` runs for `variant`: those it asks for (`DNNLConvPlan.Algorithms(g, variant:)`), except that a
     /// pass asked to run Winograd runs direct where one call of it on a single image already takes more than
     /// `g.winogradCallBudget` bytes from the scratch arena. Winograd's scratchpad holds, besides the transformed tiles of
-    /// the call's images, the transformed weights (36 floats for each of the 9 of a 3x3 kernel), and for the weight
-    /// gradient one such buffer more per thread (oneDNN's S_D_Giot_W schedule): 4 x 36 x 1024 x 1024 floats, 453 MB, for
-    /// U-Net's 1024 -> 1024 layer on 2 threads, which no chunk of the batch makes smaller. A single image's call depends
+    /// the call's images, the transformed weights (6 x 6 = 36 floats for each 3 x 3 kernel), and for the weight gradient
+    /// one such buffer more per thread (oneDNN's S_D_Giot_W schedule): 3 x 36 x 1024 x 1024 floats, 453 MB, for U-Net's
+    /// 1024 -> 1024 layer on 2 threads, which no chunk of the batch makes smaller. A single image's call depends
     /// on the shape and the thread count, never on the batch: every rank of a job (the same threads, its share of the
     /// batch) runs the same algorithms.
     static func algorithms(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> DNNLConvPlan.Algorithms {
