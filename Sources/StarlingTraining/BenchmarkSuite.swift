@@ -321,6 +321,7 @@ enum MemoryBreakdown {
         lines.append("step peak of live blocks: \(mb(backward.largePeak + backward.mediumPeak)) (large \(mb(backward.largePeak)), medium \(mb(backward.mediumPeak))); after backward \(mb(live(backward))), after the optimizer \(mb(live(end)))")
         lines.append("allocators' mappings: large \(mb(end.largeMapped)), medium \(mb(end.mediumMapped)) (retained beyond this step's peak: \(mb(end.largeMapped + end.mediumMapped - backward.largePeak - backward.mediumPeak)))")
         lines.append("oneDNN scratch arenas: mapped \(mb(end.scratchMapped)); the largest call this step \(mb(end.scratchPeakCall))")
+        for call in ConvolutionCalls.largest(8) { lines.append("  oneDNN convolution " + call) }
         lines.append("resident now \(mb(end.resident)), peak \(mb(end.residentPeak)); resident beyond Starling's mappings (runtime, libraries, glibc's heap, oneDNN's primitives): \(mb(end.resident - end.mapped)) (less any mapped page never touched)")
         return lines
     }
