@@ -95,6 +95,17 @@ import Testing
         }
     }
 
+    /// A 1x1 kernel and a valid convolution read the input in place; padding needs the bordered copy.
+    @Test func borderOnlyWherePaddingIsRead() {
+        for (cin, cout, k, padding, h, wd) in Self.cases {
+            let g = ConvGeometry(input: [1, cin, h, wd], weight: [cout, cin, k, k], stride: (1, 1), padding: padding, dilation: (1, 1), groups: 1)
+            let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: false, sourceWidth: 16, destinationWidth: 8)
+            guard let s = g.narrowOutputShape(layouts) else { continue }
+            #expect(s.forwardNeedsBorder == (k > 1 && padding == .same))
+            #expect((s.forwardScratch(block: 16) == 0) == !s.forwardNeedsBorder)
+        }
+    }
+
     @Test(arguments: [8, 16]) func finiteDifferences(width: Int) {
         let w = randomVariable([1, 2 * width, 3, 3], seed: 61), b = randomVariable([1], seed: 62)
         checkGradients([randomVariable([2, 2, 4, 5, width], seed: 63), w, b]) {
