@@ -250,21 +250,37 @@ extension Tensor {
                     }
                 }
             }
-            let xd = UnsafePointer(x.data), y = out.data
+            Tensor.upsampleNearestPixels(UnsafePointer(x.data), into: out.data, planes: planes, height: h, width: w, scale: scale, pixel: b)
+            return out
+        }
+        return b == 16 ? upsample(SIMD16<Float>.self) : upsample(SIMD8<Float>.self)
+    }
+
+    /// The forward loop of `upsampleNearestBlocked` on `planes` planes of h x w pixels of `pixel` floats each, rows over
+    /// the threads: a blocked tensor's planes of one block (pixel 8 or 16, one vector), or an NHWC image (pixel = its
+    /// channel count), which is what inference runs on oneDNN's activations (`DNNLActivation.upsampleNearest`).
+    static func upsampleNearestPixels(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, planes: Int, height h: Int,
+                                      width w: Int, scale: (Int, Int), pixel b: Int) {
+        let (sh, sw) = scale
+        let (oh, ow) = (h * sh, w * sw)
+        @inline(__always) func rows(_ copyPixel: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
             Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * b) { rows in
                 for row in rows {
                     let (p, r) = row.quotientAndRemainder(dividingBy: h)
-                    let xr = xd + row * w * b, first = y + (p * oh + r * sh) * ow * b
+                    let xr = x + row * w * b, first = y + (p * oh + r * sh) * ow * b
                     for c in 0..<w {
-                        let v = V.load(xr + b * c)
-                        for q in 0..<sw { v.store(first + (c * sw + q) * b) }
+                        for q in 0..<sw { copyPixel(xr + b * c, first + (c * sw + q) * b) }
                     }
                     for k in 1..<sh { (first + k * ow * b).update(from: first, count: ow * b) }
                 }
             }
-            return out
         }
-        return b == 16 ? upsample(SIMD16<Float>.self) : upsample(SIMD8<Float>.self)
+        // One pixel of a block is one vector; an NHWC pixel of many channels a run of them.
+        switch b {
+        case 16: rows { SIMD16<Float>.load($0).store($1) }
+        case 8: rows { SIMD8<Float>.load($0).store($1) }
+        default: rows { $1.update(from: $0, count: b) }
+        }
     }
 }
 

@@ -251,6 +251,7 @@ public struct LayoutTensor: NetworkValue {
 
     public func upsampleNearest(scale: (Int, Int)) -> LayoutTensor {
         if let x = blocked { return LayoutTensor(.blocked(x.upsampleNearestBlocked(scale: scale), moments: nil)) }
+        if !GradMode.isEnabled, let a = inferenceInput, let y = a.upsampleNearest(scale: scale) { return LayoutTensor(.inference(y)) }
         return planar { $0.upsampleNearest(scale: scale) }
     }
 
@@ -409,14 +410,7 @@ final class PendingConvolution {
             value = LayoutTensor(.inference(y))
         } else {
             LayoutTensor.census?.count(.planar)
-            let y = input.tensor.conv2d(kernel, bias: bias, stride: stride, padding: padding)
-            let activated: Tensor = switch activation {
-            case .identity: y
-            case .elu(let alpha): y.elu(alpha: alpha)
-            case .leakyRelu(let slope): slope == 0 ? y.relu() : y.leakyRelu(slope: slope)
-            case .logistic: y.sigmoid()
-            }
-            value = LayoutTensor(activated)
+            value = LayoutTensor(activation.applied(to: input.tensor.conv2d(kernel, bias: bias, stride: stride, padding: padding)))
         }
         computed = value
         return value
