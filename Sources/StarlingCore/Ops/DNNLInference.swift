@@ -155,6 +155,46 @@ public final class DNNLActivation {
         return result
     }
 
+    /// `parts` joined along the channels (`Tensor.concat(_, axis: 1)`) in their layout where they share one: all NHWC
+    /// (each pixel's channels copied part after part) or all in blocks of one width that their channel counts fill
+    /// (each image's blocks copied part after part); nil otherwise (the caller then joins them in NCHW). YOLO's route
+    /// after its upsampling joins two NHWC maps on AVX-512: in NCHW that took three reorders of the 26 x 26 maps.
+    public static func concatChannels(_ parts: [DNNLActivation]) -> DNNLActivation? {
+        guard let first = parts.first else { return nil }
+        let (n, h, w) = (first.shape[0], first.shape[2], first.shape[3])
+        guard parts.allSatisfy({ $0.shape[0] == n && $0.shape[2] == h && $0.shape[3] == w }) else { return nil }
+        let counts = parts.map { $0.shape[1] }, channels = counts.reduce(0, +)
+        let outShape = [n, channels, h, w]
+        if parts.allSatisfy(\.isChannelsLast) {
+            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, dnnl_acdb))
+            let y = result.storage.pointer, sources = parts.map { UnsafePointer($0.storage.pointer) }
+            Parallel.forEachChunk(of: n * h, work: n * h * w * channels) { rows in
+                for row in rows {
+                    for pixel in (row * w)..<((row + 1) * w) {
+                        var target = y + pixel * channels
+                        for (x, c) in zip(sources, counts) {
+                            target.update(from: x + pixel * c, count: c)
+                            target += c
+                        }
+                    }
+                }
+            }
+            return result
+        }
+        guard let block = first.blockWidth, parts.allSatisfy({ $0.blockWidth == block && $0.shape[1] % block == 0 }) else { return nil }
+        let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, block == 16 ? dnnl_aBcd16b : dnnl_aBcd8b))
+        let y = result.storage.pointer
+        for image in 0..<n {
+            var target = y + image * channels * h * w
+            for part in parts {
+                let size = part.shape[1] * h * w
+                target.update(from: part.storage.pointer + image * size, count: size)
+                target += size
+            }
+        }
+        return result
+    }
+
     /// Max over each 2x2 window at stride 2 (`maxPool2d(kernel: (2, 2))`, valid padding: an odd last row or column is
     /// dropped), in this activation's layout. In the blocked layouts of 8 channels (AVX2's nChw8c) and 16 (AVX-512's
     /// nChw16c) it is Starling's own loop: each pixel's channels are one vector, so a window is 4 vector loads and 3

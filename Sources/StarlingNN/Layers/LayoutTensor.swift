@@ -106,6 +106,15 @@ public struct LayoutTensor: NetworkValue {
         }
     }
 
+    /// The values in oneDNN's layouts where an inference op already put them there (not planar values: those stay planar).
+    fileprivate var laidOutInference: DNNLActivation? {
+        switch form {
+        case .inference(let a): return a
+        case .pending(let p): return p.result.laidOutInference
+        case .planar, .blocked: return nil
+        }
+    }
+
     /// The activation fused into a pending convolution that has none yet, or nil.
     private func fusing(_ activation: FusedActivation) -> LayoutTensor? {
         guard case .pending(let p) = form, p.activation == .identity else { return nil }
@@ -258,6 +267,10 @@ public struct LayoutTensor: NetworkValue {
     public static func concat(_ values: [LayoutTensor], axis: Int) -> LayoutTensor {
         let blocks = values.compactMap(\.blocked)
         if axis == 1, blocks.count == values.count, Set(blocks.map { $0.shape[4] }).count == 1 { return LayoutTensor(.blocked(Tensor.concat(blocks, axis: 1), moments: nil)) }
+        if axis == 1, !GradMode.isEnabled, values.count > 1 {
+            let laidOut = values.compactMap(\.laidOutInference)
+            if laidOut.count == values.count, let y = DNNLActivation.concatChannels(laidOut) { return LayoutTensor(.inference(y)) }
+        }
         return LayoutTensor(Tensor.concat(values.map(\.tensor), axis: axis))
     }
 
