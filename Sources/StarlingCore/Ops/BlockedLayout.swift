@@ -29,26 +29,21 @@ public enum ChannelLayout: Sendable {
     /// The block width models train in: 16 where cpuid reports AVX-512 (oneDNN's kernels compute in 16-channel blocks
     /// there, and Starling's blocked loops fill a zmm register), 8 elsewhere; `STARLING_BLOCK=8` or `16` overrides it
     /// (both are correct on every CPU). With any other value the CLI refuses to start (`blockWidthError`).
-    public static let blockWidth: Int = (try? blockWidthSetting.get()) ?? (KernelDispatch.supported.contains(.avx512) ? 16 : 8)
+    public static let blockWidth: Int = (try? blockWidthSelected.get()) ?? (KernelDispatch.supported.contains(.avx512) ? 16 : 8)
 
     /// STARLING_BLOCK's width, nil when unset or empty.
-    private static let blockWidthSetting: Result<Int?, BlockWidthError> = {
-        guard let raw = getenv("STARLING_BLOCK"), raw.pointee != 0 else { return .success(nil) }
-        let value = String(cString: raw)
-        guard let width = Int(value), width == 8 || width == 16 else { return .failure(BlockWidthError(value: value)) }
-        return .success(width)
-    }()
+    private static let blockWidthSelected = blockWidthSetting(value: getenv("STARLING_BLOCK").map { String(cString: $0) })
+
+    /// The width a value of STARLING_BLOCK names: 8 or 16, nil for none. A pure function, for the tests.
+    static func blockWidthSetting(value: String?) -> Result<Int?, SettingValueError> {
+        EnvironmentSetting.parse("STARLING_BLOCK", value, accepting: [("8", 8), ("16", 16)])
+    }
 
     /// The error a bad STARLING_BLOCK gives, or nil.
-    public static var blockWidthError: BlockWidthError? {
-        if case .failure(let error) = blockWidthSetting { return error }
+    public static var blockWidthError: SettingValueError? {
+        if case .failure(let error) = blockWidthSelected { return error }
         return nil
     }
-}
-
-public struct BlockWidthError: Error, Equatable, CustomStringConvertible {
-    public let value: String
-    public var description: String { "STARLING_BLOCK=\(value): expected 8 or 16" }
 }
 
 extension Tensor {
