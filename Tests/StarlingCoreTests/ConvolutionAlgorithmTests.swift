@@ -12,8 +12,9 @@ import Testing
         #expect(WinogradSetting.parse("1") == .success(.always))
         #expect(WinogradSetting.parse("0") == .success(.never))
         for bad in ["yes", "2", "on", " 1", "winograd"] {
-            #expect(WinogradSetting.parse(bad) == .failure(WinogradSettingError(value: bad)))
-            #expect(WinogradSettingError(value: bad).description == "STARLING_WINOGRAD=\(bad): expected 0 or 1")
+            #expect(WinogradSetting.parse(bad) == .failure(SettingValueError(variable: "STARLING_WINOGRAD", value: bad, accepted: ["0", "1"])))
+            #expect(SettingValueError(variable: "STARLING_WINOGRAD", value: bad, accepted: ["0", "1"]).description
+                    == "STARLING_WINOGRAD=\(bad): expected 0 or 1")
         }
     }
 

@@ -29,23 +29,18 @@ public enum WinogradSetting: String, Sendable, Equatable {
     case never
 
     /// STARLING_WINOGRAD's value, checked (the CLI refuses to start with a bad one: `settingError`).
-    static let selected: Result<WinogradSetting, WinogradSettingError> = parse(getenv("STARLING_WINOGRAD").map { String(cString: $0) })
+    static let selected: Result<WinogradSetting, SettingValueError> = parse(getenv("STARLING_WINOGRAD").map { String(cString: $0) })
 
     /// The setting for a value of STARLING_WINOGRAD: nil or empty is the rule, 1 always, 0 never.
-    public static func parse(_ value: String?) -> Result<WinogradSetting, WinogradSettingError> {
-        switch value {
-        case nil, "": .success(.rule)
-        case "1": .success(.always)
-        case "0": .success(.never)
-        case let other?: .failure(WinogradSettingError(value: other))
-        }
+    public static func parse(_ value: String?) -> Result<WinogradSetting, SettingValueError> {
+        EnvironmentSetting.parse("STARLING_WINOGRAD", value, accepting: [("0", WinogradSetting.never), ("1", .always)]).map { $0 ?? .rule }
     }
 
     /// The setting this process runs: with a bad STARLING_WINOGRAD (which the CLI reports before starting), the rule.
     public static let current: WinogradSetting = (try? selected.get()) ?? .rule
 
     /// The error a bad STARLING_WINOGRAD gives, or nil.
-    public static var settingError: WinogradSettingError? {
+    public static var settingError: SettingValueError? {
         if case .failure(let error) = selected { return error }
         return nil
     }
@@ -96,11 +91,6 @@ public enum WinogradCallBudget {
 public struct WinogradCallBudgetError: Error, Equatable, CustomStringConvertible {
     public let value: String
     public var description: String { "STARLING_WINOGRAD_CALL_MB=\(value): expected a whole number of megabytes from 1 to 1048576" }
-}
-
-public struct WinogradSettingError: Error, Equatable, CustomStringConvertible {
-    public let value: String
-    public var description: String { "STARLING_WINOGRAD=\(value): expected 0 or 1" }
 }
 
 extension ConvGeometry {

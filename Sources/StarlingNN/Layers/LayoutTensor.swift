@@ -106,6 +106,15 @@ public struct LayoutTensor: NetworkValue {
         }
     }
 
+    /// The values in oneDNN's layouts where an inference op already put them there (not planar values: those stay planar).
+    fileprivate var laidOutInference: DNNLActivation? {
+        switch form {
+        case .inference(let a): return a
+        case .pending(let p): return p.result.laidOutInference
+        case .planar, .blocked: return nil
+        }
+    }
+
     /// The activation fused into a pending convolution that has none yet, or nil.
     private func fusing(_ activation: FusedActivation) -> LayoutTensor? {
         guard case .pending(let p) = form, p.activation == .identity else { return nil }
@@ -251,12 +260,17 @@ public struct LayoutTensor: NetworkValue {
 
     public func upsampleNearest(scale: (Int, Int)) -> LayoutTensor {
         if let x = blocked { return LayoutTensor(.blocked(x.upsampleNearestBlocked(scale: scale), moments: nil)) }
+        if !GradMode.isEnabled, let a = inferenceInput, let y = a.upsampleNearest(scale: scale) { return LayoutTensor(.inference(y)) }
         return planar { $0.upsampleNearest(scale: scale) }
     }
 
     public static func concat(_ values: [LayoutTensor], axis: Int) -> LayoutTensor {
         let blocks = values.compactMap(\.blocked)
         if axis == 1, blocks.count == values.count, Set(blocks.map { $0.shape[4] }).count == 1 { return LayoutTensor(.blocked(Tensor.concat(blocks, axis: 1), moments: nil)) }
+        if axis == 1, !GradMode.isEnabled, values.count > 1 {
+            let laidOut = values.compactMap(\.laidOutInference)
+            if laidOut.count == values.count, let y = DNNLActivation.concatChannels(laidOut) { return LayoutTensor(.inference(y)) }
+        }
         return LayoutTensor(Tensor.concat(values.map(\.tensor), axis: axis))
     }
 
@@ -409,14 +423,7 @@ final class PendingConvolution {
             value = LayoutTensor(.inference(y))
         } else {
             LayoutTensor.census?.count(.planar)
-            let y = input.tensor.conv2d(kernel, bias: bias, stride: stride, padding: padding)
-            let activated: Tensor = switch activation {
-            case .identity: y
-            case .elu(let alpha): y.elu(alpha: alpha)
-            case .leakyRelu(let slope): slope == 0 ? y.relu() : y.leakyRelu(slope: slope)
-            case .logistic: y.sigmoid()
-            }
-            value = LayoutTensor(activated)
+            value = LayoutTensor(activation.applied(to: input.tensor.conv2d(kernel, bias: bias, stride: stride, padding: padding)))
         }
         computed = value
         return value
