@@ -25,13 +25,13 @@ public final class GradientSynchronizer {
         var range: Range<Int>
         var parameterCount: Int
         var pending = 0
-        var request: Communicator.Request?
+        var request: (any CollectiveRequest)?
         /// float16 only: the factor applied before encoding; nil until a float32 step has measured the sums.
         var scale: Float? = 1
         var sentAs16 = false
     }
 
-    public let communicator: Communicator
+    public let communicator: any Collective
     private let store: ParameterStore
     private var buckets: [Bucket] = []
     private var bucketOf: [ObjectIdentifier: Int] = [:]
@@ -49,7 +49,7 @@ public final class GradientSynchronizer {
     /// Buckets redone in float32 after a float16 sum overflowed (for tests and the benchmark).
     public private(set) var overflowCount = 0
 
-    public init(store: ParameterStore, communicator: Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true,
+    public init(store: ParameterStore, communicator: any Collective, bucketBytes: Int = 25 << 20, overlap: Bool = true,
                 wire: GradientWire = .float32) {
         self.store = store
         self.communicator = communicator

@@ -99,7 +99,7 @@ public final class Trainer {
     public let train: any TrainingSource
     public let validation: (any TrainingSource)?
     public let options: TrainingOptions
-    public let world: Communicator
+    public let world: any Collective
     public private(set) var state = Checkpoint.TrainingState()
     public private(set) var history: [EpochRecord] = []
     /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
@@ -111,10 +111,12 @@ public final class Trainer {
     private let log: (String) -> Void
     /// The thread count being chosen over the first steps (nil when the count is fixed).
     public private(set) var threadCalibration: ThreadCalibration?
+    /// The data pipeline shared with the other replicas of this process (nil: this trainer reads its own slices).
+    private let feed: ReplicaFeed?
 
     public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
-                options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
-                log: @escaping (String) -> Void = Trainer.printLine) throws {
+                options: TrainingOptions, world: any Collective, resume: Checkpoint.Loaded? = nil,
+                log: @escaping (String) -> Void = Trainer.printLine, feed: ReplicaFeed? = nil) throws {
         try train.checkCompatible(with: model.config)
         try validation?.checkCompatible(with: model.config)
         guard options.batchSize > 0 else { throw TrainingError("batch size must be positive, got \(options.batchSize)") }
@@ -131,6 +133,7 @@ public final class Trainer {
         self.validation = validation
         self.options = options
         self.world = world
+        self.feed = feed
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
                                            overlap: options.overlapCommunication, wire: options.gradientWire)
@@ -303,11 +306,12 @@ public final class Trainer {
         }
         let steps = stepsPerEpoch
         let local = options.batchSize / world.size
+        let layout = world is InProcessCollective ? "\(world.size) replica(s) on threads of one process" : "\(world.size) rank(s)"
         // Only rank 0 prints; the others' plain lines go to their no-op log.
         var display = world.isRoot && options.progress ? ProgressDisplay.forStandardOutput(worldSize: world.size) : ProgressDisplay(mode: .plain)
         let live = display.mode == .live
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
-            "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
+            "[\(train.split)], global batch \(options.batchSize) over \(layout), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary); \(WinogradSetting.summary)")
         let schedule = state.learningRateSchedule
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
@@ -318,11 +322,23 @@ public final class Trainer {
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
             let order = rng.permutation(train.count)
             let firstStep = state.dataCursor / options.batchSize
-            let slices = (firstStep..<steps).map { step -> [Int] in
-                let begin = step * options.batchSize + world.rank * local
+            // Rank (or replica) r's images of a step: its slice of the global batch.
+            func slice(_ step: Int, _ r: Int) -> [Int] {
+                let begin = step * options.batchSize + r * local
                 return Array(order[begin..<(begin + local)])
             }
-            let reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder)
+            let reader: any BatchStream
+            if let feed {
+                // One prefetcher for every replica: each step's slices in replica order.
+                reader = feed.stream(epoch: epoch, replica: world.rank) {
+                    let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }
+                    return Prefetcher(source: train, steps: all, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder,
+                                      depth: 2 * world.size)
+                }
+            } else {
+                reader = Prefetcher(source: train, steps: (firstStep..<steps).map { slice($0, world.rank) }, epoch: epoch,
+                                    config: model.config, targetEncoder: model.targetEncoder)
+            }
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
             var lastPrint = start
@@ -533,7 +549,9 @@ public final class Trainer {
         var start = mine.lowerBound
         while start < mine.upperBound {
             let end = min(mine.upperBound, start + options.batchSize)
-            let batch = try data.batch(indices: Array(start..<end), epoch: 0, training: false, for: model)
+            let indices = Array(start..<end)
+            let batch = try feed.map { try $0.reading { try data.batch(indices: indices, epoch: 0, training: false, for: model) } }
+                ?? data.batch(indices: indices, epoch: 0, training: false, for: model)
             let loss = GradMode.disabled { model.loss(batch, training: false) }
             total[0] += Double(loss.item) * Double(end - start)
             start = end
