@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every family beside PyTorch in one run (issue 18 items 4 and 5): `starling bench --suite` one entry a process (so that
-# ru_maxrss is that entry's peak) on 1 rank x 1 thread, 1 process x all threads and N ranks x 1 thread (mpirun), then the
+# ru_maxrss is that entry's peak) on 1 rank x 1 thread, 1 process x all threads, 1 process x N replicas (one thread
+# each, `--replicas N`) and N ranks x 1 thread (mpirun), then the
 # PyTorch peer (Launch/peer_suite.py; the CPU wheel from PyPI in a venv, benchmark-only) in its best configuration
 # (jemalloc preloaded; NCHW and channels-last both measured for the convolutional entries) on 1 and all threads, then
 # one Markdown table with the ratios, the step breakdown, GFLOP/s against sgemm measured in the same run, peak memory
@@ -60,10 +61,12 @@ case "${ISA:-}" in
   *) echo "bench-suite.sh: ISA=${ISA} is not a cap this script knows (avx2)" >&2; exit 2 ;;
 esac
 
-starling() {   # ranks threads entry
-  local log="$out/starling-$3-r$1-t$2.log"
-  if ! timeout -k 10 1800 mpirun -np "$1" "${mpi_root[@]}" --bind-to none "$bin" bench --suite "${quick[@]}" --entries "$3" --threads "$2" > "$log" 2>&1; then
-    echo "  starling $3 on $1 rank(s) x $2 thread(s) failed: $(grep -m1 -i error "$log" || tail -1 "$log")"
+starling() {   # ranks threads entry [replicas]: with replicas, one process of that many replicas on threads
+  local log="$out/starling-$3-r$1-t$2${4:+-p$4}.log"
+  local layout=(--threads "$2")
+  [ -n "${4:-}" ] && layout=(--replicas "$4")
+  if ! timeout -k 10 1800 mpirun -np "$1" "${mpi_root[@]}" --bind-to none "$bin" bench --suite "${quick[@]}" --entries "$3" "${layout[@]}" > "$log" 2>&1; then
+    echo "  starling $3 on $1 rank(s) x $2 thread(s)${4:+ as $4 replicas} failed: $(grep -m1 -i error "$log" || tail -1 "$log")"
     return
   fi
   grep -v '^suite-row ' "$log" | tail -1 | sed 's/^/  /'
@@ -83,6 +86,7 @@ for entry in "${entries[@]}"; do
   starling 1 1 "$entry"
   if [ "$cores" -gt 1 ]; then
     starling 1 "$cores" "$entry"
+    starling 1 1 "$entry" "$cores"
     starling "$cores" 1 "$entry"
   fi
   kind=$(awk -v e="$entry" '$1 == e { print $2 }' <<<"$peers")

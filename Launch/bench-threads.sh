@@ -7,6 +7,8 @@
 # run a third way in each round, `train` without --blas-threads ("auto": the trainer times 2 threads against 1 over its
 # first steps and keeps the faster, ThreadCalibration), whose ratio to one thread must not fall below 1; their STEPS
 # should leave room for the calibration (up to ~390 steps for ~1 ms steps; the rate is the epoch's, calibration included).
+# Since replicas (`train --replicas 2`, README "Replicas on threads of one process") auto first times 2 replicas of one
+# thread against one replica on 2 threads (ReplicaCalibration), and a fourth way runs `--replicas 2` fixed.
 #   Launch/bench-threads.sh [FAMILY...]       ROUNDS=3 STEPS=40 by default; SKIP_TWO=1 leaves out the fixed 2-thread
 #                                             runs (on a loaded machine they take minutes; auto's log line still times 2)
 set -euo pipefail
@@ -24,9 +26,10 @@ rate() {   # family threads (or auto) -> images/s
   if [ -n "${batch[$f]:-}" ]; then
     local fixed=(--blas-threads "$t")
     [ "$t" = auto ] && fixed=()
+    [ "$t" = replicas ] && fixed=(--replicas 2)
     "$bin" train --model "$f" --data "$data" --epochs 1 --steps-per-epoch "$steps" --batch-size "${batch[$f]}" \
       "${fixed[@]}" --val-split none --out "$out/$f-$t" > "$out/log" 2>&1
-    [ "$t" = auto ] && grep -m1 '^threads: ' "$out/log" | sed 's/^/    auto: /' >&2
+    [ "$t" = auto ] && grep -E -m2 '^(threads|replicas): ' "$out/log" | sed 's/^/    auto: /' >&2
     grep -o '[0-9]* img/s' "$out/log" | tail -1 | cut -d' ' -f1
   elif [ "$f" = unet ]; then
     "$bin" bench --only unet --threads "$t" --steps "$steps" > "$out/log"
@@ -39,13 +42,14 @@ rate() {   # family threads (or auto) -> images/s
   [ -f "$out/said" ] || { grep -m1 -E 'GEMM' "$out/log" | sed -E 's/.*(BLAS [^;]*; GEMM)/\1/' >&2; touch "$out/said"; }
 }
 for f in "${families[@]}"; do
-  ones=() twos=() autos=()
+  ones=() twos=() autos=() replicas=()
   for _ in $(seq "$rounds"); do
     ones+=("$(rate "$f" 1)")
     [ -n "${SKIP_TWO:-}" ] || twos+=("$(rate "$f" 2)")
     [ -n "${batch[$f]:-}" ] && autos+=("$(rate "$f" auto)")
+    [ -n "${batch[$f]:-}" ] && replicas+=("$(rate "$f" replicas)")
   done
-  python3 - "$f" "${ones[*]}" "${twos[*]:-}" "${autos[*]:-}" <<'PY'
+  python3 - "$f" "${ones[*]}" "${twos[*]:-}" "${autos[*]:-}" "${replicas[*]:-}" <<'PY'
 import statistics, sys
 f, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
 def ratio(name, c):
@@ -54,6 +58,8 @@ def ratio(name, c):
 line = f"{f:13s} 1 thread {a}" + ("  " + ratio("2 threads", b) if b else "")
 if sys.argv[4].strip():
     line += "  " + ratio("auto", [float(x) for x in sys.argv[4].split()])
+if sys.argv[5].strip():
+    line += "  " + ratio("2 replicas", [float(x) for x in sys.argv[5].split()])
 print(line)
 PY
 done

@@ -19,14 +19,15 @@ perf record -F 999 -o "$out/perf.data" "$bin" train --model "$model" --data "$da
   --batch-size "$batch" --blas-threads 1 --val-split none --out "$out/run" > "$out/train.log" 2>&1
 echo "$model, batch $batch, $steps steps, 1 rank, OpenBLAS $(grep -o 'BLAS [A-Za-z0-9]* x[0-9]*' "$out/train.log" | head -1 | cut -d' ' -f2-)"
 grep -o "[0-9]* img/s" "$out/train.log" | tail -1 | sed 's/^/throughput at the end of the epoch: /'
-perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | swift demangle --simplified \
-  | awk '
+# The rules live in a quoted here-document, not a single-quoted argument: a category name may then hold an apostrophe
+# ("Starling's ...") without ending the shell's quoting.
+read -r -d '' categories <<'AWK' || true
     {
       pct = $1; sub(/%/, "", pct); line = $0
       if (line ~ /libopenblas/) kind = "sgemm (OpenBLAS kernel and packing)"
       else if (line ~ /\[JIT\]|libdnnl/) kind = "oneDNN (convolutions, reorders: JIT code)"
-      else if (line ~ /narrow(Forward|InputGradient|WeightGradient)|NarrowOutput/) kind = "narrow-output convolution (own kernels)"
-      else if (line ~ /directForward|WeightGradient3x3|fiveWide/) kind = "other own convolution kernels"
+      else if (line ~ /narrow(Forward|InputGradient|WeightGradient)|NarrowOutput/) kind = "Starling's narrow-output convolution"
+      else if (line ~ /directForward|WeightGradient3x3|fiveWide/) kind = "Starling's other convolution kernels"
       else if (line ~ /conv2dBlockedReLU/) kind = "activations"
       else if (line ~ /memset/) kind = "zeroing fresh buffers (memset)"
       else if (line ~ /memmove|memcpy/) kind = "copies (memmove)"
@@ -42,4 +43,7 @@ perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/n
       else kind = "other"
       share[kind] += pct
     }
-    END { for (k in share) printf "%6.1f %%  %s\n", share[k], k }' | sort -rn
+    END { for (k in share) printf "%6.1f %%  %s\n", share[k], k }
+AWK
+perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | swift demangle --simplified \
+  | awk "$categories" | sort -rn

@@ -11,7 +11,7 @@ import Darwin
 /// Started without mpirun, MPI_Init gives a singleton world of size 1: the default way to run Starling.
 /// Errors come back as return codes (MPI_ERRORS_RETURN) and are thrown as `CommunicatorError`.
 /// Every rank must call the collectives in the same order; all of them are called from one thread.
-public final class Communicator: @unchecked Sendable {
+public final class Communicator: Collective, @unchecked Sendable {
     public let rank: Int
     public let size: Int
     private let comm = starling_mpi_comm_world()
@@ -57,8 +57,6 @@ public final class Communicator: @unchecked Sendable {
         size = Int(s)
     }
 
-    public var isRoot: Bool { rank == 0 }
-
     /// Ends MPI for this process; safe to call more than once.
     public func finalize() {
         if finalized { return }
@@ -86,15 +84,7 @@ public final class Communicator: @unchecked Sendable {
         exit(code)
     }
 
-    public enum Operation { case sum, max, min
-        var handle: MPI_Op {
-            switch self {
-            case .sum: return starling_mpi_sum()
-            case .max: return starling_mpi_max()
-            case .min: return starling_mpi_min()
-            }
-        }
-    }
+    public typealias Operation = CollectiveOperation
 
     /// MPI counts are Int32: large buffers go in pieces of at most this many elements.
     static let maxChunk = 1 << 30
@@ -113,7 +103,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// In-place allreduce of `count` floats.
-    public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: Operation = .sum) throws {
+    public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: Operation) throws {
         if size == 1 { return }
         try observed("MPI_Allreduce of \(count) floats") {
             try Self.forEachChunk(of: count) { start, n in
@@ -122,16 +112,8 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
-    /// In-place allreduce then division by the number of ranks.
-    public func allreduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
-        if size == 1 { return }
-        try allreduce(buffer, count: count, .sum)
-        let scale = 1 / Float(size)
-        for i in 0..<count { buffer[i] *= scale }
-    }
-
     /// In-place allreduce of a few doubles (losses, counts, metrics).
-    public func allreduce(_ values: inout [Double], _ op: Operation = .sum) throws {
+    public func allreduce(_ values: inout [Double], _ op: Operation) throws {
         if size == 1 || values.isEmpty { return }
         let n = Int32(values.count)
         try observed("MPI_Allreduce of \(n) doubles") { try values.withUnsafeMutableBufferPointer { buf in
@@ -139,14 +121,8 @@ public final class Communicator: @unchecked Sendable {
         } }
     }
 
-    public func allreduce(_ value: Double, _ op: Operation = .sum) throws -> Double {
-        var v = [value]
-        try allreduce(&v, op)
-        return v[0]
-    }
-
     /// A non-blocking allreduce in flight; `wait()` before reading or reusing the buffer.
-    public final class Request {
+    public final class Request: CollectiveRequest {
         fileprivate var handles: [MPI_Request?]
         public let count: Int
         fileprivate weak var observer: (any CollectiveObserver)?
@@ -191,7 +167,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Starts an in-place sum allreduce of `count` floats; the buffer must stay untouched until `wait()`.
-    public func startAllreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> Request {
+    public func startAllreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> any CollectiveRequest {
         var handles: [MPI_Request?] = []
         if size > 1 {
             try Self.forEachChunk(of: count) { start, n in
@@ -238,7 +214,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Starts an in-place sum allreduce of `count` 16-bit floats of `wire`; the buffer must stay untouched until `wait()`.
-    public func startAllreduce(_ buffer: UnsafeMutablePointer<UInt16>, count: Int, wire: GradientWire) throws -> Request {
+    public func startAllreduce(_ buffer: UnsafeMutablePointer<UInt16>, count: Int, wire: GradientWire) throws -> any CollectiveRequest {
         var handles: [MPI_Request?] = []
         if size > 1 {
             let op = halfSum(wire)
@@ -252,7 +228,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Starts an in-place allreduce of a few doubles; `values` must stay alive and untouched until `wait()`.
-    public func startAllreduce(_ values: UnsafeMutablePointer<Double>, count: Int, _ op: Operation = .sum) throws -> Request {
+    public func startAllreduce(_ values: UnsafeMutablePointer<Double>, count: Int, _ op: Operation) throws -> any CollectiveRequest {
         guard size > 1 else { return Request(handles: [], count: count, observer: nil) }
         var request: MPI_Request? = starling_mpi_request_null()
         try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), values, Int32(count), starling_mpi_double(), op.handle, comm, &request))
@@ -388,7 +364,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Copies `count` floats from `root` to every rank.
-    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) throws {
+    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
         if size == 1 { return }
         try observed("MPI_Bcast of \(count) floats") {
             try Self.forEachChunk(of: count) { start, n in
@@ -398,7 +374,7 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Root's string on every rank (configurations, checkpoint paths).
-    public func broadcast(_ text: String, root: Int = 0) throws -> String {
+    public func broadcast(_ text: String, root: Int) throws -> String {
         if size == 1 { return text }
         return try observed("MPI_Bcast of a text") { try broadcastText(text, root: root) }
     }
@@ -474,6 +450,16 @@ public final class Communicator: @unchecked Sendable {
 
     private func check(_ call: String, _ rc: Int32) throws {
         guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi(call, rc) }
+    }
+}
+
+extension CollectiveOperation {
+    var handle: MPI_Op {
+        switch self {
+        case .sum: return starling_mpi_sum()
+        case .max: return starling_mpi_max()
+        case .min: return starling_mpi_min()
+        }
     }
 }
 

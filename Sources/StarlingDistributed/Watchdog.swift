@@ -27,7 +27,7 @@ public protocol CollectiveObserver: AnyObject {
 /// only reads that table. The one MPI call it makes is MPI_Abort, which ends the process and the job (Open MPI
 /// routes it through its runtime's own thread); the tests check that it does while the training thread is blocked.
 public final class Watchdog: CollectiveObserver, @unchecked Sendable {
-    public let communicator: Communicator
+    public let communicator: any Collective
     /// Seconds in one collective before the warning.
     public let timeout: Double
     /// Seconds after the warning before the job is aborted.
@@ -52,7 +52,7 @@ public final class Watchdog: CollectiveObserver, @unchecked Sendable {
     private static let tag: Int32 = 7407
     private var thread: Thread?
 
-    public init(communicator: Communicator, timeout: Double = 60, abortTimeout: Double = 300,
+    public init(communicator: any Collective, timeout: Double = 60, abortTimeout: Double = 300,
                 log: @escaping @Sendable (String) -> Void) {
         precondition(timeout > 0 && abortTimeout > 0, "watchdog timeouts must be positive")
         self.communicator = communicator
@@ -67,9 +67,10 @@ public final class Watchdog: CollectiveObserver, @unchecked Sendable {
         for b in sendBuffers { b.deallocate() }
     }
 
-    /// Attaches to the communicator and starts the watch thread (nothing to watch on one rank).
+    /// Attaches to the communicator and starts the watch thread (nothing to watch on one rank). Only MPI ranks are
+    /// watched: replicas on threads of one process (`InProcessCollective`) end together when one of them fails.
     public func start() {
-        guard communicator.size > 1, thread == nil else { return }
+        guard communicator is Communicator, communicator.size > 1, thread == nil else { return }
         communicator.observer = self
         let poll = min(0.25, timeout / 4)
         let watch = Thread { [self] in
@@ -101,6 +102,7 @@ public final class Watchdog: CollectiveObserver, @unchecked Sendable {
     }
 
     public func enterCollective(_ call: String) {
+        guard thread != nil else { return }
         let (count, step) = lock.withLock { () -> (Int, Int) in
             sequence += 1
             inside = (call, sequence, monotonicClock())
@@ -140,7 +142,7 @@ public final class Watchdog: CollectiveObserver, @unchecked Sendable {
 
     /// Rank 0: takes in every heartbeat that has arrived.
     private func drainHeartbeats() {
-        guard communicator.isRoot else { return }
+        guard communicator.isRoot, thread != nil else { return }
         while true {
             var flag: Int32 = 0
             var status = MPI_Status()
@@ -158,7 +160,7 @@ public final class Watchdog: CollectiveObserver, @unchecked Sendable {
     }
 
     /// Waits for `request` by polling, so that rank 0 keeps taking in heartbeats (its names stay current).
-    public func wait(_ request: Communicator.Request, what: String, step: Int) throws {
+    public func wait(_ request: any CollectiveRequest, what: String, step: Int) throws {
         at(what, step: step)
         enterCollective("MPI_Iallreduce")
         defer { leaveCollective() }

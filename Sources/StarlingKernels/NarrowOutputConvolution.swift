@@ -21,9 +21,19 @@ public struct NarrowConvolutionShape: Sendable {
         (self.kernelH, self.kernelW, self.padTop, self.padLeft) = (kernelH, kernelW, padTop, padLeft)
     }
 
-    /// Floats of scratch `NarrowOutputConvolution.forward` takes: the input padded to the taps' reach.
+    /// Whether the forward pass reads a zero-bordered copy of the input: not where every tap of every output pixel lands
+    /// inside the input (no padding and the output exactly the taps' reach: a 1x1 kernel, a valid convolution), since the
+    /// input is then its own padded map.
     @inlinable
-    public func forwardScratch(block: Int) -> Int { blocks * (outHeight + kernelH - 1) * (outWidth + kernelW - 1) * block }
+    public var forwardNeedsBorder: Bool {
+        padTop != 0 || padLeft != 0 || outHeight + kernelH - 1 != height || outWidth + kernelW - 1 != width
+    }
+
+    /// Floats of scratch `NarrowOutputConvolution.forward` takes: the input padded to the taps' reach, or none.
+    @inlinable
+    public func forwardScratch(block: Int) -> Int {
+        forwardNeedsBorder ? blocks * (outHeight + kernelH - 1) * (outWidth + kernelW - 1) * block : 0
+    }
 
     /// The output columns tap column kw reaches inside the input: ox with 0 <= ox + kw - padLeft < width.
     @inlinable @inline(__always)
@@ -48,7 +58,8 @@ public enum NarrowOutputConvolution {
 
     /// One image's output: y = bias + the convolution. `scratch` holds `forwardScratch(block:)` floats: the image copied
     /// with zero borders, so that each output pixel sums its taps in registers, four pixels at a time, without bounds
-    /// checks (summing into memory made the loop wait on its stores).
+    /// checks (summing into memory made the loop wait on its stores). Where no tap reaches outside the input
+    /// (`forwardNeedsBorder` false) the image is read in place and `scratch` is not touched.
     @inlinable @inline(__always)
     public static func forward<V: BlockVector, M: MultiplyAdd>(_ s: NarrowConvolutionShape, x: UnsafePointer<Float>,
                                                                 weights: UnsafePointer<Float>, bias: UnsafePointer<Float>,
@@ -56,14 +67,20 @@ public enum NarrowOutputConvolution {
                                                                 _: V.Type, _: M.Type) {
         let b = V.scalarCount, taps = s.kernelH * s.kernelW
         let (ph, pw) = (s.outHeight + s.kernelH - 1, s.outWidth + s.kernelW - 1)
-        scratch.initialize(repeating: 0, count: s.blocks * ph * pw * b)
-        // Input row iy lands on padded row iy + padTop, column ix on ix + padLeft (those inside the padded map).
-        let columns = max(0, -s.padLeft)..<min(s.width, pw - s.padLeft)
-        for cb in 0..<s.blocks {
-            for iy in max(0, -s.padTop)..<min(s.height, ph - s.padTop) where !columns.isEmpty {
-                (scratch + ((cb * ph + iy + s.padTop) * pw + columns.lowerBound + s.padLeft) * b)
-                    .update(from: x + ((cb * s.height + iy) * s.width + columns.lowerBound) * b, count: columns.count * b)
+        let padded: UnsafePointer<Float>
+        if s.forwardNeedsBorder {
+            scratch.initialize(repeating: 0, count: s.blocks * ph * pw * b)
+            // Input row iy lands on padded row iy + padTop, column ix on ix + padLeft (those inside the padded map).
+            let columns = max(0, -s.padLeft)..<min(s.width, pw - s.padLeft)
+            for cb in 0..<s.blocks {
+                for iy in max(0, -s.padTop)..<min(s.height, ph - s.padTop) where !columns.isEmpty {
+                    (scratch + ((cb * ph + iy + s.padTop) * pw + columns.lowerBound + s.padLeft) * b)
+                        .update(from: x + ((cb * s.height + iy) * s.width + columns.lowerBound) * b, count: columns.count * b)
+                }
             }
+            padded = UnsafePointer(scratch)
+        } else {
+            padded = x
         }
         for o in 0..<s.outChannels {
             for oy in 0..<s.outHeight {
@@ -74,7 +91,7 @@ public enum NarrowOutputConvolution {
                     var (a0, a1, a2, a3) = (V(repeating: 0), V(repeating: 0), V(repeating: 0), V(repeating: 0))
                     for cb in 0..<s.blocks {
                         for kh in 0..<s.kernelH {
-                            let row = scratch + ((cb * ph + oy + kh) * pw + ox) * b
+                            let row = padded + ((cb * ph + oy + kh) * pw + ox) * b
                             let w = weights + ((o * s.blocks + cb) * taps + kh * s.kernelW) * b
                             for kw in 0..<s.kernelW {
                                 let wv = V.load(w + kw &* b), p = row + kw &* b

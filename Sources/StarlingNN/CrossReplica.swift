@@ -21,7 +21,7 @@ public struct CrossReplica: @unchecked Sendable {
         self.allgather = allgather
     }
 
-    public init(_ world: Communicator) {
+    public init(_ world: any Collective) {
         guard world.size > 1 else { self = .single; return }
         self.init(size: world.size, sum: { buffer in
             var values = Array(buffer)
@@ -32,7 +32,7 @@ public struct CrossReplica: @unchecked Sendable {
         })
     }
 
-    static func fail(_ world: Communicator, _ error: any Error) -> Never {
+    static func fail(_ world: any Collective, _ error: any Error) -> Never {
         printLine("rank \(world.rank): error: \(error)")
         world.abort(code: 1)
     }

@@ -113,6 +113,8 @@ public enum BenchmarkSuite {
         public var batch: Int
         public var ranks: Int
         public var threads: Int
+        /// Starling: replicas on threads of the one process (`bench --suite --replicas N`); nil: one replica a rank.
+        public var replicas: Int?
         /// PyTorch: "NCHW" or "channels-last"; Starling: nil.
         public var layout: String?
         public var trainImagesPerSecond: Double
@@ -169,7 +171,7 @@ public enum BenchmarkSuite {
     }
 
     /// sgemm 1024^3 on every rank at once, summed: the machine's measured peak in this layout.
-    public static func sgemmPeak(world: Communicator) throws -> Double {
+    public static func sgemmPeak(world: any Collective) throws -> Double {
         _ = ConvBenchmark.sgemmGFLOPS(size: 1024, iterations: 1)
         try world.barrier()
         return try world.allreduce(ConvBenchmark.sgemmGFLOPS(size: 1024, iterations: 4), .sum)
@@ -178,9 +180,11 @@ public enum BenchmarkSuite {
     /// Measures `entry` on this job's ranks with this process's threads: warm-up steps, then timed steps for about
     /// `seconds` (the count agreed by all ranks from the slowest warm-up), then inference for a third of that.
     /// `steps` fixes the timed steps' count instead (for profiles and comparisons on a loaded machine).
-    /// `shardOptimizer`: ZeRO stage 1 as `train --shard-optimizer` runs it (Adam's moments for this rank's range,
-    /// gradients reduce-scattered, weights allgathered after the step; the allgather counts as communication).
-    public static func measure(_ entry: Entry, world: Communicator, seconds: Double, steps fixedSteps: Int? = nil, sgemm: Double?,
+    /// Over an `InProcessCollective` (called on each replica's thread) the row is one process's: replicas, not ranks,
+    /// and the process's peak memory once.
+    /// `shardOptimizer` (MPI ranks only): ZeRO stage 1 as `train --shard-optimizer` runs it (Adam's moments for this
+    /// rank's range, gradients reduce-scattered, weights allgathered after the step; the allgather counts as communication).
+    public static func measure(_ entry: Entry, world: any Collective, seconds: Double, steps fixedSteps: Int? = nil, sgemm: Double?,
                                kernels: String, shardOptimizer: Bool = false, memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
         let residentAtStart = MemoryLedger.residentBytes().now
         let config = try entry.configuration()
@@ -191,11 +195,13 @@ public enum BenchmarkSuite {
         let model = try family.build(config, seed: 1)
         let aware = model as? CrossReplicaAware
         aware?.crossReplica = CrossReplica(world)
+        let mpi = world as? Communicator
+        if shardOptimizer && world.size > 1 && mpi == nil { throw TrainingError("--shard-optimizer needs MPI ranks, not replicas") }
         let shards = shardOptimizer && world.size > 1 ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         let adam = Adam(parameterCount: model.parameters.count, shard: shards?[world.rank])
         let sync = GradientSynchronizer(store: model.parameters, communicator: world, shards: shards)
         func gatherWeights() throws {
-            if let shards { try world.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
+            if let shards, let mpi { try mpi.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
         }
         let local = entry.batch / world.size
         // A pool of one local batch: the peer, too, keeps one batch of data.
@@ -275,13 +281,16 @@ public enum BenchmarkSuite {
                                    Double(ledger.scratchMapped) / 1_048_576, Double(ledger.largeMapped) / 1_048_576))
         }
         // Peak memory before anything else allocates (the FLOP count copies the weights into an ONNX graph).
-        let peak = try world.allreduce(Double(Benchmarks.peakResidentBytes()) / 1_048_576, .sum)
-        return Row(side: "starling", entry: entry.name, batch: entry.batch, ranks: world.size, threads: BLAS.threadCount,
+        let inProcess = world is InProcessCollective
+        let peak = try world.allreduce(Double(Benchmarks.peakResidentBytes()) / 1_048_576, inProcess ? .max : .sum)
+        var row = Row(side: "starling", entry: entry.name, batch: entry.batch, ranks: inProcess ? 1 : world.size, threads: BLAS.threadCount,
                    trainImagesPerSecond: Double(steps * entry.batch) / elapsed, inferenceImagesPerSecond: inference, peakMB: peak,
                    parameters: model.parameters.count, trainFLOPsPerImage: trainFLOPsPerImage(model), sgemmGFLOPS: sgemm,
                    breakdown: Breakdown(forward: perStep[0], backward: perStep[1], allreduce: perStep[2], optimizer: perStep[3], data: perStep[4],
                                         cpu: cpuPerStep),
                    kernels: kernels)
+        row.replicas = inProcess ? world.size : nil
+        return row
     }
 }
 
@@ -323,6 +332,7 @@ enum MemoryBreakdown {
         lines.append("step peak of live blocks: \(mb(backward.largePeak + backward.mediumPeak)) (large \(mb(backward.largePeak)), medium \(mb(backward.mediumPeak))); after backward \(mb(live(backward))), after the optimizer \(mb(live(end)))")
         lines.append("allocators' mappings: large \(mb(end.largeMapped)), medium \(mb(end.mediumMapped)) (retained beyond this step's peak: \(mb(end.largeMapped + end.mediumMapped - backward.largePeak - backward.mediumPeak)))")
         lines.append("oneDNN scratch arenas: mapped \(mb(end.scratchMapped)); the largest call this step \(mb(end.scratchPeakCall))")
+        for call in ConvolutionCalls.largest(8) { lines.append("  oneDNN convolution " + call) }
         lines.append("resident now \(mb(end.resident)), peak \(mb(end.residentPeak)); resident beyond Starling's mappings (runtime, libraries, glibc's heap, oneDNN's primitives): \(mb(end.resident - end.mapped)) (less any mapped page never touched)")
         return lines
     }

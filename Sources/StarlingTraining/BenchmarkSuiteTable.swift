@@ -35,8 +35,12 @@ public enum SuiteTable {
         }
     }
 
+    /// The cores a Starling row ran on: ranks x threads, or replicas x one thread.
+    static func cores(_ row: BenchmarkSuite.Row) -> Int { row.ranks * row.threads * (row.replicas ?? 1) }
+
     static func layout(_ row: BenchmarkSuite.Row) -> String {
-        row.side == "starling" ? "\(row.ranks) rank\(row.ranks == 1 ? "" : "s") x \(row.threads)"
+        if row.side == "starling", let replicas = row.replicas { return "1 process x \(replicas) replicas" }
+        return row.side == "starling" ? "\(row.ranks) rank\(row.ranks == 1 ? "" : "s") x \(row.threads)"
             : "\(row.threads) thread\(row.threads == 1 ? "" : "s")\(row.layout.map { ", \($0)" } ?? "")"
     }
 
@@ -62,10 +66,10 @@ public enum SuiteTable {
         var summary: [String] = []
         for entry in entries {
             let ours = rows.filter { $0.side == "starling" && $0.entry == entry }
-                .sorted { ($0.ranks * $0.threads, $0.ranks) < ($1.ranks * $1.threads, $1.ranks) }
+                .sorted { (Self.cores($0), $0.ranks, $0.replicas ?? 0) < (Self.cores($1), $1.ranks, $1.replicas ?? 0) }
             guard let first = ours.first else { continue }
             for row in ours {
-                let peer = bestPeer(rows, entry: entry, threads: row.ranks * row.threads)
+                let peer = bestPeer(rows, entry: entry, threads: Self.cores(row))
                 let gflops = row.trainGFLOPS.map { g in
                     number(g) + (row.sgemmGFLOPS.map { String(format: " (%.0f %%)", 100 * g / $0) } ?? "")
                 } ?? "-"
@@ -76,10 +80,10 @@ public enum SuiteTable {
                              + "\(number(row.inferenceImagesPerSecond)) / " + (peer.map { number($0.inferenceImagesPerSecond) } ?? "-") + " |")
             }
             // The whole machine: Starling's best layout on all its cores against PyTorch's best on as many threads.
-            let cores = ours.map { $0.ranks * $0.threads }.max() ?? 1
-            guard let best = ours.filter({ $0.ranks * $0.threads == cores }).max(by: { $0.trainImagesPerSecond < $1.trainImagesPerSecond }) else { continue }
-            var verdict = "\(entry) (\(first.batch)), \(cores) cores: Starling \(number(best.trainImagesPerSecond)) images/s (\(layout(best)))"
-            if let peer = bestPeer(rows, entry: entry, threads: cores) {
+            let machine = ours.map { Self.cores($0) }.max() ?? 1
+            guard let best = ours.filter({ Self.cores($0) == machine }).max(by: { $0.trainImagesPerSecond < $1.trainImagesPerSecond }) else { continue }
+            var verdict = "\(entry) (\(first.batch)), \(machine) cores: Starling \(number(best.trainImagesPerSecond)) images/s (\(layout(best)))"
+            if let peer = bestPeer(rows, entry: entry, threads: machine) {
                 let speed = best.trainImagesPerSecond / peer.trainImagesPerSecond, memory = best.peakMB / peer.peakMB
                 verdict += String(format: ", PyTorch %@ (%@): %.2fx (target 2x: %@), peak memory %.2f of PyTorch's (target 0.5: %@)",
                                   number(peer.trainImagesPerSecond), peer.layout ?? "-", speed, speed >= 2 ? "met" : "not met",

@@ -31,7 +31,7 @@ public final class GradientSynchronizer {
         var range: Range<Int>
         var parameterCount: Int
         var pending = 0
-        var request: Communicator.Request?
+        var request: (any CollectiveRequest)?
         /// float16 only: the factor applied before encoding; nil until a float32 step has measured the sums.
         var scale: Float? = 1
         var sentAs16 = false
@@ -39,7 +39,7 @@ public final class GradientSynchronizer {
         var shardCounts: [Int]?
     }
 
-    public let communicator: Communicator
+    public let communicator: any Collective
     private let store: ParameterStore
     private var buckets: [Bucket] = []
     private var bucketOf: [ObjectIdentifier: Int] = [:]
@@ -59,10 +59,15 @@ public final class GradientSynchronizer {
     /// Sharded: the range of the flat layout whose summed gradients this rank receives (nil: every gradient, allreduced).
     public let ownedRange: Range<Int>?
 
-    public init(store: ParameterStore, communicator: Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true,
+    /// Sharded: the MPI communicator's reduce-scatter (ZeRO runs on MPI ranks only).
+    private let sharding: Communicator?
+
+    public init(store: ParameterStore, communicator: any Collective, bucketBytes: Int = 25 << 20, overlap: Bool = true,
                 wire: GradientWire = .float32, shards: [Range<Int>]? = nil) {
         precondition(shards == nil || shards?.count == communicator.size, "one shard a rank")
         precondition(shards == nil || wire != .float16, "float16 gradients need the whole sum for their scale: not with shards")
+        sharding = shards != nil && communicator.size > 1 ? communicator as? Communicator : nil
+        precondition(shards == nil || communicator.size == 1 || sharding != nil, "sharded gradients need MPI ranks")
         self.store = store
         self.communicator = communicator
         self.overlap = overlap
@@ -126,13 +131,13 @@ public final class GradientSynchronizer {
             if let wireBuffer, let scale = buckets[k].scale {
                 wire.encode(store.gradients.pointer + r.lowerBound, scale: scale, into: wireBuffer + r.lowerBound, count: r.count)
                 if let counts = buckets[k].shardCounts {
-                    buckets[k].request = try communicator.startReduceScatter(wireBuffer + r.lowerBound, counts: counts, wire: wire)
+                    buckets[k].request = try sharding!.startReduceScatter(wireBuffer + r.lowerBound, counts: counts, wire: wire)
                 } else {
                     buckets[k].request = try communicator.startAllreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
                 }
                 buckets[k].sentAs16 = true
             } else if let counts = buckets[k].shardCounts {
-                buckets[k].request = try communicator.startReduceScatter(store.gradients.pointer + r.lowerBound, counts: counts)
+                buckets[k].request = try sharding!.startReduceScatter(store.gradients.pointer + r.lowerBound, counts: counts)
             } else {
                 buckets[k].request = try communicator.startAllreduce(store.gradients.pointer + r.lowerBound, count: r.count)
             }
@@ -146,13 +151,13 @@ public final class GradientSynchronizer {
         if let wireBuffer, let scale = buckets[k].scale {
             wire.encode(store.gradients.pointer + r.lowerBound, scale: scale, into: wireBuffer + r.lowerBound, count: r.count)
             if let counts = buckets[k].shardCounts {
-                try communicator.reduceScatter(wireBuffer + r.lowerBound, counts: counts, wire: wire)
+                try sharding!.reduceScatter(wireBuffer + r.lowerBound, counts: counts, wire: wire)
             } else {
                 try communicator.allreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
             }
             buckets[k].sentAs16 = true
         } else if let counts = buckets[k].shardCounts {
-            try communicator.reduceScatter(store.gradients.pointer + r.lowerBound, counts: counts)
+            try sharding!.reduceScatter(store.gradients.pointer + r.lowerBound, counts: counts)
         } else {
             try communicator.allreduce(store.gradients.pointer + r.lowerBound, count: r.count)
         }

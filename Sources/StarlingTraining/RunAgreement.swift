@@ -123,7 +123,7 @@ public struct RunAgreement {
     }
 
     /// Compares the settings over every rank; throws the same refusal on every rank if any differs.
-    public func check(on world: Communicator) throws {
+    public func check(on world: any Collective) throws {
         guard world.size > 1 else { return }
         var mine = [Int64](repeating: 0, count: Self.slots)
         var names = FNV1a()

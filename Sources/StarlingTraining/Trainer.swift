@@ -103,7 +103,7 @@ public final class Trainer {
     public let train: any TrainingSource
     public let validation: (any TrainingSource)?
     public let options: TrainingOptions
-    public let world: Communicator
+    public let world: any Collective
     public private(set) var state = Checkpoint.TrainingState()
     public private(set) var history: [EpochRecord] = []
     /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
@@ -111,6 +111,8 @@ public final class Trainer {
     private let synchronizer: GradientSynchronizer
     /// ZeRO stage 1: every rank's range of the parameters, in rank order (nil: not sharded, or one rank).
     private let shards: [Range<Int>]?
+    /// The MPI ranks a sharded run gathers and scatters over.
+    private let shardWorld: Communicator?
     /// Rank 0 of a sharded run resumed from a checkpoint: the whole saved optimizer state, sent to the ranks' ranges
     /// once at the start and then dropped.
     private var resumedOptimizerState: [String: [Float]]?
@@ -120,10 +122,12 @@ public final class Trainer {
     private let log: (String) -> Void
     /// The thread count being chosen over the first steps (nil when the count is fixed).
     public private(set) var threadCalibration: ThreadCalibration?
+    /// The data pipeline shared with the other replicas of this process (nil: this trainer reads its own slices).
+    private let feed: ReplicaFeed?
 
     public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
-                options: TrainingOptions, world: Communicator, resume: Checkpoint.Loaded? = nil,
-                log: @escaping (String) -> Void = Trainer.printLine) throws {
+                options: TrainingOptions, world: any Collective, resume: Checkpoint.Loaded? = nil,
+                log: @escaping (String) -> Void = Trainer.printLine, feed: ReplicaFeed? = nil) throws {
         try train.checkCompatible(with: model.config)
         try validation?.checkCompatible(with: model.config)
         guard options.batchSize > 0 else { throw TrainingError("batch size must be positive, got \(options.batchSize)") }
@@ -142,6 +146,10 @@ public final class Trainer {
         guard optimizer.shard == expectedShard else {
             throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but rank \(world.rank) of \(world.size) owns \(expectedShard)\(sharding ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
         }
+        guard !sharding || world is Communicator else {
+            throw TrainingError("--shard-optimizer shards over MPI ranks (mpirun), not over --replicas threads")
+        }
+        shardWorld = sharding ? world as? Communicator : nil
         shards = sharding ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         self.model = model
         self.optimizer = optimizer
@@ -149,6 +157,7 @@ public final class Trainer {
         self.validation = validation
         self.options = options
         self.world = world
+        self.feed = feed
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
                                            overlap: options.overlapCommunication, wire: options.gradientWire, shards: shards)
@@ -181,7 +190,7 @@ public final class Trainer {
 
     /// The range of the flat parameter layout whose optimizer state this rank keeps: its ZeRO range with
     /// `--shard-optimizer` on several ranks, every parameter otherwise. Build the optimizer with it (`shard:`).
-    public static func optimizerShard(parameterCount: Int, world: Communicator, options: TrainingOptions) -> Range<Int> {
+    public static func optimizerShard(parameterCount: Int, world: any Collective, options: TrainingOptions) -> Range<Int> {
         guard options.shardOptimizer && world.size > 1 else { return 0..<parameterCount }
         return OptimizerShards.ranges(parameterCount: parameterCount, ranks: world.size)[world.rank]
     }
@@ -258,7 +267,7 @@ public final class Trainer {
         for (name, storage) in optimizer.state {
             var whole = world.isRoot ? [Float](repeating: 0, count: total) : []
             try whole.withUnsafeMutableBufferPointer { buffer in
-                try world.gather(storage.pointer, counts: shards.map(\.count), into: world.isRoot ? buffer.baseAddress : nil)
+                try shardWorld?.gather(storage.pointer, counts: shards.map(\.count), into: world.isRoot ? buffer.baseAddress : nil)
             }
             gathered.append((name, whole))
         }
@@ -405,11 +414,12 @@ public final class Trainer {
         }
         let steps = stepsPerEpoch
         let local = options.batchSize / world.size
+        let layout = world is InProcessCollective ? "\(world.size) replica(s) on threads of one process" : "\(world.size) rank(s)"
         // Only rank 0 prints; the others' plain lines go to their no-op log.
         var display = world.isRoot && options.progress ? ProgressDisplay.forStandardOutput(worldSize: world.size) : ProgressDisplay(mode: .plain)
         let live = display.mode == .live
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
-            "[\(train.split)], global batch \(options.batchSize) over \(world.size) rank(s), \(steps) steps per epoch, " +
+            "[\(train.split)], global batch \(options.batchSize) over \(layout), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary); \(WinogradSetting.summary)")
         if let shards {
             log("optimizer state sharded over \(world.size) ranks (ZeRO stage 1): rank 0 keeps that of parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
@@ -423,11 +433,23 @@ public final class Trainer {
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
             let order = rng.permutation(train.count)
             let firstStep = state.dataCursor / options.batchSize
-            let slices = (firstStep..<steps).map { step -> [Int] in
-                let begin = step * options.batchSize + world.rank * local
+            // Rank (or replica) r's images of a step: its slice of the global batch.
+            func slice(_ step: Int, _ r: Int) -> [Int] {
+                let begin = step * options.batchSize + r * local
                 return Array(order[begin..<(begin + local)])
             }
-            let reader = Prefetcher(source: train, steps: slices, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder)
+            let reader: any BatchStream
+            if let feed {
+                // One prefetcher for every replica: each step's slices in replica order.
+                reader = feed.stream(epoch: epoch, replica: world.rank) {
+                    let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }
+                    return Prefetcher(source: train, steps: all, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder,
+                                      depth: 2 * world.size)
+                }
+            } else {
+                reader = Prefetcher(source: train, steps: (firstStep..<steps).map { slice($0, world.rank) }, epoch: epoch,
+                                    config: model.config, targetEncoder: model.targetEncoder)
+            }
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
             var lastPrint = start
@@ -478,7 +500,7 @@ public final class Trainer {
                         optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
                         if shards != nil {
                             watchdog.at("the weights' allgather", step: state.step)
-                            try world.allgather(model.parameters.values.pointer, counts: shardCounts)
+                            try shardWorld?.allgather(model.parameters.values.pointer, counts: shardCounts)
                         }
                         sums[0] += agreed[0] / Double(world.size)
                         sums[1] += 1
@@ -646,7 +668,9 @@ public final class Trainer {
         var start = mine.lowerBound
         while start < mine.upperBound {
             let end = min(mine.upperBound, start + options.batchSize)
-            let batch = try data.batch(indices: Array(start..<end), epoch: 0, training: false, for: model)
+            let indices = Array(start..<end)
+            let batch = try feed.map { try $0.reading { try data.batch(indices: indices, epoch: 0, training: false, for: model) } }
+                ?? data.batch(indices: indices, epoch: 0, training: false, for: model)
             let loss = GradMode.disabled { model.loss(batch, training: false) }
             total[0] += Double(loss.item) * Double(end - start)
             start = end

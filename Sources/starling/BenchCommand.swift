@@ -34,6 +34,7 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "With --suite: the quick entries (\(BenchmarkSuite.entries.filter(\.quick).map(\.name).joined(separator: ", "))) and about 1.5 s of steps each.")
     var quick = false
     @Option(help: "With --suite: this many timed steps an entry instead of about 6 s (1.5 s with --quick) of them (profiles; a loaded machine, where the line's CPU ms a step is the figure to compare).") var suiteSteps: Int?
+    @Option(help: "With --suite: replicas of each model on threads of this one process, one thread each (the layout `train --replicas N` runs), instead of one replica on --threads threads.") var replicas: Int?
     @Option(help: "With --suite: these entries only (\(BenchmarkSuite.entries.map(\.name).joined(separator: ", "))).") var entries: [String] = []
     @Flag(help: "With --suite: before the timed steps, one step with the memory ledger read around each phase: weights, gradients and Adam's moments, the values the graph holds after forward by shape, what ops keep beside it, the peak of live blocks, oneDNN's scratch, the allocators' retained mappings, glibc's heap and the runtime's baseline (every rank prints its own).")
     var memoryBreakdown = false
@@ -218,26 +219,41 @@ struct BenchCommand: ParsableCommand {
         if let suiteSteps, suiteSteps < 1 { throw ValidationError("--suite-steps \(suiteSteps): at least 1") }
         let world = try reportingErrors { try Communicator() }
         defer { world.finalize() }
-        if let threads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
+        if let replicas {
+            guard replicas >= 1 else { throw ValidationError("--replicas \(replicas): at least 1") }
+            guard world.size == 1 || replicas == 1 else { throw ValidationError("--replicas runs replicas on threads of one process: not under mpirun") }
+            guard threads == nil || threads == 1 || replicas == 1 else { throw ValidationError("--replicas \(replicas) runs each replica on one thread; drop --threads") }
+        }
+        let group = (replicas ?? 1) > 1 ? InProcessGroup(size: replicas ?? 1) : nil
+        if group != nil { BLAS.setThreadCount(1) } else if let threads { BLAS.setThreadCount(threads) } else if world.size > 1 { BLAS.setThreadCount(1) }
+        /// Runs `body` on this rank, or on every replica's thread (one thread each) and returns replica 0's result.
+        func onEveryMember<T>(_ body: @escaping (any Collective) throws -> T) throws -> T {
+            guard let group else { return try body(world) }
+            return try group.run(prepare: { BLAS.setThreadCount(1) }) { try body($0) }[0].get()
+        }
         try reportingErrors {
             let chosen = try entries.isEmpty ? BenchmarkSuite.entries.filter { !quick || $0.quick } : entries.map { try BenchmarkSuite.entry(named: $0) }
             let cpu = BenchmarkSuite.cpuModel
             let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue); \(WinogradSetting.summary)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
-            say("suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s)\(shardOptimizer && world.size > 1 ? ", optimizer state sharded (ZeRO stage 1)" : ""); \(kernels)")
-            let sgemm = try BenchmarkSuite.sgemmPeak(world: world)
-            say(String(format: "sgemm 1024^3 on every rank at once: %.1f GFLOP/s", sgemm))
+            say(group.map { "suite: 1 process x \($0.size) replicas x 1 thread; \(kernels)" } ?? "suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s)\(shardOptimizer && world.size > 1 ? ", optimizer state sharded (ZeRO stage 1)" : ""); \(kernels)")
+            let sgemm = try onEveryMember { try BenchmarkSuite.sgemmPeak(world: $0) }
+            say(String(format: "sgemm 1024^3 on every %@ at once: %.1f GFLOP/s", group == nil ? "rank" : "replica", sgemm))
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             for entry in chosen {
-                let row = try BenchmarkSuite.measure(entry, world: world, seconds: quick ? 1.5 : 6, steps: suiteSteps, sgemm: sgemm, kernels: kernels,
-                                                     shardOptimizer: shardOptimizer, memoryBreakdown: memoryBreakdown ? { print("memory: " + $0); fflush(nil) } : nil)
+                let (seconds, steps, breakdown, shard) = (quick ? 1.5 : 6, suiteSteps, memoryBreakdown, shardOptimizer)
+                let row = try onEveryMember { member in
+                    try BenchmarkSuite.measure(entry, world: member, seconds: seconds, steps: steps, sgemm: sgemm, kernels: kernels,
+                                               shardOptimizer: shard, memoryBreakdown: breakdown ? { print("memory: " + $0); fflush(nil) } : nil)
+                }
                 let gflops = row.trainGFLOPS.map { String(format: ", %.1f GFLOP/s (%.0f%% of sgemm)", $0, 100 * $0 / sgemm) } ?? ""
                 let b = row.breakdown
-                say(String(format: "%@ batch %d%@: training %.1f images/s%@; step %.1f ms forward, %.1f backward, %.1f allreduce wait, %.1f optimizer, %.1f data wait, %.1f ms of CPU a rank; inference %.1f images/s; peak RSS %.0f MB over %d rank(s)",
+                say(String(format: "%@ batch %d%@: training %.1f images/s%@; step %.1f ms forward, %.1f backward, %.1f allreduce wait, %.1f optimizer, %.1f data wait, %.1f ms of CPU a rank; inference %.1f images/s; peak RSS %.0f MB over %@",
                            entry.name, entry.batch, entry.note.isEmpty ? "" : " (\(entry.note))", row.trainImagesPerSecond, gflops,
                            (b?.forward ?? 0) * 1000, (b?.backward ?? 0) * 1000, (b?.allreduce ?? 0) * 1000, (b?.optimizer ?? 0) * 1000,
-                           (b?.data ?? 0) * 1000, (b?.cpu ?? 0) * 1000, row.inferenceImagesPerSecond, row.peakMB, world.size))
+                           (b?.data ?? 0) * 1000, (b?.cpu ?? 0) * 1000, row.inferenceImagesPerSecond, row.peakMB,
+                           group.map { "1 process of \($0.size) replicas" } ?? "\(world.size) rank(s)"))
                 say("suite-row " + String(decoding: try encoder.encode(row), as: UTF8.self))
             }
         }

@@ -20,55 +20,17 @@ struct CheckMPICommand: ParsableCommand {
         let world = try reportingErrors { try Communicator() }
         defer { world.finalize() }
         try reportingErrors {
+            var failures = try CollectiveChecks.run(on: world, count: count)
+            // The in-process sum (replicas on threads) of the ranks' contributions, computed here for all of them, must
+            // equal MPI's: the same bits on 2 ranks (a + b = b + a), within rounding beyond (MPI may add in another order).
             let n = world.size, r = world.rank
-            var failures: [String] = []
-            // Sum: rank r contributes (i mod 7) + r, so the sum is n (i mod 7) + n(n-1)/2.
-            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
-            defer { buffer.deallocate() }
-            for i in 0..<count { buffer[i] = Float(i % 7 + r) }
-            try world.allreduce(buffer, count: count)
-            if (0..<count).contains(where: { buffer[$0] != Float(n * ($0 % 7) + n * (n - 1) / 2) }) { failures.append("allreduce sum") }
-            // Non-blocking, then average: rank r contributes 2r, the average is n - 1.
-            for i in 0..<count { buffer[i] = Float(2 * r) }
-            let request = try world.startAllreduce(buffer, count: count)
-            try request.wait()
-            for i in 0..<count { buffer[i] /= Float(n) }
-            if (0..<count).contains(where: { buffer[$0] != Float(n - 1) }) { failures.append("non-blocking allreduce") }
-            // Broadcast from the last rank.
-            for i in 0..<16 { buffer[i] = r == n - 1 ? Float(i * 3) : -1 }
-            try world.broadcast(buffer, count: 16, root: n - 1)
-            if (0..<16).contains(where: { buffer[$0] != Float($0 * 3) }) { failures.append("broadcast") }
-            if try world.broadcast("rank \(r) says hello", root: 0) != "rank 0 says hello" { failures.append("string broadcast") }
-            if try world.allgather(Int64(r * 10)) != (0..<n).map({ Int64($0 * 10) }) { failures.append("allgather") }
-            if try world.allreduce(Double(r), .max) != Double(n - 1) { failures.append("allreduce max") }
-            // 16-bit gradients (--gradient-precision): halves of small integers sum exactly in both formats, blocking and
-            // not; on two ranks 1 + (1 + 2^-7) is a tie between bfloat16's neighbours 2 and 2 + 2^-6, and rounds to
-            // even (2); binary16 holds 2 + 2^-7 exactly. Every rank must hold the same bits.
-            for wire in [GradientWire.bfloat16, .float16] where wire != .float16 || GradientWire.float16Available {
-                let bits = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
-                defer { bits.deallocate() }
-                let values = UnsafeMutablePointer<Float>.allocate(capacity: count)
-                defer { values.deallocate() }
-                for i in 0..<count { values[i] = Float(i % 7 + r) / 2 }
-                wire.encode(values, scale: 1, into: bits, count: count)
-                try world.allreduce(bits, count: count, wire: wire)
-                wire.decode(bits, scale: 1, into: values, count: count)
-                if (0..<count).contains(where: { values[$0] != Float(n * ($0 % 7) + n * (n - 1) / 2) / 2 }) { failures.append("\(wire.rawValue) allreduce") }
-                for i in 0..<count { values[i] = Float(r) }
-                wire.encode(values, scale: 1, into: bits, count: count)
-                try world.startAllreduce(bits, count: count, wire: wire).wait()
-                wire.decode(bits, scale: 1, into: values, count: count)
-                if (0..<count).contains(where: { values[$0] != Float(n * (n - 1) / 2) }) { failures.append("\(wire.rawValue) non-blocking allreduce") }
-                if n == 2 {
-                    values[0] = r == 0 ? 1 : 1 + 0x1p-7
-                    wire.encode(values, scale: 1, into: bits, count: 1)
-                    try world.allreduce(bits, count: 1, wire: wire)
-                    wire.decode(bits, scale: 1, into: values, count: 1)
-                    if values[0] != (wire == .bfloat16 ? 2 : 2 + 0x1p-7) { failures.append("\(wire.rawValue) rounding (\(values[0]))") }
-                }
-                var checksum: Int64 = 0
-                for i in 0..<count { checksum = checksum &* 31 &+ Int64(bits[i]) }
-                if Set(try world.allgather(checksum)).count != 1 { failures.append("\(wire.rawValue) results differ between ranks") }
+            let mpiSum = try CollectiveChecks.sumOfContributions(on: world, count: 4096)
+            let group = InProcessGroup(size: n)
+            let threadSums = group.run { try CollectiveChecks.sumOfContributions(on: $0, count: 4096) }.map { (try? $0.get()) ?? [] }
+            if threadSums.contains(where: { $0 != threadSums[0] }) { failures.append("in-process sums differ between replicas") }
+            let tolerance: Float = n == 2 ? 0 : 1e-6
+            if threadSums[0].count != mpiSum.count || zip(threadSums[0], mpiSum).contains(where: { abs($0 - $1) > tolerance * Swift.max(1, abs($1)) }) {
+                failures.append("in-process sum differs from MPI's")
             }
             failures += try checkShardedCollectives(world)
             try world.barrier()

@@ -102,6 +102,7 @@ enum RunConfiguration {
         Key(section: "checkpoints", name: "resume", flag: "--resume", kind: .text) { text($0.resume) },
         Key(section: "launch", name: "ranks", flag: "--ranks", kind: .integer) { int($0.ranks) },
         Key(section: "launch", name: "blas_threads", flag: "--blas-threads", kind: .integer) { int($0.flags.blasThreads) },
+        Key(section: "launch", name: "replicas", flag: "--replicas", kind: .integer) { int($0.replicas) },
         Key(section: "launch", name: "bucket_mb", flag: "--bucket-mb", kind: .number) { number($0.flags.bucketMb) },
         Key(section: "launch", name: "gradient_precision", flag: "--gradient-precision", kind: .text) { text($0.flags.gradientPrecision) },
         Key(section: "launch", name: "sync_bn", flag: "--sync-bn", kind: .toggle) { bool($0.flags.syncBn) },

@@ -23,6 +23,7 @@ struct Starling: ParsableCommand {
             if let error = GEMMSelection.overrideError { throw error }
             if let error = ChannelLayout.blockWidthError { throw error }
             if let error = WinogradSetting.settingError { throw error }
+            if let error = WinogradCallBudget.settingError { throw error }
             if let error = KernelDispatch.overrideError { throw error }
             if let error = HDF5CallWatchdog.settingError { throw error }
             // A rank stuck in an HDF5 call ends the whole job (the others would wait for it in a collective).

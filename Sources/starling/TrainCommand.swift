@@ -217,10 +217,16 @@ struct TrainCommand: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "yolov2: the passthrough layer from the stride-16 features (darknet's reorg; default on, as yolov2.cfg).") var passthrough: Bool?
     @Option(help: "A run configuration (YAML, e.g. Launch/configs/fc-ae.yaml): model, data, optimizer, schedule, callbacks, checkpoints, launch. Flags on the command line override it.") var config: String?
     @Option(help: "MPI ranks to start (with mpirun) when not already running under mpirun.") var ranks: Int?
+    @Option(help: "Replicas of the model on threads of this one process, each on one thread with its slice of every global batch, gradients summed in memory (as --ranks N does across processes). Default without mpirun: replicas on every core where a measurement of the first steps finds them faster than one replica on every core's threads; 1 turns replicas off.")
+    var replicas: Int?
     @OptionGroup var flags: TrainingFlags
 
     func validate() throws {
         if let r = ranks, r <= 0 { throw ValidationError("--ranks must be positive") }
+        if let r = replicas, r <= 0 { throw ValidationError("--replicas must be positive") }
+        if let r = replicas, r > 1, let t = flags.blasThreads, t > 1 {
+            throw ValidationError("--replicas \(r) runs each replica on one thread; --blas-threads \(t) cannot apply (drop it, or use --replicas 1)")
+        }
     }
 
     func run() throws {
@@ -271,6 +277,12 @@ struct TrainCommand: ParsableCommand {
                     Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
                 }
                 var options = flags.options
+                if let replicas, replicas > 1, world.size > 1 {
+                    throw ValidationError("--replicas \(replicas) runs replicas on threads of one process; under mpirun each rank is one replica (drop --replicas, or use --replicas 1)")
+                }
+                guard (replicas ?? 1) <= 1 || flags.batchSize % (replicas ?? 1) == 0 else {
+                    throw ValidationError("global batch size \(flags.batchSize) does not split evenly over \(replicas ?? 1) replicas; use a multiple of \(replicas ?? 1)")
+                }
                 // One process with the default count: time it against one thread over the first steps (ThreadCalibration).
                 if flags.blasThreads == nil && world.size == 1 && BLAS.threadCount > 1 { options.calibrateThreads = BLAS.threadCount }
                 if flags.tensorboard != nil, let validation {
@@ -291,9 +303,47 @@ struct TrainCommand: ParsableCommand {
                 // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
                 options.resumePath = resume
-                let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
-                                          options: options, world: world, resume: loaded)
-                try trainer.run()
+                var replicaCount = replicas ?? 1
+                if let replicas, replicas > 1 {
+                    Trainer.printLine("replicas: \(replicas) on threads of this process, one thread each (--replicas \(replicas))")
+                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1
+                            && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count
+                            && ReplicaCalibration.copiesFit(parameters: network.parameters.count, optimizerBuffers: optimizer.state.count,
+                                                            replicas: BLAS.threadCount) {
+                    // One process with the default threads: one replica on every thread, or one replica a thread,
+                    // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
+                    let threads = BLAS.threadCount
+                    var rng = RandomGenerator(seed: flags.seed, stream: 0)
+                    let indices = Array(rng.permutation(train.count).prefix(flags.batchSize))
+                    let local = flags.batchSize / threads
+                    func read(_ indices: [Int]) throws -> Batch {
+                        var batch = try train.batch(indices: indices, epoch: 0, training: true, for: network)
+                        (batch.epoch, batch.seed) = (0, flags.seed)
+                        return batch
+                    }
+                    let calibration = try ReplicaCalibration.measure(
+                        replicas: threads, batch: try read(indices),
+                        slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) }) {
+                        let copy = try family.build(config, seed: flags.seed)
+                        return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count))
+                    }
+                    Trainer.printLine(calibration.summary)
+                    replicaCount = calibration.chosen
+                }
+                if replicaCount > 1 {
+                    let replicas = replicaCount
+                    var models = [(model: network, optimizer: optimizer)]
+                    for _ in 1..<replicas {
+                        let copy = try family.build(config, seed: flags.seed)
+                        models.append((copy, flags.makeOptimizer(parameterCount: copy.parameters.count)))
+                    }
+                    options.calibrateThreads = nil
+                    try ReplicaTraining.run(models, train: train, validation: validation, options: options, resume: loaded)
+                } else {
+                    let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
+                                              options: options, world: world, resume: loaded)
+                    try trainer.run()
+                }
             }
         } catch {
             try endRanks(world, after: error)

@@ -1,4 +1,6 @@
+import Foundation
 import Testing
+import CDNNL
 @testable import StarlingCore
 
 /// The narrow-output path of `conv2dBlocked` (a blocked input, a planar output of at most four channels:
@@ -92,6 +94,50 @@ import Testing
                 let doubled = GradMode.disabled { Tensor(shape: blockedX.shape, values: dx).unblocked().toArray() }
                 expectClose(doubled, expected.dx.map { 2 * $0 }, tolerance: 1e-5)
             }
+        }
+    }
+
+    /// Inference from oneDNN's layouts (`DNNLActivation.conv2d`: nChw8c, nChw16c, and NHWC, which its brgconv kernels
+    /// choose on AVX-512) runs the same kernels: against the loops in Double, each fused activation applied after, the
+    /// output planar.
+    @Test(arguments: ["nChw8c", "nChw16c", "NHWC"]) func inferenceFromOneDNNLayouts(layout: String) throws {
+        guard DNNLActivation.isAvailable else { return }
+        let tag = ["nChw8c": dnnl_aBcd8b, "nChw16c": dnnl_aBcd16b, "NHWC": dnnl_acdb][layout]!
+        let activations: [(FusedActivation, (Float) -> Float)] = [
+            (.identity, { $0 }), (.leakyRelu(slope: 0), { max($0, 0) }), (.elu(alpha: 0.5), { $0 > 0 ? $0 : 0.5 * (exp($0) - 1) }),
+            (.logistic, { 1 / (1 + exp(-$0)) }),
+        ]
+        for (cin, cout, k, padding, h, wd) in Self.cases {
+            let n = 2, pad = padding == .same ? k / 2 : 0
+            let (oh, ow) = (h + 2 * pad - k + 1, wd + 2 * pad - k + 1)
+            let x = Tensor(shape: [n, cin, h, wd], values: randomValues(n * cin * h * wd, seed: 71))
+            let w = Tensor(shape: [cout, cin, k, k], values: randomValues(cout * cin * k * k, seed: 72))
+            let b = Tensor(shape: [cout], values: randomValues(cout, seed: 73))
+            let expected = reference(x: x.toArray(), w: w.toArray(), bias: b.toArray(), dy: [Float](repeating: 0, count: n * cout * oh * ow),
+                                     n: n, cin: cin, cout: cout, k: k, pad: pad, h: h, wd: wd, oh: oh, ow: ow).y
+            let source = DNNLActivation(x).laidOut(as: DNNL.descriptor(x.shape, tag))
+            #expect(try #require(source.channelBlocks()).1 == (layout == "nChw8c" ? 8 : 16))
+            for (activation, f) in activations {
+                let y = try #require(source.conv2d(w, bias: b, padding: padding, activation: activation))
+                #expect(y.shape == [n, cout, oh, ow])
+                // oneDNN would have written its own blocked or NHWC layout; the narrow kernels write NCHW.
+                if NarrowOutput.enabled { #expect(DNNL.equal(y.md, DNNL.descriptor(y.shape, dnnl_nchw))) }
+                expectClose(y.tensor().toArray(), expected.map(f), tolerance: 1e-5)
+            }
+        }
+        // Channels that do not fill their blocks stay with oneDNN.
+        let padded = DNNLActivation(Tensor(zeros: [1, 24, 4, 4])).laidOut(as: DNNL.descriptor([1, 24, 4, 4], dnnl_aBcd16b))
+        #expect(padded.channelBlocks() == nil)
+    }
+
+    /// A 1x1 kernel and a valid convolution read the input in place; padding needs the bordered copy.
+    @Test func borderOnlyWherePaddingIsRead() {
+        for (cin, cout, k, padding, h, wd) in Self.cases {
+            let g = ConvGeometry(input: [1, cin, h, wd], weight: [cout, cin, k, k], stride: (1, 1), padding: padding, dilation: (1, 1), groups: 1)
+            let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: false, sourceWidth: 16, destinationWidth: 8)
+            guard let s = g.narrowOutputShape(layouts) else { continue }
+            #expect(s.forwardNeedsBorder == (k > 1 && padding == .same))
+            #expect((s.forwardScratch(block: 16) == 0) == !s.forwardNeedsBorder)
         }
     }
 

@@ -12,8 +12,9 @@ import Testing
         #expect(WinogradSetting.parse("1") == .success(.always))
         #expect(WinogradSetting.parse("0") == .success(.never))
         for bad in ["yes", "2", "on", " 1", "winograd"] {
-            #expect(WinogradSetting.parse(bad) == .failure(WinogradSettingError(value: bad)))
-            #expect(WinogradSettingError(value: bad).description == "STARLING_WINOGRAD=\(bad): expected 0 or 1")
+            #expect(WinogradSetting.parse(bad) == .failure(SettingValueError(variable: "STARLING_WINOGRAD", value: bad, accepted: ["0", "1"])))
+            #expect(SettingValueError(variable: "STARLING_WINOGRAD", value: bad, accepted: ["0", "1"]).description
+                    == "STARLING_WINOGRAD=\(bad): expected 0 or 1")
         }
     }
 
@@ -78,6 +79,83 @@ import Testing
         let relu = try #require(DNNLConvPlans.plan(g, images: 2, variant: .activatedTrainingForward(bias: true, activation: .leakyRelu(slope: 0)),
                                                    layouts: layouts))
         #expect(relu.algorithms.forward == expected)
+    }
+
+    /// STARLING_WINOGRAD_CALL_MB's values: whole megabytes, default when unset or empty.
+    @Test func callBudgetValues() {
+        #expect(WinogradCallBudget.parse(nil) == .success(WinogradCallBudget.defaultMegabytes << 20))
+        #expect(WinogradCallBudget.parse("") == .success(WinogradCallBudget.defaultMegabytes << 20))
+        #expect(WinogradCallBudget.parse("32") == .success(32 << 20))
+        for bad in ["0", "-5", "1.5", "64MB", " 64", "2000000"] {
+            #expect(WinogradCallBudget.parse(bad) == .failure(WinogradCallBudgetError(value: bad)))
+        }
+    }
+
+    /// A Winograd pass with the call budget forced small, so that the batch goes through in several calls, equals the
+    /// same pass in one call within the Winograd tolerance, on all three passes (the weight gradient summed over the
+    /// chunks); with a budget below one image's call, the passes run direct, in one call.
+    @Test func chunkedWinogradEqualsOneCall() throws {
+        let b = ChannelLayout.blockWidth
+        let (n, cin, cout, size) = (6, 32, 48, 20)
+        let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: b, destinationWidth: b)
+        let forward = DNNLConvPlan.Variant.forward(bias: true, inference: nil)
+        var whole = Self.geometry(batch: n, cin, cout, size)
+        whole.winograd = .always
+        whole.winogradCallBudget = 1 << 40
+        // Per plan (forward; both gradients), the budget is what its call takes for two images.
+        var chunkedGeometries: [ConvGeometry] = []
+        for variant in [forward, .backward] {
+            var g = whole
+            g.winogradCallBudget = try #require(DNNLConvPlans.plan(whole, images: 2, variant: variant, layouts: layouts)).callBytes.values.max() ?? 0
+            chunkedGeometries.append(g)
+        }
+        var tiny = whole
+        tiny.winogradCallBudget = 4096
+        let winograd = DNNLActivation.instructionSet.hasPrefix("avx512")
+        for (variant, chunked) in zip([forward, .backward], chunkedGeometries) {
+            #expect(whole.dnnlChunk(variant, layouts: layouts) == n)
+            let chunk = chunked.dnnlChunk(variant, layouts: layouts)
+            // Chunked only where a pass runs Winograd (oneDNN 2.x has none below AVX-512).
+            #expect(winograd ? chunk < n : chunk == n, "\(variant): \(chunk) images a call")
+            let plan = try #require(DNNLConvPlans.plan(chunked, images: chunk, variant: variant, layouts: layouts))
+            #expect(plan.runsWinograd == winograd)
+            #expect((plan.callBytes.values.max() ?? 0) <= chunked.winogradCallBudget || !winograd)
+            #expect(tiny.dnnlChunk(variant, layouts: layouts) == n)
+            let small = try #require(DNNLConvPlans.plan(tiny, images: n, variant: variant, layouts: layouts))
+            #expect(!small.runsWinograd)
+        }
+
+        var rng = RandomGenerator(seed: 23)
+        func random(_ count: Int, _ scale: Float) -> FloatStorage {
+            let s = FloatStorage(uninitializedCount: count)
+            for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
+            return s
+        }
+        let x = random(n * cin * size * size, 1), weight = random(cout * cin * 9, 0.08), bias = random(cout, 0.1)
+        let dy = random(n * cout * size * size, 1)
+        func passes(_ g: ConvGeometry) -> [ConvolutionPass: FloatStorage] {
+            let y = FloatStorage(uninitializedCount: dy.count), dx = FloatStorage(uninitializedCount: x.count)
+            let dw = FloatStorage(count: weight.count)
+            let ran = g.dnnlConvolve(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, beta: 0, layouts: layouts)
+                && g.dnnlAccumulateInputGradient(outputGrad: dy.pointer, weight: weight.pointer, into: dx.pointer, layouts: layouts,
+                                                 accumulate: false)
+                && g.dnnlAccumulateWeightGradient(input: x.pointer, outputGrad: dy.pointer, into: dw.pointer, layouts: layouts)
+            #expect(ran)
+            return [.forward: y, .backwardData: dx, .backwardWeights: dw]
+        }
+        let (one, forwardChunked, backwardChunked, direct) = (passes(whole), passes(chunkedGeometries[0]), passes(chunkedGeometries[1]),
+                                                             passes(tiny))
+        for pass in ConvolutionPass.allCases {
+            let several = pass == .forward ? forwardChunked : backwardChunked
+            let (a, c, d) = (one[pass]!, several[pass]!, direct[pass]!)
+            let scale = (0..<a.count).reduce(Float(0)) { Swift.max($0, abs(a.pointer[$1])) }
+            let chunkError = (0..<a.count).reduce(Float(0)) { Swift.max($0, abs(a.pointer[$1] - c.pointer[$1])) } / scale
+            let directError = (0..<a.count).reduce(Float(0)) { Swift.max($0, abs(a.pointer[$1] - d.pointer[$1])) } / scale
+            #expect(scale > 1)
+            #expect(Double(chunkError) < ConvolutionAccuracy.winogradBound, "\(pass): chunked against one call \(chunkError)")
+            // Winograd against direct, within the same bound: the tiny budget's passes are a second computation.
+            #expect(Double(directError) < ConvolutionAccuracy.winogradBound, "\(pass): direct against Winograd \(directError)")
+        }
     }
 
     /// Both algorithms against float64 at sampled points, on layers of the models' channel counts and maps (fewer

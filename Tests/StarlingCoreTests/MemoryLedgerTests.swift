@@ -75,3 +75,34 @@ import Testing
         #expect(alone.after != alone.before)         // batch norm alone: its gradient went over them
     }
 }
+
+/// `residual + batchNormLeakyReLU(x)` as one op (`batchNormLeakyReLUAdding`, darknet's shortcut), which keeps neither
+/// the activated values nor a buffer for the sum beside them: values, every gradient (the residual's included) and the
+/// running statistics to the bit as the two ops, planar and in both block widths.
+@Suite struct ResidualBatchNormTests {
+    @Test(arguments: [0, 8, 16]) func residualSumAsOneOpIsBitIdentical(width: Int) {
+        let x = randomVariable([2, 16, 5, 6], seed: 70, -1, 2), h = randomVariable([2, 16, 5, 6], seed: 71)
+        let gamma = randomVariable([16], seed: 72, 0.5, 1.5), beta = randomVariable([16], seed: 73)
+        let leaves = [x, h, gamma, beta]
+        func pass(fused: Bool) -> (values: [Float], gradients: [[Float]], statistics: [Float]) {
+            for leaf in leaves { leaf.clearGrad() }
+            let mean = Tensor(shape: [16], values: randomValues(16, seed: 74))
+            let variance = Tensor(shape: [16], values: randomValues(16, seed: 75, 0.5, 2))
+            let layout: ChannelLayout = width == 0 ? .planar : .blocked
+            // The input goes through an op of its own, as a convolution's output would be.
+            let (input, residual) = width == 0 ? (x * 1, h) : (x.blocked(width: width), h.blocked(width: width))
+            let z = fused
+                ? input.batchNormLeakyReLUAdding(residual, gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true,
+                                                 slope: 0.1, layout: layout)
+                : residual + input.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: true,
+                                                      slope: 0.1, layout: layout)
+            let planar = width == 0 ? z : z.unblocked()
+            (planar * Tensor(shape: planar.shape, values: randomValues(planar.count, seed: 76))).sum().backward()
+            return (planar.toArray(), leaves.map { $0.gradArray ?? [] }, mean.toArray() + variance.toArray())
+        }
+        let (fused, twoOps) = (pass(fused: true), pass(fused: false))
+        #expect(fused.values == twoOps.values && fused.values.contains { $0 < 0 })
+        for k in leaves.indices { #expect(fused.gradients[k] == twoOps.gradients[k] && !fused.gradients[k].isEmpty, "gradient \(k)") }
+        #expect(fused.statistics == twoOps.statistics)
+    }
+}

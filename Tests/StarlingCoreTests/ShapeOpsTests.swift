@@ -1,4 +1,5 @@
 import Testing
+import CDNNL
 @testable import StarlingCore
 
 /// Row-major strides of a shape.
@@ -50,6 +51,29 @@ private func naiveConcat(_ parts: [Tensor], axis: Int) -> [Float] {
             #expect(Tensor.concat(parts, axis: axis - 3).toArray() == joined.toArray())   // negative axis
             checkGradients(parts) { Tensor.concat($0, axis: axis) }
         }
+    }
+
+    /// Inference's channel concatenation in oneDNN's layouts (`DNNLActivation.concatChannels`) against the naive one on
+    /// NCHW, exactly: NHWC parts of any channel count, and blocked parts whose counts fill their blocks; anything else
+    /// (mixed layouts, a padded block, other spatial sizes) is left to the caller.
+    @Test func inferenceConcatenationInOneDNNLayouts() throws {
+        guard DNNLActivation.isAvailable else { return }
+        func parts(_ counts: [Int], _ tag: dnnl_format_tag_t, size: (Int, Int) = (3, 5)) -> (planar: [Tensor], laidOut: [DNNLActivation]) {
+            let planar = counts.enumerated().map { k, c in
+                Tensor(shape: [2, c, size.0, size.1], values: randomValues(2 * c * size.0 * size.1, seed: UInt64(40 + k)))
+            }
+            return (planar, planar.map { DNNLActivation($0).laidOut(as: DNNL.descriptor($0.shape, tag)) })
+        }
+        for (counts, tag) in [([3, 5, 16], dnnl_acdb), ([128, 256], dnnl_acdb), ([16, 32], dnnl_aBcd16b), ([8, 24, 8], dnnl_aBcd8b)] {
+            let (planar, laidOut) = parts(counts, tag)
+            let y = try #require(DNNLActivation.concatChannels(laidOut), "\(counts)")
+            #expect(DNNL.equal(y.md, DNNL.descriptor(y.shape, tag)), "the output keeps the parts' layout")
+            #expect(y.tensor().toArray() == naiveConcat(planar, axis: 1), "\(counts)")
+        }
+        #expect(DNNLActivation.concatChannels(parts([16, 24], dnnl_aBcd16b).laidOut) == nil)
+        #expect(DNNLActivation.concatChannels(parts([16, 16], dnnl_nchw).laidOut) == nil)
+        #expect(DNNLActivation.concatChannels([parts([16], dnnl_acdb).laidOut[0], parts([16], dnnl_aBcd16b).laidOut[0]]) == nil)
+        #expect(DNNLActivation.concatChannels([parts([8], dnnl_acdb).laidOut[0], parts([8], dnnl_acdb, size: (3, 4)).laidOut[0]]) == nil)
     }
 
     @Test func concatOfOneTensorRepeatedAccumulates() {

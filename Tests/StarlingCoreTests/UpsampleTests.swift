@@ -1,4 +1,5 @@
 import Testing
+import CDNNL
 @testable import StarlingCore
 
 @Suite struct UpsampleTests {
@@ -18,6 +19,21 @@ import Testing
                                                          5, 6, 7, 8])
         #expect(x.gradArray == [1 + 2 + 5 + 6, 3 + 4 + 7 + 8])
         checkGradients([randomVariable([2, 3, 3, 2], seed: 1)]) { $0[0].upsampleNearest(scale: (3, 2)) }
+    }
+
+    /// Inference in oneDNN's layouts (`DNNLActivation.upsampleNearest`: nChw8c, nChw16c, NHWC) against the NCHW op, bit
+    /// for bit, for channel counts that fill their last block or leave it padded; NCHW activations are left to the caller.
+    @Test(arguments: ["nChw8c", "nChw16c", "NHWC"]) func nearestInOneDNNLayoutsMatchesPlanar(layout: String) throws {
+        guard DNNLActivation.isAvailable else { return }
+        let tag = ["nChw8c": dnnl_aBcd8b, "nChw16c": dnnl_aBcd16b, "NHWC": dnnl_acdb][layout]!
+        for (channels, scale) in [(8, (2, 2)), (16, (2, 2)), (32, (3, 2)), (24, (2, 1)), (3, (2, 2))] {
+            let x = Tensor(shape: [2, channels, 3, 5], values: randomValues(2 * channels * 15, seed: UInt64(channels)))
+            let a = DNNLActivation(x).laidOut(as: DNNL.descriptor(x.shape, tag))
+            let y = try #require(a.upsampleNearest(scale: scale))
+            #expect(DNNL.equal(y.md, DNNL.descriptor(y.shape, tag)), "the output keeps the input's layout")
+            #expect(y.tensor().toArray() == x.upsampleNearest(scale: scale).toArray(), "\(layout), \(channels) channels, scale \(scale)")
+        }
+        #expect(DNNLActivation(Tensor(zeros: [1, 16, 2, 2])).upsampleNearest(scale: (2, 2)) == nil)
     }
 
     @Test func bilinearHalfPixelHandComputed() {

@@ -56,6 +56,23 @@ import StarlingModels
                 + "peak memory 0.63 of PyTorch's (target 0.5: not met); parameters differ (Starling 100, PyTorch 99); 45 % of sgemm (target 60 %: not met)")
     }
 
+    /// A row of replicas on threads (`bench --suite --replicas 2`) counts as two cores, sits between one process's
+    /// threads and the ranks, and can be the whole machine's best.
+    @Test func replicaRowsCountTheirCores() {
+        var replicas = Self.row("starling", threads: 1, train: 9.5, peak: 1200)
+        replicas.replicas = 2
+        let rows = [
+            Self.row("starling", threads: 2, train: 8, peak: 1100),
+            Self.row("starling", ranks: 2, threads: 1, train: 9, peak: 1900),
+            replicas,
+            Self.row("pytorch", threads: 2, layout: "NCHW", train: 4, peak: 3000),
+        ]
+        let lines = SuiteTable.markdown(rows).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines[3].hasPrefix("| ssd7 (16) | 1 process x 2 replicas | 9.50 | 4.00 (NCHW) | 2.38x |"), "\(lines)")
+        #expect(lines[4].hasPrefix("| ssd7 (16) | 2 ranks x 1 | 9.00 |"), "\(lines)")
+        #expect(lines[6].hasPrefix("- ssd7 (16), 2 cores: Starling 9.50 images/s (1 process x 2 replicas), PyTorch 4.00 (NCHW): 2.38x"), "\(lines)")
+    }
+
     /// Rows are read from the wrapper's log lines; a broken row names its file and line.
     @Test func rowsParseFromLogLinesAndABrokenRowNamesItsLine() throws {
         let encoder = JSONEncoder()

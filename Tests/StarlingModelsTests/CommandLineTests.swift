@@ -54,7 +54,8 @@ import StarlingIO
             expectFailure(bad, mentioning: ["STARLING_BLOCK=\(width): expected 8 or 16"])
             #expect(!FileManager.default.fileExists(atPath: dir + "/block"), "nothing written before the refusal")
         }
-        for (name, value) in [("STARLING_KERNELS", "avx1024"), ("STARLING_KERNELS", "sse"), ("STARLING_GEMM", "mkl"), ("STARLING_WINOGRAD", "yes")] {
+        for (name, value) in [("STARLING_KERNELS", "avx1024"), ("STARLING_KERNELS", "sse"), ("STARLING_GEMM", "mkl"), ("STARLING_WINOGRAD", "yes"),
+                              ("STARLING_WINOGRAD_CALL_MB", "0")] {
             let bad = try run(Fixture.starling, ["train", "--model", "fc-ae", "--data", data, "--out", dir + "/kernels"],
                               environment: [name: value])
             expectFailure(bad, mentioning: ["\(name)=\(value): expected "])

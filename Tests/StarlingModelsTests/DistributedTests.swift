@@ -20,9 +20,11 @@ import Testing
         #expect(r.output.components(separatedBy: "collectives ok").count - 1 == ranks)
     }
 
+    /// `--replicas 1`: the one-process runs are the reference of one replica at the full batch (without it, one process
+    /// may choose two replicas, which train what two ranks train).
     func trainArguments(_ data: String, _ out: String, extra: [String] = []) -> [String] {
         ["train", "--model", "fc-ae", "--data", data, "--epochs", "2", "--steps-per-epoch", "10", "--batch-size", "96",
-         "--val-split", "none", "--seed", "4", "--out", out] + extra
+         "--val-split", "none", "--seed", "4", "--out", out, "--replicas", "1"] + extra
     }
 
     /// N ranks at global batch B train the same model as one rank at batch B (20 steps).
@@ -184,7 +186,7 @@ import Testing
         let convert = try starling("data", "detection", "--format", "udacity", "--images", udacity + "/images", "--labels", udacity + "/labels.csv",
                                    "--out", data, "--height", "96", "--width", "160", "--val-fraction", "0")
         #expect(convert.status == 0, "\(convert.error)")
-        let args = ["train", "--model", "ssd7", "--data", data, "--epochs", "3", "--batch-size", "2", "--no-augment",
+        let args = ["train", "--replicas", "1", "--model", "ssd7", "--data", data, "--epochs", "3", "--batch-size", "2", "--no-augment",
                     "--val-split", "none", "--sync-bn", "--seed", "2"]
         let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
         #expect(one.status == 0, "\(one.error)")
@@ -251,7 +253,7 @@ import Testing
         let convert = try starling("data", "detection", "--format", "kitti", "--images", kitti + "/image_2", "--labels", kitti + "/label_2",
                                    "--out", data, "--height", "64", "--width", "192", "--val-fraction", "0")
         #expect(convert.status == 0, "\(convert.error)")
-        let args = ["train", "--model", family, "--data", data, "--epochs", "\(epochs)", "--steps-per-epoch", "\(stepsPerEpoch)", "--batch-size", "6",
+        let args = ["train", "--replicas", "1", "--model", family, "--data", data, "--epochs", "\(epochs)", "--steps-per-epoch", "\(stepsPerEpoch)", "--batch-size", "6",
                     "--no-augment", "--val-split", "none", "--sync-bn", "--seed", "2", "--optimizer", "sgd", "--lr", "0.0001"] + options
         let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
         #expect(one.status == 0, "\(one.error)")
@@ -269,7 +271,7 @@ import Testing
     @Test func fastRCNNRanksMatchOneProcessWithSyncBN() throws {
         let dir = Fixture.temporaryDirectory("dp-fast-rcnn")
         guard let data = try pennFudanFrames(dir) else { return }   // shared data not here
-        let args = ["train", "--model", "fast-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32", "--option", "rois_per_image=400", "--epochs", "2",
+        let args = ["train", "--replicas", "1", "--model", "fast-rcnn", "--data", data, "--width-multiplier", "0.0625", "--option", "hidden=32", "--option", "rois_per_image=400", "--epochs", "2",
                     "--batch-size", "4", "--val-split", "none", "--sync-bn", "--seed", "2", "--optimizer", "sgd", "--lr", "0.001"]
         let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
         #expect(one.status == 0, "\(one.error)")
@@ -288,7 +290,7 @@ import Testing
         guard let data = try pennFudanFrames(dir, count: 6) else { return }   // shared data not here
         let options = family == "fast-rcnn" ? ["--width-multiplier", "0.0625", "--option", "hidden=32"]
             : family == "yolov3-tiny" ? ["--width-multiplier", "0.125"] : []
-        let args = ["train", "--model", family, "--data", data, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+        let args = ["train", "--replicas", "1", "--model", family, "--data", data, "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
                     "--val-split", "train", "--val-limit", "5", "--seed", "2"] + options
         // Under `timeout`: ranks waiting in a collective the other never calls would wait for ever (mpirun ignores the
         // TERM, so KILL follows; a rank left spinning after that is the price of a failing run only).
@@ -307,7 +309,7 @@ import Testing
         let dir = Fixture.temporaryDirectory("dp-unet")
         let data = dir + "/discs.h5"
         try tinySegmentationSet(data)
-        let args = ["train", "--model", "unet", "--data", data, "--width-multiplier", "0.0625", "--option", "levels=3", "--option", "valid=1",
+        let args = ["train", "--replicas", "1", "--model", "unet", "--data", data, "--width-multiplier", "0.0625", "--option", "levels=3", "--option", "valid=1",
                     "--option", "border_weight=10", "--elastic", "--epochs", "3", "--batch-size", "4", "--val-split", "none", "--seed", "5"]
         let one = try run(Fixture.starling, args + ["--out", dir + "/one"])
         #expect(one.status == 0, "\(one.error)")

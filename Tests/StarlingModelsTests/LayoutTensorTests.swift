@@ -27,6 +27,10 @@ struct LayoutTensorTests {
         /// Batch norm + leaky ReLU run with the 2x2 pooling after them as one op in the training pass, and those of them
         /// read again by something else after the pooling (`DeferredNormalization`).
         var pooledNormalizations: (fused: Int, readAgain: Int) = (0, 0)
+        /// Blocked convolutions run with the ReLU after them as one op in the training pass (`DeferredConvolution`).
+        var convolutionsWithReLU = 0
+        /// Deferred batch norms + leaky ReLUs run with the residual sum after them as one op.
+        var residualNormalizations = 0
         var testDescription: String { name }
     }
 
@@ -42,7 +46,7 @@ struct LayoutTensorTests {
                pixelScale: 255,
                planar: { m, x, t in (m as! SSD300).predictionMaps(x, training: t) },
                laidOut: { m, x, t in (m as! SSD300).predictionMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (33, 2), inference: (34, 1), gradientTolerance: 1e-2),
+               training: (33, 2), inference: (34, 1), gradientTolerance: 1e-2, convolutionsWithReLU: 22),
         Family(name: "yolov3-tiny", config: { YOLOv3Tiny.defaultConfig(height: 96, width: 128, classNames: classes, widthMultiplier: 0.5) },
                images: [2, 3, 96, 128], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3Tiny).outputMaps(x, training: t) },
@@ -52,7 +56,7 @@ struct LayoutTensorTests {
                images: [2, 3, 64, 64], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv3).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (43, 0), inference: (43, 0)),
+               training: (43, 0), inference: (43, 0), residualNormalizations: 7),
         Family(name: "yolov2", config: { YOLOv2.defaultConfig(height: 64, width: 96, classNames: classes, widthMultiplier: 0.25) },
                images: [2, 3, 64, 96], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv2).outputMaps(x, training: t) },
@@ -78,13 +82,13 @@ struct LayoutTensorTests {
                    let (f, rpn) = (m as! FasterRCNN).network(LayoutTensor(x), training: t)
                    return [f.tensor, rpn[0].objectness.tensor, rpn[0].deltas.tensor]
                },
-               training: (14, 2), inference: (16, 0)),
+               training: (14, 2), inference: (16, 0), convolutionsWithReLU: 1),
         // rcnn's CNN on warped windows (the "images" here are the windows, already scaled).
         Family(name: "rcnn", config: { ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.25, "hidden": 32, "warp": 32], classNames: classes) },
                images: [6, 3, 32, 32], pixelScale: 1,
                planar: { m, x, t in let o = (m as! RCNN).network(x); return [o.pool5, o.fc7, o.logits] },
                laidOut: { m, x, t in let o = (m as! RCNN).network(LayoutTensor(x)); return [o.pool5.tensor, o.fc7.tensor, o.logits.tensor] },
-               training: (4, 0), inference: (4, 0)),
+               training: (4, 0), inference: (4, 0), convolutionsWithReLU: 4),
         // U-Net with same padding on odd sizes (the up-convolutions padded back) and with valid padding (skips cropped).
         Family(name: "unet", config: { ModelConfig(family: UNet.family, inputShape: [3, 36, 50], options: ["width": 0.25, "levels": 3], classNames: classes) },
                images: [2, 3, 36, 50], pixelScale: 255,
@@ -113,7 +117,7 @@ struct LayoutTensorTests {
         Family(name: "conv-vae", config: { ConvVariationalAutoencoder.defaultConfig() }, images: [4, 1, 28, 28], pixelScale: 1,
                planar: { m, x, t in let (mean, v) = (m as! ConvVariationalAutoencoder).posterior(x); return [mean, v] },
                laidOut: { m, x, t in let (mean, v) = (m as! ConvVariationalAutoencoder).posterior(LayoutTensor(x)); return [mean.tensor, v.tensor] },
-               training: (2, 0), inference: (2, 0)),
+               training: (2, 0), inference: (2, 0), convolutionsWithReLU: 2),
     ]
 
     /// The autoencoders' pass on plain Tensors: from a generic context, which calls the generic pass (a Tensor argument
@@ -174,6 +178,96 @@ struct LayoutTensorTests {
         #expect(planar.gradient.count == blocked.gradient.count && worst < 1e-6, "gradient differs by \(worst)")
     }
 
+    /// A blocked training convolution read first by a ReLU runs with it as one op (`DeferredConvolution`, one buffer kept
+    /// instead of two): the values and every gradient to the bit as the two ops on blocked Tensors. Read again by
+    /// something else after the ReLU (here a sum), the convolution runs a second time for that reader, a node of its own,
+    /// and the gradients of the two add up as the one convolution's (to rounding: they meet in another order).
+    @Test(arguments: [8, 16]) func convolutionReadByAReLURunsWithIt(width: Int) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let store = ParameterStore()
+        let conv = Conv2D(store, name: "conv", inputs: 16, outputs: 32)
+        var rng = RandomGenerator(seed: 61)
+        store.allocate(rng: &rng)
+        for i in 0..<conv.bias.count { conv.bias.value.data[i] = 0.2 * rng.normal() }
+        let values = (0..<(2 * 16 * 6 * 10)).map { _ in rng.uniform(-1, 1) }
+        func pass(laidOut: Bool, readAgain: Bool) -> (values: [Float], gradients: [[Float]], census: LayoutCensus) {
+            store.zeroGradients()
+            let x = Tensor.variable(shape: [2, 16, 6, 10], values: values)
+            let census = LayoutCensus()
+            let output: Tensor = LayoutTensor.$census.withValue(census) {
+                if laidOut {
+                    let y = LayoutTensor(.blocked(x.blocked(width: width), moments: nil)).applying(conv)
+                    let a = y.relu()
+                    return (readAgain ? a + y : a).tensor
+                }
+                let y = x.blocked(width: width).conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same,
+                                                             width: width)
+                let a = y.relu()
+                return (readAgain ? a + y : a).unblocked()
+            }
+            weightedSum([output]).backward()
+            return (output.toArray(), [x.gradArray ?? [], conv.kernel.value.gradArray ?? [], conv.bias.value.gradArray ?? []], census)
+        }
+        let (fused, twoOps) = (pass(laidOut: true, readAgain: false), pass(laidOut: false, readAgain: false))
+        #expect(fused.census.convolutionsWithReLU == 1 && fused.census.convolutionsReadAfterReLU == 0)
+        #expect(fused.values == twoOps.values && fused.values.contains { $0 > 0 } && fused.values.contains { $0 == 0 })
+        for k in 0..<3 { #expect(fused.gradients[k] == twoOps.gradients[k] && !fused.gradients[k].isEmpty, "gradient \(k)") }
+
+        let (again, reference) = (pass(laidOut: true, readAgain: true), pass(laidOut: false, readAgain: true))
+        #expect(again.census.convolutionsWithReLU == 1 && again.census.convolutionsReadAfterReLU == 1)
+        #expect(again.values == reference.values)
+        for k in 0..<3 {
+            let worst = worstDifference(again.gradients[k], reference.gradients[k])
+            #expect(worst.value < 1e-5, "gradient \(k): worst difference \(worst.value) at \(worst.at)")
+        }
+    }
+
+    /// A deferred batch norm + leaky ReLU read first by a sum with a blocked value (darknet's shortcut) runs with the sum
+    /// as one op: values and gradients to the bit as the ops run one by one. Read again after the sum, it runs alone for
+    /// that reader (the moving statistics updated once), and the gradients add up to rounding.
+    @Test(arguments: [false, true]) func residualSumReadsTheDeferredNormalization(readAgain: Bool) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let (store, buffers) = (ParameterStore(), ParameterStore(trainable: false))
+        let conv = Conv2D(store, name: "conv", inputs: 16, outputs: 16)
+        let norm = BatchNormalization(store, buffers: buffers, name: "bn", channels: 16)
+        var rng = RandomGenerator(seed: 81)
+        store.allocate(rng: &rng)
+        buffers.allocate(rng: &rng)
+        for i in 0..<16 { norm.gamma.value.data[i] = rng.uniform(0.5, 1.5); norm.beta.value.data[i] = 0.2 * rng.normal() }
+        let values = (0..<(2 * 16 * 6 * 8)).map { _ in rng.uniform(-1, 1) }
+        let initialStatistics = buffers.values.toArray()
+        func pass(laidOut: Bool) -> (values: [Float], gradients: [Float], statistics: [Float], census: LayoutCensus) {
+            store.zeroGradients()
+            initialStatistics.withUnsafeBufferPointer { buffers.values.pointer.update(from: $0.baseAddress!, count: $0.count) }
+            let x = Tensor.variable(shape: [2, 16, 6, 8], values: values)
+            let census = LayoutCensus()
+            let output: Tensor = LayoutTensor.$census.withValue(census) {
+                if laidOut {
+                    let h = LayoutTensor(.blocked(x.blocked(width: 16), moments: nil))
+                    let d = h.applying(conv).applyingWithLeakyReLU(norm, slope: 0.1, training: true, crossReplicaSum: nil)
+                    let sum = h + d
+                    return (readAgain ? sum + d : sum).tensor
+                }
+                let h = x.blocked(width: 16)
+                let y = norm.withLeakyReLU(h.conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: 16),
+                                           training: true, slope: 0.1, layout: .blocked)
+                let sum = h + y
+                return (readAgain ? sum + y : sum).unblocked()
+            }
+            weightedSum([output]).backward()
+            return (output.toArray(), store.gradients.toArray() + (x.gradArray ?? []), buffers.values.toArray(), census)
+        }
+        let (fast, reference) = (pass(laidOut: true), pass(laidOut: false))
+        #expect(fast.census.residualNormalizations == 1 && fast.census.normalizationsReadAfterPooling == (readAgain ? 1 : 0))
+        #expect(fast.values == reference.values && fast.statistics == reference.statistics && fast.statistics != initialStatistics)
+        if readAgain {
+            let worst = worstDifference(fast.gradients, reference.gradients)
+            #expect(worst.value < 1e-5, "gradients: worst difference \(worst.value) at \(worst.at)")
+        } else {
+            #expect(fast.gradients == reference.gradients)
+        }
+    }
+
     @Test(arguments: families) func trainingPassMatchesThePlanarOne(_ family: Family) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }   // STARLING_LAYOUT=nchw or no oneDNN: nothing to compare
         let models = try Self.twins(family)
@@ -186,6 +280,9 @@ struct LayoutTensorTests {
         #expect(census.pooledNormalizations == family.pooledNormalizations.fused
                     && census.normalizationsReadAfterPooling == family.pooledNormalizations.readAgain,
                 "\(census.pooledNormalizations) batch norms pooled in one op, \(census.normalizationsReadAfterPooling) read again")
+        #expect(census.residualNormalizations == family.residualNormalizations, "\(census.residualNormalizations) residual sums fused")
+        #expect(census.convolutionsWithReLU == family.convolutionsWithReLU && census.convolutionsReadAfterReLU == 0,
+                "\(census.convolutionsWithReLU) convolutions run with their ReLU, \(census.convolutionsReadAfterReLU) read again")
         for (k, (a, b)) in zip(fast, plain).enumerated() {
             #expect(a.shape == b.shape)
             let worst = worstDifference(a.toArray(), b.toArray())

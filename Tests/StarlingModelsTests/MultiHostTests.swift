@@ -70,7 +70,8 @@ struct MultiHostTests {
         let hosts = try Hosts("eq", count: 2)
         defer { hosts.close() }
         let data = try Fixture.sampleHDF5()
-        let one = try run(Fixture.starling, trainArguments(data, hosts.directory + "/one"))
+        // --replicas 1: the reference is one replica at the full batch (two replicas would train what two hosts do).
+        let one = try run(Fixture.starling, trainArguments(data, hosts.directory + "/one") + ["--replicas", "1"])
         #expect(one.status == 0, "\(one.error)")
         let before = try hosts.receivedBytes(1)
         let two = try run("/usr/bin/env", ["timeout", "-k", "5", "120"] + hosts.launchArguments(trainArguments(data, hosts.directory + "/two")),

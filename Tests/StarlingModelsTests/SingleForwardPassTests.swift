@@ -173,8 +173,9 @@ private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String
 }
 
 /// Issue 15: each network's forward pass is written once. For every autoencoder family, and for SSD7 and SSD300, the
-/// pass runs on a third kind of value that logs its ops: on Tensors it gives, bit for bit, what training, evaluation
-/// and indexing get through `Autoencoder`/`Encoding`/`VariationalModel` (the detectors: what their Tensor pass gave
+/// pass runs on a third kind of value that logs its ops: on Tensors it gives what training, evaluation and indexing
+/// get through `Autoencoder`/`Encoding`/`VariationalModel`, bit for bit but for the inference kernels' rounding in
+/// reconstructions (the detectors: what their Tensor pass gave
 /// before it became the generic one, gradients included); on ONNXValues it takes the same path op for op and builds
 /// exactly the exported graph. A change to the pass (another activation, a layer more) therefore changes the
 /// trained network and its export together, and a second, ONNX-only or Tensor-only, copy of it fails here.
@@ -204,7 +205,11 @@ private func expectExportIsThePass(_ model: any ONNXDetector, tensorOps: [String
         let recorded = GradMode.disabled { exportedOutputs(model, Recorded(base: images, log: tensorLog)) }
         try #require(recorded.count >= 2)
         let reconstruction = autoencoder.reconstruction(images), code = GradMode.disabled { autoencoder.code(images) }
-        #expect(recorded[0].toArray() == reconstruction.toArray(), "\(config.family): reconstruction")
+        // The entry point runs the pass on LayoutTensors, whose inference kernels (conv-ae's last layer on the narrow-output
+        // kernel) sum in another order than the Tensor ops: the same pass to float rounding (LayoutTensorTests holds the
+        // two together too); the codes, from the encoder, stay bit for bit.
+        let worst = zip(recorded[0].toArray(), reconstruction.toArray()).map { abs($0 - $1) }.max() ?? .infinity
+        #expect(recorded[0].shape == reconstruction.shape && worst <= 1e-5, "\(config.family): reconstruction, worst difference \(worst)")
         #expect(recorded[1].toArray() == code.toArray(), "\(config.family): code")
         if let vae = model as? any VariationalModel {
             let logVariance = GradMode.disabled { vae.posterior(images).logVariance }

@@ -150,11 +150,12 @@ import StarlingDistributed
     }
 
     /// `train` on one process calibrates when `--blas-threads` is not given and there is more than one thread to try,
-    /// and says what it chose; `--blas-threads N` fixes the count and nothing is timed.
+    /// and says what it chose; `--blas-threads N` fixes the count and nothing is timed. (`--replicas 1`: one replica,
+    /// whose threads are what this calibration chooses; `ReplicaTrainingTests` covers the choice of replicas.)
     @Test func trainCalibratesOnlyWithoutBlasThreads() throws {
         let data = try Fixture.sampleHDF5()
         let dir = Fixture.temporaryDirectory("calibrate-cli")
-        let base = ["train", "--model", "fc-ae", "--data", data, "--epochs", "5", "--batch-size", "32", "--val-split", "none"]
+        let base = ["train", "--model", "fc-ae", "--data", data, "--epochs", "5", "--batch-size", "32", "--val-split", "none", "--replicas", "1"]
         let environment = ProcessInfo.processInfo.environment
         let threads = Int(environment["OPENBLAS_NUM_THREADS"] ?? environment["OMP_NUM_THREADS"] ?? "") ?? ProcessInfo.processInfo.activeProcessorCount
         let auto = try run(Fixture.starling, base + ["--out", dir + "/auto"])

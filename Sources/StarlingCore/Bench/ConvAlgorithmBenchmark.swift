@@ -109,7 +109,7 @@ public enum ConvAlgorithmBenchmark {
         }
         guard let direct = geometries[.direct], let winograd = geometries[.winograd] else { return nil }
         func plan(_ g: ConvGeometry, _ variant: DNNLConvPlan.Variant) -> DNNLConvPlan? {
-            DNNLConvPlans.plan(g, images: g.dnnlChunk, variant: variant, layouts: layouts)
+            DNNLConvPlans.plan(g, images: g.dnnlChunk(variant, layouts: layouts), variant: variant, layouts: layouts)
         }
         guard let forwardPlan = plan(winograd, .forward(bias: true, inference: nil)), let backwardPlan = plan(winograd, .backward),
               forwardPlan.algorithms.forward == .winograd || backwardPlan.algorithms.backwardData == .winograd
@@ -190,8 +190,9 @@ public enum ConvolutionAccuracy {
             && g.dnnlAccumulateWeightGradient(input: x.pointer, outputGrad: dy.pointer, into: dw.pointer, layouts: layouts)
         precondition(ran, "oneDNN has no plan for \(layer.description)")
         var errors = Errors()
-        if let forward = DNNLConvPlans.plan(g, images: g.dnnlChunk, variant: .forward(bias: true, inference: nil), layouts: layouts),
-           let backward = DNNLConvPlans.plan(g, images: g.dnnlChunk, variant: .backward, layouts: layouts) {
+        let forwardVariant = DNNLConvPlan.Variant.forward(bias: true, inference: nil)
+        if let forward = DNNLConvPlans.plan(g, images: g.dnnlChunk(forwardVariant, layouts: layouts), variant: forwardVariant, layouts: layouts),
+           let backward = DNNLConvPlans.plan(g, images: g.dnnlChunk(.backward, layouts: layouts), variant: .backward, layouts: layouts) {
             errors.algorithms = [.forward: forward.algorithms.forward, .backwardData: backward.algorithms.backwardData,
                                  .backwardWeights: backward.algorithms.backwardWeights]
         }

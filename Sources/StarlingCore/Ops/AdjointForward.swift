@@ -23,6 +23,7 @@ extension ConvGeometry {
                              kernelH: kernelH, kernelW: kernelW, strideH: 1, strideW: 1, dilationH: 1, dilationW: 1,
                              padTop: padTop, padLeft: padLeft, outHeight: height, outWidth: width)
         g.dnnlChunkBudget = dnnlChunkBudget
+        g.winogradCallBudget = winogradCallBudget
         return g
     }
 

@@ -70,10 +70,27 @@ extension Tensor {
                           activation: .leakyRelu(slope: slope), layout: layout, moments: moments)
     }
 
+    /// `residual + batchNorm(...).leakyRelu(slope:)` as one op (darknet's shortcut after a block): the sum is written
+    /// where the activated values were, so they are never kept. Backward reads the leaky ReLU's derivative from the
+    /// activated values computed again into a buffer of its own from the input and the statistics (the same kernel, the
+    /// same bits), and adds the output gradient to the residual's: the values and gradients of `residual + y` on the two
+    /// ops to the bit. YOLOv3's 23 residual blocks at 416 x 416, batch 8: about 0.45 GB less at the end of forward.
+    public func batchNormLeakyReLUAdding(_ residual: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
+                                         training: Bool, momentum: Float = 0.99, epsilon: Float = 1e-3,
+                                         runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
+                                         crossReplicaSum: CrossReplicaSum? = nil, slope: Float, layout: ChannelLayout = .planar,
+                                         moments: ChannelMoments? = nil) -> Tensor {
+        precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
+        precondition(residual.shape == shape, "residual \(residual.shape) added to batch norm of \(shape)")
+        return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
+                          epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum,
+                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments, residual: residual)
+    }
+
     private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
                             crossReplicaSum: CrossReplicaSum?, activation: BatchNormKernel.Activation?, layout: ChannelLayout,
-                            moments: ChannelMoments? = nil) -> Tensor {
+                            moments: ChannelMoments? = nil, residual: Tensor? = nil) -> Tensor {
         let blocked = layout == .blocked
         precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
         let width = blocked ? blockWidth : 0
@@ -90,15 +107,29 @@ extension Tensor {
                                         momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
                                         crossReplicaSum: crossReplicaSum, moments: moments)
         // `normalize` writes every output element.
-        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta]) { out in
+        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta] + (residual.map { [$0] } ?? []),
+                                backwardReadsResult: residual == nil) { out in
             // With an activation fused in, the gradient reaching the normalisation is dy times its derivative, from y.
             // It overwrites dy in place: this closure is dy's last reader (the node and its gradient are released
             // right after it), and a separate buffer cost as much memory as the activation (295 MB for SSD7's first).
             let dy = out.grad
-            switch activation {
-            case .elu(let alpha)?: BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy)
-            case .leakyRelu(let slope)?: BatchNormKernel.leakyReLUGradient(out.count, dy: dy, y: out.data, slope: slope, into: dy)
-            case nil: break
+            if let residual, case .leakyRelu(let slope)? = activation {
+                // The sum's gradient reaches the residual as it is (added, as the two ops' sum adds it); y is computed
+                // again for the derivative (the output holds the sum), into a buffer given back at once.
+                if residual.requiresGrad {
+                    let dr = residual.grad
+                    Parallel.forEachAlignedChunk(of: out.count) { r in for i in r { dr[i] += dy[i] } }
+                }
+                let y = FloatStorage(uninitializedCount: out.count)
+                BatchNormKernel.normalize(planes, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer, beta: beta.data,
+                                          into: y.pointer, activation: activation)
+                withExtendedLifetime(y) { BatchNormKernel.leakyReLUGradient(out.count, dy: dy, y: y.pointer, slope: slope, into: dy) }
+            } else {
+                switch activation {
+                case .elu(let alpha)?: BatchNormKernel.eluGradient(out.count, dy: dy, y: out.data, alpha: alpha, into: dy)
+                case .leakyRelu(let slope)?: BatchNormKernel.leakyReLUGradient(out.count, dy: dy, y: out.data, slope: slope, into: dy)
+                case nil: break
+                }
             }
             // sums = [sum dy | sum dy (x - mean)] per channel, over the local batch.
             var sums = [Double](repeating: 0, count: 2 * c)
@@ -113,6 +144,10 @@ extension Tensor {
         }
         BatchNormKernel.normalize(planes, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer, beta: beta.data,
                                   into: out.data, activation: activation)
+        if let residual {
+            let (r, z) = (residual.data, out.data)
+            Parallel.forEachAlignedChunk(of: count) { range in for i in range { z[i] = r[i] + z[i] } }
+        }
         return out
     }
 }

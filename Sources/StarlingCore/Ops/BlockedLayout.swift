@@ -29,26 +29,21 @@ public enum ChannelLayout: Sendable {
     /// The block width models train in: 16 where cpuid reports AVX-512 (oneDNN's kernels compute in 16-channel blocks
     /// there, and Starling's blocked loops fill a zmm register), 8 elsewhere; `STARLING_BLOCK=8` or `16` overrides it
     /// (both are correct on every CPU). With any other value the CLI refuses to start (`blockWidthError`).
-    public static let blockWidth: Int = (try? blockWidthSetting.get()) ?? (KernelDispatch.supported.contains(.avx512) ? 16 : 8)
+    public static let blockWidth: Int = (try? blockWidthSelected.get()) ?? (KernelDispatch.supported.contains(.avx512) ? 16 : 8)
 
     /// STARLING_BLOCK's width, nil when unset or empty.
-    private static let blockWidthSetting: Result<Int?, BlockWidthError> = {
-        guard let raw = getenv("STARLING_BLOCK"), raw.pointee != 0 else { return .success(nil) }
-        let value = String(cString: raw)
-        guard let width = Int(value), width == 8 || width == 16 else { return .failure(BlockWidthError(value: value)) }
-        return .success(width)
-    }()
+    private static let blockWidthSelected = blockWidthSetting(value: getenv("STARLING_BLOCK").map { String(cString: $0) })
+
+    /// The width a value of STARLING_BLOCK names: 8 or 16, nil for none. A pure function, for the tests.
+    static func blockWidthSetting(value: String?) -> Result<Int?, SettingValueError> {
+        EnvironmentSetting.parse("STARLING_BLOCK", value, accepting: [("8", 8), ("16", 16)])
+    }
 
     /// The error a bad STARLING_BLOCK gives, or nil.
-    public static var blockWidthError: BlockWidthError? {
-        if case .failure(let error) = blockWidthSetting { return error }
+    public static var blockWidthError: SettingValueError? {
+        if case .failure(let error) = blockWidthSelected { return error }
         return nil
     }
-}
-
-public struct BlockWidthError: Error, Equatable, CustomStringConvertible {
-    public let value: String
-    public var description: String { "STARLING_BLOCK=\(value): expected 8 or 16" }
 }
 
 extension Tensor {
@@ -250,21 +245,37 @@ extension Tensor {
                     }
                 }
             }
-            let xd = UnsafePointer(x.data), y = out.data
+            Tensor.upsampleNearestPixels(UnsafePointer(x.data), into: out.data, planes: planes, height: h, width: w, scale: scale, pixel: b)
+            return out
+        }
+        return b == 16 ? upsample(SIMD16<Float>.self) : upsample(SIMD8<Float>.self)
+    }
+
+    /// The forward loop of `upsampleNearestBlocked` on `planes` planes of h x w pixels of `pixel` floats each, rows over
+    /// the threads: a blocked tensor's planes of one block (pixel 8 or 16, one vector), or an NHWC image (pixel = its
+    /// channel count), which is what inference runs on oneDNN's activations (`DNNLActivation.upsampleNearest`).
+    static func upsampleNearestPixels(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, planes: Int, height h: Int,
+                                      width w: Int, scale: (Int, Int), pixel b: Int) {
+        let (sh, sw) = scale
+        let (oh, ow) = (h * sh, w * sw)
+        @inline(__always) func rows(_ copyPixel: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
             Parallel.forEachChunk(of: planes * h, work: planes * oh * ow * b) { rows in
                 for row in rows {
                     let (p, r) = row.quotientAndRemainder(dividingBy: h)
-                    let xr = xd + row * w * b, first = y + (p * oh + r * sh) * ow * b
+                    let xr = x + row * w * b, first = y + (p * oh + r * sh) * ow * b
                     for c in 0..<w {
-                        let v = V.load(xr + b * c)
-                        for q in 0..<sw { v.store(first + (c * sw + q) * b) }
+                        for q in 0..<sw { copyPixel(xr + b * c, first + (c * sw + q) * b) }
                     }
                     for k in 1..<sh { (first + k * ow * b).update(from: first, count: ow * b) }
                 }
             }
-            return out
         }
-        return b == 16 ? upsample(SIMD16<Float>.self) : upsample(SIMD8<Float>.self)
+        // One pixel of a block is one vector; an NHWC pixel of many channels a run of them.
+        switch b {
+        case 16: rows { SIMD16<Float>.load($0).store($1) }
+        case 8: rows { SIMD8<Float>.load($0).store($1) }
+        default: rows { $1.update(from: $0, count: b) }
+        }
     }
 }
 

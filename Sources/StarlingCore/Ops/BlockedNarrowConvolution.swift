@@ -81,7 +81,7 @@ extension ConvGeometry {
         let packed = narrowPacked(w, s, block: block)
         let (inImage, outImage) = (inChannels * inPlane, outChannels * outPlane)
         Parallel.forEachChunk(of: batch, work: batch * outImage * inChannels * kernelH * kernelW) { images in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: s.forwardScratch(block: block))
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, s.forwardScratch(block: block)))
             defer { scratch.deallocate() }
             for n in images {
                 KernelDispatch.narrowForward(block: block, s, x: x + n * inImage, weights: packed.pointer, bias: bias, y: y + n * outImage,

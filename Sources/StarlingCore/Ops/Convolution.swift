@@ -71,6 +71,9 @@ struct ConvGeometry {
     /// Floats of blocked copies one oneDNN call may hold (32 MB): the batch goes through in chunks of images whose
     /// input and output fit, at least one image at a time. Tests lower it to exercise the chunking.
     var dnnlChunkBudget = 1 << 23
+    /// Bytes one oneDNN call of a pass on Winograd may take from the scratch arena, copies and scratchpad
+    /// (`dnnlChunk(_:layouts:)`; STARLING_WINOGRAD_CALL_MB). Tests lower it to exercise the chunking.
+    var winogradCallBudget = WinogradCallBudget.current
 
     var inPlane: Int { height * width }
     var outPlane: Int { outHeight * outWidth }

@@ -29,23 +29,18 @@ public enum WinogradSetting: String, Sendable, Equatable {
     case never
 
     /// STARLING_WINOGRAD's value, checked (the CLI refuses to start with a bad one: `settingError`).
-    static let selected: Result<WinogradSetting, WinogradSettingError> = parse(getenv("STARLING_WINOGRAD").map { String(cString: $0) })
+    static let selected: Result<WinogradSetting, SettingValueError> = parse(getenv("STARLING_WINOGRAD").map { String(cString: $0) })
 
     /// The setting for a value of STARLING_WINOGRAD: nil or empty is the rule, 1 always, 0 never.
-    public static func parse(_ value: String?) -> Result<WinogradSetting, WinogradSettingError> {
-        switch value {
-        case nil, "": .success(.rule)
-        case "1": .success(.always)
-        case "0": .success(.never)
-        case let other?: .failure(WinogradSettingError(value: other))
-        }
+    public static func parse(_ value: String?) -> Result<WinogradSetting, SettingValueError> {
+        EnvironmentSetting.parse("STARLING_WINOGRAD", value, accepting: [("0", WinogradSetting.never), ("1", .always)]).map { $0 ?? .rule }
     }
 
     /// The setting this process runs: with a bad STARLING_WINOGRAD (which the CLI reports before starting), the rule.
     public static let current: WinogradSetting = (try? selected.get()) ?? .rule
 
     /// The error a bad STARLING_WINOGRAD gives, or nil.
-    public static var settingError: WinogradSettingError? {
+    public static var settingError: SettingValueError? {
         if case .failure(let error) = selected { return error }
         return nil
     }
@@ -56,17 +51,46 @@ public enum WinogradSetting: String, Sendable, Equatable {
         guard DNNLActivation.instructionSet.hasPrefix("avx512") || current == .never else {
             return "no Winograd on oneDNN \(DNNLActivation.instructionSet) (oneDNN 2.x has it for AVX-512 only)"
         }
+        let calls = "at most \(WinogradCallBudget.current >> 20) MB a call (STARLING_WINOGRAD_CALL_MB)"
         return switch current {
-        case .rule: "Winograd where it pays (STARLING_WINOGRAD=0 or 1 to change)"
-        case .always: "Winograd wherever oneDNN has it (STARLING_WINOGRAD=1)"
+        case .rule: "Winograd where it pays, \(calls) (STARLING_WINOGRAD=0 or 1 to change)"
+        case .always: "Winograd wherever oneDNN has it, \(calls) (STARLING_WINOGRAD=1)"
         case .never: "no Winograd (STARLING_WINOGRAD=0)"
         }
     }
 }
 
-public struct WinogradSettingError: Error, Equatable, CustomStringConvertible {
+/// STARLING_WINOGRAD_CALL_MB: how many bytes one oneDNN call of a pass on Winograd may take from the scratch arena (its
+/// blocked copies and oneDNN's scratchpad, which holds the transformed tiles of every image of the call): such passes
+/// go through the batch in chunks of images that fit (`ConvGeometry.dnnlChunk(_:layouts:)`).
+public enum WinogradCallBudget {
+    /// Chosen by measurement (BENCHMARKS.md, "Winograd's scratch capped").
+    public static let defaultMegabytes = 64
+
+    static let selected: Result<Int, WinogradCallBudgetError> = parse(getenv("STARLING_WINOGRAD_CALL_MB").map { String(cString: $0) })
+
+    /// Bytes for a value of STARLING_WINOGRAD_CALL_MB: nil or empty is the default, else a whole number of megabytes
+    /// from 1 to 1,048,576.
+    public static func parse(_ value: String?) -> Result<Int, WinogradCallBudgetError> {
+        guard let value, !value.isEmpty else { return .success(defaultMegabytes << 20) }
+        guard let megabytes = Int(value), (1...(1 << 20)).contains(megabytes) else { return .failure(WinogradCallBudgetError(value: value)) }
+        return .success(megabytes << 20)
+    }
+
+    /// The budget this process runs, in bytes: with a bad STARLING_WINOGRAD_CALL_MB (which the CLI reports before
+    /// starting), the default.
+    public static let current: Int = (try? selected.get()) ?? defaultMegabytes << 20
+
+    /// The error a bad STARLING_WINOGRAD_CALL_MB gives, or nil.
+    public static var settingError: WinogradCallBudgetError? {
+        if case .failure(let error) = selected { return error }
+        return nil
+    }
+}
+
+public struct WinogradCallBudgetError: Error, Equatable, CustomStringConvertible {
     public let value: String
-    public var description: String { "STARLING_WINOGRAD=\(value): expected 0 or 1" }
+    public var description: String { "STARLING_WINOGRAD_CALL_MB=\(value): expected a whole number of megabytes from 1 to 1048576" }
 }
 
 extension ConvGeometry {

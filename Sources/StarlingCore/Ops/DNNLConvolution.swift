@@ -11,7 +11,8 @@ import Glibc
 /// the layouts oneDNN picked and its result back, adding into the destination (a reorder with a `sum` post-op),
 /// which is the accumulate-into-gradient contract of `ConvGeometry`. The reorders are memory-bound passes, cheap
 /// next to the convolution they feed. Large batches go through in chunks of images so that the blocked copies stay
-/// under `ConvGeometry.dnnlChunkBudget` floats.
+/// under `ConvGeometry.dnnlChunkBudget` floats, and a Winograd pass's whole call (copies and oneDNN's scratchpad) under
+/// `ConvGeometry.winogradCallBudget` bytes.
 ///
 /// A geometry oneDNN refuses (for example a negative right padding that no legal amount fixes) has no plan, and
 /// `ConvGeometry` falls back to sgemm; so does everything when `STARLING_CONV=sgemm` is set.
@@ -155,6 +156,8 @@ enum DNNL {
         let descriptor: dnnl_primitive_desc_t
         let primitive: dnnl_primitive_t
         let scratchpad: dnnl_memory_desc_t?
+        /// Bytes of that scratchpad (0 without one).
+        let scratchpadBytes: Int
 
         init?(_ descriptor: dnnl_primitive_desc_t?) {
             guard let descriptor else { return nil }
@@ -166,7 +169,8 @@ enum DNNL {
             self.descriptor = descriptor
             self.primitive = primitive
             let md = DNNL.query(descriptor, dnnl_query_scratchpad_md)
-            self.scratchpad = withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) } > 0 ? md : nil
+            scratchpadBytes = withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) }
+            self.scratchpad = scratchpadBytes > 0 ? md : nil
         }
         deinit { dnnl_primitive_destroy(primitive); dnnl_primitive_desc_destroy(descriptor) }
 
@@ -284,12 +288,23 @@ final class DNNLConvPlan: @unchecked Sendable {
         init() {}
 
         subscript(pass: ConvolutionPass) -> ConvolutionAlgorithm {
-            switch pass {
-            case .forward: forward
-            case .backwardData: backwardData
-            case .backwardWeights: backwardWeights
+            get {
+                switch pass {
+                case .forward: forward
+                case .backwardData: backwardData
+                case .backwardWeights: backwardWeights
+                }
+            }
+            set {
+                switch pass {
+                case .forward: forward = newValue
+                case .backwardData: backwardData = newValue
+                case .backwardWeights: backwardWeights = newValue
+                }
             }
         }
+
+        var anyWinograd: Bool { ConvolutionPass.allCases.contains { self[$0] == .winograd } }
     }
 
     let images: Int
@@ -414,6 +429,47 @@ final class DNNLConvPlan: @unchecked Sendable {
         self.backwardData = data
         self.backwardWeights = gradient
         algorithms = chosen
+    }
+
+    /// Whether a pass this plan runs (not a backward plan's forward hint) is on Winograd.
+    var runsWinograd: Bool { callBytes.keys.contains { algorithms[$0] == .winograd } }
+
+    /// Bytes of the scratchpad oneDNN asks for on each pass this plan runs (a backward plan's forward primitive never
+    /// runs and is left out). Winograd's holds the transformed weights and the transformed tiles of every image of the
+    /// call, so it grows with `images`; direct's is nil or a few hundred KB.
+    var scratchpadBytes: [ConvolutionPass: Int] {
+        var bytes: [ConvolutionPass: Int] = [:]
+        if backwardData == nil { bytes[.forward] = forward.scratchpadBytes }
+        bytes[.backwardData] = backwardData?.scratchpadBytes
+        bytes[.backwardWeights] = backwardWeights?.scratchpadBytes
+        return bytes
+    }
+
+    /// Bytes one call of each pass takes from the scratch arena (`DNNL.Arena`, whole pages each): the copies of its
+    /// operands in the layouts the primitive computes in where the caller's differ, the copy of its result where the
+    /// layouts differ or the pass always adds into the caller's (the weight gradient), and the primitive's scratchpad.
+    /// A call that adds into a result whose layouts agree (a transposed convolution's accumulated gradient) takes one
+    /// result-sized copy more. What `ConvGeometry.dnnlChunk(_:layouts:)` keeps under the budget.
+    var callBytes: [ConvolutionPass: Int] {
+        func pages(_ md: dnnl_memory_desc_t) -> Int {
+            (withUnsafePointer(to: md) { dnnl_memory_desc_get_size($0) } + 4095) & ~4095
+        }
+        func copy(_ user: dnnl_memory_desc_t, _ md: dnnl_memory_desc_t, always: Bool = false) -> Int {
+            always || !DNNL.equal(user, md) ? pages(md) : 0
+        }
+        func scratch(_ p: DNNL.Primitive) -> Int { (p.scratchpadBytes + 4095) & ~4095 }
+        guard let backwardData, let backwardWeights else {
+            return [.forward: copy(sourceUser, forward.md(dnnl_query_src_md)) + copy(weightsUser, forward.md(dnnl_query_weights_md))
+                        + copy(destinationUser, forward.md(dnnl_query_dst_md)) + scratch(forward)]
+        }
+        return [
+            .backwardData: copy(destinationUser, backwardData.md(dnnl_query_diff_dst_md))
+                + copy(weightsUser, backwardData.md(dnnl_query_weights_md))
+                + copy(sourceUser, backwardData.md(dnnl_query_diff_src_md)) + scratch(backwardData),
+            .backwardWeights: copy(sourceUser, backwardWeights.md(dnnl_query_src_md))
+                + copy(destinationUser, backwardWeights.md(dnnl_query_diff_dst_md))
+                + copy(weightsUser, backwardWeights.md(dnnl_query_diff_weights_md), always: true) + scratch(backwardWeights),
+        ]
     }
 
     /// oneDNN's name for the implementation of each primitive (`jit_wino_4x3:avx512_core`, `jit:avx2`...): what
@@ -570,32 +626,194 @@ enum DNNLConvPlans {
         return DNNL.engine != nil
     }()
 
+    static func key(_ g: ConvGeometry, images: Int, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> Key {
+        Key(dims: dims(g, images: images), variant: variant, layouts: layouts, threads: BLAS.threadCount,
+            algorithms: algorithms(g, variant: variant, layouts: layouts))
+    }
+
+    private static func dims(_ g: ConvGeometry, images: Int) -> [Int] {
+        [images, g.inChannels, g.outChannels, g.groups, g.height, g.width, g.kernelH, g.kernelW,
+         g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth]
+    }
+
+    private struct FittedKey: Hashable { let plan: Key; let budget: Int }
+    nonisolated(unsafe) private static var fitted: [FittedKey: DNNLConvPlan.Algorithms] = [:]
+
+    /// The algorithms `g` runs for `variant`: those it asks for (`DNNLConvPlan.Algorithms(g, variant:)`), except that a
+    /// pass asked to run Winograd runs direct where one call of it on a single image already takes more than
+    /// `g.winogradCallBudget` bytes from the scratch arena. Winograd's scratchpad holds, besides the transformed tiles of
+    /// the call's images, the transformed weights (6 x 6 = 36 floats for each 3 x 3 kernel), and for the weight gradient
+    /// one such buffer more per thread (oneDNN's S_D_Giot_W schedule): 3 x 36 x 1024 x 1024 floats, 453 MB, for U-Net's
+    /// 1024 -> 1024 layer on 2 threads, which no chunk of the batch makes smaller. A single image's call depends
+    /// on the shape and the thread count, never on the batch: every rank of a job (the same threads, its share of the
+    /// batch) runs the same algorithms.
+    static func algorithms(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> DNNLConvPlan.Algorithms {
+        let requested = DNNLConvPlan.Algorithms(g, variant: variant)
+        guard requested.anyWinograd else { return requested }
+        let key = FittedKey(plan: Key(dims: dims(g, images: 1), variant: variant, layouts: layouts, threads: BLAS.threadCount,
+                                      algorithms: requested), budget: g.winogradCallBudget)
+        chunkLock.lock()
+        let known = fitted[key]
+        chunkLock.unlock()
+        if let known { return known }
+        var chosen = requested
+        if let one = make(g, images: 1, variant: variant, layouts: layouts, algorithms: requested) {
+            for (pass, bytes) in one.callBytes where one.algorithms[pass] == .winograd && bytes > g.winogradCallBudget {
+                chosen[pass] = .direct
+            }
+        }
+        chunkLock.lock()
+        fitted[key] = chosen
+        chunkLock.unlock()
+        return chosen
+    }
+
     static func plan(_ g: ConvGeometry, images: Int, variant: DNNLConvPlan.Variant,
                      layouts: DNNLConvPlan.Layouts = .planar) -> DNNLConvPlan? {
-        let key = Key(dims: [images, g.inChannels, g.outChannels, g.groups, g.height, g.width, g.kernelH, g.kernelW,
-                             g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth],
-                      variant: variant, layouts: layouts, threads: BLAS.threadCount,
-                      algorithms: DNNLConvPlan.Algorithms(g, variant: variant))
+        let key = key(g, images: images, variant: variant, layouts: layouts)
         lock.lock()
         defer { lock.unlock() }
         if let plan = plans[key] { return plan }
-        var plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms)
-        // 8-channel blocks are what oneDNN's AVX2 and SSE4.1 kernels compute in, so every x86 CPU with a JIT kernel has
-        // one for them; should a CPU have none, its own layout with reorders is still far faster than reference loops.
-        if let fixed = plan, fixed.keepsEightChannelBlocks, fixed.runsReferenceKernels {
-            plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms,
-                                keepingEightChannelBlocks: false)
-        }
+        let plan = make(g, images: images, variant: variant, layouts: layouts, algorithms: key.algorithms)
         plan?.prepareReorders()
         plans[key] = plan
         return plan
     }
+
+    /// Keeps `plan` as the one for `key` (unless there is one).
+    private static func keep(_ plan: DNNLConvPlan, _ key: Key) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard plans.index(forKey: key) == nil else { return }
+        plan.prepareReorders()
+        plans[key] = plan
+    }
+
+    /// A plan not kept (`plan` keeps what it makes).
+    private static func make(_ g: ConvGeometry, images: Int, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts,
+                             algorithms: DNNLConvPlan.Algorithms) -> DNNLConvPlan? {
+        let plan = DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: algorithms)
+        // 8-channel blocks are what oneDNN's AVX2 and SSE4.1 kernels compute in, so every x86 CPU with a JIT kernel has
+        // one for them; should a CPU have none, its own layout with reorders is still far faster than reference loops.
+        if let fixed = plan, fixed.keepsEightChannelBlocks, fixed.runsReferenceKernels {
+            return DNNLConvPlan(g, images: images, variant: variant, layouts: layouts, algorithms: algorithms,
+                                keepingEightChannelBlocks: false)
+        }
+        return plan
+    }
+
+    private struct ChunkKey: Hashable { let plan: Key; let budget: Int; let largest: Int }
+    nonisolated(unsafe) private static var chunks: [ChunkKey: Int] = [:]
+    private static let chunkLock = PThreadMutex()
+
+    /// Images per call of `variant` for `g.batch` images (see `ConvGeometry.dnnlChunk(_:layouts:)`), found once per
+    /// shape, thread count and budget and kept beside the plans.
+    static func chunk(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts, largest: Int) -> Int {
+        let key = ChunkKey(plan: key(g, images: g.batch, variant: variant, layouts: layouts), budget: g.winogradCallBudget, largest: largest)
+        chunkLock.lock()
+        let known = chunks[key]
+        chunkLock.unlock()
+        if let known { return known }
+        let chunk = fittingChunk(g, variant: variant, layouts: layouts, largest: largest, algorithms: key.plan.algorithms)
+        chunkLock.lock()
+        chunks[key] = chunk
+        chunkLock.unlock()
+        return chunk
+    }
+
+    /// `largest` unless a pass of the plan at `largest` images runs Winograd and one of its calls takes more than
+    /// `g.winogradCallBudget` bytes from the arena; then the most images whose calls all fit (at least one), evened out
+    /// over the batch (8 images at most 3 a call: 3, 3, 2). oneDNN's Winograd scratchpad holds the transformed tiles of
+    /// every image of the call, so a call's bytes are close to affine in its images: measured at `largest` and at one
+    /// image, the line gives the candidate, which is then checked on its own plan (and lowered until it fits). Where one
+    /// image alone takes more than the budget, as few images as take no more than one image does.
+    private static func fittingChunk(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts, largest: Int,
+                                     algorithms: DNNLConvPlan.Algorithms) -> Int {
+        guard algorithms.anyWinograd else { return largest }
+        func callBytes(_ plan: DNNLConvPlan) -> Int { plan.callBytes.values.max() ?? 0 }
+        func bytes(_ images: Int) -> Int? {
+            make(g, images: images, variant: variant, layouts: layouts, algorithms: algorithms).map(callBytes)
+        }
+        guard largest > 1, let full = make(g, images: largest, variant: variant, layouts: layouts, algorithms: algorithms) else { return largest }
+        guard full.runsWinograd, callBytes(full) > g.winogradCallBudget,
+              let one = bytes(1) else {
+            keep(full, key(g, images: largest, variant: variant, layouts: layouts))
+            return largest
+        }
+        let perImage = Double(callBytes(full) - one) / Double(largest - 1)
+        let allowed = Swift.max(g.winogradCallBudget, one)
+        var most = perImage <= 0 ? largest : Swift.min(largest, Swift.max(1, 1 + Int(Double(allowed - one) / perImage)))
+        while true {
+            let calls = (g.batch + most - 1) / most
+            let chunk = (g.batch + calls - 1) / calls
+            if chunk == 1 || (bytes(chunk) ?? Int.max) <= allowed { return chunk }
+            most = chunk - 1
+        }
+    }
+}
+
+extension DNNLConvPlans {
+    /// The training plans made so far for this thread count, largest call first: `limit` lines of each one's shape,
+    /// images per call, and per pass the algorithm, oneDNN's scratchpad and the whole call's bytes from the arena; for a
+    /// pass on Winograd, the same figures of the direct primitive on the same call (made for the comparison, not kept).
+    static func callReport(limit: Int) -> [String] {
+        lock.lock()
+        let made = plans.compactMap { key, plan in plan.map { (key, $0) } }.filter { key, _ in
+            key.threads == BLAS.threadCount && { if case .forward(_, _?) = key.variant { return false } else { return true } }()
+        }
+        lock.unlock()
+        func mb(_ bytes: Int) -> String {
+            let tenths = (bytes * 10 + 524_288) / 1_048_576
+            return "\(tenths / 10).\(tenths % 10) MB"
+        }
+        let sorted = made.sorted { ($0.1.callBytes.values.max() ?? 0) > ($1.1.callBytes.values.max() ?? 0) }
+        return sorted.prefix(limit).map { key, plan in
+            let d = key.dims
+            let g = ConvGeometry(batch: d[0], inChannels: d[1], outChannels: d[2], groups: d[3], height: d[4], width: d[5],
+                                 kernelH: d[6], kernelW: d[7], strideH: d[8], strideW: d[9], dilationH: d[10], dilationW: d[11],
+                                 padTop: d[12], padLeft: d[13], outHeight: d[14], outWidth: d[15])
+            let variant = switch key.variant {
+            case .backward: "backward"
+            case .forward: "forward"
+            case .activatedTrainingForward: "forward + activation"
+            }
+            let direct = plan.algorithms == .direct ? nil
+                : DNNLConvPlan(g, images: plan.images, variant: key.variant, layouts: key.layouts, algorithms: .direct)
+            let passes = ConvolutionPass.allCases.compactMap { pass -> String? in
+                guard let call = plan.callBytes[pass] else { return nil }
+                var text = "\(pass.rawValue) \(plan.algorithms[pass].rawValue) scratchpad \(mb(plan.scratchpadBytes[pass] ?? 0)), call \(mb(call))"
+                if plan.algorithms[pass] == .winograd, let direct {
+                    text += " (direct: \(mb(direct.scratchpadBytes[pass] ?? 0)), \(mb(direct.callBytes[pass] ?? 0)))"
+                }
+                return text
+            }
+            return "\(g.kernelH)x\(g.kernelW) \(g.inChannels)->\(g.outChannels) \(g.height)x\(g.width), \(plan.images) image(s) a call, "
+                + "\(variant): " + passes.joined(separator: "; ")
+        }
+    }
+}
+
+/// The oneDNN convolution calls of this process, for `bench --suite --memory-breakdown`.
+public enum ConvolutionCalls {
+    /// The `limit` plans whose calls take the most scratch (see `DNNLConvPlans.callReport`).
+    public static func largest(_ limit: Int) -> [String] { DNNLConvPlans.callReport(limit: limit) }
 }
 
 extension ConvGeometry {
-    /// Images per oneDNN call: as many as keep one chunk's input and output under `dnnlChunkBudget` floats.
+    /// Images per oneDNN call by the blocked copies alone: as many as keep one chunk's input and output under
+    /// `dnnlChunkBudget` floats.
     var dnnlChunk: Int {
         Swift.max(1, Swift.min(batch, dnnlChunkBudget / Swift.max(1, inChannels * inPlane + outChannels * outPlane)))
+    }
+
+    /// Images per oneDNN call of `variant` in `layouts`: `dnnlChunk`, and where a pass of that plan runs Winograd, no
+    /// more than keep each of its calls' bytes from the scratch arena (the blocked copies and oneDNN's scratchpad,
+    /// `DNNLConvPlan.callBytes`) under `winogradCallBudget`. Winograd's scratchpad holds the transformed tiles of every
+    /// image of the call (U-Net's 16 -> 16 forward pass at 128 x 128 and width 0.25: 42 MB for 8 images), and the arena
+    /// keeps the largest call's size (`DNNLConvPlans.algorithms` puts a pass whose single image's call exceeds the
+    /// budget back to direct).
+    func dnnlChunk(_ variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> Int {
+        DNNLConvPlans.chunk(self, variant: variant, layouts: layouts, largest: dnnlChunk)
     }
 
     /// Makes the backward plans of this geometry if they do not exist yet. A plan's primitives, JIT code and reorders
@@ -604,7 +822,7 @@ extension ConvGeometry {
     /// of 2.1). Made during the forward pass, they sit at the top of the heap like the activations being allocated.
     func prepareDNNLBackward(_ layouts: DNNLConvPlan.Layouts = .planar) {
         guard useDNNL, DNNLConvPlans.enabled else { return }
-        let chunk = dnnlChunk
+        let chunk = dnnlChunk(.backward, layouts: layouts)
         _ = DNNLConvPlans.plan(self, images: chunk, variant: .backward, layouts: layouts)
         if batch % chunk > 0 { _ = DNNLConvPlans.plan(self, images: batch % chunk, variant: .backward, layouts: layouts) }
     }
@@ -612,10 +830,11 @@ extension ConvGeometry {
     /// Whether oneDNN has every plan a training step of this geometry needs in `layouts` (making them).
     func dnnlCanTrain(_ layouts: DNNLConvPlan.Layouts, bias: Bool) -> Bool {
         guard useDNNL, DNNLConvPlans.enabled else { return false }
-        let chunk = dnnlChunk
-        return [chunk, batch % chunk].filter { $0 > 0 }.allSatisfy { images in
-            DNNLConvPlans.plan(self, images: images, variant: .forward(bias: bias, inference: nil), layouts: layouts) != nil
-                && DNNLConvPlans.plan(self, images: images, variant: .backward, layouts: layouts) != nil
+        return [DNNLConvPlan.Variant.forward(bias: bias, inference: nil), .backward].allSatisfy { variant in
+            let chunk = dnnlChunk(variant, layouts: layouts)
+            return [chunk, batch % chunk].filter { $0 > 0 }.allSatisfy { images in
+                DNNLConvPlans.plan(self, images: images, variant: variant, layouts: layouts) != nil
+            }
         }
     }
 
@@ -624,7 +843,7 @@ extension ConvGeometry {
     func withDNNLChunks(_ variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts = .planar,
                         _ body: (DNNLConvPlan, Int) -> Void) -> Bool {
         guard useDNNL, DNNLConvPlans.enabled else { return false }
-        let chunk = dnnlChunk
+        let chunk = dnnlChunk(variant, layouts: layouts)
         guard let full = DNNLConvPlans.plan(self, images: chunk, variant: variant, layouts: layouts) else { return false }
         let tail = batch % chunk
         var last: DNNLConvPlan? = full

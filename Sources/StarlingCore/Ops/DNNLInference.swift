@@ -36,6 +36,11 @@ public final class DNNLActivation {
         storage = FloatStorage(uninitializedCount: (bytes + 3) / 4)
     }
 
+    /// Another view of `storage` (the same bytes under another descriptor).
+    private init(shape: [Int], md: dnnl_memory_desc_t, storage: FloatStorage) {
+        (self.shape, self.md, self.storage) = (shape, md, storage)
+    }
+
     /// An NCHW tensor, shared as it is (no copy).
     public init(_ tensor: Tensor) {
         precondition(tensor.rank == 4, "an activation is NCHW, got \(tensor.shape)")
@@ -75,6 +80,7 @@ public final class DNNLActivation {
                        activation: FusedActivation = .identity) -> DNNLActivation? {
         let g = ConvGeometry(input: shape, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
         precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
+        if let y = narrowOutputConvolution(g, weight, bias: bias, activation: activation) { return y }
         guard DNNLConvPlans.enabled,
               let plan = DNNLConvPlans.plan(g, images: g.batch, variant: .forward(bias: true, inference: activation)) else { return nil }
         let source = laidOut(as: plan.forward.md(dnnl_query_src_md))
@@ -89,6 +95,106 @@ public final class DNNLActivation {
         return result
     }
 
+    /// A convolution from this activation to a planar output of at most four channels (the autoencoders' last layer, 16
+    /// or 32 channels to the image) on Starling's `NarrowOutputConvolution`, as training runs it (`conv2dBlocked`):
+    /// oneDNN 2.6 computes such an output in blocks of its kernel's width, 16 channels for one on AVX-512 (BENCHMARKS.md,
+    /// "Inference paths"). Nil where the narrow kernels do not apply (channels in no blocks `channelBlocks` finds, more
+    /// outputs, a stride, `STARLING_CONV=dnnl`).
+    private func narrowOutputConvolution(_ g: ConvGeometry, _ weight: Tensor, bias: Tensor, activation: FusedActivation) -> DNNLActivation? {
+        func layouts(_ block: Int) -> DNNLConvPlan.Layouts {
+            DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: false, sourceWidth: block, destinationWidth: 8)
+        }
+        guard g.outChannels <= NarrowOutput.maxChannels, let block = [16, 8].first(where: { g.inChannels % $0 == 0 }),
+              g.narrowOutputShape(layouts(block)) != nil, let (source, width) = channelBlocks() else { return nil }
+        let y = Tensor(shape: [g.batch, g.outChannels, g.outHeight, g.outWidth],
+                       storage: FloatStorage(uninitializedCount: g.batch * g.outChannels * g.outPlane))
+        let ran = g.narrowOutputForward(input: UnsafePointer(source.storage.pointer), weight: weight.data, bias: bias.data, output: y.data,
+                                        layouts: layouts(width))
+        precondition(ran, "the narrow-output convolution refused \(shape) in \(width)-channel blocks")
+        return DNNLActivation(GradMode.disabled { activation.applied(to: y) })
+    }
+
+    /// The width of this activation's channel blocks where it is in oneDNN's nChw8c or nChw16c (channels padded to a
+    /// whole block), the layouts Starling's blocked loops read; nil in any other layout (NCHW, NHWC).
+    var blockWidth: Int? {
+        [(8, dnnl_aBcd8b), (16, dnnl_aBcd16b)].first { DNNL.equal(md, DNNL.descriptor(shape, $0.1)) }?.0
+    }
+
+    /// Whether this activation is NHWC (oneDNN's `acdb`), the layout its brgconv kernels choose for inference on AVX-512.
+    var isChannelsLast: Bool { DNNL.equal(md, DNNL.descriptor(shape, dnnl_acdb)) }
+
+    /// The values in whole blocks of 8 or 16 channels for Starling's blocked loops, and the block width: itself in nChw8c
+    /// or nChw16c (a channel count that fills its blocks), the same memory where it is NHWC of 8 or 16 channels (one block
+    /// a pixel: the same bytes), a reordered copy in 16-channel blocks (8 where the count is not a multiple of 16) where
+    /// it is NHWC of more; nil otherwise.
+    func channelBlocks() -> (DNNLActivation, width: Int)? {
+        let channels = shape[1]
+        if let width = blockWidth { return channels % width == 0 ? (self, width) : nil }
+        guard isChannelsLast, let width = [16, 8].first(where: { channels % $0 == 0 }) else { return nil }
+        let blocked = DNNL.descriptor(shape, width == 16 ? dnnl_aBcd16b : dnnl_aBcd8b)
+        return channels == width ? (DNNLActivation(shape: shape, md: blocked, storage: storage), width) : (laidOut(as: blocked), width)
+    }
+
+    /// Every pixel repeated scale.0 times vertically and scale.1 times horizontally (`upsampleNearest`) in this
+    /// activation's layout where it is blocked (nChw8c, nChw16c) or NHWC, so that the convolution after it reads it with
+    /// no reorder: the training pass's loop over pixels of one block, or of all the channels; nil in other layouts (the
+    /// caller then upsamples in NCHW).
+    public func upsampleNearest(scale: (Int, Int)) -> DNNLActivation? {
+        precondition(scale.0 > 0 && scale.1 > 0, "upsampling scale \(scale) must be positive")
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
+        let (planes, pixel): (Int, Int)
+        if let block = blockWidth { (planes, pixel) = (n * ((c + block - 1) / block), block) }
+        else if isChannelsLast { (planes, pixel) = (n, c) }
+        else { return nil }
+        let outShape = [n, c, h * scale.0, w * scale.1]
+        // The output's descriptor has the input's layout: the same tag on the new spatial size.
+        let tag = blockWidth.map { $0 == 16 ? dnnl_aBcd16b : dnnl_aBcd8b } ?? dnnl_acdb
+        let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, tag))
+        Tensor.upsampleNearestPixels(UnsafePointer(storage.pointer), into: result.storage.pointer, planes: planes, height: h, width: w,
+                                     scale: scale, pixel: pixel)
+        return result
+    }
+
+    /// `parts` joined along the channels (`Tensor.concat(_, axis: 1)`) in their layout where they share one: all NHWC
+    /// (each pixel's channels copied part after part) or all in blocks of one width that their channel counts fill
+    /// (each image's blocks copied part after part); nil otherwise (the caller then joins them in NCHW). YOLO's route
+    /// after its upsampling joins two NHWC maps on AVX-512: in NCHW that took three reorders of the 26 x 26 maps.
+    public static func concatChannels(_ parts: [DNNLActivation]) -> DNNLActivation? {
+        guard let first = parts.first else { return nil }
+        let (n, h, w) = (first.shape[0], first.shape[2], first.shape[3])
+        guard parts.allSatisfy({ $0.shape[0] == n && $0.shape[2] == h && $0.shape[3] == w }) else { return nil }
+        let counts = parts.map { $0.shape[1] }, channels = counts.reduce(0, +)
+        let outShape = [n, channels, h, w]
+        if parts.allSatisfy(\.isChannelsLast) {
+            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, dnnl_acdb))
+            let y = result.storage.pointer, sources = parts.map { UnsafePointer($0.storage.pointer) }
+            Parallel.forEachChunk(of: n * h, work: n * h * w * channels) { rows in
+                for row in rows {
+                    for pixel in (row * w)..<((row + 1) * w) {
+                        var target = y + pixel * channels
+                        for (x, c) in zip(sources, counts) {
+                            target.update(from: x + pixel * c, count: c)
+                            target += c
+                        }
+                    }
+                }
+            }
+            return result
+        }
+        guard let block = first.blockWidth, parts.allSatisfy({ $0.blockWidth == block && $0.shape[1] % block == 0 }) else { return nil }
+        let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, block == 16 ? dnnl_aBcd16b : dnnl_aBcd8b))
+        let y = result.storage.pointer
+        for image in 0..<n {
+            var target = y + image * channels * h * w
+            for part in parts {
+                let size = part.shape[1] * h * w
+                target.update(from: part.storage.pointer + image * size, count: size)
+                target += size
+            }
+        }
+        return result
+    }
+
     /// Max over each 2x2 window at stride 2 (`maxPool2d(kernel: (2, 2))`, valid padding: an odd last row or column is
     /// dropped), in this activation's layout. In the blocked layouts of 8 channels (AVX2's nChw8c) and 16 (AVX-512's
     /// nChw16c) it is Starling's own loop: each pixel's channels are one vector, so a window is 4 vector loads and 3
@@ -97,8 +203,8 @@ public final class DNNLActivation {
     public func maxPool2x2() -> DNNLActivation {
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
         let outShape = [n, c, h / 2, w / 2]
-        for (width, tag) in [(8, dnnl_aBcd8b), (16, dnnl_aBcd16b)] where DNNL.equal(md, DNNL.descriptor(shape, tag)) {
-            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, tag))
+        if let width = blockWidth {
+            let result = DNNLActivation(shape: outShape, md: DNNL.descriptor(outShape, width == 16 ? dnnl_aBcd16b : dnnl_aBcd8b))
             let (oh, ow, blocks) = (h / 2, w / 2, (c + width - 1) / width)
             let x = UnsafePointer(storage.pointer), y = result.storage.pointer
             Parallel.forEachChunk(of: n * blocks * oh, work: n * blocks * width * h * w) { rows in
@@ -125,6 +231,18 @@ public enum FusedActivation: Hashable, Sendable {
     /// x for x > 0, slope x otherwise; slope 0 is ReLU.
     case leakyRelu(slope: Float)
     case logistic
+}
+
+extension FusedActivation {
+    /// `Tensor`'s op of this name applied to `x`: for a convolution that ran without oneDNN's post-op.
+    public func applied(to x: Tensor) -> Tensor {
+        switch self {
+        case .identity: x
+        case .elu(let alpha): x.elu(alpha: alpha)
+        case .leakyRelu(let slope): slope == 0 ? x.relu() : x.leakyRelu(slope: slope)
+        case .logistic: x.sigmoid()
+        }
+    }
 }
 
 /// 2x2/2 max-pooling primitives (inference), made once per input shape and layout.

@@ -50,35 +50,23 @@ public enum KernelDispatch {
     public static let current: Level = (try? setting.get()) ?? supported.last ?? .baseline
 
     /// STARLING_KERNELS's level, nil when unset or empty.
-    private static let setting: Result<Level?, KernelLevelError> =
+    private static let setting: Result<Level?, SettingValueError> =
         level(named: getenv("STARLING_KERNELS").map { String(cString: $0) }, supported: supported)
 
     /// The level `value` names if this CPU (`supported`) runs it; nil for no value. A pure function, for the tests.
-    public static func level(named value: String?, supported: [Level]) -> Result<Level?, KernelLevelError> {
-        guard let value, !value.isEmpty else { return .success(nil) }
-        guard let level = Level(rawValue: value) else { return .failure(KernelLevelError(value: value, supported: supported, known: false)) }
-        guard supported.contains(level) else { return .failure(KernelLevelError(value: value, supported: supported, known: true)) }
-        return .success(level)
+    public static func level(named value: String?, supported: [Level]) -> Result<Level?, SettingValueError> {
+        let names = Level.allCases.map { (name: $0.rawValue, value: $0) }
+        return EnvironmentSetting.parse("STARLING_KERNELS", value, accepting: names).flatMap { level in
+            guard let level, !supported.contains(level) else { return .success(level) }
+            return .failure(SettingValueError(variable: "STARLING_KERNELS", value: level.rawValue, accepted: names.map(\.name),
+                                              unavailable: "this CPU runs only \(supported.map(\.rawValue).joined(separator: ", ")) (cpuid)"))
+        }
     }
 
     /// The error a bad STARLING_KERNELS gives, or nil.
-    public static var overrideError: KernelLevelError? {
+    public static var overrideError: SettingValueError? {
         if case .failure(let error) = setting { return error }
         return nil
-    }
-}
-
-public struct KernelLevelError: Error, Equatable, CustomStringConvertible {
-    public let value: String
-    /// The levels this CPU runs.
-    public let supported: [KernelDispatch.Level]
-    /// Whether `value` names a level (one this CPU cannot run) rather than nothing known.
-    public let known: Bool
-
-    public var description: String {
-        let levels = supported.map(\.rawValue).joined(separator: ", ")
-        return known ? "STARLING_KERNELS=\(value): this CPU runs only \(levels) (cpuid)"
-            : "STARLING_KERNELS=\(value): expected \(KernelDispatch.Level.allCases.map(\.rawValue).joined(separator: ", "))"
     }
 }
 

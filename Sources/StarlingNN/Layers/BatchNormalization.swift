@@ -84,6 +84,15 @@ public struct BatchNormalization: Sendable {
                                     layout: layout, moments: moments)
     }
 
+    /// `residual` plus the layer followed by a leaky ReLU, as one op that keeps neither the normalised nor the activated
+    /// values (`Tensor.batchNormLeakyReLUAdding`): a darknet shortcut's last block.
+    public func withLeakyReLUAdding(_ residual: Tensor, to x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
+                                    layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {
+        x.batchNormLeakyReLUAdding(residual, gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
+                                   training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
+                                   layout: layout, moments: moments)
+    }
+
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).
     public func withELU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, alpha: Float = 1,
                         layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {

@@ -1,0 +1,298 @@
+import Foundation
+
+/// Replicas of a model on threads of one process, joined by shared memory: what `mpirun -np N` does across
+/// processes, without the processes (`train --replicas N`).
+///
+/// Every collective is a rendezvous: each replica posts its buffer, waits until all have, takes its share of the work
+/// and waits again until all are done, so no replica returns while another still reads its buffer. A sum adds the
+/// replicas' values in replica order 0, 1, ..., N-1 whatever order the threads arrive in, so the result is the same
+/// bits on every replica and in every run (with two replicas, the same bits as MPI's sum of two ranks, since a + b =
+/// b + a in floating point). The work of a sum is split over the replicas by element ranges, so each thread adds a
+/// 1/N share.
+///
+/// A replica that fails calls `fail(_:)`: every replica waiting in a collective, and every later collective, throws
+/// `ReplicaFailure` naming it, so none waits forever for a partner that has gone.
+public final class InProcessGroup: @unchecked Sendable {
+    public let size: Int
+    private let condition = NSCondition()
+    // Guarded by `condition`.
+    private var arrived = 0
+    private var generation = 0
+    private var failure: ReplicaFailure?
+    /// The pointers the replicas posted for the collective under way, by replica.
+    private var posted: [UnsafeMutableRawPointer?]
+    /// A value a root posts for the others (broadcast texts, gathered arrays).
+    private var shared: [Any?]
+
+    public init(size: Int) {
+        precondition(size >= 1, "an in-process group needs at least one replica")
+        self.size = size
+        posted = Array(repeating: nil, count: size)
+        shared = Array(repeating: nil, count: size)
+    }
+
+    /// Replica `rank`'s end of the group.
+    public func member(_ rank: Int) -> InProcessCollective {
+        precondition(rank >= 0 && rank < size, "replica \(rank) of \(size)")
+        return InProcessCollective(group: self, rank: rank)
+    }
+
+    /// Every end, in replica order.
+    public var members: [InProcessCollective] { (0..<size).map(member) }
+
+    /// Runs `body` for every replica, each on a thread of its own (a pool could hold one back while the others wait
+    /// for it), and returns their results in replica order. A replica that throws fails the group, so the others'
+    /// collectives throw too and every thread ends. `prepare` runs first on each thread (per-thread settings).
+    public func run<T>(name: String = "starling-replica", prepare: @escaping () -> Void = {},
+                       _ body: @escaping (InProcessCollective) throws -> T) -> [Result<T, any Error>] {
+        let results = ThreadResults<T>(count: size)
+        let work = UncheckedBox((prepare, body))
+        let done = DispatchGroup()
+        for r in 0..<size {
+            done.enter()
+            let member = member(r)
+            let thread = Thread { [self] in
+                work.value.0()
+                let result = Result { try work.value.1(member) }
+                if case .failure(let error) = result { fail(rank: r, error) }
+                results.set(r, result)
+                done.leave()
+            }
+            thread.name = "\(name)-\(r)"
+            // Backward walks the graph recursively: as much stack as the main thread has.
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+        done.wait()
+        return results.all
+    }
+
+    /// Replica `rank` failed with `error`: every replica waiting in a collective, and every later collective, throws.
+    /// The first failure is the one reported.
+    public func fail(rank: Int, _ error: any Error) {
+        condition.lock()
+        if failure == nil { failure = ReplicaFailure(rank: rank, message: "\(error)") }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The failure that ended the group, if any.
+    public var failed: ReplicaFailure? { condition.lock(); defer { condition.unlock() }; return failure }
+
+    /// Waits until every replica has arrived at this rendezvous (a barrier); throws if a replica failed meanwhile.
+    fileprivate func rendezvous() throws {
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        let mine = generation
+        arrived += 1
+        if arrived == size {
+            arrived = 0
+            generation &+= 1
+            condition.broadcast()
+            return
+        }
+        while generation == mine && failure == nil { condition.wait() }
+        if generation == mine, let failure { throw failure }
+    }
+
+    /// Posts `pointer` as `rank`'s buffer, waits for every replica's, runs `body` with all of them, and waits until
+    /// every replica's `body` has returned (so the buffers stay valid and unchanged while anyone reads them).
+    fileprivate func exchange(rank: Int, _ pointer: UnsafeMutableRawPointer?, value: Any? = nil,
+                              _ body: ([UnsafeMutableRawPointer?], [Any?]) throws -> Void) throws {
+        condition.lock()
+        posted[rank] = pointer
+        shared[rank] = value
+        condition.unlock()
+        try rendezvous()
+        condition.lock()
+        let pointers = posted, values = shared
+        condition.unlock()
+        do {
+            try body(pointers, values)
+        } catch {
+            fail(rank: rank, error)
+            throw error
+        }
+        try rendezvous()
+    }
+
+    /// This replica's share of 0..<count: contiguous, in replica order.
+    fileprivate func share(of count: Int, rank: Int) -> Range<Int> {
+        (count * rank / size)..<(count * (rank + 1) / size)
+    }
+}
+
+/// Why a replica's collective threw: replica `rank` failed with `message`.
+public struct ReplicaFailure: Error, CustomStringConvertible {
+    public let rank: Int
+    public let message: String
+    public var description: String { "replica \(rank) failed: \(message)" }
+}
+
+/// One replica's end of an `InProcessGroup`: a `Collective` over threads.
+public final class InProcessCollective: Collective, @unchecked Sendable {
+    public let group: InProcessGroup
+    public let rank: Int
+    public var size: Int { group.size }
+    public weak var observer: (any CollectiveObserver)?
+
+    fileprivate init(group: InProcessGroup, rank: Int) {
+        self.group = group
+        self.rank = rank
+    }
+
+    private func observed<T>(_ call: String, _ body: () throws -> T) rethrows -> T {
+        guard let observer else { return try body() }
+        observer.enterCollective(call)
+        defer { observer.leaveCollective() }
+        return try body()
+    }
+
+    /// Sums (or takes the max or min of) every replica's `count` elements in replica order, each replica computing its
+    /// share of the elements and writing the result into every replica's buffer.
+    private func reduce<T>(_ buffer: UnsafeMutablePointer<T>, count: Int, _ combine: @escaping (T, T) -> T) throws {
+        if size == 1 { return }
+        try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer)) { pointers, _ in
+            let buffers = pointers.map { $0!.assumingMemoryBound(to: T.self) }
+            let first = buffers[0]
+            for i in group.share(of: count, rank: rank) {
+                var total = first[i]
+                for r in 1..<buffers.count { total = combine(total, buffers[r][i]) }
+                for b in buffers { b[i] = total }
+            }
+        }
+    }
+
+    private static func combiner<T: FloatingPoint>(_ op: CollectiveOperation) -> (T, T) -> T {
+        switch op {
+        case .sum: return { $0 + $1 }
+        case .max: return { Swift.max($0, $1) }
+        case .min: return { Swift.min($0, $1) }
+        }
+    }
+
+    public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: CollectiveOperation) throws {
+        try observed("an in-process allreduce of \(count) floats") { try reduce(buffer, count: count, Self.combiner(op)) }
+    }
+
+    public func allreduce(_ values: inout [Double], _ op: CollectiveOperation) throws {
+        if size == 1 || values.isEmpty { return }
+        let n = values.count
+        try observed("an in-process allreduce of \(n) doubles") {
+            try values.withUnsafeMutableBufferPointer { try reduce($0.baseAddress!, count: n, Self.combiner(op)) }
+        }
+    }
+
+    /// Added in float32 in replica order and rounded back after each addition, as MPI's reduction of 16-bit values
+    /// does rank by rank.
+    public func allreduce(_ buffer: UnsafeMutablePointer<UInt16>, count: Int, wire: GradientWire) throws {
+        let add: (UInt16, UInt16) -> UInt16 = wire == .bfloat16
+            ? { GradientWire.bfloat16Bits(GradientWire.bfloat16Value($0) + GradientWire.bfloat16Value($1)) }
+            : { GradientWire.float16Bits(GradientWire.float16Value($0) + GradientWire.float16Value($1)) }
+        try observed("an in-process allreduce of \(count) \(wire.rawValue) values") { try reduce(buffer, count: count, add) }
+    }
+
+    /// Threads have nothing to overlap with a transfer: the sum runs when the request is waited for (or tested), which
+    /// every replica does in the same order.
+    public func startAllreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> any CollectiveRequest {
+        DeferredRequest { try self.allreduce(buffer, count: count, .sum) }
+    }
+
+    public func startAllreduce(_ buffer: UnsafeMutablePointer<UInt16>, count: Int, wire: GradientWire) throws -> any CollectiveRequest {
+        DeferredRequest { try self.allreduce(buffer, count: count, wire: wire) }
+    }
+
+    public func startAllreduce(_ values: UnsafeMutablePointer<Double>, count: Int, _ op: CollectiveOperation) throws -> any CollectiveRequest {
+        DeferredRequest {
+            if self.size == 1 || count == 0 { return }
+            try self.observed("an in-process allreduce of \(count) doubles") { try self.reduce(values, count: count, Self.combiner(op)) }
+        }
+    }
+
+    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
+        if size == 1 { return }
+        try observed("an in-process broadcast of \(count) floats") {
+            try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer)) { pointers, _ in
+                guard rank != root, let source = pointers[root] else { return }
+                buffer.update(from: source.assumingMemoryBound(to: Float.self), count: count)
+            }
+        }
+    }
+
+    public func broadcast(_ text: String, root: Int) throws -> String {
+        if size == 1 { return text }
+        var result = text
+        try observed("an in-process broadcast of a text") {
+            try group.exchange(rank: rank, nil, value: rank == root ? text : nil) { _, values in
+                result = values[root] as? String ?? ""
+            }
+        }
+        return result
+    }
+
+    public func barrier() throws {
+        if size == 1 { return }
+        try observed("an in-process barrier") { try group.exchange(rank: rank, nil) { _, _ in } }
+    }
+
+    private func gather<T>(_ values: [T]) throws -> [T] {
+        if size == 1 { return values }
+        var all: [T] = []
+        try observed("an in-process allgather") {
+            try group.exchange(rank: rank, nil, value: values) { _, posted in
+                let parts = posted.map { $0 as? [T] ?? [] }
+                guard parts.allSatisfy({ $0.count == values.count }) else {
+                    throw ReplicaFailure(rank: rank, message: "an allgather of \(values.count) values met replicas with \(parts.map(\.count))")
+                }
+                all = parts.flatMap { $0 }
+            }
+        }
+        return all
+    }
+
+    public func allgather(_ values: [Double]) throws -> [Double] { try gather(values) }
+    public func allgather(_ values: [Int64]) throws -> [Int64] { try gather(values) }
+
+    public func allgatherText(_ text: String) throws -> [String] { try gather([text]) }
+
+    /// Ends the process, and with it every replica (a failure inside a forward pass, which cannot throw).
+    public func abort(code: Int32) -> Never {
+        exit(code)
+    }
+}
+
+/// An in-process allreduce that runs when first waited for or tested.
+final class DeferredRequest: CollectiveRequest {
+    private var work: (() throws -> Void)?
+    init(_ work: @escaping () throws -> Void) { self.work = work }
+
+    func wait() throws {
+        guard let work else { return }
+        self.work = nil
+        try work()
+    }
+
+    @discardableResult
+    func test() throws -> Bool {
+        try wait()
+        return true
+    }
+}
+
+/// Results written by several threads.
+private final class ThreadResults<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [Result<T, any Error>?]
+    init(count: Int) { results = Array(repeating: nil, count: count) }
+    func set(_ r: Int, _ result: Result<T, any Error>) { lock.withLock { results[r] = result } }
+    var all: [Result<T, any Error>] {
+        lock.withLock { results.map { $0 ?? .failure(ReplicaFailure(rank: -1, message: "a replica's thread left no result")) } }
+    }
+}
+
+/// Hands a value to another thread; the caller guarantees the threads do not race on it.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,168 @@
+import Foundation
+import StarlingCore
+import StarlingDistributed
+import StarlingNN
+import StarlingData
+
+/// Chooses, before a run on one process, between one replica of the model on all of the process's threads and one
+/// replica a thread (`ReplicaTraining`), by timing both on this run's model, batch and machine (issue 18 item 3).
+///
+/// Which wins depends on the step: the small autoencoders' 0.4-4 ms steps gained 1.0-1.3x from a second thread (a few
+/// small GEMMs, each waiting for a worker), and two MPI ranks of one thread 1.6-1.9x; SSD7's 0.5 s steps gain 1.8x from
+/// threads. As `ThreadCalibration` does for the thread count, no threshold on FLOPs or elements is involved: the two
+/// layouts each train throwaway copies of the model (built from the run's configuration; the run's own model is not
+/// touched) on the run's first global batch, in interleaved blocks of about `targetBlockSeconds` after an untimed
+/// warm-up step each, `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
+/// The step timed is the trainer's (gradients zeroed, forward and loss, backward, the gradients summed over the
+/// replicas, the optimizer step), without the data pipeline, whose prefetch thread both layouts share alike.
+public struct ReplicaCalibration: Sendable {
+    /// Replicas tried against one replica on `replicas` threads.
+    public let replicas: Int
+    /// Seconds a step, one entry a round: one replica on `replicas` threads.
+    public private(set) var threadSeconds: [Double] = []
+    /// Seconds a step, one entry a round: `replicas` replicas of one thread.
+    public private(set) var replicaSeconds: [Double] = []
+    /// Timed steps a block.
+    public private(set) var blockSteps = 1
+
+    public static let targetBlockSeconds = 0.03
+    public static let maximumBlockSteps = 50
+    /// A layout this many times slower than the other on a step of at least `targetBlockSeconds` loses at once.
+    public static let clearRatio = 1.5
+    /// The calibration's copies of the model (parameters, gradients and optimizer state, `replicas` + 1 of them) may
+    /// take at most this share of the machine's memory; beyond it the run keeps one replica without timing.
+    public static let memoryShare = 1.0 / 32
+
+    /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer (same seed, so the
+    /// copies start alike).
+    /// `slices`: the same batch's `replicas` equal slices in replica order, as the replicas' ranks would read them.
+    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch],
+                               build: () throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
+        precondition(replicas > 1, "a calibration compares several replicas against one")
+        var calibration = ReplicaCalibration(replicas: replicas)
+        let previousThreads = BLAS.threadCount
+        defer { BLAS.setThreadCount(previousThreads) }
+        let single = try build()
+        let copies = try (0..<replicas).map { _ in try build() }
+        precondition(slices.count == replicas, "one slice a replica")
+
+        let group = InProcessGroup(size: replicas)
+        let synchronizers = copies.enumerated().map { r, copy in
+            GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r))
+        }
+        let inputs = UncheckedCalibrationInputs(single: single, batch: batch, copies: copies, slices: slices, synchronizers: synchronizers)
+        let times = CalibrationTimes()
+        // The replicas' threads live through the whole calibration (starting threads is not part of a step): replica
+        // 0's thread also runs the one-replica blocks on every thread, the others waiting at a barrier meanwhile.
+        BLAS.setThreadCount(1)
+        let results = group.run(name: "starling-calibration", prepare: { BLAS.setThreadCount(1) }) { member -> Void in
+            let r = member.rank
+            let (copy, sync) = (inputs.copies[r], inputs.synchronizers[r])
+            func threadBlock(_ steps: Int) throws -> Double {
+                var seconds = 0.0
+                if r == 0 {
+                    BLAS.setThreadCount(replicas)
+                    let start = monotonicSeconds()
+                    for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, inputs.batch) }
+                    seconds = (monotonicSeconds() - start) / Double(steps)
+                    BLAS.setThreadCount(1)
+                }
+                try member.barrier()
+                return seconds
+            }
+            func replicaBlock(_ steps: Int) throws -> Double {
+                try member.barrier()
+                let start = monotonicSeconds()
+                for _ in 0..<steps {
+                    copy.model.parameters.zeroGradients()
+                    sync.beginStep()
+                    let loss = copy.model.loss(inputs.slices[r], training: true)
+                    loss.backward(onLeafReady: sync.parameterReady)
+                    try sync.finish()
+                    copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
+                }
+                try member.barrier()
+                return (monotonicSeconds() - start) / Double(steps)
+            }
+            // Warm-up: the first step of each layout allocates and faults its buffers in; the second sizes the blocks.
+            _ = try threadBlock(1)
+            _ = try replicaBlock(1)
+            // Every replica must run the same steps and decide alike: the sizing step's times are agreed (replica 0
+            // alone times the one-replica step; the replicas' step is the slowest replica's).
+            var sizing = [try threadBlock(1), try replicaBlock(1)]
+            try member.allreduce(&sizing, .max)
+            let perStep = max(sizing[0], sizing[1], 1e-6)
+            let blockSteps = max(1, min(maximumBlockSteps, Int(targetBlockSeconds / perStep)))
+            // A long step (a block's worth) that is `clearRatio` times slower in one layout decides at once: timing a
+            // large model's slow layout three more times would cost more than it could tell.
+            if perStep >= targetBlockSeconds && perStep >= clearRatio * min(sizing[0], sizing[1]) {
+                if r == 0 { times.record(thread: sizing[0], replica: sizing[1], blockSteps: 1) }
+                return
+            }
+            for round in 0..<rounds {
+                var t = 0.0, p = 0.0
+                if round % 2 == 0 {
+                    t = try threadBlock(blockSteps)
+                    p = try replicaBlock(blockSteps)
+                } else {
+                    p = try replicaBlock(blockSteps)
+                    t = try threadBlock(blockSteps)
+                }
+                if r == 0 { times.record(thread: t, replica: p, blockSteps: blockSteps) }
+            }
+        }
+        for result in results { try result.get() }
+        (calibration.threadSeconds, calibration.replicaSeconds, calibration.blockSteps) = times.values
+        return calibration
+    }
+
+    /// One training step of `model` on `batch` on this thread (the one-replica layout).
+    private static func step(_ model: any Model, _ optimizer: any Optimizer, _ batch: Batch) {
+        model.parameters.zeroGradients()
+        let loss = model.loss(batch, training: true)
+        loss.backward()
+        optimizer.step(model.parameters)
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return .infinity }
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+
+    /// Whether `replicas` + 1 copies of a model of `parameters` parameters and an optimizer of `optimizerBuffers`
+    /// buffers of as many values fit in `memoryShare` of the machine's memory.
+    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int) -> Bool {
+        let bytes = Double(parameters) * 4 * Double(2 + optimizerBuffers) * Double(replicas + 1)
+        return bytes <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
+    }
+
+    /// The faster layout's replica count: `replicas`, or 1 (one replica on `replicas` threads).
+    public var chosen: Int { Self.median(replicaSeconds) < Self.median(threadSeconds) ? replicas : 1 }
+
+    /// The log line: the choice, both layouts' step times and how they were measured.
+    public var summary: String {
+        let replicaStep = formatMilliseconds(Self.median(replicaSeconds)), threadStep = formatMilliseconds(Self.median(threadSeconds))
+        let choice = chosen > 1 ? "\(replicas) on threads of this process, one thread each" : "1 (one replica on \(replicas) threads)"
+        return "replicas: \(choice), the faster layout on this run's first batch (a step: \(replicas) replicas x 1 thread \(replicaStep), " +
+            "1 replica x \(replicas) threads \(threadStep); \(replicaSeconds.count == 1 && blockSteps == 1 ? "one step each, \(Self.clearRatio)x apart" : "median of \(replicaSeconds.count) round(s) of \(blockSteps) step(s) a layout")); " +
+            "--replicas N fixes the count"
+    }
+}
+
+/// The copies, slices and synchronizers each calibration thread reads (each only its own replica's).
+private struct UncheckedCalibrationInputs: @unchecked Sendable {
+    let single: (model: any Model, optimizer: any Optimizer)
+    let batch: Batch
+    let copies: [(model: any Model, optimizer: any Optimizer)]
+    let slices: [Batch]
+    let synchronizers: [GradientSynchronizer]
+}
+
+/// Replica 0's timings, read after its thread ends.
+private final class CalibrationTimes: @unchecked Sendable {
+    private let lock = NSLock()
+    private var thread: [Double] = [], replica: [Double] = [], steps = 1
+    func record(thread t: Double, replica p: Double, blockSteps: Int) { lock.withLock { thread.append(t); replica.append(p); steps = blockSteps } }
+    var values: ([Double], [Double], Int) { lock.withLock { (thread, replica, steps) } }
+}
