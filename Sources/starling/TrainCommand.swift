@@ -306,7 +306,7 @@ struct TrainCommand: ParsableCommand {
                 var replicaCount = replicas ?? 1
                 if let replicas, replicas > 1 {
                     Trainer.printLine("replicas: \(replicas) on threads of this process, one thread each (--replicas \(replicas))")
-                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1
+                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1 && !flags.shardOptimizer
                             && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count
                             && ReplicaCalibration.copiesFit(parameters: network.parameters.count, optimizerBuffers: optimizer.state.count,
                                                             replicas: BLAS.threadCount) {
