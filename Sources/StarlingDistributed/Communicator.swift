@@ -88,6 +88,9 @@ public final class Communicator: Collective, @unchecked Sendable {
 
     /// MPI counts are Int32: large buffers go in pieces of at most this many elements.
     static let maxChunk = 1 << 30
+    /// The longest round of the reduce-scatter, allgather and gather over ranks' parts (`maxChunk`); `check-mpi --round`
+    /// lowers it to exercise the rounds on small buffers. It must be the same on every rank.
+    public var roundLimit = Communicator.maxChunk
 
     /// Calls `body` with the start and the Int32 length of each piece of `count` elements, in order.
     private static func forEachChunk(of count: Int, _ body: (Int, Int32) throws -> Void) rethrows {
@@ -123,21 +126,30 @@ public final class Communicator: Collective, @unchecked Sendable {
         fileprivate var handles: [MPI_Request?]
         public let count: Int
         fileprivate weak var observer: (any CollectiveObserver)?
-        fileprivate init(handles: [MPI_Request?], count: Int, observer: (any CollectiveObserver)?) {
+        /// Run once when every handle has completed (a reduce-scatter moving its results into place).
+        fileprivate var completion: (() -> Void)?
+        fileprivate init(handles: [MPI_Request?], count: Int, observer: (any CollectiveObserver)?, completion: (() -> Void)? = nil) {
             self.handles = handles
             self.count = count
             self.observer = observer
+            self.completion = completion
+        }
+        private func complete() {
+            handles.removeAll()
+            let body = completion
+            completion = nil
+            body?()
         }
         /// Completes the request.
         public func wait() throws {
-            if handles.isEmpty { return }
-            observer?.enterCollective("MPI_Wait on an allreduce of \(count) values")
+            if handles.isEmpty { return complete() }
+            observer?.enterCollective("MPI_Wait on a collective of \(count) values")
             defer { observer?.leaveCollective() }
             for i in handles.indices {
                 let rc = MPI_Wait(&handles[i], starling_mpi_status_ignore())
                 guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Wait", rc) }
             }
-            handles.removeAll()
+            complete()
         }
         /// Lets MPI make progress; true once complete.
         @discardableResult
@@ -149,7 +161,7 @@ public final class Communicator: Collective, @unchecked Sendable {
                 guard rc == MPI_SUCCESS else { throw CommunicatorError.mpi("MPI_Test", rc) }
                 if flag == 0 { all = false }
             }
-            if all { handles.removeAll() }
+            if all { complete() }
             return all
         }
     }
@@ -221,6 +233,134 @@ public final class Communicator: Collective, @unchecked Sendable {
         var request: MPI_Request? = starling_mpi_request_null()
         try check("MPI_Iallreduce", MPI_Iallreduce(starling_mpi_in_place(), values, Int32(count), starling_mpi_double(), op.handle, comm, &request))
         return Request(handles: [request], count: count, observer: observer)
+    }
+
+    // MARK: ZeRO's collectives over a buffer split into ranks' parts
+    //
+    // A buffer of sum(counts) elements holds rank 0's part, then rank 1's, and so on (a part may be empty). MPI's
+    // counts and displacements are Int32, so a buffer longer than `maxChunk` goes in rounds over consecutive pieces
+    // of it, each piece itself split at the ranks' boundaries: the same rounds on every rank.
+
+    /// Calls `body` for each round with the round's start in the buffer, every rank's element count in it, their
+    /// displacements from the round's start, and this rank's part of the round (its place from the round's start).
+    private func forEachRound(of counts: [Int], _ body: (_ start: Int, _ counts: [Int32], _ displacements: [Int32], _ mine: Range<Int>) throws -> Void) throws {
+        precondition(counts.count == size && counts.allSatisfy { $0 >= 0 }, "one non-negative count a rank")
+        var offsets = [0]
+        for c in counts { offsets.append(offsets[offsets.count - 1] + c) }
+        let total = offsets[size]
+        var start = 0
+        while start < total {
+            let end = min(total, start + max(1, roundLimit))
+            var pieces = [Int32](repeating: 0, count: size), displacements = [Int32](repeating: 0, count: size)
+            var mine = 0..<0
+            for q in 0..<size {
+                let lower = min(max(start, offsets[q]), end), upper = max(min(end, offsets[q + 1]), lower)
+                pieces[q] = Int32(upper - lower)
+                displacements[q] = Int32(lower - start)
+                if q == rank { mine = (lower - start)..<(upper - start) }
+            }
+            try body(start, pieces, displacements, mine)
+            start = end
+        }
+    }
+
+    /// Sum reduce-scatter in place: on return this rank's part of `buffer` (laid out by `counts`, one a rank, in rank
+    /// order) holds the sum of that part over every rank; the other ranks' parts are left undefined (MPI's in-place
+    /// MPI_Reduce_scatter leaves its result at the start of the buffer, and it is moved to the rank's place after).
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        if size == 1 { return }
+        try observed("MPI_Reduce_scatter of \(counts.reduce(0, +)) floats") {
+            try forEachRound(of: counts) { start, pieces, _, mine in
+                try check("MPI_Reduce_scatter", MPI_Reduce_scatter(starling_mpi_in_place(), buffer + start, pieces, starling_mpi_float(), starling_mpi_sum(), comm))
+                Self.moveIntoPlace(buffer + start, mine)
+            }
+        }
+    }
+
+    /// Starts `reduceScatter`; the buffer must stay untouched until `wait()`, after which this rank's part is in place.
+    public func startReduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Request {
+        try startReduceScatter(buffer, counts: counts, type: starling_mpi_float(), op: starling_mpi_sum())
+    }
+
+    /// `reduceScatter` of 16-bit floats of `wire` (bf16 or fp16), summed as `allreduce(_:count:wire:)` sums them.
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws {
+        if size == 1 { return }
+        let op = halfSum(wire)
+        try observed("MPI_Reduce_scatter of \(counts.reduce(0, +)) \(wire.rawValue) values") {
+            try forEachRound(of: counts) { start, pieces, _, mine in
+                try check("MPI_Reduce_scatter", MPI_Reduce_scatter(starling_mpi_in_place(), buffer + start, pieces, starling_mpi_uint16(), op, comm))
+                Self.moveIntoPlace(buffer + start, mine)
+            }
+        }
+    }
+
+    /// Starts the 16-bit `reduceScatter`; the buffer must stay untouched until `wait()`.
+    public func startReduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws -> Request {
+        try startReduceScatter(buffer, counts: counts, type: starling_mpi_uint16(), op: size > 1 ? halfSum(wire) : starling_mpi_sum())
+    }
+
+    private func startReduceScatter<T>(_ buffer: UnsafeMutablePointer<T>, counts: [Int], type: MPI_Datatype?, op: MPI_Op?) throws -> Request {
+        let total = counts.reduce(0, +)
+        guard size > 1 else { return Request(handles: [], count: total, observer: nil) }
+        var handles: [MPI_Request?] = []
+        var moves: [(start: Int, mine: Range<Int>)] = []
+        // The counts stay allocated until the request completes: a non-blocking collective may read them until then.
+        var countArrays: [UnsafeMutablePointer<Int32>] = []
+        do {
+            try forEachRound(of: counts) { start, pieces, _, mine in
+                let kept = UnsafeMutablePointer<Int32>.allocate(capacity: size)
+                kept.initialize(from: pieces, count: size)
+                countArrays.append(kept)
+                var request: MPI_Request? = starling_mpi_request_null()
+                try check("MPI_Ireduce_scatter", MPI_Ireduce_scatter(starling_mpi_in_place(), buffer + start, kept, type, op, comm, &request))
+                handles.append(request)
+                moves.append((start, mine))
+            }
+        } catch {
+            for kept in countArrays { kept.deallocate() }
+            throw error
+        }
+        return Request(handles: handles, count: total, observer: observer) {
+            for move in moves { Self.moveIntoPlace(buffer + move.start, move.mine) }
+            for kept in countArrays { kept.deallocate() }
+        }
+    }
+
+    /// Moves a reduce-scatter's result from the start of `round` to this rank's place in it (the two may overlap).
+    private static func moveIntoPlace<T>(_ round: UnsafeMutablePointer<T>, _ mine: Range<Int>) {
+        guard mine.lowerBound > 0, !mine.isEmpty else { return }
+        memmove(round + mine.lowerBound, round, mine.count * MemoryLayout<T>.stride)
+    }
+
+    /// Allgather in place: every rank's part of `buffer` (laid out by `counts`, in rank order) goes to every rank
+    /// (MPI_Allgatherv), so each ends with the whole buffer.
+    public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        if size == 1 { return }
+        try observed("MPI_Allgatherv of \(counts.reduce(0, +)) floats") {
+            try forEachRound(of: counts) { start, pieces, displacements, _ in
+                try check("MPI_Allgatherv", MPI_Allgatherv(starling_mpi_in_place(), 0, starling_mpi_float(), buffer + start, pieces, displacements,
+                                                           starling_mpi_float(), comm))
+            }
+        }
+    }
+
+    /// Gathers every rank's part (laid out by `counts`, in rank order) into `root`'s `buffer` of sum(counts) floats;
+    /// `part` is this rank's counts[rank] floats, `buffer` is read only on `root` (nil elsewhere).
+    public func gather(_ part: UnsafePointer<Float>, counts: [Int], into buffer: UnsafeMutablePointer<Float>?, root: Int = 0) throws {
+        precondition(rank != root || buffer != nil, "the root needs a buffer to gather into")
+        if size == 1 {
+            if let buffer { buffer.update(from: part, count: counts[0]) }
+            return
+        }
+        let offset = counts[..<rank].reduce(0, +)
+        try observed("MPI_Gatherv of \(counts.reduce(0, +)) floats") {
+            try forEachRound(of: counts) { start, pieces, displacements, mine in
+                let source = part + (start + mine.lowerBound - offset)
+                let target = rank == root ? buffer.map { $0 + start } : nil
+                try check("MPI_Gatherv", MPI_Gatherv(mine.isEmpty ? part : source, pieces[rank], starling_mpi_float(), target, pieces, displacements,
+                                                     starling_mpi_float(), Int32(root), comm))
+            }
+        }
     }
 
     /// Copies `count` floats from `root` to every rank.

@@ -182,8 +182,10 @@ public enum BenchmarkSuite {
     /// `steps` fixes the timed steps' count instead (for profiles and comparisons on a loaded machine).
     /// Over an `InProcessCollective` (called on each replica's thread) the row is one process's: replicas, not ranks,
     /// and the process's peak memory once.
+    /// `shardOptimizer` (MPI ranks only): ZeRO stage 1 as `train --shard-optimizer` runs it (Adam's moments for this
+    /// rank's range, gradients reduce-scattered, weights allgathered after the step; the allgather counts as communication).
     public static func measure(_ entry: Entry, world: any Collective, seconds: Double, steps fixedSteps: Int? = nil, sgemm: Double?,
-                               kernels: String, memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
+                               kernels: String, shardOptimizer: Bool = false, memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
         let residentAtStart = MemoryLedger.residentBytes().now
         let config = try entry.configuration()
         guard entry.batch % world.size == 0 else {
@@ -193,8 +195,14 @@ public enum BenchmarkSuite {
         let model = try family.build(config, seed: 1)
         let aware = model as? CrossReplicaAware
         aware?.crossReplica = CrossReplica(world)
-        let adam = Adam(parameterCount: model.parameters.count)
-        let sync = GradientSynchronizer(store: model.parameters, communicator: world)
+        let mpi = world as? Communicator
+        if shardOptimizer && world.size > 1 && mpi == nil { throw TrainingError("--shard-optimizer needs MPI ranks, not replicas") }
+        let shards = shardOptimizer && world.size > 1 ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
+        let adam = Adam(parameterCount: model.parameters.count, shard: shards?[world.rank])
+        let sync = GradientSynchronizer(store: model.parameters, communicator: world, shards: shards)
+        func gatherWeights() throws {
+            if let shards, let mpi { try mpi.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
+        }
         let local = entry.batch / world.size
         // A pool of one local batch: the peer, too, keeps one batch of data.
         let source = SyntheticSource(kind: family.dataKind, config: config, classCount: config.classNames?.count ?? 2, poolSize: local)
@@ -220,7 +228,9 @@ public enum BenchmarkSuite {
                 let t5 = monotonicSeconds()
                 adam.step(model.parameters, gradientScale: sync.averagingScale)
                 let t6 = monotonicSeconds()
-                for (k, d) in [t3 - t2, t4 - t3, t5 - t4, t6 - t5, t1 - t0].enumerated() { sums[k] += d }
+                try gatherWeights()
+                let t7 = monotonicSeconds()
+                for (k, d) in [t3 - t2, t4 - t3, t5 - t4 + t7 - t6, t6 - t5, t1 - t0].enumerated() { sums[k] += d }
                 lastBatch = batch
             }
         }
@@ -238,6 +248,7 @@ public enum BenchmarkSuite {
                                                  residentWithModel: residentWithModel) {
                 memoryBreakdown("\(entry.name) rank \(world.rank): " + line)
             }
+            try gatherWeights()
         }
         let stepSeconds = try world.allreduce(monotonicSeconds() - before, .max)
         let steps = fixedSteps ?? max(2, min(500, Int(seconds / max(stepSeconds, 1e-6))))

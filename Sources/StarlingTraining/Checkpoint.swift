@@ -66,6 +66,28 @@ public enum Checkpoint {
     public static func save(to path: String, model: any Model, optimizer: OptimizerConfig?,
                             optimizerState: [(name: String, storage: FloatStorage)], state: TrainingState,
                             weightType: HDF5ElementType = .float32) throws {
+        try save(to: path, model: model, optimizer: optimizer, optimizerBuffers: optimizerState.map { ($0.name, UnsafeBufferPointer($0.storage.buffer)) },
+                 state: state, weightType: weightType)
+    }
+
+    /// Writes a checkpoint whose optimizer state is in arrays of every parameter's values (a sharded run's, gathered
+    /// to the writing rank; see `Trainer`).
+    public static func save(to path: String, model: any Model, optimizer: OptimizerConfig?,
+                            optimizerValues: [(name: String, values: [Float])], state: TrainingState) throws {
+        let arrays = optimizerValues
+        // The pointers are needed for the whole write: each array is pinned in turn by nesting the closures.
+        func pinned(_ k: Int, _ buffers: [(name: String, buffer: UnsafeBufferPointer<Float>)]) throws {
+            guard k < arrays.count else {
+                return try save(to: path, model: model, optimizer: optimizer, optimizerBuffers: buffers, state: state, weightType: .float32)
+            }
+            try arrays[k].values.withUnsafeBufferPointer { try pinned(k + 1, buffers + [(arrays[k].name, $0)]) }
+        }
+        try pinned(0, [])
+    }
+
+    private static func save(to path: String, model: any Model, optimizer: OptimizerConfig?,
+                             optimizerBuffers optimizerState: [(name: String, buffer: UnsafeBufferPointer<Float>)], state: TrainingState,
+                             weightType: HDF5ElementType) throws {
         precondition(weightType == .float32 || weightType == .float16, "checkpoint weights are float32 or float16")
         try writeHDF5Atomically(to: path, sealed: true) { file in
             let root = file.root
@@ -100,8 +122,8 @@ public enum Checkpoint {
             if let optimizer {
                 try root.setJSONAttribute("optimizer", optimizer)
                 let group = try root.createGroup("optimizer_state")
-                for (name, storage) in optimizerState {
-                    try group.createDataset(name, type: .float32, shape: [storage.count]).write(UnsafeBufferPointer(storage.buffer))
+                for (name, buffer) in optimizerState {
+                    try group.createDataset(name, type: .float32, shape: [buffer.count]).write(buffer)
                 }
             }
         }

@@ -20,6 +20,12 @@ import StarlingDistributed
 /// range needs a scale: a bucket's first step goes as float32, and each step sets the next step's scale to the power
 /// of two that puts the largest summed gradient near 2^14 (a quarter of float16's largest, room for growth), from
 /// the sum every rank holds. A sum that overflows all the same is redone in float32 from the untouched gradients.
+///
+/// With `shards` (ZeRO stage 1, `--shard-optimizer`: one range of the flat layout a rank, `OptimizerShards`) each bucket
+/// is reduce-scattered instead of allreduced: a rank receives the sum of the bucket's part inside its own range and
+/// nothing else, since its optimizer updates that range only (the trainer then allgathers the updated weights). The
+/// same buckets start at the same moments; the rest of the gradient buffer is left undefined. float16 is refused there:
+/// its scale and its overflow test read the whole sum, which no rank holds any more (bfloat16 needs neither).
 public final class GradientSynchronizer {
     struct Bucket {
         var range: Range<Int>
@@ -29,6 +35,8 @@ public final class GradientSynchronizer {
         /// float16 only: the factor applied before encoding; nil until a float32 step has measured the sums.
         var scale: Float? = 1
         var sentAs16 = false
+        /// Sharded: the bucket's elements inside each rank's range, in rank order (they lie end to end in the bucket).
+        var shardCounts: [Int]?
     }
 
     public let communicator: any Collective
@@ -48,13 +56,23 @@ public final class GradientSynchronizer {
     private let wireBuffer: UnsafeMutablePointer<UInt16>?
     /// Buckets redone in float32 after a float16 sum overflowed (for tests and the benchmark).
     public private(set) var overflowCount = 0
+    /// Sharded: the range of the flat layout whose summed gradients this rank receives (nil: every gradient, allreduced).
+    public let ownedRange: Range<Int>?
+
+    /// Sharded: the MPI communicator's reduce-scatter (ZeRO runs on MPI ranks only).
+    private let sharding: Communicator?
 
     public init(store: ParameterStore, communicator: any Collective, bucketBytes: Int = 25 << 20, overlap: Bool = true,
-                wire: GradientWire = .float32) {
+                wire: GradientWire = .float32, shards: [Range<Int>]? = nil) {
+        precondition(shards == nil || shards?.count == communicator.size, "one shard a rank")
+        precondition(shards == nil || wire != .float16, "float16 gradients need the whole sum for their scale: not with shards")
+        sharding = shards != nil && communicator.size > 1 ? communicator as? Communicator : nil
+        precondition(shards == nil || communicator.size == 1 || sharding != nil, "sharded gradients need MPI ranks")
         self.store = store
         self.communicator = communicator
         self.overlap = overlap
         self.wire = wire
+        ownedRange = communicator.size > 1 ? shards?[communicator.rank] : nil
         wireBuffer = wire == .float32 || communicator.size == 1 ? nil : .allocate(capacity: max(1, store.gradients.count))
         let limit = max(1, bucketBytes / wire.bytesPerValue)
         var current: Bucket?
@@ -72,6 +90,12 @@ public final class GradientSynchronizer {
         }
         if let b = current { buckets.append(b) }
         if wire == .float16 { for k in buckets.indices { buckets[k].scale = nil } }
+        if let shards, communicator.size > 1 {
+            for k in buckets.indices {
+                let r = buckets[k].range
+                buckets[k].shardCounts = shards.map { max(0, min(r.upperBound, $0.upperBound) - max(r.lowerBound, $0.lowerBound)) }
+            }
+        }
     }
 
     deinit { wireBuffer?.deallocate() }
@@ -106,8 +130,14 @@ public final class GradientSynchronizer {
         do {
             if let wireBuffer, let scale = buckets[k].scale {
                 wire.encode(store.gradients.pointer + r.lowerBound, scale: scale, into: wireBuffer + r.lowerBound, count: r.count)
-                buckets[k].request = try communicator.startAllreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
+                if let counts = buckets[k].shardCounts {
+                    buckets[k].request = try sharding!.startReduceScatter(wireBuffer + r.lowerBound, counts: counts, wire: wire)
+                } else {
+                    buckets[k].request = try communicator.startAllreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
+                }
                 buckets[k].sentAs16 = true
+            } else if let counts = buckets[k].shardCounts {
+                buckets[k].request = try sharding!.startReduceScatter(store.gradients.pointer + r.lowerBound, counts: counts)
             } else {
                 buckets[k].request = try communicator.startAllreduce(store.gradients.pointer + r.lowerBound, count: r.count)
             }
@@ -120,8 +150,14 @@ public final class GradientSynchronizer {
         let r = buckets[k].range
         if let wireBuffer, let scale = buckets[k].scale {
             wire.encode(store.gradients.pointer + r.lowerBound, scale: scale, into: wireBuffer + r.lowerBound, count: r.count)
-            try communicator.allreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
+            if let counts = buckets[k].shardCounts {
+                try sharding!.reduceScatter(wireBuffer + r.lowerBound, counts: counts, wire: wire)
+            } else {
+                try communicator.allreduce(wireBuffer + r.lowerBound, count: r.count, wire: wire)
+            }
             buckets[k].sentAs16 = true
+        } else if let counts = buckets[k].shardCounts {
+            try sharding!.reduceScatter(store.gradients.pointer + r.lowerBound, counts: counts)
         } else {
             try communicator.allreduce(store.gradients.pointer + r.lowerBound, count: r.count)
         }
@@ -131,6 +167,15 @@ public final class GradientSynchronizer {
     /// A float16 sum that overflowed (the same on every rank) is redone in float32 from the gradients, still intact.
     private func decode(_ k: Int) throws {
         guard let wireBuffer, wire != .float32 else { return }
+        if buckets[k].shardCounts != nil, let owned = ownedRange {
+            // bfloat16 only (no scale): this rank's part of the bucket's sum, where the reduce-scatter left it.
+            let r = buckets[k].range.clamped(to: owned)
+            if buckets[k].sentAs16 && !r.isEmpty {
+                wire.decode(wireBuffer + r.lowerBound, scale: 1, into: store.gradients.pointer + r.lowerBound, count: r.count)
+            }
+            buckets[k].sentAs16 = false
+            return
+        }
         let r = buckets[k].range
         let gradients = store.gradients.pointer + r.lowerBound
         if buckets[k].sentAs16, let scale = buckets[k].scale {

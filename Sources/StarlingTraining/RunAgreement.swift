@@ -61,6 +61,7 @@ public struct RunAgreement {
             Setting("--sync-bn", "\(options.synchronizeBatchNorm)"),
             Setting("--bucket-mb", "\(options.bucketBytes)"),
             Setting("--gradient-precision", options.gradientWire.rawValue),
+            Setting("--shard-optimizer", "\(options.shardOptimizer)"),
             Setting("--skip-nonfinite", "\(options.skipNonFinite)"),
             Setting("--resume", options.resumePath ?? "none"),
             Setting("the resume checkpoint's contents", options.resumePath.map { Self.fileFingerprint($0) } ?? "none"),

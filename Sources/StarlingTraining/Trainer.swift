@@ -37,6 +37,10 @@ public struct TrainingOptions: Sendable {
     public var overlapCommunication = true
     /// The number format of gradients on the network (`--gradient-precision`).
     public var gradientWire = GradientWire.float32
+    /// ZeRO stage 1 (`--shard-optimizer`): each rank keeps the optimizer state of its own range of the parameters
+    /// (`OptimizerShards`), receives only that range's averaged gradients (reduce-scatter), updates it, and the ranks
+    /// allgather the weights. The optimizer must be built for `Trainer.optimizerShard(...)`.
+    public var shardOptimizer = false
     /// Stop when the monitored loss (validation, or training without validation) has not improved by more than
     /// `minDelta` for this many epochs (Keras's EarlyStopping).
     public var earlyStoppingPatience: Int?
@@ -105,6 +109,13 @@ public final class Trainer {
     /// Seconds spent waiting for gradient allreduces after backward, summed over the run (this rank).
     public var exposedCommunicationSeconds: Double { synchronizer.exposedSeconds }
     private let synchronizer: GradientSynchronizer
+    /// ZeRO stage 1: every rank's range of the parameters, in rank order (nil: not sharded, or one rank).
+    private let shards: [Range<Int>]?
+    /// The MPI ranks a sharded run gathers and scatters over.
+    private let shardWorld: Communicator?
+    /// Rank 0 of a sharded run resumed from a checkpoint: the whole saved optimizer state, sent to the ranks' ranges
+    /// once at the start and then dropped.
+    private var resumedOptimizerState: [String: [Float]]?
     private let watchdog: Watchdog
     /// The per-step [loss, non-finite flag] allreduce buffer (must outlive the non-blocking call).
     private let agreement = UnsafeMutablePointer<Double>.allocate(capacity: 2)
@@ -127,6 +138,19 @@ public final class Trainer {
             throw TrainingError("batch size \(options.batchSize) exceeds the \(train.count) training images in \(train.path)")
         }
         if let problem = options.schedule.problem { throw TrainingError(problem) }
+        let sharding = options.shardOptimizer && world.size > 1
+        if sharding && options.gradientWire == .float16 {
+            throw TrainingError("--shard-optimizer cannot send gradients as fp16: fp16's scale and overflow test need the whole summed gradient, which a rank no longer receives; use --gradient-precision bf16 or fp32")
+        }
+        let expectedShard = Self.optimizerShard(parameterCount: model.parameters.count, world: world, options: options)
+        guard optimizer.shard == expectedShard else {
+            throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but rank \(world.rank) of \(world.size) owns \(expectedShard)\(sharding ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
+        }
+        guard !sharding || world is Communicator else {
+            throw TrainingError("--shard-optimizer shards over MPI ranks (mpirun), not over --replicas threads")
+        }
+        shardWorld = sharding ? world as? Communicator : nil
+        shards = sharding ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         self.model = model
         self.optimizer = optimizer
         self.train = train
@@ -136,7 +160,7 @@ public final class Trainer {
         self.feed = feed
         self.log = world.isRoot ? log : { _ in }
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
-                                           overlap: options.overlapCommunication, wire: options.gradientWire)
+                                           overlap: options.overlapCommunication, wire: options.gradientWire, shards: shards)
         watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, abortTimeout: options.watchdogAbortSeconds,
                             log: { Trainer.printLine($0) })
         watchdog.lastGoodCheckpoint = options.resumePath
@@ -162,6 +186,13 @@ public final class Trainer {
     deinit {
         watchdog.stop()
         agreement.deallocate()
+    }
+
+    /// The range of the flat parameter layout whose optimizer state this rank keeps: its ZeRO range with
+    /// `--shard-optimizer` on several ranks, every parameter otherwise. Build the optimizer with it (`shard:`).
+    public static func optimizerShard(parameterCount: Int, world: any Collective, options: TrainingOptions) -> Range<Int> {
+        guard options.shardOptimizer && world.size > 1 else { return 0..<parameterCount }
+        return OptimizerShards.ranges(parameterCount: parameterCount, ranks: world.size)[world.rank]
     }
 
     /// The checkpoint a stopped job resumes from: every rank records it, since any rank's watchdog may be the one to abort.
@@ -195,12 +226,55 @@ public final class Trainer {
     /// The first non-finite value of the averaged gradients, named. The allreduced gradients are the same on every
     /// rank and a NaN or infinity in any rank's makes their sum non-finite on all, so every rank decides alike
     /// without another collective.
-    private func nonFiniteGradient() -> String? {
+    ///
+    /// Sharded, a rank holds the sum of its own range only: the ranks exchange their first non-finite index and value
+    /// (a few doubles), and all name the lowest.
+    private func nonFiniteGradient() throws -> String? {
         let store = model.parameters
         let g = store.gradients.pointer
-        guard let i = firstNonFiniteIndex(g, count: store.count) else { return nil }
+        var found: (index: Int, value: Float)?
+        if let shards {
+            let mine = shards[world.rank]
+            var local: [Double] = [-1, 0]
+            if let i = firstNonFiniteIndex(g + mine.lowerBound, count: mine.count) { local = [Double(mine.lowerBound + i), Double(g[mine.lowerBound + i])] }
+            watchdog.at("the non-finite gradient check", step: state.step)
+            let all = try world.allgather(local)
+            for q in 0..<world.size where all[2 * q] >= 0 && (found == nil || Int(all[2 * q]) < found!.index) {
+                found = (Int(all[2 * q]), Float(all[2 * q + 1]))
+            }
+        } else if let i = firstNonFiniteIndex(g, count: store.count) {
+            found = (i, g[i])
+        }
+        guard let (i, value) = found else { return nil }
         let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
-        return "a gradient became non-finite (\(g[i]) in \(name))"
+        return "a gradient became non-finite (\(value) in \(name))"
+    }
+
+    /// The element counts of the ranks' ranges (sharded runs only).
+    private var shardCounts: [Int] { shards?.map(\.count) ?? [] }
+
+    /// Writes a checkpoint at `path` on rank 0. Every rank calls it when outputs are written: a sharded run first
+    /// gathers the optimizer state of every range to rank 0, so the file is the one an unsharded run writes (it resumes
+    /// sharded or not, on any number of ranks). Rank 0 holds the whole state only while it writes.
+    private func saveCheckpoint(to path: String) throws {
+        guard let shards else {
+            if world.isRoot { try Checkpoint.save(to: path, model: model, optimizer: optimizer, state: state) }
+            return
+        }
+        watchdog.at("the optimizer state's gather for a checkpoint", step: state.step)
+        let total = model.parameters.count
+        var gathered: [(name: String, values: [Float])] = []
+        for (name, storage) in optimizer.state {
+            var whole = world.isRoot ? [Float](repeating: 0, count: total) : []
+            try whole.withUnsafeMutableBufferPointer { buffer in
+                try shardWorld?.gather(storage.pointer, counts: shards.map(\.count), into: world.isRoot ? buffer.baseAddress : nil)
+            }
+            gathered.append((name, whole))
+        }
+        watchdog.at("training", step: state.step)
+        guard world.isRoot else { return }
+        let config = Checkpoint.OptimizerConfig(name: Checkpoint.optimizerName(optimizer), learningRate: optimizer.learningRate, stepCount: optimizer.stepCount)
+        try Checkpoint.save(to: path, model: model, optimizer: config, optimizerValues: gathered, state: state)
     }
 
     /// Steps per epoch: full global batches (the last partial batch is dropped), capped by --steps-per-epoch.
@@ -236,12 +310,15 @@ public final class Trainer {
         }
         model.parameters.values.copy(from: loaded.model.parameters.values)
         if let mine = model.buffers, let saved = loaded.model.buffers { mine.values.copy(from: saved.values) }
+        let shard = optimizer.shard
         for (name, storage) in optimizer.state {
             guard let saved = loaded.optimizerState[name] else {
                 throw CheckpointError(file: loaded.path, message: "no optimizer state '\(name)' to resume \(Checkpoint.optimizerName(optimizer)) from (an inference-only checkpoint, or one of another optimizer)")
             }
-            saved.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: storage.count) }
+            // The file holds every parameter's state (Checkpoint.load checked the count); this rank keeps its range.
+            saved.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress! + shard.lowerBound, count: storage.count) }
         }
+        if shards != nil { resumedOptimizerState = loaded.optimizerState }
         optimizer.stepCount = loaded.optimizer?.stepCount ?? loaded.state.step
         let previousWorld = loaded.state.worldSize
         state = loaded.state
@@ -265,7 +342,11 @@ public final class Trainer {
                          stepsPerEpoch: stepsPerEpoch).check(on: world)
         try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
         if let buffers = model.buffers { try world.broadcast(buffers.values.pointer, count: buffers.count) }
-        for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }
+        if let shards {
+            try sendResumedOptimizerState(shards)
+        } else {
+            for (_, storage) in optimizer.state { try world.broadcast(storage.pointer, count: storage.count) }
+        }
         // Only rank 0 read a resumed checkpoint: its progress counters go to every rank (as text, so they stay exact).
         let counters = try world.broadcast("\(state.epoch) \(state.step) \(state.dataCursor) \(optimizer.stepCount) \(state.bestValidationLoss)")
         let parts = counters.split(separator: " ")
@@ -282,6 +363,33 @@ public final class Trainer {
         let agreed = try JSONDecoder().decode(Checkpoint.CallbackState.self, from: Data(text.utf8))
         (state.epochsWithoutImprovement, state.plateau, state.learningRate) = (agreed.epochsWithoutImprovement, agreed.plateau, agreed.learningRate)
         state.learningRateSchedule = agreed.schedule ?? .constant
+    }
+
+    /// Sharded: rank 0's resumed optimizer state goes to every rank's range, broadcast in pieces of 4 M values (each
+    /// rank keeps the piece's part in its range), so that no rank holds more than a piece beyond its own state. A
+    /// fresh run's state is zero on every rank already.
+    private func sendResumedOptimizerState(_ shards: [Range<Int>]) throws {
+        let resumed = try world.broadcast(resumedOptimizerState == nil ? "fresh" : "resumed") == "resumed"
+        defer { resumedOptimizerState = nil }
+        guard resumed else { return }
+        let total = model.parameters.count, pieceLength = 1 << 22
+        let piece = UnsafeMutablePointer<Float>.allocate(capacity: min(total, pieceLength))
+        defer { piece.deallocate() }
+        let mine = shards[world.rank]
+        for (name, storage) in optimizer.state {
+            let saved = resumedOptimizerState?[name]
+            var start = 0
+            while start < total {
+                let range = start..<min(total, start + pieceLength)
+                if let saved { saved.withUnsafeBufferPointer { piece.update(from: $0.baseAddress! + range.lowerBound, count: range.count) } }
+                try world.broadcast(piece, count: range.count)
+                let overlap = range.clamped(to: mine)
+                if !overlap.isEmpty {
+                    (storage.pointer + (overlap.lowerBound - mine.lowerBound)).update(from: piece + (overlap.lowerBound - range.lowerBound), count: overlap.count)
+                }
+                start = range.upperBound
+            }
+        }
     }
 
     /// Runs the remaining epochs; returns the per-epoch records.
@@ -313,6 +421,9 @@ public final class Trainer {
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(layout), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary); \(WinogradSetting.summary)")
+        if let shards {
+            log("optimizer state sharded over \(world.size) ranks (ZeRO stage 1): rank 0 keeps that of parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
+        }
         let schedule = state.learningRateSchedule
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
@@ -371,7 +482,7 @@ public final class Trainer {
                         loss.backward(onLeafReady: synchronizer.parameterReady)
                         if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
                         try synchronizer.finish()
-                        fault = nonFiniteGradient()
+                        fault = try nonFiniteGradient()
                     }
                     watchdog.at("training", step: state.step + 1)
                     if let fault {
@@ -387,6 +498,10 @@ public final class Trainer {
                         // From the global step and epoch, which every rank shares and a checkpoint restores.
                         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
                         optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
+                        if shards != nil {
+                            watchdog.at("the weights' allgather", step: state.step)
+                            try shardWorld?.allgather(model.parameters.values.pointer, counts: shardCounts)
+                        }
                         sums[0] += agreed[0] / Double(world.size)
                         sums[1] += 1
                     }
@@ -405,11 +520,11 @@ public final class Trainer {
                     }
                     let stopping = options.maxSteps.map { state.step >= $0 } ?? false
                     if let every = options.checkpointEverySteps, (step + 1) % every == 0, step + 1 < steps, !stopping {
-                        if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if options.writeOutputs { try saveCheckpoint(to: lastCheckpointPath) }
                         if options.writeOutputs { published(lastCheckpointPath) }
                     }
                     if stopping && step + 1 < steps {
-                        if writes { try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state) }
+                        if options.writeOutputs { try saveCheckpoint(to: lastCheckpointPath) }
                         if options.writeOutputs { published(lastCheckpointPath) }
                         display.finishLine()
                         log("stopped at step \(state.step) (--max-steps) in epoch \(epoch + 1); resume with --resume \(lastCheckpointPath)")
@@ -461,8 +576,10 @@ public final class Trainer {
             optimizer.learningRate = schedule.rate(base: base, step: state.step, epoch: state.epoch)
             if writes {
                 try csv.append("\(record.epoch),\(record.step),\(record.loss),\(record.validationLoss.map { "\($0)" } ?? ""),\(record.learningRate),\(seconds),\(record.imagesPerSecond),\(dataWait)")
+            }
+            if options.writeOutputs {
                 try saveEpochCheckpoint(epoch: epoch + 1, best: monitored <= state.bestValidationLoss, loss: trainLoss, validationLoss: validationLoss)
-                if monitored <= state.bestValidationLoss { summary += "  (best, saved)" }
+                if writes && monitored <= state.bestValidationLoss { summary += "  (best, saved)" }
             }
             if options.writeOutputs { published(lastCheckpointPath) }
             watchdog.at("training", step: state.step)
@@ -506,10 +623,11 @@ public final class Trainer {
 
     /// Writes `<family>-epochNNNN_loss-L[_val_loss-V].h5` once and publishes it as `-last.h5` (and `-best.h5`) by hard links, then
     /// removes epoch files beyond the newest `keepCheckpoints`. With keepCheckpoints 0 only last and best are kept.
+    /// Every rank calls it (`saveCheckpoint`); only rank 0 touches files.
     private func saveEpochCheckpoint(epoch: Int, best: Bool, loss: Double, validationLoss: Double?) throws {
         guard options.keepCheckpoints > 0 else {
-            try Checkpoint.save(to: lastCheckpointPath, model: model, optimizer: optimizer, state: state)
-            if best { try AtomicFile.publish(lastCheckpointPath, as: bestCheckpointPath) }
+            try saveCheckpoint(to: lastCheckpointPath)
+            if best && world.isRoot { try AtomicFile.publish(lastCheckpointPath, as: bestCheckpointPath) }
             return
         }
         let digits = String(epoch)
@@ -517,7 +635,8 @@ public final class Trainer {
         var path = "\(checkpointPrefix)-epoch\(String(repeating: "0", count: max(0, 4 - digits.count)) + digits)_loss-\(fixed(loss))"
         if let validationLoss { path += "_val_loss-\(fixed(validationLoss))" }
         path += ".h5"
-        try Checkpoint.save(to: path, model: model, optimizer: optimizer, state: state)
+        try saveCheckpoint(to: path)
+        guard world.isRoot else { return }
         try AtomicFile.publish(path, as: lastCheckpointPath)
         if best { try AtomicFile.publish(path, as: bestCheckpointPath) }
         let prefix = "\(model.config.family)-epoch"

@@ -106,6 +106,7 @@ enum RunConfiguration {
         Key(section: "launch", name: "bucket_mb", flag: "--bucket-mb", kind: .number) { number($0.flags.bucketMb) },
         Key(section: "launch", name: "gradient_precision", flag: "--gradient-precision", kind: .text) { text($0.flags.gradientPrecision) },
         Key(section: "launch", name: "sync_bn", flag: "--sync-bn", kind: .toggle) { bool($0.flags.syncBn) },
+        Key(section: "launch", name: "shard_optimizer", flag: "--shard-optimizer", kind: .toggle) { bool($0.flags.shardOptimizer) },
         Key(section: "launch", name: "watchdog_seconds", flag: "--watchdog-seconds", kind: .number) { number($0.flags.watchdogSeconds) },
     ]
 

@@ -44,6 +44,8 @@ struct TrainingFlags: ParsableArguments {
     var gradientPrecision: String = TrainingFlags.defaults.gradientWire.rawValue
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
     @Flag(inversion: .prefixedNo, help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
+    @Flag(inversion: .prefixedNo, help: "ZeRO stage 1: each rank keeps the optimizer state (Adam's moments, SGD's velocity) of 1/N of the parameters; gradients are reduce-scattered and the updated weights allgathered. Checkpoints are the same as without it. Not with --gradient-precision fp16.")
+    var shardOptimizer = TrainingFlags.defaults.shardOptimizer
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
     @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
     @Option(help: "Multiply the base learning rate by --plateau-factor after N epochs without improvement (Keras ReduceLROnPlateau); any --lr-schedule and --warmup-epochs then shape the lowered base.") var plateauPatience: Int?
@@ -83,15 +85,18 @@ struct TrainingFlags: ParsableArguments {
             throw ValidationError("--gradient-precision must be fp32, bf16 or fp16, not '\(gradientPrecision)'")
         }
         if wire == .float16 && !GradientWire.float16Available { throw ValidationError("--gradient-precision fp16 needs Swift's Float16, which Intel Macs lack: use bf16") }
+        if wire == .float16 && shardOptimizer {
+            throw ValidationError("--shard-optimizer cannot send gradients as fp16 (its scale needs the whole summed gradient, which a sharded rank does not receive): use --gradient-precision bf16 or fp32")
+        }
         if let t = blasThreads, t <= 0 { throw ValidationError("--blas-threads must be positive") }
     }
 
-    /// The optimizer the flags name, over `count` parameters.
-    func makeOptimizer(parameterCount count: Int) -> any Optimizer {
+    /// The optimizer the flags name, over `count` parameters, keeping state for `shard` (default: all of them).
+    func makeOptimizer(parameterCount count: Int, shard: Range<Int>? = nil) -> any Optimizer {
         switch optimizer {
-        case "sgd": return SGD(parameterCount: count, learningRate: lr, momentum: momentum, weightDecay: weightDecay)
-        case "adamw": return Adam.adamW(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
-        default: return Adam(parameterCount: count, learningRate: lr, weightDecay: weightDecay)
+        case "sgd": return SGD(parameterCount: count, learningRate: lr, momentum: momentum, weightDecay: weightDecay, shard: shard)
+        case "adamw": return Adam.adamW(parameterCount: count, learningRate: lr, weightDecay: weightDecay, shard: shard)
+        default: return Adam(parameterCount: count, learningRate: lr, weightDecay: weightDecay, shard: shard)
         }
     }
 
@@ -116,6 +121,7 @@ struct TrainingFlags: ParsableArguments {
         o.skipNonFinite = skipNonfinite
         o.keepCheckpoints = keepCheckpoints
         o.synchronizeBatchNorm = syncBn
+        o.shardOptimizer = shardOptimizer
         o.earlyStoppingPatience = earlyStopping
         o.minDelta = minDelta ?? o.minDelta
         o.reduceOnPlateau = plateauPatience.map {
@@ -265,7 +271,8 @@ struct TrainCommand: ParsableCommand {
                     config.anchorSizes = sizes
                 }
                 let network = try family.build(config, seed: flags.seed)
-                let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count)
+                let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count,
+                                                    shard: Trainer.optimizerShard(parameterCount: network.parameters.count, world: world, options: flags.options))
                 if let ranks, ranks != world.size, world.isRoot {
                     Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
                 }
@@ -299,7 +306,7 @@ struct TrainCommand: ParsableCommand {
                 var replicaCount = replicas ?? 1
                 if let replicas, replicas > 1 {
                     Trainer.printLine("replicas: \(replicas) on threads of this process, one thread each (--replicas \(replicas))")
-                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1
+                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1 && !flags.shardOptimizer
                             && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count
                             && ReplicaCalibration.copiesFit(parameters: network.parameters.count, optimizerBuffers: optimizer.state.count,
                                                             replicas: BLAS.threadCount) {

@@ -49,6 +49,61 @@ private func store(_ values: [Float], grads: [Float]) -> ParameterStore {
         #expect(adam.stepCount == 3)
     }
 
+    /// ZeRO's ranges: end to end, as equal as 64-element blocks allow, starting at multiples of 64, empty ones last.
+    @Test func shardRangesCoverTheLayout() {
+        #expect(OptimizerShards.ranges(parameterCount: 1000, ranks: 3) == [0..<320, 320..<640, 640..<1000])
+        #expect(OptimizerShards.ranges(parameterCount: 100, ranks: 3) == [0..<0, 0..<64, 64..<100])
+        #expect(OptimizerShards.ranges(parameterCount: 0, ranks: 2) == [0..<0, 0..<0])
+        for (count, ranks) in [(268_718_623, 2), (12_345, 3), (63, 4), (64 * 7, 7)] {
+            let ranges = OptimizerShards.ranges(parameterCount: count, ranks: ranks)
+            #expect(ranges.first?.lowerBound == 0 && ranges.last?.upperBound == count)
+            for (a, b) in zip(ranges, ranges.dropFirst()) { #expect(a.upperBound == b.lowerBound) }
+            #expect(ranges.allSatisfy { $0.lowerBound % 64 == 0 })
+            let sizes = ranges.map(\.count)
+            #expect((sizes.max() ?? 0) - (sizes.min() ?? 0) <= 64 + count % 64)
+        }
+    }
+
+    /// Optimizers over the shards of 3 ranks, each stepping its range with its own state, give the bits one optimizer
+    /// over every parameter gives (SGD with Nesterov momentum and weight decay, Adam with coupled decay, AdamW), with
+    /// each build of the update loop this CPU runs; the other ranks' ranges are left untouched.
+    @Test(arguments: KernelDispatch.supported) func shardedStepsGiveTheUnshardedBits(_ level: KernelDispatch.Level) {
+        let count = 64 * 37 + 29
+        let initial = (0..<count).map { Float(sin(Double($0) * 0.37)) }
+        for kind in 0..<3 {
+            func make(_ shard: Range<Int>?) -> any Optimizer {
+                switch kind {
+                case 0: return SGD(parameterCount: count, learningRate: 0.1, momentum: 0.9, weightDecay: 0.01, nesterov: true, shard: shard)
+                case 1: let a = Adam(parameterCount: count, learningRate: 0.01, weightDecay: 0.02, shard: shard); a.kernels = level; return a
+                default: let a = Adam.adamW(parameterCount: count, learningRate: 0.01, shard: shard); a.kernels = level; return a
+                }
+            }
+            let whole = store(initial, grads: initial)
+            let reference = make(nil)
+            let ranges = OptimizerShards.ranges(parameterCount: count, ranks: 3)
+            let parts = ranges.map { (store: store(initial, grads: initial), optimizer: make($0)) }
+            for step in 0..<4 {
+                let g = (0..<count).map { Float(cos(Double($0 * (step + 1)) * 0.11)) }
+                for i in 0..<count { whole.gradients.pointer[i] = g[i] }
+                reference.step(whole, gradientScale: 0.5)
+                for part in parts {
+                    for i in 0..<count { part.store.gradients.pointer[i] = g[i] }
+                    part.optimizer.step(part.store, gradientScale: 0.5)
+                }
+            }
+            let expected = whole.values.toArray()
+            for (range, part) in zip(ranges, parts) {
+                let got = part.store.values.toArray()
+                #expect(Array(got[range]) == Array(expected[range]), "optimizer \(kind), shard \(range)")
+                #expect(Array(got[..<range.lowerBound]) == Array(initial[..<range.lowerBound]))
+                #expect(Array(got[range.upperBound...]) == Array(initial[range.upperBound...]))
+                for ((_, mine), (_, all)) in zip(part.optimizer.state, reference.state) {
+                    #expect(mine.toArray() == Array(all.toArray()[range]))
+                }
+            }
+        }
+    }
+
     @Test func adamWDecaysDecoupled() {
         let s = store([1], grads: [0])
         let adamw = Adam.adamW(parameterCount: 1, learningRate: 0.1, weightDecay: 0.5)

@@ -11,6 +11,15 @@ import Testing
         #expect(r.output.components(separatedBy: "collectives ok").count - 1 == ranks)
     }
 
+    /// ZeRO's reduce-scatter, allgather and gather in rounds of 1,000 elements over parts of unequal lengths (an
+    /// empty one on 3 ranks), so that a round boundary falls inside a rank's part (check-mpi's hand-computed sums).
+    @Test(arguments: [2, 3])
+    func shardedCollectivesInRounds(ranks: Int) throws {
+        let r = try mpirun(ranks, ["check-mpi", "--count", "10007", "--round", "1000"])
+        #expect(r.status == 0, "\(r.output)\(r.error)")
+        #expect(r.output.components(separatedBy: "collectives ok").count - 1 == ranks)
+    }
+
     /// `--replicas 1`: the one-process runs are the reference of one replica at the full batch (without it, one process
     /// may choose two replicas, which train what two ranks train).
     func trainArguments(_ data: String, _ out: String, extra: [String] = []) -> [String] {

@@ -11,11 +11,38 @@ public protocol Optimizer: AnyObject {
     var learningRate: Float { get set }
     /// Number of updates applied so far (Adam's bias correction depends on it; checkpointed).
     var stepCount: Int { get set }
-    /// Named state buffers of the parameter layout, for checkpoints.
+    /// Named state buffers of the parameter layout, for checkpoints: each holds `shard.count` values, those of the
+    /// parameters in `shard`.
     var state: [(name: String, storage: FloatStorage)] { get }
-    /// Applies one update to `store.values` from `gradientScale * store.gradients`. The scale lets a data-parallel
-    /// trainer turn summed gradients into their average inside this pass instead of a separate one over memory.
+    /// The range of the flat parameter layout this optimizer keeps state for and updates: all of it, or one rank's
+    /// part under ZeRO stage 1 (`OptimizerShards`, `--shard-optimizer`).
+    var shard: Range<Int> { get }
+    /// Applies one update to `store.values[shard]` from `gradientScale * store.gradients[shard]`. The scale lets a
+    /// data-parallel trainer turn summed gradients into their average inside this pass instead of a separate one over memory.
     func step(_ store: ParameterStore, gradientScale: Float)
+}
+
+/// ZeRO stage 1's partition of the flat parameter layout (Rajbhandari et al. 2020; DeepSpeed flattens and partitions
+/// alike): rank r of n owns one contiguous range, keeps the optimizer state of that range only and updates only its
+/// weights. The ranges are as equal as blocks of `alignment` elements allow, whatever the parameters' boundaries:
+/// Starling's optimizers are element-wise over flat buffers, so a range may cut a tensor anywhere, and a model whose
+/// one layer holds most of the weights (yolov1's 205 M-weight fully connected layer of 269 M) still splits evenly,
+/// where PyTorch's ZeroRedundancyOptimizer, which hands out whole parameters, would leave one rank most of the state.
+/// Ranges start at multiples of 64 elements, as `Parallel.forEachAlignedChunk`'s do, so every element is updated in
+/// the same vector lane and loop part as on one rank: a sharded step gives the same bits as an unsharded one.
+public enum OptimizerShards {
+    public static let alignment = 64
+
+    /// The n ranges, in rank order, end to end over 0..<parameterCount (a range is empty when there are fewer blocks than ranks).
+    public static func ranges(parameterCount: Int, ranks: Int) -> [Range<Int>] {
+        precondition(parameterCount >= 0 && ranks > 0, "a parameter count and at least one rank")
+        let blocks = (parameterCount + alignment - 1) / alignment
+        return (0..<ranks).map { r in
+            let lower = min(parameterCount, r * blocks / ranks * alignment)
+            let upper = min(parameterCount, (r + 1) * blocks / ranks * alignment)
+            return lower..<upper
+        }
+    }
 }
 
 extension Optimizer {
@@ -30,23 +57,30 @@ public final class SGD: Optimizer {
     public let weightDecay: Float
     public let nesterov: Bool
     public var stepCount = 0
+    public let parameterCount: Int
+    public let shard: Range<Int>
     private let velocity: FloatStorage
 
-    public init(parameterCount: Int, learningRate: Float, momentum: Float = 0, weightDecay: Float = 0, nesterov: Bool = false) {
+    /// `shard` (default: every parameter) is the range this optimizer keeps velocities for and updates.
+    public init(parameterCount: Int, learningRate: Float, momentum: Float = 0, weightDecay: Float = 0, nesterov: Bool = false,
+                shard: Range<Int>? = nil) {
         self.learningRate = learningRate
         self.momentum = momentum
         self.weightDecay = weightDecay
         self.nesterov = nesterov
-        velocity = FloatStorage(count: parameterCount)
+        self.parameterCount = parameterCount
+        self.shard = shard ?? 0..<parameterCount
+        precondition(self.shard.lowerBound >= 0 && self.shard.upperBound <= parameterCount, "shard outside the parameters")
+        velocity = FloatStorage(count: self.shard.count)
     }
 
     public var state: [(name: String, storage: FloatStorage)] { [("velocity", velocity)] }
 
     public func step(_ store: ParameterStore, gradientScale: Float) {
-        precondition(store.count == velocity.count, "optimizer built for another parameter layout")
-        let w = store.values.pointer, g = store.gradients.pointer, v = velocity.pointer
+        precondition(store.count == parameterCount, "optimizer built for another parameter layout")
+        let w = store.values.pointer + shard.lowerBound, g = store.gradients.pointer + shard.lowerBound, v = velocity.pointer
         let (lr, mu, wd, nesterov) = (learningRate, momentum, weightDecay, nesterov)
-        Parallel.forEachAlignedChunk(of: store.count, work: 3 * store.count) { r in
+        Parallel.forEachAlignedChunk(of: shard.count, work: 3 * shard.count) { r in
             for i in r {
                 let grad = gradientScale * g[i] + wd * w[i]
                 let vel = mu * v[i] + grad
@@ -70,45 +104,51 @@ public final class Adam: Optimizer {
     public var stepCount = 0
     /// Which build of the update loop runs (`KernelDispatch`); tests pin it to compare the two.
     public var kernels = KernelDispatch.current
+    public let parameterCount: Int
+    public let shard: Range<Int>
     private let m: FloatStorage, v: FloatStorage
 
     /// Keras's epsilon for Adam and AdamW alike (PyTorch's is 1e-8): the one value both of Starling's variants
     /// default to, so `adam` and `adamw` differ only in how they apply weight decay.
     public static let kerasEpsilon: Float = 1e-7
 
-    /// Keras's defaults: beta1 0.9, beta2 0.999, epsilon 1e-7.
+    /// Keras's defaults: beta1 0.9, beta2 0.999, epsilon 1e-7. `shard` (default: every parameter) is the range this
+    /// optimizer keeps moments for and updates.
     public init(parameterCount: Int, learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999,
-                epsilon: Float = Adam.kerasEpsilon, weightDecay: Float = 0, decoupled: Bool = false) {
+                epsilon: Float = Adam.kerasEpsilon, weightDecay: Float = 0, decoupled: Bool = false, shard: Range<Int>? = nil) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
         self.weightDecay = weightDecay
         self.decoupled = decoupled
-        m = FloatStorage(count: parameterCount)
-        v = FloatStorage(count: parameterCount)
+        self.parameterCount = parameterCount
+        self.shard = shard ?? 0..<parameterCount
+        precondition(self.shard.lowerBound >= 0 && self.shard.upperBound <= parameterCount, "shard outside the parameters")
+        m = FloatStorage(count: self.shard.count)
+        v = FloatStorage(count: self.shard.count)
     }
 
     /// AdamW with Keras's epsilon, as `starling train --optimizer adamw` builds it.
-    public static func adamW(parameterCount: Int, learningRate: Float = 1e-3, weightDecay: Float = 1e-2) -> Adam {
-        Adam(parameterCount: parameterCount, learningRate: learningRate, epsilon: kerasEpsilon, weightDecay: weightDecay, decoupled: true)
+    public static func adamW(parameterCount: Int, learningRate: Float = 1e-3, weightDecay: Float = 1e-2, shard: Range<Int>? = nil) -> Adam {
+        Adam(parameterCount: parameterCount, learningRate: learningRate, epsilon: kerasEpsilon, weightDecay: weightDecay, decoupled: true, shard: shard)
     }
 
     public var state: [(name: String, storage: FloatStorage)] { [("m", m), ("v", v)] }
 
     public func step(_ store: ParameterStore, gradientScale: Float) {
-        precondition(store.count == m.count, "optimizer built for another parameter layout")
+        precondition(store.count == parameterCount, "optimizer built for another parameter layout")
         stepCount += 1
         let t = Double(stepCount)
         let correction = Float((1 - pow(Double(beta2), t)).squareRoot() / (1 - pow(Double(beta1), t)))
         let lrT = learningRate * correction
-        let w = store.values.pointer, g = store.gradients.pointer, mp = m.pointer, vp = v.pointer
+        let w = store.values.pointer + shard.lowerBound, g = store.gradients.pointer + shard.lowerBound, mp = m.pointer, vp = v.pointer
         let (b1, b2, eps, wd, lr) = (beta1, beta2, epsilon, weightDecay, learningRate)
         let coupledDecay: Float = decoupled ? 0 : wd
         let decoupledDecay: Float = decoupled ? lr * wd : 0
         // Parameter by parameter, so over the process's threads in aligned ranges (the same bits for any count).
         let kernels = kernels
-        Parallel.forEachAlignedChunk(of: store.count, work: 4 * store.count) { r in
+        Parallel.forEachAlignedChunk(of: shard.count, work: 4 * shard.count) { r in
             let o = r.lowerBound
             KernelDispatch.adam(r.count, weights: w + o, gradients: g + o, m: mp + o, v: vp + o, gradientScale: gradientScale,
                                 beta1: b1, beta2: b2, epsilon: eps, correctedRate: lrT, coupledDecay: coupledDecay,
