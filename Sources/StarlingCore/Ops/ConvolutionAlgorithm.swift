@@ -65,7 +65,7 @@ public enum WinogradSetting: String, Sendable, Equatable {
 /// go through the batch in chunks of images that fit (`ConvGeometry.dnnlChunk(_:layouts:)`).
 public enum WinogradCallBudget {
     /// Chosen by measurement (BENCHMARKS.md, "Winograd's scratch capped").
-    public static let defaultMegabytes = 64
+    public static let defaultMegabytes = 128
 
     static let selected: Result<Int, WinogradCallBudgetError> = parse(getenv("STARLING_WINOGRAD_CALL_MB").map { String(cString: $0) })
 
