@@ -239,8 +239,11 @@ public final class Trainer {
             if let i = firstNonFiniteIndex(g + mine.lowerBound, count: mine.count) { local = [Double(mine.lowerBound + i), Double(g[mine.lowerBound + i])] }
             watchdog.at("the non-finite gradient check", step: state.step)
             let all = try world.allgather(local)
-            for q in 0..<world.size where all[2 * q] >= 0 && (found == nil || Int(all[2 * q]) < found!.index) {
-                found = (Int(all[2 * q]), Float(all[2 * q + 1]))
+            // The lowest index over the ranks, so that every rank names the same parameter.
+            for q in 0..<world.size where all[2 * q] >= 0 {
+                let index = Int(all[2 * q])
+                if let earlier = found, earlier.index <= index { continue }
+                found = (index, Float(all[2 * q + 1]))
             }
         } else if let i = firstNonFiniteIndex(g, count: store.count) {
             found = (i, g[i])
