@@ -164,6 +164,36 @@ public final class InProcessCollective: Collective, @unchecked Sendable {
         }
     }
 
+    /// `reduce` for the gradients' float sum, the collective every training step runs: the same additions in the same
+    /// order (replica 0's value, plus replica 1's, ...), over blocks of a stack buffer in plain loops that vectorise,
+    /// instead of a closure called per element (deep-ae's 222k gradients on two replicas: the sum was most of the
+    /// step's 0.6 ms of collective wait).
+    private func sum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        if size == 1 { return }
+        try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer)) { pointers, _ in
+            let range = group.share(of: count, rank: rank)
+            let block = 2048
+            withUnsafeTemporaryAllocation(of: UnsafeMutablePointer<Float>.self, capacity: pointers.count) { buffers in
+                for (r, p) in pointers.enumerated() { buffers[r] = p!.assumingMemoryBound(to: Float.self) }
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { totalBuffer in
+                    let total = totalBuffer.baseAddress!
+                    var start = range.lowerBound
+                    while start < range.upperBound {
+                        let n = Swift.min(block, range.upperBound - start)
+                        let first = buffers[0] + start
+                        for j in 0..<n { total[j] = first[j] }
+                        for r in 1..<buffers.count {
+                            let other = buffers[r] + start
+                            for j in 0..<n { total[j] += other[j] }
+                        }
+                        for r in 0..<buffers.count { (buffers[r] + start).update(from: total, count: n) }
+                        start += n
+                    }
+                }
+            }
+        }
+    }
+
     private static func combiner<T: FloatingPoint>(_ op: CollectiveOperation) -> (T, T) -> T {
         switch op {
         case .sum: return { $0 + $1 }
@@ -173,7 +203,9 @@ public final class InProcessCollective: Collective, @unchecked Sendable {
     }
 
     public func allreduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, _ op: CollectiveOperation) throws {
-        try observed("an in-process allreduce of \(count) floats") { try reduce(buffer, count: count, Self.combiner(op)) }
+        try observed("an in-process allreduce of \(count) floats") {
+            if op == .sum { try sum(buffer, count: count) } else { try reduce(buffer, count: count, Self.combiner(op)) }
+        }
     }
 
     public func allreduce(_ values: inout [Double], _ op: CollectiveOperation) throws {

@@ -31,6 +31,24 @@ import StarlingDistributed
         for result in sums { #expect(try result.get() == zip(a, b).map { $0 + $1 }) }
     }
 
+    /// The float sum runs in blocks of a stack buffer: across several blocks, with a share that ends mid-block, each
+    /// element is still replica 0's value plus replica 1's plus replica 2's, in that order (large and small values mixed
+    /// so that another order would round differently), on every replica.
+    @Test func floatSumsAcrossBlocksInReplicaOrder() throws {
+        let count = 9_001
+        let inputs = (0..<3).map { r in
+            (0..<count).map { i -> Float in r == 1 ? Float((i % 7) + 1) * 0.3 : (i % 2 == r / 2 ? 1e8 : -1e8) + Float(i % 5) }
+        }
+        let expected = (0..<count).map { i in (inputs[0][i] + inputs[1][i]) + inputs[2][i] }
+        let results = InProcessGroup(size: 3).run { member -> [Float] in
+            var values = inputs[member.rank]
+            try values.withUnsafeMutableBufferPointer { try member.allreduce($0.baseAddress!, count: count, .sum) }
+            return values
+        }
+        for (r, result) in results.enumerated() { #expect(try result.get() == expected, "replica \(r)") }
+        #expect(expected != (0..<count).map { i in inputs[0][i] + (inputs[1][i] + inputs[2][i]) })
+    }
+
     /// bfloat16 sums widen, add in replica order and round after each addition: 1 + (1 + 2^-7) is a tie that rounds to
     /// even (2), and with a third replica's 2^-7 the total is 2 + 2^-7 rounded again (2), not (1 + 2^-7 + 2^-7) + 1.
     @Test func halfPrecisionSums() throws {
