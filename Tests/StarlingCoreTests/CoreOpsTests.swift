@@ -26,11 +26,20 @@ import Glibc
     }
 
     @Test func linearReLUGradient() {
-        // Values spread so that about half the pre-activations are negative, none within eps of the kink.
-        let x = randomVariable([6, 5], seed: 6), w = randomVariable([5, 7], seed: 7), b = randomVariable([7], seed: 8)
-        let z = GradMode.disabled { x.linear(w, b) }
-        #expect(z.toArray().contains { $0 < -0.05 } && z.toArray().contains { $0 > 0.05 })
-        #expect(!z.toArray().contains { abs($0) < 0.02 })
+        // Random x and W; each output's bias is shifted so that no pre-activation lies within 0.05 of the kink, where a
+        // finite difference of eps 0.01 would straddle it.
+        let (rows, n) = (6, 7)
+        let x = randomVariable([rows, 5], seed: 6), w = randomVariable([5, n], seed: 7)
+        let product = GradMode.disabled { x.matmul(w) }.toArray()
+        var bias = randomValues(n, seed: 8)
+        for j in 0..<n {
+            let shifts: [Float] = [0, 0.1, -0.1, 0.2, -0.2, 0.3, -0.3, 0.4, -0.4]
+            bias[j] += shifts.first { s in (0..<rows).allSatisfy { abs(product[$0 * n + j] + bias[j] + s) >= 0.05 } } ?? 0
+        }
+        let b = Tensor.variable(shape: [n], values: bias)
+        let z = GradMode.disabled { x.linear(w, b) }.toArray()
+        #expect(z.contains { $0 < -0.05 } && z.contains { $0 > 0.05 })
+        #expect(!z.contains { abs($0) < 0.05 })
         checkGradients([x, w, b]) { $0[0].linearReLU($0[1], $0[2]) }
     }
 
