@@ -73,6 +73,7 @@ struct BenchCommand: ParsableCommand {
             }
             if only == "gemm" { printGEMMTable() }
             if only == "gemm-deep-ae" {
+                guard rounds >= 1 else { throw ValidationError("--rounds \(rounds): at least 1") }
                 let sizes = [784, 128, 64, 32, 64, 128, 784]
                 printGEMMTable(GEMMBenchmark.denseStep(name: "deep-ae", sizes: sizes, batch: 128)
                                + GEMMBenchmark.denseStep(name: "deep-ae", sizes: sizes, batch: 256), rounds: rounds)
@@ -303,7 +304,7 @@ struct BenchCommand: ParsableCommand {
         print("sgemm GFLOP/s, \(BLAS.threadCount) thread(s), best of \(rounds) interleaved rounds [min-max]; OpenBLAS core \(BLAS.coreName), oneDNN \(DNNLActivation.instructionSet), CPU \(VectorISA.thisCPU):")
         print("| shape | OpenBLAS \(BLAS.coreName) | dnnl_sgemm | dnnl / OpenBLAS |")
         print("|---|---|---|---|")
-        for row in GEMMBenchmark.run(shapes: shapes, rounds: max(1, rounds)) {
+        for row in GEMMBenchmark.run(shapes: shapes, rounds: rounds) {
             let open = row.rounds[.openblas] ?? [], dnnl = row.rounds[.dnnl] ?? []
             func cell(_ v: [Double]) -> String { String(format: "%.1f [%.1f-%.1f]", v.max() ?? 0, v.min() ?? 0, v.max() ?? 0) }
             print("| \(row.shape.label) | \(cell(open)) | \(cell(dnnl)) | " + String(format: "%.2f", (dnnl.max() ?? 0) / max(open.max() ?? 1, 1e-9)) + " |")
