@@ -180,7 +180,7 @@ import StarlingDistributed
     func replicasMatchRanksAndOneProcess(family: String) throws {
         let data = try Fixture.sampleHDF5()
         let dir = Fixture.temporaryDirectory("replicas-\(family)")
-        let one = try run(Fixture.starling, arguments(family, data, dir + "/one", extra: ["--replicas", "1"]))
+        let one = try run(Fixture.starling, arguments(family, data, dir + "/one", extra: ["--replicas", "1", "--blas-threads", "1"]))
         #expect(one.status == 0, "\(one.error)")
         let replicas = try run(Fixture.starling, arguments(family, data, dir + "/replicas", extra: ["--replicas", "2"]))
         #expect(replicas.status == 0, "\(replicas.output)\(replicas.error)")
@@ -191,9 +191,13 @@ import StarlingDistributed
         let (a, b, c) = (try weights(dir + "/one/\(family)-last.h5"), try weights(dir + "/replicas/\(family)-last.h5"),
                          try weights(dir + "/ranks/\(family)-last.h5"))
         #expect(b == c, "2 replicas and 2 ranks differ: \(maxRelativeDifference(b, c))")
-        // oneDNN's weight gradients sum a batch of 48 in another order than one of 96: conv-ae to the looser bound
-        // the convolutional 2-rank tests use.
-        #expect(maxRelativeDifference(a, b) < (family == "conv-ae" ? 1e-4 : 1e-5))
+        // One process on one thread (pinned: the thread calibration may run early steps on two, whose oneDNN weight
+        // gradients sum in yet another order) sums a batch of 96 where the replicas sum two of 48: the same model to
+        // rounding. oneDNN's weight gradients (conv-ae) and vae's sampled latent, through Adam's nearly sign-like steps
+        // on small gradients, carry that rounding further: on Zen 3's 8-lane sums vae came to 6.4e-5 after 20 steps
+        // (on Zen 4's 16-lane ones under 1e-5), so those two get the looser bound the convolutional 2-rank tests use.
+        // A wrong split of the batch or the noise errs by 1e-2 or more.
+        #expect(maxRelativeDifference(a, b) < (["conv-ae", "vae"].contains(family) ? 1e-4 : 1e-5))
         let logs = try [dir + "/replicas", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/\(family)-log.csv", encoding: .utf8) }
         let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
         #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
