@@ -262,6 +262,105 @@ public final class InProcessCollective: Collective, @unchecked Sendable {
     }
 }
 
+// MARK: ZeRO's collectives over a buffer split into replicas' parts (`--shard-optimizer` with `--replicas`)
+//
+// Each replica does its own part's work: a reduce-scatter's replica sums its part over every replica's buffer (in
+// replica order, as the allreduce does, so two replicas give MPI's bits) and writes it into its own buffer only; an
+// allgather's replica copies the other replicas' parts into its own buffer. A replica writes only its own buffer, and
+// only where no other replica reads, so the replicas never race.
+extension InProcessCollective: ShardingCollective {
+    /// Where each replica's part starts in the buffer, and the end: counts.count + 1 entries.
+    private static func offsets(_ counts: [Int]) -> [Int] {
+        var offsets = [0]
+        for c in counts { offsets.append(offsets[offsets.count - 1] + c) }
+        return offsets
+    }
+
+    /// Posts `pointer` with this replica's `counts`, checks every replica's counts are the same (MPI's contract, which
+    /// MPI itself may not catch), and runs `body` with every replica's pointer.
+    private func exchangeParts(_ pointer: UnsafeMutableRawPointer?, counts: [Int], _ call: String,
+                               _ body: ([UnsafeMutableRawPointer?], [Int]) throws -> Void) throws {
+        precondition(counts.count == size && counts.allSatisfy { $0 >= 0 }, "one non-negative count a replica")
+        try observed("an in-process \(call) of \(counts.reduce(0, +)) values") {
+            try group.exchange(rank: rank, pointer, value: counts) { pointers, posted in
+                guard posted.allSatisfy({ ($0 as? [Int]) == counts }) else {
+                    throw ReplicaFailure(rank: rank, message: "a \(call) over parts \(counts) met replicas with \(posted.map { ($0 as? [Int]) ?? [] })")
+                }
+                try body(pointers, Self.offsets(counts))
+            }
+        }
+    }
+
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        if size == 1 { return }
+        try exchangeParts(UnsafeMutableRawPointer(buffer), counts: counts, "reduce-scatter") { pointers, offsets in
+            let buffers = pointers.map { $0!.assumingMemoryBound(to: Float.self) }
+            let first = buffers[0], replicas = buffers.count
+            for i in offsets[rank]..<offsets[rank + 1] {
+                var total = first[i]
+                for r in 1..<replicas { total += buffers[r][i] }
+                buffer[i] = total
+            }
+        }
+    }
+
+    /// Widened, added in float32 in replica order and rounded back after each addition, as the 16-bit allreduce.
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws {
+        if size == 1 { return }
+        try exchangeParts(UnsafeMutableRawPointer(buffer), counts: counts, "\(wire.rawValue) reduce-scatter") { pointers, offsets in
+            let buffers = pointers.map { $0!.assumingMemoryBound(to: UInt16.self) }
+            let first = buffers[0], replicas = buffers.count
+            let part = offsets[rank]..<offsets[rank + 1]
+            if wire == .bfloat16 {
+                for i in part {
+                    var total = first[i]
+                    for r in 1..<replicas { total = GradientWire.bfloat16Bits(GradientWire.bfloat16Value(total) + GradientWire.bfloat16Value(buffers[r][i])) }
+                    buffer[i] = total
+                }
+            } else {
+                for i in part {
+                    var total = first[i]
+                    for r in 1..<replicas { total = GradientWire.float16Bits(GradientWire.float16Value(total) + GradientWire.float16Value(buffers[r][i])) }
+                    buffer[i] = total
+                }
+            }
+        }
+    }
+
+    /// Runs when waited for (or tested), as the in-process allreduces do.
+    public func startReduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> any CollectiveRequest {
+        DeferredRequest { try self.reduceScatter(buffer, counts: counts) }
+    }
+
+    public func startReduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws -> any CollectiveRequest {
+        DeferredRequest { try self.reduceScatter(buffer, counts: counts, wire: wire) }
+    }
+
+    public func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        if size == 1 { return }
+        try exchangeParts(UnsafeMutableRawPointer(buffer), counts: counts, "allgather") { pointers, offsets in
+            for q in 0..<size where q != rank && counts[q] > 0 {
+                let source = pointers[q]!.assumingMemoryBound(to: Float.self)
+                (buffer + offsets[q]).update(from: source + offsets[q], count: counts[q])
+            }
+        }
+    }
+
+    public func gather(_ part: UnsafePointer<Float>, counts: [Int], into buffer: UnsafeMutablePointer<Float>?, root: Int) throws {
+        precondition(rank != root || buffer != nil, "the root needs a buffer to gather into")
+        if size == 1 {
+            if let buffer { buffer.update(from: part, count: counts[0]) }
+            return
+        }
+        try exchangeParts(UnsafeMutableRawPointer(mutating: part), counts: counts, "gather") { pointers, offsets in
+            guard rank == root, let buffer else { return }
+            for q in 0..<size where counts[q] > 0 {
+                (buffer + offsets[q]).update(from: pointers[q]!.assumingMemoryBound(to: Float.self), count: counts[q])
+            }
+        }
+    }
+}
+
 /// An in-process allreduce that runs when first waited for or tested.
 final class DeferredRequest: CollectiveRequest {
     private var work: (() throws -> Void)?

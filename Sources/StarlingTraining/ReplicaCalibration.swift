@@ -33,22 +33,25 @@ public struct ReplicaCalibration: Sendable {
     /// take at most this share of the machine's memory; beyond it the run keeps one replica without timing.
     public static let memoryShare = 1.0 / 32
 
-    /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer (same seed, so the
-    /// copies start alike).
+    /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer keeping the state of
+    /// the given range (nil: every parameter) (same seed, so the copies start alike).
     /// `slices`: the same batch's `replicas` equal slices in replica order, as the replicas' ranks would read them.
-    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch],
-                               build: () throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
+    /// `shardOptimizer`: the replicas run as `--shard-optimizer` runs them (each optimizer on its range, gradients
+    /// reduce-scattered, weights allgathered after the step), the one replica unsharded.
+    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch], shardOptimizer: Bool = false,
+                               build: (_ shard: Range<Int>?) throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
         precondition(replicas > 1, "a calibration compares several replicas against one")
         var calibration = ReplicaCalibration(replicas: replicas)
         let previousThreads = BLAS.threadCount
         defer { BLAS.setThreadCount(previousThreads) }
-        let single = try build()
-        let copies = try (0..<replicas).map { _ in try build() }
+        let single = try build(nil)
+        let shards = shardOptimizer ? OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas) : nil
+        let copies = try (0..<replicas).map { r in try build(shards?[r]) }
         precondition(slices.count == replicas, "one slice a replica")
 
         let group = InProcessGroup(size: replicas)
         let synchronizers = copies.enumerated().map { r, copy in
-            GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r))
+            GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r), shards: shards)
         }
         let inputs = UncheckedCalibrationInputs(single: single, batch: batch, copies: copies, slices: slices, synchronizers: synchronizers)
         let times = CalibrationTimes()
@@ -80,6 +83,7 @@ public struct ReplicaCalibration: Sendable {
                     loss.backward(onLeafReady: sync.parameterReady)
                     try sync.finish()
                     copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
+                    if let shards { try member.allgather(copy.model.parameters.values.pointer, counts: shards.map(\.count)) }
                 }
                 try member.barrier()
                 return (monotonicSeconds() - start) / Double(steps)
@@ -130,11 +134,13 @@ public struct ReplicaCalibration: Sendable {
         return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
-    /// Whether `replicas` + 1 copies of a model of `parameters` parameters and an optimizer of `optimizerBuffers`
-    /// buffers of as many values fit in `memoryShare` of the machine's memory.
-    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int) -> Bool {
-        let bytes = Double(parameters) * 4 * Double(2 + optimizerBuffers) * Double(replicas + 1)
-        return bytes <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
+    /// Whether `replicas` + 1 copies of a model of `parameters` parameters (weights and gradients) and their
+    /// optimizers of `optimizerBuffers` buffers of as many values fit in `memoryShare` of the machine's memory. With
+    /// `shardOptimizer` the replicas' optimizers hold one copy of the state between them, the one replica another.
+    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int, shardOptimizer: Bool = false) -> Bool {
+        let optimizerCopies = shardOptimizer ? 2 : replicas + 1
+        let values = Double(parameters) * (2 * Double(replicas + 1) + Double(optimizerBuffers * optimizerCopies))
+        return values * 4 <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
     }
 
     /// The faster layout's replica count: `replicas`, or 1 (one replica on `replicas` threads).
