@@ -20,8 +20,13 @@ enum WinogradF2x3 {
     /// stay in L2/L3 between the transform, the GEMMs and the output transform.
     static let blockFloats = 1 << 19
 
-    /// Tiles per block for `channels` (Cin + Cout): `blockFloats` worth, at least 32 (the GEMMs' rows).
-    static func tilesPerBlock(channels: Int) -> Int { Swift.max(32, blockFloats / (16 * channels)) }
+    /// Tiles per block: `blockFloats` worth of transformed tiles, but at least 32 (the GEMMs' rows) and at least
+    /// 2 Cin Cout / (Cin + Cout), so that the transformed weights, read once a block, take at most half the traffic
+    /// of the tiles (yolov3-tiny's 512 -> 1024 at 13 x 13: blocks of 32 tiles read its 32 MB of weights 42 times a
+    /// call and ran 0.73x direct).
+    static func tilesPerBlock(inChannels: Int, outChannels: Int) -> Int {
+        Swift.max(32, blockFloats / (16 * (inChannels + outChannels)), 2 * inChannels * outChannels / (inChannels + outChannels))
+    }
 
     /// U[e][k][n] = (G g G^T)[e] for the 16 elements e of the 4 x 4 transformed kernel, as 16 row-major [K x N] matrices
     /// (`u` holds 16 K N floats), from OIHW weights w[o][c][3][3]. Forward: K = Cin (c), N = Cout (o). `rotated` (the
@@ -68,7 +73,7 @@ enum WinogradF2x3 {
         let (tileRows, tileColumns) = ((outHeight + 1) / 2, (outWidth + 1) / 2)
         let tilesPerImage = tileRows * tileColumns, tiles = images * tilesPerImage
         guard tiles > 0 else { return }
-        let block = Swift.min(tiles, tilesPerBlock ?? Self.tilesPerBlock(channels: inChannels + outChannels))
+        let block = Swift.min(tiles, tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
         let (inBlocks, outBlocks) = (inChannels / 8, outChannels / 8)
         let (inPlane, outPlane) = (height * width * 8, outHeight * outWidth * 8)
         // V[e] = [block x inChannels], M[e] = [block x outChannels], e = 0..<16.
@@ -199,11 +204,15 @@ extension ConvGeometry {
     }
 
     /// Where Starling's F(2x2, 3x3) beat the direct path training otherwise runs, per layer and pass, on one thread of
-    /// this AVX2 machine (AMD EPYC family 25 model 1, `bench --only conv-algorithms`; BENCHMARKS.md "Starling's
-    /// Winograd F(2x2, 3x3) on AVX2"). Reads one image's shape and the pass only, as `winogradPays` does.
+    /// this AVX2 machine (AMD EPYC family 25 model 1, loaded by other jobs; `bench --only conv-algorithms --clock cpu`,
+    /// BENCHMARKS.md "Starling's Winograd F(2x2, 3x3) on AVX2"): 1.04-1.30x on the passes that sum over and write 64
+    /// channels or more on maps of 16 to 52 pixels a side (U-Net's up2/up3 levels at width 0.25, yolov3-tiny's conv_6,
+    /// conv_8 and conv_21); 0.37-0.91x with fewer channels (16 or 32: the transforms, whose loops here are baseline
+    /// SIMD, outweigh the 2.25x fewer multiplications when each GEMM sums over 16-32 channels) and on 8 x 8 and
+    /// 13 x 13 maps (the tiles cut at the edge and the weights' transform per call). Reads one image's shape and the
+    /// pass only, as `winogradPays` does, so every rank and thread count runs the same.
     func ownWinogradPays(_ pass: ConvolutionPass) -> Bool {
-        let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
-        return summed >= 32 && written >= 32 && outHeight >= 8 && outWidth >= 8
+        inChannels >= 64 && outChannels >= 64 && outHeight >= 16 && outWidth >= 16
     }
 
     /// The forward pass by Starling's F(2x2, 3x3) when `runsOwnWinograd(.forward, layouts)`: y = conv(x, w) + bias
