@@ -54,8 +54,8 @@ public enum WinogradSetting: String, Sendable, Equatable {
                 return "no Winograd on oneDNN \(DNNLActivation.instructionSet) (oneDNN 2.x has it for AVX-512 only) nor Starling's (its kernels are off)"
             }
             return switch current {
-            case .always: "Starling's Winograd F(2x2, 3x3) on every 3x3 stride-1 8-channel-block pass it takes (STARLING_WINOGRAD=1; oneDNN \(DNNLActivation.instructionSet) has none)"
-            default: "Starling's Winograd F(2x2, 3x3) where it pays (oneDNN \(DNNLActivation.instructionSet) has none; STARLING_WINOGRAD=0 or 1 to change)"
+            case .always: "Starling's Winograd F(2x2, 3x3) on every 3x3 stride-1 8-channel-block forward pass and input gradient (STARLING_WINOGRAD=1; oneDNN \(DNNLActivation.instructionSet) has none)"
+            default: "no Winograd on oneDNN \(DNNLActivation.instructionSet) (AVX-512 only); Starling's F(2x2, 3x3) off, it did not pay in whole steps (STARLING_WINOGRAD=1 runs it)"
             }
         }
         let calls = "at most \(WinogradCallBudget.current >> 20) MB a call (STARLING_WINOGRAD_CALL_MB)"

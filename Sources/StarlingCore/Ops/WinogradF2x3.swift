@@ -190,30 +190,23 @@ extension ConvGeometry {
 
     /// Whether Starling's F(2x2, 3x3) runs `pass` here: a shape it computes, on a CPU where oneDNN has no Winograd of its
     /// own (below AVX-512) and Starling's kernels are on, under `setting` (by default this geometry's `winograd`, else
-    /// STARLING_WINOGRAD's: 0 never, 1 wherever the shape allows, unset where `ownWinogradPays`). `anyCPU` (tests) lets
-    /// it run on AVX-512 CPUs too.
+    /// STARLING_WINOGRAD's): 1 wherever the shape allows, 0 or unset never. Unset is off because it did not pay in
+    /// whole training steps on this AVX2 machine (BENCHMARKS.md "Starling's Winograd F(2x2, 3x3) on AVX2"): alone, on
+    /// one thread, it ran the passes of 64 channels or more on maps of 16-52 pixels 1.05-1.5x as fast as direct (and
+    /// 0.4-0.9x elsewhere), but a U-Net or yolov3-tiny step on 2 threads took about twice the CPU time with those passes
+    /// on it, and on 2 ranks x 1 thread the difference was within the noise of a loaded machine. `anyCPU` (tests)
+    /// lets it run on AVX-512 CPUs too; `forcedForTests` (a task-local) runs it through the ops as
+    /// STARLING_WINOGRAD=1 would on any CPU.
     func runsOwnWinograd(_ pass: ConvolutionPass, _ layouts: DNNLConvPlan.Layouts, setting: WinogradSetting? = nil,
                          anyCPU: Bool = false) -> Bool {
         guard pass != .backwardWeights, ownWinogradShape(layouts) else { return false }
+        if Self.ownWinogradForcedForTests && setting == nil && winograd == nil { return true }
         guard anyCPU || (Self.ownKernels && !DNNLActivation.instructionSet.hasPrefix("avx512")) else { return false }
-        switch setting ?? winograd ?? WinogradSetting.current {
-        case .never: return false
-        case .always: return true
-        case .rule: return ownWinogradPays(pass)
-        }
+        return (setting ?? winograd ?? WinogradSetting.current) == .always
     }
 
-    /// Where Starling's F(2x2, 3x3) beat the direct path training otherwise runs, per layer and pass, on one thread of
-    /// this AVX2 machine (AMD EPYC family 25 model 1, loaded by other jobs; `bench --only conv-algorithms --clock cpu`,
-    /// BENCHMARKS.md "Starling's Winograd F(2x2, 3x3) on AVX2"): 1.04-1.30x on the passes that sum over and write 64
-    /// channels or more on maps of 16 to 52 pixels a side (U-Net's up2/up3 levels at width 0.25, yolov3-tiny's conv_6,
-    /// conv_8 and conv_21); 0.37-0.91x with fewer channels (16 or 32: the transforms, whose loops here are baseline
-    /// SIMD, outweigh the 2.25x fewer multiplications when each GEMM sums over 16-32 channels) and on 8 x 8 and
-    /// 13 x 13 maps (the tiles cut at the edge and the weights' transform per call). Reads one image's shape and the
-    /// pass only, as `winogradPays` does, so every rank and thread count runs the same.
-    func ownWinogradPays(_ pass: ConvolutionPass) -> Bool {
-        inChannels >= 64 && outChannels >= 64 && outHeight >= 16 && outWidth >= 16
-    }
+    /// Set by tests around an op call to run Starling's F(2x2, 3x3) wherever its shape allows, on any CPU.
+    @TaskLocal static var ownWinogradForcedForTests = false
 
     /// The forward pass by Starling's F(2x2, 3x3) when `runsOwnWinograd(.forward, layouts)`: y = conv(x, w) + bias
     /// (rectified with `relu`). False, doing nothing, otherwise.
