@@ -178,10 +178,12 @@ struct BenchCommand: ParsableCommand {
         if let unknown = layers.first(where: { !models.contains($0) }) {
             throw ValidationError("--layers \(unknown): expected one of \(models.sorted().joined(separator: ", "))")
         }
-        print("3x3 convolutions, oneDNN direct against Winograd F(4x4, 3x3), \(rounds) rounds interleaved, \(clock == .cpu ? "process CPU time" : "wall time"), median ms (GFLOP/s), speed-up median (lowest-highest round); \(BLAS.threadCount) thread(s), \(BenchmarkSuite.cpuModel)")
+        let algorithms = DNNLActivation.instructionSet.hasPrefix("avx512") ? "oneDNN direct against Winograd F(4x4, 3x3)"
+            : "the direct path against Starling's Winograd F(2x2, 3x3) (forward and input gradient)"
+        print("3x3 convolutions, \(algorithms), \(rounds) rounds interleaved, \(clock == .cpu ? "process CPU time" : "wall time"), median ms (GFLOP/s), speed-up median (lowest-highest round); \(BLAS.threadCount) thread(s), \(BenchmarkSuite.cpuModel)")
         for layer in ConvAlgorithmBenchmark.layers where layers.isEmpty || layers.contains(layer.model) {
             guard let passes = ConvAlgorithmBenchmark.run(layer, rounds: rounds, clock: clock) else {
-                print("  \(layer.description): no Winograd from oneDNN here")
+                print("  \(layer.description): no Winograd here")
                 continue
             }
             let text = passes.map { p in
