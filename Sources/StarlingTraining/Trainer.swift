@@ -431,6 +431,8 @@ public final class Trainer {
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
         if state.plateau == nil { state.plateau = options.reduceOnPlateau }
+        // Start-up work of the data (a small split read into memory) before the first epoch's clock starts.
+        if let feed { try feed.reading { try train.prepare() } } else { try train.prepare() }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
