@@ -28,11 +28,13 @@ public final class InProcessGroup: @unchecked Sendable {
     private let releasedGeneration = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
 
     /// How long a replica that reaches a rendezvous first polls for the others before it sleeps on the condition
-    /// (`STARLING_REPLICA_SPIN_US` microseconds; 0 sleeps at once). A sleeping replica wakes tens of microseconds after
-    /// the last one arrives, several times a step; the small autoencoders' steps on two replicas last 0.2-1 ms.
+    /// (`STARLING_REPLICA_SPIN_US` microseconds). A sleeping replica wakes tens of microseconds after the last one
+    /// arrives, several times a step, and the small autoencoders' steps on two replicas last 0.2-1 ms; but on a loaded
+    /// 2-core machine 50 us of polling made fc-ae and vae on two replicas slower in every one of 6 interleaved rounds
+    /// (the poller holds a core the late replica needs), so the default is 0: sleep at once. Not yet measured quiet.
     public static let spinSeconds: Double = {
         if let text = ProcessInfo.processInfo.environment["STARLING_REPLICA_SPIN_US"], let us = Double(text), us >= 0 { return us / 1e6 }
-        return 50e-6
+        return 0
     }()
 
     public init(size: Int) {

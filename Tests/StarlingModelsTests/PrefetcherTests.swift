@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import StarlingModels
 import StarlingCore
+import StarlingDistributed
 
 /// The prefetcher's batches are the same, in the same order, whoever makes them: its low-priority thread, or the
 /// consumer when none is ready (issue 18 item 3).
