@@ -99,11 +99,14 @@ public struct ReplicaCalibration: Sendable {
                 if r == 0 { times.record(thread: sizing[0], replica: sizing[1], blockSteps: 1) }
                 return
             }
-            // Short steps: a block of each layout, untimed, before the rounds. One warm-up step left the replicas' later
-            // steps still growing their threads' heaps and faulting pages in, so the rounds timed fc-ae's replicas at
-            // 1.22-1.30 ms a step where the epoch that followed ran 0.93 ms a step on them (BENCHMARKS.md, "Replicas, quiet").
-            _ = try threadBlock(blockSteps)
-            _ = try replicaBlock(blockSteps)
+            // Short steps: a block of each layout, untimed, before the rounds. After one warm-up step the replicas' next
+            // steps may still grow their threads' heaps and fault pages in: the suspected reason the rounds timed fc-ae's
+            // replicas at 1.22-1.30 ms a step where the epoch that followed ran 0.93 ms a step on them (BENCHMARKS.md,
+            // "Replicas, quiet"). Costs about 2 x `targetBlockSeconds`.
+            if perStep < targetBlockSeconds {
+                _ = try threadBlock(blockSteps)
+                _ = try replicaBlock(blockSteps)
+            }
             for round in 0..<rounds {
                 var t = 0.0, p = 0.0
                 if round % 2 == 0 {
