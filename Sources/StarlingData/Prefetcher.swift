@@ -7,13 +7,14 @@ import Glibc
 
 /// Reads the batches of one epoch on a background thread, up to `depth` ahead, so compute does not wait on I/O.
 ///
-/// The thread runs at the lowest priority (nice 19) and the consumer makes a batch itself when none is ready and the
-/// thread is not making it. On two cores, two compute threads (`--blas-threads 2`, or two replicas) and a prefetch
-/// thread of equal weight made three runnable threads: each wake-up of the prefetcher preempted a compute thread in the
-/// middle of its step, and the other replica waited for it at the next sum (issue 18 item 3). At the lowest priority the
-/// thread fills the cores' idle moments (a replica waiting at a collective, the second core of a one-thread run); when
-/// it gets none (a busy machine), the compute thread reads its batch itself rather than waiting for the scheduler to run
-/// the prefetcher. Either way the batches are the same, in the same order.
+/// The consumer makes a batch itself when none is ready and the thread is not making it, rather than wait for the
+/// scheduler to run the thread. With `lowPriority` (the run's compute threads fill the cores) the thread runs at nice 19:
+/// on two cores, two compute threads (`--blas-threads 2`, or two replicas) and a prefetch thread of equal weight made
+/// three runnable threads, each wake-up of the prefetcher preempting a compute thread in the middle of its step while
+/// the other replica waited for it at the next sum (issue 18 item 3); at nice 19 it fills the cores' idle moments (a
+/// replica waiting at a sum). A one-thread run keeps it at the normal priority: there it has a core of its own, and on a
+/// busy machine at nice 19 it got so little CPU that the compute thread made most batches itself (fc-ae's third epoch
+/// 0.87x). Either way the batches are the same, in the same order.
 ///
 /// HDF5 here is the serial library: one thread at a time is inside the source (`producing`), and `finish()` joins the
 /// thread before anyone else reads or writes HDF5 (validation, checkpoints).
@@ -39,7 +40,8 @@ package final class Prefetcher: @unchecked Sendable {
 
     /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`). `depth` 0 reads
     /// nothing ahead: every batch is made by the consumer in `next()`.
-    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int = 2) {
+    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int = 2,
+                 lowPriority: Bool = false) {
         self.depth = depth
         self.steps = steps
         make = { indices in
@@ -53,7 +55,7 @@ package final class Prefetcher: @unchecked Sendable {
             #if canImport(Glibc)
             // On Linux the nice value is a thread's and `who` 0 names the calling thread: the compute threads keep
             // theirs. A refusal leaves the normal priority, which only costs speed.
-            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19)
+            if lowPriority { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19) }
             #endif
             condition.lock()
             while true {
