@@ -12,7 +12,7 @@ import StarlingData
 /// threads. As `ThreadCalibration` does for the thread count, no threshold on FLOPs or elements is involved: the two
 /// layouts each train throwaway copies of the model (built from the run's configuration; the run's own model is not
 /// touched) on the run's first global batch, in interleaved blocks of about `targetBlockSeconds` after an untimed
-/// warm-up step each, `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
+/// warm-up step each (and, for steps shorter than a block, an untimed block each), `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
 /// The step timed is the trainer's (gradients zeroed, forward and loss, backward, the gradients summed over the
 /// replicas, the optimizer step), without the data pipeline, whose prefetch thread both layouts share alike.
 public struct ReplicaCalibration: Sendable {
@@ -102,6 +102,14 @@ public struct ReplicaCalibration: Sendable {
             if perStep >= targetBlockSeconds && perStep >= clearRatio * min(sizing[0], sizing[1]) {
                 if r == 0 { times.record(thread: sizing[0], replica: sizing[1], blockSteps: 1) }
                 return
+            }
+            // Short steps: a block of each layout, untimed, before the rounds. After one warm-up step the replicas' next
+            // steps may still grow their threads' heaps and fault pages in: the suspected reason the rounds timed fc-ae's
+            // replicas at 1.22-1.30 ms a step where the epoch that followed ran 0.93 ms a step on them (BENCHMARKS.md,
+            // "Replicas, quiet"). Costs about 2 x `targetBlockSeconds`.
+            if perStep < targetBlockSeconds {
+                _ = try threadBlock(blockSteps)
+                _ = try replicaBlock(blockSteps)
             }
             for round in 0..<rounds {
                 var t = 0.0, p = 0.0

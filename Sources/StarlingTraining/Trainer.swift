@@ -438,6 +438,8 @@ public final class Trainer {
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
         if state.plateau == nil { state.plateau = options.reduceOnPlateau }
+        // Start-up work of the data (a small split read into memory) before the first epoch's clock starts.
+        if let feed { try feed.reading { try train.prepare() } } else { try train.prepare() }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
@@ -448,17 +450,22 @@ public final class Trainer {
                 let begin = step * options.batchSize + r * local
                 return Array(order[begin..<(begin + local)])
             }
+            // The prefetch thread yields to compute where compute fills the cores (`Prefetcher`): replicas or ranks
+            // times their threads (the thread calibration's choice, or the most it may choose) against the cores.
+            let threads = threadCalibration.map { $0.chosen ?? $0.candidates.max() ?? 1 } ?? BLAS.threadCount
+            let computeThreads = world.size * threads
+            let lowPriority = computeThreads >= ProcessInfo.processInfo.activeProcessorCount
             let reader: any BatchStream
             if let feed {
                 // One prefetcher for every replica: each step's slices in replica order.
                 reader = feed.stream(epoch: epoch, replica: world.rank) {
                     let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }
                     return Prefetcher(source: train, steps: all, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder,
-                                      depth: 2 * world.size)
+                                      depth: 2 * world.size, lowPriority: lowPriority)
                 }
             } else {
                 reader = Prefetcher(source: train, steps: (firstStep..<steps).map { slice($0, world.rank) }, epoch: epoch,
-                                    config: model.config, targetEncoder: model.targetEncoder)
+                                    config: model.config, targetEncoder: model.targetEncoder, lowPriority: lowPriority)
             }
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
