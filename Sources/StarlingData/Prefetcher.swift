@@ -18,14 +18,16 @@ package final class Prefetcher: @unchecked Sendable {
     /// Seconds the consumer spent blocked in `next()`.
     package private(set) var waitSeconds = 0.0
 
-    /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`).
-    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int = 2) {
-        self.depth = depth
+    /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`). `depth` nil: by
+    /// the batch's size (`defaultDepth`).
+    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?,
+                 depth: Int? = nil) {
+        self.depth = depth ?? Self.defaultDepth(batchBytes: (steps.first?.count ?? 0) * config.inputShape.reduce(4, *))
         self.total = steps.count
         let thread = Thread { [self] in
             for indices in steps {
                 condition.lock()
-                while ready.count >= depth && !stopped { condition.wait() }
+                while ready.count >= self.depth && !stopped { condition.wait() }
                 let stop = stopped
                 condition.unlock()
                 if stop { break }
@@ -49,6 +51,12 @@ package final class Prefetcher: @unchecked Sendable {
         thread.stackSize = 1 << 22
         thread.start()
     }
+
+    /// Batches read ahead by default: two, or one for batches of 4 MB and more (detection-size images: SSD7's 16 at
+    /// 300 x 480 are 28 MB). Such a batch takes milliseconds to copy or decode against a step of hundreds, so one
+    /// batch ahead, read while the step runs, leaves the step as little data wait as two, and the second batch was
+    /// peak memory (bench --suite, ssd7 1 x 2: BENCHMARKS.md, "Peak memory at half of PyTorch's on AVX2").
+    package static func defaultDepth(batchBytes: Int) -> Int { batchBytes >= 4 << 20 ? 1 : 2 }
 
     /// The next batch in order; rethrows a read error from the background thread.
     package func next() throws -> Batch {
