@@ -63,7 +63,7 @@ let package = Package(
                                                      "StarlingKernelsAVX512"],
                 swiftSettings: noMathErrno),
         .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib", "CXML2"]),
-        .target(name: "StarlingDistributed", dependencies: ["CMPI"]),
+        .target(name: "StarlingDistributed", dependencies: ["CMPI", "CCPU"]),
         // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.
         .target(name: "ONNXProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Starling's model code, one target per concern, bottom to top: each uses only targets above it in this list (SwiftPM

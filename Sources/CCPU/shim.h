@@ -84,3 +84,16 @@ static inline int starling_cpu_vector_isa(void) {
     return 0;
 #endif
 }
+
+// A word shared between threads, read and written whole with acquire and release order: what a thread spinning on
+// another's progress reads (InProcessGroup's rendezvous), without a lock on every look.
+static inline long long starling_load_acquire(const long long *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void starling_store_release(long long *p, long long v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+// Tells the core this thread is spinning (x86 `pause`), so that it yields to its hyper-thread sibling and leaves the
+// loop without a memory-order flush.
+static inline void starling_spin_pause(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}

@@ -70,6 +70,21 @@ public final class ImageDataset: @unchecked Sendable {
     public var isResident: Bool { resident != nil }
     public var sampleSize: Int { sampleShape.reduce(1, *) }
 
+    /// Reads a split within `residentLimit` into memory now, if it is not yet (the first batch does it otherwise): the
+    /// trainer calls it before an epoch's clock starts, so that the read is not counted as training time.
+    public func loadResident() throws {
+        let size = sampleSize
+        guard resident == nil && count * size <= residentLimit else { return }
+        // In pieces of 4,096 rows: one read of the whole split made HDF5 hold a second copy of it while reading.
+        resident = try [UInt8](unsafeUninitializedCapacity: count * size) { all, initialized in
+            for start in stride(from: 0, to: count, by: 4096) {
+                let rows = start..<Swift.min(count, start + 4096)
+                try images.readRows(rows, into: UnsafeMutableBufferPointer(rebasing: all[(rows.lowerBound * size)..<(rows.upperBound * size)]))
+            }
+            initialized = count * size
+        }
+    }
+
     /// Reads the samples at `indices` as floats in [0, 1] into `out` (indices.count x sampleSize) and returns
     /// their labels if the set has them. Samples come back in ascending index order, each run of consecutive
     /// indices read as one row range: the order inside a batch does not change its gradient, and sorted reads
@@ -82,16 +97,7 @@ public final class ImageDataset: @unchecked Sendable {
             throw DataError(file: path, message: "sample index \(i) out of range 0..<\(count) in /\(split)")
         }
         let need = sorted.count * size
-        if resident == nil && count * size <= residentLimit {
-            // In pieces of 4,096 rows: one read of the whole split made HDF5 hold a second copy of it while reading.
-            resident = try [UInt8](unsafeUninitializedCapacity: count * size) { all, initialized in
-                for start in stride(from: 0, to: count, by: 4096) {
-                    let rows = start..<Swift.min(count, start + 4096)
-                    try images.readRows(rows, into: UnsafeMutableBufferPointer(rebasing: all[(rows.lowerBound * size)..<(rows.upperBound * size)]))
-                }
-                initialized = count * size
-            }
-        }
+        try loadResident()
         if let resident {
             resident.withUnsafeBufferPointer { all in
                 guard let all = all.baseAddress else { return }   // an empty split: no index passed the check above

@@ -1,49 +1,77 @@
 import Foundation
 import StarlingCore
 import StarlingNN
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Reads the batches of one epoch on a background thread, up to `depth` ahead, so compute does not wait on I/O.
 ///
-/// HDF5 here is the serial library: while a prefetcher runs, it is the only code touching its file, and
-/// `finish()` joins the thread before anyone else reads or writes HDF5 (validation, checkpoints).
+/// The consumer makes a batch itself when none is ready and the thread is not making it, rather than wait for the
+/// scheduler to run the thread. With `lowPriority` (the run's compute threads fill the cores) the thread runs at nice 19:
+/// on two cores, two compute threads (`--blas-threads 2`, or two replicas) and a prefetch thread of equal weight made
+/// three runnable threads, each wake-up of the prefetcher preempting a compute thread in the middle of its step while
+/// the other replica waited for it at the next sum (issue 18 item 3); at nice 19 it fills the cores' idle moments (a
+/// replica waiting at a sum). A one-thread run keeps it at the normal priority: there it has a core of its own, and on a
+/// busy machine at nice 19 it got so little CPU that the compute thread made most batches itself (fc-ae's third epoch
+/// 0.87x). Either way the batches are the same, in the same order.
+///
+/// HDF5 here is the serial library: one thread at a time is inside the source (`producing`), and `finish()` joins the
+/// thread before anyone else reads or writes HDF5 (validation, checkpoints).
 package final class Prefetcher: @unchecked Sendable {
     private let condition = NSCondition()
-    private var ready: [Result<Batch, any Error>] = []
-    private var produced = 0
+    // Guarded by `condition`.
+    /// Batches made and not yet taken, by step.
+    private var ready: [Int: Result<Batch, any Error>] = [:]
+    /// Steps handed out to be made (by the thread or the consumer), and steps taken by the consumer.
+    private var claimed = 0
     private var consumed = 0
+    /// Whether a thread is inside the source now.
+    private var producing = false
     private var stopped = false
     private var running = true
     private let depth: Int
-    private let total: Int
-    /// Seconds the consumer spent blocked in `next()`.
+    private let steps: [[Int]]
+    private let make: ([Int]) -> Result<Batch, any Error>
+    /// Seconds the consumer spent in `next()`: waiting for the thread, or making the batch itself.
     package private(set) var waitSeconds = 0.0
+    /// Batches the consumer made itself because none was ready (the rest came from the thread).
+    package private(set) var madeByConsumer = 0
 
-    /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`). `depth` nil: by
-    /// the batch's size (`defaultDepth`).
-    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?,
-                 depth: Int? = nil) {
+    /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`). `depth` 0 reads
+    /// nothing ahead: every batch is made by the consumer in `next()`; nil: by the batch's size (`defaultDepth`).
+    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int? = nil,
+                 lowPriority: Bool = false) {
         self.depth = depth ?? Self.defaultDepth(batchBytes: (steps.first?.count ?? 0) * config.inputShape.reduce(4, *))
-        self.total = steps.count
+        self.steps = steps
+        make = { indices in
+            Result {
+                var batch = try source.batch(indices: indices, epoch: epoch, training: true, config: config)
+                targetEncoder?.encodeTargets(into: &batch)
+                return batch
+            }
+        }
         let thread = Thread { [self] in
-            for indices in steps {
-                condition.lock()
-                while ready.count >= self.depth && !stopped { condition.wait() }
-                let stop = stopped
+            #if canImport(Glibc)
+            // On Linux the nice value is a thread's and `who` 0 names the calling thread: the compute threads keep
+            // theirs. A refusal leaves the normal priority, which only costs speed.
+            if lowPriority { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19) }
+            #endif
+            condition.lock()
+            while true {
+                while !stopped && claimed < self.steps.count && (producing || claimed - consumed >= self.depth) { condition.wait() }
+                if stopped || claimed == self.steps.count { break }
+                let step = claimed
+                claimed += 1
+                producing = true
                 condition.unlock()
-                if stop { break }
-                let result = Result {
-                    var batch = try source.batch(indices: indices, epoch: epoch, training: true, config: config)
-                    targetEncoder?.encodeTargets(into: &batch)
-                    return batch
-                }
+                let result = make(self.steps[step])
                 condition.lock()
-                ready.append(result)
-                produced += 1
+                producing = false
+                ready[step] = result
                 condition.broadcast()
-                condition.unlock()
                 if case .failure = result { break }
             }
-            condition.lock()
             running = false
             condition.broadcast()
             condition.unlock()
@@ -61,18 +89,34 @@ package final class Prefetcher: @unchecked Sendable {
     /// The next batch in order; rethrows a read error from the background thread.
     package func next() throws -> Batch {
         let start = monotonicSeconds()
+        defer { waitSeconds += monotonicSeconds() - start }
         condition.lock()
-        while ready.isEmpty && running { condition.wait() }
-        guard !ready.isEmpty else {
-            condition.unlock()
-            throw TrainingError("data reader stopped after \(produced) of \(total) batches")
+        defer { condition.unlock() }
+        while true {
+            if let result = ready.removeValue(forKey: consumed) {
+                consumed += 1
+                condition.broadcast()
+                return try result.get()
+            }
+            if claimed == consumed && !producing && !stopped && consumed < steps.count {
+                // Nothing made and nobody making it: make it here rather than wait for the thread to be scheduled.
+                let step = claimed
+                claimed += 1
+                producing = true
+                condition.unlock()
+                let result = make(steps[step])
+                condition.lock()
+                producing = false
+                consumed += 1
+                madeByConsumer += 1
+                condition.broadcast()
+                return try result.get()
+            }
+            guard running || producing || claimed > consumed else {
+                throw TrainingError("data reader stopped after \(consumed) of \(steps.count) batches")
+            }
+            condition.wait()
         }
-        let result = ready.removeFirst()
-        consumed += 1
-        condition.broadcast()
-        condition.unlock()
-        waitSeconds += monotonicSeconds() - start
-        return try result.get()
     }
 
     /// Stops reading ahead and waits for the thread to leave HDF5.
@@ -80,7 +124,7 @@ package final class Prefetcher: @unchecked Sendable {
         condition.lock()
         stopped = true
         condition.broadcast()
-        while running { condition.wait() }
+        while running || producing { condition.wait() }
         ready.removeAll()
         condition.unlock()
     }

@@ -13,6 +13,13 @@ public protocol TrainingSource: AnyObject, Sendable {
     func checkCompatible(with config: ModelConfig) throws
     /// What a family needs to know to size itself to these samples.
     var datasetDescription: DatasetDescription { get }
+    /// Does once, before training, what the first batch would otherwise do (e.g. read a small split into memory), so
+    /// that it is not counted in the first epoch's time. Not safe beside another read of the same source.
+    func prepare() throws
+}
+
+extension TrainingSource {
+    public func prepare() throws {}
 }
 
 extension TrainingSource {
@@ -68,6 +75,8 @@ public enum TrainingData {
 }
 
 extension ImageDataset: TrainingSource {
+    public func prepare() throws { try loadResident() }
+
     public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
         try batch(indices: indices, modelInputShape: config.inputShape)
     }

@@ -99,3 +99,24 @@ extension Collective {
         }
     }
 }
+
+/// ZeRO's collectives over a buffer split into members' parts (`--shard-optimizer`): a buffer of sum(counts) elements
+/// holds member 0's part, then member 1's, and so on, in member order; a part may be empty. MPI ranks
+/// (`Communicator`) and replicas on threads (`InProcessCollective`) both carry them, with the same results.
+public protocol ShardingCollective: Collective {
+    /// Sum reduce-scatter in place: on return this member's part of `buffer` (laid out by `counts`, one a member)
+    /// holds the sum of that part over every member; the other members' parts are left undefined.
+    func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
+    /// Starts `reduceScatter`; the buffer must stay untouched until the request completes.
+    func startReduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> any CollectiveRequest
+    /// `reduceScatter` of 16-bit floats of `wire` (bf16 or fp16), summed as `allreduce(_:count:wire:)` sums them.
+    func reduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws
+    /// Starts the 16-bit `reduceScatter`; the buffer must stay untouched until the request completes.
+    func startReduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws -> any CollectiveRequest
+    /// Allgather in place: every member's part of `buffer` (laid out by `counts`) goes to every member, so each ends
+    /// with the whole buffer.
+    func allgather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
+    /// Gathers every member's part (laid out by `counts`) into `root`'s `buffer` of sum(counts) floats; `part` is this
+    /// member's counts[rank] floats, `buffer` is read only on `root` (nil elsewhere).
+    func gather(_ part: UnsafePointer<Float>, counts: [Int], into buffer: UnsafeMutablePointer<Float>?, root: Int) throws
+}

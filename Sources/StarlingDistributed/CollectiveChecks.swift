@@ -57,6 +57,75 @@ public enum CollectiveChecks {
         return failures
     }
 
+    /// ZeRO's collectives (`--shard-optimizer`) over parts of unequal lengths, the last member's empty on three members
+    /// or more: reduce-scatter (blocking and not, float32 and 16-bit), allgather and gather, against sums worked out
+    /// here. The names of the checks that failed on this member; every member must call it.
+    public static func runSharded(on world: any ShardingCollective, count: Int) throws -> [String] {
+        let n = world.size, r = world.rank
+        var failures: [String] = []
+        let counts = partCounts(members: n, count: count)
+        let total = counts.reduce(0, +)
+        let offset = counts[..<r].reduce(0, +)
+        let mine = offset..<(offset + counts[r])
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: max(total, 1))
+        defer { buffer.deallocate() }
+        // Member q contributes (i mod 7) + q at every index: the sum is n (i mod 7) + n(n-1)/2.
+        func expectedSum(_ i: Int) -> Float { Float(n * (i % 7) + n * (n - 1) / 2) }
+        for blocking in [true, false] {
+            for i in 0..<total { buffer[i] = Float(i % 7 + r) }
+            if blocking { try world.reduceScatter(buffer, counts: counts) } else { try world.startReduceScatter(buffer, counts: counts).wait() }
+            if mine.contains(where: { buffer[$0] != expectedSum($0) }) { failures.append("\(blocking ? "" : "non-blocking ")reduce-scatter") }
+        }
+        for wire in [GradientWire.bfloat16, .float16] where wire != .float16 || GradientWire.float16Available {
+            let bits = UnsafeMutablePointer<UInt16>.allocate(capacity: max(total, 1))
+            defer { bits.deallocate() }
+            for blocking in [true, false] {
+                for i in 0..<total { buffer[i] = Float(i % 7 + r) / 2 }
+                wire.encode(buffer, scale: 1, into: bits, count: total)
+                if blocking { try world.reduceScatter(bits, counts: counts, wire: wire) } else { try world.startReduceScatter(bits, counts: counts, wire: wire).wait() }
+                if mine.contains(where: { (wire == .bfloat16 ? GradientWire.bfloat16Value(bits[$0]) : GradientWire.float16Value(bits[$0])) != expectedSum($0) / 2 }) {
+                    failures.append("\(wire.rawValue) \(blocking ? "" : "non-blocking ")reduce-scatter")
+                }
+            }
+        }
+        // Allgather: each member writes only its part, -1 elsewhere; every member ends with i mod 1000 at every index.
+        for i in 0..<total { buffer[i] = mine.contains(i) ? Float(i % 1000) : -1 }
+        try world.allgather(buffer, counts: counts)
+        if (0..<total).contains(where: { buffer[$0] != Float($0 % 1000) }) { failures.append("allgather of parts") }
+        // Gather to the last member: its buffer starts at -1 and ends with i mod 1000 + 1 everywhere.
+        let part = (0..<counts[r]).map { Float((offset + $0) % 1000 + 1) }
+        for i in 0..<total { buffer[i] = -1 }
+        try part.withUnsafeBufferPointer { p in
+            try world.gather(p.baseAddress ?? UnsafePointer(buffer), counts: counts, into: r == n - 1 ? buffer : nil, root: n - 1)
+        }
+        if r == n - 1, (0..<total).contains(where: { buffer[$0] != Float($0 % 1000 + 1) }) { failures.append("gather of parts") }
+        return failures
+    }
+
+    /// The parts `runSharded` and `reduceScatterOfContributions` split a buffer of about `count` values into: of
+    /// unequal lengths, the last member's empty on three members or more.
+    public static func partCounts(members n: Int, count: Int) -> [Int] {
+        (0..<n).map { q in n > 2 && q == n - 1 ? 0 : count / n + 3 * q }
+    }
+
+    /// This member's part of the reduce-scatter of every member's `contribution` over `partCounts(members:count:)`,
+    /// as float32 or (`wire` bf16) as bfloat16 bits widened back: what the MPI path and the in-process path must agree on.
+    public static func reduceScatterOfContributions(on world: any ShardingCollective, count: Int, wire: GradientWire = .float32) throws -> [Float] {
+        let counts = partCounts(members: world.size, count: count)
+        let total = counts.reduce(0, +)
+        let offset = counts[..<world.rank].reduce(0, +)
+        var values = contribution(rank: world.rank, count: total)
+        if wire == .float32 {
+            try values.withUnsafeMutableBufferPointer { try world.reduceScatter($0.baseAddress!, counts: counts) }
+        } else {
+            var bits = [UInt16](repeating: 0, count: total)
+            values.withUnsafeBufferPointer { v in bits.withUnsafeMutableBufferPointer { wire.encode(v.baseAddress!, scale: 1, into: $0.baseAddress!, count: total) } }
+            try bits.withUnsafeMutableBufferPointer { try world.reduceScatter($0.baseAddress!, counts: counts, wire: wire) }
+            bits.withUnsafeBufferPointer { b in values.withUnsafeMutableBufferPointer { _ = wire.decode(b.baseAddress!, scale: 1, into: $0.baseAddress!, count: total) } }
+        }
+        return Array(values[offset..<(offset + counts[world.rank])])
+    }
+
     /// Sums of `count` pseudo-random floats (each member's drawn from its rank, as `contribution(rank:count:)` gives
     /// them) through `world`: what the MPI path and the in-process path must agree on.
     public static func sumOfContributions(on world: any Collective, count: Int) throws -> [Float] {

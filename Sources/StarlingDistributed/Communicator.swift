@@ -11,7 +11,7 @@ import Darwin
 /// Started without mpirun, MPI_Init gives a singleton world of size 1: the default way to run Starling.
 /// Errors come back as return codes (MPI_ERRORS_RETURN) and are thrown as `CommunicatorError`.
 /// Every rank must call the collectives in the same order; all of them are called from one thread.
-public final class Communicator: Collective, @unchecked Sendable {
+public final class Communicator: ShardingCollective, @unchecked Sendable {
     public let rank: Int
     public let size: Int
     private let comm = starling_mpi_comm_world()
@@ -278,7 +278,7 @@ public final class Communicator: Collective, @unchecked Sendable {
     }
 
     /// Starts `reduceScatter`; the buffer must stay untouched until `wait()`, after which this rank's part is in place.
-    public func startReduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> Request {
+    public func startReduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> any CollectiveRequest {
         try startReduceScatter(buffer, counts: counts, type: starling_mpi_float(), op: starling_mpi_sum())
     }
 
@@ -295,7 +295,7 @@ public final class Communicator: Collective, @unchecked Sendable {
     }
 
     /// Starts the 16-bit `reduceScatter`; the buffer must stay untouched until `wait()`.
-    public func startReduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws -> Request {
+    public func startReduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws -> any CollectiveRequest {
         try startReduceScatter(buffer, counts: counts, type: starling_mpi_uint16(), op: size > 1 ? halfSum(wire) : starling_mpi_sum())
     }
 

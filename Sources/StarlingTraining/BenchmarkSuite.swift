@@ -182,7 +182,7 @@ public enum BenchmarkSuite {
     /// `steps` fixes the timed steps' count instead (for profiles and comparisons on a loaded machine).
     /// Over an `InProcessCollective` (called on each replica's thread) the row is one process's: replicas, not ranks,
     /// and the process's peak memory once.
-    /// `shardOptimizer` (MPI ranks only): ZeRO stage 1 as `train --shard-optimizer` runs it (Adam's moments for this
+    /// `shardOptimizer` (MPI ranks or replicas on threads): ZeRO stage 1 as `train --shard-optimizer` runs it (Adam's moments for this
     /// rank's range, gradients reduce-scattered, weights allgathered after the step; the allgather counts as communication).
     public static func measure(_ entry: Entry, world: any Collective, seconds: Double, steps fixedSteps: Int? = nil, sgemm: Double?,
                                kernels: String, shardOptimizer: Bool = false, memoryBreakdown: ((String) -> Void)? = nil) throws -> Row {
@@ -195,13 +195,13 @@ public enum BenchmarkSuite {
         let model = try family.build(config, seed: 1)
         let aware = model as? CrossReplicaAware
         aware?.crossReplica = CrossReplica(world)
-        let mpi = world as? Communicator
-        if shardOptimizer && world.size > 1 && mpi == nil { throw TrainingError("--shard-optimizer needs MPI ranks, not replicas") }
+        let sharding = world as? any ShardingCollective
+        if shardOptimizer && world.size > 1 && sharding == nil { throw TrainingError("--shard-optimizer needs a reduce-scatter, which \(type(of: world)) lacks") }
         let shards = shardOptimizer && world.size > 1 ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         let adam = Adam(parameterCount: model.parameters.count, shard: shards?[world.rank])
         let sync = GradientSynchronizer(store: model.parameters, communicator: world, shards: shards)
         func gatherWeights() throws {
-            if let shards, let mpi { try mpi.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
+            if let shards, let sharding { try sharding.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
         }
         let local = entry.batch / world.size
         // A pool of one local batch: the peer, too, keeps one batch of data.

@@ -8,7 +8,8 @@ import StarlingNN
 ///
 /// Layout (format version 1):
 /// - root attributes: `format` = "starling-checkpoint", `format_version`, `model_config` (JSON of `ModelConfig`),
-///   `step`, `epoch`, `seed`, `world_size`, `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
+///   `step`, `epoch`, `seed`, `world_size` (with `world_kind` = "replicas" when they were `--replicas` threads, not
+///   ranks), `data_cursor`, `optimizer` (JSON of `OptimizerConfig`),
 ///   `best_validation_loss`, `callbacks` (JSON of `CallbackState`: early stopping's count, the plateau, the base
 ///   learning rate and, since schedules, the learning-rate schedule; a file without the schedule resumes as constant),
 ///   `run_config` (the resolved run configuration as YAML, in checkpoints written by `starling train`);
@@ -27,6 +28,8 @@ public enum Checkpoint {
         public var epoch = 0
         public var seed: UInt64 = 0
         public var worldSize = 1
+        /// The world was `worldSize` replicas on threads of one process (`train --replicas`), not MPI ranks.
+        public var worldIsReplicas = false
         /// Samples of the current epoch already consumed (global over ranks).
         public var dataCursor = 0
         public var bestValidationLoss = Double.infinity
@@ -98,6 +101,7 @@ public enum Checkpoint {
             try root.setAttribute("epoch", state.epoch)
             try root.setAttribute("seed", String(state.seed))
             try root.setAttribute("world_size", state.worldSize)
+            if state.worldIsReplicas { try root.setAttribute("world_kind", "replicas") }
             try root.setAttribute("data_cursor", state.dataCursor)
             try root.setAttribute("best_validation_loss", state.bestValidationLoss)
             if let runConfiguration = state.runConfiguration { try root.setAttribute("run_config", runConfiguration) }
@@ -205,6 +209,7 @@ public enum Checkpoint {
         state.epoch = try root.intAttribute("epoch")
         state.seed = UInt64(try root.stringAttribute("seed")) ?? 0
         state.worldSize = try root.intAttribute("world_size")
+        if root.hasAttribute("world_kind") { state.worldIsReplicas = try root.stringAttribute("world_kind") == "replicas" }
         state.dataCursor = try root.intAttribute("data_cursor")
         state.bestValidationLoss = try root.doubleAttribute("best_validation_loss")
         if root.hasAttribute("run_config") { state.runConfiguration = try root.stringAttribute("run_config") }

@@ -1,7 +1,7 @@
 import StarlingCore
 import StarlingDistributed
 
-/// Averages a model's gradients over MPI ranks while backward is still running (as Horovod and PyTorch DDP do).
+/// Averages a model's gradients over MPI ranks (or replicas on threads) while backward is still running (as Horovod and PyTorch DDP do).
 ///
 /// Parameters live in one flat gradient buffer in declaration order, so a bucket is a contiguous range of it.
 /// Buckets are formed from the last parameter backwards (about `bucketBytes` each), because backward produces the
@@ -59,15 +59,15 @@ public final class GradientSynchronizer {
     /// Sharded: the range of the flat layout whose summed gradients this rank receives (nil: every gradient, allreduced).
     public let ownedRange: Range<Int>?
 
-    /// Sharded: the MPI communicator's reduce-scatter (ZeRO runs on MPI ranks only).
-    private let sharding: Communicator?
+    /// Sharded: the reduce-scatter of the ranks' (or replicas') collective.
+    private let sharding: (any ShardingCollective)?
 
     public init(store: ParameterStore, communicator: any Collective, bucketBytes: Int = 25 << 20, overlap: Bool = true,
                 wire: GradientWire = .float32, shards: [Range<Int>]? = nil) {
         precondition(shards == nil || shards?.count == communicator.size, "one shard a rank")
         precondition(shards == nil || wire != .float16, "float16 gradients need the whole sum for their scale: not with shards")
-        sharding = shards != nil && communicator.size > 1 ? communicator as? Communicator : nil
-        precondition(shards == nil || communicator.size == 1 || sharding != nil, "sharded gradients need MPI ranks")
+        sharding = shards != nil && communicator.size > 1 ? communicator as? any ShardingCollective : nil
+        precondition(shards == nil || communicator.size == 1 || sharding != nil, "sharded gradients need a collective with a reduce-scatter")
         self.store = store
         self.communicator = communicator
         self.overlap = overlap

@@ -12,7 +12,7 @@ import StarlingData
 /// threads. As `ThreadCalibration` does for the thread count, no threshold on FLOPs or elements is involved: the two
 /// layouts each train throwaway copies of the model (built from the run's configuration; the run's own model is not
 /// touched) on the run's first global batch, in interleaved blocks of about `targetBlockSeconds` after an untimed
-/// warm-up step each, `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
+/// warm-up step each (and, for steps shorter than a block, an untimed block each), `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
 /// The step timed is the trainer's (gradients zeroed, forward and loss, backward, the gradients summed over the
 /// replicas, the optimizer step), without the data pipeline, whose prefetch thread both layouts share alike.
 public struct ReplicaCalibration: Sendable {
@@ -33,22 +33,25 @@ public struct ReplicaCalibration: Sendable {
     /// take at most this share of the machine's memory; beyond it the run keeps one replica without timing.
     public static let memoryShare = 1.0 / 32
 
-    /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer (same seed, so the
-    /// copies start alike).
+    /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer keeping the state of
+    /// the given range (nil: every parameter) (same seed, so the copies start alike).
     /// `slices`: the same batch's `replicas` equal slices in replica order, as the replicas' ranks would read them.
-    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch],
-                               build: () throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
+    /// `shardOptimizer`: the replicas run as `--shard-optimizer` runs them (each optimizer on its range, gradients
+    /// reduce-scattered, weights allgathered after the step), the one replica unsharded.
+    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch], shardOptimizer: Bool = false,
+                               build: (_ shard: Range<Int>?) throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
         precondition(replicas > 1, "a calibration compares several replicas against one")
         var calibration = ReplicaCalibration(replicas: replicas)
         let previousThreads = BLAS.threadCount
         defer { BLAS.setThreadCount(previousThreads) }
-        let single = try build()
-        let copies = try (0..<replicas).map { _ in try build() }
+        let single = try build(nil)
+        let shards = shardOptimizer ? OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas) : nil
+        let copies = try (0..<replicas).map { r in try build(shards?[r]) }
         precondition(slices.count == replicas, "one slice a replica")
 
         let group = InProcessGroup(size: replicas)
         let synchronizers = copies.enumerated().map { r, copy in
-            GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r))
+            GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r), shards: shards)
         }
         let inputs = UncheckedCalibrationInputs(single: single, batch: batch, copies: copies, slices: slices, synchronizers: synchronizers)
         let times = CalibrationTimes()
@@ -80,6 +83,7 @@ public struct ReplicaCalibration: Sendable {
                     loss.backward(onLeafReady: sync.parameterReady)
                     try sync.finish()
                     copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
+                    if let shards { try member.allgather(copy.model.parameters.values.pointer, counts: shards.map(\.count)) }
                 }
                 try member.barrier()
                 return (monotonicSeconds() - start) / Double(steps)
@@ -98,6 +102,14 @@ public struct ReplicaCalibration: Sendable {
             if perStep >= targetBlockSeconds && perStep >= clearRatio * min(sizing[0], sizing[1]) {
                 if r == 0 { times.record(thread: sizing[0], replica: sizing[1], blockSteps: 1) }
                 return
+            }
+            // Short steps: a block of each layout, untimed, before the rounds. After one warm-up step the replicas' next
+            // steps may still grow their threads' heaps and fault pages in: the suspected reason the rounds timed fc-ae's
+            // replicas at 1.22-1.30 ms a step where the epoch that followed ran 0.93 ms a step on them (BENCHMARKS.md,
+            // "Replicas, quiet"). Costs about 2 x `targetBlockSeconds`.
+            if perStep < targetBlockSeconds {
+                _ = try threadBlock(blockSteps)
+                _ = try replicaBlock(blockSteps)
             }
             for round in 0..<rounds {
                 var t = 0.0, p = 0.0
@@ -130,11 +142,13 @@ public struct ReplicaCalibration: Sendable {
         return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
-    /// Whether `replicas` + 1 copies of a model of `parameters` parameters and an optimizer of `optimizerBuffers`
-    /// buffers of as many values fit in `memoryShare` of the machine's memory.
-    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int) -> Bool {
-        let bytes = Double(parameters) * 4 * Double(2 + optimizerBuffers) * Double(replicas + 1)
-        return bytes <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
+    /// Whether `replicas` + 1 copies of a model of `parameters` parameters (weights and gradients) and their
+    /// optimizers of `optimizerBuffers` buffers of as many values fit in `memoryShare` of the machine's memory. With
+    /// `shardOptimizer` the replicas' optimizers hold one copy of the state between them, the one replica another.
+    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int, shardOptimizer: Bool = false) -> Bool {
+        let optimizerCopies = shardOptimizer ? 2 : replicas + 1
+        let values = Double(parameters) * (2 * Double(replicas + 1) + Double(optimizerBuffers * optimizerCopies))
+        return values * 4 <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
     }
 
     /// The faster layout's replica count: `replicas`, or 1 (one replica on `replicas` threads).

@@ -114,13 +114,16 @@ public final class ReplicaFeed: @unchecked Sendable {
 /// state, computes the loss of its slice of every global batch on one thread (OpenBLAS, oneDNN and Starling's loops
 /// single-threaded inside it), the gradients are summed over the replicas in replica order (`InProcessCollective`)
 /// and every replica takes the same optimizer step, so the weights stay identical. Replica 0 prints and writes the
-/// checkpoints and logs, as rank 0 does.
+/// checkpoints and logs, as rank 0 does. With `options.shardOptimizer` (ZeRO stage 1) replica r's optimizer keeps the
+/// state of `OptimizerShards.ranges(parameterCount:ranks:)[r]` only, the gradients are reduce-scattered and the
+/// weights allgathered between the threads, as between MPI ranks.
 public enum ReplicaTraining {
-    /// Trains `models.count` replicas (each model with its optimizer; their weights need not agree, replica 0's are
-    /// broadcast) and returns replica 0's epoch records. A replica's error ends every replica; the first error that is
-    /// not another replica's failure is rethrown.
+    /// Trains `models.count` replicas (each model with its optimizer, built with `Trainer.optimizerShard` for replica
+    /// r; their weights need not agree, replica 0's are broadcast) and returns replica 0's epoch records. A replica's
+    /// error ends every replica; the first error that is not another replica's failure is rethrown. `resume` is
+    /// consumed: replica 0's trainer takes it and it is released once the trainer has restored it, not held for the run.
     public static func run(_ models: [(model: any Model, optimizer: any Optimizer)], train: any TrainingSource,
-                           validation: (any TrainingSource)?, options: TrainingOptions, resume: Checkpoint.Loaded? = nil,
+                           validation: (any TrainingSource)?, options: TrainingOptions, resume: consuming Checkpoint.Loaded? = nil,
                            log: @escaping (String) -> Void = Trainer.printLine) throws -> [EpochRecord] {
         let count = models.count
         precondition(count >= 1, "at least one replica")
@@ -132,13 +135,13 @@ public enum ReplicaTraining {
         defer { BLAS.setThreadCount(previousThreads) }
         var options = options
         options.calibrateThreads = nil
-        let inputs = UncheckedReplicaInputs(models: models, train: train, validation: validation, resume: resume, log: log)
+        let inputs = UncheckedReplicaInputs(models: models, train: train, validation: validation, resume: ResumeHandoff(consume resume), log: log)
         let replicaOptions = options
         let results = group.run(prepare: { BLAS.setThreadCount(1) }) { member in
             let r = member.rank
             let trainer = try Trainer(model: inputs.models[r].model, optimizer: inputs.models[r].optimizer, train: inputs.train,
                                       validation: inputs.validation, options: replicaOptions, world: member,
-                                      resume: r == 0 ? inputs.resume : nil, log: inputs.log, feed: feed)
+                                      resume: r == 0 ? inputs.resume.take() : nil, log: inputs.log, feed: feed)
             return try trainer.run()
         }
         // The failing replica's own error, not the others' echo of it.
@@ -154,6 +157,15 @@ private struct UncheckedReplicaInputs: @unchecked Sendable {
     let models: [(model: any Model, optimizer: any Optimizer)]
     let train: any TrainingSource
     let validation: (any TrainingSource)?
-    let resume: Checkpoint.Loaded?
+    let resume: ResumeHandoff
     let log: (String) -> Void
+}
+
+/// A resumed checkpoint handed to the one trainer that restores it: taken once, then no longer held here, so its
+/// weights and optimizer state (a model's worth and more) are freed when that trainer has copied them.
+private final class ResumeHandoff: @unchecked Sendable {
+    private let lock = NSLock()
+    private var loaded: Checkpoint.Loaded?
+    init(_ loaded: consuming Checkpoint.Loaded?) { self.loaded = loaded }
+    func take() -> Checkpoint.Loaded? { lock.withLock { defer { loaded = nil }; return loaded } }
 }

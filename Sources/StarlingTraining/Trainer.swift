@@ -111,8 +111,8 @@ public final class Trainer {
     private let synchronizer: GradientSynchronizer
     /// ZeRO stage 1: every rank's range of the parameters, in rank order (nil: not sharded, or one rank).
     private let shards: [Range<Int>]?
-    /// The MPI ranks a sharded run gathers and scatters over.
-    private let shardWorld: Communicator?
+    /// The ranks (or replicas) a sharded run gathers and scatters over.
+    private let shardWorld: (any ShardingCollective)?
     /// Rank 0 of a sharded run resumed from a checkpoint: the whole saved optimizer state, sent to the ranks' ranges
     /// once at the start and then dropped.
     private var resumedOptimizerState: [String: [Float]]?
@@ -146,10 +146,10 @@ public final class Trainer {
         guard optimizer.shard == expectedShard else {
             throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but rank \(world.rank) of \(world.size) owns \(expectedShard)\(sharding ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
         }
-        guard !sharding || world is Communicator else {
-            throw TrainingError("--shard-optimizer shards over MPI ranks (mpirun), not over --replicas threads")
+        guard !sharding || world is any ShardingCollective else {
+            throw TrainingError("--shard-optimizer needs a reduce-scatter and an allgather, which \(type(of: world)) lacks")
         }
-        shardWorld = sharding ? world as? Communicator : nil
+        shardWorld = sharding ? world as? any ShardingCollective : nil
         shards = sharding ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         self.model = model
         self.optimizer = optimizer
@@ -170,6 +170,7 @@ public final class Trainer {
         }
         state.seed = options.seed
         state.worldSize = world.size
+        state.worldIsReplicas = world is InProcessCollective
         state.learningRateSchedule = requestedSchedule
         state.runConfiguration = options.runConfiguration
         if let resume { try restore(resume) }
@@ -270,7 +271,7 @@ public final class Trainer {
         for (name, storage) in optimizer.state {
             var whole = world.isRoot ? [Float](repeating: 0, count: total) : []
             try whole.withUnsafeMutableBufferPointer { buffer in
-                try shardWorld?.gather(storage.pointer, counts: shards.map(\.count), into: world.isRoot ? buffer.baseAddress : nil)
+                try shardWorld?.gather(storage.pointer, counts: shards.map(\.count), into: world.isRoot ? buffer.baseAddress : nil, root: 0)
             }
             gathered.append((name, whole))
         }
@@ -323,12 +324,14 @@ public final class Trainer {
         }
         if shards != nil { resumedOptimizerState = loaded.optimizerState }
         optimizer.stepCount = loaded.optimizer?.stepCount ?? loaded.state.step
-        let previousWorld = loaded.state.worldSize
+        let previous = (size: loaded.state.worldSize, replicas: loaded.state.worldIsReplicas)
         state = loaded.state
         state.worldSize = world.size
+        state.worldIsReplicas = world is InProcessCollective
         state.runConfiguration = options.runConfiguration
-        if previousWorld != world.size {
-            log("resuming a run of \(previousWorld) rank(s) on \(world.size): the data cursor is global, so the sample order is unchanged")
+        if previous.size != world.size || previous.replicas != state.worldIsReplicas {
+            log("resuming a run of \(Self.members(previous.size, replicas: previous.replicas)) on \(Self.members(world.size, replicas: state.worldIsReplicas)): " +
+                "the data cursor is global, so the sample order is unchanged")
         }
         // The schedule is part of the run being continued (old checkpoints hold none: constant).
         if state.learningRateSchedule != requestedSchedule {
@@ -336,6 +339,9 @@ public final class Trainer {
         }
         log("resumed at epoch \(state.epoch), step \(state.step), data cursor \(state.dataCursor)")
     }
+
+    /// "2 rank(s)" or "2 replica(s)" (on threads of one process).
+    static func members(_ count: Int, replicas: Bool) -> String { "\(count) \(replicas ? "replica(s)" : "rank(s)")" }
 
     /// Rank 0's configuration, parameters and optimizer state go to every rank; a rank started differently is refused
     /// first (`RunAgreement`), before any collective whose size depends on the settings.
@@ -425,12 +431,15 @@ public final class Trainer {
             "[\(train.split)], global batch \(options.batchSize) over \(layout), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary); \(WinogradSetting.summary)")
         if let shards {
-            log("optimizer state sharded over \(world.size) ranks (ZeRO stage 1): rank 0 keeps that of parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
+            let member = world is InProcessCollective ? "replica" : "rank"
+            log("optimizer state sharded over \(world.size) \(member)s (ZeRO stage 1): \(member) 0 keeps that of parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
         }
         let schedule = state.learningRateSchedule
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
         if state.plateau == nil { state.plateau = options.reduceOnPlateau }
+        // Start-up work of the data (a small split read into memory) before the first epoch's clock starts.
+        if let feed { try feed.reading { try train.prepare() } } else { try train.prepare() }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
@@ -441,17 +450,22 @@ public final class Trainer {
                 let begin = step * options.batchSize + r * local
                 return Array(order[begin..<(begin + local)])
             }
+            // The prefetch thread yields to compute where compute fills the cores (`Prefetcher`): replicas or ranks
+            // times their threads (the thread calibration's choice, or the most it may choose) against the cores.
+            let threads = threadCalibration.map { $0.chosen ?? $0.candidates.max() ?? 1 } ?? BLAS.threadCount
+            let computeThreads = world.size * threads
+            let lowPriority = computeThreads >= ProcessInfo.processInfo.activeProcessorCount
             let reader: any BatchStream
             if let feed {
                 // One prefetcher for every replica: each step's slices in replica order.
                 reader = feed.stream(epoch: epoch, replica: world.rank) {
                     let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }
                     return Prefetcher(source: train, steps: all, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder,
-                                      depth: 2 * world.size)
+                                      depth: 2 * world.size, lowPriority: lowPriority)
                 }
             } else {
                 reader = Prefetcher(source: train, steps: (firstStep..<steps).map { slice($0, world.rank) }, epoch: epoch,
-                                    config: model.config, targetEncoder: model.targetEncoder)
+                                    config: model.config, targetEncoder: model.targetEncoder, lowPriority: lowPriority)
             }
             let start = monotonicSeconds()
             var sums = [0.0, 0.0]   // loss sum over this epoch's steps, step count
@@ -479,7 +493,7 @@ public final class Trainer {
                     var fault: String?
                     if agreed[1] != 0 {
                         // Every rank skips backward together, so no rank is left alone in the gradient allreduce.
-                        fault = "the loss became non-finite on \(Int(agreed[1])) rank(s)"
+                        fault = "the loss became non-finite on \(Self.members(Int(agreed[1]), replicas: world is InProcessCollective))"
                     } else {
                         watchdog.at("the gradient allreduce", step: state.step)
                         loss.backward(onLeafReady: synchronizer.parameterReady)

@@ -38,7 +38,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --suite: these entries only (\(BenchmarkSuite.entries.map(\.name).joined(separator: ", "))).") var entries: [String] = []
     @Flag(help: "With --suite: before the timed steps, one step with the memory ledger read around each phase: weights, gradients and Adam's moments, the values the graph holds after forward by shape, what ops keep beside it, the peak of live blocks, oneDNN's scratch, the allocators' retained mappings, glibc's heap and the runtime's baseline (every rank prints its own).")
     var memoryBreakdown = false
-    @Flag(help: "With --suite on several ranks: ZeRO stage 1 as train --shard-optimizer runs it (Adam's moments for each rank's range, gradients reduce-scattered, weights allgathered; the allgather counts in the allreduce wait).")
+    @Flag(help: "With --suite on several ranks or --replicas: ZeRO stage 1 as train --shard-optimizer runs it (Adam's moments for each rank's or replica's range, gradients reduce-scattered, weights allgathered; the allgather counts in the allreduce wait).")
     var shardOptimizer = false
     @Flag(help: "Print the suite's entries (name, family, batch, quick or full) and the families it leaves out.") var suiteList = false
     @Option(help: "Print the Markdown table of the suite rows in this file (Starling's and the peer's JSON lines).") var suiteTable: String?
@@ -178,10 +178,12 @@ struct BenchCommand: ParsableCommand {
         if let unknown = layers.first(where: { !models.contains($0) }) {
             throw ValidationError("--layers \(unknown): expected one of \(models.sorted().joined(separator: ", "))")
         }
-        print("3x3 convolutions, oneDNN direct against Winograd F(4x4, 3x3), \(rounds) rounds interleaved, \(clock == .cpu ? "process CPU time" : "wall time"), median ms (GFLOP/s), speed-up median (lowest-highest round); \(BLAS.threadCount) thread(s), \(BenchmarkSuite.cpuModel)")
+        let algorithms = DNNLActivation.instructionSet.hasPrefix("avx512") ? "oneDNN direct against Winograd F(4x4, 3x3)"
+            : "the direct path against Starling's Winograd F(2x2, 3x3) (forward and input gradient)"
+        print("3x3 convolutions, \(algorithms), \(rounds) rounds interleaved, \(clock == .cpu ? "process CPU time" : "wall time"), median ms (GFLOP/s), speed-up median (lowest-highest round); \(BLAS.threadCount) thread(s), \(BenchmarkSuite.cpuModel)")
         for layer in ConvAlgorithmBenchmark.layers where layers.isEmpty || layers.contains(layer.model) {
             guard let passes = ConvAlgorithmBenchmark.run(layer, rounds: rounds, clock: clock) else {
-                print("  \(layer.description): no Winograd from oneDNN here")
+                print("  \(layer.description): no Winograd here")
                 continue
             }
             let text = passes.map { p in
@@ -236,7 +238,8 @@ struct BenchCommand: ParsableCommand {
             let cpu = BenchmarkSuite.cpuModel
             let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue); \(WinogradSetting.summary)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
-            say(group.map { "suite: 1 process x \($0.size) replicas x 1 thread; \(kernels)" } ?? "suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s)\(shardOptimizer && world.size > 1 ? ", optimizer state sharded (ZeRO stage 1)" : ""); \(kernels)")
+            let sharded = shardOptimizer && (world.size > 1 || group != nil) ? ", optimizer state sharded (ZeRO stage 1)" : ""
+            say(group.map { "suite: 1 process x \($0.size) replicas x 1 thread\(sharded); \(kernels)" } ?? "suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s)\(sharded); \(kernels)")
             let sgemm = try onEveryMember { try BenchmarkSuite.sgemmPeak(world: $0) }
             say(String(format: "sgemm 1024^3 on every %@ at once: %.1f GFLOP/s", group == nil ? "rank" : "replica", sgemm))
             let encoder = JSONEncoder()

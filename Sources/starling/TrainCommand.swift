@@ -44,7 +44,7 @@ struct TrainingFlags: ParsableArguments {
     var gradientPrecision: String = TrainingFlags.defaults.gradientWire.rawValue
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
     @Flag(inversion: .prefixedNo, help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
-    @Flag(inversion: .prefixedNo, help: "ZeRO stage 1: each rank keeps the optimizer state (Adam's moments, SGD's velocity) of 1/N of the parameters; gradients are reduce-scattered and the updated weights allgathered. Checkpoints are the same as without it. Not with --gradient-precision fp16.")
+    @Flag(inversion: .prefixedNo, help: "ZeRO stage 1: each rank (or --replicas replica) keeps the optimizer state (Adam's moments, SGD's velocity) of 1/N of the parameters; gradients are reduce-scattered and the updated weights allgathered. Checkpoints are the same as without it. Not with --gradient-precision fp16.")
     var shardOptimizer = TrainingFlags.defaults.shardOptimizer
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
     @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
@@ -271,8 +271,7 @@ struct TrainCommand: ParsableCommand {
                     config.anchorSizes = sizes
                 }
                 let network = try family.build(config, seed: flags.seed)
-                let optimizer = flags.makeOptimizer(parameterCount: network.parameters.count,
-                                                    shard: Trainer.optimizerShard(parameterCount: network.parameters.count, world: world, options: flags.options))
+                let parameterCount = network.parameters.count
                 if let ranks, ranks != world.size, world.isRoot {
                     Trainer.printLine("note: --ranks \(ranks) asks for \(ranks) rank(s); running on the \(world.size) that started")
                 }
@@ -300,16 +299,18 @@ struct TrainCommand: ParsableCommand {
                     }
                 }
                 options.runConfiguration = try RunConfiguration.resolved(from: self, source: self.config)
-                // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks.
+                // Rank 0 reads the checkpoint; the trainer broadcasts what it holds to the other ranks. It is consumed by
+                // the trainer that restores it (below), so its copy of the weights and optimizer state is not held for the run.
                 let loaded = try resume.flatMap { world.isRoot ? try Checkpoint.load(from: $0) : nil }
                 options.resumePath = resume
                 var replicaCount = replicas ?? 1
                 if let replicas, replicas > 1 {
                     Trainer.printLine("replicas: \(replicas) on threads of this process, one thread each (--replicas \(replicas))")
-                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1 && !flags.shardOptimizer
+                } else if replicas == nil && world.size == 1 && flags.blasThreads == nil && BLAS.threadCount > 1
                             && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count
-                            && ReplicaCalibration.copiesFit(parameters: network.parameters.count, optimizerBuffers: optimizer.state.count,
-                                                            replicas: BLAS.threadCount) {
+                            && ReplicaCalibration.copiesFit(parameters: parameterCount,
+                                                            optimizerBuffers: flags.makeOptimizer(parameterCount: parameterCount, shard: 0..<0).state.count,
+                                                            replicas: BLAS.threadCount, shardOptimizer: flags.shardOptimizer) {
                     // One process with the default threads: one replica on every thread, or one replica a thread,
                     // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
                     let threads = BLAS.threadCount
@@ -323,25 +324,30 @@ struct TrainCommand: ParsableCommand {
                     }
                     let calibration = try ReplicaCalibration.measure(
                         replicas: threads, batch: try read(indices),
-                        slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) }) {
+                        slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) },
+                        shardOptimizer: flags.shardOptimizer) { shard in
                         let copy = try family.build(config, seed: flags.seed)
-                        return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count))
+                        return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shard))
                     }
                     Trainer.printLine(calibration.summary)
                     replicaCount = calibration.chosen
                 }
                 if replicaCount > 1 {
                     let replicas = replicaCount
-                    var models = [(model: network, optimizer: optimizer)]
-                    for _ in 1..<replicas {
+                    // --shard-optimizer: replica r keeps the optimizer state of its range only (ZeRO stage 1 on threads).
+                    let shards = flags.shardOptimizer ? OptimizerShards.ranges(parameterCount: parameterCount, ranks: replicas) : nil
+                    var models = [(model: network, optimizer: flags.makeOptimizer(parameterCount: parameterCount, shard: shards?[0]))]
+                    for r in 1..<replicas {
                         let copy = try family.build(config, seed: flags.seed)
-                        models.append((copy, flags.makeOptimizer(parameterCount: copy.parameters.count)))
+                        models.append((copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shards?[r])))
                     }
                     options.calibrateThreads = nil
-                    try ReplicaTraining.run(models, train: train, validation: validation, options: options, resume: loaded)
+                    try ReplicaTraining.run(models, train: train, validation: validation, options: options, resume: consume loaded)
                 } else {
+                    let optimizer = flags.makeOptimizer(parameterCount: parameterCount,
+                                                        shard: Trainer.optimizerShard(parameterCount: parameterCount, world: world, options: flags.options))
                     let trainer = try Trainer(model: network, optimizer: optimizer, train: train, validation: validation,
-                                              options: options, world: world, resume: loaded)
+                                              options: options, world: world, resume: consume loaded)
                     try trainer.run()
                 }
             }

@@ -83,6 +83,72 @@ import StarlingDistributed
         #expect(throws: ReplicaFailure.self) { try group.member(0).barrier() }
     }
 
+    /// ZeRO's collectives (`--shard-optimizer` with `--replicas`) over parts of unequal lengths, the last replica's
+    /// empty from three replicas on: `check-mpi`'s sharded checks, whose results are known exactly.
+    @Test(arguments: [1, 2, 3, 4])
+    func shardedCollectivesAreExact(replicas: Int) throws {
+        let results = InProcessGroup(size: replicas).run { try CollectiveChecks.runSharded(on: $0, count: 10_007) }
+        for (r, result) in results.enumerated() { #expect(try result.get() == [], "replica \(r)") }
+    }
+
+    /// Reduce-scatter, allgather and gather by hand on parts [2, 3, 0]: each replica's part is summed in replica
+    /// order (1e8 + 1 - 1e8 is 0 in float32, as the allreduce gives), written into its own buffer only; bfloat16 sums
+    /// round after each addition; the allgather fills the other parts, the gather only the root's buffer.
+    @Test func shardedCollectivesByHand() throws {
+        let counts = [2, 3, 0]
+        let inputs: [[Float]] = [[1e8, 3, 0.5, 1, 10], [1, -2, 0.25, 1 + 0x1p-7, 20], [-1e8, 7, 0.125, 0x1p-7, 30]]
+        let results = InProcessGroup(size: 3).run { member -> [[Float]] in
+            usleep(useconds_t((2 - member.rank) * 2_000))
+            let r = member.rank
+            var values = inputs[r]
+            try values.withUnsafeMutableBufferPointer { try member.reduceScatter($0.baseAddress!, counts: counts) }
+            var bits = inputs[r].map { GradientWire.bfloat16Bits($0) }
+            try bits.withUnsafeMutableBufferPointer { try member.startReduceScatter($0.baseAddress!, counts: counts, wire: .bfloat16).wait() }
+            var gathered: [Float] = (0..<5).map { i in (r == 0 && i < 2) || (r == 1 && (2..<5).contains(i)) ? Float(i + 1) : -1 }
+            try gathered.withUnsafeMutableBufferPointer { try member.allgather($0.baseAddress!, counts: counts) }
+            var root = [Float](repeating: -1, count: 5)
+            let part: [Float] = r == 0 ? [10, 20] : r == 1 ? [30, 40, 50] : []
+            try part.withUnsafeBufferPointer { p in
+                try root.withUnsafeMutableBufferPointer { try member.gather(p.baseAddress ?? UnsafePointer($0.baseAddress!), counts: counts, into: r == 1 ? $0.baseAddress : nil, root: 1) }
+            }
+            return [values, bits.map(GradientWire.bfloat16Value), gathered, root]
+        }
+        let (r0, r1, r2) = (try results[0].get(), try results[1].get(), try results[2].get())
+        // Replica 0's part: indices 0-1, replica 1's: 2-4; outside its part a replica's buffer keeps its own values.
+        #expect(r0[0] == [0, 8, 0.5, 1, 10])
+        #expect(r1[0] == [1, -2, 0.875, 2 + 0x1p-6, 60])
+        #expect(r2[0] == inputs[2])
+        // bfloat16: 1 + (1 + 2^-7) is a tie that rounds to even (2), then 2 + 2^-7 rounds to 2 again.
+        #expect(r1[1][3] == 2 && r1[1][2] == 0.875 && r1[1][4] == 60)
+        for r in [r0, r1, r2] { #expect(r[2] == [1, 2, 3, 4, 5]) }
+        #expect(r1[3] == [10, 20, 30, 40, 50])
+        #expect(r0[3] == [Float](repeating: -1, count: 5) && r2[3] == [Float](repeating: -1, count: 5))
+    }
+
+    /// Two replicas' reduce-scatter gives each its part of a + b, the bits of the allreduce (and of MPI's sum of two
+    /// ranks, which `mpirun -np 2 starling check-mpi` compares); bfloat16 likewise its rounding of a + b.
+    @Test func reduceScatterIsTheAllreducesPart() throws {
+        let counts = CollectiveChecks.partCounts(members: 2, count: 1000)
+        let (a, b) = (CollectiveChecks.contribution(rank: 0, count: counts.reduce(0, +)), CollectiveChecks.contribution(rank: 1, count: counts.reduce(0, +)))
+        for wire in [GradientWire.float32, .bfloat16] {
+            let parts = InProcessGroup(size: 2).run { try CollectiveChecks.reduceScatterOfContributions(on: $0, count: 1000, wire: wire) }
+            let sums = zip(a, b).map { x, y in
+                wire == .float32 ? x + y : GradientWire.bfloat16Value(GradientWire.bfloat16Bits(GradientWire.bfloat16Value(GradientWire.bfloat16Bits(x)) + GradientWire.bfloat16Value(GradientWire.bfloat16Bits(y))))
+            }
+            #expect(try parts[0].get() == Array(sums[..<counts[0]]), "\(wire)")
+            #expect(try parts[1].get() == Array(sums[counts[0]...]), "\(wire)")
+        }
+    }
+
+    /// Replicas that disagree on the parts are refused on every replica (MPI would hang or read past a buffer).
+    @Test func mismatchedPartsAreRefused() throws {
+        let results = InProcessGroup(size: 2).run { member -> Void in
+            var values = [Float](repeating: 1, count: 4)
+            try values.withUnsafeMutableBufferPointer { try member.reduceScatter($0.baseAddress!, counts: member.rank == 0 ? [2, 2] : [1, 3]) }
+        }
+        for result in results { #expect { try result.get() } throws: { "\($0)".contains("met replicas with") } }
+    }
+
     /// Broadcasts and gathers of texts and arrays, from a root other than 0.
     @Test func broadcastsAndGathers() throws {
         let results = InProcessGroup(size: 3).run { member -> [String] in
@@ -114,7 +180,7 @@ import StarlingDistributed
     func replicasMatchRanksAndOneProcess(family: String) throws {
         let data = try Fixture.sampleHDF5()
         let dir = Fixture.temporaryDirectory("replicas-\(family)")
-        let one = try run(Fixture.starling, arguments(family, data, dir + "/one", extra: ["--replicas", "1"]))
+        let one = try run(Fixture.starling, arguments(family, data, dir + "/one", extra: ["--replicas", "1", "--blas-threads", "1"]))
         #expect(one.status == 0, "\(one.error)")
         let replicas = try run(Fixture.starling, arguments(family, data, dir + "/replicas", extra: ["--replicas", "2"]))
         #expect(replicas.status == 0, "\(replicas.output)\(replicas.error)")
@@ -125,9 +191,13 @@ import StarlingDistributed
         let (a, b, c) = (try weights(dir + "/one/\(family)-last.h5"), try weights(dir + "/replicas/\(family)-last.h5"),
                          try weights(dir + "/ranks/\(family)-last.h5"))
         #expect(b == c, "2 replicas and 2 ranks differ: \(maxRelativeDifference(b, c))")
-        // oneDNN's weight gradients sum a batch of 48 in another order than one of 96: conv-ae to the looser bound
-        // the convolutional 2-rank tests use.
-        #expect(maxRelativeDifference(a, b) < (family == "conv-ae" ? 1e-4 : 1e-5))
+        // One process on one thread (pinned: the thread calibration may run early steps on two, whose oneDNN weight
+        // gradients sum in yet another order) sums a batch of 96 where the replicas sum two of 48: the same model to
+        // rounding. oneDNN's weight gradients (conv-ae) and vae's sampled latent, through Adam's nearly sign-like steps
+        // on small gradients, carry that rounding further: on Zen 3's 8-lane sums vae came to 6.4e-5 after 20 steps
+        // (on Zen 4's 16-lane ones under 1e-5), so those two get the looser bound the convolutional 2-rank tests use.
+        // A wrong split of the batch or the noise errs by 1e-2 or more.
+        #expect(maxRelativeDifference(a, b) < (["conv-ae", "vae"].contains(family) ? 1e-4 : 1e-5))
         let logs = try [dir + "/replicas", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/\(family)-log.csv", encoding: .utf8) }
         let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
         #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
@@ -156,17 +226,106 @@ import StarlingDistributed
     }
 
     /// Without --replicas or --blas-threads, one process times both layouts on the first batch, says which it chose
-    /// and why, and trains on it.
-    @Test func theLayoutIsMeasuredByDefault() throws {
+    /// and why, and trains on it; with --shard-optimizer too (replicas then shard their optimizer state).
+    @Test(arguments: [false, true])
+    func theLayoutIsMeasuredByDefault(sharded: Bool) throws {
         guard ProcessInfo.processInfo.activeProcessorCount > 1, ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil else { return }
         let data = try Fixture.sampleHDF5()
-        let dir = Fixture.temporaryDirectory("replicas-auto")
-        let r = try run(Fixture.starling, arguments("fc-ae", data, dir))
+        let dir = Fixture.temporaryDirectory("replicas-auto\(sharded ? "-sharded" : "")")
+        let r = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: sharded ? ["--shard-optimizer"] : []))
         #expect(r.status == 0, "\(r.error)")
         let line = try #require(r.output.split(separator: "\n").first { $0.hasPrefix("replicas: ") }, "\(r.output)")
         #expect(line.contains("the faster layout on this run's first batch") && line.contains("--replicas N fixes the count"))
         let chosen = line.hasPrefix("replicas: 1 ") ? "1 rank(s)" : "replica(s) on threads of one process"
         #expect(r.output.contains(chosen), "\(r.output)")
+        if sharded && !line.hasPrefix("replicas: 1 ") {
+            #expect(r.output.contains("optimizer state sharded over 2 replicas (ZeRO stage 1): replica 0 keeps"), "\(r.output)")
+        }
+    }
+
+    /// The optimizer state of a checkpoint, by name.
+    func optimizerState(_ path: String) throws -> [String: [Float]] { try Checkpoint.load(from: path).optimizerState }
+
+    /// `--replicas 2 --shard-optimizer` (ZeRO stage 1 between threads) trains the weights, and ends with the optimizer
+    /// state, that `mpirun -np 2 --shard-optimizer` and 2 unsharded replicas give, bit for bit: a + b = b + a in the
+    /// reduce-scatter, and the shards cut at the update loop's 64-element blocks. conv-ae runs oneDNN in both threads.
+    @Test(arguments: ["fc-ae", "conv-ae"])
+    func shardedReplicasMatchShardedRanks(family: String) throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-zero-\(family)")
+        let shard = ["--shard-optimizer"]
+        let sharded = try run(Fixture.starling, arguments(family, data, dir + "/sharded", extra: ["--replicas", "2"] + shard))
+        #expect(sharded.status == 0, "\(sharded.output)\(sharded.error)")
+        #expect(sharded.output.contains("optimizer state sharded over 2 replicas (ZeRO stage 1): replica 0 keeps"), "\(sharded.output)")
+        let ranks = try mpirun(2, arguments(family, data, dir + "/ranks", extra: shard))
+        #expect(ranks.status == 0, "\(ranks.output)\(ranks.error)")
+        let plain = try run(Fixture.starling, arguments(family, data, dir + "/plain", extra: ["--replicas", "2"]))
+        #expect(plain.status == 0, "\(plain.output)\(plain.error)")
+        let last = "/\(family)-last.h5"
+        let (a, b, c) = (try weights(dir + "/sharded" + last), try weights(dir + "/ranks" + last), try weights(dir + "/plain" + last))
+        #expect(!a.isEmpty && a == b, "sharded replicas and sharded ranks: \(maxRelativeDifference(a, b))")
+        #expect(a == c, "sharded and unsharded replicas: \(maxRelativeDifference(a, c))")
+        let (sa, sb, sc) = (try optimizerState(dir + "/sharded" + last), try optimizerState(dir + "/ranks" + last), try optimizerState(dir + "/plain" + last))
+        #expect(!sa.isEmpty && sa == sb && sa == sc)
+        let logs = try [dir + "/sharded", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/\(family)-log.csv", encoding: .utf8) }
+        let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
+        #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
+    }
+
+    /// bfloat16 gradients reduce-scattered between replicas are those reduce-scattered between ranks, bit for bit,
+    /// with SGD's momentum as the sharded state.
+    @Test func shardedReplicasMatchShardedRanksWithBFloat16Gradients() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-zero-bf16")
+        let flags = ["--shard-optimizer", "--gradient-precision", "bf16", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"]
+        let replicas = try run(Fixture.starling, arguments("fc-ae", data, dir + "/replicas", extra: ["--replicas", "2"] + flags))
+        #expect(replicas.status == 0, "\(replicas.output)\(replicas.error)")
+        let ranks = try mpirun(2, arguments("fc-ae", data, dir + "/ranks", extra: flags))
+        #expect(ranks.status == 0, "\(ranks.output)\(ranks.error)")
+        let (a, b) = (try weights(dir + "/replicas/fc-ae-last.h5"), try weights(dir + "/ranks/fc-ae-last.h5"))
+        #expect(!a.isEmpty && a == b, "\(maxRelativeDifference(a, b))")
+        #expect(try optimizerState(dir + "/replicas/fc-ae-last.h5") == optimizerState(dir + "/ranks/fc-ae-last.h5"))
+    }
+
+    /// Checkpoints of sharded replicas hold every parameter's state: stopped at step 13 they resume unsharded to the
+    /// uninterrupted sharded run's bits, and unsharded replicas' and sharded ranks' checkpoints resume sharded on
+    /// replicas to the same bits. A resume on another count or kind of world says which it was and which it is, and
+    /// continues the sample order (3 ranks from 2 replicas, within the 3-rank tests' 1e-5).
+    @Test func shardedReplicaCheckpointsResumeEitherWay() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-zero-resume")
+        let replicas = ["--replicas", "2"], shard = ["--shard-optimizer"]
+        func train(_ out: String, _ extra: [String], ranks: Int? = nil) throws -> Run {
+            let args = ["train", "--model", "fc-ae", "--data", data, "--epochs", "2", "--steps-per-epoch", "10", "--batch-size", "96",
+                        "--val-split", "none", "--seed", "4", "--out", dir + "/" + out] + extra
+            let r = try ranks.map { try mpirun($0, args) } ?? run(Fixture.starling, args)
+            #expect(r.status == 0, "\(out) \(extra): \(r.output)\(r.error)")
+            return r
+        }
+        _ = try train("straight", replicas + shard)
+        let straight = (try weights(dir + "/straight/fc-ae-last.h5"), try optimizerState(dir + "/straight/fc-ae-last.h5"))
+        // (first run's flags and ranks, resumed run's flags and ranks, the resume's message)
+        let cases: [(String, [String], Int?, [String], Int?, String)] = [
+            ("sharded-to-plain", replicas + shard, nil, replicas, nil, "resumed at epoch 1, step 13"),
+            ("plain-to-sharded", replicas, nil, replicas + shard, nil, "resumed at epoch 1, step 13"),
+            ("ranks-to-replicas", shard, 2, replicas + shard, nil, "resuming a run of 2 rank(s) on 2 replica(s)"),
+        ]
+        for (name, first, firstRanks, second, secondRanks, message) in cases {
+            _ = try train(name, first + ["--max-steps", "13"], ranks: firstRanks)
+            let resumed = try train(name, second + ["--resume", dir + "/\(name)/fc-ae-last.h5"], ranks: secondRanks)
+            #expect(resumed.output.contains(message) && resumed.output.contains("resumed at epoch 1, step 13"), "\(name): \(resumed.output)")
+            #expect(try weights(dir + "/\(name)/fc-ae-last.h5") == straight.0, "\(name)")
+            #expect(try optimizerState(dir + "/\(name)/fc-ae-last.h5") == straight.1, "\(name)")
+        }
+        _ = try train("three", replicas + shard + ["--max-steps", "13"])
+        #expect(try Checkpoint.load(from: dir + "/three/fc-ae-last.h5").state.worldIsReplicas)
+        let three = try train("three", shard + ["--resume", dir + "/three/fc-ae-last.h5"], ranks: 3)
+        #expect(three.output.contains("resuming a run of 2 replica(s) on 3 rank(s)"), "\(three.output)")
+        #expect(maxRelativeDifference(try weights(dir + "/three/fc-ae-last.h5"), straight.0) < 1e-5)
+        _ = try train("one", replicas + ["--max-steps", "13"])
+        let one = try train("one", ["--replicas", "1", "--resume", dir + "/one/fc-ae-last.h5"])
+        #expect(one.output.contains("resuming a run of 2 replica(s) on 1 rank(s)"), "\(one.output)")
+        #expect(maxRelativeDifference(try weights(dir + "/one/fc-ae-last.h5"), straight.0) < 1e-5)
     }
 
     /// A non-finite loss on replica 1 stops every replica at the same step with the agreed message, and the run
@@ -177,7 +336,7 @@ import StarlingDistributed
         let r = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: ["--replicas", "2"]),
                         environment: ["STARLING_TEST_NONFINITE": "1:3:loss"])
         #expect(r.status != 0)
-        #expect((r.output + r.error).contains("the loss became non-finite on 1 rank(s) at epoch 1, step 4"), "\(r.output)\(r.error)")
+        #expect((r.output + r.error).contains("the loss became non-finite on 1 replica(s) at epoch 1, step 4"), "\(r.output)\(r.error)")
     }
 
     /// Bad settings are refused in one line before anything runs.

@@ -40,6 +40,26 @@ import StarlingDistributed
         #expect(try train(options(mid, epochs: 2), resume: mid + "/fc-ae-last.h5") == straight)
     }
 
+    /// A resumed checkpoint is not held for the run: the trainer copies its weights and optimizer state and, once the
+    /// caller has handed it over (`consume`, as `train` does), nothing keeps its model alive; the run still ends with
+    /// the uninterrupted run's bits. (`ReplicaTraining.run` hands it to replica 0's trainer the same way; it is not run
+    /// in this process here, since it sets the process's BLAS thread count while other suites run.)
+    @Test func aResumedCheckpointIsReleasedOnceRestored() throws {
+        let straight = try train(options(Fixture.temporaryDirectory("release-straight"), epochs: 2))
+        let dir = Fixture.temporaryDirectory("release")
+        _ = try train(options(dir, epochs: 2, maxSteps: 4))
+        let data = try ImageDataset(path: try Fixture.sampleHDF5(), split: "train")
+        let model = try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 11)
+        let loaded: Checkpoint.Loaded? = try Checkpoint.load(from: dir + "/fc-ae-last.h5")
+        weak var restored = loaded?.model
+        #expect(restored != nil)
+        let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count), train: data, validation: nil,
+                                  options: options(dir, epochs: 2), world: try Communicator(), resume: consume loaded, log: { _ in })
+        #expect(restored == nil, "the trainer keeps the loaded checkpoint")
+        try trainer.run()
+        #expect(model.parameters.values.toArray() == straight)
+    }
+
     @Test func sameSeedSameRunDifferentSeedDifferentRun() throws {
         let a = try train(options(Fixture.temporaryDirectory("seed-a"), epochs: 1))
         let b = try train(options(Fixture.temporaryDirectory("seed-b"), epochs: 1))

@@ -101,6 +101,10 @@ public enum ConvAlgorithmBenchmark {
         // The layouts training runs this layer in: blocked where the channel count allows (else NCHW, the image).
         let layouts = DNNLConvPlan.Layouts(sourceBlocked: cin % b == 0, destinationBlocked: cout % b == 0,
                                            sourceWidth: cin % b == 0 ? b : 8, destinationWidth: cout % b == 0 ? b : 8)
+        // Below AVX-512 oneDNN has no Winograd: time Starling's F(2x2, 3x3) against the direct path training runs.
+        if !DNNLActivation.instructionSet.hasPrefix("avx512") {
+            return runOwn(layer, rounds: rounds, clock: clock, layouts: layouts, x: x, weight: weight, bias: bias, y: y, dy: dy, dx: dx)
+        }
         var geometries: [ConvolutionAlgorithm: ConvGeometry] = [:]
         for (algorithm, setting) in [(ConvolutionAlgorithm.direct, WinogradSetting.never), (.winograd, .always)] {
             var g = ConvGeometry(input: [n, cin, h, w], weight: [cout, cin, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
@@ -144,6 +148,57 @@ public enum ConvAlgorithmBenchmark {
                         directImplementation: name(pass == .forward ? directForward : directBackward),
                         winogradImplementation: name(pass == .forward ? forwardPlan : backwardPlan),
                         rule: direct.requestedAlgorithm(pass, setting: .rule))
+        }
+    }
+}
+
+extension ConvAlgorithmBenchmark {
+    /// The forward pass and input gradient of `layer` by the direct path `conv2dBlocked` runs without Winograd
+    /// (Starling's narrow-output or direct kernel where they apply, else oneDNN's), against Starling's Winograd
+    /// F(2x2, 3x3) (WinogradF2x3.swift), interleaved; nil where the latter does not take the layer (an NCHW side, a
+    /// 16-wide block) or Starling's kernels are off. The weight gradient is the same code either way and is not timed.
+    static func runOwn(_ layer: Layer, rounds: Int, clock: Clock, layouts: DNNLConvPlan.Layouts, x: FloatStorage, weight: FloatStorage,
+                       bias: FloatStorage, y: FloatStorage, dy: FloatStorage, dx: FloatStorage) -> [Pass]? {
+        var g = ConvGeometry(input: [layer.batch, layer.inChannels, layer.height, layer.width], weight: [layer.outChannels, layer.inChannels, 3, 3],
+                             stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+        g.winograd = .never
+        guard g.runsOwnWinograd(.forward, layouts, setting: .always), !layer.readsImage else { return nil }
+        let passes: [ConvolutionPass] = [.forward, .backwardData]
+        func run(_ pass: ConvolutionPass, winograd: Bool) {
+            let done = switch (pass, winograd) {
+            case (.forward, true):
+                g.ownWinogradForward(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, layouts: layouts, setting: .always)
+            case (.forward, false):
+                g.narrowOutputForward(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, layouts: layouts)
+                    || g.directForward(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, layouts: layouts)
+                    || g.dnnlConvolve(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, beta: 0, layouts: layouts)
+            case (_, true):
+                g.ownWinogradInputGradient(outputGrad: dy.pointer, weight: weight.pointer, into: dx.pointer, accumulate: false, layouts: layouts,
+                                           setting: .always)
+            case (_, false):
+                g.dnnlAccumulateInputGradient(outputGrad: dy.pointer, weight: weight.pointer, into: dx.pointer, layouts: layouts, accumulate: false)
+            }
+            precondition(done, "no plan for \(layer.description)")
+        }
+        var times: [ConvolutionPass: [Bool: [Double]]] = [:]
+        for round in 0...max(rounds, 1) {
+            for pass in passes {
+                for winograd in [false, true] {
+                    let t0 = seconds(clock)
+                    run(pass, winograd: winograd)
+                    let t = seconds(clock) - t0
+                    if round > 0 { times[pass, default: [:]][winograd, default: []].append(t) }
+                }
+            }
+        }
+        let flops = 2 * Double(layer.batch * layer.height * layer.width) * Double(layer.inChannels * layer.outChannels * 9)
+        let forwardDirect = g.narrowOutputShape(layouts) != nil ? "starling narrow-output"
+            : ConvGeometry.directForwardTakes(inChannels: layer.inChannels, outChannels: layer.outChannels, width: layer.width)
+                && layer.outChannels % 16 == 0 ? "starling direct" : "oneDNN direct"
+        return passes.map { pass in
+            Pass(pass: pass, direct: times[pass]?[false] ?? [], winograd: times[pass]?[true] ?? [], flops: flops,
+                 directImplementation: pass == .forward ? forwardDirect : "oneDNN direct", winogradImplementation: "starling_wino_2x3",
+                 rule: g.runsOwnWinograd(pass, layouts, setting: .rule) ? .winograd : .direct)
         }
     }
 }

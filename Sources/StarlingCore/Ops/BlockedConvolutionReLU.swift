@@ -29,6 +29,8 @@ extension Tensor {
                               inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
         }
         let y = out.data
+        // Starling's Winograd F(2x2, 3x3) where it runs (AVX2 CPUs), the ReLU applied as it stores.
+        if g.ownWinogradForward(input: x.data, weight: weight.data, bias: bias.data, output: y, layouts: layouts, relu: true) { return out }
         let direct = g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: y, layouts: layouts)
         // Into one 8-channel block: the adjoint's data-gradient kernel, twice as fast as oneDNN's forward one (AdjointForward.swift).
         let adjoint = !direct && g.adjointForward(input: x.data, weight: weight.data, bias: bias.data, output: y, layouts: layouts, relu: true)

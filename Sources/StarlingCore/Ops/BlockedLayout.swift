@@ -145,6 +145,7 @@ extension Tensor {
                               inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
         }
         let done = g.narrowOutputForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
+            || g.ownWinogradForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
             || g.directForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts, moments: moments)
             || g.dnnlConvolve(input: x.data, weight: weight.data, bias: bias.data, output: out.data, beta: 0, layouts: layouts)
         precondition(done, "conv2dBlocked without a oneDNN plan for \(planar) x \(weight.shape): check canConvolveBlocked first")
@@ -324,7 +325,8 @@ extension ConvGeometry {
             }
         }
         if let (dx, overwrite) = inputGradient {
-            let done = dnnlAccumulateInputGradient(outputGrad: dy, weight: w, into: dx, layouts: layouts, accumulate: !overwrite)
+            let done = ownWinogradInputGradient(outputGrad: dy, weight: w, into: dx, accumulate: !overwrite, layouts: layouts)
+                || dnnlAccumulateInputGradient(outputGrad: dy, weight: w, into: dx, layouts: layouts, accumulate: !overwrite)
             precondition(done, "oneDNN lost the plan of a blocked convolution")
         }
     }

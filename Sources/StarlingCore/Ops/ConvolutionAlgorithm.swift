@@ -47,9 +47,16 @@ public enum WinogradSetting: String, Sendable, Equatable {
 
     /// For run headers and benchmarks.
     public static var summary: String {
-        // oneDNN 2.x's only f32 Winograd kernel is its avx512_core one: say so rather than promise it elsewhere.
-        guard DNNLActivation.instructionSet.hasPrefix("avx512") || current == .never else {
-            return "no Winograd on oneDNN \(DNNLActivation.instructionSet) (oneDNN 2.x has it for AVX-512 only)"
+        // oneDNN 2.x's only f32 Winograd kernel is its avx512_core one; below AVX-512 the 8-channel blocks run Starling's
+        // own F(2x2, 3x3) (WinogradF2x3.swift), unless Starling's kernels are off.
+        if !DNNLActivation.instructionSet.hasPrefix("avx512") && current != .never {
+            guard ConvGeometry.ownKernels else {
+                return "no Winograd on oneDNN \(DNNLActivation.instructionSet) (oneDNN 2.x has it for AVX-512 only) nor Starling's (its kernels are off)"
+            }
+            return switch current {
+            case .always: "Starling's Winograd F(2x2, 3x3) on every 3x3 stride-1 8-channel-block forward pass and input gradient (STARLING_WINOGRAD=1; oneDNN \(DNNLActivation.instructionSet) has none)"
+            default: "no Winograd on oneDNN \(DNNLActivation.instructionSet) (AVX-512 only); Starling's F(2x2, 3x3) off, it did not pay in whole steps (STARLING_WINOGRAD=1 runs it)"
+            }
         }
         let calls = "at most \(WinogradCallBudget.current >> 20) MB a call (STARLING_WINOGRAD_CALL_MB)"
         return switch current {

@@ -1,0 +1,206 @@
+import Testing
+@testable import StarlingCore
+
+/// Starling's Winograd F(2x2, 3x3) (WinogradF2x3.swift) against a float64 convolution of the same float inputs: the
+/// forward pass and the input gradient, on odd maps (tiles cut at the right and bottom edges), padding 0 and 1, several
+/// channel counts, batches > 1 and blocks of tiles that cut the batch at odd places; and a finite-difference check of
+/// the input gradient through the blocked convolution op. Forced on every CPU (`anyCPU`): on AVX-512 machines
+/// production runs oneDNN's F(4x4, 3x3) instead, but the code is the same.
+@Suite struct WinogradF2x3Tests {
+    /// One case: channels, map, padding (0 or 1 on every side), images.
+    struct Case: CustomStringConvertible {
+        let cin: Int, cout: Int, height: Int, width: Int, pad: Int, batch: Int
+        var description: String { "\(cin)->\(cout) \(height)x\(width) pad \(pad) batch \(batch)" }
+        var geometry: ConvGeometry {
+            ConvGeometry(input: [batch, cin, height, width], weight: [cout, cin, 3, 3], stride: (1, 1),
+                         padding: pad == 1 ? .same : .valid, dilation: (1, 1), groups: 1)
+        }
+    }
+
+    static let cases: [Case] = [
+        Case(cin: 8, cout: 8, height: 7, width: 9, pad: 1, batch: 2),
+        Case(cin: 16, cout: 24, height: 5, width: 5, pad: 0, batch: 3),
+        Case(cin: 24, cout: 16, height: 11, width: 6, pad: 1, batch: 2),
+        Case(cin: 64, cout: 64, height: 9, width: 13, pad: 1, batch: 2),
+        Case(cin: 8, cout: 64, height: 6, width: 7, pad: 0, batch: 2),
+        Case(cin: 64, cout: 8, height: 3, width: 3, pad: 1, batch: 3),
+    ]
+
+    static let layouts = DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: 8, destinationWidth: 8)
+
+    /// Offset of (image, channel, row, column) in [N, C/8, H, W, 8].
+    static func blocked(_ i: Int, _ c: Int, _ r: Int, _ q: Int, channels: Int, height: Int, width: Int) -> Int {
+        (((i * (channels / 8) + c / 8) * height + r) * width + q) * 8 + c % 8
+    }
+
+    /// y (blocked) = conv(x, w) + bias in Double.
+    static func referenceForward(_ k: Case, _ g: ConvGeometry, x: [Float], w: [Float], bias: [Float]) -> [Double] {
+        var y = [Double](repeating: 0, count: k.batch * k.cout * g.outPlane)
+        for i in 0..<k.batch { for o in 0..<k.cout { for r in 0..<g.outHeight { for q in 0..<g.outWidth {
+            var sum = Double(bias[o])
+            for c in 0..<k.cin { for ki in 0..<3 { for kj in 0..<3 {
+                let (row, column) = (r + ki - k.pad, q + kj - k.pad)
+                guard (0..<k.height).contains(row), (0..<k.width).contains(column) else { continue }
+                sum += Double(x[blocked(i, c, row, column, channels: k.cin, height: k.height, width: k.width)]) * Double(w[((o * k.cin + c) * 3 + ki) * 3 + kj])
+            } } }
+            y[blocked(i, o, r, q, channels: k.cout, height: g.outHeight, width: g.outWidth)] = sum
+        } } } }
+        return y
+    }
+
+    /// dx (blocked) = conv^T(dy, w) in Double.
+    static func referenceInputGradient(_ k: Case, _ g: ConvGeometry, dy: [Float], w: [Float]) -> [Double] {
+        var dx = [Double](repeating: 0, count: k.batch * k.cin * k.height * k.width)
+        for i in 0..<k.batch { for o in 0..<k.cout { for r in 0..<g.outHeight { for q in 0..<g.outWidth {
+            let d = Double(dy[blocked(i, o, r, q, channels: k.cout, height: g.outHeight, width: g.outWidth)])
+            for c in 0..<k.cin { for ki in 0..<3 { for kj in 0..<3 {
+                let (row, column) = (r + ki - k.pad, q + kj - k.pad)
+                guard (0..<k.height).contains(row), (0..<k.width).contains(column) else { continue }
+                dx[blocked(i, c, row, column, channels: k.cin, height: k.height, width: k.width)] += d * Double(w[((o * k.cin + c) * 3 + ki) * 3 + kj])
+            } } }
+        } } } }
+        return dx
+    }
+
+    /// Largest |a - b| over the largest |b|.
+    static func relativeError(_ a: UnsafePointer<Float>, _ b: [Double]) -> Double {
+        let scale = b.map(abs).max() ?? 0
+        return (0..<b.count).map { abs(Double(a[$0]) - b[$0]) }.max().map { $0 / Swift.max(scale, 1e-30) } ?? 0
+    }
+
+    @Test(arguments: cases) func forwardMatchesFloat64(_ k: Case) {
+        let g = k.geometry
+        let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 1), w = randomValues(k.cout * k.cin * 9, seed: 2, -0.3, 0.3)
+        let bias = randomValues(k.cout, seed: 3)
+        let reference = Self.referenceForward(k, g, x: x, w: w, bias: bias)
+        // The default block (every tile at once here) and blocks of 7 tiles, which end inside images and rows.
+        for tilesPerBlock in [nil, 7] as [Int?] {
+            for relu in [false, true] {
+                var y = [Float](repeating: .nan, count: reference.count)
+                let ran = x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        g.ownWinogradForward(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!, output: yp.baseAddress!,
+                                             layouts: Self.layouts, relu: relu, setting: .always, anyCPU: true, tilesPerBlock: tilesPerBlock)
+                    }
+                } } }
+                #expect(ran, "\(k)")
+                let expected = relu ? reference.map { Swift.max($0, 0) } : reference
+                let error = y.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, expected) }
+                #expect(error < ConvolutionAccuracy.winogradBound, "\(k) block \(String(describing: tilesPerBlock)) relu \(relu): \(error)")
+            }
+        }
+    }
+
+    @Test(arguments: cases) func inputGradientMatchesFloat64(_ k: Case) {
+        let g = k.geometry
+        let dy = randomValues(k.batch * k.cout * g.outPlane, seed: 4), w = randomValues(k.cout * k.cin * 9, seed: 5, -0.3, 0.3)
+        let reference = Self.referenceInputGradient(k, g, dy: dy, w: w)
+        let prior = randomValues(reference.count, seed: 6)
+        for tilesPerBlock in [nil, 5] as [Int?] {
+            for accumulate in [false, true] {
+                var dx = accumulate ? prior : [Float](repeating: .nan, count: reference.count)
+                let ran = dy.withUnsafeBufferPointer { dp in w.withUnsafeBufferPointer { wp in
+                    dx.withUnsafeMutableBufferPointer { xp in
+                        g.ownWinogradInputGradient(outputGrad: dp.baseAddress!, weight: wp.baseAddress!, into: xp.baseAddress!,
+                                                   accumulate: accumulate, layouts: Self.layouts, setting: .always, anyCPU: true,
+                                                   tilesPerBlock: tilesPerBlock)
+                    }
+                } }
+                #expect(ran, "\(k)")
+                let expected = accumulate ? zip(reference, prior).map { $0 + Double($1) } : reference
+                let error = dx.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, expected) }
+                #expect(error < ConvolutionAccuracy.winogradBound, "\(k) block \(String(describing: tilesPerBlock)) accumulate \(accumulate): \(error)")
+            }
+        }
+    }
+
+    /// The transformed-tile error stays near direct's: within 8x of oneDNN's direct forward pass on the same inputs
+    /// (Winograd F(4x4, 3x3) was 1.2-8x, README), and the two agree to the Winograd bound.
+    @Test func errorNearDirect() {
+        let k = Case(cin: 64, cout: 64, height: 17, width: 15, pad: 1, batch: 2)
+        var g = k.geometry
+        g.winograd = .never
+        let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 7), w = randomValues(k.cout * k.cin * 9, seed: 8, -0.1, 0.1)
+        let bias = randomValues(k.cout, seed: 9)
+        let reference = Self.referenceForward(k, g, x: x, w: w, bias: bias)
+        var winograd = [Float](repeating: 0, count: reference.count), direct = winograd
+        x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+            _ = g.ownWinogradForward(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!, output: &winograd,
+                                     layouts: Self.layouts, setting: .always, anyCPU: true)
+            #expect(g.dnnlConvolve(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!, output: &direct, beta: 0,
+                                   layouts: Self.layouts))
+        } } }
+        let (we, de) = (Self.relativeError(winograd, reference), Self.relativeError(direct, reference))
+        #expect(we < ConvolutionAccuracy.winogradBound && we < Swift.max(8 * de, 1e-7), "Winograd \(we), direct \(de)")
+    }
+
+    /// The settings: 0 never, 1 on any shape it takes, the rule only where it paid; never the weight gradient, a
+    /// stride of 2, a 5x5 kernel, an NCHW side or a 16-wide block.
+    @Test func whereItRuns() {
+        let g = Case(cin: 64, cout: 64, height: 32, width: 32, pad: 1, batch: 2).geometry
+        #expect(g.runsOwnWinograd(.forward, Self.layouts, setting: .always, anyCPU: true))
+        #expect(g.runsOwnWinograd(.backwardData, Self.layouts, setting: .always, anyCPU: true))
+        #expect(!g.runsOwnWinograd(.backwardWeights, Self.layouts, setting: .always, anyCPU: true))
+        #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .never, anyCPU: true))
+        // Off unless asked for (it did not pay in whole steps, BENCHMARKS.md).
+        #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .rule, anyCPU: true))
+        let strided = ConvGeometry(input: [2, 64, 32, 32], weight: [64, 64, 3, 3], stride: (2, 2), padding: .same, dilation: (1, 1), groups: 1)
+        let five = ConvGeometry(input: [2, 64, 32, 32], weight: [64, 64, 5, 5], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+        for other in [strided, five] { #expect(!other.runsOwnWinograd(.forward, Self.layouts, setting: .always, anyCPU: true)) }
+        var planarInput = Self.layouts
+        planarInput.sourceBlocked = false
+        var wide = Self.layouts
+        (wide.sourceWidth, wide.destinationWidth) = (16, 16)
+        for layouts in [planarInput, wide] { #expect(!g.runsOwnWinograd(.forward, layouts, setting: .always, anyCPU: true)) }
+        // oneDNN's own Winograd is preferred on AVX-512 CPUs.
+        if DNNLActivation.instructionSet.hasPrefix("avx512") { #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .always)) }
+    }
+
+    /// Finite differences through `conv2dBlocked` and `conv2dBlockedReLU` with Starling's Winograd forced on (as
+    /// STARLING_WINOGRAD=1 on an AVX2 CPU), at 60 sampled inputs.
+    @Test func inputGradientThroughTheOp() {
+        ConvGeometry.$ownWinogradForcedForTests.withValue(true) { checkThroughTheOp() }
+    }
+
+    func checkThroughTheOp() {
+        let k = Case(cin: 64, cout: 64, height: 17, width: 16, pad: 1, batch: 2)
+        #expect(k.geometry.runsOwnWinograd(.forward, Self.layouts) && k.geometry.runsOwnWinograd(.backwardData, Self.layouts))
+        let x = randomVariable([k.batch, k.cin, k.height, k.width], seed: 10)
+        let w = Tensor(shape: [k.cout, k.cin, 3, 3], values: randomValues(k.cout * k.cin * 9, seed: 11, -0.1, 0.1))
+        let b = Tensor(shape: [k.cout], values: randomValues(k.cout, seed: 12))
+        let projection = randomValues(x.count * k.cout / k.cin, seed: 14, 0.5, 1.5)
+        func op(_ input: Tensor) -> Tensor { input.blocked8().conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same, width: 8).unblocked() }
+        x.clearGrad()
+        op(x).backward(seed: projection)
+        let analytic = x.gradArray ?? []
+        // The objective is linear in x: central differences are exact but for rounding.
+        func objective() -> Double {
+            let y = GradMode.disabled { op(x) }
+            return (0..<y.count).reduce(0.0) { $0 + Double(projection[$1]) * Double(y.data[$1]) }
+        }
+        var rng = RandomGenerator(seed: 15)
+        let eps: Float = 0.25
+        for _ in 0..<60 {
+            let i = Int(rng.next() % UInt64(x.count)), saved = x.data[i]
+            x.data[i] = saved + eps
+            let plus = objective()
+            x.data[i] = saved - eps
+            let minus = objective()
+            x.data[i] = saved
+            let numeric = (plus - minus) / Double(2 * eps)
+            #expect(abs(Double(analytic[i]) - numeric) <= 2e-3 + 1e-3 * abs(numeric), "x[\(i)]: analytic \(analytic[i]), numeric \(numeric)")
+        }
+        // The ReLU fused into the store: the same values and input gradient as the op followed by a ReLU.
+        let seed = randomValues(x.count * k.cout / k.cin, seed: 13)
+        x.clearGrad()
+        let fused = x.blocked8().conv2dBlockedReLU(w, bias: b, stride: (1, 1), padding: .same, width: 8).unblocked()
+        fused.backward(seed: seed)
+        let fusedGradient = x.gradArray ?? []
+        x.clearGrad()
+        let apart = x.blocked8().conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same, width: 8).unblocked().relu()
+        apart.backward(seed: seed)
+        let apartGradient = x.gradArray ?? []
+        #expect(fused.toArray() == apart.toArray())
+        #expect(fusedGradient.count == x.count && fusedGradient == apartGradient)
+    }
+}
