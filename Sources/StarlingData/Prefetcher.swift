@@ -39,10 +39,10 @@ package final class Prefetcher: @unchecked Sendable {
     package private(set) var madeByConsumer = 0
 
     /// `targetEncoder`: the model's, run on each batch on the same thread (`Model.targetEncoder`). `depth` 0 reads
-    /// nothing ahead: every batch is made by the consumer in `next()`.
-    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int = 2,
+    /// nothing ahead: every batch is made by the consumer in `next()`; nil: by the batch's size (`defaultDepth`).
+    package init(source: any TrainingSource, steps: [[Int]], epoch: Int, config: ModelConfig, targetEncoder: (any TargetEncoder)?, depth: Int? = nil,
                  lowPriority: Bool = false) {
-        self.depth = depth
+        self.depth = depth ?? Self.defaultDepth(batchBytes: (steps.first?.count ?? 0) * config.inputShape.reduce(4, *))
         self.steps = steps
         make = { indices in
             Result {
@@ -59,7 +59,7 @@ package final class Prefetcher: @unchecked Sendable {
             #endif
             condition.lock()
             while true {
-                while !stopped && claimed < self.steps.count && (producing || claimed - consumed >= depth) { condition.wait() }
+                while !stopped && claimed < self.steps.count && (producing || claimed - consumed >= self.depth) { condition.wait() }
                 if stopped || claimed == self.steps.count { break }
                 let step = claimed
                 claimed += 1
@@ -79,6 +79,12 @@ package final class Prefetcher: @unchecked Sendable {
         thread.stackSize = 1 << 22
         thread.start()
     }
+
+    /// Batches read ahead by default: two, or one for batches of 4 MB and more (detection-size images: SSD7's 16 at
+    /// 300 x 480 are 28 MB). Such a batch takes milliseconds to copy or decode against a step of hundreds, so one
+    /// batch ahead, read while the step runs, leaves the step as little data wait as two, and the second batch was
+    /// peak memory (bench --suite, ssd7 1 x 2: BENCHMARKS.md, "Peak memory at half of PyTorch's on AVX2").
+    package static func defaultDepth(batchBytes: Int) -> Int { batchBytes >= 4 << 20 ? 1 : 2 }
 
     /// The next batch in order; rethrows a read error from the background thread.
     package func next() throws -> Batch {

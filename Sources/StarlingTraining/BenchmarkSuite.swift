@@ -214,6 +214,8 @@ public enum BenchmarkSuite {
         func run(_ reader: Prefetcher, steps: Int, epoch: Int) throws {
             for _ in 0..<steps {
                 let t0 = monotonicSeconds()
+                // Only the run's last batch is kept for the inference rounds: the one before is not held through a step.
+                lastBatch = nil
                 var batch = try reader.next()
                 let t1 = monotonicSeconds()
                 (batch.epoch, batch.seed) = (epoch, 1)

@@ -5,7 +5,7 @@ import Testing
     /// The allocator's counts against blocks taken and given by hand, on an allocator of the test's own (other tests
     /// allocate from the shared one at the same time).
     @Test func blockCountsFollowTakesAndGives() {
-        let blocks = LargeBlocks(mappingBytes: 4 << 20)
+        let blocks = LargeBlocks(mappingBytes: 4 << 20, reservationBytes: 0)     // a mapping per growth
         let a = blocks.take(bytes: 1_500_000)                     // 1,503,232 bytes at 4 KB granularity
         #expect(blocks.usage.live == 1_503_232 && blocks.usage.peak == 1_503_232 && blocks.usage.mapped == 4 << 20)
         let b = blocks.take(bytes: 3 << 20)                       // does not fit the 2.5 MB left: a second mapping
@@ -19,6 +19,39 @@ import Testing
         blocks.give(b, bytes: 3 << 20)
         blocks.give(c, bytes: 1 << 20)
         #expect(blocks.usage.live == 0 && blocks.usage.mapped == 8 << 20)
+    }
+
+    /// In one reserved range: a block that fits no hole starts in the free extent at the top and only the pages
+    /// beyond it are new (with a mapping per growth it took a mapping of its own beside that free end); holes are
+    /// reused best-fit; a full reservation falls back to mappings of their own. Blocks are written end to end, so a
+    /// page made accessible too late would fault.
+    @Test func reservedRangeGrowsFromItsFreeTop() {
+        let mb = 1 << 20
+        let blocks = LargeBlocks(mappingBytes: 4 * mb, reservationBytes: 16 * mb)
+        func take(_ bytes: Int) -> UnsafeMutableRawPointer {
+            let block = blocks.take(bytes: bytes)
+            block.initializeMemory(as: UInt8.self, repeating: 1, count: bytes)
+            return block
+        }
+        let a = take(2 * mb), b = take(3 * mb)
+        #expect(b == a + 2 * mb && blocks.usage.mapped == 5 * mb)
+        blocks.give(b, bytes: 3 * mb)                           // the top 3 MB are free again
+        let c = take(4 * mb)                                    // fits no hole: from b's address, 1 MB new
+        #expect(c == b && blocks.usage.mapped == 6 * mb)
+        blocks.give(a, bytes: 2 * mb)
+        let d = take(1 * mb)                                    // in a's hole, not at the top
+        #expect(d == a && blocks.usage.mapped == 6 * mb && blocks.usage.live == 5 * mb)
+        let e = take(10 * mb)                                   // 6 + 10 MB: the reservation's 16 MB exactly
+        #expect(e == c + 4 * mb && blocks.usage.mapped == 16 * mb)
+        let f = take(2 * mb)                                    // full: the 1 MB hole is too small, a mapping of its own
+        #expect(blocks.usage.mapped == 20 * mb && blocks.usage.live == 17 * mb)
+        for (block, bytes) in [(c, 4 * mb), (d, 1 * mb), (e, 10 * mb), (f, 2 * mb)] { blocks.give(block, bytes: bytes) }
+        #expect(blocks.usage.live == 0)
+        // Everything in the reservation joined again: no new mapping (the fallback's extent may join it too, when
+        // the system placed that mapping just below the reservation).
+        let g = take(16 * mb)
+        #expect(blocks.usage.mapped == 20 * mb && blocks.usage.live == 16 * mb)
+        blocks.give(g, bytes: 16 * mb)
     }
 
     /// The graph's values after a forward pass, against the blocks counted by hand: every value and gradient block
