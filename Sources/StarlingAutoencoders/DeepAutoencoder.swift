@@ -36,13 +36,13 @@ public final class DeepAutoencoder: ONNXAutoencoder {
     /// The 32-unit code, [N, 32].
     public func code<Value: NetworkValue>(_ images: Value) -> Value {
         var h = images.flattened()
-        for layer in encoder { h = layer(h).relu() }
+        for layer in encoder { h = h.applyingWithReLU(layer) }
         return h
     }
 
     public func reconstructionLogits<Value: NetworkValue>(_ images: Value, training: Bool) -> Value {
         var h = code(images)
-        for layer in decoder.dropLast() { h = layer(h).relu() }
+        for layer in decoder.dropLast() { h = h.applyingWithReLU(layer) }
         return decoder[decoder.count - 1](h).reshaped(images.shape)
     }
 

@@ -32,7 +32,7 @@ public final class FCAutoencoder: ONNXAutoencoder {
     }
 
     /// The code, [N, code_size].
-    public func code<Value: NetworkValue>(_ images: Value) -> Value { encoder(images.flattened()).relu() }
+    public func code<Value: NetworkValue>(_ images: Value) -> Value { images.flattened().applyingWithReLU(encoder) }
 
     /// The decoder's logits for codes [N, code_size]: [N, pixels].
     func decoderLogits<Value: NetworkValue>(_ code: Value) -> Value { decoder(code) }

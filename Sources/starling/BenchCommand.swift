@@ -14,12 +14,12 @@ struct BenchCommand: ParsableCommand {
     var data: String?
     @Option(help: "Timed training steps.") var steps: Int = 100
     @Option(help: "BLAS threads (default: OpenBLAS's own choice).") var threads: Int?
-    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), fc-ae, conv, conv-algorithms (not in all: every 3x3 layer of the suite's conv models, direct against Winograd, pass by pass), conv-accuracy (not in all: those layers' errors against a float64 reference, both algorithms), ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
+    @Option(help: "What to measure: all, gemm (not in all: sgemm on both GEMMs over the models' shapes), gemm-deep-ae (not in all: every product of deep-ae's training step at batch 128 and 256, both GEMMs), fc-ae, conv, conv-algorithms (not in all: every 3x3 layer of the suite's conv models, direct against Winograd, pass by pass), conv-accuracy (not in all: those layers' errors against a float64 reference, both algorithms), ssd7, ssd7-layers, pipeline (needs --detection-data), map, unet (U-Net at 128x128, batch 8), kernels (the element-wise kernels at every build this CPU runs), or a detection family (\(ModelRegistry.names(trainingOn: .detection).filter { $0 != "ssd7" }.joined(separator: ", ")): its paper's input size, batch 8; \(ModelRegistry.names(trainingOn: .detectionProposals).joined(separator: ", ")): 375x500, batch 2, 2,000 random proposals an image; mask-rcnn: its Penn-Fudan 320x416, batch 2).") var only: String = "all"
     @Option(help: "With --only FAMILY: its width multiplier (default: the paper's network).") var widthMultiplier: Double?
     @Option(help: "A detection dataset at 300x480 for the SSD input-pipeline figure.") var detectionData: String?
     @Option(help: "With --only conv-algorithms: these models' layers only (unet-w1, unet-w0.25, yolov3-tiny, ssd7, denoising-ae).")
     var layers: [String] = []
-    @Option(help: "With --only conv-algorithms: rounds of each pass and algorithm, interleaved.") var rounds: Int = 3
+    @Option(help: "With --only conv-algorithms: rounds of each pass and algorithm, interleaved; with --only gemm-deep-ae, of each product and GEMM.") var rounds: Int = 3
     @Option(help: "With --only conv-algorithms: wall or cpu (the process's CPU time: on one thread, what a loaded machine disturbs least).")
     var clock: String = "wall"
 
@@ -72,6 +72,12 @@ struct BenchCommand: ParsableCommand {
                              fc.imagesPerSecond, fc.secondsPerStep * 1000, fc.shareOutsideBLAS * 100, rssMB, data.map { " (reading \($0))" } ?? " (synthetic data)"))
             }
             if only == "gemm" { printGEMMTable() }
+            if only == "gemm-deep-ae" {
+                guard rounds >= 1 else { throw ValidationError("--rounds \(rounds): at least 1") }
+                let sizes = [784, 128, 64, 32, 64, 128, 784]
+                printGEMMTable(GEMMBenchmark.denseStep(name: "deep-ae", sizes: sizes, batch: 128)
+                               + GEMMBenchmark.denseStep(name: "deep-ae", sizes: sizes, batch: 256), rounds: rounds)
+            }
             if only == "conv-algorithms" { try printConvAlgorithms() }
             if only == "conv-accuracy" { try printConvAccuracy() }
             if only == "all" || only == "conv" {
@@ -154,7 +160,7 @@ struct BenchCommand: ParsableCommand {
                       + String(format: "training %.2f images/s at batch 2; inference %.2f FPS at batch 1, %.2f FPS at batch 2, masks pasted (backbone and RPN alone %.1f / %.1f); peak RSS %.0f MB",
                                result.trainImagesPerSecond, result.inferenceFPS[1] ?? 0, result.inferenceFPS[2] ?? 0,
                                result.forwardFPS[1] ?? 0, result.forwardFPS[2] ?? 0, Double(Benchmarks.peakResidentBytes()) / 1_048_576))
-            } else if !["gemm", "fc-ae", "conv", "conv-algorithms", "conv-accuracy", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
+            } else if !["gemm", "gemm-deep-ae", "fc-ae", "conv", "conv-algorithms", "conv-accuracy", "ssd7", "ssd7-layers", "pipeline", "map", "unet", "kernels"].contains(only) {
                 throw ValidationError("--only \(only): not something bench measures (see --help)")
             }
             if only == "all" || only == "unet" {
@@ -297,11 +303,11 @@ struct BenchCommand: ParsableCommand {
 
     /// `--only gemm`: GFLOP/s of OpenBLAS (with the core it runs, OPENBLAS_CORETYPE honoured) and oneDNN's sgemm on
     /// each shape, three interleaved rounds each: the best and the spread (min-max).
-    func printGEMMTable() {
-        print("sgemm GFLOP/s, \(BLAS.threadCount) thread(s), best of 3 interleaved rounds [min-max]; OpenBLAS core \(BLAS.coreName), oneDNN \(DNNLActivation.instructionSet), CPU \(VectorISA.thisCPU):")
+    func printGEMMTable(_ shapes: [GEMMBenchmark.Shape] = GEMMBenchmark.shapes, rounds: Int = 3) {
+        print("sgemm GFLOP/s, \(BLAS.threadCount) thread(s), best of \(rounds) interleaved rounds [min-max]; OpenBLAS core \(BLAS.coreName), oneDNN \(DNNLActivation.instructionSet), CPU \(VectorISA.thisCPU):")
         print("| shape | OpenBLAS \(BLAS.coreName) | dnnl_sgemm | dnnl / OpenBLAS |")
         print("|---|---|---|---|")
-        for row in GEMMBenchmark.run() {
+        for row in GEMMBenchmark.run(shapes: shapes, rounds: rounds) {
             let open = row.rounds[.openblas] ?? [], dnnl = row.rounds[.dnnl] ?? []
             func cell(_ v: [Double]) -> String { String(format: "%.1f [%.1f-%.1f]", v.max() ?? 0, v.min() ?? 0, v.max() ?? 0) }
             print("| \(row.shape.label) | \(cell(open)) | \(cell(dnnl)) | " + String(format: "%.2f", (dnnl.max() ?? 0) / max(open.max() ?? 1, 1e-9)) + " |")

@@ -24,6 +24,48 @@ import Glibc
         let ref = referenceMatmul(x.toArray(), w.toArray(), m: 5, k: 3, n: 4)
         expectClose(y, ref.enumerated().map { $0.element + b.toArray()[$0.offset % 4] })
     }
+
+    @Test func linearReLUGradient() {
+        // Random x and W; each output's bias is shifted so that no pre-activation lies within 0.05 of the kink, where a
+        // finite difference of eps 0.01 would straddle it.
+        let (rows, n) = (6, 7)
+        let x = randomVariable([rows, 5], seed: 6), w = randomVariable([5, n], seed: 7)
+        let product = GradMode.disabled { x.matmul(w) }.toArray()
+        var bias = randomValues(n, seed: 8)
+        for j in 0..<n {
+            let shifts: [Float] = [0, 0.1, -0.1, 0.2, -0.2, 0.3, -0.3, 0.4, -0.4]
+            bias[j] += shifts.first { s in (0..<rows).allSatisfy { abs(product[$0 * n + j] + bias[j] + s) >= 0.05 } } ?? 0
+        }
+        let b = Tensor.variable(shape: [n], values: bias)
+        let z = GradMode.disabled { x.linear(w, b) }.toArray()
+        #expect(z.contains { $0 < -0.05 } && z.contains { $0 > 0.05 })
+        #expect(!z.contains { abs($0) < 0.05 })
+        checkGradients([x, w, b]) { $0[0].linearReLU($0[1], $0[2]) }
+    }
+
+    /// The fused op against the two ops it replaces: the same values and the same gradients, bit for bit, with a
+    /// second user of the result (sparse-ae's penalty on the code) adding to its gradient first.
+    @Test func linearReLUMatchesLinearThenReLU() {
+        func run(fused: Bool) -> [[Float]] {
+            let x = randomVariable([9, 6], seed: 9), w = randomVariable([6, 11], seed: 10), b = randomVariable([11], seed: 11)
+            let y = fused ? x.linearReLU(w, b) : x.linear(w, b).relu()
+            let loss = (y * y).sum() + y.sum() * 0.5
+            loss.backward()
+            return [y.toArray(), x.gradArray ?? [], w.gradArray ?? [], b.gradArray ?? []]
+        }
+        let (fused, separate) = (run(fused: true), run(fused: false))
+        #expect(fused[0].contains(0) && fused[0].contains { $0 > 0 })
+        for k in 0..<4 { #expect(fused[k] == separate[k], "output \(k)") }
+    }
+
+    @Test func reshapeToItsOwnShapeIsTheTensorItself() {
+        let x = randomVariable([4, 3], seed: 12)
+        let y = x.reshaped([4, -1])
+        #expect(y === x)
+        let z = x.reshaped([3, 4])
+        #expect(z !== x && z.toArray() == x.toArray())
+        checkGradients([x]) { ($0[0].reshaped([4, 3]) * $0[0]).reshaped([2, 6]) }
+    }
 }
 
 @Suite struct ElementwiseTests {

@@ -31,6 +31,31 @@ import StarlingDistributed
         for result in sums { #expect(try result.get() == zip(a, b).map { $0 + $1 }) }
     }
 
+    /// The vectorised float sum over a count no share divides evenly: each element is still replica 0's value plus
+    /// replica 1's plus replica 2's, in that order (large and small values mixed so that another order would round
+    /// differently), on every replica.
+    @Test func floatSumsAcrossBlocksInReplicaOrder() throws {
+        let count = 9_001
+        // Every third element sums exactly (i + 0.5 - 2i); the others are 1e8 + small - 1e8, which is 0 in replica
+        // order and `small` if replicas 0 and 2 were added first.
+        func value(_ r: Int, _ i: Int) -> Float {
+            if i % 3 == 0 { return [Float(i), 0.5, Float(-2 * i)][r] }
+            let large: Float = i % 2 == 0 ? 1e8 : -1e8
+            return [large, Float(i % 7 + 1) * 0.3, -large][r]
+        }
+        let inputs: [[Float]] = (0..<3).map { r in (0..<count).map { value(r, $0) } }
+        let expected: [Float] = (0..<count).map { i in (inputs[0][i] + inputs[1][i]) + inputs[2][i] }
+        let otherOrder: [Float] = (0..<count).map { i in (inputs[0][i] + inputs[2][i]) + inputs[1][i] }
+        #expect(expected[3] == -2.5 && expected[1] == 0)
+        let results = InProcessGroup(size: 3).run { member -> [Float] in
+            var values = inputs[member.rank]
+            try values.withUnsafeMutableBufferPointer { try member.allreduce($0.baseAddress!, count: count, .sum) }
+            return values
+        }
+        for (r, result) in results.enumerated() { #expect(try result.get() == expected, "replica \(r)") }
+        #expect(expected != otherOrder)
+    }
+
     /// bfloat16 sums widen, add in replica order and round after each addition: 1 + (1 + 2^-7) is a tie that rounds to
     /// even (2), and with a third replica's 2^-7 the total is 2 + 2^-7 rounded again (2), not (1 + 2^-7 + 2^-7) + 1.
     @Test func halfPrecisionSums() throws {

@@ -31,6 +31,20 @@ public enum GEMMBenchmark {
         Shape(name: "rcnn fc7 weight grad", transA: true, transB: false, m: 4096, n: 4096, k: 128),
     ]
 
+    /// Every product of a stack of dense layers' training step at one batch (`sizes`: the widths from input to output):
+    /// forward NN, input gradient NT (not for the first layer, whose input is data) and weight gradient TN, layer by
+    /// layer. `bench --only gemm-deep-ae` runs deep-ae's at the batch of one rank on two ranks (128) and on one (256).
+    public static func denseStep(name: String, sizes: [Int], batch: Int) -> [Shape] {
+        (1..<sizes.count).flatMap { l -> [Shape] in
+            let (inputs, outputs) = (sizes[l - 1], sizes[l])
+            let layer = "\(name) \(inputs)->\(outputs) B\(batch)"
+            var products = [Shape(name: "\(layer) forward", transA: false, transB: false, m: batch, n: outputs, k: inputs)]
+            if l > 1 { products.append(Shape(name: "\(layer) input grad", transA: false, transB: true, m: batch, n: inputs, k: outputs)) }
+            products.append(Shape(name: "\(layer) weight grad", transA: true, transB: false, m: inputs, n: outputs, k: batch))
+            return products
+        }
+    }
+
     public struct Row: Sendable {
         public let shape: Shape
         /// GFLOP/s of each round, per backend.

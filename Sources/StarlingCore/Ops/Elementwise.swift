@@ -147,7 +147,8 @@ extension Tensor {
 
     public func mean() -> Tensor { sum() * (1 / Float(Swift.max(count, 1))) }
 
-    /// The same values with another shape (a copy; the graph passes the gradient straight through).
+    /// The same values with another shape (a copy; the graph passes the gradient straight through); the tensor itself when
+    /// the shape is its own.
     public func reshaped(_ newShape: [Int]) -> Tensor {
         var s = newShape
         if let k = s.firstIndex(of: -1) {
@@ -156,6 +157,9 @@ extension Tensor {
             s[k] = count / known
         }
         precondition(Tensor.elementCount(s) == count, "cannot reshape \(shape) to \(newShape)")
+        // The same shape: the tensor itself, not a copy whose gradient is zeroed and added back (the fully connected
+        // autoencoders' logits, [N, 784] "reshaped" to the images' [N, 784]: 800 KB copied, zeroed and added a step).
+        if s == shape { return self }
         let x = self
         let out = Tensor.result(shape: s, inputs: [x]) { out in
             let dy = out.grad, dx = x.grad

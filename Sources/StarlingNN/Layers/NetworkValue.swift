@@ -66,6 +66,9 @@ public protocol NetworkValue {
 
     /// [N, inputs] -> [N, outputs].
     func applying(_ layer: Dense) -> Self
+    /// `applying(layer)` then `relu()`, one op on Tensors (`Tensor.linearReLU`: the ReLU in place on the product, no
+    /// pre-activation copy or gradient; the fully connected autoencoders' hidden layers).
+    func applyingWithReLU(_ layer: Dense) -> Self
     func applying(_ layer: Conv2D) -> Self
     /// `applying(layer)` then `relu()`, a requirement of its own because `LayoutTensor` trains the two as one op
     /// (`Tensor.conv2dBlockedReLU`) that keeps no copy of the values before the ReLU (U-Net's blocks).
@@ -95,6 +98,8 @@ extension NetworkValue {
     }
 
     public func applyingWithReLU(_ layer: Conv2D) -> Self { applying(layer).relu() }
+
+    public func applyingWithReLU(_ layer: Dense) -> Self { applying(layer).relu() }
 
     public func applyingWithELUAndMaxPool2x2(_ layer: BatchNormalization, alpha: Float, training: Bool,
                                              crossReplicaSum: CrossReplicaSum?) -> Self {
@@ -128,6 +133,8 @@ extension Tensor: NetworkValue {
     }
 
     public func applying(_ layer: Dense) -> Tensor { linear(layer.kernel.value, layer.bias.value) }
+
+    public func applyingWithReLU(_ layer: Dense) -> Tensor { linearReLU(layer.kernel.value, layer.bias.value) }
 
     public func applying(_ layer: Conv2D) -> Tensor {
         conv2d(layer.kernel.value, bias: layer.bias.value, stride: layer.stride, padding: layer.padding, dilation: layer.dilation)
