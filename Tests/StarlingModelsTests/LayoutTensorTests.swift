@@ -56,7 +56,11 @@ struct LayoutTensorTests {
                images: [2, 3, 64, 64], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv3).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (43, 0), inference: (43, 0), residualNormalizations: 7),
+               // 43 layers of batch norm and leaky ReLU carry the rounding of Starling's own 8-wide kernels (AVX2 CPUs)
+               // against oneDNN's planar ones further than the other families: 1.0-2.2e-3 of the largest gradient on
+               // Zen 3, under 1e-3 with STARLING_CONV=dnnl and on AVX-512; its fused ops equal the ops one by one to
+               // the bit at either width (`residualSumReadsTheDeferredNormalization`).
+               training: (43, 0), inference: (43, 0), gradientTolerance: 5e-3, residualNormalizations: 7),
         Family(name: "yolov2", config: { YOLOv2.defaultConfig(height: 64, width: 96, classNames: classes, widthMultiplier: 0.25) },
                images: [2, 3, 64, 96], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv2).outputMaps(x, training: t) },
@@ -236,6 +240,8 @@ struct LayoutTensorTests {
         for i in 0..<16 { norm.gamma.value.data[i] = rng.uniform(0.5, 1.5); norm.beta.value.data[i] = 0.2 * rng.normal() }
         let values = (0..<(2 * 16 * 6 * 8)).map { _ in rng.uniform(-1, 1) }
         let initialStatistics = buffers.values.toArray()
+        // The width models train in on this CPU (16 with AVX-512, 8 without): the fusion runs in that layout.
+        let width = ChannelLayout.blockWidth
         func pass(laidOut: Bool) -> (values: [Float], gradients: [Float], statistics: [Float], census: LayoutCensus) {
             store.zeroGradients()
             initialStatistics.withUnsafeBufferPointer { buffers.values.pointer.update(from: $0.baseAddress!, count: $0.count) }
@@ -243,13 +249,13 @@ struct LayoutTensorTests {
             let census = LayoutCensus()
             let output: Tensor = LayoutTensor.$census.withValue(census) {
                 if laidOut {
-                    let h = LayoutTensor(.blocked(x.blocked(width: 16), moments: nil))
+                    let h = LayoutTensor(.blocked(x.blocked(width: width), moments: nil))
                     let d = h.applying(conv).applyingWithLeakyReLU(norm, slope: 0.1, training: true, crossReplicaSum: nil)
                     let sum = h + d
                     return (readAgain ? sum + d : sum).tensor
                 }
-                let h = x.blocked(width: 16)
-                let y = norm.withLeakyReLU(h.conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: 16),
+                let h = x.blocked(width: width)
+                let y = norm.withLeakyReLU(h.conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: width),
                                            training: true, slope: 0.1, layout: .blocked)
                 let sum = h + y
                 return (readAgain ? sum + y : sum).unblocked()
