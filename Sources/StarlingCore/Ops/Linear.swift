@@ -21,7 +21,16 @@ extension Tensor {
     }
 
     /// x[B, in] W[in, out] + bias[out], the dense layer. The bias is broadcast over rows.
-    public func linear(_ weight: Tensor, _ bias: Tensor?) -> Tensor {
+    public func linear(_ weight: Tensor, _ bias: Tensor?) -> Tensor { dense(weight, bias, relu: false) }
+
+    /// relu(x W + b) as one op: the ReLU runs in place on the product, and backward masks the result's gradient in
+    /// place before the two sgemms, so neither the pre-activation values nor a gradient for them is ever allocated,
+    /// zeroed or passed over (deep-ae's five hidden layers: two tensors and three passes a layer fewer). The same
+    /// values and gradients as `linear(weight, bias).relu()`, bit for bit: relu(z) > 0 exactly where z > 0.
+    public func linearReLU(_ weight: Tensor, _ bias: Tensor?) -> Tensor { dense(weight, bias, relu: true) }
+
+    /// The dense layer, with the ReLU after it (`linearReLU`) or without (`linear`): one product, written once.
+    private func dense(_ weight: Tensor, _ bias: Tensor?, relu: Bool) -> Tensor {
         let x = self
         precondition(x.rank == 2 && weight.rank == 2 && x.shape[1] == weight.shape[0], "linear \(x.shape) x \(weight.shape)")
         let (rows, k, n) = (x.shape[0], x.shape[1], weight.shape[1])
@@ -32,6 +41,15 @@ extension Tensor {
         // decoder output, 784 KB a step).
         let out = Tensor.result(shape: [rows, n], storage: FloatStorage(uninitializedCount: rows * n), inputs: inputs) { out in
             let dy = out.grad
+            if relu {
+                // The result's gradient is this op's alone once its backward runs (its users have all added to it,
+                // and it reads its own values, so no user wrote the gradient over them): masked in place it becomes
+                // the pre-activation's gradient.
+                let y = out.data
+                Parallel.forEachAlignedChunk(of: rows * n) { r in
+                    for i in r { let g = dy[i], v = y[i]; dy[i] = v > 0 ? g : 0 }
+                }
+            }
             // The input's gradient, when no other user has written one yet, goes into a fresh buffer with beta 0 instead of a
             // zeroed one that sgemm reads back.
             if x.requiresGrad {
@@ -49,45 +67,10 @@ extension Tensor {
         }
         BLAS.sgemm(transA: false, transB: false, m: rows, n: n, k: k, a: x.data, lda: k, b: weight.data, ldb: n,
                    beta: bias == nil ? 0 : 1, c: y, ldc: n)
-        return out
-    }
-
-    /// relu(x W + b) as one op: the ReLU runs in place on the product, and backward masks the result's gradient in
-    /// place before the two sgemms, so neither the pre-activation values nor a gradient for them is ever allocated,
-    /// zeroed or passed over (deep-ae's five hidden layers: two tensors and three passes a layer fewer). The same
-    /// values and gradients as `linear(weight, bias).relu()`, bit for bit: relu(z) > 0 exactly where z > 0.
-    public func linearReLU(_ weight: Tensor, _ bias: Tensor?) -> Tensor {
-        let x = self
-        precondition(x.rank == 2 && weight.rank == 2 && x.shape[1] == weight.shape[0], "linear \(x.shape) x \(weight.shape)")
-        let (rows, k, n) = (x.shape[0], x.shape[1], weight.shape[1])
-        if let bias { precondition(bias.shape == [n], "bias \(bias.shape) for \(n) outputs") }
-        var inputs = [x, weight]
-        if let bias { inputs.append(bias) }
-        let out = Tensor.result(shape: [rows, n], storage: FloatStorage(uninitializedCount: rows * n), inputs: inputs) { out in
-            // The result's gradient is this op's alone once its backward runs (its users have all added to it, and
-            // it reads its own values, so no user wrote the gradient over them): masked in place it becomes the
-            // pre-activation's gradient.
-            let (dy, y) = (out.grad, out.data)
+        if relu {
             Parallel.forEachAlignedChunk(of: rows * n) { r in
-                for i in r { let g = dy[i], v = y[i]; dy[i] = v > 0 ? g : 0 }
+                for i in r { let v = y[i]; y[i] = v > 0 ? v : 0 }
             }
-            if x.requiresGrad {
-                let (dx, overwrite) = x.gradientForWriting()
-                BLAS.sgemm(transA: false, transB: true, m: rows, n: k, k: n, a: dy, lda: n, b: weight.data, ldb: n, beta: overwrite ? 0 : 1,
-                           c: dx, ldc: k)
-            }
-            if weight.requiresGrad { BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: rows, a: x.data, lda: k, b: dy, ldb: n, beta: 1, c: weight.grad, ldc: n) }
-            if let bias, bias.requiresGrad { accumulateColumnSums(dy, rows: rows, cols: n, into: bias.grad) }
-        }
-        let y = out.data
-        if let bias {
-            let bp = bias.data
-            for r in 0..<rows { (y + r * n).update(from: bp, count: n) }
-        }
-        BLAS.sgemm(transA: false, transB: false, m: rows, n: n, k: k, a: x.data, lda: k, b: weight.data, ldb: n,
-                   beta: bias == nil ? 0 : 1, c: y, ldc: n)
-        Parallel.forEachAlignedChunk(of: rows * n) { r in
-            for i in r { let v = y[i]; y[i] = v > 0 ? v : 0 }
         }
         return out
     }
