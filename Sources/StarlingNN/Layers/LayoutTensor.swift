@@ -233,7 +233,7 @@ public struct LayoutTensor: NetworkValue {
         // its values back after forward (in-place activated batch norm), the convolution run again for a later reader.
         if case .deferredConvolution(let convolution) = state, let (x, moments) = convolution.forNormalization() {
             return LayoutTensor(deferring: DeferredNormalization(input: x, moments: moments, layer: layer, slope: slope, training: training,
-                                                                 crossReplicaSum: crossReplicaSum, ownsInput: true), shape: shape)
+                                                                 crossReplicaSum: crossReplicaSum, convolution: convolution), shape: shape)
         }
         switch form {
         case .blocked(let x, let moments):
@@ -405,11 +405,14 @@ final class DeferredNormalization {
     /// batch norm + leaky ReLU alone, or with the residual sum, then gives its values back after forward
     /// (`batchNormLeakyReLU(..., keepingInput: false)`, `batchNormLeakyReLUAdding`). The pooled form keeps them: its
     /// output does not determine the input.
-    let ownsInput: Bool
+    var ownsInput: Bool { convolution != nil }
+    /// The convolution that handed `input` over, run again for a read of this value after the residual form gave the
+    /// input back.
+    let convolution: DeferredConvolution?
 
     init(input: Tensor, moments: ChannelMoments?, layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?,
-         ownsInput: Bool = false) {
-        self.ownsInput = ownsInput
+         convolution: DeferredConvolution? = nil) {
+        self.convolution = convolution
         self.input = input
         self.moments = moments
         self.layer = layer
@@ -444,9 +447,12 @@ final class DeferredNormalization {
     var result: LayoutTensor {
         if let full { return full }
         if fusedAlready { LayoutTensor.census?.count(.normalizationReadAfterPooling) }
-        let y = layer.withLeakyReLU(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
-                                    moments: moments, updatingRunningStatistics: !fusedAlready, keepingInput: !ownsInput || fusedAlready)
-        if input.valuesReleased { LayoutTensor.census?.count(.normalizationWithoutInput) }
+        // After the residual form gave the input back: the convolution again (the same bits and sums), a node of its own.
+        var (x, sums) = (input, moments)
+        if input.valuesReleased, let convolution, case .blocked(let again, let againSums) = convolution.result.form { (x, sums) = (again, againSums) }
+        let y = layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
+                                    moments: sums, updatingRunningStatistics: !fusedAlready, keepingInput: !ownsInput || fusedAlready)
+        if x.valuesReleased { LayoutTensor.census?.count(.normalizationWithoutInput) }
         let value = LayoutTensor(.blocked(y, moments: nil))
         full = value
         return value
