@@ -44,6 +44,9 @@ DIFFERENCES = {
     "yolov2": "targets assigned once (as Starling's encoder does it on the data thread)",
     "yolov3": "targets assigned once (as Starling's encoder does it on the data thread)",
     "yolov1": "cells assigned once (as Starling's encoder does it on the data thread); the responsible predictor chosen in the step",
+    "faster-rcnn": "RPN and RoI heads written in torch after torchvision's (Launch/peer_rcnn.py); random draws from torch's generator",
+    "fast-rcnn": "RoI heads written in torch after torchvision's (Launch/peer_rcnn.py); random draws from torch's generator",
+    "rcnn": "windows sampled and warped in torch after RCNN.swift (Launch/peer_rcnn.py); random draws from torch's generator",
 }
 
 
@@ -708,8 +711,19 @@ YOLO_SCALES = {"yolov3": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov2": [[0, 1, 2,
 
 
 # ------------------------------------------------------------------------------------------------------------- entries
-def entry(name, gen):
+def entry(name, gen, torch_roi_ops=False):
     """(model, batch, inputs, loss closure taking the model and the images), or None when there is no peer."""
+    if name in ("faster-rcnn", "fast-rcnn", "rcnn"):
+        import peer_rcnn
+        try:
+            ops = peer_rcnn.torchvision_ops()
+        except peer_rcnn.MissingRoIOps as missing:
+            if not torch_roi_ops:
+                print(f"peer_suite.py: {name} needs torchvision: {missing} (Launch/bench-suite.sh installs or builds it; "
+                      "--torch-roi-ops runs plain-torch RoI ops instead, weaker)", file=sys.stderr)
+                sys.exit(2)
+            ops = peer_rcnn.TORCH_OPS
+        return peer_rcnn.entry(name, gen, ops)
     if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae", "conv-vae", "seq2seq-ae"):
         batch = {"fc-ae": 256, "sparse-ae": 256, "deep-ae": 256, "vae": 32}.get(name, 128)
         model = {"fc-ae": lambda: FCAutoencoder(), "sparse-ae": lambda: FCAutoencoder(l1=1e-4), "deep-ae": DeepAutoencoder, "vae": VAE,
@@ -775,7 +789,7 @@ def entry(name, gen):
 
 
 SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane",
-           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3"]
+           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3", "faster-rcnn", "fast-rcnn", "rcnn"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 
@@ -792,6 +806,8 @@ def main():
                         "training step's loss and the peak resident memory after it")
     parser.add_argument("--export", metavar="DIR", help="write the weights under Starling's names, one image and the float64 forward "
                         "pass for Launch/check-peers.sh (ssd300, yolov1, yolov2, yolov3)")
+    parser.add_argument("--torch-roi-ops", action="store_true", help="faster-rcnn, fast-rcnn, rcnn without torchvision: RoI "
+                        "pooling, RoIAlign, NMS and IoU in plain torch (weaker than torchvision's C++ ops; the row says so)")
     args = parser.parse_args()
     if args.list:
         for name in ENTRIES:
@@ -800,7 +816,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     gen = torch.Generator().manual_seed(5)
-    made = entry(args.entry, gen)
+    made = entry(args.entry, gen, args.torch_roi_ops)
     if made is None:
         print(f"peer_suite.py: no PyTorch peer for {args.entry}", file=sys.stderr)
         sys.exit(2)
@@ -821,7 +837,7 @@ def main():
         from torch.utils.flop_counter import FlopCounterMode
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            out = model(x[:1]) if type(model).forward is not nn.Module.forward else None
+            out = model(getattr(model, "check_input", x[:1])) if type(model).forward is not nn.Module.forward else None
         shapes = [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out])] if out is not None else []
         model.train()
         loss = loss_of(model, x)
@@ -865,6 +881,8 @@ def main():
     preload = os.environ.get("LD_PRELOAD", "")
     kernels = (f"PyTorch {torch.__version__}, CPU capability {isa}, MKL {torch.backends.mkl.is_available()}, "
                f"oneDNN {torch.backends.mkldnn.is_available()}, allocator {'jemalloc' if 'jemalloc' in preload else 'glibc'}")
+    if hasattr(model, "ops"):
+        kernels += f"; {model.ops.note}"
     if args.entry in DIFFERENCES:
         kernels += f"; differs: {DIFFERENCES[args.entry]}"
     layout = ("channels-last" if args.channels_last else "NCHW") + (", compiled" if args.compile else "")
