@@ -65,7 +65,7 @@ ensure_torchvision() {
     if [ -n "${TORCHVISION_SRC:-}" ] && [ ! -f "$src/setup.py" ]; then
       echo "warning: TORCHVISION_SRC=$src has no setup.py: not torchvision's source" >&2
     elif [ ! -f "$src/setup.py" ]; then
-      mkdir -p "$src" && { curl -fsSL --connect-timeout 30 "https://github.com/pytorch/vision/archive/$torchvision_commit.tar.gz" | tar -xz -C "$src" --strip-components 1; } \
+      mkdir -p "$src" && { curl -fsSL --connect-timeout 30 "https://github.com/pytorch/vision/archive/$torchvision_commit.tar.gz" | tar -xz -C "$src" --strip-components 1 2>/dev/null; } \
         || { echo "warning: torchvision's source (commit $torchvision_commit) could not be downloaded" >&2; rm -rf "$src"; }
     fi
     if [ -f "$src/setup.py" ]; then

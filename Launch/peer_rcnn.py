@@ -25,6 +25,8 @@ in eval mode where Starling's suite runs the loss, so composing its classes woul
 The RoI ops (roi_pool, roi_align, nms, box_iou) are torchvision's C++ ops when torchvision is installed; without it
 the peer stops with one line, unless --torch-roi-ops asks for the plain-torch versions below (weaker: a Python loop over
 the RoIs for the max pooling, a numpy loop for NMS; the row says so).
+
+    python Launch/peer_rcnn.py [THREADS]     the RoI ops' milliseconds a step on the suite's shapes (op_times)
 """
 import math
 
@@ -89,13 +91,17 @@ def nms(boxes, scores, iou_threshold):
 
 def roi_pool(features, rois, output_size, spatial_scale):
     """Fast R-CNN's RoI max pooling as torchvision's CPU kernel: corners rounded to the feature grid, bins floor/ceil
-    over the rounded RoI (at least 1 x 1), clipped to the map, empty bins 0. One adaptive max pooling a RoI over the
-    map padded with -inf below and right (a rounded corner may reach one cell past it), which has the same bins."""
+    over the rounded RoI (at least 1 x 1), clipped to the map, empty bins 0. Each bin's argmax comes from an adaptive
+    max pooling of the RoI's cells over the map padded with -inf (the same bins; a rounded corner may reach past the
+    map), without gradient, one RoI at a time; the output is then one gather of those cells, whose backward is one
+    scatter-add (slicing the map per RoI under autograd would write a map-sized gradient per RoI)."""
     oh, ow = output_size
     n, c, height, width = features.shape
+    if rois.shape[0] == 0:
+        return features.new_zeros(0, c, oh, ow)
     scaled = rois[:, 1:] * spatial_scale
     corners = (torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)).to(torch.long).tolist()   # std::round: halves away from 0
-    images = rois[:, 0].to(torch.long).tolist()
+    images = rois[:, 0].to(torch.long)
     extents = [(x1, y1, max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)) for x1, y1, x2, y2 in corners]
     left = max([-x for x, _, _, _ in extents] + [0])
     top = max([-y for _, y, _, _ in extents] + [0])
@@ -103,10 +109,14 @@ def roi_pool(features, rois, output_size, spatial_scale):
     bottom = max([y + h - height for _, y, _, h in extents] + [0])
     # Cells outside the map are -inf: a bin's max is over its cells inside the map, a bin with none is 0 below.
     padded = F.pad(features, (left, right, top, bottom), value=-math.inf) if left + right + top + bottom else features
-    pooled = []
-    for k, (x, y, w, h) in zip(images, extents):
-        pooled.append(F.adaptive_max_pool2d(padded[k, :, top + y:top + y + h, left + x:left + x + w], (oh, ow)))
-    out = torch.stack(pooled) if pooled else features.new_zeros(0, c, oh, ow)
+    padded_width = width + left + right
+    cells = []
+    with torch.no_grad():
+        for k, (x, y, w, h) in zip(images.tolist(), extents):
+            _, at = F.adaptive_max_pool2d(padded[k, :, top + y:top + y + h, left + x:left + x + w], (oh, ow), return_indices=True)
+            cells.append((at // w + top + y) * padded_width + at % w + left + x)   # flat index in the padded map
+    cells = torch.stack(cells).flatten(2)                                                  # [R, C, oh ow]
+    out = padded.flatten(2)[images[:, None, None], torch.arange(c)[None, :, None], cells].view(-1, c, oh, ow)
     return out.masked_fill(torch.isinf(out), 0)
 
 
@@ -409,3 +419,52 @@ def entry(name, gen, ops):
     proposals = [random_regions(gen, 2000, max(HEIGHT, WIDTH)) for _ in range(2)] if name != "faster-rcnn" else None
     model = RCNN(ops) if name == "rcnn" else TwoStage(ops, rpn=name == "faster-rcnn")
     return model, images, lambda m, x: m.loss(x, truths, labels, proposals)
+
+
+def op_times(threads=1, repeats=5):
+    """Milliseconds a step spends in the RoI ops on the suite's shapes (median of `repeats`), with the plain-torch ops
+    and, where it loads, torchvision's: RoI max pooling forward and backward (faster-rcnn's 256 RoIs and fast-rcnn's 128
+    on the 128-channel 23 x 31 map), NMS of each image's 2,000 top anchors (faster-rcnn, training), RoIAlign of rcnn's
+    128 windows to 64 x 64 from 2 images."""
+    import statistics
+    import time
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(7)
+    features = torch.randn(2, 128, HEIGHT // 16, WIDTH // 16, generator=gen)
+    images = torch.rand(2, 3, HEIGHT, WIDTH, generator=gen) * 2 - 1
+    sides = []
+    try:
+        sides.append(torchvision_ops())
+    except MissingRoIOps as missing:
+        print(f"torchvision: {missing}")
+    sides.append(TORCH_OPS)
+    for ops in sides:
+        def pool(count):
+            x = features.clone().requires_grad_(True)
+            rois = roi_tensor([random_regions(gen, count // 2, 500) for _ in range(2)])
+            ops.roi_pool(x, rois, (7, 7), 1 / 16).sum().backward()
+
+        def suppress():
+            for _ in range(2):
+                boxes = random_regions(gen, 2000, 250)
+                ops.nms(boxes, torch.rand(2000, generator=gen), 0.7)
+
+        def warp():
+            windows = roi_tensor([random_regions(gen, 64, 500) for _ in range(2)])
+            ops.roi_align(images, windows, (64, 64), 1.0, 1, True)
+        cells = []
+        for name, work in (("roi_pool 256 RoIs fwd+bwd", lambda: pool(256)), ("roi_pool 128 RoIs fwd+bwd", lambda: pool(128)),
+                           ("nms 2 x 2,000", suppress), ("roi_align 128 windows", warp)):
+            work()
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                work()
+                times.append(1000 * (time.perf_counter() - t))
+            cells.append(f"{name} {statistics.median(times):.1f} ms (spread {min(times):.1f}-{max(times):.1f})")
+        print(f"{ops.note}, {threads} thread(s): " + "; ".join(cells))
+
+
+if __name__ == "__main__":
+    import sys
+    op_times(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
