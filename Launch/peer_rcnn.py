@@ -26,7 +26,8 @@ The RoI ops (roi_pool, roi_align, nms, box_iou) are torchvision's C++ ops when t
 the peer stops with one line, unless --torch-roi-ops asks for the plain-torch versions below (weaker: a Python loop over
 the RoIs for the max pooling, a numpy loop for NMS; the row says so).
 
-    python Launch/peer_rcnn.py [THREADS]     the RoI ops' milliseconds a step on the suite's shapes (op_times)
+    python Launch/peer_rcnn.py [THREADS]     the RoI ops' milliseconds on the suite's shapes (op_times) and their part
+                                             of each peer's step in CPU time (step_shares)
 """
 import math
 
@@ -76,32 +77,32 @@ def box_iou(a, b):
 
 
 def nms(boxes, scores, iou_threshold):
-    """Greedy NMS (torchvision.ops.nms): indices kept, highest score first. The IoU matrix in torch, the greedy pass in
-    numpy over it."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    over = (box_iou(boxes[order], boxes[order]) > iou_threshold).numpy()
-    suppressed = np.zeros(len(order), dtype=bool)
+    """Greedy NMS (torchvision.ops.nms): indices kept, highest score first (ties in index order). py-faster-rcnn's
+    numpy loop: each kept box's IoU (float32, torchvision's formula) with the boxes still standing, those over the
+    threshold dropped, so the work shrinks with what is suppressed."""
+    order = torch.sort(scores, descending=True, stable=True).indices.numpy()
+    x1, y1, x2, y2 = boxes.detach().to(torch.float32).numpy().T
+    areas = (x2 - x1) * (y2 - y1)
     keep = []
-    for i in range(len(order)):
-        if not suppressed[i]:
-            keep.append(i)
-            suppressed |= over[i]
-    return order[torch.as_tensor(keep, dtype=torch.long)]
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
+        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= iou_threshold]
+    return torch.as_tensor(np.array(keep, dtype=np.int64))
 
 
 def roi_pool(features, rois, output_size, spatial_scale):
     """Fast R-CNN's RoI max pooling as torchvision's CPU kernel: corners rounded to the feature grid, bins floor/ceil
-    over the rounded RoI (at least 1 x 1), clipped to the map, empty bins 0. Each bin's argmax comes from an adaptive
-    max pooling of the RoI's cells over the map padded with -inf (the same bins; a rounded corner may reach past the
-    map), without gradient, one RoI at a time; the output is then one gather of those cells, whose backward is one
-    scatter-add (slicing the map per RoI under autograd would write a map-sized gradient per RoI)."""
+    over the rounded RoI (at least 1 x 1), clipped to the map, empty bins 0. One adaptive max pooling a RoI over the
+    map padded with -inf below and right (a rounded corner may reach one cell past it), which has the same bins."""
     oh, ow = output_size
     n, c, height, width = features.shape
-    if rois.shape[0] == 0:
-        return features.new_zeros(0, c, oh, ow)
     scaled = rois[:, 1:] * spatial_scale
     corners = (torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)).to(torch.long).tolist()   # std::round: halves away from 0
-    images = rois[:, 0].to(torch.long)
+    images = rois[:, 0].to(torch.long).tolist()
     extents = [(x1, y1, max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)) for x1, y1, x2, y2 in corners]
     left = max([-x for x, _, _, _ in extents] + [0])
     top = max([-y for _, y, _, _ in extents] + [0])
@@ -109,14 +110,10 @@ def roi_pool(features, rois, output_size, spatial_scale):
     bottom = max([y + h - height for _, y, _, h in extents] + [0])
     # Cells outside the map are -inf: a bin's max is over its cells inside the map, a bin with none is 0 below.
     padded = F.pad(features, (left, right, top, bottom), value=-math.inf) if left + right + top + bottom else features
-    padded_width = width + left + right
-    cells = []
-    with torch.no_grad():
-        for k, (x, y, w, h) in zip(images.tolist(), extents):
-            _, at = F.adaptive_max_pool2d(padded[k, :, top + y:top + y + h, left + x:left + x + w], (oh, ow), return_indices=True)
-            cells.append((at // w + top + y) * padded_width + at % w + left + x)   # flat index in the padded map
-    cells = torch.stack(cells).flatten(2)                                                  # [R, C, oh ow]
-    out = padded.flatten(2)[images[:, None, None], torch.arange(c)[None, :, None], cells].view(-1, c, oh, ow)
+    pooled = []
+    for k, (x, y, w, h) in zip(images, extents):
+        pooled.append(F.adaptive_max_pool2d(padded[k, :, top + y:top + y + h, left + x:left + x + w], (oh, ow)))
+    out = torch.stack(pooled) if pooled else features.new_zeros(0, c, oh, ow)
     return out.masked_fill(torch.isinf(out), 0)
 
 
@@ -154,7 +151,7 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
 
 
 TORCH_OPS = RoIOps(roi_pool, roi_align, nms, box_iou,
-                   "RoI ops in plain torch (weaker than torchvision's C++ ops: a Python loop over the RoIs, NMS in numpy)")
+                   "RoI ops in plain torch (weaker than torchvision's C++ ops: a Python loop over the RoIs, NMS's loop in numpy)")
 
 
 # -------------------------------------------------------------------------------------------------- boxes and sampling
@@ -465,6 +462,43 @@ def op_times(threads=1, repeats=5):
         print(f"{ops.note}, {threads} thread(s): " + "; ".join(cells))
 
 
+def step_shares(threads=1, steps=3):
+    """Each peer's training step in CPU milliseconds (process time: less sensitive to a loaded machine than wall time)
+    and the part spent in the forward calls of its plain-torch RoI ops."""
+    import time
+    torch.set_num_threads(threads)
+    spent = {}
+
+    def timed(name, f):
+        def call(*args):
+            t = time.process_time()
+            out = f(*args)
+            spent[name] = spent.get(name, 0.0) + time.process_time() - t
+            return out
+        return call
+    ops = RoIOps(timed("RoI pooling", roi_pool), timed("RoIAlign", roi_align), timed("NMS", nms), timed("IoU", box_iou), TORCH_OPS.note)
+    for name in RCNN_ENTRIES:
+        torch.manual_seed(1)
+        model, x, loss_of = entry(name, torch.Generator().manual_seed(5), ops)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(model, x).backward()
+            optimizer.step()
+        model.train()
+        step()
+        spent.clear()
+        t = time.process_time()
+        for _ in range(steps):
+            step()
+        total = (time.process_time() - t) / steps
+        parts = ", ".join(f"{k} {1000 * v / steps:.0f}" for k, v in spent.items())
+        print(f"{name}: step {1000 * total:.0f} ms CPU on {threads} thread(s); plain-torch RoI ops' forward calls {parts} ms "
+              f"({100 * sum(spent.values()) / steps / total:.0f} % of the step)")
+
+
 if __name__ == "__main__":
     import sys
     op_times(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    step_shares(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
