@@ -9,7 +9,8 @@ reads beside Starling's.
                                                         (Launch/check-peers.sh: SSD300 and the YOLOs against Starling)
 
 Each network is written layer for layer after Starling's (Sources/StarlingAutoencoders, SSD7.swift, SSD300.swift,
-YOLOv1.swift, YOLOv2.swift, YOLOv3.swift, UNet.swift; yolov3-tiny and the YOLO losses in Launch/peer_yolov3_tiny.py),
+YOLOv1.swift, YOLOv2.swift, YOLOv3.swift, UNet.swift; yolov3-tiny and the YOLO losses in Launch/peer_yolov3_tiny.py;
+faster-rcnn, fast-rcnn and rcnn in Launch/peer_rcnn.py, on torchvision's RoI ops or, with --torch-roi-ops, plain torch's),
 with the same widths; the row carries the parameter count, and the table flags a count that differs from Starling's. Timing: two warm-up steps, then as many steps as fit in --seconds (at least 2), forward,
 loss, backward and Adam (Keras's epsilon 1e-7); inference is the forward pass and loss without gradients at the training
 batch, the best of three rounds. --compile runs the network through torch.compile (Inductor's C++ kernels, which fuse
