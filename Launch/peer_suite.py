@@ -652,6 +652,18 @@ def starling_state(name, model):
             take(model.predicts[k])
             out += conv_state(model.outputs[k], f"conv_{layer}")
             layer += 2                                                     # the output convolution, yolo
+    elif name in ("fast-rcnn", "faster-rcnn"):
+        names = [f"conv{b + 1}_{k + 1}" for b, block in enumerate(model.backbone.blocks) for k in range(len(block))]
+        convs = [m for m in model.backbone.features if isinstance(m, nn.Conv2d)]
+        norms = [m for m in model.backbone.features if isinstance(m, nn.BatchNorm2d)]
+        for n, conv, bn in zip(names, convs, norms):
+            out += conv_state(conv, n) + [(f"{n}_bn.weight", bn.weight), (f"{n}_bn.bias", bn.bias),
+                                          (f"{n}_bn.running_mean", bn.running_mean), (f"{n}_bn.running_var", bn.running_var)]
+        if model.rpn:
+            out += conv_state(model.rpn_conv, "rpn_conv") + conv_state(model.rpn_cls_logits, "rpn_cls_logits")
+            out += conv_state(model.rpn_bbox_pred, "rpn_bbox_pred")
+        for n in ("fc6", "fc7", "cls_score", "bbox_pred"):
+            out += conv_state(getattr(model.head, n), n)
     else:
         raise SystemExit(f"peer_suite.py: no Starling names for {name}")
     return out
@@ -691,7 +703,19 @@ def export_check(name, model, x, directory):
     with torch.no_grad():
         out = model(image.double())
     n = image.shape[0]
-    if name == "ssd300":
+    if name == "faster-rcnn":
+        # Weights only (Launch/check-peers.sh checks their shapes): the exported graph's proposals come out of NMS over
+        # near-tied logits of an untrained RPN, which two implementations need not order alike.
+        rows = {}
+    elif name == "fast-rcnn":
+        # The ONNX graph's second input: RoIs (image, x1, y1, x2, y2), some crossing the border, one tiny.
+        rois = torch.tensor([[0, 0, 0, 499, 374], [0, 37.5, 20.25, 160, 300], [0, 300, 200, 520, 390], [0, 8, 8, 9, 9],
+                             [0, 250.5, 100.7, 380.2, 180.9]], dtype=torch.float32)
+        rois.numpy().astype("<f4").tofile(os.path.join(directory, "rois.f32"))
+        with torch.no_grad():
+            logits, deltas = model.head(model.ops, out, rois.double())
+        rows = {"class_logits": logits, "box_deltas": deltas}
+    elif name == "ssd300":
         rows = {"class_probabilities": out[0].softmax(-1), "box_offsets": out[1]}
     elif name == "yolov1":
         rows = {"predictions": out}
