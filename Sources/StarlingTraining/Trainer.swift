@@ -150,7 +150,8 @@ public final class Trainer {
         }
         let expectedShard = Self.optimizerShard(parameterCount: model.parameters.count, world: world, options: options)
         guard optimizer.shard == expectedShard else {
-            throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but rank \(world.rank) of \(world.size) owns \(expectedShard)\(sharding ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
+            let owner = replicas ? "replica \(world.rank) of \(world.size) (replicas share one copy of the weights and optimizer state)" : "rank \(world.rank) of \(world.size)"
+            throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but \(owner) owns \(expectedShard)\(sharding && !replicas ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
         }
         guard !sharding || world is any ShardingCollective else {
             throw TrainingError("--shard-optimizer needs a reduce-scatter and an allgather, which \(type(of: world)) lacks")

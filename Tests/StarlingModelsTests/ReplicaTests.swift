@@ -362,6 +362,14 @@ import StarlingDistributed
         }
         #expect(models[0].parameters.values.toArray() != before, "the shared weights were trained")
         #expect(pairs.map { $0.optimizer.state[0].storage.count } == shards.map(\.count))
+        // Whole optimizers would each update every weight of the one shared copy: refused, naming the range.
+        let whole: [(model: any Model, optimizer: any Optimizer)] = try (0..<2).map { _ in
+            let m = try ModelRegistry.build(config, seed: 5)
+            return (m, Adam(parameterCount: m.parameters.count))
+        }
+        #expect { _ = try ReplicaTraining.run(whole, train: data, validation: nil, options: o, log: { _ in }) } throws: { error in
+            "\(error)".contains("but replica 0 of 2 (replicas share one copy of the weights and optimizer state) owns 0..<\(shards[0].upperBound)")
+        }
     }
 
     /// Checkpoints of sharded replicas hold every parameter's state: stopped at step 13 they resume unsharded to the
