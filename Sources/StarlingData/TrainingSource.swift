@@ -16,15 +16,10 @@ public protocol TrainingSource: AnyObject, Sendable {
     /// Does once, before training, what the first batch would otherwise do (e.g. read a small split into memory), so
     /// that it is not counted in the first epoch's time. Not safe beside another read of the same source.
     func prepare() throws
-    /// Whether `batch(indices:epoch:training:config:)` may run on several threads at once, with no I/O: true once a
-    /// split is held in memory (after `prepare()`). The trainer then makes each rank's or replica's batch on its own
-    /// compute thread where the compute threads fill the cores, rather than on a prefetch thread (`Trainer.run`).
-    var readsConcurrently: Bool { get }
 }
 
 extension TrainingSource {
     public func prepare() throws {}
-    public var readsConcurrently: Bool { false }
 }
 
 extension TrainingSource {
@@ -81,9 +76,6 @@ public enum TrainingData {
 
 extension ImageDataset: TrainingSource {
     public func prepare() throws { try loadResident() }
-
-    /// A resident split's batches are gathers from memory that touch nothing else (`read`).
-    public var readsConcurrently: Bool { isResident }
 
     public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
         try batch(indices: indices, modelInputShape: config.inputShape)

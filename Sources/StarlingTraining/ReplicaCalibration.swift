@@ -14,12 +14,7 @@ import StarlingData
 /// touched) on the run's first global batch, in interleaved blocks of about `targetBlockSeconds` after an untimed
 /// warm-up step each (and, for steps shorter than a block, an untimed block each), `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
 /// The step timed is the trainer's (gradients zeroed, forward and loss, backward, the gradients summed over the
-/// replicas, the optimizer step). With `batches` (a split held in memory) the data pipeline is timed too, on the
-/// compute threads, as the epoch runs it where they fill the cores: each replica makes its slice of a new global batch
-/// at every timed step (`InlineBatches`), and the one replica on every thread makes its whole batch, the most its
-/// prefetch thread can take from it when no core is idle (the layouts differ there: replicas make their halves at once,
-/// one replica makes the batch alone). Without `batches` both layouts train on the first batch (its slices) and the
-/// data pipeline is not timed.
+/// replicas, the optimizer step), without the data pipeline, whose prefetch thread both layouts share alike.
 public struct ReplicaCalibration: Sendable {
     /// Replicas tried against one replica on `replicas` threads.
     public let replicas: Int
@@ -43,8 +38,7 @@ public struct ReplicaCalibration: Sendable {
     /// `slices`: the same batch's `replicas` equal slices in replica order, as the replicas' ranks would read them.
     /// `shardOptimizer`: the replicas run as `--shard-optimizer` runs them (each optimizer on its range, gradients
     /// reduce-scattered, weights allgathered after the step), the one replica unsharded.
-    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch], batches: CalibrationBatches? = nil,
-                               shardOptimizer: Bool = false,
+    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch], shardOptimizer: Bool = false,
                                build: (_ shard: Range<Int>?) throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
         precondition(replicas > 1, "a calibration compares several replicas against one")
         var calibration = ReplicaCalibration(replicas: replicas)
@@ -59,8 +53,7 @@ public struct ReplicaCalibration: Sendable {
         let synchronizers = copies.enumerated().map { r, copy in
             GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r), shards: shards)
         }
-        let inputs = UncheckedCalibrationInputs(single: single, batch: batch, copies: copies, slices: slices, synchronizers: synchronizers,
-                                                batches: batches)
+        let inputs = UncheckedCalibrationInputs(single: single, batch: batch, copies: copies, slices: slices, synchronizers: synchronizers)
         let times = CalibrationTimes()
         // The replicas' threads live through the whole calibration (starting threads is not part of a step): replica
         // 0's thread also runs the one-replica blocks on every thread, the others waiting at a barrier meanwhile.
@@ -68,28 +61,12 @@ public struct ReplicaCalibration: Sendable {
         let results = group.run(name: "starling-calibration", prepare: { BLAS.setThreadCount(1) }) { member -> Void in
             let r = member.rank
             let (copy, sync) = (inputs.copies[r], inputs.synchronizers[r])
-            // The replicas' steps so far: which global batch each makes next (the same on every replica).
-            var made = 0
-            func slice() throws -> Batch {
-                guard let batches = inputs.batches else { return inputs.slices[r] }
-                let global = batches.globalBatches[made % batches.globalBatches.count]
-                made += 1
-                let local = global.count / replicas
-                return try batches.make(Array(global[(r * local)..<((r + 1) * local)]))
-            }
-            // The one replica's steps so far (replica 0's thread makes its whole batches).
-            var madeWhole = 0
-            func whole() throws -> Batch {
-                guard let batches = inputs.batches else { return inputs.batch }
-                defer { madeWhole += 1 }
-                return try batches.make(batches.globalBatches[madeWhole % batches.globalBatches.count])
-            }
             func threadBlock(_ steps: Int) throws -> Double {
                 var seconds = 0.0
                 if r == 0 {
                     BLAS.setThreadCount(replicas)
                     let start = monotonicSeconds()
-                    for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, try whole()) }
+                    for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, inputs.batch) }
                     seconds = (monotonicSeconds() - start) / Double(steps)
                     BLAS.setThreadCount(1)
                 }
@@ -102,7 +79,7 @@ public struct ReplicaCalibration: Sendable {
                 for _ in 0..<steps {
                     copy.model.parameters.zeroGradients()
                     sync.beginStep()
-                    let loss = copy.model.loss(try slice(), training: true)
+                    let loss = copy.model.loss(inputs.slices[r], training: true)
                     loss.backward(onLeafReady: sync.parameterReady)
                     try sync.finish()
                     copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
@@ -187,18 +164,6 @@ public struct ReplicaCalibration: Sendable {
     }
 }
 
-/// The run's own batches for the replicas' timed steps (`ReplicaCalibration.measure`): global batches of the run's
-/// size, in epoch 0's order, cycled through; replica r makes the r-th slice of each on its own thread with `make`,
-/// which must be safe to call from several threads at once (`TrainingSource.readsConcurrently`).
-public struct CalibrationBatches: @unchecked Sendable {
-    public let globalBatches: [[Int]]
-    public let make: (_ indices: [Int]) throws -> Batch
-    public init(globalBatches: [[Int]], make: @escaping (_ indices: [Int]) throws -> Batch) {
-        precondition(!globalBatches.isEmpty, "at least one batch")
-        (self.globalBatches, self.make) = (globalBatches, make)
-    }
-}
-
 /// The copies, slices and synchronizers each calibration thread reads (each only its own replica's).
 private struct UncheckedCalibrationInputs: @unchecked Sendable {
     let single: (model: any Model, optimizer: any Optimizer)
@@ -206,7 +171,6 @@ private struct UncheckedCalibrationInputs: @unchecked Sendable {
     let copies: [(model: any Model, optimizer: any Optimizer)]
     let slices: [Batch]
     let synchronizers: [GradientSynchronizer]
-    let batches: CalibrationBatches?
 }
 
 /// Replica 0's timings, read after its thread ends.

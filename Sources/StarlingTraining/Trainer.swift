@@ -455,16 +455,8 @@ public final class Trainer {
             let threads = threadCalibration.map { $0.chosen ?? $0.candidates.max() ?? 1 } ?? BLAS.threadCount
             let computeThreads = world.size * threads
             let lowPriority = computeThreads >= ProcessInfo.processInfo.activeProcessorCount
-            // Ranks or replicas of one thread each that fill the cores, on a split held in memory: each makes its own
-            // slice at the start of its step (`InlineBatches`), all at once, instead of a prefetch thread that has no
-            // core to run on. One process on several threads keeps the prefetch thread, which fills the moments its
-            // BLAS workers leave. Every member decides alike: the same source, sizes and counts.
-            let inline = lowPriority && world.size > 1 && train.readsConcurrently
             let reader: any BatchStream
-            if inline {
-                reader = InlineBatches(source: train, steps: (firstStep..<steps).map { slice($0, world.rank) }, epoch: epoch,
-                                       config: model.config, targetEncoder: model.targetEncoder)
-            } else if let feed {
+            if let feed {
                 // One prefetcher for every replica: each step's slices in replica order.
                 reader = feed.stream(epoch: epoch, replica: world.rank) {
                     let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }

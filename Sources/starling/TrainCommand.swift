@@ -315,28 +315,17 @@ struct TrainCommand: ParsableCommand {
                     // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
                     let threads = BLAS.threadCount
                     var rng = RandomGenerator(seed: flags.seed, stream: 0)
-                    let order = rng.permutation(train.count)
-                    let indices = Array(order.prefix(flags.batchSize))
+                    let indices = Array(rng.permutation(train.count).prefix(flags.batchSize))
                     let local = flags.batchSize / threads
-                    // A small split is read into memory now, not inside the first timed step.
-                    try train.prepare()
-                    let source = train, config = network.config, encoder = network.targetEncoder, seed = flags.seed
-                    let read: @Sendable ([Int]) throws -> Batch = { indices in
-                        var batch = try source.batch(indices: indices, epoch: 0, training: true, config: config)
-                        encoder?.encodeTargets(into: &batch)
-                        (batch.epoch, batch.seed) = (0, seed)
+                    func read(_ indices: [Int]) throws -> Batch {
+                        var batch = try train.batch(indices: indices, epoch: 0, training: true, for: network)
+                        (batch.epoch, batch.seed) = (0, flags.seed)
                         return batch
                     }
-                    // Replicas filling the cores make their slices on their own threads from a split in memory
-                    // (`InlineBatches`): the calibration times that too, over epoch 0's first global batches.
-                    let inline = train.readsConcurrently && threads >= ProcessInfo.processInfo.activeProcessorCount
-                    let batches = inline ? CalibrationBatches(
-                        globalBatches: (0..<min(16, train.count / flags.batchSize)).map { Array(order[($0 * flags.batchSize)..<(($0 + 1) * flags.batchSize)]) },
-                        make: read) : nil
                     let calibration = try ReplicaCalibration.measure(
                         replicas: threads, batch: try read(indices),
                         slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) },
-                        batches: batches, shardOptimizer: flags.shardOptimizer) { shard in
+                        shardOptimizer: flags.shardOptimizer) { shard in
                         let copy = try family.build(config, seed: flags.seed)
                         return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shard))
                     }
