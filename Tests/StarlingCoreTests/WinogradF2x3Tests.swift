@@ -183,15 +183,17 @@ import Testing
         #expect(g.runsOwnWinograd(.backwardData, Self.layouts, setting: .always, anyCPU: true))
         #expect(!g.runsOwnWinograd(.backwardWeights, Self.layouts, setting: .always, anyCPU: true))
         #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .never, anyCPU: true))
-        // The rule: 64 channels or more summed and written, 128-512 on the wider side, 13 pixels or more a side.
+        // The rule: 128 channels or more summed and written, 256-512 on the wider side, 26 pixels or more a side (13 or
+        // more with 512 on the wider side).
         #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .rule, anyCPU: true))   // 64 -> 64
         func rule(_ cin: Int, _ cout: Int, _ side: Int, _ pass: ConvolutionPass) -> Bool {
             ConvGeometry(input: [2, cin, side, side], weight: [cout, cin, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
                 .runsOwnWinograd(pass, Self.layouts, setting: .rule, anyCPU: true)
         }
         for pass in [ConvolutionPass.forward, .backwardData] {
-            #expect(rule(64, 128, 52, pass) && rule(128, 64, 32, pass) && rule(384, 256, 26, pass) && rule(128, 128, 16, pass))
-            #expect(rule(256, 512, 13, pass) && !rule(512, 1024, 13, pass) && !rule(1024, 512, 13, pass))
+            #expect(rule(128, 256, 26, pass) && rule(384, 256, 26, pass) && rule(256, 512, 13, pass) && rule(512, 256, 13, pass))
+            #expect(!rule(256, 128, 16, pass) && !rule(64, 128, 52, pass) && !rule(128, 64, 32, pass) && !rule(128, 128, 16, pass))
+            #expect(!rule(512, 1024, 13, pass) && !rule(1024, 512, 13, pass))
             #expect(!rule(128, 256, 8, pass) && !rule(256, 256, 12, pass) && !rule(32, 128, 64, pass) && !rule(128, 32, 64, pass))
             #expect(!rule(16, 16, 128, pass) && !rule(64, 64, 32, pass))
         }

@@ -179,19 +179,23 @@ extension ConvGeometry {
     }
 
     /// Where Starling's F(2x2, 3x3) beat the direct path (Starling's direct forward kernel or oneDNN's jit:avx2) per
-    /// layer on this AVX2 machine (AMD EPYC family 25 model 1, 2 cores; `bench --only conv-algorithms`, one and two
-    /// threads, BENCHMARKS.md "Starling's Winograd F(2x2, 3x3) on AVX2, part 2"): a pass that sums over 64 channels or
-    /// more into 64 or more, with 128 to 512 on its wider side, on maps of 13 pixels or more a side (yolov3-tiny's
-    /// conv_8, conv_10, conv_14 and conv_21 1.1-1.6x, U-Net's 128-channel layers at 16 x 16 level to 1.3x). With fewer
-    /// channels each GEMM sums over too few for the transforms (whose cost per channel does not shrink) to pay for the
-    /// 2.25x fewer multiplications (16 and 32 channels 0.4-0.9x); on 8 x 8 maps the tiles are few against the weights'
-    /// transform, made every call (0.4-0.8x); and 512 -> 1024 at 13 x 13 (yolov3-tiny's conv_12, 0.7-0.97x) reads 32 MB
-    /// of transformed weights a block. Depends on one image's shape and the pass only, so every rank, replica and
-    /// thread count of a job runs the same algorithm.
+    /// layer and in whole steps on this AVX2 machine (AMD EPYC family 25 model 1, 2 cores; `bench --only
+    /// conv-algorithms`, one and two threads, and `Launch/bench-winograd.sh`; BENCHMARKS.md "Starling's Winograd
+    /// F(2x2, 3x3) on AVX2, part 2"): a pass that sums over 128 channels or more into 128 or more, with 256 to 512 on
+    /// its wider side, on maps of 26 pixels or more a side, or 13 or more with 512 on the wider side (yolov3-tiny's
+    /// conv_8, conv_10, conv_14 and conv_21, 1.1-1.6x per layer; U-Net's 256 -> 128 at 16 x 16 was level, 1.01x and
+    /// 1.07x, and its scratch raised U-Net's peak by 10 MB, to 0.52 of PyTorch's). With fewer channels each GEMM sums over too few for the transforms (whose cost per channel
+    /// does not shrink) to pay for the 2.25x fewer multiplications: 16 and 32 channels lost (0.4-0.9x), and 64-128
+    /// (U-Net's 16 x 16 and 32 x 32 layers at width 0.25, yolov3-tiny's conv_6) were level per layer, and a U-Net step
+    /// with them was too, 10 MB higher at its peak. On 8 x 8 maps the tiles are few against the weights' transform,
+    /// made every call (0.4-0.8x), and 512 -> 1024 at 13 x 13 (yolov3-tiny's conv_12, 0.7-0.97x) reads 32 MB of
+    /// transformed weights a block. Depends on one image's shape and the pass only, so every rank, replica and thread
+    /// count of a job runs the same algorithm.
     func ownWinogradPays(_ pass: ConvolutionPass) -> Bool {
         let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
         let wider = Swift.max(summed, written)
-        return Swift.min(summed, written) >= 64 && (128...512).contains(wider) && Swift.min(outHeight, outWidth) >= 13
+        let side = Swift.min(outHeight, outWidth)
+        return Swift.min(summed, written) >= 128 && (256...512).contains(wider) && (side >= 26 || (side >= 13 && wider == 512))
     }
 
     /// Set by tests around an op call to run Starling's F(2x2, 3x3) wherever its shape allows, on any CPU.
