@@ -2,7 +2,7 @@
 # Every family beside PyTorch in one run (issue 18 items 4 and 5): `starling bench --suite` one entry a process (so that
 # ru_maxrss is that entry's peak) on 1 rank x 1 thread, 1 process x all threads, 1 process x N replicas (one thread
 # each, `--replicas N`) and N ranks x 1 thread (mpirun), then the
-# PyTorch peer (Launch/peer_suite.py; the CPU wheel from PyPI in a venv, benchmark-only) in its best configuration
+# PyTorch peer (Launch/peer_suite.py; the CPU wheels of torch and torchvision in a venv, benchmark-only) in its best configuration
 # (jemalloc preloaded; NCHW and channels-last both measured for the convolutional entries) on 1 and all threads, then
 # one Markdown table with the ratios, the step breakdown, GFLOP/s against sgemm measured in the same run, peak memory
 # on both sides and the targets per entry. One measurement at a time, never two at once.
@@ -45,6 +45,49 @@ if [ -n "${ENTRIES:-}" ]; then
 else
   mapfile -t entries < <("$bin" bench --suite-list | awk -v q="${#quick[@]}" '!/^#/ && (q == 0 || $4 == "quick") { print $1 }')
 fi
+# torchvision for the R-CNN family's peers (benchmark-only, like torch): its CPU wheel from PyTorch's index; where that
+# index is out of reach (PyPI's torchvision wheels are CUDA builds, which do not load in the CPU torch), built from
+# source, CPU only, at the commit of the 0.28.0 release (torch 2.13's; TORCHVISION_SRC: a checkout of it to use instead
+# of downloading one), the wheel kept in .build/wheels; failing both, the R-CNN peers run on plain-torch RoI ops
+# (weaker: Launch/peer_rcnn.py, said in their rows).
+torchvision_commit=8fb87713a24951e639c494b0f2a8a81b5f8e33a6
+roi_ops=()
+torchvision_loads() { "$venv/bin/python" -c "import torch, torchvision.ops as o; o.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)" 2>/dev/null; }
+ensure_torchvision() {
+  if ! torchvision_loads; then
+    # --no-deps keeps the venv's torch; pillow is torchvision's one other dependency (nothing is installed if either is missing)
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "torchvision==0.28.0+cpu" pillow \
+      --extra-index-url https://download.pytorch.org/whl/cpu >/dev/null 2>&1 || true
+  fi
+  if ! torchvision_loads; then
+    "$venv/bin/pip" uninstall --quiet --yes torchvision >/dev/null 2>&1 || true
+    local src=${TORCHVISION_SRC:-.build/torchvision-$torchvision_commit}
+    if [ -n "${TORCHVISION_SRC:-}" ] && [ ! -f "$src/setup.py" ]; then
+      echo "warning: TORCHVISION_SRC=$src has no setup.py: not torchvision's source" >&2
+    elif [ ! -f "$src/setup.py" ]; then
+      mkdir -p "$src" && { curl -fsSL --connect-timeout 30 "https://github.com/pytorch/vision/archive/$torchvision_commit.tar.gz" | tar -xz -C "$src" --strip-components 1 2>/dev/null; } \
+        || { echo "warning: torchvision's source (commit $torchvision_commit) could not be downloaded" >&2; rm -rf "$src"; }
+    fi
+    if [ -f "$src/setup.py" ]; then
+      echo "building torchvision 0.28.0 for the CPU from $src (~100 C++ files: minutes to tens of minutes)" >&2
+      if grep -q pkg_resources "$src/setup.py" && ! "$venv/bin/python" -c "import pkg_resources" 2>/dev/null; then
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "setuptools<81" >&2
+      fi
+      mkdir -p .build/wheels
+      BUILD_VERSION=0.28.0+cpu FORCE_CUDA=0 TORCHVISION_USE_PNG=0 TORCHVISION_USE_JPEG=0 TORCHVISION_USE_WEBP=0 TORCHVISION_USE_NVJPEG=0 \
+        TORCHVISION_USE_VIDEO_CODEC=0 TORCHVISION_USE_FFMPEG=0 MAX_JOBS=$cores \
+        "$venv/bin/pip" wheel --quiet --disable-pip-version-check --no-build-isolation --no-deps -w .build/wheels "$src" >&2 \
+        && "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps .build/wheels/torchvision-0.28.0+cpu-*.whl pillow >&2 \
+        || echo "warning: torchvision's CPU build failed" >&2
+    fi
+  fi
+  if ! torchvision_loads; then
+    echo "warning: no torchvision with its C++ ops: the R-CNN family's peers run on plain-torch RoI ops (--torch-roi-ops, weaker)" >&2
+    roi_ops=(--torch-roi-ops)
+  fi
+}
+case " ${entries[*]} " in *rcnn*) ensure_torchvision ;; esac
+
 echo "cpu: $(lscpu | sed -n "s/^Model name: *//p"), family $(lscpu | sed -n "s/^CPU family: *//p") model $(lscpu | sed -n "s/^Model: *//p"), $cores cores" | tee "$out/header.txt"
 "$bin" bench --suite-list | grep '^#' | tee -a "$out/header.txt" || true
 peers=$("$venv/bin/python" Launch/peer_suite.py --list)
@@ -74,7 +117,7 @@ starling() {   # ranks threads entry [replicas]: with replicas, one process of t
 }
 pytorch() {    # threads layout-flag entry
   local log="$out/pytorch-$3-t$1${2:+-cl}.log"
-  if ! LD_PRELOAD="$jemalloc" timeout -k 10 1800 "$venv/bin/python" Launch/peer_suite.py "$3" --threads "$1" $2 --seconds "$seconds" > "$log" 2>&1; then
+  if ! LD_PRELOAD="$jemalloc" timeout -k 10 1800 "$venv/bin/python" Launch/peer_suite.py "$3" --threads "$1" $2 "${roi_ops[@]}" --seconds "$seconds" > "$log" 2>&1; then
     echo "  pytorch $3 on $1 thread(s) $2 failed: $(tail -1 "$log")"
     return
   fi

@@ -8,7 +8,10 @@ meta = json.load(open(os.path.join(d, "outputs.json")))
 image = np.fromfile(os.path.join(d, "input.f32"), dtype="<f4").reshape(meta["input"])
 session = ort.InferenceSession(os.path.join(d, "m.onnx"), providers=["CPUExecutionProvider"])
 names = list(meta["outputs"])
-got = dict(zip(names, session.run(names, {"images": image})))
+feeds = {"images": image}
+if os.path.exists(os.path.join(d, "rois.f32")):   # fast-rcnn's graph scores given RoIs [R, 5]
+    feeds["rois"] = np.fromfile(os.path.join(d, "rois.f32"), dtype="<f4").reshape(-1, 5)
+got = dict(zip(names, session.run(names, feeds)))
 raw = np.fromfile(os.path.join(d, "outputs.f64"), dtype="<f8")
 offset, worst = 0, 0.0
 for name, shape in meta["outputs"].items():

@@ -9,7 +9,8 @@ reads beside Starling's.
                                                         (Launch/check-peers.sh: SSD300 and the YOLOs against Starling)
 
 Each network is written layer for layer after Starling's (Sources/StarlingAutoencoders, SSD7.swift, SSD300.swift,
-YOLOv1.swift, YOLOv2.swift, YOLOv3.swift, UNet.swift; yolov3-tiny and the YOLO losses in Launch/peer_yolov3_tiny.py),
+YOLOv1.swift, YOLOv2.swift, YOLOv3.swift, UNet.swift; yolov3-tiny and the YOLO losses in Launch/peer_yolov3_tiny.py;
+faster-rcnn, fast-rcnn and rcnn in Launch/peer_rcnn.py, on torchvision's RoI ops or, with --torch-roi-ops, plain torch's),
 with the same widths; the row carries the parameter count, and the table flags a count that differs from Starling's. Timing: two warm-up steps, then as many steps as fit in --seconds (at least 2), forward,
 loss, backward and Adam (Keras's epsilon 1e-7); inference is the forward pass and loss without gradients at the training
 batch, the best of three rounds. --compile runs the network through torch.compile (Inductor's C++ kernels, which fuse
@@ -44,6 +45,9 @@ DIFFERENCES = {
     "yolov2": "targets assigned once (as Starling's encoder does it on the data thread)",
     "yolov3": "targets assigned once (as Starling's encoder does it on the data thread)",
     "yolov1": "cells assigned once (as Starling's encoder does it on the data thread); the responsible predictor chosen in the step",
+    "faster-rcnn": "RPN and RoI heads written in torch after torchvision's (Launch/peer_rcnn.py); random draws from torch's generator",
+    "fast-rcnn": "RoI heads written in torch after torchvision's (Launch/peer_rcnn.py); random draws from torch's generator",
+    "rcnn": "windows sampled and warped in torch after RCNN.swift (Launch/peer_rcnn.py); random draws from torch's generator",
 }
 
 
@@ -648,6 +652,18 @@ def starling_state(name, model):
             take(model.predicts[k])
             out += conv_state(model.outputs[k], f"conv_{layer}")
             layer += 2                                                     # the output convolution, yolo
+    elif name in ("fast-rcnn", "faster-rcnn"):
+        names = [f"conv{b + 1}_{k + 1}" for b, block in enumerate(model.backbone.blocks) for k in range(len(block))]
+        convs = [m for m in model.backbone.features if isinstance(m, nn.Conv2d)]
+        norms = [m for m in model.backbone.features if isinstance(m, nn.BatchNorm2d)]
+        for n, conv, bn in zip(names, convs, norms):
+            out += conv_state(conv, n) + [(f"{n}_bn.weight", bn.weight), (f"{n}_bn.bias", bn.bias),
+                                          (f"{n}_bn.running_mean", bn.running_mean), (f"{n}_bn.running_var", bn.running_var)]
+        if model.rpn:
+            out += conv_state(model.rpn_conv, "rpn_conv") + conv_state(model.rpn_cls_logits, "rpn_cls_logits")
+            out += conv_state(model.rpn_bbox_pred, "rpn_bbox_pred")
+        for n in ("fc6", "fc7", "cls_score", "bbox_pred"):
+            out += conv_state(getattr(model.head, n), n)
     else:
         raise SystemExit(f"peer_suite.py: no Starling names for {name}")
     return out
@@ -687,7 +703,19 @@ def export_check(name, model, x, directory):
     with torch.no_grad():
         out = model(image.double())
     n = image.shape[0]
-    if name == "ssd300":
+    if name == "faster-rcnn":
+        # Weights only (Launch/check-peers.sh checks their shapes): the exported graph's proposals come out of NMS over
+        # near-tied logits of an untrained RPN, which two implementations need not order alike.
+        rows = {}
+    elif name == "fast-rcnn":
+        # The ONNX graph's second input: RoIs (image, x1, y1, x2, y2), some crossing the border, one tiny.
+        rois = torch.tensor([[0, 0, 0, 499, 374], [0, 37.5, 20.25, 160, 300], [0, 300, 200, 520, 390], [0, 8, 8, 9, 9],
+                             [0, 250.5, 100.7, 380.2, 180.9]], dtype=torch.float32)
+        rois.numpy().astype("<f4").tofile(os.path.join(directory, "rois.f32"))
+        with torch.no_grad():
+            logits, deltas = model.head(model.ops, out, rois.double())
+        rows = {"class_logits": logits, "box_deltas": deltas}
+    elif name == "ssd300":
         rows = {"class_probabilities": out[0].softmax(-1), "box_offsets": out[1]}
     elif name == "yolov1":
         rows = {"predictions": out}
@@ -708,8 +736,19 @@ YOLO_SCALES = {"yolov3": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov2": [[0, 1, 2,
 
 
 # ------------------------------------------------------------------------------------------------------------- entries
-def entry(name, gen):
+def entry(name, gen, torch_roi_ops=False):
     """(model, batch, inputs, loss closure taking the model and the images), or None when there is no peer."""
+    if name in ("faster-rcnn", "fast-rcnn", "rcnn"):
+        import peer_rcnn
+        try:
+            ops = peer_rcnn.torchvision_ops()
+        except peer_rcnn.MissingRoIOps as missing:
+            if not torch_roi_ops:
+                print(f"peer_suite.py: {name} needs torchvision: {missing} (Launch/bench-suite.sh installs or builds it; "
+                      "--torch-roi-ops runs plain-torch RoI ops instead, weaker)", file=sys.stderr)
+                sys.exit(2)
+            ops = peer_rcnn.TORCH_OPS
+        return peer_rcnn.entry(name, gen, ops)
     if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae", "conv-vae", "seq2seq-ae"):
         batch = {"fc-ae": 256, "sparse-ae": 256, "deep-ae": 256, "vae": 32}.get(name, 128)
         model = {"fc-ae": lambda: FCAutoencoder(), "sparse-ae": lambda: FCAutoencoder(l1=1e-4), "deep-ae": DeepAutoencoder, "vae": VAE,
@@ -775,7 +814,7 @@ def entry(name, gen):
 
 
 SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane",
-           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3"]
+           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3", "faster-rcnn", "fast-rcnn", "rcnn"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 
@@ -792,6 +831,8 @@ def main():
                         "training step's loss and the peak resident memory after it")
     parser.add_argument("--export", metavar="DIR", help="write the weights under Starling's names, one image and the float64 forward "
                         "pass for Launch/check-peers.sh (ssd300, yolov1, yolov2, yolov3)")
+    parser.add_argument("--torch-roi-ops", action="store_true", help="faster-rcnn, fast-rcnn, rcnn without torchvision: RoI "
+                        "pooling, RoIAlign, NMS and IoU in plain torch (weaker than torchvision's C++ ops; the row says so)")
     args = parser.parse_args()
     if args.list:
         for name in ENTRIES:
@@ -800,7 +841,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     gen = torch.Generator().manual_seed(5)
-    made = entry(args.entry, gen)
+    made = entry(args.entry, gen, args.torch_roi_ops)
     if made is None:
         print(f"peer_suite.py: no PyTorch peer for {args.entry}", file=sys.stderr)
         sys.exit(2)
@@ -821,7 +862,7 @@ def main():
         from torch.utils.flop_counter import FlopCounterMode
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            out = model(x[:1]) if type(model).forward is not nn.Module.forward else None
+            out = model(getattr(model, "check_input", x[:1])) if type(model).forward is not nn.Module.forward else None
         shapes = [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out])] if out is not None else []
         model.train()
         loss = loss_of(model, x)
@@ -844,10 +885,13 @@ def main():
     t = time.perf_counter()
     step()
     steps = max(2, min(500, int(args.seconds / (time.perf_counter() - t))))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     train = steps * x.shape[0] / (time.perf_counter() - start)
+    # The process's CPU seconds a step (every thread), as Starling's breakdown.cpu: on a loaded machine, what the step
+    # itself costs where its wall time measures the load (read beside the table; the table does not show it).
+    cpu_per_step = (time.process_time() - cpu_start) / steps
     model.eval()
     with torch.no_grad():
         loss_of(model, x)
@@ -865,6 +909,8 @@ def main():
     preload = os.environ.get("LD_PRELOAD", "")
     kernels = (f"PyTorch {torch.__version__}, CPU capability {isa}, MKL {torch.backends.mkl.is_available()}, "
                f"oneDNN {torch.backends.mkldnn.is_available()}, allocator {'jemalloc' if 'jemalloc' in preload else 'glibc'}")
+    if hasattr(model, "ops"):
+        kernels += f"; {model.ops.note}"
     if args.entry in DIFFERENCES:
         kernels += f"; differs: {DIFFERENCES[args.entry]}"
     layout = ("channels-last" if args.channels_last else "NCHW") + (", compiled" if args.compile else "")
@@ -872,7 +918,7 @@ def main():
            "layout": layout, "trainImagesPerSecond": train,
            "inferenceImagesPerSecond": repeats * x.shape[0] / best,
            "peakMB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "parameters": sum(p.numel() for p in model.parameters()), "kernels": kernels}
+           "parameters": sum(p.numel() for p in model.parameters()), "kernels": kernels, "cpuSecondsPerStep": cpu_per_step}
     print("suite-row " + json.dumps(row, sort_keys=True))
 
 

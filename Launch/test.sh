@@ -23,6 +23,14 @@ if command -v python3 >/dev/null && ! "$venv/bin/python" -c "import tensorflow" 
 fi
 swift build --build-tests
 swift test --skip-build
+# The R-CNN family's PyTorch peers (benchmark-only): their plain-torch RoI ops against torchvision's values and kernels,
+# their refusal without torchvision, one step each; where the suite's torch venv exists (Launch/bench-suite.sh makes it).
+torch_venv=${TORCH_VENV:-.build/torch-venv}
+if "$torch_venv/bin/python" -c "import torch" 2>/dev/null; then
+  "$torch_venv/bin/python" Launch/test_peer_rcnn.py
+else
+  echo "skipped Launch/test_peer_rcnn.py: no torch in $torch_venv (benchmark-only; Launch/bench-suite.sh creates it)"
+fi
 # On AVX2 machines Starling's own convolution kernels take some of SSD7's passes; run the convolution and SSD7 tests
 # again with every pass on oneDNN, the path of other CPUs (STARLING_CONV=dnnl).
 STARLING_CONV=dnnl swift test --skip-build --filter "BlockedLayoutTests|SSD7Tests"

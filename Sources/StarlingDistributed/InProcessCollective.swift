@@ -267,7 +267,8 @@ public final class InProcessCollective: Collective, @unchecked Sendable {
         if size == 1 { return }
         try observed("an in-process broadcast of \(count) floats") {
             try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer)) { pointers, _ in
-                guard rank != root, let source = pointers[root] else { return }
+                // Replicas that share one buffer (the weights, `ParameterStore.shareValues`) have nothing to copy.
+                guard rank != root, let source = pointers[root], source != UnsafeMutableRawPointer(buffer) else { return }
                 buffer.update(from: source.assumingMemoryBound(to: Float.self), count: count)
             }
         }
@@ -308,6 +309,10 @@ public final class InProcessCollective: Collective, @unchecked Sendable {
     public func allgather(_ values: [Int64]) throws -> [Int64] { try gather(values) }
 
     public func allgatherText(_ text: String) throws -> [String] { try gather([text]) }
+
+    /// Every replica's `object`, in replica order, handed over by reference: threads share memory, so replicas can
+    /// share what ranks must copy (replica 0's weights, `ParameterStore.shareValues`).
+    public func allgatherObjects<T: AnyObject>(_ object: T) throws -> [T] { try gather([object]) }
 
     /// Ends the process, and with it every replica (a failure inside a forward pass, which cannot throw).
     public func abort(code: Int32) -> Never {

@@ -164,18 +164,21 @@ public final class UNet: Model {
             }
         }
         for level in (0..<(levels - 1)).reversed() {
-            h = upConvolutions[level](h)
             let skip = skips[level]
-            let (skipH, skipW, upH, upW) = (skip.shape[2], skip.shape[3], h.shape[2], h.shape[3])
-            let aligned: Value
+            // The 2x2 up-convolution at stride 2 (valid) doubles the map.
+            let (skipH, skipW, upH, upW) = (skip.shape[2], skip.shape[3], 2 * h.shape[2], 2 * h.shape[3])
+            let joined: Value
             if valid {
-                aligned = skip.cropped(top: (skipH - upH) / 2, left: (skipW - upW) / 2, height: upH, width: upW)
+                let aligned = skip.cropped(top: (skipH - upH) / 2, left: (skipW - upW) / 2, height: upH, width: upW)
+                joined = h.applying(upConvolutions[level], concatenatedAfter: aligned)
+            } else if upH == skipH && upW == skipW {
+                joined = h.applying(upConvolutions[level], concatenatedAfter: skip)
             } else {
-                aligned = skip
-                if upH != skipH || upW != skipW { h = h.padded(top: 0, left: 0, bottom: skipH - upH, right: skipW - upW, value: 0) }
+                let up = upConvolutions[level](h).padded(top: 0, left: 0, bottom: skipH - upH, right: skipW - upW, value: 0)
+                joined = Value.concat([skip, up], axis: 1)
             }
             let (first, second) = expanding[level]
-            h = Value.concat([aligned, h], axis: 1).applyingWithReLU(first).applyingWithReLU(second)
+            h = joined.applyingWithReLU(first).applyingWithReLU(second)
         }
         return classifier(h)
     }

@@ -197,11 +197,17 @@ public enum BenchmarkSuite {
         aware?.crossReplica = CrossReplica(world)
         let sharding = world as? any ShardingCollective
         if shardOptimizer && world.size > 1 && sharding == nil { throw TrainingError("--shard-optimizer needs a reduce-scatter, which \(type(of: world)) lacks") }
-        let shards = shardOptimizer && world.size > 1 ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
+        // Replicas share one copy of the weights and of Adam's moments, as `train --replicas` runs them (`Trainer`).
+        let replicas = world.size > 1 ? world as? InProcessCollective : nil
+        if let replicas { model.parameters.shareValues(of: try replicas.allgatherObjects(model.parameters)[0]) }
+        let shards = (shardOptimizer || replicas != nil) && world.size > 1
+            ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         let adam = Adam(parameterCount: model.parameters.count, shard: shards?[world.rank])
         let sync = GradientSynchronizer(store: model.parameters, communicator: world, shards: shards)
+        /// After the update: the ranks' allgather of the weights, or the replicas' barrier (no replica reads the shared
+        /// weights of the next step before every range is updated).
         func gatherWeights() throws {
-            if let shards, let sharding { try sharding.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
+            if replicas != nil { try world.barrier() } else if let shards, let sharding { try sharding.allgather(model.parameters.values.pointer, counts: shards.map(\.count)) }
         }
         let local = entry.batch / world.size
         // A pool of one local batch: the peer, too, keeps one batch of data.

@@ -36,17 +36,18 @@ public struct ReplicaCalibration: Sendable {
     /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer keeping the state of
     /// the given range (nil: every parameter) (same seed, so the copies start alike).
     /// `slices`: the same batch's `replicas` equal slices in replica order, as the replicas' ranks would read them.
-    /// `shardOptimizer`: the replicas run as `--shard-optimizer` runs them (each optimizer on its range, gradients
-    /// reduce-scattered, weights allgathered after the step), the one replica unsharded.
-    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch], shardOptimizer: Bool = false,
+    /// The replicas run as `ReplicaTraining` runs them: one copy of the weights shared, each optimizer on its range,
+    /// gradients reduce-scattered, a barrier after the update.
+    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch],
                                build: (_ shard: Range<Int>?) throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
         precondition(replicas > 1, "a calibration compares several replicas against one")
         var calibration = ReplicaCalibration(replicas: replicas)
         let previousThreads = BLAS.threadCount
         defer { BLAS.setThreadCount(previousThreads) }
         let single = try build(nil)
-        let shards = shardOptimizer ? OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas) : nil
-        let copies = try (0..<replicas).map { r in try build(shards?[r]) }
+        let shards = OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas)
+        let copies = try (0..<replicas).map { r in try build(shards[r]) }
+        for copy in copies.dropFirst() { copy.model.parameters.shareValues(of: copies[0].model.parameters) }
         precondition(slices.count == replicas, "one slice a replica")
 
         let group = InProcessGroup(size: replicas)
@@ -83,7 +84,7 @@ public struct ReplicaCalibration: Sendable {
                     loss.backward(onLeafReady: sync.parameterReady)
                     try sync.finish()
                     copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
-                    if let shards { try member.allgather(copy.model.parameters.values.pointer, counts: shards.map(\.count)) }
+                    try member.barrier()
                 }
                 try member.barrier()
                 return (monotonicSeconds() - start) / Double(steps)
@@ -142,12 +143,11 @@ public struct ReplicaCalibration: Sendable {
         return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
-    /// Whether `replicas` + 1 copies of a model of `parameters` parameters (weights and gradients) and their
-    /// optimizers of `optimizerBuffers` buffers of as many values fit in `memoryShare` of the machine's memory. With
-    /// `shardOptimizer` the replicas' optimizers hold one copy of the state between them, the one replica another.
-    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int, shardOptimizer: Bool = false) -> Bool {
-        let optimizerCopies = shardOptimizer ? 2 : replicas + 1
-        let values = Double(parameters) * (2 * Double(replicas + 1) + Double(optimizerBuffers * optimizerCopies))
+    /// Whether the calibration's copies of a model of `parameters` parameters fit in `memoryShare` of the machine's
+    /// memory: the one replica's weights, gradients and `optimizerBuffers` optimizer buffers of as many values, and the
+    /// replicas' one shared copy of the weights and of the optimizer state beside a gradient buffer each.
+    public static func copiesFit(parameters: Int, optimizerBuffers: Int, replicas: Int) -> Bool {
+        let values = Double(parameters) * (2 + Double(optimizerBuffers) + Double(1 + replicas + optimizerBuffers))
         return values * 4 <= memoryShare * Double(ProcessInfo.processInfo.physicalMemory)
     }
 

@@ -109,17 +109,20 @@ public final class ReplicaFeed: @unchecked Sendable {
     }
 }
 
-/// `train --replicas N`: N copies of a model trained data-parallel on N threads of this process, as N MPI ranks would
-/// train them (Horovod's and PyTorch DDP's semantics): each replica holds its own weights, gradients and optimizer
-/// state, computes the loss of its slice of every global batch on one thread (OpenBLAS, oneDNN and Starling's loops
-/// single-threaded inside it), the gradients are summed over the replicas in replica order (`InProcessCollective`)
-/// and every replica takes the same optimizer step, so the weights stay identical. Replica 0 prints and writes the
-/// checkpoints and logs, as rank 0 does. With `options.shardOptimizer` (ZeRO stage 1) replica r's optimizer keeps the
-/// state of `OptimizerShards.ranges(parameterCount:ranks:)[r]` only, the gradients are reduce-scattered and the
-/// weights allgathered between the threads, as between MPI ranks.
+/// `train --replicas N`: a model trained data-parallel on N threads of this process, as N MPI ranks would train it
+/// (Horovod's and PyTorch DDP's semantics), with one copy of the weights and of the optimizer state between the
+/// threads: after every step the ranks' weights are identical by construction, so replicas in one address space keep
+/// them once. Each replica has its own model object (its own graph, gradients and batch-norm statistics, as a rank)
+/// whose parameters read replica 0's values (`ParameterStore.shareValues`, done by the trainers at the start), and
+/// computes the loss of its slice of every global batch on one thread (OpenBLAS, oneDNN and Starling's loops
+/// single-threaded inside it). The gradients are reduce-scattered in replica order (`InProcessCollective`: the bits of
+/// MPI's sum), replica r's optimizer keeps the state of `OptimizerShards.ranges(parameterCount:ranks:)[r]` only and
+/// updates that range of the shared weights in place, and a barrier ends the step: no allgather, no optimizer work
+/// done twice. (float16 gradients are allreduced whole, for their scale, and each replica still updates its range.)
+/// Replica 0 prints and writes the checkpoints and logs, as rank 0 does.
 public enum ReplicaTraining {
     /// Trains `models.count` replicas (each model with its optimizer, built with `Trainer.optimizerShard` for replica
-    /// r; their weights need not agree, replica 0's are broadcast) and returns replica 0's epoch records. A replica's
+    /// r: its range; replica 0's weights become every replica's) and returns replica 0's epoch records. A replica's
     /// error ends every replica; the first error that is not another replica's failure is rethrown. `resume` is
     /// consumed: replica 0's trainer takes it and it is released once the trainer has restored it, not held for the run.
     public static func run(_ models: [(model: any Model, optimizer: any Optimizer)], train: any TrainingSource,

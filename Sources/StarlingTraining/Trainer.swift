@@ -113,6 +113,10 @@ public final class Trainer {
     private let shards: [Range<Int>]?
     /// The ranks (or replicas) a sharded run gathers and scatters over.
     private let shardWorld: (any ShardingCollective)?
+    /// Replicas on threads of one process: every replica's parameters read replica 0's values (shared at the start,
+    /// `ParameterStore.shareValues`), each replica's optimizer updates its range of them in place, and a barrier
+    /// replaces the ranks' allgather of the weights. Gradients and batch-norm statistics stay per replica, as per rank.
+    private let weightsShared: Bool
     /// Rank 0 of a sharded run resumed from a checkpoint: the whole saved optimizer state, sent to the ranks' ranges
     /// once at the start and then dropped.
     private var resumedOptimizerState: [String: [Float]]?
@@ -138,19 +142,23 @@ public final class Trainer {
             throw TrainingError("batch size \(options.batchSize) exceeds the \(train.count) training images in \(train.path)")
         }
         if let problem = options.schedule.problem { throw TrainingError(problem) }
-        let sharding = options.shardOptimizer && world.size > 1
-        if sharding && options.gradientWire == .float16 {
+        let sharding = Self.splitsOptimizer(world: world, options: options)
+        // Replicas share one copy of the weights: each updates its range of them, whatever --shard-optimizer says.
+        let replicas = world is InProcessCollective && world.size > 1
+        if sharding && !replicas && options.gradientWire == .float16 {
             throw TrainingError("--shard-optimizer cannot send gradients as fp16: fp16's scale and overflow test need the whole summed gradient, which a rank no longer receives; use --gradient-precision bf16 or fp32")
         }
         let expectedShard = Self.optimizerShard(parameterCount: model.parameters.count, world: world, options: options)
         guard optimizer.shard == expectedShard else {
-            throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but rank \(world.rank) of \(world.size) owns \(expectedShard)\(sharding ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
+            let owner = replicas ? "replica \(world.rank) of \(world.size) (replicas share one copy of the weights and optimizer state)" : "rank \(world.rank) of \(world.size)"
+            throw TrainingError("the optimizer keeps state for parameters \(optimizer.shard) but \(owner) owns \(expectedShard)\(sharding && !replicas ? " under --shard-optimizer" : "") (build it with Trainer.optimizerShard)")
         }
         guard !sharding || world is any ShardingCollective else {
             throw TrainingError("--shard-optimizer needs a reduce-scatter and an allgather, which \(type(of: world)) lacks")
         }
         shardWorld = sharding ? world as? any ShardingCollective : nil
         shards = sharding ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
+        weightsShared = replicas
         self.model = model
         self.optimizer = optimizer
         self.train = train
@@ -159,8 +167,10 @@ public final class Trainer {
         self.world = world
         self.feed = feed
         self.log = world.isRoot ? log : { _ in }
+        // float16's scale needs the whole sum: replicas then allreduce their gradients and still update only their range.
         synchronizer = GradientSynchronizer(store: model.parameters, communicator: world, bucketBytes: options.bucketBytes,
-                                           overlap: options.overlapCommunication, wire: options.gradientWire, shards: shards)
+                                           overlap: options.overlapCommunication, wire: options.gradientWire,
+                                           shards: options.gradientWire == .float16 ? nil : shards)
         watchdog = Watchdog(communicator: world, timeout: options.watchdogSeconds, abortTimeout: options.watchdogAbortSeconds,
                             log: { Trainer.printLine($0) })
         watchdog.lastGoodCheckpoint = options.resumePath
@@ -190,10 +200,17 @@ public final class Trainer {
     }
 
     /// The range of the flat parameter layout whose optimizer state this rank keeps: its ZeRO range with
-    /// `--shard-optimizer` on several ranks, every parameter otherwise. Build the optimizer with it (`shard:`).
+    /// `--shard-optimizer` on several ranks, and always on several replicas (which share one copy of the weights and
+    /// of the optimizer state); every parameter otherwise. Build the optimizer with it (`shard:`).
     public static func optimizerShard(parameterCount: Int, world: any Collective, options: TrainingOptions) -> Range<Int> {
-        guard options.shardOptimizer && world.size > 1 else { return 0..<parameterCount }
+        guard splitsOptimizer(world: world, options: options) else { return 0..<parameterCount }
         return OptimizerShards.ranges(parameterCount: parameterCount, ranks: world.size)[world.rank]
+    }
+
+    /// Whether each member updates only its range of the parameters: ranks with `--shard-optimizer` (ZeRO stage 1),
+    /// replicas on threads always.
+    static func splitsOptimizer(world: any Collective, options: TrainingOptions) -> Bool {
+        world.size > 1 && (options.shardOptimizer || world is InProcessCollective)
     }
 
     /// The checkpoint a stopped job resumes from: every rank records it, since any rank's watchdog may be the one to abort.
@@ -349,6 +366,12 @@ public final class Trainer {
         guard world.size > 1 else { return }
         try RunAgreement(model: model, optimizer: optimizer, options: options, train: train, validation: validation,
                          stepsPerEpoch: stepsPerEpoch).check(on: world)
+        if weightsShared, let replicas = world as? InProcessCollective {
+            // Replica 0's values (restored from the checkpoint, if any) become every replica's; the copies are freed,
+            // and the broadcast below finds nothing to copy.
+            let stores = try replicas.allgatherObjects(model.parameters)
+            model.parameters.shareValues(of: stores[0])
+        }
         try world.broadcast(model.parameters.values.pointer, count: model.parameters.count)
         if let buffers = model.buffers { try world.broadcast(buffers.values.pointer, count: buffers.count) }
         if let shards {
@@ -430,9 +453,10 @@ public final class Trainer {
         log("training \(model.config.family) (\(model.parameters.count) parameters) on \(train.count) images of \(train.path) " +
             "[\(train.split)], global batch \(options.batchSize) over \(layout), \(steps) steps per epoch, " +
             "\(options.epochs) epochs, BLAS \(BLAS.coreName) x\(BLAS.threadCount); \(GEMMSelection.summary); \(WinogradSetting.summary)")
-        if let shards {
-            let member = world is InProcessCollective ? "replica" : "rank"
-            log("optimizer state sharded over \(world.size) \(member)s (ZeRO stage 1): \(member) 0 keeps that of parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
+        if let shards, weightsShared {
+            log("weights and optimizer state: one copy shared by the \(world.size) replicas, each updating its range in place: replica 0 parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
+        } else if let shards {
+            log("optimizer state sharded over \(world.size) ranks (ZeRO stage 1): rank 0 keeps that of parameters \(shards[0].lowerBound)..<\(shards[0].upperBound) of \(model.parameters.count)")
         }
         let schedule = state.learningRateSchedule
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
@@ -515,7 +539,11 @@ public final class Trainer {
                         // From the global step and epoch, which every rank shares and a checkpoint restores.
                         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
                         optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
-                        if shards != nil {
+                        if weightsShared {
+                            // No replica reads the shared weights of the next step before every range is updated.
+                            watchdog.at("the replicas' barrier after the update", step: state.step)
+                            try world.barrier()
+                        } else if shards != nil {
                             watchdog.at("the weights' allgather", step: state.step)
                             try shardWorld?.allgather(model.parameters.values.pointer, counts: shardCounts)
                         }

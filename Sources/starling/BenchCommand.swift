@@ -244,8 +244,9 @@ struct BenchCommand: ParsableCommand {
             let cpu = BenchmarkSuite.cpuModel
             let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue); \(WinogradSetting.summary)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
-            let sharded = shardOptimizer && (world.size > 1 || group != nil) ? ", optimizer state sharded (ZeRO stage 1)" : ""
-            say(group.map { "suite: 1 process x \($0.size) replicas x 1 thread\(sharded); \(kernels)" } ?? "suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s)\(sharded); \(kernels)")
+            let sharded = shardOptimizer && world.size > 1 ? ", optimizer state sharded (ZeRO stage 1)" : ""
+            say(group.map { "suite: 1 process x \($0.size) replicas x 1 thread, one copy of the weights and optimizer state shared; \(kernels)" }
+                ?? "suite: \(world.size) rank(s) x \(BLAS.threadCount) thread(s)\(sharded); \(kernels)")
             let sgemm = try onEveryMember { try BenchmarkSuite.sgemmPeak(world: $0) }
             say(String(format: "sgemm 1024^3 on every %@ at once: %.1f GFLOP/s", group == nil ? "rank" : "replica", sgemm))
             let encoder = JSONEncoder()

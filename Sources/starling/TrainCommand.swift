@@ -44,7 +44,7 @@ struct TrainingFlags: ParsableArguments {
     var gradientPrecision: String = TrainingFlags.defaults.gradientWire.rawValue
     @Option(help: "Gradient allreduce bucket size in MB.") var bucketMb: Double = Double(TrainingFlags.defaults.bucketBytes) / 1_048_576
     @Flag(inversion: .prefixedNo, help: "Batch norm statistics over the global batch across ranks (default: each rank's own slice).") var syncBn = TrainingFlags.defaults.synchronizeBatchNorm
-    @Flag(inversion: .prefixedNo, help: "ZeRO stage 1: each rank (or --replicas replica) keeps the optimizer state (Adam's moments, SGD's velocity) of 1/N of the parameters; gradients are reduce-scattered and the updated weights allgathered. Checkpoints are the same as without it. Not with --gradient-precision fp16.")
+    @Flag(inversion: .prefixedNo, help: "ZeRO stage 1: each rank keeps the optimizer state (Adam's moments, SGD's velocity) of 1/N of the parameters; gradients are reduce-scattered and the updated weights allgathered. Checkpoints are the same as without it. Not with --gradient-precision fp16. Replicas on threads (--replicas) always share one copy of the weights and of the optimizer state.")
     var shardOptimizer = TrainingFlags.defaults.shardOptimizer
     @Option(help: "Stop after N epochs without improvement of the validation loss (Keras EarlyStopping).") var earlyStopping: Int?
     @Option(help: "Improvement smaller than this does not count (early stopping: default \(TrainingFlags.defaults.minDelta); plateaus: Keras's default \(ReduceOnPlateau.kerasMinDelta) when unset).") var minDelta: Double?
@@ -310,7 +310,7 @@ struct TrainCommand: ParsableCommand {
                             && flags.batchSize % BLAS.threadCount == 0 && flags.batchSize <= train.count
                             && ReplicaCalibration.copiesFit(parameters: parameterCount,
                                                             optimizerBuffers: flags.makeOptimizer(parameterCount: parameterCount, shard: 0..<0).state.count,
-                                                            replicas: BLAS.threadCount, shardOptimizer: flags.shardOptimizer) {
+                                                            replicas: BLAS.threadCount) {
                     // One process with the default threads: one replica on every thread, or one replica a thread,
                     // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
                     let threads = BLAS.threadCount
@@ -324,8 +324,7 @@ struct TrainCommand: ParsableCommand {
                     }
                     let calibration = try ReplicaCalibration.measure(
                         replicas: threads, batch: try read(indices),
-                        slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) },
-                        shardOptimizer: flags.shardOptimizer) { shard in
+                        slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) }) { shard in
                         let copy = try family.build(config, seed: flags.seed)
                         return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shard))
                     }
@@ -334,12 +333,14 @@ struct TrainCommand: ParsableCommand {
                 }
                 if replicaCount > 1 {
                     let replicas = replicaCount
-                    // --shard-optimizer: replica r keeps the optimizer state of its range only (ZeRO stage 1 on threads).
-                    let shards = flags.shardOptimizer ? OptimizerShards.ranges(parameterCount: parameterCount, ranks: replicas) : nil
-                    var models = [(model: network, optimizer: flags.makeOptimizer(parameterCount: parameterCount, shard: shards?[0]))]
+                    // Replicas share one copy of the weights and of the optimizer state: replica r's optimizer keeps
+                    // and updates its range only (with or without --shard-optimizer). The copies' own weights are
+                    // freed when their trainers take replica 0's.
+                    let shards = OptimizerShards.ranges(parameterCount: parameterCount, ranks: replicas)
+                    var models = [(model: network, optimizer: flags.makeOptimizer(parameterCount: parameterCount, shard: shards[0]))]
                     for r in 1..<replicas {
                         let copy = try family.build(config, seed: flags.seed)
-                        models.append((copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shards?[r])))
+                        models.append((copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shards[r])))
                     }
                     options.calibrateThreads = nil
                     try ReplicaTraining.run(models, train: train, validation: validation, options: options, resume: consume loaded)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import StarlingCore
 @testable import StarlingModels
 import StarlingDistributed
 
@@ -263,35 +264,41 @@ import StarlingDistributed
         #expect(line.contains("the faster layout on this run's first batch") && line.contains("--replicas N fixes the count"))
         let chosen = line.hasPrefix("replicas: 1 ") ? "1 rank(s)" : "replica(s) on threads of one process"
         #expect(r.output.contains(chosen), "\(r.output)")
-        if sharded && !line.hasPrefix("replicas: 1 ") {
-            #expect(r.output.contains("optimizer state sharded over 2 replicas (ZeRO stage 1): replica 0 keeps"), "\(r.output)")
+        if !line.hasPrefix("replicas: 1 ") {
+            #expect(r.output.contains("weights and optimizer state: one copy shared by the 2 replicas"), "\(r.output)")
         }
     }
 
     /// The optimizer state of a checkpoint, by name.
     func optimizerState(_ path: String) throws -> [String: [Float]] { try Checkpoint.load(from: path).optimizerState }
 
-    /// `--replicas 2 --shard-optimizer` (ZeRO stage 1 between threads) trains the weights, and ends with the optimizer
-    /// state, that `mpirun -np 2 --shard-optimizer` and 2 unsharded replicas give, bit for bit: a + b = b + a in the
-    /// reduce-scatter, and the shards cut at the update loop's 64-element blocks. conv-ae runs oneDNN in both threads.
+    /// Replicas share one copy of the weights and of the optimizer state (each updating its range in place, a barrier
+    /// after the update): `--replicas 2`, with or without `--shard-optimizer`, trains the weights, and ends with the
+    /// optimizer state, that `mpirun -np 2` gives with and without `--shard-optimizer` (ZeRO stage 1 between
+    /// processes), bit for bit: a + b = b + a in the reduce-scatter, and the ranges cut at the update loop's 64-element
+    /// blocks. conv-ae runs oneDNN in both threads.
     @Test(arguments: ["fc-ae", "conv-ae"])
-    func shardedReplicasMatchShardedRanks(family: String) throws {
+    func sharedReplicasMatchShardedAndPlainRanks(family: String) throws {
         let data = try Fixture.sampleHDF5()
         let dir = Fixture.temporaryDirectory("replicas-zero-\(family)")
         let shard = ["--shard-optimizer"]
         let sharded = try run(Fixture.starling, arguments(family, data, dir + "/sharded", extra: ["--replicas", "2"] + shard))
         #expect(sharded.status == 0, "\(sharded.output)\(sharded.error)")
-        #expect(sharded.output.contains("optimizer state sharded over 2 replicas (ZeRO stage 1): replica 0 keeps"), "\(sharded.output)")
+        #expect(sharded.output.contains("weights and optimizer state: one copy shared by the 2 replicas, each updating its range in place: replica 0 parameters 0..<"), "\(sharded.output)")
         let ranks = try mpirun(2, arguments(family, data, dir + "/ranks", extra: shard))
         #expect(ranks.status == 0, "\(ranks.output)\(ranks.error)")
+        let plainRanks = try mpirun(2, arguments(family, data, dir + "/plain-ranks"))
+        #expect(plainRanks.status == 0, "\(plainRanks.output)\(plainRanks.error)")
         let plain = try run(Fixture.starling, arguments(family, data, dir + "/plain", extra: ["--replicas", "2"]))
         #expect(plain.status == 0, "\(plain.output)\(plain.error)")
         let last = "/\(family)-last.h5"
-        let (a, b, c) = (try weights(dir + "/sharded" + last), try weights(dir + "/ranks" + last), try weights(dir + "/plain" + last))
-        #expect(!a.isEmpty && a == b, "sharded replicas and sharded ranks: \(maxRelativeDifference(a, b))")
-        #expect(a == c, "sharded and unsharded replicas: \(maxRelativeDifference(a, c))")
-        let (sa, sb, sc) = (try optimizerState(dir + "/sharded" + last), try optimizerState(dir + "/ranks" + last), try optimizerState(dir + "/plain" + last))
-        #expect(!sa.isEmpty && sa == sb && sa == sc)
+        let (a, b, c, d) = (try weights(dir + "/sharded" + last), try weights(dir + "/ranks" + last), try weights(dir + "/plain" + last),
+                            try weights(dir + "/plain-ranks" + last))
+        #expect(!a.isEmpty && a == b, "shared replicas and sharded ranks: \(maxRelativeDifference(a, b))")
+        #expect(a == c && a == d, "replicas with and without --shard-optimizer, unsharded ranks: \(maxRelativeDifference(a, c)), \(maxRelativeDifference(a, d))")
+        let (sa, sb, sc, sd) = (try optimizerState(dir + "/sharded" + last), try optimizerState(dir + "/ranks" + last), try optimizerState(dir + "/plain" + last),
+                                try optimizerState(dir + "/plain-ranks" + last))
+        #expect(!sa.isEmpty && sa == sb && sa == sc && sa == sd)
         let logs = try [dir + "/sharded", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/\(family)-log.csv", encoding: .utf8) }
         let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
         #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
@@ -310,6 +317,59 @@ import StarlingDistributed
         let (a, b) = (try weights(dir + "/replicas/fc-ae-last.h5"), try weights(dir + "/ranks/fc-ae-last.h5"))
         #expect(!a.isEmpty && a == b, "\(maxRelativeDifference(a, b))")
         #expect(try optimizerState(dir + "/replicas/fc-ae-last.h5") == optimizerState(dir + "/ranks/fc-ae-last.h5"))
+    }
+
+    /// float16 gradients on replicas are allreduced whole (their scale reads the whole sum) and each replica still
+    /// updates only its range of the shared weights: the weights, moments and losses of `mpirun -np 2`, bit for bit.
+    @Test func sharedReplicasMatchRanksWithFloat16Gradients() throws {
+        guard GradientWire.float16Available else { return }
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-fp16")
+        let flags = ["--gradient-precision", "fp16"]
+        let replicas = try run(Fixture.starling, arguments("fc-ae", data, dir + "/replicas", extra: ["--replicas", "2"] + flags))
+        #expect(replicas.status == 0, "\(replicas.output)\(replicas.error)")
+        let ranks = try mpirun(2, arguments("fc-ae", data, dir + "/ranks", extra: flags))
+        #expect(ranks.status == 0, "\(ranks.output)\(ranks.error)")
+        let (a, b) = (try weights(dir + "/replicas/fc-ae-last.h5"), try weights(dir + "/ranks/fc-ae-last.h5"))
+        #expect(!a.isEmpty && a == b, "\(maxRelativeDifference(a, b))")
+        #expect(try optimizerState(dir + "/replicas/fc-ae-last.h5") == optimizerState(dir + "/ranks/fc-ae-last.h5"))
+        let logs = try [dir + "/replicas", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/fc-ae-log.csv", encoding: .utf8) }
+        let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
+        #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
+    }
+
+    /// In one process the replicas' parameters read one buffer (replica 0's), each replica keeping its own gradients
+    /// and its own range of the optimizer state, and the trained weights are those of one replica's range updates put
+    /// together: the shared buffer after `ReplicaTraining.run` equals a checkpoint-free 2-rank run's weights, which the
+    /// CLI tests compare; here the sharing itself is checked.
+    @Test func replicasShareOneCopyOfTheWeights() throws {
+        let data = try ImageDataset(path: try Fixture.sampleHDF5(), split: "train")
+        var o = TrainingOptions()
+        (o.epochs, o.batchSize, o.stepsPerEpoch, o.seed, o.writeOutputs, o.progress) = (1, 64, 3, 5, false, false)
+        let config = FCAutoencoder.defaultConfig()
+        let models = try (0..<2).map { _ in try ModelRegistry.build(config, seed: 5) }
+        let shards = OptimizerShards.ranges(parameterCount: models[0].parameters.count, ranks: 2)
+        let before = models[0].parameters.values.toArray()
+        let pairs: [(model: any Model, optimizer: any Optimizer)] = models.enumerated().map { r, m in
+            (m, Adam(parameterCount: m.parameters.count, shard: shards[r]))
+        }
+        _ = try ReplicaTraining.run(pairs, train: data, validation: nil, options: o, log: { _ in })
+        #expect(models[1].parameters.values === models[0].parameters.values)
+        #expect(models[1].parameters.gradients !== models[0].parameters.gradients)
+        for (p, q) in zip(models[0].parameters.parameters, models[1].parameters.parameters) {
+            #expect(p.value.storage.pointer == q.value.storage.pointer && p.value !== q.value)
+            #expect(p.value.gradStorage?.pointer != q.value.gradStorage?.pointer)
+        }
+        #expect(models[0].parameters.values.toArray() != before, "the shared weights were trained")
+        #expect(pairs.map { $0.optimizer.state[0].storage.count } == shards.map(\.count))
+        // Whole optimizers would each update every weight of the one shared copy: refused, naming the range.
+        let whole: [(model: any Model, optimizer: any Optimizer)] = try (0..<2).map { _ in
+            let m = try ModelRegistry.build(config, seed: 5)
+            return (m, Adam(parameterCount: m.parameters.count))
+        }
+        #expect { _ = try ReplicaTraining.run(whole, train: data, validation: nil, options: o, log: { _ in }) } throws: { error in
+            "\(error)".contains("but replica 0 of 2 (replicas share one copy of the weights and optimizer state) owns 0..<\(shards[0].upperBound)")
+        }
     }
 
     /// Checkpoints of sharded replicas hold every parameter's state: stopped at step 13 they resume unsharded to the

@@ -85,6 +85,24 @@ public final class ParameterStore: @unchecked Sendable {
 
     public func zeroGradients() { gradients.zero() }
 
+    /// Makes every parameter of this store read `other`'s values from now on (the same layout: the same model built
+    /// again), keeping this store's own gradients; this store's own values are released. Replicas on threads of one
+    /// process share one copy of the weights this way (`train --replicas`): each replica records its own graph and
+    /// gradients on tensors of its own, over the one buffer that every replica reads and the optimizer updates.
+    public func shareValues(of other: ParameterStore) {
+        precondition(isAllocated && other.isAllocated && trainable == other.trainable, "sharing the values of an unallocated store")
+        precondition(other.parameters.count == parameters.count
+                     && zip(parameters, other.parameters).allSatisfy { $0.offset == $1.offset && $0.shape == $1.shape },
+                     "sharing the values of another parameter layout")
+        guard other.values !== values else { return }
+        values = other.values
+        for p in parameters {
+            let v = FloatStorage(viewOf: values, offset: p.offset, count: p.count)
+            let g = FloatStorage(viewOf: gradients, offset: p.offset, count: p.count)
+            p.tensorStorage = trainable ? Tensor(shape: p.shape, storage: v, grad: g, name: p.name) : Tensor(shape: p.shape, storage: v, name: p.name)
+        }
+    }
+
     public subscript(name: String) -> Parameter? { parameters.first { $0.name == name } }
 
     static func initialize(_ out: UnsafeMutableBufferPointer<Float>, _ initializer: Initializer, _ rng: inout RandomGenerator) {
