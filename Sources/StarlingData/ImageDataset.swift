@@ -129,7 +129,12 @@ public final class ImageDataset: @unchecked Sendable {
     /// A batch of the samples at `indices`, shaped [B] + `modelInputShape` (which must hold sampleSize values),
     /// in ascending index order (see `read`), with the indices it holds.
     public func batch(indices: [Int], modelInputShape: [Int]) throws -> Batch {
-        let t = Tensor(zeros: [indices.count] + modelInputShape)
+        guard modelInputShape.reduce(1, *) == sampleSize else {
+            throw DataError(file: path, message: "/\(split) holds samples of shape \(sampleShape); the model takes \(modelInputShape)")
+        }
+        // Not zero-filled: `read` writes every value (or throws, and the tensor is dropped). Filling it first was a
+        // second pass over the batch: fc-ae's 800 KB a step, `memset` 1.8 -> 0.6 % of a two-replica run's CPU (`perf`).
+        let t = Tensor(shape: [indices.count] + modelInputShape, storage: FloatStorage(uninitializedCount: indices.count * sampleSize))
         let labels = try read(indices: indices, into: t.data)
         return Batch(images: t, labels: labels, indices: indices.sorted())
     }

@@ -204,3 +204,18 @@ extension FusedKernels: NarrowConvolutionKernelSet {
         NarrowOutputConvolution.weightGradient(block: block, s, x: x, dy: dy, partial: partial, FusedMultiplyAdd.self)
     }
 }
+
+extension FusedKernels: WinogradKernelSet {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+                                          into v: UnsafeMutablePointer<Float>, stride: Int) {
+        WinogradTransforms.inputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func winogradOutputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
+                                           bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool) {
+        WinogradTransforms.outputTiles(s, first: first, count: count, m: m, stride: stride, bias: bias, y: y, accumulate: accumulate,
+                                       relu: relu)
+    }
+}

@@ -114,6 +114,47 @@ import Testing
         }
     }
 
+    /// Each thread its own blocks of tiles (`convolve`): for the same blocks, 1, 2 and 3 threads give the same bits as
+    /// one thread (a block's arithmetic does not depend on the thread that runs it), and so does every build of the
+    /// transforms this CPU runs (they only add and subtract); blocks of 7 tiles end inside images and rows, and 3
+    /// threads split 18 blocks unevenly. The threads' default blocks (a third of the call's tiles) stay within the
+    /// float64 bound, with the output added to what was there.
+    @Test func threadsAndBuildsGiveTheSameBits() {
+        let k = Case(cin: 16, cout: 24, height: 11, width: 13, pad: 1, batch: 3)
+        let g = k.geometry
+        let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 21), w = randomValues(k.cout * k.cin * 9, seed: 22, -0.3, 0.3)
+        let bias = randomValues(k.cout, seed: 23), prior = randomValues(k.batch * k.cout * g.outPlane, seed: 24)
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: 16 * k.cin * k.cout)
+        defer { u.deallocate() }
+        w.withUnsafeBufferPointer { WinogradF2x3.transformWeights($0.baseAddress!, outChannels: k.cout, inChannels: k.cin, rotated: false, into: u) }
+        func run(threads: Int, tilesPerBlock: Int?, kernels: KernelDispatch.Level, accumulate: Bool, relu: Bool) -> [Float] {
+            var y = accumulate ? prior : [Float](repeating: .nan, count: prior.count)
+            x.withUnsafeBufferPointer { xp in bias.withUnsafeBufferPointer { bp in y.withUnsafeMutableBufferPointer { yp in
+                WinogradF2x3.convolve(images: k.batch, input: xp.baseAddress!, inChannels: k.cin, height: k.height, width: k.width,
+                                      transformedWeights: u, outChannels: k.cout, outHeight: g.outHeight, outWidth: g.outWidth,
+                                      padTop: 1, padLeft: 1, bias: bp.baseAddress!, output: yp.baseAddress!, accumulate: accumulate,
+                                      relu: relu, tilesPerBlock: tilesPerBlock, threads: threads, kernels: kernels)
+            } } }
+            return y
+        }
+        for (accumulate, relu) in [(false, false), (true, true)] {
+            let reference = run(threads: 1, tilesPerBlock: 7, kernels: .baseline, accumulate: accumulate, relu: relu)
+            #expect(!reference.contains { $0.isNaN })
+            for kernels in KernelDispatch.supported {
+                for threads in [1, 2, 3] {
+                    let y = run(threads: threads, tilesPerBlock: 7, kernels: kernels, accumulate: accumulate, relu: relu)
+                    #expect(y == reference, "\(kernels) on \(threads) threads, accumulate \(accumulate), relu \(relu)")
+                }
+            }
+        }
+        let expected = zip(Self.referenceForward(k, g, x: x, w: w, bias: bias), prior).map { $0 + Double($1) }
+        for threads in [2, 3] {
+            let y = run(threads: threads, tilesPerBlock: nil, kernels: KernelDispatch.current, accumulate: true, relu: false)
+            let error = y.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, expected) }
+            #expect(error < ConvolutionAccuracy.winogradBound, "\(threads) threads: \(error)")
+        }
+    }
+
     /// The transformed-tile error stays near direct's: within 8x of oneDNN's direct forward pass on the same inputs
     /// (Winograd F(4x4, 3x3) was 1.2-8x, README), and the two agree to the Winograd bound.
     @Test func errorNearDirect() {
@@ -142,8 +183,22 @@ import Testing
         #expect(g.runsOwnWinograd(.backwardData, Self.layouts, setting: .always, anyCPU: true))
         #expect(!g.runsOwnWinograd(.backwardWeights, Self.layouts, setting: .always, anyCPU: true))
         #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .never, anyCPU: true))
-        // Off unless asked for (it did not pay in whole steps, BENCHMARKS.md).
-        #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .rule, anyCPU: true))
+        // The rule: 128 channels or more summed and written, 256-512 on the wider side, 26 pixels or more a side (13 or
+        // more with 512 on the wider side).
+        #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .rule, anyCPU: true))   // 64 -> 64
+        func rule(_ cin: Int, _ cout: Int, _ side: Int, _ pass: ConvolutionPass) -> Bool {
+            ConvGeometry(input: [2, cin, side, side], weight: [cout, cin, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+                .runsOwnWinograd(pass, Self.layouts, setting: .rule, anyCPU: true)
+        }
+        for pass in [ConvolutionPass.forward, .backwardData] {
+            #expect(rule(128, 256, 26, pass) && rule(384, 256, 26, pass) && rule(256, 512, 13, pass) && rule(512, 256, 13, pass))
+            #expect(!rule(256, 128, 16, pass) && !rule(64, 128, 52, pass) && !rule(128, 64, 32, pass) && !rule(128, 128, 16, pass))
+            #expect(!rule(512, 1024, 13, pass) && !rule(1024, 512, 13, pass))
+            #expect(!rule(128, 256, 8, pass) && !rule(256, 256, 12, pass) && !rule(32, 128, 64, pass) && !rule(128, 32, 64, pass))
+            #expect(!rule(16, 16, 128, pass) && !rule(64, 64, 32, pass))
+        }
+        #expect(!ConvGeometry(input: [2, 128, 32, 32], weight: [128, 128, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
+            .runsOwnWinograd(.backwardWeights, Self.layouts, setting: .rule, anyCPU: true))
         let strided = ConvGeometry(input: [2, 64, 32, 32], weight: [64, 64, 3, 3], stride: (2, 2), padding: .same, dilation: (1, 1), groups: 1)
         let five = ConvGeometry(input: [2, 64, 32, 32], weight: [64, 64, 5, 5], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
         for other in [strided, five] { #expect(!other.runsOwnWinograd(.forward, Self.layouts, setting: .always, anyCPU: true)) }

@@ -24,6 +24,16 @@ import StarlingCore
             #expect(a.contains { $0 > 0 } && !a.contains { $0 < 0 || $0 > 1 })
         }
         #expect(resident.isResident && !fromFile.isResident)
+        // Whole batches (their tensors are not zero-filled first: the gather must write every value).
+        for indices in batches {
+            let (a, b) = (try resident.batch(indices: indices, modelInputShape: [784]), try fromFile.batch(indices: indices, modelInputShape: [28, 28]))
+            var expected = [Float](repeating: -1, count: indices.count * size)
+            _ = try expected.withUnsafeMutableBufferPointer { try fromFile.read(indices: indices, into: $0.baseAddress!) }
+            #expect(a.images.toArray().map(\.bitPattern) == expected.map(\.bitPattern) && b.images.toArray() == a.images.toArray())
+            #expect(a.images.shape == [indices.count, 784] && b.images.shape == [indices.count, 28, 28] && a.indices == indices.sorted())
+        }
+        // A model whose input does not hold one sample is refused, naming the file.
+        #expect(throws: DataError.self) { _ = try resident.batch(indices: [0], modelInputShape: [28, 27]) }
         // A bad index is refused as before, naming the file.
         var out = [Float](repeating: 0, count: size)
         #expect(throws: (any Error).self) { try out.withUnsafeMutableBufferPointer { _ = try resident.read(indices: [resident.count], into: $0.baseAddress!) } }

@@ -26,6 +26,18 @@ public enum BLAS {
         DNNL.setThreadCount(n)
     }
 
+    /// Runs `body` with OpenBLAS on one thread: sgemm calls made then from several threads at once (each thread of a
+    /// `Parallel` region its own product) each run on their caller's thread, where a threaded call would hand its
+    /// work to OpenBLAS's own pool, whose threads spin beside the region's. oneDNN's sgemm inside a region runs on
+    /// its caller already. The count is the process's: callers are the process's one compute thread (replicas run
+    /// OpenBLAS on one thread throughout, and this then changes nothing).
+    static func withOneThread<R>(_ body: () -> R) -> R {
+        let previous = openblas_get_num_threads()
+        if previous > 1 { openblas_set_num_threads(1) }
+        defer { if previous > 1 { openblas_set_num_threads(previous) } }
+        return body()
+    }
+
     /// C[m x n] = alpha * op(A) * op(B) + beta * C, row-major, with leading dimensions given by the shapes; on the
     /// process's GEMM (`GEMMSelection.backend`) unless `backend` names one (tests run both). With beta 0, C is not read.
     @inline(__always)

@@ -1,3 +1,6 @@
+import StarlingKernelsAVX2
+import StarlingKernelsAVX512
+
 /// Winograd's minimal filtering F(2x2, 3x3) of Starling's own (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 /// Networks", 2016), for 3x3 convolutions at stride 1 in the blocked layout of 8-channel blocks: the layout of AVX2 CPUs,
 /// where oneDNN 2.x has no Winograd (its only f32 kernel, F(4x4, 3x3), is AVX-512's). Each 2 x 2 output tile is computed
@@ -9,8 +12,8 @@
 /// [Cin x Cout] (one per element of the 4 x 4 transformed tile) on `BLAS.sgemm`; the transforms use only 0, +-1 and
 /// +-1/2, so the result stays close to direct's (`WinogradF2x3Tests`). The tiles of every image of the call go through
 /// in blocks of at most `blockFloats` floats of transformed tiles (scratch bounded whatever the batch, and small enough
-/// to stay in cache between the transform and the GEMMs); the transforms of a block are shared out over the process's
-/// threads, the GEMMs over BLAS's.
+/// to stay in cache between the transform and the GEMMs), each thread its own blocks (`convolve`); the transforms are
+/// `StarlingKernels`' `WinogradTransforms`, run in the AVX2 build where the CPU has it (`KernelDispatch`).
 ///
 /// The input gradient of a stride-1 convolution is the same computation on dy with the kernels rotated 180 degrees and
 /// the channel roles swapped, padded 2 - p on the top and left (reads past any edge are zeros), so both passes run
@@ -64,118 +67,88 @@ enum WinogradF2x3 {
     /// in 8-channel blocks: x is [images, inChannels / 8, height, width, 8], y [images, outChannels / 8, outHeight,
     /// outWidth, 8], `u` the weights from `transformWeights` (K = inChannels, N = outChannels). Output pixel (r, q)
     /// reads input rows r - padTop ... r - padTop + 2 and columns likewise; reads outside the input are zeros (padding
-    /// of any size on any side). `tilesPerBlock` only for tests (blocks that cut the batch at odd places).
+    /// of any size on any side).
+    ///
+    /// The tiles go through in blocks, and each of `threads` threads (by default the process's) takes its own run of
+    /// blocks from start to end: input transform, the 16 GEMMs on OpenBLAS's one thread (`BLAS.withOneThread`), output
+    /// transform, in its own scratch. One OpenMP region a call and no threaded GEMM: with the transforms in regions of
+    /// their own between OpenBLAS's threaded GEMMs, each pool's threads spun while the other's worked and a U-Net step
+    /// on 2 threads took twice the CPU (BENCHMARKS.md, "Starling's Winograd F(2x2, 3x3) on AVX2, part 2"). A block's
+    /// arithmetic does not depend on the thread that runs it, so for the same blocks any thread count gives the same
+    /// bits. Blocks hold at most `tilesPerBlock` tiles (`tilesPerBlock(inChannels:outChannels:)` by default; tests
+    /// pass small ones that end inside images and rows) and at most a thread's share of the call's tiles, so that every
+    /// thread has work. `kernels`: the build of the transforms (tests compare them).
     static func convolve(images: Int, input x: UnsafePointer<Float>, inChannels: Int, height: Int, width: Int,
                          transformedWeights u: UnsafePointer<Float>, outChannels: Int, outHeight: Int, outWidth: Int,
                          padTop: Int, padLeft: Int, bias: UnsafePointer<Float>?, output y: UnsafeMutablePointer<Float>,
-                         accumulate: Bool, relu: Bool = false, tilesPerBlock: Int? = nil) {
+                         accumulate: Bool, relu: Bool = false, tilesPerBlock: Int? = nil, threads: Int? = nil,
+                         kernels: KernelDispatch.Level = KernelDispatch.current) {
         precondition(inChannels % 8 == 0 && outChannels % 8 == 0, "Winograd F(2x2, 3x3) runs on 8-channel blocks")
-        let (tileRows, tileColumns) = ((outHeight + 1) / 2, (outWidth + 1) / 2)
-        let tilesPerImage = tileRows * tileColumns, tiles = images * tilesPerImage
+        let s = WinogradTiling(inBlocks: inChannels / 8, height: height, width: width, outBlocks: outChannels / 8,
+                               outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft)
+        let tiles = images * s.tilesPerImage
         guard tiles > 0 else { return }
-        let block = Swift.min(tiles, tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
-        let (inBlocks, outBlocks) = (inChannels / 8, outChannels / 8)
-        let (inPlane, outPlane) = (height * width * 8, outHeight * outWidth * 8)
-        // V[e] = [block x inChannels], M[e] = [block x outChannels], e = 0..<16.
-        let v = UnsafeMutablePointer<Float>.allocate(capacity: 16 * block * inChannels)
-        let m = UnsafeMutablePointer<Float>.allocate(capacity: 16 * block * outChannels)
-        defer { v.deallocate(); m.deallocate() }
+        let threads = Swift.max(1, Swift.min(threads ?? BLAS.threadCount, tiles))
+        let block = Swift.min((tiles + threads - 1) / threads,
+                              tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
+        let blocks = (tiles + block - 1) / block
+        let workers = Swift.min(threads, blocks)
+        // Per worker: V[e] = [block x inChannels], then M[e] = [block x outChannels], e = 0..<16.
         let (vStride, mStride) = (block * inChannels, block * outChannels)
-        for first in stride(from: 0, to: tiles, by: block) {
-            let count = Swift.min(block, tiles - first)
-            // B^T d B of every tile and input block.
-            Parallel.forEachChunk(of: count, work: count * 16 * (inChannels + outChannels)) { range in
-                for t in range {
-                    let (image, tile) = (first + t).quotientAndRemainder(dividingBy: tilesPerImage)
-                    let (tileRow, tileColumn) = tile.quotientAndRemainder(dividingBy: tileColumns)
-                    let (top, left) = (2 * tileRow - padTop, 2 * tileColumn - padLeft)
-                    let inside = top >= 0 && left >= 0 && top + 4 <= height && left + 4 <= width
-                    for b in 0..<inBlocks {
-                        let plane = x + (image * inBlocks + b) * inPlane
-                        inputTile(plane, top: top, left: left, height: height, width: width, inside: inside,
-                                  into: v + t * inChannels + b * 8, stride: vStride)
-                    }
-                }
-            }
-            // The products, summed over the input channels: M[e] = V[e] U[e].
-            for e in 0..<16 {
-                BLAS.sgemm(transA: false, transB: false, m: count, n: outChannels, k: inChannels,
-                           a: v + e * vStride, lda: inChannels, b: u + e * inChannels * outChannels, ldb: outChannels,
-                           beta: 0, c: m + e * mStride, ldc: outChannels)
-            }
-            // A^T M A (+ bias) into the output, cut at the bottom and right edges.
-            Parallel.forEachChunk(of: count, work: count * 16 * (inChannels + outChannels)) { range in
-                for t in range {
-                    let (image, tile) = (first + t).quotientAndRemainder(dividingBy: tilesPerImage)
-                    let (tileRow, tileColumn) = tile.quotientAndRemainder(dividingBy: tileColumns)
-                    let (row, column) = (2 * tileRow, 2 * tileColumn)
-                    let (rows, columns) = (Swift.min(2, outHeight - row), Swift.min(2, outWidth - column))
-                    for b in 0..<outBlocks {
-                        let out = y + (image * outBlocks + b) * outPlane + (row * outWidth + column) * 8
-                        outputTile(m + t * outChannels + b * 8, stride: mStride, bias: bias.map { $0 + b * 8 }, into: out,
-                                   rowFloats: outWidth * 8, rows: rows, columns: columns, accumulate: accumulate, relu: relu)
+        let scratchFloats = 16 * (vStride + mStride)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * scratchFloats)
+        defer { scratch.deallocate() }
+        BLAS.withOneThread {
+            Parallel.forEachChunk(of: workers, work: .max, threads: workers) { slots in
+                for slot in slots {
+                    let v = scratch + slot * scratchFloats, m = v + 16 * vStride
+                    for index in (blocks * slot / workers)..<(blocks * (slot + 1) / workers) {
+                        let first = index * block, count = Swift.min(block, tiles - first)
+                        KernelDispatch.winogradInputTiles(s, first: first, count: count, x: x, into: v, stride: vStride, kernels: kernels)
+                        // The products, summed over the input channels: M[e] = V[e] U[e].
+                        for e in 0..<16 {
+                            BLAS.sgemm(transA: false, transB: false, m: count, n: outChannels, k: inChannels,
+                                       a: v + e * vStride, lda: inChannels, b: u + e * inChannels * outChannels, ldb: outChannels,
+                                       beta: 0, c: m + e * mStride, ldc: outChannels)
+                        }
+                        KernelDispatch.winogradOutputTiles(s, first: first, count: count, m: m, stride: mStride, bias: bias, y: y,
+                                                           accumulate: accumulate, relu: relu, kernels: kernels)
                     }
                 }
             }
         }
     }
+}
 
-    /// B^T d B of the 4 x 4 tile of 8-channel pixels whose top left is (top, left) in a plane of height x width pixels
-    /// (zeros outside), element e stored at out + e * stride. B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
-    @inline(__always)
-    static func inputTile(_ plane: UnsafePointer<Float>, top: Int, left: Int, height: Int, width: Int, inside: Bool,
-                          into out: UnsafeMutablePointer<Float>, stride: Int) {
-        typealias V = SIMD8<Float>
-        @inline(__always) func load(_ i: Int, _ j: Int) -> V {
-            let (r, q) = (top + i, left + j)
-            if !inside && (r < 0 || r >= height || q < 0 || q >= width) { return V() }
-            return UnsafeRawPointer(plane + (r * width + q) * 8).loadUnaligned(as: V.self)
+extension KernelDispatch {
+    /// The Winograd transforms of a level above baseline.
+    static func winogradKernels(_ level: Level) -> (any WinogradKernelSet.Type)? {
+        switch level {
+        case .baseline: nil
+        case .avx2: StarlingKernelsAVX2.FusedKernels.self
+        case .avx512: StarlingKernelsAVX512.FusedKernels.self
         }
-        // Per column j: (B^T d)[i][j] for i = 0...3; then each row of that times B.
-        @inline(__always) func column(_ j: Int) -> (V, V, V, V) {
-            let (d0, d1, d2, d3) = (load(0, j), load(1, j), load(2, j), load(3, j))
-            return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        }
-        let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3))
-        @inline(__always) func row(_ i: Int, _ a: V, _ b: V, _ c: V, _ d: V) {
-            let base = UnsafeMutableRawPointer(out + 4 * i * stride), step = stride * 4
-            base.storeBytes(of: a - c, as: V.self)
-            base.storeBytes(of: b + c, toByteOffset: step, as: V.self)
-            base.storeBytes(of: c - b, toByteOffset: 2 * step, as: V.self)
-            base.storeBytes(of: b - d, toByteOffset: 3 * step, as: V.self)
-        }
-        row(0, c0.0, c1.0, c2.0, c3.0)
-        row(1, c0.1, c1.1, c2.1, c3.1)
-        row(2, c0.2, c1.2, c2.2, c3.2)
-        row(3, c0.3, c1.3, c2.3, c3.3)
     }
 
-    /// A^T m A (+ bias) of the 16 product elements at m + e * stride (one 8-channel block), stored or added into the
-    /// rows x columns (1 or 2 each) pixels from `out`. A^T = [1 1 1 0; 0 1 -1 -1].
-    @inline(__always)
-    static func outputTile(_ m: UnsafePointer<Float>, stride: Int, bias: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>,
-                           rowFloats: Int, rows: Int, columns: Int, accumulate: Bool, relu: Bool) {
-        typealias V = SIMD8<Float>
-        @inline(__always) func load(_ e: Int) -> V { UnsafeRawPointer(m + e * stride).loadUnaligned(as: V.self) }
-        // Per column j: (A^T m)[0][j] and [1][j]; then each of those two rows times A.
-        @inline(__always) func column(_ j: Int) -> (V, V) {
-            let (m0, m1, m2, m3) = (load(j), load(4 + j), load(8 + j), load(12 + j))
-            return (m0 + m1 + m2, m1 - m2 - m3)
+    /// `WinogradTransforms.inputTiles` in the build `kernels`.
+    static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+                                   into v: UnsafeMutablePointer<Float>, stride: Int, kernels: Level = current) {
+        if let k = winogradKernels(kernels) {
+            k.winogradInputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
+        } else {
+            WinogradTransforms.inputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
         }
-        let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3))
-        let b = bias.map { UnsafeRawPointer($0).loadUnaligned(as: V.self) } ?? V()
-        @inline(__always) func store(_ value: V, _ i: Int, _ j: Int) {
-            let p = UnsafeMutableRawPointer(out + i * rowFloats + j * 8)
-            var value = value
-            if accumulate { value += p.loadUnaligned(as: V.self) }
-            if relu { value = value.replacing(with: 0, where: .!(value .> 0)) }   // as `relu()`: NaN to 0 too
-            p.storeBytes(of: value, as: V.self)
-        }
-        store(c0.0 + c1.0 + c2.0 + b, 0, 0)
-        if columns > 1 { store(c1.0 - c2.0 - c3.0 + b, 0, 1) }
-        if rows > 1 {
-            store(c0.1 + c1.1 + c2.1 + b, 1, 0)
-            if columns > 1 { store(c1.1 - c2.1 - c3.1 + b, 1, 1) }
+    }
+
+    /// `WinogradTransforms.outputTiles` in the build `kernels`.
+    static func winogradOutputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
+                                    bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool,
+                                    kernels: Level = current) {
+        if let k = winogradKernels(kernels) {
+            k.winogradOutputTiles(s, first: first, count: count, m: m, stride: stride, bias: bias, y: y, accumulate: accumulate, relu: relu)
+        } else {
+            WinogradTransforms.outputTiles(s, first: first, count: count, m: m, stride: stride, bias: bias, y: y, accumulate: accumulate,
+                                           relu: relu)
         }
     }
 }
@@ -190,11 +163,7 @@ extension ConvGeometry {
 
     /// Whether Starling's F(2x2, 3x3) runs `pass` here: a shape it computes, on a CPU where oneDNN has no Winograd of its
     /// own (below AVX-512) and Starling's kernels are on, under `setting` (by default this geometry's `winograd`, else
-    /// STARLING_WINOGRAD's): 1 wherever the shape allows, 0 or unset never. Unset is off because it did not pay in
-    /// whole training steps on this AVX2 machine (BENCHMARKS.md "Starling's Winograd F(2x2, 3x3) on AVX2"): alone, on
-    /// one thread, it ran the passes of 64 channels or more on maps of 16-52 pixels 1.05-1.5x as fast as direct (and
-    /// 0.4-0.9x elsewhere), but a U-Net or yolov3-tiny step on 2 threads took about twice the CPU time with those passes
-    /// on it, and on 2 ranks x 1 thread the difference was within the noise of a loaded machine. `anyCPU` (tests)
+    /// STARLING_WINOGRAD's): 1 wherever the shape allows, 0 never, unset where `ownWinogradPays`. `anyCPU` (tests)
     /// lets it run on AVX-512 CPUs too; `forcedForTests` (a task-local) runs it through the ops as
     /// STARLING_WINOGRAD=1 would on any CPU.
     func runsOwnWinograd(_ pass: ConvolutionPass, _ layouts: DNNLConvPlan.Layouts, setting: WinogradSetting? = nil,
@@ -202,7 +171,31 @@ extension ConvGeometry {
         guard pass != .backwardWeights, ownWinogradShape(layouts) else { return false }
         if Self.ownWinogradForcedForTests && setting == nil && winograd == nil { return true }
         guard anyCPU || (Self.ownKernels && !DNNLActivation.instructionSet.hasPrefix("avx512")) else { return false }
-        return (setting ?? winograd ?? WinogradSetting.current) == .always
+        switch setting ?? winograd ?? WinogradSetting.current {
+        case .always: return true
+        case .never: return false
+        case .rule: return ownWinogradPays(pass)
+        }
+    }
+
+    /// Where Starling's F(2x2, 3x3) beat the direct path (Starling's direct forward kernel or oneDNN's jit:avx2) per
+    /// layer and in whole steps on this AVX2 machine (AMD EPYC family 25 model 1, 2 cores; `bench --only
+    /// conv-algorithms`, one and two threads, and `Launch/bench-winograd.sh`; BENCHMARKS.md "Starling's Winograd
+    /// F(2x2, 3x3) on AVX2, part 2"): a pass that sums over 128 channels or more into 128 or more, with 256 to 512 on
+    /// its wider side, on maps of 26 pixels or more a side, or 13 or more with 512 on the wider side (yolov3-tiny's
+    /// conv_8, conv_10, conv_14 and conv_21, 1.1-1.6x per layer; U-Net's 256 -> 128 at 16 x 16 was level, 1.01x and
+    /// 1.07x, and its scratch raised U-Net's peak by 10 MB, to 0.52 of PyTorch's). With fewer channels each GEMM sums over too few for the transforms (whose cost per channel
+    /// does not shrink) to pay for the 2.25x fewer multiplications: 16 and 32 channels lost (0.4-0.9x), and 64-128
+    /// (U-Net's 16 x 16 and 32 x 32 layers at width 0.25, yolov3-tiny's conv_6) were level per layer, and a U-Net step
+    /// with them was too, 10 MB higher at its peak. On 8 x 8 maps the tiles are few against the weights' transform,
+    /// made every call (0.4-0.8x), and 512 -> 1024 at 13 x 13 (yolov3-tiny's conv_12, 0.7-0.97x) reads 32 MB of
+    /// transformed weights a block. Depends on one image's shape and the pass only, so every rank, replica and thread
+    /// count of a job runs the same algorithm.
+    func ownWinogradPays(_ pass: ConvolutionPass) -> Bool {
+        let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
+        let wider = Swift.max(summed, written)
+        let side = Swift.min(outHeight, outWidth)
+        return Swift.min(summed, written) >= 128 && (256...512).contains(wider) && (side >= 26 || (side >= 13 && wider == 512))
     }
 
     /// Set by tests around an op call to run Starling's F(2x2, 3x3) wherever its shape allows, on any CPU.

@@ -10,10 +10,10 @@ enum Parallel {
     /// Below this many elements touched, splitting costs more than it saves.
     static let minimumWork = 1 << 16
 
-    /// Calls `body` on disjoint ranges that cover 0..<count, on up to `BLAS.threadCount` threads when `work` (elements
-    /// the whole call touches) is large enough. `body` must only write what its range owns.
-    static func forEachChunk(of count: Int, work: Int, _ body: (Range<Int>) -> Void) {
-        let threads = Swift.min(BLAS.threadCount, count)
+    /// Calls `body` on disjoint ranges that cover 0..<count, on up to `threads` (by default `BLAS.threadCount`) threads
+    /// when `work` (elements the whole call touches) is large enough. `body` must only write what its range owns.
+    static func forEachChunk(of count: Int, work: Int, threads: Int? = nil, _ body: (Range<Int>) -> Void) {
+        let threads = Swift.min(threads ?? BLAS.threadCount, count)
         if threads <= 1 || work < minimumWork { return body(0..<count) }
         withoutActuallyEscaping(body) { body in
             let job = Unmanaged.passRetained(Job(body))

@@ -1,0 +1,133 @@
+/// The input and output transforms of Starling's Winograd F(2x2, 3x3) (StarlingCore's `WinogradF2x3`) over a block of
+/// tiles, here so that they are compiled for AVX2 and FMA in `StarlingKernelsAVX2` (one ymm register an 8-channel pixel)
+/// rather than for baseline x86-64 (two xmm halves). They only add, subtract and store, so every build gives the same
+/// bits (tested).
+///
+/// The geometry of one call: `images` of `inBlocks` 8-channel planes of height x width in, `outBlocks` planes of
+/// outHeight x outWidth out, 2 x 2 output tiles numbered image by image, row by row; output pixel (r, q) reads input
+/// rows r - padTop ... r - padTop + 2 and columns likewise, reads outside the input being zeros.
+public struct WinogradTiling: Sendable {
+    public let inBlocks: Int, height: Int, width: Int
+    public let outBlocks: Int, outHeight: Int, outWidth: Int
+    public let padTop: Int, padLeft: Int
+    public let tileColumns: Int, tilesPerImage: Int
+
+    @inlinable
+    public init(inBlocks: Int, height: Int, width: Int, outBlocks: Int, outHeight: Int, outWidth: Int, padTop: Int, padLeft: Int) {
+        (self.inBlocks, self.height, self.width) = (inBlocks, height, width)
+        (self.outBlocks, self.outHeight, self.outWidth) = (outBlocks, outHeight, outWidth)
+        (self.padTop, self.padLeft) = (padTop, padLeft)
+        tileColumns = (outWidth + 1) / 2
+        tilesPerImage = ((outHeight + 1) / 2) * tileColumns
+    }
+}
+
+public enum WinogradTransforms {
+    /// B^T d B of tiles first ..< first + count (numbered over the whole call) from the blocked input x, tile t of the
+    /// block at v + t * inBlocks * 8 + e * stride for its 16 elements e (V[e] = [count x Cin] row-major, rows `stride`
+    /// floats apart per element).
+    @inlinable
+    public static func inputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+                                  into v: UnsafeMutablePointer<Float>, stride: Int) {
+        let (inChannels, inPlane) = (s.inBlocks * 8, s.height * s.width * 8)
+        for t in 0..<count {
+            let (image, tile) = (first + t).quotientAndRemainder(dividingBy: s.tilesPerImage)
+            let (tileRow, tileColumn) = tile.quotientAndRemainder(dividingBy: s.tileColumns)
+            let (top, left) = (2 * tileRow - s.padTop, 2 * tileColumn - s.padLeft)
+            let inside = top >= 0 && left >= 0 && top + 4 <= s.height && left + 4 <= s.width
+            for b in 0..<s.inBlocks {
+                let plane = x + (image * s.inBlocks + b) * inPlane
+                inputTile(plane, top: top, left: left, height: s.height, width: s.width, inside: inside,
+                          into: v + t * inChannels + b * 8, stride: stride)
+            }
+        }
+    }
+
+    /// A^T M A (+ bias, then max(., 0) with `relu`) of tiles first ..< first + count from the products m (tile t's
+    /// element e at m + t * outBlocks * 8 + e * stride), stored (or added, with `accumulate`) into the blocked output y,
+    /// cut at the bottom and right edges.
+    @inlinable
+    public static func outputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
+                                   bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool) {
+        let (outChannels, outPlane) = (s.outBlocks * 8, s.outHeight * s.outWidth * 8)
+        for t in 0..<count {
+            let (image, tile) = (first + t).quotientAndRemainder(dividingBy: s.tilesPerImage)
+            let (tileRow, tileColumn) = tile.quotientAndRemainder(dividingBy: s.tileColumns)
+            let (row, column) = (2 * tileRow, 2 * tileColumn)
+            let (rows, columns) = (Swift.min(2, s.outHeight - row), Swift.min(2, s.outWidth - column))
+            for b in 0..<s.outBlocks {
+                let out = y + (image * s.outBlocks + b) * outPlane + (row * s.outWidth + column) * 8
+                outputTile(m + t * outChannels + b * 8, stride: stride, bias: bias.map { $0 + b * 8 }, into: out,
+                           rowFloats: s.outWidth * 8, rows: rows, columns: columns, accumulate: accumulate, relu: relu)
+            }
+        }
+    }
+
+    /// B^T d B of the 4 x 4 tile of 8-channel pixels whose top left is (top, left) in a plane of height x width pixels
+    /// (zeros outside), element e stored at out + e * stride. B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+    @inlinable @inline(__always)
+    public static func inputTile(_ plane: UnsafePointer<Float>, top: Int, left: Int, height: Int, width: Int, inside: Bool,
+                                 into out: UnsafeMutablePointer<Float>, stride: Int) {
+        typealias V = SIMD8<Float>
+        @inline(__always) func load(_ i: Int, _ j: Int) -> V {
+            let (r, q) = (top + i, left + j)
+            if !inside && (r < 0 || r >= height || q < 0 || q >= width) { return V() }
+            return UnsafeRawPointer(plane + (r * width + q) * 8).loadUnaligned(as: V.self)
+        }
+        // Per column j: (B^T d)[i][j] for i = 0...3; then each row of that times B.
+        @inline(__always) func column(_ j: Int) -> (V, V, V, V) {
+            let (d0, d1, d2, d3) = (load(0, j), load(1, j), load(2, j), load(3, j))
+            return (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        }
+        let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3))
+        @inline(__always) func row(_ i: Int, _ a: V, _ b: V, _ c: V, _ d: V) {
+            let base = UnsafeMutableRawPointer(out + 4 * i * stride), step = stride * 4
+            base.storeBytes(of: a - c, as: V.self)
+            base.storeBytes(of: b + c, toByteOffset: step, as: V.self)
+            base.storeBytes(of: c - b, toByteOffset: 2 * step, as: V.self)
+            base.storeBytes(of: b - d, toByteOffset: 3 * step, as: V.self)
+        }
+        row(0, c0.0, c1.0, c2.0, c3.0)
+        row(1, c0.1, c1.1, c2.1, c3.1)
+        row(2, c0.2, c1.2, c2.2, c3.2)
+        row(3, c0.3, c1.3, c2.3, c3.3)
+    }
+
+    /// A^T m A (+ bias) of the 16 product elements at m + e * stride (one 8-channel block), stored or added into the
+    /// rows x columns (1 or 2 each) pixels from `out`. A^T = [1 1 1 0; 0 1 -1 -1].
+    @inlinable @inline(__always)
+    public static func outputTile(_ m: UnsafePointer<Float>, stride: Int, bias: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>,
+                                  rowFloats: Int, rows: Int, columns: Int, accumulate: Bool, relu: Bool) {
+        typealias V = SIMD8<Float>
+        @inline(__always) func load(_ e: Int) -> V { UnsafeRawPointer(m + e * stride).loadUnaligned(as: V.self) }
+        // Per column j: (A^T m)[0][j] and [1][j]; then each of those two rows times A.
+        @inline(__always) func column(_ j: Int) -> (V, V) {
+            let (m0, m1, m2, m3) = (load(j), load(4 + j), load(8 + j), load(12 + j))
+            return (m0 + m1 + m2, m1 - m2 - m3)
+        }
+        let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3))
+        let b = bias.map { UnsafeRawPointer($0).loadUnaligned(as: V.self) } ?? V()
+        @inline(__always) func store(_ value: V, _ i: Int, _ j: Int) {
+            let p = UnsafeMutableRawPointer(out + i * rowFloats + j * 8)
+            var value = value
+            if accumulate { value += p.loadUnaligned(as: V.self) }
+            if relu { value = value.replacing(with: 0, where: .!(value .> 0)) }   // as `relu()`: NaN to 0 too
+            p.storeBytes(of: value, as: V.self)
+        }
+        store(c0.0 + c1.0 + c2.0 + b, 0, 0)
+        if columns > 1 { store(c1.0 - c2.0 - c3.0 + b, 0, 1) }
+        if rows > 1 {
+            store(c0.1 + c1.1 + c2.1 + b, 1, 0)
+            if columns > 1 { store(c1.1 - c2.1 - c3.1 + b, 1, 1) }
+        }
+    }
+}
+
+/// `WinogradTransforms` as entry points of a module built for an instruction set above baseline (a protocol of its own
+/// beside `FusedKernelSet`, which `KernelDispatch.winogradKernels` picks by level).
+public protocol WinogradKernelSet {
+    static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+                                   into v: UnsafeMutablePointer<Float>, stride: Int)
+    static func winogradOutputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
+                                    bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool)
+}
