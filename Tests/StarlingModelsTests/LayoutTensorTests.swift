@@ -31,6 +31,9 @@ struct LayoutTensorTests {
         var convolutionsWithReLU = 0
         /// Deferred batch norms + leaky ReLUs run with the residual sum after them as one op.
         var residualNormalizations = 0
+        /// Batch norms + leaky ReLU that gave their convolution's output back after forward (in-place activated batch
+        /// norm): every darknet block but the pooled and residual ones and the convolutions without batch norm.
+        var normalizationsWithoutInput = 0
         var testDescription: String { name }
     }
 
@@ -51,7 +54,7 @@ struct LayoutTensorTests {
                images: [2, 3, 96, 128], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3Tiny).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv3Tiny).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (13, 0), inference: (13, 0), pooledNormalizations: (5, 1)),
+               training: (13, 0), inference: (13, 0), pooledNormalizations: (5, 1), normalizationsWithoutInput: 6),
         Family(name: "yolov3", config: { YOLOv3.defaultConfig(height: 64, width: 64, classNames: classes, widthMultiplier: 0.25, depthMultiplier: 0.2) },
                images: [2, 3, 64, 64], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv3).outputMaps(x, training: t) },
@@ -60,17 +63,18 @@ struct LayoutTensorTests {
                // against oneDNN's planar ones further than the other families: 1.0-2.2e-3 of the largest gradient on
                // Zen 3, under 1e-3 with STARLING_CONV=dnnl and on AVX-512; its fused ops equal the ops one by one to
                // the bit at either width (`residualSumReadsTheDeferredNormalization`).
-               training: (43, 0), inference: (43, 0), gradientTolerance: 5e-3, residualNormalizations: 7),
+               training: (43, 0), inference: (43, 0), gradientTolerance: 5e-3, residualNormalizations: 7,
+               normalizationsWithoutInput: 40),
         Family(name: "yolov2", config: { YOLOv2.defaultConfig(height: 64, width: 96, classNames: classes, widthMultiplier: 0.25) },
                images: [2, 3, 64, 96], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv2).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv2).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (23, 0), inference: (23, 0), pooledNormalizations: (5, 1)),
+               training: (23, 0), inference: (23, 0), pooledNormalizations: (5, 1), normalizationsWithoutInput: 17),
         Family(name: "yolov1", config: { YOLOv1.defaultConfig(height: 64, width: 128, classNames: classes, widthMultiplier: 0.125) },
                images: [2, 3, 64, 128], pixelScale: 255,
                planar: { m, x, t in (m as! YOLOv1).outputMaps(x, training: t) },
                laidOut: { m, x, t in (m as! YOLOv1).outputMaps(LayoutTensor(x), training: t).map(\.tensor) },
-               training: (24, 0), inference: (24, 0), pooledNormalizations: (4, 0)),
+               training: (24, 0), inference: (24, 0), pooledNormalizations: (4, 0), normalizationsWithoutInput: 20),
         Family(name: "fast-rcnn", config: { smallFastRCNNConfig(height: 64, width: 96, classNames: classes) }, images: [2, 3, 64, 96], pixelScale: 255,
                planar: { m, x, t in let (l, d) = (m as! FastRCNN).regionOutputs(x, rois: fastRCNNRoIs(), training: t); return [l, d] },
                laidOut: { m, x, t in
@@ -227,9 +231,11 @@ struct LayoutTensorTests {
     }
 
     /// A deferred batch norm + leaky ReLU read first by a sum with a blocked value (darknet's shortcut) runs with the sum
-    /// as one op: values and gradients to the bit as the ops run one by one. Read again after the sum, it runs alone for
-    /// that reader (the moving statistics updated once), and the gradients add up to rounding.
-    @Test(arguments: [false, true]) func residualSumReadsTheDeferredNormalization(readAgain: Bool) throws {
+    /// as one op: values and gradients to the bit as the ops run one by one when it keeps the convolution's output
+    /// (`residualKeepsInput`), to 1e-5 of the largest when it gives it back (the default: y recovered as the sum minus
+    /// the residual, to the sum's rounding). Read again after the sum, it runs alone for that reader (the moving
+    /// statistics updated once), and the gradients add up to rounding.
+    @Test(arguments: [false, true], [false, true]) func residualSumReadsTheDeferredNormalization(readAgain: Bool, keepsInput: Bool) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }
         let (store, buffers) = (ParameterStore(), ParameterStore(trainable: false))
         let conv = Conv2D(store, name: "conv", inputs: 16, outputs: 16)
@@ -249,10 +255,12 @@ struct LayoutTensorTests {
             let census = LayoutCensus()
             let output: Tensor = LayoutTensor.$census.withValue(census) {
                 if laidOut {
-                    let h = LayoutTensor(.blocked(x.blocked(width: width), moments: nil))
-                    let d = h.applying(conv).applyingWithLeakyReLU(norm, slope: 0.1, training: true, crossReplicaSum: nil)
-                    let sum = h + d
-                    return (readAgain ? sum + d : sum).tensor
+                    return DeferredNormalization.$residualKeepsInput.withValue(keepsInput) {
+                        let h = LayoutTensor(.blocked(x.blocked(width: width), moments: nil))
+                        let d = h.applying(conv).applyingWithLeakyReLU(norm, slope: 0.1, training: true, crossReplicaSum: nil)
+                        let sum = h + d
+                        return (readAgain ? sum + d : sum).tensor
+                    }
                 }
                 let h = x.blocked(width: width)
                 let y = norm.withLeakyReLU(h.conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: width),
@@ -265,13 +273,57 @@ struct LayoutTensorTests {
         }
         let (fast, reference) = (pass(laidOut: true), pass(laidOut: false))
         #expect(fast.census.residualNormalizations == 1 && fast.census.normalizationsReadAfterPooling == (readAgain ? 1 : 0))
+        #expect(fast.census.normalizationsWithoutInput == (keepsInput ? 0 : 1))
         #expect(fast.values == reference.values && fast.statistics == reference.statistics && fast.statistics != initialStatistics)
-        if readAgain {
+        if readAgain || !keepsInput {
             let worst = worstDifference(fast.gradients, reference.gradients)
             #expect(worst.value < 1e-5, "gradients: worst difference \(worst.value) at \(worst.at)")
         } else {
             #expect(fast.gradients == reference.gradients)
         }
+    }
+
+    /// A deferred convolution read first by batch norm + leaky ReLU hands its output to it, which gives the values back
+    /// after forward (in-place activated batch norm) and recovers x - mean from its output in backward; the convolution
+    /// read again afterwards runs a second time for that reader. Against the ops one by one keeping the output: the same
+    /// values and moving statistics to the bit, gradients within 1e-5 of the largest (recomputed z and x - mean, so to
+    /// rounding).
+    @Test(arguments: [false, true]) func normalizationGivesBackTheConvolutionOutput(readAgain: Bool) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let (store, buffers) = (ParameterStore(), ParameterStore(trainable: false))
+        let conv = Conv2D(store, name: "conv", inputs: 16, outputs: 16)
+        let norm = BatchNormalization(store, buffers: buffers, name: "bn", channels: 16)
+        var rng = RandomGenerator(seed: 83)
+        store.allocate(rng: &rng)
+        buffers.allocate(rng: &rng)
+        for i in 0..<16 { norm.gamma.value.data[i] = rng.uniform(0.5, 1.5); norm.beta.value.data[i] = 0.2 * rng.normal() }
+        let values = (0..<(2 * 16 * 6 * 8)).map { _ in rng.uniform(-1, 1) }
+        let initialStatistics = buffers.values.toArray()
+        let width = ChannelLayout.blockWidth
+        func pass(laidOut: Bool) -> (values: [Float], gradients: [Float], statistics: [Float], census: LayoutCensus) {
+            store.zeroGradients()
+            initialStatistics.withUnsafeBufferPointer { buffers.values.pointer.update(from: $0.baseAddress!, count: $0.count) }
+            let x = Tensor.variable(shape: [2, 16, 6, 8], values: values)
+            let census = LayoutCensus()
+            let outputs: [Tensor] = LayoutTensor.$census.withValue(census) {
+                if laidOut {
+                    let c = LayoutTensor(.blocked(x.blocked(width: width), moments: nil)).applying(conv)
+                    let d = c.applyingWithLeakyReLU(norm, slope: 0.1, training: true, crossReplicaSum: nil)
+                    let y = d.tensor
+                    return readAgain ? [y, c.tensor] : [y]
+                }
+                let c = x.blocked(width: width).conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: width)
+                let y = norm.withLeakyReLU(c, training: true, slope: 0.1, layout: .blocked).unblocked()
+                return readAgain ? [y, c.unblocked()] : [y]
+            }
+            weightedSum(outputs).backward()
+            return (outputs.flatMap { $0.toArray() }, store.gradients.toArray() + (x.gradArray ?? []), buffers.values.toArray(), census)
+        }
+        let (fast, reference) = (pass(laidOut: true), pass(laidOut: false))
+        #expect(fast.census.normalizationsWithoutInput == 1 && fast.census.convolutionsReadAfterReLU == (readAgain ? 1 : 0))
+        #expect(fast.values == reference.values && fast.statistics == reference.statistics && fast.statistics != initialStatistics)
+        let worst = worstDifference(fast.gradients, reference.gradients)
+        #expect(worst.value < 1e-5, "gradients: worst difference \(worst.value) at \(worst.at)")
     }
 
     @Test(arguments: families) func trainingPassMatchesThePlanarOne(_ family: Family) throws {
@@ -287,6 +339,8 @@ struct LayoutTensorTests {
                     && census.normalizationsReadAfterPooling == family.pooledNormalizations.readAgain,
                 "\(census.pooledNormalizations) batch norms pooled in one op, \(census.normalizationsReadAfterPooling) read again")
         #expect(census.residualNormalizations == family.residualNormalizations, "\(census.residualNormalizations) residual sums fused")
+        #expect(census.normalizationsWithoutInput == family.normalizationsWithoutInput,
+                "\(census.normalizationsWithoutInput) batch norms gave their input back")
         #expect(census.convolutionsWithReLU == family.convolutionsWithReLU && census.convolutionsReadAfterReLU == 0,
                 "\(census.convolutionsWithReLU) convolutions run with their ReLU, \(census.convolutionsReadAfterReLU) read again")
         for (k, (a, b)) in zip(fast, plain).enumerated() {

@@ -59,15 +59,27 @@ extension Tensor {
 
     /// `batchNorm(...).leakyRelu(slope:)` as one op, as `batchNormELU` fuses the ELU (darknet's convolutional blocks):
     /// leaky ReLU's derivative, 1 where y > 0 and `slope` elsewhere, is read from the output.
+    ///
+    /// `keepingInput: false` is the paper's full form: the input's values (a convolution's output, which its own
+    /// backward never reads) are given back right after forward (`Tensor.releaseValues`), and backward recovers what it
+    /// needs from the output alone: leaky ReLU is invertible (z = y, or y / slope where y <= 0) and so is the affine
+    /// normalisation (x - mean = (z - beta) / scale, scale = gamma / sqrt(var + eps)), and batch norm's backward needs
+    /// only x - mean. The caller promises that nothing reads the input's values after this op (`LayoutTensor` runs the
+    /// convolution again for a later reader). The op keeps the input when it cannot invert: a channel whose |gamma| is
+    /// below 1e-2 max(1, |beta|) (there z - beta cancels: the recovered x - mean would carry float error of order
+    /// 6e-8 |beta / gamma| of the channel's deviation), an input that is a leaf or whose own op reads it in backward.
+    /// The values are the same bits either way; the gradients agree to float rounding (tested against the kept input
+    /// and by finite differences), not bit for bit: z and x - mean are recomputed, not read. YOLOv3 at 416 x 416,
+    /// batch 8: the convolution outputs of its 52 blocks outside the shortcuts, about 0.75 GB, are not held.
     public func batchNormLeakyReLU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                    momentum: Float = 0.99, epsilon: Float = 1e-3,
                                    runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                                    crossReplicaSum: CrossReplicaSum? = nil, slope: Float, layout: ChannelLayout = .planar,
-                                   moments: ChannelMoments? = nil) -> Tensor {
+                                   moments: ChannelMoments? = nil, keepingInput: Bool = true) -> Tensor {
         precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
         return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
                           epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum,
-                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments)
+                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments, keepingInput: keepingInput)
     }
 
     /// `residual + batchNorm(...).leakyRelu(slope:)` as one op (darknet's shortcut after a block): the sum is written
@@ -75,22 +87,25 @@ extension Tensor {
     /// activated values computed again into a buffer of its own from the input and the statistics (the same kernel, the
     /// same bits), and adds the output gradient to the residual's: the values and gradients of `residual + y` on the two
     /// ops to the bit. YOLOv3's 23 residual blocks at 416 x 416, batch 8: about 0.45 GB less at the end of forward.
+    /// `keepingInput: false` gives x back after forward as `batchNormLeakyReLU` does, y recovered in backward as the
+    /// output minus the residual (to the sum's rounding: see `invertedBackward`).
     public func batchNormLeakyReLUAdding(_ residual: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
                                          training: Bool, momentum: Float = 0.99, epsilon: Float = 1e-3,
                                          runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                                          crossReplicaSum: CrossReplicaSum? = nil, slope: Float, layout: ChannelLayout = .planar,
-                                         moments: ChannelMoments? = nil) -> Tensor {
+                                         moments: ChannelMoments? = nil, keepingInput: Bool = true) -> Tensor {
         precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
         precondition(residual.shape == shape, "residual \(residual.shape) added to batch norm of \(shape)")
         return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
                           epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum,
-                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments, residual: residual)
+                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments, residual: residual,
+                          keepingInput: keepingInput)
     }
 
     private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
                             crossReplicaSum: CrossReplicaSum?, activation: BatchNormKernel.Activation?, layout: ChannelLayout,
-                            moments: ChannelMoments? = nil, residual: Tensor? = nil) -> Tensor {
+                            moments: ChannelMoments? = nil, residual: Tensor? = nil, keepingInput: Bool = true) -> Tensor {
         let blocked = layout == .blocked
         precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
         let width = blocked ? blockWidth : 0
@@ -106,6 +121,13 @@ extension Tensor {
         let stats = BatchNormStatistics(x, planes, gamma: gamma, runningMean: runningMean, runningVar: runningVar, training: training,
                                         momentum: momentum, epsilon: epsilon, estimator: runningVarianceEstimator,
                                         crossReplicaSum: crossReplicaSum, moments: moments)
+        // In-place activated batch norm (see `batchNormLeakyReLU`): the input given back after forward where the output
+        // determines it, decided here, before the closure, on gamma and beta (the same on every rank).
+        var invertingSlope: Float?
+        if !keepingInput, case .leakyRelu(let s)? = activation, GradMode.isEnabled, x.valuesReleasable, residual?.valuesReleased != true,
+           Self.invertible(gamma: gamma, beta: beta) {
+            invertingSlope = s
+        }
         // `normalize` writes every output element.
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta] + (residual.map { [$0] } ?? []),
                                 backwardReadsResult: residual == nil) { out in
@@ -113,6 +135,11 @@ extension Tensor {
             // It overwrites dy in place: this closure is dy's last reader (the node and its gradient are released
             // right after it), and a separate buffer cost as much memory as the activation (295 MB for SSD7's first).
             let dy = out.grad
+            if let slope = invertingSlope {
+                Self.invertedBackward(out: out, dy: dy, x: x, residual: residual, gamma: gamma, beta: beta, planes: planes, stats: stats,
+                                      slope: slope, crossReplicaSum: crossReplicaSum)
+                return
+            }
             if let residual, case .leakyRelu(let slope)? = activation {
                 // The sum's gradient reaches the residual as it is (added, as the two ops' sum adds it); y is computed
                 // again for the derivative (the output holds the sum), into a buffer given back at once.
@@ -148,7 +175,72 @@ extension Tensor {
             let (r, z) = (residual.data, out.data)
             Parallel.forEachAlignedChunk(of: count) { range in for i in range { z[i] = r[i] + z[i] } }
         }
+        if invertingSlope != nil && out.requiresGrad { x.releaseValues() }
         return out
+    }
+
+    /// Whether every channel's affine map can be inverted to float precision: |gamma| >= 1e-2 max(1, |beta|).
+    private static func invertible(gamma: Tensor, beta: Tensor) -> Bool {
+        let (g, b) = (gamma.data, beta.data)
+        for k in 0..<gamma.count where !(abs(g[k]) >= 1e-2 * Swift.max(1, abs(b[k]))) { return false }
+        return true
+    }
+
+    /// Batch norm + leaky ReLU's backward from the output alone (`batchNormLeakyReLU(..., keepingInput: false)`).
+    /// With z = leaky^-1(y) = scale (x - mean) + beta, x - mean = (z - beta) / scale, so the kept-input formulas hold
+    /// with z for x, beta for the mean, and the per-channel factors of x - mean divided by scale:
+    /// sum dz (x - mean) = sum dz (z - beta) / scale, and slope (x - mean) = (slope / scale) (z - beta).
+    /// z goes into a buffer of x's size, over which x's gradient is then written (it becomes the gradient when x has
+    /// none yet): one buffer where the kept-input form wrote the gradient over x's values.
+    ///
+    /// With a residual (the output holds residual + y, darknet's shortcut) y is recovered as output - residual, which
+    /// both ops keep anyway (the residual is the shortcut's input, read by the block's first convolution): y to within
+    /// a rounding of the sum, so where |y| is below that rounding its sign, and the leaky ReLU's derivative there, may
+    /// differ from the kept form's.
+    private static func invertedBackward(out: Tensor, dy: UnsafeMutablePointer<Float>, x: Tensor, residual: Tensor?, gamma: Tensor,
+                                         beta: Tensor, planes: BatchNormKernel.Planes, stats: BatchNormStatistics, slope leak: Float,
+                                         crossReplicaSum: CrossReplicaSum?) {
+        let n = out.count, c = planes.channels
+        let y = UnsafePointer(out.data)
+        let zStorage = FloatStorage(uninitializedCount: n)
+        let z = zStorage.pointer
+        if let residual {
+            // The sum's gradient reaches the residual as it is, before dy becomes the leaky ReLU's input gradient.
+            let r = UnsafePointer(residual.data)
+            if residual.requiresGrad {
+                let dr = residual.grad
+                Parallel.forEachAlignedChunk(of: n) { range in for i in range { dr[i] += dy[i] } }
+            }
+            Parallel.forEachAlignedChunk(of: n) { range in for i in range { z[i] = y[i] - r[i] } }
+            BatchNormKernel.leakyReLUGradient(n, dy: dy, y: z, slope: leak, into: dy)
+            Parallel.forEachAlignedChunk(of: n) { range in
+                for i in range { let v = z[i]; z[i] = v > 0 ? v : v / leak }
+            }
+        } else {
+            BatchNormKernel.leakyReLUGradient(n, dy: dy, y: y, slope: leak, into: dy)
+            Parallel.forEachAlignedChunk(of: n) { range in
+                for i in range { let v = y[i]; z[i] = v > 0 ? v : v / leak }
+            }
+        }
+        var sums = [Double](repeating: 0, count: 2 * c)
+        sums.withUnsafeMutableBufferPointer { s in
+            BatchNormKernel.channelSums(planes, dy, z, shift: beta.data, into: s.baseAddress!)
+        }
+        let scale = stats.scale.pointer
+        for k in 0..<c { sums[c + k] /= Double(scale[k]) }   // sum dz (x - mean)
+        guard let (slope, offset) = stats.backward(&sums, x: x, gamma: gamma, beta: beta, crossReplicaSum: crossReplicaSum) else { return }
+        let sl = slope.pointer
+        for k in 0..<c { sl[k] /= scale[k] }
+        withExtendedLifetime((slope, offset)) {
+            // Element-wise: each gradient element is written after the one read of z at its index, so dx may be z's buffer.
+            if let dx = x.gradientAdopting(zStorage) {
+                BatchNormKernel.inputGradient(planes, dy: dy, x: z, mean: beta.data, scale: scale, slope: sl, offset: offset.pointer,
+                                              into: dx, overwrite: false)
+            } else {
+                BatchNormKernel.inputGradient(planes, dy: dy, x: z, mean: beta.data, scale: scale, slope: sl, offset: offset.pointer,
+                                              into: z, overwrite: true)
+            }
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 public final class Tensor: @unchecked Sendable {
     public let shape: [Int]
     public let count: Int
-    public let storage: FloatStorage
+    /// The values. Replaced by an empty block only by `releaseValues()`, for an op that recovers what its backward needs
+    /// from elsewhere (in-place activated batch norm: `batchNormLeakyReLU(..., keepingInput: false)`).
+    public private(set) var storage: FloatStorage
     public let name: String?
     /// True for parameters and for every value computed from one while gradients are recorded.
     public let requiresGrad: Bool
@@ -119,7 +121,7 @@ public final class Tensor: @unchecked Sendable {
     /// convolution's output: 295 MB at batch 16). The values then hold the gradient.
     public func gradientForWriting(overValues: Bool = false) -> (pointer: UnsafeMutablePointer<Float>, overwrite: Bool) {
         if let g = gradStorage { return (g.pointer, false) }
-        if overValues && !isLeaf && !backwardReadsValues && pendingUsers == 1 {
+        if overValues && !isLeaf && !backwardReadsValues && pendingUsers == 1 && !valuesReleased {
             gradStorage = storage
             return (storage.pointer, true)
         }
@@ -127,6 +129,35 @@ public final class Tensor: @unchecked Sendable {
         gradStorage = g
         return (g.pointer, true)
     }
+
+    /// The gradient buffer for a backward closure that has computed the gradient's values into `scratch` (a buffer of
+    /// this tensor's size that it owns and no longer needs otherwise): with no gradient yet, `scratch` becomes the
+    /// gradient and nil is returned (the values are in place, nothing to add); otherwise the existing gradient, which
+    /// the closure adds `scratch` into.
+    func gradientAdopting(_ scratch: FloatStorage) -> UnsafeMutablePointer<Float>? {
+        precondition(scratch.count == count, "gradient of \(scratch.count) floats for \(shape)")
+        if let g = gradStorage { return g.pointer }
+        gradStorage = scratch
+        return nil
+    }
+
+    /// True when this tensor's values may be given up after forward (`releaseValues`): an op's result (not a leaf:
+    /// parameters and inputs stay) whose own op never reads them in backward.
+    var valuesReleasable: Bool { !isLeaf && !backwardReadsValues }
+
+    /// Gives the values' memory back before backward, for an op that read them last in forward and recovers what its
+    /// backward needs without them. The caller guarantees that nothing reads the values afterwards (their reader
+    /// decides it: `LayoutTensor` runs the convolution again for any later reader); the tensor keeps its place in the
+    /// graph and its gradient. Its `data` then points at an empty block.
+    func releaseValues() {
+        precondition(valuesReleasable, "releasing the values of a tensor whose backward reads them, or of a leaf")
+        storage = Tensor.releasedValues
+    }
+
+    /// Whether `releaseValues()` has run.
+    public var valuesReleased: Bool { storage === Tensor.releasedValues }
+
+    private static let releasedValues = FloatStorage(count: 0)
 
     /// Drops the gradient of a non-parameter tensor (parameters keep their view into the flat buffer).
     public func clearGrad() { if !isLeaf || gradStorage == nil { gradStorage = nil } else { gradStorage?.zero() } }

@@ -73,24 +73,25 @@ public struct BatchNormalization: Sendable {
 
     /// The layer followed by a leaky ReLU, as one op that keeps no normalised copy (`Tensor.batchNormLeakyReLU`).
     /// `updatingRunningStatistics: false` runs it on copies of the moving statistics (for a second run over the same
-    /// batch, whose first run updated them).
+    /// batch, whose first run updated them). `keepingInput: false`: x's values are given back after forward and
+    /// backward recovers them from the output (in-place activated batch norm; the caller promises no later reader).
     public func withLeakyReLU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
                               layout: ChannelLayout = .planar, moments: ChannelMoments? = nil,
-                              updatingRunningStatistics: Bool = true) -> Tensor {
+                              updatingRunningStatistics: Bool = true, keepingInput: Bool = true) -> Tensor {
         let (mean, variance) = updatingRunningStatistics ? (movingMean.value, movingVariance.value)
                                                          : (movingMean.value.detached(), movingVariance.value.detached())
         return x.batchNormLeakyReLU(gamma: gamma.value, beta: beta.value, runningMean: mean, runningVar: variance,
                                     training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
-                                    layout: layout, moments: moments)
+                                    layout: layout, moments: moments, keepingInput: keepingInput)
     }
 
     /// `residual` plus the layer followed by a leaky ReLU, as one op that keeps neither the normalised nor the activated
     /// values (`Tensor.batchNormLeakyReLUAdding`): a darknet shortcut's last block.
     public func withLeakyReLUAdding(_ residual: Tensor, to x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
-                                    layout: ChannelLayout = .planar, moments: ChannelMoments? = nil) -> Tensor {
+                                    layout: ChannelLayout = .planar, moments: ChannelMoments? = nil, keepingInput: Bool = true) -> Tensor {
         x.batchNormLeakyReLUAdding(residual, gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
                                    training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
-                                   layout: layout, moments: moments)
+                                   layout: layout, moments: moments, keepingInput: keepingInput)
     }
 
     /// The layer followed by an ELU, as one op that keeps no normalised copy (`Tensor.batchNormELU`).

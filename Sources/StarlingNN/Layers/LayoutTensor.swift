@@ -229,6 +229,12 @@ public struct LayoutTensor: NetworkValue {
     /// On blocked values, deferred until something reads the result (`DeferredNormalization`): a 2x2 max-pooling that
     /// reads it first runs batch norm, leaky ReLU and pooling as one op, which keeps no full-size activated copy.
     public func applyingWithLeakyReLU(_ layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
+        // A training convolution nothing has read yet: its output is this batch norm's alone, so the batch norm may give
+        // its values back after forward (in-place activated batch norm), the convolution run again for a later reader.
+        if case .deferredConvolution(let convolution) = state, let (x, moments) = convolution.forNormalization() {
+            return LayoutTensor(deferring: DeferredNormalization(input: x, moments: moments, layer: layer, slope: slope, training: training,
+                                                                 crossReplicaSum: crossReplicaSum, convolution: convolution), shape: shape)
+        }
         switch form {
         case .blocked(let x, let moments):
             return LayoutTensor(deferring: DeferredNormalization(input: x, moments: moments, layer: layer, slope: slope, training: training,
@@ -355,6 +361,8 @@ package final class LayoutCensus: @unchecked Sendable {
     /// Blocked training convolutions run with the ReLU that read them first as one op, and those of them read again by
     /// something else after that (`DeferredConvolution`).
     package private(set) var convolutionsWithReLU = 0, convolutionsReadAfterReLU = 0
+    /// Batch norms + leaky ReLU that gave their input's values back after forward (in-place activated batch norm).
+    package private(set) var normalizationsWithoutInput = 0
     package init() {}
 
     /// Only the task that set the census counts (a forward pass runs its ops on one thread).
@@ -368,12 +376,13 @@ package final class LayoutCensus: @unchecked Sendable {
         case .normalizationAddedToResidual: residualNormalizations += 1
         case .convolutionWithReLU: convolutionsWithReLU += 1
         case .convolutionReadAfterReLU: convolutionsReadAfterReLU += 1
+        case .normalizationWithoutInput: normalizationsWithoutInput += 1
         }
     }
 
     enum Path {
         case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling, normalizationAddedToResidual, convolutionWithReLU,
-             convolutionReadAfterReLU
+             convolutionReadAfterReLU, normalizationWithoutInput
     }
 }
 
@@ -404,8 +413,21 @@ final class DeferredNormalization {
     let crossReplicaSum: CrossReplicaSum?
     private var full: LayoutTensor?
     private var fusedAlready = false
+    /// The residual form keeping its input (tests compare the two; the default gives it back).
+    @TaskLocal static var residualKeepsInput = false
 
-    init(input: Tensor, moments: ChannelMoments?, layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?) {
+    /// True when nothing but this batch norm reads `input` (a convolution's output handed over by `DeferredConvolution`):
+    /// batch norm + leaky ReLU alone, or with the residual sum, then gives its values back after forward
+    /// (`batchNormLeakyReLU(..., keepingInput: false)`, `batchNormLeakyReLUAdding`). The pooled form keeps them: its
+    /// output does not determine the input.
+    var ownsInput: Bool { convolution != nil }
+    /// The convolution that handed `input` over, run again for a read of this value after the residual form gave the
+    /// input back.
+    let convolution: DeferredConvolution?
+
+    init(input: Tensor, moments: ChannelMoments?, layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?,
+         convolution: DeferredConvolution? = nil) {
+        self.convolution = convolution
         self.input = input
         self.moments = moments
         self.layer = layer
@@ -431,7 +453,8 @@ final class DeferredNormalization {
         fusedAlready = true
         LayoutTensor.census?.count(.normalizationAddedToResidual)
         let y = layer.withLeakyReLUAdding(r, to: input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
-                                          moments: moments)
+                                          moments: moments, keepingInput: !ownsInput || Self.residualKeepsInput)
+        if input.valuesReleased { LayoutTensor.census?.count(.normalizationWithoutInput) }
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
@@ -439,8 +462,12 @@ final class DeferredNormalization {
     var result: LayoutTensor {
         if let full { return full }
         if fusedAlready { LayoutTensor.census?.count(.normalizationReadAfterPooling) }
-        let y = layer.withLeakyReLU(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
-                                    moments: moments, updatingRunningStatistics: !fusedAlready)
+        // After the residual form gave the input back: the convolution again (the same bits and sums), a node of its own.
+        var (x, sums) = (input, moments)
+        if input.valuesReleased, let convolution, case .blocked(let again, let againSums) = convolution.result.form { (x, sums) = (again, againSums) }
+        let y = layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
+                                    moments: sums, updatingRunningStatistics: !fusedAlready, keepingInput: !ownsInput || fusedAlready)
+        if x.valuesReleased { LayoutTensor.census?.count(.normalizationWithoutInput) }
         let value = LayoutTensor(.blocked(y, moments: nil))
         full = value
         return value
@@ -476,7 +503,7 @@ final class DeferredConvolution {
     /// The convolution and the ReLU as one op, if nothing has read the convolution's output yet; nil otherwise.
     func rectified() -> LayoutTensor? {
         if let activated { return activated }
-        guard plain == nil else { return nil }
+        guard plain == nil, !handedOver else { return nil }
         LayoutTensor.census?.count(.convolutionWithReLU)
         let y = input.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width)
         let value = LayoutTensor(.blocked(y, moments: nil))
@@ -484,10 +511,22 @@ final class DeferredConvolution {
         return value
     }
 
+    /// The convolution alone for a batch norm that reads it first and owns its output (`DeferredNormalization.ownsInput`),
+    /// if nothing has read it yet; nil otherwise. Not kept here: a later reader runs the convolution again (`result`),
+    /// since the batch norm may give these values back after forward.
+    func forNormalization() -> (Tensor, ChannelMoments)? {
+        guard plain == nil, activated == nil, !handedOver else { return nil }
+        handedOver = true
+        let moments = ChannelMoments()
+        let y = input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
+        return (y, moments)
+    }
+    private var handedOver = false
+
     /// The convolution alone, run on first use.
     var result: LayoutTensor {
         if let plain { return plain }
-        if activated != nil { LayoutTensor.census?.count(.convolutionReadAfterReLU) }
+        if activated != nil || handedOver { LayoutTensor.census?.count(.convolutionReadAfterReLU) }
         let moments = ChannelMoments()
         let y = input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
         let value = LayoutTensor(.blocked(y, moments: moments))
