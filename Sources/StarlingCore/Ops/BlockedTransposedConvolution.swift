@@ -42,6 +42,26 @@ extension Tensor {
         DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: width, destinationWidth: inputWidth)
     }
 
+    /// The gradients of a blocked transposed convolution from its output's gradient `dy` (dense, [N, Cout/W, Hout,
+    /// Wout, W]): the bias's channel sums, the weight's and the input's through oneDNN's plans (the adjoint convolution's
+    /// weight gradient and forward pass). Shared by the op alone and the one written into a concatenation.
+    private static func transposedBlockedBackward(_ dy: UnsafePointer<Float>, _ g: ConvGeometry, x: Tensor, weight: Tensor, bias: Tensor,
+                                                  width block: Int, layouts: DNNLConvPlan.Layouts) {
+        let cout = g.inChannels
+        if bias.requiresGrad {
+            accumulateBlockedChannelSums(dy, width: block, planes: g.batch * cout / block, blocks: cout / block, pixels: g.inPlane, into: bias.grad)
+        }
+        if weight.requiresGrad {
+            let done = g.dnnlAccumulateWeightGradient(input: dy, outputGrad: x.data, into: weight.grad, layouts: layouts)
+            precondition(done, "oneDNN lost the plan of a blocked transposed convolution")
+        }
+        if x.requiresGrad {
+            let (dx, overwrite) = x.gradientForWriting()
+            let done = g.dnnlConvolve(input: dy, weight: weight.data, bias: nil, output: dx, beta: overwrite ? 0 : 1, layouts: layouts)
+            precondition(done, "oneDNN lost the plan of a blocked transposed convolution")
+        }
+    }
+
     /// `conv2dTransposed(weight, bias:, stride:, padding:)` of a blocked input [N, Cin/B, H, W, B] into a blocked output
     /// [N, Cout/W, Hout, Wout, W], W = `width` (by default the input's B). Call `canConvolveTransposedBlocked` first:
     /// without oneDNN's plans this traps.
@@ -58,20 +78,7 @@ extension Tensor {
         if GradMode.isEnabled && (x.requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
         let shape = [g.batch, cout / block, g.height, g.width, block]
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)), inputs: [x, weight, bias]) { out in
-            let dy = UnsafePointer(out.grad)
-            if bias.requiresGrad {
-                accumulateBlockedChannelSums(dy, width: block, planes: g.batch * cout / block, blocks: cout / block, pixels: g.inPlane,
-                                             into: bias.grad)
-            }
-            if weight.requiresGrad {
-                let done = g.dnnlAccumulateWeightGradient(input: dy, outputGrad: x.data, into: weight.grad, layouts: layouts)
-                precondition(done, "oneDNN lost the plan of a blocked transposed convolution")
-            }
-            if x.requiresGrad {
-                let (dx, overwrite) = x.gradientForWriting()
-                let done = g.dnnlConvolve(input: dy, weight: weight.data, bias: nil, output: dx, beta: overwrite ? 0 : 1, layouts: layouts)
-                precondition(done, "oneDNN lost the plan of a blocked transposed convolution")
-            }
+            Tensor.transposedBlockedBackward(UnsafePointer(out.grad), g, x: x, weight: weight, bias: bias, width: block, layouts: layouts)
         }
         let y = out.data
         let done = g.dnnlAccumulateInputGradient(outputGrad: x.data, weight: weight.data, into: y, layouts: layouts, accumulate: false)
@@ -144,18 +151,7 @@ extension Tensor {
             let part = FloatStorage(uninitializedCount: g.batch * upFloats)
             let dy = part.pointer
             for n in 0..<g.batch { (dy + n * upFloats).update(from: dyAll + n * imageFloats + skipFloats, count: upFloats) }
-            if bias.requiresGrad {
-                accumulateBlockedChannelSums(dy, width: block, planes: g.batch * cout / block, blocks: cout / block, pixels: pixels, into: bias.grad)
-            }
-            if weight.requiresGrad {
-                let done = g.dnnlAccumulateWeightGradient(input: dy, outputGrad: x.data, into: weight.grad, layouts: layouts)
-                precondition(done, "oneDNN lost the plan of a blocked transposed convolution")
-            }
-            if x.requiresGrad {
-                let (dx, overwrite) = x.gradientForWriting()
-                let done = g.dnnlConvolve(input: dy, weight: weight.data, bias: nil, output: dx, beta: overwrite ? 0 : 1, layouts: layouts)
-                precondition(done, "oneDNN lost the plan of a blocked transposed convolution")
-            }
+            Tensor.transposedBlockedBackward(UnsafePointer(dy), g, x: x, weight: weight, bias: bias, width: block, layouts: layouts)
         }
         let y = out.data, source = UnsafePointer(skip.data), input = UnsafePointer(x.data), w = UnsafePointer(weight.data)
         let b = UnsafePointer(bias.data), blocks = cout / block
