@@ -224,7 +224,8 @@ extension Tensor {
         }
         var sums = [Double](repeating: 0, count: 2 * c)
         sums.withUnsafeMutableBufferPointer { s in
-            BatchNormKernel.channelSums(planes, dy, z, shift: beta.data, into: s.baseAddress!)
+            guard let base = s.baseAddress else { return }   // no channels: nothing to sum
+            BatchNormKernel.channelSums(planes, dy, z, shift: beta.data, into: base)
         }
         let scale = stats.scale.pointer
         for k in 0..<c { sums[c + k] /= Double(scale[k]) }   // sum dz (x - mean)
