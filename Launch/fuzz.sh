@@ -42,8 +42,10 @@ if [ ! -d "$shared/udacity" ]; then
   exit 1
 fi
 
-# The seed writer (and replay tool) is the ordinary build of the same target.
-nice -n 10 swift build --product starling-fuzz
+# The seed writer (and replay tool) is the ordinary build of the same target, built as the test command builds it
+# (--build-tests, a no-op right after Launch/test.sh): `--product starling-fuzz` alone compiles its modules again
+# without -enable-testing (32 s in CI), and the next test build compiles them back.
+nice -n 10 swift build --build-tests
 replay=$(swift build --show-bin-path)/starling-fuzz
 seeds=.build-fuzz/seeds
 rm -rf "$seeds"
@@ -53,8 +55,10 @@ rm -rf "$seeds"
 # order for --sanitize=fuzzer --sanitize=address, builds no coverage counters and libFuzzer runs blind), so both
 # sanitizers go in one option after SwiftPM's own; --sanitize=fuzzer still tells SwiftPM that libFuzzer owns main.
 flags=(--scratch-path .build-fuzz --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSTARLING_LIBFUZZER)
-nice -n 10 swift build "${flags[@]}" --product starling-fuzz
-fuzzer=$(swift build "${flags[@]}" --show-bin-path)/starling-fuzz
+# Without the debug -O of the core and the kernels (Package.swift): the targets parse files, and the build takes less
+# time; only this build sees the variable (the main build above keeps its -O).
+STARLING_DEBUG_UNOPTIMIZED=1 nice -n 10 swift build "${flags[@]}" --product starling-fuzz
+fuzzer=$(STARLING_DEBUG_UNOPTIMIZED=1 swift build "${flags[@]}" --show-bin-path)/starling-fuzz
 
 mkdir -p .build-fuzz/crashes
 root=$PWD
@@ -63,8 +67,10 @@ root=$PWD
 # those records steer its mutations.
 no_aslr=(setarch "$(uname -m)" -R)
 "${no_aslr[@]}" true 2>/dev/null || { echo "fuzz.sh: setarch -R is not permitted here; address randomisation stays on" >&2; no_aslr=(); }
-failed=()
-for target in "${targets[@]}"; do
+# One target's run; its summary goes to .build-fuzz/TARGET.result and its outcome to TARGET.status, since targets run
+# side by side (below).
+fuzz_one() {
+  local target=$1 corpus count bound log start run_dir executed coverage
   if [ -n "$runs" ]; then
     # A fresh corpus each time: the run depends on nothing but the seeds and the count.
     corpus=.build-fuzz/corpus-counted/$target
@@ -89,8 +95,8 @@ for target in "${targets[@]}"; do
   # runtime keeps allocations until exit); deterministic hashing keeps Swift's dictionaries, and so the coverage
   # libFuzzer steers by, the same in every process; one thread for OpenBLAS, OpenMP and Starling's loops, and no
   # HDF5 call watchdog (libFuzzer's -timeout is the limit here), so that no other thread runs instrumented code
-  # while an input runs (its edges would count towards that input's coverage, by the clock); one job, so that the
-  # machine's other work keeps its cores.
+  # while an input runs (its edges would count towards that input's coverage, by the clock); one libFuzzer job a
+  # target (targets run side by side as separate processes, below).
   run_dir=$root/.build-fuzz/run/$target
   rm -rf "$run_dir"
   mkdir -p "$run_dir"
@@ -105,11 +111,43 @@ for target in "${targets[@]}"; do
     echo "fuzz $target: ${executed:-?} inputs in $(($(date +%s) - start)) s, no crash (corpus $(ls "$corpus" | wc -l) files; ${coverage:-coverage ?})"
     if [ -n "$runs" ] && [ "${executed:-0}" -lt "$count" ]; then
       # The time cap ended the run early, before the count: said, not a failure (a very slow machine).
-      echo "fuzz $target: stopped by the ${seconds}-s cap after ${executed:-0} of $count inputs" >&2
+      echo "fuzz $target: stopped by the ${seconds}-s cap after ${executed:-0} of $count inputs"
     fi
+    echo ok >".build-fuzz/$target.status"
   else
-    echo "fuzz $target: FAILED; the input is in .build-fuzz/crashes/, the report in $log:" >&2
-    grep -E "ERROR|Fatal error|SUMMARY|deadly signal|Test unit written" "$log" | head -8 >&2 || tail -20 "$log" >&2
+    echo "fuzz $target: FAILED; the input is in .build-fuzz/crashes/, the report in $log:"
+    grep -E "ERROR|Fatal error|SUMMARY|deadly signal|Test unit written" "$log" | head -8 || tail -20 "$log"
+    echo failed >".build-fuzz/$target.status"
+  fi
+}
+
+# Targets run side by side, one a core (STARLING_FUZZ_JOBS, default the cores the machine has): each is one process of
+# one thread, and a counted run executes the same inputs however many run beside it. Their lines are printed in the
+# targets' order once all have finished.
+jobs=${STARLING_FUZZ_JOBS:-$(nproc)}
+if ! [[ "$jobs" =~ ^[1-9][0-9]*$ ]]; then
+  echo "fuzz.sh: STARLING_FUZZ_JOBS must be a positive number; got '$jobs'" >&2
+  exit 2
+fi
+for target in "${targets[@]}"; do
+  rm -f ".build-fuzz/$target.status" ".build-fuzz/$target.result"
+done
+running=0
+for target in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  fuzz_one "$target" >".build-fuzz/$target.result" 2>&1 &
+  running=$((running + 1))
+done
+wait || true
+failed=()
+for target in "${targets[@]}"; do
+  if [ "$(cat ".build-fuzz/$target.status" 2>/dev/null)" = ok ]; then
+    cat ".build-fuzz/$target.result"
+  else
+    cat ".build-fuzz/$target.result" >&2 2>/dev/null || echo "fuzz $target: FAILED (no result)" >&2
     failed+=("$target")
   fi
 done

@@ -14,6 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 filter=${1:-"StarlingIOTests|FuzzTests|DetectionImportTests|SegmentationImportTests|CheckpointTests|BadInputCorpusTests|DatasetChecksTests"}
 flags=(--scratch-path .build-asan --sanitize=address)
+# Without the debug -O of the core and the kernels (Package.swift): this build's tests parse files, and it compiles in
+# less time (both commands below must see it, or the second would rebuild).
+export STARLING_DEBUG_UNOPTIMIZED=1
 nice -n 10 swift build "${flags[@]}" --build-tests
 # Leaks are not looked for: the Swift runtime's metadata caches and Foundation's singletons live until exit.
 # SWIFT_BACKTRACE off: ASan prints the report; Swift's backtracer would only add seconds to a failure.
