@@ -51,6 +51,26 @@ import Testing
         }
     }
 
+    /// Odd maps: `.valid` drops the last row or column (no gradient there), `.same` pools it in windows of its own (SSD300's
+    /// 75 x 75 conv3_3), against the convolution + ReLU and the NCHW `maxPool2d`, whose argmax takes the first maximum too.
+    @Test(arguments: [8, 16]) func oddMapsMatchTheTwoOps(preferred: Int) throws {
+        for (h, w, pooling) in [(5, 7, Padding.valid), (5, 7, Padding.same), (6, 9, Padding.same), (7, 4, Padding.same), (3, 3, Padding.same),
+                                (7, 6, Padding.valid)] {
+            let x = randomVariable([2, 16, h, w], seed: 103), weight = randomVariable([16, 16, 3, 3], seed: 104), b = randomVariable([16], seed: 105)
+            let twoOps = run([x, weight, b]) {
+                $0[0].blocked(width: preferred).conv2dBlockedReLU($0[1], bias: $0[2], stride: (1, 1), padding: .same, width: preferred)
+                    .unblocked().maxPool2d(kernel: (2, 2), padding: pooling)
+            }
+            let fused = run([x, weight, b]) {
+                $0[0].blocked(width: preferred).conv2dBlockedReLUMaxPool2x2($0[1], bias: $0[2], stride: (1, 1), padding: .same, width: preferred,
+                                                                           pooling: pooling).unblocked()
+            }
+            let what = "\(h) x \(w), \(pooling), width \(preferred)"
+            #expect(fused.output == twoOps.output && !fused.output.isEmpty, "\(what): values")
+            for k in 0..<3 { #expect(fused.gradients[k] == twoOps.gradients[k], "\(what): gradient \(k)") }
+        }
+    }
+
     /// Without gradients recorded no indices are kept: the same pooled values.
     @Test func inferenceKeepsTheValues() {
         let x = randomVariable([2, 8, 6, 10], seed: 94).blocked8(), weight = randomVariable([16, 8, 3, 3], seed: 95)
@@ -70,6 +90,10 @@ import Testing
         checkGradients([randomVariable([1, 1, 4, 4, 16], seed: 100), randomVariable([16, 16, 3, 3], seed: 101), randomVariable([16], seed: 102)],
                        eps: 1e-3) {
             $0[0].conv2dBlockedReLUMaxPool2x2($0[1], bias: $0[2], stride: (1, 1), padding: .same, width: 16)
+        }
+        checkGradients([randomVariable([1, 1, 5, 3, 8], seed: 106), randomVariable([8, 8, 3, 3], seed: 107), randomVariable([8], seed: 108)],
+                       eps: 1e-3) {
+            $0[0].conv2dBlockedReLUMaxPool2x2($0[1], bias: $0[2], stride: (1, 1), padding: .same, pooling: .same)
         }
     }
 }

@@ -299,12 +299,17 @@ public struct LayoutTensor: NetworkValue {
 
     public func maxPool2d(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> LayoutTensor {
         let stride = stride ?? kernel
+        // A convolution + ReLU nothing else has read yet, 2x2/2 pooled: the three as one op, which keeps the pooled map and
+        // window indices instead of the rectified one (`DeferredConvolution.rectifiedPooled`; "same" pools an odd last
+        // row or column in windows of their own, as `maxPool2d` does).
+        if kernel == (2, 2), stride == (2, 2), padding == .valid || padding == .same, shape.count == 4, shape[2] >= 2, shape[3] >= 2,
+           case .deferredRectification(let convolution) = state, let pooled = convolution.rectifiedPooled(pooling: padding) {
+            return pooled
+        }
         // 2x2 windows at stride 2 cover an even map exactly: "same" pads nothing there and equals "valid".
         let evenMap = shape.count == 4 && shape[2] % 2 == 0 && shape[3] % 2 == 0
         let halving = kernel == (2, 2) && stride == (2, 2) && (padding == .valid || (padding == .same && evenMap))
         if halving, case .deferred(let normalization) = state, let pooled = normalization.pooled() { return pooled }
-        // The fused convolution + ReLU + pooling takes whole windows only (an odd side would leave a row or column out).
-        if halving, evenMap, case .deferredRectification(let convolution) = state, let pooled = convolution.rectifiedPooled() { return pooled }
         if halving, let x = blocked { return LayoutTensor(.blocked(x.maxPool2x2Blocked(), moments: nil)) }
         if halving, !GradMode.isEnabled, let a = inferenceInput { return LayoutTensor(.inference(a.maxPool2x2())) }
         return planar { $0.maxPool2d(kernel: kernel, stride: stride, padding: padding) }
@@ -499,8 +504,9 @@ final class DeferredNormalization {
 ///
 /// The ReLU itself waits for its first reader (`LayoutTensor.relu()`): a 2x2/2 max-pooling reading it first runs the
 /// convolution, the ReLU and the pooling as one op (`conv2dBlockedReLUMaxPool2x2`), which keeps the pooled map and 2-bit
-/// window indices instead of the full-size rectified output (SSD300's conv1_2 and conv2_2 at 300 x 300, batch 8: 184
-/// and 92 MB); any other reader gets the convolution + ReLU.
+/// window indices instead of the full-size rectified output (SSD300's conv1_2, conv2_2 and conv3_3 at 300 x 300, batch
+/// 8: 184, 92 and 46 MB, the last "same"-pooled from 75 x 75, which the ops apart pool planar); any other reader gets
+/// the convolution + ReLU.
 ///
 /// As `DeferredNormalization`: a value read by the ReLU (or the pooling) and then by something else is computed a second
 /// time for the later reader, a graph node of its own from the same input and weights, so the gradients of the two add
@@ -544,13 +550,13 @@ final class DeferredConvolution {
         return value
     }
 
-    /// The convolution, the ReLU and 2x2/2 max-pooling as one op, if nothing has read the convolution or its ReLU yet;
-    /// nil otherwise. The caller checks the output's sides are even.
-    func rectifiedPooled() -> LayoutTensor? {
+    /// The convolution, the ReLU and 2x2/2 max-pooling (`pooling`: valid or same) as one op, if nothing has read the
+    /// convolution or its ReLU yet; nil otherwise.
+    func rectifiedPooled(pooling: Padding) -> LayoutTensor? {
         guard unread else { return nil }
         pooledAlready = true
         LayoutTensor.census?.count(.pooledConvolution)
-        let y = input.conv2dBlockedReLUMaxPool2x2(kernel, bias: bias, stride: stride, padding: padding, width: width)
+        let y = input.conv2dBlockedReLUMaxPool2x2(kernel, bias: bias, stride: stride, padding: padding, width: width, pooling: pooling)
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
