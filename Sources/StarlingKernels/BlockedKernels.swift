@@ -341,3 +341,61 @@ extension PooledActivationKernels {
         }
     }
 }
+
+/// 2x2/2 max-pooling of values a ReLU wrote (a convolution + ReLU that feeds nothing but the pooling: VGG's conv1_2 and
+/// conv2_2 in SSD300), keeping each window's 2-bit index (`PooledActivationKernels`' packing) instead of the full-size
+/// input: the gradient of the convolution's output is then dy at each window's maximum where the pooled value is
+/// positive (where the ReLU passed it) and zero everywhere else, which the pooled values and the indices determine.
+public enum RectifiedPoolingKernels {
+    /// One pooled row: y = the window's maximum and the index of its first maximum in row-major order (the input
+    /// `maxPool2d` records as the argmax, and `BlockedKernels.maxPoolRowGradient` gives the gradient to).
+    @inlinable @inline(__always)
+    public static func forwardRow<V: BlockVector>(_ width: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                                  into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer, _: V.Type) {
+        let b = V.scalarCount
+        for j in 0..<width {
+            let o = 2 &* b &* j
+            let z0 = V.load(top + o), z1 = V.load(top + (o &+ b)), z2 = V.load(bottom + o), z3 = V.load(bottom + (o &+ b))
+            let right = V.greater(z1, z0), lowerRight = V.greater(z3, z2)
+            let zTop = V.select(z0, z1, where: right), zBottom = V.select(z2, z3, where: lowerRight)
+            let lower = V.greater(zBottom, zTop)
+            V.select(zTop, zBottom, where: lower).store(y + b &* j)
+            PooledActivationKernels.storeIndices(lower: lower, topRight: right, bottomRight: lowerRight, at: windows, pixel: j, V.self)
+        }
+    }
+
+    /// The convolution's output gradient under one pooled row, written whole: dy at each window's maximum where the
+    /// pooled value is positive, zero elsewhere (the ReLU's mask at the maximum is the pooled value's sign; the other
+    /// three inputs of a window get nothing from the pooling).
+    @inlinable @inline(__always)
+    public static func gradientRow<V: BlockVector>(_ width: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
+                                                   topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
+                                                   _: V.Type) {
+        let zero = V(repeating: 0), b = V.scalarCount
+        for j in 0..<width {
+            let o = 2 &* b &* j, q = b &* j
+            let g = V.select(zero, V.load(dy + q), where: V.greater(V.load(y + q), zero))
+            let (first, second, third, fourth) = PooledActivationKernels.loadIndices(windows, pixel: j, V.self)
+            V.select(zero, g, where: first).store(topGradient + o); V.select(zero, g, where: second).store(topGradient + (o &+ b))
+            V.select(zero, g, where: third).store(bottomGradient + o); V.select(zero, g, where: fourth).store(bottomGradient + (o &+ b))
+        }
+    }
+
+    /// The loops above at a width chosen at run time (8 or 16).
+    @inlinable @inline(__always)
+    public static func forwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                  into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer) {
+        if width == 16 { forwardRow(pixels, top: top, bottom: bottom, into: y, windows: windows, SIMD16<Float>.self) }
+        else { forwardRow(pixels, top: top, bottom: bottom, into: y, windows: windows, SIMD8<Float>.self) }
+    }
+
+    @inlinable @inline(__always)
+    public static func gradientRow(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>, windows: UnsafeRawPointer,
+                                   topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>) {
+        if width == 16 {
+            gradientRow(pixels, y: y, dy: dy, windows: windows, topGradient: topGradient, bottomGradient: bottomGradient, SIMD16<Float>.self)
+        } else {
+            gradientRow(pixels, y: y, dy: dy, windows: windows, topGradient: topGradient, bottomGradient: bottomGradient, SIMD8<Float>.self)
+        }
+    }
+}

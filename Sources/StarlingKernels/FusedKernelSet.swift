@@ -48,4 +48,8 @@ public protocol FusedKernelSet {
                      topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>,
                      mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, slope: UnsafePointer<Float>,
                      offset: UnsafePointer<Float>, activation: PooledActivation, overwrite: Bool)
+    static func rectifiedPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                     into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer)
+    static func rectifiedPoolGradientRow(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                     windows: UnsafeRawPointer, topGradient: UnsafeMutablePointer<Float>, bottomGradient: UnsafeMutablePointer<Float>)
 }

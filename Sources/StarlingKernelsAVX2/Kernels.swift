@@ -182,6 +182,23 @@ extension FusedKernels {
                                                  slope: slope, offset: offset, activation: activation, overwrite: overwrite)
     }
 }
+
+/// 2x2 max-pooling of a ReLU's output keeping window indices, and its gradient from them (`RectifiedPoolingKernels`).
+extension FusedKernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func rectifiedPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                        into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer) {
+        RectifiedPoolingKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, into: y, windows: windows)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func rectifiedPoolGradientRow(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                                windows: UnsafeRawPointer, topGradient: UnsafeMutablePointer<Float>,
+                                                bottomGradient: UnsafeMutablePointer<Float>) {
+        RectifiedPoolingKernels.gradientRow(width: width, pixels, y: y, dy: dy, windows: windows, topGradient: topGradient,
+                                            bottomGradient: bottomGradient)
+    }
+}
 extension FusedKernels: FusedKernelSet {}
 
 extension FusedKernels: NarrowConvolutionKernelSet {

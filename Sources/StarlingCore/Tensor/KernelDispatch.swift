@@ -223,6 +223,27 @@ extension KernelDispatch {
         }
     }
 
+    static func rectifiedPoolRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
+                                 into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer, kernels: Level = current) {
+        if kernels != .baseline {
+            fused(kernels).rectifiedPoolRow(width: width, pixels, top: top, bottom: bottom, into: y, windows: windows)
+        } else {
+            RectifiedPoolingKernels.forwardRow(width: width, pixels, top: top, bottom: bottom, into: y, windows: windows)
+        }
+    }
+
+    static func rectifiedPoolGradientRow(width: Int, _ pixels: Int, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                         windows: UnsafeRawPointer, topGradient: UnsafeMutablePointer<Float>,
+                                         bottomGradient: UnsafeMutablePointer<Float>, kernels: Level = current) {
+        if kernels != .baseline {
+            fused(kernels).rectifiedPoolGradientRow(width: width, pixels, y: y, dy: dy, windows: windows, topGradient: topGradient,
+                                                    bottomGradient: bottomGradient)
+        } else {
+            RectifiedPoolingKernels.gradientRow(width: width, pixels, y: y, dy: dy, windows: windows, topGradient: topGradient,
+                                                bottomGradient: bottomGradient)
+        }
+    }
+
     static func pooledForwardRow(width: Int, _ pixels: Int, top: UnsafePointer<Float>, bottom: UnsafePointer<Float>,
                                  mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>,
                                  activation: PooledActivation, into y: UnsafeMutablePointer<Float>, windows: UnsafeMutableRawPointer?,

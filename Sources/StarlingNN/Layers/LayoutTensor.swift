@@ -34,6 +34,8 @@ public struct LayoutTensor: NetworkValue {
         case ready(Form)
         case deferred(DeferredNormalization)
         case deferredConvolution(DeferredConvolution)
+        /// The ReLU of a deferred convolution nothing had read: a 2x2/2 pooling reading it first runs the three as one op.
+        case deferredRectification(DeferredConvolution)
     }
 
     private let state: State
@@ -44,6 +46,7 @@ public struct LayoutTensor: NetworkValue {
         case .ready(let form): form
         case .deferred(let normalization): normalization.result.form
         case .deferredConvolution(let convolution): convolution.result.form
+        case .deferredRectification(let convolution): convolution.rectifiedResult.form
         }
     }
 
@@ -71,6 +74,11 @@ public struct LayoutTensor: NetworkValue {
 
     private init(deferring convolution: DeferredConvolution, shape: [Int]) {
         state = .deferredConvolution(convolution)
+        self.shape = shape
+    }
+
+    private init(deferringReLUOf convolution: DeferredConvolution, shape: [Int]) {
+        state = .deferredRectification(convolution)
         self.shape = shape
     }
 
@@ -136,7 +144,9 @@ public struct LayoutTensor: NetworkValue {
     }
 
     public func relu() -> LayoutTensor {
-        if case .deferredConvolution(let convolution) = state, let rectified = convolution.rectified() { return rectified }
+        // A training convolution nothing has read yet: its ReLU waits for its own first reader too, which chooses
+        // between the convolution + ReLU and the convolution + ReLU + 2x2 pooling (`DeferredConvolution`).
+        if case .deferredConvolution(let convolution) = state, convolution.unread { return LayoutTensor(deferringReLUOf: convolution, shape: shape) }
         return fusing(.leakyRelu(slope: 0)) ?? elementwise { $0.relu() }
     }
     public func sigmoid() -> LayoutTensor { fusing(.logistic) ?? elementwise { $0.sigmoid() } }
@@ -289,6 +299,13 @@ public struct LayoutTensor: NetworkValue {
 
     public func maxPool2d(kernel: (Int, Int), stride: (Int, Int)?, padding: Padding) -> LayoutTensor {
         let stride = stride ?? kernel
+        // A convolution + ReLU nothing else has read yet, 2x2/2 pooled: the three as one op, which keeps the pooled map and
+        // window indices instead of the rectified one (`DeferredConvolution.rectifiedPooled`; "same" pools an odd last
+        // row or column in windows of their own, as `maxPool2d` does).
+        if kernel == (2, 2), stride == (2, 2), padding == .valid || padding == .same, shape.count == 4, shape[2] >= 2, shape[3] >= 2,
+           case .deferredRectification(let convolution) = state, let pooled = convolution.rectifiedPooled(pooling: padding) {
+            return pooled
+        }
         // 2x2 windows at stride 2 cover an even map exactly: "same" pads nothing there and equals "valid".
         let evenMap = shape.count == 4 && shape[2] % 2 == 0 && shape[3] % 2 == 0
         let halving = kernel == (2, 2) && stride == (2, 2) && (padding == .valid || (padding == .same && evenMap))
@@ -361,6 +378,9 @@ package final class LayoutCensus: @unchecked Sendable {
     /// Blocked training convolutions run with the ReLU that read them first as one op, and those of them read again by
     /// something else after that (`DeferredConvolution`).
     package private(set) var convolutionsWithReLU = 0, convolutionsReadAfterReLU = 0
+    /// Blocked training convolutions run with their ReLU and the 2x2 pooling after it as one op, and those of them whose
+    /// rectified output something else read after the pooling (run again: `DeferredConvolution`).
+    package private(set) var pooledConvolutions = 0, convolutionsReadAfterPooling = 0
     /// Batch norms + leaky ReLU that gave their input's values back after forward (in-place activated batch norm).
     package private(set) var normalizationsWithoutInput = 0
     package init() {}
@@ -377,12 +397,14 @@ package final class LayoutCensus: @unchecked Sendable {
         case .convolutionWithReLU: convolutionsWithReLU += 1
         case .convolutionReadAfterReLU: convolutionsReadAfterReLU += 1
         case .normalizationWithoutInput: normalizationsWithoutInput += 1
+        case .pooledConvolution: pooledConvolutions += 1
+        case .convolutionReadAfterPooling: convolutionsReadAfterPooling += 1
         }
     }
 
     enum Path {
         case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling, normalizationAddedToResidual, convolutionWithReLU,
-             convolutionReadAfterReLU, normalizationWithoutInput
+             convolutionReadAfterReLU, normalizationWithoutInput, pooledConvolution, convolutionReadAfterPooling
     }
 }
 
@@ -480,9 +502,16 @@ final class DeferredNormalization {
 /// VGG layers at 300 x 300, batch 8, keep about 0.8 GB less. Anything else reads the convolution alone, run once, with
 /// the channel sums a batch norm after it takes (`ChannelMoments`).
 ///
-/// As `DeferredNormalization`: a value read by the ReLU and then by something else is computed a second time for the
-/// later reader, a graph node of its own from the same input and weights, so the gradients of the two add up as the one
-/// op's would. The forward pass reads its values in program order on one task, so the convolution runs inside the pass.
+/// The ReLU itself waits for its first reader (`LayoutTensor.relu()`): a 2x2/2 max-pooling reading it first runs the
+/// convolution, the ReLU and the pooling as one op (`conv2dBlockedReLUMaxPool2x2`), which keeps the pooled map and 2-bit
+/// window indices instead of the full-size rectified output (SSD300's conv1_2, conv2_2 and conv3_3 at 300 x 300, batch
+/// 8: 184, 92 and 46 MB, the last "same"-pooled from 75 x 75, which the ops apart pool planar); any other reader gets
+/// the convolution + ReLU.
+///
+/// As `DeferredNormalization`: a value read by the ReLU (or the pooling) and then by something else is computed a second
+/// time for the later reader, a graph node of its own from the same input and weights, so the gradients of the two add
+/// up as the one op's would. The forward pass reads its values in program order on one task, so the convolution runs
+/// inside the pass.
 final class DeferredConvolution {
     let input: Tensor
     let kernel: Tensor, bias: Tensor
@@ -490,6 +519,7 @@ final class DeferredConvolution {
     let width: Int
     private var plain: LayoutTensor?
     private var activated: LayoutTensor?
+    private var pooledAlready = false
 
     init(input: Tensor, kernel: Tensor, bias: Tensor, stride: (Int, Int), padding: Padding, width: Int) {
         self.input = input
@@ -500,22 +530,41 @@ final class DeferredConvolution {
         self.width = width
     }
 
-    /// The convolution and the ReLU as one op, if nothing has read the convolution's output yet; nil otherwise.
-    func rectified() -> LayoutTensor? {
+    /// Nothing has read the convolution's output, its ReLU or its pooling yet.
+    var unread: Bool { plain == nil && activated == nil && !handedOver && !pooledAlready }
+
+    /// The convolution and the ReLU as one op, unless the convolution's output was read alone first (then the ReLU of
+    /// that); run on first use.
+    var rectifiedResult: LayoutTensor {
         if let activated { return activated }
-        guard plain == nil, !handedOver else { return nil }
-        LayoutTensor.census?.count(.convolutionWithReLU)
-        let y = input.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width)
-        let value = LayoutTensor(.blocked(y, moments: nil))
+        let value: LayoutTensor
+        if plain == nil && !handedOver {
+            LayoutTensor.census?.count(pooledAlready ? .convolutionReadAfterPooling : .convolutionWithReLU)
+            value = LayoutTensor(.blocked(input.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width),
+                                          moments: nil))
+        } else {
+            guard case .blocked(let x, _) = result.form else { preconditionFailure("a deferred convolution's output is blocked") }
+            value = LayoutTensor(.blocked(x.relu(), moments: nil))
+        }
         activated = value
         return value
+    }
+
+    /// The convolution, the ReLU and 2x2/2 max-pooling (`pooling`: valid or same) as one op, if nothing has read the
+    /// convolution or its ReLU yet; nil otherwise.
+    func rectifiedPooled(pooling: Padding) -> LayoutTensor? {
+        guard unread else { return nil }
+        pooledAlready = true
+        LayoutTensor.census?.count(.pooledConvolution)
+        let y = input.conv2dBlockedReLUMaxPool2x2(kernel, bias: bias, stride: stride, padding: padding, width: width, pooling: pooling)
+        return LayoutTensor(.blocked(y, moments: nil))
     }
 
     /// The convolution alone for a batch norm that reads it first and owns its output (`DeferredNormalization.ownsInput`),
     /// if nothing has read it yet; nil otherwise. Not kept here: a later reader runs the convolution again (`result`),
     /// since the batch norm may give these values back after forward.
     func forNormalization() -> (Tensor, ChannelMoments)? {
-        guard plain == nil, activated == nil, !handedOver else { return nil }
+        guard unread else { return nil }
         handedOver = true
         let moments = ChannelMoments()
         let y = input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
@@ -526,7 +575,7 @@ final class DeferredConvolution {
     /// The convolution alone, run on first use.
     var result: LayoutTensor {
         if let plain { return plain }
-        if activated != nil || handedOver { LayoutTensor.census?.count(.convolutionReadAfterReLU) }
+        if activated != nil || handedOver || pooledAlready { LayoutTensor.census?.count(.convolutionReadAfterReLU) }
         let moments = ChannelMoments()
         let y = input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
         let value = LayoutTensor(.blocked(y, moments: moments))
