@@ -92,6 +92,10 @@ public final class InProcessGroup: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// The rendezvous the replicas have completed so far (each collective's waits: two for an exchange of buffers,
+    /// one for a barrier); for tests that count what a step costs.
+    public var rendezvousCount: Int { condition.lock(); defer { condition.unlock() }; return generation }
+
     /// The failure that ended the group, if any.
     public var failed: ReplicaFailure? { condition.lock(); defer { condition.unlock() }; return failure }
 
@@ -285,9 +289,11 @@ public final class InProcessCollective: Collective, @unchecked Sendable {
         return result
     }
 
+    /// One rendezvous: nothing is read from the others, so nothing needs the exchange's second wait (a barrier ends
+    /// every replica step, and each rendezvous can cost a sleep and a wake-up).
     public func barrier() throws {
         if size == 1 { return }
-        try observed("an in-process barrier") { try group.exchange(rank: rank, nil) { _, _ in } }
+        try observed("an in-process barrier") { try group.rendezvous() }
     }
 
     private func gather<T>(_ values: [T]) throws -> [T] {
@@ -362,6 +368,54 @@ extension InProcessCollective: ShardingCollective {
         }
     }
 
+    /// `reduceScatter(_:counts:)` that also agrees a step's scalars in the same rendezvous, so that a replica step makes
+    /// one collective round where it made three (the loss agreement, the gradients' reduce-scatter and the allgather
+    /// of the non-finite check; each a post and a wait, and each wait a sleep for the replica that arrives first).
+    /// Every replica posts `scalars` with its buffer; once its own part is summed, it runs `afterSum` on its thread
+    /// (its part of the sum is final there; the others' may not be). Returns every replica's `scalars` and every
+    /// replica's `afterSum` values, in replica order, the same on every replica. The sum's bits are
+    /// `reduceScatter(_:counts:)`'s.
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], posting scalars: [Double],
+                              afterSum: () -> [Double]) throws -> (posted: [[Double]], afterSum: [[Double]]) {
+        if size == 1 { return ([scalars], [afterSum()]) }
+        precondition(counts.count == size && counts.allSatisfy { $0 >= 0 }, "one non-negative count a replica")
+        // A new object a call: a replica reads the others' after the exchange's second wait, and no replica can post
+        // its next one before every replica has arrived at the next collective.
+        let mine = StepScalars(counts: counts, scalars: scalars)
+        var all: [StepScalars] = []
+        try observed("an in-process reduce-scatter of \(counts.reduce(0, +)) values with \(scalars.count) scalars") {
+            try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer), value: mine) { pointers, posted in
+                all = posted.map { $0 as? StepScalars ?? StepScalars(counts: [], scalars: []) }
+                guard all.allSatisfy({ $0.counts == counts && $0.scalars.count == scalars.count }) else {
+                    throw ReplicaFailure(rank: rank, message: "a reduce-scatter over parts \(counts) with \(scalars.count) scalars met replicas with \(all.map(\.counts)) and \(all.map(\.scalars.count))")
+                }
+                let buffers = pointers.map { $0!.assumingMemoryBound(to: Float.self) }
+                let begin = counts[..<rank].reduce(0, +)
+                let n = counts[rank]
+                // The same additions in the same order as `reduceScatter(_:counts:)` (replica 0's value, plus replica
+                // 1's, ...), as loops over pointers that vectorise, through a small scratch block: this replica's own
+                // values are among the addends, so they are overwritten only once a block's sum is complete.
+                let block = 2048
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { scratch in
+                    let total = scratch.baseAddress!
+                    var start = begin
+                    while start < begin + n {
+                        let m = min(block, begin + n - start)
+                        total.update(from: buffers[0] + start, count: m)
+                        for r in 1..<buffers.count {
+                            let addend = UnsafePointer(buffers[r] + start)
+                            for i in 0..<m { total[i] = total[i] + addend[i] }
+                        }
+                        (buffer + start).update(from: total, count: m)
+                        start += m
+                    }
+                }
+                mine.results = afterSum()
+            }
+        }
+        return (all.map(\.scalars), all.map(\.results))
+    }
+
     /// Widened, added in float32 in replica order and rounded back after each addition, as the 16-bit allreduce.
     public func reduceScatter(_ buffer: UnsafeMutablePointer<UInt16>, counts: [Int], wire: GradientWire) throws {
         if size == 1 { return }
@@ -417,6 +471,15 @@ extension InProcessCollective: ShardingCollective {
             }
         }
     }
+}
+
+/// What a replica posts for `reduceScatter(_:counts:posting:afterSum:)`: its parts and scalars, and the values its
+/// `afterSum` returned (written by its own thread only, read by the others after the exchange).
+private final class StepScalars: @unchecked Sendable {
+    let counts: [Int]
+    let scalars: [Double]
+    var results: [Double] = []
+    init(counts: [Int], scalars: [Double]) { (self.counts, self.scalars) = (counts, scalars) }
 }
 
 /// An in-process allreduce that runs when first waited for or tested.

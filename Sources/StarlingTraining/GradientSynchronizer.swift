@@ -203,6 +203,38 @@ public final class GradientSynchronizer {
         return Float(sign: .plus, exponent: max(-100, min(100, exponent)), significand: 1)
     }
 
+    /// Whether `finish(posting:afterSum:)` folds a step's scalars into the gradients' own collective: replicas on
+    /// threads of one process (`InProcessCollective`) whose float32 gradients are reduce-scattered. Elsewhere (MPI
+    /// ranks, 16-bit wires, one member) the trainer agrees its scalars in a collective of their own.
+    public var foldsStepScalars: Bool {
+        communicator.size > 1 && communicator is InProcessCollective && wire == .float32 && ownedRange != nil && !buckets.isEmpty
+    }
+
+    /// `finish()` whose last bucket's reduce-scatter also carries the step's scalars (`foldsStepScalars` only): every
+    /// member's `scalars`, and every member's `afterSum` values, run once all of this member's own range of the
+    /// gradients is summed, in member order. One collective round a step instead of three.
+    public func finish(posting scalars: [Double], afterSum: () -> [Double]) throws -> (posted: [[Double]], afterSum: [[Double]]) {
+        precondition(foldsStepScalars, "the step's scalars fold into float32 reduce-scatters between replicas only")
+        let replicas = communicator as! InProcessCollective
+        let start = monotonicSeconds()
+        let last = buckets.count - 1
+        for k in buckets.indices.dropLast() {
+            if let request = buckets[k].request {
+                try request.wait()
+            } else if k >= nextToLaunch {
+                try reduce(k)
+            }
+        }
+        // The last bucket is never started during backward (`launchReady`): its reduce-scatter is this step's last.
+        let r = buckets[last].range
+        let exchanged = try replicas.reduceScatter(store.gradients.pointer + r.lowerBound, counts: buckets[last].shardCounts!,
+                                                   posting: scalars, afterSum: afterSum)
+        nextToLaunch = buckets.count
+        if let launchError { self.launchError = nil; throw launchError }
+        exposedSeconds += monotonicSeconds() - start
+        return exchanged
+    }
+
     /// 1/N: the factor that turns the summed gradients into the average over ranks.
     public var averagingScale: Float { 1 / Float(communicator.size) }
 

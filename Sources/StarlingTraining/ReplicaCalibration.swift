@@ -25,8 +25,10 @@ public struct ReplicaCalibration: Sendable {
     /// Timed steps a block.
     public private(set) var blockSteps = 1
 
-    public static let targetBlockSeconds = 0.03
-    public static let maximumBlockSteps = 50
+    /// A block's length: long enough that a step's data, its rendezvous and the scheduler's moments average out (30 ms
+    /// blocks of one cached batch chose wrongly for fc-ae and sparse-ae).
+    public static let targetBlockSeconds = 0.08
+    public static let maximumBlockSteps = 100
     /// A layout this many times slower than the other on a step of at least `targetBlockSeconds` loses at once.
     public static let clearRatio = 1.5
     /// The calibration's copies of the model (parameters, gradients and optimizer state, `replicas` + 1 of them) may
@@ -35,59 +37,91 @@ public struct ReplicaCalibration: Sendable {
 
     /// Times the two layouts for `replicas` threads; `build` makes a fresh model and its optimizer keeping the state of
     /// the given range (nil: every parameter) (same seed, so the copies start alike).
-    /// `slices`: the same batch's `replicas` equal slices in replica order, as the replicas' ranks would read them.
+    /// Every timed step is a whole step of the run's kind: its batch from the data pipeline (`source`'s epoch-0 order
+    /// for `seed`, global batches of `batchSize`, cycling over the first `stepsPerEpoch`; a prefetch thread at the
+    /// lowest priority, as in a run whose compute threads fill the cores, and the consumer making a batch itself when
+    /// none is ready; the replicas sharing one feed, each taking its slice), the forward pass, the loss read, backward,
+    /// the gradients summed (the replicas' reduce-scatter carrying the loss agreement, as the trainer's does) or checked
+    /// for a non-finite value (one replica), the optimizer step, and the replicas' barrier. The steps timed before
+    /// left the data out and timed the same cached batch again and again: they put sparse-ae's one replica on two
+    /// threads at 0.56 ms a step where the epoch ran 1.6 ms, and chose it over two replicas that ran the epoch 1.43x
+    /// faster (BENCHMARKS.md, "One process on 2 cores, third pass").
     /// The replicas run as `ReplicaTraining` runs them: one copy of the weights shared, each optimizer on its range,
     /// gradients reduce-scattered, a barrier after the update.
-    public static func measure(replicas: Int, rounds: Int = 3, batch: Batch, slices: [Batch],
+    public static func measure(replicas: Int, rounds: Int = 3, source: any TrainingSource, batchSize: Int, seed: UInt64, stepsPerEpoch: Int,
                                build: (_ shard: Range<Int>?) throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
         precondition(replicas > 1, "a calibration compares several replicas against one")
+        precondition(batchSize % replicas == 0 && batchSize <= source.count, "whole slices of a batch the split holds")
         var calibration = ReplicaCalibration(replicas: replicas)
         let previousThreads = BLAS.threadCount
         defer { BLAS.setThreadCount(previousThreads) }
+        // A small split is held in memory from here on, as the run's first epoch will hold it (`TrainingSource.prepare`).
+        try source.prepare()
         let single = try build(nil)
         let shards = OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas)
         let copies = try (0..<replicas).map { r in try build(shards[r]) }
         for copy in copies.dropFirst() { copy.model.parameters.shareValues(of: copies[0].model.parameters) }
-        precondition(slices.count == replicas, "one slice a replica")
+
+        // The run's epoch-0 order; each block reads the next global batches of it, both layouts the same ones in turn.
+        var rng = RandomGenerator(seed: seed, stream: 0)
+        let order = rng.permutation(source.count)
+        let usable = max(1, min(stepsPerEpoch, source.count / batchSize))
+        let local = batchSize / replicas
+        let data = CalibrationData(source: source, order: order, batchSize: batchSize, local: local, usable: usable, seed: seed,
+                                   config: single.model.config, targetEncoder: single.model.targetEncoder)
 
         let group = InProcessGroup(size: replicas)
         let synchronizers = copies.enumerated().map { r, copy in
             GradientSynchronizer(store: copy.model.parameters, communicator: group.member(r), shards: shards)
         }
-        let inputs = UncheckedCalibrationInputs(single: single, batch: batch, copies: copies, slices: slices, synchronizers: synchronizers)
+        let feed = ReplicaFeed(replicas: replicas)
+        let inputs = UncheckedCalibrationInputs(single: single, copies: copies, synchronizers: synchronizers, data: data, feed: feed)
         let times = CalibrationTimes()
         // The replicas' threads live through the whole calibration (starting threads is not part of a step): replica
-        // 0's thread also runs the one-replica blocks on every thread, the others waiting at a barrier meanwhile.
+        // 0's thread also runs the one-replica blocks on every thread, the others waiting at a barrier meanwhile. Each
+        // block has a prefetch thread of its own, finished before the next block starts, so one thread at a time reads
+        // the source (HDF5 is the serial library).
         BLAS.setThreadCount(1)
         let results = group.run(name: "starling-calibration", prepare: { BLAS.setThreadCount(1) }) { member -> Void in
             let r = member.rank
             let (copy, sync) = (inputs.copies[r], inputs.synchronizers[r])
+            var block = 0
             func threadBlock(_ steps: Int) throws -> Double {
                 var seconds = 0.0
                 if r == 0 {
                     BLAS.setThreadCount(replicas)
+                    let reader = inputs.data.prefetcher(block: block, steps: steps)
+                    defer { reader.finish() }
                     let start = monotonicSeconds()
-                    for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, inputs.batch) }
+                    for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, try reader.next()) }
                     seconds = (monotonicSeconds() - start) / Double(steps)
                     BLAS.setThreadCount(1)
                 }
+                block += 1
                 try member.barrier()
                 return seconds
             }
             func replicaBlock(_ steps: Int) throws -> Double {
+                let reader = inputs.feed.stream(epoch: block, replica: r) { inputs.data.replicaPrefetcher(block: block, steps: steps, replicas: replicas) }
+                block += 1
                 try member.barrier()
                 let start = monotonicSeconds()
                 for _ in 0..<steps {
+                    var batch = try reader.next()
+                    (batch.epoch, batch.seed) = (0, inputs.data.seed)
                     copy.model.parameters.zeroGradients()
                     sync.beginStep()
-                    let loss = copy.model.loss(inputs.slices[r], training: true)
+                    let loss = copy.model.loss(batch, training: true)
+                    let value = Double(loss.item)
                     loss.backward(onLeafReady: sync.parameterReady)
-                    try sync.finish()
+                    _ = try sync.finish(posting: [value.isFinite ? value : 0, value.isFinite ? 0 : 1]) { [-1, 0] }
                     copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
                     try member.barrier()
                 }
+                let seconds = (monotonicSeconds() - start) / Double(steps)
+                reader.finish()
                 try member.barrier()
-                return (monotonicSeconds() - start) / Double(steps)
+                return seconds
             }
             // Warm-up: the first step of each layout allocates and faults its buffers in; the second sizes the blocks.
             _ = try threadBlock(1)
@@ -129,12 +163,17 @@ public struct ReplicaCalibration: Sendable {
         return calibration
     }
 
-    /// One training step of `model` on `batch` on this thread (the one-replica layout).
+    /// One training step of `model` on `batch` on this thread (the one-replica layout), with the trainer's loss read
+    /// and check of the gradients for a non-finite value.
+    /// (The copies are thrown away: what they find is not acted on; the run checks its own steps.)
     private static func step(_ model: any Model, _ optimizer: any Optimizer, _ batch: Batch) {
         model.parameters.zeroGradients()
         let loss = model.loss(batch, training: true)
+        let finite = loss.item.isFinite
         loss.backward()
-        optimizer.step(model.parameters)
+        if finite && firstNonFiniteIndex(model.parameters.gradients.pointer, count: model.parameters.count) == nil {
+            optimizer.step(model.parameters)
+        }
     }
 
     static func median(_ values: [Double]) -> Double {
@@ -164,13 +203,60 @@ public struct ReplicaCalibration: Sendable {
     }
 }
 
-/// The copies, slices and synchronizers each calibration thread reads (each only its own replica's).
+/// The copies, synchronizers and data each calibration thread reads (each only its own replica's copy).
 private struct UncheckedCalibrationInputs: @unchecked Sendable {
     let single: (model: any Model, optimizer: any Optimizer)
-    let batch: Batch
     let copies: [(model: any Model, optimizer: any Optimizer)]
-    let slices: [Batch]
     let synchronizers: [GradientSynchronizer]
+    let data: CalibrationData
+    let feed: ReplicaFeed
+}
+
+/// The calibration's batches: block b reads global batches from b x `maximumBlockSteps` on (modulo the usable steps)
+/// of the run's epoch-0 order, through a prefetcher as the run's.
+private struct CalibrationData: @unchecked Sendable {
+    let source: any TrainingSource
+    let order: [Int]
+    let batchSize: Int
+    let local: Int
+    let usable: Int
+    let seed: UInt64
+    let config: ModelConfig
+    let targetEncoder: (any TargetEncoder)?
+
+    private func globalBatch(_ block: Int, _ k: Int) -> Int { (block * ReplicaCalibration.maximumBlockSteps + k) % usable }
+
+    /// One replica on every thread: block `block`'s `steps` global batches.
+    func prefetcher(block: Int, steps: Int) -> BatchStream {
+        let list = (0..<steps).map { k in
+            let g = globalBatch(block, k)
+            return Array(order[(g * batchSize)..<((g + 1) * batchSize)])
+        }
+        return SeededStream(Prefetcher(source: source, steps: list, epoch: 0, config: config, targetEncoder: targetEncoder, lowPriority: true), seed: seed)
+    }
+
+    /// The replicas' shared prefetcher of block `block`: each step's slices in replica order.
+    func replicaPrefetcher(block: Int, steps: Int, replicas: Int) -> Prefetcher {
+        let list = (0..<steps).flatMap { k in
+            let g = globalBatch(block, k)
+            return (0..<replicas).map { r in Array(order[(g * batchSize + r * local)..<(g * batchSize + (r + 1) * local)]) }
+        }
+        return Prefetcher(source: source, steps: list, epoch: 0, config: config, targetEncoder: targetEncoder, depth: 2 * replicas, lowPriority: true)
+    }
+}
+
+/// A prefetcher whose batches carry the run's noise keys (epoch 0 and the seed), as the trainer sets them.
+private final class SeededStream: BatchStream {
+    let reader: Prefetcher
+    let seed: UInt64
+    init(_ reader: Prefetcher, seed: UInt64) { (self.reader, self.seed) = (reader, seed) }
+    func next() throws -> Batch {
+        var batch = try reader.next()
+        (batch.epoch, batch.seed) = (0, seed)
+        return batch
+    }
+    func finish() { reader.finish() }
+    var waitSeconds: Double { reader.waitSeconds }
 }
 
 /// Replica 0's timings, read after its thread ends.

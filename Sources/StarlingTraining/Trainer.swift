@@ -250,23 +250,36 @@ public final class Trainer {
     private func nonFiniteGradient() throws -> String? {
         let store = model.parameters
         let g = store.gradients.pointer
-        var found: (index: Int, value: Float)?
-        if let shards {
-            let mine = shards[world.rank]
-            var local: [Double] = [-1, 0]
-            if let i = firstNonFiniteIndex(g + mine.lowerBound, count: mine.count) { local = [Double(mine.lowerBound + i), Double(g[mine.lowerBound + i])] }
+        if shards != nil {
             watchdog.at("the non-finite gradient check", step: state.step)
-            let all = try world.allgather(local)
-            // The lowest index over the ranks, so that every rank names the same parameter.
-            for q in 0..<world.size where all[2 * q] >= 0 {
-                let index = Int(all[2 * q])
-                if let earlier = found, earlier.index <= index { continue }
-                found = (index, Float(all[2 * q + 1]))
-            }
+            return nonFiniteGradientNamed(try world.allgather(ownNonFiniteGradient()))
         } else if let i = firstNonFiniteIndex(g, count: store.count) {
-            found = (i, g[i])
+            return nonFiniteGradientNamed([Double(i), Double(g[i])])
+        }
+        return nil
+    }
+
+    /// Sharded: the first non-finite value of this rank's range of the summed gradients, as [index, value] ([-1, 0]:
+    /// none), for the ranks to exchange.
+    private func ownNonFiniteGradient() -> [Double] {
+        guard let shards else { return [-1, 0] }
+        let g = model.parameters.gradients.pointer
+        let mine = shards[world.rank]
+        guard let i = firstNonFiniteIndex(g + mine.lowerBound, count: mine.count) else { return [-1, 0] }
+        return [Double(mine.lowerBound + i), Double(g[mine.lowerBound + i])]
+    }
+
+    /// The message for the lowest index among [index, value] pairs (index -1: none), so that every rank names the
+    /// same parameter; nil when there is none.
+    private func nonFiniteGradientNamed(_ pairs: [Double]) -> String? {
+        var found: (index: Int, value: Float)?
+        for q in 0..<(pairs.count / 2) where pairs[2 * q] >= 0 {
+            let index = Int(pairs[2 * q])
+            if let earlier = found, earlier.index <= index { continue }
+            found = (index, Float(pairs[2 * q + 1]))
         }
         guard let (i, value) = found else { return nil }
+        let store = model.parameters
         let name = store.parameters.first { i >= $0.offset && i < $0.offset + $0.count }?.name ?? "?"
         return "a gradient became non-finite (\(value) in \(name))"
     }
@@ -512,18 +525,37 @@ public final class Trainer {
                     let value = injected == "loss" ? Double.nan : Double(loss.item)
                     agreement[0] = value.isFinite ? value : 0
                     agreement[1] = value.isFinite ? 0 : 1
-                    try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
-                    let agreed = [agreement[0], agreement[1]]
+                    var agreed: [Double]
                     var fault: String?
-                    if agreed[1] != 0 {
-                        // Every rank skips backward together, so no rank is left alone in the gradient allreduce.
-                        fault = "the loss became non-finite on \(Self.members(Int(agreed[1]), replicas: world is InProcessCollective))"
-                    } else {
-                        watchdog.at("the gradient allreduce", step: state.step)
+                    if synchronizer.foldsStepScalars {
+                        // Replicas: the loss agreement and the non-finite check ride on the gradients' reduce-scatter,
+                        // one collective round a step. Backward runs whatever the loss (every replica's, so every
+                        // replica reaches the sum); the decisions below are on the values all replicas received.
+                        watchdog.at("the gradient reduce-scatter", step: state.step)
                         loss.backward(onLeafReady: synchronizer.parameterReady)
                         if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
-                        try synchronizer.finish()
-                        fault = try nonFiniteGradient()
+                        let exchanged = try synchronizer.finish(posting: [agreement[0], agreement[1]], afterSum: ownNonFiniteGradient)
+                        // Summed in replica order, as the in-process allreduce of doubles adds them.
+                        agreed = exchanged.posted[0]
+                        for q in exchanged.posted.indices.dropFirst() { agreed[0] += exchanged.posted[q][0]; agreed[1] += exchanged.posted[q][1] }
+                        if agreed[1] != 0 {
+                            fault = "the loss became non-finite on \(Self.members(Int(agreed[1]), replicas: true))"
+                        } else {
+                            fault = nonFiniteGradientNamed(exchanged.afterSum.flatMap { $0 })
+                        }
+                    } else {
+                        try watchdog.wait(try world.startAllreduce(agreement, count: 2), what: "the loss allreduce", step: state.step)
+                        agreed = [agreement[0], agreement[1]]
+                        if agreed[1] != 0 {
+                            // Every rank skips backward together, so no rank is left alone in the gradient allreduce.
+                            fault = "the loss became non-finite on \(Self.members(Int(agreed[1]), replicas: world is InProcessCollective))"
+                        } else {
+                            watchdog.at("the gradient allreduce", step: state.step)
+                            loss.backward(onLeafReady: synchronizer.parameterReady)
+                            if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
+                            try synchronizer.finish()
+                            fault = try nonFiniteGradient()
+                        }
                     }
                     watchdog.at("training", step: state.step + 1)
                     if let fault {

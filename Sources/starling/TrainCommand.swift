@@ -314,17 +314,9 @@ struct TrainCommand: ParsableCommand {
                     // One process with the default threads: one replica on every thread, or one replica a thread,
                     // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
                     let threads = BLAS.threadCount
-                    var rng = RandomGenerator(seed: flags.seed, stream: 0)
-                    let indices = Array(rng.permutation(train.count).prefix(flags.batchSize))
-                    let local = flags.batchSize / threads
-                    func read(_ indices: [Int]) throws -> Batch {
-                        var batch = try train.batch(indices: indices, epoch: 0, training: true, for: network)
-                        (batch.epoch, batch.seed) = (0, flags.seed)
-                        return batch
-                    }
                     let calibration = try ReplicaCalibration.measure(
-                        replicas: threads, batch: try read(indices),
-                        slices: try (0..<threads).map { r in try read(Array(indices[(r * local)..<((r + 1) * local)])) }) { shard in
+                        replicas: threads, source: train, batchSize: flags.batchSize, seed: flags.seed,
+                        stepsPerEpoch: options.stepsPerEpoch ?? train.count / flags.batchSize) { shard in
                         let copy = try family.build(config, seed: flags.seed)
                         return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shard))
                     }

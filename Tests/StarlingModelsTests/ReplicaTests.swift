@@ -151,6 +151,52 @@ import StarlingDistributed
         #expect(r0[3] == [Float](repeating: -1, count: 5) && r2[3] == [Float](repeating: -1, count: 5))
     }
 
+    /// The reduce-scatter that carries a step's scalars: each replica's part summed in replica order to the plain
+    /// reduce-scatter's bits (parts of unequal lengths, one empty, 1e8 + small - 1e8 mixed in so another order rounds
+    /// differently, parts longer than its scratch block), every replica's posted scalars and `afterSum` values on every
+    /// replica in replica order, `afterSum` seeing its own part already summed; and one collective round (two
+    /// rendezvous) where the plain one, an allreduce of scalars and an allgather took six.
+    @Test func reduceScatterCarriesTheStepsScalars() throws {
+        let count = 10_007
+        let counts = [5_000, count - 5_000, 0]
+        func value(_ r: Int, _ i: Int) -> Float {
+            let large: Float = i % 2 == 0 ? 1e8 : -1e8
+            return i % 3 == 0 ? [Float(i), 0.5, Float(-2 * i)][r] : [large, Float(i % 7 + 1) * 0.3, -large][r]
+        }
+        let inputs: [[Float]] = (0..<3).map { r in (0..<count).map { value(r, $0) } }
+        let group = InProcessGroup(size: 3)
+        let results = group.run { member -> ([Float], [Float], [[Double]], [[Double]], Int) in
+            let r = member.rank
+            usleep(useconds_t((2 - r) * 2_000))
+            var plain = inputs[r]
+            try plain.withUnsafeMutableBufferPointer { try member.reduceScatter($0.baseAddress!, counts: counts) }
+            try member.barrier()
+            let before = group.rendezvousCount
+            var fused = inputs[r]
+            let begin = counts[..<r].reduce(0, +)
+            let exchanged = try fused.withUnsafeMutableBufferPointer { p in
+                try member.reduceScatter(p.baseAddress!, counts: counts, posting: [Double(r) + 0.5, Double(10 * r)]) {
+                    // This replica's part is summed here: report its first value (or -1 for an empty part).
+                    [Double(r), counts[r] > 0 ? Double(p[begin]) : -1]
+                }
+            }
+            let rounds = group.rendezvousCount - before
+            return (plain, fused, exchanged.posted, exchanged.afterSum, rounds)
+        }
+        for (r, result) in results.enumerated() {
+            let (plain, fused, posted, after, rounds) = try result.get()
+            #expect(fused == plain, "replica \(r)")
+            let part = counts[..<r].reduce(0, +)..<counts[...r].reduce(0, +)
+            #expect(Array(fused[part]) == part.map { (inputs[0][$0] + inputs[1][$0]) + inputs[2][$0] }, "replica \(r)")
+            #expect(posted == [[0.5, 0], [1.5, 10], [2.5, 20]])
+            let sum = { (i: Int) in Double((inputs[0][i] + inputs[1][i]) + inputs[2][i]) }
+            #expect(after == [[0, sum(0)], [1, sum(5_000)], [2, -1]])
+            // No rendezvous can complete without this replica, which made only this collective in between.
+            #expect(rounds == 2, "replica \(r): \(rounds)")
+        }
+        #expect(try results[0].get().1[1] == 0, "1e8 + 0.3 - 1e8 in replica order")
+    }
+
     /// Two replicas' reduce-scatter gives each its part of a + b, the bits of the allreduce (and of MPI's sum of two
     /// ranks, which `mpirun -np 2 starling check-mpi` compares); bfloat16 likewise its rounding of a + b.
     @Test func reduceScatterIsTheAllreducesPart() throws {
@@ -336,6 +382,54 @@ import StarlingDistributed
         let logs = try [dir + "/replicas", dir + "/ranks"].map { try String(contentsOfFile: $0 + "/fc-ae-log.csv", encoding: .utf8) }
         let lossColumns = logs.map { $0.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2...3].joined(separator: ",") } }
         #expect(lossColumns[0] == lossColumns[1], "training and validation losses: \(lossColumns)")
+    }
+
+    /// A replica step is one collective round (the gradients' reduce-scatter, which also carries the loss
+    /// agreement and the non-finite check: two rendezvous) and the barrier after the update (one): three rendezvous a
+    /// step, where the loss allreduce, the reduce-scatter, the non-finite allgather and a two-wait barrier took eight.
+    /// Counted as the difference between runs of 7 and 3 steps, so the start-up and the epoch's end cancel.
+    @Test func aReplicaStepIsOneCollectiveRoundAndABarrier() throws {
+        let data = try ImageDataset(path: try Fixture.sampleHDF5(), split: "train")
+        func rendezvous(steps: Int) throws -> (count: Int, loss: Double) {
+            var o = TrainingOptions()
+            (o.epochs, o.batchSize, o.stepsPerEpoch, o.seed, o.writeOutputs, o.progress) = (1, 64, steps, 5, false, false)
+            let models = try (0..<2).map { _ in try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 5) }
+            let shards = OptimizerShards.ranges(parameterCount: models[0].parameters.count, ranks: 2)
+            let group = InProcessGroup(size: 2)
+            let feed = ReplicaFeed(replicas: 2)
+            let previous = BLAS.threadCount
+            BLAS.setThreadCount(1)
+            defer { BLAS.setThreadCount(previous) }
+            let results = group.run(prepare: { BLAS.setThreadCount(1) }) { member -> [EpochRecord] in
+                let model = models[member.rank]
+                let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count, shard: shards[member.rank]),
+                                          train: data, validation: nil, options: o, world: member, log: { _ in }, feed: feed)
+                return try trainer.run()
+            }
+            let records = try results[0].get()
+            #expect(try results[1].get().map(\.loss) == records.map(\.loss), "the replicas agree on the loss")
+            return (group.rendezvousCount, records.last?.loss ?? .nan)
+        }
+        let (short, long) = (try rendezvous(steps: 3), try rendezvous(steps: 7))
+        #expect((long.count - short.count) == 4 * 3, "rendezvous: \(short.count) in 3 steps, \(long.count) in 7")
+        #expect(short.loss.isFinite && long.loss.isFinite && short.loss > 0)
+    }
+
+    /// A non-finite gradient on one replica (its loss finite) is found in the sum every replica agrees on: with
+    /// --skip-nonfinite 1 every replica skips that step and the run goes on; without it, every replica stops there.
+    @Test func nonFiniteGradientOnOneReplicaIsAgreed() throws {
+        let data = try Fixture.sampleHDF5()
+        let dir = Fixture.temporaryDirectory("replicas-nan-gradient")
+        let skipped = try run(Fixture.starling, arguments("fc-ae", data, dir + "/skip", extra: ["--replicas", "2", "--skip-nonfinite", "1"]),
+                              environment: ["STARLING_TEST_NONFINITE": "1:3:gradient"])
+        #expect(skipped.status == 0, "\(skipped.output)\(skipped.error)")
+        #expect(skipped.output.contains("a gradient became non-finite (inf in ") &&
+                skipped.output.contains("at epoch 1, step 4 (global step 3): step skipped without an update (1 of 1 allowed"), "\(skipped.output)")
+        let stopped = try run(Fixture.starling, arguments("fc-ae", data, dir + "/stop", extra: ["--replicas", "2"]),
+                              environment: ["STARLING_TEST_NONFINITE": "0:5:gradient"])
+        #expect(stopped.status != 0)
+        #expect((stopped.output + stopped.error).contains("a gradient became non-finite (inf in ") &&
+                (stopped.output + stopped.error).contains("at epoch 1, step 6 (global step 5): training stopped on every rank"), "\(stopped.output)\(stopped.error)")
     }
 
     /// In one process the replicas' parameters read one buffer (replica 0's), each replica keeping its own gradients
