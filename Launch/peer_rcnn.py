@@ -27,7 +27,7 @@ the peer stops with one line, unless --torch-roi-ops asks for the plain-torch ve
 the RoIs for the max pooling, a numpy loop for NMS; the row says so).
 
     python Launch/peer_rcnn.py [THREADS]     the RoI ops' milliseconds on the suite's shapes (op_times) and their part
-                                             of each peer's step in CPU time (step_shares)
+                                             of each peer's step in CPU time (step_shares; mask-rcnn's too)
 """
 import math
 
@@ -487,10 +487,12 @@ def step_shares(threads=1, steps=3):
             spent[name] = spent.get(name, 0.0) + time.process_time() - t
             return out
         return call
+    import peer_maskrcnn
     ops = RoIOps(timed("RoI pooling", roi_pool), timed("RoIAlign", roi_align), timed("NMS", nms), timed("IoU", box_iou), TORCH_OPS.note)
-    for name in RCNN_ENTRIES:
+    for name in RCNN_ENTRIES + ("mask-rcnn",):
         torch.manual_seed(1)
-        model, x, loss_of = entry(name, torch.Generator().manual_seed(5), ops)
+        gen = torch.Generator().manual_seed(5)
+        model, x, loss_of = peer_maskrcnn.entry(gen, ops) if name == "mask-rcnn" else entry(name, gen, ops)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
 
         def step():
