@@ -3,10 +3,11 @@
 # weights (random batch-norm statistics included) go into Starling under its names (`starling convert --from
 # safetensors`, which checks every tensor's shape and that none is missing or extra), Starling exports its inference
 # graph (`convert --to onnx`), and onnxruntime's outputs on one synthetic image are compared with the peer's forward
-# pass in float64 (Launch/peer_compare_onnx.py; fast-rcnn's on five fixed RoIs). faster-rcnn: the weights' shapes only
-# (its graph's proposals come out of NMS over an untrained RPN's near-tied logits; backbone and head are fast-rcnn's). Needs a starling binary (STARLING_BIN, or swift build's release),
+# pass in float64 (Launch/peer_compare_onnx.py; fast-rcnn's on five fixed RoIs; mask-rcnn's on the pyramid P2-P5 and the
+# RPN's outputs on P2-P6 read inside the graph, whose detections come out of NMS over an untrained RPN's near-tied
+# logits). faster-rcnn: the weights' shapes only (the same NMS; its backbone and head are fast-rcnn's). Needs a starling binary (STARLING_BIN, or swift build's release),
 # PyTorch (TORCH_VENV, default .build/torch-venv) and python3 with onnxruntime and numpy (Launch/test.sh installs them).
-#   Launch/check-peers.sh                      ssd300 yolov2 yolov1 yolov3 fast-rcnn faster-rcnn
+#   Launch/check-peers.sh                      ssd300 yolov2 yolov1 yolov3 fast-rcnn faster-rcnn mask-rcnn
 #   Launch/check-peers.sh yolov2               these entries only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ venv=${TORCH_VENV:-.build/torch-venv}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
-for entry in "${@:-ssd300 yolov2 yolov1 yolov3 fast-rcnn faster-rcnn}"; do
+for entry in "${@:-ssd300 yolov2 yolov1 yolov3 fast-rcnn faster-rcnn mask-rcnn}"; do
   for name in $entry; do
     dir="$work/$name"
     # --torch-roi-ops: torchvision's RoI ops where they load, plain torch's otherwise (the R-CNN peers)

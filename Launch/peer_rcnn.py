@@ -27,7 +27,7 @@ the peer stops with one line, unless --torch-roi-ops asks for the plain-torch ve
 the RoIs for the max pooling, a numpy loop for NMS; the row says so).
 
     python Launch/peer_rcnn.py [THREADS]     the RoI ops' milliseconds on the suite's shapes (op_times) and their part
-                                             of each peer's step in CPU time (step_shares)
+                                             of each peer's step in CPU time (step_shares; mask-rcnn's too)
 """
 import math
 
@@ -118,36 +118,47 @@ def roi_pool(features, rois, output_size, spatial_scale):
 
 
 def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """torchvision's RoIAlign for a fixed sampling ratio: each bin the mean of ratio x ratio bilinear samples, samples
-    more than one cell outside the map 0, the rest clamped to it (the C++ kernel's rule), through grid_sample per
-    image."""
-    if sampling_ratio <= 0:
-        raise ValueError("the plain-torch roi_align takes a fixed sampling ratio")
+    """torchvision's RoIAlign: each bin the mean of its bilinear samples, samples more than one cell outside the map 0,
+    the rest clamped to it (the C++ kernel's rule), through grid_sample per image. The samples a bin: `sampling_ratio`
+    on each axis, or (0 or less, adaptive) ceil(RoI side / bins) per RoI and axis as the kernel computes it (a RoI of
+    side 0 has none and pools 0); RoIs of the same pair of ratios go through one grid_sample an image."""
     oh, ow = output_size
-    s = sampling_ratio
-    n, c, height, width = features.shape
     offset = 0.5 if aligned else 0.0
     box = rois[:, 1:] * spatial_scale - offset
     size = box[:, 2:] - box[:, :2]
     if not aligned:
         size = size.clamp(min=1.0)
-    steps_y = (torch.arange(oh * s, dtype=features.dtype) + 0.5) / s   # bin units
-    steps_x = (torch.arange(ow * s, dtype=features.dtype) + 0.5) / s
-    ys = box[:, 1:2] + steps_y[None, :] * (size[:, 1:2] / oh)         # [R, oh s]
-    xs = box[:, 0:1] + steps_x[None, :] * (size[:, 0:1] / ow)         # [R, ow s]
+    if sampling_ratio > 0:
+        return _roi_align_grid(features, rois[:, 0], box, size, oh, ow, sampling_ratio, sampling_ratio)
+    ratios = torch.stack([torch.ceil(size[:, 1] / oh), torch.ceil(size[:, 0] / ow)], dim=1).to(torch.long)
+    out = features.new_zeros(rois.shape[0], features.shape[1], oh, ow)
+    for sy, sx in torch.unique(ratios, dim=0).tolist():
+        rows = ((ratios[:, 0] == sy) & (ratios[:, 1] == sx)).nonzero().flatten()
+        if sy > 0 and sx > 0:
+            out[rows] = _roi_align_grid(features, rois[rows, 0], box[rows], size[rows], oh, ow, sy, sx)
+    return out
+
+
+def _roi_align_grid(features, images, box, size, oh, ow, sy, sx):
+    """RoIAlign of RoIs `box` (corners in map cells, offset applied) of `size`, sy x sx samples a bin."""
+    n, c, height, width = features.shape
+    steps_y = (torch.arange(oh * sy, dtype=features.dtype) + 0.5) / sy   # bin units
+    steps_x = (torch.arange(ow * sx, dtype=features.dtype) + 0.5) / sx
+    ys = box[:, 1:2] + steps_y[None, :] * (size[:, 1:2] / oh)         # [R, oh sy]
+    xs = box[:, 0:1] + steps_x[None, :] * (size[:, 0:1] / ow)         # [R, ow sx]
     inside = (((ys >= -1) & (ys <= height))[:, :, None] & ((xs >= -1) & (xs <= width))[:, None, :]).to(features.dtype)
     gy = (2 * ys.clamp(0, height - 1) + 1) / height - 1
     gx = (2 * xs.clamp(0, width - 1) + 1) / width - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)   # [R, oh s, ow s, (x, y)]
-    out = features.new_empty(rois.shape[0], c, oh * s, ow * s)
-    images = rois[:, 0].to(torch.long)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)   # [R, oh sy, ow sx, (x, y)]
+    out = features.new_empty(box.shape[0], c, oh * sy, ow * sx)
+    images = images.to(torch.long)
     for k in images.unique().tolist():
         rows = (images == k).nonzero().flatten()
-        g = grid[rows].reshape(1, -1, ow * s, 2)
+        g = grid[rows].reshape(1, -1, ow * sx, 2)
         sampled = F.grid_sample(features[k:k + 1], g, mode="bilinear", padding_mode="border", align_corners=False)
-        out[rows] = sampled[0].reshape(c, len(rows), oh * s, ow * s).transpose(0, 1)
+        out[rows] = sampled[0].reshape(c, len(rows), oh * sy, ow * sx).transpose(0, 1)
     out = out * inside[:, None]
-    return F.avg_pool2d(out, s) if s > 1 else out
+    return F.avg_pool2d(out, (sy, sx)) if sy * sx > 1 else out
 
 
 TORCH_OPS = RoIOps(roi_pool, roi_align, nms, box_iou,
@@ -476,10 +487,12 @@ def step_shares(threads=1, steps=3):
             spent[name] = spent.get(name, 0.0) + time.process_time() - t
             return out
         return call
+    import peer_maskrcnn
     ops = RoIOps(timed("RoI pooling", roi_pool), timed("RoIAlign", roi_align), timed("NMS", nms), timed("IoU", box_iou), TORCH_OPS.note)
-    for name in RCNN_ENTRIES:
+    for name in RCNN_ENTRIES + ("mask-rcnn",):
         torch.manual_seed(1)
-        model, x, loss_of = entry(name, torch.Generator().manual_seed(5), ops)
+        gen = torch.Generator().manual_seed(5)
+        model, x, loss_of = peer_maskrcnn.entry(gen, ops) if name == "mask-rcnn" else entry(name, gen, ops)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
 
         def step():

@@ -10,7 +10,8 @@ reads beside Starling's.
 
 Each network is written layer for layer after Starling's (Sources/StarlingAutoencoders, SSD7.swift, SSD300.swift,
 YOLOv1.swift, YOLOv2.swift, YOLOv3.swift, UNet.swift; yolov3-tiny and the YOLO losses in Launch/peer_yolov3_tiny.py;
-faster-rcnn, fast-rcnn and rcnn in Launch/peer_rcnn.py, on torchvision's RoI ops or, with --torch-roi-ops, plain torch's),
+faster-rcnn, fast-rcnn and rcnn in Launch/peer_rcnn.py, mask-rcnn in Launch/peer_maskrcnn.py, on torchvision's RoI ops
+or, with --torch-roi-ops, plain torch's),
 with the same widths; the row carries the parameter count, and the table flags a count that differs from Starling's. Timing: two warm-up steps, then as many steps as fit in --seconds (at least 2), forward,
 loss, backward and Adam (Keras's epsilon 1e-7); inference is the forward pass and loss without gradients at the training
 batch, the best of three rounds. --compile runs the network through torch.compile (Inductor's C++ kernels, which fuse
@@ -48,6 +49,8 @@ DIFFERENCES = {
     "faster-rcnn": "RPN and RoI heads written in torch after torchvision's (Launch/peer_rcnn.py); random draws from torch's generator",
     "fast-rcnn": "RoI heads written in torch after torchvision's (Launch/peer_rcnn.py); random draws from torch's generator",
     "rcnn": "windows sampled and warped in torch after RCNN.swift (Launch/peer_rcnn.py); random draws from torch's generator",
+    "mask-rcnn": "RPN, RoI and mask heads written in torch after MaskRCNN.swift (Launch/peer_maskrcnn.py); Keras's same padding "
+                 "through F.pad on the stride-2 layers; random draws from torch's generator",
 }
 
 
@@ -664,6 +667,8 @@ def starling_state(name, model):
             out += conv_state(model.rpn_bbox_pred, "rpn_bbox_pred")
         for n in ("fc6", "fc7", "cls_score", "bbox_pred"):
             out += conv_state(getattr(model.head, n), n)
+    elif name == "mask-rcnn":
+        out = model.starling_state()
     else:
         raise SystemExit(f"peer_suite.py: no Starling names for {name}")
     return out
@@ -693,6 +698,10 @@ def export_check(name, model, x, directory):
         blobs.append(data)
         offset += len(data)
     header["__metadata__"] = {"format": "pt"}
+    if name == "mask-rcnn":
+        # The suite's input size (the family's default is Penn-Fudan's 320 x 416), which Starling's graph is built for.
+        header["__metadata__"]["starling_model_config"] = json.dumps(
+            {"family": "mask-rcnn", "inputShape": list(x.shape[1:]), "options": {}, "classNames": ["background", "pedestrian"]})
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     with open(os.path.join(directory, "weights.safetensors"), "wb") as f:
@@ -703,7 +712,19 @@ def export_check(name, model, x, directory):
     with torch.no_grad():
         out = model(image.double())
     n = image.shape[0]
-    if name == "faster-rcnn":
+    intermediates = {}
+    if name == "mask-rcnn":
+        # Its graph's detections come out of NMS over an untrained RPN's near-tied logits, as faster-rcnn's; compared
+        # instead: the dense part, read inside Starling's graph at the convolutions of these weights (the k-th use in
+        # graph order: levels P2 ... P6): the FPN's P2 ... P5 and the RPN's objectness and deltas on every level.
+        pyramid, rpn = out
+        rows = {f"P{l + 2}": p for l, p in enumerate(pyramid[:4])}
+        intermediates = {f"P{l + 2}": [f"fpn_layer{l + 2}/kernel", 0] for l in range(4)}
+        for l, (objectness, deltas) in enumerate(rpn):
+            rows[f"objectness_P{l + 2}"], rows[f"deltas_P{l + 2}"] = objectness, deltas
+            intermediates[f"objectness_P{l + 2}"] = ["rpn_cls_logits/kernel", l]
+            intermediates[f"deltas_P{l + 2}"] = ["rpn_bbox_pred/kernel", l]
+    elif name == "faster-rcnn":
         # Weights only (Launch/check-peers.sh checks their shapes): the exported graph's proposals come out of NMS over
         # near-tied logits of an untrained RPN, which two implementations need not order alike.
         rows = {}
@@ -729,7 +750,7 @@ def export_check(name, model, x, directory):
             meta[key] = list(value.shape)
             f.write(value.contiguous().numpy().astype("<f8").tobytes())
     with open(os.path.join(directory, "outputs.json"), "w") as f:
-        json.dump({"outputs": meta, "input": list(image.shape)}, f)
+        json.dump({"outputs": meta, "input": list(image.shape), "intermediates": intermediates}, f)
 
 
 YOLO_SCALES = {"yolov3": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov2": [[0, 1, 2, 3, 4]]}
@@ -738,7 +759,7 @@ YOLO_SCALES = {"yolov3": [[6, 7, 8], [3, 4, 5], [0, 1, 2]], "yolov2": [[0, 1, 2,
 # ------------------------------------------------------------------------------------------------------------- entries
 def entry(name, gen, torch_roi_ops=False):
     """(model, batch, inputs, loss closure taking the model and the images), or None when there is no peer."""
-    if name in ("faster-rcnn", "fast-rcnn", "rcnn"):
+    if name in ("faster-rcnn", "fast-rcnn", "rcnn", "mask-rcnn"):
         import peer_rcnn
         try:
             ops = peer_rcnn.torchvision_ops()
@@ -748,6 +769,9 @@ def entry(name, gen, torch_roi_ops=False):
                       "--torch-roi-ops runs plain-torch RoI ops instead, weaker)", file=sys.stderr)
                 sys.exit(2)
             ops = peer_rcnn.TORCH_OPS
+        if name == "mask-rcnn":
+            import peer_maskrcnn
+            return peer_maskrcnn.entry(gen, ops)
         return peer_rcnn.entry(name, gen, ops)
     if name in ("fc-ae", "sparse-ae", "deep-ae", "vae", "conv-ae", "denoising-ae", "conv-vae", "seq2seq-ae"):
         batch = {"fc-ae": 256, "sparse-ae": 256, "deep-ae": 256, "vae": 32}.get(name, 128)
@@ -814,7 +838,7 @@ def entry(name, gen, torch_roi_ops=False):
 
 
 SPATIAL = ["conv-ae", "denoising-ae", "conv-vae", "ssd7", "yolov3-tiny", "unet-128-w0.25", "unet-128-w0.125", "unet-128", "unet-membrane",
-           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3", "faster-rcnn", "fast-rcnn", "rcnn"]
+           "unet-camvid", "ssd300", "yolov2", "yolov1", "yolov3", "faster-rcnn", "fast-rcnn", "rcnn", "mask-rcnn"]
 ENTRIES = ["fc-ae", "sparse-ae", "deep-ae", "seq2seq-ae", "vae"] + SPATIAL
 
 
@@ -831,7 +855,7 @@ def main():
                         "training step's loss and the peak resident memory after it")
     parser.add_argument("--export", metavar="DIR", help="write the weights under Starling's names, one image and the float64 forward "
                         "pass for Launch/check-peers.sh (ssd300, yolov1, yolov2, yolov3)")
-    parser.add_argument("--torch-roi-ops", action="store_true", help="faster-rcnn, fast-rcnn, rcnn without torchvision: RoI "
+    parser.add_argument("--torch-roi-ops", action="store_true", help="faster-rcnn, fast-rcnn, rcnn, mask-rcnn without torchvision: RoI "
                         "pooling, RoIAlign, NMS and IoU in plain torch (weaker than torchvision's C++ ops; the row says so)")
     args = parser.parse_args()
     if args.list:
@@ -863,7 +887,9 @@ def main():
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             out = model(getattr(model, "check_input", x[:1])) if type(model).forward is not nn.Module.forward else None
-        shapes = [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out])] if out is not None else []
+        def leaves(o):
+            return [t for x in o for t in leaves(x)] if isinstance(o, (list, tuple)) else [o]
+        shapes = [tuple(o.shape) for o in leaves(out)] if out is not None else []
         model.train()
         loss = loss_of(model, x)
         loss.backward()

@@ -6,7 +6,11 @@
   argmax gradient), with RoIs crossing every border, tiny RoIs and RoIs wholly outside the map;
 - NMS and IoU against brute-force loops;
 - where torchvision's ops load, the plain-torch ops against them on the suite's shapes;
-- peer_suite.py's refusal without torchvision: exit 2 and one line on stderr, no traceback.
+- peer_suite.py's refusal without torchvision: exit 2 and one line on stderr, no traceback;
+- the mask-rcnn peer (Launch/peer_maskrcnn.py): its synthetic masks against their boxes, one step's loss and gradients on
+  the plain-torch ops, and, where a starling binary is at hand (STARLING_BIN, or .build/debug or .build/release, which
+  Launch/test.sh builds first), its weights loaded into Starling's Mask R-CNN under Starling's names (`starling convert
+  --from safetensors` checks every tensor's shape, none missing or extra: the parameter counts are equal).
 
     TORCH_VENV/bin/python Launch/test_peer_rcnn.py
 """
@@ -52,8 +56,6 @@ def roi_align_fixtures():
 def test_roi_align():
     tested = 0
     for name, features, rois, scale, oh, ow, ratio, aligned, output, gradient in roi_align_fixtures():
-        if ratio <= 0:
-            continue   # the plain-torch RoIAlign takes a fixed ratio (the suite's rcnn uses 1)
         x = features.clone().requires_grad_(True)
         out = peer_rcnn.roi_align(x, rois, (oh, ow), scale, ratio, aligned)
         weights = torch.tensor([0.5 + (i % 7) / 7 for i in range(out.numel())], dtype=torch.float64).reshape(out.shape)
@@ -61,7 +63,7 @@ def test_roi_align():
         check(torch.allclose(out.detach().flatten(), output, atol=1e-12), f"roi_align {name}: values as torchvision's")
         check(torch.allclose(x.grad.flatten(), gradient, atol=1e-12), f"roi_align {name}: feature gradients as torchvision's")
         tested += 1
-    check(tested == 2, f"roi_align: {tested} fixed-ratio fixtures compared (2 expected)")
+    check(tested == 4, f"roi_align: {tested} fixtures compared, fixed and adaptive sampling (4 expected)")
 
 
 def roi_pool_reference(features, rois, oh, ow, scale):
@@ -184,7 +186,45 @@ def test_steps():
         check(math.isfinite(loss.item()) and not missing, f"{name}: one step's loss {loss.item():.4g}, gradients missing on {missing}")
 
 
-for test in (test_roi_align, test_roi_pool, test_nms_and_iou, test_against_torchvision, test_refusal_without_torchvision, test_steps):
+def test_mask_rcnn():
+    """The mask-rcnn peer: frames, one step on the plain-torch ops, its weights in Starling's network."""
+    import peer_maskrcnn
+    images, truths, labels, masks = peer_maskrcnn.synthetic_frames(torch.Generator().manual_seed(5))
+    check(images.shape == (2, 3, 192, 256) and all(len(t) == 3 for t in truths), f"mask-rcnn frames: images {tuple(images.shape)}")
+    ys, xs = torch.meshgrid(torch.arange(192) + 0.5, torch.arange(256) + 0.5, indexing="ij")
+    for k in range(2):
+        for box, mask in zip(truths[k].tolist(), masks[k]):
+            x1, y1, x2, y2 = box
+            inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
+            ellipse = math.pi / 4 * (x2 - x1) * (y2 - y1)
+            count = float(mask.sum())
+            check(not bool((mask.bool() & ~inside).any()) and abs(count - ellipse) <= (x2 - x1) + (y2 - y1),
+                  f"mask-rcnn frame {k}: mask of {count:.0f} pixels inside its box {[round(v, 1) for v in box]} (ellipse {ellipse:.0f})")
+    torch.manual_seed(1)
+    model, x, loss_of = peer_maskrcnn.entry(torch.Generator().manual_seed(5), peer_rcnn.TORCH_OPS)
+    model.train()
+    loss = loss_of(model, x)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    check(math.isfinite(loss.item()) and not missing, f"mask-rcnn: one step's loss {loss.item():.4g}, gradients missing on {missing}")
+    binary = os.environ.get("STARLING_BIN") or next((b for b in (os.path.join(here, "..", ".build", c, "starling") for c in ("debug", "release"))
+                                                     if os.path.exists(b)), None)
+    if binary is None:
+        print("skip mask-rcnn's weights in Starling: no starling binary (STARLING_BIN, .build/debug, .build/release)")
+        return
+    with tempfile.TemporaryDirectory() as work:
+        export = subprocess.run([sys.executable, os.path.join(here, "peer_suite.py"), "mask-rcnn", "--torch-roi-ops", "--export", work],
+                                capture_output=True, text=True)
+        convert = subprocess.run([binary, "convert", "--from", "safetensors", os.path.join(work, "weights.safetensors"),
+                                  os.path.join(work, "ck.h5"), "--model", "mask-rcnn"], capture_output=True, text=True)
+    count = sum(p.numel() for p in model.parameters())
+    check(export.returncode == 0 and convert.returncode == 0,
+          f"mask-rcnn: the peer's {count:,} parameters and batch-norm statistics load into Starling's Mask R-CNN, every shape "
+          f"checked ({binary}: exit {convert.returncode} {convert.stderr.strip()[-300:]}{export.stderr.strip()[-300:]})")
+
+
+for test in (test_roi_align, test_roi_pool, test_nms_and_iou, test_against_torchvision, test_refusal_without_torchvision, test_steps,
+             test_mask_rcnn):
     test()
 print(f"{len(failures)} failure(s)")
 sys.exit(1 if failures else 0)

@@ -74,10 +74,18 @@ public enum BenchmarkSuite {
         Entry("faster-rcnn", batch: 2, quick: false, note: "its own proposals"),
         Entry("fast-rcnn", batch: 2, quick: false, note: "2,000 random proposals an image"),
         Entry("rcnn", batch: 2, quick: false, note: "2,000 random proposals an image"),
+        Entry("mask-rcnn", batch: 2, quick: false, note: "192x256, its own proposals, three elliptic instances an image", configure: maskRCNN),
     ]
 
+    /// Mask R-CNN as `train` runs it in Launch/configs/mask-rcnn-pennfudan.yaml: Penn-Fudan imported at 192 x 256
+    /// (pedestrians and background), batch 2, the family's default widths.
+    static let maskRCNN: @Sendable () throws -> ModelConfig = {
+        try MaskRCNN.configuration(for: DatasetDescription(path: "synthetic mask-rcnn", sampleShape: [3, 192, 256],
+                                                           classNames: ["background", "pedestrian"]))
+    }
+
     /// Families the suite does not measure yet, and why (printed by `--suite-list`, stated in BENCHMARKS.md).
-    public static let missing = ["mask-rcnn (no synthetic instance masks in the suite yet)"]
+    public static let missing: [String] = []
 
     public static func entry(named name: String) throws -> Entry {
         guard let entry = entries.first(where: { $0.name == name }) else {
@@ -144,9 +152,10 @@ public enum BenchmarkSuite {
 
     /// FLOPs of one image's training step: the forward pass's multiply-adds (from the network's ONNX description, at
     /// the config's input size) x 2 FLOPs x 3 for forward and backward (backward computes two products per forward
-    /// one). Nil for the region detectors, whose head runs on a sampled number of regions the export does not fix.
+    /// one). Nil for the region detectors and Mask R-CNN, whose heads run on a sampled number of regions the export
+    /// does not fix.
     public static func trainFLOPsPerImage(_ model: any Model) -> Double? {
-        guard let exportable = model as? any ONNXExportable, !(model is any RegionDetector) else { return nil }
+        guard let exportable = model as? any ONNXExportable, !(model is any RegionDetector), !(model is MaskRCNN) else { return nil }
         return 6 * forwardMultiplyAdds(exportable)
     }
 
@@ -348,7 +357,7 @@ enum MemoryBreakdown {
 
 /// Deterministic random samples of a family's kind of data: images in [0, 1] (MNIST-like) or pixels in 0...255 with
 /// three boxes each (detection), 2,000 random proposals (region detectors), six discs of random classes
-/// (segmentation). A pool of `poolSize` samples is drawn once; a batch copies its samples out of the pool (index modulo
+/// (segmentation), three boxes each with the ellipse inscribed in it as its instance mask (instances). A pool of `poolSize` samples is drawn once; a batch copies its samples out of the pool (index modulo
 /// the pool) on the prefetch thread, where the model's targets are then encoded, as training reads decoded samples.
 /// Drawing every pixel anew per step would cost more than reading one (fc-ae: 12 ms a batch of 256).
 final class SyntheticSource: TrainingSource {
@@ -360,6 +369,8 @@ final class SyntheticSource: TrainingSource {
     private let poolObjects: [[Object]]?
     private let poolProposals: [[BoxCorners]]?
     private let poolMaps: SegmentationMaps?
+    /// Per pool sample, one H x W mask per object (instances).
+    private let poolInstanceMasks: [[[UInt8]]]?
     init(kind: DataKind, config: ModelConfig, classCount: Int, poolSize: Int) {
         self.kind = kind
         self.config = config
@@ -367,6 +378,7 @@ final class SyntheticSource: TrainingSource {
         self.poolSize = max(1, poolSize)
         let pool = Self.draw(indices: Array(0..<max(1, poolSize)), kind: kind, config: config, classCount: max(2, classCount))
         (poolImages, poolObjects, poolProposals, poolMaps) = (pool.images, pool.objects, pool.proposals, pool.segmentation)
+        poolInstanceMasks = pool.segmentation?.instanceMasks
     }
 
     var path: String { "synthetic \(config.family)" }
@@ -385,7 +397,8 @@ final class SyntheticSource: TrainingSource {
         batch.proposals = poolProposals.map { proposals in slots.map { proposals[$0] } }
         if let maps = poolMaps {
             let plane = maps.height * maps.width
-            batch.segmentation = SegmentationMaps(classes: slots.flatMap { maps.classes[($0 * plane)..<(($0 + 1) * plane)] }, height: maps.height, width: maps.width)
+            batch.segmentation = SegmentationMaps(classes: slots.flatMap { maps.classes[($0 * plane)..<(($0 + 1) * plane)] }, height: maps.height, width: maps.width,
+                                                  instanceMasks: poolInstanceMasks.map { masks in slots.map { masks[$0] } })
         }
         return batch
     }
@@ -397,7 +410,8 @@ final class SyntheticSource: TrainingSource {
         let spatial = config.inputShape.count == 3
         let (height, width) = spatial ? (config.inputShape[1], config.inputShape[2]) : (1, 1)
         var objects: [[Object]] = [], proposals: [[BoxCorners]] = []
-        var classes = [UInt8](repeating: 0, count: kind == .segmentation ? indices.count * height * width : 0)
+        var classes = [UInt8](repeating: 0, count: kind == .segmentation || kind == .instances ? indices.count * height * width : 0)
+        var instanceMasks: [[[UInt8]]] = []
         let pixels = images.data
         for (n, index) in indices.enumerated() {
             var rng = RandomGenerator(seed: 0x5017E, stream: UInt64(index))
@@ -429,6 +443,28 @@ final class SyntheticSource: TrainingSource {
                         }
                     }
                 }
+            case .instances:
+                // Each box's inscribed ellipse (pixel centres inside it) is the object's mask, and its class in the map.
+                var mine: [Object] = [], masks: [[UInt8]] = []
+                for k in 0..<3 {
+                    let box = region(largest: 120)
+                    let classID = 1 + k % (classCount - 1)
+                    let (cx, cy, rx, ry) = ((box.xmin + box.xmax) / 2, (box.ymin + box.ymax) / 2, box.width / 2, box.height / 2)
+                    var mask = [UInt8](repeating: 0, count: height * width)
+                    for y in max(0, Int(box.ymin))..<min(height, Int(box.ymax) + 1) {
+                        for x in max(0, Int(box.xmin))..<min(width, Int(box.xmax) + 1) {
+                            let (dx, dy) = ((Float(x) + 0.5 - cx) / rx, (Float(y) + 0.5 - cy) / ry)
+                            if dx * dx + dy * dy <= 1 {
+                                mask[y * width + x] = 1
+                                classes[(n * height + y) * width + x] = UInt8(classID)
+                            }
+                        }
+                    }
+                    mine.append(Object(box: box, classID: classID))
+                    masks.append(mask)
+                }
+                objects.append(mine)
+                instanceMasks.append(masks)
             default:
                 break
             }
@@ -437,6 +473,9 @@ final class SyntheticSource: TrainingSource {
         case .detection: batch.objects = objects
         case .detectionProposals: (batch.objects, batch.proposals) = (objects, proposals)
         case .segmentation: batch.segmentation = SegmentationMaps(classes: classes, height: height, width: width)
+        case .instances:
+            batch.objects = objects
+            batch.segmentation = SegmentationMaps(classes: classes, height: height, width: width, instanceMasks: instanceMasks)
         default: break
         }
         return batch

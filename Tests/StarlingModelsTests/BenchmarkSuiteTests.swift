@@ -4,6 +4,7 @@ import StarlingCore
 import StarlingDistributed
 import StarlingNN
 import StarlingModels
+@testable import StarlingTraining
 
 @Suite struct BenchmarkSuiteTests {
     /// conv-ae's multiply-adds counted by hand: 3x3 same convolutions on 28 -> 14 -> 7 -> (pool, same) 4, the decoder
@@ -97,5 +98,64 @@ import StarlingModels
         #expect(b.forward > 0 && b.backward > 0 && b.optimizer > 0 && b.allreduce >= 0 && b.data >= 0)
         #expect(b.forward + b.backward + b.allreduce + b.optimizer + b.data <= step * 1.05)
         #expect(throws: TrainingError.self) { try BenchmarkSuite.entry(named: "no-such-entry") }
+    }
+
+    /// The mask-rcnn entry's synthetic frames (the Penn-Fudan configuration's 192 x 256, batch 2): three boxes an image,
+    /// each with its inscribed ellipse as its mask, inside its box and about pi/4 of it (within the pixels along its
+    /// rim), marked with its class in the class map; a batch index past the pool reads the pool's sample again.
+    @Test func maskRCNNFramesCarryEllipticInstanceMasks() throws {
+        let entry = try BenchmarkSuite.entry(named: "mask-rcnn")
+        let config = try entry.configuration()
+        #expect(config.inputShape == [3, 192, 256] && entry.batch == 2 && config.classNames?.count == 2)
+        #expect(BenchmarkSuite.missing.isEmpty)
+        let (h, w) = (192, 256)
+        let source = SyntheticSource(kind: .instances, config: config, classCount: 2, poolSize: 2)
+        let batch = try source.batch(indices: [0, 1, 2], epoch: 0, training: true, config: config)
+        let objects = try #require(batch.objects), maps = try #require(batch.segmentation), masks = try #require(maps.instanceMasks)
+        #expect(objects.count == 3 && masks.count == 3 && maps.classes.count == 3 * h * w)
+        #expect(masks[2] == masks[0] && objects[2].map(\.box) == objects[0].map(\.box) && objects[0].map(\.box) != objects[1].map(\.box))
+        for n in 0..<3 {
+            #expect(objects[n].count == 3 && masks[n].count == 3)
+            for (object, mask) in zip(objects[n], masks[n]) {
+                let box = object.box
+                #expect(box.xmin >= 0 && box.ymin >= 0 && box.xmax <= Float(w) && box.ymax <= Float(h) && box.width >= 8 && box.height >= 8)
+                var inside = 0, outside = 0, unmarked = 0
+                for y in 0..<h {
+                    for x in 0..<w where mask[y * w + x] != 0 {
+                        let (px, py) = (Float(x) + 0.5, Float(y) + 0.5)
+                        if px >= box.xmin && px <= box.xmax && py >= box.ymin && py <= box.ymax { inside += 1 } else { outside += 1 }
+                        if maps.classes[(n * h + y) * w + x] != UInt8(object.classID) { unmarked += 1 }
+                    }
+                }
+                let ellipse = Float.pi / 4 * box.width * box.height
+                #expect(outside == 0 && unmarked == 0 && abs(Float(inside) - ellipse) <= box.width + box.height,
+                        "image \(n) box \(box): \(inside) pixels inside, \(outside) outside (ellipse \(ellipse)), \(unmarked) not in the class map")
+            }
+        }
+    }
+
+    /// The mask-rcnn entry through `starling bench --suite`, one timed step in each layout Launch/bench-suite.sh runs
+    /// (1 rank x 1 thread, 1 process x 2 threads, 1 process x 2 replicas, 2 ranks under mpirun): one row each with the
+    /// model's parameter count and no FLOP count (its heads run on sampled RoIs).
+    @Test func maskRCNNEntryRunsAStepInEachLayout() throws {
+        let expected = try ModelRegistry.build(try BenchmarkSuite.entry(named: "mask-rcnn").configuration(), seed: 1).parameters.count
+        let common = ["bench", "--suite", "--entries", "mask-rcnn", "--suite-steps", "1"]
+        let layouts: [(name: String, run: () throws -> Run, ranks: Int, threads: Int, replicas: Int?)] = [
+            ("1 rank x 1 thread", { try run(Fixture.starling, common + ["--threads", "1"]) }, 1, 1, nil),
+            ("1 process x 2 threads", { try run(Fixture.starling, common + ["--threads", "2"]) }, 1, 2, nil),
+            ("1 process x 2 replicas", { try run(Fixture.starling, common + ["--replicas", "2"]) }, 1, 1, 2),
+            ("2 ranks x 1 thread", { try mpirun(2, common + ["--threads", "1"]) }, 2, 1, nil),
+        ]
+        for layout in layouts {
+            let result = try layout.run()
+            #expect(result.status == 0, "\(layout.name): \(result.output)\(result.error)")
+            let rows = try SuiteTable.rows(parsing: result.output, file: layout.name)
+            #expect(rows.count == 1, "\(layout.name): \(result.output)")
+            let row = try #require(rows.first)
+            #expect(row.entry == "mask-rcnn" && row.batch == 2 && row.ranks == layout.ranks && row.threads == layout.threads
+                    && row.replicas == layout.replicas && row.parameters == expected, "\(layout.name): \(row)")
+            #expect(row.trainImagesPerSecond > 0 && row.inferenceImagesPerSecond > 0 && row.peakMB > 0 && row.trainFLOPsPerImage == nil,
+                    "\(layout.name): \(row)")
+        }
     }
 }
