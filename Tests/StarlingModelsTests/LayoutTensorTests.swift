@@ -319,8 +319,9 @@ struct LayoutTensorTests {
         let (fused, twoOps) = (pass(laidOut: true), pass(laidOut: false))
         #expect(fused.census.normalizationsWithReLU == 1 && fused.census.normalizationsWithoutInput == 1)
         #expect(fused.census.convolutionsReadAfterReLU == (readAgain ? 1 : 0))
-        #expect(fused.values == twoOps.values && fused.values.contains { $0 > 0 })
-        #expect(fused.statistics == twoOps.statistics && fused.statistics != initialStatistics)
+        // The statistics come from the 3-channel convolution's own sums here, not batch norm's pass: equal to rounding.
+        #expect(worstDifference(fused.values, twoOps.values).value < 1e-5 && fused.values.contains { $0 > 0 })
+        #expect(worstDifference(fused.statistics, twoOps.statistics).value < 1e-5 && fused.statistics != initialStatistics)
         let worst = worstDifference(fused.gradients, twoOps.gradients)
         #expect(worst.value < 1e-5, "gradients: worst difference \(worst.value) at \(worst.at)")
     }
