@@ -93,8 +93,8 @@ struct LayoutTensorTests {
                    let (f, rpn) = (m as! FasterRCNN).network(LayoutTensor(x), training: t)
                    return [f.tensor, rpn[0].objectness.tensor, rpn[0].deltas.tensor]
                },
-               training: (14, 2), inference: (16, 0), pooledNormalizations: (4, 0), convolutionsWithReLU: 1, normalizationsWithoutInput: 1,
-               normalizationsWithReLU: 13),
+               training: (14, 2), inference: (16, 0), pooledNormalizations: (3, 0), convolutionsWithReLU: 1, normalizationsWithoutInput: 1,
+               normalizationsWithReLU: 11),   // at width 1/16 conv1_1 and conv1_2 (4 channels) train planar
         // rcnn's CNN on warped windows (the "images" here are the windows, already scaled).
         Family(name: "rcnn", config: { ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.25, "hidden": 32, "warp": 32], classNames: classes) },
                images: [6, 3, 32, 32], pixelScale: 1,
