@@ -28,6 +28,8 @@ the RoIs for the max pooling, a numpy loop for NMS; the row says so).
 
     python Launch/peer_rcnn.py [THREADS]     the RoI ops' milliseconds on the suite's shapes (op_times) and their part
                                              of each peer's step in CPU time (step_shares; mask-rcnn's too)
+    python Launch/peer_rcnn.py --memory ENTRY [--channels-last]
+                                             where the peer's training step holds memory (memory_breakdown)
 """
 import math
 
@@ -511,7 +513,93 @@ def step_shares(threads=1, steps=3):
               f"({100 * sum(spent.values()) / steps / total:.0f} % of the step)")
 
 
+def saved_tensors(loss):
+    """The storages autograd keeps for backward at the end of forward, walked from `loss`: {storage address: (bytes,
+    the first node that saved it, dtype, shape)}. A storage saved by several nodes (a convolution's input that the
+    ReLU before it saved as its result) counts once."""
+    seen, stack, visited = {}, [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        for attr in dir(node):
+            if not attr.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, attr)
+            except RuntimeError:   # a saved tensor already freed
+                continue
+            for t in value if isinstance(value, (tuple, list)) else [value]:
+                if isinstance(t, torch.Tensor) and t.numel():
+                    storage = t.untyped_storage()
+                    seen.setdefault(storage.data_ptr(), (storage.nbytes(), type(node).__name__, t.dtype, tuple(t.shape)))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+def memory_breakdown(name, threads=1, channels_last=False):
+    """Where the peer's training step holds memory: resident memory at each stage, the tensors autograd saved for
+    backward at the end of forward by the node that saved them (parameters apart), and what the plain-torch RoI max
+    pooling keeps beyond torchvision's C++ op, which saves only its int32 argmax [R, C, 7, 7] (and the RoIs) for
+    backward and returns one [R, C, 7, 7] output."""
+    import resource
+
+    def resident():
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    print(f"{name} peer memory, {threads} thread(s){', channels-last' if channels_last else ''}: after import {resident():.1f} MB")
+    model, x, loss_of = entry(name, torch.Generator().manual_seed(5), TORCH_OPS)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
+    print(f"  model and data built: resident {resident():.1f} MB (weights {weights:.1f} MB; gradients and Adam's two moments "
+          f"{3 * weights:.1f} MB more once they exist)")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(model, x).backward()
+        optimizer.step()
+    model.train()
+    step()
+    print(f"  after a warm step: resident {resident():.1f} MB, peak {peak():.1f} MB")
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_of(model, x)
+    saved = {k: v for k, v in saved_tensors(loss).items() if k not in parameters}
+    total = sum(v[0] for v in saved.values()) / 2 ** 20
+    print(f"  end of forward: resident {resident():.1f} MB; autograd holds {total:.1f} MB in {len(saved)} storages "
+          f"(parameters apart) for backward:")
+    groups = {}
+    for nbytes, node, dtype, shape in saved.values():
+        key = (node, str(dtype).replace("torch.", ""))
+        count, size = groups.get(key, (0, 0))
+        groups[key] = (count + 1, size + nbytes)
+    for (node, dtype), (count, size) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        print(f"    {node} {dtype}: {count} storage(s), {size / 2 ** 20:.1f} MB")
+    pooling = [v for v in saved.values() if v[1] in ("AdaptiveMaxPool2DBackward0", "MaskedFillBackward0")]
+    kept = sum(v[0] for v in pooling) / 2 ** 20
+    rois = 256 if name == "faster-rcnn" else 128
+    channels = model.backbone.channels
+    argmax = rois * channels * 49 * 4 / 2 ** 20
+    print(f"  the plain-torch RoI max pooling keeps {kept:.1f} MB ({len(pooling)} storages: the padded map its windows view, "
+          f"int64 indices a RoI, the empty bins' mask); torchvision's roi_pool keeps its int32 argmax, {argmax:.1f} MB for "
+          f"{rois} RoIs x {channels} channels x 7 x 7: {kept - argmax:.1f} MB of the fallback's own")
+    loss.backward()
+    optimizer.step()
+    print(f"  after backward and the optimizer: resident {resident():.1f} MB, peak {peak():.1f} MB")
+
+
 if __name__ == "__main__":
     import sys
+    if len(sys.argv) > 2 and sys.argv[1] == "--memory":
+        memory_breakdown(sys.argv[2], channels_last="--channels-last" in sys.argv)
+        sys.exit(0)
     op_times(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     step_shares(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

@@ -17,7 +17,8 @@ public enum BlockedKernels {
         }
     }
 
-    /// y = leaky ReLU(scale (x - mean) + shift) over a plane, for 0 < slope < 1 (`Tensor.leakyRelu`'s expression).
+    /// y = leaky ReLU(scale (x - mean) + shift) over a plane, for 0 <= slope <= 1 (`Tensor.leakyRelu`'s expression; 1 is
+    /// plain batch norm, 0 ReLU).
     @inlinable @inline(__always)
     public static func affineLeakyReLU<V: BlockVector>(_ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                                        mean: V, scale: V, shift: V, slope: Float) {
@@ -173,7 +174,7 @@ extension BlockedKernels {
 public enum PooledActivation: Sendable, Equatable {
     /// alpha (e^z - 1) for z <= 0, alpha > 0.
     case elu(alpha: Float)
-    /// slope z for z <= 0, 0 < slope < 1.
+    /// slope z for z <= 0, 0 <= slope < 1 (0: ReLU).
     case leakyReLU(slope: Float)
 }
 

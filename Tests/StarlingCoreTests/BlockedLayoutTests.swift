@@ -243,18 +243,21 @@ import Testing
     /// statistics and the gradients of x, gamma and beta, in training and evaluation, on even and odd sizes, with
     /// negative gammas (where the window's maximum of z is its minimum of x) and with ties (small integers); and against
     /// finite differences. The fused op pools before the activation, so an ELU output may differ in the last place
-    /// where the exp approximation is not monotonic; the leaky ReLU's is exact.
+    /// where the exp approximation is not monotonic; the leaky ReLU's is exact. Slope 0 is batch norm, ReLU (the two ops
+    /// `batchNorm(...).relu()`, VGG's blocks) and pooling.
     @Test(arguments: [true, false], [8, 16]) func fusedPoolingMatchesTheTwoOps(training: Bool, width: Int) {
-        for leaky in [false, true] {
+        for (leaky, slope) in [(false, Float(0)), (true, 0.1), (true, 0)] {
             func unfused(_ x: Tensor, _ gamma: Tensor, _ beta: Tensor, _ mean: Tensor, _ variance: Tensor) -> Tensor {
-                (leaky ? x.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, slope: 0.1,
-                                              layout: .blocked)
+                (leaky && slope == 0
+                    ? x.batchNorm(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, layout: .blocked).relu()
+                    : leaky ? x.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, slope: slope,
+                                                   layout: .blocked)
                        : x.batchNormELU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, alpha: 0.8,
                                         layout: .blocked)).maxPool2x2Blocked()
             }
             func fused(_ x: Tensor, _ gamma: Tensor, _ beta: Tensor, _ mean: Tensor, _ variance: Tensor) -> Tensor {
                 leaky ? x.batchNormLeakyReLUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
-                                                              slope: 0.1)
+                                                              slope: slope)
                       : x.batchNormELUMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training,
                                                         alpha: 0.8)
             }
@@ -269,7 +272,7 @@ import Testing
                 let (meanA, varA) = stats(), (meanB, varB) = stats()
                 let reference = run([x, gamma, beta]) { unfused($0[0], $0[1], $0[2], meanA, varA) }
                 let pooled = run([x, gamma, beta]) { fused($0[0], $0[1], $0[2], meanB, varB) }
-                if leaky { #expect(pooled.output == reference.output, "\(h) x \(w)") }
+                if leaky { #expect(pooled.output == reference.output, "\(h) x \(w), slope \(slope)") }
                 expectClose(pooled.output, reference.output, tolerance: 1e-6)
                 for k in 0..<3 { expectClose(pooled.gradients[k], reference.gradients[k], tolerance: 1e-5) }
                 #expect(meanA.toArray() == meanB.toArray() && varA.toArray() == varB.toArray())

@@ -63,6 +63,46 @@ private func gradientDifferences(_ a: [[Float]], _ b: [[Float]]) -> [Float] {
         }
     }
 
+    /// Slope 0 is batch norm then ReLU (VGG's blocks) as one op: the two ops' output values, running statistics and
+    /// every gradient to the bit (planar and in 8- and 16-channel blocks, training and evaluation), with the input kept
+    /// even when offered (`keepingInput: false`: a ReLU's output does not determine the values it zeroed). With
+    /// `recomputingInput` (the convolution run again in backward) the input is given back after forward, and the
+    /// gradients are still the two ops' to the bit.
+    @Test(arguments: [0, 8, 16], [true, false]) func reluIsBatchNormThenReLU(width: Int, training: Bool) {
+        let x = randomVariable([2, 16, 6, 10], seed: 130, -1, 2), w = randomVariable([16, 16, 3, 3], seed: 131), b = randomVariable([16], seed: 132)
+        let gamma = randomVariable([16], seed: 133, 0.5, 1.5), beta = randomVariable([16], seed: 134)
+        for k in stride(from: 0, to: 16, by: 3) { gamma.data[k] = -gamma.data[k] }
+        let leaves = [x, w, b, gamma, beta]
+        func convolution() -> Tensor {
+            width == 0 ? gradientOnlyCopy(x.conv2d(w, bias: b, padding: .same))
+                       : x.blocked(width: width).conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same, width: width)
+        }
+        func pass(fused: Bool, recomputing: Bool = false) -> (values: [Float], gradients: [[Float]], statistics: [Float], released: Bool) {
+            for leaf in leaves { leaf.clearGrad() }
+            let mean = Tensor(shape: [16], values: randomValues(16, seed: 135))
+            let variance = Tensor(shape: [16], values: randomValues(16, seed: 136, 0.5, 2))
+            let input = convolution()
+            let layout: ChannelLayout = width == 0 ? .planar : .blocked
+            let y = fused
+                ? input.batchNormLeakyReLU(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, slope: 0,
+                                           layout: layout, keepingInput: false,
+                                           recomputingInput: recomputing ? { GradMode.disabled { convolution() }.storage } : nil)
+                : input.batchNorm(gamma: gamma, beta: beta, runningMean: mean, runningVar: variance, training: training, layout: layout).relu()
+            let released = input.valuesReleased
+            let planar = width == 0 ? y : y.unblocked()
+            (planar * Tensor(shape: planar.shape, values: randomValues(planar.count, seed: 137))).sum().backward()
+            return (planar.toArray(), leaves.map { $0.gradArray ?? [] }, mean.toArray() + variance.toArray(), released)
+        }
+        let (fused, twoOps, recomputed) = (pass(fused: true), pass(fused: false), pass(fused: true, recomputing: true))
+        #expect(!fused.released && recomputed.released)
+        #expect(fused.values == twoOps.values && fused.values.contains(0) && fused.values.contains { $0 > 0 })
+        #expect(fused.statistics == twoOps.statistics && recomputed.values == twoOps.values && recomputed.statistics == twoOps.statistics)
+        for k in leaves.indices {
+            #expect(!fused.gradients[k].isEmpty && fused.gradients[k] == twoOps.gradients[k], "gradient \(k)")
+            #expect(recomputed.gradients[k] == twoOps.gradients[k], "gradient \(k), the input computed again")
+        }
+    }
+
     /// The residual form (`batchNormLeakyReLUAdding`, darknet's shortcut), y recovered as the sum minus the residual:
     /// the same output bits, the input released, every gradient (the residual's included) within 1e-5 of its largest.
     @Test(arguments: [0, 8]) func residualFormMatchesTheKeptInput(width: Int) {
@@ -105,6 +145,11 @@ private func gradientDifferences(_ a: [[Float]], _ b: [[Float]]) -> [Float] {
                                              keepingInput: false)
             if GradMode.isEnabled { #expect(input.valuesReleased) }
             return y
+        }
+        // Slope 0 (ReLU), which keeps its input.
+        checkGradients([x, gamma, beta], eps: 1e-3, rtol: 2e-2, atol: 2e-3) {
+            $0[0].batchNormLeakyReLU(gamma: $0[1], beta: $0[2], runningMean: Tensor(shape: [4], values: [0.1, 0, -0.2, 0.3]),
+                                     runningVar: Tensor(shape: [4], values: [1.5, 0.8, 1, 2]), training: training, slope: 0, keepingInput: false)
         }
         // The residual form, in x, the residual, gamma and beta.
         let h = randomVariable([3, 4, 3, 5], seed: 101)

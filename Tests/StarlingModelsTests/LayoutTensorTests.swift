@@ -36,6 +36,9 @@ struct LayoutTensorTests {
         /// Batch norms + leaky ReLU that gave their convolution's output back after forward (in-place activated batch
         /// norm): every darknet block but the pooled and residual ones and the convolutions without batch norm.
         var normalizationsWithoutInput = 0
+        /// Plain batch norms run with the ReLU after them as one op (`DeferredNormalization.rectified`): VGG's blocks
+        /// (conv1_1's output given back after forward and computed again in backward: `normalizationsWithoutInput`).
+        var normalizationsWithReLU = 0
         var testDescription: String { name }
     }
 
@@ -83,7 +86,7 @@ struct LayoutTensorTests {
                    let (l, d) = (m as! FastRCNN).regionOutputs(LayoutTensor(x), rois: LayoutTensor(fastRCNNRoIs()), training: t)
                    return [l.tensor, d.tensor]
                },
-               training: (13, 0), inference: (13, 0)),
+               training: (13, 0), inference: (13, 0), pooledNormalizations: (4, 0), normalizationsWithoutInput: 1, normalizationsWithReLU: 13),
         // faster-rcnn's one pass over the shared map: the backbone's features and the RPN's objectness and deltas (its 1x1
         // outputs, 9 and 36 channels, train planar).
         Family(name: "faster-rcnn", config: { smallFasterRCNNConfig }, images: [2, 3, 64, 96], pixelScale: 255,
@@ -92,7 +95,8 @@ struct LayoutTensorTests {
                    let (f, rpn) = (m as! FasterRCNN).network(LayoutTensor(x), training: t)
                    return [f.tensor, rpn[0].objectness.tensor, rpn[0].deltas.tensor]
                },
-               training: (14, 2), inference: (16, 0), convolutionsWithReLU: 1),
+               training: (14, 2), inference: (16, 0), pooledNormalizations: (3, 0), convolutionsWithReLU: 1, normalizationsWithoutInput: 1,
+               normalizationsWithReLU: 11),   // at width 1/16 conv1_1 and conv1_2 (4 channels) train planar
         // rcnn's CNN on warped windows (the "images" here are the windows, already scaled).
         Family(name: "rcnn", config: { ModelConfig(family: RCNN.family, inputShape: [3, 64, 96], options: ["width": 0.25, "hidden": 32, "warp": 32], classNames: classes) },
                images: [6, 3, 32, 32], pixelScale: 1,
@@ -232,6 +236,98 @@ struct LayoutTensorTests {
         }
     }
 
+    /// A training batch norm on blocked values read first by a ReLU runs with it as one op (`DeferredNormalization.rectified`:
+    /// the normalised values not kept beside the rectified ones), and with a 2x2 pooling after that as one op: against
+    /// the ops one by one on blocked Tensors, the values and the moving statistics to the bit, the gradients to 1e-5 of
+    /// the largest (the fused ops take the batch statistics from the convolution's channel sums and, pooled, sum over the
+    /// windows' maxima). Read again after the ReLU (here added to the rectified values), the batch norm runs alone for
+    /// that reader, the moving statistics updated once.
+    @Test(arguments: [false, true], [false, true]) func normalizationReadByAReLURunsWithIt(pooling: Bool, readAgain: Bool) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let (store, buffers) = (ParameterStore(), ParameterStore(trainable: false))
+        let conv = Conv2D(store, name: "conv", inputs: 16, outputs: 16)
+        let norm = BatchNormalization(store, buffers: buffers, name: "bn", channels: 16)
+        var rng = RandomGenerator(seed: 87)
+        store.allocate(rng: &rng)
+        buffers.allocate(rng: &rng)
+        for i in 0..<16 { norm.gamma.value.data[i] = rng.uniform(0.5, 1.5) * (i % 3 == 0 ? -1 : 1); norm.beta.value.data[i] = 0.2 * rng.normal() }
+        let values = (0..<(2 * 16 * 6 * 10)).map { _ in rng.uniform(-1, 1) }
+        let initialStatistics = buffers.values.toArray()
+        let width = ChannelLayout.blockWidth
+        func pass(laidOut: Bool) -> (values: [Float], gradients: [Float], statistics: [Float], census: LayoutCensus) {
+            store.zeroGradients()
+            initialStatistics.withUnsafeBufferPointer { buffers.values.pointer.update(from: $0.baseAddress!, count: $0.count) }
+            let x = Tensor.variable(shape: [2, 16, 6, 10], values: values)
+            let census = LayoutCensus()
+            let output: Tensor = LayoutTensor.$census.withValue(census) {
+                if laidOut {
+                    let n = LayoutTensor(.blocked(x.blocked(width: width), moments: nil)).applying(conv).applying(norm, training: true, crossReplicaSum: nil)
+                    let a = n.relu()
+                    let y = pooling ? a.maxPool2d(kernel: (2, 2), stride: nil, padding: .valid) : a
+                    return (readAgain && !pooling ? y + n : y).tensor
+                }
+                let c = x.blocked(width: width).conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: width)
+                let n = norm.normalizing(c, training: true, crossReplicaSum: nil, layout: .blocked)
+                let a = n.relu()
+                let y = pooling ? a.maxPool2x2Blocked() : a
+                return (readAgain && !pooling ? y + n : y).unblocked()
+            }
+            weightedSum([output]).backward()
+            return (output.toArray(), store.gradients.toArray() + (x.gradArray ?? []), buffers.values.toArray(), census)
+        }
+        let (fused, twoOps) = (pass(laidOut: true), pass(laidOut: false))
+        #expect(fused.census.normalizationsWithReLU == 1 && fused.census.pooledNormalizations == (pooling ? 1 : 0))
+        #expect(fused.census.normalizationsReadAfterPooling == (readAgain && !pooling ? 1 : 0))
+        #expect(fused.values == twoOps.values && fused.values.contains { $0 > 0 })
+        #expect(fused.statistics == twoOps.statistics && fused.statistics != initialStatistics)
+        let worst = worstDifference(fused.gradients, twoOps.gradients)
+        #expect(worst.value < 1e-5, "gradients: worst difference \(worst.value) at \(worst.at)")
+    }
+
+    /// A cheap convolution (3 channels in: an image's first layer, VGG's conv1_1) read by a batch norm and then a ReLU
+    /// hands its output over, which the batch norm + ReLU gives back after forward and gets again in backward by running
+    /// the convolution again: against the ops one by one, the values and moving statistics to the bit, the gradients to
+    /// 1e-5 of the largest. Read again after the ReLU, the plain batch norm reads the convolution run a second time.
+    @Test(arguments: [false, true]) func cheapConvolutionIsComputedAgainInBackward(readAgain: Bool) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let (store, buffers) = (ParameterStore(), ParameterStore(trainable: false))
+        let conv = Conv2D(store, name: "conv", inputs: 3, outputs: 16)
+        let norm = BatchNormalization(store, buffers: buffers, name: "bn", channels: 16)
+        var rng = RandomGenerator(seed: 89)
+        store.allocate(rng: &rng)
+        buffers.allocate(rng: &rng)
+        for i in 0..<16 { norm.gamma.value.data[i] = rng.uniform(0.5, 1.5); norm.beta.value.data[i] = 0.2 * rng.normal() }
+        let values = (0..<(2 * 3 * 8 * 10)).map { _ in rng.uniform(-1, 1) }
+        let initialStatistics = buffers.values.toArray()
+        func pass(laidOut: Bool) -> (values: [Float], gradients: [Float], statistics: [Float], census: LayoutCensus) {
+            store.zeroGradients()
+            initialStatistics.withUnsafeBufferPointer { buffers.values.pointer.update(from: $0.baseAddress!, count: $0.count) }
+            let x = Tensor.variable(shape: [2, 3, 8, 10], values: values)
+            let census = LayoutCensus()
+            let output: Tensor = LayoutTensor.$census.withValue(census) {
+                if laidOut {
+                    let n = LayoutTensor(x).applying(conv).applying(norm, training: true, crossReplicaSum: nil)
+                    let a = n.relu()
+                    return (readAgain ? a + n : a).tensor
+                }
+                let c = x.conv2dBlocked(conv.kernel.value, bias: conv.bias.value, stride: (1, 1), padding: .same, width: LayoutTensor.blockWidth)
+                let n = norm.normalizing(c, training: true, crossReplicaSum: nil, layout: .blocked)
+                let a = n.relu()
+                return (readAgain ? a + n : a).unblocked()
+            }
+            weightedSum([output]).backward()
+            return (output.toArray(), store.gradients.toArray() + (x.gradArray ?? []), buffers.values.toArray(), census)
+        }
+        let (fused, twoOps) = (pass(laidOut: true), pass(laidOut: false))
+        #expect(fused.census.normalizationsWithReLU == 1 && fused.census.normalizationsWithoutInput == 1)
+        #expect(fused.census.convolutionsReadAfterReLU == (readAgain ? 1 : 0))
+        // The statistics come from the 3-channel convolution's own sums here, not batch norm's pass: equal to rounding.
+        #expect(worstDifference(fused.values, twoOps.values).value < 1e-5 && fused.values.contains { $0 > 0 })
+        #expect(worstDifference(fused.statistics, twoOps.statistics).value < 1e-5 && fused.statistics != initialStatistics)
+        let worst = worstDifference(fused.gradients, twoOps.gradients)
+        #expect(worst.value < 1e-5, "gradients: worst difference \(worst.value) at \(worst.at)")
+    }
+
     /// A deferred batch norm + leaky ReLU read first by a sum with a blocked value (darknet's shortcut) runs with the sum
     /// as one op: values and gradients to the bit as the ops run one by one when it keeps the convolution's output
     /// (`residualKeepsInput`), to 1e-5 of the largest when it gives it back (the default: y recovered as the sum minus
@@ -347,6 +443,7 @@ struct LayoutTensorTests {
                 "\(census.convolutionsWithReLU) convolutions run with their ReLU, \(census.convolutionsReadAfterReLU) read again")
         #expect(census.pooledConvolutions == family.pooledConvolutions && census.convolutionsReadAfterPooling == 0,
                 "\(census.pooledConvolutions) convolutions run with their ReLU and pooling, \(census.convolutionsReadAfterPooling) read again")
+        #expect(census.normalizationsWithReLU == family.normalizationsWithReLU, "\(census.normalizationsWithReLU) batch norms run with their ReLU")
         for (k, (a, b)) in zip(fast, plain).enumerated() {
             #expect(a.shape == b.shape)
             let worst = worstDifference(a.toArray(), b.toArray())

@@ -58,28 +58,39 @@ extension Tensor {
     }
 
     /// `batchNorm(...).leakyRelu(slope:)` as one op, as `batchNormELU` fuses the ELU (darknet's convolutional blocks):
-    /// leaky ReLU's derivative, 1 where y > 0 and `slope` elsewhere, is read from the output.
+    /// leaky ReLU's derivative, 1 where y > 0 and `slope` elsewhere, is read from the output. `slope: 0` is
+    /// `batchNorm(...).relu()` (VGG's and ResNet's blocks), the same values (a zero may carry the sign of -0) and the same
+    /// gradients bit for bit: the normalised values are not kept beside the rectified ones.
     ///
     /// `keepingInput: false` is the paper's full form: the input's values (a convolution's output, which its own
     /// backward never reads) are given back right after forward (`Tensor.releaseValues`), and backward recovers what it
     /// needs from the output alone: leaky ReLU is invertible (z = y, or y / slope where y <= 0) and so is the affine
     /// normalisation (x - mean = (z - beta) / scale, scale = gamma / sqrt(var + eps)), and batch norm's backward needs
     /// only x - mean. The caller promises that nothing reads the input's values after this op (`LayoutTensor` runs the
-    /// convolution again for a later reader). The op keeps the input when it cannot invert: a channel whose |gamma| is
+    /// convolution again for a later reader). The op keeps the input when it cannot invert: a ReLU (slope 0: the output
+    /// does not determine the normalised values it zeroed, which batch norm's backward needs), a channel whose |gamma| is
     /// below 1e-2 max(1, |beta|) (there z - beta cancels: the recovered x - mean would carry float error of order
     /// 6e-8 |beta / gamma| of the channel's deviation), an input that is a leaf or whose own op reads it in backward.
     /// The values are the same bits either way; the gradients agree to float rounding (tested against the kept input
     /// and by finite differences), not bit for bit: z and x - mean are recomputed, not read. YOLOv3 at 416 x 416,
     /// batch 8: the convolution outputs of its 52 blocks outside the shortcuts, about 0.75 GB, are not held.
+    ///
+    /// `recomputingInput`, where the op keeps its input otherwise (a ReLU): x's values are given back after forward as
+    /// above and backward gets them again from the closure (a convolution run again from its input, which that
+    /// convolution's backward keeps anyway), for an input that costs little to compute and much to hold: VGG's conv1_1,
+    /// 3 channels in and 16 (width 0.25) out at 375 x 500. The closure must return x's values, the same bits (the
+    /// gradients then are the kept form's to the bit), in a buffer backward may keep as x's gradient.
     public func batchNormLeakyReLU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                    momentum: Float = 0.99, epsilon: Float = 1e-3,
                                    runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                                    crossReplicaSum: CrossReplicaSum? = nil, slope: Float, layout: ChannelLayout = .planar,
-                                   moments: ChannelMoments? = nil, keepingInput: Bool = true) -> Tensor {
-        precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
+                                   moments: ChannelMoments? = nil, keepingInput: Bool = true,
+                                   recomputingInput: (() -> FloatStorage)? = nil) -> Tensor {
+        precondition(slope >= 0 && slope < 1, "leaky ReLU slope \(slope) must lie in [0, 1) for its output to determine its derivative")
         return normalized(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training, momentum: momentum,
                           epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator, crossReplicaSum: crossReplicaSum,
-                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments, keepingInput: keepingInput)
+                          activation: .leakyRelu(slope: slope), layout: layout, moments: moments, keepingInput: keepingInput,
+                          recomputingInput: recomputingInput)
     }
 
     /// `residual + batchNorm(...).leakyRelu(slope:)` as one op (darknet's shortcut after a block): the sum is written
@@ -105,7 +116,8 @@ extension Tensor {
     private func normalized(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                             momentum: Float, epsilon: Float, runningVarianceEstimator: RunningVarianceEstimator,
                             crossReplicaSum: CrossReplicaSum?, activation: BatchNormKernel.Activation?, layout: ChannelLayout,
-                            moments: ChannelMoments? = nil, residual: Tensor? = nil, keepingInput: Bool = true) -> Tensor {
+                            moments: ChannelMoments? = nil, residual: Tensor? = nil, keepingInput: Bool = true,
+                            recomputingInput: (() -> FloatStorage)? = nil) -> Tensor {
         let blocked = layout == .blocked
         precondition(rank >= 2, "batch norm needs [N, C, ...], got \(shape)")
         let width = blocked ? blockWidth : 0
@@ -124,10 +136,12 @@ extension Tensor {
         // In-place activated batch norm (see `batchNormLeakyReLU`): the input given back after forward where the output
         // determines it, decided here, before the closure, on gamma and beta (the same on every rank).
         var invertingSlope: Float?
-        if !keepingInput, case .leakyRelu(let s)? = activation, GradMode.isEnabled, x.valuesReleasable, residual?.valuesReleased != true,
+        if !keepingInput, case .leakyRelu(let s)? = activation, s > 0, GradMode.isEnabled, x.valuesReleasable, residual?.valuesReleased != true,
            Self.invertible(gamma: gamma, beta: beta) {
             invertingSlope = s
         }
+        // Otherwise, with a way to compute x again: x given back after forward, computed again in backward.
+        let recomputing = invertingSlope == nil && residual == nil && GradMode.isEnabled && x.valuesReleasable ? recomputingInput : nil
         // `normalize` writes every output element.
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma, beta] + (residual.map { [$0] } ?? []),
                                 backwardReadsResult: residual == nil) { out in
@@ -158,15 +172,29 @@ extension Tensor {
                 case nil: break
                 }
             }
+            // x's values, computed again where forward gave them back.
+            let recomputed = recomputing.map { recompute in
+                let values = recompute()
+                precondition(values.count == x.count, "batch norm's input computed again: \(values.count) values for \(x.shape)")
+                return values
+            }
+            let xs = recomputed?.pointer ?? x.data
             // sums = [sum dy | sum dy (x - mean)] per channel, over the local batch.
             var sums = [Double](repeating: 0, count: 2 * c)
             sums.withUnsafeMutableBufferPointer { s in
-                BatchNormKernel.channelSums(planes, dy, x.data, shift: stats.mean.pointer, into: s.baseAddress!)
+                BatchNormKernel.channelSums(planes, dy, xs, shift: stats.mean.pointer, into: s.baseAddress!)
             }
             guard let (slope, offset) = stats.backward(&sums, x: x, gamma: gamma, beta: beta, crossReplicaSum: crossReplicaSum) else { return }
-            defer { withExtendedLifetime((slope, offset)) {} }
-            let (dx, overwrite) = x.gradientForWriting(overValues: true)   // element-wise: dx may be x's own block
-            BatchNormKernel.inputGradient(planes, dy: dy, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer,
+            defer { withExtendedLifetime((slope, offset, recomputed)) {} }
+            // Element-wise: dx may be x's own block, or the recomputed values' (which then become x's gradient).
+            let (dx, overwrite): (UnsafeMutablePointer<Float>, Bool)
+            if let recomputed {
+                let existing = x.gradientAdopting(recomputed)
+                (dx, overwrite) = (existing ?? recomputed.pointer, existing == nil)
+            } else {
+                (dx, overwrite) = x.gradientForWriting(overValues: true)
+            }
+            BatchNormKernel.inputGradient(planes, dy: dy, x: xs, mean: stats.mean.pointer, scale: stats.scale.pointer,
                                           slope: slope.pointer, offset: offset.pointer, into: dx, overwrite: overwrite)
         }
         BatchNormKernel.normalize(planes, x: x.data, mean: stats.mean.pointer, scale: stats.scale.pointer, beta: beta.data,
@@ -175,7 +203,7 @@ extension Tensor {
             let (r, z) = (residual.data, out.data)
             Parallel.forEachAlignedChunk(of: count) { range in for i in range { z[i] = r[i] + z[i] } }
         }
-        if invertingSlope != nil && out.requiresGrad { x.releaseValues() }
+        if (invertingSlope != nil || recomputing != nil) && out.requiresGrad { x.releaseValues() }
         return out
     }
 
@@ -431,7 +459,7 @@ enum BatchNormKernel {
     /// An activation fused into batch norm, its derivative read from the output.
     enum Activation {
         case elu(alpha: Float)
-        /// 0 < slope < 1: then leaky ReLU is max(z, slope z).
+        /// 0 <= slope < 1: then leaky ReLU is max(z, slope z) (slope 0: ReLU).
         case leakyRelu(slope: Float)
     }
 

@@ -502,13 +502,15 @@ extension Tensor {
     }
 
     /// `batchNormLeakyReLU(..., layout: .blocked).maxPool2x2Blocked()` as one op (darknet's blocks before a pooling
-    /// layer: yolov3-tiny's first five), as `batchNormELUMaxPool2x2Blocked` fuses the ELU.
+    /// layer: yolov3-tiny's first five), as `batchNormELUMaxPool2x2Blocked` fuses the ELU. `slope: 0` is batch norm +
+    /// ReLU + pooling (VGG's blocks before a pooling): a window whose maximum is not positive passes no gradient, as
+    /// ReLU's derivative is 0 at every input of it.
     public func batchNormLeakyReLUMaxPool2x2Blocked(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                                     momentum: Float = 0.99, epsilon: Float = 1e-3,
                                                     runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
                                                     crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
                                                     moments: ChannelMoments? = nil) -> Tensor {
-        precondition(slope > 0 && slope < 1, "leaky ReLU slope \(slope) must lie in (0, 1) for its output to determine its derivative")
+        precondition(slope >= 0 && slope < 1, "leaky ReLU slope \(slope) must lie in [0, 1) for its output to determine its derivative")
         return normalizedMaxPool2x2Blocked(gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar, training: training,
                                            momentum: momentum, epsilon: epsilon, runningVarianceEstimator: runningVarianceEstimator,
                                            crossReplicaSum: crossReplicaSum, activation: .leakyReLU(slope: slope), moments: moments)

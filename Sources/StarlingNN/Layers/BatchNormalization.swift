@@ -46,10 +46,14 @@ public struct BatchNormalization: Sendable {
         return (Tensor(shape: w.shape, storage: kernel), Tensor(shape: [cout], storage: bias))
     }
 
-    /// The layer on `x` in `layout` (`Tensor.batchNorm`).
-    public func normalizing(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum?, layout: ChannelLayout) -> Tensor {
-        x.batchNorm(gamma: gamma.value, beta: beta.value, runningMean: movingMean.value, runningVar: movingVariance.value,
-                    training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, layout: layout)
+    /// The layer on `x` in `layout` (`Tensor.batchNorm`). `updatingRunningStatistics: false` runs it on copies of the
+    /// moving statistics, as `withLeakyReLU`'s.
+    public func normalizing(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum?, layout: ChannelLayout,
+                            updatingRunningStatistics: Bool = true) -> Tensor {
+        let (mean, variance) = updatingRunningStatistics ? (movingMean.value, movingVariance.value)
+                                                         : (movingMean.value.detached(), movingVariance.value.detached())
+        return x.batchNorm(gamma: gamma.value, beta: beta.value, runningMean: mean, runningVar: variance,
+                           training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, layout: layout)
     }
 
     /// The layer, an ELU and 2x2 max-pooling as one op in the blocked layout (`Tensor.batchNormELUMaxPool2x2Blocked`),
@@ -75,14 +79,16 @@ public struct BatchNormalization: Sendable {
     /// `updatingRunningStatistics: false` runs it on copies of the moving statistics (for a second run over the same
     /// batch, whose first run updated them). `keepingInput: false`: x's values are given back after forward and
     /// backward recovers them from the output (in-place activated batch norm; the caller promises no later reader).
+    /// `recomputingInput`: x given back after forward and computed again in backward (`Tensor.batchNormLeakyReLU`).
     public func withLeakyReLU(_ x: Tensor, training: Bool, crossReplicaSum: CrossReplicaSum? = nil, slope: Float,
                               layout: ChannelLayout = .planar, moments: ChannelMoments? = nil,
-                              updatingRunningStatistics: Bool = true, keepingInput: Bool = true) -> Tensor {
+                              updatingRunningStatistics: Bool = true, keepingInput: Bool = true,
+                              recomputingInput: (() -> FloatStorage)? = nil) -> Tensor {
         let (mean, variance) = updatingRunningStatistics ? (movingMean.value, movingVariance.value)
                                                          : (movingMean.value.detached(), movingVariance.value.detached())
         return x.batchNormLeakyReLU(gamma: gamma.value, beta: beta.value, runningMean: mean, runningVar: variance,
                                     training: training, momentum: momentum, epsilon: epsilon, crossReplicaSum: crossReplicaSum, slope: slope,
-                                    layout: layout, moments: moments, keepingInput: keepingInput)
+                                    layout: layout, moments: moments, keepingInput: keepingInput, recomputingInput: recomputingInput)
     }
 
     /// `residual` plus the layer followed by a leaky ReLU, as one op that keeps neither the normalised nor the activated

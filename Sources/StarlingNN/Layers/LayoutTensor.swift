@@ -147,6 +147,9 @@ public struct LayoutTensor: NetworkValue {
         // A training convolution nothing has read yet: its ReLU waits for its own first reader too, which chooses
         // between the convolution + ReLU and the convolution + ReLU + 2x2 pooling (`DeferredConvolution`).
         if case .deferredConvolution(let convolution) = state, convolution.unread { return LayoutTensor(deferringReLUOf: convolution, shape: shape) }
+        if case .deferred(let normalization) = state, let rectified = normalization.rectified() {
+            return LayoutTensor(deferring: rectified, shape: shape)
+        }
         return fusing(.leakyRelu(slope: 0)) ?? elementwise { $0.relu() }
     }
     public func sigmoid() -> LayoutTensor { fusing(.logistic) ?? elementwise { $0.sigmoid() } }
@@ -212,8 +215,21 @@ public struct LayoutTensor: NetworkValue {
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
+    /// On blocked values while gradients are recorded, deferred until something reads the result
+    /// (`DeferredNormalization`): a ReLU that reads it first runs batch norm and ReLU as one op, which keeps no
+    /// normalised copy beside the rectified one (and a 2x2 max-pooling reading that first runs the three as one).
     public func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> LayoutTensor {
+        // A convolution cheaper to run again than to keep, nothing has read yet: its output handed over, so that the
+        // batch norm + ReLU may give it back after forward and run the convolution again in backward.
+        if GradMode.isEnabled, case .deferredConvolution(let convolution) = state, convolution.cheapToRecompute,
+           let (x, moments) = convolution.forNormalization() {
+            return LayoutTensor(deferring: DeferredNormalization(input: x, moments: moments, layer: layer, slope: nil, training: training,
+                                                                 crossReplicaSum: crossReplicaSum, convolution: convolution), shape: shape)
+        }
         switch form {
+        case .blocked(let x, let moments) where GradMode.isEnabled:
+            return LayoutTensor(deferring: DeferredNormalization(input: x, moments: moments, layer: layer, slope: nil, training: training,
+                                                                 crossReplicaSum: crossReplicaSum), shape: shape)
         case .blocked(let x, _):
             return LayoutTensor(.blocked(layer.normalizing(x, training: training, crossReplicaSum: crossReplicaSum, layout: .blocked),
                                          moments: nil))
@@ -383,6 +399,8 @@ package final class LayoutCensus: @unchecked Sendable {
     package private(set) var pooledConvolutions = 0, convolutionsReadAfterPooling = 0
     /// Batch norms + leaky ReLU that gave their input's values back after forward (in-place activated batch norm).
     package private(set) var normalizationsWithoutInput = 0
+    /// Plain batch norms that the ReLU reading them first ran with as one op (`DeferredNormalization.rectified`).
+    package private(set) var normalizationsWithReLU = 0
     package init() {}
 
     /// Only the task that set the census counts (a forward pass runs its ops on one thread).
@@ -399,12 +417,14 @@ package final class LayoutCensus: @unchecked Sendable {
         case .normalizationWithoutInput: normalizationsWithoutInput += 1
         case .pooledConvolution: pooledConvolutions += 1
         case .convolutionReadAfterPooling: convolutionsReadAfterPooling += 1
+        case .normalizationWithReLU: normalizationsWithReLU += 1
         }
     }
 
     enum Path {
         case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling, normalizationAddedToResidual, convolutionWithReLU,
-             convolutionReadAfterReLU, normalizationWithoutInput, pooledConvolution, convolutionReadAfterPooling
+             convolutionReadAfterReLU, normalizationWithoutInput, pooledConvolution, convolutionReadAfterPooling,
+             normalizationWithReLU
     }
 }
 
@@ -424,13 +444,21 @@ package final class LayoutCensus: @unchecked Sendable {
 /// run updates throwaway copies), and the two nodes' gradients adding up to the one op's within rounding. That costs
 /// what the unfused ops cost; it happens on deeper, smaller maps.
 ///
+/// A plain batch norm on blocked values in training (`slope` nil: VGG's and ResNet's blocks, whose ReLU is an op of its
+/// own) is deferred too: a ReLU reading it first takes it as batch norm + leaky ReLU of slope 0, deferred in turn
+/// (`rectified`), which keeps the input and the rectified output where the two ops kept the normalised values too
+/// (faster-rcnn's VGG16 at 375 x 500, batch 2: about 100 MB), and runs with a 2x2 pooling after it as one op. The values
+/// and gradients are the two ops' (a zero may be -0), the batch statistics from the convolution's channel sums
+/// (`ChannelMoments`) where it computed them. Anything else reads the plain batch norm, run as before.
+///
 /// The forward pass runs its ops in program order on one task, so the deferred op runs inside the same pass, on every
 /// rank at the same point (with `--sync-bn` its collectives keep their order across ranks).
 final class DeferredNormalization {
     let input: Tensor
     let moments: ChannelMoments?
     let layer: BatchNormalization
-    let slope: Float
+    /// The leaky ReLU's slope (0: ReLU), or nil for batch norm alone.
+    let slope: Float?
     let training: Bool
     let crossReplicaSum: CrossReplicaSum?
     private var full: LayoutTensor?
@@ -447,7 +475,7 @@ final class DeferredNormalization {
     /// input back.
     let convolution: DeferredConvolution?
 
-    init(input: Tensor, moments: ChannelMoments?, layer: BatchNormalization, slope: Float, training: Bool, crossReplicaSum: CrossReplicaSum?,
+    init(input: Tensor, moments: ChannelMoments?, layer: BatchNormalization, slope: Float?, training: Bool, crossReplicaSum: CrossReplicaSum?,
          convolution: DeferredConvolution? = nil) {
         self.convolution = convolution
         self.input = input
@@ -458,9 +486,23 @@ final class DeferredNormalization {
         self.crossReplicaSum = crossReplicaSum
     }
 
+    /// Batch norm + ReLU, deferred, for the ReLU reading a plain batch norm first (the same one for a second ReLU); nil
+    /// when this has an activation already or something else read it first.
+    func rectified() -> DeferredNormalization? {
+        if let withReLU { return withReLU }
+        guard slope == nil, full == nil, !fusedAlready else { return nil }
+        fusedAlready = true
+        LayoutTensor.census?.count(.normalizationWithReLU)
+        let value = DeferredNormalization(input: input, moments: moments, layer: layer, slope: 0, training: training,
+                                          crossReplicaSum: crossReplicaSum, convolution: convolution)
+        withReLU = value
+        return value
+    }
+    private var withReLU: DeferredNormalization?
+
     /// Batch norm, leaky ReLU and 2x2/2 max-pooling as one op, if nothing has read the values yet; nil otherwise.
     func pooled() -> LayoutTensor? {
-        guard full == nil, !fusedAlready else { return nil }
+        guard let slope, full == nil, !fusedAlready else { return nil }
         fusedAlready = true
         LayoutTensor.census?.count(.pooledNormalization)
         let y = layer.withLeakyReLUAndMaxPool2x2(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, moments: moments)
@@ -471,7 +513,8 @@ final class DeferredNormalization {
     /// has read the values yet and the residual is blocked in the same shape; nil otherwise.
     func adding(_ residual: LayoutTensor) -> LayoutTensor? {
         // The residual read first: it may be this value itself (x + x), which then has run alone.
-        guard !fusedAlready, let r = residual.blocked, full == nil, r.shape == input.shape else { return nil }
+        // Slope 0 (ReLU) is not inverted, and darknet's shortcut is what this fuses.
+        guard let slope, slope > 0, !fusedAlready, let r = residual.blocked, full == nil, r.shape == input.shape else { return nil }
         fusedAlready = true
         LayoutTensor.census?.count(.normalizationAddedToResidual)
         let y = layer.withLeakyReLUAdding(r, to: input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
@@ -484,11 +527,26 @@ final class DeferredNormalization {
     var result: LayoutTensor {
         if let full { return full }
         if fusedAlready { LayoutTensor.census?.count(.normalizationReadAfterPooling) }
+        guard let slope else {
+            // Batch norm alone; after a ReLU took it (`rectified`), a node of its own that leaves the moving statistics
+            // to the ReLU's op, on the convolution run again where the ReLU's op may give the input back.
+            var x = input
+            if fusedAlready, let convolution, case .blocked(let again, _) = convolution.result.form { x = again }
+            let y = layer.normalizing(x, training: training, crossReplicaSum: crossReplicaSum, layout: .blocked,
+                                      updatingRunningStatistics: !fusedAlready)
+            let value = LayoutTensor(.blocked(y, moments: nil))
+            full = value
+            return value
+        }
         // After the residual form gave the input back: the convolution again (the same bits and sums), a node of its own.
         var (x, sums) = (input, moments)
         if input.valuesReleased, let convolution, case .blocked(let again, let againSums) = convolution.result.form { (x, sums) = (again, againSums) }
+        // ReLU (slope 0) on a convolution's output handed over: given back after forward, the convolution run again in
+        // backward (`cheapToRecompute`); the leaky ReLU recovers it from the output instead.
+        let recompute: (() -> FloatStorage)? = slope == 0 && !fusedAlready && x === input ? convolution?.recomputed : nil
         let y = layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
-                                    moments: sums, updatingRunningStatistics: !fusedAlready, keepingInput: !ownsInput || fusedAlready)
+                                    moments: sums, updatingRunningStatistics: !fusedAlready, keepingInput: !ownsInput || fusedAlready,
+                                    recomputingInput: recompute)
         if x.valuesReleased { LayoutTensor.census?.count(.normalizationWithoutInput) }
         let value = LayoutTensor(.blocked(y, moments: nil))
         full = value
@@ -571,6 +629,19 @@ final class DeferredConvolution {
         return (y, moments)
     }
     private var handedOver = false
+
+    /// Whether the convolution costs little enough to run again in backward instead of keeping its output for the batch
+    /// norm + ReLU after it: at most 64 multiply-adds an output value (3 x 3 over 3 or 4 input channels, as an image's
+    /// first layer; VGG's conv1_1 at width 0.25: 27, its output 24 MB for 2 images at 375 x 500, where conv1_2's pass
+    /// over it costs 144 an output value and both backward passes twice that).
+    var cheapToRecompute: Bool { kernel.shape.count == 4 && kernel.shape[1] * kernel.shape[2] * kernel.shape[3] <= 64 }
+
+    /// The output computed again, outside the graph, the same way as `forNormalization` (the same kernels, the same bits).
+    func recomputed() -> FloatStorage {
+        GradMode.disabled {
+            input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: ChannelMoments())
+        }.storage
+    }
 
     /// The convolution alone, run on first use.
     var result: LayoutTensor {
