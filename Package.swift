@@ -18,8 +18,8 @@ func systemLibrary(_ name: String, _ pkg: String, _ apt: String) -> Target {
 // inputs (to set errno, which nothing reads), and that branch keeps loops with a square root from vectorising.
 // The core and the kernels are optimised in debug builds too: the test suite runs them on real-sized data, and
 // unoptimised SIMD code made it slow (whole suite 110 -> 60 s; SSD7's overfitting test 27-66 -> 2.5 s). Not in the
-// AddressSanitizer build (Launch/sanitize.sh sets STARLING_DEBUG_UNOPTIMIZED=1): its tests read files rather than train,
-// and StarlingCore took 3x the compile time at -O (86 against 24-29 s of CPU).
+// AddressSanitizer and libFuzzer builds (Launch/sanitize.sh and Launch/fuzz.sh set STARLING_DEBUG_UNOPTIMIZED=1): their
+// code parses files rather than trains, and StarlingCore took 3x the compile time at -O (86 against 24-29 s of CPU).
 let optimizeDebug = Context.environment["STARLING_DEBUG_UNOPTIMIZED"] == nil
 let noMathErrno: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-fno-math-errno"])]
     + (optimizeDebug ? [.unsafeFlags(["-O"], .when(configuration: .debug))] : [])
