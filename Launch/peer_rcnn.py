@@ -475,6 +475,17 @@ def op_times(threads=1, repeats=5):
         print(f"{ops.note}, {threads} thread(s): " + "; ".join(cells))
 
 
+def adam_step(model, x, loss_of):
+    """The peers' optimizer (Adam as the other suite peers) and one training step on the entry's batch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(model, x).backward()
+        optimizer.step()
+    return optimizer, step
+
+
 def step_shares(threads=1, steps=3):
     """Each peer's training step in CPU milliseconds (process time: less sensitive to a loaded machine than wall time)
     and the part spent in the forward calls of its plain-torch RoI ops."""
@@ -495,12 +506,7 @@ def step_shares(threads=1, steps=3):
         torch.manual_seed(1)
         gen = torch.Generator().manual_seed(5)
         model, x, loss_of = peer_maskrcnn.entry(gen, ops) if name == "mask-rcnn" else entry(name, gen, ops)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss_of(model, x).backward()
-            optimizer.step()
+        optimizer, step = adam_step(model, x, loss_of)
         model.train()
         step()
         spent.clear()
@@ -557,16 +563,12 @@ def memory_breakdown(name, threads=1, channels_last=False):
     model, x, loss_of = entry(name, torch.Generator().manual_seed(5), TORCH_OPS)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    optimizer, step = adam_step(model, x, loss_of)
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
     print(f"  model and data built: resident {resident():.1f} MB (weights {weights:.1f} MB; gradients and Adam's two moments "
           f"{3 * weights:.1f} MB more once they exist)")
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss_of(model, x).backward()
-        optimizer.step()
     model.train()
     step()
     print(f"  after a warm step: resident {resident():.1f} MB, peak {peak():.1f} MB")
