@@ -16,14 +16,26 @@ import StarlingData
 /// The step timed is the trainer's (gradients zeroed, forward and loss, backward, the gradients summed over the
 /// replicas, the optimizer step), without the data pipeline, whose prefetch thread both layouts share alike.
 public struct ReplicaCalibration: Sendable {
+    /// The two layouts timed.
+    public enum Layout: Sendable, Hashable {
+        /// One replica on all `replicas` threads.
+        case oneReplica
+        /// `replicas` replicas of one thread each.
+        case replicas
+    }
+    /// The seconds a step recorded for a block: (layout, the layout's block index (0 the warm-up step, 1 the sizing
+    /// step, 2 the untimed block where there is one, then the rounds'), the seconds a step measured).
+    public typealias BlockTimer = @Sendable (_ layout: Layout, _ block: Int, _ measured: Double) -> Double
+
     /// Replicas tried against one replica on `replicas` threads.
     public let replicas: Int
     /// Seconds a step, one entry a round: one replica on `replicas` threads.
     public private(set) var threadSeconds: [Double] = []
     /// Seconds a step, one entry a round: `replicas` replicas of one thread.
     public private(set) var replicaSeconds: [Double] = []
-    /// Timed steps a block.
-    public private(set) var blockSteps = 1
+    /// Timed steps a block: one replica on `replicas` threads, and `replicas` replicas. Each layout's blocks are sized
+    /// on its own step, so that each lasts about `targetBlockSeconds`.
+    public private(set) var blockSteps = (thread: 1, replica: 1)
 
     /// A block's length: long enough that a step's data, its rendezvous and the scheduler's moments average out (30 ms
     /// blocks of one cached batch chose wrongly for fc-ae and sparse-ae).
@@ -48,7 +60,16 @@ public struct ReplicaCalibration: Sendable {
     /// faster (BENCHMARKS.md, "One process on 2 cores, third pass").
     /// The replicas run as `ReplicaTraining` runs them: one copy of the weights shared, each optimizer on its range,
     /// gradients reduce-scattered, a barrier after the update.
+    ///
+    /// `stopsIdleBLASThreads`: after each block on several threads, OpenBLAS's pool is stopped (`OpenBLASPool.stop()`),
+    /// so that the replicas' blocks do not run beside its worker, which spins (sched_yield) for ~116 ms after its last
+    /// threaded call on this machine and so timed every replica block after a one-replica block beside a third runnable
+    /// thread: 1.76-2.21 ms a step for fc-ae's replicas where their epoch ran 1.2-1.3 ms. Only for a caller that owns the
+    /// process's BLAS (the train command): stopping the pool while another thread is inside a threaded sgemm could hang.
+    /// `timer` turns a block's measured seconds a step into the figure recorded (the wall clock's by default; tests
+    /// inject their own to check the decision).
     public static func measure(replicas: Int, rounds: Int = 3, source: any TrainingSource, batchSize: Int, seed: UInt64, stepsPerEpoch: Int,
+                               stopsIdleBLASThreads: Bool = false, timer: @escaping BlockTimer = { _, _, measured in measured },
                                build: (_ shard: Range<Int>?) throws -> (model: any Model, optimizer: any Optimizer)) throws -> ReplicaCalibration {
         precondition(replicas > 1, "a calibration compares several replicas against one")
         precondition(batchSize % replicas == 0 && batchSize <= source.count, "whole slices of a batch the split holds")
@@ -86,6 +107,12 @@ public struct ReplicaCalibration: Sendable {
             let r = member.rank
             let (copy, sync) = (inputs.copies[r], inputs.synchronizers[r])
             var block = 0
+            // Blocks of each layout so far: the timer's index (0 the warm-up, 1 the sizing step, then the blocks).
+            var timed: [Layout: Int] = [:]
+            func record(_ layout: Layout, _ measured: Double) -> Double {
+                defer { timed[layout, default: 0] += 1 }
+                return timer(layout, timed[layout, default: 0], measured)
+            }
             func threadBlock(_ steps: Int) throws -> Double {
                 var seconds = 0.0
                 if r == 0 {
@@ -96,10 +123,11 @@ public struct ReplicaCalibration: Sendable {
                     for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, try reader.next()) }
                     seconds = (monotonicSeconds() - start) / Double(steps)
                     BLAS.setThreadCount(1)
+                    if stopsIdleBLASThreads { OpenBLASPool.stop() }
                 }
                 block += 1
                 try member.barrier()
-                return seconds
+                return record(.oneReplica, seconds)
             }
             func replicaBlock(_ steps: Int) throws -> Double {
                 let reader = inputs.feed.stream(epoch: block, replica: r) { inputs.data.replicaPrefetcher(block: block, steps: steps, replicas: replicas) }
@@ -121,41 +149,49 @@ public struct ReplicaCalibration: Sendable {
                 let seconds = (monotonicSeconds() - start) / Double(steps)
                 reader.finish()
                 try member.barrier()
-                return seconds
+                return record(.replicas, seconds)
             }
             // Warm-up: the first step of each layout allocates and faults its buffers in; the second sizes the blocks.
-            _ = try threadBlock(1)
-            _ = try replicaBlock(1)
+            var warmUp = [try threadBlock(1), try replicaBlock(1)]
+            try member.allreduce(&warmUp, .max)
             // Every replica must run the same steps and decide alike: the sizing step's times are agreed (replica 0
             // alone times the one-replica step; the replicas' step is the slowest replica's).
             var sizing = [try threadBlock(1), try replicaBlock(1)]
             try member.allreduce(&sizing, .max)
-            let perStep = max(sizing[0], sizing[1], 1e-6)
-            let blockSteps = max(1, min(maximumBlockSteps, Int(targetBlockSeconds / perStep)))
-            // A long step (a block's worth) that is `clearRatio` times slower in one layout decides at once: timing a
-            // large model's slow layout three more times would cost more than it could tell.
-            if perStep >= targetBlockSeconds && perStep >= clearRatio * min(sizing[0], sizing[1]) {
-                if r == 0 { times.record(thread: sizing[0], replica: sizing[1], blockSteps: 1) }
+            // Each layout's blocks are sized on its own step, the shorter of its warm-up and sizing steps (agreed as
+            // well): one step descheduled on a busy machine (fc-ae's 1.5 ms step took 212 ms) is then caught by the
+            // other, and a layout many times slower than the other under load keeps blocks of `targetBlockSeconds`
+            // rather than the faster one's step count.
+            let perStep = [max(min(warmUp[0], sizing[0]), 1e-6), max(min(warmUp[1], sizing[1]), 1e-6)]
+            let threadSteps = max(1, min(maximumBlockSteps, Int(targetBlockSeconds / perStep[0])))
+            let replicaSteps = max(1, min(maximumBlockSteps, Int(targetBlockSeconds / perStep[1])))
+            // Long steps (a block's worth in both layouts) `clearRatio` times apart decide at once: timing a large model's
+            // slow layout three more times would cost more than it could tell. One long step beside a short one does
+            // not: it was the first batches' noise as often as the layout (fc-ae's one replica on two threads lost
+            // at once at 212 ms against 32 under load).
+            let faster = min(perStep[0], perStep[1])
+            if faster >= targetBlockSeconds && max(perStep[0], perStep[1]) >= clearRatio * faster {
+                if r == 0 { times.record(thread: perStep[0], replica: perStep[1], blockSteps: (1, 1)) }
                 return
             }
             // Short steps: a block of each layout, untimed, before the rounds. After one warm-up step the replicas' next
             // steps may still grow their threads' heaps and fault pages in: the suspected reason the rounds timed fc-ae's
             // replicas at 1.22-1.30 ms a step where the epoch that followed ran 0.93 ms a step on them (BENCHMARKS.md,
             // "Replicas, quiet"). Costs about 2 x `targetBlockSeconds`.
-            if perStep < targetBlockSeconds {
-                _ = try threadBlock(blockSteps)
-                _ = try replicaBlock(blockSteps)
+            if faster < targetBlockSeconds {
+                _ = try threadBlock(threadSteps)
+                _ = try replicaBlock(replicaSteps)
             }
             for round in 0..<rounds {
                 var t = 0.0, p = 0.0
                 if round % 2 == 0 {
-                    t = try threadBlock(blockSteps)
-                    p = try replicaBlock(blockSteps)
+                    t = try threadBlock(threadSteps)
+                    p = try replicaBlock(replicaSteps)
                 } else {
-                    p = try replicaBlock(blockSteps)
-                    t = try threadBlock(blockSteps)
+                    p = try replicaBlock(replicaSteps)
+                    t = try threadBlock(threadSteps)
                 }
-                if r == 0 { times.record(thread: t, replica: p, blockSteps: blockSteps) }
+                if r == 0 { times.record(thread: t, replica: p, blockSteps: (threadSteps, replicaSteps)) }
             }
         }
         for result in results { try result.get() }
@@ -198,7 +234,7 @@ public struct ReplicaCalibration: Sendable {
         let replicaStep = formatMilliseconds(Self.median(replicaSeconds)), threadStep = formatMilliseconds(Self.median(threadSeconds))
         let choice = chosen > 1 ? "\(replicas) on threads of this process, one thread each" : "1 (one replica on \(replicas) threads)"
         return "replicas: \(choice), the faster layout on this run's first batch (a step: \(replicas) replicas x 1 thread \(replicaStep), " +
-            "1 replica x \(replicas) threads \(threadStep); \(replicaSeconds.count == 1 && blockSteps == 1 ? "one step each, \(Self.clearRatio)x apart" : "median of \(replicaSeconds.count) round(s) of \(blockSteps) step(s) a layout")); " +
+            "1 replica x \(replicas) threads \(threadStep); \(replicaSeconds.count == 1 && blockSteps == (1, 1) ? "one step each, \(Self.clearRatio)x apart" : "median of \(replicaSeconds.count) round(s) of \(blockSteps.replica) and \(blockSteps.thread) step(s)")); " +
             "--replicas N fixes the count"
     }
 }
@@ -262,7 +298,27 @@ private final class SeededStream: BatchStream {
 /// Replica 0's timings, read after its thread ends.
 private final class CalibrationTimes: @unchecked Sendable {
     private let lock = NSLock()
-    private var thread: [Double] = [], replica: [Double] = [], steps = 1
-    func record(thread t: Double, replica p: Double, blockSteps: Int) { lock.withLock { thread.append(t); replica.append(p); steps = blockSteps } }
-    var values: ([Double], [Double], Int) { lock.withLock { (thread, replica, steps) } }
+    private var thread: [Double] = [], replica: [Double] = [], steps = (thread: 1, replica: 1)
+    func record(thread t: Double, replica p: Double, blockSteps: (thread: Int, replica: Int)) { lock.withLock { thread.append(t); replica.append(p); steps = blockSteps } }
+    var values: ([Double], [Double], (thread: Int, replica: Int)) { lock.withLock { (thread, replica, steps) } }
+}
+
+/// OpenBLAS's thread pool, stopped between a calibration's one-replica blocks and its replicas' blocks. After its last
+/// threaded call a worker of OpenBLAS 0.3 (pthreads) polls its queue with sched_yield for 2^28 TSC cycles before it
+/// sleeps (`THREAD_TIMEOUT`; 116 ms here, seen runnable in /proc), a third runnable thread beside two replicas on two
+/// cores. `blas_thread_shutdown_` (OpenBLAS's own fork handler) joins the workers; OpenBLAS starts them again at its
+/// next threaded call. Looked up at run time: a BLAS without it (another build, OpenMP's) is left as it is.
+enum OpenBLASPool {
+    private typealias Shutdown = @convention(c) () -> Int32
+    private static let shutdown: Shutdown? = {
+        // The process's global scope: the executable and the libraries it loaded (OpenBLAS among them).
+        guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, "blas_thread_shutdown_") else { return nil }
+        return unsafeBitCast(symbol, to: Shutdown.self)
+    }()
+
+    /// Whether this process's BLAS has a pool to stop.
+    static var available: Bool { shutdown != nil }
+
+    /// Joins OpenBLAS's idle workers. The caller must own the process's BLAS: no other thread may be inside it.
+    static func stop() { _ = shutdown?() }
 }

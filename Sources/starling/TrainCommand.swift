@@ -316,7 +316,8 @@ struct TrainCommand: ParsableCommand {
                     let threads = BLAS.threadCount
                     let calibration = try ReplicaCalibration.measure(
                         replicas: threads, source: train, batchSize: flags.batchSize, seed: flags.seed,
-                        stepsPerEpoch: options.stepsPerEpoch ?? train.count / flags.batchSize) { shard in
+                        stepsPerEpoch: options.stepsPerEpoch ?? train.count / flags.batchSize,
+                        stopsIdleBLASThreads: true) { shard in
                         let copy = try family.build(config, seed: flags.seed)
                         return (copy, flags.makeOptimizer(parameterCount: copy.parameters.count, shard: shard))
                     }
