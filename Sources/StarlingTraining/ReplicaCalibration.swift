@@ -62,9 +62,10 @@ public struct ReplicaCalibration: Sendable {
     /// gradients reduce-scattered, a barrier after the update.
     ///
     /// `stopsIdleBLASThreads`: after each block on several threads, OpenBLAS's pool is stopped (`OpenBLASPool.stop()`),
-    /// so that the replicas' blocks do not run beside its worker, which spins (sched_yield) for ~116 ms after its last
-    /// threaded call on this machine and so timed every replica block after a one-replica block beside a third runnable
-    /// thread: 1.76-2.21 ms a step for fc-ae's replicas where their epoch ran 1.2-1.3 ms. Only for a caller that owns the
+    /// so that the replicas' blocks do not run beside its worker, which polls (sched_yield) for ~116 ms after its last
+    /// threaded call on this machine: every replica block that followed a one-replica block ran beside a third runnable
+    /// thread, the likely reason they timed fc-ae's replicas at 1.76-2.21 ms a step where their epoch ran 1.2-1.3 ms
+    /// (BENCHMARKS.md, "One process on 2 cores, fourth pass"). Only for a caller that owns the
     /// process's BLAS (the train command): stopping the pool while another thread is inside a threaded sgemm could hang.
     /// `timer` turns a block's measured seconds a step into the figure recorded (the wall clock's by default; tests
     /// inject their own to check the decision).
