@@ -132,20 +132,20 @@ public enum ReplicaTraining {
         precondition(count >= 1, "at least one replica")
         let group = InProcessGroup(size: count)
         let feed = ReplicaFeed(replicas: count)
-        let previousThreads = BLAS.threadCount
-        // OpenBLAS's count is the process's; oneDNN's (OpenMP's) is each thread's, set on each replica's thread.
-        BLAS.setThreadCount(1)
-        defer { BLAS.setThreadCount(previousThreads) }
         var options = options
         options.calibrateThreads = nil
         let inputs = UncheckedReplicaInputs(models: models, train: train, validation: validation, resume: ResumeHandoff(consume resume), log: log)
         let replicaOptions = options
-        let results = group.run(prepare: { BLAS.setThreadCount(1) }) { member in
-            let r = member.rank
-            let trainer = try Trainer(model: inputs.models[r].model, optimizer: inputs.models[r].optimizer, train: inputs.train,
-                                      validation: inputs.validation, options: replicaOptions, world: member,
-                                      resume: r == 0 ? inputs.resume.take() : nil, log: inputs.log, feed: feed)
-            return try trainer.run()
+        // OpenBLAS's count is the process's, held at one for the whole run (`withThreadCount`: nothing else in the
+        // process changes it meanwhile); oneDNN's (OpenMP's) is each thread's, set on each replica's thread.
+        let results = BLAS.withThreadCount(1) {
+            group.run(prepare: { BLAS.setThreadCount(1) }) { member in
+                let r = member.rank
+                let trainer = try Trainer(model: inputs.models[r].model, optimizer: inputs.models[r].optimizer, train: inputs.train,
+                                          validation: inputs.validation, options: replicaOptions, world: member,
+                                          resume: r == 0 ? inputs.resume.take() : nil, log: inputs.log, feed: feed)
+                return try trainer.run()
+            }
         }
         // The failing replica's own error, not the others' echo of it.
         let errors = results.compactMap { result -> (any Error)? in if case .failure(let e) = result { return e } else { return nil } }

@@ -128,6 +128,11 @@ public final class Trainer {
     public private(set) var threadCalibration: ThreadCalibration?
     /// The data pipeline shared with the other replicas of this process (nil: this trainer reads its own slices).
     private let feed: ReplicaFeed?
+    /// The clock the thread calibration times steps by. Tests give it step times of their own: the calibration's
+    /// schedule (when it switches, how long its blocks are, when it decides) follows the step times, and on a loaded
+    /// machine a test's real clock gave it another schedule, whose different rounding trained visibly different
+    /// weights (ThreadCalibrationTests).
+    package var calibrationClock: () -> Double = monotonicSeconds
 
     public init(model: any Model, optimizer: any Optimizer, train: any TrainingSource, validation: (any TrainingSource)?,
                 options: TrainingOptions, world: any Collective, resume: Checkpoint.Loaded? = nil,
@@ -510,7 +515,7 @@ public final class Trainer {
             do {
                 defer { reader.finish(); display.finishLine() }
                 for step in firstStep..<steps {
-                    let stepStart = monotonicSeconds()
+                    let stepStart = calibrationClock()
                     if let threads = threadCalibration?.threadsForNextStep, threads != BLAS.threadCount { BLAS.setThreadCount(threads) }
                     var batch = try reader.next()
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
@@ -584,7 +589,7 @@ public final class Trainer {
                     }
                     state.step += 1
                     state.dataCursor = (step + 1) * options.batchSize
-                    try recordForThreadCalibration(stepSeconds: monotonicSeconds() - stepStart)
+                    try recordForThreadCalibration(stepSeconds: calibrationClock() - stepStart)
                     let now = monotonicSeconds()
                     if step + 1 == steps || (live && now - lastPrint > 0.2) || (!live && ProgressDisplay.plainLineDue(step: step, steps: steps)) {
                         lastPrint = now

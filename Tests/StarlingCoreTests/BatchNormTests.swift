@@ -178,12 +178,8 @@ private func constants(_ values: [Float]) -> Tensor { Tensor(shape: [values.coun
             (y * randomVariable([4, 6, 60, 50], seed: 43)).sum().backward()
             return [values, mean.toArray(), variance.toArray(), x.gradArray ?? [], gamma.gradArray ?? [], beta.gradArray ?? []]
         }
-        let threads = BLAS.threadCount
-        defer { BLAS.setThreadCount(threads) }
-        BLAS.setThreadCount(1)
-        let one = run()
-        BLAS.setThreadCount(2)
-        #expect(run() == one)
+        let one = BLAS.withThreadCount(1, run)
+        #expect(BLAS.withThreadCount(2, run) == one)
     }
 
     /// Two "ranks" each holding half of a batch, with a hook that adds the other half's statistics (recorded in a

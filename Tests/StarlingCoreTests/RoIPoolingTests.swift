@@ -116,12 +116,8 @@ import Testing
             (pooled.sum() + aligned.sum()).backward()
             return [pooled.toArray(), aligned.toArray(), x.gradArray ?? []]
         }
-        let threads = BLAS.threadCount
-        defer { BLAS.setThreadCount(threads) }
-        BLAS.setThreadCount(1)
-        let one = run()
-        BLAS.setThreadCount(2)
-        #expect(run() == one)
+        let one = BLAS.withThreadCount(1, run)
+        #expect(BLAS.withThreadCount(2, run) == one)
     }
 
     @Test func alignGradientsMatchFiniteDifferences() {

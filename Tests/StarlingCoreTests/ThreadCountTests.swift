@@ -10,18 +10,14 @@ import Testing
 
     /// Runs `body` on one thread, then on two, and returns both results.
     func onOneAndTwoThreads<T>(_ body: () -> T) -> (T, T) {
-        let threads = BLAS.threadCount
-        defer { BLAS.setThreadCount(threads) }
-        BLAS.setThreadCount(1)
-        let one = body()
-        BLAS.setThreadCount(2)
-        return (one, body())
+        (BLAS.withThreadCount(1, body), BLAS.withThreadCount(2, body))
     }
 
     @Test func alignedChunksCoverEveryElementOnce() {
-        let threads = BLAS.threadCount
-        defer { BLAS.setThreadCount(threads) }
-        BLAS.setThreadCount(2)
+        BLAS.withThreadCount(2) { alignedChunksCoverEveryElementOnTwoThreads() }
+    }
+
+    func alignedChunksCoverEveryElementOnTwoThreads() {
         let n = Self.count
         let hits = UnsafeMutablePointer<Int32>.allocate(capacity: n)
         defer { hits.deallocate() }
@@ -129,18 +125,47 @@ import Testing
         defer { values.deallocate() }
         let clean = randomValues(n, seed: 3, -1e30, 1e30)
         for threads in [1, 2] {
-            let saved = BLAS.threadCount
-            BLAS.setThreadCount(threads)
-            defer { BLAS.setThreadCount(saved) }
-            for i in 0..<n { values[i] = clean[i] }
-            #expect(firstNonFiniteIndex(values, count: n) == nil)
-            #expect(firstNonFiniteIndex(values, count: 0) == nil)
-            for (at, bad) in [(0, Float.nan), (n - 1, .infinity), (40_000, -.infinity), (1 << 14, .nan), (700_001, .nan)] {
-                values[at] = bad
-                values[n - 2] = .nan   // a later one must not win
-                #expect(firstNonFiniteIndex(values, count: n) == Swift.min(at, n - 2), "\(bad) at \(at), \(threads) thread(s)")
+            BLAS.withThreadCount(threads) {
                 for i in 0..<n { values[i] = clean[i] }
+                #expect(firstNonFiniteIndex(values, count: n) == nil)
+                #expect(firstNonFiniteIndex(values, count: 0) == nil)
+                for (at, bad) in [(0, Float.nan), (n - 1, .infinity), (40_000, -.infinity), (1 << 14, .nan), (700_001, .nan)] {
+                    values[at] = bad
+                    values[n - 2] = .nan   // a later one must not win
+                    #expect(firstNonFiniteIndex(values, count: n) == Swift.min(at, n - 2), "\(bad) at \(at), \(threads) thread(s)")
+                    for i in 0..<n { values[i] = clean[i] }
+                }
             }
         }
+    }
+
+    /// The thread count is the process's, and tests run in parallel in one process: stretches that hold a count
+    /// (`BLAS.withThreadCount`) on two threads never overlap, so neither sees the other's count. (With
+    /// `setThreadCount` and a restore, one test's count landed inside another's stretch: the fixed run of
+    /// ThreadCalibrationTests took steps 370-374 of 465 on two threads.) A stretch nested on one thread is let in.
+    @Test func stretchesOnTwoThreadsNeverOverlap() {
+        final class Census: @unchecked Sendable {
+            let lock = NSLock()
+            var inside = 0, most = 0, nested = 0
+            func enter() { lock.withLock { inside += 1; most = Swift.max(most, inside) } }
+            func leave() { lock.withLock { inside -= 1 } }
+        }
+        let census = Census()
+        let finished = DispatchSemaphore(value: 0)
+        @Sendable func stretches(_ count: Int) {
+            for _ in 0..<300 {
+                BLAS.withThreadCount(count) {
+                    census.enter()
+                    usleep(20)
+                    BLAS.withThreadCount(count) { census.lock.withLock { census.nested += 1 } }
+                    census.leave()
+                }
+            }
+        }
+        Thread { stretches(2); finished.signal() }.start()
+        stretches(1)
+        finished.wait()
+        #expect(census.most == 1, "two stretches were open at once")
+        #expect(census.nested == 600)
     }
 }

@@ -408,14 +408,13 @@ import StarlingDistributed
             let shards = OptimizerShards.ranges(parameterCount: models[0].parameters.count, ranks: 2)
             let group = InProcessGroup(size: 2)
             let feed = ReplicaFeed(replicas: 2)
-            let previous = BLAS.threadCount
-            BLAS.setThreadCount(1)
-            defer { BLAS.setThreadCount(previous) }
-            let results = group.run(prepare: { BLAS.setThreadCount(1) }) { member -> [EpochRecord] in
-                let model = models[member.rank]
-                let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count, shard: shards[member.rank]),
-                                          train: data, validation: nil, options: o, world: member, log: { _ in }, feed: feed)
-                return try trainer.run()
+            let results = BLAS.withThreadCount(1) {
+                group.run(prepare: { BLAS.setThreadCount(1) }) { member -> [EpochRecord] in
+                    let model = models[member.rank]
+                    let trainer = try Trainer(model: model, optimizer: Adam(parameterCount: model.parameters.count, shard: shards[member.rank]),
+                                              train: data, validation: nil, options: o, world: member, log: { _ in }, feed: feed)
+                    return try trainer.run()
+                }
             }
             let records = try results[0].get()
             #expect(try results[1].get().map(\.loss) == records.map(\.loss), "the replicas agree on the loss")

@@ -26,6 +26,28 @@ public enum BLAS {
         DNNL.setThreadCount(n)
     }
 
+    /// Runs `body` with the process's thread count (`setThreadCount`) at `n`, and puts the previous count back after.
+    /// The count is the process's, not the caller's: a stretch of work that sets it and relies on it (a replica run,
+    /// which needs OpenBLAS on one thread; a test comparing one thread with two, or training a run fixed at a count)
+    /// holds it through this, and every other such stretch of the process waits until it ends. Tests run in parallel
+    /// in one process: without this, one test's `setThreadCount(2)` landed in the middle of another's run fixed at one
+    /// thread (ThreadCalibrationTests' fixed run took steps 370-374 of 465 on two threads: different rounding, and a
+    /// run no longer the one it claimed to be). Re-entrant on the same thread (a test's scope around a replica run,
+    /// which opens its own). Threads that set the count for themselves inside a holder's stretch (a replica's thread,
+    /// the trainer's calibration, `withOneThread`) call `setThreadCount` directly: they work for the holder, which may
+    /// be waiting for them.
+    public static func withThreadCount<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
+        threadCountScope.lock()
+        defer { threadCountScope.unlock() }
+        let previous = threadCount
+        setThreadCount(n)
+        defer { setThreadCount(previous) }
+        return try body()
+    }
+
+    /// The lock `withThreadCount` holds (recursive, so that a holder may open a nested stretch).
+    private static let threadCountScope = RecursiveMutex()
+
     /// Runs `body` with OpenBLAS on one thread: sgemm calls made then from several threads at once (each thread of a
     /// `Parallel` region its own product) each run on their caller's thread, where a threaded call would hand its
     /// work to OpenBLAS's own pool, whose threads spin beside the region's. oneDNN's sgemm inside a region runs on
@@ -92,4 +114,19 @@ public func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// A pthread mutex its holder may take again (`BLAS.withThreadCount`'s nested stretches).
+final class RecursiveMutex: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() {
+        var attributes = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attributes)
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_RECURSIVE))
+        pthread_mutex_init(mutex, &attributes)
+        pthread_mutexattr_destroy(&attributes)
+    }
+    deinit { pthread_mutex_destroy(mutex); mutex.deallocate() }
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
 }
