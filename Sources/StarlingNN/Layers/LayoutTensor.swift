@@ -617,8 +617,9 @@ final class DeferredConvolution {
 
     /// The input for a run: values given back after an earlier run computed again first (`Tensor.restoreValues`).
     /// After each run in forward the input is given back if its op declared it recomputable (`Tensor.recomputable(by:)`:
-    /// a batch norm + activation + 2x2 pooling's output), as this convolution is then its last reader: it holds no copy
-    /// through the rest of forward, and the backward sweep computes it again for this convolution's weight gradient.
+    /// a batch norm + activation + 2x2 pooling's output, the images' normalisation): no copy is held through the rest of
+    /// forward, the backward sweep computes it again for this convolution's weight gradient, and a later reader in
+    /// forward (through `LayoutTensor.form` or another deferred op) computes it again first.
     private var readInput: Tensor { input.restoreValues(); return input }
 
     /// Nothing has read the convolution's output, its ReLU or its pooling yet.
@@ -631,19 +632,12 @@ final class DeferredConvolution {
         let value: LayoutTensor
         if plain == nil && !handedOver {
             LayoutTensor.census?.count(pooledAlready ? .convolutionReadAfterPooling : .convolutionWithReLU)
+            // Not declared recomputable even where cheap (SSD300's conv1_1, 176 MB at batch 8): tried, its graph 657 ->
+            // 473 MB, but the value computed again in backward (and its gradient) found no free extent of its size and
+            // the allocator mapped 174 MB beyond the step's live peak: the resident peak rose 1,321 -> 1,371 MB (1,402 over the run)
+            // (BENCHMARKS.md, "Values computed again in backward").
             let y = readInput.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width)
             input.releaseRecomputableValues()
-            // A convolution cheap to run again (SSD300's conv1_1: 27 multiply-adds an output, 176 MB at batch 8): its
-            // rectified output is computed again in backward for the next convolution's weight gradient instead of held
-            // through the step, once that convolution has read it (`readInput`). Captures the values, not this object,
-            // which holds the output.
-            if cheapToRecompute && y.requiresGrad {
-                let (x, kernel, bias, stride, padding, width) = (input, kernel, bias, stride, padding, width)
-                y.recomputable {
-                    x.restoreValues()
-                    return GradMode.disabled { x.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width) }.storage
-                }
-            }
             value = LayoutTensor(.blocked(y, moments: nil))
         } else {
             guard case .blocked(let x, _) = result.form else { preconditionFailure("a deferred convolution's output is blocked") }
