@@ -601,17 +601,31 @@ extension Tensor {
             withExtendedLifetime((slope, offset, windows)) {}
         }
         // Forward: one pooled row at a time from two rows of x.
-        let (xp, pooled, betaPointer) = (UnsafePointer(x.data), out.data, beta.data)
-        let indices = keepWindows ? UnsafeMutableRawPointer(windows.pointer) : nil
-        Parallel.forEachChunk(of: n * blocks, work: work) { range in
-            for plane in range {
-                let b = plane % blocks
-                let (mean, scale, shift) = (constants(stats.mean.pointer, b), constants(stats.scale.pointer, b), constants(betaPointer, b))
-                for i in 0..<oh {
-                    let top = xp + (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
-                    KernelDispatch.pooledForwardRow(width: bw, ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
-                                                    activation: activation, into: pooled + o, windows: indices.map { $0 + o / 4 })
+        func pool(into pooled: UnsafeMutablePointer<Float>, windows indices: UnsafeMutableRawPointer?) {
+            let (xp, betaPointer) = (UnsafePointer(x.data), beta.data)
+            Parallel.forEachChunk(of: n * blocks, work: work) { range in
+                for plane in range {
+                    let b = plane % blocks
+                    let (mean, scale, shift) = (constants(stats.mean.pointer, b), constants(stats.scale.pointer, b), constants(betaPointer, b))
+                    for i in 0..<oh {
+                        let top = xp + (plane * h + 2 * i) * row, o = (plane * oh + i) * ow * bw
+                        KernelDispatch.pooledForwardRow(width: bw, ow, top: top, bottom: top + row, mean: mean, scale: scale, shift: shift,
+                                                        activation: activation, into: pooled + o, windows: indices.map { $0 + o / 4 })
+                    }
                 }
+            }
+        }
+        pool(into: out.data, windows: keepWindows ? UnsafeMutableRawPointer(windows.pointer) : nil)
+        // The pooled map is the next convolution's input, which that convolution keeps for its weight gradient; it is
+        // computed again from x (kept for this op's backward) and the statistics by the same kernel, the same bits, in
+        // one pass over x that costs a fraction of the convolution's. A convolution reading it gives it back after
+        // forward (`releaseRecomputableValues`). Not while x itself may go (it is read here before its gradient).
+        if keepWindows && out.requiresGrad && !x.valuesReleased {
+            let count = pooledCount
+            out.recomputable {
+                let values = FloatStorage(uninitializedCount: count)
+                pool(into: values.pointer, windows: nil)
+                return values
             }
         }
         return out

@@ -152,10 +152,45 @@ public final class Tensor: @unchecked Sendable {
     func releaseValues() {
         precondition(valuesReleasable, "releasing the values of a tensor whose backward reads them, or of a leaf")
         storage = Tensor.releasedValues
+        recomputation = nil   // the releasing op recovers them itself
     }
 
-    /// Whether `releaseValues()` has run.
+    /// Whether `releaseValues()` (or `releaseRecomputableValues()`) has run and the values are not back.
     public var valuesReleased: Bool { storage === Tensor.releasedValues }
+
+    /// How to compute the values again, the same bits, from what the graph keeps anyway (`recomputable(by:)`).
+    private var recomputation: (() -> FloatStorage)?
+
+    /// Declares that `compute` gives these values again, bit for bit, from values the graph holds for backward anyway and
+    /// at a small cost beside a step (the producing op's kept input and statistics, run through the same kernel): a
+    /// reader that reads them last in forward may then give them back (`releaseRecomputableValues`), and the backward
+    /// sweep computes them again just before the first op that reads them (`restoreValues`). SSD7's pooled blocks, the
+    /// next convolution's input: 53 MB a rank of batch 8 not held at the end of forward.
+    public func recomputable(by compute: @escaping () -> FloatStorage) { recomputation = compute }
+
+    /// False keeps recomputable values through the step (tests compare the two: the same bits).
+    @TaskLocal public static var givesBackRecomputableValues = true
+
+    /// Whether `recomputable(by:)` was declared.
+    public var isRecomputable: Bool { recomputation != nil }
+
+    /// Gives the values back, while gradients are recorded, if they were declared recomputable (nothing otherwise): for
+    /// the reader that read them last in forward and keeps them for its backward (a convolution's input). Any later read
+    /// must go through `restoreValues()` first: `LayoutTensor` and its deferred ops do, and so does the backward sweep
+    /// for every node and its inputs.
+    public func releaseRecomputableValues() {
+        guard recomputation != nil, GradMode.isEnabled, Tensor.givesBackRecomputableValues, !valuesReleased else { return }
+        storage = Tensor.releasedValues
+    }
+
+    /// Computes values given back by `releaseRecomputableValues()` again (nothing when they are there, or were given back
+    /// by `releaseValues()`, whose op recovers them itself).
+    public func restoreValues() {
+        guard let recomputation, valuesReleased else { return }
+        let values = recomputation()
+        precondition(values.count == count, "values computed again: \(values.count) for \(shape)")
+        storage = values
+    }
 
     private static let releasedValues = FloatStorage(count: 0)
 
@@ -191,6 +226,9 @@ public final class Tensor: @unchecked Sendable {
         }
         for node in order { for input in node.inputs { input.pendingUsers += 1 } }
         while let node = order.popLast() {
+            // Values given back after forward (`releaseRecomputableValues`) come back before the first op that may read them.
+            node.restoreValues()
+            for input in node.inputs { input.restoreValues() }
             node.backwardFn?(node)
             for input in node.inputs { input.pendingUsers -= 1 }
             if let onLeafReady {
@@ -210,6 +248,7 @@ public final class Tensor: @unchecked Sendable {
         inputs = []
         backwardFn = nil
         gradStorage = nil
+        recomputation = nil
     }
 
     /// Nodes reachable through recorded edges, inputs before the ops that use them (iterative DFS).

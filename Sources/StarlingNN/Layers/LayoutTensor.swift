@@ -40,14 +40,20 @@ public struct LayoutTensor: NetworkValue {
 
     private let state: State
 
-    /// The values in their layout (a deferred batch norm run now, once).
+    /// The values in their layout (a deferred batch norm run now, once). Values a convolution gave back after reading
+    /// them (`DeferredConvolution.readInput`) are computed again for a reader after it.
     var form: Form {
-        switch state {
+        let form: Form = switch state {
         case .ready(let form): form
         case .deferred(let normalization): normalization.result.form
         case .deferredConvolution(let convolution): convolution.result.form
         case .deferredRectification(let convolution): convolution.rectifiedResult.form
         }
+        switch form {
+        case .planar(let x), .blocked(let x, _): x.restoreValues()
+        case .inference, .pending: break
+        }
+        return form
     }
 
     /// Counts the convolutions each path ran, for tests that check a pass took the fast paths
@@ -155,7 +161,23 @@ public struct LayoutTensor: NetworkValue {
     public func sigmoid() -> LayoutTensor { fusing(.logistic) ?? elementwise { $0.sigmoid() } }
     public func elu(alpha: Float) -> LayoutTensor { fusing(.elu(alpha: alpha)) ?? elementwise { $0.elu(alpha: alpha) } }
     public func leakyRelu(slope: Float) -> LayoutTensor { fusing(.leakyRelu(slope: slope)) ?? elementwise { $0.leakyRelu(slope: slope) } }
-    public func affine(scale: Float, shift: Float) -> LayoutTensor { elementwise { $0.affine(scale: scale, shift: shift) } }
+    public func affine(scale: Float, shift: Float) -> LayoutTensor {
+        recomputableFromConstant(elementwise { $0.affine(scale: scale, shift: shift) }) { $0.affine(scale: scale, shift: shift) }
+    }
+
+    /// `result` (`op` of these values) declared recomputable (`Tensor.recomputable(by:)`) where these values are a constant
+    /// in training (the images: no gradient flows into them): an image's normalisation, which the first convolution keeps
+    /// for its weight gradient and then gives back after reading it, to run `op` again on the images in backward (one
+    /// pass over the batch: SSD7's 3 x 300 x 480 images, 13 MB for 8, against a step of 16 GFLOP).
+    private func recomputableFromConstant(_ result: LayoutTensor, _ op: @escaping (Tensor) -> Tensor) -> LayoutTensor {
+        guard GradMode.isEnabled, case .ready(.planar(let x)) = state, !x.requiresGrad, case .ready(let form) = result.state else { return result }
+        switch form {
+        case .planar(let y), .blocked(let y, _):
+            if !y.requiresGrad { y.recomputable { GradMode.disabled { op(x) }.storage } }
+        case .inference, .pending: break
+        }
+        return result
+    }
 
     public static func + (lhs: LayoutTensor, rhs: LayoutTensor) -> LayoutTensor {
         // A deferred batch norm + leaky ReLU nothing has read yet, added to a blocked value of its shape: one op.
@@ -349,7 +371,9 @@ public struct LayoutTensor: NetworkValue {
 
     // MARK: Planar only
 
-    public func subtractingChannelMeans(_ means: [Float]) -> LayoutTensor { planar { $0.subtractingChannelMeans(means) } }
+    public func subtractingChannelMeans(_ means: [Float]) -> LayoutTensor {
+        recomputableFromConstant(planar { $0.subtractingChannelMeans(means) }) { $0.subtractingChannelMeans(means) }
+    }
     public func softmax(axis: Int) -> LayoutTensor { planar { $0.softmax(axis: axis) } }
     public func reshaped(_ newShape: [Int]) -> LayoutTensor { planar { $0.reshaped(newShape) } }
     public func flattened() -> LayoutTensor { planar { $0.flattened() } }
@@ -504,6 +528,7 @@ final class DeferredNormalization {
     func pooled() -> LayoutTensor? {
         guard let slope, full == nil, !fusedAlready else { return nil }
         fusedAlready = true
+        input.restoreValues()
         LayoutTensor.census?.count(.pooledNormalization)
         let y = layer.withLeakyReLUAndMaxPool2x2(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, moments: moments)
         return LayoutTensor(.blocked(y, moments: nil))
@@ -516,6 +541,7 @@ final class DeferredNormalization {
         // Slope 0 (ReLU) is not inverted, and darknet's shortcut is what this fuses.
         guard let slope, slope > 0, !fusedAlready, let r = residual.blocked, full == nil, r.shape == input.shape else { return nil }
         fusedAlready = true
+        input.restoreValues()
         LayoutTensor.census?.count(.normalizationAddedToResidual)
         let y = layer.withLeakyReLUAdding(r, to: input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
                                           moments: moments, keepingInput: !ownsInput || Self.residualKeepsInput)
@@ -526,6 +552,7 @@ final class DeferredNormalization {
     /// Batch norm + leaky ReLU, run on first use.
     var result: LayoutTensor {
         if let full { return full }
+        input.restoreValues()   // given back by a convolution that read it (`DeferredConvolution.readInput`): computed again
         if fusedAlready { LayoutTensor.census?.count(.normalizationReadAfterPooling) }
         guard let slope else {
             // Batch norm alone; after a ReLU took it (`rectified`), a node of its own that leaves the moving statistics
@@ -588,6 +615,13 @@ final class DeferredConvolution {
         self.width = width
     }
 
+    /// The input for a run: values given back after an earlier run computed again first (`Tensor.restoreValues`).
+    /// After each run in forward the input is given back if its op declared it recomputable (`Tensor.recomputable(by:)`:
+    /// a batch norm + activation + 2x2 pooling's output, the images' normalisation): no copy is held through the rest of
+    /// forward, the backward sweep computes it again for this convolution's weight gradient, and a later reader in
+    /// forward (through `LayoutTensor.form` or another deferred op) computes it again first.
+    private var readInput: Tensor { input.restoreValues(); return input }
+
     /// Nothing has read the convolution's output, its ReLU or its pooling yet.
     var unread: Bool { plain == nil && activated == nil && !handedOver && !pooledAlready }
 
@@ -598,8 +632,13 @@ final class DeferredConvolution {
         let value: LayoutTensor
         if plain == nil && !handedOver {
             LayoutTensor.census?.count(pooledAlready ? .convolutionReadAfterPooling : .convolutionWithReLU)
-            value = LayoutTensor(.blocked(input.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width),
-                                          moments: nil))
+            // Not declared recomputable even where cheap (SSD300's conv1_1, 176 MB at batch 8): tried, its graph 657 ->
+            // 473 MB, but the value computed again in backward (and its gradient) found no free extent of its size and
+            // the allocator mapped 174 MB beyond the step's live peak: the resident peak rose 1,321 -> 1,371 MB (1,402 over the run)
+            // (BENCHMARKS.md, "Values computed again in backward").
+            let y = readInput.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width)
+            input.releaseRecomputableValues()
+            value = LayoutTensor(.blocked(y, moments: nil))
         } else {
             guard case .blocked(let x, _) = result.form else { preconditionFailure("a deferred convolution's output is blocked") }
             value = LayoutTensor(.blocked(x.relu(), moments: nil))
@@ -614,7 +653,8 @@ final class DeferredConvolution {
         guard unread else { return nil }
         pooledAlready = true
         LayoutTensor.census?.count(.pooledConvolution)
-        let y = input.conv2dBlockedReLUMaxPool2x2(kernel, bias: bias, stride: stride, padding: padding, width: width, pooling: pooling)
+        let y = readInput.conv2dBlockedReLUMaxPool2x2(kernel, bias: bias, stride: stride, padding: padding, width: width, pooling: pooling)
+        input.releaseRecomputableValues()
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
@@ -625,7 +665,8 @@ final class DeferredConvolution {
         guard unread else { return nil }
         handedOver = true
         let moments = ChannelMoments()
-        let y = input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
+        let y = readInput.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
+        input.releaseRecomputableValues()
         return (y, moments)
     }
     private var handedOver = false
@@ -639,7 +680,7 @@ final class DeferredConvolution {
     /// The output computed again, outside the graph, the same way as `forNormalization` (the same kernels, the same bits).
     func recomputed() -> FloatStorage {
         GradMode.disabled {
-            input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: ChannelMoments())
+            readInput.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: ChannelMoments())
         }.storage
     }
 
@@ -648,7 +689,8 @@ final class DeferredConvolution {
         if let plain { return plain }
         if activated != nil || handedOver || pooledAlready { LayoutTensor.census?.count(.convolutionReadAfterReLU) }
         let moments = ChannelMoments()
-        let y = input.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
+        let y = readInput.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
+        input.releaseRecomputableValues()
         let value = LayoutTensor(.blocked(y, moments: moments))
         plain = value
         return value
