@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import StarlingKernelsAVX2
 import StarlingKernelsAVX512
 
@@ -38,10 +35,7 @@ enum WinogradF2x3 {
     /// of the tiles (yolov3-tiny's 512 -> 1024 at 13 x 13: blocks of 32 tiles read its 32 MB of weights 42 times a
     /// call and ran 0.73x direct).
     static func tilesPerBlock(inChannels: Int, outChannels: Int) -> Int {
-        if let text = getenv("STARLING_WINOGRAD_TUNE_BLOCK"), let floats = Int(String(cString: text)) {
-            return Swift.max(12, floats / (16 * (inChannels + outChannels)))
-        }
-        return Swift.max(32, blockFloats / (16 * (inChannels + outChannels)), 2 * inChannels * outChannels / (inChannels + outChannels))
+        Swift.max(32, blockFloats / (16 * (inChannels + outChannels)), 2 * inChannels * outChannels / (inChannels + outChannels))
     }
 
     /// U[e][k][n] = (G g G^T)[e] for the 16 elements e of the 4 x 4 transformed kernel, as 16 row-major [K x N] matrices
