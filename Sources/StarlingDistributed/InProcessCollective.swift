@@ -32,10 +32,25 @@ public final class InProcessGroup: @unchecked Sendable {
     /// arrives, several times a step, and the small autoencoders' steps on two replicas last 0.2-1 ms; but on a loaded
     /// 2-core machine 50 us of polling made fc-ae and vae on two replicas slower in every one of 6 interleaved rounds
     /// (the poller holds a core the late replica needs), so the default is 0: sleep at once. Not yet measured quiet.
-    public static let spinSeconds: Double = {
-        if let text = ProcessInfo.processInfo.environment["STARLING_REPLICA_SPIN_US"], let us = Double(text), us >= 0 { return us / 1e6 }
-        return 0
-    }()
+    public static let spinSeconds: Double = (try? spinSetting.get()) ?? 0
+
+    static let spinSetting: Result<Double, ReplicaSpinError> = parseSpin(getenv("STARLING_REPLICA_SPIN_US").map { String(cString: $0) })
+
+    /// Seconds for a value of STARLING_REPLICA_SPIN_US: nil or empty is 0 (sleep at once), else microseconds from 0 to
+    /// 1,000,000 (a second of polling is already far past any use).
+    public static func parseSpin(_ value: String?) -> Result<Double, ReplicaSpinError> {
+        guard let value, !value.isEmpty else { return .success(0) }
+        guard let microseconds = Double(value), microseconds.isFinite, (0...1e6).contains(microseconds) else {
+            return .failure(ReplicaSpinError(value: value))
+        }
+        return .success(microseconds / 1e6)
+    }
+
+    /// The error a bad STARLING_REPLICA_SPIN_US gives (the CLI refuses to start with it), or nil.
+    public static var spinSettingError: ReplicaSpinError? {
+        if case .failure(let error) = spinSetting { return error }
+        return nil
+    }
 
     public init(size: Int) {
         precondition(size >= 1, "an in-process group needs at least one replica")
@@ -515,4 +530,11 @@ private final class ThreadResults<T>: @unchecked Sendable {
 struct UncheckedBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// STARLING_REPLICA_SPIN_US set to something that is not a number of microseconds from 0 to 1,000,000.
+public struct ReplicaSpinError: Error, Equatable, CustomStringConvertible {
+    public let value: String
+    public init(value: String) { self.value = value }
+    public var description: String { "STARLING_REPLICA_SPIN_US=\(value): expected microseconds from 0 to 1000000" }
 }

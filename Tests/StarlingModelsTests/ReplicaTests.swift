@@ -15,6 +15,17 @@ import StarlingDistributed
 
     /// A sum adds in replica order whatever order the threads arrive in: 1e8 + 1 rounds to 1e8 in float32, so
     /// (1e8 + 1) - 1e8 is 0 while 1e8 - 1e8 + 1 would be 1. The replicas arrive in a different order each trial.
+    /// STARLING_REPLICA_SPIN_US's values: microseconds from 0 to 1,000,000, 0 when unset or empty.
+    @Test func spinSettingValues() {
+        #expect(InProcessGroup.parseSpin(nil) == .success(0))
+        #expect(InProcessGroup.parseSpin("") == .success(0))
+        #expect(InProcessGroup.parseSpin("50") == .success(50e-6))
+        #expect(InProcessGroup.parseSpin("2.5") == .success(2.5e-6))
+        for bad in ["-5", "fast", "1e7", "nan", "inf", " 50"] {
+            #expect(InProcessGroup.parseSpin(bad) == .failure(ReplicaSpinError(value: bad)))
+        }
+    }
+
     @Test func sumsInReplicaOrder() throws {
         for trial in 0..<12 {
             let group = InProcessGroup(size: 3)
