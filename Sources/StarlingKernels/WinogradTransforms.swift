@@ -26,7 +26,7 @@ public enum WinogradTransforms {
     /// B^T d B of tiles first ..< first + count (numbered over the whole call) from the blocked input x, tile t of the
     /// block at v + t * inBlocks * 8 + e * stride for its 16 elements e (V[e] = [count x Cin] row-major, rows `stride`
     /// floats apart per element).
-    @inlinable
+    @inlinable @inline(__always)
     public static func inputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
                                   into v: UnsafeMutablePointer<Float>, stride: Int) {
         let (inChannels, inPlane) = (s.inBlocks * 8, s.height * s.width * 8)
@@ -46,7 +46,7 @@ public enum WinogradTransforms {
     /// A^T M A (+ bias, then max(., 0) with `relu`) of tiles first ..< first + count from the products m (tile t's
     /// element e at m + t * outBlocks * 8 + e * stride), stored (or added, with `accumulate`) into the blocked output y,
     /// cut at the bottom and right edges.
-    @inlinable
+    @inlinable @inline(__always)
     public static func outputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
                                    bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool) {
         let (outChannels, outPlane) = (s.outBlocks * 8, s.outHeight * s.outWidth * 8)
@@ -123,6 +123,89 @@ public enum WinogradTransforms {
     }
 }
 
+/// The element-wise stage of Starling's Winograd F(2x2, 3x3): for each of the 16 elements e of the transformed tile,
+/// M[e] = V[e] U[e], the products summed over the K channels a pass reads. Written here rather than as 16 sgemm calls
+/// because the shapes are small and many: U-Net's 16- and 32-channel layers sum over K = 16 or 32, where OpenBLAS
+/// spent as long zeroing C (beta = 0) and packing A and B as multiplying (BENCHMARKS.md, "U-Net at width 0.25 against
+/// PyTorch on AVX2"). A register block of 6 tiles x 16 output channels (12 accumulators) reads V straight from the
+/// transform's rows and U's rows in place: nothing is packed and nothing zeroed. Each product is summed over k in order,
+/// one tile at a time, so a tile's result does not depend on the block or thread that computes it.
+public enum WinogradProducts {
+    /// M[e] (count x n, rows n floats apart, at m + e * mStride) = V[e] (count x k, rows k floats apart, at
+    /// v + e * vStride) times U[e] (k x n row-major at u + e * k * n), for e = 0..<16; n a multiple of 8.
+    @inlinable @inline(__always)
+    public static func multiply<F: MultiplyAdd>(count: Int, k: Int, n: Int, v: UnsafePointer<Float>, vStride: Int,
+                                                u: UnsafePointer<Float>, m: UnsafeMutablePointer<Float>, mStride: Int, _: F.Type) {
+        typealias V = SIMD8<Float>
+        for e in 0..<16 {
+            let ve = v + e &* vStride, ue = u + e &* k &* n, me = m + e &* mStride
+            var column = 0
+            while column < n {
+                let wide = n &- column >= 16
+                let uc = ue + column
+                var t = 0
+                while t &+ 6 <= count {
+                    let a = ve + t &* k
+                    var (c00, c01, c10, c11, c20, c21) = (V(), V(), V(), V(), V(), V())
+                    var (c30, c31, c40, c41, c50, c51) = (V(), V(), V(), V(), V(), V())
+                    if wide {
+                        for j in 0..<k {
+                            let b0 = V.load(uc + j &* n), b1 = V.load(uc + (j &* n &+ 8))
+                            let r = a + j
+                            var x = V(repeating: r[0])
+                            c00 = F.multiplyAdd(x, b0, c00); c01 = F.multiplyAdd(x, b1, c01)
+                            x = V(repeating: r[k])
+                            c10 = F.multiplyAdd(x, b0, c10); c11 = F.multiplyAdd(x, b1, c11)
+                            x = V(repeating: r[2 &* k])
+                            c20 = F.multiplyAdd(x, b0, c20); c21 = F.multiplyAdd(x, b1, c21)
+                            x = V(repeating: r[3 &* k])
+                            c30 = F.multiplyAdd(x, b0, c30); c31 = F.multiplyAdd(x, b1, c31)
+                            x = V(repeating: r[4 &* k])
+                            c40 = F.multiplyAdd(x, b0, c40); c41 = F.multiplyAdd(x, b1, c41)
+                            x = V(repeating: r[5 &* k])
+                            c50 = F.multiplyAdd(x, b0, c50); c51 = F.multiplyAdd(x, b1, c51)
+                        }
+                    } else {
+                        for j in 0..<k {
+                            let b0 = V.load(uc + j &* n)
+                            let r = a + j
+                            c00 = F.multiplyAdd(V(repeating: r[0]), b0, c00)
+                            c10 = F.multiplyAdd(V(repeating: r[k]), b0, c10)
+                            c20 = F.multiplyAdd(V(repeating: r[2 &* k]), b0, c20)
+                            c30 = F.multiplyAdd(V(repeating: r[3 &* k]), b0, c30)
+                            c40 = F.multiplyAdd(V(repeating: r[4 &* k]), b0, c40)
+                            c50 = F.multiplyAdd(V(repeating: r[5 &* k]), b0, c50)
+                        }
+                    }
+                    let out = me + (t &* n &+ column)
+                    c00.store(out); c10.store(out + n); c20.store(out + 2 &* n)
+                    c30.store(out + 3 &* n); c40.store(out + 4 &* n); c50.store(out + 5 &* n)
+                    if wide {
+                        c01.store(out + 8); c11.store(out + (n &+ 8)); c21.store(out + (2 &* n &+ 8))
+                        c31.store(out + (3 &* n &+ 8)); c41.store(out + (4 &* n &+ 8)); c51.store(out + (5 &* n &+ 8))
+                    }
+                    t &+= 6
+                }
+                // The last tiles, one at a time (the same sums in the same order).
+                while t < count {
+                    let a = ve + t &* k
+                    var (c0, c1) = (V(), V())
+                    for j in 0..<k {
+                        let x = V(repeating: a[j])
+                        c0 = F.multiplyAdd(x, V.load(uc + j &* n), c0)
+                        if wide { c1 = F.multiplyAdd(x, V.load(uc + (j &* n &+ 8)), c1) }
+                    }
+                    let out = me + (t &* n &+ column)
+                    c0.store(out)
+                    if wide { c1.store(out + 8) }
+                    t &+= 1
+                }
+                column &+= wide ? 16 : 8
+            }
+        }
+    }
+}
+
 /// `WinogradTransforms` as entry points of a module built for an instruction set above baseline (a protocol of its own
 /// beside `FusedKernelSet`, which `KernelDispatch.winogradKernels` picks by level).
 public protocol WinogradKernelSet {
@@ -130,4 +213,6 @@ public protocol WinogradKernelSet {
                                    into v: UnsafeMutablePointer<Float>, stride: Int)
     static func winogradOutputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
                                     bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool)
+    static func winogradProducts(count: Int, k: Int, n: Int, v: UnsafePointer<Float>, vStride: Int, u: UnsafePointer<Float>,
+                                 m: UnsafeMutablePointer<Float>, mStride: Int)
 }

@@ -235,4 +235,9 @@ extension FusedKernels: WinogradKernelSet {
         WinogradTransforms.outputTiles(s, first: first, count: count, m: m, stride: stride, bias: bias, y: y, accumulate: accumulate,
                                        relu: relu)
     }
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func winogradProducts(count: Int, k: Int, n: Int, v: UnsafePointer<Float>, vStride: Int, u: UnsafePointer<Float>,
+                                        m: UnsafeMutablePointer<Float>, mStride: Int) {
+        WinogradProducts.multiply(count: count, k: k, n: n, v: v, vStride: vStride, u: u, m: m, mStride: mStride, FusedMultiplyAdd.self)
+    }
 }

@@ -19,9 +19,16 @@ import StarlingKernelsAVX512
 /// the channel roles swapped, padded 2 - p on the top and left (reads past any edge are zeros), so both passes run
 /// `convolve`. The weight gradient stays on Starling's blocked 3x3 kernel or oneDNN's direct one.
 enum WinogradF2x3 {
-    /// Floats of transformed input and product tiles held at once (2 MB): a block of tiles whose transforms and products
-    /// stay in L2/L3 between the transform, the GEMMs and the output transform.
-    static let blockFloats = 1 << 19
+    /// Floats of transformed input and product tiles held at once (256 KB): a block of tiles whose transforms and
+    /// products stay in L2 between the input transform, the products and the output transform.
+    static let blockFloats = 1 << 16
+
+    /// Whether the products run on `WinogradProducts` (a register block of 6 tiles x 16 channels reading V and U in
+    /// place) rather than 16 sgemm calls a block: up to 128 x 128 channels, where the GEMMs are small and OpenBLAS's
+    /// packing and zeroing of C cost as much as the multiplications. Above, sgemm's packed, cache-blocked kernel reads
+    /// the large U fewer times (yolov3-tiny's 256 -> 512 at 13 x 13 ran 0.4-0.6x direct on the register block, 1.1x
+    /// on sgemm; BENCHMARKS.md, "U-Net at width 0.25 against PyTorch on AVX2").
+    static func ownProducts(inChannels: Int, outChannels: Int) -> Bool { inChannels * outChannels <= 128 * 128 }
 
     /// Tiles per block: `blockFloats` worth of transformed tiles, but at least 32 (the GEMMs' rows) and at least
     /// 2 Cin Cout / (Cin + Cout), so that the transformed weights, read once a block, take at most half the traffic
@@ -94,11 +101,14 @@ enum WinogradF2x3 {
         let blocks = (tiles + block - 1) / block
         let workers = Swift.min(threads, blocks)
         // Per worker: V[e] = [block x inChannels], then M[e] = [block x outChannels], e = 0..<16.
-        let (vStride, mStride) = (block * inChannels, block * outChannels)
+        // One cache line more than the rows need: with strides of a power of two (blocks of 2^k tiles of 2^j channels) the
+        // 16 elements of a tile, stored 16 strides apart, fell in one set of the L1 cache.
+        let (vStride, mStride) = (block * inChannels + 16, block * outChannels + 16)
         let scratchFloats = 16 * (vStride + mStride)
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * scratchFloats)
         defer { scratch.deallocate() }
-        BLAS.withOneThread {
+        let ownProducts = Self.ownProducts(inChannels: inChannels, outChannels: outChannels)
+        let run = {
             Parallel.forEachChunk(of: workers, work: .max, threads: workers) { slots in
                 for slot in slots {
                     let v = scratch + slot * scratchFloats, m = v + 16 * vStride
@@ -106,10 +116,15 @@ enum WinogradF2x3 {
                         let first = index * block, count = Swift.min(block, tiles - first)
                         KernelDispatch.winogradInputTiles(s, first: first, count: count, x: x, into: v, stride: vStride, kernels: kernels)
                         // The products, summed over the input channels: M[e] = V[e] U[e].
-                        for e in 0..<16 {
-                            BLAS.sgemm(transA: false, transB: false, m: count, n: outChannels, k: inChannels,
-                                       a: v + e * vStride, lda: inChannels, b: u + e * inChannels * outChannels, ldb: outChannels,
-                                       beta: 0, c: m + e * mStride, ldc: outChannels)
+                        if ownProducts {
+                            KernelDispatch.winogradProducts(count: count, k: inChannels, n: outChannels, v: v, vStride: vStride, u: u,
+                                                            m: m, mStride: mStride, kernels: kernels)
+                        } else {
+                            for e in 0..<16 {
+                                BLAS.sgemm(transA: false, transB: false, m: count, n: outChannels, k: inChannels,
+                                           a: v + e * vStride, lda: inChannels, b: u + e * inChannels * outChannels, ldb: outChannels,
+                                           beta: 0, c: m + e * mStride, ldc: outChannels)
+                            }
                         }
                         KernelDispatch.winogradOutputTiles(s, first: first, count: count, m: m, stride: mStride, bias: bias, y: y,
                                                            accumulate: accumulate, relu: relu, kernels: kernels)
@@ -117,6 +132,7 @@ enum WinogradF2x3 {
                 }
             }
         }
+        if ownProducts { run() } else { BLAS.withOneThread(run) }
     }
 }
 
@@ -137,6 +153,17 @@ extension KernelDispatch {
             k.winogradInputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
         } else {
             WinogradTransforms.inputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
+        }
+    }
+
+    /// `WinogradProducts.multiply` in the build `kernels` (fused multiply-adds above baseline).
+    static func winogradProducts(count: Int, k: Int, n: Int, v: UnsafePointer<Float>, vStride: Int, u: UnsafePointer<Float>,
+                                 m: UnsafeMutablePointer<Float>, mStride: Int, kernels: Level = current) {
+        if let set = winogradKernels(kernels) {
+            set.winogradProducts(count: count, k: k, n: n, v: v, vStride: vStride, u: u, m: m, mStride: mStride)
+        } else {
+            WinogradProducts.multiply(count: count, k: k, n: n, v: v, vStride: vStride, u: u, m: m, mStride: mStride,
+                                      SeparateMultiplyAdd.self)
         }
     }
 
@@ -191,10 +218,19 @@ extension ConvGeometry {
     /// made every call (0.4-0.8x), and 512 -> 1024 at 13 x 13 (yolov3-tiny's conv_12, 0.7-0.97x) reads 32 MB of
     /// transformed weights a block. Depends on one image's shape and the pass only, so every rank, replica and thread
     /// count of a job runs the same algorithm.
+    ///
+    /// Since the products of layers up to 128 x 128 channels run on `WinogradProducts` (BENCHMARKS.md, "U-Net at width
+    /// 0.25 against PyTorch on AVX2"), those layers also take it where both sides have 32 channels or more on maps of 14
+    /// pixels or more a side: U-Net's 32- to 128-channel layers at width 0.25 (1.1-1.4x per pass on one thread, a few
+    /// level), yolov3-tiny's conv_4 and conv_6, SSD7's conv2-conv5, denoising-ae's 14 x 14 layers. 16-channel passes
+    /// (0.76-1.1x) and 8 x 8 maps (0.6-0.8x) stay direct.
     func ownWinogradPays(_ pass: ConvolutionPass) -> Bool {
         let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
         let wider = Swift.max(summed, written)
         let side = Swift.min(outHeight, outWidth)
+        if WinogradF2x3.ownProducts(inChannels: inChannels, outChannels: outChannels) {
+            return Swift.min(summed, written) >= 32 && side >= 14
+        }
         return Swift.min(summed, written) >= 128 && (256...512).contains(wider) && (side >= 26 || (side >= 13 && wider == 512))
     }
 
