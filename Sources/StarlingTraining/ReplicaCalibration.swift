@@ -11,10 +11,10 @@ import StarlingData
 /// small GEMMs, each waiting for a worker), and two MPI ranks of one thread 1.6-1.9x; SSD7's 0.5 s steps gain 1.8x from
 /// threads. As `ThreadCalibration` does for the thread count, no threshold on FLOPs or elements is involved: the two
 /// layouts each train throwaway copies of the model (built from the run's configuration; the run's own model is not
-/// touched) on the run's first global batch, in interleaved blocks of about `targetBlockSeconds` after an untimed
+/// touched) on the run's own batches, in interleaved blocks of about `targetBlockSeconds` after an untimed
 /// warm-up step each (and, for steps shorter than a block, an untimed block each), `rounds` times with the order alternating, and the faster by the median of the rounds is kept.
 /// The step timed is the trainer's (gradients zeroed, forward and loss, backward, the gradients summed over the
-/// replicas, the optimizer step), without the data pipeline, whose prefetch thread both layouts share alike.
+/// replicas, the optimizer step) with the run's data pipeline feeding it, as the run that follows will.
 public struct ReplicaCalibration: Sendable {
     /// The two layouts timed.
     public enum Layout: Sendable, Hashable {
@@ -317,8 +317,6 @@ enum OpenBLASPool {
         return unsafeBitCast(symbol, to: Shutdown.self)
     }()
 
-    /// Whether this process's BLAS has a pool to stop.
-    static var available: Bool { shutdown != nil }
 
     /// Joins OpenBLAS's idle workers. The caller must own the process's BLAS: no other thread may be inside it.
     static func stop() { _ = shutdown?() }
