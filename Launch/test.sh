@@ -35,6 +35,12 @@ python_packages=$!
 swift build --build-tests || { kill "$python_packages" 2>/dev/null || true; exit 1; }
 wait "$python_packages" || true
 cat .build/python-test-packages.log >&2
+# Swift Testing runs two tests at a time, and many tests start ranks, replicas or a child `starling` beside them: the
+# cores are oversubscribed, and by libgomp's default oneDNN's OpenMP threads spin after every parallel region, taking
+# the cores the other tests need (faster-rcnn's overfitting test alone, loaded machine: 308 s, three quarters of its
+# samples in libgomp's wait loop, against 93 s with passive waiting). Passive waiting changes no result, only who gets
+# the cores (README "One process on every core"); a value already set is kept.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 swift test --skip-build
 # The R-CNN family's PyTorch peers (benchmark-only): their plain-torch RoI ops against torchvision's values and kernels,
 # their refusal without torchvision, one step each; where the suite's torch venv exists (Launch/bench-suite.sh makes it).
