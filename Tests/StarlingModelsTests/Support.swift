@@ -99,6 +99,9 @@ func childEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
     var env = ProcessInfo.processInfo.environment.filter { key, _ in
         !["OMPI_", "PMIX_", "OPAL_", "ORTE_", "HYDRA_", "PMI_"].contains { key.hasPrefix($0) }
     }
+    // Ranks waiting in a collective poll Open MPI's progress engine; the tests run two at a time, often four ranks on
+    // two cores, and a polling rank took the core a computing one needed. Yielding while idle changes no result.
+    env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     for (k, v) in extra { env[k] = v }
     return env
 }
