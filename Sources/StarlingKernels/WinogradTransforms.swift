@@ -26,19 +26,65 @@ public enum WinogradTransforms {
     /// B^T d B of tiles first ..< first + count (numbered over the whole call) from the blocked input x, tile t of the
     /// block at v + t * inBlocks * 8 + e * stride for its 16 elements e (V[e] = [count x Cin] row-major, rows `stride`
     /// floats apart per element).
+    /// Only the 8-channel blocks `blocks` of the input with `blocks` (the weight gradient's share of a thread): rows of
+    /// blocks.count * 8 floats, block `blocks.lowerBound` first.
     @inlinable @inline(__always)
-    public static func inputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+    public static func inputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>, blocks: Range<Int>? = nil,
                                   into v: UnsafeMutablePointer<Float>, stride: Int) {
-        let (inChannels, inPlane) = (s.inBlocks * 8, s.height * s.width * 8)
+        let blocks = blocks ?? 0..<s.inBlocks
+        let (rowFloats, inPlane) = (blocks.count * 8, s.height * s.width * 8)
         for t in 0..<count {
             let (image, tile) = (first + t).quotientAndRemainder(dividingBy: s.tilesPerImage)
             let (tileRow, tileColumn) = tile.quotientAndRemainder(dividingBy: s.tileColumns)
             let (top, left) = (2 * tileRow - s.padTop, 2 * tileColumn - s.padLeft)
             let inside = top >= 0 && left >= 0 && top + 4 <= s.height && left + 4 <= s.width
-            for b in 0..<s.inBlocks {
+            for b in blocks {
                 let plane = x + (image * s.inBlocks + b) * inPlane
                 inputTile(plane, top: top, left: left, height: s.height, width: s.width, inside: inside,
-                          into: v + t * inChannels + b * 8, stride: stride)
+                          into: v + t * rowFloats + (b - blocks.lowerBound) * 8, stride: stride)
+            }
+        }
+    }
+
+    /// The weight gradient's transform of the output gradient: A dY A^T (the gradient of the products M, as
+    /// Y = A^T M A) of tiles first ..< first + count from the blocked dy (outBlocks planes of outHeight x outWidth),
+    /// tile t's element e at m + t * outBlocks * 8 + e * stride; pixels past the bottom and right edges are zeros.
+    @inlinable @inline(__always)
+    public static func gradientTiles(_ s: WinogradTiling, first: Int, count: Int, dy: UnsafePointer<Float>,
+                                     into m: UnsafeMutablePointer<Float>, stride: Int) {
+        typealias V = SIMD8<Float>
+        let (outChannels, outPlane) = (s.outBlocks * 8, s.outHeight * s.outWidth * 8)
+        for t in 0..<count {
+            let (image, tile) = (first + t).quotientAndRemainder(dividingBy: s.tilesPerImage)
+            let (tileRow, tileColumn) = tile.quotientAndRemainder(dividingBy: s.tileColumns)
+            let (row, column) = (2 * tileRow, 2 * tileColumn)
+            let rows = Swift.min(2, s.outHeight &- row), columns = Swift.min(2, s.outWidth &- column)
+            let rowFloats = s.outWidth * 8, corner = (row * s.outWidth + column) * 8
+            for b in 0..<s.outBlocks {
+                let plane: UnsafePointer<Float> = dy + ((image * s.outBlocks + b) * outPlane + corner)
+                @inline(__always) func load(_ i: Int, _ j: Int) -> V {
+                    if i >= rows || j >= columns { return V() }
+                    let at: UnsafePointer<Float> = plane + (i * rowFloats + j * 8)
+                    return UnsafeRawPointer(at).loadUnaligned(as: V.self)
+                }
+                // A = [1 0; 1 1; 1 -1; 0 -1]. Per column j of dY: (A dY)[i][j] for i = 0...3; then each row times A^T.
+                @inline(__always) func column(_ j: Int) -> (V, V, V, V) {
+                    let (d0, d1) = (load(0, j), load(1, j))
+                    return (d0, d0 + d1, d0 - d1, V() - d1)
+                }
+                let (c0, c1) = (column(0), column(1))
+                let out = m + t * outChannels + b * 8
+                @inline(__always) func row(_ i: Int, _ a: V, _ b: V) {
+                    let base = UnsafeMutableRawPointer(out + 4 * i * stride), step = stride * 4
+                    base.storeBytes(of: a, as: V.self)
+                    base.storeBytes(of: a + b, toByteOffset: step, as: V.self)
+                    base.storeBytes(of: a - b, toByteOffset: 2 * step, as: V.self)
+                    base.storeBytes(of: V() - b, toByteOffset: 3 * step, as: V.self)
+                }
+                row(0, c0.0, c1.0)
+                row(1, c0.1, c1.1)
+                row(2, c0.2, c1.2)
+                row(3, c0.3, c1.3)
             }
         }
     }
@@ -206,11 +252,93 @@ public enum WinogradProducts {
     }
 }
 
+extension WinogradProducts {
+    /// The weight gradient's element-wise stage: for e = 0..<16, C[e] += A[e]^T B[e], summed over the `count` tiles of a
+    /// block: A[e] (count x n, the output gradient's transformed tiles, rows n floats apart, at a + e * aStride), B[e]
+    /// (count x k, the input's, rows k floats apart, at b + e * bStride), C[e] (n x k, rows ldc floats apart, at
+    /// c + e * cStride); k a multiple of 8. A register block of 6 rows x 16 columns (12 accumulators) runs over the tiles,
+    /// then adds into C: each element of C gets its block's sum over the tiles in tile order, then that sum, whatever
+    /// the columns or rows around it, so a thread's share of the columns does not change the bits.
+    @inlinable @inline(__always)
+    public static func accumulateTransposed<F: MultiplyAdd>(count: Int, n: Int, k: Int, a: UnsafePointer<Float>, aStride: Int,
+                                                            b: UnsafePointer<Float>, bStride: Int, c: UnsafeMutablePointer<Float>,
+                                                            cStride: Int, ldc: Int, _: F.Type) {
+        typealias V = SIMD8<Float>
+        for e in 0..<16 {
+            let ae = a + e &* aStride, be = b + e &* bStride, ce = c + e &* cStride
+            var column = 0
+            while column < k {
+                let wide = k &- column >= 16
+                let bc = be + column
+                var i = 0
+                while i &+ 6 <= n {
+                    var (c00, c01, c10, c11, c20, c21) = (V(), V(), V(), V(), V(), V())
+                    var (c30, c31, c40, c41, c50, c51) = (V(), V(), V(), V(), V(), V())
+                    if wide {
+                        for t in 0..<count {
+                            let b0 = V.load(bc + t &* k), b1 = V.load(bc + (t &* k &+ 8))
+                            let r = ae + (t &* n &+ i)
+                            var x = V(repeating: r[0])
+                            c00 = F.multiplyAdd(x, b0, c00); c01 = F.multiplyAdd(x, b1, c01)
+                            x = V(repeating: r[1])
+                            c10 = F.multiplyAdd(x, b0, c10); c11 = F.multiplyAdd(x, b1, c11)
+                            x = V(repeating: r[2])
+                            c20 = F.multiplyAdd(x, b0, c20); c21 = F.multiplyAdd(x, b1, c21)
+                            x = V(repeating: r[3])
+                            c30 = F.multiplyAdd(x, b0, c30); c31 = F.multiplyAdd(x, b1, c31)
+                            x = V(repeating: r[4])
+                            c40 = F.multiplyAdd(x, b0, c40); c41 = F.multiplyAdd(x, b1, c41)
+                            x = V(repeating: r[5])
+                            c50 = F.multiplyAdd(x, b0, c50); c51 = F.multiplyAdd(x, b1, c51)
+                        }
+                    } else {
+                        for t in 0..<count {
+                            let b0 = V.load(bc + t &* k)
+                            let r = ae + (t &* n &+ i)
+                            c00 = F.multiplyAdd(V(repeating: r[0]), b0, c00)
+                            c10 = F.multiplyAdd(V(repeating: r[1]), b0, c10)
+                            c20 = F.multiplyAdd(V(repeating: r[2]), b0, c20)
+                            c30 = F.multiplyAdd(V(repeating: r[3]), b0, c30)
+                            c40 = F.multiplyAdd(V(repeating: r[4]), b0, c40)
+                            c50 = F.multiplyAdd(V(repeating: r[5]), b0, c50)
+                        }
+                    }
+                    @inline(__always) func add(_ value: V, _ row: Int, _ offset: Int) {
+                        let p = ce + ((i &+ row) &* ldc &+ column &+ offset)
+                        (V.load(p) + value).store(p)
+                    }
+                    add(c00, 0, 0); add(c10, 1, 0); add(c20, 2, 0); add(c30, 3, 0); add(c40, 4, 0); add(c50, 5, 0)
+                    if wide { add(c01, 0, 8); add(c11, 1, 8); add(c21, 2, 8); add(c31, 3, 8); add(c41, 4, 8); add(c51, 5, 8) }
+                    i &+= 6
+                }
+                // The last rows, one at a time (the same sums in the same order).
+                while i < n {
+                    var (c0, c1) = (V(), V())
+                    for t in 0..<count {
+                        let x = V(repeating: ae[t &* n &+ i])
+                        c0 = F.multiplyAdd(x, V.load(bc + t &* k), c0)
+                        if wide { c1 = F.multiplyAdd(x, V.load(bc + (t &* k &+ 8)), c1) }
+                    }
+                    let p = ce + (i &* ldc &+ column)
+                    (V.load(p) + c0).store(p)
+                    if wide { (V.load(p + 8) + c1).store(p + 8) }
+                    i &+= 1
+                }
+                column &+= wide ? 16 : 8
+            }
+        }
+    }
+}
+
 /// `WinogradTransforms` as entry points of a module built for an instruction set above baseline (a protocol of its own
 /// beside `FusedKernelSet`, which `KernelDispatch.winogradKernels` picks by level).
 public protocol WinogradKernelSet {
-    static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+    static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>, blocks: Range<Int>?,
                                    into v: UnsafeMutablePointer<Float>, stride: Int)
+    static func winogradGradientTiles(_ s: WinogradTiling, first: Int, count: Int, dy: UnsafePointer<Float>,
+                                      into m: UnsafeMutablePointer<Float>, stride: Int)
+    static func winogradWeightProducts(count: Int, n: Int, k: Int, a: UnsafePointer<Float>, aStride: Int, b: UnsafePointer<Float>,
+                                       bStride: Int, c: UnsafeMutablePointer<Float>, cStride: Int, ldc: Int)
     static func winogradOutputTiles(_ s: WinogradTiling, first: Int, count: Int, m: UnsafePointer<Float>, stride: Int,
                                     bias: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool)
     static func winogradProducts(count: Int, k: Int, n: Int, v: UnsafePointer<Float>, vStride: Int, u: UnsafePointer<Float>,

@@ -224,9 +224,22 @@ extension FusedKernels: NarrowConvolutionKernelSet {
 
 extension FusedKernels: WinogradKernelSet {
     @inline(never) @_semantics("optimize.no.crossmodule")
-    public static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+    public static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>, blocks: Range<Int>?,
                                           into v: UnsafeMutablePointer<Float>, stride: Int) {
-        WinogradTransforms.inputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
+        WinogradTransforms.inputTiles(s, first: first, count: count, x: x, blocks: blocks, into: v, stride: stride)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func winogradGradientTiles(_ s: WinogradTiling, first: Int, count: Int, dy: UnsafePointer<Float>,
+                                             into m: UnsafeMutablePointer<Float>, stride: Int) {
+        WinogradTransforms.gradientTiles(s, first: first, count: count, dy: dy, into: m, stride: stride)
+    }
+
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func winogradWeightProducts(count: Int, n: Int, k: Int, a: UnsafePointer<Float>, aStride: Int, b: UnsafePointer<Float>,
+                                              bStride: Int, c: UnsafeMutablePointer<Float>, cStride: Int, ldc: Int) {
+        WinogradProducts.accumulateTransposed(count: count, n: n, k: k, a: a, aStride: aStride, b: b, bStride: bStride, c: c,
+                                              cStride: cStride, ldc: ldc, FusedMultiplyAdd.self)
     }
 
     @inline(never) @_semantics("optimize.no.crossmodule")

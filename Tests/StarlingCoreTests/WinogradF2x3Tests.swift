@@ -62,6 +62,20 @@ import Testing
         return dx
     }
 
+    /// dw[o][c][ki][kj] = the sum over images and output pixels of dy[o] x[c] at the tap's offset, in Double.
+    static func referenceWeightGradient(_ k: Case, _ g: ConvGeometry, x: [Float], dy: [Float]) -> [Double] {
+        var dw = [Double](repeating: 0, count: k.cout * k.cin * 9)
+        for i in 0..<k.batch { for o in 0..<k.cout { for r in 0..<g.outHeight { for q in 0..<g.outWidth {
+            let d = Double(dy[blocked(i, o, r, q, channels: k.cout, height: g.outHeight, width: g.outWidth)])
+            for c in 0..<k.cin { for ki in 0..<3 { for kj in 0..<3 {
+                let (row, column) = (r + ki - k.pad, q + kj - k.pad)
+                guard (0..<k.height).contains(row), (0..<k.width).contains(column) else { continue }
+                dw[((o * k.cin + c) * 3 + ki) * 3 + kj] += d * Double(x[blocked(i, c, row, column, channels: k.cin, height: k.height, width: k.width)])
+            } } }
+        } } } }
+        return dw
+    }
+
     /// Largest |a - b| over the largest |b|.
     static func relativeError(_ a: UnsafePointer<Float>, _ b: [Double]) -> Double {
         let scale = b.map(abs).max() ?? 0
@@ -111,6 +125,53 @@ import Testing
                 let error = dx.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, expected) }
                 #expect(error < ConvolutionAccuracy.winogradBound, "\(k) block \(String(describing: tilesPerBlock)) accumulate \(accumulate): \(error)")
             }
+        }
+    }
+
+    /// The weight gradient, added to what dw held (as training accumulates it), against float64: the default block
+    /// (every tile at once here) and blocks of 5 tiles, which end inside images and rows; the error over the largest
+    /// |dL/dw| (not of the sum with the prior).
+    @Test(arguments: cases) func weightGradientMatchesFloat64(_ k: Case) {
+        let g = k.geometry
+        let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 31), dy = randomValues(k.batch * k.cout * g.outPlane, seed: 32)
+        let reference = Self.referenceWeightGradient(k, g, x: x, dy: dy)
+        let prior = randomValues(reference.count, seed: 33)
+        let scale = reference.map(abs).max() ?? 0
+        for tilesPerBlock in [nil, 5] as [Int?] {
+            var dw = prior
+            let ran = x.withUnsafeBufferPointer { xp in dy.withUnsafeBufferPointer { dp in dw.withUnsafeMutableBufferPointer { wp in
+                g.ownWinogradWeightGradient(input: xp.baseAddress!, outputGrad: dp.baseAddress!, into: wp.baseAddress!, layouts: Self.layouts,
+                                            setting: .always, anyCPU: true, tilesPerBlock: tilesPerBlock)
+            } } }
+            #expect(ran, "\(k)")
+            let error = (0..<reference.count).map { abs(Double(dw[$0]) - (reference[$0] + Double(prior[$0]))) }.max()! / scale
+            #expect(error < ConvolutionAccuracy.winogradBound, "\(k) block \(String(describing: tilesPerBlock)): \(error)")
+        }
+    }
+
+    /// The weight gradient's threads split the input channels, each summing every tile in the same blocks: 1, 2 and 3
+    /// threads (24 channels: one, two and three 8-channel blocks a thread, so 16- and 8-wide columns) give the same
+    /// bits in each build; 16 output channels take the 6-row register block and a 4-row remainder. Each build within
+    /// the float64 bound.
+    @Test func weightGradientThreadsGiveTheSameBits() {
+        let k = Case(cin: 24, cout: 16, height: 11, width: 13, pad: 1, batch: 3)
+        let g = k.geometry
+        let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 41), dy = randomValues(k.batch * k.cout * g.outPlane, seed: 42)
+        let reference = Self.referenceWeightGradient(k, g, x: x, dy: dy)
+        func run(threads: Int, kernels: KernelDispatch.Level) -> [Float] {
+            var dw = [Float](repeating: 0, count: reference.count)
+            x.withUnsafeBufferPointer { xp in dy.withUnsafeBufferPointer { dp in dw.withUnsafeMutableBufferPointer { wp in
+                WinogradF2x3.weightGradient(images: k.batch, input: xp.baseAddress!, inChannels: k.cin, height: k.height, width: k.width,
+                                            outputGrad: dp.baseAddress!, outChannels: k.cout, outHeight: g.outHeight, outWidth: g.outWidth,
+                                            padTop: 1, padLeft: 1, into: wp.baseAddress!, tilesPerBlock: 7, threads: threads, kernels: kernels)
+            } } }
+            return dw
+        }
+        for kernels in KernelDispatch.supported {
+            let one = run(threads: 1, kernels: kernels)
+            for threads in [2, 3] { #expect(run(threads: threads, kernels: kernels) == one, "\(kernels) on \(threads) threads") }
+            let error = one.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, reference) }
+            #expect(error < ConvolutionAccuracy.winogradBound, "\(kernels): \(error)")
         }
     }
 
@@ -181,13 +242,13 @@ import Testing
         #expect(we < ConvolutionAccuracy.winogradBound && we < Swift.max(8 * de, 1e-7), "Winograd \(we), direct \(de)")
     }
 
-    /// The settings: 0 never, 1 on any shape it takes, the rule only where it paid; never the weight gradient, a
-    /// stride of 2, a 5x5 kernel, an NCHW side or a 16-wide block.
+    /// The settings: 0 never, 1 on any shape it takes, the rule only where it paid; never a stride of 2, a 5x5 kernel,
+    /// an NCHW side or a 16-wide block.
     @Test func whereItRuns() {
         let g = Case(cin: 64, cout: 64, height: 32, width: 32, pad: 1, batch: 2).geometry
         #expect(g.runsOwnWinograd(.forward, Self.layouts, setting: .always, anyCPU: true))
         #expect(g.runsOwnWinograd(.backwardData, Self.layouts, setting: .always, anyCPU: true))
-        #expect(!g.runsOwnWinograd(.backwardWeights, Self.layouts, setting: .always, anyCPU: true))
+        #expect(g.runsOwnWinograd(.backwardWeights, Self.layouts, setting: .always, anyCPU: true))
         #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .never, anyCPU: true))
         // The rule: up to 128 x 128 channels (the register-block products), 32 or more on both sides and 14 pixels or more
         // a side; above, 128 channels or more summed and written, 256-512 on the wider side, 26 pixels or more a side (13
@@ -208,8 +269,10 @@ import Testing
             #expect(!rule(16, 16, 128, pass) && !rule(16, 32, 64, pass) && !rule(32, 16, 128, pass) && !rule(128, 128, 8, pass))
             #expect(!rule(32, 32, 7, pass) && !rule(48, 48, 9, pass) && !rule(128, 128, 13, pass))
         }
-        #expect(!ConvGeometry(input: [2, 128, 32, 32], weight: [128, 128, 3, 3], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
-            .runsOwnWinograd(.backwardWeights, Self.layouts, setting: .rule, anyCPU: true))
+        // The weight gradient: up to 128 x 128 channels, 32 or more on both sides, 14 pixels or more a side.
+        #expect(rule(32, 32, 64, .backwardWeights) && rule(128, 128, 16, .backwardWeights) && rule(64, 32, 64, .backwardWeights))
+        #expect(!rule(16, 16, 128, .backwardWeights) && !rule(32, 16, 128, .backwardWeights) && !rule(128, 128, 8, .backwardWeights))
+        #expect(!rule(256, 128, 16, .backwardWeights) && !rule(128, 256, 26, .backwardWeights) && !rule(256, 512, 26, .backwardWeights))
         let strided = ConvGeometry(input: [2, 64, 32, 32], weight: [64, 64, 3, 3], stride: (2, 2), padding: .same, dilation: (1, 1), groups: 1)
         let five = ConvGeometry(input: [2, 64, 32, 32], weight: [64, 64, 5, 5], stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
         for other in [strided, five] { #expect(!other.runsOwnWinograd(.forward, Self.layouts, setting: .always, anyCPU: true)) }
@@ -220,6 +283,45 @@ import Testing
         for layouts in [planarInput, wide] { #expect(!g.runsOwnWinograd(.forward, layouts, setting: .always, anyCPU: true)) }
         // oneDNN's own Winograd is preferred on AVX-512 CPUs.
         if DNNLActivation.instructionSet.hasPrefix("avx512") { #expect(!g.runsOwnWinograd(.forward, Self.layouts, setting: .always)) }
+    }
+
+    /// Finite differences of the weight gradient through `conv2dBlocked` with Starling's Winograd forced on (all three
+    /// passes), at 40 sampled weights; the bias gradient (summed from dy beside it) against the sum of the seed.
+    @Test func weightGradientThroughTheOp() {
+        ConvGeometry.$ownWinogradForcedForTests.withValue(true) {
+            let k = Case(cin: 32, cout: 32, height: 15, width: 14, pad: 1, batch: 2)
+            #expect(k.geometry.runsOwnWinograd(.backwardWeights, Self.layouts))
+            let x = Tensor(shape: [k.batch, k.cin, k.height, k.width], values: randomValues(k.batch * k.cin * k.height * k.width, seed: 51))
+            let w = randomVariable([k.cout, k.cin, 3, 3], seed: 52, -0.1, 0.1), b = randomVariable([k.cout], seed: 53)
+            let projection = randomValues(k.batch * k.cout * k.height * k.width, seed: 54, 0.5, 1.5)
+            func op() -> Tensor { x.blocked8().conv2dBlocked(w, bias: b, stride: (1, 1), padding: .same, width: 8).unblocked() }
+            op().backward(seed: projection)
+            let (analytic, biasGradient) = (w.gradArray ?? [], b.gradArray ?? [])
+            #expect(analytic.count == w.count && biasGradient.count == k.cout)
+            func objective() -> Double {
+                let y = GradMode.disabled { op() }
+                return (0..<y.count).reduce(0.0) { $0 + Double(projection[$1]) * Double(y.data[$1]) }
+            }
+            var rng = RandomGenerator(seed: 55)
+            let eps: Float = 0.05
+            for _ in 0..<40 {
+                let i = Int(rng.next() % UInt64(w.count)), saved = w.data[i]
+                w.data[i] = saved + eps
+                let plus = objective()
+                w.data[i] = saved - eps
+                let minus = objective()
+                w.data[i] = saved
+                let numeric = (plus - minus) / Double(2 * eps)
+                #expect(abs(Double(analytic[i]) - numeric) <= 2e-2 + 1e-3 * abs(numeric), "w[\(i)]: analytic \(analytic[i]), numeric \(numeric)")
+            }
+            let plane = k.height * k.width
+            for o in 0..<k.cout {
+                let sum = (0..<k.batch).reduce(0.0) { total, i in
+                    (0..<plane).reduce(total) { $0 + Double(projection[(i * k.cout + o) * plane + $1]) }
+                }
+                #expect(abs(Double(biasGradient[o]) - sum) <= 1e-4 * abs(sum), "bias[\(o)]: \(biasGradient[o]) against \(sum)")
+            }
+        }
     }
 
     /// Finite differences through `conv2dBlocked` and `conv2dBlockedReLU` with Starling's Winograd forced on (as

@@ -103,7 +103,8 @@ public enum ConvAlgorithmBenchmark {
                                            sourceWidth: cin % b == 0 ? b : 8, destinationWidth: cout % b == 0 ? b : 8)
         // Below AVX-512 oneDNN has no Winograd: time Starling's F(2x2, 3x3) against the direct path training runs.
         if !DNNLActivation.instructionSet.hasPrefix("avx512") {
-            return runOwn(layer, rounds: rounds, clock: clock, layouts: layouts, x: x, weight: weight, bias: bias, y: y, dy: dy, dx: dx)
+            return runOwn(layer, rounds: rounds, clock: clock, layouts: layouts, x: x, weight: weight, bias: bias, y: y, dy: dy, dx: dx,
+                          dw: dw)
         }
         var geometries: [ConvolutionAlgorithm: ConvGeometry] = [:]
         for (algorithm, setting) in [(ConvolutionAlgorithm.direct, WinogradSetting.never), (.winograd, .always)] {
@@ -156,16 +157,22 @@ extension ConvAlgorithmBenchmark {
     /// The forward pass and input gradient of `layer` by the direct path `conv2dBlocked` runs without Winograd
     /// (Starling's narrow-output or direct kernel where they apply, else oneDNN's), against Starling's Winograd
     /// F(2x2, 3x3) (WinogradF2x3.swift), interleaved; nil where the latter does not take the layer (an NCHW side, a
-    /// 16-wide block) or Starling's kernels are off. The weight gradient is the same code either way and is not timed.
+    /// 16-wide block) or Starling's kernels are off. The weight gradient's direct path is Starling's blocked 3x3 kernel
+    /// (maps 24 pixels wide or more) or oneDNN's, without the bias gradient either way.
     static func runOwn(_ layer: Layer, rounds: Int, clock: Clock, layouts: DNNLConvPlan.Layouts, x: FloatStorage, weight: FloatStorage,
-                       bias: FloatStorage, y: FloatStorage, dy: FloatStorage, dx: FloatStorage) -> [Pass]? {
+                       bias: FloatStorage, y: FloatStorage, dy: FloatStorage, dx: FloatStorage, dw: FloatStorage) -> [Pass]? {
         var g = ConvGeometry(input: [layer.batch, layer.inChannels, layer.height, layer.width], weight: [layer.outChannels, layer.inChannels, 3, 3],
                              stride: (1, 1), padding: .same, dilation: (1, 1), groups: 1)
         g.winograd = .never
         guard g.runsOwnWinograd(.forward, layouts, setting: .always), !layer.readsImage else { return nil }
-        let passes: [ConvolutionPass] = [.forward, .backwardData]
+        let passes: [ConvolutionPass] = [.forward, .backwardData, .backwardWeights]
         func run(_ pass: ConvolutionPass, winograd: Bool) {
             let done = switch (pass, winograd) {
+            case (.backwardWeights, true):
+                g.ownWinogradWeightGradient(input: x.pointer, outputGrad: dy.pointer, into: dw.pointer, layouts: layouts, setting: .always)
+            case (.backwardWeights, false):
+                g.blockedWeightGradient3x3(input: x.pointer, outputGrad: dy.pointer, into: dw.pointer, biasGradient: nil, layouts: layouts)
+                    || g.dnnlAccumulateWeightGradient(input: x.pointer, outputGrad: dy.pointer, into: dw.pointer, layouts: layouts)
             case (.forward, true):
                 g.ownWinogradForward(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, layouts: layouts, setting: .always)
             case (.forward, false):
@@ -195,9 +202,11 @@ extension ConvAlgorithmBenchmark {
         let forwardDirect = g.narrowOutputShape(layouts) != nil ? "starling narrow-output"
             : ConvGeometry.directForwardTakes(inChannels: layer.inChannels, outChannels: layer.outChannels, width: layer.width)
                 && layer.outChannels % 16 == 0 ? "starling direct" : "oneDNN direct"
+        let weightsDirect = layer.width >= 24 ? "starling direct" : "oneDNN direct"
         return passes.map { pass in
             Pass(pass: pass, direct: times[pass]?[false] ?? [], winograd: times[pass]?[true] ?? [], flops: flops,
-                 directImplementation: pass == .forward ? forwardDirect : "oneDNN direct", winogradImplementation: "starling_wino_2x3",
+                 directImplementation: pass == .forward ? forwardDirect : pass == .backwardData ? "oneDNN direct" : weightsDirect,
+                 winogradImplementation: "starling_wino_2x3",
                  rule: g.runsOwnWinograd(pass, layouts, setting: .rule) ? .winograd : .direct)
         }
     }

@@ -307,7 +307,9 @@ extension ConvGeometry {
                                 inputGradient: inputGradient, layouts: layouts) { return }
         var biasDone = false
         if let weightGradient {
-            if fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
+            if ownWinogradWeightGradient(input: x, outputGrad: dy, into: weightGradient, layouts: layouts) {
+                // The bias gradient from dy below.
+            } else if fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
                 || blockedWeightGradient3x3(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts) {
                 biasDone = true
             } else {

@@ -54,8 +54,8 @@ public enum WinogradSetting: String, Sendable, Equatable {
                 return "no Winograd on oneDNN \(DNNLActivation.instructionSet) (oneDNN 2.x has it for AVX-512 only) nor Starling's (its kernels are off)"
             }
             return switch current {
-            case .always: "Starling's Winograd F(2x2, 3x3) on every 3x3 stride-1 8-channel-block forward pass and input gradient (STARLING_WINOGRAD=1; oneDNN \(DNNLActivation.instructionSet) has none)"
-            default: "Starling's Winograd F(2x2, 3x3) where it pays: 3x3 stride-1 forward passes and input gradients of up to 128 x 128 channels with 32+ on both sides on maps of 14+ pixels a side, or summing 128+ channels into 128+ (256-512 on the wider side) on maps of 26+ pixels a side (13+ at 512) (STARLING_WINOGRAD=0 or 1 to change; oneDNN \(DNNLActivation.instructionSet) has none)"
+            case .always: "Starling's Winograd F(2x2, 3x3) on every 3x3 stride-1 8-channel-block pass (STARLING_WINOGRAD=1; oneDNN \(DNNLActivation.instructionSet) has none)"
+            default: "Starling's Winograd F(2x2, 3x3) where it pays: 3x3 stride-1 passes (the weight gradient too) of up to 128 x 128 channels with 32+ on both sides on maps of 14+ pixels a side, or forward passes and input gradients summing 128+ channels into 128+ (256-512 on the wider side) on maps of 26+ pixels a side (13+ at 512) (STARLING_WINOGRAD=0 or 1 to change; oneDNN \(DNNLActivation.instructionSet) has none)"
             }
         }
         let calls = "at most \(WinogradCallBudget.current >> 20) MB a call (STARLING_WINOGRAD_CALL_MB)"

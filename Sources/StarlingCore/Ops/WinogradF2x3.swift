@@ -17,7 +17,8 @@ import StarlingKernelsAVX512
 ///
 /// The input gradient of a stride-1 convolution is the same computation on dy with the kernels rotated 180 degrees and
 /// the channel roles swapped, padded 2 - p on the top and left (reads past any edge are zeros), so both passes run
-/// `convolve`. The weight gradient stays on Starling's blocked 3x3 kernel or oneDNN's direct one.
+/// `convolve`. The weight gradient (`weightGradient`) sums the products of both sides' transformed tiles over the tiles
+/// and turns the 4 x 4 sums back into 3 x 3 kernels.
 enum WinogradF2x3 {
     /// Floats of transformed input and product tiles held at once (256 KB): a block of tiles whose transforms and
     /// products stay in L2 between the input transform, the products and the output transform.
@@ -134,6 +135,84 @@ enum WinogradF2x3 {
         }
         if ownProducts { run() } else { BLAS.withOneThread(run) }
     }
+
+    /// dw += the weight gradient of y = conv(x, w) given dy, w OIHW [outChannels, inChannels, 3, 3], x and dy blocked as
+    /// in `convolve` (padding and edges likewise). With U = G g G^T, V = B^T d B and Y = A^T (U (.) V) A per tile and
+    /// channel pair, dL/dU[e] = the sum over tiles of (A dY A^T)[e] V[e], and dw = G^T (dL/dU) G: per element e one
+    /// product [Cout x tiles] x [tiles x Cin], summed over every tile of the call (`WinogradProducts.accumulateTransposed`
+    /// on the register block), then the 4 x 4 sums turned back into 3 x 3 kernels (`addTransformedBack`).
+    ///
+    /// The threads split the input channels (8-channel blocks), each transforming its own channels of x and all of dy
+    /// (the cheaper transform: 2 x 2 pixels a tile), so each sum over tiles runs in one thread, in tile order, in blocks
+    /// of `tilesPerBlock` tiles that depend on the shape only: any thread count gives the same bits. Scratch: the
+    /// 16 Cin Cout sums and, per thread, a block of transformed tiles.
+    static func weightGradient(images: Int, input x: UnsafePointer<Float>, inChannels: Int, height: Int, width: Int,
+                               outputGrad dy: UnsafePointer<Float>, outChannels: Int, outHeight: Int, outWidth: Int, padTop: Int, padLeft: Int,
+                               into dw: UnsafeMutablePointer<Float>, tilesPerBlock: Int? = nil, threads: Int? = nil,
+                               kernels: KernelDispatch.Level = KernelDispatch.current) {
+        precondition(inChannels % 8 == 0 && outChannels % 8 == 0, "Winograd F(2x2, 3x3) runs on 8-channel blocks")
+        let s = WinogradTiling(inBlocks: inChannels / 8, height: height, width: width, outBlocks: outChannels / 8,
+                               outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft)
+        let tiles = images * s.tilesPerImage
+        guard tiles > 0 else { return }
+        let block = Swift.min(tiles, tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
+        let blocks = (tiles + block - 1) / block
+        let workers = Swift.max(1, Swift.min(threads ?? BLAS.threadCount, s.inBlocks))
+        let matrix = outChannels * inChannels
+        // dL/dU[e] = [outChannels x inChannels] row-major, e = 0..<16.
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: 16 * matrix)
+        sums.initialize(repeating: 0, count: 16 * matrix)
+        defer { sums.deallocate() }
+        // Per worker: V[e] = [block x its channels], then M[e] = [block x outChannels], one cache line past the rows (as
+        // in `convolve`).
+        let widest = (s.inBlocks + workers - 1) / workers * 8
+        let (vStride, mStride) = (block * widest + 16, block * outChannels + 16)
+        let scratchFloats = 16 * (vStride + mStride)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * scratchFloats)
+        defer { scratch.deallocate() }
+        Parallel.forEachChunk(of: workers, work: .max, threads: workers) { slots in
+            for slot in slots {
+                let v = scratch + slot * scratchFloats, m = v + 16 * vStride
+                let channelBlocks = (s.inBlocks * slot / workers)..<(s.inBlocks * (slot + 1) / workers)
+                let (firstChannel, channels) = (channelBlocks.lowerBound * 8, channelBlocks.count * 8)
+                for index in 0..<blocks {
+                    let first = index * block, count = Swift.min(block, tiles - first)
+                    KernelDispatch.winogradInputTiles(s, first: first, count: count, x: x, blocks: channelBlocks, into: v, stride: vStride,
+                                                      kernels: kernels)
+                    KernelDispatch.winogradGradientTiles(s, first: first, count: count, dy: dy, into: m, stride: mStride, kernels: kernels)
+                    KernelDispatch.winogradWeightProducts(count: count, n: outChannels, k: channels, a: m, aStride: mStride, b: v,
+                                                          bStride: vStride, c: sums + firstChannel, cStride: matrix, ldc: inChannels,
+                                                          kernels: kernels)
+                }
+            }
+        }
+        addTransformedBack(sums, outChannels: outChannels, inChannels: inChannels, into: dw)
+    }
+
+    /// dw[o][c] += G^T S G (3 x 3) for the 4 x 4 sums S[e] = sums[e * Cout Cin + o Cin + c] of `weightGradient`,
+    /// G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+    static func addTransformedBack(_ sums: UnsafePointer<Float>, outChannels: Int, inChannels: Int, into dw: UnsafeMutablePointer<Float>) {
+        let matrix = outChannels * inChannels
+        Parallel.forEachChunk(of: outChannels, work: matrix * 16) { range in
+            for o in range {
+                for c in 0..<inChannels {
+                    let at = sums + o * inChannels + c
+                    // Row i of S as a SIMD4 over its 4 columns; then t = G^T S (3 x 4), then t G (3 x 3).
+                    @inline(__always) func row(_ i: Int) -> SIMD4<Float> {
+                        SIMD4(at[(4 * i) * matrix], at[(4 * i + 1) * matrix], at[(4 * i + 2) * matrix], at[(4 * i + 3) * matrix])
+                    }
+                    let (s0, s1, s2, s3) = (row(0), row(1), row(2), row(3))
+                    let (t0, t1, t2) = (s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3)
+                    let g = dw + (o * inChannels + c) * 9
+                    for (i, t) in [t0, t1, t2].enumerated() {
+                        g[i * 3] += t[0] + 0.5 * (t[1] + t[2])
+                        g[i * 3 + 1] += 0.5 * (t[1] - t[2])
+                        g[i * 3 + 2] += 0.5 * (t[1] + t[2]) + t[3]
+                    }
+                }
+            }
+        }
+    }
 }
 
 extension KernelDispatch {
@@ -147,12 +226,34 @@ extension KernelDispatch {
     }
 
     /// `WinogradTransforms.inputTiles` in the build `kernels`.
-    static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>,
+    static func winogradInputTiles(_ s: WinogradTiling, first: Int, count: Int, x: UnsafePointer<Float>, blocks: Range<Int>? = nil,
                                    into v: UnsafeMutablePointer<Float>, stride: Int, kernels: Level = current) {
         if let k = winogradKernels(kernels) {
-            k.winogradInputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
+            k.winogradInputTiles(s, first: first, count: count, x: x, blocks: blocks, into: v, stride: stride)
         } else {
-            WinogradTransforms.inputTiles(s, first: first, count: count, x: x, into: v, stride: stride)
+            WinogradTransforms.inputTiles(s, first: first, count: count, x: x, blocks: blocks, into: v, stride: stride)
+        }
+    }
+
+    /// `WinogradTransforms.gradientTiles` in the build `kernels`.
+    static func winogradGradientTiles(_ s: WinogradTiling, first: Int, count: Int, dy: UnsafePointer<Float>,
+                                      into m: UnsafeMutablePointer<Float>, stride: Int, kernels: Level = current) {
+        if let k = winogradKernels(kernels) {
+            k.winogradGradientTiles(s, first: first, count: count, dy: dy, into: m, stride: stride)
+        } else {
+            WinogradTransforms.gradientTiles(s, first: first, count: count, dy: dy, into: m, stride: stride)
+        }
+    }
+
+    /// `WinogradProducts.accumulateTransposed` in the build `kernels` (fused multiply-adds above baseline).
+    static func winogradWeightProducts(count: Int, n: Int, k: Int, a: UnsafePointer<Float>, aStride: Int, b: UnsafePointer<Float>,
+                                       bStride: Int, c: UnsafeMutablePointer<Float>, cStride: Int, ldc: Int, kernels: Level = current) {
+        if let set = winogradKernels(kernels) {
+            set.winogradWeightProducts(count: count, n: n, k: k, a: a, aStride: aStride, b: b, bStride: bStride, c: c, cStride: cStride,
+                                       ldc: ldc)
+        } else {
+            WinogradProducts.accumulateTransposed(count: count, n: n, k: k, a: a, aStride: aStride, b: b, bStride: bStride, c: c,
+                                                  cStride: cStride, ldc: ldc, SeparateMultiplyAdd.self)
         }
     }
 
@@ -195,7 +296,7 @@ extension ConvGeometry {
     /// STARLING_WINOGRAD=1 would on any CPU.
     func runsOwnWinograd(_ pass: ConvolutionPass, _ layouts: DNNLConvPlan.Layouts, setting: WinogradSetting? = nil,
                          anyCPU: Bool = false) -> Bool {
-        guard pass != .backwardWeights, ownWinogradShape(layouts) else { return false }
+        guard ownWinogradShape(layouts) else { return false }
         if Self.ownWinogradForcedForTests && setting == nil && winograd == nil { return true }
         guard anyCPU || (Self.ownKernels && !DNNLActivation.instructionSet.hasPrefix("avx512")) else { return false }
         switch setting ?? winograd ?? WinogradSetting.current {
@@ -219,12 +320,24 @@ extension ConvGeometry {
     /// transformed weights a block. Depends on one image's shape and the pass only, so every rank, replica and thread
     /// count of a job runs the same algorithm.
     ///
+    /// The weight gradient (`weightGradient`, on its own register block whatever the channels) takes the same passes up
+    /// to 128 x 128 channels: 32 channels or more on both sides, maps of 14 pixels or more a side, 1.19-1.57x Starling's
+    /// blocked 3x3 kernel or oneDNN's direct one on U-Net's layers at width 0.25, 1.14x and 1.39x on yolov3-tiny's
+    /// conv_4 and conv_6, 1.03-1.35x on SSD7's conv2-conv5, 1.39x and 1.49x on denoising-ae's 14 x 14 layers (one
+    /// thread; BENCHMARKS.md, "Winograd's weight gradient on AVX2"). Not above 128 x 128 (yolov3-tiny's conv_8 and
+    /// conv_21, U-Net's 256 -> 128 won 1.13-1.37x there, but their sums and scratch, several MB, were not measured in
+    /// whole steps or peaks), nor 16-channel sides (0.67-1.0x) or 8 x 8 maps.
+    ///
     /// Since the products of layers up to 128 x 128 channels run on `WinogradProducts` (BENCHMARKS.md, "U-Net at width
     /// 0.25 against PyTorch on AVX2"), those layers also take it where both sides have 32 channels or more on maps of 14
     /// pixels or more a side: U-Net's 32- to 128-channel layers at width 0.25 (1.1-1.4x per pass on one thread, a few
     /// level), yolov3-tiny's conv_4 and conv_6, SSD7's conv2-conv5, denoising-ae's 14 x 14 layers. 16-channel passes
     /// (0.76-1.1x) and 8 x 8 maps (0.6-0.8x) stay direct.
     func ownWinogradPays(_ pass: ConvolutionPass) -> Bool {
+        if pass == .backwardWeights {
+            return WinogradF2x3.ownProducts(inChannels: inChannels, outChannels: outChannels) && Swift.min(inChannels, outChannels) >= 32
+                && Swift.min(outHeight, outWidth) >= 14
+        }
         let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
         let wider = Swift.max(summed, written)
         let side = Swift.min(outHeight, outWidth)
@@ -265,6 +378,18 @@ extension ConvGeometry {
         WinogradF2x3.convolve(images: batch, input: dy, inChannels: outChannels, height: outHeight, width: outWidth, transformedWeights: u,
                               outChannels: inChannels, outHeight: height, outWidth: width, padTop: 2 - padTop, padLeft: 2 - padLeft,
                               bias: nil, output: dx, accumulate: accumulate, tilesPerBlock: tilesPerBlock)
+        return true
+    }
+
+    /// The weight gradient by Starling's F(2x2, 3x3) when `runsOwnWinograd(.backwardWeights, layouts)`: dw += dL/dw
+    /// (`WinogradF2x3.weightGradient`); the bias gradient is left to the caller. False, doing nothing, otherwise.
+    func ownWinogradWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
+                                   layouts: DNNLConvPlan.Layouts, setting: WinogradSetting? = nil, anyCPU: Bool = false,
+                                   tilesPerBlock: Int? = nil) -> Bool {
+        guard runsOwnWinograd(.backwardWeights, layouts, setting: setting, anyCPU: anyCPU) else { return false }
+        WinogradF2x3.weightGradient(images: batch, input: x, inChannels: inChannels, height: height, width: width, outputGrad: dy,
+                                    outChannels: outChannels, outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft,
+                                    into: dw, tilesPerBlock: tilesPerBlock)
         return true
     }
 }
