@@ -308,7 +308,7 @@ import StarlingDistributed
         #expect(!a.isEmpty && a == b, "largest relative difference \(maxRelativeDifference(a, b))")
     }
 
-    /// Without --replicas or --blas-threads, one process times both layouts on the first batch, says which it chose
+    /// Without --replicas or --blas-threads, one process times both layouts on the first batches, says which it chose
     /// and why, and trains on it; with --shard-optimizer too (replicas then shard their optimizer state).
     @Test(arguments: [false, true])
     func theLayoutIsMeasuredByDefault(sharded: Bool) throws {
@@ -318,7 +318,7 @@ import StarlingDistributed
         let r = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: sharded ? ["--shard-optimizer"] : []))
         #expect(r.status == 0, "\(r.error)")
         let line = try #require(r.output.split(separator: "\n").first { $0.hasPrefix("replicas: ") }, "\(r.output)")
-        #expect(line.contains("the faster layout on this run's first batch") && line.contains("--replicas N fixes the count"))
+        #expect(line.contains("the faster layout on this run's first batches") && line.contains("--replicas N fixes the count"))
         let chosen = line.hasPrefix("replicas: 1 ") ? "1 rank(s)" : "replica(s) on threads of one process"
         #expect(r.output.contains(chosen), "\(r.output)")
         if !line.hasPrefix("replicas: 1 ") {
