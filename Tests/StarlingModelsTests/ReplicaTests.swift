@@ -476,6 +476,28 @@ import StarlingDistributed
         }
     }
 
+    /// A split held in memory is read by each replica through a prefetcher of its own (`readsConcurrently`); a split
+    /// read from the file through the one shared feed. Both hand every replica the same slices, so the trained weights
+    /// are the same bits.
+    @Test func ownAndSharedDataPipelinesTrainTheSameWeights() throws {
+        let path = try Fixture.sampleHDF5()
+        func train(residentLimit: Int) throws -> (weights: [Float], concurrent: Bool) {
+            let data = try ImageDataset(path: path, split: "train", residentLimit: residentLimit)
+            var o = TrainingOptions()
+            (o.epochs, o.batchSize, o.stepsPerEpoch, o.seed, o.writeOutputs, o.progress) = (2, 64, 3, 7, false, false)
+            let models = try (0..<2).map { _ in try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 7) }
+            let shards = OptimizerShards.ranges(parameterCount: models[0].parameters.count, ranks: 2)
+            let pairs: [(model: any Model, optimizer: any Optimizer)] = models.enumerated().map { r, m in
+                (m, Adam(parameterCount: m.parameters.count, shard: shards[r]))
+            }
+            _ = try ReplicaTraining.run(pairs, train: data, validation: nil, options: o, log: { _ in })
+            return (models[0].parameters.values.toArray(), data.readsConcurrently)
+        }
+        let (own, shared) = (try train(residentLimit: ImageDataset.residentBytes), try train(residentLimit: 0))
+        #expect(own.concurrent && !shared.concurrent)
+        #expect(own.weights == shared.weights)
+    }
+
     /// Checkpoints of sharded replicas hold every parameter's state: stopped at step 13 they resume unsharded to the
     /// uninterrupted sharded run's bits, and unsharded replicas' and sharded ranks' checkpoints resume sharded on
     /// replicas to the same bits. A resume on another count or kind of world says which it was and which it is, and
