@@ -52,7 +52,9 @@ public struct ReplicaCalibration: Sendable {
     /// Every timed step is a whole step of the run's kind: its batch from the data pipeline (`source`'s epoch-0 order
     /// for `seed`, global batches of `batchSize`, cycling over the first `stepsPerEpoch`; a prefetch thread at the
     /// lowest priority, as in a run whose compute threads fill the cores, and the consumer making a batch itself when
-    /// none is ready; each replica making its own slices through a prefetcher of its own where the source reads concurrently (a split held in memory), else the replicas sharing one feed, each taking its slice), the forward pass, the loss read, backward,
+    /// none is ready; each replica making its own slices through a prefetcher of its own where the source reads
+    /// concurrently (a split held in memory), else the replicas sharing one feed, each taking its slice), the forward
+    /// pass, the loss read, backward,
     /// the gradients summed (the replicas' reduce-scatter carrying the loss agreement, as the trainer's does) or checked
     /// for a non-finite value (one replica), the optimizer step, and the replicas' barrier. The steps timed before
     /// left the data out and timed the same cached batch again and again: they put sparse-ae's one replica on two
