@@ -7,7 +7,9 @@ import StarlingNN
 ///
 /// Nothing is loaded up front. A split of at most `residentBytes` is read whole with the first batch and later batches
 /// are gathered from memory; a larger one reads each batch's rows from the file, so sets larger than memory train.
-/// Not safe for concurrent use: one reader (the prefetch thread, or the caller) at a time.
+/// Not safe for concurrent use: one reader (the prefetch thread, or the caller) at a time, except once the split is
+/// resident (`isResident`): `read` and `batch` then only read memory that no longer changes, and several threads may
+/// call them at once (replicas each making their own slices, `TrainingSource.readsConcurrently`).
 public final class ImageDataset: @unchecked Sendable {
     public let path: String
     public let split: String

@@ -16,10 +16,15 @@ public protocol TrainingSource: AnyObject, Sendable {
     /// Does once, before training, what the first batch would otherwise do (e.g. read a small split into memory), so
     /// that it is not counted in the first epoch's time. Not safe beside another read of the same source.
     func prepare() throws
+    /// Whether `batch(indices:epoch:training:config:)` may run on several threads at once: true once a split is held in
+    /// memory and a batch is a gather from it (after `prepare()`). Replicas on threads of one process then each make
+    /// their own slices, in parallel, rather than one shared prefetcher making every replica's in turn (`Trainer.run`).
+    var readsConcurrently: Bool { get }
 }
 
 extension TrainingSource {
     public func prepare() throws {}
+    public var readsConcurrently: Bool { false }
 }
 
 extension TrainingSource {
@@ -76,6 +81,9 @@ public enum TrainingData {
 
 extension ImageDataset: TrainingSource {
     public func prepare() throws { try loadResident() }
+
+    /// A resident split's batches are gathers from memory that no longer changes (`read`), touching no HDF5.
+    public var readsConcurrently: Bool { isResident }
 
     public func batch(indices: [Int], epoch: Int, training: Bool, config: ModelConfig) throws -> Batch {
         try batch(indices: indices, modelInputShape: config.inputShape)

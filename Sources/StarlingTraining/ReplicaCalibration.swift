@@ -52,7 +52,9 @@ public struct ReplicaCalibration: Sendable {
     /// Every timed step is a whole step of the run's kind: its batch from the data pipeline (`source`'s epoch-0 order
     /// for `seed`, global batches of `batchSize`, cycling over the first `stepsPerEpoch`; a prefetch thread at the
     /// lowest priority, as in a run whose compute threads fill the cores, and the consumer making a batch itself when
-    /// none is ready; the replicas sharing one feed, each taking its slice), the forward pass, the loss read, backward,
+    /// none is ready; each replica making its own slices through a prefetcher of its own where the source reads
+    /// concurrently (a split held in memory), else the replicas sharing one feed, each taking its slice), the forward
+    /// pass, the loss read, backward,
     /// the gradients summed (the replicas' reduce-scatter carrying the loss agreement, as the trainer's does) or checked
     /// for a non-finite value (one replica), the optimizer step, and the replicas' barrier. The steps timed before
     /// left the data out and timed the same cached batch again and again: they put sparse-ae's one replica on two
@@ -61,7 +63,7 @@ public struct ReplicaCalibration: Sendable {
     /// The replicas run as `ReplicaTraining` runs them: one copy of the weights shared, each optimizer on its range,
     /// gradients reduce-scattered, a barrier after the update.
     ///
-    /// `stopsIdleBLASThreads`: after each block on several threads, OpenBLAS's pool is stopped (`OpenBLASPool.stop()`),
+    /// `stopsIdleBLASThreads`: after each block on several threads, OpenBLAS's pool is stopped (`BLAS.stopIdleThreads()`),
     /// so that the replicas' blocks do not run beside its worker, which polls (sched_yield) for ~116 ms after its last
     /// threaded call on this machine: every replica block that followed a one-replica block ran beside a third runnable
     /// thread, the likely reason they timed fc-ae's replicas at 1.76-2.21 ms a step where their epoch ran 1.2-1.3 ms
@@ -124,14 +126,17 @@ public struct ReplicaCalibration: Sendable {
                     for _ in 0..<steps { step(inputs.single.model, inputs.single.optimizer, try reader.next()) }
                     seconds = (monotonicSeconds() - start) / Double(steps)
                     BLAS.setThreadCount(1)
-                    if stopsIdleBLASThreads { OpenBLASPool.stop() }
+                    if stopsIdleBLASThreads { BLAS.stopIdleThreads() }
                 }
                 block += 1
                 try member.barrier()
                 return record(.oneReplica, seconds)
             }
             func replicaBlock(_ steps: Int) throws -> Double {
-                let reader = inputs.feed.stream(epoch: block, replica: r) { inputs.data.replicaPrefetcher(block: block, steps: steps, replicas: replicas) }
+                // As the run reads: a split held in memory through each replica's own prefetcher, else one shared feed.
+                let reader = inputs.data.source.readsConcurrently
+                    ? inputs.data.ownPrefetcher(block: block, steps: steps, replica: r)
+                    : inputs.feed.stream(epoch: block, replica: r) { inputs.data.replicaPrefetcher(block: block, steps: steps, replicas: replicas) }
                 block += 1
                 try member.barrier()
                 let start = monotonicSeconds()
@@ -234,7 +239,7 @@ public struct ReplicaCalibration: Sendable {
     public var summary: String {
         let replicaStep = formatMilliseconds(Self.median(replicaSeconds)), threadStep = formatMilliseconds(Self.median(threadSeconds))
         let choice = chosen > 1 ? "\(replicas) on threads of this process, one thread each" : "1 (one replica on \(replicas) threads)"
-        return "replicas: \(choice), the faster layout on this run's first batch (a step: \(replicas) replicas x 1 thread \(replicaStep), " +
+        return "replicas: \(choice), the faster layout on this run's first batches (a step: \(replicas) replicas x 1 thread \(replicaStep), " +
             "1 replica x \(replicas) threads \(threadStep); \(replicaSeconds.count == 1 && blockSteps == (1, 1) ? "one step each, \(Self.clearRatio)x apart" : "median of \(replicaSeconds.count) round(s) of \(blockSteps.replica) and \(blockSteps.thread) step(s)")); " +
             "--replicas N fixes the count"
     }
@@ -272,6 +277,15 @@ private struct CalibrationData: @unchecked Sendable {
         return SeededStream(Prefetcher(source: source, steps: list, epoch: 0, config: config, targetEncoder: targetEncoder, lowPriority: true), seed: seed)
     }
 
+    /// Replica `replica`'s own prefetcher of block `block` (a source that reads concurrently): its slice of each step.
+    func ownPrefetcher(block: Int, steps: Int, replica: Int) -> BatchStream {
+        let list = (0..<steps).map { k in
+            let g = globalBatch(block, k)
+            return Array(order[(g * batchSize + replica * local)..<(g * batchSize + (replica + 1) * local)])
+        }
+        return Prefetcher(source: source, steps: list, epoch: 0, config: config, targetEncoder: targetEncoder, lowPriority: true)
+    }
+
     /// The replicas' shared prefetcher of block `block`: each step's slices in replica order.
     func replicaPrefetcher(block: Int, steps: Int, replicas: Int) -> Prefetcher {
         let list = (0..<steps).flatMap { k in
@@ -302,22 +316,4 @@ private final class CalibrationTimes: @unchecked Sendable {
     private var thread: [Double] = [], replica: [Double] = [], steps = (thread: 1, replica: 1)
     func record(thread t: Double, replica p: Double, blockSteps: (thread: Int, replica: Int)) { lock.withLock { thread.append(t); replica.append(p); steps = blockSteps } }
     var values: ([Double], [Double], (thread: Int, replica: Int)) { lock.withLock { (thread, replica, steps) } }
-}
-
-/// OpenBLAS's thread pool, stopped between a calibration's one-replica blocks and its replicas' blocks. After its last
-/// threaded call a worker of OpenBLAS 0.3 (pthreads) polls its queue with sched_yield for 2^28 TSC cycles before it
-/// sleeps (`THREAD_TIMEOUT`; 116 ms here, seen runnable in /proc), a third runnable thread beside two replicas on two
-/// cores. `blas_thread_shutdown_` (OpenBLAS's own fork handler) joins the workers; OpenBLAS starts them again at its
-/// next threaded call. Looked up at run time: a BLAS without it (another build, OpenMP's) is left as it is.
-enum OpenBLASPool {
-    private typealias Shutdown = @convention(c) () -> Int32
-    private static let shutdown: Shutdown? = {
-        // The process's global scope: the executable and the libraries it loaded (OpenBLAS among them).
-        guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, "blas_thread_shutdown_") else { return nil }
-        return unsafeBitCast(symbol, to: Shutdown.self)
-    }()
-
-
-    /// Joins OpenBLAS's idle workers. The caller must own the process's BLAS: no other thread may be inside it.
-    static func stop() { _ = shutdown?() }
 }

@@ -20,7 +20,9 @@ extension Prefetcher: BatchStream {}
 /// global batch's slices in replica order (replica r's slice of step s is item s x N + r), and each replica takes its
 /// own, so the file is read by one thread as under one process, and each replica sees the slice rank r would read
 /// under mpirun. Validation reads go through `reading(_:)`, one at a time: the datasets are not safe for concurrent
-/// use.
+/// use. Used for sources that take one reader at a time only: where the training split is held in memory
+/// (`TrainingSource.readsConcurrently`) each replica reads its own slices through a prefetcher of its own, as a rank
+/// does, and the replicas make their slices at the same time (`Trainer.run`).
 public final class ReplicaFeed: @unchecked Sendable {
     public let replicas: Int
     private let condition = NSCondition()

@@ -226,7 +226,7 @@ public final class Trainer {
     /// Fault injection for the watchdog test: STARLING_TEST_STALL="rank:step:seconds" makes that rank sleep before
     /// that step's collectives. Not a user setting; it stays out of the help.
     private func stallForTesting(step: Int) {
-        guard let spec = getenv("STARLING_TEST_STALL").map({ String(cString: $0) }) else { return }
+        guard let spec = Self.stallSpec else { return }
         let parts = spec.split(separator: ":").compactMap { Double($0) }
         guard parts.count == 3, Int(parts[0]) == world.rank, Int(parts[1]) == step else { return }
         usleep(useconds_t(parts[2] * 1_000_000))
@@ -234,10 +234,15 @@ public final class Trainer {
 
     public static func printLine(_ line: String) { StarlingNN.printLine(line) }
 
+    /// The fault-injection settings, read once: every step of every replica looked both up with `getenv`, a walk of
+    /// the environment each (0.2 % of vae's one-thread CPU by `perf`).
+    private static let stallSpec = getenv("STARLING_TEST_STALL").map { String(cString: $0) }
+    private static let nonFiniteSpec = getenv("STARLING_TEST_NONFINITE").map { String(cString: $0) }
+
     /// Fault injection for the non-finite tests: STARLING_TEST_NONFINITE="rank:step:loss" or "rank:step:gradient" makes
     /// that rank's loss NaN, or one of its gradients infinite, at that global step. Not a user setting.
     private func nonFiniteForTesting(step: Int) -> String? {
-        guard let spec = getenv("STARLING_TEST_NONFINITE").map({ String(cString: $0) }) else { return nil }
+        guard let spec = Self.nonFiniteSpec else { return nil }
         let parts = spec.split(separator: ":").map(String.init)
         guard parts.count == 3, Int(parts[0]) == world.rank, Int(parts[1]) == step else { return nil }
         return parts[2]
@@ -498,8 +503,13 @@ public final class Trainer {
             let computeThreads = world.size * threads
             let lowPriority = computeThreads >= ProcessInfo.processInfo.activeProcessorCount
             let reader: any BatchStream
-            if let feed {
-                // One prefetcher for every replica: each step's slices in replica order.
+            if let feed, !train.readsConcurrently {
+                // One prefetcher for every replica, each step's slices in replica order: the source takes one reader
+                // at a time (HDF5 is the serial library). A split held in memory takes several: each replica then has a
+                // prefetcher of its own, as a rank does (below), and the replicas make their slices at the same time.
+                // Through the shared one they made them in turn, on their critical path: the replica that pulled first
+                // made the next slice in order, often the other's, while the other waited for it (BENCHMARKS.md, "One
+                // process on 2 cores, fifth pass").
                 reader = feed.stream(epoch: epoch, replica: world.rank) {
                     let all = (firstStep..<steps).flatMap { step in (0..<world.size).map { slice(step, $0) } }
                     return Prefetcher(source: train, steps: all, epoch: epoch, config: model.config, targetEncoder: model.targetEncoder,

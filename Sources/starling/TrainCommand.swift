@@ -312,7 +312,7 @@ struct TrainCommand: ParsableCommand {
                                                             optimizerBuffers: flags.makeOptimizer(parameterCount: parameterCount, shard: 0..<0).state.count,
                                                             replicas: BLAS.threadCount) {
                     // One process with the default threads: one replica on every thread, or one replica a thread,
-                    // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batch.
+                    // whichever trains this model faster here (ReplicaCalibration), on epoch 0's first global batches.
                     let threads = BLAS.threadCount
                     let calibration = try ReplicaCalibration.measure(
                         replicas: threads, source: train, batchSize: flags.batchSize, seed: flags.seed,
@@ -323,6 +323,13 @@ struct TrainCommand: ParsableCommand {
                     }
                     Trainer.printLine(calibration.summary)
                     replicaCount = calibration.chosen
+                    if replicaCount > 1 {
+                        // The replicas run OpenBLAS on one thread: set it now and stop the pool that the calibration's
+                        // end started again (restoring the count), so that the run does not start beside a worker
+                        // polling for ~116 ms; the replica run's own setting of one thread then changes nothing.
+                        BLAS.setThreadCount(1)
+                        BLAS.stopIdleThreads()
+                    }
                 }
                 if replicaCount > 1 {
                     let replicas = replicaCount

@@ -308,7 +308,7 @@ import StarlingDistributed
         #expect(!a.isEmpty && a == b, "largest relative difference \(maxRelativeDifference(a, b))")
     }
 
-    /// Without --replicas or --blas-threads, one process times both layouts on the first batch, says which it chose
+    /// Without --replicas or --blas-threads, one process times both layouts on the first batches, says which it chose
     /// and why, and trains on it; with --shard-optimizer too (replicas then shard their optimizer state).
     @Test(arguments: [false, true])
     func theLayoutIsMeasuredByDefault(sharded: Bool) throws {
@@ -318,7 +318,7 @@ import StarlingDistributed
         let r = try run(Fixture.starling, arguments("fc-ae", data, dir, extra: sharded ? ["--shard-optimizer"] : []))
         #expect(r.status == 0, "\(r.error)")
         let line = try #require(r.output.split(separator: "\n").first { $0.hasPrefix("replicas: ") }, "\(r.output)")
-        #expect(line.contains("the faster layout on this run's first batch") && line.contains("--replicas N fixes the count"))
+        #expect(line.contains("the faster layout on this run's first batches") && line.contains("--replicas N fixes the count"))
         let chosen = line.hasPrefix("replicas: 1 ") ? "1 rank(s)" : "replica(s) on threads of one process"
         #expect(r.output.contains(chosen), "\(r.output)")
         if !line.hasPrefix("replicas: 1 ") {
@@ -474,6 +474,28 @@ import StarlingDistributed
         #expect { _ = try ReplicaTraining.run(whole, train: data, validation: nil, options: o, log: { _ in }) } throws: { error in
             "\(error)".contains("but replica 0 of 2 (replicas share one copy of the weights and optimizer state) owns 0..<\(shards[0].upperBound)")
         }
+    }
+
+    /// A split held in memory is read by each replica through a prefetcher of its own (`readsConcurrently`); a split
+    /// read from the file through the one shared feed. Both hand every replica the same slices, so the trained weights
+    /// are the same bits.
+    @Test func ownAndSharedDataPipelinesTrainTheSameWeights() throws {
+        let path = try Fixture.sampleHDF5()
+        func train(residentLimit: Int) throws -> (weights: [Float], concurrent: Bool) {
+            let data = try ImageDataset(path: path, split: "train", residentLimit: residentLimit)
+            var o = TrainingOptions()
+            (o.epochs, o.batchSize, o.stepsPerEpoch, o.seed, o.writeOutputs, o.progress) = (2, 64, 3, 7, false, false)
+            let models = try (0..<2).map { _ in try ModelRegistry.build(FCAutoencoder.defaultConfig(), seed: 7) }
+            let shards = OptimizerShards.ranges(parameterCount: models[0].parameters.count, ranks: 2)
+            let pairs: [(model: any Model, optimizer: any Optimizer)] = models.enumerated().map { r, m in
+                (m, Adam(parameterCount: m.parameters.count, shard: shards[r]))
+            }
+            _ = try ReplicaTraining.run(pairs, train: data, validation: nil, options: o, log: { _ in })
+            return (models[0].parameters.values.toArray(), data.readsConcurrently)
+        }
+        let (own, shared) = (try train(residentLimit: ImageDataset.residentBytes), try train(residentLimit: 0))
+        #expect(own.concurrent && !shared.concurrent)
+        #expect(own.weights == shared.weights)
     }
 
     /// Checkpoints of sharded replicas hold every parameter's state: stopped at step 13 they resume unsharded to the

@@ -20,11 +20,30 @@ public enum BLAS {
         return String(cString: p)
     }
     public static var threadCount: Int { Int(openblas_get_num_threads()) }
-    /// Threads of OpenBLAS and of oneDNN's convolutions (its OpenMP pool) together.
+    /// Threads of OpenBLAS and of oneDNN's convolutions (its OpenMP pool) together. OpenBLAS is told only when its count
+    /// changes: OpenBLAS 0.3.21 starts a stopped pool again inside `openblas_set_num_threads`, whatever the count
+    /// (`stopIdleThreads`), and a fresh worker polls beside the run for ~116 ms; oneDNN's count is each thread's, so
+    /// every caller's thread is told.
     public static func setThreadCount(_ n: Int) {
-        openblas_set_num_threads(Int32(n))
+        if openblas_get_num_threads() != Int32(n) { openblas_set_num_threads(Int32(n)) }
         DNNL.setThreadCount(n)
     }
+
+    /// Joins OpenBLAS's idle worker threads (`blas_thread_shutdown_`, OpenBLAS's own fork handler); OpenBLAS starts
+    /// them again at its next threaded call or `openblas_set_num_threads`. After its last threaded call a worker of
+    /// OpenBLAS 0.3 (pthreads) polls its queue with sched_yield for 2^28 TSC cycles before it sleeps (`THREAD_TIMEOUT`;
+    /// 116 ms on a 2-core Zen 3, seen runnable in /proc): a third runnable thread beside two replicas on two cores
+    /// (the replica calibration's blocks, and the replica run after it). Looked up at run time: a BLAS without it
+    /// (another build, OpenMP's) is left as it is. The caller must own the process's BLAS: no other thread may be
+    /// inside a threaded call (stopping the pool under one could hang it).
+    public static func stopIdleThreads() { _ = openBLASShutdown?() }
+
+    private typealias Shutdown = @convention(c) () -> Int32
+    private static let openBLASShutdown: Shutdown? = {
+        // The process's global scope: the executable and the libraries it loaded (OpenBLAS among them).
+        guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, "blas_thread_shutdown_") else { return nil }
+        return unsafeBitCast(symbol, to: Shutdown.self)
+    }()
 
     /// Runs `body` with the process's thread count (`setThreadCount`) at `n`, and puts the previous count back after.
     /// The count is the process's, not the caller's: a stretch of work that sets it and relies on it (a replica run,
