@@ -83,8 +83,10 @@ package final class Prefetcher: @unchecked Sendable {
     /// Batches read ahead by default: two, or one for batches of 4 MB and more (detection-size images: SSD7's 16 at
     /// 300 x 480 are 28 MB). Such a batch takes milliseconds to copy or decode against a step of hundreds, so one
     /// batch ahead, read while the step runs, leaves the step as little data wait as two, and the second batch was
-    /// peak memory (bench --suite, ssd7 1 x 2: BENCHMARKS.md, "Peak memory at half of PyTorch's on AVX2").
-    package static func defaultDepth(batchBytes: Int) -> Int { batchBytes >= 4 << 20 ? 1 : 2 }
+    /// peak memory (bench --suite, ssd7 1 x 2: BENCHMARKS.md, "Peak memory at half of PyTorch's on AVX2"). From 2 MB:
+    /// a replica's one image of the R-CNNs at 375 x 500 (2.25 MB) takes a second against ~1 ms to make, and each of
+    /// the two replicas' prefetchers held two of them ahead (4.5 MB of the 2-replica row's peak).
+    package static func defaultDepth(batchBytes: Int) -> Int { batchBytes >= 2 << 20 ? 1 : 2 }
 
     /// The next batch in order; rethrows a read error from the background thread.
     package func next() throws -> Batch {

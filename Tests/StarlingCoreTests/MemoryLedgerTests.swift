@@ -54,6 +54,24 @@ import Testing
         blocks.give(g, bytes: 16 * mb)
     }
 
+    /// `borrow` (oneDNN's scratch in inference) lends a free extent, best-fit, and never maps or extends: nil where no
+    /// hole holds the block, though the reservation has room above its top.
+    @Test func borrowingTakesOnlyFreeExtents() {
+        let mb = 1 << 20
+        let blocks = LargeBlocks(mappingBytes: 4 * mb, reservationBytes: 16 * mb)
+        let a = blocks.take(bytes: 3 * mb), b = blocks.take(bytes: 1 * mb), c = blocks.take(bytes: 2 * mb)
+        #expect(blocks.usage.mapped == 6 * mb)
+        #expect(blocks.borrow(bytes: 1) == nil)                      // no hole yet: nothing lent, nothing mapped
+        blocks.give(a, bytes: 3 * mb)
+        blocks.give(c, bytes: 2 * mb)                                // the top 2 MB free, a 3 MB hole below b
+        let lent = blocks.borrow(bytes: 2 * mb + 1)                  // 2 MB + a page: only a's hole holds it
+        #expect(lent == a && blocks.usage.live == 3 * mb + 4096 && blocks.usage.mapped == 6 * mb)
+        #expect(blocks.borrow(bytes: 3 * mb) == nil && blocks.usage.mapped == 6 * mb)
+        blocks.give(lent!, bytes: 2 * mb + 1)
+        blocks.give(b, bytes: 1 * mb)
+        #expect(blocks.usage.live == 0 && blocks.usage.mapped == 6 * mb)
+    }
+
     /// The graph's values after a forward pass, against the blocks counted by hand: every value and gradient block
     /// once, the excluded (parameter) blocks left out, grouped by the shape of the node holding them.
     @Test func tapeValuesCountEachBlockOnce() {

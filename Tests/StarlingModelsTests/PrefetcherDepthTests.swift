@@ -26,6 +26,7 @@ import StarlingData
     @Test func largeBatchesAreReadOneAhead() throws {
         #expect(Prefetcher.defaultDepth(batchBytes: 16 * 3 * 300 * 480 * 4) == 1)    // SSD7's batch, 28 MB
         #expect(Prefetcher.defaultDepth(batchBytes: 8 * 3 * 128 * 128 * 4) == 2)     // U-Net's at 128 x 128, 1.5 MB
+        #expect(Prefetcher.defaultDepth(batchBytes: 1 * 3 * 375 * 500 * 4) == 1)     // an R-CNN replica's one image, 2.25 MB
         for (side, ahead) in [(300, 1), (64, 2)] {                                   // 4 images: 4.3 MB and 0.2 MB
             let config = ModelConfig(family: "test", inputShape: [3, side, side])
             let source = CountingSource()

@@ -204,6 +204,26 @@ extension Tensor {
             Parallel.forEachAlignedChunk(of: count) { range in for i in range { z[i] = r[i] + z[i] } }
         }
         if (invertingSlope != nil || recomputing != nil) && out.requiresGrad { x.releaseValues() }
+        // The activated output is the next convolution's input, which that convolution keeps for its weight gradient:
+        // where x stays in the graph for this op's backward (a ReLU, or gamma too small to invert), the output is
+        // computed again from x and the statistics by the same kernel, the same bits, in one element-wise pass (x itself
+        // run again first where forward gave it back: VGG's conv1_1), so a convolution reading it last in forward may
+        // give it back (`releaseRecomputableValues`) and backward gets it again just before its first reader. VGG16's
+        // rectified maps in faster-rcnn at 375 x 500: about a third of the graph at the end of forward.
+        if let activation, invertingSlope == nil, residual == nil, out.requiresGrad {
+            let recomputeInput = recomputing
+            let count = count
+            out.recomputable {
+                let values = FloatStorage(uninitializedCount: count)
+                let xs = recomputeInput?()
+                if xs == nil { x.restoreValues() }
+                withExtendedLifetime(xs) {
+                    BatchNormKernel.normalize(planes, x: xs?.pointer ?? x.data, mean: stats.mean.pointer, scale: stats.scale.pointer,
+                                              beta: beta.data, into: values.pointer, activation: activation)
+                }
+                return values
+            }
+        }
         return out
     }
 

@@ -165,6 +165,18 @@ final class LargeBlocks: @unchecked Sendable {
         return carve(bytes)!
     }
 
+    /// A block from a free extent only (nil when none holds it: nothing is mapped or extended for it), for a borrower
+    /// with a place of its own otherwise (oneDNN's scratch arenas in inference). Given back with `give`.
+    func borrow(bytes requested: Int) -> UnsafeMutableRawPointer? {
+        let bytes = (requested + 4095) & ~4095
+        lock.lock()
+        defer { lock.unlock() }
+        guard let block = carve(bytes) else { return nil }
+        liveBytes += bytes
+        peakBytes = Swift.max(peakBytes, liveBytes)
+        return block
+    }
+
     func give(_ block: UnsafeMutableRawPointer, bytes requested: Int) {
         lock.lock()
         let bytes = (requested + 4095) & ~4095
