@@ -24,6 +24,7 @@ extension ConvGeometry {
                              padTop: padTop, padLeft: padLeft, outHeight: height, outWidth: width)
         g.dnnlChunkBudget = dnnlChunkBudget
         g.winogradCallBudget = winogradCallBudget
+        g.directScratchpadBudget = directScratchpadBudget
         return g
     }
 
