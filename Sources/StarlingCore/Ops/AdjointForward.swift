@@ -24,7 +24,6 @@ extension ConvGeometry {
                              padTop: padTop, padLeft: padLeft, outHeight: height, outWidth: width)
         g.dnnlChunkBudget = dnnlChunkBudget
         g.winogradCallBudget = winogradCallBudget
-        g.directScratchpadBudget = directScratchpadBudget
         return g
     }
 

@@ -297,10 +297,11 @@ func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, width: Int, planes:
 extension Tensor {
     /// The backward of a blocked convolution of this input (`conv2dBlocked`, `conv2dBlockedReLU`, the pooled form) from its
     /// output gradient `dy`: the weight and bias gradients, then the input gradient. An input whose values cost little to
-    /// compute again (`recomputable(alsoInBackward: true)`: SSD300's conv1_1, 176 MB at batch 8) is given back between the two, which read it only
-    /// for the weight gradient: the input gradient, of the same size, then takes its place instead of a block of its own
-    /// beside it and the output gradient (the step's live peak was there: 1,060 MB), and the backward sweep computes it
-    /// again for the op that made it. Each gradient comes from the same kernels on the same values as in one call, the same bits.
+    /// compute again (`recomputable(alsoInBackward: true)`: SSD300's conv1_1, 176 MB at batch 8) is given back between
+    /// the two, which read it only for the weight gradient: the input gradient, of the same size, then takes its place
+    /// instead of a block of its own beside it and the output gradient (the last attempt's live peak was there: 1,060 MB),
+    /// and the backward sweep computes it again for the op that made it. Each gradient comes from the same kernels on the
+    /// same values as in one call: the same bits.
     func blockedConvolutionBackward(_ g: ConvGeometry, weight: Tensor, bias: Tensor, outputGrad dy: UnsafePointer<Float>,
                                     layouts: DNNLConvPlan.Layouts) {
         let x = self

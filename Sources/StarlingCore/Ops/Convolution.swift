@@ -74,9 +74,6 @@ struct ConvGeometry {
     /// Bytes one oneDNN call of a pass on Winograd may take from the scratch arena, copies and scratchpad
     /// (`dnnlChunk(_:layouts:)`; STARLING_WINOGRAD_CALL_MB). Tests lower it to exercise the chunking.
     var winogradCallBudget = WinogradCallBudget.current
-    /// Bytes of oneDNN's own scratchpad one call of a pass on its direct kernels may take (32 MB): above it the batch goes
-    /// through in chunks of images (`DNNLConvPlans.fittingChunk`). Int.max leaves every direct call whole.
-    var directScratchpadBudget = 32 << 20
 
     var inPlane: Int { height * width }
     var outPlane: Int { outHeight * outWidth }

@@ -702,15 +702,14 @@ enum DNNLConvPlans {
         return plan
     }
 
-    private struct ChunkKey: Hashable { let plan: Key; let budget: Int; let directBudget: Int; let largest: Int }
+    private struct ChunkKey: Hashable { let plan: Key; let budget: Int; let largest: Int }
     nonisolated(unsafe) private static var chunks: [ChunkKey: Int] = [:]
     private static let chunkLock = PThreadMutex()
 
     /// Images per call of `variant` for `g.batch` images (see `ConvGeometry.dnnlChunk(_:layouts:)`), found once per
     /// shape, thread count and budget and kept beside the plans.
     static func chunk(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts, largest: Int) -> Int {
-        let key = ChunkKey(plan: key(g, images: g.batch, variant: variant, layouts: layouts), budget: g.winogradCallBudget,
-                           directBudget: g.directScratchpadBudget, largest: largest)
+        let key = ChunkKey(plan: key(g, images: g.batch, variant: variant, layouts: layouts), budget: g.winogradCallBudget, largest: largest)
         chunkLock.lock()
         let known = chunks[key]
         chunkLock.unlock()
@@ -728,31 +727,21 @@ enum DNNLConvPlans {
     /// every image of the call, so a call's bytes are close to affine in its images: measured at `largest` and at one
     /// image, the line gives the candidate, which is then checked on its own plan (and lowered until it fits). Where one
     /// image alone takes more than the budget, as few images as take no more than one image does.
-    ///
-    /// A plan on oneDNN's direct kernels alone is held to `g.directScratchpadBudget` bytes of oneDNN's own scratchpad the
-    /// same way (the copies of its operands aside, which no chunk makes smaller than the images it holds): SSD300's fc6
-    /// (3 x 3 dilated by 6, 512 -> 1024 at 19 x 19) asked 78 MB of scratchpad for its weight gradient over 8 images, and
-    /// the arena keeps its largest call mapped through the run.
     private static func fittingChunk(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts, largest: Int,
                                      algorithms: DNNLConvPlan.Algorithms) -> Int {
-        let winograd = algorithms.anyWinograd
-        guard winograd || g.directScratchpadBudget < Int.max else { return largest }
-        // What the budget holds: a Winograd call's bytes from the arena in all, or a direct plan's largest scratchpad.
-        func measured(_ plan: DNNLConvPlan) -> Int {
-            winograd ? plan.callBytes.values.max() ?? 0 : plan.scratchpadBytes.values.max() ?? 0
-        }
-        let budget = winograd ? g.winogradCallBudget : g.directScratchpadBudget
+        guard algorithms.anyWinograd else { return largest }
+        func callBytes(_ plan: DNNLConvPlan) -> Int { plan.callBytes.values.max() ?? 0 }
         func bytes(_ images: Int) -> Int? {
-            make(g, images: images, variant: variant, layouts: layouts, algorithms: algorithms).map(measured)
+            make(g, images: images, variant: variant, layouts: layouts, algorithms: algorithms).map(callBytes)
         }
         guard largest > 1, let full = make(g, images: largest, variant: variant, layouts: layouts, algorithms: algorithms) else { return largest }
-        guard !winograd || full.runsWinograd, measured(full) > budget,
+        guard full.runsWinograd, callBytes(full) > g.winogradCallBudget,
               let one = bytes(1) else {
             keep(full, key(g, images: largest, variant: variant, layouts: layouts))
             return largest
         }
-        let perImage = Double(measured(full) - one) / Double(largest - 1)
-        let allowed = Swift.max(budget, one)
+        let perImage = Double(callBytes(full) - one) / Double(largest - 1)
+        let allowed = Swift.max(g.winogradCallBudget, one)
         var most = perImage <= 0 ? largest : Swift.min(largest, Swift.max(1, 1 + Int(Double(allowed - one) / perImage)))
         while true {
             let calls = (g.batch + most - 1) / most
