@@ -331,9 +331,20 @@ enum MemoryBreakdown {
         let excluded = [model.parameters.values, model.parameters.gradients] + [model.buffers?.values].compactMap { $0 }
         let tape = loss.tapeValues(excluding: excluded)
         let tapeBytes = tape.reduce(0) { $0 + $1.bytes }
-        loss.backward(onLeafReady: sync.parameterReady)
+        // The peak of live blocks node by node in backward: which node's backward holds the most (the forward's peak is
+        // read at its end, where the graph is whole).
+        let forwardPeak = forward.largePeak + forward.mediumPeak
+        let sweep = SweepPeaks()
+        MemoryLedger.resetBlockPeaks()
+        loss.backward(onLeafReady: sync.parameterReady, afterEachNode: sweep.note)
         try sync.finish()
-        let backward = MemoryLedger.snapshot()
+        var backward = MemoryLedger.snapshot()
+        let afterSweep = backward.largePeak + backward.mediumPeak
+        if sweep.peak >= max(afterSweep, forwardPeak) {
+            (backward.largePeak, backward.mediumPeak) = (sweep.peakLarge, sweep.peak - sweep.peakLarge)
+        } else if forwardPeak >= afterSweep {
+            (backward.largePeak, backward.mediumPeak) = (forward.largePeak, forward.mediumPeak)
+        }
         adam.step(model.parameters, gradientScale: sync.averagingScale)
         let end = MemoryLedger.snapshot()
         let parameters = model.parameters.count * 4
@@ -347,11 +358,32 @@ enum MemoryBreakdown {
         }
         if tape.count > 12 { lines.append("  graph values, \(tape.count - 12) more shapes: \(mb(tape.dropFirst(12).reduce(0) { $0 + $1.bytes }))") }
         lines.append("step peak of live blocks: \(mb(backward.largePeak + backward.mediumPeak)) (large \(mb(backward.largePeak)), medium \(mb(backward.mediumPeak))); after backward \(mb(live(backward))), after the optimizer \(mb(live(end)))")
+        if sweep.peak > forwardPeak {
+            lines.append("  in backward, at the backward of node \(sweep.peakIndex) of \(sweep.nodes) (counted from the loss), output \(sweep.peakShape.map(String.init).joined(separator: "x")), inputs \(sweep.peakInputs.map { $0.map(String.init).joined(separator: "x") }.joined(separator: ", ")); live after it \(mb(sweep.peakLiveAfter))")
+        } else {
+            lines.append("  at the end of forward (the sweep's highest \(mb(sweep.peak)), at node \(sweep.peakIndex), output \(sweep.peakShape.map(String.init).joined(separator: "x")))")
+        }
         lines.append("allocators' mappings: large \(mb(end.largeMapped)), medium \(mb(end.mediumMapped)) (retained beyond this step's peak: \(mb(end.largeMapped + end.mediumMapped - backward.largePeak - backward.mediumPeak)))")
         lines.append("oneDNN scratch arenas: mapped \(mb(end.scratchMapped)); the largest call this step \(mb(end.scratchPeakCall))")
         for call in ConvolutionCalls.largest(8) { lines.append("  oneDNN convolution " + call) }
         lines.append("resident now \(mb(end.resident)), peak \(mb(end.residentPeak)); resident beyond Starling's mappings (runtime, libraries, glibc's heap, oneDNN's primitives): \(mb(end.resident - end.mapped)) (less any mapped page never touched)")
         return lines
+    }
+}
+
+/// The backward sweep's peak of live blocks node by node (`Tensor.backward`'s `afterEachNode`), for the memory breakdown.
+private final class SweepPeaks {
+    private(set) var peak = 0, peakLarge = 0, peakIndex = 0, nodes = 0, peakLiveAfter = 0
+    private(set) var peakShape: [Int] = [], peakInputs: [[Int]] = []
+    func note(_ node: Tensor) {
+        nodes += 1
+        let s = MemoryLedger.snapshot()
+        if s.largePeak + s.mediumPeak > peak {
+            (peak, peakLarge, peakIndex, peakShape) = (s.largePeak + s.mediumPeak, s.largePeak, nodes, node.shape)
+            peakInputs = node.inputShapes
+            peakLiveAfter = s.largeLive + s.mediumLive
+        }
+        MemoryLedger.resetBlockPeaks()
     }
 }
 

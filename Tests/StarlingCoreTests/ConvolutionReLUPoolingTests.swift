@@ -72,6 +72,44 @@ import Testing
     }
 
     /// Without gradients recorded no indices are kept: the same pooled values.
+    /// SSD300's conv1_1 -> conv1_2: a rectified convolution's output declared `recomputable(alsoInBackward: true)` and read
+    /// by the pooled op. Given back after forward, computed again before the pooled op's backward, given back between that
+    /// op's weight gradient and its input gradient (`blockedConvolutionBackward`), and computed a second time for its own
+    /// op's backward: two runs of the recomputation, and the values and every gradient those of the pass that keeps it, to
+    /// the bit.
+    @Test func recomputedInputGivenBackBetweenTheGradients() throws {
+        let inputs = [randomVariable([2, 3, 10, 12], seed: 103), randomVariable([16, 3, 3, 3], seed: 104), randomVariable([16], seed: 105),
+                      randomVariable([16, 16, 3, 3], seed: 106), randomVariable([16], seed: 107)]
+        try #require(Tensor.canConvolveBlocked(input: [2, 3, 10, 12], weight: [16, 3, 3, 3], stride: (1, 1), padding: .same,
+                                               blockedInput: false, blockedOutput: true, width: 8))
+        try #require(Tensor.canConvolveBlocked(input: [2, 16, 10, 12], weight: [16, 16, 3, 3], stride: (1, 1), padding: .same,
+                                               blockedInput: true, blockedOutput: true, width: 8))
+        final class Runs: @unchecked Sendable { var count = 0 }
+        func pass(recomputing: Bool) -> (result: (output: [Float], gradients: [[Float]]), runs: Int, released: Bool) {
+            let runs = Runs()
+            var released = false
+            let result = run(inputs) { t in
+                let first = t[0].conv2dBlockedReLU(t[1], bias: t[2], stride: (1, 1), padding: .same, width: 8)
+                if recomputing {
+                    first.recomputable(alsoInBackward: true) {
+                        runs.count += 1
+                        return GradMode.disabled { t[0].conv2dBlockedReLU(t[1], bias: t[2], stride: (1, 1), padding: .same, width: 8) }.storage
+                    }
+                }
+                let pooled = first.conv2dBlockedReLUMaxPool2x2(t[3], bias: t[4], stride: (1, 1), padding: .same, width: 8)
+                first.releaseRecomputableValues()
+                released = first.valuesReleased
+                return pooled.unblocked()
+            }
+            return (result, runs.count, released)
+        }
+        let (given, kept) = (pass(recomputing: true), pass(recomputing: false))
+        #expect(given.released && !kept.released)
+        #expect(given.runs == 2 && kept.runs == 0, "the recomputation ran \(given.runs) times")
+        #expect(given.result.output == kept.result.output && !kept.result.output.isEmpty)
+        for k in 0..<5 { #expect(given.result.gradients[k] == kept.result.gradients[k] && !kept.result.gradients[k].isEmpty, "gradient \(k)") }
+    }
+
     @Test func inferenceKeepsTheValues() {
         let x = randomVariable([2, 8, 6, 10], seed: 94).blocked8(), weight = randomVariable([16, 8, 3, 3], seed: 95)
         let b = randomVariable([16], seed: 96)

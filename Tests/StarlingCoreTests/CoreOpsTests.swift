@@ -222,4 +222,23 @@ func Foundation_exp(_ x: Double) -> Double { exp(x) }
             $0[0].l2NormalizeChannels(gamma: $0[1])
         }
     }
+
+    /// The blocked op (SSD300's conv4_3 in a blocked training pass) against the planar one on the same values, 8 and 16
+    /// channels wide and two blocks: values and both gradients to the bit (the same sums in the same order); and finite
+    /// differences through it.
+    @Test(arguments: [8, 16]) func blockedMatchesPlanar(width: Int) {
+        let x = randomVariable([2, 2 * width, 3, 5], seed: 6), gamma = randomVariable([2 * width], seed: 7, 0.5, 2)
+        func run(_ f: (Tensor, Tensor) -> Tensor) -> [[Float]] {
+            let (xc, gc) = (Tensor.variable(shape: x.shape, values: x.toArray()), Tensor.variable(shape: gamma.shape, values: gamma.toArray()))
+            let y = f(xc, gc)
+            y.backward(seed: randomValues(y.count, seed: 8))
+            return [y.toArray(), xc.gradArray ?? [], gc.gradArray ?? []]
+        }
+        let planar = run { $0.l2NormalizeChannels(gamma: $1) }
+        let blocked = run { $0.blocked(width: width).l2NormalizeChannelsBlocked(gamma: $1).unblocked() }
+        for k in 0..<3 { #expect(blocked[k] == planar[k] && !planar[k].isEmpty, "\(["values", "input gradient", "scale gradient"][k])") }
+        checkGradients([randomVariable([1, 1, 2, 3, 8], seed: 9), randomVariable([8], seed: 10, 0.5, 2)]) {
+            $0[0].l2NormalizeChannelsBlocked(gamma: $0[1])
+        }
+    }
 }

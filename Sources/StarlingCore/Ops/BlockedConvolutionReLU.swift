@@ -24,9 +24,7 @@ extension Tensor {
             Parallel.forEachAlignedChunk(of: out.count) { r in
                 for i in r { let v = y[i], d = dy[i]; dy[i] = v > 0 ? d : 0 }
             }
-            g.blockedBackward(input: x.data, weight: weight.data, outputGrad: UnsafePointer(dy),
-                              weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
-                              inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
+            x.blockedConvolutionBackward(g, weight: weight, bias: bias, outputGrad: UnsafePointer(dy), layouts: layouts)
         }
         convolveWithReLU(g, layouts: layouts, planar: planar, weight: weight, bias: bias, into: out.data)
         return out
@@ -111,9 +109,7 @@ extension Tensor {
                     }
                 }
             }
-            g.blockedBackward(input: x.data, weight: weight.data, outputGrad: UnsafePointer(dz),
-                              weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
-                              inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
+            x.blockedConvolutionBackward(g, weight: weight, bias: bias, outputGrad: UnsafePointer(dz), layouts: layouts)
             withExtendedLifetime((gradient, windows)) {}
         }
         // Forward: the rectified convolution into a block that lives until it is pooled.

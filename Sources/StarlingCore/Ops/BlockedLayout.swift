@@ -140,9 +140,7 @@ extension Tensor {
                                                                  blockedOutput: blockedOutput, width: width)
         let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: Tensor.elementCount(shape)),
                                 inputs: [x, weight, bias], backwardReadsResult: false) { out in
-            g.blockedBackward(input: x.data, weight: weight.data, outputGrad: UnsafePointer(out.grad),
-                              weightGradient: weight.requiresGrad ? weight.grad : nil, biasGradient: bias.requiresGrad ? bias.grad : nil,
-                              inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
+            x.blockedConvolutionBackward(g, weight: weight, bias: bias, outputGrad: UnsafePointer(out.grad), layouts: layouts)
         }
         let done = g.narrowOutputForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
             || g.ownWinogradForward(input: x.data, weight: weight.data, bias: bias.data, output: out.data, layouts: layouts)
@@ -294,6 +292,32 @@ func accumulateBlockedChannelSums(_ x: UnsafePointer<Float>, width: Int, planes:
         }
     }
     if width == 16 { sums(SIMD16<Float>.self) } else { sums(SIMD8<Float>.self) }
+}
+
+extension Tensor {
+    /// The backward of a blocked convolution of this input (`conv2dBlocked`, `conv2dBlockedReLU`, the pooled form) from its
+    /// output gradient `dy`: the weight and bias gradients, then the input gradient. An input whose values cost little to
+    /// compute again (`recomputable(alsoInBackward: true)`: SSD300's conv1_1, 176 MB at batch 8) is given back between
+    /// the two, which read it only for the weight gradient: the input gradient, of the same size, then takes its place
+    /// instead of a block of its own beside it and the output gradient (the last attempt's live peak was there: 1,060 MB),
+    /// and the backward sweep computes it again for the op that made it. Each gradient comes from the same kernels on the
+    /// same values as in one call: the same bits.
+    func blockedConvolutionBackward(_ g: ConvGeometry, weight: Tensor, bias: Tensor, outputGrad dy: UnsafePointer<Float>,
+                                    layouts: DNNLConvPlan.Layouts) {
+        let x = self
+        let (weightGradient, biasGradient) = (weight.requiresGrad ? weight.grad : nil, bias.requiresGrad ? bias.grad : nil)
+        guard x.requiresGrad, x.releasesForInputGradient, weightGradient != nil || biasGradient != nil else {
+            g.blockedBackward(input: x.data, weight: weight.data, outputGrad: dy, weightGradient: weightGradient, biasGradient: biasGradient,
+                              inputGradient: x.requiresGrad ? x.gradientForWriting() : nil, layouts: layouts)
+            return
+        }
+        g.blockedBackward(input: x.data, weight: weight.data, outputGrad: dy, weightGradient: weightGradient, biasGradient: biasGradient,
+                          inputGradient: nil, layouts: layouts)
+        _ = x.releaseForInputGradient()
+        // Without a weight gradient the input is not read: its (perhaps given back) pointer only fills the argument.
+        g.blockedBackward(input: x.data, weight: weight.data, outputGrad: dy, weightGradient: nil, biasGradient: nil,
+                          inputGradient: x.gradientForWriting(), layouts: layouts)
+    }
 }
 
 extension ConvGeometry {
@@ -625,6 +649,7 @@ extension Tensor {
         if keepWindows && out.requiresGrad && !x.valuesReleased {
             let count = pooledCount
             out.recomputable {
+                x.restoreValues()   // x itself given back (a cheap first convolution's output): computed again first
                 let values = FloatStorage(uninitializedCount: count)
                 pool(into: values.pointer, windows: nil)
                 return values

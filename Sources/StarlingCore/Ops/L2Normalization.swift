@@ -60,4 +60,77 @@ extension Tensor {
         }
         return out
     }
+
+    /// The same on the blocked layout ([N, C/B, H, W, B], `self` rank 5), for a blocked training pass (SSD300's conv4_3):
+    /// no NCHW copy of the input held for backward, nor one of the output for the convolutions that read it. The sums run
+    /// over the channels in the planar op's order with the same expressions, so values and gradients are its bits.
+    public func l2NormalizeChannelsBlocked(gamma: Tensor, epsilon: Float = 1e-10) -> Tensor {
+        let x = self
+        precondition(rank == 5 && gamma.shape == [shape[1] * shape[4]], "blocked L2 normalisation of \(shape) with scale \(gamma.shape)")
+        let (n, blocks, width, plane) = (shape[0], shape[1], shape[4], shape[2] * shape[3])
+        // The element of image s, channel b * width + l, pixel p.
+        @inline(__always) func at(_ s: Int, _ b: Int, _ p: Int, _ l: Int) -> Int { ((s * blocks + b) * plane + p) * width + l }
+        let inverseNorm = FloatStorage(count: n * plane)
+        let xd = x.data, r = inverseNorm.pointer
+        for s in 0..<n {
+            let rs = r + s * plane
+            for b in 0..<blocks {
+                for p in 0..<plane {
+                    let xp = xd + at(s, b, p, 0)
+                    var sum = rs[p]
+                    for l in 0..<width { sum += xp[l] * xp[l] }
+                    rs[p] = sum
+                }
+            }
+            for p in 0..<plane { rs[p] = 1 / (rs[p] + epsilon).squareRoot() }
+        }
+        let out = Tensor.result(shape: shape, storage: FloatStorage(uninitializedCount: count), inputs: [x, gamma]) { out in
+            let dy = out.grad, g = gamma.data, xd = x.data, r = inverseNorm.pointer
+            let dot = FloatStorage(count: plane)
+            let d = dot.pointer
+            for s in 0..<n {
+                let rs = r + s * plane
+                d.update(repeating: 0, count: plane)
+                for b in 0..<blocks {
+                    for p in 0..<plane {
+                        let (xp, gp) = (xd + at(s, b, p, 0), dy + at(s, b, p, 0))
+                        var sum = d[p]
+                        for l in 0..<width { sum += g[b * width + l] * gp[l] * xp[l] }
+                        d[p] = sum
+                    }
+                }
+                if x.requiresGrad {
+                    let dx = x.grad
+                    for b in 0..<blocks {
+                        for p in 0..<plane {
+                            let (xp, gp, dp, rp) = (xd + at(s, b, p, 0), dy + at(s, b, p, 0), dx + at(s, b, p, 0), rs[p])
+                            for l in 0..<width { dp[l] += rp * g[b * width + l] * gp[l] - xp[l] * rp * rp * rp * d[p] }
+                        }
+                    }
+                }
+                if gamma.requiresGrad {
+                    let dg = gamma.grad
+                    for b in 0..<blocks {
+                        for l in 0..<width {
+                            var acc: Float = 0
+                            for p in 0..<plane { let i = at(s, b, p, l); acc += dy[i] * xd[i] * rs[p] }
+                            dg[b * width + l] += acc
+                        }
+                    }
+                }
+            }
+            withExtendedLifetime(dot) {}
+        }
+        let y = out.data, g = gamma.data
+        for s in 0..<n {
+            let rs = r + s * plane
+            for b in 0..<blocks {
+                for p in 0..<plane {
+                    let (xp, yp) = (xd + at(s, b, p, 0), y + at(s, b, p, 0))
+                    for l in 0..<width { yp[l] = g[b * width + l] * xp[l] * rs[p] }
+                }
+            }
+        }
+        return out
+    }
 }

@@ -37,6 +37,12 @@ public enum MemoryLedger {
         DNNL.Arena.resetPeak()
     }
 
+    /// Starts a new peak for the live blocks only (the scratch calls' peak kept): for a peak per phase or per node.
+    public static func resetBlockPeaks() {
+        LargeBlocks.shared.resetPeak()
+        LargeBlocks.medium.resetPeak()
+    }
+
     /// VmRSS and VmHWM of this process in bytes (0 where /proc is not there).
     public static func residentBytes() -> (now: Int, peak: Int) {
         guard let file = fopen("/proc/self/status", "r") else { return (0, 0) }

@@ -166,7 +166,26 @@ public final class Tensor: @unchecked Sendable {
     /// reader that reads them last in forward may then give them back (`releaseRecomputableValues`), and the backward
     /// sweep computes them again just before the first op that reads them (`restoreValues`). SSD7's pooled blocks, the
     /// next convolution's input: 53 MB a rank of batch 8 not held at the end of forward.
-    public func recomputable(by compute: @escaping () -> FloatStorage) { recomputation = compute }
+    ///
+    /// `alsoInBackward`: the value costs so little to compute (SSD300's conv1_1: 27 multiply-adds a value) that a
+    /// convolution reading it gives it back in backward too, after its weight gradient (`releaseForInputGradient`), for the
+    /// input gradient to take its place; the sweep then computes it a second time for the op that made it.
+    public func recomputable(alsoInBackward: Bool = false, by compute: @escaping () -> FloatStorage) {
+        recomputation = compute
+        givenBackInBackward = alsoInBackward
+    }
+    private var givenBackInBackward = false
+
+    /// For a convolution's backward between its weight gradient and its input gradient, its input: gives the values back
+    /// if they were declared `recomputable(alsoInBackward: true)` and returns whether it did.
+    func releaseForInputGradient() -> Bool {
+        guard releasesForInputGradient else { return false }
+        storage = Tensor.releasedValues
+        return true
+    }
+
+    /// Whether `releaseForInputGradient()` would give the values back.
+    var releasesForInputGradient: Bool { givenBackInBackward && recomputation != nil && Tensor.givesBackRecomputableValues && !valuesReleased }
 
     /// False keeps recomputable values through the step (tests compare the two: the same bits).
     @TaskLocal public static var givesBackRecomputableValues = true
@@ -202,7 +221,10 @@ public final class Tensor: @unchecked Sendable {
     ///
     /// `onLeafReady` is called for each leaf (parameter) as soon as every op that used it has pushed its gradient,
     /// which lets a data-parallel trainer start allreducing gradient buckets while backward continues.
-    public func backward(seed: [Float]? = nil, onLeafReady: ((Tensor) -> Void)? = nil) {
+    ///
+    /// `afterEachNode` is called after each node's backward, while its inputs' values and gradients are still held (`bench
+    /// --suite --memory-breakdown` reads the allocators' peak there to say which node's backward holds the most).
+    public func backward(seed: [Float]? = nil, onLeafReady: ((Tensor) -> Void)? = nil, afterEachNode: ((Tensor) -> Void)? = nil) {
         precondition(requiresGrad, "backward() on a tensor that does not depend on any parameter")
         let g = grad
         if let seed {
@@ -230,6 +252,7 @@ public final class Tensor: @unchecked Sendable {
             node.restoreValues()
             for input in node.inputs { input.restoreValues() }
             node.backwardFn?(node)
+            afterEachNode?(node)
             for input in node.inputs { input.pendingUsers -= 1 }
             if let onLeafReady {
                 var seen = Set<ObjectIdentifier>()
@@ -244,11 +267,15 @@ public final class Tensor: @unchecked Sendable {
         }
     }
 
+    /// The shapes of the recorded op's inputs (for the memory breakdown's account of a node).
+    public var inputShapes: [[Int]] { inputs.map(\.shape) }
+
     private func release() {
         inputs = []
         backwardFn = nil
         gradStorage = nil
         recomputation = nil
+        givenBackInBackward = false
     }
 
     /// Nodes reachable through recorded edges, inputs before the ops that use them (iterative DFS).

@@ -399,8 +399,11 @@ public struct LayoutTensor: NetworkValue {
                         samplingRatio: samplingRatio, aligned: aligned)
         }
     }
+    /// Blocked values stay blocked (SSD300's conv4_3 in training: no NCHW copy held for backward, 23 MB at batch 8, and its
+    /// predictors' convolutions read blocked values); any other layout goes through the planar op.
     public func l2NormalizeChannels(gamma: Parameter, epsilon: Float) -> LayoutTensor {
-        planar { $0.l2NormalizeChannels(gamma: gamma.value, epsilon: epsilon) }
+        if let x = blocked { return LayoutTensor(.blocked(x.l2NormalizeChannelsBlocked(gamma: gamma.value, epsilon: epsilon), moments: nil)) }
+        return planar { $0.l2NormalizeChannels(gamma: gamma.value, epsilon: epsilon) }
     }
 }
 
@@ -531,6 +534,7 @@ final class DeferredNormalization {
         input.restoreValues()
         LayoutTensor.census?.count(.pooledNormalization)
         let y = layer.withLeakyReLUAndMaxPool2x2(input, training: training, crossReplicaSum: crossReplicaSum, slope: slope, moments: moments)
+        input.releaseRecomputableValues()   // a cheap first convolution's output (`DeferredConvolution.forNormalization`)
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
@@ -632,12 +636,21 @@ final class DeferredConvolution {
         let value: LayoutTensor
         if plain == nil && !handedOver {
             LayoutTensor.census?.count(pooledAlready ? .convolutionReadAfterPooling : .convolutionWithReLU)
-            // Not declared recomputable even where cheap (SSD300's conv1_1, 176 MB at batch 8): tried, its graph 657 ->
-            // 473 MB, but the value computed again in backward (and its gradient) found no free extent of its size and
-            // the allocator mapped 174 MB beyond the step's live peak: the resident peak rose 1,321 -> 1,371 MB (1,402 over the run)
-            // (BENCHMARKS.md, "Values computed again in backward").
             let y = readInput.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width)
             input.releaseRecomputableValues()
+            // A convolution cheap to run again (SSD300's conv1_1: 27 multiply-adds an output, 176 MB at batch 8): its
+            // rectified output is computed again in backward instead of held through the step, once the next convolution
+            // has read it (`readInput`); that convolution's backward gives it back again between its weight gradient and its
+            // input gradient (`blockedConvolutionBackward`), so that the input gradient takes its place. (Without that, the
+            // value and its gradient beside the output gradient raised the resident peak 1,321 -> 1,402 MB: BENCHMARKS.md,
+            // "Values computed again in backward".) Captures the values, not this object, which holds the output.
+            if cheapToRecompute && y.requiresGrad {
+                let (x, kernel, bias, stride, padding, width) = (input, kernel, bias, stride, padding, width)
+                y.recomputable(alsoInBackward: true) {
+                    x.restoreValues()
+                    return GradMode.disabled { x.conv2dBlockedReLU(kernel, bias: bias, stride: stride, padding: padding, width: width) }.storage
+                }
+            }
             value = LayoutTensor(.blocked(y, moments: nil))
         } else {
             guard case .blocked(let x, _) = result.form else { preconditionFailure("a deferred convolution's output is blocked") }
@@ -667,6 +680,19 @@ final class DeferredConvolution {
         let moments = ChannelMoments()
         let y = readInput.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: moments)
         input.releaseRecomputableValues()
+        // A first layer cheap to run again (darknet's 3 -> 32 at 416 x 416: 169 MB at batch 8): the batch norm + activation
+        // + pooling that keeps it for its backward gives it back after forward (`DeferredNormalization.pooled`), and the
+        // backward sweep computes it again (as `recomputed`: the same kernels, the same bits). Captures the values, not
+        // this object, which may hold a later reader's output.
+        if cheapToRecompute && y.requiresGrad {
+            let (x, kernel, bias, stride, padding, width) = (input, kernel, bias, stride, padding, width)
+            y.recomputable {
+                x.restoreValues()
+                return GradMode.disabled {
+                    x.conv2dBlocked(kernel, bias: bias, stride: stride, padding: padding, blockedOutput: true, width: width, moments: ChannelMoments())
+                }.storage
+            }
+        }
         return (y, moments)
     }
     private var handedOver = false
