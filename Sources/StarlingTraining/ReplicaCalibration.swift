@@ -54,9 +54,8 @@ public struct ReplicaCalibration: Sendable {
     /// lowest priority, as in a run whose compute threads fill the cores, and the consumer making a batch itself when
     /// none is ready; each replica making its own slices through a prefetcher of its own where the source reads
     /// concurrently (a split held in memory), else the replicas sharing one feed, each taking its slice), the forward
-    /// pass, the loss read, backward,
-    /// the gradients summed (the replicas' reduce-scatter carrying the loss agreement, as the trainer's does) or checked
-    /// for a non-finite value (one replica), the optimizer step, and the replicas' barrier. The steps timed before
+    /// pass, the loss read, backward, the gradients summed (the replicas' reduce-scatter carrying the loss agreement, as
+    /// the trainer's does) or checked for a non-finite value (one replica), the optimizer step, and the replicas' barrier. The steps timed before
     /// left the data out and timed the same cached batch again and again: they put sparse-ae's one replica on two
     /// threads at 0.56 ms a step where the epoch ran 1.6 ms, and chose it over two replicas that ran the epoch 1.43x
     /// faster (BENCHMARKS.md, "One process on 2 cores, third pass").

@@ -204,11 +204,15 @@ enum WinogradF2x3 {
                     let (s0, s1, s2, s3) = (row(0), row(1), row(2), row(3))
                     let (t0, t1, t2) = (s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3)
                     let g = dw + (o * inChannels + c) * 9
-                    for (i, t) in [t0, t1, t2].enumerated() {
+                    // Row by row, without an array of the three rows on every channel pair.
+                    @inline(__always) func add(_ t: SIMD4<Float>, row i: Int) {
                         g[i * 3] += t[0] + 0.5 * (t[1] + t[2])
                         g[i * 3 + 1] += 0.5 * (t[1] - t[2])
                         g[i * 3 + 2] += 0.5 * (t[1] + t[2]) + t[3]
                     }
+                    add(t0, row: 0)
+                    add(t1, row: 1)
+                    add(t2, row: 2)
                 }
             }
         }
