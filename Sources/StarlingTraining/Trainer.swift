@@ -387,8 +387,11 @@ public final class Trainer {
     /// first (`RunAgreement`), before any collective whose size depends on the settings.
     private func synchronizeStart() throws {
         guard world.size > 1 else { return }
-        try RunAgreement(model: model, optimizer: optimizer, options: options, train: train, validation: validation,
-                         stepsPerEpoch: stepsPerEpoch).check(on: world)
+        // The fingerprint reads a few samples of each split; replicas share the sources, which take one reader at a
+        // time until a split is held in memory (the first read loads it): through the feed, in turn.
+        let agree = { try RunAgreement(model: self.model, optimizer: self.optimizer, options: self.options, train: self.train,
+                                       validation: self.validation, stepsPerEpoch: self.stepsPerEpoch) }
+        try (feed.map { try $0.reading(agree) } ?? agree()).check(on: world)
         if weightsShared, let replicas = world as? InProcessCollective {
             // Replica 0's values (restored from the checkpoint, if any) become every replica's; the copies are freed,
             // and the broadcast below finds nothing to copy.
