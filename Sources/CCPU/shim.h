@@ -97,3 +97,26 @@ static inline void starling_spin_pause(void) {
     __builtin_ia32_pause();
 #endif
 }
+
+// Sets this thread's MXCSR flush-to-zero and denormals-are-zero bits and returns the MXCSR to restore: the
+// optimizers' passes run between the two (`KernelDispatch.withSubnormalsFlushed`). The "memory" clobbers keep the
+// compiler from moving the loop's loads and stores across the switch. 0 and a no-op where there is no MXCSR.
+static inline unsigned starling_flush_subnormals_begin(void) {
+#if defined(__x86_64__)
+    unsigned csr;
+    __asm__ volatile("stmxcsr %0" : "=m"(csr) : : "memory");
+    unsigned flushed = csr | 0x8040u;   // FTZ (bit 15) and DAZ (bit 6)
+    __asm__ volatile("ldmxcsr %0" : : "m"(flushed) : "memory");
+    return csr;
+#else
+    return 0;
+#endif
+}
+
+static inline void starling_flush_subnormals_end(unsigned csr) {
+#if defined(__x86_64__)
+    __asm__ volatile("ldmxcsr %0" : : "m"(csr) : "memory");
+#else
+    (void)csr;
+#endif
+}

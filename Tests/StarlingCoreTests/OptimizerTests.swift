@@ -14,6 +14,9 @@ private func store(_ values: [Float], grads: [Float]) -> ParameterStore {
     return s
 }
 
+/// x / 2 where the compiler cannot fold it: a subnormal result unless this thread flushes them.
+@inline(never) private func halved(_ x: Float) -> Float { x * 0.5 }
+
 @Suite struct OptimizerTests {
     @Test func sgdMomentumAndWeightDecayByHand() {
         let s = store([1, -2], grads: [0.5, 0.25])
@@ -103,6 +106,36 @@ private func store(_ values: [Float], grads: [Float]) -> ParameterStore {
             }
         }
     }
+
+    #if arch(x86_64)
+    /// Adam's moments and SGD's velocities that decay into float32's subnormal range are flushed to zero
+    /// (`KernelDispatch.withSubnormalsFlushed`) on every kernel level: one below the smallest normal float after the
+    /// multiply by beta1 (FTZ), one subnormal on input (DAZ). The weights keep the bits an unflushed update leaves them
+    /// (its step, ~1e-35, is far below their last place), and the thread's own arithmetic is not flushed afterwards.
+    /// (x86 only: elsewhere there is no MXCSR and nothing is flushed.)
+    @Test(arguments: KernelDispatch.supported) func subnormalMomentsAreFlushedToZero(_ level: KernelDispatch.Level) {
+        let n = 37   // the vector loops and a tail
+        let weights = (0..<n).map { Float($0 + 1) * 0.01 }
+        let s = store(weights, grads: [Float](repeating: 0, count: n))
+        let adam = Adam(parameterCount: n, learningRate: 0.01)
+        adam.kernels = level
+        let (m, v) = (adam.state[0].storage.pointer, adam.state[1].storage.pointer)
+        for i in 0..<n { m[i] = i % 2 == 0 ? 1.25e-38 : -Float.leastNormalMagnitude / 8; v[i] = 1e-6 }
+        #expect((0..<n).allSatisfy { m[$0] != 0 })
+        adam.step(s)
+        #expect((0..<n).allSatisfy { m[$0] == 0 }, "moments left subnormal at \(level)")
+        #expect((0..<n).allSatisfy { v[$0] == Float(0.999) * Float(1e-6) })
+        #expect(s.values.toArray() == weights)
+
+        let sgd = SGD(parameterCount: n, learningRate: 0.1, momentum: 0.9)
+        let velocity = sgd.state[0].storage.pointer
+        for i in 0..<n { velocity[i] = i % 2 == 0 ? 1.25e-38 : -Float.leastNormalMagnitude / 8 }
+        sgd.step(s)
+        #expect((0..<n).allSatisfy { velocity[$0] == 0 })
+        #expect(s.values.toArray() == weights)
+        #expect(halved(Float.leastNormalMagnitude) > 0, "MXCSR not restored after the optimizer's pass")
+    }
+    #endif
 
     @Test func adamWDecaysDecoupled() {
         let s = store([1], grads: [0])

@@ -118,6 +118,25 @@ import Testing
         #expect(one == two)
     }
 
+    /// The test on the bits flags infinities and NaNs of either sign and any payload, and nothing finite: the largest
+    /// floats, subnormals and zeros of either sign, in the 16-lane loop and in the tail.
+    @Test func firstNonFiniteIndexOnTheEdges() {
+        let finite: [Float] = [.greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude, -.leastNonzeroMagnitude,
+                               .leastNormalMagnitude, 0, -0.0, 1, -1, Float(bitPattern: 0x7f7f_ffff), Float(bitPattern: 0xff7f_ffff)]
+        let bad: [Float] = [.infinity, -.infinity, .nan, -.nan, .signalingNaN, Float(bitPattern: 0x7fff_ffff), Float(bitPattern: 0xff80_0001)]
+        for count in [16, 37, 1 << 14 + 5] {
+            var values = (0..<count).map { finite[$0 % finite.count] }
+            #expect(values.withUnsafeBufferPointer { firstNonFiniteIndex($0.baseAddress!, count: count) } == nil)
+            for (k, x) in bad.enumerated() {
+                let at = (k * 7 + 3) % count
+                values[at] = x
+                if count > 20 { values[count - 1] = .nan }   // the tail's, after it
+                #expect(values.withUnsafeBufferPointer { firstNonFiniteIndex($0.baseAddress!, count: count) } == at, "\(x) at \(at) of \(count)")
+                values = (0..<count).map { finite[$0 % finite.count] }
+            }
+        }
+    }
+
     /// The parallel search finds the first non-finite value a plain scan finds, wherever it is and whatever follows.
     @Test func firstNonFiniteIndexMatchesAScan() {
         let n = Self.count

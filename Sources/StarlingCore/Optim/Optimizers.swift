@@ -50,7 +50,8 @@ extension Optimizer {
 }
 
 /// Stochastic gradient descent with momentum and L2 weight decay, as PyTorch's SGD:
-/// g' = g + wd w; v = momentum v + g'; w -= lr v (Nesterov: w -= lr (g' + momentum v)).
+/// g' = g + wd w; v = momentum v + g'; w -= lr v (Nesterov: w -= lr (g' + momentum v)). Its pass runs with
+/// subnormals flushed to zero (`KernelDispatch.withSubnormalsFlushed`).
 public final class SGD: Optimizer {
     public var learningRate: Float
     public let momentum: Float
@@ -80,12 +81,15 @@ public final class SGD: Optimizer {
         precondition(store.count == parameterCount, "optimizer built for another parameter layout")
         let w = store.values.pointer + shard.lowerBound, g = store.gradients.pointer + shard.lowerBound, v = velocity.pointer
         let (lr, mu, wd, nesterov) = (learningRate, momentum, weightDecay, nesterov)
+        // Velocities decay by the momentum where gradients stay zero, into the subnormal range: flushed, as Adam's moments.
         Parallel.forEachAlignedChunk(of: shard.count, work: 3 * shard.count) { r in
-            for i in r {
-                let grad = gradientScale * g[i] + wd * w[i]
-                let vel = mu * v[i] + grad
-                v[i] = vel
-                w[i] -= lr * (nesterov ? grad + mu * vel : vel)
+            KernelDispatch.withSubnormalsFlushed {
+                for i in r {
+                    let grad = gradientScale * g[i] + wd * w[i]
+                    let vel = mu * v[i] + grad
+                    v[i] = vel
+                    w[i] -= lr * (nesterov ? grad + mu * vel : vel)
+                }
             }
         }
         stepCount += 1
@@ -95,7 +99,8 @@ public final class SGD: Optimizer {
 /// Adam (Kingma & Ba 2015) in the form Keras uses, with epsilon outside the bias-corrected square root:
 /// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v) + eps).
 /// `weightDecay` adds wd w to the gradient (L2, coupled). With `decoupled` it is AdamW (Loshchilov & Hutter
-/// 2019): w -= lr wd w, separately from the adaptive step.
+/// 2019): w -= lr wd w, separately from the adaptive step. Subnormal moments are flushed to zero
+/// (`KernelDispatch.withSubnormalsFlushed`), as in SGD.
 public final class Adam: Optimizer {
     public var learningRate: Float
     public let beta1: Float, beta2: Float, epsilon: Float

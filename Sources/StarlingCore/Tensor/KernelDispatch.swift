@@ -109,10 +109,28 @@ extension KernelDispatch {
         }
     }
 
-    /// One Adam update of n parameters (`OptimizerKernels.adam`).
+    /// Runs `body` with subnormal floats flushed to zero on this thread (MXCSR's FTZ and DAZ bits, restored after):
+    /// the optimizers' passes. A moment whose gradient stays zero (an encoder weight of an MNIST pixel that is never
+    /// lit) decays by beta1 (or the momentum) every step and reaches float32's subnormal range after ~750 steps, where
+    /// x86 cores take a microcode assist per operation: 3-4x slower passes over such values on this Zen 4 and Zen 3
+    /// (BENCHMARKS.md, "One process on 2 cores, sixth pass"). Flushed, such a moment becomes 0 where it would have
+    /// been below 1.2e-38: an update of lr x 1e-38 / (sqrt(v) + eps), far below the last place of any weight above
+    /// ~1e-28, so weights keep their bits except where a moment, a weight or a gradient is itself subnormal. The
+    /// same on every kernel level (the baseline's scalar SSE code obeys MXCSR as the vector builds do), every rank and
+    /// every replica. TensorFlow runs its ops with the same two bits set; PyTorch does not by default
+    /// (`torch.set_flush_denormal`).
+    @inline(__always)
+    static func withSubnormalsFlushed<T>(_ body: () throws -> T) rethrows -> T {
+        let csr = starling_flush_subnormals_begin()
+        defer { starling_flush_subnormals_end(csr) }
+        return try body()
+    }
+
+    /// One Adam update of n parameters (`OptimizerKernels.adam`), subnormals flushed to zero (`withSubnormalsFlushed`).
     static func adam(_ n: Int, weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
                      m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>, gradientScale: Float, beta1: Float,
                      beta2: Float, epsilon: Float, correctedRate: Float, coupledDecay: Float, decoupledDecay: Float, kernels: Level = current) {
+        withSubnormalsFlushed {
         switch kernels {
         case .baseline:
             OptimizerKernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
@@ -121,6 +139,7 @@ extension KernelDispatch {
         default:
             fused(kernels).adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
                              epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay)
+        }
         }
     }
 
