@@ -8,7 +8,8 @@
 #   A=.build/release/starling B=.build/release/starling Launch/bench-suite-ab.sh sparse-ae    # one build: its spread
 #   A=BIN B=BIN A_ENV="STARLING_GEMM=openblas" B_ENV="STARLING_GEMM=dnnl" Launch/bench-suite-ab.sh fc-ae   # one build, two settings
 #   A=BIN B=BIN B_MPI="--map-by slot:PE=2 --bind-to core" LAYOUTS=1x2 Launch/bench-suite-ab.sh conv-ae   # two placements
-# LAYOUTS (default "1x1 1x2 2x1") chooses the layouts, as RANKSxTHREADS; A_ENV and B_ENV (VAR=value ...) each side's
+#   A=BIN B=BIN LAYOUTS="1p2" Launch/bench-suite-ab.sh deep-ae     # one process of 2 replicas on threads (--replicas 2)
+# LAYOUTS (default "1x1 1x2 2x1") chooses the layouts, as RANKSxTHREADS, or 1pN for one process of N replicas; A_ENV and B_ENV (VAR=value ...) each side's
 # environment (local ranks inherit mpirun's); A_MPI and B_MPI each side's mpirun placement options (default
 # "--bind-to none", as bench-suite.sh).
 set -euo pipefail
@@ -32,22 +33,27 @@ for round in $(seq 1 "$rounds"); do
       for side in A B; do
         bin=$a; settings=${A_ENV:-}; placement=${A_MPI:---bind-to none}
         [ "$side" = B ] && { bin=$b; settings=${B_ENV:-}; placement=${B_MPI:---bind-to none}; }
-        row=$(env $settings timeout -k 10 600 mpirun -np "${layout%x*}" "${mpi_root[@]}" $placement "$bin" bench --suite --quick \
-          --entries "$entry" --threads "${layout#*x}" 2>&1 | grep '^suite-row ' || true)
+        case $layout in
+          *p*) np=${layout%p*}; shape=(--replicas "${layout#*p}") ;;
+          *) np=${layout%x*}; shape=(--threads "${layout#*x}") ;;
+        esac
+        row=$(env $settings timeout -k 10 600 mpirun -np "$np" "${mpi_root[@]}" $placement "$bin" bench --suite --quick \
+          --entries "$entry" "${shape[@]}" 2>&1 | grep '^suite-row ' || true)
         if [ -z "$row" ]; then echo "round $round $entry $layout $side: failed"; continue; fi
         case " $said " in *" $side "*) ;; *) said="$said $side"; echo "kernels $side: $(echo "$row" | sed -nE 's/.*"kernels":"([^"]*)".*/\1/p')" ;; esac
         train=$(echo "$row" | field trainImagesPerSecond); infer=$(echo "$row" | field inferenceImagesPerSecond)
         ms=$(for k in forward backward allreduce optimizer data; do echo "$row" | field "$k"; done | awk '{ printf "%.2f ", $1 * 1000 }')
-        printf 'round %s %-10s %s %s: training %8.4g images/s, inference %8.4g; ms fwd/bwd/allreduce/optim/data %s\n' \
-          "$round" "$entry" "$layout" "$side" "$train" "$infer" "$ms"
-        echo "$entry $layout $side $round $train $infer" >> "$runs"
+        cpu=$(echo "$row" | field cpu | awk '{ printf "%.3f", $1 * 1000 }')
+        printf 'round %s %-10s %s %s: training %8.4g images/s, inference %8.4g; ms fwd/bwd/allreduce/optim/data %s; CPU ms a step %s\n' \
+          "$round" "$entry" "$layout" "$side" "$train" "$infer" "$ms" "${cpu:-?}"
+        echo "$entry $layout $side $round $train $infer ${cpu:-0}" >> "$runs"
       done
     done
   done
 done
-for column in 5 6; do
-  what=training; [ "$column" = 6 ] && what=inference
-  echo "medians ($what images/s), B / A of the medians, and the range of the per-round ratios:"
+for column in 5 6 7; do
+  what="training images/s"; [ "$column" = 6 ] && what="inference images/s"; [ "$column" = 7 ] && what="CPU ms a training step, a rank (lower is better)"
+  echo "medians ($what), B / A of the medians, and the range of the per-round ratios:"
   for entry in "${entries[@]}"; do
     for layout in $layouts; do
       awk -v e="$entry" -v l="$layout" -v c="$column" '

@@ -12,6 +12,13 @@ static inline int starling_omp_set_num_threads(int n) {
     return 1;
 }
 
+// omp_get_max_threads on the calling thread (the team a oneDNN call made here would run on), or 0 without libgomp.
+static inline int starling_omp_get_max_threads(void) {
+    static int (*get)(void) = 0;
+    if (!get) get = (int (*)(void))dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+    return get ? get() : 0;
+}
+
 // Runs fn(context, begin, end) on disjoint ranges covering [0, count) on `threads` threads of oneDNN's own OpenMP
 // pool (libgomp's GOMP_parallel), so that Starling's element-wise loops and oneDNN's kernels share one set of threads
 // instead of two pools spinning against each other on the same cores. Returns 0, doing nothing, if libgomp is absent.

@@ -242,7 +242,7 @@ struct BenchCommand: ParsableCommand {
         try reportingErrors {
             let chosen = try entries.isEmpty ? BenchmarkSuite.entries.filter { !quick || $0.quick } : entries.map { try BenchmarkSuite.entry(named: $0) }
             let cpu = BenchmarkSuite.cpuModel
-            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.backend.rawValue); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue); \(WinogradSetting.summary)"
+            let kernels = "\(cpu); OpenBLAS \(BLAS.coreName); GEMM \(GEMMSelection.shortName); oneDNN \(DNNLActivation.instructionSet); Starling kernels \(KernelDispatch.current.rawValue); \(WinogradSetting.summary)"
             func say(_ line: String) { if world.isRoot { print(line); fflush(nil) } }
             let sharded = shardOptimizer && world.size > 1 ? ", optimizer state sharded (ZeRO stage 1)" : ""
             say(group.map { "suite: 1 process x \($0.size) replicas x 1 thread, one copy of the weights and optimizer state shared; \(kernels)" }
@@ -305,13 +305,15 @@ struct BenchCommand: ParsableCommand {
     /// `--only gemm`: GFLOP/s of OpenBLAS (with the core it runs, OPENBLAS_CORETYPE honoured) and oneDNN's sgemm on
     /// each shape, three interleaved rounds each: the best and the spread (min-max).
     func printGEMMTable(_ shapes: [GEMMBenchmark.Shape] = GEMMBenchmark.shapes, rounds: Int = 3) {
-        print("sgemm GFLOP/s, \(BLAS.threadCount) thread(s), best of \(rounds) interleaved rounds [min-max]; OpenBLAS core \(BLAS.coreName), oneDNN \(DNNLActivation.instructionSet), CPU \(VectorISA.thisCPU):")
-        print("| shape | OpenBLAS \(BLAS.coreName) | dnnl_sgemm | dnnl / OpenBLAS |")
-        print("|---|---|---|---|")
+        print("sgemm GFLOP/s (wall clock, then over the process CPU time), \(BLAS.threadCount) thread(s), best of \(rounds) interleaved rounds [min-max]; OpenBLAS core \(BLAS.coreName), oneDNN \(DNNLActivation.instructionSet), CPU \(VectorISA.thisCPU):")
+        print("| shape | OpenBLAS \(BLAS.coreName) | dnnl_sgemm | dnnl / OpenBLAS | over CPU time: OpenBLAS | dnnl_sgemm | dnnl / OpenBLAS |")
+        print("|---|---|---|---|---|---|---|")
         for row in GEMMBenchmark.run(shapes: shapes, rounds: rounds) {
             let open = row.rounds[.openblas] ?? [], dnnl = row.rounds[.dnnl] ?? []
+            let openCPU = row.cpuRounds[.openblas] ?? [], dnnlCPU = row.cpuRounds[.dnnl] ?? []
             func cell(_ v: [Double]) -> String { String(format: "%.1f [%.1f-%.1f]", v.max() ?? 0, v.min() ?? 0, v.max() ?? 0) }
-            print("| \(row.shape.label) | \(cell(open)) | \(cell(dnnl)) | " + String(format: "%.2f", (dnnl.max() ?? 0) / max(open.max() ?? 1, 1e-9)) + " |")
+            func ratio(_ b: [Double], _ a: [Double]) -> String { String(format: "%.2f", (b.max() ?? 0) / max(a.max() ?? 1, 1e-9)) }
+            print("| \(row.shape.label) | \(cell(open)) | \(cell(dnnl)) | \(ratio(dnnl, open)) | \(cell(openCPU)) | \(cell(dnnlCPU)) | \(ratio(dnnlCPU, openCPU)) |")
             fflush(nil)
         }
     }

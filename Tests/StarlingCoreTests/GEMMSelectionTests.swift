@@ -7,6 +7,8 @@ import Testing
 @Suite struct GEMMSelectionTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let core: String, cpu: VectorISA, override: String?, expected: GEMMBackend?
+        /// The dense layers' GEMM on one thread (`Choice.dense`): `expected` unless given.
+        var dense: GEMMBackend? = nil
         var testDescription: String { "\(core) on \(cpu)\(override.map { " STARLING_GEMM=\($0)" } ?? "")" }
     }
 
@@ -16,12 +18,12 @@ import Testing
         Case(core: "Nehalem", cpu: .avx2, override: nil, expected: .dnnl),
         Case(core: "Sandybridge", cpu: .avx512, override: nil, expected: .dnnl),
         Case(core: "Haswell", cpu: .avx512, override: nil, expected: .dnnl),
-        // The right kernel stays on OpenBLAS.
+        // The right kernel stays on OpenBLAS; on AVX-512 the dense layers' products on one thread run oneDNN's sgemm.
         Case(core: "Haswell", cpu: .avx2, override: nil, expected: .openblas),
         Case(core: "Zen", cpu: .avx2, override: nil, expected: .openblas),
-        Case(core: "SkylakeX", cpu: .avx512, override: nil, expected: .openblas),
-        Case(core: "Cooperlake", cpu: .avx512, override: nil, expected: .openblas),
-        Case(core: "SAPPHIRERAPIDS", cpu: .avx512, override: nil, expected: .openblas),
+        Case(core: "SkylakeX", cpu: .avx512, override: nil, expected: .openblas, dense: .dnnl),
+        Case(core: "Cooperlake", cpu: .avx512, override: nil, expected: .openblas, dense: .dnnl),
+        Case(core: "SAPPHIRERAPIDS", cpu: .avx512, override: nil, expected: .openblas, dense: .dnnl),
         Case(core: "Sandybridge", cpu: .avx, override: nil, expected: .openblas),
         // OpenBLAS with a kernel above what cpuid reports (a virtual machine hiding AVX-512 from the OS): not a fallback.
         Case(core: "SkylakeX", cpu: .avx2, override: nil, expected: .openblas),
@@ -45,6 +47,7 @@ import Testing
         switch (result, c.expected) {
         case (.success(let choice), let expected?):
             #expect(choice.backend == expected)
+            #expect(choice.dense == (c.dense ?? expected))
             #expect(!choice.reason.isEmpty)
         case (.failure(let error), nil):
             #expect(error.description == "STARLING_GEMM=\(c.override ?? ""): expected openblas or dnnl")
@@ -60,6 +63,18 @@ import Testing
             #expect(choice == GEMMSelection.current)
         }
         #expect(GEMMSelection.summary.hasPrefix("GEMM "))
+    }
+
+    /// A dense layer's products take `Choice.dense` on one thread and the process's GEMM on two, and the layer's values
+    /// and gradients are right on both (finite differences; on an AVX-512 machine the one-thread pass is oneDNN's sgemm).
+    @Test func denseLayerOnOneThreadAndOnTwo() {
+        for threads in [1, 2] {
+            BLAS.withThreadCount(threads) {
+                #expect(GEMMSelection.denseBackend == (threads == 1 ? GEMMSelection.current.dense : GEMMSelection.backend), "\(threads) thread(s)")
+                let x = randomVariable([37, 19], seed: 21), w = randomVariable([19, 23], seed: 22), b = randomVariable([23], seed: 23)
+                checkGradients([x, w, b]) { $0[0].linear($0[1], $0[2]).sigmoid() }
+            }
+        }
     }
 
     /// cpuid's answer against the kernel's flags (/proc/cpuinfo).

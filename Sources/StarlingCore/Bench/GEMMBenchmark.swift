@@ -49,6 +49,9 @@ public enum GEMMBenchmark {
         public let shape: Shape
         /// GFLOP/s of each round, per backend.
         public let rounds: [GEMMBackend: [Double]]
+        /// GFLOP/s of each round over the process's CPU time (every thread's, spinning included), per backend: on a
+        /// loaded machine, what a round costs in cores rather than what it got of them.
+        public let cpuRounds: [GEMMBackend: [Double]]
     }
 
     /// Each shape: `rounds` rounds, each timing every backend for at least `seconds` of calls.
@@ -66,22 +69,24 @@ public enum GEMMBenchmark {
                            a: a, lda: shape.transA ? shape.m : shape.k, b: b, ldb: shape.transB ? shape.k : shape.n,
                            beta: 0, c: c, ldc: shape.n, backend: backend)
             }
-            var results: [GEMMBackend: [Double]] = [:]
+            var results: [GEMMBackend: [Double]] = [:], cpuResults: [GEMMBackend: [Double]] = [:]
             for backend in GEMMBackend.allCases { call(backend) }   // first-call costs (buffers, JIT) out of the timing
             for _ in 0..<rounds {
                 for backend in GEMMBackend.allCases {
                     var calls = 0
-                    let start = monotonicSeconds()
+                    let start = monotonicSeconds(), cpuStart = ConvAlgorithmBenchmark.seconds(.cpu)
                     var elapsed = 0.0
                     repeat {
                         call(backend)
                         calls += 1
                         elapsed = monotonicSeconds() - start
                     } while elapsed < seconds
+                    let cpu = ConvAlgorithmBenchmark.seconds(.cpu) - cpuStart
                     results[backend, default: []].append(shape.flops * Double(calls) / elapsed / 1e9)
+                    cpuResults[backend, default: []].append(shape.flops * Double(calls) / max(cpu, 1e-9) / 1e9)
                 }
             }
-            return Row(shape: shape, rounds: results)
+            return Row(shape: shape, rounds: results, cpuRounds: cpuResults)
         }
     }
 }

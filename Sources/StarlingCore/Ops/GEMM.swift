@@ -42,7 +42,8 @@ public enum VectorISA: Int, Sendable, Comparable, CaseIterable, CustomStringConv
 /// OpenBLAS only says so through its core name. oneDNN's sgemm reads cpuid itself and has kernels for every x86 vector
 /// level, so when OpenBLAS's kernel is below what the CPU offers, or its name is one this table does not know, the
 /// product runs oneDNN's instead. Where OpenBLAS has the right kernel it stays: it is as fast or faster on Starling's
-/// shapes (BENCHMARKS.md, "Which GEMM") and its threading is what the rest of the project was tuned with.
+/// shapes (BENCHMARKS.md, "Which GEMM") and its threading is what the rest of the project was tuned with; only the
+/// dense layers' products on one thread of an AVX-512 CPU run oneDNN's there (`Choice.dense`).
 /// `STARLING_GEMM=openblas|dnnl` overrides the choice. Tests and CI leave OPENBLAS_CORETYPE alone; this choice is
 /// made at run time from what OpenBLAS reports.
 public enum GEMMSelection {
@@ -50,6 +51,19 @@ public enum GEMMSelection {
         public let backend: GEMMBackend
         /// One line for run headers: what runs and why.
         public let reason: String
+        /// The GEMM of a dense layer's products (`Tensor.linear`, `linearReLU`) made on one thread (`denseBackend`):
+        /// `backend`, except where OpenBLAS's AVX-512 kernel runs on an AVX-512 CPU. There oneDNN's sgemm did deep-ae's
+        /// 784-wide products (~90 % of its multiply-adds) at 1.05-1.18x OpenBLAS's rate on one core of a Zen 4, over
+        /// CPU time, and fc-ae's at 1.12-1.23x (BENCHMARKS.md, "The dense autoencoders on AVX-512", "Which GEMM"),
+        /// while its two-thread OpenMP sgemm beside OpenBLAS's pool fell to a few GFLOP/s on a loaded machine:
+        /// products on more than one thread keep `backend`.
+        public let dense: GEMMBackend
+
+        public init(backend: GEMMBackend, reason: String, dense: GEMMBackend? = nil) {
+            self.backend = backend
+            self.reason = reason
+            self.dense = dense ?? backend
+        }
     }
 
     /// The vector instruction set of the sgemm kernel OpenBLAS 0.3's DYNAMIC_ARCH build runs for a core name
@@ -84,6 +98,10 @@ public enum GEMMSelection {
         if kernel < cpu && cpu >= .avx {
             return .success(Choice(backend: .dnnl, reason: "OpenBLAS core \(core) runs \(kernel) kernels on a CPU with \(cpu)"))
         }
+        if kernel == .avx512 && cpu == .avx512 {
+            return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu); dense layers on one thread: dnnl_sgemm",
+                                   dense: .dnnl))
+        }
         return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu)"))
     }
 
@@ -104,10 +122,25 @@ public enum GEMMSelection {
 
     public static var backend: GEMMBackend { current.backend }
 
+    /// The GEMM for a dense layer's product on the calling thread: `Choice.dense` where the product runs on this
+    /// thread alone (OpenBLAS on one thread, and the OpenMP team a oneDNN call made here would start, one thread or
+    /// no OpenMP at all), the process's `backend` otherwise.
+    @inline(__always)
+    public static var denseBackend: GEMMBackend {
+        let choice = current
+        if choice.dense == choice.backend { return choice.backend }
+        return BLAS.threadCount == 1 && starling_omp_get_max_threads() <= 1 ? choice.dense : choice.backend
+    }
+
     /// The error a bad STARLING_GEMM gives, or nil.
     public static var overrideError: GEMMOverrideError? {
         if case .failure(let error) = selected { return error }
         return nil
+    }
+
+    /// For suite rows' kernels: "openblas", or "openblas, dense layers on one thread dnnl" where they differ.
+    public static var shortName: String {
+        current.dense == current.backend ? current.backend.rawValue : "\(current.backend.rawValue), dense layers on one thread \(current.dense.rawValue)"
     }
 
     /// For run headers and benchmarks: "GEMM openblas (OpenBLAS core Cooperlake matches the CPU's AVX-512)".
