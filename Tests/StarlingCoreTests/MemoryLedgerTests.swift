@@ -72,6 +72,60 @@ import Testing
         #expect(blocks.usage.live == 0 && blocks.usage.mapped == 6 * mb)
     }
 
+    /// In training, an arena's block from `DNNL.Arena.unkeptBytes` on (beside a large blocks' range `poolFactor` times
+    /// larger) comes from Starling's large blocks for its call and is given back after it: the arena does not grow for
+    /// it (SSD300's Winograd scratchpads stayed resident through the step). The same convolution's forward, input and
+    /// weight gradients with every scratch block through the large blocks and with none: the same bits. One test for
+    /// both, as they set the same bounds (shared by the process; a bound changes where a block is, not a value).
+    @Test func largeTrainingScratchComesFromTheLargeBlocks() throws {
+        let saved = (DNNL.Arena.unkeptBytes, DNNL.Arena.poolFactor)
+        defer { (DNNL.Arena.unkeptBytes, DNNL.Arena.poolFactor) = saved }
+        DNNL.Arena.poolFactor = 0
+        DNNL.Arena.unkeptBytes = 1 << 20
+        let arena = DNNL.Arena()
+        let block = arena.allocate(1 << 20)
+        block.storeBytes(of: 7, as: UInt32.self)
+        (block + (1 << 20) - 4).storeBytes(of: 7, as: UInt32.self)     // writable end to end
+        _ = arena.allocate(64 << 10)                                    // below the bound: the arena's
+        arena.reset()
+        #expect(arena.capacity == 64 << 10)
+        _ = arena.allocate(2 << 20)
+        arena.reset()
+        #expect(arena.capacity == 64 << 10)
+        let grown = GradMode.disabled { () -> Int in                    // inference: the arena's rule as before
+            let lent = LargeBlocks.shared.borrow(bytes: 3 << 20)        // (no free extent may hold it: then it grows)
+            if let lent { LargeBlocks.shared.give(lent, bytes: 3 << 20) }
+            _ = arena.allocate(3 << 20)
+            arena.reset()
+            return arena.capacity
+        }
+        #expect(grown == 64 << 10 || grown == 3 << 20)
+
+        var g = ConvolutionAlgorithmTests.geometry(batch: 2, 32, 48, 20)
+        g.winograd = .always
+        let forward = try #require(DNNLConvPlans.plan(g, images: 2, variant: .forward(bias: true, inference: nil), layouts: .planar))
+        let backward = try #require(DNNLConvPlans.plan(g, images: 2, variant: .backward, layouts: .planar))
+        func values(_ count: Int, _ step: Int, _ modulus: Int) -> [Float] {
+            (0..<count).map { (i: Int) -> Float in Float((i * step) % modulus) / Float(modulus) - 0.5 }
+        }
+        let x = values(2 * 32 * 20 * 20, 7919, 257)
+        let w = values(48 * 32 * 9, 104_729, 263)
+        let bias = values(48, 1, 48)
+        let dy = values(2 * 48 * 20 * 20, 31, 101)
+        func run(unkeptBytes: Int) -> [[Float]] {
+            DNNL.Arena.unkeptBytes = unkeptBytes
+            var y = [Float](repeating: 0, count: dy.count), dx = [Float](repeating: 0, count: x.count)
+            var dw = [Float](repeating: 0, count: w.count)
+            forward.convolve(x, w, bias: bias, &y, accumulate: false)
+            backward.accumulateInputGradient(dy, w, &dx)
+            backward.accumulateWeightGradient(x, dy, &dw)
+            return [y, dx, dw]
+        }
+        let kept = run(unkeptBytes: Int.max), lent = run(unkeptBytes: 4096)
+        for (a, b) in zip(kept, lent) { #expect(a.map(\.bitPattern) == b.map(\.bitPattern)) }
+        #expect(kept[0].contains { $0 != 0 } && kept[1].contains { $0 != 0 } && kept[2].contains { $0 != 0 })
+    }
+
     /// The graph's values after a forward pass, against the blocks counted by hand: every value and gradient block
     /// once, the excluded (parameter) blocks left out, grouped by the shape of the node holding them.
     @Test func tapeValuesCountEachBlockOnce() {

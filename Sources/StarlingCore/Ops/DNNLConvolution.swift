@@ -72,15 +72,50 @@ enum DNNL {
     /// large blocks' mappings grew 847 -> 988 MB and the peak RSS 951 -> 1,079 MB for a largest call of 13 MB.
     final class Arena: @unchecked Sendable {
         private var base: UnsafeMutableRawPointer?
-        private var capacity = 0, used = 0, requested = 0
+        private(set) var capacity = 0
+        private var used = 0, requested = 0
         private var overflow: [(UnsafeMutableRawPointer, Int)] = []
         /// Blocks of this call lent by Starling's large blocks (`LargeBlocks.borrow`), given back at `reset`.
         private var borrowed: [(UnsafeMutableRawPointer, Int)] = []
+
+        /// A block of an arena's call from this size on (in training) is never kept in the arena: see `allocate`.
+        /// Variables for the tests only (a small convolution's scratch through the same path).
+        nonisolated(unsafe) static var unkeptBytes = 32 << 20
+        /// ... when the large blocks' mapped range is at least this many times the block: see `allocate`.
+        nonisolated(unsafe) static var poolFactor = 4
 
         func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
             let size = (bytes + 4095) & ~4095
             requested += size
             Self.noteRequest(requested)
+            // In training, a block this large (a Winograd pass's scratchpad: SSD300's conv4_x ask 70-118 MB a call on
+            // AVX-512) is not kept in the arena, where it stayed resident through the whole step beside the
+            // activations' high-water mark, and at the step's peak of live blocks, when no convolution runs
+            // (SSD300: 122 MB of arena in a resident peak of 1,244 MB). It is taken from Starling's large blocks for
+            // this call: a free extent if one holds it (pages already resident, holding no live value; nothing else
+            // takes a block inside a call, so nothing lands around it), else at their top, given back at the end of
+            // the call, so that one pool's high-water mark holds both. Mapped for each call instead (no free extent
+            // holding yolov2's 105 MB at its 13 x 13 layers, beside a full graph) it was faulted in and zeroed 20
+            // times a step: system time +3 s a run, and yolov2's peak unchanged. Smaller blocks stay in the arena:
+            // lent from between the activations in every call they fragmented them (see above). So does a block
+            // large next to the large blocks' range (under `poolFactor` times it): there its extension of their top
+            // was not filled again by the graph, and the arena kept its size for the calls' smaller blocks besides
+            // (U-Net at width 0.25: 42 MB of scratch a call against 149 MB of blocks, peak 259 -> 290 MB;
+            // yolov3-tiny 566 -> 588 MB). And where no free extent holds it but the arena has the room (grown in
+            // an earlier call, before the large blocks' range passed `poolFactor` times it), it is the arena's:
+            // taken at the top it had grown the large blocks beside an arena as large (yolov3-tiny 566 -> 634 MB).
+            if GradMode.isEnabled && size >= Self.unkeptBytes && LargeBlocks.shared.usage.mapped >= Self.poolFactor * size {
+                let lent = LargeBlocks.shared.borrow(bytes: size)
+                if lent == nil, let base, used + size <= capacity {
+                    used += size
+                    return base + (used - size)
+                }
+                requested -= size
+                let block = lent ?? LargeBlocks.shared.take(bytes: size)
+                borrowed.append((block, size))
+                Self.noteUnkept(size, borrowed: lent != nil)
+                return block
+            }
             if let base, used + size <= capacity {
                 used += size
                 return base + (used - size)
@@ -89,8 +124,7 @@ enum DNNL {
             // blocks if one holds it, and the arena does not grow for it. After training those extents are the
             // activations' memory, resident and unused while inference runs; growing the arena instead added the
             // largest inference call's copies to the process's peak (U-Net at width 0.25, 2 replicas of 4 images:
-            // the arenas 4.5 -> 12.0 MB, the peak +7.4 MB over training's). Not in training, where blocks lent
-            // between the activations fragmented them (see above).
+            // the arenas 4.5 -> 12.0 MB, the peak +7.4 MB over training's).
             if !GradMode.isEnabled, let block = LargeBlocks.shared.borrow(bytes: size) {
                 requested -= size
                 borrowed.append((block, size))
@@ -132,9 +166,19 @@ enum DNNL {
         /// The arenas' mappings in all, and the most one call asked for since `resetPeak` (the memory ledger's).
         nonisolated(unsafe) private static var mappedBytes = 0, peakRequest = 0
 
+        /// Training's blocks not kept in an arena since `resetPeak`: lent by free extents of the large blocks, and taken
+        /// beyond them (at their top), with their bytes.
+        nonisolated(unsafe) private static var unkept = (lent: 0, lentBytes: 0, taken: 0, takenBytes: 0)
+
         private static func noteRequest(_ bytes: Int) {
             lock.lock()
             peakRequest = Swift.max(peakRequest, bytes)
+            lock.unlock()
+        }
+
+        private static func noteUnkept(_ bytes: Int, borrowed: Bool) {
+            lock.lock()
+            if borrowed { unkept.lent += 1; unkept.lentBytes += bytes } else { unkept.taken += 1; unkept.takenBytes += bytes }
             lock.unlock()
         }
 
@@ -144,9 +188,17 @@ enum DNNL {
             return (mappedBytes, peakRequest)
         }
 
+        /// Training's blocks not kept in an arena since `resetPeak` (see `allocate`).
+        static var unkeptUsage: (lent: Int, lentBytes: Int, taken: Int, takenBytes: Int) {
+            lock.lock()
+            defer { lock.unlock() }
+            return unkept
+        }
+
         static func resetPeak() {
             lock.lock()
             peakRequest = 0
+            unkept = (0, 0, 0, 0)
             lock.unlock()
         }
 

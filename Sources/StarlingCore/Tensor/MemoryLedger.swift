@@ -17,15 +17,22 @@ public enum MemoryLedger {
         public var mapped: Int { largeMapped + mediumMapped + scratchMapped }
         /// oneDNN's scratch arenas: mapped in all, the largest call since `resetPeaks`.
         public var scratchMapped = 0, scratchPeakCall = 0
+        /// Training's scratch blocks too large to keep in an arena since `resetPeaks`: how many were lent by free
+        /// extents of the large blocks and how many were taken beyond those (at their top), with their bytes.
+        public var scratchLent = 0, scratchLentBytes = 0, scratchTaken = 0, scratchTakenBytes = 0
         /// /proc/self/status: VmRSS and VmHWM (resident now, its peak).
         public var resident = 0, residentPeak = 0
     }
+
+    /// Training's scratch blocks from this size on are not kept in oneDNN's arenas (`DNNL.Arena.allocate`).
+    public static var scratchUnkeptBytes: Int { DNNL.Arena.unkeptBytes }
 
     public static func snapshot() -> Snapshot {
         var s = Snapshot()
         (s.largeLive, s.largePeak, s.largeMapped) = LargeBlocks.shared.usage
         (s.mediumLive, s.mediumPeak, s.mediumMapped) = LargeBlocks.medium.usage
         (s.scratchMapped, s.scratchPeakCall) = DNNL.Arena.usage
+        (s.scratchLent, s.scratchLentBytes, s.scratchTaken, s.scratchTakenBytes) = DNNL.Arena.unkeptUsage
         (s.resident, s.residentPeak) = residentBytes()
         return s
     }
