@@ -149,29 +149,40 @@ import Testing
         }
     }
 
-    /// The weight gradient's threads split the input channels, each summing every tile in the same blocks: 1, 2 and 3
-    /// threads (24 channels: one, two and three 8-channel blocks a thread, so 16- and 8-wide columns) give the same
-    /// bits in each build; 16 output channels take the 6-row register block and a 4-row remainder. Each build within
-    /// the float64 bound.
+    /// The weight gradient's tiles cut into parts, each with its own sums added in part order, and the threads taking
+    /// parts (and, beyond the parts, each part's input channels): for 1, 2 and 3 parts, 1, 2, 3 and 4 threads give the
+    /// same bits in each build (24 channels: one, two and three 8-channel blocks a thread, so 16- and 8-wide columns;
+    /// 126 tiles: two parts of 63 end inside an image's row, blocks of 7 tiles inside rows too); 16 output channels take
+    /// the 6-row register block and a 4-row remainder. The default parts (two here) match two parts given; each part
+    /// count within the float64 bound.
     @Test func weightGradientThreadsGiveTheSameBits() {
         let k = Case(cin: 24, cout: 16, height: 11, width: 13, pad: 1, batch: 3)
         let g = k.geometry
         let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 41), dy = randomValues(k.batch * k.cout * g.outPlane, seed: 42)
         let reference = Self.referenceWeightGradient(k, g, x: x, dy: dy)
-        func run(threads: Int, kernels: KernelDispatch.Level) -> [Float] {
+        func run(parts: Int?, threads: Int, kernels: KernelDispatch.Level) -> [Float] {
             var dw = [Float](repeating: 0, count: reference.count)
             x.withUnsafeBufferPointer { xp in dy.withUnsafeBufferPointer { dp in dw.withUnsafeMutableBufferPointer { wp in
                 WinogradF2x3.weightGradient(images: k.batch, input: xp.baseAddress!, inChannels: k.cin, height: k.height, width: k.width,
                                             outputGrad: dp.baseAddress!, outChannels: k.cout, outHeight: g.outHeight, outWidth: g.outWidth,
-                                            padTop: 1, padLeft: 1, into: wp.baseAddress!, tilesPerBlock: 7, threads: threads, kernels: kernels)
+                                            padTop: 1, padLeft: 1, into: wp.baseAddress!, tilesPerBlock: 7, parts: parts, threads: threads,
+                                            kernels: kernels)
             } } }
             return dw
         }
+        #expect(WinogradF2x3.weightGradientParts(tiles: k.batch * 6 * 7) == 2)
         for kernels in KernelDispatch.supported {
-            let one = run(threads: 1, kernels: kernels)
-            for threads in [2, 3] { #expect(run(threads: threads, kernels: kernels) == one, "\(kernels) on \(threads) threads") }
-            let error = one.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, reference) }
-            #expect(error < ConvolutionAccuracy.winogradBound, "\(kernels): \(error)")
+            for parts in [1, 2, 3] {
+                let one = run(parts: parts, threads: 1, kernels: kernels)
+                for threads in [2, 3, 4] {
+                    #expect(run(parts: parts, threads: threads, kernels: kernels) == one, "\(kernels), \(parts) parts on \(threads) threads")
+                }
+                if parts == 2 {
+                    for threads in [1, 2] { #expect(run(parts: nil, threads: threads, kernels: kernels) == one, "\(kernels), default parts") }
+                }
+                let error = one.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, reference) }
+                #expect(error < ConvolutionAccuracy.winogradBound, "\(kernels), \(parts) parts: \(error)")
+            }
         }
     }
 
