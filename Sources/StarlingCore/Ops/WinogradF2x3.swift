@@ -151,9 +151,15 @@ enum WinogradF2x3 {
     /// channels of x and all of its part's dy), which changes no sum: every element of a part's sums runs over the
     /// part's tiles in tile order whatever the threads, so any thread count gives the same bits for the same parts.
     /// Scratch: `parts` x 16 Cin Cout sums and, per thread, a block of transformed tiles.
+    ///
+    /// With `biasGradient`, the bias gradient too, added into it: the sum of dy over the pixels, which is the sum over
+    /// the tiles of element 5 of A dY A^T ((A dY A^T)[1][1] adds the tile's 4 pixels, zeros past the edges), summed per
+    /// part in tile order as the tiles are transformed, the parts added in order: no pass of its own over dy (one
+    /// thread, one running sum, over 110 MB of dy for SSD7's conv2 at batch 16), as Starling's direct kernels sum it.
     static func weightGradient(images: Int, input x: UnsafePointer<Float>, inChannels: Int, height: Int, width: Int,
                                outputGrad dy: UnsafePointer<Float>, outChannels: Int, outHeight: Int, outWidth: Int, padTop: Int, padLeft: Int,
-                               into dw: UnsafeMutablePointer<Float>, tilesPerBlock: Int? = nil, parts: Int? = nil, threads: Int? = nil,
+                               into dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>? = nil,
+                               tilesPerBlock: Int? = nil, parts: Int? = nil, threads: Int? = nil,
                                kernels: KernelDispatch.Level = KernelDispatch.current) {
         precondition(inChannels % 8 == 0 && outChannels % 8 == 0, "Winograd F(2x2, 3x3) runs on 8-channel blocks")
         let s = WinogradTiling(inBlocks: inChannels / 8, height: height, width: width, outBlocks: outChannels / 8,
@@ -171,6 +177,9 @@ enum WinogradF2x3 {
         // Per part, dL/dU[e] = [outChannels x inChannels] row-major, e = 0..<16.
         let sums = UnsafeMutablePointer<Float>.allocate(capacity: parts * 16 * matrix)
         defer { sums.deallocate() }
+        // Per part, the bias gradient's sums (written by the part's first channel group).
+        let biasSums = UnsafeMutablePointer<Float>.allocate(capacity: biasGradient == nil ? 0 : parts * outChannels)
+        defer { biasSums.deallocate() }
         // Per worker: V[e] = [block x its channels], then M[e] = [block x outChannels], one cache line past the rows (as
         // in `convolve`).
         let widest = (s.inBlocks + groups - 1) / groups * 8
@@ -188,6 +197,8 @@ enum WinogradF2x3 {
                     let c = sums + part * 16 * matrix + firstChannel
                     // This item's columns of its part's sums, zeroed by the thread that adds into them.
                     for row in 0..<(16 * outChannels) { (c + row * inChannels).initialize(repeating: 0, count: channels) }
+                    let bias: UnsafeMutablePointer<Float>? = biasGradient == nil || group != 0 ? nil : biasSums + part * outChannels
+                    bias?.initialize(repeating: 0, count: outChannels)
                     var first = tiles * part / parts
                     let end = tiles * (part + 1) / parts
                     while first < end {
@@ -195,6 +206,13 @@ enum WinogradF2x3 {
                         KernelDispatch.winogradInputTiles(s, first: first, count: count, x: x, blocks: channelBlocks, into: v, stride: vStride,
                                                           kernels: kernels)
                         KernelDispatch.winogradGradientTiles(s, first: first, count: count, dy: dy, into: m, stride: mStride, kernels: kernels)
+                        if let bias {
+                            let m5 = UnsafePointer(m + 5 * mStride)
+                            for t in 0..<count {
+                                let row = m5 + t * outChannels
+                                for o in 0..<outChannels { bias[o] += row[o] }
+                            }
+                        }
                         KernelDispatch.winogradWeightProducts(count: count, n: outChannels, k: channels, a: m, aStride: mStride, b: v,
                                                               bStride: vStride, c: c, cStride: matrix, ldc: inChannels, kernels: kernels)
                         first += count
@@ -203,6 +221,13 @@ enum WinogradF2x3 {
             }
         }
         addTransformedBack(sums, parts: parts, outChannels: outChannels, inChannels: inChannels, into: dw)
+        if let biasGradient {
+            for o in 0..<outChannels {
+                var total = biasSums[o]
+                for p in 1..<parts { total += biasSums[p * outChannels + o] }
+                biasGradient[o] += total
+            }
+        }
     }
 
     /// How many parts `weightGradient` cuts a call's tiles into: two, so that two threads (the cores of the machines
@@ -416,14 +441,14 @@ extension ConvGeometry {
     }
 
     /// The weight gradient by Starling's F(2x2, 3x3) when `runsOwnWinograd(.backwardWeights, layouts)`: dw += dL/dw
-    /// (`WinogradF2x3.weightGradient`); the bias gradient is left to the caller. False, doing nothing, otherwise.
+    /// (`WinogradF2x3.weightGradient`), and the bias gradient into `biasGradient` if given. False, doing nothing, otherwise.
     func ownWinogradWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
-                                   layouts: DNNLConvPlan.Layouts, setting: WinogradSetting? = nil, anyCPU: Bool = false,
-                                   tilesPerBlock: Int? = nil) -> Bool {
+                                   biasGradient: UnsafeMutablePointer<Float>? = nil, layouts: DNNLConvPlan.Layouts,
+                                   setting: WinogradSetting? = nil, anyCPU: Bool = false, tilesPerBlock: Int? = nil) -> Bool {
         guard runsOwnWinograd(.backwardWeights, layouts, setting: setting, anyCPU: anyCPU) else { return false }
         WinogradF2x3.weightGradient(images: batch, input: x, inChannels: inChannels, height: height, width: width, outputGrad: dy,
                                     outChannels: outChannels, outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft,
-                                    into: dw, tilesPerBlock: tilesPerBlock)
+                                    into: dw, biasGradient: biasGradient, tilesPerBlock: tilesPerBlock)
         return true
     }
 }
