@@ -179,7 +179,9 @@ import Testing
             } } }
             return dw + bias
         }
-        #expect(WinogradF2x3.weightGradientParts(tiles: k.batch * 6 * 7) == 2)
+        #expect(WinogradF2x3.weightGradientParts(tiles: k.batch * 6 * 7, inChannels: k.cin, outChannels: k.cout) == 2)
+        #expect(WinogradF2x3.weightGradientParts(tiles: 63, inChannels: 32, outChannels: 32) == 1)
+        #expect(WinogradF2x3.weightGradientParts(tiles: 512, inChannels: 64, outChannels: 64) == 1)
         for kernels in KernelDispatch.supported {
             for parts in [1, 2, 3] {
                 let one = run(parts: parts, threads: 1, kernels: kernels)

@@ -166,7 +166,7 @@ enum WinogradF2x3 {
                                outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft)
         let tiles = images * s.tilesPerImage
         guard tiles > 0 else { return }
-        let parts = Swift.max(1, Swift.min(parts ?? weightGradientParts(tiles: tiles), tiles))
+        let parts = Swift.max(1, Swift.min(parts ?? weightGradientParts(tiles: tiles, inChannels: inChannels, outChannels: outChannels), tiles))
         let block = Swift.min((tiles + parts - 1) / parts, tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
         let threads = Swift.max(1, threads ?? BLAS.threadCount)
         // Work items: each part's input channels in `groups` runs of 8-channel blocks, as many as the threads need.
@@ -230,13 +230,18 @@ enum WinogradF2x3 {
         }
     }
 
-    /// How many parts `weightGradient` cuts a call's tiles into: two, so that two threads (the cores of the machines
-    /// this layout runs on, and a process's threads in the suite's layouts) each transform half the tiles once; one
-    /// below 64 tiles, where a part's own 16 Cin Cout sums would weigh more against its few tiles. From the shape
-    /// only, never the thread count, so that every thread count adds the same partial sums. More parts would let more
-    /// threads split the tiles, but each holds 16 Cin Cout sums of its own (1 MB at 128 x 128 channels) and they
-    /// are added at the end; threads beyond two split channels instead.
-    static func weightGradientParts(tiles: Int) -> Int { tiles >= 64 ? 2 : 1 }
+    /// How many parts `weightGradient` cuts a call's tiles into: two below 64 x 64 channel pairs, so that two threads
+    /// (the cores of the machines this layout runs on, and a process's threads in the suite's layouts) each transform
+    /// half the tiles once; one from 64 x 64 (the threads then split the input channels) and below 64 tiles. On two
+    /// threads, the same binary with one part against two (BENCHMARKS.md, "Winograd's weight gradient on two
+    /// threads"): two parts took 1.07-1.18x less CPU on U-Net's 32-channel layers and SSD7's conv2 and conv3 (the
+    /// transforms a large share there), level at 64 x 64, and 1.1-1.4x more at 128 x 64 and 128 x 128 (each thread's
+    /// sums, 16 Cin Cout floats, 0.5-1 MB, beside its block of tiles no longer fitting its core's cache, where the
+    /// channel split holds half). From the shape only, never the thread count, so that every thread count adds the
+    /// same partial sums; threads beyond two split channels within the parts.
+    static func weightGradientParts(tiles: Int, inChannels: Int, outChannels: Int) -> Int {
+        tiles >= 64 && inChannels * outChannels < 64 * 64 ? 2 : 1
+    }
 
     /// dw[o][c] += G^T S G (3 x 3) for the 4 x 4 sums S[e] = the sum over the parts p, in order, of
     /// sums[(p * 16 + e) * Cout Cin + o Cin + c] (`weightGradient`'s), G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
