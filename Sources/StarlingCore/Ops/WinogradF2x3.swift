@@ -144,12 +144,13 @@ enum WinogradF2x3 {
     ///
     /// The tiles are cut into `parts` runs (`weightGradientParts`, by default from the shape alone), each summed into
     /// 16 Cin Cout sums of its own in blocks of at most `tilesPerBlock` tiles; the parts' sums are then added in part
-    /// order. The threads take parts, so on two threads each transforms half of dy and half of x once: splitting the
-    /// input channels instead (the split before this one) had each thread transform all of dy, 1.5x one thread's
+    /// order. The threads take parts, so with two parts on two threads each transforms half of dy and x once: splitting
+    /// the input channels instead (the split before this one) had each thread transform all of dy, 1.5x one thread's
     /// transforms, and SSD7 on one process of two threads lost 4 % to it (BENCHMARKS.md, "After the eleventh session's
-    /// merges"; this split: "Winograd's weight gradient on two threads"). Threads beyond the parts split each part's input channels (8-channel blocks; each transforms its
-    /// channels of x and all of its part's dy), which changes no sum: every element of a part's sums runs over the
-    /// part's tiles in tile order whatever the threads, so any thread count gives the same bits for the same parts.
+    /// merges"; this split: "Winograd's weight gradient on two threads"). Threads beyond the parts split each part's
+    /// input channels (8-channel blocks; each transforms its channels of x and all of its part's dy), which changes no
+    /// sum: every element of a part's sums runs over the part's tiles in tile order whatever the threads, so any
+    /// thread count gives the same bits for the same parts.
     /// Scratch: `parts` x 16 Cin Cout sums and, per thread, a block of transformed tiles.
     ///
     /// With `biasGradient`, the bias gradient too, added into it: the sum of dy over the pixels, which is the sum over
