@@ -149,29 +149,53 @@ import Testing
         }
     }
 
-    /// The weight gradient's threads split the input channels, each summing every tile in the same blocks: 1, 2 and 3
-    /// threads (24 channels: one, two and three 8-channel blocks a thread, so 16- and 8-wide columns) give the same
-    /// bits in each build; 16 output channels take the 6-row register block and a 4-row remainder. Each build within
-    /// the float64 bound.
+    /// The weight gradient's tiles cut into parts, each with its own sums added in part order, and the threads taking
+    /// parts (and, beyond the parts, each part's input channels): for 1, 2 and 3 parts, 1, 2, 3 and 4 threads give the
+    /// same bits in each build (24 channels: one, two and three 8-channel blocks a thread, so 16- and 8-wide columns;
+    /// 126 tiles: two parts of 63 end inside an image's row, blocks of 7 tiles inside rows too); 16 output channels take
+    /// the 6-row register block and a 4-row remainder. The default parts (two here) match two parts given; each part
+    /// count within the float64 bound. The bias gradient summed beside it (element 5 of the gradient's transform, added
+    /// to what it held) likewise: the same bits on any thread count, within the bound of dy's sums.
     @Test func weightGradientThreadsGiveTheSameBits() {
         let k = Case(cin: 24, cout: 16, height: 11, width: 13, pad: 1, batch: 3)
         let g = k.geometry
         let x = randomValues(k.batch * k.cin * k.height * k.width, seed: 41), dy = randomValues(k.batch * k.cout * g.outPlane, seed: 42)
         let reference = Self.referenceWeightGradient(k, g, x: x, dy: dy)
-        func run(threads: Int, kernels: KernelDispatch.Level) -> [Float] {
-            var dw = [Float](repeating: 0, count: reference.count)
+        let priorBias = randomValues(k.cout, seed: 43)
+        var biasReference = priorBias.map(Double.init)
+        for i in 0..<k.batch { for o in 0..<k.cout { for r in 0..<g.outHeight { for q in 0..<g.outWidth {
+            biasReference[o] += Double(dy[Self.blocked(i, o, r, q, channels: k.cout, height: g.outHeight, width: g.outWidth)])
+        } } } }
+        // dw, then the bias gradient.
+        func run(parts: Int?, threads: Int, kernels: KernelDispatch.Level) -> [Float] {
+            var dw = [Float](repeating: 0, count: reference.count), bias = priorBias
             x.withUnsafeBufferPointer { xp in dy.withUnsafeBufferPointer { dp in dw.withUnsafeMutableBufferPointer { wp in
-                WinogradF2x3.weightGradient(images: k.batch, input: xp.baseAddress!, inChannels: k.cin, height: k.height, width: k.width,
-                                            outputGrad: dp.baseAddress!, outChannels: k.cout, outHeight: g.outHeight, outWidth: g.outWidth,
-                                            padTop: 1, padLeft: 1, into: wp.baseAddress!, tilesPerBlock: 7, threads: threads, kernels: kernels)
+                bias.withUnsafeMutableBufferPointer { bp in
+                    WinogradF2x3.weightGradient(images: k.batch, input: xp.baseAddress!, inChannels: k.cin, height: k.height, width: k.width,
+                                                outputGrad: dp.baseAddress!, outChannels: k.cout, outHeight: g.outHeight, outWidth: g.outWidth,
+                                                padTop: 1, padLeft: 1, into: wp.baseAddress!, biasGradient: bp.baseAddress!, tilesPerBlock: 7,
+                                                parts: parts, threads: threads, kernels: kernels)
+                }
             } } }
-            return dw
+            return dw + bias
         }
+        #expect(WinogradF2x3.weightGradientParts(tiles: k.batch * 6 * 7, inChannels: k.cin, outChannels: k.cout) == 2)
+        #expect(WinogradF2x3.weightGradientParts(tiles: 63, inChannels: 32, outChannels: 32) == 1)
+        #expect(WinogradF2x3.weightGradientParts(tiles: 512, inChannels: 64, outChannels: 64) == 1)
         for kernels in KernelDispatch.supported {
-            let one = run(threads: 1, kernels: kernels)
-            for threads in [2, 3] { #expect(run(threads: threads, kernels: kernels) == one, "\(kernels) on \(threads) threads") }
-            let error = one.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, reference) }
-            #expect(error < ConvolutionAccuracy.winogradBound, "\(kernels): \(error)")
+            for parts in [1, 2, 3] {
+                let one = run(parts: parts, threads: 1, kernels: kernels)
+                for threads in [2, 3, 4] {
+                    #expect(run(parts: parts, threads: threads, kernels: kernels) == one, "\(kernels), \(parts) parts on \(threads) threads")
+                }
+                if parts == 2 {
+                    for threads in [1, 2] { #expect(run(parts: nil, threads: threads, kernels: kernels) == one, "\(kernels), default parts") }
+                }
+                let error = one.withUnsafeBufferPointer { Self.relativeError($0.baseAddress!, reference) }
+                #expect(error < ConvolutionAccuracy.winogradBound, "\(kernels), \(parts) parts: \(error)")
+                let biasError = one.withUnsafeBufferPointer { Self.relativeError($0.baseAddress! + reference.count, biasReference) }
+                #expect(biasError < ConvolutionAccuracy.winogradBound, "\(kernels), \(parts) parts, bias: \(biasError)")
+            }
         }
     }
 

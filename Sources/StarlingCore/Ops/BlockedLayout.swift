@@ -331,9 +331,8 @@ extension ConvGeometry {
                                 inputGradient: inputGradient, layouts: layouts) { return }
         var biasDone = false
         if let weightGradient {
-            if ownWinogradWeightGradient(input: x, outputGrad: dy, into: weightGradient, layouts: layouts) {
-                // The bias gradient from dy below.
-            } else if fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
+            if ownWinogradWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
+                || fiveWideWeightGradient(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts)
                 || blockedWeightGradient3x3(input: x, outputGrad: dy, into: weightGradient, biasGradient: biasGradient, layouts: layouts) {
                 biasDone = true
             } else {

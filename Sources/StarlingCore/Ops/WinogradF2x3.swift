@@ -142,30 +142,48 @@ enum WinogradF2x3 {
     /// product [Cout x tiles] x [tiles x Cin], summed over every tile of the call (`WinogradProducts.accumulateTransposed`
     /// on the register block), then the 4 x 4 sums turned back into 3 x 3 kernels (`addTransformedBack`).
     ///
-    /// The threads split the input channels (8-channel blocks), each transforming its own channels of x and all of dy
-    /// (the cheaper transform: 2 x 2 pixels a tile), so each sum over tiles runs in one thread, in tile order, in blocks
-    /// of `tilesPerBlock` tiles that depend on the shape only: any thread count gives the same bits. Scratch: the
-    /// 16 Cin Cout sums and, per thread, a block of transformed tiles.
+    /// The tiles are cut into `parts` runs (`weightGradientParts`, by default from the shape alone), each summed into
+    /// 16 Cin Cout sums of its own in blocks of at most `tilesPerBlock` tiles; the parts' sums are then added in part
+    /// order. The threads take parts, so with two parts on two threads each transforms half of dy and x once: splitting
+    /// the input channels instead (the split before this one) had each thread transform all of dy, 1.5x one thread's
+    /// transforms, and SSD7 on one process of two threads lost 4 % to it (BENCHMARKS.md, "After the eleventh session's
+    /// merges"; this split: "Winograd's weight gradient on two threads"). Threads beyond the parts split each part's
+    /// input channels (8-channel blocks; each transforms its channels of x and all of its part's dy), which changes no
+    /// sum: every element of a part's sums runs over the part's tiles in tile order whatever the threads, so any
+    /// thread count gives the same bits for the same parts.
+    /// Scratch: `parts` x 16 Cin Cout sums and, per thread, a block of transformed tiles.
+    ///
+    /// With `biasGradient`, the bias gradient too, added into it: the sum of dy over the pixels, which is the sum over
+    /// the tiles of element 5 of A dY A^T ((A dY A^T)[1][1] adds the tile's 4 pixels, zeros past the edges), summed per
+    /// part in tile order as the tiles are transformed, the parts added in order: no pass of its own over dy (one
+    /// thread, one running sum, over 110 MB of dy for SSD7's conv2 at batch 16), as Starling's direct kernels sum it.
     static func weightGradient(images: Int, input x: UnsafePointer<Float>, inChannels: Int, height: Int, width: Int,
                                outputGrad dy: UnsafePointer<Float>, outChannels: Int, outHeight: Int, outWidth: Int, padTop: Int, padLeft: Int,
-                               into dw: UnsafeMutablePointer<Float>, tilesPerBlock: Int? = nil, threads: Int? = nil,
+                               into dw: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>? = nil,
+                               tilesPerBlock: Int? = nil, parts: Int? = nil, threads: Int? = nil,
                                kernels: KernelDispatch.Level = KernelDispatch.current) {
         precondition(inChannels % 8 == 0 && outChannels % 8 == 0, "Winograd F(2x2, 3x3) runs on 8-channel blocks")
         let s = WinogradTiling(inBlocks: inChannels / 8, height: height, width: width, outBlocks: outChannels / 8,
                                outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft)
         let tiles = images * s.tilesPerImage
         guard tiles > 0 else { return }
-        let block = Swift.min(tiles, tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
-        let blocks = (tiles + block - 1) / block
-        let workers = Swift.max(1, Swift.min(threads ?? BLAS.threadCount, s.inBlocks))
+        let parts = Swift.max(1, Swift.min(parts ?? weightGradientParts(tiles: tiles, inChannels: inChannels, outChannels: outChannels), tiles))
+        let block = Swift.min((tiles + parts - 1) / parts, tilesPerBlock ?? Self.tilesPerBlock(inChannels: inChannels, outChannels: outChannels))
+        let threads = Swift.max(1, threads ?? BLAS.threadCount)
+        // Work items: each part's input channels in `groups` runs of 8-channel blocks, as many as the threads need.
+        let groups = Swift.min(s.inBlocks, (threads + parts - 1) / parts)
+        let items = parts * groups
+        let workers = Swift.min(threads, items)
         let matrix = outChannels * inChannels
-        // dL/dU[e] = [outChannels x inChannels] row-major, e = 0..<16.
-        let sums = UnsafeMutablePointer<Float>.allocate(capacity: 16 * matrix)
-        sums.initialize(repeating: 0, count: 16 * matrix)
+        // Per part, dL/dU[e] = [outChannels x inChannels] row-major, e = 0..<16.
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: parts * 16 * matrix)
         defer { sums.deallocate() }
+        // Per part, the bias gradient's sums (written by the part's first channel group).
+        let biasSums = UnsafeMutablePointer<Float>.allocate(capacity: biasGradient == nil ? 0 : parts * outChannels)
+        defer { biasSums.deallocate() }
         // Per worker: V[e] = [block x its channels], then M[e] = [block x outChannels], one cache line past the rows (as
         // in `convolve`).
-        let widest = (s.inBlocks + workers - 1) / workers * 8
+        let widest = (s.inBlocks + groups - 1) / groups * 8
         let (vStride, mStride) = (block * widest + 16, block * outChannels + 16)
         let scratchFloats = 16 * (vStride + mStride)
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * scratchFloats)
@@ -173,33 +191,76 @@ enum WinogradF2x3 {
         Parallel.forEachChunk(of: workers, work: .max, threads: workers) { slots in
             for slot in slots {
                 let v = scratch + slot * scratchFloats, m = v + 16 * vStride
-                let channelBlocks = (s.inBlocks * slot / workers)..<(s.inBlocks * (slot + 1) / workers)
-                let (firstChannel, channels) = (channelBlocks.lowerBound * 8, channelBlocks.count * 8)
-                for index in 0..<blocks {
-                    let first = index * block, count = Swift.min(block, tiles - first)
-                    KernelDispatch.winogradInputTiles(s, first: first, count: count, x: x, blocks: channelBlocks, into: v, stride: vStride,
-                                                      kernels: kernels)
-                    KernelDispatch.winogradGradientTiles(s, first: first, count: count, dy: dy, into: m, stride: mStride, kernels: kernels)
-                    KernelDispatch.winogradWeightProducts(count: count, n: outChannels, k: channels, a: m, aStride: mStride, b: v,
-                                                          bStride: vStride, c: sums + firstChannel, cStride: matrix, ldc: inChannels,
+                for item in (items * slot / workers)..<(items * (slot + 1) / workers) {
+                    let (part, group) = item.quotientAndRemainder(dividingBy: groups)
+                    let channelBlocks = (s.inBlocks * group / groups)..<(s.inBlocks * (group + 1) / groups)
+                    let (firstChannel, channels) = (channelBlocks.lowerBound * 8, channelBlocks.count * 8)
+                    let c = sums + part * 16 * matrix + firstChannel
+                    // This item's columns of its part's sums, zeroed by the thread that adds into them.
+                    for row in 0..<(16 * outChannels) { (c + row * inChannels).initialize(repeating: 0, count: channels) }
+                    let bias: UnsafeMutablePointer<Float>? = biasGradient == nil || group != 0 ? nil : biasSums + part * outChannels
+                    bias?.initialize(repeating: 0, count: outChannels)
+                    var first = tiles * part / parts
+                    let end = tiles * (part + 1) / parts
+                    while first < end {
+                        let count = Swift.min(block, end - first)
+                        KernelDispatch.winogradInputTiles(s, first: first, count: count, x: x, blocks: channelBlocks, into: v, stride: vStride,
                                                           kernels: kernels)
+                        KernelDispatch.winogradGradientTiles(s, first: first, count: count, dy: dy, into: m, stride: mStride, kernels: kernels)
+                        if let bias {
+                            let m5 = UnsafePointer(m + 5 * mStride)
+                            for t in 0..<count {
+                                let row = m5 + t * outChannels
+                                for o in 0..<outChannels { bias[o] += row[o] }
+                            }
+                        }
+                        KernelDispatch.winogradWeightProducts(count: count, n: outChannels, k: channels, a: m, aStride: mStride, b: v,
+                                                              bStride: vStride, c: c, cStride: matrix, ldc: inChannels, kernels: kernels)
+                        first += count
+                    }
                 }
             }
         }
-        addTransformedBack(sums, outChannels: outChannels, inChannels: inChannels, into: dw)
+        addTransformedBack(sums, parts: parts, outChannels: outChannels, inChannels: inChannels, into: dw)
+        if let biasGradient {
+            for o in 0..<outChannels {
+                var total = biasSums[o]
+                for p in 1..<parts { total += biasSums[p * outChannels + o] }
+                biasGradient[o] += total
+            }
+        }
     }
 
-    /// dw[o][c] += G^T S G (3 x 3) for the 4 x 4 sums S[e] = sums[e * Cout Cin + o Cin + c] of `weightGradient`,
-    /// G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
-    static func addTransformedBack(_ sums: UnsafePointer<Float>, outChannels: Int, inChannels: Int, into dw: UnsafeMutablePointer<Float>) {
+    /// How many parts `weightGradient` cuts a call's tiles into: two below 64 x 64 channel pairs, so that two threads
+    /// (the cores of the machines this layout runs on, and a process's threads in the suite's layouts) each transform
+    /// half the tiles once; one from 64 x 64 (the threads then split the input channels) and below 64 tiles. On two
+    /// threads, the same binary with one part against two (BENCHMARKS.md, "Winograd's weight gradient on two
+    /// threads"): two parts took 1.07-1.18x less CPU on U-Net's 32-channel layers and SSD7's conv2 and conv3 (the
+    /// transforms a large share there), level at 64 x 64, and 1.1-1.4x more at 128 x 64 and 128 x 128 (each thread's
+    /// sums, 16 Cin Cout floats, 0.5-1 MB, beside its block of tiles no longer fitting its core's cache, where the
+    /// channel split holds half). From the shape only, never the thread count, so that every thread count adds the
+    /// same partial sums; threads beyond two split channels within the parts.
+    static func weightGradientParts(tiles: Int, inChannels: Int, outChannels: Int) -> Int {
+        tiles >= 64 && inChannels * outChannels < 64 * 64 ? 2 : 1
+    }
+
+    /// dw[o][c] += G^T S G (3 x 3) for the 4 x 4 sums S[e] = the sum over the parts p, in order, of
+    /// sums[(p * 16 + e) * Cout Cin + o Cin + c] (`weightGradient`'s), G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+    static func addTransformedBack(_ sums: UnsafePointer<Float>, parts: Int = 1, outChannels: Int, inChannels: Int,
+                                   into dw: UnsafeMutablePointer<Float>) {
         let matrix = outChannels * inChannels
-        Parallel.forEachChunk(of: outChannels, work: matrix * 16) { range in
+        Parallel.forEachChunk(of: outChannels, work: matrix * 16 * parts) { range in
             for o in range {
                 for c in 0..<inChannels {
                     let at = sums + o * inChannels + c
-                    // Row i of S as a SIMD4 over its 4 columns; then t = G^T S (3 x 4), then t G (3 x 3).
+                    // Row i of S as a SIMD4 over its 4 columns, the parts added in order; then t = G^T S (3 x 4), then t G.
                     @inline(__always) func row(_ i: Int) -> SIMD4<Float> {
-                        SIMD4(at[(4 * i) * matrix], at[(4 * i + 1) * matrix], at[(4 * i + 2) * matrix], at[(4 * i + 3) * matrix])
+                        var r = SIMD4(at[(4 * i) * matrix], at[(4 * i + 1) * matrix], at[(4 * i + 2) * matrix], at[(4 * i + 3) * matrix])
+                        for p in 1..<Swift.max(1, parts) {
+                            let q = at + p * 16 * matrix
+                            r += SIMD4(q[(4 * i) * matrix], q[(4 * i + 1) * matrix], q[(4 * i + 2) * matrix], q[(4 * i + 3) * matrix])
+                        }
+                        return r
                     }
                     let (s0, s1, s2, s3) = (row(0), row(1), row(2), row(3))
                     let (t0, t1, t2) = (s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3)
@@ -386,14 +447,14 @@ extension ConvGeometry {
     }
 
     /// The weight gradient by Starling's F(2x2, 3x3) when `runsOwnWinograd(.backwardWeights, layouts)`: dw += dL/dw
-    /// (`WinogradF2x3.weightGradient`); the bias gradient is left to the caller. False, doing nothing, otherwise.
+    /// (`WinogradF2x3.weightGradient`), and the bias gradient into `biasGradient` if given. False, doing nothing, otherwise.
     func ownWinogradWeightGradient(input x: UnsafePointer<Float>, outputGrad dy: UnsafePointer<Float>, into dw: UnsafeMutablePointer<Float>,
-                                   layouts: DNNLConvPlan.Layouts, setting: WinogradSetting? = nil, anyCPU: Bool = false,
-                                   tilesPerBlock: Int? = nil) -> Bool {
+                                   biasGradient: UnsafeMutablePointer<Float>? = nil, layouts: DNNLConvPlan.Layouts,
+                                   setting: WinogradSetting? = nil, anyCPU: Bool = false, tilesPerBlock: Int? = nil) -> Bool {
         guard runsOwnWinograd(.backwardWeights, layouts, setting: setting, anyCPU: anyCPU) else { return false }
         WinogradF2x3.weightGradient(images: batch, input: x, inChannels: inChannels, height: height, width: width, outputGrad: dy,
                                     outChannels: outChannels, outHeight: outHeight, outWidth: outWidth, padTop: padTop, padLeft: padLeft,
-                                    into: dw, tilesPerBlock: tilesPerBlock)
+                                    into: dw, biasGradient: biasGradient, tilesPerBlock: tilesPerBlock)
         return true
     }
 }
