@@ -65,14 +65,19 @@ import Testing
         #expect(GEMMSelection.summary.hasPrefix("GEMM "))
     }
 
-    /// A dense layer's products take `Choice.dense` on one thread and the process's GEMM on two, and the layer's values
-    /// and gradients are right on both (finite differences; on an AVX-512 machine the one-thread pass is oneDNN's sgemm).
+    /// A dense layer's products take `Choice.dense` on one thread from `denseMinimumRows` rows and the process's GEMM on
+    /// two or on fewer rows, and the layer's values and gradients are right on each (finite differences; on an AVX-512
+    /// machine the one-thread pass of 64 rows is oneDNN's sgemm).
     @Test func denseLayerOnOneThreadAndOnTwo() {
+        let many = GEMMSelection.denseMinimumRows, few = GEMMSelection.denseMinimumRows - 1
         for threads in [1, 2] {
             BLAS.withThreadCount(threads) {
-                #expect(GEMMSelection.denseBackend == (threads == 1 ? GEMMSelection.current.dense : GEMMSelection.backend), "\(threads) thread(s)")
-                let x = randomVariable([37, 19], seed: 21), w = randomVariable([19, 23], seed: 22), b = randomVariable([23], seed: 23)
-                checkGradients([x, w, b]) { $0[0].linear($0[1], $0[2]).sigmoid() }
+                #expect(GEMMSelection.denseBackend(rows: many) == (threads == 1 ? GEMMSelection.current.dense : GEMMSelection.backend), "\(threads) thread(s)")
+                #expect(GEMMSelection.denseBackend(rows: few) == GEMMSelection.backend, "\(threads) thread(s), \(few) rows")
+                for rows in [few, many] {
+                    let x = randomVariable([rows, 19], seed: 21), w = randomVariable([19, 23], seed: 22), b = randomVariable([23], seed: 23)
+                    checkGradients([x, w, b]) { $0[0].linear($0[1], $0[2]).sigmoid() }
+                }
             }
         }
     }

@@ -99,7 +99,7 @@ public enum GEMMSelection {
             return .success(Choice(backend: .dnnl, reason: "OpenBLAS core \(core) runs \(kernel) kernels on a CPU with \(cpu)"))
         }
         if kernel == .avx512 && cpu == .avx512 {
-            return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu); dense layers on one thread: dnnl_sgemm",
+            return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu); dense layers of \(denseMinimumRows)+ rows on one thread: dnnl_sgemm",
                                    dense: .dnnl))
         }
         return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu)"))
@@ -122,13 +122,19 @@ public enum GEMMSelection {
 
     public static var backend: GEMMBackend { current.backend }
 
-    /// The GEMM for a dense layer's product on the calling thread: `Choice.dense` where the product runs on this
-    /// thread alone (OpenBLAS on one thread, and the OpenMP team a oneDNN call made here would start, one thread or
-    /// no OpenMP at all), the process's `backend` otherwise.
+    /// The fewest rows (images) of a dense layer's batch for which `Choice.dense` runs. Below it OpenBLAS's small-matrix
+    /// kernels win: vae's 16-row products (a replica's or a rank's half of its batch of 32) took 1.09-1.19x the CPU a
+    /// step on oneDNN's sgemm on a Zen 4, where its 32-row step was level and deep-ae's and fc-ae's 128- and 256-row
+    /// steps 0.88-0.94x (BENCHMARKS.md, "After the twelfth session's merges").
+    public static let denseMinimumRows = 64
+
+    /// The GEMM for a dense layer's product of `rows` rows on the calling thread: `Choice.dense` where the product
+    /// runs on this thread alone (OpenBLAS on one thread, and the OpenMP team a oneDNN call made here would start, one
+    /// thread or no OpenMP at all) over at least `denseMinimumRows` rows, the process's `backend` otherwise.
     @inline(__always)
-    public static var denseBackend: GEMMBackend {
+    public static func denseBackend(rows: Int) -> GEMMBackend {
         let choice = current
-        if choice.dense == choice.backend { return choice.backend }
+        if choice.dense == choice.backend || rows < denseMinimumRows { return choice.backend }
         return BLAS.threadCount == 1 && starling_omp_get_max_threads() <= 1 ? choice.dense : choice.backend
     }
 
@@ -138,9 +144,9 @@ public enum GEMMSelection {
         return nil
     }
 
-    /// For suite rows' kernels: "openblas", or "openblas, dense layers on one thread dnnl" where they differ.
+    /// For suite rows' kernels: "openblas", or "openblas, dense layers of 64+ rows on one thread dnnl" where they differ.
     public static var shortName: String {
-        current.dense == current.backend ? current.backend.rawValue : "\(current.backend.rawValue), dense layers on one thread \(current.dense.rawValue)"
+        current.dense == current.backend ? current.backend.rawValue : "\(current.backend.rawValue), dense layers of \(denseMinimumRows)+ rows on one thread \(current.dense.rawValue)"
     }
 
     /// For run headers and benchmarks: "GEMM openblas (OpenBLAS core Cooperlake matches the CPU's AVX-512)".

@@ -50,7 +50,7 @@ extension Tensor {
                     for i in r { let g = dy[i], v = y[i]; dy[i] = v > 0 ? g : 0 }
                 }
             }
-            let gemm = GEMMSelection.denseBackend
+            let gemm = GEMMSelection.denseBackend(rows: rows)
             // The input's gradient, when no other user has written one yet, goes into a fresh buffer with beta 0 instead of a
             // zeroed one that sgemm reads back.
             if x.requiresGrad {
@@ -70,7 +70,7 @@ extension Tensor {
             for r in 0..<rows { (y + r * n).update(from: bp, count: n) }
         }
         BLAS.sgemm(transA: false, transB: false, m: rows, n: n, k: k, a: x.data, lda: k, b: weight.data, ldb: n,
-                   beta: bias == nil ? 0 : 1, c: y, ldc: n, backend: GEMMSelection.denseBackend)
+                   beta: bias == nil ? 0 : 1, c: y, ldc: n, backend: GEMMSelection.denseBackend(rows: rows))
         if relu {
             Parallel.forEachAlignedChunk(of: rows * n) { r in
                 for i in r { let v = y[i]; y[i] = v > 0 ? v : 0 }
