@@ -131,15 +131,15 @@ extension KernelDispatch {
                      m mp: UnsafeMutablePointer<Float>, v vp: UnsafeMutablePointer<Float>, gradientScale: Float, beta1: Float,
                      beta2: Float, epsilon: Float, correctedRate: Float, coupledDecay: Float, decoupledDecay: Float, kernels: Level = current) {
         withSubnormalsFlushed {
-        switch kernels {
-        case .baseline:
-            OptimizerKernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
-                                  epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay,
-                                  decoupledDecay: decoupledDecay, SeparateMultiplyAdd.self)
-        default:
-            fused(kernels).adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
-                             epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay)
-        }
+            switch kernels {
+            case .baseline:
+                OptimizerKernels.adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
+                                      epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay,
+                                      decoupledDecay: decoupledDecay, SeparateMultiplyAdd.self)
+            default:
+                fused(kernels).adam(n, weights: w, gradients: g, m: mp, v: vp, gradientScale: gradientScale, beta1: beta1, beta2: beta2,
+                                 epsilon: epsilon, correctedRate: correctedRate, coupledDecay: coupledDecay, decoupledDecay: decoupledDecay)
+            }
         }
     }
 
