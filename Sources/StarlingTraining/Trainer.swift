@@ -196,7 +196,10 @@ public final class Trainer {
         // Started only now, so that a refusal above leaves no watch thread behind.
         watchdog.start()
         watchdog.at("the start-up agreement", step: state.step)
-        do { try synchronizeStart() } catch { watchdog.stop(); throw error }
+        // oneDNN's sgemm kernels generated while the start-up agreement reads the data (the first read of a small split
+        // loads it); a refusal waits for them, so that the process never exits in the middle of generating them.
+        DNNLKernelWarmUp.start()
+        do { try synchronizeStart() } catch { watchdog.stop(); DNNLKernelWarmUp.wait(); throw error }
     }
 
     deinit {
@@ -488,8 +491,13 @@ public final class Trainer {
         if !schedule.isConstant { log("learning rate: \(schedule), on the base rate \(baseLearningRate)") }
         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: state.epoch)
         if state.plateau == nil { state.plateau = options.reduceOnPlateau }
-        // Start-up work of the data (a small split read into memory) before the first epoch's clock starts.
-        if let feed { try feed.reading { try train.prepare() } } else { try train.prepare() }
+        // Start-up work of the data (a small split read into memory) before the first epoch's clock starts; oneDNN's
+        // sgemm kernels, generated meanwhile on a thread of their own since `init`, are ready before it starts too.
+        do {
+            defer { DNNLKernelWarmUp.wait() }
+            DNNLKernelWarmUp.start()
+            if let feed { try feed.reading { try train.prepare() } } else { try train.prepare() }
+        }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
             let epoch = state.epoch
             var rng = RandomGenerator(seed: options.seed, stream: UInt64(epoch))
@@ -808,4 +816,28 @@ final class CSVLog {
         guard let handle else { return }
         guard fputs(line + "\n", handle) >= 0, fflush(handle) == 0 else { throw TrainingError("cannot write log \(path)") }
     }
+}
+
+/// oneDNN's sgemm kernels generated on a thread of their own, once a process (`GEMMSelection.generateDNNLKernels`),
+/// while the trainer does other start-up work (the start-up agreement's and the first epoch's reads of the data): its
+/// first step then does not stall on them. Nothing is started where no product of the process runs oneDNN's sgemm.
+enum DNNLKernelWarmUp {
+    /// Starts the generation if it has not started (any thread, any number of times).
+    static func start() { _ = started }
+
+    /// Waits until the kernels are ready (at once if nothing was started, or they are).
+    static func wait() { started?.wait() }
+
+    private static let started: DispatchGroup? = {
+        guard GEMMSelection.mayRunDNNL else { return nil }
+        let done = DispatchGroup()
+        done.enter()
+        let thread = Thread {
+            GEMMSelection.generateDNNLKernels()
+            done.leave()
+        }
+        thread.name = "starling-dnnl-kernels"
+        thread.start()
+        return done
+    }()
 }

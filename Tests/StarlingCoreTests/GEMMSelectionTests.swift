@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CDNNL
 @testable import StarlingCore
 
 /// The choice of GEMM (`GEMMSelection.choose`) over a table of OpenBLAS cores and CPUs, and the two GEMMs against a
@@ -80,6 +81,37 @@ import Testing
                 }
             }
         }
+    }
+
+    /// oneDNN's sgemm kernels generated ahead (`generateDNNLKernels`, which the trainer runs on a thread of its own while
+    /// the data loads) leave the calling thread's OpenMP count as it was, whatever it was, and a product's bits as they
+    /// were; a second call returns at once. On a thread of the test's own, so that no other test's thread is touched.
+    @Test func generatingDNNLKernelsAheadChangesNothing() {
+        let (m, n, k) = (70, 33, 65)
+        var rng = SplitMix(seed: 7)
+        let a = (0..<(m * k)).map { _ in rng.uniform(-1, 1) }, b = (0..<(k * n)).map { _ in rng.uniform(-1, 1) }
+        @Sendable func product() -> [UInt32] {
+            var c = [Float](repeating: 0, count: m * n)
+            BLAS.sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, beta: 0, c: &c, ldc: n, backend: .dnnl)
+            return c.map(\.bitPattern)
+        }
+        let finished = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var counts: [Int32] = [], products: [[UInt32]] = []
+        Thread {
+            DNNL.setThreadCount(1)
+            products.append(product())
+            for threads in [3, 1] {
+                DNNL.setThreadCount(threads)
+                GEMMSelection.generateDNNLKernels()
+                GEMMSelection.generateDNNLKernels()
+                counts.append(starling_omp_get_max_threads())
+            }
+            products.append(product())
+            finished.signal()
+        }.start()
+        finished.wait()
+        if starling_omp_get_max_threads() > 0 { #expect(counts == [3, 1]) }   // 0: no libgomp, nothing to keep
+        #expect(products.count == 2 && products[0] == products[1])
     }
 
     /// cpuid's answer against the kernel's flags (/proc/cpuinfo).

@@ -138,6 +138,39 @@ public enum GEMMSelection {
         return BLAS.threadCount == 1 && starling_omp_get_max_threads() <= 1 ? choice.dense : choice.backend
     }
 
+    /// Whether any product of this process may run oneDNN's sgemm (all of them, or the dense layers' on one thread).
+    public static var mayRunDNNL: Bool { current.backend == .dnnl || current.dense == .dnnl }
+
+    /// Makes oneDNN's sgemm generate its JIT code now, once a process; later calls return at once. oneDNN (2.6)
+    /// generates all of its sgemm kernels (packing and compute, every transposition and beta) at the process's first
+    /// dnnl_sgemm call: ~28 ms of CPU on one thread of a Zen 4, during which every other caller waits. A `train` run's
+    /// first step paid it (both replicas stalled 30-100 ms on the loaded machine), so fc-ae's one-epoch `train`
+    /// measurement (~0.15-0.3 s an epoch) lost 10-20 % where the suite's warmed-up steps gained 1.06-1.15x
+    /// (BENCHMARKS.md, "oneDNN's dense products through train"). The trainer runs this on a thread of its own while
+    /// the data loads (`Trainer.run`). Small products of each form a dense layer calls (NN, NT, TN; beta 0 and 1; a
+    /// 32-wide side as fc-ae's code), on the calling thread alone (its OpenMP count set to 1 for the call and put back).
+    public static func generateDNNLKernels() { _ = dnnlKernelsGenerated }
+
+    private static let dnnlKernelsGenerated: Void = {
+        let previous = starling_omp_get_max_threads()
+        _ = starling_omp_set_num_threads(1)
+        defer { if previous > 0 { _ = starling_omp_set_num_threads(previous) } }
+        let (m, n, k) = (64, 32, 64)
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
+        let b = UnsafeMutablePointer<Float>.allocate(capacity: k * m)
+        let c = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
+        defer { a.deallocate(); b.deallocate(); c.deallocate() }
+        a.initialize(repeating: 0, count: m * k)
+        b.initialize(repeating: 0, count: k * m)
+        c.initialize(repeating: 0, count: m * k)
+        for beta: Float in [0, 1] {
+            // y[m, n] = x[m, k] W[k, n]; dx[m, k] = dy[m, n] W^T; dW[k, n] += x^T dy (the dense layer's three products).
+            BLAS.sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, beta: beta, c: c, ldc: n, backend: .dnnl)
+            BLAS.sgemm(transA: false, transB: true, m: m, n: k, k: n, a: a, lda: n, b: b, ldb: n, beta: beta, c: c, ldc: k, backend: .dnnl)
+            BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: m, a: a, lda: k, b: b, ldb: n, beta: beta, c: c, ldc: n, backend: .dnnl)
+        }
+    }()
+
     /// The error a bad STARLING_GEMM gives, or nil.
     public static var overrideError: GEMMOverrideError? {
         if case .failure(let error) = selected { return error }
