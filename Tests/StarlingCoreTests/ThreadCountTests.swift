@@ -137,6 +137,43 @@ import Testing
         }
     }
 
+    /// The bound test on the exponent bits: below 2^k passes (the largest float under it, subnormals, zeros), 2^k and
+    /// up, infinities and NaNs fail, in the vector loop and the tail, on one thread and two; and the bound for n terms
+    /// is one whose largest value, added n times in order, stays finite, where twice the bound's power does not for 2.
+    @Test func allFiniteBelowAPowerOfTwo() {
+        for power in [1, 60, 125, 126, 127, 128] {
+            let under = Float(sign: .plus, exponent: power, significand: 1).nextDown
+            let passing: [Float] = [under, -under, .leastNonzeroMagnitude, 0, -0.0, 1e-30, Float(power <= 1 ? 1 : 2)]
+            let failing: [Float] = (power < 128 ? [Float(sign: .plus, exponent: power, significand: 1), -Float(sign: .plus, exponent: power, significand: 1)] : [])
+                + [.infinity, -.infinity, .nan, .greatestFiniteMagnitude].filter { !$0.isFinite || power < 128 }
+            // The threaded size once (a debug build's scan of it is slow).
+            for count in [16, 37, 1 << 14 + 5] + (power == 126 ? [Self.count] : []) {
+                var values = (0..<count).map { passing[$0 % passing.count] }
+                for threads in [1, 2] {
+                    #expect(BLAS.withThreadCount(threads) { values.withUnsafeBufferPointer { allFinite($0.baseAddress!, count: count, below: power) } },
+                            "2^\(power), \(count) values, \(threads) thread(s)")
+                }
+                for (k, x) in failing.enumerated() {
+                    let at = [count - 1, (k * 7 + 3) % count][k % 2]
+                    values[at] = x
+                    #expect(!values.withUnsafeBufferPointer { allFinite($0.baseAddress!, count: count, below: power) }, "\(x) at \(at) of \(count), 2^\(power)")
+                    values[at] = passing[at % passing.count]
+                }
+            }
+        }
+        #expect(allFinite([Float](), count: 0, below: 1))
+        for terms in 1...9 {
+            let power = summableWithoutOverflow(terms: terms)
+            let largest = Float(sign: .plus, exponent: power, significand: 1).nextDown
+            var sum: Float = 0
+            for _ in 0..<terms { sum += largest }
+            #expect(sum.isFinite, "\(terms) terms below 2^\(power)")
+        }
+        #expect(summableWithoutOverflow(terms: 2) == 126 && summableWithoutOverflow(terms: 3) == 125 && summableWithoutOverflow(terms: 4) == 125)
+        let twice = Float(sign: .plus, exponent: 127, significand: 1)
+        #expect(!(twice + twice).isFinite, "2^127 + 2^127 overflows: two terms need the bound below it")
+    }
+
     /// The parallel search finds the first non-finite value a plain scan finds, wherever it is and whatever follows.
     @Test func firstNonFiniteIndexMatchesAScan() {
         let n = Self.count
