@@ -211,12 +211,12 @@ import StarlingDistributed
     /// The round that ends after the sum: when every replica posts `skipsAfterSum`, the parts are the same bits,
     /// the scalars arrive, no `afterSum` runs and the round is one rendezvous; when one replica does not, every
     /// replica runs `afterSum` and waits twice. Posted values of back-to-back early rounds do not mix (the slots), and a
-    /// barrier after them still counts one. Three replicas arriving in different orders, several times.
+    /// barrier after them still counts one. Three replicas arriving in three different orders.
     @Test func reduceScatterEndsAfterTheSumWhenEveryReplicaSkipsTheCheck() throws {
         let count = 5_003
         let counts = [2_000, 0, count - 2_000]
         let inputs: [[Float]] = (0..<3).map { r in (0..<count).map { i in [Float(i), 1e8 * Float(i % 2 * 2 - 1), 0.25 * Float(r + 1)][(i + r) % 3] } }
-        for trial in 0..<4 {
+        for trial in 0..<3 {
             for skipping in [[true, true, true], [true, false, true]] {
                 let group = InProcessGroup(size: 3)
                 let results = group.run { member -> ([Float], Bool, Int, Int, Bool) in
