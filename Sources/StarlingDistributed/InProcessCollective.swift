@@ -20,10 +20,12 @@ public final class InProcessGroup: @unchecked Sendable {
     private var arrived = 0
     private var generation = 0
     private var failure: ReplicaFailure?
-    /// The pointers the replicas posted for the collective under way, by replica.
-    private var posted: [UnsafeMutableRawPointer?]
-    /// A value a root posts for the others (broadcast texts, gathered arrays).
-    private var shared: [Any?]
+    /// The pointers the replicas posted for the collective under way, by replica, in two slots by the parity of the
+    /// rendezvous count at posting: an exchange that ends without its second wait (`exchange(endsEarly:)`) may still
+    /// be read from while a replica that left it posts for the next one, which lands in the other slot.
+    private var posted: [[UnsafeMutableRawPointer?]]
+    /// A value a root posts for the others (broadcast texts, gathered arrays), in the same two slots.
+    private var shared: [[Any?]]
     /// `generation`, published for the replicas that spin before they sleep (read without the lock).
     private let releasedGeneration = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
 
@@ -55,8 +57,8 @@ public final class InProcessGroup: @unchecked Sendable {
     public init(size: Int) {
         precondition(size >= 1, "an in-process group needs at least one replica")
         self.size = size
-        posted = Array(repeating: nil, count: size)
-        shared = Array(repeating: nil, count: size)
+        posted = Array(repeating: Array(repeating: nil, count: size), count: 2)
+        shared = Array(repeating: Array(repeating: nil, count: size), count: 2)
         releasedGeneration.initialize(to: 0)
     }
 
@@ -148,15 +150,24 @@ public final class InProcessGroup: @unchecked Sendable {
 
     /// Posts `pointer` as `rank`'s buffer, waits for every replica's, runs `body` with all of them, and waits until
     /// every replica's `body` has returned (so the buffers stay valid and unchanged while anyone reads them).
+    ///
+    /// `endsEarly`, given every replica's posted values (the same on every replica), may end the exchange when this
+    /// replica's `body` returns, without that second wait: the caller then promises that each replica, until it has
+    /// passed another rendezvous of the group, writes no part of its buffer that another replica's `body` reads.
+    /// Values posted meanwhile for the next exchange go to the other slot.
     fileprivate func exchange(rank: Int, _ pointer: UnsafeMutableRawPointer?, value: Any? = nil,
+                              endsEarly: ([Any?]) -> Bool = { _ in false },
                               _ body: ([UnsafeMutableRawPointer?], [Any?]) throws -> Void) throws {
         condition.lock()
-        posted[rank] = pointer
-        shared[rank] = value
+        // Every replica posts between the same two rendezvous (all have left the last collective's, none can pass
+        // this one's before all have posted), so all see the same count here.
+        let slot = generation & 1
+        posted[slot][rank] = pointer
+        shared[slot][rank] = value
         condition.unlock()
         try rendezvous()
         condition.lock()
-        let pointers = posted, values = shared
+        let pointers = posted[slot], values = shared[slot]
         condition.unlock()
         do {
             try body(pointers, values)
@@ -164,6 +175,7 @@ public final class InProcessGroup: @unchecked Sendable {
             fail(rank: rank, error)
             throw error
         }
+        if endsEarly(values) { return }
         try rendezvous()
     }
 
@@ -390,16 +402,23 @@ extension InProcessCollective: ShardingCollective {
     /// (its part of the sum is final there; the others' may not be). Returns every replica's `scalars` and every
     /// replica's `afterSum` values, in replica order, the same on every replica. The sum's bits are
     /// `reduceScatter(_:counts:)`'s.
-    public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], posting scalars: [Double],
-                              afterSum: () -> [Double]) throws -> (posted: [[Double]], afterSum: [[Double]]) {
-        if size == 1 { return ([scalars], [afterSum()]) }
+    ///
+    /// `skipsAfterSum`: when every replica posts it true, no replica runs `afterSum` and the exchange ends once this
+    /// replica's part is summed, one rendezvous instead of two (`endedEarly` in the result, `afterSum` empty). The
+    /// caller then writes nothing of its buffer outside its own part before its next collective of the group (the
+    /// others may still be reading it): the trainer's update writes its own part, and its barrier follows.
+    public func reduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], posting scalars: [Double], skipsAfterSum: Bool = false,
+                              afterSum: () -> [Double]) throws -> (posted: [[Double]], afterSum: [[Double]], endedEarly: Bool) {
+        if size == 1 { return skipsAfterSum ? ([scalars], [], true) : ([scalars], [afterSum()], false) }
         precondition(counts.count == size && counts.allSatisfy { $0 >= 0 }, "one non-negative count a replica")
         // A new object a call: a replica reads the others' after the exchange's second wait, and no replica can post
         // its next one before every replica has arrived at the next collective.
-        let mine = StepScalars(counts: counts, scalars: scalars)
+        let mine = StepScalars(counts: counts, scalars: scalars, skipsAfterSum: skipsAfterSum)
         var all: [StepScalars] = []
+        let early: ([Any?]) -> Bool = { posted in posted.allSatisfy { ($0 as? StepScalars)?.skipsAfterSum == true } }
+        var endedEarly = false
         try observed("an in-process reduce-scatter of \(counts.reduce(0, +)) values with \(scalars.count) scalars") {
-            try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer), value: mine) { pointers, posted in
+            try group.exchange(rank: rank, UnsafeMutableRawPointer(buffer), value: mine, endsEarly: early) { pointers, posted in
                 all = posted.map { $0 as? StepScalars ?? StepScalars(counts: [], scalars: []) }
                 guard all.allSatisfy({ $0.counts == counts && $0.scalars.count == scalars.count }) else {
                     throw ReplicaFailure(rank: rank, message: "a reduce-scatter over parts \(counts) with \(scalars.count) scalars met replicas with \(all.map(\.counts)) and \(all.map(\.scalars.count))")
@@ -425,10 +444,11 @@ extension InProcessCollective: ShardingCollective {
                         start += m
                     }
                 }
-                mine.results = afterSum()
+                endedEarly = early(posted)
+                if !endedEarly { mine.results = afterSum() }
             }
         }
-        return (all.map(\.scalars), all.map(\.results))
+        return (all.map(\.scalars), endedEarly ? [] : all.map(\.results), endedEarly)
     }
 
     /// Widened, added in float32 in replica order and rounded back after each addition, as the 16-bit allreduce.
@@ -493,8 +513,11 @@ extension InProcessCollective: ShardingCollective {
 private final class StepScalars: @unchecked Sendable {
     let counts: [Int]
     let scalars: [Double]
+    let skipsAfterSum: Bool
     var results: [Double] = []
-    init(counts: [Int], scalars: [Double]) { (self.counts, self.scalars) = (counts, scalars) }
+    init(counts: [Int], scalars: [Double], skipsAfterSum: Bool = false) {
+        (self.counts, self.scalars, self.skipsAfterSum) = (counts, scalars, skipsAfterSum)
+    }
 }
 
 /// An in-process allreduce that runs when first waited for or tested.

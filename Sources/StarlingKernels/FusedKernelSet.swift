@@ -22,6 +22,7 @@ public protocol FusedKernelSet {
                      out0: UnsafeMutablePointer<Float>, out1: UnsafeMutablePointer<Float>, moments: UnsafeMutablePointer<SIMD8<Double>>?)
     static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
                      probabilities p: UnsafeMutablePointer<Float>) -> Double
+    static func exponentCarry(_ p: UnsafePointer<Float>, count: Int, added: UInt32) -> UInt32
     // The blocked layout's loops, at width 8 or 16, per-channel constants from the block's first channel.
     static func affineELUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                      mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float)

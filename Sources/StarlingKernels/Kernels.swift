@@ -61,6 +61,29 @@ extension LossKernels {
 }
 
 /// Optimizer updates over the flat parameter buffer.
+/// The test on float32 exponent bits behind the trainer's checks of the gradients (`firstNonFiniteIndex`,
+/// `allFinite(_:count:below:)`): OR over the values of (bits & 0x7f800000) + `added`. Bit 31 of the result is set exactly
+/// when some value's biased exponent e has e + (added >> 23) >= 256 (added = 1 << 23: an infinity or NaN), since e +
+/// (added >> 23) stays below 512. Integer AND, ADD and OR: one cycle each and no microcode assist on subnormal values.
+public enum ExponentKernels {
+    // Not generic, so nothing forces a specialisation in the caller's module: without `@inline(__always)` the wider
+    // modules' entry points called this module's baseline copy.
+    @inlinable @inline(__always)
+    public static func carry(_ p: UnsafePointer<Float>, count: Int, added: UInt32) -> UInt32 {
+        let exponent = SIMD16<UInt32>(repeating: 0x7f80_0000), add = SIMD16<UInt32>(repeating: added)
+        var lanes = SIMD16<UInt32>(repeating: 0)
+        var i = 0
+        while i + 16 <= count {
+            lanes |= (UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<UInt32>.self) & exponent) &+ add
+            i += 16
+        }
+        var acc: UInt32 = 0
+        for lane in 0..<16 { acc |= lanes[lane] }
+        while i < count { acc |= (p[i].bitPattern & 0x7f80_0000) &+ added; i += 1 }
+        return acc
+    }
+}
+
 public enum OptimizerKernels {
     /// Adam as Keras writes it (see `Adam`): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     /// w -= lrT m / (sqrt(v) + eps) + decoupledDecay w, with g = scale g + coupledDecay w.

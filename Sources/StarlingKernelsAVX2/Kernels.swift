@@ -199,6 +199,13 @@ extension FusedKernels {
                                             bottomGradient: bottomGradient)
     }
 }
+extension FusedKernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func exponentCarry(_ p: UnsafePointer<Float>, count: Int, added: UInt32) -> UInt32 {
+        ExponentKernels.carry(p, count: count, added: added)
+    }
+}
+
 extension FusedKernels: FusedKernelSet {}
 
 extension FusedKernels: NarrowConvolutionKernelSet {

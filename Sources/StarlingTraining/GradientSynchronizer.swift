@@ -212,8 +212,11 @@ public final class GradientSynchronizer {
 
     /// `finish()` whose last bucket's reduce-scatter also carries the step's scalars (`foldsStepScalars` only): every
     /// member's `scalars`, and every member's `afterSum` values, run once all of this member's own range of the
-    /// gradients is summed, in member order. One collective round a step instead of three.
-    public func finish(posting scalars: [Double], afterSum: () -> [Double]) throws -> (posted: [[Double]], afterSum: [[Double]]) {
+    /// gradients is summed, in member order. One collective round a step instead of three. `skipsAfterSum`: as
+    /// `InProcessCollective.reduceScatter(_:counts:posting:skipsAfterSum:afterSum:)` (the round's second wait left out
+    /// when every member posts it).
+    public func finish(posting scalars: [Double], skipsAfterSum: Bool = false,
+                       afterSum: () -> [Double]) throws -> (posted: [[Double]], afterSum: [[Double]], endedEarly: Bool) {
         precondition(foldsStepScalars, "the step's scalars fold into float32 reduce-scatters between replicas only")
         let replicas = communicator as! InProcessCollective
         let start = monotonicSeconds()
@@ -228,7 +231,7 @@ public final class GradientSynchronizer {
         // The last bucket is never started during backward (`launchReady`): its reduce-scatter is this step's last.
         let r = buckets[last].range
         let exchanged = try replicas.reduceScatter(store.gradients.pointer + r.lowerBound, counts: buckets[last].shardCounts!,
-                                                   posting: scalars, afterSum: afterSum)
+                                                   posting: scalars, skipsAfterSum: skipsAfterSum, afterSum: afterSum)
         nextToLaunch = buckets.count
         if let launchError { self.launchError = nil; throw launchError }
         exposedSeconds += monotonicSeconds() - start

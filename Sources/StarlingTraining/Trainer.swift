@@ -560,7 +560,15 @@ public final class Trainer {
                         watchdog.at("the gradient reduce-scatter", step: state.step)
                         loss.backward(onLeafReady: synchronizer.parameterReady)
                         if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
-                        let exchanged = try synchronizer.finish(posting: [agreement[0], agreement[1]], afterSum: ownNonFiniteGradient)
+                        // The check of the summed range, and the round's second wait that hands it to the others, are
+                        // needed only where a sum could be non-finite: not when every replica's loss is finite and its
+                        // own gradients (summed or addends) lie below the bound at which the replicas' sum cannot
+                        // overflow. Then the update follows the sum at once and the barrier after it is the step's
+                        // second and last rendezvous; the decisions are those of the check (no fault), the bits the same.
+                        let bounded = agreement[1] == 0 && allFinite(model.parameters.gradients.pointer, count: model.parameters.count,
+                                                                     below: summableWithoutOverflow(terms: world.size))
+                        let exchanged = try synchronizer.finish(posting: [agreement[0], agreement[1]], skipsAfterSum: bounded,
+                                                                afterSum: ownNonFiniteGradient)
                         // Summed in replica order, as the in-process allreduce of doubles adds them.
                         agreed = exchanged.posted[0]
                         for q in exchanged.posted.indices.dropFirst() { agreed[0] += exchanged.posted[q][0]; agreed[1] += exchanged.posted[q][1] }

@@ -119,22 +119,64 @@ import Testing
     }
 
     /// The test on the bits flags infinities and NaNs of either sign and any payload, and nothing finite: the largest
-    /// floats, subnormals and zeros of either sign, in the 16-lane loop and in the tail.
+    /// floats, subnormals and zeros of either sign, in the 16-lane loop and in the tail, at every kernel level the CPU runs.
     @Test func firstNonFiniteIndexOnTheEdges() {
+        // Every kernel level this CPU runs (the exponent test is a kernel of each level's module).
+        let levels = KernelDispatch.supported
         let finite: [Float] = [.greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude, -.leastNonzeroMagnitude,
                                .leastNormalMagnitude, 0, -0.0, 1, -1, Float(bitPattern: 0x7f7f_ffff), Float(bitPattern: 0xff7f_ffff)]
         let bad: [Float] = [.infinity, -.infinity, .nan, -.nan, .signalingNaN, Float(bitPattern: 0x7fff_ffff), Float(bitPattern: 0xff80_0001)]
         for count in [16, 37, 1 << 14 + 5] {
             var values = (0..<count).map { finite[$0 % finite.count] }
-            #expect(values.withUnsafeBufferPointer { firstNonFiniteIndex($0.baseAddress!, count: count) } == nil)
+            #expect(values.withUnsafeBufferPointer { p in levels.map { firstNonFiniteIndex(p.baseAddress!, count: count, kernels: $0) } } == levels.map { _ in nil })
             for (k, x) in bad.enumerated() {
                 let at = (k * 7 + 3) % count
                 values[at] = x
                 if count > 20 { values[count - 1] = .nan }   // the tail's, after it
-                #expect(values.withUnsafeBufferPointer { firstNonFiniteIndex($0.baseAddress!, count: count) } == at, "\(x) at \(at) of \(count)")
+                #expect(values.withUnsafeBufferPointer { p in levels.map { firstNonFiniteIndex(p.baseAddress!, count: count, kernels: $0) } } == levels.map { _ in at },
+                        "\(x) at \(at) of \(count)")
                 values = (0..<count).map { finite[$0 % finite.count] }
             }
         }
+    }
+
+    /// The bound test on the exponent bits: below 2^k passes (the largest float under it, subnormals, zeros), 2^k and
+    /// up, infinities and NaNs fail, in the vector loop and the tail, on one thread and two, at every kernel level the
+    /// CPU runs; and the bound for n terms
+    /// is one whose largest value, added n times in order, stays finite, where twice the bound's power does not for 2.
+    @Test func allFiniteBelowAPowerOfTwo() {
+        let levels = KernelDispatch.supported
+        for power in [1, 60, 125, 126, 127, 128] {
+            let under = Float(sign: .plus, exponent: power, significand: 1).nextDown
+            let passing: [Float] = [under, -under, .leastNonzeroMagnitude, 0, -0.0, 1e-30, Float(power <= 1 ? 1 : 2)]
+            let failing: [Float] = (power < 128 ? [Float(sign: .plus, exponent: power, significand: 1), -Float(sign: .plus, exponent: power, significand: 1)] : [])
+                + [.infinity, -.infinity, .nan, .greatestFiniteMagnitude].filter { !$0.isFinite || power < 128 }
+            // The threaded size once (a debug build's scan of it is slow).
+            for count in [16, 37, 1 << 14 + 5] + (power == 126 ? [Self.count] : []) {
+                var values = (0..<count).map { passing[$0 % passing.count] }
+                for threads in [1, 2] {
+                    #expect(BLAS.withThreadCount(threads) { values.withUnsafeBufferPointer { p in levels.allSatisfy { allFinite(p.baseAddress!, count: count, below: power, kernels: $0) } } },
+                            "2^\(power), \(count) values, \(threads) thread(s)")
+                }
+                for (k, x) in failing.enumerated() {
+                    let at = [count - 1, (k * 7 + 3) % count][k % 2]
+                    values[at] = x
+                    #expect(values.withUnsafeBufferPointer { p in levels.allSatisfy { !allFinite(p.baseAddress!, count: count, below: power, kernels: $0) } }, "\(x) at \(at) of \(count), 2^\(power)")
+                    values[at] = passing[at % passing.count]
+                }
+            }
+        }
+        #expect(allFinite([Float](), count: 0, below: 1))
+        for terms in 1...9 {
+            let power = summableWithoutOverflow(terms: terms)
+            let largest = Float(sign: .plus, exponent: power, significand: 1).nextDown
+            var sum: Float = 0
+            for _ in 0..<terms { sum += largest }
+            #expect(sum.isFinite, "\(terms) terms below 2^\(power)")
+        }
+        #expect(summableWithoutOverflow(terms: 2) == 126 && summableWithoutOverflow(terms: 3) == 125 && summableWithoutOverflow(terms: 4) == 125)
+        let twice = Float(sign: .plus, exponent: 127, significand: 1)
+        #expect(!(twice + twice).isFinite, "2^127 + 2^127 overflows: two terms need the bound below it")
     }
 
     /// The parallel search finds the first non-finite value a plain scan finds, wherever it is and whatever follows.

@@ -100,6 +100,15 @@ extension KernelDispatch {
         }
     }
 
+    /// The exponent-bit test of the gradient checks (`ExponentKernels.carry`): at baseline four SSE operations per
+    /// vector of 16 values, one AVX-512 operation in the wider modules.
+    static func exponentCarry(_ p: UnsafePointer<Float>, count: Int, added: UInt32, kernels: Level = current) -> UInt32 {
+        switch kernels {
+        case .baseline: ExponentKernels.carry(p, count: count, added: added)
+        default: fused(kernels).exponentCarry(p, count: count, added: added)
+        }
+    }
+
     /// The sum of the binary cross-entropy terms on logits, the sigmoid written to p (`LossKernels.bceLogitsSum`).
     static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
                              probabilities p: UnsafeMutablePointer<Float>, kernels: Level = current) -> Double {

@@ -59,35 +59,61 @@ enum Parallel {
 /// gradient after each step. Pieces are tested over the process's threads with a loop that vectorises (an exponent of all ones
 /// is infinity or NaN), and only a piece that holds one is searched element by element, so the answer is
 /// the same index a plain scan finds.
-public func firstNonFiniteIndex(_ p: UnsafePointer<Float>, count: Int) -> Int? {
-    let piece = 1 << 14
+public func firstNonFiniteIndex(_ p: UnsafePointer<Float>, count: Int, kernels: KernelDispatch.Level = KernelDispatch.current) -> Int? {
+    let piece = exponentTestPiece
     let pieces = (count + piece - 1) / piece
     guard pieces > 0 else { return nil }
     let flagged = UnsafeMutablePointer<Bool>.allocate(capacity: pieces)
     defer { flagged.deallocate() }
-    let threaded = count >= Parallel.minimumElementwiseWork
-    Parallel.forEachChunk(of: pieces, work: threaded ? count : 0) { range in
-        for k in range {
-            let start = k * piece, end = Swift.min(count, start + piece)
-            // On the bits, not by arithmetic: an exponent of all ones (infinity or NaN) plus its lowest bit carries
-            // into bit 31, and the running OR keeps it. Integer AND, ADD and OR take one cycle and no microcode assist,
-            // where the sum of x * 0 it replaces was a chain of 3-4-cycle adds, slowed further by subnormal gradients
-            // (3 % of vae's one-thread step; BENCHMARKS.md, "One process on 2 cores, sixth pass").
-            let exponent = SIMD16<UInt32>(repeating: 0x7f80_0000), carry = SIMD16<UInt32>(repeating: 0x0080_0000)
-            var lanes = SIMD16<UInt32>(repeating: 0)
-            var i = start
-            while i + 16 <= end {
-                lanes |= (UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<UInt32>.self) & exponent) &+ carry
-                i += 16
-            }
-            var acc: UInt32 = 0
-            for lane in 0..<16 { acc |= lanes[lane] }
-            while i < end { acc |= (p[i].bitPattern & 0x7f80_0000) &+ 0x0080_0000; i += 1 }
-            flagged[k] = acc & 0x8000_0000 != 0
-        }
-    }
+    flagPieces(p, count: count, margin: 1, into: flagged, kernels: kernels)
     for k in 0..<pieces where flagged[k] {
         for i in (k * piece)..<Swift.min(count, (k + 1) * piece) where !p[i].isFinite { return i }
     }
     return nil
+}
+
+/// Whether every value in p[0..<count] is finite with a magnitude below 2^`power` (1...128; 128: finite only), by
+/// the same test on the exponent bits as `firstNonFiniteIndex`. `summableWithoutOverflow` says why a bound matters.
+public func allFinite(_ p: UnsafePointer<Float>, count: Int, below power: Int, kernels: KernelDispatch.Level = KernelDispatch.current) -> Bool {
+    precondition((1...128).contains(power), "a power of two of float32's range")
+    let pieces = (count + exponentTestPiece - 1) / exponentTestPiece
+    guard pieces > 0 else { return true }
+    let flagged = UnsafeMutablePointer<Bool>.allocate(capacity: pieces)
+    defer { flagged.deallocate() }
+    // |x| >= 2^power is a biased exponent of at least power + 127, which the margin carries into bit 31.
+    flagPieces(p, count: count, margin: UInt32(129 - power), into: flagged, kernels: kernels)
+    for k in 0..<pieces where flagged[k] { return false }
+    return true
+}
+
+/// The power of two below which `terms` finite float32 values of magnitude below it add up, in any order and with
+/// rounding after each addition, to a finite sum: 2^(127 - ceil(log2 terms)). Each partial sum of j terms is at most
+/// j x 2^(127 - c) <= 2^127 in magnitude, a float rounding cannot pass (it is representable and rounding is monotone).
+public func summableWithoutOverflow(terms: Int) -> Int {
+    precondition(terms >= 1, "at least one term")
+    var c = 0
+    while (1 << c) < terms { c += 1 }
+    return 127 - c
+}
+
+private let exponentTestPiece = 1 << 14
+
+/// flagged[k] for each piece of `exponentTestPiece` values: whether one of them has a biased exponent e with
+/// e + margin >= 256 (margin 1: infinity or NaN).
+private func flagPieces(_ p: UnsafePointer<Float>, count: Int, margin: UInt32, into flagged: UnsafeMutablePointer<Bool>,
+                        kernels: KernelDispatch.Level) {
+    let piece = exponentTestPiece
+    let pieces = (count + piece - 1) / piece
+    let threaded = count >= Parallel.minimumElementwiseWork
+    let added = margin << 23
+    Parallel.forEachChunk(of: pieces, work: threaded ? count : 0) { range in
+        for k in range {
+            let start = k * piece, end = Swift.min(count, start + piece)
+            // On the bits, not by arithmetic (`ExponentKernels.carry`): the sum of x * 0 it replaced was a chain of
+            // 3-4-cycle adds, slowed further by subnormal gradients (3 % of vae's one-thread step; BENCHMARKS.md, "One
+            // process on 2 cores, sixth pass"); through the kernel level's module, since StarlingCore's own build is
+            // baseline x86-64 (BENCHMARKS.md, "... seventh pass").
+            flagged[k] = KernelDispatch.exponentCarry(p + start, count: end - start, added: added, kernels: kernels) & 0x8000_0000 != 0
+        }
+    }
 }
