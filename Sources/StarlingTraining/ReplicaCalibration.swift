@@ -78,8 +78,13 @@ public struct ReplicaCalibration: Sendable {
         var calibration = ReplicaCalibration(replicas: replicas)
         let previousThreads = BLAS.threadCount
         defer { BLAS.setThreadCount(previousThreads) }
-        // A small split is held in memory from here on, as the run's first epoch will hold it (`TrainingSource.prepare`).
-        try source.prepare()
+        // A small split is held in memory from here on, as the run's first epoch will hold it (`TrainingSource.prepare`);
+        // oneDNN's sgemm kernels are generated meanwhile, so that the first block's warm-up step does not stall on them.
+        do {
+            defer { DNNLKernelWarmUp.wait() }
+            DNNLKernelWarmUp.start()
+            try source.prepare()
+        }
         let single = try build(nil)
         let shards = OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas)
         let copies = try (0..<replicas).map { r in try build(shards[r]) }
