@@ -80,7 +80,10 @@ enum DNNL {
 
         /// A block of an arena's call from this size on (in training) is never kept in the arena: see `allocate`.
         /// Variables for the tests only (a small convolution's scratch through the same path).
-        nonisolated(unsafe) static var unkeptBytes = 32 << 20
+        /// 16 MB, not 32: SSD7's 64 -> 64 Winograd calls at 37 x 60 (27.8 MB at 8 images a call, on 2 ranks or
+        /// 2 replicas) were kept in an arena per rank or replica beside the activations' peak (SSD7 2 ranks
+        /// 847-850 -> 807-811 MB, yolov3-tiny 872-893 -> 853-861 MB, CPU level; 8 MB gave no more).
+        nonisolated(unsafe) static var unkeptBytes = 16 << 20
         /// ... when the large blocks' mapped range is at least this many times the block: see `allocate`.
         nonisolated(unsafe) static var poolFactor = 4
 
