@@ -15,7 +15,7 @@ struct RecomputedValuesTests {
     /// One family's training pass (outputs, every parameter's gradient, the moving statistics) with the recomputable
     /// values given back (the default) and kept (`Tensor.givesBackRecomputableValues` false): equal to the bit, and the
     /// graph at the end of forward smaller by at least `fraction` of the kept pass's bytes.
-    @Test(arguments: [("ssd7", 0.15), ("ssd300", 0.15), ("yolov3-tiny", 0.1), ("yolov2", 0.1), ("yolov3", 0.05), ("fast-rcnn", 0.15), ("faster-rcnn", 0.1)])
+    @Test(arguments: [("ssd7", 0.15), ("ssd300", 0.15), ("yolov3-tiny", 0.1), ("yolov2", 0.1), ("yolov3", 0.25), ("fast-rcnn", 0.15), ("faster-rcnn", 0.1)])
     func givingValuesBackChangesNoBit(_ name: String, atLeast fraction: Double) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }
         let family = try #require(LayoutTensorTests.families.first { $0.name == name })
