@@ -79,7 +79,9 @@ extension Tensor {
     /// above and backward gets them again from the closure (a convolution run again from its input, which that
     /// convolution's backward keeps anyway), for an input that costs little to compute and much to hold: VGG's conv1_1,
     /// 3 channels in and 16 (width 0.25) out at 375 x 500. The closure must return x's values, the same bits (the
-    /// gradients then are the kept form's to the bit), in a buffer backward may keep as x's gradient.
+    /// gradients then are the kept form's to the bit), in a buffer backward may keep as x's gradient. Where the op
+    /// inverts instead (`keepingInput: false`, a leaky ReLU), the closure computes the output again: it is declared
+    /// recomputable (`Tensor.recomputable(by:)`) from x run again and the statistics, the same bits.
     public func batchNormLeakyReLU(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor, training: Bool,
                                    momentum: Float = 0.99, epsilon: Float = 1e-3,
                                    runningVarianceEstimator: RunningVarianceEstimator = .unbiased,
@@ -204,6 +206,23 @@ extension Tensor {
             Parallel.forEachAlignedChunk(of: count) { range in for i in range { z[i] = r[i] + z[i] } }
         }
         if (invertingSlope != nil || recomputing != nil) && out.requiresGrad { x.releaseValues() }
+        // In-place activated batch norm over an input cheap to compute again (darknet's first layer, 3 -> 32 at 416 x 416:
+        // 169 MB at batch 8): the output too is computed again, x run again first, then the same kernel over it with the
+        // same statistics, the same bits; the next convolution gives it back after its forward run, and backward gets
+        // it again for that convolution's weight gradient and this op's inversion.
+        if invertingSlope != nil, residual == nil, let recomputeInput = recomputingInput, out.requiresGrad {
+            let count = count
+            out.recomputable {
+                let values = FloatStorage(uninitializedCount: count)
+                let xs = recomputeInput()
+                precondition(xs.count == count, "batch norm's input computed again: \(xs.count) values for \(count)")
+                withExtendedLifetime(xs) {
+                    BatchNormKernel.normalize(planes, x: xs.pointer, mean: stats.mean.pointer, scale: stats.scale.pointer,
+                                              beta: beta.data, into: values.pointer, activation: activation)
+                }
+                return values
+            }
+        }
         // The activated output is the next convolution's input, which that convolution keeps for its weight gradient:
         // where x stays in the graph for this op's backward (a ReLU, or gamma too small to invert), the output is
         // computed again from x and the statistics by the same kernel, the same bits, in one element-wise pass (x itself

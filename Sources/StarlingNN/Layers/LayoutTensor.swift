@@ -573,8 +573,10 @@ final class DeferredNormalization {
         var (x, sums) = (input, moments)
         if input.valuesReleased, let convolution, case .blocked(let again, let againSums) = convolution.result.form { (x, sums) = (again, againSums) }
         // ReLU (slope 0) on a convolution's output handed over: given back after forward, the convolution run again in
-        // backward (`cheapToRecompute`); the leaky ReLU recovers it from the output instead.
-        let recompute: (() -> FloatStorage)? = slope == 0 && !fusedAlready && x === input ? convolution?.recomputed : nil
+        // backward (`cheapToRecompute`); the leaky ReLU recovers it from the output instead, and where that convolution
+        // is cheap to run again (darknet's first layer) the output itself is computed again in backward from it.
+        let cheap = slope == 0 || convolution?.cheapToRecompute == true
+        let recompute: (() -> FloatStorage)? = cheap && !fusedAlready && x === input ? convolution?.recomputed : nil
         let y = layer.withLeakyReLU(x, training: training, crossReplicaSum: crossReplicaSum, slope: slope, layout: .blocked,
                                     moments: sums, updatingRunningStatistics: !fusedAlready, keepingInput: !ownsInput || fusedAlready,
                                     recomputingInput: recompute)
