@@ -60,7 +60,6 @@ extension LossKernels {
     }
 }
 
-/// Optimizer updates over the flat parameter buffer.
 /// The test on float32 exponent bits behind the trainer's checks of the gradients (`firstNonFiniteIndex`,
 /// `allFinite(_:count:below:)`): OR over the values of (bits & 0x7f800000) + `added`. Bit 31 of the result is set exactly
 /// when some value's biased exponent e has e + (added >> 23) >= 256 (added = 1 << 23: an infinity or NaN), since e +
@@ -84,6 +83,7 @@ public enum ExponentKernels {
     }
 }
 
+/// Optimizer updates over the flat parameter buffer.
 public enum OptimizerKernels {
     /// Adam as Keras writes it (see `Adam`): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     /// w -= lrT m / (sqrt(v) + eps) + decoupledDecay w, with g = scale g + coupledDecay w.
