@@ -44,15 +44,17 @@ for round in $(seq 1 "$rounds"); do
         train=$(echo "$row" | field trainImagesPerSecond); infer=$(echo "$row" | field inferenceImagesPerSecond)
         ms=$(for k in forward backward allreduce optimizer data; do echo "$row" | field "$k"; done | awk '{ printf "%.2f ", $1 * 1000 }')
         cpu=$(echo "$row" | field cpu | awk '{ printf "%.3f", $1 * 1000 }')
-        printf 'round %s %-10s %s %s: training %8.4g images/s, inference %8.4g; ms fwd/bwd/allreduce/optim/data %s; CPU ms a step %s\n' \
-          "$round" "$entry" "$layout" "$side" "$train" "$infer" "$ms" "${cpu:-?}"
-        echo "$entry $layout $side $round $train $infer ${cpu:-0}" >> "$runs"
+        peak=$(echo "$row" | field peakMB | awk '{ printf "%.1f", $1 }')
+        printf 'round %s %-10s %s %s: training %8.4g images/s, inference %8.4g; ms fwd/bwd/allreduce/optim/data %s; CPU ms a step %s; peak MB %s\n' \
+          "$round" "$entry" "$layout" "$side" "$train" "$infer" "$ms" "${cpu:-?}" "${peak:-?}"
+        echo "$entry $layout $side $round $train $infer ${cpu:-0} ${peak:-0}" >> "$runs"
       done
     done
   done
 done
-for column in 5 6 7; do
+for column in 5 6 7 8; do
   what="training images/s"; [ "$column" = 6 ] && what="inference images/s"; [ "$column" = 7 ] && what="CPU ms a training step, a rank (lower is better)"
+  [ "$column" = 8 ] && what="peak MB, summed over the ranks as the suite's row (lower is better)"
   echo "medians ($what), B / A of the medians, and the range of the per-round ratios:"
   for entry in "${entries[@]}"; do
     for layout in $layouts; do
