@@ -29,19 +29,28 @@ public final class InProcessGroup: @unchecked Sendable {
     /// `generation`, published for the replicas that spin before they sleep (read without the lock).
     private let releasedGeneration = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
 
-    /// How long a replica that reaches a rendezvous first polls for the others before it sleeps on the condition
-    /// (`STARLING_REPLICA_SPIN_US` microseconds). A sleeping replica wakes tens of microseconds after the last one
-    /// arrives, several times a step, and the small autoencoders' steps on two replicas last 0.2-1 ms; but on a loaded
-    /// 2-core machine 50 us of polling made fc-ae and vae on two replicas slower in every one of 6 interleaved rounds
-    /// (the poller holds a core the late replica needs), so the default is 0: sleep at once. Not yet measured quiet.
-    public static let spinSeconds: Double = (try? spinSetting.get()) ?? 0
+    /// How long a replica that reaches a rendezvous first polls for the others before it sleeps on the condition:
+    /// `STARLING_REPLICA_SPIN_US` microseconds where it is set, else `defaultSpinSeconds` for this group. A sleeping
+    /// replica wakes tens of microseconds after the last one arrives (on a virtual machine an inter-processor
+    /// interrupt wakes its vCPU), twice a step, and the small autoencoders' replica steps last 0.15-1 ms.
+    let spinSeconds: Double
 
-    static let spinSetting: Result<Double, ReplicaSpinError> = parseSpin(getenv("STARLING_REPLICA_SPIN_US").map { String(cString: $0) })
+    /// 30 us where the group's replicas do not outnumber the processors this process may run on, else 0 (sleep at
+    /// once), as libgomp spins only where its threads fit the cores. Measured on a 2-core Zen 4 (BENCHMARKS.md, "After
+    /// the thirteenth session's merges"): idle, `train --replicas 2` 1.10x for vae and 1.03x for fc-ae over 32
+    /// alternated pairs; beside two busy processes level or faster (1.15x, 1.06x, 10 noisy pairs); only at a load of 7
+    /// on 2 cores (four other jobs building and measuring) was it lower, in 4 of 5 rounds (~0.95x). Where replicas
+    /// outnumber the cores a poller holds the core the late replica needs, so they sleep.
+    public static func defaultSpinSeconds(replicas: Int, processors: Int) -> Double {
+        replicas <= processors ? 30e-6 : 0
+    }
 
-    /// Seconds for a value of STARLING_REPLICA_SPIN_US: nil or empty is 0 (sleep at once), else microseconds from 0 to
-    /// 1,000,000 (a second of polling is already far past any use).
-    public static func parseSpin(_ value: String?) -> Result<Double, ReplicaSpinError> {
-        guard let value, !value.isEmpty else { return .success(0) }
+    static let spinSetting: Result<Double?, ReplicaSpinError> = parseSpin(getenv("STARLING_REPLICA_SPIN_US").map { String(cString: $0) })
+
+    /// Seconds for a value of STARLING_REPLICA_SPIN_US: nil when unset or empty (the group's default), else
+    /// microseconds from 0 to 1,000,000 (a second of polling is already far past any use).
+    public static func parseSpin(_ value: String?) -> Result<Double?, ReplicaSpinError> {
+        guard let value, !value.isEmpty else { return .success(nil) }
         guard let microseconds = Double(value), microseconds.isFinite, (0...1e6).contains(microseconds) else {
             return .failure(ReplicaSpinError(value: value))
         }
@@ -57,6 +66,9 @@ public final class InProcessGroup: @unchecked Sendable {
     public init(size: Int) {
         precondition(size >= 1, "an in-process group needs at least one replica")
         self.size = size
+        // A bad setting is refused by the CLI before any group exists (`spinSettingError`); here it counts as unset.
+        let chosen: Double? = try? Self.spinSetting.get()
+        spinSeconds = chosen ?? Self.defaultSpinSeconds(replicas: size, processors: ProcessInfo.processInfo.activeProcessorCount)
         posted = Array(repeating: Array(repeating: nil, count: size), count: 2)
         shared = Array(repeating: Array(repeating: nil, count: size), count: 2)
         releasedGeneration.initialize(to: 0)
@@ -130,12 +142,12 @@ public final class InProcessGroup: @unchecked Sendable {
             condition.broadcast()
             return
         }
-        if Self.spinSeconds > 0 {
+        if spinSeconds > 0 {
             // Poll the published generation (not the lock, which the others need to arrive) for a little while: the
             // last replica usually arrives within it, and this one goes on without a sleep and a wake-up. A failure
             // is seen below, under the lock, at most `spinSeconds` late.
             condition.unlock()
-            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(Self.spinSeconds * 1e9)
+            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(spinSeconds * 1e9)
             var polls = 0
             while starling_load_acquire(releasedGeneration) == Int64(mine) {
                 starling_spin_pause()

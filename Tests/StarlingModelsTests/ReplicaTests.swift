@@ -13,12 +13,11 @@ import StarlingDistributed
         for (r, result) in results.enumerated() { #expect(try result.get() == [], "replica \(r)") }
     }
 
-    /// A sum adds in replica order whatever order the threads arrive in: 1e8 + 1 rounds to 1e8 in float32, so
-    /// (1e8 + 1) - 1e8 is 0 while 1e8 - 1e8 + 1 would be 1. The replicas arrive in a different order each trial.
-    /// STARLING_REPLICA_SPIN_US's values: microseconds from 0 to 1,000,000, 0 when unset or empty.
+    /// STARLING_REPLICA_SPIN_US's values: microseconds from 0 to 1,000,000, nil (the group's default) when unset or empty.
     @Test func spinSettingValues() {
-        #expect(InProcessGroup.parseSpin(nil) == .success(0))
-        #expect(InProcessGroup.parseSpin("") == .success(0))
+        #expect(InProcessGroup.parseSpin(nil) == .success(nil))
+        #expect(InProcessGroup.parseSpin("") == .success(nil))
+        #expect(InProcessGroup.parseSpin("0") == .success(0))
         #expect(InProcessGroup.parseSpin("50") == .success(50e-6))
         #expect(InProcessGroup.parseSpin("2.5") == .success(2.5e-6))
         for bad in ["-5", "fast", "1e7", "nan", "inf", " 50"] {
@@ -26,6 +25,15 @@ import StarlingDistributed
         }
     }
 
+    /// Replicas poll 30 us before they sleep where they fit the processors, and sleep at once where they outnumber them.
+    @Test func defaultSpinFollowsTheProcessors() {
+        #expect(InProcessGroup.defaultSpinSeconds(replicas: 2, processors: 2) == 30e-6)
+        #expect(InProcessGroup.defaultSpinSeconds(replicas: 1, processors: 8) == 30e-6)
+        #expect(InProcessGroup.defaultSpinSeconds(replicas: 3, processors: 2) == 0)
+    }
+
+    /// A sum adds in replica order whatever order the threads arrive in: 1e8 + 1 rounds to 1e8 in float32, so
+    /// (1e8 + 1) - 1e8 is 0 while 1e8 - 1e8 + 1 would be 1. The replicas arrive in a different order each trial.
     @Test func sumsInReplicaOrder() throws {
         for trial in 0..<12 {
             let group = InProcessGroup(size: 3)
