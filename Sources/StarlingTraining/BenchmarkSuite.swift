@@ -243,8 +243,7 @@ public enum BenchmarkSuite {
                 let t4 = monotonicSeconds()
                 if sync.foldsStepScalars {
                     // As `train --replicas` rounds a step: the bound test, then the reduce-scatter that ends after the sum.
-                    let bounded = allFinite(model.parameters.gradients.pointer, count: model.parameters.count, below: summableWithoutOverflow(terms: world.size))
-                    _ = try sync.finish(posting: [], skipsAfterSum: bounded) { [] }
+                    _ = try sync.finish(posting: [], skipsAfterSum: sync.ownGradientsSumWithoutOverflow) { [] }
                 } else {
                     try sync.finish()
                 }

@@ -238,6 +238,13 @@ public final class GradientSynchronizer {
         return exchanged
     }
 
+    /// Whether this member's own gradients are all finite and below the bound at which a sum over the group's members
+    /// cannot overflow (`summableWithoutOverflow(terms:)`): where every member posts it as `skipsAfterSum`, no sum can be
+    /// non-finite, so `finish(posting:skipsAfterSum:afterSum:)` leaves out the check of the summed ranges and its wait.
+    public var ownGradientsSumWithoutOverflow: Bool {
+        allFinite(store.gradients.pointer, count: store.count, below: summableWithoutOverflow(terms: communicator.size))
+    }
+
     /// 1/N: the factor that turns the summed gradients into the average over ranks.
     public var averagingScale: Float { 1 / Float(communicator.size) }
 

@@ -153,8 +153,7 @@ public struct ReplicaCalibration: Sendable {
                     let value = Double(loss.item)
                     loss.backward(onLeafReady: sync.parameterReady)
                     // The trainer's bound test, and its round that ends after the sum when every replica passes it.
-                    let bounded = value.isFinite && allFinite(copy.model.parameters.gradients.pointer, count: copy.model.parameters.count,
-                                                              below: summableWithoutOverflow(terms: replicas))
+                    let bounded = value.isFinite && sync.ownGradientsSumWithoutOverflow
                     _ = try sync.finish(posting: [value.isFinite ? value : 0, value.isFinite ? 0 : 1], skipsAfterSum: bounded) { [-1, 0] }
                     copy.optimizer.step(copy.model.parameters, gradientScale: sync.averagingScale)
                     try member.barrier()

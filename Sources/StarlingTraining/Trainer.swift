@@ -565,8 +565,7 @@ public final class Trainer {
                         // own gradients (summed or addends) lie below the bound at which the replicas' sum cannot
                         // overflow. Then the update follows the sum at once and the barrier after it is the step's
                         // second and last rendezvous; the decisions are those of the check (no fault), the bits the same.
-                        let bounded = agreement[1] == 0 && allFinite(model.parameters.gradients.pointer, count: model.parameters.count,
-                                                                     below: summableWithoutOverflow(terms: world.size))
+                        let bounded = agreement[1] == 0 && synchronizer.ownGradientsSumWithoutOverflow
                         let exchanged = try synchronizer.finish(posting: [agreement[0], agreement[1]], skipsAfterSum: bounded,
                                                                 afterSum: ownNonFiniteGradient)
                         // Summed in replica order, as the in-process allreduce of doubles adds them.
