@@ -2,6 +2,10 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 // 1 when the CPU and the OS support what LLVM may emit for ordinary code compiled with -target-cpu haswell, as
 // StarlingKernelsAVX2 is: SSE3 to SSE4.2, POPCNT, CMPXCHG16B, AVX, AVX2, FMA, BMI1, BMI2, F16C, LZCNT, MOVBE, and
@@ -118,5 +122,21 @@ static inline void starling_flush_subnormals_end(unsigned csr) {
     __asm__ volatile("ldmxcsr %0" : : "m"(csr) : "memory");
 #else
     (void)csr;
+#endif
+}
+
+// How many processors the calling thread may run on: the bits of its affinity mask (taskset, mpirun's --bind-to, a
+// cgroup's cpuset), through the raw system call so that no _GNU_SOURCE is needed; 0 where the system does not say
+// (not Linux, or more than 4,096 processors). `ProcessInfo.activeProcessorCount` counts the machine's online ones.
+static inline int starling_affinity_processor_count(void) {
+#if defined(__linux__)
+    unsigned long long mask[64] = {0};
+    long bytes = syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask);
+    if (bytes <= 0) return 0;
+    int count = 0;
+    for (long word = 0; word < bytes / 8; word++) count += __builtin_popcountll(mask[word]);
+    return count;
+#else
+    return 0;
 #endif
 }

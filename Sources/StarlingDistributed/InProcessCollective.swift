@@ -35,9 +35,9 @@ public final class InProcessGroup: @unchecked Sendable {
     /// interrupt wakes its vCPU), twice a step, and the small autoencoders' replica steps last 0.15-1 ms.
     let spinSeconds: Double
 
-    /// 30 us where the group's replicas do not outnumber the machine's online processors (`activeProcessorCount`, which
-    /// does not read the affinity mask: a process bound by taskset or mpirun to fewer cores still spins), else 0 (sleep
-    /// at once), as libgomp spins only where its threads fit the cores. Measured on a 2-core Zen 4 (BENCHMARKS.md, "After
+    /// 30 us where the group's replicas do not outnumber the processors the process may run on (`Processors.usable`:
+    /// its affinity mask, so a process bound by taskset or mpirun to fewer cores sleeps at once), else 0, as libgomp
+    /// spins only where its threads fit the cores. Measured on a 2-core Zen 4 (BENCHMARKS.md, "After
     /// the thirteenth session's merges"): idle, `train --replicas 2` 1.10x for vae and 1.03x for fc-ae over 32
     /// alternated pairs; beside two busy processes level or faster (1.15x, 1.06x, 10 noisy pairs); only at a load of 7
     /// on 2 cores (four other jobs building and measuring) was it lower, in 4 of 5 rounds (~0.95x). Where replicas
@@ -69,7 +69,7 @@ public final class InProcessGroup: @unchecked Sendable {
         self.size = size
         // A bad setting is refused by the CLI before any group exists (`spinSettingError`); here it counts as unset.
         let chosen: Double? = try? Self.spinSetting.get()
-        spinSeconds = chosen ?? Self.defaultSpinSeconds(replicas: size, processors: ProcessInfo.processInfo.activeProcessorCount)
+        spinSeconds = chosen ?? Self.defaultSpinSeconds(replicas: size, processors: Processors.usable)
         posted = Array(repeating: Array(repeating: nil, count: size), count: 2)
         shared = Array(repeating: Array(repeating: nil, count: size), count: 2)
         releasedGeneration.initialize(to: 0)

@@ -495,7 +495,6 @@ public final class Trainer {
         // sgemm kernels, generated meanwhile on a thread of their own since `init`, are ready before it starts too.
         do {
             defer { DNNLKernelWarmUp.wait() }
-            DNNLKernelWarmUp.start()
             if let feed { try feed.reading { try train.prepare() } } else { try train.prepare() }
         }
         while state.epoch < options.epochs && !(options.maxSteps.map { state.step >= $0 } ?? false) {
@@ -512,7 +511,7 @@ public final class Trainer {
             // times their threads (the thread calibration's choice, or the most it may choose) against the cores.
             let threads = threadCalibration.map { $0.chosen ?? $0.candidates.max() ?? 1 } ?? BLAS.threadCount
             let computeThreads = world.size * threads
-            let lowPriority = computeThreads >= ProcessInfo.processInfo.activeProcessorCount
+            let lowPriority = computeThreads >= Processors.usable
             let reader: any BatchStream
             if let feed, !train.readsConcurrently {
                 // One prefetcher for every replica, each step's slices in replica order: the source takes one reader

@@ -32,6 +32,20 @@ import StarlingDistributed
         #expect(InProcessGroup.defaultSpinSeconds(replicas: 3, processors: 2) == 0)
     }
 
+    /// The processors the rule counts are the affinity mask's, read here a second way: the kernel's own list in
+    /// /proc/self/status ("0-3,6" style ranges), which `taskset -c 0` narrows to one.
+    @Test func usableProcessorsAreTheAffinityMasks() throws {
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") })
+        let ranges = line.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces).split(separator: ",")
+        let listed = try ranges.reduce(0) { total, range in
+            let ends = try range.split(separator: "-").map { try #require(Int($0)) }
+            return total + (ends.count == 2 ? ends[1] - ends[0] + 1 : 1)
+        }
+        #expect(Processors.usable == min(listed, ProcessInfo.processInfo.activeProcessorCount))
+        #expect(Processors.usable >= 1)
+    }
+
     /// A sum adds in replica order whatever order the threads arrive in: 1e8 + 1 rounds to 1e8 in float32, so
     /// (1e8 + 1) - 1e8 is 0 while 1e8 - 1e8 + 1 would be 1. The replicas arrive in a different order each trial.
     @Test func sumsInReplicaOrder() throws {
