@@ -23,6 +23,8 @@ public protocol FusedKernelSet {
     static func bceLogitsSum(_ n: Int, logits z: UnsafePointer<Float>, targets t: UnsafePointer<Float>,
                      probabilities p: UnsafeMutablePointer<Float>) -> Double
     static func exponentCarry(_ p: UnsafePointer<Float>, count: Int, added: UInt32) -> UInt32
+    static func bceLogitsGradient(_ n: Int, probabilities p: UnsafeMutablePointer<Float>, targets t: UnsafePointer<Float>, scale g: Float)
+    static func scaledFloats(_ n: Int, _ source: UnsafePointer<UInt8>, _ out: UnsafeMutablePointer<Float>, scale: Float)
     // The blocked layout's loops, at width 8 or 16, per-channel constants from the block's first channel.
     static func affineELUBlocked(width: Int, _ pixels: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                      mean: UnsafePointer<Float>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, alpha: Float)

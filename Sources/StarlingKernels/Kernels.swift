@@ -18,6 +18,16 @@ public enum LossKernels {
 }
 
 extension LossKernels {
+    /// The gradient of the mean BCE on logits, written over the sigmoid: p[i] = g (p[i] - t[i]). A subtraction and a
+    /// multiply, each rounded once: the same bits in every build.
+    @inlinable @inline(__always)
+    public static func bceLogitsGradient(_ n: Int, probabilities p: UnsafeMutablePointer<Float>, targets t: UnsafePointer<Float>,
+                                         scale g: Float) {
+        for i in 0..<n { p[i] = g * (p[i] - t[i]) }
+    }
+}
+
+extension LossKernels {
     /// The sum of the terms of `bceLogitsTerms`, with the sigmoid written to p: eight lanes at a time, the terms summed
     /// in registers instead of stored and read back (the loop is memory-bound: it was 5 passes over n floats, now 3).
     /// Each term is the scalar kernel's, bit for bit; they are summed as `VectorMath.sum` sums a stored copy, in
@@ -57,6 +67,15 @@ extension LossKernels {
             start = end
         }
         return total
+    }
+}
+
+/// A dataset's uint8 pixels as floats: Float(v) * scale, one exact conversion and one rounded multiply a value, so every
+/// build (and every vector width) gives the same bits.
+public enum PixelKernels {
+    @inlinable @inline(__always)
+    public static func scaledFloats(_ n: Int, _ source: UnsafePointer<UInt8>, _ out: UnsafeMutablePointer<Float>, scale: Float) {
+        for j in 0..<n { out[j] = Float(source[j]) * scale }
     }
 }
 

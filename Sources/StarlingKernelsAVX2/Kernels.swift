@@ -206,6 +206,23 @@ extension FusedKernels {
     }
 }
 
+extension FusedKernels {
+    // 16 bytes widened to 16 floats a step in the AVX-512 build (vpmovzxbd, vcvtdq2ps): the baseline build's SSE2 has
+    // no single widening instruction and unpacks in three.
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func scaledFloats(_ n: Int, _ source: UnsafePointer<UInt8>, _ out: UnsafeMutablePointer<Float>, scale: Float) {
+        PixelKernels.scaledFloats(n, source, out, scale: scale)
+    }
+}
+
+extension FusedKernels {
+    @inline(never) @_semantics("optimize.no.crossmodule")
+    public static func bceLogitsGradient(_ n: Int, probabilities p: UnsafeMutablePointer<Float>, targets t: UnsafePointer<Float>,
+                                         scale g: Float) {
+        LossKernels.bceLogitsGradient(n, probabilities: p, targets: t, scale: g)
+    }
+}
+
 extension FusedKernels: FusedKernelSet {}
 
 extension FusedKernels: NarrowConvolutionKernelSet {

@@ -421,6 +421,47 @@ extension KernelDispatch.Level: CustomTestStringConvertible {
         }
     }
 
+    /// A dataset's bytes as floats: every byte value, runs of every length up to two 16-lane vectors and a tail, each
+    /// value v * (1 / 255) exactly as the scalar multiply gives it, in every build.
+    @Test(arguments: KernelDispatch.supported) func pixelBytesAsFloats(_ level: KernelDispatch.Level) {
+        let bytes = (0..<(256 + 47)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) } + (0...255).map { UInt8($0) }
+        let scale: Float = 1 / 255
+        for n in [0, 1, 7, 15, 16, 17, 31, 33, bytes.count] {
+            var out = [Float](repeating: .nan, count: n + 1)
+            bytes.withUnsafeBufferPointer { b in out.withUnsafeMutableBufferPointer { KernelDispatch.scaledFloats(n, b.baseAddress!, $0.baseAddress!, scale: scale, kernels: level) } }
+            #expect(out.prefix(n).map(\.bitPattern) == bytes.prefix(n).map { (Float($0) * scale).bitPattern }, "\(level.rawValue), \(n) bytes")
+            #expect(out[n].isNaN, "\(level.rawValue) wrote past \(n) bytes")
+        }
+    }
+
+    /// The resident split's gather: rows in any order (repeats, the first and the last, more rows than it prefetches
+    /// ahead and fewer) land in order, each row's values those of `scaledFloats`.
+    @Test(arguments: KernelDispatch.supported) func pixelRowsGather(_ level: KernelDispatch.Level) {
+        let (rowBytes, rowCount) = (37, 50)
+        let source = (0..<(rowBytes * rowCount)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 / 7) }
+        let scale: Float = 1 / 255
+        for rows in [[Int](), [3], [49, 0, 7], [5, 5, 6, 48, 2, 9, 0, 49, 13, 13, 30]] {
+            var out = [Float](repeating: .nan, count: rows.count * rowBytes)
+            source.withUnsafeBufferPointer { s in rows.withUnsafeBufferPointer { r in out.withUnsafeMutableBufferPointer {
+                PixelGather.rows(r, of: s.baseAddress!, rowBytes: rowBytes, scale: scale, into: $0.baseAddress!, kernels: level)
+            } } }
+            let expected = rows.flatMap { source[($0 * rowBytes)..<(($0 + 1) * rowBytes)].map { (Float($0) * scale).bitPattern } }
+            #expect(out.map(\.bitPattern) == expected, "\(level.rawValue), rows \(rows)")
+        }
+    }
+
+    /// BCE's gradient written over the sigmoid: g (p - t), a subtraction and a multiply each rounded once, the same bits
+    /// in every build, in place.
+    @Test(arguments: KernelDispatch.supported) func bceGradientOverTheSigmoid(_ level: KernelDispatch.Level) {
+        let n = 4133
+        let p0 = randomValues(n, seed: 70, 0, 1), t = randomValues(n, seed: 71, 0, 1), g: Float = 1 / 200_704
+        var p = p0
+        t.withUnsafeBufferPointer { tp in p.withUnsafeMutableBufferPointer {
+            KernelDispatch.bceLogitsGradient(n, probabilities: $0.baseAddress!, targets: tp.baseAddress!, scale: g, kernels: level)
+        } }
+        #expect(p.map(\.bitPattern) == (0..<n).map { (g * (p0[$0] - t[$0])).bitPattern }, "\(level.rawValue)")
+    }
+
     /// The 2-bit window index of each of `count` pooled values: the one at offset o in bits 2 (o % 4) of byte o / 4.
     func windowIndices(_ bytes: [UInt8], count: Int) -> [Float] {
         (0..<count).map { Float((bytes[$0 / 4] >> (2 * UInt8($0 % 4))) & 3) }

@@ -1,5 +1,6 @@
 import Testing
 import StarlingCore
+import StarlingData
 @testable import StarlingModels
 
 /// A small split is held in memory after its first batch (`ImageDataset.residentLimit`); its batches must be the
@@ -22,6 +23,8 @@ import StarlingCore
             #expect(a.map(\.bitPattern) == b.map(\.bitPattern))
             #expect(labelsA == labelsB && labelsA != nil)
             #expect(a.contains { $0 > 0 } && !a.contains { $0 < 0 || $0 > 1 })
+            // Each value is its byte times 1 / 255, one rounded multiply (as the scalar loop before the gather kernels).
+            #expect(a.allSatisfy { v in (Float(UInt8((v * 255).rounded())) * (1 / 255 as Float)).bitPattern == v.bitPattern })
         }
         #expect(resident.isResident && !fromFile.isResident)
         // Whole batches (their tensors are not zero-filled first: the gather must write every value).
@@ -41,5 +44,20 @@ import StarlingCore
         let small = try ImageDataset(path: path, split: "train", residentLimit: resident.count * size - 1)
         _ = try out.withUnsafeMutableBufferPointer { try small.read(indices: [1], into: $0.baseAddress!) }
         #expect(!small.isResident)
+    }
+
+    /// A split from `hugePagesFrom` on lives in a mapping of its own, its bytes starting on a 2 MB boundary (where
+    /// the kernel may back them with huge pages); a smaller one in plain memory. Every byte is writable and kept.
+    @Test func residentPixelsHoldEveryByte() {
+        for count in [1, 4096, ResidentPixels.hugePagesFrom + 12_345] {
+            let pixels = ResidentPixels(count: count)
+            #if os(Linux)
+            if count >= ResidentPixels.hugePagesFrom { #expect(Int(bitPattern: pixels.base) % (2 << 20) == 0) }
+            #endif
+            for i in stride(from: 0, to: count, by: 4093) { pixels.base[i] = UInt8(truncatingIfNeeded: i) }
+            pixels.base[count - 1] = 0xA5
+            #expect(stride(from: 0, to: count - 1, by: 4093).allSatisfy { pixels.base[$0] == UInt8(truncatingIfNeeded: $0) })
+            #expect(pixels.base[count - 1] == 0xA5)
+        }
     }
 }

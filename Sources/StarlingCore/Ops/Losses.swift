@@ -11,11 +11,15 @@ extension Tensor {
         let out = Tensor.result(shape: [1], inputs: [z, targets]) { out in
             let g = out.grad[0] / Float(n), p = probabilities.pointer, t = targets.data
             if z.requiresGrad {
-                // Usually the logits' only user: their gradient is then written into a fresh buffer, not zeroed and added to
-                // (fc-ae: two passes over 784 KB a step less).
-                let (dz, overwrite) = z.gradientForWriting()
-                Parallel.forEachAlignedChunk(of: n, work: 3 * n) { r in
-                    if overwrite { for i in r { dz[i] = g * (p[i] - t[i]) } } else { for i in r { dz[i] += g * (p[i] - t[i]) } }
+                if let dz = z.gradientAdopting(probabilities) {
+                    Parallel.forEachAlignedChunk(of: n, work: 3 * n) { r in for i in r { dz[i] += g * (p[i] - t[i]) } }
+                } else {
+                    // Usually the logits' only user: the sigmoid, read here for the last time, becomes their gradient in
+                    // place (a kernel of the wider builds), instead of a fresh buffer written from it (fc-ae: 784 KB a
+                    // step less to allocate, fault into the cache and write). The same bits.
+                    Parallel.forEachAlignedChunk(of: n, work: 3 * n) { r in
+                        KernelDispatch.bceLogitsGradient(r.count, probabilities: p + r.lowerBound, targets: t + r.lowerBound, scale: g)
+                    }
                 }
             }
             // d/dt = -z: targets are data here, but a model's own output may be a target.

@@ -118,6 +118,15 @@ extension KernelDispatch {
         }
     }
 
+    /// p = g (p - t) in place, the gradient of the mean BCE on logits over its sigmoid (`LossKernels.bceLogitsGradient`).
+    static func bceLogitsGradient(_ n: Int, probabilities p: UnsafeMutablePointer<Float>, targets t: UnsafePointer<Float>, scale g: Float,
+                                  kernels: Level = current) {
+        switch kernels {
+        case .baseline: LossKernels.bceLogitsGradient(n, probabilities: p, targets: t, scale: g)
+        default: fused(kernels).bceLogitsGradient(n, probabilities: p, targets: t, scale: g)
+        }
+    }
+
     /// Runs `body` with subnormal floats flushed to zero on this thread (MXCSR's FTZ and DAZ bits, restored after):
     /// the optimizers' passes. A moment whose gradient stays zero (an encoder weight of an MNIST pixel that is never
     /// lit) decays by beta1 (or the momentum) every step and reaches float32's subnormal range after ~750 steps, where
