@@ -46,6 +46,14 @@ public final class InProcessGroup: @unchecked Sendable {
         replicas <= processors ? 30e-6 : 0
     }
 
+    /// A replica that polls longer than this gives its core away (`sched_yield`) this often, so that a thread waiting
+    /// for that core runs in the replica's wait: the other replica, where both share a core on a busy machine, its
+    /// prefetch thread (nice 19), another process's. With nothing else runnable the call returns at once. Without it, a
+    /// 300 us poll at a load of 8-13 on 2 cores ran vae's epoch at 0.31x of the 30 us poll (the pollers held the cores
+    /// that the replicas they awaited needed); with yields, 0.86x (BENCHMARKS.md, "One process on 2 cores, eighth
+    /// pass"). The default poll (30 us) is shorter, so it never yields.
+    static let yieldNanoseconds: UInt64 = 50_000
+
     static let spinSetting: Result<Double?, ReplicaSpinError> = parseSpin(getenv("STARLING_REPLICA_SPIN_US").map { String(cString: $0) })
 
     /// Seconds for a value of STARLING_REPLICA_SPIN_US: nil when unset or empty (the group's default), else
@@ -64,12 +72,13 @@ public final class InProcessGroup: @unchecked Sendable {
         return nil
     }
 
-    public init(size: Int) {
+    /// `spinSeconds`: the polling time (tests); nil for STARLING_REPLICA_SPIN_US's, else the default.
+    public init(size: Int, spinSeconds: Double? = nil) {
         precondition(size >= 1, "an in-process group needs at least one replica")
         self.size = size
         // A bad setting is refused by the CLI before any group exists (`spinSettingError`); here it counts as unset.
-        let chosen: Double? = try? Self.spinSetting.get()
-        spinSeconds = chosen ?? Self.defaultSpinSeconds(replicas: size, processors: Processors.usable)
+        let chosen: Double? = spinSeconds ?? (try? Self.spinSetting.get()) ?? nil
+        self.spinSeconds = chosen ?? Self.defaultSpinSeconds(replicas: size, processors: Processors.usable)
         posted = Array(repeating: Array(repeating: nil, count: size), count: 2)
         shared = Array(repeating: Array(repeating: nil, count: size), count: 2)
         releasedGeneration.initialize(to: 0)
@@ -148,12 +157,26 @@ public final class InProcessGroup: @unchecked Sendable {
             // last replica usually arrives within it, and this one goes on without a sleep and a wake-up. A failure
             // is seen below, under the lock, at most `spinSeconds` late.
             condition.unlock()
-            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(spinSeconds * 1e9)
+            let start = DispatchTime.now().uptimeNanoseconds
+            let deadline = start + UInt64(spinSeconds * 1e9)
+            // No yield at once: on a busy machine (load 8-13 on 2 cores) yielding as the poll started lost to
+            // main's 30 us of plain polling in 11 of 16 alternated runs (BENCHMARKS.md, "One process on 2 cores,
+            // eighth pass"), likely because a replica that gives its core away gets it back only after another
+            // process's slice, where a sleeping one is woken with preemption.
+            var nextYield = start + Self.yieldNanoseconds
             var polls = 0
             while starling_load_acquire(releasedGeneration) == Int64(mine) {
                 starling_spin_pause()
                 polls += 1
-                if polls % 64 == 0 && DispatchTime.now().uptimeNanoseconds >= deadline { break }
+                guard polls % 64 == 0 else { continue }
+                let now = DispatchTime.now().uptimeNanoseconds
+                if now >= deadline { break }
+                if now >= nextYield {
+                    // Another thread runnable on this core (this replica's prefetch thread at nice 19, another
+                    // process) runs now, in this replica's wait; with none, the call returns at once.
+                    sched_yield()
+                    nextYield = DispatchTime.now().uptimeNanoseconds + Self.yieldNanoseconds
+                }
             }
             condition.lock()
         }

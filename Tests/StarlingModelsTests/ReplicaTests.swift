@@ -46,6 +46,27 @@ import StarlingDistributed
         #expect(Processors.usable >= 1)
     }
 
+    /// Replicas that poll far longer than the others take to arrive (a second) leave each rendezvous once the last has
+    /// arrived, not at the end of their polling, and run where they outnumber the processors (four replicas, each
+    /// in turn late by 2 ms): the pollers give their cores away as they poll. 20 rounds end in well under the 20
+    /// seconds that polling to the end would take (a bound far above the ~40 ms expected, for a loaded machine).
+    @Test func longPollingLeavesWhenTheLastArrives() throws {
+        let group = InProcessGroup(size: 4, spinSeconds: 1)
+        let start = monotonicSeconds()
+        let results = group.run { member -> Int in
+            var sum: [Double] = [Double(member.rank)]
+            for round in 0..<20 {
+                if member.rank == round % 4 { usleep(2_000) }
+                try member.barrier()
+                try member.allreduce(&sum, .sum)
+            }
+            return Int(sum[0])
+        }
+        // 0 + 1 + 2 + 3 = 6, then x4 a round after the first.
+        for result in results { #expect(try result.get() == 6 * Int(pow(4.0, 19.0))) }
+        #expect(monotonicSeconds() - start < 10)
+    }
+
     /// A sum adds in replica order whatever order the threads arrive in: 1e8 + 1 rounds to 1e8 in float32, so
     /// (1e8 + 1) - 1e8 is 0 while 1e8 - 1e8 + 1 would be 1. The replicas arrive in a different order each trial.
     @Test func sumsInReplicaOrder() throws {
