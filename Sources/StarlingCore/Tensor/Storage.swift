@@ -84,15 +84,17 @@ public final class FloatStorage: @unchecked Sendable {
 /// the top of its heap, which glibc trimmed when they were freed (its trim threshold follows its mmap threshold, 2 x
 /// the largest block freed): each ~1 ms step faulted its activations in, zeroed, again.
 ///
-/// The large blocks' resident pages are held near the most bytes ever live at once (`releasingFreePages`): where a
+/// An allocator made `releasingFreePages` holds its resident pages near the most bytes ever live at once: where a
 /// block placed beyond every free extent (at the top, or over pages given back earlier) takes the resident pages more
 /// than `residentSlack` above that, the pages of free extents are given back to the system (`madvise(MADV_DONTNEED)`)
 /// until they are not. A free extent's pages hold no value (a block is written before it is read), so no value
-/// changes; the cost is the pages faulted in and zeroed again when a block next covers them. Without it the range's
-/// high-water mark was the process's: SSD300's Winograd scratchpads (55-112 MB a call, lent for the call) fitted none
-/// of the free extents at the step's live peak and were taken at the top, 96 MB beyond that peak (BENCHMARKS.md).
+/// changes; the cost is the pages faulted in and zeroed again when a block next covers them. For SSD300's Winograd
+/// scratchpads taken at the top beyond its live peak: peak 1,152 -> 1,049 MB, but best-fit carving covered the pages
+/// given back again within each step (1.1 M more faults a run), CPU a step +2-13 % on SSD300, yolov3-tiny and U-Net,
+/// so `shared` is made without it (BENCHMARKS.md, "SSD300's resident pages held near its live peak"); carving that
+/// prefers resident extents is what it would need.
 final class LargeBlocks: @unchecked Sendable {
-    static let shared = LargeBlocks(mappingBytes: 64 << 20, releasingFreePages: true)
+    static let shared = LargeBlocks(mappingBytes: 64 << 20)
     static let medium = LargeBlocks(mappingBytes: 8 << 20)
     /// Blocks below this go to malloc directly.
     static let minimumBytes = 64 << 10
