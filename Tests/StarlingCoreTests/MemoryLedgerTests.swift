@@ -1,5 +1,8 @@
 import Testing
 @testable import StarlingCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct MemoryLedgerTests {
     /// The allocator's counts against blocks taken and given by hand, on an allocator of the test's own (other tests
@@ -70,6 +73,48 @@ import Testing
         blocks.give(lent!, bytes: 2 * mb + 1)
         blocks.give(b, bytes: 1 * mb)
         #expect(blocks.usage.live == 0 && blocks.usage.mapped == 6 * mb)
+    }
+
+    /// With `releasingFreePages`, a block that takes the resident pages more than the slack past the most bytes ever
+    /// live gives back free extents' pages (the smallest extent that is enough): the kernel's own count (`mincore`)
+    /// shows them out of memory, the live blocks' values untouched; a block later carved over them is written and
+    /// counted resident again, and nothing is given back while the resident pages stay within the slack.
+    @Test func freePagesGivenBackPastTheLiveHighWaterMark() {
+        let mb = 1 << 20
+        let blocks = LargeBlocks(mappingBytes: 4 * mb, reservationBytes: 64 * mb, releasingFreePages: true, residentSlack: 2 * mb)
+        func take(_ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer {
+            let block = blocks.take(bytes: bytes)
+            block.initializeMemory(as: UInt8.self, repeating: value, count: bytes)
+            return block
+        }
+        func residentPages(_ block: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
+            var pages = [UInt8](repeating: 0, count: bytes / 4096)
+            #expect(mincore(block, bytes, &pages) == 0)
+            return pages.filter { $0 & 1 != 0 }.count
+        }
+        func holds(_ block: UnsafeMutableRawPointer, _ bytes: Int, _ value: UInt8) -> Bool {   // each page's ends
+            stride(from: 0, to: bytes, by: 4096).allSatisfy { block.load(fromByteOffset: $0, as: UInt8.self) == value
+                && block.load(fromByteOffset: $0 + 4095, as: UInt8.self) == value }
+        }
+        let a = take(8 * mb, 1), b = take(8 * mb, 2)
+        blocks.give(a, bytes: 8 * mb)                        // 8 MB live, 16 at most; 16 resident: within the slack
+        #expect(blocks.releaseUsage.resident == 16 * mb && blocks.releaseUsage.releases == 0)
+        #expect(residentPages(a, 8 * mb) == 8 * mb / 4096)
+        let c = take(12 * mb, 3)                             // no hole holds it: at the top, 28 resident for 20 live
+        #expect(c == b + 8 * mb && blocks.usage.mapped == 28 * mb)
+        #expect(blocks.releaseUsage.resident == 20 * mb && blocks.releaseUsage.releases == 1 && blocks.releaseUsage.releasedBytes == 8 * mb)
+        #expect(residentPages(a, 8 * mb) == 0)
+        #expect(residentPages(b, 8 * mb) == 8 * mb / 4096 && residentPages(c, 12 * mb) == 12 * mb / 4096)
+        #expect(holds(b, 8 * mb, 2) && holds(c, 12 * mb, 3))
+        let d = take(4 * mb, 4)                              // best fit in a's hole: its pages resident again
+        #expect(d == a && blocks.releaseUsage.resident == 24 * mb && blocks.releaseUsage.releases == 1)
+        #expect(residentPages(d, 4 * mb) == 4 * mb / 4096 && holds(d, 4 * mb, 4))
+        for (block, bytes) in [(b, 8 * mb), (c, 12 * mb), (d, 4 * mb)] { blocks.give(block, bytes: bytes) }
+        let e = take(28 * mb, 5)                             // the whole range again: 28 live, nothing given back
+        #expect(e == a && blocks.releaseUsage.resident == 28 * mb && blocks.releaseUsage.releases == 1)
+        #expect(blocks.usage.mapped == 28 * mb && holds(e, 28 * mb, 5))
+        blocks.give(e, bytes: 28 * mb)
+        #expect(blocks.usage.live == 0)
     }
 
     /// In training, an arena's block from `DNNL.Arena.unkeptBytes` on (beside a large blocks' range `poolFactor` times

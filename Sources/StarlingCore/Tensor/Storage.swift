@@ -83,6 +83,16 @@ public final class FloatStorage: @unchecked Sendable {
 /// a second set of mappings, kept apart so that they never split a large block's extent. From glibc they came off
 /// the top of its heap, which glibc trimmed when they were freed (its trim threshold follows its mmap threshold, 2 x
 /// the largest block freed): each ~1 ms step faulted its activations in, zeroed, again.
+///
+/// An allocator made `releasingFreePages` holds its resident pages near the most bytes ever live at once: where a
+/// block placed beyond every free extent (at the top, or over pages given back earlier) takes the resident pages more
+/// than `residentSlack` above that, the pages of free extents are given back to the system (`madvise(MADV_DONTNEED)`)
+/// until they are not. A free extent's pages hold no value (a block is written before it is read), so no value
+/// changes; the cost is the pages faulted in and zeroed again when a block next covers them. For SSD300's Winograd
+/// scratchpads taken at the top beyond its live peak: peak 1,152 -> 1,049 MB, but best-fit carving covered the pages
+/// given back again within each step (1.1 M more faults a run), CPU a step +2-13 % on SSD300, yolov3-tiny and U-Net,
+/// so `shared` is made without it (BENCHMARKS.md, "SSD300's resident pages held near its live peak"); carving that
+/// prefers resident extents is what it would need.
 final class LargeBlocks: @unchecked Sendable {
     static let shared = LargeBlocks(mappingBytes: 64 << 20)
     static let medium = LargeBlocks(mappingBytes: 8 << 20)
@@ -117,6 +127,19 @@ final class LargeBlocks: @unchecked Sendable {
     /// outside the reservation: the memory ledger's figures (`MemoryLedger`).
     private var liveBytes = 0, peakBytes = 0, mappedBytes = 0
 
+    /// Whether resident pages beyond the most bytes ever live (and `residentSlack`) are given back (see above).
+    private let releasingFreePages: Bool
+    /// How far the resident pages may pass the most bytes ever live before free pages are given back: the pages given
+    /// back are faulted in again when reused, so small excesses (a step's fragments) are left alone.
+    let residentSlack: Int
+    /// 8 MB: half the smallest scratch block lent from the large blocks (`DNNL.Arena.unkeptBytes`).
+    static let defaultResidentSlack = 8 << 20
+    /// Free ranges whose pages were given back and that no block has covered since, sorted by address (each inside a
+    /// free extent), their bytes, the most bytes ever live (not reset by `resetPeak`), and how many times and bytes
+    /// pages were given back.
+    private var released: [(address: Int, bytes: Int)] = []
+    private var releasedBytes = 0, liveHighWater = 0, releaseCount = 0, releasedTotal = 0
+
     /// Address space reserved for each allocator: far beyond any machine's memory (no page of it is resident or
     /// committed until a block reaches it), a small part of x86-64's and arm64's 128 TB of user address space.
     static let defaultReservationBytes = 1 << 40
@@ -129,6 +152,14 @@ final class LargeBlocks: @unchecked Sendable {
         return (liveBytes, peakBytes, topBytes + mappedBytes)
     }
 
+    /// Resident pages by the allocator's count (mapped less the pages given back and not covered since), how many
+    /// times free pages were given back, and their bytes in all.
+    var releaseUsage: (resident: Int, releases: Int, releasedBytes: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (topBytes + mappedBytes - releasedBytes, releaseCount, releasedTotal)
+    }
+
     func resetPeak() {
         lock.lock()
         peakBytes = liveBytes
@@ -136,8 +167,11 @@ final class LargeBlocks: @unchecked Sendable {
     }
 
     /// `reservationBytes` 0 (or a reservation the system refuses): a mapping per growth, no reservation.
-    init(mappingBytes: Int, reservationBytes: Int = LargeBlocks.defaultReservationBytes) {
+    init(mappingBytes: Int, reservationBytes: Int = LargeBlocks.defaultReservationBytes, releasingFreePages: Bool = false,
+         residentSlack: Int = LargeBlocks.defaultResidentSlack) {
         self.mappingBytes = mappingBytes
+        self.releasingFreePages = releasingFreePages
+        self.residentSlack = residentSlack
         let reservation = reservationBytes > 0
             ? mmap(nil, reservationBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) : nil
         if let reservation, reservation != UnsafeMutableRawPointer(bitPattern: -1) {
@@ -151,10 +185,14 @@ final class LargeBlocks: @unchecked Sendable {
         let bytes = (requested + 4095) & ~4095
         lock.lock()
         defer { lock.unlock() }
-        liveBytes += bytes
-        peakBytes = Swift.max(peakBytes, liveBytes)
-        if let block = carve(bytes) { return block }
-        if let block = extendTop(bytes) { return block }
+        noteLive(bytes)
+        let block = carve(bytes) ?? extendTop(bytes) ?? mapped(bytes)
+        placed(block, bytes)
+        return block
+    }
+
+    /// A block from a mapping of its own (no reservation, or a full one).
+    private func mapped(_ bytes: Int) -> UnsafeMutableRawPointer {
         let size = Swift.max(bytes, mappingBytes)
         guard let mapping = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               mapping != UnsafeMutableRawPointer(bitPattern: -1) else {
@@ -165,6 +203,76 @@ final class LargeBlocks: @unchecked Sendable {
         return carve(bytes)!
     }
 
+    private func noteLive(_ bytes: Int) {
+        liveBytes += bytes
+        peakBytes = Swift.max(peakBytes, liveBytes)
+        liveHighWater = Swift.max(liveHighWater, liveBytes)
+    }
+
+    /// After `block` is handed out: its pages count as resident again (its user writes them), and if the resident
+    /// pages now pass the most bytes ever live by more than `residentSlack`, free extents' pages are given back until
+    /// they do not. Resident pages less live bytes are the free extents' resident pages, so enough of them exist.
+    private func placed(_ block: UnsafeMutableRawPointer, _ bytes: Int) {
+        guard releasingFreePages else { return }
+        if releasedBytes > 0 { cover(Int(bitPattern: block), bytes) }
+        let excess = topBytes + mappedBytes - releasedBytes - liveHighWater
+        if excess > residentSlack { releaseFree(excess) }
+    }
+
+    /// Takes [address, address + bytes) out of the ranges given back.
+    private func cover(_ address: Int, _ bytes: Int) {
+        let end = address + bytes
+        var kept: [(address: Int, bytes: Int)] = []
+        kept.reserveCapacity(released.count + 1)
+        for range in released {
+            let rangeEnd = range.address + range.bytes
+            if rangeEnd <= address || range.address >= end { kept.append(range); continue }
+            if range.address < address { kept.append((range.address, address - range.address)) }
+            if rangeEnd > end { kept.append((end, rangeEnd - end)) }
+            releasedBytes -= Swift.min(rangeEnd, end) - Swift.max(range.address, address)
+        }
+        released = kept
+    }
+
+    /// Gives back the pages of free extents holding at least `needed` resident bytes: the smallest extent that alone
+    /// holds them, else the largest first (the fewest calls; a large free extent is as likely reused as a small one).
+    private func releaseFree(_ needed: Int) {
+        // Each free extent's resident bytes: its bytes less the ranges given back inside it (both lists by address).
+        var resident: [Int] = []
+        resident.reserveCapacity(free.count)
+        var r = 0
+        for extent in free {
+            let end = extent.address + extent.bytes
+            var inside = 0
+            while r < released.count && released[r].address < extent.address { r += 1 }
+            var k = r
+            while k < released.count && released[k].address < end { inside += released[k].bytes; k += 1 }
+            resident.append(extent.bytes - inside)
+        }
+        var chosen: [Int] = []
+        if let best = resident.indices.filter({ resident[$0] >= needed }).min(by: { resident[$0] < resident[$1] }) {
+            chosen = [best]
+        } else {
+            var sum = 0
+            for i in resident.indices.sorted(by: { resident[$0] > resident[$1] }) where sum < needed && resident[i] > 0 {
+                chosen.append(i)
+                sum += resident[i]
+            }
+        }
+        for i in chosen {
+            let extent = free[i]
+            guard let start = UnsafeMutableRawPointer(bitPattern: extent.address),
+                  madvise(start, extent.bytes, Int32(MADV_DONTNEED)) == 0 else { continue }
+            cover(extent.address, extent.bytes)
+            var lo = 0, hi = released.count
+            while lo < hi { let mid = (lo + hi) / 2; if released[mid].address < extent.address { lo = mid + 1 } else { hi = mid } }
+            released.insert((extent.address, extent.bytes), at: lo)
+            releasedBytes += extent.bytes
+            releaseCount += 1
+            releasedTotal += resident[i]
+        }
+    }
+
     /// A block from a free extent only (nil when none holds it: nothing is mapped or extended for it), for a borrower
     /// with a place of its own otherwise (oneDNN's scratch arenas in inference). Given back with `give`.
     func borrow(bytes requested: Int) -> UnsafeMutableRawPointer? {
@@ -172,8 +280,8 @@ final class LargeBlocks: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let block = carve(bytes) else { return nil }
-        liveBytes += bytes
-        peakBytes = Swift.max(peakBytes, liveBytes)
+        noteLive(bytes)
+        placed(block, bytes)
         return block
     }
 
