@@ -160,7 +160,7 @@ public final class InProcessGroup: @unchecked Sendable {
             let start = DispatchTime.now().uptimeNanoseconds
             let deadline = start + UInt64(spinSeconds * 1e9)
             // No yield at once: on a busy machine (load 8-13 on 2 cores) yielding as the poll started lost to
-            // main's 30 us of plain polling in 11 of 16 alternated runs (BENCHMARKS.md, "One process on 2 cores,
+            // 30 us of plain polling (the default) in 11 of 16 alternated runs (BENCHMARKS.md, "One process on 2 cores,
             // eighth pass"), likely because a replica that gives its core away gets it back only after another
             // process's slice, where a sleeping one is woken with preemption.
             var nextYield = start + Self.yieldNanoseconds
