@@ -252,6 +252,8 @@ let transposedCases: [TransposedCase] = [
     TransposedCase(batch: 1, cin: 2, h: 4, w: 3, stride: (1, 1), dilation: (2, 1), outH: 4, outW: 3, top: 2, left: 1),
     // 16 outputs at stride 1: the forward pass takes conv2d's shifted products (crop 2 rows, 1 column).
     TransposedCase(batch: 1, cin: 2, coutPerGroup: 16, h: 3, w: 4, kh: 3, kw: 2, stride: (1, 1), outH: 3, outW: 4, top: 1, left: 0),
+    // 32 channels to 1 at stride 1, same (conv-vae's last layer): one output channel, which skips oneDNN's blocks.
+    TransposedCase(batch: 2, cin: 32, coutPerGroup: 1, h: 5, w: 6, stride: (1, 1), outH: 5, outW: 6, top: 1, left: 1),
 ]
 
 @Suite struct TransposedConvolutionTests {

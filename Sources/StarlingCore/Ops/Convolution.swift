@@ -161,7 +161,11 @@ struct ConvGeometry {
     /// dx += col2im(W^T * dy).
     func accumulateInputGradient(outputGrad dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
                                  into dx: UnsafeMutablePointer<Float>) {
-        if dnnlAccumulateInputGradient(outputGrad: dy, weight: w, into: dx) { return }
+        // Not on oneDNN where dx has a single channel (a transposed convolution's 1-channel output, conv-vae's last
+        // layer): oneDNN 2.6 computes it in 16-channel blocks, 15 of them padding, 17 ms for 128 images of 28 x 28
+        // from 32 channels (~3 GFLOP/s of useful work, ONEDNN_VERBOSE on the Zen 4), where the product below does the
+        // one channel's work alone (BENCHMARKS.md, "conv-vae's last transposed convolution").
+        if inChannels > 1 && dnnlAccumulateInputGradient(outputGrad: dy, weight: w, into: dx) { return }
         if usesShiftedProducts { return shiftedInputGradient(outputGrad: dy, weight: w, into: dx) }
         forEachBand { n, g, row, rows, scratch in
             let dxg = dx + inputBase(n, g)
