@@ -369,7 +369,6 @@ enum MemoryBreakdown {
             lines.append("  at the end of forward (the sweep's highest \(mb(sweep.peak)), at node \(sweep.peakIndex), output \(sweep.peakShape.map(String.init).joined(separator: "x")))")
         }
         lines.append("allocators' mappings: large \(mb(end.largeMapped)), medium \(mb(end.mediumMapped)) (retained beyond this step's peak: \(mb(end.largeMapped + end.mediumMapped - backward.largePeak - backward.mediumPeak)))")
-        lines.append("large blocks resident by their count \(mb(end.largeResident)); free pages given back \(end.largeReleases - start.largeReleases) time(s) this step (\(mb(end.largeReleasedBytes - start.largeReleasedBytes))), \(end.largeReleases) since the start (\(mb(end.largeReleasedBytes)))")
         lines.append("oneDNN scratch arenas: mapped \(mb(end.scratchMapped)); the largest call this step \(mb(end.scratchPeakCall)); blocks of \(mb(MemoryLedger.scratchUnkeptBytes)) and more not kept: \(end.scratchLent) from free extents of the large blocks (\(mb(end.scratchLentBytes))), \(end.scratchTaken) beyond them (\(mb(end.scratchTakenBytes)))")
         for call in ConvolutionCalls.largest(8) { lines.append("  oneDNN convolution " + call) }
         lines.append("resident now \(mb(end.resident)), peak \(mb(end.residentPeak)); resident beyond Starling's mappings (runtime, libraries, glibc's heap, oneDNN's primitives): \(mb(end.resident - end.mapped)) (less any mapped page never touched)")

@@ -11,10 +11,6 @@ public enum MemoryLedger {
     public struct Snapshot: Sendable {
         /// Blocks of 1 MB and more: live, peak since `resetPeaks`, mapped.
         public var largeLive = 0, largePeak = 0, largeMapped = 0
-        /// The large blocks' resident pages by the allocator's count (mapped less free pages given back and not reused),
-        /// and how many times and bytes free pages were given back (`LargeBlocks`: resident held near the live high-water
-        /// mark).
-        public var largeResident = 0, largeReleases = 0, largeReleasedBytes = 0
         /// Blocks of 64 KB up to 1 MB.
         public var mediumLive = 0, mediumPeak = 0, mediumMapped = 0
         /// Mapped by Starling's allocators in all (its blocks and the scratch arenas).
@@ -34,7 +30,6 @@ public enum MemoryLedger {
     public static func snapshot() -> Snapshot {
         var s = Snapshot()
         (s.largeLive, s.largePeak, s.largeMapped) = LargeBlocks.shared.usage
-        (s.largeResident, s.largeReleases, s.largeReleasedBytes) = LargeBlocks.shared.releaseUsage
         (s.mediumLive, s.mediumPeak, s.mediumMapped) = LargeBlocks.medium.usage
         (s.scratchMapped, s.scratchPeakCall) = DNNL.Arena.usage
         (s.scratchLent, s.scratchLentBytes, s.scratchTaken, s.scratchTakenBytes) = DNNL.Arena.unkeptUsage
