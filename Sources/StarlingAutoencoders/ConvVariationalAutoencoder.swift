@@ -18,6 +18,10 @@ import StarlingNN
 /// the negative ELBO per image, BCE summed over pixels plus the KL summed over latent dimensions, with
 /// z = mean + exp(logvar / 2) * eps.
 ///
+/// In training the convolutions run on `LayoutTensor`'s blocked path, as conv-ae's: the encoder's blocked from the
+/// image on, unblocked once for the flatten (64 x 7 x 7); the decoder's blocked from the reshaped dense output on, each
+/// up-convolution with its ReLU as one op, the last into the planar image on the narrow kernels.
+///
 /// Options: `filters_1` (32), `filters_2` (64), `hidden` (16), `latent_dim` (2).
 public final class ConvVariationalAutoencoder: ONNXVariational {
     public static let family = "conv-vae"
@@ -68,7 +72,7 @@ public final class ConvVariationalAutoencoder: ONNXVariational {
 
     public func decoderLogits<Value: NetworkValue>(_ z: Value, imageShape: [Int]) -> Value {
         var h = decoderHidden(z).relu().reshaped([z.shape[0]] + bottleneck)
-        for layer in transposed.dropLast() { h = layer(h).relu() }
+        for layer in transposed.dropLast() { h = h.applyingWithReLU(layer) }
         return transposed[transposed.count - 1](h).reshaped(imageShape)
     }
 

@@ -177,4 +177,89 @@ import Testing
             $0[0].conv2dBlockedReLU($0[1], bias: $0[2], stride: (1, 1), padding: .same)
         }
     }
+
+    /// The transposed convolution with its ReLU as one op (`conv2dTransposedBlockedReLU`, conv-vae's decoder) against
+    /// `conv2dTransposedBlocked(...).relu()`: the same values and gradients bit for bit (the same sums, the ReLU applied as
+    /// the bias is added and its mask in place in backward); conv-vae's 3x3 stride-2 "same" layers, a 2x2 one.
+    @Test(arguments: [8, 16]) func transposedConvolutionReLUIsTheTwoOps(preferred: Int) throws {
+        for (kernel, stride, padding, cin, cout, h, w) in [(3, 2, Padding.same, 16, 16, 4, 5), (3, 2, Padding.same, 16, 8, 3, 3),
+                                                           (2, 2, Padding.valid, 8, 24, 3, 2), (3, 1, Padding.same, 32, 16, 5, 4)] {
+            let x = randomVariable([2, cin, h, w], seed: 93), weight = randomVariable([cin, cout, kernel, kernel], seed: 94)
+            let b = randomVariable([cout], seed: 95)
+            let (inWidth, outWidth) = (side(cin, preferred), side(cout, preferred))
+            try #require(Tensor.canConvolveTransposedBlocked(input: x.shape, weight: weight.shape, stride: (stride, stride), padding: padding,
+                                                             width: outWidth, inputWidth: inWidth))
+            let reference = run([x, weight, b]) {
+                $0[0].blocked(width: inWidth).conv2dTransposedBlocked($0[1], bias: $0[2], stride: (stride, stride), padding: padding,
+                                                                      width: outWidth).relu().unblocked()
+            }
+            let fused = run([x, weight, b]) {
+                $0[0].blocked(width: inWidth).conv2dTransposedBlockedReLU($0[1], bias: $0[2], stride: (stride, stride), padding: padding,
+                                                                          width: outWidth).unblocked()
+            }
+            #expect(reference.output.contains { $0 == 0 } && reference.output.contains { $0 > 0 })
+            #expect(fused.output == reference.output, "\(cin) -> \(cout), \(kernel)x\(kernel) at \(stride), width \(preferred)")
+            for k in 0..<3 { #expect(fused.gradients[k] == reference.gradients[k], "gradient \(k), \(cin) -> \(cout), width \(preferred)") }
+        }
+    }
+
+    /// A stride-1 "same" transposed convolution of a blocked input into a few planar channels (conv-vae's last layer,
+    /// 32 -> 1) run as the convolution by the flipped kernel on the narrow kernels (`conv2dTransposedBlockedNarrow`),
+    /// against the NCHW op: values and every gradient; odd map sizes, 3x3, 5x5 and 1x1 kernels.
+    @Test(arguments: [8, 16]) func narrowTransposedConvolutionMatchesNCHW(preferred: Int) throws {
+        guard NarrowOutput.enabled else { return }   // STARLING_CONV=dnnl: the layer stays on the planar op
+        for (kernel, cin, cout, h, w) in [(3, 32, 1, 7, 9), (3, 16, 3, 5, 4), (5, 16, 2, 6, 7), (1, 8, 4, 3, 5), (3, 24, 1, 4, 6)] {
+            let inWidth = side(cin, preferred)
+            let x = randomVariable([3, cin, h, w], seed: 96), weight = randomVariable([cin, cout, kernel, kernel], seed: 97)
+            let b = randomVariable([cout], seed: 98)
+            try #require(Tensor.canConvolveTransposedBlockedNarrow(input: x.shape, weight: weight.shape, stride: (1, 1), padding: .same,
+                                                                   inputWidth: inWidth))
+            let reference = run([x, weight, b]) { $0[0].conv2dTransposed($0[1], bias: $0[2], stride: (1, 1), padding: .same) }
+            let narrow = run([x, weight, b]) {
+                let y = $0[0].blocked(width: inWidth).conv2dTransposedBlockedNarrow($0[1], bias: $0[2])
+                #expect(y.shape == [3, cout, h, w])
+                return y
+            }
+            expectClose(narrow.output, reference.output, tolerance: 1e-5)
+            for k in 0..<3 { expectClose(narrow.gradients[k], reference.gradients[k], tolerance: 1e-4) }
+        }
+        // Not taken: stride 2, "valid" padding, an even kernel, five output channels.
+        #expect(!Tensor.canConvolveTransposedBlockedNarrow(input: [1, 16, 4, 4], weight: [16, 1, 3, 3], stride: (2, 2), padding: .same, inputWidth: 8))
+        #expect(!Tensor.canConvolveTransposedBlockedNarrow(input: [1, 16, 4, 4], weight: [16, 1, 3, 3], stride: (1, 1), padding: .valid, inputWidth: 8))
+        #expect(!Tensor.canConvolveTransposedBlockedNarrow(input: [1, 16, 4, 4], weight: [16, 1, 2, 2], stride: (1, 1), padding: .same, inputWidth: 8))
+        #expect(!Tensor.canConvolveTransposedBlockedNarrow(input: [1, 16, 4, 4], weight: [16, 5, 3, 3], stride: (1, 1), padding: .same, inputWidth: 8))
+    }
+
+    /// The flipped kernel by its definition, [o, c, i, j] = w[c, o, kh - 1 - i, kw - 1 - j].
+    @Test func flippedKernelIsTheDefinition() {
+        let w = randomVariable([3, 2, 2, 3], seed: 99)
+        let f = w.transposedConvolutionKernelFlipped()
+        #expect(f.shape == [2, 3, 2, 3])
+        let (wv, fv) = (w.toArray(), f.toArray())
+        for o in 0..<2 { for c in 0..<3 { for i in 0..<2 { for j in 0..<3 {
+            #expect(fv[((o * 3 + c) * 2 + i) * 3 + j] == wv[((c * 2 + o) * 2 + 1 - i) * 3 + 2 - j])
+        } } } }
+    }
+
+    @Test func narrowTransposedConvolutionAndTransposedReLUFiniteDifferences() {
+        checkGradients([randomVariable([3, 2, 3, 5], seed: 100)]) { $0[0].transposedConvolutionKernelFlipped() }
+        if NarrowOutput.enabled {
+            checkGradients([randomVariable([2, 1, 4, 3, 8], seed: 101), randomVariable([8, 1, 3, 3], seed: 102), randomVariable([1], seed: 103)],
+                           eps: 1e-3) {
+                $0[0].conv2dTransposedBlockedNarrow($0[1], bias: $0[2])
+            }
+            checkGradients([randomVariable([1, 2, 3, 3, 16], seed: 104), randomVariable([32, 2, 3, 3], seed: 105), randomVariable([2], seed: 106)],
+                           eps: 1e-3) {
+                $0[0].conv2dTransposedBlockedNarrow($0[1], bias: $0[2])
+            }
+        }
+        checkGradients([randomVariable([2, 1, 3, 2, 8], seed: 107), randomVariable([8, 8, 3, 3], seed: 108), randomVariable([8], seed: 109)],
+                       eps: 1e-3) {
+            $0[0].conv2dTransposedBlockedReLU($0[1], bias: $0[2], stride: (2, 2), padding: .same)
+        }
+        checkGradients([randomVariable([1, 1, 2, 2, 16], seed: 110), randomVariable([16, 16, 3, 3], seed: 111), randomVariable([16], seed: 112)],
+                       eps: 1e-3) {
+            $0[0].conv2dTransposedBlockedReLU($0[1], bias: $0[2], stride: (2, 2), padding: .same)
+        }
+    }
 }

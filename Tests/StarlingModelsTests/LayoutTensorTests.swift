@@ -1,5 +1,5 @@
 import Testing
-import StarlingCore
+@testable import StarlingCore
 @testable import StarlingNN
 @testable import StarlingModels
 @testable import StarlingDetection
@@ -39,6 +39,9 @@ struct LayoutTensorTests {
         /// Plain batch norms run with the ReLU after them as one op (`DeferredNormalization.rectified`): VGG's blocks
         /// (conv1_1's output given back after forward and computed again in backward: `normalizationsWithoutInput`).
         var normalizationsWithReLU = 0
+        /// Transposed convolutions of the training pass run blocked, from blocked values into a narrow planar output, planar
+        /// (checked where given).
+        var transposed: (blocked: Int, narrow: Int, planar: Int)? = nil
         var testDescription: String { name }
     }
 
@@ -133,6 +136,12 @@ struct LayoutTensorTests {
                planar: { m, x, t in let (mean, v) = (m as! ConvVariationalAutoencoder).posterior(x); return [mean, v] },
                laidOut: { m, x, t in let (mean, v) = (m as! ConvVariationalAutoencoder).posterior(LayoutTensor(x)); return [mean.tensor, v.tensor] },
                training: (2, 0), inference: (2, 0), convolutionsWithReLU: 2),
+        // The decoder from latents [4, 2]: the reshaped dense output blocked once, two up-convolutions with their ReLUs
+        // blocked, the last into the planar image on the narrow kernels.
+        Family(name: "conv-vae-decoder", config: { ConvVariationalAutoencoder.defaultConfig() }, images: [4, 2], pixelScale: 1,
+               planar: { m, z, t in [(m as! ConvVariationalAutoencoder).decoderLogits(z, imageShape: [z.shape[0], 1, 28, 28])] },
+               laidOut: { m, z, t in [(m as! ConvVariationalAutoencoder).decoderLogits(LayoutTensor(z), imageShape: [z.shape[0], 1, 28, 28]).tensor] },
+               training: (0, 0), inference: (0, 0), transposed: (2, NarrowOutput.enabled ? 1 : 0, NarrowOutput.enabled ? 0 : 1)),
     ]
 
     /// The autoencoders' pass on plain Tensors: from a generic context, which calls the generic pass (a Tensor argument
@@ -445,6 +454,11 @@ struct LayoutTensorTests {
         #expect(census.pooledConvolutions == family.pooledConvolutions && census.convolutionsReadAfterPooling == 0,
                 "\(census.pooledConvolutions) convolutions run with their ReLU and pooling, \(census.convolutionsReadAfterPooling) read again")
         #expect(census.normalizationsWithReLU == family.normalizationsWithReLU, "\(census.normalizationsWithReLU) batch norms run with their ReLU")
+        if let transposed = family.transposed {
+            #expect(census.transposedBlocked == transposed.blocked && census.transposedNarrow == transposed.narrow
+                        && census.transposedPlanar == transposed.planar,
+                    "transposed convolutions: \(census.transposedBlocked) blocked, \(census.transposedNarrow) narrow, \(census.transposedPlanar) planar")
+        }
         for (k, (a, b)) in zip(fast, plain).enumerated() {
             #expect(a.shape == b.shape)
             let worst = worstDifference(a.toArray(), b.toArray())
@@ -473,7 +487,7 @@ struct LayoutTensorTests {
     /// A training pass (outputs, every parameter's gradient, the moving statistics) in 8-channel blocks against the same
     /// pass in 16-channel blocks, whatever the CPU: the two widths run different kernels (Starling's own convolutions at 8,
     /// oneDNN's nChw16c ones at 16) and sum in other orders, so they agree to rounding, as each agrees with the planar pass.
-    @Test(arguments: ["ssd7", "yolov3-tiny", "unet-eighth"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
+    @Test(arguments: ["ssd7", "yolov3-tiny", "unet-eighth", "conv-vae-decoder"]) func blockWidthsGiveTheSameStep(_ name: String) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }
         let family = try #require(Self.families.first { $0.name == name })
         let models = try Self.twins(family)
@@ -518,6 +532,37 @@ struct LayoutTensorTests {
             #expect(a.shape == b.shape)
             let worst = worstDifference(a.toArray(), b.toArray())
             #expect(worst.value < 1e-4, "output \(k): worst difference \(worst.value) at \(worst.at)")
+        }
+    }
+
+    /// conv-vae's training loss (`negativeELBO`: encoder and decoder on LayoutTensors, blocked) against the same objective
+    /// on plain Tensors (every op NCHW, the transposed convolutions on the planar op): the loss, and every parameter's
+    /// gradient relative to its largest, in 8- and 16-channel blocks.
+    @Test(arguments: [8, 16]) func convVAELossMatchesThePlanarOne(width: Int) throws {
+        guard ChannelLayout.blockedTrainingEnabled else { return }
+        let family = try #require(Self.families.first { $0.name == "conv-vae" })
+        let models = try Self.twins(family)
+        let (fastModel, plainModel) = (try #require(models[0] as? ConvVariationalAutoencoder), try #require(models[1] as? ConvVariationalAutoencoder))
+        let x = Self.images(family)
+        let batch = Batch(images: x, indices: Array(0..<x.shape[0]), epoch: 0, seed: 1)
+        let census = LayoutCensus()
+        let fast = LayoutTensor.$blockWidth.withValue(width) { LayoutTensor.$census.withValue(census) { fastModel.loss(batch, training: true) } }
+        let (mean, logVariance) = plainModel.posterior(x)
+        let z = plainModel.sampleLatent(mean: mean, logVariance: logVariance,
+                                        noise: plainModel.latentNoise(batch, dimensions: mean.shape[1], training: true))
+        let plain = plainModel.decoderLogits(z, imageShape: x.shape).binaryCrossEntropy(logits: x) * Float(28 * 28)
+            + Tensor.klDivergenceStandardNormal(mean: mean, logVariance: logVariance, reduction: .meanOfSampleSums)
+        #expect(census.blocked == 2 && census.planar == 0 && census.transposedBlocked == 2 && census.transposedPlanar == (NarrowOutput.enabled ? 0 : 1),
+                "\(census.blocked) convolutions blocked, transposed: \(census.transposedBlocked) blocked, \(census.transposedPlanar) planar")
+        #expect(abs(fast.item - plain.item) <= 1e-5 * abs(plain.item), "loss \(fast.item) against \(plain.item)")
+        fast.backward()
+        plain.backward()
+        for parameter in fastModel.parameters.parameters {
+            let other = try #require(plainModel.parameters[parameter.name])
+            let (a, b) = (parameter.value.gradArray ?? [], other.value.gradArray ?? [])
+            #expect(a.count == b.count && !a.isEmpty, "\(parameter.name): a gradient on one side only")
+            let worst = worstDifference(a, b).value
+            #expect(worst < 1e-3, "\(parameter.name) gradient: worst relative difference \(worst) (largest \(b.map(abs).max() ?? 0))")
         }
     }
 

@@ -305,16 +305,45 @@ public struct LayoutTensor: NetworkValue {
     }
 
     public func applying(_ layer: Dense) -> LayoutTensor { planar { $0.applying(layer) } }
-    public func applying(_ layer: Conv2DTranspose) -> LayoutTensor {
+    /// Blocked values stay blocked; planar ones in training are blocked first where the output can be (a decoder's first
+    /// up-convolution after a dense layer: conv-vae's 64 x 7 x 7 -> 64 x 14 x 14, its input a quarter of its output, where
+    /// the planar op reorders input, output and both gradients inside oneDNN); a blocked input into an output of a few
+    /// channels at stride 1 takes the narrow kernels (`conv2dTransposedBlockedNarrow`) and writes it planar.
+    public func applying(_ layer: Conv2DTranspose) -> LayoutTensor { transposed(layer, relu: false) }
+
+    /// In training, one blocked op (`conv2dTransposedBlockedReLU`) where the transposed convolution runs blocked;
+    /// otherwise the two ops.
+    public func applyingWithReLU(_ layer: Conv2DTranspose) -> LayoutTensor { transposed(layer, relu: true) }
+
+    private func transposed(_ layer: Conv2DTranspose, relu: Bool) -> LayoutTensor {
         let (w, b) = (layer.kernel.value, layer.bias.value)
         // As a convolution's: a layer of 8k channels (not 16k) writes 8-channel blocks in a 16-wide pass.
         let width = w.shape.count == 4 && w.shape[1] % Self.blockWidth == 0 ? Self.blockWidth : 8
-        if let x = blocked, Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
-                                                                width: width, inputWidth: x.shape[4]) {
-            return LayoutTensor(.blocked(x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, width: width),
-                                         moments: nil))
+        func blockedOp(_ x: Tensor) -> LayoutTensor {
+            Self.census?.count(.transposedBlocked)
+            let y = relu ? x.conv2dTransposedBlockedReLU(w, bias: b, stride: layer.stride, padding: layer.padding, width: width)
+                         : x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, width: width)
+            return LayoutTensor(.blocked(y, moments: nil))
         }
-        return planar { $0.applying(layer) }
+        if let x = blocked {
+            if Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                                   width: width, inputWidth: x.shape[4]) { return blockedOp(x) }
+            if Tensor.canConvolveTransposedBlockedNarrow(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                                         inputWidth: x.shape[4]) {
+                Self.census?.count(.transposedNarrow)
+                let y = LayoutTensor(.planar(x.conv2dTransposedBlockedNarrow(w, bias: b)))
+                return relu ? y.relu() : y
+            }
+        } else if GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, shape.count == 4 {
+            // Blocked here once: the planar op would reorder its input, its output and both gradients inside oneDNN.
+            let inputWidth = shape[1] % Self.blockWidth == 0 ? Self.blockWidth : 8
+            if shape[1] % inputWidth == 0,
+               Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                                   width: width, inputWidth: inputWidth) { return blockedOp(tensor.blocked(width: inputWidth)) }
+        }
+        Self.census?.count(.transposedPlanar)
+        let y = planar { $0.applying(layer) }
+        return relu ? y.relu() : y
     }
 
     /// In training, where the up-convolution runs blocked into the skip's block width and the skip is blocked: one op
@@ -326,6 +355,7 @@ public struct LayoutTensor: NetworkValue {
         if GradMode.isEnabled, let x = blocked, let s = skip.blocked,
            Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
                                                width: width, inputWidth: x.shape[4], concatenatedAfter: s.shape) {
+            Self.census?.count(.transposedBlocked)
             return LayoutTensor(.blocked(x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, width: width,
                                                                    concatenatedAfter: s), moments: nil))
         }
@@ -428,6 +458,8 @@ package final class LayoutCensus: @unchecked Sendable {
     package private(set) var normalizationsWithoutInput = 0
     /// Plain batch norms that the ReLU reading them first ran with as one op (`DeferredNormalization.rectified`).
     package private(set) var normalizationsWithReLU = 0
+    /// Transposed convolutions run blocked (input and output), from a blocked input into a narrow planar output, and planar.
+    package private(set) var transposedBlocked = 0, transposedNarrow = 0, transposedPlanar = 0
     package init() {}
 
     /// Only the task that set the census counts (a forward pass runs its ops on one thread).
@@ -445,13 +477,16 @@ package final class LayoutCensus: @unchecked Sendable {
         case .pooledConvolution: pooledConvolutions += 1
         case .convolutionReadAfterPooling: convolutionsReadAfterPooling += 1
         case .normalizationWithReLU: normalizationsWithReLU += 1
+        case .transposedBlocked: transposedBlocked += 1
+        case .transposedNarrow: transposedNarrow += 1
+        case .transposedPlanar: transposedPlanar += 1
         }
     }
 
     enum Path {
         case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling, normalizationAddedToResidual, convolutionWithReLU,
              convolutionReadAfterReLU, normalizationWithoutInput, pooledConvolution, convolutionReadAfterPooling,
-             normalizationWithReLU
+             normalizationWithReLU, transposedBlocked, transposedNarrow, transposedPlanar
     }
 }
 

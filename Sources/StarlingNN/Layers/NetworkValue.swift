@@ -74,6 +74,9 @@ public protocol NetworkValue {
     /// (`Tensor.conv2dBlockedReLU`) that keeps no copy of the values before the ReLU (U-Net's blocks).
     func applyingWithReLU(_ layer: Conv2D) -> Self
     func applying(_ layer: Conv2DTranspose) -> Self
+    /// `applying(layer)` then `relu()`, a requirement of its own because `LayoutTensor` trains the two as one op
+    /// (`Tensor.conv2dTransposedBlockedReLU`) that keeps no copy of the values before the ReLU (conv-vae's decoder).
+    func applyingWithReLU(_ layer: Conv2DTranspose) -> Self
     /// `concat([skip, applying(layer)], axis: 1)`: a U-Net decoder's up-convolution after its skip features, a
     /// requirement of its own because `LayoutTensor` trains the two as one op that writes the up-convolution's output
     /// straight into the concatenation (`Tensor.conv2dTransposedBlocked(_:bias:stride:padding:width:concatenatedAfter:)`).
@@ -103,6 +106,8 @@ extension NetworkValue {
     }
 
     public func applyingWithReLU(_ layer: Conv2D) -> Self { applying(layer).relu() }
+
+    public func applyingWithReLU(_ layer: Conv2DTranspose) -> Self { applying(layer).relu() }
 
     public func applying(_ layer: Conv2DTranspose, concatenatedAfter skip: Self) -> Self { Self.concat([skip, applying(layer)], axis: 1) }
 
