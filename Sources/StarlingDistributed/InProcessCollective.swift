@@ -76,10 +76,11 @@ public final class InProcessGroup: @unchecked Sendable {
     /// the two replicas of vae sampled every 4 ms on the loaded 2-core Zen 4 had the same last processor in 77-97 % of
     /// the samples (each wakes the other at every rendezvous, and the scheduler's wake-up placement can put the woken
     /// replica beside its waker, where a pair that takes turns never looks busy enough to be spread again); bound, in
-    /// none. But at a load of ~8 bound replicas ran slower by the medians (vae 0.95x of one thread against 0.86-1.29x
-    /// unbound; a replica bound to a core another process holds cannot move to the free one), so binding is asked
-    /// for (STARLING_REPLICA_BIND=1), as `mpirun --bind-to core` binds ranks (BENCHMARKS.md, "Replicas bound to a
-    /// core each, and stores ahead").
+    /// none. But at a load of 6-9 bound replicas ran slower by the medians (vae 0.44x of one thread against 0.90x
+    /// unbound, the same binary alternated: a replica bound to a core another process holds cannot move to the free
+    /// one), and at 2.5-5 the medians were mixed, though the fastest bound runs reached 2.0-2.2x of one thread. So
+    /// binding is asked for (STARLING_REPLICA_BIND=1), as `mpirun --bind-to core` binds ranks (BENCHMARKS.md,
+    /// "Replicas bound to a core each, and stores into shared lines").
     public let processorBinding: [Int]?
 
     /// `binding(replicas:allowed:enabled:)`: replica r on the r-th processor of the creating thread's mask (a process
@@ -637,13 +638,14 @@ struct UncheckedBox<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
 }
 
-/// STARLING_REPLICA_SPIN_US set to something that is not a number of microseconds from 0 to 1,000,000.
+/// STARLING_REPLICA_BIND set to something other than 1 or 0.
 public struct ReplicaBindError: Error, Equatable, CustomStringConvertible {
     public let value: String
     public init(value: String) { self.value = value }
     public var description: String { "STARLING_REPLICA_BIND=\(value): expected 1 (bind each replica's thread to a processor) or 0 (leave them to the scheduler)" }
 }
 
+/// STARLING_REPLICA_SPIN_US set to something that is not a number of microseconds from 0 to 1,000,000.
 public struct ReplicaSpinError: Error, Equatable, CustomStringConvertible {
     public let value: String
     public init(value: String) { self.value = value }
