@@ -141,6 +141,51 @@ static inline int starling_affinity_processor_count(void) {
 #endif
 }
 
+// The processors in the calling thread's affinity mask, in increasing order, into `out` (at most `capacity`); returns
+// how many there are (0 where the system does not say). Replicas on threads bind to these, so a process that taskset or
+// mpirun's --bind-to narrowed keeps to what it was given.
+static inline int starling_affinity_processors(int *out, int capacity) {
+#if defined(__linux__)
+    unsigned long long mask[64] = {0};
+    long bytes = syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask);
+    if (bytes <= 0) return 0;
+    int count = 0;
+    for (long word = 0; word < bytes / 8; word++)
+        for (int bit = 0; bit < 64; bit++)
+            if (mask[word] >> bit & 1ull) { if (count < capacity) out[count] = (int)(word * 64 + bit); count++; }
+    return count;
+#else
+    (void)out; (void)capacity;
+    return 0;
+#endif
+}
+
+// Restricts the calling thread (not the process) to the `count` processors in `cpus`; 0 on success, -1 where refused
+// or unsupported (the thread then keeps its mask, which costs only speed).
+static inline int starling_bind_thread(const int *cpus, int count) {
+#if defined(__linux__)
+    unsigned long long mask[64] = {0};
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= 64 * 64) return -1;
+        mask[cpus[i] / 64] |= 1ull << (cpus[i] % 64);
+    }
+    return syscall(SYS_sched_setaffinity, 0, sizeof(mask), mask) == 0 ? 0 : -1;
+#else
+    (void)cpus; (void)count;
+    return -1;
+#endif
+}
+
+// The processor the calling thread runs on now (-1 where unknown): a sample for diagnostics, stale as soon as read.
+static inline int starling_current_processor(void) {
+#if defined(__linux__)
+    unsigned cpu = 0;
+    return syscall(SYS_getcpu, &cpu, (void *)0, (void *)0) == 0 ? (int)cpu : -1;
+#else
+    return -1;
+#endif
+}
+
 // Asks for the cache lines of [p, p + bytes) ahead of their use: a hint (no fault on any address, no effect on a
 // value). The resident split's gather (`PixelGather`) reads rows at random places of tens of MB, each a miss to memory.
 static inline void starling_prefetch_range(const void *p, long bytes) {

@@ -1,6 +1,7 @@
 import Foundation
 import StarlingCore
 import StarlingNN
+import StarlingDistributed
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -52,6 +53,9 @@ package final class Prefetcher: @unchecked Sendable {
             }
         }
         let thread = Thread { [self] in
+            // Made on a replica's thread bound to one processor (`InProcessGroup.processorBinding`), it would inherit
+            // that one: it runs in whichever core's idle moment comes, as before replicas were bound.
+            Processors.leaveBinding()
             #if canImport(Glibc)
             // On Linux the nice value is a thread's and `who` 0 names the calling thread: the compute threads keep
             // theirs. A refusal leaves the normal priority, which only costs speed.

@@ -72,13 +72,58 @@ public final class InProcessGroup: @unchecked Sendable {
         return nil
     }
 
-    /// `spinSeconds`: the polling time (tests); nil for STARLING_REPLICA_SPIN_US's, else the default.
-    public init(size: Int, spinSeconds: Double? = nil) {
+    /// The processor each replica's thread is bound to, by replica (nil: left to the scheduler, the default). Unbound,
+    /// the two replicas of vae sampled every 4 ms on the loaded 2-core Zen 4 had the same last processor in 77-97 % of
+    /// the samples (each wakes the other at every rendezvous, and the scheduler's wake-up placement can put the woken
+    /// replica beside its waker, where a pair that takes turns never looks busy enough to be spread again); bound, in
+    /// none. But at a load of 6-9 bound replicas ran slower by the medians (vae 0.44x of one thread against 0.90x
+    /// unbound, the same binary alternated: a replica bound to a core another process holds cannot move to the free
+    /// one), and at 2.5-5 the medians were mixed, though the fastest bound runs reached 2.0-2.2x of one thread. So
+    /// binding is asked for (STARLING_REPLICA_BIND=1), as `mpirun --bind-to core` binds ranks (BENCHMARKS.md,
+    /// "Replicas bound to a core each, and stores into shared lines").
+    public let processorBinding: [Int]?
+
+    /// `binding(replicas:allowed:enabled:)`: replica r on the r-th processor of the creating thread's mask (a process
+    /// that taskset or mpirun narrowed keeps to what it was given, and ranks of one node bound to different cores bind
+    /// their replicas within their own), where the mask has at least as many processors as there are replicas and
+    /// there are two replicas or more; else nil (fewer processors than replicas: the scheduler must be free to move
+    /// them). `enabled` false (STARLING_REPLICA_BIND unset or 0): nil.
+    public static func binding(replicas: Int, allowed: [Int], enabled: Bool) -> [Int]? {
+        guard enabled, replicas >= 2, allowed.count >= replicas else { return nil }
+        return Array(allowed.prefix(replicas))
+    }
+
+    static let bindSetting: Result<Bool?, ReplicaBindError> = parseBind(getenv("STARLING_REPLICA_BIND").map { String(cString: $0) })
+
+    /// A value of STARLING_REPLICA_BIND: nil when unset or empty (not bound), 1 to bind where the rule above allows, 0
+    /// to leave the replicas' threads to the scheduler; anything else is refused.
+    public static func parseBind(_ value: String?) -> Result<Bool?, ReplicaBindError> {
+        guard let value, !value.isEmpty else { return .success(nil) }
+        switch value {
+        case "1": return .success(true)
+        case "0": return .success(false)
+        default: return .failure(ReplicaBindError(value: value))
+        }
+    }
+
+    /// The error a bad STARLING_REPLICA_BIND gives (the CLI refuses to start with it), or nil.
+    public static var bindSettingError: ReplicaBindError? {
+        if case .failure(let error) = bindSetting { return error }
+        return nil
+    }
+
+    /// `spinSeconds`: the polling time (tests); nil for STARLING_REPLICA_SPIN_US's, else the default. `bind`: whether
+    /// replicas are bound to processors where they fit the mask (tests); nil for STARLING_REPLICA_BIND's, else not.
+    public init(size: Int, spinSeconds: Double? = nil, bind: Bool? = nil) {
         precondition(size >= 1, "an in-process group needs at least one replica")
         self.size = size
         // A bad setting is refused by the CLI before any group exists (`spinSettingError`); here it counts as unset.
         let chosen: Double? = spinSeconds ?? (try? Self.spinSetting.get()) ?? nil
         self.spinSeconds = chosen ?? Self.defaultSpinSeconds(replicas: size, processors: Processors.usable)
+        let allowed = Processors.allowed
+        processorBinding = Self.binding(replicas: size, allowed: allowed,
+                                        enabled: bind ?? (try? Self.bindSetting.get()) ?? nil ?? false)
+        if processorBinding != nil { Processors.recordUnboundMask(allowed) }
         posted = Array(repeating: Array(repeating: nil, count: size), count: 2)
         shared = Array(repeating: Array(repeating: nil, count: size), count: 2)
         releasedGeneration.initialize(to: 0)
@@ -106,7 +151,9 @@ public final class InProcessGroup: @unchecked Sendable {
         for r in 0..<size {
             done.enter()
             let member = member(r)
+            let cpu = processorBinding?[r]
             let thread = Thread { [self] in
+                if let cpu { Processors.bindCurrentThread(to: [cpu]) }
                 work.value.0()
                 let result = Result { try work.value.1(member) }
                 if case .failure(let error) = result { fail(rank: r, error) }
@@ -589,6 +636,13 @@ private final class ThreadResults<T>: @unchecked Sendable {
 struct UncheckedBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
+}
+
+/// STARLING_REPLICA_BIND set to something other than 1 or 0.
+public struct ReplicaBindError: Error, Equatable, CustomStringConvertible {
+    public let value: String
+    public init(value: String) { self.value = value }
+    public var description: String { "STARLING_REPLICA_BIND=\(value): expected 1 (bind each replica's thread to a processor) or 0 (leave them to the scheduler)" }
 }
 
 /// STARLING_REPLICA_SPIN_US set to something that is not a number of microseconds from 0 to 1,000,000.

@@ -475,7 +475,8 @@ public final class Trainer {
         }
         let steps = stepsPerEpoch
         let local = options.batchSize / world.size
-        let layout = world is InProcessCollective ? "\(world.size) replica(s) on threads of one process" : "\(world.size) rank(s)"
+        let bound = ((world as? InProcessCollective)?.group.processorBinding).map { " bound to processors \($0.map(String.init).joined(separator: ", "))" } ?? ""
+        let layout = world is InProcessCollective ? "\(world.size) replica(s) on threads of one process\(bound)" : "\(world.size) rank(s)"
         // Only rank 0 prints; the others' plain lines go to their no-op log.
         var display = world.isRoot && options.progress ? ProgressDisplay.forStandardOutput(worldSize: world.size) : ProgressDisplay(mode: .plain)
         let live = display.mode == .live

@@ -46,6 +46,71 @@ import StarlingDistributed
         #expect(Processors.usable >= 1)
     }
 
+    /// STARLING_REPLICA_BIND's values: 1 or 0, nil (not bound) when unset or empty.
+    @Test func bindSettingValues() {
+        #expect(InProcessGroup.parseBind(nil) == .success(nil))
+        #expect(InProcessGroup.parseBind("") == .success(nil))
+        #expect(InProcessGroup.parseBind("1") == .success(true))
+        #expect(InProcessGroup.parseBind("0") == .success(false))
+        for bad in ["yes", "2", " 1", "off", "true"] {
+            #expect(InProcessGroup.parseBind(bad) == .failure(ReplicaBindError(value: bad)))
+        }
+    }
+
+    /// Replica r is bound to the r-th processor of the creating thread's mask, only where the mask holds at least as
+    /// many processors as there are replicas (two or more), and not when turned off.
+    @Test func bindingFollowsTheMask() {
+        #expect(InProcessGroup.binding(replicas: 2, allowed: [0, 1], enabled: true) == [0, 1])
+        #expect(InProcessGroup.binding(replicas: 2, allowed: [2, 3, 6], enabled: true) == [2, 3])   // taskset -c 2,3,6
+        #expect(InProcessGroup.binding(replicas: 3, allowed: [0, 1], enabled: true) == nil)
+        #expect(InProcessGroup.binding(replicas: 2, allowed: [5], enabled: true) == nil)             // mpirun --bind-to core
+        #expect(InProcessGroup.binding(replicas: 1, allowed: [0, 1], enabled: true) == nil)
+        #expect(InProcessGroup.binding(replicas: 2, allowed: [0, 1], enabled: false) == nil)
+        #expect(InProcessGroup.binding(replicas: 2, allowed: [], enabled: true) == nil)
+        // Not bound unless asked for.
+        if getenv("STARLING_REPLICA_BIND") == nil { #expect(InProcessGroup(size: 2).processorBinding == nil) }
+    }
+
+    /// Bound replicas run on their processor: each replica thread's mask, as the kernel lists it in
+    /// /proc/thread-self/status, is its one processor, and a thread it starts that leaves the binding (a prefetcher)
+    /// gets the creating thread's mask back. Unbound, the replicas keep that mask.
+    @Test func boundReplicasKeepToTheirProcessor() throws {
+        func kernelList() -> String? {
+            guard let status = try? String(contentsOfFile: "/proc/thread-self/status", encoding: .utf8) else { return nil }
+            return status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+                .map { $0.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces) }
+        }
+        let allowed = Processors.allowed
+        let bound = InProcessGroup(size: 2, bind: true)
+        guard allowed.count >= 2 else {
+            #expect(bound.processorBinding == nil)
+            return
+        }
+        #expect(bound.processorBinding == Array(allowed.prefix(2)))
+        let seen = bound.run { member -> ([Int], String?, Int?, [Int]) in
+            let mine = Processors.allowed
+            let listed = kernelList()
+            let here = Processors.current
+            // A thread started here inherits the one processor until it leaves the binding.
+            let box = UncheckedList()
+            let done = DispatchSemaphore(value: 0)
+            Thread { Processors.leaveBinding(); box.value = Processors.allowed; done.signal() }.start()
+            done.wait()
+            try member.barrier()
+            return (mine, listed, here, box.value)
+        }
+        for (r, result) in seen.enumerated() {
+            let (mine, listed, here, helper) = try result.get()
+            #expect(mine == [allowed[r]], "replica \(r)")
+            if let listed { #expect(listed == "\(allowed[r])", "replica \(r)") }
+            if let here { #expect(here == allowed[r], "replica \(r)") }
+            #expect(helper == allowed, "replica \(r)'s helper thread")
+        }
+        let free = InProcessGroup(size: 2, bind: false)
+        #expect(free.processorBinding == nil)
+        for result in free.run({ _ in Processors.allowed }) { #expect(try result.get() == allowed) }
+    }
+
     /// Replicas that poll far longer than the others take to arrive (a second) leave each rendezvous once the last has
     /// arrived, not at the end of their polling, and run where they outnumber the processors (four replicas, each
     /// in turn late by 2 ms): the pollers give their cores away as they poll. 20 rounds end in well under the 20
@@ -666,3 +731,5 @@ import StarlingDistributed
         #expect(zero.status != 0 && zero.error.contains("--replicas must be positive"), "\(zero.error)")
     }
 }
+
+private final class UncheckedList: @unchecked Sendable { var value: [Int] = [] }
