@@ -92,10 +92,13 @@ public final class FloatStorage: @unchecked Sendable {
 /// (`madvise(MADV_DONTNEED)`) until they are not: those of the extents free the longest first (they stayed free
 /// through the most blocks handed out and given back since, so are the likeliest to stay free), from their high ends.
 /// A free extent's pages hold no value (a block is written before it is read), so no value changes; the cost is the
-/// pages faulted in and zeroed again when a block next covers them (`releaseUsage.faulted`). Without the resident-first
-/// rule (plain best fit) the pages given back were the next block's place as often as any other: SSD300's peak 1,152
-/// -> 1,049 MB, but 1.1 M more faults a run and CPU a step +2-13 % (BENCHMARKS.md, "SSD300's resident pages held near
-/// its live peak").
+/// pages faulted in and zeroed again when a block next covers them (`releaseUsage.faulted`). With plain best fit the
+/// pages given back were the next block's place as often as any other (SSD300: 1.1 M more faults a run, CPU a step
+/// +2-13 % on SSD300, yolov3-tiny and U-Net); resident first cuts SSD300's extra faults to 0.3 M a run and leaves
+/// yolov3-tiny and U-Net level, but SSD300's step placement still needs ~100 MB of resident pages beyond its live
+/// peak (what main retains), so ~280 MB a step are faulted in again: peak 1,155 ->
+/// 1,058 MB for CPU a step +3-4 %. So `shared` gives nothing back unless STARLING_GIVE_BACK_FREE_PAGES=1
+/// (BENCHMARKS.md, "Large blocks placed on resident pages first").
 final class LargeBlocks: @unchecked Sendable {
     static let shared = LargeBlocks(mappingBytes: 64 << 20, releasingFreePages: givesBackFreePages)
     static let medium = LargeBlocks(mappingBytes: 8 << 20)
@@ -103,7 +106,8 @@ final class LargeBlocks: @unchecked Sendable {
     static let minimumBytes = 64 << 10
     /// Blocks from this size on go to `shared`, smaller ones to `medium`.
     static let largeBytes = 1 << 20
-    /// Whether `shared` gives free pages back (above): STARLING_GIVE_BACK_FREE_PAGES=1 or 0, else `givesBackByDefault`.
+    /// Whether `shared` gives free pages back (above): STARLING_GIVE_BACK_FREE_PAGES=1 or 0, else `givesBackByDefault`
+    /// (off: the refaults cost SSD300 more CPU than the ~1 % the memory is worth, see above).
     static let givesBackFreePages: Bool = {
         guard let value = getenv("STARLING_GIVE_BACK_FREE_PAGES").map({ String(cString: $0) }) else { return givesBackByDefault }
         return value == "1"
