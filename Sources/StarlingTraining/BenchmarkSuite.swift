@@ -277,6 +277,7 @@ public enum BenchmarkSuite {
         sums = [Double](repeating: 0, count: 5)
         let reader = Prefetcher(source: source, steps: slices(steps, from: 2), epoch: 1, config: config, targetEncoder: model.targetEncoder)
         try world.barrier()
+        let ledgerBeforeSteps = memoryBreakdown == nil ? nil : MemoryLedger.snapshot()
         let start = monotonicSeconds(), cpuStart = Benchmarks.processCPUSeconds()
         do {
             defer { reader.finish() }
@@ -285,6 +286,13 @@ public enum BenchmarkSuite {
         let cpuPerStep = try world.allreduce((Benchmarks.processCPUSeconds() - cpuStart) / Double(steps), .sum) / Double(world.size)
         let elapsed = try world.allreduce(monotonicSeconds() - start, .max)
         let peakAfterTraining = MemoryLedger.residentBytes().peak
+        if let memoryBreakdown, let before = ledgerBeforeSteps {
+            let after = MemoryLedger.snapshot()
+            memoryBreakdown(String(format: "%@ rank %d: over the %d timed steps, large blocks' pages given back %d time(s), %.1f MB; blocks placed on pages not resident %.1f MB; minor faults of the process %d",
+                                   entry.name, world.rank, steps, after.largeReleases - before.largeReleases,
+                                   Double(after.largeReleasedBytes - before.largeReleasedBytes) / 1_048_576,
+                                   Double(after.largeFaultedBytes - before.largeFaultedBytes) / 1_048_576, after.minorFaults - before.minorFaults))
+        }
         var perStep = sums.map { $0 / Double(steps) }
         try world.allreduce(&perStep, .sum)
         perStep = perStep.map { $0 / Double(world.size) }
@@ -369,6 +377,7 @@ enum MemoryBreakdown {
             lines.append("  at the end of forward (the sweep's highest \(mb(sweep.peak)), at node \(sweep.peakIndex), output \(sweep.peakShape.map(String.init).joined(separator: "x")))")
         }
         lines.append("allocators' mappings: large \(mb(end.largeMapped)), medium \(mb(end.mediumMapped)) (retained beyond this step's peak: \(mb(end.largeMapped + end.mediumMapped - backward.largePeak - backward.mediumPeak)))")
+        lines.append("large blocks' pages: resident \(mb(end.largeResident)) by their count (" + (MemoryLedger.largeGivesBackFreePages ? "free pages past the most bytes ever live + \(mb(MemoryLedger.largeResidentSlack)) given back" : "free pages kept; STARLING_GIVE_BACK_FREE_PAGES=1 gives them back") + "); this step: given back \(end.largeReleases - start.largeReleases) time(s), \(mb(end.largeReleasedBytes - start.largeReleasedBytes)); blocks placed on pages not resident \(mb(end.largeFaultedBytes - start.largeFaultedBytes)); minor faults of the process \(end.minorFaults - start.minorFaults)")
         lines.append("oneDNN scratch arenas: mapped \(mb(end.scratchMapped)); the largest call this step \(mb(end.scratchPeakCall)); blocks of \(mb(MemoryLedger.scratchUnkeptBytes)) and more not kept: \(end.scratchLent) from free extents of the large blocks (\(mb(end.scratchLentBytes))), \(end.scratchTaken) beyond them (\(mb(end.scratchTakenBytes)))")
         for call in ConvolutionCalls.largest(8) { lines.append("  oneDNN convolution " + call) }
         lines.append("resident now \(mb(end.resident)), peak \(mb(end.residentPeak)); resident beyond Starling's mappings (runtime, libraries, glibc's heap, oneDNN's primitives): \(mb(end.resident - end.mapped)) (less any mapped page never touched)")

@@ -117,6 +117,48 @@ import Glibc
         #expect(blocks.usage.live == 0)
     }
 
+    /// The placement rule of an allocator that gives pages back: a block goes on resident free pages when a run of
+    /// them holds it, even where a free extent given back fits it as well and lies lower; pages given back are covered
+    /// only when no resident run holds the block, then where the fewest must be faulted in; and the pages given back
+    /// are those of the extent free the longest, from its high end (`mincore` shows which pages are out of memory).
+    @Test func residentFreePagesPlacedBeforeThoseGivenBack() {
+        let mb = 1 << 20
+        let blocks = LargeBlocks(mappingBytes: 4 * mb, reservationBytes: 256 * mb, releasingFreePages: true, residentSlack: 2 * mb)
+        func take(_ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer {
+            let block = blocks.take(bytes: bytes)
+            block.initializeMemory(as: UInt8.self, repeating: value, count: bytes)
+            return block
+        }
+        func residentPages(_ block: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
+            var pages = [UInt8](repeating: 0, count: bytes / 4096)
+            #expect(mincore(block, bytes, &pages) == 0)
+            return pages.filter { $0 & 1 != 0 }.count
+        }
+        let pages = { (bytes: Int) in bytes / 4096 }
+        let g = take(40 * mb, 9)
+        blocks.give(g, bytes: 40 * mb)                       // 40 MB ever live: the mark
+        let a = take(8 * mb, 1), b = take(8 * mb, 2), c = take(8 * mb, 3), d = take(8 * mb, 4)
+        #expect(a == g && b == a + 8 * mb && c == a + 16 * mb && d == a + 24 * mb)
+        blocks.give(a, bytes: 8 * mb)                        // a's hole free longer than c's
+        blocks.give(c, bytes: 8 * mb)
+        let faultedBefore = blocks.releaseUsage.faulted
+        let e = take(12 * mb, 5)                             // no hole holds it: at the top over [32, 44) MB, 4 MB new
+        #expect(e == a + 32 * mb && blocks.usage.mapped == 44 * mb)
+        #expect(blocks.releaseUsage.faulted == faultedBefore + 4 * mb)
+        // 44 resident, 40 the mark: 4 MB given back, the high end of a's hole (free the longest), c's hole kept.
+        #expect(blocks.releaseUsage.resident == 40 * mb && blocks.releaseUsage.releases == 1 && blocks.releaseUsage.releasedBytes == 4 * mb)
+        #expect(residentPages(a, 4 * mb) == pages(4 * mb) && residentPages(a + 4 * mb, 4 * mb) == 0)
+        #expect(residentPages(c, 8 * mb) == pages(8 * mb))
+        let f = take(8 * mb, 6)                              // both holes are 8 MB; only c's is resident throughout
+        #expect(f == c && blocks.releaseUsage.faulted == faultedBefore + 4 * mb && residentPages(a + 4 * mb, 4 * mb) == 0)
+        let h = take(6 * mb, 7)                              // no resident run holds 6 MB: a's hole faults 2 MB in, the top 6
+        #expect(h == a && blocks.releaseUsage.faulted == faultedBefore + 6 * mb)
+        #expect(blocks.releaseUsage.resident == 42 * mb && residentPages(h, 6 * mb) == pages(6 * mb) && blocks.releaseUsage.releases == 1)
+        for (block, value) in [(b, UInt8(2)), (d, 4), (e, 5), (f, 6), (h, 7)] { #expect(block.load(as: UInt8.self) == value) }
+        for (block, bytes) in [(b, 8 * mb), (d, 8 * mb), (e, 12 * mb), (f, 8 * mb), (h, 6 * mb)] { blocks.give(block, bytes: bytes) }
+        #expect(blocks.usage.live == 0)
+    }
+
     /// In training, an arena's block from `DNNL.Arena.unkeptBytes` on (beside a large blocks' range `poolFactor` times
     /// larger) comes from Starling's large blocks for its call and is given back after it: the arena does not grow for
     /// it (SSD300's Winograd scratchpads stayed resident through the step). The same convolution's forward, input and

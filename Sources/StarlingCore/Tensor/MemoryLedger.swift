@@ -22,10 +22,19 @@ public enum MemoryLedger {
         public var scratchLent = 0, scratchLentBytes = 0, scratchTaken = 0, scratchTakenBytes = 0
         /// /proc/self/status: VmRSS and VmHWM (resident now, its peak).
         public var resident = 0, residentPeak = 0
+        /// The large blocks' resident pages by their own count, how many times and bytes free pages were given back, and
+        /// the bytes of blocks placed on pages not resident (given back, or new), in all (`LargeBlocks.releaseUsage`).
+        public var largeResident = 0, largeReleases = 0, largeReleasedBytes = 0, largeFaultedBytes = 0
+        /// Minor page faults of the process so far (getrusage): pages faulted in, by any allocator or library.
+        public var minorFaults = 0
     }
 
     /// Training's scratch blocks from this size on are not kept in oneDNN's arenas (`DNNL.Arena.allocate`).
     public static var scratchUnkeptBytes: Int { DNNL.Arena.unkeptBytes }
+
+    /// Whether the large blocks give free pages back past the most bytes ever live (`LargeBlocks`), and the slack.
+    public static var largeGivesBackFreePages: Bool { LargeBlocks.givesBackFreePages }
+    public static var largeResidentSlack: Int { LargeBlocks.shared.residentSlack }
 
     public static func snapshot() -> Snapshot {
         var s = Snapshot()
@@ -34,6 +43,10 @@ public enum MemoryLedger {
         (s.scratchMapped, s.scratchPeakCall) = DNNL.Arena.usage
         (s.scratchLent, s.scratchLentBytes, s.scratchTaken, s.scratchTakenBytes) = DNNL.Arena.unkeptUsage
         (s.resident, s.residentPeak) = residentBytes()
+        (s.largeResident, s.largeReleases, s.largeReleasedBytes, s.largeFaultedBytes) = LargeBlocks.shared.releaseUsage
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        s.minorFaults = Int(usage.ru_minflt)
         return s
     }
 

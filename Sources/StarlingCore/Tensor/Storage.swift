@@ -84,22 +84,35 @@ public final class FloatStorage: @unchecked Sendable {
 /// the top of its heap, which glibc trimmed when they were freed (its trim threshold follows its mmap threshold, 2 x
 /// the largest block freed): each ~1 ms step faulted its activations in, zeroed, again.
 ///
-/// An allocator made `releasingFreePages` holds its resident pages near the most bytes ever live at once: where a
-/// block placed beyond every free extent (at the top, or over pages given back earlier) takes the resident pages more
-/// than `residentSlack` above that, the pages of free extents are given back to the system (`madvise(MADV_DONTNEED)`)
-/// until they are not. A free extent's pages hold no value (a block is written before it is read), so no value
-/// changes; the cost is the pages faulted in and zeroed again when a block next covers them. For SSD300's Winograd
-/// scratchpads taken at the top beyond its live peak: peak 1,152 -> 1,049 MB, but best-fit carving covered the pages
-/// given back again within each step (1.1 M more faults a run), CPU a step +2-13 % on SSD300, yolov3-tiny and U-Net,
-/// so `shared` is made without it (BENCHMARKS.md, "SSD300's resident pages held near its live peak"); carving that
-/// prefers resident extents is what it would need.
+/// An allocator made `releasingFreePages` holds its resident pages near the most bytes ever live at once. A block goes
+/// on resident pages first: the best fit among the runs of free pages still resident. Only where no such run holds it
+/// does it go where the fewest pages must be faulted in again: the free extent whose low end covers the fewest pages
+/// given back (the smaller extent on a tie), or the top of the range if that faults fewer. When a block placed so takes
+/// the resident pages more than `residentSlack` past the most bytes ever live, pages of free extents are given back
+/// (`madvise(MADV_DONTNEED)`) until they are not: those of the extents free the longest first (they stayed free
+/// through the most blocks handed out and given back since, so are the likeliest to stay free), from their high ends.
+/// A free extent's pages hold no value (a block is written before it is read), so no value changes; the cost is the
+/// pages faulted in and zeroed again when a block next covers them (`releaseUsage.faulted`). With plain best fit the
+/// pages given back were the next block's place as often as any other (SSD300: 1.1 M more faults a run, CPU a step
+/// +2-13 % on SSD300, yolov3-tiny and U-Net); resident first cuts SSD300's extra faults to 0.3 M a run and leaves
+/// yolov3-tiny and U-Net level, but SSD300's step placement still needs ~100 MB of resident pages beyond its live
+/// peak (what main retains), so ~280 MB a step are faulted in again: peak 1,155 ->
+/// 1,058 MB for CPU a step +3-4 %. So `shared` gives nothing back unless STARLING_GIVE_BACK_FREE_PAGES=1
+/// (BENCHMARKS.md, "Large blocks placed on resident pages first").
 final class LargeBlocks: @unchecked Sendable {
-    static let shared = LargeBlocks(mappingBytes: 64 << 20)
+    static let shared = LargeBlocks(mappingBytes: 64 << 20, releasingFreePages: givesBackFreePages)
     static let medium = LargeBlocks(mappingBytes: 8 << 20)
     /// Blocks below this go to malloc directly.
     static let minimumBytes = 64 << 10
     /// Blocks from this size on go to `shared`, smaller ones to `medium`.
     static let largeBytes = 1 << 20
+    /// Whether `shared` gives free pages back (above): STARLING_GIVE_BACK_FREE_PAGES=1 or 0, else `givesBackByDefault`
+    /// (off: the refaults cost SSD300 more CPU than the ~1 % the memory is worth, see above).
+    static let givesBackFreePages: Bool = {
+        guard let value = getenv("STARLING_GIVE_BACK_FREE_PAGES").map({ String(cString: $0) }) else { return givesBackByDefault }
+        return value == "1"
+    }()
+    static let givesBackByDefault = false
 
     static func take(floats: Int) -> UnsafeMutableRawPointer {
         let requested = floats * 4
@@ -120,8 +133,10 @@ final class LargeBlocks: @unchecked Sendable {
     /// how much of it is readable and writable.
     private let base: Int, reservedBytes: Int
     private var topBytes = 0, accessibleBytes = 0
-    /// Free extents (address, bytes), sorted by address.
-    private var free: [(address: Int, bytes: Int)] = []
+    /// Free extents (address, bytes, the `clock` when last given back or mapped), sorted by address.
+    private var free: [(address: Int, bytes: Int, stamp: Int)] = []
+    /// Counts blocks handed out and given back: how long a free extent has stayed free.
+    private var clock = 0
     private let lock = PThreadMutex()
     /// Bytes handed out and not yet given back, their highest value since `resetPeak`, and the bytes of mappings
     /// outside the reservation: the memory ledger's figures (`MemoryLedger`).
@@ -135,10 +150,10 @@ final class LargeBlocks: @unchecked Sendable {
     /// 8 MB: half the smallest scratch block lent from the large blocks (`DNNL.Arena.unkeptBytes`).
     static let defaultResidentSlack = 8 << 20
     /// Free ranges whose pages were given back and that no block has covered since, sorted by address (each inside a
-    /// free extent), their bytes, the most bytes ever live (not reset by `resetPeak`), and how many times and bytes
-    /// pages were given back.
+    /// free extent), their bytes, the most bytes ever live (not reset by `resetPeak`), how many times and bytes pages
+    /// were given back, and the bytes of blocks placed on pages not resident (given back, or never reached before).
     private var released: [(address: Int, bytes: Int)] = []
-    private var releasedBytes = 0, liveHighWater = 0, releaseCount = 0, releasedTotal = 0
+    private var releasedBytes = 0, liveHighWater = 0, releaseCount = 0, releasedTotal = 0, faultedBytes = 0
 
     /// Address space reserved for each allocator: far beyond any machine's memory (no page of it is resident or
     /// committed until a block reaches it), a small part of x86-64's and arm64's 128 TB of user address space.
@@ -153,11 +168,12 @@ final class LargeBlocks: @unchecked Sendable {
     }
 
     /// Resident pages by the allocator's count (mapped less the pages given back and not covered since), how many
-    /// times free pages were given back, and their bytes in all.
-    var releaseUsage: (resident: Int, releases: Int, releasedBytes: Int) {
+    /// times free pages were given back and their bytes in all, and the bytes of blocks placed on pages not resident
+    /// (given back earlier, or new at the top of the range or in a new mapping), in all.
+    var releaseUsage: (resident: Int, releases: Int, releasedBytes: Int, faulted: Int) {
         lock.lock()
         defer { lock.unlock() }
-        return (topBytes + mappedBytes - releasedBytes, releaseCount, releasedTotal)
+        return (topBytes + mappedBytes - releasedBytes, releaseCount, releasedTotal, faultedBytes)
     }
 
     func resetPeak() {
@@ -186,9 +202,19 @@ final class LargeBlocks: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         noteLive(bytes)
-        let block = carve(bytes) ?? extendTop(bytes) ?? mapped(bytes)
+        let block = fit(bytes) ?? mapped(bytes)
         placed(block, bytes)
         return block
+    }
+
+    /// A block on resident free pages if a run of them holds it; else in the free extent or at the top of the range,
+    /// whichever faults fewer pages in (the extent on a tie: the range does not grow); nil if neither can take it.
+    private func fit(_ bytes: Int) -> UnsafeMutableRawPointer? {
+        let spot = place(bytes)
+        if let spot, spot.faults == 0 { return carve(at: spot, bytes) }
+        if let spot, let top = topFaults(bytes), top < spot.faults, let block = extendTop(bytes) { return block }
+        if let spot { return carve(at: spot, bytes) }
+        return extendTop(bytes)
     }
 
     /// A block from a mapping of its own (no reservation, or a full one).
@@ -199,11 +225,13 @@ final class LargeBlocks: @unchecked Sendable {
             preconditionFailure("out of memory: a block of \(bytes) bytes")
         }
         mappedBytes += size
+        faultedBytes += bytes
         insert(address: Int(bitPattern: mapping), bytes: size)
-        return carve(bytes)!
+        return carve(at: place(bytes)!, bytes)
     }
 
     private func noteLive(_ bytes: Int) {
+        clock += 1
         liveBytes += bytes
         peakBytes = Swift.max(peakBytes, liveBytes)
         liveHighWater = Swift.max(liveHighWater, liveBytes)
@@ -214,7 +242,11 @@ final class LargeBlocks: @unchecked Sendable {
     /// they do not. Resident pages less live bytes are the free extents' resident pages, so enough of them exist.
     private func placed(_ block: UnsafeMutableRawPointer, _ bytes: Int) {
         guard releasingFreePages else { return }
-        if releasedBytes > 0 { cover(Int(bitPattern: block), bytes) }
+        if releasedBytes > 0 {
+            let before = releasedBytes
+            cover(Int(bitPattern: block), bytes)
+            faultedBytes += before - releasedBytes
+        }
         let excess = topBytes + mappedBytes - releasedBytes - liveHighWater
         if excess > residentSlack { releaseFree(excess) }
     }
@@ -234,42 +266,60 @@ final class LargeBlocks: @unchecked Sendable {
         released = kept
     }
 
-    /// Gives back the pages of free extents holding at least `needed` resident bytes: the smallest extent that alone
-    /// holds them, else the largest first (the fewest calls; a large free extent is as likely reused as a small one).
+    /// The first of the ranges given back that starts at or after `address`.
+    private func releasedIndex(from address: Int) -> Int {
+        var lo = 0, hi = released.count
+        while lo < hi { let mid = (lo + hi) / 2; if released[mid].address < address { lo = mid + 1 } else { hi = mid } }
+        return lo
+    }
+
+    /// The runs of resident pages of free extent `i`, by address: the gaps between the ranges given back inside it.
+    private func residentRuns(_ i: Int) -> [(address: Int, bytes: Int)] {
+        let extent = free[i], end = extent.address + extent.bytes
+        var runs: [(address: Int, bytes: Int)] = []
+        var cursor = extent.address, k = releasedIndex(from: extent.address)
+        while k < released.count && released[k].address < end {
+            if released[k].address > cursor { runs.append((cursor, released[k].address - cursor)) }
+            cursor = released[k].address + released[k].bytes
+            k += 1
+        }
+        if end > cursor { runs.append((cursor, end - cursor)) }
+        return runs
+    }
+
+    /// Gives back `needed` bytes of resident free pages: from the extents free the longest first (the oldest stamp;
+    /// the lower address on a tie), each from its high end down, so its low end (where a block is placed) stays.
     private func releaseFree(_ needed: Int) {
-        // Each free extent's resident bytes: its bytes less the ranges given back inside it (both lists by address).
-        var resident: [Int] = []
-        resident.reserveCapacity(free.count)
-        var r = 0
-        for extent in free {
-            let end = extent.address + extent.bytes
-            var inside = 0
-            while r < released.count && released[r].address < extent.address { r += 1 }
-            var k = r
-            while k < released.count && released[k].address < end { inside += released[k].bytes; k += 1 }
-            resident.append(extent.bytes - inside)
-        }
-        var chosen: [Int] = []
-        if let best = resident.indices.filter({ resident[$0] >= needed }).min(by: { resident[$0] < resident[$1] }) {
-            chosen = [best]
-        } else {
-            var sum = 0
-            for i in resident.indices.sorted(by: { resident[$0] > resident[$1] }) where sum < needed && resident[i] > 0 {
-                chosen.append(i)
-                sum += resident[i]
+        var remaining = needed
+        for i in free.indices.sorted(by: { (free[$0].stamp, free[$0].address) < (free[$1].stamp, free[$1].address) }) {
+            guard remaining > 0 else { break }
+            var given = 0
+            for run in residentRuns(i).reversed() where remaining > 0 {
+                let bytes = Swift.min(run.bytes, remaining)
+                let address = run.address + run.bytes - bytes
+                guard let start = UnsafeMutableRawPointer(bitPattern: address),
+                      madvise(start, bytes, Int32(MADV_DONTNEED)) == 0 else { continue }
+                insertReleased(address, bytes)
+                remaining -= bytes
+                given += bytes
             }
+            if given > 0 { releaseCount += 1; releasedTotal += given }
         }
-        for i in chosen {
-            let extent = free[i]
-            guard let start = UnsafeMutableRawPointer(bitPattern: extent.address),
-                  madvise(start, extent.bytes, Int32(MADV_DONTNEED)) == 0 else { continue }
-            cover(extent.address, extent.bytes)
-            var lo = 0, hi = released.count
-            while lo < hi { let mid = (lo + hi) / 2; if released[mid].address < extent.address { lo = mid + 1 } else { hi = mid } }
-            released.insert((extent.address, extent.bytes), at: lo)
-            releasedBytes += extent.bytes
-            releaseCount += 1
-            releasedTotal += resident[i]
+    }
+
+    /// Adds a range of resident pages just given back to `released`, merged with the ranges that touch it.
+    private func insertReleased(_ address: Int, _ bytes: Int) {
+        releasedBytes += bytes
+        let lo = releasedIndex(from: address)
+        var range = (address: address, bytes: bytes)
+        if lo < released.count && address + bytes == released[lo].address {
+            range.bytes += released[lo].bytes
+            released.remove(at: lo)
+        }
+        if lo > 0 && released[lo - 1].address + released[lo - 1].bytes == address {
+            released[lo - 1].bytes += range.bytes
+        } else {
+            released.insert(range, at: lo)
         }
     }
 
@@ -279,8 +329,9 @@ final class LargeBlocks: @unchecked Sendable {
         let bytes = (requested + 4095) & ~4095
         lock.lock()
         defer { lock.unlock() }
-        guard let block = carve(bytes) else { return nil }
+        guard let spot = place(bytes) else { return nil }
         noteLive(bytes)
+        let block = carve(at: spot, bytes)
         placed(block, bytes)
         return block
     }
@@ -289,8 +340,19 @@ final class LargeBlocks: @unchecked Sendable {
         lock.lock()
         let bytes = (requested + 4095) & ~4095
         liveBytes -= bytes
+        clock += 1
         insert(address: Int(bitPattern: block), bytes: bytes)
         lock.unlock()
+    }
+
+    /// The pages a block at the top of the range would fault in: those beyond the free extent that ends at the
+    /// high-water mark, and the pages given back inside it. Nil without a reservation, or when that extent alone holds
+    /// the block (it is then one of the free extents `place` weighs).
+    private func topFaults(_ bytes: Int) -> Int? {
+        guard base != 0 else { return nil }
+        guard let tail = free.lastIndex(where: { $0.address + $0.bytes == base + topBytes }) else { return bytes }
+        guard free[tail].bytes < bytes else { return nil }
+        return bytes - residentRuns(tail).reduce(0) { $0 + $1.bytes }
     }
 
     /// A block at the top of the reservation: from the free extent that ends at the high-water mark, if any, on into
@@ -311,31 +373,68 @@ final class LargeBlocks: @unchecked Sendable {
             accessibleBytes = grown
         }
         if let tail { free.remove(at: tail) }
+        faultedBytes += newTop - topBytes
         topBytes = newTop
         return UnsafeMutableRawPointer(bitPattern: start)
     }
 
-    /// Takes `bytes` from the smallest free extent that holds them (its low end), or nil.
-    private func carve(_ bytes: Int) -> UnsafeMutableRawPointer? {
-        var best = -1
-        for i in free.indices where free[i].bytes >= bytes && (best < 0 || free[i].bytes < free[best].bytes) { best = i }
-        if best < 0 { return nil }
-        let extent = free[best]
-        if extent.bytes == bytes { free.remove(at: best) } else { free[best] = (extent.address + bytes, extent.bytes - bytes) }
-        return UnsafeMutableRawPointer(bitPattern: extent.address)
+    /// Where a block of `bytes` goes among the free extents (the extent's index, the address, the bytes given back it
+    /// covers): the smallest run of resident pages that holds it (its low end); else the extent whose low end covers
+    /// the fewest pages given back, the smaller extent on a tie; nil when no free extent holds it. With nothing given
+    /// back, the smallest free extent that holds it.
+    private func place(_ bytes: Int) -> (index: Int, address: Int, faults: Int)? {
+        var run: (index: Int, address: Int, bytes: Int)?
+        var fallback: (index: Int, faults: Int)?
+        var r = 0
+        for i in free.indices where free[i].bytes >= bytes {
+            let extent = free[i], end = extent.address + extent.bytes, blockEnd = extent.address + bytes
+            if released.isEmpty {
+                if run == nil || extent.bytes < run!.bytes { run = (i, extent.address, extent.bytes) }
+                continue
+            }
+            while r < released.count && released[r].address < extent.address { r += 1 }
+            var cursor = extent.address, faults = 0, k = r
+            while k < released.count && released[k].address < end {
+                let range = released[k]
+                if range.address - cursor >= bytes && (run == nil || range.address - cursor < run!.bytes) {
+                    run = (i, cursor, range.address - cursor)
+                }
+                faults += Swift.max(0, Swift.min(range.address + range.bytes, blockEnd) - range.address)
+                cursor = range.address + range.bytes
+                k += 1
+            }
+            if end - cursor >= bytes && (run == nil || end - cursor < run!.bytes) { run = (i, cursor, end - cursor) }
+            if fallback == nil || faults < fallback!.faults || (faults == fallback!.faults && extent.bytes < free[fallback!.index].bytes) {
+                fallback = (i, faults)
+            }
+        }
+        if let run { return (run.index, run.address, 0) }
+        return fallback.map { ($0.index, free[$0.index].address, $0.faults) }
     }
 
-    /// Returns an extent to the free list, merged with the free extents that touch it.
+    /// Takes [address, address + bytes) out of free extent `spot.index`, whose other parts stay free as they were.
+    private func carve(at spot: (index: Int, address: Int, faults: Int), _ bytes: Int) -> UnsafeMutableRawPointer {
+        let extent = free[spot.index]
+        let end = extent.address + extent.bytes, blockEnd = spot.address + bytes
+        var parts: [(address: Int, bytes: Int, stamp: Int)] = []
+        if spot.address > extent.address { parts.append((extent.address, spot.address - extent.address, extent.stamp)) }
+        if end > blockEnd { parts.append((blockEnd, end - blockEnd, extent.stamp)) }
+        free.replaceSubrange(spot.index...spot.index, with: parts)
+        return UnsafeMutableRawPointer(bitPattern: spot.address)!
+    }
+
+    /// Returns an extent to the free list, merged with the free extents that touch it; it counts as freed now.
     private func insert(address: Int, bytes: Int) {
         var lo = 0, hi = free.count
         while lo < hi { let mid = (lo + hi) / 2; if free[mid].address < address { lo = mid + 1 } else { hi = mid } }
-        var extent = (address: address, bytes: bytes)
+        var extent = (address: address, bytes: bytes, stamp: clock)
         if lo < free.count && extent.address + extent.bytes == free[lo].address {
             extent.bytes += free[lo].bytes
             free.remove(at: lo)
         }
         if lo > 0 && free[lo - 1].address + free[lo - 1].bytes == extent.address {
             free[lo - 1].bytes += extent.bytes
+            free[lo - 1].stamp = clock
         } else {
             free.insert(extent, at: lo)
         }
