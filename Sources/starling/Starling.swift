@@ -28,6 +28,7 @@ struct Starling: ParsableCommand {
             if let error = HDF5CallWatchdog.settingError { throw error }
             if let error = InProcessGroup.spinSettingError { throw error }
             if let error = InProcessGroup.bindSettingError { throw error }
+            if let error = MemoryLedger.givesBackSettingError { throw error }
             // A rank stuck in an HDF5 call ends the whole job (the others would wait for it in a collective).
             HDF5CallWatchdog.abortJob = { Communicator.abortJobIfRunning(code: $0) }
             arguments = try RunConfiguration.expand(given)

@@ -56,7 +56,7 @@ import StarlingIO
         }
         for (name, value) in [("STARLING_KERNELS", "avx1024"), ("STARLING_KERNELS", "sse"), ("STARLING_GEMM", "mkl"), ("STARLING_WINOGRAD", "yes"),
                               ("STARLING_WINOGRAD_CALL_MB", "0"), ("STARLING_REPLICA_SPIN_US", "-5"), ("STARLING_REPLICA_SPIN_US", "fast"),
-                              ("STARLING_REPLICA_BIND", "yes")] {
+                              ("STARLING_REPLICA_BIND", "yes"), ("STARLING_GIVE_BACK_FREE_PAGES", "on")] {
             let bad = try run(Fixture.starling, ["train", "--model", "fc-ae", "--data", data, "--out", dir + "/kernels"],
                               environment: [name: value])
             expectFailure(bad, mentioning: ["\(name)=\(value): expected "])

@@ -34,6 +34,11 @@ public enum MemoryLedger {
 
     /// Whether the large blocks give free pages back past the most bytes ever live (`LargeBlocks`), and the slack.
     public static var largeGivesBackFreePages: Bool { LargeBlocks.givesBackFreePages }
+    /// The error a bad STARLING_GIVE_BACK_FREE_PAGES gives (anything but 0, 1 or empty), or nil.
+    public static var givesBackSettingError: SettingValueError? {
+        if case .failure(let error) = LargeBlocks.givesBackSetting { return error }
+        return nil
+    }
     public static var largeResidentSlack: Int { LargeBlocks.shared.residentSlack }
 
     public static func snapshot() -> Snapshot {

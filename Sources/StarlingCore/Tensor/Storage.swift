@@ -108,10 +108,10 @@ final class LargeBlocks: @unchecked Sendable {
     static let largeBytes = 1 << 20
     /// Whether `shared` gives free pages back (above): STARLING_GIVE_BACK_FREE_PAGES=1 or 0, else `givesBackByDefault`
     /// (off: the refaults cost SSD300 more CPU than the ~1 % the memory is worth, see above).
-    static let givesBackFreePages: Bool = {
-        guard let value = getenv("STARLING_GIVE_BACK_FREE_PAGES").map({ String(cString: $0) }) else { return givesBackByDefault }
-        return value == "1"
-    }()
+    static let givesBackFreePages: Bool = ((try? givesBackSetting.get()) ?? nil) ?? givesBackByDefault
+    /// STARLING_GIVE_BACK_FREE_PAGES checked: 0 or 1, unset or empty for the default (the CLI refuses any other value
+    /// before it starts, `MemoryLedger.givesBackSettingError`).
+    static let givesBackSetting = EnvironmentSetting.read("STARLING_GIVE_BACK_FREE_PAGES", accepting: [("0", false), ("1", true)])
     static let givesBackByDefault = false
 
     static func take(floats: Int) -> UnsafeMutableRawPointer {
