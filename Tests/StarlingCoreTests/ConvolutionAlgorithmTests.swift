@@ -36,6 +36,24 @@ import Testing
         }
     }
 
+    /// The pass the rule keeps direct for its scratch (BENCHMARKS.md "U-Net's Winograd scratch by shape"): the weight
+    /// gradient of a layer of 256 x 256 channels or more on 2 x 2 tiles an image (copies of 9 MB of transformed weights,
+    /// whatever the images); its neighbours keep Winograd. Shape only: every rank and replica asks the same
+    /// (`ruleIgnoresTheBatch`).
+    @Test func ruleKeepsScratchHeavyPassesDirect() {
+        func asked(_ cin: Int, _ cout: Int, _ size: Int) -> [ConvolutionPass: ConvolutionAlgorithm] {
+            Dictionary(uniqueKeysWithValues: ConvolutionPass.allCases.map { ($0, Self.geometry(batch: 4, cin, cout, size).requestedAlgorithm($0, setting: .rule)) })
+        }
+        // U-Net's bottleneck at width 0.25 and 0.5.
+        #expect(asked(256, 256, 8) == [.forward: .winograd, .backwardData: .winograd, .backwardWeights: .direct])
+        #expect(asked(512, 512, 8)[.backwardWeights] == .direct)
+        // Kept: 128 -> 256 at 8 x 8 (weights a quarter as large), 256 -> 128 at 16 x 16 (4 x 4 tiles), 16 -> 16 and
+        // 32 -> 32, yolov3-tiny's 512 -> 1024 and 256 -> 512 at 13 x 13.
+        for (cin, cout, size) in [(128, 256, 8), (256, 128, 16), (16, 16, 128), (32, 32, 64), (512, 1024, 13), (256, 512, 13), (512, 512, 12)] {
+            #expect(asked(cin, cout, size).values.allSatisfy { $0 == .winograd }, "\(cin) -> \(cout) at \(size)")
+        }
+    }
+
     /// Only 3x3 kernels at stride 1 with at most one pixel of padding ask for Winograd, whatever the setting.
     @Test func shapesWinogradTakes() {
         #expect(Self.geometry(batch: 2, 64, 64, 32).winogradShape)

@@ -133,11 +133,20 @@ extension ConvGeometry {
     /// - a pass that sums over fewer than 32 channels into more (16 -> 32 forward, 32 -> 16 input gradient) on maps
     ///   below 32,768 pixels: U-Net's at width 0.25, 0.88x at 64 x 64 and 0.87x at 128 x 128, where yolov3-tiny's
     ///   16 -> 32 forward on 208 x 208 won 1.39x.
+    /// One more stays direct for the scratch it holds in the arena, which keeps the largest call's size for the whole
+    /// run (BENCHMARKS.md "U-Net's Winograd scratch by shape"): the weight gradient of a layer of 256 x 256 channels or
+    /// more on 2 x 2 tiles an image (maps of 8 pixels a side). Its scratchpad holds copies of the transformed weights
+    /// (36 floats a kernel, 9.4 MB at 256 x 256) beside the few tiles, 27 MB a call at 4 images whatever the images, the
+    /// largest call of U-Net's 2-rank and replica rows at width 0.25, for 1.5x on a 3-6 ms pass (the step's CPU time
+    /// level in A/B). Larger maps (yolov3-tiny's 13 x 13, 4 x 4 tiles) keep it. (U-Net's 16 -> 16 forward passes and
+    /// input gradients at 128 x 128, 6 MB of tiles an image, were tried direct too: the one-process rows' peak -26 MB,
+    /// but the step's CPU time +2-5 % on one thread; not kept.)
     func winogradPays(_ pass: ConvolutionPass) -> Bool {
         guard inChannels >= 16, outChannels >= 16, outHeight >= 8, outWidth >= 8 else { return false }
         // The channels a pass sums over and the channels it writes (the weight gradient sums over images and pixels).
         let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
         if pass != .backwardWeights && summed < 32 && written > summed { return outHeight * outWidth >= 32_768 }
+        if pass == .backwardWeights && outHeight <= 8 && outWidth <= 8 && inChannels * outChannels >= 256 * 256 { return false }
         return true
     }
 }
