@@ -82,16 +82,7 @@ import Glibc
     @Test func freePagesGivenBackPastTheLiveHighWaterMark() {
         let mb = 1 << 20
         let blocks = LargeBlocks(mappingBytes: 4 * mb, reservationBytes: 64 * mb, releasingFreePages: true, residentSlack: 2 * mb)
-        func take(_ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer {
-            let block = blocks.take(bytes: bytes)
-            block.initializeMemory(as: UInt8.self, repeating: value, count: bytes)
-            return block
-        }
-        func residentPages(_ block: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
-            var pages = [UInt8](repeating: 0, count: bytes / 4096)
-            #expect(mincore(block, bytes, &pages) == 0)
-            return pages.filter { $0 & 1 != 0 }.count
-        }
+        func take(_ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer { filledBlock(blocks, bytes, value) }
         func holds(_ block: UnsafeMutableRawPointer, _ bytes: Int, _ value: UInt8) -> Bool {   // each page's ends
             stride(from: 0, to: bytes, by: 4096).allSatisfy { block.load(fromByteOffset: $0, as: UInt8.self) == value
                 && block.load(fromByteOffset: $0 + 4095, as: UInt8.self) == value }
@@ -124,16 +115,7 @@ import Glibc
     @Test func residentFreePagesPlacedBeforeThoseGivenBack() {
         let mb = 1 << 20
         let blocks = LargeBlocks(mappingBytes: 4 * mb, reservationBytes: 256 * mb, releasingFreePages: true, residentSlack: 2 * mb)
-        func take(_ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer {
-            let block = blocks.take(bytes: bytes)
-            block.initializeMemory(as: UInt8.self, repeating: value, count: bytes)
-            return block
-        }
-        func residentPages(_ block: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
-            var pages = [UInt8](repeating: 0, count: bytes / 4096)
-            #expect(mincore(block, bytes, &pages) == 0)
-            return pages.filter { $0 & 1 != 0 }.count
-        }
+        func take(_ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer { filledBlock(blocks, bytes, value) }
         let pages = { (bytes: Int) in bytes / 4096 }
         let g = take(40 * mb, 9)
         blocks.give(g, bytes: 40 * mb)                       // 40 MB ever live: the mark
@@ -297,4 +279,18 @@ import Glibc
         for k in leaves.indices { #expect(fused.gradients[k] == twoOps.gradients[k] && !fused.gradients[k].isEmpty, "gradient \(k)") }
         #expect(fused.statistics == twoOps.statistics)
     }
+}
+
+/// A block of `bytes` from `blocks`, every byte `value` (its pages written, so resident).
+private func filledBlock(_ blocks: LargeBlocks, _ bytes: Int, _ value: UInt8) -> UnsafeMutableRawPointer {
+    let block = blocks.take(bytes: bytes)
+    block.initializeMemory(as: UInt8.self, repeating: value, count: bytes)
+    return block
+}
+
+/// How many of the pages of [block, block + bytes) are in memory, by the kernel's own count (`mincore`).
+private func residentPages(_ block: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
+    var pages = [UInt8](repeating: 0, count: bytes / 4096)
+    #expect(mincore(block, bytes, &pages) == 0)
+    return pages.filter { $0 & 1 != 0 }.count
 }
