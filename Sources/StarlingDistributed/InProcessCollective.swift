@@ -78,9 +78,10 @@ public final class InProcessGroup: @unchecked Sendable {
     /// replica beside its waker, where a pair that takes turns never looks busy enough to be spread again); bound, in
     /// none. But at a load of 6-9 bound replicas ran slower by the medians (vae 0.44x of one thread against 0.90x
     /// unbound, the same binary alternated: a replica bound to a core another process holds cannot move to the free
-    /// one), and at 2.5-5 the medians were mixed, though the fastest bound runs reached 2.0-2.2x of one thread. So
-    /// binding is asked for (STARLING_REPLICA_BIND=1), as `mpirun --bind-to core` binds ranks (BENCHMARKS.md,
-    /// "Replicas bound to a core each, and stores into shared lines").
+    /// one), and at 2.5-5 the medians were mixed, though the fastest bound runs reached 2.0-2.2x of one thread; idle, it
+    /// changed no median and bound runs had the slow mode too. So binding is asked for (STARLING_REPLICA_BIND=1), as
+    /// `mpirun --bind-to core` binds ranks (BENCHMARKS.md, "Replicas bound to a core each, and stores into shared
+    /// lines", "After the fifteenth session's merges").
     public let processorBinding: [Int]?
 
     /// `binding(replicas:allowed:enabled:)`: replica r on the r-th processor of the creating thread's mask (a process
