@@ -227,7 +227,8 @@ final class LargeBlocks: @unchecked Sendable {
         mappedBytes += size
         faultedBytes += bytes
         insert(address: Int(bitPattern: mapping), bytes: size)
-        return carve(at: place(bytes)!, bytes)
+        guard let spot = place(bytes) else { preconditionFailure("a fresh mapping of \(size) bytes holds no block of \(bytes)") }
+        return carve(at: spot, bytes)
     }
 
     private func noteLive(_ bytes: Int) {
@@ -385,28 +386,29 @@ final class LargeBlocks: @unchecked Sendable {
     private func place(_ bytes: Int) -> (index: Int, address: Int, faults: Int)? {
         var run: (index: Int, address: Int, bytes: Int)?
         var fallback: (index: Int, faults: Int)?
+        // Whether a run of resident pages this long beats the best one so far (the smaller one that holds the block).
+        func shorterRun(_ length: Int) -> Bool { run.map { length < $0.bytes } ?? true }
         var r = 0
         for i in free.indices where free[i].bytes >= bytes {
             let extent = free[i], end = extent.address + extent.bytes, blockEnd = extent.address + bytes
             if released.isEmpty {
-                if run == nil || extent.bytes < run!.bytes { run = (i, extent.address, extent.bytes) }
+                if shorterRun(extent.bytes) { run = (i, extent.address, extent.bytes) }
                 continue
             }
             while r < released.count && released[r].address < extent.address { r += 1 }
             var cursor = extent.address, faults = 0, k = r
             while k < released.count && released[k].address < end {
                 let range = released[k]
-                if range.address - cursor >= bytes && (run == nil || range.address - cursor < run!.bytes) {
+                if range.address - cursor >= bytes && shorterRun(range.address - cursor) {
                     run = (i, cursor, range.address - cursor)
                 }
                 faults += Swift.max(0, Swift.min(range.address + range.bytes, blockEnd) - range.address)
                 cursor = range.address + range.bytes
                 k += 1
             }
-            if end - cursor >= bytes && (run == nil || end - cursor < run!.bytes) { run = (i, cursor, end - cursor) }
-            if fallback == nil || faults < fallback!.faults || (faults == fallback!.faults && extent.bytes < free[fallback!.index].bytes) {
-                fallback = (i, faults)
-            }
+            if end - cursor >= bytes && shorterRun(end - cursor) { run = (i, cursor, end - cursor) }
+            let fewerFaults = fallback.map { faults < $0.faults || (faults == $0.faults && extent.bytes < free[$0.index].bytes) } ?? true
+            if fewerFaults { fallback = (i, faults) }
         }
         if let run { return (run.index, run.address, 0) }
         return fallback.map { ($0.index, free[$0.index].address, $0.faults) }
