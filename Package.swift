@@ -66,7 +66,7 @@ let package = Package(
         .target(name: "StarlingCore", dependencies: ["COpenBLAS", "CDNNL", "CCPU", "StarlingKernels", "StarlingKernelsAVX2",
                                                      "StarlingKernelsAVX512"],
                 swiftSettings: noMathErrno),
-        .target(name: "StarlingIO", dependencies: ["CHDF5", "CPNG", "CTurboJPEG", "CZlib", "CXML2"]),
+        .target(name: "StarlingIO", dependencies: ["CCPU", "CHDF5", "CPNG", "CTurboJPEG", "CZlib", "CXML2"]),
         .target(name: "StarlingDistributed", dependencies: ["CMPI", "CCPU"]),
         // onnx.proto compiled once (see the file's header); the runtime is swift-protobuf.
         .target(name: "ONNXProto", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),

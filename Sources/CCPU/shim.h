@@ -186,6 +186,14 @@ static inline int starling_current_processor(void) {
 #endif
 }
 
+// Names the calling thread where the OS shows it (/proc/PID/task/TID/comm, `top -H`, perf's comm column): Linux keeps
+// the first 15 bytes. Foundation's `Thread.name` stays inside the process on Linux. A no-op elsewhere.
+static inline void starling_name_current_thread(const char *name) {
+#if defined(__linux__)
+    syscall(SYS_prctl, 15 /* PR_SET_NAME */, name, 0, 0, 0);
+#endif
+}
+
 // Asks for the cache lines of [p, p + bytes) ahead of their use: a hint (no fault on any address, no effect on a
 // value). The resident split's gather (`PixelGather`) reads rows at random places of tens of MB, each a miss to memory.
 static inline void starling_prefetch_range(const void *p, long bytes) {

@@ -53,6 +53,7 @@ package final class Prefetcher: @unchecked Sendable {
             }
         }
         let thread = Thread { [self] in
+            Processors.nameCurrentThread("prefetch")
             // Made on a replica's thread bound to one processor (`InProcessGroup.processorBinding`), it would inherit
             // that one: it runs in whichever core's idle moment comes, as before replicas were bound.
             Processors.leaveBinding()

@@ -144,7 +144,7 @@ public final class InProcessGroup: @unchecked Sendable {
     /// Runs `body` for every replica, each on a thread of its own (a pool could hold one back while the others wait
     /// for it), and returns their results in replica order. A replica that throws fails the group, so the others'
     /// collectives throw too and every thread ends. `prepare` runs first on each thread (per-thread settings).
-    public func run<T>(name: String = "starling-replica", prepare: @escaping () -> Void = {},
+    public func run<T>(name: String = "replica", prepare: @escaping () -> Void = {},
                        _ body: @escaping (InProcessCollective) throws -> T) -> [Result<T, any Error>] {
         let results = ThreadResults<T>(count: size)
         let work = UncheckedBox((prepare, body))
@@ -154,6 +154,7 @@ public final class InProcessGroup: @unchecked Sendable {
             let member = member(r)
             let cpu = processorBinding?[r]
             let thread = Thread { [self] in
+                Processors.nameCurrentThread("\(name)-\(r)")
                 if let cpu { Processors.bindCurrentThread(to: [cpu]) }
                 work.value.0()
                 let result = Result { try work.value.1(member) }
@@ -161,7 +162,6 @@ public final class InProcessGroup: @unchecked Sendable {
                 results.set(r, result)
                 done.leave()
             }
-            thread.name = "\(name)-\(r)"
             // Backward walks the graph recursively: as much stack as the main thread has.
             thread.stackSize = 8 << 20
             thread.start()

@@ -28,6 +28,10 @@ public enum Processors {
         return starling_bind_thread(ids, Int32(ids.count)) == 0
     }
 
+    /// Names the calling thread where `top -H`, perf and /proc/PID/task/TID/comm show it (Linux keeps 15 bytes):
+    /// Foundation's `Thread.name` does not reach the OS there, so every thread showed the binary's name.
+    public static func nameCurrentThread(_ name: String) { starling_name_current_thread(name) }
+
     /// The processor the calling thread runs on at this moment (nil where unknown).
     public static var current: Int? {
         let cpu = Int(starling_current_processor())

@@ -74,12 +74,12 @@ public final class Watchdog: CollectiveObserver, @unchecked Sendable {
         communicator.observer = self
         let poll = min(0.25, timeout / 4)
         let watch = Thread { [self] in
+            Processors.nameCurrentThread("watchdog")
             while !lock.withLock({ stopping }) {
                 check()
                 usleep(useconds_t(poll * 1_000_000))
             }
         }
-        watch.name = "starling-watchdog"
         thread = watch
         watch.start()
     }

@@ -110,7 +110,7 @@ public struct ReplicaCalibration: Sendable {
         // block has a prefetch thread of its own, finished before the next block starts, so one thread at a time reads
         // the source (HDF5 is the serial library).
         BLAS.setThreadCount(1)
-        let results = group.run(name: "starling-calibration", prepare: { BLAS.setThreadCount(1) }) { member -> Void in
+        let results = group.run(name: "calibration", prepare: { BLAS.setThreadCount(1) }) { member -> Void in
             let r = member.rank
             let (copy, sync) = (inputs.copies[r], inputs.synchronizers[r])
             var block = 0

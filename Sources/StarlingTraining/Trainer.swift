@@ -840,10 +840,10 @@ enum DNNLKernelWarmUp {
         let done = DispatchGroup()
         done.enter()
         let thread = Thread {
+            Processors.nameCurrentThread("dnnl-kernels")
             GEMMSelection.generateDNNLKernels()
             done.leave()
         }
-        thread.name = "starling-dnnl-kernels"
         thread.start()
         return done
     }()

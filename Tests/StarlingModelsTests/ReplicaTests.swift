@@ -71,6 +71,26 @@ import StarlingDistributed
         if getenv("STARLING_REPLICA_BIND") == nil { #expect(InProcessGroup(size: 2).processorBinding == nil) }
     }
 
+    /// Replica threads carry their name where the OS shows threads (`top -H`, perf's comm), and a longer name keeps
+    /// its first 15 bytes, as Linux stores it.
+    @Test func threadsAreNamedForTheOS() throws {
+        @Sendable func comm() -> String? {
+            (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
+        }
+        guard comm() != nil else { return }   // not Linux
+        let names = InProcessGroup(size: 2).run { _ in comm() }
+        #expect(try names.map { try $0.get() } == ["replica-0", "replica-1"])
+        let box = UncheckedName()
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            Processors.nameCurrentThread("a-name-longer-than-fifteen")
+            box.name = comm()
+            done.signal()
+        }.start()
+        done.wait()
+        #expect(box.name == "a-name-longer-t")
+    }
+
     /// Bound replicas run on their processor: each replica thread's mask, as the kernel lists it in
     /// /proc/thread-self/status, is its one processor, and a thread it starts that leaves the binding (a prefetcher)
     /// gets the creating thread's mask back. Unbound, the replicas keep that mask.
@@ -733,3 +753,4 @@ import StarlingDistributed
 }
 
 private final class UncheckedList: @unchecked Sendable { var value: [Int] = [] }
+private final class UncheckedName: @unchecked Sendable { var name: String? }

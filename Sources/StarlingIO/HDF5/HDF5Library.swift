@@ -1,3 +1,4 @@
+import CCPU
 import CHDF5
 import Foundation
 #if canImport(Glibc)
@@ -122,8 +123,10 @@ public enum HDF5CallWatchdog {
         }
         if !watching && (limit > 0 || testOverride != nil) {
             watching = true
-            let thread = Thread { watch() }
-            thread.name = "HDF5 call watchdog"
+            let thread = Thread {
+                starling_name_current_thread("hdf5-watchdog")
+                watch()
+            }
             thread.start()
         }
     }
