@@ -83,6 +83,55 @@ import CDNNL
         }
     }
 
+    /// Below `denseMinimumRows`, a product over `denseWideMinimumRows` rows or more that reads a weight matrix of
+    /// `denseWideWeights` elements (a region detector's fc6 and fc7 on one replica's RoIs) takes `Choice.dense` on one
+    /// thread; fewer rows, smaller weights, two threads, and the weight gradient (no weights read) keep the process's
+    /// GEMM. The layer's values and its three gradients on one thread and on two (the two GEMMs on an AVX-512 machine)
+    /// against the same products summed in Double.
+    @Test func wideDenseLayerOnFewRows() {
+        let (rows, k, n) = (GEMMSelection.denseWideMinimumRows, 1024, GEMMSelection.denseWideWeights / 1024)
+        let x = randomVariable([rows, k], seed: 31, -0.5, 0.5), w = randomVariable([k, n], seed: 32, -0.05, 0.05), b = randomVariable([n], seed: 33)
+        let seed = randomValues(rows * n, seed: 34)
+        // Reference in Double: y = x w + b; with the upstream gradient g, dx = g w^T, dw = x^T g, db = the columns of g summed.
+        let (xs, ws) = (Array(UnsafeBufferPointer(start: x.data, count: rows * k)), Array(UnsafeBufferPointer(start: w.data, count: k * n)))
+        var y = [Double](repeating: 0, count: rows * n), dx = [Double](repeating: 0, count: rows * k)
+        var dw = [Double](repeating: 0, count: k * n), db = [Double](repeating: 0, count: n)
+        for r in 0..<rows {
+            for j in 0..<n { y[r * n + j] = Double(b.data[j]); db[j] += Double(seed[r * n + j]) }
+            for i in 0..<k {
+                let xv = Double(xs[r * k + i])
+                var d = 0.0
+                for j in 0..<n {
+                    let (wv, g) = (Double(ws[i * n + j]), Double(seed[r * n + j]))
+                    y[r * n + j] += xv * wv
+                    d += g * wv
+                    dw[i * n + j] += xv * g
+                }
+                dx[r * k + i] = d
+            }
+        }
+        func worst(_ got: UnsafePointer<Float>, _ want: [Double]) -> Double {
+            let scale = want.reduce(0) { max($0, abs($1)) }
+            return want.indices.reduce(0) { max($0, abs(Double(got[$1]) - want[$1])) } / max(scale, 1e-30)
+        }
+        for threads in [1, 2] {
+            BLAS.withThreadCount(threads) {
+                let dense = threads == 1 ? GEMMSelection.current.dense : GEMMSelection.backend
+                #expect(GEMMSelection.denseBackend(rows: rows, weights: k * n) == dense, "\(threads) thread(s)")
+                #expect(GEMMSelection.denseBackend(rows: rows - 1, weights: k * n) == GEMMSelection.backend, "\(threads) thread(s), \(rows - 1) rows")
+                #expect(GEMMSelection.denseBackend(rows: GEMMSelection.denseMinimumRows - 1, weights: k * n - 1) == GEMMSelection.backend)
+                #expect(GEMMSelection.denseBackend(rows: GEMMSelection.denseMinimumRows - 1) == GEMMSelection.backend, "the weight gradient")
+                for t in [x, w, b] { t.clearGrad() }
+                let out = x.linear(w, b)
+                out.backward(seed: seed)
+                #expect(worst(out.data, y) < 1e-5, "\(threads) thread(s): values")
+                #expect(worst(x.grad, dx) < 1e-5, "\(threads) thread(s): the input's gradient")
+                #expect(worst(w.grad, dw) < 1e-5, "\(threads) thread(s): the weights' gradient")
+                #expect(worst(b.grad, db) < 1e-5, "\(threads) thread(s): the bias's gradient")
+            }
+        }
+    }
+
     /// oneDNN's sgemm kernels generated ahead (`generateDNNLKernels`, which the trainer runs on a thread of its own while
     /// the data loads) leave the calling thread's OpenMP count as it was, whatever it was, and a product's bits as they
     /// were; a second call returns at once. On a thread of the test's own, so that no other test's thread is touched.

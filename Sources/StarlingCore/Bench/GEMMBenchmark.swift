@@ -29,6 +29,11 @@ public enum GEMMBenchmark {
         Shape(name: "rcnn fc6 forward, 128 RoIs", transA: false, transB: false, m: 128, n: 4096, k: 9216),
         Shape(name: "rcnn fc7 input grad", transA: false, transB: true, m: 128, n: 4096, k: 4096),
         Shape(name: "rcnn fc7 weight grad", transA: true, transB: false, m: 4096, n: 4096, k: 128),
+        // faster-rcnn's and fast-rcnn's RoI head at width 0.25 on one replica's RoIs (20-53 of a step in the suite).
+        Shape(name: "faster-rcnn fc6 forward, 40 RoIs", transA: false, transB: false, m: 40, n: 1024, k: 6272),
+        Shape(name: "faster-rcnn fc6 input grad", transA: false, transB: true, m: 40, n: 6272, k: 1024),
+        Shape(name: "faster-rcnn fc6 weight grad", transA: true, transB: false, m: 6272, n: 1024, k: 40),
+        Shape(name: "faster-rcnn fc7 forward, 40 RoIs", transA: false, transB: false, m: 40, n: 1024, k: 1024),
     ]
 
     /// Every product of a stack of dense layers' training step at one batch (`sizes`: the widths from input to output):

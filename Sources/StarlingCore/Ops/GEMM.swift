@@ -128,13 +128,28 @@ public enum GEMMSelection {
     /// steps 0.88-0.94x (BENCHMARKS.md, "After the twelfth session's merges").
     public static let denseMinimumRows = 64
 
+    /// Below `denseMinimumRows`, the products that read a weight matrix of at least `denseWideWeights` elements (4 MB)
+    /// over at least `denseWideMinimumRows` rows still run `Choice.dense`: the forward product and the input's gradient
+    /// of a region detector's fc6 and fc7 (6,272 x 1,024 and 1,024 x 1,024 at width 0.25) on one replica's RoIs, 20-53
+    /// rows of the 40-106 one process gives the same two images. Their cost is reading the weights, which OpenBLAS
+    /// first copies into its packed panels; oneDNN's sgemm took 0.81-0.85x OpenBLAS's CPU time on fc6's forward
+    /// product, 0.92-0.96x on its input gradient and 0.56-0.87x on fc7's forward at 16-64 rows on one core of the Zen 4
+    /// (BENCHMARKS.md, "The region detectors on one process"). The weight gradient (the weights' shape written, not read,
+    /// with a product over the rows) was level there, 0.97-1.14x, and keeps `denseMinimumRows`. vae's 16-row products,
+    /// which lost on oneDNN, read 784 x 512 weights at most, a tenth of this.
+    public static let denseWideWeights = 1 << 20
+    public static let denseWideMinimumRows = 16
+
     /// The GEMM for a dense layer's product of `rows` rows on the calling thread: `Choice.dense` where the product
     /// runs on this thread alone (OpenBLAS on one thread, and the OpenMP team a oneDNN call made here would start, one
-    /// thread or no OpenMP at all) over at least `denseMinimumRows` rows, the process's `backend` otherwise.
+    /// thread or no OpenMP at all) over at least `denseMinimumRows` rows, or over at least `denseWideMinimumRows` rows
+    /// of a weight matrix of `weights` >= `denseWideWeights` elements (pass 0 for a product that writes the weights'
+    /// shape rather than reading it: the weight gradient), the process's `backend` otherwise.
     @inline(__always)
-    public static func denseBackend(rows: Int) -> GEMMBackend {
+    public static func denseBackend(rows: Int, weights: Int = 0) -> GEMMBackend {
         let choice = current
-        if choice.dense == choice.backend || rows < denseMinimumRows { return choice.backend }
+        if choice.dense == choice.backend { return choice.backend }
+        guard rows >= denseMinimumRows || (rows >= denseWideMinimumRows && weights >= denseWideWeights) else { return choice.backend }
         return BLAS.threadCount == 1 && starling_omp_get_max_threads() <= 1 ? choice.dense : choice.backend
     }
 

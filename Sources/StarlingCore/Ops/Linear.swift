@@ -50,17 +50,16 @@ extension Tensor {
                     for i in r { let g = dy[i], v = y[i]; dy[i] = v > 0 ? g : 0 }
                 }
             }
-            let gemm = GEMMSelection.denseBackend(rows: rows)
             // The input's gradient, when no other user has written one yet, goes into a fresh buffer with beta 0 instead of a
             // zeroed one that sgemm reads back.
             if x.requiresGrad {
                 let (dx, overwrite) = x.gradientForWriting()
                 BLAS.sgemm(transA: false, transB: true, m: rows, n: k, k: n, a: dy, lda: n, b: weight.data, ldb: n, beta: overwrite ? 0 : 1,
-                           c: dx, ldc: k, backend: gemm)
+                           c: dx, ldc: k, backend: GEMMSelection.denseBackend(rows: rows, weights: k * n))
             }
             if weight.requiresGrad {
                 BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: rows, a: x.data, lda: k, b: dy, ldb: n, beta: 1, c: weight.grad, ldc: n,
-                           backend: gemm)
+                           backend: GEMMSelection.denseBackend(rows: rows))
             }
             if let bias, bias.requiresGrad { accumulateColumnSums(dy, rows: rows, cols: n, into: bias.grad) }
         }
@@ -70,7 +69,7 @@ extension Tensor {
             for r in 0..<rows { (y + r * n).update(from: bp, count: n) }
         }
         BLAS.sgemm(transA: false, transB: false, m: rows, n: n, k: k, a: x.data, lda: k, b: weight.data, ldb: n,
-                   beta: bias == nil ? 0 : 1, c: y, ldc: n, backend: GEMMSelection.denseBackend(rows: rows))
+                   beta: bias == nil ? 0 : 1, c: y, ldc: n, backend: GEMMSelection.denseBackend(rows: rows, weights: k * n))
         if relu {
             Parallel.forEachAlignedChunk(of: rows * n) { r in
                 for i in r { let v = y[i]; y[i] = v > 0 ? v : 0 }
