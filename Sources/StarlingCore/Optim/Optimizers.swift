@@ -113,10 +113,11 @@ public final class Adam: Optimizer {
     public let shard: Range<Int>
     /// Set where other threads read the weights this optimizer updates (replicas sharing one copy, `train
     /// --replicas`): each block of weights is then updated in a small private buffer and stored back in one burst.
-    /// A store into a line another core has read waits for that core's copy to be invalidated; among the loop's m and
-    /// v stores few such waits fit in the store queue at once, in a burst of weights only four times as many (bound
-    /// replicas: Adam's pass 2.4x the one thread's samples, the zero fill's stores into such lines 4.4x). The same bits:
-    /// the update is element-wise.
+    /// A store into a line another core has read waits for that core's copy to be invalidated. In the one loop those
+    /// waits queue behind and among the m and v stores (bound vae replicas: Adam 2.2-2.4x the one thread's samples for
+    /// the same elements); as a burst of weights alone they cost less (Adam and its bursts' copies ~0.75x the in-place
+    /// pass's samples, BENCHMARKS.md, "Two replicas through `train`: no zero fill of the gradients"; likely more of
+    /// them in flight at once: no counters in that VM to show it). The same bits: the update is element-wise.
     public var storesWeightsInBursts = false
     private let m: FloatStorage, v: FloatStorage
 
@@ -148,7 +149,7 @@ public final class Adam: Optimizer {
 
     public var state: [(name: String, storage: FloatStorage)] { [("m", m), ("v", v)] }
 
-    /// Weights a burst (`storesWeightsInBursts`): 4 KB, 64 cache lines, the store queue's depth.
+    /// Weights a burst (`storesWeightsInBursts`): 4 KB, 64 cache lines, about a Zen 4 store queue's depth (not tuned).
     static let burst = 1024
 
     public func step(_ store: ParameterStore, gradientScale: Float) {
