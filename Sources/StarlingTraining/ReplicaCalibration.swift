@@ -89,6 +89,8 @@ public struct ReplicaCalibration: Sendable {
         let shards = OptimizerShards.ranges(parameterCount: single.model.parameters.count, ranks: replicas)
         let copies = try (0..<replicas).map { r in try build(shards[r]) }
         for copy in copies.dropFirst() { copy.model.parameters.shareValues(of: copies[0].model.parameters) }
+        // As the replicas' trainers will run them (`Trainer.init`).
+        for copy in copies { (copy.optimizer as? Adam)?.storesWeightsInBursts = replicas > 1 }
 
         // The run's epoch-0 order; each block reads the next global batches of it, both layouts the same ones in turn.
         var rng = RandomGenerator(seed: seed, stream: 0)
@@ -147,11 +149,12 @@ public struct ReplicaCalibration: Sendable {
                 for _ in 0..<steps {
                     var batch = try reader.next()
                     (batch.epoch, batch.seed) = (0, inputs.data.seed)
-                    copy.model.parameters.zeroGradients()
+                    copy.model.parameters.deferGradientZeroing()
                     sync.beginStep()
                     let loss = copy.model.loss(batch, training: true)
                     let value = Double(loss.item)
                     loss.backward(onLeafReady: sync.parameterReady)
+                    copy.model.parameters.settleGradients()
                     // The trainer's bound test, and its round that ends after the sum when every replica passes it.
                     let bounded = value.isFinite && sync.ownGradientsSumWithoutOverflow
                     _ = try sync.finish(posting: [value.isFinite ? value : 0, value.isFinite ? 0 : 1], skipsAfterSum: bounded) { [-1, 0] }
@@ -215,10 +218,11 @@ public struct ReplicaCalibration: Sendable {
     /// and check of the gradients for a non-finite value.
     /// (The copies are thrown away: what they find is not acted on; the run checks its own steps.)
     private static func step(_ model: any Model, _ optimizer: any Optimizer, _ batch: Batch) {
-        model.parameters.zeroGradients()
+        model.parameters.deferGradientZeroing()
         let loss = model.loss(batch, training: true)
         let finite = loss.item.isFinite
         loss.backward()
+        model.parameters.settleGradients()
         if finite && firstNonFiniteIndex(model.parameters.gradients.pointer, count: model.parameters.count) == nil {
             optimizer.step(model.parameters)
         }

@@ -164,6 +164,8 @@ public final class Trainer {
         shardWorld = sharding ? world as? any ShardingCollective : nil
         shards = sharding ? OptimizerShards.ranges(parameterCount: model.parameters.count, ranks: world.size) : nil
         weightsShared = replicas
+        // The other replicas read the weights this replica's optimizer writes (`Adam.storesWeightsInBursts`).
+        (optimizer as? Adam)?.storesWeightsInBursts = replicas
         self.model = model
         self.optimizer = optimizer
         self.train = train
@@ -540,7 +542,9 @@ public final class Trainer {
                     if let threads = threadCalibration?.threadsForNextStep, threads != BLAS.threadCount { BLAS.setThreadCount(threads) }
                     var batch = try reader.next()
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
-                    model.parameters.zeroGradients()
+                    // No pass over the gradient buffer: the step's first write of each gradient stores, and
+                    // `settleGradients()` after backward zeroes what no op wrote.
+                    model.parameters.deferGradientZeroing()
                     synchronizer.beginStep()
                     watchdog.at("the forward pass (cross-replica statistics)", step: state.step)
                     let loss = model.loss(batch, training: true)
@@ -559,6 +563,7 @@ public final class Trainer {
                         // replica reaches the sum); the decisions below are on the values all replicas received.
                         watchdog.at("the gradient reduce-scatter", step: state.step)
                         loss.backward(onLeafReady: synchronizer.parameterReady)
+                        model.parameters.settleGradients()
                         if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
                         // The check of the summed range, and the round's second wait that hands it to the others, are
                         // needed only where a sum could be non-finite: not when every replica's loss is finite and its
@@ -585,6 +590,7 @@ public final class Trainer {
                         } else {
                             watchdog.at("the gradient allreduce", step: state.step)
                             loss.backward(onLeafReady: synchronizer.parameterReady)
+                            model.parameters.settleGradients()
                             if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
                             try synchronizer.finish()
                             fault = try nonFiniteGradient()

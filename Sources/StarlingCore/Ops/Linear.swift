@@ -14,7 +14,10 @@ extension Tensor {
                 let (da, overwrite) = a.gradientForWriting()
                 BLAS.sgemm(transA: false, transB: true, m: m, n: k, k: n, a: dy, lda: n, b: b.data, ldb: n, beta: overwrite ? 0 : 1, c: da, ldc: k)
             }
-            if b.requiresGrad { BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: m, a: a.data, lda: k, b: dy, ldb: n, beta: 1, c: b.grad, ldc: n) }
+            if b.requiresGrad {
+                let (db, overwrite) = b.gradientForWriting()
+                BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: m, a: a.data, lda: k, b: dy, ldb: n, beta: overwrite ? 0 : 1, c: db, ldc: n)
+            }
         }
         BLAS.sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, beta: 0, c: out.data, ldc: n)
         return out
@@ -57,11 +60,16 @@ extension Tensor {
                 BLAS.sgemm(transA: false, transB: true, m: rows, n: k, k: n, a: dy, lda: n, b: weight.data, ldb: n, beta: overwrite ? 0 : 1,
                            c: dx, ldc: k, backend: GEMMSelection.denseBackend(rows: rows, weights: k * n))
             }
+            // A parameter's first gradient of a step is written over (`ParameterStore.deferGradientZeroing`).
             if weight.requiresGrad {
-                BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: rows, a: x.data, lda: k, b: dy, ldb: n, beta: 1, c: weight.grad, ldc: n,
-                           backend: GEMMSelection.denseBackend(rows: rows))
+                let (dw, overwrite) = weight.gradientForWriting()
+                BLAS.sgemm(transA: true, transB: false, m: k, n: n, k: rows, a: x.data, lda: k, b: dy, ldb: n, beta: overwrite ? 0 : 1, c: dw,
+                           ldc: n, backend: GEMMSelection.denseBackend(rows: rows))
             }
-            if let bias, bias.requiresGrad { accumulateColumnSums(dy, rows: rows, cols: n, into: bias.grad) }
+            if let bias, bias.requiresGrad {
+                let (db, overwrite) = bias.gradientForWriting()
+                accumulateColumnSums(dy, rows: rows, cols: n, into: db, overwrite: overwrite)
+            }
         }
         let y = out.data
         if let bias {
@@ -79,10 +87,15 @@ extension Tensor {
     }
 }
 
-/// out[c] += sum over rows of x[r, c].
+/// out[c] += sum over rows of x[r, c]; with `overwrite`, out[c] = that sum (the first row stored, the rest added: the
+/// bits of adding them to zeros, but for the sign of a zero).
 @inline(__always)
-func accumulateColumnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
-    for r in 0..<rows {
+func accumulateColumnSums(_ x: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>, overwrite: Bool = false) {
+    if overwrite {
+        guard rows > 0 else { out.update(repeating: 0, count: cols); return }
+        out.update(from: x, count: cols)
+    }
+    for r in (overwrite ? 1 : 0)..<rows {
         let row = x + r * cols
         for c in 0..<cols { out[c] += row[c] }
     }

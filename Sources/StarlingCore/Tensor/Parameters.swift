@@ -85,6 +85,23 @@ public final class ParameterStore: @unchecked Sendable {
 
     public func zeroGradients() { gradients.zero() }
 
+    /// `zeroGradients()` without the pass over the buffer: each parameter's gradient is marked not yet written, the
+    /// first op to push into it stores instead of adding (`Tensor.gradientForWriting`: sgemm with beta 0, the bias's
+    /// first row copied; an op that only adds zeroes that parameter's view first, `Tensor.grad`), and `settleGradients()`
+    /// after backward zero-fills the views no op wrote. The same gradients, but for the sign of a zero (a first write
+    /// of -0 stays -0 where 0 + -0 gave +0, which no update or sum turns into another weight). Replicas read half of
+    /// each other's gradient buffer: the zero fill stored into every such line, which waits for the reading core's copy
+    /// to be invalidated (4.4x a one-thread fill's samples, bound); now the step's first write does, once.
+    /// Only for a caller that runs one backward and then `settleGradients()` before reading the flat buffer.
+    public func deferGradientZeroing() {
+        for p in parameters { p.tensorStorage?.markGradientUnwritten() }
+    }
+
+    /// After a backward begun with `deferGradientZeroing()`: zero-fills the gradients no op wrote.
+    public func settleGradients() {
+        for p in parameters { p.tensorStorage?.settleGradient() }
+    }
+
     /// Makes every parameter of this store read `other`'s values from now on (the same layout: the same model built
     /// again), keeping this store's own gradients; this store's own values are released. Replicas on threads of one
     /// process share one copy of the weights this way (`train --replicas`): each replica records its own graph and

@@ -25,6 +25,9 @@ public final class Tensor: @unchecked Sendable {
     private let backwardReadsValues: Bool
     /// During a backward sweep, the recorded ops that take this tensor as an input and whose backward has not run.
     private var pendingUsers = 0
+    /// A parameter whose gradient no op has written since `ParameterStore.deferGradientZeroing()`: its view holds the
+    /// last step's values, which the first op to push a gradient writes over (`gradientForWriting`) or zeroes first (`grad`).
+    private var gradientUnwritten = false
 
     /// The raw data. Hoist it out of loops: `let x = t.data` then index `x`.
     @inlinable public var data: UnsafeMutablePointer<Float> { storage.pointer }
@@ -103,12 +106,28 @@ public final class Tensor: @unchecked Sendable {
 
     /// Gradient pointer, allocated (zeroed) on first use. Backward closures accumulate into it.
     public var grad: UnsafeMutablePointer<Float> {
-        if let g = gradStorage { return g.pointer }
+        if let g = gradStorage {
+            if gradientUnwritten { settleGradient() }
+            return g.pointer
+        }
         let g = FloatStorage(count: count)
         gradStorage = g
         return g.pointer
     }
-    public var gradArray: [Float]? { gradStorage?.toArray() }
+    public var gradArray: [Float]? { settleGradient(); return gradStorage?.toArray() }
+
+    /// A parameter's gradient view becomes "not yet written": the next op to push into it stores instead of adding.
+    func markGradientUnwritten() {
+        if isLeaf && gradStorage != nil { gradientUnwritten = true }
+    }
+
+    /// Zero-fills a parameter's gradient that no op wrote since it was marked unwritten (a parameter this step's
+    /// loss does not use), so that the flat buffer holds this step's gradients only.
+    func settleGradient() {
+        guard gradientUnwritten else { return }
+        gradientUnwritten = false
+        gradStorage?.zero()
+    }
 
     /// The gradient buffer for a backward closure about to produce a value for every element. `overwrite` is true
     /// when no gradient exists yet: the buffer is then fresh and uninitialised, and the closure must write, not add,
@@ -120,7 +139,11 @@ public final class Tensor: @unchecked Sendable {
     /// over the values instead of into a new buffer, one activation less at the sweep's peak (SSD7's first
     /// convolution's output: 295 MB at batch 16). The values then hold the gradient.
     public func gradientForWriting(overValues: Bool = false) -> (pointer: UnsafeMutablePointer<Float>, overwrite: Bool) {
-        if let g = gradStorage { return (g.pointer, false) }
+        if let g = gradStorage {
+            // A parameter's first gradient of a step under `ParameterStore.deferGradientZeroing()`: written over.
+            if gradientUnwritten { gradientUnwritten = false; return (g.pointer, true) }
+            return (g.pointer, false)
+        }
         if overValues && !isLeaf && !backwardReadsValues && pendingUsers == 1 && !valuesReleased {
             gradStorage = storage
             return (storage.pointer, true)
@@ -136,7 +159,12 @@ public final class Tensor: @unchecked Sendable {
     /// the closure adds `scratch` into.
     func gradientAdopting(_ scratch: FloatStorage) -> UnsafeMutablePointer<Float>? {
         precondition(scratch.count == count, "gradient of \(scratch.count) floats for \(shape)")
-        if let g = gradStorage { return g.pointer }
+        if let g = gradStorage {
+            guard gradientUnwritten else { return g.pointer }
+            gradientUnwritten = false
+            g.pointer.update(from: scratch.pointer, count: count)
+            return nil
+        }
         gradStorage = scratch
         return nil
     }
@@ -214,7 +242,10 @@ public final class Tensor: @unchecked Sendable {
     private static let releasedValues = FloatStorage(count: 0)
 
     /// Drops the gradient of a non-parameter tensor (parameters keep their view into the flat buffer).
-    public func clearGrad() { if !isLeaf || gradStorage == nil { gradStorage = nil } else { gradStorage?.zero() } }
+    public func clearGrad() {
+        gradientUnwritten = false
+        if !isLeaf || gradStorage == nil { gradStorage = nil } else { gradStorage?.zero() }
+    }
 
     /// Reverse-mode sweep from this tensor. `seed` is d(objective)/d(self); by default ones, so that a scalar
     /// loss gets d loss/d loss = 1. Gradients accumulate into parameters; the graph is released afterwards.
@@ -244,7 +275,7 @@ public final class Tensor: @unchecked Sendable {
             for node in order where !node.isLeaf {
                 for leaf in Set(node.inputs.filter { $0.isLeaf && $0.requiresGrad }.map(ObjectIdentifier.init)) { pending[leaf, default: 0] += 1 }
             }
-            if isLeaf { onLeafReady?(self) }
+            if isLeaf { settleGradient(); onLeafReady?(self) }
         }
         for node in order { for input in node.inputs { input.pendingUsers += 1 } }
         while let node = order.popLast() {
@@ -260,7 +291,7 @@ public final class Tensor: @unchecked Sendable {
                     let id = ObjectIdentifier(input)
                     let left = (pending[id] ?? 1) - 1
                     pending[id] = left
-                    if left == 0 { onLeafReady(input) }
+                    if left == 0 { input.settleGradient(); onLeafReady(input) }
                 }
             }
             if !node.isLeaf { node.release() }
