@@ -237,6 +237,26 @@ public struct LayoutTensor: NetworkValue {
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
+    /// In training, where each half of the kernel has a blocked plan from its input as it lies (blocked, or planar: a
+    /// valid U-Net's cropped skip, an odd map's padded up-convolution): one op of the two inputs
+    /// (`conv2dBlockedReLU(concatenating:...)`), no concatenation kept; otherwise the concatenation and the convolution
+    /// + ReLU.
+    public func applyingWithReLU(_ layer: Conv2D, concatenating second: LayoutTensor) -> LayoutTensor {
+        let w = layer.kernel.value
+        let width = w.shape.first.map { $0 % Self.blockWidth == 0 } == true ? Self.blockWidth : 8
+        if GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, layer.dilation == (1, 1), shape.count == 4, second.shape.count == 4 {
+            let (a, b) = (blocked ?? tensor, second.blocked ?? second.tensor)
+            if Tensor.canConvolveBlockedReLU(concatenating: shape, second.shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                             width: width, firstWidth: a.rank == 5 ? a.shape[4] : nil, secondWidth: b.rank == 5 ? b.shape[4] : nil) {
+                Self.census?.count(.blocked)
+                Self.census?.count(.concatenatedConvolution)
+                return LayoutTensor(.blocked(a.conv2dBlockedReLU(concatenating: b, w, bias: layer.bias.value, stride: layer.stride,
+                                                                 padding: layer.padding, width: width), moments: nil))
+            }
+        }
+        return Self.concat([self, second], axis: 1).applyingWithReLU(layer)
+    }
+
     /// On blocked values while gradients are recorded, deferred until something reads the result
     /// (`DeferredNormalization`): a ReLU that reads it first runs batch norm and ReLU as one op, which keeps no
     /// normalised copy beside the rectified one (and a 2x2 max-pooling reading that first runs the three as one).
@@ -460,6 +480,9 @@ package final class LayoutCensus: @unchecked Sendable {
     package private(set) var normalizationsWithReLU = 0
     /// Transposed convolutions run blocked (input and output), from a blocked input into a narrow planar output, and planar.
     package private(set) var transposedBlocked = 0, transposedNarrow = 0, transposedPlanar = 0
+    /// Blocked training convolutions (+ ReLU) of two inputs whose concatenation never existed (`conv2dBlockedReLU(concatenating:)`;
+    /// also counted in `blocked`).
+    package private(set) var concatenatedConvolutions = 0
     package init() {}
 
     /// Only the task that set the census counts (a forward pass runs its ops on one thread).
@@ -480,13 +503,14 @@ package final class LayoutCensus: @unchecked Sendable {
         case .transposedBlocked: transposedBlocked += 1
         case .transposedNarrow: transposedNarrow += 1
         case .transposedPlanar: transposedPlanar += 1
+        case .concatenatedConvolution: concatenatedConvolutions += 1
         }
     }
 
     enum Path {
         case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling, normalizationAddedToResidual, convolutionWithReLU,
              convolutionReadAfterReLU, normalizationWithoutInput, pooledConvolution, convolutionReadAfterPooling,
-             normalizationWithReLU, transposedBlocked, transposedNarrow, transposedPlanar
+             normalizationWithReLU, transposedBlocked, transposedNarrow, transposedPlanar, concatenatedConvolution
     }
 }
 
