@@ -232,8 +232,20 @@ public struct LayoutTensor: NetworkValue {
                                         blockedInput: blocked != nil, blockedOutput: true, width: width,
                                         inputWidth: blocked?.shape[4]) else { return applying(layer).relu() }
         Self.census?.count(.blocked)
-        let y = (blocked ?? tensor).conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding,
-                                                      width: width)
+        let x = blocked ?? tensor
+        let y = x.conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding, width: width)
+        // As a deferred convolution's (`DeferredConvolution.rectifiedResult`): this reader gives back an input that is
+        // cheap to compute again (the images' scaling, a cheap first convolution's output), and a cheap convolution's
+        // rectified output is computed again in backward instead of held through the step (U-Net's first layer, 3 -> 16
+        // channels at 128 x 128: 8 MB at 8 images, 27 multiply-adds a value computed twice more a step).
+        x.releaseRecomputableValues()
+        if DeferredConvolution.cheapToRecompute(w.shape) && y.requiresGrad {
+            let (bias, stride, padding) = (layer.bias.value, layer.stride, layer.padding)
+            y.recomputable(alsoInBackward: true) {
+                x.restoreValues()
+                return GradMode.disabled { x.conv2dBlockedReLU(w, bias: bias, stride: stride, padding: padding, width: width) }.storage
+            }
+        }
         return LayoutTensor(.blocked(y, moments: nil))
     }
 
@@ -762,7 +774,8 @@ final class DeferredConvolution {
     /// norm + ReLU after it: at most 64 multiply-adds an output value (3 x 3 over 3 or 4 input channels, as an image's
     /// first layer; VGG's conv1_1 at width 0.25: 27, its output 24 MB for 2 images at 375 x 500, where conv1_2's pass
     /// over it costs 144 an output value and both backward passes twice that).
-    var cheapToRecompute: Bool { kernel.shape.count == 4 && kernel.shape[1] * kernel.shape[2] * kernel.shape[3] <= 64 }
+    var cheapToRecompute: Bool { Self.cheapToRecompute(kernel.shape) }
+    static func cheapToRecompute(_ kernel: [Int]) -> Bool { kernel.count == 4 && kernel[1] * kernel[2] * kernel[3] <= 64 }
 
     /// The output computed again, outside the graph, the same way as `forNormalization` (the same kernels, the same bits).
     func recomputed() -> FloatStorage {
