@@ -167,18 +167,14 @@ public final class UNet: Model {
             let skip = skips[level]
             // The 2x2 up-convolution at stride 2 (valid) doubles the map.
             let (skipH, skipW, upH, upW) = (skip.shape[2], skip.shape[3], 2 * h.shape[2], 2 * h.shape[3])
-            let joined: Value
-            if valid {
-                let aligned = skip.cropped(top: (skipH - upH) / 2, left: (skipW - upW) / 2, height: upH, width: upW)
-                joined = h.applying(upConvolutions[level], concatenatedAfter: aligned)
-            } else if upH == skipH && upW == skipW {
-                joined = h.applying(upConvolutions[level], concatenatedAfter: skip)
-            } else {
-                let up = upConvolutions[level](h).padded(top: 0, left: 0, bottom: skipH - upH, right: skipW - upW, value: 0)
-                joined = Value.concat([skip, up], axis: 1)
+            let aligned = valid ? skip.cropped(top: (skipH - upH) / 2, left: (skipW - upW) / 2, height: upH, width: upW) : skip
+            var up = upConvolutions[level](h)
+            if !valid && (upH != skipH || upW != skipW) {
+                up = up.padded(top: 0, left: 0, bottom: skipH - upH, right: skipW - upW, value: 0)
             }
+            // The first convolution reads the skip features, then the up-convolution's output, along its input channels.
             let (first, second) = expanding[level]
-            h = joined.applyingWithReLU(first).applyingWithReLU(second)
+            h = aligned.applyingWithReLU(first, concatenating: up).applyingWithReLU(second)
         }
         return classifier(h)
     }

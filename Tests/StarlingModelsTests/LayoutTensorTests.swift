@@ -42,6 +42,8 @@ struct LayoutTensorTests {
         /// Transposed convolutions of the training pass run blocked, from blocked values into a narrow planar output, planar
         /// (checked where given).
         var transposed: (blocked: Int, narrow: Int, planar: Int)? = nil
+        /// Convolutions + ReLU of two inputs whose concatenation never existed (U-Net's decoder: one a level).
+        var concatenatedConvolutions = 0
         var testDescription: String { name }
     }
 
@@ -112,18 +114,18 @@ struct LayoutTensorTests {
                images: [2, 3, 36, 50], pixelScale: 255,
                planar: { m, x, t in [(m as! UNet).logits(x)] },
                laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
-               training: (11, 0), inference: (11, 0)),
+               training: (11, 0), inference: (11, 0), concatenatedConvolutions: 2),
         Family(name: "unet-valid", config: { ModelConfig(family: UNet.family, inputShape: [3, 44, 44], options: ["width": 0.25, "levels": 3, "valid": 1], classNames: classes) },
                images: [2, 3, 44, 44], pixelScale: 255,
                planar: { m, x, t in [(m as! UNet).logits(x)] },
                laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
-               training: (11, 0), inference: (11, 0)),
+               training: (11, 0), inference: (11, 0), concatenatedConvolutions: 2),
         // An eighth of the width: the first level's 8 channels in 8-channel blocks in a 16-wide pass (oneDNN in nChw8c).
         Family(name: "unet-eighth", config: { ModelConfig(family: UNet.family, inputShape: [3, 32, 48], options: ["width": 0.125, "levels": 3], classNames: classes) },
                images: [2, 3, 32, 48], pixelScale: 255,
                planar: { m, x, t in [(m as! UNet).logits(x)] },
                laidOut: { m, x, t in [(m as! UNet).logits(LayoutTensor(x)).tensor] },
-               training: (11, 0), inference: (11, 0)),
+               training: (11, 0), inference: (11, 0), concatenatedConvolutions: 2),
         Family(name: "conv-ae", config: { ConvAutoencoder.defaultConfig() }, images: [4, 1, 28, 28], pixelScale: 1,
                planar: { m, x, t in [reconstruction(m as! ConvAutoencoder, x, training: t)] },
                laidOut: { m, x, t in [(m as! ConvAutoencoder).reconstructionLogits(LayoutTensor(x), training: t).tensor] },
@@ -454,6 +456,8 @@ struct LayoutTensorTests {
         #expect(census.pooledConvolutions == family.pooledConvolutions && census.convolutionsReadAfterPooling == 0,
                 "\(census.pooledConvolutions) convolutions run with their ReLU and pooling, \(census.convolutionsReadAfterPooling) read again")
         #expect(census.normalizationsWithReLU == family.normalizationsWithReLU, "\(census.normalizationsWithReLU) batch norms run with their ReLU")
+        #expect(census.concatenatedConvolutions == family.concatenatedConvolutions,
+                "\(census.concatenatedConvolutions) convolutions over a concatenation that was never made")
         if let transposed = family.transposed {
             #expect(census.transposedBlocked == transposed.blocked && census.transposedNarrow == transposed.narrow
                         && census.transposedPlanar == transposed.planar,

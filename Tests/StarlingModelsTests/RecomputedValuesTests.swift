@@ -8,14 +8,15 @@ import StarlingCore
 /// a batch norm + activation's output read by a convolution (VGG's rectified maps in the R-CNNs), the images'
 /// normalisation read by the first convolution, a first convolution + ReLU cheap to run again (SSD300's conv1_1, given
 /// back again in backward between conv1_2's weight gradient and its input gradient), the in-place activated batch norm's
-/// output over such a first convolution (YOLOv3's first block, inverted in backward from the values computed again). Computed
+/// output over such a first convolution (YOLOv3's first block, inverted in backward from the values computed again), U-Net's
+/// first convolution + ReLU (3 input channels) read by the second through `applyingWithReLU`. Computed
 /// again by the same kernels from the same values, so a training pass gives the same bits with and without giving them
 /// back, while its graph holds less at the end of forward.
 struct RecomputedValuesTests {
     /// One family's training pass (outputs, every parameter's gradient, the moving statistics) with the recomputable
     /// values given back (the default) and kept (`Tensor.givesBackRecomputableValues` false): equal to the bit, and the
     /// graph at the end of forward smaller by at least `fraction` of the kept pass's bytes.
-    @Test(arguments: [("ssd7", 0.15), ("ssd300", 0.15), ("yolov3-tiny", 0.1), ("yolov2", 0.1), ("yolov3", 0.25), ("fast-rcnn", 0.15), ("faster-rcnn", 0.1)])
+    @Test(arguments: [("ssd7", 0.15), ("ssd300", 0.15), ("yolov3-tiny", 0.1), ("yolov2", 0.1), ("yolov3", 0.25), ("fast-rcnn", 0.15), ("faster-rcnn", 0.1), ("unet", 0.1)])
     func givingValuesBackChangesNoBit(_ name: String, atLeast fraction: Double) throws {
         guard ChannelLayout.blockedTrainingEnabled else { return }
         let family = try #require(LayoutTensorTests.families.first { $0.name == name })

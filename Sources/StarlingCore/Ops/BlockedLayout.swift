@@ -155,19 +155,27 @@ extension Tensor {
     /// recorded. `planar` is the input's NCHW shape.
     func blockedConvolutionPlan(_ weight: Tensor, bias: Tensor, stride: (Int, Int), padding: Padding, blockedOutput: Bool,
                                 width: Int?) -> (geometry: ConvGeometry, layouts: DNNLConvPlan.Layouts, shape: [Int], planar: [Int]) {
+        blockedConvolutionPlan(weightShape: weight.shape, bias: bias, stride: stride, padding: padding, blockedOutput: blockedOutput,
+                               width: width, backward: requiresGrad || weight.requiresGrad)
+    }
+
+    /// The same for a kernel of `weightShape` (one that is not a tensor of its own: a slice of a layer's), the backward
+    /// plans made when gradients are recorded and `backward` says some gradient is wanted.
+    func blockedConvolutionPlan(weightShape: [Int], bias: Tensor, stride: (Int, Int), padding: Padding, blockedOutput: Bool,
+                                width: Int?, backward: Bool) -> (geometry: ConvGeometry, layouts: DNNLConvPlan.Layouts, shape: [Int], planar: [Int]) {
         let blockedInput = rank == 5
         precondition(rank == 4 || blockedInput, "blocked convolution input \(shape)")
         let inBlock = blockedInput ? blockWidth : 8
         let block = width ?? (blockedInput ? inBlock : ChannelLayout.blockWidth)
         let planar = blockedInput ? [shape[0], shape[1] * inBlock, shape[2], shape[3]] : shape
-        let g = ConvGeometry(input: planar, weight: weight.shape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
+        let g = ConvGeometry(input: planar, weight: weightShape, stride: stride, padding: padding, dilation: (1, 1), groups: 1)
         precondition(bias.shape == [g.outChannels], "bias \(bias.shape) for \(g.outChannels) output channels")
         // A side that is not blocked has width 8 in the plan's key, as `canConvolveBlocked` makes it.
         let layouts = DNNLConvPlan.Layouts(sourceBlocked: blockedInput, destinationBlocked: blockedOutput, sourceWidth: inBlock,
                                            destinationWidth: blockedOutput ? block : 8)
         let (n, cout) = (g.batch, g.outChannels)
         let outShape = blockedOutput ? [n, cout / block, g.outHeight, g.outWidth, block] : [n, cout, g.outHeight, g.outWidth]
-        if GradMode.isEnabled && (requiresGrad || weight.requiresGrad) { g.prepareDNNLBackward(layouts) }
+        if GradMode.isEnabled && backward { g.prepareDNNLBackward(layouts) }
         return (g, layouts, outShape, planar)
     }
 

@@ -232,9 +232,41 @@ public struct LayoutTensor: NetworkValue {
                                         blockedInput: blocked != nil, blockedOutput: true, width: width,
                                         inputWidth: blocked?.shape[4]) else { return applying(layer).relu() }
         Self.census?.count(.blocked)
-        let y = (blocked ?? tensor).conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding,
-                                                      width: width)
+        let x = blocked ?? tensor
+        let y = x.conv2dBlockedReLU(w, bias: layer.bias.value, stride: layer.stride, padding: layer.padding, width: width)
+        // As a deferred convolution's (`DeferredConvolution.rectifiedResult`): this reader gives back an input that is
+        // cheap to compute again (the images' scaling, a cheap first convolution's output), and a cheap convolution's
+        // rectified output is computed again in backward instead of held through the step (U-Net's first layer, 3 -> 16
+        // channels at 128 x 128: 8 MB at 8 images, 27 multiply-adds a value computed twice more a step).
+        x.releaseRecomputableValues()
+        if DeferredConvolution.cheapToRecompute(w.shape) && y.requiresGrad {
+            let (bias, stride, padding) = (layer.bias.value, layer.stride, layer.padding)
+            y.recomputable(alsoInBackward: true) {
+                x.restoreValues()
+                return GradMode.disabled { x.conv2dBlockedReLU(w, bias: bias, stride: stride, padding: padding, width: width) }.storage
+            }
+        }
         return LayoutTensor(.blocked(y, moments: nil))
+    }
+
+    /// In training, where each half of the kernel has a blocked plan from its input as it lies (blocked, or planar: a
+    /// valid U-Net's cropped skip, an odd map's padded up-convolution): one op of the two inputs
+    /// (`conv2dBlockedReLU(concatenating:...)`), no concatenation kept; otherwise the concatenation and the convolution
+    /// + ReLU.
+    public func applyingWithReLU(_ layer: Conv2D, concatenating second: LayoutTensor) -> LayoutTensor {
+        let w = layer.kernel.value
+        let width = w.shape.first.map { $0 % Self.blockWidth == 0 } == true ? Self.blockWidth : 8
+        if GradMode.isEnabled, ChannelLayout.blockedTrainingEnabled, layer.dilation == (1, 1), shape.count == 4, second.shape.count == 4 {
+            let (a, b) = (blocked ?? tensor, second.blocked ?? second.tensor)
+            if Tensor.canConvolveBlockedReLU(concatenating: shape, second.shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
+                                             width: width, firstWidth: a.rank == 5 ? a.shape[4] : nil, secondWidth: b.rank == 5 ? b.shape[4] : nil) {
+                Self.census?.count(.blocked)
+                Self.census?.count(.concatenatedConvolution)
+                return LayoutTensor(.blocked(a.conv2dBlockedReLU(concatenating: b, w, bias: layer.bias.value, stride: layer.stride,
+                                                                 padding: layer.padding, width: width), moments: nil))
+            }
+        }
+        return Self.concat([self, second], axis: 1).applyingWithReLU(layer)
     }
 
     /// On blocked values while gradients are recorded, deferred until something reads the result
@@ -460,6 +492,9 @@ package final class LayoutCensus: @unchecked Sendable {
     package private(set) var normalizationsWithReLU = 0
     /// Transposed convolutions run blocked (input and output), from a blocked input into a narrow planar output, and planar.
     package private(set) var transposedBlocked = 0, transposedNarrow = 0, transposedPlanar = 0
+    /// Blocked training convolutions (+ ReLU) of two inputs whose concatenation never existed (`conv2dBlockedReLU(concatenating:)`;
+    /// also counted in `blocked`).
+    package private(set) var concatenatedConvolutions = 0
     package init() {}
 
     /// Only the task that set the census counts (a forward pass runs its ops on one thread).
@@ -480,13 +515,14 @@ package final class LayoutCensus: @unchecked Sendable {
         case .transposedBlocked: transposedBlocked += 1
         case .transposedNarrow: transposedNarrow += 1
         case .transposedPlanar: transposedPlanar += 1
+        case .concatenatedConvolution: concatenatedConvolutions += 1
         }
     }
 
     enum Path {
         case blocked, pending, planar, pooledNormalization, normalizationReadAfterPooling, normalizationAddedToResidual, convolutionWithReLU,
              convolutionReadAfterReLU, normalizationWithoutInput, pooledConvolution, convolutionReadAfterPooling,
-             normalizationWithReLU, transposedBlocked, transposedNarrow, transposedPlanar
+             normalizationWithReLU, transposedBlocked, transposedNarrow, transposedPlanar, concatenatedConvolution
     }
 }
 
@@ -738,7 +774,8 @@ final class DeferredConvolution {
     /// norm + ReLU after it: at most 64 multiply-adds an output value (3 x 3 over 3 or 4 input channels, as an image's
     /// first layer; VGG's conv1_1 at width 0.25: 27, its output 24 MB for 2 images at 375 x 500, where conv1_2's pass
     /// over it costs 144 an output value and both backward passes twice that).
-    var cheapToRecompute: Bool { kernel.shape.count == 4 && kernel.shape[1] * kernel.shape[2] * kernel.shape[3] <= 64 }
+    var cheapToRecompute: Bool { Self.cheapToRecompute(kernel.shape) }
+    static func cheapToRecompute(_ kernel: [Int]) -> Bool { kernel.count == 4 && kernel[1] * kernel[2] * kernel[3] <= 64 }
 
     /// The output computed again, outside the graph, the same way as `forNormalization` (the same kernels, the same bits).
     func recomputed() -> FloatStorage {

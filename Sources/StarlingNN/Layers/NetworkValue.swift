@@ -73,6 +73,10 @@ public protocol NetworkValue {
     /// `applying(layer)` then `relu()`, a requirement of its own because `LayoutTensor` trains the two as one op
     /// (`Tensor.conv2dBlockedReLU`) that keeps no copy of the values before the ReLU (U-Net's blocks).
     func applyingWithReLU(_ layer: Conv2D) -> Self
+    /// `concat([self, second], axis: 1).applyingWithReLU(layer)`, a requirement of its own because `LayoutTensor` trains
+    /// it as one op of the two inputs (`Tensor.conv2dBlockedReLU(concatenating:...)`, the kernel split along its input
+    /// channels) that keeps no concatenation and writes no gradient of one (U-Net's decoder: skip, then up-convolution).
+    func applyingWithReLU(_ layer: Conv2D, concatenating second: Self) -> Self
     func applying(_ layer: Conv2DTranspose) -> Self
     /// `applying(layer)` then `relu()`, a requirement of its own because `LayoutTensor` trains the two as one op
     /// (`Tensor.conv2dTransposedBlockedReLU`) that keeps no copy of the values before the ReLU (conv-vae's decoder).
@@ -106,6 +110,10 @@ extension NetworkValue {
     }
 
     public func applyingWithReLU(_ layer: Conv2D) -> Self { applying(layer).relu() }
+
+    public func applyingWithReLU(_ layer: Conv2D, concatenating second: Self) -> Self {
+        Self.concat([self, second], axis: 1).applyingWithReLU(layer)
+    }
 
     public func applyingWithReLU(_ layer: Conv2DTranspose) -> Self { applying(layer).relu() }
 
