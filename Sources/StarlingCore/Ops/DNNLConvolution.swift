@@ -769,8 +769,11 @@ enum DNNLConvPlans {
     /// per thread (oneDNN's S_D_Giot_W schedule): 3 x 36 x 1024 x 1024 floats, 453 MB, for yolov2's 1024 -> 1024 layers
     /// at 13 x 13 on 2 threads, which no chunk of the batch makes smaller. There the plan's calls run in k slices of the
     /// output channels (`Algorithms.slices`; each slice's weights a k-th), the smallest k of whole 16-channel blocks (the
-    /// blocks oneDNN's AVX-512 Winograd computes in) whose one-image calls all fit; where none fits, those passes run
-    /// direct, unsliced. A single image's call depends on the shape and the thread count, never on the batch: every rank
+    /// blocks oneDNN's AVX-512 Winograd computes in) whose one-image calls all take at most half the budget; where none
+    /// does, those passes run direct, unsliced. Half, so that a call holds several images: each call transforms its
+    /// slice's weights (and the weight gradient reduces its per-thread copies), work that one image's 16 tiles at 13 x 13
+    /// do not repay. The smallest k whose one-image call just fit ran yolov2's 1024 -> 1024 gradients one image a call in
+    /// 4 slices: CPU a step 2.3x main's with those passes direct (BENCHMARKS.md, "yolov2's 13 x 13 layers in slices"). A single image's call depends on the shape and the thread count, never on the batch: every rank
     /// of a job (the same threads, its share of the batch) runs the same algorithms and slices.
     static func algorithms(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> DNNLConvPlan.Algorithms {
         let requested = DNNLConvPlan.Algorithms(g, variant: variant)
@@ -782,10 +785,10 @@ enum DNNLConvPlans {
         chunkLock.unlock()
         if let known { return known }
         var chosen = requested
-        func over(_ plan: DNNLConvPlan) -> [ConvolutionPass] {
-            plan.callBytes.filter { plan.algorithms[$0.key] == .winograd && $0.value > g.winogradCallBudget }.map(\.key)
+        func over(_ plan: DNNLConvPlan, _ budget: Int) -> [ConvolutionPass] {
+            plan.callBytes.filter { plan.algorithms[$0.key] == .winograd && $0.value > budget }.map(\.key)
         }
-        if let one = make(g, images: 1, variant: variant, layouts: layouts, algorithms: requested), !over(one).isEmpty {
+        if let one = make(g, images: 1, variant: variant, layouts: layouts, algorithms: requested), !over(one, g.winogradCallBudget).isEmpty {
             let block = 16
             let slicings = (2...Swift.max(2, g.outChannels / block)).filter { g.outChannels % ($0 * block) == 0 }
             let fitting = g.groups != 1 ? nil : slicings.lazy.map { k -> DNNLConvPlan.Algorithms in
@@ -794,12 +797,12 @@ enum DNNLConvPlans {
                 return sliced
             }.first { sliced in
                 guard let plan = make(g, images: 1, variant: variant, layouts: layouts, algorithms: sliced) else { return false }
-                return over(plan).isEmpty && over(one).allSatisfy { plan.algorithms[$0] == .winograd }
+                return over(plan, g.winogradCallBudget / 2).isEmpty && over(one, g.winogradCallBudget).allSatisfy { plan.algorithms[$0] == .winograd }
             }
             if let fitting {
                 chosen = fitting
             } else {
-                for pass in over(one) { chosen[pass] = .direct }
+                for pass in over(one, g.winogradCallBudget) { chosen[pass] = .direct }
             }
         }
         chunkLock.lock()
