@@ -216,6 +216,7 @@ import Testing
         var whole = Self.geometry(batch: n, cin, cout, size)
         whole.winograd = .always
         whole.winogradCallBudget = 1 << 40
+        whole.winogradSlicingThreads = .max
         // Two images a call by the copies' budget (2, 2, 1: the tail plan too), sliced and not.
         whole.dnnlChunkBudget = 2 * (cin + cout) * size * size
         let winograd = DNNLActivation.instructionSet.hasPrefix("avx512")
@@ -230,9 +231,16 @@ import Testing
             g.winogradCallBudget = 2 * (one.callBytes.values.max() ?? 0)
             let chosen = DNNLConvPlans.algorithms(g, variant: variant, layouts: layouts)
             #expect(chosen.slices == (winograd ? slices : 1), "\(variant): \(chosen)")
+            // More threads than slice (by default two): those passes direct, unsliced, as before.
+            var unsliced = g
+            unsliced.winogradSlicingThreads = 0
+            let plain = DNNLConvPlans.algorithms(unsliced, variant: variant, layouts: layouts)
+            let overBudget = ConvolutionPass.allCases.filter { chosen[$0] == .winograd && plain[$0] == .direct }
+            #expect(plain.slices == 1 && (!winograd || !overBudget.isEmpty), "\(variant): \(plain)")
             // The rule reads one image: another batch gets the same slices.
             var other = Self.geometry(batch: 7, cin, cout, size)
             (other.winograd, other.winogradCallBudget, other.dnnlChunkBudget) = (g.winograd, g.winogradCallBudget, g.dnnlChunkBudget)
+            other.winogradSlicingThreads = .max
             #expect(DNNLConvPlans.algorithms(other, variant: variant, layouts: layouts) == chosen)
             if winograd {
                 #expect(g.dnnlChunk(variant, layouts: layouts) == 2)
@@ -288,7 +296,7 @@ import Testing
     @Test func slicedWinogradGradientsAgainstFiniteDifferences() throws {
         let (n, cin, cout, size, slices) = (2, 256, 512, 8, 4)
         var g = Self.geometry(batch: n, cin, cout, size)
-        g.winograd = .always
+        (g.winograd, g.winogradSlicingThreads) = (.always, .max)
         var asked = DNNLConvPlans.algorithms(g, variant: .backward, layouts: .planar)
         asked.slices = slices
         let one = try #require(DNNLConvPlan(g, images: 1, variant: .backward, layouts: .planar, algorithms: asked))

@@ -759,7 +759,7 @@ enum DNNLConvPlans {
          g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth]
     }
 
-    private struct FittedKey: Hashable { let plan: Key; let budget: Int }
+    private struct FittedKey: Hashable { let plan: Key; let budget: Int; let slicingThreads: Int }
     nonisolated(unsafe) private static var fitted: [FittedKey: DNNLConvPlan.Algorithms] = [:]
 
     /// The algorithms `g` runs for `variant`: those it asks for (`DNNLConvPlan.Algorithms(g, variant:)`), except where
@@ -767,19 +767,23 @@ enum DNNLConvPlans {
     /// from the scratch arena. Winograd's scratchpad holds, besides the transformed tiles of the call's images, the
     /// transformed weights (6 x 6 = 36 floats for each 3 x 3 kernel), and for the weight gradient one such buffer more
     /// per thread (oneDNN's S_D_Giot_W schedule): 3 x 36 x 1024 x 1024 floats, 453 MB, for yolov2's 1024 -> 1024 layers
-    /// at 13 x 13 on 2 threads, which no chunk of the batch makes smaller. There the plan's calls run in k slices of the
-    /// output channels (`Algorithms.slices`; each slice's weights a k-th), the smallest k of whole 16-channel blocks (the
-    /// blocks oneDNN's AVX-512 Winograd computes in) whose one-image calls all take at most half the budget; where none
+    /// at 13 x 13 on 2 threads, which no chunk of the batch makes smaller. There, on one thread
+    /// (`ConvGeometry.winogradSlicingThreads`), the plan's calls run in k slices of the output channels
+    /// (`Algorithms.slices`; each slice's weights a k-th), the smallest k of whole 16-channel blocks (the blocks oneDNN's
+    /// AVX-512 Winograd computes in) whose one-image calls all take at most half the budget; elsewhere, or where no k
     /// does, those passes run direct, unsliced. Half, so that a call holds several images: each call transforms its
     /// slice's weights (and the weight gradient reduces its per-thread copies), work that one image's 16 tiles at 13 x 13
-    /// do not repay. The smallest k whose one-image call just fit ran yolov2's 1024 -> 1024 gradients one image a call in
-    /// 4 slices: CPU a step 2.3x main's with those passes direct (BENCHMARKS.md, "yolov2's 13 x 13 layers in slices"). A single image's call depends on the shape and the thread count, never on the batch: every rank
-    /// of a job (the same threads, its share of the batch) runs the same algorithms and slices.
+    /// do not repay. One thread, by measurement (yolov2's 1024 -> 1024 at 13 x 13, 8 images, blocked, CPU ms a pass,
+    /// loaded; BENCHMARKS.md, "yolov2's 13 x 13 layers on Winograd in slices"): on one thread 140-160 in 4 (forward) and
+    /// 8 slices (gradients) against direct's 230-300; on two, the input gradient in 4 slices 290 against direct's 240
+    /// (in 8, 425-510) and the weight gradient in 8 383-429 against 296-312. A single image's call depends on the shape
+    /// and the thread count, never on the batch: every rank of a job (the same threads, its share of the batch) runs the
+    /// same algorithms and slices.
     static func algorithms(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> DNNLConvPlan.Algorithms {
         let requested = DNNLConvPlan.Algorithms(g, variant: variant)
         guard requested.anyWinograd else { return requested }
         let key = FittedKey(plan: Key(dims: dims(g, images: 1), variant: variant, layouts: layouts, threads: BLAS.threadCount,
-                                      algorithms: requested), budget: g.winogradCallBudget)
+                                      algorithms: requested), budget: g.winogradCallBudget, slicingThreads: g.winogradSlicingThreads)
         chunkLock.lock()
         let known = fitted[key]
         chunkLock.unlock()
@@ -791,7 +795,7 @@ enum DNNLConvPlans {
         if let one = make(g, images: 1, variant: variant, layouts: layouts, algorithms: requested), !over(one, g.winogradCallBudget).isEmpty {
             let block = 16
             let slicings = (2...Swift.max(2, g.outChannels / block)).filter { g.outChannels % ($0 * block) == 0 }
-            let fitting = g.groups != 1 ? nil : slicings.lazy.map { k -> DNNLConvPlan.Algorithms in
+            let fitting = g.groups != 1 || BLAS.threadCount > g.winogradSlicingThreads ? nil : slicings.lazy.map { k -> DNNLConvPlan.Algorithms in
                 var sliced = requested
                 sliced.slices = k
                 return sliced
@@ -951,6 +955,7 @@ extension ConvGeometry {
                              dilationW: dilationW, padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth)
         (g.scratchBudget, g.shiftedMinChannels, g.shiftedBandBudget, g.useDNNL) = (scratchBudget, shiftedMinChannels, shiftedBandBudget, useDNNL)
         (g.winograd, g.dnnlChunkBudget, g.winogradCallBudget) = (winograd, dnnlChunkBudget, winogradCallBudget)
+        g.winogradSlicingThreads = winogradSlicingThreads
         return g
     }
 
