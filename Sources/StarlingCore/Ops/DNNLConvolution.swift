@@ -771,9 +771,10 @@ enum DNNLConvPlans {
     /// (`ConvGeometry.winogradSlicingThreads`), the plan's calls run in k slices of the output channels
     /// (`Algorithms.slices`; each slice's weights a k-th), the smallest k of whole 16-channel blocks (the blocks oneDNN's
     /// AVX-512 Winograd computes in) whose one-image calls all take at most half the budget; elsewhere, or where no k
-    /// does, those passes run direct, unsliced. Half, so that a call holds several images: each call transforms its
-    /// slice's weights (and the weight gradient reduces its per-thread copies), work that one image's 16 tiles at 13 x 13
-    /// do not repay. One thread, by measurement (yolov2's 1024 -> 1024 at 13 x 13, 8 images, blocked, CPU ms a pass,
+    /// does, those passes run direct, unsliced. Half, so that a call holds several images, each call transforming its
+    /// slice's weights once for them: the smallest k whose one-image call fit the whole budget ran yolov2's gradients one
+    /// image a call, at the same CPU a step on one thread (0.80 of main's against 0.79) but a peak 23 MB above main's,
+    /// which half keeps level. One thread, by measurement (yolov2's 1024 -> 1024 at 13 x 13, 8 images, blocked, CPU ms a pass,
     /// loaded; BENCHMARKS.md, "yolov2's 13 x 13 layers on Winograd in slices"): on one thread 140-160 in 4 (forward) and
     /// 8 slices (gradients) against direct's 230-300; on two, the input gradient in 4 slices 290 against direct's 240
     /// (in 8, 425-510) and the weight gradient in 8 383-429 against 296-312. A single image's call depends on the shape
