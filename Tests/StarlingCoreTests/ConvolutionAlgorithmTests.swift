@@ -199,4 +199,142 @@ import Testing
             #expect(w < ConvolutionAccuracy.winogradBound, "\(layer.description) \(pass) \(winograd.algorithms[pass]?.rawValue ?? "?"): \(w)")
         }
     }
+
+    /// Plans whose one-image Winograd call passes the budget only for its transformed weights run in slices of the
+    /// output channels (`DNNLConvPlans.algorithms`): with the budget lowered to twice what a one-image call of k slices
+    /// takes, the smallest such k is chosen whatever the batch, and each pass (forward with bias, adding or not; input gradient
+    /// overwriting and adding; weight gradient adding) equals the unsliced Winograd call within the Winograd tolerance,
+    /// in NCHW and in blocks, over several chunks of images.
+    @Test(arguments: [(4, false), (8, false), (4, true), (8, true)])
+    func slicedWinogradEqualsUnsliced(_ slices: Int, _ blocked: Bool) throws {
+        let b = ChannelLayout.blockWidth
+        // Weights large next to oneDNN's fixed ~6 MB of Winograd scratch (per-thread tile buffers), as at yolov2's.
+        let (n, cin, cout, size) = (5, 256, 512, 12)
+        let layouts = blocked ? DNNLConvPlan.Layouts(sourceBlocked: true, destinationBlocked: true, sourceWidth: b, destinationWidth: b)
+                              : .planar
+        let forward = DNNLConvPlan.Variant.forward(bias: true, inference: nil)
+        var whole = Self.geometry(batch: n, cin, cout, size)
+        whole.winograd = .always
+        whole.winogradCallBudget = 1 << 40
+        whole.winogradSlicingThreads = .max
+        // Two images a call by the copies' budget (2, 2, 1: the tail plan too), sliced and not.
+        whole.dnnlChunkBudget = 2 * (cin + cout) * size * size
+        let winograd = DNNLActivation.instructionSet.hasPrefix("avx512")
+        var sliced: [ConvGeometry] = []
+        for variant in [forward, .backward] {
+            #expect(DNNLConvPlans.algorithms(whole, variant: variant, layouts: layouts).slices == 1)
+            var asked = DNNLConvPlans.algorithms(whole, variant: variant, layouts: layouts)
+            asked.slices = slices
+            let one = try #require(DNNLConvPlan(whole, images: 1, variant: variant, layouts: layouts, algorithms: asked))
+            #expect(one.sliceChannels == cout / slices && one.algorithms.slices == slices)
+            var g = whole
+            g.winogradCallBudget = 2 * (one.callBytes.values.max() ?? 0)
+            let chosen = DNNLConvPlans.algorithms(g, variant: variant, layouts: layouts)
+            #expect(chosen.slices == (winograd ? slices : 1), "\(variant): \(chosen)")
+            // More threads than slice (by default two): those passes direct, unsliced, as before.
+            var unsliced = g
+            unsliced.winogradSlicingThreads = 0
+            let plain = DNNLConvPlans.algorithms(unsliced, variant: variant, layouts: layouts)
+            let overBudget = ConvolutionPass.allCases.filter { chosen[$0] == .winograd && plain[$0] == .direct }
+            #expect(plain.slices == 1 && (!winograd || !overBudget.isEmpty), "\(variant): \(plain)")
+            // The rule reads one image: another batch gets the same slices.
+            var other = Self.geometry(batch: 7, cin, cout, size)
+            (other.winograd, other.winogradCallBudget, other.dnnlChunkBudget) = (g.winograd, g.winogradCallBudget, g.dnnlChunkBudget)
+            other.winogradSlicingThreads = .max
+            #expect(DNNLConvPlans.algorithms(other, variant: variant, layouts: layouts) == chosen)
+            if winograd {
+                #expect(g.dnnlChunk(variant, layouts: layouts) == 2)
+                let plan = try #require(DNNLConvPlans.plan(g, images: g.dnnlChunk(variant, layouts: layouts), variant: variant, layouts: layouts))
+                #expect(plan.algorithms.slices == slices && plan.runsWinograd)
+                #expect((plan.callBytes.values.max() ?? 0) <= g.winogradCallBudget)
+                #expect(ConvolutionCalls.largest(100).contains { $0.contains("in \(slices) slices of \(cout / slices) output channels") })
+            }
+            sliced.append(g)
+        }
+
+        var rng = RandomGenerator(seed: 29)
+        func random(_ count: Int, _ scale: Float) -> FloatStorage {
+            let s = FloatStorage(uninitializedCount: count)
+            for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
+            return s
+        }
+        let x = random(n * cin * size * size, 1), weight = random(cout * cin * 9, 0.08), bias = random(cout, 0.1)
+        let dy = random(n * cout * size * size, 1)
+        let y0 = random(dy.count, 1), dx0 = random(x.count, 1), dw0 = random(weight.count, 1)
+        func copy(_ s: FloatStorage) -> FloatStorage {
+            let c = FloatStorage(uninitializedCount: s.count)
+            c.pointer.update(from: s.pointer, count: s.count)
+            return c
+        }
+        // Forward overwriting and adding, input gradient overwriting and adding, weight gradient adding.
+        func passes(_ forwardGeometry: ConvGeometry, _ backwardGeometry: ConvGeometry) -> [FloatStorage] {
+            let y = FloatStorage(uninitializedCount: dy.count), yAdded = copy(y0)
+            let dx = FloatStorage(uninitializedCount: x.count), dxAdded = copy(dx0), dw = copy(dw0)
+            let (f, g) = (forwardGeometry, backwardGeometry)
+            let ran = f.dnnlConvolve(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, beta: 0, layouts: layouts)
+                && f.dnnlConvolve(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: yAdded.pointer, beta: 1, layouts: layouts)
+                && g.dnnlAccumulateInputGradient(outputGrad: dy.pointer, weight: weight.pointer, into: dx.pointer, layouts: layouts,
+                                                 accumulate: false)
+                && g.dnnlAccumulateInputGradient(outputGrad: dy.pointer, weight: weight.pointer, into: dxAdded.pointer, layouts: layouts)
+                && g.dnnlAccumulateWeightGradient(input: x.pointer, outputGrad: dy.pointer, into: dw.pointer, layouts: layouts)
+            #expect(ran)
+            return [y, yAdded, dx, dxAdded, dw]
+        }
+        let reference = passes(whole, whole), result = passes(sliced[0], sliced[1])
+        for (name, (a, c)) in zip(["forward", "forward adding", "input gradient", "input gradient adding", "weight gradient adding"],
+                                  zip(reference, result)) {
+            let scale = (0..<a.count).reduce(Float(0)) { Swift.max($0, abs(a.pointer[$1])) }
+            let error = (0..<a.count).reduce(Float(0)) { Swift.max($0, abs(a.pointer[$1] - c.pointer[$1])) } / scale
+            #expect(scale > 1)
+            #expect(Double(error) < ConvolutionAccuracy.winogradBound, "\(name), \(slices) slices, blocked \(blocked): \(error)")
+        }
+    }
+
+    /// The sliced passes' gradients against finite differences of the sliced forward pass: L = sum(r * conv(x, W) + b),
+    /// linear in x and in W, so that a central difference of any step is exact but for rounding (a slice lost or
+    /// added twice moves a gradient by a quarter of itself).
+    @Test func slicedWinogradGradientsAgainstFiniteDifferences() throws {
+        let (n, cin, cout, size, slices) = (2, 256, 512, 8, 4)
+        var g = Self.geometry(batch: n, cin, cout, size)
+        (g.winograd, g.winogradSlicingThreads) = (.always, .max)
+        var asked = DNNLConvPlans.algorithms(g, variant: .backward, layouts: .planar)
+        asked.slices = slices
+        let one = try #require(DNNLConvPlan(g, images: 1, variant: .backward, layouts: .planar, algorithms: asked))
+        g.winogradCallBudget = 2 * (one.callBytes.values.max() ?? 0)
+        let winograd = DNNLActivation.instructionSet.hasPrefix("avx512")
+        #expect((DNNLConvPlans.algorithms(g, variant: .backward, layouts: .planar).slices > 1) == winograd)
+
+        var rng = RandomGenerator(seed: 31)
+        func random(_ count: Int, _ scale: Float) -> FloatStorage {
+            let s = FloatStorage(uninitializedCount: count)
+            for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
+            return s
+        }
+        let x = random(n * cin * size * size, 1), weight = random(cout * cin * 9, 0.05), bias = random(cout, 0.1)
+        let r = random(n * cout * size * size, 1)
+        let y = FloatStorage(uninitializedCount: r.count)
+        func loss() -> Double {
+            #expect(g.dnnlConvolve(input: x.pointer, weight: weight.pointer, bias: bias.pointer, output: y.pointer, beta: 0))
+            return (0..<r.count).reduce(0.0) { $0 + Double(r.pointer[$1]) * Double(y.pointer[$1]) }
+        }
+        let dx = FloatStorage(uninitializedCount: x.count), dw = FloatStorage(count: weight.count)
+        #expect(g.dnnlAccumulateInputGradient(outputGrad: r.pointer, weight: weight.pointer, into: dx.pointer, accumulate: false))
+        #expect(g.dnnlAccumulateWeightGradient(input: x.pointer, outputGrad: r.pointer, into: dw.pointer))
+        let step: Float = 2
+        func check(_ values: FloatStorage, _ gradient: FloatStorage, _ name: String) {
+            for _ in 0..<12 {
+                let i = Int(rng.next() % UInt64(values.count))
+                let saved = values.pointer[i]
+                values.pointer[i] = saved + step
+                let up = loss()
+                values.pointer[i] = saved - step
+                let down = loss()
+                values.pointer[i] = saved
+                let numeric = (up - down) / Double(2 * step)
+                #expect(abs(numeric - Double(gradient.pointer[i])) < 5e-3 * Swift.max(1, abs(numeric)), "\(name)[\(i)]: \(numeric) against \(gradient.pointer[i])")
+            }
+        }
+        check(x, dx, "dx")
+        check(weight, dw, "dw")
+    }
 }

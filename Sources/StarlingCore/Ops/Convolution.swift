@@ -74,6 +74,9 @@ struct ConvGeometry {
     /// Bytes one oneDNN call of a pass on Winograd may take from the scratch arena, copies and scratchpad
     /// (`dnnlChunk(_:layouts:)`; STARLING_WINOGRAD_CALL_MB). Tests lower it to exercise the chunking.
     var winogradCallBudget = WinogradCallBudget.current
+    /// The most threads a plan may run Winograd in slices of its output channels on (`DNNLConvPlans.algorithms`): one,
+    /// by measurement. Tests raise it to slice whatever the thread count.
+    var winogradSlicingThreads = 1
 
     var inPlane: Int { height * width }
     var outPlane: Int { outHeight * outWidth }

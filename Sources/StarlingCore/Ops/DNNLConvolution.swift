@@ -344,6 +344,10 @@ final class DNNLConvPlan: @unchecked Sendable {
     /// post-op its Winograd kernel lacks).
     struct Algorithms: Hashable {
         var forward = ConvolutionAlgorithm.direct, backwardData = ConvolutionAlgorithm.direct, backwardWeights = ConvolutionAlgorithm.direct
+        /// The output-channel slices each call of the plan runs in, one after another (`DNNLConvPlans.algorithms`): 1,
+        /// or k where a Winograd pass's call on one image holds more than the call budget only for its transformed
+        /// weights, which each slice holds a k-th of.
+        var slices = 1
         static let direct = Algorithms()
 
         /// The algorithms `g` asks for in training (see `ConvGeometry.requestedAlgorithm`). Inference plans run direct:
@@ -380,6 +384,15 @@ final class DNNLConvPlan: @unchecked Sendable {
     let images: Int
     /// The algorithms this plan's primitives run (a backward plan's forward primitive is only a hint).
     let algorithms: Algorithms
+    /// With `algorithms.slices` k > 1 the primitives, the user descriptors and `callBytes` are those of one slice of
+    /// `sliceChannels` = out/k output channels: the weights' and bias's slices are dense (OIhw, x), the destination's is
+    /// the whole tensor's channel range (`dnnl_memory_desc_init_submemory`: the whole tensor's strides, in NCHW and in
+    /// blocks alike, since a slice is whole blocks), which the plan's reorders copy to and from its dense buffers. Each
+    /// call runs the k slices in turn, each in its own arena call. Inference plans (`DNNLInference`, which reads these
+    /// descriptors itself) run direct and are never sliced.
+    let sliceChannels: Int
+    /// Floats of one slice of the weights, and of one image's destination.
+    private let sliceWeights: Int, sliceDestination: Int
     /// Whether callers overwrite (rather than add to) the input gradient: only blocked ones do (`conv2dBlocked`).
     private let overwritesInputGradient: Bool
     let sourceUser: dnnl_memory_desc_t, weightsUser: dnnl_memory_desc_t, destinationUser: dnnl_memory_desc_t
@@ -403,6 +416,13 @@ final class DNNLConvPlan: @unchecked Sendable {
         guard DNNL.engine != nil else { return nil }
         self.images = images
         overwritesInputGradient = layouts.sourceBlocked
+        let whole = g
+        let slices = requested.slices
+        precondition(slices == 1 || (g.groups == 1 && g.outChannels % slices == 0), "\(slices) slices of \(g.outChannels) channels")
+        let g = slices == 1 ? whole : whole.withOutputChannels(whole.outChannels / slices)
+        sliceChannels = g.outChannels
+        sliceWeights = g.outChannels * g.inPerGroup * g.kernelH * g.kernelW
+        sliceDestination = g.outChannels * g.outPlane
         let (kh, kw) = (g.kernelH, g.kernelW)
         let effH = (kh - 1) * g.dilationH + 1, effW = (kw - 1) * g.dilationW + 1
         // oneDNN wants (in + left + right - kernel) / stride + 1 == out: any right padding in a range of `stride`
@@ -419,8 +439,18 @@ final class DNNLConvPlan: @unchecked Sendable {
         precondition(!layouts.sourceBlocked || g.inChannels % inBlock == 0, "a blocked source needs a multiple of \(inBlock) channels")
         precondition(!layouts.destinationBlocked || g.outChannels % outBlock == 0, "a blocked destination needs a multiple of \(outBlock) channels")
         sourceUser = DNNL.descriptor([images, g.inChannels, g.height, g.width], Layouts.tag(layouts.sourceBlocked, width: inBlock))
-        destinationUser = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth],
-                                          Layouts.tag(layouts.destinationBlocked, width: outBlock))
+        let destinationTag = Layouts.tag(layouts.destinationBlocked, width: outBlock)
+        if slices == 1 {
+            destinationUser = DNNL.descriptor([images, g.outChannels, g.outHeight, g.outWidth], destinationTag)
+        } else {
+            let parent = DNNL.descriptor([images, whole.outChannels, g.outHeight, g.outWidth], destinationTag)
+            var slice = dnnl_memory_desc_t()
+            let dims: [Int64] = [Int64(images), Int64(g.outChannels), Int64(g.outHeight), Int64(g.outWidth)]
+            guard withUnsafePointer(to: parent, { dnnl_memory_desc_init_submemory(&slice, $0, dims, [0, 0, 0, 0]) }) == dnnl_success else {
+                return nil
+            }
+            destinationUser = slice
+        }
         weightsUser = g.groups == 1
             ? DNNL.descriptor([g.outChannels, g.inChannels, kh, kw], dnnl_oihw)
             : DNNL.descriptor([g.groups, g.outPerGroup, g.inPerGroup, kh, kw], dnnl_goihw)
@@ -464,6 +494,7 @@ final class DNNLConvPlan: @unchecked Sendable {
         }
         func kind(_ alg: dnnl_alg_kind_t) -> ConvolutionAlgorithm { alg == dnnl_convolution_winograd ? .winograd : .direct }
         var chosen = Algorithms()
+        chosen.slices = slices
         var forwardPrimitive: DNNL.Primitive?
         for alg in algorithm(requested.forward) where forwardPrimitive == nil {
             var fd = dnnl_convolution_desc_t()
@@ -628,9 +659,17 @@ final class DNNLConvPlan: @unchecked Sendable {
     enum Role: Int { case forwardSource, forwardWeights, forwardDestination, dataDiffDestination, dataWeights,
                              dataDiffSource, weightsSource, weightsDiffDestination, weightsDiffWeights }
 
-    /// y = conv(x, w) (+ bias), or y += conv(x, w) if `accumulate`, for `images` images starting at x and y.
+    /// y = conv(x, w) (+ bias), or y += conv(x, w) if `accumulate`, for `images` images starting at x and y: slice by
+    /// slice, y[:, s] = conv(x, w[s]) + bias[s].
     func convolve(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                   _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        for s in 0..<algorithms.slices {
+            convolveSlice(x, w + s * sliceWeights, bias: bias.map { $0 + s * sliceChannels }, y + s * sliceDestination, accumulate: accumulate)
+        }
+    }
+
+    private func convolveSlice(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                               _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         DNNL.Arena.with { arena in
             let src = input(x, userMD: sourceUser, md: forward.md(dnnl_query_src_md), role: .forwardSource, arena: arena)
             let wei = input(w, userMD: weightsUser, md: forward.md(dnnl_query_weights_md), role: .forwardWeights, arena: arena)
@@ -644,9 +683,17 @@ final class DNNLConvPlan: @unchecked Sendable {
         }
     }
 
-    /// dx += conv^T(dy, w), or dx = conv^T(dy, w) without `accumulate`.
+    /// dx += conv^T(dy, w), or dx = conv^T(dy, w) without `accumulate`: the sum over slices of conv^T(dy[:, s], w[s]),
+    /// the first slice as the caller asks, the others added.
     func accumulateInputGradient(_ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
                                  accumulate: Bool = true) {
+        for s in 0..<algorithms.slices {
+            accumulateInputGradientSlice(dy + s * sliceDestination, w + s * sliceWeights, dx, accumulate: accumulate || s > 0)
+        }
+    }
+
+    private func accumulateInputGradientSlice(_ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+                                              accumulate: Bool) {
         guard let backwardData else { preconditionFailure("a forward plan has no backward primitives") }
         DNNL.Arena.with { arena in
             let diffDst = input(dy, userMD: destinationUser, md: backwardData.md(dnnl_query_diff_dst_md),
@@ -659,8 +706,14 @@ final class DNNLConvPlan: @unchecked Sendable {
         }
     }
 
-    /// dw += the weight gradient over these images.
+    /// dw += the weight gradient over these images; slice by slice, dw[s] += that of (x, dy[:, s]).
     func accumulateWeightGradient(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>) {
+        for s in 0..<algorithms.slices {
+            accumulateWeightGradientSlice(x, dy + s * sliceDestination, dw + s * sliceWeights)
+        }
+    }
+
+    private func accumulateWeightGradientSlice(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>) {
         guard let backwardWeights else { preconditionFailure("a forward plan has no backward primitives") }
         DNNL.Arena.with { arena in
             let src = input(x, userMD: sourceUser, md: backwardWeights.md(dnnl_query_src_md), role: .weightsSource, arena: arena)
@@ -706,30 +759,55 @@ enum DNNLConvPlans {
          g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft, g.outHeight, g.outWidth]
     }
 
-    private struct FittedKey: Hashable { let plan: Key; let budget: Int }
+    private struct FittedKey: Hashable { let plan: Key; let budget: Int; let slicingThreads: Int }
     nonisolated(unsafe) private static var fitted: [FittedKey: DNNLConvPlan.Algorithms] = [:]
 
-    /// The algorithms `g` runs for `variant`: those it asks for (`DNNLConvPlan.Algorithms(g, variant:)`), except that a
-    /// pass asked to run Winograd runs direct where one call of it on a single image already takes more than
-    /// `g.winogradCallBudget` bytes from the scratch arena. Winograd's scratchpad holds, besides the transformed tiles of
-    /// the call's images, the transformed weights (6 x 6 = 36 floats for each 3 x 3 kernel), and for the weight gradient
-    /// one such buffer more per thread (oneDNN's S_D_Giot_W schedule): 3 x 36 x 1024 x 1024 floats, 453 MB, for U-Net's
-    /// 1024 -> 1024 layer on 2 threads, which no chunk of the batch makes smaller. A single image's call depends
-    /// on the shape and the thread count, never on the batch: every rank of a job (the same threads, its share of the
-    /// batch) runs the same algorithms.
+    /// The algorithms `g` runs for `variant`: those it asks for (`DNNLConvPlan.Algorithms(g, variant:)`), except where
+    /// one call of a pass asked to run Winograd on a single image already takes more than `g.winogradCallBudget` bytes
+    /// from the scratch arena. Winograd's scratchpad holds, besides the transformed tiles of the call's images, the
+    /// transformed weights (6 x 6 = 36 floats for each 3 x 3 kernel), and for the weight gradient one such buffer more
+    /// per thread (oneDNN's S_D_Giot_W schedule): 3 x 36 x 1024 x 1024 floats, 453 MB, for yolov2's 1024 -> 1024 layers
+    /// at 13 x 13 on 2 threads, which no chunk of the batch makes smaller. There, on one thread
+    /// (`ConvGeometry.winogradSlicingThreads`), the plan's calls run in k slices of the output channels
+    /// (`Algorithms.slices`; each slice's weights a k-th), the smallest k of whole 16-channel blocks (the blocks oneDNN's
+    /// AVX-512 Winograd computes in) whose one-image calls all take at most half the budget; elsewhere, or where no k
+    /// does, those passes run direct, unsliced. Half, so that a call holds several images, each call transforming its
+    /// slice's weights once for them: the smallest k whose one-image call fit the whole budget ran yolov2's gradients one
+    /// image a call, at the same CPU a step on one thread (0.80 of main's against 0.79) but a peak 23 MB above main's,
+    /// which half keeps level. One thread, by measurement (yolov2's 1024 -> 1024 at 13 x 13, 8 images, blocked, CPU ms a pass,
+    /// loaded; BENCHMARKS.md, "yolov2's 13 x 13 layers on Winograd in slices"): on one thread 140-160 in 4 (forward) and
+    /// 8 slices (gradients) against direct's 230-300; on two, the input gradient in 4 slices 290 against direct's 240
+    /// (in 8, 425-510) and the weight gradient in 8 383-429 against 296-312. A single image's call depends on the shape
+    /// and the thread count, never on the batch: every rank of a job (the same threads, its share of the batch) runs the
+    /// same algorithms and slices.
     static func algorithms(_ g: ConvGeometry, variant: DNNLConvPlan.Variant, layouts: DNNLConvPlan.Layouts) -> DNNLConvPlan.Algorithms {
         let requested = DNNLConvPlan.Algorithms(g, variant: variant)
         guard requested.anyWinograd else { return requested }
         let key = FittedKey(plan: Key(dims: dims(g, images: 1), variant: variant, layouts: layouts, threads: BLAS.threadCount,
-                                      algorithms: requested), budget: g.winogradCallBudget)
+                                      algorithms: requested), budget: g.winogradCallBudget, slicingThreads: g.winogradSlicingThreads)
         chunkLock.lock()
         let known = fitted[key]
         chunkLock.unlock()
         if let known { return known }
         var chosen = requested
-        if let one = make(g, images: 1, variant: variant, layouts: layouts, algorithms: requested) {
-            for (pass, bytes) in one.callBytes where one.algorithms[pass] == .winograd && bytes > g.winogradCallBudget {
-                chosen[pass] = .direct
+        func over(_ plan: DNNLConvPlan, _ budget: Int) -> [ConvolutionPass] {
+            plan.callBytes.filter { plan.algorithms[$0.key] == .winograd && $0.value > budget }.map(\.key)
+        }
+        if let one = make(g, images: 1, variant: variant, layouts: layouts, algorithms: requested), !over(one, g.winogradCallBudget).isEmpty {
+            let block = 16
+            let slicings = (2...Swift.max(2, g.outChannels / block)).filter { g.outChannels % ($0 * block) == 0 }
+            let fitting = g.groups != 1 || BLAS.threadCount > g.winogradSlicingThreads ? nil : slicings.lazy.map { k -> DNNLConvPlan.Algorithms in
+                var sliced = requested
+                sliced.slices = k
+                return sliced
+            }.first { sliced in
+                guard let plan = make(g, images: 1, variant: variant, layouts: layouts, algorithms: sliced) else { return false }
+                return over(plan, g.winogradCallBudget / 2).isEmpty && over(one, g.winogradCallBudget).allSatisfy { plan.algorithms[$0] == .winograd }
+            }
+            if let fitting {
+                chosen = fitting
+            } else {
+                for pass in over(one, g.winogradCallBudget) { chosen[pass] = .direct }
             }
         }
         chunkLock.lock()
@@ -857,7 +935,8 @@ extension DNNLConvPlans {
                 }
                 return text
             }
-            return "\(g.kernelH)x\(g.kernelW) \(g.inChannels)->\(g.outChannels) \(g.height)x\(g.width), \(plan.images) image(s) a call, "
+            let slices = plan.algorithms.slices == 1 ? "" : " in \(plan.algorithms.slices) slices of \(plan.sliceChannels) output channels"
+            return "\(g.kernelH)x\(g.kernelW) \(g.inChannels)->\(g.outChannels) \(g.height)x\(g.width), \(plan.images) image(s) a call\(slices), "
                 + "\(variant): " + passes.joined(separator: "; ")
         }
     }
@@ -870,6 +949,17 @@ public enum ConvolutionCalls {
 }
 
 extension ConvGeometry {
+    /// This convolution with `channels` of its output channels (one slice of a sliced plan), its settings kept.
+    func withOutputChannels(_ channels: Int) -> ConvGeometry {
+        var g = ConvGeometry(batch: batch, inChannels: inChannels, outChannels: channels, groups: groups, height: height, width: width,
+                             kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW, dilationH: dilationH,
+                             dilationW: dilationW, padTop: padTop, padLeft: padLeft, outHeight: outHeight, outWidth: outWidth)
+        (g.scratchBudget, g.shiftedMinChannels, g.shiftedBandBudget, g.useDNNL) = (scratchBudget, shiftedMinChannels, shiftedBandBudget, useDNNL)
+        (g.winograd, g.dnnlChunkBudget, g.winogradCallBudget) = (winograd, dnnlChunkBudget, winogradCallBudget)
+        g.winogradSlicingThreads = winogradSlicingThreads
+        return g
+    }
+
     /// Images per oneDNN call by the blocked copies alone: as many as keep one chunk's input and output under
     /// `dnnlChunkBudget` floats.
     var dnnlChunk: Int {
