@@ -144,11 +144,7 @@ import Testing
         }
 
         var rng = RandomGenerator(seed: 23)
-        func random(_ count: Int, _ scale: Float) -> FloatStorage {
-            let s = FloatStorage(uninitializedCount: count)
-            for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
-            return s
-        }
+        func random(_ count: Int, _ scale: Float) -> FloatStorage { uniformStorage(count, scale, &rng) }
         let x = random(n * cin * size * size, 1), weight = random(cout * cin * 9, 0.08), bias = random(cout, 0.1)
         let dy = random(n * cout * size * size, 1)
         func passes(_ g: ConvGeometry) -> [ConvolutionPass: FloatStorage] {
@@ -253,11 +249,7 @@ import Testing
         }
 
         var rng = RandomGenerator(seed: 29)
-        func random(_ count: Int, _ scale: Float) -> FloatStorage {
-            let s = FloatStorage(uninitializedCount: count)
-            for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
-            return s
-        }
+        func random(_ count: Int, _ scale: Float) -> FloatStorage { uniformStorage(count, scale, &rng) }
         let x = random(n * cin * size * size, 1), weight = random(cout * cin * 9, 0.08), bias = random(cout, 0.1)
         let dy = random(n * cout * size * size, 1)
         let y0 = random(dy.count, 1), dx0 = random(x.count, 1), dw0 = random(weight.count, 1)
@@ -305,11 +297,7 @@ import Testing
         #expect((DNNLConvPlans.algorithms(g, variant: .backward, layouts: .planar).slices > 1) == winograd)
 
         var rng = RandomGenerator(seed: 31)
-        func random(_ count: Int, _ scale: Float) -> FloatStorage {
-            let s = FloatStorage(uninitializedCount: count)
-            for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
-            return s
-        }
+        func random(_ count: Int, _ scale: Float) -> FloatStorage { uniformStorage(count, scale, &rng) }
         let x = random(n * cin * size * size, 1), weight = random(cout * cin * 9, 0.05), bias = random(cout, 0.1)
         let r = random(n * cout * size * size, 1)
         let y = FloatStorage(uninitializedCount: r.count)
@@ -337,4 +325,11 @@ import Testing
         check(x, dx, "dx")
         check(weight, dw, "dw")
     }
+}
+
+/// `count` values uniform in [-scale, scale) from `rng`.
+private func uniformStorage(_ count: Int, _ scale: Float, _ rng: inout RandomGenerator) -> FloatStorage {
+    let s = FloatStorage(uninitializedCount: count)
+    for i in 0..<count { s.pointer[i] = rng.uniform(-scale, scale) }
+    return s
 }

@@ -99,7 +99,7 @@ public enum GEMMSelection {
             return .success(Choice(backend: .dnnl, reason: "OpenBLAS core \(core) runs \(kernel) kernels on a CPU with \(cpu)"))
         }
         if kernel == .avx512 && cpu == .avx512 {
-            return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu); dense layers of \(denseMinimumRows)+ rows on one thread: dnnl_sgemm",
+            return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu); dense layers of \(denseMinimumRows)+ rows (\(denseWideMinimumRows)+ over \(denseWideWeights)+ weights) on one thread: dnnl_sgemm",
                                    dense: .dnnl))
         }
         return .success(Choice(backend: .openblas, reason: "OpenBLAS core \(core) matches the CPU's \(cpu)"))
@@ -192,9 +192,10 @@ public enum GEMMSelection {
         return nil
     }
 
-    /// For suite rows' kernels: "openblas", or "openblas, dense layers of 64+ rows on one thread dnnl" where they differ.
+    /// For suite rows' kernels: "openblas", or "openblas, dense layers of 64+ rows (16+ over 1048576+ weights) on one thread dnnl"
+    /// where they differ.
     public static var shortName: String {
-        current.dense == current.backend ? current.backend.rawValue : "\(current.backend.rawValue), dense layers of \(denseMinimumRows)+ rows on one thread \(current.dense.rawValue)"
+        current.dense == current.backend ? current.backend.rawValue : "\(current.backend.rawValue), dense layers of \(denseMinimumRows)+ rows (\(denseWideMinimumRows)+ over \(denseWideWeights)+ weights) on one thread \(current.dense.rawValue)"
     }
 
     /// For run headers and benchmarks: "GEMM openblas (OpenBLAS core Cooperlake matches the CPU's AVX-512)".
