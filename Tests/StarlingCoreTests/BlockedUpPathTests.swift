@@ -74,45 +74,6 @@ import Testing
         }
     }
 
-    /// The up-convolution written into the concatenation after its skip (`conv2dTransposedBlocked(...,
-    /// concatenatedAfter:)`, U-Net's decoder) against `Tensor.concat([skip, conv2dTransposedBlocked(...)], axis: 1)`: the
-    /// same values and the same gradients of the input, weights, bias and skip, bit for bit (the skip's gradient also
-    /// added to one another op wrote first); three images, so each image's place in the concatenation is exercised.
-    @Test(arguments: [8, 16]) func transposedConvolutionIntoTheConcatenationIsTheTwoOps(preferred: Int) throws {
-        for (cin, cout, skipChannels, h, w) in [(16, 8, 8, 3, 4), (8, 16, 24, 2, 5), (32, 16, 16, 4, 4)] {
-            let (inWidth, outWidth) = (side(cin, preferred), side(cout, preferred))
-            guard skipChannels % outWidth == 0 else { continue }
-            let x = randomVariable([3, cin, h, w], seed: 81), weight = randomVariable([cin, cout, 2, 2], seed: 82)
-            let b = randomVariable([cout], seed: 83), skip = randomVariable([3, skipChannels, 2 * h, 2 * w], seed: 84)
-            try #require(Tensor.canConvolveTransposedBlocked(input: x.shape, weight: weight.shape, stride: (2, 2), padding: .valid,
-                                                             width: outWidth, inputWidth: inWidth))
-            // The skip is also read by a ReLU whose gradient reaches it after the concatenation's, as U-Net's pooling does.
-            func pass(_ t: [Tensor], fused: Bool) -> Tensor {
-                let (xb, sb) = (t[0].blocked(width: inWidth), t[3].blocked(width: outWidth))
-                let joined = fused
-                    ? xb.conv2dTransposedBlocked(t[1], bias: t[2], stride: (2, 2), padding: .valid, width: outWidth, concatenatedAfter: sb)
-                    : Tensor.concat([sb, xb.conv2dTransposedBlocked(t[1], bias: t[2], stride: (2, 2), padding: .valid, width: outWidth)], axis: 1)
-                #expect(joined.shape == [3, (skipChannels + cout) / outWidth, 2 * h, 2 * w, outWidth])
-                return Tensor.concat([joined.unblocked(), sb.relu().unblocked()], axis: 1)
-            }
-            let reference = run([x, weight, b, skip]) { pass($0, fused: false) }
-            let fused = run([x, weight, b, skip]) { pass($0, fused: true) }
-            #expect(fused.output == reference.output, "\(cin) -> \(cout) after \(skipChannels), width \(preferred)")
-            for k in 0..<4 { #expect(fused.gradients[k] == reference.gradients[k], "gradient \(k), \(cin) -> \(cout) after \(skipChannels)") }
-        }
-    }
-
-    @Test func transposedConvolutionIntoTheConcatenationFiniteDifferences() {
-        checkGradients([randomVariable([2, 1, 2, 3, 8], seed: 85), randomVariable([8, 8, 2, 2], seed: 86), randomVariable([8], seed: 87),
-                        randomVariable([2, 2, 4, 6, 8], seed: 88)]) {
-            $0[0].conv2dTransposedBlocked($0[1], bias: $0[2], stride: (2, 2), padding: .valid, concatenatedAfter: $0[3])
-        }
-        checkGradients([randomVariable([2, 1, 2, 2, 16], seed: 89), randomVariable([16, 8, 2, 2], seed: 90), randomVariable([8], seed: 91),
-                        randomVariable([2, 1, 4, 4, 8], seed: 92)]) {
-            $0[0].conv2dTransposedBlocked($0[1], bias: $0[2], stride: (2, 2), padding: .valid, width: 8, concatenatedAfter: $0[3])
-        }
-    }
-
     /// Against `conv2dBlocked(...).relu()`: a blocked input 26 pixels wide (Starling's own forward kernel where the CPU
     /// has it, then the ReLU pass), a blocked input into 32 channels and a strided one (oneDNN with the ReLU fused into
     /// its store), an NCHW input of 3 channels (the first layer).

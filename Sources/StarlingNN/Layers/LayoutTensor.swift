@@ -378,21 +378,6 @@ public struct LayoutTensor: NetworkValue {
         return relu ? y.relu() : y
     }
 
-    /// In training, where the up-convolution runs blocked into the skip's block width and the skip is blocked: one op
-    /// that writes the up-convolution's output into the concatenation's storage (no copy of it kept beside the
-    /// concatenation); otherwise the two ops.
-    public func applying(_ layer: Conv2DTranspose, concatenatedAfter skip: LayoutTensor) -> LayoutTensor {
-        let (w, b) = (layer.kernel.value, layer.bias.value)
-        let width = w.shape.count == 4 && w.shape[1] % Self.blockWidth == 0 ? Self.blockWidth : 8
-        if GradMode.isEnabled, let x = blocked, let s = skip.blocked,
-           Tensor.canConvolveTransposedBlocked(input: shape, weight: w.shape, stride: layer.stride, padding: layer.padding,
-                                               width: width, inputWidth: x.shape[4], concatenatedAfter: s.shape) {
-            Self.census?.count(.transposedBlocked)
-            return LayoutTensor(.blocked(x.conv2dTransposedBlocked(w, bias: b, stride: layer.stride, padding: layer.padding, width: width,
-                                                                   concatenatedAfter: s), moments: nil))
-        }
-        return Self.concat([skip, applying(layer)], axis: 1)
-    }
     public func applying(_ layer: LSTMLayer) -> LayoutTensor { planar { $0.applying(layer) } }
 
     // MARK: Pooling and channel concatenation: blocked and inference paths for what they have, planar otherwise.

@@ -81,11 +81,6 @@ public protocol NetworkValue {
     /// `applying(layer)` then `relu()`, a requirement of its own because `LayoutTensor` trains the two as one op
     /// (`Tensor.conv2dTransposedBlockedReLU`) that keeps no copy of the values before the ReLU (conv-vae's decoder).
     func applyingWithReLU(_ layer: Conv2DTranspose) -> Self
-    /// `concat([skip, applying(layer)], axis: 1)`: a U-Net decoder's up-convolution after its skip features, a
-    /// requirement of its own because `LayoutTensor` trains the two as one op that writes the up-convolution's output
-    /// straight into the concatenation (`Tensor.conv2dTransposedBlocked(_:bias:stride:padding:width:concatenatedAfter:)`).
-    /// `skip`'s map must be the up-convolution's output's.
-    func applying(_ layer: Conv2DTranspose, concatenatedAfter skip: Self) -> Self
     /// Training: normalised by the batch's statistics (over every rank with a `crossReplicaSum`), the moving ones
     /// updated; otherwise by the moving statistics, the only mode of an ONNX graph.
     func applying(_ layer: BatchNormalization, training: Bool, crossReplicaSum: CrossReplicaSum?) -> Self
@@ -117,7 +112,6 @@ extension NetworkValue {
 
     public func applyingWithReLU(_ layer: Conv2DTranspose) -> Self { applying(layer).relu() }
 
-    public func applying(_ layer: Conv2DTranspose, concatenatedAfter skip: Self) -> Self { Self.concat([skip, applying(layer)], axis: 1) }
 
     public func applyingWithReLU(_ layer: Dense) -> Self { applying(layer).relu() }
 
