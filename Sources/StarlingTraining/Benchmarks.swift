@@ -41,9 +41,10 @@ public enum Benchmarks {
         defer { reader?.finish() }
         func step() throws {
             let batch = try reader?.next() ?? Batch(images: synthetic)
-            model.parameters.zeroGradients()
+            model.parameters.deferGradientZeroing()
             let loss = model.loss(batch, training: true)
             loss.backward()
+            model.parameters.settleGradients()
             adam.step(model.parameters)
         }
         for _ in 0..<10 { try step() }
@@ -135,9 +136,10 @@ public enum Benchmarks {
     /// Images per second over `steps` training steps (forward, loss, backward, Adam) on one batch, after one untimed.
     static func trainingImagesPerSecond(_ model: any Model, _ adam: Adam, _ batch: Batch, steps: Int) -> Double {
         func step() {
-            model.parameters.zeroGradients()
+            model.parameters.deferGradientZeroing()
             let loss = model.loss(batch, training: true)
             loss.backward()
+            model.parameters.settleGradients()
             adam.step(model.parameters)
         }
         step()
