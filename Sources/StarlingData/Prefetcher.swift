@@ -54,6 +54,7 @@ package final class Prefetcher: @unchecked Sendable {
         }
         let thread = Thread { [self] in
             Processors.nameCurrentThread("prefetch")
+            Timeline.register("prefetch")
             // Made on a replica's thread bound to one processor (`InProcessGroup.processorBinding`), it would inherit
             // that one: it runs in whichever core's idle moment comes, as before replicas were bound.
             Processors.leaveBinding()
@@ -70,7 +71,9 @@ package final class Prefetcher: @unchecked Sendable {
                 claimed += 1
                 producing = true
                 condition.unlock()
+                Timeline.mark(.makeStart)
                 let result = make(self.steps[step])
+                Timeline.mark(.makeEnd)
                 condition.lock()
                 producing = false
                 ready[step] = result
@@ -111,7 +114,9 @@ package final class Prefetcher: @unchecked Sendable {
                 claimed += 1
                 producing = true
                 condition.unlock()
+                Timeline.mark(.makeStart)
                 let result = make(steps[step])
+                Timeline.mark(.makeEnd)
                 condition.lock()
                 producing = false
                 consumed += 1

@@ -188,6 +188,7 @@ public final class InProcessGroup: @unchecked Sendable {
 
     /// Waits until every replica has arrived at this rendezvous (a barrier); throws if a replica failed meanwhile.
     fileprivate func rendezvous() throws {
+        Timeline.mark(.rendezvousEnter)
         condition.lock()
         defer { condition.unlock() }
         if let failure { throw failure }
@@ -198,6 +199,7 @@ public final class InProcessGroup: @unchecked Sendable {
             generation &+= 1
             starling_store_release(releasedGeneration, Int64(generation))
             condition.broadcast()
+            Timeline.mark(.rendezvousLeave, aux: 1)
             return
         }
         if spinSeconds > 0 {
@@ -228,8 +230,10 @@ public final class InProcessGroup: @unchecked Sendable {
             }
             condition.lock()
         }
+        if generation == mine { Timeline.mark(.rendezvousSleep) }
         while generation == mine && failure == nil { condition.wait() }
         if generation == mine, let failure { throw failure }
+        Timeline.mark(.rendezvousLeave)
     }
 
     /// Posts `pointer` as `rank`'s buffer, waits for every replica's, runs `body` with all of them, and waits until
@@ -514,6 +518,8 @@ extension InProcessCollective: ShardingCollective {
                 // 1's, ...), as loops over pointers that vectorise, through a small scratch block: this replica's own
                 // values are among the addends, so they are overwritten only once a block's sum is complete.
                 let block = 2048
+                Timeline.mark(.sumStart)
+                defer { Timeline.mark(.sumEnd) }
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { scratch in
                     let total = scratch.baseAddress!
                     var start = begin

@@ -458,6 +458,7 @@ public final class Trainer {
     /// Runs the remaining epochs; returns the per-epoch records.
     @discardableResult
     public func run() throws -> [EpochRecord] {
+        Timeline.register(world is InProcessCollective && world.size > 1 ? "replica-\(world.rank)" : "rank-\(world.rank)")
         let csv = CSVLog(path: logPath)
         var board: TrainingBoard?
         let writes = world.isRoot && options.writeOutputs
@@ -539,8 +540,10 @@ public final class Trainer {
                 defer { reader.finish(); display.finishLine() }
                 for step in firstStep..<steps {
                     let stepStart = calibrationClock()
+                    Timeline.mark(.stepStart)
                     if let threads = threadCalibration?.threadsForNextStep, threads != BLAS.threadCount { BLAS.setThreadCount(threads) }
                     var batch = try reader.next()
+                    Timeline.mark(.batchReady)
                     (batch.epoch, batch.seed) = (epoch, options.seed)   // keys of per-sample noise (see Batch)
                     // No pass over the gradient buffer: the step's first write of each gradient stores, and
                     // `settleGradients()` after backward zeroes what no op wrote.
@@ -553,6 +556,7 @@ public final class Trainer {
                     stallForTesting(step: state.step)
                     let injected = nonFiniteForTesting(step: state.step)
                     let value = injected == "loss" ? Double.nan : Double(loss.item)
+                    Timeline.mark(.forwardDone)
                     agreement[0] = value.isFinite ? value : 0
                     agreement[1] = value.isFinite ? 0 : 1
                     var agreed: [Double]
@@ -564,6 +568,7 @@ public final class Trainer {
                         watchdog.at("the gradient reduce-scatter", step: state.step)
                         loss.backward(onLeafReady: synchronizer.parameterReady)
                         model.parameters.settleGradients()
+                        Timeline.mark(.backwardDone)
                         if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
                         // The check of the summed range, and the round's second wait that hands it to the others, are
                         // needed only where a sum could be non-finite: not when every replica's loss is finite and its
@@ -573,6 +578,7 @@ public final class Trainer {
                         let bounded = agreement[1] == 0 && synchronizer.ownGradientsSumWithoutOverflow
                         let exchanged = try synchronizer.finish(posting: [agreement[0], agreement[1]], skipsAfterSum: bounded,
                                                                 afterSum: ownNonFiniteGradient)
+                        Timeline.mark(.reduceDone)
                         // Summed in replica order, as the in-process allreduce of doubles adds them.
                         agreed = exchanged.posted[0]
                         for q in exchanged.posted.indices.dropFirst() { agreed[0] += exchanged.posted[q][0]; agreed[1] += exchanged.posted[q][1] }
@@ -591,8 +597,10 @@ public final class Trainer {
                             watchdog.at("the gradient allreduce", step: state.step)
                             loss.backward(onLeafReady: synchronizer.parameterReady)
                             model.parameters.settleGradients()
+                            Timeline.mark(.backwardDone)
                             if injected == "gradient" { model.parameters.gradients.pointer[0] = .infinity }
                             try synchronizer.finish()
+                            Timeline.mark(.reduceDone)
                             fault = try nonFiniteGradient()
                         }
                     }
@@ -610,6 +618,7 @@ public final class Trainer {
                         // From the global step and epoch, which every rank shares and a checkpoint restores.
                         optimizer.learningRate = schedule.rate(base: baseLearningRate, step: state.step, epoch: epoch)
                         optimizer.step(model.parameters, gradientScale: synchronizer.averagingScale)
+                        Timeline.mark(.updateDone)
                         if weightsShared {
                             // No replica reads the shared weights of the next step before every range is updated.
                             watchdog.at("the replicas' barrier after the update", step: state.step)
@@ -618,6 +627,7 @@ public final class Trainer {
                             watchdog.at("the weights' allgather", step: state.step)
                             try shardWorld?.allgather(model.parameters.values.pointer, counts: shardCounts)
                         }
+                        Timeline.mark(.stepEnd)
                         sums[0] += agreed[0] / Double(world.size)
                         sums[1] += 1
                     }

@@ -351,6 +351,7 @@ struct TrainCommand: ParsableCommand {
                                               options: options, world: world, resume: consume loaded)
                     try trainer.run()
                 }
+                if let summary = try Timeline.finish(rank: world.rank, ranks: world.size) { print(summary) }
             }
         } catch {
             try endRanks(world, after: error)
