@@ -151,9 +151,8 @@ public final class TimelineRecorder: @unchecked Sendable {
                 text += "\(t)\t\(track.name)\t\(TimelineEvent(rawValue: track.codes[i]).map { "\($0)" } ?? "?")\t\(us)\t\(cpu)\t\(track.aux[i])\n"
             }
         }
-        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) else {
-            throw TimelineError(path: path)
-        }
+        // Written whole or not at all, as every output of a run.
+        do { try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic) } catch { throw TimelineError(path: path) }
         return TimelineSummary(tracks: all.map(TimelineSummary.Track.init)).text
     }
 }
