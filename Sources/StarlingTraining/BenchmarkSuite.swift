@@ -234,12 +234,14 @@ public enum BenchmarkSuite {
                 var batch = try reader.next()
                 let t1 = monotonicSeconds()
                 (batch.epoch, batch.seed) = (epoch, 1)
-                model.parameters.zeroGradients()
+                // As the trainer: no pass over the gradient buffer (pages given back after a sum stay so until written).
+                model.parameters.deferGradientZeroing()
                 sync.beginStep()
                 let t2 = monotonicSeconds()
                 let loss = model.loss(batch, training: true)
                 let t3 = monotonicSeconds()
                 loss.backward(onLeafReady: sync.parameterReady)
+                model.parameters.settleGradients()
                 let t4 = monotonicSeconds()
                 if sync.foldsStepScalars {
                     // As `train --replicas` rounds a step: the bound test, then the reduce-scatter that ends after the sum.
@@ -335,7 +337,7 @@ enum MemoryBreakdown {
         var lines: [String] = []
         var batch = try reader.next()
         (batch.epoch, batch.seed) = (0, 1)
-        model.parameters.zeroGradients()
+        model.parameters.deferGradientZeroing()
         sync.beginStep()
         MemoryLedger.resetPeaks()
         let start = MemoryLedger.snapshot()
@@ -350,6 +352,7 @@ enum MemoryBreakdown {
         let sweep = SweepPeaks()
         MemoryLedger.resetBlockPeaks()
         loss.backward(onLeafReady: sync.parameterReady, afterEachNode: sweep.note)
+        model.parameters.settleGradients()
         try sync.finish()
         var backward = MemoryLedger.snapshot()
         let afterSweep = backward.largePeak + backward.mediumPeak
