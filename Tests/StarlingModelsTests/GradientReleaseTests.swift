@@ -81,12 +81,17 @@ import StarlingDistributed
                 }
                 // Every page wholly outside the owned range and the last bucket: at least all but two pages' worth a part.
                 let outside = (0..<total).filter { !owned.contains($0) && !lastBucket.contains($0) }.count
+                // Linux's MADV_DONTNEED zero-fills anonymous pages; elsewhere the pages may keep their values.
+                #if os(Linux)
                 #expect(zeroed >= outside - 4 * page && zeroed > 0, "replica \(r), step \(step): \(zeroed) of \(outside) zeroed")
+                #endif
             }
             #expect(released[r].bounded == kept[r].bounded)
             let outside = (0..<total).filter { !shards[r].contains($0) }
             let zeroed = outside.filter { released[r].next[$0] == 0 }.count
+            #if os(Linux)
             #expect(zeroed >= outside.count - 6 * page && zeroed > 0, "replica \(r): \(zeroed) of \(outside.count) zeroed")
+            #endif
             #expect(shards[r].allSatisfy { released[r].next[$0] == gradient(0, 1, $0) + gradient(1, 1, $0) })
             #expect(outside.allSatisfy { kept[r].next[$0] == gradient(r, 1, $0) })
         }
