@@ -33,8 +33,10 @@ import StarlingDistributed
 /// writes store, `ParameterStore.deferGradientZeroing`). Each replica then keeps its own range of the gradients between
 /// steps, the replicas a model's worth together where they kept one each, and a bucket's other part is resident only
 /// from its first write in backward to its sum (the last bucket's until the next step begins, after the barrier that
-/// ends this one). The cost is those pages faulted in again each step; so only for
-/// gradient buffers of `releaseMinimumBytes` and more, whose steps are long beside it.
+/// ends this one). The cost is those pages faulted in again each step: through `train --replicas 2` (loaded) yolov2's
+/// and SSD300's peaks fell 3-11 % for CPU +1-15 % and +3-9 %, the large blocks' own give-back's trade, so it goes with
+/// that setting (STARLING_GIVE_BACK_FREE_PAGES=1, off by default), and only for gradient buffers of
+/// `releaseMinimumBytes` and more, whose steps are long beside the faults (BENCHMARKS.md, "The replica row's memory").
 public final class GradientSynchronizer {
     struct Bucket {
         var range: Range<Int>
@@ -51,10 +53,12 @@ public final class GradientSynchronizer {
     }
 
     /// The smallest gradient buffer whose pages outside a replica's own range are given back after each bucket's sum:
-    /// 64 MB (16 M parameters). yolov2 (202 MB) and SSD300 (105 MB) fault ~25 K and ~13 K pages in again a replica step,
-    /// tens of ms against steps of seconds; the small autoencoders' steps of a millisecond would pay more than their
-    /// few MB are worth (BENCHMARKS.md, "The replica row's memory").
+    /// 64 MB (16 M parameters). yolov2 (202 MB) and SSD300 (105 MB) fault ~25 K and ~13 K pages in again a replica step
+    /// against steps of seconds; the small autoencoders' steps of a millisecond would pay more than their few MB are worth.
     public static let releaseMinimumBytes = 64 << 20
+
+    /// `releaseMinimumBytes` where free pages are given back (STARLING_GIVE_BACK_FREE_PAGES=1), else never.
+    public static var defaultReleaseBytes: Int { MemoryLedger.largeGivesBackFreePages ? releaseMinimumBytes : Int.max }
 
     /// Whether this member gives back the pages of each bucket outside its own range once the bucket is summed.
     public let releasesGradientPages: Bool
@@ -82,10 +86,10 @@ public final class GradientSynchronizer {
     /// Sharded: the reduce-scatter of the ranks' (or replicas') collective.
     private let sharding: (any ShardingCollective)?
 
-    /// `releasingFrom`: the gradient buffer's bytes from which replicas give back pages outside their range (tests:
-    /// `releaseMinimumBytes` unless given).
+    /// `releasingFrom`: the gradient buffer's bytes from which replicas give back pages outside their range
+    /// (`defaultReleaseBytes` unless given: tests).
     public init(store: ParameterStore, communicator: any Collective, bucketBytes: Int = 25 << 20, overlap: Bool = true,
-                wire: GradientWire = .float32, shards: [Range<Int>]? = nil, releasingFrom: Int = GradientSynchronizer.releaseMinimumBytes) {
+                wire: GradientWire = .float32, shards: [Range<Int>]? = nil, releasingFrom: Int = GradientSynchronizer.defaultReleaseBytes) {
         precondition(shards == nil || shards?.count == communicator.size, "one shard a rank")
         precondition(shards == nil || wire != .float16, "float16 gradients need the whole sum for their scale: not with shards")
         sharding = shards != nil && communicator.size > 1 ? communicator as? any ShardingCollective : nil
