@@ -234,7 +234,8 @@ public enum BenchmarkSuite {
                 var batch = try reader.next()
                 let t1 = monotonicSeconds()
                 (batch.epoch, batch.seed) = (epoch, 1)
-                // As `train` runs a step: no pass over the gradients, the first write of each stores.
+                // As `train` runs a step: no pass over the gradients, the first write of each stores (pages given
+                // back after a sum stay so until written).
                 model.parameters.deferGradientZeroing()
                 sync.beginStep()
                 let t2 = monotonicSeconds()

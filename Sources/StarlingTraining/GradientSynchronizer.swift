@@ -26,6 +26,17 @@ import StarlingDistributed
 /// nothing else, since its optimizer updates that range only (the trainer then allgathers the updated weights). The
 /// same buckets start at the same moments; the rest of the gradient buffer is left undefined. float16 is refused there:
 /// its scale and its overflow test read the whole sum, which no rank holds any more (bfloat16 needs neither).
+///
+/// Replicas on threads of one process with float32 gradients reduce-scattered (`train --replicas`) give back the pages
+/// of each bucket outside their own range as soon as its reduce-scatter has returned (`ParameterStore.releaseGradientPages`):
+/// the other replicas have read those addends, and nothing reads them again before the next backward writes them (first
+/// writes store, `ParameterStore.deferGradientZeroing`). Each replica then keeps its own range of the gradients between
+/// steps, the replicas a model's worth together where they kept one each, and a bucket's other part is resident only
+/// from its first write in backward to its sum (the last bucket's until the next step begins, after the barrier that
+/// ends this one). The cost is those pages faulted in again each step: through `train --replicas 2` (loaded) yolov2's
+/// and SSD300's peaks fell 3-11 % for CPU +1-15 % and +3-9 %, the large blocks' own give-back's trade, so it goes with
+/// that setting (STARLING_GIVE_BACK_FREE_PAGES=1, off by default), and only for gradient buffers of
+/// `releaseMinimumBytes` and more, whose steps are long beside the faults (BENCHMARKS.md, "The replica row's memory").
 public final class GradientSynchronizer {
     struct Bucket {
         var range: Range<Int>
@@ -37,7 +48,20 @@ public final class GradientSynchronizer {
         var sentAs16 = false
         /// Sharded: the bucket's elements inside each rank's range, in rank order (they lie end to end in the bucket).
         var shardCounts: [Int]?
+        /// This step: the part outside this member's range has been given back (`releasesGradientPages`).
+        var released = false
     }
+
+    /// The smallest gradient buffer whose pages outside a replica's own range are given back after each bucket's sum:
+    /// 64 MB (16 M parameters). yolov2 (202 MB) and SSD300 (105 MB) fault ~25 K and ~13 K pages in again a replica step
+    /// against steps of seconds; the small autoencoders' steps of a millisecond would pay more than their few MB are worth.
+    public static let releaseMinimumBytes = 64 << 20
+
+    /// `releaseMinimumBytes` where free pages are given back (STARLING_GIVE_BACK_FREE_PAGES=1), else never.
+    public static var defaultReleaseBytes: Int { MemoryLedger.largeGivesBackFreePages ? releaseMinimumBytes : Int.max }
+
+    /// Whether this member gives back the pages of each bucket outside its own range once the bucket is summed.
+    public let releasesGradientPages: Bool
 
     public let communicator: any Collective
     private let store: ParameterStore
@@ -62,8 +86,10 @@ public final class GradientSynchronizer {
     /// Sharded: the reduce-scatter of the ranks' (or replicas') collective.
     private let sharding: (any ShardingCollective)?
 
+    /// `releasingFrom`: the gradient buffer's bytes from which replicas give back pages outside their range
+    /// (`defaultReleaseBytes` unless given: tests).
     public init(store: ParameterStore, communicator: any Collective, bucketBytes: Int = 25 << 20, overlap: Bool = true,
-                wire: GradientWire = .float32, shards: [Range<Int>]? = nil) {
+                wire: GradientWire = .float32, shards: [Range<Int>]? = nil, releasingFrom: Int = GradientSynchronizer.defaultReleaseBytes) {
         precondition(shards == nil || shards?.count == communicator.size, "one shard a rank")
         precondition(shards == nil || wire != .float16, "float16 gradients need the whole sum for their scale: not with shards")
         sharding = shards != nil && communicator.size > 1 ? communicator as? any ShardingCollective : nil
@@ -73,6 +99,9 @@ public final class GradientSynchronizer {
         self.overlap = overlap
         self.wire = wire
         ownedRange = communicator.size > 1 ? shards?[communicator.rank] : nil
+        // An MPI rank's request may still move its part into place after a test; an in-process one is done once tested.
+        releasesGradientPages = ownedRange != nil && wire == .float32 && communicator is InProcessCollective
+            && store.count * MemoryLayout<Float>.stride >= releasingFrom
         wireBuffer = wire == .float32 || communicator.size == 1 ? nil : .allocate(capacity: max(1, store.gradients.count))
         let limit = max(1, bucketBytes / wire.bytesPerValue)
         var current: Bucket?
@@ -102,10 +131,29 @@ public final class GradientSynchronizer {
 
     public var bucketCount: Int { buckets.count }
 
-    /// Call before each backward.
+    /// Call before each backward. Replicas: only once every member has passed a rendezvous after the last step's
+    /// `finish` (the trainer's barrier after the update; a skipped step's sum took its second wait), since the parts
+    /// still held outside this member's range are given back here: the last bucket's, and at the first step every
+    /// bucket's (the buffer was zero-filled when allocated).
     public func beginStep() {
-        for i in buckets.indices { buckets[i].pending = buckets[i].parameterCount; buckets[i].request = nil }
+        for k in buckets.indices { releaseSummed(k) }
+        for i in buckets.indices { buckets[i].pending = buckets[i].parameterCount; buckets[i].request = nil; buckets[i].released = false }
         nextToLaunch = 0
+    }
+
+    /// The parts of `range` below and above this member's own range.
+    private func outsideOwnRange(_ range: Range<Int>) -> [Range<Int>] {
+        guard let owned = ownedRange else { return [range] }
+        return [range.lowerBound..<max(range.lowerBound, min(range.upperBound, owned.lowerBound)),
+                min(range.upperBound, max(range.lowerBound, owned.upperBound))..<range.upperBound].filter { !$0.isEmpty }
+    }
+
+    /// Bucket `k`'s reduce-scatter has returned (every replica has read this one's addends): gives back the pages of
+    /// its part outside this replica's range, where `releasesGradientPages`.
+    private func releaseSummed(_ k: Int) {
+        guard releasesGradientPages, !buckets[k].released else { return }
+        buckets[k].released = true
+        for part in outsideOwnRange(buckets[k].range) { store.releaseGradientPages(part) }
     }
 
     /// The backward hook: a parameter's gradient is final.
@@ -113,8 +161,9 @@ public final class GradientSynchronizer {
         guard overlap, communicator.size > 1, let k = bucketOf[ObjectIdentifier(tensor)] else { return }
         buckets[k].pending -= 1
         launchReady()
-        // Give MPI a chance to progress the buckets in flight (Open MPI progresses only inside MPI calls).
-        for b in buckets[..<nextToLaunch] { _ = try? b.request?.test() }
+        // Give MPI a chance to progress the buckets in flight (Open MPI progresses only inside MPI calls). An
+        // in-process bucket is summed by its test.
+        for k in 0..<nextToLaunch where (try? buckets[k].request?.test()) == true { releaseSummed(k) }
     }
 
     /// The last bucket is complete only when backward ends, so it is left to `finish()`'s faster blocking path.
@@ -227,8 +276,11 @@ public final class GradientSynchronizer {
             } else if k >= nextToLaunch {
                 try reduce(k)
             }
+            releaseSummed(k)
         }
-        // The last bucket is never started during backward (`launchReady`): its reduce-scatter is this step's last.
+        // The last bucket is never started during backward (`launchReady`): its reduce-scatter is this step's last. Its
+        // pages are given back at the next `beginStep`: this exchange may end before the others have read them
+        // (`skipsAfterSum`).
         let r = buckets[last].range
         let exchanged = try replicas.reduceScatter(store.gradients.pointer + r.lowerBound, counts: buckets[last].shardCounts!,
                                                    posting: scalars, skipsAfterSum: skipsAfterSum, afterSum: afterSum)
@@ -241,8 +293,13 @@ public final class GradientSynchronizer {
     /// Whether this member's own gradients are all finite and below the bound at which a sum over the group's members
     /// cannot overflow (`summableWithoutOverflow(terms:)`): where every member posts it as `skipsAfterSum`, no sum can be
     /// non-finite, so `finish(posting:skipsAfterSum:afterSum:)` leaves out the check of the summed ranges and its wait.
+    /// Where buckets' parts outside this member's range were given back, those parts are left out: they are the other
+    /// members' ranges, already summed, which their owners check.
     public var ownGradientsSumWithoutOverflow: Bool {
-        allFinite(store.gradients.pointer, count: store.count, below: summableWithoutOverflow(terms: communicator.size))
+        let bound = summableWithoutOverflow(terms: communicator.size), g = store.gradients.pointer
+        guard releasesGradientPages, let owned = ownedRange else { return allFinite(g, count: store.count, below: bound) }
+        let parts = [owned] + buckets.filter { !$0.released }.flatMap { outsideOwnRange($0.range) }
+        return parts.allSatisfy { $0.isEmpty || allFinite(g + $0.lowerBound, count: $0.count, below: bound) }
     }
 
     /// 1/N: the factor that turns the summed gradients into the average over ranks.
@@ -260,6 +317,7 @@ public final class GradientSynchronizer {
                 try reduce(k)
             }
             try decode(k)
+            releaseSummed(k)
         }
         nextToLaunch = buckets.count
         if let launchError { self.launchError = nil; throw launchError }

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
 /// How a parameter is initialised. Keras's defaults are the reference (Glorot-uniform kernels, zero biases).
 public enum Initializer: Sendable {
     case zeros
@@ -84,6 +90,21 @@ public final class ParameterStore: @unchecked Sendable {
     }
 
     public func zeroGradients() { gradients.zero() }
+
+    /// Gives the pages that lie wholly inside `range` of the gradient buffer back to the system (`madvise(MADV_DONTNEED)`):
+    /// they read as zero from then on and are faulted in again by the next write. For gradients no one reads again
+    /// before the next backward writes them (`GradientSynchronizer`: a replica's part of a bucket outside its own range,
+    /// once the bucket's reduce-scatter has returned). Returns the bytes given back.
+    @discardableResult
+    public func releaseGradientPages(_ range: Range<Int>) -> Int {
+        precondition(range.lowerBound >= 0 && range.upperBound <= gradients.count, "gradient range out of bounds")
+        let page = Int(getpagesize())
+        let low = Int(bitPattern: gradients.pointer + range.lowerBound), high = Int(bitPattern: gradients.pointer + range.upperBound)
+        let start = (low + page - 1) / page * page, end = high / page * page
+        guard end > start, let address = UnsafeMutableRawPointer(bitPattern: start),
+              madvise(address, end - start, Int32(MADV_DONTNEED)) == 0 else { return 0 }
+        return end - start
+    }
 
     /// `zeroGradients()` without the pass over the buffer: each parameter's gradient is marked not yet written, the
     /// first op to push into it stores instead of adding (`Tensor.gradientForWriting`: sgemm with beta 0, the bias's
