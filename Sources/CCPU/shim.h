@@ -31,6 +31,19 @@ static inline int starling_cpu_supports_haswell(void) {
 #endif
 }
 
+// 1 when cpuid's vendor string is "GenuineIntel": Intel's AVX-512 cores run 512-bit FMAs at full width, where AMD's
+// Zen 4 runs them as two 256-bit halves, which moves the point where Winograd's fewer multiplications pay
+// (ConvGeometry.winogradPays).
+static inline int starling_cpu_is_intel(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;   // "Genu" "ineI" "ntel"
+#else
+    return 0;
+#endif
+}
+
 // 1 when, beyond Haswell's set, the CPU and the OS support what LLVM may emit for ordinary code compiled with
 // -target-cpu skylake-avx512, as StarlingKernelsAVX512 is: AVX-512 F, CD, BW, DQ and VL (the x86-64-v4 set), and the
 // opmask and ZMM register state saved by the OS (XCR0 bits 5-7; a kernel may leave them off even where cpuid has AVX-512).

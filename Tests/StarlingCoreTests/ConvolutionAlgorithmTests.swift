@@ -42,7 +42,9 @@ import Testing
     /// (`ruleIgnoresTheBatch`).
     @Test func ruleKeepsScratchHeavyPassesDirect() {
         func asked(_ cin: Int, _ cout: Int, _ size: Int) -> [ConvolutionPass: ConvolutionAlgorithm] {
-            Dictionary(uniqueKeysWithValues: ConvolutionPass.allCases.map { ($0, Self.geometry(batch: 4, cin, cout, size).requestedAlgorithm($0, setting: .rule)) })
+            Dictionary(uniqueKeysWithValues: ConvolutionPass.allCases.map {
+                ($0, Self.geometry(batch: 4, cin, cout, size).requestedAlgorithm($0, setting: .rule, fullWidthDirect: false))
+            })
         }
         // U-Net's bottleneck at width 0.25 and 0.5.
         #expect(asked(256, 256, 8) == [.forward: .winograd, .backwardData: .winograd, .backwardWeights: .direct])
@@ -51,6 +53,36 @@ import Testing
         // 32 -> 32, yolov3-tiny's 512 -> 1024 and 256 -> 512 at 13 x 13.
         for (cin, cout, size) in [(128, 256, 8), (256, 128, 16), (16, 16, 128), (32, 32, 64), (512, 1024, 13), (256, 512, 13), (512, 512, 12)] {
             #expect(asked(cin, cout, size).values.allSatisfy { $0 == .winograd }, "\(cin) -> \(cout) at \(size)")
+        }
+    }
+
+    /// On a CPU with full-width AVX-512 direct kernels (an Intel Xeon), the forward passes and input gradients that sum
+    /// 16 channels, or fewer than 512 on maps of 8 x 8 or fewer, stay direct, as measured there; their weight gradients and every
+    /// wider pass keep the rule of the other CPUs. Shape and CPU class only: every rank of a cluster of one CPU asks the same.
+    @Test func fullWidthRuleKeepsNarrowAndSmallPassesDirect() {
+        func asked(_ cin: Int, _ cout: Int, _ size: Int, fullWidth: Bool) -> [ConvolutionPass: ConvolutionAlgorithm] {
+            Dictionary(uniqueKeysWithValues: ConvolutionPass.allCases.map {
+                ($0, Self.geometry(batch: 4, cin, cout, size).requestedAlgorithm($0, setting: .rule, fullWidthDirect: fullWidth))
+            })
+        }
+        // U-Net's 16 -> 16 at 128 x 128 (width 0.25): forward and input gradient direct, weight gradient Winograd.
+        #expect(asked(16, 16, 128, fullWidth: true) == [.forward: .direct, .backwardData: .direct, .backwardWeights: .winograd])
+        #expect(asked(16, 16, 128, fullWidth: false).values.allSatisfy { $0 == .winograd })
+        // yolov3-tiny's 16 -> 32 on 208 x 208: its forward sums 16 channels; its input gradient sums 32.
+        #expect(asked(16, 32, 208, fullWidth: true) == [.forward: .direct, .backwardData: .winograd, .backwardWeights: .winograd])
+        #expect(asked(16, 32, 208, fullWidth: false)[.forward] == .winograd)
+        // 32 -> 16 at 128 x 128: forward sums 32 (Winograd), the input gradient sums 16 (direct on both classes).
+        #expect(asked(32, 16, 128, fullWidth: true) == [.forward: .winograd, .backwardData: .direct, .backwardWeights: .winograd])
+        // U-Net's bottleneck at width 0.25 (8 x 8): forward and input gradient direct; 256 x 256's weight gradient is
+        // direct on both classes (its scratch), 128 -> 256's keeps Winograd.
+        #expect(asked(128, 256, 8, fullWidth: true) == [.forward: .direct, .backwardData: .direct, .backwardWeights: .winograd])
+        #expect(asked(256, 256, 8, fullWidth: true) == [.forward: .direct, .backwardData: .direct, .backwardWeights: .direct])
+        #expect(asked(128, 256, 8, fullWidth: false).values.allSatisfy { $0 == .winograd })
+        // At width 1 the bottleneck sums 512 and 1024 channels: Winograd on both classes (its weight gradient direct).
+        #expect(asked(512, 1024, 8, fullWidth: true) == [.forward: .winograd, .backwardData: .winograd, .backwardWeights: .direct])
+        // Wider passes on larger maps are the same on both classes.
+        for (cin, cout, size) in [(32, 32, 64), (64, 128, 52), (256, 512, 13), (48, 48, 9), (32, 32, 14)] {
+            #expect(asked(cin, cout, size, fullWidth: true) == asked(cin, cout, size, fullWidth: false), "\(cin) -> \(cout) at \(size)")
         }
     }
 

@@ -1,3 +1,4 @@
+import CCPU
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,7 +61,7 @@ public enum WinogradSetting: String, Sendable, Equatable {
         }
         let calls = "at most \(WinogradCallBudget.current >> 20) MB a call (STARLING_WINOGRAD_CALL_MB)"
         return switch current {
-        case .rule: "Winograd where it pays, \(calls) (STARLING_WINOGRAD=0 or 1 to change)"
+        case .rule: "Winograd where it pays\(ConvGeometry.fullWidthDirectKernels ? " (full-width AVX-512: passes summing 16 channels, or under 512 on 8 x 8 maps, direct)" : ""), \(calls) (STARLING_WINOGRAD=0 or 1 to change)"
         case .always: "Winograd wherever oneDNN has it, \(calls) (STARLING_WINOGRAD=1)"
         case .never: "no Winograd (STARLING_WINOGRAD=0)"
         }
@@ -109,16 +110,26 @@ extension ConvGeometry {
     }
 
     /// The algorithm to ask oneDNN for on `pass`, under `setting` (by default this geometry's `winograd`, else
-    /// STARLING_WINOGRAD's). Depends on the shape of one image and the pass only, never on the batch or the thread
-    /// count, so that every rank of a job (each with its share of the batch) and every thread count runs the same one.
-    func requestedAlgorithm(_ pass: ConvolutionPass, setting: WinogradSetting? = nil) -> ConvolutionAlgorithm {
+    /// STARLING_WINOGRAD's). Depends on the shape of one image, the pass and the CPU class only, never on the batch or
+    /// the thread count, so that every rank of a job on one CPU model (each with its share of the batch) and every
+    /// thread count runs the same one.
+    /// `fullWidthDirect`: the rule's CPU class (`fullWidthDirectKernels` unless given), for tests of either class.
+    func requestedAlgorithm(_ pass: ConvolutionPass, setting: WinogradSetting? = nil,
+                            fullWidthDirect: Bool = ConvGeometry.fullWidthDirectKernels) -> ConvolutionAlgorithm {
         guard winogradShape else { return .direct }
         switch setting ?? winograd ?? WinogradSetting.current {
         case .never: return .direct
         case .always: return .winograd
-        case .rule: return winogradPays(pass) ? .winograd : .direct
+        case .rule: return winogradPays(pass, fullWidthDirect: fullWidthDirect) ? .winograd : .direct
         }
     }
+
+    /// An Intel CPU with AVX-512: cores that run 512-bit FMAs at full width, so that oneDNN's direct kernels do twice
+    /// the multiplications a cycle of a Zen 4's (which splits them into 256-bit halves) and Winograd's fewer
+    /// multiplications pay later. Read from cpuid (vendor and vector level), the same on every rank of a homogeneous
+    /// cluster. Measured on an Emerald Rapids Xeon (family 6 model 207; `bench --only conv-algorithms`, BENCHMARKS.md
+    /// "Winograd's rule on a full-width AVX-512 Xeon"); other vendors keep the rule measured on the Zen 4.
+    static let fullWidthDirectKernels: Bool = VectorISA.thisCPU == .avx512 && starling_cpu_is_intel() != 0
 
     /// Where Winograd beat oneDNN's direct kernels, per layer and pass, on one thread of an AVX-512 core (AMD EPYC
     /// family 25 model 17, oneDNN 2.6.3's avx512_core kernels, the blocked layout 16 channels wide, reorders included;
@@ -141,10 +152,18 @@ extension ConvGeometry {
     /// level in A/B). Larger maps (yolov3-tiny's 13 x 13, 4 x 4 tiles) keep it. (U-Net's 16 -> 16 forward passes and
     /// input gradients at 128 x 128, 6 MB of tiles an image, were tried direct too: the one-process rows' peak -26 MB,
     /// but the step's CPU time +2-5 % on one thread; not kept.)
-    func winogradPays(_ pass: ConvolutionPass) -> Bool {
+    ///
+    /// On a CPU with full-width AVX-512 direct kernels (`fullWidthDirectKernels`: an Intel Xeon) two more kinds of
+    /// forward pass and input gradient stay direct, where Winograd lost there: those summing 16 channels (U-Net's 16 -> 16
+    /// at 128 x 128 0.53-0.56x forward and 0.72-0.74x input gradient, yolov3-tiny's 16 -> 32 forward on 208 x 208 0.61x)
+    /// and those summing fewer than 512 channels on maps of 8 x 8 or fewer (U-Net's bottleneck at width 0.25, 128 and 256
+    /// channels, 0.86-0.91x; at width 1, 512 -> 1024 won 1.24x forward and 1024 -> 1024 was level, so they keep it).
+    /// Their weight gradients keep Winograd (1.33-1.46x on the 16-channel ones there).
+    func winogradPays(_ pass: ConvolutionPass, fullWidthDirect: Bool = ConvGeometry.fullWidthDirectKernels) -> Bool {
         guard inChannels >= 16, outChannels >= 16, outHeight >= 8, outWidth >= 8 else { return false }
         // The channels a pass sums over and the channels it writes (the weight gradient sums over images and pixels).
         let (summed, written) = pass == .backwardData ? (outChannels, inChannels) : (inChannels, outChannels)
+        if fullWidthDirect && pass != .backwardWeights && (summed <= 16 || outHeight * outWidth <= 64 && summed < 512) { return false }
         if pass != .backwardWeights && summed < 32 && written > summed { return outHeight * outWidth >= 32_768 }
         if pass == .backwardWeights && outHeight <= 8 && outWidth <= 8 && inChannels * outChannels >= 256 * 256 { return false }
         return true
