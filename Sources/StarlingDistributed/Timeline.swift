@@ -218,21 +218,23 @@ struct TimelineSummary {
                 cpuStart = e.cpu
                 previous = (.stepStart, e.time)
             case .batchReady, .forwardDone, .backwardDone, .reduceDone, .updateDone, .stepEnd:
-                guard current != nil, let name = phaseOf[e.code] else { continue }
-                current!.phases[name, default: 0] += e.time - previous.1
+                guard var s = current, let name = phaseOf[e.code] else { continue }
+                s.phases[name, default: 0] += e.time - previous.1
+                current = s
                 previous = (e.code, e.time)
             case .rendezvousEnter:
                 open = Rendezvous(enter: e.time, sleep: nil, leave: e.time, last: false, phase: "", cpu: -e.cpu)
             case .rendezvousSleep:
                 open?.sleep = e.time
             case .rendezvousLeave:
-                guard var r = open, current != nil else { continue }
+                guard var r = open, var s = current else { continue }
                 r.leave = e.time
                 r.cpu += e.cpu
                 r.last = e.aux == 1
                 // The phase it ends: the sum's after backward, the barrier's after the update, else what it lies in.
                 r.phase = previous.0 == .backwardDone ? "sum" : previous.0 == .updateDone ? "barrier" : "\(previous.0)"
-                current!.rendezvous.append(r)
+                s.rendezvous.append(r)
+                current = s
                 open = nil
             default: continue
             }
@@ -280,11 +282,11 @@ struct TimelineSummary {
         }
         // Off the CPU outside the rendezvous: preempted (or blocked on a lock) while working, which no rendezvous causes.
         for (k, track) in compute.enumerated() {
-            let steps = all[k][window].filter { $0.next != nil && $0.cpu != nil }
+            let steps = all[k][window].compactMap { s in s.next.flatMap { next in s.cpu.map { (step: s, next: next, cpu: $0) } } }
             guard !steps.isEmpty else { continue }
-            let work = steps.map { s in (s.next! - s.start) - s.rendezvous.reduce(0) { $0 + $1.leave - $1.enter } }
-            let workCPU = steps.map { s in s.cpu! - s.rendezvous.reduce(0) { $0 + $1.cpu } }
-            let waitCPU = steps.map { s in s.rendezvous.reduce(0) { $0 + $1.cpu } }
+            let work = steps.map { s in (s.next - s.step.start) - s.step.rendezvous.reduce(0) { $0 + $1.leave - $1.enter } }
+            let workCPU = steps.map { s in s.cpu - s.step.rendezvous.reduce(0) { $0 + $1.cpu } }
+            let waitCPU = steps.map { s in s.step.rendezvous.reduce(0) { $0 + $1.cpu } }
             let off = zip(work, workCPU).map { $0 - $1 }
             lines.append("  \(track.name): outside rendezvous \(Self.f(work.reduce(0, +) / Double(steps.count))) us a step, " +
                          "of it off the CPU \(Self.f(off.reduce(0, +) / Double(steps.count))) (median \(Self.f(Self.median(off)))); " +
@@ -312,8 +314,7 @@ struct TimelineSummary {
                     }
                 }
                 let steps = Double(window.count)
-                let parts = waits.keys.sorted().map { p in
-                    let w = waits[p]!
+                let parts = waits.sorted { $0.key < $1.key }.map { p, w in
                     return "\(p) \(Self.f(w.others / steps)) / \(Self.f(w.wake / steps)); last \(w.last), slept \(w.slept) of \(w.count)"
                 }
                 lines.append("    \(track.name): " + parts.joined(separator: "; "))
